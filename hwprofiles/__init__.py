@@ -1,0 +1,164 @@
+"""Hardware profile files: one YAML per device (cpu/, gpu/, link/, memory/) and per system (systems/).
+
+A system file names its devices (``cpu: spr-8460h``) or holds them inline (calibrated profiles do, so
+that one file says everything about the host it measured). ``load_system`` composes, applies what-if
+overrides (``gpu.memory_gib=141``) and validates the result with the same schema as the files.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from lia_model.errors import LiaInputError, from_validation_error
+from lia_model.hardware import CpuSpec, GpuSpec, LinkSpec, MemoryTierSpec, SystemSpec
+
+PROFILE_DIR = Path(__file__).resolve().parent
+DEVICE_KINDS: dict[str, type[BaseModel]] = {"cpu": CpuSpec, "gpu": GpuSpec, "link": LinkSpec, "memory": MemoryTierSpec}
+SYSTEM_DEVICE_FIELDS = {"cpu": "cpu", "gpu": "gpu", "link": "link", "ddr": "memory", "cxl": "memory"}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise LiaInputError(str(path), f"malformed YAML{where}: {problem}",
+                            "each line is 'field: value', e.g. 'hbm_gbps: 3350'") from None
+    except OSError as err:
+        raise LiaInputError(str(path), f"cannot read the file ({err.strerror})", "check the path") from None
+    if not isinstance(data, dict):
+        raise LiaInputError(str(path), "the file is not a mapping of fields",
+                            "a profile starts with e.g. 'name: h100-80gb'")
+    return data
+
+
+def list_profiles() -> dict[str, list[str]]:
+    """Names of the profiles on disk by kind (cpu, gpu, link, memory, system)."""
+    out = {kind: sorted(p.stem for p in (PROFILE_DIR / kind).glob("*.yaml")) for kind in DEVICE_KINDS}
+    out["system"] = sorted(p.stem for p in (PROFILE_DIR / "systems").glob("*.yaml"))
+    return out
+
+
+def _device_path(kind: str, name: str) -> Path:
+    path = PROFILE_DIR / kind / f"{name}.yaml"
+    if not path.exists():
+        known = list_profiles()[kind]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise LiaInputError(f"{kind}", f"unknown {kind} profile '{name}'", f"{hint}known: {', '.join(known)}")
+    return path
+
+
+def load_device(kind: str, name: str) -> BaseModel:
+    path = _device_path(kind, name)
+    return _validate(DEVICE_KINDS[kind], _read_yaml(path), str(path.relative_to(PROFILE_DIR.parent)))
+
+
+def _validate(cls: type[BaseModel], data: dict[str, Any], where: str) -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise from_validation_error(err, where, cls) from None
+
+
+def system_path(name_or_path: str) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") and candidate.exists():
+        return candidate
+    path = PROFILE_DIR / "systems" / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = list_profiles()["system"]
+        close = difflib.get_close_matches(name_or_path, known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise LiaInputError("system", f"unknown system '{name_or_path}'",
+                            f"{hint}choose one of {', '.join(known)} or give a path to a system .yaml")
+    return path
+
+
+def system_dict(name_or_path: str) -> dict[str, Any]:
+    """The composed system as plain data (devices inlined), before validation."""
+    path = system_path(name_or_path)
+    data = _read_yaml(path)
+    for field, kind in SYSTEM_DEVICE_FIELDS.items():
+        value = data.get(field)
+        if isinstance(value, str):
+            data[field] = _read_yaml(_device_path(kind, value))
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``FIELD=VALUE`` what-ifs (dotted paths into the composed system). Values are YAML scalars."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise LiaInputError("--set", f"'{item}' is not FIELD=VALUE", "e.g. --set gpu.memory_gib=141")
+        path, raw = item.split("=", 1)
+        path = path.strip()
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        parts = path.split(".")
+        node: Any = data
+        cls: Any = SystemSpec
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if not isinstance(node, dict):
+                raise LiaInputError(f"--set {path}", f"'{'.'.join(parts[:depth])}' has no sub-fields",
+                                    "e.g. --set link.h2d_gbps=64")
+            fields = getattr(cls, "model_fields", None)
+            if part not in node and (fields is None or part not in fields):
+                valid = sorted(fields) if fields else sorted(node)
+                close = difflib.get_close_matches(part, valid, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                where = ".".join(parts[:depth]) or "the system"
+                raise LiaInputError(f"--set {path}", f"{where} has no field '{part}'",
+                                    f"{hint}valid fields: {', '.join(valid)}")
+            if last:
+                node[part] = value
+                break
+            if node.get(part) is None:
+                raise LiaInputError(f"--set {path}", f"'{'.'.join(parts[:depth + 1])}' is absent in this system",
+                                    "pick a system that has it (e.g. a -cxl system for cxl.*)")
+            node = node[part]
+            if fields is not None and part in fields:
+                ann = fields[part].annotation
+                import typing
+
+                cls = next((c for c in (ann, *typing.get_args(ann)) if hasattr(c, "model_fields")), None)
+            else:
+                cls = None
+        # the source of an overridden number is the command line
+        owner = data
+        for depth in range(len(parts) - 1, -1, -1):
+            candidate = _get(data, parts[:depth])
+            if isinstance(candidate, dict) and "source" in candidate:
+                owner = candidate
+                rel = ".".join(parts[depth:])
+                owner.setdefault("source", {})[rel] = f"what-if: --set {item}"
+                break
+    return data
+
+
+def _get(data: Any, parts: list[str]) -> Any:
+    for part in parts:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
+
+
+def load_system(name_or_path: str, overrides: Iterable[str] = ()) -> SystemSpec:
+    """Load, compose, override and validate a system."""
+    overrides = list(overrides)
+    data = apply_overrides(system_dict(name_or_path), overrides)
+    where = f"{name_or_path} with --set {' '.join(overrides)}" if overrides else str(name_or_path)
+    return _validate(SystemSpec, data, where)

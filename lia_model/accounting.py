@@ -1,0 +1,148 @@
+"""Sublayer accounting: FLOPs and bytes of each sublayer as plain functions of (model, B, q, s).
+
+B: batch, q: new tokens per sequence in this pass (L_in in prefill, 1 in decode), s: cached tokens the
+attention reads (L_in in prefill, L_in + t at decode step t). Weights and activations are bf16.
+FLOPs count multiply-adds as 2 and cover the matrix products; norms, biases, activations and softmax
+ride with their neighbour and are not counted (they are < 1% at these shapes). Attention FLOPs count the
+full q x s product a batched matmul computes (a causal mask does not skip work in a plain bmm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lia_model.models import ModelSpec
+from lia_model.sublayers import SUBLAYERS, Sublayer
+from lia_model.units import BF16_BYTES
+
+
+@dataclass(frozen=True)
+class SublayerWork:
+    """What one sublayer of one layer does in one pass."""
+
+    sublayer: Sublayer
+    tokens: int                 # rows of the product: B * q
+    flops: "float | np.ndarray"  # arrays (one entry per decode step) for the attention sublayers
+    weight_bytes: float         # stored weights of the sublayer (all experts)
+    weight_bytes_read: float    # weights a pass actually touches (MoE: only routed experts)
+    act_in_bytes: float
+    act_out_bytes: float        # what crosses to the next sublayer
+    kv_read_bytes: float
+    kv_write_bytes: float
+
+    @property
+    def bytes_touched(self) -> float:
+        return self.weight_bytes_read + self.act_in_bytes + self.act_out_bytes + self.kv_read_bytes + self.kv_write_bytes
+
+
+def sublayer_params(model: ModelSpec) -> dict[Sublayer, int]:
+    """Parameters of each sublayer in one decoder layer (norms ride with qkv and fc1)."""
+    h, f, e = model.hidden_size, model.ffn_size, model.num_experts
+    qkv_out = model.q_dim + 2 * model.kv_dim
+    norm = 2 * h if model.linear_bias else h  # LayerNorm has weight and bias; RMSNorm a weight only
+    bias = 1 if model.linear_bias else 0
+    router = h * e if model.is_moe else 0
+    return {
+        Sublayer.QKV: h * qkv_out + bias * qkv_out + norm,
+        Sublayer.ATTN_SCORE: 0,
+        Sublayer.ATTN_CONTEXT: 0,
+        Sublayer.OUT_PROJ: model.q_dim * h + bias * h,
+        Sublayer.FC1: e * (h * f * model.mlp_matrices + bias * f * model.mlp_matrices) + norm + router,
+        Sublayer.FC2: e * (f * h + bias * h),
+    }
+
+
+def layer_params(model: ModelSpec) -> int:
+    return sum(sublayer_params(model).values())
+
+
+def layer_weight_bytes(model: ModelSpec) -> float:
+    return float(layer_params(model) * BF16_BYTES)
+
+
+def embedding_params(model: ModelSpec) -> int:
+    """Token embedding, learned positions, final norm and (untied) LM head."""
+    h = model.hidden_size
+    lm_head = 0 if model.tied_embeddings else model.vocab_size * h
+    final_norm = 2 * h if model.linear_bias else h
+    return model.vocab_size * h + model.learned_positions * h + final_norm + lm_head
+
+
+def total_params(model: ModelSpec) -> int:
+    return model.num_layers * layer_params(model) + embedding_params(model)
+
+
+def embedding_weight_bytes(model: ModelSpec) -> float:
+    return float(embedding_params(model) * BF16_BYTES)
+
+
+def kv_bytes_per_token_per_layer(model: ModelSpec) -> float:
+    """K and V of one token in one layer: 2 * kv_dim * 2 bytes."""
+    return float(2 * model.kv_dim * BF16_BYTES)
+
+
+def kv_bytes_per_token(model: ModelSpec) -> float:
+    """K and V of one token across all layers."""
+    return kv_bytes_per_token_per_layer(model) * model.num_layers
+
+
+def kv_cache_bytes_per_layer(model: ModelSpec, batch: int, context: int) -> float:
+    return kv_bytes_per_token_per_layer(model) * batch * context
+
+
+def expected_experts_touched(model: ModelSpec, tokens: int) -> float:
+    """Experts a pass touches when ``tokens`` tokens each pick ``experts_per_token`` of ``num_experts``
+    uniformly: E * (1 - (1 - k/E)^tokens). Dense models touch their one expert."""
+    e, k = model.num_experts, model.experts_per_token
+    if e == 1:
+        return 1.0
+    return e * (1.0 - (1.0 - k / e) ** tokens)
+
+
+def sublayer_work(model: ModelSpec, batch: int, q: int, s: "int | np.ndarray") -> dict[Sublayer, SublayerWork]:
+    """FLOPs and bytes of each sublayer of one layer for B = batch, q new tokens, s cached tokens.
+
+    ``s`` may be a numpy array of contexts (one per decode step); the attention fields are then arrays.
+    """
+    h, f = model.hidden_size, model.ffn_size
+    heads, hd = model.num_heads, model.head_dim
+    qd, kvd = model.q_dim, model.kv_dim
+    k_act = model.experts_per_token
+    m = batch * q
+    params = sublayer_params(model)
+    b = BF16_BYTES
+    touched = expected_experts_touched(model, m) / model.num_experts
+
+    def w(sub: Sublayer, fraction: float = 1.0) -> tuple[float, float]:
+        stored = float(params[sub] * b)
+        return stored, stored * fraction
+
+    scores_bytes = 1.0 * batch * heads * q * s * b
+    mlp_mid = float(m * f * k_act * b)  # post-activation intermediate, per routed expert
+    out: dict[Sublayer, SublayerWork] = {}
+    stored, read = w(Sublayer.QKV)
+    out[Sublayer.QKV] = SublayerWork(Sublayer.QKV, m, 2.0 * m * h * (qd + 2 * kvd), stored, read,
+                                     float(m * h * b), float(m * qd * b), 0.0, float(2 * m * kvd * b))
+    out[Sublayer.ATTN_SCORE] = SublayerWork(Sublayer.ATTN_SCORE, m, 2.0 * batch * heads * q * s * hd, 0.0, 0.0,
+                                            float(m * qd * b), scores_bytes, 1.0 * batch * s * kvd * b, 0.0)
+    out[Sublayer.ATTN_CONTEXT] = SublayerWork(Sublayer.ATTN_CONTEXT, m, 2.0 * batch * heads * q * s * hd, 0.0,
+                                              0.0, scores_bytes, float(m * qd * b), 1.0 * batch * s * kvd * b, 0.0)
+    stored, read = w(Sublayer.OUT_PROJ)
+    out[Sublayer.OUT_PROJ] = SublayerWork(Sublayer.OUT_PROJ, m, 2.0 * m * qd * h, stored, read,
+                                          float(m * qd * b), float(m * h * b), 0.0, 0.0)
+    stored, read = w(Sublayer.FC1, touched)
+    router_flops = 2.0 * m * h * model.num_experts if model.is_moe else 0.0
+    out[Sublayer.FC1] = SublayerWork(Sublayer.FC1, m, 2.0 * m * h * f * model.mlp_matrices * k_act + router_flops,
+                                     stored, read, float(m * h * b), mlp_mid, 0.0, 0.0)
+    stored, read = w(Sublayer.FC2, touched)
+    out[Sublayer.FC2] = SublayerWork(Sublayer.FC2, m, 2.0 * m * f * h * k_act, stored, read,
+                                     mlp_mid, float(m * h * b), 0.0, 0.0)
+    assert tuple(out) == SUBLAYERS
+    return out
+
+
+def head_flops(model: ModelSpec, batch: int) -> float:
+    """LM head over the last position of each sequence: 2 * B * h * vocab."""
+    return 2.0 * batch * model.hidden_size * model.vocab_size

@@ -1,0 +1,205 @@
+"""predict(): the cost of one plan on one system for one model and workload (DESIGN.md section 3).
+
+TTFT      = N_res T_res(prefill) + K T_stream(prefill) + T_head
+TPOT(t)   = N_res T_res(decode, s_t) + K T_stream(decode, s_t) + T_head,   s_t = L_in + t, t = 1 .. L_out-1
+latency   = TTFT + sum_t TPOT(t);  throughput = B L_out / latency
+with K = num_layers - N_res streamed layers. The layer times come from costterms (max over epigraph
+terms in overlap mode, the serial sum in additive mode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from lia_model.costterms import (
+    CostMode,
+    Resource,
+    StageContext,
+    StageTerms,
+    SublayerTimes,
+    head_time_s,
+    policy_features,
+    resident_layer_time,
+    streamed_layer_terms,
+)
+from lia_model.errors import LiaInputError
+from lia_model.hardware import SystemSpec
+from lia_model.memory import MemoryTier, TierUse, memory_use
+from lia_model.models import ModelSpec
+from lia_model.plan import Device, Plan, check_plan_against
+from lia_model.sublayers import SUBLAYERS, Stage
+from lia_model.workload import Workload, make_workload
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    tier: MemoryTier
+    required_gb: float
+    available_gb: float
+    shortfall_gb: float
+
+
+@dataclass(frozen=True)
+class BreakdownRow:
+    """One sublayer of one layer kind in one stage (decode: mean over steps)."""
+
+    stage: Stage
+    layer_kind: str          # "streamed" or "resident"
+    layers: int              # how many layers of this kind
+    sublayer: str
+    device: Device
+    compute_s: float         # roofline time on its device (incl. op overhead)
+    memory_s: float          # the memory-bandwidth part of it
+    pcie_s: float            # weight prefetch + its outgoing activation copy + its KV copies
+    bound: str               # "compute", "memory" or "pcie"
+
+
+@dataclass(frozen=True)
+class StageReport:
+    stage: Stage
+    streamed_layer_s: np.ndarray          # per step
+    resident_layer_s: np.ndarray          # per step
+    head_s: float
+    bound: tuple[Resource, ...]           # binding term of the streamed layer, per step
+    resource_busy_s: dict[Resource, np.ndarray]   # whole-layer busy time of each resource, per step
+
+
+@dataclass(frozen=True)
+class Prediction:
+    system: str
+    model: str
+    workload: Workload
+    plan: Plan
+    mode: CostMode
+    feasible: bool
+    shortfalls: tuple[Shortfall, ...]
+    memory: dict[MemoryTier, TierUse]
+    ttft_s: float
+    tpot_s: tuple[float, ...]
+    latency_s: float
+    throughput_tokens_per_s: float
+    stages: dict[Stage, StageReport]
+    breakdown: tuple[BreakdownRow, ...] = field(default_factory=tuple)
+
+    @property
+    def tpot_mean_s(self) -> Optional[float]:
+        """Mean time per output token over the decode steps (None when L_out = 1: no decode step)."""
+        return float(np.mean(self.tpot_s)) if self.tpot_s else None
+
+    @property
+    def bound_resource(self) -> dict[Stage, str]:
+        """The most frequent binding term of a streamed layer per stage ("none" without streamed layers)."""
+        out = {}
+        for stage, rep in self.stages.items():
+            if not rep.bound:
+                out[stage] = "none"
+                continue
+            values, counts = np.unique([r.value for r in rep.bound], return_counts=True)
+            out[stage] = str(values[int(np.argmax(counts))])
+        return out
+
+    def summary(self) -> dict:
+        """Plain dict of the headline figures (for JSON and tables)."""
+        return {
+            "feasible": self.feasible,
+            "ttft_s": self.ttft_s,
+            "tpot_mean_s": self.tpot_mean_s,
+            "latency_s": self.latency_s,
+            "throughput_tokens_per_s": self.throughput_tokens_per_s,
+            "memory_gb": {t.value: u.required_gb for t, u in self.memory.items()},
+            "memory_available_gb": {t.value: u.available_gb for t, u in self.memory.items()},
+            "shortfalls": [
+                {"tier": s.tier.value, "required_gb": s.required_gb, "available_gb": s.available_gb,
+                 "shortfall_gb": s.shortfall_gb} for s in self.shortfalls
+            ],
+            "bound_resource": {s.value: b for s, b in self.bound_resource.items()},
+        }
+
+
+def stage_context(workload: Workload, plan: Plan, stage: Stage, mode: CostMode) -> StageContext:
+    if stage == Stage.PREFILL:
+        q, contexts, n = workload.input_len, (workload.input_len,), plan.prefill_minibatches
+    else:
+        q, contexts, n = 1, tuple(workload.decode_contexts()), 1
+    return StageContext(batch=workload.batch, q=q, contexts=contexts, minibatches=n,
+                        weight_tier=plan.weight_tier, kv_tier=plan.kv_tier, cpu_isa=plan.cpu_isa,
+                        pinned_weights=plan.pinned_weights, overlap=plan.overlap, mode=mode)
+
+
+def _breakdown(stage: Stage, policy: tuple[Device, ...], terms: StageTerms, streamed: int,
+               resident_times: SublayerTimes, resident: int) -> list[BreakdownRow]:
+    rows: list[BreakdownRow] = []
+    n = terms.context.minibatches
+    for i, sub in enumerate(SUBLAYERS):
+        dev = policy[i]
+        nxt = policy[(i + 1) % len(SUBLAYERS)]
+        on_cpu = dev == Device.CPU
+        t = terms.times
+        compute = float(np.mean(t.cpu_s[i] if on_cpu else t.gpu_s[i])) * n
+        mem = float(np.mean(t.cpu_memory_s[i] if on_cpu else t.gpu_memory_s[i])) * n
+        compute_bound = bool(np.mean(t.cpu_compute_bound[i] if on_cpu else t.gpu_compute_bound[i]) >= 0.5)
+        pcie = 0.0 if on_cpu else float(terms.weight_h2d_s[i])
+        if dev != nxt:
+            cross = terms.cross_h2d_s[i] if on_cpu else terms.cross_d2h_s[i]
+            pcie += float(np.mean(cross)) * n
+        bound = "pcie" if pcie > compute else ("compute" if compute_bound else "memory")
+        if streamed:
+            rows.append(BreakdownRow(stage, "streamed", streamed, sub.value, dev, compute, mem, pcie, bound))
+        if resident:
+            rt = float(np.mean(resident_times.gpu_s[i])) * n
+            rm = float(np.mean(resident_times.gpu_memory_s[i])) * n
+            rb = "compute" if bool(np.mean(resident_times.gpu_compute_bound[i]) >= 0.5) else "memory"
+            rows.append(BreakdownRow(stage, "resident", resident, sub.value, Device.GPU, rt, rm, 0.0, rb))
+    return rows
+
+
+def predict(system: SystemSpec, model: ModelSpec, workload: Workload, plan: Plan,
+            mode: CostMode | str = CostMode.OVERLAP) -> Prediction:
+    """Predict TTFT, TPOT, latency, throughput, memory and a per-sublayer breakdown of one plan."""
+    mode = CostMode(mode)
+    make_workload(workload.batch, workload.input_len, workload.output_len, model)  # context limit check
+    check_plan_against(plan, model.num_layers, workload.batch)
+    if plan.cpu_isa not in system.cpu.isa or not system.cpu.isa[plan.cpu_isa].present:
+        present = ", ".join(i.value for i, s in system.cpu.isa.items() if s.present)
+        raise LiaInputError("plan.cpu_isa", f"{system.cpu.name} has no {plan.cpu_isa.value}", f"use one of: {present}")
+    for tier_field in ("weight_tier", "kv_tier"):
+        system.tier(getattr(plan, tier_field))  # raises a clear error when the tier does not exist
+
+    resident = plan.gpu_resident_layers
+    streamed = model.num_layers - resident
+    head = head_time_s(system, model, workload.batch)
+    stages: dict[Stage, StageReport] = {}
+    rows: list[BreakdownRow] = []
+    totals: dict[Stage, np.ndarray] = {}
+    for stage, policy in ((Stage.PREFILL, plan.prefill_policy), (Stage.DECODE, plan.decode_policy)):
+        ctx = stage_context(workload, plan, stage, mode)
+        if not ctx.contexts:
+            totals[stage] = np.zeros(0)
+            stages[stage] = StageReport(stage, np.zeros(0), np.zeros(0), head, (), {})
+            continue
+        terms = streamed_layer_terms(system, model, ctx)
+        feats = policy_features(policy)
+        streamed_s = terms.layer_time(feats)
+        resident_s, resident_times = resident_layer_time(system, model, ctx)
+        totals[stage] = resident * resident_s + streamed * streamed_s + head
+        busy = {r: form.evaluate(feats) for r, form in terms.resources.items()}
+        bound = tuple(terms.bound(feats)) if streamed else ()
+        stages[stage] = StageReport(stage, streamed_s, resident_s, head, bound, busy)
+        rows.extend(_breakdown(stage, policy, terms, streamed, resident_times, resident))
+
+    ttft = float(totals[Stage.PREFILL][0])
+    tpot = tuple(float(x) for x in totals[Stage.DECODE])
+    latency = ttft + sum(tpot)
+    memory = memory_use(system, model, workload, plan)
+    shortfalls = tuple(
+        Shortfall(t, u.required_gb, u.available_gb, u.shortfall_gb) for t, u in memory.items() if not u.fits
+    )
+    return Prediction(
+        system=system.name, model=model.name, workload=workload, plan=plan, mode=mode,
+        feasible=not shortfalls, shortfalls=shortfalls, memory=memory, ttft_s=ttft, tpot_s=tpot,
+        latency_s=latency, throughput_tokens_per_s=workload.batch * workload.output_len / latency,
+        stages=stages, breakdown=tuple(rows),
+    )

@@ -1,0 +1,351 @@
+"""Cost terms of one layer in one stage, as affine forms over boolean features of the policy vector.
+
+This module is the single source of the cost model's arithmetic. ``predict()`` evaluates the forms on
+one plan's features, the exhaustive enumerator on all 64 policy vectors at once, and the ILP turns the
+same forms into linear constraints over binary variables. That is what makes the optimiser exact with
+respect to the cost model: all three read the same coefficients.
+
+Features of a policy vector p (paper notation, p_i = 1 means sublayer i runs on the CPU):
+  cpu[i]          = p_i                              i = 0..5
+  h2d[j]          = p_j AND NOT p_{j+1}              boundary j: sublayer j (CPU) -> j+1 (GPU), H2D copy
+  d2h[j]          = NOT p_j AND p_{j+1}              boundary j: sublayer j (GPU) -> j+1 (CPU), D2H copy
+                    (boundary 5 is fc2 -> next layer's qkv; h2d[j] + d2h[j] = p_j XOR p_{j+1})
+  qkv_cpu_ctx_gpu = p_0 AND NOT p_2                  new V made on the CPU must reach GPU attention
+
+Every time below is an affine function  const + sum_k coef_k * feature_k  (per decode step).
+A layer's time in a stage is the max over a list of such terms ("epigraph" terms for the ILP).
+
+Terms for a streamed (non-resident) layer, prefill in n equal chunks (decode: n = 1):
+  chain_c  = sum_i [p_i cpu_i + (1 - p_i) gpu_i] + sum_j [h2d_j xh_j + d2h_j xd_j] + kv copies   (one chunk)
+  X_c      in {cpu_c, gpu_c, h2dx_c, d2h_c}: per-chunk busy time of CPU, GPU, PCIe H2D (not weights), D2H
+  W        = sum_i (1 - p_i) w_i                  weight prefetch of GPU sublayers, once per layer
+  overlap mode:
+    T >= chain_c + (n - 1) X_c                    pipelined chunks: one full chain plus (n-1) bottlenecks
+    T >= W + n h2dx_c                             the H2D link carries weights and activations
+    T >= n d2h_c
+    T >= ddr_bytes / ddr_bw,  T >= cxl_bytes / cxl_bw     CPU reads and DMA share host memory
+    (without overlap or pinning, W is added to every chain term: the copy does not run beside compute)
+  additive mode (the paper's serial sum):
+    T  = n chain_c + W
+A resident layer runs all-GPU with its weights and KV in HBM: T = n sum_i gpu_i (both modes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from lia_model.accounting import SublayerWork, head_flops, sublayer_work
+from lia_model.hardware import SystemSpec, interpolate_efficiency
+from lia_model.models import ModelSpec
+from lia_model.plan import CpuIsa, Device, HostTier, policy_from_index
+from lia_model.sublayers import ATTENTION_SUBLAYERS, NUM_SUBLAYERS, SUBLAYERS, Sublayer
+from lia_model.units import BYTES_PER_S_PER_GBPS, FLOPS_PER_TFLOPS, S_PER_US
+
+NUM_POLICIES = 2**NUM_SUBLAYERS
+
+# Feature indices.
+CPU = tuple(range(0, 6))
+H2D = tuple(range(6, 12))
+D2H = tuple(range(12, 18))
+QKV_CPU_CTX_GPU = 18
+NUM_FEATURES = 19
+
+_QKV, _SCORE, _CTX = 0, 1, 2
+
+
+class CostMode(str, Enum):
+    OVERLAP = "overlap"
+    ADDITIVE = "additive"
+
+
+class Resource(str, Enum):
+    """What bounds a layer's time: the dependency chain or one resource's total busy time."""
+
+    CHAIN = "chain"        # the serial chain of compute and copies of one chunk
+    CPU = "cpu"
+    GPU = "gpu"
+    PCIE_H2D = "pcie_h2d"
+    PCIE_D2H = "pcie_d2h"
+    DDR = "ddr"
+    CXL = "cxl"
+
+
+def policy_features(p: tuple[Device, ...]) -> np.ndarray:
+    """The feature vector of one policy."""
+    bits = [int(d) for d in p]
+    f = np.zeros(NUM_FEATURES)
+    for i in range(NUM_SUBLAYERS):
+        nxt = bits[(i + 1) % NUM_SUBLAYERS]
+        f[CPU[i]] = bits[i]
+        f[H2D[i]] = bits[i] * (1 - nxt)
+        f[D2H[i]] = (1 - bits[i]) * nxt
+    f[QKV_CPU_CTX_GPU] = bits[_QKV] * (1 - bits[_CTX])
+    return f
+
+
+ALL_POLICY_FEATURES: np.ndarray = np.stack([policy_features(policy_from_index(k)) for k in range(NUM_POLICIES)])
+
+
+@dataclass
+class Affine:
+    """const[S] + coef[F, S] . features  (S = decode steps, 1 for prefill)."""
+
+    const: np.ndarray
+    coef: np.ndarray
+
+    @classmethod
+    def zero(cls, steps: int) -> "Affine":
+        return cls(np.zeros(steps), np.zeros((NUM_FEATURES, steps)))
+
+    def __add__(self, other: "Affine") -> "Affine":
+        return Affine(self.const + other.const, self.coef + other.coef)
+
+    def scaled(self, k: float) -> "Affine":
+        return Affine(self.const * k, self.coef * k)
+
+    def add_feature(self, feature: int, value: np.ndarray | float) -> "Affine":
+        """+ value * feature."""
+        self.coef[feature] = self.coef[feature] + value
+        return self
+
+    def add_not_cpu(self, i: int, value: np.ndarray | float) -> "Affine":
+        """+ value * (1 - p_i), i.e. value when sublayer i runs on the GPU."""
+        self.const = self.const + value
+        self.coef[CPU[i]] = self.coef[CPU[i]] - value
+        return self
+
+    def add_const(self, value: np.ndarray | float) -> "Affine":
+        self.const = self.const + value
+        return self
+
+    def evaluate(self, features: np.ndarray) -> np.ndarray:
+        """features [..., F] -> values [..., S]."""
+        return self.const + features @ self.coef
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Everything fixed while the policy varies: the coefficients depend on these and nothing else."""
+
+    batch: int
+    q: int                     # new tokens per sequence
+    contexts: tuple[int, ...]  # cached tokens s per step (one entry for prefill)
+    minibatches: int
+    weight_tier: HostTier
+    kv_tier: HostTier
+    cpu_isa: CpuIsa
+    pinned_weights: bool
+    overlap: bool
+    mode: CostMode
+
+
+@dataclass
+class SublayerTimes:
+    """Per-sublayer times of one chunk on each device, arrays over steps."""
+
+    cpu_s: np.ndarray              # [6, S] incl. op overhead
+    gpu_s: np.ndarray              # [6, S] weights in HBM
+    cpu_compute_bound: np.ndarray  # [6, S] bool: FLOPs term >= memory term
+    gpu_compute_bound: np.ndarray
+    cpu_memory_s: np.ndarray       # [6, S] memory part of the CPU time
+    gpu_memory_s: np.ndarray
+
+
+@dataclass
+class StageTerms:
+    """The epigraph terms of a streamed layer and the components behind them."""
+
+    context: StageContext
+    terms: dict[str, tuple[Resource, Affine]]
+    times: SublayerTimes
+    weight_h2d_s: np.ndarray      # [6] prefetch time of each sublayer's weights
+    cross_h2d_s: np.ndarray       # [6, S] copy at boundary j when j on CPU and j+1 on GPU (one chunk)
+    cross_d2h_s: np.ndarray       # [6, S]
+    resources: dict[Resource, Affine] = field(default_factory=dict)  # whole-layer busy time per resource
+
+    def layer_time(self, features: np.ndarray) -> np.ndarray:
+        """Layer time: max over the terms. features [..., F] -> [..., S]."""
+        values = np.stack([form.evaluate(features) for _, form in self.terms.values()], axis=0)
+        return values.max(axis=0)
+
+    def bound(self, features: np.ndarray) -> list[Resource]:
+        """Which term binds at each step, for one feature vector."""
+        names = list(self.terms)
+        values = np.stack([self.terms[n][1].evaluate(features) for n in names], axis=0)
+        return [self.terms[names[k]][0] for k in values.argmax(axis=0)]
+
+
+def _bw(gbps: float) -> float:
+    return gbps * BYTES_PER_S_PER_GBPS
+
+
+def _cpu_rate(system: SystemSpec, isa: CpuIsa, tokens: float, attention: bool) -> float:
+    spec = system.cpu.isa.get(isa)
+    if spec is None or not spec.present:
+        from lia_model.errors import LiaInputError
+
+        present = ", ".join(i.value for i, s in system.cpu.isa.items() if s.present)
+        raise LiaInputError("plan.cpu_isa", f"{system.cpu.name} has no {isa.value}", f"use one of: {present}")
+    table = spec.attention_efficiency if attention else spec.matmul_efficiency
+    return system.cpu.cores * spec.per_core_tflops * FLOPS_PER_TFLOPS * interpolate_efficiency(table, tokens)
+
+
+def _gpu_rate(system: SystemSpec, tokens: float, attention: bool) -> float:
+    table = system.gpu.attention_efficiency if attention else system.gpu.matmul_efficiency
+    return system.gpu.bf16_peak_tflops * FLOPS_PER_TFLOPS * interpolate_efficiency(table, tokens)
+
+
+def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chunk_batch: int) -> SublayerTimes:
+    """Roofline time of each sublayer for one chunk: max(FLOPs / rate(size), bytes / bandwidth) + overhead."""
+    contexts = np.asarray(ctx.contexts, dtype=float)
+    steps = len(contexts)
+    work = sublayer_work(model, chunk_batch, ctx.q, contexts)
+    ddr = system.ddr
+    w_tier = system.tier(ctx.weight_tier)
+    kv_tier = system.tier(ctx.kv_tier)
+    cpu_bw_w = _bw(min(system.cpu.memory_read_gbps, w_tier.read_gbps))
+    cpu_bw_kv = _bw(min(system.cpu.memory_read_gbps, kv_tier.read_gbps))
+    cpu_bw_act = _bw(min(system.cpu.memory_read_gbps, ddr.read_gbps))
+    hbm = _bw(system.gpu.hbm_gbps)
+    out = {k: np.zeros((NUM_SUBLAYERS, steps)) for k in ("cpu", "gpu", "cpu_mem", "gpu_mem")}
+    cpu_cb = np.zeros((NUM_SUBLAYERS, steps), dtype=bool)
+    gpu_cb = np.zeros((NUM_SUBLAYERS, steps), dtype=bool)
+    for i, sub in enumerate(SUBLAYERS):
+        w: SublayerWork = work[sub]
+        attention = sub in ATTENTION_SUBLAYERS
+        size = ctx.q if attention else w.tokens
+        flops = np.broadcast_to(np.asarray(w.flops, dtype=float), (steps,))
+        kv_bytes = np.broadcast_to(np.asarray(w.kv_read_bytes + w.kv_write_bytes, dtype=float), (steps,))
+        act_bytes = np.broadcast_to(np.asarray(w.act_in_bytes + w.act_out_bytes, dtype=float), (steps,))
+        cpu_mem = w.weight_bytes_read / cpu_bw_w + kv_bytes / cpu_bw_kv + act_bytes / cpu_bw_act
+        cpu_flop_s = flops / _cpu_rate(system, ctx.cpu_isa, size, attention)
+        gpu_mem = (w.weight_bytes_read + kv_bytes + act_bytes) / hbm
+        gpu_flop_s = flops / _gpu_rate(system, size, attention)
+        out["cpu"][i] = np.maximum(cpu_flop_s, cpu_mem) + system.cpu.op_overhead_us * S_PER_US
+        out["gpu"][i] = np.maximum(gpu_flop_s, gpu_mem) + system.gpu.op_overhead_us * S_PER_US
+        out["cpu_mem"][i], out["gpu_mem"][i] = cpu_mem, gpu_mem
+        cpu_cb[i], gpu_cb[i] = cpu_flop_s >= cpu_mem, gpu_flop_s >= gpu_mem
+    return SublayerTimes(out["cpu"], out["gpu"], cpu_cb, gpu_cb, out["cpu_mem"], out["gpu_mem"])
+
+
+def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext) -> StageTerms:
+    """The epigraph terms (see module docstring) of one streamed layer in one stage."""
+    n = ctx.minibatches
+    b = ctx.batch // n
+    steps = len(ctx.contexts)
+    contexts = np.asarray(ctx.contexts, dtype=float)
+    times = sublayer_times(system, model, ctx, b)
+    work = sublayer_work(model, b, ctx.q, contexts)
+    link = system.link
+    lat = link.transfer_latency_us * S_PER_US
+    w_tier, kv_tier, ddr = system.tier(ctx.weight_tier), system.tier(ctx.kv_tier), system.ddr
+    w_link = link.h2d_gbps if ctx.pinned_weights else link.pageable_h2d_gbps
+    bw_w_h2d = _bw(min(w_link, w_tier.read_gbps))
+    bw_act_h2d, bw_act_d2h = _bw(min(link.h2d_gbps, ddr.read_gbps)), _bw(min(link.d2h_gbps, ddr.read_gbps))
+    bw_kv_h2d, bw_kv_d2h = _bw(min(link.h2d_gbps, kv_tier.read_gbps)), _bw(min(link.d2h_gbps, kv_tier.read_gbps))
+
+    # Weight prefetch per sublayer (once per layer).
+    weight_bytes = np.array([work[s].weight_bytes for s in SUBLAYERS])
+    weight_h2d_s = np.where(weight_bytes > 0, weight_bytes / bw_w_h2d + lat, 0.0)
+
+    # Activation crossing at boundary j (what sublayer j hands to j+1), one chunk.
+    kv_width_bytes = 1.0 * b * ctx.q * model.kv_dim * 2  # new K (or new V) of this pass, bf16
+    cross_bytes = np.stack([np.broadcast_to(np.asarray(work[s].act_out_bytes, dtype=float), (steps,))
+                            for s in SUBLAYERS])
+    cross_bytes_h2d = cross_bytes.copy()
+    cross_bytes_h2d[_QKV] = cross_bytes_h2d[_QKV] + kv_width_bytes  # qkv on CPU -> score on GPU also ships new K
+    cross_h2d_s = cross_bytes_h2d / bw_act_h2d + lat
+    cross_d2h_s = cross_bytes / bw_act_d2h + lat
+
+    # KV cache of streamed layers lives in the host tier: GPU attention fetches the cached part.
+    cached = np.maximum(contexts - ctx.q, 0.0)
+    k_cached_bytes = 1.0 * b * cached * model.kv_dim * 2
+    k_cached_s = np.where(k_cached_bytes > 0, k_cached_bytes / bw_kv_h2d + lat, 0.0)
+    v_new_s = kv_width_bytes / bw_kv_h2d + lat
+    kv_write_bytes = 2.0 * kv_width_bytes
+    kv_write_s = kv_write_bytes / bw_kv_d2h + lat
+
+    cpu_c, gpu_c = Affine.zero(steps), Affine.zero(steps)
+    h2dx_c, d2h_c = Affine.zero(steps), Affine.zero(steps)
+    for i in range(NUM_SUBLAYERS):
+        cpu_c.add_feature(CPU[i], times.cpu_s[i])
+        gpu_c.add_not_cpu(i, times.gpu_s[i])
+        h2dx_c.add_feature(H2D[i], cross_h2d_s[i])
+        d2h_c.add_feature(D2H[i], cross_d2h_s[i])
+    h2dx_c.add_not_cpu(_SCORE, k_cached_s)          # (1 - p_score) * cached K
+    h2dx_c.add_not_cpu(_CTX, k_cached_s)            # (1 - p_context) * cached V (same size as K)
+    h2dx_c.add_feature(QKV_CPU_CTX_GPU, v_new_s)    # p_qkv (1 - p_context) * new V
+    d2h_c.add_not_cpu(_QKV, kv_write_s)             # (1 - p_qkv) * new K and V written back to the host cache
+
+    weights = Affine.zero(steps)
+    for i in range(NUM_SUBLAYERS):
+        if weight_h2d_s[i] > 0:
+            weights.add_not_cpu(i, weight_h2d_s[i])
+
+    chain_c = cpu_c + gpu_c + h2dx_c + d2h_c
+
+    # Host-memory traffic (bytes), per layer: CPU reads per chunk, weight DMA once, copies per chunk.
+    tier_bytes = {HostTier.DDR: Affine.zero(steps), HostTier.CXL: Affine.zero(steps)}
+    for i, sub in enumerate(SUBLAYERS):
+        w = work[sub]
+        tier_bytes[ctx.weight_tier].add_feature(CPU[i], n * w.weight_bytes_read)
+        tier_bytes[ctx.weight_tier].add_not_cpu(i, w.weight_bytes)
+        act = np.broadcast_to(np.asarray(w.act_in_bytes + w.act_out_bytes, dtype=float), (steps,))
+        tier_bytes[HostTier.DDR].add_feature(CPU[i], n * act)
+        kv = np.broadcast_to(np.asarray(w.kv_read_bytes + w.kv_write_bytes, dtype=float), (steps,))
+        tier_bytes[ctx.kv_tier].add_feature(CPU[i], n * kv)
+        tier_bytes[HostTier.DDR].add_feature(H2D[i], n * cross_bytes_h2d[i])
+        tier_bytes[HostTier.DDR].add_feature(D2H[i], n * cross_bytes[i])
+    tier_bytes[ctx.kv_tier].add_not_cpu(_SCORE, n * k_cached_bytes)
+    tier_bytes[ctx.kv_tier].add_not_cpu(_CTX, n * k_cached_bytes)
+    tier_bytes[ctx.kv_tier].add_feature(QKV_CPU_CTX_GPU, n * kv_width_bytes)
+    tier_bytes[ctx.kv_tier].add_not_cpu(_QKV, n * kv_write_bytes)
+    ddr_s = tier_bytes[HostTier.DDR].scaled(1.0 / _bw(ddr.read_gbps))
+
+    resources = {
+        Resource.CPU: cpu_c.scaled(n),
+        Resource.GPU: gpu_c.scaled(n),
+        Resource.PCIE_H2D: weights + h2dx_c.scaled(n),
+        Resource.PCIE_D2H: d2h_c.scaled(n),
+        Resource.DDR: ddr_s,
+    }
+    if system.cxl is not None:
+        resources[Resource.CXL] = tier_bytes[HostTier.CXL].scaled(1.0 / _bw(system.cxl.read_gbps))
+
+    terms: dict[str, tuple[Resource, Affine]] = {}
+    if ctx.mode == CostMode.ADDITIVE:
+        terms["serial"] = (Resource.CHAIN, chain_c.scaled(n) + weights)
+    else:
+        serial_weights = not (ctx.overlap and ctx.pinned_weights)
+        head = chain_c + weights if serial_weights else chain_c
+        if n == 1:
+            terms["chain"] = (Resource.CHAIN, head)
+        else:
+            for name, res, busy in (("pipe_cpu", Resource.CPU, cpu_c), ("pipe_gpu", Resource.GPU, gpu_c),
+                                    ("pipe_h2d", Resource.PCIE_H2D, h2dx_c), ("pipe_d2h", Resource.PCIE_D2H, d2h_c)):
+                terms[name] = (res, head + busy.scaled(n - 1))
+        terms["h2d"] = (Resource.PCIE_H2D, resources[Resource.PCIE_H2D])
+        terms["d2h"] = (Resource.PCIE_D2H, resources[Resource.PCIE_D2H])
+        terms["ddr"] = (Resource.DDR, ddr_s)
+        if Resource.CXL in resources:
+            terms["cxl"] = (Resource.CXL, resources[Resource.CXL])
+    return StageTerms(ctx, terms, times, weight_h2d_s, cross_h2d_s, cross_d2h_s, resources)
+
+
+def resident_layer_time(system: SystemSpec, model: ModelSpec, ctx: StageContext) -> tuple[np.ndarray, SublayerTimes]:
+    """A GPU-resident layer: all sublayers on the GPU with weights and KV in HBM, n chunks in series."""
+    n = ctx.minibatches
+    times = sublayer_times(system, model, ctx, ctx.batch // n)
+    return n * times.gpu_s.sum(axis=0), times
+
+
+def head_time_s(system: SystemSpec, model: ModelSpec, batch: int) -> float:
+    """LM head on the GPU (weights resident) for the last position of each sequence."""
+    flops = head_flops(model, batch)
+    weight_bytes = 2.0 * model.vocab_size * model.hidden_size
+    compute = flops / _gpu_rate(system, batch, attention=False)
+    memory = weight_bytes / _bw(system.gpu.hbm_gbps)
+    return max(compute, memory) + system.gpu.op_overhead_us * S_PER_US

@@ -1,0 +1,158 @@
+"""Memory accounting per tier (HBM, DDR, CXL) with explicit headroom.
+
+With K = num_layers - N_res streamed layers, sigma = [K > 0], g_i = 1 when sublayer i runs on the GPU in
+prefill or decode, and a = 1 when any attention sublayer runs on the GPU:
+
+  HBM  = embeddings + N_res (W_layer + KV_layer) + sigma 2 sum_i g_i W_i + sigma a KV_layer + workspace_gpu(n)
+  DDR  = K W_layer [weights in DDR] + K KV_layer [KV in DDR] + workspace_host(n)
+  CXL  = K W_layer [weights in CXL] + K KV_layer [KV in CXL]
+
+W_i: stored weights of sublayer i; W_layer = sum_i W_i; KV_layer = K and V of B * (L_in + L_out) tokens.
+The 2 sum_i g_i W_i term is the pair of alternating streaming buffers; sigma a KV_layer stages one streamed
+layer's KV on the GPU for GPU attention. The workspace is the prefill hidden state of the whole batch
+(input and output, 2 B L_in h) plus the largest sublayer's input and output for one chunk.
+Available per tier = capacity (1 - headroom) - reserved (CUDA context on the GPU, OS on the host).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from lia_model.accounting import (
+    embedding_weight_bytes,
+    kv_cache_bytes_per_layer,
+    layer_weight_bytes,
+    sublayer_params,
+    sublayer_work,
+)
+from lia_model.hardware import SystemSpec
+from lia_model.models import ModelSpec
+from lia_model.plan import Device, HostTier, Plan
+from lia_model.sublayers import ATTENTION_SUBLAYERS, SUBLAYERS
+from lia_model.units import BF16_BYTES, BYTES_PER_GB, BYTES_PER_GIB
+from lia_model.workload import Workload
+
+
+class MemoryTier(str, Enum):
+    HBM = "hbm"
+    DDR = "ddr"
+    CXL = "cxl"
+
+
+@dataclass(frozen=True)
+class MemoryConstants:
+    """The coefficients of the memory formulas above for one (system, model, workload, n)."""
+
+    embedding_bytes: float
+    layer_weight_bytes: float
+    sublayer_weight_bytes: tuple[float, ...]
+    kv_layer_bytes: float
+    gpu_workspace_bytes: float
+    host_workspace_bytes: float
+    available_bytes: dict[MemoryTier, float]
+
+
+def available_bytes(system: SystemSpec) -> dict[MemoryTier, float]:
+    keep = 1.0 - system.memory_headroom_fraction
+    out = {
+        MemoryTier.HBM: system.gpu.memory_gib * BYTES_PER_GIB * keep - system.gpu.reserved_gib * BYTES_PER_GIB,
+        MemoryTier.DDR: system.ddr.capacity_gib * BYTES_PER_GIB * keep - system.host_reserved_gib * BYTES_PER_GIB,
+        MemoryTier.CXL: (system.cxl.capacity_gib * BYTES_PER_GIB * keep) if system.cxl is not None else 0.0,
+    }
+    return out
+
+
+def workspace_bytes(model: ModelSpec, workload: Workload, minibatches: int) -> float:
+    chunk = workload.batch // minibatches
+    prefill = sublayer_work(model, chunk, workload.input_len, workload.input_len)
+    decode = sublayer_work(model, workload.batch, 1, workload.input_len + workload.output_len)
+    largest = max(float(w.act_in_bytes + w.act_out_bytes) for w in (*prefill.values(), *decode.values()))
+    hidden = 2.0 * workload.batch * workload.input_len * model.hidden_size * BF16_BYTES
+    return hidden + largest
+
+
+def memory_constants(system: SystemSpec, model: ModelSpec, workload: Workload, minibatches: int) -> MemoryConstants:
+    params = sublayer_params(model)
+    ws = workspace_bytes(model, workload, minibatches)
+    return MemoryConstants(
+        embedding_bytes=embedding_weight_bytes(model),
+        layer_weight_bytes=layer_weight_bytes(model),
+        sublayer_weight_bytes=tuple(float(params[s] * BF16_BYTES) for s in SUBLAYERS),
+        kv_layer_bytes=kv_cache_bytes_per_layer(model, workload.batch, workload.input_len + workload.output_len),
+        gpu_workspace_bytes=ws,
+        host_workspace_bytes=ws,
+        available_bytes=available_bytes(system),
+    )
+
+
+@dataclass(frozen=True)
+class TierUse:
+    tier: MemoryTier
+    components_bytes: dict[str, float]
+    available_bytes: float
+
+    @property
+    def required_bytes(self) -> float:
+        return sum(self.components_bytes.values())
+
+    @property
+    def shortfall_bytes(self) -> float:
+        return max(0.0, self.required_bytes - self.available_bytes)
+
+    @property
+    def fits(self) -> bool:
+        return self.required_bytes <= self.available_bytes
+
+    @property
+    def required_gb(self) -> float:
+        return self.required_bytes / BYTES_PER_GB
+
+    @property
+    def available_gb(self) -> float:
+        return self.available_bytes / BYTES_PER_GB
+
+    @property
+    def shortfall_gb(self) -> float:
+        return self.shortfall_bytes / BYTES_PER_GB
+
+
+def gpu_buffer_flags(plan: Plan) -> tuple[bool, ...]:
+    """g_i: sublayer i needs a GPU streaming buffer (it runs on the GPU in prefill or decode)."""
+    return tuple(p == Device.GPU or d == Device.GPU for p, d in zip(plan.prefill_policy, plan.decode_policy))
+
+
+def attention_on_gpu(plan: Plan) -> bool:
+    return any(
+        pol[i] == Device.GPU
+        for pol in (plan.prefill_policy, plan.decode_policy)
+        for i, s in enumerate(SUBLAYERS)
+        if s in ATTENTION_SUBLAYERS
+    )
+
+
+def memory_use(system: SystemSpec, model: ModelSpec, workload: Workload, plan: Plan) -> dict[MemoryTier, TierUse]:
+    c = memory_constants(system, model, workload, plan.prefill_minibatches)
+    resident = plan.gpu_resident_layers
+    streamed = model.num_layers - resident
+    sigma = 1.0 if streamed > 0 else 0.0
+    buffers = 2.0 * sum(w for w, g in zip(c.sublayer_weight_bytes, gpu_buffer_flags(plan)) if g)
+    hbm = {
+        "embeddings_and_head": c.embedding_bytes,
+        "resident_weights": resident * c.layer_weight_bytes,
+        "resident_kv": resident * c.kv_layer_bytes,
+        "streaming_buffers": sigma * buffers,
+        "kv_staging": sigma * (c.kv_layer_bytes if attention_on_gpu(plan) else 0.0),
+        "workspace": c.gpu_workspace_bytes,
+    }
+    host: dict[HostTier, dict[str, float]] = {HostTier.DDR: {}, HostTier.CXL: {}}
+    host[plan.weight_tier]["streamed_weights"] = streamed * c.layer_weight_bytes
+    host[plan.kv_tier]["streamed_kv"] = streamed * c.kv_layer_bytes
+    host[HostTier.DDR]["workspace"] = c.host_workspace_bytes
+    out = {
+        MemoryTier.HBM: TierUse(MemoryTier.HBM, hbm, c.available_bytes[MemoryTier.HBM]),
+        MemoryTier.DDR: TierUse(MemoryTier.DDR, host[HostTier.DDR], c.available_bytes[MemoryTier.DDR]),
+    }
+    if system.cxl is not None or host[HostTier.CXL]:
+        out[MemoryTier.CXL] = TierUse(MemoryTier.CXL, host[HostTier.CXL], c.available_bytes[MemoryTier.CXL])
+    return out

@@ -1,0 +1,151 @@
+"""Model architectures: the catalog and Hugging Face ``config.json`` parsing (pure: takes a dict)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lia_model.errors import LiaInputError
+
+
+class ModelSpec(BaseModel):
+    """Shapes of a decoder-only transformer. All sizes are element counts, not bytes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    num_layers: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    ffn_size: int = Field(ge=1, description="Intermediate size of one expert's MLP.")
+    num_heads: int = Field(ge=1)
+    num_kv_heads: int = Field(ge=1, description="Equal to num_heads for MHA, fewer for GQA.")
+    head_dim: int = Field(ge=1)
+    vocab_size: int = Field(ge=1)
+    max_context: int = Field(ge=1, description="Longest sequence (prompt + generated) the model supports.")
+    gated_mlp: bool = Field(False, description="SwiGLU-style gate+up projections (fc1 holds both).")
+    num_experts: int = Field(1, ge=1, description="MoE experts per layer (1 = dense).")
+    experts_per_token: int = Field(1, ge=1, description="Experts each token is routed to.")
+    linear_bias: bool = Field(True, description="Linear layers carry bias vectors.")
+    learned_positions: int = Field(0, ge=0, description="Rows of a learned position embedding (OPT).")
+    tied_embeddings: bool = Field(True, description="The LM head shares the token embedding.")
+    source: str = Field("", description="Where the shapes come from.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelSpec":
+        if self.num_heads % self.num_kv_heads != 0:
+            raise ValueError(f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})")
+        if self.experts_per_token > self.num_experts:
+            raise ValueError("experts_per_token cannot exceed num_experts")
+        return self
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of K (and of V) per token: num_kv_heads * head_dim."""
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def mlp_matrices(self) -> int:
+        """Number of h x f matrices in fc1 (2 when gated: gate and up)."""
+        return 2 if self.gated_mlp else 1
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 1
+
+
+_OPT_SOURCE = "Zhang et al. 2022, OPT paper Table 1 / facebook/opt-* config.json"
+
+CATALOG: dict[str, ModelSpec] = {
+    m.name: m
+    for m in [
+        ModelSpec(name="opt-30b", num_layers=48, hidden_size=7168, ffn_size=28672, num_heads=56, num_kv_heads=56,
+                  head_dim=128, vocab_size=50272, max_context=2048, learned_positions=2050, source=_OPT_SOURCE),
+        ModelSpec(name="opt-66b", num_layers=64, hidden_size=9216, ffn_size=36864, num_heads=72, num_kv_heads=72,
+                  head_dim=128, vocab_size=50272, max_context=2048, learned_positions=2050, source=_OPT_SOURCE),
+        ModelSpec(name="opt-175b", num_layers=96, hidden_size=12288, ffn_size=49152, num_heads=96,
+                  num_kv_heads=96, head_dim=128, vocab_size=50272, max_context=2048, learned_positions=2050,
+                  source=_OPT_SOURCE),
+        ModelSpec(name="llama-2-70b", num_layers=80, hidden_size=8192, ffn_size=28672, num_heads=64,
+                  num_kv_heads=8, head_dim=128, vocab_size=32000, max_context=4096, gated_mlp=True,
+                  linear_bias=False, tied_embeddings=False, source="meta-llama/Llama-2-70b-hf config.json"),
+        ModelSpec(name="llama-3.1-70b", num_layers=80, hidden_size=8192, ffn_size=28672, num_heads=64,
+                  num_kv_heads=8, head_dim=128, vocab_size=128256, max_context=131072, gated_mlp=True,
+                  linear_bias=False, tied_embeddings=False, source="meta-llama/Llama-3.1-70B config.json"),
+        ModelSpec(name="bloom-176b", num_layers=70, hidden_size=14336, ffn_size=57344, num_heads=112,
+                  num_kv_heads=112, head_dim=128, vocab_size=250880, max_context=2048,
+                  source="bigscience/bloom config.json (ALiBi; 2048 training length)"),
+        ModelSpec(name="mixtral-8x7b", num_layers=32, hidden_size=4096, ffn_size=14336, num_heads=32,
+                  num_kv_heads=8, head_dim=128, vocab_size=32000, max_context=32768, gated_mlp=True,
+                  num_experts=8, experts_per_token=2, linear_bias=False, tied_embeddings=False,
+                  source="mistralai/Mixtral-8x7B-v0.1 config.json"),
+    ]
+}
+
+
+def get_model(name: str) -> ModelSpec:
+    key = name.strip().lower()
+    if key in CATALOG:
+        return CATALOG[key]
+    close = difflib.get_close_matches(key, CATALOG, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise LiaInputError(
+        "model", f"unknown model '{name}'",
+        f"{hint}choose one of {', '.join(CATALOG)} or give a path to a Hugging Face config.json",
+    )
+
+
+def _first(config: Mapping[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if key in config and config[key] is not None:
+            return config[key]
+    return None
+
+
+def model_from_hf_config(config: Mapping[str, Any], name: str = "custom") -> ModelSpec:
+    """Build a ModelSpec from a Hugging Face config.json dict (OPT, Llama, Mistral/Mixtral, Bloom, ...).
+
+    Honours ``head_dim`` and ``num_key_value_heads`` when present.
+    """
+    hidden = _first(config, "hidden_size", "n_embd", "d_model")
+    layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")
+    heads = _first(config, "num_attention_heads", "n_head", "num_heads")
+    missing = [k for k, v in (("hidden_size", hidden), ("num_hidden_layers", layers),
+                              ("num_attention_heads", heads)) if v is None]
+    if missing:
+        raise LiaInputError(
+            f"config.json {missing[0]}", "missing from the config",
+            'a decoder config needs e.g. {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32}',
+        )
+    model_type = str(config.get("model_type", "")).lower()
+    ffn = _first(config, "intermediate_size", "ffn_dim", "n_inner")
+    if ffn is None:
+        ffn = 4 * int(hidden)
+    kv_heads = _first(config, "num_key_value_heads", "num_kv_heads") or heads
+    head_dim = _first(config, "head_dim") or int(hidden) // int(heads)
+    vocab = _first(config, "vocab_size") or 32000
+    max_ctx = _first(config, "max_position_embeddings", "n_positions", "seq_length", "max_sequence_length") or 2048
+    gated = model_type in ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "gemma", "gemma2", "phi3") or (
+        str(config.get("hidden_act", config.get("activation_function", ""))).lower() in ("silu", "swiglu")
+        and model_type not in ("opt", "bloom", "gpt2")
+    )
+    experts = _first(config, "num_local_experts", "num_experts") or 1
+    per_token = _first(config, "num_experts_per_tok", "num_experts_per_token") or (2 if experts > 1 else 1)
+    bias = bool(config.get("attention_bias", model_type in ("opt", "bloom", "gpt2", "gpt_neox", "falcon")))
+    learned = int(max_ctx) + 2 if model_type == "opt" else (int(max_ctx) if model_type == "gpt2" else 0)
+    try:
+        return ModelSpec(
+            name=name, num_layers=int(layers), hidden_size=int(hidden), ffn_size=int(ffn), num_heads=int(heads),
+            num_kv_heads=int(kv_heads), head_dim=int(head_dim), vocab_size=int(vocab), max_context=int(max_ctx),
+            gated_mlp=bool(gated), num_experts=int(experts), experts_per_token=int(per_token), linear_bias=bias,
+            learned_positions=learned, tied_embeddings=bool(config.get("tie_word_embeddings", True)),
+            source=f"Hugging Face config.json (model_type {model_type or 'unknown'})",
+        )
+    except ValueError as err:  # pydantic.ValidationError subclasses ValueError
+        raise LiaInputError("config.json", str(err).splitlines()[-1] if str(err) else "invalid",
+                            "check the config's head and size fields") from None

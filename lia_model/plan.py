@@ -1,0 +1,161 @@
+"""The Plan: every knob of one CPU/GPU cooperative execution, typed and frozen.
+
+Policy vectors use the paper's notation: one entry per sublayer (qkv, attn_score, attn_context,
+out_proj, fc1, fc2), **1 = CPU, 0 = GPU**. In code always go through ``Device.CPU`` / ``Device.GPU``.
+The same Plan object flows from the optimiser to the cost model and the runtime unchanged, and it
+round-trips through JSON (``Plan.model_validate_json(plan.model_dump_json()) == plan``).
+"""
+
+from __future__ import annotations
+
+from enum import Enum, IntEnum
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+
+from lia_model.errors import LiaInputError
+from lia_model.sublayers import NUM_SUBLAYERS, SUBLAYERS, Sublayer
+
+
+class Device(IntEnum):
+    """Where a sublayer runs. Values are the paper's notation."""
+
+    GPU = 0
+    CPU = 1
+
+
+class HostTier(str, Enum):
+    """Host memory tier holding streamed weights or the KV cache of streamed layers."""
+
+    DDR = "ddr"
+    CXL = "cxl"
+
+
+class CpuIsa(str, Enum):
+    """CPU matrix instruction set a plan's CPU sublayers use."""
+
+    AMX_BF16 = "amx_bf16"
+    AVX512_BF16 = "avx512_bf16"
+    AVX512_FP32 = "avx512_fp32"
+    SVE2_BF16 = "sve2_bf16"
+
+
+def _parse_policy(value: object) -> tuple[Device, ...]:
+    """Accept (0,1,1,0,0,0), [0,1,...], "011000", "0,1,1,0,0,0" or device names ("gpu", "cpu")."""
+    items: list[object]
+    if isinstance(value, str):
+        text = value.strip().strip("()[]")
+        items = [t for t in text.replace(",", " ").split()] if ("," in text or " " in text) else list(text)
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError(f"a policy vector is 6 entries of 0 (GPU) or 1 (CPU), got {value!r}")
+    if len(items) != NUM_SUBLAYERS:
+        raise ValueError(
+            f"a policy vector has {NUM_SUBLAYERS} entries (one per sublayer "
+            f"{', '.join(s.value for s in SUBLAYERS)}), got {len(items)}: {value!r}; example: (0,1,1,0,0,0)"
+        )
+    devices = []
+    for item in items:
+        if isinstance(item, Device):
+            devices.append(item)
+        elif isinstance(item, str) and item.strip().lower() in ("cpu", "gpu"):
+            devices.append(Device[item.strip().upper()])
+        elif str(item).strip() in ("0", "1"):
+            devices.append(Device(int(str(item).strip())))
+        else:
+            raise ValueError(f"policy entry {item!r} is not 0 (GPU) or 1 (CPU); example: (0,1,1,0,0,0)")
+    return tuple(devices)
+
+
+Policy = Annotated[
+    tuple[Device, Device, Device, Device, Device, Device],
+    BeforeValidator(_parse_policy),
+    PlainSerializer(lambda p: [int(d) for d in p], return_type=list[int]),
+]
+
+
+def policy(*devices: Device) -> tuple[Device, ...]:
+    """Build a policy vector from six Device values (helper for readable code)."""
+    return _parse_policy(list(devices))
+
+
+ALL_GPU: tuple[Device, ...] = (Device.GPU,) * NUM_SUBLAYERS
+ALL_CPU: tuple[Device, ...] = (Device.CPU,) * NUM_SUBLAYERS
+ATTENTION_ON_CPU: tuple[Device, ...] = tuple(
+    Device.CPU if s in (Sublayer.ATTN_SCORE, Sublayer.ATTN_CONTEXT) else Device.GPU for s in SUBLAYERS
+)
+
+
+def policy_notation(p: tuple[Device, ...]) -> str:
+    """Paper notation, e.g. ``(0,1,1,0,0,0)``."""
+    return "(" + ",".join(str(int(d)) for d in p) + ")"
+
+
+def policy_in_words(p: tuple[Device, ...]) -> str:
+    """E.g. ``GPU: qkv, out_proj, fc1, fc2; CPU: attn_score, attn_context``."""
+    on_gpu = [s.value for s, d in zip(SUBLAYERS, p) if d == Device.GPU]
+    on_cpu = [s.value for s, d in zip(SUBLAYERS, p) if d == Device.CPU]
+    if not on_cpu:
+        return "all on GPU"
+    if not on_gpu:
+        return "all on CPU"
+    return f"GPU: {', '.join(on_gpu)}; CPU: {', '.join(on_cpu)}"
+
+
+def policy_index(p: tuple[Device, ...]) -> int:
+    """Integer code of a policy (bit i = sublayer i on CPU). Used to index enumeration tables."""
+    return sum(int(d) << i for i, d in enumerate(p))
+
+
+def policy_from_index(index: int) -> tuple[Device, ...]:
+    return tuple(Device((index >> i) & 1) for i in range(NUM_SUBLAYERS))
+
+
+class Plan(BaseModel):
+    """One execution plan. Frozen: what the optimiser returns is what the runtime executes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prefill_policy: Policy = Field(description="Where each sublayer runs in prefill (1 = CPU, 0 = GPU).")
+    decode_policy: Policy = Field(description="Where each sublayer runs in decode (1 = CPU, 0 = GPU).")
+    gpu_resident_layers: int = Field(
+        0, ge=0, description="The first N decoder layers keep weights and KV on the GPU and run all-GPU."
+    )
+    prefill_minibatches: int = Field(
+        1, ge=1, description="The prefill batch is split into this many equal chunks that pipeline."
+    )
+    weight_tier: HostTier = Field(HostTier.DDR, description="Host tier holding the streamed layers' weights.")
+    kv_tier: HostTier = Field(HostTier.DDR, description="Host tier holding the streamed layers' KV cache.")
+    pinned_weights: bool = Field(True, description="Page-locked host weights: H2D copies are async DMA.")
+    overlap: bool = Field(True, description="Prefetch the next layer's weights into a second GPU buffer.")
+    cpu_isa: CpuIsa = Field(CpuIsa.AMX_BF16, description="Matrix ISA of the CPU sublayers.")
+    label: str = Field("", description="Free-text name (e.g. the baseline it reproduces); not a knob.")
+
+    def describe(self) -> str:
+        """Multi-line description in paper notation and in words."""
+        return "\n".join(
+            [
+                f"prefill {policy_notation(self.prefill_policy)}  {policy_in_words(self.prefill_policy)}",
+                f"decode  {policy_notation(self.decode_policy)}  {policy_in_words(self.decode_policy)}",
+                f"GPU-resident layers {self.gpu_resident_layers}, prefill minibatches {self.prefill_minibatches}, "
+                f"weights in {self.weight_tier.value.upper()}, KV in {self.kv_tier.value.upper()}, "
+                f"pinned={self.pinned_weights}, overlap={self.overlap}, CPU ISA {self.cpu_isa.value}",
+            ]
+        )
+
+
+def check_plan_against(plan: Plan, num_layers: int, batch: int) -> None:
+    """Structural checks that depend on the model and workload (not on memory)."""
+    if plan.gpu_resident_layers > num_layers:
+        raise LiaInputError(
+            "plan.gpu_resident_layers",
+            f"{plan.gpu_resident_layers} resident layers but the model has {num_layers}",
+            f"use a value from 0 to {num_layers}",
+        )
+    if plan.prefill_minibatches > batch or batch % plan.prefill_minibatches != 0:
+        raise LiaInputError(
+            "plan.prefill_minibatches",
+            f"{plan.prefill_minibatches} minibatches do not split batch {batch} into equal chunks",
+            "use a divisor of the batch, e.g. 1",
+        )

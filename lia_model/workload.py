@@ -1,0 +1,41 @@
+"""The workload: batch size, prompt length and generated length."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lia_model.errors import LiaInputError
+from lia_model.models import ModelSpec
+
+
+class Workload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch: int = Field(ge=1, description="Sequences processed together (B).")
+    input_len: int = Field(ge=1, description="Prompt tokens per sequence (L_in).")
+    output_len: int = Field(ge=1, description="Generated tokens per sequence (L_out), the first from prefill.")
+
+    @property
+    def decode_steps(self) -> int:
+        """Decode steps after prefill: the first output token comes from prefill."""
+        return self.output_len - 1
+
+    def decode_contexts(self) -> list[int]:
+        """Cached tokens s at each decode step t = 1 .. L_out - 1 (the new token included): L_in + t."""
+        return [self.input_len + t for t in range(1, self.output_len)]
+
+
+def make_workload(batch: int, input_len: int, output_len: int, model: ModelSpec | None = None) -> Workload:
+    """Validate a workload with clear messages (and against the model's context limit when given)."""
+    for field, value, example in (("batch", batch, 1), ("input_len", input_len, 256), ("output_len", output_len, 32)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LiaInputError(f"workload.{field}", f"must be a whole number >= 1, got {value!r}",
+                                f"e.g. --{field.replace('_len', '')} {example}")
+    if model is not None and input_len + output_len > model.max_context:
+        raise LiaInputError(
+            "workload.output_len",
+            f"input {input_len} + output {output_len} = {input_len + output_len} tokens passes "
+            f"{model.name}'s context limit of {model.max_context}",
+            f"use an output of at most {max(model.max_context - input_len, 0)} tokens, or a shorter input",
+        )
+    return Workload(batch=batch, input_len=input_len, output_len=output_len)
