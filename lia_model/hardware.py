@@ -81,6 +81,8 @@ def _numeric_paths(spec: BaseModel, prefix: str = "") -> list[str]:
             paths.extend(_numeric_paths(value, path + "."))
         elif isinstance(value, dict):
             for key, item in value.items():
+                if isinstance(item, IsaSpec) and not item.present:
+                    continue
                 if isinstance(item, BaseModel) and not isinstance(item, Sourced):
                     paths.extend(_numeric_paths(item, f"{path}.{getattr(key, 'value', key)}."))
         elif isinstance(value, (list, tuple)) and value and isinstance(value[0], EfficiencyPoint):
@@ -99,19 +101,23 @@ class IsaSpec(_Spec):
 
     present: bool = Field(description="Whether the CPU has this ISA.")
     per_core_tflops: float = Field(ge=0.0, description="Peak dense throughput of one core.", examples=[0.5])
-    matmul_efficiency: list[EfficiencyPoint] = Field(description="Linear-layer efficiency vs token count.")
+    matmul_efficiency: list[EfficiencyPoint] = Field(
+        default_factory=list, description="Linear-layer efficiency vs token count (empty when absent)."
+    )
     attention_efficiency: list[EfficiencyPoint] = Field(
-        description="Attention (batched matmul) efficiency vs query tokens per sequence."
+        default_factory=list, description="Attention (batched matmul) efficiency vs query tokens per sequence."
     )
     backend: str = Field("onednn", description="Library whose kernels the numbers describe.")
     kernel_observed: Optional[str] = Field(None, description="Kernel ISA seen in ONEDNN_VERBOSE, if calibrated.")
-
-    _tables = field_validator("matmul_efficiency", "attention_efficiency")(_check_table)
+    absent_reason: Optional[str] = Field(None, description="Why the ISA is marked absent (calibrated profiles).")
 
     @model_validator(mode="after")
     def _present_has_throughput(self) -> "IsaSpec":
-        if self.present and self.per_core_tflops <= 0:
-            raise ValueError("a present ISA needs per_core_tflops > 0, e.g. per_core_tflops: 0.5")
+        if self.present:
+            if self.per_core_tflops <= 0:
+                raise ValueError("a present ISA needs per_core_tflops > 0, e.g. per_core_tflops: 0.5")
+            _check_table(self.matmul_efficiency)
+            _check_table(self.attention_efficiency)
         return self
 
 
