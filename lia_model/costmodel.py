@@ -53,7 +53,8 @@ class BreakdownRow:
     device: Device
     compute_s: float         # roofline time on its device (incl. op overhead)
     memory_s: float          # the memory-bandwidth part of it
-    pcie_s: float            # weight prefetch + its outgoing activation copy + its KV copies
+    pcie_s: float            # weight prefetch + its outgoing activation copy + its KV copies (cached K/V
+                             # fetched for GPU attention, new K/V written back by a GPU qkv)
     bound: str               # "compute", "memory" or "pcie"
 
 
@@ -141,7 +142,7 @@ def _breakdown(stage: Stage, policy: tuple[Device, ...], terms: StageTerms, stre
         compute = float(np.mean(t.cpu_s[i] if on_cpu else t.gpu_s[i])) * n
         mem = float(np.mean(t.cpu_memory_s[i] if on_cpu else t.gpu_memory_s[i])) * n
         compute_bound = bool(np.mean(t.cpu_compute_bound[i] if on_cpu else t.gpu_compute_bound[i]) >= 0.5)
-        pcie = 0.0 if on_cpu else float(terms.weight_h2d_s[i])
+        pcie = 0.0 if on_cpu else float(terms.weight_h2d_s[i]) + float(np.mean(terms.kv_copy_s[i])) * n
         if dev != nxt:
             cross = terms.cross_h2d_s[i] if on_cpu else terms.cross_d2h_s[i]
             pcie += float(np.mean(cross)) * n

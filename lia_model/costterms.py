@@ -164,6 +164,7 @@ class StageTerms:
     weight_h2d_s: np.ndarray      # [6] prefetch time of each sublayer's weights
     cross_h2d_s: np.ndarray       # [6, S] copy at boundary j when j on CPU and j+1 on GPU (one chunk)
     cross_d2h_s: np.ndarray       # [6, S]
+    kv_copy_s: np.ndarray         # [6, S] KV copies a sublayer causes when it runs on the GPU (one chunk)
     resources: dict[Resource, Affine] = field(default_factory=dict)  # whole-layer busy time per resource
 
     def layer_time(self, features: np.ndarray) -> np.ndarray:
@@ -332,7 +333,11 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         terms["ddr"] = (Resource.DDR, ddr_s)
         if Resource.CXL in resources:
             terms["cxl"] = (Resource.CXL, resources[Resource.CXL])
-    return StageTerms(ctx, terms, times, weight_h2d_s, cross_h2d_s, cross_d2h_s, resources)
+    kv_copy_s = np.zeros((NUM_SUBLAYERS, steps))
+    kv_copy_s[_QKV] = kv_write_s
+    kv_copy_s[_SCORE] = k_cached_s
+    kv_copy_s[_CTX] = k_cached_s
+    return StageTerms(ctx, terms, times, weight_h2d_s, cross_h2d_s, cross_d2h_s, kv_copy_s, resources)
 
 
 def resident_layer_time(system: SystemSpec, model: ModelSpec, ctx: StageContext) -> tuple[np.ndarray, SublayerTimes]:

@@ -1,0 +1,120 @@
+"""The plan space the optimiser searches, and the cost tables both exact solvers read.
+
+The space (for one batch B):
+  prefill policy, decode policy     any of 2^6 x 2^6 vectors
+  GPU-resident layers N_res         0 .. num_layers
+  prefill minibatches n             {1, 2, 4, 8}, dividing B
+  weight tier, KV tier              DDR, or CXL where the system has it
+fixed: pinned weights, weight prefetch overlap (never slower in the model), and the CPU's best ISA.
+For the throughput objectives B is chosen too, from ``batch_candidates``: powers of two up to the largest
+batch that fits, plus that largest batch.
+
+``SpaceTables`` holds, per combination of the discrete knobs other than the policies and N_res, the
+affine cost forms of a streamed layer (costterms), the resident layer's times and the memory constants.
+The ILP turns those forms into constraints; the enumerator evaluates them on all 64 policy vectors.
+Both therefore optimise exactly the model that predict() evaluates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+
+from lia_model.costmodel import stage_context
+from lia_model.costterms import CostMode, StageTerms, head_time_s, resident_layer_time, streamed_layer_terms
+from lia_model.hardware import SystemSpec
+from lia_model.memory import MemoryConstants, MemoryTier, memory_constants
+from lia_model.models import ModelSpec
+from lia_model.plan import ALL_GPU, CpuIsa, HostTier, Plan
+from lia_model.sublayers import Stage
+from lia_model.workload import Workload
+
+MINIBATCH_CANDIDATES = (1, 2, 4, 8)
+
+
+def minibatch_candidates(batch: int) -> tuple[int, ...]:
+    return tuple(n for n in MINIBATCH_CANDIDATES if n <= batch and batch % n == 0)
+
+
+def tier_candidates(system: SystemSpec) -> tuple[HostTier, ...]:
+    return (HostTier.DDR, HostTier.CXL) if system.has_cxl else (HostTier.DDR,)
+
+
+def space_isa(system: SystemSpec) -> CpuIsa:
+    return system.cpu.best_isa()
+
+
+def template_plan(system: SystemSpec) -> Plan:
+    """The fixed knobs of every plan in the space."""
+    return Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, pinned_weights=True, overlap=True,
+                cpu_isa=space_isa(system), label="optimum")
+
+
+@dataclass(frozen=True)
+class Combo:
+    """The discrete knobs other than the policies and N_res."""
+
+    minibatches: int
+    weight_tier: HostTier
+    kv_tier: HostTier
+
+
+@dataclass
+class SpaceTables:
+    system: SystemSpec
+    model: ModelSpec
+    workload: Workload
+    mode: CostMode
+    combos: tuple[Combo, ...]
+    prefill: dict[Combo, StageTerms]                       # streamed layer, prefill (one step)
+    decode: dict[tuple[HostTier, HostTier], StageTerms]   # streamed layer, decode (L_out - 1 steps)
+    resident_prefill_s: dict[int, float]                   # per minibatch count
+    resident_decode_s: np.ndarray                          # per step
+    head_s: float
+    memory: dict[int, MemoryConstants]                     # per minibatch count
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
+
+    @property
+    def decode_steps(self) -> int:
+        return self.workload.decode_steps
+
+    @property
+    def head_total_s(self) -> float:
+        """The LM head runs once in prefill and once per decode step."""
+        return self.head_s * (1 + self.decode_steps)
+
+
+def build_tables(system: SystemSpec, model: ModelSpec, workload: Workload,
+                 mode: CostMode = CostMode.OVERLAP) -> SpaceTables:
+    base = template_plan(system)
+    tiers = tier_candidates(system)
+    combos = tuple(Combo(n, wt, kv) for n, wt, kv in product(minibatch_candidates(workload.batch), tiers, tiers))
+    prefill: dict[Combo, StageTerms] = {}
+    decode: dict[tuple[HostTier, HostTier], StageTerms] = {}
+    resident_prefill: dict[int, float] = {}
+    resident_decode = np.zeros(workload.decode_steps)
+    memory: dict[int, MemoryConstants] = {}
+    for c in combos:
+        plan = base.model_copy(update={"prefill_minibatches": c.minibatches, "weight_tier": c.weight_tier,
+                                       "kv_tier": c.kv_tier})
+        ctx = stage_context(workload, plan, Stage.PREFILL, mode)
+        prefill[c] = streamed_layer_terms(system, model, ctx)
+        if c.minibatches not in resident_prefill:
+            resident_prefill[c.minibatches] = float(resident_layer_time(system, model, ctx)[0][0])
+            memory[c.minibatches] = memory_constants(system, model, workload, c.minibatches)
+        key = (c.weight_tier, c.kv_tier)
+        if key not in decode and workload.decode_steps > 0:
+            dctx = stage_context(workload, plan, Stage.DECODE, mode)
+            decode[key] = streamed_layer_terms(system, model, dctx)
+            resident_decode = resident_layer_time(system, model, dctx)[0]
+    return SpaceTables(system, model, workload, mode, combos, prefill, decode, resident_prefill, resident_decode,
+                       head_time_s(system, model, workload.batch), memory)
+
+
+def available(tables: SpaceTables) -> dict[MemoryTier, float]:
+    return next(iter(tables.memory.values())).available_bytes

@@ -1,0 +1,50 @@
+"""``lia study NAME|all``: run a sweep and write NAME.csv, NAME.png and NAME.svg.
+
+Registered on the ``lia`` app by lia_model.cli. Nothing slow is imported at module import time: the
+studies (numpy, pandas, matplotlib, the optimiser) load inside the command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("study")(study)
+
+
+def study(
+    name: str = typer.Argument(..., help="A study (microbench, e2e, policy-map, cxl, sensitivity, cost, "
+                                         "validation) or 'all'."),
+    out: Path = typer.Option(Path("results/studies"), "--out", help="Folder for NAME.csv, NAME.png, NAME.svg."),
+    reduced: bool = typer.Option(False, "--reduced", help="The small CI-sized grid instead of the full one."),
+    executor: str = typer.Option("local", "--executor", help="local (processes on this machine) or dask."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler",
+                                            help="Address of a running Dask scheduler (with --executor dask)."),
+    workers: Optional[int] = typer.Option(None, "--workers",
+                                          help="Parallel workers (default: all cores, or the cluster's threads)."),
+    replot: bool = typer.Option(False, "--replot", help="Only redraw the figure from an existing NAME.csv."),
+) -> None:
+    """Run a named sweep (or all of them) and write its CSV and figure."""
+    from rich.console import Console
+
+    from studies.registry import STUDIES
+    from studies.runner import get_study, plot_study, run_study
+
+    console = Console(stderr=True)
+    names = list(STUDIES) if name == "all" else [get_study(name).name]
+    for study_name in names:
+        spec = STUDIES[study_name]
+        if replot:
+            files = plot_study(spec, out / f"{spec.name}.csv")
+            console.print(f"{spec.name}: redrew {', '.join(str(f) for f in files)}")
+            continue
+        result = run_study(spec, out, reduced=reduced, executor=executor, scheduler=scheduler, workers=workers)
+        if result.skipped_reason:
+            console.print(f"{spec.name}: nothing written: {result.skipped_reason}")
+        else:
+            console.print(f"{spec.name}: {result.points} points, {result.rows} rows -> "
+                          f"{', '.join(str(f) for f in result.files)}")

@@ -1,0 +1,223 @@
+"""e2e: the optimum against the baselines: latency at B = 1, throughput at B = 64 and at the largest batch.
+
+For each system, model and (L_in, L_out) three scenarios:
+  latency_b1            latency of one sequence (B = 1); the optimiser's latency objective
+  throughput_b64        throughput at B = 64; at a fixed batch the lowest latency is the highest throughput
+  throughput_max_batch  throughput with the batch chosen too: the optimiser's throughput objective (powers of
+                        two up to the largest batch any plan fits, and that batch); each baseline at the
+                        largest batch its own plan fits. A baseline batch that is not one of the optimiser's
+                        candidates lies outside its space (in_optimizer_space = False), and may beat it.
+Every baseline of lia_model.baselines is evaluated (the figure shows FlexGen-like, IPEX and GPU-only); a
+baseline that does not fit memory is a row with feasible = False and no numbers. ``speedup`` is how many
+times better the optimum is (baseline latency / optimum latency, or optimum throughput / baseline
+throughput); ``in_optimizer_space`` says whether the optimiser could have chosen the baseline's plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from lia_model.baselines import baseline_plans
+from lia_model.costmodel import predict
+from lia_model.memory import memory_use
+from studies import inputs
+from studies.batch import largest_feasible_batch
+from studies.framework import Row, Study
+from studies.optimum import in_optimizer_space, optimum, plan_fields, prediction_fields, throughput_batch_choices
+
+SCENARIOS = ("latency_b1", "throughput_b64", "throughput_max_batch")
+METRIC = {"latency_b1": "latency_s", "throughput_b64": "throughput_tokens_per_s",
+          "throughput_max_batch": "throughput_tokens_per_s"}
+FIXED_BATCH = {"latency_b1": 1, "throughput_b64": 64}
+BATCH_CAP = 1 << 16          # the optimiser's own batch search cap
+SHOWN_BASELINES = ("flexgen", "ipex", "gpu_only")
+
+
+@dataclass(frozen=True)
+class Grid:
+    systems: tuple[str, ...]
+    models: tuple[str, ...]
+    lengths: tuple[tuple[int, int], ...]     # (L_in, L_out)
+    scenarios: tuple[str, ...] = SCENARIOS
+
+
+FULL = Grid(systems=("spr-a100", "spr-h100", "gnr-a100", "gnr-h100"),
+            models=("opt-30b", "opt-66b", "opt-175b"),
+            lengths=((32, 32), (256, 32), (2016, 32), (32, 256), (1792, 256)))
+REDUCED = Grid(systems=("spr-a100", "gnr-h100"), models=("opt-30b", "opt-175b"), lengths=((32, 32), (1792, 256)))
+
+
+@dataclass(frozen=True)
+class Point:
+    system: str
+    model: str
+    input_len: int
+    output_len: int
+    scenario: str
+
+
+def points(grid: Grid) -> list[Point]:
+    return [Point(s, m, li, lo, sc) for s in grid.systems for m in grid.models for (li, lo) in grid.lengths
+            for sc in grid.scenarios]
+
+
+def _baseline_batch(point: Point, label: str) -> Optional[int]:
+    """The largest batch at which the baseline's own plan fits memory."""
+    system, model = inputs.system(point.system), inputs.model(point.model)
+
+    def fits(batch: int) -> bool:
+        wl = inputs.workload(point.model, batch, point.input_len, point.output_len)
+        plan = baseline_plans(system, model, wl)[label]
+        return all(u.fits for u in memory_use(system, model, wl, plan).values())
+
+    return largest_feasible_batch(fits, BATCH_CAP)
+
+
+def _row(point: Point, plan_label: str, batch: Optional[int], plan, prediction, in_space: Optional[bool],
+         solve_time_s: Optional[float]) -> Row:
+    fields = prediction_fields(prediction)
+    return {"system": point.system, "model": point.model, "input_len": point.input_len,
+            "output_len": point.output_len, "scenario": point.scenario, "metric": METRIC[point.scenario],
+            "plan": plan_label, "batch": batch, **fields, "value": fields[METRIC[point.scenario]],
+            "speedup": None, "in_optimizer_space": in_space, **plan_fields(plan), "solve_time_s": solve_time_s}
+
+
+def run(point: Point) -> list[Row]:
+    system, model = inputs.system(point.system), inputs.model(point.model)
+    batch = FIXED_BATCH.get(point.scenario, 1)
+    workload = inputs.workload(point.model, batch, point.input_len, point.output_len)
+    objective = "throughput" if point.scenario == "throughput_max_batch" else "latency"
+    best = optimum(system, model, workload, objective)
+    rows = [_row(point, "optimum", best.workload.batch if best else None, best.plan if best else None,
+                 best.prediction if best else None, True, best.solve_time_s if best else None)]
+    choices = throughput_batch_choices(system, model, workload) if objective == "throughput" else None
+    for label in baseline_plans(system, model, workload):
+        b: Optional[int] = batch
+        if point.scenario == "throughput_max_batch":
+            b = _baseline_batch(point, label)
+        if b is None:   # not even B = 1 fits
+            plan = baseline_plans(system, model, workload)[label]
+            rows.append(_row(point, label, None, plan, None, in_optimizer_space(system, plan, 1), None))
+            continue
+        wl = inputs.workload(point.model, b, point.input_len, point.output_len)
+        plan = baseline_plans(system, model, wl)[label]
+        rows.append(_row(point, label, b, plan, predict(system, model, wl, plan),
+                         in_optimizer_space(system, plan, b, choices), None))
+    opt_value = rows[0]["value"]
+    for row in rows[1:]:
+        if opt_value is not None and row["value"] is not None:
+            lower_is_better = row["metric"] == "latency_s"
+            row["speedup"] = row["value"] / opt_value if lower_is_better else opt_value / row["value"]
+    return rows
+
+
+COLUMNS = ("system", "model", "input_len", "output_len", "scenario", "metric", "plan", "batch", "feasible", "ttft_s",
+           "tpot_mean_s", "latency_s", "throughput_tokens_per_s", "value", "speedup", "in_optimizer_space",
+           "prefill_policy", "decode_policy", "gpu_resident_layers", "prefill_minibatches", "weight_tier", "kv_tier",
+           "cpu_isa", "solve_time_s")
+
+SCENARIO_TITLES = {"latency_b1": "latency at B = 1", "throughput_b64": "throughput at B = 64",
+                   "throughput_max_batch": "throughput at the largest batch that fits"}
+
+
+def _order(values, preferred) -> list:
+    present = list(dict.fromkeys(values))
+    return [v for v in preferred if v in present] + sorted(v for v in present if v not in preferred)
+
+
+def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
+    """Annotated heatmaps: per scenario (row), the optimum's value and its speedup over each baseline."""
+    import matplotlib.colors as mcolors
+
+    from studies.plotting import PLAN_NAMES, figure, fmt_seconds, fmt_tokens_per_s
+
+    grid = grid or FULL
+    systems = _order(frame["system"], grid.systems)
+    workloads = frame[["model", "input_len", "output_len"]].drop_duplicates()
+    models = _order(workloads["model"], grid.models)
+    ylabels, ykeys = [], []
+    for m in models:
+        for li, lo in _order([tuple(x) for x in workloads[workloads["model"] == m][["input_len", "output_len"]]
+                              .itertuples(index=False)], grid.lengths):
+            ykeys.append((m, li, lo))
+            ylabels.append(f"{m.upper()}  {li}/{lo}")
+    scenarios = _order(frame["scenario"], SCENARIOS)
+    columns = ["optimum", *SHOWN_BASELINES]
+    fig, axes = figure(len(scenarios), len(columns), 3.3 * len(columns) + 1.5, 0.36 * len(ykeys) * len(scenarios) + 2.2)
+    norm = mcolors.TwoSlopeNorm(vmin=-2.0, vcenter=0.0, vmax=2.0)   # log10(speedup): 1/100x .. 100x
+    cmap = __import__("matplotlib").colormaps["PuOr"]
+    image = None
+    for r, scenario in enumerate(scenarios):
+        part = frame[frame["scenario"] == scenario].set_index(["model", "input_len", "output_len", "system", "plan"])
+        for c, plan in enumerate(columns):
+            ax = axes[r][c]
+            ax.grid(False)
+            values = np.full((len(ykeys), len(systems)), np.nan)
+            texts = [["" for _ in systems] for _ in ykeys]
+            for i, key in enumerate(ykeys):
+                for j, sysname in enumerate(systems):
+                    idx = (*key, sysname, plan)
+                    if idx not in part.index:
+                        texts[i][j] = ""
+                        continue
+                    row = part.loc[idx]
+                    if plan == "optimum":
+                        if not bool(row["feasible"]):
+                            texts[i][j] = "nothing fits"
+                        elif scenario == "latency_b1":
+                            texts[i][j] = fmt_seconds(float(row["value"]))
+                        else:
+                            texts[i][j] = f"{fmt_tokens_per_s(float(row['value']))}\nB={int(row['batch'])}" \
+                                if scenario == "throughput_max_batch" else fmt_tokens_per_s(float(row["value"]))
+                    elif not bool(row["feasible"]):
+                        texts[i][j] = "does not fit"
+                    elif pd.isna(row["speedup"]):
+                        texts[i][j] = "(no optimum)"
+                    else:
+                        values[i, j] = np.log10(float(row["speedup"]))
+                        texts[i][j] = f"{float(row['speedup']):.3g}x"
+            if plan == "optimum":
+                ax.imshow(np.zeros_like(values), cmap="Greys", vmin=0, vmax=1, aspect="auto")
+            else:
+                image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
+                for i in range(len(ykeys)):
+                    for j in range(len(systems)):
+                        if np.isnan(values[i, j]):
+                            ax.add_patch(__import__("matplotlib").patches.Rectangle(
+                                (j - 0.5, i - 0.5), 1, 1, facecolor="#eeeeee", hatch="///", edgecolor="#bbbbbb",
+                                linewidth=0))
+            for i in range(len(ykeys)):
+                for j in range(len(systems)):
+                    ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=6.3,
+                            color="#555555" if np.isnan(values[i, j]) and plan != "optimum" else "black")
+            ax.set_xticks(range(len(systems)), systems, fontsize=7.5)
+            ax.xaxis.tick_top()
+            ax.set_yticks(range(len(ykeys)), ylabels if c == 0 else [""] * len(ykeys), fontsize=7)
+            for boundary in range(1, len(models)):
+                ax.axhline(boundary * len(ykeys) / len(models) - 0.5, color="black", linewidth=0.8)
+            unit = "latency" if scenario == "latency_b1" else "tokens/s"
+            title = (f"optimum: {unit}" if plan == "optimum" else f"speedup over {PLAN_NAMES[plan]}")
+            ax.set_title(f"{SCENARIO_TITLES[scenario]}\n{title}", fontsize=8.5, pad=18)
+        axes[r][0].set_ylabel("model  L_in/L_out (tokens)")
+    if image is not None:
+        bar = fig.colorbar(image, ax=[a for row in axes for a in row[1:]], shrink=0.5, pad=0.01, aspect=40)
+        ticks = [-2, -1, 0, 1, 2]
+        bar.set_ticks(ticks, labels=[f"{10.0 ** t:g}x" for t in ticks])
+        bar.set_label("how many times better the optimum is (log scale)")
+    fig.suptitle("End to end: the optimal plan vs FlexGen-like, IPEX and GPU-only (cost model, overlap mode); "
+                 "hatched: the baseline does not fit memory", fontsize=10)
+    return fig
+
+
+STUDY = Study(
+    name="e2e",
+    title="Optimum vs baselines: latency at B=1, throughput at B=64 and at the largest batch",
+    description="For OPT-30B/66B/175B on four systems and five (L_in, L_out), the optimum's latency and "
+                "throughput and how many times better it is than FlexGen-like, IPEX and GPU-only plans.",
+    full_grid=FULL, reduced_grid=REDUCED, points=points, run=run, plot=plot,
+    sort_by=("system", "model", "input_len", "output_len", "scenario", "plan"), columns=COLUMNS,
+)

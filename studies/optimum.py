@@ -1,0 +1,107 @@
+"""The studies' one door to the optimiser (lia_model.optimizer), plus the row fields of plans.
+
+Sweeps use ``solver="enumerate"``: exact with respect to the cost model and a few milliseconds per query.
+Nothing here searches plans itself: the optimiser owns that. ``in_optimizer_space`` states which plans
+the optimiser searches, so the tests can check "the optimum is never worse than a baseline in its space".
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from lia_model.costmodel import Prediction
+from lia_model.errors import LiaInputError
+from lia_model.hardware import SystemSpec
+from lia_model.models import ModelSpec
+from lia_model.plan import HostTier, Plan, policy_notation
+from lia_model.workload import Workload
+
+SOLVER = "enumerate"
+MINIBATCH_CHOICES = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Optimum:
+    plan: Plan
+    workload: Workload          # the batch the optimiser chose (throughput objective) or the one given
+    prediction: Prediction
+    solve_time_s: float
+
+
+def _optimizer_module() -> Any:
+    try:
+        return importlib.import_module("lia_model.optimizer")
+    except ModuleNotFoundError as err:
+        if err.name != "lia_model.optimizer":
+            raise
+        raise LiaInputError("lia_model.optimizer", "the optimiser module is not installed in this checkout",
+                            "update the repository (the studies need lia_model/optimizer.py)") from None
+
+
+def optimum(system: SystemSpec, model: ModelSpec, workload: Workload, objective: str = "latency",
+            tpot_max_s: Optional[float] = None) -> Optional[Optimum]:
+    """The optimal plan, or None when no plan fits (the optimiser's InfeasibleError)."""
+    module = _optimizer_module()
+    try:
+        result = module.optimize(system, model, workload, objective, tpot_max_s=tpot_max_s, solver=SOLVER)
+    except module.InfeasibleError:
+        return None
+    return Optimum(result.plan, result.workload, result.prediction, float(result.solve_time_s))
+
+
+def throughput_batch_choices(system: SystemSpec, model: ModelSpec, workload: Workload) -> tuple[int, ...]:
+    """The batches the optimiser's throughput objective tries for this (L_in, L_out)."""
+    return tuple(_optimizer_module().batch_candidates(system, model, workload))
+
+
+def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
+                       batch_choices: Optional[tuple[int, ...]] = None) -> bool:
+    """Whether the optimiser's search space holds this plan (at this batch).
+
+    The space: pinned weights, overlap, the system's best CPU ISA, prefill minibatches from {1, 2, 4, 8}
+    dividing the batch, any policies, any resident count, tiers DDR or CXL where the system has CXL.
+    With the throughput objective the batch is a knob too, and ``batch_choices`` (the optimiser's
+    ``batch_candidates``) are the batches it tries.
+    """
+    if batch_choices is not None and batch not in batch_choices:
+        return False
+    tiers_ok = all(t == HostTier.DDR or (t == HostTier.CXL and system.has_cxl) for t in (plan.weight_tier,
+                                                                                      plan.kv_tier))
+    return (plan.pinned_weights and plan.overlap and plan.cpu_isa == system.cpu.best_isa()
+            and plan.prefill_minibatches in MINIBATCH_CHOICES and batch % plan.prefill_minibatches == 0
+            and tiers_ok)
+
+
+PLAN_COLUMNS = ("prefill_policy", "decode_policy", "gpu_resident_layers", "prefill_minibatches", "weight_tier",
+                "kv_tier", "cpu_isa")
+PREDICTION_COLUMNS = ("feasible", "ttft_s", "tpot_mean_s", "latency_s", "throughput_tokens_per_s")
+
+
+def plan_fields(plan: Optional[Plan]) -> dict[str, Any]:
+    if plan is None:
+        return {c: None for c in PLAN_COLUMNS}
+    return {
+        "prefill_policy": policy_notation(plan.prefill_policy),
+        "decode_policy": policy_notation(plan.decode_policy),
+        "gpu_resident_layers": plan.gpu_resident_layers,
+        "prefill_minibatches": plan.prefill_minibatches,
+        "weight_tier": plan.weight_tier.value,
+        "kv_tier": plan.kv_tier.value,
+        "cpu_isa": plan.cpu_isa.value,
+    }
+
+
+def prediction_fields(prediction: Optional[Prediction]) -> dict[str, Any]:
+    """Headline numbers; an infeasible prediction gives feasible=False and no numbers (never fake ones)."""
+    if prediction is None or not prediction.feasible:
+        return {"feasible": False, "ttft_s": None, "tpot_mean_s": None, "latency_s": None,
+                "throughput_tokens_per_s": None}
+    return {
+        "feasible": True,
+        "ttft_s": prediction.ttft_s,
+        "tpot_mean_s": prediction.tpot_mean_s,
+        "latency_s": prediction.latency_s,
+        "throughput_tokens_per_s": prediction.throughput_tokens_per_s,
+    }
