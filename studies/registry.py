@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from studies import cxl, e2e, microbench, policy_map, sensitivity
+from studies import cost, cxl, e2e, microbench, policy_map, sensitivity, validation
 from studies.framework import Study
 
 STUDIES: dict[str, Study] = {s.name: s for s in (
@@ -11,4 +11,6 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
     policy_map.STUDY,
     cxl.STUDY,
     sensitivity.STUDY,
+    cost.STUDY,
+    validation.STUDY,
 )}

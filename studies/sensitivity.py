@@ -161,17 +161,19 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
             ax.set_yticks(list(y), [PARAMETERS[t[0]][0] for t in recs], fontsize=8)
             ax.grid(axis="y", visible=False)
             span = max([abs(v) for t in recs for v in t[1:] if v == v] + [1.0])
-            ax.set_xlim(-span * 1.25, span * 2.1)
+            ax.set_xlim(-span * 1.3, span * 1.3)
             for k, (parameter, lo_v, hi_v) in enumerate(recs):
-                f = flips[(flips["system"] == system) & (flips["objective"] == objective)
-                          & (flips["parameter"] == parameter)]
-                marks = ", ".join(f"x{a:g}->x{b:g}" for a, b in zip(f["from_factor"], f["to_factor"]))
-                text = f"policy flips {marks}" if marks else "same policy"
                 for v in (lo_v, hi_v):
                     if v == v and abs(v) >= 0.05:
-                        ax.text(v + (span * 0.02 if v > 0 else -span * 0.02), k, f"{v:+.0f}%", va="center",
+                        ax.text(v + (span * 0.02 if v > 0 else -span * 0.02), k,
+                                f"{v:+.0f}%" if abs(v) >= 1 else f"{v:+.1f}%", va="center",
                                 ha="left" if v > 0 else "right", fontsize=7)
-                ax.text(span * 2.05, k, text, va="center", ha="right", fontsize=6.8, color="#444444")
+                f = flips[(flips["system"] == system) & (flips["objective"] == objective)
+                          & (flips["parameter"] == parameter)]
+                marks = ", ".join(f"x{b:g}" for b in f["to_factor"])
+                ax.annotate(f"flips at {marks}" if marks else "no flip", xy=(1.01, k),
+                            xycoords=("axes fraction", "data"), va="center", ha="left", fontsize=7,
+                            color="#333333")
             b0 = float(base["value"].iloc[0]) if len(base) else float("nan")
             bb = base["batch"].iloc[0] if len(base) else None
             if objective == "latency":
@@ -182,10 +184,12 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
                 ax.set_title(f"{system}: best throughput (base {b0:.3g} tokens/s at B = {_int(bb)})", fontsize=9.5)
             if r == 0 and c == 0:
                 ax.legend(loc="lower left", fontsize=7.5)
+    steps = ", ".join(f"x{f:g}" for f in sorted(frame["factor"].unique()))
     fig.suptitle(f"Sensitivity of the optimum ({grid.model.upper()}, L_in = {grid.input_len}, L_out = "
-                 f"{grid.output_len}) to each hardware parameter scaled x{lo_f:g} and x{hi_f:g}; policy flips "
-                 f"located on a x{lo_f:g}..x{hi_f:g} grid", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+                 f"{grid.output_len}) to each hardware parameter scaled x{lo_f:g} and x{hi_f:g}\n"
+                 f"right of each panel: the factors at which the optimal (prefill, decode) policy pair changes, "
+                 f"on the grid {steps}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95), w_pad=2.0)
     return fig
 
 
