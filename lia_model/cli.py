@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from lia_model.cli_common import (
+    BatchOpt, InputOpt, JsonOpt, ModeOpt, ModelOpt, OutputOpt, SetOpt, SystemOpt, console, load_inputs, load_plan,
+    parse_mode,
+)
 from lia_model.errors import LiaInputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -19,30 +22,6 @@ profiles_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Har
 models_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The model catalog.")
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(models_app, name="models")
-
-console = Console(width=None if sys.stdout.isatty() else 160)
-
-DEFAULT_MODEL = "opt-175b"
-DEFAULT_SYSTEM = "spr-h100"
-
-SystemOpt = typer.Option(DEFAULT_SYSTEM, "--system", help="System profile name or path to a system .yaml.")
-ModelOpt = typer.Option(DEFAULT_MODEL, "--model", help="Catalog model or path to a Hugging Face config.json.")
-BatchOpt = typer.Option(1, "--batch", help="Batch size B.")
-InputOpt = typer.Option(256, "--input", help="Prompt tokens per sequence (L_in).")
-OutputOpt = typer.Option(32, "--output", help="Generated tokens per sequence (L_out).")
-SetOpt = typer.Option(None, "--set", help="What-if override FIELD=VALUE of the system (repeatable).")
-ModeOpt = typer.Option("overlap", "--mode", help="Cost model mode: overlap or additive.")
-JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables.")
-
-
-def parse_mode(mode: str):
-    from lia_model.costterms import CostMode
-
-    try:
-        return CostMode(mode)
-    except ValueError:
-        raise LiaInputError("--mode", f"unknown cost mode '{mode}'", "use overlap or additive") from None
-
 
 # ---------------------------------------------------------------- profiles and models
 
@@ -114,37 +93,6 @@ def models_list(as_json: bool = JsonOpt) -> None:
 
 
 # ---------------------------------------------------------------- predict
-
-
-def load_inputs(system: str, model: str, batch: int, input_len: int, output_len: int, overrides):
-    from lia_model.inputs import resolve_model, resolve_system
-    from lia_model.workload import make_workload
-
-    spec = resolve_system(system, overrides or [])
-    mspec = resolve_model(model)
-    workload = make_workload(batch, input_len, output_len, mspec)
-    return spec, mspec, workload
-
-
-def load_plan(path: str):
-    from pydantic import ValidationError
-
-    from lia_model.errors import from_validation_error
-    from lia_model.plan import Plan
-
-    p = Path(path)
-    if not p.exists():
-        raise LiaInputError("--plan", f"no such file '{path}'", "give a plan .json written by 'lia plan --json'")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as err:
-        raise LiaInputError(path, f"malformed JSON at line {err.lineno}: {err.msg}", "check the file") from None
-    if isinstance(data, dict) and "plan" in data and isinstance(data["plan"], dict):
-        data = data["plan"]  # accept the whole 'lia plan --json' output
-    try:
-        return Plan.model_validate(data)
-    except ValidationError as err:
-        raise from_validation_error(err, path, Plan) from None
 
 
 @app.command()

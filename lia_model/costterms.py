@@ -41,7 +41,7 @@ from lia_model.accounting import SublayerWork, head_flops, sublayer_work
 from lia_model.hardware import SystemSpec, interpolate_efficiency
 from lia_model.models import ModelSpec
 from lia_model.plan import CpuIsa, Device, HostTier, policy_from_index
-from lia_model.sublayers import ATTENTION_SUBLAYERS, NUM_SUBLAYERS, SUBLAYERS, Sublayer
+from lia_model.sublayers import ATTENTION_SUBLAYERS, NUM_SUBLAYERS, SUBLAYERS
 from lia_model.units import BYTES_PER_S_PER_GBPS, FLOPS_PER_TFLOPS, S_PER_US
 
 NUM_POLICIES = 2**NUM_SUBLAYERS

@@ -30,6 +30,8 @@ def from_validation_error(err: "object", where: str, model_cls: "type | None" = 
     import difflib
 
     errors = err.errors()  # type: ignore[attr-defined]
+    # A misspelt field shows up as one unknown and one missing field: the unknown one says more.
+    errors = sorted(errors, key=lambda e: e.get("type") != "extra_forbidden")
     first = errors[0]
     loc = [str(p) for p in first.get("loc", ())]
     field = ".".join(loc) if loc else "(top level)"

@@ -27,7 +27,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from lia_model.cli import (
+from lia_model.cli_common import (
     BatchOpt, InputOpt, JsonOpt, ModeOpt, ModelOpt, OutputOpt, SetOpt, SystemOpt, console, load_inputs, parse_mode,
 )
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from hwprofiles import load_system
 from lia_model.costmodel import predict
-from lia_model.costterms import CostMode, Resource
+from lia_model.costterms import CostMode
 from lia_model.errors import LiaInputError
 from lia_model.memory import MemoryTier
 from lia_model.models import get_model

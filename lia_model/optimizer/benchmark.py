@@ -1,0 +1,69 @@
+"""Solve-time benchmark (a script, not a test): python -m lia_model.optimizer.benchmark [--solvers cbc,highs]
+
+Draws 50 varied queries (seeded: systems, models, batch, input and output lengths) and times optimize()
+for the latency objective, the throughput objective and the TPOT-bounded throughput objective.
+Goals on the 2-core dev machine: latency median < 100 ms; throughput medians < 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import statistics
+import time
+
+from hwprofiles import load_system
+from lia_model.models import get_model
+from lia_model.optimizer import InfeasibleError, optimize
+from lia_model.workload import make_workload
+
+SYSTEMS = ["spr-a100", "spr-h100", "gnr-a100", "gnr-h100", "spr-a100-cxl", "spr-h100-cxl", "gnr-h100-cxl", "gh200"]
+MODELS = ["opt-30b", "opt-66b", "opt-175b", "llama-2-70b", "llama-3.1-70b", "bloom-176b", "mixtral-8x7b"]
+
+
+def queries(n: int, seed: int = 7):
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        model = get_model(rng.choice(MODELS))
+        batch = rng.choice([1, 1, 4, 8, 16, 64, 256])
+        input_len = rng.choice([32, 128, 256, 512, 1024])
+        output_len = rng.choice([8, 32, 64, 128])
+        if input_len + output_len > model.max_context:
+            continue
+        out.append((rng.choice(SYSTEMS), model, make_workload(batch, input_len, output_len, model)))
+    return out
+
+
+def time_objective(qs, objective: str, solver: str, tpot_max_s=None) -> list[float]:
+    times = []
+    for system_name, model, workload in qs:
+        system = load_system(system_name)
+        t0 = time.perf_counter()
+        try:
+            optimize(system, model, workload, objective, tpot_max_s=tpot_max_s, solver=solver)
+        except InfeasibleError:
+            pass  # proving infeasibility is part of the work
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--solvers", default="cbc", help="comma-separated: cbc, highs, enumerate")
+    parser.add_argument("--queries", type=int, default=50)
+    args = parser.parse_args()
+    qs = queries(args.queries)
+    print(f"host: {platform.node()} ({platform.processor() or platform.machine()}), {args.queries} queries each")
+    print(f"{'solver':<10} {'objective':<28} {'median ms':>10} {'p95 ms':>10}")
+    for solver in args.solvers.split(","):
+        for label, objective, tpot in (("latency", "latency", None), ("throughput", "throughput", None),
+                                       ("throughput, TPOT <= 500 ms", "throughput", 0.5)):
+            times = sorted(time_objective(qs, objective, solver, tpot))
+            p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
+            print(f"{solver:<10} {label:<28} {statistics.median(times) * 1e3:>10.1f} {p95 * 1e3:>10.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
