@@ -21,7 +21,6 @@ from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
 from lia_model.optimizer.enumerate import any_plan_fits_memory, enumerate_optimum
-from lia_model.optimizer.ilp import solve_ilp
 from lia_model.optimizer.infeasible import explain_memory_infeasibility, largest_feasible
 from lia_model.optimizer.space import build_tables
 from lia_model.plan import Plan
@@ -106,6 +105,8 @@ def solve_latency(system: SystemSpec, model: ModelSpec, workload: Workload, *, t
     if solver == "enumerate":
         found = enumerate_optimum(tables, tpot_max_s=tpot_max_s)
         return (found.plan, found.latency_s) if found else None
+    from lia_model.optimizer.ilp import solve_ilp  # PuLP is imported only when an ILP is solved
+
     sol = solve_ilp(tables, tpot_max_s=tpot_max_s, solver=solver)
     return (sol.plan, sol.objective_s) if sol else None
 
