@@ -27,6 +27,10 @@ from lia_model.plan import ALL_GPU, Device, HostTier
 from lia_model.sublayers import NUM_SUBLAYERS
 
 _SCORE, _CTX = 1, 2
+# Units inside the ILP: milliseconds and GB. Solver tolerances are absolute (around 1e-7 to 1e-6), so
+# latencies of tens of ms written in seconds would sit at the tolerance; bytes would make rows of 1e10.
+MS_PER_S = 1e3
+GB_PER_BYTE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -169,11 +173,11 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
 
     # Streamed-layer times. Prefill:  T_pre >= term_c(x_pre) - M (1 - z[c])  for each term of each combo.
     # Bounds from the 64 policy vectors: lo <= T_pre <= hi over every combo (valid at integer points).
-    pre_times = {c: st.layer_time(ALL_POLICY_FEATURES)[:, 0] for c, st in tables.prefill.items()}
+    pre_times = {c: MS_PER_S * st.layer_time(ALL_POLICY_FEATURES)[:, 0] for c, st in tables.prefill.items()}
     ub_pre = max(float(v.max()) for v in pre_times.values())
     t_pre = pulp.LpVariable("T_pre", lowBound=min(float(v.min()) for v in pre_times.values()))
     for c, st in tables.prefill.items():
-        forms = [form for _, form in st.terms.values()]
+        forms = [form.scaled(MS_PER_S) for _, form in st.terms.values()]
         for r in _nondominated(forms, 0):
             _gated(prob, t_pre, float(forms[r].const[0]), forms[r].coef[:, 0], fp, [z[c]],
                    f"pre_{c.minibatches}_{c.weight_tier.value}_{c.kv_tier.value}_{r}")
@@ -182,13 +186,13 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
     #   T_dec[b] >= sum_{t in b} term_{tiers,t}(x_dec) - M (1 - sum of z[c] with those tiers)
     # Each tier pair has its own blocks, so the epigraph variables are per tier pair; the unchosen
     # pairs' variables fall to their lower bound 0.
-    dec_times = {k: st.layer_time(ALL_POLICY_FEATURES) for k, st in tables.decode.items()}  # [64, S]
+    dec_times = {k: MS_PER_S * st.layer_time(ALL_POLICY_FEATURES) for k, st in tables.decode.items()}  # [64, S]
     ub_dec = float(np.max([v.sum(axis=1).max() for v in dec_times.values()])) if steps else 0.0
     lo_dec = float(np.min([v.sum(axis=1).min() for v in dec_times.values()])) if steps else 0.0
     t_dec = []
     for (wt, kv), st in tables.decode.items():
         gate = [z[c] for c in tables.combos if c.weight_tier == wt and c.kv_tier == kv]
-        forms = [form for _, form in st.terms.values()]
+        forms = [form.scaled(MS_PER_S) for _, form in st.terms.values()]
         for start, end in step_blocks(forms):
             epi = pulp.LpVariable(f"T_dec_{wt.value}_{kv.value}_{start}", lowBound=0)
             t_dec.append(epi)
@@ -229,18 +233,21 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
         prob += r[n] <= n_layers * mn
         prob += r[n] <= resident
         prob += r[n] >= resident - n_layers * (1 - mn)
-    res_decode_total = float(tables.resident_decode_s.sum())
+    res_decode_total = MS_PER_S * float(tables.resident_decode_s.sum())
+    res_prefill = {n: MS_PER_S * t for n, t in tables.resident_prefill_s.items()}
 
     # Objective: latency = N_res sum_t R_dec(t) + sum_n r[n] R_pre(n) + sum_j 2^j w[j] + head
-    prob += (res_decode_total * resident + pulp.lpSum(tables.resident_prefill_s[n] * r[n] for n in r)
-             + kq + tables.head_total_s)
+    prob += (res_decode_total * resident + pulp.lpSum(res_prefill[n] * r[n] for n in r)
+             + kq + MS_PER_S * tables.head_total_s)
 
     # Memory. c[i] = p[i] AND d[i] (CPU in both stages: no GPU buffer):
     #   c[i] >= p[i] + d[i] - 1,  c[i] <= p[i],  c[i] <= d[i]
     # gamma[i] = sigma AND NOT c[i] (buffer pair needed):  gamma[i] >= sigma - c[i], gamma[i] >= 0
     # alpha = sigma AND (attention on the GPU in some stage):  alpha >= sigma - p[i], alpha >= sigma - d[i]
     mem0 = next(iter(tables.memory.values()))
-    avail = mem0.available_bytes
+    gb = GB_PER_BYTE
+    avail = {t: v * gb for t, v in mem0.available_bytes.items()}
+    layer_w, layer_kv = mem0.layer_weight_bytes * gb, mem0.kv_layer_bytes * gb
     gamma = []
     for i in range(NUM_SUBLAYERS):
         if mem0.sublayer_weight_bytes[i] == 0:
@@ -258,21 +265,21 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
         prob += alpha >= sigma - fp.bits[i]
         prob += alpha >= sigma - fd.bits[i]
     # HBM: emb + N_res (W + KV) + 2 sum_i W_i gamma[i] + KV alpha + sum_n ws(n) m[n] <= avail_hbm
-    prob += (mem0.embedding_bytes + resident * (mem0.layer_weight_bytes + mem0.kv_layer_bytes)
-             + pulp.lpSum(2.0 * mem0.sublayer_weight_bytes[i] * g for i, g in enumerate(gamma) if g is not None)
-             + mem0.kv_layer_bytes * alpha
-             + pulp.lpSum(tables.memory[n].gpu_workspace_bytes * pulp.lpSum(zs) for n, zs in m.items())
+    prob += (mem0.embedding_bytes * gb + resident * (layer_w + layer_kv)
+             + pulp.lpSum(2.0 * mem0.sublayer_weight_bytes[i] * gb * g for i, g in enumerate(gamma) if g is not None)
+             + layer_kv * alpha
+             + pulp.lpSum(tables.memory[n].gpu_workspace_bytes * gb * pulp.lpSum(zs) for n, zs in m.items())
              <= avail[MemoryTier.HBM]), "hbm_capacity"
     # v = K * [tier is CXL] (integer x binary):  v <= N o,  v <= K,  v >= K - N (1 - o),  v >= 0
     v_w = _int_times_binary(prob, "streamed_w_cxl", streamed, pulp.lpSum(w_cxl), n_layers)
     v_k = _int_times_binary(prob, "streamed_kv_cxl", streamed, pulp.lpSum(kv_cxl), n_layers)
     # DDR: W (K - v_w) + KV (K - v_k) + sum_n ws(n) m[n] <= avail_ddr
-    prob += (mem0.layer_weight_bytes * (streamed - v_w) + mem0.kv_layer_bytes * (streamed - v_k)
-             + pulp.lpSum(tables.memory[n].host_workspace_bytes * pulp.lpSum(zs) for n, zs in m.items())
+    prob += (layer_w * (streamed - v_w) + layer_kv * (streamed - v_k)
+             + pulp.lpSum(tables.memory[n].host_workspace_bytes * gb * pulp.lpSum(zs) for n, zs in m.items())
              <= avail[MemoryTier.DDR]), "ddr_capacity"
     # CXL: W v_w + KV v_k <= avail_cxl
     if w_cxl or kv_cxl:
-        prob += mem0.layer_weight_bytes * v_w + mem0.kv_layer_bytes * v_k <= avail[MemoryTier.CXL], "cxl_capacity"
+        prob += layer_w * v_w + layer_kv * v_k <= avail[MemoryTier.CXL], "cxl_capacity"
 
     # Mean TPOT bound:  (N_res sum_t R_dec(t) + K D + head S) / S <= X   with D = sum_t T_dec[t],
     #   K D = sum_j 2^j y[j],  y[j] >= D - U_D (1 - b[j]),  y[j] >= 0
@@ -282,7 +289,7 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
         for j in range(bits):
             prob += y[j] >= d_total - ub_dec * (1 - b[j])
         prob += (res_decode_total * resident + pulp.lpSum((2**j) * y[j] for j in range(bits))
-                 + tables.head_s * steps <= tpot_max_s * steps), "tpot_bound"
+                 + MS_PER_S * tables.head_s * steps <= MS_PER_S * tpot_max_s * steps), "tpot_bound"
 
     status = prob.solve(make_solver(solver, time_limit_s))
     elapsed = time.perf_counter() - t0
@@ -302,7 +309,7 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
         "weight_tier": combo.weight_tier,
         "kv_tier": combo.kv_tier,
     })
-    return IlpSolution(plan, float(pulp.value(prob.objective)), elapsed, prob.numVariables(), prob.numConstraints())
+    return IlpSolution(plan, float(pulp.value(prob.objective)) / MS_PER_S, elapsed, prob.numVariables(), prob.numConstraints())
 
 
 def _int_times_binary(prob: pulp.LpProblem, name: str, integer, binary, upper: int) -> pulp.LpVariable:
