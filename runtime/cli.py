@@ -1,0 +1,138 @@
+"""``lia validate``: registered on the ``lia`` app by lia_model.cli. Nothing slow is imported at import time."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from lia_model.errors import LiaInputError
+
+CALIBRATED_DEFAULT = "hwprofiles/systems/emr-h100-calibrated.yaml"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("validate")(validate)
+
+
+def validate(
+    points: Optional[List[str]] = typer.Option(None, "--points", help="Points .yaml file (repeatable)."),
+    system: str = typer.Option("spr-h100", "--system", help="System profile name or path to a system .yaml "
+                               "(use the calibrated profile of the host you run on)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Folder for results.csv, pred_vs_meas.png/.svg, "
+                                      "summary.md and summary.json."),
+    gpu_memory_gib: Optional[float] = typer.Option(None, "--gpu-memory-gib", help="Cap GPU memory (GiB) for "
+                                                   "points that do not set their own cap."),
+    repeats: int = typer.Option(2, "--repeats", help="Timed repeats per point (after one short warm-up)."),
+    max_point_s: Optional[float] = typer.Option(None, "--max-point-s", help="Skip points whose predicted time "
+                                                "with warm-up and repeats exceeds this."),
+    time_budget_s: Optional[float] = typer.Option(None, "--time-budget-s", help="Start no point that would "
+                                                  "end past this many seconds of running."),
+    predict_only: bool = typer.Option(False, "--predict-only", help="Resolve plans, predict and estimate run "
+                                      "times (assuming a GPU is present); run nothing."),
+    from_csv: Optional[List[str]] = typer.Option(None, "--from-csv", help="Merge existing results CSVs and "
+                                                 "rewrite the plot and summary (runs nothing)."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help="What-if override FIELD=VALUE of the system."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights and prompts."),
+    host_weights_gib: Optional[float] = typer.Option(None, "--host-weights-gib", help="Cap the host weight arena; "
+                                                     "layers beyond it reuse earlier layers' host weights."),
+    fake_gpu: bool = typer.Option(False, "--fake-gpu", hidden=True, help="Test mode: emulate the GPU on the CPU "
+                                  "(data flow only; timings meaningless)."),
+    title: str = typer.Option("", "--title", help="Plot title."),
+) -> None:
+    """Run validation points for real and report predicted vs measured TTFT, TPOT and latency."""
+    from rich.console import Console
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+
+    def echo(msg: str) -> None:
+        typer.echo(msg)
+        sys.stdout.flush()
+
+    if from_csv:
+        _merge(from_csv, out, console, title)
+        return
+    if not points:
+        raise LiaInputError("--points", "no points file given", "e.g. --points runtime/campaign/points-opt30b.yaml")
+    if out is None and not predict_only:
+        raise LiaInputError("--out", "no output folder given", "e.g. --out results/validation")
+
+    from hwprofiles import load_system
+    from runtime.points import load_points_file, runtime_isa
+    from runtime.validate import Options, plan_table_rows, resolve_points
+
+    spec = load_system(system, overrides or [])
+    groups = [g for path in points for g in load_points_file(path)]
+    ids = [g.id for g in groups]
+    if len(set(ids)) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        raise LiaInputError("--points", f"group ids repeat across files: {', '.join(dupes)}", "rename them")
+    opts = Options(repeats=repeats, gpu_memory_gib=gpu_memory_gib, max_point_s=max_point_s,
+                   time_budget_s=time_budget_s, seed=seed, host_weights_gib=host_weights_gib)
+    if repeats < 1:
+        raise LiaInputError("--repeats", f"must be at least 1, got {repeats}", "e.g. --repeats 2")
+    isa = runtime_isa()
+    has_gpu = True if predict_only else (fake_gpu or _cuda_available())
+    resolved = resolve_points(groups, spec, opts, isa, has_gpu=has_gpu)
+    echo(f"system {spec.name}; CPU ISA for CPU sublayers: {isa.run.value if isa.run else 'unknown'} ({isa.why}); "
+         f"{len(resolved)} points, {sum(1 for p in resolved if not p.skip_reason and not p.duplicate_of)} to run")
+    if predict_only:
+        _print_plan(console, resolved, plan_table_rows(resolved))
+        return
+
+    import pandas as pd
+
+    from runtime.report import print_summary, write_outputs
+    from runtime.validate import run_points
+
+    rows = run_points(resolved, spec, opts, echo, fake_gpu=fake_gpu)
+    summary = write_outputs(pd.DataFrame(rows), Path(out), title)
+    print_summary(console, summary)
+    echo(f"wrote {Path(out) / 'results.csv'}, pred_vs_meas.png/.svg, summary.md, summary.json")
+    if summary["points_ran"] == 0:
+        reasons = "; ".join(f"{s['point_id']}: {s['reason']}" for s in summary["skipped"][:3])
+        raise LiaInputError("points", f"no point ran ({reasons})", "see the skipped list above")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _print_plan(console, resolved, rows) -> None:
+    from rich.table import Table
+
+    t = Table(title="validation plan (predicted; est = warm-up + repeats, before any measured/predicted slowdown)")
+    for col in ("point", "plan: prefill decode R n", "TTFT s", "TPOT s", "latency s", "est s", "status"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(*r)
+    console.print(t)
+    run = [p for p in resolved if not p.skip_reason and not p.duplicate_of]
+    total = sum(p.est_s for p in run)
+    console.print(f"{len(run)} points to run, {sum(1 for p in resolved if p.duplicate_of)} reuse an identical plan, "
+                  f"{sum(1 for p in resolved if p.skip_reason)} skipped; predicted run time {total:.0f} s "
+                  f"(plus weight creation and per-point setup)")
+
+
+def _merge(paths: List[str], out: Optional[str], console, title: str) -> None:
+    import pandas as pd
+
+    from runtime.report import print_summary, write_outputs
+
+    if out is None:
+        raise LiaInputError("--out", "no output folder given", "e.g. --out runtime/validation")
+    frames = []
+    for path in paths:
+        if not Path(path).exists():
+            raise LiaInputError("--from-csv", f"no such file '{path}'", "give a results.csv written by lia validate")
+        frames.append(pd.read_csv(path))
+    df = pd.concat(frames, ignore_index=True)
+    if "point_id" not in df:
+        raise LiaInputError("--from-csv", "the CSV has no point_id column", "give a results.csv written by lia validate")
+    df = df.drop_duplicates(subset="point_id", keep="last")
+    summary = write_outputs(df, Path(out), title)
+    print_summary(console, summary)

@@ -1,0 +1,654 @@
+"""Execute a Plan: prefill plus greedy decode, each sublayer on the device the plan names.
+
+Per pass (prefill, then decode steps t = 1 .. L_out-1), per layer:
+
+- Resident layers (the first ``plan.gpu_resident_layers``) run all-GPU with weights and KV in GPU memory.
+- Streamed layers run each sublayer where the stage's policy vector says (1 = CPU, 0 = GPU). Their weights
+  live in host memory; the GPU sublayers' weights are copied into one of two alternating GPU buffers on a
+  dedicated copy stream. With ``plan.overlap`` the copy of the next streamed layer (across the pass
+  boundary too) is issued before this layer computes, and events order it after the last use of its buffer.
+  CPU sublayers read the host weights directly.
+- Activations cross exactly where consecutive sublayers sit on different devices (fc2 -> next qkv too),
+  on separate host-to-device / device-to-host streams. Residual inputs (the layer input for out_proj,
+  h_mid for fc2) follow the sublayer that adds them; these copies are recorded as kind "resid".
+- The KV cache of a streamed layer lives in host memory ([B, kv_heads, L_in + L_out, head_dim] per K and V).
+  A CPU qkv writes it directly; a GPU qkv writes new K/V back with a pitched D2H copy. GPU attention of a
+  streamed layer reads from a GPU staging buffer: new K/V from a GPU qkv are put there on the GPU, cached
+  positions (and new ones made by a CPU qkv) are fetched from the host cache.
+- Prefill runs in ``plan.prefill_minibatches`` chunks of the batch. For each layer a small scheduler
+  issues every GPU sublayer that is ready (asynchronous), then runs the oldest ready CPU sublayer, so the
+  CPU works on one chunk while the GPU and the copy engines work on others.
+
+Timing: CUDA events around GPU sublayers and copies, perf_counter around CPU sublayers (after waiting for
+their inputs), and per-pass wall time after synchronising the compute stream.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from lia_model.errors import LiaInputError
+from lia_model.models import ModelSpec
+from lia_model.plan import ALL_GPU, Device, Plan
+from lia_model.sublayers import SUBLAYERS, Stage, Sublayer
+from lia_model.workload import Workload
+from runtime import kernels
+from runtime.backend import DTYPE, Backend, Event, Placed
+from runtime.hostmem import HostArena
+from runtime.weights import WEIGHTED_ORDER, ModelWeights, embedding_positions_offset, uses_rope
+
+_IDX = {s: i for i, s in enumerate(SUBLAYERS)}
+QKV, SCORE, CTX, OUT, FC1, FC2 = SUBLAYERS
+
+
+@dataclass
+class OpRecord:
+    """One timed operation: a sublayer (kind "compute") or a copy (kind "copy")."""
+
+    stage: Stage
+    step: int                 # 0 = prefill, t = decode step
+    layer: int                # -1: embedding / LM head
+    chunk: int
+    name: str                 # sublayer name, or the copy's kind: weights, act, resid, kv_fetch, kv_writeback, head
+    kind: str                 # "compute" or "copy"
+    device: Device            # compute: where it ran; copy: destination
+    nbytes: int
+    tokens: int               # rows of the product (b * q) for compute records
+    layer_kind: str           # "resident", "streamed" or "-"
+    detail: str = ""          # copies: the value or sublayer moved
+    start: object = None
+    end: object = None
+    seconds: float = float("nan")
+
+
+@dataclass
+class RunResult:
+    ttft_s: float
+    tpot_s: list[float]
+    latency_s: float
+    batch: int
+    tokens: torch.Tensor                      # [B, L_out] generated token ids (CPU)
+    logits: Optional[list[torch.Tensor]]      # per output position: [B, vocab] float32 (CPU)
+    records: list[OpRecord]
+
+    @property
+    def output_len(self) -> int:
+        return 1 + len(self.tpot_s)
+
+    @property
+    def throughput_tokens_per_s(self) -> float:
+        return self.batch * self.output_len / self.latency_s
+
+
+class GpuLayerCache:
+    """GPU copies of whole layers for resident layers, kept across runs of the same model."""
+
+    def __init__(self) -> None:
+        self.model_name: Optional[str] = None
+        self.layers: dict[int, torch.Tensor] = {}
+
+    def sync(self, backend: Backend, weights: ModelWeights, resident: int) -> list[torch.Tensor]:
+        if self.model_name != weights.model.name:
+            self.layers.clear()
+            self.model_name = weights.model.name
+        self.trim(resident)
+        if backend.is_cuda:
+            torch.cuda.empty_cache()
+        for li in range(resident):
+            if li not in self.layers:
+                t = backend.empty((weights.layout.numel,), Device.GPU)
+                t.copy_(weights.host_layers[li])
+                self.layers[li] = t
+        return [self.layers[li] for li in range(resident)]
+
+    def trim(self, resident: int) -> None:
+        for li in [k for k in self.layers if k >= resident]:
+            del self.layers[li]
+
+    def clear(self) -> None:
+        self.layers.clear()
+        self.model_name = None
+
+
+@dataclass
+class _LayerKV:
+    host: Optional[dict[str, torch.Tensor]]     # streamed: {"k": [B,kv,S,d], "v": ...} in host memory
+    gpu: Optional[dict[str, torch.Tensor]]      # resident: own GPU cache; streamed: the shared staging buffer
+    resident: bool
+    written: Optional[Event] = None             # last D2H write-back into the host cache
+
+
+@dataclass
+class _Layer:
+    """Per-layer context of one pass."""
+
+    stage: Stage
+    step: int
+    pass_index: int
+    li: int
+    resident: bool
+    policy: tuple[Device, ...]
+    pos0: int
+    q: int
+    kv: _LayerKV
+    slot: int = -1
+    staged: dict = field(default_factory=dict)   # (which, chunk) -> Event of the H2D fetch into staging
+
+    @property
+    def valid(self) -> int:
+        return self.pos0 + self.q
+
+    @property
+    def kind(self) -> str:
+        return "resident" if self.resident else "streamed"
+
+    def dev(self, sub: Sublayer) -> Device:
+        return self.policy[_IDX[sub]]
+
+
+@dataclass
+class _Chunk:
+    c: int
+    b0: int
+    b1: int
+    values: dict[str, dict[Device, Placed]]
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.b0, self.b1)
+
+
+class Executor:
+    """Runs one plan for one model and workload; allocate once, ``generate`` many times."""
+
+    def __init__(self, backend: Backend, weights: ModelWeights, plan: Plan, workload: Workload,
+                 kv_arena: Optional[HostArena] = None, layer_cache: Optional[GpuLayerCache] = None) -> None:
+        self.backend = backend
+        self.weights = weights
+        self.model: ModelSpec = weights.model
+        self.plan = plan
+        self.workload = workload
+        m = self.model
+        self.B, self.L_in, self.L_out = workload.batch, workload.input_len, workload.output_len
+        self.S = self.L_in + self.L_out
+        self.L = m.num_layers
+        self.R = plan.gpu_resident_layers
+        self.K = self.L - self.R
+        self.policy = {Stage.PREFILL: plan.prefill_policy, Stage.DECODE: plan.decode_policy}
+        self.head_dev = Device.GPU if backend.has_gpu else Device.CPU
+        uses_gpu = self.R > 0 or (self.K > 0 and any(d == Device.GPU for p in self.policy.values() for d in p))
+        if uses_gpu and not backend.has_gpu:
+            raise LiaInputError("GPU", "the plan runs sublayers on the GPU but this machine has no CUDA device",
+                                "run it on a machine with an NVIDIA GPU, or use an all-CPU plan (the ipex baseline)")
+        self.records: list[OpRecord] = []
+        self._profile = True
+        kvh, d = m.num_kv_heads, m.head_dim
+        kv_shape = (self.B, kvh, self.S, d)
+
+        # Resident layers: whole layers and their KV cache on the GPU.
+        cache = layer_cache or GpuLayerCache()
+        self.resident_flat = cache.sync(backend, weights, self.R) if self.R else []
+        self.kv: list[_LayerKV] = []
+        for li in range(self.R):
+            self.kv.append(_LayerKV(None, {w: backend.empty(kv_shape, Device.GPU, zero=True) for w in "kv"}, True))
+
+        # Streamed layers: host KV cache (one arena carve or separate pinned tensors), GPU staging if needed.
+        attention_on_gpu = any(p[_IDX[s]] == Device.GPU for p in self.policy.values() for s in (SCORE, CTX))
+        self.staging = ({w: backend.empty(kv_shape, Device.GPU, zero=True) for w in "kv"}
+                        if self.K and attention_on_gpu else None)
+        per = self.B * kvh * self.S * d
+        if self.K and kv_arena is not None:
+            if 2 * per * self.K > kv_arena.numel:
+                raise LiaInputError("host memory", f"the KV cache needs {2 * per * self.K * 2 / 1e9:.1f} GB but the "
+                                    f"KV arena holds {kv_arena.numel * 2 / 1e9:.1f} GB", "raise --host-kv-gib")
+            kv_arena.zero(0, 2 * per * self.K)
+        for j in range(self.K):
+            if kv_arena is not None:
+                host = {w: kv_arena.view((2 * j + i) * per, per).view(kv_shape) for i, w in enumerate("kv")}
+            else:
+                host = {w: backend.empty(kv_shape, Device.CPU, pinned=True, zero=True) for w in "kv"}
+            self.kv.append(_LayerKV(host, self.staging, False))
+
+        # Two alternating GPU weight buffers sized for the sublayers on the GPU in either stage.
+        on_gpu = [s for s in WEIGHTED_ORDER
+                  if any(p[_IDX[s]] == Device.GPU for p in self.policy.values())] if self.K else []
+        self.buffer_views: list[dict[Sublayer, dict[str, torch.Tensor]]] = [{}, {}]
+        self.buffer_flat: list[dict[Sublayer, torch.Tensor]] = [{}, {}]
+        if on_gpu:
+            total = sum(weights.layout.regions[s].numel for s in on_gpu)
+            for slot in (0, 1):
+                flat = backend.empty((total,), Device.GPU)
+                off = 0
+                for s in on_gpu:
+                    n = weights.layout.regions[s].numel
+                    self.buffer_flat[slot][s] = flat[off: off + n]
+                    self.buffer_views[slot][s] = weights.layout.regions[s].views(flat[off: off + n])
+                    off += n
+        self.slot_label: list[Optional[tuple[int, int]]] = [None, None]
+        self.slot_ready: list[Optional[Event]] = [None, None]
+        self.slot_free: list[Optional[Event]] = [None, None]
+        self.staging_free: Optional[Event] = None
+        self.slot_counter = 0
+        self._rope_cache: dict = {}
+        self.passes: list[tuple[Stage, int]] = []
+
+    # ================================================================== public
+
+    def generate(self, prompt: torch.Tensor, output_len: Optional[int] = None, keep_logits: bool = False,
+                 profile: bool = True) -> RunResult:
+        """Prefill ``prompt`` [B, L_in] and decode greedily to ``output_len`` tokens (<= the workload's)."""
+        out_len = output_len or self.L_out
+        if out_len > self.L_out or prompt.shape != (self.B, self.L_in):
+            raise ValueError("generate() must stay within the workload the executor was sized for")
+        be = self.backend
+        self.records = []
+        self._profile = profile
+        self.passes = [(Stage.PREFILL, 0)] + [(Stage.DECODE, t) for t in range(1, out_len)]
+        self.slot_label = [None, None]
+        self.slot_ready = [None, None]
+        self.slot_free = [None, None]
+        self.staging_free = None
+        self.slot_counter = 0
+        for kv in self.kv:
+            kv.written = None
+        tokens, logits_out, pass_s = [], [], []
+        with torch.inference_mode(), be.on_stream(be.compute):
+            ids = prompt.to(be.torch_device(self.head_dev))
+            be.synchronize()
+            if self.K and self.plan.overlap and self.buffer_flat[0]:
+                self._prefetch(self.R, 0, slot=0)
+            for p_index, (stage, step) in enumerate(self.passes):
+                t0 = time.perf_counter()
+                pos0 = 0 if stage == Stage.PREFILL else self.L_in + step - 1
+                q = self.L_in if stage == Stage.PREFILL else 1
+                x = self._embed(ids, pos0, q, stage, step)
+                n = self.plan.prefill_minibatches if stage == Stage.PREFILL else 1
+                bsz = self.B // n
+                chunks = [Placed(x[c * bsz:(c + 1) * bsz], self.head_dev, x_ready(be, self.head_dev))
+                          for c in range(n)]
+                for li in range(self.L):
+                    chunks = self._layer(stage, step, p_index, li, chunks, pos0, q)
+                logits = self._head(chunks, stage, step)
+                next_ids = logits.argmax(dim=-1)
+                if be.is_cuda:
+                    be.compute.synchronize()
+                pass_s.append(time.perf_counter() - t0)
+                tokens.append(next_ids)
+                if keep_logits:
+                    logits_out.append(logits.float().cpu())
+                ids = next_ids[:, None]
+            be.synchronize()
+        for r in self.records:
+            if r.start is not None and r.end is not None:
+                r.seconds = r.end.seconds_since(r.start)
+        return RunResult(ttft_s=pass_s[0], tpot_s=pass_s[1:], latency_s=float(sum(pass_s)), batch=self.B,
+                         tokens=torch.stack([t.cpu() for t in tokens], dim=1),
+                         logits=logits_out if keep_logits else None, records=self.records)
+
+    # ================================================================== passes
+
+    def _embed(self, ids: torch.Tensor, pos0: int, q: int, stage: Stage, step: int) -> torch.Tensor:
+        emb = self.weights.embeddings
+        start = self._stamp(self.head_dev)
+        x = emb.tokens[ids]                                                     # [B, q, h]
+        if emb.positions is not None:
+            off = embedding_positions_offset(self.model) + pos0
+            x = x + emb.positions[off: off + q][None]
+        self._record(stage, step, -1, 0, "embed", "compute", self.head_dev, 0, self.B * q, "-", start)
+        return x
+
+    def _head(self, chunks: list[Placed], stage: Stage, step: int) -> torch.Tensor:
+        emb = self.weights.embeddings
+        lasts = []
+        for c, p in enumerate(chunks):
+            last = Placed(p.t[:, -1].contiguous(), p.dev, p.ready)
+            moved = self._move(last, self.head_dev, stage, step, -1, c, "head", "last hidden", "-")
+            if moved.ready is not None and moved is not last:
+                self.backend.wait(self.backend.compute, moved.ready)
+            lasts.append(moved.t)
+        x = torch.cat(lasts, dim=0)
+        start = self._stamp(self.head_dev)
+        logits = kernels.final_logits(x, emb.norm_w, emb.norm_b, emb.lm_head)
+        self._record(stage, step, -1, 0, "head", "compute", self.head_dev, 0, self.B, "-", start)
+        return logits
+
+    def _layer(self, stage: Stage, step: int, p_index: int, li: int, inputs: list[Placed],
+               pos0: int, q: int) -> list[Placed]:
+        resident = li < self.R
+        lay = _Layer(stage, step, p_index, li, resident, ALL_GPU if resident else self.policy[stage],
+                     pos0, q, self.kv[li])
+        if not resident:
+            lay.slot = self._begin_streamed(lay)
+        n = len(inputs)
+        bsz = self.B // n
+        chunks = [_Chunk(c, c * bsz, (c + 1) * bsz, {"h": {inputs[c].dev: inputs[c]}}) for c in range(n)]
+        # Early work that does not depend on this layer's compute: residual copies and cached-KV fetches.
+        for ch in chunks:
+            self._ship_early(lay, ch, "h", consumer=OUT, producer_consumer=QKV)
+            if not resident and lay.dev(QKV) == Device.GPU:
+                for which, sub in (("k", SCORE), ("v", CTX)):
+                    if lay.dev(sub) == Device.GPU:
+                        self._issue_fetch(lay, ch, which)
+        nxt = [0] * n
+        while True:
+            for ch in chunks:                       # issue every ready GPU sublayer (asynchronous)
+                while nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.GPU:
+                    self._run(lay, ch, SUBLAYERS[nxt[ch.c]], Device.GPU)
+                    nxt[ch.c] += 1
+            ran = False
+            for ch in chunks:                       # then the oldest ready CPU sublayer
+                if nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.CPU:
+                    self._run(lay, ch, SUBLAYERS[nxt[ch.c]], Device.CPU)
+                    nxt[ch.c] += 1
+                    ran = True
+                    break
+            if not ran and all(i == 6 for i in nxt):
+                break
+        if not resident:
+            done = self.backend.event(self.backend.compute)
+            self.slot_free[lay.slot] = done
+            if self.staging is not None:
+                self.staging_free = done
+        return [self._value(ch, "h_out") for ch in chunks]
+
+    # ================================================================== weights
+
+    def _next_streamed(self, li: int, p_index: int) -> Optional[tuple[int, int]]:
+        if li + 1 < self.L:
+            return li + 1, p_index
+        if p_index + 1 < len(self.passes):
+            return self.R, p_index + 1
+        return None
+
+    def _begin_streamed(self, lay: _Layer) -> int:
+        slot = self.slot_counter % 2
+        self.slot_counter += 1
+        if not self.buffer_flat[0]:
+            return slot
+        if self.slot_label[slot] != (lay.li, lay.pass_index):
+            self._prefetch(lay.li, lay.pass_index, slot)
+        self.backend.wait(self.backend.compute, self.slot_ready[slot])
+        if self.plan.overlap:
+            nxt = self._next_streamed(lay.li, lay.pass_index)
+            if nxt is not None:
+                self._prefetch(nxt[0], nxt[1], slot ^ 1)
+        return slot
+
+    def _prefetch(self, li: int, p_index: int, slot: int) -> None:
+        """Copy layer li's GPU-sublayer weights (for pass p_index's stage) into buffer ``slot``."""
+        be = self.backend
+        stage, step = self.passes[p_index]
+        policy = self.policy[stage]
+        be.wait(be.weights, self.slot_free[slot])
+        if not self.plan.overlap:
+            be.wait(be.weights, self.slot_free[slot ^ 1])   # no overlap: wait for the previous layer too
+        end = None
+        for sub in WEIGHTED_ORDER:
+            if policy[_IDX[sub]] != Device.GPU:
+                continue
+            src = self.weights.sublayer_host(li, sub)
+            start = be.event(be.weights)
+            be.copy(self.buffer_flat[slot][sub], src, be.weights)
+            end = be.event(be.weights)
+            self.records.append(OpRecord(stage, step, li, -1, "weights", "copy", Device.GPU,
+                                         src.numel() * src.element_size(), 0, "streamed", sub.value, start, end))
+        self.slot_ready[slot] = end if end is not None else be.event(be.weights)
+        self.slot_label[slot] = (li, p_index)
+
+    def _params(self, lay: _Layer, sub: Sublayer, dev: Device) -> dict[str, torch.Tensor]:
+        if lay.resident:
+            return self.weights.layout.views(self.resident_flat[lay.li], sub)
+        if dev == Device.CPU:
+            return self.weights.host_views(lay.li, sub)
+        if self.slot_label[lay.slot] != (lay.li, lay.pass_index):
+            raise RuntimeError(f"weight buffer {lay.slot} holds {self.slot_label[lay.slot]}, "
+                               f"not layer {lay.li} of pass {lay.pass_index}")
+        return self.buffer_views[lay.slot][sub]
+
+    # ================================================================== data movement
+
+    def _value(self, ch: _Chunk, name: str) -> Placed:
+        copies = ch.values[name]
+        return next(iter(copies.values()))
+
+    def _consumers(self, lay: _Layer, name: str) -> list[Device]:
+        """Devices that will read value ``name`` of this layer (for page-locking CPU outputs)."""
+        if name == "h_out":
+            if lay.li + 1 < self.L:
+                nxt_resident = lay.li + 1 < self.R
+                pol = ALL_GPU if nxt_resident else self.policy[lay.stage]
+                return [pol[_IDX[QKV]], pol[_IDX[OUT]]]
+            return [self.head_dev]
+        users = {"q": [SCORE], "scores": [CTX], "ctx": [OUT], "h_mid": [FC1, FC2], "mid": [FC2]}[name]
+        return [lay.dev(s) for s in users]
+
+    def _out(self, lay: _Layer, name: str, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
+        """Page-locked output buffer for a CPU op whose result crosses to the GPU (None otherwise)."""
+        if self.backend.is_cuda and Device.GPU in self._consumers(lay, name):
+            return self.backend.empty(shape, Device.CPU, pinned=True)
+        return None
+
+    def _need(self, lay: _Layer, ch: _Chunk, name: str, dev: Device, kind: str) -> torch.Tensor:
+        """Value ``name`` on ``dev``, copying it there (once) if it lives elsewhere; waits until it is valid."""
+        copies = ch.values[name]
+        p = copies.get(dev)
+        if p is None:
+            src = next(iter(copies.values()))
+            p = self._move(src, dev, lay.stage, lay.step, lay.li, ch.c, kind, name, lay.kind)
+            copies[dev] = p
+        if p.ready is not None:
+            if dev == Device.CPU:
+                p.ready.synchronize()
+            else:
+                self.backend.wait(self.backend.compute, p.ready)
+        return p.on(dev)
+
+    def _ship_early(self, lay: _Layer, ch: _Chunk, name: str, consumer: Sublayer, producer_consumer: Sublayer) -> None:
+        """Start copying a residual input to ``consumer``'s device now, unless the sublayer that reads it
+        first (``producer_consumer``) will copy it there anyway."""
+        copies = ch.values[name]
+        dev = lay.dev(consumer)
+        if dev in copies or lay.dev(producer_consumer) == dev:
+            return
+        src = next(iter(copies.values()))
+        copies[dev] = self._move(src, dev, lay.stage, lay.step, lay.li, ch.c, "resid", name, lay.kind)
+
+    def _move(self, src: Placed, dev: Device, stage: Stage, step: int, li: int, c: int, kind: str,
+              detail: str, layer_kind: str) -> Placed:
+        if src.dev == dev:
+            return src
+        be = self.backend
+        nbytes = src.t.numel() * src.t.element_size()
+        if dev == Device.GPU:                                   # host -> device
+            with be.on_stream(be.h2d):
+                dst = be.empty(tuple(src.t.shape), Device.GPU)
+            start = be.event(be.h2d)
+            be.copy(dst, src.t, be.h2d)
+            end = be.event(be.h2d)
+            be.keep_alive(dst, be.compute)
+        else:                                                   # device -> host
+            dst = be.empty(tuple(src.t.shape), Device.CPU, pinned=True)
+            be.wait(be.d2h, src.ready)
+            start = be.event(be.d2h)
+            be.copy(dst, src.t, be.d2h)
+            end = be.event(be.d2h)
+            be.keep_alive(src.t, be.d2h)
+        self.records.append(OpRecord(stage, step, li, c, kind, "copy", dev, nbytes, 0, layer_kind, detail, start, end))
+        return Placed(dst, dev, end)
+
+    # ================================================================== KV cache
+
+    def _write_kv(self, lay: _Layer, ch: _Chunk, dev: Device, k: torch.Tensor, v: torch.Tensor) -> None:
+        lo, hi = lay.pos0, lay.valid
+        kv = lay.kv
+        if lay.resident:
+            kv.gpu["k"][ch.rows, :, lo:hi].copy_(k)
+            kv.gpu["v"][ch.rows, :, lo:hi].copy_(v)
+            return
+        if dev == Device.CPU:
+            kv.host["k"][ch.rows, :, lo:hi].copy_(k)
+            kv.host["v"][ch.rows, :, lo:hi].copy_(v)
+            return
+        be = self.backend
+        produced = be.event(be.compute)
+        if self.staging is not None and (lay.dev(SCORE) == Device.GPU or lay.dev(CTX) == Device.GPU):
+            self.staging["k"][ch.rows, :, lo:hi].copy_(k)
+            self.staging["v"][ch.rows, :, lo:hi].copy_(v)
+        be.wait(be.d2h, produced)
+        start = be.event(be.d2h)
+        be.copy_2d(kv.host["k"][ch.rows, :, lo:hi], k, be.d2h)
+        be.copy_2d(kv.host["v"][ch.rows, :, lo:hi], v, be.d2h)
+        end = be.event(be.d2h)
+        be.keep_alive(k, be.d2h)
+        be.keep_alive(v, be.d2h)
+        kv.written = end
+        self.records.append(OpRecord(lay.stage, lay.step, lay.li, ch.c, "kv_writeback", "copy", Device.CPU,
+                                     2 * k.numel() * k.element_size(), 0, lay.kind, "k,v", start, end))
+
+    def _issue_fetch(self, lay: _Layer, ch: _Chunk, which: str) -> Optional[Event]:
+        """Fetch the host-cache positions GPU attention needs into the staging buffer (once per layer/chunk)."""
+        key = (which, ch.c)
+        if key in lay.staged:
+            return lay.staged[key]
+        hi = lay.pos0 if lay.dev(QKV) == Device.GPU else lay.valid   # a GPU qkv already put new K/V in staging
+        ev = None
+        if hi > 0:
+            be = self.backend
+            be.wait(be.h2d, self.staging_free)
+            be.wait(be.h2d, lay.kv.written)
+            src = lay.kv.host[which][ch.rows, :, 0:hi]
+            start = be.event(be.h2d)
+            be.copy_2d(self.staging[which][ch.rows, :, 0:hi], src, be.h2d)
+            ev = be.event(be.h2d)
+            self.records.append(OpRecord(lay.stage, lay.step, lay.li, ch.c, "kv_fetch", "copy", Device.GPU,
+                                         src.numel() * src.element_size(), 0, lay.kind, which, start, ev))
+        lay.staged[key] = ev
+        return ev
+
+    def _kv_for(self, lay: _Layer, ch: _Chunk, which: str, dev: Device, width: Optional[int] = None) -> torch.Tensor:
+        """K or V as attention on ``dev`` reads it: the whole host cache width on the CPU, [:width] on the GPU."""
+        kv = lay.kv
+        if dev == Device.CPU:
+            if kv.written is not None:
+                kv.written.synchronize()
+            return kv.host[which][ch.rows]
+        width = lay.valid if width is None else width
+        if lay.resident:
+            return kv.gpu[which][ch.rows, :, :width]
+        ev = self._issue_fetch(lay, ch, which)
+        self.backend.wait(self.backend.compute, ev)
+        return self.staging[which][ch.rows, :, :width]
+
+    # ================================================================== sublayers
+
+    def _rope(self, dev: Device, pos0: int, q: int):
+        if not uses_rope(self.model):
+            return None
+        key = (dev, pos0, q)
+        if key not in self._rope_cache:
+            if len(self._rope_cache) > 64:
+                self._rope_cache.clear()
+            positions = torch.arange(pos0, pos0 + q)
+            self._rope_cache[key] = kernels.rope_tables(positions, self.model.head_dim,
+                                                        self.backend.torch_device(dev))
+        return self._rope_cache[key]
+
+    def _stamp(self, dev: Device) -> Event:
+        cuda = self.backend.is_cuda and dev == Device.GPU
+        return Event(cuda).record(self.backend.compute if cuda else None)
+
+    def _record(self, stage: Stage, step: int, li: int, c: int, name: str, kind: str, dev: Device, nbytes: int,
+                tokens: int, layer_kind: str, start: Event) -> None:
+        if dev == Device.GPU and self.backend.is_cuda and not self._profile:
+            return
+        self.records.append(OpRecord(stage, step, li, c, name, kind, dev, nbytes, tokens, layer_kind, "",
+                                     start, self._stamp(dev)))
+
+    def _run(self, lay: _Layer, ch: _Chunk, sub: Sublayer, dev: Device) -> None:
+        m = self.model
+        b, q = ch.b1 - ch.b0, lay.q
+        if sub == QKV:
+            h = self._need(lay, ch, "h", dev, "act")
+            p = self._params(lay, sub, dev)
+            rope = self._rope(dev, lay.pos0, q)
+            start = self._stamp(dev)
+            q_out, k, v = kernels.qkv(h, p, m, rope)
+            if dev == Device.CPU:
+                pinned = self._out(lay, "q", tuple(q_out.shape))
+                if pinned is not None:
+                    q_out = pinned.copy_(q_out)
+            self._write_kv(lay, ch, dev, k, v)
+            self._finish(lay, ch, sub, dev, "q", q_out, start, b * q)
+        elif sub == SCORE:
+            q_in = self._need(lay, ch, "q", dev, "act")
+            keys = self._kv_for(lay, ch, "k", dev)
+            out = self._out(lay, "scores", (b, m.num_kv_heads, m.num_heads // m.num_kv_heads * q, keys.shape[2])) \
+                if dev == Device.CPU else None
+            start = self._stamp(dev)
+            scores = kernels.attn_score(q_in, keys, m, lay.pos0, lay.valid, out=out)
+            self._finish(lay, ch, sub, dev, "scores", scores, start, q)
+        elif sub == CTX:
+            scores = self._need(lay, ch, "scores", dev, "act")
+            if dev == Device.CPU and scores.shape[-1] != self.S:
+                scores = torch.nn.functional.pad(scores, (0, self.S - scores.shape[-1]), value=float("-inf"))
+            values = self._kv_for(lay, ch, "v", dev, width=scores.shape[-1])
+            out = self._out(lay, "ctx", (b, q, m.q_dim)) if dev == Device.CPU else None
+            start = self._stamp(dev)
+            ctx = kernels.attn_context(scores, values, m, q, out=out)
+            self._finish(lay, ch, sub, dev, "ctx", ctx, start, q)
+        elif sub == OUT:
+            ctx = self._need(lay, ch, "ctx", dev, "act")
+            resid = self._need(lay, ch, "h", dev, "resid")
+            p = self._params(lay, sub, dev)
+            out = self._out(lay, "h_mid", (b, q, m.hidden_size)) if dev == Device.CPU else None
+            start = self._stamp(dev)
+            h_mid = kernels.out_proj(ctx, p, resid, out=out)
+            self._finish(lay, ch, sub, dev, "h_mid", h_mid, start, b * q)
+            self._ship_early(lay, ch, "h_mid", consumer=FC2, producer_consumer=FC1)
+        elif sub == FC1:
+            h_mid = self._need(lay, ch, "h_mid", dev, "act")
+            p = self._params(lay, sub, dev)
+            out = self._out(lay, "mid", (b, q, m.ffn_size)) if dev == Device.CPU else None
+            start = self._stamp(dev)
+            mid = kernels.fc1(h_mid, p, m, out=out)
+            self._finish(lay, ch, sub, dev, "mid", mid, start, b * q)
+        else:
+            mid = self._need(lay, ch, "mid", dev, "act")
+            resid = self._need(lay, ch, "h_mid", dev, "resid")
+            p = self._params(lay, sub, dev)
+            out = self._out(lay, "h_out", (b, q, m.hidden_size)) if dev == Device.CPU else None
+            start = self._stamp(dev)
+            h_out = kernels.fc2(mid, p, resid, out=out)
+            self._finish(lay, ch, sub, dev, "h_out", h_out, start, b * q)
+
+    def _finish(self, lay: _Layer, ch: _Chunk, sub: Sublayer, dev: Device, name: str, value: torch.Tensor,
+                start: Event, tokens: int) -> None:
+        self._record(lay.stage, lay.step, lay.li, ch.c, sub.value, "compute", dev, 0, tokens, lay.kind, start)
+        ready = self.backend.event(self.backend.compute) if dev == Device.GPU and self.backend.is_cuda else None
+        ch.values[name] = {dev: Placed(value, dev, ready)}
+
+
+def x_ready(backend: Backend, dev: Device) -> Optional[Event]:
+    """Event after the embedding (GPU) so that copy streams can order after it."""
+    if backend.is_cuda and dev == Device.GPU:
+        return backend.event(backend.compute)
+    return None
+
+
+def random_prompt(model: ModelSpec, workload: Workload, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed + 101)
+    return torch.randint(0, model.vocab_size, (workload.batch, workload.input_len), generator=gen)
+
+
+def kv_arena_elements(model: ModelSpec, workload: Workload, plan: Plan) -> int:
+    """bf16 elements of the host KV cache of a plan's streamed layers."""
+    streamed = model.num_layers - plan.gpu_resident_layers
+    return 2 * streamed * workload.batch * model.num_kv_heads * (workload.input_len + workload.output_len) \
+        * model.head_dim
+
+
+__all__ = ["Executor", "RunResult", "OpRecord", "GpuLayerCache", "random_prompt", "kv_arena_elements", "DTYPE"]

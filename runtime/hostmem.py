@@ -1,0 +1,205 @@
+"""Host memory for weights and KV caches: arenas allocated and page-locked once, carved per model.
+
+Creating 60 GB of random bf16 weights is the slow part of a validation run, so it happens once per
+process: one weight arena is filled with seeded random values and every model's layers are views into it
+(layer i of a model takes block i; when a model needs more blocks than the arena holds, layer i reuses
+block i mod k, which the run records). Weights are uniform in [-a, a] with a = sqrt(3 / 8192), i.e. unit
+variance outputs for a unit-variance input of width 8192; norms and biases are overwritten with their own
+values per model (see weights.py).
+
+Fill: with CUDA, the values are drawn on the GPU (seeded) and copied into the pinned arena at PCIe speed;
+without CUDA, CPU threads draw disjoint chunks with their own seeded generators. Page-locking uses
+cudaHostRegister on the already-touched memory, so the arena is not rounded up to a power of two as the
+caching host allocator would do.
+
+CXL: a NUMA node with memory and no CPUs is a CXL (or other memory-only) expander. Arenas for a CXL tier
+are bound to such a node through libnuma; on a machine without one the run is refused with a message
+that names the missing resource.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from lia_model.errors import LiaInputError
+from lia_model.plan import HostTier
+from runtime.backend import DTYPE, Backend, cpu_threads
+
+WEIGHT_BOUND = math.sqrt(3.0 / 8192.0)
+_FILL_CHUNK_ELEMS = 64 * 2**20  # 128 MiB of bf16 per fill step
+_REGISTER_CHUNK_BYTES = 2**30
+
+
+@dataclass(frozen=True)
+class NumaNode:
+    node: int
+    cpus: str
+    mem_total_gib: float
+
+    @property
+    def memory_only(self) -> bool:
+        return self.cpus.strip() == "" and self.mem_total_gib > 0
+
+
+def numa_nodes(sysfs: Path = Path("/sys/devices/system/node")) -> list[NumaNode]:
+    """The machine's NUMA nodes from sysfs (empty list when sysfs has none, e.g. in some containers)."""
+    nodes = []
+    for path in sorted(sysfs.glob("node[0-9]*")):
+        try:
+            cpus = (path / "cpulist").read_text().strip()
+            total_kib = 0.0
+            for line in (path / "meminfo").read_text().splitlines():
+                if "MemTotal" in line:
+                    total_kib = float(line.split()[-2])
+            nodes.append(NumaNode(int(path.name[4:]), cpus, total_kib / 2**20))
+        except (OSError, ValueError, IndexError):
+            continue
+    return nodes
+
+
+def cxl_node(sysfs: Path = Path("/sys/devices/system/node")) -> Optional[int]:
+    """The first memory-only NUMA node (a CXL expander), or None."""
+    for node in numa_nodes(sysfs):
+        if node.memory_only:
+            return node.node
+    return None
+
+
+def require_tier(tier: HostTier, what: str, sysfs: Path = Path("/sys/devices/system/node")) -> Optional[int]:
+    """The NUMA node to place ``what`` on for ``tier`` (None = default DDR); refuse a CXL tier without CXL."""
+    if tier == HostTier.DDR:
+        return None
+    node = cxl_node(sysfs)
+    if node is None:
+        found = ", ".join(f"node{n.node} (cpus {n.cpus or 'none'}, {n.mem_total_gib:.0f} GiB)"
+                          for n in numa_nodes(sysfs)) or "no NUMA information"
+        raise LiaInputError(
+            "CXL memory",
+            f"the plan puts the {what} in CXL but this machine has no memory-only NUMA node (found: {found})",
+            "run on a host with a CXL expander, or use a plan with weight_tier/kv_tier ddr",
+        )
+    return node
+
+
+def _numa_alloc(nbytes: int, node: int) -> torch.Tensor:
+    """Host memory bound to one NUMA node through libnuma (kept alive by the returned tensor's buffer)."""
+    name = ctypes.util.find_library("numa")
+    if name is None:
+        raise LiaInputError("CXL memory", f"NUMA node {node} exists but libnuma is not installed",
+                            "install libnuma (apt-get install libnuma1)")
+    lib = ctypes.CDLL(name)
+    lib.numa_alloc_onnode.restype = ctypes.c_void_p
+    lib.numa_alloc_onnode.argtypes = [ctypes.c_size_t, ctypes.c_int]
+    ptr = lib.numa_alloc_onnode(nbytes, node)
+    if not ptr:
+        raise LiaInputError("CXL memory", f"could not allocate {nbytes / 1e9:.1f} GB on NUMA node {node}",
+                            "use a smaller model or batch, or weight_tier/kv_tier ddr")
+    buf = (ctypes.c_uint8 * nbytes).from_address(ptr)
+    return torch.frombuffer(buf, dtype=torch.uint8)
+
+
+@dataclass
+class ArenaStats:
+    bytes: int
+    touch_s: float = 0.0
+    pin_s: float = 0.0
+    fill_s: float = 0.0
+    pinned: bool = False
+    numa_node: Optional[int] = None
+    notes: list[str] = field(default_factory=list)
+
+
+class HostArena:
+    """One flat bf16 host buffer, optionally page-locked and randomly filled, carved into views."""
+
+    def __init__(self, backend: Backend, numel: int, *, pinned: bool, random_fill: bool, seed: int = 0,
+                 numa_node: Optional[int] = None) -> None:
+        self.backend = backend
+        self.numel = int(numel)
+        self.stats = ArenaStats(bytes=self.numel * 2, numa_node=numa_node)
+        t0 = time.perf_counter()
+        if numa_node is None:
+            self.data = torch.empty(self.numel, dtype=DTYPE)
+        else:
+            self.data = _numa_alloc(self.numel * 2, numa_node).view(DTYPE)
+        # Touch every page (zero_ runs on all intra-op threads; the OS backs memory lazily).
+        self.data.zero_()
+        self.stats.touch_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if pinned and backend.is_cuda:
+            ok = all(backend.register_host(self.data[a:b]) for a, b in
+                     _chunks(self.numel, _REGISTER_CHUNK_BYTES // 2))
+            self.stats.pinned = ok
+            if not ok:
+                self.stats.notes.append("cudaHostRegister failed: host weights are pageable")
+        self.stats.pin_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if random_fill:
+            self._fill(seed)
+        self.stats.fill_s = time.perf_counter() - t0
+
+    @property
+    def pinned(self) -> bool:
+        return self.stats.pinned
+
+    def _fill(self, seed: int) -> None:
+        a = WEIGHT_BOUND
+        if self.backend.is_cuda:
+            gen = torch.Generator(device=self.backend.gpu_device).manual_seed(seed)
+            scratch = torch.empty(min(_FILL_CHUNK_ELEMS, self.numel), dtype=DTYPE, device=self.backend.gpu_device)
+            for lo, hi in _chunks(self.numel, _FILL_CHUNK_ELEMS):
+                part = scratch[: hi - lo]
+                part.uniform_(-a, a, generator=gen)
+                self.data[lo:hi].copy_(part)
+            del scratch
+            torch.cuda.empty_cache()
+        else:
+            def fill(index_lo_hi: tuple[int, int, int]) -> None:
+                index, lo, hi = index_lo_hi
+                gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
+                self.data[lo:hi].uniform_(-a, a, generator=gen)
+
+            work = [(i, lo, hi) for i, (lo, hi) in enumerate(_chunks(self.numel, _FILL_CHUNK_ELEMS // 16))]
+            with ThreadPoolExecutor(max_workers=cpu_threads()) as pool:
+                list(pool.map(fill, work))
+
+    def set_pinned(self, pinned: bool) -> None:
+        """Page-lock or unlock the whole arena in place (a plan with pinned_weights=False streams from
+        pageable memory; unlocking avoids a second 60 GB copy)."""
+        if not self.backend.is_cuda or pinned == self.stats.pinned:
+            return
+        t0 = time.perf_counter()
+        for lo, hi in _chunks(self.numel, _REGISTER_CHUNK_BYTES // 2):
+            if pinned:
+                self.backend.register_host(self.data[lo:hi])
+            else:
+                self.backend.unregister_host(self.data[lo:hi])
+        self.stats.pinned = pinned
+        self.stats.notes.append(f"{'pinned' if pinned else 'unpinned'} in {time.perf_counter() - t0:.1f} s")
+
+    def view(self, offset: int, numel: int) -> torch.Tensor:
+        if offset + numel > self.numel:
+            raise ValueError(f"arena view [{offset}, {offset + numel}) past its end {self.numel}")
+        return self.data[offset: offset + numel]
+
+    def zero(self, offset: int, numel: int) -> None:
+        self.data[offset: offset + numel].zero_()
+
+    def release(self) -> None:
+        if self.stats.pinned:
+            for lo, hi in _chunks(self.numel, _REGISTER_CHUNK_BYTES // 2):
+                self.backend.unregister_host(self.data[lo:hi])
+        self.data = torch.empty(0, dtype=DTYPE)
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]

@@ -1,0 +1,283 @@
+"""Validation results: the CSV, the predicted-vs-measured plot and the summary against the issue's goals.
+
+Error convention: err = (predicted - measured) / measured, so +10% means the model predicts 10% too slow.
+Summary per metric (TTFT, mean TPOT, end-to-end latency, and latency under the paper's additive model for
+comparison): count, mean, median and max of |err| over the points that ran, with the goals mean <= 10%
+and max <= 25%. Plan regret per workload group: the measured latency of the optimiser's plan over the best
+measured latency among all plans run in that group, minus one (goal <= 10%).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+GOAL_MEAN_ABS_ERR = 0.10
+GOAL_MAX_ABS_ERR = 0.25
+GOAL_REGRET = 0.10
+GOAL_STREAM_FRACTION = 0.85
+GOAL_CPU_LINEAR_FRACTION = 0.85
+
+# (metric, predicted column, measured column, label)
+METRICS: tuple[tuple[str, str, str, str], ...] = (
+    ("ttft", "pred_ttft_s", "meas_ttft_s", "TTFT"),
+    ("tpot_mean", "pred_tpot_mean_s", "meas_tpot_mean_s", "TPOT (mean)"),
+    ("latency", "pred_latency_s", "meas_latency_s", "latency"),
+)
+EXTRA_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    ("latency_additive", "pred_latency_additive_s", "meas_latency_s", "latency, additive model (paper)"),
+)
+
+CSV_NAME = "results.csv"
+PLOT_STEM = "pred_vs_meas"
+SUMMARY_MD = "summary.md"
+SUMMARY_JSON = "summary.json"
+
+
+def add_errors(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    for name, pcol, mcol, _ in METRICS + EXTRA_METRICS:
+        if pcol in df and mcol in df:
+            p = pd.to_numeric(df[pcol], errors="coerce")
+            m = pd.to_numeric(df[mcol], errors="coerce")
+            df[f"err_{name}"] = (p - m) / m
+    return df
+
+
+def _ran(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "ran"] if "status" in df else df
+
+
+def metric_stats(df: pd.DataFrame) -> list[dict[str, Any]]:
+    ran = _ran(df)
+    out = []
+    for name, _, _, label in METRICS + EXTRA_METRICS:
+        col = f"err_{name}"
+        if col not in ran:
+            continue
+        err = pd.to_numeric(ran[col], errors="coerce").dropna()
+        if err.empty:
+            continue
+        a = err.abs()
+        primary = name in {m[0] for m in METRICS}
+        row = {
+            "metric": name, "label": label, "n": int(a.size),
+            "mean_abs_err": float(a.mean()), "median_abs_err": float(a.median()), "max_abs_err": float(a.max()),
+            "mean_signed_err": float(err.mean()),
+            "worst_point": str(ran.loc[a.idxmax(), "point_id"]) if "point_id" in ran else "",
+            "goal": primary,
+        }
+        row["met"] = bool(row["mean_abs_err"] <= GOAL_MEAN_ABS_ERR and row["max_abs_err"] <= GOAL_MAX_ABS_ERR)
+        out.append(row)
+    return out
+
+
+def regret_table(df: pd.DataFrame) -> list[dict[str, Any]]:
+    ran = _ran(df)
+    rows = []
+    for group, g in ran.groupby("group_id", sort=False):
+        lat = pd.to_numeric(g["meas_latency_s"], errors="coerce")
+        opt = g[g["plan_spec"] == "optimal"]
+        if opt.empty or lat.isna().all():
+            continue
+        best_i = lat.idxmin()
+        opt_lat = float(pd.to_numeric(opt["meas_latency_s"], errors="coerce").iloc[0])
+        best = float(lat.loc[best_i])
+        regret = opt_lat / best - 1.0
+        first = g.iloc[0]
+        rows.append({
+            "group_id": group, "model": f"{first['model']} ({int(first['num_layers'])} layers)",
+            "workload": f"B={int(first['batch'])} L_in={int(first['input_len'])} L_out={int(first['output_len'])}",
+            "gpu_memory_gib": first.get("gpu_memory_gib"),
+            "plans": int(len(g)), "optimal_latency_s": opt_lat,
+            "best_plan": str(g.loc[best_i, "plan_label"]), "best_latency_s": best,
+            "regret": regret, "met": bool(regret <= GOAL_REGRET),
+        })
+    return rows
+
+
+def consistency(df: pd.DataFrame) -> dict[str, Any]:
+    """The runtime-is-real checks: streaming bandwidth on transfer-bound stages and CPU linear efficiency."""
+    ran = _ran(df)
+    out: dict[str, Any] = {}
+    if "weight_h2d_vs_calibrated" in ran:
+        v = pd.to_numeric(ran["weight_h2d_vs_calibrated"], errors="coerce").dropna()
+        if not v.empty:
+            out["weight_streaming"] = {
+                "n": int(v.size), "min": float(v.min()), "median": float(v.median()),
+                "goal": GOAL_STREAM_FRACTION, "met": bool(v.min() >= GOAL_STREAM_FRACTION),
+                "what": "achieved weight-prefetch GB/s over the profile's pinned link.h2d_gbps, "
+                        "on stages the model predicts to be PCIe-H2D-bound",
+            }
+    if "cpu_linear_eff_vs_calibrated" in ran:
+        v = pd.to_numeric(ran["cpu_linear_eff_vs_calibrated"], errors="coerce").dropna()
+        if not v.empty:
+            out["cpu_linear"] = {
+                "n": int(v.size), "min": float(v.min()), "median": float(v.median()),
+                "goal": GOAL_CPU_LINEAR_FRACTION, "met": bool(v.min() >= GOAL_CPU_LINEAR_FRACTION),
+                "what": "profile's CPU time for the same linear sublayers over the measured time",
+            }
+    if "logits_rel_err" in ran:
+        v = pd.to_numeric(ran["logits_rel_err"], errors="coerce").dropna()
+        if not v.empty:
+            tol = float(pd.to_numeric(ran.get("logits_tolerance"), errors="coerce").dropna().max())
+            out["correctness"] = {"n": int(v.size), "max_logits_rel_err": float(v.max()), "tolerance": tol,
+                                  "met": bool(v.max() <= tol)}
+    return out
+
+
+def summarize(df: pd.DataFrame) -> dict[str, Any]:
+    df = add_errors(df) if "err_latency" not in df else df
+    skipped = []
+    if "status" in df:
+        for _, r in df[df["status"] != "ran"].iterrows():
+            skipped.append({"point_id": r["point_id"], "reason": r.get("skip_reason", "")})
+    return {
+        "points_ran": int(len(_ran(df))), "points_skipped": len(skipped),
+        "metrics": metric_stats(df), "regret": regret_table(df), "consistency": consistency(df),
+        "skipped": skipped,
+        "goals": {"mean_abs_err": GOAL_MEAN_ABS_ERR, "max_abs_err": GOAL_MAX_ABS_ERR, "regret": GOAL_REGRET,
+                  "weight_streaming_fraction": GOAL_STREAM_FRACTION,
+                  "cpu_linear_fraction": GOAL_CPU_LINEAR_FRACTION},
+    }
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def summary_markdown(summary: dict[str, Any], title: str = "Validation summary") -> str:
+    lines = [f"# {title}", "", f"Points run: {summary['points_ran']}; skipped: {summary['points_skipped']}.", "",
+             "Error = (predicted - measured) / measured. Goals: mean |error| <= 10% and max |error| <= 25% per "
+             "metric; plan regret <= 10% per workload.", "",
+             "| metric | points | mean abs err | median abs err | max abs err | mean signed err | goal met | worst point |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m in summary["metrics"]:
+        met = ("yes" if m["met"] else "NO") if m["goal"] else "(reference only)"
+        lines.append(f"| {m['label']} | {m['n']} | {_pct(m['mean_abs_err'])} | {_pct(m['median_abs_err'])} | "
+                     f"{_pct(m['max_abs_err'])} | {_pct(m['mean_signed_err'])} | {met} | {m['worst_point']} |")
+    lines += ["", "| workload group | model | workload | GPU cap GiB | plans | optimal latency s | best plan | "
+                  "best latency s | regret | goal met |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary["regret"]:
+        cap = r["gpu_memory_gib"]
+        cap_text = "-" if cap is None or (isinstance(cap, float) and math.isnan(cap)) else f"{cap:g}"
+        lines.append(f"| {r['group_id']} | {r['model']} | {r['workload']} | {cap_text} | {r['plans']} | "
+                     f"{r['optimal_latency_s']:.3f} | {r['best_plan']} | {r['best_latency_s']:.3f} | "
+                     f"{_pct(r['regret'])} | {'yes' if r['met'] else 'NO'} |")
+    cons = summary["consistency"]
+    if cons:
+        lines += ["", "| runtime check | points | min | median | goal | met |", "|---|---|---|---|---|---|"]
+        for key, label in (("weight_streaming", "weight streaming / calibrated H2D"),
+                           ("cpu_linear", "CPU linear / calibrated throughput")):
+            if key in cons:
+                c = cons[key]
+                lines.append(f"| {label} | {c['n']} | {_pct(c['min'])} | {_pct(c['median'])} | "
+                             f">= {_pct(c['goal'])} | {'yes' if c['met'] else 'NO'} |")
+        if "correctness" in cons:
+            c = cons["correctness"]
+            lines.append(f"| logits vs reference (max rel. err) | {c['n']} | - | {c['max_logits_rel_err']:.2e} | "
+                         f"<= {c['tolerance']:.0e} | {'yes' if c['met'] else 'NO'} |")
+    if summary["skipped"]:
+        lines += ["", "Skipped points:", ""]
+        lines += [f"- {s['point_id']}: {s['reason']}" for s in summary["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_predicted_vs_measured(df: pd.DataFrame, png: Path, svg: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ran = _ran(df)
+    fig, ax = plt.subplots(figsize=(6.4, 6.0))
+    markers = {"ttft": "o", "tpot_mean": "s", "latency": "^"}
+    lo, hi = math.inf, 0.0
+    for name, pcol, mcol, label in METRICS:
+        if pcol not in ran or mcol not in ran:
+            continue
+        p = pd.to_numeric(ran[pcol], errors="coerce")
+        m = pd.to_numeric(ran[mcol], errors="coerce")
+        ok = (p > 0) & (m > 0)
+        if not ok.any():
+            continue
+        ax.scatter(m[ok], p[ok], marker=markers[name], label=label, alpha=0.8, s=28)
+        lo, hi = min(lo, m[ok].min(), p[ok].min()), max(hi, m[ok].max(), p[ok].max())
+    if hi <= 0:
+        lo, hi = 1e-3, 1.0
+    x = np.geomspace(lo / 1.5, hi * 1.5, 50)
+    ax.plot(x, x, color="black", lw=1, label="predicted = measured")
+    ax.fill_between(x, x * 0.75, x * 1.25, color="tab:gray", alpha=0.12, label="±25%")
+    ax.fill_between(x, x * 0.9, x * 1.1, color="tab:gray", alpha=0.25, label="±10%")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(x[0], x[-1])
+    ax.set_ylim(x[0], x[-1])
+    ax.set_xlabel("measured (s)")
+    ax.set_ylabel("predicted (s)")
+    ax.set_title(title or "LIA cost model: predicted vs measured")
+    ax.grid(True, which="both", alpha=0.2)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=150)
+    fig.savefig(svg)
+    plt.close(fig)
+
+
+def write_outputs(df: pd.DataFrame, out_dir: Path, title: str = "") -> dict[str, Any]:
+    """Write results.csv, pred_vs_meas.png/.svg, summary.md and summary.json; return the summary."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = add_errors(df)
+    df.to_csv(out_dir / CSV_NAME, index=False)
+    summary = summarize(df)
+    plot_predicted_vs_measured(df, out_dir / f"{PLOT_STEM}.png", out_dir / f"{PLOT_STEM}.svg", title)
+    (out_dir / SUMMARY_MD).write_text(summary_markdown(summary))
+    (out_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def print_summary(console, summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"model error over {summary['points_ran']} points ((predicted - measured) / measured)")
+    for col in ("metric", "points", "mean |err|", "median |err|", "max |err|", "mean signed", "goal (10% / 25%)"):
+        t.add_column(col)
+    for m in summary["metrics"]:
+        met = ("met" if m["met"] else "MISSED") if m["goal"] else "reference"
+        t.add_row(m["label"], str(m["n"]), _pct(m["mean_abs_err"]), _pct(m["median_abs_err"]),
+                  _pct(m["max_abs_err"]), _pct(m["mean_signed_err"]), met)
+    console.print(t)
+    if summary["regret"]:
+        r = Table(title="plan regret per workload (optimal's measured latency / best measured - 1; goal <= 10%)")
+        for col in ("group", "workload", "plans", "optimal", "best plan", "best", "regret", "goal"):
+            r.add_column(col)
+        for row in summary["regret"]:
+            r.add_row(row["group_id"], row["workload"], str(row["plans"]), f"{row['optimal_latency_s']:.3f} s",
+                      row["best_plan"], f"{row['best_latency_s']:.3f} s", _pct(row["regret"]),
+                      "met" if row["met"] else "MISSED")
+        console.print(r)
+    cons = summary["consistency"]
+    if cons:
+        c = Table(title="runtime checks")
+        for col in ("check", "points", "min", "median", "goal", "met"):
+            c.add_column(col)
+        for key, label in (("weight_streaming", "weight streaming / calibrated H2D"),
+                           ("cpu_linear", "CPU linear / calibrated")):
+            if key in cons:
+                v = cons[key]
+                c.add_row(label, str(v["n"]), _pct(v["min"]), _pct(v["median"]), f">= {_pct(v['goal'])}",
+                          "met" if v["met"] else "MISSED")
+        if "correctness" in cons:
+            v = cons["correctness"]
+            c.add_row("logits vs reference", str(v["n"]), "-", f"{v['max_logits_rel_err']:.2e}",
+                      f"<= {v['tolerance']:.0e}", "met" if v["met"] else "MISSED")
+        console.print(c)
+    if summary["skipped"]:
+        console.print(f"skipped {len(summary['skipped'])} points:")
+        for s in summary["skipped"]:
+            console.print(f"  {s['point_id']}: {s['reason']}")

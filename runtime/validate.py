@@ -1,0 +1,370 @@
+"""``lia validate``: run validation points for real and compare them with the cost model.
+
+Order of work: every point is resolved and predicted first (pure, fast), points that cannot or should not
+run are listed as skipped with the reason (plan infeasible in memory, predicted too long for
+``--max-point-s``, no GPU, ...), then one weight arena and one KV arena are created for all of them and the
+points run grouped by model, so the random weights are made and page-locked once per process.
+A time budget (``--time-budget-s``) stops starting points whose estimated run time would pass it; the
+estimate is the predicted time of warm-up plus repeats times the largest measured/predicted ratio seen so far.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Optional
+
+from lia_model.baselines import baseline_plans
+from lia_model.costmodel import Prediction, predict
+from lia_model.costterms import CostMode
+from lia_model.errors import LiaInputError
+from lia_model.hardware import SystemSpec
+from lia_model.memory import available_bytes, MemoryTier
+from lia_model.models import ModelSpec
+from lia_model.plan import Plan, policy_notation
+from lia_model.sublayers import SUBLAYERS, Stage
+from lia_model.workload import Workload
+from runtime.points import GroupSpec, IsaChoice, entry_name, group_model, group_workload, plan_entries, resolve_entry
+from runtime.preflight import capped_system, preflight
+
+
+@dataclass
+class Options:
+    repeats: int = 2
+    gpu_memory_gib: Optional[float] = None
+    max_point_s: Optional[float] = None
+    time_budget_s: Optional[float] = None
+    seed: int = 0
+    host_weights_gib: Optional[float] = None
+    check_device: str = "auto"
+
+
+@dataclass
+class Point:
+    id: str
+    group: GroupSpec
+    model: ModelSpec
+    full_layers: int
+    workload: Workload
+    cap: Optional[float]
+    plan_spec: str
+    repeats: int
+    plan: Optional[Plan] = None           # as executed (CPU ISA set to the one this process uses)
+    plan_isa: str = ""
+    pred: Optional[Prediction] = None
+    pred_additive: Optional[Prediction] = None
+    skip_reason: Optional[str] = None
+    duplicate_of: Optional[str] = None
+    est_s: float = 0.0
+
+    @property
+    def system_key(self) -> tuple[str, int]:
+        return self.model.name, self.model.num_layers
+
+
+def resolve_points(groups: list[GroupSpec], system: SystemSpec, opts: Options, isa: IsaChoice,
+                   has_gpu: bool) -> list[Point]:
+    """Plans, predictions and skip decisions for every (group, plan) pair; allocates nothing."""
+    points: list[Point] = []
+    for g in groups:
+        try:
+            model, full = group_model(g)
+            workload = group_workload(g, model)
+        except LiaInputError as err:
+            points.append(Point(f"{g.id}/-", g, _placeholder_model(), 0, Workload(batch=1, input_len=1, output_len=1),
+                                None, "-", 0, skip_reason=str(err)))
+            continue
+        cap = g.gpu_memory_gib if g.gpu_memory_gib is not None else opts.gpu_memory_gib
+        sysc = capped_system(system, cap)
+        baselines = baseline_plans(sysc, model, workload)
+        seen: dict[str, str] = {}
+        for i, entry in enumerate(plan_entries(g, list(baselines))):
+            name = entry_name(entry, i)
+            p = Point(f"{g.id}/{name}", g, model, full, workload, cap,
+                      entry if isinstance(entry, str) else name, g.repeats or opts.repeats)
+            points.append(p)
+            try:
+                plan = resolve_entry(entry, sysc, model, workload, baselines)
+            except LiaInputError as err:
+                p.skip_reason = f"no plan: {err}"
+                continue
+            p.plan_isa = plan.cpu_isa.value
+            if isa.run is not None and isa.run in sysc.cpu.isa and sysc.cpu.isa[isa.run].present:
+                plan = plan.model_copy(update={"cpu_isa": isa.run})
+            p.plan = plan
+            try:
+                p.pred = predict(sysc, model, workload, plan, CostMode.OVERLAP)
+                p.pred_additive = predict(sysc, model, workload, plan, CostMode.ADDITIVE)
+            except LiaInputError as err:
+                p.skip_reason = f"cannot predict: {err}"
+                continue
+            try:
+                preflight(system, model, workload, plan, has_gpu=has_gpu, gpu_memory_gib=cap)
+            except LiaInputError as err:
+                p.skip_reason = str(err)
+                continue
+            key = plan.model_copy(update={"label": ""}).model_dump_json()
+            if key in seen:
+                p.duplicate_of = seen[key]
+                continue
+            seen[key] = p.id
+            warm = p.pred.ttft_s + (p.pred.tpot_s[0] if p.pred.tpot_s else 0.0)
+            p.est_s = warm + p.repeats * p.pred.latency_s
+            if opts.max_point_s is not None and p.est_s > opts.max_point_s:
+                p.skip_reason = (f"predicted {p.pred.latency_s:.1f} s per run, {p.est_s:.0f} s with warm-up and "
+                                 f"{p.repeats} repeats: over --max-point-s {opts.max_point_s:g}")
+    return points
+
+
+def _placeholder_model() -> ModelSpec:
+    return ModelSpec(name="-", num_layers=1, hidden_size=1, ffn_size=1, num_heads=1, num_kv_heads=1, head_dim=1,
+                     vocab_size=1, max_context=2)
+
+
+# ====================================================================== running
+
+
+def run_points(points: list[Point], system: SystemSpec, opts: Options, echo: Callable[[str], None],
+               fake_gpu: bool = False) -> list[dict[str, Any]]:
+    """Run every runnable point; return one CSV row per point (skipped points included)."""
+    import torch
+
+    from runtime.backend import Backend, cpu_threads
+    from runtime.executor import GpuLayerCache, kv_arena_elements
+    from runtime.hostmem import HostArena
+    from runtime.weights import layer_layout
+
+    backend = Backend.detect(fake_gpu=fake_gpu)
+    torch.set_num_threads(cpu_threads())
+    runnable = [p for p in points if p.skip_reason is None and p.duplicate_of is None]
+    rows: dict[str, dict[str, Any]] = {}
+    context = _context(system, backend)
+    if runnable:
+        w_elems = max(p.model.num_layers * layer_layout(p.model).numel for p in runnable)
+        kv_elems = max(kv_arena_elements(p.model, p.workload, p.plan) for p in runnable)
+        host_avail = available_bytes(system)[MemoryTier.DDR] / 2
+        if opts.host_weights_gib is not None:
+            w_elems = min(w_elems, int(opts.host_weights_gib * 2**30 / 2))
+        if w_elems + kv_elems > host_avail:
+            largest_layer = max(layer_layout(p.model).numel for p in runnable)
+            w_elems = max(largest_layer, int(host_avail - kv_elems))
+            echo(f"note: weights + KV exceed the profile's host memory; the weight arena is cut to "
+                 f"{w_elems * 2 / 1e9:.1f} GB and later layers reuse earlier layers' host weights")
+        t0 = time.perf_counter()
+        arena = HostArena(backend, w_elems, pinned=True, random_fill=True, seed=opts.seed)
+        kv_arena = HostArena(backend, kv_elems, pinned=True, random_fill=False) if kv_elems else None
+        st = arena.stats
+        echo(f"setup: weight arena {st.bytes / 1e9:.1f} GB (touch {st.touch_s:.1f} s, pin {st.pin_s:.1f} s, "
+             f"fill {st.fill_s:.1f} s, pinned={st.pinned}); KV arena {kv_elems * 2 / 1e9:.1f} GB; "
+             f"total {time.perf_counter() - t0:.1f} s on {backend.description}")
+        context["setup_s"] = round(time.perf_counter() - t0, 2)
+    order = sorted(runnable, key=lambda p: p.system_key)
+    weights_by_model: dict[tuple[str, int], Any] = {}
+    layer_cache = GpuLayerCache()
+    started = time.perf_counter()
+    ratio = 1.5
+    for k, p in enumerate(order, 1):
+        elapsed = time.perf_counter() - started
+        est = p.est_s * ratio
+        if opts.time_budget_s is not None and elapsed + est > opts.time_budget_s:
+            p.skip_reason = (f"time budget: estimated {est:.0f} s with {elapsed:.0f} of {opts.time_budget_s:.0f} s "
+                             "used")
+            echo(f"[{k}/{len(order)}] {p.id}: skipped ({p.skip_reason})")
+            continue
+        if p.system_key not in weights_by_model:
+            weights_by_model.clear()
+            layer_cache.clear()
+            if backend.is_cuda:
+                torch.cuda.empty_cache()
+            from runtime.weights import ModelWeights
+
+            weights_by_model[p.system_key] = ModelWeights(p.model, arena, backend, seed=opts.seed)
+        weights = weights_by_model[p.system_key]
+        t_point = time.perf_counter()
+        try:
+            measured, check = _run_one(p, system, backend, weights, kv_arena, layer_cache, opts)
+        except LiaInputError as err:
+            p.skip_reason = str(err)
+            echo(f"[{k}/{len(order)}] {p.id}: skipped ({p.skip_reason})")
+            continue
+        except torch.cuda.OutOfMemoryError as err:  # the cap is tighter than the memory model thinks
+            layer_cache.clear()
+            torch.cuda.empty_cache()
+            p.skip_reason = f"CUDA out of memory under the {p.cap} GiB cap: {str(err).splitlines()[0]}"
+            echo(f"[{k}/{len(order)}] {p.id}: FAILED ({p.skip_reason})")
+            continue
+        rows[p.id] = _row(p, system, measured, check, context, weights)
+        rows[p.id]["point_wall_s"] = round(time.perf_counter() - t_point, 2)
+        if p.pred.latency_s > 0:
+            ratio = min(5.0, max(ratio if k > 1 else 1.0, measured.latency_s / p.pred.latency_s))
+        echo(f"[{k}/{len(order)}] {p.id}: latency predicted {p.pred.latency_s:.3f} s, measured "
+             f"{measured.latency_s:.3f} s ({100 * (p.pred.latency_s / measured.latency_s - 1):+.1f}%); TTFT "
+             f"{p.pred.ttft_s:.3f} / {measured.ttft_s:.3f} s; TPOT {_f(p.pred.tpot_mean_s)} / "
+             f"{_f(measured.tpot_mean_s)} s"
+             + (f"; logits rel err {check['logits_rel_err']:.2e}" if check else "")
+             + f" [{time.perf_counter() - started:.0f} s]")
+    out = []
+    for p in points:
+        if p.id in rows:
+            out.append(rows[p.id])
+        elif p.duplicate_of is not None and p.duplicate_of in rows:
+            row = dict(rows[p.duplicate_of])
+            row.update(_ids(p))
+            row["reused_from"] = p.duplicate_of
+            out.append(row)
+        else:
+            reason = p.skip_reason or (f"same plan as {p.duplicate_of}, which did not run" if p.duplicate_of else
+                                       "not run")
+            out.append({**_ids(p), **_plan_cols(p), **_pred_cols(p), "status": "skipped", "skip_reason": reason,
+                        **context})
+    return out
+
+
+def _f(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _run_one(p: Point, system: SystemSpec, backend, weights, kv_arena, layer_cache, opts: Options):
+    import torch
+
+    from runtime.executor import Executor, random_prompt
+    from runtime.measure import summarize_runs
+    from runtime.preflight import apply_gpu_cap
+    from runtime.reference import check_against_reference
+
+    layer_cache.trim(p.plan.gpu_resident_layers)   # free what this point does not use before capping
+    apply_gpu_cap(p.cap)
+    preflight(system, p.model, p.workload, p.plan, has_gpu=backend.has_gpu, gpu_memory_gib=p.cap)
+    unpin = not p.plan.pinned_weights and weights.arena.pinned
+    if unpin:
+        weights.arena.set_pinned(False)
+    try:
+        ex = Executor(backend, weights, p.plan, p.workload, kv_arena, layer_cache)
+        prompt = random_prompt(p.model, p.workload, opts.seed)
+        ex.generate(prompt, output_len=min(2, p.workload.output_len), profile=False)
+        runs = [ex.generate(prompt, profile=(i == p.repeats - 1), keep_logits=(p.group.check and i == p.repeats - 1))
+                for i in range(p.repeats)]
+        del ex
+    finally:
+        if unpin:
+            weights.arena.set_pinned(True)
+    check = None
+    if p.group.check:
+        if backend.is_cuda:
+            apply_gpu_cap(None)
+        device = torch.device("cuda") if backend.is_cuda and opts.check_device != "cpu" else torch.device("cpu")
+        check = check_against_reference(weights, prompt, runs[-1].tokens, runs[-1].logits, device)
+    sysc = capped_system(system, p.cap)
+    measured = summarize_runs(runs, runs[-1], sysc, p.model, p.workload, p.plan)
+    return measured, check
+
+
+# ====================================================================== rows
+
+
+def _context(system: SystemSpec, backend) -> dict[str, Any]:
+    import torch
+
+    return {
+        "system": system.name, "device": backend.description, "host": socket.gethostname(),
+        "torch_version": torch.__version__, "python": platform.python_version(),
+        "run_at_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _ids(p: Point) -> dict[str, Any]:
+    return {
+        "point_id": p.id, "group_id": p.group.id, "model": p.model.name, "num_layers": p.model.num_layers,
+        "model_layers_full": p.full_layers, "batch": p.workload.batch, "input_len": p.workload.input_len,
+        "output_len": p.workload.output_len, "gpu_memory_gib": p.cap, "plan_spec": p.plan_spec,
+    }
+
+
+def _plan_cols(p: Point) -> dict[str, Any]:
+    if p.plan is None:
+        return {}
+    pl = p.plan
+    return {
+        "plan_label": pl.label or p.plan_spec, "plan_prefill": policy_notation(pl.prefill_policy),
+        "plan_decode": policy_notation(pl.decode_policy), "gpu_resident_layers": pl.gpu_resident_layers,
+        "prefill_minibatches": pl.prefill_minibatches, "weight_tier": pl.weight_tier.value,
+        "kv_tier": pl.kv_tier.value, "pinned_weights": pl.pinned_weights, "overlap": pl.overlap,
+        "cpu_isa_plan": p.plan_isa, "cpu_isa_run": pl.cpu_isa.value,
+        "plan_json": json.dumps(pl.model_dump(mode="json"), separators=(",", ":")),
+    }
+
+
+def _pred_cols(p: Point) -> dict[str, Any]:
+    if p.pred is None:
+        return {}
+    b = p.pred.bound_resource
+    return {
+        "pred_ttft_s": p.pred.ttft_s, "pred_tpot_mean_s": p.pred.tpot_mean_s, "pred_latency_s": p.pred.latency_s,
+        "pred_throughput_tokens_per_s": p.pred.throughput_tokens_per_s,
+        "pred_latency_additive_s": p.pred_additive.latency_s if p.pred_additive else None,
+        "pred_bound_prefill": b.get(Stage.PREFILL, ""), "pred_bound_decode": b.get(Stage.DECODE, ""),
+        "pred_feasible": p.pred.feasible,
+    }
+
+
+def _row(p: Point, system: SystemSpec, m, check: Optional[dict], context: dict, weights) -> dict[str, Any]:
+    from runtime.measure import predicted_sublayer_ms
+    from runtime.reference import LOGITS_RTOL
+
+    row: dict[str, Any] = {**_ids(p), **_plan_cols(p), **_pred_cols(p), "status": "ran", "skip_reason": ""}
+    row.update({
+        "meas_ttft_s": m.ttft_s, "meas_tpot_mean_s": m.tpot_mean_s, "meas_latency_s": m.latency_s,
+        "meas_throughput_tokens_per_s": m.throughput_tokens_per_s, "meas_latency_spread_frac": m.latency_spread_frac,
+        "repeats": m.repeats, "meas_tpot_s": json.dumps([round(x, 6) for x in m.tpot_s]),
+        "pred_tpot_s": json.dumps([round(x, 6) for x in p.pred.tpot_s]),
+    })
+    pred_sub = predicted_sublayer_ms(p.pred)
+    for stage in (Stage.PREFILL, Stage.DECODE):
+        for sub in SUBLAYERS:
+            key = (stage.value, sub.value)
+            pm = pred_sub.get(key)
+            row[f"{stage.value}_{sub.value}_dev"] = pm[1] if pm else ""
+            row[f"{stage.value}_{sub.value}_pred_ms"] = pm[0] if pm else None
+            row[f"{stage.value}_{sub.value}_meas_ms"] = m.sublayer_ms.get(key)
+        row[f"{stage.value}_layer_kind"] = m.sublayer_kind.get(stage.value, "")
+    for kind in ("weights", "act", "resid", "kv_fetch", "kv_writeback", "head"):
+        row[f"copy_{kind}_gb"] = m.copy_gb.get(kind, 0.0)
+        row[f"copy_{kind}_busy_s"] = m.copy_s.get(kind, 0.0)
+    row["weight_h2d_gbps"] = m.weight_h2d_gbps
+    link = system.link.h2d_gbps if p.plan.pinned_weights else system.link.pageable_h2d_gbps
+    bound_stages = [s.value for s, b in p.pred.bound_resource.items() if b == "pcie_h2d"]
+    bws = [m.weight_h2d_gbps_by_stage[s] for s in bound_stages if s in m.weight_h2d_gbps_by_stage]
+    row["transfer_bound_stages"] = ",".join(bound_stages)
+    row["weight_h2d_vs_calibrated"] = (min(bws) / link) if bws else None
+    row["calibrated_h2d_gbps"] = link
+    row["cpu_linear_eff_vs_calibrated"] = m.cpu_linear_eff
+    row["logits_rel_err"] = check["logits_rel_err"] if check else None
+    row["tokens_match_frac"] = check["tokens_match_frac"] if check else None
+    row["logits_tolerance"] = LOGITS_RTOL if check else None
+    row["host_weights_shared_layers"] = weights.layers_share_weights
+    row["reused_from"] = ""
+    row.update(context)
+    return row
+
+
+def plan_table_rows(points: list[Point]) -> list[list[str]]:
+    """Rows for the --predict-only table."""
+    out = []
+    for p in points:
+        status = ("skip: " + p.skip_reason) if p.skip_reason else (f"same as {p.duplicate_of}" if p.duplicate_of
+                                                                  else "run")
+        if p.plan is None or p.pred is None:
+            out.append([p.id, "-", "-", "-", "-", "-", status])
+            continue
+        out.append([p.id, f"{policy_notation(p.plan.prefill_policy)} {policy_notation(p.plan.decode_policy)} "
+                          f"R={p.plan.gpu_resident_layers} n={p.plan.prefill_minibatches}",
+                    f"{p.pred.ttft_s:.3f}", _f(p.pred.tpot_mean_s), f"{p.pred.latency_s:.3f}",
+                    f"{p.est_s:.1f}" if not p.skip_reason and not p.duplicate_of else "-", status])
+    return out
+
+
+__all__ = ["Options", "Point", "resolve_points", "run_points", "plan_table_rows"]
