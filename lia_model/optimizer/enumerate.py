@@ -23,9 +23,11 @@ from lia_model.costterms import ALL_POLICY_FEATURES, NUM_POLICIES
 from lia_model.hardware import SystemSpec
 from lia_model.memory import MemoryConstants, MemoryTier, memory_constants
 from lia_model.models import ModelSpec
-from lia_model.optimizer.space import Combo, SpaceTables, minibatch_candidates, template_plan, tier_candidates
+from lia_model.optimizer.space import (
+    Combo, SpaceTables, minibatch_candidates, template_plan, tier_candidates, tidy_policies,
+)
 from lia_model.workload import Workload
-from lia_model.plan import ALL_GPU, HostTier, Plan, policy_from_index
+from lia_model.plan import HostTier, Plan, policy_from_index
 from lia_model.sublayers import NUM_SUBLAYERS
 
 _PP, _PD = np.divmod(np.arange(NUM_POLICIES * NUM_POLICIES), NUM_POLICIES)  # pair index -> (prefill, decode)
@@ -150,10 +152,11 @@ def enumerate_optimum(tables: SpaceTables, tpot_max_s: Optional[float] = None,
     if best is None:
         return None
     value, combo, n_res, pp, pd = best
-    all_resident = n_res == n_layers
+    prefill, decode = tidy_policies(policy_from_index(pp), policy_from_index(pd), n_res == n_layers,
+                                    tables.decode_steps)
     plan = template_plan(tables.system).model_copy(update={
-        "prefill_policy": ALL_GPU if all_resident else policy_from_index(pp),
-        "decode_policy": ALL_GPU if all_resident else policy_from_index(pd),
+        "prefill_policy": prefill,
+        "decode_policy": decode,
         "gpu_resident_layers": n_res,
         "prefill_minibatches": combo.minibatches,
         "weight_tier": combo.weight_tier,

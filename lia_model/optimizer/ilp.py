@@ -22,8 +22,8 @@ import pulp
 from lia_model.costterms import ALL_POLICY_FEATURES, CPU, D2H, H2D, NUM_FEATURES, QKV_CPU_CTX_GPU, Affine
 from lia_model.errors import LiaInputError
 from lia_model.memory import MemoryTier
-from lia_model.optimizer.space import SpaceTables, template_plan
-from lia_model.plan import ALL_GPU, Device, HostTier
+from lia_model.optimizer.space import SpaceTables, template_plan, tidy_policies
+from lia_model.plan import Device, HostTier
 from lia_model.sublayers import NUM_SUBLAYERS
 
 _SCORE, _CTX = 1, 2
@@ -298,12 +298,12 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
 
     k_value = int(round(sum((2**j) * b[j].value() for j in range(bits))))
     combo = max(tables.combos, key=lambda c: z[c].value())
-    all_resident = k_value == 0
     pre = tuple(Device(int(round(v.value()))) for v in fp.bits)
     dec = tuple(Device(int(round(v.value()))) for v in fd.bits)
+    pre, dec = tidy_policies(pre, dec, k_value == 0, steps)
     plan = template_plan(tables.system).model_copy(update={
-        "prefill_policy": ALL_GPU if all_resident else pre,
-        "decode_policy": ALL_GPU if all_resident else dec,
+        "prefill_policy": pre,
+        "decode_policy": dec,
         "gpu_resident_layers": n_layers - k_value,
         "prefill_minibatches": combo.minibatches,
         "weight_tier": combo.weight_tier,

@@ -118,3 +118,15 @@ def build_tables(system: SystemSpec, model: ModelSpec, workload: Workload,
 
 def available(tables: SpaceTables) -> dict[MemoryTier, float]:
     return next(iter(tables.memory.values())).available_bytes
+
+
+def tidy_policies(prefill: tuple, decode: tuple, all_resident: bool, decode_steps: int) -> tuple[tuple, tuple]:
+    """Canonical policies for knobs the cost does not see: with every layer resident the policies are
+    unused (all-GPU is reported); with no decode step the decode policy is unused, and repeating the
+    prefill policy needs no more GPU buffers than any other choice (c = p_pre AND p_dec is then p_pre,
+    the largest possible), so it is reported."""
+    if all_resident:
+        return ALL_GPU, ALL_GPU
+    if decode_steps == 0:
+        return prefill, prefill
+    return prefill, decode
