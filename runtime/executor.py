@@ -52,7 +52,7 @@ class OpRecord:
     stage: Stage
     step: int                 # 0 = prefill, t = decode step
     layer: int                # -1: embedding / LM head
-    chunk: int
+    chunk: int                # prefill chunk (weight copies: the GPU buffer slot, 0 or 1)
     name: str                 # sublayer name, or the copy's kind: weights, act, resid, kv_fetch, kv_writeback, head
     kind: str                 # "compute" or "copy"
     device: Device            # compute: where it ran; copy: destination
@@ -394,7 +394,7 @@ class Executor:
             start = be.event(be.weights)
             be.copy(self.buffer_flat[slot][sub], src, be.weights)
             end = be.event(be.weights)
-            self.records.append(OpRecord(stage, step, li, -1, "weights", "copy", Device.GPU,
+            self.records.append(OpRecord(stage, step, li, slot, "weights", "copy", Device.GPU,
                                          src.numel() * src.element_size(), 0, "streamed", sub.value, start, end))
         self.slot_ready[slot] = end if end is not None else be.event(be.weights)
         self.slot_label[slot] = (li, p_index)

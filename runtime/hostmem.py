@@ -3,9 +3,10 @@
 Creating 60 GB of random bf16 weights is the slow part of a validation run, so it happens once per
 process: one weight arena is filled with seeded random values and every model's layers are views into it
 (layer i of a model takes block i; when a model needs more blocks than the arena holds, layer i reuses
-block i mod k, which the run records). Weights are uniform in [-a, a] with a = sqrt(3 / 8192), i.e. unit
-variance outputs for a unit-variance input of width 8192; norms and biases are overwritten with their own
-values per model (see weights.py).
+block i mod k, which the run records). Weights are uniform in [-a, a] with a = sqrt(3 / fan_in), i.e. unit
+variance outputs for a unit-variance input of width fan_in (the hidden size of the model the arena is made
+for; attention then has O(1) scores, so a wrong K or V changes the logits visibly); norms are overwritten
+with their own values per model (see weights.py).
 
 Fill: with CUDA, the values are drawn on the GPU (seeded) and copied into the pinned arena at PCIe speed;
 without CUDA, CPU threads draw disjoint chunks with their own seeded generators. Page-locking uses
@@ -34,7 +35,7 @@ from lia_model.errors import LiaInputError
 from lia_model.plan import HostTier
 from runtime.backend import DTYPE, Backend, cpu_threads
 
-WEIGHT_BOUND = math.sqrt(3.0 / 8192.0)
+DEFAULT_FAN_IN = 8192
 _FILL_CHUNK_ELEMS = 64 * 2**20  # 128 MiB of bf16 per fill step
 _REGISTER_CHUNK_BYTES = 2**30
 
@@ -122,9 +123,10 @@ class HostArena:
     """One flat bf16 host buffer, optionally page-locked and randomly filled, carved into views."""
 
     def __init__(self, backend: Backend, numel: int, *, pinned: bool, random_fill: bool, seed: int = 0,
-                 numa_node: Optional[int] = None) -> None:
+                 numa_node: Optional[int] = None, fan_in: int = DEFAULT_FAN_IN) -> None:
         self.backend = backend
         self.numel = int(numel)
+        self.bound = math.sqrt(3.0 / fan_in)
         self.stats = ArenaStats(bytes=self.numel * 2, numa_node=numa_node)
         t0 = time.perf_counter()
         if numa_node is None:
@@ -152,7 +154,7 @@ class HostArena:
         return self.stats.pinned
 
     def _fill(self, seed: int) -> None:
-        a = WEIGHT_BOUND
+        a = self.bound
         if self.backend.is_cuda:
             gen = torch.Generator(device=self.backend.gpu_device).manual_seed(seed)
             scratch = torch.empty(min(_FILL_CHUNK_ELEMS, self.numel), dtype=DTYPE, device=self.backend.gpu_device)

@@ -155,7 +155,8 @@ def run_points(points: list[Point], system: SystemSpec, opts: Options, echo: Cal
             echo(f"note: weights + KV exceed the profile's host memory; the weight arena is cut to "
                  f"{w_elems * 2 / 1e9:.1f} GB and later layers reuse earlier layers' host weights")
         t0 = time.perf_counter()
-        arena = HostArena(backend, w_elems, pinned=True, random_fill=True, seed=opts.seed)
+        widest = max(runnable, key=lambda p: layer_layout(p.model).numel).model
+        arena = HostArena(backend, w_elems, pinned=True, random_fill=True, seed=opts.seed, fan_in=widest.hidden_size)
         kv_arena = HostArena(backend, kv_elems, pinned=True, random_fill=False) if kv_elems else None
         st = arena.stats
         echo(f"setup: weight arena {st.bytes / 1e9:.1f} GB (touch {st.touch_s:.1f} s, pin {st.pin_s:.1f} s, "

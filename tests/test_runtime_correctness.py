@@ -1,0 +1,185 @@
+"""The executor computes the same function as a plain forward, for every placement, and moves exactly the
+data its plan says (issue 5, correctness). CPU only: the "fake" backend stands the GPU in with separate CPU
+allocations, so every crossing, KV write-back, fetch and weight-buffer swap is a real copy whose omission
+changes the logits."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+
+from lia_model.accounting import layer_params
+from lia_model.errors import LiaInputError
+from lia_model.models import ModelSpec, get_model
+from lia_model.plan import ALL_CPU, ALL_GPU, ATTENTION_ON_CPU, Device, Plan, policy_from_index
+from lia_model.workload import Workload
+from runtime.backend import Backend
+from runtime.dataflow import check_run
+from runtime.executor import Executor, random_prompt
+from runtime.hostmem import HostArena
+from runtime.reference import LOGITS_RTOL, check_against_reference
+from runtime.weights import ModelWeights, layer_layout
+
+torch.set_num_threads(2)
+
+TINY_OPT = ModelSpec(name="tiny-opt", num_layers=3, hidden_size=64, ffn_size=256, num_heads=4, num_kv_heads=4,
+                     head_dim=16, vocab_size=128, max_context=64, learned_positions=66)
+TINY_LLAMA = ModelSpec(name="tiny-llama", num_layers=3, hidden_size=64, ffn_size=160, num_heads=4, num_kv_heads=2,
+                       head_dim=16, vocab_size=128, max_context=64, gated_mlp=True, linear_bias=False,
+                       tied_embeddings=False)
+WORKLOAD = Workload(batch=4, input_len=7, output_len=4)
+CPU = torch.device("cpu")
+
+
+def _weights(kind: str, model: ModelSpec, seed: int = 3) -> ModelWeights:
+    backend = Backend(kind)
+    arena = HostArena(backend, layer_layout(model).numel * model.num_layers, pinned=True, random_fill=True, seed=seed,
+                      fan_in=model.hidden_size)
+    return ModelWeights(model, arena, backend, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def fake_opt() -> ModelWeights:
+    return _weights("fake", TINY_OPT)
+
+
+@pytest.fixture(scope="module")
+def fake_llama() -> ModelWeights:
+    return _weights("fake", TINY_LLAMA)
+
+
+def _run(weights: ModelWeights, plan: Plan, workload: Workload = WORKLOAD):
+    backend = Backend("fake") if weights.embeddings.dev == Device.GPU else Backend("cpu")
+    ex = Executor(backend, weights, plan, workload)
+    prompt = random_prompt(weights.model, workload, seed=1)
+    result = ex.generate(prompt, keep_logits=True)
+    check = check_against_reference(weights, prompt, result.tokens, result.logits, CPU)
+    return result, check
+
+
+def test_layout_matches_the_cost_models_parameter_count():
+    for name in ("opt-30b", "opt-175b", "llama-2-70b"):
+        m = get_model(name)
+        assert layer_layout(m).numel == layer_params(m)
+    # OPT-30B: 12 h^2 + 13 h + 4 h (biases, two LayerNorms) = 616.6 M parameters per layer
+    h = 7168
+    assert layer_layout(get_model("opt-30b")).numel == 12 * h * h + 9 * h + 4 * h
+
+
+def test_moe_models_are_refused_with_a_clear_message():
+    with pytest.raises(LiaInputError, match="mixture-of-experts"):
+        layer_layout(get_model("mixtral-8x7b"))
+
+
+@pytest.mark.parametrize("model", [TINY_OPT, TINY_LLAMA], ids=["opt", "llama-gqa"])
+@pytest.mark.parametrize("minibatches,overlap,pinned", [(1, True, True), (2, True, True), (4, False, False)])
+def test_all_cpu_plans_on_a_cpu_only_machine_match_the_reference(model, minibatches, overlap, pinned):
+    weights = _weights("cpu", model)
+    plan = Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU, gpu_resident_layers=0,
+                prefill_minibatches=minibatches, overlap=overlap, pinned_weights=pinned)
+    result, check = _run(weights, plan)
+    assert check["logits_rel_err"] < LOGITS_RTOL
+    assert check_run(result, plan, model, WORKLOAD, Device.CPU) == []
+    assert result.tokens.shape == (WORKLOAD.batch, WORKLOAD.output_len)
+    assert result.latency_s == pytest.approx(result.ttft_s + sum(result.tpot_s))
+
+
+def _policy_pairs() -> list[tuple[int, int]]:
+    """Every prefill policy once, each with a different decode policy, plus a random sample of other pairs."""
+    pairs = [(k, (k * 37 + 11) % 64) for k in range(64)]
+    rng = random.Random(5)
+    pairs += [(rng.randrange(64), rng.randrange(64)) for _ in range(24)]
+    return pairs
+
+
+@pytest.mark.parametrize("pair", _policy_pairs(), ids=lambda p: f"{p[0]:02d}-{p[1]:02d}")
+def test_policy_pairs_match_the_reference_and_move_exactly_the_plans_data(pair, fake_opt):
+    prefill, decode = pair
+    plan = Plan(prefill_policy=policy_from_index(prefill), decode_policy=policy_from_index(decode),
+                gpu_resident_layers=prefill % 2, prefill_minibatches=1 + decode % 2, overlap=bool(prefill % 3))
+    result, check = _run(fake_opt, plan)
+    assert check["logits_rel_err"] < LOGITS_RTOL, plan.describe()
+    assert check_run(result, plan, TINY_OPT, WORKLOAD, Device.GPU) == [], plan.describe()
+
+
+@pytest.mark.parametrize("prefill,decode,resident,n", [
+    (ALL_GPU, ATTENTION_ON_CPU, 0, 2),   # FlexGen-like
+    (ATTENTION_ON_CPU, ATTENTION_ON_CPU, 1, 1),
+    (policy_from_index(0b100101), policy_from_index(0b011010), 0, 4),
+    (ALL_CPU, ALL_GPU, 2, 2),
+])
+def test_gqa_model_with_rope_matches_under_mixed_placements(prefill, decode, resident, n, fake_llama):
+    plan = Plan(prefill_policy=prefill, decode_policy=decode, gpu_resident_layers=resident, prefill_minibatches=n)
+    result, check = _run(fake_llama, plan)
+    assert check["logits_rel_err"] < LOGITS_RTOL
+    assert check_run(result, plan, TINY_LLAMA, WORKLOAD, Device.GPU) == []
+
+
+def test_every_policy_pair_moves_the_plans_data_on_a_one_layer_model():
+    """All 64 x 64 (prefill, decode) pairs, data flow only (one layer, one decode step: fast)."""
+    model = TINY_OPT.model_copy(update={"num_layers": 1})
+    weights = _weights("fake", model)
+    workload = Workload(batch=2, input_len=3, output_len=2)
+    backend = Backend("fake")
+    prompt = random_prompt(model, workload)
+    for a, b in itertools.product(range(64), range(64)):
+        plan = Plan(prefill_policy=policy_from_index(a), decode_policy=policy_from_index(b),
+                    prefill_minibatches=2 if (a + b) % 2 else 1)
+        result = Executor(backend, weights, plan, workload).generate(prompt)
+        assert check_run(result, plan, model, workload, Device.GPU) == [], (a, b)
+
+
+# ---------------------------------------------------------------------------- the checks can fail
+
+
+def test_a_missed_kv_write_back_is_caught(fake_opt, monkeypatch):
+    """GPU qkv + CPU attention (FlexGen decode) reads the host cache: without the write-back it is stale."""
+    plan = Plan(prefill_policy=ALL_GPU, decode_policy=ATTENTION_ON_CPU)
+    good, check = _run(fake_opt, plan)
+    assert check["logits_rel_err"] < LOGITS_RTOL
+
+    def skip_write_back(self, lay, ch, dev, k, v):
+        if lay.resident or dev == Device.CPU:
+            return original(self, lay, ch, dev, k, v)
+        if self.staging is not None:
+            self.staging["k"][ch.rows, :, lay.pos0:lay.valid].copy_(k)
+            self.staging["v"][ch.rows, :, lay.pos0:lay.valid].copy_(v)
+
+    original = Executor._write_kv
+    monkeypatch.setattr(Executor, "_write_kv", skip_write_back)
+    bad, check = _run(fake_opt, plan)
+    assert check["logits_rel_err"] > 5 * LOGITS_RTOL
+    assert any("kv_writeback" in p for p in check_run(bad, plan, TINY_OPT, WORKLOAD, Device.GPU))
+
+
+def test_streaming_the_wrong_layers_weights_is_caught(fake_opt, monkeypatch):
+    plan = Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU)
+    original = Executor._prefetch
+
+    def off_by_one(self, li, p_index, slot):
+        original(self, (li + 1) % self.L, p_index, slot)
+        self.slot_label[slot] = (li, p_index)   # and lie about it
+
+    monkeypatch.setattr(Executor, "_prefetch", off_by_one)
+    _, check = _run(fake_opt, plan)
+    assert check["logits_rel_err"] > 5 * LOGITS_RTOL
+
+
+def test_gpu_attention_without_the_cached_kv_fetch_is_caught(fake_opt, monkeypatch):
+    plan = Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU)
+    monkeypatch.setattr(Executor, "_issue_fetch", lambda self, lay, ch, which: None)
+    _, check = _run(fake_opt, plan)
+    assert check["logits_rel_err"] > 5 * LOGITS_RTOL
+
+
+def test_the_dataflow_check_reports_a_missing_crossing(fake_opt):
+    plan = Plan(prefill_policy=ATTENTION_ON_CPU, decode_policy=ATTENTION_ON_CPU)
+    result, _ = _run(fake_opt, plan)
+    result.records = [r for r in result.records if not (r.name == "act" and r.detail == "scores")]
+    assert check_run(result, plan, TINY_OPT, WORKLOAD, Device.GPU) == []  # scores stay on the CPU here
+    result.records = [r for r in result.records if not (r.name == "act" and r.detail == "ctx")]
+    problems = check_run(result, plan, TINY_OPT, WORKLOAD, Device.GPU)
+    assert problems and all("missing copy" in p and "ctx" in p for p in problems)

@@ -1,0 +1,138 @@
+"""Bad input gets one clear message before anything is allocated (issue 5, 'Must show: bad input')."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hwprofiles import load_system
+from lia_model.baselines import gpu_only_plan
+from lia_model.cli import app
+from lia_model.errors import LiaInputError
+from lia_model.memory import MemoryTier, memory_use
+from lia_model.models import get_model
+from lia_model.plan import ALL_CPU, ATTENTION_ON_CPU, CpuIsa, HostTier, Plan
+from lia_model.workload import Workload
+from runtime import hostmem
+from runtime.backend import Backend
+from runtime.hostmem import require_tier
+from runtime.points import GroupSpec, load_points_file, runtime_isa
+from runtime.preflight import capped_system, preflight
+from runtime.validate import Options, resolve_points, run_points
+
+OPT30_4L = get_model("opt-30b").model_copy(update={"num_layers": 4})
+WL = Workload(batch=1, input_len=32, output_len=8)
+
+
+def test_a_plan_that_does_not_fit_the_capped_gpu_is_refused_with_the_shortfall():
+    system = load_system("spr-h100")
+    plan = gpu_only_plan(system, OPT30_4L, WL)          # 4 resident layers: 4.9 GB + embeddings
+    cap = 4.0
+    hbm = memory_use(capped_system(system, cap), OPT30_4L, WL, plan)[MemoryTier.HBM]
+    # by hand: 4 GiB * 0.95 - 1 GiB reserved = 2.8 GiB = 3.006 GB available
+    assert hbm.available_gb == pytest.approx((4 * 0.95 - 1) * 2**30 / 1e9)
+    assert hbm.required_gb > 4 * 1.233                 # four 1.233 GB layers alone
+    with pytest.raises(LiaInputError) as err:
+        preflight(system, OPT30_4L, WL, plan, has_gpu=True, gpu_memory_gib=cap)
+    msg = str(err.value)
+    assert err.value.field == "memory.hbm"
+    assert f"short by {hbm.shortfall_gb:.1f} GB" in msg
+    assert "capped at 4 GiB" in msg and "--gpu-memory-gib" in msg
+
+
+def test_refusal_happens_before_any_allocation(monkeypatch):
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("allocated host memory for a plan that does not fit")
+
+    monkeypatch.setattr(hostmem.HostArena, "__init__", no_allocation)
+    group = GroupSpec(id="too-big", model="opt-30b", num_layers=4, batch=1, input_len=32, output_len=8,
+                      gpu_memory_gib=4, plans=["gpu_only"])
+    system = load_system("spr-h100")
+    points = resolve_points([group], system, Options(), runtime_isa(), has_gpu=True)
+    assert points[0].skip_reason is not None and "short by" in points[0].skip_reason
+    rows = run_points(points, system, Options(), echo=lambda _: None, fake_gpu=True)
+    assert rows[0]["status"] == "skipped" and "memory.hbm" in rows[0]["skip_reason"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_a_gpu_plan_without_cuda_gives_one_clear_message():
+    system = load_system("spr-h100")
+    plan = Plan(prefill_policy=ALL_CPU, decode_policy=ATTENTION_ON_CPU, gpu_resident_layers=0)
+    with pytest.raises(LiaInputError) as err:
+        preflight(system, OPT30_4L, WL, plan, has_gpu=Backend.detect().has_gpu)
+    assert err.value.field == "GPU" and "no CUDA device" in str(err.value) and "(1,1,1,1,1,1)" in str(err.value)
+    with pytest.raises(LiaInputError, match="no CUDA device"):
+        Backend("cpu").empty((2,), plan.decode_policy[0])
+    # an all-CPU plan passes the same check
+    preflight(system, OPT30_4L, WL, Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU), has_gpu=False)
+
+
+def test_lia_validate_on_a_cpu_machine_reports_gpu_points_as_skipped(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    points = tmp_path / "p.yaml"
+    points.write_text("groups:\n  - {id: g, model: opt-30b, num_layers: 1, batch: 1, input_len: 4, output_len: 2,"
+                      " plans: [flexgen]}\n")
+    result = CliRunner().invoke(app, ["validate", "--points", str(points), "--out", str(tmp_path / "o")])
+    assert isinstance(result.exception, LiaInputError)
+    assert "no point ran" in str(result.exception) and "no CUDA device" in str(result.exception)
+
+
+def _fake_sysfs(root: Path, nodes: dict[int, tuple[str, int]]) -> Path:
+    for n, (cpus, kib) in nodes.items():
+        d = root / f"node{n}"
+        d.mkdir(parents=True)
+        (d / "cpulist").write_text(cpus + "\n")
+        (d / "meminfo").write_text(f"Node {n} MemTotal:       {kib} kB\n")
+    return root
+
+
+def test_cxl_tier_needs_a_memory_only_numa_node(tmp_path):
+    one_node = _fake_sysfs(tmp_path / "a", {0: ("0-15", 131072000)})
+    with pytest.raises(LiaInputError) as err:
+        require_tier(HostTier.CXL, "KV cache", sysfs=one_node)
+    assert err.value.field == "CXL memory" and "node0 (cpus 0-15" in str(err.value)
+    assert require_tier(HostTier.DDR, "KV cache", sysfs=one_node) is None
+    with_cxl = _fake_sysfs(tmp_path / "b", {0: ("0-15", 131072000), 1: ("", 268435456)})
+    assert require_tier(HostTier.CXL, "KV cache", sysfs=with_cxl) == 1
+
+
+def test_points_file_errors_name_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("groups:\n  - {id: g, model: opt-30b, batch: 1, input_len: 4, output_len: 2, bach: 3}\n")
+    with pytest.raises(LiaInputError, match="unknown field") as err:
+        load_points_file(bad)
+    assert "bach" in str(err.value)
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("defaults: {model: opt-30b, batch: 1, input_len: 4, output_len: 2}\n"
+                   "groups: [{id: g}, {id: g}]\n")
+    with pytest.raises(LiaInputError, match="repeated: g"):
+        load_points_file(dup)
+    with pytest.raises(LiaInputError, match="no such file"):
+        load_points_file(tmp_path / "missing.yaml")
+
+
+def test_unknown_plans_and_models_are_skipped_with_the_reason():
+    system = load_system("spr-h100")
+    groups = [GroupSpec(id="a", model="opt-30b", num_layers=2, batch=1, input_len=8, output_len=2,
+                        plans=["nonsense"]),
+              GroupSpec(id="b", model="opt-31b", batch=1, input_len=8, output_len=2)]
+    points = resolve_points(groups, system, Options(), runtime_isa(), has_gpu=True)
+    assert "unknown plan 'nonsense'" in points[0].skip_reason
+    assert "did you mean 'opt-30b'" in points[1].skip_reason
+
+
+def test_runtime_isa_follows_cpu_flags_and_the_onednn_cap():
+    amx = "flags\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    assert runtime_isa(amx, "").run == CpuIsa.AMX_BF16
+    assert runtime_isa(amx, "AVX512_CORE_BF16").run == CpuIsa.AVX512_BF16
+    assert runtime_isa(amx, "AVX512_CORE").run == CpuIsa.AVX512_FP32
+    assert runtime_isa("flags\t: fpu sse2\n", "").run is None
+
+
+def test_cli_needs_points_and_out():
+    result = CliRunner().invoke(app, ["validate"])
+    assert isinstance(result.exception, LiaInputError) and "--points" in str(result.exception)
