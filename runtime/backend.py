@@ -186,24 +186,21 @@ class Backend:
 
     # ------------------------------------------------------------------ pinning
 
-    def register_host(self, tensor: torch.Tensor) -> bool:
-        """Page-lock an existing host tensor in place (cudaHostRegister); False when not possible."""
-        if not self.is_cuda or tensor.numel() == 0:
+    def register_host(self, ptr: int, nbytes: int) -> bool:
+        """Page-lock host memory in place (cudaHostRegister); False when not possible."""
+        if not self.is_cuda or nbytes == 0:
             return False
-        cudart = torch.cuda.cudart()
-        fn = getattr(cudart, "cudaHostRegister", None)
+        fn = getattr(torch.cuda.cudart(), "cudaHostRegister", None)
         if fn is None:
             return False
-        nbytes = tensor.numel() * tensor.element_size()
-        result = fn(tensor.data_ptr(), nbytes, 0)
-        return _cuda_error_code(result) == 0
+        return _cuda_error_code(fn(ptr, nbytes, 0)) == 0
 
-    def unregister_host(self, tensor: torch.Tensor) -> None:
+    def unregister_host(self, ptr: int) -> None:
         if not self.is_cuda:
             return
         fn = getattr(torch.cuda.cudart(), "cudaHostUnregister", None)
         if fn is not None:
-            fn(tensor.data_ptr())
+            fn(ptr)
 
 
 def _cuda_error_code(result) -> int:

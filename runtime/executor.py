@@ -234,6 +234,7 @@ class Executor:
         self.staging_free: Optional[Event] = None
         self.slot_counter = 0
         self._rope_cache: dict = {}
+        self._mask_cache: dict = {}
         self.passes: list[tuple[Stage, int]] = []
 
     # ================================================================== public
@@ -557,13 +558,26 @@ class Executor:
                                                         self.backend.torch_device(dev))
         return self._rope_cache[key]
 
-    def _stamp(self, dev: Device) -> Event:
+    def _mask(self, dev: Device, q: int, pos0: int, valid: int, width: int) -> torch.Tensor:
+        """Attention mask, shared by every layer of a pass (built once per pass and device)."""
+        m = self.model
+        key = (dev, q, pos0, valid, width)
+        if key not in self._mask_cache:
+            if len(self._mask_cache) > 16:
+                self._mask_cache.clear()
+            self._mask_cache[key] = kernels.attention_mask(q, m.num_heads // m.num_kv_heads, pos0, valid, width,
+                                                           self.backend.torch_device(dev))
+        return self._mask_cache[key]
+
+    def _stamp(self, dev: Device) -> Optional[Event]:
         cuda = self.backend.is_cuda and dev == Device.GPU
+        if cuda and not self._profile:
+            return None                      # unprofiled runs skip per-sublayer GPU events
         return Event(cuda).record(self.backend.compute if cuda else None)
 
     def _record(self, stage: Stage, step: int, li: int, c: int, name: str, kind: str, dev: Device, nbytes: int,
-                tokens: int, layer_kind: str, start: Event) -> None:
-        if dev == Device.GPU and self.backend.is_cuda and not self._profile:
+                tokens: int, layer_kind: str, start: Optional[Event]) -> None:
+        if start is None:
             return
         self.records.append(OpRecord(stage, step, li, c, name, kind, dev, nbytes, tokens, layer_kind, "",
                                      start, self._stamp(dev)))
@@ -588,8 +602,9 @@ class Executor:
             keys = self._kv_for(lay, ch, "k", dev)
             out = self._out(lay, "scores", (b, m.num_kv_heads, m.num_heads // m.num_kv_heads * q, keys.shape[2])) \
                 if dev == Device.CPU else None
+            mask = self._mask(dev, q, lay.pos0, lay.valid, keys.shape[2])
             start = self._stamp(dev)
-            scores = kernels.attn_score(q_in, keys, m, lay.pos0, lay.valid, out=out)
+            scores = kernels.attn_score(q_in, keys, m, mask, out=out)
             self._finish(lay, ch, sub, dev, "scores", scores, start, q)
         elif sub == CTX:
             scores = self._need(lay, ch, "scores", dev, "act")

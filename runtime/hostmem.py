@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
+import mmap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -130,19 +131,27 @@ class HostArena:
         self.stats = ArenaStats(bytes=self.numel * 2, numa_node=numa_node)
         t0 = time.perf_counter()
         if numa_node is None:
-            self.data = torch.empty(self.numel, dtype=DTYPE)
+            self.data = _anonymous(self.numel * 2).view(DTYPE)
         else:
             self.data = _numa_alloc(self.numel * 2, numa_node).view(DTYPE)
+        # Page-aligned 1 GiB pieces for cudaHostRegister (the mapping starts on a page boundary).
+        base, total = self.data.data_ptr(), self.numel * 2
+        self._ranges = [(base + lo, hi - lo) for lo, hi in _chunks(total, _REGISTER_CHUNK_BYTES)]
         # Touch every page (zero_ runs on all intra-op threads; the OS backs memory lazily).
         self.data.zero_()
         self.stats.touch_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         if pinned and backend.is_cuda:
-            ok = all(backend.register_host(self.data[a:b]) for a, b in
-                     _chunks(self.numel, _REGISTER_CHUNK_BYTES // 2))
-            self.stats.pinned = ok
-            if not ok:
-                self.stats.notes.append("cudaHostRegister failed: host weights are pageable")
+            done = []
+            for ptr, size in self._ranges:
+                if not backend.register_host(ptr, size):
+                    break
+                done.append((ptr, size))
+            self.stats.pinned = len(done) == len(self._ranges)
+            if not self.stats.pinned:
+                for ptr, _ in done:
+                    backend.unregister_host(ptr)
+                self.stats.notes.append("cudaHostRegister failed: this arena is pageable")
         self.stats.pin_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         if random_fill:
@@ -180,11 +189,12 @@ class HostArena:
         if not self.backend.is_cuda or pinned == self.stats.pinned:
             return
         t0 = time.perf_counter()
-        for lo, hi in _chunks(self.numel, _REGISTER_CHUNK_BYTES // 2):
+        for ptr, size in self._ranges:
             if pinned:
-                self.backend.register_host(self.data[lo:hi])
+                if not self.backend.register_host(ptr, size):
+                    raise RuntimeError("cudaHostRegister failed while re-pinning the weight arena")
             else:
-                self.backend.unregister_host(self.data[lo:hi])
+                self.backend.unregister_host(ptr)
         self.stats.pinned = pinned
         self.stats.notes.append(f"{'pinned' if pinned else 'unpinned'} in {time.perf_counter() - t0:.1f} s")
 
@@ -198,9 +208,18 @@ class HostArena:
 
     def release(self) -> None:
         if self.stats.pinned:
-            for lo, hi in _chunks(self.numel, _REGISTER_CHUNK_BYTES // 2):
-                self.backend.unregister_host(self.data[lo:hi])
+            for ptr, _ in self._ranges:
+                self.backend.unregister_host(ptr)
+            self.stats.pinned = False
         self.data = torch.empty(0, dtype=DTYPE)
+
+
+def _anonymous(nbytes: int) -> torch.Tensor:
+    """Private anonymous memory (page-aligned, so it can be page-locked in place), as a uint8 tensor."""
+    if nbytes == 0:
+        return torch.empty(0, dtype=torch.uint8)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return torch.frombuffer(buf, dtype=torch.uint8)
 
 
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:

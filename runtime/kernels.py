@@ -100,9 +100,9 @@ def attention_mask(q: int, groups: int, pos0: int, valid: int, width: int, devic
     return (keys[None, :] > query_pos[:, None]) | (keys[None, :] >= valid)
 
 
-def attn_score(q_in: torch.Tensor, k: torch.Tensor, model: ModelSpec, pos0: int, valid: int,
+def attn_score(q_in: torch.Tensor, k: torch.Tensor, model: ModelSpec, mask: torch.Tensor,
                out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Q [b,q,q_dim], K [b,kv,S,d] -> masked scores [b,kv,G q,S]."""
+    """Q [b,q,q_dim], K [b,kv,S,d] -> masked scores [b,kv,G q,S] (``mask`` from ``attention_mask``)."""
     b, q, _ = q_in.shape
     kvh, d = model.num_kv_heads, model.head_dim
     g = model.num_heads // kvh
@@ -111,7 +111,7 @@ def attn_score(q_in: torch.Tensor, k: torch.Tensor, model: ModelSpec, pos0: int,
     if out is None:
         out = torch.empty((b, kvh, g * q, width), dtype=q_in.dtype, device=q_in.device)
     torch.matmul(qh, k.transpose(-1, -2), out=out)
-    out.masked_fill_(attention_mask(q, g, pos0, valid, width, q_in.device), float("-inf"))
+    out.masked_fill_(mask, float("-inf"))
     return out
 
 

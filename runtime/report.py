@@ -121,6 +121,11 @@ def consistency(df: pd.DataFrame) -> dict[str, Any]:
                 "goal": GOAL_CPU_LINEAR_FRACTION, "met": bool(v.min() >= GOAL_CPU_LINEAR_FRACTION),
                 "what": "profile's CPU time for the same linear sublayers over the measured time",
             }
+    if "dataflow_problems" in ran:
+        v = pd.to_numeric(ran["dataflow_problems"], errors="coerce").dropna()
+        if not v.empty:
+            out["dataflow"] = {"n": int(v.size), "points_with_problems": int((v > 0).sum()),
+                               "met": bool((v == 0).all())}
     if "logits_rel_err" in ran:
         v = pd.to_numeric(ran["logits_rel_err"], errors="coerce").dropna()
         if not v.empty:
@@ -177,6 +182,10 @@ def summary_markdown(summary: dict[str, Any], title: str = "Validation summary")
                 c = cons[key]
                 lines.append(f"| {label} | {c['n']} | {_pct(c['min'])} | {_pct(c['median'])} | "
                              f">= {_pct(c['goal'])} | {'yes' if c['met'] else 'NO'} |")
+        if "dataflow" in cons:
+            c = cons["dataflow"]
+            lines.append(f"| copies and placements as the plan says | {c['n']} | - | - | all | "
+                         f"{'yes' if c['met'] else 'NO: ' + str(c['points_with_problems']) + ' points'} |")
         if "correctness" in cons:
             c = cons["correctness"]
             lines.append(f"| logits vs reference (max rel. err) | {c['n']} | - | {c['max_logits_rel_err']:.2e} | "
@@ -272,6 +281,10 @@ def print_summary(console, summary: dict[str, Any]) -> None:
                 v = cons[key]
                 c.add_row(label, str(v["n"]), _pct(v["min"]), _pct(v["median"]), f">= {_pct(v['goal'])}",
                           "met" if v["met"] else "MISSED")
+        if "dataflow" in cons:
+            v = cons["dataflow"]
+            c.add_row("copies and placements as planned", str(v["n"]), "-", "-", "all",
+                      "met" if v["met"] else f"MISSED ({v['points_with_problems']} points)")
         if "correctness" in cons:
             v = cons["correctness"]
             c.add_row("logits vs reference", str(v["n"]), "-", f"{v['max_logits_rel_err']:.2e}",

@@ -25,7 +25,7 @@ from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
 from lia_model.memory import available_bytes, MemoryTier
 from lia_model.models import ModelSpec
-from lia_model.plan import Plan, policy_notation
+from lia_model.plan import Device, Plan, policy_notation
 from lia_model.sublayers import SUBLAYERS, Stage
 from lia_model.workload import Workload
 from runtime.points import GroupSpec, IsaChoice, entry_name, group_model, group_workload, plan_entries, resolve_entry
@@ -206,7 +206,8 @@ def run_points(points: list[Point], system: SystemSpec, opts: Options, echo: Cal
              f"{measured.latency_s:.3f} s ({100 * (p.pred.latency_s / measured.latency_s - 1):+.1f}%); TTFT "
              f"{p.pred.ttft_s:.3f} / {measured.ttft_s:.3f} s; TPOT {_f(p.pred.tpot_mean_s)} / "
              f"{_f(measured.tpot_mean_s)} s"
-             + (f"; logits rel err {check['logits_rel_err']:.2e}" if check else "")
+             + (f"; logits rel err {check['logits_rel_err']:.2e}" if "logits_rel_err" in check else "")
+             + (f"; DATA-FLOW MISMATCH: {check['dataflow_first_problem']}" if check["dataflow_problems"] else "")
              + f" [{time.perf_counter() - started:.0f} s]")
     out = []
     for p in points:
@@ -259,6 +260,11 @@ def _run_one(p: Point, system: SystemSpec, backend, weights, kv_arena, layer_cac
             apply_gpu_cap(None)
         device = torch.device("cuda") if backend.is_cuda and opts.check_device != "cpu" else torch.device("cpu")
         check = check_against_reference(weights, prompt, runs[-1].tokens, runs[-1].logits, device)
+    from runtime.dataflow import check_run
+
+    problems = check_run(runs[-1], p.plan, p.model, p.workload, Device.GPU if backend.has_gpu else Device.CPU)
+    check = {**(check or {}), "dataflow_problems": len(problems), "dataflow_first_problem": problems[0] if problems
+             else ""}
     sysc = capped_system(system, p.cap)
     measured = summarize_runs(runs, runs[-1], sysc, p.model, p.workload, p.plan)
     return measured, check
@@ -312,7 +318,7 @@ def _pred_cols(p: Point) -> dict[str, Any]:
     }
 
 
-def _row(p: Point, system: SystemSpec, m, check: Optional[dict], context: dict, weights) -> dict[str, Any]:
+def _row(p: Point, system: SystemSpec, m, check: dict, context: dict, weights) -> dict[str, Any]:
     from runtime.measure import predicted_sublayer_ms
     from runtime.reference import LOGITS_RTOL
 
@@ -343,9 +349,12 @@ def _row(p: Point, system: SystemSpec, m, check: Optional[dict], context: dict, 
     row["weight_h2d_vs_calibrated"] = (min(bws) / link) if bws else None
     row["calibrated_h2d_gbps"] = link
     row["cpu_linear_eff_vs_calibrated"] = m.cpu_linear_eff
-    row["logits_rel_err"] = check["logits_rel_err"] if check else None
-    row["tokens_match_frac"] = check["tokens_match_frac"] if check else None
-    row["logits_tolerance"] = LOGITS_RTOL if check else None
+    checked = "logits_rel_err" in check
+    row["logits_rel_err"] = check["logits_rel_err"] if checked else None
+    row["tokens_match_frac"] = check["tokens_match_frac"] if checked else None
+    row["logits_tolerance"] = LOGITS_RTOL if checked else None
+    row["dataflow_problems"] = check["dataflow_problems"]
+    row["dataflow_first_problem"] = check["dataflow_first_problem"]
     row["host_weights_shared_layers"] = weights.layers_share_weights
     row["reused_from"] = ""
     row.update(context)

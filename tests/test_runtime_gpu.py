@@ -1,0 +1,80 @@
+"""The executor on a real CUDA GPU: logits, data flow, pinned memory and pitched copies (skipped without CUDA)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from lia_model.models import ModelSpec
+from lia_model.plan import ALL_CPU, ALL_GPU, ATTENTION_ON_CPU, Device, Plan, policy_from_index
+from lia_model.workload import Workload
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU host)")
+
+TINY_OPT = ModelSpec(name="tiny-opt", num_layers=3, hidden_size=128, ffn_size=512, num_heads=4, num_kv_heads=4,
+                     head_dim=32, vocab_size=256, max_context=64, learned_positions=66)
+TINY_LLAMA = ModelSpec(name="tiny-llama", num_layers=3, hidden_size=128, ffn_size=320, num_heads=4, num_kv_heads=2,
+                       head_dim=32, vocab_size=256, max_context=64, gated_mlp=True, linear_bias=False,
+                       tied_embeddings=False)
+WORKLOAD = Workload(batch=4, input_len=9, output_len=4)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from runtime.backend import Backend
+
+    return Backend("cuda")
+
+
+def _weights(backend, model):
+    from runtime.hostmem import HostArena
+    from runtime.weights import ModelWeights, layer_layout
+
+    arena = HostArena(backend, layer_layout(model).numel * model.num_layers, pinned=True, random_fill=True,
+                      seed=2, fan_in=model.hidden_size)
+    assert arena.pinned, arena.stats.notes
+    assert arena.data.is_pinned()
+    return ModelWeights(model, arena, backend, seed=2)
+
+
+def test_pitched_copies_are_available(backend):
+    assert backend._memcpy2d.available, backend._memcpy2d.reason
+
+
+def _pairs():
+    fixed = [(ALL_GPU, ATTENTION_ON_CPU), (ALL_GPU, ALL_GPU), (ALL_CPU, ALL_CPU), (ATTENTION_ON_CPU, ATTENTION_ON_CPU)]
+    rng = random.Random(9)
+    return fixed + [(policy_from_index(rng.randrange(64)), policy_from_index(rng.randrange(64))) for _ in range(16)]
+
+
+@pytest.mark.parametrize("model", [TINY_OPT, TINY_LLAMA], ids=["opt", "llama"])
+def test_policies_on_cuda_match_the_reference_and_the_plans_data_flow(backend, model):
+    from runtime.dataflow import check_run
+    from runtime.executor import Executor, random_prompt
+    from runtime.reference import LOGITS_RTOL, check_against_reference
+
+    weights = _weights(backend, model)
+    prompt = random_prompt(model, WORKLOAD, seed=4)
+    for k, (prefill, decode) in enumerate(_pairs()):
+        plan = Plan(prefill_policy=prefill, decode_policy=decode, gpu_resident_layers=k % 2,
+                    prefill_minibatches=(1, 2, 4)[k % 3], overlap=k % 4 != 3)
+        result = Executor(backend, weights, plan, WORKLOAD).generate(prompt, keep_logits=True)
+        check = check_against_reference(weights, prompt, result.tokens, result.logits, torch.device("cuda"))
+        assert check["logits_rel_err"] < LOGITS_RTOL, plan.describe()
+        assert check_run(result, plan, model, WORKLOAD, Device.GPU) == [], plan.describe()
+        timed = [r for r in result.records if r.kind == "compute" and r.layer >= 0]
+        assert timed and all(r.seconds > 0 for r in timed)
+
+
+def test_gpu_memory_cap_is_enforced(backend):
+    from runtime.preflight import apply_gpu_cap
+
+    try:
+        enforced = apply_gpu_cap(1.0)
+        assert enforced == pytest.approx(1.0)
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            torch.empty(int(1.5 * 2**30), dtype=torch.uint8, device="cuda")
+    finally:
+        apply_gpu_cap(None)
