@@ -7,6 +7,10 @@ process per ISA) and MKL's with ``MKL_ENABLE_INSTRUCTIONS``. The worker first ru
 verbose on: if the kernel that ran is not the ISA asked for (no AMX kernel on a CPU without AMX, MKL's
 generic path on a non-Intel CPU), the ISA is reported absent with what did run, and nothing is timed.
 Otherwise every point's warm-up call is observed too, so each row names the kernel behind its number.
+
+Weights and KV caches smaller than four times the last-level cache are cycled through several copies, so
+that each call streams its operands from memory as a runtime does (every layer has its own weights and
+cache); otherwise a repeated small GEMV would read its weight from cache and look faster than it is.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Callable
 
 from calibrate.records import row, timed_row
 from calibrate.shapes import AttentionPoint, MatmulPoint, attention_plan, matmul_plan
+from calibrate.tensors import copies_to_stream, cycling, fill_varied
 from calibrate.verbose import KernelReport, mkl_isa_tag, observe
 
 # ISA -> (dtype, accept(report) -> bool, what was expected)
@@ -46,22 +51,9 @@ def accepts(isa: str, report: KernelReport) -> tuple[bool, str]:
     return ok, seen
 
 
-def _fill(tensor: "Any") -> "Any":
-    """Fill with varied values at memcpy speed: a small random block tiled (random fill of GBs is slow)."""
-    import torch
-
-    flat = tensor.view(-1)
-    block = torch.empty(min(flat.numel(), 1 << 16), dtype=tensor.dtype).uniform_(-1, 1)
-    full, rest = divmod(flat.numel(), block.numel())
-    if full:
-        flat[: full * block.numel()].view(full, block.numel()).copy_(block.expand(full, -1))
-    if rest:
-        flat[full * block.numel():].copy_(block[:rest])
-    return tensor
-
-
 def _matmul_rows(isa: str, dtype: "Any", points: list[MatmulPoint], budget_s: float, deadline: float,
-                 threads: int, backend: str, quick: bool, linear_factory: Callable | None = None) -> list[dict]:
+                 threads: int, backend: str, quick: bool, llc_bytes: int,
+                 linear_factory: Callable | None = None) -> list[dict]:
     import torch
 
     rows: list[dict] = []
@@ -76,8 +68,12 @@ def _matmul_rows(isa: str, dtype: "Any", points: list[MatmulPoint], budget_s: fl
                                 tokens=p.tokens, k=shape.k, n=shape.n, threads=threads, flops=p.flops,
                                 note=f"skipped: the ISA's time budget ({budget_s:.0f} s) was spent"))
             continue
-        weight = _fill(torch.empty(shape.n, shape.k, dtype=dtype))
-        fn_for = linear_factory(weight) if linear_factory else (lambda x: torch.nn.functional.linear(x, weight))
+        copies = copies_to_stream(shape.n * shape.k * esize, llc_bytes)
+        weights = [fill_varied(torch.empty(shape.n, shape.k, dtype=dtype)) for _ in range(copies)]
+        if linear_factory is not None:
+            layers = [linear_factory(w) for w in weights]
+        else:
+            layers = [(lambda x, w=w: torch.nn.functional.linear(x, w)) for w in weights]
         for p in sorted(pts, key=lambda p: p.tokens):
             nbytes = esize * (shape.k * shape.n + p.tokens * (shape.k + shape.n))
             common = dict(label=shape.label, backend=backend, isa=isa, dtype=str(dtype)[6:], tokens=p.tokens,
@@ -86,18 +82,22 @@ def _matmul_rows(isa: str, dtype: "Any", points: list[MatmulPoint], budget_s: fl
                 rows.append(row("cpu_matmul", "linear", **common,
                                 note=f"skipped: the ISA's time budget ({budget_s:.0f} s) was spent"))
                 continue
-            x = _fill(torch.empty(p.tokens, shape.k, dtype=dtype))
-            report = observe(lambda: fn_for(x))  # the warm-up call, observed
+            x = fill_varied(torch.empty(p.tokens, shape.k, dtype=dtype))
+            fn = cycling([(lambda layer=layer: layer(x)) for layer in layers])
+            report = observe(fn)  # the warm-up call, observed
+            for _ in range(copies - 1):
+                fn()  # warm the other copies too
             from calibrate.timing import time_host
 
-            timing = time_host(lambda: fn_for(x), budget_s=POINT_BUDGET_S[quick], warmup=False)
-            rows.append(timed_row("cpu_matmul", "linear", timing, kernel_observed=report.summary, **common))
-        del weight
+            timing = time_host(fn, budget_s=POINT_BUDGET_S[quick], warmup=False)
+            rows.append(timed_row("cpu_matmul", "linear", timing, kernel_observed=report.summary,
+                                  note=f"{copies} weight copies cycled" if copies > 1 else None, **common))
+        del weights, layers
     return rows
 
 
 def _attention_rows(isa: str, dtype: "Any", points: list[AttentionPoint], budget_s: float, deadline: float,
-                    threads: int, backend: str, quick: bool) -> list[dict]:
+                    threads: int, backend: str, quick: bool, llc_bytes: int) -> list[dict]:
     import torch
 
     from calibrate.timing import time_host
@@ -117,28 +117,27 @@ def _attention_rows(isa: str, dtype: "Any", points: list[AttentionPoint], budget
                 rows.append(row("cpu_attention", op, **common,
                                 note=f"skipped: the ISA's time budget ({budget_s:.0f} s) was spent"))
             continue
-        q = _fill(torch.empty(bh, p.q, p.head_dim, dtype=dtype))
-        k = _fill(torch.empty(bh, p.s, p.head_dim, dtype=dtype))
-        v = _fill(torch.empty(bh, p.s, p.head_dim, dtype=dtype))
-        scores = torch.bmm(q, k.transpose(1, 2))
-
-        def score() -> Any:
-            return torch.bmm(q, k.transpose(1, 2))
-
-        def context() -> Any:
-            return torch.bmm(torch.softmax(scores, dim=-1), v)
-
+        copies = copies_to_stream(kv_bytes, llc_bytes)
+        q = fill_varied(torch.empty(bh, p.q, p.head_dim, dtype=dtype))
+        ks = [fill_varied(torch.empty(bh, p.s, p.head_dim, dtype=dtype)) for _ in range(copies)]
+        vs = [fill_varied(torch.empty(bh, p.s, p.head_dim, dtype=dtype)) for _ in range(copies)]
+        scores = torch.bmm(q, ks[0].transpose(1, 2))
+        score = cycling([(lambda k=k: torch.bmm(q, k.transpose(1, 2))) for k in ks])
+        context = cycling([(lambda v=v: torch.bmm(torch.softmax(scores, dim=-1), v)) for v in vs])
         for op, fn, nbytes in (("score", score, kv_bytes + act_bytes + score_bytes),
                                ("context", context, kv_bytes + act_bytes + score_bytes)):
             report = observe(fn)
+            for _ in range(copies - 1):
+                fn()
             timing = time_host(fn, budget_s=POINT_BUDGET_S[quick], warmup=False)
             rows.append(timed_row("cpu_attention", op, timing, kernel_observed=report.summary, bytes=float(nbytes),
-                                  **common))
+                                  note=f"{copies} KV copies cycled" if copies > 1 else None, **common))
+        del ks, vs
     return rows
 
 
 def _ipex(isa: str, dtype: Any, points: list[MatmulPoint], budget_s: float, deadline: float, threads: int,
-          quick: bool) -> tuple[dict, list[dict]]:
+          quick: bool, llc_bytes: int) -> tuple[dict, list[dict]]:
     """IPEX's linear kernels at the headline points, when intel_extension_for_pytorch imports."""
     try:
         import intel_extension_for_pytorch as ipex  # type: ignore[import-not-found]
@@ -158,11 +157,12 @@ def _ipex(isa: str, dtype: Any, points: list[MatmulPoint], budget_s: float, dead
         return run
 
     head = [p for p in points if p.priority == 0]
-    rows = _matmul_rows(isa, dtype, head, budget_s, deadline, threads, f"ipex {ipex.__version__}", quick, factory)
+    rows = _matmul_rows(isa, dtype, head, budget_s, deadline, threads, f"ipex {ipex.__version__}", quick, llc_bytes,
+                        factory)
     return {"available": True, "version": ipex.__version__}, rows
 
 
-def run(isa: str, threads: int, budget_s: float, quick: bool) -> dict[str, Any]:
+def run(isa: str, threads: int, budget_s: float, quick: bool, llc_bytes: int = 0) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
@@ -188,11 +188,11 @@ def run(isa: str, threads: int, budget_s: float, quick: bool) -> dict[str, Any]:
                                    f"(ONEDNN_MAX_CPU_ISA cap: {cap}; oneDNN's ISA: {probe.onednn_isa_info or '?'})")
         return result
     rows = _matmul_rows(isa, dtype, matmul_plan(quick, FLOP_CAPS[isa] if not quick else float("inf")), budget_s,
-                        deadline, threads, backend, quick)
-    rows += _attention_rows(isa, dtype, attention_plan(quick), budget_s, deadline, threads, backend, quick)
+                        deadline, threads, backend, quick, llc_bytes)
+    rows += _attention_rows(isa, dtype, attention_plan(quick), budget_s, deadline, threads, backend, quick, llc_bytes)
     if isa != "avx512_fp32":
         result["ipex"], ipex_rows = _ipex(isa, dtype, matmul_plan(quick), budget_s, deadline + 0.25 * budget_s,
-                                          threads, quick)
+                                          threads, quick, llc_bytes)
         rows += ipex_rows
     result["rows"] = rows
     result["elapsed_s"] = time.perf_counter() - start
@@ -206,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--llc-bytes", type=int, default=0)
     args = parser.parse_args(argv)
-    result = run(args.isa, args.threads, args.budget_s, args.quick)
+    result = run(args.isa, args.threads, args.budget_s, args.quick, args.llc_bytes)
     with open(args.out, "w") as fh:
         json.dump(result, fh)
     return 0

@@ -47,6 +47,7 @@ class HostInfo:
     nodes: tuple[NumaNode, ...]
     mem_total_bytes: int                   # /proc/meminfo MemTotal
     mem_available_bytes: int               # /proc/meminfo MemAvailable at start
+    llc_bytes: int = 0                     # last-level cache of one CPU (0 when /sys does not say)
     machine: str = field(default_factory=platform.machine)
 
     @property
@@ -134,6 +135,21 @@ def physical_cores(cpus: tuple[int, ...], root: Path = CPU_ROOT) -> int:
     return max(1, len(seen))
 
 
+def last_level_cache_bytes(root: Path = CPU_ROOT, cpu: int = 0) -> int:
+    """Size of the highest-level cache /sys lists for ``cpu`` ('32768K' -> 33554432)."""
+    best_level, size = 0, 0
+    for index in (root / f"cpu{cpu}" / "cache").glob("index[0-9]*"):
+        level = _read(index / "level").strip()
+        text = _read(index / "size").strip().upper()
+        match = re.fullmatch(r"(\d+)([KMG]?)", text)
+        if not level.isdigit() or not match:
+            continue
+        value = int(match.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[match.group(2)]
+        if int(level) > best_level:
+            best_level, size = int(level), value
+    return size
+
+
 def _cpuinfo_field(text: str, key: str) -> str:
     match = re.search(rf"^{re.escape(key)}\s*:\s*(.*)$", text, re.MULTILINE)
     return match.group(1).strip() if match else ""
@@ -166,6 +182,7 @@ def host_info() -> HostInfo:
         nodes=nodes,
         mem_total_bytes=parse_meminfo_kb(meminfo, "MemTotal"),
         mem_available_bytes=parse_meminfo_kb(meminfo, "MemAvailable"),
+        llc_bytes=last_level_cache_bytes(cpu=affinity[0] if affinity else 0),
     )
 
 

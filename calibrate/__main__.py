@@ -1,0 +1,25 @@
+"""``python -m calibrate [options]``: the calibrator without the rest of the ``lia`` CLI (for hosts that
+lack the optimiser's dependencies). Same options as ``lia calibrate``."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from calibrate.cli import calibrate_command
+from lia_model.errors import LiaInputError
+
+
+def main() -> None:
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(calibrate_command)
+    try:
+        app()
+    except LiaInputError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
