@@ -87,8 +87,14 @@ def validate(
     from runtime.report import print_summary, write_outputs
     from runtime.validate import run_points
 
-    rows = run_points(resolved, spec, opts, echo, fake_gpu=fake_gpu)
-    summary = write_outputs(pd.DataFrame(rows), Path(out), title)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def progress(rows) -> None:
+        pd.DataFrame(rows).to_csv(out_dir / "results.csv", index=False)
+
+    rows = run_points(resolved, spec, opts, echo, fake_gpu=fake_gpu, on_progress=progress)
+    summary = write_outputs(pd.DataFrame(rows), out_dir, title)
     print_summary(console, summary)
     echo(f"wrote {Path(out) / 'results.csv'}, pred_vs_meas.png/.svg, summary.md, summary.json")
     if summary["points_ran"] == 0:

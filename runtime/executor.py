@@ -201,11 +201,11 @@ class Executor:
         self.staging = ({w: backend.empty(kv_shape, Device.GPU, zero=True) for w in "kv"}
                         if self.K and attention_on_gpu else None)
         per = self.B * kvh * self.S * d
-        if self.K and kv_arena is not None:
-            if 2 * per * self.K > kv_arena.numel:
-                raise LiaInputError("host memory", f"the KV cache needs {2 * per * self.K * 2 / 1e9:.1f} GB but the "
-                                    f"KV arena holds {kv_arena.numel * 2 / 1e9:.1f} GB", "raise --host-kv-gib")
-            kv_arena.zero(0, 2 * per * self.K)
+        if self.K and kv_arena is not None and 2 * per * self.K > kv_arena.numel:
+            raise LiaInputError("host memory", f"the KV cache needs {2 * per * self.K * 2 / 1e9:.1f} GB but the "
+                                f"KV arena holds {kv_arena.numel * 2 / 1e9:.1f} GB", "size the arena for this point")
+        # No zeroing per run: positions at or past the valid length are masked, and the arena was zeroed when
+        # it was made and has held only finite K/V since, so masked positions contribute exactly 0.
         for j in range(self.K):
             if kv_arena is not None:
                 host = {w: kv_arena.view((2 * j + i) * per, per).view(kv_shape) for i, w in enumerate("kv")}

@@ -25,7 +25,7 @@ from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
 from lia_model.memory import available_bytes, MemoryTier
 from lia_model.models import ModelSpec
-from lia_model.plan import Device, Plan, policy_notation
+from lia_model.plan import ALL_GPU, CpuIsa, Device, HostTier, Plan, policy_notation
 from lia_model.sublayers import SUBLAYERS, Stage
 from lia_model.workload import Workload
 from runtime.points import GroupSpec, IsaChoice, entry_name, group_model, group_workload, plan_entries, resolve_entry
@@ -107,7 +107,7 @@ def resolve_points(groups: list[GroupSpec], system: SystemSpec, opts: Options, i
             except LiaInputError as err:
                 p.skip_reason = str(err)
                 continue
-            key = plan.model_copy(update={"label": ""}).model_dump_json()
+            key = _execution_key(plan, model)
             if key in seen:
                 p.duplicate_of = seen[key]
                 continue
@@ -120,6 +120,16 @@ def resolve_points(groups: list[GroupSpec], system: SystemSpec, opts: Options, i
     return points
 
 
+def _execution_key(plan: Plan, model: ModelSpec) -> str:
+    """Plans that execute identically share one measurement: the label never matters, and with every layer
+    resident neither do the policies, tiers or the CPU ISA."""
+    update: dict[str, Any] = {"label": ""}
+    if plan.gpu_resident_layers == model.num_layers:
+        update.update(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, weight_tier=HostTier.DDR, kv_tier=HostTier.DDR,
+                      cpu_isa=CpuIsa.AMX_BF16, pinned_weights=True, overlap=True)
+    return plan.model_copy(update=update).model_dump_json()
+
+
 def _placeholder_model() -> ModelSpec:
     return ModelSpec(name="-", num_layers=1, hidden_size=1, ffn_size=1, num_heads=1, num_kv_heads=1, head_dim=1,
                      vocab_size=1, max_context=2)
@@ -129,9 +139,17 @@ def _placeholder_model() -> ModelSpec:
 
 
 def run_points(points: list[Point], system: SystemSpec, opts: Options, echo: Callable[[str], None],
-               fake_gpu: bool = False) -> list[dict[str, Any]]:
-    """Run every runnable point; return one CSV row per point (skipped points included)."""
+               fake_gpu: bool = False,
+               on_progress: Optional[Callable[[list[dict[str, Any]]], None]] = None) -> list[dict[str, Any]]:
+    """Run every runnable point; return one CSV row per point (skipped points included).
+
+    ``on_progress`` receives the rows so far after every point (the CLI rewrites results.csv with them, so
+    a run stopped by a time limit still leaves its measurements). The time budget counts from this call,
+    weight creation included.
+    """
     import torch
+
+    started = time.perf_counter()
 
     from runtime.backend import Backend, cpu_threads
     from runtime.executor import GpuLayerCache, kv_arena_elements
@@ -160,13 +178,18 @@ def run_points(points: list[Point], system: SystemSpec, opts: Options, echo: Cal
         kv_arena = HostArena(backend, kv_elems, pinned=True, random_fill=False) if kv_elems else None
         st = arena.stats
         echo(f"setup: weight arena {st.bytes / 1e9:.1f} GB (touch {st.touch_s:.1f} s, pin {st.pin_s:.1f} s, "
-             f"fill {st.fill_s:.1f} s, pinned={st.pinned}); KV arena {kv_elems * 2 / 1e9:.1f} GB; "
+             f"fill {st.fill_s:.1f} s, pinned={st.pinned}{'; ' + '; '.join(st.notes) if st.notes else ''}); "
+             f"KV arena {kv_elems * 2 / 1e9:.1f} GB (pinned={kv_arena.pinned if kv_arena else '-'}); "
              f"total {time.perf_counter() - t0:.1f} s on {backend.description}")
+        if backend.is_cuda:
+            m2d = backend._memcpy2d
+            echo("pitched KV copies: " + ("cudaMemcpy2DAsync" if m2d.available else
+                                          f"PyTorch fallback (slower; {m2d.reason})"))
+            context["pitched_copies"] = "cudaMemcpy2DAsync" if m2d.available else f"fallback: {m2d.reason}"
         context["setup_s"] = round(time.perf_counter() - t0, 2)
     order = sorted(runnable, key=lambda p: p.system_key)
     weights_by_model: dict[tuple[str, int], Any] = {}
     layer_cache = GpuLayerCache()
-    started = time.perf_counter()
     ratio = 1.5
     for k, p in enumerate(order, 1):
         elapsed = time.perf_counter() - started
@@ -209,6 +232,13 @@ def run_points(points: list[Point], system: SystemSpec, opts: Options, echo: Cal
              + (f"; logits rel err {check['logits_rel_err']:.2e}" if "logits_rel_err" in check else "")
              + (f"; DATA-FLOW MISMATCH: {check['dataflow_first_problem']}" if check["dataflow_problems"] else "")
              + f" [{time.perf_counter() - started:.0f} s]")
+        if on_progress is not None:
+            on_progress(_collect(points, rows, context, final=False))
+    return _collect(points, rows, context, final=True)
+
+
+def _collect(points: list[Point], rows: dict[str, dict[str, Any]], context: dict[str, Any],
+             final: bool) -> list[dict[str, Any]]:
     out = []
     for p in points:
         if p.id in rows:
@@ -220,7 +250,7 @@ def run_points(points: list[Point], system: SystemSpec, opts: Options, echo: Cal
             out.append(row)
         else:
             reason = p.skip_reason or (f"same plan as {p.duplicate_of}, which did not run" if p.duplicate_of else
-                                       "not run")
+                                       "not run" if final else "not run yet")
             out.append({**_ids(p), **_plan_cols(p), **_pred_cols(p), "status": "skipped", "skip_reason": reason,
                         **context})
     return out
@@ -367,6 +397,8 @@ def plan_table_rows(points: list[Point]) -> list[list[str]]:
     for p in points:
         status = ("skip: " + p.skip_reason) if p.skip_reason else (f"same as {p.duplicate_of}" if p.duplicate_of
                                                                   else "run")
+        if len(status) > 90:
+            status = status[:87] + "..."
         if p.plan is None or p.pred is None:
             out.append([p.id, "-", "-", "-", "-", "-", status])
             continue
