@@ -24,12 +24,12 @@ GOAL_CPU_LINEAR_FRACTION = 0.85
 
 # (metric, predicted column, measured column, label)
 METRICS: tuple[tuple[str, str, str, str], ...] = (
-    ("ttft", "pred_ttft_s", "meas_ttft_s", "TTFT"),
-    ("tpot_mean", "pred_tpot_mean_s", "meas_tpot_mean_s", "TPOT (mean)"),
-    ("latency", "pred_latency_s", "meas_latency_s", "latency"),
+    ("ttft", "predicted_ttft_s", "measured_ttft_s", "TTFT"),
+    ("tpot_mean", "predicted_tpot_mean_s", "measured_tpot_mean_s", "TPOT (mean)"),
+    ("latency", "predicted_latency_s", "measured_latency_s", "latency"),
 )
 EXTRA_METRICS: tuple[tuple[str, str, str, str], ...] = (
-    ("latency_additive", "pred_latency_additive_s", "meas_latency_s", "latency, additive model (paper)"),
+    ("latency_additive", "predicted_latency_additive_s", "measured_latency_s", "latency, additive model (paper)"),
 )
 
 CSV_NAME = "results.csv"
@@ -80,12 +80,12 @@ def regret_table(df: pd.DataFrame) -> list[dict[str, Any]]:
     ran = _ran(df)
     rows = []
     for group, g in ran.groupby("group_id", sort=False):
-        lat = pd.to_numeric(g["meas_latency_s"], errors="coerce")
+        lat = pd.to_numeric(g["measured_latency_s"], errors="coerce")
         opt = g[g["plan_spec"] == "optimal"]
         if opt.empty or lat.isna().all():
             continue
         best_i = lat.idxmin()
-        opt_lat = float(pd.to_numeric(opt["meas_latency_s"], errors="coerce").iloc[0])
+        opt_lat = float(pd.to_numeric(opt["measured_latency_s"], errors="coerce").iloc[0])
         best = float(lat.loc[best_i])
         regret = opt_lat / best - 1.0
         first = g.iloc[0]

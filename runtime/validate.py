@@ -225,10 +225,10 @@ def run_points(points: list[Point], system: SystemSpec, opts: Options, echo: Cal
         rows[p.id]["point_wall_s"] = round(time.perf_counter() - t_point, 2)
         if p.pred.latency_s > 0:
             ratio = min(5.0, max(ratio if k > 1 else 1.0, measured.latency_s / p.pred.latency_s))
-        echo(f"[{k}/{len(order)}] {p.id}: latency predicted {p.pred.latency_s:.3f} s, measured "
-             f"{measured.latency_s:.3f} s ({100 * (p.pred.latency_s / measured.latency_s - 1):+.1f}%); TTFT "
-             f"{p.pred.ttft_s:.3f} / {measured.ttft_s:.3f} s; TPOT {_f(p.pred.tpot_mean_s)} / "
-             f"{_f(measured.tpot_mean_s)} s"
+        echo(f"[{k}/{len(order)}] {p.id}: predicted / measured (error): latency {p.pred.latency_s:.3f} / "
+             f"{measured.latency_s:.3f} s ({_err(p.pred.latency_s, measured.latency_s)}), TTFT {p.pred.ttft_s:.3f} / "
+             f"{measured.ttft_s:.3f} s ({_err(p.pred.ttft_s, measured.ttft_s)}), TPOT {_f(p.pred.tpot_mean_s)} / "
+             f"{_f(measured.tpot_mean_s)} s ({_err(p.pred.tpot_mean_s, measured.tpot_mean_s)})"
              + (f"; logits rel err {check['logits_rel_err']:.2e}" if "logits_rel_err" in check else "")
              + (f"; DATA-FLOW MISMATCH: {check['dataflow_first_problem']}" if check["dataflow_problems"] else "")
              + f" [{time.perf_counter() - started:.0f} s]")
@@ -254,6 +254,12 @@ def _collect(points: list[Point], rows: dict[str, dict[str, Any]], context: dict
             out.append({**_ids(p), **_plan_cols(p), **_pred_cols(p), "status": "skipped", "skip_reason": reason,
                         **context})
     return out
+
+
+def _err(pred: Optional[float], meas: Optional[float]) -> str:
+    if pred is None or meas is None or meas <= 0:
+        return "-"
+    return f"{100 * (pred - meas) / meas:+.1f}%"
 
 
 def _f(x: Optional[float]) -> str:
@@ -340,11 +346,11 @@ def _pred_cols(p: Point) -> dict[str, Any]:
         return {}
     b = p.pred.bound_resource
     return {
-        "pred_ttft_s": p.pred.ttft_s, "pred_tpot_mean_s": p.pred.tpot_mean_s, "pred_latency_s": p.pred.latency_s,
-        "pred_throughput_tokens_per_s": p.pred.throughput_tokens_per_s,
-        "pred_latency_additive_s": p.pred_additive.latency_s if p.pred_additive else None,
-        "pred_bound_prefill": b.get(Stage.PREFILL, ""), "pred_bound_decode": b.get(Stage.DECODE, ""),
-        "pred_feasible": p.pred.feasible,
+        "predicted_ttft_s": p.pred.ttft_s, "predicted_tpot_mean_s": p.pred.tpot_mean_s, "predicted_latency_s": p.pred.latency_s,
+        "predicted_throughput_tokens_per_s": p.pred.throughput_tokens_per_s,
+        "predicted_latency_additive_s": p.pred_additive.latency_s if p.pred_additive else None,
+        "predicted_bound_prefill": b.get(Stage.PREFILL, ""), "predicted_bound_decode": b.get(Stage.DECODE, ""),
+        "predicted_feasible": p.pred.feasible,
     }
 
 
@@ -354,10 +360,10 @@ def _row(p: Point, system: SystemSpec, m, check: dict, context: dict, weights) -
 
     row: dict[str, Any] = {**_ids(p), **_plan_cols(p), **_pred_cols(p), "status": "ran", "skip_reason": ""}
     row.update({
-        "meas_ttft_s": m.ttft_s, "meas_tpot_mean_s": m.tpot_mean_s, "meas_latency_s": m.latency_s,
-        "meas_throughput_tokens_per_s": m.throughput_tokens_per_s, "meas_latency_spread_frac": m.latency_spread_frac,
-        "repeats": m.repeats, "meas_tpot_s": json.dumps([round(x, 6) for x in m.tpot_s]),
-        "pred_tpot_s": json.dumps([round(x, 6) for x in p.pred.tpot_s]),
+        "measured_ttft_s": m.ttft_s, "measured_tpot_mean_s": m.tpot_mean_s, "measured_latency_s": m.latency_s,
+        "measured_throughput_tokens_per_s": m.throughput_tokens_per_s, "measured_latency_spread_frac": m.latency_spread_frac,
+        "repeats": m.repeats, "tpot_steps_measured_s_json": json.dumps([round(x, 6) for x in m.tpot_s]),
+        "tpot_steps_predicted_s_json": json.dumps([round(x, 6) for x in p.pred.tpot_s]),
     })
     pred_sub = predicted_sublayer_ms(p.pred)
     for stage in (Stage.PREFILL, Stage.DECODE):
@@ -365,8 +371,8 @@ def _row(p: Point, system: SystemSpec, m, check: dict, context: dict, weights) -
             key = (stage.value, sub.value)
             pm = pred_sub.get(key)
             row[f"{stage.value}_{sub.value}_dev"] = pm[1] if pm else ""
-            row[f"{stage.value}_{sub.value}_pred_ms"] = pm[0] if pm else None
-            row[f"{stage.value}_{sub.value}_meas_ms"] = m.sublayer_ms.get(key)
+            row[f"{stage.value}_{sub.value}_ms_predicted"] = pm[0] if pm else None
+            row[f"{stage.value}_{sub.value}_ms_measured"] = m.sublayer_ms.get(key)
         row[f"{stage.value}_layer_kind"] = m.sublayer_kind.get(stage.value, "")
     for kind in ("weights", "act", "resid", "kv_fetch", "kv_writeback", "head"):
         row[f"copy_{kind}_gb"] = m.copy_gb.get(kind, 0.0)

@@ -16,9 +16,9 @@ def _row(group, plan, pred_lat, meas_lat, pred_ttft, meas_ttft, pred_tpot, meas_
     return {"point_id": f"{group}/{plan}", "group_id": group, "model": "opt-30b", "num_layers": 48, "batch": 1,
             "input_len": 32, "output_len": 8, "gpu_memory_gib": 40.0, "plan_spec": plan, "plan_label": plan,
             "status": status, "skip_reason": "" if status == "ran" else "predicted too long",
-            "pred_latency_s": pred_lat, "meas_latency_s": meas_lat, "pred_ttft_s": pred_ttft,
-            "meas_ttft_s": meas_ttft, "pred_tpot_mean_s": pred_tpot, "meas_tpot_mean_s": meas_tpot,
-            "pred_latency_additive_s": 2 * pred_lat, "weight_h2d_vs_calibrated": 0.9,
+            "predicted_latency_s": pred_lat, "measured_latency_s": meas_lat, "predicted_ttft_s": pred_ttft,
+            "measured_ttft_s": meas_ttft, "predicted_tpot_mean_s": pred_tpot, "measured_tpot_mean_s": meas_tpot,
+            "predicted_latency_additive_s": 2 * pred_lat, "weight_h2d_vs_calibrated": 0.9,
             "cpu_linear_eff_vs_calibrated": 0.8 if plan == "ipex" else None}
 
 
