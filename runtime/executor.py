@@ -473,7 +473,8 @@ class Executor:
             be.keep_alive(dst, be.compute)
         else:                                                   # device -> host
             dst = be.empty(tuple(src.t.shape), Device.CPU, pinned=True)
-            be.wait(be.d2h, src.ready)
+            # Order after the producer (issued on the compute stream); an event recorded now also covers it.
+            be.wait(be.d2h, src.ready if src.ready is not None else be.event(be.compute))
             start = be.event(be.d2h)
             be.copy(dst, src.t, be.d2h)
             end = be.event(be.d2h)
@@ -643,7 +644,10 @@ class Executor:
     def _finish(self, lay: _Layer, ch: _Chunk, sub: Sublayer, dev: Device, name: str, value: torch.Tensor,
                 start: Event, tokens: int) -> None:
         self._record(lay.stage, lay.step, lay.li, ch.c, sub.value, "compute", dev, 0, tokens, lay.kind, start)
-        ready = self.backend.event(self.backend.compute) if dev == Device.GPU and self.backend.is_cuda else None
+        # A GPU value that a CPU sublayer reads next is copied on the D2H stream, which must wait for it.
+        ready = None
+        if dev == Device.GPU and self.backend.is_cuda and Device.CPU in self._consumers(lay, name):
+            ready = self.backend.event(self.backend.compute)
         ch.values[name] = {dev: Placed(value, dev, ready)}
 
 
