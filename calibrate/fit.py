@@ -85,9 +85,10 @@ def fit_table(points: list[Measured], peak: float, bandwidth: float, overhead_s:
         candidates = np.unique(np.concatenate([e_i, np.geomspace(lo, 1.0, GRID_POINTS)]))
         pred = _predict(flops[None, :], nbytes[None, :], candidates[:, None], peak, bandwidth, overhead_s)
         loss = (np.log(pred / times[None, :]) ** 2).sum(axis=1)
+        # ties (a flat optimum: memory-bound points) go to the candidate nearest the median e_i
+        tied = np.flatnonzero(loss <= loss.min() * (1 + 1e-9) + 1e-24)
         centre = float(np.median(np.log(e_i)))
-        loss = loss + 1e-12 * (np.log(candidates) - centre) ** 2  # tie-break only
-        best = float(candidates[int(np.argmin(loss))])
+        best = float(candidates[tied[np.argmin(np.abs(np.log(candidates[tied]) - centre))]])
         table.append(EfficiencyPoint(tokens=m, efficiency=float(f"{best:.{digits}g}")))
     return table
 

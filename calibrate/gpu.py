@@ -65,6 +65,7 @@ def _matmul_rows(quick: bool, l2_bytes: int, budget_s: float, deadline: float) -
         if time.perf_counter() > deadline:
             rows += [row("gpu_matmul", "linear", label=shape.label, backend=backend, dtype="bfloat16", tokens=p.tokens,
                          k=shape.k, n=shape.n, flops=p.flops,
+                         bytes=2.0 * (shape.k * shape.n + p.tokens * (shape.k + shape.n)),
                          note=f"skipped: the GPU time budget ({budget_s:.0f} s) was spent") for p in pts]
             continue
         copies = copies_to_stream(2 * shape.k * shape.n, l2_bytes)
@@ -73,11 +74,9 @@ def _matmul_rows(quick: bool, l2_bytes: int, budget_s: float, deadline: float) -
         for p in sorted(pts, key=lambda p: p.tokens):
             x = fill_varied(torch.empty(p.tokens, shape.k, dtype=torch.bfloat16, device="cuda"))
             fn = cycling([(lambda w=w: torch.nn.functional.linear(x, w)) for w in weights])
-            for _ in range(copies):
-                fn()
             from calibrate.timing import time_cuda
 
-            timing = time_cuda(fn, budget_s=per_point, warmup=False)
+            timing = time_cuda(fn, budget_s=per_point)
             rows.append(timed_row("gpu_matmul", "linear", timing, label=shape.label, backend=backend,
                                   dtype="bfloat16", tokens=p.tokens, k=shape.k, n=shape.n, flops=p.flops,
                                   bytes=2.0 * (shape.k * shape.n + p.tokens * (shape.k + shape.n)),
@@ -111,9 +110,7 @@ def _attention_rows(quick: bool, l2_bytes: int, budget_s: float, deadline: float
         score = cycling([(lambda k=k: torch.bmm(q, k.transpose(1, 2))) for k in ks])
         context = cycling([(lambda v=v: torch.bmm(torch.softmax(scores, dim=-1), v)) for v in vs])
         for op, fn in (("score", score), ("context", context)):
-            for _ in range(copies):
-                fn()
-            timing = time_cuda(fn, budget_s=0.01 if quick else 0.02, warmup=False)
+            timing = time_cuda(fn, budget_s=0.01 if quick else 0.02)
             rows.append(timed_row("gpu_attention", op, timing, **common,
                                   note=f"{copies} KV copies cycled" if copies > 1 else None))
         del ks, vs, scores, q

@@ -8,7 +8,8 @@ Tables:
    default bf16 path), AVX-512 bf16, their ratio, AVX-512 fp32, and the GPU.
 2. Host-to-device and device-to-host bandwidth (GB/s), pinned and pageable, at 64 MiB and 1 GiB.
 3. Contention: CPU GEMM / GEMV and pinned h2d copies, each alone and together, and the slowdown.
-With repeats, each figure shows the spread over the runs ((max - min) / mean) in brackets.
+With repeats, each figure shows half the spread over the runs, ±(max - min) / (2 mean), in brackets;
+"n/m" marks a figure not measured, with the reason below the table.
 """
 
 from __future__ import annotations
@@ -97,11 +98,13 @@ def headline_markdown(rows: list[dict]) -> str:
         ratio = f"{amx / avx:.2f}x" if amx and avx else "n/m"
         lines.append(f"| {tokens} | {_fmt(*get['amx_bf16'][:2])} | {_fmt(*get['avx512_bf16'][:2])} | {ratio} | "
                      f"{_fmt(*get['avx512_fp32'][:2])} | {_fmt(*get['gpu'][:2])} |")
-    reasons = [f"{isa}: {_why(rows, 'cpu_matmul', isa=isa)}" for isa in ("amx_bf16", "avx512_bf16", "avx512_fp32")
-               if _why(rows, "cpu_matmul", isa=isa)]
-    gpu_why = _why(rows, "gpu_matmul")
-    if gpu_why:
-        reasons.append(f"GPU: {gpu_why}")
+    reasons = []
+    for key, family, isa in (("amx_bf16", "cpu_matmul", "amx_bf16"), ("avx512_bf16", "cpu_matmul", "avx512_bf16"),
+                             ("avx512_fp32", "cpu_matmul", "avx512_fp32"), ("gpu", "gpu_matmul", None)):
+        missing = any(fig[f"gemm {shape.label} {t} tokens {key} TFLOPS"][0] is None for t in HEADLINE_TOKENS)
+        why = _why(rows, family, **({"isa": isa} if isa else {}))
+        if missing:
+            reasons.append(f"{key}: {why or 'not in this run (a --quick run measures 1, 16 and 256 tokens)'}")
     lines += [""] + [f"- n/m {r}" for r in reasons] if reasons else []
     lines += ["", "PCIe copy bandwidth, GB/s:", "", "| size | pinned h2d | pageable h2d | pinned d2h | pageable d2h |",
               "|---|---:|---:|---:|---:|"]

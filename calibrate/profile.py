@@ -105,11 +105,15 @@ def cpu_spec(ctx: Context, rows: list[dict]) -> dict[str, Any]:
         raise LiaInputError("cpu.isa", f"no CPU ISA could be measured on {host.hostname} ({reasons})",
                             "run on an x86 CPU whose bf16 matmul runs through oneDNN with AVX-512 or AMX")
     source: dict[str, str] = {}
+    # the fit uses the figures exactly as the profile states them (rounded), so that the cost model
+    # reproduces the fitted predictions from the file
     mem_gbps, mem_where = memory_read_gbps(rows, present)
-    ddr_gbps = _local_read_gbps(ctx, rows)
+    mem_gbps = rounded(mem_gbps, 4)
+    ddr_gbps = rounded(_local_read_gbps(ctx, rows), 4)
     bandwidth = min(mem_gbps, ddr_gbps) * BYTES_PER_S_PER_GBPS
     overhead = _rows(rows, family="cpu_overhead")
-    overhead_s = overhead[0]["time_s"] if overhead else 0.0
+    overhead_us = rounded(overhead[0]["time_s"] / S_PER_US, 4) if overhead else 0.0
+    overhead_s = overhead_us * S_PER_US
     source["cores"] = (f"{stamp}: threads used by the matmul benchmarks (one per physical core of the "
                        f"process's {len(host.affinity)} logical CPUs); {host.cpu_model}")
     source["memory_read_gbps"] = f"{stamp}: {mem_where}; weights larger than the caches or cycled through copies"
@@ -154,8 +158,8 @@ def cpu_spec(ctx: Context, rows: list[dict]) -> dict[str, Any]:
             f"{error_summary(at_err)}")
     return {
         "name": slug(host.cpu_model), "description": f"{host.cpu_model}, {ctx.threads} cores in use ({stamp})",
-        "cores": ctx.threads, "memory_read_gbps": rounded(mem_gbps, 4),
-        "op_overhead_us": rounded(overhead_s / S_PER_US, 4), "isa": isa_specs, "source": source,
+        "cores": ctx.threads, "memory_read_gbps": mem_gbps,
+        "op_overhead_us": overhead_us, "isa": isa_specs, "source": source,
     }
 
 
@@ -243,9 +247,11 @@ def gpu_spec(ctx: Context, rows: list[dict]) -> dict[str, Any]:
     if info is None or not lin or not att or not copy_rows:
         reason = ctx.gpu_skip_reason or "the GPU benchmarks produced no timings"
         return _from_datasheet(ctx.gpu_datasheet, ctx.gpu_datasheet_where, reason)
-    hbm = copy_rows[0]["bytes"] / copy_rows[0]["time_s"]
+    hbm_gbps = rounded(copy_rows[0]["bytes"] / copy_rows[0]["time_s"] / BYTES_PER_S_PER_GBPS, 5)
+    hbm = hbm_gbps * BYTES_PER_S_PER_GBPS
     overhead = _rows(rows, family="gpu_overhead")
-    overhead_s = overhead[0]["time_s"] if overhead else 0.0
+    overhead_us = rounded(overhead[0]["time_s"] / S_PER_US, 4) if overhead else 0.0
+    overhead_s = overhead_us * S_PER_US
     lin_pts = [Measured(int(r["tokens"]), float(r["flops"]), linear_bytes(int(r["tokens"]), int(r["k"]), int(r["n"])),
                         float(r["time_s"])) for r in lin]
     att_pts = [Measured(int(r["q"]), float(r["flops"]),
@@ -263,9 +269,9 @@ def gpu_spec(ctx: Context, rows: list[dict]) -> dict[str, Any]:
         "name": slug(info["name"]), "description": f"{info['name']}, compute capability {info['capability']}, "
                                                    f"{info['sm_count']} SMs ({stamp})",
         "memory_gib": rounded(info["memory_gib"], 5), "reserved_gib": rounded(info["reserved_gib"], 4),
-        "hbm_gbps": rounded(hbm / BYTES_PER_S_PER_GBPS, 5), "bf16_peak_tflops": peak_tflops,
+        "hbm_gbps": hbm_gbps, "bf16_peak_tflops": peak_tflops,
         "matmul_efficiency": [p.model_dump() for p in mm], "attention_efficiency": [p.model_dump() for p in at],
-        "op_overhead_us": rounded(overhead_s / S_PER_US, 4),
+        "op_overhead_us": overhead_us,
         "source": {
             "memory_gib": f"{stamp}: torch.cuda.get_device_properties(0).total_memory",
             "reserved_gib": (f"{stamp}: total - free device memory after the CUDA context, a cuBLAS handle and "

@@ -226,7 +226,9 @@ def run_once(opts: Options, host: HostInfo, threads: int, repeat: int, clock: Cl
             state["isa_results"].setdefault(isa, {"present": False, "absent_reason": "not measured: time limit"})
             continue
         log(f"{tag}: CPU {isa} (budget {budget:.0f} s)")
-        result = cpu.run_isa(isa, threads, budget, opts.quick, host.llc_bytes, opts.bind, log)
+        result = _guard(f"cpu {isa}", lambda: cpu.run_isa(isa, threads, budget, opts.quick, host.llc_bytes, opts.bind,
+                                                          log), notes,
+                        {"isa": isa, "present": False, "rows": [], "absent_reason": "not measured: the worker failed"})
         rows += result.pop("rows", [])
         if not result.get("present"):
             rows.append(row("cpu_matmul", "absent", isa=isa, kernel_observed=result.get("probe_kernel"),

@@ -118,9 +118,11 @@ def attention_plan(quick: bool) -> list[AttentionPoint]:
     heads, hd = model.num_heads, model.head_dim
     if quick:
         return [AttentionPoint(4, heads, 1, 512, hd), AttentionPoint(1, heads, 128, 128, hd)]
-    decode = [AttentionPoint(b, heads, 1, s, hd) for b in (1, 8, 32) for s in (512, 2048)]
-    prefill = [AttentionPoint(1, heads, s, s, hd) for s in (32, 128, 512, 2048)]
-    return decode + prefill
+    decode = [AttentionPoint(b, heads, 1, s, hd) for b, s in ((8, 2048), (1, 512), (32, 2048), (1, 2048), (8, 512),
+                                                              (32, 512))]
+    prefill = [AttentionPoint(1, heads, s, s, hd) for s in (512, 128, 2048, 32)]
+    # interleaved, so that a budget cut leaves both decode (q = 1) and prefill (q = s) points
+    return [p for pair in zip(decode, prefill + [None] * len(decode)) for p in pair if p is not None]
 
 
 def gpu_attention_plan(quick: bool) -> list[AttentionPoint]:
