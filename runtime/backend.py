@@ -191,16 +191,33 @@ class Backend:
         if not self.is_cuda or nbytes == 0:
             return False
         fn = getattr(torch.cuda.cudart(), "cudaHostRegister", None)
-        if fn is None:
+        if fn is not None:
+            try:
+                return _cuda_error_code(fn(ptr, nbytes, 0)) == 0
+            except TypeError:
+                pass
+        lib = _find_cudart()
+        if lib is None:
             return False
-        return _cuda_error_code(fn(ptr, nbytes, 0)) == 0
+        lib.cudaHostRegister.restype = ctypes.c_int
+        lib.cudaHostRegister.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
+        return lib.cudaHostRegister(ctypes.c_void_p(ptr), nbytes, 0) == 0
 
     def unregister_host(self, ptr: int) -> None:
         if not self.is_cuda:
             return
         fn = getattr(torch.cuda.cudart(), "cudaHostUnregister", None)
         if fn is not None:
-            fn(ptr)
+            try:
+                fn(ptr)
+                return
+            except TypeError:
+                pass
+        lib = _find_cudart()
+        if lib is not None:
+            lib.cudaHostUnregister.restype = ctypes.c_int
+            lib.cudaHostUnregister.argtypes = [ctypes.c_void_p]
+            lib.cudaHostUnregister(ctypes.c_void_p(ptr))
 
 
 def _cuda_error_code(result) -> int:
