@@ -23,7 +23,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
-LIA=("$PY" -m lia_model.cli)
+LIA=("$PY" -m lia_model)
 
 main() {
 echo "== campaign part $PART on $(hostname) at $(date -u +%FT%TZ)"

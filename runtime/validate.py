@@ -218,8 +218,22 @@ def run_points(points: list[Point], system: SystemSpec, opts: Options, echo: Cal
         except torch.cuda.OutOfMemoryError as err:  # the cap is tighter than the memory model thinks
             layer_cache.clear()
             torch.cuda.empty_cache()
-            p.skip_reason = f"CUDA out of memory under the {p.cap} GiB cap: {str(err).splitlines()[0]}"
-            echo(f"[{k}/{len(order)}] {p.id}: FAILED ({p.skip_reason})")
+            p.skip_reason = f"FAILED: CUDA out of memory under the {p.cap} GiB cap: {str(err).splitlines()[0]}"
+            echo(f"[{k}/{len(order)}] {p.id}: {p.skip_reason}")
+            continue
+        except Exception as err:  # noqa: BLE001 - one broken point must not lose the campaign's other points
+            import traceback
+
+            echo(traceback.format_exc())
+            p.skip_reason = f"FAILED: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            echo(f"[{k}/{len(order)}] {p.id}: {p.skip_reason}")
+            layer_cache.clear()
+            if backend.is_cuda:
+                try:
+                    torch.cuda.synchronize()
+                    torch.cuda.empty_cache()
+                except RuntimeError:
+                    pass
             continue
         rows[p.id] = _row(p, system, measured, check, context, weights)
         rows[p.id]["point_wall_s"] = round(time.perf_counter() - t_point, 2)

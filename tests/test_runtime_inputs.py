@@ -136,3 +136,25 @@ def test_runtime_isa_follows_cpu_flags_and_the_onednn_cap():
 def test_cli_needs_points_and_out():
     result = CliRunner().invoke(app, ["validate"])
     assert isinstance(result.exception, LiaInputError) and "--points" in str(result.exception)
+
+
+def test_a_point_that_breaks_is_reported_and_the_others_still_run(monkeypatch):
+    from runtime.executor import Executor
+
+    tiny = {"name": "tiny", "num_layers": 2, "hidden_size": 32, "ffn_size": 64, "num_heads": 2, "num_kv_heads": 2,
+            "head_dim": 16, "vocab_size": 64, "max_context": 32, "learned_positions": 34}
+    group = GroupSpec(id="g", model=tiny, batch=2, input_len=4, output_len=2, plans=["ipex", "flexgen"])
+    system = load_system("spr-h100")
+    original = Executor.generate
+
+    def broken_for_flexgen(self, *args, **kwargs):
+        if self.plan.label == "flexgen":
+            raise RuntimeError("planted failure")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Executor, "generate", broken_for_flexgen)
+    points = resolve_points([group], system, Options(), runtime_isa(), has_gpu=True)
+    rows = {r["point_id"]: r for r in run_points(points, system, Options(), echo=lambda _: None, fake_gpu=True)}
+    assert rows["g/ipex"]["status"] == "ran" and rows["g/ipex"]["dataflow_problems"] == 0
+    assert rows["g/flexgen"]["status"] == "skipped"
+    assert rows["g/flexgen"]["skip_reason"] == "FAILED: RuntimeError: planted failure"
