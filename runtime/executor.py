@@ -119,7 +119,16 @@ class _LayerKV:
     host: Optional[dict[str, torch.Tensor]]     # streamed: {"k": [B,kv,S,d], "v": ...} in host memory
     gpu: Optional[dict[str, torch.Tensor]]      # resident: own GPU cache; streamed: the shared staging buffer
     resident: bool
-    written: Optional[Event] = None             # last D2H write-back into the host cache
+    # Latest D2H write-back into the host cache per batch-row range (prefill chunks, then the whole batch);
+    # the D2H stream is in order, so a reader of some rows waits for the latest event among overlapping ranges.
+    written: dict = field(default_factory=dict)
+
+    def written_for(self, b0: int, b1: int) -> Optional[Event]:
+        latest = None
+        for (r0, r1), (order, ev) in self.written.items():
+            if r0 < b1 and b0 < r1 and (latest is None or order > latest[0]):
+                latest = (order, ev)
+        return latest[1] if latest else None
 
 
 @dataclass
@@ -235,6 +244,7 @@ class Executor:
         self.slot_counter = 0
         self._rope_cache: dict = {}
         self._mask_cache: dict = {}
+        self._write_order = 0
         self.passes: list[tuple[Stage, int]] = []
 
     # ================================================================== public
@@ -255,7 +265,8 @@ class Executor:
         self.staging_free = None
         self.slot_counter = 0
         for kv in self.kv:
-            kv.written = None
+            kv.written = {}
+        self._write_order = 0
         tokens, logits_out, pass_s = [], [], []
         with torch.inference_mode(), be.on_stream(be.compute):
             ids = prompt.to(be.torch_device(self.head_dev))
@@ -507,7 +518,8 @@ class Executor:
         end = be.event(be.d2h)
         be.keep_alive(k, be.d2h)
         be.keep_alive(v, be.d2h)
-        kv.written = end
+        self._write_order += 1
+        kv.written[(ch.b0, ch.b1)] = (self._write_order, end)
         self.records.append(OpRecord(lay.stage, lay.step, lay.li, ch.c, "kv_writeback", "copy", Device.CPU,
                                      2 * k.numel() * k.element_size(), 0, lay.kind, "k,v", start, end))
 
@@ -521,7 +533,7 @@ class Executor:
         if hi > 0:
             be = self.backend
             be.wait(be.h2d, self.staging_free)
-            be.wait(be.h2d, lay.kv.written)
+            be.wait(be.h2d, lay.kv.written_for(ch.b0, ch.b1))
             src = lay.kv.host[which][ch.rows, :, 0:hi]
             start = be.event(be.h2d)
             be.copy_2d(self.staging[which][ch.rows, :, 0:hi], src, be.h2d)
@@ -535,8 +547,9 @@ class Executor:
         """K or V as attention on ``dev`` reads it: the whole host cache width on the CPU, [:width] on the GPU."""
         kv = lay.kv
         if dev == Device.CPU:
-            if kv.written is not None:
-                kv.written.synchronize()
+            pending = kv.written_for(ch.b0, ch.b1)
+            if pending is not None:
+                pending.synchronize()
             return kv.host[which][ch.rows]
         width = lay.valid if width is None else width
         if lay.resident:
