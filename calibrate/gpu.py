@@ -88,8 +88,6 @@ def _matmul_rows(quick: bool, l2_bytes: int, budget_s: float, deadline: float) -
 def _attention_rows(quick: bool, l2_bytes: int, budget_s: float, deadline: float) -> list[dict]:
     import torch
 
-    from calibrate.timing import time_cuda
-
     backend = f"torch {torch.__version__} (cuBLAS bmm, CUDA {torch.version.cuda})"
     rows = []
     for p in gpu_attention_plan(quick):
@@ -103,18 +101,26 @@ def _attention_rows(quick: bool, l2_bytes: int, budget_s: float, deadline: float
                                                               "was spent") for op in ("score", "context")]
             continue
         copies = copies_to_stream(kv_bytes, l2_bytes)
-        q = fill_varied(torch.empty(bh, p.q, p.head_dim, dtype=torch.bfloat16, device="cuda"))
-        ks = [fill_varied(torch.empty(bh, p.s, p.head_dim, dtype=torch.bfloat16, device="cuda")) for _ in range(copies)]
-        vs = [fill_varied(torch.empty(bh, p.s, p.head_dim, dtype=torch.bfloat16, device="cuda")) for _ in range(copies)]
-        scores = torch.bmm(q, ks[0].transpose(1, 2))
-        score = cycling([(lambda k=k: torch.bmm(q, k.transpose(1, 2))) for k in ks])
-        context = cycling([(lambda v=v: torch.bmm(torch.softmax(scores, dim=-1), v)) for v in vs])
-        for op, fn in (("score", score), ("context", context)):
-            timing = time_cuda(fn, budget_s=0.01 if quick else 0.02)
+        for op, timing in _attention_point(p, copies, 0.01 if quick else 0.02):
             rows.append(timed_row("gpu_attention", op, timing, **common,
                                   note=f"{copies} KV copies cycled" if copies > 1 else None))
-        del ks, vs, scores, q
     return rows
+
+
+def _attention_point(p: Any, copies: int, budget_s: float) -> list[tuple[str, Any]]:
+    """Score and context timings of one point (its operands are freed on return)."""
+    import torch
+
+    from calibrate.timing import time_cuda
+
+    bh = p.batch * p.heads
+    q = fill_varied(torch.empty(bh, p.q, p.head_dim, dtype=torch.bfloat16, device="cuda"))
+    ks = [fill_varied(torch.empty(bh, p.s, p.head_dim, dtype=torch.bfloat16, device="cuda")) for _ in range(copies)]
+    vs = [fill_varied(torch.empty(bh, p.s, p.head_dim, dtype=torch.bfloat16, device="cuda")) for _ in range(copies)]
+    scores = torch.bmm(q, ks[0].transpose(1, 2))
+    score = cycling([(lambda k=k: torch.bmm(q, k.transpose(1, 2))) for k in ks])
+    context = cycling([(lambda v=v: torch.bmm(torch.softmax(scores, dim=-1), v)) for v in vs])
+    return [("score", time_cuda(score, budget_s=budget_s)), ("context", time_cuda(context, budget_s=budget_s))]
 
 
 def _memory_rows(quick: bool) -> list[dict]:
@@ -129,7 +135,6 @@ def _memory_rows(quick: bool) -> list[dict]:
     out = [timed_row("gpu_memory", "copy", timing, label=f"device copy {size >> 20} MiB", dtype="uint8",
                      size_bytes=size, bytes=2.0 * size,
                      note="bytes = read + written (2x the size): the bandwidth HBM sustains")]
-    del src, dst
     return out
 
 

@@ -73,8 +73,7 @@ def _attention_rows(node_label: int, nodes_arg: Optional[int], point: AttentionP
                               batch=point.batch, heads=point.heads, q=point.q, s=point.s, head_dim=point.head_dim,
                               tokens=point.batch * point.q, numa_node=node_label, threads=threads,
                               flops=2 * point.flops, bytes=float(2 * kv_bytes), note=placement))
-        del k, v, kv
-    return rows
+    return rows  # k and v view the freed node buffer from here on: nothing may use them
 
 
 def measure_node(node: int, bound: bool, size_bytes: int, threads: int, quick: bool,
@@ -103,7 +102,6 @@ def measure_node(node: int, bound: bool, size_bytes: int, threads: int, quick: b
         rows.append(row("host_memory", "chase", label="dependent loads, random cache lines", numa_node=node,
                         size_bytes=min(size_bytes, 1 << 30), time_s=per_step, samples=steps,
                         note=placement + "; includes the Python interpreter's per-step cost (same on every node)"))
-        del as_f32, src, dst, data
     rows += _attention_rows(node, node if bound else None, attention, threads, placement)
     return rows
 

@@ -180,5 +180,4 @@ def contention(threads: int, cache_bytes: int, quick: bool) -> list[dict]:
                         size_bytes=chunk, bytes=float(chunk), label=f"pinned h2d {chunk // MIB} MiB",
                         note=f"copies while the CPU ran {info['label']}"))
         del fn
-    del host, dev
     return rows

@@ -9,6 +9,7 @@ to another file by path, so it can be copied anywhere (e.g. into hwprofiles/syst
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ def _rows(rows: list[dict], **match: Any) -> list[dict]:
 
 
 def _num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and x == x and x > 0
+    return isinstance(x, (int, float)) and not math.isnan(x) and x > 0
 
 
 def _kernel_summary(rows: list[dict]) -> str:
@@ -320,8 +321,8 @@ def link_spec(ctx: Context, rows: list[dict]) -> dict[str, Any]:
     source = {}
     for f, (value, count) in figures.items():
         out[f] = rounded(value, 4)
-        source[f] = (f"{stamp}: median bandwidth of {count} copies of 64 MiB-1 GiB from node {node} "
-                     f"(per-size figures in the raw CSV)")
+        source[f] = (f"{stamp}: median bandwidth over {count} copy size(s) from 64 MiB to 1 GiB, host buffer on "
+                     f"node {node} (per-size figures in the raw CSV)")
     out["transfer_latency_us"] = rounded(latency[0]["time_s"] / S_PER_US, 4)
     source["transfer_latency_us"] = f"{stamp}: one 4 KiB pinned h2d copy plus synchronize, wall clock (median)"
     out["source"] = source

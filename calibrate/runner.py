@@ -332,11 +332,11 @@ def calibrate(opts: Options) -> Result:
 
     isa_results = {isa: {k: v for k, v in res.items() if k != "rows"} for isa, res in state["isa_results"].items()}
     ctx_notes = [
-        f"threads: {threads} (torch.set_num_threads; one per physical core of affinity CPUs "
-        f"{_ranges(host.affinity)}); binding: "
-        + ("OMP_PROC_BIND=close OMP_PLACES=cores in the matmul workers" if opts.bind else "none (--no-bind)"),
-        f"mode: {'quick (a representative subset of shapes and sizes)' if opts.quick else 'full'}; "
-        f"{opts.repeats} repeat(s); total {clock.elapsed():.0f} s",
+        (f"threads: {threads} (torch.set_num_threads; one per physical core of affinity CPUs "
+         f"{_ranges(host.affinity)}); binding: "
+         + ("OMP_PROC_BIND=close OMP_PLACES=cores in the matmul workers" if opts.bind else "none (--no-bind)")),
+        (f"mode: {'quick (a representative subset of shapes and sizes)' if opts.quick else 'full'}; "
+         f"{opts.repeats} repeat(s); total {clock.elapsed():.0f} s"),
         *state.get("mem_notes", []), *state.get("pcie_notes", []),
     ]
     if not cuda_ok or gpu_info is None:

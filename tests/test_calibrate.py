@@ -20,7 +20,6 @@ from hwprofiles import load_system
 from lia_model.baselines import baseline_plans
 from lia_model.costmodel import predict
 from lia_model.costterms import CostMode, StageContext, sublayer_times
-from lia_model.hardware import EfficiencyPoint
 from lia_model.models import get_model
 from lia_model.plan import CpuIsa, HostTier
 from lia_model.sublayers import SUBLAYERS, Sublayer
