@@ -23,7 +23,7 @@ from collections import Counter
 
 from lia_model.models import ModelSpec
 from lia_model.plan import ALL_GPU, Device, Plan
-from lia_model.sublayers import SUBLAYERS, Stage, Sublayer
+from lia_model.sublayers import SUBLAYERS, Stage
 from lia_model.workload import Workload
 from runtime.executor import RunResult
 from runtime.weights import layer_layout

@@ -202,7 +202,7 @@ class Executor:
         cache = layer_cache or GpuLayerCache()
         self.resident_flat = cache.sync(backend, weights, self.R) if self.R else []
         self.kv: list[_LayerKV] = []
-        for li in range(self.R):
+        for _ in range(self.R):
             self.kv.append(_LayerKV(None, {w: backend.empty(kv_shape, Device.GPU, zero=True) for w in "kv"}, True))
 
         # Streamed layers: host KV cache (one arena carve or separate pinned tensors), GPU staging if needed.
