@@ -119,10 +119,12 @@ def linear_bytes(tokens: int, k: int, n: int) -> float:
     return 2.0 * (k * n + tokens * (k + n))
 
 
-def attention_bytes(batch: int, heads: int, q: int, s: int, head_dim: int) -> float:
+def attention_bytes(batch: int, heads: int, q: int, s: int, head_dim: int, softmax: bool = False) -> float:
     """Bytes the cost model counts for one of score or context (MHA, bf16): K (or V), Q (or the output)
-    and the score matrix (``lia_model.accounting.sublayer_work``)."""
-    return 2.0 * (batch * s * heads * head_dim + batch * q * heads * head_dim + batch * heads * q * s)
+    and the score matrix, which the context (softmax, then S V) moves three times
+    (``lia_model.accounting.sublayer_work``)."""
+    score_passes = 3 if softmax else 1
+    return 2.0 * (batch * s * heads * head_dim + batch * q * heads * head_dim + score_passes * batch * heads * q * s)
 
 
 def rounded(x: float, digits: int = 6) -> float:

@@ -86,7 +86,8 @@ def _isa_points(rows: list[dict], isa: str) -> tuple[list[Measured], list[Measur
     lin_pts = [Measured(int(r["tokens"]), float(r["flops"]), linear_bytes(int(r["tokens"]), int(r["k"]), int(r["n"])),
                         float(r["time_s"])) for r in lin]
     att_pts = [Measured(int(r["q"]), float(r["flops"]),
-                        attention_bytes(int(r["batch"]), int(r["heads"]), int(r["q"]), int(r["s"]), int(r["head_dim"])),
+                        attention_bytes(int(r["batch"]), int(r["heads"]), int(r["q"]), int(r["s"]), int(r["head_dim"]),
+                                        softmax=r["op"] == "context"),
                         float(r["time_s"])) for r in att]
     return lin_pts, att_pts, lin, att
 
@@ -256,7 +257,8 @@ def gpu_spec(ctx: Context, rows: list[dict]) -> dict[str, Any]:
     lin_pts = [Measured(int(r["tokens"]), float(r["flops"]), linear_bytes(int(r["tokens"]), int(r["k"]), int(r["n"])),
                         float(r["time_s"])) for r in lin]
     att_pts = [Measured(int(r["q"]), float(r["flops"]),
-                        attention_bytes(int(r["batch"]), int(r["heads"]), int(r["q"]), int(r["s"]), int(r["head_dim"])),
+                        attention_bytes(int(r["batch"]), int(r["heads"]), int(r["q"]), int(r["s"]), int(r["head_dim"]),
+                                        softmax=r["op"] == "context"),
                         float(r["time_s"])) for r in att]
     peak_tflops = rounded(peak_rate(lin_pts + att_pts) / FLOPS_PER_TFLOPS)
     peak = peak_tflops * FLOPS_PER_TFLOPS

@@ -5,6 +5,8 @@ attention reads (L_in in prefill, L_in + t at decode step t). Weights and activa
 FLOPs count multiply-adds as 2 and cover the matrix products; norms, biases, activations and softmax
 ride with their neighbour and are not counted (they are < 1% at these shapes). Attention FLOPs count the
 full q x s product a batched matmul computes (a causal mask does not skip work in a plain bmm).
+attn_context is softmax then S V: the softmax reads the score matrix and writes the probabilities, which
+the product reads again, so it moves the score matrix three times (act_in once, scratch twice).
 """
 
 from __future__ import annotations
@@ -31,10 +33,16 @@ class SublayerWork:
     act_out_bytes: float        # what crosses to the next sublayer
     kv_read_bytes: float
     kv_write_bytes: float
+    scratch_bytes: "float | np.ndarray" = 0.0  # intermediate traffic inside the sublayer (softmax)
 
     @property
-    def bytes_touched(self) -> float:
-        return self.weight_bytes_read + self.act_in_bytes + self.act_out_bytes + self.kv_read_bytes + self.kv_write_bytes
+    def act_bytes(self) -> "float | np.ndarray":
+        """Activation traffic in device memory: input, output and scratch."""
+        return self.act_in_bytes + self.act_out_bytes + self.scratch_bytes
+
+    @property
+    def bytes_touched(self) -> "float | np.ndarray":
+        return self.weight_bytes_read + self.act_bytes + self.kv_read_bytes + self.kv_write_bytes
 
 
 def sublayer_params(model: ModelSpec) -> dict[Sublayer, int]:
@@ -128,7 +136,8 @@ def sublayer_work(model: ModelSpec, batch: int, q: int, s: "int | np.ndarray") -
     out[Sublayer.ATTN_SCORE] = SublayerWork(Sublayer.ATTN_SCORE, m, 2.0 * batch * heads * q * s * hd, 0.0, 0.0,
                                             float(m * qd * b), scores_bytes, 1.0 * batch * s * kvd * b, 0.0)
     out[Sublayer.ATTN_CONTEXT] = SublayerWork(Sublayer.ATTN_CONTEXT, m, 2.0 * batch * heads * q * s * hd, 0.0,
-                                              0.0, scores_bytes, float(m * qd * b), 1.0 * batch * s * kvd * b, 0.0)
+                                              0.0, scores_bytes, float(m * qd * b), 1.0 * batch * s * kvd * b, 0.0,
+                                              scratch_bytes=2.0 * scores_bytes)
     stored, read = w(Sublayer.OUT_PROJ)
     out[Sublayer.OUT_PROJ] = SublayerWork(Sublayer.OUT_PROJ, m, 2.0 * m * qd * h, stored, read,
                                           float(m * qd * b), float(m * h * b), 0.0, 0.0)

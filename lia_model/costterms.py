@@ -220,7 +220,7 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
         size = ctx.q if attention else w.tokens
         flops = np.broadcast_to(np.asarray(w.flops, dtype=float), (steps,))
         kv_bytes = np.broadcast_to(np.asarray(w.kv_read_bytes + w.kv_write_bytes, dtype=float), (steps,))
-        act_bytes = np.broadcast_to(np.asarray(w.act_in_bytes + w.act_out_bytes, dtype=float), (steps,))
+        act_bytes = np.broadcast_to(np.asarray(w.act_bytes, dtype=float), (steps,))
         cpu_mem = w.weight_bytes_read / cpu_bw_w + kv_bytes / cpu_bw_kv + act_bytes / cpu_bw_act
         cpu_flop_s = flops / _cpu_rate(system, ctx.cpu_isa, size, attention)
         gpu_mem = (w.weight_bytes_read + kv_bytes + act_bytes) / hbm
@@ -294,7 +294,7 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         w = work[sub]
         tier_bytes[ctx.weight_tier].add_feature(CPU[i], n * w.weight_bytes_read)
         tier_bytes[ctx.weight_tier].add_not_cpu(i, w.weight_bytes)
-        act = np.broadcast_to(np.asarray(w.act_in_bytes + w.act_out_bytes, dtype=float), (steps,))
+        act = np.broadcast_to(np.asarray(w.act_bytes, dtype=float), (steps,))
         tier_bytes[HostTier.DDR].add_feature(CPU[i], n * act)
         kv = np.broadcast_to(np.asarray(w.kv_read_bytes + w.kv_write_bytes, dtype=float), (steps,))
         tier_bytes[ctx.kv_tier].add_feature(CPU[i], n * kv)

@@ -100,7 +100,8 @@ class IsaSpec(_Spec):
     """Matrix throughput of one CPU ISA."""
 
     present: bool = Field(description="Whether the CPU has this ISA.")
-    per_core_tflops: float = Field(ge=0.0, description="Peak dense throughput of one core.", examples=[0.5])
+    per_core_tflops: float = Field(ge=0.0, description="Peak dense throughput of one core (datasheet or paper), "
+                                   "or in a calibrated profile the best measured rate / cores.", examples=[0.5])
     matmul_efficiency: list[EfficiencyPoint] = Field(
         default_factory=list, description="Linear-layer efficiency vs token count (empty when absent)."
     )
@@ -152,7 +153,9 @@ class GpuSpec(Sourced):
     memory_gib: float = Field(gt=0, description="Device memory.", examples=[80])
     reserved_gib: float = Field(ge=0, description="Taken by the CUDA context and libraries.", examples=[1.0])
     hbm_gbps: float = Field(gt=0, description="Device memory bandwidth.", examples=[3350])
-    bf16_peak_tflops: float = Field(gt=0, description="Dense bf16 tensor-core peak.", examples=[756])
+    bf16_peak_tflops: float = Field(
+        gt=0, description="Peak the efficiency tables are relative to: the datasheet's dense bf16 peak, or in a "
+                          "calibrated profile the best rate measured.", examples=[989])
     matmul_efficiency: list[EfficiencyPoint]
     attention_efficiency: list[EfficiencyPoint]
     op_overhead_us: float = Field(ge=0, description="Fixed cost of launching one GPU sublayer.", examples=[10])

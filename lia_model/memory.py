@@ -67,7 +67,9 @@ def workspace_bytes(model: ModelSpec, workload: Workload, minibatches: int) -> f
     chunk = workload.batch // minibatches
     prefill = sublayer_work(model, chunk, workload.input_len, workload.input_len)
     decode = sublayer_work(model, workload.batch, 1, workload.input_len + workload.output_len)
-    largest = max(float(w.act_in_bytes + w.act_out_bytes) for w in (*prefill.values(), *decode.values()))
+    # live buffers: input and output, plus the softmax probabilities (half the scratch traffic)
+    largest = max(float(w.act_in_bytes + w.act_out_bytes + w.scratch_bytes / 2)
+                  for w in (*prefill.values(), *decode.values()))
     hidden = 2.0 * workload.batch * workload.input_len * model.hidden_size * BF16_BYTES
     return hidden + largest
 

@@ -23,34 +23,35 @@ def test_additive_mode_reproduces_a_hand_computed_serial_sum():
     Each GPU sublayer is memory-bound: time = bytes / 1000 GB/s. Decode (q=1, s=5), bytes per sublayer:
       qkv   6,293,504 W + 2,048 in + 2,048 Q + 4,096 new KV = 6,301,696   -> 6.301696 us
       score 2,048 Q + 80 scores + 10,240 K                  =    12,368   -> 0.012368 us
-      ctx   80 + 2,048 + 10,240 V                            =    12,368   -> 0.012368 us
+      ctx   80 + 2,048 + 10,240 V + 160 softmax scratch      =    12,528   -> 0.012528 us
       out   2,097,152 + 2,048 + 2,048                        = 2,101,248   -> 2.101248 us
       fc1   8,390,656 + 2,048 + 8,192                        = 8,400,896   -> 8.400896 us
       fc2   8,388,608 + 8,192 + 2,048                        = 8,398,848   -> 8.398848 us
-    sum 25.227424 us. KV over the 10 GB/s link: cached K and V (4 tokens x 2,048 B) 0.8192 us each,
-    new K and V written back (4,096 B) 0.4096 us: chain 27.275424 us. Weights 25,169,920 B at 10 GB/s:
-    2.516992 ms. Layer 2.544267424 ms; two layers plus the LM head (2,048,000 B: 2.048 us):
-    TPOT = 5.090582848 ms.
-    Prefill (q = s = 4): bytes 6,326,272 / 16,640 / 16,640 / 2,113,536 / 8,431,616 / 8,429,568
-    -> 25.334272 us, new K and V written back 16,384 B -> 1.6384 us, no cached KV: chain 26.972672 us,
-    layer 2.543964672 ms, TTFT = 2 x + 2.048 us = 5.089977344 ms.
+    (the softmax reads the 80 B score matrix and writes the probabilities: 2 x 80 B of scratch)
+    sum 25.227584 us. KV over the 10 GB/s link: cached K and V (4 tokens x 2,048 B) 0.8192 us each,
+    new K and V written back (4,096 B) 0.4096 us: chain 27.275584 us. Weights 25,169,920 B at 10 GB/s:
+    2.516992 ms. Layer 2.544267584 ms; two layers plus the LM head (2,048,000 B: 2.048 us):
+    TPOT = 5.090583168 ms.
+    Prefill (q = s = 4): bytes 6,326,272 / 16,640 / 17,152 / 2,113,536 / 8,431,616 / 8,429,568
+    -> 25.334784 us, new K and V written back 16,384 B -> 1.6384 us, no cached KV: chain 26.973184 us,
+    layer 2.543965184 ms, TTFT = 2 x + 2.048 us = 5.089978368 ms.
     """
     plan = Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU)
     pred = predict(toy_system(), toy_model(), Workload(batch=1, input_len=4, output_len=2), plan, CostMode.ADDITIVE)
-    assert pred.tpot_s == pytest.approx((5.090582848e-3,), rel=1e-12)
-    assert pred.ttft_s == pytest.approx(5.089977344e-3, rel=1e-12)
-    assert pred.latency_s == pytest.approx(5.089977344e-3 + 5.090582848e-3, rel=1e-12)
-    assert pred.throughput_tokens_per_s == pytest.approx(2 / (5.089977344e-3 + 5.090582848e-3), rel=1e-12)
+    assert pred.tpot_s == pytest.approx((5.090583168e-3,), rel=1e-12)
+    assert pred.ttft_s == pytest.approx(5.089978368e-3, rel=1e-12)
+    assert pred.latency_s == pytest.approx(5.089978368e-3 + 5.090583168e-3, rel=1e-12)
+    assert pred.throughput_tokens_per_s == pytest.approx(2 / (5.089978368e-3 + 5.090583168e-3), rel=1e-12)
 
 
 def test_all_cpu_decode_is_ddr_bound_as_hand_computed():
     """All-CPU decode on the toy: each sublayer moves the same bytes as on the GPU (weights, activations,
-    K/V read and the new K/V written: 25,227,424 B in all, see above) at min(CPU 100, DDR 100) = 100 GB/s,
-    a tenth of the HBM rate: 252.27424 us, and no copies or weight prefetch at all."""
+    K/V read, the new K/V written and the softmax scratch: 25,227,584 B in all, see above) at min(CPU 100, DDR 100) = 100 GB/s,
+    a tenth of the HBM rate: 252.27584 us, and no copies or weight prefetch at all."""
     plan = Plan(prefill_policy=ALL_GPU, decode_policy=(Device.CPU,) * 6)
     pred = predict(toy_system(), toy_model(), Workload(batch=1, input_len=4, output_len=2), plan, CostMode.ADDITIVE)
     layer = pred.stages[Stage.DECODE].streamed_layer_s[0]
-    assert layer == pytest.approx(25.227424e-6 * 10, rel=1e-12)
+    assert layer == pytest.approx(25.227584e-6 * 10, rel=1e-12)
 
 
 SYSTEMS = ["spr-a100", "spr-h100-cxl", "gnr-a100-cxl", "gnr-h100", "gh200"]
