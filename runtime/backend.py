@@ -190,10 +190,14 @@ class Backend:
         """Page-lock host memory in place (cudaHostRegister); False when not possible."""
         if not self.is_cuda or nbytes == 0:
             return False
+        ok = False
         fn = getattr(torch.cuda.cudart(), "cudaHostRegister", None)
         if fn is not None:
             try:
-                return _cuda_error_code(fn(ptr, nbytes, 0)) == 0
+                ok = _cuda_error_code(fn(ptr, nbytes, 0)) == 0
+                if not ok:
+                    _clear_cuda_error()
+                return ok
             except TypeError:
                 pass
         lib = _find_cudart()
@@ -201,7 +205,10 @@ class Backend:
             return False
         lib.cudaHostRegister.restype = ctypes.c_int
         lib.cudaHostRegister.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
-        return lib.cudaHostRegister(ctypes.c_void_p(ptr), nbytes, 0) == 0
+        ok = lib.cudaHostRegister(ctypes.c_void_p(ptr), nbytes, 0) == 0
+        if not ok:
+            _clear_cuda_error()
+        return ok
 
     def unregister_host(self, ptr: int) -> None:
         if not self.is_cuda:
@@ -218,6 +225,15 @@ class Backend:
             lib.cudaHostUnregister.restype = ctypes.c_int
             lib.cudaHostUnregister.argtypes = [ctypes.c_void_p]
             lib.cudaHostUnregister(ctypes.c_void_p(ptr))
+
+
+def _clear_cuda_error() -> None:
+    """Reset CUDA's last-error state after a failed runtime call made outside PyTorch: otherwise the next
+    kernel launch PyTorch checks reports that stale error as its own."""
+    lib = _find_cudart()
+    if lib is not None:
+        lib.cudaGetLastError.restype = ctypes.c_int
+        lib.cudaGetLastError()
 
 
 def _cuda_error_code(result) -> int:

@@ -38,7 +38,6 @@ from runtime.backend import DTYPE, Backend, cpu_threads
 
 DEFAULT_FAN_IN = 8192
 _FILL_CHUNK_ELEMS = 64 * 2**20  # 128 MiB of bf16 per fill step
-_REGISTER_CHUNK_BYTES = 2**30
 
 
 @dataclass(frozen=True)
@@ -134,9 +133,10 @@ class HostArena:
             self.data = _anonymous(self.numel * 2).view(DTYPE)
         else:
             self.data = _numa_alloc(self.numel * 2, numa_node).view(DTYPE)
-        # Page-aligned 1 GiB pieces for cudaHostRegister (the mapping starts on a page boundary).
+        # One registration for the whole (page-aligned) mapping: a copy whose source spans two separately
+        # registered ranges fails with "invalid argument" (seen on the GPU host, torch 2.11 / CUDA 13).
         base, total = self.data.data_ptr(), self.numel * 2
-        self._ranges = [(base + lo, hi - lo) for lo, hi in _chunks(total, _REGISTER_CHUNK_BYTES)]
+        self._ranges = [(base, total)] if total else []
         # Touch every page (zero_ runs on all intra-op threads; the OS backs memory lazily).
         self.data.zero_()
         self.stats.touch_s = time.perf_counter() - t0
@@ -212,6 +212,14 @@ class HostArena:
                 self.backend.unregister_host(ptr)
             self.stats.pinned = False
         self.data = torch.empty(0, dtype=DTYPE)
+
+    def __del__(self) -> None:
+        # A mapping freed while still registered leaves its address range registered: the next arena
+        # mapped there fails with "part or all of the requested memory range is already mapped".
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown: CUDA may already be gone
+            pass
 
 
 def _anonymous(nbytes: int) -> torch.Tensor:
