@@ -41,6 +41,8 @@ from runtime.backend import DTYPE, Backend, Event, Placed
 from runtime.hostmem import HostArena
 from runtime.weights import WEIGHTED_ORDER, ModelWeights, embedding_positions_offset, uses_rope
 
+WEIGHT_COPY_CHUNK_ELEMS = 16 * 2**20  # 32 MiB of bf16 per weight-prefetch copy
+
 _IDX = {s: i for i, s in enumerate(SUBLAYERS)}
 QKV, SCORE, CTX, OUT, FC1, FC2 = SUBLAYERS
 
@@ -404,7 +406,13 @@ class Executor:
                 continue
             src = self.weights.sublayer_host(li, sub)
             start = be.event(be.weights)
-            be.copy(self.buffer_flat[slot][sub], src, be.weights)
+            # In pieces: one copy engine serves every host-to-device stream in turn, so a single 400 MB copy
+            # would hold back the small activation and KV copies of the layer being computed (seen on the
+            # GPU host: CPU work and weight streaming then ran one after the other).
+            dst_flat, src_flat = self.buffer_flat[slot][sub].view(-1), src.view(-1)
+            for lo in range(0, src_flat.numel(), WEIGHT_COPY_CHUNK_ELEMS):
+                hi = min(lo + WEIGHT_COPY_CHUNK_ELEMS, src_flat.numel())
+                be.copy(dst_flat[lo:hi], src_flat[lo:hi], be.weights)
             end = be.event(be.weights)
             self.records.append(OpRecord(stage, step, li, slot, "weights", "copy", Device.GPU,
                                          src.numel() * src.element_size(), 0, "streamed", sub.value, start, end))

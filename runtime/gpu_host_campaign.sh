@@ -11,7 +11,7 @@
 #           falls back to spr-h100, with a warning, when the file is missing)
 #
 # Writes, flat under $OUT (or ./campaign-out): results.csv, pred_vs_meas.png, pred_vs_meas.svg, summary.md,
-# summary.json, campaign.log. The summary table is printed last. Merge the two parts afterwards with
+# summary.json, campaign.log, overhead.json (the runtime's per-sublayer cost, used through --set). The summary table is printed last. Merge the two parts afterwards with
 #   lia validate --from-csv part1/results.csv --from-csv part2/results.csv --out runtime/validation
 set -uo pipefail
 
@@ -57,12 +57,24 @@ esac
 
 POINTS=${CAMPAIGN_POINTS:-$POINTS}   # dry runs elsewhere may point at another file
 
+# The runtime's own fixed cost per sublayer, measured apart from every validation point (runtime/overhead.py);
+# predictions use it through --set, so the model charges what this runtime's dispatch costs.
+SETS=()
+if [ "${SKIP_OVERHEAD:-0}" != "1" ]; then
+    echo "== runtime overhead per sublayer (tiny model, separate runs)"
+    "$PY" -m runtime.overhead --out "$OUT/overhead.json" | grep -A3 '"overrides"'
+    while read -r kv; do SETS+=(--set "$kv"); done < <("$PY" -c "
+import json; d = json.load(open('$OUT/overhead.json'))['overrides']
+print('\n'.join(f'{k}={v}' for k, v in d.items()))")
+    echo "predicting with: ${SETS[*]}"
+fi
+
 # Time left for validate, with ~20 s for imports and CUDA start; validate skips points past its budget.
 LEFT=$((HARD_LIMIT_S - SECONDS))
 BUDGET=$((LEFT - 30))
 echo "== lia validate ($POINTS), budget ${BUDGET} s, hard stop in ${LEFT} s"
 timeout -s INT "$LEFT" "${LIA[@]}" validate --points "$POINTS" --system "$PROFILE" --out "$OUT" \
-    --repeats 2 --max-point-s "$MAX_POINT_S" --time-budget-s "$BUDGET" --title "$TITLE" 2>&1 \
+    --repeats 2 --max-point-s "$MAX_POINT_S" --time-budget-s "$BUDGET" --title "$TITLE" "${SETS[@]}" 2>&1 \
     | grep --line-buffered -v '^USDT'
 RC=${PIPESTATUS[0]}
 if [ "$RC" -ne 0 ] && [ -f "$OUT/results.csv" ]; then
