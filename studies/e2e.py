@@ -77,13 +77,12 @@ def _baseline_batch(point: Point, label: str) -> Optional[int]:
     return largest_feasible_batch(fits, BATCH_CAP)
 
 
-def _row(point: Point, plan_label: str, batch: Optional[int], plan, prediction, in_space: Optional[bool],
-         solve_time_s: Optional[float]) -> Row:
+def _row(point: Point, plan_label: str, batch: Optional[int], plan, prediction, in_space: Optional[bool]) -> Row:
     fields = prediction_fields(prediction)
     return {"system": point.system, "model": point.model, "input_len": point.input_len,
             "output_len": point.output_len, "scenario": point.scenario, "metric": METRIC[point.scenario],
             "plan": plan_label, "batch": batch, **fields, "value": fields[METRIC[point.scenario]],
-            "speedup": None, "in_optimizer_space": in_space, **plan_fields(plan), "solve_time_s": solve_time_s}
+            "speedup": None, "in_optimizer_space": in_space, **plan_fields(plan)}
 
 
 def run(point: Point) -> list[Row]:
@@ -93,7 +92,7 @@ def run(point: Point) -> list[Row]:
     objective = "throughput" if point.scenario == "throughput_max_batch" else "latency"
     best = optimum(system, model, workload, objective)
     rows = [_row(point, "optimum", best.workload.batch if best else None, best.plan if best else None,
-                 best.prediction if best else None, True, best.solve_time_s if best else None)]
+                 best.prediction if best else None, True)]
     choices = throughput_batch_choices(system, model, workload) if objective == "throughput" else None
     for label in baseline_plans(system, model, workload):
         b: Optional[int] = batch
@@ -101,12 +100,12 @@ def run(point: Point) -> list[Row]:
             b = _baseline_batch(point, label)
         if b is None:   # not even B = 1 fits
             plan = baseline_plans(system, model, workload)[label]
-            rows.append(_row(point, label, None, plan, None, in_optimizer_space(system, plan, 1), None))
+            rows.append(_row(point, label, None, plan, None, in_optimizer_space(system, plan, 1)))
             continue
         wl = inputs.workload(point.model, b, point.input_len, point.output_len)
         plan = baseline_plans(system, model, wl)[label]
         rows.append(_row(point, label, b, plan, predict(system, model, wl, plan),
-                         in_optimizer_space(system, plan, b, choices), None))
+                         in_optimizer_space(system, plan, b, choices)))
     opt_value = rows[0]["value"]
     for row in rows[1:]:
         if opt_value is not None and row["value"] is not None:
@@ -118,7 +117,7 @@ def run(point: Point) -> list[Row]:
 COLUMNS = ("system", "model", "input_len", "output_len", "scenario", "metric", "plan", "batch", "feasible", "ttft_s",
            "tpot_mean_s", "latency_s", "throughput_tokens_per_s", "value", "speedup", "in_optimizer_space",
            "prefill_policy", "decode_policy", "gpu_resident_layers", "prefill_minibatches", "weight_tier", "kv_tier",
-           "cpu_isa", "solve_time_s")
+           "cpu_isa")
 
 SCENARIO_TITLES = {"latency_b1": "latency at B = 1", "throughput_b64": "throughput at B = 64",
                    "throughput_max_batch": "throughput at the largest batch that fits"}

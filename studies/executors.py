@@ -21,6 +21,7 @@ RunFn = Callable[[Any], list[Row]]
 Progress = Callable[[int], None]   # called with the number of points just finished
 
 EXECUTORS = ("local", "dask")
+DASK_CONNECT_TIMEOUT_S = 20   # how long to wait for the scheduler before saying it is unreachable
 
 
 def run_chunk(run: RunFn, points: Sequence[Any]) -> list[Row]:
@@ -92,7 +93,7 @@ def _run_dask(run: RunFn, points: Sequence[Any], scheduler: str, workers: Option
         raise LiaInputError("--executor dask", "dask.distributed is not installed",
                             "pip install 'lia-modeler[dask]', or use --executor local") from None
     try:
-        client = Client(scheduler, timeout="20s", set_as_default=False)
+        client = Client(scheduler, timeout=f"{DASK_CONNECT_TIMEOUT_S}s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as err:
         raise LiaInputError("--scheduler", f"cannot connect to a Dask scheduler at '{scheduler}' ({err})",
                             "start one with 'dask scheduler' and give its tcp://HOST:PORT address") from None
@@ -103,7 +104,7 @@ def _run_dask(run: RunFn, points: Sequence[Any], scheduler: str, workers: Option
         futures = client.map(run_chunk, [run] * len(chunks), chunks, pure=False)
         index = {f.key: k for k, f in enumerate(futures)}
         results: list[Optional[list[Row]]] = [None] * len(chunks)
-        for future in dask_as_completed(futures):
+        for future in dask_as_completed(futures, loop=client.loop):
             k = index[future.key]
             results[k] = future.result()
             if progress:

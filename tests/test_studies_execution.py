@@ -63,8 +63,9 @@ def test_bad_executor_options_name_the_option(kwargs, field):
     assert err.value.field == field
 
 
-def test_unreachable_dask_scheduler_is_one_clear_error():
+def test_unreachable_dask_scheduler_is_one_clear_error(monkeypatch):
     pytest.importorskip("distributed")
+    monkeypatch.setattr("studies.executors.DASK_CONNECT_TIMEOUT_S", 2)
     with pytest.raises(LiaInputError, match="cannot connect"):
         run_points(lambda p: [], [1], executor="dask", scheduler="tcp://127.0.0.1:9")
 
