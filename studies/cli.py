@@ -39,6 +39,10 @@ def study(
     for study_name in names:
         spec = STUDIES[study_name]
         if replot:
+            reason = spec.unavailable(spec.full_grid) if spec.unavailable is not None else None
+            if reason and not (out / f"{spec.name}.csv").exists():
+                console.print(f"{spec.name}: nothing to redraw: {reason}")
+                continue
             files = plot_study(spec, out / f"{spec.name}.csv")
             console.print(f"{spec.name}: redrew {', '.join(str(f) for f in files)}")
             continue

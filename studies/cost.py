@@ -104,7 +104,7 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
         part = frame[(frame["input_len"] == li) & (frame["output_len"] == lo)].set_index(["machine", "model"])
         for c, (column, ylabel, fmt) in enumerate((
                 ("throughput_tokens_per_s", "best throughput (generated tokens/s, log)", fmt_tokens_per_s),
-                ("usd_per_million_tokens", "cost (USD per million generated tokens, log)", lambda v: f"${v:.3g}"))):
+                ("usd_per_million_tokens", "cost (USD per million generated tokens, log)", lambda v: f"\\${v:.3g}"))):
             ax = axes[r][c]
             values_all = []
             for k, machine in enumerate(machines):
@@ -135,8 +135,9 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
 
     def legend_label(m: str) -> str:
         where = "8 x A100 80 GB, tensor parallel" if m == DGX else "LIA optimum, CPU + 1 GPU"
-        return (f"{m} ({where}): ${prices.capex_usd(m) / 1000:,.0f}k, {prices.power_w(m) / 1000:.2f} kW, "
-                f"${prices.cost_per_hour_usd(m):.2f}/h")
+        # "\\$": a plain dollar sign, not matplotlib's mathtext delimiter
+        return (f"{m} ({where}): \\${prices.capex_usd(m) / 1000:,.0f}k, {prices.power_w(m) / 1000:.2f} kW, "
+                f"\\${prices.cost_per_hour_usd(m):.2f}/h")
 
     handles = [Patch(facecolor=colors[m], hatch="//" if m == DGX else None, edgecolor="white", label=legend_label(m))
                for m in machines]

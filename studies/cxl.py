@@ -142,7 +142,7 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
                 lines = [f"largest batch: {_int(rec['largest_batch_ddr_only'])} -> {_int(rec['largest_batch_with_cxl'])}"]
                 if rec["throughput_gain"] is not None and not pd.isna(rec["throughput_gain"]):
                     lines.append(f"best throughput: x{rec['throughput_gain']:.2f} with CXL")
-                ax.text(0.03, 0.97, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize=8,
+                ax.text(0.97, 0.04, "\n".join(lines), transform=ax.transAxes, va="bottom", ha="right", fontsize=8,
                         bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "#cccccc"})
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)

@@ -146,7 +146,8 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
             ylabels.append(f"{m.upper()}  {li}/{lo}")
     scenarios = _order(frame["scenario"], SCENARIOS)
     columns = ["optimum", *SHOWN_BASELINES]
-    fig, axes = figure(len(scenarios), len(columns), 3.3 * len(columns) + 1.5, 0.36 * len(ykeys) * len(scenarios) + 2.2)
+    fig, axes = figure(len(scenarios), len(columns), 3.9 * len(columns) + 1.2, 0.42 * len(ykeys) * len(scenarios) + 1.8,
+                       layout="constrained")
     norm = mcolors.TwoSlopeNorm(vmin=-2.0, vcenter=0.0, vmax=2.0)   # log10(speedup): 1/100x .. 100x
     cmap = __import__("matplotlib").colormaps["PuOr"]
     image = None
@@ -173,7 +174,7 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
                             texts[i][j] = f"{fmt_tokens_per_s(float(row['value']))}\nB={int(row['batch'])}" \
                                 if scenario == "throughput_max_batch" else fmt_tokens_per_s(float(row["value"]))
                     elif not bool(row["feasible"]):
-                        texts[i][j] = "does not fit"
+                        texts[i][j] = "does not\nfit"
                     elif pd.isna(row["speedup"]):
                         texts[i][j] = "(no optimum)"
                     else:
@@ -191,8 +192,10 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
                                 linewidth=0))
             for i in range(len(ykeys)):
                 for j in range(len(systems)):
-                    ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=6.3,
-                            color="#555555" if np.isnan(values[i, j]) and plan != "optimum" else "black")
+                    dark = not np.isnan(values[i, j]) and abs(values[i, j]) > 1.2   # dark cell: white text
+                    ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=6.5, linespacing=0.95,
+                            color="#555555" if np.isnan(values[i, j]) and plan != "optimum" else
+                            ("white" if dark else "black"))
             ax.set_xticks(range(len(systems)), systems, fontsize=7.5)
             ax.xaxis.tick_top()
             ax.set_yticks(range(len(ykeys)), ylabels if c == 0 else [""] * len(ykeys), fontsize=7)
@@ -200,15 +203,16 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
                 ax.axhline(boundary * len(ykeys) / len(models) - 0.5, color="black", linewidth=0.8)
             unit = "latency" if scenario == "latency_b1" else "tokens/s"
             title = (f"optimum: {unit}" if plan == "optimum" else f"speedup over {PLAN_NAMES[plan]}")
-            ax.set_title(f"{SCENARIO_TITLES[scenario]}\n{title}", fontsize=8.5, pad=18)
+            ax.set_title(f"{SCENARIO_TITLES[scenario]}\n{title}", fontsize=8.5, pad=4)
+            ax.tick_params(axis="x", length=0, pad=2)
         axes[r][0].set_ylabel("model  L_in/L_out (tokens)")
     if image is not None:
-        bar = fig.colorbar(image, ax=[a for row in axes for a in row[1:]], shrink=0.5, pad=0.01, aspect=40)
+        bar = fig.colorbar(image, ax=[a for row in axes for a in row], shrink=0.4, pad=0.01, aspect=40)
         ticks = [-2, -1, 0, 1, 2]
         bar.set_ticks(ticks, labels=[f"{10.0 ** t:g}x" for t in ticks])
         bar.set_label("how many times better the optimum is (log scale)")
     fig.suptitle("End to end: the optimal plan vs FlexGen-like, IPEX and GPU-only (cost model, overlap mode); "
-                 "hatched: the baseline does not fit memory", fontsize=10)
+                 "hatched: the baseline does not fit memory", fontsize=10.5)
     return fig
 
 

@@ -74,8 +74,8 @@ def _device(point: Point) -> tuple[Any, str]:
     if point.profile_kind == "calibrated":
         spec = load_system(str(PROFILE_DIR / "systems" / point.profile))
         device = spec.cpu if point.device_kind == "cpu" else spec.gpu
-        host = spec.provenance.host if spec.provenance is not None else point.profile
-        return device, f"{device.name} (calibrated on {host})"
+        kind = f"{spec.cpu.cores}-core CPU" if point.device_kind == "cpu" else "GPU"
+        return device, f"{spec.name.replace('-calibrated', '')} {kind} (calibrated)"
     device = load_device(point.device_kind, point.profile)
     return device, f"{device.name} (datasheet)"
 
@@ -122,16 +122,29 @@ ENGINE_STYLE = {"amx_bf16": "-", "avx512_bf16": "--", "avx512_fp32": ":", "sve2_
                 "bf16_tensor_core": "-"}
 
 
+def _calibrated_on(file: str) -> str:
+    path = PROFILE_DIR / "systems" / file
+    if not path.exists():
+        return file
+    spec = load_system(str(path))
+    return f"{spec.name} on {spec.provenance.host}, {spec.provenance.date[:10]}" if spec.provenance else spec.name
+
+
 def _label(row: pd.Series) -> str:
-    name = row["device"].replace(" (datasheet)", "")
+    name = str(row["device"]).replace(" (datasheet)", "")
     return f"{name}: {ENGINE_NAMES.get(row['engine'], row['engine'])}"
 
 
 def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
-    from studies.plotting import figure
+    import matplotlib.pyplot as plt
 
-    fig, axes = figure(1, 3, 15.5, 6.2, gridspec_kw={"width_ratios": [1.35, 1, 1]})
-    curve, gemm_ax, gemv_ax = axes[0]
+    from studies.plotting import STYLE
+
+    plt.rcParams.update(STYLE)
+    fig = plt.figure(figsize=(15, 11.5))
+    grid_spec = fig.add_gridspec(2, 2, height_ratios=[1, 1.1])
+    curve = fig.add_subplot(grid_spec[0, :])
+    gemm_ax, gemv_ax = fig.add_subplot(grid_spec[1, 0]), fig.add_subplot(grid_spec[1, 1])
     frame = frame.copy()
     frame["label"] = frame.apply(_label, axis=1)
     series = frame.groupby(["device_kind", "device", "engine"], sort=True)
@@ -141,20 +154,20 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
         part = part.sort_values("rows")
         calibrated = part["profile_kind"].iloc[0] == "calibrated"
         curve.plot(part["rows"], part["tflops"], ENGINE_STYLE.get(engine, "-"), color=colors[device],
-                   marker="o" if calibrated else None, markersize=3, linewidth=1.4, label=part["label"].iloc[0])
+                   marker="o" if calibrated else None, markersize=3.5, linewidth=1.6, label=part["label"].iloc[0])
     curve.set_xscale("log", base=2)
     curve.set_yscale("log")
     curve.set_xlabel("rows M of the product (batch x new tokens)")
-    curve.set_ylabel("achieved throughput (TFLOPS, bf16 unless fp32)")
-    curve.set_title("linear layer 12288 x 49152 (OPT-175B fc1) vs rows")
-    curve.legend(loc="upper left", fontsize=6.5, ncol=1, framealpha=0.9)
+    curve.set_ylabel("achieved throughput (TFLOPS)")
+    curve.set_title("linear layer 12288 x 49152 (OPT-175B fc1) over M rows: bf16, except AVX-512 fp32")
+    curve.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7.5, ncol=1, frameon=False)
 
     def bars(ax, rows: int, column: str, xlabel: str, title: str, fmt: str) -> None:
         part = frame[frame["rows"] == rows].sort_values(["device_kind", column], ascending=[True, True])
         y = np.arange(len(part))
         hatches = ["//" if k == "calibrated" else "" for k in part["profile_kind"]]
         ax.barh(y, part[column], color=[colors[d] for d in part["device"]], hatch=hatches, edgecolor="white")
-        ax.set_yticks(y, part["label"], fontsize=7)
+        ax.set_yticks(y, part["label"], fontsize=7.5)
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_title(title)
@@ -164,14 +177,16 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
         ax.set_xlim(part[column].min() / 2, part[column].max() * 4)
 
     bars(gemm_ax, GEMM_ROWS, "tflops", "throughput (TFLOPS, log)", f"GEMM: {GEMM_ROWS} rows", "{:.3g}")
-    bars(gemv_ax, GEMV_ROWS, "effective_gbps", "weights streamed (GB/s, log)", "GEMV: 1 row (decode, B = 1)",
-         "{:.3g}")
+    bars(gemv_ax, GEMV_ROWS, "effective_gbps", "bytes moved per second (GB/s, log)", "GEMV: 1 row (decode, B = 1)",
+         "{:,.0f}")
     if (frame["profile_kind"] == "calibrated").any():
-        note = "hatched bars and curves with markers: calibrated profiles; the rest: datasheet profiles"
+        dates = ", ".join(sorted(_calibrated_on(p) for p in frame.loc[frame["profile_kind"] == "calibrated",
+                                                                     "profile"].unique()))
+        note = f"hatched bars and curves with markers: calibrated profiles ({dates}); the rest: datasheet profiles"
     else:
         note = "no calibrated profile (hwprofiles/systems/*calibrated*.yaml) yet: datasheet profiles only"
     fig.suptitle("Microbenchmarks from the hardware profiles, through the cost model's roofline\n" + note, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 
 

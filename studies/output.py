@@ -39,4 +39,15 @@ def save_figure(fig, stem: Path) -> list[Path]:
         fig.savefig(png, dpi=110, metadata={"Software": None})
         fig.savefig(svg, metadata={"Date": None, "Creator": None})
     plt.close(fig)
+    _palette_png(png)
     return [png, svg]
+
+
+def _palette_png(path: Path) -> None:
+    """Re-save a PNG with a 256-colour palette: a third of the size, no visible change for line and bar
+    charts (the committed figures stay small)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        quantized = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    quantized.save(path, optimize=True)

@@ -42,9 +42,9 @@ def figure(nrows: int, ncols: int, width_in: float, height_in: float, **kwargs):
 
 
 def fmt_tokens_per_s(value: float) -> str:
-    if value >= 100:
+    if value >= 99.95:
         return f"{value:,.0f}"
-    if value >= 10:
+    if value >= 9.995:
         return f"{value:.1f}"
     return f"{value:.2f}"
 

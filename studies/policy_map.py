@@ -142,7 +142,7 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
             table = part.pivot(index="batch", columns="input_len", values=stage).reindex(index=batches, columns=lens)
             codes = table.apply(lambda col: col.map(lambda v: index.get(v, index[NOTHING_FITS]))).to_numpy()
             ax.pcolormesh(_edges(lens), _edges(batches), codes, cmap=cmap, vmin=-0.5, vmax=len(categories) - 0.5,
-                          edgecolors="face", linewidth=0)
+                          edgecolors="face", linewidth=0, rasterized=True)   # SVG: one image, not 400 cells
             # hatch the cells where nothing fits, so white is not read as a policy
             xe, ye = _edges(lens), _edges(batches)
             for i, j in zip(*np.nonzero(codes == index[NOTHING_FITS])):
@@ -171,7 +171,7 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
     rows_legend = (len(used) + 1) // 2
     fig.suptitle(f"Optimal policy of the streamed layers: {grid.model.upper()}, L_out = {grid.output_len}, "
                  f"latency objective at each (B, L_in)", fontsize=10.5)
-    fig.tight_layout(rect=(0, 0.02 + 0.019 * rows_legend, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.015 + 0.0165 * rows_legend, 1, 0.97))
     return fig
 
 

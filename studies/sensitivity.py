@@ -139,7 +139,7 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
     grid = grid or FULL
     systems = [s for s in grid.systems if s in set(frame["system"])] or sorted(frame["system"].unique())
     flips = policy_flips(frame)
-    fig, axes = figure(len(systems), 2, 15.5, 3.6 * len(systems) + 1.3)
+    fig, axes = figure(len(systems), 2, 17.5, 3.6 * len(systems) + 1.3)
     lo_f, hi_f = frame["factor"].min(), frame["factor"].max()
     for r, system in enumerate(systems):
         for c, objective in enumerate(OBJECTIVES):
@@ -170,8 +170,10 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
                                 ha="left" if v > 0 else "right", fontsize=7)
                 f = flips[(flips["system"] == system) & (flips["objective"] == objective)
                           & (flips["parameter"] == parameter)]
-                marks = ", ".join(f"x{b:g}" for b in f["to_factor"])
-                ax.annotate(f"flips at {marks}" if marks else "no flip", xy=(1.01, k),
+                if all(not (v == v) or abs(v) < 0.05 for v in (lo_v, hi_v)):
+                    ax.text(span * 0.03, k, "no effect", va="center", ha="left", fontsize=7, color="#666666")
+                marks = ", ".join(f"{a:g}-{b:g}" for a, b in zip(f["from_factor"], f["to_factor"]))
+                ax.annotate(f"flips: x{marks}" if marks else "no flip", xy=(1.03, k),
                             xycoords=("axes fraction", "data"), va="center", ha="left", fontsize=7,
                             color="#333333")
             b0 = float(base["value"].iloc[0]) if len(base) else float("nan")
@@ -187,8 +189,8 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
     steps = ", ".join(f"x{f:g}" for f in sorted(frame["factor"].unique()))
     fig.suptitle(f"Sensitivity of the optimum ({grid.model.upper()}, L_in = {grid.input_len}, L_out = "
                  f"{grid.output_len}) to each hardware parameter scaled x{lo_f:g} and x{hi_f:g}\n"
-                 f"right of each panel: the factors at which the optimal (prefill, decode) policy pair changes, "
-                 f"on the grid {steps}", fontsize=10)
+                 f"right of each panel: between which factors the optimal (prefill, decode) policy pair changes "
+                 f"(e.g. x0.5-0.625), on the grid {steps}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95), w_pad=2.0)
     return fig
 

@@ -1,11 +1,13 @@
 """validation: predicted vs measured, from the committed validation data of the runtime (when present).
 
-Where the data is: the CSV path that docs/runtime.md names (the first ``*.csv`` path in it that exists),
-else validation/results.csv. When neither exists the study says so and writes nothing: it never makes
-numbers up. Any pair of columns ``predicted_X`` / ``measured_X`` (or ``X_predicted`` / ``X_measured``)
-is a metric X; every other column of the file that is not a number pair is kept as an identifying field
-(system, model, batch, plan, ...). Each output row is one (input row, metric) with its relative error
-(predicted - measured) / measured.
+Where the data is: the CSV path that docs/runtime.md names (the first ``*.csv`` path in it that exists;
+the runtime documents runtime/validation/results.csv), else validation/results.csv. When neither exists the
+study says so and writes nothing: it never makes numbers up. Any pair of columns ``predicted_X`` /
+``measured_X`` or ``X_predicted`` / ``X_measured`` is a metric X (the runtime's per-sublayer times are
+``{stage}_{sublayer}_ms_predicted`` / ``_measured``, with the device in ``{stage}_{sublayer}_dev``); the
+additive-mode prediction ``predicted_latency_additive_s`` is compared with ``measured_latency_s``, so the
+paper's serial sum and the overlap model can be told apart. Each output row is one (point, metric) that has
+both numbers, with the relative error (predicted - measured) / measured.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from studies.framework import Row, Study
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CSV = Path("validation/results.csv")
 RUNTIME_DOC = Path("docs/runtime.md")
-ID_COLUMNS = ("system", "model", "plan", "label", "mode", "batch", "input_len", "output_len", "stage", "sublayer",
-              "host", "gpu", "device")
+ID_COLUMNS = ("point_id", "model", "num_layers", "batch", "input_len", "output_len", "gpu_memory_gib", "plan_label")
+SUBLAYER_METRIC = re.compile(r"^(prefill|decode)_(qkv|attn_score|attn_context|out_proj|fc1|fc2)_ms$")
+HEADLINE_METRICS = ("ttft_s", "tpot_mean_s", "latency_s", "latency_additive_s", "throughput_tokens_per_s")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ def metric_pairs(columns: list[str]) -> dict[str, tuple[str, str]]:
             if (pred.startswith("predicted_") and meas.startswith("measured_") and meas in cols) or \
                     (pred.endswith("_predicted") and meas.endswith("_measured") and meas in cols):
                 pairs[metric] = (pred, meas)
+    if "predicted_latency_additive_s" in cols and "measured_latency_s" in cols:
+        pairs["latency_additive_s"] = ("predicted_latency_additive_s", "measured_latency_s")
     return dict(sorted(pairs.items()))
 
 
@@ -96,56 +101,101 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def _number(value: Any) -> Optional[float]:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(out) else out
+
+
 def run(point: Point) -> list[Row]:
     fields = dict(point.fields)
-    pairs = metric_pairs(list(fields))
-    used = {c for pair in pairs.values() for c in pair}
     ident = {c: fields.get(c) for c in ID_COLUMNS}
-    other = "; ".join(f"{c}={v}" for c, v in fields.items() if c not in used and c not in ID_COLUMNS)
     out = []
-    for metric, (pcol, mcol) in pairs.items():
-        pred, meas = fields[pcol], fields[mcol]
-        ok = pred is not None and meas is not None and float(meas) != 0.0
-        out.append({"source": point.source, "row": point.row_index, **ident, "other_fields": other,
-                    "metric": metric, "predicted": pred, "measured": meas,
-                    "error_pct": (float(pred) - float(meas)) / float(meas) * 100.0 if ok else None})
+    for metric, (pcol, mcol) in metric_pairs(list(fields)).items():
+        pred, meas = _number(fields[pcol]), _number(fields[mcol])
+        if pred is None or meas is None:
+            continue   # a skipped point, or a sublayer that did not run: nothing to compare
+        match = SUBLAYER_METRIC.match(metric)
+        out.append({"source": point.source, "row": point.row_index, **ident,
+                    "kind": "sublayer" if match else "headline", "stage": match.group(1) if match else None,
+                    "sublayer": match.group(2) if match else None,
+                    "device": fields.get(f"{metric[:-3]}_dev") if match else None, "metric": metric,
+                    "predicted": pred, "measured": meas,
+                    "error_pct": (pred - meas) / meas * 100.0 if meas != 0.0 else None})
     return out
 
 
-COLUMNS = ("source", "row", *ID_COLUMNS, "other_fields", "metric", "predicted", "measured", "error_pct")
+COLUMNS = ("source", "row", *ID_COLUMNS, "kind", "stage", "sublayer", "device", "metric", "predicted", "measured",
+           "error_pct")
+
+
+PANEL_TITLES = {"ttft_s": "time to first token", "tpot_mean_s": "mean time per output token",
+                "latency_s": "end-to-end latency, overlap model",
+                "latency_additive_s": "end-to-end latency, additive model (the paper's serial sum)",
+                "throughput_tokens_per_s": "throughput", "sublayer": "per-sublayer times (prefill and decode)"}
 
 
 def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
+    import matplotlib
+    from matplotlib.lines import Line2D
+
     from studies.plotting import figure
 
-    metrics = sorted(frame["metric"].unique())
-    fig, axes = figure(1, len(metrics), 4.6 * len(metrics), 4.8)
-    cmap = __import__("matplotlib").colormaps["tab10"]
-    for k, metric in enumerate(metrics):
-        ax = axes[0][k]
-        part = frame[(frame["metric"] == metric)].dropna(subset=["predicted", "measured"])
-        groups = part.groupby(part["system"].fillna("?") if part["system"].notna().any() else part["metric"])
-        for g, (name, sub) in enumerate(groups):
-            ax.scatter(sub["measured"], sub["predicted"], s=18, color=cmap(g % 10), label=str(name), alpha=0.85)
-        lo = float(np.nanmin(part[["predicted", "measured"]].to_numpy())) if len(part) else 1e-3
-        hi = float(np.nanmax(part[["predicted", "measured"]].to_numpy())) if len(part) else 1.0
-        lo, hi = lo / 1.5, hi * 1.5
+    frame = frame.copy()
+    frame["panel"] = np.where(frame["kind"] == "sublayer", "sublayer", frame["metric"])
+    panels = [p for p in (*HEADLINE_METRICS, "sublayer") if p in set(frame["panel"])]
+    panels += sorted(set(frame["panel"]) - set(panels))
+    ncols = 3
+    nrows = (len(panels) + ncols - 1) // ncols
+    fig, axes = figure(nrows, ncols, 15, 4.6 * nrows + 1.2)
+    labels = sorted(frame["plan_label"].dropna().astype(str).unique())
+    cmap = matplotlib.colormaps["tab10"]
+    colors = {lab: cmap(k % 10) for k, lab in enumerate(labels)}
+    markers = dict(zip(sorted(frame["model"].dropna().astype(str).unique()), "osD^v<>"))
+    device_colors = {"cpu": "#b2182b", "gpu": "#2166ac"}
+    for k, panel in enumerate(panels):
+        ax = axes[k // ncols][k % ncols]
+        part = frame[frame["panel"] == panel]
+        if panel == "sublayer":
+            for dev, sub in part.groupby(part["device"].fillna("?").astype(str)):
+                ax.scatter(sub["measured"], sub["predicted"], s=9, alpha=0.55,
+                           color=device_colors.get(dev, "#777777"), label=f"sublayer on {dev.upper()}")
+            ax.legend(fontsize=7, loc="lower right")
+        else:
+            for (lab, model), sub in part.groupby([part["plan_label"].astype(str), part["model"].astype(str)]):
+                ax.scatter(sub["measured"], sub["predicted"], s=22, alpha=0.85, color=colors.get(lab, "#777777"),
+                           marker=markers.get(model, "o"), edgecolor="white", linewidth=0.4)
+        values = part[["predicted", "measured"]].to_numpy(dtype=float)
+        values = values[values > 0]
+        lo, hi = (values.min() / 1.6, values.max() * 1.6) if len(values) else (1e-3, 1.0)
         xs = np.geomspace(lo, hi, 50)
-        ax.plot(xs, xs, "k-", linewidth=0.8, label="predicted = measured")
-        ax.fill_between(xs, xs * 0.8, xs * 1.2, color="grey", alpha=0.15, label="+-20%")
+        ax.plot(xs, xs, "k-", linewidth=0.8)
+        ax.fill_between(xs, xs * 0.8, xs * 1.2, color="grey", alpha=0.15, linewidth=0)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
-        unit = metric.rsplit("_", 1)[-1] if "_" in metric else ""
-        ax.set_xlabel(f"measured {metric}" + (f" ({unit})" if unit in ("s", "ms", "us") else ""))
-        ax.set_ylabel(f"predicted {metric}")
-        mape = float(np.nanmean(np.abs(part["error_pct"]))) if len(part) else float("nan")
-        ax.set_title(f"{metric}: mean |error| {mape:.1f}% over {len(part)} rows", fontsize=9.5)
-        ax.legend(fontsize=7, loc="upper left")
+        unit = "ms" if panel == "sublayer" else ("tokens/s" if panel.startswith("throughput") else "s")
+        ax.set_xlabel(f"measured ({unit})")
+        ax.set_ylabel(f"predicted ({unit})")
+        errors = part["error_pct"].abs()
+        ax.set_title(f"{PANEL_TITLES.get(panel, panel)}\nmean |error| {errors.mean():.0f}%, median "
+                     f"{errors.median():.0f}% over {len(part)} " + ("sublayer times" if panel == "sublayer"
+                                                                     else "points"), fontsize=9)
+    for k in range(len(panels), nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    handles = [Line2D([], [], linestyle="", marker="o", color=colors[lab], label=f"plan {lab}") for lab in labels]
+    handles += [Line2D([], [], linestyle="", marker=m, color="#555555", label=model.upper())
+                for model, m in markers.items()]
+    handles += [Line2D([], [], color="black", linewidth=0.8, label="predicted = measured"),
+                matplotlib.patches.Patch(color="grey", alpha=0.3, label="within +-20%")]
+    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=7.5, frameon=False)
     sources = ", ".join(sorted(frame["source"].unique()))
-    fig.suptitle(f"Cost model vs measurement ({sources})", fontsize=10.5)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.suptitle(f"Cost model vs measurement on the GPU host ({sources}); the models run a subset of their layers "
+                 "where num_layers says so", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     return fig
 
 
