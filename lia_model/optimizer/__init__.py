@@ -69,10 +69,12 @@ def _check_solver(solver: str) -> str:
 
 
 def largest_feasible_batch(system: SystemSpec, model: ModelSpec, input_len: int, output_len: int,
-                           cap: int = BATCH_SEARCH_CAP) -> Optional[int]:
-    """Largest batch for which some plan fits memory (None when even B=1 does not)."""
+                           cap: int = BATCH_SEARCH_CAP, all_resident: bool = False) -> Optional[int]:
+    """Largest batch for which some plan fits memory (None when even B=1 does not); with ``all_resident``
+    the largest for which the whole model stays on the GPU."""
     def fits(b: int) -> bool:
-        return any_plan_fits_memory(system, model, Workload(batch=b, input_len=input_len, output_len=output_len))
+        return any_plan_fits_memory(system, model, Workload(batch=b, input_len=input_len, output_len=output_len),
+                                    all_resident=all_resident)
 
     if not fits(1):
         return None
@@ -84,19 +86,22 @@ def largest_feasible_batch(system: SystemSpec, model: ModelSpec, input_len: int,
 
 def batch_candidates(system: SystemSpec, model: ModelSpec, workload: Workload,
                      max_batch: Optional[int] = None) -> tuple[int, ...]:
-    """Powers of two up to the largest batch that fits (capped by max_batch), plus that batch."""
-    top = largest_feasible_batch(system, model, workload.input_len, workload.output_len,
-                                 cap=max_batch or BATCH_SEARCH_CAP)
+    """Powers of two up to the largest batch that fits (capped by max_batch), plus that batch, plus the
+    largest batch at which every layer can stay GPU-resident (where the all-GPU regime peaks)."""
+    cap = max_batch or BATCH_SEARCH_CAP
+    top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=cap)
     if top is None:
         return ()
-    out = []
+    out = {top}
     b = 1
     while b <= top:
-        out.append(b)
+        out.add(b)
         b *= 2
-    if out[-1] != top:
-        out.append(top)
-    return tuple(out)
+    resident_top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=cap,
+                                          all_resident=True)
+    if resident_top is not None:
+        out.add(resident_top)
+    return tuple(sorted(out))
 
 
 def solve_latency(system: SystemSpec, model: ModelSpec, workload: Workload, *, tpot_max_s: Optional[float],

@@ -165,11 +165,13 @@ def enumerate_optimum(tables: SpaceTables, tpot_max_s: Optional[float] = None,
     return EnumeratedOptimum(plan, value, None)
 
 
-def any_plan_fits_memory(system: SystemSpec, model: ModelSpec, workload: Workload) -> bool:
-    """Whether some plan of the space fits every tier. The policies' smallest footprint is all-CPU in
-    both stages (no streaming buffers, no KV staging), so only N_res, n and the tiers need trying."""
+def any_plan_fits_memory(system: SystemSpec, model: ModelSpec, workload: Workload,
+                         all_resident: bool = False) -> bool:
+    """Whether some plan of the space fits every tier (with ``all_resident``: some plan keeping every layer
+    on the GPU). The policies' smallest footprint is all-CPU in both stages (no streaming buffers, no KV
+    staging), so only N_res, n and the tiers need trying."""
     n_layers = model.num_layers
-    resident = np.arange(n_layers + 1, dtype=float)
+    resident = np.arange(n_layers if all_resident else 0, n_layers + 1, dtype=float)
     streamed = n_layers - resident
     tiers = tier_candidates(system)
     for n in minibatch_candidates(workload.batch):

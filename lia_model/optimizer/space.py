@@ -7,7 +7,7 @@ The space (for one batch B):
   weight tier, KV tier              DDR, or CXL where the system has it
 fixed: pinned weights, weight prefetch overlap (never slower in the model), and the CPU's best ISA.
 For the throughput objectives B is chosen too, from ``batch_candidates``: powers of two up to the largest
-batch that fits, plus that largest batch.
+batch that fits, that largest batch, and the largest batch at which every layer stays GPU-resident.
 
 ``SpaceTables`` holds, per combination of the discrete knobs other than the policies and N_res, the
 affine cost forms of a streamed layer (costterms), the resident layer's times and the memory constants.
