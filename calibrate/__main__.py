@@ -3,22 +3,17 @@ lack the optimiser's dependencies). Same options as ``lia calibrate``."""
 
 from __future__ import annotations
 
-import sys
 
 import typer
 
 from calibrate.cli import calibrate_command
-from lia_model.errors import LiaInputError
+from lia_model.cli_common import run_guarded
 
 
 def main() -> None:
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(calibrate_command)
-    try:
-        app()
-    except LiaInputError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
+    run_guarded(app)
 
 
 if __name__ == "__main__":

@@ -90,15 +90,21 @@ def memory_read_gbps(rows: list[dict], isas: list[str]) -> tuple[float, str]:
     return best, where
 
 
-def _isa_points(rows: list[dict], isa: str) -> tuple[list[Measured], list[Measured], list[dict], list[dict]]:
-    lin = [r for r in _rows(rows, family="cpu_matmul", isa=isa) if "ipex" not in str(r["backend"])]
-    att = _rows(rows, family="cpu_attention", isa=isa)
+def measured_points(lin: list[dict], att: list[dict]) -> tuple[list[Measured], list[Measured]]:
+    """Linear and attention rows as the fit's points, bytes counted as the cost model counts them."""
     lin_pts = [Measured(int(r["tokens"]), float(r["flops"]), linear_bytes(int(r["tokens"]), int(r["k"]), int(r["n"])),
                         float(r["time_s"])) for r in lin]
     att_pts = [Measured(int(r["q"]), float(r["flops"]),
                         attention_bytes(int(r["batch"]), int(r["heads"]), int(r["q"]), int(r["s"]), int(r["head_dim"]),
                                         softmax=r["op"] == "context"),
                         float(r["time_s"])) for r in att]
+    return lin_pts, att_pts
+
+
+def _isa_points(rows: list[dict], isa: str) -> tuple[list[Measured], list[Measured], list[dict], list[dict]]:
+    lin = [r for r in _rows(rows, family="cpu_matmul", isa=isa) if "ipex" not in str(r["backend"])]
+    att = _rows(rows, family="cpu_attention", isa=isa)
+    lin_pts, att_pts = measured_points(lin, att)
     return lin_pts, att_pts, lin, att
 
 
@@ -265,12 +271,7 @@ def gpu_spec(ctx: Context, rows: list[dict]) -> dict[str, Any]:
     overhead = _rows(rows, family="gpu_overhead")
     overhead_us = rounded(overhead_seconds(overhead) / S_PER_US, 4) if overhead else 0.0
     overhead_s = overhead_us * S_PER_US
-    lin_pts = [Measured(int(r["tokens"]), float(r["flops"]), linear_bytes(int(r["tokens"]), int(r["k"]), int(r["n"])),
-                        float(r["time_s"])) for r in lin]
-    att_pts = [Measured(int(r["q"]), float(r["flops"]),
-                        attention_bytes(int(r["batch"]), int(r["heads"]), int(r["q"]), int(r["s"]), int(r["head_dim"]),
-                                        softmax=r["op"] == "context"),
-                        float(r["time_s"])) for r in att]
+    lin_pts, att_pts = measured_points(lin, att)
     peak_tflops = rounded(peak_rate(lin_pts + att_pts) / FLOPS_PER_TFLOPS)
     peak = peak_tflops * FLOPS_PER_TFLOPS
     best = max(lin + att, key=lambda r: r["flops"] / r["time_s"])

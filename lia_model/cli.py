@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,7 +11,7 @@ from rich.table import Table
 
 from lia_model.cli_common import (
     BatchOpt, InputOpt, JsonOpt, ModeOpt, ModelOpt, OutputOpt, SetOpt, SystemOpt, console, load_inputs, load_plan,
-    parse_mode,
+    parse_mode, run_guarded,
 )
 from lia_model.errors import LiaInputError
 
@@ -146,11 +145,7 @@ _register_optional_commands()
 
 
 def main() -> None:
-    try:
-        app()
-    except LiaInputError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
+    run_guarded(app)
 
 
 if __name__ == "__main__":

@@ -66,3 +66,12 @@ def load_plan(path: str):
         raise from_validation_error(err, path, Plan) from None
 
 
+
+
+def run_guarded(app: typer.Typer) -> None:
+    """Run a typer app; bad input ends with one ``error:`` line and exit code 2, never a traceback."""
+    try:
+        app()
+    except LiaInputError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
