@@ -9,8 +9,7 @@ has no source. Efficiency curves are size-dependent tables, interpolated in log2
 from __future__ import annotations
 
 import math
-from enum import Enum
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -233,15 +232,3 @@ class SystemSpec(Sourced):
     @property
     def has_cxl(self) -> bool:
         return self.cxl is not None
-
-
-class DeviceKind(str, Enum):
-    CPU = "cpu"
-    GPU = "gpu"
-    LINK = "link"
-    MEMORY = "memory"
-
-
-def spec_summary(spec: BaseModel) -> dict[str, Any]:
-    """A plain dict of a spec (for display)."""
-    return spec.model_dump(mode="json")

@@ -103,11 +103,6 @@ def policy_in_words(p: tuple[Device, ...]) -> str:
     return f"GPU: {', '.join(on_gpu)}; CPU: {', '.join(on_cpu)}"
 
 
-def policy_index(p: tuple[Device, ...]) -> int:
-    """Integer code of a policy (bit i = sublayer i on CPU). Used to index enumeration tables."""
-    return sum(int(d) << i for i, d in enumerate(p))
-
-
 def policy_from_index(index: int) -> tuple[Device, ...]:
     return tuple(Device((index >> i) & 1) for i in range(NUM_SUBLAYERS))
 

@@ -11,24 +11,5 @@ BYTES_PER_GIB = float(2**30)
 FLOPS_PER_TFLOPS = 1e12
 BYTES_PER_S_PER_GBPS = 1e9
 S_PER_US = 1e-6
-S_PER_MS = 1e-3
-S_PER_NS = 1e-9
 BF16_BYTES = 2
-FP32_BYTES = 4
 
-
-def gb(n_bytes: float) -> float:
-    """Bytes to GB (1e9)."""
-    return n_bytes / BYTES_PER_GB
-
-
-def gib_to_bytes(n_gib: float) -> float:
-    return n_gib * BYTES_PER_GIB
-
-
-def gbps_to_bytes_per_s(gbps: float) -> float:
-    return gbps * BYTES_PER_S_PER_GBPS
-
-
-def tflops_to_flops_per_s(tflops: float) -> float:
-    return tflops * FLOPS_PER_TFLOPS

@@ -25,7 +25,7 @@ import numpy as np
 from lia_model.costmodel import stage_context
 from lia_model.costterms import CostMode, StageTerms, head_time_s, resident_layer_time, streamed_layer_terms
 from lia_model.hardware import SystemSpec
-from lia_model.memory import MemoryConstants, MemoryTier, memory_constants
+from lia_model.memory import MemoryConstants, memory_constants
 from lia_model.models import ModelSpec
 from lia_model.plan import ALL_GPU, CpuIsa, HostTier, Plan
 from lia_model.sublayers import Stage
@@ -114,10 +114,6 @@ def build_tables(system: SystemSpec, model: ModelSpec, workload: Workload,
             resident_decode = resident_layer_time(system, model, dctx)[0]
     return SpaceTables(system, model, workload, mode, combos, prefill, decode, resident_prefill, resident_decode,
                        head_time_s(system, model, workload.batch), memory)
-
-
-def available(tables: SpaceTables) -> dict[MemoryTier, float]:
-    return next(iter(tables.memory.values())).available_bytes
 
 
 def tidy_policies(prefill: tuple, decode: tuple, all_resident: bool, decode_steps: int) -> tuple[tuple, tuple]:
