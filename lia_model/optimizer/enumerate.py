@@ -114,9 +114,9 @@ def enumerate_optimum(tables: SpaceTables, tpot_max_s: Optional[float] = None,
                 best = (lat, combo, n_layers, 0, 0)
 
         rows = np.arange(n_layers)  # N_res = 0 .. N-1: at least one streamed layer
+        pair_time = prefill[_PP] + decode[_PD]                             # [4096]
+        pair_class = _PP & _PD                                             # sublayers on the CPU in both stages
         if exhaustive or tpot_max_s is not None:
-            pair_time = prefill[_PP] + decode[_PD]                         # [4096]
-            pair_class = _PP & _PD
             lat = resident_time[rows, None] + streamed[rows, None] * pair_time[None, :] + tables.head_total_s
             ok = host_ok[rows, None] & (hbm_base[rows, None] + extra[pair_class][None, :] <= hbm_avail)
             if tpot_max_s is not None and steps:
@@ -130,8 +130,6 @@ def enumerate_optimum(tables: SpaceTables, tpot_max_s: Optional[float] = None,
             if np.isfinite(value) and (best is None or value < best[0]):
                 best = (value, combo, int(rows[r]), int(_PP[pair]), int(_PD[pair]))
         else:
-            pair_time = prefill[_PP] + decode[_PD]
-            pair_class = _PP & _PD
             best_time = np.full(NUM_POLICIES, np.inf)
             np.minimum.at(best_time, pair_class, pair_time)
             best_pair = np.full(NUM_POLICIES, -1)
