@@ -126,7 +126,7 @@ def stage_context(workload: Workload, plan: Plan, stage: Stage, mode: CostMode) 
     else:
         q, contexts, n = 1, tuple(workload.decode_contexts()), 1
     return StageContext(batch=workload.batch, q=q, contexts=contexts, minibatches=n,
-                        weight_tier=plan.weight_tier, kv_tier=plan.kv_tier, cpu_isa=plan.cpu_isa,
+                        weight_tier=plan.weight_tier, kv_tier=plan.kv_tier, cpu_isa=plan.stage_cpu_isa(stage),
                         pinned_weights=plan.pinned_weights, overlap=plan.overlap, mode=mode)
 
 
@@ -163,9 +163,11 @@ def predict(system: SystemSpec, model: ModelSpec, workload: Workload, plan: Plan
     mode = CostMode(mode)
     make_workload(workload.batch, workload.input_len, workload.output_len, model)  # context limit check
     check_plan_against(plan, model.num_layers, workload.batch)
-    if plan.cpu_isa not in system.cpu.isa or not system.cpu.isa[plan.cpu_isa].present:
-        present = ", ".join(i.value for i, s in system.cpu.isa.items() if s.present)
-        raise LiaInputError("plan.cpu_isa", f"{system.cpu.name} has no {plan.cpu_isa.value}", f"use one of: {present}")
+    for isa_field in ("prefill_cpu_isa", "decode_cpu_isa"):
+        isa = getattr(plan, isa_field)
+        if isa not in system.cpu.isa or not system.cpu.isa[isa].present:
+            present = ", ".join(i.value for i, s in system.cpu.isa.items() if s.present)
+            raise LiaInputError(f"plan.{isa_field}", f"{system.cpu.name} has no {isa.value}", f"use one of: {present}")
     for tier_field in ("weight_tier", "kv_tier"):
         system.tier(getattr(plan, tier_field))  # raises a clear error when the tier does not exist
 

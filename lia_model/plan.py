@@ -11,7 +11,7 @@ from __future__ import annotations
 from enum import Enum, IntEnum
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictBool, model_validator
 
 from lia_model.errors import LiaInputError
 from lia_model.sublayers import NUM_SUBLAYERS, SUBLAYERS, Sublayer
@@ -108,24 +108,67 @@ def policy_from_index(index: int) -> tuple[Device, ...]:
 
 
 class Plan(BaseModel):
-    """One execution plan. Frozen: what the optimiser returns is what the runtime executes."""
+    """One execution plan. Frozen: what the optimiser returns is what the runtime executes.
+
+    The CPU ISA is chosen per stage (``prefill_cpu_isa``, ``decode_cpu_isa``): a GEMM of many prompt tokens
+    and a GEMV-like decode step can be fastest on different instruction sets. ``cpu_isa=X`` is accepted on
+    input (and in ``model_copy(update=...)``) as shorthand for both; ``plan.cpu_isa`` reads the ISA when both
+    stages use the same one.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     prefill_policy: Policy = Field(description="Where each sublayer runs in prefill (1 = CPU, 0 = GPU).")
     decode_policy: Policy = Field(description="Where each sublayer runs in decode (1 = CPU, 0 = GPU).")
     gpu_resident_layers: int = Field(
-        0, ge=0, description="The first N decoder layers keep weights and KV on the GPU and run all-GPU."
+        0, ge=0, strict=True, description="The first N decoder layers keep weights and KV on the GPU and run all-GPU."
     )
     prefill_minibatches: int = Field(
-        1, ge=1, description="The prefill batch is split into this many equal chunks that pipeline."
+        1, ge=1, strict=True, description="The prefill batch is split into this many equal chunks that pipeline."
     )
     weight_tier: HostTier = Field(HostTier.DDR, description="Host tier holding the streamed layers' weights.")
     kv_tier: HostTier = Field(HostTier.DDR, description="Host tier holding the streamed layers' KV cache.")
-    pinned_weights: bool = Field(True, description="Page-locked host weights: H2D copies are async DMA.")
-    overlap: bool = Field(True, description="Prefetch the next layer's weights into a second GPU buffer.")
-    cpu_isa: CpuIsa = Field(CpuIsa.AMX_BF16, description="Matrix ISA of the CPU sublayers.")
+    pinned_weights: StrictBool = Field(True, description="Page-locked host weights: H2D copies are async DMA.")
+    overlap: StrictBool = Field(True, description="Prefetch the next layer's weights into a second GPU buffer.")
+    prefill_cpu_isa: CpuIsa = Field(CpuIsa.AMX_BF16, description="Matrix ISA of the CPU sublayers in prefill.")
+    decode_cpu_isa: CpuIsa = Field(CpuIsa.AMX_BF16, description="Matrix ISA of the CPU sublayers in decode.")
     label: str = Field("", description="Free-text name (e.g. the baseline it reproduces); not a knob.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_isa_for_both_stages(cls, data: object) -> object:
+        """``cpu_isa: X`` (a plan of schema lia.plan/1, or shorthand) sets both stages' ISA."""
+        if isinstance(data, dict) and "cpu_isa" in data:
+            data = dict(data)
+            isa = data.pop("cpu_isa")
+            clash = [k for k in ("prefill_cpu_isa", "decode_cpu_isa") if k in data and data[k] != isa]
+            if clash:
+                raise ValueError(f"cpu_isa ({isa}) contradicts {clash[0]} ({data[clash[0]]}); give either cpu_isa "
+                                 "or prefill_cpu_isa and decode_cpu_isa")
+            data.setdefault("prefill_cpu_isa", isa)
+            data.setdefault("decode_cpu_isa", isa)
+        return data
+
+    def model_copy(self, *, update: "dict | None" = None, deep: bool = False) -> "Plan":
+        """As pydantic's, and ``update={"cpu_isa": X}`` sets both stages' ISA."""
+        if update and "cpu_isa" in update:
+            update = dict(update)
+            isa = CpuIsa(update.pop("cpu_isa"))
+            update.update(prefill_cpu_isa=isa, decode_cpu_isa=isa)
+        return super().model_copy(update=update, deep=deep)
+
+    @property
+    def cpu_isa(self) -> CpuIsa:
+        """The ISA of both stages; an error when they differ (read prefill_cpu_isa / decode_cpu_isa then)."""
+        if self.prefill_cpu_isa != self.decode_cpu_isa:
+            raise LiaInputError("plan.cpu_isa", f"the plan uses {self.prefill_cpu_isa.value} in prefill and "
+                                f"{self.decode_cpu_isa.value} in decode",
+                                "read prefill_cpu_isa and decode_cpu_isa (one ISA per stage)")
+        return self.prefill_cpu_isa
+
+    def stage_cpu_isa(self, stage: "object") -> CpuIsa:
+        """The CPU ISA of one stage (``lia_model.sublayers.Stage``)."""
+        return self.prefill_cpu_isa if getattr(stage, "value", stage) == "prefill" else self.decode_cpu_isa
 
     def describe(self) -> str:
         """Multi-line description in paper notation and in words."""
@@ -135,9 +178,15 @@ class Plan(BaseModel):
                 f"decode  {policy_notation(self.decode_policy)}  {policy_in_words(self.decode_policy)}",
                 f"GPU-resident layers {self.gpu_resident_layers}, prefill minibatches {self.prefill_minibatches}, "
                 f"weights in {self.weight_tier.value.upper()}, KV in {self.kv_tier.value.upper()}, "
-                f"pinned={self.pinned_weights}, overlap={self.overlap}, CPU ISA {self.cpu_isa.value}",
+                f"pinned={self.pinned_weights}, overlap={self.overlap}, CPU ISA {self._isa_words()}",
             ]
         )
+
+
+    def _isa_words(self) -> str:
+        if self.prefill_cpu_isa == self.decode_cpu_isa:
+            return self.prefill_cpu_isa.value
+        return f"{self.prefill_cpu_isa.value} (prefill) / {self.decode_cpu_isa.value} (decode)"
 
 
 def check_plan_against(plan: Plan, num_layers: int, batch: int) -> None:

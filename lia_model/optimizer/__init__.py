@@ -8,9 +8,7 @@ optionally under a bound on the mean time per output token (tpot_max_s).
 
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
@@ -20,13 +18,12 @@ from lia_model.costterms import CostMode
 from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
+from lia_model.optimizer.batch import BATCH_SEARCH_CAP, DEFAULT_MAX_SOLVES, largest_feasible_batch, search_batch
 from lia_model.optimizer.enumerate import any_plan_fits_memory, enumerate_optimum
-from lia_model.optimizer.infeasible import explain_memory_infeasibility, largest_feasible
+from lia_model.optimizer.infeasible import explain_memory_infeasibility
 from lia_model.optimizer.space import build_tables
 from lia_model.plan import Plan
 from lia_model.workload import Workload
-
-BATCH_SEARCH_CAP = 1 << 16
 
 
 class Objective(str, Enum):
@@ -51,7 +48,10 @@ class OptimizeResult:
     solver: str
     solve_time_s: float
     solver_objective_s: Optional[float] = None   # the ILP's own objective (latency at the chosen batch)
-    batches_tried: tuple[int, ...] = field(default_factory=tuple)
+    batches_tried: tuple[int, ...] = field(default_factory=tuple)   # batches solved exactly
+    largest_fitting_batch: Optional[int] = None    # throughput: the top of the batch range searched
+    batch_gap_bound: float = 0.0                   # throughput: no batch of the range beats this result by
+                                                   # more than this fraction (0.0: proven best batch)
 
 
 def parse_objective(value: str | Objective) -> Objective:
@@ -68,40 +68,13 @@ def _check_solver(solver: str) -> str:
     return solver.lower()
 
 
-def largest_feasible_batch(system: SystemSpec, model: ModelSpec, input_len: int, output_len: int,
-                           cap: int = BATCH_SEARCH_CAP, all_resident: bool = False) -> Optional[int]:
-    """Largest batch for which some plan fits memory (None when even B=1 does not); with ``all_resident``
-    the largest for which the whole model stays on the GPU."""
-    def fits(b: int) -> bool:
-        return any_plan_fits_memory(system, model, Workload(batch=b, input_len=input_len, output_len=output_len),
-                                    all_resident=all_resident)
-
-    if not fits(1):
-        return None
-    hi = 1
-    while hi < cap and fits(min(hi * 2, cap)):
-        hi = min(hi * 2, cap)
-    return largest_feasible(hi, min(hi * 2, cap), fits)
-
-
 def batch_candidates(system: SystemSpec, model: ModelSpec, workload: Workload,
                      max_batch: Optional[int] = None) -> tuple[int, ...]:
-    """Powers of two up to the largest batch that fits (capped by max_batch), plus that batch, plus the
-    largest batch at which every layer can stay GPU-resident (where the all-GPU regime peaks)."""
-    cap = max_batch or BATCH_SEARCH_CAP
-    top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=cap)
-    if top is None:
-        return ()
-    out = {top}
-    b = 1
-    while b <= top:
-        out.add(b)
-        b *= 2
-    resident_top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=cap,
-                                          all_resident=True)
-    if resident_top is not None:
-        out.add(resident_top)
-    return tuple(sorted(out))
+    """Every batch the throughput objective may choose: 1 .. the largest that fits memory (capped by
+    max_batch)."""
+    top = largest_feasible_batch(system, model, workload.input_len, workload.output_len,
+                                 cap=max_batch or BATCH_SEARCH_CAP)
+    return tuple(range(1, top + 1)) if top is not None else ()
 
 
 def solve_latency(system: SystemSpec, model: ModelSpec, workload: Workload, *, tpot_max_s: Optional[float],
@@ -127,8 +100,13 @@ def _no_plan(system: SystemSpec, model: ModelSpec, workload: Workload, tpot_max_
 
 def optimize(system: SystemSpec, model: ModelSpec, workload: Workload, objective: str | Objective = Objective.LATENCY,
              *, tpot_max_s: Optional[float] = None, solver: str = "cbc", mode: str | CostMode = CostMode.OVERLAP,
-             max_batch: Optional[int] = None) -> OptimizeResult:
-    """The optimal plan (exact with respect to the cost model over the plan space)."""
+             max_batch: Optional[int] = None, batch_solves: int = DEFAULT_MAX_SOLVES,
+             batch_rel_tol: float = 0.0) -> OptimizeResult:
+    """The optimal plan (exact with respect to the cost model over the plan space).
+
+    Throughput: the batch is searched over 1 .. the largest that fits (``max_batch`` caps it) by branch and
+    bound; ``batch_solves`` bounds the batches solved exactly, and the result's ``batch_gap_bound`` says how
+    much better any unsolved batch could be (0.0 when the search proved the best batch)."""
     objective = parse_objective(objective)
     solver = _check_solver(solver)
     mode = CostMode(mode)
@@ -144,35 +122,27 @@ def optimize(system: SystemSpec, model: ModelSpec, workload: Workload, objective
         return OptimizeResult(plan, workload, pred, objective, pred.latency_s, solver, time.perf_counter() - t0,
                               raw, (workload.batch,))
 
-    batches = batch_candidates(system, model, workload, max_batch)
-    if not batches:
+    # Throughput: the batch by branch and bound (batch.py); each batch it needs solved exactly is solved by
+    # the vectorised enumerator (exact, milliseconds), the chosen batch again by the requested solver.
+    def latency_at(wl: Workload) -> Optional[float]:
+        found = enumerate_optimum(build_tables(system, model, wl, mode), tpot_max_s=tpot_max_s)
+        return None if found is None else found.latency_s
+
+    search = search_batch(system, model, workload, tpot_max_s=tpot_max_s, mode=mode, solve=latency_at,
+                          cap=max_batch or BATCH_SEARCH_CAP, max_solves=batch_solves, rel_tol=batch_rel_tol)
+    if search.largest_fitting_batch is None:
         raise _no_plan(system, model, workload.model_copy(update={"batch": 1}), None)
-    best: Optional[tuple[float, Plan, Workload, Optional[float]]] = None
-    workloads = [workload.model_copy(update={"batch": b}) for b in batches]
-
-    def solve(wl: Workload):
-        return solve_latency(system, model, wl, tpot_max_s=tpot_max_s, solver=solver, mode=mode)
-
-    if solver == "enumerate":
-        results = [solve(wl) for wl in workloads]
-    else:
-        # Each batch is its own ILP; CBC runs as a subprocess, so threads solve them side by side.
-        with ThreadPoolExecutor(max_workers=min(len(workloads), os.cpu_count() or 1)) as pool:
-            results = list(pool.map(solve, workloads))
-    for wl, found in zip(workloads, results):
-        if found is None:
-            continue
-        b = wl.batch
-        plan, raw = found
-        throughput = b * wl.output_len / raw if raw else 0.0
-        if best is None or throughput > best[0]:
-            best = (throughput, plan, wl, raw)
-    if best is None:
-        raise _no_plan(system, model, workload.model_copy(update={"batch": batches[0]}), tpot_max_s)
-    _, plan, wl, raw = best
+    if search.batch is None:
+        raise _no_plan(system, model, workload.model_copy(update={"batch": 1}), tpot_max_s)
+    wl = workload.model_copy(update={"batch": search.batch})
+    found = solve_latency(system, model, wl, tpot_max_s=tpot_max_s, solver=solver, mode=mode)
+    if found is None:  # the enumerator found a plan at this batch; an exact solver cannot miss it
+        raise RuntimeError(f"{solver} found no plan at B={wl.batch} where the enumerator found one")
+    plan, raw = found
     pred = predict(system, model, wl, plan, mode)
     return OptimizeResult(plan, wl, pred, objective, pred.throughput_tokens_per_s, solver,
-                          time.perf_counter() - t0, raw, batches)
+                          time.perf_counter() - t0, raw, search.solved, search.largest_fitting_batch,
+                          search.gap_bound)
 
 
 __all__ = ["InfeasibleError", "Objective", "OptimizeResult", "SOLVERS", "batch_candidates", "largest_feasible_batch",

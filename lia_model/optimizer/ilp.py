@@ -12,6 +12,9 @@ N = num_layers, K = N - N_res streamed layers, S = L_out - 1 decode steps, c ind
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -22,8 +25,8 @@ import pulp
 from lia_model.costterms import ALL_POLICY_FEATURES, CPU, D2H, H2D, NUM_FEATURES, QKV_CPU_CTX_GPU, Affine
 from lia_model.errors import LiaInputError
 from lia_model.memory import MemoryTier
-from lia_model.optimizer.space import SpaceTables, template_plan, tidy_policies
-from lia_model.plan import Device, HostTier
+from lia_model.optimizer.space import Combo, SpaceTables, template_plan, tidy_plan
+from lia_model.plan import CpuIsa, Device, HostTier
 from lia_model.sublayers import NUM_SUBLAYERS
 
 _SCORE, _CTX = 1, 2
@@ -40,6 +43,40 @@ class IlpSolution:
     solve_time_s: float
     variables: int
     constraints: int
+
+
+_BANNER_LOCK = threading.Lock()
+_banner_done = False
+
+
+def _swallow_highs_banner() -> None:
+    """highspy prints a banner to the process's stdout (the C-level file descriptor 1) when the first Highs
+    object of the process is made, whatever the options; made once here with fd 1 pointing at /dev/null,
+    later objects print nothing, so ``lia plan --solver highs --json`` stays pure JSON."""
+    global _banner_done
+    with _BANNER_LOCK:
+        if _banner_done:
+            return
+        try:
+            import highspy
+        except ImportError:
+            return
+        sys.stdout.flush()
+        saved = os.dup(1)
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 1)
+                highspy.Highs()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        _banner_done = True
+
+
+def _solve_quietly(prob: pulp.LpProblem, solver) -> int:
+    if isinstance(solver, pulp.HiGHS):
+        _swallow_highs_banner()
+    return prob.solve(solver)
 
 
 def make_solver(name: str, time_limit_s: Optional[float] = None):
@@ -154,6 +191,40 @@ def _gated(prob: pulp.LpProblem, epigraph, form_const: float, form_coef: np.ndar
     prob += pulp.LpConstraint(pulp.LpAffineExpression(terms), pulp.LpConstraintGE, rhs=form_const - big_m, name=name)
 
 
+def _prefill_choices(tables: SpaceTables) -> list[tuple[Combo, CpuIsa]]:
+    """The (combo, prefill ISA) choices that can be optimal. (c1, i1) dominates (c2, i2) when both have the
+    same tiers and (c1, i1) is no worse in the streamed prefill time of any of the 64 policy vectors, in the
+    resident prefill time and in the workspace: swapping it in changes nothing else (decode, TPOT and the
+    other memory terms do not depend on n or the prefill ISA). Dropping dominated choices is exact."""
+    items = [(c, isa) for c in tables.combos for isa in tables.prefill[c]]
+    times = {(c, isa): tables.prefill[c][isa].layer_time(ALL_POLICY_FEATURES)[:, 0] for c, isa in items}
+
+    def key(item):
+        c = item[0]
+        return (tables.resident_prefill_s[c.minibatches], tables.memory[c.minibatches].gpu_workspace_bytes,
+                tables.memory[c.minibatches].host_workspace_bytes)
+
+    kept: list[tuple[Combo, CpuIsa]] = []
+    for item in items:
+        k = key(item)
+        dominated = any(
+            other[0].tiers == item[0].tiers and all(a <= b for a, b in zip(key(other), k))
+            and np.all(times[other] <= times[item]) for other in kept)
+        if dominated:
+            continue
+        kept = [o for o in kept if not (o[0].tiers == item[0].tiers and all(a <= b for a, b in zip(k, key(o)))
+                                        and np.all(times[item] <= times[o]))] + [item]
+    return kept
+
+
+def _decode_choices(tables: SpaceTables) -> list[tuple[tuple[HostTier, HostTier], CpuIsa]]:
+    return [(tiers, isa) for tiers in tables.decode for isa in tables.decode[tiers]]
+
+
+def _name(*parts) -> str:
+    return "_".join(str(getattr(p, "value", p)) for p in parts)
+
+
 def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: str = "cbc",
               time_limit_s: Optional[float] = None) -> Optional[IlpSolution]:
     """Minimum-latency plan for the batch in ``tables`` (None when no plan is feasible)."""
@@ -163,43 +234,51 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
     prob = pulp.LpProblem("lia_plan", pulp.LpMinimize)
     fp, fd = _Features(prob, "pre"), _Features(prob, "dec")
 
-    # One combo (n, weight tier, KV tier):  sum_c z[c] = 1
-    z = {c: pulp.LpVariable(f"z_{c.minibatches}_{c.weight_tier.value}_{c.kv_tier.value}", cat="Binary")
-         for c in tables.combos}
+    # One prefill choice (n, weight tier, KV tier, prefill ISA):  sum_c z[c] = 1
+    choices = _prefill_choices(tables)
+    z = {ch: pulp.LpVariable(_name("z", ch[0].minibatches, ch[0].weight_tier, ch[0].kv_tier, ch[1]), cat="Binary")
+         for ch in choices}
     prob += pulp.lpSum(z.values()) == 1
-    m = {n: [z[c] for c in tables.combos if c.minibatches == n] for n in tables.resident_prefill_s}
-    w_cxl = [z[c] for c in tables.combos if c.weight_tier == HostTier.CXL]
-    kv_cxl = [z[c] for c in tables.combos if c.kv_tier == HostTier.CXL]
+    sizes = sorted({c.minibatches for c, _ in choices})
+    m = {n: [z[ch] for ch in choices if ch[0].minibatches == n] for n in sizes}
+    w_cxl = [z[ch] for ch in choices if ch[0].weight_tier == HostTier.CXL]
+    kv_cxl = [z[ch] for ch in choices if ch[0].kv_tier == HostTier.CXL]
+    # One decode ISA with the same tiers:  sum_isa u[tiers, isa] = sum of z[c] with those tiers
+    u = {}
+    if steps > 0:
+        u = {dc: pulp.LpVariable(_name("u", dc[0][0], dc[0][1], dc[1]), cat="Binary") for dc in _decode_choices(tables)}
+        for tiers in tables.decode:
+            prob += (pulp.lpSum(v for dc, v in u.items() if dc[0] == tiers)
+                     == pulp.lpSum(v for ch, v in z.items() if ch[0].tiers == tiers))
 
-    # Streamed-layer times. Prefill:  T_pre >= term_c(x_pre) - M (1 - z[c])  for each term of each combo.
-    # Bounds from the 64 policy vectors: lo <= T_pre <= hi over every combo (valid at integer points).
-    pre_times = {c: MS_PER_S * st.layer_time(ALL_POLICY_FEATURES)[:, 0] for c, st in tables.prefill.items()}
+    # Streamed-layer times. Prefill:  T_pre >= term_c(x_pre) - M (1 - z[c])  for each term of each choice.
+    # Bounds from the 64 policy vectors: lo <= T_pre <= hi over every choice (valid at integer points).
+    pre_times = {ch: MS_PER_S * tables.prefill[ch[0]][ch[1]].layer_time(ALL_POLICY_FEATURES)[:, 0] for ch in choices}
     ub_pre = max(float(v.max()) for v in pre_times.values())
     t_pre = pulp.LpVariable("T_pre", lowBound=min(float(v.min()) for v in pre_times.values()))
-    for c, st in tables.prefill.items():
-        forms = [form.scaled(MS_PER_S) for _, form in st.terms.values()]
+    for ch in choices:
+        forms = [form.scaled(MS_PER_S) for _, form in tables.prefill[ch[0]][ch[1]].terms.values()]
         for r in _nondominated(forms, 0):
-            _gated(prob, t_pre, float(forms[r].const[0]), forms[r].coef[:, 0], fp, [z[c]],
-                   f"pre_{c.minibatches}_{c.weight_tier.value}_{c.kv_tier.value}_{r}")
-    # Decode, per step t:  T_dec[t] >= term_{tiers,t}(x_dec) - M (1 - sum of z[c] with those tiers)
+            _gated(prob, t_pre, float(forms[r].const[0]), forms[r].coef[:, 0], fp, [z[ch]],
+                   _name("pre", ch[0].minibatches, ch[0].weight_tier, ch[0].kv_tier, ch[1], r))
     # Decode, per block of steps (see step_blocks; a block is often the whole decode):
-    #   T_dec[b] >= sum_{t in b} term_{tiers,t}(x_dec) - M (1 - sum of z[c] with those tiers)
-    # Each tier pair has its own blocks, so the epigraph variables are per tier pair; the unchosen
-    # pairs' variables fall to their lower bound 0.
-    dec_times = {k: MS_PER_S * st.layer_time(ALL_POLICY_FEATURES) for k, st in tables.decode.items()}  # [64, S]
-    ub_dec = float(np.max([v.sum(axis=1).max() for v in dec_times.values()])) if steps else 0.0
-    lo_dec = float(np.min([v.sum(axis=1).min() for v in dec_times.values()])) if steps else 0.0
+    #   T_dec[b] >= sum_{t in b} term_{tiers,isa,t}(x_dec) - M (1 - u[tiers, isa])
+    # Each (tier pair, ISA) has its own blocks, so the epigraph variables are per decode choice; the unchosen
+    # choices' variables fall to their lower bound 0.
+    dec_times = {dc: MS_PER_S * tables.decode[dc[0]][dc[1]].layer_time(ALL_POLICY_FEATURES) for dc in u}  # [64, S]
+    ub_dec = float(np.max([v.sum(axis=1).max() for v in dec_times.values()])) if u else 0.0
+    lo_dec = float(np.min([v.sum(axis=1).min() for v in dec_times.values()])) if u else 0.0
     t_dec = []
-    for (wt, kv), st in tables.decode.items():
-        gate = [z[c] for c in tables.combos if c.weight_tier == wt and c.kv_tier == kv]
-        forms = [form.scaled(MS_PER_S) for _, form in st.terms.values()]
+    for dc, gate in u.items():
+        (wt, kv), isa = dc
+        forms = [form.scaled(MS_PER_S) for _, form in tables.decode[(wt, kv)][isa].terms.values()]
         for start, end in step_blocks(forms):
-            epi = pulp.LpVariable(f"T_dec_{wt.value}_{kv.value}_{start}", lowBound=0)
+            epi = pulp.LpVariable(_name("T_dec", wt, kv, isa, start), lowBound=0)
             t_dec.append(epi)
             block = [_block_form(f, start, end) for f in forms]
             for r in _nondominated(block, 0):
-                _gated(prob, epi, float(block[r].const[0]), block[r].coef[:, 0], fd, gate,
-                       f"dec_{wt.value}_{kv.value}_{start}_{r}")
+                _gated(prob, epi, float(block[r].const[0]), block[r].coef[:, 0], fd, [gate],
+                       _name("dec", wt, kv, isa, start, r))
 
     # K = N - N_res in binary:  K = sum_j 2^j b[j] <= N;  sigma = [K >= 1]:  K >= sigma,  K <= N sigma
     bits = max(1, n_layers.bit_length())
@@ -291,16 +370,16 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
         prob += (res_decode_total * resident + pulp.lpSum((2**j) * y[j] for j in range(bits))
                  + MS_PER_S * tables.head_s * steps <= MS_PER_S * tpot_max_s * steps), "tpot_bound"
 
-    status = prob.solve(make_solver(solver, time_limit_s))
+    status = _solve_quietly(prob, make_solver(solver, time_limit_s))
     elapsed = time.perf_counter() - t0
     if pulp.LpStatus[status] != "Optimal":
         return None
 
     k_value = int(round(sum((2**j) * b[j].value() for j in range(bits))))
-    combo = max(tables.combos, key=lambda c: z[c].value())
+    combo, pre_isa = max(choices, key=lambda ch: z[ch].value())
+    dec_isa = max(u, key=lambda dc: u[dc].value())[1] if u else pre_isa
     pre = tuple(Device(int(round(v.value()))) for v in fp.bits)
     dec = tuple(Device(int(round(v.value()))) for v in fd.bits)
-    pre, dec = tidy_policies(pre, dec, k_value == 0, steps)
     plan = template_plan(tables.system).model_copy(update={
         "prefill_policy": pre,
         "decode_policy": dec,
@@ -308,7 +387,10 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
         "prefill_minibatches": combo.minibatches,
         "weight_tier": combo.weight_tier,
         "kv_tier": combo.kv_tier,
+        "prefill_cpu_isa": pre_isa,
+        "decode_cpu_isa": dec_isa,
     })
+    plan = tidy_plan(plan, k_value == 0, steps, tables.isas[0])
     return IlpSolution(plan, float(pulp.value(prob.objective)) / MS_PER_S, elapsed, prob.numVariables(), prob.numConstraints())
 
 

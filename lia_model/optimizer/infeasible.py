@@ -7,10 +7,10 @@ from typing import Optional
 import numpy as np
 
 from lia_model.hardware import SystemSpec
-from lia_model.memory import MemoryTier, memory_constants
+from lia_model.memory import MemoryTier
 from lia_model.models import ModelSpec
-from lia_model.optimizer.enumerate import any_plan_fits_memory
-from lia_model.optimizer.space import minibatch_candidates, tier_candidates
+from lia_model.optimizer.enumerate import any_plan_fits_memory, least_footprint_memory
+from lia_model.optimizer.space import tier_candidates
 from lia_model.plan import HostTier
 from lia_model.units import BYTES_PER_GB
 from lia_model.workload import Workload
@@ -19,27 +19,26 @@ from lia_model.workload import Workload
 def tier_needs(system: SystemSpec, model: ModelSpec, workload: Workload) -> dict[MemoryTier, float]:
     """For each tier: the least extra capacity (bytes) that makes some plan fit, holding the other tiers
     as they are (inf when no amount of that tier alone helps). Uses each configuration's smallest
-    footprint (all-CPU policies: no GPU buffers, no KV staging)."""
+    footprint (all-CPU policies: no GPU buffers, no KV staging, the smallest workspace)."""
     n_layers = model.num_layers
     resident = np.arange(n_layers + 1, dtype=float)
     streamed = n_layers - resident
     best = {t: np.inf for t in MemoryTier}
     tiers = tier_candidates(system)
-    for n in minibatch_candidates(workload.batch):
-        mem = memory_constants(system, model, workload, n)
-        avail = mem.available_bytes
-        hbm = mem.embedding_bytes + mem.gpu_workspace_bytes + resident * (mem.layer_weight_bytes + mem.kv_layer_bytes)
-        for wt in tiers:
-            for kv in tiers:
-                ddr = mem.host_workspace_bytes + streamed * (mem.layer_weight_bytes * (wt == HostTier.DDR)
-                                                             + mem.kv_layer_bytes * (kv == HostTier.DDR))
-                cxl = streamed * (mem.layer_weight_bytes * (wt == HostTier.CXL) + mem.kv_layer_bytes * (kv == HostTier.CXL))
-                need = {MemoryTier.HBM: hbm - avail[MemoryTier.HBM], MemoryTier.DDR: ddr - avail[MemoryTier.DDR],
-                        MemoryTier.CXL: cxl - avail[MemoryTier.CXL]}
-                for tier in MemoryTier:
-                    others_ok = np.all([need[o] <= 0 for o in MemoryTier if o != tier], axis=0)
-                    if others_ok.any():
-                        best[tier] = min(best[tier], float(np.min(need[tier][others_ok])))
+    mem = least_footprint_memory(system, model, workload)
+    avail = mem.available_bytes
+    hbm = mem.embedding_bytes + mem.gpu_workspace_bytes + resident * (mem.layer_weight_bytes + mem.kv_layer_bytes)
+    for wt in tiers:
+        for kv in tiers:
+            ddr = mem.host_workspace_bytes + streamed * (mem.layer_weight_bytes * (wt == HostTier.DDR)
+                                                         + mem.kv_layer_bytes * (kv == HostTier.DDR))
+            cxl = streamed * (mem.layer_weight_bytes * (wt == HostTier.CXL) + mem.kv_layer_bytes * (kv == HostTier.CXL))
+            need = {MemoryTier.HBM: hbm - avail[MemoryTier.HBM], MemoryTier.DDR: ddr - avail[MemoryTier.DDR],
+                    MemoryTier.CXL: cxl - avail[MemoryTier.CXL]}
+            for tier in MemoryTier:
+                others_ok = np.all([need[o] <= 0 for o in MemoryTier if o != tier], axis=0)
+                if others_ok.any():
+                    best[tier] = min(best[tier], float(np.min(need[tier][others_ok])))
     return best
 
 

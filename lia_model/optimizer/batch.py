@@ -1,0 +1,253 @@
+"""Exact batch search for the throughput objectives: the best B of 1 .. B_max, by branch and bound.
+
+throughput(B) = B L_out / latency*(B), where latency*(B) is the optimum of the plan space at batch B
+(``enumerate.py``, exact). It is not monotone in B: the prefill minibatch count must divide B, a TPOT bound
+forces slower plans as B grows, and the all-resident regime ends at some B. So every B from 1 to the
+largest batch that fits memory is a candidate; most are ruled out by an upper bound instead of solved.
+
+Largest batch that fits (bisection, exact): the smallest footprint of batch B (all-CPU policies, the
+workspace of n = B, i.e. one sequence per prefill chunk) grows with B (KV, activations and workspace all do),
+so "some plan fits" is true up to one B and false after it.
+
+Upper bound on throughput over a range [lo, hi] of batches, from a relaxation of the cost model:
+  1. linear-layer efficiency tables replaced by their largest value over the rows the range can see (a rate
+     never above the real one); attention efficiency is indexed by the new tokens per sequence, not by B;
+  2. prefill priced at n = 1 as the largest resource busy time (CPU, GPU, H2D with the weights, D2H, DDR,
+     CXL; additive mode: its serial sum) -- with n chunks of b = B/n every pipelined term is >= n x a
+     chunk's busy time >= the whole batch's busy time at n = 1 under (1), and a resident layer's n chunks
+     take >= one chunk of B;
+  3. memory from batch lo at its smallest footprint, the TPOT bound from batch lo under (1) and (2).
+Under (1) every time is built from FLOPs (proportional to B), bytes (a constant plus a part proportional
+to B, or the MoE experts touched, concave in B) and fixed overheads, through sums and maxima, so a plan's
+relaxed latency f(B) is non-decreasing and f(B) / B is non-increasing. For B in [lo, hi]:
+  latency*(B) / B >= min over plans feasible at lo of f(B) / B >= min over those plans of f(hi) / hi,
+  throughput(B) <= hi L_out / (relaxed optimum with costs at hi and memory and TPOT at lo).
+Ranges are split best-bound first until no range's bound beats the best batch solved (exactly) so far.
+The tests check the result against solving every batch of the range.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from lia_model.costmodel import stage_context
+from lia_model.costterms import ALL_POLICY_FEATURES, NUM_POLICIES, CostMode, head_time_s, resident_layer_time
+from lia_model.hardware import EfficiencyPoint, SystemSpec, interpolate_efficiency
+from lia_model.models import ModelSpec
+from lia_model.optimizer.enumerate import (
+    StageVectors, VectorProblem, any_plan_fits_memory, least_footprint_memory, solve_vectors,
+)
+from lia_model.optimizer.infeasible import largest_feasible
+from lia_model.optimizer.space import (
+    Combo, cxl_never_faster, isa_candidates, stage_terms_by_isa, template_plan, tier_candidates, useful_isas,
+)
+from lia_model.plan import HostTier
+from lia_model.sublayers import Stage
+from lia_model.workload import Workload
+
+BATCH_SEARCH_CAP = 1 << 16
+
+
+def largest_feasible_batch(system: SystemSpec, model: ModelSpec, input_len: int, output_len: int,
+                           cap: int = BATCH_SEARCH_CAP, all_resident: bool = False) -> Optional[int]:
+    """Largest batch for which some plan fits memory (None when even B=1 does not); with ``all_resident``
+    the largest for which the whole model stays on the GPU."""
+    def fits(b: int) -> bool:
+        return any_plan_fits_memory(system, model, Workload(batch=b, input_len=input_len, output_len=output_len),
+                                    all_resident=all_resident)
+
+    if cap < 1 or not fits(1):
+        return None
+    hi = 1
+    while hi < cap and fits(min(hi * 2, cap)):
+        hi = min(hi * 2, cap)
+    return largest_feasible(hi, min(hi * 2, cap), fits)
+
+
+def _max_efficiency(points: list[EfficiencyPoint], lo_tokens: float, hi_tokens: float) -> float:
+    """The largest efficiency the table gives anywhere in [lo_tokens, hi_tokens] (interpolation is linear in
+    log2(tokens) between points and flat outside, so the maximum sits at an end or at a point inside)."""
+    inside = [p.efficiency for p in points if lo_tokens <= p.tokens <= hi_tokens]
+    return max([interpolate_efficiency(points, lo_tokens), interpolate_efficiency(points, hi_tokens), *inside])
+
+
+def flat_matmul_system(system: SystemSpec, lo_tokens: float, hi_tokens: float) -> SystemSpec:
+    """The system with every linear-layer efficiency table (CPU ISAs and GPU) replaced by its largest value
+    over [lo_tokens, hi_tokens] rows (relaxation 1). Attention tables are indexed by the new tokens per
+    sequence q, which does not depend on B, and stay as they are."""
+    def flat(points: list[EfficiencyPoint]) -> list[EfficiencyPoint]:
+        return [EfficiencyPoint(tokens=1, efficiency=_max_efficiency(points, lo_tokens, hi_tokens))]
+
+    isa = {k: v.model_copy(update={"matmul_efficiency": flat(v.matmul_efficiency)}) if v.present else v
+           for k, v in system.cpu.isa.items()}
+    gpu = system.gpu.model_copy(update={"matmul_efficiency": flat(system.gpu.matmul_efficiency)})
+    return system.model_copy(update={"cpu": system.cpu.model_copy(update={"isa": isa}), "gpu": gpu})
+
+
+@dataclass(frozen=True)
+class RelaxedBatch:
+    """Relaxed costs of one batch (relaxations 1 and 2): per tier pair the streamed prefill and decode
+    (summed over steps) time of every policy vector, minimised over ISAs; resident and head times."""
+
+    prefill: dict[tuple[HostTier, HostTier], np.ndarray]
+    decode: dict[tuple[HostTier, HostTier], np.ndarray]
+    resident_prefill_s: float
+    resident_decode_total_s: float
+    head_s: float
+
+
+def relaxed_batch(prefill_system: Optional[SystemSpec], decode_system: SystemSpec, model: ModelSpec,
+                  workload: Workload, mode: CostMode) -> RelaxedBatch:
+    """Prefill priced on ``prefill_system`` (skipped when None), decode and the LM head on ``decode_system``."""
+    base = template_plan(decode_system)
+    isas = isa_candidates(decode_system)
+    tiers = tier_candidates(decode_system)
+    prefill, decode = {}, {}
+    res_pre = res_dec = 0.0
+    shared = cxl_never_faster(decode_system)
+    useful: dict[Stage, tuple] = {}
+    for wt in tiers:
+        for kv in tiers:
+            plan = base.model_copy(update={"prefill_minibatches": 1, "weight_tier": wt, "kv_tier": kv})
+            if prefill_system is not None:
+                ctx = stage_context(workload, plan, Stage.PREFILL, mode)
+                if not shared or Stage.PREFILL not in useful:
+                    useful[Stage.PREFILL] = useful_isas(prefill_system, model, ctx, isas)
+                by_isa = stage_terms_by_isa(prefill_system, model, ctx, isas, useful=useful[Stage.PREFILL])
+                if mode == CostMode.OVERLAP:
+                    times = [np.max([f.evaluate(ALL_POLICY_FEATURES)[:, 0] for f in st.resources.values()], axis=0)
+                             for st in by_isa.values()]
+                else:
+                    times = [st.layer_time(ALL_POLICY_FEATURES)[:, 0] for st in by_isa.values()]
+                prefill[(wt, kv)] = np.min(times, axis=0)
+                res_pre = float(resident_layer_time(prefill_system, model, ctx)[0][0])
+            if workload.decode_steps > 0:
+                dctx = stage_context(workload, plan, Stage.DECODE, mode)
+                if not shared or Stage.DECODE not in useful:
+                    useful[Stage.DECODE] = useful_isas(decode_system, model, dctx, isas)
+                by_isa = stage_terms_by_isa(decode_system, model, dctx, isas, useful=useful[Stage.DECODE])
+                decode[(wt, kv)] = np.min([st.layer_time(ALL_POLICY_FEATURES).sum(axis=1)
+                                           for st in by_isa.values()], axis=0)
+                res_dec = float(resident_layer_time(decode_system, model, dctx)[0].sum())
+            else:
+                decode[(wt, kv)] = np.zeros(NUM_POLICIES)
+    return RelaxedBatch(prefill, decode, res_pre, res_dec, head_time_s(decode_system, model, workload.batch))
+
+
+DEFAULT_MAX_SOLVES = 16
+DEFAULT_MAX_BOUNDS = 48
+
+
+@dataclass(frozen=True)
+class BatchSearch:
+    batch: Optional[int]            # the best batch solved (None: nothing fits memory and the bound)
+    throughput_tokens_per_s: float
+    solved: tuple[int, ...]         # the batches solved exactly, in order
+    bounds_computed: int            # relaxations evaluated
+    largest_fitting_batch: Optional[int]
+    gap_bound: float                # no batch of 1 .. largest_fitting_batch beats the result by more than this
+                                    # fraction (0.0: the result is the exact best batch)
+
+
+def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tpot_max_s: Optional[float],
+                 mode: CostMode, solve: Callable[[Workload], Optional[float]], cap: int = BATCH_SEARCH_CAP,
+                 max_solves: int = DEFAULT_MAX_SOLVES, max_bounds: int = DEFAULT_MAX_BOUNDS,
+                 rel_tol: float = 0.0) -> BatchSearch:
+    """The batch of highest throughput in 1 .. min(cap, largest that fits). ``solve(workload)`` returns the
+    optimal latency at that batch (None when infeasible); it is called only where the bound requires, at most
+    ``max_solves`` times once some batch is feasible, and at most ``max_bounds`` ranges are bounded. It stops when no range's bound beats the best batch by more than
+    ``rel_tol``; ``gap_bound`` says how far from proven the answer is (0.0: exact)."""
+    top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=cap)
+    if top is None:
+        return BatchSearch(None, 0.0, (), 0, None, 0.0)
+    out_len, steps, q = workload.output_len, workload.decode_steps, workload.input_len
+    memory: dict[int, object] = {}
+    exact: dict[int, float] = {}
+    order: list[int] = []
+    bounds = 0
+
+    def at(b: int) -> Workload:
+        return workload.model_copy(update={"batch": b})
+
+    def upper_bound(lo: int, hi: int) -> float:
+        nonlocal bounds
+        bounds += 1
+        # Linear layers: decode and the LM head see B rows (B in [lo, hi]); a prefill chunk sees b L_in rows
+        # for some chunk of b in [1, hi] sequences.
+        pre_sys = flat_matmul_system(system, q, hi * q)
+        dec_sys = flat_matmul_system(system, lo, hi)
+        cost = relaxed_batch(pre_sys, dec_sys, model, at(hi), mode)
+        cons = relaxed_batch(None, dec_sys, model, at(lo), mode) if lo != hi else cost
+        if lo not in memory:
+            memory[lo] = least_footprint_memory(system, model, at(lo))
+        combos = tuple(Combo(1, wt, kv) for wt, kv in cost.prefill)
+        zero = np.zeros(NUM_POLICIES, dtype=int)
+        vp = VectorProblem(
+            num_layers=model.num_layers, decode_steps=steps, combos=combos,
+            prefill={c: StageVectors(cost.prefill[c.tiers], zero) for c in combos},
+            resident_prefill_s={c: cost.resident_prefill_s for c in combos},
+            memory={c: memory[lo] for c in combos},
+            decode={k: StageVectors(v, zero) for k, v in cost.decode.items()},
+            resident_decode_total_s=cost.resident_decode_total_s, head_total_s=cost.head_s * (1 + steps),
+            tpot_decode=dict(cons.decode), tpot_resident_decode_total_s=cons.resident_decode_total_s,
+            tpot_head_s=cons.head_s)
+        found = solve_vectors(vp, tpot_max_s)
+        return 0.0 if found is None else hi * out_len / found.latency_s
+
+    def evaluate(b: int) -> None:
+        if b not in exact:
+            latency = solve(at(b))
+            exact[b] = 0.0 if latency is None else b * out_len / latency
+            order.append(b)
+
+    def best() -> tuple[Optional[int], float]:
+        feasible = [(v, -b) for b, v in exact.items() if v > 0]
+        if not feasible:
+            return None, 0.0
+        v, nb = max(feasible)
+        return -nb, v
+
+    heap: list[tuple[float, int, int]] = []
+
+    def push(lo: int, hi: int) -> None:
+        while hi >= lo and hi in exact:
+            hi -= 1
+        while lo <= hi and lo in exact:
+            lo += 1
+        if lo <= hi:
+            heapq.heappush(heap, (-upper_bound(lo, hi), lo, hi))
+
+    # Seeds: the largest batch that fits, and the largest that keeps every layer resident.
+    evaluate(top)
+    resident_top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=top,
+                                          all_resident=True)
+    if resident_top is not None and resident_top < top:
+        # the all-resident regime ends there: bound the two regimes apart
+        evaluate(resident_top)
+        push(1, resident_top)
+        push(resident_top + 1, top)
+    else:
+        push(1, top)
+    while heap and ((len(order) < max_solves and bounds < max_bounds) or best()[0] is None):
+        neg_ub, lo, hi = heap[0]
+        if -neg_ub <= best()[1] * (1.0 + rel_tol):
+            break  # no range left can beat the incumbent (by more than rel_tol)
+        heapq.heappop(heap)
+        if lo == hi:
+            evaluate(lo)
+            continue
+        evaluate(hi)  # the top of a range is often its best batch: a good incumbent early
+        mid = (lo + hi - 1) // 2
+        push(lo, mid)
+        push(mid + 1, hi - 1)
+    b, value = best()
+    left = max((-h[0] for h in heap), default=0.0)
+    if value > 0:
+        gap = max(0.0, left / value - 1.0)
+    else:
+        gap = 0.0 if left == 0.0 else float("inf")
+    return BatchSearch(b, value, tuple(order), bounds, top, gap)
