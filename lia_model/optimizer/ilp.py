@@ -26,7 +26,7 @@ from lia_model.costterms import ALL_POLICY_FEATURES, CPU, D2H, H2D, NUM_FEATURES
 from lia_model.errors import LiaInputError
 from lia_model.memory import MemoryTier
 from lia_model.optimizer.space import Combo, SpaceTables, template_plan, tidy_plan
-from lia_model.plan import CpuIsa, Device, HostTier
+from lia_model.plan import CpuIsa, Device, HostTier, Plan
 from lia_model.sublayers import NUM_SUBLAYERS
 
 _SCORE, _CTX = 1, 2
@@ -79,14 +79,14 @@ def _solve_quietly(prob: pulp.LpProblem, solver) -> int:
     return prob.solve(solver)
 
 
-def make_solver(name: str, time_limit_s: Optional[float] = None):
+def make_solver(name: str, time_limit_s: Optional[float] = None, warm_start: bool = False):
     name = name.lower()
     if name == "cbc":
         # The LP bound of this model is already within ~1% at the root, so cut generation, primal
         # heuristics and deep strong branching cost more than they save: over the benchmark's 50 queries the
         # median CBC solve fell from 99 ms (defaults) to 67 ms with these options (2-core dev machine).
         # They change the search, not the answer (gap 0).
-        return pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit_s,
+        return pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit_s, warmStart=warm_start,
                                  options=["cuts off", "heur off", "strong 3"])
     if name == "highs":
         solver = pulp.HiGHS(msg=False, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit_s)
@@ -226,8 +226,12 @@ def _name(*parts) -> str:
 
 
 def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: str = "cbc",
-              time_limit_s: Optional[float] = None) -> Optional[IlpSolution]:
-    """Minimum-latency plan for the batch in ``tables`` (None when no plan is feasible)."""
+              time_limit_s: Optional[float] = None, warm_plan: Optional[Plan] = None) -> Optional[IlpSolution]:
+    """Minimum-latency plan for the batch in ``tables`` (None when no plan is feasible).
+
+    ``warm_plan``: a feasible plan to start CBC's search from (its integer variables; CBC completes the rest
+    and checks it). It changes where the search starts, not what it proves: the result is still the
+    ILP's own optimum."""
     t0 = time.perf_counter()
     n_layers = tables.num_layers
     steps = tables.decode_steps
@@ -370,7 +374,8 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
         prob += (res_decode_total * resident + pulp.lpSum((2**j) * y[j] for j in range(bits))
                  + MS_PER_S * tables.head_s * steps <= MS_PER_S * tpot_max_s * steps), "tpot_bound"
 
-    status = _solve_quietly(prob, make_solver(solver, time_limit_s))
+    warm = warm_plan is not None and _set_start(warm_plan, tables, fp, fd, z, u, b, sigma)
+    status = _solve_quietly(prob, make_solver(solver, time_limit_s, warm_start=warm))
     elapsed = time.perf_counter() - t0
     if pulp.LpStatus[status] != "Optimal":
         return None
@@ -392,6 +397,29 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
     })
     plan = tidy_plan(plan, k_value == 0, steps, tables.isas[0])
     return IlpSolution(plan, float(pulp.value(prob.objective)) / MS_PER_S, elapsed, prob.numVariables(), prob.numConstraints())
+
+
+def _set_start(plan: Plan, tables: SpaceTables, fp: _Features, fd: _Features, z: dict, u: dict, b: list,
+               sigma) -> bool:
+    """Initial values of the integer variables for ``plan``; False when the plan's choices are not among
+    the ILP's (e.g. a dominated (n, ISA) choice), and then no start is given."""
+    combo = Combo(plan.prefill_minibatches, plan.weight_tier, plan.kv_tier)
+    pre_key = (combo, plan.prefill_cpu_isa)
+    dec_key = ((plan.weight_tier, plan.kv_tier), plan.decode_cpu_isa)
+    if pre_key not in z or (u and dec_key not in u):
+        return False
+    for bits, policy in ((fp.bits, plan.prefill_policy), (fd.bits, plan.decode_policy)):
+        for var, device in zip(bits, policy):
+            var.setInitialValue(int(device))
+    for key, var in z.items():
+        var.setInitialValue(1 if key == pre_key else 0)
+    for key, var in u.items():
+        var.setInitialValue(1 if key == dec_key else 0)
+    streamed = tables.num_layers - plan.gpu_resident_layers
+    for j, var in enumerate(b):
+        var.setInitialValue((streamed >> j) & 1)
+    sigma.setInitialValue(1 if streamed > 0 else 0)
+    return True
 
 
 def _int_times_binary(prob: pulp.LpProblem, name: str, integer, binary, upper: int) -> pulp.LpVariable:
