@@ -1,8 +1,10 @@
 """Hardware profile files: one YAML per device (cpu/, gpu/, link/, memory/) and per system (systems/).
 
-A system file names its devices (``cpu: spr-8460h``) or holds them inline (calibrated profiles do, so
-that one file says everything about the host it measured). ``load_system`` composes, applies what-if
-overrides (``gpu.memory_gib=141``) and validates the result with the same schema as the files.
+A system file names its devices (``cpu: spr-8460h``), gives their files by path (``gpu: my-gpu.yaml``, relative
+to the system file) or holds them inline (calibrated profiles do, so that one file says everything about the
+host it measured). ``load_system`` composes, applies what-if overrides (``gpu.memory_gib=141``) and validates
+the result with the same schema as the files. ``load_profile`` loads any profile, a device or a system, by
+name or path.
 """
 
 from __future__ import annotations
@@ -24,16 +26,20 @@ SYSTEM_DEVICE_FIELDS = {"cpu": "cpu", "gpu": "gpu", "link": "link", "ddr": "memo
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    from lia_model.inputs import read_text
+
+    text = read_text(path, "profile", "give a profile .yaml (see 'lia profiles show h100-80gb')")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise LiaInputError(str(path), "the YAML is nested too deeply to be a profile",
+                            "a profile is a mapping of fields, e.g. 'hbm_gbps: 3350'") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise LiaInputError(str(path), f"malformed YAML{where}: {problem}",
                             "each line is 'field: value', e.g. 'hbm_gbps: 3350'") from None
-    except OSError as err:
-        raise LiaInputError(str(path), f"cannot read the file ({err.strerror})", "check the path") from None
     if not isinstance(data, dict):
         raise LiaInputError(str(path), "the file is not a mapping of fields",
                             "a profile starts with e.g. 'name: h100-80gb'")
@@ -47,7 +53,21 @@ def list_profiles() -> dict[str, list[str]]:
     return out
 
 
-def _device_path(kind: str, name: str) -> Path:
+def _is_path(name: str) -> bool:
+    return Path(name).suffix in (".yaml", ".yml")
+
+
+def _device_path(kind: str, name: str, base: "Path | None" = None) -> Path:
+    """A device profile by catalog name, or by path (relative to ``base``, the folder of the system file
+    that names it, when given)."""
+    if _is_path(name):
+        path = Path(name)
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        if not path.exists():
+            raise LiaInputError(kind, f"no such {kind} profile file '{path}'",
+                                "give a path to an existing .yaml (relative to the system file) or a catalog name")
+        return path
     path = PROFILE_DIR / kind / f"{name}.yaml"
     if not path.exists():
         known = list_profiles()[kind]
@@ -57,9 +77,61 @@ def _device_path(kind: str, name: str) -> Path:
     return path
 
 
-def load_device(kind: str, name: str) -> BaseModel:
+def _where(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(PROFILE_DIR.parent))
+    except ValueError:
+        return str(path)
+
+
+def load_device(kind: str, name: str, overrides: Iterable[str] = ()) -> BaseModel:
     path = _device_path(kind, name)
-    return _validate(DEVICE_KINDS[kind], _read_yaml(path), str(path.relative_to(PROFILE_DIR.parent)))
+    overrides = list(overrides)
+    data = apply_overrides(_read_yaml(path), overrides, DEVICE_KINDS[kind])
+    where = _where(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
+    return _validate(DEVICE_KINDS[kind], data, where)
+
+
+def profile_kind(name_or_path: str) -> str:
+    """'system' or the device kind of a profile given by catalog name or path."""
+    known = list_profiles()
+    if not _is_path(name_or_path):
+        if name_or_path in known["system"]:
+            return "system"
+        kind = next((k for k in DEVICE_KINDS if name_or_path in known[k]), None)
+        if kind is None:
+            every = sorted(n for names in known.values() for n in names)
+            close = difflib.get_close_matches(name_or_path, every, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise LiaInputError("profile", f"unknown profile '{name_or_path}'",
+                                f"{hint}known: {', '.join(every)}; or give a path to a .yaml")
+        return kind
+    data = _read_yaml(_device_path("profile", name_or_path))
+    kind = data.get("kind")
+    if kind in DEVICE_KINDS or kind == "system":
+        return str(kind)
+    if any(k in data for k in SYSTEM_DEVICE_FIELDS):
+        return "system"
+    # a device file without 'kind': its distinctive field says which
+    for field, kind in (("isa", "cpu"), ("hbm_gbps", "gpu"), ("h2d_gbps", "link"), ("tier", "memory")):
+        if field in data:
+            return kind
+    raise LiaInputError(name_or_path, "cannot tell which kind of profile this is",
+                        "add 'kind: cpu' (or gpu, link, memory, system) to the file")
+
+
+def load_profile(name_or_path: str, overrides: Iterable[str] = ()) -> tuple[str, BaseModel]:
+    """(kind, validated spec) of any profile by name or path, with what-if overrides applied."""
+    kind = profile_kind(name_or_path)
+    if kind == "system":
+        return kind, load_system(name_or_path, overrides)
+    return kind, load_device(kind, name_or_path, overrides)
+
+
+def profile_path(name_or_path: str) -> Path:
+    """The file of a profile given by catalog name or path."""
+    kind = profile_kind(name_or_path)
+    return system_path(name_or_path) if kind == "system" else _device_path(kind, name_or_path)
 
 
 def _validate(cls: type[BaseModel], data: dict[str, Any], where: str) -> Any:
@@ -71,7 +143,10 @@ def _validate(cls: type[BaseModel], data: dict[str, Any], where: str) -> Any:
 
 def system_path(name_or_path: str) -> Path:
     candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") and candidate.exists():
+    if _is_path(name_or_path):
+        if not candidate.exists():
+            raise LiaInputError("system", f"no such system file '{name_or_path}'",
+                                "give a path to an existing system .yaml, or a name from 'lia profiles list'")
         return candidate
     path = PROFILE_DIR / "systems" / f"{name_or_path}.yaml"
     if not path.exists():
@@ -90,12 +165,13 @@ def system_dict(name_or_path: str) -> dict[str, Any]:
     for field, kind in SYSTEM_DEVICE_FIELDS.items():
         value = data.get(field)
         if isinstance(value, str):
-            data[field] = _read_yaml(_device_path(kind, value))
+            data[field] = _read_yaml(_device_path(kind, value, base=path.parent))
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``FIELD=VALUE`` what-ifs (dotted paths into the composed system). Values are YAML scalars."""
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str], schema: type[BaseModel] = SystemSpec) -> dict[str, Any]:
+    """Apply ``FIELD=VALUE`` what-ifs (dotted paths into the composed system, or into one device's fields
+    with ``schema`` its class). Values are YAML scalars."""
     data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
@@ -104,11 +180,13 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         path = path.strip()
         try:
             value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = raw
         parts = path.split(".")
+        if not path or any(not p for p in parts):
+            raise LiaInputError("--set", f"'{item}' has no field name before '='", "e.g. --set gpu.memory_gib=141")
         node: Any = data
-        cls: Any = SystemSpec
+        cls: Any = schema
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
             if not isinstance(node, dict):

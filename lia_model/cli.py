@@ -10,25 +10,52 @@ import typer
 from rich.table import Table
 
 from lia_model.cli_common import (
-    BatchOpt, InputOpt, JsonOpt, ModeOpt, ModelOpt, OutputOpt, SetOpt, SystemOpt, console, load_inputs, load_plan,
-    parse_mode, run_guarded,
+    BatchOpt, InputOpt, JsonOpt, ModeChoice, ModeOpt, ModelOpt, OutputOpt, SetOpt, SystemOpt, console, examples,
+    load_inputs, load_plan, parse_mode, run_guarded,
 )
 from lia_model.errors import LiaInputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="LIA modeler: measure, model, optimise and validate CPU-GPU cooperative LLM inference.")
-profiles_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hardware profiles.")
-models_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The model catalog.")
+                  help="LIA modeler: measure, model, optimise and validate CPU-GPU cooperative LLM inference.",
+                  epilog=examples("lia plan", "lia plan --objective throughput --tpot-max-ms 2000",
+                                  "lia compare --models opt-66b,opt-175b", "lia profiles list",
+                                  "lia calibrate --quick", "lia COMMAND --help"))
+profiles_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hardware profiles.",
+                           epilog=examples("lia profiles list", "lia profiles show spr-h100-cxl",
+                                           "lia profiles new --from h100-80gb my-gpu"))
+models_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The model catalog.",
+                         epilog=examples("lia models list", "lia models list --json"))
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(models_app, name="models")
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("lia-modeler")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"lia {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """LIA modeler: measure, model, optimise and validate CPU-GPU cooperative LLM inference."""
 
 # ---------------------------------------------------------------- profiles and models
 
 
-@profiles_app.command("list")
+@profiles_app.command("list", epilog=examples("lia profiles list"))
 def profiles_list() -> None:
     """List the hardware profiles by kind."""
-    from hwprofiles import list_profiles, system_dict
+    from hwprofiles import PROFILE_DIR, _read_yaml, list_profiles, system_dict
 
     table = Table(title="hardware profiles (hwprofiles/)")
     table.add_column("kind")
@@ -39,30 +66,22 @@ def profiles_list() -> None:
             if kind == "system":
                 desc = system_dict(name).get("description", "")
             else:
-                from hwprofiles import PROFILE_DIR, _read_yaml
-
                 desc = _read_yaml(PROFILE_DIR / kind / f"{name}.yaml").get("description", "")
             table.add_row(kind, name, str(desc))
     console.print(table)
 
 
-@profiles_app.command("show")
-def profiles_show(name: str = typer.Argument(..., help="A system or device name."),
+@profiles_app.command("show", epilog=examples("lia profiles show spr-h100", "lia profiles show h100-80gb --json",
+                                              "lia profiles show spr-h100 --set gpu.memory_gib=141",
+                                              "lia profiles show ./my-gpu.yaml"))
+def profiles_show(name: str = typer.Argument(..., help="A system or device name, or a path to a profile .yaml."),
                   overrides: Optional[List[str]] = SetOpt, as_json: bool = JsonOpt) -> None:
-    """Show one profile with the source of every number (systems are shown composed)."""
+    """Show one profile with the source of every number (systems are shown composed, --set applied)."""
     import yaml
 
-    from hwprofiles import DEVICE_KINDS, list_profiles, load_device, load_system
+    from hwprofiles import load_profile
 
-    known = list_profiles()
-    if name in known["system"] or Path(name).suffix in (".yaml", ".yml"):
-        spec = load_system(name, overrides or [])
-    else:
-        kind = next((k for k in DEVICE_KINDS if name in known[k]), None)
-        if kind is None:
-            every = sorted(n for names in known.values() for n in names)
-            raise LiaInputError("profile", f"unknown profile '{name}'", f"known: {', '.join(every)}")
-        spec = load_device(kind, name)
+    _, spec = load_profile(name, overrides or [])
     data = spec.model_dump(mode="json")
     if as_json:
         typer.echo(json.dumps(data, indent=2))
@@ -70,7 +89,53 @@ def profiles_show(name: str = typer.Argument(..., help="A system or device name.
         typer.echo(yaml.safe_dump(data, sort_keys=False, width=120))
 
 
-@models_app.command("list")
+@profiles_app.command("new", epilog=examples("lia profiles new --from h100-80gb my-gpu",
+                                             "lia profiles new --from spr-h100 my-system --out profiles/",
+                                             "lia plan --system profiles/my-system.yaml"))
+def profiles_new(
+    name: str = typer.Argument(..., help="Name of the new profile (also its file name, NAME.yaml)."),
+    source: str = typer.Option(..., "--from", help="The profile to copy: a system or device name, or a path."),
+    out: Path = typer.Option(Path("."), "--out", help="Folder for NAME.yaml."),
+    force: bool = typer.Option(False, "--force", help="Overwrite NAME.yaml if it exists."),
+) -> None:
+    """Write an editable copy of a profile. A system copy keeps naming its devices (catalog names, or files
+    relative to it): copy a device too and point the system at it, e.g. 'gpu: my-gpu.yaml'."""
+    import re
+
+    from hwprofiles import PROFILE_DIR, profile_kind, profile_path
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name.endswith((".yaml", ".yml")):
+        raise LiaInputError("NAME", f"'{name}' is not a plain profile name",
+                            "use letters, digits, '.', '_' and '-', without .yaml, e.g. my-gpu")
+    kind = profile_kind(source)
+    src = profile_path(source)
+    target = out / f"{name}.yaml"
+    if target.exists() and not force:
+        raise LiaInputError(str(target), "the file exists", "choose another NAME or --out, or add --force")
+    if target.resolve().is_relative_to(PROFILE_DIR.resolve()) and not force:
+        raise LiaInputError(str(target), "this is inside the shipped profiles (hwprofiles/)",
+                            "write the copy elsewhere with --out, or add --force")
+    text = src.read_text()
+    new_text, count = re.subn(r"(?m)^name:.*$", f"name: {name}", text, count=1)
+    if count == 0:
+        new_text = f"name: {name}\n" + text
+    if kind == "system":  # device files named relative to the source system stay found from the copy
+        def absolute(match: "re.Match[str]") -> str:
+            path = Path(match.group(2))
+            return f"{match.group(1)}: {path if path.is_absolute() else (src.parent / path).resolve()}"
+
+        new_text = re.sub(r"(?m)^(cpu|gpu|link|ddr|cxl):\s*(\S+\.ya?ml)\s*$", absolute, new_text)
+    header = f"# Copy of {source} ({kind} profile), made by 'lia profiles new'. Edit freely; give every number a source.\n"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        target.write_text(header + new_text)
+    except OSError as err:
+        raise LiaInputError(str(target), f"cannot write the file ({err.strerror})", "choose another --out") from None
+    typer.echo(f"wrote {target} (a {kind} profile; use it with: "
+               f"{'lia plan --system ' + str(target) if kind == 'system' else 'lia profiles show ' + str(target)})")
+
+
+@models_app.command("list", epilog=examples("lia models list", "lia models list --json"))
 def models_list(as_json: bool = JsonOpt) -> None:
     """List the model catalog with parameter counts and KV bytes per token."""
     from lia_model.accounting import kv_bytes_per_token, layer_weight_bytes, total_params
@@ -93,13 +158,17 @@ def models_list(as_json: bool = JsonOpt) -> None:
 
 # ---------------------------------------------------------------- predict
 
+BASELINE_LABELS = "flexgen, ipex, gpu_only, lia_(0,0,0,0,0,0), lia_(1,1,1,1,1,1), lia_(0,1,1,0,0,0)"
 
-@app.command()
+
+@app.command(epilog=examples("lia predict", "lia predict --baseline flexgen --batch 8",
+                             "lia plan --json > plan.json ; lia predict --plan plan.json --mode additive"))
 def predict(
     system: str = SystemOpt, model: str = ModelOpt, batch: int = BatchOpt, input_len: int = InputOpt,
-    output_len: int = OutputOpt, overrides: Optional[List[str]] = SetOpt, mode: str = ModeOpt,
-    plan: Optional[str] = typer.Option(None, "--plan", help="A plan .json (e.g. from 'lia plan --json')."),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="A baseline plan by name."),
+    output_len: int = OutputOpt, overrides: Optional[List[str]] = SetOpt, mode: ModeChoice = ModeOpt,
+    plan: Optional[str] = typer.Option(None, "--plan", help="A plan .json: the output of 'lia plan --json', one "
+                                       "prediction from it, or a bare plan object."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help=f"A baseline plan by label: {BASELINE_LABELS}."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Predict one plan (a file or a baseline); without either, every baseline."""
@@ -107,11 +176,15 @@ def predict(
     from lia_model.costmodel import predict as run_predict
     from lia_model.report import prediction_json, prediction_table
 
-    spec, mspec, workload = load_inputs(system, model, batch, input_len, output_len, overrides)
+    if plan is not None and baseline is not None:
+        raise LiaInputError("--plan", "--plan and --baseline each choose the plan to predict",
+                            "give one of them (or neither, for every baseline)")
     cost_mode = parse_mode(mode)
+    chosen_plan = load_plan(plan) if plan is not None else None
+    spec, mspec, workload = load_inputs(system, model, batch, input_len, output_len, overrides)
     plans = baseline_plans(spec, mspec, workload)
-    if plan is not None:
-        chosen = {"plan": load_plan(plan)}
+    if chosen_plan is not None:
+        chosen = {"plan": chosen_plan}
     elif baseline is not None:
         if baseline not in plans:
             raise LiaInputError("--baseline", f"unknown baseline '{baseline}'", f"choose one of {', '.join(plans)}")
@@ -120,7 +193,7 @@ def predict(
         chosen = plans
     results = {name: run_predict(spec, mspec, workload, p, cost_mode) for name, p in chosen.items()}
     if as_json:
-        typer.echo(json.dumps({name: prediction_json(r) for name, r in results.items()}, indent=2))
+        typer.echo(json.dumps({name: prediction_json(r) for name, r in results.items()}, indent=2, allow_nan=False))
         return
     for name, r in results.items():
         prediction_table(console, r, title=f"{name}: {mspec.name} on {spec.name}, B={batch} L_in={input_len} "

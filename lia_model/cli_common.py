@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
+from enum import Enum
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -16,23 +19,59 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 DEFAULT_MODEL = "opt-175b"
 DEFAULT_SYSTEM = "spr-h100"
 
-SystemOpt = typer.Option(DEFAULT_SYSTEM, "--system", help="System profile name or path to a system .yaml.")
-ModelOpt = typer.Option(DEFAULT_MODEL, "--model", help="Catalog model or path to a Hugging Face config.json.")
-BatchOpt = typer.Option(1, "--batch", help="Batch size B.")
+
+class ModeChoice(str, Enum):
+    overlap = "overlap"
+    additive = "additive"
+
+
+class ObjectiveChoice(str, Enum):
+    latency = "latency"
+    throughput = "throughput"
+
+
+class SolverChoice(str, Enum):
+    cbc = "cbc"
+    highs = "highs"
+    enumerate = "enumerate"
+
+
+SystemOpt = typer.Option(DEFAULT_SYSTEM, "--system", help="System profile name (lia profiles list) or path to a "
+                         "system .yaml.")
+ModelOpt = typer.Option(DEFAULT_MODEL, "--model", help="Catalog model (lia models list) or path to a Hugging Face "
+                        "config.json (or its folder).")
+BatchOpt = typer.Option(1, "--batch", help="Batch size B (sequences processed together).")
 InputOpt = typer.Option(256, "--input", help="Prompt tokens per sequence (L_in).")
-OutputOpt = typer.Option(32, "--output", help="Generated tokens per sequence (L_out).")
-SetOpt = typer.Option(None, "--set", help="What-if override FIELD=VALUE of the system (repeatable).")
-ModeOpt = typer.Option("overlap", "--mode", help="Cost model mode: overlap or additive.")
+OutputOpt = typer.Option(32, "--output", help="Generated tokens per sequence (L_out), the first from prefill.")
+SetOpt = typer.Option(None, "--set", help="What-if override FIELD=VALUE of the system, e.g. gpu.memory_gib=141 "
+                      "(repeatable; any field 'lia profiles show' prints).")
+ModeOpt = typer.Option(ModeChoice.overlap, "--mode", case_sensitive=False,
+                       help="Cost model: overlap (resources run side by side) or additive (the paper's serial sum).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables.")
 
 
-def parse_mode(mode: str):
+def examples(*lines: str) -> str:
+    """A command's help epilog: its examples, one per line."""
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
+
+
+def parse_mode(mode):
     from lia_model.costterms import CostMode
 
     try:
-        return CostMode(mode)
+        return CostMode(getattr(mode, "value", mode))
     except ValueError:
         raise LiaInputError("--mode", f"unknown cost mode '{mode}'", "use overlap or additive") from None
+
+
+def finite_positive(option: str, value: Optional[float], example: str, largest: float) -> Optional[float]:
+    """None, or a finite number in (0, largest]; anything else is an input error naming the option."""
+    if value is None:
+        return None
+    if not math.isfinite(value) or value <= 0 or value > largest:
+        raise LiaInputError(option, f"must be a number above 0 and at most {largest:g}, got {value:g}",
+                            f"e.g. {option} {example}")
+    return value
 
 
 def load_inputs(system: str, model: str, batch: int, input_len: int, output_len: int, overrides):
@@ -46,32 +85,75 @@ def load_inputs(system: str, model: str, batch: int, input_len: int, output_len:
 
 
 def load_plan(path: str):
+    """A Plan from a file: a plan object, a prediction (its "plan"), or a whole 'lia plan --json' output (its
+    "optimum.plan")."""
     from pydantic import ValidationError
 
     from lia_model.errors import from_validation_error
     from lia_model.plan import Plan
 
-    p = Path(path)
-    if not p.exists():
-        raise LiaInputError("--plan", f"no such file '{path}'", "give a plan .json written by 'lia plan --json'")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as err:
-        raise LiaInputError(path, f"malformed JSON at line {err.lineno}: {err.msg}", "check the file") from None
-    if isinstance(data, dict) and "plan" in data and isinstance(data["plan"], dict):
-        data = data["plan"]  # accept the whole 'lia plan --json' output
+    from lia_model.inputs import parse_json, read_text
+
+    fix = "give a plan .json written by 'lia plan --json > plan.json'"
+    data = parse_json(read_text(Path(path), "--plan", fix), path, fix)
+    if isinstance(data, dict) and isinstance(data.get("optimum"), dict) and "plan" in data["optimum"]:
+        data = data["optimum"]["plan"]  # the whole 'lia plan --json' output
+    elif isinstance(data, dict) and isinstance(data.get("plan"), dict):
+        data = data["plan"]  # one prediction
+    if not isinstance(data, dict):
+        raise LiaInputError(path, "the file holds no plan object", fix)
     try:
         return Plan.model_validate(data)
     except ValidationError as err:
         raise from_validation_error(err, path, Plan) from None
 
 
+def _usage_line(err) -> str:
+    """A click usage error as one line: what is wrong and where to read the options."""
+    message = " ".join(err.format_message().replace("Value error, ", "").split())
+    ctx = getattr(err, "ctx", None)
+    where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    return f"{message}{where}"
 
 
-def run_guarded(app: typer.Typer) -> None:
-    """Run a typer app; bad input ends with one ``error:`` line and exit code 2, never a traceback."""
+def _click_exceptions() -> list:
+    """The exception modules of the click that typer runs on: typer >= 0.20 vendors it as typer._click,
+    older typers use click itself."""
+    import importlib
+
+    modules = []
+    for name in ("typer._click.exceptions", "typer.exceptions", "click.exceptions"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return modules
+
+
+def run_guarded(app: typer.Typer, prog_name: str = "lia") -> None:
+    """Run a typer app. Bad input (ours or a usage error) ends with one ``error:`` line and exit code 2,
+    never a traceback; Ctrl-C ends with one line and exit code 130."""
+    mods = _click_exceptions()
+    def classes(name: str) -> tuple:
+        return tuple(getattr(m, name) for m in mods if hasattr(m, name))
+
+    no_args, usage, click_error = classes("NoArgsIsHelpError"), classes("UsageError"), classes("ClickException")
+    abort = classes("Abort") + (KeyboardInterrupt,)
     try:
-        app()
+        code = app(standalone_mode=False, prog_name=prog_name)
     except LiaInputError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
+    except no_args as err:
+        typer.echo(err.ctx.get_help())
+        sys.exit(0)
+    except usage as err:
+        typer.echo(f"error: {_usage_line(err)}", err=True)
+        sys.exit(2)
+    except click_error as err:
+        typer.echo(f"error: {' '.join(err.format_message().split())}", err=True)
+        sys.exit(err.exit_code or 1)
+    except abort:
+        typer.echo("error: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

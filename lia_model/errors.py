@@ -22,36 +22,51 @@ class LiaInputError(ValueError):
 
 
 def from_validation_error(err: "object", where: str, model_cls: "type | None" = None) -> LiaInputError:
-    """Turn a pydantic ValidationError into one LiaInputError about its first problem.
+    """Turn a pydantic ValidationError into one LiaInputError that lists every problem.
 
-    where: what was being validated (a file name, "--set", ...). The message names the dotted field,
-    says what is wrong, and gives a valid example (from the field's ``examples`` when it has one).
+    where: what was being validated (a file name, "--set", ...). Each problem names the dotted field, says
+    what is wrong and gives a valid example (from the field's ``examples`` when it has one). One problem
+    reads as one line; several read as a count on the first line, then one indented line each.
     """
+    errors = err.errors()  # type: ignore[attr-defined]
+    # A misspelt field shows up as one unknown and one missing field: the unknown one comes first.
+    errors = sorted(errors, key=lambda e: e.get("type") != "extra_forbidden")
+    problems = [_problem(e, model_cls) for e in errors]
+    if len(problems) == 1:
+        field, problem, fix = problems[0]
+        return LiaInputError(f"{where}: {field}", problem, fix)
+    lines = [f"{field}: {problem}" + (f" -- {fix}" if fix else "") for field, problem, fix in problems]
+    return LiaInputError(where, f"{len(problems)} problems:\n  " + "\n  ".join(lines))
+
+
+def _problem(error: dict, model_cls: "type | None") -> "tuple[str, str, str]":
+    """(dotted field, what is wrong, how to fix it) for one pydantic error."""
     import difflib
 
-    errors = err.errors()  # type: ignore[attr-defined]
-    # A misspelt field shows up as one unknown and one missing field: the unknown one says more.
-    errors = sorted(errors, key=lambda e: e.get("type") != "extra_forbidden")
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ())]
+    loc = [str(p) for p in error.get("loc", ())]
     field = ".".join(loc) if loc else "(top level)"
-    kind = first.get("type", "")
-    got = first.get("input")
+    kind = error.get("type", "")
+    got = error.get("input")
     owner, leaf_info = _resolve_field(model_cls, loc)
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     if kind == "extra_forbidden":
         valid = sorted(owner.model_fields) if owner is not None else []
         close = difflib.get_close_matches(loc[-1], valid, n=1) if valid else []
         hint = f"did you mean '{close[0]}'? " if close else ""
-        return LiaInputError(f"{where}: {field}", f"unknown field{more}",
-                             f"{hint}valid fields here: {', '.join(valid)}" if valid else hint)
-    if kind == "missing":
-        example = _example(leaf_info, loc[-1] if loc else "")
-        return LiaInputError(f"{where}: {field}", f"required field is missing{more}", f"add it, e.g. {example}")
-    msg = first.get("msg", "invalid value")
+        return field, "unknown field", f"{hint}valid fields here: {', '.join(valid)}" if valid else hint
     example = _example(leaf_info, loc[-1] if loc else "")
-    got_text = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
-    return LiaInputError(f"{where}: {field}", f"{msg}{got_text}{more}", f"e.g. {example}" if example else "")
+    if kind == "missing":
+        return field, "required field is missing", f"add it, e.g. {example}" if example else "add it"
+    msg = str(error.get("msg", "invalid value"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    got_text = f" (got {_short(got)})" if got is not None and not isinstance(got, (dict, list)) else ""
+    return field, f"{msg}{got_text}", f"e.g. {example}" if example else ""
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _resolve_field(model_cls: "type | None", loc: list[str]) -> "tuple[type | None, object]":

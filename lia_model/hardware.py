@@ -16,12 +16,32 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from lia_model.plan import CpuIsa, HostTier
 
 
+# Plausibility bounds: far outside any real device, tight enough that a typo (1e-30 GB/s, 1e9 GiB) is an
+# input error rather than times of 1e30 s.
+MIN_GBPS, MAX_GBPS = 1e-3, 1e6
+MAX_TFLOPS = 1e6
+MAX_GIB = 1e7
+MAX_US = 1e7
+
+
 class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    """Frozen, no unknown fields, no inf or NaN, and no true/false where a number belongs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for name, info in cls.model_fields.items():
+                value = data.get(name)
+                if isinstance(value, bool) and info.annotation in (int, float):
+                    raise ValueError(f"{name} is a number, got {str(value).lower()}")
+        return data
 
 
 class EfficiencyPoint(_Spec):
-    tokens: int = Field(ge=1, description="Rows of the matrix product (batch x new tokens).", examples=[256])
+    tokens: int = Field(ge=1, le=2**31, description="Rows of the matrix product (batch x new tokens).", examples=[256])
     efficiency: float = Field(gt=0.0, le=1.0, description="Achieved / peak throughput.", examples=[0.7])
 
 
@@ -90,16 +110,17 @@ def _numeric_paths(spec: BaseModel, prefix: str = "") -> list[str]:
 
 
 def _has_source(source: dict[str, str], path: str) -> bool:
-    """A source for ``a.b.c`` may be given at ``a.b.c``, ``a.b`` or ``a``."""
+    """A source for ``a.b.c`` may be given at ``a.b.c``, ``a.b`` or ``a`` (and must say something)."""
     parts = path.split(".")
-    return any(".".join(parts[:k]) in source for k in range(len(parts), 0, -1))
+    return any(str(source.get(".".join(parts[:k]), "")).strip() for k in range(len(parts), 0, -1))
 
 
 class IsaSpec(_Spec):
     """Matrix throughput of one CPU ISA."""
 
     present: bool = Field(description="Whether the CPU has this ISA.")
-    per_core_tflops: float = Field(ge=0.0, description="Peak dense throughput of one core (datasheet or paper), "
+    per_core_tflops: float = Field(ge=0.0, le=MAX_TFLOPS,
+        description="Peak dense throughput of one core (datasheet or paper), "
                                    "or in a calibrated profile the best measured rate / cores.", examples=[0.5])
     matmul_efficiency: list[EfficiencyPoint] = Field(
         default_factory=list, description="Linear-layer efficiency vs token count (empty when absent)."
@@ -125,11 +146,15 @@ class CpuSpec(Sourced):
     name: str
     kind: Literal["cpu"] = "cpu"
     description: str = ""
-    cores: int = Field(ge=1, description="Physical cores used for inference.", examples=[40])
+    cores: int = Field(ge=1, le=100_000, description="Physical cores used for inference.", examples=[40])
+    sockets: Optional[int] = Field(None, ge=1, le=64, description="CPU sockets the cores span (informational: "
+                                   "the rates are for all the cores together).", examples=[2])
     memory_read_gbps: float = Field(
-        gt=0, description="Read bandwidth all cores can pull from local DDR (GEMV-like streaming).", examples=[265]
+        ge=MIN_GBPS, le=MAX_GBPS,
+            description="Read bandwidth all cores can pull from local DDR (GEMV-like streaming).", examples=[265]
     )
-    op_overhead_us: float = Field(ge=0, description="Fixed cost of launching one CPU sublayer.", examples=[20])
+    op_overhead_us: float = Field(ge=0, le=MAX_US,
+        description="Fixed cost of launching one CPU sublayer.", examples=[20])
     isa: dict[CpuIsa, IsaSpec] = Field(description="Throughput per matrix ISA.")
 
     @field_validator("isa")
@@ -149,15 +174,18 @@ class GpuSpec(Sourced):
     name: str
     kind: Literal["gpu"] = "gpu"
     description: str = ""
-    memory_gib: float = Field(gt=0, description="Device memory.", examples=[80])
-    reserved_gib: float = Field(ge=0, description="Taken by the CUDA context and libraries.", examples=[1.0])
-    hbm_gbps: float = Field(gt=0, description="Device memory bandwidth.", examples=[3350])
+    memory_gib: float = Field(gt=0, le=MAX_GIB, description="Device memory.", examples=[80])
+    reserved_gib: float = Field(ge=0, le=MAX_GIB,
+        description="Taken by the CUDA context and libraries.", examples=[1.0])
+    hbm_gbps: float = Field(ge=MIN_GBPS, le=MAX_GBPS, description="Device memory bandwidth.", examples=[3350])
     bf16_peak_tflops: float = Field(
-        gt=0, description="Peak the efficiency tables are relative to: the datasheet's dense bf16 peak, or in a "
+        gt=0, le=MAX_TFLOPS,
+            description="Peak the efficiency tables are relative to: the datasheet's dense bf16 peak, or in a "
                           "calibrated profile the best rate measured.", examples=[989])
     matmul_efficiency: list[EfficiencyPoint]
     attention_efficiency: list[EfficiencyPoint]
-    op_overhead_us: float = Field(ge=0, description="Fixed cost of launching one GPU sublayer.", examples=[10])
+    op_overhead_us: float = Field(ge=0, le=MAX_US,
+        description="Fixed cost of launching one GPU sublayer.", examples=[10])
 
     _tables = field_validator("matmul_efficiency", "attention_efficiency")(_check_table)
 
@@ -166,11 +194,15 @@ class LinkSpec(Sourced):
     name: str
     kind: Literal["link"] = "link"
     description: str = ""
-    h2d_gbps: float = Field(gt=0, description="Host-to-device copy bandwidth from pinned memory.", examples=[55])
-    d2h_gbps: float = Field(gt=0, description="Device-to-host copy bandwidth into pinned memory.", examples=[55])
-    pageable_h2d_gbps: float = Field(gt=0, description="Host-to-device from pageable memory.", examples=[18])
-    pageable_d2h_gbps: float = Field(gt=0, description="Device-to-host into pageable memory.", examples=[18])
-    transfer_latency_us: float = Field(ge=0, description="Fixed cost of one copy.", examples=[10])
+    h2d_gbps: float = Field(ge=MIN_GBPS, le=MAX_GBPS,
+        description="Host-to-device copy bandwidth from pinned memory.", examples=[55])
+    d2h_gbps: float = Field(ge=MIN_GBPS, le=MAX_GBPS,
+        description="Device-to-host copy bandwidth into pinned memory.", examples=[55])
+    pageable_h2d_gbps: float = Field(ge=MIN_GBPS, le=MAX_GBPS,
+        description="Host-to-device from pageable memory.", examples=[18])
+    pageable_d2h_gbps: float = Field(ge=MIN_GBPS, le=MAX_GBPS,
+        description="Device-to-host into pageable memory.", examples=[18])
+    transfer_latency_us: float = Field(ge=0, le=MAX_US, description="Fixed cost of one copy.", examples=[10])
 
 
 class MemoryTierSpec(Sourced):
@@ -178,9 +210,11 @@ class MemoryTierSpec(Sourced):
     kind: Literal["memory"] = "memory"
     tier: HostTier
     description: str = ""
-    capacity_gib: float = Field(gt=0, description="Installed capacity.", examples=[512])
-    read_gbps: float = Field(gt=0, description="Sustained read bandwidth (CPU or DMA).", examples=[265])
-    added_latency_ns: float = Field(ge=0, description="Extra load latency over local DDR.", examples=[0])
+    capacity_gib: float = Field(gt=0, le=MAX_GIB, description="Installed capacity.", examples=[512])
+    read_gbps: float = Field(ge=MIN_GBPS, le=MAX_GBPS,
+        description="Sustained read bandwidth (CPU or DMA).", examples=[265])
+    added_latency_ns: float = Field(ge=0, le=MAX_US * 1e3,
+        description="Extra load latency over local DDR.", examples=[0])
 
 
 class Provenance(_Spec):
@@ -204,7 +238,8 @@ class SystemSpec(Sourced):
     link: LinkSpec
     ddr: MemoryTierSpec
     cxl: Optional[MemoryTierSpec] = None
-    host_reserved_gib: float = Field(ge=0, description="Host memory kept for the OS and runtime.", examples=[16])
+    host_reserved_gib: float = Field(ge=0, le=MAX_GIB,
+        description="Host memory kept for the OS and runtime.", examples=[16])
     memory_headroom_fraction: float = Field(
         ge=0, lt=1, description="Fraction of each tier left free as headroom.", examples=[0.05]
     )

@@ -16,7 +16,8 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    num_layers: int = Field(ge=1)
+    num_layers: int = Field(ge=1, le=1024, description="Decoder layers (at most 1024: the largest models have "
+                            "about 130, and the optimiser's arrays grow with the count).")
     hidden_size: int = Field(ge=1)
     ffn_size: int = Field(ge=1, description="Intermediate size of one expert's MLP.")
     num_heads: int = Field(ge=1)
@@ -100,52 +101,122 @@ def get_model(name: str) -> ModelSpec:
     )
 
 
-def _first(config: Mapping[str, Any], *keys: str) -> Any:
+# Model types whose Hugging Face config leaves the MLP width out because it is 4 x hidden by definition.
+_FOUR_X_HIDDEN_TYPES = ("gpt2", "bloom", "falcon", "gpt_bigcode", "gptj")
+_GATED_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2",
+                "phi3", "olmo", "olmo2", "deepseek_v2", "deepseek_v3")
+
+
+def _first(config: Mapping[str, Any], *keys: str) -> tuple[str, Any]:
+    """(key, value) of the first key present with a non-null value, else (keys[0], None)."""
     for key in keys:
         if key in config and config[key] is not None:
-            return config[key]
-    return None
+            return key, config[key]
+    return keys[0], None
+
+
+def _whole(config: Mapping[str, Any], *keys: str, minimum: int = 1, example: int = 4096) -> "int | None":
+    """An integer field (the first of ``keys`` present), at least ``minimum``; None when absent."""
+    key, value = _first(config, *keys)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))
+                                          or not value.is_integer())):
+        raise LiaInputError(f"config.json {key}", f"must be a whole number, got {value!r}"[:120],
+                            f'e.g. "{key}": {example}')
+    if value < minimum:
+        raise LiaInputError(f"config.json {key}", f"must be at least {minimum}, got {value!r}",
+                            f'e.g. "{key}": {example}')
+    return int(value)
+
+
+def _flag(config: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise LiaInputError(f"config.json {key}", f"must be true or false, got {value!r}"[:120],
+                            f'e.g. "{key}": {str(default).lower()}')
+    return value
 
 
 def model_from_hf_config(config: Mapping[str, Any], name: str = "custom") -> ModelSpec:
-    """Build a ModelSpec from a Hugging Face config.json dict (OPT, Llama, Mistral/Mixtral, Bloom, ...).
+    """Build a ModelSpec from a Hugging Face config.json dict (OPT, Llama, Mistral/Mixtral, Qwen, Bloom, ...).
 
-    Honours ``head_dim`` and ``num_key_value_heads`` when present.
+    Every number is checked (a whole number of at least 1); nothing is guessed: a missing MLP width is an
+    error unless the model type defines it as 4 x hidden, and what the cost model does not represent
+    (quantized weights, shared MoE experts) is refused rather than ignored.
     """
-    hidden = _first(config, "hidden_size", "n_embd", "d_model")
-    layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")
-    heads = _first(config, "num_attention_heads", "n_head", "num_heads")
-    missing = [k for k, v in (("hidden_size", hidden), ("num_hidden_layers", layers),
-                              ("num_attention_heads", heads)) if v is None]
-    if missing:
-        raise LiaInputError(
-            f"config.json {missing[0]}", "missing from the config",
-            'a decoder config needs e.g. {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32}',
-        )
-    model_type = str(config.get("model_type", "")).lower()
-    ffn = _first(config, "intermediate_size", "ffn_dim", "n_inner")
+    if not isinstance(config, Mapping):
+        raise LiaInputError("config.json", "the config is not a JSON object", 'e.g. {"hidden_size": 4096, ...}')
+    model_type = config.get("model_type", "")
+    model_type = model_type.lower() if isinstance(model_type, str) else ""
+    hidden = _whole(config, "hidden_size", "n_embd", "d_model", example=4096)
+    layers = _whole(config, "num_hidden_layers", "n_layer", "num_layers", example=32)
+    heads = _whole(config, "num_attention_heads", "n_head", "num_heads", example=32)
+    for key, value in (("hidden_size", hidden), ("num_hidden_layers", layers), ("num_attention_heads", heads)):
+        if value is None:
+            raise LiaInputError(
+                f"config.json {key}", "missing from the config",
+                'a decoder config needs e.g. {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32}')
+    if config.get("quantization_config") is not None:
+        raise LiaInputError("config.json quantization_config", "quantized checkpoints are not modelled: the cost "
+                            "model prices bf16 weights", "remove quantization_config to model the bf16 model")
+    for key in ("shared_expert_intermediate_size", "n_shared_experts", "num_shared_experts"):
+        if config.get(key):
+            raise LiaInputError(f"config.json {key}", "shared MoE experts are not modelled (their weights would "
+                                "be left out of every size and time)", "use a model without shared experts")
+    experts = _whole(config, "num_local_experts", "num_experts", "n_routed_experts", example=8) or 1
+    per_token = _whole(config, "num_experts_per_tok", "num_experts_per_token", example=2)
+    if experts > 1 and per_token is None:
+        raise LiaInputError("config.json num_experts_per_tok", f"missing for a model with {experts} experts",
+                            'e.g. "num_experts_per_tok": 2')
+    per_token = per_token or 1
+    ffn = None
+    if experts > 1:
+        ffn = _whole(config, "moe_intermediate_size", example=1408)
     if ffn is None:
-        ffn = 4 * int(hidden)
-    kv_heads = _first(config, "num_key_value_heads", "num_kv_heads") or heads
-    head_dim = _first(config, "head_dim") or int(hidden) // int(heads)
-    vocab = _first(config, "vocab_size") or 32000
-    max_ctx = _first(config, "max_position_embeddings", "n_positions", "seq_length", "max_sequence_length") or 2048
-    gated = model_type in ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "gemma", "gemma2", "phi3") or (
-        str(config.get("hidden_act", config.get("activation_function", ""))).lower() in ("silu", "swiglu")
-        and model_type not in ("opt", "bloom", "gpt2")
-    )
-    experts = _first(config, "num_local_experts", "num_experts") or 1
-    per_token = _first(config, "num_experts_per_tok", "num_experts_per_token") or (2 if experts > 1 else 1)
-    bias = bool(config.get("attention_bias", model_type in ("opt", "bloom", "gpt2", "gpt_neox", "falcon")))
-    learned = int(max_ctx) + 2 if model_type == "opt" else (int(max_ctx) if model_type == "gpt2" else 0)
+        ffn = _whole(config, "intermediate_size", "ffn_dim", "n_inner", example=11008)
+    if ffn is None:
+        if model_type not in _FOUR_X_HIDDEN_TYPES:
+            raise LiaInputError("config.json intermediate_size", "missing: the MLP width is not in the config",
+                                'add it, e.g. "intermediate_size": 11008')
+        ffn = 4 * hidden
+    kv_heads = _whole(config, "num_key_value_heads", "num_kv_heads", example=8)
+    kv_heads = heads if kv_heads is None else kv_heads
+    head_dim = _whole(config, "head_dim", example=128)
+    if head_dim is None:
+        if hidden % heads:
+            raise LiaInputError("config.json num_attention_heads", f"{heads} heads do not divide hidden_size "
+                                f"{hidden}", 'give "head_dim" too, or a head count that divides hidden_size')
+        head_dim = hidden // heads
+    vocab = _whole(config, "vocab_size", example=32000)
+    if vocab is None:
+        raise LiaInputError("config.json vocab_size", "missing from the config", 'e.g. "vocab_size": 32000')
+    max_ctx = _whole(config, "max_position_embeddings", "n_positions", "seq_length", "max_sequence_length",
+                     example=4096)
+    if max_ctx is None:
+        raise LiaInputError("config.json max_position_embeddings", "missing: the context limit is not in the config",
+                            'add it, e.g. "max_position_embeddings": 4096')
+    act = config.get("hidden_act", config.get("activation_function", ""))
+    gated = model_type in _GATED_TYPES or (
+        isinstance(act, str) and act.lower() in ("silu", "swiglu") and model_type not in ("opt", "bloom", "gpt2"))
+    bias = _flag(config, "attention_bias", model_type in ("opt", "bloom", "gpt2", "gpt_neox", "falcon"))
+    learned = max_ctx + 2 if model_type == "opt" else (max_ctx if model_type == "gpt2" else 0)
     try:
         return ModelSpec(
-            name=name, num_layers=int(layers), hidden_size=int(hidden), ffn_size=int(ffn), num_heads=int(heads),
-            num_kv_heads=int(kv_heads), head_dim=int(head_dim), vocab_size=int(vocab), max_context=int(max_ctx),
-            gated_mlp=bool(gated), num_experts=int(experts), experts_per_token=int(per_token), linear_bias=bias,
-            learned_positions=learned, tied_embeddings=bool(config.get("tie_word_embeddings", True)),
+            name=name, num_layers=layers, hidden_size=hidden, ffn_size=ffn, num_heads=heads, num_kv_heads=kv_heads,
+            head_dim=head_dim, vocab_size=vocab, max_context=max_ctx, gated_mlp=bool(gated), num_experts=experts,
+            experts_per_token=per_token, linear_bias=bias, learned_positions=learned,
+            tied_embeddings=_flag(config, "tie_word_embeddings", True),
             source=f"Hugging Face config.json (model_type {model_type or 'unknown'})",
         )
     except ValueError as err:  # pydantic.ValidationError subclasses ValueError
-        raise LiaInputError("config.json", str(err).splitlines()[-1] if str(err) else "invalid",
-                            "check the config's head and size fields") from None
+        from pydantic import ValidationError
+
+        from lia_model.errors import from_validation_error
+
+        if isinstance(err, ValidationError):
+            raise from_validation_error(err, "config.json", ModelSpec) from None
+        raise

@@ -2,15 +2,19 @@
 
 JSON schema of ``lia plan --json`` (stable; ``schema`` names its version):
   {
-    "schema": "lia.plan/1",
+    "schema": "lia.plan/2",
     "query": {"system", "model", "batch", "input_len", "output_len", "objective", "tpot_max_s", "mode",
               "solver", "overrides": [..]},
     "optimum": <prediction>,            # see below; its "plan" round-trips into lia_model.plan.Plan
     "solve_time_s": float,
-    "batches_tried": [int, ...],
+    "batches_tried": [int, ...],        # batches solved exactly
+    "batch_search": null | {"largest_fitting_batch", "batches_solved", "gap_bound"},  # throughput only:
+                                        # no batch of 1..largest_fitting_batch beats the optimum by more than
+                                        # gap_bound (a fraction; 0.0 = proven best batch)
     "baselines": {label: <prediction> + {"speedup_of_optimum": float | null}}
   }
-  <prediction> = {"system", "model", "workload": {batch, input_len, output_len}, "mode", "plan": {...},
+  <prediction> = {"system", "model", "workload": {batch, input_len, output_len}, "mode", "plan": {...} (a Plan:
+                  since lia.plan/2 with prefill_cpu_isa and decode_cpu_isa instead of lia.plan/1's cpu_isa),
                   "plan_in_words": {"prefill", "decode"}, "feasible", "ttft_s", "tpot_mean_s", "latency_s",
                   "throughput_tokens_per_s", "memory_gb": {tier: GB}, "memory_available_gb": {tier: GB},
                   "shortfalls": [{tier, required_gb, available_gb, shortfall_gb}], "bound_resource":
@@ -28,14 +32,22 @@ import typer
 from rich.table import Table
 
 from lia_model.cli_common import (
-    BatchOpt, InputOpt, JsonOpt, ModeOpt, ModelOpt, OutputOpt, SetOpt, SystemOpt, console, load_inputs, parse_mode,
+    BatchOpt, InputOpt, JsonOpt, ModeChoice, ModeOpt, ModelOpt, ObjectiveChoice, OutputOpt, SetOpt, SolverChoice,
+    SystemOpt, console, examples, finite_positive, load_inputs, parse_mode,
 )
+from lia_model.errors import LiaInputError
 
-SCHEMA = "lia.plan/1"
+SCHEMA = "lia.plan/2"
+MAX_TPOT_MS = 1e7  # about 2.8 hours per token: any larger bound is a typo
 
-ObjectiveOpt = typer.Option("latency", "--objective", help="latency, or throughput (the batch is chosen too).")
-TpotOpt = typer.Option(None, "--tpot-max-ms", help="Bound on the mean time per output token, in ms.")
-SolverOpt = typer.Option("cbc", "--solver", help="cbc (default), highs, or enumerate (exact, fastest).")
+ObjectiveOpt = typer.Option(ObjectiveChoice.latency, "--objective", case_sensitive=False,
+                            help="latency (one query of batch B), or throughput (the batch is chosen too, "
+                                 "up to what memory allows).")
+TpotOpt = typer.Option(None, "--tpot-max-ms", help="Bound on the mean time per output token, in ms (needs "
+                       "--output 2 or more).")
+SolverOpt = typer.Option(SolverChoice.cbc, "--solver", case_sensitive=False,
+                         help="cbc (the ILP, default), highs (the ILP on HiGHS), or enumerate (exact "
+                              "enumeration of the plan space, fastest).")
 
 
 def speedup(objective: str, optimum, baseline) -> Optional[float]:
@@ -46,18 +58,29 @@ def speedup(objective: str, optimum, baseline) -> Optional[float]:
     return optimum.throughput_tokens_per_s / baseline.throughput_tokens_per_s
 
 
-def run_plan(system: str, model: str, batch: int, input_len: int, output_len: int, overrides, objective: str,
-             tpot_max_ms: Optional[float], mode: str, solver: str) -> dict:
+def check_tpot_bound(tpot_max_ms: Optional[float], output_len: int) -> Optional[float]:
+    """The bound in seconds (None without one); an error when it is not a sane number or has no decode
+    step to bound."""
+    finite_positive("--tpot-max-ms", tpot_max_ms, "500", MAX_TPOT_MS)
+    if tpot_max_ms is not None and output_len < 2:
+        raise LiaInputError("--tpot-max-ms", f"with --output {output_len} there is no decode step, so no time per "
+                            "output token to bound", "use --output 2 or more, or drop --tpot-max-ms")
+    return None if tpot_max_ms is None else tpot_max_ms * 1e-3
+
+
+def run_plan(system: str, model: str, batch: int, input_len: int, output_len: int, overrides, objective,
+             tpot_max_ms: Optional[float], mode, solver) -> dict:
     """Optimise one query and predict every baseline at the same batch: the dict of the JSON schema."""
     from lia_model.baselines import baseline_plans
     from lia_model.costmodel import predict
     from lia_model.optimizer import optimize, parse_objective
     from lia_model.report import prediction_json
 
-    spec, mspec, workload = load_inputs(system, model, batch, input_len, output_len, overrides)
-    obj = parse_objective(objective)
+    obj = parse_objective(getattr(objective, "value", objective))
     cost_mode = parse_mode(mode)
-    tpot_max_s = None if tpot_max_ms is None else tpot_max_ms * 1e-3
+    solver = getattr(solver, "value", solver)
+    tpot_max_s = check_tpot_bound(tpot_max_ms, output_len)
+    spec, mspec, workload = load_inputs(system, model, batch, input_len, output_len, overrides)
     result = optimize(spec, mspec, workload, obj, tpot_max_s=tpot_max_s, solver=solver, mode=cost_mode)
     chosen = result.workload
     baselines = {}
@@ -74,6 +97,10 @@ def run_plan(system: str, model: str, batch: int, input_len: int, output_len: in
         "optimum": prediction_json(result.prediction),
         "solve_time_s": result.solve_time_s,
         "batches_tried": list(result.batches_tried),
+        "batch_search": None if obj.value == "latency" else {
+            "largest_fitting_batch": result.largest_fitting_batch,
+            "batches_solved": list(result.batches_tried),
+            "gap_bound": result.batch_gap_bound},
         "baselines": baselines,
         "_prediction": result.prediction,
     }
@@ -83,13 +110,25 @@ def _fmt_speedup(value: Optional[float]) -> str:
     return "does not fit" if value is None else f"{value:.2f}x"
 
 
+def batch_words(out: dict) -> str:
+    """How the batch was chosen (throughput objectives)."""
+    search = out.get("batch_search")
+    if not search:
+        return ""
+    top = search["largest_fitting_batch"]
+    if search["gap_bound"] == 0.0:
+        return f" (the best batch of 1..{top})"
+    return (f" (no batch of 1..{top} is more than {search['gap_bound'] * 100:.2g}% better; "
+            f"{len(search['batches_solved'])} batches solved)")
+
+
 def print_plan(out: dict) -> None:
     from lia_model.report import HEADLINE_COLUMNS, fmt_s, headline_row, prediction_table
 
     q = out["query"]
     pred = out["_prediction"]
     bound = f", mean TPOT <= {q['tpot_max_s'] * 1e3:g} ms" if q["tpot_max_s"] else ""
-    title = (f"optimal plan: {q['model']} on {q['system']}, B={q['batch']}, L_in={q['input_len']}, "
+    title = (f"optimal plan: {q['model']} on {q['system']}, B={q['batch']}{batch_words(out)}, L_in={q['input_len']}, "
              f"L_out={q['output_len']}, objective {q['objective']}{bound} ({q['mode']} model, {q['solver']}, "
              f"solved in {out['solve_time_s'] * 1e3:.0f} ms)")
     prediction_table(console, pred, title=title)
@@ -113,45 +152,83 @@ def print_plan(out: dict) -> None:
     console.print(table)
 
 
+PLAN_EXAMPLES = examples(
+    "lia plan",
+    "lia plan --model opt-30b --system gnr-a100 --batch 64 --input 1024 --output 32",
+    "lia plan --objective throughput --tpot-max-ms 2000",
+    "lia plan --set gpu.memory_gib=141 --set link.h2d_gbps=64",
+    "lia plan --model path/to/config.json --system my-system.yaml",
+    "lia plan --json > plan.json ; lia predict --plan plan.json --mode additive",
+)
+
+
 def plan(system: str = SystemOpt, model: str = ModelOpt, batch: int = BatchOpt, input_len: int = InputOpt,
-         output_len: int = OutputOpt, objective: str = ObjectiveOpt, tpot_max_ms: Optional[float] = TpotOpt,
-         overrides: Optional[List[str]] = SetOpt, mode: str = ModeOpt, solver: str = SolverOpt,
-         as_json: bool = JsonOpt) -> None:
-    """The optimal plan for one query (default: OPT-175B on spr-h100, B=1, 256 in, 32 out, latency)."""
+         output_len: int = OutputOpt, objective: ObjectiveChoice = ObjectiveOpt,
+         tpot_max_ms: Optional[float] = TpotOpt, overrides: Optional[List[str]] = SetOpt,
+         mode: ModeChoice = ModeOpt, solver: SolverChoice = SolverOpt, as_json: bool = JsonOpt) -> None:
+    """The optimal plan for one query beside every baseline (default: OPT-175B on spr-h100, B=1, 256 in,
+    32 out, latency)."""
     out = run_plan(system, model, batch, input_len, output_len, overrides, objective, tpot_max_ms, mode, solver)
     if as_json:
         out.pop("_prediction")
-        typer.echo(json.dumps(out, indent=2))
+        typer.echo(json.dumps(out, indent=2, allow_nan=False))
     else:
         print_plan(out)
 
 
+def _names(option: str, text: str, example: str) -> list[str]:
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    if not names:
+        raise LiaInputError(option, f"no names given ('{text}')", f"e.g. {option} {example}")
+    return names
+
+
+COMPARE_EXAMPLES = examples(
+    "lia compare",
+    "lia compare --systems spr-a100,spr-h100,gnr-a100,gnr-h100 --models opt-66b,opt-175b",
+    "lia compare --systems spr-h100,spr-h100-cxl --models opt-30b --objective throughput",
+    "lia compare --models a/config.json,b/config.json --json",
+)
+
+
 def compare(systems: str = typer.Option("spr-a100,spr-h100,gnr-a100,gnr-h100", "--systems",
-                                        help="Comma-separated systems."),
-            models: str = typer.Option("opt-175b", "--models", help="Comma-separated models."),
+                                        help="Comma-separated systems (names or .yaml paths)."),
+            models: str = typer.Option("opt-175b", "--models", help="Comma-separated models (names or "
+                                       "config.json paths)."),
             batch: int = BatchOpt, input_len: int = InputOpt, output_len: int = OutputOpt,
-            objective: str = ObjectiveOpt, tpot_max_ms: Optional[float] = TpotOpt,
-            overrides: Optional[List[str]] = SetOpt, mode: str = ModeOpt, solver: str = SolverOpt,
+            objective: ObjectiveChoice = ObjectiveOpt, tpot_max_ms: Optional[float] = TpotOpt,
+            overrides: Optional[List[str]] = SetOpt, mode: ModeChoice = ModeOpt, solver: SolverChoice = SolverOpt,
             as_json: bool = JsonOpt) -> None:
     """The optimum and the baselines for a list of systems and/or models, side by side."""
     from lia_model.optimizer import InfeasibleError
     from lia_model.report import fmt_s
 
+    system_names = _names("--systems", systems, "spr-a100,spr-h100")
+    model_names = _names("--models", models, "opt-66b,opt-175b")
+    check_tpot_bound(tpot_max_ms, output_len)
+    objective = getattr(objective, "value", objective)
     rows = []
-    for s in [x.strip() for x in systems.split(",") if x.strip()]:
-        for m in [x.strip() for x in models.split(",") if x.strip()]:
+    for s in system_names:
+        for m in model_names:
             try:
                 out = run_plan(s, m, batch, input_len, output_len, overrides, objective, tpot_max_ms, mode, solver)
                 out.pop("_prediction")
+                out["query"]["model_given"] = m
                 rows.append(out)
             except InfeasibleError as err:
-                rows.append({"query": {"system": s, "model": m}, "infeasible": str(err)})
+                rows.append({"query": {"system": s, "model": m, "model_given": m}, "infeasible": str(err)})
+    # Two models with one name (e.g. two config.json files): show what was given instead.
+    shown = [r["query"]["model"] for r in rows]
+    for r in rows:
+        if shown.count(r["query"]["model"]) > len(system_names):
+            r["query"]["model"] = r["query"]["model_given"]
     if as_json:
-        typer.echo(json.dumps({"schema": "lia.compare/1", "results": rows}, indent=2))
+        typer.echo(json.dumps({"schema": "lia.compare/2", "results": rows}, indent=2, allow_nan=False))
         return
     metric = "latency_s" if objective == "latency" else "throughput_tokens_per_s"
-    labels = ["optimum", "flexgen", "ipex", "gpu_only", "lia_(0,0,0,0,0,0)", "lia_(1,1,1,1,1,1)", "lia_(0,1,1,0,0,0)"]
-    table = Table(title=f"{objective}: B={batch}, L_in={input_len}, L_out={output_len} "
+    labels = ["optimum"] + next((list(r["baselines"]) for r in rows if "baselines" in r), [])
+    batch_text = f"B={batch}" if objective == "latency" else "B chosen per row (the batch column)"
+    table = Table(title=f"{objective}: {batch_text}, L_in={input_len}, L_out={output_len} "
                         f"({'s' if metric == 'latency_s' else 'tokens/s'}; speedup of the optimum in brackets)")
     table.add_column("system")
     table.add_column("model")
@@ -167,8 +244,8 @@ def compare(systems: str = typer.Option("spr-a100,spr-h100,gnr-a100,gnr-h100", "
         opt = out["optimum"]
         cells = [fmt_s(opt[metric]) if metric == "latency_s" else f"{opt[metric]:.2f}"]
         for label in labels[1:]:
-            row = out["baselines"][label]
-            if not row["feasible"]:
+            row = out["baselines"].get(label)
+            if row is None or not row["feasible"]:
                 cells.append("does not fit")
                 continue
             value = fmt_s(row[metric]) if metric == "latency_s" else f"{row[metric]:.2f}"
@@ -179,6 +256,5 @@ def compare(systems: str = typer.Option("spr-a100,spr-h100,gnr-a100,gnr-h100", "
 
 
 def register(app: typer.Typer) -> None:
-    app.command("plan")(plan)
-    app.command("compare")(compare)
-
+    app.command("plan", epilog=PLAN_EXAMPLES)(plan)
+    app.command("compare", epilog=COMPARE_EXAMPLES)(compare)

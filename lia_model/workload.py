@@ -8,6 +8,10 @@ from lia_model.errors import LiaInputError
 from lia_model.models import ModelSpec
 
 
+MAX_BATCH = 1 << 20     # sequences: far past any memory; a larger number is a typo
+MAX_TOKENS = 1 << 20    # per sequence, prompt or output: past every model's context limit
+
+
 class Workload(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -27,10 +31,17 @@ class Workload(BaseModel):
 
 def make_workload(batch: int, input_len: int, output_len: int, model: ModelSpec | None = None) -> Workload:
     """Validate a workload with clear messages (and against the model's context limit when given)."""
-    for field, value, example in (("batch", batch, 1), ("input_len", input_len, 256), ("output_len", output_len, 32)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise LiaInputError(f"workload.{field}", f"must be a whole number >= 1, got {value!r}",
+    for field, value, example, largest in (("batch", batch, 1, MAX_BATCH), ("input_len", input_len, 256, MAX_TOKENS),
+                                           ("output_len", output_len, 32, MAX_TOKENS)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value > largest:
+            raise LiaInputError(f"workload.{field}", f"must be a whole number from 1 to {largest}, got {value!r}",
                                 f"e.g. --{field.replace('_len', '')} {example}")
+    if model is not None and input_len >= model.max_context:
+        raise LiaInputError(
+            "workload.input_len", f"an input of {input_len} tokens leaves no room for output in {model.name}'s "
+            f"context limit of {model.max_context}",
+            f"use an input of at most {model.max_context - output_len if output_len < model.max_context else 1} "
+            f"tokens (input + output <= {model.max_context})")
     if model is not None and input_len + output_len > model.max_context:
         raise LiaInputError(
             "workload.output_len",

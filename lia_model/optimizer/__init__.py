@@ -13,13 +13,17 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
+import numpy as np
+
 from lia_model.costmodel import Prediction, predict
 from lia_model.costterms import CostMode
 from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
 from lia_model.optimizer.batch import BATCH_SEARCH_CAP, DEFAULT_MAX_SOLVES, largest_feasible_batch, search_batch
-from lia_model.optimizer.enumerate import any_plan_fits_memory, enumerate_optimum
+from lia_model.optimizer.enumerate import (
+    StageVectors, any_plan_fits_memory, enumerate_optimum, solve_vectors, vector_problem,
+)
 from lia_model.optimizer.infeasible import explain_memory_infeasibility
 from lia_model.optimizer.space import build_tables
 from lia_model.plan import Plan
@@ -94,10 +98,29 @@ def solve_latency(system: SystemSpec, model: ModelSpec, workload: Workload, *, t
 def _no_plan(system: SystemSpec, model: ModelSpec, workload: Workload, tpot_max_s: Optional[float]) -> InfeasibleError:
     if not any_plan_fits_memory(system, model, workload):
         return InfeasibleError("memory", explain_memory_infeasibility(system, model, workload))
+    if tpot_max_s is None:  # fits memory, yet no plan has a finite time: the profile's numbers overflow
+        return InfeasibleError("system", f"no plan of {model.name} on {system.name} has a finite time",
+                               "check the profile's bandwidths and throughputs ('lia profiles show')")
+    fastest = fastest_tpot_s(system, model, workload)
+    fix = f"use --tpot-max-ms {fastest * 1e3:.4g} or more"
+    if workload.batch > 1:
+        fix += ", or a smaller batch"
     return InfeasibleError(
-        "--tpot-max-ms", f"no plan that fits memory reaches a mean TPOT of {tpot_max_s * 1e3:.3g} ms "
-        f"for {model.name} at B={workload.batch} on {system.name}",
-        "raise the bound (lia plan without --tpot-max-ms shows the fastest TPOT), or lower the batch")
+        "--tpot-max-ms", f"no plan that fits memory reaches a mean TPOT of {tpot_max_s * 1e3:.3g} ms for "
+        f"{model.name} at B={workload.batch} on {system.name}: the fastest is {fastest * 1e3:.4g} ms", fix)
+
+
+def fastest_tpot_s(system: SystemSpec, model: ModelSpec, workload: Workload,
+                   mode: CostMode = CostMode.OVERLAP) -> float:
+    """The smallest mean time per output token any plan that fits memory reaches at this batch: the
+    enumerator with the decode time as the objective (prefill priced at zero)."""
+    vp = vector_problem(build_tables(system, model, workload, mode))
+    for c in vp.combos:
+        vp.prefill[c] = StageVectors(np.zeros_like(vp.prefill[c].time_s), vp.prefill[c].isa)
+        vp.resident_prefill_s[c] = 0.0
+    vp.head_total_s = vp.tpot_head_s * workload.decode_steps
+    found = solve_vectors(vp)
+    return found.latency_s / workload.decode_steps if found is not None and workload.decode_steps else float("inf")
 
 
 def optimize(system: SystemSpec, model: ModelSpec, workload: Workload, objective: str | Objective = Objective.LATENCY,
