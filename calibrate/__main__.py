@@ -13,7 +13,7 @@ from lia_model.cli_common import run_guarded
 def main() -> None:
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(calibrate_command)
-    run_guarded(app)
+    run_guarded(app, prog_name="python -m calibrate")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def validate(
         _merge(from_csv, out, console, title)
         return
     if not points:
-        raise LiaInputError("--points", "no points file given", "e.g. --points runtime/campaign/points-opt30b.yaml")
+        raise LiaInputError("--points", "no points file given", "e.g. --points runtime/campaign/opt30b-48L.yaml")
     if out is None and not predict_only:
         raise LiaInputError("--out", "no output folder given", "e.g. --out results/validation")
 
@@ -124,6 +124,47 @@ def _print_plan(console, resolved, rows) -> None:
                   f"(plus weight creation and per-point setup)")
 
 
+# Columns a results CSV needs for the summary, the regret table and the plot.
+MERGE_COLUMNS = ("point_id", "group_id", "status", "plan_spec", "plan_label", "model", "num_layers", "batch",
+                 "input_len", "output_len")
+
+
+def _read_results_csv(path: str):
+    """One results CSV, checked: text, a header, the needed columns, and for every point that ran finite,
+    positive predicted and measured times."""
+    import io
+    import math
+
+    import pandas as pd
+
+    from lia_model.inputs import read_text
+    from runtime.report import METRICS
+
+    fix = "give a results.csv written by lia validate"
+    text = read_text(Path(path), "--from-csv", fix)
+    if not text.strip():
+        raise LiaInputError(path, "the file is empty", fix)
+    try:
+        df = pd.read_csv(io.StringIO(text))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
+        raise LiaInputError(path, f"not a readable CSV ({' '.join(str(err).split())[:120]})", fix) from None
+    needed = MERGE_COLUMNS + tuple(c for _, p, m, _ in METRICS for c in (p, m))
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise LiaInputError(path, f"missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}", fix)
+    ran = df[df["status"] == "ran"]
+    for _, pcol, mcol, label in METRICS:
+        for col in (pcol, mcol):
+            values = pd.to_numeric(ran[col], errors="coerce")
+            bad = [(pid, v) for pid, v in zip(ran["point_id"], values) if not (math.isfinite(v) and v > 0)]
+            if bad:
+                pid, v = bad[0]
+                raise LiaInputError(f"{path}: {col}", f"point '{pid}' ran but its {label} is {v!r} (a time must be "
+                                    f"a finite number above 0){f'; {len(bad) - 1} more such points' if len(bad) > 1 else ''}",
+                                    "fix or drop those rows")
+    return df
+
+
 def _merge(paths: List[str], out: Optional[str], console, title: str) -> None:
     import pandas as pd
 
@@ -131,14 +172,11 @@ def _merge(paths: List[str], out: Optional[str], console, title: str) -> None:
 
     if out is None:
         raise LiaInputError("--out", "no output folder given", "e.g. --out runtime/validation")
-    frames = []
-    for path in paths:
-        if not Path(path).exists():
-            raise LiaInputError("--from-csv", f"no such file '{path}'", "give a results.csv written by lia validate")
-        frames.append(pd.read_csv(path))
+    frames = [_read_results_csv(path) for path in paths]
     df = pd.concat(frames, ignore_index=True)
-    if "point_id" not in df:
-        raise LiaInputError("--from-csv", "the CSV has no point_id column", "give a results.csv written by lia validate")
     df = df.drop_duplicates(subset="point_id", keep="last")
+    if not (df["status"] == "ran").any():
+        raise LiaInputError("--from-csv", f"no point in {', '.join(paths)} ran (status 'ran'): nothing was measured",
+                            "give results of a campaign that ran points")
     summary = write_outputs(df, Path(out), title)
     print_summary(console, summary)

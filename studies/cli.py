@@ -13,7 +13,27 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    app.command("study")(study)
+    app.command("study", epilog=("Examples:\n\n  lia study all --out figures\n\n  lia study e2e --reduced --out "
+                                 "results/studies\n\n  lia study policy-map --replot --out figures\n\n  lia study "
+                                 "cxl --executor dask --scheduler tcp://10.0.0.5:8786"))(study)
+
+
+def _check_out(out: Path, create: bool) -> None:
+    """The output folder must be a writable folder: said before the sweep runs, not after."""
+    import os
+
+    from lia_model.errors import LiaInputError
+
+    if out.exists() and not out.is_dir():
+        raise LiaInputError("--out", f"'{out}' is a file, not a folder", "e.g. --out results/studies")
+    if create:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise LiaInputError("--out", f"cannot create '{out}' ({err.strerror})",
+                                "give a writable folder, e.g. --out results/studies") from None
+        if not os.access(out, os.W_OK):
+            raise LiaInputError("--out", f"'{out}' is not writable", "give a writable folder, e.g. --out results/studies")
 
 
 def study(
@@ -36,6 +56,7 @@ def study(
 
     console = Console(stderr=True)
     names = list(STUDIES) if name == "all" else [get_study(name).name]
+    _check_out(out, create=not replot)
     for study_name in names:
         spec = STUDIES[study_name]
         if replot:

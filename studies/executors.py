@@ -75,14 +75,30 @@ def _run_local(run: RunFn, points: Sequence[Any], workers: int, progress: Option
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
     results: list[Optional[list[Row]]] = [None] * len(chunks)
-    with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context,
+                               initializer=_ignore_interrupts)
+    try:
         futures = {pool.submit(run_chunk, run, chunk): k for k, chunk in enumerate(chunks)}
         for future in as_completed(futures):
             k = futures[future]
             results[k] = future.result()
             if progress:
                 progress(len(chunks[k]))
+    except BaseException:
+        # Ctrl-C (or a failed chunk): stop now, not after every queued chunk has run.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return [row for chunk_rows in results for row in (chunk_rows or [])]
+
+
+def _ignore_interrupts() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them (no traceback from every worker)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_dask(run: RunFn, points: Sequence[Any], scheduler: str, workers: Optional[int],
