@@ -130,6 +130,12 @@ def _click_exceptions() -> list:
     return modules
 
 
+def printable(text: str) -> str:
+    """The message with every non-printable character (user input echoed back may hold any) escaped, so
+    that it prints as the lines it was written as: one, or one per problem."""
+    return "\n".join("".join(c if c.isprintable() else repr(c)[1:-1] for c in line) for line in text.split("\n"))
+
+
 def run_guarded(app: typer.Typer, prog_name: str = "lia") -> None:
     """Run a typer app. Bad input (ours or a usage error) ends with one ``error:`` line and exit code 2,
     never a traceback; Ctrl-C ends with one line and exit code 130."""
@@ -142,16 +148,16 @@ def run_guarded(app: typer.Typer, prog_name: str = "lia") -> None:
     try:
         code = app(standalone_mode=False, prog_name=prog_name)
     except LiaInputError as err:
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {printable(str(err))}", err=True)
         sys.exit(2)
     except no_args as err:
         typer.echo(err.ctx.get_help())
         sys.exit(0)
     except usage as err:
-        typer.echo(f"error: {_usage_line(err)}", err=True)
+        typer.echo(f"error: {printable(_usage_line(err))}", err=True)
         sys.exit(2)
     except click_error as err:
-        typer.echo(f"error: {' '.join(err.format_message().split())}", err=True)
+        typer.echo(f"error: {printable(' '.join(err.format_message().split()))}", err=True)
         sys.exit(err.exit_code or 1)
     except abort:
         typer.echo("error: interrupted", err=True)

@@ -34,8 +34,8 @@ def from_validation_error(err: "object", where: str, model_cls: "type | None" = 
     problems = [_problem(e, model_cls) for e in errors]
     if len(problems) == 1:
         field, problem, fix = problems[0]
-        return LiaInputError(f"{where}: {field}", problem, fix)
-    lines = [f"{field}: {problem}" + (f" -- {fix}" if fix else "") for field, problem, fix in problems]
+        return LiaInputError(f"{where}: {field}" if field else where, problem, fix)
+    lines = [(f"{field}: " if field else "") + problem + (f" -- {fix}" if fix else "") for field, problem, fix in problems]
     return LiaInputError(where, f"{len(problems)} problems:\n  " + "\n  ".join(lines))
 
 
@@ -44,7 +44,7 @@ def _problem(error: dict, model_cls: "type | None") -> "tuple[str, str, str]":
     import difflib
 
     loc = [str(p) for p in error.get("loc", ())]
-    field = ".".join(loc) if loc else "(top level)"
+    field = ".".join(loc)  # empty: the object as a whole (a check across its fields)
     kind = error.get("type", "")
     got = error.get("input")
     owner, leaf_info = _resolve_field(model_cls, loc)

@@ -19,7 +19,6 @@ from lia_model.plan import HostTier, Plan, policy_notation
 from lia_model.workload import Workload
 
 SOLVER = "enumerate"
-MINIBATCH_CHOICES = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -60,17 +59,18 @@ def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
                        batch_choices: Optional[tuple[int, ...]] = None) -> bool:
     """Whether the optimiser's search space holds this plan (at this batch).
 
-    The space: pinned weights, overlap, the system's best CPU ISA, prefill minibatches from {1, 2, 4, 8}
-    dividing the batch, any policies, any resident count, tiers DDR or CXL where the system has CXL.
+    The space: pinned weights, overlap, any CPU ISA the system has in each stage, any prefill minibatch
+    count dividing the batch, any policies, any resident count, tiers DDR or CXL where the system has CXL.
     With the throughput objective the batch is a knob too, and ``batch_choices`` (the optimiser's
-    ``batch_candidates``) are the batches it tries.
+    ``batch_candidates``: every batch up to the largest that fits) are the batches it may choose.
     """
     if batch_choices is not None and batch not in batch_choices:
         return False
     tiers_ok = all(t == HostTier.DDR or (t == HostTier.CXL and system.has_cxl) for t in (plan.weight_tier,
                                                                                       plan.kv_tier))
-    return (plan.pinned_weights and plan.overlap and plan.cpu_isa == system.cpu.best_isa()
-            and plan.prefill_minibatches in MINIBATCH_CHOICES and batch % plan.prefill_minibatches == 0
+    isas_ok = all(isa in system.cpu.isa and system.cpu.isa[isa].present
+                  for isa in (plan.prefill_cpu_isa, plan.decode_cpu_isa))
+    return (plan.pinned_weights and plan.overlap and isas_ok and batch % plan.prefill_minibatches == 0
             and tiers_ok)
 
 
@@ -89,7 +89,9 @@ def plan_fields(plan: Optional[Plan]) -> dict[str, Any]:
         "prefill_minibatches": plan.prefill_minibatches,
         "weight_tier": plan.weight_tier.value,
         "kv_tier": plan.kv_tier.value,
-        "cpu_isa": plan.cpu_isa.value,
+        # one ISA when both stages use it, else "PREFILL/DECODE"
+        "cpu_isa": (plan.prefill_cpu_isa.value if plan.prefill_cpu_isa == plan.decode_cpu_isa
+                    else f"{plan.prefill_cpu_isa.value}/{plan.decode_cpu_isa.value}"),
     }
 
 
