@@ -191,7 +191,7 @@ def solve_vectors(vp: VectorProblem, tpot_max_s: Optional[float] = None,
         if ok_rows.size == 0:
             continue
         pair_time = pre.time_s[_PP] + dec.time_s[_PD]                      # [4096]
-        if exhaustive or bounded:
+        if exhaustive:
             lat = resident_time[ok_rows, None] + streamed[ok_rows, None] * pair_time[None, :] + vp.head_total_s
             ok = hbm_base[ok_rows, None] + extra[_PAIR_CLASS][None, :] <= hbm_avail
             if bounded:
@@ -202,6 +202,30 @@ def solve_vectors(vp: VectorProblem, tpot_max_s: Optional[float] = None,
             lat = np.where(ok, lat, np.inf)
             flat = int(np.argmin(lat))
             r, pair = divmod(flat, pair_time.size)
+            value = float(lat.flat[flat])
+        elif bounded:
+            # Per N_res the bound allows the decode vectors with K D(p_dec) <= X S - N_res R_dec - S head, and
+            # memory the classes with extra(c) <= HBM left: both are "the k smallest" of a sorted list, so rows
+            # share few distinct (decode, class) allowances; the best pair is found once per allowance.
+            dec_tpot = vp.tpot_decode[combo.tiers]
+            k = streamed[ok_rows]
+            room = tpot_max_s * steps - resident[ok_rows] * res_dec_tpot - vp.tpot_head_s * steps
+            dec_order, cls_order = np.sort(dec_tpot), np.sort(extra)
+            n_dec = np.searchsorted(dec_order, room / k, side="right")
+            n_cls = np.searchsorted(cls_order, hbm_avail - hbm_base[ok_rows], side="right")
+            row_best = np.full(ok_rows.size, np.inf)
+            row_pair = np.zeros(ok_rows.size, dtype=int)
+            for nd, nc in set(zip(n_dec.tolist(), n_cls.tolist())):
+                if nd == 0 or nc == 0:
+                    continue
+                allowed = (dec_tpot[_PD] <= dec_order[nd - 1]) & (extra[_PAIR_CLASS] <= cls_order[nc - 1])
+                masked = np.where(allowed, pair_time, np.inf)
+                pair = int(np.argmin(masked))
+                sel = (n_dec == nd) & (n_cls == nc)
+                row_best[sel], row_pair[sel] = masked[pair], pair
+            lat = resident_time[ok_rows] + k * row_best + vp.head_total_s
+            r = int(np.argmin(lat))
+            pair, value = int(row_pair[r]), float(lat[r])
         else:
             best_time = np.full(NUM_POLICIES, np.inf)
             np.minimum.at(best_time, _PAIR_CLASS, pair_time)
@@ -214,8 +238,7 @@ def solve_vectors(vp: VectorProblem, tpot_max_s: Optional[float] = None,
             lat = np.where(ok, lat, np.inf)
             flat = int(np.argmin(lat))
             r, cls = divmod(flat, NUM_POLICIES)
-            pair = int(best_pair[cls])
-        value = float(lat.flat[flat])
+            pair, value = int(best_pair[cls]), float(lat.flat[flat])
         if np.isfinite(value) and (best is None or value < best.latency_s):
             pp, pd = int(_PP[pair]), int(_PD[pair])
             best = VectorOptimum(value, combo, int(ok_rows[r]), pp, pd, int(pre.isa[pp]), int(dec.isa[pd]))
