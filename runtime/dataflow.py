@@ -39,7 +39,6 @@ def expected_records(plan: Plan, model: ModelSpec, workload: Workload, output_le
     copies: Counter = Counter()
     computes: Counter = Counter()
     B, L_in = workload.batch, workload.input_len
-    S = L_in + workload.output_len
     h, f, qd, kvh, d = model.hidden_size, model.ffn_size, model.q_dim, model.num_kv_heads, model.head_dim
     g = model.num_heads // kvh
     layout = layer_layout(model)
