@@ -76,6 +76,7 @@ class RunResult:
     tokens: torch.Tensor                      # [B, L_out] generated token ids (CPU)
     logits: Optional[list[torch.Tensor]]      # per output position: [B, vocab] float32 (CPU)
     records: list[OpRecord]
+    base: Optional[tuple[Event, float]] = None  # (event, perf_counter) at the run's start: the trace's time zero
 
     @property
     def output_len(self) -> int:
@@ -273,6 +274,7 @@ class Executor:
         with torch.inference_mode(), be.on_stream(be.compute):
             ids = prompt.to(be.torch_device(self.head_dev))
             be.synchronize()
+            base = (Event(be.is_cuda).record(be.compute if be.is_cuda else None), time.perf_counter())
             if self.K and self.plan.overlap and self.buffer_flat[0]:
                 self._prefetch(self.R, 0, slot=0)
             for p_index, (stage, step) in enumerate(self.passes):
@@ -301,7 +303,7 @@ class Executor:
                 r.seconds = r.end.seconds_since(r.start)
         return RunResult(ttft_s=pass_s[0], tpot_s=pass_s[1:], latency_s=float(sum(pass_s)), batch=self.B,
                          tokens=torch.stack([t.cpu() for t in tokens], dim=1),
-                         logits=logits_out if keep_logits else None, records=self.records)
+                         logits=logits_out if keep_logits else None, records=self.records, base=base)
 
     # ================================================================== passes
 
