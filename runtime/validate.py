@@ -331,7 +331,10 @@ def _run_one(p: Point, system: SystemSpec, backend, weights, kv_arena, layer_cac
         from runtime.trace import write_trace
 
         Path(opts.trace_dir).mkdir(parents=True, exist_ok=True)
-        write_trace(profiled_runs[-1], Path(opts.trace_dir) / f"{p.id}.trace.json", p.id)
+        import re
+
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", p.id)
+        write_trace(profiled_runs[-1], Path(opts.trace_dir) / f"{safe}.trace.json", p.id)
     return measured, check
 
 
