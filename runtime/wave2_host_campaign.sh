@@ -12,7 +12,7 @@ set -uo pipefail
 PART=${1:?usage: runtime/wave2_host_campaign.sh PART(1|2) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 OMP_PROC_BIND=close OMP_PLACES=cores
+export PYTHONUNBUFFERED=1 LIA_THREADS=$(nproc)
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
