@@ -29,7 +29,7 @@ case "$PART" in
         PROFILE="$OUT/emr-h200-kernels.yaml"
         [ -f "$PROFILE" ] || { echo "kernel tables failed"; return 1; }
         cp "$PROFILE" /tmp/emr-h200-kernels.yaml
-        POINTS=runtime/campaign/wave2-a.yaml; MAX_POINT_S=${MAX_POINT_S:-60}
+        POINTS=${POINTS_A:-runtime/campaign/wave2-a.yaml}; MAX_POINT_S=${MAX_POINT_S:-60}
         TITLE="OPT-30B, 48 layers, GPU capped at 40 GiB (wave 2, kernel tables)"
         ;;
     2)
