@@ -21,7 +21,6 @@ import ctypes
 import ctypes.util
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 M_TRIM_THRESHOLD = -1
