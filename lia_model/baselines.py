@@ -92,14 +92,30 @@ def lia_fixed_plan(system: SystemSpec, model: ModelSpec, workload: Workload, pol
     return base.model_copy(update={"gpu_resident_layers": max_resident_layers(system, model, workload, base)})
 
 
+_LIA_FIXED = {f"lia_{policy_notation(p)}": p for p in (ALL_GPU, ALL_CPU, ATTENTION_ON_CPU)}
+BASELINE_LABELS: tuple[str, ...] = ("flexgen", "ipex", "gpu_only", *_LIA_FIXED)
+
+
+def baseline(label: str, system: SystemSpec, model: ModelSpec, workload: Workload,
+             choose_batch: bool = False) -> Baseline:
+    """One baseline by label (see BASELINE_LABELS); ``choose_batch``: FlexGen picks its own batch."""
+    if label == "flexgen":
+        return flexgen_baseline(system, model, workload, choose_batch)
+    if label == "ipex":
+        plan = ipex_plan(system, model, workload)
+    elif label == "gpu_only":
+        plan = gpu_only_plan(system, model, workload)
+    elif label in _LIA_FIXED:
+        plan = lia_fixed_plan(system, model, workload, _LIA_FIXED[label])
+    else:
+        raise KeyError(f"unknown baseline '{label}': use one of {', '.join(BASELINE_LABELS)}")
+    return Baseline(plan.label, plan, workload)
+
+
 def baselines(system: SystemSpec, model: ModelSpec, workload: Workload, choose_batch: bool = False) -> dict[str, Baseline]:
     """Every baseline by label, at the workload's batch; with ``choose_batch`` (the throughput objective)
     FlexGen runs at the batch its own search picks."""
-    out = [flexgen_baseline(system, model, workload, choose_batch)]
-    for plan in (ipex_plan(system, model, workload), gpu_only_plan(system, model, workload),
-                 *(lia_fixed_plan(system, model, workload, p) for p in (ALL_GPU, ALL_CPU, ATTENTION_ON_CPU))):
-        out.append(Baseline(plan.label, plan, workload))
-    return {b.label: b for b in out}
+    return {label: baseline(label, system, model, workload, choose_batch) for label in BASELINE_LABELS}
 
 
 def baseline_plans(system: SystemSpec, model: ModelSpec, workload: Workload) -> dict[str, Plan]:
