@@ -64,11 +64,12 @@ class Baseline:
         return pred if self.runs else dataclasses.replace(pred, feasible=False)
 
 
-def flexgen_baseline(system: SystemSpec, model: ModelSpec, workload: Workload, choose_batch: bool = False) -> Baseline:
-    """FlexGen's own policy for the query (its batch too with ``choose_batch``). When FlexGen's LP finds no
-    placement within its 80 % of memory, the baseline does not run: its plan is then the placement of
-    everything FlexGen can move to the CPU, at the query's batch."""
-    choice = flexgen_choice(system, model, workload, choose_batch=choose_batch)
+def flexgen_baseline(system: SystemSpec, model: ModelSpec, workload: Workload, choose_batch: bool = False,
+                     max_batch: Optional[int] = None) -> Baseline:
+    """FlexGen's own policy for the query (its batch too with ``choose_batch``, at most ``max_batch`` when
+    given). When FlexGen's LP finds no placement within its 80 % of memory, the baseline does not run: its
+    plan is then the placement of everything FlexGen can move to the CPU, at the query's batch."""
+    choice = flexgen_choice(system, model, workload, choose_batch=choose_batch, max_batch=max_batch)
     if choice is not None:
         return Baseline("flexgen", choice.plan, choice.workload, FLEXGEN_CPU_KV_PASSES, choice)
     nominal = FlexGenPolicy(workload.batch, 1, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0)
