@@ -28,6 +28,10 @@ Terms for a streamed (non-resident) layer, prefill in n equal chunks (decode: n 
   additive mode (the paper's serial sum):
     T  = n chain_c + W
 A resident layer runs all-GPU with its weights and KV in HBM: T = n sum_i gpu_i (both modes).
+
+CPU attention reads the cached K/V ``cpu_kv_passes`` times (StageContext; 1 for this project's runtime, more
+for a peer that converts the cache first, see lia_model.flexgen): its memory term and its DDR traffic scale
+with it. The LM head (``head_time_s``) runs on the device the plan's embeddings live on.
 """
 
 from __future__ import annotations
