@@ -503,9 +503,13 @@ def search_fixed_batch(shape: FlexGenShape, hardware_at: HardwareAt, batch: int,
 # Our systems in FlexGen's terms, and FlexGen's policy as a Plan.
 
 def flexgen_cpu_isa(system: SystemSpec) -> CpuIsa:
-    """FlexGen's CPU attention runs PyTorch fp32 kernels: AVX-512 fp32 where present, else the best ISA."""
-    spec = system.cpu.isa.get(CpuIsa.AVX512_FP32)
-    return CpuIsa.AVX512_FP32 if spec is not None and spec.present else system.cpu.best_isa()
+    """FlexGen's CPU attention runs PyTorch fp32 kernels: AVX-512 fp32 where present, else AVX2 fp32, else
+    the CPU's best ISA."""
+    for isa in (CpuIsa.AVX512_FP32, CpuIsa.AVX2_FP32):
+        spec = system.cpu.isa.get(isa)
+        if spec is not None and spec.present:
+            return isa
+    return system.cpu.best_isa()
 
 
 def _stage(system: SystemSpec, model: ModelSpec, batch: int, q: int, context: float, isa: CpuIsa, passes: float):
@@ -533,20 +537,27 @@ def system_hardware(system: SystemSpec, model: ModelSpec, prompt_len: int, gen_l
             pre = _stage(system, model, gbs, s, s, isa, 1.0)
             dec = _stage(system, model, gbs, 1, mean_ctx, isa, FLEXGEN_CPU_KV_PASSES)
 
-            def rate(work: float, times: np.ndarray, rows: tuple[int, ...]) -> float:
-                return work / float(sum(times[i, 0] for i in rows))
+            def linears(times) -> float:
+                return float(sum(times.gpu_s[i, 0] for i in _LINEAR))
 
+            def attention(times, on_cpu: bool) -> float:
+                # score + context, one fused kernel where calibrated kernel tables say so (the delta)
+                arr, delta = (times.cpu_s, times.cpu_fused_delta_s) if on_cpu else (times.gpu_s, times.gpu_fused_delta_s)
+                return float(sum(arr[i, 0] for i in _ATTENTION) + delta[0])
+
+            att_pre = gbs * s * s * shape.attention_flops_per_context
+            att_dec = gbs * mean_ctx * shape.attention_flops_per_context
             cache[gbs] = FlexGenHardware(
                 gpu_memory_bytes=system.gpu.memory_gib * BYTES_PER_GIB,
                 cpu_memory_bytes=system.ddr.capacity_gib * BYTES_PER_GIB,
                 ctog_bytes_per_s=link.h2d_gbps * BYTES_PER_S_PER_GBPS,
                 gtoc_cache_bytes_per_s=link.pageable_d2h_gbps * BYTES_PER_S_PER_GBPS,
                 gtoc_hidden_bytes_per_s=link.d2h_gbps * BYTES_PER_S_PER_GBPS,
-                mm_flops_prefill=rate(gbs * s * shape.linear_flops_per_token, pre.gpu_s, _LINEAR),
-                mm_flops_decode=rate(gbs * shape.linear_flops_per_token, dec.gpu_s, _LINEAR),
-                bmm_flops_prefill=rate(gbs * s * s * shape.attention_flops_per_context, pre.gpu_s, _ATTENTION),
-                bmm_flops_decode=rate(gbs * mean_ctx * shape.attention_flops_per_context, dec.gpu_s, _ATTENTION),
-                cpu_flops=rate(gbs * mean_ctx * shape.attention_flops_per_context, dec.cpu_s, _ATTENTION),
+                mm_flops_prefill=gbs * s * shape.linear_flops_per_token / linears(pre),
+                mm_flops_decode=gbs * shape.linear_flops_per_token / linears(dec),
+                bmm_flops_prefill=att_pre / attention(pre, on_cpu=False),
+                bmm_flops_decode=att_dec / attention(dec, on_cpu=False),
+                cpu_flops=att_dec / attention(dec, on_cpu=True),
             )
         return cache[gbs]
 
