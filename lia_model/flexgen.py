@@ -42,6 +42,7 @@ cache there, with AVX-512 in fp32 and FLEXGEN_CPU_KV_PASSES passes over the cach
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -274,20 +275,29 @@ def _total_time(forms: _Forms, shape: FlexGenShape, x: np.ndarray) -> np.ndarray
     return shape.num_layers * t_pre + shape.num_layers * (shape.gen_len - 1) * t_gen
 
 
-def _solution(shape: FlexGenShape, forms: _Forms, k: int, x: np.ndarray, gpu_batch_size: int) -> FlexGenSolution:
-    wg, cg, hg = (float(min(1.0, max(0.0, v))) for v in x)
-    xk = np.asarray([wg, cg, hg]).reshape(1, 3)
-    one = _Forms(forms.block_sizes[k:k + 1], {n: c[k:k + 1] for n, c in forms.const.items()},
-                 {n: c[k:k + 1] for n, c in forms.coef.items()}, forms.gpu_cap_bytes, forms.cpu_cap_bytes)
-    v = {name: float(one.value(name, xk)[0]) for name in (*_TIME_FORMS, *_GPU_ROWS, *_CPU_ROWS)}
+def _solutions(shape: FlexGenShape, forms: _Forms, x: np.ndarray, found: np.ndarray,
+               gpu_batch_size: int) -> list[Optional[FlexGenSolution]]:
+    """The solutions at the placements x [K, 3] (None where ``found`` is False), all blocks at once."""
+    x = np.clip(np.where(found[:, None], x, 0.0), 0.0, 1.0)
+    pts = x[:, None, :]                                          # [K, 1, 3]
+    v = {name: forms.value(name, pts)[:, 0] for name in (*_TIME_FORMS, *_GPU_ROWS, *_CPU_ROWS)}
     l, n = shape.num_layers, shape.gen_len
-    t_pre = max(v["ctogp"], v["gtocp"], v["compp"])
-    t_gen = v["ctogg"] + max(v["gtocg"], v["compg"])
-    bls = int(forms.block_sizes[k])
-    policy = FlexGenPolicy(gpu_batch_size, bls // gpu_batch_size, wg, 1.0 - wg, cg, 1.0 - cg, hg, 1.0 - hg)
-    return FlexGenSolution(policy, n, total_s=l * t_pre + l * (n - 1) * t_gen, prefill_s=l * t_pre,
-                           decode_s=l * (n - 1) * t_gen,
-                           gpu_peak_bytes=max(v[r] for r in _GPU_ROWS), cpu_peak_bytes=max(v[r] for r in _CPU_ROWS))
+    t_pre = np.maximum(np.maximum(v["ctogp"], v["gtocp"]), v["compp"])
+    t_gen = v["ctogg"] + np.maximum(v["gtocg"], v["compg"])
+    gpu_peak = np.maximum(v["gpu_prefill"], v["gpu_decode"])
+    cpu_peak = np.maximum(v["cpu_prefill"], v["cpu_decode"])
+    out: list[Optional[FlexGenSolution]] = []
+    for k in range(len(found)):
+        if not found[k]:
+            out.append(None)
+            continue
+        wg, cg, hg = (float(c) for c in x[k])
+        policy = FlexGenPolicy(gpu_batch_size, int(forms.block_sizes[k]) // gpu_batch_size, wg, 1.0 - wg, cg,
+                               1.0 - cg, hg, 1.0 - hg)
+        out.append(FlexGenSolution(policy, n, total_s=float(l * t_pre[k] + l * (n - 1) * t_gen[k]),
+                                   prefill_s=float(l * t_pre[k]), decode_s=float(l * (n - 1) * t_gen[k]),
+                                   gpu_peak_bytes=float(gpu_peak[k]), cpu_peak_bytes=float(cpu_peak[k])))
+    return out
 
 
 def _solve_pulp(shape: FlexGenShape, forms: _Forms, k: int, solver: str) -> Optional[np.ndarray]:
@@ -327,7 +337,8 @@ def _solve_pulp(shape: FlexGenShape, forms: _Forms, k: int, solver: str) -> Opti
 # Planes whose triple intersections hold every vertex of the LP in x: the box, the memory rows at capacity,
 # and the breakpoints of the two maxima (where two terms of Tpre, or gtocg and compg, are equal).
 _BREAKS = (("ctogp", "gtocp"), ("ctogp", "compp"), ("gtocp", "compp"), ("gtocg", "compg"))
-_TRIPLES = np.asarray(list(__import__("itertools").combinations(range(6 + 4 + len(_BREAKS)), 3)))
+_TRIPLES = np.asarray([t for t in itertools.combinations(range(6 + 4 + len(_BREAKS)), 3)
+                       if not any(2 * i in t and 2 * i + 1 in t for i in range(3))])   # x_i = 0 with x_i = 1: parallel
 
 
 def _solve_vertices(shape: FlexGenShape, forms: _Forms) -> tuple[np.ndarray, np.ndarray]:
@@ -390,15 +401,12 @@ def solve_policy_blocks(shape: FlexGenShape, hw: FlexGenHardware, block_sizes, g
     forms = _lp_forms(shape, hw, bls, gpu_batch_size)
     if solver == "enumerate":
         t, x = _solve_vertices(shape, forms)
-        return [_solution(shape, forms, k, x[k], gpu_batch_size) if np.isfinite(t[k]) else None
-                for k in range(len(bls))]
+        return _solutions(shape, forms, x, np.isfinite(t), gpu_batch_size)
     if solver not in ("cbc", "highs"):
         raise ValueError(f"unknown solver '{solver}': use enumerate, cbc or highs")
-    out: list[Optional[FlexGenSolution]] = []
-    for k in range(len(bls)):
-        x = _solve_pulp(shape, forms, k, solver)
-        out.append(None if x is None else _solution(shape, forms, k, x, gpu_batch_size))
-    return out
+    found = [_solve_pulp(shape, forms, k, solver) for k in range(len(bls))]
+    x = np.asarray([f if f is not None else np.zeros(3) for f in found])
+    return _solutions(shape, forms, x, np.asarray([f is not None for f in found]), gpu_batch_size)
 
 
 def solve_policy_lp(shape: FlexGenShape, hw: FlexGenHardware, block_size: int, gpu_batch_size: int,
@@ -468,11 +476,11 @@ def search_throughput(shape: FlexGenShape, hardware_at: HardwareAt, solver: str 
         nb_ub = _largest_num_gpu_batches(fits)
         if nb_ub == 0:
             break
-        previous, nb, chunk = 0.0, 1, 256
-        while nb <= nb_ub:
-            solve(list(range(nb, min(nb + chunk, nb_ub + 1))))
-            stop = False
-            for k in range(nb, min(nb + chunk, nb_ub + 1)):
+        previous, nb, chunk, stop = 0.0, 1, 8, False
+        while nb <= nb_ub and not stop:
+            last = min(nb + chunk, nb_ub + 1)
+            solve(list(range(nb, last)))           # a growing chunk of nb at once (vectorised)
+            for k in range(nb, last):
                 sol = cache[k]
                 assert sol is not None  # memory is monotone in bls: every nb up to nb_ub fits
                 if sol.throughput_tokens_per_s < previous:   # FlexGen stops at the first drop
@@ -480,9 +488,7 @@ def search_throughput(shape: FlexGenShape, hardware_at: HardwareAt, solver: str 
                     break
                 previous = sol.throughput_tokens_per_s
                 best = _better(best, sol)
-            if stop:
-                break
-            nb += chunk
+            nb, chunk = last, min(2 * chunk, 512)
     return best
 
 
