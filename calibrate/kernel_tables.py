@@ -48,10 +48,13 @@ CPU_FLOP_CAP = 2.5e12          # FLOPs per call: larger CPU products are extrapo
 GPU_FLOP_CAP = 2.0e14
 DEFAULT_MODELS = ("opt-30b", "opt-66b", "opt-175b", "llama-2-70b")
 ATTN_MODELS = ("opt-30b", "llama-2-70b")   # MHA (G = 1) and GQA (G = 8); --attn-models overrides
-DECODE_GRID = ((1, 512), (8, 128), (8, 2048), (32, 512), (64, 128), (64, 1024), (16, 2048))
+# decode: small contexts at large batches too (the runtime's B = 64, s = 40 point measured a per-row cost
+# that a grid starting at s = 128 missed: 2026-11-30, runtime/validation/wave2)
+DECODE_GRID = ((1, 512), (8, 128), (8, 2048), (32, 512), (64, 128), (64, 1024), (16, 2048), (64, 32), (256, 32),
+               (128, 64))
 PREFILL_GRID = ((1, 32), (1, 512), (4, 128), (1, 1024), (8, 256), (2, 2048))
-QUICK_DECODE_GRID = ((1, 64), (4, 128), (2, 256))
-QUICK_PREFILL_GRID = ((1, 16), (1, 64), (2, 32))
+QUICK_DECODE_GRID = ((1, 64), (4, 128), (2, 256), (8, 32))
+QUICK_PREFILL_GRID = ((1, 16), (1, 64), (2, 32), (2, 48))
 LLC_DEFAULT = 64 << 20
 
 
