@@ -9,7 +9,7 @@ round-trips through JSON (``Plan.model_validate_json(plan.model_dump_json()) == 
 from __future__ import annotations
 
 from enum import Enum, IntEnum
-from typing import Annotated
+from typing import Annotated, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictBool, model_validator
 
@@ -37,6 +37,7 @@ class CpuIsa(str, Enum):
     AMX_BF16 = "amx_bf16"
     AVX512_BF16 = "avx512_bf16"
     AVX512_FP32 = "avx512_fp32"
+    AVX2_FP32 = "avx2_fp32"      # x86 CPUs without AVX-512: fp32 on MKL's / oneDNN's AVX2 (or generic) path
     SVE2_BF16 = "sve2_bf16"
 
 
@@ -132,6 +133,9 @@ class Plan(BaseModel):
     overlap: StrictBool = Field(True, description="Prefetch the next layer's weights into a second GPU buffer.")
     prefill_cpu_isa: CpuIsa = Field(CpuIsa.AMX_BF16, description="Matrix ISA of the CPU sublayers in prefill.")
     decode_cpu_isa: CpuIsa = Field(CpuIsa.AMX_BF16, description="Matrix ISA of the CPU sublayers in decode.")
+    head_device: Optional[Device] = Field(
+        None, description="Where the embeddings and the LM head live and run (1 = CPU, 0 = GPU); None: the CPU "
+                          "when the plan runs nothing on the GPU (all-CPU policies, no resident layer), else the GPU.")
     label: str = Field("", description="Free-text name (e.g. the baseline it reproduces); not a knob.")
 
     @model_validator(mode="before")
@@ -178,7 +182,8 @@ class Plan(BaseModel):
                 f"decode  {policy_notation(self.decode_policy)}  {policy_in_words(self.decode_policy)}",
                 f"GPU-resident layers {self.gpu_resident_layers}, prefill minibatches {self.prefill_minibatches}, "
                 f"weights in {self.weight_tier.value.upper()}, KV in {self.kv_tier.value.upper()}, "
-                f"pinned={self.pinned_weights}, overlap={self.overlap}, CPU ISA {self._isa_words()}",
+                f"pinned={self.pinned_weights}, overlap={self.overlap}, CPU ISA {self._isa_words()}, "
+                f"embeddings and LM head on the {head_device(self).name}",
             ]
         )
 
@@ -187,6 +192,15 @@ class Plan(BaseModel):
         if self.prefill_cpu_isa == self.decode_cpu_isa:
             return self.prefill_cpu_isa.value
         return f"{self.prefill_cpu_isa.value} (prefill) / {self.decode_cpu_isa.value} (decode)"
+
+
+def head_device(plan: Plan) -> Device:
+    """Where the plan's embeddings and LM head live: ``plan.head_device``, or when that is None the CPU for a
+    plan that runs nothing on the GPU (both policies all-CPU, no resident layer) and the GPU otherwise."""
+    if plan.head_device is not None:
+        return plan.head_device
+    uses_gpu = plan.gpu_resident_layers > 0 or Device.GPU in (*plan.prefill_policy, *plan.decode_policy)
+    return Device.GPU if uses_gpu else Device.CPU
 
 
 def check_plan_against(plan: Plan, num_layers: int, batch: int) -> None:

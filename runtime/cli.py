@@ -25,7 +25,12 @@ def validate(
                                       "summary.md and summary.json."),
     gpu_memory_gib: Optional[float] = typer.Option(None, "--gpu-memory-gib", help="Cap GPU memory (GiB) for "
                                                    "points that do not set their own cap."),
-    repeats: int = typer.Option(2, "--repeats", help="Timed repeats per point (after one short warm-up)."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed unprofiled repeats per point (after one short "
+                                "warm-up); headline times are their medians."),
+    profiled_runs: int = typer.Option(3, "--profiled-runs", help="Runs with per-sublayer events; per-sublayer "
+                                      "times are their medians."),
+    trace: Optional[str] = typer.Option(None, "--trace", help="Folder for one Chrome-trace JSON per point "
+                                        "(CPU sublayers, GPU kernels and copies per layer)."),
     max_point_s: Optional[float] = typer.Option(None, "--max-point-s", help="Skip points whose predicted time "
                                                 "with warm-up and repeats exceeds this."),
     time_budget_s: Optional[float] = typer.Option(None, "--time-budget-s", help="Start no point that would "
@@ -41,6 +46,9 @@ def validate(
     fake_gpu: bool = typer.Option(False, "--fake-gpu", hidden=True, help="Test mode: emulate the GPU on the CPU "
                                   "(data flow only; timings meaningless)."),
     title: str = typer.Option("", "--title", help="Plot title."),
+    repredict_with: Optional[str] = typer.Option(None, "--repredict-with", help="With --from-csv: recompute the "
+                                                 "predicted columns of the measured rows under this system profile "
+                                                 "(measurements untouched)."),
 ) -> None:
     """Run validation points for real and report predicted vs measured TTFT, TPOT and latency."""
     from rich.console import Console
@@ -52,7 +60,7 @@ def validate(
         sys.stdout.flush()
 
     if from_csv:
-        _merge(from_csv, out, console, title)
+        _merge(from_csv, out, console, title, repredict_with)
         return
     if not points:
         raise LiaInputError("--points", "no points file given", "e.g. --points runtime/campaign/opt30b-48L.yaml")
@@ -69,7 +77,10 @@ def validate(
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         raise LiaInputError("--points", f"group ids repeat across files: {', '.join(dupes)}", "rename them")
-    opts = Options(repeats=repeats, gpu_memory_gib=gpu_memory_gib, max_point_s=max_point_s,
+    if profiled_runs < 1:
+        raise LiaInputError("--profiled-runs", f"must be at least 1, got {profiled_runs}", "e.g. --profiled-runs 3")
+    opts = Options(repeats=repeats, profiled_runs=profiled_runs, trace_dir=trace, gpu_memory_gib=gpu_memory_gib,
+                   max_point_s=max_point_s,
                    time_budget_s=time_budget_s, seed=seed, host_weights_gib=host_weights_gib)
     if repeats < 1:
         raise LiaInputError("--repeats", f"must be at least 1, got {repeats}", "e.g. --repeats 2")
@@ -165,7 +176,7 @@ def _read_results_csv(path: str):
     return df
 
 
-def _merge(paths: List[str], out: Optional[str], console, title: str) -> None:
+def _merge(paths: List[str], out: Optional[str], console, title: str, repredict_with: Optional[str] = None) -> None:
     import pandas as pd
 
     from runtime.report import print_summary, write_outputs
@@ -178,5 +189,10 @@ def _merge(paths: List[str], out: Optional[str], console, title: str) -> None:
     if not (df["status"] == "ran").any():
         raise LiaInputError("--from-csv", f"no point in {', '.join(paths)} ran (status 'ran'): nothing was measured",
                             "give results of a campaign that ran points")
+    if repredict_with:
+        from hwprofiles import load_system
+        from runtime.validate import repredict
+
+        df = repredict(df, load_system(repredict_with))
     summary = write_outputs(df, Path(out), title)
     print_summary(console, summary)

@@ -15,7 +15,7 @@ from lia_model.costmodel import Prediction
 from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
-from lia_model.plan import HostTier, Plan, policy_notation
+from lia_model.plan import Device, HostTier, Plan, head_device, policy_notation
 from lia_model.workload import Workload
 
 SOLVER = "enumerate"
@@ -59,8 +59,9 @@ def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
                        batch_choices: Optional[tuple[int, ...]] = None) -> bool:
     """Whether the optimiser's search space holds this plan (at this batch).
 
-    The space: pinned weights, overlap, any CPU ISA the system has in each stage, any prefill minibatch
-    count dividing the batch, any policies, any resident count, tiers DDR or CXL where the system has CXL.
+    The space: pinned weights, overlap, any CPU ISA the system has in each stage, the embeddings and LM head
+    on the GPU, any prefill minibatch count dividing the batch, any policies, any resident count, tiers DDR or
+    CXL where the system has CXL.
     With the throughput objective the batch is a knob too, and ``batch_choices`` (the optimiser's
     ``batch_candidates``: every batch up to the largest that fits) are the batches it may choose.
     """
@@ -70,7 +71,8 @@ def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
                                                                                       plan.kv_tier))
     isas_ok = all(isa in system.cpu.isa and system.cpu.isa[isa].present
                   for isa in (plan.prefill_cpu_isa, plan.decode_cpu_isa))
-    return (plan.pinned_weights and plan.overlap and isas_ok and batch % plan.prefill_minibatches == 0
+    return (plan.pinned_weights and plan.overlap and isas_ok and head_device(plan) == Device.GPU
+            and batch % plan.prefill_minibatches == 0
             and tiers_ok)
 
 

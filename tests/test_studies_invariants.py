@@ -76,14 +76,16 @@ def test_e2e_optimum_never_worse_than_baselines_in_its_space(reduced):
     assert checked >= 20   # the reduced grid has plenty of in-space baselines (ipex, gpu_only, lia_*)
 
 
-def test_e2e_infeasible_plans_carry_no_numbers_and_flexgen_is_inside_the_space(reduced):
+def test_e2e_infeasible_plans_carry_no_numbers_and_flexgen_is_flexgen(reduced):
     frame = reduced["e2e"]
     infeasible = frame[~frame["feasible"].astype(bool)]
     assert len(infeasible) > 0   # GPU-only cannot hold OPT-175B on one GPU
     assert infeasible[["latency_s", "throughput_tokens_per_s", "value", "speedup"]].isna().all().all()
     flexgen = frame[frame["plan"] == "flexgen"]
-    # the CPU ISA is chosen per stage, so FlexGen's AVX-512 decode attention is a plan the optimiser searches
-    assert (flexgen["cpu_isa"] == "avx512_bf16").all() and flexgen["in_optimizer_space"].any()
+    # the CPU ISA is chosen per stage, so FlexGen's AVX-512 fp32 is in the optimiser's space; its five passes
+    # over the KV cache are FlexGen's own cost, not a knob of this project's plans
+    assert (flexgen["cpu_isa"] == "avx512_fp32").all()
+    assert (flexgen["cpu_kv_passes"] == 5).all() and (frame[frame["plan"] == "ipex"]["head_device"] == "cpu").all()
     assert not frame[(frame["plan"] == "gpu_only") & (frame["model"] == "opt-175b")]["feasible"].any()
 
 

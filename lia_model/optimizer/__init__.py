@@ -54,8 +54,9 @@ class OptimizeResult:
     solver_objective_s: Optional[float] = None   # the ILP's own objective (latency at the chosen batch)
     batches_tried: tuple[int, ...] = field(default_factory=tuple)   # batches solved exactly
     largest_fitting_batch: Optional[int] = None    # throughput: the top of the batch range searched
-    batch_gap_bound: float = 0.0                   # throughput: no batch of the range beats this result by
-                                                   # more than this fraction (0.0: proven best batch)
+    batch_gap_bound: Optional[float] = 0.0         # throughput: no batch of the range beats this result by
+                                                   # more than this fraction (0.0: proven best batch; None:
+                                                   # not proven, on profiles with calibrated kernel tables)
 
 
 def parse_objective(value: str | Objective) -> Objective:

@@ -149,8 +149,9 @@ class BatchSearch:
     solved: tuple[int, ...]         # the batches solved exactly, in order
     bounds_computed: int            # relaxations evaluated
     largest_fitting_batch: Optional[int]
-    gap_bound: float                # no batch of 1 .. largest_fitting_batch beats the result by more than this
-                                    # fraction (0.0: the result is the exact best batch)
+    gap_bound: Optional[float]      # no batch of 1 .. largest_fitting_batch beats the result by more than this
+                                    # fraction (0.0: the result is the exact best batch; None: not proven, see
+                                    # bounds_proven)
 
 
 def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tpot_max_s: Optional[float],
@@ -160,7 +161,12 @@ def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tp
     """The batch of highest throughput in 1 .. min(cap, largest that fits). ``solve(workload)`` returns the
     optimal latency at that batch (None when infeasible); it is called only where the bound requires, at most
     ``max_solves`` times once some batch is feasible, and at most ``max_bounds`` ranges are bounded. It stops when no range's bound beats the best batch by more than
-    ``rel_tol``; ``gap_bound`` says how far from proven the answer is (0.0: exact)."""
+    ``rel_tol``; ``gap_bound`` says how far from proven the answer is (0.0: exact).
+
+    With calibrated kernel tables (``system.kernels``: measured times by shape, no monotone structure the
+    relaxation can rest on) the bound still orders the search, but proves nothing: unless every batch of
+    the range was solved, ``gap_bound`` is None."""
+    proven = system.kernels is None
     top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=cap)
     if top is None:
         return BatchSearch(None, 0.0, (), 0, None, 0.0)
@@ -246,7 +252,12 @@ def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tp
         push(mid + 1, hi - 1)
     b, value = best()
     left = max((-h[0] for h in heap), default=0.0)
-    if value > 0:
+    gap: Optional[float]
+    if len(exact) == top:
+        gap = 0.0  # every batch solved
+    elif not proven:
+        gap = None
+    elif value > 0:
         gap = max(0.0, left / value - 1.0)
     else:
         gap = 0.0 if left == 0.0 else float("inf")

@@ -6,7 +6,8 @@ The space (for one batch B):
   prefill minibatches n             every divisor of B (1 .. B: equal chunks)
   prefill CPU ISA, decode CPU ISA   every ISA the CPU has, chosen per stage
   weight tier, KV tier              DDR, or CXL where the system has it
-fixed: pinned weights and weight prefetch overlap (never slower in the model).
+fixed: pinned weights, weight prefetch overlap (never slower in the model), and the embeddings and LM head
+on the GPU (so an all-CPU policy with no resident layer still runs its head there).
 For the throughput objectives B is chosen too, from 1 to the largest batch that fits (``batch.py``).
 
 ``SpaceTables`` holds, per combination of the discrete knobs other than the policies and N_res, the
@@ -14,14 +15,16 @@ affine cost forms of a streamed layer (costterms), the resident layer's times an
 The ILP turns those forms into constraints; the enumerator evaluates them on all 64 policy vectors.
 Both therefore optimise exactly the model that predict() evaluates.
 
-ISA pruning (exact): the ISA enters a stage's cost only through the CPU time of each sublayer
-(``costterms.sublayer_times``), and every term of a layer's time is non-decreasing in those times. An ISA
+ISA pruning (exact): the ISA enters a stage's cost only through the CPU time of each sublayer and of the
+fused CPU attention (``costterms.sublayer_times``), and every term of a layer's time is non-decreasing in
+those times (a policy runs attention on the CPU either split or as the fused pair). An ISA
 whose CPU time is >= another kept ISA's for every sublayer and step can therefore never give a strictly
 faster plan; ``build_tables`` drops it (``prune_isas=False`` keeps every ISA, for the tests' brute force).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from itertools import product
 
@@ -34,7 +37,7 @@ from lia_model.costterms import (
 from lia_model.hardware import SystemSpec
 from lia_model.memory import MemoryConstants, memory_constants
 from lia_model.models import ModelSpec
-from lia_model.plan import ALL_GPU, CpuIsa, HostTier, Plan
+from lia_model.plan import ALL_GPU, CpuIsa, Device, HostTier, Plan
 from lia_model.sublayers import Stage
 from lia_model.workload import Workload
 
@@ -60,7 +63,7 @@ def template_plan(system: SystemSpec) -> Plan:
     """The fixed knobs of every plan in the space."""
     best = isa_candidates(system)[0]
     return Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, pinned_weights=True, overlap=True,
-                prefill_cpu_isa=best, decode_cpu_isa=best, label="optimum")
+                prefill_cpu_isa=best, decode_cpu_isa=best, head_device=Device.GPU, label="optimum")
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,15 @@ class SpaceTables:
 
 
 def _with_isa(ctx: StageContext, isa: CpuIsa) -> StageContext:
-    return StageContext(batch=ctx.batch, q=ctx.q, contexts=ctx.contexts, minibatches=ctx.minibatches,
-                        weight_tier=ctx.weight_tier, kv_tier=ctx.kv_tier, cpu_isa=isa,
-                        pinned_weights=ctx.pinned_weights, overlap=ctx.overlap, mode=ctx.mode)
+    return dataclasses.replace(ctx, cpu_isa=isa)
+
+
+def _cpu_profile(times) -> np.ndarray:
+    """What an ISA changes in a streamed layer's terms: every sublayer's CPU time, and the time of the two
+    attention sublayers together on the CPU (with calibrated kernel tables they run fused, at
+    score + context + fused delta)."""
+    fused = times.cpu_s[1] + times.cpu_s[2] + times.cpu_fused_delta_s
+    return np.vstack([times.cpu_s, fused[None, :]])
 
 
 def useful_isas(system: SystemSpec, model: ModelSpec, ctx: StageContext, isas: tuple[CpuIsa, ...],
@@ -121,7 +130,7 @@ def useful_isas(system: SystemSpec, model: ModelSpec, ctx: StageContext, isas: t
     if not prune or len(isas) == 1:
         return isas
     chunk = ctx.batch // ctx.minibatches
-    cpu = {isa: sublayer_times(system, model, _with_isa(ctx, isa), chunk).cpu_s for isa in isas}
+    cpu = {isa: _cpu_profile(sublayer_times(system, model, _with_isa(ctx, isa), chunk)) for isa in isas}
     kept: list[CpuIsa] = []
     for isa in isas:  # best peak first: among equal times the first one stays
         if any(np.all(cpu[k] <= cpu[isa]) for k in kept):
