@@ -3,11 +3,9 @@
 For each system, model and (L_in, L_out) three scenarios:
   latency_b1            latency of one sequence (B = 1); the optimiser's latency objective
   throughput_b64        throughput at B = 64; at a fixed batch the lowest latency is the highest throughput
-  throughput_max_batch  throughput with the batch chosen too: the optimiser's throughput objective (powers of
-                        two up to the largest batch any plan fits, and that batch); FlexGen at the batch its
-                        own search picks (gbs x num_gpu_batches), every other baseline at the largest batch its
-                        own plan fits. A baseline batch that is not one of the optimiser's candidates lies
-                        outside its space (in_optimizer_space = False), and may beat it.
+  throughput_max_batch  throughput with the batch chosen too: the optimiser's throughput objective (every
+                        batch up to the largest any plan fits); FlexGen at the batch its own search picks
+                        (gbs x num_gpu_batches), every other baseline at the largest batch its own plan fits.
 Every baseline of lia_model.baselines is evaluated as its peer runs it (the figure shows FlexGen, IPEX and
 GPU-only); a baseline that does not fit memory is a row with feasible = False and no numbers. ``speedup`` is
 how many times better the optimum is (baseline latency / optimum latency, or optimum throughput / baseline
