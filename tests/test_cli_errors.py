@@ -414,3 +414,22 @@ def test_fuzz_hf_config_fields(changes):
         return
     assert ModelSpec.model_validate(spec.model_dump()) == spec
     assert spec.num_layers >= 1 and spec.num_kv_heads >= 1 and spec.vocab_size >= 1 and spec.max_context >= 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_study_without_finishing_it(tmp_path):
+    """SIGINT while 'lia study e2e' runs on two worker processes: one 'error: interrupted' line, exit 130, no
+    traceback, and no CSV (the sweep did not run to its end)."""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen([*LIA, "study", "e2e", "--reduced", "--workers", "2", "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "Traceback" not in out + err and "error: interrupted" in err
+    assert not (tmp_path / "e2e.csv").exists()
