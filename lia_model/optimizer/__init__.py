@@ -85,14 +85,17 @@ def batch_candidates(system: SystemSpec, model: ModelSpec, workload: Workload,
 def solve_latency(system: SystemSpec, model: ModelSpec, workload: Workload, *, tpot_max_s: Optional[float],
                   solver: str, mode: CostMode) -> Optional[tuple[Plan, Optional[float]]]:
     """The minimum-latency plan at this batch and the solver's own objective. The ILP solvers start their
-    search from the enumerator's plan (a MIP start: CBC checks it and still proves the optimum itself)."""
+    search from the enumerator's plan (a MIP start: CBC checks it and still proves the optimum itself), and
+    their model leaves out the (n, tiers) combos with which no plan reaches that latency (the enumerator's
+    optimum per combo); tests/test_optimizer.py also solves the full ILP from scratch."""
     tables = build_tables(system, model, workload, mode)
     found = enumerate_optimum(tables, tpot_max_s=tpot_max_s)
     if solver == "enumerate":
         return (found.plan, found.latency_s) if found else None
     from lia_model.optimizer.ilp import solve_ilp  # PuLP is imported only when an ILP is solved
 
-    sol = solve_ilp(tables, tpot_max_s=tpot_max_s, solver=solver, warm_plan=found.plan if found else None)
+    sol = solve_ilp(tables, tpot_max_s=tpot_max_s, solver=solver, warm_plan=found.plan if found else None,
+                    combo_bounds=found.combo_latency_s if found else None)
     return (sol.plan, sol.objective_s) if sol else None
 
 

@@ -48,6 +48,7 @@ class EnumeratedOptimum:
     plan: Plan
     latency_s: float
     tpot_mean_s: Optional[float]
+    combo_latency_s: Optional[dict] = None   # the best latency with each combo (inf: none fits), see solve_vectors
 
 
 def _buffer_bytes_by_class(sublayer_weight_bytes: tuple[float, ...]) -> np.ndarray:
@@ -159,9 +160,10 @@ def vector_problem(tables: SpaceTables) -> VectorProblem:
         tpot_head_s=tables.head_s)
 
 
-def solve_vectors(vp: VectorProblem, tpot_max_s: Optional[float] = None,
-                  exhaustive: bool = False) -> Optional[VectorOptimum]:
-    """The minimum-latency point of a VectorProblem (None when nothing fits memory and the TPOT bound)."""
+def solve_vectors(vp: VectorProblem, tpot_max_s: Optional[float] = None, exhaustive: bool = False,
+                  per_combo: Optional[dict] = None) -> Optional[VectorOptimum]:
+    """The minimum-latency point of a VectorProblem (None when nothing fits memory and the TPOT bound).
+    ``per_combo``, when given, receives the best latency reached with each combo (inf where none fits)."""
     n_layers = vp.num_layers
     resident = np.arange(n_layers + 1, dtype=float)
     streamed = n_layers - resident
@@ -184,6 +186,8 @@ def solve_vectors(vp: VectorProblem, tpot_max_s: Optional[float] = None,
         if host_ok[-1] and hbm_base[-1] <= hbm_avail:
             lat = float(resident_time[-1] + vp.head_total_s)
             tpot_ok = not bounded or (n_layers * res_dec_tpot + vp.tpot_head_s * steps) / steps <= tpot_max_s
+            if tpot_ok and per_combo is not None:
+                per_combo[combo] = min(per_combo.get(combo, np.inf), lat)
             if tpot_ok and (best is None or lat < best.latency_s):
                 best = VectorOptimum(lat, combo, n_layers, 0, 0, 0, 0)
 
@@ -239,6 +243,8 @@ def solve_vectors(vp: VectorProblem, tpot_max_s: Optional[float] = None,
             flat = int(np.argmin(lat))
             r, cls = divmod(flat, NUM_POLICIES)
             pair, value = int(best_pair[cls]), float(lat.flat[flat])
+        if per_combo is not None:
+            per_combo[combo] = min(per_combo.get(combo, np.inf), value)
         if np.isfinite(value) and (best is None or value < best.latency_s):
             pp, pd = int(_PP[pair]), int(_PD[pair])
             best = VectorOptimum(value, combo, int(ok_rows[r]), pp, pd, int(pre.isa[pp]), int(dec.isa[pd]))
@@ -262,10 +268,11 @@ def plan_of(tables: SpaceTables, opt: VectorOptimum) -> Plan:
 def enumerate_optimum(tables: SpaceTables, tpot_max_s: Optional[float] = None,
                       exhaustive: bool = False) -> Optional[EnumeratedOptimum]:
     """The minimum-latency plan of the space (None when no plan fits memory and the TPOT bound)."""
-    found = solve_vectors(vector_problem(tables), tpot_max_s, exhaustive)
+    per_combo: dict = {}
+    found = solve_vectors(vector_problem(tables), tpot_max_s, exhaustive, per_combo)
     if found is None:
         return None
-    return EnumeratedOptimum(plan_of(tables, found), found.latency_s, None)
+    return EnumeratedOptimum(plan_of(tables, found), found.latency_s, None, per_combo)
 
 
 def brute_force_optimum(tables: SpaceTables, tpot_max_s: Optional[float] = None) -> Optional[EnumeratedOptimum]:

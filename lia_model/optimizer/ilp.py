@@ -195,25 +195,25 @@ def _prefill_choices(tables: SpaceTables) -> list[tuple[Combo, CpuIsa]]:
     """The (combo, prefill ISA) choices that can be optimal. (c1, i1) dominates (c2, i2) when both have the
     same tiers and (c1, i1) is no worse in the streamed prefill time of any of the 64 policy vectors, in the
     resident prefill time and in the workspace: swapping it in changes nothing else (decode, TPOT and the
-    other memory terms do not depend on n or the prefill ISA). Dropping dominated choices is exact."""
-    items = [(c, isa) for c in tables.combos for isa in tables.prefill[c]]
-    times = {(c, isa): tables.prefill[c][isa].layer_time(ALL_POLICY_FEATURES)[:, 0] for c, isa in items}
-
-    def key(item):
-        c = item[0]
-        return (tables.resident_prefill_s[c.minibatches], tables.memory[c.minibatches].gpu_workspace_bytes,
-                tables.memory[c.minibatches].host_workspace_bytes)
-
+    other memory terms do not depend on n or the prefill ISA). Dropping dominated choices is exact; of equal
+    choices the first is kept."""
     kept: list[tuple[Combo, CpuIsa]] = []
-    for item in items:
-        k = key(item)
-        dominated = any(
-            other[0].tiers == item[0].tiers and all(a <= b for a, b in zip(key(other), k))
-            and np.all(times[other] <= times[item]) for other in kept)
-        if dominated:
-            continue
-        kept = [o for o in kept if not (o[0].tiers == item[0].tiers and all(a <= b for a, b in zip(k, key(o)))
-                                        and np.all(times[item] <= times[o]))] + [item]
+    for tiers in tables.tier_pairs:
+        items = [(c, isa) for c in tables.combos if c.tiers == tiers for isa in tables.prefill[c]]
+        mem = [tables.memory[c.minibatches] for c, _ in items]
+        values = np.hstack([
+            np.stack([tables.prefill[c][isa].layer_time(ALL_POLICY_FEATURES)[:, 0] for c, isa in items]),
+            np.array([[tables.resident_prefill_s[c.minibatches], m.gpu_workspace_bytes, m.host_workspace_bytes]
+                      for (c, _), m in zip(items, mem)]),
+        ])                                                                   # [k, 64 + 3]
+        no_worse = np.all(values[:, None, :] <= values[None, :, :], axis=2)  # [j, i]: j no worse than i
+        equal = no_worse & no_worse.T
+        k = len(items)
+        earlier = np.arange(k)[:, None] < np.arange(k)[None, :]
+        # i is dropped when some j is no worse and (strictly better somewhere, or equal and earlier)
+        beats = no_worse & (~equal | earlier)
+        np.fill_diagonal(beats, False)
+        kept += [item for i, item in enumerate(items) if not beats[:, i].any()]
     return kept
 
 
@@ -226,12 +226,17 @@ def _name(*parts) -> str:
 
 
 def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: str = "cbc",
-              time_limit_s: Optional[float] = None, warm_plan: Optional[Plan] = None) -> Optional[IlpSolution]:
+              time_limit_s: Optional[float] = None, warm_plan: Optional[Plan] = None,
+              combo_bounds: Optional[dict] = None) -> Optional[IlpSolution]:
     """Minimum-latency plan for the batch in ``tables`` (None when no plan is feasible).
 
     ``warm_plan``: a feasible plan to start CBC's search from (its integer variables; CBC completes the rest
     and checks it). It changes where the search starts, not what it proves: the result is still the
-    ILP's own optimum."""
+    ILP's own optimum.
+
+    ``combo_bounds``: the least latency any plan reaches with each combo (the enumerator's per-combo optimum,
+    ``EnumeratedOptimum.combo_latency_s``); choices whose combo cannot reach the warm plan's latency are left
+    out of the model. Both must come from the same tables; without them every choice is in."""
     t0 = time.perf_counter()
     n_layers = tables.num_layers
     steps = tables.decode_steps
@@ -240,6 +245,9 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
 
     # One prefill choice (n, weight tier, KV tier, prefill ISA):  sum_c z[c] = 1
     choices = _prefill_choices(tables)
+    if combo_bounds is not None and warm_plan is not None:
+        target = min(combo_bounds.values())
+        choices = [ch for ch in choices if combo_bounds.get(ch[0], np.inf) <= target * (1 + 1e-9) + 1e-12]
     z = {ch: pulp.LpVariable(_name("z", ch[0].minibatches, ch[0].weight_tier, ch[0].kv_tier, ch[1]), cat="Binary")
          for ch in choices}
     prob += pulp.lpSum(z.values()) == 1
