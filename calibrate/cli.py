@@ -87,7 +87,7 @@ def _check_target(out: Path, name: str, force: bool) -> None:
                             "write elsewhere (the default is results/calibration), or add --force")
     for path in (out / f"{name}.yaml", out / f"{name}.csv"):
         if path.exists():
-            raise LiaInputError("--name", f"'{path}' exists", f"choose another --name or --out, or add --force "
+            raise LiaInputError("--name", f"'{path}' exists", "choose another --name or --out, or add --force "
                                 "to overwrite it")
 
 

@@ -169,7 +169,8 @@ def system_dict(name_or_path: str) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str], schema: type[BaseModel] = SystemSpec) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str],
+                    schema: type[BaseModel] = SystemSpec) -> dict[str, Any]:
     """Apply ``FIELD=VALUE`` what-ifs (dotted paths into the composed system, or into one device's fields
     with ``schema`` its class). Values are YAML scalars."""
     data = copy.deepcopy(data)

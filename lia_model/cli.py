@@ -125,7 +125,8 @@ def profiles_new(
             return f"{match.group(1)}: {path if path.is_absolute() else (src.parent / path).resolve()}"
 
         new_text = re.sub(r"(?m)^(cpu|gpu|link|ddr|cxl):\s*(\S+\.ya?ml)\s*$", absolute, new_text)
-    header = f"# Copy of {source} ({kind} profile), made by 'lia profiles new'. Edit freely; give every number a source.\n"
+    header = (f"# Copy of {source} ({kind} profile), made by 'lia profiles new'. Edit freely; give every number "
+              "a source.\n")
     try:
         out.mkdir(parents=True, exist_ok=True)
         target.write_text(header + new_text)

@@ -35,7 +35,8 @@ def from_validation_error(err: "object", where: str, model_cls: "type | None" = 
     if len(problems) == 1:
         field, problem, fix = problems[0]
         return LiaInputError(f"{where}: {field}" if field else where, problem, fix)
-    lines = [(f"{field}: " if field else "") + problem + (f" -- {fix}" if fix else "") for field, problem, fix in problems]
+    lines = [(f"{field}: " if field else "") + problem + (f" -- {fix}" if fix else "")
+             for field, problem, fix in problems]
     return LiaInputError(where, f"{len(problems)} problems:\n  " + "\n  ".join(lines))
 
 

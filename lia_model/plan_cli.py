@@ -163,7 +163,8 @@ def print_plan(out: dict) -> None:
                        for t in row["memory_gb"])
         fits = "yes" if row["feasible"] else "NO: " + ", ".join(
             f"{s['tier'].upper()} short {s['shortfall_gb']:.1f} GB" for s in row["shortfalls"])
-        table.add_row(label, f"{row['plan_in_words']['prefill'].split()[0]} / {row['plan_in_words']['decode'].split()[0]}",
+        words = f"{row['plan_in_words']['prefill'].split()[0]} / {row['plan_in_words']['decode'].split()[0]}"
+        table.add_row(label, words,
                       fmt_s(row["ttft_s"]), fmt_s(row["tpot_mean_s"]), fmt_s(row["latency_s"]),
                       f"{row['throughput_tokens_per_s']:.2f}", mem,
                       " / ".join(row["bound_resource"].values()), fits, _fmt_speedup(row["speedup_of_optimum"]))

@@ -170,9 +170,9 @@ def _read_results_csv(path: str):
             bad = [(pid, v) for pid, v in zip(ran["point_id"], values) if not (math.isfinite(v) and v > 0)]
             if bad:
                 pid, v = bad[0]
+                more = f"; {len(bad) - 1} more such points" if len(bad) > 1 else ""
                 raise LiaInputError(f"{path}: {col}", f"point '{pid}' ran but its {label} is {v!r} (a time must be "
-                                    f"a finite number above 0){f'; {len(bad) - 1} more such points' if len(bad) > 1 else ''}",
-                                    "fix or drop those rows")
+                                    f"a finite number above 0){more}", "fix or drop those rows")
     return df
 
 

@@ -33,7 +33,8 @@ def _check_out(out: Path, create: bool) -> None:
             raise LiaInputError("--out", f"cannot create '{out}' ({err.strerror})",
                                 "give a writable folder, e.g. --out results/studies") from None
         if not os.access(out, os.W_OK):
-            raise LiaInputError("--out", f"'{out}' is not writable", "give a writable folder, e.g. --out results/studies")
+            raise LiaInputError("--out", f"'{out}' is not writable",
+                                "give a writable folder, e.g. --out results/studies")
 
 
 def study(

@@ -160,8 +160,9 @@ def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tp
                  rel_tol: float = 0.0) -> BatchSearch:
     """The batch of highest throughput in 1 .. min(cap, largest that fits). ``solve(workload)`` returns the
     optimal latency at that batch (None when infeasible); it is called only where the bound requires, at most
-    ``max_solves`` times once some batch is feasible, and at most ``max_bounds`` ranges are bounded. It stops when no range's bound beats the best batch by more than
-    ``rel_tol``; ``gap_bound`` says how far from proven the answer is (0.0: exact).
+    ``max_solves`` times once some batch is feasible, and at most ``max_bounds`` ranges are bounded. It stops
+    when no range's bound beats the best batch by more than ``rel_tol``; ``gap_bound`` says how far from
+    proven the answer is (0.0: exact).
 
     With calibrated kernel tables (``system.kernels``: measured times by shape, no monotone structure the
     relaxation can rest on) the bound still orders the search, but proves nothing: unless every batch of

@@ -404,7 +404,8 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
         "decode_cpu_isa": dec_isa,
     })
     plan = tidy_plan(plan, k_value == 0, steps, tables.isas[0])
-    return IlpSolution(plan, float(pulp.value(prob.objective)) / MS_PER_S, elapsed, prob.numVariables(), prob.numConstraints())
+    return IlpSolution(plan, float(pulp.value(prob.objective)) / MS_PER_S, elapsed, prob.numVariables(),
+                       prob.numConstraints())
 
 
 def _set_start(plan: Plan, tables: SpaceTables, fp: _Features, fd: _Features, z: dict, u: dict, b: list,
