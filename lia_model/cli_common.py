@@ -159,6 +159,7 @@ def run_guarded(app: typer.Typer, prog_name: str = "lia") -> None:
         typer.echo(f"error: {printable(' '.join(err.format_message().split()))}", err=True)
         sys.exit(err.exit_code or 1)
     except abort:
+        code = 130
+    if code == 130:  # typer turns Ctrl-C into exit code 130 (older typers and click raise Abort)
         typer.echo("error: interrupted", err=True)
-        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
