@@ -431,13 +431,20 @@ class Executor:
 
     def _params(self, lay: _Layer, sub: Sublayer, dev: Device) -> dict[str, torch.Tensor]:
         if lay.resident:
-            return self.weights.layout.views(self.resident_flat[lay.li], sub)
-        if dev == Device.CPU:
-            return self.weights.host_views(lay.li, sub)
-        if self.slot_label[lay.slot] != (lay.li, lay.pass_index):
-            raise RuntimeError(f"weight buffer {lay.slot} holds {self.slot_label[lay.slot]}, "
-                               f"not layer {lay.li} of pass {lay.pass_index}")
-        return self.buffer_views[lay.slot][sub]
+            params = self.weights.layout.views(self.resident_flat[lay.li], sub)
+        elif dev == Device.CPU:
+            params = self.weights.host_views(lay.li, sub)
+        else:
+            if self.slot_label[lay.slot] != (lay.li, lay.pass_index):
+                raise RuntimeError(f"weight buffer {lay.slot} holds {self.slot_label[lay.slot]}, "
+                                   f"not layer {lay.li} of pass {lay.pass_index}")
+            params = self.buffer_views[lay.slot][sub]
+        want = self.backend.torch_device(dev).type
+        for name, t in params.items():          # every weight a sublayer consumes lives where it runs
+            if t.device.type != want:
+                raise RuntimeError(f"data-flow bug: {sub.value} of layer {lay.li} on the {dev.name} got weight "
+                                   f"'{name}' on {t.device}")
+        return params
 
     # ================================================================== data movement
 
