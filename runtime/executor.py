@@ -326,7 +326,7 @@ class Executor:
             lasts.append(moved.t)
         x = torch.cat(lasts, dim=0)
         start = self._stamp(self.head_dev)
-        logits = kernels.final_logits(x, emb.norm_w, emb.norm_b, emb.lm_head)
+        logits = kernels.final_logits(x, emb.norm_w, emb.norm_b, emb.lm_head, self.model.norm_eps)
         self._record(stage, step, -1, 0, "head", "compute", self.head_dev, 0, self.B, "-", start)
         return logits
 
@@ -576,8 +576,7 @@ class Executor:
             if len(self._rope_cache) > 64:
                 self._rope_cache.clear()
             positions = torch.arange(pos0, pos0 + q)
-            self._rope_cache[key] = kernels.rope_tables(positions, self.model.head_dim,
-                                                        self.backend.torch_device(dev))
+            self._rope_cache[key] = kernels.rope_tables(positions, self.model, self.backend.torch_device(dev))
         return self._rope_cache[key]
 
     def _mask(self, dev: Device, q: int, pos0: int, valid: int, width: int) -> torch.Tensor:
