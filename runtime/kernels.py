@@ -72,10 +72,11 @@ def rope_tables(positions: torch.Tensor, model: ModelSpec, device: torch.device)
 def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
     """In place on x [b, q, heads, d]."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    x1, x2 = x[..., :half].float(), x[..., half:].float()   # views, not copies, when x is float32
     c, s = cos[None, :, None, :], sin[None, :, None, :]
-    x[..., :half] = (x1 * c - x2 * s).to(x.dtype)
-    x[..., half:] = (x2 * c + x1 * s).to(x.dtype)
+    first, second = x1 * c - x2 * s, x2 * c + x1 * s            # both before either half is overwritten
+    x[..., :half] = first.to(x.dtype)
+    x[..., half:] = second.to(x.dtype)
 
 
 def qkv(h: torch.Tensor, p: dict[str, torch.Tensor], model: ModelSpec,
