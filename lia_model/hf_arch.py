@@ -57,10 +57,10 @@ def runtime_gaps(config: Mapping[str, Any]) -> list[str]:
         gaps.append("multi-head latent attention (kv_lora_rank / q_lora_rank: the runtime has no latent KV "
                     "projections)")
     if mtype not in RUNNABLE_TYPES:
-        what = _KNOWN_GAPS.get(mtype)
-        gaps.append(f"model_type '{mtype or '(none)'}' has no weight mapping in the runtime"
-                    + (f" ({what})" if what and not gaps else "")
-                    + f"; it loads {', '.join(RUNNABLE_TYPES)}")
+        if not gaps:          # MoE / MLA above already say what is missing
+            what = _KNOWN_GAPS.get(mtype)
+            gaps.append(f"a weight mapping for model_type '{mtype or '(none)'}'" + (f" ({what})" if what else "")
+                        + f"; the runtime loads {', '.join(RUNNABLE_TYPES)}")
         return gaps
     if mtype == "opt":
         act = str(_get(config, "activation_function", "relu")).lower()

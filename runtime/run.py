@@ -55,6 +55,7 @@ class RunOptions:
     fake_gpu: bool = False
     dtype: str = "bfloat16"
     stream: bool = True
+    threads: Optional[int] = None      # CPU threads (default: every core this process may use)
 
 
 @dataclass
@@ -101,6 +102,26 @@ class RunReport:
     load_s: float = 0.0
     load_gb: float = 0.0
     warnings: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- checkpoint
+
+
+def check_config(folder: str) -> None:
+    """Refuse a checkpoint the runtime cannot run from its config.json alone (before any weight is read)."""
+    import json
+
+    from lia_model.hf_arch import runtime_model
+
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        return        # open_checkpoint says what is missing
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return        # ditto, with the file and line
+    if isinstance(config, dict):
+        runtime_model(config, name=Path(folder).resolve().name)
 
 
 # ---------------------------------------------------------------------------- system
@@ -249,12 +270,6 @@ def check_host_memory(model, batches: list[Batch], itemsize: int, available_gib:
 def run(opts: RunOptions, out: TextIO = sys.stdout, warn: Callable[[str], None] = lambda m: None,
         progress_factory=None) -> RunReport:
     """Everything `lia run` does except printing the summary (the CLI does that)."""
-    import torch
-
-    from runtime.backend import Backend, cpu_threads
-    from runtime.executor import Executor, GpuLayerCache
-    from runtime.generate import Sampler, Stream, load_codec
-    from runtime.hf_loader import load_checkpoint, open_checkpoint
 
     warnings: list[str] = []
     outer_warn = warn
@@ -265,11 +280,22 @@ def run(opts: RunOptions, out: TextIO = sys.stdout, warn: Callable[[str], None] 
 
     if opts.dtype not in DTYPES:
         raise LiaInputError("--dtype", f"unknown dtype '{opts.dtype}'", f"use one of {', '.join(DTYPES)}")
+    if opts.threads is not None and opts.threads < 1:
+        raise LiaInputError("--threads", f"must be at least 1, got {opts.threads}", "e.g. --threads 16")
     if opts.max_new_tokens < 1:
         raise LiaInputError("--max-new-tokens", f"must be at least 1, got {opts.max_new_tokens}",
                             "e.g. --max-new-tokens 32")
     if not opts.prompts:
         raise LiaInputError("--prompt", "no prompt given", "give --prompt TEXT or --prompts FILE")
+    check_config(opts.model)     # an architecture the runtime cannot run is refused before torch is imported
+
+    import torch
+
+    from runtime.backend import Backend, cpu_threads
+    from runtime.executor import Executor, GpuLayerCache
+    from runtime.generate import Sampler, Stream, load_codec
+    from runtime.hf_loader import load_checkpoint, open_checkpoint
+
     ckpt = open_checkpoint(opts.model)
     model = ckpt.model
     codec, why = (None, "--ids") if opts.ids else load_codec(ckpt.path)
@@ -283,7 +309,7 @@ def run(opts: RunOptions, out: TextIO = sys.stdout, warn: Callable[[str], None] 
                             "context, which equals windowed attention only within the window",
                             f"keep prompt + new tokens <= {ckpt.sliding_window}")
     backend = Backend.detect(fake_gpu=opts.fake_gpu, dtype=getattr(torch, opts.dtype))
-    torch.set_num_threads(cpu_threads())
+    torch.set_num_threads(opts.threads or cpu_threads())
     gpu_total = (torch.cuda.get_device_properties(backend.gpu_device).total_memory / 2**30
                  if backend.is_cuda else None)
     system, note = resolve_system(opts.system, list(opts.overrides), gpu_total, warn)
