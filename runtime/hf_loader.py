@@ -119,14 +119,20 @@ def _shards(folder: Path) -> dict[str, Path]:
         return files
     single = folder / SINGLE
     if single.exists():
-        from safetensors import safe_open
-
-        with safe_open(str(single), framework="pt") as f:
+        with _safe_open()(str(single), framework="pt") as f:
             return {name: single for name in f.keys()}
     others = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
     hint = (f"the folder has {', '.join(others[:3])}: save it as safetensors (model.save_pretrained(folder) with "
             "transformers >= 4.35 does)") if others else "give a folder written by save_pretrained"
     raise LiaInputError("--model", f"no {SINGLE} or {INDEX} in {folder}", hint)
+
+
+def _safe_open():
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise LiaInputError("safetensors", "the package is not installed", "pip install 'lia-modeler[hf]'") from None
+    return safe_open
 
 
 def _prefix(names: set[str], candidates: tuple[str, ...]) -> str:
@@ -206,7 +212,7 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
     config = _read_json(path / "config.json", "config")
     model = runtime_model(config, name=path.resolve().name)
     files = _shards(path)
-    from safetensors import safe_open
+    safe_open = _safe_open()
 
     shapes: dict[str, tuple[tuple[int, ...], int]] = {}
     by_file: dict[Path, list[str]] = {}
@@ -269,7 +275,7 @@ def _copy_rows(sl, dst: torch.Tensor, rows: int, cols: int, itemsize: int, tick:
 def load_checkpoint(ckpt: Checkpoint, backend: Backend, progress: Optional[Progress] = None,
                     workers: int = 4) -> ModelWeights:
     """Weights of ``ckpt`` in a page-locked host arena (layers) and on the head device (embeddings)."""
-    from safetensors import safe_open
+    safe_open = _safe_open()
 
     model = ckpt.model
     layout = layer_layout(model)

@@ -56,6 +56,7 @@ class RunOptions:
     dtype: str = "bfloat16"
     stream: bool = True
     threads: Optional[int] = None      # CPU threads (default: every core this process may use)
+    gpu_memory_gib: Optional[float] = None   # plan for and enforce a smaller GPU (runtime/preflight.py)
 
 
 @dataclass
@@ -313,11 +314,20 @@ def run(opts: RunOptions, out: TextIO = sys.stdout, warn: Callable[[str], None] 
     gpu_total = (torch.cuda.get_device_properties(backend.gpu_device).total_memory / 2**30
                  if backend.is_cuda else None)
     system, note = resolve_system(opts.system, list(opts.overrides), gpu_total, warn)
+    if opts.gpu_memory_gib is not None:
+        from runtime.preflight import capped_system
+
+        system = capped_system(system, opts.gpu_memory_gib)
+        note += f"; GPU capped at {opts.gpu_memory_gib:g} GiB"
     batches = plan_batches(opts, system, model, tokens, backend.has_gpu, warn)
     check_host_memory(model, batches, backend.dtype.itemsize, _meminfo_gib("MemAvailable"))
     report = RunReport(model, system, note, backend.description, opts.dtype,
                        codec.name if codec is not None else "token ids", opts.sampling, batches, warnings=warnings)
 
+    if backend.is_cuda:
+        from runtime.preflight import apply_gpu_cap
+
+        apply_gpu_cap(opts.gpu_memory_gib)
     t0 = time.perf_counter()
     if progress_factory is not None:
         with progress_factory(ckpt.source_bytes) as update:

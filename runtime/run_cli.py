@@ -39,6 +39,8 @@ def run_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (no streaming)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: every core this "
                                           "process may use)."),
+    gpu_memory_gib: Optional[float] = typer.Option(None, "--gpu-memory-gib", help="Plan for and enforce a GPU "
+                                                   "memory cap (GiB), e.g. to emulate a smaller GPU."),
     dtype: str = typer.Option("bfloat16", "--dtype", hidden=True, help="bfloat16, or float32 (tests)."),
     fake_gpu: bool = typer.Option(False, "--fake-gpu", hidden=True, help="Test mode: emulate the GPU on the CPU "
                                   "(data flow only; timings meaningless)."),
@@ -63,7 +65,8 @@ def run_command(
                       overrides=list(overrides or []), objective=objective, tpot_max_ms=tpot_max_ms, solver=solver,
                       plan=given_plan, plan_source=f"--plan {plan}" if plan else "",
                       sampling=Sampling(temperature, top_p, seed), ids=ids, ignore_eos=ignore_eos, warmup=warmup,
-                      fake_gpu=fake_gpu, dtype=dtype, stream=not as_json, threads=threads)
+                      fake_gpu=fake_gpu, dtype=dtype, stream=not as_json, threads=threads,
+                      gpu_memory_gib=gpu_memory_gib)
 
     def warn(message: str) -> None:
         typer.echo(f"warning: {message}", err=True)

@@ -39,6 +39,11 @@ from toys import toy_system  # noqa: E402
 
 torch.set_num_threads(1)
 
+# "fake" (the GPU emulated on the CPU) by default; LIA_TEST_GPU_BACKEND=cuda runs the same checks on a real GPU
+# (the GPU host: runtime/hf_gpu_campaign.sh).
+GPU = os.environ.get("LIA_TEST_GPU_BACKEND", "fake")
+FAKE = GPU == "fake"
+
 FP32_RTOL = 1e-5
 BF16_RTOL = 2e-2        # measured 5.6e-3 .. 6.0e-3 on these models
 NEAR_TIE = 2 ** -6      # of max |logit|: twice the largest bf16 logit error measured (0.6%), rounded up
@@ -49,13 +54,13 @@ G, C = Device.GPU, Device.CPU
 # varied), FlexGen's placement. The optimiser's own plan is tested through `lia run` below.
 PLACEMENTS = [
     ("all-cpu", "cpu", Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU)),
-    ("all-gpu", "fake", Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, gpu_resident_layers=3)),
-    ("lia-000000", "fake", Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, prefill_minibatches=2)),
-    ("lia-111111", "fake", Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU, gpu_resident_layers=1,
+    ("all-gpu", GPU, Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, gpu_resident_layers=3)),
+    ("lia-000000", GPU, Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, prefill_minibatches=2)),
+    ("lia-111111", GPU, Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU, gpu_resident_layers=1,
                                 prefill_minibatches=2)),
-    ("lia-011000", "fake", Plan(prefill_policy=ATTENTION_ON_CPU, decode_policy=ATTENTION_ON_CPU,
+    ("lia-011000", GPU, Plan(prefill_policy=ATTENTION_ON_CPU, decode_policy=ATTENTION_ON_CPU,
                                 gpu_resident_layers=1, prefill_minibatches=4)),
-    ("flexgen", "fake", Plan(prefill_policy=ALL_GPU, decode_policy=ATTENTION_ON_CPU, overlap=False)),
+    ("flexgen", GPU, Plan(prefill_policy=ALL_GPU, decode_policy=ATTENTION_ON_CPU, overlap=False)),
 ]
 KINDS = ("opt", "llama", "mistral")
 
@@ -137,9 +142,9 @@ def test_the_checks_can_fail(cases, monkeypatch):
     assert _rel(logits, case.logits) > 100 * FP32_RTOL
     monkeypatch.undo()
 
-    weights = _weights(cases["opt"], "fake", torch.bfloat16)
+    weights = _weights(cases["opt"], GPU, torch.bfloat16)
     weights.host_layers = weights.host_layers[::-1]       # layers in the wrong order
-    ex = Executor(Backend("fake", torch.bfloat16), weights, PLACEMENTS[2][2], WORKLOAD)
+    ex = Executor(Backend(GPU, torch.bfloat16), weights, PLACEMENTS[2][2], WORKLOAD)
     forced = ex.generate(cases["opt"].prompt, keep_logits=True,
                          select=lambda t, logits: cases["opt"].tokens[:, t].to(logits.device))
     assert _rel(torch.stack(forced.logits, 1), cases["opt"].logits) > BF16_RTOL
@@ -237,7 +242,7 @@ def test_lia_run_with_the_optimisers_plan(cases, kind, tmp_path):
     results = {}
     for dtype in ("float32", "bfloat16"):
         opts = RunOptions(model=str(case.path), prompts=prompts, max_new_tokens=NEW_TOKENS, system=system,
-                          solver="enumerate", sampling=Sampling(), ids=True, fake_gpu=True, dtype=dtype,
+                          solver="enumerate", sampling=Sampling(), ids=True, fake_gpu=FAKE, dtype=dtype,
                           stream=False, threads=1)
         report = run(opts)
         assert len(report.batches) == 1
@@ -268,8 +273,8 @@ def test_lia_run_command_line_matches_transformers(cases, tmp_path):
     plan = tmp_path / "plan.json"
     plan.write_text(PLACEMENTS[4][2].model_dump_json())
     proc = _lia("run", "--model", str(case.path), "--prompts", str(prompts), "--max-new-tokens", str(NEW_TOKENS),
-                "--plan", str(plan), "--system", _system_file(tmp_path, 1.0), "--json", "--fake-gpu",
-                "--dtype", "float32", "--threads", "1")
+                "--plan", str(plan), "--system", _system_file(tmp_path, 1.0), "--json",
+                *(["--fake-gpu"] if FAKE else []), "--dtype", "float32", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["schema"] == "lia.run/1" and len(out["batches"]) == 1
@@ -305,7 +310,7 @@ def test_text_in_text_out_with_a_tokenizer_and_streaming(cases, tmp_path):
     _word_tokenizer(folder)
     text = " ".join(f"w{i}" for i in case.prompt[0].tolist())
     out = io.StringIO()
-    report = run(RunOptions(model=str(folder), prompts=[text], max_new_tokens=NEW_TOKENS, fake_gpu=True,
+    report = run(RunOptions(model=str(folder), prompts=[text], max_new_tokens=NEW_TOKENS, fake_gpu=FAKE,
                             dtype="float32", plan=PLACEMENTS[5][2], threads=1), out=out)
     batch = report.batches[0]
     assert report.codec.startswith("tokenizers")
