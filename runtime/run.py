@@ -351,6 +351,8 @@ def run(opts: RunOptions, out: TextIO = sys.stdout, warn: Callable[[str], None] 
         outputs: list[list[int]] = [[] for _ in range(B)]
         done = [False] * B
         stream = Stream(codec, out) if opts.stream and B == 1 else None
+        if stream is not None and len(batches) > 1:
+            out.write(f"[prompt {batch.indices[0] + 1}] ")
 
         def on_token(step: int, ids, outputs=outputs, done=done, stream=stream) -> bool:
             values = ids.cpu().tolist()

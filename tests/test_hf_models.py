@@ -354,6 +354,24 @@ def test_prompts_of_different_lengths_run_as_separate_batches(cases):
     assert any("different lengths" in w for w in report.warnings)
 
 
+def test_throughput_objective_splits_the_prompts_into_the_optimisers_batches(cases, tmp_path):
+    from hwprofiles import load_system
+    from runtime.run import RunOptions, plan_batches
+
+    model = open_checkpoint(cases["opt"].path).model
+    system = load_system(_system_file(tmp_path, 0.0004))
+    tokens = [[1] * 8] * 5 + [[2] * 6] * 3
+    opts = RunOptions(model="-", prompts=[], max_new_tokens=16, objective="throughput", solver="enumerate")
+    batches = plan_batches(opts, system, model, tokens, has_gpu=True, warn=lambda m: None)
+    assert sorted(i for b in batches for i in b.indices) == list(range(8))
+    for b in batches:
+        assert b.workload.batch == len(b.indices) and len({len(t) for t in b.tokens}) == 1
+        assert b.plan_source.startswith("optimiser (throughput")
+    latency = plan_batches(RunOptions(model="-", prompts=[], max_new_tokens=16, solver="enumerate"), system, model,
+                           tokens, has_gpu=True, warn=lambda m: None)
+    assert [b.indices for b in latency] == [[0, 1, 2, 3, 4], [5, 6, 7]]
+
+
 def test_sampling_is_seeded_and_differs_from_greedy(cases):
     from runtime.generate import Sampling
     from runtime.run import RunOptions, run
