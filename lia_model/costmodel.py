@@ -29,7 +29,7 @@ from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
 from lia_model.memory import MemoryTier, TierUse, memory_use
 from lia_model.models import ModelSpec
-from lia_model.plan import Device, Plan, check_plan_against
+from lia_model.plan import ALL_GPU, Device, Plan, check_plan_against
 from lia_model.sublayers import SUBLAYERS, Stage
 from lia_model.workload import Workload, make_workload
 
@@ -139,7 +139,7 @@ def _breakdown(stage: Stage, policy: tuple[Device, ...], terms: StageTerms, stre
         nxt = policy[(i + 1) % len(SUBLAYERS)]
         on_cpu = dev == Device.CPU
         t = terms.times
-        compute = float(np.mean(t.cpu_s[i] if on_cpu else t.gpu_s[i])) * n
+        compute = float(np.mean(t.compute_s(i, policy))) * n
         mem = float(np.mean(t.cpu_memory_s[i] if on_cpu else t.gpu_memory_s[i])) * n
         compute_bound = bool(np.mean(t.cpu_compute_bound[i] if on_cpu else t.gpu_compute_bound[i]) >= 0.5)
         pcie = 0.0 if on_cpu else float(terms.weight_h2d_s[i]) + float(np.mean(terms.kv_copy_s[i])) * n
@@ -150,7 +150,7 @@ def _breakdown(stage: Stage, policy: tuple[Device, ...], terms: StageTerms, stre
         if streamed:
             rows.append(BreakdownRow(stage, "streamed", streamed, sub.value, dev, compute, mem, pcie, bound))
         if resident:
-            rt = float(np.mean(resident_times.gpu_s[i])) * n
+            rt = float(np.mean(resident_times.compute_s(i, ALL_GPU))) * n
             rm = float(np.mean(resident_times.gpu_memory_s[i])) * n
             rb = "compute" if bool(np.mean(resident_times.gpu_compute_bound[i]) >= 0.5) else "memory"
             rows.append(BreakdownRow(stage, "resident", resident, sub.value, Device.GPU, rt, rm, 0.0, rb))

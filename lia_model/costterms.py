@@ -37,11 +37,11 @@ from enum import Enum
 
 import numpy as np
 
-from lia_model.accounting import SublayerWork, head_flops, sublayer_work
-from lia_model.hardware import SystemSpec, interpolate_efficiency
+from lia_model.accounting import SublayerWork, attention_bytes_flops, head_flops, linear_shape, sublayer_work
+from lia_model.hardware import SystemSpec, interpolate_efficiency, table_seconds
 from lia_model.models import ModelSpec
 from lia_model.plan import CpuIsa, Device, HostTier, policy_from_index
-from lia_model.sublayers import ATTENTION_SUBLAYERS, NUM_SUBLAYERS, SUBLAYERS
+from lia_model.sublayers import ATTENTION_SUBLAYERS, NUM_SUBLAYERS, SUBLAYERS, Sublayer
 from lia_model.units import BYTES_PER_S_PER_GBPS, FLOPS_PER_TFLOPS, S_PER_US
 
 NUM_POLICIES = 2**NUM_SUBLAYERS
@@ -144,7 +144,12 @@ class StageContext:
 
 @dataclass
 class SublayerTimes:
-    """Per-sublayer times of one chunk on each device, arrays over steps."""
+    """Per-sublayer times of one chunk on each device, arrays over steps.
+
+    With calibrated kernel tables, attn_score and attn_context on one device run as one fused kernel:
+    ``*_fused_delta_s`` is (fused time - split score time - split context time) on that device, charged
+    when both sit there: on the CPU by p_score AND p_context = p_score - h2d[score], on the GPU by
+    NOT p_score AND NOT p_context = (1 - p_score) - d2h[score] (zero without tables)."""
 
     cpu_s: np.ndarray              # [6, S] incl. op overhead
     gpu_s: np.ndarray              # [6, S] weights in HBM
@@ -152,6 +157,31 @@ class SublayerTimes:
     gpu_compute_bound: np.ndarray
     cpu_memory_s: np.ndarray       # [6, S] memory part of the CPU time
     gpu_memory_s: np.ndarray
+    cpu_fused_delta_s: np.ndarray = None  # [S]
+    gpu_fused_delta_s: np.ndarray = None  # [S]
+    fused_attention: bool = False         # kernel tables: score + context on one device run as one kernel
+
+    def __post_init__(self) -> None:
+        steps = self.cpu_s.shape[1]
+        if self.cpu_fused_delta_s is None:
+            self.cpu_fused_delta_s = np.zeros(steps)
+        if self.gpu_fused_delta_s is None:
+            self.gpu_fused_delta_s = np.zeros(steps)
+
+    def compute_s(self, i: int, policy: tuple) -> np.ndarray:
+        """Sublayer i's time under ``policy`` as the runtime records it: with fused attention, attn_score
+        takes no time of its own and attn_context the whole fused kernel when both sit on one device."""
+        cpu = policy[i] == Device.CPU
+        base = self.cpu_s if cpu else self.gpu_s
+        if not self.fused_attention or i not in (_SCORE, _CTX) or policy[_SCORE] != policy[_CTX]:
+            return base[i]
+        if i == _SCORE:
+            return np.zeros_like(base[i])
+        return base[_SCORE] + base[_CTX] + (self.cpu_fused_delta_s if cpu else self.gpu_fused_delta_s)
+
+    def all_gpu_s(self) -> np.ndarray:
+        """One chunk with every sublayer on the GPU (fused attention included)."""
+        return self.gpu_s.sum(axis=0) + self.gpu_fused_delta_s
 
 
 @dataclass
@@ -200,7 +230,9 @@ def _gpu_rate(system: SystemSpec, tokens: float, attention: bool) -> float:
 
 
 def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chunk_batch: int) -> SublayerTimes:
-    """Roofline time of each sublayer for one chunk: max(FLOPs / rate(size), bytes / bandwidth) + overhead."""
+    """Time of each sublayer for one chunk. With calibrated kernel tables (``system.kernels``): the measured
+    time of the runtime's own sublayer function at that shape (linears) or the attention fit; otherwise the
+    roofline max(FLOPs / rate(size), bytes / bandwidth) + overhead."""
     contexts = np.asarray(ctx.contexts, dtype=float)
     steps = len(contexts)
     work = sublayer_work(model, chunk_batch, ctx.q, contexts)
@@ -229,7 +261,64 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
         out["gpu"][i] = np.maximum(gpu_flop_s, gpu_mem) + system.gpu.op_overhead_us * S_PER_US
         out["cpu_mem"][i], out["gpu_mem"][i] = cpu_mem, gpu_mem
         cpu_cb[i], gpu_cb[i] = cpu_flop_s >= cpu_mem, gpu_flop_s >= gpu_mem
-    return SublayerTimes(out["cpu"], out["gpu"], cpu_cb, gpu_cb, out["cpu_mem"], out["gpu_mem"])
+    times = SublayerTimes(out["cpu"], out["gpu"], cpu_cb, gpu_cb, out["cpu_mem"], out["gpu_mem"])
+    if system.kernels is not None:
+        _apply_kernel_tables(system, model, ctx, chunk_batch, work, times, cpu_bw_w, cpu_bw_kv)
+    return times
+
+
+def _apply_kernel_tables(system: SystemSpec, model: ModelSpec, ctx: StageContext, chunk_batch: int,
+                         work: dict, times: SublayerTimes, cpu_bw_w: float, cpu_bw_kv: float) -> None:
+    """Replace roofline times by the calibrated times of the runtime's kernels where the tables cover them.
+
+    Linear sublayer at (K, N) with a table: t(tokens) interpolated (``table_seconds``); on the CPU at least the
+    weight bytes over the weight tier's bandwidth (the table was measured from DDR; a CXL tier can be slower).
+    GPU sublayer: max(device time, dispatch time): launches overlap the GPU's execution, so the host's
+    launch cost bounds a sublayer only when it is the longer of the two. Attention: the fits of the split
+    kernels for attn_score / attn_context, and the fused kernel's fit through the fused delta."""
+    tables = system.kernels
+    contexts = np.asarray(ctx.contexts, dtype=float)
+    dispatch_s = tables.gpu_dispatch_us * S_PER_US
+    use_cpu = tables.cpu_isa == ctx.cpu_isa
+    for i, sub in enumerate(SUBLAYERS):
+        if sub in ATTENTION_SUBLAYERS or model.is_moe:
+            continue
+        w = work[sub]
+        k, n = linear_shape(model, sub)
+        t_gpu = tables.linear("gpu", sub.value, k, n)
+        if t_gpu is not None:
+            times.gpu_s[i] = max(table_seconds(t_gpu, w.tokens), dispatch_s)
+            times.gpu_compute_bound[i] = w.tokens >= 256
+        t_cpu = tables.linear("cpu", sub.value, k, n) if use_cpu else None
+        if t_cpu is not None:
+            times.cpu_s[i] = max(table_seconds(t_cpu, w.tokens), w.weight_bytes_read / cpu_bw_w)
+            times.cpu_compute_bound[i] = w.tokens >= 256
+    phase = "decode" if ctx.q == 1 else "prefill"
+    kinds = {"score": SUBLAYERS.index(Sublayer.ATTN_SCORE), "context": SUBLAYERS.index(Sublayer.ATTN_CONTEXT)}
+    for device, arr, delta_name, enabled in (("cpu", times.cpu_s, "cpu_fused_delta_s", use_cpu),
+                                             ("gpu", times.gpu_s, "gpu_fused_delta_s", True)):
+        fits = {kind: tables.attention(device, kind, phase) for kind in ("score", "context", "fused")}
+        if not enabled or any(f is None for f in fits.values()):
+            continue
+        split = {}
+        for kind, i in kinds.items():
+            nbytes, flops = attention_bytes_flops(model, chunk_batch, ctx.q, contexts, kind)
+            split[kind] = fits[kind].seconds(nbytes, flops)
+            if device == "cpu":   # KV in a slower tier than DDR: at least the KV bytes over that tier
+                kv = work[SUBLAYERS[i]].kv_read_bytes
+                split[kind] = np.maximum(split[kind], kv / cpu_bw_kv)
+            else:
+                split[kind] = np.maximum(split[kind], dispatch_s)
+            arr[i] = split[kind]
+        nbytes, flops = attention_bytes_flops(model, chunk_batch, ctx.q, contexts, "fused")
+        fused = fits["fused"].seconds(nbytes, flops)
+        if device == "cpu":
+            kv = work[Sublayer.ATTN_SCORE].kv_read_bytes + work[Sublayer.ATTN_CONTEXT].kv_read_bytes
+            fused = np.maximum(fused, kv / cpu_bw_kv)
+        else:
+            fused = np.maximum(fused, dispatch_s)
+        setattr(times, delta_name, fused - split["score"] - split["context"])
+        times.fused_attention = True
 
 
 def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext) -> StageTerms:
@@ -276,6 +365,10 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         gpu_c.add_not_cpu(i, times.gpu_s[i])
         h2dx_c.add_feature(H2D[i], cross_h2d_s[i])
         d2h_c.add_feature(D2H[i], cross_d2h_s[i])
+    # Fused attention (kernel tables): both on the CPU = p_score - h2d[score]; both on the GPU =
+    # (1 - p_score) - d2h[score].
+    cpu_c.add_feature(CPU[_SCORE], times.cpu_fused_delta_s).add_feature(H2D[_SCORE], -times.cpu_fused_delta_s)
+    gpu_c.add_not_cpu(_SCORE, times.gpu_fused_delta_s).add_feature(D2H[_SCORE], -times.gpu_fused_delta_s)
     h2dx_c.add_not_cpu(_SCORE, k_cached_s)          # (1 - p_score) * cached K
     h2dx_c.add_not_cpu(_CTX, k_cached_s)            # (1 - p_context) * cached V (same size as K)
     h2dx_c.add_feature(QKV_CPU_CTX_GPU, v_new_s)    # p_qkv (1 - p_context) * new V
@@ -328,6 +421,13 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
             for name, res, busy in (("pipe_cpu", Resource.CPU, cpu_c), ("pipe_gpu", Resource.GPU, gpu_c),
                                     ("pipe_h2d", Resource.PCIE_H2D, h2dx_c), ("pipe_d2h", Resource.PCIE_D2H, d2h_c)):
                 terms[name] = (res, head + busy.scaled(n - 1))
+        if system.kernels is not None and not serial_weights:
+            # CPU work beside the weight DMA (calibrated slowdown s of a CPU linear while pinned H2D runs): the
+            # DMA keeps its rate, so during its W seconds the CPU moves 1/s of its solo bytes per second, and
+            # its work ends no sooner than  n cpu_c + (1 - 1/s) W  (exact for two rates; when the CPU finishes
+            # inside the DMA window the h2d term below, T >= W, is the larger).
+            kappa = 1.0 - 1.0 / system.kernels.cpu_slowdown_beside_dma
+            terms["cpu_dma"] = (Resource.CPU, cpu_c.scaled(n) + weights.scaled(kappa))
         terms["h2d"] = (Resource.PCIE_H2D, resources[Resource.PCIE_H2D])
         terms["d2h"] = (Resource.PCIE_D2H, resources[Resource.PCIE_D2H])
         terms["ddr"] = (Resource.DDR, ddr_s)
@@ -344,7 +444,7 @@ def resident_layer_time(system: SystemSpec, model: ModelSpec, ctx: StageContext)
     """A GPU-resident layer: all sublayers on the GPU with weights and KV in HBM, n chunks in series."""
     n = ctx.minibatches
     times = sublayer_times(system, model, ctx, ctx.batch // n)
-    return n * times.gpu_s.sum(axis=0), times
+    return n * times.all_gpu_s(), times
 
 
 def head_time_s(system: SystemSpec, model: ModelSpec, batch: int) -> float:

@@ -37,6 +37,7 @@ class CpuIsa(str, Enum):
     AMX_BF16 = "amx_bf16"
     AVX512_BF16 = "avx512_bf16"
     AVX512_FP32 = "avx512_fp32"
+    AVX2_FP32 = "avx2_fp32"      # x86 CPUs without AVX-512: fp32 on MKL's / oneDNN's AVX2 (or generic) path
     SVE2_BF16 = "sve2_bf16"
 
 

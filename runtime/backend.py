@@ -76,6 +76,11 @@ class Event:
     def query(self) -> bool:
         return self._cuda.query() if self._cuda is not None else True
 
+    @property
+    def host_stamp(self) -> Optional[float]:
+        """perf_counter when a host event was recorded (None for CUDA events)."""
+        return self._stamp
+
     def seconds_since(self, start: "Event") -> float:
         """Elapsed seconds from ``start`` to this event (both recorded and completed)."""
         if self._cuda is not None:

@@ -28,7 +28,12 @@ def validate(
                                       "summary.md and summary.json."),
     gpu_memory_gib: Optional[float] = typer.Option(None, "--gpu-memory-gib", help="Cap GPU memory (GiB) for "
                                                    "points that do not set their own cap."),
-    repeats: int = typer.Option(2, "--repeats", help="Timed repeats per point (after one short warm-up)."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed unprofiled repeats per point (after one short "
+                                "warm-up); headline times are their medians."),
+    profiled_runs: int = typer.Option(3, "--profiled-runs", help="Runs with per-sublayer events; per-sublayer "
+                                      "times are their medians."),
+    trace: Optional[str] = typer.Option(None, "--trace", help="Folder for one Chrome-trace JSON per point "
+                                        "(CPU sublayers, GPU kernels and copies per layer)."),
     max_point_s: Optional[float] = typer.Option(None, "--max-point-s", help="Skip points whose predicted time "
                                                 "with warm-up and repeats exceeds this."),
     time_budget_s: Optional[float] = typer.Option(None, "--time-budget-s", help="Start no point that would "
@@ -72,7 +77,10 @@ def validate(
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         raise LiaInputError("--points", f"group ids repeat across files: {', '.join(dupes)}", "rename them")
-    opts = Options(repeats=repeats, gpu_memory_gib=gpu_memory_gib, max_point_s=max_point_s,
+    if profiled_runs < 1:
+        raise LiaInputError("--profiled-runs", f"must be at least 1, got {profiled_runs}", "e.g. --profiled-runs 3")
+    opts = Options(repeats=repeats, profiled_runs=profiled_runs, trace_dir=trace, gpu_memory_gib=gpu_memory_gib,
+                   max_point_s=max_point_s,
                    time_budget_s=time_budget_s, seed=seed, host_weights_gib=host_weights_gib)
     if repeats < 1:
         raise LiaInputError("--repeats", f"must be at least 1, got {repeats}", "e.g. --repeats 2")

@@ -76,6 +76,7 @@ class RunResult:
     tokens: torch.Tensor                      # [B, L_out] generated token ids (CPU)
     logits: Optional[list[torch.Tensor]]      # per output position: [B, vocab] float32 (CPU)
     records: list[OpRecord]
+    base: Optional[tuple[Event, float]] = None  # (event, perf_counter) at the run's start: the trace's time zero
 
     @property
     def output_len(self) -> int:
@@ -190,8 +191,8 @@ class Executor:
         self.R = plan.gpu_resident_layers
         self.K = self.L - self.R
         self.policy = {Stage.PREFILL: plan.prefill_policy, Stage.DECODE: plan.decode_policy}
-        self.head_dev = Device.GPU if backend.has_gpu else Device.CPU
-        uses_gpu = self.R > 0 or (self.K > 0 and any(d == Device.GPU for p in self.policy.values() for d in p))
+        uses_gpu = plan_uses_gpu(plan, self.L)
+        self.head_dev = head_device(plan, self.L, backend.has_gpu)
         if uses_gpu and not backend.has_gpu:
             raise LiaInputError("GPU", "the plan runs sublayers on the GPU but this machine has no CUDA device",
                                 "run it on a machine with an NVIDIA GPU, or use an all-CPU plan (the ipex baseline)")
@@ -278,6 +279,7 @@ class Executor:
         with torch.inference_mode(), be.on_stream(be.compute):
             ids = prompt.to(be.torch_device(self.head_dev))
             be.synchronize()
+            base = (Event(be.is_cuda).record(be.compute if be.is_cuda else None), time.perf_counter())
             if self.K and self.plan.overlap and self.buffer_flat[0]:
                 self._prefetch(self.R, 0, slot=0)
             for p_index, (stage, step) in enumerate(self.passes):
@@ -308,12 +310,12 @@ class Executor:
                 r.seconds = r.end.seconds_since(r.start)
         return RunResult(ttft_s=pass_s[0], tpot_s=pass_s[1:], latency_s=float(sum(pass_s)), batch=self.B,
                          tokens=torch.stack([t.cpu() for t in tokens], dim=1),
-                         logits=logits_out if keep_logits else None, records=self.records)
+                         logits=logits_out if keep_logits else None, records=self.records, base=base)
 
     # ================================================================== passes
 
     def _embed(self, ids: torch.Tensor, pos0: int, q: int, stage: Stage, step: int) -> torch.Tensor:
-        emb = self.weights.embeddings
+        emb = self.weights.embeddings_on(self.head_dev, self.backend)
         start = self._stamp(self.head_dev)
         x = emb.tokens[ids]                                                     # [B, q, h]
         if emb.positions is not None:
@@ -323,7 +325,7 @@ class Executor:
         return x
 
     def _head(self, chunks: list[Placed], stage: Stage, step: int) -> torch.Tensor:
-        emb = self.weights.embeddings
+        emb = self.weights.embeddings_on(self.head_dev, self.backend)
         lasts = []
         for c, p in enumerate(chunks):
             last = Placed(p.t[:, -1].contiguous(), p.dev, p.ready)
@@ -559,14 +561,15 @@ class Executor:
         return ev
 
     def _kv_for(self, lay: _Layer, ch: _Chunk, which: str, dev: Device, width: Optional[int] = None) -> torch.Tensor:
-        """K or V as attention on ``dev`` reads it: the whole host cache width on the CPU, [:width] on the GPU."""
+        """K or V as attention on ``dev`` reads it: a view of the live prefix [:width] (default: every valid
+        position) of the host cache (CPU), the resident cache or the staging buffer (GPU)."""
         kv = lay.kv
+        width = lay.valid if width is None else width
         if dev == Device.CPU:
             pending = kv.written_for(ch.b0, ch.b1)
             if pending is not None:
                 pending.synchronize()
-            return kv.host[which][ch.rows]
-        width = lay.valid if width is None else width
+            return kv.host[which][ch.rows, :, :width]
         if lay.resident:
             return kv.gpu[which][ch.rows, :, :width]
         ev = self._issue_fetch(lay, ch, which)
@@ -626,22 +629,33 @@ class Executor:
             self._write_kv(lay, ch, dev, k, v)
             self._finish(lay, ch, sub, dev, "q", q_out, start, b * q)
         elif sub == SCORE:
+            if lay.dev(CTX) == dev:
+                # Fused with attn_context on this device (kernels.attention): hand Q on, untimed.
+                ch.values["scores"] = ch.values["q"]
+                self._record(lay.stage, lay.step, lay.li, ch.c, sub.value, "compute", dev, 0, q, lay.kind,
+                             self._stamp(dev))
+                return
             q_in = self._need(lay, ch, "q", dev, "act")
             keys = self._kv_for(lay, ch, "k", dev)
             out = self._out(lay, "scores", (b, m.num_kv_heads, m.num_heads // m.num_kv_heads * q, keys.shape[2])) \
                 if dev == Device.CPU else None
-            mask = self._mask(dev, q, lay.pos0, lay.valid, keys.shape[2])
+            mask = self._mask(dev, q, lay.pos0, lay.valid, keys.shape[2]) if q > 1 else None
             start = self._stamp(dev)
             scores = kernels.attn_score(q_in, keys, m, mask, out=out)
             self._finish(lay, ch, sub, dev, "scores", scores, start, q)
         elif sub == CTX:
-            scores = self._need(lay, ch, "scores", dev, "act")
-            if dev == Device.CPU and scores.shape[-1] != self.S:
-                scores = torch.nn.functional.pad(scores, (0, self.S - scores.shape[-1]), value=float("-inf"))
-            values = self._kv_for(lay, ch, "v", dev, width=scores.shape[-1])
             out = self._out(lay, "ctx", (b, q, m.q_dim)) if dev == Device.CPU else None
-            start = self._stamp(dev)
-            ctx = kernels.attn_context(scores, values, m, q, out=out)
+            if lay.dev(SCORE) == dev:
+                q_in = self._need(lay, ch, "q", dev, "act")            # fused: attn_score handed Q on
+                keys = self._kv_for(lay, ch, "k", dev)
+                values = self._kv_for(lay, ch, "v", dev)
+                start = self._stamp(dev)
+                ctx = kernels.attention(q_in, keys, values, m, lay.pos0, out=out)
+            else:
+                scores = self._need(lay, ch, "scores", dev, "act")
+                values = self._kv_for(lay, ch, "v", dev, width=scores.shape[-1])
+                start = self._stamp(dev)
+                ctx = kernels.attn_context(scores, values, m, q, out=out)
             self._finish(lay, ch, sub, dev, "ctx", ctx, start, q)
         elif sub == OUT:
             ctx = self._need(lay, ch, "ctx", dev, "act")
@@ -676,6 +690,18 @@ class Executor:
         if dev == Device.GPU and self.backend.is_cuda and Device.CPU in self._consumers(lay, name):
             ready = self.backend.event(self.backend.compute)
         ch.values[name] = {dev: Placed(value, dev, ready)}
+
+
+def plan_uses_gpu(plan: Plan, num_layers: int) -> bool:
+    streamed = num_layers - plan.gpu_resident_layers
+    return plan.gpu_resident_layers > 0 or (
+        streamed > 0 and any(d == Device.GPU for p in (plan.prefill_policy, plan.decode_policy) for d in p))
+
+
+def head_device(plan: Plan, num_layers: int, machine_has_gpu: bool) -> Device:
+    """Embeddings and the LM head follow the plan: on the GPU when the plan uses it, else on the CPU, so an
+    all-CPU plan (the ipex baseline) touches no GPU memory at all."""
+    return Device.GPU if (machine_has_gpu and plan_uses_gpu(plan, num_layers)) else Device.CPU
 
 
 def x_ready(backend: Backend, dev: Device) -> Optional[Event]:

@@ -187,6 +187,23 @@ class ModelWeights:
         lm_head = tokens if m.tied_embeddings else rand(m.vocab_size, m.hidden_size)
         return Embeddings(tokens, positions, norm_w, norm_b, lm_head, dev)
 
+    def embeddings_on(self, dev: Device, backend: Backend) -> Embeddings:
+        """The embeddings and LM head on ``dev`` (copied there once when they live elsewhere)."""
+        emb = self.embeddings
+        if emb.dev == dev:
+            return emb
+        cache = self.__dict__.setdefault("_emb_copies", {})
+        if dev not in cache:
+            device = backend.torch_device(dev)
+
+            def move(t: "torch.Tensor | None") -> "torch.Tensor | None":
+                return None if t is None else t.to(device)
+
+            tokens = move(emb.tokens)
+            lm_head = tokens if emb.lm_head is emb.tokens else move(emb.lm_head)
+            cache[dev] = Embeddings(tokens, move(emb.positions), move(emb.norm_w), move(emb.norm_b), lm_head, dev)
+        return cache[dev]
+
     def sublayer_host(self, layer: int, sub: Sublayer) -> torch.Tensor:
         return self.layout.region_of(self.host_layers[layer], sub)
 
