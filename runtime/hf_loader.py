@@ -273,8 +273,9 @@ def _copy_rows(sl, dst: torch.Tensor, rows: int, cols: int, itemsize: int, tick:
 
 
 def load_checkpoint(ckpt: Checkpoint, backend: Backend, progress: Optional[Progress] = None,
-                    workers: int = 4) -> ModelWeights:
-    """Weights of ``ckpt`` in a page-locked host arena (layers) and on the head device (embeddings)."""
+                    workers: int = 4, head_dev: Optional[Device] = None) -> ModelWeights:
+    """Weights of ``ckpt`` in a page-locked host arena (layers) and the embeddings and LM head on ``head_dev``
+    (default: the GPU when there is one; runtime.executor.head_device says where a plan wants them)."""
     safe_open = _safe_open()
 
     model = ckpt.model
@@ -291,7 +292,8 @@ def load_checkpoint(ckpt: Checkpoint, backend: Backend, progress: Optional[Progr
     if progress is not None:
         progress(0, ckpt.source_bytes)
     arena = HostArena(backend, layout.numel * model.num_layers, pinned=True, random_fill=False)
-    head_dev = Device.GPU if backend.has_gpu else Device.CPU
+    if head_dev is None:
+        head_dev = Device.GPU if backend.has_gpu else Device.CPU
     device = backend.torch_device(head_dev)
     dtype = backend.dtype
     handles: dict[Path, object] = {}

@@ -328,12 +328,18 @@ def run(opts: RunOptions, out: TextIO = sys.stdout, warn: Callable[[str], None] 
         from runtime.preflight import apply_gpu_cap
 
         apply_gpu_cap(opts.gpu_memory_gib)
+    from lia_model.plan import Device
+    from runtime.executor import head_device
+
+    # Embeddings and LM head where the plans put them (the GPU unless no plan uses it).
+    head = Device.GPU if any(head_device(b.plan, model.num_layers, backend.has_gpu) == Device.GPU
+                             for b in batches) else Device.CPU
     t0 = time.perf_counter()
     if progress_factory is not None:
         with progress_factory(ckpt.source_bytes) as update:
-            weights = load_checkpoint(ckpt, backend, progress=update)
+            weights = load_checkpoint(ckpt, backend, progress=update, head_dev=head)
     else:
-        weights = load_checkpoint(ckpt, backend)
+        weights = load_checkpoint(ckpt, backend, head_dev=head)
     report.load_s = time.perf_counter() - t0
     report.load_gb = ckpt.source_bytes / 1e9
 
