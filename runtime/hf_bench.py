@@ -86,7 +86,7 @@ def teacher_forced_agreement(folder: Path, prompts: list[list[int]], outputs: li
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).to(device).eval()
     agree = total = 0
     with torch.no_grad():
-        for p, o in zip(prompts, outputs):
+        for p, o in zip(prompts, outputs, strict=True):
             seq = torch.tensor([p + o[:-1]], device=device)
             logits = model(seq).logits[0, len(p) - 1:]
             agree += int((logits.argmax(-1).cpu() == torch.tensor(o)).sum())
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         if cap is not None:
             cmd += ["--gpu-memory-gib", str(cap)]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - t0
         tag = f"point{i}-{name}-B{batch}-L{l_in}-{objective}-cap{cap or 'none'}"
         (logs / f"{tag}.log").write_text(" ".join(cmd) + "\n\n" + proc.stderr)
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             agree = teacher_forced_agreement(folder, ins[:4], outputs[:4])
             m, p, plan = b["measured"], b["predicted"], b["plan"]
             rows.append({
-                "point": tag, "status": "ok", "model": f"{name} ({args.layers} layers)", "batch": b["workload"]["batch"],
+                "point": tag, "status": "ok", "model": f"{name} ({args.layers} layers)",
+                "batch": b["workload"]["batch"],
                 "input_len": l_in, "output_len": l_out, "objective": objective, "gpu_cap_gib": cap,
                 "prefill_policy": "".join(map(str, plan["prefill_policy"])),
                 "decode_policy": "".join(map(str, plan["decode_policy"])),

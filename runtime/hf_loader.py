@@ -120,7 +120,7 @@ def _shards(folder: Path) -> dict[str, Path]:
     single = folder / SINGLE
     if single.exists():
         with _safe_open()(str(single), framework="pt") as f:
-            return {name: single for name in f.keys()}
+            return dict.fromkeys(f.keys(), single)
     others = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
     hint = (f"the folder has {', '.join(others[:3])}: save it as safetensors (model.save_pretrained(folder) with "
             "transformers >= 4.35 does)") if others else "give a folder written by save_pretrained"
@@ -151,26 +151,26 @@ def _pieces(model: ModelSpec, mtype: str, names: set[str]) -> list[Piece]:
     def add(name: str, li: int, sub: Optional[Sublayer], part: str, row0: int, shape: tuple[int, ...]) -> None:
         out.append(Piece(name, li, sub, part, row0, shape))
 
-    Q, O, F1, F2 = Sublayer.QKV, Sublayer.OUT_PROJ, Sublayer.FC1, Sublayer.FC2
+    QKV, OUT, FC1, FC2 = Sublayer.QKV, Sublayer.OUT_PROJ, Sublayer.FC1, Sublayer.FC2
     if mtype == "opt":
         p = _prefix(names, ("model.decoder.", "decoder."))
         for li in range(model.num_layers):
             a = f"{p}layers.{li}."
             for kind in ("weight", "bias"):
                 part, rows = ("w", lambda n: (n, h)) if kind == "weight" else ("b", lambda n: (n,))
-                add(f"{a}self_attn.q_proj.{kind}", li, Q, part, 0, rows(qd))
-                add(f"{a}self_attn.k_proj.{kind}", li, Q, part, qd, rows(kvd))
-                add(f"{a}self_attn.v_proj.{kind}", li, Q, part, qd + kvd, rows(kvd))
-            add(f"{a}self_attn_layer_norm.weight", li, Q, "norm_w", 0, (h,))
-            add(f"{a}self_attn_layer_norm.bias", li, Q, "norm_b", 0, (h,))
-            add(f"{a}self_attn.out_proj.weight", li, O, "w", 0, (h, qd))
-            add(f"{a}self_attn.out_proj.bias", li, O, "b", 0, (h,))
-            add(f"{a}fc1.weight", li, F1, "w", 0, (f, h))
-            add(f"{a}fc1.bias", li, F1, "b", 0, (f,))
-            add(f"{a}final_layer_norm.weight", li, F1, "norm_w", 0, (h,))
-            add(f"{a}final_layer_norm.bias", li, F1, "norm_b", 0, (h,))
-            add(f"{a}fc2.weight", li, F2, "w", 0, (h, f))
-            add(f"{a}fc2.bias", li, F2, "b", 0, (h,))
+                add(f"{a}self_attn.q_proj.{kind}", li, QKV, part, 0, rows(qd))
+                add(f"{a}self_attn.k_proj.{kind}", li, QKV, part, qd, rows(kvd))
+                add(f"{a}self_attn.v_proj.{kind}", li, QKV, part, qd + kvd, rows(kvd))
+            add(f"{a}self_attn_layer_norm.weight", li, QKV, "norm_w", 0, (h,))
+            add(f"{a}self_attn_layer_norm.bias", li, QKV, "norm_b", 0, (h,))
+            add(f"{a}self_attn.out_proj.weight", li, OUT, "w", 0, (h, qd))
+            add(f"{a}self_attn.out_proj.bias", li, OUT, "b", 0, (h,))
+            add(f"{a}fc1.weight", li, FC1, "w", 0, (f, h))
+            add(f"{a}fc1.bias", li, FC1, "b", 0, (f,))
+            add(f"{a}final_layer_norm.weight", li, FC1, "norm_w", 0, (h,))
+            add(f"{a}final_layer_norm.bias", li, FC1, "norm_b", 0, (h,))
+            add(f"{a}fc2.weight", li, FC2, "w", 0, (h, f))
+            add(f"{a}fc2.bias", li, FC2, "b", 0, (h,))
         add(f"{p}embed_tokens.weight", -1, None, "tokens", 0, (model.vocab_size, h))
         add(f"{p}embed_positions.weight", -1, None, "positions", 0, (model.learned_positions, h))
         add(f"{p}final_layer_norm.weight", -1, None, "norm_w", 0, (h,))
@@ -179,15 +179,15 @@ def _pieces(model: ModelSpec, mtype: str, names: set[str]) -> list[Piece]:
         p = _prefix(names, ("model.", ""))
         for li in range(model.num_layers):
             a = f"{p}layers.{li}."
-            add(f"{a}self_attn.q_proj.weight", li, Q, "w", 0, (qd, h))
-            add(f"{a}self_attn.k_proj.weight", li, Q, "w", qd, (kvd, h))
-            add(f"{a}self_attn.v_proj.weight", li, Q, "w", qd + kvd, (kvd, h))
-            add(f"{a}input_layernorm.weight", li, Q, "norm_w", 0, (h,))
-            add(f"{a}self_attn.o_proj.weight", li, O, "w", 0, (h, qd))
-            add(f"{a}mlp.gate_proj.weight", li, F1, "w", 0, (f, h))
-            add(f"{a}mlp.up_proj.weight", li, F1, "w", f, (f, h))
-            add(f"{a}post_attention_layernorm.weight", li, F1, "norm_w", 0, (h,))
-            add(f"{a}mlp.down_proj.weight", li, F2, "w", 0, (h, f))
+            add(f"{a}self_attn.q_proj.weight", li, QKV, "w", 0, (qd, h))
+            add(f"{a}self_attn.k_proj.weight", li, QKV, "w", qd, (kvd, h))
+            add(f"{a}self_attn.v_proj.weight", li, QKV, "w", qd + kvd, (kvd, h))
+            add(f"{a}input_layernorm.weight", li, QKV, "norm_w", 0, (h,))
+            add(f"{a}self_attn.o_proj.weight", li, OUT, "w", 0, (h, qd))
+            add(f"{a}mlp.gate_proj.weight", li, FC1, "w", 0, (f, h))
+            add(f"{a}mlp.up_proj.weight", li, FC1, "w", f, (f, h))
+            add(f"{a}post_attention_layernorm.weight", li, FC1, "norm_w", 0, (h,))
+            add(f"{a}mlp.down_proj.weight", li, FC2, "w", 0, (h, f))
         add(f"{p}embed_tokens.weight", -1, None, "tokens", 0, (model.vocab_size, h))
         add(f"{p}norm.weight", -1, None, "norm_w", 0, (h,))
     if not model.tied_embeddings:

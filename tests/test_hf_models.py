@@ -28,14 +28,15 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from hf_tiny import BATCH, NEW_TOKENS, PROMPT_LEN, VOCAB, HfCase, make_case  # noqa: E402
+from toys import toy_system  # noqa: E402
+
 from lia_model.errors import LiaInputError  # noqa: E402
 from lia_model.hf_arch import runtime_model  # noqa: E402
-from lia_model.plan import ALL_CPU, ALL_GPU, ATTENTION_ON_CPU, Device, Plan, policy  # noqa: E402
+from lia_model.plan import ALL_CPU, ALL_GPU, ATTENTION_ON_CPU, Device, Plan  # noqa: E402
 from lia_model.workload import Workload  # noqa: E402
 from runtime.backend import Backend  # noqa: E402
 from runtime.executor import Executor  # noqa: E402
 from runtime.hf_loader import load_checkpoint, open_checkpoint  # noqa: E402
-from toys import toy_system  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -138,7 +139,7 @@ def test_the_checks_can_fail(cases, monkeypatch):
         return original(model.model_copy(update={"rope_scaling": None}), device)
 
     monkeypatch.setattr("runtime.kernels.inverse_frequencies", unscaled)
-    free, logits = _greedy_and_forced(case, "cpu", plan, torch.float32)
+    _, logits = _greedy_and_forced(case, "cpu", plan, torch.float32)
     assert _rel(logits, case.logits) > 100 * FP32_RTOL
     monkeypatch.undo()
 
@@ -262,7 +263,7 @@ def test_lia_run_with_the_optimisers_plan(cases, kind, tmp_path):
 
 def _lia(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lia_model", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                          check=False, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 def test_lia_run_command_line_matches_transformers(cases, tmp_path):
@@ -289,7 +290,7 @@ def test_lia_run_command_line_matches_transformers(cases, tmp_path):
 
 def _word_tokenizer(folder: Path) -> None:
     """A word-level tokenizer over the tiny vocabulary: token i is the word 'w{i}'."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -301,7 +302,6 @@ def test_text_in_text_out_with_a_tokenizer_and_streaming(cases, tmp_path):
     import io
     import shutil
 
-    from runtime.generate import Sampling
     from runtime.run import RunOptions, run
 
     case = cases["llama"]
@@ -461,7 +461,8 @@ def test_broken_checkpoints_are_refused_before_loading(cases, tmp_path):
 
     folder = copy("extra-tensor")
     save_file({"model.layers.0.self_attn.q_norm.weight": torch.ones(16)}, str(folder / "extra.safetensors"))
-    index2 = {**index, "weight_map": {**index["weight_map"], "model.layers.0.self_attn.q_norm.weight": "extra.safetensors"}}
+    extra = {"model.layers.0.self_attn.q_norm.weight": "extra.safetensors"}
+    index2 = {**index, "weight_map": {**index["weight_map"], **extra}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index2))
     with pytest.raises(LiaInputError, match="no place for, e.g. 'model.layers.0.self_attn.q_norm.weight'"):
         open_checkpoint(folder)
