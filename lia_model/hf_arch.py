@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+from pydantic import ValidationError
+
 from lia_model.errors import LiaInputError
 from lia_model.models import ModelSpec, RopeScaling, model_from_hf_config
 
@@ -118,21 +120,24 @@ def numerics_from_hf_config(config: Mapping[str, Any]) -> dict[str, Any]:
     rope = _rope_parameters(config)
     kind = str(rope.get("rope_type", rope.get("type", "default")) or "default").lower()
     scaling: Optional[RopeScaling] = None
-    try:
-        if kind in ("linear", "llama3"):
-            fields = {k: rope[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
-                                           "original_max_position_embeddings") if rope.get(k) is not None}
-            if kind == "linear":
-                fields = {"factor": fields.get("factor")}
+    example = ('e.g. {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, '
+               '"original_max_position_embeddings": 8192}')
+    if kind in ("linear", "llama3"):
+        fields = {k: rope[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                       "original_max_position_embeddings") if rope.get(k) is not None}
+        if "factor" not in fields:
+            raise LiaInputError("config.json rope_scaling.factor", f"missing for rope_type {kind}", example)
+        if kind == "linear":
+            fields = {"factor": fields["factor"]}
+        try:
             scaling = RopeScaling(rope_type=kind, **fields)
-        return {"norm_eps": float(_get(config, "rms_norm_eps", 1e-6)),
-                "rope_theta": float(rope.get("rope_theta", 10000.0)), "rope_scaling": scaling}
-    except (ValueError, TypeError) as err:
-        text = str(err).splitlines()
-        problem = next((t.strip() for t in text if t.strip() and not t.startswith("1 validation")), "invalid")
-        raise LiaInputError("config.json rope_scaling", problem,
-                            'e.g. {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, '
-                            '"high_freq_factor": 4.0, "original_max_position_embeddings": 8192}') from None
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+            raise LiaInputError("config.json rope_scaling" + (f".{where}" if where else ""), msg, example) from None
+    return {"norm_eps": float(_get(config, "rms_norm_eps", 1e-6)),
+            "rope_theta": float(rope.get("rope_theta", 10000.0)), "rope_scaling": scaling}
 
 
 def runtime_model(config: Mapping[str, Any], name: str) -> ModelSpec:
