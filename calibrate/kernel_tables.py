@@ -336,7 +336,7 @@ def run(base: str, name: str, out_dir: Path, models: list[str], quick: bool, for
     specs = [resolve_model(m) for m in models]
     attn_specs = [resolve_model(m) for m in attn_models]
     tokens = QUICK_TOKENS if quick else TOKENS
-    budget = 0.03 if quick else 0.15
+    budget = 0.03 if quick else 0.08
     llc = host.llc_bytes or LLC_DEFAULT
     t0 = time.perf_counter()
     rows = linear_rows(specs, "cpu", tokens, llc, budget, desc)

@@ -42,15 +42,16 @@ class CpuSetup:
 
 
 def physical_cores() -> int:
-    """Physical cores among the CPUs this process may run on (sibling hyper-threads counted once)."""
+    """Physical cores among the CPUs this process may run on: distinct (package, core) pairs, so SMT siblings
+    count once (a VM whose topology lists every vCPU as one core's sibling is not undercounted)."""
     cpus = sorted(os.sched_getaffinity(0))
     cores = set()
     for c in cpus:
-        path = Path(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list")
+        topo = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
         try:
-            cores.add(path.read_text().strip())
+            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
         except OSError:
-            cores.add(str(c))
+            cores.add(("?", str(c)))
     return max(1, len(cores))
 
 

@@ -24,8 +24,8 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 lscpu | grep -E 'Model name|^CPU\(s\)|Thread' || true
 case "$PART" in
     1)
-        "$PY" -m calibrate.kernel_tables --base hwprofiles/systems/emr-h100-calibrated.yaml --name emr-h200-kernels \
-            --out "$OUT" --force ${KT_ARGS:-} 2>&1 | grep -v '^USDT'
+        timeout "${KT_LIMIT_S:-330}" "$PY" -m calibrate.kernel_tables --base hwprofiles/systems/emr-h100-calibrated.yaml \
+            --name emr-h200-kernels --out "$OUT" --force ${KT_ARGS:-} 2>&1 | grep --line-buffered -v '^USDT'
         PROFILE="$OUT/emr-h200-kernels.yaml"
         [ -f "$PROFILE" ] || { echo "kernel tables failed"; return 1; }
         cp "$PROFILE" /tmp/emr-h200-kernels.yaml
