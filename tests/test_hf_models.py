@@ -328,6 +328,49 @@ def test_text_in_text_out_with_a_tokenizer_and_streaming(cases, tmp_path):
     assert out.getvalue() == want + "\n"              # streamed piece by piece, same text
 
 
+def _byte_level_tokenizer(folder: Path) -> None:
+    """GPT-2's byte-level BPE with no merges (vocab.json + merges.txt, no tokenizer.json, as OPT's hub folders
+    ship it): 256 tokens, one per byte, loaded through transformers' AutoTokenizer."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    (folder / "vocab.json").write_text(json.dumps({chars[b]: b for b in range(256)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
+
+
+def test_text_through_transformers_autotokenizer(cases, tmp_path):
+    """Byte-level text in and out on the OPT model (vocab 256 = one token per byte), streamed as it decodes."""
+    import io
+    import shutil
+
+    from runtime.run import RunOptions, run
+
+    folder = tmp_path / "opt-bytes"
+    shutil.copytree(cases["opt"].path, folder)
+    _byte_level_tokenizer(folder)
+    text = "Paris é"                                   # 8 bytes: the prompt length transformers ran with
+    ids = list(text.encode())
+    model = transformers.OPTForCausalLM.from_pretrained(folder)
+    model.generation_config.eos_token_id = None
+    with torch.no_grad():
+        want = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+    out = io.StringIO()
+    report = run(RunOptions(model=str(folder), prompts=[text], max_new_tokens=12, dtype="float32", threads=1),
+                 out=out)
+    batch = report.batches[0]
+    assert report.codec == "transformers GPT2Tokenizer"
+    assert batch.tokens[0] == ids and batch.outputs[0] == want
+    assert batch.texts[0] == bytes(want).decode("utf-8", errors="replace")
+    assert out.getvalue() == batch.texts[0] + "\n"
+
+
 def test_eos_stops_generation(cases, tmp_path):
     """With the checkpoint's EOS id set to the 5th greedy token of a single prompt, generation stops there."""
     import shutil
