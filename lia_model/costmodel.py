@@ -1,6 +1,6 @@
 """predict(): the cost of one plan on one system for one model and workload (DESIGN.md section 3).
 
-TTFT      = N_res T_res(prefill) + K T_stream(prefill) + T_head
+TTFT      = N_res T_res(prefill) + K T_stream(prefill) + T_head   (T_head on the plan's head device)
 TPOT(t)   = N_res T_res(decode, s_t) + K T_stream(decode, s_t) + T_head,   s_t = L_in + t, t = 1 .. L_out-1
 latency   = TTFT + sum_t TPOT(t);  throughput = B L_out / latency
 with K = num_layers - N_res streamed layers. The layer times come from costterms (max over epigraph
@@ -29,7 +29,7 @@ from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
 from lia_model.memory import MemoryTier, TierUse, memory_use
 from lia_model.models import ModelSpec
-from lia_model.plan import ALL_GPU, Device, Plan, check_plan_against
+from lia_model.plan import ALL_GPU, Device, Plan, check_plan_against, head_device
 from lia_model.sublayers import SUBLAYERS, Stage
 from lia_model.workload import Workload, make_workload
 
@@ -120,14 +120,16 @@ class Prediction:
         }
 
 
-def stage_context(workload: Workload, plan: Plan, stage: Stage, mode: CostMode) -> StageContext:
+def stage_context(workload: Workload, plan: Plan, stage: Stage, mode: CostMode,
+                  cpu_kv_passes: float = 1.0) -> StageContext:
     if stage == Stage.PREFILL:
         q, contexts, n = workload.input_len, (workload.input_len,), plan.prefill_minibatches
     else:
         q, contexts, n = 1, tuple(workload.decode_contexts()), 1
     return StageContext(batch=workload.batch, q=q, contexts=contexts, minibatches=n,
                         weight_tier=plan.weight_tier, kv_tier=plan.kv_tier, cpu_isa=plan.cpu_isa,
-                        pinned_weights=plan.pinned_weights, overlap=plan.overlap, mode=mode)
+                        pinned_weights=plan.pinned_weights, overlap=plan.overlap, mode=mode,
+                        cpu_kv_passes=cpu_kv_passes)
 
 
 def _breakdown(stage: Stage, policy: tuple[Device, ...], terms: StageTerms, streamed: int,
@@ -158,8 +160,13 @@ def _breakdown(stage: Stage, policy: tuple[Device, ...], terms: StageTerms, stre
 
 
 def predict(system: SystemSpec, model: ModelSpec, workload: Workload, plan: Plan,
-            mode: CostMode | str = CostMode.OVERLAP) -> Prediction:
-    """Predict TTFT, TPOT, latency, throughput, memory and a per-sublayer breakdown of one plan."""
+            mode: CostMode | str = CostMode.OVERLAP, cpu_kv_passes: float = 1.0) -> Prediction:
+    """Predict TTFT, TPOT, latency, throughput, memory and a per-sublayer breakdown of one plan.
+
+    ``cpu_kv_passes``: passes CPU attention makes over the cached K/V bytes; 1 for this project's runtime,
+    more for a peer system executing the same plan (the FlexGen baseline, lia_model.baselines)."""
+    if cpu_kv_passes < 1.0:
+        raise LiaInputError("cpu_kv_passes", f"must be at least 1, got {cpu_kv_passes:g}", "use 1 (one read of the cache)")
     mode = CostMode(mode)
     make_workload(workload.batch, workload.input_len, workload.output_len, model)  # context limit check
     check_plan_against(plan, model.num_layers, workload.batch)
@@ -171,12 +178,12 @@ def predict(system: SystemSpec, model: ModelSpec, workload: Workload, plan: Plan
 
     resident = plan.gpu_resident_layers
     streamed = model.num_layers - resident
-    head = head_time_s(system, model, workload.batch)
+    head = head_time_s(system, model, workload.batch, head_device(plan), plan.cpu_isa)
     stages: dict[Stage, StageReport] = {}
     rows: list[BreakdownRow] = []
     totals: dict[Stage, np.ndarray] = {}
     for stage, policy in ((Stage.PREFILL, plan.prefill_policy), (Stage.DECODE, plan.decode_policy)):
-        ctx = stage_context(workload, plan, stage, mode)
+        ctx = stage_context(workload, plan, stage, mode, cpu_kv_passes)
         if not ctx.contexts:
             totals[stage] = np.zeros(0)
             stages[stage] = StageReport(stage, np.zeros(0), np.zeros(0), head, (), {})

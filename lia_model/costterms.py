@@ -28,6 +28,10 @@ Terms for a streamed (non-resident) layer, prefill in n equal chunks (decode: n 
   additive mode (the paper's serial sum):
     T  = n chain_c + W
 A resident layer runs all-GPU with its weights and KV in HBM: T = n sum_i gpu_i (both modes).
+
+CPU attention reads the cached K/V ``cpu_kv_passes`` times (StageContext; 1 for this project's runtime, more
+for a peer that converts the cache first, see lia_model.flexgen): its memory term and its DDR traffic scale
+with it. The LM head (``head_time_s``) runs on the device the plan's embeddings live on.
 """
 
 from __future__ import annotations
@@ -140,6 +144,9 @@ class StageContext:
     pinned_weights: bool
     overlap: bool
     mode: CostMode
+    # Passes a CPU attention makes over the cached K/V bytes (1: one bf16 read, our runtime). A peer that
+    # converts the cache first reads and writes it more often (lia_model.flexgen.FLEXGEN_CPU_KV_PASSES).
+    cpu_kv_passes: float = 1.0
 
 
 @dataclass
@@ -253,7 +260,8 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
         flops = np.broadcast_to(np.asarray(w.flops, dtype=float), (steps,))
         kv_bytes = np.broadcast_to(np.asarray(w.kv_read_bytes + w.kv_write_bytes, dtype=float), (steps,))
         act_bytes = np.broadcast_to(np.asarray(w.act_bytes, dtype=float), (steps,))
-        cpu_mem = w.weight_bytes_read / cpu_bw_w + kv_bytes / cpu_bw_kv + act_bytes / cpu_bw_act
+        cpu_mem = (w.weight_bytes_read / cpu_bw_w + ctx.cpu_kv_passes * kv_bytes / cpu_bw_kv
+                   + act_bytes / cpu_bw_act)
         cpu_flop_s = flops / _cpu_rate(system, ctx.cpu_isa, size, attention)
         gpu_mem = (w.weight_bytes_read + kv_bytes + act_bytes) / hbm
         gpu_flop_s = flops / _gpu_rate(system, size, attention)
@@ -390,7 +398,7 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         act = np.broadcast_to(np.asarray(w.act_bytes, dtype=float), (steps,))
         tier_bytes[HostTier.DDR].add_feature(CPU[i], n * act)
         kv = np.broadcast_to(np.asarray(w.kv_read_bytes + w.kv_write_bytes, dtype=float), (steps,))
-        tier_bytes[ctx.kv_tier].add_feature(CPU[i], n * kv)
+        tier_bytes[ctx.kv_tier].add_feature(CPU[i], n * ctx.cpu_kv_passes * kv)
         tier_bytes[HostTier.DDR].add_feature(H2D[i], n * cross_bytes_h2d[i])
         tier_bytes[HostTier.DDR].add_feature(D2H[i], n * cross_bytes[i])
     tier_bytes[ctx.kv_tier].add_not_cpu(_SCORE, n * k_cached_bytes)
@@ -447,10 +455,19 @@ def resident_layer_time(system: SystemSpec, model: ModelSpec, ctx: StageContext)
     return n * times.all_gpu_s(), times
 
 
-def head_time_s(system: SystemSpec, model: ModelSpec, batch: int) -> float:
-    """LM head on the GPU (weights resident) for the last position of each sequence."""
+def head_time_s(system: SystemSpec, model: ModelSpec, batch: int, device: Device = Device.GPU,
+                cpu_isa: CpuIsa | None = None) -> float:
+    """LM head for the last position of each sequence, on the device holding the embeddings (the plan's
+    ``head_device``): max(FLOPs / rate(B), weight bytes / bandwidth) + launch overhead, with the weights in
+    HBM on the GPU, or in DDR read at min(CPU read, DDR read) with the plan's ISA on the CPU. The last
+    hidden state (B h bf16) that may cross PCIe to reach it is not charged (under 0.1 ms at B = 1024)."""
     flops = head_flops(model, batch)
     weight_bytes = 2.0 * model.vocab_size * model.hidden_size
+    if device == Device.CPU:
+        isa = cpu_isa if cpu_isa is not None else system.cpu.best_isa()
+        compute = flops / _cpu_rate(system, isa, batch, attention=False)
+        memory = weight_bytes / _bw(min(system.cpu.memory_read_gbps, system.ddr.read_gbps))
+        return max(compute, memory) + system.cpu.op_overhead_us * S_PER_US
     compute = flops / _gpu_rate(system, batch, attention=False)
     memory = weight_bytes / _bw(system.gpu.hbm_gbps)
     return max(compute, memory) + system.gpu.op_overhead_us * S_PER_US

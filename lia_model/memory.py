@@ -3,9 +3,13 @@
 With K = num_layers - N_res streamed layers, sigma = [K > 0], g_i = 1 when sublayer i runs on the GPU in
 prefill or decode, and a = 1 when any attention sublayer runs on the GPU:
 
-  HBM  = embeddings + N_res (W_layer + KV_layer) + sigma 2 sum_i g_i W_i + sigma a KV_layer + workspace_gpu(n)
-  DDR  = K W_layer [weights in DDR] + K KV_layer [KV in DDR] + workspace_host(n)
+  HBM  = e embeddings + N_res (W_layer + KV_layer) + sigma 2 sum_i g_i W_i + sigma a KV_layer + u workspace_gpu(n)
+  DDR  = (1 - e) embeddings + K W_layer [weights in DDR] + K KV_layer [KV in DDR] + workspace_host(n)
   CXL  = K W_layer [weights in CXL] + K KV_layer [KV in CXL]
+
+e = 1 when the embeddings and LM head live on the GPU (lia_model.plan.head_device), u = 1 when the plan uses
+the GPU at all (a GPU sublayer, a resident layer or the head there): a plan with everything on the CPU uses
+no HBM.
 
 W_i: stored weights of sublayer i; W_layer = sum_i W_i; KV_layer = K and V of B * (L_in + L_out) tokens.
 The 2 sum_i g_i W_i term is the pair of alternating streaming buffers; sigma a KV_layer stages one streamed
@@ -28,7 +32,7 @@ from lia_model.accounting import (
 )
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
-from lia_model.plan import Device, HostTier, Plan
+from lia_model.plan import Device, HostTier, Plan, head_device
 from lia_model.sublayers import ATTENTION_SUBLAYERS, SUBLAYERS
 from lia_model.units import BF16_BYTES, BYTES_PER_GB, BYTES_PER_GIB
 from lia_model.workload import Workload
@@ -139,15 +143,19 @@ def memory_use(system: SystemSpec, model: ModelSpec, workload: Workload, plan: P
     streamed = model.num_layers - resident
     sigma = 1.0 if streamed > 0 else 0.0
     buffers = 2.0 * sum(w for w, g in zip(c.sublayer_weight_bytes, gpu_buffer_flags(plan)) if g)
+    head_on_gpu = head_device(plan) == Device.GPU
+    uses_gpu = head_on_gpu or resident > 0 or any(gpu_buffer_flags(plan))
     hbm = {
-        "embeddings_and_head": c.embedding_bytes,
+        "embeddings_and_head": c.embedding_bytes if head_on_gpu else 0.0,
         "resident_weights": resident * c.layer_weight_bytes,
         "resident_kv": resident * c.kv_layer_bytes,
         "streaming_buffers": sigma * buffers,
         "kv_staging": sigma * (c.kv_layer_bytes if attention_on_gpu(plan) else 0.0),
-        "workspace": c.gpu_workspace_bytes,
+        "workspace": c.gpu_workspace_bytes if uses_gpu else 0.0,
     }
     host: dict[HostTier, dict[str, float]] = {HostTier.DDR: {}, HostTier.CXL: {}}
+    if not head_on_gpu:
+        host[HostTier.DDR]["embeddings_and_head"] = c.embedding_bytes
     host[plan.weight_tier]["streamed_weights"] = streamed * c.layer_weight_bytes
     host[plan.kv_tier]["streamed_kv"] = streamed * c.kv_layer_bytes
     host[HostTier.DDR]["workspace"] = c.host_workspace_bytes

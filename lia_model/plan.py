@@ -9,7 +9,7 @@ round-trips through JSON (``Plan.model_validate_json(plan.model_dump_json()) == 
 from __future__ import annotations
 
 from enum import Enum, IntEnum
-from typing import Annotated
+from typing import Annotated, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
@@ -126,6 +126,9 @@ class Plan(BaseModel):
     pinned_weights: bool = Field(True, description="Page-locked host weights: H2D copies are async DMA.")
     overlap: bool = Field(True, description="Prefetch the next layer's weights into a second GPU buffer.")
     cpu_isa: CpuIsa = Field(CpuIsa.AMX_BF16, description="Matrix ISA of the CPU sublayers.")
+    head_device: Optional[Device] = Field(
+        None, description="Where the embeddings and the LM head live and run (1 = CPU, 0 = GPU); None: the CPU "
+                          "when the plan runs nothing on the GPU (all-CPU policies, no resident layer), else the GPU.")
     label: str = Field("", description="Free-text name (e.g. the baseline it reproduces); not a knob.")
 
     def describe(self) -> str:
@@ -136,9 +139,19 @@ class Plan(BaseModel):
                 f"decode  {policy_notation(self.decode_policy)}  {policy_in_words(self.decode_policy)}",
                 f"GPU-resident layers {self.gpu_resident_layers}, prefill minibatches {self.prefill_minibatches}, "
                 f"weights in {self.weight_tier.value.upper()}, KV in {self.kv_tier.value.upper()}, "
-                f"pinned={self.pinned_weights}, overlap={self.overlap}, CPU ISA {self.cpu_isa.value}",
+                f"pinned={self.pinned_weights}, overlap={self.overlap}, CPU ISA {self.cpu_isa.value}, "
+                f"embeddings and LM head on the {head_device(self).name}",
             ]
         )
+
+
+def head_device(plan: Plan) -> Device:
+    """Where the plan's embeddings and LM head live: ``plan.head_device``, or when that is None the CPU for a
+    plan that runs nothing on the GPU (both policies all-CPU, no resident layer) and the GPU otherwise."""
+    if plan.head_device is not None:
+        return plan.head_device
+    uses_gpu = plan.gpu_resident_layers > 0 or Device.GPU in (*plan.prefill_policy, *plan.decode_policy)
+    return Device.GPU if uses_gpu else Device.CPU
 
 
 def check_plan_against(plan: Plan, num_layers: int, batch: int) -> None:

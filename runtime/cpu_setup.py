@@ -21,7 +21,6 @@ import ctypes
 import ctypes.util
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 M_TRIM_THRESHOLD = -1
@@ -42,17 +41,11 @@ class CpuSetup:
 
 
 def physical_cores() -> int:
-    """Physical cores among the CPUs this process may run on: distinct (package, core) pairs, so SMT siblings
-    count once (a VM whose topology lists every vCPU as one core's sibling is not undercounted)."""
-    cpus = sorted(os.sched_getaffinity(0))
-    cores = set()
-    for c in cpus:
-        topo = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
-        try:
-            cores.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
-        except OSError:
-            cores.add(("?", str(c)))
-    return max(1, len(cores))
+    """Physical cores among the CPUs this process may run on (calibrate.host's count: SMT siblings once)."""
+    from calibrate.host import physical_cores as count
+
+    cpus = tuple(sorted(os.sched_getaffinity(0)))
+    return max(1, count(cpus))
 
 
 def bind_env(threads: int) -> dict[str, str]:
@@ -90,7 +83,7 @@ def apply(threads: Optional[int] = None) -> CpuSetup:
     import torch
 
     cores = physical_cores()
-    n = threads or cores
+    n = threads or int(os.environ.get("LIA_THREADS", "0") or 0) or cores
     if _APPLIED is not None and _APPLIED.threads == n:
         return _APPLIED
     if "OMP_PROC_BIND" in os.environ:

@@ -39,9 +39,8 @@ from lia_model.workload import Workload
 from runtime import kernels
 from runtime.backend import DTYPE, Backend, Event, Placed
 from runtime.hostmem import HostArena
+from runtime.streamer import Job, Part, WeightFeeder, split
 from runtime.weights import WEIGHTED_ORDER, ModelWeights, embedding_positions_offset, uses_rope
-
-WEIGHT_COPY_CHUNK_ELEMS = 16 * 2**20  # 32 MiB of bf16 per weight-prefetch copy
 
 _IDX = {s: i for i, s in enumerate(SUBLAYERS)}
 QKV, SCORE, CTX, OUT, FC1, FC2 = SUBLAYERS
@@ -241,7 +240,8 @@ class Executor:
                     self.buffer_views[slot][s] = weights.layout.regions[s].views(flat[off: off + n])
                     off += n
         self.slot_label: list[Optional[tuple[int, int]]] = [None, None]
-        self.slot_ready: list[Optional[Event]] = [None, None]
+        self.slot_ready: list[Optional[Job]] = [None, None]
+        self.feeder = WeightFeeder(backend)
         self.slot_free: list[Optional[Event]] = [None, None]
         self.staging_free: Optional[Event] = None
         self.slot_counter = 0
@@ -251,6 +251,15 @@ class Executor:
         self.passes: list[tuple[Stage, int]] = []
 
     # ================================================================== public
+
+    def close(self) -> None:
+        """Stop the weight feeder's thread (also done when the executor is garbage-collected)."""
+        self.feeder.close()
+
+    def __del__(self) -> None:
+        feeder = getattr(self, "feeder", None)
+        if feeder is not None:
+            feeder.close()
 
     def generate(self, prompt: torch.Tensor, output_len: Optional[int] = None, keep_logits: bool = False,
                  profile: bool = True, select: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
@@ -304,6 +313,9 @@ class Executor:
                 ids = next_ids[:, None]
                 if on_token is not None and on_token(p_index, next_ids):
                     break
+            for job in self.slot_ready:          # every prefetch queued (the feeder thread is idle)
+                if job is not None:
+                    job.ready()
             be.synchronize()
         for r in self.records:
             if r.start is not None and r.end is not None:
@@ -394,7 +406,7 @@ class Executor:
             return slot
         if self.slot_label[slot] != (lay.li, lay.pass_index):
             self._prefetch(lay.li, lay.pass_index, slot)
-        self.backend.wait(self.backend.compute, self.slot_ready[slot])
+        self.backend.wait(self.backend.compute, self.slot_ready[slot].ready())
         if self.plan.overlap:
             nxt = self._next_streamed(lay.li, lay.pass_index)
             if nxt is not None:
@@ -402,30 +414,25 @@ class Executor:
         return slot
 
     def _prefetch(self, li: int, p_index: int, slot: int) -> None:
-        """Copy layer li's GPU-sublayer weights (for pass p_index's stage) into buffer ``slot``."""
-        be = self.backend
+        """Queue layer li's GPU-sublayer weights (for pass p_index's stage) into buffer ``slot``: a job of the
+        weight feeder (runtime/streamer.py), which keeps only a few 32 MiB pieces ahead of the activation
+        and KV copies on the copy engine."""
         stage, step = self.passes[p_index]
         policy = self.policy[stage]
-        be.wait(be.weights, self.slot_free[slot])
+        waits = [self.slot_free[slot]]
         if not self.plan.overlap:
-            be.wait(be.weights, self.slot_free[slot ^ 1])   # no overlap: wait for the previous layer too
-        end = None
+            waits.append(self.slot_free[slot ^ 1])   # no overlap: wait for the previous layer too
+        parts = []
         for sub in WEIGHTED_ORDER:
             if policy[_IDX[sub]] != Device.GPU:
                 continue
             src = self.weights.sublayer_host(li, sub)
-            start = be.event(be.weights)
-            # In pieces: one copy engine serves every host-to-device stream in turn, so a single 400 MB copy
-            # would hold back the small activation and KV copies of the layer being computed (seen on the
-            # GPU host: CPU work and weight streaming then ran one after the other).
-            dst_flat, src_flat = self.buffer_flat[slot][sub].view(-1), src.view(-1)
-            for lo in range(0, src_flat.numel(), WEIGHT_COPY_CHUNK_ELEMS):
-                hi = min(lo + WEIGHT_COPY_CHUNK_ELEMS, src_flat.numel())
-                be.copy(dst_flat[lo:hi], src_flat[lo:hi], be.weights)
-            end = be.event(be.weights)
-            self.records.append(OpRecord(stage, step, li, slot, "weights", "copy", Device.GPU,
-                                         src.numel() * src.element_size(), 0, "streamed", sub.value, start, end))
-        self.slot_ready[slot] = end if end is not None else be.event(be.weights)
+
+            def done(start: Event, end: Event, sub: Sublayer = sub, nbytes: int = src.numel() * src.element_size()) -> None:
+                self.records.append(OpRecord(stage, step, li, slot, "weights", "copy", Device.GPU, nbytes, 0,
+                                             "streamed", sub.value, start, end))
+            parts.append(Part(split(self.buffer_flat[slot][sub], src), done))
+        self.slot_ready[slot] = self.feeder.submit(waits, parts)
         self.slot_label[slot] = (li, p_index)
 
     def _params(self, lay: _Layer, sub: Sublayer, dev: Device) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ set -uo pipefail
 PART=${1:?usage: runtime/wave2_host_campaign.sh PART(1|2) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 OMP_PROC_BIND=close OMP_PLACES=cores
+export PYTHONUNBUFFERED=1 LIA_THREADS=$(nproc)
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
@@ -29,7 +29,7 @@ case "$PART" in
         PROFILE="$OUT/emr-h200-kernels.yaml"
         [ -f "$PROFILE" ] || { echo "kernel tables failed"; return 1; }
         cp "$PROFILE" /tmp/emr-h200-kernels.yaml
-        POINTS=runtime/campaign/wave2-a.yaml; MAX_POINT_S=${MAX_POINT_S:-60}
+        POINTS=${POINTS_A:-runtime/campaign/wave2-a.yaml}; MAX_POINT_S=${MAX_POINT_S:-60}
         TITLE="OPT-30B, 48 layers, GPU capped at 40 GiB (wave 2, kernel tables)"
         ;;
     2)

@@ -15,7 +15,7 @@ from lia_model.costmodel import Prediction
 from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
-from lia_model.plan import HostTier, Plan, policy_notation
+from lia_model.plan import Device, HostTier, Plan, head_device, policy_notation
 from lia_model.workload import Workload
 
 SOLVER = "enumerate"
@@ -60,7 +60,8 @@ def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
                        batch_choices: Optional[tuple[int, ...]] = None) -> bool:
     """Whether the optimiser's search space holds this plan (at this batch).
 
-    The space: pinned weights, overlap, the system's best CPU ISA, prefill minibatches from {1, 2, 4, 8}
+    The space: pinned weights, overlap, the system's best CPU ISA, the embeddings and LM head on the GPU,
+    prefill minibatches from {1, 2, 4, 8}
     dividing the batch, any policies, any resident count, tiers DDR or CXL where the system has CXL.
     With the throughput objective the batch is a knob too, and ``batch_choices`` (the optimiser's
     ``batch_candidates``) are the batches it tries.
@@ -70,6 +71,7 @@ def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
     tiers_ok = all(t == HostTier.DDR or (t == HostTier.CXL and system.has_cxl) for t in (plan.weight_tier,
                                                                                       plan.kv_tier))
     return (plan.pinned_weights and plan.overlap and plan.cpu_isa == system.cpu.best_isa()
+            and head_device(plan) == Device.GPU
             and plan.prefill_minibatches in MINIBATCH_CHOICES and batch % plan.prefill_minibatches == 0
             and tiers_ok)
 

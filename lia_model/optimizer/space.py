@@ -5,7 +5,8 @@ The space (for one batch B):
   GPU-resident layers N_res         0 .. num_layers
   prefill minibatches n             {1, 2, 4, 8}, dividing B
   weight tier, KV tier              DDR, or CXL where the system has it
-fixed: pinned weights, weight prefetch overlap (never slower in the model), and the CPU's best ISA.
+fixed: pinned weights, weight prefetch overlap (never slower in the model), the CPU's best ISA, and the
+embeddings and LM head on the GPU (so an all-CPU policy with no resident layer still runs its head there).
 For the throughput objectives B is chosen too, from ``batch_candidates``: powers of two up to the largest
 batch that fits, that largest batch, and the largest batch at which every layer stays GPU-resident.
 
@@ -27,7 +28,7 @@ from lia_model.costterms import CostMode, StageTerms, head_time_s, resident_laye
 from lia_model.hardware import SystemSpec
 from lia_model.memory import MemoryConstants, memory_constants
 from lia_model.models import ModelSpec
-from lia_model.plan import ALL_GPU, CpuIsa, HostTier, Plan
+from lia_model.plan import ALL_GPU, CpuIsa, Device, HostTier, Plan
 from lia_model.sublayers import Stage
 from lia_model.workload import Workload
 
@@ -49,7 +50,7 @@ def space_isa(system: SystemSpec) -> CpuIsa:
 def template_plan(system: SystemSpec) -> Plan:
     """The fixed knobs of every plan in the space."""
     return Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, pinned_weights=True, overlap=True,
-                cpu_isa=space_isa(system), label="optimum")
+                cpu_isa=space_isa(system), head_device=Device.GPU, label="optimum")
 
 
 @dataclass(frozen=True)
