@@ -27,7 +27,7 @@ from typing import Callable, Optional, TextIO
 
 from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
-from lia_model.plan import ALL_CPU, Plan, check_plan_against, policy_notation
+from lia_model.plan import Plan, check_plan_against, policy_notation
 from lia_model.workload import Workload, make_workload
 from runtime.generate import Codec, Sampling
 
@@ -206,6 +206,7 @@ def _predict(system: SystemSpec, model, workload: Workload, plan: Plan):
 def plan_batches(opts: RunOptions, system: SystemSpec, model, tokens: list[list[int]], has_gpu: bool,
                  warn: Callable[[str], None]) -> list[Batch]:
     """Batches of equal-length prompts, each with its plan and prediction (nothing allocated)."""
+    from lia_model.baselines import ipex_plan
     from lia_model.optimizer import optimize
     from runtime.points import runtime_isa
     from runtime.preflight import preflight
@@ -226,7 +227,7 @@ def plan_batches(opts: RunOptions, system: SystemSpec, model, tokens: list[list[
             if opts.plan is not None:
                 plan, source = opts.plan, opts.plan_source or "--plan"
             elif not has_gpu:
-                plan, source = ALL_CPU_PLAN.model_copy(update={"cpu_isa": system.cpu.best_isa()}), "all-CPU (no GPU)"
+                plan, source = ipex_plan(system, model, workload), "all-CPU (no GPU)"
                 if not no_gpu_noted:
                     warn("this machine has no CUDA GPU: every sublayer runs on the CPU (the ipex plan); the "
                          "optimiser's plan needs a GPU")
@@ -244,9 +245,6 @@ def plan_batches(opts: RunOptions, system: SystemSpec, model, tokens: list[list[
             batches.append(Batch(take, [tokens[i] for i in take], workload, plan, source,
                                  _predict(system, model, workload, plan)))
     return batches
-
-
-ALL_CPU_PLAN = Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU, gpu_resident_layers=0, label="ipex")
 
 
 def check_host_memory(model, batches: list[Batch], itemsize: int, available_gib: Optional[float]) -> None:
