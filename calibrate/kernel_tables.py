@@ -48,10 +48,13 @@ CPU_FLOP_CAP = 2.5e12          # FLOPs per call: larger CPU products are extrapo
 GPU_FLOP_CAP = 2.0e14
 DEFAULT_MODELS = ("opt-30b", "opt-66b", "opt-175b", "llama-2-70b")
 ATTN_MODELS = ("opt-30b", "llama-2-70b")   # MHA (G = 1) and GQA (G = 8); --attn-models overrides
-DECODE_GRID = ((1, 512), (8, 128), (8, 2048), (32, 512), (64, 128), (64, 1024), (16, 2048))
+# decode: small contexts at large batches too (the runtime's B = 64, s = 40 point measured a per-row cost
+# that a grid starting at s = 128 missed: 2026-11-30, runtime/validation/wave2)
+DECODE_GRID = ((1, 512), (8, 128), (8, 2048), (32, 512), (64, 128), (64, 1024), (16, 2048), (64, 32), (256, 32),
+               (128, 64))
 PREFILL_GRID = ((1, 32), (1, 512), (4, 128), (1, 1024), (8, 256), (2, 2048))
-QUICK_DECODE_GRID = ((1, 64), (4, 128), (2, 256))
-QUICK_PREFILL_GRID = ((1, 16), (1, 64), (2, 32))
+QUICK_DECODE_GRID = ((1, 64), (4, 128), (2, 256), (8, 32))
+QUICK_PREFILL_GRID = ((1, 16), (1, 64), (2, 32), (2, 48))
 LLC_DEFAULT = 64 << 20
 
 
@@ -211,41 +214,79 @@ def attention_rows(models: list, device: str, quick: bool, budget_s: float, setu
 
 
 def fit_attention(rows: list[dict], device: str, models: dict) -> list[dict]:
-    """Per (kind, phase): t = overhead + s_per_byte x bytes + s_per_flop x FLOPs by NNLS, on relative error
-    (each row weighted by 1 / its time, so small and large points count alike)."""
+    """Per (kind, phase): t = overhead + s_per_byte x bytes + s_per_flop x FLOPs + s_per_row x rows by NNLS on
+    relative error (each row weighted by 1 / its time, so small and large points count alike); bytes,
+    FLOPs and rows from lia_model.accounting, the cost model's own counts."""
     from scipy.optimize import nnls
 
-    from lia_model.accounting import attention_bytes_flops
+    from lia_model.accounting import attention_bytes_flops, attention_rows
+
+    import itertools
 
     fits = []
-    for kind in ("fused", "score", "context"):
-        for phase in ("decode", "prefill"):
+    for kind, phase, heads in itertools.product(("fused", "score", "context"), ("decode", "prefill"), ("mha", "gqa")):
+        if True:  # noqa: SIM108 - one block per (kind, phase, heads)
             pts = [r for r in rows if r["family"] == "attention" and r["device"] == device and r["kind"] == kind
-                   and r["phase"] == phase]
-            if len(pts) < 3:
+                   and r["phase"] == phase and (int(r["group"]) > 1) == (heads == "gqa")]
+            if len(pts) < 4:
                 continue
-            a, y = [], []
+            feats = []
             for r in pts:
-                nbytes, flops = attention_bytes_flops(models[r["model"]], r["batch"], r["q"], r["s"], kind)
-                a.append([1.0 / r["time_s"], float(nbytes) / r["time_s"], float(flops) / r["time_s"]])
-                y.append(1.0)
-            # scale columns for conditioning
-            a = np.asarray(a)
+                model = models[r["model"]]
+                b, q, s = int(r["batch"]), int(r["q"]), int(r["s"])
+                nbytes, flops = attention_bytes_flops(model, b, q, s, kind)
+                feats.append([1.0, float(nbytes), float(flops), attention_rows(model, b, q)])
+            x = np.asarray(feats)
+            t = np.asarray([float(r["time_s"]) for r in pts])
+            a = x / t[:, None]
             scale = a.max(axis=0)
-            coef, _ = nnls(a / scale, np.asarray(y))
+            scale[scale == 0] = 1.0
+            coef, _ = nnls(a / scale, np.ones(len(pts)))
             coef = coef / scale
-            pred = []
-            for r in pts:
-                nbytes, flops = attention_bytes_flops(models[r["model"]], r["batch"], r["q"], r["s"], kind)
-                pred.append(coef[0] + coef[1] * float(nbytes) + coef[2] * float(flops))
-            errs = [abs(p / r["time_s"] - 1) for p, r in zip(pred, pts)]
+            pred = x @ coef
+            errs = np.abs(pred / t - 1)
             for r, p in zip(pts, pred):
                 r["fit_time_s"] = float(p)
-            fits.append({"kind": kind, "phase": phase, "overhead_s": float(f"{coef[0]:.6g}"),
+            fits.append({"kind": kind, "phase": phase, "heads": heads, "overhead_s": float(f"{coef[0]:.6g}"),
                          "s_per_byte": float(f"{coef[1]:.6g}"), "s_per_flop": float(f"{coef[2]:.6g}"),
-                         "fit_median_rel_err": round(float(statistics.median(errs)), 4),
-                         "fit_max_rel_err": round(float(max(errs)), 4), "points": len(pts)})
+                         "s_per_row": float(f"{coef[3]:.6g}"),
+                         "fit_median_rel_err": round(float(np.median(errs)), 4),
+                         "fit_max_rel_err": round(float(errs.max()), 4), "points": len(pts)})
     return fits
+
+
+def refit(profile: str, csv: str, force: bool) -> Path:
+    """Refit the attention models of a kernel-table profile from its raw CSV (no measurement)."""
+    import pandas as pd
+    import yaml
+
+    from hwprofiles import load_system
+    from lia_model.inputs import resolve_model
+
+    path = Path(profile)
+    if not path.exists() or not Path(csv).exists():
+        raise LiaInputError("--refit", f"'{profile}' or '{csv}' does not exist", "give the profile and its raw CSV")
+    if not force:
+        raise LiaInputError("--refit", f"refitting rewrites '{profile}'", "pass --force to rewrite it")
+    rows = pd.read_csv(csv).to_dict("records")
+    names = sorted({r["model"] for r in rows if r.get("family") == "attention"})
+    models = {n: resolve_model(n) for n in names}
+    text = path.read_text()
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+    data = yaml.safe_load(text)
+    data["kernels"]["cpu_attention"] = fit_attention(rows, "cpu", models)
+    data["kernels"]["gpu_attention"] = fit_attention(rows, "gpu", models)
+    stamp = time.strftime("%Y-%m-%d", time.gmtime())
+    for dev in ("cpu", "gpu"):
+        data["kernels"]["source"][f"{dev}_attention"] += (f"; refitted {stamp} from {Path(csv).name} by "
+                                                          f"python -m calibrate.kernel_tables --refit (per-row term)")
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=120))
+    load_system(str(path))
+    for dev in ("cpu", "gpu"):
+        for f in data["kernels"][f"{dev}_attention"]:
+            log(f"{dev} attention fit {f['kind']}/{f['phase']}/{f['heads']}: median |err| {100 * f['fit_median_rel_err']:.1f}%, "
+                f"max {100 * f['fit_max_rel_err']:.1f}% over {f['points']} points")
+    return path
 
 
 # ----------------------------------------------------------------------------------------- GPU extras
@@ -403,7 +444,7 @@ def run(base: str, name: str, out_dir: Path, models: list[str], quick: bool, for
     load_system(str(profile_path))   # the written profile must validate
     log(f"wrote {profile_path} and {csv_path} in {time.perf_counter() - t0:.0f} s")
     for f in cpu_fits + gpu_fits:
-        log(f"attention fit {f['kind']}/{f['phase']}: median |err| {100 * f['fit_median_rel_err']:.1f}%, "
+        log(f"attention fit {f['kind']}/{f['phase']}/{f['heads']}: median |err| {100 * f['fit_median_rel_err']:.1f}%, "
             f"max {100 * f['fit_max_rel_err']:.1f}% over {f['points']} points")
     return profile_path
 
@@ -418,8 +459,10 @@ def _default_isa(spec) -> Optional[Any]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="system profile (name or path) the tables are added to")
-    parser.add_argument("--name", required=True)
+    parser.add_argument("--base", help="system profile (name or path) the tables are added to")
+    parser.add_argument("--name")
+    parser.add_argument("--refit", nargs=2, metavar=("PROFILE", "CSV"), help="refit the attention models of a "
+                        "kernel-table profile from its raw CSV (measures nothing; needs --force)")
     parser.add_argument("--out", default="results/calibration")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
     parser.add_argument("--attn-models", default=",".join(ATTN_MODELS), help="models whose heads the attention "
@@ -429,6 +472,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--no-gpu", action="store_true")
     args = parser.parse_args(argv)
     try:
+        if args.refit:
+            print(refit(args.refit[0], args.refit[1], args.force))
+            return 0
+        if not args.base or not args.name:
+            raise LiaInputError("--base/--name", "both are needed to measure", "e.g. --base emr-h100-calibrated "
+                                "--name emr-h200-kernels")
         path = run(args.base, args.name, Path(args.out), [m for m in args.models.split(",") if m], args.quick,
                    args.force, not args.no_gpu, tuple(m for m in args.attn_models.split(",") if m))
     except LiaInputError as err:

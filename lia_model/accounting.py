@@ -180,6 +180,11 @@ def attention_bytes_flops(model: ModelSpec, batch: int, q: int, s: "int | np.nda
     raise ValueError(f"unknown attention kind {kind!r}")
 
 
+def attention_rows(model: ModelSpec, batch: int, q: int) -> float:
+    """Query rows an attention kernel iterates over: batch x heads x q."""
+    return float(batch * model.num_heads * q)
+
+
 def head_flops(model: ModelSpec, batch: int) -> float:
     """LM head over the last position of each sequence: 2 * B * h * vocab."""
     return 2.0 * batch * model.hidden_size * model.vocab_size

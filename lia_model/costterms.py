@@ -41,7 +41,14 @@ from enum import Enum
 
 import numpy as np
 
-from lia_model.accounting import SublayerWork, attention_bytes_flops, head_flops, linear_shape, sublayer_work
+from lia_model.accounting import (
+    SublayerWork,
+    attention_bytes_flops,
+    attention_rows,
+    head_flops,
+    linear_shape,
+    sublayer_work,
+)
 from lia_model.hardware import SystemSpec, interpolate_efficiency, table_seconds
 from lia_model.models import ModelSpec
 from lia_model.plan import CpuIsa, Device, HostTier, policy_from_index
@@ -305,13 +312,14 @@ def _apply_kernel_tables(system: SystemSpec, model: ModelSpec, ctx: StageContext
     kinds = {"score": SUBLAYERS.index(Sublayer.ATTN_SCORE), "context": SUBLAYERS.index(Sublayer.ATTN_CONTEXT)}
     for device, arr, delta_name, enabled in (("cpu", times.cpu_s, "cpu_fused_delta_s", use_cpu),
                                              ("gpu", times.gpu_s, "gpu_fused_delta_s", True)):
-        fits = {kind: tables.attention(device, kind, phase) for kind in ("score", "context", "fused")}
+        layout = "gqa" if model.num_heads != model.num_kv_heads else "mha"
+        fits = {kind: tables.attention(device, kind, phase, layout) for kind in ("score", "context", "fused")}
         if not enabled or any(f is None for f in fits.values()):
             continue
         split = {}
         for kind, i in kinds.items():
             nbytes, flops = attention_bytes_flops(model, chunk_batch, ctx.q, contexts, kind)
-            split[kind] = fits[kind].seconds(nbytes, flops)
+            split[kind] = fits[kind].seconds(nbytes, flops, attention_rows(model, chunk_batch, ctx.q))
             if device == "cpu":   # KV in a slower tier than DDR: at least the KV bytes over that tier
                 kv = work[SUBLAYERS[i]].kv_read_bytes
                 split[kind] = np.maximum(split[kind], kv / cpu_bw_kv)
@@ -319,7 +327,7 @@ def _apply_kernel_tables(system: SystemSpec, model: ModelSpec, ctx: StageContext
                 split[kind] = np.maximum(split[kind], dispatch_s)
             arr[i] = split[kind]
         nbytes, flops = attention_bytes_flops(model, chunk_batch, ctx.q, contexts, "fused")
-        fused = fits["fused"].seconds(nbytes, flops)
+        fused = fits["fused"].seconds(nbytes, flops, attention_rows(model, chunk_batch, ctx.q))
         if device == "cpu":
             kv = work[Sublayer.ATTN_SCORE].kv_read_bytes + work[Sublayer.ATTN_CONTEXT].kv_read_bytes
             fused = np.maximum(fused, kv / cpu_bw_kv)

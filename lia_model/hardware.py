@@ -217,19 +217,23 @@ class LinearTable(_Spec):
 
 class AttentionFit(_Spec):
     """Time of the runtime's attention kernel of one kind in one phase, fitted on a calibration grid as
-    t = overhead_s + s_per_byte x bytes + s_per_flop x FLOPs (non-negative least squares)."""
+    t = overhead_s + s_per_byte x bytes + s_per_flop x FLOPs + s_per_row x rows (non-negative least squares),
+    rows = batch x heads x q query rows (the kernels' parallel loop runs once per row: a fixed cost each)."""
 
     kind: Literal["fused", "score", "context"] = Field(description="fused: score and context in one kernel.")
     phase: Literal["decode", "prefill"] = Field(description="decode: one new token (q = 1); prefill: q = s.")
+    heads: Literal["mha", "gqa", "any"] = Field("any", description="mha: one query head per KV head (G = 1); gqa: "
+                                                "G > 1 (decode runs a different kernel: a grouped matmul pair).")
     overhead_s: float = Field(ge=0)
     s_per_byte: float = Field(ge=0)
     s_per_flop: float = Field(ge=0)
+    s_per_row: float = Field(0.0, ge=0)
     fit_median_rel_err: float = Field(ge=0, description="Median |relative error| of the fit on its grid.")
     fit_max_rel_err: float = Field(ge=0)
     points: int = Field(ge=1, description="Grid points the fit used.")
 
-    def seconds(self, nbytes: float, flops: float) -> float:
-        return self.overhead_s + self.s_per_byte * nbytes + self.s_per_flop * flops
+    def seconds(self, nbytes: float, flops: float, rows: float) -> float:
+        return self.overhead_s + self.s_per_byte * nbytes + self.s_per_flop * flops + self.s_per_row * rows
 
 
 class KernelTables(Sourced):
@@ -252,11 +256,11 @@ class KernelTables(Sourced):
                 return t
         return None
 
-    def attention(self, device: str, kind: str, phase: str) -> Optional[AttentionFit]:
-        for f in (self.cpu_attention if device == "cpu" else self.gpu_attention):
-            if f.kind == kind and f.phase == phase:
-                return f
-        return None
+    def attention(self, device: str, kind: str, phase: str, heads: str = "any") -> Optional[AttentionFit]:
+        """The fit for (kind, phase) and head layout; a fit for "any" layout serves both."""
+        fits = [f for f in (self.cpu_attention if device == "cpu" else self.gpu_attention)
+                if f.kind == kind and f.phase == phase]
+        return next((f for f in fits if f.heads == heads), None) or next((f for f in fits if f.heads == "any"), None)
 
 
 def table_seconds(table: LinearTable, tokens: float) -> float:

@@ -49,6 +49,9 @@ def validate(
     fake_gpu: bool = typer.Option(False, "--fake-gpu", hidden=True, help="Test mode: emulate the GPU on the CPU "
                                   "(data flow only; timings meaningless)."),
     title: str = typer.Option("", "--title", help="Plot title."),
+    repredict_with: Optional[str] = typer.Option(None, "--repredict-with", help="With --from-csv: recompute the "
+                                                 "predicted columns of the measured rows under this system profile "
+                                                 "(measurements untouched)."),
 ) -> None:
     """Run validation points for real and report predicted vs measured TTFT, TPOT and latency."""
     from rich.console import Console
@@ -60,7 +63,7 @@ def validate(
         sys.stdout.flush()
 
     if from_csv:
-        _merge(from_csv, out, console, title)
+        _merge(from_csv, out, console, title, repredict_with)
         return
     if not points:
         raise LiaInputError("--points", "no points file given", "e.g. --points runtime/campaign/points-opt30b.yaml")
@@ -135,7 +138,7 @@ def _print_plan(console, resolved, rows) -> None:
                   f"(plus weight creation and per-point setup)")
 
 
-def _merge(paths: List[str], out: Optional[str], console, title: str) -> None:
+def _merge(paths: List[str], out: Optional[str], console, title: str, repredict_with: Optional[str] = None) -> None:
     import pandas as pd
 
     from runtime.report import print_summary, write_outputs
@@ -151,5 +154,10 @@ def _merge(paths: List[str], out: Optional[str], console, title: str) -> None:
     if "point_id" not in df:
         raise LiaInputError("--from-csv", "the CSV has no point_id column", "give a results.csv written by lia validate")
     df = df.drop_duplicates(subset="point_id", keep="last")
+    if repredict_with:
+        from hwprofiles import load_system
+        from runtime.validate import repredict
+
+        df = repredict(df, load_system(repredict_with))
     summary = write_outputs(df, Path(out), title)
     print_summary(console, summary)

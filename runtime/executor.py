@@ -34,6 +34,7 @@ import torch
 from lia_model.errors import LiaInputError
 from lia_model.models import ModelSpec
 from lia_model.plan import ALL_GPU, Device, Plan
+from lia_model.plan import head_device as plan_head_device
 from lia_model.sublayers import SUBLAYERS, Stage, Sublayer
 from lia_model.workload import Workload
 from runtime import kernels
@@ -706,9 +707,10 @@ def plan_uses_gpu(plan: Plan, num_layers: int) -> bool:
 
 
 def head_device(plan: Plan, num_layers: int, machine_has_gpu: bool) -> Device:
-    """Embeddings and the LM head follow the plan: on the GPU when the plan uses it, else on the CPU, so an
-    all-CPU plan (the ipex baseline) touches no GPU memory at all."""
-    return Device.GPU if (machine_has_gpu and plan_uses_gpu(plan, num_layers)) else Device.CPU
+    """Where the embeddings and the LM head run: the plan's head device (lia_model.plan.head_device: the CPU
+    for a plan that uses no GPU, so the ipex baseline touches no GPU memory), and the CPU on a machine
+    without a GPU."""
+    return plan_head_device(plan) if machine_has_gpu else Device.CPU
 
 
 def x_ready(backend: Backend, dev: Device) -> Optional[Event]:

@@ -451,3 +451,37 @@ def plan_table_rows(points: list[Point]) -> list[list[str]]:
 
 
 __all__ = ["Options", "Point", "resolve_points", "run_points", "plan_table_rows"]
+
+
+def repredict(rows: "Any", system: SystemSpec) -> "Any":
+    """Predicted columns of measured rows recomputed under ``system`` (a newer profile): the plan from
+    ``plan_json``, the (truncated) model from ``model`` and ``num_layers``, the workload and the GPU cap from
+    their columns. Measurements are untouched; nothing is fitted to them. Adds ``predicted_with``."""
+    import pandas as pd
+
+    from lia_model.inputs import resolve_model
+    from runtime.measure import predicted_sublayer_ms
+
+    df = rows.copy()
+    for i, r in df.iterrows():
+        if r.get("status") != "ran" or not isinstance(r.get("plan_json"), str):
+            continue
+        model = resolve_model(str(r["model"]))
+        model = model.model_copy(update={"num_layers": int(r["num_layers"])})
+        workload = Workload(batch=int(r["batch"]), input_len=int(r["input_len"]), output_len=int(r["output_len"]))
+        cap = None if pd.isna(r.get("gpu_memory_gib")) else float(r["gpu_memory_gib"])
+        sysc = capped_system(system, cap)
+        plan = Plan.model_validate_json(r["plan_json"])
+        pred = predict(sysc, model, workload, plan, CostMode.OVERLAP)
+        add = predict(sysc, model, workload, plan, CostMode.ADDITIVE)
+        df.at[i, "predicted_ttft_s"] = pred.ttft_s
+        df.at[i, "predicted_tpot_mean_s"] = pred.tpot_mean_s
+        df.at[i, "predicted_latency_s"] = pred.latency_s
+        df.at[i, "predicted_throughput_tokens_per_s"] = pred.throughput_tokens_per_s
+        df.at[i, "predicted_latency_additive_s"] = add.latency_s
+        for (stage, sub), (ms, dev, _) in predicted_sublayer_ms(pred).items():
+            col = f"{stage}_{sub}_ms_predicted"
+            if col in df.columns:
+                df.at[i, col] = ms
+        df.at[i, "predicted_with"] = system.name
+    return df
