@@ -13,10 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
