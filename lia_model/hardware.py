@@ -72,8 +72,8 @@ def _numeric_paths(spec: BaseModel, prefix: str = "") -> list[str]:
             continue
         value = getattr(spec, name)
         path = f"{prefix}{name}"
-        if isinstance(value, bool):
-            continue
+        if isinstance(value, bool) or name not in spec.model_fields_set:
+            continue  # a field left at its default is a definition (its description says which), not a number
         if isinstance(value, (int, float)):
             paths.append(path)
         elif isinstance(value, BaseModel) and not isinstance(value, Sourced):
@@ -107,6 +107,10 @@ class IsaSpec(_Spec):
     attention_efficiency: list[EfficiencyPoint] = Field(
         default_factory=list, description="Attention (batched matmul) efficiency vs query tokens per sequence."
     )
+    kv_pass_factor: float = Field(
+        1.0, ge=1.0, description="Passes the attention kernel makes over the KV cache it reads: its memory time is "
+        "(activations + kv_pass_factor x KV bytes) / bandwidth. 1 (the default) is one pass; the LIA paper's model "
+        "uses 3.5; a calibrated profile measures it.", examples=[1.7])
     backend: str = Field("onednn", description="Library whose kernels the numbers describe.")
     kernel_observed: Optional[str] = Field(None, description="Kernel ISA seen in ONEDNN_VERBOSE, if calibrated.")
     absent_reason: Optional[str] = Field(None, description="Why the ISA is marked absent (calibrated profiles).")
@@ -158,6 +162,9 @@ class GpuSpec(Sourced):
     matmul_efficiency: list[EfficiencyPoint]
     attention_efficiency: list[EfficiencyPoint]
     op_overhead_us: float = Field(ge=0, description="Fixed cost of launching one GPU sublayer.", examples=[10])
+    kv_pass_factor: float = Field(
+        1.0, ge=1.0, description="Passes the attention kernel makes over the KV cache it reads (see IsaSpec).",
+        examples=[1.0])
 
     _tables = field_validator("matmul_efficiency", "attention_efficiency")(_check_table)
 
@@ -180,7 +187,6 @@ class MemoryTierSpec(Sourced):
     description: str = ""
     capacity_gib: float = Field(gt=0, description="Installed capacity.", examples=[512])
     read_gbps: float = Field(gt=0, description="Sustained read bandwidth (CPU or DMA).", examples=[265])
-    added_latency_ns: float = Field(ge=0, description="Extra load latency over local DDR.", examples=[0])
 
 
 class Provenance(_Spec):

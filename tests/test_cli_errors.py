@@ -33,12 +33,12 @@ def system_file(tmp_path: Path, gpu_text: str) -> str:
     return str(tmp_path / "sys.yaml")
 
 
-GPU = (PROFILES / "gpu" / "h100-80gb.yaml").read_text()
+GPU = (PROFILES / "gpu" / "h100-pcie-80gb.yaml").read_text()
 
 
 def test_malformed_yaml(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("name: x\ncpu: [spr-8460h\ngpu: h100-80gb\n")
+    path.write_text("name: x\ncpu: [spr-8460h\ngpu: h100-pcie-80gb\n")
     assert_clear_error(run("plan", "--system", str(path)), "malformed YAML at line", "e.g.")
 
 
