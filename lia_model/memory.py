@@ -4,10 +4,11 @@ With K = num_layers - N_res streamed layers, sigma = [K > 0], g_i = 1 when subla
 prefill or decode, and a = 1 when any attention sublayer runs on the GPU:
 
   HBM  = embeddings + N_res (W_layer + KV_layer) + sigma 2 sum_i g_i W_i + sigma a KV_layer + workspace_gpu(n)
-  DDR  = K W_layer [weights in DDR] + K KV_layer [KV in DDR] + workspace_host(n)
-  CXL  = K W_layer [weights in CXL] + K KV_layer [KV in CXL]
+  DDR  = (K - K_cxl) W_layer + K KV_layer [KV in DDR] + workspace_host(n)
+  CXL  = K_cxl W_layer + K KV_layer [KV in CXL]
 
-W_i: stored weights of sublayer i; W_layer = sum_i W_i; KV_layer = K and V of B * (L_in + L_out) tokens.
+K_cxl: streamed layers whose weights are in CXL (all K with weight_tier cxl, plan.cxl_weight_layers with a
+split, else 0). W_i: stored weights of sublayer i; W_layer = sum_i W_i; KV_layer = K and V of B * (L_in + L_out) tokens.
 The 2 sum_i g_i W_i term is the pair of alternating streaming buffers; sigma a KV_layer stages one streamed
 layer's KV on the GPU for GPU attention. The workspace is the prefill hidden state of the whole batch
 (input and output, 2 B L_in h) plus the largest sublayer's input and output for one chunk.
@@ -148,7 +149,10 @@ def memory_use(system: SystemSpec, model: ModelSpec, workload: Workload, plan: P
         "workspace": c.gpu_workspace_bytes,
     }
     host: dict[HostTier, dict[str, float]] = {HostTier.DDR: {}, HostTier.CXL: {}}
-    host[plan.weight_tier]["streamed_weights"] = streamed * c.layer_weight_bytes
+    in_cxl = plan.cxl_weight_layer_count(streamed)
+    host[HostTier.DDR]["streamed_weights"] = (streamed - in_cxl) * c.layer_weight_bytes
+    if in_cxl:
+        host[HostTier.CXL]["streamed_weights"] = in_cxl * c.layer_weight_bytes
     host[plan.kv_tier]["streamed_kv"] = streamed * c.kv_layer_bytes
     host[HostTier.DDR]["workspace"] = c.host_workspace_bytes
     out = {
