@@ -199,7 +199,8 @@ class StageTerms:
     cross_d2h_s: np.ndarray       # [6, S]
     kv_copy_s: np.ndarray         # [6, S] KV copies a sublayer causes when it runs on the GPU (one chunk)
     resources: dict[Resource, Affine] = field(default_factory=dict)  # whole-layer busy time per resource
-    schedule_s: Optional[np.ndarray] = None  # [64, S] the simulated schedule of each policy vector (overlap mode)
+    schedule_s: Optional[np.ndarray] = None  # [64, S] the simulated schedule of each policy vector (overlap
+    # mode; where the serial sum of a vector's operations is within its other terms, that sum: see below)
 
     def _values(self, features: np.ndarray) -> tuple[list[Resource], np.ndarray]:
         """Every term's value: [terms, ..., S]; the schedule is looked up by the vector's CPU bits."""
@@ -398,12 +399,18 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         if Resource.CXL in resources:
             terms["cxl"] = (Resource.CXL, resources[Resource.CXL])
         # The chunks' schedule on CPU, GPU and the copy queues, simulated for each policy vector (after the
-        # weight copy when it cannot run beside compute).
+        # weight copy when it cannot run beside compute). A schedule never exceeds the serial sum of its
+        # operations; where even that sum is within the other terms, the vector is not simulated and the
+        # table holds the sum (the layer time, the max of the terms, is the same either way).
         durations = ChunkDurations(times.cpu_s, times.gpu_s, cross_h2d_s, cross_d2h_s, k_cached_s, k_cached_s,
                                    v_new_s, kv_write_s, expert_h2d_s)
         serial_weights = not (ctx.overlap and ctx.pinned_weights)
         start = weights.evaluate(ALL_POLICY_FEATURES) if serial_weights else np.zeros((NUM_POLICIES, steps))
-        schedule_s = simulate_all(n, durations, start, ALL_POLICY_FEATURES[:, :NUM_SUBLAYERS])
+        schedule_s = start + (cpu_c + gpu_c + h2dx_c + d2h_c).scaled(n).evaluate(ALL_POLICY_FEATURES)
+        others = np.stack([form.evaluate(ALL_POLICY_FEATURES) for _, form in terms.values()]).max(axis=0)
+        busy = np.flatnonzero(np.any(schedule_s > others, axis=1))
+        if busy.size:
+            schedule_s[busy] = simulate_all(n, durations, start[busy], ALL_POLICY_FEATURES[busy, :NUM_SUBLAYERS])
     kv_copy_s = np.zeros((NUM_SUBLAYERS, steps))
     kv_copy_s[_QKV] = kv_write_s
     kv_copy_s[_SCORE] = k_cached_s

@@ -66,134 +66,142 @@ def simulate_layer(cpu_bits: tuple[int, ...], n: int, d: ChunkDurations,
 
     ``start_s`` delays everything (the weight copy when it cannot run beside compute)."""
     steps = d.cpu_s.shape[1]
-    start = np.zeros(steps) if start_s is None else np.asarray(start_s, dtype=float) + np.zeros(steps)
-    return _Simulator(n, d).run(cpu_bits, start)
+    start = np.zeros((1, steps)) if start_s is None else np.asarray(start_s, dtype=float).reshape(1, steps)
+    return simulate_all(n, d, start, np.asarray([cpu_bits]))[0]
 
 
 def simulate_all(n: int, d: ChunkDurations, starts: np.ndarray, policies: np.ndarray) -> np.ndarray:
-    """simulate_layer for each row of ``policies`` [P, 6] (CPU bits) with its start [P, S]: [P, S]."""
-    sim = _Simulator(n, d)
-    return np.stack([sim.run(tuple(int(x) for x in bits), starts[k]) for k, bits in enumerate(policies)])
+    """The makespan [P, S] of each policy vector (rows of ``policies`` [P, 6], CPU bits), each starting at its
+    row of ``starts`` [P, S]."""
+    steps = d.cpu_s.shape[1]
+    if n > 1 and steps != 1:
+        raise ValueError("a pipelined layer (n > 1) is simulated one step at a time")
+    has_experts = tuple(bool(x) for x in np.any(d.expert_h2d_s > 0, axis=1))
+    if steps == 1:    # one step: plain floats (the same arithmetic, much faster than arrays of one)
+        table = _Durations(max, d.cpu_s[:, 0].tolist(), d.gpu_s[:, 0].tolist(), d.cross_h2d_s[:, 0].tolist(),
+                           d.cross_d2h_s[:, 0].tolist(), d.expert_h2d_s[:, 0].tolist(), float(d.k_cached_s[0]),
+                           float(d.v_cached_s[0]), float(d.v_new_s[0] + d.v_cached_s[0]), float(d.kv_write_s[0]),
+                           has_experts)
+        return np.array([[_replay(bits, n, table, float(start[0]))]
+                         for bits, start in zip(np.asarray(policies, dtype=bool).tolist(), starts)])
+    table = _Durations(np.maximum, list(d.cpu_s), list(d.gpu_s), list(d.cross_h2d_s), list(d.cross_d2h_s),
+                       list(d.expert_h2d_s), d.k_cached_s, d.v_cached_s, d.v_new_s + d.v_cached_s, d.kv_write_s,
+                       has_experts)
+    return np.stack([_replay(bits, n, table, np.asarray(start, dtype=float))
+                     for bits, start in zip(np.asarray(policies, dtype=bool).tolist(), starts)])
 
 
-class _Simulator:
-    """The durations in the form the replay reads (floats for one step, arrays for several)."""
+@dataclass(frozen=True)
+class _Durations:
+    """ChunkDurations as the replay reads them: per-sublayer lists of floats (one step) or arrays (steps)."""
 
-    def __init__(self, n: int, d: ChunkDurations) -> None:
-        steps = d.cpu_s.shape[1]
-        if n > 1 and steps != 1:
-            raise ValueError("a pipelined layer (n > 1) is simulated one step at a time")
-        self.n, self.steps = n, steps
-        if steps == 1:        # one step: plain floats (the same arithmetic, an order of magnitude faster)
-            self.mx = max
-            self.cpu_s, self.gpu_s = d.cpu_s[:, 0].tolist(), d.gpu_s[:, 0].tolist()
-            self.cross_h2d, self.cross_d2h = d.cross_h2d_s[:, 0].tolist(), d.cross_d2h_s[:, 0].tolist()
-            self.experts = d.expert_h2d_s[:, 0].tolist()
-            self.k_cached, self.v_cached = float(d.k_cached_s[0]), float(d.v_cached_s[0])
-            self.v_fetch, self.kv_write = float(d.v_new_s[0] + d.v_cached_s[0]), float(d.kv_write_s[0])
-        else:
-            self.mx = np.maximum
-            self.cpu_s, self.gpu_s = d.cpu_s, d.gpu_s
-            self.cross_h2d, self.cross_d2h, self.experts = d.cross_h2d_s, d.cross_d2h_s, d.expert_h2d_s
-            self.k_cached, self.v_cached, self.kv_write = d.k_cached_s, d.v_cached_s, d.kv_write_s
-            self.v_fetch = d.v_new_s + d.v_cached_s
-        self.has_experts = [bool(np.any(d.expert_h2d_s[i] > 0)) for i in range(NUM_SUBLAYERS)]
+    mx: object
+    cpu: list
+    gpu: list
+    cross_h2d: list
+    cross_d2h: list
+    experts: list
+    k_cached: object
+    v_cached: object
+    v_fetch: object          # new + cached V, fetched for a GPU attn_context after a CPU qkv
+    kv_write: object
+    has_experts: tuple[bool, ...] = ()
 
-    def run(self, cpu_bits: tuple[int, ...], start: np.ndarray) -> np.ndarray:
-        n, steps, mx = self.n, self.steps, self.mx
-        cpu_s, gpu_s, cross_h2d, cross_d2h = self.cpu_s, self.gpu_s, self.cross_h2d, self.cross_d2h
-        experts = self.experts
-        k_cached, v_cached, v_fetch, kv_write = self.k_cached, self.v_cached, self.v_fetch, self.kv_write
-        has_experts = self.has_experts
-        on_cpu = [bool(b) for b in cpu_bits]
-        zero = float(start[0]) if steps == 1 else start
-        now, gpu_free, h2d_free, d2h_free = zero, zero, zero, zero
 
-        def h2d(ready, dur):
-            nonlocal h2d_free
-            h2d_free = mx(h2d_free, ready) + dur
-            return h2d_free
+def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
+    """One policy vector's schedule (see the module docstring); times are floats or arrays over steps."""
+    mx = t.mx
+    cpu_s, gpu_s, cross_h2d, cross_d2h, experts = t.cpu, t.gpu, t.cross_h2d, t.cross_d2h, t.experts
+    has_experts = t.has_experts
+    last = NUM_SUBLAYERS - 1
+    now = gpu_free = h2d_free = d2h_free = start
+    qkv_gpu = not on_cpu[_QKV]
+    fetch_k, fetch_v = [start] * n, [start] * n
+    if qkv_gpu:                                      # 1. early fetches of the cached K and V, chunk by chunk
+        for c in range(n):
+            if not on_cpu[_SCORE]:
+                h2d_free = fetch_k[c] = mx(h2d_free, start) + t.k_cached
+            if not on_cpu[_CTX]:
+                h2d_free = fetch_v[c] = mx(h2d_free, start) + t.v_cached
+    nxt = [0] * n
+    value_end = [start] * n        # when the chunk's latest sublayer finished (on its device)
+    to_cpu = [start] * n           # when the copy of a GPU output that a CPU sublayer reads has landed
+    written = [None] * n           # end of the K/V write-back of a GPU qkv
+    chunk_end = [start] * n
 
-        def d2h(ready, dur):
-            nonlocal d2h_free
-            d2h_free = mx(d2h_free, ready) + dur
-            return d2h_free
+    def finish(c: int, i: int, end) -> None:
+        """After sublayer i of chunk c: the copy to the next sublayer's device (fc2: the next layer's qkv)."""
+        nonlocal h2d_free, d2h_free
+        value_end[c] = end
+        nxt_cpu = on_cpu[i + 1] if i < last else on_cpu[_QKV]
+        if on_cpu[i] and not nxt_cpu:
+            if i == last:                           # the next layer's GPU qkv reads it (inside the layer, the
+                h2d_free = end = mx(h2d_free, end) + cross_h2d[i]    # GPU consumer copies it when issued)
+        elif not on_cpu[i] and nxt_cpu:
+            d2h_free = end = mx(d2h_free, end) + cross_d2h[i]        # eager copy right behind the producer
+            to_cpu[c] = end
+        if i == last:
+            chunk_end[c] = end
 
-        qkv_gpu = not on_cpu[_QKV]
-        fetch_k: list = [None] * n
-        fetch_v: list = [None] * n
-        if qkv_gpu:                                        # 1. early fetches of the cached K and V
-            for c in range(n):
-                if not on_cpu[_SCORE]:
-                    fetch_k[c] = h2d(zero, k_cached)
-                if not on_cpu[_CTX]:
-                    fetch_v[c] = h2d(zero, v_cached)
+    def cpu_ready(c: int):
+        i = nxt[c]
+        ready = to_cpu[c] if i > 0 and not on_cpu[i - 1] else value_end[c]
+        if (i == _SCORE or i == _CTX) and written[c] is not None:
+            ready = mx(ready, written[c])
+        return ready
 
-        nxt = [0] * n
-        value_end = [zero] * n                  # when the chunk's latest sublayer finished (on its device)
-        to_cpu = [zero] * n                     # when the copy of a GPU output a CPU sublayer reads has landed
-        written: list = [None] * n              # end of the K/V write-back of a GPU qkv
-        chunk_end = [zero] * n
-
-        def finish(c: int, i: int, end) -> None:
-            """After sublayer i of chunk c: the copy to the next sublayer's device (fc2: the next layer's qkv)."""
-            value_end[c] = end
-            following = (i + 1) % NUM_SUBLAYERS
-            if on_cpu[i] and not on_cpu[following]:
-                if i == _FC2:
-                    end = h2d(end, cross_h2d[i])        # the next layer's GPU qkv reads it
-                # otherwise the GPU sublayer that reads it issues the copy (below), when it is issued
-            elif not on_cpu[i] and on_cpu[following]:
-                end = d2h(end, cross_d2h[i])            # eager copy right behind the producer
-                to_cpu[c] = end
-            if i == _FC2:
-                chunk_end[c] = end
-
-        def issue_gpu(c: int, i: int) -> None:
-            nonlocal gpu_free
-            ready = value_end[c]
-            if i > 0 and on_cpu[i - 1]:
-                ready = h2d(mx(value_end[c], now), cross_h2d[i - 1])
-            if i == _SCORE:
-                ready = mx(ready, fetch_k[c] if qkv_gpu else h2d(now, k_cached))
-            if i == _CTX:
-                ready = mx(ready, fetch_v[c] if qkv_gpu else h2d(now, v_fetch))
-            if has_experts[i]:
-                ready = h2d(ready, experts[i])            # the routed experts, once its input (the routing) is ready
-            gpu_free = mx(gpu_free, ready) + gpu_s[i]
-            end = gpu_free
-            if i == _QKV:
-                written[c] = d2h(end, kv_write)
-            finish(c, i, end)
-
-        def cpu_ready(c: int):
-            i = nxt[c]
-            ready = value_end[c]
-            if i > 0 and not on_cpu[i - 1]:
-                ready = to_cpu[c]
-            if i in (_SCORE, _CTX) and written[c] is not None:
-                ready = mx(ready, written[c])
-            return ready
-
+    cpu_at = [i for i in range(NUM_SUBLAYERS) if on_cpu[i]]
+    dirty = list(range(n))
+    while True:
+        for c in dirty:                              # 2. issue every GPU sublayer that can be issued
+            while nxt[c] < NUM_SUBLAYERS and not on_cpu[nxt[c]]:
+                i = nxt[c]
+                ready = value_end[c]
+                if i > 0 and on_cpu[i - 1]:
+                    h2d_free = ready = mx(h2d_free, mx(ready, now)) + cross_h2d[i - 1]
+                if i == _SCORE:
+                    if not qkv_gpu:                  # a CPU qkv: fetched when the attention is issued
+                        h2d_free = fetch_k[c] = mx(h2d_free, now) + t.k_cached
+                    ready = mx(ready, fetch_k[c])
+                elif i == _CTX:
+                    if not qkv_gpu:
+                        h2d_free = fetch_v[c] = mx(h2d_free, now) + t.v_fetch
+                    ready = mx(ready, fetch_v[c])
+                if has_experts[i]:                   # the routed experts, once its input (the routing) is ready
+                    h2d_free = ready = mx(h2d_free, ready) + experts[i]
+                gpu_free = end = mx(gpu_free, ready) + gpu_s[i]
+                if i == _QKV:
+                    d2h_free = written[c] = mx(d2h_free, end) + t.kv_write
+                finish(c, i, end)
+                nxt[c] = i + 1
+        if not cpu_at:
+            break
+        # 3. one CPU sublayer: the oldest chunk ready now, else the first to be ready (ties: the oldest)
+        pick, first = -1, None
+        for c in range(n):
+            if nxt[c] < NUM_SUBLAYERS:
+                r = cpu_ready(c)
+                if n == 1 or r <= now:               # (n > 1: one step, floats)
+                    pick, first = c, r
+                    break
+                if first is None or r < first:
+                    pick, first = c, r
+        if pick < 0:
+            break
+        # the chunk keeps the CPU for its next CPU sublayers while they are ready and no older chunk is (the
+        # pick would choose it again, and nothing else changes in between)
         while True:
-            for c in range(n):                             # 2. issue every GPU sublayer that can be issued
-                while nxt[c] < NUM_SUBLAYERS and not on_cpu[nxt[c]]:
-                    issue_gpu(c, nxt[c])
-                    nxt[c] += 1
-            waiting = [c for c in range(n) if nxt[c] < NUM_SUBLAYERS]
-            if not waiting:
-                break
-            ready = {c: cpu_ready(c) for c in waiting}
-            if n == 1:
-                pick = waiting[0]
-            else:                                          # one step: floats
-                now_ready = [c for c in waiting if ready[c] <= now]
-                pick = now_ready[0] if now_ready else min(waiting, key=lambda c: (ready[c], c))
             i = nxt[pick]
-            now = mx(now, ready[pick]) + cpu_s[i]
+            now = mx(now, first) + cpu_s[i]
             finish(pick, i, now)
-            nxt[pick] += 1
-        out = chunk_end[0]
-        for c in range(1, n):
-            out = mx(out, chunk_end[c])
-        return np.asarray(out, dtype=float).reshape(steps)
+            nxt[pick] = i + 1
+            if i + 1 == NUM_SUBLAYERS or not on_cpu[i + 1]:
+                break
+            first = cpu_ready(pick)
+            if n > 1 and (first > now or any(nxt[c] < NUM_SUBLAYERS and cpu_ready(c) <= now for c in range(pick))):
+                break
+        dirty = [pick]
+    out = chunk_end[0]
+    for c in range(1, n):
+        out = mx(out, chunk_end[c])
+    return out
