@@ -5,6 +5,8 @@ ISA caps (oneDNN reads ``ONEDNN_MAX_CPU_ISA`` once at start-up, so each ISA need
   avx512_bf16  ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16: AVX-512 with the bf16 dot-product instructions
   avx512_fp32  ONEDNN_MAX_CPU_ISA=AVX512_CORE and MKL_ENABLE_INSTRUCTIONS=AVX512: an fp32 matmul (MKL sgemm
                in stock PyTorch)
+  avx2_fp32    ONEDNN_MAX_CPU_ISA=AVX2 and MKL_ENABLE_INSTRUCTIONS=AVX2: an fp32 matmul on the AVX2 path; measured
+               only when none of the ISAs above is present, so that every x86-64 machine calibrates something
 Threads: one per physical core of the process's affinity, bound with OMP_PROC_BIND=close and
 OMP_PLACES=cores (unless turned off) so that no two threads share a core and the numbers are repeatable.
 """
@@ -20,11 +22,13 @@ from typing import Any, Callable
 
 from calibrate.records import timed_row
 
-ISAS = ("amx_bf16", "avx512_bf16", "avx512_fp32")
+ISAS = ("amx_bf16", "avx512_bf16", "avx512_fp32", "avx2_fp32")
+FALLBACK_ISAS = ("avx2_fp32",)   # measured only when no ISA before them is present
 ISA_ENV: dict[str, dict[str, str]] = {
     "amx_bf16": {},
     "avx512_bf16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
     "avx512_fp32": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
+    "avx2_fp32": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
 }
 _CLEARED = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_VERBOSE",
             "DNNL_VERBOSE", "MKL_VERBOSE", "OMP_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES")

@@ -29,9 +29,9 @@ from calibrate.tensors import copies_to_stream, cycling, fill_varied
 from calibrate.verbose import KernelReport, mkl_isa_tag, observe
 
 # ISA -> (dtype, accept(report) -> bool, what was expected)
-ISA_DTYPES = {"amx_bf16": "bfloat16", "avx512_bf16": "bfloat16", "avx512_fp32": "float32"}
+ISA_DTYPES = {"amx_bf16": "bfloat16", "avx512_bf16": "bfloat16", "avx512_fp32": "float32", "avx2_fp32": "float32"}
 # Per-call FLOP caps for the slow ISAs in a full run (see shapes.matmul_plan); AMX measures everything.
-FLOP_CAPS = {"amx_bf16": float("inf"), "avx512_bf16": 2.6e11, "avx512_fp32": 1.6e11}
+FLOP_CAPS = {"amx_bf16": float("inf"), "avx512_bf16": 2.6e11, "avx512_fp32": 1.6e11, "avx2_fp32": 1.0e11}
 # Timed seconds per point: enough samples for a stable median, small enough for the run's budget.
 POINT_BUDGET_S = {True: 0.04, False: 0.12}
 
@@ -45,9 +45,12 @@ def accepts(isa: str, report: KernelReport) -> tuple[bool, str]:
         ok = any("amx" in k for k in kernels)
     elif isa == "avx512_bf16":
         ok = any("avx512_core_bf16" in k for k in kernels) and not any("amx" in k for k in kernels)
-    else:
+    elif isa == "avx512_fp32":
         ok = (bool(report.mkl_calls) and mkl_isa_tag(report.mkl_dispatch).startswith("avx512")) or any(
             "avx512_core" in k and "bf16" not in k and "amx" not in k for k in kernels)
+    else:  # avx2_fp32: any fp32 kernel below AVX-512 (MKL's AVX2 or generic path, oneDNN's avx2 kernels)
+        ok = (bool(report.mkl_calls) and mkl_isa_tag(report.mkl_dispatch) in ("avx2", "generic")) or any(
+            "avx2" in k for k in kernels)
     return ok, seen
 
 
@@ -62,7 +65,8 @@ def _matmul_rows(isa: str, dtype: "Any", points: list[MatmulPoint], budget_s: fl
     for p in points:
         groups.setdefault(p.shape, []).append(p)
     for shape, pts in groups.items():
-        if time.perf_counter() > deadline:
+        headline = any(p.priority == 0 for p in pts)   # headline points always run, however slow the machine
+        if time.perf_counter() > deadline and not headline:
             for p in pts:
                 nbytes = esize * (shape.k * shape.n + p.tokens * (shape.k + shape.n))
                 rows.append(row("cpu_matmul", "linear", label=shape.label, backend=backend, isa=isa, dtype=str(dtype)[6:],
@@ -79,7 +83,7 @@ def _matmul_rows(isa: str, dtype: "Any", points: list[MatmulPoint], budget_s: fl
             nbytes = esize * (shape.k * shape.n + p.tokens * (shape.k + shape.n))
             common = dict(label=shape.label, backend=backend, isa=isa, dtype=str(dtype)[6:], tokens=p.tokens,
                           k=shape.k, n=shape.n, threads=threads, flops=p.flops, bytes=float(nbytes))
-            if time.perf_counter() > deadline:
+            if time.perf_counter() > deadline and p.priority != 0:
                 rows.append(row("cpu_matmul", "linear", **common,
                                 note=f"skipped: the ISA's time budget ({budget_s:.0f} s) was spent"))
                 continue

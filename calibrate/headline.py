@@ -58,7 +58,8 @@ def figures(rows: list[dict]) -> dict[str, tuple[Optional[float], Optional[float
     out: dict[str, tuple[Optional[float], Optional[float], str]] = {}
     for tokens in HEADLINE_TOKENS:
         for key, family, isa in (("amx_bf16", "cpu_matmul", "amx_bf16"), ("avx512_bf16", "cpu_matmul", "avx512_bf16"),
-                                 ("avx512_fp32", "cpu_matmul", "avx512_fp32"), ("gpu", "gpu_matmul", None)):
+                                 ("avx512_fp32", "cpu_matmul", "avx512_fp32"), ("avx2_fp32", "cpu_matmul", "avx2_fp32"),
+                                 ("gpu", "gpu_matmul", None)):
             match = dict(family=family, label=shape.label, tokens=tokens)
             if isa:
                 match["isa"] = isa
@@ -89,18 +90,21 @@ def headline_markdown(rows: list[dict]) -> str:
     shape = headline_shape()
     fig = figures(rows)
     lines = [f"GEMM throughput at {shape.label} (K = {shape.k}, N = {shape.n}), bf16 unless noted, TFLOPS:", "",
-             "| tokens | AMX bf16 | AVX-512 bf16 | AMX / AVX-512 | AVX-512 fp32 | GPU bf16 |",
-             "|---:|---:|---:|---:|---:|---:|"]
+             "| tokens | AMX bf16 | AVX-512 bf16 | AMX / AVX-512 | AVX-512 fp32 | AVX2 fp32 | GPU bf16 |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for tokens in HEADLINE_TOKENS:
         get = {k: fig[f"gemm {shape.label} {tokens} tokens {k} TFLOPS"] for k in
-               ("amx_bf16", "avx512_bf16", "avx512_fp32", "gpu")}
+               ("amx_bf16", "avx512_bf16", "avx512_fp32", "avx2_fp32", "gpu")}
         amx, avx = get["amx_bf16"][0], get["avx512_bf16"][0]
         ratio = f"{amx / avx:.2f}x" if amx and avx else "n/m"
         lines.append(f"| {tokens} | {_fmt(*get['amx_bf16'][:2])} | {_fmt(*get['avx512_bf16'][:2])} | {ratio} | "
-                     f"{_fmt(*get['avx512_fp32'][:2])} | {_fmt(*get['gpu'][:2])} |")
+                     f"{_fmt(*get['avx512_fp32'][:2])} | {_fmt(*get['avx2_fp32'][:2])} | {_fmt(*get['gpu'][:2])} |")
     reasons = []
     for key, family, isa in (("amx_bf16", "cpu_matmul", "amx_bf16"), ("avx512_bf16", "cpu_matmul", "avx512_bf16"),
-                             ("avx512_fp32", "cpu_matmul", "avx512_fp32"), ("gpu", "gpu_matmul", None)):
+                             ("avx512_fp32", "cpu_matmul", "avx512_fp32"), ("avx2_fp32", "cpu_matmul", "avx2_fp32"),
+                             ("gpu", "gpu_matmul", None)):
+        if key == "avx2_fp32" and not any(r.get("isa") == "avx2_fp32" for r in rows):
+            continue   # measured only on CPUs without AVX-512
         missing = any(fig[f"gemm {shape.label} {t} tokens {key} TFLOPS"][0] is None for t in HEADLINE_TOKENS)
         why = _why(rows, family, **({"isa": isa} if isa else {}))
         if missing:

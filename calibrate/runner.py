@@ -27,8 +27,8 @@ from calibrate.host import HostInfo, host_info, slug
 from calibrate.records import aggregate, row, write_csv
 from lia_model.errors import LiaInputError
 
-FULL_BUDGET_S = {"amx_bf16": 40.0, "avx512_bf16": 40.0, "avx512_fp32": 30.0, "gpu": 25.0}
-QUICK_BUDGET_S = {"amx_bf16": 6.0, "avx512_bf16": 6.0, "avx512_fp32": 6.0, "gpu": 6.0}
+FULL_BUDGET_S = {"amx_bf16": 40.0, "avx512_bf16": 40.0, "avx512_fp32": 30.0, "avx2_fp32": 30.0, "gpu": 25.0}
+QUICK_BUDGET_S = {"amx_bf16": 6.0, "avx512_bf16": 6.0, "avx512_fp32": 6.0, "avx2_fp32": 6.0, "gpu": 6.0}
 # Rough seconds the fixed-size families take on the reference host (used only against --time-limit-s).
 FIXED_FAMILY_S = {"host_memory": 12.0, "pcie": 15.0, "contention": 12.0}
 WRITE_RESERVE_S = 15.0
@@ -220,6 +220,9 @@ def run_once(opts: Options, host: HostInfo, threads: int, repeat: int, clock: Cl
     rows: list[dict] = []
     tag = f"repeat {repeat + 1}/{opts.repeats}"
     for isa in cpu.ISAS:
+        if isa in cpu.FALLBACK_ISAS and any(r.get("present") for i, r in state["isa_results"].items()
+                                            if i not in cpu.FALLBACK_ISAS):
+            continue
         budget = min(budgets[isa], clock.left() - 30)
         if budget < 3:
             rows += _skip_rows("cpu_matmul", f"--time-limit-s reached before {isa} ({tag})")

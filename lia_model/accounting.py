@@ -181,6 +181,39 @@ def sublayer_work(model: ModelSpec, batch: int, q: int, s: "int | np.ndarray") -
     return out
 
 
+def linear_shape(model: ModelSpec, sub: Sublayer) -> tuple[int, int]:
+    """(K, N) of a linear sublayer's GEMM, weight stored N x K: qkv (h, q_dim + 2 kv_dim), out_proj
+    (q_dim, h), fc1 (h, f x mlp_matrices: gate and up together when gated; one expert), fc2 (f, h)."""
+    h, f = model.hidden_size, model.ffn_size
+    return {
+        Sublayer.QKV: (h, model.q_dim + 2 * model.kv_dim),
+        Sublayer.OUT_PROJ: (model.q_dim, h),
+        Sublayer.FC1: (h, f * model.mlp_matrices),
+        Sublayer.FC2: (f, h),
+    }[sub]
+
+
+def attention_bytes_flops(model: ModelSpec, batch: int, q: int, s: "int | np.ndarray",
+                          kind: str) -> tuple["float | np.ndarray", "float | np.ndarray"]:
+    """Bytes moved and FLOPs of the runtime's attention kernel of ``kind``: "score" and "context" as in
+    ``sublayer_work`` (the split kernels, with the score matrix in memory), "fused" reads K, V and Q and
+    writes the context without a score matrix in memory (SDPA / a grouped matmul pair)."""
+    work = sublayer_work(model, batch, q, s)
+    score, ctx = work[Sublayer.ATTN_SCORE], work[Sublayer.ATTN_CONTEXT]
+    if kind == "score":
+        return score.kv_read_bytes + score.act_bytes, score.flops
+    if kind == "context":
+        return ctx.kv_read_bytes + ctx.act_bytes, ctx.flops
+    if kind == "fused":
+        return score.kv_read_bytes + ctx.kv_read_bytes + score.act_in_bytes + ctx.act_out_bytes, score.flops + ctx.flops
+    raise ValueError(f"unknown attention kind {kind!r}")
+
+
+def attention_rows(model: ModelSpec, batch: int, q: int) -> float:
+    """Query rows an attention kernel iterates over: batch x heads x q."""
+    return float(batch * model.num_heads * q)
+
+
 def head_flops(model: ModelSpec, batch: int) -> float:
     """LM head over the last position of each sequence: 2 * B * h * vocab."""
     return 2.0 * batch * model.hidden_size * model.vocab_size

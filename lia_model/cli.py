@@ -103,22 +103,21 @@ def predict(
     as_json: bool = JsonOpt,
 ) -> None:
     """Predict one plan (a file or a baseline); without either, every baseline."""
-    from lia_model.baselines import baseline_plans
+    from lia_model.baselines import baselines
     from lia_model.costmodel import predict as run_predict
     from lia_model.report import prediction_json, prediction_table
 
     spec, mspec, workload = load_inputs(system, model, batch, input_len, output_len, overrides)
     cost_mode = parse_mode(mode)
-    plans = baseline_plans(spec, mspec, workload)
+    peers = baselines(spec, mspec, workload)
     if plan is not None:
-        chosen = {"plan": load_plan(plan)}
+        results = {"plan": run_predict(spec, mspec, workload, load_plan(plan), cost_mode)}
     elif baseline is not None:
-        if baseline not in plans:
-            raise LiaInputError("--baseline", f"unknown baseline '{baseline}'", f"choose one of {', '.join(plans)}")
-        chosen = {baseline: plans[baseline]}
+        if baseline not in peers:
+            raise LiaInputError("--baseline", f"unknown baseline '{baseline}'", f"choose one of {', '.join(peers)}")
+        results = {baseline: peers[baseline].predict(spec, mspec, cost_mode)}
     else:
-        chosen = plans
-    results = {name: run_predict(spec, mspec, workload, p, cost_mode) for name, p in chosen.items()}
+        results = {name: b.predict(spec, mspec, cost_mode) for name, b in peers.items()}
     if as_json:
         typer.echo(json.dumps({name: prediction_json(r) for name, r in results.items()}, indent=2))
         return

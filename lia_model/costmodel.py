@@ -2,7 +2,7 @@
 
 TTFT      = N_res T_res(prefill) + K_ddr T_stream(prefill, DDR) + K_cxl T_stream(prefill, CXL) + T_head
 TPOT(t)   = N_res T_res(decode, s_t) + K_ddr T_stream(decode, s_t, DDR) + K_cxl T_stream(...CXL) + T_head,
-            s_t = L_in + t, t = 1 .. L_out-1
+            s_t = L_in + t, t = 1 .. L_out-1     (T_head on the plan's head device)
 latency   = TTFT + sum_t TPOT(t);  throughput = B L_out / latency
 with K = num_layers - N_res streamed layers, K_cxl of them with their weights in CXL (plan.weight_tier cxl:
 all; plan.cxl_weight_layers: a split) and K_ddr = K - K_cxl in DDR. The layer times come from costterms (max
@@ -31,7 +31,7 @@ from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
 from lia_model.memory import MemoryTier, TierUse, memory_use
 from lia_model.models import ModelSpec
-from lia_model.plan import Device, HostTier, Plan, check_plan_against
+from lia_model.plan import ALL_GPU, Device, HostTier, Plan, check_plan_against, head_device
 from lia_model.sublayers import SUBLAYERS, Stage
 from lia_model.workload import Workload, make_workload
 
@@ -123,7 +123,7 @@ class Prediction:
 
 
 def stage_context(workload: Workload, plan: Plan, stage: Stage, mode: CostMode,
-                  weight_tier: Optional[HostTier] = None) -> StageContext:
+                  cpu_kv_passes: float = 1.0, weight_tier: Optional[HostTier] = None) -> StageContext:
     """The stage's fixed knobs; ``weight_tier`` picks the kind of streamed layer when the plan splits its
     weights between DDR and CXL (default: the plan's weight_tier)."""
     if stage == Stage.PREFILL:
@@ -133,7 +133,7 @@ def stage_context(workload: Workload, plan: Plan, stage: Stage, mode: CostMode,
     return StageContext(batch=workload.batch, q=q, contexts=contexts, minibatches=n,
                         weight_tier=weight_tier or plan.weight_tier, kv_tier=plan.kv_tier, cpu_isa=plan.cpu_isa,
                         pinned_weights=plan.pinned_weights, overlap=plan.overlap, mode=mode,
-                        expert_fetch=plan.expert_fetch)
+                        cpu_kv_passes=cpu_kv_passes, expert_fetch=plan.expert_fetch)
 
 
 def _breakdown(stage: Stage, policy: tuple[Device, ...], terms: StageTerms, streamed: int,
@@ -145,7 +145,7 @@ def _breakdown(stage: Stage, policy: tuple[Device, ...], terms: StageTerms, stre
         nxt = policy[(i + 1) % len(SUBLAYERS)]
         on_cpu = dev == Device.CPU
         t = terms.times
-        compute = float(np.mean(t.cpu_s[i] if on_cpu else t.gpu_s[i])) * n
+        compute = float(np.mean(t.compute_s(i, policy))) * n
         mem = float(np.mean(t.cpu_memory_s[i] if on_cpu else t.gpu_memory_s[i])) * n
         compute_bound = bool(np.mean(t.cpu_compute_bound[i] if on_cpu else t.gpu_compute_bound[i]) >= 0.5)
         pcie = 0.0 if on_cpu else float(terms.weight_h2d_s[i]) + float(np.mean(terms.kv_copy_s[i])) * n
@@ -156,7 +156,7 @@ def _breakdown(stage: Stage, policy: tuple[Device, ...], terms: StageTerms, stre
         if streamed:
             rows.append(BreakdownRow(stage, streamed_label, streamed, sub.value, dev, compute, mem, pcie, bound))
         if resident:
-            rt = float(np.mean(resident_times.gpu_s[i])) * n
+            rt = float(np.mean(resident_times.compute_s(i, ALL_GPU))) * n
             rm = float(np.mean(resident_times.gpu_memory_s[i])) * n
             rb = "compute" if bool(np.mean(resident_times.gpu_compute_bound[i]) >= 0.5) else "memory"
             rows.append(BreakdownRow(stage, "resident", resident, sub.value, Device.GPU, rt, rm, 0.0, rb))
@@ -164,8 +164,13 @@ def _breakdown(stage: Stage, policy: tuple[Device, ...], terms: StageTerms, stre
 
 
 def predict(system: SystemSpec, model: ModelSpec, workload: Workload, plan: Plan,
-            mode: CostMode | str = CostMode.OVERLAP) -> Prediction:
-    """Predict TTFT, TPOT, latency, throughput, memory and a per-sublayer breakdown of one plan."""
+            mode: CostMode | str = CostMode.OVERLAP, cpu_kv_passes: float = 1.0) -> Prediction:
+    """Predict TTFT, TPOT, latency, throughput, memory and a per-sublayer breakdown of one plan.
+
+    ``cpu_kv_passes``: passes CPU attention makes over the cached K/V bytes; 1 for this project's runtime,
+    more for a peer system executing the same plan (the FlexGen baseline, lia_model.baselines)."""
+    if cpu_kv_passes < 1.0:
+        raise LiaInputError("cpu_kv_passes", f"must be at least 1, got {cpu_kv_passes:g}", "use 1 (one read of the cache)")
     mode = CostMode(mode)
     make_workload(workload.batch, workload.input_len, workload.output_len, model)  # context limit check
     check_plan_against(plan, model.num_layers, workload.batch)
@@ -182,12 +187,12 @@ def predict(system: SystemSpec, model: ModelSpec, workload: Workload, plan: Plan
     kinds = [(tier, count) for tier, count in ((HostTier.DDR, streamed - in_cxl), (HostTier.CXL, in_cxl)) if count]
     if plan.cxl_weight_layers:
         system.tier(HostTier.CXL)  # a clear error when the system has no CXL
-    head = head_time_s(system, model, workload.batch)
+    head = head_time_s(system, model, workload.batch, head_device(plan), plan.cpu_isa)
     stages: dict[Stage, StageReport] = {}
     rows: list[BreakdownRow] = []
     totals: dict[Stage, np.ndarray] = {}
     for stage, policy in ((Stage.PREFILL, plan.prefill_policy), (Stage.DECODE, plan.decode_policy)):
-        ctx = stage_context(workload, plan, stage, mode)
+        ctx = stage_context(workload, plan, stage, mode, cpu_kv_passes)
         if not ctx.contexts:
             totals[stage] = np.zeros(0)
             stages[stage] = StageReport(stage, np.zeros(0), np.zeros(0), head, (), {})
@@ -197,7 +202,8 @@ def predict(system: SystemSpec, model: ModelSpec, workload: Workload, plan: Plan
         streamed_total = np.zeros(len(ctx.contexts))
         report: Optional[tuple] = None
         for tier, count in kinds or [(plan.weight_tier, 0)]:
-            terms = streamed_layer_terms(system, model, stage_context(workload, plan, stage, mode, tier))
+            terms = streamed_layer_terms(system, model, stage_context(workload, plan, stage, mode, cpu_kv_passes,
+                                                                      weight_tier=tier))
             layer_s = terms.layer_time(feats)
             streamed_total = streamed_total + count * layer_s
             if report is None or count > report[0]:   # the busier kind speaks for the stage's bound

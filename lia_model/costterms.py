@@ -35,15 +35,18 @@ Terms for a streamed (non-resident) layer, prefill in n equal chunks (decode: n 
                                                   CPU attention reads it, but it occupies the link)
     T >= ddr_bytes / ddr_bw,  T >= cxl_bytes / cxl_bw     CPU reads and DMA share host memory
     (without overlap or pinning, W is added to the schedule: the copy does not run beside compute)
+    with kernel tables, T >= n cpu_c + (1 - 1/s) W   CPU work beside the weight DMA (calibrated slowdown s)
   additive mode (a serial sum of our terms):
     T  = n (cpu_c + gpu_c + h2dx_c + d2h_c) + W
   paper mode: the LIA authors' released model term for term (lia_model.paper), with the profile's numbers.
 A resident layer runs all-GPU with its weights and KV in HBM: T = n sum_i gpu_i (overlap and additive).
 
 Attention reads its KV cache kv_pass_factor times (a property of the device's kernel in the profile: 1 is
-one pass, the paper's model uses 3.5, a calibrated profile measures it). MoE experts of GPU sublayers are
-either all prefetched with the layer's weights, or (ExpertFetch.ROUTED) only the routed ones, fetched on
-the chain once the router has run.
+one pass, the paper's model uses 3.5, a calibrated profile measures it); CPU attention that of a peer which
+converts the cache first, ``cpu_kv_passes`` times more (StageContext; 1 for this project's runtime, see
+lia_model.flexgen). MoE experts of GPU sublayers are either all prefetched with the layer's weights, or
+(ExpertFetch.ROUTED) only the routed ones, fetched on the chain once the router has run. The LM head
+(``head_time_s``) runs on the device the plan's embeddings live on.
 """
 
 from __future__ import annotations
@@ -54,12 +57,20 @@ from typing import Optional
 
 import numpy as np
 
-from lia_model.accounting import SublayerWork, head_flops, mlp_params, sublayer_work
-from lia_model.hardware import SystemSpec, interpolate_efficiency
+from lia_model.accounting import (
+    SublayerWork,
+    attention_bytes_flops,
+    attention_rows,
+    head_flops,
+    linear_shape,
+    mlp_params,
+    sublayer_work,
+)
+from lia_model.hardware import SystemSpec, interpolate_efficiency, table_seconds
 from lia_model.models import ModelSpec
 from lia_model.plan import CpuIsa, Device, ExpertFetch, HostTier, policy_from_index
 from lia_model.schedule import ChunkDurations, simulate_all
-from lia_model.sublayers import ATTENTION_SUBLAYERS, NUM_SUBLAYERS, SUBLAYERS
+from lia_model.sublayers import ATTENTION_SUBLAYERS, NUM_SUBLAYERS, SUBLAYERS, Sublayer
 from lia_model.units import BF16_BYTES, BYTES_PER_S_PER_GBPS, FLOPS_PER_TFLOPS, S_PER_US
 
 NUM_POLICIES = 2**NUM_SUBLAYERS
@@ -173,11 +184,20 @@ class StageContext:
     overlap: bool
     mode: CostMode
     expert_fetch: ExpertFetch = ExpertFetch.ALL
+    # Passes a CPU attention makes over the cached K/V bytes relative to this project's kernel (1: our runtime,
+    # whose kernel's own passes are the profile's kv_pass_factor). A peer that converts the cache first reads
+    # and writes it more often (lia_model.flexgen.FLEXGEN_CPU_KV_PASSES).
+    cpu_kv_passes: float = 1.0
 
 
 @dataclass
 class SublayerTimes:
-    """Per-sublayer times of one chunk on each device, arrays over steps."""
+    """Per-sublayer times of one chunk on each device, arrays over steps.
+
+    With calibrated kernel tables, attn_score and attn_context on one device run as one fused kernel:
+    ``*_fused_delta_s`` is (fused time - split score time - split context time) on that device, charged
+    when both sit there: on the CPU by p_score AND p_context = p_score - h2d[score], on the GPU by
+    NOT p_score AND NOT p_context = (1 - p_score) - d2h[score] (zero without tables)."""
 
     cpu_s: np.ndarray              # [6, S] incl. op overhead
     gpu_s: np.ndarray              # [6, S] weights in HBM
@@ -185,6 +205,31 @@ class SublayerTimes:
     gpu_compute_bound: np.ndarray
     cpu_memory_s: np.ndarray       # [6, S] memory part of the CPU time
     gpu_memory_s: np.ndarray
+    cpu_fused_delta_s: np.ndarray = None  # [S]
+    gpu_fused_delta_s: np.ndarray = None  # [S]
+    fused_attention: bool = False         # kernel tables: score + context on one device run as one kernel
+
+    def __post_init__(self) -> None:
+        steps = self.cpu_s.shape[1]
+        if self.cpu_fused_delta_s is None:
+            self.cpu_fused_delta_s = np.zeros(steps)
+        if self.gpu_fused_delta_s is None:
+            self.gpu_fused_delta_s = np.zeros(steps)
+
+    def compute_s(self, i: int, policy: tuple) -> np.ndarray:
+        """Sublayer i's time under ``policy`` as the runtime records it: with fused attention, attn_score
+        takes no time of its own and attn_context the whole fused kernel when both sit on one device."""
+        cpu = policy[i] == Device.CPU
+        base = self.cpu_s if cpu else self.gpu_s
+        if not self.fused_attention or i not in (_SCORE, _CTX) or policy[_SCORE] != policy[_CTX]:
+            return base[i]
+        if i == _SCORE:
+            return np.zeros_like(base[i])
+        return base[_SCORE] + base[_CTX] + (self.cpu_fused_delta_s if cpu else self.gpu_fused_delta_s)
+
+    def all_gpu_s(self) -> np.ndarray:
+        """One chunk with every sublayer on the GPU (fused attention included)."""
+        return self.gpu_s.sum(axis=0) + self.gpu_fused_delta_s
 
 
 @dataclass
@@ -237,11 +282,12 @@ def _cpu_rate(system: SystemSpec, isa: CpuIsa, tokens: float, attention: bool) -
     return system.cpu.cores * spec.per_core_tflops * FLOPS_PER_TFLOPS * interpolate_efficiency(table, tokens)
 
 
-def cpu_kv_pass_factor(system: SystemSpec, isa: CpuIsa) -> float:
-    """Passes the CPU attention kernel of ``isa`` makes over the KV cache (1 where the ISA is absent: the
-    rate lookup reports that)."""
-    spec = system.cpu.isa.get(isa)
-    return spec.kv_pass_factor if spec is not None else 1.0
+def cpu_kv_passes(system: SystemSpec, ctx: StageContext) -> float:
+    """Passes CPU attention makes over the KV cache it reads: the peer's ``ctx.cpu_kv_passes`` (1 for this
+    project's runtime) x the kv_pass_factor of the plan's ISA's kernel (1 where the ISA is absent: the rate
+    lookup reports that)."""
+    spec = system.cpu.isa.get(ctx.cpu_isa)
+    return ctx.cpu_kv_passes * (spec.kv_pass_factor if spec is not None else 1.0)
 
 
 def _gpu_rate(system: SystemSpec, tokens: float, attention: bool) -> float:
@@ -250,8 +296,10 @@ def _gpu_rate(system: SystemSpec, tokens: float, attention: bool) -> float:
 
 
 def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chunk_batch: int) -> SublayerTimes:
-    """Roofline time of each sublayer for one chunk: max(sum over its products of FLOPs / rate(rows),
-    bytes / bandwidth) + overhead. Attention reads its KV cache kv_pass_factor times (the device's kernel)."""
+    """Time of each sublayer for one chunk. With calibrated kernel tables (``system.kernels``): the measured
+    time of the runtime's own sublayer function at that shape (linears) or the attention fit; otherwise the
+    roofline max(sum over its products of FLOPs / rate(rows), bytes / bandwidth) + overhead, where attention
+    reads its KV cache cpu_kv_passes x the kernel's kv_pass_factor times (see the module docstring)."""
     contexts = np.asarray(ctx.contexts, dtype=float)
     steps = len(contexts)
     work = sublayer_work(model, chunk_batch, ctx.q, contexts)
@@ -262,7 +310,7 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
     cpu_bw_kv = _bw(min(system.cpu.memory_read_gbps, kv_tier.read_gbps))
     cpu_bw_act = _bw(min(system.cpu.memory_read_gbps, ddr.read_gbps))
     hbm = _bw(system.gpu.hbm_gbps)
-    cpu_kv_pass = cpu_kv_pass_factor(system, ctx.cpu_isa)
+    cpu_kv_pass = cpu_kv_passes(system, ctx)
     out = {k: np.zeros((NUM_SUBLAYERS, steps)) for k in ("cpu", "gpu", "cpu_mem", "gpu_mem")}
     cpu_cb = np.zeros((NUM_SUBLAYERS, steps), dtype=bool)
     gpu_cb = np.zeros((NUM_SUBLAYERS, steps), dtype=bool)
@@ -283,7 +331,65 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
         out["gpu"][i] = np.maximum(gpu_flop_s, gpu_mem) + system.gpu.op_overhead_us * S_PER_US
         out["cpu_mem"][i], out["gpu_mem"][i] = cpu_mem, gpu_mem
         cpu_cb[i], gpu_cb[i] = cpu_flop_s >= cpu_mem, gpu_flop_s >= gpu_mem
-    return SublayerTimes(out["cpu"], out["gpu"], cpu_cb, gpu_cb, out["cpu_mem"], out["gpu_mem"])
+    times = SublayerTimes(out["cpu"], out["gpu"], cpu_cb, gpu_cb, out["cpu_mem"], out["gpu_mem"])
+    if system.kernels is not None:
+        _apply_kernel_tables(system, model, ctx, chunk_batch, work, times, cpu_bw_w, cpu_bw_kv)
+    return times
+
+
+def _apply_kernel_tables(system: SystemSpec, model: ModelSpec, ctx: StageContext, chunk_batch: int,
+                         work: dict, times: SublayerTimes, cpu_bw_w: float, cpu_bw_kv: float) -> None:
+    """Replace roofline times by the calibrated times of the runtime's kernels where the tables cover them.
+
+    Linear sublayer at (K, N) with a table: t(tokens) interpolated (``table_seconds``); on the CPU at least the
+    weight bytes over the weight tier's bandwidth (the table was measured from DDR; a CXL tier can be slower).
+    GPU sublayer: max(device time, dispatch time): launches overlap the GPU's execution, so the host's
+    launch cost bounds a sublayer only when it is the longer of the two. Attention: the fits of the split
+    kernels for attn_score / attn_context, and the fused kernel's fit through the fused delta."""
+    tables = system.kernels
+    contexts = np.asarray(ctx.contexts, dtype=float)
+    dispatch_s = tables.gpu_dispatch_us * S_PER_US
+    use_cpu = tables.cpu_isa == ctx.cpu_isa
+    for i, sub in enumerate(SUBLAYERS):
+        if sub in ATTENTION_SUBLAYERS or model.is_moe:
+            continue
+        w = work[sub]
+        k, n = linear_shape(model, sub)
+        t_gpu = tables.linear("gpu", sub.value, k, n)
+        if t_gpu is not None:
+            times.gpu_s[i] = max(table_seconds(t_gpu, w.tokens), dispatch_s)
+            times.gpu_compute_bound[i] = w.tokens >= 256
+        t_cpu = tables.linear("cpu", sub.value, k, n) if use_cpu else None
+        if t_cpu is not None:
+            times.cpu_s[i] = max(table_seconds(t_cpu, w.tokens), w.weight_bytes_read / cpu_bw_w)
+            times.cpu_compute_bound[i] = w.tokens >= 256
+    phase = "decode" if ctx.q == 1 else "prefill"
+    kinds = {"score": SUBLAYERS.index(Sublayer.ATTN_SCORE), "context": SUBLAYERS.index(Sublayer.ATTN_CONTEXT)}
+    for device, arr, delta_name, enabled in (("cpu", times.cpu_s, "cpu_fused_delta_s", use_cpu),
+                                             ("gpu", times.gpu_s, "gpu_fused_delta_s", True)):
+        layout = "gqa" if model.num_heads != model.num_kv_heads else "mha"
+        fits = {kind: tables.attention(device, kind, phase, layout) for kind in ("score", "context", "fused")}
+        if not enabled or any(f is None for f in fits.values()):
+            continue
+        split = {}
+        for kind, i in kinds.items():
+            nbytes, flops = attention_bytes_flops(model, chunk_batch, ctx.q, contexts, kind)
+            split[kind] = fits[kind].seconds(nbytes, flops, attention_rows(model, chunk_batch, ctx.q))
+            if device == "cpu":   # KV in a slower tier than DDR: at least the KV bytes over that tier
+                kv = work[SUBLAYERS[i]].kv_read_bytes
+                split[kind] = np.maximum(split[kind], kv / cpu_bw_kv)
+            else:
+                split[kind] = np.maximum(split[kind], dispatch_s)
+            arr[i] = split[kind]
+        nbytes, flops = attention_bytes_flops(model, chunk_batch, ctx.q, contexts, "fused")
+        fused = fits["fused"].seconds(nbytes, flops, attention_rows(model, chunk_batch, ctx.q))
+        if device == "cpu":
+            kv = work[Sublayer.ATTN_SCORE].kv_read_bytes + work[Sublayer.ATTN_CONTEXT].kv_read_bytes
+            fused = np.maximum(fused, kv / cpu_bw_kv)
+        else:
+            fused = np.maximum(fused, dispatch_s)
+        setattr(times, delta_name, fused - split["score"] - split["context"])
+        times.fused_attention = True
 
 
 def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext) -> StageTerms:
@@ -348,6 +454,10 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         h2dx_c.add_feature(H2D[i], cross_h2d_s[i])
         h2dx_c.add_not_cpu(i, expert_h2d_s[i])          # (1 - p_i) * routed experts fetched on demand
         d2h_c.add_feature(D2H[i], cross_d2h_s[i])
+    # Fused attention (kernel tables): both on the CPU = p_score - h2d[score]; both on the GPU =
+    # (1 - p_score) - d2h[score].
+    cpu_c.add_feature(CPU[_SCORE], times.cpu_fused_delta_s).add_feature(H2D[_SCORE], -times.cpu_fused_delta_s)
+    gpu_c.add_not_cpu(_SCORE, times.gpu_fused_delta_s).add_feature(D2H[_SCORE], -times.gpu_fused_delta_s)
     h2dx_c.add_not_cpu(_SCORE, k_cached_s)          # (1 - p_score) * cached K
     h2dx_c.add_not_cpu(_CTX, k_cached_s)            # (1 - p_context) * cached V (same size as K)
     h2dx_c.add_feature(QKV_CPU_CTX_GPU, v_new_s)    # p_qkv (1 - p_context) * new V
@@ -359,7 +469,7 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
             weights.add_not_cpu(i, weight_h2d_s[i])
 
     # Host-memory traffic (bytes), per layer: CPU reads per chunk, weight DMA once, copies per chunk.
-    cpu_kv_pass = cpu_kv_pass_factor(system, ctx.cpu_isa)
+    cpu_kv_pass = cpu_kv_passes(system, ctx)
     tier_bytes = {HostTier.DDR: Affine.zero(steps), HostTier.CXL: Affine.zero(steps)}
     for i, sub in enumerate(SUBLAYERS):
         w = work[sub]
@@ -393,6 +503,14 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         # every operation of every chunk in series, the weight copy included
         terms["serial"] = (Resource.CHAIN, (cpu_c + gpu_c + h2dx_c + d2h_c).scaled(n) + weights)
     else:
+        serial_weights = not (ctx.overlap and ctx.pinned_weights)
+        if system.kernels is not None and not serial_weights:
+            # CPU work beside the weight DMA (calibrated slowdown s of a CPU linear while pinned H2D runs): the
+            # DMA keeps its rate, so during its W seconds the CPU moves 1/s of its solo bytes per second, and
+            # its work ends no sooner than  n cpu_c + (1 - 1/s) W  (exact for two rates; when the CPU finishes
+            # inside the DMA window the h2d term below, T >= W, is the larger).
+            kappa = 1.0 - 1.0 / system.kernels.cpu_slowdown_beside_dma
+            terms["cpu_dma"] = (Resource.CPU, cpu_c.scaled(n) + weights.scaled(kappa))
         terms["h2d"] = (Resource.PCIE_H2D, resources[Resource.PCIE_H2D])
         terms["d2h"] = (Resource.PCIE_D2H, resources[Resource.PCIE_D2H])
         terms["ddr"] = (Resource.DDR, ddr_s)
@@ -403,8 +521,8 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         # operations; where even that sum is within the other terms, the vector is not simulated and the
         # table holds the sum (the layer time, the max of the terms, is the same either way).
         durations = ChunkDurations(times.cpu_s, times.gpu_s, cross_h2d_s, cross_d2h_s, k_cached_s, k_cached_s,
-                                   v_new_s, kv_write_s, expert_h2d_s)
-        serial_weights = not (ctx.overlap and ctx.pinned_weights)
+                                   v_new_s, kv_write_s, expert_h2d_s, times.cpu_fused_delta_s,
+                                   times.gpu_fused_delta_s, times.fused_attention)
         start = weights.evaluate(ALL_POLICY_FEATURES) if serial_weights else np.zeros((NUM_POLICIES, steps))
         schedule_s = start + (cpu_c + gpu_c + h2dx_c + d2h_c).scaled(n).evaluate(ALL_POLICY_FEATURES)
         others = np.stack([form.evaluate(ALL_POLICY_FEATURES) for _, form in terms.values()]).max(axis=0)
@@ -428,13 +546,22 @@ def resident_layer_time(system: SystemSpec, model: ModelSpec, ctx: StageContext)
         return paper_resident_layer_s(system, model, ctx)
     n = ctx.minibatches
     times = sublayer_times(system, model, ctx, ctx.batch // n)
-    return n * times.gpu_s.sum(axis=0), times
+    return n * times.all_gpu_s(), times
 
 
-def head_time_s(system: SystemSpec, model: ModelSpec, batch: int) -> float:
-    """LM head on the GPU (weights resident) for the last position of each sequence."""
+def head_time_s(system: SystemSpec, model: ModelSpec, batch: int, device: Device = Device.GPU,
+                cpu_isa: CpuIsa | None = None) -> float:
+    """LM head for the last position of each sequence, on the device holding the embeddings (the plan's
+    ``head_device``): max(FLOPs / rate(B), weight bytes / bandwidth) + launch overhead, with the weights in
+    HBM on the GPU, or in DDR read at min(CPU read, DDR read) with the plan's ISA on the CPU. The last
+    hidden state (B h bf16) that may cross PCIe to reach it is not charged (under 0.1 ms at B = 1024)."""
     flops = head_flops(model, batch)
     weight_bytes = 2.0 * model.vocab_size * model.hidden_size
+    if device == Device.CPU:
+        isa = cpu_isa if cpu_isa is not None else system.cpu.best_isa()
+        compute = flops / _cpu_rate(system, isa, batch, attention=False)
+        memory = weight_bytes / _bw(min(system.cpu.memory_read_gbps, system.ddr.read_gbps))
+        return max(compute, memory) + system.cpu.op_overhead_us * S_PER_US
     compute = flops / _gpu_rate(system, batch, attention=False)
     memory = weight_bytes / _bw(system.gpu.hbm_gbps)
     return max(compute, memory) + system.gpu.op_overhead_us * S_PER_US

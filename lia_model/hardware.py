@@ -199,6 +199,92 @@ class Provenance(_Spec):
     notes: list[str] = Field(default_factory=list)
 
 
+class LinearTable(_Spec):
+    """Measured time of the runtime's own sublayer function (norm, GEMM, bias, activation, residual and
+    RoPE as the runtime runs them) at one weight shape, over token counts (rows b x q)."""
+
+    sublayer: str = Field(description="qkv, out_proj, fc1 or fc2.")
+    k: int = Field(ge=1, description="Input features (GEMM K).")
+    n: int = Field(ge=1, description="Output features (GEMM N).")
+    model: str = Field("", description="Catalog model the shape was measured for (a label).")
+    tokens: list[int] = Field(description="Token counts, strictly increasing.")
+    seconds: list[float] = Field(description="Median time per call at each token count.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LinearTable":
+        if not self.tokens or len(self.tokens) != len(self.seconds):
+            raise ValueError(f"{self.sublayer} ({self.k}x{self.n}): tokens and seconds need the same, non-zero length")
+        if self.tokens != sorted(set(self.tokens)) or self.tokens[0] < 1:
+            raise ValueError(f"{self.sublayer} ({self.k}x{self.n}): tokens must be strictly increasing from >= 1")
+        if any(not (s > 0 and math.isfinite(s)) for s in self.seconds):
+            raise ValueError(f"{self.sublayer} ({self.k}x{self.n}): seconds must be positive and finite")
+        return self
+
+
+class AttentionFit(_Spec):
+    """Time of the runtime's attention kernel of one kind in one phase, fitted on a calibration grid as
+    t = overhead_s + s_per_byte x bytes + s_per_flop x FLOPs + s_per_row x rows (non-negative least squares),
+    rows = batch x heads x q query rows (the kernels' parallel loop runs once per row: a fixed cost each)."""
+
+    kind: Literal["fused", "score", "context"] = Field(description="fused: score and context in one kernel.")
+    phase: Literal["decode", "prefill"] = Field(description="decode: one new token (q = 1); prefill: q = s.")
+    heads: Literal["mha", "gqa", "any"] = Field("any", description="mha: one query head per KV head (G = 1); gqa: "
+                                                "G > 1 (decode runs a different kernel: a grouped matmul pair).")
+    overhead_s: float = Field(ge=0)
+    s_per_byte: float = Field(ge=0)
+    s_per_flop: float = Field(ge=0)
+    s_per_row: float = Field(0.0, ge=0)
+    fit_median_rel_err: float = Field(ge=0, description="Median |relative error| of the fit on its grid.")
+    fit_max_rel_err: float = Field(ge=0)
+    points: int = Field(ge=1, description="Grid points the fit used.")
+
+    def seconds(self, nbytes: float, flops: float, rows: float) -> float:
+        return self.overhead_s + self.s_per_byte * nbytes + self.s_per_flop * flops + self.s_per_row * rows
+
+
+class KernelTables(Sourced):
+    """Calibrated times of the runtime's own kernels (calibrate/kernel_tables.py). When a system has them,
+    the cost model reads a sublayer's time from them instead of the roofline with efficiency curves."""
+
+    cpu_isa: CpuIsa = Field(description="The CPU ISA the CPU tables were measured with (the runtime's default path).")
+    setup: str = Field("", description="Threads, binding and allocator the kernels ran under (runtime/cpu_setup.py).")
+    cpu_linear: list[LinearTable] = Field(default_factory=list)
+    gpu_linear: list[LinearTable] = Field(default_factory=list)
+    cpu_attention: list[AttentionFit] = Field(default_factory=list)
+    gpu_attention: list[AttentionFit] = Field(default_factory=list)
+    gpu_dispatch_us: float = Field(ge=0, description="Host time to launch one GPU sublayer (the floor of its time).")
+    cpu_slowdown_beside_dma: float = Field(ge=1.0, description="CPU linear time while pinned H2D weight DMA runs, "
+                                           "over its time alone (DDR shared by the cores and the copy engine).")
+
+    def linear(self, device: str, sublayer: str, k: int, n: int) -> Optional[LinearTable]:
+        for t in (self.cpu_linear if device == "cpu" else self.gpu_linear):
+            if t.sublayer == sublayer and t.k == k and t.n == n:
+                return t
+        return None
+
+    def attention(self, device: str, kind: str, phase: str, heads: str = "any") -> Optional[AttentionFit]:
+        """The fit for (kind, phase) and head layout; a fit for "any" layout serves both."""
+        fits = [f for f in (self.cpu_attention if device == "cpu" else self.gpu_attention)
+                if f.kind == kind and f.phase == phase]
+        return next((f for f in fits if f.heads == heads), None) or next((f for f in fits if f.heads == "any"), None)
+
+
+def table_seconds(table: LinearTable, tokens: float) -> float:
+    """Time at ``tokens``: linear in log(time) over log(tokens) between measured points; below the first
+    point its time (a GEMV does not get faster with fewer rows); past the last point proportional to the
+    tokens (the largest products are compute-bound)."""
+    ts, ss = table.tokens, table.seconds
+    if tokens <= ts[0]:
+        return ss[0]
+    if tokens >= ts[-1]:
+        return ss[-1] * tokens / ts[-1]
+    for (t0, s0), (t1, s1) in zip(zip(ts, ss), zip(ts[1:], ss[1:])):
+        if tokens <= t1:
+            w = (math.log(tokens) - math.log(t0)) / (math.log(t1) - math.log(t0))
+            return math.exp(math.log(s0) + w * (math.log(s1) - math.log(s0)))
+    return ss[-1]  # unreachable
+
+
 class SystemSpec(Sourced):
     """A composed system: one CPU, one GPU, one link, DDR and optionally CXL."""
 
@@ -215,6 +301,7 @@ class SystemSpec(Sourced):
         ge=0, lt=1, description="Fraction of each tier left free as headroom.", examples=[0.05]
     )
     provenance: Optional[Provenance] = None
+    kernels: Optional[KernelTables] = Field(None, description="Calibrated times of the runtime's own kernels.")
 
     @model_validator(mode="after")
     def _tiers_match(self) -> "SystemSpec":

@@ -3,12 +3,16 @@
 With K = num_layers - N_res streamed layers, sigma = [K > 0], g_i = 1 when sublayer i runs on the GPU in
 prefill or decode, and a = 1 when any attention sublayer runs on the GPU:
 
-  HBM  = embeddings + N_res (W_layer + KV_layer) + sigma 2 sum_i g_i W_i + sigma a KV_layer + workspace_gpu(n)
-  DDR  = (K - K_cxl) W_layer + K KV_layer [KV in DDR] + workspace_host(n)
+  HBM  = e embeddings + N_res (W_layer + KV_layer) + sigma 2 sum_i g_i W_i + sigma a KV_layer + u workspace_gpu(n)
+  DDR  = (1 - e) embeddings + (K - K_cxl) W_layer + K KV_layer [KV in DDR] + workspace_host(n)
   CXL  = K_cxl W_layer + K KV_layer [KV in CXL]
 
-K_cxl: streamed layers whose weights are in CXL (all K with weight_tier cxl, plan.cxl_weight_layers with a
-split, else 0). W_i: stored weights of sublayer i; W_layer = sum_i W_i; KV_layer = K and V of B * (L_in + L_out) tokens.
+e = 1 when the embeddings and LM head live on the GPU (lia_model.plan.head_device), u = 1 when the plan uses
+the GPU at all (a GPU sublayer, a resident layer or the head there): a plan with everything on the CPU uses
+no HBM. K_cxl: streamed layers whose weights are in CXL (all K with weight_tier cxl, plan.cxl_weight_layers
+with a split, else 0).
+
+W_i: stored weights of sublayer i; W_layer = sum_i W_i; KV_layer = K and V of B * (L_in + L_out) tokens.
 The 2 sum_i g_i W_i term is the pair of alternating streaming buffers; sigma a KV_layer stages one streamed
 layer's KV on the GPU for GPU attention. The workspace is the prefill hidden state of the whole batch
 (input and output, 2 B L_in h) plus the largest sublayer's input and output for one chunk.
@@ -29,7 +33,7 @@ from lia_model.accounting import (
 )
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
-from lia_model.plan import Device, HostTier, Plan
+from lia_model.plan import Device, HostTier, Plan, head_device
 from lia_model.sublayers import ATTENTION_SUBLAYERS, SUBLAYERS
 from lia_model.units import BF16_BYTES, BYTES_PER_GB, BYTES_PER_GIB
 from lia_model.workload import Workload
@@ -140,15 +144,19 @@ def memory_use(system: SystemSpec, model: ModelSpec, workload: Workload, plan: P
     streamed = model.num_layers - resident
     sigma = 1.0 if streamed > 0 else 0.0
     buffers = 2.0 * sum(w for w, g in zip(c.sublayer_weight_bytes, gpu_buffer_flags(plan)) if g)
+    head_on_gpu = head_device(plan) == Device.GPU
+    uses_gpu = head_on_gpu or resident > 0 or any(gpu_buffer_flags(plan))
     hbm = {
-        "embeddings_and_head": c.embedding_bytes,
+        "embeddings_and_head": c.embedding_bytes if head_on_gpu else 0.0,
         "resident_weights": resident * c.layer_weight_bytes,
         "resident_kv": resident * c.kv_layer_bytes,
         "streaming_buffers": sigma * buffers,
         "kv_staging": sigma * (c.kv_layer_bytes if attention_on_gpu(plan) else 0.0),
-        "workspace": c.gpu_workspace_bytes,
+        "workspace": c.gpu_workspace_bytes if uses_gpu else 0.0,
     }
     host: dict[HostTier, dict[str, float]] = {HostTier.DDR: {}, HostTier.CXL: {}}
+    if not head_on_gpu:
+        host[HostTier.DDR]["embeddings_and_head"] = c.embedding_bytes
     in_cxl = plan.cxl_weight_layer_count(streamed)
     host[HostTier.DDR]["streamed_weights"] = (streamed - in_cxl) * c.layer_weight_bytes
     if in_cxl:

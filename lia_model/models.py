@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lia_model.errors import LiaInputError
+
+
+class RopeScaling(BaseModel):
+    """RoPE frequency scaling of a checkpoint (Hugging Face ``rope_scaling`` / ``rope_parameters``).
+
+    ``linear``: every inverse frequency divided by ``factor``. ``llama3`` (Llama-3.1): wavelengths longer than
+    original_max_position_embeddings / low_freq_factor are divided by ``factor``, shorter than
+    original_max_position_embeddings / high_freq_factor kept, and those between interpolated
+    (runtime/rope.py has the formula).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rope_type: Literal["linear", "llama3"]
+    factor: float = Field(gt=0)
+    low_freq_factor: float = Field(1.0, gt=0)
+    high_freq_factor: float = Field(4.0, gt=0)
+    original_max_position_embeddings: int = Field(8192, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RopeScaling":
+        if self.rope_type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError(f"rope_scaling.high_freq_factor ({self.high_freq_factor}) must exceed "
+                             f"low_freq_factor ({self.low_freq_factor})")
+        return self
 
 
 class ModelSpec(BaseModel):
@@ -32,6 +57,10 @@ class ModelSpec(BaseModel):
     linear_bias: bool = Field(True, description="Linear layers carry bias vectors.")
     learned_positions: int = Field(0, ge=0, description="Rows of a learned position embedding (OPT).")
     tied_embeddings: bool = Field(True, description="The LM head shares the token embedding.")
+    # Numerics only (the runtime's math; no cost term depends on them).
+    norm_eps: float = Field(1e-5, gt=0, description="Epsilon of every LayerNorm / RMSNorm.")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base of models with rotary positions.")
+    rope_scaling: Optional[RopeScaling] = Field(None, description="RoPE frequency scaling (e.g. Llama-3.1's).")
     source: str = Field("", description="Where the shapes come from.")
 
     @model_validator(mode="after")
@@ -78,13 +107,16 @@ CATALOG: dict[str, ModelSpec] = {
                   linear_bias=False, tied_embeddings=False, source="meta-llama/Llama-2-70b-hf config.json"),
         ModelSpec(name="llama-3.1-70b", num_layers=80, hidden_size=8192, ffn_size=28672, num_heads=64,
                   num_kv_heads=8, head_dim=128, vocab_size=128256, max_context=131072, gated_mlp=True,
-                  linear_bias=False, tied_embeddings=False, source="meta-llama/Llama-3.1-70B config.json"),
+                  linear_bias=False, tied_embeddings=False, rope_theta=500000.0,
+                  rope_scaling=RopeScaling(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                           original_max_position_embeddings=8192),
+                  source="meta-llama/Llama-3.1-70B config.json"),
         ModelSpec(name="bloom-176b", num_layers=70, hidden_size=14336, ffn_size=57344, num_heads=112,
                   num_kv_heads=112, head_dim=128, vocab_size=250880, max_context=2048,
                   source="bigscience/bloom config.json (ALiBi; 2048 training length)"),
         ModelSpec(name="mixtral-8x7b", num_layers=32, hidden_size=4096, ffn_size=14336, num_heads=32,
                   num_kv_heads=8, head_dim=128, vocab_size=32000, max_context=32768, gated_mlp=True,
-                  num_experts=8, experts_per_token=2, linear_bias=False, tied_embeddings=False,
+                  num_experts=8, experts_per_token=2, linear_bias=False, tied_embeddings=False, rope_theta=1e6,
                   source="mistralai/Mixtral-8x7B-v0.1 config.json"),
     ]
 }

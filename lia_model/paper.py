@@ -33,7 +33,7 @@ import numpy as np
 from lia_model.accounting import sublayer_work
 from lia_model.costterms import (
     CPU, D2H, H2D, OUT_XOR_FC2, QKV_GPU_CTX_CPU, QKV_XOR_OUT, Affine, Resource, StageContext, StageTerms,
-    SublayerTimes, _bw, _cpu_rate, _gpu_rate, cpu_kv_pass_factor,
+    SublayerTimes, _bw, _cpu_rate, _gpu_rate, cpu_kv_passes,
 )
 from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
@@ -61,7 +61,7 @@ def paper_sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext
     for i in (_SCORE, _CTX):
         cpu_bw[i] = _bw(min(system.cpu.memory_read_gbps, system.tier(ctx.kv_tier).read_gbps))
     hbm = _bw(system.gpu.hbm_gbps)
-    kappa_cpu, kappa_gpu = cpu_kv_pass_factor(system, ctx.cpu_isa), system.gpu.kv_pass_factor
+    kappa_cpu, kappa_gpu = cpu_kv_passes(system, ctx), system.gpu.kv_pass_factor
     out = {k: np.zeros((NUM_SUBLAYERS, steps)) for k in ("cpu", "gpu", "cpu_mem", "gpu_mem")}
     cpu_cb = np.zeros((NUM_SUBLAYERS, steps), dtype=bool)
     gpu_cb = np.zeros((NUM_SUBLAYERS, steps), dtype=bool)

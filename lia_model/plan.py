@@ -9,7 +9,7 @@ round-trips through JSON (``Plan.model_validate_json(plan.model_dump_json()) == 
 from __future__ import annotations
 
 from enum import Enum, IntEnum
-from typing import Annotated
+from typing import Annotated, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
@@ -44,6 +44,7 @@ class CpuIsa(str, Enum):
     AMX_BF16 = "amx_bf16"
     AVX512_BF16 = "avx512_bf16"
     AVX512_FP32 = "avx512_fp32"
+    AVX2_FP32 = "avx2_fp32"      # x86 CPUs without AVX-512: fp32 on MKL's / oneDNN's AVX2 (or generic) path
     SVE2_BF16 = "sve2_bf16"
 
 
@@ -138,6 +139,9 @@ class Plan(BaseModel):
     pinned_weights: bool = Field(True, description="Page-locked host weights: H2D copies are async DMA.")
     overlap: bool = Field(True, description="Prefetch the next layer's weights into a second GPU buffer.")
     cpu_isa: CpuIsa = Field(CpuIsa.AMX_BF16, description="Matrix ISA of the CPU sublayers.")
+    head_device: Optional[Device] = Field(
+        None, description="Where the embeddings and the LM head live and run (1 = CPU, 0 = GPU); None: the CPU "
+                          "when the plan runs nothing on the GPU (all-CPU policies, no resident layer), else the GPU.")
     label: str = Field("", description="Free-text name (e.g. the baseline it reproduces); not a knob.")
 
     def describe(self) -> str:
@@ -149,7 +153,8 @@ class Plan(BaseModel):
                 f"GPU-resident layers {self.gpu_resident_layers}, prefill minibatches {self.prefill_minibatches}, "
                 f"weights in {self._weights_where()}, KV in {self.kv_tier.value.upper()}, "
                 f"{'' if self.expert_fetch == ExpertFetch.ALL else 'routed experts fetched on demand, '}"
-                f"pinned={self.pinned_weights}, overlap={self.overlap}, CPU ISA {self.cpu_isa.value}",
+                f"pinned={self.pinned_weights}, overlap={self.overlap}, CPU ISA {self.cpu_isa.value}, "
+                f"embeddings and LM head on the {head_device(self).name}",
             ]
         )
 
@@ -170,6 +175,15 @@ class Plan(BaseModel):
     def cxl_weight_layer_count(self, streamed_layers: int) -> int:
         """Streamed layers whose weights are in CXL."""
         return streamed_layers if self.weight_tier == HostTier.CXL else self.cxl_weight_layers
+
+
+def head_device(plan: Plan) -> Device:
+    """Where the plan's embeddings and LM head live: ``plan.head_device``, or when that is None the CPU for a
+    plan that runs nothing on the GPU (both policies all-CPU, no resident layer) and the GPU otherwise."""
+    if plan.head_device is not None:
+        return plan.head_device
+    uses_gpu = plan.gpu_resident_layers > 0 or Device.GPU in (*plan.prefill_policy, *plan.decode_policy)
+    return Device.GPU if uses_gpu else Device.CPU
 
 
 def check_plan_against(plan: Plan, num_layers: int, batch: int) -> None:

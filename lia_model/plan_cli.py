@@ -8,7 +8,10 @@ JSON schema of ``lia plan --json`` (stable; ``schema`` names its version):
     "optimum": <prediction>,            # see below; its "plan" round-trips into lia_model.plan.Plan
     "solve_time_s": float,
     "batches_tried": [int, ...],
-    "baselines": {label: <prediction> + {"speedup_of_optimum": float | null}}
+    "baselines": {label: <prediction> + {"speedup_of_optimum": float | null}},
+                 # "flexgen" also has "flexgen": FlexGen's own policy and its own cost model's prediction
+                 # (lia_model.flexgen.FlexGenChoice.as_json, null when FlexGen finds no policy) and
+                 # "lia_runtime": our prediction of this project's runtime executing the same plan
   }
   <prediction> = {"system", "model", "workload": {batch, input_len, output_len}, "mode", "plan": {...},
                   "plan_in_words": {"prefill", "decode"}, "feasible", "ttft_s", "tpot_mean_s", "latency_s",
@@ -17,6 +20,9 @@ JSON schema of ``lia plan --json`` (stable; ``schema`` names its version):
                   {"prefill", "decode"}, "tpot_s": [per step], "breakdown": [rows]}
 Speedup of the optimum over a baseline: baseline latency / optimum latency for the latency objective,
 optimum throughput / baseline throughput for the throughput objectives; null when the baseline does not fit.
+Baselines run at the optimum's batch, except FlexGen under the throughput objectives, which runs at the batch
+of its own search (gbs x num_gpu_batches; its <prediction>'s "workload" says which). A baseline's
+<prediction> is of its peer running the plan (FlexGen's CPU attention makes more passes over the cache).
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ def speedup(objective: str, optimum, baseline) -> Optional[float]:
 def run_plan(system: str, model: str, batch: int, input_len: int, output_len: int, overrides, objective: str,
              tpot_max_ms: Optional[float], mode: str, solver: str) -> dict:
     """Optimise one query and predict every baseline at the same batch: the dict of the JSON schema."""
-    from lia_model.baselines import baseline_plans
+    from lia_model.baselines import baselines as all_baselines
     from lia_model.costmodel import predict
     from lia_model.optimizer import optimize, parse_objective
     from lia_model.report import prediction_json
@@ -61,10 +67,17 @@ def run_plan(system: str, model: str, batch: int, input_len: int, output_len: in
     result = optimize(spec, mspec, workload, obj, tpot_max_s=tpot_max_s, solver=solver, mode=cost_mode)
     chosen = result.workload
     baselines = {}
-    for label, plan in baseline_plans(spec, mspec, chosen).items():
-        pred = predict(spec, mspec, chosen, plan, cost_mode)
+    for label, base in all_baselines(spec, mspec, chosen, choose_batch=obj.value != "latency").items():
+        pred = base.predict(spec, mspec, cost_mode)
         row = prediction_json(pred, breakdown=False)
         row["speedup_of_optimum"] = speedup(obj.value, result.prediction, pred)
+        if label == "flexgen":
+            row["flexgen"] = base.flexgen.as_json() if base.flexgen else None
+            if not base.runs:
+                row["flexgen_does_not_run"] = base.why_not
+            ours = predict(spec, mspec, base.workload, base.plan, cost_mode)
+            row["lia_runtime"] = {"throughput_tokens_per_s": ours.throughput_tokens_per_s,
+                                  "latency_s": ours.latency_s, "feasible": ours.feasible}
         baselines[label] = row
     return {
         "schema": SCHEMA,
@@ -93,7 +106,9 @@ def print_plan(out: dict) -> None:
              f"L_out={q['output_len']}, objective {q['objective']}{bound} ({q['mode']} model, {q['solver']}, "
              f"solved in {out['solve_time_s'] * 1e3:.0f} ms)")
     prediction_table(console, pred, title=title)
-    table = Table(title="the optimum beside the baselines (same batch)")
+    flexgen_batch = out["baselines"]["flexgen"]["workload"]["batch"]
+    table = Table(title="the optimum beside the baselines (same batch" + (
+        f"; FlexGen at its own batch {flexgen_batch}" if flexgen_batch != q["batch"] else "") + ")")
     table.add_column("plan")
     table.add_column("prefill / decode policy")
     for col in HEADLINE_COLUMNS:
@@ -111,6 +126,17 @@ def print_plan(out: dict) -> None:
                       f"{row['throughput_tokens_per_s']:.2f}", mem,
                       " / ".join(row["bound_resource"].values()), fits, _fmt_speedup(row["speedup_of_optimum"]))
     console.print(table)
+    fg = out["baselines"]["flexgen"].get("flexgen")
+    if fg:
+        pct = " ".join(str(p) for p in fg["percent"])
+        console.print(
+            f"flexgen: FlexGen's own LP search chose gpu_batch_size {fg['gpu_batch_size']} x num_gpu_batches "
+            f"{fg['num_gpu_batches']}, --percent {pct} (weights on the GPU = {fg['weights_gpu_layers']:.1f} of "
+            f"the layers); FlexGen's cost model predicts {fg['flexgen_predicted']['throughput_tokens_per_s']:.2f} "
+            f"tokens/s, ours {out['baselines']['flexgen']['throughput_tokens_per_s']:.2f} tokens/s "
+            f"(CPU attention {fg['cpu_attention']['isa']}, {fg['cpu_attention']['kv_passes']:g} passes over the KV "
+            f"cache; this project's runtime on the same plan: "
+            f"{out['baselines']['flexgen']['lia_runtime']['throughput_tokens_per_s']:.2f} tokens/s)")
 
 
 def plan(system: str = SystemOpt, model: str = ModelOpt, batch: int = BatchOpt, input_len: int = InputOpt,

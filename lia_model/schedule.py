@@ -16,7 +16,8 @@ The scheduler, per layer:
    new K and V on the D2H stream); the output of a GPU sublayer that a CPU sublayer reads next is copied
    to the host on the D2H stream right behind it. Then run one CPU sublayer: the oldest chunk's whose
    inputs are ready now, or, when none is, the one whose inputs are ready first (ties: the oldest).
-   A CPU attention sublayer's inputs include the write-back of the K and V it reads. MoE experts fetched
+   A CPU attention sublayer's inputs include the write-back of the K and V it reads. With fused attention
+   (kernel tables) attn_score and attn_context on one device are one kernel. MoE experts fetched
    on demand are copied once the GPU fc1 / fc2's input is ready (the routing is known), before it runs.
 3. The layer ends when every chunk's fc2 output has reached the device of the next layer's qkv.
 
@@ -58,6 +59,9 @@ class ChunkDurations:
     v_new_s: np.ndarray        # [S] new V made by a CPU qkv, to a GPU attn_context
     kv_write_s: np.ndarray     # [S] new K and V from a GPU qkv, written back to the host cache
     expert_h2d_s: np.ndarray   # [6, S] MoE experts fetched on demand for a GPU fc1 / fc2, once routed
+    cpu_fused_delta_s: Optional[np.ndarray] = None   # [S] fused attention (kernel tables): with attn_score and
+    gpu_fused_delta_s: Optional[np.ndarray] = None   # attn_context on one device, one kernel of score + context
+    fused_attention: bool = False                    # + delta time, which no other chunk's work interrupts
 
 
 def simulate_layer(cpu_bits: tuple[int, ...], n: int, d: ChunkDurations,
@@ -77,16 +81,19 @@ def simulate_all(n: int, d: ChunkDurations, starts: np.ndarray, policies: np.nda
     if n > 1 and steps != 1:
         raise ValueError("a pipelined layer (n > 1) is simulated one step at a time")
     has_experts = tuple(bool(x) for x in np.any(d.expert_h2d_s > 0, axis=1))
+    zero = np.zeros(steps)
+    cpu_delta = zero if d.cpu_fused_delta_s is None else np.asarray(d.cpu_fused_delta_s, dtype=float)
+    gpu_delta = zero if d.gpu_fused_delta_s is None else np.asarray(d.gpu_fused_delta_s, dtype=float)
     if steps == 1:    # one step: plain floats (the same arithmetic, much faster than arrays of one)
         table = _Durations(max, d.cpu_s[:, 0].tolist(), d.gpu_s[:, 0].tolist(), d.cross_h2d_s[:, 0].tolist(),
                            d.cross_d2h_s[:, 0].tolist(), d.expert_h2d_s[:, 0].tolist(), float(d.k_cached_s[0]),
                            float(d.v_cached_s[0]), float(d.v_new_s[0] + d.v_cached_s[0]), float(d.kv_write_s[0]),
-                           has_experts)
+                           has_experts, d.fused_attention, float(cpu_delta[0]), float(gpu_delta[0]))
         return np.array([[_replay(bits, n, table, float(start[0]))]
                          for bits, start in zip(np.asarray(policies, dtype=bool).tolist(), starts)])
     table = _Durations(np.maximum, list(d.cpu_s), list(d.gpu_s), list(d.cross_h2d_s), list(d.cross_d2h_s),
                        list(d.expert_h2d_s), d.k_cached_s, d.v_cached_s, d.v_new_s + d.v_cached_s, d.kv_write_s,
-                       has_experts)
+                       has_experts, d.fused_attention, cpu_delta, gpu_delta)
     return np.stack([_replay(bits, n, table, np.asarray(start, dtype=float))
                      for bits, start in zip(np.asarray(policies, dtype=bool).tolist(), starts)])
 
@@ -106,12 +113,23 @@ class _Durations:
     v_fetch: object          # new + cached V, fetched for a GPU attn_context after a CPU qkv
     kv_write: object
     has_experts: tuple[bool, ...] = ()
+    fused: bool = False
+    cpu_fused_delta: object = 0.0
+    gpu_fused_delta: object = 0.0
 
 
 def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
     """One policy vector's schedule (see the module docstring); times are floats or arrays over steps."""
     mx = t.mx
     cpu_s, gpu_s, cross_h2d, cross_d2h, experts = t.cpu, t.gpu, t.cross_h2d, t.cross_d2h, t.experts
+    fused = t.fused and on_cpu[_SCORE] == on_cpu[_CTX]
+    if fused:                                        # one kernel: its extra time rides on attn_context
+        if on_cpu[_CTX]:
+            cpu_s = list(cpu_s)
+            cpu_s[_CTX] = cpu_s[_CTX] + t.cpu_fused_delta
+        else:
+            gpu_s = list(gpu_s)
+            gpu_s[_CTX] = gpu_s[_CTX] + t.gpu_fused_delta
     has_experts = t.has_experts
     last = NUM_SUBLAYERS - 1
     now = gpu_free = h2d_free = d2h_free = start
@@ -198,6 +216,8 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
             if i + 1 == NUM_SUBLAYERS or not on_cpu[i + 1]:
                 break
             first = cpu_ready(pick)
+            if fused and i == _SCORE:                # the fused kernel is not interrupted
+                continue
             if n > 1 and (first > now or any(nxt[c] < NUM_SUBLAYERS and cpu_ready(c) <= now for c in range(pick))):
                 break
         dirty = [pick]

@@ -14,7 +14,10 @@ CALIBRATED_DEFAULT = "hwprofiles/systems/emr-h100-calibrated.yaml"
 
 
 def register(app: typer.Typer) -> None:
+    from runtime.run_cli import run_command
+
     app.command("validate")(validate)
+    app.command("run")(run_command)
 
 
 def validate(
@@ -25,7 +28,12 @@ def validate(
                                       "summary.md and summary.json."),
     gpu_memory_gib: Optional[float] = typer.Option(None, "--gpu-memory-gib", help="Cap GPU memory (GiB) for "
                                                    "points that do not set their own cap."),
-    repeats: int = typer.Option(2, "--repeats", help="Timed repeats per point (after one short warm-up)."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed unprofiled repeats per point (after one short "
+                                "warm-up); headline times are their medians."),
+    profiled_runs: int = typer.Option(3, "--profiled-runs", help="Runs with per-sublayer events; per-sublayer "
+                                      "times are their medians."),
+    trace: Optional[str] = typer.Option(None, "--trace", help="Folder for one Chrome-trace JSON per point "
+                                        "(CPU sublayers, GPU kernels and copies per layer)."),
     max_point_s: Optional[float] = typer.Option(None, "--max-point-s", help="Skip points whose predicted time "
                                                 "with warm-up and repeats exceeds this."),
     time_budget_s: Optional[float] = typer.Option(None, "--time-budget-s", help="Start no point that would "
@@ -41,6 +49,9 @@ def validate(
     fake_gpu: bool = typer.Option(False, "--fake-gpu", hidden=True, help="Test mode: emulate the GPU on the CPU "
                                   "(data flow only; timings meaningless)."),
     title: str = typer.Option("", "--title", help="Plot title."),
+    repredict_with: Optional[str] = typer.Option(None, "--repredict-with", help="With --from-csv: recompute the "
+                                                 "predicted columns of the measured rows under this system profile "
+                                                 "(measurements untouched)."),
 ) -> None:
     """Run validation points for real and report predicted vs measured TTFT, TPOT and latency."""
     from rich.console import Console
@@ -52,7 +63,7 @@ def validate(
         sys.stdout.flush()
 
     if from_csv:
-        _merge(from_csv, out, console, title)
+        _merge(from_csv, out, console, title, repredict_with)
         return
     if not points:
         raise LiaInputError("--points", "no points file given", "e.g. --points runtime/campaign/points-opt30b.yaml")
@@ -69,7 +80,10 @@ def validate(
     if len(set(ids)) != len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         raise LiaInputError("--points", f"group ids repeat across files: {', '.join(dupes)}", "rename them")
-    opts = Options(repeats=repeats, gpu_memory_gib=gpu_memory_gib, max_point_s=max_point_s,
+    if profiled_runs < 1:
+        raise LiaInputError("--profiled-runs", f"must be at least 1, got {profiled_runs}", "e.g. --profiled-runs 3")
+    opts = Options(repeats=repeats, profiled_runs=profiled_runs, trace_dir=trace, gpu_memory_gib=gpu_memory_gib,
+                   max_point_s=max_point_s,
                    time_budget_s=time_budget_s, seed=seed, host_weights_gib=host_weights_gib)
     if repeats < 1:
         raise LiaInputError("--repeats", f"must be at least 1, got {repeats}", "e.g. --repeats 2")
@@ -124,7 +138,7 @@ def _print_plan(console, resolved, rows) -> None:
                   f"(plus weight creation and per-point setup)")
 
 
-def _merge(paths: List[str], out: Optional[str], console, title: str) -> None:
+def _merge(paths: List[str], out: Optional[str], console, title: str, repredict_with: Optional[str] = None) -> None:
     import pandas as pd
 
     from runtime.report import print_summary, write_outputs
@@ -140,5 +154,10 @@ def _merge(paths: List[str], out: Optional[str], console, title: str) -> None:
     if "point_id" not in df:
         raise LiaInputError("--from-csv", "the CSV has no point_id column", "give a results.csv written by lia validate")
     df = df.drop_duplicates(subset="point_id", keep="last")
+    if repredict_with:
+        from hwprofiles import load_system
+        from runtime.validate import repredict
+
+        df = repredict(df, load_system(repredict_with))
     summary = write_outputs(df, Path(out), title)
     print_summary(console, summary)

@@ -25,7 +25,7 @@ from lia_model.models import ModelSpec
 from lia_model.plan import ALL_GPU, Device, Plan
 from lia_model.sublayers import SUBLAYERS, Stage
 from lia_model.workload import Workload
-from runtime.executor import RunResult
+from runtime.executor import RunResult, head_device
 from runtime.weights import layer_layout
 
 QKV, SCORE, CTX, OUT, FC1, FC2 = SUBLAYERS
@@ -39,7 +39,6 @@ def expected_records(plan: Plan, model: ModelSpec, workload: Workload, output_le
     copies: Counter = Counter()
     computes: Counter = Counter()
     B, L_in = workload.batch, workload.input_len
-    S = L_in + workload.output_len
     h, f, qd, kvh, d = model.hidden_size, model.ffn_size, model.q_dim, model.num_kv_heads, model.head_dim
     g = model.num_heads // kvh
     layout = layer_layout(model)
@@ -69,7 +68,7 @@ def expected_records(plan: Plan, model: ModelSpec, workload: Workload, output_le
                 for sub in SUBLAYERS:
                     computes[(stage, step, li, c, sub.value, dev[sub])] += 1
                 sizes = {"h": b * q * h, "q": b * q * qd, "ctx": b * q * qd, "h_mid": b * q * h, "mid": b * q * f,
-                         "scores": b * kvh * g * q * (S if dev[SCORE] == Device.CPU else valid)}
+                         "scores": b * kvh * g * q * valid}
                 if dev[QKV] != src_h:
                     copies[(stage, step, li, c, "act", "h", 2 * sizes["h"])] += 1
                 for j, name in enumerate(_BOUNDARY_VALUES):
@@ -97,7 +96,9 @@ def expected_records(plan: Plan, model: ModelSpec, workload: Workload, output_le
 
 def check_run(result: RunResult, plan: Plan, model: ModelSpec, workload: Workload, head_dev: Device,
               check_computes: bool = True) -> list[str]:
-    """Differences between a run's records and the plan's data flow (empty when they agree)."""
+    """Differences between a run's records and the plan's data flow (empty when they agree). ``head_dev``:
+    GPU when the machine has one (the head then sits on the GPU unless the plan uses no GPU at all)."""
+    head_dev = head_device(plan, model.num_layers, head_dev == Device.GPU)   # an all-CPU plan keeps the head on the CPU
     want_copies, want_computes = expected_records(plan, model, workload, result.output_len, head_dev)
     got_copies: Counter = Counter()
     got_computes: Counter = Counter()

@@ -27,21 +27,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from lia_model.errors import LiaInputError
 from lia_model.models import ModelSpec
 from lia_model.plan import ALL_GPU, Device, Plan
+from lia_model.plan import head_device as plan_head_device
 from lia_model.sublayers import SUBLAYERS, Stage, Sublayer
 from lia_model.workload import Workload
 from runtime import kernels
 from runtime.backend import DTYPE, Backend, Event, Placed
 from runtime.hostmem import HostArena
+from runtime.streamer import Job, Part, WeightFeeder, split
 from runtime.weights import WEIGHTED_ORDER, ModelWeights, embedding_positions_offset, uses_rope
-
-WEIGHT_COPY_CHUNK_ELEMS = 16 * 2**20  # 32 MiB of bf16 per weight-prefetch copy
 
 _IDX = {s: i for i, s in enumerate(SUBLAYERS)}
 QKV, SCORE, CTX, OUT, FC1, FC2 = SUBLAYERS
@@ -76,6 +76,7 @@ class RunResult:
     tokens: torch.Tensor                      # [B, L_out] generated token ids (CPU)
     logits: Optional[list[torch.Tensor]]      # per output position: [B, vocab] float32 (CPU)
     records: list[OpRecord]
+    base: Optional[tuple[Event, float]] = None  # (event, perf_counter) at the run's start: the trace's time zero
 
     @property
     def output_len(self) -> int:
@@ -190,8 +191,8 @@ class Executor:
         self.R = plan.gpu_resident_layers
         self.K = self.L - self.R
         self.policy = {Stage.PREFILL: plan.prefill_policy, Stage.DECODE: plan.decode_policy}
-        self.head_dev = Device.GPU if backend.has_gpu else Device.CPU
-        uses_gpu = self.R > 0 or (self.K > 0 and any(d == Device.GPU for p in self.policy.values() for d in p))
+        uses_gpu = plan_uses_gpu(plan, self.L)
+        self.head_dev = head_device(plan, self.L, backend.has_gpu)
         if uses_gpu and not backend.has_gpu:
             raise LiaInputError("GPU", "the plan runs sublayers on the GPU but this machine has no CUDA device",
                                 "run it on a machine with an NVIDIA GPU, or use an all-CPU plan (the ipex baseline)")
@@ -240,7 +241,8 @@ class Executor:
                     self.buffer_views[slot][s] = weights.layout.regions[s].views(flat[off: off + n])
                     off += n
         self.slot_label: list[Optional[tuple[int, int]]] = [None, None]
-        self.slot_ready: list[Optional[Event]] = [None, None]
+        self.slot_ready: list[Optional[Job]] = [None, None]
+        self.feeder = WeightFeeder(backend)
         self.slot_free: list[Optional[Event]] = [None, None]
         self.staging_free: Optional[Event] = None
         self.slot_counter = 0
@@ -251,9 +253,23 @@ class Executor:
 
     # ================================================================== public
 
+    def close(self) -> None:
+        """Stop the weight feeder's thread (also done when the executor is garbage-collected)."""
+        self.feeder.close()
+
+    def __del__(self) -> None:
+        feeder = getattr(self, "feeder", None)
+        if feeder is not None:
+            feeder.close()
+
     def generate(self, prompt: torch.Tensor, output_len: Optional[int] = None, keep_logits: bool = False,
-                 profile: bool = True) -> RunResult:
-        """Prefill ``prompt`` [B, L_in] and decode greedily to ``output_len`` tokens (<= the workload's)."""
+                 profile: bool = True, select: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
+                 on_token: Optional[Callable[[int, torch.Tensor], bool]] = None) -> RunResult:
+        """Prefill ``prompt`` [B, L_in] and decode to ``output_len`` tokens (<= the workload's).
+
+        ``select(t, logits [B, vocab]) -> ids [B]`` picks output token t (default greedy: argmax; sampling:
+        runtime/generate.py); its time counts in the pass. ``on_token(t, ids)`` runs after pass t, outside its
+        timing (streaming); returning True stops generation there."""
         out_len = output_len or self.L_out
         if out_len > self.L_out or prompt.shape != (self.B, self.L_in):
             raise ValueError("generate() must stay within the workload the executor was sized for")
@@ -273,6 +289,7 @@ class Executor:
         with torch.inference_mode(), be.on_stream(be.compute):
             ids = prompt.to(be.torch_device(self.head_dev))
             be.synchronize()
+            base = (Event(be.is_cuda).record(be.compute if be.is_cuda else None), time.perf_counter())
             if self.K and self.plan.overlap and self.buffer_flat[0]:
                 self._prefetch(self.R, 0, slot=0)
             for p_index, (stage, step) in enumerate(self.passes):
@@ -287,7 +304,7 @@ class Executor:
                 for li in range(self.L):
                     chunks = self._layer(stage, step, p_index, li, chunks, pos0, q)
                 logits = self._head(chunks, stage, step)
-                next_ids = logits.argmax(dim=-1)
+                next_ids = logits.argmax(dim=-1) if select is None else select(p_index, logits)
                 if be.is_cuda:
                     be.compute.synchronize()
                 pass_s.append(time.perf_counter() - t0)
@@ -295,18 +312,23 @@ class Executor:
                 if keep_logits:
                     logits_out.append(logits.float().cpu())
                 ids = next_ids[:, None]
+                if on_token is not None and on_token(p_index, next_ids):
+                    break
+            for job in self.slot_ready:          # every prefetch queued (the feeder thread is idle)
+                if job is not None:
+                    job.ready()
             be.synchronize()
         for r in self.records:
             if r.start is not None and r.end is not None:
                 r.seconds = r.end.seconds_since(r.start)
         return RunResult(ttft_s=pass_s[0], tpot_s=pass_s[1:], latency_s=float(sum(pass_s)), batch=self.B,
                          tokens=torch.stack([t.cpu() for t in tokens], dim=1),
-                         logits=logits_out if keep_logits else None, records=self.records)
+                         logits=logits_out if keep_logits else None, records=self.records, base=base)
 
     # ================================================================== passes
 
     def _embed(self, ids: torch.Tensor, pos0: int, q: int, stage: Stage, step: int) -> torch.Tensor:
-        emb = self.weights.embeddings
+        emb = self.weights.embeddings_on(self.head_dev, self.backend)
         start = self._stamp(self.head_dev)
         x = emb.tokens[ids]                                                     # [B, q, h]
         if emb.positions is not None:
@@ -316,7 +338,7 @@ class Executor:
         return x
 
     def _head(self, chunks: list[Placed], stage: Stage, step: int) -> torch.Tensor:
-        emb = self.weights.embeddings
+        emb = self.weights.embeddings_on(self.head_dev, self.backend)
         lasts = []
         for c, p in enumerate(chunks):
             last = Placed(p.t[:, -1].contiguous(), p.dev, p.ready)
@@ -326,7 +348,7 @@ class Executor:
             lasts.append(moved.t)
         x = torch.cat(lasts, dim=0)
         start = self._stamp(self.head_dev)
-        logits = kernels.final_logits(x, emb.norm_w, emb.norm_b, emb.lm_head)
+        logits = kernels.final_logits(x, emb.norm_w, emb.norm_b, emb.lm_head, self.model.norm_eps)
         self._record(stage, step, -1, 0, "head", "compute", self.head_dev, 0, self.B, "-", start)
         return logits
 
@@ -385,7 +407,7 @@ class Executor:
             return slot
         if self.slot_label[slot] != (lay.li, lay.pass_index):
             self._prefetch(lay.li, lay.pass_index, slot)
-        self.backend.wait(self.backend.compute, self.slot_ready[slot])
+        self.backend.wait(self.backend.compute, self.slot_ready[slot].ready())
         if self.plan.overlap:
             nxt = self._next_streamed(lay.li, lay.pass_index)
             if nxt is not None:
@@ -393,41 +415,43 @@ class Executor:
         return slot
 
     def _prefetch(self, li: int, p_index: int, slot: int) -> None:
-        """Copy layer li's GPU-sublayer weights (for pass p_index's stage) into buffer ``slot``."""
-        be = self.backend
+        """Queue layer li's GPU-sublayer weights (for pass p_index's stage) into buffer ``slot``: a job of the
+        weight feeder (runtime/streamer.py), which keeps only a few 32 MiB pieces ahead of the activation
+        and KV copies on the copy engine."""
         stage, step = self.passes[p_index]
         policy = self.policy[stage]
-        be.wait(be.weights, self.slot_free[slot])
+        waits = [self.slot_free[slot]]
         if not self.plan.overlap:
-            be.wait(be.weights, self.slot_free[slot ^ 1])   # no overlap: wait for the previous layer too
-        end = None
+            waits.append(self.slot_free[slot ^ 1])   # no overlap: wait for the previous layer too
+        parts = []
         for sub in WEIGHTED_ORDER:
             if policy[_IDX[sub]] != Device.GPU:
                 continue
             src = self.weights.sublayer_host(li, sub)
-            start = be.event(be.weights)
-            # In pieces: one copy engine serves every host-to-device stream in turn, so a single 400 MB copy
-            # would hold back the small activation and KV copies of the layer being computed (seen on the
-            # GPU host: CPU work and weight streaming then ran one after the other).
-            dst_flat, src_flat = self.buffer_flat[slot][sub].view(-1), src.view(-1)
-            for lo in range(0, src_flat.numel(), WEIGHT_COPY_CHUNK_ELEMS):
-                hi = min(lo + WEIGHT_COPY_CHUNK_ELEMS, src_flat.numel())
-                be.copy(dst_flat[lo:hi], src_flat[lo:hi], be.weights)
-            end = be.event(be.weights)
-            self.records.append(OpRecord(stage, step, li, slot, "weights", "copy", Device.GPU,
-                                         src.numel() * src.element_size(), 0, "streamed", sub.value, start, end))
-        self.slot_ready[slot] = end if end is not None else be.event(be.weights)
+
+            def done(start: Event, end: Event, sub: Sublayer = sub, nbytes: int = src.numel() * src.element_size()) -> None:
+                self.records.append(OpRecord(stage, step, li, slot, "weights", "copy", Device.GPU, nbytes, 0,
+                                             "streamed", sub.value, start, end))
+            parts.append(Part(split(self.buffer_flat[slot][sub], src), done))
+        self.slot_ready[slot] = self.feeder.submit(waits, parts)
         self.slot_label[slot] = (li, p_index)
 
     def _params(self, lay: _Layer, sub: Sublayer, dev: Device) -> dict[str, torch.Tensor]:
         if lay.resident:
-            return self.weights.layout.views(self.resident_flat[lay.li], sub)
-        if dev == Device.CPU:
-            return self.weights.host_views(lay.li, sub)
-        if self.slot_label[lay.slot] != (lay.li, lay.pass_index):
-            raise RuntimeError(f"weight buffer {lay.slot} holds {self.slot_label[lay.slot]}, "
-                               f"not layer {lay.li} of pass {lay.pass_index}")
-        return self.buffer_views[lay.slot][sub]
+            params = self.weights.layout.views(self.resident_flat[lay.li], sub)
+        elif dev == Device.CPU:
+            params = self.weights.host_views(lay.li, sub)
+        else:
+            if self.slot_label[lay.slot] != (lay.li, lay.pass_index):
+                raise RuntimeError(f"weight buffer {lay.slot} holds {self.slot_label[lay.slot]}, "
+                                   f"not layer {lay.li} of pass {lay.pass_index}")
+            params = self.buffer_views[lay.slot][sub]
+        want = self.backend.torch_device(dev).type
+        for name, t in params.items():          # every weight a sublayer consumes lives where it runs
+            if t.device.type != want:
+                raise RuntimeError(f"data-flow bug: {sub.value} of layer {lay.li} on the {dev.name} got weight "
+                                   f"'{name}' on {t.device}")
+        return params
 
     # ================================================================== data movement
 
@@ -552,14 +576,15 @@ class Executor:
         return ev
 
     def _kv_for(self, lay: _Layer, ch: _Chunk, which: str, dev: Device, width: Optional[int] = None) -> torch.Tensor:
-        """K or V as attention on ``dev`` reads it: the whole host cache width on the CPU, [:width] on the GPU."""
+        """K or V as attention on ``dev`` reads it: a view of the live prefix [:width] (default: every valid
+        position) of the host cache (CPU), the resident cache or the staging buffer (GPU)."""
         kv = lay.kv
+        width = lay.valid if width is None else width
         if dev == Device.CPU:
             pending = kv.written_for(ch.b0, ch.b1)
             if pending is not None:
                 pending.synchronize()
-            return kv.host[which][ch.rows]
-        width = lay.valid if width is None else width
+            return kv.host[which][ch.rows, :, :width]
         if lay.resident:
             return kv.gpu[which][ch.rows, :, :width]
         ev = self._issue_fetch(lay, ch, which)
@@ -576,8 +601,7 @@ class Executor:
             if len(self._rope_cache) > 64:
                 self._rope_cache.clear()
             positions = torch.arange(pos0, pos0 + q)
-            self._rope_cache[key] = kernels.rope_tables(positions, self.model.head_dim,
-                                                        self.backend.torch_device(dev))
+            self._rope_cache[key] = kernels.rope_tables(positions, self.model, self.backend.torch_device(dev))
         return self._rope_cache[key]
 
     def _mask(self, dev: Device, q: int, pos0: int, valid: int, width: int) -> torch.Tensor:
@@ -620,22 +644,33 @@ class Executor:
             self._write_kv(lay, ch, dev, k, v)
             self._finish(lay, ch, sub, dev, "q", q_out, start, b * q)
         elif sub == SCORE:
+            if lay.dev(CTX) == dev:
+                # Fused with attn_context on this device (kernels.attention): hand Q on, untimed.
+                ch.values["scores"] = ch.values["q"]
+                self._record(lay.stage, lay.step, lay.li, ch.c, sub.value, "compute", dev, 0, q, lay.kind,
+                             self._stamp(dev))
+                return
             q_in = self._need(lay, ch, "q", dev, "act")
             keys = self._kv_for(lay, ch, "k", dev)
             out = self._out(lay, "scores", (b, m.num_kv_heads, m.num_heads // m.num_kv_heads * q, keys.shape[2])) \
                 if dev == Device.CPU else None
-            mask = self._mask(dev, q, lay.pos0, lay.valid, keys.shape[2])
+            mask = self._mask(dev, q, lay.pos0, lay.valid, keys.shape[2]) if q > 1 else None
             start = self._stamp(dev)
             scores = kernels.attn_score(q_in, keys, m, mask, out=out)
             self._finish(lay, ch, sub, dev, "scores", scores, start, q)
         elif sub == CTX:
-            scores = self._need(lay, ch, "scores", dev, "act")
-            if dev == Device.CPU and scores.shape[-1] != self.S:
-                scores = torch.nn.functional.pad(scores, (0, self.S - scores.shape[-1]), value=float("-inf"))
-            values = self._kv_for(lay, ch, "v", dev, width=scores.shape[-1])
             out = self._out(lay, "ctx", (b, q, m.q_dim)) if dev == Device.CPU else None
-            start = self._stamp(dev)
-            ctx = kernels.attn_context(scores, values, m, q, out=out)
+            if lay.dev(SCORE) == dev:
+                q_in = self._need(lay, ch, "q", dev, "act")            # fused: attn_score handed Q on
+                keys = self._kv_for(lay, ch, "k", dev)
+                values = self._kv_for(lay, ch, "v", dev)
+                start = self._stamp(dev)
+                ctx = kernels.attention(q_in, keys, values, m, lay.pos0, out=out)
+            else:
+                scores = self._need(lay, ch, "scores", dev, "act")
+                values = self._kv_for(lay, ch, "v", dev, width=scores.shape[-1])
+                start = self._stamp(dev)
+                ctx = kernels.attn_context(scores, values, m, q, out=out)
             self._finish(lay, ch, sub, dev, "ctx", ctx, start, q)
         elif sub == OUT:
             ctx = self._need(lay, ch, "ctx", dev, "act")
@@ -670,6 +705,19 @@ class Executor:
         if dev == Device.GPU and self.backend.is_cuda and Device.CPU in self._consumers(lay, name):
             ready = self.backend.event(self.backend.compute)
         ch.values[name] = {dev: Placed(value, dev, ready)}
+
+
+def plan_uses_gpu(plan: Plan, num_layers: int) -> bool:
+    streamed = num_layers - plan.gpu_resident_layers
+    return plan.gpu_resident_layers > 0 or (
+        streamed > 0 and any(d == Device.GPU for p in (plan.prefill_policy, plan.decode_policy) for d in p))
+
+
+def head_device(plan: Plan, num_layers: int, machine_has_gpu: bool) -> Device:
+    """Where the embeddings and the LM head run: the plan's head device (lia_model.plan.head_device: the CPU
+    for a plan that uses no GPU, so the ipex baseline touches no GPU memory), and the CPU on a machine
+    without a GPU."""
+    return plan_head_device(plan) if machine_has_gpu else Device.CPU
 
 
 def x_ready(backend: Backend, dev: Device) -> Optional[Event]:

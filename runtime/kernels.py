@@ -1,20 +1,20 @@
 """The math of the six sublayers (DESIGN.md section 2), on whatever device the tensors live on.
 
-Shapes: b sequences in the chunk, q new tokens each, s valid key positions, S the width of the key tensor
-(S = s on the GPU; on the CPU the whole preallocated cache width, see below), h hidden, H heads,
+Shapes: b sequences in the chunk, q new tokens each, s valid key positions, h hidden, H heads,
 G = H / kv_heads query heads per KV head, d head_dim.
 
   qkv           h [b,q,h] -> norm -> fused [b,q,q_dim+2 kv_dim] (+ RoPE) -> Q [b,q,q_dim], K/V [b,kv,q,d]
-  attn_score    Q -> Qh [b,kv,G q,d] * d^-1/2 ; scores = Qh K^T [b,kv,G q,S], masked (causal and >= s)
-  attn_context  softmax(scores) V -> ctx [b,q,q_dim]
+  attn_score    Q -> Qh [b,kv,G q,d] * d^-1/2 ; scores = Qh K^T [b,kv,G q,s], causally masked in prefill
+  attn_context  softmax(scores) V -> ctx [b,q,q_dim]     (fused with attn_score on one device: ``attention``)
   out_proj      h_mid = h + ctx W_o^T + b_o                       (residual rides here)
   fc1           mid = act(norm(h_mid) W_1^T + b_1)                (ReLU, or SiLU(gate) * up)
   fc2           h_out = h_mid + mid W_2^T + b_2                   (residual rides here)
 
-Why the CPU attention reads the whole cache width S: oneDNN's bf16 batched matmul copies any operand whose
-batch stride is not packed, and a prefix [:s] of a [b,kv,S_max,d] cache is not packed. Reading all S_max
-positions (masked) costs (S_max - s)/s extra work, a few percent when L_out << L_in, instead of a full copy
-of K and V every step. The cache is zero-initialised so masked positions are finite.
+Attention reads the live prefix [:s] of the preallocated [b,kv,S_max,d] cache as a view (no copy, no
+masked tail). When attn_score and attn_context run on the same device they are one fused kernel
+(``attention``: SDPA, or a grouped matmul pair for GQA decode), timed under attn_context while attn_score
+only hands Q on; when the plan splits them across devices, ``attn_score`` and ``attn_context`` run apart and
+the score matrix crosses PCIe. The calibrator (calibrate/kernel_tables.py) times these same functions.
 
 CPU outputs can be written into a caller-provided tensor (``out``), e.g. page-locked memory when the result
 crosses to the GPU next, so the host-to-device copy is asynchronous DMA.
@@ -29,16 +29,16 @@ import torch
 import torch.nn.functional as F
 
 from lia_model.models import ModelSpec
+from runtime.rope import inverse_frequencies
 
-NORM_EPS = 1e-5
-ROPE_THETA = 10000.0
+NORM_EPS = 1e-5  # default only: a model's own epsilon is ModelSpec.norm_eps (read from its config)
 
 
-def norm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+def norm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], eps: float = NORM_EPS) -> torch.Tensor:
     """LayerNorm when the model has biases (OPT, Bloom), RMSNorm otherwise (Llama)."""
     if b is not None:
-        return F.layer_norm(x, (x.shape[-1],), w, b, NORM_EPS)
-    return F.rms_norm(x, (x.shape[-1],), w, NORM_EPS)
+        return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+    return F.rms_norm(x, (x.shape[-1],), w, eps)
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], *, resid: Optional[torch.Tensor] = None,
@@ -61,9 +61,10 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], *, resid
     return out
 
 
-def rope_tables(positions: torch.Tensor, d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [q, d/2] for the rotate-half convention (pairs i and i + d/2)."""
-    inv = 1.0 / (ROPE_THETA ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
+def rope_tables(positions: torch.Tensor, model: ModelSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [q, d/2] for the rotate-half convention (pairs i and i + d/2), with the model's RoPE base and
+    scaling (runtime/rope.py)."""
+    inv = inverse_frequencies(model, device)
     angles = positions.to(device=device, dtype=torch.float32)[:, None] * inv[None, :]
     return angles.cos(), angles.sin()
 
@@ -71,17 +72,18 @@ def rope_tables(positions: torch.Tensor, d: int, device: torch.device) -> tuple[
 def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
     """In place on x [b, q, heads, d]."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    x1, x2 = x[..., :half].float(), x[..., half:].float()   # views, not copies, when x is float32
     c, s = cos[None, :, None, :], sin[None, :, None, :]
-    x[..., :half] = (x1 * c - x2 * s).to(x.dtype)
-    x[..., half:] = (x2 * c + x1 * s).to(x.dtype)
+    first, second = x1 * c - x2 * s, x2 * c + x1 * s            # both before either half is overwritten
+    x[..., :half] = first.to(x.dtype)
+    x[..., half:] = second.to(x.dtype)
 
 
 def qkv(h: torch.Tensor, p: dict[str, torch.Tensor], model: ModelSpec,
         rope: Optional[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Input norm + fused projection (+ RoPE). Returns Q [b,q,q_dim] and K, V [b,kv,q,d], all contiguous."""
     b, q, _ = h.shape
-    x = norm(h, p["norm_w"], p.get("norm_b"))
+    x = norm(h, p["norm_w"], p.get("norm_b"), model.norm_eps)
     fused = linear(x, p["w"], p.get("b"))
     qd, kvd, kvh, d = model.q_dim, model.kv_dim, model.num_kv_heads, model.head_dim
     if rope is not None:
@@ -100,24 +102,70 @@ def attention_mask(q: int, groups: int, pos0: int, valid: int, width: int, devic
     return (keys[None, :] > query_pos[:, None]) | (keys[None, :] >= valid)
 
 
-def attn_score(q_in: torch.Tensor, k: torch.Tensor, model: ModelSpec, mask: torch.Tensor,
-               out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Q [b,q,q_dim], K [b,kv,S,d] -> masked scores [b,kv,G q,S] (``mask`` from ``attention_mask``)."""
+def _scaled_groups(q_in: torch.Tensor, model: ModelSpec) -> torch.Tensor:
+    """Q [b,q,q_dim] -> [b,kv,G q,d] scaled by d^-1/2 (head = kv_index * G + g)."""
     b, q, _ = q_in.shape
     kvh, d = model.num_kv_heads, model.head_dim
     g = model.num_heads // kvh
-    qh = (q_in.view(b, q, kvh, g, d).permute(0, 2, 3, 1, 4).reshape(b, kvh, g * q, d)) * (1.0 / math.sqrt(d))
+    return (q_in.view(b, q, kvh, g, d).permute(0, 2, 3, 1, 4).reshape(b, kvh, g * q, d)) * (1.0 / math.sqrt(d))
+
+
+def attention(q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor, model: ModelSpec, pos0: int,
+              out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Fused attention (score and context on one device): Q [b,q,q_dim] over the live prefix of the cache.
+
+    ``k``, ``v`` [b,kv,W,d] with W = pos0 + q valid positions (a prefix view of the preallocated cache: no
+    copy, no masked tail). Decode with GQA (q = 1, G > 1) is one grouped matmul pair over [b,kv,G,d]; every
+    other case is ``scaled_dot_product_attention`` (causal in prefill), which never materialises the whole
+    score tensor in memory on the CPU (flash kernel) and uses the flash/efficient kernels on the GPU.
+    Returns ctx [b,q,q_dim] (written into ``out`` when given)."""
+    b, q, _ = q_in.shape
+    kvh, d, heads = model.num_kv_heads, model.head_dim, model.num_heads
+    g = heads // kvh
+    valid = k.shape[2]
+    if q == 1 and g > 1:
+        qh = _scaled_groups(q_in, model)                                      # [b,kv,G,d]
+        scores = torch.matmul(qh, k.transpose(-1, -2))                        # [b,kv,G,s]
+        probs = torch.softmax(scores, dim=-1)
+        ctx = torch.matmul(probs, v)                                          # [b,kv,G,d]
+        if out is None:
+            return ctx.reshape(b, 1, model.q_dim)
+        out.view(b, kvh, g, d).copy_(ctx)
+        return out
+    qh = q_in.view(b, q, heads, d).transpose(1, 2)                            # [b,H,q,d] (a view)
+    if q > 1 and pos0 > 0:
+        mask = ~attention_mask(q, 1, pos0, valid, valid, q_in.device)        # True = attend
+        o = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, enable_gqa=g > 1)
+    else:
+        o = F.scaled_dot_product_attention(qh, k, v, is_causal=q > 1, enable_gqa=g > 1)
+    o = o.transpose(1, 2)                                                     # [b,q,H,d]
+    if out is None:
+        return o.reshape(b, q, model.q_dim)
+    out.view(b, q, heads, d).copy_(o)
+    return out
+
+
+def attn_score(q_in: torch.Tensor, k: torch.Tensor, model: ModelSpec, mask: Optional[torch.Tensor],
+               out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Split attention, first half (score and context on different devices): Q [b,q,q_dim], K [b,kv,s,d]
+    (the live prefix) -> scores [b,kv,G q,s], causally masked when ``mask`` (from ``attention_mask``) is
+    given (prefill); decode (q = 1) needs no mask."""
+    b, q, _ = q_in.shape
+    kvh = model.num_kv_heads
+    g = model.num_heads // kvh
+    qh = _scaled_groups(q_in, model)
     width = k.shape[2]
     if out is None:
         out = torch.empty((b, kvh, g * q, width), dtype=q_in.dtype, device=q_in.device)
     torch.matmul(qh, k.transpose(-1, -2), out=out)
-    out.masked_fill_(mask, float("-inf"))
+    if mask is not None:
+        out.masked_fill_(mask, float("-inf"))
     return out
 
 
 def attn_context(scores: torch.Tensor, v: torch.Tensor, model: ModelSpec, q: int,
                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """softmax(scores) [b,kv,G q,S] @ V [b,kv,S,d] -> ctx [b,q,q_dim]."""
+    """Split attention, second half: softmax(scores) [b,kv,G q,s] @ V [b,kv,s,d] (live prefix) -> ctx [b,q,q_dim]."""
     b, kvh, gq, width = scores.shape
     g, d = gq // q, model.head_dim
     probs = torch.softmax(scores, dim=-1)
@@ -136,7 +184,7 @@ def out_proj(ctx: torch.Tensor, p: dict[str, torch.Tensor], resid: torch.Tensor,
 
 def fc1(h_mid: torch.Tensor, p: dict[str, torch.Tensor], model: ModelSpec,
         out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    x = norm(h_mid, p["norm_w"], p.get("norm_b"))
+    x = norm(h_mid, p["norm_w"], p.get("norm_b"), model.norm_eps)
     if model.gated_mlp:
         u = linear(x, p["w"], p.get("b"))
         f = model.ffn_size
@@ -155,6 +203,6 @@ def fc2(mid: torch.Tensor, p: dict[str, torch.Tensor], resid: torch.Tensor,
 
 
 def final_logits(x_last: torch.Tensor, norm_w: torch.Tensor, norm_b: Optional[torch.Tensor],
-                 lm_head: torch.Tensor) -> torch.Tensor:
+                 lm_head: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     """[B, h] -> logits [B, vocab] (final norm + LM head)."""
-    return norm(x_last, norm_w, norm_b) @ lm_head.t()
+    return norm(x_last, norm_w, norm_b, eps) @ lm_head.t()

@@ -1,9 +1,10 @@
 """Turn timed runs into the measured side of a validation point.
 
-Headline figures (TTFT, TPOT per step, latency) are medians over the repeats; per-sublayer times come from
-the profiled repeat (GPU sublayers timed with CUDA events, CPU sublayers with perf_counter after their
-inputs are ready), summed over prefill chunks and averaged over layers of one kind and over steps, which is
-how ``lia_model.costmodel.BreakdownRow.compute_s`` is defined.
+Headline figures (TTFT, TPOT per step, latency) are medians over the unprofiled repeats; per-sublayer times
+are the median over the profiled runs (at least 3; GPU sublayers timed with CUDA events, CPU sublayers with
+perf_counter after their inputs are ready) of each run's time summed over prefill chunks and averaged over
+layers of one kind and over steps, which is how ``lia_model.costmodel.BreakdownRow.compute_s`` is defined.
+``sublayer_spread`` is (max - min) / median of those per-run figures.
 
 Consistency with the calibrated profile (issue 5's "the runtime is a real one"):
 - weight streaming: bytes of the weight prefetch copies / their event-timed duration, reported for stages
@@ -44,6 +45,8 @@ class Measured:
     sublayer_kind: dict[str, str] = field(default_factory=dict)              # stage -> layer kind summarised
     copy_gb: dict[str, float] = field(default_factory=dict)                  # copy kind -> GB per run
     copy_s: dict[str, float] = field(default_factory=dict)                   # copy kind -> busy seconds per run
+    sublayer_spread: dict[tuple[str, str], float] = field(default_factory=dict)
+    overlap_efficiency: Optional[float] = None      # trace.overlap_efficiency of the profiled runs (median)
     weight_h2d_gbps: Optional[float] = None
     weight_h2d_gbps_by_stage: dict[str, float] = field(default_factory=dict)
     cpu_linear_eff: Optional[float] = None           # calibrated time / measured time, CPU linear sublayers
@@ -57,7 +60,7 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def summarize_runs(runs: list[RunResult], profiled: RunResult, system: SystemSpec, model: ModelSpec,
+def summarize_runs(runs: list[RunResult], profiled_runs: list[RunResult], system: SystemSpec, model: ModelSpec,
                    workload: Workload, plan: Plan) -> Measured:
     latencies = [r.latency_s for r in runs]
     steps = len(runs[0].tpot_s)
@@ -68,7 +71,22 @@ def summarize_runs(runs: list[RunResult], profiled: RunResult, system: SystemSpe
         throughput_tokens_per_s=workload.batch * workload.output_len / lat,
         latency_spread_frac=(max(latencies) - min(latencies)) / lat if lat > 0 else 0.0, repeats=len(runs),
     )
-    _sublayers(out, profiled)
+    per_run = []
+    for run in profiled_runs:
+        one = Measured(0.0, [], 0.0, 0.0, 0.0, 0)
+        _sublayers(one, run)
+        per_run.append(one)
+    out.sublayer_kind = per_run[0].sublayer_kind
+    for key in per_run[0].sublayer_ms:
+        values = [m.sublayer_ms[key] for m in per_run if key in m.sublayer_ms]
+        med = _median(values)
+        out.sublayer_ms[key] = med
+        out.sublayer_spread[key] = (max(values) - min(values)) / med if med > 0 else 0.0
+    from runtime.trace import overlap_efficiency
+
+    effs = [e for e in (overlap_efficiency(r, r.latency_s) for r in profiled_runs) if e is not None]
+    out.overlap_efficiency = _median(effs) if effs else None
+    profiled = profiled_runs[0]
     _copies(out, profiled)
     out.cpu_linear_eff = _cpu_linear_eff(profiled, system, model, workload, plan)
     return out

@@ -34,7 +34,9 @@ from runtime.preflight import capped_system, preflight
 
 @dataclass
 class Options:
-    repeats: int = 2
+    repeats: int = 5
+    profiled_runs: int = 3
+    trace_dir: Optional[str] = None      # write one Chrome trace per point here (runtime/trace.py)
     gpu_memory_gib: Optional[float] = None
     max_point_s: Optional[float] = None
     time_budget_s: Optional[float] = None
@@ -113,7 +115,7 @@ def resolve_points(groups: list[GroupSpec], system: SystemSpec, opts: Options, i
                 continue
             seen[key] = p.id
             warm = p.pred.ttft_s + (p.pred.tpot_s[0] if p.pred.tpot_s else 0.0)
-            p.est_s = warm + (p.repeats + 1) * p.pred.latency_s  # timed repeats + the profiled run
+            p.est_s = warm + (p.repeats + opts.profiled_runs) * p.pred.latency_s  # timed + profiled runs
             if opts.max_point_s is not None and p.est_s > opts.max_point_s:
                 p.skip_reason = (f"predicted {p.pred.latency_s:.1f} s per run, {p.est_s:.0f} s with warm-up and "
                                  f"{p.repeats} repeats: over --max-point-s {opts.max_point_s:g}")
@@ -151,16 +153,18 @@ def run_points(points: list[Point], system: SystemSpec, opts: Options, echo: Cal
 
     started = time.perf_counter()
 
-    from runtime.backend import Backend, cpu_threads
+    from runtime import cpu_setup
+    from runtime.backend import Backend
     from runtime.executor import GpuLayerCache, kv_arena_elements
     from runtime.hostmem import HostArena
     from runtime.weights import layer_layout
 
     backend = Backend.detect(fake_gpu=fake_gpu)
-    torch.set_num_threads(cpu_threads())
+    setup = cpu_setup.apply()
     runnable = [p for p in points if p.skip_reason is None and p.duplicate_of is None]
     rows: dict[str, dict[str, Any]] = {}
     context = _context(system, backend)
+    context["cpu_setup"] = setup.describe()
     if runnable:
         w_elems = max(p.model.num_layers * layer_layout(p.model).numel for p in runnable)
         kv_elems = max(kv_arena_elements(p.model, p.workload, p.plan) for p in runnable)
@@ -301,7 +305,9 @@ def _run_one(p: Point, system: SystemSpec, backend, weights, kv_arena, layer_cac
         # Headline times come from unprofiled runs only; one more run records the per-sublayer events
         # (their synchronisation would otherwise inflate the measured TTFT and TPOT).
         runs = [ex.generate(prompt, profile=False) for _ in range(p.repeats)]
-        profiled = ex.generate(prompt, profile=True, keep_logits=p.group.check)
+        profiled_runs = [ex.generate(prompt, profile=True, keep_logits=p.group.check and i == 0)
+                         for i in range(max(1, opts.profiled_runs))]
+        profiled = profiled_runs[0]
         del ex
     finally:
         if unpin:
@@ -318,7 +324,17 @@ def _run_one(p: Point, system: SystemSpec, backend, weights, kv_arena, layer_cac
     check = {**(check or {}), "dataflow_problems": len(problems), "dataflow_first_problem": problems[0] if problems
              else ""}
     sysc = capped_system(system, p.cap)
-    measured = summarize_runs(runs, profiled, sysc, p.model, p.workload, p.plan)
+    measured = summarize_runs(runs, profiled_runs, sysc, p.model, p.workload, p.plan)
+    if opts.trace_dir:
+        from pathlib import Path
+
+        from runtime.trace import write_trace
+
+        Path(opts.trace_dir).mkdir(parents=True, exist_ok=True)
+        import re
+
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", p.id)
+        write_trace(profiled_runs[-1], Path(opts.trace_dir) / f"{safe}.trace.json", p.id)
     return measured, check
 
 
@@ -389,11 +405,14 @@ def _row(p: Point, system: SystemSpec, m, check: dict, context: dict, weights) -
             row[f"{stage.value}_{sub.value}_dev"] = pm[1] if pm else ""
             row[f"{stage.value}_{sub.value}_ms_predicted"] = pm[0] if pm else None
             row[f"{stage.value}_{sub.value}_ms_measured"] = m.sublayer_ms.get(key)
+            row[f"{stage.value}_{sub.value}_spread_measured"] = m.sublayer_spread.get(key)
         row[f"{stage.value}_layer_kind"] = m.sublayer_kind.get(stage.value, "")
     for kind in ("weights", "act", "resid", "kv_fetch", "kv_writeback", "head"):
         row[f"copy_{kind}_gb"] = m.copy_gb.get(kind, 0.0)
         row[f"copy_{kind}_busy_s"] = m.copy_s.get(kind, 0.0)
     row["weight_h2d_gbps"] = m.weight_h2d_gbps
+    row["overlap_efficiency"] = m.overlap_efficiency
+    row["spread_flag"] = m.latency_spread_frac > 0.05
     link = system.link.h2d_gbps if p.plan.pinned_weights else system.link.pageable_h2d_gbps
     bound_stages = [s.value for s, b in p.pred.bound_resource.items() if b == "pcie_h2d"]
     bws = [m.weight_h2d_gbps_by_stage[s] for s in bound_stages if s in m.weight_h2d_gbps_by_stage]
@@ -432,3 +451,37 @@ def plan_table_rows(points: list[Point]) -> list[list[str]]:
 
 
 __all__ = ["Options", "Point", "resolve_points", "run_points", "plan_table_rows"]
+
+
+def repredict(rows: "Any", system: SystemSpec) -> "Any":
+    """Predicted columns of measured rows recomputed under ``system`` (a newer profile): the plan from
+    ``plan_json``, the (truncated) model from ``model`` and ``num_layers``, the workload and the GPU cap from
+    their columns. Measurements are untouched; nothing is fitted to them. Adds ``predicted_with``."""
+    import pandas as pd
+
+    from lia_model.inputs import resolve_model
+    from runtime.measure import predicted_sublayer_ms
+
+    df = rows.copy()
+    for i, r in df.iterrows():
+        if r.get("status") != "ran" or not isinstance(r.get("plan_json"), str):
+            continue
+        model = resolve_model(str(r["model"]))
+        model = model.model_copy(update={"num_layers": int(r["num_layers"])})
+        workload = Workload(batch=int(r["batch"]), input_len=int(r["input_len"]), output_len=int(r["output_len"]))
+        cap = None if pd.isna(r.get("gpu_memory_gib")) else float(r["gpu_memory_gib"])
+        sysc = capped_system(system, cap)
+        plan = Plan.model_validate_json(r["plan_json"])
+        pred = predict(sysc, model, workload, plan, CostMode.OVERLAP)
+        add = predict(sysc, model, workload, plan, CostMode.ADDITIVE)
+        df.at[i, "predicted_ttft_s"] = pred.ttft_s
+        df.at[i, "predicted_tpot_mean_s"] = pred.tpot_mean_s
+        df.at[i, "predicted_latency_s"] = pred.latency_s
+        df.at[i, "predicted_throughput_tokens_per_s"] = pred.throughput_tokens_per_s
+        df.at[i, "predicted_latency_additive_s"] = add.latency_s
+        for (stage, sub), (ms, dev, _) in predicted_sublayer_ms(pred).items():
+            col = f"{stage}_{sub}_ms_predicted"
+            if col in df.columns:
+                df.at[i, col] = ms
+        df.at[i, "predicted_with"] = system.name
+    return df

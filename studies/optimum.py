@@ -15,7 +15,7 @@ from lia_model.costmodel import Prediction
 from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
-from lia_model.plan import HostTier, Plan, policy_notation
+from lia_model.plan import Device, HostTier, Plan, head_device, policy_notation
 from lia_model.workload import Workload
 
 SOLVER = "enumerate"
@@ -60,9 +60,9 @@ def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
                        batch_choices: Optional[tuple[int, ...]] = None) -> bool:
     """Whether the optimiser's search space holds this plan (at this batch).
 
-    The space: pinned weights, overlap, the system's best CPU ISA, prefill minibatches from {1, 2, 4, 8}
-    dividing the batch, any policies, any resident count, KV tier DDR or CXL and any split of the weights
-    between them where the system has CXL, either expert fetch (MoE models).
+    The space: pinned weights, overlap, the system's best CPU ISA, the embeddings and LM head on the GPU,
+    prefill minibatches from {1, 2, 4, 8} dividing the batch, any policies, any resident count, KV tier DDR
+    or CXL and any split of the weights between them where the system has CXL, either expert fetch (MoE).
     With the throughput objective the batch is a knob too, and ``batch_choices`` (the optimiser's
     ``batch_candidates``) are the batches it tries.
     """
@@ -72,6 +72,7 @@ def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
                                                                                       plan.kv_tier))
     tiers_ok = tiers_ok and (plan.cxl_weight_layers == 0 or system.has_cxl)
     return (plan.pinned_weights and plan.overlap and plan.cpu_isa == system.cpu.best_isa()
+            and head_device(plan) == Device.GPU
             and plan.prefill_minibatches in MINIBATCH_CHOICES and batch % plan.prefill_minibatches == 0
             and tiers_ok)
 

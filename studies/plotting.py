@@ -30,7 +30,7 @@ PLAN_COLORS = {
 }
 PLAN_NAMES = {
     "optimum": "optimum (this work)",
-    "flexgen": "FlexGen-like",
+    "flexgen": "FlexGen",
     "ipex": "IPEX (all CPU)",
     "gpu_only": "GPU only",
 }

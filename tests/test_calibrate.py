@@ -101,8 +101,11 @@ def test_present_isa_is_observed_and_its_tables_are_efficiencies(calibrated: dic
     for isa, s in present.items():
         assert s.per_core_tflops > 0 and s.kernel_observed
         assert all(0 < p.efficiency <= 1 for p in s.matmul_efficiency + s.attention_efficiency)
-        kernels = rows[(rows.isa == isa.value) & (rows.family == "cpu_matmul")].kernel_observed
-        token = {"amx_bf16": "amx", "avx512_bf16": "avx512_core_bf16", "avx512_fp32": "avx512"}[isa.value]
+        measured = rows[(rows.isa == isa.value) & (rows.family == "cpu_matmul") & rows.time_s.notna()]
+        assert len(measured) > 0
+        kernels = measured.kernel_observed
+        token = {"amx_bf16": "amx", "avx512_bf16": "avx512_core_bf16", "avx512_fp32": "avx512",
+                 "avx2_fp32": "sgemm|avx2"}[isa.value]
         assert kernels.str.contains(token, case=False).all(), kernels.tolist()
         # the peak is the best measured rate, so no point beats cores x per_core_tflops
         isa_rows = rows[(rows.isa == isa.value) & rows.family.isin(["cpu_matmul", "cpu_attention"])]
@@ -170,7 +173,11 @@ def test_headline_and_compare_scripts(calibrated: dict) -> None:
     table = out.stdout
     assert "| tokens | AMX bf16 | AVX-512 bf16 |" in table and "| 2048 |" in table
     line16 = next(line for line in table.splitlines() if line.startswith("| 16 |"))
-    assert any(c.strip()[0].isdigit() for c in line16.split("|")[2:4])  # a measured bf16 figure at 16 tokens
+    # a measured CPU figure at 16 tokens (bf16 on AVX-512 machines; AVX2 fp32 where there is no AVX-512)
+    present = load_system(str(calibrated["path"])).cpu.isa
+    columns = [2, 3] if any(present[i].present for i in (CpuIsa.AMX_BF16, CpuIsa.AVX512_BF16) if i in present) \
+        else [6]
+    assert all(line16.split("|")[c].strip()[0].isdigit() for c in columns), line16
     assert table in calibrated["stdout"]  # the command prints the same table last
     cmp = subprocess.run([sys.executable, "-m", "calibrate.compare", str(calibrated["path"]), str(calibrated["csv"])],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -190,11 +197,12 @@ def test_bad_input_is_one_error_line(args: list[str], field: str, tmp_path: Path
     assert not list(tmp_path.glob("*.yaml"))
 
 
+@pytest.mark.slow
 def test_gpu_host_campaign_script_in_quick_mode(tmp_path: Path) -> None:
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, QUICK="1", REPEATS="2",
                NAME="campaign-quick")
     proc = subprocess.run(["bash", str(ROOT / "calibrate" / "gpu_host_campaign.sh")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=150)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["calibrate.log", "campaign-quick.csv", "campaign-quick.yaml", "headline.md"]

@@ -151,12 +151,12 @@ def test_a_weight_split_puts_that_many_layers_in_cxl_and_times_each_kind():
     assert pred.memory[MemoryTier_CXL()].components_bytes["streamed_weights"] == 15 * layer_w
     parts = {}
     for tier in (HostTier.DDR, HostTier.CXL):
-        ctx = stage_context(wl, plan, Stage.PREFILL, CostMode.OVERLAP, tier)
+        ctx = stage_context(wl, plan, Stage.PREFILL, CostMode.OVERLAP, weight_tier=tier)
         parts[tier] = streamed_layer_terms(sys_, model, ctx).layer_time(policy_features(plan.prefill_policy))[0]
     rep = pred.stages[Stage.PREFILL]
     assert pred.ttft_s == pytest.approx(10 * rep.resident_layer_s[0] + 23 * parts[HostTier.DDR]
                                         + 15 * parts[HostTier.CXL] + rep.head_s, rel=1e-12)
-    decode = {tier: streamed_layer_terms(sys_, model, stage_context(wl, plan, Stage.DECODE, CostMode.OVERLAP, tier))
+    decode = {tier: streamed_layer_terms(sys_, model, stage_context(wl, plan, Stage.DECODE, CostMode.OVERLAP, weight_tier=tier))
               .layer_time(policy_features(plan.decode_policy)) for tier in (HostTier.DDR, HostTier.CXL)}
     assert np.all(decode[HostTier.CXL] > 3 * decode[HostTier.DDR])   # all-CPU decode reads weights at 55, not 265 GB/s
 

@@ -8,7 +8,8 @@ The space (for one batch B):
   weights in CXL K_cxl              0 .. K streamed layers keep their weights in CXL, the other K - K_cxl in
                                     DDR (0 without CXL): any split of the weights between the tiers
   expert fetch                      MoE models: all experts prefetched, or the routed ones on demand
-fixed: pinned weights, weight prefetch overlap (never slower in the model), and the CPU's best ISA.
+fixed: pinned weights, weight prefetch overlap (never slower in the model), the CPU's best ISA, and the
+embeddings and LM head on the GPU (so an all-CPU policy with no resident layer still runs its head there).
 For the throughput objectives B is chosen too, from ``batch_candidates``: powers of two up to the largest
 batch that fits, that largest batch, and the largest batch at which every layer stays GPU-resident.
 
@@ -30,7 +31,7 @@ from lia_model.costterms import CostMode, StageTerms, head_time_s, resident_laye
 from lia_model.hardware import SystemSpec
 from lia_model.memory import MemoryConstants, memory_constants
 from lia_model.models import ModelSpec
-from lia_model.plan import ALL_GPU, CpuIsa, ExpertFetch, HostTier, Plan
+from lia_model.plan import ALL_GPU, CpuIsa, Device, ExpertFetch, HostTier, Plan
 from lia_model.sublayers import Stage
 from lia_model.workload import Workload
 
@@ -52,7 +53,7 @@ def space_isa(system: SystemSpec) -> CpuIsa:
 def template_plan(system: SystemSpec) -> Plan:
     """The fixed knobs of every plan in the space."""
     return Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, pinned_weights=True, overlap=True,
-                cpu_isa=space_isa(system), label="optimum")
+                cpu_isa=space_isa(system), head_device=Device.GPU, label="optimum")
 
 
 def expert_fetch_candidates(model: ModelSpec) -> tuple[ExpertFetch, ...]:
@@ -119,14 +120,14 @@ def build_tables(system: SystemSpec, model: ModelSpec, workload: Workload,
         plan = base.model_copy(update={"prefill_minibatches": c.minibatches, "kv_tier": c.kv_tier,
                                        "expert_fetch": c.expert_fetch})
         for wt in tiers:
-            ctx = stage_context(workload, plan, Stage.PREFILL, mode, wt)
+            ctx = stage_context(workload, plan, Stage.PREFILL, mode, weight_tier=wt)
             prefill[(c, wt)] = streamed_layer_terms(system, model, ctx)
             if c.minibatches not in resident_prefill:
                 resident_prefill[c.minibatches] = float(resident_layer_time(system, model, ctx)[0][0])
                 memory[c.minibatches] = memory_constants(system, model, workload, c.minibatches)
             key = c.decode_key(wt)
             if key not in decode and workload.decode_steps > 0:
-                dctx = stage_context(workload, plan, Stage.DECODE, mode, wt)
+                dctx = stage_context(workload, plan, Stage.DECODE, mode, weight_tier=wt)
                 decode[key] = streamed_layer_terms(system, model, dctx)
                 resident_decode = resident_layer_time(system, model, dctx)[0]
     return SpaceTables(system, model, workload, mode, combos, tiers, prefill, decode, resident_prefill,

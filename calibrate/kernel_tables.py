@@ -1,0 +1,491 @@
+"""Kernel tables: the runtime's own sublayer functions timed under the runtime's own CPU setup.
+
+    python -m calibrate.kernel_tables --base PROFILE --name NAME --out DIR [--models opt-30b,...] [--quick]
+        [--force] [--no-gpu]
+
+One kernel truth: the functions timed here are ``runtime.kernels.qkv / out_proj / fc1 / fc2 / attention /
+attn_score / attn_context``, imported, never re-written, called exactly as the executor calls them (norm,
+bias, RoPE, residual and activation included), after ``runtime.cpu_setup.apply()`` (threads on physical
+cores, affinity, allocator). The written profile is the base profile plus a ``kernels`` section
+(lia_model.hardware.KernelTables) that the cost model reads instead of its roofline:
+
+- linears: every (sublayer, K, N) of the chosen catalog models, over token counts 1 .. 4096 (a per-call
+  FLOP cap skips the largest products: the cost model extrapolates them in proportion to tokens), on the
+  CPU (perf_counter) and the GPU (CUDA events). Weights are cycled through copies larger than 4x the
+  last-level cache so that each call streams them from memory, as a layer-by-layer runtime does.
+- attention: the fused kernel and the split score / context kernels, decode (q = 1) and prefill (q = s),
+  on a grid of batch, heads, GQA group and context over live-prefix views of a preallocated cache; fitted
+  per (device, kind, phase) as t = overhead + bytes x s_per_byte + FLOPs x s_per_flop by non-negative
+  least squares (scipy), with the fit's error on its own grid recorded.
+- GPU dispatch: the host time to launch one GPU sublayer of the runtime (runtime/overhead.py's executor
+  slope at hidden 64, where the GPU work is negligible).
+- CPU beside DMA: the runtime's fc2 of OPT-30B at 64 tokens alone and while pinned H2D copies stream
+  2 GiB of host memory on another CUDA stream (the layer-prefetch pattern); the ratio is the slowdown the
+  cost model charges CPU work that runs beside weight streaming.
+
+Every measurement is a row of the raw CSV (NAME-kernels.csv) with the setup it ran under.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from lia_model.errors import LiaInputError
+
+TOKENS = (1, 4, 16, 64, 256, 1024, 4096)
+QUICK_TOKENS = (1, 16, 256)
+CPU_FLOP_CAP = 2.5e12          # FLOPs per call: larger CPU products are extrapolated (~0.5 s each on AMX)
+GPU_FLOP_CAP = 2.0e14
+DEFAULT_MODELS = ("opt-30b", "opt-66b", "opt-175b", "llama-2-70b")
+ATTN_MODELS = ("opt-30b", "llama-2-70b")   # MHA (G = 1) and GQA (G = 8); --attn-models overrides
+# decode: small contexts at large batches too (the runtime's B = 64, s = 40 point measured a per-row cost
+# that a grid starting at s = 128 missed: 2026-11-30, runtime/validation/wave2)
+DECODE_GRID = ((1, 512), (8, 128), (8, 2048), (32, 512), (64, 128), (64, 1024), (16, 2048), (64, 32), (256, 32),
+               (128, 64))
+PREFILL_GRID = ((1, 32), (1, 512), (4, 128), (1, 1024), (8, 256), (2, 2048))
+QUICK_DECODE_GRID = ((1, 64), (4, 128), (2, 256), (8, 32))
+QUICK_PREFILL_GRID = ((1, 16), (1, 64), (2, 32), (2, 48))
+LLC_DEFAULT = 64 << 20
+
+
+def log(msg: str) -> None:
+    print(f"[kernels {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------- operands
+
+
+def _params(model, sub, device, copies: int) -> list[dict]:
+    """Parameter dicts of one sublayer as the runtime's weight layout holds them (w [N, K], bias, norm)."""
+    import torch
+
+    from calibrate.tensors import fill_varied
+    from lia_model.accounting import linear_shape
+    from lia_model.sublayers import Sublayer
+
+    k, n = linear_shape(model, sub)
+    out = []
+    for _ in range(copies):
+        p = {"w": fill_varied(torch.empty(n, k, dtype=torch.bfloat16, device=device)) * 0.02}
+        if model.linear_bias:
+            p["b"] = torch.zeros(n, dtype=torch.bfloat16, device=device)
+        if sub in (Sublayer.QKV, Sublayer.FC1):
+            p["norm_w"] = torch.ones(k, dtype=torch.bfloat16, device=device)
+            if model.linear_bias:
+                p["norm_b"] = torch.zeros(k, dtype=torch.bfloat16, device=device)
+        out.append(p)
+    return out
+
+
+def _sublayer_call(model, sub, p: dict, tokens: int, device) -> Callable[[], Any]:
+    """The executor's call of sublayer ``sub`` for a decode-shaped input [tokens, 1, K] (rows = tokens)."""
+    import torch
+
+    from lia_model.accounting import linear_shape
+    from lia_model.sublayers import Sublayer
+    from runtime import kernels
+    from runtime.weights import uses_rope
+
+    k, n = linear_shape(model, sub)
+    x = torch.randn(tokens, 1, k, dtype=torch.bfloat16, device=device) * 0.1
+    if sub == Sublayer.QKV:
+        rope = kernels.rope_tables(torch.arange(7, 8), model, torch.device(device)) if uses_rope(model) \
+            else None
+        return lambda: kernels.qkv(x, p, model, rope)
+    if sub == Sublayer.OUT_PROJ:
+        resid = torch.randn(tokens, 1, n, dtype=torch.bfloat16, device=device)
+        return lambda: kernels.out_proj(x, p, resid)
+    if sub == Sublayer.FC1:
+        return lambda: kernels.fc1(x, p, model)
+    resid = torch.randn(tokens, 1, n, dtype=torch.bfloat16, device=device)
+    return lambda: kernels.fc2(x, p, resid)
+
+
+# ----------------------------------------------------------------------------------------- linears
+
+
+def linear_rows(models: list, device: str, tokens_list: tuple[int, ...], llc_bytes: int, budget_s: float,
+                setup: str) -> list[dict]:
+    from calibrate.tensors import copies_to_stream, cycling
+    from calibrate.timing import time_cuda, time_host
+    from lia_model.accounting import linear_shape
+    from lia_model.sublayers import Sublayer
+
+    rows: list[dict] = []
+    seen: set[tuple] = set()
+    cap = CPU_FLOP_CAP if device == "cpu" else GPU_FLOP_CAP
+    timer = time_host if device == "cpu" else time_cuda
+    for model in models:
+        for sub in (Sublayer.QKV, Sublayer.OUT_PROJ, Sublayer.FC1, Sublayer.FC2):
+            k, n = linear_shape(model, sub)
+            key = (sub.value, k, n)
+            if key in seen:
+                continue
+            seen.add(key)
+            nbytes = 2 * k * n
+            copies = copies_to_stream(nbytes, llc_bytes if device == "cpu" else 200 << 20, cap=16)
+            params = _params(model, sub, device, copies)
+            for t in tokens_list:
+                flops = 2.0 * t * k * n
+                if flops > cap:
+                    continue
+                fn = cycling([_sublayer_call(model, sub, p, t, device) for p in params])
+                timing = timer(fn, budget_s=budget_s)
+                rows.append({"family": "linear", "device": device, "model": model.name, "sublayer": sub.value,
+                             "k": k, "n": n, "tokens": t, "time_s": timing.median_s, "min_s": timing.min_s,
+                             "max_s": timing.max_s, "samples": timing.samples, "weight_copies": copies,
+                             "gbps_weights": nbytes / timing.median_s / 1e9,
+                             "tflops": flops / timing.median_s / 1e12, "setup": setup})
+            log(f"{device} {model.name} {sub.value} ({k}x{n}): " + ", ".join(
+                f"{r['tokens']}:{r['time_s'] * 1e3:.2f}ms" for r in rows[-len(tokens_list):]
+                if r["sublayer"] == sub.value and r["k"] == k))
+            del params
+    return rows
+
+
+def linear_tables(rows: list[dict], device: str) -> list[dict]:
+    tables: dict[tuple, dict] = {}
+    for r in rows:
+        if r["family"] != "linear" or r["device"] != device:
+            continue
+        key = (r["sublayer"], r["k"], r["n"])
+        t = tables.setdefault(key, {"sublayer": r["sublayer"], "k": r["k"], "n": r["n"], "model": r["model"],
+                                    "tokens": [], "seconds": []})
+        t["tokens"].append(int(r["tokens"]))
+        t["seconds"].append(float(f"{r['time_s']:.6g}"))
+    for t in tables.values():
+        order = sorted(range(len(t["tokens"])), key=lambda i: t["tokens"][i])
+        t["tokens"] = [t["tokens"][i] for i in order]
+        t["seconds"] = [t["seconds"][i] for i in order]
+    return list(tables.values())
+
+
+# ----------------------------------------------------------------------------------------- attention
+
+
+def attention_rows(models: list, device: str, quick: bool, budget_s: float, setup: str) -> list[dict]:
+    """Fused and split attention over live-prefix views of a preallocated cache, as the executor calls them."""
+    import torch
+
+    from calibrate.timing import time_cuda, time_host
+    from runtime import kernels
+
+    timer = time_host if device == "cpu" else time_cuda
+    rows = []
+    grids = (("decode", QUICK_DECODE_GRID if quick else DECODE_GRID),
+             ("prefill", QUICK_PREFILL_GRID if quick else PREFILL_GRID))
+    for model in models:
+        kvh, d, heads = model.num_kv_heads, model.head_dim, model.num_heads
+        g = heads // kvh
+        for phase, grid in grids:
+            for batch, s in grid:
+                q = 1 if phase == "decode" else s
+                pos0 = s - q
+                width = s + 16                          # a preallocated cache a little wider than s
+                kc = torch.randn(batch, kvh, width, d, dtype=torch.bfloat16, device=device)
+                vc = torch.randn(batch, kvh, width, d, dtype=torch.bfloat16, device=device)
+                kp, vp = kc[:, :, :s], vc[:, :, :s]
+                q_in = torch.randn(batch, q, model.q_dim, dtype=torch.bfloat16, device=device)
+                mask = kernels.attention_mask(q, g, pos0, s, s, torch.device(device)) if q > 1 else None
+                scores = kernels.attn_score(q_in, kp, model, mask)
+                calls = {
+                    "fused": lambda: kernels.attention(q_in, kp, vp, model, pos0),
+                    "score": lambda: kernels.attn_score(q_in, kp, model, mask),
+                    "context": lambda: kernels.attn_context(scores, vp, model, q),
+                }
+                for kind, fn in calls.items():
+                    timing = timer(fn, budget_s=budget_s)
+                    rows.append({"family": "attention", "device": device, "model": model.name, "kind": kind,
+                                 "phase": phase, "batch": batch, "heads": heads, "kv_heads": kvh, "group": g,
+                                 "q": q, "s": s, "head_dim": d, "time_s": timing.median_s, "min_s": timing.min_s,
+                                 "max_s": timing.max_s, "samples": timing.samples, "setup": setup})
+        log(f"{device} attention {model.name}: {sum(1 for r in rows if r['model'] == model.name)} points")
+    return rows
+
+
+def fit_attention(rows: list[dict], device: str, models: dict) -> list[dict]:
+    """Per (kind, phase): t = overhead + s_per_byte x bytes + s_per_flop x FLOPs + s_per_row x rows by NNLS on
+    relative error (each row weighted by 1 / its time, so small and large points count alike); bytes,
+    FLOPs and rows from lia_model.accounting, the cost model's own counts."""
+    from scipy.optimize import nnls
+
+    from lia_model.accounting import attention_bytes_flops, attention_rows
+
+    import itertools
+
+    fits = []
+    for kind, phase, heads in itertools.product(("fused", "score", "context"), ("decode", "prefill"), ("mha", "gqa")):
+        if True:  # noqa: SIM108 - one block per (kind, phase, heads)
+            pts = [r for r in rows if r["family"] == "attention" and r["device"] == device and r["kind"] == kind
+                   and r["phase"] == phase and (int(r["group"]) > 1) == (heads == "gqa")]
+            if len(pts) < 4:
+                continue
+            feats = []
+            for r in pts:
+                model = models[r["model"]]
+                b, q, s = int(r["batch"]), int(r["q"]), int(r["s"])
+                nbytes, flops = attention_bytes_flops(model, b, q, s, kind)
+                feats.append([1.0, float(nbytes), float(flops), attention_rows(model, b, q)])
+            x = np.asarray(feats)
+            t = np.asarray([float(r["time_s"]) for r in pts])
+            a = x / t[:, None]
+            scale = a.max(axis=0)
+            scale[scale == 0] = 1.0
+            coef, _ = nnls(a / scale, np.ones(len(pts)))
+            coef = coef / scale
+            pred = x @ coef
+            errs = np.abs(pred / t - 1)
+            for r, p in zip(pts, pred):
+                r["fit_time_s"] = float(p)
+            fits.append({"kind": kind, "phase": phase, "heads": heads, "overhead_s": float(f"{coef[0]:.6g}"),
+                         "s_per_byte": float(f"{coef[1]:.6g}"), "s_per_flop": float(f"{coef[2]:.6g}"),
+                         "s_per_row": float(f"{coef[3]:.6g}"),
+                         "fit_median_rel_err": round(float(np.median(errs)), 4),
+                         "fit_max_rel_err": round(float(errs.max()), 4), "points": len(pts)})
+    return fits
+
+
+def refit(profile: str, csv: str, force: bool) -> Path:
+    """Refit the attention models of a kernel-table profile from its raw CSV (no measurement)."""
+    import pandas as pd
+    import yaml
+
+    from hwprofiles import load_system
+    from lia_model.inputs import resolve_model
+
+    path = Path(profile)
+    if not path.exists() or not Path(csv).exists():
+        raise LiaInputError("--refit", f"'{profile}' or '{csv}' does not exist", "give the profile and its raw CSV")
+    if not force:
+        raise LiaInputError("--refit", f"refitting rewrites '{profile}'", "pass --force to rewrite it")
+    rows = pd.read_csv(csv).to_dict("records")
+    names = sorted({r["model"] for r in rows if r.get("family") == "attention"})
+    models = {n: resolve_model(n) for n in names}
+    text = path.read_text()
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+    data = yaml.safe_load(text)
+    data["kernels"]["cpu_attention"] = fit_attention(rows, "cpu", models)
+    data["kernels"]["gpu_attention"] = fit_attention(rows, "gpu", models)
+    stamp = time.strftime("%Y-%m-%d", time.gmtime())
+    for dev in ("cpu", "gpu"):
+        data["kernels"]["source"][f"{dev}_attention"] += (f"; refitted {stamp} from {Path(csv).name} by "
+                                                          f"python -m calibrate.kernel_tables --refit (per-row term)")
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=120))
+    load_system(str(path))
+    for dev in ("cpu", "gpu"):
+        for f in data["kernels"][f"{dev}_attention"]:
+            log(f"{dev} attention fit {f['kind']}/{f['phase']}/{f['heads']}: median |err| {100 * f['fit_median_rel_err']:.1f}%, "
+                f"max {100 * f['fit_max_rel_err']:.1f}% over {f['points']} points")
+    return path
+
+
+# ----------------------------------------------------------------------------------------- GPU extras
+
+
+def gpu_dispatch_us() -> float:
+    from runtime.backend import Backend
+    from runtime.overhead import measure
+
+    return measure(Backend("cuda"))["gpu.op_overhead_us"]
+
+
+def cpu_beside_dma(setup: str, quick: bool) -> tuple[float, list[dict]]:
+    """Slowdown of the runtime's OPT-30B fc2 at 64 tokens while pinned H2D copies stream host memory."""
+    import torch
+
+    from lia_model.models import get_model
+    from lia_model.sublayers import Sublayer
+
+    model = get_model("opt-30b")
+    params = _params(model, Sublayer.FC2, "cpu", 6)
+    calls = [_sublayer_call(model, Sublayer.FC2, p, 64, "cpu") for p in params]
+    piece = 256 << 20
+    pieces = 2 if quick else 8
+    host = torch.empty(pieces * piece, dtype=torch.uint8).pin_memory()
+    dev = torch.empty(piece, dtype=torch.uint8, device="cuda")
+    stream = torch.cuda.Stream()
+
+    def cpu_loop(n: int) -> float:
+        t0 = time.perf_counter()
+        for i in range(n):
+            calls[i % len(calls)]()
+        return time.perf_counter() - t0
+
+    def dma(n: int) -> float:
+        t0 = time.perf_counter()
+        with torch.cuda.stream(stream):
+            for i in range(n):
+                dev.copy_(host[(i % pieces) * piece:(i % pieces + 1) * piece], non_blocking=True)
+        stream.synchronize()
+        return time.perf_counter() - t0
+
+    n_cpu, n_dma = (6, 8) if quick else (12, 24)
+    cpu_loop(3)
+    dma(2)
+    solo_cpu = min(cpu_loop(n_cpu) for _ in range(3))
+    solo_dma = min(dma(n_dma) for _ in range(3))
+    rows, ratios = [], []
+    for _ in range(3):
+        res: dict[str, float] = {}
+        th = threading.Thread(target=lambda: res.__setitem__("dma", dma(n_dma)))
+        th.start()
+        res["cpu"] = cpu_loop(n_cpu)
+        th.join()
+        ratios.append(res["cpu"] / solo_cpu)
+        rows.append({"family": "cpu_beside_dma", "device": "cpu", "model": "opt-30b", "sublayer": "fc2", "tokens": 64,
+                     "time_s": res["cpu"] / n_cpu, "solo_time_s": solo_cpu / n_cpu,
+                     "slowdown": res["cpu"] / solo_cpu, "dma_gbps": n_dma * piece / res["dma"] / 1e9,
+                     "dma_solo_gbps": n_dma * piece / solo_dma / 1e9,
+                     "cpu_weights_gbps_solo": n_cpu * 2 * 28672 * 7168 / solo_cpu / 1e9, "setup": setup})
+    return float(statistics.median(ratios)), rows
+
+
+# ----------------------------------------------------------------------------------------- the run
+
+
+def run(base: str, name: str, out_dir: Path, models: list[str], quick: bool, force: bool, use_gpu: bool,
+        attn_models: tuple[str, ...] = ATTN_MODELS) -> Path:
+    import pandas as pd
+    import torch
+    import yaml
+
+    from calibrate.host import host_info
+    from hwprofiles import load_system, system_dict
+    from lia_model.inputs import resolve_model
+    from runtime import cpu_setup
+
+    base_spec = load_system(base)   # validates the base (a name or a path)
+    profile_path = out_dir / f"{name}.yaml"
+    csv_path = out_dir / f"{name}-kernels.csv"
+    if profile_path.exists() and not force:
+        raise LiaInputError("--name", f"'{profile_path}' exists", "choose another --name, or pass --force")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    setup = cpu_setup.apply()
+    host = host_info()
+    desc = setup.describe()
+    log(f"host {host.hostname}: {host.cpu_model}; {desc}")
+    specs = [resolve_model(m) for m in models]
+    attn_specs = [resolve_model(m) for m in attn_models]
+    tokens = QUICK_TOKENS if quick else TOKENS
+    budget = 0.03 if quick else 0.08
+    llc = host.llc_bytes or LLC_DEFAULT
+    t0 = time.perf_counter()
+    rows = linear_rows(specs, "cpu", tokens, llc, budget, desc)
+    rows += attention_rows(attn_specs, "cpu", quick, budget, desc)
+    cuda = use_gpu and torch.cuda.is_available()
+    dispatch_us, slowdown, gpu_name = 0.0, 1.0, ""
+    dispatch_src = "no GPU measured: 0 (GPU sublayers then cost their device time only)"
+    slowdown_src = "no GPU measured: 1 (no contention charged)"
+    if cuda:
+        gpu_name = torch.cuda.get_device_name(0)
+        rows += linear_rows(specs, "cuda", tokens if quick else TOKENS + (8192,), llc, budget, desc)
+        rows += attention_rows(attn_specs, "cuda", quick, budget, desc)
+        dispatch_us = gpu_dispatch_us()
+        slowdown, dma_rows = cpu_beside_dma(desc, quick)
+        rows += dma_rows
+        dispatch_src = "runtime/overhead.py: executor decode-step slope per sublayer, all-GPU, hidden 64"
+        slowdown_src = ("median of 3: runtime fc2 of OPT-30B at 64 tokens (6 cold weight copies) while pinned H2D "
+                        f"copies stream {2 if quick else 8} x 256 MiB on another CUDA stream, over its time alone")
+    for r in rows:
+        if r["device"] == "cuda":
+            r["device"] = "gpu"
+    by_name = {m.name: m for m in attn_specs}
+    cpu_fits = fit_attention(rows, "cpu", by_name)
+    gpu_fits = fit_attention(rows, "gpu", by_name) if cuda else []
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = f"calibrated on {host.hostname} on {date}"
+    command = (f"python -m calibrate.kernel_tables --base {base} --name {name} --out {out_dir} "
+               f"--models {','.join(models)}" + (" --quick" if quick else "") + ("" if cuda else " --no-gpu"))
+    from lia_model.plan import CpuIsa
+
+    kernels = {
+        "cpu_isa": _default_isa(base_spec).value if _default_isa(base_spec) else CpuIsa.AMX_BF16.value,
+        "setup": desc,
+        "cpu_linear": linear_tables(rows, "cpu"),
+        "gpu_linear": linear_tables(rows, "gpu"),
+        "cpu_attention": cpu_fits,
+        "gpu_attention": gpu_fits,
+        "gpu_dispatch_us": round(dispatch_us, 2),
+        "cpu_slowdown_beside_dma": round(max(1.0, slowdown), 4),
+        "source": {
+            "cpu_linear": f"{stamp}: runtime.kernels sublayer functions, perf_counter median; {csv_path.name}",
+            "gpu_linear": f"{stamp}: runtime.kernels sublayer functions, CUDA events median ({gpu_name or 'none'})",
+            "cpu_attention": f"{stamp}: NNLS fit on the attention grid of {', '.join(attn_models)}; {csv_path.name}",
+            "gpu_attention": f"{stamp}: NNLS fit on the attention grid of {', '.join(attn_models)}",
+            "gpu_dispatch_us": f"{stamp}: {dispatch_src}",
+            "cpu_slowdown_beside_dma": f"{stamp}: {slowdown_src}",
+        },
+    }
+    data = system_dict(base)         # the base with every device inline
+    data["name"] = name
+    data["description"] = (f"{data.get('description', '')} + kernel tables of the runtime ({stamp}"
+                           f"{', ' + gpu_name if gpu_name else ''})").strip()
+    data["kernels"] = kernels
+    prov = data.get("provenance") or {"host": host.hostname, "date": date, "command": command, "versions": {},
+                                      "notes": []}
+    prov.setdefault("notes", []).append(f"kernel tables: `{command}` on {host.hostname} at {date} "
+                                        f"({time.perf_counter() - t0:.0f} s; {desc}; torch {torch.__version__}; "
+                                        f"python {platform.python_version()})")
+    data["provenance"] = prov
+    profile_path.write_text(f"# Base profile {base} plus the runtime's kernel tables, written by `{command}`.\n"
+                            f"# Raw measurements: {csv_path.name}.\n"
+                            + yaml.safe_dump(data, sort_keys=False, width=120))
+    pd.DataFrame(rows).to_csv(csv_path, index=False)
+    load_system(str(profile_path))   # the written profile must validate
+    log(f"wrote {profile_path} and {csv_path} in {time.perf_counter() - t0:.0f} s")
+    for f in cpu_fits + gpu_fits:
+        log(f"attention fit {f['kind']}/{f['phase']}/{f['heads']}: median |err| {100 * f['fit_median_rel_err']:.1f}%, "
+            f"max {100 * f['fit_max_rel_err']:.1f}% over {f['points']} points")
+    return profile_path
+
+
+def _default_isa(spec) -> Optional[Any]:
+    """The ISA a stock bf16 matmul takes on this machine: the base profile's best present ISA."""
+    try:
+        return spec.cpu.best_isa()
+    except ValueError:
+        return None
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", help="system profile (name or path) the tables are added to")
+    parser.add_argument("--name")
+    parser.add_argument("--refit", nargs=2, metavar=("PROFILE", "CSV"), help="refit the attention models of a "
+                        "kernel-table profile from its raw CSV (measures nothing; needs --force)")
+    parser.add_argument("--out", default="results/calibration")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    parser.add_argument("--attn-models", default=",".join(ATTN_MODELS), help="models whose heads the attention "
+                        "grid uses (names or config.json paths)")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--no-gpu", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.refit:
+            print(refit(args.refit[0], args.refit[1], args.force))
+            return 0
+        if not args.base or not args.name:
+            raise LiaInputError("--base/--name", "both are needed to measure", "e.g. --base emr-h100-calibrated "
+                                "--name emr-h200-kernels")
+        path = run(args.base, args.name, Path(args.out), [m for m in args.models.split(",") if m], args.quick,
+                   args.force, not args.no_gpu, tuple(m for m in args.attn_models.split(",") if m))
+    except LiaInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

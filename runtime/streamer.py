@@ -1,0 +1,131 @@
+"""Weight streaming: a feeder thread that keeps at most ``depth`` weight pieces queued on the copy engine.
+
+Why (measured on the GPU host, 2026-11-30, runtime/validation/wave2/traces.tgz): the host-to-device copy
+engine serves the copies of every stream in the order they were queued. With the whole next layer's
+weights (13 ms of DMA for OPT-30B qkv + fc1) queued at a layer's start, the small activation copy that the
+layer's own GPU qkv needs waited behind all of it, so CPU work and weight streaming ran one after the other
+(layer time = CPU + DMA instead of their max; overlap efficiency 0.08). The feeder enqueues one piece
+(32 MiB, about 0.6 ms at 55 GB/s) whenever fewer than ``depth`` are in flight, so an activation copy waits
+for at most ``depth`` pieces, while the launching thread is free to run CPU sublayers.
+
+The launching thread gets a ``Job`` per prefetch: ``Job.ready()`` blocks until every piece is queued and
+returns the event after the last one (a stream may only wait on an event once it is recorded). Without
+CUDA (the fake and CPU backends, whose copies are synchronous) jobs run inline. ``LIA_WEIGHT_FEEDER=0``
+turns the thread off (every piece is queued at once, as before).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from runtime.backend import Backend, Event
+
+PIECE_ELEMS = 16 * 2**20    # 32 MiB of bf16 per piece
+DEPTH = 2                   # pieces in flight on the copy engine
+
+
+@dataclass
+class Piece:
+    dst: torch.Tensor
+    src: torch.Tensor
+
+
+@dataclass
+class Part:
+    """One sublayer's weights: its pieces, and a callback that records (start, end) events of the part."""
+
+    pieces: list[Piece]
+    on_done: Callable[[Event, Event], None]
+
+
+@dataclass
+class Job:
+    waits: list[Optional[Event]]
+    parts: list[Part]
+    end: Optional[Event] = None
+    error: Optional[BaseException] = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def ready(self) -> Event:
+        """Block until the job is fully queued; the event after its last copy."""
+        self.done.wait()
+        if self.error is not None:
+            raise RuntimeError(f"weight prefetch failed: {self.error!r}") from self.error
+        assert self.end is not None
+        return self.end
+
+
+def split(dst: torch.Tensor, src: torch.Tensor, piece_elems: int = PIECE_ELEMS) -> list[Piece]:
+    d, s = dst.view(-1), src.view(-1)
+    return [Piece(d[lo:min(lo + piece_elems, s.numel())], s[lo:min(lo + piece_elems, s.numel())])
+            for lo in range(0, s.numel(), piece_elems)]
+
+
+class WeightFeeder:
+    def __init__(self, backend: Backend, depth: int = DEPTH, threaded: Optional[bool] = None) -> None:
+        self.backend = backend
+        self.depth = max(1, depth)
+        if threaded is None:
+            threaded = backend.is_cuda and os.environ.get("LIA_WEIGHT_FEEDER", "1") != "0"
+        self.threaded = threaded
+        self._queue: "queue.Queue[Optional[Job]]" = queue.Queue()
+        self._thread: Optional[threading.Thread] = None
+        if threaded:
+            self._device = torch.cuda.current_device() if backend.is_cuda else None
+            self._thread = threading.Thread(target=self._loop, name="lia-weight-feeder", daemon=True)
+            self._thread.start()
+
+    @property
+    def description(self) -> str:
+        return f"feeder thread, {self.depth} x 32 MiB in flight" if self.threaded else "all pieces queued at once"
+
+    def submit(self, waits: list[Optional[Event]], parts: list[Part]) -> Job:
+        job = Job(waits, parts)
+        if self.threaded:
+            self._queue.put(job)
+        else:
+            self._run(job, throttle=False)
+        return job
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _loop(self) -> None:
+        if self._device is not None:
+            torch.cuda.set_device(self._device)
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            self._run(job, throttle=True)
+
+    def _run(self, job: Job, throttle: bool) -> None:
+        be = self.backend
+        try:
+            for ev in job.waits:
+                be.wait(be.weights, ev)
+            in_flight: list[Event] = []
+            for part in job.parts:
+                start = be.event(be.weights)
+                for piece in part.pieces:
+                    if throttle:
+                        while len(in_flight) >= self.depth:
+                            in_flight.pop(0).synchronize()
+                    be.copy(piece.dst, piece.src, be.weights)
+                    if throttle:
+                        in_flight.append(be.event(be.weights))
+                part.on_done(start, be.event(be.weights))
+            job.end = be.event(be.weights)
+        except BaseException as err:  # noqa: BLE001 - handed to the launching thread by Job.ready()
+            job.error = err
+        finally:
+            job.done.set()

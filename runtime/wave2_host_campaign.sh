@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Wave-2 GPU-host campaign (issue 10), one part per device command, each under 9.5 minutes.
+#
+#   bash runtime/wave2_host_campaign.sh 1     # kernel tables of the runtime -> profile, then campaign part A
+#   bash runtime/wave2_host_campaign.sh 2 [PROFILE]   # campaign part B with the committed kernel-table profile
+#
+# Part 1 writes $OUT/emr-h200-kernels.yaml (base: hwprofiles/systems/emr-h100-calibrated.yaml + the kernels
+# section) and its raw CSV, then runs runtime/campaign/wave2-a.yaml predicted with that profile. Part 2 runs
+# runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
+# tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
+set -uo pipefail
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(1|2) [PROFILE]}
+OUT=${OUT:-./campaign-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 LIA_THREADS=$(nproc)
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+HARD_LIMIT_S=${HARD_LIMIT_S:-560}
+
+main() {
+echo "== wave-2 campaign part $PART on $(hostname) at $(date -u +%FT%TZ)"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+lscpu | grep -E 'Model name|^CPU\(s\)|Thread' || true
+case "$PART" in
+    1)
+        timeout "${KT_LIMIT_S:-330}" "$PY" -m calibrate.kernel_tables --base hwprofiles/systems/emr-h100-calibrated.yaml \
+            --name emr-h200-kernels --out "$OUT" --force ${KT_ARGS:-} 2>&1 | grep --line-buffered -v '^USDT'
+        PROFILE="$OUT/emr-h200-kernels.yaml"
+        [ -f "$PROFILE" ] || { echo "kernel tables failed"; return 1; }
+        cp "$PROFILE" /tmp/emr-h200-kernels.yaml
+        POINTS=${POINTS_A:-runtime/campaign/wave2-a.yaml}; MAX_POINT_S=${MAX_POINT_S:-60}
+        TITLE="OPT-30B, 48 layers, GPU capped at 40 GiB (wave 2, kernel tables)"
+        ;;
+    2)
+        PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
+        POINTS=runtime/campaign/wave2-b.yaml; MAX_POINT_S=${MAX_POINT_S:-30}
+        TITLE="OPT-30B/66B/175B and Llama-2-70B subsets (wave 2, kernel tables)"
+        ;;
+    *) echo "unknown part '$PART'"; return 2 ;;
+esac
+LEFT=$((HARD_LIMIT_S - SECONDS)); BUDGET=$((LEFT - 40))
+echo "== lia validate ($POINTS) with $PROFILE, budget ${BUDGET} s"
+timeout -s INT "$LEFT" "$PY" -m lia_model validate --points "$POINTS" --system "$PROFILE" --out "$OUT" \
+    --repeats 5 --profiled-runs 3 --trace "$OUT/traces" --max-point-s "$MAX_POINT_S" --time-budget-s "$BUDGET" \
+    --title "$TITLE" 2>&1 | grep --line-buffered -v '^USDT'
+if [ ! -f "$OUT/summary.md" ] && [ -f "$OUT/results.csv" ]; then
+    "$PY" -m lia_model validate --from-csv "$OUT/results.csv" --out "$OUT" --title "$TITLE (partial)" >/dev/null 2>&1 || true
+fi
+[ -d "$OUT/traces" ] && tar czf "$OUT/traces.tgz" -C "$OUT" traces && rm -rf "$OUT/traces"
+rm -f "$OUT/pred_vs_meas.svg"
+echo "== done in ${SECONDS} s; files: $(ls "$OUT" | tr '\n' ' ')"
+[ -f "$OUT/summary.md" ] && cat "$OUT/summary.md"
+return 0
+}
+main 2>&1 | tee "$OUT/campaign.log"

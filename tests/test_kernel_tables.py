@@ -1,0 +1,208 @@
+"""Kernel tables (one kernel truth): interpolation, the cost model reading the runtime's measured kernels,
+the attention fit, and a quick measurement run of the runtime's own kernels on this machine.
+
+Hand numbers: every expected value below is computed in the test from the formula in the docstring of the
+function under test (lia_model.hardware.table_seconds, costterms._apply_kernel_tables), not read back from
+the code."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hwprofiles import system_dict
+from lia_model.accounting import attention_bytes_flops, attention_rows, sublayer_work
+from lia_model.costmodel import predict
+from lia_model.costterms import CostMode, StageContext, streamed_layer_terms, sublayer_times
+from lia_model.hardware import LinearTable, SystemSpec, table_seconds
+from lia_model.models import get_model
+from lia_model.plan import ALL_CPU, CpuIsa, Device, HostTier, Plan
+from lia_model.sublayers import SUBLAYERS, Sublayer
+from lia_model.workload import make_workload
+
+ROOT = Path(__file__).resolve().parents[1]
+OPT30 = get_model("opt-30b")
+
+
+def test_table_interpolation_is_log_linear_with_hand_numbers() -> None:
+    t = LinearTable(sublayer="fc2", k=8, n=8, tokens=[1, 4, 16], seconds=[1e-3, 2e-3, 8e-3])
+    assert table_seconds(t, 1) == pytest.approx(1e-3)
+    assert table_seconds(t, 2) == pytest.approx(1e-3 * math.sqrt(2))       # halfway in log tokens: geometric mean
+    assert table_seconds(t, 8) == pytest.approx(math.sqrt(2e-3 * 8e-3))
+    assert table_seconds(t, 64) == pytest.approx(8e-3 * 4)                  # past the table: proportional
+    assert table_seconds(t, 0.5) == pytest.approx(1e-3)                     # below: the first point
+
+
+def test_a_malformed_table_is_rejected() -> None:
+    with pytest.raises(ValueError, match="strictly increasing"):
+        LinearTable(sublayer="fc2", k=8, n=8, tokens=[4, 1], seconds=[1e-3, 2e-3])
+    with pytest.raises(ValueError, match="positive and finite"):
+        LinearTable(sublayer="fc2", k=8, n=8, tokens=[1, 4], seconds=[1e-3, float("nan")])
+
+
+FUSED = {"overhead_s": 1e-4, "s_per_byte": 1e-11, "s_per_flop": 0.0, "s_per_row": 1e-8}
+SPLIT = {"overhead_s": 2e-4, "s_per_byte": 2e-11, "s_per_flop": 0.0, "s_per_row": 0.0}
+
+
+def _system_with_tables(slowdown: float = 1.5) -> SystemSpec:
+    data = system_dict("spr-h100")
+    fc2_k, fc2_n = OPT30.ffn_size, OPT30.hidden_size
+    qkv_n = OPT30.q_dim + 2 * OPT30.kv_dim
+    fits = []
+    for kind, coef in (("fused", FUSED), ("score", SPLIT), ("context", SPLIT)):
+        for phase in ("decode", "prefill"):
+            fits.append({"kind": kind, "phase": phase, "heads": "mha", **coef, "fit_median_rel_err": 0.0,
+                         "fit_max_rel_err": 0.0, "points": 4})
+    data["kernels"] = {
+        "cpu_isa": "amx_bf16", "setup": "test",
+        "cpu_linear": [{"sublayer": "fc2", "k": fc2_k, "n": fc2_n, "tokens": [1, 64], "seconds": [0.010, 0.020]},
+                       {"sublayer": "qkv", "k": OPT30.hidden_size, "n": qkv_n, "tokens": [1, 64],
+                        "seconds": [0.004, 0.008]}],
+        "gpu_linear": [{"sublayer": "fc2", "k": fc2_k, "n": fc2_n, "tokens": [1, 64], "seconds": [1e-5, 2e-4]}],
+        "cpu_attention": fits, "gpu_attention": fits,
+        "gpu_dispatch_us": 50.0, "cpu_slowdown_beside_dma": slowdown,
+        "source": {k: "test" for k in ("cpu_linear", "gpu_linear", "cpu_attention", "gpu_attention",
+                                       "gpu_dispatch_us", "cpu_slowdown_beside_dma")},
+    }
+    return SystemSpec.model_validate(data)
+
+
+def _ctx(batch: int, q: int, contexts: tuple[int, ...]) -> StageContext:
+    return StageContext(batch=batch, q=q, contexts=contexts, minibatches=1, weight_tier=HostTier.DDR,
+                        kv_tier=HostTier.DDR, cpu_isa=CpuIsa.AMX_BF16, pinned_weights=True, overlap=True,
+                        mode=CostMode.OVERLAP)
+
+
+def test_sublayer_times_read_the_tables() -> None:
+    system = _system_with_tables()
+    ctx = _ctx(16, 1, (100,))
+    t = sublayer_times(system, OPT30, ctx, 16)
+    i_fc2, i_qkv, i_out = (SUBLAYERS.index(s) for s in (Sublayer.FC2, Sublayer.QKV, Sublayer.OUT_PROJ))
+    # CPU fc2 at 16 tokens: log-linear between (1, 10 ms) and (64, 20 ms): 10 ms * 2^(log(16)/log(64)) = 10 * 2^(2/3)
+    want = 0.010 * 2 ** (math.log(16) / math.log(64))
+    assert t.cpu_s[i_fc2, 0] == pytest.approx(want)
+    # GPU fc2: the table (1e-5 .. 2e-4) interpolated is below the 50 us dispatch floor at 1 token only
+    assert sublayer_times(system, OPT30, _ctx(1, 1, (100,)), 1).gpu_s[i_fc2, 0] == pytest.approx(50e-6)
+    g16 = 1e-5 * 20 ** (math.log(16) / math.log(64))
+    assert t.gpu_s[i_fc2, 0] == pytest.approx(max(g16, 50e-6))
+    # out_proj has no table: the roofline (unchanged), which differs from any table value above
+    base = sublayer_times(SystemSpec.model_validate(system_dict("spr-h100")), OPT30, ctx, 16)
+    assert t.cpu_s[i_out, 0] == pytest.approx(base.cpu_s[i_out, 0])
+    assert t.cpu_s[i_qkv, 0] != pytest.approx(base.cpu_s[i_qkv, 0])
+
+
+def test_fused_attention_is_one_kernel_when_score_and_context_share_a_device() -> None:
+    system = _system_with_tables()
+    b, s = 16, 100
+    t = sublayer_times(system, OPT30, _ctx(b, 1, (s,)), b)
+    by, fl = attention_bytes_flops(OPT30, b, 1, np.asarray([float(s)]), "fused")
+    rows = attention_rows(OPT30, b, 1)
+    fused = FUSED["overhead_s"] + FUSED["s_per_byte"] * by[0] + FUSED["s_per_row"] * rows
+    work = sublayer_work(OPT30, b, 1, np.asarray([float(s)]))
+    score_b = work[Sublayer.ATTN_SCORE].kv_read_bytes + work[Sublayer.ATTN_SCORE].act_bytes
+    ctx_b = work[Sublayer.ATTN_CONTEXT].kv_read_bytes + work[Sublayer.ATTN_CONTEXT].act_bytes
+    split_score = SPLIT["overhead_s"] + SPLIT["s_per_byte"] * float(np.asarray(score_b).ravel()[0])
+    split_ctx = SPLIT["overhead_s"] + SPLIT["s_per_byte"] * float(np.asarray(ctx_b).ravel()[0])
+    i_s, i_c = SUBLAYERS.index(Sublayer.ATTN_SCORE), SUBLAYERS.index(Sublayer.ATTN_CONTEXT)
+    assert t.cpu_s[i_s, 0] == pytest.approx(split_score) and t.cpu_s[i_c, 0] == pytest.approx(split_ctx)
+    assert t.cpu_s[i_s, 0] + t.cpu_s[i_c, 0] + t.cpu_fused_delta_s[0] == pytest.approx(fused)
+    # the breakdown as the runtime records it: score 0, context the fused kernel (both on the CPU)
+    both_cpu = (Device.GPU, Device.CPU, Device.CPU, Device.GPU, Device.GPU, Device.GPU)
+    assert t.compute_s(i_s, both_cpu)[0] == 0.0 and t.compute_s(i_c, both_cpu)[0] == pytest.approx(fused)
+    split = (Device.GPU, Device.CPU, Device.GPU, Device.GPU, Device.GPU, Device.GPU)
+    assert t.compute_s(i_s, split)[0] == pytest.approx(split_score)
+    # the affine forms charge the same: CPU busy time of (0,1,1,0,0,0) minus that of (0,1,0,0,0,0)
+    terms = streamed_layer_terms(system, OPT30, _ctx(b, 1, (s,)))
+    from lia_model.costterms import policy_features
+
+    cpu_busy = terms.resources[next(r for r in terms.resources if r.value == "cpu")]
+    assert cpu_busy.evaluate(policy_features(both_cpu))[0] == pytest.approx(fused)
+    assert cpu_busy.evaluate(policy_features(split))[0] == pytest.approx(split_score)
+
+
+def test_cpu_work_beside_weight_dma_is_charged_with_the_calibrated_slowdown() -> None:
+    """T >= n cpu_c + (1 - 1/s) W: CPU fc2 and qkv on the CPU, out_proj and fc1 streamed (W > 0)."""
+    system = _system_with_tables(slowdown=2.0)
+    ctx = _ctx(64, 1, (40,))
+    terms = streamed_layer_terms(system, OPT30, ctx)
+    from lia_model.costterms import policy_features
+
+    p = (Device.CPU, Device.CPU, Device.CPU, Device.GPU, Device.GPU, Device.CPU)
+    f = policy_features(p)
+    cpu = terms.resources[next(r for r in terms.resources if r.value == "cpu")].evaluate(f)[0]
+    w = float(terms.weight_h2d_s[SUBLAYERS.index(Sublayer.OUT_PROJ)] + terms.weight_h2d_s[SUBLAYERS.index(Sublayer.FC1)])
+    assert terms.terms["cpu_dma"][1].evaluate(f)[0] == pytest.approx(cpu + 0.5 * w)
+    assert terms.layer_time(f)[0] >= cpu + 0.5 * w - 1e-12
+    # without tables no such term (datasheet profiles keep their roofline model)
+    plain = streamed_layer_terms(SystemSpec.model_validate(system_dict("spr-h100")), OPT30, ctx)
+    assert "cpu_dma" not in plain.terms
+
+
+def test_fit_attention_recovers_known_coefficients() -> None:
+    """Rows generated exactly from t = 2e-5 + 3e-11 bytes + 4e-14 FLOPs + 5e-8 rows: NNLS gets them back."""
+    from calibrate.kernel_tables import fit_attention
+
+    llama = get_model("llama-2-70b")
+    rows = []
+    for b, s in ((1, 64), (4, 512), (16, 128), (64, 1024), (8, 2048), (2, 256)):
+        for kind in ("fused", "score", "context"):
+            by, fl = attention_bytes_flops(llama, b, 1, s, kind)
+            t = 2e-5 + 3e-11 * float(by) + 4e-14 * float(fl) + 5e-8 * attention_rows(llama, b, 1)
+            rows.append({"family": "attention", "device": "cpu", "model": llama.name, "kind": kind, "phase": "decode",
+                         "batch": b, "q": 1, "s": s, "group": 8, "time_s": t})
+    fits = fit_attention(rows, "cpu", {llama.name: llama})
+    assert {(f["kind"], f["heads"]) for f in fits} == {("fused", "gqa"), ("score", "gqa"), ("context", "gqa")}
+    for f in fits:
+        assert f["fit_max_rel_err"] < 1e-6
+        assert f["overhead_s"] == pytest.approx(2e-5, rel=1e-4) and f["s_per_byte"] == pytest.approx(3e-11, rel=1e-4)
+
+
+def _tiny_configs(tmp: Path) -> tuple[Path, Path]:
+    opt = tmp / "tiny-opt"
+    opt.mkdir()
+    (opt / "config.json").write_text(json.dumps({
+        "model_type": "opt", "hidden_size": 128, "ffn_dim": 512, "num_attention_heads": 4, "num_hidden_layers": 2,
+        "vocab_size": 256, "max_position_embeddings": 512, "word_embed_proj_dim": 128}))
+    llama = tmp / "tiny-llama"
+    llama.mkdir()
+    (llama / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 8,
+        "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 256, "max_position_embeddings": 2048}))
+    return opt / "config.json", llama / "config.json"
+
+
+def test_quick_run_times_the_runtimes_kernels_and_writes_a_valid_profile(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    opt, llama = _tiny_configs(tmp_path)
+    models = f"{opt},{llama}"
+    cmd = [sys.executable, "-m", "calibrate.kernel_tables", "--base", "spr-h100", "--name", "kt-ci",
+           "--out", str(tmp_path / "out"), "--models", models, "--attn-models", models, "--quick", "--no-gpu"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from hwprofiles import load_system
+
+    spec = load_system(str(tmp_path / "out" / "kt-ci.yaml"))
+    k = spec.kernels
+    assert k is not None and k.gpu_linear == [] and k.cpu_slowdown_beside_dma == 1.0
+    assert {t.sublayer for t in k.cpu_linear} == {"qkv", "out_proj", "fc1", "fc2"}
+    assert all(t.tokens == [1, 16, 256] for t in k.cpu_linear)
+    assert {(f.kind, f.heads) for f in k.cpu_attention} >= {("fused", "mha"), ("fused", "gqa")}
+    assert "threads=" in k.setup and "alloc=" in k.setup
+    # the profile predicts, and a second run without --force refuses to overwrite it
+    from lia_model.inputs import resolve_model
+
+    model = resolve_model(str(opt))
+    pred = predict(spec, model, make_workload(2, 16, 4, model),
+                   Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU, gpu_resident_layers=0))
+    assert pred.latency_s > 0
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and again.stderr.startswith("error: --name") and "--force" in again.stderr
+    raw = yaml.safe_load((tmp_path / "out" / "kt-ci.yaml").read_text())
+    assert raw["kernels"]["source"]["cpu_linear"].startswith("calibrated on ")
