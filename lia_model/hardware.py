@@ -65,6 +65,11 @@ class Sourced(_Spec):
         return self
 
 
+# Fields whose default value is a definition rather than a number that needs a source: kv_pass_factor = 1 is
+# "one pass over the KV cache", the roofline's own assumption.
+DEFINITIONAL_DEFAULTS = frozenset({"kv_pass_factor"})
+
+
 def _numeric_paths(spec: BaseModel, prefix: str = "") -> list[str]:
     paths: list[str] = []
     for name in type(spec).model_fields:
@@ -72,8 +77,10 @@ def _numeric_paths(spec: BaseModel, prefix: str = "") -> list[str]:
             continue
         value = getattr(spec, name)
         path = f"{prefix}{name}"
-        if isinstance(value, bool) or name not in spec.model_fields_set:
-            continue  # a field left at its default is a definition (its description says which), not a number
+        if isinstance(value, bool):
+            continue
+        if name in DEFINITIONAL_DEFAULTS and value == type(spec).model_fields[name].default:
+            continue  # at its default this number is a definition (its description says which), not a measurement
         if isinstance(value, (int, float)):
             paths.append(path)
         elif isinstance(value, BaseModel) and not isinstance(value, Sourced):
