@@ -156,9 +156,11 @@ def test_a_weight_split_puts_that_many_layers_in_cxl_and_times_each_kind():
     rep = pred.stages[Stage.PREFILL]
     assert pred.ttft_s == pytest.approx(10 * rep.resident_layer_s[0] + 23 * parts[HostTier.DDR]
                                         + 15 * parts[HostTier.CXL] + rep.head_s, rel=1e-12)
-    decode = {tier: streamed_layer_terms(sys_, model, stage_context(wl, plan, Stage.DECODE, CostMode.OVERLAP, weight_tier=tier))
-              .layer_time(policy_features(plan.decode_policy)) for tier in (HostTier.DDR, HostTier.CXL)}
-    assert np.all(decode[HostTier.CXL] > 3 * decode[HostTier.DDR])   # all-CPU decode reads weights at 55, not 265 GB/s
+    decode = {}
+    for tier in (HostTier.DDR, HostTier.CXL):
+        ctx = stage_context(wl, plan, Stage.DECODE, CostMode.OVERLAP, weight_tier=tier)
+        decode[tier] = streamed_layer_terms(sys_, model, ctx).layer_time(policy_features(plan.decode_policy))
+    assert np.all(decode[HostTier.CXL] > 3 * decode[HostTier.DDR])   # all-CPU decode: weights at 55, not 265 GB/s
 
 
 def MemoryTier_DDR():
@@ -377,9 +379,9 @@ def test_kv_write_back_is_off_the_chain_unless_cpu_attention_reads_it():
     """Toy prefill (B=1, L_in=4; GPU sublayer times 6.326272 / 0.01664 / 0.017152 / 2.113536 / 8.431616 /
     8.429568 us, see tests/test_costmodel.py), D2H 1 GB/s: the new K and V (16,384 B) take 16.384 us.
     All-GPU: the write-back starts after qkv and runs beside the rest: the layer is the GPU chain,
-    25.334784 us (the serial chain with the write-back said 41.718784 us). With attention on the CPU (0,1,1,0,0,0), attn_score
-    waits for the write-back and then for its Q (8,192 B, 8.192 us behind it on the same D2H queue):
-    6.326272 + 16.384 + 8.192 + CPU score 0.1664 + CPU context 0.17152 (at 100 GB/s) + the context's copy to
+    25.334784 us (the serial chain with the write-back said 41.718784 us). With attention on the CPU
+    (0,1,1,0,0,0), attn_score waits for the write-back and then for its Q (8,192 B, 8.192 us behind it on the
+    same D2H queue): 6.326272 + 16.384 + 8.192 + CPU score 0.1664 + CPU context 0.17152 (at 100 GB/s) + the context's copy to
     the GPU (8,192 B at 1e6 GB/s: 0.008192 ns) + 2.113536 + 8.431616 + 8.429568 = 50.214920192 us."""
     sys_, model = _fast_links(toy_system()), toy_model()
     wl = Workload(batch=1, input_len=4, output_len=2)
