@@ -381,8 +381,9 @@ def test_kv_write_back_is_off_the_chain_unless_cpu_attention_reads_it():
     All-GPU: the write-back starts after qkv and runs beside the rest: the layer is the GPU chain,
     25.334784 us (the serial chain with the write-back said 41.718784 us). With attention on the CPU
     (0,1,1,0,0,0), attn_score waits for the write-back and then for its Q (8,192 B, 8.192 us behind it on the
-    same D2H queue): 6.326272 + 16.384 + 8.192 + CPU score 0.1664 + CPU context 0.17152 (at 100 GB/s) + the context's copy to
-    the GPU (8,192 B at 1e6 GB/s: 0.008192 ns) + 2.113536 + 8.431616 + 8.429568 = 50.214920192 us."""
+    same D2H queue): 6.326272 + 16.384 + 8.192 + CPU score 0.1664 + CPU context 0.17152 (at 100 GB/s) + the
+    context's copy to the GPU (8,192 B at 1e6 GB/s: 0.008192 ns) + 2.113536 + 8.431616 + 8.429568
+    = 50.214920192 us."""
     sys_, model = _fast_links(toy_system()), toy_model()
     wl = Workload(batch=1, input_len=4, output_len=2)
     gpu = predict(sys_, model, wl, Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU))
