@@ -393,3 +393,98 @@ def test_kv_write_back_is_off_the_chain_unless_cpu_attention_reads_it():
     assert additive.stages[Stage.PREFILL].streamed_layer_s[0] == pytest.approx(41.74395392e-6, rel=1e-9)
     cpu_attention = predict(sys_, model, wl, Plan(prefill_policy=(0, 1, 1, 0, 0, 0), decode_policy=ALL_GPU))
     assert cpu_attention.stages[Stage.PREFILL].streamed_layer_s[0] == pytest.approx(50.214920192e-6, rel=1e-9)
+
+
+def _reference_schedule(bits, n, d) -> float:
+    """The scheduler of lia_model.schedule written the plain way, one step (floats): after every CPU sublayer,
+    issue what the GPU can take, then pick the oldest chunk ready now, else the first to be ready."""
+    cpu, gpu = d.cpu_s[:, 0], d.gpu_s[:, 0]
+    xh, xd, ex = d.cross_h2d_s[:, 0], d.cross_d2h_s[:, 0], d.expert_h2d_s[:, 0]
+    k, v, vnew, wb = d.k_cached_s[0], d.v_cached_s[0], d.v_new_s[0], d.kv_write_s[0]
+    q = {"gpu": 0.0, "h2d": 0.0, "d2h": 0.0}
+
+    def put(queue, ready, dur):
+        q[queue] = max(q[queue], ready) + dur
+        return q[queue]
+
+    now, nxt, end, to_cpu, written, done = 0.0, [0] * n, [0.0] * n, [0.0] * n, [None] * n, [0.0] * n
+    fk, fv = [0.0] * n, [0.0] * n
+    for c in range(n):
+        if not bits[0]:
+            fk[c] = put("h2d", 0.0, k) if not bits[1] else 0.0
+            fv[c] = put("h2d", 0.0, v) if not bits[2] else 0.0
+
+    def after(c, i, t):
+        end[c] = t
+        j = (i + 1) % 6
+        if bits[i] and not bits[j] and i == 5:
+            t = put("h2d", t, xh[5])
+        elif not bits[i] and bits[j]:
+            t = to_cpu[c] = put("d2h", t, xd[i])
+        if i == 5:
+            done[c] = t
+
+    while True:
+        for c in range(n):
+            while nxt[c] < 6 and not bits[nxt[c]]:
+                i, ready = nxt[c], end[c]
+                if i > 0 and bits[i - 1]:
+                    ready = put("h2d", max(ready, now), xh[i - 1])
+                if i == 1:
+                    ready = max(ready, fk[c] if not bits[0] else put("h2d", now, k))
+                if i == 2:
+                    ready = max(ready, fv[c] if not bits[0] else put("h2d", now, vnew + v))
+                if ex[i] > 0:
+                    ready = put("h2d", ready, ex[i])
+                t = put("gpu", ready, gpu[i])
+                if i == 0:
+                    written[c] = put("d2h", t, wb)
+                after(c, i, t)
+                nxt[c] += 1
+        waiting = [c for c in range(n) if nxt[c] < 6]
+        if not waiting:
+            return max(done)
+
+        def ready_of(c):
+            i = nxt[c]
+            r = to_cpu[c] if i > 0 and not bits[i - 1] else end[c]
+            return max(r, written[c]) if i in (1, 2) and written[c] is not None else r
+
+        now_ready = [c for c in waiting if ready_of(c) <= now]
+        c = now_ready[0] if now_ready else min(waiting, key=lambda c: (ready_of(c), c))
+        now = max(now, ready_of(c)) + cpu[nxt[c]]
+        after(c, nxt[c], now)
+        nxt[c] += 1
+
+
+def test_the_schedule_replay_matches_a_plain_reference_scheduler():
+    """100 random one-step layers (durations spread over four orders of magnitude, some copies zero, on-demand
+    experts in half), n = 1 .. 4 and 8 chunks, every policy vector: the replay equals the reference above."""
+    from lia_model.costterms import ALL_POLICY_FEATURES
+    from lia_model.schedule import simulate_all
+
+    rng = np.random.default_rng(15)
+    for _ in range(100):
+        n = int(rng.choice([1, 2, 3, 4, 8]))
+        six = [rng.random((6, 1)) * rng.choice([1e-3, 1.0, 10.0]) * (rng.random((6, 1)) < 0.8) for _ in range(5)]
+        d = ChunkDurations(six[0], six[1], six[2], six[3], rng.random(1), rng.random(1), rng.random(1),
+                           rng.random(1) * rng.choice([0.0, 1.0, 10.0]), six[4] * (rng.random() < 0.5))
+        got = simulate_all(n, d, np.zeros((64, 1)), ALL_POLICY_FEATURES[:, :6])[:, 0]
+        want = [_reference_schedule([int(b) for b in ALL_POLICY_FEATURES[p, :6]], n, d) for p in range(64)]
+        assert got == pytest.approx(want, rel=1e-12, abs=0)
+
+
+def test_a_decode_schedule_over_steps_equals_its_steps_one_by_one():
+    """One chunk with durations over 5 steps (arrays) against the same replay step by step (floats)."""
+    from lia_model.costterms import ALL_POLICY_FEATURES
+    from lia_model.schedule import simulate_all
+
+    rng = np.random.default_rng(8)
+    six = [rng.random((6, 5)) for _ in range(5)]
+    d = ChunkDurations(*six[:4], *[rng.random(5) for _ in range(4)], six[4])
+    whole = simulate_all(1, d, np.zeros((64, 5)), ALL_POLICY_FEATURES[:, :6])
+    for t in range(5):
+        one = ChunkDurations(*[a[:, t:t + 1] for a in six[:4]], *[rng_part[t:t + 1] for rng_part in
+                             (d.k_cached_s, d.v_cached_s, d.v_new_s, d.kv_write_s)], six[4][:, t:t + 1])
+        assert whole[:, t] == pytest.approx(simulate_all(1, one, np.zeros((64, 1)), ALL_POLICY_FEATURES[:, :6])[:, 0],
+                                            rel=1e-12)
