@@ -36,7 +36,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise LiaInputError(str(path), f"cannot read the file ({err.strerror})", "check the path") from None
     if not isinstance(data, dict):
         raise LiaInputError(str(path), "the file is not a mapping of fields",
-                            "a profile starts with e.g. 'name: h100-80gb'")
+                            "a profile starts with e.g. 'name: h100-sxm-80gb'")
     return data
 
 

@@ -22,7 +22,8 @@ BatchOpt = typer.Option(1, "--batch", help="Batch size B.")
 InputOpt = typer.Option(256, "--input", help="Prompt tokens per sequence (L_in).")
 OutputOpt = typer.Option(32, "--output", help="Generated tokens per sequence (L_out).")
 SetOpt = typer.Option(None, "--set", help="What-if override FIELD=VALUE of the system (repeatable).")
-ModeOpt = typer.Option("overlap", "--mode", help="Cost model mode: overlap or additive.")
+ModeOpt = typer.Option("overlap", "--mode", help="Cost model mode: overlap, additive, or paper (the LIA authors' "
+                       "released model; use it with a paper-* system).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables.")
 
 
@@ -32,7 +33,8 @@ def parse_mode(mode: str):
     try:
         return CostMode(mode)
     except ValueError:
-        raise LiaInputError("--mode", f"unknown cost mode '{mode}'", "use overlap or additive") from None
+        raise LiaInputError("--mode", f"unknown cost mode '{mode}'",
+                            "use overlap, additive, or paper (the LIA authors' model, with a paper-* system)") from None
 
 
 def load_inputs(system: str, model: str, batch: int, input_len: int, output_len: int, overrides):

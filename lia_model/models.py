@@ -43,7 +43,7 @@ class ModelSpec(BaseModel):
     name: str
     num_layers: int = Field(ge=1)
     hidden_size: int = Field(ge=1)
-    ffn_size: int = Field(ge=1, description="Intermediate size of one expert's MLP.")
+    ffn_size: int = Field(ge=1, description="Intermediate size of the MLP (MoE: of one routed expert).")
     num_heads: int = Field(ge=1)
     num_kv_heads: int = Field(ge=1, description="Equal to num_heads for MHA, fewer for GQA.")
     head_dim: int = Field(ge=1)
@@ -52,6 +52,8 @@ class ModelSpec(BaseModel):
     gated_mlp: bool = Field(False, description="SwiGLU-style gate+up projections (fc1 holds both).")
     num_experts: int = Field(1, ge=1, description="MoE experts per layer (1 = dense).")
     experts_per_token: int = Field(1, ge=1, description="Experts each token is routed to.")
+    shared_ffn_size: int = Field(0, ge=0, description="MoE: intermediate size of the shared expert MLP every "
+                                 "token also passes through (0 = none).")
     linear_bias: bool = Field(True, description="Linear layers carry bias vectors.")
     learned_positions: int = Field(0, ge=0, description="Rows of a learned position embedding (OPT).")
     tied_embeddings: bool = Field(True, description="The LM head shares the token embedding.")
@@ -166,15 +168,32 @@ def model_from_hf_config(config: Mapping[str, Any], name: str = "custom") -> Mod
         str(config.get("hidden_act", config.get("activation_function", ""))).lower() in ("silu", "swiglu")
         and model_type not in ("opt", "bloom", "gpt2")
     )
-    experts = _first(config, "num_local_experts", "num_experts") or 1
+    if _first(config, "kv_lora_rank", "q_lora_rank") is not None or model_type in ("deepseek_v2", "deepseek_v3"):
+        raise LiaInputError(
+            "config.json kv_lora_rank", "multi-head latent attention (DeepSeek-V2/V3 style: a compressed KV "
+            "cache of kv_lora_rank per token, decompressed per head) is not modelled",
+            "use a model with standard multi-head or grouped-query attention; MLA's cache and FLOPs need their "
+            "own accounting")
+    experts = _first(config, "num_local_experts", "num_experts", "n_routed_experts") or 1
     per_token = _first(config, "num_experts_per_tok", "num_experts_per_token") or (2 if experts > 1 else 1)
+    shared = 0
+    if int(experts) > 1:
+        # Qwen-MoE and DeepSeek-MoE: routed experts are moe_intermediate_size wide (intermediate_size is the
+        # dense MLP's width); Qwen's shared expert is shared_expert_intermediate_size wide, DeepSeek's
+        # n_shared_experts experts of moe_intermediate_size act as one MLP of their summed width.
+        expert_ffn = _first(config, "moe_intermediate_size")
+        if expert_ffn is not None:
+            ffn = expert_ffn
+        shared = _first(config, "shared_expert_intermediate_size") or (
+            int(_first(config, "n_shared_experts") or 0) * int(ffn))
     bias = bool(config.get("attention_bias", model_type in ("opt", "bloom", "gpt2", "gpt_neox", "falcon")))
     learned = int(max_ctx) + 2 if model_type == "opt" else (int(max_ctx) if model_type == "gpt2" else 0)
     try:
         return ModelSpec(
             name=name, num_layers=int(layers), hidden_size=int(hidden), ffn_size=int(ffn), num_heads=int(heads),
             num_kv_heads=int(kv_heads), head_dim=int(head_dim), vocab_size=int(vocab), max_context=int(max_ctx),
-            gated_mlp=bool(gated), num_experts=int(experts), experts_per_token=int(per_token), linear_bias=bias,
+            gated_mlp=bool(gated), num_experts=int(experts), experts_per_token=int(per_token),
+            shared_ffn_size=int(shared), linear_bias=bias,
             learned_positions=learned, tied_embeddings=bool(config.get("tie_word_embeddings", True)),
             source=f"Hugging Face config.json (model_type {model_type or 'unknown'})",
         )

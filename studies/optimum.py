@@ -61,8 +61,8 @@ def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
     """Whether the optimiser's search space holds this plan (at this batch).
 
     The space: pinned weights, overlap, the system's best CPU ISA, the embeddings and LM head on the GPU,
-    prefill minibatches from {1, 2, 4, 8}
-    dividing the batch, any policies, any resident count, tiers DDR or CXL where the system has CXL.
+    prefill minibatches from {1, 2, 4, 8} dividing the batch, any policies, any resident count, KV tier DDR
+    or CXL and any split of the weights between them where the system has CXL, either expert fetch (MoE).
     With the throughput objective the batch is a knob too, and ``batch_choices`` (the optimiser's
     ``batch_candidates``) are the batches it tries.
     """
@@ -70,6 +70,7 @@ def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
         return False
     tiers_ok = all(t == HostTier.DDR or (t == HostTier.CXL and system.has_cxl) for t in (plan.weight_tier,
                                                                                       plan.kv_tier))
+    tiers_ok = tiers_ok and (plan.cxl_weight_layers == 0 or system.has_cxl)
     return (plan.pinned_weights and plan.overlap and plan.cpu_isa == system.cpu.best_isa()
             and head_device(plan) == Device.GPU
             and plan.prefill_minibatches in MINIBATCH_CHOICES and batch % plan.prefill_minibatches == 0

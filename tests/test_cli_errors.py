@@ -33,12 +33,12 @@ def system_file(tmp_path: Path, gpu_text: str) -> str:
     return str(tmp_path / "sys.yaml")
 
 
-GPU = (PROFILES / "gpu" / "h100-80gb.yaml").read_text()
+GPU = (PROFILES / "gpu" / "h100-pcie-80gb.yaml").read_text()
 
 
 def test_malformed_yaml(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("name: x\ncpu: [spr-8460h\ngpu: h100-80gb\n")
+    path.write_text("name: x\ncpu: [spr-8460h\ngpu: h100-pcie-80gb\n")
     assert_clear_error(run("plan", "--system", str(path)), "malformed YAML at line", "e.g.")
 
 
@@ -49,7 +49,7 @@ def test_missing_field(tmp_path):
 
 
 def test_unit_typo(tmp_path):
-    text = GPU.replace("hbm_gbps: 3350", "hbm_gb_per_s: 3350")
+    text = GPU.replace("hbm_gbps: 2000", "hbm_gb_per_s: 2000")
     assert_clear_error(run("plan", "--system", system_file(tmp_path, text)), "gpu.hbm_gb_per_s", "unknown field",
                        "did you mean 'hbm_gbps'")
 
@@ -59,7 +59,7 @@ def test_negative_bandwidth():
 
 
 def test_number_without_a_source(tmp_path):
-    text = GPU.replace('  hbm_gbps: "paper / datasheet (SXM): 3350 GB/s"\n', "")
+    text = GPU.replace('  hbm_gbps: "datasheet: H100 PCIe, 2.0 TB/s"\n', "")
     assert_clear_error(run("plan", "--system", system_file(tmp_path, text)), "without a source", "hbm_gbps")
 
 

@@ -1,13 +1,16 @@
 """The integer linear program (PuLP; CBC by default, HiGHS through highspy).
 
 For one batch B it chooses the prefill and decode policy vectors, the number of GPU-resident layers,
-the prefill minibatch count and the weight and KV tiers, minimising end-to-end latency
-(optionally under a bound on the mean time per output token). The cost coefficients are the affine
-forms of lia_model.costterms (see SpaceTables), so the ILP optimises exactly what predict() evaluates.
+the prefill minibatch count, the KV tier, how many streamed layers keep their weights in CXL and (MoE) how
+experts are fetched, minimising end-to-end latency (optionally under a bound on the mean time per output
+token). The cost coefficients are the layer times that lia_model.costterms gives each of the 64 policy
+vectors (see SpaceTables): the ILP optimises exactly what predict() evaluates.
 
-Notation: p[i] / d[i] in {0,1}: sublayer i runs on the CPU in prefill / decode (paper notation).
-N = num_layers, K = N - N_res streamed layers, S = L_out - 1 decode steps, c indexes the combos
-(n, weight tier, KV tier), z[c] in {0,1} selects one.
+Notation: y[pi] / x[pi] in {0,1}: the prefill / decode policy vector is pi (one-hot over the 64 vectors);
+p[i] = sum_pi pi_i y[pi] and d[i] = sum_pi pi_i x[pi]: sublayer i runs on the CPU in prefill / decode (paper
+notation). N = num_layers, K = N - N_res streamed layers, K_t of them with their weights in tier t (DDR,
+and CXL where the system has it), S = L_out - 1 decode steps, c indexes the combos (n, KV tier, expert
+fetch), z[c] in {0,1} selects one.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from typing import Optional
 import numpy as np
 import pulp
 
-from lia_model.costterms import ALL_POLICY_FEATURES, CPU, D2H, H2D, NUM_FEATURES, QKV_CPU_CTX_GPU, Affine
+from lia_model.costterms import ALL_POLICY_FEATURES, NUM_POLICIES
 from lia_model.errors import LiaInputError
 from lia_model.memory import MemoryTier
-from lia_model.optimizer.space import SpaceTables, template_plan, tidy_policies
-from lia_model.plan import Device, HostTier
+from lia_model.optimizer.enumerate import plan_of
+from lia_model.optimizer.space import SpaceTables
+from lia_model.plan import HostTier
 from lia_model.sublayers import NUM_SUBLAYERS
 
 _SCORE, _CTX = 1, 2
@@ -31,12 +35,13 @@ _SCORE, _CTX = 1, 2
 # latencies of tens of ms written in seconds would sit at the tolerance; bytes would make rows of 1e10.
 MS_PER_S = 1e3
 GB_PER_BYTE = 1e-9
+_BITS = ALL_POLICY_FEATURES[:, :NUM_SUBLAYERS]    # [64, 6] the CPU bits of each policy vector
 
 
 @dataclass(frozen=True)
 class IlpSolution:
     plan: object
-    objective_s: float          # the ILP's objective value (latency in seconds)
+    objective_s: float          # the ILP's own objective value (latency in seconds)
     solve_time_s: float
     variables: int
     constraints: int
@@ -60,98 +65,35 @@ def make_solver(name: str, time_limit_s: Optional[float] = None):
     raise LiaInputError("--solver", f"unknown solver '{name}'", "use cbc, highs or enumerate")
 
 
-def _upper_bound(const: float, coef: np.ndarray) -> float:
-    """Largest value of const + coef . x over the 64 policy vectors' features: a valid big-M for a gated
-    term, since the gate only has to switch the constraint off at integer points."""
-    return float(np.max(const + ALL_POLICY_FEATURES @ coef))
+def _one_hot(prob: pulp.LpProblem, prefix: str) -> tuple[list[pulp.LpVariable], list]:
+    """y[pi] binary, sum_pi y[pi] = 1; returns y and the CPU bits p[i] = sum_pi pi_i y[pi] (expressions)."""
+    y = [pulp.LpVariable(f"{prefix}_{k}", cat="Binary") for k in range(NUM_POLICIES)]
+    prob += pulp.lpSum(y) == 1
+    bits = [pulp.lpSum(y[k] for k in range(NUM_POLICIES) if _BITS[k, i]) for i in range(NUM_SUBLAYERS)]
+    return y, bits
 
 
-def step_blocks(forms: list[Affine]) -> list[tuple[int, int]]:
-    """Split the decode steps into blocks [start, end) inside which, for every one of the 64 policy
-    vectors, one and the same term is the largest at every step.
-
-    Within such a block  sum_t max_r f_r(x, t) = max_r sum_t f_r(x, t)  at every integer point, so one
-    epigraph variable over the block's summed forms is exact (this keeps the ILP small for long outputs)."""
-    values = np.stack([f.const[None, :] + ALL_POLICY_FEATURES @ f.coef for f in forms])  # [terms, 64, S]
-    steps = values.shape[2]
-    top = values.max(axis=0)                                                          # [64, S]
-    is_max = values >= top[None] - 1e-12 * np.maximum(1.0, np.abs(top[None]))       # [terms, 64, S]
-    blocks: list[tuple[int, int]] = []
-    start = 0
-    common = is_max[:, :, 0]
-    for t in range(1, steps):
-        nxt = common & is_max[:, :, t]
-        if nxt.any(axis=0).all():
-            common = nxt
-            continue
-        blocks.append((start, t))
-        start, common = t, is_max[:, :, t]
-    if steps:
-        blocks.append((start, steps))
-    return blocks
+def _gated_table(prob: pulp.LpProblem, epigraph, values: np.ndarray, y: list, gate: list, lower: float,
+                 name: str) -> None:
+    """epigraph >= sum_pi values[pi] y[pi] - M (1 - sum(gate)),  M = max(values) - lower: exact at the
+    chosen vector when the gate is on, below the epigraph's lower bound when it is off."""
+    big_m = max(float(values.max()) - lower, 0.0)
+    prob += (epigraph >= pulp.lpSum(float(v) * y[k] for k, v in enumerate(values) if v != 0.0)
+             - big_m * (1 - pulp.lpSum(gate))), name
 
 
-def _block_form(form: Affine, start: int, end: int) -> Affine:
-    return Affine(form.const[start:end].sum(keepdims=True), form.coef[:, start:end].sum(axis=1, keepdims=True))
-
-
-def _nondominated(forms: list[Affine], step: int) -> list[int]:
-    """Indices of the terms at one step that can bind for some policy vector.
-
-    A term whose value is <= another term's for all 64 policy vectors never sets the max; dropping its
-    constraint leaves the integer optimum unchanged (it is implied at every integer point)."""
-    values = np.stack([f.const[step] + ALL_POLICY_FEATURES @ f.coef[:, step] for f in forms])  # [terms, 64]
-    keep: list[int] = []
-    for r in range(len(forms)):
-        dominated = any(
-            other != r and np.all(values[r] <= values[other]) and (np.any(values[r] < values[other]) or other < r)
-            for other in range(len(forms))
-        )
-        if not dominated:
-            keep.append(r)
-    return keep
-
-
-class _Features:
-    """Binary policy bits of one stage and the AND/XOR features built from them (costterms' features).
-
-      h2d[j] = p_j AND NOT p_{j+1}:  h2d[j] >= p_j - p_{j+1},  h2d[j] <= p_j,  h2d[j] <= 1 - p_{j+1}
-      d2h[j] = NOT p_j AND p_{j+1}:  d2h[j] >= p_{j+1} - p_j,  d2h[j] <= p_{j+1},  d2h[j] <= 1 - p_j
-      so h2d[j] + d2h[j] = p_j XOR p_{j+1}: a device boundary between sublayers j and j+1.
-      qc = p_qkv AND NOT p_context: qc >= p_0 - p_2,  qc <= p_0,  qc <= 1 - p_2
-    """
-
-    def __init__(self, prob: pulp.LpProblem, prefix: str) -> None:
-        self.bits = [pulp.LpVariable(f"{prefix}_cpu_{i}", cat="Binary") for i in range(NUM_SUBLAYERS)]
-        self.vars: dict[int, pulp.LpVariable] = {CPU[i]: self.bits[i] for i in range(NUM_SUBLAYERS)}
-        for j in range(NUM_SUBLAYERS):
-            a, b = self.bits[j], self.bits[(j + 1) % NUM_SUBLAYERS]
-            self.vars[H2D[j]] = self._and_not(prob, f"{prefix}_h2d_{j}", a, b)
-            self.vars[D2H[j]] = self._and_not(prob, f"{prefix}_d2h_{j}", b, a)
-        self.vars[QKV_CPU_CTX_GPU] = self._and_not(prob, f"{prefix}_qc", self.bits[0], self.bits[_CTX])
-
-    @staticmethod
-    def _and_not(prob: pulp.LpProblem, name: str, a, b) -> pulp.LpVariable:
-        u = pulp.LpVariable(name, lowBound=0, upBound=1)
-        prob += u >= a - b
-        prob += u <= a
-        prob += u <= 1 - b
-        return u
-
-    def expr(self, coef: np.ndarray) -> list[tuple[pulp.LpVariable, float]]:
-        return [(self.vars[k], float(coef[k])) for k in range(NUM_FEATURES) if coef[k] != 0.0]
-
-
-def _gated(prob: pulp.LpProblem, epigraph, form_const: float, form_coef: np.ndarray, feats: _Features,
-           gate_terms: list, name: str) -> None:
-    """epigraph >= const + coef . x - M (1 - gate)   with M the term's upper bound.
-
-    gate_terms: the z variables whose sum is 1 exactly when this term's combo is chosen."""
-    big_m = _upper_bound(form_const, form_coef)
-    if big_m <= 0:
-        return
-    terms = [(epigraph, 1.0)] + [(v, -c) for v, c in feats.expr(form_coef)] + [(z, -big_m) for z in gate_terms]
-    prob += pulp.LpConstraint(pulp.LpAffineExpression(terms), pulp.LpConstraintGE, rhs=form_const - big_m, name=name)
+def _times_integer(prob: pulp.LpProblem, name: str, bits: list, value, lo: float, hi: float, n_layers: int):
+    """K * Q for K = sum_j 2^j b[j] (0 <= K <= N) and lo <= Q <= hi, exactly:
+    w[j] >= Q - hi (1 - b[j]),  w[j] >= 0,  K Q = sum_j 2^j w[j]  (minimised, so w[j] = b[j] Q);
+    McCormick cuts (valid, they only tighten the relaxation): K Q >= lo K,  K Q >= N Q + hi K - N hi."""
+    w = [pulp.LpVariable(f"{name}_{j}", lowBound=0) for j in range(len(bits))]
+    for j, b in enumerate(bits):
+        prob += w[j] >= value - hi * (1 - b)
+    product = pulp.lpSum((2**j) * w[j] for j in range(len(bits)))
+    count = pulp.lpSum((2**j) * b for j, b in enumerate(bits))
+    prob += product >= lo * count
+    prob += product >= n_layers * value + hi * count - n_layers * hi
+    return product
 
 
 def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: str = "cbc",
@@ -160,69 +102,55 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
     t0 = time.perf_counter()
     n_layers = tables.num_layers
     steps = tables.decode_steps
+    tiers = tables.weight_tiers
     prob = pulp.LpProblem("lia_plan", pulp.LpMinimize)
-    fp, fd = _Features(prob, "pre"), _Features(prob, "dec")
+    y_pre, p = _one_hot(prob, "pre")
+    y_dec, d = _one_hot(prob, "dec")
 
-    # One combo (n, weight tier, KV tier):  sum_c z[c] = 1
-    z = {c: pulp.LpVariable(f"z_{c.minibatches}_{c.weight_tier.value}_{c.kv_tier.value}", cat="Binary")
-         for c in tables.combos}
+    # One combo (n, KV tier, expert fetch):  sum_c z[c] = 1
+    z = {c: pulp.LpVariable(f"z_{c.label}", cat="Binary") for c in tables.combos}
     prob += pulp.lpSum(z.values()) == 1
     m = {n: [z[c] for c in tables.combos if c.minibatches == n] for n in tables.resident_prefill_s}
-    w_cxl = [z[c] for c in tables.combos if c.weight_tier == HostTier.CXL]
     kv_cxl = [z[c] for c in tables.combos if c.kv_tier == HostTier.CXL]
 
-    # Streamed-layer times. Prefill:  T_pre >= term_c(x_pre) - M (1 - z[c])  for each term of each combo.
-    # Bounds from the 64 policy vectors: lo <= T_pre <= hi over every combo (valid at integer points).
-    pre_times = {c: MS_PER_S * st.layer_time(ALL_POLICY_FEATURES)[:, 0] for c, st in tables.prefill.items()}
-    ub_pre = max(float(v.max()) for v in pre_times.values())
-    t_pre = pulp.LpVariable("T_pre", lowBound=min(float(v.min()) for v in pre_times.values()))
-    for c, st in tables.prefill.items():
-        forms = [form.scaled(MS_PER_S) for _, form in st.terms.values()]
-        for r in _nondominated(forms, 0):
-            _gated(prob, t_pre, float(forms[r].const[0]), forms[r].coef[:, 0], fp, [z[c]],
-                   f"pre_{c.minibatches}_{c.weight_tier.value}_{c.kv_tier.value}_{r}")
-    # Decode, per step t:  T_dec[t] >= term_{tiers,t}(x_dec) - M (1 - sum of z[c] with those tiers)
-    # Decode, per block of steps (see step_blocks; a block is often the whole decode):
-    #   T_dec[b] >= sum_{t in b} term_{tiers,t}(x_dec) - M (1 - sum of z[c] with those tiers)
-    # Each tier pair has its own blocks, so the epigraph variables are per tier pair; the unchosen
-    # pairs' variables fall to their lower bound 0.
-    dec_times = {k: MS_PER_S * st.layer_time(ALL_POLICY_FEATURES) for k, st in tables.decode.items()}  # [64, S]
-    ub_dec = float(np.max([v.sum(axis=1).max() for v in dec_times.values()])) if steps else 0.0
-    lo_dec = float(np.min([v.sum(axis=1).min() for v in dec_times.values()])) if steps else 0.0
-    t_dec = []
-    for (wt, kv), st in tables.decode.items():
-        gate = [z[c] for c in tables.combos if c.weight_tier == wt and c.kv_tier == kv]
-        forms = [form.scaled(MS_PER_S) for _, form in st.terms.values()]
-        for start, end in step_blocks(forms):
-            epi = pulp.LpVariable(f"T_dec_{wt.value}_{kv.value}_{start}", lowBound=0)
-            t_dec.append(epi)
-            block = [_block_form(f, start, end) for f in forms]
-            for r in _nondominated(block, 0):
-                _gated(prob, epi, float(block[r].const[0]), block[r].coef[:, 0], fd, gate,
-                       f"dec_{wt.value}_{kv.value}_{start}_{r}")
+    # Streamed-layer times per weight tier t (ms), from the layer time of every policy vector:
+    #   T_pre[t] >= sum_pi P_{c,t}(pi) y_pre[pi] - M (1 - z[c])                      for each combo c
+    #   D[t]     >= sum_pi D_{k,t}(pi) y_dec[pi] - M (1 - sum of z[c] with key(c) = k)  for each decode key k
+    # with D = the decode layer time summed over the steps; Q[t] = T_pre[t] + D[t] per layer.
+    q_of, d_of, bounds = {}, {}, {}
+    for t in tiers:
+        pre = {c: MS_PER_S * tables.prefill[(c, t)].layer_time(ALL_POLICY_FEATURES)[:, 0] for c in tables.combos}
+        lo_pre, hi_pre = min(float(v.min()) for v in pre.values()), max(float(v.max()) for v in pre.values())
+        t_pre = pulp.LpVariable(f"T_pre_{t.value}", lowBound=lo_pre)
+        for c, values in pre.items():
+            _gated_table(prob, t_pre, values, y_pre, [z[c]], lo_pre, f"pre_{t.value}_{c.label}")
+        lo_dec = hi_dec = 0.0
+        t_dec = 0.0
+        if steps > 0:
+            keys = {c.decode_key(t) for c in tables.combos}
+            dec = {k: MS_PER_S * tables.decode[k].layer_time(ALL_POLICY_FEATURES).sum(axis=1) for k in keys}
+            lo_dec, hi_dec = min(float(v.min()) for v in dec.values()), max(float(v.max()) for v in dec.values())
+            t_dec = pulp.LpVariable(f"D_{t.value}", lowBound=lo_dec)
+            for k, values in dec.items():
+                gate = [z[c] for c in tables.combos if c.decode_key(t) == k]
+                _gated_table(prob, t_dec, values, y_dec, gate, lo_dec, f"dec_{t.value}_{k[0].value}_{k[1].value}")
+        q_of[t], d_of[t] = t_pre + t_dec, t_dec
+        bounds[t] = (lo_pre + lo_dec, hi_pre + hi_dec, lo_dec, hi_dec)
 
-    # K = N - N_res in binary:  K = sum_j 2^j b[j] <= N;  sigma = [K >= 1]:  K >= sigma,  K <= N sigma
-    bits = max(1, n_layers.bit_length())
-    b = [pulp.LpVariable(f"k_bit_{j}", cat="Binary") for j in range(bits)]
-    streamed = pulp.lpSum((2**j) * b[j] for j in range(bits))
+    # K_t in binary:  K_t = sum_j 2^j b_t[j];  K = sum_t K_t <= N;  sigma = [K >= 1]:  K >= sigma,  K <= N sigma
+    width = max(1, n_layers.bit_length())
+    b = {t: [pulp.LpVariable(f"k_{t.value}_bit_{j}", cat="Binary") for j in range(width)] for t in tiers}
+    count = {t: pulp.lpSum((2**j) * v for j, v in enumerate(b[t])) for t in tiers}
+    streamed = pulp.lpSum(count.values())
     prob += streamed <= n_layers
     sigma = pulp.LpVariable("sigma", cat="Binary")
     prob += streamed >= sigma
     prob += streamed <= n_layers * sigma
     resident = n_layers - streamed
 
-    # K * Q with Q = T_pre + sum_t T_dec[t]:  w[j] >= Q - U (1 - b[j]),  w[j] >= 0,  K Q = sum_j 2^j w[j]
-    q_total = t_pre + pulp.lpSum(t_dec)
-    u_q = ub_pre + ub_dec
-    w = [pulp.LpVariable(f"kq_{j}", lowBound=0) for j in range(bits)]
-    for j in range(bits):
-        prob += w[j] >= q_total - u_q * (1 - b[j])
-    # McCormick cuts on K Q (valid, they only tighten the LP relaxation), with lo <= Q <= U:
-    #   K Q >= lo K,   K Q >= N Q + U K - N U
-    kq = pulp.lpSum((2**j) * w[j] for j in range(bits))
-    lo_q = float(t_pre.lowBound) + lo_dec
-    prob += kq >= lo_q * streamed
-    prob += kq >= n_layers * q_total + u_q * streamed - n_layers * u_q
+    # sum_t K_t Q[t], each product exact through the binary expansion of K_t
+    kq = {t: _times_integer(prob, f"kq_{t.value}", b[t], q_of[t], bounds[t][0], bounds[t][1], n_layers)
+          for t in tiers}
 
     # Resident layers run n chunks in prefill: r[n] = N_res * m[n] (integer x binary, exact):
     #   r[n] <= N m[n],  r[n] <= N_res,  r[n] >= N_res - N (1 - m[n]),  r[n] >= 0
@@ -236,9 +164,9 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
     res_decode_total = MS_PER_S * float(tables.resident_decode_s.sum())
     res_prefill = {n: MS_PER_S * t for n, t in tables.resident_prefill_s.items()}
 
-    # Objective: latency = N_res sum_t R_dec(t) + sum_n r[n] R_pre(n) + sum_j 2^j w[j] + head
+    # Objective: latency = N_res sum_t R_dec(t) + sum_n r[n] R_pre(n) + sum_t K_t Q[t] + head
     prob += (res_decode_total * resident + pulp.lpSum(res_prefill[n] * r[n] for n in r)
-             + kq + MS_PER_S * tables.head_total_s)
+             + pulp.lpSum(kq.values()) + MS_PER_S * tables.head_total_s)
 
     # Memory. c[i] = p[i] AND d[i] (CPU in both stages: no GPU buffer):
     #   c[i] >= p[i] + d[i] - 1,  c[i] <= p[i],  c[i] <= d[i]
@@ -254,41 +182,38 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
             gamma.append(None)
             continue
         both = pulp.LpVariable(f"cpu_both_{i}", lowBound=0, upBound=1)
-        prob += both >= fp.bits[i] + fd.bits[i] - 1
-        prob += both <= fp.bits[i]
-        prob += both <= fd.bits[i]
+        prob += both >= p[i] + d[i] - 1
+        prob += both <= p[i]
+        prob += both <= d[i]
         g = pulp.LpVariable(f"buffer_{i}", lowBound=0, upBound=1)
         prob += g >= sigma - both
         gamma.append(g)
     alpha = pulp.LpVariable("kv_staging", lowBound=0, upBound=1)
     for i in (_SCORE, _CTX):
-        prob += alpha >= sigma - fp.bits[i]
-        prob += alpha >= sigma - fd.bits[i]
+        prob += alpha >= sigma - p[i]
+        prob += alpha >= sigma - d[i]
     # HBM: emb + N_res (W + KV) + 2 sum_i W_i gamma[i] + KV alpha + sum_n ws(n) m[n] <= avail_hbm
     prob += (mem0.embedding_bytes * gb + resident * (layer_w + layer_kv)
              + pulp.lpSum(2.0 * mem0.sublayer_weight_bytes[i] * gb * g for i, g in enumerate(gamma) if g is not None)
              + layer_kv * alpha
              + pulp.lpSum(tables.memory[n].gpu_workspace_bytes * gb * pulp.lpSum(zs) for n, zs in m.items())
              <= avail[MemoryTier.HBM]), "hbm_capacity"
-    # v = K * [tier is CXL] (integer x binary):  v <= N o,  v <= K,  v >= K - N (1 - o),  v >= 0
-    v_w = _int_times_binary(prob, "streamed_w_cxl", streamed, pulp.lpSum(w_cxl), n_layers)
+    # v = K * [KV tier is CXL] (integer x binary):  v <= N o,  v <= K,  v >= K - N (1 - o),  v >= 0
     v_k = _int_times_binary(prob, "streamed_kv_cxl", streamed, pulp.lpSum(kv_cxl), n_layers)
-    # DDR: W (K - v_w) + KV (K - v_k) + sum_n ws(n) m[n] <= avail_ddr
-    prob += (layer_w * (streamed - v_w) + layer_kv * (streamed - v_k)
+    k_cxl = count.get(HostTier.CXL, 0)
+    # DDR: W K_ddr + KV (K - v) + sum_n ws(n) m[n] <= avail_ddr
+    prob += (layer_w * count[HostTier.DDR] + layer_kv * (streamed - v_k)
              + pulp.lpSum(tables.memory[n].host_workspace_bytes * gb * pulp.lpSum(zs) for n, zs in m.items())
              <= avail[MemoryTier.DDR]), "ddr_capacity"
-    # CXL: W v_w + KV v_k <= avail_cxl
-    if w_cxl or kv_cxl:
-        prob += layer_w * v_w + layer_kv * v_k <= avail[MemoryTier.CXL], "cxl_capacity"
+    # CXL: W K_cxl + KV v <= avail_cxl
+    if HostTier.CXL in tiers:
+        prob += layer_w * k_cxl + layer_kv * v_k <= avail[MemoryTier.CXL], "cxl_capacity"
 
-    # Mean TPOT bound:  (N_res sum_t R_dec(t) + K D + head S) / S <= X   with D = sum_t T_dec[t],
-    #   K D = sum_j 2^j y[j],  y[j] >= D - U_D (1 - b[j]),  y[j] >= 0
+    # Mean TPOT bound:  (N_res sum_t R_dec(t) + sum_t K_t D[t] + head S) / S <= X, each K_t D[t] exact as above
     if tpot_max_s is not None and steps > 0:
-        d_total = pulp.lpSum(t_dec)
-        y = [pulp.LpVariable(f"kd_{j}", lowBound=0) for j in range(bits)]
-        for j in range(bits):
-            prob += y[j] >= d_total - ub_dec * (1 - b[j])
-        prob += (res_decode_total * resident + pulp.lpSum((2**j) * y[j] for j in range(bits))
+        kd = [_times_integer(prob, f"kd_{t.value}", b[t], d_of[t], bounds[t][2], bounds[t][3], n_layers)
+              for t in tiers]
+        prob += (res_decode_total * resident + pulp.lpSum(kd)
                  + MS_PER_S * tables.head_s * steps <= MS_PER_S * tpot_max_s * steps), "tpot_bound"
 
     status = prob.solve(make_solver(solver, time_limit_s))
@@ -296,20 +221,13 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
     if pulp.LpStatus[status] != "Optimal":
         return None
 
-    k_value = int(round(sum((2**j) * b[j].value() for j in range(bits))))
+    k_value = {t: int(round(sum((2**j) * v.value() for j, v in enumerate(b[t])))) for t in tiers}
     combo = max(tables.combos, key=lambda c: z[c].value())
-    pre = tuple(Device(int(round(v.value()))) for v in fp.bits)
-    dec = tuple(Device(int(round(v.value()))) for v in fd.bits)
-    pre, dec = tidy_policies(pre, dec, k_value == 0, steps)
-    plan = template_plan(tables.system).model_copy(update={
-        "prefill_policy": pre,
-        "decode_policy": dec,
-        "gpu_resident_layers": n_layers - k_value,
-        "prefill_minibatches": combo.minibatches,
-        "weight_tier": combo.weight_tier,
-        "kv_tier": combo.kv_tier,
-    })
-    return IlpSolution(plan, float(pulp.value(prob.objective)) / MS_PER_S, elapsed, prob.numVariables(), prob.numConstraints())
+    pp = max(range(NUM_POLICIES), key=lambda k: y_pre[k].value())
+    pd = max(range(NUM_POLICIES), key=lambda k: y_dec[k].value())
+    plan = plan_of(tables, combo, n_layers - sum(k_value.values()), pp, pd, k_value.get(HostTier.CXL, 0))
+    return IlpSolution(plan, float(pulp.value(prob.objective)) / MS_PER_S, elapsed, prob.numVariables(),
+                       prob.numConstraints())
 
 
 def _int_times_binary(prob: pulp.LpProblem, name: str, integer, binary, upper: int) -> pulp.LpVariable:
