@@ -17,7 +17,7 @@ def calibrate_command(
     out: Path = typer.Option(DEFAULT_OUT, "--out", help="Directory for NAME.yaml (the profile) and NAME.csv (raw)."),
     name: Optional[str] = typer.Option(None, "--name", help="Profile name; default CPU-GPU-calibrated, e.g. "
                                                              "emr-h100-calibrated."),
-    gpu_datasheet: str = typer.Option("h100-80gb", "--gpu-datasheet", help="GPU profile (or system) whose GPU "
+    gpu_datasheet: str = typer.Option("h100-sxm-80gb", "--gpu-datasheet", help="GPU profile (or system) whose GPU "
                                       "and link values are used when no GPU can be measured."),
     link_datasheet: str = typer.Option("pcie5-x16", "--link-datasheet", help="Link profile used with a GPU "
                                        "profile when the link cannot be measured."),

@@ -5,7 +5,8 @@ reading its KV cache from the node.
 - copy: one half of the buffer into the other; GB/s of bytes copied (each byte is read once and written once).
 - chase: a dependent chain of loads over a random cyclic permutation of cache-line slots, walked from
   Python; the time per step includes the interpreter's own cost, which is the same on every node, so the
-  difference between nodes is the extra load latency (what a CXL tier's added_latency_ns means).
+  difference between nodes is the extra load latency (written into a CXL tier's description; the cost model
+  reads bandwidths only).
 - attention: decode score and context (q = 1) of OPT-30B's heads with K and V on the node; GB/s of KV read.
 Nodes with memory and no CPUs are CXL expanders; the threads run on the process's CPUs either way.
 """

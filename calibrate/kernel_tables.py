@@ -99,7 +99,7 @@ def _sublayer_call(model, sub, p: dict, tokens: int, device) -> Callable[[], Any
     k, n = linear_shape(model, sub)
     x = torch.randn(tokens, 1, k, dtype=torch.bfloat16, device=device) * 0.1
     if sub == Sublayer.QKV:
-        rope = kernels.rope_tables(torch.arange(7, 8), model.head_dim, torch.device(device)) if uses_rope(model) \
+        rope = kernels.rope_tables(torch.arange(7, 8), model, torch.device(device)) if uses_rope(model) \
             else None
         return lambda: kernels.qkv(x, p, model, rope)
     if sub == Sublayer.OUT_PROJ:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lia_model.accounting import linear_shape
 from lia_model.models import CATALOG, ModelSpec
 from lia_model.sublayers import Sublayer
 
@@ -63,29 +64,19 @@ class AttentionPoint:
         return 2.0 * self.batch * self.heads * self.q * self.s * self.head_dim
 
 
-def linear_kn(model: ModelSpec, sub: Sublayer) -> tuple[int, int]:
-    h, f = model.hidden_size, model.ffn_size
-    return {
-        Sublayer.QKV: (h, model.q_dim + 2 * model.kv_dim),
-        Sublayer.OUT_PROJ: (model.q_dim, h),
-        Sublayer.FC1: (h, f * model.mlp_matrices),
-        Sublayer.FC2: (f, h),
-    }[sub]
-
-
 def catalog_shapes(models: dict[str, ModelSpec] = CATALOG) -> list[LinearShape]:
     """Distinct (K, N) of the catalog's linear sublayers, OPT-30B first, in catalog order."""
     order = [HEADLINE_MODEL] + [m for m in models if m != HEADLINE_MODEL]
     seen: dict[tuple[int, int], LinearShape] = {}
     for name in order:
         for sub in LINEAR_SUBLAYERS:
-            k, n = linear_kn(models[name], sub)
+            k, n = linear_shape(models[name], sub)
             seen.setdefault((k, n), LinearShape(f"{name}.{sub.value}", k, n))
     return list(seen.values())
 
 
 def headline_shape() -> LinearShape:
-    k, n = linear_kn(CATALOG[HEADLINE_MODEL], HEADLINE_SUBLAYER)
+    k, n = linear_shape(CATALOG[HEADLINE_MODEL], HEADLINE_SUBLAYER)
     return LinearShape(f"{HEADLINE_MODEL}.{HEADLINE_SUBLAYER.value}", k, n)
 
 

@@ -42,7 +42,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
                             "each line is 'field: value', e.g. 'hbm_gbps: 3350'") from None
     if not isinstance(data, dict):
         raise LiaInputError(str(path), "the file is not a mapping of fields",
-                            "a profile starts with e.g. 'name: h100-80gb'")
+                            "a profile starts with e.g. 'name: h100-sxm-80gb'")
     return data
 
 

@@ -34,6 +34,11 @@ class SublayerWork:
     kv_read_bytes: float
     kv_write_bytes: float
     scratch_bytes: "float | np.ndarray" = 0.0  # intermediate traffic inside the sublayer (softmax)
+    gemms: tuple[tuple[float, "float | np.ndarray"], ...] = ()
+    """The matrix products as (rows per product, FLOPs): the rows key the efficiency tables. A linear layer
+    is one group at B*q rows; attention with group size G = heads / kv_heads multiplies G*q query rows by
+    each KV head's cache; an MoE layer's experts each see the tokens routed to them, the shared expert and
+    the router all tokens. The FLOPs of the groups sum to ``flops``."""
 
     @property
     def act_bytes(self) -> "float | np.ndarray":
@@ -47,19 +52,29 @@ class SublayerWork:
 
 def sublayer_params(model: ModelSpec) -> dict[Sublayer, int]:
     """Parameters of each sublayer in one decoder layer (norms ride with qkv and fc1)."""
-    h, f, e = model.hidden_size, model.ffn_size, model.num_experts
+    h = model.hidden_size
     qkv_out = model.q_dim + 2 * model.kv_dim
     norm = 2 * h if model.linear_bias else h  # LayerNorm has weight and bias; RMSNorm a weight only
     bias = 1 if model.linear_bias else 0
-    router = h * e if model.is_moe else 0
     return {
         Sublayer.QKV: h * qkv_out + bias * qkv_out + norm,
         Sublayer.ATTN_SCORE: 0,
         Sublayer.ATTN_CONTEXT: 0,
         Sublayer.OUT_PROJ: model.q_dim * h + bias * h,
-        Sublayer.FC1: e * (h * f * model.mlp_matrices + bias * f * model.mlp_matrices) + norm + router,
-        Sublayer.FC2: e * (f * h + bias * h),
+        Sublayer.FC1: sum(mlp_params(model, Sublayer.FC1)) + norm,
+        Sublayer.FC2: sum(mlp_params(model, Sublayer.FC2)),
     }
+
+
+def mlp_params(model: ModelSpec, sub: Sublayer) -> tuple[int, int, int]:
+    """Parameters of fc1 (gate+up) or fc2 (down), split as (routed experts, all of them; shared expert;
+    router). Dense models are one expert with no router."""
+    h, f, e, fs = model.hidden_size, model.ffn_size, model.num_experts, model.shared_ffn_size
+    bias = 1 if model.linear_bias else 0
+    if sub == Sublayer.FC1:
+        mats = model.mlp_matrices
+        return e * mats * (h * f + bias * f), mats * (h * fs + bias * fs), (h * e if model.is_moe else 0)
+    return e * (f * h + bias * h), fs * h + (bias * h if fs else 0), 0
 
 
 def layer_params(model: ModelSpec) -> int:
@@ -100,7 +115,7 @@ def kv_cache_bytes_per_layer(model: ModelSpec, batch: int, context: int) -> floa
     return kv_bytes_per_token_per_layer(model) * batch * context
 
 
-def expected_experts_touched(model: ModelSpec, tokens: int) -> float:
+def expected_experts_touched(model: ModelSpec, tokens: float) -> float:
     """Experts a pass touches when ``tokens`` tokens each pick ``experts_per_token`` of ``num_experts``
     uniformly: E * (1 - (1 - k/E)^tokens). Dense models touch their one expert."""
     e, k = model.num_experts, model.experts_per_token
@@ -114,40 +129,54 @@ def sublayer_work(model: ModelSpec, batch: int, q: int, s: "int | np.ndarray") -
 
     ``s`` may be a numpy array of contexts (one per decode step); the attention fields are then arrays.
     """
-    h, f = model.hidden_size, model.ffn_size
+    h, f, fs = model.hidden_size, model.ffn_size, model.shared_ffn_size
     heads, hd = model.num_heads, model.head_dim
     qd, kvd = model.q_dim, model.kv_dim
     k_act = model.experts_per_token
+    group = heads // model.num_kv_heads
     m = batch * q
     params = sublayer_params(model)
     b = BF16_BYTES
-    touched = expected_experts_touched(model, m) / model.num_experts
-
-    def w(sub: Sublayer, fraction: float = 1.0) -> tuple[float, float]:
-        stored = float(params[sub] * b)
-        return stored, stored * fraction
+    # MoE: tokens pick k of E experts uniformly; the experts a pass touches are read, each multiplying the
+    # tokens routed to it: m k / E_touched rows on average (m k / E once every expert is touched; 1 at m = 1).
+    touched_experts = expected_experts_touched(model, m)
+    touched = touched_experts / model.num_experts
+    expert_rows = m * k_act / touched_experts
 
     scores_bytes = 1.0 * batch * heads * q * s * b
-    mlp_mid = float(m * f * k_act * b)  # post-activation intermediate, per routed expert
+    mlp_mid = float(m * (f * k_act + fs) * b)  # post-activation intermediate of the routed and shared experts
+    attn_flops = 2.0 * batch * heads * q * s * hd
     out: dict[Sublayer, SublayerWork] = {}
-    stored, read = w(Sublayer.QKV)
-    out[Sublayer.QKV] = SublayerWork(Sublayer.QKV, m, 2.0 * m * h * (qd + 2 * kvd), stored, read,
-                                     float(m * h * b), float(m * qd * b), 0.0, float(2 * m * kvd * b))
-    out[Sublayer.ATTN_SCORE] = SublayerWork(Sublayer.ATTN_SCORE, m, 2.0 * batch * heads * q * s * hd, 0.0, 0.0,
-                                            float(m * qd * b), scores_bytes, 1.0 * batch * s * kvd * b, 0.0)
-    out[Sublayer.ATTN_CONTEXT] = SublayerWork(Sublayer.ATTN_CONTEXT, m, 2.0 * batch * heads * q * s * hd, 0.0,
-                                              0.0, scores_bytes, float(m * qd * b), 1.0 * batch * s * kvd * b, 0.0,
-                                              scratch_bytes=2.0 * scores_bytes)
-    stored, read = w(Sublayer.OUT_PROJ)
-    out[Sublayer.OUT_PROJ] = SublayerWork(Sublayer.OUT_PROJ, m, 2.0 * m * qd * h, stored, read,
-                                          float(m * qd * b), float(m * h * b), 0.0, 0.0)
-    stored, read = w(Sublayer.FC1, touched)
-    router_flops = 2.0 * m * h * model.num_experts if model.is_moe else 0.0
-    out[Sublayer.FC1] = SublayerWork(Sublayer.FC1, m, 2.0 * m * h * f * model.mlp_matrices * k_act + router_flops,
-                                     stored, read, float(m * h * b), mlp_mid, 0.0, 0.0)
-    stored, read = w(Sublayer.FC2, touched)
-    out[Sublayer.FC2] = SublayerWork(Sublayer.FC2, m, 2.0 * m * f * h * k_act, stored, read,
-                                     mlp_mid, float(m * h * b), 0.0, 0.0)
+
+    def linear(sub: Sublayer, flops: float, act_in: float, act_out: float, kv_write: float = 0.0) -> SublayerWork:
+        stored = float(params[sub] * b)
+        return SublayerWork(sub, m, flops, stored, stored, act_in, act_out, 0.0, kv_write, gemms=((m, flops),))
+
+    def mlp(sub: Sublayer, act_in: float, act_out: float) -> SublayerWork:
+        routed, shared, router = mlp_params(model, sub)
+        stored = float(params[sub] * b)
+        read = stored - routed * b * (1.0 - touched)       # only the touched experts' weights are read
+        width = h * f * model.mlp_matrices if sub == Sublayer.FC1 else f * h
+        shared_width = h * fs * model.mlp_matrices if sub == Sublayer.FC1 else fs * h
+        gemms = [(expert_rows, 2.0 * m * width * k_act)]
+        if fs:
+            gemms.append((m, 2.0 * m * shared_width))
+        if router:
+            gemms.append((m, 2.0 * m * router))
+        return SublayerWork(sub, m, sum(g[1] for g in gemms), stored, read, act_in, act_out, 0.0, 0.0,
+                            gemms=tuple(gemms))
+
+    out[Sublayer.QKV] = linear(Sublayer.QKV, 2.0 * m * h * (qd + 2 * kvd), float(m * h * b), float(m * qd * b),
+                               float(2 * m * kvd * b))
+    out[Sublayer.ATTN_SCORE] = SublayerWork(Sublayer.ATTN_SCORE, m, attn_flops, 0.0, 0.0, float(m * qd * b),
+                                            scores_bytes, 1.0 * batch * s * kvd * b, 0.0,
+                                            gemms=((group * q, attn_flops),))
+    out[Sublayer.ATTN_CONTEXT] = SublayerWork(Sublayer.ATTN_CONTEXT, m, attn_flops, 0.0, 0.0, scores_bytes,
+                                              float(m * qd * b), 1.0 * batch * s * kvd * b, 0.0,
+                                              scratch_bytes=2.0 * scores_bytes, gemms=((group * q, attn_flops),))
+    out[Sublayer.OUT_PROJ] = linear(Sublayer.OUT_PROJ, 2.0 * m * qd * h, float(m * qd * b), float(m * h * b))
+    out[Sublayer.FC1] = mlp(Sublayer.FC1, float(m * h * b), mlp_mid)
+    out[Sublayer.FC2] = mlp(Sublayer.FC2, mlp_mid, float(m * h * b))
     assert tuple(out) == SUBLAYERS
     return out
 

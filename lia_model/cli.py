@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                                   "lia calibrate --quick", "lia COMMAND --help"))
 profiles_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hardware profiles.",
                            epilog=examples("lia profiles list", "lia profiles show spr-h100-cxl",
-                                           "lia profiles new --from h100-80gb my-gpu"))
+                                           "lia profiles new --from h100-pcie-80gb my-gpu"))
 models_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The model catalog.",
                          epilog=examples("lia models list", "lia models list --json"))
 app.add_typer(profiles_app, name="profiles")
@@ -71,7 +71,7 @@ def profiles_list() -> None:
     console.print(table)
 
 
-@profiles_app.command("show", epilog=examples("lia profiles show spr-h100", "lia profiles show h100-80gb --json",
+@profiles_app.command("show", epilog=examples("lia profiles show spr-h100", "lia profiles show h100-pcie-80gb --json",
                                               "lia profiles show spr-h100 --set gpu.memory_gib=141",
                                               "lia profiles show ./my-gpu.yaml"))
 def profiles_show(name: str = typer.Argument(..., help="A system or device name, or a path to a profile .yaml."),
@@ -89,7 +89,7 @@ def profiles_show(name: str = typer.Argument(..., help="A system or device name,
         typer.echo(yaml.safe_dump(data, sort_keys=False, width=120))
 
 
-@profiles_app.command("new", epilog=examples("lia profiles new --from h100-80gb my-gpu",
+@profiles_app.command("new", epilog=examples("lia profiles new --from h100-pcie-80gb my-gpu",
                                              "lia profiles new --from spr-h100 my-system --out profiles/",
                                              "lia plan --system profiles/my-system.yaml"))
 def profiles_new(

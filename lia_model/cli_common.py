@@ -22,6 +22,7 @@ DEFAULT_SYSTEM = "spr-h100"
 class ModeChoice(str, Enum):
     overlap = "overlap"
     additive = "additive"
+    paper = "paper"
 
 
 class ObjectiveChoice(str, Enum):
@@ -45,7 +46,8 @@ OutputOpt = typer.Option(32, "--output", help="Generated tokens per sequence (L_
 SetOpt = typer.Option(None, "--set", help="What-if override FIELD=VALUE of the system, e.g. gpu.memory_gib=141 "
                       "(repeatable; any field 'lia profiles show' prints).")
 ModeOpt = typer.Option(ModeChoice.overlap, "--mode", case_sensitive=False,
-                       help="Cost model: overlap (resources run side by side) or additive (the paper's serial sum).")
+                       help="Cost model: overlap (resources run side by side), additive (their serial sum) or "
+                            "paper (the LIA authors' released model; use it with a paper-* system).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables.")
 
 
@@ -60,7 +62,8 @@ def parse_mode(mode):
     try:
         return CostMode(getattr(mode, "value", mode))
     except ValueError:
-        raise LiaInputError("--mode", f"unknown cost mode '{mode}'", "use overlap or additive") from None
+        raise LiaInputError("--mode", f"unknown cost mode '{mode}'",
+                            "use overlap, additive, or paper (the LIA authors' model, with a paper-* system)") from None
 
 
 def finite_positive(option: str, value: Optional[float], example: str, largest: float) -> Optional[float]:

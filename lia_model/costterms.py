@@ -1,43 +1,59 @@
-"""Cost terms of one layer in one stage, as affine forms over boolean features of the policy vector.
+"""Cost terms of one layer in one stage: affine forms over boolean features of the policy vector, and the
+simulated schedule of the layer's chunks as a table over the 64 policy vectors.
 
-This module is the single source of the cost model's arithmetic. ``predict()`` evaluates the forms on
-one plan's features, the exhaustive enumerator on all 64 policy vectors at once, and the ILP turns the
-same forms into linear constraints over binary variables. That is what makes the optimiser exact with
-respect to the cost model: all three read the same coefficients.
+This module is the single source of the cost model's arithmetic. ``predict()`` evaluates a stage's terms on
+one plan's features, the exhaustive enumerator on all 64 policy vectors at once, and the ILP reads the same
+64 layer times (StageTerms.layer_time at every vector) as the coefficients of one-hot policy variables.
+That is what makes the optimiser exact with respect to the cost model: all three read the same numbers.
 
-Features of a policy vector p (paper notation, p_i = 1 means sublayer i runs on the CPU):
+Features of a policy vector p (paper notation, p_i = 1 means sublayer i runs on the CPU), DERIVED_FEATURES:
   cpu[i]          = p_i                              i = 0..5
   h2d[j]          = p_j AND NOT p_{j+1}              boundary j: sublayer j (CPU) -> j+1 (GPU), H2D copy
   d2h[j]          = NOT p_j AND p_{j+1}              boundary j: sublayer j (GPU) -> j+1 (CPU), D2H copy
                     (boundary 5 is fc2 -> next layer's qkv; h2d[j] + d2h[j] = p_j XOR p_{j+1})
   qkv_cpu_ctx_gpu = p_0 AND NOT p_2                  new V made on the CPU must reach GPU attention
+  qkv_gpu_ctx_cpu = p_2 AND NOT p_0                  (the paper mode's model only)
+  qkv_xor_out     = p_0 XOR p_3                      (the paper mode's model only: residual copies)
+  out_xor_fc2     = p_3 XOR p_5
 
-Every time below is an affine function  const + sum_k coef_k * feature_k  (per decode step).
-A layer's time in a stage is the max over a list of such terms ("epigraph" terms for the ILP).
+Every time below is an affine function  const + sum_k coef_k * feature_k  (per decode step), except the
+schedule, which is simulated for each of the 64 vectors. A layer's time in a stage is the max of its terms.
 
 Terms for a streamed (non-resident) layer, prefill in n equal chunks (decode: n = 1):
-  chain_c  = sum_i [p_i cpu_i + (1 - p_i) gpu_i] + sum_j [h2d_j xh_j + d2h_j xd_j] + kv copies   (one chunk)
-  X_c      in {cpu_c, gpu_c, h2dx_c, d2h_c}: per-chunk busy time of CPU, GPU, PCIe H2D (not weights), D2H
+  X_c      in {cpu_c, gpu_c, h2dx_c, d2h_c}: per-chunk busy time of CPU, GPU, PCIe H2D (not weights), D2H,
+           including the cached K/V fetched for GPU attention and the new K/V written back from a GPU qkv
   W        = sum_i (1 - p_i) w_i                  weight prefetch of GPU sublayers, once per layer
   overlap mode:
-    T >= chain_c + (n - 1) X_c                    pipelined chunks: one full chain plus (n-1) bottlenecks
+    T >= schedule(p)                              the runtime's schedule of the n chunks on CPU, GPU and the
+                                                  two copy queues (lia_model.schedule), simulated for each
+                                                  policy vector: exact for the runtime's scheduler, where no
+                                                  affine form is (with n > 1 the order of CPU work depends
+                                                  on the times; a chunk's write-back and fetches race with
+                                                  its compute)
     T >= W + n h2dx_c                             the H2D link carries weights and activations
-    T >= n d2h_c
+    T >= n d2h_c                                  the D2H link (the K/V write-back is off the chain where no
+                                                  CPU attention reads it, but it occupies the link)
     T >= ddr_bytes / ddr_bw,  T >= cxl_bytes / cxl_bw     CPU reads and DMA share host memory
-    (without overlap or pinning, W is added to every chain term: the copy does not run beside compute)
-  additive mode (the paper's serial sum):
-    T  = n chain_c + W
-A resident layer runs all-GPU with its weights and KV in HBM: T = n sum_i gpu_i (both modes).
+    (without overlap or pinning, W is added to the schedule: the copy does not run beside compute)
+    with kernel tables, T >= n cpu_c + (1 - 1/s) W   CPU work beside the weight DMA (calibrated slowdown s)
+  additive mode (a serial sum of our terms):
+    T  = n (cpu_c + gpu_c + h2dx_c + d2h_c) + W
+  paper mode: the LIA authors' released model term for term (lia_model.paper), with the profile's numbers.
+A resident layer runs all-GPU with its weights and KV in HBM: T = n sum_i gpu_i (overlap and additive).
 
-CPU attention reads the cached K/V ``cpu_kv_passes`` times (StageContext; 1 for this project's runtime, more
-for a peer that converts the cache first, see lia_model.flexgen): its memory term and its DDR traffic scale
-with it. The LM head (``head_time_s``) runs on the device the plan's embeddings live on.
+Attention reads its KV cache kv_pass_factor times (a property of the device's kernel in the profile: 1 is
+one pass, the paper's model uses 3.5, a calibrated profile measures it); CPU attention that of a peer which
+converts the cache first, ``cpu_kv_passes`` times more (StageContext; 1 for this project's runtime, see
+lia_model.flexgen). MoE experts of GPU sublayers are either all prefetched with the layer's weights, or
+(ExpertFetch.ROUTED) only the routed ones, fetched on the chain once the router has run. The LM head
+(``head_time_s``) runs on the device the plan's embeddings live on.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Optional
 
 import numpy as np
 
@@ -47,13 +63,15 @@ from lia_model.accounting import (
     attention_rows,
     head_flops,
     linear_shape,
+    mlp_params,
     sublayer_work,
 )
 from lia_model.hardware import SystemSpec, interpolate_efficiency, table_seconds
 from lia_model.models import ModelSpec
-from lia_model.plan import CpuIsa, Device, HostTier, policy_from_index
+from lia_model.plan import CpuIsa, Device, ExpertFetch, HostTier, policy_from_index
+from lia_model.schedule import ChunkDurations, simulate_all
 from lia_model.sublayers import ATTENTION_SUBLAYERS, NUM_SUBLAYERS, SUBLAYERS, Sublayer
-from lia_model.units import BYTES_PER_S_PER_GBPS, FLOPS_PER_TFLOPS, S_PER_US
+from lia_model.units import BF16_BYTES, BYTES_PER_S_PER_GBPS, FLOPS_PER_TFLOPS, S_PER_US
 
 NUM_POLICIES = 2**NUM_SUBLAYERS
 
@@ -62,14 +80,30 @@ CPU = tuple(range(0, 6))
 H2D = tuple(range(6, 12))
 D2H = tuple(range(12, 18))
 QKV_CPU_CTX_GPU = 18
-NUM_FEATURES = 19
+QKV_GPU_CTX_CPU = 19
+QKV_XOR_OUT = 20
+OUT_XOR_FC2 = 21
+NUM_FEATURES = 22
 
-_QKV, _SCORE, _CTX = 0, 1, 2
+_QKV, _SCORE, _CTX, _OUT, _FC1, _FC2 = range(6)
+
+AND_NOT, XOR = "and_not", "xor"
+# Every feature beyond cpu[i] as (feature, operation, a, b): AND_NOT is p_a AND NOT p_b, XOR is p_a XOR p_b.
+# policy_features() and the ILP both build the features from this table.
+DERIVED_FEATURES: tuple[tuple[int, str, int, int], ...] = (
+    *((H2D[j], AND_NOT, j, (j + 1) % NUM_SUBLAYERS) for j in range(NUM_SUBLAYERS)),
+    *((D2H[j], AND_NOT, (j + 1) % NUM_SUBLAYERS, j) for j in range(NUM_SUBLAYERS)),
+    (QKV_CPU_CTX_GPU, AND_NOT, _QKV, _CTX),
+    (QKV_GPU_CTX_CPU, AND_NOT, _CTX, _QKV),
+    (QKV_XOR_OUT, XOR, _QKV, _OUT),
+    (OUT_XOR_FC2, XOR, _OUT, _FC2),
+)
 
 
 class CostMode(str, Enum):
     OVERLAP = "overlap"
     ADDITIVE = "additive"
+    PAPER = "paper"        # the LIA authors' released model (lia_model.paper); use with a paper-* profile
 
 
 class Resource(str, Enum):
@@ -89,11 +123,9 @@ def policy_features(p: tuple[Device, ...]) -> np.ndarray:
     bits = [int(d) for d in p]
     f = np.zeros(NUM_FEATURES)
     for i in range(NUM_SUBLAYERS):
-        nxt = bits[(i + 1) % NUM_SUBLAYERS]
         f[CPU[i]] = bits[i]
-        f[H2D[i]] = bits[i] * (1 - nxt)
-        f[D2H[i]] = (1 - bits[i]) * nxt
-    f[QKV_CPU_CTX_GPU] = bits[_QKV] * (1 - bits[_CTX])
+    for feature, op, a, b in DERIVED_FEATURES:
+        f[feature] = bits[a] * (1 - bits[b]) if op == AND_NOT else bits[a] ^ bits[b]
     return f
 
 
@@ -151,8 +183,10 @@ class StageContext:
     pinned_weights: bool
     overlap: bool
     mode: CostMode
-    # Passes a CPU attention makes over the cached K/V bytes (1: one bf16 read, our runtime). A peer that
-    # converts the cache first reads and writes it more often (lia_model.flexgen.FLEXGEN_CPU_KV_PASSES).
+    expert_fetch: ExpertFetch = ExpertFetch.ALL
+    # Passes a CPU attention makes over the cached K/V bytes relative to this project's kernel (1: our runtime,
+    # whose kernel's own passes are the profile's kv_pass_factor). A peer that converts the cache first reads
+    # and writes it more often (lia_model.flexgen.FLEXGEN_CPU_KV_PASSES).
     cpu_kv_passes: float = 1.0
 
 
@@ -210,17 +244,27 @@ class StageTerms:
     cross_d2h_s: np.ndarray       # [6, S]
     kv_copy_s: np.ndarray         # [6, S] KV copies a sublayer causes when it runs on the GPU (one chunk)
     resources: dict[Resource, Affine] = field(default_factory=dict)  # whole-layer busy time per resource
+    schedule_s: Optional[np.ndarray] = None  # [64, S] the simulated schedule of each policy vector (overlap
+    # mode; where the serial sum of a vector's operations is within its other terms, that sum: see below)
+
+    def _values(self, features: np.ndarray) -> tuple[list[Resource], np.ndarray]:
+        """Every term's value: [terms, ..., S]; the schedule is looked up by the vector's CPU bits."""
+        labels = [res for res, _ in self.terms.values()]
+        values = [form.evaluate(features) for _, form in self.terms.values()]
+        if self.schedule_s is not None:
+            index = (features[..., list(CPU)] @ (2 ** np.arange(NUM_SUBLAYERS))).round().astype(int)
+            labels.append(Resource.CHAIN)
+            values.append(self.schedule_s[index])
+        return labels, np.stack(values, axis=0)
 
     def layer_time(self, features: np.ndarray) -> np.ndarray:
         """Layer time: max over the terms. features [..., F] -> [..., S]."""
-        values = np.stack([form.evaluate(features) for _, form in self.terms.values()], axis=0)
-        return values.max(axis=0)
+        return self._values(features)[1].max(axis=0)
 
     def bound(self, features: np.ndarray) -> list[Resource]:
         """Which term binds at each step, for one feature vector."""
-        names = list(self.terms)
-        values = np.stack([self.terms[n][1].evaluate(features) for n in names], axis=0)
-        return [self.terms[names[k]][0] for k in values.argmax(axis=0)]
+        labels, values = self._values(features)
+        return [labels[k] for k in values.argmax(axis=0)]
 
 
 def _bw(gbps: float) -> float:
@@ -238,6 +282,14 @@ def _cpu_rate(system: SystemSpec, isa: CpuIsa, tokens: float, attention: bool) -
     return system.cpu.cores * spec.per_core_tflops * FLOPS_PER_TFLOPS * interpolate_efficiency(table, tokens)
 
 
+def cpu_kv_passes(system: SystemSpec, ctx: StageContext) -> float:
+    """Passes CPU attention makes over the KV cache it reads: the peer's ``ctx.cpu_kv_passes`` (1 for this
+    project's runtime) x the kv_pass_factor of the plan's ISA's kernel (1 where the ISA is absent: the rate
+    lookup reports that)."""
+    spec = system.cpu.isa.get(ctx.cpu_isa)
+    return ctx.cpu_kv_passes * (spec.kv_pass_factor if spec is not None else 1.0)
+
+
 def _gpu_rate(system: SystemSpec, tokens: float, attention: bool) -> float:
     table = system.gpu.attention_efficiency if attention else system.gpu.matmul_efficiency
     return system.gpu.bf16_peak_tflops * FLOPS_PER_TFLOPS * interpolate_efficiency(table, tokens)
@@ -246,7 +298,8 @@ def _gpu_rate(system: SystemSpec, tokens: float, attention: bool) -> float:
 def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chunk_batch: int) -> SublayerTimes:
     """Time of each sublayer for one chunk. With calibrated kernel tables (``system.kernels``): the measured
     time of the runtime's own sublayer function at that shape (linears) or the attention fit; otherwise the
-    roofline max(FLOPs / rate(size), bytes / bandwidth) + overhead."""
+    roofline max(sum over its products of FLOPs / rate(rows), bytes / bandwidth) + overhead, where attention
+    reads its KV cache cpu_kv_passes x the kernel's kv_pass_factor times (see the module docstring)."""
     contexts = np.asarray(ctx.contexts, dtype=float)
     steps = len(contexts)
     work = sublayer_work(model, chunk_batch, ctx.q, contexts)
@@ -257,21 +310,23 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
     cpu_bw_kv = _bw(min(system.cpu.memory_read_gbps, kv_tier.read_gbps))
     cpu_bw_act = _bw(min(system.cpu.memory_read_gbps, ddr.read_gbps))
     hbm = _bw(system.gpu.hbm_gbps)
+    cpu_kv_pass = cpu_kv_passes(system, ctx)
     out = {k: np.zeros((NUM_SUBLAYERS, steps)) for k in ("cpu", "gpu", "cpu_mem", "gpu_mem")}
     cpu_cb = np.zeros((NUM_SUBLAYERS, steps), dtype=bool)
     gpu_cb = np.zeros((NUM_SUBLAYERS, steps), dtype=bool)
     for i, sub in enumerate(SUBLAYERS):
         w: SublayerWork = work[sub]
         attention = sub in ATTENTION_SUBLAYERS
-        size = ctx.q if attention else w.tokens
-        flops = np.broadcast_to(np.asarray(w.flops, dtype=float), (steps,))
-        kv_bytes = np.broadcast_to(np.asarray(w.kv_read_bytes + w.kv_write_bytes, dtype=float), (steps,))
+        # each group of products at its own rows (GQA: G*q; MoE experts: tokens per expert), see SublayerWork
+        cpu_flop_s = np.broadcast_to(sum(np.asarray(f, dtype=float) / _cpu_rate(system, ctx.cpu_isa, rows, attention)
+                                         for rows, f in w.gemms), (steps,))
+        gpu_flop_s = np.broadcast_to(sum(np.asarray(f, dtype=float) / _gpu_rate(system, rows, attention)
+                                         for rows, f in w.gemms), (steps,))
+        kv_read = np.broadcast_to(np.asarray(w.kv_read_bytes, dtype=float), (steps,))
         act_bytes = np.broadcast_to(np.asarray(w.act_bytes, dtype=float), (steps,))
-        cpu_mem = (w.weight_bytes_read / cpu_bw_w + ctx.cpu_kv_passes * kv_bytes / cpu_bw_kv
+        cpu_mem = (w.weight_bytes_read / cpu_bw_w + (cpu_kv_pass * kv_read + w.kv_write_bytes) / cpu_bw_kv
                    + act_bytes / cpu_bw_act)
-        cpu_flop_s = flops / _cpu_rate(system, ctx.cpu_isa, size, attention)
-        gpu_mem = (w.weight_bytes_read + kv_bytes + act_bytes) / hbm
-        gpu_flop_s = flops / _gpu_rate(system, size, attention)
+        gpu_mem = (w.weight_bytes_read + system.gpu.kv_pass_factor * kv_read + w.kv_write_bytes + act_bytes) / hbm
         out["cpu"][i] = np.maximum(cpu_flop_s, cpu_mem) + system.cpu.op_overhead_us * S_PER_US
         out["gpu"][i] = np.maximum(gpu_flop_s, gpu_mem) + system.gpu.op_overhead_us * S_PER_US
         out["cpu_mem"][i], out["gpu_mem"][i] = cpu_mem, gpu_mem
@@ -339,6 +394,10 @@ def _apply_kernel_tables(system: SystemSpec, model: ModelSpec, ctx: StageContext
 
 def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext) -> StageTerms:
     """The epigraph terms (see module docstring) of one streamed layer in one stage."""
+    if ctx.mode == CostMode.PAPER:
+        from lia_model.paper import paper_layer_terms
+
+        return paper_layer_terms(system, model, ctx)
     n = ctx.minibatches
     b = ctx.batch // n
     steps = len(ctx.contexts)
@@ -353,9 +412,21 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
     bw_act_h2d, bw_act_d2h = _bw(min(link.h2d_gbps, ddr.read_gbps)), _bw(min(link.d2h_gbps, ddr.read_gbps))
     bw_kv_h2d, bw_kv_d2h = _bw(min(link.h2d_gbps, kv_tier.read_gbps)), _bw(min(link.d2h_gbps, kv_tier.read_gbps))
 
-    # Weight prefetch per sublayer (once per layer).
+    def copy_s(nbytes: np.ndarray | float, bw: float) -> np.ndarray:
+        nbytes = np.broadcast_to(np.asarray(nbytes, dtype=float), (steps,))
+        return np.where(nbytes > 0, nbytes / bw + lat, 0.0)
+
+    # Weights: prefetched once per layer (all experts of an MoE layer), or, with on-demand experts, the
+    # routed experts of the GPU MLP sublayers fetched after routing, on the chain (per chunk).
     weight_bytes = np.array([work[s].weight_bytes for s in SUBLAYERS])
+    on_demand = np.zeros(NUM_SUBLAYERS)                 # bytes fetched after routing, per chunk
+    if model.is_moe and ctx.expert_fetch == ExpertFetch.ROUTED:
+        for i in (_FC1, _FC2):
+            routed = float(mlp_params(model, SUBLAYERS[i])[0] * BF16_BYTES)
+            on_demand[i] = routed - (work[SUBLAYERS[i]].weight_bytes - work[SUBLAYERS[i]].weight_bytes_read)
+            weight_bytes[i] -= routed
     weight_h2d_s = np.where(weight_bytes > 0, weight_bytes / bw_w_h2d + lat, 0.0)
+    expert_h2d_s = np.stack([copy_s(on_demand[i], bw_w_h2d) for i in range(NUM_SUBLAYERS)])   # [6, S]
 
     # Activation crossing at boundary j (what sublayer j hands to j+1), one chunk.
     kv_width_bytes = 1.0 * b * ctx.q * model.kv_dim * 2  # new K (or new V) of this pass, bf16
@@ -369,17 +440,19 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
     # KV cache of streamed layers lives in the host tier: GPU attention fetches the cached part.
     cached = np.maximum(contexts - ctx.q, 0.0)
     k_cached_bytes = 1.0 * b * cached * model.kv_dim * 2
-    k_cached_s = np.where(k_cached_bytes > 0, k_cached_bytes / bw_kv_h2d + lat, 0.0)
-    v_new_s = kv_width_bytes / bw_kv_h2d + lat
+    k_cached_s = copy_s(k_cached_bytes, bw_kv_h2d)
+    v_new_s = copy_s(kv_width_bytes, bw_kv_h2d)
     kv_write_bytes = 2.0 * kv_width_bytes
-    kv_write_s = kv_write_bytes / bw_kv_d2h + lat
+    kv_write_s = copy_s(kv_write_bytes, bw_kv_d2h)
 
+    # Per-chunk busy time of each resource (everything the chunk puts on it).
     cpu_c, gpu_c = Affine.zero(steps), Affine.zero(steps)
     h2dx_c, d2h_c = Affine.zero(steps), Affine.zero(steps)
     for i in range(NUM_SUBLAYERS):
         cpu_c.add_feature(CPU[i], times.cpu_s[i])
         gpu_c.add_not_cpu(i, times.gpu_s[i])
         h2dx_c.add_feature(H2D[i], cross_h2d_s[i])
+        h2dx_c.add_not_cpu(i, expert_h2d_s[i])          # (1 - p_i) * routed experts fetched on demand
         d2h_c.add_feature(D2H[i], cross_d2h_s[i])
     # Fused attention (kernel tables): both on the CPU = p_score - h2d[score]; both on the GPU =
     # (1 - p_score) - d2h[score].
@@ -395,18 +468,17 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         if weight_h2d_s[i] > 0:
             weights.add_not_cpu(i, weight_h2d_s[i])
 
-    chain_c = cpu_c + gpu_c + h2dx_c + d2h_c
-
     # Host-memory traffic (bytes), per layer: CPU reads per chunk, weight DMA once, copies per chunk.
+    cpu_kv_pass = cpu_kv_passes(system, ctx)
     tier_bytes = {HostTier.DDR: Affine.zero(steps), HostTier.CXL: Affine.zero(steps)}
     for i, sub in enumerate(SUBLAYERS):
         w = work[sub]
         tier_bytes[ctx.weight_tier].add_feature(CPU[i], n * w.weight_bytes_read)
-        tier_bytes[ctx.weight_tier].add_not_cpu(i, w.weight_bytes)
+        tier_bytes[ctx.weight_tier].add_not_cpu(i, weight_bytes[i] + n * on_demand[i])
         act = np.broadcast_to(np.asarray(w.act_bytes, dtype=float), (steps,))
         tier_bytes[HostTier.DDR].add_feature(CPU[i], n * act)
-        kv = np.broadcast_to(np.asarray(w.kv_read_bytes + w.kv_write_bytes, dtype=float), (steps,))
-        tier_bytes[ctx.kv_tier].add_feature(CPU[i], n * ctx.cpu_kv_passes * kv)
+        kv = np.broadcast_to(np.asarray(cpu_kv_pass * w.kv_read_bytes + w.kv_write_bytes, dtype=float), (steps,))
+        tier_bytes[ctx.kv_tier].add_feature(CPU[i], n * kv)
         tier_bytes[HostTier.DDR].add_feature(H2D[i], n * cross_bytes_h2d[i])
         tier_bytes[HostTier.DDR].add_feature(D2H[i], n * cross_bytes[i])
     tier_bytes[ctx.kv_tier].add_not_cpu(_SCORE, n * k_cached_bytes)
@@ -426,17 +498,12 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         resources[Resource.CXL] = tier_bytes[HostTier.CXL].scaled(1.0 / _bw(system.cxl.read_gbps))
 
     terms: dict[str, tuple[Resource, Affine]] = {}
+    schedule_s = None
     if ctx.mode == CostMode.ADDITIVE:
-        terms["serial"] = (Resource.CHAIN, chain_c.scaled(n) + weights)
+        # every operation of every chunk in series, the weight copy included
+        terms["serial"] = (Resource.CHAIN, (cpu_c + gpu_c + h2dx_c + d2h_c).scaled(n) + weights)
     else:
         serial_weights = not (ctx.overlap and ctx.pinned_weights)
-        head = chain_c + weights if serial_weights else chain_c
-        if n == 1:
-            terms["chain"] = (Resource.CHAIN, head)
-        else:
-            for name, res, busy in (("pipe_cpu", Resource.CPU, cpu_c), ("pipe_gpu", Resource.GPU, gpu_c),
-                                    ("pipe_h2d", Resource.PCIE_H2D, h2dx_c), ("pipe_d2h", Resource.PCIE_D2H, d2h_c)):
-                terms[name] = (res, head + busy.scaled(n - 1))
         if system.kernels is not None and not serial_weights:
             # CPU work beside the weight DMA (calibrated slowdown s of a CPU linear while pinned H2D runs): the
             # DMA keeps its rate, so during its W seconds the CPU moves 1/s of its solo bytes per second, and
@@ -449,15 +516,34 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         terms["ddr"] = (Resource.DDR, ddr_s)
         if Resource.CXL in resources:
             terms["cxl"] = (Resource.CXL, resources[Resource.CXL])
+        # The chunks' schedule on CPU, GPU and the copy queues, simulated for each policy vector (after the
+        # weight copy when it cannot run beside compute). A schedule never exceeds the serial sum of its
+        # operations; where even that sum is within the other terms, the vector is not simulated and the
+        # table holds the sum (the layer time, the max of the terms, is the same either way).
+        durations = ChunkDurations(times.cpu_s, times.gpu_s, cross_h2d_s, cross_d2h_s, k_cached_s, k_cached_s,
+                                   v_new_s, kv_write_s, expert_h2d_s, times.cpu_fused_delta_s,
+                                   times.gpu_fused_delta_s, times.fused_attention)
+        start = weights.evaluate(ALL_POLICY_FEATURES) if serial_weights else np.zeros((NUM_POLICIES, steps))
+        schedule_s = start + (cpu_c + gpu_c + h2dx_c + d2h_c).scaled(n).evaluate(ALL_POLICY_FEATURES)
+        others = np.stack([form.evaluate(ALL_POLICY_FEATURES) for _, form in terms.values()]).max(axis=0)
+        busy = np.flatnonzero(np.any(schedule_s > others, axis=1))
+        if busy.size:
+            schedule_s[busy] = simulate_all(n, durations, start[busy], ALL_POLICY_FEATURES[busy, :NUM_SUBLAYERS])
     kv_copy_s = np.zeros((NUM_SUBLAYERS, steps))
     kv_copy_s[_QKV] = kv_write_s
     kv_copy_s[_SCORE] = k_cached_s
     kv_copy_s[_CTX] = k_cached_s
-    return StageTerms(ctx, terms, times, weight_h2d_s, cross_h2d_s, cross_d2h_s, kv_copy_s, resources)
+    kv_copy_s[_FC1] = expert_h2d_s[_FC1]
+    kv_copy_s[_FC2] = expert_h2d_s[_FC2]
+    return StageTerms(ctx, terms, times, weight_h2d_s, cross_h2d_s, cross_d2h_s, kv_copy_s, resources, schedule_s)
 
 
 def resident_layer_time(system: SystemSpec, model: ModelSpec, ctx: StageContext) -> tuple[np.ndarray, SublayerTimes]:
     """A GPU-resident layer: all sublayers on the GPU with weights and KV in HBM, n chunks in series."""
+    if ctx.mode == CostMode.PAPER:
+        from lia_model.paper import paper_resident_layer_s
+
+        return paper_resident_layer_s(system, model, ctx)
     n = ctx.minibatches
     times = sublayer_times(system, model, ctx, ctx.batch // n)
     return n * times.all_gpu_s(), times

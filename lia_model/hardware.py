@@ -85,6 +85,11 @@ class Sourced(_Spec):
         return self
 
 
+# Fields whose default value is a definition rather than a number that needs a source: kv_pass_factor = 1 is
+# "one pass over the KV cache", the roofline's own assumption.
+DEFINITIONAL_DEFAULTS = frozenset({"kv_pass_factor"})
+
+
 def _numeric_paths(spec: BaseModel, prefix: str = "") -> list[str]:
     paths: list[str] = []
     for name in type(spec).model_fields:
@@ -94,6 +99,8 @@ def _numeric_paths(spec: BaseModel, prefix: str = "") -> list[str]:
         path = f"{prefix}{name}"
         if isinstance(value, bool):
             continue
+        if name in DEFINITIONAL_DEFAULTS and value == type(spec).model_fields[name].default:
+            continue  # at its default this number is a definition (its description says which), not a measurement
         if isinstance(value, (int, float)):
             paths.append(path)
         elif isinstance(value, BaseModel) and not isinstance(value, Sourced):
@@ -128,6 +135,10 @@ class IsaSpec(_Spec):
     attention_efficiency: list[EfficiencyPoint] = Field(
         default_factory=list, description="Attention (batched matmul) efficiency vs query tokens per sequence."
     )
+    kv_pass_factor: float = Field(
+        1.0, ge=1.0, description="Passes the attention kernel makes over the KV cache it reads: its memory time is "
+        "(activations + kv_pass_factor x KV bytes) / bandwidth. 1 (the default) is one pass; the LIA paper's model "
+        "uses 3.5; a calibrated profile measures it.", examples=[1.7])
     backend: str = Field("onednn", description="Library whose kernels the numbers describe.")
     kernel_observed: Optional[str] = Field(None, description="Kernel ISA seen in ONEDNN_VERBOSE, if calibrated.")
     absent_reason: Optional[str] = Field(None, description="Why the ISA is marked absent (calibrated profiles).")
@@ -186,6 +197,9 @@ class GpuSpec(Sourced):
     attention_efficiency: list[EfficiencyPoint]
     op_overhead_us: float = Field(ge=0, le=MAX_US,
         description="Fixed cost of launching one GPU sublayer.", examples=[10])
+    kv_pass_factor: float = Field(
+        1.0, ge=1.0, description="Passes the attention kernel makes over the KV cache it reads (see IsaSpec).",
+        examples=[1.0])
 
     _tables = field_validator("matmul_efficiency", "attention_efficiency")(_check_table)
 
@@ -213,8 +227,6 @@ class MemoryTierSpec(Sourced):
     capacity_gib: float = Field(gt=0, le=MAX_GIB, description="Installed capacity.", examples=[512])
     read_gbps: float = Field(ge=MIN_GBPS, le=MAX_GBPS,
         description="Sustained read bandwidth (CPU or DMA).", examples=[265])
-    added_latency_ns: float = Field(ge=0, le=MAX_US * 1e3,
-        description="Extra load latency over local DDR.", examples=[0])
 
 
 class Provenance(_Spec):

@@ -4,12 +4,13 @@ With K = num_layers - N_res streamed layers, sigma = [K > 0], g_i = 1 when subla
 prefill or decode, and a = 1 when any attention sublayer runs on the GPU:
 
   HBM  = e embeddings + N_res (W_layer + KV_layer) + sigma 2 sum_i g_i W_i + sigma a KV_layer + u workspace_gpu(n)
-  DDR  = (1 - e) embeddings + K W_layer [weights in DDR] + K KV_layer [KV in DDR] + workspace_host(n)
-  CXL  = K W_layer [weights in CXL] + K KV_layer [KV in CXL]
+  DDR  = (1 - e) embeddings + (K - K_cxl) W_layer + K KV_layer [KV in DDR] + workspace_host(n)
+  CXL  = K_cxl W_layer + K KV_layer [KV in CXL]
 
 e = 1 when the embeddings and LM head live on the GPU (lia_model.plan.head_device), u = 1 when the plan uses
 the GPU at all (a GPU sublayer, a resident layer or the head there): a plan with everything on the CPU uses
-no HBM.
+no HBM. K_cxl: streamed layers whose weights are in CXL (all K with weight_tier cxl, plan.cxl_weight_layers
+with a split, else 0).
 
 W_i: stored weights of sublayer i; W_layer = sum_i W_i; KV_layer = K and V of B * (L_in + L_out) tokens.
 The 2 sum_i g_i W_i term is the pair of alternating streaming buffers; sigma a KV_layer stages one streamed
@@ -156,7 +157,10 @@ def memory_use(system: SystemSpec, model: ModelSpec, workload: Workload, plan: P
     host: dict[HostTier, dict[str, float]] = {HostTier.DDR: {}, HostTier.CXL: {}}
     if not head_on_gpu:
         host[HostTier.DDR]["embeddings_and_head"] = c.embedding_bytes
-    host[plan.weight_tier]["streamed_weights"] = streamed * c.layer_weight_bytes
+    in_cxl = plan.cxl_weight_layer_count(streamed)
+    host[HostTier.DDR]["streamed_weights"] = (streamed - in_cxl) * c.layer_weight_bytes
+    if in_cxl:
+        host[HostTier.CXL]["streamed_weights"] = in_cxl * c.layer_weight_bytes
     host[plan.kv_tier]["streamed_kv"] = streamed * c.kv_layer_bytes
     host[HostTier.DDR]["workspace"] = c.host_workspace_bytes
     out = {

@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lia_model.errors import LiaInputError
+
+
+class RopeScaling(BaseModel):
+    """RoPE frequency scaling of a checkpoint (Hugging Face ``rope_scaling`` / ``rope_parameters``).
+
+    ``linear``: every inverse frequency divided by ``factor``. ``llama3`` (Llama-3.1): wavelengths longer than
+    original_max_position_embeddings / low_freq_factor are divided by ``factor``, shorter than
+    original_max_position_embeddings / high_freq_factor kept, and those between interpolated
+    (runtime/rope.py has the formula).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rope_type: Literal["linear", "llama3"]
+    factor: float = Field(gt=0)
+    low_freq_factor: float = Field(1.0, gt=0)
+    high_freq_factor: float = Field(4.0, gt=0)
+    original_max_position_embeddings: int = Field(8192, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RopeScaling":
+        if self.rope_type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError(f"rope_scaling.high_freq_factor ({self.high_freq_factor}) must exceed "
+                             f"low_freq_factor ({self.low_freq_factor})")
+        return self
 
 
 class ModelSpec(BaseModel):
@@ -19,7 +44,7 @@ class ModelSpec(BaseModel):
     num_layers: int = Field(ge=1, le=1024, description="Decoder layers (at most 1024: the largest models have "
                             "about 130, and the optimiser's arrays grow with the count).")
     hidden_size: int = Field(ge=1)
-    ffn_size: int = Field(ge=1, description="Intermediate size of one expert's MLP.")
+    ffn_size: int = Field(ge=1, description="Intermediate size of the MLP (MoE: of one routed expert).")
     num_heads: int = Field(ge=1)
     num_kv_heads: int = Field(ge=1, description="Equal to num_heads for MHA, fewer for GQA.")
     head_dim: int = Field(ge=1)
@@ -28,9 +53,15 @@ class ModelSpec(BaseModel):
     gated_mlp: bool = Field(False, description="SwiGLU-style gate+up projections (fc1 holds both).")
     num_experts: int = Field(1, ge=1, description="MoE experts per layer (1 = dense).")
     experts_per_token: int = Field(1, ge=1, description="Experts each token is routed to.")
+    shared_ffn_size: int = Field(0, ge=0, description="MoE: intermediate size of the shared expert MLP every "
+                                 "token also passes through (0 = none).")
     linear_bias: bool = Field(True, description="Linear layers carry bias vectors.")
     learned_positions: int = Field(0, ge=0, description="Rows of a learned position embedding (OPT).")
     tied_embeddings: bool = Field(True, description="The LM head shares the token embedding.")
+    # Numerics only (the runtime's math; no cost term depends on them).
+    norm_eps: float = Field(1e-5, gt=0, description="Epsilon of every LayerNorm / RMSNorm.")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base of models with rotary positions.")
+    rope_scaling: Optional[RopeScaling] = Field(None, description="RoPE frequency scaling (e.g. Llama-3.1's).")
     source: str = Field("", description="Where the shapes come from.")
 
     @model_validator(mode="after")
@@ -77,13 +108,16 @@ CATALOG: dict[str, ModelSpec] = {
                   linear_bias=False, tied_embeddings=False, source="meta-llama/Llama-2-70b-hf config.json"),
         ModelSpec(name="llama-3.1-70b", num_layers=80, hidden_size=8192, ffn_size=28672, num_heads=64,
                   num_kv_heads=8, head_dim=128, vocab_size=128256, max_context=131072, gated_mlp=True,
-                  linear_bias=False, tied_embeddings=False, source="meta-llama/Llama-3.1-70B config.json"),
+                  linear_bias=False, tied_embeddings=False, rope_theta=500000.0,
+                  rope_scaling=RopeScaling(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                           original_max_position_embeddings=8192),
+                  source="meta-llama/Llama-3.1-70B config.json"),
         ModelSpec(name="bloom-176b", num_layers=70, hidden_size=14336, ffn_size=57344, num_heads=112,
                   num_kv_heads=112, head_dim=128, vocab_size=250880, max_context=2048,
                   source="bigscience/bloom config.json (ALiBi; 2048 training length)"),
         ModelSpec(name="mixtral-8x7b", num_layers=32, hidden_size=4096, ffn_size=14336, num_heads=32,
                   num_kv_heads=8, head_dim=128, vocab_size=32000, max_context=32768, gated_mlp=True,
-                  num_experts=8, experts_per_token=2, linear_bias=False, tied_embeddings=False,
+                  num_experts=8, experts_per_token=2, linear_bias=False, tied_embeddings=False, rope_theta=1e6,
                   source="mistralai/Mixtral-8x7B-v0.1 config.json"),
     ]
 }
@@ -146,7 +180,8 @@ def model_from_hf_config(config: Mapping[str, Any], name: str = "custom") -> Mod
 
     Every number is checked (a whole number of at least 1); nothing is guessed: a missing MLP width is an
     error unless the model type defines it as 4 x hidden, and what the cost model does not represent
-    (quantized weights, shared MoE experts) is refused rather than ignored.
+    (quantized weights, multi-head latent attention) is refused rather than ignored. MoE: routed experts of
+    moe_intermediate_size where given, and a shared expert (Qwen's, or DeepSeek's n_shared_experts).
     """
     if not isinstance(config, Mapping):
         raise LiaInputError("config.json", "the config is not a JSON object", 'e.g. {"hidden_size": 4096, ...}')
@@ -163,10 +198,12 @@ def model_from_hf_config(config: Mapping[str, Any], name: str = "custom") -> Mod
     if config.get("quantization_config") is not None:
         raise LiaInputError("config.json quantization_config", "quantized checkpoints are not modelled: the cost "
                             "model prices bf16 weights", "remove quantization_config to model the bf16 model")
-    for key in ("shared_expert_intermediate_size", "n_shared_experts", "num_shared_experts"):
-        if config.get(key):
-            raise LiaInputError(f"config.json {key}", "shared MoE experts are not modelled (their weights would "
-                                "be left out of every size and time)", "use a model without shared experts")
+    if _first(config, "kv_lora_rank", "q_lora_rank")[1] is not None or model_type in ("deepseek_v2", "deepseek_v3"):
+        raise LiaInputError(
+            "config.json kv_lora_rank", "multi-head latent attention (DeepSeek-V2/V3 style: a compressed KV "
+            "cache of kv_lora_rank per token, decompressed per head) is not modelled",
+            "use a model with standard multi-head or grouped-query attention; MLA's cache and FLOPs need their "
+            "own accounting")
     experts = _whole(config, "num_local_experts", "num_experts", "n_routed_experts", example=8) or 1
     per_token = _whole(config, "num_experts_per_tok", "num_experts_per_token", example=2)
     if experts > 1 and per_token is None:
@@ -175,6 +212,8 @@ def model_from_hf_config(config: Mapping[str, Any], name: str = "custom") -> Mod
     per_token = per_token or 1
     ffn = None
     if experts > 1:
+        # Qwen-MoE and DeepSeek-MoE: routed experts are moe_intermediate_size wide (intermediate_size is the
+        # dense MLP's width)
         ffn = _whole(config, "moe_intermediate_size", example=1408)
     if ffn is None:
         ffn = _whole(config, "intermediate_size", "ffn_dim", "n_inner", example=11008)
@@ -183,6 +222,12 @@ def model_from_hf_config(config: Mapping[str, Any], name: str = "custom") -> Mod
             raise LiaInputError("config.json intermediate_size", "missing: the MLP width is not in the config",
                                 'add it, e.g. "intermediate_size": 11008')
         ffn = 4 * hidden
+    shared = 0
+    if experts > 1:
+        # Qwen's shared expert is shared_expert_intermediate_size wide; DeepSeek's n_shared_experts experts of
+        # moe_intermediate_size act as one MLP of their summed width
+        shared = _whole(config, "shared_expert_intermediate_size", minimum=0, example=5632) or (
+            (_whole(config, "n_shared_experts", minimum=0, example=2) or 0) * ffn)
     kv_heads = _whole(config, "num_key_value_heads", "num_kv_heads", example=8)
     kv_heads = heads if kv_heads is None else kv_heads
     head_dim = _whole(config, "head_dim", example=128)
@@ -208,7 +253,7 @@ def model_from_hf_config(config: Mapping[str, Any], name: str = "custom") -> Mod
         return ModelSpec(
             name=name, num_layers=layers, hidden_size=hidden, ffn_size=ffn, num_heads=heads, num_kv_heads=kv_heads,
             head_dim=head_dim, vocab_size=vocab, max_context=max_ctx, gated_mlp=bool(gated), num_experts=experts,
-            experts_per_token=per_token, linear_bias=bias, learned_positions=learned,
+            experts_per_token=per_token, shared_ffn_size=shared, linear_bias=bias, learned_positions=learned,
             tied_embeddings=_flag(config, "tie_word_embeddings", True),
             source=f"Hugging Face config.json (model_type {model_type or 'unknown'})",
         )

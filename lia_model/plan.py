@@ -31,6 +31,13 @@ class HostTier(str, Enum):
     CXL = "cxl"
 
 
+class ExpertFetch(str, Enum):
+    """How a GPU MoE sublayer of a streamed layer gets its experts' weights."""
+
+    ALL = "all"          # every expert, prefetched with the layer's weights (beside compute)
+    ROUTED = "routed"    # only the experts the router picked, fetched once it has run (on the chain)
+
+
 class CpuIsa(str, Enum):
     """CPU matrix instruction set a plan's CPU sublayers use."""
 
@@ -128,7 +135,13 @@ class Plan(BaseModel):
         1, ge=1, strict=True, description="The prefill batch is split into this many equal chunks that pipeline."
     )
     weight_tier: HostTier = Field(HostTier.DDR, description="Host tier holding the streamed layers' weights.")
+    cxl_weight_layers: int = Field(
+        0, ge=0, strict=True, description="With weight_tier ddr: this many of the streamed layers (the last ones) keep their "
+        "weights in CXL instead, a split of the weights between the tiers (weight_tier cxl: all of them).")
     kv_tier: HostTier = Field(HostTier.DDR, description="Host tier holding the streamed layers' KV cache.")
+    expert_fetch: ExpertFetch = Field(
+        ExpertFetch.ALL, description="MoE models: prefetch every expert of a GPU MLP sublayer (all), or fetch "
+        "only the routed experts once the router has run (routed). Dense models: all.")
     pinned_weights: StrictBool = Field(True, description="Page-locked host weights: H2D copies are async DMA.")
     overlap: StrictBool = Field(True, description="Prefetch the next layer's weights into a second GPU buffer.")
     prefill_cpu_isa: CpuIsa = Field(CpuIsa.AMX_BF16, description="Matrix ISA of the CPU sublayers in prefill.")
@@ -181,17 +194,34 @@ class Plan(BaseModel):
                 f"prefill {policy_notation(self.prefill_policy)}  {policy_in_words(self.prefill_policy)}",
                 f"decode  {policy_notation(self.decode_policy)}  {policy_in_words(self.decode_policy)}",
                 f"GPU-resident layers {self.gpu_resident_layers}, prefill minibatches {self.prefill_minibatches}, "
-                f"weights in {self.weight_tier.value.upper()}, KV in {self.kv_tier.value.upper()}, "
+                f"weights in {self._weights_where()}, KV in {self.kv_tier.value.upper()}, "
+                f"{'' if self.expert_fetch == ExpertFetch.ALL else 'routed experts fetched on demand, '}"
                 f"pinned={self.pinned_weights}, overlap={self.overlap}, CPU ISA {self._isa_words()}, "
                 f"embeddings and LM head on the {head_device(self).name}",
             ]
         )
 
-
     def _isa_words(self) -> str:
         if self.prefill_cpu_isa == self.decode_cpu_isa:
             return self.prefill_cpu_isa.value
         return f"{self.prefill_cpu_isa.value} (prefill) / {self.decode_cpu_isa.value} (decode)"
+
+    def _weights_where(self) -> str:
+        if self.cxl_weight_layers:
+            return f"DDR ({self.cxl_weight_layers} streamed layers in CXL)"
+        return self.weight_tier.value.upper()
+
+    @model_validator(mode="after")
+    def _one_way_to_say_cxl(self) -> "Plan":
+        if self.cxl_weight_layers and self.weight_tier == HostTier.CXL:
+            raise ValueError("cxl_weight_layers splits DDR weights; with weight_tier cxl every streamed layer's "
+                             "weights are in CXL already: use weight_tier ddr with cxl_weight_layers N, or "
+                             "cxl_weight_layers 0")
+        return self
+
+    def cxl_weight_layer_count(self, streamed_layers: int) -> int:
+        """Streamed layers whose weights are in CXL."""
+        return streamed_layers if self.weight_tier == HostTier.CXL else self.cxl_weight_layers
 
 
 def head_device(plan: Plan) -> Device:
@@ -211,6 +241,12 @@ def check_plan_against(plan: Plan, num_layers: int, batch: int) -> None:
             f"{plan.gpu_resident_layers} resident layers but the model has {num_layers}",
             f"use a value from 0 to {num_layers}",
         )
+    streamed = num_layers - plan.gpu_resident_layers
+    if plan.cxl_weight_layers > streamed:
+        raise LiaInputError(
+            "plan.cxl_weight_layers",
+            f"{plan.cxl_weight_layers} layers' weights in CXL but only {streamed} layers are streamed",
+            f"use a value from 0 to {streamed}")
     if plan.prefill_minibatches > batch or batch % plan.prefill_minibatches != 0:
         raise LiaInputError(
             "plan.prefill_minibatches",

@@ -92,10 +92,13 @@ class Event:
 class Backend:
     """Device placement, memory, streams, events and copies."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, dtype: torch.dtype = DTYPE) -> None:
         if kind not in ("cuda", "fake", "cpu"):
             raise ValueError(kind)
         self.kind = kind
+        # Element type of weights, activations and KV (bf16; float32 lets tests compare token for token
+        # with an exact implementation).
+        self.dtype = dtype
         self.is_cuda = kind == "cuda"
         self.has_gpu = kind in ("cuda", "fake")
         self.gpu_device = torch.device("cuda", torch.cuda.current_device()) if self.is_cuda else torch.device("cpu")
@@ -111,10 +114,10 @@ class Backend:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def detect(cls, fake_gpu: bool = False) -> "Backend":
+    def detect(cls, fake_gpu: bool = False, dtype: torch.dtype = DTYPE) -> "Backend":
         if fake_gpu:
-            return cls("fake")
-        return cls("cuda") if torch.cuda.is_available() else cls("cpu")
+            return cls("fake", dtype)
+        return cls("cuda", dtype) if torch.cuda.is_available() else cls("cpu", dtype)
 
     @property
     def description(self) -> str:
@@ -130,8 +133,9 @@ class Backend:
     def torch_device(self, dev: Device) -> torch.device:
         return self.gpu_device if dev == Device.GPU else torch.device("cpu")
 
-    def empty(self, shape, dev: Device, pinned: bool = False, zero: bool = False, dtype=DTYPE) -> torch.Tensor:
+    def empty(self, shape, dev: Device, pinned: bool = False, zero: bool = False, dtype=None) -> torch.Tensor:
         """A new tensor on ``dev``; host tensors are page-locked when ``pinned`` and CUDA is present."""
+        dtype = self.dtype if dtype is None else dtype
         if dev == Device.GPU and not self.has_gpu:
             raise LiaInputError("GPU", "the plan needs GPU memory but this machine has no CUDA device",
                                 "run on a machine with an NVIDIA GPU, or use an all-CPU plan (e.g. the ipex baseline)")

@@ -14,7 +14,10 @@ CALIBRATED_DEFAULT = "hwprofiles/systems/emr-h100-calibrated.yaml"
 
 
 def register(app: typer.Typer) -> None:
+    from runtime.run_cli import run_command
+
     app.command("validate")(validate)
+    app.command("run")(run_command)
 
 
 def validate(

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -263,8 +263,13 @@ class Executor:
             feeder.close()
 
     def generate(self, prompt: torch.Tensor, output_len: Optional[int] = None, keep_logits: bool = False,
-                 profile: bool = True) -> RunResult:
-        """Prefill ``prompt`` [B, L_in] and decode greedily to ``output_len`` tokens (<= the workload's)."""
+                 profile: bool = True, select: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
+                 on_token: Optional[Callable[[int, torch.Tensor], bool]] = None) -> RunResult:
+        """Prefill ``prompt`` [B, L_in] and decode to ``output_len`` tokens (<= the workload's).
+
+        ``select(t, logits [B, vocab]) -> ids [B]`` picks output token t (default greedy: argmax; sampling:
+        runtime/generate.py); its time counts in the pass. ``on_token(t, ids)`` runs after pass t, outside its
+        timing (streaming); returning True stops generation there."""
         out_len = output_len or self.L_out
         if out_len > self.L_out or prompt.shape != (self.B, self.L_in):
             raise ValueError("generate() must stay within the workload the executor was sized for")
@@ -299,7 +304,7 @@ class Executor:
                 for li in range(self.L):
                     chunks = self._layer(stage, step, p_index, li, chunks, pos0, q)
                 logits = self._head(chunks, stage, step)
-                next_ids = logits.argmax(dim=-1)
+                next_ids = logits.argmax(dim=-1) if select is None else select(p_index, logits)
                 if be.is_cuda:
                     be.compute.synchronize()
                 pass_s.append(time.perf_counter() - t0)
@@ -307,6 +312,8 @@ class Executor:
                 if keep_logits:
                     logits_out.append(logits.float().cpu())
                 ids = next_ids[:, None]
+                if on_token is not None and on_token(p_index, next_ids):
+                    break
             for job in self.slot_ready:          # every prefetch queued (the feeder thread is idle)
                 if job is not None:
                     job.ready()
@@ -341,7 +348,7 @@ class Executor:
             lasts.append(moved.t)
         x = torch.cat(lasts, dim=0)
         start = self._stamp(self.head_dev)
-        logits = kernels.final_logits(x, emb.norm_w, emb.norm_b, emb.lm_head)
+        logits = kernels.final_logits(x, emb.norm_w, emb.norm_b, emb.lm_head, self.model.norm_eps)
         self._record(stage, step, -1, 0, "head", "compute", self.head_dev, 0, self.B, "-", start)
         return logits
 
@@ -431,13 +438,20 @@ class Executor:
 
     def _params(self, lay: _Layer, sub: Sublayer, dev: Device) -> dict[str, torch.Tensor]:
         if lay.resident:
-            return self.weights.layout.views(self.resident_flat[lay.li], sub)
-        if dev == Device.CPU:
-            return self.weights.host_views(lay.li, sub)
-        if self.slot_label[lay.slot] != (lay.li, lay.pass_index):
-            raise RuntimeError(f"weight buffer {lay.slot} holds {self.slot_label[lay.slot]}, "
-                               f"not layer {lay.li} of pass {lay.pass_index}")
-        return self.buffer_views[lay.slot][sub]
+            params = self.weights.layout.views(self.resident_flat[lay.li], sub)
+        elif dev == Device.CPU:
+            params = self.weights.host_views(lay.li, sub)
+        else:
+            if self.slot_label[lay.slot] != (lay.li, lay.pass_index):
+                raise RuntimeError(f"weight buffer {lay.slot} holds {self.slot_label[lay.slot]}, "
+                                   f"not layer {lay.li} of pass {lay.pass_index}")
+            params = self.buffer_views[lay.slot][sub]
+        want = self.backend.torch_device(dev).type
+        for name, t in params.items():          # every weight a sublayer consumes lives where it runs
+            if t.device.type != want:
+                raise RuntimeError(f"data-flow bug: {sub.value} of layer {lay.li} on the {dev.name} got weight "
+                                   f"'{name}' on {t.device}")
+        return params
 
     # ================================================================== data movement
 
@@ -587,8 +601,7 @@ class Executor:
             if len(self._rope_cache) > 64:
                 self._rope_cache.clear()
             positions = torch.arange(pos0, pos0 + q)
-            self._rope_cache[key] = kernels.rope_tables(positions, self.model.head_dim,
-                                                        self.backend.torch_device(dev))
+            self._rope_cache[key] = kernels.rope_tables(positions, self.model, self.backend.torch_device(dev))
         return self._rope_cache[key]
 
     def _mask(self, dev: Device, q: int, pos0: int, valid: int, width: int) -> torch.Tensor:

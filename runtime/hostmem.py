@@ -34,7 +34,7 @@ import torch
 
 from lia_model.errors import LiaInputError
 from lia_model.plan import HostTier
-from runtime.backend import DTYPE, Backend, cpu_threads
+from runtime.backend import Backend, cpu_threads
 
 DEFAULT_FAN_IN = 8192
 _FILL_CHUNK_ELEMS = 64 * 2**20  # 128 MiB of bf16 per fill step
@@ -120,22 +120,24 @@ class ArenaStats:
 
 
 class HostArena:
-    """One flat bf16 host buffer, optionally page-locked and randomly filled, carved into views."""
+    """One flat host buffer of the backend's dtype (bf16), optionally page-locked and randomly filled, carved into views."""
 
     def __init__(self, backend: Backend, numel: int, *, pinned: bool, random_fill: bool, seed: int = 0,
                  numa_node: Optional[int] = None, fan_in: int = DEFAULT_FAN_IN) -> None:
         self.backend = backend
         self.numel = int(numel)
         self.bound = math.sqrt(3.0 / fan_in)
-        self.stats = ArenaStats(bytes=self.numel * 2, numa_node=numa_node)
+        self.dtype = backend.dtype
+        nbytes = self.numel * self.dtype.itemsize
+        self.stats = ArenaStats(bytes=nbytes, numa_node=numa_node)
         t0 = time.perf_counter()
         if numa_node is None:
-            self.data = _anonymous(self.numel * 2).view(DTYPE)
+            self.data = _anonymous(nbytes).view(self.dtype)
         else:
-            self.data = _numa_alloc(self.numel * 2, numa_node).view(DTYPE)
+            self.data = _numa_alloc(nbytes, numa_node).view(self.dtype)
         # One registration for the whole (page-aligned) mapping: a copy whose source spans two separately
         # registered ranges fails with "invalid argument" (seen on the GPU host, torch 2.11 / CUDA 13).
-        base, total = self.data.data_ptr(), self.numel * 2
+        base, total = self.data.data_ptr(), nbytes
         self._ranges = [(base, total)] if total else []
         # Touch every page (zero_ runs on all intra-op threads; the OS backs memory lazily).
         self.data.zero_()
@@ -166,7 +168,8 @@ class HostArena:
         a = self.bound
         if self.backend.is_cuda:
             gen = torch.Generator(device=self.backend.gpu_device).manual_seed(seed)
-            scratch = torch.empty(min(_FILL_CHUNK_ELEMS, self.numel), dtype=DTYPE, device=self.backend.gpu_device)
+            scratch = torch.empty(min(_FILL_CHUNK_ELEMS, self.numel), dtype=self.dtype,
+                                  device=self.backend.gpu_device)
             for lo, hi in _chunks(self.numel, _FILL_CHUNK_ELEMS):
                 part = scratch[: hi - lo]
                 part.uniform_(-a, a, generator=gen)
@@ -211,7 +214,7 @@ class HostArena:
             for ptr, _ in self._ranges:
                 self.backend.unregister_host(ptr)
             self.stats.pinned = False
-        self.data = torch.empty(0, dtype=DTYPE)
+        self.data = torch.empty(0, dtype=self.dtype)
 
     def __del__(self) -> None:
         # A mapping freed while still registered leaves its address range registered: the next arena

@@ -29,16 +29,16 @@ import torch
 import torch.nn.functional as F
 
 from lia_model.models import ModelSpec
+from runtime.rope import inverse_frequencies
 
-NORM_EPS = 1e-5
-ROPE_THETA = 10000.0
+NORM_EPS = 1e-5  # default only: a model's own epsilon is ModelSpec.norm_eps (read from its config)
 
 
-def norm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+def norm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], eps: float = NORM_EPS) -> torch.Tensor:
     """LayerNorm when the model has biases (OPT, Bloom), RMSNorm otherwise (Llama)."""
     if b is not None:
-        return F.layer_norm(x, (x.shape[-1],), w, b, NORM_EPS)
-    return F.rms_norm(x, (x.shape[-1],), w, NORM_EPS)
+        return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+    return F.rms_norm(x, (x.shape[-1],), w, eps)
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], *, resid: Optional[torch.Tensor] = None,
@@ -61,9 +61,10 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], *, resid
     return out
 
 
-def rope_tables(positions: torch.Tensor, d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [q, d/2] for the rotate-half convention (pairs i and i + d/2)."""
-    inv = 1.0 / (ROPE_THETA ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
+def rope_tables(positions: torch.Tensor, model: ModelSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [q, d/2] for the rotate-half convention (pairs i and i + d/2), with the model's RoPE base and
+    scaling (runtime/rope.py)."""
+    inv = inverse_frequencies(model, device)
     angles = positions.to(device=device, dtype=torch.float32)[:, None] * inv[None, :]
     return angles.cos(), angles.sin()
 
@@ -71,17 +72,18 @@ def rope_tables(positions: torch.Tensor, d: int, device: torch.device) -> tuple[
 def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
     """In place on x [b, q, heads, d]."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    x1, x2 = x[..., :half].float(), x[..., half:].float()   # views, not copies, when x is float32
     c, s = cos[None, :, None, :], sin[None, :, None, :]
-    x[..., :half] = (x1 * c - x2 * s).to(x.dtype)
-    x[..., half:] = (x2 * c + x1 * s).to(x.dtype)
+    first, second = x1 * c - x2 * s, x2 * c + x1 * s            # both before either half is overwritten
+    x[..., :half] = first.to(x.dtype)
+    x[..., half:] = second.to(x.dtype)
 
 
 def qkv(h: torch.Tensor, p: dict[str, torch.Tensor], model: ModelSpec,
         rope: Optional[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Input norm + fused projection (+ RoPE). Returns Q [b,q,q_dim] and K, V [b,kv,q,d], all contiguous."""
     b, q, _ = h.shape
-    x = norm(h, p["norm_w"], p.get("norm_b"))
+    x = norm(h, p["norm_w"], p.get("norm_b"), model.norm_eps)
     fused = linear(x, p["w"], p.get("b"))
     qd, kvd, kvh, d = model.q_dim, model.kv_dim, model.num_kv_heads, model.head_dim
     if rope is not None:
@@ -182,7 +184,7 @@ def out_proj(ctx: torch.Tensor, p: dict[str, torch.Tensor], resid: torch.Tensor,
 
 def fc1(h_mid: torch.Tensor, p: dict[str, torch.Tensor], model: ModelSpec,
         out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    x = norm(h_mid, p["norm_w"], p.get("norm_b"))
+    x = norm(h_mid, p["norm_w"], p.get("norm_b"), model.norm_eps)
     if model.gated_mlp:
         u = linear(x, p["w"], p.get("b"))
         f = model.ffn_size
@@ -201,6 +203,6 @@ def fc2(mid: torch.Tensor, p: dict[str, torch.Tensor], resid: torch.Tensor,
 
 
 def final_logits(x_last: torch.Tensor, norm_w: torch.Tensor, norm_b: Optional[torch.Tensor],
-                 lm_head: torch.Tensor) -> torch.Tensor:
+                 lm_head: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     """[B, h] -> logits [B, vocab] (final norm + LM head)."""
-    return norm(x_last, norm_w, norm_b) @ lm_head.t()
+    return norm(x_last, norm_w, norm_b, eps) @ lm_head.t()

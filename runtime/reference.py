@@ -23,24 +23,25 @@ import torch
 import torch.nn.functional as F
 
 from lia_model.sublayers import Sublayer
+from runtime.rope import inverse_frequencies
 from runtime.weights import ModelWeights, embedding_positions_offset, uses_rope
 
 LOGITS_RTOL = 3e-2
 
 
-def _norm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+def _norm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], eps: float) -> torch.Tensor:
     if b is not None:
         mu = x.mean(-1, keepdim=True)
         var = ((x - mu) ** 2).mean(-1, keepdim=True)
-        return (x - mu) / torch.sqrt(var + 1e-5) * w + b
-    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-5) * w
+        return (x - mu) / torch.sqrt(var + eps) * w + b
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w
 
 
-def _rotate(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding, rotate-half convention, on x [B, heads, T, d]."""
+def _rotate(x: torch.Tensor, positions: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding, rotate-half convention, on x [B, heads, T, d] (``inv``: the model's inverse
+    frequencies, runtime/rope.py; checked against Hugging Face transformers in tests/test_hf_models.py)."""
     d = x.shape[-1]
-    inv = 1.0 / (10000.0 ** (torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d))
-    ang = positions.to(torch.float64)[:, None] * inv[None, :]
+    ang = positions.to(torch.float64)[:, None] * inv.to(device=x.device, dtype=torch.float64)[None, :]
     cos = torch.cat([ang.cos(), ang.cos()], -1).to(x.dtype)
     sin = torch.cat([ang.sin(), ang.sin()], -1).to(x.dtype)
     half = d // 2
@@ -62,20 +63,22 @@ def reference_logits(weights: ModelWeights, tokens: torch.Tensor, first: int, de
         off = embedding_positions_offset(m)
         h = h + emb.positions[off: off + T].to(device=device, dtype=dtype)[None]
     H, KV, d = m.num_heads, m.num_kv_heads, m.head_dim
+    eps = m.norm_eps
+    inv = inverse_frequencies(m) if uses_rope(m) else None
 
     def get(li: int, sub: Sublayer) -> dict[str, torch.Tensor]:
         return {k: v.to(device=device, dtype=dtype) for k, v in weights.host_views(li, sub).items()}
 
     for li in range(m.num_layers):
         p = get(li, Sublayer.QKV)
-        y = _norm(h, p["norm_w"], p.get("norm_b")) @ p["w"].t()
+        y = _norm(h, p["norm_w"], p.get("norm_b"), eps) @ p["w"].t()
         if "b" in p:
             y = y + p["b"]
         q = y[..., : m.q_dim].reshape(B, T, H, d).transpose(1, 2)
         k = y[..., m.q_dim: m.q_dim + m.kv_dim].reshape(B, T, KV, d).transpose(1, 2)
         v = y[..., m.q_dim + m.kv_dim:].reshape(B, T, KV, d).transpose(1, 2)
         if uses_rope(m):
-            q, k = _rotate(q, positions), _rotate(k, positions)
+            q, k = _rotate(q, positions, inv), _rotate(k, positions, inv)
         k = k.repeat_interleave(H // KV, dim=1)
         v = v.repeat_interleave(H // KV, dim=1)
         att = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / math.sqrt(d))
@@ -83,7 +86,7 @@ def reference_logits(weights: ModelWeights, tokens: torch.Tensor, first: int, de
         p = get(li, Sublayer.OUT_PROJ)
         h = h + att @ p["w"].t() + (p["b"] if "b" in p else 0.0)
         p = get(li, Sublayer.FC1)
-        u = _norm(h, p["norm_w"], p.get("norm_b")) @ p["w"].t()
+        u = _norm(h, p["norm_w"], p.get("norm_b"), eps) @ p["w"].t()
         if "b" in p:
             u = u + p["b"]
         if m.gated_mlp:
@@ -93,7 +96,7 @@ def reference_logits(weights: ModelWeights, tokens: torch.Tensor, first: int, de
         p = get(li, Sublayer.FC2)
         h = h + a @ p["w"].t() + (p["b"] if "b" in p else 0.0)
     x = _norm(h[:, first:], emb.norm_w.to(device=device, dtype=dtype),
-              None if emb.norm_b is None else emb.norm_b.to(device=device, dtype=dtype))
+              None if emb.norm_b is None else emb.norm_b.to(device=device, dtype=dtype), eps)
     logits = x @ emb.lm_head.to(device=device, dtype=dtype).t()          # [B, T - first, vocab]
     return logits.transpose(0, 1).float().cpu()
 

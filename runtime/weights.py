@@ -1,4 +1,5 @@
-"""Random bf16 weights with a model's real shapes, packed per sublayer so one copy moves one sublayer.
+"""Weights (random bf16 with a model's real shapes, or a checkpoint's), packed per sublayer so one copy moves
+one sublayer.
 
 Each decoder layer is one flat block of host memory: [qkv | out_proj | fc1 | fc2], and each sublayer's
 region holds its matrix, its bias and the norm that rides with it (DESIGN.md section 2):
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -26,7 +28,7 @@ from lia_model.errors import LiaInputError
 from lia_model.models import ModelSpec
 from lia_model.plan import Device
 from lia_model.sublayers import SUBLAYERS, WEIGHTED_SUBLAYERS, Sublayer
-from runtime.backend import DTYPE, Backend
+from runtime.backend import Backend
 from runtime.hostmem import HostArena
 
 WEIGHTED_ORDER: tuple[Sublayer, ...] = tuple(s for s in SUBLAYERS if s in WEIGHTED_SUBLAYERS)
@@ -123,20 +125,34 @@ class Embeddings:
 
 
 class ModelWeights:
-    """Host weights of every layer (views into a ``HostArena``) and the embeddings."""
+    """Host weights of every layer (views into a ``HostArena``) and the embeddings.
 
-    def __init__(self, model: ModelSpec, arena: HostArena, backend: Backend, seed: int = 0) -> None:
+    Random weights (``seed`` given): the arena's random fill, norms written here, random embeddings; when the
+    arena holds fewer layers than the model, later layers reuse earlier blocks. A checkpoint (``seed=None``,
+    ``runtime/hf_loader.py``): every layer has its own block, which the loader fills, and ``embeddings`` are given.
+    """
+
+    def __init__(self, model: ModelSpec, arena: HostArena, backend: Backend, seed: Optional[int] = 0,
+                 embeddings: Optional[Embeddings] = None) -> None:
         self.model = model
         self.layout = layer_layout(model)
         self.arena = arena
+        self.dtype = arena.dtype
         blocks = arena.numel // self.layout.numel
-        if blocks < 1:
-            raise LiaInputError("host memory", f"the weight arena ({arena.numel * 2 / 1e9:.2f} GB) is smaller than "
-                                f"one {model.name} layer ({self.layout.numel * 2 / 1e9:.2f} GB)",
-                                "give the run more host memory for weights")
+        size = self.dtype.itemsize
+        if blocks < (1 if seed is not None else model.num_layers):
+            need = self.layout.numel * (1 if seed is not None else model.num_layers)
+            raise LiaInputError("host memory", f"the weight arena ({arena.numel * size / 1e9:.2f} GB) is smaller "
+                                f"than {'one' if seed is not None else 'every'} {model.name} layer "
+                                f"({need * size / 1e9:.2f} GB)", "give the run more host memory for weights")
         self.distinct_layers = min(blocks, model.num_layers)
         self.host_layers = [arena.view((i % self.distinct_layers) * self.layout.numel, self.layout.numel)
                             for i in range(model.num_layers)]
+        if seed is None:
+            if embeddings is None:
+                raise ValueError("weights from a checkpoint need their embeddings")
+            self.embeddings = embeddings
+            return
         for i in range(self.distinct_layers):
             self._write_norms(self.host_layers[i], seed * 7919 + i)
         self.embeddings = self._make_embeddings(backend, seed)
@@ -162,7 +178,7 @@ class ModelWeights:
         bound = math.sqrt(3.0 / m.hidden_size)
 
         def rand(*shape: int, lo: float = -bound, hi: float = bound) -> torch.Tensor:
-            return torch.empty(shape, dtype=DTYPE, device=device).uniform_(lo, hi, generator=gen)
+            return torch.empty(shape, dtype=self.dtype, device=device).uniform_(lo, hi, generator=gen)
 
         tokens = rand(m.vocab_size, m.hidden_size)
         positions = rand(m.learned_positions, m.hidden_size) if m.learned_positions else None

@@ -16,7 +16,7 @@ throughput); ``in_optimizer_space`` says whether the optimiser could have chosen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd

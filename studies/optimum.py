@@ -60,8 +60,8 @@ def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
     """Whether the optimiser's search space holds this plan (at this batch).
 
     The space: pinned weights, overlap, any CPU ISA the system has in each stage, the embeddings and LM head
-    on the GPU, any prefill minibatch count dividing the batch, any policies, any resident count, tiers DDR or
-    CXL where the system has CXL.
+    on the GPU, any prefill minibatch count dividing the batch, any policies, any resident count, KV tier DDR
+    or CXL and any split of the weights between them where the system has CXL, either expert fetch (MoE).
     With the throughput objective the batch is a knob too, and ``batch_choices`` (the optimiser's
     ``batch_candidates``: every batch up to the largest that fits) are the batches it may choose.
     """
@@ -69,6 +69,7 @@ def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
         return False
     tiers_ok = all(t == HostTier.DDR or (t == HostTier.CXL and system.has_cxl) for t in (plan.weight_tier,
                                                                                       plan.kv_tier))
+    tiers_ok = tiers_ok and (plan.cxl_weight_layers == 0 or system.has_cxl)
     isas_ok = all(isa in system.cpu.isa and system.cpu.isa[isa].present
                   for isa in (plan.prefill_cpu_isa, plan.decode_cpu_isa))
     return (plan.pinned_weights and plan.overlap and isas_ok and head_device(plan) == Device.GPU

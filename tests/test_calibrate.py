@@ -16,7 +16,7 @@ import yaml
 from calibrate.fit import Measured, linear_bytes, predict_time_s
 from calibrate.host import host_info
 from calibrate.records import COLUMNS
-from hwprofiles import load_system
+from hwprofiles import load_device, load_system
 from lia_model.baselines import baseline_plans
 from lia_model.costmodel import predict
 from lia_model.costterms import CostMode, StageContext, sublayer_times
@@ -73,8 +73,8 @@ def test_profile_validates_and_is_self_contained(calibrated: dict) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU fallback")
 def test_without_cuda_gpu_and_link_come_from_the_datasheet_with_the_reason(calibrated: dict) -> None:
     spec = load_system(str(calibrated["path"]))
-    datasheet = load_system("spr-h100")  # its gpu and link are h100-80gb and pcie5-x16, the defaults
-    assert spec.gpu.hbm_gbps == datasheet.gpu.hbm_gbps and spec.link.h2d_gbps == datasheet.link.h2d_gbps
+    gpu, link = load_device("gpu", "h100-sxm-80gb"), load_device("link", "pcie5-x16")  # the defaults
+    assert spec.gpu.hbm_gbps == gpu.hbm_gbps and spec.link.h2d_gbps == link.h2d_gbps
     for src in list(spec.gpu.source.values()) + list(spec.link.source.values()):
         assert src.startswith("not measured (") and "CUDA" in src and "hwprofiles/" in src, src
     assert any(n.startswith("gpu and link not measured:") for n in spec.provenance.notes)

@@ -24,7 +24,7 @@ from lia_model.cli import app
 from lia_model.cli_common import run_guarded
 
 PROFILES = Path(__file__).resolve().parents[1] / "hwprofiles"
-GPU = (PROFILES / "gpu" / "h100-80gb.yaml").read_text()
+GPU = (PROFILES / "gpu" / "h100-pcie-80gb.yaml").read_text()
 LINK = (PROFILES / "link" / "pcie5-x16.yaml").read_text()
 LLAMA = {"model_type": "llama", "hidden_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 8,
          "num_key_value_heads": 8, "intermediate_size": 2816, "vocab_size": 32000, "max_position_embeddings": 4096}
@@ -145,7 +145,7 @@ BAD_INPUTS = [
     ("set-headroom", ["plan", "--set", "memory_headroom_fraction=1.5"], {}, ("memory_headroom_fraction",)),
     ("set-several-problems", ["plan", "--set", "gpu.hbm_gbps=-1", "--set", "link.h2d_gbps=-1"], {},
      ("2 problems", "gpu.hbm_gbps", "link.h2d_gbps")),
-    ("set-on-device", ["profiles", "show", "h100-80gb", "--set", "memory_gib=-5"], {}, ("memory_gib", "greater than 0")),
+    ("set-on-device", ["profiles", "show", "h100-pcie-80gb", "--set", "memory_gib=-5"], {}, ("memory_gib", "greater than 0")),
     # ---- system profiles
     ("system-unknown", ["plan", "--system", "spr-h1000"], {}, ("system", "did you mean 'spr-h100'")),
     ("system-missing-file", ["plan", "--system", "nowhere.yaml"], {}, ("system", "no such system file")),
@@ -159,10 +159,10 @@ BAD_INPUTS = [
     ("system-missing-field", ["plan", "--system", "s.yaml"],
      {"s.yaml": system_yaml("\n".join(l for l in GPU.splitlines() if not l.startswith("hbm_gbps:")))},
      ("gpu.hbm_gbps", "missing", "hbm_gbps: 3350")),
-    ("system-unit-typo", ["plan", "--system", "s.yaml"], {"s.yaml": system_yaml(GPU.replace("hbm_gbps: 3350", "hbm_gb_per_s: 3350"))},
+    ("system-unit-typo", ["plan", "--system", "s.yaml"], {"s.yaml": system_yaml(GPU.replace("hbm_gbps: 2000", "hbm_gb_per_s: 2000"))},
      ("gpu.hbm_gb_per_s", "unknown field", "did you mean 'hbm_gbps'")),
     ("system-no-source", ["plan", "--system", "s.yaml"],
-     {"s.yaml": system_yaml(GPU.replace('  hbm_gbps: "paper / datasheet (SXM): 3350 GB/s"\n', ""))},
+     {"s.yaml": system_yaml(GPU.replace('  hbm_gbps: "datasheet: H100 PCIe, 2.0 TB/s"\n', ""))},
      ("without a source", "hbm_gbps")),
     ("system-empty-source", ["plan", "--system", "s.yaml"],
      {"s.yaml": system_yaml(source="{host_reserved_gib: '', memory_headroom_fraction: t}")}, ("host_reserved_gib", "source")),
@@ -170,12 +170,12 @@ BAD_INPUTS = [
      ("memory_gib", "number")),
     ("system-device-path-missing", ["plan", "--system", "s.yaml"], {"s.yaml": system_yaml().replace("link: pcie5-x16", "link: nolink.yaml")},
      ("nolink.yaml",)),
-    ("profile-unknown", ["profiles", "show", "h100-8gb"], {}, ("profile", "did you mean 'h100-80gb'")),
-    ("profile-new-exists", ["profiles", "new", "--from", "h100-80gb", "mine"], {"mine.yaml": "name: mine\n"},
+    ("profile-unknown", ["profiles", "show", "h100-pcie-8gb"], {}, ("profile", "did you mean 'h100-pcie-80gb'")),
+    ("profile-new-exists", ["profiles", "new", "--from", "h100-pcie-80gb", "mine"], {"mine.yaml": "name: mine\n"},
      ("mine.yaml", "exists", "--force")),
     ("profile-new-unknown", ["profiles", "new", "--from", "h200-9", "x"], {}, ("profile", "unknown")),
-    ("profile-new-bad-name", ["profiles", "new", "--from", "h100-80gb", "../x"], {}, ("NAME",)),
-    ("profile-new-shipped", ["profiles", "new", "--from", "h100-80gb", "x", "--out", str(PROFILES / "gpu")], {},
+    ("profile-new-bad-name", ["profiles", "new", "--from", "h100-pcie-80gb", "../x"], {}, ("NAME",)),
+    ("profile-new-shipped", ["profiles", "new", "--from", "h100-pcie-80gb", "x", "--out", str(PROFILES / "gpu")], {},
      ("shipped profiles", "--force")),
     # ---- models
     ("model-unknown", ["plan", "--model", "opt-17b"], {}, ("model", "unknown model 'opt-17b'", "opt-175b")),
@@ -334,18 +334,18 @@ def test_help_lists_choices_and_examples():
 
 def test_profiles_new_writes_an_editable_copy_that_loads(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert run_lia(["profiles", "new", "--from", "h100-80gb", "my-gpu"])[0] == 0
+    assert run_lia(["profiles", "new", "--from", "h100-pcie-80gb", "my-gpu"])[0] == 0
     text = (tmp_path / "my-gpu.yaml").read_text()
     (tmp_path / "my-gpu.yaml").write_text(text.replace("memory_gib: 80", "memory_gib: 40"))
     assert run_lia(["profiles", "new", "--from", "spr-h100", "my-system"])[0] == 0
-    sys_text = (tmp_path / "my-system.yaml").read_text().replace("gpu: h100-80gb", "gpu: my-gpu.yaml")
+    sys_text = (tmp_path / "my-system.yaml").read_text().replace("gpu: h100-pcie-80gb", "gpu: my-gpu.yaml")
     (tmp_path / "my-system.yaml").write_text(sys_text)
     from hwprofiles import load_profile, load_system
 
     assert load_system(str(tmp_path / "my-system.yaml")).gpu.memory_gib == 40
     kind, spec = load_profile(str(tmp_path / "my-gpu.yaml"))
     assert kind == "gpu" and spec.name == "my-gpu"
-    assert run_lia(["profiles", "new", "--from", "h100-80gb", "my-gpu", "--force"])[0] == 0
+    assert run_lia(["profiles", "new", "--from", "h100-pcie-80gb", "my-gpu", "--force"])[0] == 0
 
 
 def test_two_configs_in_one_compare_keep_their_own_names(tmp_path, monkeypatch):

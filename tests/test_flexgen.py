@@ -28,7 +28,6 @@ from lia_model.flexgen import (
 from lia_model.memory import MemoryTier, memory_use
 from lia_model.models import get_model
 from lia_model.plan import ATTENTION_ON_CPU, CpuIsa, Device, HostTier, head_device
-from lia_model.sublayers import Stage
 from lia_model.workload import Workload
 from tests.toys import toy_model, toy_system
 

@@ -183,3 +183,32 @@ def test_the_dataflow_check_reports_a_missing_crossing(fake_opt):
     result.records = [r for r in result.records if not (r.name == "act" and r.detail == "ctx")]
     problems = check_run(result, plan, TINY_OPT, WORKLOAD, Device.GPU)
     assert problems and all("missing copy" in p and "ctx" in p for p in problems)
+
+
+@pytest.mark.parametrize("model", [TINY_OPT, TINY_LLAMA], ids=["opt", "llama-gqa"])
+def test_float32_execution_catches_a_two_percent_softmax_scale_error(model, monkeypatch):
+    """In float32 the executor matches the independent reference to ~1e-6, so a tolerance of 1e-4 catches a
+    kernel that scales the attention scores by 1.02 (a 2% softmax-scale error), on fused (score and context on
+    one device) and split (across devices) attention alike."""
+    from runtime import kernels
+
+    backend = Backend("fake", torch.float32)
+    arena = HostArena(backend, layer_layout(model).numel * model.num_layers, pinned=True, random_fill=True, seed=5,
+                      fan_in=model.hidden_size)
+    weights = ModelWeights(model, arena, backend, seed=5)
+    prompt = random_prompt(model, WORKLOAD, seed=2)
+    plans = [Plan(prefill_policy=ALL_GPU, decode_policy=ATTENTION_ON_CPU, gpu_resident_layers=1),
+             Plan(prefill_policy="(0,1,0,0,0,0)", decode_policy="(0,0,1,0,0,0)",   # split: score and context apart
+                  gpu_resident_layers=0, prefill_minibatches=2)]
+
+    def run(plan):
+        result = Executor(backend, weights, plan, WORKLOAD).generate(prompt, keep_logits=True)
+        return check_against_reference(weights, prompt, result.tokens, result.logits, CPU)["logits_rel_err"]
+
+    good = [run(p) for p in plans]
+    assert max(good) < 1e-4, good
+    real_attention, real_score = kernels.attention, kernels.attn_score
+    monkeypatch.setattr(kernels, "attention", lambda q, *a, **k: real_attention(q * 1.02, *a, **k))
+    monkeypatch.setattr(kernels, "attn_score", lambda q, *a, **k: real_score(q * 1.02, *a, **k))
+    bad = [run(p) for p in plans]
+    assert min(bad) > 1e-4 and min(bad) > 20 * max(good), (good, bad)

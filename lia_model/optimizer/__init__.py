@@ -22,7 +22,7 @@ from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
 from lia_model.optimizer.batch import BATCH_SEARCH_CAP, DEFAULT_MAX_SOLVES, largest_feasible_batch, search_batch
 from lia_model.optimizer.enumerate import (
-    StageVectors, any_plan_fits_memory, enumerate_optimum, solve_vectors, vector_problem,
+    any_plan_fits_memory, best_in_combo, combo_arrays, enumerate_optimum, stage_constants,
 )
 from lia_model.optimizer.infeasible import explain_memory_infeasibility
 from lia_model.optimizer.space import build_tables
@@ -84,17 +84,16 @@ def batch_candidates(system: SystemSpec, model: ModelSpec, workload: Workload,
 
 def solve_latency(system: SystemSpec, model: ModelSpec, workload: Workload, *, tpot_max_s: Optional[float],
                   solver: str, mode: CostMode) -> Optional[tuple[Plan, Optional[float]]]:
-    """The minimum-latency plan at this batch and the solver's own objective. The ILP solvers start their
-    search from the enumerator's plan (a MIP start: CBC checks it and still proves the optimum itself), and
-    their model leaves out the (n, tiers) combos with which no plan reaches that latency (the enumerator's
-    optimum per combo); tests/test_optimizer.py also solves the full ILP from scratch."""
+    """The minimum-latency plan at this batch and the solver's own objective. The ILP leaves out the combos
+    with which no plan reaches the enumerator's optimum (its optimum per combo); tests/test_optimizer.py also
+    solves the full ILP."""
     tables = build_tables(system, model, workload, mode)
     found = enumerate_optimum(tables, tpot_max_s=tpot_max_s)
     if solver == "enumerate":
         return (found.plan, found.latency_s) if found else None
     from lia_model.optimizer.ilp import solve_ilp  # PuLP is imported only when an ILP is solved
 
-    sol = solve_ilp(tables, tpot_max_s=tpot_max_s, solver=solver, warm_plan=found.plan if found else None,
+    sol = solve_ilp(tables, tpot_max_s=tpot_max_s, solver=solver,
                     combo_bounds=found.combo_latency_s if found else None)
     return (sol.plan, sol.objective_s) if sol else None
 
@@ -118,13 +117,23 @@ def fastest_tpot_s(system: SystemSpec, model: ModelSpec, workload: Workload,
                    mode: CostMode = CostMode.OVERLAP) -> float:
     """The smallest mean time per output token any plan that fits memory reaches at this batch: the
     enumerator with the decode time as the objective (prefill priced at zero)."""
-    vp = vector_problem(build_tables(system, model, workload, mode))
-    for c in vp.combos:
-        vp.prefill[c] = StageVectors(np.zeros_like(vp.prefill[c].time_s), vp.prefill[c].isa)
-        vp.resident_prefill_s[c] = 0.0
-    vp.head_total_s = vp.tpot_head_s * workload.decode_steps
-    found = solve_vectors(vp)
-    return found.latency_s / workload.decode_steps if found is not None and workload.decode_steps else float("inf")
+    import dataclasses
+
+    steps = workload.decode_steps
+    if steps == 0:
+        return float("inf")
+    tables = build_tables(system, model, workload, mode)
+    consts = dataclasses.replace(stage_constants(tables), head_total_s=tables.head_s * steps)
+    best = float("inf")
+    for combo in tables.combos:
+        for isa_dec in tables.decode_isas(combo):
+            arrays = combo_arrays(tables, combo, tables.prefill_isas(combo)[0], isa_dec)
+            arrays.pre = {t: np.zeros_like(v) for t, v in arrays.pre.items()}
+            arrays.resident_prefill_s = 0.0
+            found = best_in_combo(arrays, consts)
+            if found is not None:
+                best = min(best, found[0])
+    return best / steps
 
 
 def optimize(system: SystemSpec, model: ModelSpec, workload: Workload, objective: str | Objective = Objective.LATENCY,

@@ -35,17 +35,19 @@ from typing import Callable, Optional
 import numpy as np
 
 from lia_model.costmodel import stage_context
-from lia_model.costterms import ALL_POLICY_FEATURES, NUM_POLICIES, CostMode, head_time_s, resident_layer_time
+from lia_model.costterms import (
+    ALL_POLICY_FEATURES, NUM_POLICIES, CostMode, head_time_s, resident_layer_time, streamed_layer_terms,
+)
 from lia_model.hardware import EfficiencyPoint, SystemSpec, interpolate_efficiency
 from lia_model.models import ModelSpec
 from lia_model.optimizer.enumerate import (
-    StageVectors, VectorProblem, any_plan_fits_memory, least_footprint_memory, solve_vectors,
+    ComboArrays, StageConstants, any_plan_fits_memory, best_in_combo, least_footprint_memory,
 )
 from lia_model.optimizer.infeasible import largest_feasible
 from lia_model.optimizer.space import (
-    Combo, cxl_never_faster, isa_candidates, stage_terms_by_isa, template_plan, tier_candidates, useful_isas,
+    _with_isa, expert_fetch_candidates, isa_candidates, template_plan, tier_candidates, useful_isas,
 )
-from lia_model.plan import HostTier
+from lia_model.plan import ExpertFetch, HostTier
 from lia_model.sublayers import Stage
 from lia_model.workload import Workload
 
@@ -90,11 +92,12 @@ def flat_matmul_system(system: SystemSpec, lo_tokens: float, hi_tokens: float) -
 
 @dataclass(frozen=True)
 class RelaxedBatch:
-    """Relaxed costs of one batch (relaxations 1 and 2): per tier pair the streamed prefill and decode
-    (summed over steps) time of every policy vector, minimised over ISAs; resident and head times."""
+    """Relaxed costs of one batch (relaxations 1 and 2): per (KV tier, expert fetch) and weight tier the
+    streamed prefill and decode (summed over steps) time of every policy vector, minimised over ISAs (each
+    tier apart: a lower bound also where a plan's one ISA serves both weight tiers); resident and head times."""
 
-    prefill: dict[tuple[HostTier, HostTier], np.ndarray]
-    decode: dict[tuple[HostTier, HostTier], np.ndarray]
+    prefill: dict[tuple[HostTier, ExpertFetch], dict[HostTier, np.ndarray]]
+    decode: dict[tuple[HostTier, ExpertFetch], dict[HostTier, np.ndarray]]
     resident_prefill_s: float
     resident_decode_total_s: float
     head_s: float
@@ -106,35 +109,35 @@ def relaxed_batch(prefill_system: Optional[SystemSpec], decode_system: SystemSpe
     base = template_plan(decode_system)
     isas = isa_candidates(decode_system)
     tiers = tier_candidates(decode_system)
-    prefill, decode = {}, {}
+    prefill: dict = {}
+    decode: dict = {}
     res_pre = res_dec = 0.0
-    shared = cxl_never_faster(decode_system)
-    useful: dict[Stage, tuple] = {}
-    for wt in tiers:
-        for kv in tiers:
-            plan = base.model_copy(update={"prefill_minibatches": 1, "weight_tier": wt, "kv_tier": kv})
-            if prefill_system is not None:
-                ctx = stage_context(workload, plan, Stage.PREFILL, mode)
-                if not shared or Stage.PREFILL not in useful:
-                    useful[Stage.PREFILL] = useful_isas(prefill_system, model, ctx, isas)
-                by_isa = stage_terms_by_isa(prefill_system, model, ctx, isas, useful=useful[Stage.PREFILL])
-                if mode == CostMode.OVERLAP:
-                    times = [np.max([f.evaluate(ALL_POLICY_FEATURES)[:, 0] for f in st.resources.values()], axis=0)
-                             for st in by_isa.values()]
+    for kv in tiers:
+        for ef in expert_fetch_candidates(model):
+            plan = base.model_copy(update={"prefill_minibatches": 1, "kv_tier": kv, "expert_fetch": ef})
+            pre_t, dec_t = {}, {}
+            for wt in tiers:
+                if prefill_system is not None:
+                    ctx = stage_context(workload, plan, Stage.PREFILL, mode, weight_tier=wt)
+                    times = []
+                    for isa in useful_isas(prefill_system, model, [ctx], isas):
+                        st = streamed_layer_terms(prefill_system, model, _with_isa(ctx, isa))
+                        if mode == CostMode.OVERLAP:
+                            times.append(np.max([f.evaluate(ALL_POLICY_FEATURES)[:, 0]
+                                                 for f in st.resources.values()], axis=0))
+                        else:
+                            times.append(st.layer_time(ALL_POLICY_FEATURES)[:, 0])
+                    pre_t[wt] = np.min(times, axis=0)
+                    res_pre = float(resident_layer_time(prefill_system, model, ctx)[0][0])
+                if workload.decode_steps > 0:
+                    dctx = stage_context(workload, plan, Stage.DECODE, mode, weight_tier=wt)
+                    dec_t[wt] = np.min([streamed_layer_terms(decode_system, model, _with_isa(dctx, isa))
+                                        .layer_time(ALL_POLICY_FEATURES).sum(axis=1)
+                                        for isa in useful_isas(decode_system, model, [dctx], isas)], axis=0)
+                    res_dec = float(resident_layer_time(decode_system, model, dctx)[0].sum())
                 else:
-                    times = [st.layer_time(ALL_POLICY_FEATURES)[:, 0] for st in by_isa.values()]
-                prefill[(wt, kv)] = np.min(times, axis=0)
-                res_pre = float(resident_layer_time(prefill_system, model, ctx)[0][0])
-            if workload.decode_steps > 0:
-                dctx = stage_context(workload, plan, Stage.DECODE, mode)
-                if not shared or Stage.DECODE not in useful:
-                    useful[Stage.DECODE] = useful_isas(decode_system, model, dctx, isas)
-                by_isa = stage_terms_by_isa(decode_system, model, dctx, isas, useful=useful[Stage.DECODE])
-                decode[(wt, kv)] = np.min([st.layer_time(ALL_POLICY_FEATURES).sum(axis=1)
-                                           for st in by_isa.values()], axis=0)
-                res_dec = float(resident_layer_time(decode_system, model, dctx)[0].sum())
-            else:
-                decode[(wt, kv)] = np.zeros(NUM_POLICIES)
+                    dec_t[wt] = np.zeros(NUM_POLICIES)
+            prefill[(kv, ef)], decode[(kv, ef)] = pre_t, dec_t
     return RelaxedBatch(prefill, decode, res_pre, res_dec, head_time_s(decode_system, model, workload.batch))
 
 
@@ -165,9 +168,9 @@ def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tp
     proven the answer is (0.0: exact).
 
     With calibrated kernel tables (``system.kernels``: measured times by shape, no monotone structure the
-    relaxation can rest on) the bound still orders the search, but proves nothing: unless every batch of
-    the range was solved, ``gap_bound`` is None."""
-    proven = system.kernels is None
+    relaxation can rest on), or in the paper mode (the authors' model, not costterms' terms), the bound still
+    orders the search but proves nothing: unless every batch of the range was solved, ``gap_bound`` is None."""
+    proven = system.kernels is None and mode != CostMode.PAPER
     top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=cap)
     if top is None:
         return BatchSearch(None, 0.0, (), 0, None, 0.0)
@@ -191,19 +194,16 @@ def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tp
         cons = relaxed_batch(None, dec_sys, model, at(lo), mode) if lo != hi else cost
         if lo not in memory:
             memory[lo] = least_footprint_memory(system, model, at(lo))
-        combos = tuple(Combo(1, wt, kv) for wt, kv in cost.prefill)
-        zero = np.zeros(NUM_POLICIES, dtype=int)
-        vp = VectorProblem(
-            num_layers=model.num_layers, decode_steps=steps, combos=combos,
-            prefill={c: StageVectors(cost.prefill[c.tiers], zero) for c in combos},
-            resident_prefill_s={c: cost.resident_prefill_s for c in combos},
-            memory={c: memory[lo] for c in combos},
-            decode={k: StageVectors(v, zero) for k, v in cost.decode.items()},
-            resident_decode_total_s=cost.resident_decode_total_s, head_total_s=cost.head_s * (1 + steps),
-            tpot_decode=dict(cons.decode), tpot_resident_decode_total_s=cons.resident_decode_total_s,
-            tpot_head_s=cons.head_s)
-        found = solve_vectors(vp, tpot_max_s)
-        return 0.0 if found is None else hi * out_len / found.latency_s
+        consts = StageConstants(model.num_layers, steps, system.has_cxl, cost.resident_decode_total_s,
+                                cost.head_s * (1 + steps), cons.resident_decode_total_s, cons.head_s)
+        best_latency = np.inf
+        for (kv, ef), pre in cost.prefill.items():
+            arrays = ComboArrays(kv, memory[lo], cost.resident_prefill_s, pre, cost.decode[(kv, ef)],
+                                 cons.decode[(kv, ef)])
+            found = best_in_combo(arrays, consts, tpot_max_s)
+            if found is not None:
+                best_latency = min(best_latency, found[0])
+        return 0.0 if not np.isfinite(best_latency) else hi * out_len / best_latency
 
     def evaluate(b: int) -> None:
         if b not in exact:

@@ -5,21 +5,25 @@ The space (for one batch B):
   GPU-resident layers N_res         0 .. num_layers
   prefill minibatches n             every divisor of B (1 .. B: equal chunks)
   prefill CPU ISA, decode CPU ISA   every ISA the CPU has, chosen per stage
-  weight tier, KV tier              DDR, or CXL where the system has it
+  KV tier                           DDR, or CXL where the system has it
+  weights in CXL K_cxl              0 .. K streamed layers keep their weights in CXL, the other K - K_cxl in
+                                    DDR (0 without CXL): any split of the weights between the tiers
+  expert fetch                      MoE models: all experts prefetched, or the routed ones on demand
 fixed: pinned weights, weight prefetch overlap (never slower in the model), and the embeddings and LM head
 on the GPU (so an all-CPU policy with no resident layer still runs its head there).
 For the throughput objectives B is chosen too, from 1 to the largest batch that fits (``batch.py``).
 
-``SpaceTables`` holds, per combination of the discrete knobs other than the policies and N_res, the
-affine cost forms of a streamed layer (costterms), the resident layer's times and the memory constants.
-The ILP turns those forms into constraints; the enumerator evaluates them on all 64 policy vectors.
-Both therefore optimise exactly the model that predict() evaluates.
+``SpaceTables`` holds, per combination of the discrete knobs other than the policies, N_res and K_cxl, and
+per weight tier and CPU ISA, the cost terms of a streamed layer (costterms), the resident layer's times and
+the memory constants. The ILP and the enumerator both read the layer time of all 64 policy vectors from
+those terms, so both optimise exactly the model that predict() evaluates.
 
 ISA pruning (exact): the ISA enters a stage's cost only through the CPU time of each sublayer and of the
-fused CPU attention (``costterms.sublayer_times``), and every term of a layer's time is non-decreasing in
-those times (a policy runs attention on the CPU either split or as the fused pair). An ISA
-whose CPU time is >= another kept ISA's for every sublayer and step can therefore never give a strictly
-faster plan; ``build_tables`` drops it (``prune_isas=False`` keeps every ISA, for the tests' brute force).
+fused CPU attention (``costterms.sublayer_times``) and the passes its attention kernel makes over the KV
+cache (``costterms.cpu_kv_passes``: host-memory traffic), and every term of a layer's time (the simulated
+schedule included) is non-decreasing in those. An ISA whose CPU time is >= another kept ISA's for every
+sublayer and step can therefore never give a strictly faster plan; ``build_tables`` drops it
+(``prune_isas=False`` keeps every ISA, for the tests' brute force).
 """
 
 from __future__ import annotations
@@ -32,15 +36,15 @@ import numpy as np
 
 from lia_model.costmodel import stage_context
 from lia_model.costterms import (
-    CostMode, StageContext, StageTerms, head_time_s, resident_layer_time, streamed_layer_terms, sublayer_times,
+    CostMode, StageContext, StageTerms, cpu_kv_passes, head_time_s, resident_layer_time, streamed_layer_terms,
+    sublayer_times,
 )
 from lia_model.hardware import SystemSpec
 from lia_model.memory import MemoryConstants, memory_constants
 from lia_model.models import ModelSpec
-from lia_model.plan import ALL_GPU, CpuIsa, Device, HostTier, Plan
+from lia_model.plan import ALL_GPU, CpuIsa, Device, ExpertFetch, HostTier, Plan
 from lia_model.sublayers import Stage
 from lia_model.workload import Workload
-
 
 def minibatch_candidates(batch: int) -> tuple[int, ...]:
     """Every n that splits the batch into equal chunks: the divisors of B."""
@@ -66,17 +70,24 @@ def template_plan(system: SystemSpec) -> Plan:
                 prefill_cpu_isa=best, decode_cpu_isa=best, head_device=Device.GPU, label="optimum")
 
 
+def expert_fetch_candidates(model: ModelSpec) -> tuple[ExpertFetch, ...]:
+    return (ExpertFetch.ALL, ExpertFetch.ROUTED) if model.is_moe else (ExpertFetch.ALL,)
+
+
 @dataclass(frozen=True)
 class Combo:
-    """The prefill's discrete knobs other than the policy, the ISA and N_res."""
+    """The discrete knobs other than the policies, N_res and the weight split."""
 
     minibatches: int
-    weight_tier: HostTier
     kv_tier: HostTier
+    expert_fetch: ExpertFetch = ExpertFetch.ALL
+
+    def decode_key(self, weight_tier: HostTier) -> tuple[HostTier, ExpertFetch, HostTier]:
+        return self.kv_tier, self.expert_fetch, weight_tier
 
     @property
-    def tiers(self) -> tuple[HostTier, HostTier]:
-        return (self.weight_tier, self.kv_tier)
+    def label(self) -> str:
+        return f"{self.minibatches}_{self.kv_tier.value}_{self.expert_fetch.value}"
 
 
 @dataclass
@@ -86,13 +97,16 @@ class SpaceTables:
     workload: Workload
     mode: CostMode
     combos: tuple[Combo, ...]
-    isas: tuple[CpuIsa, ...]                                          # every ISA of the CPU, best first
-    prefill: dict[Combo, dict[CpuIsa, StageTerms]]                    # streamed layer, prefill (one step)
-    decode: dict[tuple[HostTier, HostTier], dict[CpuIsa, StageTerms]]  # streamed layer, decode (L_out - 1 steps)
-    resident_prefill_s: dict[int, float]                              # per minibatch count
-    resident_decode_s: np.ndarray                                     # per step
+    weight_tiers: tuple[HostTier, ...]                     # DDR, and CXL where the system has it
+    isas: tuple[CpuIsa, ...]                               # every ISA of the CPU, best peak first
+    # streamed layer, prefill (one step), per weight tier, by CPU ISA (the ISAs not pruned)
+    prefill: dict[tuple[Combo, HostTier], dict[CpuIsa, StageTerms]]
+    # streamed layer, decode (L_out - 1 steps), per Combo.decode_key, by CPU ISA
+    decode: dict[tuple[HostTier, ExpertFetch, HostTier], dict[CpuIsa, StageTerms]]
+    resident_prefill_s: dict[int, float]                   # per minibatch count
+    resident_decode_s: np.ndarray                          # per step
     head_s: float
-    memory: dict[int, MemoryConstants]                                # per minibatch count
+    memory: dict[int, MemoryConstants]                     # per minibatch count
 
     @property
     def num_layers(self) -> int:
@@ -102,9 +116,14 @@ class SpaceTables:
     def decode_steps(self) -> int:
         return self.workload.decode_steps
 
-    @property
-    def tier_pairs(self) -> tuple[tuple[HostTier, HostTier], ...]:
-        return tuple(dict.fromkeys(c.tiers for c in self.combos))
+    def prefill_isas(self, combo: Combo) -> tuple[CpuIsa, ...]:
+        """The prefill ISAs kept for a combo (the same for every weight tier)."""
+        return tuple(self.prefill[(combo, self.weight_tiers[0])])
+
+    def decode_isas(self, combo: Combo) -> tuple[CpuIsa, ...]:
+        if self.decode_steps == 0:
+            return (self.isas[0],)
+        return tuple(self.decode[combo.decode_key(self.weight_tiers[0])])
 
     @property
     def head_total_s(self) -> float:
@@ -124,26 +143,24 @@ def _cpu_profile(times) -> np.ndarray:
     return np.vstack([times.cpu_s, fused[None, :]])
 
 
-def useful_isas(system: SystemSpec, model: ModelSpec, ctx: StageContext, isas: tuple[CpuIsa, ...],
+def useful_isas(system: SystemSpec, model: ModelSpec, contexts: list[StageContext], isas: tuple[CpuIsa, ...],
                 prune: bool = True) -> tuple[CpuIsa, ...]:
-    """The ISAs not dominated in CPU time for this stage context (see the module docstring)."""
+    """The ISAs not dominated in CPU time in any of these stage contexts (see the module docstring; one
+    ISA serves every weight tier of a stage, so dominance must hold in each tier's context)."""
     if not prune or len(isas) == 1:
         return isas
-    chunk = ctx.batch // ctx.minibatches
-    cpu = {isa: _cpu_profile(sublayer_times(system, model, _with_isa(ctx, isa), chunk)) for isa in isas}
+    # the ISA's attention kernel's passes over the KV cache set the CPU attention's host-memory traffic too
+    cpu = {isa: np.concatenate([*(_cpu_profile(sublayer_times(system, model, _with_isa(ctx, isa),
+                                                              ctx.batch // ctx.minibatches)).ravel()
+                                  for ctx in contexts),
+                                [cpu_kv_passes(system, _with_isa(contexts[0], isa))]])
+           for isa in isas}
     kept: list[CpuIsa] = []
     for isa in isas:  # best peak first: among equal times the first one stays
         if any(np.all(cpu[k] <= cpu[isa]) for k in kept):
             continue
         kept = [k for k in kept if not np.all(cpu[isa] <= cpu[k])] + [isa]
     return tuple(i for i in isas if i in kept)
-
-
-def stage_terms_by_isa(system: SystemSpec, model: ModelSpec, ctx: StageContext, isas: tuple[CpuIsa, ...],
-                       prune: bool = True, useful: "tuple[CpuIsa, ...] | None" = None) -> dict[CpuIsa, StageTerms]:
-    if useful is None:
-        useful = useful_isas(system, model, ctx, isas, prune)
-    return {isa: streamed_layer_terms(system, model, _with_isa(ctx, isa)) for isa in useful}
 
 
 def cxl_never_faster(system: SystemSpec) -> bool:
@@ -156,35 +173,45 @@ def cxl_never_faster(system: SystemSpec) -> bool:
 def build_tables(system: SystemSpec, model: ModelSpec, workload: Workload, mode: CostMode = CostMode.OVERLAP,
                  prune_isas: bool = True) -> SpaceTables:
     base = template_plan(system)
-    isas = isa_candidates(system)
     tiers = tier_candidates(system)
-    combos = tuple(Combo(n, wt, kv) for n, wt, kv in product(minibatch_candidates(workload.batch), tiers, tiers))
-    prefill: dict[Combo, dict[CpuIsa, StageTerms]] = {}
-    decode: dict[tuple[HostTier, HostTier], dict[CpuIsa, StageTerms]] = {}
+    isas = isa_candidates(system)
+    combos = tuple(Combo(n, kv, ef) for n, kv, ef in product(minibatch_candidates(workload.batch), tiers,
+                                                              expert_fetch_candidates(model)))
+    prefill: dict[tuple[Combo, HostTier], dict[CpuIsa, StageTerms]] = {}
+    decode: dict[tuple[HostTier, ExpertFetch, HostTier], dict[CpuIsa, StageTerms]] = {}
     resident_prefill: dict[int, float] = {}
     resident_decode = np.zeros(workload.decode_steps)
     memory: dict[int, MemoryConstants] = {}
+    # ISA dominance from the all-DDR contexts stands for every tier when CXL is no faster (cxl_never_faster)
     shared = cxl_never_faster(system)
-    useful: dict[tuple[Stage, int], tuple[CpuIsa, ...]] = {}  # from the all-DDR context (the first combo of each n)
+    useful: dict[tuple, tuple[CpuIsa, ...]] = {}
+    dec_useful: dict[tuple, tuple[CpuIsa, ...]] = {}
     for c in combos:
-        plan = base.model_copy(update={"prefill_minibatches": c.minibatches, "weight_tier": c.weight_tier,
-                                       "kv_tier": c.kv_tier})
-        ctx = stage_context(workload, plan, Stage.PREFILL, mode)
-        key = (Stage.PREFILL, c.minibatches)
-        if not shared or key not in useful:
-            useful[key] = useful_isas(system, model, ctx, isas, prune_isas)
-        prefill[c] = stage_terms_by_isa(system, model, ctx, isas, useful=useful[key])
+        plan = base.model_copy(update={"prefill_minibatches": c.minibatches, "kv_tier": c.kv_tier,
+                                       "expert_fetch": c.expert_fetch})
+        contexts = {wt: stage_context(workload, plan, Stage.PREFILL, mode, weight_tier=wt) for wt in tiers}
+        key = (c.minibatches, c.expert_fetch) + (() if shared else (c.kv_tier,))
+        if key not in useful:
+            useful[key] = useful_isas(system, model, [contexts[HostTier.DDR]] if shared else list(contexts.values()),
+                                      isas, prune_isas)
+        for wt in tiers:
+            prefill[(c, wt)] = {isa: streamed_layer_terms(system, model, _with_isa(contexts[wt], isa))
+                                for isa in useful[key]}
         if c.minibatches not in resident_prefill:
-            resident_prefill[c.minibatches] = float(resident_layer_time(system, model, ctx)[0][0])
+            resident_prefill[c.minibatches] = float(resident_layer_time(system, model, contexts[HostTier.DDR])[0][0])
             memory[c.minibatches] = memory_constants(system, model, workload, c.minibatches)
-        if c.tiers not in decode and workload.decode_steps > 0:
-            dctx = stage_context(workload, plan, Stage.DECODE, mode)
-            key = (Stage.DECODE, 1)
-            if not shared or key not in useful:
-                useful[key] = useful_isas(system, model, dctx, isas, prune_isas)
-            decode[c.tiers] = stage_terms_by_isa(system, model, dctx, isas, useful=useful[key])
-            resident_decode = resident_layer_time(system, model, dctx)[0]
-    return SpaceTables(system, model, workload, mode, combos, isas, prefill, decode, resident_prefill,
+        if workload.decode_steps > 0 and c.decode_key(tiers[0]) not in decode:
+            dcontexts = {wt: stage_context(workload, plan, Stage.DECODE, mode, weight_tier=wt) for wt in tiers}
+            dkey = (c.expert_fetch,) + (() if shared else (c.kv_tier,))
+            if dkey not in dec_useful:
+                dec_useful[dkey] = useful_isas(system, model, [dcontexts[HostTier.DDR]] if shared
+                                               else list(dcontexts.values()), isas, prune_isas)
+            dec_isas = dec_useful[dkey]
+            for wt in tiers:
+                decode[c.decode_key(wt)] = {isa: streamed_layer_terms(system, model, _with_isa(dcontexts[wt], isa))
+                                            for isa in dec_isas}
+            resident_decode = resident_layer_time(system, model, dcontexts[HostTier.DDR])[0]
+    return SpaceTables(system, model, workload, mode, combos, tiers, isas, prefill, decode, resident_prefill,
                        resident_decode, head_time_s(system, model, workload.batch), memory)
 
 
@@ -193,8 +220,6 @@ def tidy_plan(plan: Plan, all_resident: bool, decode_steps: int, best_isa: CpuIs
     unused (all-GPU is reported); with no decode step the decode policy is unused, and repeating the
     prefill policy needs no more GPU buffers than any other choice (c = p_pre AND p_dec is then p_pre,
     the largest possible), so it is reported; a stage with no CPU sublayer (or unused) reports the best ISA."""
-    from lia_model.plan import Device
-
     prefill, decode = plan.prefill_policy, plan.decode_policy
     if all_resident:
         prefill, decode = ALL_GPU, ALL_GPU

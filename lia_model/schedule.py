@@ -1,0 +1,227 @@
+"""The schedule of one streamed layer's chunks on CPU, GPU and the two copy directions, simulated exactly.
+
+The cost model's overlap mode times a streamed layer by replaying the runtime's scheduler
+(runtime/executor.py ``_layer``) on the durations of the layer's operations. One chunk (a decode step,
+or one of the n prefill minibatches) is the six sublayers in order, each on the device its policy bit
+names, with the copies between them. The resources are four in-order queues: the GPU compute stream, the
+host-to-device copy stream, the device-to-host copy stream, and the host thread that runs CPU sublayers
+synchronously.
+
+The scheduler, per layer:
+
+1. Early copies: for every chunk whose qkv runs on the GPU, the cached K (for a GPU attn_score) and then
+   the cached V (for a GPU attn_context) are fetched from the host cache, in chunk order.
+2. Loop: issue, chunk by chunk, every GPU sublayer whose predecessor has been issued or has run
+   (asynchronous; each with its input copy on the H2D stream, and after a GPU qkv the write-back of the
+   new K and V on the D2H stream); the output of a GPU sublayer that a CPU sublayer reads next is copied
+   to the host on the D2H stream right behind it. Then run one CPU sublayer: the oldest chunk's whose
+   inputs are ready now, or, when none is, the one whose inputs are ready first (ties: the oldest).
+   A CPU attention sublayer's inputs include the write-back of the K and V it reads. With fused attention
+   (kernel tables) attn_score and attn_context on one device are one kernel. MoE experts fetched
+   on demand are copied once the GPU fc1 / fc2's input is ready (the routing is known), before it runs.
+3. The layer ends when every chunk's fc2 output has reached the device of the next layer's qkv.
+
+Start times are the max of the queue's previous end and the operation's inputs; nothing else waits.
+The write-back of new K/V and the fetches count toward their copy queue's busy time, and delay what queues
+behind them, but a chunk only waits for them where it reads them (the write-back is off the chain unless
+attention runs on the CPU). The weight prefetch is not part of this schedule: the cost model bounds the
+layer by the H2D link's whole busy time (weights and activations) separately.
+
+With n = 1 (decode) there is no choice, and the durations may be arrays over decode steps. With n > 1
+the choice of CPU sublayer depends on the times, so the durations must be one step (prefill).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from lia_model.sublayers import NUM_SUBLAYERS
+
+_QKV, _SCORE, _CTX, _FC2 = 0, 1, 2, 5
+
+
+@dataclass(frozen=True)
+class ChunkDurations:
+    """Durations of one chunk's operations, each an array over steps [S] (rows: sublayers or boundaries).
+
+    cross_h2d_s[j] / cross_d2h_s[j]: the copy at boundary j (what sublayer j hands to j + 1; j = 5 is fc2 to
+    the next layer's qkv) when j is on the CPU and j + 1 on the GPU / the reverse."""
+
+    cpu_s: np.ndarray          # [6, S]
+    gpu_s: np.ndarray          # [6, S]
+    cross_h2d_s: np.ndarray    # [6, S]
+    cross_d2h_s: np.ndarray    # [6, S]
+    k_cached_s: np.ndarray     # [S] cached K to a GPU attn_score
+    v_cached_s: np.ndarray     # [S] cached V to a GPU attn_context
+    v_new_s: np.ndarray        # [S] new V made by a CPU qkv, to a GPU attn_context
+    kv_write_s: np.ndarray     # [S] new K and V from a GPU qkv, written back to the host cache
+    expert_h2d_s: np.ndarray   # [6, S] MoE experts fetched on demand for a GPU fc1 / fc2, once routed
+    cpu_fused_delta_s: Optional[np.ndarray] = None   # [S] fused attention (kernel tables): with attn_score and
+    gpu_fused_delta_s: Optional[np.ndarray] = None   # attn_context on one device, one kernel of score + context
+    fused_attention: bool = False                    # + delta time, which no other chunk's work interrupts
+
+
+def simulate_layer(cpu_bits: tuple[int, ...], n: int, d: ChunkDurations,
+                   start_s: Optional[np.ndarray] = None) -> np.ndarray:
+    """Makespan [S] of n identical chunks under the scheduler above (cpu_bits[i] = 1: sublayer i on the CPU).
+
+    ``start_s`` delays everything (the weight copy when it cannot run beside compute)."""
+    steps = d.cpu_s.shape[1]
+    start = np.zeros((1, steps)) if start_s is None else np.asarray(start_s, dtype=float).reshape(1, steps)
+    return simulate_all(n, d, start, np.asarray([cpu_bits]))[0]
+
+
+def simulate_all(n: int, d: ChunkDurations, starts: np.ndarray, policies: np.ndarray) -> np.ndarray:
+    """The makespan [P, S] of each policy vector (rows of ``policies`` [P, 6], CPU bits), each starting at its
+    row of ``starts`` [P, S]."""
+    steps = d.cpu_s.shape[1]
+    if n > 1 and steps != 1:
+        raise ValueError("a pipelined layer (n > 1) is simulated one step at a time")
+    has_experts = tuple(bool(x) for x in np.any(d.expert_h2d_s > 0, axis=1))
+    zero = np.zeros(steps)
+    cpu_delta = zero if d.cpu_fused_delta_s is None else np.asarray(d.cpu_fused_delta_s, dtype=float)
+    gpu_delta = zero if d.gpu_fused_delta_s is None else np.asarray(d.gpu_fused_delta_s, dtype=float)
+    if steps == 1:    # one step: plain floats (the same arithmetic, much faster than arrays of one)
+        table = _Durations(max, d.cpu_s[:, 0].tolist(), d.gpu_s[:, 0].tolist(), d.cross_h2d_s[:, 0].tolist(),
+                           d.cross_d2h_s[:, 0].tolist(), d.expert_h2d_s[:, 0].tolist(), float(d.k_cached_s[0]),
+                           float(d.v_cached_s[0]), float(d.v_new_s[0] + d.v_cached_s[0]), float(d.kv_write_s[0]),
+                           has_experts, d.fused_attention, float(cpu_delta[0]), float(gpu_delta[0]))
+        return np.array([[_replay(bits, n, table, float(start[0]))]
+                         for bits, start in zip(np.asarray(policies, dtype=bool).tolist(), starts)])
+    table = _Durations(np.maximum, list(d.cpu_s), list(d.gpu_s), list(d.cross_h2d_s), list(d.cross_d2h_s),
+                       list(d.expert_h2d_s), d.k_cached_s, d.v_cached_s, d.v_new_s + d.v_cached_s, d.kv_write_s,
+                       has_experts, d.fused_attention, cpu_delta, gpu_delta)
+    return np.stack([_replay(bits, n, table, np.asarray(start, dtype=float))
+                     for bits, start in zip(np.asarray(policies, dtype=bool).tolist(), starts)])
+
+
+@dataclass(frozen=True)
+class _Durations:
+    """ChunkDurations as the replay reads them: per-sublayer lists of floats (one step) or arrays (steps)."""
+
+    mx: object
+    cpu: list
+    gpu: list
+    cross_h2d: list
+    cross_d2h: list
+    experts: list
+    k_cached: object
+    v_cached: object
+    v_fetch: object          # new + cached V, fetched for a GPU attn_context after a CPU qkv
+    kv_write: object
+    has_experts: tuple[bool, ...] = ()
+    fused: bool = False
+    cpu_fused_delta: object = 0.0
+    gpu_fused_delta: object = 0.0
+
+
+def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
+    """One policy vector's schedule (see the module docstring); times are floats or arrays over steps."""
+    mx = t.mx
+    cpu_s, gpu_s, cross_h2d, cross_d2h, experts = t.cpu, t.gpu, t.cross_h2d, t.cross_d2h, t.experts
+    fused = t.fused and on_cpu[_SCORE] == on_cpu[_CTX]
+    if fused:                                        # one kernel: its extra time rides on attn_context
+        if on_cpu[_CTX]:
+            cpu_s = list(cpu_s)
+            cpu_s[_CTX] = cpu_s[_CTX] + t.cpu_fused_delta
+        else:
+            gpu_s = list(gpu_s)
+            gpu_s[_CTX] = gpu_s[_CTX] + t.gpu_fused_delta
+    has_experts = t.has_experts
+    last = NUM_SUBLAYERS - 1
+    now = gpu_free = h2d_free = d2h_free = start
+    qkv_gpu = not on_cpu[_QKV]
+    fetch_k, fetch_v = [start] * n, [start] * n
+    if qkv_gpu:                                      # 1. early fetches of the cached K and V, chunk by chunk
+        for c in range(n):
+            if not on_cpu[_SCORE]:
+                h2d_free = fetch_k[c] = mx(h2d_free, start) + t.k_cached
+            if not on_cpu[_CTX]:
+                h2d_free = fetch_v[c] = mx(h2d_free, start) + t.v_cached
+    nxt = [0] * n
+    value_end = [start] * n        # when the chunk's latest sublayer finished (on its device)
+    to_cpu = [start] * n           # when the copy of a GPU output that a CPU sublayer reads has landed
+    written = [None] * n           # end of the K/V write-back of a GPU qkv
+    chunk_end = [start] * n
+
+    def finish(c: int, i: int, end) -> None:
+        """After sublayer i of chunk c: the copy to the next sublayer's device (fc2: the next layer's qkv)."""
+        nonlocal h2d_free, d2h_free
+        value_end[c] = end
+        nxt_cpu = on_cpu[i + 1] if i < last else on_cpu[_QKV]
+        if on_cpu[i] and not nxt_cpu:
+            if i == last:                           # the next layer's GPU qkv reads it (inside the layer, the
+                h2d_free = end = mx(h2d_free, end) + cross_h2d[i]    # GPU consumer copies it when issued)
+        elif not on_cpu[i] and nxt_cpu:
+            d2h_free = end = mx(d2h_free, end) + cross_d2h[i]        # eager copy right behind the producer
+            to_cpu[c] = end
+        if i == last:
+            chunk_end[c] = end
+
+    def cpu_ready(c: int):
+        i = nxt[c]
+        ready = to_cpu[c] if i > 0 and not on_cpu[i - 1] else value_end[c]
+        if (i == _SCORE or i == _CTX) and written[c] is not None:
+            ready = mx(ready, written[c])
+        return ready
+
+    cpu_at = [i for i in range(NUM_SUBLAYERS) if on_cpu[i]]
+    dirty = list(range(n))
+    while True:
+        for c in dirty:                              # 2. issue every GPU sublayer that can be issued
+            while nxt[c] < NUM_SUBLAYERS and not on_cpu[nxt[c]]:
+                i = nxt[c]
+                ready = value_end[c]
+                if i > 0 and on_cpu[i - 1]:
+                    h2d_free = ready = mx(h2d_free, mx(ready, now)) + cross_h2d[i - 1]
+                if i == _SCORE:
+                    if not qkv_gpu:                  # a CPU qkv: fetched when the attention is issued
+                        h2d_free = fetch_k[c] = mx(h2d_free, now) + t.k_cached
+                    ready = mx(ready, fetch_k[c])
+                elif i == _CTX:
+                    if not qkv_gpu:
+                        h2d_free = fetch_v[c] = mx(h2d_free, now) + t.v_fetch
+                    ready = mx(ready, fetch_v[c])
+                if has_experts[i]:                   # the routed experts, once its input (the routing) is ready
+                    h2d_free = ready = mx(h2d_free, ready) + experts[i]
+                gpu_free = end = mx(gpu_free, ready) + gpu_s[i]
+                if i == _QKV:
+                    d2h_free = written[c] = mx(d2h_free, end) + t.kv_write
+                finish(c, i, end)
+                nxt[c] = i + 1
+        if not cpu_at:
+            break
+        # 3. one CPU sublayer: the oldest chunk ready now, else the first to be ready (ties: the oldest)
+        pick, first = -1, None
+        for c in range(n):
+            if nxt[c] < NUM_SUBLAYERS:
+                r = cpu_ready(c)
+                if n == 1 or r <= now:               # (n > 1: one step, floats)
+                    pick, first = c, r
+                    break
+                if first is None or r < first:
+                    pick, first = c, r
+        if pick < 0:
+            break
+        # the chunk keeps the CPU for its next CPU sublayers while they are ready and no older chunk is (the
+        # pick would choose it again, and nothing else changes in between)
+        while True:
+            i = nxt[pick]
+            now = mx(now, first) + cpu_s[i]
+            finish(pick, i, now)
+            nxt[pick] = i + 1
+            if i + 1 == NUM_SUBLAYERS or not on_cpu[i + 1]:
+                break
+            first = cpu_ready(pick)
+            if fused and i == _SCORE:                # the fused kernel is not interrupted
+                continue
+            if n > 1 and (first > now or any(nxt[c] < NUM_SUBLAYERS and cpu_ready(c) <= now for c in range(pick))):
+                break
+        dirty = [pick]
+    out = chunk_end[0]
+    for c in range(1, n):
+        out = mx(out, chunk_end[c])
+    return out
