@@ -19,8 +19,8 @@ def _csv(tmp_path, name: str, **kwargs) -> bytes:
 
 
 def test_same_command_writes_byte_identical_csv(tmp_path):
-    first = _csv(tmp_path / "a", "e2e", workers=2)
-    second = _csv(tmp_path / "b", "e2e", workers=2)
+    first = _csv(tmp_path / "a", "cxl", workers=2)
+    second = _csv(tmp_path / "b", "cxl", workers=2)
     assert first == second
     assert b"\r" not in first and b"20" in first   # plain \n line ends; numbers, not empty
 
