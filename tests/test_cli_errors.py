@@ -208,8 +208,6 @@ BAD_INPUTS = [
      ("intermediate_size", "missing")),
     ("config-quantized", ["plan", "--model", "c.json"], {"c.json": config(quantization_config={"quant_method": "gptq", "bits": 4})},
      ("quantization_config",)),
-    ("config-shared-experts", ["plan", "--model", "c.json"], {"c.json": json.dumps(QWEN_MOE)},
-     ("shared_expert_intermediate_size",)),
     ("config-moe-no-top-k", ["plan", "--model", "c.json"], {"c.json": config(num_local_experts=8)},
      ("num_experts_per_tok",)),
     # ---- plans

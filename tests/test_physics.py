@@ -193,35 +193,22 @@ def test_the_optimiser_splits_weights_when_neither_tier_holds_them_beside_the_kv
 
 def test_the_enumerator_checks_both_ends_of_the_weight_split_exhaustively():
     """Every K_cxl, not only the ends of its interval: on a 6-layer OPT-66B with tiers so small that the
-    optimum splits its weights (8 GiB GPU, 26 GiB DDR, 8 GiB CXL: 2 layers' weights in CXL), for each combo,
-    N_res and K_cxl the best policy pair of each memory class (latency from the stage tables), checked
-    against memory_use() of its plan; the best of all equals the enumerator's optimum and predict()."""
+    optimum splits its weights (8 GiB GPU, 26 GiB DDR, 8 GiB CXL: 2 layers' weights in CXL), the exhaustive
+    oracle (every ISA pair, policy pair, N_res, K_cxl and combo, no shortcut) equals the fast enumerator and
+    predict(), and its plan fits memory_use()."""
     from lia_model.memory import memory_use
-    from lia_model.optimizer.enumerate import _PAIR_CLASS, _PD, _PP, plan_of, stage_sums
+    from lia_model.optimizer.enumerate import brute_force_optimum
 
     sys_ = load_system("spr-h100-cxl", ["cxl.capacity_gib=8", "ddr.capacity_gib=26", "gpu.memory_gib=8"])
     model = get_model("opt-66b").model_copy(update={"num_layers": 6})
     wl = make_workload(16, 512, 8, model)
-    tables = build_tables(sys_, model, wl)
-    fast = enumerate_optimum(tables, exhaustive=True)
-    best, best_plan = np.inf, None
-    rdec = float(tables.resident_decode_s.sum())
-    for combo in tables.combos:
-        (pre_d, dec_d), (pre_c, dec_c) = (stage_sums(tables, combo, t) for t in (HostTier.DDR, HostTier.CXL))
-        for n_res in range(model.num_layers):
-            streamed = model.num_layers - n_res
-            for k_cxl in range(streamed + 1):
-                lat = (n_res * (tables.resident_prefill_s[combo.minibatches] + rdec) + tables.head_total_s
-                       + (streamed - k_cxl) * (pre_d[_PP] + dec_d[_PD]) + k_cxl * (pre_c[_PP] + dec_c[_PD]))
-                for cls in range(64):
-                    members = np.flatnonzero(_PAIR_CLASS == cls)
-                    pair = int(members[np.argmin(lat[members])])
-                    plan = plan_of(tables, combo, n_res, int(_PP[pair]), int(_PD[pair]), k_cxl)
-                    if float(lat[pair]) < best and all(u.fits for u in memory_use(sys_, model, wl, plan).values()):
-                        best, best_plan = float(lat[pair]), plan
-    assert best_plan.cxl_weight_layers == 2 and best_plan.weight_tier == HostTier.DDR
-    assert fast.latency_s == pytest.approx(best, rel=1e-12)
-    assert predict(sys_, model, wl, best_plan).latency_s == pytest.approx(best, rel=1e-12)
+    tables = build_tables(sys_, model, wl, prune_isas=False)
+    fast = enumerate_optimum(build_tables(sys_, model, wl))
+    brute = brute_force_optimum(tables)        # every split K_cxl = 0 .. streamed, every pair, N_res and combo
+    assert brute.plan.cxl_weight_layers == 2 and brute.plan.weight_tier == HostTier.DDR
+    assert fast.latency_s == pytest.approx(brute.latency_s, rel=1e-12)
+    assert predict(sys_, model, wl, brute.plan).latency_s == pytest.approx(brute.latency_s, rel=1e-12)
+    assert all(u.fits for u in memory_use(sys_, model, wl, brute.plan).values())
 
 
 # ---------------------------------------------------------------- 4. profiles
