@@ -18,6 +18,7 @@ def _csv(tmp_path, name: str, **kwargs) -> bytes:
     return (tmp_path / f"{name}.csv").read_bytes()
 
 
+@pytest.mark.slow   # minutes on 2 cores since the exact batch search and per-layer schedule
 def test_same_command_writes_byte_identical_csv(tmp_path):
     first = _csv(tmp_path / "a", "cxl", workers=2)
     second = _csv(tmp_path / "b", "cxl", workers=2)
@@ -25,10 +26,12 @@ def test_same_command_writes_byte_identical_csv(tmp_path):
     assert b"\r" not in first and b"20" in first   # plain \n line ends; numbers, not empty
 
 
+@pytest.mark.slow   # minutes on 2 cores since the exact batch search and per-layer schedule
 def test_one_process_and_two_processes_give_the_same_csv(tmp_path):
     assert _csv(tmp_path / "one", "sensitivity", workers=1) == _csv(tmp_path / "two", "sensitivity", workers=2)
 
 
+@pytest.mark.slow   # minutes on 2 cores since the exact batch search and per-layer schedule
 def test_dask_local_cluster_gives_the_same_csv_as_local_processes(tmp_path):
     distributed = pytest.importorskip("distributed")
     local = _csv(tmp_path / "local", "policy-map", workers=2)
