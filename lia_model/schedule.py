@@ -170,6 +170,7 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
 
     cpu_at = [i for i in range(NUM_SUBLAYERS) if on_cpu[i]]
     dirty = list(range(n))
+    open_from = 0                                    # every chunk before it has run all its sublayers
     while True:
         for c in dirty:                              # 2. issue every GPU sublayer that can be issued
             while nxt[c] < NUM_SUBLAYERS and not on_cpu[nxt[c]]:
@@ -196,7 +197,9 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
             break
         # 3. one CPU sublayer: the oldest chunk ready now, else the first to be ready (ties: the oldest)
         pick, first = -1, None
-        for c in range(n):
+        while open_from < n and nxt[open_from] == NUM_SUBLAYERS:
+            open_from += 1
+        for c in range(open_from, n):
             if nxt[c] < NUM_SUBLAYERS:
                 r = cpu_ready(c)
                 if n == 1 or r <= now:               # (n > 1: one step, floats)
@@ -218,7 +221,7 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
             first = cpu_ready(pick)
             if fused and i == _SCORE:                # the fused kernel is not interrupted
                 continue
-            if n > 1 and (first > now or any(nxt[c] < NUM_SUBLAYERS and cpu_ready(c) <= now for c in range(pick))):
+            if n > 1 and (first > now or any(nxt[c] < NUM_SUBLAYERS and cpu_ready(c) <= now for c in range(open_from, pick))):
                 break
         dirty = [pick]
     out = chunk_end[0]

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from lia_model.costmodel import Prediction
 from lia_model.errors import LiaInputError
+from lia_model.optimizer.space import MAX_PREFILL_MINIBATCHES
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
 from lia_model.plan import Device, HostTier, Plan, head_device, policy_notation
@@ -60,7 +61,7 @@ def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
     """Whether the optimiser's search space holds this plan (at this batch).
 
     The space: pinned weights, overlap, any CPU ISA the system has in each stage, the embeddings and LM head
-    on the GPU, any prefill minibatch count dividing the batch, any policies, any resident count, KV tier DDR
+    on the GPU, any prefill minibatch count dividing the batch up to the optimiser's cap, any policies, any resident count, KV tier DDR
     or CXL and any split of the weights between them where the system has CXL, either expert fetch (MoE).
     With the throughput objective the batch is a knob too, and ``batch_choices`` (the optimiser's
     ``batch_candidates``: every batch up to the largest that fits) are the batches it may choose.
@@ -73,7 +74,7 @@ def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
     isas_ok = all(isa in system.cpu.isa and system.cpu.isa[isa].present
                   for isa in (plan.prefill_cpu_isa, plan.decode_cpu_isa))
     return (plan.pinned_weights and plan.overlap and isas_ok and head_device(plan) == Device.GPU
-            and batch % plan.prefill_minibatches == 0
+            and batch % plan.prefill_minibatches == 0 and plan.prefill_minibatches <= MAX_PREFILL_MINIBATCHES
             and tiers_ok)
 
 

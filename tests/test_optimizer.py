@@ -18,7 +18,9 @@ from lia_model.models import get_model
 from lia_model.optimizer import InfeasibleError, largest_feasible_batch, optimize
 from lia_model.optimizer.enumerate import any_plan_fits_memory, brute_force_optimum, enumerate_optimum
 from lia_model.optimizer.ilp import solve_ilp
-from lia_model.optimizer.space import build_tables, isa_candidates, minibatch_candidates
+from lia_model.optimizer.space import (
+    MAX_PREFILL_MINIBATCHES, build_tables, divisors, isa_candidates, minibatch_candidates,
+)
 from lia_model.plan import CpuIsa
 from lia_model.workload import Workload, make_workload
 
@@ -222,11 +224,26 @@ def test_minibatches_reach_past_eight():
     assert result.prediction.latency_s < min(p.latency_s for p in capped if p.feasible)
 
 
-def test_minibatch_candidates_are_the_divisors():
+def test_minibatch_candidates_are_the_divisors_up_to_the_cap():
+    assert MAX_PREFILL_MINIBATCHES == 64
     assert minibatch_candidates(1) == (1,)
     assert minibatch_candidates(12) == (1, 2, 3, 4, 6, 12)
-    assert minibatch_candidates(97) == (1, 97)
+    assert divisors(97) == (1, 97)
+    assert minibatch_candidates(97) == (1,)            # 97 > the cap
     assert minibatch_candidates(36) == (1, 2, 3, 4, 6, 9, 12, 18, 36)
+    assert minibatch_candidates(960) == (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 16, 20, 24, 30, 32, 40, 48, 60, 64)
+
+
+def test_the_batch_bound_admits_what_any_divisor_fits_and_the_space_solves_it_as_infeasible():
+    """spr-a100, OPT-30B, 32/32: the relaxed largest batch (workspace of one sequence per chunk) is 5380, where
+    no plan of the capped space fits HBM; the optimiser says so as a memory error, never a wrong plan."""
+    system, model = load_system("spr-a100"), get_model("opt-30b")
+    top = largest_feasible_batch(system, model, 32, 32)
+    wl = make_workload(top, 32, 32, model)
+    assert top == 5380 and any_plan_fits_memory(system, model, wl, relaxed=True)
+    assert not any_plan_fits_memory(system, model, wl)
+    with pytest.raises(InfeasibleError, match="memory"):
+        optimize(system, model, wl, solver="enumerate")
 
 
 def test_throughput_under_a_tpot_bound_finds_the_batch_between_powers_of_two():

@@ -57,10 +57,12 @@ BATCH_SEARCH_CAP = 1 << 16
 def largest_feasible_batch(system: SystemSpec, model: ModelSpec, input_len: int, output_len: int,
                            cap: int = BATCH_SEARCH_CAP, all_resident: bool = False) -> Optional[int]:
     """Largest batch for which some plan fits memory (None when even B=1 does not); with ``all_resident``
-    the largest for which the whole model stays on the GPU."""
+    the largest for which the whole model stays on the GPU. Memory is judged at the smallest workspace over
+    every prefill minibatch count dividing B (``relaxed``, monotone in B), so the answer bounds the space's
+    largest batch from above; a batch in between solves as infeasible."""
     def fits(b: int) -> bool:
         return any_plan_fits_memory(system, model, Workload(batch=b, input_len=input_len, output_len=output_len),
-                                    all_resident=all_resident)
+                                    all_resident=all_resident, relaxed=True)
 
     if cap < 1 or not fits(1):
         return None
@@ -193,7 +195,7 @@ def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tp
         cost = relaxed_batch(pre_sys, dec_sys, model, at(hi), mode)
         cons = relaxed_batch(None, dec_sys, model, at(lo), mode) if lo != hi else cost
         if lo not in memory:
-            memory[lo] = least_footprint_memory(system, model, at(lo))
+            memory[lo] = least_footprint_memory(system, model, at(lo), relaxed=True)
         consts = StageConstants(model.num_layers, steps, system.has_cxl, cost.resident_decode_total_s,
                                 cost.head_s * (1 + steps), cons.resident_decode_total_s, cons.head_s)
         best_latency = np.inf

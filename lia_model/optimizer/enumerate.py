@@ -37,7 +37,7 @@ from lia_model.hardware import SystemSpec
 from lia_model.memory import MemoryConstants, MemoryTier, memory_constants
 from lia_model.models import ModelSpec
 from lia_model.optimizer.space import (
-    Combo, SpaceTables, minibatch_candidates, template_plan, tidy_plan, tier_candidates,
+    Combo, SpaceTables, divisors, minibatch_candidates, template_plan, tidy_plan, tier_candidates,
 )
 from lia_model.plan import CpuIsa, HostTier, Plan, policy_from_index
 from lia_model.sublayers import NUM_SUBLAYERS
@@ -292,23 +292,29 @@ def plan_of(tables: SpaceTables, combo: Combo, n_res: int, pp: int, pd: int, k_c
     return tidy_plan(plan, streamed == 0, tables.decode_steps, tables.isas[0])
 
 
-def least_footprint_memory(system: SystemSpec, model: ModelSpec, workload: Workload) -> MemoryConstants:
-    """The memory constants of the minibatch count with the smallest workspace (n = B: one sequence per
-    prefill chunk; taken as the minimum over every n, so nothing rests on that)."""
-    consts = [memory_constants(system, model, workload, n) for n in minibatch_candidates(workload.batch)]
+def least_footprint_memory(system: SystemSpec, model: ModelSpec, workload: Workload,
+                           relaxed: bool = False) -> MemoryConstants:
+    """The memory constants of the minibatch count with the smallest workspace (the largest n; taken as the
+    minimum, so nothing rests on that): over the optimiser's counts (``minibatch_candidates``), or with
+    ``relaxed`` over every divisor of B, beyond the cap too (n = B: one sequence per prefill chunk). The
+    relaxed footprint only grows with B, which the bisection of ``largest_feasible_batch`` needs; a batch it
+    admits may still fit no plan of the capped space, and then solves as infeasible."""
+    counts = divisors(workload.batch) if relaxed else minibatch_candidates(workload.batch)
+    consts = [memory_constants(system, model, workload, n) for n in counts]
     return min(consts, key=lambda m: (m.gpu_workspace_bytes, m.host_workspace_bytes))
 
 
 def any_plan_fits_memory(system: SystemSpec, model: ModelSpec, workload: Workload,
-                         all_resident: bool = False) -> bool:
+                         all_resident: bool = False, relaxed: bool = False) -> bool:
     """Whether some plan of the space fits every tier (with ``all_resident``: some plan keeping every layer
     on the GPU). The policies' smallest footprint is all-CPU in both stages (no streaming buffers, no KV
     staging), and the workspace is smallest at one n (``least_footprint_memory``), so only N_res, the KV
-    tier and the weight split need trying."""
+    tier and the weight split need trying. ``relaxed``: minibatch counts beyond the optimiser's cap too
+    (monotone in B; see ``least_footprint_memory``)."""
     n_layers = model.num_layers
     resident = np.arange(n_layers if all_resident else 0, n_layers + 1, dtype=float)
     streamed = n_layers - resident
-    mem = least_footprint_memory(system, model, workload)
+    mem = least_footprint_memory(system, model, workload, relaxed)
     hbm_ok = _hbm_base(mem, resident) <= mem.available_bytes[MemoryTier.HBM]
     for kv in tier_candidates(system):
         lo, hi = cxl_weight_range(mem, kv, streamed, system.has_cxl)

@@ -3,7 +3,7 @@
 The space (for one batch B):
   prefill policy, decode policy     any of 2^6 x 2^6 vectors
   GPU-resident layers N_res         0 .. num_layers
-  prefill minibatches n             every divisor of B (1 .. B: equal chunks)
+  prefill minibatches n             every divisor of B up to MAX_PREFILL_MINIBATCHES (equal chunks)
   prefill CPU ISA, decode CPU ISA   every ISA the CPU has, chosen per stage
   KV tier                           DDR, or CXL where the system has it
   weights in CXL K_cxl              0 .. K streamed layers keep their weights in CXL, the other K - K_cxl in
@@ -46,10 +46,27 @@ from lia_model.plan import ALL_GPU, CpuIsa, Device, ExpertFetch, HostTier, Plan
 from lia_model.sublayers import Stage
 from lia_model.workload import Workload
 
-def minibatch_candidates(batch: int) -> tuple[int, ...]:
+# The largest prefill minibatch count the optimiser searches. Why a cap: the simulated schedule of n chunks
+# costs up to O(n^2) per policy vector; with every divisor of B (n up to B) one solve at B = 960 took 11 s
+# (gnr-a100, OPT-30B, 32/32) and a throughput query, which solves up to 16 batches, minutes; with the cap,
+# 0.3 s. What it gives up: pipelining n chunks saves the pipeline's fill and drain, which shrinks like 1/n,
+# while every chunk pays its launch overheads. ``python tools/minibatch_cap.py`` prices it on 36 cases: with
+# 2016-token prompts at B = 128 the uncapped optimum is n = 128 (one sequence per chunk) and the cap costs up
+# to 0.51% of latency; every other case picks n <= 32 either way. predict() still prices any n a user gives.
+MAX_PREFILL_MINIBATCHES = 64
+
+
+def divisors(batch: int) -> tuple[int, ...]:
     """Every n that splits the batch into equal chunks: the divisors of B."""
     small = [n for n in range(1, int(batch**0.5) + 1) if batch % n == 0]
     return tuple(sorted(set(small) | {batch // n for n in small}))
+
+
+def minibatch_candidates(batch: int, cap: int | None = None) -> tuple[int, ...]:
+    """The prefill minibatch counts the optimiser searches: the divisors of B up to ``cap``
+    (default MAX_PREFILL_MINIBATCHES)."""
+    limit = MAX_PREFILL_MINIBATCHES if cap is None else cap
+    return tuple(n for n in divisors(batch) if n <= limit)
 
 
 def tier_candidates(system: SystemSpec) -> tuple[HostTier, ...]:
