@@ -169,8 +169,7 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
     cell_w = (width - 0.9) / len(systems)
     fig, axes = figure(len(panels), len(systems), width, cell_w * 0.8 * len(panels) + 1.3,
                        sharex=True, sharey=True)
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("#f0f0f0")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#f0f0f0")
     mesh = None
     for r, (mode, stage) in enumerate(panels):
         for c, sysname in enumerate(systems):
