@@ -110,10 +110,19 @@ def check_against_oracle(case, solver, per_batch=brute_force):
         assert again.tpot_mean_s <= tpot * (1 + 1e-9)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+@settings(max_examples=10, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(make_cases(full_size=False))
 def test_optimum_matches_brute_force(case):
+    """The default tier's oracle check (10 cases); the slow tier runs 40 and the full-size cases."""
+    check_against_oracle(case, "cbc", per_batch=brute_force if case[3] == "latency" else fast_enumeration)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@pytest.mark.slow
+@given(make_cases(full_size=False))
+def test_optimum_matches_brute_force_more_cases(case):
     check_against_oracle(case, "cbc", per_batch=brute_force if case[3] == "latency" else fast_enumeration)
 
 
@@ -127,6 +136,7 @@ def test_optimum_matches_brute_force_full_size(case):
 
 @settings(max_examples=30, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
 @given(make_cases(full_size=False))
 def test_enumerator_and_cold_ilps_agree_with_brute_force(case):
     """optimize() starts CBC from the enumerator's plan; here both ILPs solve from scratch."""
@@ -183,6 +193,7 @@ def bounded_throughput_cases(draw):
 
 @settings(max_examples=12, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
 @given(bounded_throughput_cases())
 def test_bounded_throughput_batch_matches_every_batch(case):
     """Every batch 1 .. 24 solved by the enumerator (itself checked against brute force above)."""
