@@ -77,6 +77,7 @@ class RunResult:
     logits: Optional[list[torch.Tensor]]      # per output position: [B, vocab] float32 (CPU)
     records: list[OpRecord]
     base: Optional[tuple[Event, float]] = None  # (event, perf_counter) at the run's start: the trace's time zero
+    hidden: Optional[list[torch.Tensor]] = None  # keep_hidden: each layer's prefill output [B, L_in, h] (CPU)
 
     @property
     def output_len(self) -> int:
@@ -264,8 +265,10 @@ class Executor:
 
     def generate(self, prompt: torch.Tensor, output_len: Optional[int] = None, keep_logits: bool = False,
                  profile: bool = True, select: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
-                 on_token: Optional[Callable[[int, torch.Tensor], bool]] = None) -> RunResult:
+                 on_token: Optional[Callable[[int, torch.Tensor], bool]] = None,
+                 keep_hidden: bool = False) -> RunResult:
         """Prefill ``prompt`` [B, L_in] and decode to ``output_len`` tokens (<= the workload's).
+        ``keep_hidden``: also return every layer's prefill output (for per-layer checks; synchronises).
 
         ``select(t, logits [B, vocab]) -> ids [B]`` picks output token t (default greedy: argmax; sampling:
         runtime/generate.py); its time counts in the pass. ``on_token(t, ids)`` runs after pass t, outside its
@@ -286,6 +289,7 @@ class Executor:
             kv.written = {}
         self._write_order = 0
         tokens, logits_out, pass_s = [], [], []
+        hidden: list[torch.Tensor] = []
         with torch.inference_mode(), be.on_stream(be.compute):
             ids = prompt.to(be.torch_device(self.head_dev))
             be.synchronize()
@@ -303,6 +307,9 @@ class Executor:
                           for c in range(n)]
                 for li in range(self.L):
                     chunks = self._layer(stage, step, p_index, li, chunks, pos0, q)
+                    if keep_hidden and p_index == 0:
+                        be.synchronize()
+                        hidden.append(torch.cat([p.t.float().cpu() for p in chunks], dim=0))
                 logits = self._head(chunks, stage, step)
                 next_ids = logits.argmax(dim=-1) if select is None else select(p_index, logits)
                 if be.is_cuda:
@@ -323,7 +330,8 @@ class Executor:
                 r.seconds = r.end.seconds_since(r.start)
         return RunResult(ttft_s=pass_s[0], tpot_s=pass_s[1:], latency_s=float(sum(pass_s)), batch=self.B,
                          tokens=torch.stack([t.cpu() for t in tokens], dim=1),
-                         logits=logits_out if keep_logits else None, records=self.records, base=base)
+                         logits=logits_out if keep_logits else None, records=self.records, base=base,
+                         hidden=hidden if keep_hidden else None)
 
     # ================================================================== passes
 

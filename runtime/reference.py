@@ -51,8 +51,10 @@ def _rotate(x: torch.Tensor, positions: torch.Tensor, inv: torch.Tensor) -> torc
 
 @torch.inference_mode()
 def reference_logits(weights: ModelWeights, tokens: torch.Tensor, first: int, device: torch.device,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Logits at positions first .. T-1 for ``tokens`` [B, T]: returns [T - first, B, vocab] (float32, CPU)."""
+                     dtype: torch.dtype = torch.float32,
+                     hidden: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
+    """Logits at positions first .. T-1 for ``tokens`` [B, T]: returns [T - first, B, vocab] (float32, CPU).
+    ``hidden``: a list that receives every layer's output [B, T, h] (float32, CPU)."""
     m = weights.model
     emb = weights.embeddings
     B, T = tokens.shape
@@ -95,6 +97,8 @@ def reference_logits(weights: ModelWeights, tokens: torch.Tensor, first: int, de
             a = torch.relu(u)
         p = get(li, Sublayer.FC2)
         h = h + a @ p["w"].t() + (p["b"] if "b" in p else 0.0)
+        if hidden is not None:
+            hidden.append(h.float().cpu())
     x = _norm(h[:, first:], emb.norm_w.to(device=device, dtype=dtype),
               None if emb.norm_b is None else emb.norm_b.to(device=device, dtype=dtype), eps)
     logits = x @ emb.lm_head.to(device=device, dtype=dtype).t()          # [B, T - first, vocab]
@@ -105,6 +109,16 @@ def logits_error(run_logits: list[torch.Tensor], ref: torch.Tensor) -> float:
     """Relative Frobenius error ||run - ref|| / ||ref|| over every output position."""
     got = torch.stack(run_logits, dim=0)
     return float(torch.linalg.vector_norm(got - ref) / torch.linalg.vector_norm(ref))
+
+
+def layer_errors(weights: ModelWeights, prompt: torch.Tensor, run_hidden: list[torch.Tensor],
+                 device: torch.device) -> list[float]:
+    """Relative Frobenius error of each layer's prefill output (the executor's ``keep_hidden``) against the
+    reference's: where a data-flow or kernel bug enters shows as the first layer whose error jumps."""
+    ref: list[torch.Tensor] = []
+    reference_logits(weights, prompt, prompt.shape[1] - 1, device, hidden=ref)
+    return [float(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want))
+            for got, want in zip(run_hidden, ref, strict=True)]
 
 
 def check_against_reference(weights: ModelWeights, prompt: torch.Tensor, run_tokens: torch.Tensor,

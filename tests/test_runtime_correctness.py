@@ -212,3 +212,41 @@ def test_float32_execution_catches_a_two_percent_softmax_scale_error(model, monk
     monkeypatch.setattr(kernels, "attn_score", lambda q, *a, **k: real_score(q * 1.02, *a, **k))
     bad = [run(p) for p in plans]
     assert min(bad) > 1e-4 and min(bad) > 20 * max(good), (good, bad)
+
+
+@pytest.mark.parametrize("model", [TINY_OPT, TINY_LLAMA], ids=["opt", "llama-gqa"])
+def test_per_layer_hidden_states_match_the_reference_and_locate_a_bug(model, monkeypatch):
+    """Each layer's prefill output, not only the logits, against the independent reference in float32 (a mixed
+    plan: one resident layer, then qkv and fc1 on the GPU, attention, out_proj and fc2 on the CPU, two
+    prefill chunks). A 2% error injected into the second layer's fc1 (the second fc1 call of the prefill pass)
+    leaves layer 0 exact and shows first at layer 1."""
+    from runtime import kernels
+    from runtime.reference import layer_errors
+
+    backend = Backend("fake", torch.float32)
+    arena = HostArena(backend, layer_layout(model).numel * model.num_layers, pinned=True, random_fill=True, seed=7,
+                      fan_in=model.hidden_size)
+    weights = ModelWeights(model, arena, backend, seed=7)
+    prompt = random_prompt(model, WORKLOAD, seed=3)
+    plan = Plan(prefill_policy="(0,1,1,1,0,1)", decode_policy="(0,1,1,1,0,1)", gpu_resident_layers=1,
+                prefill_minibatches=1)
+
+    def errors() -> list[float]:
+        result = Executor(backend, weights, plan, WORKLOAD).generate(prompt, keep_hidden=True)
+        assert len(result.hidden) == model.num_layers
+        return layer_errors(weights, prompt, result.hidden, CPU)
+
+    good = errors()
+    assert max(good) < 1e-5, good
+    real_fc1 = kernels.fc1
+    calls = {"n": 0}
+
+    def fc1_bug_in_layer_1(h, *a, **k):
+        calls["n"] += 1
+        out = real_fc1(h, *a, **k)
+        return out * 1.02 if calls["n"] == 2 else out           # (fc1 normalises its input: scale the output)
+
+    monkeypatch.setattr(kernels, "fc1", fc1_bug_in_layer_1)
+    bad = errors()
+    assert bad[0] < 1e-5 and bad[1] > 1e-3, bad
+    assert [i for i, e in enumerate(bad) if e > 1e-4][0] == 1
