@@ -8,6 +8,7 @@ from typing import Any, Literal, Mapping, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lia_model.errors import LiaInputError
+from lia_model.precision import Precision
 
 
 class RopeScaling(BaseModel):
@@ -62,6 +63,9 @@ class ModelSpec(BaseModel):
     norm_eps: float = Field(1e-5, gt=0, description="Epsilon of every LayerNorm / RMSNorm.")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base of models with rotary positions.")
     rope_scaling: Optional[RopeScaling] = Field(None, description="RoPE frequency scaling (e.g. Llama-3.1's).")
+    checkpoint_precision: Optional[Precision] = Field(None, description="How the checkpoint stores its weights "
+                                                      "(from quantization_config / torch_dtype); the workload's "
+                                                      "default precision. None: bf16.")
     source: str = Field("", description="Where the shapes come from.")
 
     @model_validator(mode="after")

@@ -35,6 +35,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from lia_model.costmodel import stage_context
+from lia_model.precision import BF16, Precision
 from lia_model.costterms import (
     ALL_POLICY_FEATURES, NUM_POLICIES, CostMode, head_time_s, resident_layer_time, streamed_layer_terms,
 )
@@ -55,13 +56,15 @@ BATCH_SEARCH_CAP = 1 << 16
 
 
 def largest_feasible_batch(system: SystemSpec, model: ModelSpec, input_len: int, output_len: int,
-                           cap: int = BATCH_SEARCH_CAP, all_resident: bool = False) -> Optional[int]:
+                           cap: int = BATCH_SEARCH_CAP, all_resident: bool = False,
+                           precision: Precision = BF16) -> Optional[int]:
     """Largest batch for which some plan fits memory (None when even B=1 does not); with ``all_resident``
     the largest for which the whole model stays on the GPU. Memory is judged at the smallest workspace over
     every prefill minibatch count dividing B (``relaxed``, monotone in B), so the answer bounds the space's
     largest batch from above; a batch in between solves as infeasible."""
     def fits(b: int) -> bool:
-        return any_plan_fits_memory(system, model, Workload(batch=b, input_len=input_len, output_len=output_len),
+        return any_plan_fits_memory(system, model, Workload(batch=b, input_len=input_len, output_len=output_len,
+                                                            precision=precision),
                                     all_resident=all_resident, relaxed=True)
 
     if cap < 1 or not fits(1):
@@ -173,7 +176,8 @@ def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tp
     relaxation can rest on), or in the paper mode (the authors' model, not costterms' terms), the bound still
     orders the search but proves nothing: unless every batch of the range was solved, ``gap_bound`` is None."""
     proven = system.kernels is None and mode != CostMode.PAPER
-    top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=cap)
+    top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=cap,
+                                 precision=workload.precision)
     if top is None:
         return BatchSearch(None, 0.0, (), 0, None, 0.0)
     out_len, steps, q = workload.output_len, workload.decode_steps, workload.input_len
@@ -233,6 +237,7 @@ def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tp
     # Seeds: the largest batch that fits, and the largest that keeps every layer resident.
     evaluate(top)
     resident_top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=top,
+                                          precision=workload.precision,
                                           all_resident=True)
     if resident_top is not None and resident_top < top:
         # the all-resident regime ends there: bound the two regimes apart
