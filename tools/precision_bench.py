@@ -139,7 +139,7 @@ def summarise(rows: list[dict], out: Path) -> None:
     print(f"{'device':6} {'kernel':13} {'value':>10}  unit               worst max rel err")
     for s in summary:
         err = f"{s['worst_max_rel_err']:.2e}" if s["worst_max_rel_err"] != "" else "-"
-        print(f"{s['device']:6} {s['kernel']:13} {s["value"]:10.4g}  {s['unit']:18} {err}")
+        print(f"{s['device']:6} {s['kernel']:13} {s['value']:10.4g}  {s['unit']:18} {err}")
 
 
 def main() -> None:
