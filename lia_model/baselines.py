@@ -71,7 +71,10 @@ def flexgen_baseline(system: SystemSpec, model: ModelSpec, workload: Workload, c
     plan is then the placement of everything FlexGen can move to the CPU, at the query's batch."""
     choice = flexgen_choice(system, model, workload, choose_batch=choose_batch, max_batch=max_batch)
     if choice is not None:
-        return Baseline("flexgen", choice.plan, choice.workload, FLEXGEN_CPU_KV_PASSES, choice)
+        # FlexGen's search sizes a bf16 model (its own compression is 4-bit group-wise only); its policy then
+        # runs at the query's precision
+        return Baseline("flexgen", choice.plan, choice.workload.model_copy(update={"precision": workload.precision}),
+                        FLEXGEN_CPU_KV_PASSES, choice)
     nominal = FlexGenPolicy(workload.batch, 1, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0)
     return Baseline("flexgen", flexgen_plan(system, model, workload, nominal), workload, FLEXGEN_CPU_KV_PASSES,
                     None, runs=False, why_not="FlexGen's LP finds no placement within 80 % of GPU and CPU memory")

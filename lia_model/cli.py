@@ -10,8 +10,8 @@ import typer
 from rich.table import Table
 
 from lia_model.cli_common import (
-    BatchOpt, InputOpt, JsonOpt, ModeChoice, ModeOpt, ModelOpt, OutputOpt, SetOpt, SystemOpt, console, examples,
-    load_inputs, load_plan, parse_mode, run_guarded,
+    BatchOpt, GroupSizeOpt, InputOpt, JsonOpt, KvDtypeOpt, ModeChoice, ModeOpt, ModelOpt, OutputOpt, SetOpt, SystemOpt, console, examples,
+    load_inputs, load_plan, parse_mode, run_guarded, WeightDtypeOpt,
 )
 from lia_model.errors import LiaInputError
 
@@ -170,7 +170,8 @@ def predict(
     plan: Optional[str] = typer.Option(None, "--plan", help="A plan .json: the output of 'lia plan --json', one "
                                        "prediction from it, or a bare plan object."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help=f"A baseline plan by label: {BASELINE_LABELS}."),
-    as_json: bool = JsonOpt,
+    weight_dtype: Optional[str] = WeightDtypeOpt, kv_dtype: Optional[str] = KvDtypeOpt,
+    group_size: Optional[int] = GroupSizeOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Predict one plan (a file or a baseline); without either, every baseline."""
     from lia_model.baselines import baselines
@@ -182,7 +183,8 @@ def predict(
                             "give one of them (or neither, for every baseline)")
     cost_mode = parse_mode(mode)
     chosen_plan = load_plan(plan) if plan is not None else None
-    spec, mspec, workload = load_inputs(system, model, batch, input_len, output_len, overrides)
+    spec, mspec, workload = load_inputs(system, model, batch, input_len, output_len, overrides, weight_dtype, kv_dtype,
+                                        group_size)
     if chosen_plan is not None:
         results = {"plan": run_predict(spec, mspec, workload, chosen_plan, cost_mode)}
     elif baseline is not None:

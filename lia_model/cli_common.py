@@ -49,6 +49,11 @@ ModeOpt = typer.Option(ModeChoice.overlap, "--mode", case_sensitive=False,
                        help="Cost model: overlap (resources run side by side), additive (their serial sum) or "
                             "paper (the LIA authors' released model; use it with a paper-* system).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables.")
+WeightDtypeOpt = typer.Option(None, "--weight-dtype", help="How the weights are stored: bf16, fp8_e4m3, int8 or int4 "
+                              "(default: the checkpoint's quantization_config, else bf16).")
+KvDtypeOpt = typer.Option(None, "--kv-dtype", help="How the KV cache is stored: bf16, fp8 or int8 (default bf16).")
+GroupSizeOpt = typer.Option(None, "--group-size", help="Weight elements along K per quantisation scale (int4 "
+                            "default 128; int8 and fp8 default: one per output channel).")
 
 
 def examples(*lines: str) -> str:
@@ -76,13 +81,29 @@ def finite_positive(option: str, value: Optional[float], example: str, largest: 
     return value
 
 
-def load_inputs(system: str, model: str, batch: int, input_len: int, output_len: int, overrides):
+def resolve_precision(model, weight_dtype: Optional[str] = None, kv_dtype: Optional[str] = None,
+                      group_size: Optional[int] = None):
+    """The workload's precision: what the options give, the rest from the model's checkpoint (its
+    quantization_config), else bf16. A new --weight-dtype drops the checkpoint's group size."""
+    from lia_model.precision import BF16, make_precision
+
+    base = model.checkpoint_precision or BF16
+    if weight_dtype is None and kv_dtype is None and group_size is None:
+        return base
+    weights = weight_dtype if weight_dtype is not None else base.weight_dtype.value
+    group = group_size if group_size is not None else (base.weight_group_size if weight_dtype is None else None)
+    return make_precision(weights, kv_dtype if kv_dtype is not None else base.kv_dtype.value, group)
+
+
+def load_inputs(system: str, model: str, batch: int, input_len: int, output_len: int, overrides,
+                weight_dtype: Optional[str] = None, kv_dtype: Optional[str] = None, group_size: Optional[int] = None):
     from lia_model.inputs import resolve_model, resolve_system
     from lia_model.workload import make_workload
 
     spec = resolve_system(system, overrides or [])
     mspec = resolve_model(model)
-    workload = make_workload(batch, input_len, output_len, mspec)
+    precision = resolve_precision(mspec, weight_dtype, kv_dtype, group_size)
+    workload = make_workload(batch, input_len, output_len, mspec, precision)
     return spec, mspec, workload
 
 

@@ -22,6 +22,7 @@ from lia_model.costterms import (
     StageContext,
     StageTerms,
     SublayerTimes,
+    check_precision,
     head_time_s,
     policy_features,
     resident_layer_time,
@@ -134,7 +135,7 @@ def stage_context(workload: Workload, plan: Plan, stage: Stage, mode: CostMode,
                         weight_tier=weight_tier or plan.weight_tier, kv_tier=plan.kv_tier,
                         cpu_isa=plan.stage_cpu_isa(stage),
                         pinned_weights=plan.pinned_weights, overlap=plan.overlap, mode=mode,
-                        cpu_kv_passes=cpu_kv_passes, expert_fetch=plan.expert_fetch)
+                        cpu_kv_passes=cpu_kv_passes, expert_fetch=plan.expert_fetch, precision=workload.precision)
 
 
 def _breakdown(stage: Stage, policy: tuple[Device, ...], terms: StageTerms, streamed: int,
@@ -174,6 +175,7 @@ def predict(system: SystemSpec, model: ModelSpec, workload: Workload, plan: Plan
         raise LiaInputError("cpu_kv_passes", f"must be at least 1, got {cpu_kv_passes:g}", "use 1 (one read of the cache)")
     mode = CostMode(mode)
     make_workload(workload.batch, workload.input_len, workload.output_len, model)  # context limit check
+    check_precision(system, workload.precision, mode)
     check_plan_against(plan, model.num_layers, workload.batch)
     for isa_field in ("prefill_cpu_isa", "decode_cpu_isa"):
         isa = getattr(plan, isa_field)

@@ -63,15 +63,17 @@ from lia_model.accounting import (
     attention_rows,
     head_flops,
     linear_shape,
-    mlp_params,
+    routed_expert_bytes,
     sublayer_work,
 )
 from lia_model.hardware import SystemSpec, interpolate_efficiency, table_seconds
 from lia_model.models import ModelSpec
+from lia_model.errors import LiaInputError
 from lia_model.plan import CpuIsa, Device, ExpertFetch, HostTier, policy_from_index
+from lia_model.precision import BF16, KvDtype, Precision, WeightDtype, kv_element_bytes
 from lia_model.schedule import ChunkDurations, simulate_all
 from lia_model.sublayers import ATTENTION_SUBLAYERS, NUM_SUBLAYERS, SUBLAYERS, Sublayer
-from lia_model.units import BF16_BYTES, BYTES_PER_S_PER_GBPS, FLOPS_PER_TFLOPS, S_PER_US
+from lia_model.units import BYTES_PER_S_PER_GBPS, ELEMS_PER_GELEMS, FLOPS_PER_TFLOPS, S_PER_US
 
 NUM_POLICIES = 2**NUM_SUBLAYERS
 
@@ -188,6 +190,7 @@ class StageContext:
     # whose kernel's own passes are the profile's kv_pass_factor). A peer that converts the cache first reads
     # and writes it more often (lia_model.flexgen.FLEXGEN_CPU_KV_PASSES).
     cpu_kv_passes: float = 1.0
+    precision: Precision = BF16   # how weights and KV are stored (the workload's; lia_model.precision)
 
 
 @dataclass
@@ -271,7 +274,9 @@ def _bw(gbps: float) -> float:
     return gbps * BYTES_PER_S_PER_GBPS
 
 
-def _cpu_rate(system: SystemSpec, isa: CpuIsa, tokens: float, attention: bool) -> float:
+def _cpu_rate(system: SystemSpec, isa: CpuIsa, tokens: float, attention: bool, int8: bool = False) -> float:
+    """FLOP/s of the CPU's ISA at ``tokens`` rows; ``int8``: the AMX int8 tiles (amx_int8) instead of bf16, with
+    the same efficiency table (the same tile unit)."""
     spec = system.cpu.isa.get(isa)
     if spec is None or not spec.present:
         from lia_model.errors import LiaInputError
@@ -279,7 +284,8 @@ def _cpu_rate(system: SystemSpec, isa: CpuIsa, tokens: float, attention: bool) -
         present = ", ".join(i.value for i, s in system.cpu.isa.items() if s.present)
         raise LiaInputError("plan.cpu_isa", f"{system.cpu.name} has no {isa.value}", f"use one of: {present}")
     table = spec.attention_efficiency if attention else spec.matmul_efficiency
-    return system.cpu.cores * spec.per_core_tflops * FLOPS_PER_TFLOPS * interpolate_efficiency(table, tokens)
+    per_core = system.cpu.amx_int8_per_core_tops if int8 else spec.per_core_tflops
+    return system.cpu.cores * per_core * FLOPS_PER_TFLOPS * interpolate_efficiency(table, tokens)
 
 
 def cpu_kv_passes(system: SystemSpec, ctx: StageContext) -> float:
@@ -290,19 +296,112 @@ def cpu_kv_passes(system: SystemSpec, ctx: StageContext) -> float:
     return ctx.cpu_kv_passes * (spec.kv_pass_factor if spec is not None else 1.0)
 
 
-def _gpu_rate(system: SystemSpec, tokens: float, attention: bool) -> float:
+def _gpu_rate(system: SystemSpec, tokens: float, attention: bool, fp8: bool = False) -> float:
+    """FLOP/s of the GPU at ``tokens`` rows: the bf16 peak, or with ``fp8`` the fp8 tensor-core peak, times
+    the efficiency table."""
     table = system.gpu.attention_efficiency if attention else system.gpu.matmul_efficiency
-    return system.gpu.bf16_peak_tflops * FLOPS_PER_TFLOPS * interpolate_efficiency(table, tokens)
+    peak = system.gpu.fp8_peak_tflops if fp8 else system.gpu.bf16_peak_tflops
+    return peak * FLOPS_PER_TFLOPS * interpolate_efficiency(table, tokens)
+
+
+@dataclass(frozen=True)
+class LinearKernel:
+    """How a linear sublayer runs at a weight precision on one device.
+
+    low_precision: the GEMM itself runs in the weights' precision (fp8 tensor cores on the GPU; AMX int8 tiles
+        on the CPU with the activations quantised per token on the fly, IPEX's weight-only quantisation with
+        lowp_mode INT8); its FLOPs go at that unit's peak.
+    dequantises: a weight-only kernel: it unpacks each weight element to bf16 (scale, zero point) and runs the
+        bf16 GEMM; the unpacking costs weight_elements_read / dequant rate of the device, on top of the FLOPs
+        (it competes with them for the ALUs, not with the memory term: fused kernels read the packed bytes).
+    """
+
+    low_precision: bool
+    dequantises: bool
+
+
+def linear_kernel(system: SystemSpec, device: Device, precision: Precision, isa: Optional[CpuIsa] = None
+                  ) -> LinearKernel:
+    """The kernel a linear sublayer uses (see LinearKernel); a precision the device cannot run is an error.
+
+      bf16            bf16 GEMM on either device
+      fp8_e4m3        GPU: fp8 tensor cores (needs gpu.fp8_peak_tflops: Hopper and later); CPU: weight-only
+      int8            CPU with ISA amx_bf16 and cpu.amx_int8_per_core_tops: AMX int8; otherwise weight-only
+      int4            weight-only on both (AWQ / GPTQ kernels dequantise on the fly)
+    """
+    w = precision.weight_dtype
+    if w == WeightDtype.BF16:
+        return LinearKernel(False, False)
+    if device == Device.GPU:
+        if w == WeightDtype.FP8_E4M3:
+            if system.gpu.fp8_peak_tflops is None:
+                raise LiaInputError(
+                    "--weight-dtype", f"fp8_e4m3 weights need fp8 tensor cores, which {system.gpu.name} "
+                    f"(system {system.name}) does not have",
+                    "use --weight-dtype int8 or bf16 on this system, or a Hopper system (e.g. spr-h100, gnr-h100)")
+            return LinearKernel(True, False)
+        return _weight_only(system.gpu.dequant_gelems_per_s, "gpu", system.gpu.name, w)
+    if w == WeightDtype.INT8 and isa == CpuIsa.AMX_BF16 and system.cpu.amx_int8_per_core_tops is not None:
+        return LinearKernel(True, False)
+    return _weight_only(system.cpu.dequant_gelems_per_s, "cpu", system.cpu.name, w)
+
+
+def _weight_only(rate: Optional[float], device: str, name: str, dtype: WeightDtype) -> LinearKernel:
+    if rate is None:
+        raise LiaInputError(f"{device}.dequant_gelems_per_s", f"{dtype.value} weights run in a dequantising "
+                            f"kernel on {name}, whose profile gives no dequantisation rate",
+                            f"add {device}.dequant_gelems_per_s to the profile (e.g. --set "
+                            f"{device}.dequant_gelems_per_s=1000), or use --weight-dtype bf16")
+    return LinearKernel(False, True)
+
+
+def dequant_rate(system: SystemSpec, device: Device) -> Optional[float]:
+    """Elements per second the device's dequantising kernels unpack (None: the profile does not say)."""
+    gelems = system.gpu.dequant_gelems_per_s if device == Device.GPU else system.cpu.dequant_gelems_per_s
+    return None if gelems is None else gelems * ELEMS_PER_GELEMS
+
+
+def check_precision(system: SystemSpec, precision: Precision, mode: "CostMode | str" = "overlap") -> None:
+    """One clear error when the system cannot run (or this model cannot price) the precision: fp8 weights
+    without fp8 tensor cores, a dequantising kernel without a rate, calibrated kernel tables (measured in bf16),
+    the paper mode (the authors' model is bf16)."""
+    if precision.is_bf16:
+        return
+    if CostMode(mode) == CostMode.PAPER:
+        raise LiaInputError("--weight-dtype", "the paper mode is the LIA authors' bf16 model",
+                            "use --mode overlap or additive for other precisions")
+    if system.kernels is not None:
+        raise LiaInputError("--weight-dtype", f"system {system.name} prices kernels from calibrated bf16 tables, "
+                            f"which say nothing of {precision.label()}",
+                            "use a datasheet profile (e.g. spr-h100), or --weight-dtype bf16 --kv-dtype bf16")
+    linear_kernel(system, Device.GPU, precision)
+    linear_kernel(system, Device.CPU, precision, CpuIsa.AVX512_FP32)   # the weight-only path's rate
+    if precision.kv_dtype != KvDtype.BF16:
+        for device, name in ((Device.GPU, "gpu"), (Device.CPU, "cpu")):
+            if dequant_rate(system, device) is None:
+                raise LiaInputError(f"{name}.dequant_gelems_per_s", f"a {precision.kv_dtype.value} KV cache is "
+                                    "dequantised by attention, and the profile gives no dequantisation rate",
+                                    f"add {name}.dequant_gelems_per_s to the profile, or use --kv-dtype bf16")
 
 
 def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chunk_batch: int) -> SublayerTimes:
     """Time of each sublayer for one chunk. With calibrated kernel tables (``system.kernels``): the measured
     time of the runtime's own sublayer function at that shape (linears) or the attention fit; otherwise the
-    roofline max(sum over its products of FLOPs / rate(rows), bytes / bandwidth) + overhead, where attention
-    reads its KV cache cpu_kv_passes x the kernel's kv_pass_factor times (see the module docstring)."""
+    roofline max(sum over its products of FLOPs / rate(rows) + dequant, bytes / bandwidth) + overhead, where
+    attention reads its KV cache cpu_kv_passes x the kernel's kv_pass_factor times (see the module docstring).
+
+    Precision (ctx.precision): bytes are the stored bytes (lia_model.accounting); a linear's rate and its
+    dequantisation follow ``linear_kernel`` (dequant = weight_elements_read / the device's dequant rate in a
+    weight-only kernel); attention over an fp8 / int8 cache dequantises every K/V element it reads
+    (kv passes x kv_elements_read / dequant rate) and computes in bf16."""
     contexts = np.asarray(ctx.contexts, dtype=float)
     steps = len(contexts)
-    work = sublayer_work(model, chunk_batch, ctx.q, contexts)
+    precision = ctx.precision
+    check_precision(system, precision, ctx.mode)
+    work = sublayer_work(model, chunk_batch, ctx.q, contexts, precision)
+    kernels = {Device.CPU: linear_kernel(system, Device.CPU, precision, ctx.cpu_isa),
+               Device.GPU: linear_kernel(system, Device.GPU, precision)}
+    kv_quantised = precision.kv_dtype != KvDtype.BF16
     ddr = system.ddr
     w_tier = system.tier(ctx.weight_tier)
     kv_tier = system.tier(ctx.kv_tier)
@@ -318,10 +417,24 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
         w: SublayerWork = work[sub]
         attention = sub in ATTENTION_SUBLAYERS
         # each group of products at its own rows (GQA: G*q; MoE experts: tokens per expert), see SublayerWork
-        cpu_flop_s = np.broadcast_to(sum(np.asarray(f, dtype=float) / _cpu_rate(system, ctx.cpu_isa, rows, attention)
+        low_cpu = not attention and kernels[Device.CPU].low_precision
+        low_gpu = not attention and kernels[Device.GPU].low_precision
+        cpu_flop_s = np.broadcast_to(sum(np.asarray(f, dtype=float) / _cpu_rate(system, ctx.cpu_isa, rows, attention,
+                                                                                int8=low_cpu)
                                          for rows, f in w.gemms), (steps,))
-        gpu_flop_s = np.broadcast_to(sum(np.asarray(f, dtype=float) / _gpu_rate(system, rows, attention)
+        gpu_flop_s = np.broadcast_to(sum(np.asarray(f, dtype=float) / _gpu_rate(system, rows, attention, fp8=low_gpu)
                                          for rows, f in w.gemms), (steps,))
+        # dequantisation: weight elements of a weight-only kernel, K/V elements of attention over a quantised cache
+        kv_elems = np.broadcast_to(np.asarray(w.kv_elements_read, dtype=float), (steps,))
+        for device, kv_pass in ((Device.CPU, cpu_kv_pass), (Device.GPU, system.gpu.kv_pass_factor)):
+            elements = (w.weight_elements_read if kernels[device].dequantises else 0.0) + (
+                kv_pass * kv_elems if kv_quantised else 0.0)
+            if np.any(elements > 0):
+                extra = elements / dequant_rate(system, device)
+                if device == Device.CPU:
+                    cpu_flop_s = cpu_flop_s + extra
+                else:
+                    gpu_flop_s = gpu_flop_s + extra
         kv_read = np.broadcast_to(np.asarray(w.kv_read_bytes, dtype=float), (steps,))
         act_bytes = np.broadcast_to(np.asarray(w.act_bytes, dtype=float), (steps,))
         cpu_mem = (w.weight_bytes_read / cpu_bw_w + (cpu_kv_pass * kv_read + w.kv_write_bytes) / cpu_bw_kv
@@ -403,7 +516,7 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
     steps = len(ctx.contexts)
     contexts = np.asarray(ctx.contexts, dtype=float)
     times = sublayer_times(system, model, ctx, b)
-    work = sublayer_work(model, b, ctx.q, contexts)
+    work = sublayer_work(model, b, ctx.q, contexts, ctx.precision)
     link = system.link
     lat = link.transfer_latency_us * S_PER_US
     w_tier, kv_tier, ddr = system.tier(ctx.weight_tier), system.tier(ctx.kv_tier), system.ddr
@@ -422,14 +535,14 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
     on_demand = np.zeros(NUM_SUBLAYERS)                 # bytes fetched after routing, per chunk
     if model.is_moe and ctx.expert_fetch == ExpertFetch.ROUTED:
         for i in (_FC1, _FC2):
-            routed = float(mlp_params(model, SUBLAYERS[i])[0] * BF16_BYTES)
+            routed = routed_expert_bytes(model, SUBLAYERS[i], ctx.precision)
             on_demand[i] = routed - (work[SUBLAYERS[i]].weight_bytes - work[SUBLAYERS[i]].weight_bytes_read)
             weight_bytes[i] -= routed
     weight_h2d_s = np.where(weight_bytes > 0, weight_bytes / bw_w_h2d + lat, 0.0)
     expert_h2d_s = np.stack([copy_s(on_demand[i], bw_w_h2d) for i in range(NUM_SUBLAYERS)])   # [6, S]
 
     # Activation crossing at boundary j (what sublayer j hands to j+1), one chunk.
-    kv_width_bytes = 1.0 * b * ctx.q * model.kv_dim * 2  # new K (or new V) of this pass, bf16
+    kv_width_bytes = 1.0 * b * ctx.q * model.kv_dim * kv_element_bytes(ctx.precision)  # new K (or new V)
     cross_bytes = np.stack([np.broadcast_to(np.asarray(work[s].act_out_bytes, dtype=float), (steps,))
                             for s in SUBLAYERS])
     cross_bytes_h2d = cross_bytes.copy()
@@ -439,7 +552,7 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
 
     # KV cache of streamed layers lives in the host tier: GPU attention fetches the cached part.
     cached = np.maximum(contexts - ctx.q, 0.0)
-    k_cached_bytes = 1.0 * b * cached * model.kv_dim * 2
+    k_cached_bytes = 1.0 * b * cached * model.kv_dim * kv_element_bytes(ctx.precision)
     k_cached_s = copy_s(k_cached_bytes, bw_kv_h2d)
     v_new_s = copy_s(kv_width_bytes, bw_kv_h2d)
     kv_write_bytes = 2.0 * kv_width_bytes

@@ -167,6 +167,14 @@ class CpuSpec(Sourced):
     op_overhead_us: float = Field(ge=0, le=MAX_US,
         description="Fixed cost of launching one CPU sublayer.", examples=[20])
     isa: dict[CpuIsa, IsaSpec] = Field(description="Throughput per matrix ISA.")
+    amx_int8_per_core_tops: Optional[float] = Field(
+        None, gt=0, le=MAX_TFLOPS, description="Peak dense int8 throughput of one core on the AMX int8 tiles "
+        "(amx_int8; 1e12 ops/s), with amx_bf16's efficiency tables; runs int8-weight linears when the plan's ISA "
+        "is amx_bf16. None: no AMX int8.", examples=[4.5])
+    dequant_gelems_per_s: Optional[float] = Field(
+        None, gt=0, le=MAX_TFLOPS * 1e3, description="Weight or KV elements all cores unpack to bf16 per second "
+        "(1e9/s) in a dequantising kernel (int4, int8 without AMX, fp8 weights; fp8/int8 KV). None: unknown.",
+        examples=[1280])
 
     @field_validator("isa")
     @classmethod
@@ -193,6 +201,13 @@ class GpuSpec(Sourced):
         gt=0, le=MAX_TFLOPS,
             description="Peak the efficiency tables are relative to: the datasheet's dense bf16 peak, or in a "
                           "calibrated profile the best rate measured.", examples=[989])
+    fp8_peak_tflops: Optional[float] = Field(
+        None, gt=0, le=MAX_TFLOPS, description="Dense fp8 (e4m3) tensor-core peak, with the same efficiency "
+        "tables; None: no fp8 tensor cores (A100 and older).", examples=[1979])
+    dequant_gelems_per_s: Optional[float] = Field(
+        None, gt=0, le=MAX_TFLOPS * 1e3, description="Weight or KV elements the GPU unpacks to bf16 per second "
+        "(1e9/s) in a dequantising kernel (int8 / int4 weight-only; fp8/int8 KV). None: unknown.",
+        examples=[33500])
     matmul_efficiency: list[EfficiencyPoint]
     attention_efficiency: list[EfficiencyPoint]
     op_overhead_us: float = Field(ge=0, le=MAX_US,

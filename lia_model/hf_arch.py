@@ -58,6 +58,9 @@ def runtime_gaps(config: Mapping[str, Any]) -> list[str]:
     if config.get("kv_lora_rank") is not None or config.get("q_lora_rank") is not None:
         gaps.append("multi-head latent attention (kv_lora_rank / q_lora_rank: the runtime has no latent KV "
                     "projections)")
+    if config.get("quantization_config") is not None:
+        gaps.append("quantized weights (quantization_config; the runtime loads bf16 checkpoints, its int8 linears "
+                    "are runtime/kernels.py's own)")
     if mtype not in RUNNABLE_TYPES:
         if not gaps:          # MoE / MLA above already say what is missing
             what = _KNOWN_GAPS.get(mtype)

@@ -12,7 +12,8 @@ the GPU at all (a GPU sublayer, a resident layer or the head there): a plan with
 no HBM. K_cxl: streamed layers whose weights are in CXL (all K with weight_tier cxl, plan.cxl_weight_layers
 with a split, else 0).
 
-W_i: stored weights of sublayer i; W_layer = sum_i W_i; KV_layer = K and V of B * (L_in + L_out) tokens.
+W_i: stored weights of sublayer i; W_layer = sum_i W_i; KV_layer = K and V of B * (L_in + L_out) tokens; both
+at the workload's precision (lia_model.accounting: bytes per element and group scales), the embeddings in bf16.
 The 2 sum_i g_i W_i term is the pair of alternating streaming buffers; sigma a KV_layer stages one streamed
 layer's KV on the GPU for GPU attention. The workspace is the prefill hidden state of the whole batch
 (input and output, 2 B L_in h) plus the largest sublayer's input and output for one chunk.
@@ -28,7 +29,7 @@ from lia_model.accounting import (
     embedding_weight_bytes,
     kv_cache_bytes_per_layer,
     layer_weight_bytes,
-    sublayer_params,
+    sublayer_weight_bytes,
     sublayer_work,
 )
 from lia_model.hardware import SystemSpec
@@ -70,8 +71,8 @@ def available_bytes(system: SystemSpec) -> dict[MemoryTier, float]:
 
 def workspace_bytes(model: ModelSpec, workload: Workload, minibatches: int) -> float:
     chunk = workload.batch // minibatches
-    prefill = sublayer_work(model, chunk, workload.input_len, workload.input_len)
-    decode = sublayer_work(model, workload.batch, 1, workload.input_len + workload.output_len)
+    prefill = sublayer_work(model, chunk, workload.input_len, workload.input_len, workload.precision)
+    decode = sublayer_work(model, workload.batch, 1, workload.input_len + workload.output_len, workload.precision)
     # live buffers: input and output, plus the softmax probabilities (half the scratch traffic)
     largest = max(float(w.act_in_bytes + w.act_out_bytes + w.scratch_bytes / 2)
                   for w in (*prefill.values(), *decode.values()))
@@ -80,13 +81,15 @@ def workspace_bytes(model: ModelSpec, workload: Workload, minibatches: int) -> f
 
 
 def memory_constants(system: SystemSpec, model: ModelSpec, workload: Workload, minibatches: int) -> MemoryConstants:
-    params = sublayer_params(model)
+    precision = workload.precision
+    per_sublayer = sublayer_weight_bytes(model, precision)
     ws = workspace_bytes(model, workload, minibatches)
     return MemoryConstants(
         embedding_bytes=embedding_weight_bytes(model),
-        layer_weight_bytes=layer_weight_bytes(model),
-        sublayer_weight_bytes=tuple(float(params[s] * BF16_BYTES) for s in SUBLAYERS),
-        kv_layer_bytes=kv_cache_bytes_per_layer(model, workload.batch, workload.input_len + workload.output_len),
+        layer_weight_bytes=layer_weight_bytes(model, precision),
+        sublayer_weight_bytes=tuple(per_sublayer[s] for s in SUBLAYERS),
+        kv_layer_bytes=kv_cache_bytes_per_layer(model, workload.batch, workload.input_len + workload.output_len,
+                                                precision),
         gpu_workspace_bytes=ws,
         host_workspace_bytes=ws,
         available_bytes=available_bytes(system),

@@ -8,6 +8,7 @@ from typing import Any, Literal, Mapping, Optional
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lia_model.errors import LiaInputError
+from lia_model.precision import Precision
 
 
 class RopeScaling(BaseModel):
@@ -62,6 +63,9 @@ class ModelSpec(BaseModel):
     norm_eps: float = Field(1e-5, gt=0, description="Epsilon of every LayerNorm / RMSNorm.")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base of models with rotary positions.")
     rope_scaling: Optional[RopeScaling] = Field(None, description="RoPE frequency scaling (e.g. Llama-3.1's).")
+    checkpoint_precision: Optional[Precision] = Field(None, description="How the checkpoint stores its weights "
+                                                      "(from quantization_config / torch_dtype); the workload's "
+                                                      "default precision. None: bf16.")
     source: str = Field("", description="Where the shapes come from.")
 
     @model_validator(mode="after")
@@ -180,7 +184,8 @@ def model_from_hf_config(config: Mapping[str, Any], name: str = "custom") -> Mod
 
     Every number is checked (a whole number of at least 1); nothing is guessed: a missing MLP width is an
     error unless the model type defines it as 4 x hidden, and what the cost model does not represent
-    (quantized weights, multi-head latent attention) is refused rather than ignored. MoE: routed experts of
+    (multi-head latent attention, a quantisation method it does not know) is refused rather than ignored. The
+    checkpoint's precision (``quantization_config``, ``torch_dtype``) becomes ``checkpoint_precision``. MoE: routed experts of
     moe_intermediate_size where given, and a shared expert (Qwen's, or DeepSeek's n_shared_experts).
     """
     if not isinstance(config, Mapping):
@@ -195,9 +200,7 @@ def model_from_hf_config(config: Mapping[str, Any], name: str = "custom") -> Mod
             raise LiaInputError(
                 f"config.json {key}", "missing from the config",
                 'a decoder config needs e.g. {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32}')
-    if config.get("quantization_config") is not None:
-        raise LiaInputError("config.json quantization_config", "quantized checkpoints are not modelled: the cost "
-                            "model prices bf16 weights", "remove quantization_config to model the bf16 model")
+    precision = checkpoint_precision_from_hf_config(config)
     if _first(config, "kv_lora_rank", "q_lora_rank")[1] is not None or model_type in ("deepseek_v2", "deepseek_v3"):
         raise LiaInputError(
             "config.json kv_lora_rank", "multi-head latent attention (DeepSeek-V2/V3 style: a compressed KV "
@@ -254,7 +257,7 @@ def model_from_hf_config(config: Mapping[str, Any], name: str = "custom") -> Mod
             name=name, num_layers=layers, hidden_size=hidden, ffn_size=ffn, num_heads=heads, num_kv_heads=kv_heads,
             head_dim=head_dim, vocab_size=vocab, max_context=max_ctx, gated_mlp=bool(gated), num_experts=experts,
             experts_per_token=per_token, shared_ffn_size=shared, linear_bias=bias, learned_positions=learned,
-            tied_embeddings=_flag(config, "tie_word_embeddings", True),
+            tied_embeddings=_flag(config, "tie_word_embeddings", True), checkpoint_precision=precision,
             source=f"Hugging Face config.json (model_type {model_type or 'unknown'})",
         )
     except ValueError as err:  # pydantic.ValidationError subclasses ValueError
@@ -265,3 +268,121 @@ def model_from_hf_config(config: Mapping[str, Any], name: str = "custom") -> Mod
         if isinstance(err, ValidationError):
             raise from_validation_error(err, "config.json", ModelSpec) from None
         raise
+
+
+_FLOAT_DTYPES = ("bfloat16", "float16", "float32", "bf16", "fp16", "fp32", "half", "float")
+_FP8_DTYPES = ("float8_e4m3fn", "float8_e4m3", "fp8", "fp8_e4m3")
+_QUANT_FIX = ('give AWQ / GPTQ with "bits": 4 or 8 and "group_size", "quant_method": "fp8", bitsandbytes, or '
+              'compressed-tensors; or remove quantization_config and pass --weight-dtype')
+
+
+def _quant_int(qc: Mapping[str, Any], *keys: str, example: int) -> "int | None":
+    key, value = _first(qc, *keys)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LiaInputError(f"config.json quantization_config.{key}", f"must be a whole number, got {value!r}"[:120],
+                            f'e.g. "{key}": {example}')
+    return value
+
+
+def _int_weights(bits: "int | None", group: "int | None", where: str) -> Precision:
+    """AWQ / GPTQ / compressed-tensors integer weights: 4 or 8 bits; group_size -1 (or absent for 8 bits) is
+    one group per output channel."""
+    from lia_model.precision import DEFAULT_INT4_GROUP_SIZE, WeightDtype
+
+    if bits not in (4, 8):
+        raise LiaInputError(f"config.json quantization_config.{where}", f"{bits}-bit weights are not modelled "
+                            "(int4 and int8 are)", _QUANT_FIX)
+    if group is not None and group != -1 and group < 1:
+        raise LiaInputError("config.json quantization_config.group_size", f"must be -1 (per channel) or at least 1, "
+                            f"got {group}", '"group_size": 128')
+    per_channel = group is None or group == -1
+    if bits == 4:
+        return Precision(weight_dtype=WeightDtype.INT4,
+                         weight_group_size=(DEFAULT_INT4_GROUP_SIZE if group is None else None) if per_channel
+                         else group)
+    return Precision(weight_dtype=WeightDtype.INT8, weight_group_size=None if per_channel else group)
+
+
+def checkpoint_precision_from_hf_config(config: Mapping[str, Any]) -> Optional[Precision]:
+    """How a checkpoint stores its weights (and KV cache, where the config says), from ``quantization_config``
+    and ``torch_dtype`` (``dtype`` in newer transformers). None: bf16 (bfloat16, float16: 2 bytes; float32
+    checkpoints are served in bf16).
+
+      awq                      bits (w_bit) 4 -> int4, 8 -> int8, group_size (q_group_size; default 128)
+      gptq                     bits 4 / 8, group_size (-1: per output channel; default 128)
+      fp8                      fp8_e4m3 weights (weight_block_size [a, b] -> groups of a x b: one scale per block)
+      bitsandbytes             load_in_8bit -> int8 per channel; load_in_4bit -> int4 in blocks of 64 (NF4)
+      compressed-tensors       the first config group's weights (num_bits, type int/float, group_size) and
+                               kv_cache_scheme (8-bit float -> fp8 KV, int -> int8 KV)
+    """
+    from lia_model.precision import KvDtype, WeightDtype
+
+    qc = config.get("quantization_config")
+    if qc is None:
+        key, dtype = _first(config, "torch_dtype", "dtype")
+        if dtype is None:
+            return None
+        if not isinstance(dtype, str):
+            raise LiaInputError(f"config.json {key}", f"must be a dtype name, got {dtype!r}"[:120],
+                                f'e.g. "{key}": "bfloat16"')
+        text = dtype.strip().lower().removeprefix("torch.")
+        if text in _FP8_DTYPES:
+            return Precision(weight_dtype=WeightDtype.FP8_E4M3)
+        if text in _FLOAT_DTYPES:
+            return None
+        raise LiaInputError(f"config.json {key}", f"dtype '{dtype}' is not modelled"[:160],
+                            f'use "bfloat16", "float16", "float32" or "float8_e4m3fn", or add a quantization_config')
+    if not isinstance(qc, Mapping):
+        raise LiaInputError("config.json quantization_config", f"must be an object, got {qc!r}"[:120],
+                            '"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128}')
+    method = qc.get("quant_method")
+    method = method.strip().lower() if isinstance(method, str) else None
+    if method == "awq":
+        group = _quant_int(qc, "group_size", "q_group_size", example=128)
+        return _int_weights(_quant_int(qc, "bits", "w_bit", example=4), 128 if group is None else group, "bits")
+    if method == "gptq":   # AutoGPTQ's default group is 128
+        group = _quant_int(qc, "group_size", example=128)
+        return _int_weights(_quant_int(qc, "bits", example=4), 128 if group is None else group, "bits")
+    if method == "fp8":
+        block = qc.get("weight_block_size")
+        group = None
+        if block is not None:
+            if (not isinstance(block, (list, tuple)) or len(block) != 2
+                    or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in block)):
+                raise LiaInputError("config.json quantization_config.weight_block_size", f"must be two whole "
+                                    f"numbers, got {block!r}"[:120], '"weight_block_size": [128, 128]')
+            group = block[0] * block[1]
+        return Precision(weight_dtype=WeightDtype.FP8_E4M3, weight_group_size=group)
+    if method == "bitsandbytes":
+        if qc.get("load_in_8bit") is True:
+            return Precision(weight_dtype=WeightDtype.INT8)
+        if qc.get("load_in_4bit") is True:
+            return Precision(weight_dtype=WeightDtype.INT4, weight_group_size=64)
+        raise LiaInputError("config.json quantization_config.load_in_4bit", "bitsandbytes config loads neither "
+                            "4 nor 8 bit weights", '"load_in_4bit": true or "load_in_8bit": true')
+    if method == "compressed-tensors":
+        groups = qc.get("config_groups")
+        first = next(iter(groups.values()), None) if isinstance(groups, Mapping) and groups else None
+        weights = first.get("weights") if isinstance(first, Mapping) else None
+        if not isinstance(weights, Mapping):
+            raise LiaInputError("config.json quantization_config.config_groups", "no group with a weights scheme",
+                                '{"group_0": {"weights": {"num_bits": 8, "type": "float"}}}')
+        bits = _quant_int(weights, "num_bits", example=8)
+        kind = weights.get("type")
+        group = _quant_int(weights, "group_size", example=128)
+        if kind == "float" and bits == 8:
+            precision = Precision(weight_dtype=WeightDtype.FP8_E4M3, weight_group_size=group)
+        elif kind == "int":
+            precision = _int_weights(bits, -1 if group is None else group, "config_groups.weights.num_bits")
+        else:
+            raise LiaInputError("config.json quantization_config.config_groups.weights", f"{bits}-bit {kind!r} "
+                                "weights are not modelled"[:120], _QUANT_FIX)
+        kv = qc.get("kv_cache_scheme")
+        if isinstance(kv, Mapping) and kv.get("num_bits") == 8:
+            precision = precision.model_copy(update={"kv_dtype": KvDtype.FP8 if kv.get("type") == "float"
+                                                     else KvDtype.INT8})
+        return precision
+    raise LiaInputError("config.json quantization_config.quant_method",
+                        f"quantisation method {qc.get('quant_method')!r} is not modelled"[:160], _QUANT_FIX)

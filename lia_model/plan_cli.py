@@ -4,7 +4,7 @@ JSON schema of ``lia plan --json`` (stable; ``schema`` names its version):
   {
     "schema": "lia.plan/2",
     "query": {"system", "model", "batch", "input_len", "output_len", "objective", "tpot_max_s", "mode",
-              "solver", "overrides": [..]},
+              "solver", "overrides": [..], "precision": {"weight_dtype", "weight_group_size", "kv_dtype"}},
     "optimum": <prediction>,            # see below; its "plan" round-trips into lia_model.plan.Plan
     "solve_time_s": float,
     "batches_tried": [int, ...],        # batches solved exactly
@@ -16,7 +16,7 @@ JSON schema of ``lia plan --json`` (stable; ``schema`` names its version):
                  # (lia_model.flexgen.FlexGenChoice.as_json, null when FlexGen finds no policy) and
                  # "lia_runtime": our prediction of this project's runtime executing the same plan
   }
-  <prediction> = {"system", "model", "workload": {batch, input_len, output_len}, "mode", "plan": {...} (a Plan:
+  <prediction> = {"system", "model", "workload": {batch, input_len, output_len, precision}, "mode", "plan": {...} (a Plan:
                   since lia.plan/2 with prefill_cpu_isa and decode_cpu_isa instead of lia.plan/1's cpu_isa),
                   "plan_in_words": {"prefill", "decode"}, "feasible", "ttft_s", "tpot_mean_s", "latency_s",
                   "throughput_tokens_per_s", "memory_gb": {tier: GB}, "memory_available_gb": {tier: GB},
@@ -39,8 +39,8 @@ import typer
 from rich.table import Table
 
 from lia_model.cli_common import (
-    BatchOpt, InputOpt, JsonOpt, ModeChoice, ModeOpt, ModelOpt, ObjectiveChoice, OutputOpt, SetOpt, SolverChoice,
-    SystemOpt, console, examples, finite_positive, load_inputs, parse_mode,
+    BatchOpt, GroupSizeOpt, InputOpt, JsonOpt, KvDtypeOpt, ModeChoice, ModeOpt, ModelOpt, ObjectiveChoice, OutputOpt,
+    SetOpt, SolverChoice, SystemOpt, WeightDtypeOpt, console, examples, finite_positive, load_inputs, parse_mode,
 )
 from lia_model.errors import LiaInputError
 
@@ -76,7 +76,8 @@ def check_tpot_bound(tpot_max_ms: Optional[float], output_len: int) -> Optional[
 
 
 def run_plan(system: str, model: str, batch: int, input_len: int, output_len: int, overrides, objective,
-             tpot_max_ms: Optional[float], mode, solver) -> dict:
+             tpot_max_ms: Optional[float], mode, solver, weight_dtype: Optional[str] = None,
+             kv_dtype: Optional[str] = None, group_size: Optional[int] = None) -> dict:
     """Optimise one query and predict every baseline at the same batch: the dict of the JSON schema."""
     from lia_model.baselines import baselines as all_baselines
     from lia_model.costmodel import predict
@@ -87,7 +88,8 @@ def run_plan(system: str, model: str, batch: int, input_len: int, output_len: in
     cost_mode = parse_mode(mode)
     solver = getattr(solver, "value", solver)
     tpot_max_s = check_tpot_bound(tpot_max_ms, output_len)
-    spec, mspec, workload = load_inputs(system, model, batch, input_len, output_len, overrides)
+    spec, mspec, workload = load_inputs(system, model, batch, input_len, output_len, overrides, weight_dtype, kv_dtype,
+                                        group_size)
     result = optimize(spec, mspec, workload, obj, tpot_max_s=tpot_max_s, solver=solver, mode=cost_mode)
     chosen = result.workload
     baselines = {}
@@ -107,7 +109,8 @@ def run_plan(system: str, model: str, batch: int, input_len: int, output_len: in
         "schema": SCHEMA,
         "query": {"system": spec.name, "model": mspec.name, "batch": chosen.batch, "input_len": input_len,
                   "output_len": output_len, "objective": obj.value, "tpot_max_s": tpot_max_s,
-                  "mode": cost_mode.value, "solver": solver, "overrides": list(overrides or [])},
+                  "mode": cost_mode.value, "solver": solver, "overrides": list(overrides or []),
+                  "precision": workload.precision.model_dump(mode="json")},
         "optimum": prediction_json(result.prediction),
         "solve_time_s": result.solve_time_s,
         "batches_tried": list(result.batches_tried),
@@ -146,7 +149,8 @@ def print_plan(out: dict) -> None:
     pred = out["_prediction"]
     bound = f", mean TPOT <= {q['tpot_max_s'] * 1e3:g} ms" if q["tpot_max_s"] else ""
     title = (f"optimal plan: {q['model']} on {q['system']}, B={q['batch']}{batch_words(out)}, L_in={q['input_len']}, "
-             f"L_out={q['output_len']}, objective {q['objective']}{bound} ({q['mode']} model, {q['solver']}, "
+             f"L_out={q['output_len']}, {pred.workload.precision.label()}, objective {q['objective']}{bound} "
+             f"({q['mode']} model, {q['solver']}, "
              f"solved in {out['solve_time_s'] * 1e3:.0f} ms)")
     prediction_table(console, pred, title=title)
     flexgen_batch = out["baselines"]["flexgen"]["workload"]["batch"]
@@ -190,16 +194,21 @@ PLAN_EXAMPLES = examples(
     "lia plan --set gpu.memory_gib=141 --set link.h2d_gbps=64",
     "lia plan --model path/to/config.json --system my-system.yaml",
     "lia plan --json > plan.json ; lia predict --plan plan.json --mode additive",
+    "lia plan --model opt-175b --system spr-a100 --weight-dtype int8 --kv-dtype fp8",
+    "lia plan --weight-dtype int4 --group-size 64",
 )
 
 
 def plan(system: str = SystemOpt, model: str = ModelOpt, batch: int = BatchOpt, input_len: int = InputOpt,
          output_len: int = OutputOpt, objective: ObjectiveChoice = ObjectiveOpt,
          tpot_max_ms: Optional[float] = TpotOpt, overrides: Optional[List[str]] = SetOpt,
-         mode: ModeChoice = ModeOpt, solver: SolverChoice = SolverOpt, as_json: bool = JsonOpt) -> None:
+         mode: ModeChoice = ModeOpt, solver: SolverChoice = SolverOpt, weight_dtype: Optional[str] = WeightDtypeOpt,
+         kv_dtype: Optional[str] = KvDtypeOpt, group_size: Optional[int] = GroupSizeOpt,
+         as_json: bool = JsonOpt) -> None:
     """The optimal plan for one query beside every baseline (default: OPT-175B on spr-h100, B=1, 256 in,
-    32 out, latency)."""
-    out = run_plan(system, model, batch, input_len, output_len, overrides, objective, tpot_max_ms, mode, solver)
+    32 out, latency, bf16)."""
+    out = run_plan(system, model, batch, input_len, output_len, overrides, objective, tpot_max_ms, mode, solver,
+                   weight_dtype, kv_dtype, group_size)
     if as_json:
         out.pop("_prediction")
         typer.echo(json.dumps(out, indent=2, allow_nan=False))

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lia_model.errors import LiaInputError
 from lia_model.models import ModelSpec
+from lia_model.precision import BF16, Precision
 
 
 MAX_BATCH = 1 << 20     # sequences: far past any memory; a larger number is a typo
@@ -18,6 +19,8 @@ class Workload(BaseModel):
     batch: int = Field(ge=1, description="Sequences processed together (B).")
     input_len: int = Field(ge=1, description="Prompt tokens per sequence (L_in).")
     output_len: int = Field(ge=1, description="Generated tokens per sequence (L_out), the first from prefill.")
+    precision: Precision = Field(BF16, description="How weights and KV cache are stored (lia_model.precision); "
+                                 "given, never chosen by the optimiser.")
 
     @property
     def decode_steps(self) -> int:
@@ -29,8 +32,10 @@ class Workload(BaseModel):
         return [self.input_len + t for t in range(1, self.output_len)]
 
 
-def make_workload(batch: int, input_len: int, output_len: int, model: ModelSpec | None = None) -> Workload:
-    """Validate a workload with clear messages (and against the model's context limit when given)."""
+def make_workload(batch: int, input_len: int, output_len: int, model: ModelSpec | None = None,
+                  precision: Precision | None = None) -> Workload:
+    """Validate a workload with clear messages (and against the model's context limit when given). The precision
+    defaults to the model's checkpoint precision (its quantization_config), else bf16."""
     for field, value, example, largest in (("batch", batch, 1, MAX_BATCH), ("input_len", input_len, 256, MAX_TOKENS),
                                            ("output_len", output_len, 32, MAX_TOKENS)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value > largest:
@@ -49,4 +54,6 @@ def make_workload(batch: int, input_len: int, output_len: int, model: ModelSpec 
             f"{model.name}'s context limit of {model.max_context}",
             f"use an output of at most {max(model.max_context - input_len, 0)} tokens, or a shorter input",
         )
-    return Workload(batch=batch, input_len=input_len, output_len=output_len)
+    if precision is None:
+        precision = model.checkpoint_precision if model is not None and model.checkpoint_precision else BF16
+    return Workload(batch=batch, input_len=input_len, output_len=output_len, precision=precision)

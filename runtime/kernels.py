@@ -206,3 +206,86 @@ def final_logits(x_last: torch.Tensor, norm_w: torch.Tensor, norm_b: Optional[to
                  lm_head: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     """[B, h] -> logits [B, vocab] (final norm + LM head)."""
     return norm(x_last, norm_w, norm_b, eps) @ lm_head.t()
+
+
+# ---- low-precision linears (issue 12): new functions beside ``linear``; the executor does not call them yet.
+#
+# int8 weight-only, per output channel, symmetric: s_n = max_k |W[n, k]| / 127 rounded to bf16, Wq = round(W / s_n)
+# clamped to [-127, 127]; the linear computes x (s * Wq)^T + b with bf16 activations: torch's fused
+# ``_weight_int8pack_mm`` where the device has it (it dequantises inside the GEMM), else dequantise-then-matmul.
+# fp8 (e4m3, Hopper): weights scaled per output channel and activations per token into e4m3 (|max| 448), the
+# product through ``torch._scaled_mm`` with fp32 scales; elsewhere the dequantised weight in a bf16 GEMM.
+
+INT8_MAX = 127.0
+FP8_E4M3_MAX = 448.0
+
+
+def quantize_int8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W [N, K] -> (Wq int8 [N, K], scales bf16 [N]); each |W - s Wq| <= s / 2 (+ bf16 rounding of W)."""
+    w32 = w.float()
+    scales = (w32.abs().amax(dim=1) / INT8_MAX).clamp_min(torch.finfo(torch.float32).tiny).to(torch.bfloat16)
+    q = torch.round(w32 / scales.float()[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, scales
+
+
+def dequantize_int8(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """s_n * Wq[n, k] in ``dtype`` (the reference the int8 linear is checked against)."""
+    return (q.float() * scales.float()[:, None]).to(dtype)
+
+
+def int8pack_available(device: torch.device) -> bool:
+    """Whether torch's fused weight-only int8 GEMM runs on this device (bf16 activations)."""
+    if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+        return False
+    try:
+        x = torch.zeros((1, 32), dtype=torch.bfloat16, device=device)
+        torch.ops.aten._weight_int8pack_mm(x, torch.zeros((8, 32), dtype=torch.int8, device=device),
+                                           torch.ones(8, dtype=torch.bfloat16, device=device))
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def linear_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, b: Optional[torch.Tensor], *,
+                resid: Optional[torch.Tensor] = None, fused: Optional[bool] = None) -> torch.Tensor:
+    """[..., K] -> [..., N] = resid + x (s Wq)^T + b with int8 weights. ``fused``: None picks
+    ``_weight_int8pack_mm`` where it runs, True demands it, False dequantises then runs ``linear``."""
+    if fused is None:
+        fused = int8pack_available(x.device)
+    if not fused:
+        return linear(x, dequantize_int8(q, scales, x.dtype), b, resid=resid)
+    lead = x.shape[:-1]
+    y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]).contiguous(), q, scales.to(x.dtype))
+    if b is not None:
+        y = y + b
+    if resid is not None:
+        y = y + resid.reshape(y.shape)
+    return y.reshape(*lead, q.shape[0])
+
+
+def quantize_fp8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W [N, K] -> (Wq float8_e4m3fn [N, K], scales fp32 [N, 1]) with W ~ s Wq."""
+    w32 = w.float()
+    scales = (w32.abs().amax(dim=1, keepdim=True) / FP8_E4M3_MAX).clamp_min(torch.finfo(torch.float32).tiny)
+    return (w32 / scales).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn), scales
+
+
+def dequantize_fp8(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    return (q.float() * scales).to(dtype)
+
+
+def linear_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, b: Optional[torch.Tensor], *,
+               resid: Optional[torch.Tensor] = None, scaled_mm: bool = True) -> torch.Tensor:
+    """[..., K] -> [..., N] = resid + x (s Wq)^T + b with fp8 weights. ``scaled_mm``: quantise x per token to
+    e4m3 and run ``torch._scaled_mm`` (fp8 tensor cores on Hopper); False: the dequantised weight in bf16."""
+    if not scaled_mm:
+        return linear(x, dequantize_fp8(q, scales, x.dtype), b, resid=resid)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1]).float()
+    xs = (x2.abs().amax(dim=1, keepdim=True) / FP8_E4M3_MAX).clamp_min(torch.finfo(torch.float32).tiny)
+    xq = (x2 / xs).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    y = torch._scaled_mm(xq, q.t(), scale_a=xs, scale_b=scales.t(), out_dtype=x.dtype,
+                         bias=None if b is None else b.to(x.dtype))
+    if resid is not None:
+        y = y + resid.reshape(y.shape)
+    return y.reshape(*lead, q.shape[0])

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from lia_model.costmodel import Prediction, predict
-from lia_model.costterms import CostMode
+from lia_model.costterms import CostMode, check_precision
 from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
@@ -78,7 +78,7 @@ def batch_candidates(system: SystemSpec, model: ModelSpec, workload: Workload,
     """Every batch the throughput objective may choose: 1 .. the largest that fits memory (capped by
     max_batch)."""
     top = largest_feasible_batch(system, model, workload.input_len, workload.output_len,
-                                 cap=max_batch or BATCH_SEARCH_CAP)
+                                 cap=max_batch or BATCH_SEARCH_CAP, precision=workload.precision)
     return tuple(range(1, top + 1)) if top is not None else ()
 
 
@@ -148,6 +148,7 @@ def optimize(system: SystemSpec, model: ModelSpec, workload: Workload, objective
     objective = parse_objective(objective)
     solver = _check_solver(solver)
     mode = CostMode(mode)
+    check_precision(system, workload.precision, mode)   # one clear error for a precision the system cannot run
     if tpot_max_s is not None and tpot_max_s <= 0:
         raise LiaInputError("--tpot-max-ms", f"must be positive, got {tpot_max_s * 1e3:g}", "e.g. --tpot-max-ms 500")
     t0 = time.perf_counter()

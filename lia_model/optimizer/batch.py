@@ -35,6 +35,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from lia_model.costmodel import stage_context
+from lia_model.precision import BF16, Precision
 from lia_model.costterms import (
     ALL_POLICY_FEATURES, NUM_POLICIES, CostMode, head_time_s, resident_layer_time, streamed_layer_terms,
 )
@@ -55,7 +56,8 @@ BATCH_SEARCH_CAP = 1 << 16
 
 
 def largest_feasible_batch(system: SystemSpec, model: ModelSpec, input_len: int, output_len: int,
-                           cap: int = BATCH_SEARCH_CAP, all_resident: bool = False) -> Optional[int]:
+                           cap: int = BATCH_SEARCH_CAP, all_resident: bool = False,
+                           precision: Precision = BF16) -> Optional[int]:
     """Largest batch for which some plan of the space fits memory (None when even B=1 does not); with
     ``all_resident`` the largest for which the whole model stays on the GPU.
 
@@ -65,7 +67,8 @@ def largest_feasible_batch(system: SystemSpec, model: ModelSpec, input_len: int,
     depends on B's divisors (a prime B has one chunk): walk down from the relaxed answer to the first batch
     that some plan of the space fits."""
     def fits(b: int, relaxed: bool) -> bool:
-        return any_plan_fits_memory(system, model, Workload(batch=b, input_len=input_len, output_len=output_len),
+        return any_plan_fits_memory(system, model, Workload(batch=b, input_len=input_len, output_len=output_len,
+                                                            precision=precision),
                                     all_resident=all_resident, relaxed=relaxed)
 
     if cap < 1 or not fits(1, True):
@@ -180,7 +183,8 @@ def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tp
     relaxation can rest on), or in the paper mode (the authors' model, not costterms' terms), the bound still
     orders the search but proves nothing: unless every batch of the range was solved, ``gap_bound`` is None."""
     proven = system.kernels is None and mode != CostMode.PAPER
-    top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=cap)
+    top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=cap,
+                                 precision=workload.precision)
     if top is None:
         return BatchSearch(None, 0.0, (), 0, None, 0.0)
     out_len, steps, q = workload.output_len, workload.decode_steps, workload.input_len
@@ -245,12 +249,13 @@ def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tp
     evaluate(top)
     edges = {top}
     resident_top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=top,
+                                          precision=workload.precision,
                                           all_resident=True)
     if resident_top is not None:
         edges.add(resident_top)
     if system.has_cxl:
         ddr_top = largest_feasible_batch(system.model_copy(update={"cxl": None}), model, workload.input_len,
-                                         workload.output_len, cap=top)
+                                         workload.output_len, cap=top, precision=workload.precision)
         if ddr_top is not None:
             edges.add(ddr_top)
     lo = 1

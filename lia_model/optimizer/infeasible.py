@@ -77,9 +77,9 @@ def explain_memory_infeasibility(system: SystemSpec, model: ModelSpec, workload:
             parts.append(f"{extra / BYTES_PER_GB:.1f} GB more {name}{hint}")
     binding = min(needs, key=needs.get)
     smaller_batch = largest_feasible(1, workload.batch - 1, lambda b: any_plan_fits_memory(
-        system, model, Workload(batch=b, input_len=workload.input_len, output_len=workload.output_len)))
+        system, model, workload.model_copy(update={"batch": b})))
     shorter_input = largest_feasible(1, workload.input_len - 1, lambda L: any_plan_fits_memory(
-        system, model, Workload(batch=workload.batch, input_len=L, output_len=workload.output_len)))
+        system, model, workload.model_copy(update={"input_len": L})))
     options = []
     if parts:
         options.append(" or ".join(parts))
