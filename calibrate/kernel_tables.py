@@ -260,7 +260,7 @@ def refit(profile: str, csv: str, force: bool) -> Path:
     import pandas as pd
     import yaml
 
-    from hwprofiles import load_system
+    from lia_model.profiles import load_system
     from lia_model.inputs import resolve_model
 
     path = Path(profile)
@@ -360,7 +360,7 @@ def run(base: str, name: str, out_dir: Path, models: list[str], quick: bool, for
     import yaml
 
     from calibrate.host import host_info
-    from hwprofiles import load_system, system_dict
+    from lia_model.profiles import load_system, system_dict
     from lia_model.inputs import resolve_model
     from runtime import cpu_setup
 

@@ -72,6 +72,6 @@ def resolve_model(name_or_path: str) -> ModelSpec:
 
 
 def resolve_system(name_or_path: str, overrides: Iterable[str] = ()) -> SystemSpec:
-    from hwprofiles import load_system
+    from lia_model.profiles import load_system
 
     return load_system(name_or_path, overrides)

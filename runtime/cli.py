@@ -70,7 +70,7 @@ def validate(
     if out is None and not predict_only:
         raise LiaInputError("--out", "no output folder given", "e.g. --out results/validation")
 
-    from hwprofiles import load_system
+    from lia_model.profiles import load_system
     from runtime.points import load_points_file, runtime_isa
     from runtime.validate import Options, plan_table_rows, resolve_points
 
@@ -193,7 +193,7 @@ def _merge(paths: List[str], out: Optional[str], console, title: str, repredict_
         raise LiaInputError("--from-csv", f"no point in {', '.join(paths)} ran (status 'ran'): nothing was measured",
                             "give results of a campaign that ran points")
     if repredict_with:
-        from hwprofiles import load_system
+        from lia_model.profiles import load_system
         from runtime.validate import repredict
 
         df = repredict(df, load_system(repredict_with))

@@ -146,7 +146,7 @@ def _meminfo_gib(key: str) -> Optional[float]:
 def resolve_system(system: Optional[str], overrides: list[str], gpu_total_gib: Optional[float],
                    warn: Callable[[str], None]) -> tuple[SystemSpec, str]:
     """The profile the optimiser plans with, capped at this machine's GPU and host memory."""
-    from hwprofiles import load_system
+    from lia_model.profiles import load_system
 
     if system is None:
         found = _calibrated_default()

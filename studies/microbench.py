@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from hwprofiles import PROFILE_DIR, load_device, load_system
+from lia_model.profiles import PROFILE_DIR, load_device, load_system
 from lia_model.accounting import sublayer_work
 from lia_model.hardware import CpuSpec, GpuSpec, interpolate_efficiency
 from lia_model.models import get_model

@@ -1,7 +1,7 @@
 """sensitivity: how the optimum's latency and throughput move when one hardware parameter changes.
 
 Each parameter is scaled by factors from x0.5 to x1.5 through the what-if override machinery
-(``hwprofiles.load_system(name, overrides)``, the path of the CLI's ``--set``), and the optimiser is rerun:
+(``lia_model.profiles.load_system(name, overrides)``, the path of the CLI's ``--set``), and the optimiser is rerun:
 latency objective at B = 1, and throughput objective (it picks the batch). The tornado chart shows x0.5 and
 x1.5; the factors in between locate where the optimal policy vectors flip. Every parameter is one where
 more is better, so the optimum's throughput must not fall and its latency must not rise as the factor grows

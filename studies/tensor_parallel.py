@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from hwprofiles import load_device
+from lia_model.profiles import load_device
 from lia_model.accounting import embedding_weight_bytes, head_flops, kv_cache_bytes_per_layer, layer_weight_bytes, \
     sublayer_work
 from lia_model.errors import LiaInputError

@@ -16,7 +16,7 @@ import yaml
 from calibrate.fit import Measured, linear_bytes, predict_time_s
 from calibrate.host import host_info
 from calibrate.records import COLUMNS
-from hwprofiles import load_device, load_system
+from lia_model.profiles import load_device, load_system
 from lia_model.baselines import baseline_plans
 from lia_model.costmodel import predict
 from lia_model.costterms import CostMode, StageContext, sublayer_times

@@ -338,7 +338,7 @@ def test_profiles_new_writes_an_editable_copy_that_loads(tmp_path, monkeypatch):
     assert run_lia(["profiles", "new", "--from", "spr-h100", "my-system"])[0] == 0
     sys_text = (tmp_path / "my-system.yaml").read_text().replace("gpu: h100-pcie-80gb", "gpu: my-gpu.yaml")
     (tmp_path / "my-system.yaml").write_text(sys_text)
-    from hwprofiles import load_profile, load_system
+    from lia_model.profiles import load_profile, load_system
 
     assert load_system(str(tmp_path / "my-system.yaml")).gpu.memory_gib == 40
     kind, spec = load_profile(str(tmp_path / "my-gpu.yaml"))

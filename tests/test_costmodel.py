@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hwprofiles import load_system
+from lia_model.profiles import load_system
 from lia_model.costmodel import predict
 from lia_model.costterms import CostMode
 from lia_model.errors import LiaInputError

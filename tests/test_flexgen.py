@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hwprofiles import load_system
+from lia_model.profiles import load_system
 from lia_model.baselines import baselines, ipex_plan
 from lia_model.costmodel import predict
 from lia_model.costterms import CostMode, StageContext, head_time_s, sublayer_times

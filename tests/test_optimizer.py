@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hwprofiles import load_system
+from lia_model.profiles import load_system
 from lia_model.costmodel import predict
 from lia_model.models import get_model
 from lia_model.optimizer import InfeasibleError, largest_feasible_batch, optimize

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hwprofiles import load_device, load_system
+from lia_model.profiles import load_device, load_system
 from lia_model.accounting import sublayer_params, sublayer_work, total_params
 from lia_model.costmodel import predict, stage_context
 from lia_model.costterms import CostMode, StageContext, policy_features, streamed_layer_terms, sublayer_times
@@ -101,7 +101,7 @@ def test_calibrated_kv_pass_factors_come_from_the_raw_csv():
     import yaml
 
     from calibrate.kv_pass import factors
-    from hwprofiles import PROFILE_DIR
+    from lia_model.profiles import PROFILE_DIR
 
     profile = yaml.safe_load((PROFILE_DIR / "systems" / "emr-h100-calibrated.yaml").read_text())
     found = factors(profile, pd.read_csv(PROFILE_DIR / "calibration" / "emr-h100-calibrated.csv"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hwprofiles import load_system
+from lia_model.profiles import load_system
 from lia_model.baselines import gpu_only_plan
 from lia_model.cli import app
 from lia_model.errors import LiaInputError

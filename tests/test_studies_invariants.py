@@ -179,7 +179,7 @@ def test_sensitivity_improving_hardware_never_hurts_the_optimum(reduced):
 
 def test_sensitivity_overrides_go_through_the_what_if_path(reduced):
     """The row's override strings, given to load_system like --set, change exactly the named field."""
-    from hwprofiles import load_system
+    from lia_model.profiles import load_system
 
     frame = reduced["sensitivity"]
     row = frame[(frame["parameter"] == "cpu_cores") & (frame["factor"] == 0.5)].iloc[0]

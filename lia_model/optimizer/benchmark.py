@@ -15,7 +15,7 @@ import random
 import statistics
 import time
 
-from hwprofiles import load_system
+from lia_model.profiles import load_system
 from lia_model.models import get_model
 from lia_model.optimizer import InfeasibleError, optimize
 from lia_model.workload import make_workload
