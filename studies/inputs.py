@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from lia_model.profiles import load_system
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec, get_model
+from lia_model.profiles import load_system
 from lia_model.workload import Workload, make_workload
 
 

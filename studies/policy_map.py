@@ -58,8 +58,8 @@ class Point:
 
 
 def points(grid: Grid) -> list[Point]:
-    return [Point(s, grid.model, b, l, grid.output_len) for s in grid.systems for b in grid.batches
-            for l in grid.input_lens]
+    return [Point(s, grid.model, b, n, grid.output_len) for s in grid.systems for b in grid.batches
+            for n in grid.input_lens]
 
 
 def run(point: Point) -> list[Row]:

@@ -133,6 +133,11 @@ def policy_flips(frame: pd.DataFrame) -> pd.DataFrame:
                                       "to_policy"])
 
 
+def _percent_change(value, base: float) -> float:
+    """How far ``value`` is from ``base``, in percent (NaN where the point has no value)."""
+    return (float(value) / base - 1.0) * 100.0 if value is not None and not pd.isna(value) else float("nan")
+
+
 def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
     from studies.plotting import figure
 
@@ -151,8 +156,7 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
                 p = part[part["parameter"] == parameter].set_index("factor")["value"]
                 b = float(base[base["parameter"] == parameter]["value"].iloc[0])
                 lo, hi = (p.get(lo_f), p.get(hi_f))
-                change = lambda v: (float(v) / b - 1.0) * 100.0 if v is not None and not pd.isna(v) else float("nan")
-                recs.append((parameter, change(lo), change(hi)))
+                recs.append((parameter, *(_percent_change(v, b) for v in (lo, hi))))
             recs.sort(key=lambda t: max(abs(t[1]) if t[1] == t[1] else 0, abs(t[2]) if t[2] == t[2] else 0))
             y = range(len(recs))
             ax.barh(list(y), [t[1] for t in recs], color="#d6604d", height=0.6, label=f"parameter x{lo_f:g}")

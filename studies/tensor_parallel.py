@@ -26,13 +26,13 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from lia_model.profiles import load_device
 from lia_model.accounting import embedding_weight_bytes, head_flops, kv_cache_bytes_per_layer, layer_weight_bytes, \
     sublayer_work
 from lia_model.errors import LiaInputError
 from lia_model.hardware import GpuSpec, interpolate_efficiency
 from lia_model.memory import workspace_bytes
 from lia_model.models import ModelSpec
+from lia_model.profiles import load_device
 from lia_model.sublayers import ATTENTION_SUBLAYERS, SUBLAYERS
 from lia_model.units import BF16_BYTES, BYTES_PER_GIB, BYTES_PER_S_PER_GBPS, FLOPS_PER_TFLOPS, S_PER_US
 from lia_model.workload import Workload

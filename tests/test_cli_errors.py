@@ -157,7 +157,7 @@ BAD_INPUTS = [
     ("system-deep", ["plan", "--system", "deep.yaml"], {"deep.yaml": "a: " + "[" * 20000 + "]" * 20000 + "\n"},
      ("deep.yaml",)),
     ("system-missing-field", ["plan", "--system", "s.yaml"],
-     {"s.yaml": system_yaml("\n".join(l for l in GPU.splitlines() if not l.startswith("hbm_gbps:")))},
+     {"s.yaml": system_yaml("\n".join(x for x in GPU.splitlines() if not x.startswith("hbm_gbps:")))},
      ("gpu.hbm_gbps", "missing", "hbm_gbps: 3350")),
     ("system-unit-typo", ["plan", "--system", "s.yaml"], {"s.yaml": system_yaml(GPU.replace("hbm_gbps: 2000", "hbm_gb_per_s: 2000"))},
      ("gpu.hbm_gb_per_s", "unknown field", "did you mean 'hbm_gbps'")),

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import yaml
 
-from lia_model.profiles import system_dict
 from lia_model.accounting import attention_bytes_flops, attention_rows, sublayer_work
 from lia_model.costmodel import predict
 from lia_model.costterms import CostMode, StageContext, streamed_layer_terms, sublayer_times
 from lia_model.hardware import LinearTable, SystemSpec, table_seconds
 from lia_model.models import get_model
 from lia_model.plan import ALL_CPU, CpuIsa, Device, HostTier, Plan
+from lia_model.profiles import system_dict
 from lia_model.sublayers import SUBLAYERS, Sublayer
 from lia_model.workload import make_workload
 

@@ -132,9 +132,12 @@ def test_policy_map_marks_infeasible_cells_and_reads_policies_in_paper_notation(
 
 def test_cxl_capacity_never_hurts(reduced):
     frame = reduced["cxl"]
-    for (base, model), part in frame.groupby(["base_system", "model"]):
+    for _, part in frame.groupby(["base_system", "model"]):
         ddr, cxl = part[~part["cxl"].astype(bool)], part[part["cxl"].astype(bool)]
-        big = lambda f, kind: f[f["kind"] == kind].iloc[0]
+
+        def big(f, kind):
+            return f[f["kind"] == kind].iloc[0]
+
         assert big(cxl, "largest_batch")["batch"] >= big(ddr, "largest_batch")["batch"]
         a = ddr[ddr["kind"] == "batch"].set_index("batch")
         b = cxl[cxl["kind"] == "batch"].set_index("batch")
