@@ -10,8 +10,6 @@ import typer
 
 from lia_model.errors import LiaInputError
 
-CALIBRATED_DEFAULT = "hwprofiles/systems/emr-h100-calibrated.yaml"
-
 
 def register(app: typer.Typer) -> None:
     from runtime.run_cli import run_command

@@ -295,18 +295,16 @@ def test_validation_without_data_writes_nothing(tmp_path):
 
 
 def test_validation_pairs_predicted_and_measured_columns(tmp_path):
-    """A validation CSV at the path docs/runtime.md names is read and paired (the data here is a test input)."""
+    """The grid's validation CSV is read and paired (the data here is a test input)."""
     from studies.validation import STUDY, Grid
 
-    (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "runtime.md").write_text("The runtime writes `validation/runs.csv`.\n")
     (tmp_path / "validation").mkdir()
     (tmp_path / "validation" / "runs.csv").write_text(
         "point_id,model,batch,status,predicted_ttft_s,measured_ttft_s,tpot_mean_s_predicted,tpot_mean_s_measured,"
         "decode_fc1_dev,decode_fc1_ms_predicted,decode_fc1_ms_measured\n"
         "p1,opt-tiny,1,ran,0.5,0.4,0.1,0.1,cpu,2.0,4.0\n"
         "p2,opt-tiny,8,skipped,0.9,,0.2,,gpu,1.0,\n")
-    study = dataclasses.replace(STUDY, full_grid=Grid(root=str(tmp_path)))
+    study = dataclasses.replace(STUDY, full_grid=Grid(root=str(tmp_path), csv="validation/runs.csv"))
     result = run_study(study, tmp_path / "out", show_progress=False)
     frame = read_csv(tmp_path / "out" / "validation.csv").set_index("metric")
     assert result.rows == 3     # the skipped point has predictions only: nothing to compare
