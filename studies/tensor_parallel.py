@@ -151,12 +151,12 @@ def best_throughput(node: TensorParallelNode, model: ModelSpec, input_len: int,
                     output_len: int) -> Optional[TensorParallelPrediction]:
     """Highest throughput over the batches the LIA optimiser also tries (powers of two up to the largest
     batch that fits, and that batch), so both sides of the comparison choose their batch the same way."""
-    from studies.batch import largest_feasible_batch
+    from lia_model.optimizer.infeasible import largest_feasible
 
     def ok(b: int) -> bool:
         return fits(node, model, Workload(batch=b, input_len=input_len, output_len=output_len))
 
-    top = largest_feasible_batch(ok, BATCH_CAP)
+    top = largest_feasible(1, BATCH_CAP, ok)
     if top is None:
         return None
     batches = sorted({2**k for k in range(int(np.log2(top)) + 1)} | {top})
