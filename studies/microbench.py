@@ -22,6 +22,7 @@ from lia_model.accounting import sublayer_work
 from lia_model.hardware import CpuSpec, GpuSpec, interpolate_efficiency
 from lia_model.models import get_model
 from lia_model.profiles import PROFILE_DIR, load_device, load_system
+from lia_model.roofline import roofline_s
 from lia_model.sublayers import Sublayer
 from lia_model.units import BYTES_PER_S_PER_GBPS, FLOPS_PER_TFLOPS, S_PER_US
 from studies.framework import Row, Study
@@ -95,7 +96,8 @@ def roofline(device: CpuSpec | GpuSpec, engine: str, rows: int) -> dict[str, Any
             device.hbm_gbps
     compute_s = flops / (peak * eff * FLOPS_PER_TFLOPS)
     memory_s = nbytes / (bandwidth * BYTES_PER_S_PER_GBPS)
-    time_s = max(compute_s, memory_s) + device.op_overhead_us * S_PER_US
+    time_s = roofline_s(flops, peak * eff * FLOPS_PER_TFLOPS, nbytes, bandwidth * BYTES_PER_S_PER_GBPS,
+                        device.op_overhead_us * S_PER_US)
     return {
         "flops": flops, "bytes": nbytes, "time_s": time_s, "tflops": flops / time_s / FLOPS_PER_TFLOPS,
         "effective_gbps": nbytes / time_s / BYTES_PER_S_PER_GBPS, "peak_tflops": peak,
