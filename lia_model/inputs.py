@@ -75,3 +75,73 @@ def resolve_system(name_or_path: str, overrides: Iterable[str] = ()) -> SystemSp
     from lia_model.profiles import load_system
 
     return load_system(name_or_path, overrides)
+
+
+def load_prices(path: str):
+    """A price file (the schema of ``lia_model.prices.Prices``, e.g. studies/prices.yaml), or one clear error."""
+    import yaml
+    from pydantic import ValidationError
+
+    from lia_model.errors import from_validation_error
+    from lia_model.prices import Prices
+
+    fix = "give a YAML price file like studies/prices.yaml (currency, amortisation, electricity, parts, machines)"
+    text = read_text(Path(path), "--prices", fix)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise LiaInputError(path, f"not valid YAML{where}", fix) from None
+    if not isinstance(data, dict):
+        raise LiaInputError(path, "the file holds no mapping of fields", fix)
+    try:
+        return Prices.model_validate(data).located(path)
+    except ValidationError as err:
+        raise from_validation_error(err, path, Prices) from None
+
+
+TP_NODE_FIELDS = ("gpus", "gpu_profile", "hbm_gbps", "nvlink_allreduce_gbps", "allreduce_latency_us",
+                  "memory_headroom_fraction")
+
+
+def load_tp_node(path: str):
+    """A tensor-parallel node file (e.g. studies/dgx_a100.yaml: name, gpus, gpu_profile, hbm_gbps,
+    nvlink_allreduce_gbps, allreduce_latency_us, memory_headroom_fraction, each with a source), or one clear
+    error."""
+    import math
+
+    import yaml
+
+    from lia_model.profiles import load_device
+    from lia_model.tensor_parallel import TensorParallelNode
+
+    fix = "give a node file like studies/dgx_a100.yaml (name, gpus, gpu_profile, hbm_gbps, ..., source:)"
+    text = read_text(Path(path), "--tp-node", fix)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise LiaInputError(path, "not valid YAML", fix) from None
+    if not isinstance(data, dict):
+        raise LiaInputError(path, "the file holds no mapping of fields", fix)
+    missing = [f for f in ("name",) + TP_NODE_FIELDS if f not in data]
+    sources = data.get("source")
+    unsourced = [f for f in TP_NODE_FIELDS if not isinstance(sources, dict) or not sources.get(f)]
+    if missing or unsourced:
+        raise LiaInputError(path, f"missing fields {missing} or sources {unsourced}",
+                            "every field needs a value and an entry under source:")
+    numbers = {}
+    for f in TP_NODE_FIELDS[2:]:
+        v = data[f]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise LiaInputError(f"{path}: {f}", f"must be a finite number >= 0, got {v!r}", "e.g. 240")
+        numbers[f] = float(v)
+    gpus = data["gpus"]
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= 1024:
+        raise LiaInputError(f"{path}: gpus", f"must be a whole number of GPUs from 1 to 1024, got {gpus!r}", "e.g. 8")
+    if numbers["hbm_gbps"] <= 0 or numbers["nvlink_allreduce_gbps"] <= 0 or numbers["memory_headroom_fraction"] >= 1:
+        raise LiaInputError(path, "hbm_gbps and nvlink_allreduce_gbps must be above 0 and "
+                            "memory_headroom_fraction below 1", "e.g. hbm_gbps: 2039, memory_headroom_fraction: 0.05")
+    gpu = load_device("gpu", str(data["gpu_profile"])).model_copy(update={"hbm_gbps": numbers["hbm_gbps"]})
+    return TensorParallelNode(str(data["name"]), gpus, gpu, numbers["nvlink_allreduce_gbps"],
+                              numbers["allreduce_latency_us"], numbers["memory_headroom_fraction"])

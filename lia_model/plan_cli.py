@@ -32,6 +32,7 @@ of its own search (gbs x num_gpu_batches; its <prediction>'s "workload" says whi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -218,7 +219,209 @@ COMPARE_EXAMPLES = examples(
     "lia compare --systems spr-a100,spr-h100,gnr-a100,gnr-h100 --models opt-66b,opt-175b",
     "lia compare --systems spr-h100,spr-h100-cxl --models opt-30b --objective throughput",
     "lia compare --models a/config.json,b/config.json --json",
+    "lia compare --prices studies/prices.yaml --rank cost_per_mtok --models opt-175b,llama-3.1-70b "
+    "--tp-node studies/dgx_a100.yaml",
+    "lia compare --prices studies/prices.yaml --tpot-max-ms 200 --ttft-max-ms 5000 --csv ranked.csv",
 )
+MAX_TTFT_MS = 1e8  # about 28 hours to the first token: any larger bound is a typo
+TTFT_NOTE = ("the TTFT bound filters: the optimiser bounds the mean TPOT only, so a machine over the TTFT "
+             "bound is one whose optimum misses it; a smaller batch may meet it (try --objective latency --batch N)")
+
+
+def _check_out_file(path: Optional[Path], force: bool) -> None:
+    if path is None:
+        return
+    if path.exists() and path.is_dir():
+        raise LiaInputError("--csv", f"'{path}' is a folder", "give a file name, e.g. --csv ranked.csv")
+    if path.exists() and not force:
+        raise LiaInputError("--csv", f"'{path}' exists", "choose another file name, or add --force to overwrite it")
+    if not path.parent.exists():
+        raise LiaInputError("--csv", f"the folder '{path.parent}' does not exist", "create it first, or give "
+                            "another path")
+
+
+def _single_gpu_row(system: str, model: str, batch: int, input_len: int, output_len: int, overrides, objective,
+                    tpot_max_s: Optional[float], mode, solver) -> dict:
+    """The optimum of one (system, model) as a ranked-table row (no prices yet)."""
+    from lia_model.optimizer import InfeasibleError, optimize
+    from lia_model.plan import policy_notation
+
+    spec, mspec, workload = load_inputs(system, model, batch, input_len, output_len, overrides)
+    row = {"model": mspec.name, "machine": spec.name, "execution": "LIA, CPU + 1 GPU"}
+    try:
+        result = optimize(spec, mspec, workload, objective, tpot_max_s=tpot_max_s, solver=solver, mode=mode)
+    except InfeasibleError as err:
+        return {**row, "feasible": False, "why_not": str(err).split(" -- ")[0]}
+    pred, plan = result.prediction, result.plan
+    return {**row, "feasible": True, "batch": result.workload.batch,
+            "prefill_policy": policy_notation(plan.prefill_policy), "decode_policy": policy_notation(plan.decode_policy),
+            "gpu_resident_layers": plan.gpu_resident_layers, "ttft_s": pred.ttft_s, "tpot_mean_s": pred.tpot_mean_s,
+            "latency_s": pred.latency_s, "throughput_tokens_per_s": pred.throughput_tokens_per_s}
+
+
+def _tp_row(node, model: str, batch: int, input_len: int, output_len: int, objective: str,
+            tpot_max_s: Optional[float]) -> dict:
+    """A tensor-parallel node (lia_model.tensor_parallel) as a ranked-table row."""
+    from lia_model.inputs import resolve_model
+    from lia_model.tensor_parallel import best_at_batch, best_throughput
+    from lia_model.workload import make_workload
+
+    mspec = resolve_model(model)
+    workload = make_workload(batch, input_len, output_len, mspec)
+    row = {"model": mspec.name, "machine": node.name, "execution": f"tensor parallel, {node.gpus} GPUs"}
+    if objective == "latency":
+        pred = best_at_batch(node, mspec, workload, tpot_max_s)
+    else:
+        pred = best_throughput(node, mspec, input_len, output_len, tpot_max_s)
+    if pred is None:
+        why = "no batch fits its HBM" + (" within the TPOT bound" if tpot_max_s is not None else "")
+        if objective == "latency":
+            why = f"B={batch} does not fit its HBM" + (" or the TPOT bound" if tpot_max_s is not None else "")
+        return {**row, "feasible": False, "why_not": why}
+    return {**row, "feasible": True, "batch": pred.workload.batch, "ttft_s": pred.ttft_s,
+            "tpot_mean_s": pred.tpot_mean_s, "latency_s": pred.latency_s,
+            "throughput_tokens_per_s": pred.throughput_tokens_per_s}
+
+
+def _priced(row: dict, prices, ttft_max_s: Optional[float]) -> dict:
+    """Add power, price, $/h and $/Mtok (lia_model.prices) and whether the row qualifies for a rank."""
+    from lia_model.report import RANKED_COLUMNS
+
+    out = {c: None for c in RANKED_COLUMNS}
+    out.update(row)
+    why = row.get("why_not")
+    if row["feasible"] and ttft_max_s is not None and row["ttft_s"] > ttft_max_s:
+        why = f"TTFT {row['ttft_s'] * 1e3:.0f} ms over the {ttft_max_s * 1e3:g} ms bound"
+    out["why_not"] = why
+    out["qualifies"] = bool(row["feasible"]) and why is None
+    if prices is not None:
+        machine = row["machine"]
+        out["power_w"] = prices.power_w(machine)
+        out["capex_usd"] = prices.capex_usd(machine)
+        out["cost_per_hour_usd"] = prices.cost_per_hour_usd(machine)
+        if row["feasible"]:
+            out["usd_per_million_tokens"] = prices.usd_per_million_tokens(machine, row["throughput_tokens_per_s"])
+    out.pop("feasible", None)
+    return out
+
+
+def _fmt_cell(value, kind: str) -> str:
+    from lia_model.report import fmt_s
+
+    if value is None:
+        return "-"
+    if kind == "s":
+        return fmt_s(value)
+    if kind == "usd":
+        return f"{value:,.2f}" if value < 1000 else f"{value:,.0f}"
+    if kind == "kw":
+        return f"{value / 1000:.2f}"
+    if kind == "tok":
+        return f"{value:,.1f}" if value < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def _ranked_compare(system_names, model_names, tp_nodes, batch, input_len, output_len, overrides, objective,
+                    tpot_max_ms, ttft_max_ms, mode, solver, prices_path, rank, csv_path, force, as_json) -> None:
+    import csv as csv_module
+
+    from lia_model.inputs import load_prices, load_tp_node
+    from lia_model.report import RANKED_COLUMNS, RANKS, rank_rows
+
+    if rank is None:
+        rank = "cost_per_mtok" if prices_path else ("latency" if objective == "latency" else "tokens_per_s")
+    if rank not in RANKS:
+        raise LiaInputError("--rank", f"unknown rank '{rank}'", f"use one of {', '.join(RANKS)}")
+    if rank == "cost_per_mtok" and prices_path is None:
+        raise LiaInputError("--rank", "cost_per_mtok needs prices", "add --prices FILE, e.g. --prices "
+                            "studies/prices.yaml (its schema: lia_model/prices.py)")
+    if objective is None:
+        objective = "latency" if rank == "latency" else "throughput"
+    cost_mode = parse_mode(mode)
+    solver = getattr(solver, "value", solver)
+    tpot_max_s = check_tpot_bound(tpot_max_ms, output_len)
+    finite_positive("--ttft-max-ms", ttft_max_ms, "5000", MAX_TTFT_MS)
+    ttft_max_s = None if ttft_max_ms is None else ttft_max_ms * 1e-3
+    _check_out_file(csv_path, force)
+    prices = load_prices(prices_path) if prices_path is not None else None
+    nodes = [load_tp_node(p) for p in tp_nodes]
+    if prices is not None:   # every machine must be priced: said before anything is solved
+        for name in [load_inputs(s, model_names[0], batch, input_len, output_len, overrides)[0].name
+                     for s in system_names] + [n.name for n in nodes]:
+            prices.capex_usd(name)
+    rows = []
+    for m in model_names:
+        for s in system_names:
+            rows.append(_single_gpu_row(s, m, batch, input_len, output_len, overrides, objective, tpot_max_s,
+                                        cost_mode, solver))
+        for node in nodes:
+            rows.append(_tp_row(node, m, batch, input_len, output_len, objective, tpot_max_s))
+    ranked = rank_rows([_priced(r, prices, ttft_max_s) for r in rows], rank)
+    header = {
+        "rank": rank, "objective": objective,
+        "batch": batch if objective == "latency" else "chosen per row (up to what memory allows)",
+        "input_len": input_len, "output_len": output_len, "mode": cost_mode.value, "solver": solver,
+        "tpot_max_s": tpot_max_s, "ttft_max_s": ttft_max_s, "overrides": list(overrides or []),
+        "prices": prices_path, "tp_nodes": list(tp_nodes),
+        "amortisation_years": prices.amortisation_years if prices else None,
+        "electricity_usd_per_kwh": prices.electricity_usd_per_kwh if prices else None,
+        "pue": prices.pue if prices else None,
+    }
+    if csv_path is not None:
+        try:
+            with open(csv_path, "w", newline="") as fh:
+                writer = csv_module.writer(fh, lineterminator="\n")
+                writer.writerow(RANKED_COLUMNS)
+                for r in ranked:
+                    writer.writerow(["" if r[c] is None else r[c] for c in RANKED_COLUMNS])
+        except OSError as err:
+            raise LiaInputError("--csv", f"cannot write '{csv_path}' ({err.strerror})", "give a writable path") \
+                from None
+    if as_json:
+        typer.echo(json.dumps({"schema": "lia.compare.ranked/1", "header": header, "results": ranked}, indent=2,
+                              allow_nan=False))
+        return
+    lines = [f"ranked by {rank} (winner first), objective {objective}, "
+             + (f"B={batch}" if objective == "latency" else "batch chosen per row")
+             + f", L_in={input_len}, L_out={output_len}, {cost_mode.value} model, solver {solver}"]
+    bounds = [f"mean TPOT <= {tpot_max_ms:g} ms (optimiser constraint)" if tpot_max_ms is not None else "",
+              f"TTFT <= {ttft_max_ms:g} ms (filter)" if ttft_max_ms is not None else ""]
+    lines.append("bounds: " + ("; ".join(b for b in bounds if b) or "none"))
+    lines.append("what-if overrides: " + (", ".join(overrides) + " (on every single-GPU system; not on "
+                                          "tensor-parallel nodes; prices unchanged)" if overrides else "none"))
+    if prices is not None:
+        lines.append(f"prices: {prices_path} ({prices.amortisation_years:g}-year amortisation, "
+                     f"{prices.electricity_usd_per_kwh:g} USD/kWh, PUE {prices.pue:g}, busy 100% of the time; "
+                     f"power is the sum of component TDPs)")
+    if nodes:
+        lines.append("tensor-parallel nodes: " + ", ".join(f"{n.name} ({p})" for n, p in zip(nodes, tp_nodes)))
+    if ttft_max_ms is not None:
+        lines.append("note: " + TTFT_NOTE)
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+    for model in dict.fromkeys(r["model"] for r in ranked):
+        table = Table(title=f"{model}: ranked by {rank}")
+        cols = [("#", "rank", "raw"), ("machine", "machine", "raw"), ("execution", "execution", "raw"),
+                ("batch", "batch", "raw"), ("policy prefill / decode", None, "policy"),
+                ("TTFT", "ttft_s", "s"), ("TPOT mean", "tpot_mean_s", "s"), ("latency", "latency_s", "s"),
+                ("tokens/s", "throughput_tokens_per_s", "tok")]
+        if prices is not None:
+            cols += [("power kW", "power_w", "kw"), ("price USD", "capex_usd", "usd"),
+                     ("USD/h", "cost_per_hour_usd", "usd"), ("USD/Mtok", "usd_per_million_tokens", "usd")]
+        cols.append(("note", "why_not", "raw"))
+        for title, _, kind in cols:
+            table.add_column(title, justify="right" if kind in ("s", "tok", "kw", "usd") else "left")
+        for r in (r for r in ranked if r["model"] == model):
+            cells = []
+            for _, key, kind in cols:
+                if kind == "policy":
+                    cells.append(f"{r['prefill_policy']} / {r['decode_policy']}" if r["prefill_policy"] else "-")
+                else:
+                    cells.append(_fmt_cell(r[key], kind))
+            table.add_row(*cells)
+        console.print(table)
+    if csv_path is not None:
+        console.print(f"wrote {csv_path}", markup=False, highlight=False)
 
 
 def compare(systems: str = typer.Option("spr-a100,spr-h100,gnr-a100,gnr-h100", "--systems",
@@ -226,10 +429,27 @@ def compare(systems: str = typer.Option("spr-a100,spr-h100,gnr-a100,gnr-h100", "
             models: str = typer.Option("opt-175b", "--models", help="Comma-separated models (names or "
                                        "config.json paths)."),
             batch: int = BatchOpt, input_len: int = InputOpt, output_len: int = OutputOpt,
-            objective: ObjectiveChoice = ObjectiveOpt, tpot_max_ms: Optional[float] = TpotOpt,
+            objective: Optional[ObjectiveChoice] = typer.Option(
+                None, "--objective", case_sensitive=False,
+                help="latency (batch B) or throughput (batch chosen). Default: latency, or with a ranking "
+                     "throughput unless --rank latency."),
+            tpot_max_ms: Optional[float] = TpotOpt,
             overrides: Optional[List[str]] = SetOpt, mode: ModeChoice = ModeOpt, solver: SolverChoice = SolverOpt,
-            as_json: bool = JsonOpt) -> None:
-    """The optimum and the baselines for a list of systems and/or models, side by side."""
+            as_json: bool = JsonOpt,
+            prices: Optional[str] = typer.Option(None, "--prices", help="A price file (schema of "
+                                                 "studies/prices.yaml): adds power, USD/h and USD per million "
+                                                 "generated tokens, and ranks the machines."),
+            rank: Optional[str] = typer.Option(None, "--rank", help="Rank the machines per model, winner first: "
+                                               "cost_per_mtok (needs --prices), tokens_per_s or latency."),
+            ttft_max_ms: Optional[float] = typer.Option(None, "--ttft-max-ms", help="Bound on the time to first "
+                                                        "token, in ms (a filter on each machine's optimum)."),
+            tp_node: Optional[List[str]] = typer.Option(None, "--tp-node", help="A tensor-parallel node file to "
+                                                        "rank beside the systems, e.g. studies/dgx_a100.yaml "
+                                                        "(repeatable)."),
+            csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the ranked table as CSV."),
+            force: bool = typer.Option(False, "--force", help="Overwrite the --csv file if it exists.")) -> None:
+    """The optimum and the baselines for a list of systems and/or models, side by side; with --rank,
+    --prices, --ttft-max-ms, --tp-node or --csv, a ranked purchase table (the optimum per machine)."""
     from lia_model.optimizer import InfeasibleError
     from lia_model.report import fmt_s
 
@@ -237,6 +457,13 @@ def compare(systems: str = typer.Option("spr-a100,spr-h100,gnr-a100,gnr-h100", "
     model_names = _names("--models", models, "opt-66b,opt-175b")
     check_tpot_bound(tpot_max_ms, output_len)
     objective = getattr(objective, "value", objective)
+    if rank is not None or prices is not None or ttft_max_ms is not None or tp_node or csv_path is not None:
+        _ranked_compare(system_names, model_names, tp_node or [], batch, input_len, output_len, overrides,
+                        objective, tpot_max_ms, ttft_max_ms, mode, solver, prices, rank, csv_path, force, as_json)
+        return
+    if force:
+        raise LiaInputError("--force", "there is no --csv file to overwrite", "add --csv FILE, or drop --force")
+    objective = objective or "latency"
     rows = []
     for s in system_names:
         for m in model_names:

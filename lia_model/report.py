@@ -79,3 +79,34 @@ def prediction_table(console: Console, pred: Prediction, title: str = "") -> Non
                       "CPU" if r.device == Device.CPU else "GPU", fmt_s(r.compute_s), fmt_s(r.memory_s),
                       fmt_s(r.pcie_s), r.bound)
     console.print(table)
+
+
+# ---------------------------------------------------------------- ranked purchase tables (lia compare --rank)
+
+RANKS = ("cost_per_mtok", "tokens_per_s", "latency")
+# rank -> (column, True when larger is better)
+RANK_KEYS = {"cost_per_mtok": ("usd_per_million_tokens", False), "tokens_per_s": ("throughput_tokens_per_s", True),
+             "latency": ("latency_s", False)}
+RANKED_COLUMNS = ("rank", "model", "machine", "execution", "batch", "prefill_policy", "decode_policy",
+                  "gpu_resident_layers", "ttft_s", "tpot_mean_s", "latency_s", "throughput_tokens_per_s",
+                  "power_w", "capex_usd", "cost_per_hour_usd", "usd_per_million_tokens", "qualifies", "why_not")
+
+
+def rank_rows(rows: list[dict[str, Any]], rank: str) -> list[dict[str, Any]]:
+    """Rows sorted per model, the winner first: rows that qualify (a plan fits and meets every bound) by the
+    rank's column (ascending cost per million tokens or latency, descending tokens/s), then the others in the
+    order given. Each row gets "rank" (1, 2, ... within its model; None when it does not qualify). Models
+    keep the order in which they first appear."""
+    column, larger_better = RANK_KEYS[rank]
+    models: list[str] = []
+    for r in rows:
+        if r["model"] not in models:
+            models.append(r["model"])
+    out = []
+    for model in models:
+        mine = [r for r in rows if r["model"] == model]
+        good = [r for r in mine if r["qualifies"] and r.get(column) is not None]
+        bad = [r for r in mine if r not in good]
+        good.sort(key=lambda r: -r[column] if larger_better else r[column])   # stable: ties keep input order
+        out += [{**r, "rank": k + 1} for k, r in enumerate(good)] + [{**r, "rank": None} for r in bad]
+    return out

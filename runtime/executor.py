@@ -375,14 +375,14 @@ class Executor:
                 while nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.GPU:
                     self._run(lay, ch, SUBLAYERS[nxt[ch.c]], Device.GPU)
                     nxt[ch.c] += 1
-            ran = False
-            for ch in chunks:                       # then the oldest ready CPU sublayer
-                if nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.CPU:
-                    self._run(lay, ch, SUBLAYERS[nxt[ch.c]], Device.CPU)
-                    nxt[ch.c] += 1
-                    ran = True
-                    break
-            if not ran and all(i == 6 for i in nxt):
+            # then one CPU sublayer: the oldest chunk's whose inputs are ready now, else the first chunk's to
+            # become ready (the cost model's schedule, lia_model/schedule.py, makes the same choice)
+            pending = [ch for ch in chunks if nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.CPU]
+            if pending:
+                ch = self._first_ready(lay, pending, nxt)
+                self._run(lay, ch, SUBLAYERS[nxt[ch.c]], Device.CPU)
+                nxt[ch.c] += 1
+            elif all(i == 6 for i in nxt):
                 break
         if not resident:
             done = self.backend.event(self.backend.compute)
@@ -390,6 +390,38 @@ class Executor:
             if self.staging is not None:
                 self.staging_free = done
         return [self._value(ch, "h_out") for ch in chunks]
+
+    _CPU_INPUT = {QKV: "h", SCORE: "q", CTX: "scores", OUT: "ctx", FC1: "h_mid", FC2: "mid"}
+
+    def _cpu_inputs_ready(self, lay: _Layer, ch: _Chunk, sub: Sublayer) -> bool:
+        """Whether every input a CPU sublayer of this chunk reads has landed in host memory by now (a
+        non-blocking query of the copy events), including the write-back of the K/V that CPU attention reads."""
+        name = self._CPU_INPUT[sub]
+        if sub == CTX and lay.dev(SCORE) == Device.CPU:
+            name = "q"                                          # fused attention reads Q (attn_score handed it on)
+        copies = ch.values.get(name, {})
+        placed = copies.get(Device.CPU)
+        if placed is None:
+            return not copies                                   # not produced yet, or only on the GPU: not ready
+        if placed.ready is not None and not placed.ready.query():
+            return False
+        if sub in (SCORE, CTX):
+            pending = lay.kv.written_for(ch.b0, ch.b1)
+            if pending is not None and not pending.query():
+                return False
+        return True
+
+    def _first_ready(self, lay: _Layer, pending: list[_Chunk], nxt: list[int]) -> _Chunk:
+        """The chunk whose next (CPU) sublayer runs now: the oldest whose inputs are ready, else the first to
+        become ready (polled; ties go to the oldest). One chunk, or no CUDA: the oldest (it blocks on its
+        inputs as before)."""
+        if len(pending) == 1 or not self.backend.is_cuda:
+            return pending[0]
+        while True:
+            for ch in pending:
+                if self._cpu_inputs_ready(lay, ch, SUBLAYERS[nxt[ch.c]]):
+                    return ch
+            time.sleep(0)                                       # yield; the copies complete on their own
 
     # ================================================================== weights
 
@@ -702,9 +734,15 @@ class Executor:
         self._record(lay.stage, lay.step, lay.li, ch.c, sub.value, "compute", dev, 0, tokens, lay.kind, start)
         # A GPU value that a CPU sublayer reads next is copied on the D2H stream, which must wait for it.
         ready = None
-        if dev == Device.GPU and self.backend.is_cuda and Device.CPU in self._consumers(lay, name):
+        consumers = self._consumers(lay, name)
+        if dev == Device.GPU and self.backend.is_cuda and Device.CPU in consumers:
             ready = self.backend.event(self.backend.compute)
         ch.values[name] = {dev: Placed(value, dev, ready)}
+        # The sublayer that reads it next (the first consumer; the others read it as a residual) on the CPU:
+        # copied to the host right behind its producer, as the cost model's schedule assumes.
+        if ready is not None and consumers[0] == Device.CPU:
+            ch.values[name][Device.CPU] = self._move(ch.values[name][dev], Device.CPU, lay.stage, lay.step, lay.li,
+                                                     ch.c, "act", name, lay.kind)
 
 
 def plan_uses_gpu(plan: Plan, num_layers: int) -> bool:

@@ -15,7 +15,9 @@ import typer
 def register(app: typer.Typer) -> None:
     app.command("study", epilog=("Examples:\n\n  lia study all --out figures\n\n  lia study e2e --reduced --out "
                                  "results/studies\n\n  lia study policy-map --replot --out figures\n\n  lia study "
-                                 "cxl --executor dask --scheduler tcp://10.0.0.5:8786"))(study)
+                                 "cxl --executor dask --scheduler tcp://10.0.0.5:8786\n\n  lia study cost --systems spr-h100,gh200,dgx-a100 "
+                                 "--models llama-3.1-70b --out results/mine\n\n  lia study policy-map --grid "
+                                 "my-grid.yaml --out results/mine"))(study)
 
 
 def _check_out(out: Path, create: bool) -> None:
@@ -48,6 +50,13 @@ def study(
     workers: Optional[int] = typer.Option(None, "--workers",
                                           help="Parallel workers (default: all cores, or the cluster's threads)."),
     replot: bool = typer.Option(False, "--replot", help="Only redraw the figure from an existing NAME.csv."),
+    systems: Optional[str] = typer.Option(None, "--systems", help="Comma-separated systems instead of the grid's "
+                                          "(e.g. spr-h100,gh200)."),
+    models: Optional[str] = typer.Option(None, "--models", help="Comma-separated models instead of the grid's "
+                                         "(one for the studies with a single model)."),
+    grid_file: Optional[Path] = typer.Option(None, "--grid", help="A YAML mapping of grid fields to replace, "
+                                             "e.g. 'batches: [1, 8, 64]' (docs/studies.md lists each study's "
+                                             "fields)."),
 ) -> None:
     """Run a named sweep (or all of them) and write its CSV and figure."""
     from rich.console import Console
@@ -56,7 +65,24 @@ def study(
     from studies.runner import get_study, plot_study, run_study
 
     console = Console(stderr=True)
+    from studies.gridspec import custom_grid
+
     names = list(STUDIES) if name == "all" else [get_study(name).name]
+    custom = systems is not None or models is not None or grid_file is not None
+    if custom and name == "all":
+        from lia_model.errors import LiaInputError
+
+        raise LiaInputError("--systems/--models/--grid", "each study has its own grid",
+                            "give one study by name, e.g. lia study cxl --systems spr-h100")
+    if custom and replot:
+        from lia_model.errors import LiaInputError
+
+        raise LiaInputError("--replot", "a redraw reads the CSV as it is", "drop --systems/--models/--grid")
+    grids = {}
+    for study_name in names:
+        spec = STUDIES[study_name]
+        grids[study_name] = (custom_grid(spec, spec.grid(reduced), systems=systems, models=models,
+                                         grid_file=grid_file) if custom else None)
     _check_out(out, create=not replot)
     for study_name in names:
         spec = STUDIES[study_name]
@@ -68,7 +94,8 @@ def study(
             files = plot_study(spec, out / f"{spec.name}.csv")
             console.print(f"{spec.name}: redrew {', '.join(str(f) for f in files)}")
             continue
-        result = run_study(spec, out, reduced=reduced, executor=executor, scheduler=scheduler, workers=workers)
+        result = run_study(spec, out, reduced=reduced, executor=executor, scheduler=scheduler, workers=workers,
+                           grid=grids[study_name])
         if result.skipped_reason:
             console.print(f"{spec.name}: nothing written: {result.skipped_reason}")
         else:

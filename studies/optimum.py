@@ -30,10 +30,10 @@ class Optimum:
 
 
 def optimum(system: SystemSpec, model: ModelSpec, workload: Workload, objective: str = "latency",
-            tpot_max_s: Optional[float] = None) -> Optional[Optimum]:
-    """The optimal plan, or None when no plan fits (the optimiser's InfeasibleError)."""
+            tpot_max_s: Optional[float] = None, mode: str = "overlap") -> Optional[Optimum]:
+    """The optimal plan under the cost mode, or None when no plan fits (the optimiser's InfeasibleError)."""
     try:
-        result = optimize(system, model, workload, objective, tpot_max_s=tpot_max_s, solver=SOLVER)
+        result = optimize(system, model, workload, objective, tpot_max_s=tpot_max_s, solver=SOLVER, mode=mode)
     except InfeasibleError:
         return None
     return Optimum(result.plan, result.workload, result.prediction, float(result.solve_time_s))

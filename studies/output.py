@@ -36,8 +36,8 @@ def save_figure(fig, stem: Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
     with matplotlib.rc_context({"svg.hashsalt": "lia-studies", "svg.fonttype": "none"}):
-        fig.savefig(png, dpi=110, metadata={"Software": None})
-        fig.savefig(svg, metadata={"Date": None, "Creator": None})
+        fig.savefig(png, dpi=200, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.02)
+        fig.savefig(svg, metadata={"Date": None, "Creator": None}, bbox_inches="tight", pad_inches=0.02)
     plt.close(fig)
     _palette_png(png)
     return [png, svg]

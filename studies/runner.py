@@ -31,8 +31,10 @@ def get_study(name: str) -> Study:
 
 def run_study(study: Study, out_dir: Path, *, reduced: bool = False, executor: str = "local",
               scheduler: Optional[str] = None, workers: Optional[int] = None, show_progress: bool = True,
-              plot: bool = True) -> StudyResult:
-    grid = study.grid(reduced)
+              plot: bool = True, grid=None) -> StudyResult:
+    """``grid``: a grid of the study's own Grid type (studies.gridspec.custom_grid) instead of the built-in
+    full or reduced one."""
+    grid = grid if grid is not None else study.grid(reduced)
     if study.unavailable is not None:
         reason = study.unavailable(grid)
         if reason:

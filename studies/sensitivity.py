@@ -47,7 +47,9 @@ class Grid:
 
 FULL = Grid(systems=("spr-h100-cxl", "gnr-a100-cxl"), model="opt-175b", input_len=256, output_len=32,
             factors=(0.5, 0.625, 0.75, 0.875, 1.0, 1.125, 1.25, 1.375, 1.5))
-REDUCED = Grid(systems=("spr-a100-cxl",), model="opt-66b", input_len=256, output_len=32, factors=(0.5, 1.0, 1.5))
+# Reduced (tests): four of the seven parameters (each throughput point is an exact batch search, seconds).
+REDUCED = Grid(systems=("spr-a100-cxl",), model="opt-66b", input_len=256, output_len=32, factors=(0.5, 1.0, 1.5),
+               parameters=("pcie_bandwidth", "cpu_matrix_throughput", "cpu_cores", "gpu_memory"))
 
 
 @dataclass(frozen=True)

@@ -29,13 +29,16 @@ from studies.runner import run_study
 REL = 1e-9   # float tolerance of "never worse": the optimiser and predict() compute the same sums
 
 
-@pytest.fixture(scope="module")
-def reduced(tmp_path_factory) -> dict[str, pd.DataFrame]:
-    """Run every study at its reduced grid once (two local worker processes); frames read back from the CSVs."""
-    out = tmp_path_factory.mktemp("studies")
+# The sensitivity study (21 throughput searches of OPT-66B on spr-a100-cxl) takes minutes on 2 cores: its
+# invariants run in the slow tier, which .ci/run also runs.
+SLOW_STUDIES = ("sensitivity",)
+
+
+def _run_reduced(out, names) -> dict[str, pd.DataFrame]:
+    """Run studies at their reduced grids (two local worker processes); frames read back from the CSVs."""
     frames = {}
-    for name, study in STUDIES.items():
-        result = run_study(study, out, reduced=True, workers=2, show_progress=False)
+    for name in names:
+        result = run_study(STUDIES[name], out, reduced=True, workers=2, show_progress=False)
         if result.skipped_reason:
             continue
         for path in result.files:
@@ -44,8 +47,19 @@ def reduced(tmp_path_factory) -> dict[str, pd.DataFrame]:
     return frames
 
 
+@pytest.fixture(scope="module")
+def reduced(tmp_path_factory) -> dict[str, pd.DataFrame]:
+    """Every study but the slow ones, once, at its reduced grid."""
+    return _run_reduced(tmp_path_factory.mktemp("studies"), [n for n in STUDIES if n not in SLOW_STUDIES])
+
+
+@pytest.fixture(scope="module")
+def reduced_slow(tmp_path_factory) -> dict[str, pd.DataFrame]:
+    return _run_reduced(tmp_path_factory.mktemp("studies-slow"), SLOW_STUDIES)
+
+
 def test_every_study_but_validation_writes_csv_and_figures(reduced):
-    assert set(reduced) >= {"microbench", "e2e", "policy-map", "cxl", "sensitivity", "cost"}
+    assert set(reduced) >= {"microbench", "e2e", "policy-map", "cxl", "cost"}
     for name, frame in reduced.items():
         assert len(frame) > 0, name
         assert list(frame.columns) == list(STUDIES[name].columns), name
@@ -164,8 +178,10 @@ def test_cxl_largest_batch_is_the_edge_of_feasibility(reduced):
 # ---------------------------------------------------------------- sensitivity
 
 
-def test_sensitivity_improving_hardware_never_hurts_the_optimum(reduced):
-    frame = reduced["sensitivity"]
+@pytest.mark.slow
+def test_sensitivity_improving_hardware_never_hurts_the_optimum(reduced_slow):
+    assert list(reduced_slow["sensitivity"].columns) == list(STUDIES["sensitivity"].columns)
+    frame = reduced_slow["sensitivity"]
     groups = 0
     for (system, objective, parameter), part in frame.groupby(["system", "objective", "parameter"]):
         part = part.sort_values("factor")
@@ -177,14 +193,15 @@ def test_sensitivity_improving_hardware_never_hurts_the_optimum(reduced):
             else:
                 assert hi <= lo * (1 + REL), (system, parameter, values)
         groups += 1
-    assert groups == 2 * 7   # two objectives x seven parameters (the reduced system has CXL)
+    assert groups == 2 * 4   # two objectives x the reduced grid's four parameters
 
 
-def test_sensitivity_overrides_go_through_the_what_if_path(reduced):
+@pytest.mark.slow
+def test_sensitivity_overrides_go_through_the_what_if_path(reduced_slow):
     """The row's override strings, given to load_system like --set, change exactly the named field."""
     from lia_model.profiles import load_system
 
-    frame = reduced["sensitivity"]
+    frame = reduced_slow["sensitivity"]
     row = frame[(frame["parameter"] == "cpu_cores") & (frame["factor"] == 0.5)].iloc[0]
     base = load_system(row["system"])
     changed = load_system(row["system"], row["overrides"].split(";"))

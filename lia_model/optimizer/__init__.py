@@ -162,8 +162,11 @@ def optimize(system: SystemSpec, model: ModelSpec, workload: Workload, objective
 
     # Throughput: the batch by branch and bound (batch.py); each batch it needs solved exactly is solved by
     # the vectorised enumerator (exact, milliseconds), the chosen batch again by the requested solver.
+    enumerated: dict[int, object] = {}
+
     def latency_at(wl: Workload) -> Optional[float]:
         found = enumerate_optimum(build_tables(system, model, wl, mode), tpot_max_s=tpot_max_s)
+        enumerated[wl.batch] = found
         return None if found is None else found.latency_s
 
     search = search_batch(system, model, workload, tpot_max_s=tpot_max_s, mode=mode, solve=latency_at,
@@ -173,7 +176,11 @@ def optimize(system: SystemSpec, model: ModelSpec, workload: Workload, objective
     if search.batch is None:
         raise _no_plan(system, model, workload.model_copy(update={"batch": 1}), tpot_max_s)
     wl = workload.model_copy(update={"batch": search.batch})
-    found = solve_latency(system, model, wl, tpot_max_s=tpot_max_s, solver=solver, mode=mode)
+    best = enumerated.get(search.batch)
+    if solver == "enumerate" and best is not None:   # already solved by the search: the same enumeration
+        found = (best.plan, best.latency_s)
+    else:
+        found = solve_latency(system, model, wl, tpot_max_s=tpot_max_s, solver=solver, mode=mode)
     if found is None:  # the enumerator found a plan at this batch; an exact solver cannot miss it
         raise RuntimeError(f"{solver} found no plan at B={wl.batch} where the enumerator found one")
     plan, raw = found

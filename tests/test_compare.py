@@ -1,0 +1,213 @@
+"""``lia compare --prices/--rank/--csv/--ttft-max-ms/--tp-node``: the ranked purchase table.
+
+Cost numbers are checked against a tiny price file whose costs per hour are worked out by hand; the ranking
+against the rows' own numbers and against a hand-made table; the tensor-parallel node's batch choice against
+every batch enumerated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from lia_model.cli import app
+from lia_model.cli_common import run_guarded
+from lia_model.report import rank_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"model_type": "llama", "hidden_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 8,
+        "num_key_value_heads": 8, "intermediate_size": 2816, "vocab_size": 32000, "max_position_embeddings": 4096}
+
+# Hand-worked costs per hour:
+#   box-a: price 87,600 USD over 1 year = 87,600 / 8,760 h = 10.0 USD/h; 1,000 W x PUE 2 x 0.25 USD/kWh = 0.5 USD/h
+#          -> 10.5 USD/h
+#   box-b: price 17,520 + 8,760 = 26,280 USD over 1 year = 3.0 USD/h; (300 + 200) W x 2 x 0.25 = 0.25 USD/h
+#          -> 3.25 USD/h
+PRICES = """\
+currency: USD
+amortisation_years: 1
+amortisation_years_source: "test: one year"
+electricity_usd_per_kwh: 0.25
+electricity_usd_per_kwh_source: "test"
+pue: 2
+pue_source: "test"
+parts:
+  big:   {price_usd: 87600, price_source: "test", power_w: 1000, power_source: "test"}
+  small: {price_usd: 17520, price_source: "test", power_w: 300, power_source: "test"}
+  gpu:   {price_usd: 8760, price_source: "test", power_w: 200, power_source: "test"}
+machines:
+  spr-h100: [big]
+  gnr-a100: [small, gpu]
+"""
+USD_PER_HOUR = {"spr-h100": 10.5, "gnr-a100": 3.25}
+POWER_W = {"spr-h100": 1000.0, "gnr-a100": 500.0}
+
+
+def run_lia(args: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    sys.argv = ["lia", *args]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run_guarded(app)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> dict[str, Path]:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(PRICES)
+    model = tmp_path / "tiny.json"
+    model.write_text(json.dumps(TINY))
+    return {"prices": prices, "model": model, "dir": tmp_path}
+
+
+def _base(files, *extra: str) -> list[str]:
+    return ["compare", "--systems", "spr-h100,gnr-a100", "--models", str(files["model"]), "--input", "64",
+            "--output", "8", "--objective", "latency", "--batch", "4", "--solver", "enumerate", *extra]
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_cost_per_million_tokens_from_a_hand_priced_file(files):
+    out_csv = files["dir"] / "ranked.csv"
+    code, out, err = run_lia(_base(files, "--prices", str(files["prices"]), "--rank", "cost_per_mtok",
+                                   "--csv", str(out_csv)))
+    assert code == 0, err
+    rows = _read(out_csv)
+    assert [r["machine"] for r in rows] != [] and len(rows) == 2
+    for r in rows:
+        machine = r["machine"]
+        assert float(r["cost_per_hour_usd"]) == pytest.approx(USD_PER_HOUR[machine], rel=1e-12)
+        assert float(r["power_w"]) == POWER_W[machine]
+        tput = float(r["throughput_tokens_per_s"])
+        # throughput = B x L_out / latency (B = 4, L_out = 8); cost = USD/h / (tokens/s x 3600 s) x 1e6
+        assert tput == pytest.approx(4 * 8 / float(r["latency_s"]), rel=1e-9)
+        assert float(r["usd_per_million_tokens"]) == pytest.approx(USD_PER_HOUR[machine] / (tput * 3600) * 1e6,
+                                                                   rel=1e-9)
+    costs = [float(r["usd_per_million_tokens"]) for r in rows]
+    assert costs == sorted(costs) and [r["rank"] for r in rows] == ["1", "2"]
+    assert "USD/Mtok" in out and "ranked by cost_per_mtok" in out
+
+
+def test_rank_by_tokens_per_s_puts_the_fastest_first_and_header_shows_overrides(files):
+    code, out, err = run_lia(_base(files, "--rank", "tokens_per_s", "--set", "gpu.memory_gib=20",
+                                   "--set", "link.h2d_gbps=32", "--json"))
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["header"]["overrides"] == ["gpu.memory_gib=20", "link.h2d_gbps=32"]
+    tputs = [r["throughput_tokens_per_s"] for r in doc["results"]]
+    assert tputs == sorted(tputs, reverse=True)
+    code, out, _ = run_lia(_base(files, "--rank", "tokens_per_s", "--set", "gpu.memory_gib=20"))
+    assert code == 0 and "what-if overrides: gpu.memory_gib=20" in out
+
+
+def test_ttft_bound_filters_and_is_said(files):
+    code, out, err = run_lia(_base(files, "--rank", "latency", "--ttft-max-ms", "0.001", "--json"))
+    assert code == 0, err
+    doc = json.loads(out)
+    assert all(r["rank"] is None and not r["qualifies"] and "TTFT" in r["why_not"] for r in doc["results"])
+    code, out, _ = run_lia(_base(files, "--rank", "latency", "--ttft-max-ms", "0.001"))
+    assert "TTFT <= 0.001 ms (filter)" in out and "the TTFT bound filters" in out
+
+
+def test_rank_rows_by_hand():
+    rows = [
+        {"model": "m", "machine": "a", "usd_per_million_tokens": 3.0, "throughput_tokens_per_s": 10.0,
+         "latency_s": 2.0, "qualifies": True},
+        {"model": "m", "machine": "b", "usd_per_million_tokens": 1.0, "throughput_tokens_per_s": 5.0,
+         "latency_s": 1.0, "qualifies": True},
+        {"model": "m", "machine": "c", "usd_per_million_tokens": 0.5, "throughput_tokens_per_s": 50.0,
+         "latency_s": 0.1, "qualifies": False},
+        {"model": "n", "machine": "a", "usd_per_million_tokens": 9.0, "throughput_tokens_per_s": 1.0,
+         "latency_s": 9.0, "qualifies": True},
+    ]
+    by_cost = rank_rows(rows, "cost_per_mtok")
+    assert [(r["model"], r["machine"], r["rank"]) for r in by_cost] == [("m", "b", 1), ("m", "a", 2),
+                                                                        ("m", "c", None), ("n", "a", 1)]
+    assert [r["machine"] for r in rank_rows(rows, "tokens_per_s")][:3] == ["a", "b", "c"]
+    assert [r["machine"] for r in rank_rows(rows, "latency")][:3] == ["b", "a", "c"]
+
+
+def test_tensor_parallel_node_is_ranked_and_its_batch_is_the_best_of_every_batch(files):
+    from lia_model.inputs import load_tp_node
+    from lia_model.models import get_model
+    from lia_model.tensor_parallel import best_throughput, fits, predict_tp
+    from lia_model.workload import Workload
+
+    node = load_tp_node(str(ROOT / "studies" / "dgx_a100.yaml"))
+    model = get_model("opt-30b")
+    bound = 0.02   # 20 ms mean TPOT
+    best = best_throughput(node, model, 512, 8, tpot_max_s=bound)
+    feasible = []
+    b = 1
+    while fits(node, model, Workload(batch=b, input_len=512, output_len=8)):
+        p = predict_tp(node, model, Workload(batch=b, input_len=512, output_len=8))
+        if p.tpot_mean_s <= bound:
+            feasible.append(p)
+        b += 1
+    assert best is not None and best.tpot_mean_s <= bound
+    assert best.throughput_tokens_per_s == max(p.throughput_tokens_per_s for p in feasible)
+    assert best.workload.batch < b - 1   # the bound binds: the largest fitting batch misses it
+
+    prices = files["dir"] / "p.yaml"
+    prices.write_text(PRICES + "  dgx-a100: [big, big]\n")
+    code, out, err = run_lia(["compare", "--systems", "spr-h100", "--models", "opt-30b", "--input", "512",
+                              "--output", "8", "--solver", "enumerate", "--prices", str(prices), "--tp-node",
+                              str(ROOT / "studies" / "dgx_a100.yaml"), "--tpot-max-ms", "20", "--json"])
+    assert code == 0, err
+    tp = next(r for r in json.loads(out)["results"] if r["machine"] == "dgx-a100")
+    assert tp["batch"] == best.workload.batch
+    assert tp["cost_per_hour_usd"] == pytest.approx(20.0 + 1.0)   # 2 x 87,600 / 8,760 + 2 kW x 2 x 0.25
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--rank", "cost_per_mtok"], ["--rank", "needs prices", "--prices"]),
+    (["--rank", "cheapest"], ["--rank", "unknown rank", "cost_per_mtok"]),
+    (["--ttft-max-ms", "-5"], ["--ttft-max-ms", "above 0"]),
+    (["--prices", "{prices_dir}/nope.yaml"], ["--prices", "no such file"]),
+    (["--prices", "{bad_prices}"], ["pue", "greater than or equal to 1"]),
+    (["--prices", "{unpriced}"], ["machines", "no price list for machine 'gnr-a100'"]),
+    (["--csv", "{existing}"], ["--csv", "exists", "--force"]),
+    (["--tp-node", "{prices}"], ["missing fields"]),
+    (["--force"], ["--force", "no --csv"]),
+])
+def test_bad_input_is_one_error_line(files, extra, words):
+    bad = files["dir"] / "bad.yaml"
+    bad.write_text(PRICES.replace("pue: 2", "pue: 0.5"))
+    unpriced = files["dir"] / "unpriced.yaml"
+    unpriced.write_text(PRICES.replace("  gnr-a100: [small, gpu]\n", ""))
+    existing = files["dir"] / "exists.csv"
+    existing.write_text("keep me\n")
+    subst = {"prices_dir": str(files["dir"]), "bad_prices": str(bad), "unpriced": str(unpriced),
+             "existing": str(existing), "prices": str(files["prices"])}
+    code, out, err = run_lia(_base(files, *[e.format(**subst) for e in extra]))
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert existing.read_text() == "keep me\n"
+
+
+def test_force_overwrites_the_csv(files):
+    existing = files["dir"] / "exists.csv"
+    existing.write_text("old\n")
+    code, _, err = run_lia(_base(files, "--csv", str(existing), "--force"))
+    assert code == 0, err
+    assert existing.read_text().startswith("rank,model,machine")
