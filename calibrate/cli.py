@@ -78,7 +78,7 @@ def _default_name() -> str:
 
 def _check_target(out: Path, name: str, force: bool) -> None:
     """Refuse to overwrite a profile (or its CSV), and to write into the shipped hwprofiles/, without --force."""
-    from hwprofiles import PROFILE_DIR
+    from lia_model.profiles import PROFILE_DIR
 
     if force:
         return

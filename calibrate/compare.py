@@ -21,7 +21,7 @@ PROFILE_FIELDS = ("cpu.memory_read_gbps", "cpu.op_overhead_us", "ddr.read_gbps",
 
 
 def profile_figures(path: Path) -> dict[str, Optional[float]]:
-    from hwprofiles import load_system
+    from lia_model.profiles import load_system
 
     spec = load_system(str(path)).model_dump(mode="json")
     out: dict[str, Optional[float]] = {}

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lia_model.hardware import EfficiencyPoint, interpolate_efficiency
+from lia_model.roofline import roofline_s
 
 MIN_EFFICIENCY = 1e-6
 GRID_POINTS = 600
@@ -66,7 +67,7 @@ def point_efficiency(p: Measured, peak: float, overhead_s: float) -> float:
 def _predict(flops: np.ndarray, nbytes: np.ndarray, e: np.ndarray, peak: float, bandwidth: float,
              overhead_s: float) -> np.ndarray:
     """(1) for arrays: points along axis -1, candidate efficiencies along axis 0."""
-    return np.maximum(flops / (peak * e), nbytes / bandwidth) + overhead_s
+    return roofline_s(flops, peak * e, nbytes, bandwidth, overhead_s)
 
 
 def fit_table(points: list[Measured], peak: float, bandwidth: float, overhead_s: float,
@@ -97,7 +98,7 @@ def predict_time_s(p: Measured, table: list[EfficiencyPoint], peak: float, bandw
                    overhead_s: float) -> float:
     """(1) with the cost model's own interpolation."""
     e = interpolate_efficiency(table, p.tokens)
-    return max(p.flops / (peak * e), p.bytes / bandwidth) + overhead_s
+    return roofline_s(p.flops, peak * e, p.bytes, bandwidth, overhead_s)
 
 
 def fit_errors(points: list[Measured], table: list[EfficiencyPoint], peak: float, bandwidth: float,

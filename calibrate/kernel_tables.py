@@ -217,11 +217,11 @@ def fit_attention(rows: list[dict], device: str, models: dict) -> list[dict]:
     """Per (kind, phase): t = overhead + s_per_byte x bytes + s_per_flop x FLOPs + s_per_row x rows by NNLS on
     relative error (each row weighted by 1 / its time, so small and large points count alike); bytes,
     FLOPs and rows from lia_model.accounting, the cost model's own counts."""
+    import itertools
+
     from scipy.optimize import nnls
 
     from lia_model.accounting import attention_bytes_flops, attention_rows
-
-    import itertools
 
     fits = []
     for kind, phase, heads in itertools.product(("fused", "score", "context"), ("decode", "prefill"), ("mha", "gqa")):
@@ -260,8 +260,8 @@ def refit(profile: str, csv: str, force: bool) -> Path:
     import pandas as pd
     import yaml
 
-    from hwprofiles import load_system
     from lia_model.inputs import resolve_model
+    from lia_model.profiles import load_system
 
     path = Path(profile)
     if not path.exists() or not Path(csv).exists():
@@ -360,8 +360,8 @@ def run(base: str, name: str, out_dir: Path, models: list[str], quick: bool, for
     import yaml
 
     from calibrate.host import host_info
-    from hwprofiles import load_system, system_dict
     from lia_model.inputs import resolve_model
+    from lia_model.profiles import load_system, system_dict
     from runtime import cpu_setup
 
     base_spec = load_system(base)   # validates the base (a name or a path)

@@ -1,4 +1,4 @@
-"""Assemble the calibrated system profile (a plain dict that ``hwprofiles.load_system`` validates).
+"""Assemble the calibrated system profile (a plain dict that ``lia_model.profiles.load_system`` validates).
 
 The profile is self-contained: cpu, gpu, link, ddr and (when present) cxl are inline mappings, and every
 number's ``source`` says "calibrated on HOST on DATE: <what was measured>" or, for a number that could not

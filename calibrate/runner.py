@@ -79,18 +79,18 @@ def log(message: str) -> None:
 def _datasheets(gpu_name: str, link_name: str) -> tuple[dict, str, dict, str]:
     """The datasheet GPU and link used when they cannot be measured. ``gpu_name`` may name a GPU profile or a
     system (whose GPU and link are then used)."""
-    from hwprofiles import PROFILE_DIR, _read_yaml, list_profiles, load_device, system_dict
+    from lia_model.profiles import PROFILE_DIR, list_profiles, load_device, read_yaml, system_dict
 
     known = list_profiles()
     if gpu_name in known["gpu"]:
         load_device("gpu", gpu_name)  # validates
-        gpu = _read_yaml(PROFILE_DIR / "gpu" / f"{gpu_name}.yaml")
+        gpu = read_yaml(PROFILE_DIR / "gpu" / f"{gpu_name}.yaml")
         gpu_where = f"hwprofiles/gpu/{gpu_name}.yaml"
         if link_name not in known["link"]:
             raise LiaInputError("--link-datasheet", f"unknown link profile '{link_name}'",
                                 f"choose one of {', '.join(known['link'])}")
         load_device("link", link_name)
-        link = _read_yaml(PROFILE_DIR / "link" / f"{link_name}.yaml")
+        link = read_yaml(PROFILE_DIR / "link" / f"{link_name}.yaml")
         return gpu, gpu_where, link, f"hwprofiles/link/{link_name}.yaml"
     if gpu_name in known["system"]:
         data = system_dict(gpu_name)
@@ -369,7 +369,7 @@ def calibrate(opts: Options) -> Result:
     profile_path.write_text(f"# Calibrated system profile, written by `{ctx.command}`.\n"
                             f"# Raw measurements: {name}.csv. Load with: lia plan --system {profile_path}\n"
                             + yaml.safe_dump(_plain(profile), sort_keys=False, width=120, allow_unicode=True))
-    from hwprofiles import load_system
+    from lia_model.profiles import load_system
 
     load_system(str(profile_path))  # the written file must validate; raises LiaInputError if not
     log(f"wrote {profile_path} and {csv_path} ({clock.elapsed():.0f} s)")

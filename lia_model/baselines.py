@@ -1,4 +1,4 @@
-"""Baseline plans, built from the same Plan type the optimiser returns (DESIGN.md section 4): each is the peer
+"""Baseline plans, built from the same Plan type the optimiser returns (docs/design.md section 4): each is the peer
 at its best, not a strawman.
 
 - flexgen:        FlexGen's own policy, chosen by FlexGen's own LP search (lia_model.flexgen) for this

@@ -55,7 +55,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_show_versio
 @profiles_app.command("list", epilog=examples("lia profiles list"))
 def profiles_list() -> None:
     """List the hardware profiles by kind."""
-    from hwprofiles import PROFILE_DIR, _read_yaml, list_profiles, system_dict
+    from lia_model.profiles import PROFILE_DIR, list_profiles, read_yaml, system_dict
 
     table = Table(title="hardware profiles (hwprofiles/)")
     table.add_column("kind")
@@ -66,7 +66,7 @@ def profiles_list() -> None:
             if kind == "system":
                 desc = system_dict(name).get("description", "")
             else:
-                desc = _read_yaml(PROFILE_DIR / kind / f"{name}.yaml").get("description", "")
+                desc = read_yaml(PROFILE_DIR / kind / f"{name}.yaml").get("description", "")
             table.add_row(kind, name, str(desc))
     console.print(table)
 
@@ -79,7 +79,7 @@ def profiles_show(name: str = typer.Argument(..., help="A system or device name,
     """Show one profile with the source of every number (systems are shown composed, --set applied)."""
     import yaml
 
-    from hwprofiles import load_profile
+    from lia_model.profiles import load_profile
 
     _, spec = load_profile(name, overrides or [])
     data = spec.model_dump(mode="json")
@@ -102,7 +102,7 @@ def profiles_new(
     relative to it): copy a device too and point the system at it, e.g. 'gpu: my-gpu.yaml'."""
     import re
 
-    from hwprofiles import PROFILE_DIR, profile_kind, profile_path
+    from lia_model.profiles import PROFILE_DIR, profile_kind, profile_path
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name.endswith((".yaml", ".yml")):
         raise LiaInputError("NAME", f"'{name}' is not a plain profile name",

@@ -1,4 +1,4 @@
-"""predict(): the cost of one plan on one system for one model and workload (DESIGN.md section 3).
+"""predict(): the cost of one plan on one system for one model and workload (docs/design.md section 3).
 
 TTFT      = N_res T_res(prefill) + K_ddr T_stream(prefill, DDR) + K_cxl T_stream(prefill, CXL) + T_head
 TPOT(t)   = N_res T_res(decode, s_t) + K_ddr T_stream(decode, s_t, DDR) + K_cxl T_stream(...CXL) + T_head,

@@ -71,6 +71,7 @@ from lia_model.models import ModelSpec
 from lia_model.errors import LiaInputError
 from lia_model.plan import CpuIsa, Device, ExpertFetch, HostTier, policy_from_index
 from lia_model.precision import BF16, KvDtype, Precision, WeightDtype, kv_element_bytes
+from lia_model.roofline import roofline_s
 from lia_model.schedule import ChunkDurations, simulate_all
 from lia_model.sublayers import ATTENTION_SUBLAYERS, NUM_SUBLAYERS, SUBLAYERS, Sublayer
 from lia_model.units import BYTES_PER_S_PER_GBPS, ELEMS_PER_GELEMS, FLOPS_PER_TFLOPS, S_PER_US
@@ -672,9 +673,7 @@ def head_time_s(system: SystemSpec, model: ModelSpec, batch: int, device: Device
     weight_bytes = 2.0 * model.vocab_size * model.hidden_size
     if device == Device.CPU:
         isa = cpu_isa if cpu_isa is not None else system.cpu.best_isa()
-        compute = flops / _cpu_rate(system, isa, batch, attention=False)
-        memory = weight_bytes / _bw(min(system.cpu.memory_read_gbps, system.ddr.read_gbps))
-        return max(compute, memory) + system.cpu.op_overhead_us * S_PER_US
-    compute = flops / _gpu_rate(system, batch, attention=False)
-    memory = weight_bytes / _bw(system.gpu.hbm_gbps)
-    return max(compute, memory) + system.gpu.op_overhead_us * S_PER_US
+        return roofline_s(flops, _cpu_rate(system, isa, batch, attention=False), weight_bytes,
+                          _bw(min(system.cpu.memory_read_gbps, system.ddr.read_gbps)), system.cpu.op_overhead_us * S_PER_US)
+    return roofline_s(flops, _gpu_rate(system, batch, attention=False), weight_bytes, _bw(system.gpu.hbm_gbps),
+                      system.gpu.op_overhead_us * S_PER_US)

@@ -1,4 +1,4 @@
-"""Hardware specs: the pydantic schema of hwprofiles/ (DESIGN.md section 5).
+"""Hardware specs: the pydantic schema of hwprofiles/ (docs/design.md section 5).
 
 Units are in every field name. Every number carries a source: each spec has a ``source`` mapping from
 field name (dotted for nested fields, e.g. ``isa.amx_bf16.per_core_tflops``) to where the number comes

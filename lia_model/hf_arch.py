@@ -1,6 +1,6 @@
 """Which Hugging Face checkpoints the runtime can execute, and the numerics it needs from their config (pure).
 
-The runtime executes dense pre-norm decoder layers of two families (DESIGN.md section 2):
+The runtime executes dense pre-norm decoder layers of two families (docs/design.md section 2):
 
 - ``opt``: LayerNorm before attention and MLP, biases everywhere, ReLU MLP, learned positions (offset 2),
   tied LM head;

@@ -72,7 +72,7 @@ def resolve_model(name_or_path: str) -> ModelSpec:
 
 
 def resolve_system(name_or_path: str, overrides: Iterable[str] = ()) -> SystemSpec:
-    from hwprofiles import load_system
+    from lia_model.profiles import load_system
 
     return load_system(name_or_path, overrides)
 
@@ -113,7 +113,7 @@ def load_tp_node(path: str):
 
     import yaml
 
-    from hwprofiles import load_device
+    from lia_model.profiles import load_device
     from lia_model.tensor_parallel import TensorParallelNode
 
     fix = "give a node file like studies/dgx_a100.yaml (name, gpus, gpu_profile, hbm_gbps, ..., source:)"

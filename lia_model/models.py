@@ -333,7 +333,7 @@ def checkpoint_precision_from_hf_config(config: Mapping[str, Any]) -> Optional[P
         if text in _FLOAT_DTYPES:
             return None
         raise LiaInputError(f"config.json {key}", f"dtype '{dtype}' is not modelled"[:160],
-                            f'use "bfloat16", "float16", "float32" or "float8_e4m3fn", or add a quantization_config')
+                            'use "bfloat16", "float16", "float32" or "float8_e4m3fn", or add a quantization_config')
     if not isinstance(qc, Mapping):
         raise LiaInputError("config.json quantization_config", f"must be an object, got {qc!r}"[:120],
                             '"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128}')

@@ -1,4 +1,4 @@
-"""The six sublayers of a decoder layer, in execution order (DESIGN.md section 2)."""
+"""The six sublayers of a decoder layer, in execution order (docs/design.md section 2)."""
 
 from __future__ import annotations
 

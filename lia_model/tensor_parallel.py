@@ -29,6 +29,7 @@ from lia_model.errors import LiaInputError
 from lia_model.hardware import GpuSpec, interpolate_efficiency
 from lia_model.memory import workspace_bytes
 from lia_model.models import ModelSpec
+from lia_model.roofline import roofline_s
 from lia_model.sublayers import ATTENTION_SUBLAYERS, SUBLAYERS
 from lia_model.units import BF16_BYTES, BYTES_PER_GIB, BYTES_PER_S_PER_GBPS, FLOPS_PER_TFLOPS, S_PER_US
 from lia_model.workload import Workload
@@ -85,7 +86,7 @@ def head_time_s(node: TensorParallelNode, model: ModelSpec, batch: int) -> float
     flops = head_flops(model, batch) / node.gpus
     nbytes = 2.0 * model.vocab_size * model.hidden_size / node.gpus
     rate = gpu.bf16_peak_tflops * FLOPS_PER_TFLOPS * interpolate_efficiency(gpu.matmul_efficiency, batch)
-    return max(flops / rate, nbytes / (gpu.hbm_gbps * BYTES_PER_S_PER_GBPS)) + gpu.op_overhead_us * S_PER_US
+    return roofline_s(flops, rate, nbytes, gpu.hbm_gbps * BYTES_PER_S_PER_GBPS, gpu.op_overhead_us * S_PER_US)
 
 
 def memory_per_gpu_bytes(node: TensorParallelNode, model: ModelSpec, workload: Workload) -> float:

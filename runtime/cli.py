@@ -10,8 +10,6 @@ import typer
 
 from lia_model.errors import LiaInputError
 
-CALIBRATED_DEFAULT = "hwprofiles/systems/emr-h100-calibrated.yaml"
-
 
 def register(app: typer.Typer) -> None:
     from runtime.run_cli import run_command
@@ -70,7 +68,7 @@ def validate(
     if out is None and not predict_only:
         raise LiaInputError("--out", "no output folder given", "e.g. --out results/validation")
 
-    from hwprofiles import load_system
+    from lia_model.profiles import load_system
     from runtime.points import load_points_file, runtime_isa
     from runtime.validate import Options, plan_table_rows, resolve_points
 
@@ -193,7 +191,7 @@ def _merge(paths: List[str], out: Optional[str], console, title: str, repredict_
         raise LiaInputError("--from-csv", f"no point in {', '.join(paths)} ran (status 'ran'): nothing was measured",
                             "give results of a campaign that ran points")
     if repredict_with:
-        from hwprofiles import load_system
+        from lia_model.profiles import load_system
         from runtime.validate import repredict
 
         df = repredict(df, load_system(repredict_with))

@@ -1,7 +1,7 @@
 """What a plan must move, derived from the plan alone, and a check of a run's records against it.
 
 For every pass, layer and prefill chunk the plan fixes where each sublayer runs; from that follow exactly
-the copies the executor must make (DESIGN.md section 3):
+the copies the executor must make (docs/design.md section 3):
 
 - ``act``: the value handed from sublayer j to j+1 when they sit on different devices, including fc2 of
   layer i-1 (or the embedding) to qkv of layer i: h, q, scores, ctx, h_mid, mid;

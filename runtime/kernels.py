@@ -1,4 +1,4 @@
-"""The math of the six sublayers (DESIGN.md section 2), on whatever device the tensors live on.
+"""The math of the six sublayers (docs/design.md section 2), on whatever device the tensors live on.
 
 Shapes: b sequences in the chunk, q new tokens each, s valid key positions, h hidden, H heads,
 G = H / kv_heads query heads per KV head, d head_dim.

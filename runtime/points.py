@@ -144,15 +144,9 @@ def entry_name(entry: Union[str, dict[str, Any]], index: int) -> str:
 
 def optimal_plan(system: SystemSpec, model: ModelSpec, workload: Workload) -> Plan:
     """The optimiser's latency-optimal plan (lia_model.optimizer, the exact enumerator)."""
-    try:
-        from lia_model.optimizer import optimize
-    except ImportError:
-        raise LiaInputError("plan 'optimal'", "the optimiser (lia_model/optimizer.py) is not in this checkout",
-                            "use baseline names or plan .json files until it lands") from None
-    try:
-        result = optimize(system, model, workload, objective="latency", solver="enumerate")
-    except TypeError:
-        result = optimize(system, model, workload, objective="latency")
+    from lia_model.optimizer import optimize
+
+    result = optimize(system, model, workload, objective="latency", solver="enumerate")
     plan = result.plan
     return plan if plan.label else plan.model_copy(update={"label": OPTIMAL})
 

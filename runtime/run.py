@@ -146,7 +146,7 @@ def _meminfo_gib(key: str) -> Optional[float]:
 def resolve_system(system: Optional[str], overrides: list[str], gpu_total_gib: Optional[float],
                    warn: Callable[[str], None]) -> tuple[SystemSpec, str]:
     """The profile the optimiser plans with, capped at this machine's GPU and host memory."""
-    from hwprofiles import load_system
+    from lia_model.profiles import load_system
 
     if system is None:
         found = _calibrated_default()
@@ -383,8 +383,6 @@ def run(opts: RunOptions, out: TextIO = sys.stdout, warn: Callable[[str], None] 
 
 
 def report_json(report: RunReport, prompts: list[str]) -> dict:
-    from lia_model.report import plan_json
-
     return {
         "schema": "lia.run/1",
         "model": report.model.name, "system": report.system.name, "system_note": report.system_note,
@@ -392,7 +390,7 @@ def report_json(report: RunReport, prompts: list[str]) -> dict:
         "decoding": report.sampling.describe(), "load_s": report.load_s, "load_gb": report.load_gb,
         "warnings": report.warnings,
         "batches": [{
-            "prompts": b.indices, "workload": b.workload.model_dump(), "plan": plan_json(b.plan),
+            "prompts": b.indices, "workload": b.workload.model_dump(), "plan": b.plan.model_dump(mode="json"),
             "plan_source": b.plan_source, "generated_per_sequence": b.generated,
             "measured": b.measured(), "predicted": b.predicted(),
             "outputs": [{"prompt_index": i, "prompt": prompts[i], "prompt_ids": t, "token_ids": o, "text": x}

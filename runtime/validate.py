@@ -23,7 +23,7 @@ from lia_model.costmodel import Prediction, predict
 from lia_model.costterms import CostMode
 from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
-from lia_model.memory import available_bytes, MemoryTier
+from lia_model.memory import MemoryTier, available_bytes
 from lia_model.models import ModelSpec
 from lia_model.plan import ALL_GPU, CpuIsa, Device, HostTier, Plan, policy_notation
 from lia_model.sublayers import SUBLAYERS, Stage
@@ -479,7 +479,7 @@ def repredict(rows: "Any", system: SystemSpec) -> "Any":
         df.at[i, "predicted_latency_s"] = pred.latency_s
         df.at[i, "predicted_throughput_tokens_per_s"] = pred.throughput_tokens_per_s
         df.at[i, "predicted_latency_additive_s"] = add.latency_s
-        for (stage, sub), (ms, dev, _) in predicted_sublayer_ms(pred).items():
+        for (stage, sub), (ms, _, _) in predicted_sublayer_ms(pred).items():
             col = f"{stage}_{sub}_ms_predicted"
             if col in df.columns:
                 df.at[i, col] = ms

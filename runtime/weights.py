@@ -2,7 +2,7 @@
 one sublayer.
 
 Each decoder layer is one flat block of host memory: [qkv | out_proj | fc1 | fc2], and each sublayer's
-region holds its matrix, its bias and the norm that rides with it (DESIGN.md section 2):
+region holds its matrix, its bias and the norm that rides with it (docs/design.md section 2):
 
   qkv       W [q_dim + 2 kv_dim, h], b [q_dim + 2 kv_dim]*, norm_w [h], norm_b [h]*   (input norm)
   out_proj  W [h, q_dim], b [h]*

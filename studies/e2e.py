@@ -23,10 +23,10 @@ import pandas as pd
 
 from lia_model.baselines import BASELINE_LABELS, Baseline, baseline
 from lia_model.memory import memory_use
+from lia_model.optimizer.infeasible import largest_feasible
 from lia_model.plan import head_device
 from lia_model.workload import Workload
 from studies import inputs
-from studies.batch import largest_feasible_batch
 from studies.framework import Row, Study
 from studies.optimum import in_optimizer_space, optimum, plan_fields, prediction_fields, throughput_batch_choices
 
@@ -75,7 +75,7 @@ def _baseline_batch(point: Point, label: str) -> Optional[int]:
         plan = baseline(label, system, model, wl).plan
         return all(u.fits for u in memory_use(system, model, wl, plan).values())
 
-    return largest_feasible_batch(fits, BATCH_CAP)
+    return largest_feasible(1, BATCH_CAP, fits)  # memory grows with the batch: bisection
 
 
 def _row(point: Point, plan_label: str, batch: Optional[int], plan, prediction, in_space: Optional[bool],

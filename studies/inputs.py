@@ -2,16 +2,16 @@
 
 A sweep evaluates thousands of points on a handful of systems; loading and validating a profile takes
 about 10 ms, so each worker process keeps what it has loaded. Overrides go through
-``hwprofiles.load_system(name, overrides)``, the same path as the CLI's ``--set``.
+``lia_model.profiles.load_system(name, overrides)``, the same path as the CLI's ``--set``.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
-from hwprofiles import load_system
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec, get_model
+from lia_model.profiles import load_system
 from lia_model.workload import Workload, make_workload
 
 

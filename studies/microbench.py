@@ -18,10 +18,11 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from hwprofiles import PROFILE_DIR, load_device, load_system
 from lia_model.accounting import sublayer_work
 from lia_model.hardware import CpuSpec, GpuSpec, interpolate_efficiency
 from lia_model.models import get_model
+from lia_model.profiles import PROFILE_DIR, load_device, load_system
+from lia_model.roofline import roofline_s
 from lia_model.sublayers import Sublayer
 from lia_model.units import BYTES_PER_S_PER_GBPS, FLOPS_PER_TFLOPS, S_PER_US
 from studies.framework import Row, Study
@@ -95,7 +96,8 @@ def roofline(device: CpuSpec | GpuSpec, engine: str, rows: int) -> dict[str, Any
             device.hbm_gbps
     compute_s = flops / (peak * eff * FLOPS_PER_TFLOPS)
     memory_s = nbytes / (bandwidth * BYTES_PER_S_PER_GBPS)
-    time_s = max(compute_s, memory_s) + device.op_overhead_us * S_PER_US
+    time_s = roofline_s(flops, peak * eff * FLOPS_PER_TFLOPS, nbytes, bandwidth * BYTES_PER_S_PER_GBPS,
+                        device.op_overhead_us * S_PER_US)
     return {
         "flops": flops, "bytes": nbytes, "time_s": time_s, "tflops": flops / time_s / FLOPS_PER_TFLOPS,
         "effective_gbps": nbytes / time_s / BYTES_PER_S_PER_GBPS, "peak_tflops": peak,
@@ -150,7 +152,7 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
     series = frame.groupby(["device_kind", "device", "engine"], sort=True)
     cmap = __import__("matplotlib").colormaps["tab10"]
     colors = {dev: cmap(k % 10) for k, dev in enumerate(sorted(frame["device"].unique()))}
-    for (kind, device, engine), part in series:
+    for (_, device, engine), part in series:
         part = part.sort_values("rows")
         calibrated = part["profile_kind"].iloc[0] == "calibrated"
         curve.plot(part["rows"], part["tflops"], ENGINE_STYLE.get(engine, "-"), color=colors[device],

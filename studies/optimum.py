@@ -7,12 +7,11 @@ the optimiser searches, so the tests can check "the optimum is never worse than 
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from lia_model.costmodel import Prediction
-from lia_model.errors import LiaInputError
+from lia_model.optimizer import InfeasibleError, batch_candidates, optimize
 from lia_model.optimizer.space import MAX_PREFILL_MINIBATCHES
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
@@ -30,31 +29,19 @@ class Optimum:
     solve_time_s: float
 
 
-def _optimizer_module() -> Any:
-    try:
-        return importlib.import_module("lia_model.optimizer")
-    except ModuleNotFoundError as err:
-        if err.name != "lia_model.optimizer":
-            raise
-        raise LiaInputError("lia_model.optimizer", "the optimiser module is not installed in this checkout",
-                            "update the repository (the studies need lia_model/optimizer.py)") from None
-
-
 def optimum(system: SystemSpec, model: ModelSpec, workload: Workload, objective: str = "latency",
             tpot_max_s: Optional[float] = None, mode: str = "overlap") -> Optional[Optimum]:
     """The optimal plan under the cost mode, or None when no plan fits (the optimiser's InfeasibleError)."""
-    module = _optimizer_module()
     try:
-        result = module.optimize(system, model, workload, objective, tpot_max_s=tpot_max_s, solver=SOLVER,
-                                 mode=mode)
-    except module.InfeasibleError:
+        result = optimize(system, model, workload, objective, tpot_max_s=tpot_max_s, solver=SOLVER, mode=mode)
+    except InfeasibleError:
         return None
     return Optimum(result.plan, result.workload, result.prediction, float(result.solve_time_s))
 
 
 def throughput_batch_choices(system: SystemSpec, model: ModelSpec, workload: Workload) -> tuple[int, ...]:
     """The batches the optimiser's throughput objective tries for this (L_in, L_out)."""
-    return tuple(_optimizer_module().batch_candidates(system, model, workload))
+    return tuple(batch_candidates(system, model, workload))
 
 
 def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,

@@ -57,8 +57,8 @@ class Point:
 
 
 def points(grid: Grid) -> list[Point]:
-    return [Point(s, grid.model, b, l, grid.output_len, m) for m in grid.modes for s in grid.systems
-            for b in grid.batches for l in grid.input_lens]
+    return [Point(s, grid.model, b, n, grid.output_len, m) for m in grid.modes for s in grid.systems
+            for b in grid.batches for n in grid.input_lens]
 
 
 def cpu_linear_weight_share(model, policy, resident_layers: int) -> float:

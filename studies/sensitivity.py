@@ -1,7 +1,7 @@
 """sensitivity: how the optimum's latency and throughput move when one hardware parameter changes.
 
 Each parameter is scaled by factors from x0.5 to x1.5 through the what-if override machinery
-(``hwprofiles.load_system(name, overrides)``, the path of the CLI's ``--set``), and the optimiser is rerun:
+(``lia_model.profiles.load_system(name, overrides)``, the path of the CLI's ``--set``), and the optimiser is rerun:
 latency objective at B = 1, and throughput objective (it picks the batch). The tornado chart shows x0.5 and
 x1.5; the factors in between locate where the optimal policy vectors flip. Every parameter is one where
 more is better, so the optimum's throughput must not fall and its latency must not rise as the factor grows
@@ -135,6 +135,11 @@ def policy_flips(frame: pd.DataFrame) -> pd.DataFrame:
                                       "to_policy"])
 
 
+def _percent_change(value, base: float) -> float:
+    """How far ``value`` is from ``base``, in percent (NaN where the point has no value)."""
+    return (float(value) / base - 1.0) * 100.0 if value is not None and not pd.isna(value) else float("nan")
+
+
 def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
     from studies.plotting import figure
 
@@ -153,8 +158,7 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
                 p = part[part["parameter"] == parameter].set_index("factor")["value"]
                 b = float(base[base["parameter"] == parameter]["value"].iloc[0])
                 lo, hi = (p.get(lo_f), p.get(hi_f))
-                change = lambda v: (float(v) / b - 1.0) * 100.0 if v is not None and not pd.isna(v) else float("nan")
-                recs.append((parameter, change(lo), change(hi)))
+                recs.append((parameter, *(_percent_change(v, b) for v in (lo, hi))))
             recs.sort(key=lambda t: max(abs(t[1]) if t[1] == t[1] else 0, abs(t[2]) if t[2] == t[2] else 0))
             y = range(len(recs))
             ax.barh(list(y), [t[1] for t in recs], color="#d6604d", height=0.6, label=f"parameter x{lo_f:g}")

@@ -1,8 +1,8 @@
 """validation: predicted vs measured, from the committed validation data of the runtime (when present).
 
-Where the data is: the CSV path that docs/runtime.md names (the first ``*.csv`` path in it that exists;
-the runtime documents runtime/validation/results.csv), else validation/results.csv. When neither exists the
-study says so and writes nothing: it never makes numbers up. Any pair of columns ``predicted_X`` /
+Where the data is: ``VALIDATION_CSV`` (runtime/validation/results.csv, the merged results of the runtime's
+validation campaign, see docs/runtime.md) under the repository root; a ``Grid`` can name another. When it does
+not exist the study says so and writes nothing: it never makes numbers up. Any pair of columns ``predicted_X`` /
 ``measured_X`` or ``X_predicted`` / ``X_measured`` is a metric X (the runtime's per-sublayer times are
 ``{stage}_{sublayer}_ms_predicted`` / ``_measured``, with the device in ``{stage}_{sublayer}_dev``); the
 additive-mode prediction ``predicted_latency_additive_s`` is compared with ``measured_latency_s``, so the
@@ -23,8 +23,7 @@ import pandas as pd
 from studies.framework import Row, Study
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CSV = Path("validation/results.csv")
-RUNTIME_DOC = Path("docs/runtime.md")
+VALIDATION_CSV = "runtime/validation/results.csv"
 ID_COLUMNS = ("point_id", "model", "num_layers", "batch", "input_len", "output_len", "gpu_memory_gib", "plan_label")
 SUBLAYER_METRIC = re.compile(r"^(prefill|decode)_(qkv|attn_score|attn_context|out_proj|fc1|fc2)_ms$")
 HEADLINE_METRICS = ("ttft_s", "tpot_mean_s", "latency_s", "latency_additive_s", "throughput_tokens_per_s")
@@ -32,7 +31,8 @@ HEADLINE_METRICS = ("ttft_s", "tpot_mean_s", "latency_s", "latency_additive_s", 
 
 @dataclass(frozen=True)
 class Grid:
-    root: str = str(REPO)      # where docs/runtime.md and validation/ live
+    root: str = str(REPO)
+    csv: str = VALIDATION_CSV  # relative to root
 
 
 FULL = Grid()
@@ -40,15 +40,9 @@ REDUCED = Grid()
 
 
 def data_path(grid: Grid) -> Optional[Path]:
-    """The validation CSV: the first existing *.csv path named in docs/runtime.md, else validation/results.csv."""
-    root = Path(grid.root)
-    doc = root / RUNTIME_DOC
-    candidates: list[Path] = []
-    if doc.exists():
-        for match in re.findall(r"[\w./-]+\.csv", doc.read_text()):
-            candidates.append(root / match.lstrip("./"))
-    candidates.append(root / DEFAULT_CSV)
-    return next((p for p in candidates if p.is_file()), None)
+    """The validation CSV of the grid, or None where it does not exist (yet)."""
+    path = Path(grid.root) / grid.csv
+    return path if path.is_file() else None
 
 
 def metric_pairs(columns: list[str]) -> dict[str, tuple[str, str]]:
@@ -69,8 +63,8 @@ def metric_pairs(columns: list[str]) -> dict[str, tuple[str, str]]:
 def unavailable(grid: Grid) -> Optional[str]:
     path = data_path(grid)
     if path is None:
-        return (f"no validation data: neither a CSV named in {RUNTIME_DOC} nor {DEFAULT_CSV} exists yet "
-                "(the runtime's validation run writes it); nothing is plotted rather than made-up numbers")
+        return (f"no validation data: {grid.csv} does not exist yet (the runtime's validation run writes it); "
+                "nothing is plotted rather than made-up numbers")
     frame = pd.read_csv(path)
     if not metric_pairs(list(frame.columns)):
         return (f"{path} has no predicted_X / measured_X column pairs (columns: {', '.join(frame.columns)}); "

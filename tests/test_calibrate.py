@@ -16,12 +16,12 @@ import yaml
 from calibrate.fit import Measured, linear_bytes, predict_time_s
 from calibrate.host import host_info
 from calibrate.records import COLUMNS
-from hwprofiles import load_device, load_system
 from lia_model.baselines import baseline_plans
 from lia_model.costmodel import predict
 from lia_model.costterms import CostMode, StageContext, sublayer_times
 from lia_model.models import get_model
 from lia_model.plan import CpuIsa, HostTier
+from lia_model.profiles import load_device, load_system
 from lia_model.sublayers import SUBLAYERS, Sublayer
 from lia_model.workload import make_workload
 
@@ -111,7 +111,7 @@ def test_present_isa_is_observed_and_its_tables_are_efficiencies(calibrated: dic
         isa_rows = rows[(rows.isa == isa.value) & rows.family.isin(["cpu_matmul", "cpu_attention"])]
         best = (isa_rows.flops / isa_rows.time_s).max()
         assert best == pytest.approx(cpu.cores * s.per_core_tflops * 1e12, rel=1e-4)
-    for isa, s in cpu.isa.items():
+    for s in cpu.isa.values():
         if not s.present:
             assert s.absent_reason
 

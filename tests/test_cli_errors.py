@@ -157,7 +157,7 @@ BAD_INPUTS = [
     ("system-deep", ["plan", "--system", "deep.yaml"], {"deep.yaml": "a: " + "[" * 20000 + "]" * 20000 + "\n"},
      ("deep.yaml",)),
     ("system-missing-field", ["plan", "--system", "s.yaml"],
-     {"s.yaml": system_yaml("\n".join(l for l in GPU.splitlines() if not l.startswith("hbm_gbps:")))},
+     {"s.yaml": system_yaml("\n".join(x for x in GPU.splitlines() if not x.startswith("hbm_gbps:")))},
      ("gpu.hbm_gbps", "missing", "hbm_gbps: 3350")),
     ("system-unit-typo", ["plan", "--system", "s.yaml"], {"s.yaml": system_yaml(GPU.replace("hbm_gbps: 2000", "hbm_gb_per_s: 2000"))},
      ("gpu.hbm_gb_per_s", "unknown field", "did you mean 'hbm_gbps'")),
@@ -344,7 +344,7 @@ def test_profiles_new_writes_an_editable_copy_that_loads(tmp_path, monkeypatch):
     assert run_lia(["profiles", "new", "--from", "spr-h100", "my-system"])[0] == 0
     sys_text = (tmp_path / "my-system.yaml").read_text().replace("gpu: h100-pcie-80gb", "gpu: my-gpu.yaml")
     (tmp_path / "my-system.yaml").write_text(sys_text)
-    from hwprofiles import load_profile, load_system
+    from lia_model.profiles import load_profile, load_system
 
     assert load_system(str(tmp_path / "my-system.yaml")).gpu.memory_gib == 40
     kind, spec = load_profile(str(tmp_path / "my-gpu.yaml"))

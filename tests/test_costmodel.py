@@ -5,13 +5,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hwprofiles import load_system
 from lia_model.costmodel import predict
 from lia_model.costterms import CostMode
 from lia_model.errors import LiaInputError
 from lia_model.memory import MemoryTier
 from lia_model.models import get_model
 from lia_model.plan import ALL_GPU, Device, HostTier, Plan, policy_from_index
+from lia_model.profiles import load_system
 from lia_model.sublayers import Stage
 from lia_model.workload import Workload, make_workload
 from tests.toys import toy_model, toy_system

@@ -17,7 +17,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hwprofiles import load_system
 from lia_model.baselines import baselines, ipex_plan
 from lia_model.costmodel import predict
 from lia_model.costterms import CostMode, StageContext, head_time_s, sublayer_times
@@ -28,6 +27,7 @@ from lia_model.flexgen import (
 from lia_model.memory import MemoryTier, memory_use
 from lia_model.models import get_model
 from lia_model.plan import ATTENTION_ON_CPU, CpuIsa, Device, HostTier, head_device
+from lia_model.profiles import load_system
 from lia_model.workload import Workload
 from tests.toys import toy_model, toy_system
 

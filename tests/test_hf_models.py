@@ -228,8 +228,8 @@ def _system_file(tmp_path: Path, memory_gib: float) -> str:
 def _mixed_optimum(kind_model, tmp_path: Path) -> tuple[str, Plan]:
     """A GPU memory size at which the optimiser's plan for the tiny model keeps some layers resident, streams
     the others with GPU sublayers, and splits the prefill into minibatches."""
-    from hwprofiles import load_system
     from lia_model.optimizer import optimize
+    from lia_model.profiles import load_system
 
     for memory_gib in [0.0002 + 0.00005 * i for i in range(20)]:
         path = _system_file(tmp_path, memory_gib)
@@ -406,7 +406,7 @@ def test_prompts_of_different_lengths_run_as_separate_batches(cases):
 
 
 def test_throughput_objective_splits_the_prompts_into_the_optimisers_batches(cases, tmp_path):
-    from hwprofiles import load_system
+    from lia_model.profiles import load_system
     from runtime.run import RunOptions, plan_batches
 
     model = open_checkpoint(cases["opt"].path).model

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import yaml
 
-from hwprofiles import system_dict
 from lia_model.accounting import attention_bytes_flops, attention_rows, sublayer_work
 from lia_model.costmodel import predict
 from lia_model.costterms import CostMode, StageContext, streamed_layer_terms, sublayer_times
 from lia_model.hardware import LinearTable, SystemSpec, table_seconds
 from lia_model.models import get_model
 from lia_model.plan import ALL_CPU, CpuIsa, Device, HostTier, Plan
+from lia_model.profiles import system_dict
 from lia_model.sublayers import SUBLAYERS, Sublayer
 from lia_model.workload import make_workload
 
@@ -186,7 +186,7 @@ def test_quick_run_times_the_runtimes_kernels_and_writes_a_valid_profile(tmp_pat
            "--out", str(tmp_path / "out"), "--models", models, "--attn-models", models, "--quick", "--no-gpu"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    from hwprofiles import load_system
+    from lia_model.profiles import load_system
 
     spec = load_system(str(tmp_path / "out" / "kt-ci.yaml"))
     k = spec.kernels

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hwprofiles import load_system
 from lia_model.costmodel import predict
 from lia_model.models import get_model
 from lia_model.optimizer import InfeasibleError, largest_feasible_batch, optimize
@@ -22,6 +21,7 @@ from lia_model.optimizer.space import (
     MAX_PREFILL_MINIBATCHES, build_tables, divisors, isa_candidates, minibatch_candidates,
 )
 from lia_model.plan import CpuIsa
+from lia_model.profiles import load_system
 from lia_model.workload import Workload, make_workload
 
 DDR_SYSTEMS = ["spr-a100", "spr-h100", "gnr-a100", "gnr-h100", "gh200", "emr-h100-calibrated"]

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from hwprofiles import load_device, load_system
 from lia_model.accounting import sublayer_params, sublayer_work, total_params
 from lia_model.costmodel import predict, stage_context
 from lia_model.costterms import CostMode, StageContext, policy_features, streamed_layer_terms, sublayer_times
@@ -13,6 +12,7 @@ from lia_model.optimizer import optimize
 from lia_model.optimizer.enumerate import enumerate_optimum
 from lia_model.optimizer.space import build_tables
 from lia_model.plan import ALL_CPU, ALL_GPU, CpuIsa, Device, ExpertFetch, HostTier, Plan
+from lia_model.profiles import load_device, load_system
 from lia_model.schedule import ChunkDurations, simulate_layer
 from lia_model.sublayers import Stage, Sublayer
 from lia_model.workload import Workload, make_workload
@@ -101,7 +101,7 @@ def test_calibrated_kv_pass_factors_come_from_the_raw_csv():
     import yaml
 
     from calibrate.kv_pass import factors
-    from hwprofiles import PROFILE_DIR
+    from lia_model.profiles import PROFILE_DIR
 
     profile = yaml.safe_load((PROFILE_DIR / "systems" / "emr-h100-calibrated.yaml").read_text())
     found = factors(profile, pd.read_csv(PROFILE_DIR / "calibration" / "emr-h100-calibrated.csv"))

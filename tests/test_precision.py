@@ -11,7 +11,7 @@ from lia_model.errors import LiaInputError
 from lia_model.inputs import resolve_system
 from lia_model.memory import MemoryTier, memory_use
 from lia_model.models import get_model, model_from_hf_config
-from lia_model.plan import CpuIsa, Device, HostTier, Plan
+from lia_model.plan import CpuIsa, HostTier, Plan
 from lia_model.precision import BF16, KvDtype, Precision, WeightDtype, make_precision
 from lia_model.sublayers import Sublayer
 from lia_model.workload import make_workload

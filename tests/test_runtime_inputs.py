@@ -8,13 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hwprofiles import load_system
 from lia_model.baselines import gpu_only_plan
 from lia_model.cli import app
 from lia_model.errors import LiaInputError
 from lia_model.memory import MemoryTier, memory_use
 from lia_model.models import get_model
 from lia_model.plan import ALL_CPU, ATTENTION_ON_CPU, CpuIsa, HostTier, Plan
+from lia_model.profiles import load_system
 from lia_model.workload import Workload
 from runtime import hostmem
 from runtime.backend import Backend

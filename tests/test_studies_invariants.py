@@ -146,9 +146,12 @@ def test_policy_map_marks_infeasible_cells_and_reads_policies_in_paper_notation(
 
 def test_cxl_capacity_never_hurts(reduced):
     frame = reduced["cxl"]
-    for (base, model), part in frame.groupby(["base_system", "model"]):
+    for _, part in frame.groupby(["base_system", "model"]):
         ddr, cxl = part[~part["cxl"].astype(bool)], part[part["cxl"].astype(bool)]
-        big = lambda f, kind: f[f["kind"] == kind].iloc[0]
+
+        def big(f, kind):
+            return f[f["kind"] == kind].iloc[0]
+
         assert big(cxl, "largest_batch")["batch"] >= big(ddr, "largest_batch")["batch"]
         a = ddr[ddr["kind"] == "batch"].set_index("batch")
         b = cxl[cxl["kind"] == "batch"].set_index("batch")
@@ -196,7 +199,7 @@ def test_sensitivity_improving_hardware_never_hurts_the_optimum(reduced_slow):
 @pytest.mark.slow
 def test_sensitivity_overrides_go_through_the_what_if_path(reduced_slow):
     """The row's override strings, given to load_system like --set, change exactly the named field."""
-    from hwprofiles import load_system
+    from lia_model.profiles import load_system
 
     frame = reduced_slow["sensitivity"]
     row = frame[(frame["parameter"] == "cpu_cores") & (frame["factor"] == 0.5)].iloc[0]
@@ -309,18 +312,16 @@ def test_validation_without_data_writes_nothing(tmp_path):
 
 
 def test_validation_pairs_predicted_and_measured_columns(tmp_path):
-    """A validation CSV at the path docs/runtime.md names is read and paired (the data here is a test input)."""
+    """The grid's validation CSV is read and paired (the data here is a test input)."""
     from studies.validation import STUDY, Grid
 
-    (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "runtime.md").write_text("The runtime writes `validation/runs.csv`.\n")
     (tmp_path / "validation").mkdir()
     (tmp_path / "validation" / "runs.csv").write_text(
         "point_id,model,batch,status,predicted_ttft_s,measured_ttft_s,tpot_mean_s_predicted,tpot_mean_s_measured,"
         "decode_fc1_dev,decode_fc1_ms_predicted,decode_fc1_ms_measured\n"
         "p1,opt-tiny,1,ran,0.5,0.4,0.1,0.1,cpu,2.0,4.0\n"
         "p2,opt-tiny,8,skipped,0.9,,0.2,,gpu,1.0,\n")
-    study = dataclasses.replace(STUDY, full_grid=Grid(root=str(tmp_path)))
+    study = dataclasses.replace(STUDY, full_grid=Grid(root=str(tmp_path), csv="validation/runs.csv"))
     result = run_study(study, tmp_path / "out", show_progress=False)
     frame = read_csv(tmp_path / "out" / "validation.csv").set_index("metric")
     assert result.rows == 3     # the skipped point has predictions only: nothing to compare

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from itertools import product
 
-from hwprofiles import load_system
 from lia_model.models import get_model
 from lia_model.optimizer import optimize, space
+from lia_model.profiles import load_system
 from lia_model.workload import Workload
 
 SYSTEMS = ("spr-a100", "gnr-a100", "gnr-h100")

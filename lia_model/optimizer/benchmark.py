@@ -15,9 +15,9 @@ import random
 import statistics
 import time
 
-from hwprofiles import load_system
 from lia_model.models import get_model
 from lia_model.optimizer import InfeasibleError, optimize
+from lia_model.profiles import load_system
 from lia_model.workload import make_workload
 
 SYSTEMS = ["spr-a100", "spr-h100", "gnr-a100", "gnr-h100", "spr-a100-cxl", "spr-h100-cxl", "gnr-h100-cxl", "gh200"]

@@ -54,10 +54,10 @@ def cmd_plan(args) -> None:
     sys.path.insert(0, str(REPO))
     import yaml
 
-    from hwprofiles import load_system
     from lia_model.baselines import flexgen_baseline
     from lia_model.costmodel import predict
     from lia_model.models import get_model
+    from lia_model.profiles import load_system
     from lia_model.workload import Workload
 
     system = load_system(args.profile, [f"gpu.memory_gib={args.cap_gib:g}"])

@@ -53,7 +53,7 @@ def plot(table: pd.DataFrame):
 
     fig, axes = figure(1, 1, ONE_COLUMN_IN, 2.4)
     ax = axes[0][0]
-    labels = [f"B={b}\nL={l}" for b, l in zip(table["batch"], table["input_len"])]
+    labels = [f"B={b}\nL={n}" for b, n in zip(table["batch"], table["input_len"])]
     x = np.arange(len(table))
     ax.bar(x - 0.2, table["speedup_measured"], 0.4, label="measured", color="#1b7837")
     ax.bar(x + 0.2, table["speedup_predicted"], 0.4, label="predicted", color="#aaaaaa")
