@@ -3,7 +3,6 @@ lack the optimiser's dependencies). Same options as ``lia calibrate``."""
 
 from __future__ import annotations
 
-
 import typer
 
 from calibrate.cli import calibrate_command

@@ -15,9 +15,20 @@ from typing import Any, Optional
 
 from calibrate.headline import figures, load_rows
 
-PROFILE_FIELDS = ("cpu.memory_read_gbps", "cpu.op_overhead_us", "ddr.read_gbps", "gpu.hbm_gbps",
-                  "gpu.bf16_peak_tflops", "gpu.op_overhead_us", "gpu.reserved_gib", "link.h2d_gbps", "link.d2h_gbps",
-                  "link.pageable_h2d_gbps", "link.pageable_d2h_gbps", "link.transfer_latency_us")
+PROFILE_FIELDS = (
+    "cpu.memory_read_gbps",
+    "cpu.op_overhead_us",
+    "ddr.read_gbps",
+    "gpu.hbm_gbps",
+    "gpu.bf16_peak_tflops",
+    "gpu.op_overhead_us",
+    "gpu.reserved_gib",
+    "link.h2d_gbps",
+    "link.d2h_gbps",
+    "link.pageable_h2d_gbps",
+    "link.pageable_d2h_gbps",
+    "link.transfer_latency_us",
+)
 
 
 def profile_figures(path: Path) -> dict[str, Optional[float]]:

@@ -64,14 +64,16 @@ def point_efficiency(p: Measured, peak: float, overhead_s: float) -> float:
     return float(min(1.0, max(MIN_EFFICIENCY, p.flops / (peak * compute_s))))
 
 
-def _predict(flops: np.ndarray, nbytes: np.ndarray, e: np.ndarray, peak: float, bandwidth: float,
-             overhead_s: float) -> np.ndarray:
+def _predict(
+    flops: np.ndarray, nbytes: np.ndarray, e: np.ndarray, peak: float, bandwidth: float, overhead_s: float
+) -> np.ndarray:
     """(1) for arrays: points along axis -1, candidate efficiencies along axis 0."""
     return roofline_s(flops, peak * e, nbytes, bandwidth, overhead_s)
 
 
-def fit_table(points: list[Measured], peak: float, bandwidth: float, overhead_s: float,
-              digits: int = 6) -> list[EfficiencyPoint]:
+def fit_table(
+    points: list[Measured], peak: float, bandwidth: float, overhead_s: float, digits: int = 6
+) -> list[EfficiencyPoint]:
     """The efficiency table (step 3), keyed by the measured token counts, values rounded to ``digits``."""
     if not points:
         raise ValueError("no measured points to fit")
@@ -94,15 +96,17 @@ def fit_table(points: list[Measured], peak: float, bandwidth: float, overhead_s:
     return table
 
 
-def predict_time_s(p: Measured, table: list[EfficiencyPoint], peak: float, bandwidth: float,
-                   overhead_s: float) -> float:
+def predict_time_s(
+    p: Measured, table: list[EfficiencyPoint], peak: float, bandwidth: float, overhead_s: float
+) -> float:
     """(1) with the cost model's own interpolation."""
     e = interpolate_efficiency(table, p.tokens)
     return roofline_s(p.flops, peak * e, p.bytes, bandwidth, overhead_s)
 
 
-def fit_errors(points: list[Measured], table: list[EfficiencyPoint], peak: float, bandwidth: float,
-               overhead_s: float) -> list[float]:
+def fit_errors(
+    points: list[Measured], table: list[EfficiencyPoint], peak: float, bandwidth: float, overhead_s: float
+) -> list[float]:
     """Relative error (predicted - measured) / measured of each point."""
     return [predict_time_s(p, table, peak, bandwidth, overhead_s) / p.time_s - 1.0 for p in points]
 

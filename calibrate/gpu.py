@@ -63,24 +63,49 @@ def _matmul_rows(quick: bool, l2_bytes: int, budget_s: float, deadline: float) -
     per_point = 0.01 if quick else 0.02
     for shape, pts in groups.items():
         if time.perf_counter() > deadline:
-            rows += [row("gpu_matmul", "linear", label=shape.label, backend=backend, dtype="bfloat16", tokens=p.tokens,
-                         k=shape.k, n=shape.n, flops=p.flops,
-                         bytes=2.0 * (shape.k * shape.n + p.tokens * (shape.k + shape.n)),
-                         note=f"skipped: the GPU time budget ({budget_s:.0f} s) was spent") for p in pts]
+            rows += [
+                row(
+                    "gpu_matmul",
+                    "linear",
+                    label=shape.label,
+                    backend=backend,
+                    dtype="bfloat16",
+                    tokens=p.tokens,
+                    k=shape.k,
+                    n=shape.n,
+                    flops=p.flops,
+                    bytes=2.0 * (shape.k * shape.n + p.tokens * (shape.k + shape.n)),
+                    note=f"skipped: the GPU time budget ({budget_s:.0f} s) was spent",
+                )
+                for p in pts
+            ]
             continue
         copies = copies_to_stream(2 * shape.k * shape.n, l2_bytes)
-        weights = [fill_varied(torch.empty(shape.n, shape.k, dtype=torch.bfloat16, device="cuda"))
-                   for _ in range(copies)]
+        weights = [
+            fill_varied(torch.empty(shape.n, shape.k, dtype=torch.bfloat16, device="cuda")) for _ in range(copies)
+        ]
         for p in sorted(pts, key=lambda p: p.tokens):
             x = fill_varied(torch.empty(p.tokens, shape.k, dtype=torch.bfloat16, device="cuda"))
             fn = cycling([(lambda w=w: torch.nn.functional.linear(x, w)) for w in weights])
             from calibrate.timing import time_cuda
 
             timing = time_cuda(fn, budget_s=per_point)
-            rows.append(timed_row("gpu_matmul", "linear", timing, label=shape.label, backend=backend,
-                                  dtype="bfloat16", tokens=p.tokens, k=shape.k, n=shape.n, flops=p.flops,
-                                  bytes=2.0 * (shape.k * shape.n + p.tokens * (shape.k + shape.n)),
-                                  note=f"{copies} weight copies cycled" if copies > 1 else None))
+            rows.append(
+                timed_row(
+                    "gpu_matmul",
+                    "linear",
+                    timing,
+                    label=shape.label,
+                    backend=backend,
+                    dtype="bfloat16",
+                    tokens=p.tokens,
+                    k=shape.k,
+                    n=shape.n,
+                    flops=p.flops,
+                    bytes=2.0 * (shape.k * shape.n + p.tokens * (shape.k + shape.n)),
+                    note=f"{copies} weight copies cycled" if copies > 1 else None,
+                )
+            )
         del weights
     return rows
 
@@ -94,16 +119,32 @@ def _attention_rows(quick: bool, l2_bytes: int, budget_s: float, deadline: float
         bh = p.batch * p.heads
         kv_bytes = 2 * bh * p.s * p.head_dim
         nbytes = float(kv_bytes + 2 * bh * p.q * p.head_dim + 2 * bh * p.q * p.s)
-        common = dict(label=p.label, backend=backend, dtype="bfloat16", tokens=p.batch * p.q, batch=p.batch,
-                      heads=p.heads, q=p.q, s=p.s, head_dim=p.head_dim, flops=p.flops, bytes=nbytes)
+        common = dict(
+            label=p.label,
+            backend=backend,
+            dtype="bfloat16",
+            tokens=p.batch * p.q,
+            batch=p.batch,
+            heads=p.heads,
+            q=p.q,
+            s=p.s,
+            head_dim=p.head_dim,
+            flops=p.flops,
+            bytes=nbytes,
+        )
         if time.perf_counter() > deadline:
-            rows += [row("gpu_attention", op, **common, note=f"skipped: the GPU time budget ({budget_s:.0f} s) "
-                                                              "was spent") for op in ("score", "context")]
+            rows += [
+                row("gpu_attention", op, **common, note=f"skipped: the GPU time budget ({budget_s:.0f} s) was spent")
+                for op in ("score", "context")
+            ]
             continue
         copies = copies_to_stream(kv_bytes, l2_bytes)
         for op, timing in _attention_point(p, copies, 0.01 if quick else 0.02):
-            rows.append(timed_row("gpu_attention", op, timing, **common,
-                                  note=f"{copies} KV copies cycled" if copies > 1 else None))
+            rows.append(
+                timed_row(
+                    "gpu_attention", op, timing, **common, note=f"{copies} KV copies cycled" if copies > 1 else None
+                )
+            )
     return rows
 
 
@@ -132,9 +173,18 @@ def _memory_rows(quick: bool) -> list[dict]:
     src = torch.ones(size, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     timing = time_cuda(lambda: dst.copy_(src), budget_s=0.05 if quick else 0.2)
-    out = [timed_row("gpu_memory", "copy", timing, label=f"device copy {size >> 20} MiB", dtype="uint8",
-                     size_bytes=size, bytes=2.0 * size,
-                     note="bytes = read + written (2x the size): the bandwidth HBM sustains")]
+    out = [
+        timed_row(
+            "gpu_memory",
+            "copy",
+            timing,
+            label=f"device copy {size >> 20} MiB",
+            dtype="uint8",
+            size_bytes=size,
+            bytes=2.0 * size,
+            note="bytes = read + written (2x the size): the bandwidth HBM sustains",
+        )
+    ]
     return out
 
 
@@ -153,10 +203,21 @@ def _overhead_row() -> dict:
         torch.cuda.synchronize()
 
     timing = time_host(burst, budget_s=0.1, min_samples=5)
-    return row("gpu_overhead", "tiny_linear", label="1x64 @ 64x64, 200 back-to-back calls then sync",
-               dtype="bfloat16", tokens=1, k=64, n=64, time_s=timing.median_s / calls,
-               time_s_min=timing.min_s / calls, time_s_max=timing.max_s / calls, samples=timing.samples,
-               flops=2.0 * 64 * 64, note="wall-clock per call: launch and dispatch cost of one small op")
+    return row(
+        "gpu_overhead",
+        "tiny_linear",
+        label="1x64 @ 64x64, 200 back-to-back calls then sync",
+        dtype="bfloat16",
+        tokens=1,
+        k=64,
+        n=64,
+        time_s=timing.median_s / calls,
+        time_s_min=timing.min_s / calls,
+        time_s_max=timing.max_s / calls,
+        samples=timing.samples,
+        flops=2.0 * 64 * 64,
+        note="wall-clock per call: launch and dispatch cost of one small op",
+    )
 
 
 def measure(quick: bool, budget_s: float) -> list[dict]:
@@ -176,9 +237,18 @@ def measure(quick: bool, budget_s: float) -> list[dict]:
 def info_rows(info: dict[str, Any]) -> list[dict]:
     """The device's memory figures as rows, so the CSV alone says everything the profile does."""
     return [
-        row("gpu_info", "memory_total", label=info["name"], size_bytes=info["total_bytes"],
-            note="torch.cuda.get_device_properties(0).total_memory"),
-        row("gpu_info", "memory_used_at_start", label=info["name"],
+        row(
+            "gpu_info",
+            "memory_total",
+            label=info["name"],
+            size_bytes=info["total_bytes"],
+            note="torch.cuda.get_device_properties(0).total_memory",
+        ),
+        row(
+            "gpu_info",
+            "memory_used_at_start",
+            label=info["name"],
             size_bytes=info["mem_get_info_total_bytes"] - info["free_bytes_at_start"],
-            note="total - free (torch.cuda.mem_get_info) after context, cuBLAS handle and one product"),
+            note="total - free (torch.cuda.mem_get_info) after context, cuBLAS handle and one product",
+        ),
     ]

@@ -39,15 +39,23 @@ def _fmt(value: Optional[float], spread: Optional[float], digits: int = 3) -> st
 
 def _find(rows: list[dict], **match: Any) -> Optional[dict]:
     for r in rows:
-        if all(r.get(k) == v for k, v in match.items()) and _num(r.get("time_s")) and "ipex" not in str(r.get("backend")):
+        if (
+            all(r.get(k) == v for k, v in match.items())
+            and _num(r.get("time_s"))
+            and "ipex" not in str(r.get("backend"))
+        ):
             return r
     return None
 
 
 def _why(rows: list[dict], family: str, **match: Any) -> str:
     for r in rows:
-        if r.get("family") == family and all(r.get(k) == v for k, v in match.items()) and isinstance(r.get("note"), str) \
-                and ("skipped" in r["note"] or "absent" in r["note"]):
+        if (
+            r.get("family") == family
+            and all(r.get(k) == v for k, v in match.items())
+            and isinstance(r.get("note"), str)
+            and ("skipped" in r["note"] or "absent" in r["note"])
+        ):
             return r["note"]
     return ""
 
@@ -57,15 +65,20 @@ def figures(rows: list[dict]) -> dict[str, tuple[Optional[float], Optional[float
     shape = headline_shape()
     out: dict[str, tuple[Optional[float], Optional[float], str]] = {}
     for tokens in HEADLINE_TOKENS:
-        for key, family, isa in (("amx_bf16", "cpu_matmul", "amx_bf16"), ("avx512_bf16", "cpu_matmul", "avx512_bf16"),
-                                 ("avx512_fp32", "cpu_matmul", "avx512_fp32"), ("avx2_fp32", "cpu_matmul", "avx2_fp32"),
-                                 ("gpu", "gpu_matmul", None)):
+        for key, family, isa in (
+            ("amx_bf16", "cpu_matmul", "amx_bf16"),
+            ("avx512_bf16", "cpu_matmul", "avx512_bf16"),
+            ("avx512_fp32", "cpu_matmul", "avx512_fp32"),
+            ("avx2_fp32", "cpu_matmul", "avx2_fp32"),
+            ("gpu", "gpu_matmul", None),
+        ):
             match = dict(family=family, label=shape.label, tokens=tokens)
             if isa:
                 match["isa"] = isa
             r = _find(rows, **match)
             out[f"gemm {shape.label} {tokens} tokens {key} TFLOPS"] = (
-                (r["flops"] / r["time_s"] / 1e12, r.get("spread_rel"), "TFLOPS") if r else (None, None, "TFLOPS"))
+                (r["flops"] / r["time_s"] / 1e12, r.get("spread_rel"), "TFLOPS") if r else (None, None, "TFLOPS")
+            )
     nodes = sorted({int(r["numa_node"]) for r in rows if r.get("family") == "pcie" and _num(r.get("numa_node"))})
     for node in nodes or [0]:
         suffix = f" node {node}" if len(nodes) > 1 else ""
@@ -74,11 +87,13 @@ def figures(rows: list[dict]) -> dict[str, tuple[Optional[float], Optional[float
                 for pinned in ("pinned", "pageable"):
                     r = _find(rows, family="pcie", op=op, pinned=pinned, size_bytes=size, numa_node=node)
                     out[f"{pinned} {op} {_size(size)}{suffix} GB/s"] = (
-                        (r["bytes"] / r["time_s"] / 1e9, r.get("spread_rel"), "GB/s") if r else (None, None, "GB/s"))
+                        (r["bytes"] / r["time_s"] / 1e9, r.get("spread_rel"), "GB/s") if r else (None, None, "GB/s")
+                    )
     for op in ("gemm_during_h2d", "h2d_during_gemm", "gemv_during_h2d", "h2d_during_gemv"):
         r = _find(rows, family="contention", op=op)
-        out[f"contention {op} slowdown"] = (r["slowdown"], r.get("spread_rel"), "x") if r and _num(
-            r.get("slowdown")) else (None, None, "x")
+        out[f"contention {op} slowdown"] = (
+            (r["slowdown"], r.get("spread_rel"), "x") if r and _num(r.get("slowdown")) else (None, None, "x")
+        )
     return out
 
 
@@ -89,40 +104,63 @@ def _size(size: int) -> str:
 def headline_markdown(rows: list[dict]) -> str:
     shape = headline_shape()
     fig = figures(rows)
-    lines = [f"GEMM throughput at {shape.label} (K = {shape.k}, N = {shape.n}), bf16 unless noted, TFLOPS:", "",
-             "| tokens | AMX bf16 | AVX-512 bf16 | AMX / AVX-512 | AVX-512 fp32 | AVX2 fp32 | GPU bf16 |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"GEMM throughput at {shape.label} (K = {shape.k}, N = {shape.n}), bf16 unless noted, TFLOPS:",
+        "",
+        "| tokens | AMX bf16 | AVX-512 bf16 | AMX / AVX-512 | AVX-512 fp32 | AVX2 fp32 | GPU bf16 |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for tokens in HEADLINE_TOKENS:
-        get = {k: fig[f"gemm {shape.label} {tokens} tokens {k} TFLOPS"] for k in
-               ("amx_bf16", "avx512_bf16", "avx512_fp32", "avx2_fp32", "gpu")}
+        get = {
+            k: fig[f"gemm {shape.label} {tokens} tokens {k} TFLOPS"]
+            for k in ("amx_bf16", "avx512_bf16", "avx512_fp32", "avx2_fp32", "gpu")
+        }
         amx, avx = get["amx_bf16"][0], get["avx512_bf16"][0]
         ratio = f"{amx / avx:.2f}x" if amx and avx else "n/m"
-        lines.append(f"| {tokens} | {_fmt(*get['amx_bf16'][:2])} | {_fmt(*get['avx512_bf16'][:2])} | {ratio} | "
-                     f"{_fmt(*get['avx512_fp32'][:2])} | {_fmt(*get['avx2_fp32'][:2])} | {_fmt(*get['gpu'][:2])} |")
+        lines.append(
+            f"| {tokens} | {_fmt(*get['amx_bf16'][:2])} | {_fmt(*get['avx512_bf16'][:2])} | {ratio} | "
+            f"{_fmt(*get['avx512_fp32'][:2])} | {_fmt(*get['avx2_fp32'][:2])} | {_fmt(*get['gpu'][:2])} |"
+        )
     reasons = []
-    for key, family, isa in (("amx_bf16", "cpu_matmul", "amx_bf16"), ("avx512_bf16", "cpu_matmul", "avx512_bf16"),
-                             ("avx512_fp32", "cpu_matmul", "avx512_fp32"), ("avx2_fp32", "cpu_matmul", "avx2_fp32"),
-                             ("gpu", "gpu_matmul", None)):
+    for key, family, isa in (
+        ("amx_bf16", "cpu_matmul", "amx_bf16"),
+        ("avx512_bf16", "cpu_matmul", "avx512_bf16"),
+        ("avx512_fp32", "cpu_matmul", "avx512_fp32"),
+        ("avx2_fp32", "cpu_matmul", "avx2_fp32"),
+        ("gpu", "gpu_matmul", None),
+    ):
         if key == "avx2_fp32" and not any(r.get("isa") == "avx2_fp32" for r in rows):
-            continue   # measured only on CPUs without AVX-512
+            continue  # measured only on CPUs without AVX-512
         missing = any(fig[f"gemm {shape.label} {t} tokens {key} TFLOPS"][0] is None for t in HEADLINE_TOKENS)
         why = _why(rows, family, **({"isa": isa} if isa else {}))
         if missing:
             reasons.append(f"{key}: {why or 'not in this run (a --quick run measures 1, 16 and 256 tokens)'}")
     lines += [""] + [f"- n/m {r}" for r in reasons] if reasons else []
-    lines += ["", "PCIe copy bandwidth, GB/s:", "", "| size | pinned h2d | pageable h2d | pinned d2h | pageable d2h |",
-              "|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "PCIe copy bandwidth, GB/s:",
+        "",
+        "| size | pinned h2d | pageable h2d | pinned d2h | pageable d2h |",
+        "|---|---:|---:|---:|---:|",
+    ]
     keys = [k for k in fig if k.endswith("GB/s")]
     labels = list(dict.fromkeys(k.split(" ", 2)[2].rsplit(" GB/s", 1)[0] for k in keys))
     for label in labels:
-        cells = [_fmt(*fig[f"{p} {o} {label} GB/s"][:2]) for o, p in
-                 (("h2d", "pinned"), ("h2d", "pageable"), ("d2h", "pinned"), ("d2h", "pageable"))]
+        cells = [
+            _fmt(*fig[f"{p} {o} {label} GB/s"][:2])
+            for o, p in (("h2d", "pinned"), ("h2d", "pageable"), ("d2h", "pinned"), ("d2h", "pageable"))
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     pcie_why = _why(rows, "pcie")
     if pcie_why:
         lines += ["", f"- n/m {pcie_why}"]
-    lines += ["", "Contention (pinned h2d copies while the CPU runs a bf16 GEMM or GEMV on all cores):", "",
-              "| what | alone | together | slowdown |", "|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "Contention (pinned h2d copies while the CPU runs a bf16 GEMM or GEMV on all cores):",
+        "",
+        "| what | alone | together | slowdown |",
+        "|---|---:|---:|---:|",
+    ]
     for op in ("gemm_during_h2d", "h2d_during_gemm", "gemv_during_h2d", "h2d_during_gemv"):
         r = _find(rows, family="contention", op=op)
         if r is None:
@@ -134,8 +172,10 @@ def headline_markdown(rows: list[dict]) -> str:
         else:
             alone = f"{r['flops'] / r['solo_time_s'] / 1e12:.3g} TFLOPS"
             together = f"{r['flops'] / r['time_s'] / 1e12:.3g} TFLOPS"
-        lines.append(f"| {op.replace('_', ' ')} ({r['label']}) | {alone} | {together} | "
-                     f"{_fmt(r['slowdown'], r.get('spread_rel'))}x |")
+        lines.append(
+            f"| {op.replace('_', ' ')} ({r['label']}) | {alone} | {together} | "
+            f"{_fmt(r['slowdown'], r.get('spread_rel'))}x |"
+        )
     cont_why = _why(rows, "contention")
     if cont_why:
         lines += ["", f"- n/m {cont_why}"]
@@ -152,21 +192,25 @@ def csv_for(path: Path) -> Path:
             return c
     from lia_model.errors import LiaInputError
 
-    raise LiaInputError(str(path), "no raw CSV found for this profile",
-                        f"looked for {', '.join(str(c) for c in candidates)}; give the CSV path instead")
+    raise LiaInputError(
+        str(path),
+        "no raw CSV found for this profile",
+        f"looked for {', '.join(str(c) for c in candidates)}; give the CSV path instead",
+    )
 
 
 def load_rows(path: Path) -> list[dict]:
-    from lia_model.errors import LiaInputError
-
     from calibrate.records import read_csv
+    from lia_model.errors import LiaInputError
 
     csv = csv_for(path)
     if not csv.exists():
         raise LiaInputError(str(csv), "no such file", "give a calibration CSV or profile .yaml")
     frame = read_csv(csv)
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
-            for rec in frame.to_dict("records")]
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+        for rec in frame.to_dict("records")
+    ]
 
 
 def main(argv: Optional[list[str]] = None) -> int:

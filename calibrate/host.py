@@ -42,12 +42,12 @@ class HostInfo:
     family: int
     model: int
     flags: frozenset[str]
-    affinity: tuple[int, ...]              # logical CPUs this process may run on
-    physical_cores: int                    # distinct (package, core) pairs among them
+    affinity: tuple[int, ...]  # logical CPUs this process may run on
+    physical_cores: int  # distinct (package, core) pairs among them
     nodes: tuple[NumaNode, ...]
-    mem_total_bytes: int                   # /proc/meminfo MemTotal
-    mem_available_bytes: int               # /proc/meminfo MemAvailable at start
-    llc_bytes: int = 0                     # last-level cache of one CPU (0 when /sys does not say)
+    mem_total_bytes: int  # /proc/meminfo MemTotal
+    mem_available_bytes: int  # /proc/meminfo MemAvailable at start
+    llc_bytes: int = 0  # last-level cache of one CPU (0 when /sys does not say)
     machine: str = field(default_factory=platform.machine)
 
     @property
@@ -158,8 +158,11 @@ def _cpuinfo_field(text: str, key: str) -> str:
 def host_info() -> HostInfo:
     cpuinfo = _read(Path("/proc/cpuinfo"))
     meminfo = _read(Path("/proc/meminfo"))
-    affinity = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else tuple(
-        range(os.cpu_count() or 1))
+    affinity = (
+        tuple(sorted(os.sched_getaffinity(0)))
+        if hasattr(os, "sched_getaffinity")
+        else tuple(range(os.cpu_count() or 1))
+    )
     nodes = numa_nodes()
     if not nodes:  # no /sys NUMA view (containers may hide it): one node with everything
         nodes = (NumaNode(0, affinity, parse_meminfo_kb(meminfo, "MemTotal")),)

@@ -48,8 +48,9 @@ def _chase_s_per_step(buffer: Any, region_bytes: int, steps: int, seed: int = 0)
     return (time.perf_counter() - t0) / steps
 
 
-def _attention_rows(node_label: int, nodes_arg: Optional[int], point: AttentionPoint, threads: int,
-                    placement: str) -> list[dict]:
+def _attention_rows(
+    node_label: int, nodes_arg: Optional[int], point: AttentionPoint, threads: int, placement: str
+) -> list[dict]:
     import torch
 
     from calibrate.timing import time_host
@@ -70,15 +71,32 @@ def _attention_rows(node_label: int, nodes_arg: Optional[int], point: AttentionP
             return torch.bmm(torch.softmax(scores, dim=-1), v)
 
         timing = time_host(attend, budget_s=0.1)
-        rows.append(timed_row("host_memory", "attention_decode", timing, label=point.label, dtype="bfloat16",
-                              batch=point.batch, heads=point.heads, q=point.q, s=point.s, head_dim=point.head_dim,
-                              tokens=point.batch * point.q, numa_node=node_label, threads=threads,
-                              flops=2 * point.flops, bytes=float(2 * kv_bytes), note=placement))
+        rows.append(
+            timed_row(
+                "host_memory",
+                "attention_decode",
+                timing,
+                label=point.label,
+                dtype="bfloat16",
+                batch=point.batch,
+                heads=point.heads,
+                q=point.q,
+                s=point.s,
+                head_dim=point.head_dim,
+                tokens=point.batch * point.q,
+                numa_node=node_label,
+                threads=threads,
+                flops=2 * point.flops,
+                bytes=float(2 * kv_bytes),
+                note=placement,
+            )
+        )
     return rows  # k and v view the freed node buffer from here on: nothing may use them
 
 
-def measure_node(node: int, bound: bool, size_bytes: int, threads: int, quick: bool,
-                 attention: AttentionPoint) -> list[dict]:
+def measure_node(
+    node: int, bound: bool, size_bytes: int, threads: int, quick: bool, attention: AttentionPoint
+) -> list[dict]:
     import torch
 
     from calibrate.timing import time_host
@@ -90,19 +108,51 @@ def measure_node(node: int, bound: bool, size_bytes: int, threads: int, quick: b
         data = buf.tensor
         as_f32 = data.view(torch.float32)
         timing = time_host(lambda: as_f32.sum(), budget_s=0.1 if quick else 0.3)
-        rows.append(timed_row("host_memory", "read", timing, label=f"sum over {size_bytes >> 20} MiB",
-                              dtype="float32", numa_node=node, size_bytes=size_bytes, threads=threads,
-                              bytes=float(size_bytes), note=placement))
+        rows.append(
+            timed_row(
+                "host_memory",
+                "read",
+                timing,
+                label=f"sum over {size_bytes >> 20} MiB",
+                dtype="float32",
+                numa_node=node,
+                size_bytes=size_bytes,
+                threads=threads,
+                bytes=float(size_bytes),
+                note=placement,
+            )
+        )
         half = size_bytes // 2
-        src, dst = data[:half], data[half:2 * half]
+        src, dst = data[:half], data[half : 2 * half]
         timing = time_host(lambda: dst.copy_(src), budget_s=0.1 if quick else 0.3)
-        rows.append(timed_row("host_memory", "copy", timing, label=f"copy {half >> 20} MiB", dtype="uint8",
-                              numa_node=node, size_bytes=half, threads=threads, bytes=float(half), note=placement))
+        rows.append(
+            timed_row(
+                "host_memory",
+                "copy",
+                timing,
+                label=f"copy {half >> 20} MiB",
+                dtype="uint8",
+                numa_node=node,
+                size_bytes=half,
+                threads=threads,
+                bytes=float(half),
+                note=placement,
+            )
+        )
         steps = 50_000 if quick else 200_000
         per_step = _chase_s_per_step(data, min(size_bytes, 1 << 30), steps)
-        rows.append(row("host_memory", "chase", label="dependent loads, random cache lines", numa_node=node,
-                        size_bytes=min(size_bytes, 1 << 30), time_s=per_step, samples=steps,
-                        note=placement + "; includes the Python interpreter's per-step cost (same on every node)"))
+        rows.append(
+            row(
+                "host_memory",
+                "chase",
+                label="dependent loads, random cache lines",
+                numa_node=node,
+                size_bytes=min(size_bytes, 1 << 30),
+                time_s=per_step,
+                samples=steps,
+                note=placement + "; includes the Python interpreter's per-step cost (same on every node)",
+            )
+        )
     rows += _attention_rows(node, node if bound else None, attention, threads, placement)
     return rows
 
@@ -111,21 +161,27 @@ def measure(host: HostInfo, threads: int, quick: bool) -> tuple[list[dict], list
     """Every node with memory; returns rows and notes (binding, single node, CXL)."""
     size = (128 << 20) if quick else (1 << 30)
     model = CATALOG["opt-30b"]
-    point = (AttentionPoint(4, model.num_heads, 1, 512, model.head_dim) if quick
-             else AttentionPoint(16, model.num_heads, 1, 2048, model.head_dim))
+    point = (
+        AttentionPoint(4, model.num_heads, 1, 512, model.head_dim)
+        if quick
+        else AttentionPoint(16, model.num_heads, 1, 2048, model.head_dim)
+    )
     bound = libnuma() is not None
     notes = [f"host memory: {binding_status()}"]
     nodes = [n for n in host.nodes if n.mem_total_bytes > 0] if bound else []
     if not nodes:
         nodes_to_run = [host.local_node]
         if not bound:
-            notes.append(f"host memory: measured unbound (the OS places pages, normally on node {host.local_node}); "
-                         f"{len(host.nodes)} NUMA node(s) listed")
+            notes.append(
+                f"host memory: measured unbound (the OS places pages, normally on node {host.local_node}); "
+                f"{len(host.nodes)} NUMA node(s) listed"
+            )
     else:
         nodes_to_run = [n.node for n in nodes]
     if not host.cxl_nodes:
-        notes.append(f"host memory: {len(host.cpu_nodes)} NUMA node(s) with CPUs and no CPU-less (CXL) node: "
-                     f"no cxl tier")
+        notes.append(
+            f"host memory: {len(host.cpu_nodes)} NUMA node(s) with CPUs and no CPU-less (CXL) node: no cxl tier"
+        )
     rows = []
     for node in nodes_to_run:
         rows += measure_node(node, bound, size, threads, quick, point)

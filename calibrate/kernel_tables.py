@@ -44,14 +44,24 @@ from lia_model.errors import LiaInputError
 
 TOKENS = (1, 4, 16, 64, 256, 1024, 4096)
 QUICK_TOKENS = (1, 16, 256)
-CPU_FLOP_CAP = 2.5e12          # FLOPs per call: larger CPU products are extrapolated (~0.5 s each on AMX)
+CPU_FLOP_CAP = 2.5e12  # FLOPs per call: larger CPU products are extrapolated (~0.5 s each on AMX)
 GPU_FLOP_CAP = 2.0e14
 DEFAULT_MODELS = ("opt-30b", "opt-66b", "opt-175b", "llama-2-70b")
-ATTN_MODELS = ("opt-30b", "llama-2-70b")   # MHA (G = 1) and GQA (G = 8); --attn-models overrides
+ATTN_MODELS = ("opt-30b", "llama-2-70b")  # MHA (G = 1) and GQA (G = 8); --attn-models overrides
 # decode: small contexts at large batches too (the runtime's B = 64, s = 40 point measured a per-row cost
 # that a grid starting at s = 128 missed: 2026-11-30, runtime/validation/wave2)
-DECODE_GRID = ((1, 512), (8, 128), (8, 2048), (32, 512), (64, 128), (64, 1024), (16, 2048), (64, 32), (256, 32),
-               (128, 64))
+DECODE_GRID = (
+    (1, 512),
+    (8, 128),
+    (8, 2048),
+    (32, 512),
+    (64, 128),
+    (64, 1024),
+    (16, 2048),
+    (64, 32),
+    (256, 32),
+    (128, 64),
+)
 PREFILL_GRID = ((1, 32), (1, 512), (4, 128), (1, 1024), (8, 256), (2, 2048))
 QUICK_DECODE_GRID = ((1, 64), (4, 128), (2, 256), (8, 32))
 QUICK_PREFILL_GRID = ((1, 16), (1, 64), (2, 32), (2, 48))
@@ -99,8 +109,7 @@ def _sublayer_call(model, sub, p: dict, tokens: int, device) -> Callable[[], Any
     k, n = linear_shape(model, sub)
     x = torch.randn(tokens, 1, k, dtype=torch.bfloat16, device=device) * 0.1
     if sub == Sublayer.QKV:
-        rope = kernels.rope_tables(torch.arange(7, 8), model, torch.device(device)) if uses_rope(model) \
-            else None
+        rope = kernels.rope_tables(torch.arange(7, 8), model, torch.device(device)) if uses_rope(model) else None
         return lambda: kernels.qkv(x, p, model, rope)
     if sub == Sublayer.OUT_PROJ:
         resid = torch.randn(tokens, 1, n, dtype=torch.bfloat16, device=device)
@@ -114,8 +123,9 @@ def _sublayer_call(model, sub, p: dict, tokens: int, device) -> Callable[[], Any
 # ----------------------------------------------------------------------------------------- linears
 
 
-def linear_rows(models: list, device: str, tokens_list: tuple[int, ...], llc_bytes: int, budget_s: float,
-                setup: str) -> list[dict]:
+def linear_rows(
+    models: list, device: str, tokens_list: tuple[int, ...], llc_bytes: int, budget_s: float, setup: str
+) -> list[dict]:
     from calibrate.tensors import copies_to_stream, cycling
     from calibrate.timing import time_cuda, time_host
     from lia_model.accounting import linear_shape
@@ -141,14 +151,33 @@ def linear_rows(models: list, device: str, tokens_list: tuple[int, ...], llc_byt
                     continue
                 fn = cycling([_sublayer_call(model, sub, p, t, device) for p in params])
                 timing = timer(fn, budget_s=budget_s)
-                rows.append({"family": "linear", "device": device, "model": model.name, "sublayer": sub.value,
-                             "k": k, "n": n, "tokens": t, "time_s": timing.median_s, "min_s": timing.min_s,
-                             "max_s": timing.max_s, "samples": timing.samples, "weight_copies": copies,
-                             "gbps_weights": nbytes / timing.median_s / 1e9,
-                             "tflops": flops / timing.median_s / 1e12, "setup": setup})
-            log(f"{device} {model.name} {sub.value} ({k}x{n}): " + ", ".join(
-                f"{r['tokens']}:{r['time_s'] * 1e3:.2f}ms" for r in rows[-len(tokens_list):]
-                if r["sublayer"] == sub.value and r["k"] == k))
+                rows.append(
+                    {
+                        "family": "linear",
+                        "device": device,
+                        "model": model.name,
+                        "sublayer": sub.value,
+                        "k": k,
+                        "n": n,
+                        "tokens": t,
+                        "time_s": timing.median_s,
+                        "min_s": timing.min_s,
+                        "max_s": timing.max_s,
+                        "samples": timing.samples,
+                        "weight_copies": copies,
+                        "gbps_weights": nbytes / timing.median_s / 1e9,
+                        "tflops": flops / timing.median_s / 1e12,
+                        "setup": setup,
+                    }
+                )
+            log(
+                f"{device} {model.name} {sub.value} ({k}x{n}): "
+                + ", ".join(
+                    f"{r['tokens']}:{r['time_s'] * 1e3:.2f}ms"
+                    for r in rows[-len(tokens_list) :]
+                    if r["sublayer"] == sub.value and r["k"] == k
+                )
+            )
             del params
     return rows
 
@@ -159,8 +188,9 @@ def linear_tables(rows: list[dict], device: str) -> list[dict]:
         if r["family"] != "linear" or r["device"] != device:
             continue
         key = (r["sublayer"], r["k"], r["n"])
-        t = tables.setdefault(key, {"sublayer": r["sublayer"], "k": r["k"], "n": r["n"], "model": r["model"],
-                                    "tokens": [], "seconds": []})
+        t = tables.setdefault(
+            key, {"sublayer": r["sublayer"], "k": r["k"], "n": r["n"], "model": r["model"], "tokens": [], "seconds": []}
+        )
         t["tokens"].append(int(r["tokens"]))
         t["seconds"].append(float(f"{r['time_s']:.6g}"))
     for t in tables.values():
@@ -182,8 +212,10 @@ def attention_rows(models: list, device: str, quick: bool, budget_s: float, setu
 
     timer = time_host if device == "cpu" else time_cuda
     rows = []
-    grids = (("decode", QUICK_DECODE_GRID if quick else DECODE_GRID),
-             ("prefill", QUICK_PREFILL_GRID if quick else PREFILL_GRID))
+    grids = (
+        ("decode", QUICK_DECODE_GRID if quick else DECODE_GRID),
+        ("prefill", QUICK_PREFILL_GRID if quick else PREFILL_GRID),
+    )
     for model in models:
         kvh, d, heads = model.num_kv_heads, model.head_dim, model.num_heads
         g = heads // kvh
@@ -191,7 +223,7 @@ def attention_rows(models: list, device: str, quick: bool, budget_s: float, setu
             for batch, s in grid:
                 q = 1 if phase == "decode" else s
                 pos0 = s - q
-                width = s + 16                          # a preallocated cache a little wider than s
+                width = s + 16  # a preallocated cache a little wider than s
                 kc = torch.randn(batch, kvh, width, d, dtype=torch.bfloat16, device=device)
                 vc = torch.randn(batch, kvh, width, d, dtype=torch.bfloat16, device=device)
                 kp, vp = kc[:, :, :s], vc[:, :, :s]
@@ -205,10 +237,27 @@ def attention_rows(models: list, device: str, quick: bool, budget_s: float, setu
                 }
                 for kind, fn in calls.items():
                     timing = timer(fn, budget_s=budget_s)
-                    rows.append({"family": "attention", "device": device, "model": model.name, "kind": kind,
-                                 "phase": phase, "batch": batch, "heads": heads, "kv_heads": kvh, "group": g,
-                                 "q": q, "s": s, "head_dim": d, "time_s": timing.median_s, "min_s": timing.min_s,
-                                 "max_s": timing.max_s, "samples": timing.samples, "setup": setup})
+                    rows.append(
+                        {
+                            "family": "attention",
+                            "device": device,
+                            "model": model.name,
+                            "kind": kind,
+                            "phase": phase,
+                            "batch": batch,
+                            "heads": heads,
+                            "kv_heads": kvh,
+                            "group": g,
+                            "q": q,
+                            "s": s,
+                            "head_dim": d,
+                            "time_s": timing.median_s,
+                            "min_s": timing.min_s,
+                            "max_s": timing.max_s,
+                            "samples": timing.samples,
+                            "setup": setup,
+                        }
+                    )
         log(f"{device} attention {model.name}: {sum(1 for r in rows if r['model'] == model.name)} points")
     return rows
 
@@ -226,8 +275,15 @@ def fit_attention(rows: list[dict], device: str, models: dict) -> list[dict]:
     fits = []
     for kind, phase, heads in itertools.product(("fused", "score", "context"), ("decode", "prefill"), ("mha", "gqa")):
         if True:  # noqa: SIM108 - one block per (kind, phase, heads)
-            pts = [r for r in rows if r["family"] == "attention" and r["device"] == device and r["kind"] == kind
-                   and r["phase"] == phase and (int(r["group"]) > 1) == (heads == "gqa")]
+            pts = [
+                r
+                for r in rows
+                if r["family"] == "attention"
+                and r["device"] == device
+                and r["kind"] == kind
+                and r["phase"] == phase
+                and (int(r["group"]) > 1) == (heads == "gqa")
+            ]
             if len(pts) < 4:
                 continue
             feats = []
@@ -247,11 +303,20 @@ def fit_attention(rows: list[dict], device: str, models: dict) -> list[dict]:
             errs = np.abs(pred / t - 1)
             for r, p in zip(pts, pred):
                 r["fit_time_s"] = float(p)
-            fits.append({"kind": kind, "phase": phase, "heads": heads, "overhead_s": float(f"{coef[0]:.6g}"),
-                         "s_per_byte": float(f"{coef[1]:.6g}"), "s_per_flop": float(f"{coef[2]:.6g}"),
-                         "s_per_row": float(f"{coef[3]:.6g}"),
-                         "fit_median_rel_err": round(float(np.median(errs)), 4),
-                         "fit_max_rel_err": round(float(errs.max()), 4), "points": len(pts)})
+            fits.append(
+                {
+                    "kind": kind,
+                    "phase": phase,
+                    "heads": heads,
+                    "overhead_s": float(f"{coef[0]:.6g}"),
+                    "s_per_byte": float(f"{coef[1]:.6g}"),
+                    "s_per_flop": float(f"{coef[2]:.6g}"),
+                    "s_per_row": float(f"{coef[3]:.6g}"),
+                    "fit_median_rel_err": round(float(np.median(errs)), 4),
+                    "fit_max_rel_err": round(float(errs.max()), 4),
+                    "points": len(pts),
+                }
+            )
     return fits
 
 
@@ -278,14 +343,17 @@ def refit(profile: str, csv: str, force: bool) -> Path:
     data["kernels"]["gpu_attention"] = fit_attention(rows, "gpu", models)
     stamp = time.strftime("%Y-%m-%d", time.gmtime())
     for dev in ("cpu", "gpu"):
-        data["kernels"]["source"][f"{dev}_attention"] += (f"; refitted {stamp} from {Path(csv).name} by "
-                                                          f"python -m calibrate.kernel_tables --refit (per-row term)")
+        data["kernels"]["source"][f"{dev}_attention"] += (
+            f"; refitted {stamp} from {Path(csv).name} by python -m calibrate.kernel_tables --refit (per-row term)"
+        )
     path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=120))
     load_system(str(path))
     for dev in ("cpu", "gpu"):
         for f in data["kernels"][f"{dev}_attention"]:
-            log(f"{dev} attention fit {f['kind']}/{f['phase']}/{f['heads']}: median |err| {100 * f['fit_median_rel_err']:.1f}%, "
-                f"max {100 * f['fit_max_rel_err']:.1f}% over {f['points']} points")
+            log(
+                f"{dev} attention fit {f['kind']}/{f['phase']}/{f['heads']}: median |err| {100 * f['fit_median_rel_err']:.1f}%, "
+                f"max {100 * f['fit_max_rel_err']:.1f}% over {f['points']} points"
+            )
     return path
 
 
@@ -325,7 +393,7 @@ def cpu_beside_dma(setup: str, quick: bool) -> tuple[float, list[dict]]:
         t0 = time.perf_counter()
         with torch.cuda.stream(stream):
             for i in range(n):
-                dev.copy_(host[(i % pieces) * piece:(i % pieces + 1) * piece], non_blocking=True)
+                dev.copy_(host[(i % pieces) * piece : (i % pieces + 1) * piece], non_blocking=True)
         stream.synchronize()
         return time.perf_counter() - t0
 
@@ -342,19 +410,38 @@ def cpu_beside_dma(setup: str, quick: bool) -> tuple[float, list[dict]]:
         res["cpu"] = cpu_loop(n_cpu)
         th.join()
         ratios.append(res["cpu"] / solo_cpu)
-        rows.append({"family": "cpu_beside_dma", "device": "cpu", "model": "opt-30b", "sublayer": "fc2", "tokens": 64,
-                     "time_s": res["cpu"] / n_cpu, "solo_time_s": solo_cpu / n_cpu,
-                     "slowdown": res["cpu"] / solo_cpu, "dma_gbps": n_dma * piece / res["dma"] / 1e9,
-                     "dma_solo_gbps": n_dma * piece / solo_dma / 1e9,
-                     "cpu_weights_gbps_solo": n_cpu * 2 * 28672 * 7168 / solo_cpu / 1e9, "setup": setup})
+        rows.append(
+            {
+                "family": "cpu_beside_dma",
+                "device": "cpu",
+                "model": "opt-30b",
+                "sublayer": "fc2",
+                "tokens": 64,
+                "time_s": res["cpu"] / n_cpu,
+                "solo_time_s": solo_cpu / n_cpu,
+                "slowdown": res["cpu"] / solo_cpu,
+                "dma_gbps": n_dma * piece / res["dma"] / 1e9,
+                "dma_solo_gbps": n_dma * piece / solo_dma / 1e9,
+                "cpu_weights_gbps_solo": n_cpu * 2 * 28672 * 7168 / solo_cpu / 1e9,
+                "setup": setup,
+            }
+        )
     return float(statistics.median(ratios)), rows
 
 
 # ----------------------------------------------------------------------------------------- the run
 
 
-def run(base: str, name: str, out_dir: Path, models: list[str], quick: bool, force: bool, use_gpu: bool,
-        attn_models: tuple[str, ...] = ATTN_MODELS) -> Path:
+def run(
+    base: str,
+    name: str,
+    out_dir: Path,
+    models: list[str],
+    quick: bool,
+    force: bool,
+    use_gpu: bool,
+    attn_models: tuple[str, ...] = ATTN_MODELS,
+) -> Path:
     import pandas as pd
     import torch
     import yaml
@@ -364,7 +451,7 @@ def run(base: str, name: str, out_dir: Path, models: list[str], quick: bool, for
     from lia_model.profiles import load_system, system_dict
     from runtime import cpu_setup
 
-    base_spec = load_system(base)   # validates the base (a name or a path)
+    base_spec = load_system(base)  # validates the base (a name or a path)
     profile_path = out_dir / f"{name}.yaml"
     csv_path = out_dir / f"{name}-kernels.csv"
     if profile_path.exists() and not force:
@@ -394,8 +481,10 @@ def run(base: str, name: str, out_dir: Path, models: list[str], quick: bool, for
         slowdown, dma_rows = cpu_beside_dma(desc, quick)
         rows += dma_rows
         dispatch_src = "runtime/overhead.py: executor decode-step slope per sublayer, all-GPU, hidden 64"
-        slowdown_src = ("median of 3: runtime fc2 of OPT-30B at 64 tokens (6 cold weight copies) while pinned H2D "
-                        f"copies stream {2 if quick else 8} x 256 MiB on another CUDA stream, over its time alone")
+        slowdown_src = (
+            "median of 3: runtime fc2 of OPT-30B at 64 tokens (6 cold weight copies) while pinned H2D "
+            f"copies stream {2 if quick else 8} x 256 MiB on another CUDA stream, over its time alone"
+        )
     for r in rows:
         if r["device"] == "cuda":
             r["device"] = "gpu"
@@ -404,8 +493,10 @@ def run(base: str, name: str, out_dir: Path, models: list[str], quick: bool, for
     gpu_fits = fit_attention(rows, "gpu", by_name) if cuda else []
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     stamp = f"calibrated on {host.hostname} on {date}"
-    command = (f"python -m calibrate.kernel_tables --base {base} --name {name} --out {out_dir} "
-               f"--models {','.join(models)}" + (" --quick" if quick else "") + ("" if cuda else " --no-gpu"))
+    command = (
+        f"python -m calibrate.kernel_tables --base {base} --name {name} --out {out_dir} "
+        f"--models {','.join(models)}" + (" --quick" if quick else "") + ("" if cuda else " --no-gpu")
+    )
     from lia_model.plan import CpuIsa
 
     kernels = {
@@ -426,26 +517,37 @@ def run(base: str, name: str, out_dir: Path, models: list[str], quick: bool, for
             "cpu_slowdown_beside_dma": f"{stamp}: {slowdown_src}",
         },
     }
-    data = system_dict(base)         # the base with every device inline
+    data = system_dict(base)  # the base with every device inline
     data["name"] = name
-    data["description"] = (f"{data.get('description', '')} + kernel tables of the runtime ({stamp}"
-                           f"{', ' + gpu_name if gpu_name else ''})").strip()
+    data["description"] = (
+        f"{data.get('description', '')} + kernel tables of the runtime ({stamp}{', ' + gpu_name if gpu_name else ''})"
+    ).strip()
     data["kernels"] = kernels
-    prov = data.get("provenance") or {"host": host.hostname, "date": date, "command": command, "versions": {},
-                                      "notes": []}
-    prov.setdefault("notes", []).append(f"kernel tables: `{command}` on {host.hostname} at {date} "
-                                        f"({time.perf_counter() - t0:.0f} s; {desc}; torch {torch.__version__}; "
-                                        f"python {platform.python_version()})")
+    prov = data.get("provenance") or {
+        "host": host.hostname,
+        "date": date,
+        "command": command,
+        "versions": {},
+        "notes": [],
+    }
+    prov.setdefault("notes", []).append(
+        f"kernel tables: `{command}` on {host.hostname} at {date} "
+        f"({time.perf_counter() - t0:.0f} s; {desc}; torch {torch.__version__}; "
+        f"python {platform.python_version()})"
+    )
     data["provenance"] = prov
-    profile_path.write_text(f"# Base profile {base} plus the runtime's kernel tables, written by `{command}`.\n"
-                            f"# Raw measurements: {csv_path.name}.\n"
-                            + yaml.safe_dump(data, sort_keys=False, width=120))
+    profile_path.write_text(
+        f"# Base profile {base} plus the runtime's kernel tables, written by `{command}`.\n"
+        f"# Raw measurements: {csv_path.name}.\n" + yaml.safe_dump(data, sort_keys=False, width=120)
+    )
     pd.DataFrame(rows).to_csv(csv_path, index=False)
-    load_system(str(profile_path))   # the written profile must validate
+    load_system(str(profile_path))  # the written profile must validate
     log(f"wrote {profile_path} and {csv_path} in {time.perf_counter() - t0:.0f} s")
     for f in cpu_fits + gpu_fits:
-        log(f"attention fit {f['kind']}/{f['phase']}/{f['heads']}: median |err| {100 * f['fit_median_rel_err']:.1f}%, "
-            f"max {100 * f['fit_max_rel_err']:.1f}% over {f['points']} points")
+        log(
+            f"attention fit {f['kind']}/{f['phase']}/{f['heads']}: median |err| {100 * f['fit_median_rel_err']:.1f}%, "
+            f"max {100 * f['fit_max_rel_err']:.1f}% over {f['points']} points"
+        )
     return profile_path
 
 
@@ -461,12 +563,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", help="system profile (name or path) the tables are added to")
     parser.add_argument("--name")
-    parser.add_argument("--refit", nargs=2, metavar=("PROFILE", "CSV"), help="refit the attention models of a "
-                        "kernel-table profile from its raw CSV (measures nothing; needs --force)")
+    parser.add_argument(
+        "--refit",
+        nargs=2,
+        metavar=("PROFILE", "CSV"),
+        help="refit the attention models of a kernel-table profile from its raw CSV (measures nothing; needs --force)",
+    )
     parser.add_argument("--out", default="results/calibration")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
-    parser.add_argument("--attn-models", default=",".join(ATTN_MODELS), help="models whose heads the attention "
-                        "grid uses (names or config.json paths)")
+    parser.add_argument(
+        "--attn-models",
+        default=",".join(ATTN_MODELS),
+        help="models whose heads the attention grid uses (names or config.json paths)",
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--no-gpu", action="store_true")
@@ -476,10 +585,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(refit(args.refit[0], args.refit[1], args.force))
             return 0
         if not args.base or not args.name:
-            raise LiaInputError("--base/--name", "both are needed to measure", "e.g. --base emr-h100-calibrated "
-                                "--name emr-h200-kernels")
-        path = run(args.base, args.name, Path(args.out), [m for m in args.models.split(",") if m], args.quick,
-                   args.force, not args.no_gpu, tuple(m for m in args.attn_models.split(",") if m))
+            raise LiaInputError(
+                "--base/--name", "both are needed to measure", "e.g. --base emr-h100-calibrated --name emr-h200-kernels"
+            )
+        path = run(
+            args.base,
+            args.name,
+            Path(args.out),
+            [m for m in args.models.split(",") if m],
+            args.quick,
+            args.force,
+            not args.no_gpu,
+            tuple(m for m in args.attn_models.split(",") if m),
+        )
     except LiaInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

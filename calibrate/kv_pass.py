@@ -37,17 +37,25 @@ def kv_bytes(row: pd.Series) -> float:
 def factors(profile: dict, rows: pd.DataFrame) -> dict[str, tuple[float, list[float]]]:
     """{"cpu.<isa>" or "gpu": (factor, per-row ratios)} for every kernel with qualifying rows."""
     cpu, gpu, ddr = profile["cpu"], profile["gpu"], profile["ddr"]
-    decode = rows[rows["family"].isin(["cpu_attention", "gpu_attention"]) & (rows["q"] == 1)
-                  & rows["time_s"].notna()]
+    decode = rows[rows["family"].isin(["cpu_attention", "gpu_attention"]) & (rows["q"] == 1) & rows["time_s"].notna()]
     out: dict[str, tuple[float, list[float]]] = {}
     groups = [("gpu", decode[decode["family"] == "gpu_attention"], gpu["hbm_gbps"], gpu["op_overhead_us"])]
     cpu_bw = min(cpu["memory_read_gbps"], ddr["read_gbps"])
     for isa in cpu["isa"]:
-        groups.append((f"cpu.{isa}", decode[(decode["family"] == "cpu_attention") & (decode["isa"] == isa)],
-                       cpu_bw, cpu["op_overhead_us"]))
+        groups.append(
+            (
+                f"cpu.{isa}",
+                decode[(decode["family"] == "cpu_attention") & (decode["isa"] == isa)],
+                cpu_bw,
+                cpu["op_overhead_us"],
+            )
+        )
     for key, part, gbps, overhead_us in groups:
-        ratios = [(r["time_s"] - overhead_us * S_PER_US) * gbps * BYTES_PER_S_PER_GBPS / kv_bytes(r)
-                  for _, r in part.iterrows() if kv_bytes(r) >= MIN_KV_BYTES]
+        ratios = [
+            (r["time_s"] - overhead_us * S_PER_US) * gbps * BYTES_PER_S_PER_GBPS / kv_bytes(r)
+            for _, r in part.iterrows()
+            if kv_bytes(r) >= MIN_KV_BYTES
+        ]
         if ratios:
             out[key] = (max(1.0, round(statistics.median(ratios), 3)), ratios)
     return out
@@ -63,13 +71,17 @@ def main() -> None:
     profile = yaml.safe_load(path.read_text())
     found = factors(profile, pd.read_csv(args.csv))
     for key, (factor, ratios) in found.items():
-        print(f"{key}: kv_pass_factor {factor} (median of {len(ratios)} rows: "
-              f"{', '.join(f'{x:.3f}' for x in sorted(ratios))})")
+        print(
+            f"{key}: kv_pass_factor {factor} (median of {len(ratios)} rows: "
+            f"{', '.join(f'{x:.3f}' for x in sorted(ratios))})"
+        )
         if not args.write:
             continue
-        note = (f"calibrated: median over {len(ratios)} decode attention rows of the raw CSV with K or V >= "
-                f"{MIN_KV_BYTES / 1e6:.0f} MB of (time - op overhead) x bandwidth / KV bytes, by python -m "
-                "calibrate.kv_pass")
+        note = (
+            f"calibrated: median over {len(ratios)} decode attention rows of the raw CSV with K or V >= "
+            f"{MIN_KV_BYTES / 1e6:.0f} MB of (time - op overhead) x bandwidth / KV bytes, by python -m "
+            "calibrate.kv_pass"
+        )
         if key == "gpu":
             profile["gpu"]["kv_pass_factor"] = factor
             profile["gpu"]["source"]["kv_pass_factor"] = note

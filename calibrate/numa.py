@@ -38,25 +38,33 @@ def libnuma() -> Optional[ctypes.CDLL]:
     lib.numa_free.restype = None
     lib.numa_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     lib.numa_move_pages.restype = ctypes.c_int
-    lib.numa_move_pages.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.POINTER(ctypes.c_void_p),
-                                    ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int), ctypes.c_int]
+    lib.numa_move_pages.argtypes = [
+        ctypes.c_int,
+        ctypes.c_ulong,
+        ctypes.POINTER(ctypes.c_void_p),
+        ctypes.POINTER(ctypes.c_int),
+        ctypes.POINTER(ctypes.c_int),
+        ctypes.c_int,
+    ]
     _LIB = lib
     return lib
 
 
 def binding_status() -> str:
-    return ("memory bound per node with libnuma (numa_alloc_onnode), placement checked with numa_move_pages"
-            if libnuma() is not None else
-            "libnuma not found (or the kernel has no NUMA support): buffers are not bound to a node")
+    return (
+        "memory bound per node with libnuma (numa_alloc_onnode), placement checked with numa_move_pages"
+        if libnuma() is not None
+        else "libnuma not found (or the kernel has no NUMA support): buffers are not bound to a node"
+    )
 
 
 @dataclass
 class NodeBuffer:
     """A host buffer and where its pages are."""
 
-    tensor: "object"              # torch.Tensor of uint8 viewing the buffer
-    node: int                     # the node asked for (-1: not bound)
-    placed_on: tuple[int, ...]    # nodes the sampled pages are on (empty when unknown)
+    tensor: "object"  # torch.Tensor of uint8 viewing the buffer
+    node: int  # the node asked for (-1: not bound)
+    placed_on: tuple[int, ...]  # nodes the sampled pages are on (empty when unknown)
 
     @property
     def verified(self) -> bool:

@@ -82,13 +82,25 @@ def _copy_rows(node_label: int, node: Optional[int], sizes: tuple[int, ...], qui
                     if pinned:
                         timing = time_cuda(lambda: dst.copy_(src, non_blocking=True), budget_s=0.05 if quick else 0.1)
                     else:
+
                         def sync_copy() -> None:
                             dst.copy_(src)
                             torch.cuda.synchronize()
+
                         timing = time_host(sync_copy, budget_s=0.05 if quick else 0.1)
-                    rows.append(timed_row("pcie", direction, timing, label=f"{size // MIB} MiB",
-                                          pinned="pinned" if pinned else "pageable", numa_node=node_label,
-                                          size_bytes=size, bytes=float(size), note=how))
+                    rows.append(
+                        timed_row(
+                            "pcie",
+                            direction,
+                            timing,
+                            label=f"{size // MIB} MiB",
+                            pinned="pinned" if pinned else "pageable",
+                            numa_node=node_label,
+                            size_bytes=size,
+                            bytes=float(size),
+                            note=how,
+                        )
+                    )
             if pinned:
                 small_src, small_dst = host[:LATENCY_BYTES], dev[:LATENCY_BYTES]
 
@@ -97,9 +109,19 @@ def _copy_rows(node_label: int, node: Optional[int], sizes: tuple[int, ...], qui
                     torch.cuda.synchronize()
 
                 timing = time_host(one_copy, budget_s=0.05, min_sample_s=0.0)
-                rows.append(timed_row("pcie", "h2d_latency", timing, label="4 KiB copy + sync", pinned="pinned",
-                                      numa_node=node_label, size_bytes=LATENCY_BYTES, bytes=float(LATENCY_BYTES),
-                                      note=how))
+                rows.append(
+                    timed_row(
+                        "pcie",
+                        "h2d_latency",
+                        timing,
+                        label="4 KiB copy + sync",
+                        pinned="pinned",
+                        numa_node=node_label,
+                        size_bytes=LATENCY_BYTES,
+                        bytes=float(LATENCY_BYTES),
+                        note=how,
+                    )
+                )
         finally:
             ctx.__exit__(None, None, None)
     del dev
@@ -129,9 +151,16 @@ def _gemm(tokens: int, threads: int, cache_bytes: int) -> tuple[Any, dict]:
     weights = [fill_varied(torch.empty(shape.n, shape.k, dtype=torch.bfloat16)) for _ in range(copies)]
     x = fill_varied(torch.empty(tokens, shape.k, dtype=torch.bfloat16))
     fn = cycling([(lambda w=w: torch.nn.functional.linear(x, w)) for w in weights])
-    info = dict(label=f"{shape.label} bf16 default ISA, {tokens} tokens", dtype="bfloat16", tokens=tokens,
-                k=shape.k, n=shape.n, threads=threads, flops=2.0 * tokens * shape.k * shape.n,
-                bytes=2.0 * (shape.k * shape.n + tokens * (shape.k + shape.n)))
+    info = dict(
+        label=f"{shape.label} bf16 default ISA, {tokens} tokens",
+        dtype="bfloat16",
+        tokens=tokens,
+        k=shape.k,
+        n=shape.n,
+        threads=threads,
+        flops=2.0 * tokens * shape.k * shape.n,
+        bytes=2.0 * (shape.k * shape.n + tokens * (shape.k + shape.n)),
+    )
     return fn, info
 
 
@@ -172,12 +201,33 @@ def contention(threads: int, cache_bytes: int, quick: bool) -> list[dict]:
         end.synchronize()
         copy_time = start.elapsed_time(end) * 1e-3 / n_copies
         what = "gemm" if tokens > 1 else "gemv"
-        rows.append(row("contention", f"{what}_during_h2d", time_s=gemm_time, solo_time_s=gemm_solo.median_s,
-                        slowdown=gemm_time / gemm_solo.median_s, samples=calls, backend=f"torch {torch.__version__}",
-                        note=f"CPU {what} loop while {n_copies} pinned h2d copies of {chunk // MIB} MiB ran", **info))
-        rows.append(row("contention", f"h2d_during_{what}", time_s=copy_time, solo_time_s=copy_solo.median_s,
-                        slowdown=copy_time / copy_solo.median_s, samples=n_copies, pinned="pinned",
-                        size_bytes=chunk, bytes=float(chunk), label=f"pinned h2d {chunk // MIB} MiB",
-                        note=f"copies while the CPU ran {info['label']}"))
+        rows.append(
+            row(
+                "contention",
+                f"{what}_during_h2d",
+                time_s=gemm_time,
+                solo_time_s=gemm_solo.median_s,
+                slowdown=gemm_time / gemm_solo.median_s,
+                samples=calls,
+                backend=f"torch {torch.__version__}",
+                note=f"CPU {what} loop while {n_copies} pinned h2d copies of {chunk // MIB} MiB ran",
+                **info,
+            )
+        )
+        rows.append(
+            row(
+                "contention",
+                f"h2d_during_{what}",
+                time_s=copy_time,
+                solo_time_s=copy_solo.median_s,
+                slowdown=copy_time / copy_solo.median_s,
+                samples=n_copies,
+                pinned="pinned",
+                size_bytes=chunk,
+                bytes=float(chunk),
+                label=f"pinned h2d {chunk // MIB} MiB",
+                note=f"copies while the CPU ran {info['label']}",
+            )
+        )
         del fn
     return rows

@@ -15,15 +15,45 @@ import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
-KEY_COLUMNS = ("family", "op", "label", "backend", "isa", "dtype", "tokens", "k", "n", "batch", "heads", "q",
-               "s", "head_dim", "pinned", "numa_node", "size_bytes", "threads", "flops", "bytes")
-VALUE_COLUMNS = ("time_s", "time_s_min", "time_s_max", "samples", "solo_time_s", "slowdown", "kernel_observed",
-                 "note")
+KEY_COLUMNS = (
+    "family",
+    "op",
+    "label",
+    "backend",
+    "isa",
+    "dtype",
+    "tokens",
+    "k",
+    "n",
+    "batch",
+    "heads",
+    "q",
+    "s",
+    "head_dim",
+    "pinned",
+    "numa_node",
+    "size_bytes",
+    "threads",
+    "flops",
+    "bytes",
+)
+VALUE_COLUMNS = ("time_s", "time_s_min", "time_s_max", "samples", "solo_time_s", "slowdown", "kernel_observed", "note")
 DERIVED_COLUMNS = ("repeats", "time_s_repeats", "spread_rel", "tflops", "gbps", "pred_time_s", "fit_error_rel")
 COLUMNS = KEY_COLUMNS + VALUE_COLUMNS + DERIVED_COLUMNS
 
-FAMILIES = ("cpu_matmul", "cpu_attention", "cpu_overhead", "host_memory", "gpu_info", "gpu_matmul",
-            "gpu_attention", "gpu_memory", "gpu_overhead", "pcie", "contention")
+FAMILIES = (
+    "cpu_matmul",
+    "cpu_attention",
+    "cpu_overhead",
+    "host_memory",
+    "gpu_info",
+    "gpu_matmul",
+    "gpu_attention",
+    "gpu_memory",
+    "gpu_overhead",
+    "pcie",
+    "contention",
+)
 
 
 def row(family: str, op: str, **fields: Any) -> dict[str, Any]:
@@ -38,8 +68,15 @@ def row(family: str, op: str, **fields: Any) -> dict[str, Any]:
 
 def timed_row(family: str, op: str, timing: Any, **fields: Any) -> dict[str, Any]:
     """A row from a ``timing.Timing``."""
-    return row(family, op, time_s=timing.median_s, time_s_min=timing.min_s, time_s_max=timing.max_s,
-               samples=timing.samples, **fields)
+    return row(
+        family,
+        op,
+        time_s=timing.median_s,
+        time_s_min=timing.min_s,
+        time_s_max=timing.max_s,
+        samples=timing.samples,
+        **fields,
+    )
 
 
 def _present(value: Any) -> bool:
@@ -87,8 +124,21 @@ def write_csv(rows: Iterable[dict[str, Any]], path: Path) -> None:
     import pandas as pd
 
     frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
-    for col in ("tokens", "k", "n", "batch", "heads", "q", "s", "head_dim", "numa_node", "size_bytes", "threads",
-                "samples", "repeats"):
+    for col in (
+        "tokens",
+        "k",
+        "n",
+        "batch",
+        "heads",
+        "q",
+        "s",
+        "head_dim",
+        "numa_node",
+        "size_bytes",
+        "threads",
+        "samples",
+        "repeats",
+    ):
         frame[col] = frame[col].astype("Int64")
     frame.to_csv(path, index=False, float_format="%.6g")
 

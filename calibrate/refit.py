@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from calibrate.fit import error_summary, fit_errors, fit_table, rounded
-from calibrate.profile import _rows, _isa_points, overhead_seconds
+from calibrate.profile import _isa_points, _rows, overhead_seconds
 from calibrate.records import read_csv
 from lia_model.units import BYTES_PER_S_PER_GBPS, FLOPS_PER_TFLOPS, S_PER_US
 
@@ -39,8 +39,10 @@ def refit(profile: dict, rows: list[dict], note: str) -> dict:
             table = fit_table(pts, peak, bandwidth, overhead_s)
             spec[key] = [p.model_dump() for p in table]
             src = f"isa.{isa}.{key}"
-            cpu["source"][src] = (cpu["source"].get(src, "").split(": median |error|")[0]
-                                  + f": {error_summary(fit_errors(pts, table, peak, bandwidth, overhead_s))}; {note}")
+            cpu["source"][src] = (
+                cpu["source"].get(src, "").split(": median |error|")[0]
+                + f": {error_summary(fit_errors(pts, table, peak, bandwidth, overhead_s))}; {note}"
+            )
     g_overhead = _rows(rows, family="gpu_overhead")
     if g_overhead and "gpu_matmul" in {r.get("family") for r in rows}:
         gpu["op_overhead_us"] = rounded(overhead_seconds(g_overhead) / S_PER_US, 4)

@@ -50,8 +50,13 @@ class Options:
         parts = ["lia calibrate"]
         if self.quick:
             parts.append("--quick")
-        parts += [f"--out {self.out_dir}", f"--name {name}", f"--repeats {self.repeats}",
-                  f"--gpu-datasheet {self.gpu_datasheet}", f"--link-datasheet {self.link_datasheet}"]
+        parts += [
+            f"--out {self.out_dir}",
+            f"--name {name}",
+            f"--repeats {self.repeats}",
+            f"--gpu-datasheet {self.gpu_datasheet}",
+            f"--link-datasheet {self.link_datasheet}",
+        ]
         if self.time_limit_s is not None:
             parts.append(f"--time-limit-s {self.time_limit_s:g}")
         if self.threads is not None:
@@ -87,8 +92,9 @@ def _datasheets(gpu_name: str, link_name: str) -> tuple[dict, str, dict, str]:
         gpu = read_yaml(PROFILE_DIR / "gpu" / f"{gpu_name}.yaml")
         gpu_where = f"hwprofiles/gpu/{gpu_name}.yaml"
         if link_name not in known["link"]:
-            raise LiaInputError("--link-datasheet", f"unknown link profile '{link_name}'",
-                                f"choose one of {', '.join(known['link'])}")
+            raise LiaInputError(
+                "--link-datasheet", f"unknown link profile '{link_name}'", f"choose one of {', '.join(known['link'])}"
+            )
         load_device("link", link_name)
         link = read_yaml(PROFILE_DIR / "link" / f"{link_name}.yaml")
         return gpu, gpu_where, link, f"hwprofiles/link/{link_name}.yaml"
@@ -96,26 +102,38 @@ def _datasheets(gpu_name: str, link_name: str) -> tuple[dict, str, dict, str]:
         data = system_dict(gpu_name)
         where = f"hwprofiles/systems/{gpu_name}.yaml"
         return data["gpu"], where + " (gpu)", data["link"], where + " (link)"
-    raise LiaInputError("--gpu-datasheet", f"unknown GPU profile '{gpu_name}'",
-                        f"choose a GPU ({', '.join(known['gpu'])}) or a system ({', '.join(known['system'])})")
+    raise LiaInputError(
+        "--gpu-datasheet",
+        f"unknown GPU profile '{gpu_name}'",
+        f"choose a GPU ({', '.join(known['gpu'])}) or a system ({', '.join(known['system'])})",
+    )
 
 
 def validate_options(opts: Options) -> None:
     if not 1 <= opts.repeats <= 10:
         raise LiaInputError("--repeats", f"must be 1 to 10, got {opts.repeats}", "e.g. --repeats 2")
     if opts.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", opts.name):
-        raise LiaInputError("--name", f"'{opts.name}' is not a plain file name",
-                            "use letters, digits, '.', '_' and '-', e.g. --name emr-h100-calibrated")
+        raise LiaInputError(
+            "--name",
+            f"'{opts.name}' is not a plain file name",
+            "use letters, digits, '.', '_' and '-', e.g. --name emr-h100-calibrated",
+        )
     if opts.threads is not None and opts.threads < 1:
         raise LiaInputError("--threads", f"must be at least 1, got {opts.threads}", "e.g. --threads 16")
     if opts.time_limit_s is not None and opts.time_limit_s < 30:
-        raise LiaInputError("--time-limit-s", f"{opts.time_limit_s:g} s is too short for any measurement",
-                            "give at least 30, e.g. --time-limit-s 450")
+        raise LiaInputError(
+            "--time-limit-s",
+            f"{opts.time_limit_s:g} s is too short for any measurement",
+            "give at least 30, e.g. --time-limit-s 450",
+        )
     try:
         opts.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise LiaInputError("--out", f"cannot create '{opts.out_dir}' ({err.strerror})",
-                            "give a writable directory, e.g. --out results/calibration") from None
+        raise LiaInputError(
+            "--out",
+            f"cannot create '{opts.out_dir}' ({err.strerror})",
+            "give a writable directory, e.g. --out results/calibration",
+        ) from None
     if not os.access(opts.out_dir, os.W_OK):
         raise LiaInputError("--out", f"'{opts.out_dir}' is not writable", "give a writable directory")
 
@@ -132,8 +150,12 @@ def _driver_version() -> str:
     except OSError:
         pass
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.SubprocessError):
@@ -146,16 +168,21 @@ def versions(isa_results: dict[str, dict], cuda_ok: bool) -> dict[str, str]:
     import torch
 
     config = torch.__config__.show()
-    onednn = next((r["probe"]["onednn_version"] for r in isa_results.values()
-                   if r.get("probe", {}).get("onednn_version")), "")
+    onednn = next(
+        (r["probe"]["onednn_version"] for r in isa_results.values() if r.get("probe", {}).get("onednn_version")), ""
+    )
     if not onednn:
         match = re.search(r"(?:MKL-DNN|oneDNN)\s+v([\w.]+)", config)
         onednn = match.group(1) if match else "not visible"
     mkl = re.search(r"Math Kernel Library Version\s+(\S+)", config)
     out = {
-        "python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-        "onednn": onednn, "mkl": mkl.group(1) if mkl else "not visible",
-        "cuda": str(torch.version.cuda), "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "onednn": onednn,
+        "mkl": mkl.group(1) if mkl else "not visible",
+        "cuda": str(torch.version.cuda),
+        "os": platform.platform(),
     }
     ipex = next((r.get("ipex") for r in isa_results.values() if r.get("ipex")), None)
     out["ipex"] = ipex.get("version", "not available") if ipex and ipex.get("available") else "not available"
@@ -212,16 +239,18 @@ def _skip_rows(family: str, reason: str) -> list[dict]:
     return [row(family, "skipped", note=f"skipped: {reason}")]
 
 
-def run_once(opts: Options, host: HostInfo, threads: int, repeat: int, clock: Clock, state: dict[str, Any],
-             notes: list[str]) -> list[dict]:
+def run_once(
+    opts: Options, host: HostInfo, threads: int, repeat: int, clock: Clock, state: dict[str, Any], notes: list[str]
+) -> list[dict]:
     from calibrate import cpu, gpu, hostmem, pcie
 
     budgets = QUICK_BUDGET_S if opts.quick else FULL_BUDGET_S
     rows: list[dict] = []
     tag = f"repeat {repeat + 1}/{opts.repeats}"
     for isa in cpu.ISAS:
-        if isa in cpu.FALLBACK_ISAS and any(r.get("present") for i, r in state["isa_results"].items()
-                                            if i not in cpu.FALLBACK_ISAS):
+        if isa in cpu.FALLBACK_ISAS and any(
+            r.get("present") for i, r in state["isa_results"].items() if i not in cpu.FALLBACK_ISAS
+        ):
             continue
         budget = min(budgets[isa], clock.left() - 30)
         if budget < 3:
@@ -229,13 +258,23 @@ def run_once(opts: Options, host: HostInfo, threads: int, repeat: int, clock: Cl
             state["isa_results"].setdefault(isa, {"present": False, "absent_reason": "not measured: time limit"})
             continue
         log(f"{tag}: CPU {isa} (budget {budget:.0f} s)")
-        result = _guard(f"cpu {isa}", lambda: cpu.run_isa(isa, threads, budget, opts.quick, host.llc_bytes, opts.bind,
-                                                          log), notes,
-                        {"isa": isa, "present": False, "rows": [], "absent_reason": "not measured: the worker failed"})
+        result = _guard(
+            f"cpu {isa}",
+            lambda: cpu.run_isa(isa, threads, budget, opts.quick, host.llc_bytes, opts.bind, log),
+            notes,
+            {"isa": isa, "present": False, "rows": [], "absent_reason": "not measured: the worker failed"},
+        )
         rows += result.pop("rows", [])
         if not result.get("present"):
-            rows.append(row("cpu_matmul", "absent", isa=isa, kernel_observed=result.get("probe_kernel"),
-                            note=f"absent: {result.get('absent_reason')}"))
+            rows.append(
+                row(
+                    "cpu_matmul",
+                    "absent",
+                    isa=isa,
+                    kernel_observed=result.get("probe_kernel"),
+                    note=f"absent: {result.get('absent_reason')}",
+                )
+            )
         prev = state["isa_results"].get(isa)
         if prev is None or (not prev.get("present") and result.get("present")):
             state["isa_results"][isa] = result
@@ -250,8 +289,10 @@ def run_once(opts: Options, host: HostInfo, threads: int, repeat: int, clock: Cl
         rows += _skip_rows("host_memory", f"--time-limit-s reached ({tag})")
     if state["cuda_ok"]:
         if state.get("gpu_info") is None and "gpu_info_error" not in state:
+
             def info() -> dict:
                 return gpu.device_info()
+
             state["gpu_info"] = _guard("gpu_info", info, notes, None)
             if state["gpu_info"] is None:
                 state["gpu_info_error"] = True
@@ -298,13 +339,17 @@ def _summaries(rows: list[dict], repeats: int) -> list[str]:
         spreads = [r["spread_rel"] for r in rows if isinstance(r.get("spread_rel"), float) and r.get("repeats", 0) > 1]
         if spreads:
             spreads.sort()
-            notes.append(f"repeats: {repeats} full runs averaged; spread (max - min) / mean of a point's time over "
-                         f"the runs: median {100 * spreads[len(spreads) // 2]:.1f}%, max {100 * spreads[-1]:.1f}% "
-                         f"over {len(spreads)} points (per point in the CSV column spread_rel)")
+            notes.append(
+                f"repeats: {repeats} full runs averaged; spread (max - min) / mean of a point's time over "
+                f"the runs: median {100 * spreads[len(spreads) // 2]:.1f}%, max {100 * spreads[-1]:.1f}% "
+                f"over {len(spreads)} points (per point in the CSV column spread_rel)"
+            )
     for r in rows:
         if r["family"] == "contention" and isinstance(r.get("slowdown"), float):
-            notes.append(f"contention: {r['op']} ({r['label']}): {r['time_s'] * 1e3:.2f} ms vs "
-                         f"{r['solo_time_s'] * 1e3:.2f} ms alone, slowdown {r['slowdown']:.3f}x")
+            notes.append(
+                f"contention: {r['op']} ({r['label']}): {r['time_s'] * 1e3:.2f} ms vs "
+                f"{r['solo_time_s'] * 1e3:.2f} ms alone, slowdown {r['slowdown']:.3f}x"
+            )
     return notes
 
 
@@ -315,8 +360,10 @@ def calibrate(opts: Options) -> Result:
     host = host_info()
     threads = opts.threads or host.physical_cores
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    log(f"host {host.hostname}: {host.cpu_model}, {host.physical_cores} physical cores in affinity "
-        f"({len(host.affinity)} logical), {len(host.nodes)} NUMA node(s), using {threads} threads")
+    log(
+        f"host {host.hostname}: {host.cpu_model}, {host.physical_cores} physical cores in affinity "
+        f"({len(host.affinity)} logical), {len(host.nodes)} NUMA node(s), using {threads} threads"
+    )
     import torch
 
     from calibrate import gpu
@@ -335,40 +382,64 @@ def calibrate(opts: Options) -> Result:
 
     isa_results = {isa: {k: v for k, v in res.items() if k != "rows"} for isa, res in state["isa_results"].items()}
     ctx_notes = [
-        (f"threads: {threads} (torch.set_num_threads; one per physical core of affinity CPUs "
-         f"{_ranges(host.affinity)}); binding: "
-         + ("OMP_PROC_BIND=close OMP_PLACES=cores in the matmul workers" if opts.bind else "none (--no-bind)")),
-        (f"mode: {'quick (a representative subset of shapes and sizes)' if opts.quick else 'full'}; "
-         f"{opts.repeats} repeat(s); total {clock.elapsed():.0f} s"),
-        *state.get("mem_notes", []), *state.get("pcie_notes", []),
+        (
+            f"threads: {threads} (torch.set_num_threads; one per physical core of affinity CPUs "
+            f"{_ranges(host.affinity)}); binding: "
+            + ("OMP_PROC_BIND=close OMP_PLACES=cores in the matmul workers" if opts.bind else "none (--no-bind)")
+        ),
+        (
+            f"mode: {'quick (a representative subset of shapes and sizes)' if opts.quick else 'full'}; "
+            f"{opts.repeats} repeat(s); total {clock.elapsed():.0f} s"
+        ),
+        *state.get("mem_notes", []),
+        *state.get("pcie_notes", []),
     ]
     if not cuda_ok or gpu_info is None:
-        ctx_notes.append(f"gpu and link not measured: {state['gpu_skip_reason']}; values from {gpu_where} and "
-                         f"{link_where}")
+        ctx_notes.append(
+            f"gpu and link not measured: {state['gpu_skip_reason']}; values from {gpu_where} and {link_where}"
+        )
     for isa, res in isa_results.items():
         if not res.get("present"):
             ctx_notes.append(f"{isa} absent: {res.get('absent_reason')}")
         if res.get("ipex") and not res["ipex"].get("available"):
             ctx_notes.append(f"ipex ({isa}): not measured: {res['ipex'].get('reason')}")
         elif res.get("ipex"):
-            ctx_notes.append(f"ipex ({isa}): {res['ipex'].get('version')} measured at the headline points "
-                             f"(CSV rows with backend 'ipex ...'); the profile's tables use stock PyTorch")
+            ctx_notes.append(
+                f"ipex ({isa}): {res['ipex'].get('version')} measured at the headline points "
+                f"(CSV rows with backend 'ipex ...'); the profile's tables use stock PyTorch"
+            )
     ctx_notes += notes
     ctx_notes += _summaries(rows, opts.repeats)
-    ctx_notes.append(f"raw measurements: {name}.csv (written beside this file by the calibrator; "
-                     f"hwprofiles/calibration/{name}.csv when committed)")
-    ctx = Context(host=host, name=name, date=date, command=opts.command(name), threads=threads,
-                  isa_results=isa_results, gpu_info=gpu_info, gpu_skip_reason=state["gpu_skip_reason"],
-                  gpu_datasheet=gpu_ds, link_datasheet=link_ds, gpu_datasheet_where=gpu_where,
-                  link_datasheet_where=link_where, versions=versions(isa_results, cuda_ok), notes=ctx_notes,
-                  link_description=state.get("link_description", ""))
+    ctx_notes.append(
+        f"raw measurements: {name}.csv (written beside this file by the calibrator; "
+        f"hwprofiles/calibration/{name}.csv when committed)"
+    )
+    ctx = Context(
+        host=host,
+        name=name,
+        date=date,
+        command=opts.command(name),
+        threads=threads,
+        isa_results=isa_results,
+        gpu_info=gpu_info,
+        gpu_skip_reason=state["gpu_skip_reason"],
+        gpu_datasheet=gpu_ds,
+        link_datasheet=link_ds,
+        gpu_datasheet_where=gpu_where,
+        link_datasheet_where=link_where,
+        versions=versions(isa_results, cuda_ok),
+        notes=ctx_notes,
+        link_description=state.get("link_description", ""),
+    )
     profile = system_profile(ctx, rows)
     profile_path = opts.out_dir / f"{name}.yaml"
     csv_path = opts.out_dir / f"{name}.csv"
     write_csv(rows, csv_path)
-    profile_path.write_text(f"# Calibrated system profile, written by `{ctx.command}`.\n"
-                            f"# Raw measurements: {name}.csv. Load with: lia plan --system {profile_path}\n"
-                            + yaml.safe_dump(_plain(profile), sort_keys=False, width=120, allow_unicode=True))
+    profile_path.write_text(
+        f"# Calibrated system profile, written by `{ctx.command}`.\n"
+        f"# Raw measurements: {name}.csv. Load with: lia plan --system {profile_path}\n"
+        + yaml.safe_dump(_plain(profile), sort_keys=False, width=120, allow_unicode=True)
+    )
     from lia_model.profiles import load_system
 
     load_system(str(profile_path))  # the written file must validate; raises LiaInputError if not

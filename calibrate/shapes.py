@@ -30,7 +30,7 @@ LINEAR_SUBLAYERS = (Sublayer.QKV, Sublayer.OUT_PROJ, Sublayer.FC1, Sublayer.FC2)
 
 @dataclass(frozen=True)
 class LinearShape:
-    label: str   # "opt-30b.fc1" (the first catalog model with this (K, N))
+    label: str  # "opt-30b.fc1" (the first catalog model with this (K, N))
     k: int
     n: int
 
@@ -39,7 +39,7 @@ class LinearShape:
 class MatmulPoint:
     shape: LinearShape
     tokens: int
-    priority: int   # 0 headline, 1 core (OPT-30B), 2 other catalog shapes
+    priority: int  # 0 headline, 1 core (OPT-30B), 2 other catalog shapes
 
     @property
     def flops(self) -> float:
@@ -80,8 +80,9 @@ def headline_shape() -> LinearShape:
     return LinearShape(f"{HEADLINE_MODEL}.{HEADLINE_SUBLAYER.value}", k, n)
 
 
-def matmul_plan(quick: bool, flop_cap: float = float("inf"), extra_tokens: tuple[int, ...] = (1, 256),
-                max_tokens: int = 4096) -> list[MatmulPoint]:
+def matmul_plan(
+    quick: bool, flop_cap: float = float("inf"), extra_tokens: tuple[int, ...] = (1, 256), max_tokens: int = 4096
+) -> list[MatmulPoint]:
     """Points in priority order. ``flop_cap`` (FLOPs per call) drops big non-headline points."""
     head = headline_shape()
     if quick:
@@ -109,8 +110,9 @@ def attention_plan(quick: bool) -> list[AttentionPoint]:
     heads, hd = model.num_heads, model.head_dim
     if quick:
         return [AttentionPoint(4, heads, 1, 512, hd), AttentionPoint(1, heads, 128, 128, hd)]
-    decode = [AttentionPoint(b, heads, 1, s, hd) for b, s in ((8, 2048), (1, 512), (32, 2048), (1, 2048), (8, 512),
-                                                              (32, 512))]
+    decode = [
+        AttentionPoint(b, heads, 1, s, hd) for b, s in ((8, 2048), (1, 512), (32, 2048), (1, 2048), (8, 512), (32, 512))
+    ]
     prefill = [AttentionPoint(1, heads, s, s, hd) for s in (512, 128, 2048, 32)]
     # interleaved, so that a budget cut leaves both decode (q = 1) and prefill (q = s) points
     return [p for pair in zip(decode, prefill + [None] * len(decode)) for p in pair if p is not None]
@@ -133,6 +135,9 @@ def gpu_matmul_plan(quick: bool) -> list[MatmulPoint]:
     head = headline_shape()
     points = [MatmulPoint(head, t, 0) for t in HEADLINE_TOKENS]
     for shape in catalog_shapes():
-        points += [MatmulPoint(shape, t, 1 if shape.label.startswith(HEADLINE_MODEL + ".") else 2)
-                   for t in FULL_TOKENS if not (shape == head and t in HEADLINE_TOKENS)]
+        points += [
+            MatmulPoint(shape, t, 1 if shape.label.startswith(HEADLINE_MODEL + ".") else 2)
+            for t in FULL_TOKENS
+            if not (shape == head and t in HEADLINE_TOKENS)
+        ]
     return points

@@ -15,7 +15,7 @@ def fill_varied(tensor: Any) -> Any:
     if full:
         flat[: full * block.numel()].view(full, block.numel()).copy_(block.expand(full, -1))
     if rest:
-        flat[full * block.numel():].copy_(block[:rest])
+        flat[full * block.numel() :].copy_(block[:rest])
     return tensor
 
 
@@ -34,4 +34,5 @@ def cycling(fns: list[Callable[[], Any]]) -> Callable[[], Any]:
         fn = fns[state["i"]]
         state["i"] = (state["i"] + 1) % len(fns)
         return fn()
+
     return call

@@ -24,7 +24,7 @@ class Timing:
     median_s: float
     min_s: float
     max_s: float
-    samples: int           # timed samples
+    samples: int  # timed samples
     calls_per_sample: int
 
     @property
@@ -38,8 +38,14 @@ def _plan(first_s: float, budget_s: float, min_samples: int, max_samples: int, m
     return inner, max(min_samples, min(max_samples, samples))
 
 
-def time_host(fn: Callable[[], object], budget_s: float = 0.15, min_samples: int = 3, max_samples: int = 30,
-              min_sample_s: float = 2e-3, warmup: bool = True) -> Timing:
+def time_host(
+    fn: Callable[[], object],
+    budget_s: float = 0.15,
+    min_samples: int = 3,
+    max_samples: int = 30,
+    min_sample_s: float = 2e-3,
+    warmup: bool = True,
+) -> Timing:
     """Median wall-clock time of one call of ``fn`` (host work, or GPU work that ``fn`` synchronises)."""
     if warmup:
         fn()
@@ -56,8 +62,15 @@ def time_host(fn: Callable[[], object], budget_s: float = 0.15, min_samples: int
     return Timing(statistics.median(times), min(times), max(times), len(times), inner)
 
 
-def time_cuda(fn: Callable[[], object], budget_s: float = 0.05, min_samples: int = 3, max_samples: int = 30,
-              min_sample_s: float = 1e-3, warmup: bool = True, stream: Optional["object"] = None) -> Timing:
+def time_cuda(
+    fn: Callable[[], object],
+    budget_s: float = 0.05,
+    min_samples: int = 3,
+    max_samples: int = 30,
+    min_sample_s: float = 1e-3,
+    warmup: bool = True,
+    stream: Optional["object"] = None,
+) -> Timing:
     """Median per-call GPU time of ``fn`` between CUDA events on ``stream`` (default: the current stream)."""
     import torch
 

@@ -44,11 +44,11 @@ def capture_stdout(fn: Callable[[], object]) -> str:
 
 @dataclass(frozen=True)
 class KernelReport:
-    onednn_kernels: tuple[str, ...]   # implementation fields of executed primitives, in order
-    onednn_isa_info: str              # "isa:..." info line: the most capable ISA oneDNN may use
+    onednn_kernels: tuple[str, ...]  # implementation fields of executed primitives, in order
+    onednn_isa_info: str  # "isa:..." info line: the most capable ISA oneDNN may use
     onednn_version: str
-    mkl_dispatch: str                 # MKL's code path line, "" when MKL did not run
-    mkl_calls: tuple[str, ...]        # BLAS routine names MKL ran (SGEMM, SGEMM_BATCH, ...)
+    mkl_dispatch: str  # MKL's code path line, "" when MKL did not run
+    mkl_calls: tuple[str, ...]  # BLAS routine names MKL ran (SGEMM, SGEMM_BATCH, ...)
 
     @property
     def summary(self) -> str:
@@ -79,7 +79,7 @@ def parse_verbose(text: str) -> KernelReport:
                 if match:
                     version = match.group(1)
         elif line.startswith("MKL_VERBOSE"):
-            body = line[len("MKL_VERBOSE"):].strip()
+            body = line[len("MKL_VERBOSE") :].strip()
             call = re.match(r"([A-Z][A-Z0-9_]+)\(", body)
             if call:
                 mkl_calls.append(call.group(1))
@@ -104,8 +104,10 @@ def observe(fn: Callable[[], object]) -> KernelReport:
 
     def run() -> None:
         with ExitStack() as stack:
-            for manager in (torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON),
-                            torch.backends.mkl.verbose(torch.backends.mkl.VERBOSE_ON)):
+            for manager in (
+                torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON),
+                torch.backends.mkl.verbose(torch.backends.mkl.VERBOSE_ON),
+            ):
                 try:
                     stack.enter_context(manager)
                 except (AssertionError, RuntimeError, AttributeError):

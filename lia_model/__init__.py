@@ -10,6 +10,20 @@ from lia_model.sublayers import Stage, Sublayer
 from lia_model.workload import Workload, make_workload
 
 __all__ = [
-    "CATALOG", "CostMode", "CpuIsa", "Device", "HostTier", "LiaInputError", "ModelSpec", "Plan", "Prediction",
-    "Stage", "Sublayer", "SystemSpec", "Workload", "get_model", "make_workload", "predict",
+    "CATALOG",
+    "CostMode",
+    "CpuIsa",
+    "Device",
+    "HostTier",
+    "LiaInputError",
+    "ModelSpec",
+    "Plan",
+    "Prediction",
+    "Stage",
+    "Sublayer",
+    "SystemSpec",
+    "Workload",
+    "get_model",
+    "make_workload",
+    "predict",
 ]

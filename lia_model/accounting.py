@@ -29,16 +29,16 @@ class SublayerWork:
     """What one sublayer of one layer does in one pass."""
 
     sublayer: Sublayer
-    tokens: int                 # rows of the product: B * q
+    tokens: int  # rows of the product: B * q
     flops: "float | np.ndarray"  # arrays (one entry per decode step) for the attention sublayers
-    weight_bytes: float         # stored weights of the sublayer (all experts)
-    weight_bytes_read: float    # weights a pass actually touches (MoE: only routed experts)
+    weight_bytes: float  # stored weights of the sublayer (all experts)
+    weight_bytes_read: float  # weights a pass actually touches (MoE: only routed experts)
     act_in_bytes: float
-    act_out_bytes: float        # what crosses to the next sublayer
+    act_out_bytes: float  # what crosses to the next sublayer
     kv_read_bytes: float
     kv_write_bytes: float
     scratch_bytes: "float | np.ndarray" = 0.0  # intermediate traffic inside the sublayer (softmax)
-    weight_elements_read: float = 0.0   # matrix elements a pass touches (what a dequantising kernel unpacks)
+    weight_elements_read: float = 0.0  # matrix elements a pass touches (what a dequantising kernel unpacks)
     kv_elements_read: "float | np.ndarray" = 0.0  # cached K/V elements one pass over the cache reads
     gemms: tuple[tuple[float, "float | np.ndarray"], ...] = ()
     """The matrix products as (rows per product, FLOPs): the rows key the efficiency tables. A linear layer
@@ -167,8 +167,9 @@ def expected_experts_touched(model: ModelSpec, tokens: float) -> float:
     return e * (1.0 - (1.0 - k / e) ** tokens)
 
 
-def sublayer_work(model: ModelSpec, batch: int, q: int, s: "int | np.ndarray",
-                  precision: Precision = BF16) -> dict[Sublayer, SublayerWork]:
+def sublayer_work(
+    model: ModelSpec, batch: int, q: int, s: "int | np.ndarray", precision: Precision = BF16
+) -> dict[Sublayer, SublayerWork]:
     """FLOPs and bytes of each sublayer of one layer for B = batch, q new tokens, s cached tokens, with weights
     and KV cache stored at ``precision``.
 
@@ -182,7 +183,7 @@ def sublayer_work(model: ModelSpec, batch: int, q: int, s: "int | np.ndarray",
     m = batch * q
     stored_bytes = sublayer_weight_bytes(model, precision)
     matrices = sublayer_matrices(model)
-    b = BF16_BYTES            # activations
+    b = BF16_BYTES  # activations
     kvb = kv_element_bytes(precision)
     # MoE: tokens pick k of E experts uniformly; the experts a pass touches are read, each multiplying the
     # tokens routed to it: m k / E_touched rows on average (m k / E once every expert is touched; 1 at m = 1).
@@ -197,8 +198,19 @@ def sublayer_work(model: ModelSpec, batch: int, q: int, s: "int | np.ndarray",
 
     def linear(sub: Sublayer, flops: float, act_in: float, act_out: float, kv_write: float = 0.0) -> SublayerWork:
         stored = stored_bytes[sub]
-        return SublayerWork(sub, m, flops, stored, stored, act_in, act_out, 0.0, kv_write, gemms=((m, flops),),
-                            weight_elements_read=float(sum(e for e, _ in matrices[sub])))
+        return SublayerWork(
+            sub,
+            m,
+            flops,
+            stored,
+            stored,
+            act_in,
+            act_out,
+            0.0,
+            kv_write,
+            gemms=((m, flops),),
+            weight_elements_read=float(sum(e for e, _ in matrices[sub])),
+        )
 
     def mlp(sub: Sublayer, act_in: float, act_out: float) -> SublayerWork:
         routed, shared, router = mlp_params(model, sub)
@@ -213,19 +225,51 @@ def sublayer_work(model: ModelSpec, batch: int, q: int, s: "int | np.ndarray",
             gemms.append((m, 2.0 * m * shared_width))
         if router:
             gemms.append((m, 2.0 * m * router))
-        return SublayerWork(sub, m, sum(g[1] for g in gemms), stored, read, act_in, act_out, 0.0, 0.0,
-                            gemms=tuple(gemms), weight_elements_read=elements)
+        return SublayerWork(
+            sub,
+            m,
+            sum(g[1] for g in gemms),
+            stored,
+            read,
+            act_in,
+            act_out,
+            0.0,
+            0.0,
+            gemms=tuple(gemms),
+            weight_elements_read=elements,
+        )
 
-    cache_elements = 1.0 * batch * s * kvd    # cached K (or V) elements one pass reads
-    out[Sublayer.QKV] = linear(Sublayer.QKV, 2.0 * m * h * (qd + 2 * kvd), float(m * h * b), float(m * qd * b),
-                               float(2 * m * kvd * kvb))
-    out[Sublayer.ATTN_SCORE] = SublayerWork(Sublayer.ATTN_SCORE, m, attn_flops, 0.0, 0.0, float(m * qd * b),
-                                            scores_bytes, cache_elements * kvb, 0.0,
-                                            gemms=((group * q, attn_flops),), kv_elements_read=cache_elements)
-    out[Sublayer.ATTN_CONTEXT] = SublayerWork(Sublayer.ATTN_CONTEXT, m, attn_flops, 0.0, 0.0, scores_bytes,
-                                              float(m * qd * b), cache_elements * kvb, 0.0,
-                                              scratch_bytes=2.0 * scores_bytes, gemms=((group * q, attn_flops),),
-                                              kv_elements_read=cache_elements)
+    cache_elements = 1.0 * batch * s * kvd  # cached K (or V) elements one pass reads
+    out[Sublayer.QKV] = linear(
+        Sublayer.QKV, 2.0 * m * h * (qd + 2 * kvd), float(m * h * b), float(m * qd * b), float(2 * m * kvd * kvb)
+    )
+    out[Sublayer.ATTN_SCORE] = SublayerWork(
+        Sublayer.ATTN_SCORE,
+        m,
+        attn_flops,
+        0.0,
+        0.0,
+        float(m * qd * b),
+        scores_bytes,
+        cache_elements * kvb,
+        0.0,
+        gemms=((group * q, attn_flops),),
+        kv_elements_read=cache_elements,
+    )
+    out[Sublayer.ATTN_CONTEXT] = SublayerWork(
+        Sublayer.ATTN_CONTEXT,
+        m,
+        attn_flops,
+        0.0,
+        0.0,
+        scores_bytes,
+        float(m * qd * b),
+        cache_elements * kvb,
+        0.0,
+        scratch_bytes=2.0 * scores_bytes,
+        gemms=((group * q, attn_flops),),
+        kv_elements_read=cache_elements,
+    )
     out[Sublayer.OUT_PROJ] = linear(Sublayer.OUT_PROJ, 2.0 * m * qd * h, float(m * qd * b), float(m * h * b))
     out[Sublayer.FC1] = mlp(Sublayer.FC1, float(m * h * b), mlp_mid)
     out[Sublayer.FC2] = mlp(Sublayer.FC2, mlp_mid, float(m * h * b))
@@ -245,8 +289,9 @@ def linear_shape(model: ModelSpec, sub: Sublayer) -> tuple[int, int]:
     }[sub]
 
 
-def attention_bytes_flops(model: ModelSpec, batch: int, q: int, s: "int | np.ndarray",
-                          kind: str, precision: Precision = BF16) -> tuple["float | np.ndarray", "float | np.ndarray"]:
+def attention_bytes_flops(
+    model: ModelSpec, batch: int, q: int, s: "int | np.ndarray", kind: str, precision: Precision = BF16
+) -> tuple["float | np.ndarray", "float | np.ndarray"]:
     """Bytes moved and FLOPs of the runtime's attention kernel of ``kind``: "score" and "context" as in
     ``sublayer_work`` (the split kernels, with the score matrix in memory), "fused" reads K, V and Q and
     writes the context without a score matrix in memory (SDPA / a grouped matmul pair)."""

@@ -53,9 +53,9 @@ class Baseline:
     label: str
     plan: Plan
     workload: Workload
-    cpu_kv_passes: float = 1.0             # passes the peer's CPU attention makes over the KV cache
+    cpu_kv_passes: float = 1.0  # passes the peer's CPU attention makes over the KV cache
     flexgen: Optional[FlexGenChoice] = None
-    runs: bool = True                      # False: the peer's own search finds no policy that fits
+    runs: bool = True  # False: the peer's own search finds no policy that fits
     why_not: str = ""
 
     def predict(self, system: SystemSpec, model: ModelSpec, mode: CostMode | str = CostMode.OVERLAP) -> Prediction:
@@ -64,8 +64,13 @@ class Baseline:
         return pred if self.runs else dataclasses.replace(pred, feasible=False)
 
 
-def flexgen_baseline(system: SystemSpec, model: ModelSpec, workload: Workload, choose_batch: bool = False,
-                     max_batch: Optional[int] = None) -> Baseline:
+def flexgen_baseline(
+    system: SystemSpec,
+    model: ModelSpec,
+    workload: Workload,
+    choose_batch: bool = False,
+    max_batch: Optional[int] = None,
+) -> Baseline:
     """FlexGen's own policy for the query (its batch too with ``choose_batch``, at most ``max_batch`` when
     given). When FlexGen's LP finds no placement within its 80 % of memory, the baseline does not run: its
     plan is then the placement of everything FlexGen can move to the CPU, at the query's batch."""
@@ -73,26 +78,50 @@ def flexgen_baseline(system: SystemSpec, model: ModelSpec, workload: Workload, c
     if choice is not None:
         # FlexGen's search sizes a bf16 model (its own compression is 4-bit group-wise only); its policy then
         # runs at the query's precision
-        return Baseline("flexgen", choice.plan, choice.workload.model_copy(update={"precision": workload.precision}),
-                        FLEXGEN_CPU_KV_PASSES, choice)
+        return Baseline(
+            "flexgen",
+            choice.plan,
+            choice.workload.model_copy(update={"precision": workload.precision}),
+            FLEXGEN_CPU_KV_PASSES,
+            choice,
+        )
     nominal = FlexGenPolicy(workload.batch, 1, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0)
-    return Baseline("flexgen", flexgen_plan(system, model, workload, nominal), workload, FLEXGEN_CPU_KV_PASSES,
-                    None, runs=False, why_not="FlexGen's LP finds no placement within 80 % of GPU and CPU memory")
+    return Baseline(
+        "flexgen",
+        flexgen_plan(system, model, workload, nominal),
+        workload,
+        FLEXGEN_CPU_KV_PASSES,
+        None,
+        runs=False,
+        why_not="FlexGen's LP finds no placement within 80 % of GPU and CPU memory",
+    )
 
 
 def ipex_plan(system: SystemSpec, model: ModelSpec, workload: Workload) -> Plan:
-    return Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU, gpu_resident_layers=0,
-                cpu_isa=_isa(system), head_device=Device.CPU, label="ipex")
+    return Plan(
+        prefill_policy=ALL_CPU,
+        decode_policy=ALL_CPU,
+        gpu_resident_layers=0,
+        cpu_isa=_isa(system),
+        head_device=Device.CPU,
+        label="ipex",
+    )
 
 
 def gpu_only_plan(system: SystemSpec, model: ModelSpec, workload: Workload) -> Plan:
-    return Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, gpu_resident_layers=model.num_layers,
-                cpu_isa=_isa(system), label="gpu_only")
+    return Plan(
+        prefill_policy=ALL_GPU,
+        decode_policy=ALL_GPU,
+        gpu_resident_layers=model.num_layers,
+        cpu_isa=_isa(system),
+        label="gpu_only",
+    )
 
 
 def lia_fixed_plan(system: SystemSpec, model: ModelSpec, workload: Workload, policy: tuple[Device, ...]) -> Plan:
-    base = Plan(prefill_policy=policy, decode_policy=policy, cpu_isa=_isa(system),
-                label=f"lia_{policy_notation(policy)}")
+    base = Plan(
+        prefill_policy=policy, decode_policy=policy, cpu_isa=_isa(system), label=f"lia_{policy_notation(policy)}"
+    )
     return base.model_copy(update={"gpu_resident_layers": max_resident_layers(system, model, workload, base)})
 
 
@@ -100,8 +129,9 @@ _LIA_FIXED = {f"lia_{policy_notation(p)}": p for p in (ALL_GPU, ALL_CPU, ATTENTI
 BASELINE_LABELS: tuple[str, ...] = ("flexgen", "ipex", "gpu_only", *_LIA_FIXED)
 
 
-def baseline(label: str, system: SystemSpec, model: ModelSpec, workload: Workload,
-             choose_batch: bool = False) -> Baseline:
+def baseline(
+    label: str, system: SystemSpec, model: ModelSpec, workload: Workload, choose_batch: bool = False
+) -> Baseline:
     """One baseline by label (see BASELINE_LABELS); ``choose_batch``: FlexGen picks its own batch."""
     if label == "flexgen":
         return flexgen_baseline(system, model, workload, choose_batch)
@@ -116,7 +146,9 @@ def baseline(label: str, system: SystemSpec, model: ModelSpec, workload: Workloa
     return Baseline(plan.label, plan, workload)
 
 
-def baselines(system: SystemSpec, model: ModelSpec, workload: Workload, choose_batch: bool = False) -> dict[str, Baseline]:
+def baselines(
+    system: SystemSpec, model: ModelSpec, workload: Workload, choose_batch: bool = False
+) -> dict[str, Baseline]:
     """Every baseline by label, at the workload's batch; with ``choose_batch`` (the throughput objective)
     FlexGen runs at the batch its own search picks."""
     return {label: baseline(label, system, model, workload, choose_batch) for label in BASELINE_LABELS}

@@ -10,21 +10,55 @@ import typer
 from rich.table import Table
 
 from lia_model.cli_common import (
-    BatchOpt, GroupSizeOpt, InputOpt, JsonOpt, KvDtypeOpt, ModeChoice, ModeOpt, ModelOpt, OutputOpt, SetOpt, SystemOpt, console, examples,
-    load_inputs, load_plan, parse_mode, run_guarded, WeightDtypeOpt,
+    BatchOpt,
+    GroupSizeOpt,
+    InputOpt,
+    JsonOpt,
+    KvDtypeOpt,
+    ModeChoice,
+    ModelOpt,
+    ModeOpt,
+    OutputOpt,
+    SetOpt,
+    SystemOpt,
+    WeightDtypeOpt,
+    console,
+    examples,
+    load_inputs,
+    load_plan,
+    parse_mode,
+    run_guarded,
 )
 from lia_model.errors import LiaInputError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="LIA modeler: measure, model, optimise and validate CPU-GPU cooperative LLM inference.",
-                  epilog=examples("lia plan", "lia plan --objective throughput --tpot-max-ms 2000",
-                                  "lia compare --models opt-66b,opt-175b", "lia profiles list",
-                                  "lia calibrate --quick", "lia COMMAND --help"))
-profiles_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Hardware profiles.",
-                           epilog=examples("lia profiles list", "lia profiles show spr-h100-cxl",
-                                           "lia profiles new --from h100-pcie-80gb my-gpu"))
-models_app = typer.Typer(add_completion=False, no_args_is_help=True, help="The model catalog.",
-                         epilog=examples("lia models list", "lia models list --json"))
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="LIA modeler: measure, model, optimise and validate CPU-GPU cooperative LLM inference.",
+    epilog=examples(
+        "lia plan",
+        "lia plan --objective throughput --tpot-max-ms 2000",
+        "lia compare --models opt-66b,opt-175b",
+        "lia profiles list",
+        "lia calibrate --quick",
+        "lia COMMAND --help",
+    ),
+)
+profiles_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Hardware profiles.",
+    epilog=examples(
+        "lia profiles list", "lia profiles show spr-h100-cxl", "lia profiles new --from h100-pcie-80gb my-gpu"
+    ),
+)
+models_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="The model catalog.",
+    epilog=examples("lia models list", "lia models list --json"),
+)
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(models_app, name="models")
 
@@ -45,9 +79,13 @@ def _show_version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
-                                       help="Print the version and exit.")) -> None:
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """LIA modeler: measure, model, optimise and validate CPU-GPU cooperative LLM inference."""
+
 
 # ---------------------------------------------------------------- profiles and models
 
@@ -71,11 +109,20 @@ def profiles_list() -> None:
     console.print(table)
 
 
-@profiles_app.command("show", epilog=examples("lia profiles show spr-h100", "lia profiles show h100-pcie-80gb --json",
-                                              "lia profiles show spr-h100 --set gpu.memory_gib=141",
-                                              "lia profiles show ./my-gpu.yaml"))
-def profiles_show(name: str = typer.Argument(..., help="A system or device name, or a path to a profile .yaml."),
-                  overrides: Optional[List[str]] = SetOpt, as_json: bool = JsonOpt) -> None:
+@profiles_app.command(
+    "show",
+    epilog=examples(
+        "lia profiles show spr-h100",
+        "lia profiles show h100-pcie-80gb --json",
+        "lia profiles show spr-h100 --set gpu.memory_gib=141",
+        "lia profiles show ./my-gpu.yaml",
+    ),
+)
+def profiles_show(
+    name: str = typer.Argument(..., help="A system or device name, or a path to a profile .yaml."),
+    overrides: Optional[List[str]] = SetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Show one profile with the source of every number (systems are shown composed, --set applied)."""
     import yaml
 
@@ -89,9 +136,14 @@ def profiles_show(name: str = typer.Argument(..., help="A system or device name,
         typer.echo(yaml.safe_dump(data, sort_keys=False, width=120))
 
 
-@profiles_app.command("new", epilog=examples("lia profiles new --from h100-pcie-80gb my-gpu",
-                                             "lia profiles new --from spr-h100 my-system --out profiles/",
-                                             "lia plan --system profiles/my-system.yaml"))
+@profiles_app.command(
+    "new",
+    epilog=examples(
+        "lia profiles new --from h100-pcie-80gb my-gpu",
+        "lia profiles new --from spr-h100 my-system --out profiles/",
+        "lia plan --system profiles/my-system.yaml",
+    ),
+)
 def profiles_new(
     name: str = typer.Argument(..., help="Name of the new profile (also its file name, NAME.yaml)."),
     source: str = typer.Option(..., "--from", help="The profile to copy: a system or device name, or a path."),
@@ -105,35 +157,45 @@ def profiles_new(
     from lia_model.profiles import PROFILE_DIR, profile_kind, profile_path
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name.endswith((".yaml", ".yml")):
-        raise LiaInputError("NAME", f"'{name}' is not a plain profile name",
-                            "use letters, digits, '.', '_' and '-', without .yaml, e.g. my-gpu")
+        raise LiaInputError(
+            "NAME",
+            f"'{name}' is not a plain profile name",
+            "use letters, digits, '.', '_' and '-', without .yaml, e.g. my-gpu",
+        )
     kind = profile_kind(source)
     src = profile_path(source)
     target = out / f"{name}.yaml"
     if target.exists() and not force:
         raise LiaInputError(str(target), "the file exists", "choose another NAME or --out, or add --force")
     if target.resolve().is_relative_to(PROFILE_DIR.resolve()) and not force:
-        raise LiaInputError(str(target), "this is inside the shipped profiles (hwprofiles/)",
-                            "write the copy elsewhere with --out, or add --force")
+        raise LiaInputError(
+            str(target),
+            "this is inside the shipped profiles (hwprofiles/)",
+            "write the copy elsewhere with --out, or add --force",
+        )
     text = src.read_text()
     new_text, count = re.subn(r"(?m)^name:.*$", f"name: {name}", text, count=1)
     if count == 0:
         new_text = f"name: {name}\n" + text
     if kind == "system":  # device files named relative to the source system stay found from the copy
+
         def absolute(match: "re.Match[str]") -> str:
             path = Path(match.group(2))
             return f"{match.group(1)}: {path if path.is_absolute() else (src.parent / path).resolve()}"
 
         new_text = re.sub(r"(?m)^(cpu|gpu|link|ddr|cxl):\s*(\S+\.ya?ml)\s*$", absolute, new_text)
-    header = (f"# Copy of {source} ({kind} profile), made by 'lia profiles new'. Edit freely; give every number "
-              "a source.\n")
+    header = (
+        f"# Copy of {source} ({kind} profile), made by 'lia profiles new'. Edit freely; give every number a source.\n"
+    )
     try:
         out.mkdir(parents=True, exist_ok=True)
         target.write_text(header + new_text)
     except OSError as err:
         raise LiaInputError(str(target), f"cannot write the file ({err.strerror})", "choose another --out") from None
-    typer.echo(f"wrote {target} (a {kind} profile; use it with: "
-               f"{'lia plan --system ' + str(target) if kind == 'system' else 'lia profiles show ' + str(target)})")
+    typer.echo(
+        f"wrote {target} (a {kind} profile; use it with: "
+        f"{'lia plan --system ' + str(target) if kind == 'system' else 'lia profiles show ' + str(target)})"
+    )
 
 
 @models_app.command("list", epilog=examples("lia models list", "lia models list --json"))
@@ -146,14 +208,35 @@ def models_list(as_json: bool = JsonOpt) -> None:
         typer.echo(json.dumps({n: m.model_dump() for n, m in CATALOG.items()}, indent=2))
         return
     table = Table(title="model catalog")
-    for col in ("name", "layers", "hidden", "ffn", "heads", "kv heads", "experts", "params (1e9)",
-                "layer weights (GB)", "KV per token (MB)", "max context"):
+    for col in (
+        "name",
+        "layers",
+        "hidden",
+        "ffn",
+        "heads",
+        "kv heads",
+        "experts",
+        "params (1e9)",
+        "layer weights (GB)",
+        "KV per token (MB)",
+        "max context",
+    ):
         table.add_column(col, justify="right" if col != "name" else "left")
     for name, m in CATALOG.items():
         experts = f"{m.experts_per_token}/{m.num_experts}" if m.is_moe else "-"
-        table.add_row(name, str(m.num_layers), str(m.hidden_size), str(m.ffn_size), str(m.num_heads),
-                      str(m.num_kv_heads), experts, f"{total_params(m) / 1e9:.1f}",
-                      f"{layer_weight_bytes(m) / 1e9:.3f}", f"{kv_bytes_per_token(m) / 1e6:.3f}", str(m.max_context))
+        table.add_row(
+            name,
+            str(m.num_layers),
+            str(m.hidden_size),
+            str(m.ffn_size),
+            str(m.num_heads),
+            str(m.num_kv_heads),
+            experts,
+            f"{total_params(m) / 1e9:.1f}",
+            f"{layer_weight_bytes(m) / 1e9:.3f}",
+            f"{kv_bytes_per_token(m) / 1e6:.3f}",
+            str(m.max_context),
+        )
     console.print(table)
 
 
@@ -162,16 +245,31 @@ def models_list(as_json: bool = JsonOpt) -> None:
 BASELINE_LABELS = "flexgen, ipex, gpu_only, lia_(0,0,0,0,0,0), lia_(1,1,1,1,1,1), lia_(0,1,1,0,0,0)"
 
 
-@app.command(epilog=examples("lia predict", "lia predict --baseline flexgen --batch 8",
-                             "lia plan --json > plan.json ; lia predict --plan plan.json --mode additive"))
+@app.command(
+    epilog=examples(
+        "lia predict",
+        "lia predict --baseline flexgen --batch 8",
+        "lia plan --json > plan.json ; lia predict --plan plan.json --mode additive",
+    )
+)
 def predict(
-    system: str = SystemOpt, model: str = ModelOpt, batch: int = BatchOpt, input_len: int = InputOpt,
-    output_len: int = OutputOpt, overrides: Optional[List[str]] = SetOpt, mode: ModeChoice = ModeOpt,
-    plan: Optional[str] = typer.Option(None, "--plan", help="A plan .json: the output of 'lia plan --json', one "
-                                       "prediction from it, or a bare plan object."),
+    system: str = SystemOpt,
+    model: str = ModelOpt,
+    batch: int = BatchOpt,
+    input_len: int = InputOpt,
+    output_len: int = OutputOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    mode: ModeChoice = ModeOpt,
+    plan: Optional[str] = typer.Option(
+        None,
+        "--plan",
+        help="A plan .json: the output of 'lia plan --json', one prediction from it, or a bare plan object.",
+    ),
     baseline: Optional[str] = typer.Option(None, "--baseline", help=f"A baseline plan by label: {BASELINE_LABELS}."),
-    weight_dtype: Optional[str] = WeightDtypeOpt, kv_dtype: Optional[str] = KvDtypeOpt,
-    group_size: Optional[int] = GroupSizeOpt, as_json: bool = JsonOpt,
+    weight_dtype: Optional[str] = WeightDtypeOpt,
+    kv_dtype: Optional[str] = KvDtypeOpt,
+    group_size: Optional[int] = GroupSizeOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Predict one plan (a file or a baseline); without either, every baseline."""
     from lia_model.baselines import baselines
@@ -179,12 +277,16 @@ def predict(
     from lia_model.report import prediction_json, prediction_table
 
     if plan is not None and baseline is not None:
-        raise LiaInputError("--plan", "--plan and --baseline each choose the plan to predict",
-                            "give one of them (or neither, for every baseline)")
+        raise LiaInputError(
+            "--plan",
+            "--plan and --baseline each choose the plan to predict",
+            "give one of them (or neither, for every baseline)",
+        )
     cost_mode = parse_mode(mode)
     chosen_plan = load_plan(plan) if plan is not None else None
-    spec, mspec, workload = load_inputs(system, model, batch, input_len, output_len, overrides, weight_dtype, kv_dtype,
-                                        group_size)
+    spec, mspec, workload = load_inputs(
+        system, model, batch, input_len, output_len, overrides, weight_dtype, kv_dtype, group_size
+    )
     if chosen_plan is not None:
         results = {"plan": run_predict(spec, mspec, workload, chosen_plan, cost_mode)}
     elif baseline is not None:
@@ -198,8 +300,12 @@ def predict(
         typer.echo(json.dumps({name: prediction_json(r) for name, r in results.items()}, indent=2, allow_nan=False))
         return
     for name, r in results.items():
-        prediction_table(console, r, title=f"{name}: {mspec.name} on {spec.name}, B={batch} L_in={input_len} "
-                                           f"L_out={output_len} ({cost_mode.value})")
+        prediction_table(
+            console,
+            r,
+            title=f"{name}: {mspec.name} on {spec.name}, B={batch} L_in={input_len} "
+            f"L_out={output_len} ({cost_mode.value})",
+        )
 
 
 def _register_optional_commands() -> None:

@@ -36,24 +36,44 @@ class SolverChoice(str, Enum):
     enumerate = "enumerate"
 
 
-SystemOpt = typer.Option(DEFAULT_SYSTEM, "--system", help="System profile name (lia profiles list) or path to a "
-                         "system .yaml.")
-ModelOpt = typer.Option(DEFAULT_MODEL, "--model", help="Catalog model (lia models list) or path to a Hugging Face "
-                        "config.json (or its folder).")
+SystemOpt = typer.Option(
+    DEFAULT_SYSTEM, "--system", help="System profile name (lia profiles list) or path to a system .yaml."
+)
+ModelOpt = typer.Option(
+    DEFAULT_MODEL,
+    "--model",
+    help="Catalog model (lia models list) or path to a Hugging Face config.json (or its folder).",
+)
 BatchOpt = typer.Option(1, "--batch", help="Batch size B (sequences processed together).")
 InputOpt = typer.Option(256, "--input", help="Prompt tokens per sequence (L_in).")
 OutputOpt = typer.Option(32, "--output", help="Generated tokens per sequence (L_out), the first from prefill.")
-SetOpt = typer.Option(None, "--set", help="What-if override FIELD=VALUE of the system, e.g. gpu.memory_gib=141 "
-                      "(repeatable; any field 'lia profiles show' prints).")
-ModeOpt = typer.Option(ModeChoice.overlap, "--mode", case_sensitive=False,
-                       help="Cost model: overlap (resources run side by side), additive (their serial sum) or "
-                            "paper (the LIA authors' released model; use it with a paper-* system).")
+SetOpt = typer.Option(
+    None,
+    "--set",
+    help="What-if override FIELD=VALUE of the system, e.g. gpu.memory_gib=141 "
+    "(repeatable; any field 'lia profiles show' prints).",
+)
+ModeOpt = typer.Option(
+    ModeChoice.overlap,
+    "--mode",
+    case_sensitive=False,
+    help="Cost model: overlap (resources run side by side), additive (their serial sum) or "
+    "paper (the LIA authors' released model; use it with a paper-* system).",
+)
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables.")
-WeightDtypeOpt = typer.Option(None, "--weight-dtype", help="How the weights are stored: bf16, fp8_e4m3, int8 or int4 "
-                              "(default: the checkpoint's quantization_config, else bf16).")
+WeightDtypeOpt = typer.Option(
+    None,
+    "--weight-dtype",
+    help="How the weights are stored: bf16, fp8_e4m3, int8 or int4 "
+    "(default: the checkpoint's quantization_config, else bf16).",
+)
 KvDtypeOpt = typer.Option(None, "--kv-dtype", help="How the KV cache is stored: bf16, fp8 or int8 (default bf16).")
-GroupSizeOpt = typer.Option(None, "--group-size", help="Weight elements along K per quantisation scale (int4 "
-                            "default 128; int8 and fp8 default: one per output channel).")
+GroupSizeOpt = typer.Option(
+    None,
+    "--group-size",
+    help="Weight elements along K per quantisation scale (int4 "
+    "default 128; int8 and fp8 default: one per output channel).",
+)
 
 
 def examples(*lines: str) -> str:
@@ -67,8 +87,11 @@ def parse_mode(mode):
     try:
         return CostMode(getattr(mode, "value", mode))
     except ValueError:
-        raise LiaInputError("--mode", f"unknown cost mode '{mode}'",
-                            "use overlap, additive, or paper (the LIA authors' model, with a paper-* system)") from None
+        raise LiaInputError(
+            "--mode",
+            f"unknown cost mode '{mode}'",
+            "use overlap, additive, or paper (the LIA authors' model, with a paper-* system)",
+        ) from None
 
 
 def finite_positive(option: str, value: Optional[float], example: str, largest: float) -> Optional[float]:
@@ -76,13 +99,15 @@ def finite_positive(option: str, value: Optional[float], example: str, largest: 
     if value is None:
         return None
     if not math.isfinite(value) or value <= 0 or value > largest:
-        raise LiaInputError(option, f"must be a number above 0 and at most {largest:g}, got {value:g}",
-                            f"e.g. {option} {example}")
+        raise LiaInputError(
+            option, f"must be a number above 0 and at most {largest:g}, got {value:g}", f"e.g. {option} {example}"
+        )
     return value
 
 
-def resolve_precision(model, weight_dtype: Optional[str] = None, kv_dtype: Optional[str] = None,
-                      group_size: Optional[int] = None):
+def resolve_precision(
+    model, weight_dtype: Optional[str] = None, kv_dtype: Optional[str] = None, group_size: Optional[int] = None
+):
     """The workload's precision: what the options give, the rest from the model's checkpoint (its
     quantization_config), else bf16. A new --weight-dtype drops the checkpoint's group size."""
     from lia_model.precision import BF16, make_precision
@@ -95,8 +120,17 @@ def resolve_precision(model, weight_dtype: Optional[str] = None, kv_dtype: Optio
     return make_precision(weights, kv_dtype if kv_dtype is not None else base.kv_dtype.value, group)
 
 
-def load_inputs(system: str, model: str, batch: int, input_len: int, output_len: int, overrides,
-                weight_dtype: Optional[str] = None, kv_dtype: Optional[str] = None, group_size: Optional[int] = None):
+def load_inputs(
+    system: str,
+    model: str,
+    batch: int,
+    input_len: int,
+    output_len: int,
+    overrides,
+    weight_dtype: Optional[str] = None,
+    kv_dtype: Optional[str] = None,
+    group_size: Optional[int] = None,
+):
     from lia_model.inputs import resolve_model, resolve_system
     from lia_model.workload import make_workload
 
@@ -113,9 +147,8 @@ def load_plan(path: str):
     from pydantic import ValidationError
 
     from lia_model.errors import from_validation_error
-    from lia_model.plan import Plan
-
     from lia_model.inputs import parse_json, read_text
+    from lia_model.plan import Plan
 
     fix = "give a plan .json written by 'lia plan --json > plan.json'"
     data = parse_json(read_text(Path(path), "--plan", fix), path, fix)
@@ -163,6 +196,7 @@ def run_guarded(app: typer.Typer, prog_name: str = "lia") -> None:
     """Run a typer app. Bad input (ours or a usage error) ends with one ``error:`` line and exit code 2,
     never a traceback; Ctrl-C ends with one line and exit code 130."""
     mods = _click_exceptions()
+
     def classes(name: str) -> tuple:
         return tuple(getattr(m, name) for m in mods if hasattr(m, name))
 

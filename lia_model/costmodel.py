@@ -50,25 +50,25 @@ class BreakdownRow:
     """One sublayer of one layer kind in one stage (decode: mean over steps)."""
 
     stage: Stage
-    layer_kind: str          # "streamed" or "resident"
-    layers: int              # how many layers of this kind
+    layer_kind: str  # "streamed" or "resident"
+    layers: int  # how many layers of this kind
     sublayer: str
     device: Device
-    compute_s: float         # roofline time on its device (incl. op overhead)
-    memory_s: float          # the memory-bandwidth part of it
-    pcie_s: float            # weight prefetch + its outgoing activation copy + its KV copies (cached K/V
-                             # fetched for GPU attention, new K/V written back by a GPU qkv)
-    bound: str               # "compute", "memory" or "pcie"
+    compute_s: float  # roofline time on its device (incl. op overhead)
+    memory_s: float  # the memory-bandwidth part of it
+    pcie_s: float  # weight prefetch + its outgoing activation copy + its KV copies (cached K/V
+    # fetched for GPU attention, new K/V written back by a GPU qkv)
+    bound: str  # "compute", "memory" or "pcie"
 
 
 @dataclass(frozen=True)
 class StageReport:
     stage: Stage
-    streamed_layer_s: np.ndarray          # per step (mean over the streamed layers when their weights are split)
-    resident_layer_s: np.ndarray          # per step
+    streamed_layer_s: np.ndarray  # per step (mean over the streamed layers when their weights are split)
+    resident_layer_s: np.ndarray  # per step
     head_s: float
-    bound: tuple[Resource, ...]           # binding term of the streamed layer, per step
-    resource_busy_s: dict[Resource, np.ndarray]   # whole-layer busy time of each resource, per step
+    bound: tuple[Resource, ...]  # binding term of the streamed layer, per step
+    resource_busy_s: dict[Resource, np.ndarray]  # whole-layer busy time of each resource, per step
 
 
 @dataclass(frozen=True)
@@ -116,30 +116,58 @@ class Prediction:
             "memory_gb": {t.value: u.required_gb for t, u in self.memory.items()},
             "memory_available_gb": {t.value: u.available_gb for t, u in self.memory.items()},
             "shortfalls": [
-                {"tier": s.tier.value, "required_gb": s.required_gb, "available_gb": s.available_gb,
-                 "shortfall_gb": s.shortfall_gb} for s in self.shortfalls
+                {
+                    "tier": s.tier.value,
+                    "required_gb": s.required_gb,
+                    "available_gb": s.available_gb,
+                    "shortfall_gb": s.shortfall_gb,
+                }
+                for s in self.shortfalls
             ],
             "bound_resource": {s.value: b for s, b in self.bound_resource.items()},
         }
 
 
-def stage_context(workload: Workload, plan: Plan, stage: Stage, mode: CostMode,
-                  cpu_kv_passes: float = 1.0, weight_tier: Optional[HostTier] = None) -> StageContext:
+def stage_context(
+    workload: Workload,
+    plan: Plan,
+    stage: Stage,
+    mode: CostMode,
+    cpu_kv_passes: float = 1.0,
+    weight_tier: Optional[HostTier] = None,
+) -> StageContext:
     """The stage's fixed knobs; ``weight_tier`` picks the kind of streamed layer when the plan splits its
     weights between DDR and CXL (default: the plan's weight_tier)."""
     if stage == Stage.PREFILL:
         q, contexts, n = workload.input_len, (workload.input_len,), plan.prefill_minibatches
     else:
         q, contexts, n = 1, tuple(workload.decode_contexts()), 1
-    return StageContext(batch=workload.batch, q=q, contexts=contexts, minibatches=n,
-                        weight_tier=weight_tier or plan.weight_tier, kv_tier=plan.kv_tier,
-                        cpu_isa=plan.stage_cpu_isa(stage),
-                        pinned_weights=plan.pinned_weights, overlap=plan.overlap, mode=mode,
-                        cpu_kv_passes=cpu_kv_passes, expert_fetch=plan.expert_fetch, precision=workload.precision)
+    return StageContext(
+        batch=workload.batch,
+        q=q,
+        contexts=contexts,
+        minibatches=n,
+        weight_tier=weight_tier or plan.weight_tier,
+        kv_tier=plan.kv_tier,
+        cpu_isa=plan.stage_cpu_isa(stage),
+        pinned_weights=plan.pinned_weights,
+        overlap=plan.overlap,
+        mode=mode,
+        cpu_kv_passes=cpu_kv_passes,
+        expert_fetch=plan.expert_fetch,
+        precision=workload.precision,
+    )
 
 
-def _breakdown(stage: Stage, policy: tuple[Device, ...], terms: StageTerms, streamed: int,
-               resident_times: SublayerTimes, resident: int, streamed_label: str = "streamed") -> list[BreakdownRow]:
+def _breakdown(
+    stage: Stage,
+    policy: tuple[Device, ...],
+    terms: StageTerms,
+    streamed: int,
+    resident_times: SublayerTimes,
+    resident: int,
+    streamed_label: str = "streamed",
+) -> list[BreakdownRow]:
     rows: list[BreakdownRow] = []
     n = terms.context.minibatches
     for i, sub in enumerate(SUBLAYERS):
@@ -165,14 +193,22 @@ def _breakdown(stage: Stage, policy: tuple[Device, ...], terms: StageTerms, stre
     return rows
 
 
-def predict(system: SystemSpec, model: ModelSpec, workload: Workload, plan: Plan,
-            mode: CostMode | str = CostMode.OVERLAP, cpu_kv_passes: float = 1.0) -> Prediction:
+def predict(
+    system: SystemSpec,
+    model: ModelSpec,
+    workload: Workload,
+    plan: Plan,
+    mode: CostMode | str = CostMode.OVERLAP,
+    cpu_kv_passes: float = 1.0,
+) -> Prediction:
     """Predict TTFT, TPOT, latency, throughput, memory and a per-sublayer breakdown of one plan.
 
     ``cpu_kv_passes``: passes CPU attention makes over the cached K/V bytes; 1 for this project's runtime,
     more for a peer system executing the same plan (the FlexGen baseline, lia_model.baselines)."""
     if cpu_kv_passes < 1.0:
-        raise LiaInputError("cpu_kv_passes", f"must be at least 1, got {cpu_kv_passes:g}", "use 1 (one read of the cache)")
+        raise LiaInputError(
+            "cpu_kv_passes", f"must be at least 1, got {cpu_kv_passes:g}", "use 1 (one read of the cache)"
+        )
     mode = CostMode(mode)
     make_workload(workload.batch, workload.input_len, workload.output_len, model)  # context limit check
     check_precision(system, workload.precision, mode)
@@ -208,11 +244,12 @@ def predict(system: SystemSpec, model: ModelSpec, workload: Workload, plan: Plan
         streamed_total = np.zeros(len(ctx.contexts))
         report: Optional[tuple] = None
         for tier, count in kinds or [(plan.weight_tier, 0)]:
-            terms = streamed_layer_terms(system, model, stage_context(workload, plan, stage, mode, cpu_kv_passes,
-                                                                      weight_tier=tier))
+            terms = streamed_layer_terms(
+                system, model, stage_context(workload, plan, stage, mode, cpu_kv_passes, weight_tier=tier)
+            )
             layer_s = terms.layer_time(feats)
             streamed_total = streamed_total + count * layer_s
-            if report is None or count > report[0]:   # the busier kind speaks for the stage's bound
+            if report is None or count > report[0]:  # the busier kind speaks for the stage's bound
                 report = (count, terms)
             label = "streamed" if tier == plan.weight_tier else "streamed, weights in CXL"
             rows.extend(_breakdown(stage, policy, terms, count, resident_times, 0, label))
@@ -232,8 +269,18 @@ def predict(system: SystemSpec, model: ModelSpec, workload: Workload, plan: Plan
         Shortfall(t, u.required_gb, u.available_gb, u.shortfall_gb) for t, u in memory.items() if not u.fits
     )
     return Prediction(
-        system=system.name, model=model.name, workload=workload, plan=plan, mode=mode,
-        feasible=not shortfalls, shortfalls=shortfalls, memory=memory, ttft_s=ttft, tpot_s=tpot,
-        latency_s=latency, throughput_tokens_per_s=workload.batch * workload.output_len / latency,
-        stages=stages, breakdown=tuple(rows),
+        system=system.name,
+        model=model.name,
+        workload=workload,
+        plan=plan,
+        mode=mode,
+        feasible=not shortfalls,
+        shortfalls=shortfalls,
+        memory=memory,
+        ttft_s=ttft,
+        tpot_s=tpot,
+        latency_s=latency,
+        throughput_tokens_per_s=workload.batch * workload.output_len / latency,
+        stages=stages,
+        breakdown=tuple(rows),
     )

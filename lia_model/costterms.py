@@ -66,9 +66,9 @@ from lia_model.accounting import (
     routed_expert_bytes,
     sublayer_work,
 )
+from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec, interpolate_efficiency, table_seconds
 from lia_model.models import ModelSpec
-from lia_model.errors import LiaInputError
 from lia_model.plan import CpuIsa, Device, ExpertFetch, HostTier, policy_from_index
 from lia_model.precision import BF16, KvDtype, Precision, WeightDtype, kv_element_bytes
 from lia_model.roofline import roofline_s
@@ -106,13 +106,13 @@ DERIVED_FEATURES: tuple[tuple[int, str, int, int], ...] = (
 class CostMode(str, Enum):
     OVERLAP = "overlap"
     ADDITIVE = "additive"
-    PAPER = "paper"        # the LIA authors' released model (lia_model.paper); use with a paper-* profile
+    PAPER = "paper"  # the LIA authors' released model (lia_model.paper); use with a paper-* profile
 
 
 class Resource(str, Enum):
     """What bounds a layer's time: the dependency chain or one resource's total busy time."""
 
-    CHAIN = "chain"        # the serial chain of compute and copies of one chunk
+    CHAIN = "chain"  # the serial chain of compute and copies of one chunk
     CPU = "cpu"
     GPU = "gpu"
     PCIE_H2D = "pcie_h2d"
@@ -177,7 +177,7 @@ class StageContext:
     """Everything fixed while the policy varies: the coefficients depend on these and nothing else."""
 
     batch: int
-    q: int                     # new tokens per sequence
+    q: int  # new tokens per sequence
     contexts: tuple[int, ...]  # cached tokens s per step (one entry for prefill)
     minibatches: int
     weight_tier: HostTier
@@ -191,7 +191,7 @@ class StageContext:
     # whose kernel's own passes are the profile's kv_pass_factor). A peer that converts the cache first reads
     # and writes it more often (lia_model.flexgen.FLEXGEN_CPU_KV_PASSES).
     cpu_kv_passes: float = 1.0
-    precision: Precision = BF16   # how weights and KV are stored (the workload's; lia_model.precision)
+    precision: Precision = BF16  # how weights and KV are stored (the workload's; lia_model.precision)
 
 
 @dataclass
@@ -203,15 +203,15 @@ class SublayerTimes:
     when both sit there: on the CPU by p_score AND p_context = p_score - h2d[score], on the GPU by
     NOT p_score AND NOT p_context = (1 - p_score) - d2h[score] (zero without tables)."""
 
-    cpu_s: np.ndarray              # [6, S] incl. op overhead
-    gpu_s: np.ndarray              # [6, S] weights in HBM
+    cpu_s: np.ndarray  # [6, S] incl. op overhead
+    gpu_s: np.ndarray  # [6, S] weights in HBM
     cpu_compute_bound: np.ndarray  # [6, S] bool: FLOPs term >= memory term
     gpu_compute_bound: np.ndarray
-    cpu_memory_s: np.ndarray       # [6, S] memory part of the CPU time
+    cpu_memory_s: np.ndarray  # [6, S] memory part of the CPU time
     gpu_memory_s: np.ndarray
     cpu_fused_delta_s: np.ndarray = None  # [S]
     gpu_fused_delta_s: np.ndarray = None  # [S]
-    fused_attention: bool = False         # kernel tables: score + context on one device run as one kernel
+    fused_attention: bool = False  # kernel tables: score + context on one device run as one kernel
 
     def __post_init__(self) -> None:
         steps = self.cpu_s.shape[1]
@@ -243,10 +243,10 @@ class StageTerms:
     context: StageContext
     terms: dict[str, tuple[Resource, Affine]]
     times: SublayerTimes
-    weight_h2d_s: np.ndarray      # [6] prefetch time of each sublayer's weights
-    cross_h2d_s: np.ndarray       # [6, S] copy at boundary j when j on CPU and j+1 on GPU (one chunk)
-    cross_d2h_s: np.ndarray       # [6, S]
-    kv_copy_s: np.ndarray         # [6, S] KV copies a sublayer causes when it runs on the GPU (one chunk)
+    weight_h2d_s: np.ndarray  # [6] prefetch time of each sublayer's weights
+    cross_h2d_s: np.ndarray  # [6, S] copy at boundary j when j on CPU and j+1 on GPU (one chunk)
+    cross_d2h_s: np.ndarray  # [6, S]
+    kv_copy_s: np.ndarray  # [6, S] KV copies a sublayer causes when it runs on the GPU (one chunk)
     resources: dict[Resource, Affine] = field(default_factory=dict)  # whole-layer busy time per resource
     schedule_s: Optional[np.ndarray] = None  # [64, S] the simulated schedule of each policy vector (overlap
     # mode; where the serial sum of a vector's operations is within its other terms, that sum: see below)
@@ -321,14 +321,15 @@ class LinearKernel:
     dequantises: bool
 
 
-def linear_kernel(system: SystemSpec, device: Device, precision: Precision, isa: Optional[CpuIsa] = None
-                  ) -> LinearKernel:
+def linear_kernel(
+    system: SystemSpec, device: Device, precision: Precision, isa: Optional[CpuIsa] = None
+) -> LinearKernel:
     """The kernel a linear sublayer uses (see LinearKernel); a precision the device cannot run is an error.
 
-      bf16            bf16 GEMM on either device
-      fp8_e4m3        GPU: fp8 tensor cores (needs gpu.fp8_peak_tflops: Hopper and later); CPU: weight-only
-      int8            CPU with ISA amx_bf16 and cpu.amx_int8_per_core_tops: AMX int8; otherwise weight-only
-      int4            weight-only on both (AWQ / GPTQ kernels dequantise on the fly)
+    bf16            bf16 GEMM on either device
+    fp8_e4m3        GPU: fp8 tensor cores (needs gpu.fp8_peak_tflops: Hopper and later); CPU: weight-only
+    int8            CPU with ISA amx_bf16 and cpu.amx_int8_per_core_tops: AMX int8; otherwise weight-only
+    int4            weight-only on both (AWQ / GPTQ kernels dequantise on the fly)
     """
     w = precision.weight_dtype
     if w == WeightDtype.BF16:
@@ -337,9 +338,11 @@ def linear_kernel(system: SystemSpec, device: Device, precision: Precision, isa:
         if w == WeightDtype.FP8_E4M3:
             if system.gpu.fp8_peak_tflops is None:
                 raise LiaInputError(
-                    "--weight-dtype", f"fp8_e4m3 weights need fp8 tensor cores, which {system.gpu.name} "
+                    "--weight-dtype",
+                    f"fp8_e4m3 weights need fp8 tensor cores, which {system.gpu.name} "
                     f"(system {system.name}) does not have",
-                    "use --weight-dtype int8 or bf16 on this system, or a Hopper system (e.g. spr-h100, gnr-h100)")
+                    "use --weight-dtype int8 or bf16 on this system, or a Hopper system (e.g. spr-h100, gnr-h100)",
+                )
             return LinearKernel(True, False)
         return _weight_only(system.gpu.dequant_gelems_per_s, "gpu", system.gpu.name, w)
     if w == WeightDtype.INT8 and isa == CpuIsa.AMX_BF16 and system.cpu.amx_int8_per_core_tops is not None:
@@ -349,10 +352,12 @@ def linear_kernel(system: SystemSpec, device: Device, precision: Precision, isa:
 
 def _weight_only(rate: Optional[float], device: str, name: str, dtype: WeightDtype) -> LinearKernel:
     if rate is None:
-        raise LiaInputError(f"{device}.dequant_gelems_per_s", f"{dtype.value} weights run in a dequantising "
-                            f"kernel on {name}, whose profile gives no dequantisation rate",
-                            f"add {device}.dequant_gelems_per_s to the profile (e.g. --set "
-                            f"{device}.dequant_gelems_per_s=1000), or use --weight-dtype bf16")
+        raise LiaInputError(
+            f"{device}.dequant_gelems_per_s",
+            f"{dtype.value} weights run in a dequantising kernel on {name}, whose profile gives no dequantisation rate",
+            f"add {device}.dequant_gelems_per_s to the profile (e.g. --set "
+            f"{device}.dequant_gelems_per_s=1000), or use --weight-dtype bf16",
+        )
     return LinearKernel(False, True)
 
 
@@ -369,20 +374,29 @@ def check_precision(system: SystemSpec, precision: Precision, mode: "CostMode | 
     if precision.is_bf16:
         return
     if CostMode(mode) == CostMode.PAPER:
-        raise LiaInputError("--weight-dtype", "the paper mode is the LIA authors' bf16 model",
-                            "use --mode overlap or additive for other precisions")
+        raise LiaInputError(
+            "--weight-dtype",
+            "the paper mode is the LIA authors' bf16 model",
+            "use --mode overlap or additive for other precisions",
+        )
     if system.kernels is not None:
-        raise LiaInputError("--weight-dtype", f"system {system.name} prices kernels from calibrated bf16 tables, "
-                            f"which say nothing of {precision.label()}",
-                            "use a datasheet profile (e.g. spr-h100), or --weight-dtype bf16 --kv-dtype bf16")
+        raise LiaInputError(
+            "--weight-dtype",
+            f"system {system.name} prices kernels from calibrated bf16 tables, "
+            f"which say nothing of {precision.label()}",
+            "use a datasheet profile (e.g. spr-h100), or --weight-dtype bf16 --kv-dtype bf16",
+        )
     linear_kernel(system, Device.GPU, precision)
-    linear_kernel(system, Device.CPU, precision, CpuIsa.AVX512_FP32)   # the weight-only path's rate
+    linear_kernel(system, Device.CPU, precision, CpuIsa.AVX512_FP32)  # the weight-only path's rate
     if precision.kv_dtype != KvDtype.BF16:
         for device, name in ((Device.GPU, "gpu"), (Device.CPU, "cpu")):
             if dequant_rate(system, device) is None:
-                raise LiaInputError(f"{name}.dequant_gelems_per_s", f"a {precision.kv_dtype.value} KV cache is "
-                                    "dequantised by attention, and the profile gives no dequantisation rate",
-                                    f"add {name}.dequant_gelems_per_s to the profile, or use --kv-dtype bf16")
+                raise LiaInputError(
+                    f"{name}.dequant_gelems_per_s",
+                    f"a {precision.kv_dtype.value} KV cache is "
+                    "dequantised by attention, and the profile gives no dequantisation rate",
+                    f"add {name}.dequant_gelems_per_s to the profile, or use --kv-dtype bf16",
+                )
 
 
 def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chunk_batch: int) -> SublayerTimes:
@@ -400,8 +414,10 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
     precision = ctx.precision
     check_precision(system, precision, ctx.mode)
     work = sublayer_work(model, chunk_batch, ctx.q, contexts, precision)
-    kernels = {Device.CPU: linear_kernel(system, Device.CPU, precision, ctx.cpu_isa),
-               Device.GPU: linear_kernel(system, Device.GPU, precision)}
+    kernels = {
+        Device.CPU: linear_kernel(system, Device.CPU, precision, ctx.cpu_isa),
+        Device.GPU: linear_kernel(system, Device.GPU, precision),
+    }
     kv_quantised = precision.kv_dtype != KvDtype.BF16
     ddr = system.ddr
     w_tier = system.tier(ctx.weight_tier)
@@ -420,16 +436,23 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
         # each group of products at its own rows (GQA: G*q; MoE experts: tokens per expert), see SublayerWork
         low_cpu = not attention and kernels[Device.CPU].low_precision
         low_gpu = not attention and kernels[Device.GPU].low_precision
-        cpu_flop_s = np.broadcast_to(sum(np.asarray(f, dtype=float) / _cpu_rate(system, ctx.cpu_isa, rows, attention,
-                                                                                int8=low_cpu)
-                                         for rows, f in w.gemms), (steps,))
-        gpu_flop_s = np.broadcast_to(sum(np.asarray(f, dtype=float) / _gpu_rate(system, rows, attention, fp8=low_gpu)
-                                         for rows, f in w.gemms), (steps,))
+        cpu_flop_s = np.broadcast_to(
+            sum(
+                np.asarray(f, dtype=float) / _cpu_rate(system, ctx.cpu_isa, rows, attention, int8=low_cpu)
+                for rows, f in w.gemms
+            ),
+            (steps,),
+        )
+        gpu_flop_s = np.broadcast_to(
+            sum(np.asarray(f, dtype=float) / _gpu_rate(system, rows, attention, fp8=low_gpu) for rows, f in w.gemms),
+            (steps,),
+        )
         # dequantisation: weight elements of a weight-only kernel, K/V elements of attention over a quantised cache
         kv_elems = np.broadcast_to(np.asarray(w.kv_elements_read, dtype=float), (steps,))
         for device, kv_pass in ((Device.CPU, cpu_kv_pass), (Device.GPU, system.gpu.kv_pass_factor)):
             elements = (w.weight_elements_read if kernels[device].dequantises else 0.0) + (
-                kv_pass * kv_elems if kv_quantised else 0.0)
+                kv_pass * kv_elems if kv_quantised else 0.0
+            )
             if np.any(elements > 0):
                 extra = elements / dequant_rate(system, device)
                 if device == Device.CPU:
@@ -438,8 +461,11 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
                     gpu_flop_s = gpu_flop_s + extra
         kv_read = np.broadcast_to(np.asarray(w.kv_read_bytes, dtype=float), (steps,))
         act_bytes = np.broadcast_to(np.asarray(w.act_bytes, dtype=float), (steps,))
-        cpu_mem = (w.weight_bytes_read / cpu_bw_w + (cpu_kv_pass * kv_read + w.kv_write_bytes) / cpu_bw_kv
-                   + act_bytes / cpu_bw_act)
+        cpu_mem = (
+            w.weight_bytes_read / cpu_bw_w
+            + (cpu_kv_pass * kv_read + w.kv_write_bytes) / cpu_bw_kv
+            + act_bytes / cpu_bw_act
+        )
         gpu_mem = (w.weight_bytes_read + system.gpu.kv_pass_factor * kv_read + w.kv_write_bytes + act_bytes) / hbm
         out["cpu"][i] = np.maximum(cpu_flop_s, cpu_mem) + system.cpu.op_overhead_us * S_PER_US
         out["gpu"][i] = np.maximum(gpu_flop_s, gpu_mem) + system.gpu.op_overhead_us * S_PER_US
@@ -451,8 +477,16 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
     return times
 
 
-def _apply_kernel_tables(system: SystemSpec, model: ModelSpec, ctx: StageContext, chunk_batch: int,
-                         work: dict, times: SublayerTimes, cpu_bw_w: float, cpu_bw_kv: float) -> None:
+def _apply_kernel_tables(
+    system: SystemSpec,
+    model: ModelSpec,
+    ctx: StageContext,
+    chunk_batch: int,
+    work: dict,
+    times: SublayerTimes,
+    cpu_bw_w: float,
+    cpu_bw_kv: float,
+) -> None:
     """Replace roofline times by the calibrated times of the runtime's kernels where the tables cover them.
 
     Linear sublayer at (K, N) with a table: t(tokens) interpolated (``table_seconds``); on the CPU at least the
@@ -479,8 +513,10 @@ def _apply_kernel_tables(system: SystemSpec, model: ModelSpec, ctx: StageContext
             times.cpu_compute_bound[i] = w.tokens >= 256
     phase = "decode" if ctx.q == 1 else "prefill"
     kinds = {"score": SUBLAYERS.index(Sublayer.ATTN_SCORE), "context": SUBLAYERS.index(Sublayer.ATTN_CONTEXT)}
-    for device, arr, delta_name, enabled in (("cpu", times.cpu_s, "cpu_fused_delta_s", use_cpu),
-                                             ("gpu", times.gpu_s, "gpu_fused_delta_s", True)):
+    for device, arr, delta_name, enabled in (
+        ("cpu", times.cpu_s, "cpu_fused_delta_s", use_cpu),
+        ("gpu", times.gpu_s, "gpu_fused_delta_s", True),
+    ):
         layout = "gqa" if model.num_heads != model.num_kv_heads else "mha"
         fits = {kind: tables.attention(device, kind, phase, layout) for kind in ("score", "context", "fused")}
         if not enabled or any(f is None for f in fits.values()):
@@ -489,7 +525,7 @@ def _apply_kernel_tables(system: SystemSpec, model: ModelSpec, ctx: StageContext
         for kind, i in kinds.items():
             nbytes, flops = attention_bytes_flops(model, chunk_batch, ctx.q, contexts, kind)
             split[kind] = fits[kind].seconds(nbytes, flops, attention_rows(model, chunk_batch, ctx.q))
-            if device == "cpu":   # KV in a slower tier than DDR: at least the KV bytes over that tier
+            if device == "cpu":  # KV in a slower tier than DDR: at least the KV bytes over that tier
                 kv = work[SUBLAYERS[i]].kv_read_bytes
                 split[kind] = np.maximum(split[kind], kv / cpu_bw_kv)
             else:
@@ -533,19 +569,20 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
     # Weights: prefetched once per layer (all experts of an MoE layer), or, with on-demand experts, the
     # routed experts of the GPU MLP sublayers fetched after routing, on the chain (per chunk).
     weight_bytes = np.array([work[s].weight_bytes for s in SUBLAYERS])
-    on_demand = np.zeros(NUM_SUBLAYERS)                 # bytes fetched after routing, per chunk
+    on_demand = np.zeros(NUM_SUBLAYERS)  # bytes fetched after routing, per chunk
     if model.is_moe and ctx.expert_fetch == ExpertFetch.ROUTED:
         for i in (_FC1, _FC2):
             routed = routed_expert_bytes(model, SUBLAYERS[i], ctx.precision)
             on_demand[i] = routed - (work[SUBLAYERS[i]].weight_bytes - work[SUBLAYERS[i]].weight_bytes_read)
             weight_bytes[i] -= routed
     weight_h2d_s = np.where(weight_bytes > 0, weight_bytes / bw_w_h2d + lat, 0.0)
-    expert_h2d_s = np.stack([copy_s(on_demand[i], bw_w_h2d) for i in range(NUM_SUBLAYERS)])   # [6, S]
+    expert_h2d_s = np.stack([copy_s(on_demand[i], bw_w_h2d) for i in range(NUM_SUBLAYERS)])  # [6, S]
 
     # Activation crossing at boundary j (what sublayer j hands to j+1), one chunk.
     kv_width_bytes = 1.0 * b * ctx.q * model.kv_dim * kv_element_bytes(ctx.precision)  # new K (or new V)
-    cross_bytes = np.stack([np.broadcast_to(np.asarray(work[s].act_out_bytes, dtype=float), (steps,))
-                            for s in SUBLAYERS])
+    cross_bytes = np.stack(
+        [np.broadcast_to(np.asarray(work[s].act_out_bytes, dtype=float), (steps,)) for s in SUBLAYERS]
+    )
     cross_bytes_h2d = cross_bytes.copy()
     cross_bytes_h2d[_QKV] = cross_bytes_h2d[_QKV] + kv_width_bytes  # qkv on CPU -> score on GPU also ships new K
     cross_h2d_s = cross_bytes_h2d / bw_act_h2d + lat
@@ -566,16 +603,16 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         cpu_c.add_feature(CPU[i], times.cpu_s[i])
         gpu_c.add_not_cpu(i, times.gpu_s[i])
         h2dx_c.add_feature(H2D[i], cross_h2d_s[i])
-        h2dx_c.add_not_cpu(i, expert_h2d_s[i])          # (1 - p_i) * routed experts fetched on demand
+        h2dx_c.add_not_cpu(i, expert_h2d_s[i])  # (1 - p_i) * routed experts fetched on demand
         d2h_c.add_feature(D2H[i], cross_d2h_s[i])
     # Fused attention (kernel tables): both on the CPU = p_score - h2d[score]; both on the GPU =
     # (1 - p_score) - d2h[score].
     cpu_c.add_feature(CPU[_SCORE], times.cpu_fused_delta_s).add_feature(H2D[_SCORE], -times.cpu_fused_delta_s)
     gpu_c.add_not_cpu(_SCORE, times.gpu_fused_delta_s).add_feature(D2H[_SCORE], -times.gpu_fused_delta_s)
-    h2dx_c.add_not_cpu(_SCORE, k_cached_s)          # (1 - p_score) * cached K
-    h2dx_c.add_not_cpu(_CTX, k_cached_s)            # (1 - p_context) * cached V (same size as K)
-    h2dx_c.add_feature(QKV_CPU_CTX_GPU, v_new_s)    # p_qkv (1 - p_context) * new V
-    d2h_c.add_not_cpu(_QKV, kv_write_s)             # (1 - p_qkv) * new K and V written back to the host cache
+    h2dx_c.add_not_cpu(_SCORE, k_cached_s)  # (1 - p_score) * cached K
+    h2dx_c.add_not_cpu(_CTX, k_cached_s)  # (1 - p_context) * cached V (same size as K)
+    h2dx_c.add_feature(QKV_CPU_CTX_GPU, v_new_s)  # p_qkv (1 - p_context) * new V
+    d2h_c.add_not_cpu(_QKV, kv_write_s)  # (1 - p_qkv) * new K and V written back to the host cache
 
     weights = Affine.zero(steps)
     for i in range(NUM_SUBLAYERS):
@@ -634,9 +671,20 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         # weight copy when it cannot run beside compute). A schedule never exceeds the serial sum of its
         # operations; where even that sum is within the other terms, the vector is not simulated and the
         # table holds the sum (the layer time, the max of the terms, is the same either way).
-        durations = ChunkDurations(times.cpu_s, times.gpu_s, cross_h2d_s, cross_d2h_s, k_cached_s, k_cached_s,
-                                   v_new_s, kv_write_s, expert_h2d_s, times.cpu_fused_delta_s,
-                                   times.gpu_fused_delta_s, times.fused_attention)
+        durations = ChunkDurations(
+            times.cpu_s,
+            times.gpu_s,
+            cross_h2d_s,
+            cross_d2h_s,
+            k_cached_s,
+            k_cached_s,
+            v_new_s,
+            kv_write_s,
+            expert_h2d_s,
+            times.cpu_fused_delta_s,
+            times.gpu_fused_delta_s,
+            times.fused_attention,
+        )
         start = weights.evaluate(ALL_POLICY_FEATURES) if serial_weights else np.zeros((NUM_POLICIES, steps))
         schedule_s = start + (cpu_c + gpu_c + h2dx_c + d2h_c).scaled(n).evaluate(ALL_POLICY_FEATURES)
         others = np.stack([form.evaluate(ALL_POLICY_FEATURES) for _, form in terms.values()]).max(axis=0)
@@ -663,8 +711,9 @@ def resident_layer_time(system: SystemSpec, model: ModelSpec, ctx: StageContext)
     return n * times.all_gpu_s(), times
 
 
-def head_time_s(system: SystemSpec, model: ModelSpec, batch: int, device: Device = Device.GPU,
-                cpu_isa: CpuIsa | None = None) -> float:
+def head_time_s(
+    system: SystemSpec, model: ModelSpec, batch: int, device: Device = Device.GPU, cpu_isa: CpuIsa | None = None
+) -> float:
     """LM head for the last position of each sequence, on the device holding the embeddings (the plan's
     ``head_device``): max(FLOPs / rate(B), weight bytes / bandwidth) + launch overhead, with the weights in
     HBM on the GPU, or in DDR read at min(CPU read, DDR read) with the plan's ISA on the CPU. The last
@@ -673,7 +722,17 @@ def head_time_s(system: SystemSpec, model: ModelSpec, batch: int, device: Device
     weight_bytes = 2.0 * model.vocab_size * model.hidden_size
     if device == Device.CPU:
         isa = cpu_isa if cpu_isa is not None else system.cpu.best_isa()
-        return roofline_s(flops, _cpu_rate(system, isa, batch, attention=False), weight_bytes,
-                          _bw(min(system.cpu.memory_read_gbps, system.ddr.read_gbps)), system.cpu.op_overhead_us * S_PER_US)
-    return roofline_s(flops, _gpu_rate(system, batch, attention=False), weight_bytes, _bw(system.gpu.hbm_gbps),
-                      system.gpu.op_overhead_us * S_PER_US)
+        return roofline_s(
+            flops,
+            _cpu_rate(system, isa, batch, attention=False),
+            weight_bytes,
+            _bw(min(system.cpu.memory_read_gbps, system.ddr.read_gbps)),
+            system.cpu.op_overhead_us * S_PER_US,
+        )
+    return roofline_s(
+        flops,
+        _gpu_rate(system, batch, attention=False),
+        weight_bytes,
+        _bw(system.gpu.hbm_gbps),
+        system.gpu.op_overhead_us * S_PER_US,
+    )

@@ -35,8 +35,9 @@ def from_validation_error(err: "object", where: str, model_cls: "type | None" = 
     if len(problems) == 1:
         field, problem, fix = problems[0]
         return LiaInputError(f"{where}: {field}" if field else where, problem, fix)
-    lines = [(f"{field}: " if field else "") + problem + (f" -- {fix}" if fix else "")
-             for field, problem, fix in problems]
+    lines = [
+        (f"{field}: " if field else "") + problem + (f" -- {fix}" if fix else "") for field, problem, fix in problems
+    ]
     return LiaInputError(where, f"{len(problems)} problems:\n  " + "\n  ".join(lines))
 
 
@@ -60,14 +61,14 @@ def _problem(error: dict, model_cls: "type | None") -> "tuple[str, str, str]":
     msg = str(error.get("msg", "invalid value"))
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
-            msg = msg[len(prefix):]
+            msg = msg[len(prefix) :]
     got_text = f" (got {_short(got)})" if got is not None and not isinstance(got, (dict, list)) else ""
     return field, f"{msg}{got_text}", f"e.g. {example}" if example else ""
 
 
 def _short(value: object, limit: int = 60) -> str:
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _resolve_field(model_cls: "type | None", loc: list[str]) -> "tuple[type | None, object]":

@@ -66,7 +66,7 @@ from lia_model.workload import Workload
 # + 4 (read fp32 in the product) = 10 bytes, five times the 2 bytes of one bf16 read. The permute/reshape views
 # it takes of the workspace keep their shapes, so they make no further copy.
 FLEXGEN_CPU_KV_PASSES = 5.0
-FLEXGEN_MEMORY_FRACTION = 0.8     # FlexGen's alpha_g = alpha_c: the LP may use 80 % of each device
+FLEXGEN_MEMORY_FRACTION = 0.8  # FlexGen's alpha_g = alpha_c: the LP may use 80 % of each device
 _LINEAR = tuple(i for i, s in enumerate(SUBLAYERS) if s in WEIGHTED_SUBLAYERS)
 _ATTENTION = tuple(i for i, s in enumerate(SUBLAYERS) if s in ATTENTION_SUBLAYERS)
 
@@ -75,26 +75,37 @@ _ATTENTION = tuple(i for i, s in enumerate(SUBLAYERS) if s in ATTENTION_SUBLAYER
 class FlexGenShape:
     """The model and workload as FlexGen's cost model sees them: one decoder layer, fp16/bf16 bytes."""
 
-    num_layers: int                    # l
-    prompt_len: int                    # s
-    gen_len: int                       # n
-    hidden_size: int                   # h1
-    ffn_size: int                      # h2
-    num_heads: int                     # nh
-    layer_weight_bytes: float          # wi: 8 h1^2 + 4 h1 h2 for OPT (FlexGen leaves out biases and norms)
-    linear_flops_per_token: float      # F_lin: 8 h1^2 + 4 h1 h2
+    num_layers: int  # l
+    prompt_len: int  # s
+    gen_len: int  # n
+    hidden_size: int  # h1
+    ffn_size: int  # h2
+    num_heads: int  # nh
+    layer_weight_bytes: float  # wi: 8 h1^2 + 4 h1 h2 for OPT (FlexGen leaves out biases and norms)
+    linear_flops_per_token: float  # F_lin: 8 h1^2 + 4 h1 h2
     attention_flops_per_context: float  # F_att: 4 h1 (Q K^T and S V, per token per cached token)
-    kv_bytes_per_token: float          # KV: 4 h1 (K and V of one token in one layer)
-    hidden_bytes_per_token: float      # H: 2 h1
+    kv_bytes_per_token: float  # KV: 4 h1 (K and V of one token in one layer)
+    hidden_bytes_per_token: float  # H: 2 h1
 
     @classmethod
-    def opt(cls, num_layers: int, hidden_size: int, ffn_size: int, num_heads: int, prompt_len: int,
-            gen_len: int) -> "FlexGenShape":
+    def opt(
+        cls, num_layers: int, hidden_size: int, ffn_size: int, num_heads: int, prompt_len: int, gen_len: int
+    ) -> "FlexGenShape":
         """FlexGen's own formulas for an OPT model (what its cost_model.py computes from the OPT config)."""
         h1, h2 = hidden_size, ffn_size
-        return cls(num_layers, prompt_len, gen_len, h1, h2, num_heads, layer_weight_bytes=8.0 * h1**2 + 4.0 * h1 * h2,
-                   linear_flops_per_token=8.0 * h1**2 + 4.0 * h1 * h2, attention_flops_per_context=4.0 * h1,
-                   kv_bytes_per_token=4.0 * h1, hidden_bytes_per_token=2.0 * h1)
+        return cls(
+            num_layers,
+            prompt_len,
+            gen_len,
+            h1,
+            h2,
+            num_heads,
+            layer_weight_bytes=8.0 * h1**2 + 4.0 * h1 * h2,
+            linear_flops_per_token=8.0 * h1**2 + 4.0 * h1 * h2,
+            attention_flops_per_context=4.0 * h1,
+            kv_bytes_per_token=4.0 * h1,
+            hidden_bytes_per_token=2.0 * h1,
+        )
 
     @classmethod
     def from_model(cls, model: ModelSpec, prompt_len: int, gen_len: int) -> "FlexGenShape":
@@ -102,33 +113,40 @@ class FlexGenShape:
         and norms included), GQA shrinks the KV bytes, gated and MoE MLPs change F_lin; for OPT every other
         quantity equals FlexGen's formula."""
         one = sublayer_work(model, 1, 1, 1)
-        return cls(model.num_layers, prompt_len, gen_len, model.hidden_size, model.ffn_size, model.num_heads,
-                   layer_weight_bytes=layer_weight_bytes(model),
-                   linear_flops_per_token=float(sum(one[SUBLAYERS[i]].flops for i in _LINEAR)),
-                   attention_flops_per_context=float(sum(one[SUBLAYERS[i]].flops for i in _ATTENTION)),
-                   kv_bytes_per_token=kv_bytes_per_token_per_layer(model),
-                   hidden_bytes_per_token=float(model.hidden_size * BF16_BYTES))
+        return cls(
+            model.num_layers,
+            prompt_len,
+            gen_len,
+            model.hidden_size,
+            model.ffn_size,
+            model.num_heads,
+            layer_weight_bytes=layer_weight_bytes(model),
+            linear_flops_per_token=float(sum(one[SUBLAYERS[i]].flops for i in _LINEAR)),
+            attention_flops_per_context=float(sum(one[SUBLAYERS[i]].flops for i in _ATTENTION)),
+            kv_bytes_per_token=kv_bytes_per_token_per_layer(model),
+            hidden_bytes_per_token=float(model.hidden_size * BF16_BYTES),
+        )
 
 
 @dataclass(frozen=True)
 class FlexGenHardware:
     """The constants of FlexGen's cost model (its CostModelConfig), in SI units: bytes, bytes/s, FLOP/s."""
 
-    gpu_memory_bytes: float            # gmem
-    cpu_memory_bytes: float            # cmem
-    ctog_bytes_per_s: float            # ctog_bdw: CPU -> GPU (weights, hidden states)
-    gtoc_cache_bytes_per_s: float      # gtoc_bdw_cache: new KV GPU -> CPU
-    gtoc_hidden_bytes_per_s: float     # gtoc_bdw_hidden
-    mm_flops_prefill: float            # mm_flops_p: GPU linears in prefill
-    mm_flops_decode: float             # mm_flops_g
-    bmm_flops_prefill: float           # bmm_flops_p: GPU attention in prefill
-    bmm_flops_decode: float            # bmm_flops_g
-    cpu_flops: float                   # cpu_flops: CPU attention in decode
-    c1: float = 0.0                    # FlexGen's small-batch / small-h1 correction of cpu_flops
+    gpu_memory_bytes: float  # gmem
+    cpu_memory_bytes: float  # cmem
+    ctog_bytes_per_s: float  # ctog_bdw: CPU -> GPU (weights, hidden states)
+    gtoc_cache_bytes_per_s: float  # gtoc_bdw_cache: new KV GPU -> CPU
+    gtoc_hidden_bytes_per_s: float  # gtoc_bdw_hidden
+    mm_flops_prefill: float  # mm_flops_p: GPU linears in prefill
+    mm_flops_decode: float  # mm_flops_g
+    bmm_flops_prefill: float  # bmm_flops_p: GPU attention in prefill
+    bmm_flops_decode: float  # bmm_flops_g
+    cpu_flops: float  # cpu_flops: CPU attention in decode
+    c1: float = 0.0  # FlexGen's small-batch / small-h1 correction of cpu_flops
     c2: float = 0.0
     c3: float = 0.0
-    gpu_memory_fraction: float = FLEXGEN_MEMORY_FRACTION   # alpha_g
-    cpu_memory_fraction: float = FLEXGEN_MEMORY_FRACTION   # alpha_c
+    gpu_memory_fraction: float = FLEXGEN_MEMORY_FRACTION  # alpha_g
+    cpu_memory_fraction: float = FLEXGEN_MEMORY_FRACTION  # alpha_c
 
     def cpu_flops_real(self, gpu_batch_size: int, hidden_size: int) -> float:
         """cpu_flops max(0.1, 1 + c1 a b - c2 a - c3 b), a = max(0, log2(64 / gbs)), b = max(0, log2(4096 / h1))."""
@@ -170,11 +188,11 @@ class FlexGenSolution:
     """FlexGen's LP at one (bls, gbs): the policy and FlexGen's own predicted times."""
 
     policy: FlexGenPolicy
-    gen_len: int                       # n
-    total_s: float                     # T: prefill and decode of one block of bls sequences
-    prefill_s: float                   # l Tpre
-    decode_s: float                    # l (n - 1) Tgen
-    gpu_peak_bytes: float              # max(prefill, decode) GPU peak in FlexGen's accounting
+    gen_len: int  # n
+    total_s: float  # T: prefill and decode of one block of bls sequences
+    prefill_s: float  # l Tpre
+    decode_s: float  # l (n - 1) Tgen
+    gpu_peak_bytes: float  # max(prefill, decode) GPU peak in FlexGen's accounting
     cpu_peak_bytes: float
 
     @property
@@ -227,8 +245,12 @@ def _lp_forms(shape: FlexGenShape, hw: FlexGenHardware, block_sizes: np.ndarray,
     # ctogp = (wi wc + H s bls hc) / ctog_bw:  the CPU's weights and hidden states come to the GPU (prefill)
     form("ctogp", (wi + hid * s * bls) / ctog, c_wg=-wi / ctog, c_hg=-hid * s * bls / ctog)
     # gtocp = KV (s + 1) bls cc / gtoc_cache_bw + H s bls hc / gtoc_hidden_bw:  new cache and hidden go out
-    form("gtocp", kv * (s + 1) * bls / gtoc_c + hid * s * bls / gtoc_h,
-         c_cg=-kv * (s + 1) * bls / gtoc_c, c_hg=-hid * s * bls / gtoc_h)
+    form(
+        "gtocp",
+        kv * (s + 1) * bls / gtoc_c + hid * s * bls / gtoc_h,
+        c_cg=-kv * (s + 1) * bls / gtoc_c,
+        c_hg=-hid * s * bls / gtoc_h,
+    )
     # compp = bls s F_lin / mm_p + bls s^2 F_att / bmm_p:  all prefill compute is on the GPU
     form("compp", bls * s * f_lin / hw.mm_flops_prefill + bls * s * s * f_att / hw.bmm_flops_prefill)
     # ctogg = (wi wc + H bls hc) / ctog_bw  (decode, per token)
@@ -244,27 +266,54 @@ def _lp_forms(shape: FlexGenShape, hw: FlexGenHardware, block_sizes: np.ndarray,
     # GPU peak, prefill:  home = wi l wg + H s bls hg + KV (s + n) bls l cg;
     #   working = 2 wi (1 - wg) + H s gbs (1 - hg) + inter_p, with FlexGen's largest intermediate set
     #   inter_p = 8 gbs s h1 + gbs (2 s h1 + 2 nh s^2) + 2 gbs s h1 + 4 gbs s h1 + 2 gbs s h2 + 2 gbs s h1
-    inter_p = (8 * gbs * s * h1 + gbs * (2 * s * h1 + 2 * nh * s * s) + gbs * 2 * s * h1 + 4 * gbs * s * h1
-               + 2 * gbs * s * h2 + 2 * gbs * s * h1)
-    form("gpu_prefill", 2 * wi + hid * s * gbs + inter_p, c_wg=wi * l - 2 * wi, c_cg=kv * (s + n) * bls * l,
-         c_hg=hid * s * bls - hid * s * gbs)
+    inter_p = (
+        8 * gbs * s * h1
+        + gbs * (2 * s * h1 + 2 * nh * s * s)
+        + gbs * 2 * s * h1
+        + 4 * gbs * s * h1
+        + 2 * gbs * s * h2
+        + 2 * gbs * s * h1
+    )
+    form(
+        "gpu_prefill",
+        2 * wi + hid * s * gbs + inter_p,
+        c_wg=wi * l - 2 * wi,
+        c_cg=kv * (s + n) * bls * l,
+        c_hg=hid * s * bls - hid * s * gbs,
+    )
     # GPU peak, decode:  home = wi l wg + H bls hg + KV (s + n) bls l cg;
     #   working = 2 wi (1 - wg) + H gbs (1 - hg) + KV gbs (s + n) cg + inter_g, with
     #   inter_g = 8 gbs h1 + gbs (2 h1 + (KV/2)(s + n) + 2 nh (s + n)) cg + gbs ((KV/2)(s + n) + 2 h1) cg
     #             + 4 gbs h1 + 2 gbs h2 + 2 gbs h1          (KV/2 = 2 h1 for OPT: K or V of one token)
     inter_g0 = 8 * gbs * h1 + 4 * gbs * h1 + 2 * gbs * h2 + 2 * gbs * h1
     inter_g_cg = gbs * (2 * h1 + half_kv * (s + n) + 2 * nh * (s + n)) + gbs * (half_kv * (s + n) + 2 * h1)
-    form("gpu_decode", 2 * wi + hid * gbs + inter_g0, c_wg=wi * l - 2 * wi,
-         c_cg=kv * (s + n) * bls * l + kv * gbs * (s + n) + inter_g_cg, c_hg=hid * bls - hid * gbs)
+    form(
+        "gpu_decode",
+        2 * wi + hid * gbs + inter_g0,
+        c_wg=wi * l - 2 * wi,
+        c_cg=kv * (s + n) * bls * l + kv * gbs * (s + n) + inter_g_cg,
+        c_hg=hid * bls - hid * gbs,
+    )
     # CPU peak, prefill:  home = wi l wc + H s bls hc + KV s bls l cc;  working = wi (1 - wg) + H s gbs (1 - hg)
-    form("cpu_prefill", wi * l + hid * s * bls + kv * s * bls * l + wi + hid * s * gbs,
-         c_wg=-wi * l - wi, c_cg=-kv * s * bls * l, c_hg=-hid * s * bls - hid * s * gbs)
+    form(
+        "cpu_prefill",
+        wi * l + hid * s * bls + kv * s * bls * l + wi + hid * s * gbs,
+        c_wg=-wi * l - wi,
+        c_cg=-kv * s * bls * l,
+        c_hg=-hid * s * bls - hid * s * gbs,
+    )
     # CPU peak, decode:  home = wi l wc + H bls hc + KV (s + n) bls l cc;  working = 2 nh (s + n) gbs + H gbs
-    form("cpu_decode", wi * l + hid * bls + kv * (s + n) * bls * l + 2 * nh * (s + n) * gbs + hid * gbs,
-         c_wg=-wi * l, c_cg=-kv * (s + n) * bls * l, c_hg=-hid * bls)
+    form(
+        "cpu_decode",
+        wi * l + hid * bls + kv * (s + n) * bls * l + 2 * nh * (s + n) * gbs + hid * gbs,
+        c_wg=-wi * l,
+        c_cg=-kv * (s + n) * bls * l,
+        c_hg=-hid * bls,
+    )
     # Capacities: home + working <= alpha gmem on the GPU, <= alpha cmem on the CPU
-    return _Forms(bls, const, coef, hw.gpu_memory_bytes * hw.gpu_memory_fraction,
-                  hw.cpu_memory_bytes * hw.cpu_memory_fraction)
+    return _Forms(
+        bls, const, coef, hw.gpu_memory_bytes * hw.gpu_memory_fraction, hw.cpu_memory_bytes * hw.cpu_memory_fraction
+    )
 
 
 def _total_time(forms: _Forms, shape: FlexGenShape, x: np.ndarray) -> np.ndarray:
@@ -275,11 +324,12 @@ def _total_time(forms: _Forms, shape: FlexGenShape, x: np.ndarray) -> np.ndarray
     return shape.num_layers * t_pre + shape.num_layers * (shape.gen_len - 1) * t_gen
 
 
-def _solutions(shape: FlexGenShape, forms: _Forms, x: np.ndarray, found: np.ndarray,
-               gpu_batch_size: int) -> list[Optional[FlexGenSolution]]:
+def _solutions(
+    shape: FlexGenShape, forms: _Forms, x: np.ndarray, found: np.ndarray, gpu_batch_size: int
+) -> list[Optional[FlexGenSolution]]:
     """The solutions at the placements x [K, 3] (None where ``found`` is False), all blocks at once."""
     x = np.clip(np.where(found[:, None], x, 0.0), 0.0, 1.0)
-    pts = x[:, None, :]                                          # [K, 1, 3]
+    pts = x[:, None, :]  # [K, 1, 3]
     v = {name: forms.value(name, pts)[:, 0] for name in (*_TIME_FORMS, *_GPU_ROWS, *_CPU_ROWS)}
     l, n = shape.num_layers, shape.gen_len
     t_pre = np.maximum(np.maximum(v["ctogp"], v["gtocp"]), v["compp"])
@@ -292,11 +342,20 @@ def _solutions(shape: FlexGenShape, forms: _Forms, x: np.ndarray, found: np.ndar
             out.append(None)
             continue
         wg, cg, hg = (float(c) for c in x[k])
-        policy = FlexGenPolicy(gpu_batch_size, int(forms.block_sizes[k]) // gpu_batch_size, wg, 1.0 - wg, cg,
-                               1.0 - cg, hg, 1.0 - hg)
-        out.append(FlexGenSolution(policy, n, total_s=float(l * t_pre[k] + l * (n - 1) * t_gen[k]),
-                                   prefill_s=float(l * t_pre[k]), decode_s=float(l * (n - 1) * t_gen[k]),
-                                   gpu_peak_bytes=float(gpu_peak[k]), cpu_peak_bytes=float(cpu_peak[k])))
+        policy = FlexGenPolicy(
+            gpu_batch_size, int(forms.block_sizes[k]) // gpu_batch_size, wg, 1.0 - wg, cg, 1.0 - cg, hg, 1.0 - hg
+        )
+        out.append(
+            FlexGenSolution(
+                policy,
+                n,
+                total_s=float(l * t_pre[k] + l * (n - 1) * t_gen[k]),
+                prefill_s=float(l * t_pre[k]),
+                decode_s=float(l * (n - 1) * t_gen[k]),
+                gpu_peak_bytes=float(gpu_peak[k]),
+                cpu_peak_bytes=float(cpu_peak[k]),
+            )
+        )
     return out
 
 
@@ -313,14 +372,14 @@ def _solve_pulp(shape: FlexGenShape, forms: _Forms, k: int, solver: str) -> Opti
         return float(forms.const[name][k]) + pulp.lpSum(float(c) * v for c, v in zip(forms.coef[name][k], x))
 
     l, n, bls = shape.num_layers, shape.gen_len, float(forms.block_sizes[k])
-    prob += (l * tpre + l * (n - 1) * tgen) * (1.0 / bls)          # T / bls,  T = l Tpre + l (n - 1) Tgen
-    for name in ("ctogp", "gtocp", "compp"):                       # Tpre >= max(ctogp, gtocp, compp)
+    prob += (l * tpre + l * (n - 1) * tgen) * (1.0 / bls)  # T / bls,  T = l Tpre + l (n - 1) Tgen
+    for name in ("ctogp", "gtocp", "compp"):  # Tpre >= max(ctogp, gtocp, compp)
         prob += tpre >= expr(name)
-    prob += tgen >= expr("ctogg") + expr("gtocg")                  # Tgen >= ctogg + max(gtocg, compg)
+    prob += tgen >= expr("ctogg") + expr("gtocg")  # Tgen >= ctogg + max(gtocg, compg)
     prob += tgen >= expr("ctogg") + expr("compg")
-    for name in _GPU_ROWS:                                         # GPU peaks <= alpha_g gmem
+    for name in _GPU_ROWS:  # GPU peaks <= alpha_g gmem
         prob += expr(name) <= forms.gpu_cap_bytes
-    for name in _CPU_ROWS:                                         # CPU peaks <= alpha_c cmem
+    for name in _CPU_ROWS:  # CPU peaks <= alpha_c cmem
         prob += expr(name) <= forms.cpu_cap_bytes
     if solver == "cbc":
         backend = pulp.PULP_CBC_CMD(msg=False)
@@ -337,8 +396,13 @@ def _solve_pulp(shape: FlexGenShape, forms: _Forms, k: int, solver: str) -> Opti
 # Planes whose triple intersections hold every vertex of the LP in x: the box, the memory rows at capacity,
 # and the breakpoints of the two maxima (where two terms of Tpre, or gtocg and compg, are equal).
 _BREAKS = (("ctogp", "gtocp"), ("ctogp", "compp"), ("gtocp", "compp"), ("gtocg", "compg"))
-_TRIPLES = np.asarray([t for t in itertools.combinations(range(6 + 4 + len(_BREAKS)), 3)
-                       if not any(2 * i in t and 2 * i + 1 in t for i in range(3))])   # x_i = 0 with x_i = 1: parallel
+_TRIPLES = np.asarray(
+    [
+        t
+        for t in itertools.combinations(range(6 + 4 + len(_BREAKS)), 3)
+        if not any(2 * i in t and 2 * i + 1 in t for i in range(3))
+    ]
+)  # x_i = 0 with x_i = 1: parallel
 
 
 def _solve_vertices(shape: FlexGenShape, forms: _Forms) -> tuple[np.ndarray, np.ndarray]:
@@ -347,7 +411,7 @@ def _solve_vertices(shape: FlexGenShape, forms: _Forms) -> tuple[np.ndarray, np.
     of the arrangement). Returns (T [K], inf where nothing fits; x [K, 3]). Among equal T the placement with
     the most weights, then cache, then activations on the GPU is kept."""
     k = len(forms.block_sizes)
-    normals, offsets = [], []                     # plane: normal . x = offset, arrays [K, 3] and [K]
+    normals, offsets = [], []  # plane: normal . x = offset, arrays [K, 3] and [K]
     for i in range(3):
         e = np.zeros((k, 3))
         e[:, i] = 1.0
@@ -359,23 +423,23 @@ def _solve_vertices(shape: FlexGenShape, forms: _Forms) -> tuple[np.ndarray, np.
     for a, b in _BREAKS:
         normals.append(forms.coef[a] - forms.coef[b])
         offsets.append(forms.const[b] - forms.const[a])
-    nrm = np.stack(normals, axis=1)               # [K, P, 3]
-    off = np.stack(offsets, axis=1)               # [K, P]
+    nrm = np.stack(normals, axis=1)  # [K, P, 3]
+    off = np.stack(offsets, axis=1)  # [K, P]
     scale = np.linalg.norm(nrm, axis=-1)
     scale = np.where(scale > 0, scale, 1.0)
     nrm, off = nrm / scale[..., None], off / scale
-    a = nrm[:, _TRIPLES]                          # [K, V, 3, 3]
-    rhs = off[:, _TRIPLES]                        # [K, V, 3]
+    a = nrm[:, _TRIPLES]  # [K, V, 3, 3]
+    rhs = off[:, _TRIPLES]  # [K, V, 3]
     det = np.linalg.det(a)
     ok = np.abs(det) > 1e-9
     a = np.where(ok[..., None, None], a, np.eye(3))
-    pts = np.linalg.solve(a, rhs[..., None])[..., 0]   # [K, V, 3]
+    pts = np.linalg.solve(a, rhs[..., None])[..., 0]  # [K, V, 3]
     tol = 1e-9
     feasible = ok & np.all(pts >= -tol, axis=-1) & np.all(pts <= 1 + tol, axis=-1)
     pts = np.clip(pts, 0.0, 1.0)
     for rows, cap in ((_GPU_ROWS, forms.gpu_cap_bytes), (_CPU_ROWS, forms.cpu_cap_bytes)):
         for name in rows:
-            feasible &= forms.value(name, pts) <= cap * (1 + 1e-12) + 1.0   # within a byte
+            feasible &= forms.value(name, pts) <= cap * (1 + 1e-12) + 1.0  # within a byte
     t = np.where(feasible, _total_time(forms, shape, pts), np.inf)
     best_t = t.min(axis=1)
     # Tie-break: lexicographically most on the GPU among the vertices within 1e-12 of the best T.
@@ -385,8 +449,9 @@ def _solve_vertices(shape: FlexGenShape, forms: _Forms) -> tuple[np.ndarray, np.
     return best_t, pts[np.arange(k), choice]
 
 
-def solve_policy_blocks(shape: FlexGenShape, hw: FlexGenHardware, block_sizes, gpu_batch_size: int,
-                        solver: str = "enumerate") -> list[Optional[FlexGenSolution]]:
+def solve_policy_blocks(
+    shape: FlexGenShape, hw: FlexGenHardware, block_sizes, gpu_batch_size: int, solver: str = "enumerate"
+) -> list[Optional[FlexGenSolution]]:
     """FlexGen's LP for several block sizes bls at one gbs (None where nothing fits memory).
 
     ``solver``: "enumerate" (exact vertex enumeration of the LP, vectorised over the blocks: the default, a
@@ -409,13 +474,14 @@ def solve_policy_blocks(shape: FlexGenShape, hw: FlexGenHardware, block_sizes, g
     return _solutions(shape, forms, x, np.asarray([f is not None for f in found]), gpu_batch_size)
 
 
-def solve_policy_lp(shape: FlexGenShape, hw: FlexGenHardware, block_size: int, gpu_batch_size: int,
-                    solver: str = "enumerate") -> Optional[FlexGenSolution]:
+def solve_policy_lp(
+    shape: FlexGenShape, hw: FlexGenHardware, block_size: int, gpu_batch_size: int, solver: str = "enumerate"
+) -> Optional[FlexGenSolution]:
     """FlexGen's LP for one (bls, gbs): the placement minimising T / bls, or None when nothing fits memory."""
     return solve_policy_blocks(shape, hw, [block_size], gpu_batch_size, solver)[0]
 
 
-HardwareAt = Callable[[int], FlexGenHardware]   # FlexGen's constants at a GPU batch size
+HardwareAt = Callable[[int], FlexGenHardware]  # FlexGen's constants at a GPU batch size
 
 
 def _better(best: Optional[FlexGenSolution], new: Optional[FlexGenSolution]) -> Optional[FlexGenSolution]:
@@ -451,8 +517,9 @@ def _largest_num_gpu_batches(fits: Callable[[int], bool]) -> int:
     return left - 1
 
 
-def search_throughput(shape: FlexGenShape, hardware_at: HardwareAt, solver: str = "enumerate",
-                      max_block_size: Optional[int] = None) -> Optional[FlexGenSolution]:
+def search_throughput(
+    shape: FlexGenShape, hardware_at: HardwareAt, solver: str = "enumerate", max_block_size: Optional[int] = None
+) -> Optional[FlexGenSolution]:
     """FlexGen's search for the highest throughput (its ``solve`` without --gbs / --num-gb); None when not even
     one sequence fits. ``max_block_size`` caps bls (FlexGen has no cap)."""
     best: Optional[FlexGenSolution] = None
@@ -479,11 +546,11 @@ def search_throughput(shape: FlexGenShape, hardware_at: HardwareAt, solver: str 
         previous, nb, chunk, stop = 0.0, 1, 8, False
         while nb <= nb_ub and not stop:
             last = min(nb + chunk, nb_ub + 1)
-            solve(list(range(nb, last)))           # a growing chunk of nb at once (vectorised)
+            solve(list(range(nb, last)))  # a growing chunk of nb at once (vectorised)
             for k in range(nb, last):
                 sol = cache[k]
                 assert sol is not None  # memory is monotone in bls: every nb up to nb_ub fits
-                if sol.throughput_tokens_per_s < previous:   # FlexGen stops at the first drop
+                if sol.throughput_tokens_per_s < previous:  # FlexGen stops at the first drop
                     stop = True
                     break
                 previous = sol.throughput_tokens_per_s
@@ -492,8 +559,9 @@ def search_throughput(shape: FlexGenShape, hardware_at: HardwareAt, solver: str 
     return best
 
 
-def search_fixed_batch(shape: FlexGenShape, hardware_at: HardwareAt, batch: int,
-                       solver: str = "enumerate") -> Optional[FlexGenSolution]:
+def search_fixed_batch(
+    shape: FlexGenShape, hardware_at: HardwareAt, batch: int, solver: str = "enumerate"
+) -> Optional[FlexGenSolution]:
     """FlexGen's policy for exactly ``batch`` sequences: each gbs of FlexGen's sequence that divides the batch,
     with nb = batch / gbs (what its --gpu-batch-size / --num-gpu-batches give), the best throughput kept."""
     best: Optional[FlexGenSolution] = None
@@ -508,6 +576,7 @@ def search_fixed_batch(shape: FlexGenShape, hardware_at: HardwareAt, batch: int,
 # ----------------------------------------------------------------------------------------------------------
 # Our systems in FlexGen's terms, and FlexGen's policy as a Plan.
 
+
 def flexgen_cpu_isa(system: SystemSpec) -> CpuIsa:
     """FlexGen's CPU attention runs PyTorch fp32 kernels: AVX-512 fp32 where present, else AVX2 fp32, else
     the CPU's best ISA."""
@@ -519,9 +588,19 @@ def flexgen_cpu_isa(system: SystemSpec) -> CpuIsa:
 
 
 def _stage(system: SystemSpec, model: ModelSpec, batch: int, q: int, context: float, isa: CpuIsa, passes: float):
-    ctx = StageContext(batch=batch, q=q, contexts=(context,), minibatches=1, weight_tier=HostTier.DDR,  # type: ignore[arg-type]
-                       kv_tier=HostTier.DDR, cpu_isa=isa, pinned_weights=True, overlap=True, mode=CostMode.OVERLAP,
-                       cpu_kv_passes=passes)
+    ctx = StageContext(
+        batch=batch,
+        q=q,
+        contexts=(context,),
+        minibatches=1,
+        weight_tier=HostTier.DDR,  # type: ignore[arg-type]
+        kv_tier=HostTier.DDR,
+        cpu_isa=isa,
+        pinned_weights=True,
+        overlap=True,
+        mode=CostMode.OVERLAP,
+        cpu_kv_passes=passes,
+    )
     return sublayer_times(system, model, ctx, batch)
 
 
@@ -548,7 +627,9 @@ def system_hardware(system: SystemSpec, model: ModelSpec, prompt_len: int, gen_l
 
             def attention(times, on_cpu: bool) -> float:
                 # score + context, one fused kernel where calibrated kernel tables say so (the delta)
-                arr, delta = (times.cpu_s, times.cpu_fused_delta_s) if on_cpu else (times.gpu_s, times.gpu_fused_delta_s)
+                arr, delta = (
+                    (times.cpu_s, times.cpu_fused_delta_s) if on_cpu else (times.gpu_s, times.gpu_fused_delta_s)
+                )
                 return float(sum(arr[i, 0] for i in _ATTENTION) + delta[0])
 
             att_pre = gbs * s * s * shape.attention_flops_per_context
@@ -576,23 +657,33 @@ class FlexGenChoice:
 
     solution: FlexGenSolution
     plan: Plan
-    workload: Workload                 # batch = gbs x num_gpu_batches
-    weights_gpu_layers: float          # wg x num_layers: FlexGen's GPU weights in whole-layer units
+    workload: Workload  # batch = gbs x num_gpu_batches
+    weights_gpu_layers: float  # wg x num_layers: FlexGen's GPU weights in whole-layer units
     cpu_kv_passes: float = FLEXGEN_CPU_KV_PASSES
 
     def as_json(self) -> dict:
         p = self.solution.policy
         return {
-            "gpu_batch_size": p.gpu_batch_size, "num_gpu_batches": p.num_gpu_batches, "block_size": p.block_size,
-            "fractions": {"weights_gpu": p.weights_gpu, "weights_cpu": p.weights_cpu, "cache_gpu": p.cache_gpu,
-                          "cache_cpu": p.cache_cpu, "activations_gpu": p.activations_gpu,
-                          "activations_cpu": p.activations_cpu},
+            "gpu_batch_size": p.gpu_batch_size,
+            "num_gpu_batches": p.num_gpu_batches,
+            "block_size": p.block_size,
+            "fractions": {
+                "weights_gpu": p.weights_gpu,
+                "weights_cpu": p.weights_cpu,
+                "cache_gpu": p.cache_gpu,
+                "cache_cpu": p.cache_cpu,
+                "activations_gpu": p.activations_gpu,
+                "activations_cpu": p.activations_cpu,
+            },
             "percent": list(p.percent()),
             "weights_gpu_layers": self.weights_gpu_layers,
             "cpu_attention": {"isa": self.plan.cpu_isa.value, "kv_passes": self.cpu_kv_passes},
-            "flexgen_predicted": {"throughput_tokens_per_s": self.solution.throughput_tokens_per_s,
-                                  "latency_s": self.solution.total_s, "prefill_s": self.solution.prefill_s,
-                                  "decode_s": self.solution.decode_s},
+            "flexgen_predicted": {
+                "throughput_tokens_per_s": self.solution.throughput_tokens_per_s,
+                "latency_s": self.solution.total_s,
+                "prefill_s": self.solution.prefill_s,
+                "decode_s": self.solution.decode_s,
+            },
         }
 
 
@@ -604,26 +695,54 @@ def flexgen_plan(system: SystemSpec, model: ModelSpec, workload: Workload, polic
     from lia_model.baselines import max_resident_layers
 
     decode = ATTENTION_ON_CPU if policy.cache_cpu >= 0.5 else ALL_GPU
-    base = Plan(prefill_policy=ALL_GPU, decode_policy=decode, gpu_resident_layers=0,
-                prefill_minibatches=policy.num_gpu_batches, weight_tier=HostTier.DDR, kv_tier=HostTier.DDR,
-                pinned_weights=True, overlap=True, cpu_isa=flexgen_cpu_isa(system), head_device=Device.GPU,
-                label="flexgen")
+    base = Plan(
+        prefill_policy=ALL_GPU,
+        decode_policy=decode,
+        gpu_resident_layers=0,
+        prefill_minibatches=policy.num_gpu_batches,
+        weight_tier=HostTier.DDR,
+        kv_tier=HostTier.DDR,
+        pinned_weights=True,
+        overlap=True,
+        cpu_isa=flexgen_cpu_isa(system),
+        head_device=Device.GPU,
+        label="flexgen",
+    )
     wanted = int(math.floor(policy.weights_gpu * model.num_layers + 1e-6))
     fit = max_resident_layers(system, model, workload, base.model_copy(update={"gpu_resident_layers": wanted}))
     return base.model_copy(update={"gpu_resident_layers": min(wanted, fit)})
 
 
-def flexgen_choice(system: SystemSpec, model: ModelSpec, workload: Workload, choose_batch: bool = False,
-                   max_batch: Optional[int] = None) -> Optional[FlexGenChoice]:
+def flexgen_choice(
+    system: SystemSpec,
+    model: ModelSpec,
+    workload: Workload,
+    choose_batch: bool = False,
+    max_batch: Optional[int] = None,
+) -> Optional[FlexGenChoice]:
     """FlexGen's own policy for the query: at the workload's batch, or (``choose_batch``, the throughput
     objective) at the batch FlexGen's search picks. None when FlexGen's LP finds nothing that fits."""
-    return _cached_choice(system.model_dump_json(), model.model_dump_json(), workload.batch, workload.input_len,
-                          workload.output_len, choose_batch, max_batch)
+    return _cached_choice(
+        system.model_dump_json(),
+        model.model_dump_json(),
+        workload.batch,
+        workload.input_len,
+        workload.output_len,
+        choose_batch,
+        max_batch,
+    )
 
 
 @lru_cache(maxsize=256)
-def _cached_choice(system_json: str, model_json: str, batch: int, input_len: int, output_len: int,
-                   choose_batch: bool, max_batch: Optional[int]) -> Optional[FlexGenChoice]:
+def _cached_choice(
+    system_json: str,
+    model_json: str,
+    batch: int,
+    input_len: int,
+    output_len: int,
+    choose_batch: bool,
+    max_batch: Optional[int],
+) -> Optional[FlexGenChoice]:
     system = SystemSpec.model_validate(json.loads(system_json))
     model = ModelSpec.model_validate(json.loads(model_json))
     shape = FlexGenShape.from_model(model, input_len, output_len)

@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from lia_model.plan import CpuIsa, HostTier
 
-
 # Plausibility bounds: far outside any real device, tight enough that a typo (1e-30 GB/s, 1e9 GiB) is an
 # input error rather than times of 1e30 s.
 MIN_GBPS, MAX_GBPS = 1e-3, 1e6
@@ -79,8 +78,7 @@ class Sourced(_Spec):
         missing = [path for path in _numeric_paths(self) if not _has_source(self.source, path)]
         if missing:
             raise ValueError(
-                f"numbers without a source: {', '.join(missing)}; add e.g. "
-                f"source: {{{missing[0]}: 'datasheet: ...'}}"
+                f"numbers without a source: {', '.join(missing)}; add e.g. source: {{{missing[0]}: 'datasheet: ...'}}"
             )
         return self
 
@@ -126,9 +124,13 @@ class IsaSpec(_Spec):
     """Matrix throughput of one CPU ISA."""
 
     present: bool = Field(description="Whether the CPU has this ISA.")
-    per_core_tflops: float = Field(ge=0.0, le=MAX_TFLOPS,
+    per_core_tflops: float = Field(
+        ge=0.0,
+        le=MAX_TFLOPS,
         description="Peak dense throughput of one core (datasheet or paper), "
-                                   "or in a calibrated profile the best measured rate / cores.", examples=[0.5])
+        "or in a calibrated profile the best measured rate / cores.",
+        examples=[0.5],
+    )
     matmul_efficiency: list[EfficiencyPoint] = Field(
         default_factory=list, description="Linear-layer efficiency vs token count (empty when absent)."
     )
@@ -136,9 +138,13 @@ class IsaSpec(_Spec):
         default_factory=list, description="Attention (batched matmul) efficiency vs query tokens per sequence."
     )
     kv_pass_factor: float = Field(
-        1.0, ge=1.0, description="Passes the attention kernel makes over the KV cache it reads: its memory time is "
+        1.0,
+        ge=1.0,
+        description="Passes the attention kernel makes over the KV cache it reads: its memory time is "
         "(activations + kv_pass_factor x KV bytes) / bandwidth. 1 (the default) is one pass; the LIA paper's model "
-        "uses 3.5; a calibrated profile measures it.", examples=[1.7])
+        "uses 3.5; a calibrated profile measures it.",
+        examples=[1.7],
+    )
     backend: str = Field("onednn", description="Library whose kernels the numbers describe.")
     kernel_observed: Optional[str] = Field(None, description="Kernel ISA seen in ONEDNN_VERBOSE, if calibrated.")
     absent_reason: Optional[str] = Field(None, description="Why the ISA is marked absent (calibrated profiles).")
@@ -158,23 +164,40 @@ class CpuSpec(Sourced):
     kind: Literal["cpu"] = "cpu"
     description: str = ""
     cores: int = Field(ge=1, le=100_000, description="Physical cores used for inference.", examples=[40])
-    sockets: Optional[int] = Field(None, ge=1, le=64, description="CPU sockets the cores span (informational: "
-                                   "the rates are for all the cores together).", examples=[2])
-    memory_read_gbps: float = Field(
-        ge=MIN_GBPS, le=MAX_GBPS,
-            description="Read bandwidth all cores can pull from local DDR (GEMV-like streaming).", examples=[265]
+    sockets: Optional[int] = Field(
+        None,
+        ge=1,
+        le=64,
+        description="CPU sockets the cores span (informational: the rates are for all the cores together).",
+        examples=[2],
     )
-    op_overhead_us: float = Field(ge=0, le=MAX_US,
-        description="Fixed cost of launching one CPU sublayer.", examples=[20])
+    memory_read_gbps: float = Field(
+        ge=MIN_GBPS,
+        le=MAX_GBPS,
+        description="Read bandwidth all cores can pull from local DDR (GEMV-like streaming).",
+        examples=[265],
+    )
+    op_overhead_us: float = Field(
+        ge=0, le=MAX_US, description="Fixed cost of launching one CPU sublayer.", examples=[20]
+    )
     isa: dict[CpuIsa, IsaSpec] = Field(description="Throughput per matrix ISA.")
     amx_int8_per_core_tops: Optional[float] = Field(
-        None, gt=0, le=MAX_TFLOPS, description="Peak dense int8 throughput of one core on the AMX int8 tiles "
+        None,
+        gt=0,
+        le=MAX_TFLOPS,
+        description="Peak dense int8 throughput of one core on the AMX int8 tiles "
         "(amx_int8; 1e12 ops/s), with amx_bf16's efficiency tables; runs int8-weight linears when the plan's ISA "
-        "is amx_bf16. None: no AMX int8.", examples=[4.5])
+        "is amx_bf16. None: no AMX int8.",
+        examples=[4.5],
+    )
     dequant_gelems_per_s: Optional[float] = Field(
-        None, gt=0, le=MAX_TFLOPS * 1e3, description="Weight or KV elements all cores unpack to bf16 per second "
+        None,
+        gt=0,
+        le=MAX_TFLOPS * 1e3,
+        description="Weight or KV elements all cores unpack to bf16 per second "
         "(1e9/s) in a dequantising kernel (int4, int8 without AMX, fp8 weights; fp8/int8 KV). None: unknown.",
-        examples=[1280])
+        examples=[1280],
+    )
 
     @field_validator("isa")
     @classmethod
@@ -194,27 +217,44 @@ class GpuSpec(Sourced):
     kind: Literal["gpu"] = "gpu"
     description: str = ""
     memory_gib: float = Field(gt=0, le=MAX_GIB, description="Device memory.", examples=[80])
-    reserved_gib: float = Field(ge=0, le=MAX_GIB,
-        description="Taken by the CUDA context and libraries.", examples=[1.0])
+    reserved_gib: float = Field(
+        ge=0, le=MAX_GIB, description="Taken by the CUDA context and libraries.", examples=[1.0]
+    )
     hbm_gbps: float = Field(ge=MIN_GBPS, le=MAX_GBPS, description="Device memory bandwidth.", examples=[3350])
     bf16_peak_tflops: float = Field(
-        gt=0, le=MAX_TFLOPS,
-            description="Peak the efficiency tables are relative to: the datasheet's dense bf16 peak, or in a "
-                          "calibrated profile the best rate measured.", examples=[989])
+        gt=0,
+        le=MAX_TFLOPS,
+        description="Peak the efficiency tables are relative to: the datasheet's dense bf16 peak, or in a "
+        "calibrated profile the best rate measured.",
+        examples=[989],
+    )
     fp8_peak_tflops: Optional[float] = Field(
-        None, gt=0, le=MAX_TFLOPS, description="Dense fp8 (e4m3) tensor-core peak, with the same efficiency "
-        "tables; None: no fp8 tensor cores (A100 and older).", examples=[1979])
+        None,
+        gt=0,
+        le=MAX_TFLOPS,
+        description="Dense fp8 (e4m3) tensor-core peak, with the same efficiency "
+        "tables; None: no fp8 tensor cores (A100 and older).",
+        examples=[1979],
+    )
     dequant_gelems_per_s: Optional[float] = Field(
-        None, gt=0, le=MAX_TFLOPS * 1e3, description="Weight or KV elements the GPU unpacks to bf16 per second "
+        None,
+        gt=0,
+        le=MAX_TFLOPS * 1e3,
+        description="Weight or KV elements the GPU unpacks to bf16 per second "
         "(1e9/s) in a dequantising kernel (int8 / int4 weight-only; fp8/int8 KV). None: unknown.",
-        examples=[33500])
+        examples=[33500],
+    )
     matmul_efficiency: list[EfficiencyPoint]
     attention_efficiency: list[EfficiencyPoint]
-    op_overhead_us: float = Field(ge=0, le=MAX_US,
-        description="Fixed cost of launching one GPU sublayer.", examples=[10])
+    op_overhead_us: float = Field(
+        ge=0, le=MAX_US, description="Fixed cost of launching one GPU sublayer.", examples=[10]
+    )
     kv_pass_factor: float = Field(
-        1.0, ge=1.0, description="Passes the attention kernel makes over the KV cache it reads (see IsaSpec).",
-        examples=[1.0])
+        1.0,
+        ge=1.0,
+        description="Passes the attention kernel makes over the KV cache it reads (see IsaSpec).",
+        examples=[1.0],
+    )
 
     _tables = field_validator("matmul_efficiency", "attention_efficiency")(_check_table)
 
@@ -223,14 +263,18 @@ class LinkSpec(Sourced):
     name: str
     kind: Literal["link"] = "link"
     description: str = ""
-    h2d_gbps: float = Field(ge=MIN_GBPS, le=MAX_GBPS,
-        description="Host-to-device copy bandwidth from pinned memory.", examples=[55])
-    d2h_gbps: float = Field(ge=MIN_GBPS, le=MAX_GBPS,
-        description="Device-to-host copy bandwidth into pinned memory.", examples=[55])
-    pageable_h2d_gbps: float = Field(ge=MIN_GBPS, le=MAX_GBPS,
-        description="Host-to-device from pageable memory.", examples=[18])
-    pageable_d2h_gbps: float = Field(ge=MIN_GBPS, le=MAX_GBPS,
-        description="Device-to-host into pageable memory.", examples=[18])
+    h2d_gbps: float = Field(
+        ge=MIN_GBPS, le=MAX_GBPS, description="Host-to-device copy bandwidth from pinned memory.", examples=[55]
+    )
+    d2h_gbps: float = Field(
+        ge=MIN_GBPS, le=MAX_GBPS, description="Device-to-host copy bandwidth into pinned memory.", examples=[55]
+    )
+    pageable_h2d_gbps: float = Field(
+        ge=MIN_GBPS, le=MAX_GBPS, description="Host-to-device from pageable memory.", examples=[18]
+    )
+    pageable_d2h_gbps: float = Field(
+        ge=MIN_GBPS, le=MAX_GBPS, description="Device-to-host into pageable memory.", examples=[18]
+    )
     transfer_latency_us: float = Field(ge=0, le=MAX_US, description="Fixed cost of one copy.", examples=[10])
 
 
@@ -240,8 +284,9 @@ class MemoryTierSpec(Sourced):
     tier: HostTier
     description: str = ""
     capacity_gib: float = Field(gt=0, le=MAX_GIB, description="Installed capacity.", examples=[512])
-    read_gbps: float = Field(ge=MIN_GBPS, le=MAX_GBPS,
-        description="Sustained read bandwidth (CPU or DMA).", examples=[265])
+    read_gbps: float = Field(
+        ge=MIN_GBPS, le=MAX_GBPS, description="Sustained read bandwidth (CPU or DMA).", examples=[265]
+    )
 
 
 class Provenance(_Spec):
@@ -283,8 +328,11 @@ class AttentionFit(_Spec):
 
     kind: Literal["fused", "score", "context"] = Field(description="fused: score and context in one kernel.")
     phase: Literal["decode", "prefill"] = Field(description="decode: one new token (q = 1); prefill: q = s.")
-    heads: Literal["mha", "gqa", "any"] = Field("any", description="mha: one query head per KV head (G = 1); gqa: "
-                                                "G > 1 (decode runs a different kernel: a grouped matmul pair).")
+    heads: Literal["mha", "gqa", "any"] = Field(
+        "any",
+        description="mha: one query head per KV head (G = 1); gqa: "
+        "G > 1 (decode runs a different kernel: a grouped matmul pair).",
+    )
     overhead_s: float = Field(ge=0)
     s_per_byte: float = Field(ge=0)
     s_per_flop: float = Field(ge=0)
@@ -308,19 +356,25 @@ class KernelTables(Sourced):
     cpu_attention: list[AttentionFit] = Field(default_factory=list)
     gpu_attention: list[AttentionFit] = Field(default_factory=list)
     gpu_dispatch_us: float = Field(ge=0, description="Host time to launch one GPU sublayer (the floor of its time).")
-    cpu_slowdown_beside_dma: float = Field(ge=1.0, description="CPU linear time while pinned H2D weight DMA runs, "
-                                           "over its time alone (DDR shared by the cores and the copy engine).")
+    cpu_slowdown_beside_dma: float = Field(
+        ge=1.0,
+        description="CPU linear time while pinned H2D weight DMA runs, "
+        "over its time alone (DDR shared by the cores and the copy engine).",
+    )
 
     def linear(self, device: str, sublayer: str, k: int, n: int) -> Optional[LinearTable]:
-        for t in (self.cpu_linear if device == "cpu" else self.gpu_linear):
+        for t in self.cpu_linear if device == "cpu" else self.gpu_linear:
             if t.sublayer == sublayer and t.k == k and t.n == n:
                 return t
         return None
 
     def attention(self, device: str, kind: str, phase: str, heads: str = "any") -> Optional[AttentionFit]:
         """The fit for (kind, phase) and head layout; a fit for "any" layout serves both."""
-        fits = [f for f in (self.cpu_attention if device == "cpu" else self.gpu_attention)
-                if f.kind == kind and f.phase == phase]
+        fits = [
+            f
+            for f in (self.cpu_attention if device == "cpu" else self.gpu_attention)
+            if f.kind == kind and f.phase == phase
+        ]
         return next((f for f in fits if f.heads == heads), None) or next((f for f in fits if f.heads == "any"), None)
 
 
@@ -351,8 +405,9 @@ class SystemSpec(Sourced):
     link: LinkSpec
     ddr: MemoryTierSpec
     cxl: Optional[MemoryTierSpec] = None
-    host_reserved_gib: float = Field(ge=0, le=MAX_GIB,
-        description="Host memory kept for the OS and runtime.", examples=[16])
+    host_reserved_gib: float = Field(
+        ge=0, le=MAX_GIB, description="Host memory kept for the OS and runtime.", examples=[16]
+    )
     memory_headroom_fraction: float = Field(
         ge=0, lt=1, description="Fraction of each tier left free as headroom.", examples=[0.05]
     )
@@ -373,7 +428,8 @@ class SystemSpec(Sourced):
             from lia_model.errors import LiaInputError
 
             raise LiaInputError(
-                "plan.tier", f"the plan puts data in {tier.value.upper()} but system {self.name} has no CXL",
+                "plan.tier",
+                f"the plan puts data in {tier.value.upper()} but system {self.name} has no CXL",
                 "use weight_tier/kv_tier ddr, or a system with CXL (e.g. spr-h100-cxl)",
             )
         return spec

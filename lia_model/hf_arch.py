@@ -53,19 +53,26 @@ def runtime_gaps(config: Mapping[str, Any]) -> list[str]:
     experts = max(int(_get(config, k, 1)) for k in ("num_local_experts", "num_experts", "n_routed_experts"))
     if experts > 1:
         per = _get(config, "num_experts_per_tok", _get(config, "num_experts_per_token", "?"))
-        gaps.append(f"mixture-of-experts MLPs ({experts} experts, {per} per token; the runtime executes dense "
-                    "MLPs only)")
+        gaps.append(
+            f"mixture-of-experts MLPs ({experts} experts, {per} per token; the runtime executes dense MLPs only)"
+        )
     if config.get("kv_lora_rank") is not None or config.get("q_lora_rank") is not None:
-        gaps.append("multi-head latent attention (kv_lora_rank / q_lora_rank: the runtime has no latent KV "
-                    "projections)")
+        gaps.append(
+            "multi-head latent attention (kv_lora_rank / q_lora_rank: the runtime has no latent KV projections)"
+        )
     if config.get("quantization_config") is not None:
-        gaps.append("quantized weights (quantization_config; the runtime loads bf16 checkpoints, its int8 linears "
-                    "are runtime/kernels.py's own)")
+        gaps.append(
+            "quantized weights (quantization_config; the runtime loads bf16 checkpoints, its int8 linears "
+            "are runtime/kernels.py's own)"
+        )
     if mtype not in RUNNABLE_TYPES:
-        if not gaps:          # MoE / MLA above already say what is missing
+        if not gaps:  # MoE / MLA above already say what is missing
             what = _KNOWN_GAPS.get(mtype)
-            gaps.append(f"a weight mapping for model_type '{mtype or '(none)'}'" + (f" ({what})" if what else "")
-                        + f"; the runtime loads {', '.join(RUNNABLE_TYPES)}")
+            gaps.append(
+                f"a weight mapping for model_type '{mtype or '(none)'}'"
+                + (f" ({what})" if what else "")
+                + f"; the runtime loads {', '.join(RUNNABLE_TYPES)}"
+            )
         return gaps
     if mtype == "opt":
         act = str(_get(config, "activation_function", "relu")).lower()
@@ -75,8 +82,10 @@ def runtime_gaps(config: Mapping[str, Any]) -> list[str]:
             gaps.append("post-LayerNorm layers (do_layer_norm_before false, as in opt-350m)")
         proj = config.get("word_embed_proj_dim")
         if proj is not None and int(proj) != int(_get(config, "hidden_size", proj)):
-            gaps.append(f"project_in/project_out embedding projections (word_embed_proj_dim {proj} != hidden_size "
-                        f"{config.get('hidden_size')})")
+            gaps.append(
+                f"project_in/project_out embedding projections (word_embed_proj_dim {proj} != hidden_size "
+                f"{config.get('hidden_size')})"
+            )
         if config.get("_remove_final_layer_norm"):
             gaps.append("no final LayerNorm (_remove_final_layer_norm)")
         if not _get(config, "enable_bias", True):
@@ -123,11 +132,16 @@ def numerics_from_hf_config(config: Mapping[str, Any]) -> dict[str, Any]:
     rope = _rope_parameters(config)
     kind = str(rope.get("rope_type", rope.get("type", "default")) or "default").lower()
     scaling: Optional[RopeScaling] = None
-    example = ('e.g. {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, '
-               '"original_max_position_embeddings": 8192}')
+    example = (
+        'e.g. {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, '
+        '"original_max_position_embeddings": 8192}'
+    )
     if kind in ("linear", "llama3"):
-        fields = {k: rope[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
-                                       "original_max_position_embeddings") if rope.get(k) is not None}
+        fields = {
+            k: rope[k]
+            for k in ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+            if rope.get(k) is not None
+        }
         if "factor" not in fields:
             raise LiaInputError("config.json rope_scaling.factor", f"missing for rope_type {kind}", example)
         if kind == "linear":
@@ -139,8 +153,11 @@ def numerics_from_hf_config(config: Mapping[str, Any]) -> dict[str, Any]:
             where = ".".join(str(p) for p in first.get("loc", ()))
             msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
             raise LiaInputError("config.json rope_scaling" + (f".{where}" if where else ""), msg, example) from None
-    return {"norm_eps": float(_get(config, "rms_norm_eps", 1e-6)),
-            "rope_theta": float(rope.get("rope_theta", 10000.0)), "rope_scaling": scaling}
+    return {
+        "norm_eps": float(_get(config, "rms_norm_eps", 1e-6)),
+        "rope_theta": float(rope.get("rope_theta", 10000.0)),
+        "rope_scaling": scaling,
+    }
 
 
 def runtime_model(config: Mapping[str, Any], name: str) -> ModelSpec:
@@ -149,8 +166,9 @@ def runtime_model(config: Mapping[str, Any], name: str) -> ModelSpec:
     gaps = runtime_gaps(config)
     if gaps:
         mtype = config.get("model_type", "(none)")
-        raise LiaInputError("model", f"{name} (model_type '{mtype}') cannot run on the LIA runtime: it needs "
-                            + "; ".join(gaps), _FIX)
+        raise LiaInputError(
+            "model", f"{name} (model_type '{mtype}') cannot run on the LIA runtime: it needs " + "; ".join(gaps), _FIX
+        )
     spec = model_from_hf_config(config, name=name)
     # transformers ties OPT's LM head by default and Llama's / Mistral's not, when the config does not say.
     tied = bool(_get(config, "tie_word_embeddings", str(config.get("model_type")).lower() == "opt"))

@@ -23,12 +23,16 @@ def read_text(path: Path, what: str, fix: str) -> str:
     try:
         size = path.stat().st_size
         if size > MAX_INPUT_BYTES:
-            raise LiaInputError(str(path), f"the file has {size / 2**20:.0f} MiB; an input file this large is "
-                                f"not a profile, plan or config", fix)
+            raise LiaInputError(
+                str(path),
+                f"the file has {size / 2**20:.0f} MiB; an input file this large is not a profile, plan or config",
+                fix,
+            )
         raw = path.read_bytes()
     except OSError as err:
-        raise LiaInputError(str(path), f"cannot read the file ({err.strerror})", "check the path and permissions") \
-            from None
+        raise LiaInputError(
+            str(path), f"cannot read the file ({err.strerror})", "check the path and permissions"
+        ) from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -37,20 +41,18 @@ def read_text(path: Path, what: str, fix: str) -> str:
 
 def parse_json(text: str, where: str, fix: str) -> object:
     """JSON with one clear error for malformed, too deeply nested or non-standard (NaN, Infinity) input."""
+
     def no_constants(name: str) -> object:
         raise ValueError(f"{name} is not a number JSON allows")
 
     try:
         return json.loads(text, parse_constant=no_constants)
     except json.JSONDecodeError as err:
-        raise LiaInputError(where, f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}", fix) \
-            from None
+        raise LiaInputError(where, f"malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}", fix) from None
     except ValueError as err:
         raise LiaInputError(where, f"malformed JSON: {err}", fix) from None
     except RecursionError:
         raise LiaInputError(where, "the JSON is nested too deeply to be a plan or a config", fix) from None
-
-
 
 
 def resolve_model(name_or_path: str) -> ModelSpec:
@@ -101,8 +103,14 @@ def load_prices(path: str):
         raise from_validation_error(err, path, Prices) from None
 
 
-TP_NODE_FIELDS = ("gpus", "gpu_profile", "hbm_gbps", "nvlink_allreduce_gbps", "allreduce_latency_us",
-                  "memory_headroom_fraction")
+TP_NODE_FIELDS = (
+    "gpus",
+    "gpu_profile",
+    "hbm_gbps",
+    "nvlink_allreduce_gbps",
+    "allreduce_latency_us",
+    "memory_headroom_fraction",
+)
 
 
 def load_tp_node(path: str):
@@ -128,8 +136,11 @@ def load_tp_node(path: str):
     sources = data.get("source")
     unsourced = [f for f in TP_NODE_FIELDS if not isinstance(sources, dict) or not sources.get(f)]
     if missing or unsourced:
-        raise LiaInputError(path, f"missing fields {missing} or sources {unsourced}",
-                            "every field needs a value and an entry under source:")
+        raise LiaInputError(
+            path,
+            f"missing fields {missing} or sources {unsourced}",
+            "every field needs a value and an entry under source:",
+        )
     numbers = {}
     for f in TP_NODE_FIELDS[2:]:
         v = data[f]
@@ -140,8 +151,17 @@ def load_tp_node(path: str):
     if isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= 1024:
         raise LiaInputError(f"{path}: gpus", f"must be a whole number of GPUs from 1 to 1024, got {gpus!r}", "e.g. 8")
     if numbers["hbm_gbps"] <= 0 or numbers["nvlink_allreduce_gbps"] <= 0 or numbers["memory_headroom_fraction"] >= 1:
-        raise LiaInputError(path, "hbm_gbps and nvlink_allreduce_gbps must be above 0 and "
-                            "memory_headroom_fraction below 1", "e.g. hbm_gbps: 2039, memory_headroom_fraction: 0.05")
+        raise LiaInputError(
+            path,
+            "hbm_gbps and nvlink_allreduce_gbps must be above 0 and memory_headroom_fraction below 1",
+            "e.g. hbm_gbps: 2039, memory_headroom_fraction: 0.05",
+        )
     gpu = load_device("gpu", str(data["gpu_profile"])).model_copy(update={"hbm_gbps": numbers["hbm_gbps"]})
-    return TensorParallelNode(str(data["name"]), gpus, gpu, numbers["nvlink_allreduce_gbps"],
-                              numbers["allreduce_latency_us"], numbers["memory_headroom_fraction"])
+    return TensorParallelNode(
+        str(data["name"]),
+        gpus,
+        gpu,
+        numbers["nvlink_allreduce_gbps"],
+        numbers["allreduce_latency_us"],
+        numbers["memory_headroom_fraction"],
+    )

@@ -74,8 +74,9 @@ def workspace_bytes(model: ModelSpec, workload: Workload, minibatches: int) -> f
     prefill = sublayer_work(model, chunk, workload.input_len, workload.input_len, workload.precision)
     decode = sublayer_work(model, workload.batch, 1, workload.input_len + workload.output_len, workload.precision)
     # live buffers: input and output, plus the softmax probabilities (half the scratch traffic)
-    largest = max(float(w.act_in_bytes + w.act_out_bytes + w.scratch_bytes / 2)
-                  for w in (*prefill.values(), *decode.values()))
+    largest = max(
+        float(w.act_in_bytes + w.act_out_bytes + w.scratch_bytes / 2) for w in (*prefill.values(), *decode.values())
+    )
     hidden = 2.0 * workload.batch * workload.input_len * model.hidden_size * BF16_BYTES
     return hidden + largest
 
@@ -88,8 +89,9 @@ def memory_constants(system: SystemSpec, model: ModelSpec, workload: Workload, m
         embedding_bytes=embedding_weight_bytes(model),
         layer_weight_bytes=layer_weight_bytes(model, precision),
         sublayer_weight_bytes=tuple(per_sublayer[s] for s in SUBLAYERS),
-        kv_layer_bytes=kv_cache_bytes_per_layer(model, workload.batch, workload.input_len + workload.output_len,
-                                                precision),
+        kv_layer_bytes=kv_cache_bytes_per_layer(
+            model, workload.batch, workload.input_len + workload.output_len, precision
+        ),
         gpu_workspace_bytes=ws,
         host_workspace_bytes=ws,
         available_bytes=available_bytes(system),

@@ -32,8 +32,21 @@ import numpy as np
 
 from lia_model.accounting import sublayer_work
 from lia_model.costterms import (
-    CPU, D2H, H2D, OUT_XOR_FC2, QKV_GPU_CTX_CPU, QKV_XOR_OUT, Affine, Resource, StageContext, StageTerms,
-    SublayerTimes, _bw, _cpu_rate, _gpu_rate, cpu_kv_passes,
+    CPU,
+    D2H,
+    H2D,
+    OUT_XOR_FC2,
+    QKV_GPU_CTX_CPU,
+    QKV_XOR_OUT,
+    Affine,
+    Resource,
+    StageContext,
+    StageTerms,
+    SublayerTimes,
+    _bw,
+    _cpu_rate,
+    _gpu_rate,
+    cpu_kv_passes,
 )
 from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
@@ -46,8 +59,11 @@ _QKV, _SCORE, _CTX, _OUT, _FC1, _FC2 = range(6)
 
 def _check(model: ModelSpec) -> None:
     if model.is_moe:
-        raise LiaInputError("--mode paper", f"the paper's released model covers dense layers; {model.name} is a "
-                            "mixture of experts", "use --mode overlap or additive for MoE models")
+        raise LiaInputError(
+            "--mode paper",
+            f"the paper's released model covers dense layers; {model.name} is a mixture of experts",
+            "use --mode overlap or additive for MoE models",
+        )
 
 
 def paper_sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext) -> SublayerTimes:
@@ -72,8 +88,10 @@ def paper_sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext
         cpu_bytes = act[i] + (kappa_cpu * kv if attention else weights[i])
         gpu_bytes = act[i] + (kappa_gpu * kv if attention else weights[i])
         out["cpu_mem"][i], out["gpu_mem"][i] = cpu_bytes / cpu_bw[i], gpu_bytes / hbm
-        cpu_flop_s, gpu_flop_s = flops / _cpu_rate(system, ctx.cpu_isa, rows, attention), flops / _gpu_rate(
-            system, rows, attention)
+        cpu_flop_s, gpu_flop_s = (
+            flops / _cpu_rate(system, ctx.cpu_isa, rows, attention),
+            flops / _gpu_rate(system, rows, attention),
+        )
         out["cpu"][i], out["gpu"][i] = cpu_flop_s + out["cpu_mem"][i], gpu_flop_s + out["gpu_mem"][i]
         cpu_cb[i], gpu_cb[i] = cpu_flop_s >= out["cpu_mem"][i], gpu_flop_s >= out["gpu_mem"][i]
     return SublayerTimes(out["cpu"], out["gpu"], cpu_cb, gpu_cb, out["cpu_mem"], out["gpu_mem"])
@@ -97,7 +115,7 @@ def paper_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext) -
     weights, kv, act = _bytes(model, ctx)
     link = system.link
     h2d, d2h = _bw(link.h2d_gbps), _bw(link.d2h_gbps)
-    prefill = len(ctx.contexts) == 1 and ctx.contexts[0] == ctx.q     # prefill: q = s = L_in
+    prefill = len(ctx.contexts) == 1 and ctx.contexts[0] == ctx.q  # prefill: q = s = L_in
     form = Affine.zero(steps)
     weight_h2d_s = np.zeros(NUM_SUBLAYERS)
     cross_h2d = np.zeros((NUM_SUBLAYERS, steps))
@@ -107,31 +125,31 @@ def paper_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext) -
         form.add_feature(CPU[i], times.cpu_s[i])
         form.add_not_cpu(i, times.gpu_s[i])
         if i in (_SCORE, _CTX):
-            copies = (2.0 if prefill else 1.0) * kv / h2d          # cache to the GPU (prefill: twice)
+            copies = (2.0 if prefill else 1.0) * kv / h2d  # cache to the GPU (prefill: twice)
             form.add_not_cpu(i, copies)
             kv_copy[i] = copies
         else:
             weight_h2d_s[i] = weights[i] / h2d
             form.add_not_cpu(i, weight_h2d_s[i])
         if i == 0:
-            form.add_not_cpu(0, act[0] / h2d)                      # the layer input to a GPU qkv
+            form.add_not_cpu(0, act[0] / h2d)  # the layer input to a GPU qkv
         else:
             cross_h2d[i - 1], cross_d2h[i - 1] = act[i] / h2d, act[i] / d2h
-            form.add_feature(H2D[i - 1], cross_h2d[i - 1])          # p_{i-1} (1 - p_i)
-            form.add_feature(D2H[i - 1], cross_d2h[i - 1])          # (1 - p_{i-1}) p_i
+            form.add_feature(H2D[i - 1], cross_h2d[i - 1])  # p_{i-1} (1 - p_i)
+            form.add_feature(D2H[i - 1], cross_d2h[i - 1])  # (1 - p_{i-1}) p_i
     if prefill:
-        form.add_feature(D2H[_QKV], kv / d2h)                      # p_1 (1 - p_0): K back to the host
-        form.add_feature(QKV_GPU_CTX_CPU, kv / d2h)                # p_2 (1 - p_0): V back to the host
-    form.add_not_cpu(_FC2, act[0] / d2h)                           # (1 - p_5): the output back to the host
-    form.add_feature(QKV_XOR_OUT, act[0] / h2d)                    # residual of out_proj
-    form.add_feature(OUT_XOR_FC2, act[0] / h2d)                    # residual of fc2
+        form.add_feature(D2H[_QKV], kv / d2h)  # p_1 (1 - p_0): K back to the host
+        form.add_feature(QKV_GPU_CTX_CPU, kv / d2h)  # p_2 (1 - p_0): V back to the host
+    form.add_not_cpu(_FC2, act[0] / d2h)  # (1 - p_5): the output back to the host
+    form.add_feature(QKV_XOR_OUT, act[0] / h2d)  # residual of out_proj
+    form.add_feature(OUT_XOR_FC2, act[0] / h2d)  # residual of fc2
     resources = {Resource.CHAIN: form}
-    return StageTerms(ctx, {"serial": (Resource.CHAIN, form)}, times, weight_h2d_s, cross_h2d, cross_d2h, kv_copy,
-                      resources)
+    return StageTerms(
+        ctx, {"serial": (Resource.CHAIN, form)}, times, weight_h2d_s, cross_h2d, cross_d2h, kv_copy, resources
+    )
 
 
 def paper_resident_layer_s(system: SystemSpec, model: ModelSpec, ctx: StageContext) -> tuple[np.ndarray, SublayerTimes]:
     """The script's all-GPU layer (layer_latency_gpu): the GPU times summed, no transfers."""
     times = paper_sublayer_times(system, model, ctx)
     return times.gpu_s.sum(axis=0), times
-

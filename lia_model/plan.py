@@ -34,8 +34,8 @@ class HostTier(str, Enum):
 class ExpertFetch(str, Enum):
     """How a GPU MoE sublayer of a streamed layer gets its experts' weights."""
 
-    ALL = "all"          # every expert, prefetched with the layer's weights (beside compute)
-    ROUTED = "routed"    # only the experts the router picked, fetched once it has run (on the chain)
+    ALL = "all"  # every expert, prefetched with the layer's weights (beside compute)
+    ROUTED = "routed"  # only the experts the router picked, fetched once it has run (on the chain)
 
 
 class CpuIsa(str, Enum):
@@ -44,7 +44,7 @@ class CpuIsa(str, Enum):
     AMX_BF16 = "amx_bf16"
     AVX512_BF16 = "avx512_bf16"
     AVX512_FP32 = "avx512_fp32"
-    AVX2_FP32 = "avx2_fp32"      # x86 CPUs without AVX-512: fp32 on MKL's / oneDNN's AVX2 (or generic) path
+    AVX2_FP32 = "avx2_fp32"  # x86 CPUs without AVX-512: fp32 on MKL's / oneDNN's AVX2 (or generic) path
     SVE2_BF16 = "sve2_bf16"
 
 
@@ -136,19 +136,27 @@ class Plan(BaseModel):
     )
     weight_tier: HostTier = Field(HostTier.DDR, description="Host tier holding the streamed layers' weights.")
     cxl_weight_layers: int = Field(
-        0, ge=0, strict=True, description="With weight_tier ddr: this many of the streamed layers (the last ones) keep their "
-        "weights in CXL instead, a split of the weights between the tiers (weight_tier cxl: all of them).")
+        0,
+        ge=0,
+        strict=True,
+        description="With weight_tier ddr: this many of the streamed layers (the last ones) keep their "
+        "weights in CXL instead, a split of the weights between the tiers (weight_tier cxl: all of them).",
+    )
     kv_tier: HostTier = Field(HostTier.DDR, description="Host tier holding the streamed layers' KV cache.")
     expert_fetch: ExpertFetch = Field(
-        ExpertFetch.ALL, description="MoE models: prefetch every expert of a GPU MLP sublayer (all), or fetch "
-        "only the routed experts once the router has run (routed). Dense models: all.")
+        ExpertFetch.ALL,
+        description="MoE models: prefetch every expert of a GPU MLP sublayer (all), or fetch "
+        "only the routed experts once the router has run (routed). Dense models: all.",
+    )
     pinned_weights: StrictBool = Field(True, description="Page-locked host weights: H2D copies are async DMA.")
     overlap: StrictBool = Field(True, description="Prefetch the next layer's weights into a second GPU buffer.")
     prefill_cpu_isa: CpuIsa = Field(CpuIsa.AMX_BF16, description="Matrix ISA of the CPU sublayers in prefill.")
     decode_cpu_isa: CpuIsa = Field(CpuIsa.AMX_BF16, description="Matrix ISA of the CPU sublayers in decode.")
     head_device: Optional[Device] = Field(
-        None, description="Where the embeddings and the LM head live and run (1 = CPU, 0 = GPU); None: the CPU "
-                          "when the plan runs nothing on the GPU (all-CPU policies, no resident layer), else the GPU.")
+        None,
+        description="Where the embeddings and the LM head live and run (1 = CPU, 0 = GPU); None: the CPU "
+        "when the plan runs nothing on the GPU (all-CPU policies, no resident layer), else the GPU.",
+    )
     label: str = Field("", description="Free-text name (e.g. the baseline it reproduces); not a knob.")
 
     @model_validator(mode="before")
@@ -160,8 +168,10 @@ class Plan(BaseModel):
             isa = data.pop("cpu_isa")
             clash = [k for k in ("prefill_cpu_isa", "decode_cpu_isa") if k in data and data[k] != isa]
             if clash:
-                raise ValueError(f"cpu_isa ({isa}) contradicts {clash[0]} ({data[clash[0]]}); give either cpu_isa "
-                                 "or prefill_cpu_isa and decode_cpu_isa")
+                raise ValueError(
+                    f"cpu_isa ({isa}) contradicts {clash[0]} ({data[clash[0]]}); give either cpu_isa "
+                    "or prefill_cpu_isa and decode_cpu_isa"
+                )
             data.setdefault("prefill_cpu_isa", isa)
             data.setdefault("decode_cpu_isa", isa)
         return data
@@ -178,9 +188,11 @@ class Plan(BaseModel):
     def cpu_isa(self) -> CpuIsa:
         """The ISA of both stages; an error when they differ (read prefill_cpu_isa / decode_cpu_isa then)."""
         if self.prefill_cpu_isa != self.decode_cpu_isa:
-            raise LiaInputError("plan.cpu_isa", f"the plan uses {self.prefill_cpu_isa.value} in prefill and "
-                                f"{self.decode_cpu_isa.value} in decode",
-                                "read prefill_cpu_isa and decode_cpu_isa (one ISA per stage)")
+            raise LiaInputError(
+                "plan.cpu_isa",
+                f"the plan uses {self.prefill_cpu_isa.value} in prefill and {self.decode_cpu_isa.value} in decode",
+                "read prefill_cpu_isa and decode_cpu_isa (one ISA per stage)",
+            )
         return self.prefill_cpu_isa
 
     def stage_cpu_isa(self, stage: "object") -> CpuIsa:
@@ -214,9 +226,11 @@ class Plan(BaseModel):
     @model_validator(mode="after")
     def _one_way_to_say_cxl(self) -> "Plan":
         if self.cxl_weight_layers and self.weight_tier == HostTier.CXL:
-            raise ValueError("cxl_weight_layers splits DDR weights; with weight_tier cxl every streamed layer's "
-                             "weights are in CXL already: use weight_tier ddr with cxl_weight_layers N, or "
-                             "cxl_weight_layers 0")
+            raise ValueError(
+                "cxl_weight_layers splits DDR weights; with weight_tier cxl every streamed layer's "
+                "weights are in CXL already: use weight_tier ddr with cxl_weight_layers N, or "
+                "cxl_weight_layers 0"
+            )
         return self
 
     def cxl_weight_layer_count(self, streamed_layers: int) -> int:
@@ -246,7 +260,8 @@ def check_plan_against(plan: Plan, num_layers: int, batch: int) -> None:
         raise LiaInputError(
             "plan.cxl_weight_layers",
             f"{plan.cxl_weight_layers} layers' weights in CXL but only {streamed} layers are streamed",
-            f"use a value from 0 to {streamed}")
+            f"use a value from 0 to {streamed}",
+        )
     if plan.prefill_minibatches > batch or batch % plan.prefill_minibatches != 0:
         raise LiaInputError(
             "plan.prefill_minibatches",

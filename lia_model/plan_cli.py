@@ -39,22 +39,47 @@ import typer
 from rich.table import Table
 
 from lia_model.cli_common import (
-    BatchOpt, GroupSizeOpt, InputOpt, JsonOpt, KvDtypeOpt, ModeChoice, ModeOpt, ModelOpt, ObjectiveChoice, OutputOpt,
-    SetOpt, SolverChoice, SystemOpt, WeightDtypeOpt, console, examples, finite_positive, load_inputs, parse_mode,
+    BatchOpt,
+    GroupSizeOpt,
+    InputOpt,
+    JsonOpt,
+    KvDtypeOpt,
+    ModeChoice,
+    ModelOpt,
+    ModeOpt,
+    ObjectiveChoice,
+    OutputOpt,
+    SetOpt,
+    SolverChoice,
+    SystemOpt,
+    WeightDtypeOpt,
+    console,
+    examples,
+    finite_positive,
+    load_inputs,
+    parse_mode,
 )
 from lia_model.errors import LiaInputError
 
 SCHEMA = "lia.plan/2"
 MAX_TPOT_MS = 1e7  # about 2.8 hours per token: any larger bound is a typo
 
-ObjectiveOpt = typer.Option(ObjectiveChoice.latency, "--objective", case_sensitive=False,
-                            help="latency (one query of batch B), or throughput (the batch is chosen too, "
-                                 "up to what memory allows).")
-TpotOpt = typer.Option(None, "--tpot-max-ms", help="Bound on the mean time per output token, in ms (needs "
-                       "--output 2 or more).")
-SolverOpt = typer.Option(SolverChoice.cbc, "--solver", case_sensitive=False,
-                         help="cbc (the ILP, default), highs (the ILP on HiGHS), or enumerate (exact "
-                              "enumeration of the plan space, fastest).")
+ObjectiveOpt = typer.Option(
+    ObjectiveChoice.latency,
+    "--objective",
+    case_sensitive=False,
+    help="latency (one query of batch B), or throughput (the batch is chosen too, up to what memory allows).",
+)
+TpotOpt = typer.Option(
+    None, "--tpot-max-ms", help="Bound on the mean time per output token, in ms (needs --output 2 or more)."
+)
+SolverOpt = typer.Option(
+    SolverChoice.cbc,
+    "--solver",
+    case_sensitive=False,
+    help="cbc (the ILP, default), highs (the ILP on HiGHS), or enumerate (exact "
+    "enumeration of the plan space, fastest).",
+)
 
 
 def speedup(objective: str, optimum, baseline) -> Optional[float]:
@@ -70,14 +95,29 @@ def check_tpot_bound(tpot_max_ms: Optional[float], output_len: int) -> Optional[
     step to bound."""
     finite_positive("--tpot-max-ms", tpot_max_ms, "500", MAX_TPOT_MS)
     if tpot_max_ms is not None and output_len < 2:
-        raise LiaInputError("--tpot-max-ms", f"with --output {output_len} there is no decode step, so no time per "
-                            "output token to bound", "use --output 2 or more, or drop --tpot-max-ms")
+        raise LiaInputError(
+            "--tpot-max-ms",
+            f"with --output {output_len} there is no decode step, so no time per output token to bound",
+            "use --output 2 or more, or drop --tpot-max-ms",
+        )
     return None if tpot_max_ms is None else tpot_max_ms * 1e-3
 
 
-def run_plan(system: str, model: str, batch: int, input_len: int, output_len: int, overrides, objective,
-             tpot_max_ms: Optional[float], mode, solver, weight_dtype: Optional[str] = None,
-             kv_dtype: Optional[str] = None, group_size: Optional[int] = None) -> dict:
+def run_plan(
+    system: str,
+    model: str,
+    batch: int,
+    input_len: int,
+    output_len: int,
+    overrides,
+    objective,
+    tpot_max_ms: Optional[float],
+    mode,
+    solver,
+    weight_dtype: Optional[str] = None,
+    kv_dtype: Optional[str] = None,
+    group_size: Optional[int] = None,
+) -> dict:
     """Optimise one query and predict every baseline at the same batch: the dict of the JSON schema."""
     from lia_model.baselines import baselines as all_baselines
     from lia_model.costmodel import predict
@@ -88,8 +128,9 @@ def run_plan(system: str, model: str, batch: int, input_len: int, output_len: in
     cost_mode = parse_mode(mode)
     solver = getattr(solver, "value", solver)
     tpot_max_s = check_tpot_bound(tpot_max_ms, output_len)
-    spec, mspec, workload = load_inputs(system, model, batch, input_len, output_len, overrides, weight_dtype, kv_dtype,
-                                        group_size)
+    spec, mspec, workload = load_inputs(
+        system, model, batch, input_len, output_len, overrides, weight_dtype, kv_dtype, group_size
+    )
     result = optimize(spec, mspec, workload, obj, tpot_max_s=tpot_max_s, solver=solver, mode=cost_mode)
     chosen = result.workload
     baselines = {}
@@ -102,22 +143,37 @@ def run_plan(system: str, model: str, batch: int, input_len: int, output_len: in
             if not base.runs:
                 row["flexgen_does_not_run"] = base.why_not
             ours = predict(spec, mspec, base.workload, base.plan, cost_mode)
-            row["lia_runtime"] = {"throughput_tokens_per_s": ours.throughput_tokens_per_s,
-                                  "latency_s": ours.latency_s, "feasible": ours.feasible}
+            row["lia_runtime"] = {
+                "throughput_tokens_per_s": ours.throughput_tokens_per_s,
+                "latency_s": ours.latency_s,
+                "feasible": ours.feasible,
+            }
         baselines[label] = row
     return {
         "schema": SCHEMA,
-        "query": {"system": spec.name, "model": mspec.name, "batch": chosen.batch, "input_len": input_len,
-                  "output_len": output_len, "objective": obj.value, "tpot_max_s": tpot_max_s,
-                  "mode": cost_mode.value, "solver": solver, "overrides": list(overrides or []),
-                  "precision": workload.precision.model_dump(mode="json")},
+        "query": {
+            "system": spec.name,
+            "model": mspec.name,
+            "batch": chosen.batch,
+            "input_len": input_len,
+            "output_len": output_len,
+            "objective": obj.value,
+            "tpot_max_s": tpot_max_s,
+            "mode": cost_mode.value,
+            "solver": solver,
+            "overrides": list(overrides or []),
+            "precision": workload.precision.model_dump(mode="json"),
+        },
         "optimum": prediction_json(result.prediction),
         "solve_time_s": result.solve_time_s,
         "batches_tried": list(result.batches_tried),
-        "batch_search": None if obj.value == "latency" else {
+        "batch_search": None
+        if obj.value == "latency"
+        else {
             "largest_fitting_batch": result.largest_fitting_batch,
             "batches_solved": list(result.batches_tried),
-            "gap_bound": result.batch_gap_bound},
+            "gap_bound": result.batch_gap_bound,
+        },
         "baselines": baselines,
         "_prediction": result.prediction,
     }
@@ -134,12 +190,16 @@ def batch_words(out: dict) -> str:
         return ""
     top = search["largest_fitting_batch"]
     if search["gap_bound"] is None:
-        return (f" (the best of {len(search['batches_solved'])} batches solved in 1..{top}; not proven best: the "
-                f"profile's kernel tables give no bound)")
+        return (
+            f" (the best of {len(search['batches_solved'])} batches solved in 1..{top}; not proven best: the "
+            f"profile's kernel tables give no bound)"
+        )
     if search["gap_bound"] == 0.0:
         return f" (the best batch of 1..{top})"
-    return (f" (no batch of 1..{top} is more than {search['gap_bound'] * 100:.2g}% better; "
-            f"{len(search['batches_solved'])} batches solved)")
+    return (
+        f" (no batch of 1..{top} is more than {search['gap_bound'] * 100:.2g}% better; "
+        f"{len(search['batches_solved'])} batches solved)"
+    )
 
 
 def print_plan(out: dict) -> None:
@@ -148,31 +208,53 @@ def print_plan(out: dict) -> None:
     q = out["query"]
     pred = out["_prediction"]
     bound = f", mean TPOT <= {q['tpot_max_s'] * 1e3:g} ms" if q["tpot_max_s"] else ""
-    title = (f"optimal plan: {q['model']} on {q['system']}, B={q['batch']}{batch_words(out)}, L_in={q['input_len']}, "
-             f"L_out={q['output_len']}, {pred.workload.precision.label()}, objective {q['objective']}{bound} "
-             f"({q['mode']} model, {q['solver']}, "
-             f"solved in {out['solve_time_s'] * 1e3:.0f} ms)")
+    title = (
+        f"optimal plan: {q['model']} on {q['system']}, B={q['batch']}{batch_words(out)}, L_in={q['input_len']}, "
+        f"L_out={q['output_len']}, {pred.workload.precision.label()}, objective {q['objective']}{bound} "
+        f"({q['mode']} model, {q['solver']}, "
+        f"solved in {out['solve_time_s'] * 1e3:.0f} ms)"
+    )
     prediction_table(console, pred, title=title)
     flexgen_batch = out["baselines"]["flexgen"]["workload"]["batch"]
-    table = Table(title="the optimum beside the baselines (same batch" + (
-        f"; FlexGen at its own batch {flexgen_batch}" if flexgen_batch != q["batch"] else "") + ")")
+    table = Table(
+        title="the optimum beside the baselines (same batch"
+        + (f"; FlexGen at its own batch {flexgen_batch}" if flexgen_batch != q["batch"] else "")
+        + ")"
+    )
     table.add_column("plan")
     table.add_column("prefill / decode policy")
     for col in HEADLINE_COLUMNS:
         table.add_column(col)
     table.add_column("speedup of optimum")
-    table.add_row("optimum", f"{out['optimum']['plan_in_words']['prefill'].split()[0]} / "
-                  f"{out['optimum']['plan_in_words']['decode'].split()[0]}", *headline_row(pred), "1.00x")
+    table.add_row(
+        "optimum",
+        f"{out['optimum']['plan_in_words']['prefill'].split()[0]} / "
+        f"{out['optimum']['plan_in_words']['decode'].split()[0]}",
+        *headline_row(pred),
+        "1.00x",
+    )
     for label, row in out["baselines"].items():
-        mem = " ".join(f"{t.upper()} {row['memory_gb'][t]:.0f}/{row['memory_available_gb'][t]:.0f}"
-                       for t in row["memory_gb"])
-        fits = "yes" if row["feasible"] else "NO: " + ", ".join(
-            f"{s['tier'].upper()} short {s['shortfall_gb']:.1f} GB" for s in row["shortfalls"])
+        mem = " ".join(
+            f"{t.upper()} {row['memory_gb'][t]:.0f}/{row['memory_available_gb'][t]:.0f}" for t in row["memory_gb"]
+        )
+        fits = (
+            "yes"
+            if row["feasible"]
+            else "NO: " + ", ".join(f"{s['tier'].upper()} short {s['shortfall_gb']:.1f} GB" for s in row["shortfalls"])
+        )
         words = f"{row['plan_in_words']['prefill'].split()[0]} / {row['plan_in_words']['decode'].split()[0]}"
-        table.add_row(label, words,
-                      fmt_s(row["ttft_s"]), fmt_s(row["tpot_mean_s"]), fmt_s(row["latency_s"]),
-                      f"{row['throughput_tokens_per_s']:.2f}", mem,
-                      " / ".join(row["bound_resource"].values()), fits, _fmt_speedup(row["speedup_of_optimum"]))
+        table.add_row(
+            label,
+            words,
+            fmt_s(row["ttft_s"]),
+            fmt_s(row["tpot_mean_s"]),
+            fmt_s(row["latency_s"]),
+            f"{row['throughput_tokens_per_s']:.2f}",
+            mem,
+            " / ".join(row["bound_resource"].values()),
+            fits,
+            _fmt_speedup(row["speedup_of_optimum"]),
+        )
     console.print(table)
     fg = out["baselines"]["flexgen"].get("flexgen")
     if fg:
@@ -184,7 +266,8 @@ def print_plan(out: dict) -> None:
             f"tokens/s, ours {out['baselines']['flexgen']['throughput_tokens_per_s']:.2f} tokens/s "
             f"(CPU attention {fg['cpu_attention']['isa']}, {fg['cpu_attention']['kv_passes']:g} passes over the KV "
             f"cache; this project's runtime on the same plan: "
-            f"{out['baselines']['flexgen']['lia_runtime']['throughput_tokens_per_s']:.2f} tokens/s)")
+            f"{out['baselines']['flexgen']['lia_runtime']['throughput_tokens_per_s']:.2f} tokens/s)"
+        )
 
 
 PLAN_EXAMPLES = examples(
@@ -199,16 +282,39 @@ PLAN_EXAMPLES = examples(
 )
 
 
-def plan(system: str = SystemOpt, model: str = ModelOpt, batch: int = BatchOpt, input_len: int = InputOpt,
-         output_len: int = OutputOpt, objective: ObjectiveChoice = ObjectiveOpt,
-         tpot_max_ms: Optional[float] = TpotOpt, overrides: Optional[List[str]] = SetOpt,
-         mode: ModeChoice = ModeOpt, solver: SolverChoice = SolverOpt, weight_dtype: Optional[str] = WeightDtypeOpt,
-         kv_dtype: Optional[str] = KvDtypeOpt, group_size: Optional[int] = GroupSizeOpt,
-         as_json: bool = JsonOpt) -> None:
+def plan(
+    system: str = SystemOpt,
+    model: str = ModelOpt,
+    batch: int = BatchOpt,
+    input_len: int = InputOpt,
+    output_len: int = OutputOpt,
+    objective: ObjectiveChoice = ObjectiveOpt,
+    tpot_max_ms: Optional[float] = TpotOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    mode: ModeChoice = ModeOpt,
+    solver: SolverChoice = SolverOpt,
+    weight_dtype: Optional[str] = WeightDtypeOpt,
+    kv_dtype: Optional[str] = KvDtypeOpt,
+    group_size: Optional[int] = GroupSizeOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """The optimal plan for one query beside every baseline (default: OPT-175B on spr-h100, B=1, 256 in,
     32 out, latency, bf16)."""
-    out = run_plan(system, model, batch, input_len, output_len, overrides, objective, tpot_max_ms, mode, solver,
-                   weight_dtype, kv_dtype, group_size)
+    out = run_plan(
+        system,
+        model,
+        batch,
+        input_len,
+        output_len,
+        overrides,
+        objective,
+        tpot_max_ms,
+        mode,
+        solver,
+        weight_dtype,
+        kv_dtype,
+        group_size,
+    )
     if as_json:
         out.pop("_prediction")
         typer.echo(json.dumps(out, indent=2, allow_nan=False))
@@ -233,8 +339,10 @@ COMPARE_EXAMPLES = examples(
     "lia compare --prices studies/prices.yaml --tpot-max-ms 200 --ttft-max-ms 5000 --csv ranked.csv",
 )
 MAX_TTFT_MS = 1e8  # about 28 hours to the first token: any larger bound is a typo
-TTFT_NOTE = ("the TTFT bound filters: the optimiser bounds the mean TPOT only, so a machine over the TTFT "
-             "bound is one whose optimum misses it; a smaller batch may meet it (try --objective latency --batch N)")
+TTFT_NOTE = (
+    "the TTFT bound filters: the optimiser bounds the mean TPOT only, so a machine over the TTFT "
+    "bound is one whose optimum misses it; a smaller batch may meet it (try --objective latency --batch N)"
+)
 
 
 def _check_out_file(path: Optional[Path], force: bool) -> None:
@@ -245,12 +353,23 @@ def _check_out_file(path: Optional[Path], force: bool) -> None:
     if path.exists() and not force:
         raise LiaInputError("--csv", f"'{path}' exists", "choose another file name, or add --force to overwrite it")
     if not path.parent.exists():
-        raise LiaInputError("--csv", f"the folder '{path.parent}' does not exist", "create it first, or give "
-                            "another path")
+        raise LiaInputError(
+            "--csv", f"the folder '{path.parent}' does not exist", "create it first, or give another path"
+        )
 
 
-def _single_gpu_row(system: str, model: str, batch: int, input_len: int, output_len: int, overrides, objective,
-                    tpot_max_s: Optional[float], mode, solver) -> dict:
+def _single_gpu_row(
+    system: str,
+    model: str,
+    batch: int,
+    input_len: int,
+    output_len: int,
+    overrides,
+    objective,
+    tpot_max_s: Optional[float],
+    mode,
+    solver,
+) -> dict:
     """The optimum of one (system, model) as a ranked-table row (no prices yet)."""
     from lia_model.optimizer import InfeasibleError, optimize
     from lia_model.plan import policy_notation
@@ -262,14 +381,23 @@ def _single_gpu_row(system: str, model: str, batch: int, input_len: int, output_
     except InfeasibleError as err:
         return {**row, "feasible": False, "why_not": str(err).split(" -- ")[0]}
     pred, plan = result.prediction, result.plan
-    return {**row, "feasible": True, "batch": result.workload.batch,
-            "prefill_policy": policy_notation(plan.prefill_policy), "decode_policy": policy_notation(plan.decode_policy),
-            "gpu_resident_layers": plan.gpu_resident_layers, "ttft_s": pred.ttft_s, "tpot_mean_s": pred.tpot_mean_s,
-            "latency_s": pred.latency_s, "throughput_tokens_per_s": pred.throughput_tokens_per_s}
+    return {
+        **row,
+        "feasible": True,
+        "batch": result.workload.batch,
+        "prefill_policy": policy_notation(plan.prefill_policy),
+        "decode_policy": policy_notation(plan.decode_policy),
+        "gpu_resident_layers": plan.gpu_resident_layers,
+        "ttft_s": pred.ttft_s,
+        "tpot_mean_s": pred.tpot_mean_s,
+        "latency_s": pred.latency_s,
+        "throughput_tokens_per_s": pred.throughput_tokens_per_s,
+    }
 
 
-def _tp_row(node, model: str, batch: int, input_len: int, output_len: int, objective: str,
-            tpot_max_s: Optional[float]) -> dict:
+def _tp_row(
+    node, model: str, batch: int, input_len: int, output_len: int, objective: str, tpot_max_s: Optional[float]
+) -> dict:
     """A tensor-parallel node (lia_model.tensor_parallel) as a ranked-table row."""
     from lia_model.inputs import resolve_model
     from lia_model.tensor_parallel import best_at_batch, best_throughput
@@ -287,9 +415,15 @@ def _tp_row(node, model: str, batch: int, input_len: int, output_len: int, objec
         if objective == "latency":
             why = f"B={batch} does not fit its HBM" + (" or the TPOT bound" if tpot_max_s is not None else "")
         return {**row, "feasible": False, "why_not": why}
-    return {**row, "feasible": True, "batch": pred.workload.batch, "ttft_s": pred.ttft_s,
-            "tpot_mean_s": pred.tpot_mean_s, "latency_s": pred.latency_s,
-            "throughput_tokens_per_s": pred.throughput_tokens_per_s}
+    return {
+        **row,
+        "feasible": True,
+        "batch": pred.workload.batch,
+        "ttft_s": pred.ttft_s,
+        "tpot_mean_s": pred.tpot_mean_s,
+        "latency_s": pred.latency_s,
+        "throughput_tokens_per_s": pred.throughput_tokens_per_s,
+    }
 
 
 def _priced(row: dict, prices, ttft_max_s: Optional[float]) -> dict:
@@ -330,8 +464,25 @@ def _fmt_cell(value, kind: str) -> str:
     return str(value)
 
 
-def _ranked_compare(system_names, model_names, tp_nodes, batch, input_len, output_len, overrides, objective,
-                    tpot_max_ms, ttft_max_ms, mode, solver, prices_path, rank, csv_path, force, as_json) -> None:
+def _ranked_compare(
+    system_names,
+    model_names,
+    tp_nodes,
+    batch,
+    input_len,
+    output_len,
+    overrides,
+    objective,
+    tpot_max_ms,
+    ttft_max_ms,
+    mode,
+    solver,
+    prices_path,
+    rank,
+    csv_path,
+    force,
+    as_json,
+) -> None:
     import csv as csv_module
 
     from lia_model.inputs import load_prices, load_tp_node
@@ -342,8 +493,11 @@ def _ranked_compare(system_names, model_names, tp_nodes, batch, input_len, outpu
     if rank not in RANKS:
         raise LiaInputError("--rank", f"unknown rank '{rank}'", f"use one of {', '.join(RANKS)}")
     if rank == "cost_per_mtok" and prices_path is None:
-        raise LiaInputError("--rank", "cost_per_mtok needs prices", "add --prices FILE, e.g. --prices "
-                            "studies/prices.yaml (its schema: lia_model/prices.py)")
+        raise LiaInputError(
+            "--rank",
+            "cost_per_mtok needs prices",
+            "add --prices FILE, e.g. --prices studies/prices.yaml (its schema: lia_model/prices.py)",
+        )
     if objective is None:
         objective = "latency" if rank == "latency" else "throughput"
     cost_mode = parse_mode(mode)
@@ -354,24 +508,33 @@ def _ranked_compare(system_names, model_names, tp_nodes, batch, input_len, outpu
     _check_out_file(csv_path, force)
     prices = load_prices(prices_path) if prices_path is not None else None
     nodes = [load_tp_node(p) for p in tp_nodes]
-    if prices is not None:   # every machine must be priced: said before anything is solved
-        for name in [load_inputs(s, model_names[0], batch, input_len, output_len, overrides)[0].name
-                     for s in system_names] + [n.name for n in nodes]:
+    if prices is not None:  # every machine must be priced: said before anything is solved
+        for name in [
+            load_inputs(s, model_names[0], batch, input_len, output_len, overrides)[0].name for s in system_names
+        ] + [n.name for n in nodes]:
             prices.capex_usd(name)
     rows = []
     for m in model_names:
         for s in system_names:
-            rows.append(_single_gpu_row(s, m, batch, input_len, output_len, overrides, objective, tpot_max_s,
-                                        cost_mode, solver))
+            rows.append(
+                _single_gpu_row(s, m, batch, input_len, output_len, overrides, objective, tpot_max_s, cost_mode, solver)
+            )
         for node in nodes:
             rows.append(_tp_row(node, m, batch, input_len, output_len, objective, tpot_max_s))
     ranked = rank_rows([_priced(r, prices, ttft_max_s) for r in rows], rank)
     header = {
-        "rank": rank, "objective": objective,
+        "rank": rank,
+        "objective": objective,
         "batch": batch if objective == "latency" else "chosen per row (up to what memory allows)",
-        "input_len": input_len, "output_len": output_len, "mode": cost_mode.value, "solver": solver,
-        "tpot_max_s": tpot_max_s, "ttft_max_s": ttft_max_s, "overrides": list(overrides or []),
-        "prices": prices_path, "tp_nodes": list(tp_nodes),
+        "input_len": input_len,
+        "output_len": output_len,
+        "mode": cost_mode.value,
+        "solver": solver,
+        "tpot_max_s": tpot_max_s,
+        "ttft_max_s": ttft_max_s,
+        "overrides": list(overrides or []),
+        "prices": prices_path,
+        "tp_nodes": list(tp_nodes),
         "amortisation_years": prices.amortisation_years if prices else None,
         "electricity_usd_per_kwh": prices.electricity_usd_per_kwh if prices else None,
         "pue": prices.pue if prices else None,
@@ -384,24 +547,40 @@ def _ranked_compare(system_names, model_names, tp_nodes, batch, input_len, outpu
                 for r in ranked:
                     writer.writerow(["" if r[c] is None else r[c] for c in RANKED_COLUMNS])
         except OSError as err:
-            raise LiaInputError("--csv", f"cannot write '{csv_path}' ({err.strerror})", "give a writable path") \
-                from None
+            raise LiaInputError(
+                "--csv", f"cannot write '{csv_path}' ({err.strerror})", "give a writable path"
+            ) from None
     if as_json:
-        typer.echo(json.dumps({"schema": "lia.compare.ranked/1", "header": header, "results": ranked}, indent=2,
-                              allow_nan=False))
+        typer.echo(
+            json.dumps(
+                {"schema": "lia.compare.ranked/1", "header": header, "results": ranked}, indent=2, allow_nan=False
+            )
+        )
         return
-    lines = [f"ranked by {rank} (winner first), objective {objective}, "
-             + (f"B={batch}" if objective == "latency" else "batch chosen per row")
-             + f", L_in={input_len}, L_out={output_len}, {cost_mode.value} model, solver {solver}"]
-    bounds = [f"mean TPOT <= {tpot_max_ms:g} ms (optimiser constraint)" if tpot_max_ms is not None else "",
-              f"TTFT <= {ttft_max_ms:g} ms (filter)" if ttft_max_ms is not None else ""]
+    lines = [
+        f"ranked by {rank} (winner first), objective {objective}, "
+        + (f"B={batch}" if objective == "latency" else "batch chosen per row")
+        + f", L_in={input_len}, L_out={output_len}, {cost_mode.value} model, solver {solver}"
+    ]
+    bounds = [
+        f"mean TPOT <= {tpot_max_ms:g} ms (optimiser constraint)" if tpot_max_ms is not None else "",
+        f"TTFT <= {ttft_max_ms:g} ms (filter)" if ttft_max_ms is not None else "",
+    ]
     lines.append("bounds: " + ("; ".join(b for b in bounds if b) or "none"))
-    lines.append("what-if overrides: " + (", ".join(overrides) + " (on every single-GPU system; not on "
-                                          "tensor-parallel nodes; prices unchanged)" if overrides else "none"))
+    lines.append(
+        "what-if overrides: "
+        + (
+            ", ".join(overrides) + " (on every single-GPU system; not on tensor-parallel nodes; prices unchanged)"
+            if overrides
+            else "none"
+        )
+    )
     if prices is not None:
-        lines.append(f"prices: {prices_path} ({prices.amortisation_years:g}-year amortisation, "
-                     f"{prices.electricity_usd_per_kwh:g} USD/kWh, PUE {prices.pue:g}, busy 100% of the time; "
-                     f"power is the sum of component TDPs)")
+        lines.append(
+            f"prices: {prices_path} ({prices.amortisation_years:g}-year amortisation, "
+            f"{prices.electricity_usd_per_kwh:g} USD/kWh, PUE {prices.pue:g}, busy 100% of the time; "
+            f"power is the sum of component TDPs)"
+        )
     if nodes:
         lines.append("tensor-parallel nodes: " + ", ".join(f"{n.name} ({p})" for n, p in zip(nodes, tp_nodes)))
     if ttft_max_ms is not None:
@@ -410,13 +589,24 @@ def _ranked_compare(system_names, model_names, tp_nodes, batch, input_len, outpu
         console.print(line, markup=False, highlight=False)
     for model in dict.fromkeys(r["model"] for r in ranked):
         table = Table(title=f"{model}: ranked by {rank}")
-        cols = [("#", "rank", "raw"), ("machine", "machine", "raw"), ("execution", "execution", "raw"),
-                ("batch", "batch", "raw"), ("policy prefill / decode", None, "policy"),
-                ("TTFT", "ttft_s", "s"), ("TPOT mean", "tpot_mean_s", "s"), ("latency", "latency_s", "s"),
-                ("tokens/s", "throughput_tokens_per_s", "tok")]
+        cols = [
+            ("#", "rank", "raw"),
+            ("machine", "machine", "raw"),
+            ("execution", "execution", "raw"),
+            ("batch", "batch", "raw"),
+            ("policy prefill / decode", None, "policy"),
+            ("TTFT", "ttft_s", "s"),
+            ("TPOT mean", "tpot_mean_s", "s"),
+            ("latency", "latency_s", "s"),
+            ("tokens/s", "throughput_tokens_per_s", "tok"),
+        ]
         if prices is not None:
-            cols += [("power kW", "power_w", "kw"), ("price USD", "capex_usd", "usd"),
-                     ("USD/h", "cost_per_hour_usd", "usd"), ("USD/Mtok", "usd_per_million_tokens", "usd")]
+            cols += [
+                ("power kW", "power_w", "kw"),
+                ("price USD", "capex_usd", "usd"),
+                ("USD/h", "cost_per_hour_usd", "usd"),
+                ("USD/Mtok", "usd_per_million_tokens", "usd"),
+            ]
         cols.append(("note", "why_not", "raw"))
         for title, _, kind in cols:
             table.add_column(title, justify="right" if kind in ("s", "tok", "kw", "usd") else "left")
@@ -433,30 +623,49 @@ def _ranked_compare(system_names, model_names, tp_nodes, batch, input_len, outpu
         console.print(f"wrote {csv_path}", markup=False, highlight=False)
 
 
-def compare(systems: str = typer.Option("spr-a100,spr-h100,gnr-a100,gnr-h100", "--systems",
-                                        help="Comma-separated systems (names or .yaml paths)."),
-            models: str = typer.Option("opt-175b", "--models", help="Comma-separated models (names or "
-                                       "config.json paths)."),
-            batch: int = BatchOpt, input_len: int = InputOpt, output_len: int = OutputOpt,
-            objective: Optional[ObjectiveChoice] = typer.Option(
-                None, "--objective", case_sensitive=False,
-                help="latency (batch B) or throughput (batch chosen). Default: latency, or with a ranking "
-                     "throughput unless --rank latency."),
-            tpot_max_ms: Optional[float] = TpotOpt,
-            overrides: Optional[List[str]] = SetOpt, mode: ModeChoice = ModeOpt, solver: SolverChoice = SolverOpt,
-            as_json: bool = JsonOpt,
-            prices: Optional[str] = typer.Option(None, "--prices", help="A price file (schema of "
-                                                 "studies/prices.yaml): adds power, USD/h and USD per million "
-                                                 "generated tokens, and ranks the machines."),
-            rank: Optional[str] = typer.Option(None, "--rank", help="Rank the machines per model, winner first: "
-                                               "cost_per_mtok (needs --prices), tokens_per_s or latency."),
-            ttft_max_ms: Optional[float] = typer.Option(None, "--ttft-max-ms", help="Bound on the time to first "
-                                                        "token, in ms (a filter on each machine's optimum)."),
-            tp_node: Optional[List[str]] = typer.Option(None, "--tp-node", help="A tensor-parallel node file to "
-                                                        "rank beside the systems, e.g. studies/dgx_a100.yaml "
-                                                        "(repeatable)."),
-            csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the ranked table as CSV."),
-            force: bool = typer.Option(False, "--force", help="Overwrite the --csv file if it exists.")) -> None:
+def compare(
+    systems: str = typer.Option(
+        "spr-a100,spr-h100,gnr-a100,gnr-h100", "--systems", help="Comma-separated systems (names or .yaml paths)."
+    ),
+    models: str = typer.Option("opt-175b", "--models", help="Comma-separated models (names or config.json paths)."),
+    batch: int = BatchOpt,
+    input_len: int = InputOpt,
+    output_len: int = OutputOpt,
+    objective: Optional[ObjectiveChoice] = typer.Option(
+        None,
+        "--objective",
+        case_sensitive=False,
+        help="latency (batch B) or throughput (batch chosen). Default: latency, or with a ranking "
+        "throughput unless --rank latency.",
+    ),
+    tpot_max_ms: Optional[float] = TpotOpt,
+    overrides: Optional[List[str]] = SetOpt,
+    mode: ModeChoice = ModeOpt,
+    solver: SolverChoice = SolverOpt,
+    as_json: bool = JsonOpt,
+    prices: Optional[str] = typer.Option(
+        None,
+        "--prices",
+        help="A price file (schema of "
+        "studies/prices.yaml): adds power, USD/h and USD per million "
+        "generated tokens, and ranks the machines.",
+    ),
+    rank: Optional[str] = typer.Option(
+        None,
+        "--rank",
+        help="Rank the machines per model, winner first: cost_per_mtok (needs --prices), tokens_per_s or latency.",
+    ),
+    ttft_max_ms: Optional[float] = typer.Option(
+        None, "--ttft-max-ms", help="Bound on the time to first token, in ms (a filter on each machine's optimum)."
+    ),
+    tp_node: Optional[List[str]] = typer.Option(
+        None,
+        "--tp-node",
+        help="A tensor-parallel node file to rank beside the systems, e.g. studies/dgx_a100.yaml (repeatable).",
+    ),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the ranked table as CSV."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the --csv file if it exists."),
+) -> None:
     """The optimum and the baselines for a list of systems and/or models, side by side; with --rank,
     --prices, --ttft-max-ms, --tp-node or --csv, a ranked purchase table (the optimum per machine)."""
     from lia_model.optimizer import InfeasibleError
@@ -467,8 +676,25 @@ def compare(systems: str = typer.Option("spr-a100,spr-h100,gnr-a100,gnr-h100", "
     check_tpot_bound(tpot_max_ms, output_len)
     objective = getattr(objective, "value", objective)
     if rank is not None or prices is not None or ttft_max_ms is not None or tp_node or csv_path is not None:
-        _ranked_compare(system_names, model_names, tp_node or [], batch, input_len, output_len, overrides,
-                        objective, tpot_max_ms, ttft_max_ms, mode, solver, prices, rank, csv_path, force, as_json)
+        _ranked_compare(
+            system_names,
+            model_names,
+            tp_node or [],
+            batch,
+            input_len,
+            output_len,
+            overrides,
+            objective,
+            tpot_max_ms,
+            ttft_max_ms,
+            mode,
+            solver,
+            prices,
+            rank,
+            csv_path,
+            force,
+            as_json,
+        )
         return
     if force:
         raise LiaInputError("--force", "there is no --csv file to overwrite", "add --csv FILE, or drop --force")
@@ -494,8 +720,10 @@ def compare(systems: str = typer.Option("spr-a100,spr-h100,gnr-a100,gnr-h100", "
     metric = "latency_s" if objective == "latency" else "throughput_tokens_per_s"
     labels = ["optimum"] + next((list(r["baselines"]) for r in rows if "baselines" in r), [])
     batch_text = f"B={batch}" if objective == "latency" else "B chosen per row (the batch column)"
-    table = Table(title=f"{objective}: {batch_text}, L_in={input_len}, L_out={output_len} "
-                        f"({'s' if metric == 'latency_s' else 'tokens/s'}; speedup of the optimum in brackets)")
+    table = Table(
+        title=f"{objective}: {batch_text}, L_in={input_len}, L_out={output_len} "
+        f"({'s' if metric == 'latency_s' else 'tokens/s'}; speedup of the optimum in brackets)"
+    )
     table.add_column("system")
     table.add_column("model")
     table.add_column("optimal policy (prefill / decode)")

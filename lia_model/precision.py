@@ -44,8 +44,12 @@ class KvDtype(str, Enum):
 
 # Bytes of one stored value, and of the scale and zero point each group carries (see the module docstring).
 WEIGHT_VALUE_BYTES = {WeightDtype.BF16: 2.0, WeightDtype.FP8_E4M3: 1.0, WeightDtype.INT8: 1.0, WeightDtype.INT4: 0.5}
-WEIGHT_GROUP_OVERHEAD_BYTES = {WeightDtype.BF16: 0.0, WeightDtype.FP8_E4M3: 2.0, WeightDtype.INT8: 2.0,
-                               WeightDtype.INT4: 2.0 + 0.5}   # bf16 scale (+ 4-bit zero point for int4)
+WEIGHT_GROUP_OVERHEAD_BYTES = {
+    WeightDtype.BF16: 0.0,
+    WeightDtype.FP8_E4M3: 2.0,
+    WeightDtype.INT8: 2.0,
+    WeightDtype.INT4: 2.0 + 0.5,
+}  # bf16 scale (+ 4-bit zero point for int4)
 KV_VALUE_BYTES = {KvDtype.BF16: 2.0, KvDtype.FP8: 1.0, KvDtype.INT8: 1.0}
 DEFAULT_INT4_GROUP_SIZE = 128
 
@@ -57,9 +61,13 @@ class Precision(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     weight_dtype: WeightDtype = Field(WeightDtype.BF16, description="Storage of the linear layers' matrices.")
-    weight_group_size: Optional[int] = Field(None, ge=1, le=MAX_GROUP_SIZE, description="Elements along K per "
-                                             "scale (int4, int8, fp8); None: per output channel.",
-                                             examples=[128])
+    weight_group_size: Optional[int] = Field(
+        None,
+        ge=1,
+        le=MAX_GROUP_SIZE,
+        description="Elements along K per scale (int4, int8, fp8); None: per output channel.",
+        examples=[128],
+    )
     kv_dtype: KvDtype = Field(KvDtype.BF16, description="Storage of the KV cache.")
 
     @model_validator(mode="after")
@@ -87,28 +95,37 @@ class Precision(BaseModel):
 BF16 = Precision()
 
 
-def make_precision(weight_dtype: str = "bf16", kv_dtype: str = "bf16",
-                   group_size: Optional[int] = None) -> Precision:
+def make_precision(weight_dtype: str = "bf16", kv_dtype: str = "bf16", group_size: Optional[int] = None) -> Precision:
     """A Precision from CLI-style strings, with clear errors (int4 takes group 128 unless given)."""
     from lia_model.errors import LiaInputError
 
     try:
         w = WeightDtype(str(weight_dtype).strip().lower())
     except ValueError:
-        raise LiaInputError("--weight-dtype", f"unknown weight dtype '{weight_dtype}'",
-                            f"use one of {', '.join(d.value for d in WeightDtype)}") from None
+        raise LiaInputError(
+            "--weight-dtype",
+            f"unknown weight dtype '{weight_dtype}'",
+            f"use one of {', '.join(d.value for d in WeightDtype)}",
+        ) from None
     try:
         kv = KvDtype(str(kv_dtype).strip().lower())
     except ValueError:
-        raise LiaInputError("--kv-dtype", f"unknown KV dtype '{kv_dtype}'",
-                            f"use one of {', '.join(d.value for d in KvDtype)}") from None
+        raise LiaInputError(
+            "--kv-dtype", f"unknown KV dtype '{kv_dtype}'", f"use one of {', '.join(d.value for d in KvDtype)}"
+        ) from None
     if group_size is not None:
         if isinstance(group_size, bool) or not isinstance(group_size, int) or not 1 <= group_size <= MAX_GROUP_SIZE:
-            raise LiaInputError("--group-size", f"must be a whole number from 1 to {MAX_GROUP_SIZE}, got "
-                                f"{group_size!r}", "e.g. --group-size 128")
+            raise LiaInputError(
+                "--group-size",
+                f"must be a whole number from 1 to {MAX_GROUP_SIZE}, got {group_size!r}",
+                "e.g. --group-size 128",
+            )
         if w == WeightDtype.BF16:
-            raise LiaInputError("--group-size", "bf16 weights are not quantised, so they have no groups",
-                                "drop --group-size, or give --weight-dtype int4 (or int8, fp8_e4m3)")
+            raise LiaInputError(
+                "--group-size",
+                "bf16 weights are not quantised, so they have no groups",
+                "drop --group-size, or give --weight-dtype int4 (or int8, fp8_e4m3)",
+            )
     if w == WeightDtype.INT4 and group_size is None:
         group_size = DEFAULT_INT4_GROUP_SIZE
     return Precision(weight_dtype=w, weight_group_size=group_size, kv_dtype=kv)
@@ -120,7 +137,7 @@ def matrix_bytes(precision: Precision, elements: float, inner_dim: int) -> float
     channel)."""
     w = precision.weight_dtype
     group = precision.weight_group_size or inner_dim
-    groups = elements / inner_dim * math.ceil(inner_dim / group)   # N rows x ceil(K / g) groups each
+    groups = elements / inner_dim * math.ceil(inner_dim / group)  # N rows x ceil(K / g) groups each
     return elements * WEIGHT_VALUE_BYTES[w] + groups * WEIGHT_GROUP_OVERHEAD_BYTES[w]
 
 

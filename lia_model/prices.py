@@ -43,7 +43,7 @@ class Prices(BaseModel):
     pue_source: str = Field(min_length=1)
     parts: dict[str, Part]
     machines: dict[str, list[str]]
-    _where: str = PrivateAttr("prices")   # the file it came from, for error messages (set by the loader)
+    _where: str = PrivateAttr("prices")  # the file it came from, for error messages (set by the loader)
 
     @model_validator(mode="after")
     def _machines_use_known_parts(self) -> "Prices":
@@ -77,7 +77,10 @@ class Prices(BaseModel):
 
     def _parts(self, machine: str) -> list[str]:
         if machine not in self.machines:
-            raise LiaInputError(f"{self._where}: machines", f"no price list for machine '{machine}'",
-                                f"add it under machines:, e.g. {machine}: [server-platform-1s, ...] "
-                                f"(priced now: {', '.join(self.machines)})")
+            raise LiaInputError(
+                f"{self._where}: machines",
+                f"no price list for machine '{machine}'",
+                f"add it under machines:, e.g. {machine}: [server-platform-1s, ...] "
+                f"(priced now: {', '.join(self.machines)})",
+            )
         return self.machines[machine]

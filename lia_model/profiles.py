@@ -29,8 +29,11 @@ from lia_model.inputs import read_text
 def _profile_dir() -> Path:
     spec = importlib.util.find_spec("hwprofiles")  # finds the package without running it
     if spec is None or not spec.submodule_search_locations:
-        raise LiaInputError("hwprofiles", "the profile folder is not installed",
-                            "install the project (pip install -e .) or run from the repository root")
+        raise LiaInputError(
+            "hwprofiles",
+            "the profile folder is not installed",
+            "install the project (pip install -e .) or run from the repository root",
+        )
     return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
@@ -45,17 +48,22 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except RecursionError:
-        raise LiaInputError(str(path), "the YAML is nested too deeply to be a profile",
-                            "a profile is a mapping of fields, e.g. 'hbm_gbps: 3350'") from None
+        raise LiaInputError(
+            str(path),
+            "the YAML is nested too deeply to be a profile",
+            "a profile is a mapping of fields, e.g. 'hbm_gbps: 3350'",
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise LiaInputError(str(path), f"malformed YAML{where}: {problem}",
-                            "each line is 'field: value', e.g. 'hbm_gbps: 3350'") from None
+        raise LiaInputError(
+            str(path), f"malformed YAML{where}: {problem}", "each line is 'field: value', e.g. 'hbm_gbps: 3350'"
+        ) from None
     if not isinstance(data, dict):
-        raise LiaInputError(str(path), "the file is not a mapping of fields",
-                            "a profile starts with e.g. 'name: h100-sxm-80gb'")
+        raise LiaInputError(
+            str(path), "the file is not a mapping of fields", "a profile starts with e.g. 'name: h100-sxm-80gb'"
+        )
     return data
 
 
@@ -78,8 +86,11 @@ def _device_path(kind: str, name: str, base: "Path | None" = None) -> Path:
         if not path.is_absolute() and base is not None:
             path = base / path
         if not path.exists():
-            raise LiaInputError(kind, f"no such {kind} profile file '{path}'",
-                                "give a path to an existing .yaml (relative to the system file) or a catalog name")
+            raise LiaInputError(
+                kind,
+                f"no such {kind} profile file '{path}'",
+                "give a path to an existing .yaml (relative to the system file) or a catalog name",
+            )
         return path
     path = PROFILE_DIR / kind / f"{name}.yaml"
     if not path.exists():
@@ -116,8 +127,11 @@ def profile_kind(name_or_path: str) -> str:
             every = sorted(n for names in known.values() for n in names)
             close = difflib.get_close_matches(name_or_path, every, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise LiaInputError("profile", f"unknown profile '{name_or_path}'",
-                                f"{hint}known: {', '.join(every)}; or give a path to a .yaml")
+            raise LiaInputError(
+                "profile",
+                f"unknown profile '{name_or_path}'",
+                f"{hint}known: {', '.join(every)}; or give a path to a .yaml",
+            )
         return kind
     data = read_yaml(_device_path("profile", name_or_path))
     kind = data.get("kind")
@@ -129,8 +143,11 @@ def profile_kind(name_or_path: str) -> str:
     for field, kind in (("isa", "cpu"), ("hbm_gbps", "gpu"), ("h2d_gbps", "link"), ("tier", "memory")):
         if field in data:
             return kind
-    raise LiaInputError(name_or_path, "cannot tell which kind of profile this is",
-                        "add 'kind: cpu' (or gpu, link, memory, system) to the file")
+    raise LiaInputError(
+        name_or_path,
+        "cannot tell which kind of profile this is",
+        "add 'kind: cpu' (or gpu, link, memory, system) to the file",
+    )
 
 
 def load_profile(name_or_path: str, overrides: Iterable[str] = ()) -> tuple[str, BaseModel]:
@@ -158,16 +175,22 @@ def system_path(name_or_path: str) -> Path:
     candidate = Path(name_or_path)
     if _is_path(name_or_path):
         if not candidate.exists():
-            raise LiaInputError("system", f"no such system file '{name_or_path}'",
-                                "give a path to an existing system .yaml, or a name from 'lia profiles list'")
+            raise LiaInputError(
+                "system",
+                f"no such system file '{name_or_path}'",
+                "give a path to an existing system .yaml, or a name from 'lia profiles list'",
+            )
         return candidate
     path = PROFILE_DIR / "systems" / f"{name_or_path}.yaml"
     if not path.exists():
         known = list_profiles()["system"]
         close = difflib.get_close_matches(name_or_path, known, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
-        raise LiaInputError("system", f"unknown system '{name_or_path}'",
-                            f"{hint}choose one of {', '.join(known)} or give a path to a system .yaml")
+        raise LiaInputError(
+            "system",
+            f"unknown system '{name_or_path}'",
+            f"{hint}choose one of {', '.join(known)} or give a path to a system .yaml",
+        )
     return path
 
 
@@ -182,8 +205,9 @@ def system_dict(name_or_path: str) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str],
-                    schema: type[BaseModel] = SystemSpec) -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], overrides: Iterable[str], schema: type[BaseModel] = SystemSpec
+) -> dict[str, Any]:
     """Apply ``FIELD=VALUE`` what-ifs (dotted paths into the composed system, or into one device's fields
     with ``schema`` its class). Values are YAML scalars."""
     data = copy.deepcopy(data)
@@ -204,22 +228,27 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str],
         for depth, part in enumerate(parts):
             last = depth == len(parts) - 1
             if not isinstance(node, dict):
-                raise LiaInputError(f"--set {path}", f"'{'.'.join(parts[:depth])}' has no sub-fields",
-                                    "e.g. --set link.h2d_gbps=64")
+                raise LiaInputError(
+                    f"--set {path}", f"'{'.'.join(parts[:depth])}' has no sub-fields", "e.g. --set link.h2d_gbps=64"
+                )
             fields = getattr(cls, "model_fields", None)
             if part not in node and (fields is None or part not in fields):
                 valid = sorted(fields) if fields else sorted(node)
                 close = difflib.get_close_matches(part, valid, n=1)
                 hint = f"did you mean '{close[0]}'? " if close else ""
                 where = ".".join(parts[:depth]) or "the system"
-                raise LiaInputError(f"--set {path}", f"{where} has no field '{part}'",
-                                    f"{hint}valid fields: {', '.join(valid)}")
+                raise LiaInputError(
+                    f"--set {path}", f"{where} has no field '{part}'", f"{hint}valid fields: {', '.join(valid)}"
+                )
             if last:
                 node[part] = value
                 break
             if node.get(part) is None:
-                raise LiaInputError(f"--set {path}", f"'{'.'.join(parts[:depth + 1])}' is absent in this system",
-                                    "pick a system that has it (e.g. a -cxl system for cxl.*)")
+                raise LiaInputError(
+                    f"--set {path}",
+                    f"'{'.'.join(parts[: depth + 1])}' is absent in this system",
+                    "pick a system that has it (e.g. a -cxl system for cxl.*)",
+                )
             node = node[part]
             if fields is not None and part in fields:
                 ann = fields[part].annotation

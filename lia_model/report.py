@@ -32,9 +32,17 @@ def prediction_json(pred: Prediction, breakdown: bool = True) -> dict[str, Any]:
     }
     if breakdown:
         out["breakdown"] = [
-            {"stage": r.stage.value, "layer_kind": r.layer_kind, "layers": r.layers, "sublayer": r.sublayer,
-             "device": r.device.name.lower(), "compute_s": r.compute_s, "memory_s": r.memory_s,
-             "pcie_s": r.pcie_s, "bound": r.bound}
+            {
+                "stage": r.stage.value,
+                "layer_kind": r.layer_kind,
+                "layers": r.layers,
+                "sublayer": r.sublayer,
+                "device": r.device.name.lower(),
+                "compute_s": r.compute_s,
+                "memory_s": r.memory_s,
+                "pcie_s": r.pcie_s,
+                "bound": r.bound,
+            }
             for r in pred.breakdown
         ]
     return out
@@ -52,15 +60,28 @@ def fmt_s(seconds: float | None) -> str:
 
 def headline_row(pred: Prediction) -> list[str]:
     mem = " ".join(f"{t.value.upper()} {u.required_gb:.0f}/{u.available_gb:.0f}" for t, u in pred.memory.items())
-    return [fmt_s(pred.ttft_s), fmt_s(pred.tpot_mean_s), fmt_s(pred.latency_s),
-            f"{pred.throughput_tokens_per_s:.2f}", mem,
-            " / ".join(f"{b}" for b in pred.bound_resource.values()),
-            "yes" if pred.feasible else "NO: " + ", ".join(f"{s.tier.value.upper()} short {s.shortfall_gb:.1f} GB"
-                                                          for s in pred.shortfalls)]
+    return [
+        fmt_s(pred.ttft_s),
+        fmt_s(pred.tpot_mean_s),
+        fmt_s(pred.latency_s),
+        f"{pred.throughput_tokens_per_s:.2f}",
+        mem,
+        " / ".join(f"{b}" for b in pred.bound_resource.values()),
+        "yes"
+        if pred.feasible
+        else "NO: " + ", ".join(f"{s.tier.value.upper()} short {s.shortfall_gb:.1f} GB" for s in pred.shortfalls),
+    ]
 
 
-HEADLINE_COLUMNS = ["TTFT", "TPOT (mean)", "latency", "tokens/s", "memory GB used/avail", "bound (prefill / decode)",
-                    "fits"]
+HEADLINE_COLUMNS = [
+    "TTFT",
+    "TPOT (mean)",
+    "latency",
+    "tokens/s",
+    "memory GB used/avail",
+    "bound (prefill / decode)",
+    "fits",
+]
 
 
 def prediction_table(console: Console, pred: Prediction, title: str = "") -> None:
@@ -75,9 +96,16 @@ def prediction_table(console: Console, pred: Prediction, title: str = "") -> Non
     for col in ("stage", "layers", "sublayer", "device", "compute", "of which memory", "PCIe", "bound"):
         table.add_column(col)
     for r in pred.breakdown:
-        table.add_row(r.stage.value, f"{r.layer_kind} x{r.layers}", r.sublayer,
-                      "CPU" if r.device == Device.CPU else "GPU", fmt_s(r.compute_s), fmt_s(r.memory_s),
-                      fmt_s(r.pcie_s), r.bound)
+        table.add_row(
+            r.stage.value,
+            f"{r.layer_kind} x{r.layers}",
+            r.sublayer,
+            "CPU" if r.device == Device.CPU else "GPU",
+            fmt_s(r.compute_s),
+            fmt_s(r.memory_s),
+            fmt_s(r.pcie_s),
+            r.bound,
+        )
     console.print(table)
 
 
@@ -85,11 +113,31 @@ def prediction_table(console: Console, pred: Prediction, title: str = "") -> Non
 
 RANKS = ("cost_per_mtok", "tokens_per_s", "latency")
 # rank -> (column, True when larger is better)
-RANK_KEYS = {"cost_per_mtok": ("usd_per_million_tokens", False), "tokens_per_s": ("throughput_tokens_per_s", True),
-             "latency": ("latency_s", False)}
-RANKED_COLUMNS = ("rank", "model", "machine", "execution", "batch", "prefill_policy", "decode_policy",
-                  "gpu_resident_layers", "ttft_s", "tpot_mean_s", "latency_s", "throughput_tokens_per_s",
-                  "power_w", "capex_usd", "cost_per_hour_usd", "usd_per_million_tokens", "qualifies", "why_not")
+RANK_KEYS = {
+    "cost_per_mtok": ("usd_per_million_tokens", False),
+    "tokens_per_s": ("throughput_tokens_per_s", True),
+    "latency": ("latency_s", False),
+}
+RANKED_COLUMNS = (
+    "rank",
+    "model",
+    "machine",
+    "execution",
+    "batch",
+    "prefill_policy",
+    "decode_policy",
+    "gpu_resident_layers",
+    "ttft_s",
+    "tpot_mean_s",
+    "latency_s",
+    "throughput_tokens_per_s",
+    "power_w",
+    "capex_usd",
+    "cost_per_hour_usd",
+    "usd_per_million_tokens",
+    "qualifies",
+    "why_not",
+)
 
 
 def rank_rows(rows: list[dict[str, Any]], rank: str) -> list[dict[str, Any]]:
@@ -107,6 +155,6 @@ def rank_rows(rows: list[dict[str, Any]], rank: str) -> list[dict[str, Any]]:
         mine = [r for r in rows if r["model"] == model]
         good = [r for r in mine if r["qualifies"] and r.get(column) is not None]
         bad = [r for r in mine if r not in good]
-        good.sort(key=lambda r: -r[column] if larger_better else r[column])   # stable: ties keep input order
+        good.sort(key=lambda r: -r[column] if larger_better else r[column])  # stable: ties keep input order
         out += [{**r, "rank": k + 1} for k, r in enumerate(good)] + [{**r, "rank": None} for r in bad]
     return out

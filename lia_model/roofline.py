@@ -16,8 +16,9 @@ import numpy as np
 Number = Union[float, np.ndarray]
 
 
-def roofline_s(flops: Number, rate_flops_per_s: Number, nbytes: Number, bandwidth_bytes_per_s: Number,
-               overhead_s: Number) -> Number:
+def roofline_s(
+    flops: Number, rate_flops_per_s: Number, nbytes: Number, bandwidth_bytes_per_s: Number, overhead_s: Number
+) -> Number:
     compute_s = flops / rate_flops_per_s
     memory_s = nbytes / bandwidth_bytes_per_s
     if isinstance(compute_s, np.ndarray) or isinstance(memory_s, np.ndarray):

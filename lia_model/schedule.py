@@ -50,22 +50,23 @@ class ChunkDurations:
     cross_h2d_s[j] / cross_d2h_s[j]: the copy at boundary j (what sublayer j hands to j + 1; j = 5 is fc2 to
     the next layer's qkv) when j is on the CPU and j + 1 on the GPU / the reverse."""
 
-    cpu_s: np.ndarray          # [6, S]
-    gpu_s: np.ndarray          # [6, S]
-    cross_h2d_s: np.ndarray    # [6, S]
-    cross_d2h_s: np.ndarray    # [6, S]
-    k_cached_s: np.ndarray     # [S] cached K to a GPU attn_score
-    v_cached_s: np.ndarray     # [S] cached V to a GPU attn_context
-    v_new_s: np.ndarray        # [S] new V made by a CPU qkv, to a GPU attn_context
-    kv_write_s: np.ndarray     # [S] new K and V from a GPU qkv, written back to the host cache
-    expert_h2d_s: np.ndarray   # [6, S] MoE experts fetched on demand for a GPU fc1 / fc2, once routed
-    cpu_fused_delta_s: Optional[np.ndarray] = None   # [S] fused attention (kernel tables): with attn_score and
-    gpu_fused_delta_s: Optional[np.ndarray] = None   # attn_context on one device, one kernel of score + context
-    fused_attention: bool = False                    # + delta time, which no other chunk's work interrupts
+    cpu_s: np.ndarray  # [6, S]
+    gpu_s: np.ndarray  # [6, S]
+    cross_h2d_s: np.ndarray  # [6, S]
+    cross_d2h_s: np.ndarray  # [6, S]
+    k_cached_s: np.ndarray  # [S] cached K to a GPU attn_score
+    v_cached_s: np.ndarray  # [S] cached V to a GPU attn_context
+    v_new_s: np.ndarray  # [S] new V made by a CPU qkv, to a GPU attn_context
+    kv_write_s: np.ndarray  # [S] new K and V from a GPU qkv, written back to the host cache
+    expert_h2d_s: np.ndarray  # [6, S] MoE experts fetched on demand for a GPU fc1 / fc2, once routed
+    cpu_fused_delta_s: Optional[np.ndarray] = None  # [S] fused attention (kernel tables): with attn_score and
+    gpu_fused_delta_s: Optional[np.ndarray] = None  # attn_context on one device, one kernel of score + context
+    fused_attention: bool = False  # + delta time, which no other chunk's work interrupts
 
 
-def simulate_layer(cpu_bits: tuple[int, ...], n: int, d: ChunkDurations,
-                   start_s: Optional[np.ndarray] = None) -> np.ndarray:
+def simulate_layer(
+    cpu_bits: tuple[int, ...], n: int, d: ChunkDurations, start_s: Optional[np.ndarray] = None
+) -> np.ndarray:
     """Makespan [S] of n identical chunks under the scheduler above (cpu_bits[i] = 1: sublayer i on the CPU).
 
     ``start_s`` delays everything (the weight copy when it cannot run beside compute)."""
@@ -84,21 +85,66 @@ def simulate_all(n: int, d: ChunkDurations, starts: np.ndarray, policies: np.nda
     zero = np.zeros(steps)
     cpu_delta = zero if d.cpu_fused_delta_s is None else np.asarray(d.cpu_fused_delta_s, dtype=float)
     gpu_delta = zero if d.gpu_fused_delta_s is None else np.asarray(d.gpu_fused_delta_s, dtype=float)
-    if steps == 1:    # one step: plain floats (the same arithmetic, much faster than arrays of one)
-        table = _Durations(max, d.cpu_s[:, 0].tolist(), d.gpu_s[:, 0].tolist(), d.cross_h2d_s[:, 0].tolist(),
-                           d.cross_d2h_s[:, 0].tolist(), d.expert_h2d_s[:, 0].tolist(), float(d.k_cached_s[0]),
-                           float(d.v_cached_s[0]), float(d.v_new_s[0] + d.v_cached_s[0]), float(d.kv_write_s[0]),
-                           has_experts, d.fused_attention, float(cpu_delta[0]), float(gpu_delta[0]))
-        key = (n, d.fused_attention, tuple(d.cpu_s[:, 0]), tuple(d.gpu_s[:, 0]), tuple(d.cross_h2d_s[:, 0]),
-               tuple(d.cross_d2h_s[:, 0]), tuple(d.expert_h2d_s[:, 0]), table.k_cached, table.v_cached,
-               table.v_fetch, table.kv_write, table.cpu_fused_delta, table.gpu_fused_delta)
-        return np.array([[_replay_memo(tuple(bits), n, table, float(start[0]), key)]
-                         for bits, start in zip(np.asarray(policies, dtype=bool).tolist(), starts)])
-    table = _Durations(np.maximum, list(d.cpu_s), list(d.gpu_s), list(d.cross_h2d_s), list(d.cross_d2h_s),
-                       list(d.expert_h2d_s), d.k_cached_s, d.v_cached_s, d.v_new_s + d.v_cached_s, d.kv_write_s,
-                       has_experts, d.fused_attention, cpu_delta, gpu_delta)
-    return np.stack([_replay(bits, n, table, np.asarray(start, dtype=float))
-                     for bits, start in zip(np.asarray(policies, dtype=bool).tolist(), starts)])
+    if steps == 1:  # one step: plain floats (the same arithmetic, much faster than arrays of one)
+        table = _Durations(
+            max,
+            d.cpu_s[:, 0].tolist(),
+            d.gpu_s[:, 0].tolist(),
+            d.cross_h2d_s[:, 0].tolist(),
+            d.cross_d2h_s[:, 0].tolist(),
+            d.expert_h2d_s[:, 0].tolist(),
+            float(d.k_cached_s[0]),
+            float(d.v_cached_s[0]),
+            float(d.v_new_s[0] + d.v_cached_s[0]),
+            float(d.kv_write_s[0]),
+            has_experts,
+            d.fused_attention,
+            float(cpu_delta[0]),
+            float(gpu_delta[0]),
+        )
+        key = (
+            n,
+            d.fused_attention,
+            tuple(d.cpu_s[:, 0]),
+            tuple(d.gpu_s[:, 0]),
+            tuple(d.cross_h2d_s[:, 0]),
+            tuple(d.cross_d2h_s[:, 0]),
+            tuple(d.expert_h2d_s[:, 0]),
+            table.k_cached,
+            table.v_cached,
+            table.v_fetch,
+            table.kv_write,
+            table.cpu_fused_delta,
+            table.gpu_fused_delta,
+        )
+        return np.array(
+            [
+                [_replay_memo(tuple(bits), n, table, float(start[0]), key)]
+                for bits, start in zip(np.asarray(policies, dtype=bool).tolist(), starts)
+            ]
+        )
+    table = _Durations(
+        np.maximum,
+        list(d.cpu_s),
+        list(d.gpu_s),
+        list(d.cross_h2d_s),
+        list(d.cross_d2h_s),
+        list(d.expert_h2d_s),
+        d.k_cached_s,
+        d.v_cached_s,
+        d.v_new_s + d.v_cached_s,
+        d.kv_write_s,
+        has_experts,
+        d.fused_attention,
+        cpu_delta,
+        gpu_delta,
+    )
+    return np.stack(
+        [
+            _replay(bits, n, table, np.asarray(start, dtype=float))
+            for bits, start in zip(np.asarray(policies, dtype=bool).tolist(), starts)
+        ]
+    )
 
 
 # One-step replays, memoised: the optimiser prices the same chunk durations under several weight tiers, KV
@@ -130,7 +176,7 @@ class _Durations:
     experts: list
     k_cached: object
     v_cached: object
-    v_fetch: object          # new + cached V, fetched for a GPU attn_context after a CPU qkv
+    v_fetch: object  # new + cached V, fetched for a GPU attn_context after a CPU qkv
     kv_write: object
     has_experts: tuple[bool, ...] = ()
     fused: bool = False
@@ -143,7 +189,7 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
     mx = t.mx
     cpu_s, gpu_s, cross_h2d, cross_d2h, experts = t.cpu, t.gpu, t.cross_h2d, t.cross_d2h, t.experts
     fused = t.fused and on_cpu[_SCORE] == on_cpu[_CTX]
-    if fused:                                        # one kernel: its extra time rides on attn_context
+    if fused:  # one kernel: its extra time rides on attn_context
         if on_cpu[_CTX]:
             cpu_s = list(cpu_s)
             cpu_s[_CTX] = cpu_s[_CTX] + t.cpu_fused_delta
@@ -155,16 +201,16 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
     now = gpu_free = h2d_free = d2h_free = start
     qkv_gpu = not on_cpu[_QKV]
     fetch_k, fetch_v = [start] * n, [start] * n
-    if qkv_gpu:                                      # 1. early fetches of the cached K and V, chunk by chunk
+    if qkv_gpu:  # 1. early fetches of the cached K and V, chunk by chunk
         for c in range(n):
             if not on_cpu[_SCORE]:
                 h2d_free = fetch_k[c] = mx(h2d_free, start) + t.k_cached
             if not on_cpu[_CTX]:
                 h2d_free = fetch_v[c] = mx(h2d_free, start) + t.v_cached
     nxt = [0] * n
-    value_end = [start] * n        # when the chunk's latest sublayer finished (on its device)
-    to_cpu = [start] * n           # when the copy of a GPU output that a CPU sublayer reads has landed
-    written = [None] * n           # end of the K/V write-back of a GPU qkv
+    value_end = [start] * n  # when the chunk's latest sublayer finished (on its device)
+    to_cpu = [start] * n  # when the copy of a GPU output that a CPU sublayer reads has landed
+    written = [None] * n  # end of the K/V write-back of a GPU qkv
     chunk_end = [start] * n
 
     def finish(c: int, i: int, end) -> None:
@@ -173,10 +219,10 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
         value_end[c] = end
         nxt_cpu = on_cpu[i + 1] if i < last else on_cpu[_QKV]
         if on_cpu[i] and not nxt_cpu:
-            if i == last:                           # the next layer's GPU qkv reads it (inside the layer, the
-                h2d_free = end = mx(h2d_free, end) + cross_h2d[i]    # GPU consumer copies it when issued)
+            if i == last:  # the next layer's GPU qkv reads it (inside the layer, the
+                h2d_free = end = mx(h2d_free, end) + cross_h2d[i]  # GPU consumer copies it when issued)
         elif not on_cpu[i] and nxt_cpu:
-            d2h_free = end = mx(d2h_free, end) + cross_d2h[i]        # eager copy right behind the producer
+            d2h_free = end = mx(d2h_free, end) + cross_d2h[i]  # eager copy right behind the producer
             to_cpu[c] = end
         if i == last:
             chunk_end[c] = end
@@ -190,23 +236,23 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
 
     cpu_at = [i for i in range(NUM_SUBLAYERS) if on_cpu[i]]
     dirty = list(range(n))
-    open_from = 0                                    # every chunk before it has run all its sublayers
+    open_from = 0  # every chunk before it has run all its sublayers
     while True:
-        for c in dirty:                              # 2. issue every GPU sublayer that can be issued
+        for c in dirty:  # 2. issue every GPU sublayer that can be issued
             while nxt[c] < NUM_SUBLAYERS and not on_cpu[nxt[c]]:
                 i = nxt[c]
                 ready = value_end[c]
                 if i > 0 and on_cpu[i - 1]:
                     h2d_free = ready = mx(h2d_free, mx(ready, now)) + cross_h2d[i - 1]
                 if i == _SCORE:
-                    if not qkv_gpu:                  # a CPU qkv: fetched when the attention is issued
+                    if not qkv_gpu:  # a CPU qkv: fetched when the attention is issued
                         h2d_free = fetch_k[c] = mx(h2d_free, now) + t.k_cached
                     ready = mx(ready, fetch_k[c])
                 elif i == _CTX:
                     if not qkv_gpu:
                         h2d_free = fetch_v[c] = mx(h2d_free, now) + t.v_fetch
                     ready = mx(ready, fetch_v[c])
-                if has_experts[i]:                   # the routed experts, once its input (the routing) is ready
+                if has_experts[i]:  # the routed experts, once its input (the routing) is ready
                     h2d_free = ready = mx(h2d_free, ready) + experts[i]
                 gpu_free = end = mx(gpu_free, ready) + gpu_s[i]
                 if i == _QKV:
@@ -222,7 +268,7 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
         for c in range(open_from, n):
             if nxt[c] < NUM_SUBLAYERS:
                 r = cpu_ready(c)
-                if n == 1 or r <= now:               # (n > 1: one step, floats)
+                if n == 1 or r <= now:  # (n > 1: one step, floats)
                     pick, first = c, r
                     break
                 if first is None or r < first:
@@ -239,9 +285,11 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
             if i + 1 == NUM_SUBLAYERS or not on_cpu[i + 1]:
                 break
             first = cpu_ready(pick)
-            if fused and i == _SCORE:                # the fused kernel is not interrupted
+            if fused and i == _SCORE:  # the fused kernel is not interrupted
                 continue
-            if n > 1 and (first > now or any(nxt[c] < NUM_SUBLAYERS and cpu_ready(c) <= now for c in range(open_from, pick))):
+            if n > 1 and (
+                first > now or any(nxt[c] < NUM_SUBLAYERS and cpu_ready(c) <= now for c in range(open_from, pick))
+            ):
                 break
         dirty = [pick]
     out = chunk_end[0]

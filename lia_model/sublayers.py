@@ -18,9 +18,7 @@ SUBLAYERS: tuple[Sublayer, ...] = tuple(Sublayer)
 NUM_SUBLAYERS = len(SUBLAYERS)
 
 # Sublayers that own weights (streamed over PCIe when they run on the GPU in a non-resident layer).
-WEIGHTED_SUBLAYERS: frozenset[Sublayer] = frozenset(
-    {Sublayer.QKV, Sublayer.OUT_PROJ, Sublayer.FC1, Sublayer.FC2}
-)
+WEIGHTED_SUBLAYERS: frozenset[Sublayer] = frozenset({Sublayer.QKV, Sublayer.OUT_PROJ, Sublayer.FC1, Sublayer.FC2})
 ATTENTION_SUBLAYERS: frozenset[Sublayer] = frozenset({Sublayer.ATTN_SCORE, Sublayer.ATTN_CONTEXT})
 
 

@@ -23,8 +23,13 @@ from typing import Optional
 
 import numpy as np
 
-from lia_model.accounting import embedding_weight_bytes, head_flops, kv_cache_bytes_per_layer, layer_weight_bytes, \
-    sublayer_work
+from lia_model.accounting import (
+    embedding_weight_bytes,
+    head_flops,
+    kv_cache_bytes_per_layer,
+    layer_weight_bytes,
+    sublayer_work,
+)
 from lia_model.errors import LiaInputError
 from lia_model.hardware import GpuSpec, interpolate_efficiency
 from lia_model.memory import workspace_bytes
@@ -49,14 +54,24 @@ class TensorParallelNode:
 
 def shard(model: ModelSpec, ways: int) -> ModelSpec:
     """One GPU's share of every layer: heads, KV heads and the MLP width divided ``ways`` ways."""
-    for field, value in (("num_heads", model.num_heads), ("num_kv_heads", model.num_kv_heads),
-                         ("ffn_size", model.ffn_size)):
+    for field, value in (
+        ("num_heads", model.num_heads),
+        ("num_kv_heads", model.num_kv_heads),
+        ("ffn_size", model.ffn_size),
+    ):
         if value % ways:
-            raise LiaInputError(f"model.{field}", f"{model.name} has {field} = {value}, not divisible by {ways}",
-                                f"use a tensor-parallel degree that divides {value}")
-    return model.model_copy(update={"num_heads": model.num_heads // ways,
-                                    "num_kv_heads": model.num_kv_heads // ways,
-                                    "ffn_size": model.ffn_size // ways})
+            raise LiaInputError(
+                f"model.{field}",
+                f"{model.name} has {field} = {value}, not divisible by {ways}",
+                f"use a tensor-parallel degree that divides {value}",
+            )
+    return model.model_copy(
+        update={
+            "num_heads": model.num_heads // ways,
+            "num_kv_heads": model.num_kv_heads // ways,
+            "ffn_size": model.ffn_size // ways,
+        }
+    )
 
 
 def layer_time_s(node: TensorParallelNode, model: ModelSpec, batch: int, q: int, contexts: np.ndarray) -> np.ndarray:
@@ -72,12 +87,17 @@ def layer_time_s(node: TensorParallelNode, model: ModelSpec, batch: int, q: int,
         table = gpu.attention_efficiency if attention else gpu.matmul_efficiency
         rate = gpu.bf16_peak_tflops * FLOPS_PER_TFLOPS * interpolate_efficiency(table, q if attention else w.tokens)
         nbytes = w.weight_bytes_read + w.kv_read_bytes + w.kv_write_bytes + w.act_in_bytes + w.act_out_bytes
-        total = total + np.maximum(np.asarray(w.flops, dtype=float) / rate, np.asarray(nbytes, dtype=float) / hbm) \
+        total = (
+            total
+            + np.maximum(np.asarray(w.flops, dtype=float) / rate, np.asarray(nbytes, dtype=float) / hbm)
             + gpu.op_overhead_us * S_PER_US
+        )
     p = node.gpus
     message = batch * q * model.hidden_size * BF16_BYTES
-    allreduce = 2.0 * (p - 1) / p * message / (node.nvlink_allreduce_gbps * BYTES_PER_S_PER_GBPS) \
+    allreduce = (
+        2.0 * (p - 1) / p * message / (node.nvlink_allreduce_gbps * BYTES_PER_S_PER_GBPS)
         + node.allreduce_latency_us * S_PER_US
+    )
     return total + 2.0 * allreduce
 
 
@@ -92,7 +112,9 @@ def head_time_s(node: TensorParallelNode, model: ModelSpec, batch: int) -> float
 def memory_per_gpu_bytes(node: TensorParallelNode, model: ModelSpec, workload: Workload) -> float:
     p = node.gpus
     weights = (model.num_layers * layer_weight_bytes(model) + embedding_weight_bytes(model)) / p
-    kv = model.num_layers * kv_cache_bytes_per_layer(model, workload.batch, workload.input_len + workload.output_len) / p
+    kv = (
+        model.num_layers * kv_cache_bytes_per_layer(model, workload.batch, workload.input_len + workload.output_len) / p
+    )
     return weights + kv + workspace_bytes(model, workload, 1)
 
 
@@ -118,18 +140,27 @@ class TensorParallelPrediction:
 def predict_tp(node: TensorParallelNode, model: ModelSpec, workload: Workload) -> TensorParallelPrediction:
     n = model.num_layers
     head = head_time_s(node, model, workload.batch)
-    ttft = float(n * layer_time_s(node, model, workload.batch, workload.input_len,
-                                  np.array([workload.input_len], dtype=float))[0] + head)
+    ttft = float(
+        n
+        * layer_time_s(node, model, workload.batch, workload.input_len, np.array([workload.input_len], dtype=float))[0]
+        + head
+    )
     contexts = np.array(workload.decode_contexts(), dtype=float)
     tpot = n * layer_time_s(node, model, workload.batch, 1, contexts) + head if len(contexts) else np.zeros(0)
     latency = ttft + float(np.sum(tpot))
-    return TensorParallelPrediction(workload, ttft, float(np.mean(tpot)) if len(tpot) else None, latency,
-                                    workload.batch * workload.output_len / latency,
-                                    memory_per_gpu_bytes(node, model, workload) / 1e9)
+    return TensorParallelPrediction(
+        workload,
+        ttft,
+        float(np.mean(tpot)) if len(tpot) else None,
+        latency,
+        workload.batch * workload.output_len / latency,
+        memory_per_gpu_bytes(node, model, workload) / 1e9,
+    )
 
 
-def best_at_batch(node: TensorParallelNode, model: ModelSpec, workload: Workload,
-                  tpot_max_s: Optional[float] = None) -> Optional[TensorParallelPrediction]:
+def best_at_batch(
+    node: TensorParallelNode, model: ModelSpec, workload: Workload, tpot_max_s: Optional[float] = None
+) -> Optional[TensorParallelPrediction]:
     """The node at the workload's own batch (the latency objective), or None when it does not fit memory or
     its mean TPOT exceeds tpot_max_s."""
     if not fits(node, model, workload):
@@ -140,8 +171,9 @@ def best_at_batch(node: TensorParallelNode, model: ModelSpec, workload: Workload
     return pred
 
 
-def best_throughput(node: TensorParallelNode, model: ModelSpec, input_len: int, output_len: int,
-                    tpot_max_s: Optional[float] = None) -> Optional[TensorParallelPrediction]:
+def best_throughput(
+    node: TensorParallelNode, model: ModelSpec, input_len: int, output_len: int, tpot_max_s: Optional[float] = None
+) -> Optional[TensorParallelPrediction]:
     """Highest throughput over every batch from 1 to the largest that fits (as the LIA optimiser's
     throughput objective searches every batch), among those whose mean TPOT is at most tpot_max_s; None
     when no batch qualifies."""

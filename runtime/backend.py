@@ -137,8 +137,11 @@ class Backend:
         """A new tensor on ``dev``; host tensors are page-locked when ``pinned`` and CUDA is present."""
         dtype = self.dtype if dtype is None else dtype
         if dev == Device.GPU and not self.has_gpu:
-            raise LiaInputError("GPU", "the plan needs GPU memory but this machine has no CUDA device",
-                                "run on a machine with an NVIDIA GPU, or use an all-CPU plan (e.g. the ipex baseline)")
+            raise LiaInputError(
+                "GPU",
+                "the plan needs GPU memory but this machine has no CUDA device",
+                "run on a machine with an NVIDIA GPU, or use an all-CPU plan (e.g. the ipex baseline)",
+            )
         pin = pinned and dev == Device.CPU and self.is_cuda
         maker = torch.zeros if zero else torch.empty
         return maker(shape, dtype=dtype, device=self.torch_device(dev), pin_memory=pin)
@@ -319,8 +322,16 @@ class _CudaMemcpy2D:
                 return
             fn = lib.cudaMemcpy2DAsync
             fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
-                           ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+            fn.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_size_t,
+                ctypes.c_void_p,
+                ctypes.c_size_t,
+                ctypes.c_size_t,
+                ctypes.c_size_t,
+                ctypes.c_int,
+                ctypes.c_void_p,
+            ]
             self._fn = fn
             self.available = self._self_test()
             if not self.available and not self.reason:
@@ -331,8 +342,16 @@ class _CudaMemcpy2D:
 
     def __call__(self, dst: torch.Tensor, src: torch.Tensor, p: _Pitch, stream) -> None:
         kind = 1 if dst.is_cuda else 2  # cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2
-        code = self._fn(ctypes.c_void_p(dst.data_ptr()), p.dst_pitch_bytes, ctypes.c_void_p(src.data_ptr()),
-                        p.src_pitch_bytes, p.width_bytes, p.rows, kind, ctypes.c_void_p(stream.cuda_stream))
+        code = self._fn(
+            ctypes.c_void_p(dst.data_ptr()),
+            p.dst_pitch_bytes,
+            ctypes.c_void_p(src.data_ptr()),
+            p.src_pitch_bytes,
+            p.width_bytes,
+            p.rows,
+            kind,
+            ctypes.c_void_p(stream.cuda_stream),
+        )
         if code != 0:
             raise RuntimeError(f"cudaMemcpy2DAsync failed with CUDA error {code}")
 

@@ -20,36 +20,65 @@ def register(app: typer.Typer) -> None:
 
 def validate(
     points: Optional[List[str]] = typer.Option(None, "--points", help="Points .yaml file (repeatable)."),
-    system: str = typer.Option("spr-h100", "--system", help="System profile name or path to a system .yaml "
-                               "(use the calibrated profile of the host you run on)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Folder for results.csv, pred_vs_meas.png/.svg, "
-                                      "summary.md and summary.json."),
-    gpu_memory_gib: Optional[float] = typer.Option(None, "--gpu-memory-gib", help="Cap GPU memory (GiB) for "
-                                                   "points that do not set their own cap."),
-    repeats: int = typer.Option(5, "--repeats", help="Timed unprofiled repeats per point (after one short "
-                                "warm-up); headline times are their medians."),
-    profiled_runs: int = typer.Option(3, "--profiled-runs", help="Runs with per-sublayer events; per-sublayer "
-                                      "times are their medians."),
-    trace: Optional[str] = typer.Option(None, "--trace", help="Folder for one Chrome-trace JSON per point "
-                                        "(CPU sublayers, GPU kernels and copies per layer)."),
-    max_point_s: Optional[float] = typer.Option(None, "--max-point-s", help="Skip points whose predicted time "
-                                                "with warm-up and repeats exceeds this."),
-    time_budget_s: Optional[float] = typer.Option(None, "--time-budget-s", help="Start no point that would "
-                                                  "end past this many seconds of running."),
-    predict_only: bool = typer.Option(False, "--predict-only", help="Resolve plans, predict and estimate run "
-                                      "times (assuming a GPU is present); run nothing."),
-    from_csv: Optional[List[str]] = typer.Option(None, "--from-csv", help="Merge existing results CSVs and "
-                                                 "rewrite the plot and summary (runs nothing)."),
+    system: str = typer.Option(
+        "spr-h100",
+        "--system",
+        help="System profile name or path to a system .yaml (use the calibrated profile of the host you run on).",
+    ),
+    out: Optional[str] = typer.Option(
+        None, "--out", help="Folder for results.csv, pred_vs_meas.png/.svg, summary.md and summary.json."
+    ),
+    gpu_memory_gib: Optional[float] = typer.Option(
+        None, "--gpu-memory-gib", help="Cap GPU memory (GiB) for points that do not set their own cap."
+    ),
+    repeats: int = typer.Option(
+        5,
+        "--repeats",
+        help="Timed unprofiled repeats per point (after one short warm-up); headline times are their medians.",
+    ),
+    profiled_runs: int = typer.Option(
+        3, "--profiled-runs", help="Runs with per-sublayer events; per-sublayer times are their medians."
+    ),
+    trace: Optional[str] = typer.Option(
+        None,
+        "--trace",
+        help="Folder for one Chrome-trace JSON per point (CPU sublayers, GPU kernels and copies per layer).",
+    ),
+    max_point_s: Optional[float] = typer.Option(
+        None, "--max-point-s", help="Skip points whose predicted time with warm-up and repeats exceeds this."
+    ),
+    time_budget_s: Optional[float] = typer.Option(
+        None, "--time-budget-s", help="Start no point that would end past this many seconds of running."
+    ),
+    predict_only: bool = typer.Option(
+        False,
+        "--predict-only",
+        help="Resolve plans, predict and estimate run times (assuming a GPU is present); run nothing.",
+    ),
+    from_csv: Optional[List[str]] = typer.Option(
+        None, "--from-csv", help="Merge existing results CSVs and rewrite the plot and summary (runs nothing)."
+    ),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="What-if override FIELD=VALUE of the system."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights and prompts."),
-    host_weights_gib: Optional[float] = typer.Option(None, "--host-weights-gib", help="Cap the host weight arena; "
-                                                     "layers beyond it reuse earlier layers' host weights."),
-    fake_gpu: bool = typer.Option(False, "--fake-gpu", hidden=True, help="Test mode: emulate the GPU on the CPU "
-                                  "(data flow only; timings meaningless)."),
+    host_weights_gib: Optional[float] = typer.Option(
+        None,
+        "--host-weights-gib",
+        help="Cap the host weight arena; layers beyond it reuse earlier layers' host weights.",
+    ),
+    fake_gpu: bool = typer.Option(
+        False,
+        "--fake-gpu",
+        hidden=True,
+        help="Test mode: emulate the GPU on the CPU (data flow only; timings meaningless).",
+    ),
     title: str = typer.Option("", "--title", help="Plot title."),
-    repredict_with: Optional[str] = typer.Option(None, "--repredict-with", help="With --from-csv: recompute the "
-                                                 "predicted columns of the measured rows under this system profile "
-                                                 "(measurements untouched)."),
+    repredict_with: Optional[str] = typer.Option(
+        None,
+        "--repredict-with",
+        help="With --from-csv: recompute the "
+        "predicted columns of the measured rows under this system profile "
+        "(measurements untouched).",
+    ),
 ) -> None:
     """Run validation points for real and report predicted vs measured TTFT, TPOT and latency."""
     from rich.console import Console
@@ -80,16 +109,25 @@ def validate(
         raise LiaInputError("--points", f"group ids repeat across files: {', '.join(dupes)}", "rename them")
     if profiled_runs < 1:
         raise LiaInputError("--profiled-runs", f"must be at least 1, got {profiled_runs}", "e.g. --profiled-runs 3")
-    opts = Options(repeats=repeats, profiled_runs=profiled_runs, trace_dir=trace, gpu_memory_gib=gpu_memory_gib,
-                   max_point_s=max_point_s,
-                   time_budget_s=time_budget_s, seed=seed, host_weights_gib=host_weights_gib)
+    opts = Options(
+        repeats=repeats,
+        profiled_runs=profiled_runs,
+        trace_dir=trace,
+        gpu_memory_gib=gpu_memory_gib,
+        max_point_s=max_point_s,
+        time_budget_s=time_budget_s,
+        seed=seed,
+        host_weights_gib=host_weights_gib,
+    )
     if repeats < 1:
         raise LiaInputError("--repeats", f"must be at least 1, got {repeats}", "e.g. --repeats 2")
     isa = runtime_isa()
     has_gpu = True if predict_only else (fake_gpu or _cuda_available())
     resolved = resolve_points(groups, spec, opts, isa, has_gpu=has_gpu)
-    echo(f"system {spec.name}; CPU ISA for CPU sublayers: {isa.run.value if isa.run else 'unknown'} ({isa.why}); "
-         f"{len(resolved)} points, {sum(1 for p in resolved if not p.skip_reason and not p.duplicate_of)} to run")
+    echo(
+        f"system {spec.name}; CPU ISA for CPU sublayers: {isa.run.value if isa.run else 'unknown'} ({isa.why}); "
+        f"{len(resolved)} points, {sum(1 for p in resolved if not p.skip_reason and not p.duplicate_of)} to run"
+    )
     if predict_only:
         _print_plan(console, resolved, plan_table_rows(resolved))
         return
@@ -131,14 +169,26 @@ def _print_plan(console, resolved, rows) -> None:
     console.print(t)
     run = [p for p in resolved if not p.skip_reason and not p.duplicate_of]
     total = sum(p.est_s for p in run)
-    console.print(f"{len(run)} points to run, {sum(1 for p in resolved if p.duplicate_of)} reuse an identical plan, "
-                  f"{sum(1 for p in resolved if p.skip_reason)} skipped; predicted run time {total:.0f} s "
-                  f"(plus weight creation and per-point setup)")
+    console.print(
+        f"{len(run)} points to run, {sum(1 for p in resolved if p.duplicate_of)} reuse an identical plan, "
+        f"{sum(1 for p in resolved if p.skip_reason)} skipped; predicted run time {total:.0f} s "
+        f"(plus weight creation and per-point setup)"
+    )
 
 
 # Columns a results CSV needs for the summary, the regret table and the plot.
-MERGE_COLUMNS = ("point_id", "group_id", "status", "plan_spec", "plan_label", "model", "num_layers", "batch",
-                 "input_len", "output_len")
+MERGE_COLUMNS = (
+    "point_id",
+    "group_id",
+    "status",
+    "plan_spec",
+    "plan_label",
+    "model",
+    "num_layers",
+    "batch",
+    "input_len",
+    "output_len",
+)
 
 
 def _read_results_csv(path: str):
@@ -172,8 +222,11 @@ def _read_results_csv(path: str):
             if bad:
                 pid, v = bad[0]
                 more = f"; {len(bad) - 1} more such points" if len(bad) > 1 else ""
-                raise LiaInputError(f"{path}: {col}", f"point '{pid}' ran but its {label} is {v!r} (a time must be "
-                                    f"a finite number above 0){more}", "fix or drop those rows")
+                raise LiaInputError(
+                    f"{path}: {col}",
+                    f"point '{pid}' ran but its {label} is {v!r} (a time must be a finite number above 0){more}",
+                    "fix or drop those rows",
+                )
     return df
 
 
@@ -188,8 +241,11 @@ def _merge(paths: List[str], out: Optional[str], console, title: str, repredict_
     df = pd.concat(frames, ignore_index=True)
     df = df.drop_duplicates(subset="point_id", keep="last")
     if not (df["status"] == "ran").any():
-        raise LiaInputError("--from-csv", f"no point in {', '.join(paths)} ran (status 'ran'): nothing was measured",
-                            "give results of a campaign that ran points")
+        raise LiaInputError(
+            "--from-csv",
+            f"no point in {', '.join(paths)} ran (status 'ran'): nothing was measured",
+            "give results of a campaign that ran points",
+        )
     if repredict_with:
         from lia_model.profiles import load_system
         from runtime.validate import repredict

@@ -33,8 +33,8 @@ KEEP_BYTES = 1 << 30
 class CpuSetup:
     threads: int
     physical_cores: int
-    bind: str          # "close/cores", "inherited (...)", or "none"
-    allocator: str     # "glibc mallopt(no mmap, no trim)", "jemalloc (preloaded)", ...
+    bind: str  # "close/cores", "inherited (...)", or "none"
+    allocator: str  # "glibc mallopt(no mmap, no trim)", "jemalloc (preloaded)", ...
 
     def describe(self) -> str:
         return f"threads={self.threads} bind={self.bind} alloc={self.allocator}"
@@ -67,8 +67,10 @@ def _mallopt() -> str:
         return "default (no libc found for mallopt)"
     try:
         libc = ctypes.CDLL(libc_name)
-        ok = all(libc.mallopt(opt, value) == 1 for opt, value in
-                 ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP_BYTES), (M_TOP_PAD, 64 << 20)))
+        ok = all(
+            libc.mallopt(opt, value) == 1
+            for opt, value in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP_BYTES), (M_TOP_PAD, 64 << 20))
+        )
     except (OSError, AttributeError):
         return "default (mallopt unavailable)"
     return "glibc mallopt(mmap off, trim 1 GiB)" if ok else "default (mallopt refused)"

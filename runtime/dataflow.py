@@ -32,8 +32,9 @@ QKV, SCORE, CTX, OUT, FC1, FC2 = SUBLAYERS
 _BOUNDARY_VALUES = ("q", "scores", "ctx", "h_mid", "mid")  # value crossing boundary j = 0..4
 
 
-def expected_records(plan: Plan, model: ModelSpec, workload: Workload, output_len: int,
-                     head_dev: Device) -> tuple[Counter, Counter]:
+def expected_records(
+    plan: Plan, model: ModelSpec, workload: Workload, output_len: int, head_dev: Device
+) -> tuple[Counter, Counter]:
     """(copies, computes): multisets of (stage, step, layer, chunk, name, detail, nbytes) and
     (stage, step, layer, chunk, sublayer, device)."""
     copies: Counter = Counter()
@@ -67,8 +68,14 @@ def expected_records(plan: Plan, model: ModelSpec, workload: Workload, output_le
             for c in range(n):
                 for sub in SUBLAYERS:
                     computes[(stage, step, li, c, sub.value, dev[sub])] += 1
-                sizes = {"h": b * q * h, "q": b * q * qd, "ctx": b * q * qd, "h_mid": b * q * h, "mid": b * q * f,
-                         "scores": b * kvh * g * q * valid}
+                sizes = {
+                    "h": b * q * h,
+                    "q": b * q * qd,
+                    "ctx": b * q * qd,
+                    "h_mid": b * q * h,
+                    "mid": b * q * f,
+                    "scores": b * kvh * g * q * valid,
+                }
                 if dev[QKV] != src_h:
                     copies[(stage, step, li, c, "act", "h", 2 * sizes["h"])] += 1
                 for j, name in enumerate(_BOUNDARY_VALUES):
@@ -94,11 +101,12 @@ def expected_records(plan: Plan, model: ModelSpec, workload: Workload, output_le
     return copies, computes
 
 
-def check_run(result: RunResult, plan: Plan, model: ModelSpec, workload: Workload, head_dev: Device,
-              check_computes: bool = True) -> list[str]:
+def check_run(
+    result: RunResult, plan: Plan, model: ModelSpec, workload: Workload, head_dev: Device, check_computes: bool = True
+) -> list[str]:
     """Differences between a run's records and the plan's data flow (empty when they agree). ``head_dev``:
     GPU when the machine has one (the head then sits on the GPU unless the plan uses no GPU at all)."""
-    head_dev = head_device(plan, model.num_layers, head_dev == Device.GPU)   # an all-CPU plan keeps the head on the CPU
+    head_dev = head_device(plan, model.num_layers, head_dev == Device.GPU)  # an all-CPU plan keeps the head on the CPU
     want_copies, want_computes = expected_records(plan, model, workload, result.output_len, head_dev)
     got_copies: Counter = Counter()
     got_computes: Counter = Counter()

@@ -52,16 +52,16 @@ class OpRecord:
     """One timed operation: a sublayer (kind "compute") or a copy (kind "copy")."""
 
     stage: Stage
-    step: int                 # 0 = prefill, t = decode step
-    layer: int                # -1: embedding / LM head
-    chunk: int                # prefill chunk (weight copies: the GPU buffer slot, 0 or 1)
-    name: str                 # sublayer name, or the copy's kind: weights, act, resid, kv_fetch, kv_writeback, head
-    kind: str                 # "compute" or "copy"
-    device: Device            # compute: where it ran; copy: destination
+    step: int  # 0 = prefill, t = decode step
+    layer: int  # -1: embedding / LM head
+    chunk: int  # prefill chunk (weight copies: the GPU buffer slot, 0 or 1)
+    name: str  # sublayer name, or the copy's kind: weights, act, resid, kv_fetch, kv_writeback, head
+    kind: str  # "compute" or "copy"
+    device: Device  # compute: where it ran; copy: destination
     nbytes: int
-    tokens: int               # rows of the product (b * q) for compute records
-    layer_kind: str           # "resident", "streamed" or "-"
-    detail: str = ""          # copies: the value or sublayer moved
+    tokens: int  # rows of the product (b * q) for compute records
+    layer_kind: str  # "resident", "streamed" or "-"
+    detail: str = ""  # copies: the value or sublayer moved
     start: object = None
     end: object = None
     seconds: float = float("nan")
@@ -73,8 +73,8 @@ class RunResult:
     tpot_s: list[float]
     latency_s: float
     batch: int
-    tokens: torch.Tensor                      # [B, L_out] generated token ids (CPU)
-    logits: Optional[list[torch.Tensor]]      # per output position: [B, vocab] float32 (CPU)
+    tokens: torch.Tensor  # [B, L_out] generated token ids (CPU)
+    logits: Optional[list[torch.Tensor]]  # per output position: [B, vocab] float32 (CPU)
     records: list[OpRecord]
     base: Optional[tuple[Event, float]] = None  # (event, perf_counter) at the run's start: the trace's time zero
     hidden: Optional[list[torch.Tensor]] = None  # keep_hidden: each layer's prefill output [B, L_in, h] (CPU)
@@ -120,8 +120,8 @@ class GpuLayerCache:
 
 @dataclass
 class _LayerKV:
-    host: Optional[dict[str, torch.Tensor]]     # streamed: {"k": [B,kv,S,d], "v": ...} in host memory
-    gpu: Optional[dict[str, torch.Tensor]]      # resident: own GPU cache; streamed: the shared staging buffer
+    host: Optional[dict[str, torch.Tensor]]  # streamed: {"k": [B,kv,S,d], "v": ...} in host memory
+    gpu: Optional[dict[str, torch.Tensor]]  # resident: own GPU cache; streamed: the shared staging buffer
     resident: bool
     # Latest D2H write-back into the host cache per batch-row range (prefill chunks, then the whole batch);
     # the D2H stream is in order, so a reader of some rows waits for the latest event among overlapping ranges.
@@ -149,7 +149,7 @@ class _Layer:
     q: int
     kv: _LayerKV
     slot: int = -1
-    staged: dict = field(default_factory=dict)   # (which, chunk) -> Event of the H2D fetch into staging
+    staged: dict = field(default_factory=dict)  # (which, chunk) -> Event of the H2D fetch into staging
 
     @property
     def valid(self) -> int:
@@ -178,8 +178,15 @@ class _Chunk:
 class Executor:
     """Runs one plan for one model and workload; allocate once, ``generate`` many times."""
 
-    def __init__(self, backend: Backend, weights: ModelWeights, plan: Plan, workload: Workload,
-                 kv_arena: Optional[HostArena] = None, layer_cache: Optional[GpuLayerCache] = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        weights: ModelWeights,
+        plan: Plan,
+        workload: Workload,
+        kv_arena: Optional[HostArena] = None,
+        layer_cache: Optional[GpuLayerCache] = None,
+    ) -> None:
         self.backend = backend
         self.weights = weights
         self.model: ModelSpec = weights.model
@@ -195,8 +202,11 @@ class Executor:
         uses_gpu = plan_uses_gpu(plan, self.L)
         self.head_dev = head_device(plan, self.L, backend.has_gpu)
         if uses_gpu and not backend.has_gpu:
-            raise LiaInputError("GPU", "the plan runs sublayers on the GPU but this machine has no CUDA device",
-                                "run it on a machine with an NVIDIA GPU, or use an all-CPU plan (the ipex baseline)")
+            raise LiaInputError(
+                "GPU",
+                "the plan runs sublayers on the GPU but this machine has no CUDA device",
+                "run it on a machine with an NVIDIA GPU, or use an all-CPU plan (the ipex baseline)",
+            )
         self.records: list[OpRecord] = []
         self._profile = True
         kvh, d = m.num_kv_heads, m.head_dim
@@ -211,12 +221,17 @@ class Executor:
 
         # Streamed layers: host KV cache (one arena carve or separate pinned tensors), GPU staging if needed.
         attention_on_gpu = any(p[_IDX[s]] == Device.GPU for p in self.policy.values() for s in (SCORE, CTX))
-        self.staging = ({w: backend.empty(kv_shape, Device.GPU, zero=True) for w in "kv"}
-                        if self.K and attention_on_gpu else None)
+        self.staging = (
+            {w: backend.empty(kv_shape, Device.GPU, zero=True) for w in "kv"} if self.K and attention_on_gpu else None
+        )
         per = self.B * kvh * self.S * d
         if self.K and kv_arena is not None and 2 * per * self.K > kv_arena.numel:
-            raise LiaInputError("host memory", f"the KV cache needs {2 * per * self.K * 2 / 1e9:.1f} GB but the "
-                                f"KV arena holds {kv_arena.numel * 2 / 1e9:.1f} GB", "size the arena for this point")
+            raise LiaInputError(
+                "host memory",
+                f"the KV cache needs {2 * per * self.K * 2 / 1e9:.1f} GB but the "
+                f"KV arena holds {kv_arena.numel * 2 / 1e9:.1f} GB",
+                "size the arena for this point",
+            )
         # No zeroing per run: positions at or past the valid length are masked, and the arena was zeroed when
         # it was made and has held only finite K/V since, so masked positions contribute exactly 0.
         for j in range(self.K):
@@ -227,8 +242,9 @@ class Executor:
             self.kv.append(_LayerKV(host, self.staging, False))
 
         # Two alternating GPU weight buffers sized for the sublayers on the GPU in either stage.
-        on_gpu = [s for s in WEIGHTED_ORDER
-                  if any(p[_IDX[s]] == Device.GPU for p in self.policy.values())] if self.K else []
+        on_gpu = (
+            [s for s in WEIGHTED_ORDER if any(p[_IDX[s]] == Device.GPU for p in self.policy.values())] if self.K else []
+        )
         self.buffer_views: list[dict[Sublayer, dict[str, torch.Tensor]]] = [{}, {}]
         self.buffer_flat: list[dict[Sublayer, torch.Tensor]] = [{}, {}]
         if on_gpu:
@@ -238,8 +254,8 @@ class Executor:
                 off = 0
                 for s in on_gpu:
                     n = weights.layout.regions[s].numel
-                    self.buffer_flat[slot][s] = flat[off: off + n]
-                    self.buffer_views[slot][s] = weights.layout.regions[s].views(flat[off: off + n])
+                    self.buffer_flat[slot][s] = flat[off : off + n]
+                    self.buffer_views[slot][s] = weights.layout.regions[s].views(flat[off : off + n])
                     off += n
         self.slot_label: list[Optional[tuple[int, int]]] = [None, None]
         self.slot_ready: list[Optional[Job]] = [None, None]
@@ -263,10 +279,16 @@ class Executor:
         if feeder is not None:
             feeder.close()
 
-    def generate(self, prompt: torch.Tensor, output_len: Optional[int] = None, keep_logits: bool = False,
-                 profile: bool = True, select: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
-                 on_token: Optional[Callable[[int, torch.Tensor], bool]] = None,
-                 keep_hidden: bool = False) -> RunResult:
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        output_len: Optional[int] = None,
+        keep_logits: bool = False,
+        profile: bool = True,
+        select: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
+        on_token: Optional[Callable[[int, torch.Tensor], bool]] = None,
+        keep_hidden: bool = False,
+    ) -> RunResult:
         """Prefill ``prompt`` [B, L_in] and decode to ``output_len`` tokens (<= the workload's).
         ``keep_hidden``: also return every layer's prefill output (for per-layer checks; synchronises).
 
@@ -303,8 +325,9 @@ class Executor:
                 x = self._embed(ids, pos0, q, stage, step)
                 n = self.plan.prefill_minibatches if stage == Stage.PREFILL else 1
                 bsz = self.B // n
-                chunks = [Placed(x[c * bsz:(c + 1) * bsz], self.head_dev, x_ready(be, self.head_dev))
-                          for c in range(n)]
+                chunks = [
+                    Placed(x[c * bsz : (c + 1) * bsz], self.head_dev, x_ready(be, self.head_dev)) for c in range(n)
+                ]
                 for li in range(self.L):
                     chunks = self._layer(stage, step, p_index, li, chunks, pos0, q)
                     if keep_hidden and p_index == 0:
@@ -321,27 +344,34 @@ class Executor:
                 ids = next_ids[:, None]
                 if on_token is not None and on_token(p_index, next_ids):
                     break
-            for job in self.slot_ready:          # every prefetch queued (the feeder thread is idle)
+            for job in self.slot_ready:  # every prefetch queued (the feeder thread is idle)
                 if job is not None:
                     job.ready()
             be.synchronize()
         for r in self.records:
             if r.start is not None and r.end is not None:
                 r.seconds = r.end.seconds_since(r.start)
-        return RunResult(ttft_s=pass_s[0], tpot_s=pass_s[1:], latency_s=float(sum(pass_s)), batch=self.B,
-                         tokens=torch.stack([t.cpu() for t in tokens], dim=1),
-                         logits=logits_out if keep_logits else None, records=self.records, base=base,
-                         hidden=hidden if keep_hidden else None)
+        return RunResult(
+            ttft_s=pass_s[0],
+            tpot_s=pass_s[1:],
+            latency_s=float(sum(pass_s)),
+            batch=self.B,
+            tokens=torch.stack([t.cpu() for t in tokens], dim=1),
+            logits=logits_out if keep_logits else None,
+            records=self.records,
+            base=base,
+            hidden=hidden if keep_hidden else None,
+        )
 
     # ================================================================== passes
 
     def _embed(self, ids: torch.Tensor, pos0: int, q: int, stage: Stage, step: int) -> torch.Tensor:
         emb = self.weights.embeddings_on(self.head_dev, self.backend)
         start = self._stamp(self.head_dev)
-        x = emb.tokens[ids]                                                     # [B, q, h]
+        x = emb.tokens[ids]  # [B, q, h]
         if emb.positions is not None:
             off = embedding_positions_offset(self.model) + pos0
-            x = x + emb.positions[off: off + q][None]
+            x = x + emb.positions[off : off + q][None]
         self._record(stage, step, -1, 0, "embed", "compute", self.head_dev, 0, self.B * q, "-", start)
         return x
 
@@ -360,11 +390,13 @@ class Executor:
         self._record(stage, step, -1, 0, "head", "compute", self.head_dev, 0, self.B, "-", start)
         return logits
 
-    def _layer(self, stage: Stage, step: int, p_index: int, li: int, inputs: list[Placed],
-               pos0: int, q: int) -> list[Placed]:
+    def _layer(
+        self, stage: Stage, step: int, p_index: int, li: int, inputs: list[Placed], pos0: int, q: int
+    ) -> list[Placed]:
         resident = li < self.R
-        lay = _Layer(stage, step, p_index, li, resident, ALL_GPU if resident else self.policy[stage],
-                     pos0, q, self.kv[li])
+        lay = _Layer(
+            stage, step, p_index, li, resident, ALL_GPU if resident else self.policy[stage], pos0, q, self.kv[li]
+        )
         if not resident:
             lay.slot = self._begin_streamed(lay)
         n = len(inputs)
@@ -379,7 +411,7 @@ class Executor:
                         self._issue_fetch(lay, ch, which)
         nxt = [0] * n
         while True:
-            for ch in chunks:                       # issue every ready GPU sublayer (asynchronous)
+            for ch in chunks:  # issue every ready GPU sublayer (asynchronous)
                 while nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.GPU:
                     self._run(lay, ch, SUBLAYERS[nxt[ch.c]], Device.GPU)
                     nxt[ch.c] += 1
@@ -406,11 +438,11 @@ class Executor:
         non-blocking query of the copy events), including the write-back of the K/V that CPU attention reads."""
         name = self._CPU_INPUT[sub]
         if sub == CTX and lay.dev(SCORE) == Device.CPU:
-            name = "q"                                          # fused attention reads Q (attn_score handed it on)
+            name = "q"  # fused attention reads Q (attn_score handed it on)
         copies = ch.values.get(name, {})
         placed = copies.get(Device.CPU)
         if placed is None:
-            return not copies                                   # not produced yet, or only on the GPU: not ready
+            return not copies  # not produced yet, or only on the GPU: not ready
         if placed.ready is not None and not placed.ready.query():
             return False
         if sub in (SCORE, CTX):
@@ -429,7 +461,7 @@ class Executor:
             for ch in pending:
                 if self._cpu_inputs_ready(lay, ch, SUBLAYERS[nxt[ch.c]]):
                     return ch
-            time.sleep(0)                                       # yield; the copies complete on their own
+            time.sleep(0)  # yield; the copies complete on their own
 
     # ================================================================== weights
 
@@ -462,16 +494,34 @@ class Executor:
         policy = self.policy[stage]
         waits = [self.slot_free[slot]]
         if not self.plan.overlap:
-            waits.append(self.slot_free[slot ^ 1])   # no overlap: wait for the previous layer too
+            waits.append(self.slot_free[slot ^ 1])  # no overlap: wait for the previous layer too
         parts = []
         for sub in WEIGHTED_ORDER:
             if policy[_IDX[sub]] != Device.GPU:
                 continue
             src = self.weights.sublayer_host(li, sub)
 
-            def done(start: Event, end: Event, sub: Sublayer = sub, nbytes: int = src.numel() * src.element_size()) -> None:
-                self.records.append(OpRecord(stage, step, li, slot, "weights", "copy", Device.GPU, nbytes, 0,
-                                             "streamed", sub.value, start, end))
+            def done(
+                start: Event, end: Event, sub: Sublayer = sub, nbytes: int = src.numel() * src.element_size()
+            ) -> None:
+                self.records.append(
+                    OpRecord(
+                        stage,
+                        step,
+                        li,
+                        slot,
+                        "weights",
+                        "copy",
+                        Device.GPU,
+                        nbytes,
+                        0,
+                        "streamed",
+                        sub.value,
+                        start,
+                        end,
+                    )
+                )
+
             parts.append(Part(split(self.buffer_flat[slot][sub], src), done))
         self.slot_ready[slot] = self.feeder.submit(waits, parts)
         self.slot_label[slot] = (li, p_index)
@@ -483,14 +533,17 @@ class Executor:
             params = self.weights.host_views(lay.li, sub)
         else:
             if self.slot_label[lay.slot] != (lay.li, lay.pass_index):
-                raise RuntimeError(f"weight buffer {lay.slot} holds {self.slot_label[lay.slot]}, "
-                                   f"not layer {lay.li} of pass {lay.pass_index}")
+                raise RuntimeError(
+                    f"weight buffer {lay.slot} holds {self.slot_label[lay.slot]}, "
+                    f"not layer {lay.li} of pass {lay.pass_index}"
+                )
             params = self.buffer_views[lay.slot][sub]
         want = self.backend.torch_device(dev).type
-        for name, t in params.items():          # every weight a sublayer consumes lives where it runs
+        for name, t in params.items():  # every weight a sublayer consumes lives where it runs
             if t.device.type != want:
-                raise RuntimeError(f"data-flow bug: {sub.value} of layer {lay.li} on the {dev.name} got weight "
-                                   f"'{name}' on {t.device}")
+                raise RuntimeError(
+                    f"data-flow bug: {sub.value} of layer {lay.li} on the {dev.name} got weight '{name}' on {t.device}"
+                )
         return params
 
     # ================================================================== data movement
@@ -541,20 +594,30 @@ class Executor:
         src = next(iter(copies.values()))
         copies[dev] = self._move(src, dev, lay.stage, lay.step, lay.li, ch.c, "resid", name, lay.kind)
 
-    def _move(self, src: Placed, dev: Device, stage: Stage, step: int, li: int, c: int, kind: str,
-              detail: str, layer_kind: str) -> Placed:
+    def _move(
+        self,
+        src: Placed,
+        dev: Device,
+        stage: Stage,
+        step: int,
+        li: int,
+        c: int,
+        kind: str,
+        detail: str,
+        layer_kind: str,
+    ) -> Placed:
         if src.dev == dev:
             return src
         be = self.backend
         nbytes = src.t.numel() * src.t.element_size()
-        if dev == Device.GPU:                                   # host -> device
+        if dev == Device.GPU:  # host -> device
             with be.on_stream(be.h2d):
                 dst = be.empty(tuple(src.t.shape), Device.GPU)
             start = be.event(be.h2d)
             be.copy(dst, src.t, be.h2d)
             end = be.event(be.h2d)
             be.keep_alive(dst, be.compute)
-        else:                                                   # device -> host
+        else:  # device -> host
             dst = be.empty(tuple(src.t.shape), Device.CPU, pinned=True)
             # Order after the producer (issued on the compute stream); an event recorded now also covers it.
             be.wait(be.d2h, src.ready if src.ready is not None else be.event(be.compute))
@@ -592,15 +655,30 @@ class Executor:
         be.keep_alive(v, be.d2h)
         self._write_order += 1
         kv.written[(ch.b0, ch.b1)] = (self._write_order, end)
-        self.records.append(OpRecord(lay.stage, lay.step, lay.li, ch.c, "kv_writeback", "copy", Device.CPU,
-                                     2 * k.numel() * k.element_size(), 0, lay.kind, "k,v", start, end))
+        self.records.append(
+            OpRecord(
+                lay.stage,
+                lay.step,
+                lay.li,
+                ch.c,
+                "kv_writeback",
+                "copy",
+                Device.CPU,
+                2 * k.numel() * k.element_size(),
+                0,
+                lay.kind,
+                "k,v",
+                start,
+                end,
+            )
+        )
 
     def _issue_fetch(self, lay: _Layer, ch: _Chunk, which: str) -> Optional[Event]:
         """Fetch the host-cache positions GPU attention needs into the staging buffer (once per layer/chunk)."""
         key = (which, ch.c)
         if key in lay.staged:
             return lay.staged[key]
-        hi = lay.pos0 if lay.dev(QKV) == Device.GPU else lay.valid   # a GPU qkv already put new K/V in staging
+        hi = lay.pos0 if lay.dev(QKV) == Device.GPU else lay.valid  # a GPU qkv already put new K/V in staging
         ev = None
         if hi > 0:
             be = self.backend
@@ -610,8 +688,23 @@ class Executor:
             start = be.event(be.h2d)
             be.copy_2d(self.staging[which][ch.rows, :, 0:hi], src, be.h2d)
             ev = be.event(be.h2d)
-            self.records.append(OpRecord(lay.stage, lay.step, lay.li, ch.c, "kv_fetch", "copy", Device.GPU,
-                                         src.numel() * src.element_size(), 0, lay.kind, which, start, ev))
+            self.records.append(
+                OpRecord(
+                    lay.stage,
+                    lay.step,
+                    lay.li,
+                    ch.c,
+                    "kv_fetch",
+                    "copy",
+                    Device.GPU,
+                    src.numel() * src.element_size(),
+                    0,
+                    lay.kind,
+                    which,
+                    start,
+                    ev,
+                )
+            )
         lay.staged[key] = ev
         return ev
 
@@ -651,22 +744,36 @@ class Executor:
         if key not in self._mask_cache:
             if len(self._mask_cache) > 16:
                 self._mask_cache.clear()
-            self._mask_cache[key] = kernels.attention_mask(q, m.num_heads // m.num_kv_heads, pos0, valid, width,
-                                                           self.backend.torch_device(dev))
+            self._mask_cache[key] = kernels.attention_mask(
+                q, m.num_heads // m.num_kv_heads, pos0, valid, width, self.backend.torch_device(dev)
+            )
         return self._mask_cache[key]
 
     def _stamp(self, dev: Device) -> Optional[Event]:
         cuda = self.backend.is_cuda and dev == Device.GPU
         if cuda and not self._profile:
-            return None                      # unprofiled runs skip per-sublayer GPU events
+            return None  # unprofiled runs skip per-sublayer GPU events
         return Event(cuda).record(self.backend.compute if cuda else None)
 
-    def _record(self, stage: Stage, step: int, li: int, c: int, name: str, kind: str, dev: Device, nbytes: int,
-                tokens: int, layer_kind: str, start: Optional[Event]) -> None:
+    def _record(
+        self,
+        stage: Stage,
+        step: int,
+        li: int,
+        c: int,
+        name: str,
+        kind: str,
+        dev: Device,
+        nbytes: int,
+        tokens: int,
+        layer_kind: str,
+        start: Optional[Event],
+    ) -> None:
         if start is None:
             return
-        self.records.append(OpRecord(stage, step, li, c, name, kind, dev, nbytes, tokens, layer_kind, "",
-                                     start, self._stamp(dev)))
+        self.records.append(
+            OpRecord(stage, step, li, c, name, kind, dev, nbytes, tokens, layer_kind, "", start, self._stamp(dev))
+        )
 
     def _run(self, lay: _Layer, ch: _Chunk, sub: Sublayer, dev: Device) -> None:
         m = self.model
@@ -687,13 +794,17 @@ class Executor:
             if lay.dev(CTX) == dev:
                 # Fused with attn_context on this device (kernels.attention): hand Q on, untimed.
                 ch.values["scores"] = ch.values["q"]
-                self._record(lay.stage, lay.step, lay.li, ch.c, sub.value, "compute", dev, 0, q, lay.kind,
-                             self._stamp(dev))
+                self._record(
+                    lay.stage, lay.step, lay.li, ch.c, sub.value, "compute", dev, 0, q, lay.kind, self._stamp(dev)
+                )
                 return
             q_in = self._need(lay, ch, "q", dev, "act")
             keys = self._kv_for(lay, ch, "k", dev)
-            out = self._out(lay, "scores", (b, m.num_kv_heads, m.num_heads // m.num_kv_heads * q, keys.shape[2])) \
-                if dev == Device.CPU else None
+            out = (
+                self._out(lay, "scores", (b, m.num_kv_heads, m.num_heads // m.num_kv_heads * q, keys.shape[2]))
+                if dev == Device.CPU
+                else None
+            )
             mask = self._mask(dev, q, lay.pos0, lay.valid, keys.shape[2]) if q > 1 else None
             start = self._stamp(dev)
             scores = kernels.attn_score(q_in, keys, m, mask, out=out)
@@ -701,7 +812,7 @@ class Executor:
         elif sub == CTX:
             out = self._out(lay, "ctx", (b, q, m.q_dim)) if dev == Device.CPU else None
             if lay.dev(SCORE) == dev:
-                q_in = self._need(lay, ch, "q", dev, "act")            # fused: attn_score handed Q on
+                q_in = self._need(lay, ch, "q", dev, "act")  # fused: attn_score handed Q on
                 keys = self._kv_for(lay, ch, "k", dev)
                 values = self._kv_for(lay, ch, "v", dev)
                 start = self._stamp(dev)
@@ -737,8 +848,17 @@ class Executor:
             h_out = kernels.fc2(mid, p, resid, out=out)
             self._finish(lay, ch, sub, dev, "h_out", h_out, start, b * q)
 
-    def _finish(self, lay: _Layer, ch: _Chunk, sub: Sublayer, dev: Device, name: str, value: torch.Tensor,
-                start: Event, tokens: int) -> None:
+    def _finish(
+        self,
+        lay: _Layer,
+        ch: _Chunk,
+        sub: Sublayer,
+        dev: Device,
+        name: str,
+        value: torch.Tensor,
+        start: Event,
+        tokens: int,
+    ) -> None:
         self._record(lay.stage, lay.step, lay.li, ch.c, sub.value, "compute", dev, 0, tokens, lay.kind, start)
         # A GPU value that a CPU sublayer reads next is copied on the D2H stream, which must wait for it.
         ready = None
@@ -749,14 +869,16 @@ class Executor:
         # The sublayer that reads it next (the first consumer; the others read it as a residual) on the CPU:
         # copied to the host right behind its producer, as the cost model's schedule assumes.
         if ready is not None and consumers[0] == Device.CPU:
-            ch.values[name][Device.CPU] = self._move(ch.values[name][dev], Device.CPU, lay.stage, lay.step, lay.li,
-                                                     ch.c, "act", name, lay.kind)
+            ch.values[name][Device.CPU] = self._move(
+                ch.values[name][dev], Device.CPU, lay.stage, lay.step, lay.li, ch.c, "act", name, lay.kind
+            )
 
 
 def plan_uses_gpu(plan: Plan, num_layers: int) -> bool:
     streamed = num_layers - plan.gpu_resident_layers
     return plan.gpu_resident_layers > 0 or (
-        streamed > 0 and any(d == Device.GPU for p in (plan.prefill_policy, plan.decode_policy) for d in p))
+        streamed > 0 and any(d == Device.GPU for p in (plan.prefill_policy, plan.decode_policy) for d in p)
+    )
 
 
 def head_device(plan: Plan, num_layers: int, machine_has_gpu: bool) -> Device:
@@ -781,8 +903,9 @@ def random_prompt(model: ModelSpec, workload: Workload, seed: int = 0) -> torch.
 def kv_arena_elements(model: ModelSpec, workload: Workload, plan: Plan) -> int:
     """bf16 elements of the host KV cache of a plan's streamed layers."""
     streamed = model.num_layers - plan.gpu_resident_layers
-    return 2 * streamed * workload.batch * model.num_kv_heads * (workload.input_len + workload.output_len) \
-        * model.head_dim
+    return (
+        2 * streamed * workload.batch * model.num_kv_heads * (workload.input_len + workload.output_len) * model.head_dim
+    )
 
 
 __all__ = ["Executor", "RunResult", "OpRecord", "GpuLayerCache", "random_prompt", "kv_arena_elements", "DTYPE"]

@@ -24,14 +24,15 @@ from lia_model.errors import LiaInputError
 
 @dataclass(frozen=True)
 class Sampling:
-    temperature: float = 0.0      # 0: greedy
+    temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0:
-            raise LiaInputError("--temperature", f"must be >= 0, got {self.temperature}", "e.g. --temperature 0.7 "
-                                "(0 = greedy)")
+            raise LiaInputError(
+                "--temperature", f"must be >= 0, got {self.temperature}", "e.g. --temperature 0.7 (0 = greedy)"
+            )
         if not 0 < self.top_p <= 1:
             raise LiaInputError("--top-p", f"must be in (0, 1], got {self.top_p}", "e.g. --top-p 0.9")
 
@@ -50,7 +51,7 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     if top_p >= 1.0:
         return probs
     sorted_p, order = probs.sort(dim=-1, descending=True)
-    before = sorted_p.cumsum(dim=-1) - sorted_p           # mass of the strictly more probable tokens
+    before = sorted_p.cumsum(dim=-1) - sorted_p  # mass of the strictly more probable tokens
     keep_sorted = before < top_p
     keep_sorted[..., 0] = True
     kept = torch.zeros_like(probs).scatter(-1, order, torch.where(keep_sorted, sorted_p, torch.zeros_like(sorted_p)))
@@ -148,14 +149,20 @@ def parse_ids(text: str, vocab_size: int, where: str) -> list[int]:
     try:
         ids = [int(p) for p in parts]
     except ValueError:
-        raise LiaInputError(where, f"'{text[:40]}' is not a list of token ids",
-                            "give ids like '1 2 3', or text with a tokenizer (pip install 'lia-modeler[hf]')") from None
+        raise LiaInputError(
+            where,
+            f"'{text[:40]}' is not a list of token ids",
+            "give ids like '1 2 3', or text with a tokenizer (pip install 'lia-modeler[hf]')",
+        ) from None
     if not ids:
         raise LiaInputError(where, "the prompt is empty", "give at least one token")
     bad = [i for i in ids if not 0 <= i < vocab_size]
     if bad:
-        raise LiaInputError(where, f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})",
-                            "give ids of this model's tokenizer")
+        raise LiaInputError(
+            where,
+            f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})",
+            "give ids of this model's tokenizer",
+        )
     return ids
 
 
@@ -180,7 +187,7 @@ class Stream:
             if text.endswith("\ufffd"):
                 return
             if text.startswith(self.shown):
-                self.out.write(text[len(self.shown):])
+                self.out.write(text[len(self.shown) :])
             self.shown = text
         self.out.flush()
 
@@ -188,6 +195,6 @@ class Stream:
         if self.codec is not None:
             text = self.codec.decode(self.ids)
             if text.startswith(self.shown) and len(text) > len(self.shown):
-                self.out.write(text[len(self.shown):])
+                self.out.write(text[len(self.shown) :])
         self.out.write("\n")
         self.out.flush()

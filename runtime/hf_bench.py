@@ -28,17 +28,48 @@ from pathlib import Path
 
 MODELS = {
     # Shapes from the catalog's sources (lia_model/models.py); layers truncated.
-    "llama-2-70b": dict(cls="LlamaForCausalLM", cfg="LlamaConfig", hidden_size=8192, intermediate_size=28672,
-                        num_attention_heads=64, num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096,
-                        rms_norm_eps=1e-5, tie_word_embeddings=False),
-    "llama-3.1-70b": dict(cls="LlamaForCausalLM", cfg="LlamaConfig", hidden_size=8192, intermediate_size=28672,
-                          num_attention_heads=64, num_key_value_heads=8, vocab_size=128256,
-                          max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                          rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                                           "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                           "original_max_position_embeddings": 8192}),
-    "opt-30b": dict(cls="OPTForCausalLM", cfg="OPTConfig", hidden_size=7168, ffn_dim=28672, num_attention_heads=56,
-                    vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=7168),
+    "llama-2-70b": dict(
+        cls="LlamaForCausalLM",
+        cfg="LlamaConfig",
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    ),
+    "llama-3.1-70b": dict(
+        cls="LlamaForCausalLM",
+        cfg="LlamaConfig",
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    ),
+    "opt-30b": dict(
+        cls="OPTForCausalLM",
+        cfg="OPTConfig",
+        hidden_size=7168,
+        ffn_dim=28672,
+        num_attention_heads=56,
+        vocab_size=50272,
+        max_position_embeddings=2048,
+        word_embed_proj_dim=7168,
+    ),
 }
 
 # (model, batch, prompt length, new tokens, objective, GPU cap GiB or None)
@@ -88,7 +119,7 @@ def teacher_forced_agreement(folder: Path, prompts: list[list[int]], outputs: li
     with torch.no_grad():
         for p, o in zip(prompts, outputs, strict=True):
             seq = torch.tensor([p + o[:-1]], device=device)
-            logits = model(seq).logits[0, len(p) - 1:]
+            logits = model(seq).logits[0, len(p) - 1 :]
             agree += int((logits.argmax(-1).cpu() == torch.tensor(o)).sum())
             total += len(o)
     del model
@@ -124,9 +155,26 @@ def main(argv: list[str] | None = None) -> int:
         prompts = [[rng.randrange(vocab) for _ in range(l_in)] for _ in range(batch)]
         prompt_file = logs / f"point{i}-prompts.txt"
         prompt_file.write_text("\n".join(" ".join(map(str, p)) for p in prompts) + "\n")
-        cmd = [sys.executable, "-m", "lia_model", "run", "--model", str(folder), "--prompts", str(prompt_file),
-               "--max-new-tokens", str(l_out), "--ids", "--objective", objective, "--system", args.system,
-               "--warmup", "--ignore-eos", "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "lia_model",
+            "run",
+            "--model",
+            str(folder),
+            "--prompts",
+            str(prompt_file),
+            "--max-new-tokens",
+            str(l_out),
+            "--ids",
+            "--objective",
+            objective,
+            "--system",
+            args.system,
+            "--warmup",
+            "--ignore-eos",
+            "--json",
+        ]
         if cap is not None:
             cmd += ["--gpu-memory-gib", str(cap)]
         t0 = time.perf_counter()
@@ -145,25 +193,43 @@ def main(argv: list[str] | None = None) -> int:
             ins = [o["prompt_ids"] for o in b["outputs"]]
             agree = teacher_forced_agreement(folder, ins[:4], outputs[:4])
             m, p, plan = b["measured"], b["predicted"], b["plan"]
-            rows.append({
-                "point": tag, "status": "ok", "model": f"{name} ({args.layers} layers)",
-                "batch": b["workload"]["batch"],
-                "input_len": l_in, "output_len": l_out, "objective": objective, "gpu_cap_gib": cap,
-                "prefill_policy": "".join(map(str, plan["prefill_policy"])),
-                "decode_policy": "".join(map(str, plan["decode_policy"])),
-                "resident_layers": plan["gpu_resident_layers"], "minibatches": plan["prefill_minibatches"],
-                "ttft_meas_s": m["ttft_s"], "ttft_pred_s": p["ttft_s"],
-                "tpot_meas_s": m["tpot_mean_s"], "tpot_pred_s": p["tpot_mean_s"],
-                "tokens_per_s_meas": m["tokens_per_s"], "tokens_per_s_pred": p["tokens_per_s"],
-                "load_s": out["load_s"], "load_gb": out["load_gb"], "wall_s": round(wall, 1),
-                "hf_argmax_agreement": agree, "backend": out["backend"], "system": out["system"],
-            })
+            rows.append(
+                {
+                    "point": tag,
+                    "status": "ok",
+                    "model": f"{name} ({args.layers} layers)",
+                    "batch": b["workload"]["batch"],
+                    "input_len": l_in,
+                    "output_len": l_out,
+                    "objective": objective,
+                    "gpu_cap_gib": cap,
+                    "prefill_policy": "".join(map(str, plan["prefill_policy"])),
+                    "decode_policy": "".join(map(str, plan["decode_policy"])),
+                    "resident_layers": plan["gpu_resident_layers"],
+                    "minibatches": plan["prefill_minibatches"],
+                    "ttft_meas_s": m["ttft_s"],
+                    "ttft_pred_s": p["ttft_s"],
+                    "tpot_meas_s": m["tpot_mean_s"],
+                    "tpot_pred_s": p["tpot_mean_s"],
+                    "tokens_per_s_meas": m["tokens_per_s"],
+                    "tokens_per_s_pred": p["tokens_per_s"],
+                    "load_s": out["load_s"],
+                    "load_gb": out["load_gb"],
+                    "wall_s": round(wall, 1),
+                    "hf_argmax_agreement": agree,
+                    "backend": out["backend"],
+                    "system": out["system"],
+                }
+            )
             r = rows[-1]
-            print(f"{tag}: plan {r['prefill_policy']}/{r['decode_policy']} R={r['resident_layers']} "
-                  f"n={r['minibatches']}; tokens/s {r['tokens_per_s_meas']:.2f} measured vs "
-                  f"{r['tokens_per_s_pred']:.2f} predicted; TTFT {r['ttft_meas_s']:.3f} / {r['ttft_pred_s']:.3f} s; "
-                  f"TPOT {r['tpot_meas_s']:.4f} / {r['tpot_pred_s']:.4f} s; load {r['load_gb']:.1f} GB in "
-                  f"{r['load_s']:.1f} s; transformers agrees on {100 * agree:.1f}% of tokens", flush=True)
+            print(
+                f"{tag}: plan {r['prefill_policy']}/{r['decode_policy']} R={r['resident_layers']} "
+                f"n={r['minibatches']}; tokens/s {r['tokens_per_s_meas']:.2f} measured vs "
+                f"{r['tokens_per_s_pred']:.2f} predicted; TTFT {r['ttft_meas_s']:.3f} / {r['ttft_pred_s']:.3f} s; "
+                f"TPOT {r['tpot_meas_s']:.4f} / {r['tpot_pred_s']:.4f} s; load {r['load_gb']:.1f} GB in "
+                f"{r['load_s']:.1f} s; transformers agrees on {100 * agree:.1f}% of tokens",
+                flush=True,
+            )
         with open(args.out / "hf_bench.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
             writer.writeheader()

@@ -45,12 +45,12 @@ from runtime.backend import Backend
 from runtime.hostmem import HostArena
 from runtime.weights import Embeddings, ModelWeights, layer_layout
 
-CHUNK_BYTES = 64 * 2**20          # largest slice read at once
+CHUNK_BYTES = 64 * 2**20  # largest slice read at once
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)   # cached RoPE tables some older Llama checkpoints carry
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # cached RoPE tables some older Llama checkpoints carry
 
-Progress = Callable[[int, int], None]          # (bytes done, bytes total)
+Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,9 @@ class Checkpoint:
     path: Path
     config: dict
     model: ModelSpec
-    files: dict[str, Path]                  # tensor name -> shard
+    files: dict[str, Path]  # tensor name -> shard
     pieces: tuple[Piece, ...]
-    source_bytes: int                       # bytes of the tensors read
+    source_bytes: int  # bytes of the tensors read
     sliding_window: Optional[int]
     eos_token_ids: tuple[int, ...]
     bos_token_id: Optional[int]
@@ -89,8 +89,11 @@ def _read_json(path: Path, what: str) -> dict:
     except OSError as err:
         raise LiaInputError(str(path), f"cannot read the {what} ({err.strerror})", "check the path") from None
     except json.JSONDecodeError as err:
-        raise LiaInputError(str(path), f"malformed JSON at line {err.lineno}: {err.msg}",
-                            f"restore the {what} written by save_pretrained") from None
+        raise LiaInputError(
+            str(path),
+            f"malformed JSON at line {err.lineno}: {err.msg}",
+            f"restore the {what} written by save_pretrained",
+        ) from None
     if not isinstance(data, dict):
         raise LiaInputError(str(path), "not a JSON object", f"restore the {what} written by save_pretrained")
     return data
@@ -113,17 +116,26 @@ def _shards(folder: Path) -> dict[str, Path]:
         files = {name: folder / file for name, file in weight_map.items()}
         missing = sorted({str(p.name) for p in files.values() if not p.exists()})
         if missing:
-            raise LiaInputError(str(folder), f"shard {missing[0]} named in {INDEX} is missing"
-                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
-                                "copy every *.safetensors shard of the checkpoint into the folder")
+            raise LiaInputError(
+                str(folder),
+                f"shard {missing[0]} named in {INDEX} is missing"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                "copy every *.safetensors shard of the checkpoint into the folder",
+            )
         return files
     single = folder / SINGLE
     if single.exists():
         with _safe_open()(str(single), framework="pt") as f:
             return dict.fromkeys(f.keys(), single)
     others = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
-    hint = (f"the folder has {', '.join(others[:3])}: save it as safetensors (model.save_pretrained(folder) with "
-            "transformers >= 4.35 does)") if others else "give a folder written by save_pretrained"
+    hint = (
+        (
+            f"the folder has {', '.join(others[:3])}: save it as safetensors (model.save_pretrained(folder) with "
+            "transformers >= 4.35 does)"
+        )
+        if others
+        else "give a folder written by save_pretrained"
+    )
     raise LiaInputError("--model", f"no {SINGLE} or {INDEX} in {folder}", hint)
 
 
@@ -139,8 +151,11 @@ def _prefix(names: set[str], candidates: tuple[str, ...]) -> str:
     for p in candidates:
         if any(n.startswith(f"{p}layers.0.") for n in names):
             return p
-    raise LiaInputError("checkpoint", f"no tensor named {candidates[0]}layers.0.* (or {', '.join(candidates[1:])}"
-                        "layers.0.*)", "give a checkpoint written by transformers' save_pretrained")
+    raise LiaInputError(
+        "checkpoint",
+        f"no tensor named {candidates[0]}layers.0.* (or {', '.join(candidates[1:])}layers.0.*)",
+        "give a checkpoint written by transformers' save_pretrained",
+    )
 
 
 def _pieces(model: ModelSpec, mtype: str, names: set[str]) -> list[Piece]:
@@ -205,8 +220,11 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
     the load: an architecture the runtime cannot run, a missing shard or tensor, a shape that does not match."""
     path = Path(folder)
     if not path.is_dir():
-        raise LiaInputError("--model", f"'{folder}' is not a folder",
-                            "give a local Hugging Face model folder (config.json and *.safetensors)")
+        raise LiaInputError(
+            "--model",
+            f"'{folder}' is not a folder",
+            "give a local Hugging Face model folder (config.json and *.safetensors)",
+        )
     if not (path / "config.json").exists():
         raise LiaInputError("--model", f"no config.json in {path}", "give the folder written by save_pretrained")
     config = _read_json(path / "config.json", "config")
@@ -223,8 +241,11 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
             present = set(f.keys())
             for name in names:
                 if name not in present:
-                    raise LiaInputError(str(file), f"tensor '{name}' named in {INDEX} is not in the shard",
-                                        "re-copy the shard; it is incomplete or from another checkpoint")
+                    raise LiaInputError(
+                        str(file),
+                        f"tensor '{name}' named in {INDEX} is not in the shard",
+                        "re-copy the shard; it is incomplete or from another checkpoint",
+                    )
                 sl = f.get_slice(name)
                 shapes[name] = (tuple(int(x) for x in sl.get_shape()), _itemsize(sl.get_dtype(), name, file))
     mtype = str(config.get("model_type", "")).lower()
@@ -232,25 +253,48 @@ def open_checkpoint(folder: str | Path) -> Checkpoint:
     needed = {pc.name for pc in pieces}
     for pc in pieces:
         if pc.name not in shapes:
-            raise LiaInputError("checkpoint", f"tensor '{pc.name}' is missing from {path}",
-                                "the checkpoint is incomplete or is not a " + mtype + " checkpoint")
+            raise LiaInputError(
+                "checkpoint",
+                f"tensor '{pc.name}' is missing from {path}",
+                "the checkpoint is incomplete or is not a " + mtype + " checkpoint",
+            )
         got = shapes[pc.name][0]
         if got != pc.shape:
-            raise LiaInputError("checkpoint", f"tensor '{pc.name}' has shape {list(got)} but config.json implies "
-                                f"{list(pc.shape)}", "the config and the weights belong to different models")
-    unused = sorted(n for n in shapes if n not in needed and not n.endswith(_IGNORED_SUFFIXES)
-                    and not (n == "lm_head.weight" and model.tied_embeddings))
+            raise LiaInputError(
+                "checkpoint",
+                f"tensor '{pc.name}' has shape {list(got)} but config.json implies {list(pc.shape)}",
+                "the config and the weights belong to different models",
+            )
+    unused = sorted(
+        n
+        for n in shapes
+        if n not in needed
+        and not n.endswith(_IGNORED_SUFFIXES)
+        and not (n == "lm_head.weight" and model.tied_embeddings)
+    )
     if unused:
-        raise LiaInputError("checkpoint", f"{len(unused)} tensor(s) the runtime has no place for, e.g. '{unused[0]}'",
-                            "the checkpoint has parts this architecture's mapping does not know (biases, extra "
-                            "norms, quantisation scales): it cannot run as is")
+        raise LiaInputError(
+            "checkpoint",
+            f"{len(unused)} tensor(s) the runtime has no place for, e.g. '{unused[0]}'",
+            "the checkpoint has parts this architecture's mapping does not know (biases, extra "
+            "norms, quantisation scales): it cannot run as is",
+        )
     gen = path / "generation_config.json"
     gen_cfg = _read_json(gen, "generation config") if gen.exists() else {}
     eos = _token_ids(gen_cfg.get("eos_token_id", config.get("eos_token_id")))
     bos = gen_cfg.get("bos_token_id", config.get("bos_token_id"))
     source_bytes = sum(math.prod(shapes[n][0]) * shapes[n][1] for n in needed)
-    return Checkpoint(path, config, model, files, tuple(pieces), source_bytes, sliding_window(config), eos,
-                      None if bos is None else int(bos))
+    return Checkpoint(
+        path,
+        config,
+        model,
+        files,
+        tuple(pieces),
+        source_bytes,
+        sliding_window(config),
+        eos,
+        None if bos is None else int(bos),
+    )
 
 
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
@@ -258,8 +302,11 @@ _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 
 def _itemsize(dtype: str, name: str, file: Path) -> int:
     if dtype not in _ITEMSIZE:
-        raise LiaInputError(str(file), f"tensor '{name}' is stored as {dtype}",
-                            "the runtime loads float32, float16 and bfloat16 checkpoints (no quantised weights)")
+        raise LiaInputError(
+            str(file),
+            f"tensor '{name}' is stored as {dtype}",
+            "the runtime loads float32, float16 and bfloat16 checkpoints (no quantised weights)",
+        )
     return _ITEMSIZE[dtype]
 
 
@@ -272,8 +319,13 @@ def _copy_rows(sl, dst: torch.Tensor, rows: int, cols: int, itemsize: int, tick:
         tick((r1 - r0) * cols * itemsize)
 
 
-def load_checkpoint(ckpt: Checkpoint, backend: Backend, progress: Optional[Progress] = None,
-                    workers: int = 4, head_dev: Optional[Device] = None) -> ModelWeights:
+def load_checkpoint(
+    ckpt: Checkpoint,
+    backend: Backend,
+    progress: Optional[Progress] = None,
+    workers: int = 4,
+    head_dev: Optional[Device] = None,
+) -> ModelWeights:
     """Weights of ``ckpt`` in a page-locked host arena (layers) and the embeddings and LM head on ``head_dev``
     (default: the GPU when there is one; runtime.executor.head_device says where a plan wants them)."""
     safe_open = _safe_open()
@@ -309,20 +361,24 @@ def load_checkpoint(ckpt: Checkpoint, backend: Backend, progress: Optional[Progr
         if pc.layer < 0:
             sl = handle(ckpt.files[pc.name]).get_slice(pc.name)
             t = torch.empty(pc.shape, dtype=dtype)
-            _copy_rows(sl, t, pc.shape[0], math.prod(pc.shape[1:]), _itemsize(sl.get_dtype(), pc.name, ckpt.path),
-                       tick)
+            _copy_rows(sl, t, pc.shape[0], math.prod(pc.shape[1:]), _itemsize(sl.get_dtype(), pc.name, ckpt.path), tick)
             emb[pc.part] = t.to(device)
     tokens = emb["tokens"]
-    embeddings = Embeddings(tokens=tokens, positions=emb.get("positions"), norm_w=emb["norm_w"],
-                            norm_b=emb.get("norm_b"), lm_head=emb.get("lm_head", tokens), dev=head_dev)
+    embeddings = Embeddings(
+        tokens=tokens,
+        positions=emb.get("positions"),
+        norm_w=emb["norm_w"],
+        norm_b=emb.get("norm_b"),
+        lm_head=emb.get("lm_head", tokens),
+        dev=head_dev,
+    )
     weights = ModelWeights(model, arena, backend, seed=None, embeddings=embeddings)
 
     def copy(pc: Piece) -> None:
         sl = handle(ckpt.files[pc.name]).get_slice(pc.name)
         view = weights.host_views(pc.layer, pc.sub)[pc.part]
-        dst = view[pc.row0: pc.row0 + pc.shape[0]]
-        _copy_rows(sl, dst, pc.shape[0], math.prod(pc.shape[1:]), _itemsize(sl.get_dtype(), pc.name, ckpt.path),
-                   tick)
+        dst = view[pc.row0 : pc.row0 + pc.shape[0]]
+        _copy_rows(sl, dst, pc.shape[0], math.prod(pc.shape[1:]), _itemsize(sl.get_dtype(), pc.name, ckpt.path), tick)
 
     layer_pieces = ckpt.layer_pieces
     # Every element of every layer block is written exactly once (the arena starts zeroed, so a gap would

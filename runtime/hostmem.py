@@ -81,8 +81,10 @@ def require_tier(tier: HostTier, what: str, sysfs: Path = Path("/sys/devices/sys
         return None
     node = cxl_node(sysfs)
     if node is None:
-        found = ", ".join(f"node{n.node} (cpus {n.cpus or 'none'}, {n.mem_total_gib:.0f} GiB)"
-                          for n in numa_nodes(sysfs)) or "no NUMA information"
+        found = (
+            ", ".join(f"node{n.node} (cpus {n.cpus or 'none'}, {n.mem_total_gib:.0f} GiB)" for n in numa_nodes(sysfs))
+            or "no NUMA information"
+        )
         raise LiaInputError(
             "CXL memory",
             f"the plan puts the {what} in CXL but this machine has no memory-only NUMA node (found: {found})",
@@ -95,15 +97,21 @@ def _numa_alloc(nbytes: int, node: int) -> torch.Tensor:
     """Host memory bound to one NUMA node through libnuma (kept alive by the returned tensor's buffer)."""
     name = ctypes.util.find_library("numa")
     if name is None:
-        raise LiaInputError("CXL memory", f"NUMA node {node} exists but libnuma is not installed",
-                            "install libnuma (apt-get install libnuma1)")
+        raise LiaInputError(
+            "CXL memory",
+            f"NUMA node {node} exists but libnuma is not installed",
+            "install libnuma (apt-get install libnuma1)",
+        )
     lib = ctypes.CDLL(name)
     lib.numa_alloc_onnode.restype = ctypes.c_void_p
     lib.numa_alloc_onnode.argtypes = [ctypes.c_size_t, ctypes.c_int]
     ptr = lib.numa_alloc_onnode(nbytes, node)
     if not ptr:
-        raise LiaInputError("CXL memory", f"could not allocate {nbytes / 1e9:.1f} GB on NUMA node {node}",
-                            "use a smaller model or batch, or weight_tier/kv_tier ddr")
+        raise LiaInputError(
+            "CXL memory",
+            f"could not allocate {nbytes / 1e9:.1f} GB on NUMA node {node}",
+            "use a smaller model or batch, or weight_tier/kv_tier ddr",
+        )
     buf = (ctypes.c_uint8 * nbytes).from_address(ptr)
     return torch.frombuffer(buf, dtype=torch.uint8)
 
@@ -122,8 +130,17 @@ class ArenaStats:
 class HostArena:
     """One flat host buffer of the backend's dtype (bf16), optionally page-locked and randomly filled, carved into views."""
 
-    def __init__(self, backend: Backend, numel: int, *, pinned: bool, random_fill: bool, seed: int = 0,
-                 numa_node: Optional[int] = None, fan_in: int = DEFAULT_FAN_IN) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        numel: int,
+        *,
+        pinned: bool,
+        random_fill: bool,
+        seed: int = 0,
+        numa_node: Optional[int] = None,
+        fan_in: int = DEFAULT_FAN_IN,
+    ) -> None:
         self.backend = backend
         self.numel = int(numel)
         self.bound = math.sqrt(3.0 / fan_in)
@@ -168,8 +185,7 @@ class HostArena:
         a = self.bound
         if self.backend.is_cuda:
             gen = torch.Generator(device=self.backend.gpu_device).manual_seed(seed)
-            scratch = torch.empty(min(_FILL_CHUNK_ELEMS, self.numel), dtype=self.dtype,
-                                  device=self.backend.gpu_device)
+            scratch = torch.empty(min(_FILL_CHUNK_ELEMS, self.numel), dtype=self.dtype, device=self.backend.gpu_device)
             for lo, hi in _chunks(self.numel, _FILL_CHUNK_ELEMS):
                 part = scratch[: hi - lo]
                 part.uniform_(-a, a, generator=gen)
@@ -177,6 +193,7 @@ class HostArena:
             del scratch
             torch.cuda.empty_cache()
         else:
+
             def fill(index_lo_hi: tuple[int, int, int]) -> None:
                 index, lo, hi = index_lo_hi
                 gen = torch.Generator().manual_seed(seed * 1_000_003 + index)
@@ -204,10 +221,10 @@ class HostArena:
     def view(self, offset: int, numel: int) -> torch.Tensor:
         if offset + numel > self.numel:
             raise ValueError(f"arena view [{offset}, {offset + numel}) past its end {self.numel}")
-        return self.data[offset: offset + numel]
+        return self.data[offset : offset + numel]
 
     def zero(self, offset: int, numel: int) -> None:
-        self.data[offset: offset + numel].zero_()
+        self.data[offset : offset + numel].zero_()
 
     def release(self) -> None:
         if self.stats.pinned:

@@ -41,8 +41,14 @@ def norm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], eps: float
     return F.rms_norm(x, (x.shape[-1],), w, eps)
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], *, resid: Optional[torch.Tensor] = None,
-           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def linear(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: Optional[torch.Tensor],
+    *,
+    resid: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """[..., in] -> [..., out_features] = resid + x W^T + b, one GEMM (addmm) on 2-D views."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
@@ -72,15 +78,16 @@ def rope_tables(positions: torch.Tensor, model: ModelSpec, device: torch.device)
 def apply_rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
     """In place on x [b, q, heads, d]."""
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half].float(), x[..., half:].float()   # views, not copies, when x is float32
+    x1, x2 = x[..., :half].float(), x[..., half:].float()  # views, not copies, when x is float32
     c, s = cos[None, :, None, :], sin[None, :, None, :]
-    first, second = x1 * c - x2 * s, x2 * c + x1 * s            # both before either half is overwritten
+    first, second = x1 * c - x2 * s, x2 * c + x1 * s  # both before either half is overwritten
     x[..., :half] = first.to(x.dtype)
     x[..., half:] = second.to(x.dtype)
 
 
-def qkv(h: torch.Tensor, p: dict[str, torch.Tensor], model: ModelSpec,
-        rope: Optional[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def qkv(
+    h: torch.Tensor, p: dict[str, torch.Tensor], model: ModelSpec, rope: Optional[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Input norm + fused projection (+ RoPE). Returns Q [b,q,q_dim] and K, V [b,kv,q,d], all contiguous."""
     b, q, _ = h.shape
     x = norm(h, p["norm_w"], p.get("norm_b"), model.norm_eps)
@@ -88,17 +95,17 @@ def qkv(h: torch.Tensor, p: dict[str, torch.Tensor], model: ModelSpec,
     qd, kvd, kvh, d = model.q_dim, model.kv_dim, model.num_kv_heads, model.head_dim
     if rope is not None:
         apply_rope_(fused[..., :qd].view(b, q, model.num_heads, d), *rope)
-        apply_rope_(fused[..., qd:qd + kvd].view(b, q, kvh, d), *rope)
+        apply_rope_(fused[..., qd : qd + kvd].view(b, q, kvh, d), *rope)
     q_out = fused[..., :qd].contiguous()
-    k = fused[..., qd:qd + kvd].view(b, q, kvh, d).transpose(1, 2).contiguous()
-    v = fused[..., qd + kvd:].view(b, q, kvh, d).transpose(1, 2).contiguous()
+    k = fused[..., qd : qd + kvd].view(b, q, kvh, d).transpose(1, 2).contiguous()
+    v = fused[..., qd + kvd :].view(b, q, kvh, d).transpose(1, 2).contiguous()
     return q_out, k, v
 
 
 def attention_mask(q: int, groups: int, pos0: int, valid: int, width: int, device: torch.device) -> torch.Tensor:
     """True where a score must be masked: key j > query position, or j >= valid. Rows are g * q + i."""
-    query_pos = pos0 + torch.arange(q, device=device).repeat(groups)          # [G q]
-    keys = torch.arange(width, device=device)                                # [S]
+    query_pos = pos0 + torch.arange(q, device=device).repeat(groups)  # [G q]
+    keys = torch.arange(width, device=device)  # [S]
     return (keys[None, :] > query_pos[:, None]) | (keys[None, :] >= valid)
 
 
@@ -110,8 +117,14 @@ def _scaled_groups(q_in: torch.Tensor, model: ModelSpec) -> torch.Tensor:
     return (q_in.view(b, q, kvh, g, d).permute(0, 2, 3, 1, 4).reshape(b, kvh, g * q, d)) * (1.0 / math.sqrt(d))
 
 
-def attention(q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor, model: ModelSpec, pos0: int,
-              out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def attention(
+    q_in: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    model: ModelSpec,
+    pos0: int,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Fused attention (score and context on one device): Q [b,q,q_dim] over the live prefix of the cache.
 
     ``k``, ``v`` [b,kv,W,d] with W = pos0 + q valid positions (a prefix view of the preallocated cache: no
@@ -124,29 +137,34 @@ def attention(q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor, model: Model
     g = heads // kvh
     valid = k.shape[2]
     if q == 1 and g > 1:
-        qh = _scaled_groups(q_in, model)                                      # [b,kv,G,d]
-        scores = torch.matmul(qh, k.transpose(-1, -2))                        # [b,kv,G,s]
+        qh = _scaled_groups(q_in, model)  # [b,kv,G,d]
+        scores = torch.matmul(qh, k.transpose(-1, -2))  # [b,kv,G,s]
         probs = torch.softmax(scores, dim=-1)
-        ctx = torch.matmul(probs, v)                                          # [b,kv,G,d]
+        ctx = torch.matmul(probs, v)  # [b,kv,G,d]
         if out is None:
             return ctx.reshape(b, 1, model.q_dim)
         out.view(b, kvh, g, d).copy_(ctx)
         return out
-    qh = q_in.view(b, q, heads, d).transpose(1, 2)                            # [b,H,q,d] (a view)
+    qh = q_in.view(b, q, heads, d).transpose(1, 2)  # [b,H,q,d] (a view)
     if q > 1 and pos0 > 0:
-        mask = ~attention_mask(q, 1, pos0, valid, valid, q_in.device)        # True = attend
+        mask = ~attention_mask(q, 1, pos0, valid, valid, q_in.device)  # True = attend
         o = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, enable_gqa=g > 1)
     else:
         o = F.scaled_dot_product_attention(qh, k, v, is_causal=q > 1, enable_gqa=g > 1)
-    o = o.transpose(1, 2)                                                     # [b,q,H,d]
+    o = o.transpose(1, 2)  # [b,q,H,d]
     if out is None:
         return o.reshape(b, q, model.q_dim)
     out.view(b, q, heads, d).copy_(o)
     return out
 
 
-def attn_score(q_in: torch.Tensor, k: torch.Tensor, model: ModelSpec, mask: Optional[torch.Tensor],
-               out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def attn_score(
+    q_in: torch.Tensor,
+    k: torch.Tensor,
+    model: ModelSpec,
+    mask: Optional[torch.Tensor],
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Split attention, first half (score and context on different devices): Q [b,q,q_dim], K [b,kv,s,d]
     (the live prefix) -> scores [b,kv,G q,s], causally masked when ``mask`` (from ``attention_mask``) is
     given (prefill); decode (q = 1) needs no mask."""
@@ -163,27 +181,30 @@ def attn_score(q_in: torch.Tensor, k: torch.Tensor, model: ModelSpec, mask: Opti
     return out
 
 
-def attn_context(scores: torch.Tensor, v: torch.Tensor, model: ModelSpec, q: int,
-                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def attn_context(
+    scores: torch.Tensor, v: torch.Tensor, model: ModelSpec, q: int, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Split attention, second half: softmax(scores) [b,kv,G q,s] @ V [b,kv,s,d] (live prefix) -> ctx [b,q,q_dim]."""
     b, kvh, gq, width = scores.shape
     g, d = gq // q, model.head_dim
     probs = torch.softmax(scores, dim=-1)
-    ctx = torch.matmul(probs, v)                                             # [b, kv, G q, d]
-    ctx = ctx.view(b, kvh, g, q, d).permute(0, 3, 1, 2, 4)                    # [b, q, kv, G, d]
+    ctx = torch.matmul(probs, v)  # [b, kv, G q, d]
+    ctx = ctx.view(b, kvh, g, q, d).permute(0, 3, 1, 2, 4)  # [b, q, kv, G, d]
     if out is None:
         return ctx.reshape(b, q, model.q_dim)
     out.view(b, q, kvh, g, d).copy_(ctx)
     return out
 
 
-def out_proj(ctx: torch.Tensor, p: dict[str, torch.Tensor], resid: torch.Tensor,
-             out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def out_proj(
+    ctx: torch.Tensor, p: dict[str, torch.Tensor], resid: torch.Tensor, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     return linear(ctx, p["w"], p.get("b"), resid=resid, out=out)
 
 
-def fc1(h_mid: torch.Tensor, p: dict[str, torch.Tensor], model: ModelSpec,
-        out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def fc1(
+    h_mid: torch.Tensor, p: dict[str, torch.Tensor], model: ModelSpec, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     x = norm(h_mid, p["norm_w"], p.get("norm_b"), model.norm_eps)
     if model.gated_mlp:
         u = linear(x, p["w"], p.get("b"))
@@ -197,13 +218,19 @@ def fc1(h_mid: torch.Tensor, p: dict[str, torch.Tensor], model: ModelSpec,
     return torch.relu_(u)
 
 
-def fc2(mid: torch.Tensor, p: dict[str, torch.Tensor], resid: torch.Tensor,
-        out: Optional[torch.Tensor] = None) -> torch.Tensor:
+def fc2(
+    mid: torch.Tensor, p: dict[str, torch.Tensor], resid: torch.Tensor, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     return linear(mid, p["w"], p.get("b"), resid=resid, out=out)
 
 
-def final_logits(x_last: torch.Tensor, norm_w: torch.Tensor, norm_b: Optional[torch.Tensor],
-                 lm_head: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
+def final_logits(
+    x_last: torch.Tensor,
+    norm_w: torch.Tensor,
+    norm_b: Optional[torch.Tensor],
+    lm_head: torch.Tensor,
+    eps: float = NORM_EPS,
+) -> torch.Tensor:
     """[B, h] -> logits [B, vocab] (final norm + LM head)."""
     return norm(x_last, norm_w, norm_b, eps) @ lm_head.t()
 
@@ -239,15 +266,23 @@ def int8pack_available(device: torch.device) -> bool:
         return False
     try:
         x = torch.zeros((1, 32), dtype=torch.bfloat16, device=device)
-        torch.ops.aten._weight_int8pack_mm(x, torch.zeros((8, 32), dtype=torch.int8, device=device),
-                                           torch.ones(8, dtype=torch.bfloat16, device=device))
+        torch.ops.aten._weight_int8pack_mm(
+            x, torch.zeros((8, 32), dtype=torch.int8, device=device), torch.ones(8, dtype=torch.bfloat16, device=device)
+        )
         return True
     except (RuntimeError, NotImplementedError):
         return False
 
 
-def linear_int8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, b: Optional[torch.Tensor], *,
-                resid: Optional[torch.Tensor] = None, fused: Optional[bool] = None) -> torch.Tensor:
+def linear_int8(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    scales: torch.Tensor,
+    b: Optional[torch.Tensor],
+    *,
+    resid: Optional[torch.Tensor] = None,
+    fused: Optional[bool] = None,
+) -> torch.Tensor:
     """[..., K] -> [..., N] = resid + x (s Wq)^T + b with int8 weights. ``fused``: None picks
     ``_weight_int8pack_mm`` where it runs, True demands it, False dequantises then runs ``linear``."""
     if fused is None:
@@ -274,8 +309,15 @@ def dequantize_fp8(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = t
     return (q.float() * scales).to(dtype)
 
 
-def linear_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, b: Optional[torch.Tensor], *,
-               resid: Optional[torch.Tensor] = None, scaled_mm: bool = True) -> torch.Tensor:
+def linear_fp8(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    scales: torch.Tensor,
+    b: Optional[torch.Tensor],
+    *,
+    resid: Optional[torch.Tensor] = None,
+    scaled_mm: bool = True,
+) -> torch.Tensor:
     """[..., K] -> [..., N] = resid + x (s Wq)^T + b with fp8 weights. ``scaled_mm``: quantise x per token to
     e4m3 and run ``torch._scaled_mm`` (fp8 tensor cores on Hopper); False: the dequantised weight in bf16."""
     if not scaled_mm:
@@ -284,8 +326,9 @@ def linear_fp8(x: torch.Tensor, q: torch.Tensor, scales: torch.Tensor, b: Option
     x2 = x.reshape(-1, x.shape[-1]).float()
     xs = (x2.abs().amax(dim=1, keepdim=True) / FP8_E4M3_MAX).clamp_min(torch.finfo(torch.float32).tiny)
     xq = (x2 / xs).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
-    y = torch._scaled_mm(xq, q.t(), scale_a=xs, scale_b=scales.t(), out_dtype=x.dtype,
-                         bias=None if b is None else b.to(x.dtype))
+    y = torch._scaled_mm(
+        xq, q.t(), scale_a=xs, scale_b=scales.t(), out_dtype=x.dtype, bias=None if b is None else b.to(x.dtype)
+    )
     if resid is not None:
         y = y + resid.reshape(y.shape)
     return y.reshape(*lead, q.shape[0])

@@ -39,17 +39,17 @@ class Measured:
     tpot_s: list[float]
     latency_s: float
     throughput_tokens_per_s: float
-    latency_spread_frac: float                       # (max - min) / median over repeats
+    latency_spread_frac: float  # (max - min) / median over repeats
     repeats: int
-    sublayer_ms: dict[tuple[str, str], float] = field(default_factory=dict)   # (stage, sublayer) -> ms per layer
-    sublayer_kind: dict[str, str] = field(default_factory=dict)              # stage -> layer kind summarised
-    copy_gb: dict[str, float] = field(default_factory=dict)                  # copy kind -> GB per run
-    copy_s: dict[str, float] = field(default_factory=dict)                   # copy kind -> busy seconds per run
+    sublayer_ms: dict[tuple[str, str], float] = field(default_factory=dict)  # (stage, sublayer) -> ms per layer
+    sublayer_kind: dict[str, str] = field(default_factory=dict)  # stage -> layer kind summarised
+    copy_gb: dict[str, float] = field(default_factory=dict)  # copy kind -> GB per run
+    copy_s: dict[str, float] = field(default_factory=dict)  # copy kind -> busy seconds per run
     sublayer_spread: dict[tuple[str, str], float] = field(default_factory=dict)
-    overlap_efficiency: Optional[float] = None      # trace.overlap_efficiency of the profiled runs (median)
+    overlap_efficiency: Optional[float] = None  # trace.overlap_efficiency of the profiled runs (median)
     weight_h2d_gbps: Optional[float] = None
     weight_h2d_gbps_by_stage: dict[str, float] = field(default_factory=dict)
-    cpu_linear_eff: Optional[float] = None           # calibrated time / measured time, CPU linear sublayers
+    cpu_linear_eff: Optional[float] = None  # calibrated time / measured time, CPU linear sublayers
 
     @property
     def tpot_mean_s(self) -> Optional[float]:
@@ -60,16 +60,25 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def summarize_runs(runs: list[RunResult], profiled_runs: list[RunResult], system: SystemSpec, model: ModelSpec,
-                   workload: Workload, plan: Plan) -> Measured:
+def summarize_runs(
+    runs: list[RunResult],
+    profiled_runs: list[RunResult],
+    system: SystemSpec,
+    model: ModelSpec,
+    workload: Workload,
+    plan: Plan,
+) -> Measured:
     latencies = [r.latency_s for r in runs]
     steps = len(runs[0].tpot_s)
     tpot = [_median([r.tpot_s[k] for r in runs]) for k in range(steps)]
     lat = _median(latencies)
     out = Measured(
-        ttft_s=_median([r.ttft_s for r in runs]), tpot_s=tpot, latency_s=lat,
+        ttft_s=_median([r.ttft_s for r in runs]),
+        tpot_s=tpot,
+        latency_s=lat,
         throughput_tokens_per_s=workload.batch * workload.output_len / lat,
-        latency_spread_frac=(max(latencies) - min(latencies)) / lat if lat > 0 else 0.0, repeats=len(runs),
+        latency_spread_frac=(max(latencies) - min(latencies)) / lat if lat > 0 else 0.0,
+        repeats=len(runs),
     )
     per_run = []
     for run in profiled_runs:
@@ -130,8 +139,9 @@ def _copies(out: Measured, run: RunResult) -> None:
     out.weight_h2d_gbps_by_stage = {s: w_bytes[s] / w_secs[s] / 1e9 for s in w_bytes if w_secs[s] > 0}
 
 
-def _cpu_linear_eff(run: RunResult, system: SystemSpec, model: ModelSpec, workload: Workload,
-                    plan: Plan) -> Optional[float]:
+def _cpu_linear_eff(
+    run: RunResult, system: SystemSpec, model: ModelSpec, workload: Workload, plan: Plan
+) -> Optional[float]:
     """Sum of the profile's CPU times over the sum of measured times, over every CPU linear sublayer run."""
     cache: dict[tuple[str, int], object] = {}
     calibrated = measured = 0.0

@@ -30,8 +30,18 @@ WORKLOAD = Workload(batch=1, input_len=4, output_len=17)
 
 
 def tiny_model(layers: int) -> ModelSpec:
-    return ModelSpec(name=f"overhead-probe-{layers}L", num_layers=layers, hidden_size=64, ffn_size=256, num_heads=2,
-                     num_kv_heads=2, head_dim=32, vocab_size=128, max_context=64, learned_positions=66)
+    return ModelSpec(
+        name=f"overhead-probe-{layers}L",
+        num_layers=layers,
+        hidden_size=64,
+        ffn_size=256,
+        num_heads=2,
+        num_kv_heads=2,
+        head_dim=32,
+        vocab_size=128,
+        max_context=64,
+        learned_positions=66,
+    )
 
 
 def decode_step_s(backend, plan_for, layers: int, repeats: int = 5) -> float:
@@ -40,8 +50,14 @@ def decode_step_s(backend, plan_for, layers: int, repeats: int = 5) -> float:
     from runtime.weights import ModelWeights, layer_layout
 
     model = tiny_model(layers)
-    arena = HostArena(backend, layer_layout(model).numel * layers, pinned=backend.is_cuda, random_fill=True,
-                      seed=1, fan_in=model.hidden_size)
+    arena = HostArena(
+        backend,
+        layer_layout(model).numel * layers,
+        pinned=backend.is_cuda,
+        random_fill=True,
+        seed=1,
+        fan_in=model.hidden_size,
+    )
     weights = ModelWeights(model, arena, backend, seed=1)
     ex = Executor(backend, weights, plan_for(layers), WORKLOAD)
     prompt = random_prompt(model, WORKLOAD, seed=1)
@@ -78,12 +94,16 @@ def main() -> None:
     mode = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
     result = measure(Backend(mode))
-    record = {"overrides": {k: round(v, 2) for k, v in result.items()},
-              "method": "slope of the decode step time of the runtime on a hidden-64 model at 4 and 16 layers, "
-                        "per sublayer (runtime/overhead.py)",
-              "device_mode": mode, "elapsed_s": round(time.perf_counter() - t0, 1),
-              "host": __import__("platform").node(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "torch": torch.__version__}
+    record = {
+        "overrides": {k: round(v, 2) for k, v in result.items()},
+        "method": "slope of the decode step time of the runtime on a hidden-64 model at 4 and 16 layers, "
+        "per sublayer (runtime/overhead.py)",
+        "device_mode": mode,
+        "elapsed_s": round(time.perf_counter() - t0, 1),
+        "host": __import__("platform").node(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "torch": torch.__version__,
+    }
     text = json.dumps(record, indent=2)
     print(text)
     if args.out:

@@ -44,8 +44,9 @@ class GroupSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(description="Unique name of the workload group.", examples=["opt30b-48L-cap40-b1-l32"])
-    model: Union[str, dict[str, Any]] = Field(description="Catalog name, config.json path or ModelSpec fields.",
-                                              examples=["opt-30b"])
+    model: Union[str, dict[str, Any]] = Field(
+        description="Catalog name, config.json path or ModelSpec fields.", examples=["opt-30b"]
+    )
     num_layers: Optional[int] = Field(None, ge=1, description="Run only the first k layers.", examples=[4])
     batch: int = Field(ge=1, examples=[8])
     input_len: int = Field(ge=1, examples=[256])
@@ -74,8 +75,11 @@ def load_points_file(path: str | Path) -> list[GroupSpec]:
     except yaml.YAMLError as err:
         raise LiaInputError(str(p), f"malformed YAML: {str(err).splitlines()[0]}", "check the file") from None
     if not isinstance(data, dict) or "groups" not in data:
-        raise LiaInputError(str(p), "a points file is a mapping with a 'groups' list",
-                            "e.g. groups: [{id: g1, model: opt-30b, batch: 1, input_len: 32, output_len: 8}]")
+        raise LiaInputError(
+            str(p),
+            "a points file is a mapping with a 'groups' list",
+            "e.g. groups: [{id: g1, model: opt-30b, batch: 1, input_len: 32, output_len: 8}]",
+        )
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict) or not isinstance(data["groups"], list):
         raise LiaInputError(str(p), "'defaults' must be a mapping and 'groups' a list", "see docs/runtime.md")
@@ -122,8 +126,11 @@ def group_model(group: GroupSpec) -> tuple[ModelSpec, int]:
     full = model.num_layers
     if group.num_layers is not None:
         if group.num_layers > full:
-            raise LiaInputError(f"group {group.id}: num_layers", f"{group.num_layers} > {model.name}'s {full} layers",
-                                f"use 1 to {full}")
+            raise LiaInputError(
+                f"group {group.id}: num_layers",
+                f"{group.num_layers} > {model.name}'s {full} layers",
+                f"use 1 to {full}",
+            )
         model = model.model_copy(update={"num_layers": group.num_layers})
     return model, full
 
@@ -151,8 +158,13 @@ def optimal_plan(system: SystemSpec, model: ModelSpec, workload: Workload) -> Pl
     return plan if plan.label else plan.model_copy(update={"label": OPTIMAL})
 
 
-def resolve_entry(entry: Union[str, dict[str, Any]], system: SystemSpec, model: ModelSpec, workload: Workload,
-                  baselines: dict[str, Plan]) -> Plan:
+def resolve_entry(
+    entry: Union[str, dict[str, Any]],
+    system: SystemSpec,
+    model: ModelSpec,
+    workload: Workload,
+    baselines: dict[str, Plan],
+) -> Plan:
     if isinstance(entry, dict):
         data = dict(entry.get("plan", entry))
         try:
@@ -176,8 +188,11 @@ def resolve_entry(entry: Union[str, dict[str, Any]], system: SystemSpec, model: 
             raise from_validation_error(err, entry, Plan) from None
     if entry in baselines:
         return baselines[entry]
-    raise LiaInputError("plan", f"unknown plan '{entry}'",
-                        f"use optimal, a baseline ({', '.join(baselines)}), a .json plan or an inline mapping")
+    raise LiaInputError(
+        "plan",
+        f"unknown plan '{entry}'",
+        f"use optimal, a baseline ({', '.join(baselines)}), a .json plan or an inline mapping",
+    )
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,12 @@ def capped_system(system: SystemSpec, gpu_memory_gib: Optional[float]) -> System
         return system
     if gpu_memory_gib <= 0:
         raise LiaInputError("--gpu-memory-gib", f"must be positive, got {gpu_memory_gib}", "e.g. --gpu-memory-gib 40")
-    gpu = system.gpu.model_copy(update={
-        "memory_gib": float(gpu_memory_gib),
-        "source": {**system.gpu.source, "memory_gib": f"runtime cap: --gpu-memory-gib {gpu_memory_gib:g}"},
-    })
+    gpu = system.gpu.model_copy(
+        update={
+            "memory_gib": float(gpu_memory_gib),
+            "source": {**system.gpu.source, "memory_gib": f"runtime cap: --gpu-memory-gib {gpu_memory_gib:g}"},
+        }
+    )
     return system.model_copy(update={"gpu": gpu})
 
 
@@ -38,8 +40,15 @@ def plan_uses_gpu(plan: Plan, model: ModelSpec) -> bool:
     return plan.gpu_resident_layers > 0 or (streamed > 0 and on_gpu)
 
 
-def preflight(system: SystemSpec, model: ModelSpec, workload: Workload, plan: Plan, *, has_gpu: bool,
-              gpu_memory_gib: Optional[float] = None) -> None:
+def preflight(
+    system: SystemSpec,
+    model: ModelSpec,
+    workload: Workload,
+    plan: Plan,
+    *,
+    has_gpu: bool,
+    gpu_memory_gib: Optional[float] = None,
+) -> None:
     """Raise LiaInputError for anything that would make the run fail or lie; allocate nothing."""
     check_supported(model)
     make_workload(workload.batch, workload.input_len, workload.output_len, model)
@@ -65,8 +74,9 @@ def preflight(system: SystemSpec, model: ModelSpec, workload: Workload, plan: Pl
                 f"the plan needs {use.required_gb:.1f} GB of {tier.value.upper()} ({parts} GB) but "
                 f"{use.available_gb:.1f} GB is available{cap_text}: short by {use.shortfall_gb:.1f} GB",
                 "use fewer GPU-resident layers, fewer GPU sublayers, a smaller batch or shorter sequences, "
-                "or a larger --gpu-memory-gib" if tier.value == "hbm" else
-                "use a smaller batch or shorter sequences, or a host with more memory",
+                "or a larger --gpu-memory-gib"
+                if tier.value == "hbm"
+                else "use a smaller batch or shorter sequences, or a host with more memory",
             )
 
 

@@ -50,9 +50,14 @@ def _rotate(x: torch.Tensor, positions: torch.Tensor, inv: torch.Tensor) -> torc
 
 
 @torch.inference_mode()
-def reference_logits(weights: ModelWeights, tokens: torch.Tensor, first: int, device: torch.device,
-                     dtype: torch.dtype = torch.float32,
-                     hidden: Optional[list[torch.Tensor]] = None) -> torch.Tensor:
+def reference_logits(
+    weights: ModelWeights,
+    tokens: torch.Tensor,
+    first: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    hidden: Optional[list[torch.Tensor]] = None,
+) -> torch.Tensor:
     """Logits at positions first .. T-1 for ``tokens`` [B, T]: returns [T - first, B, vocab] (float32, CPU).
     ``hidden``: a list that receives every layer's output [B, T, h] (float32, CPU)."""
     m = weights.model
@@ -63,7 +68,7 @@ def reference_logits(weights: ModelWeights, tokens: torch.Tensor, first: int, de
     positions = torch.arange(T, device=device)
     if emb.positions is not None:
         off = embedding_positions_offset(m)
-        h = h + emb.positions[off: off + T].to(device=device, dtype=dtype)[None]
+        h = h + emb.positions[off : off + T].to(device=device, dtype=dtype)[None]
     H, KV, d = m.num_heads, m.num_kv_heads, m.head_dim
     eps = m.norm_eps
     inv = inverse_frequencies(m) if uses_rope(m) else None
@@ -77,8 +82,8 @@ def reference_logits(weights: ModelWeights, tokens: torch.Tensor, first: int, de
         if "b" in p:
             y = y + p["b"]
         q = y[..., : m.q_dim].reshape(B, T, H, d).transpose(1, 2)
-        k = y[..., m.q_dim: m.q_dim + m.kv_dim].reshape(B, T, KV, d).transpose(1, 2)
-        v = y[..., m.q_dim + m.kv_dim:].reshape(B, T, KV, d).transpose(1, 2)
+        k = y[..., m.q_dim : m.q_dim + m.kv_dim].reshape(B, T, KV, d).transpose(1, 2)
+        v = y[..., m.q_dim + m.kv_dim :].reshape(B, T, KV, d).transpose(1, 2)
         if uses_rope(m):
             q, k = _rotate(q, positions, inv), _rotate(k, positions, inv)
         k = k.repeat_interleave(H // KV, dim=1)
@@ -92,16 +97,20 @@ def reference_logits(weights: ModelWeights, tokens: torch.Tensor, first: int, de
         if "b" in p:
             u = u + p["b"]
         if m.gated_mlp:
-            a = F.silu(u[..., : m.ffn_size]) * u[..., m.ffn_size:]
+            a = F.silu(u[..., : m.ffn_size]) * u[..., m.ffn_size :]
         else:
             a = torch.relu(u)
         p = get(li, Sublayer.FC2)
         h = h + a @ p["w"].t() + (p["b"] if "b" in p else 0.0)
         if hidden is not None:
             hidden.append(h.float().cpu())
-    x = _norm(h[:, first:], emb.norm_w.to(device=device, dtype=dtype),
-              None if emb.norm_b is None else emb.norm_b.to(device=device, dtype=dtype), eps)
-    logits = x @ emb.lm_head.to(device=device, dtype=dtype).t()          # [B, T - first, vocab]
+    x = _norm(
+        h[:, first:],
+        emb.norm_w.to(device=device, dtype=dtype),
+        None if emb.norm_b is None else emb.norm_b.to(device=device, dtype=dtype),
+        eps,
+    )
+    logits = x @ emb.lm_head.to(device=device, dtype=dtype).t()  # [B, T - first, vocab]
     return logits.transpose(0, 1).float().cpu()
 
 
@@ -111,18 +120,26 @@ def logits_error(run_logits: list[torch.Tensor], ref: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(got - ref) / torch.linalg.vector_norm(ref))
 
 
-def layer_errors(weights: ModelWeights, prompt: torch.Tensor, run_hidden: list[torch.Tensor],
-                 device: torch.device) -> list[float]:
+def layer_errors(
+    weights: ModelWeights, prompt: torch.Tensor, run_hidden: list[torch.Tensor], device: torch.device
+) -> list[float]:
     """Relative Frobenius error of each layer's prefill output (the executor's ``keep_hidden``) against the
     reference's: where a data-flow or kernel bug enters shows as the first layer whose error jumps."""
     ref: list[torch.Tensor] = []
     reference_logits(weights, prompt, prompt.shape[1] - 1, device, hidden=ref)
-    return [float(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want))
-            for got, want in zip(run_hidden, ref, strict=True)]
+    return [
+        float(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want))
+        for got, want in zip(run_hidden, ref, strict=True)
+    ]
 
 
-def check_against_reference(weights: ModelWeights, prompt: torch.Tensor, run_tokens: torch.Tensor,
-                            run_logits: list[torch.Tensor], device: torch.device) -> dict[str, float]:
+def check_against_reference(
+    weights: ModelWeights,
+    prompt: torch.Tensor,
+    run_tokens: torch.Tensor,
+    run_logits: list[torch.Tensor],
+    device: torch.device,
+) -> dict[str, float]:
     """Teacher-forced reference on prompt + the run's tokens (all but the last); error and argmax agreement."""
     L_in = prompt.shape[1]
     full = torch.cat([prompt, run_tokens[:, :-1].to(prompt.dtype)], dim=1)

@@ -65,8 +65,12 @@ def metric_stats(df: pd.DataFrame) -> list[dict[str, Any]]:
         a = err.abs()
         primary = name in {m[0] for m in METRICS}
         row = {
-            "metric": name, "label": label, "n": int(a.size),
-            "mean_abs_err": float(a.mean()), "median_abs_err": float(a.median()), "max_abs_err": float(a.max()),
+            "metric": name,
+            "label": label,
+            "n": int(a.size),
+            "mean_abs_err": float(a.mean()),
+            "median_abs_err": float(a.median()),
+            "max_abs_err": float(a.max()),
             "mean_signed_err": float(err.mean()),
             "worst_point": str(ran.loc[a.idxmax(), "point_id"]) if "point_id" in ran else "",
             "goal": primary,
@@ -89,14 +93,20 @@ def regret_table(df: pd.DataFrame) -> list[dict[str, Any]]:
         best = float(lat.loc[best_i])
         regret = opt_lat / best - 1.0
         first = g.iloc[0]
-        rows.append({
-            "group_id": group, "model": f"{first['model']} ({int(first['num_layers'])} layers)",
-            "workload": f"B={int(first['batch'])} L_in={int(first['input_len'])} L_out={int(first['output_len'])}",
-            "gpu_memory_gib": first.get("gpu_memory_gib"),
-            "plans": int(len(g)), "optimal_latency_s": opt_lat,
-            "best_plan": str(g.loc[best_i, "plan_label"]), "best_latency_s": best,
-            "regret": regret, "met": bool(regret <= GOAL_REGRET),
-        })
+        rows.append(
+            {
+                "group_id": group,
+                "model": f"{first['model']} ({int(first['num_layers'])} layers)",
+                "workload": f"B={int(first['batch'])} L_in={int(first['input_len'])} L_out={int(first['output_len'])}",
+                "gpu_memory_gib": first.get("gpu_memory_gib"),
+                "plans": int(len(g)),
+                "optimal_latency_s": opt_lat,
+                "best_plan": str(g.loc[best_i, "plan_label"]),
+                "best_latency_s": best,
+                "regret": regret,
+                "met": bool(regret <= GOAL_REGRET),
+            }
+        )
     return rows
 
 
@@ -108,30 +118,43 @@ def consistency(df: pd.DataFrame) -> dict[str, Any]:
         v = pd.to_numeric(ran["weight_h2d_vs_calibrated"], errors="coerce").dropna()
         if not v.empty:
             out["weight_streaming"] = {
-                "n": int(v.size), "min": float(v.min()), "median": float(v.median()),
-                "goal": GOAL_STREAM_FRACTION, "met": bool(v.min() >= GOAL_STREAM_FRACTION),
+                "n": int(v.size),
+                "min": float(v.min()),
+                "median": float(v.median()),
+                "goal": GOAL_STREAM_FRACTION,
+                "met": bool(v.min() >= GOAL_STREAM_FRACTION),
                 "what": "achieved weight-prefetch GB/s over the profile's pinned link.h2d_gbps, "
-                        "on stages the model predicts to be PCIe-H2D-bound",
+                "on stages the model predicts to be PCIe-H2D-bound",
             }
     if "cpu_linear_eff_vs_calibrated" in ran:
         v = pd.to_numeric(ran["cpu_linear_eff_vs_calibrated"], errors="coerce").dropna()
         if not v.empty:
             out["cpu_linear"] = {
-                "n": int(v.size), "min": float(v.min()), "median": float(v.median()),
-                "goal": GOAL_CPU_LINEAR_FRACTION, "met": bool(v.min() >= GOAL_CPU_LINEAR_FRACTION),
+                "n": int(v.size),
+                "min": float(v.min()),
+                "median": float(v.median()),
+                "goal": GOAL_CPU_LINEAR_FRACTION,
+                "met": bool(v.min() >= GOAL_CPU_LINEAR_FRACTION),
                 "what": "profile's CPU time for the same linear sublayers over the measured time",
             }
     if "dataflow_problems" in ran:
         v = pd.to_numeric(ran["dataflow_problems"], errors="coerce").dropna()
         if not v.empty:
-            out["dataflow"] = {"n": int(v.size), "points_with_problems": int((v > 0).sum()),
-                               "met": bool((v == 0).all())}
+            out["dataflow"] = {
+                "n": int(v.size),
+                "points_with_problems": int((v > 0).sum()),
+                "met": bool((v == 0).all()),
+            }
     if "logits_rel_err" in ran:
         v = pd.to_numeric(ran["logits_rel_err"], errors="coerce").dropna()
         if not v.empty:
             tol = float(pd.to_numeric(ran.get("logits_tolerance"), errors="coerce").dropna().max())
-            out["correctness"] = {"n": int(v.size), "max_logits_rel_err": float(v.max()), "tolerance": tol,
-                                  "met": bool(v.max() <= tol)}
+            out["correctness"] = {
+                "n": int(v.size),
+                "max_logits_rel_err": float(v.max()),
+                "tolerance": tol,
+                "met": bool(v.max() <= tol),
+            }
     return out
 
 
@@ -142,12 +165,19 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
         for _, r in df[df["status"] != "ran"].iterrows():
             skipped.append({"point_id": r["point_id"], "reason": r.get("skip_reason", "")})
     return {
-        "points_ran": int(len(_ran(df))), "points_skipped": len(skipped),
-        "metrics": metric_stats(df), "regret": regret_table(df), "consistency": consistency(df),
+        "points_ran": int(len(_ran(df))),
+        "points_skipped": len(skipped),
+        "metrics": metric_stats(df),
+        "regret": regret_table(df),
+        "consistency": consistency(df),
         "skipped": skipped,
-        "goals": {"mean_abs_err": GOAL_MEAN_ABS_ERR, "max_abs_err": GOAL_MAX_ABS_ERR, "regret": GOAL_REGRET,
-                  "weight_streaming_fraction": GOAL_STREAM_FRACTION,
-                  "cpu_linear_fraction": GOAL_CPU_LINEAR_FRACTION},
+        "goals": {
+            "mean_abs_err": GOAL_MEAN_ABS_ERR,
+            "max_abs_err": GOAL_MAX_ABS_ERR,
+            "regret": GOAL_REGRET,
+            "weight_streaming_fraction": GOAL_STREAM_FRACTION,
+            "cpu_linear_fraction": GOAL_CPU_LINEAR_FRACTION,
+        },
     }
 
 
@@ -156,40 +186,62 @@ def _pct(x: Optional[float]) -> str:
 
 
 def summary_markdown(summary: dict[str, Any], title: str = "Validation summary") -> str:
-    lines = [f"# {title}", "", f"Points run: {summary['points_ran']}; skipped: {summary['points_skipped']}.", "",
-             f"Error = (predicted - measured) / measured. Goals: mean |error| <= {GOAL_MEAN_ABS_ERR:.0%} and max "
-             f"|error| <= {GOAL_MAX_ABS_ERR:.0%} per metric; plan regret <= {GOAL_REGRET:.0%} per workload.", "",
-             "| metric | points | mean abs err | median abs err | max abs err | mean signed err | goal met | worst point |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        f"Points run: {summary['points_ran']}; skipped: {summary['points_skipped']}.",
+        "",
+        f"Error = (predicted - measured) / measured. Goals: mean |error| <= {GOAL_MEAN_ABS_ERR:.0%} and max "
+        f"|error| <= {GOAL_MAX_ABS_ERR:.0%} per metric; plan regret <= {GOAL_REGRET:.0%} per workload.",
+        "",
+        "| metric | points | mean abs err | median abs err | max abs err | mean signed err | goal met | worst point |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for m in summary["metrics"]:
         met = ("yes" if m["met"] else "NO") if m["goal"] else "(reference only)"
-        lines.append(f"| {m['label']} | {m['n']} | {_pct(m['mean_abs_err'])} | {_pct(m['median_abs_err'])} | "
-                     f"{_pct(m['max_abs_err'])} | {_pct(m['mean_signed_err'])} | {met} | {m['worst_point']} |")
-    lines += ["", "| workload group | model | workload | GPU cap GiB | plans | optimal latency s | best plan | "
-                  "best latency s | regret | goal met |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {m['label']} | {m['n']} | {_pct(m['mean_abs_err'])} | {_pct(m['median_abs_err'])} | "
+            f"{_pct(m['max_abs_err'])} | {_pct(m['mean_signed_err'])} | {met} | {m['worst_point']} |"
+        )
+    lines += [
+        "",
+        "| workload group | model | workload | GPU cap GiB | plans | optimal latency s | best plan | "
+        "best latency s | regret | goal met |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in summary["regret"]:
         cap = r["gpu_memory_gib"]
         cap_text = "-" if cap is None or (isinstance(cap, float) and math.isnan(cap)) else f"{cap:g}"
-        lines.append(f"| {r['group_id']} | {r['model']} | {r['workload']} | {cap_text} | {r['plans']} | "
-                     f"{r['optimal_latency_s']:.3f} | {r['best_plan']} | {r['best_latency_s']:.3f} | "
-                     f"{_pct(r['regret'])} | {'yes' if r['met'] else 'NO'} |")
+        lines.append(
+            f"| {r['group_id']} | {r['model']} | {r['workload']} | {cap_text} | {r['plans']} | "
+            f"{r['optimal_latency_s']:.3f} | {r['best_plan']} | {r['best_latency_s']:.3f} | "
+            f"{_pct(r['regret'])} | {'yes' if r['met'] else 'NO'} |"
+        )
     cons = summary["consistency"]
     if cons:
         lines += ["", "| runtime check | points | min | median | goal | met |", "|---|---|---|---|---|---|"]
-        for key, label in (("weight_streaming", "weight streaming / calibrated H2D"),
-                           ("cpu_linear", "CPU linear / calibrated throughput")):
+        for key, label in (
+            ("weight_streaming", "weight streaming / calibrated H2D"),
+            ("cpu_linear", "CPU linear / calibrated throughput"),
+        ):
             if key in cons:
                 c = cons[key]
-                lines.append(f"| {label} | {c['n']} | {_pct(c['min'])} | {_pct(c['median'])} | "
-                             f">= {_pct(c['goal'])} | {'yes' if c['met'] else 'NO'} |")
+                lines.append(
+                    f"| {label} | {c['n']} | {_pct(c['min'])} | {_pct(c['median'])} | "
+                    f">= {_pct(c['goal'])} | {'yes' if c['met'] else 'NO'} |"
+                )
         if "dataflow" in cons:
             c = cons["dataflow"]
-            lines.append(f"| copies and placements as the plan says | {c['n']} | - | - | all | "
-                         f"{'yes' if c['met'] else 'NO: ' + str(c['points_with_problems']) + ' points'} |")
+            lines.append(
+                f"| copies and placements as the plan says | {c['n']} | - | - | all | "
+                f"{'yes' if c['met'] else 'NO: ' + str(c['points_with_problems']) + ' points'} |"
+            )
         if "correctness" in cons:
             c = cons["correctness"]
-            lines.append(f"| logits vs reference (max rel. err) | {c['n']} | - | {c['max_logits_rel_err']:.2e} | "
-                         f"<= {c['tolerance']:.0e} | {'yes' if c['met'] else 'NO'} |")
+            lines.append(
+                f"| logits vs reference (max rel. err) | {c['n']} | - | {c['max_logits_rel_err']:.2e} | "
+                f"<= {c['tolerance']:.0e} | {'yes' if c['met'] else 'NO'} |"
+            )
     if summary["skipped"]:
         lines += ["", "Skipped points:", ""]
         lines += [f"- {s['point_id']}: {s['reason']}" for s in summary["skipped"]]
@@ -221,10 +273,22 @@ def plot_predicted_vs_measured(df: pd.DataFrame, png: Path, svg: Path, title: st
         lo, hi = 1e-3, 1.0
     x = np.geomspace(lo / 1.5, hi * 1.5, 50)
     ax.plot(x, x, color="black", lw=1, label="predicted = measured")
-    ax.fill_between(x, x * (1 - GOAL_MAX_ABS_ERR), x * (1 + GOAL_MAX_ABS_ERR), color="tab:gray", alpha=0.12,
-                    label=f"±{GOAL_MAX_ABS_ERR:.0%} (max goal)")
-    ax.fill_between(x, x * (1 - GOAL_MEAN_ABS_ERR), x * (1 + GOAL_MEAN_ABS_ERR), color="tab:gray", alpha=0.25,
-                    label=f"±{GOAL_MEAN_ABS_ERR:.0%} (mean goal)")
+    ax.fill_between(
+        x,
+        x * (1 - GOAL_MAX_ABS_ERR),
+        x * (1 + GOAL_MAX_ABS_ERR),
+        color="tab:gray",
+        alpha=0.12,
+        label=f"±{GOAL_MAX_ABS_ERR:.0%} (max goal)",
+    )
+    ax.fill_between(
+        x,
+        x * (1 - GOAL_MEAN_ABS_ERR),
+        x * (1 + GOAL_MEAN_ABS_ERR),
+        color="tab:gray",
+        alpha=0.25,
+        label=f"±{GOAL_MEAN_ABS_ERR:.0%} (mean goal)",
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(x[0], x[-1])
@@ -256,41 +320,83 @@ def print_summary(console, summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title=f"model error over {summary['points_ran']} points ((predicted - measured) / measured)")
-    for col in ("metric", "points", "mean |err|", "median |err|", "max |err|", "mean signed", f"goal ({GOAL_MEAN_ABS_ERR:.0%} / {GOAL_MAX_ABS_ERR:.0%})"):
+    for col in (
+        "metric",
+        "points",
+        "mean |err|",
+        "median |err|",
+        "max |err|",
+        "mean signed",
+        f"goal ({GOAL_MEAN_ABS_ERR:.0%} / {GOAL_MAX_ABS_ERR:.0%})",
+    ):
         t.add_column(col)
     for m in summary["metrics"]:
         met = ("met" if m["met"] else "MISSED") if m["goal"] else "reference"
-        t.add_row(m["label"], str(m["n"]), _pct(m["mean_abs_err"]), _pct(m["median_abs_err"]),
-                  _pct(m["max_abs_err"]), _pct(m["mean_signed_err"]), met)
+        t.add_row(
+            m["label"],
+            str(m["n"]),
+            _pct(m["mean_abs_err"]),
+            _pct(m["median_abs_err"]),
+            _pct(m["max_abs_err"]),
+            _pct(m["mean_signed_err"]),
+            met,
+        )
     console.print(t)
     if summary["regret"]:
         r = Table(title="plan regret per workload (optimal's measured latency / best measured - 1; goal <= 10%)")
         for col in ("group", "workload", "plans", "optimal", "best plan", "best", "regret", "goal"):
             r.add_column(col)
         for row in summary["regret"]:
-            r.add_row(row["group_id"], row["workload"], str(row["plans"]), f"{row['optimal_latency_s']:.3f} s",
-                      row["best_plan"], f"{row['best_latency_s']:.3f} s", _pct(row["regret"]),
-                      "met" if row["met"] else "MISSED")
+            r.add_row(
+                row["group_id"],
+                row["workload"],
+                str(row["plans"]),
+                f"{row['optimal_latency_s']:.3f} s",
+                row["best_plan"],
+                f"{row['best_latency_s']:.3f} s",
+                _pct(row["regret"]),
+                "met" if row["met"] else "MISSED",
+            )
         console.print(r)
     cons = summary["consistency"]
     if cons:
         c = Table(title="runtime checks")
         for col in ("check", "points", "min", "median", "goal", "met"):
             c.add_column(col)
-        for key, label in (("weight_streaming", "weight streaming / calibrated H2D"),
-                           ("cpu_linear", "CPU linear / calibrated")):
+        for key, label in (
+            ("weight_streaming", "weight streaming / calibrated H2D"),
+            ("cpu_linear", "CPU linear / calibrated"),
+        ):
             if key in cons:
                 v = cons[key]
-                c.add_row(label, str(v["n"]), _pct(v["min"]), _pct(v["median"]), f">= {_pct(v['goal'])}",
-                          "met" if v["met"] else "MISSED")
+                c.add_row(
+                    label,
+                    str(v["n"]),
+                    _pct(v["min"]),
+                    _pct(v["median"]),
+                    f">= {_pct(v['goal'])}",
+                    "met" if v["met"] else "MISSED",
+                )
         if "dataflow" in cons:
             v = cons["dataflow"]
-            c.add_row("copies and placements as planned", str(v["n"]), "-", "-", "all",
-                      "met" if v["met"] else f"MISSED ({v['points_with_problems']} points)")
+            c.add_row(
+                "copies and placements as planned",
+                str(v["n"]),
+                "-",
+                "-",
+                "all",
+                "met" if v["met"] else f"MISSED ({v['points_with_problems']} points)",
+            )
         if "correctness" in cons:
             v = cons["correctness"]
-            c.add_row("logits vs reference", str(v["n"]), "-", f"{v['max_logits_rel_err']:.2e}",
-                      f"<= {v['tolerance']:.0e}", "met" if v["met"] else "MISSED")
+            c.add_row(
+                "logits vs reference",
+                str(v["n"]),
+                "-",
+                f"{v['max_logits_rel_err']:.2e}",
+                f"<= {v['tolerance']:.0e}",
+                "met" if v["met"] else "MISSED",
+            )
         console.print(c)
     if summary["skipped"]:
         console.print(f"skipped {len(summary['skipped'])} points:")

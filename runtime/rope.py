@@ -39,5 +39,8 @@ def inverse_frequencies(model: ModelSpec, device: torch.device | str = "cpu") ->
     l0 = float(sc.original_max_position_embeddings)
     s = (l0 / wavelength - sc.low_freq_factor) / (sc.high_freq_factor - sc.low_freq_factor)
     between = (1 - s) * inv / sc.factor + s * inv
-    return torch.where(wavelength > l0 / sc.low_freq_factor, inv / sc.factor,
-                       torch.where(wavelength < l0 / sc.high_freq_factor, inv, between))
+    return torch.where(
+        wavelength > l0 / sc.low_freq_factor,
+        inv / sc.factor,
+        torch.where(wavelength < l0 / sc.high_freq_factor, inv, between),
+    )

@@ -31,7 +31,7 @@ from lia_model.plan import Plan, check_plan_against, policy_notation
 from lia_model.workload import Workload, make_workload
 from runtime.generate import Codec, Sampling
 
-CALIBRATION_DIR = Path("results/calibration")     # calibrate.cli.DEFAULT_OUT
+CALIBRATION_DIR = Path("results/calibration")  # calibrate.cli.DEFAULT_OUT
 DATASHEET_FALLBACK = "spr-h100"
 DTYPES = ("bfloat16", "float32")
 
@@ -55,19 +55,19 @@ class RunOptions:
     fake_gpu: bool = False
     dtype: str = "bfloat16"
     stream: bool = True
-    threads: Optional[int] = None      # CPU threads (default: every core this process may use)
-    gpu_memory_gib: Optional[float] = None   # plan for and enforce a smaller GPU (runtime/preflight.py)
+    threads: Optional[int] = None  # CPU threads (default: every core this process may use)
+    gpu_memory_gib: Optional[float] = None  # plan for and enforce a smaller GPU (runtime/preflight.py)
 
 
 @dataclass
 class Batch:
-    indices: list[int]                 # prompt numbers (0-based, in input order)
+    indices: list[int]  # prompt numbers (0-based, in input order)
     tokens: list[list[int]]
     workload: Workload
     plan: Plan
     plan_source: str
-    prediction: object                 # lia_model.costmodel.Prediction
-    outputs: list[list[int]] = field(default_factory=list)   # generated ids per sequence (cut after EOS)
+    prediction: object  # lia_model.costmodel.Prediction
+    outputs: list[list[int]] = field(default_factory=list)  # generated ids per sequence (cut after EOS)
     texts: list[Optional[str]] = field(default_factory=list)
     ttft_s: float = float("nan")
     tpot_s: list[float] = field(default_factory=list)
@@ -79,20 +79,28 @@ class Batch:
 
     def measured(self) -> dict[str, Optional[float]]:
         latency = self.ttft_s + sum(self.tpot_s)
-        return {"ttft_s": self.ttft_s, "tpot_mean_s": statistics.fmean(self.tpot_s) if self.tpot_s else None,
-                "latency_s": latency, "tokens_per_s": self.workload.batch * self.generated / latency}
+        return {
+            "ttft_s": self.ttft_s,
+            "tpot_mean_s": statistics.fmean(self.tpot_s) if self.tpot_s else None,
+            "latency_s": latency,
+            "tokens_per_s": self.workload.batch * self.generated / latency,
+        }
 
     def predicted(self) -> dict[str, Optional[float]]:
         """The prediction over the same number of decode steps as were run (EOS can stop a batch early)."""
         steps = list(self.prediction.tpot_s[: self.generated - 1])
         latency = self.prediction.ttft_s + sum(steps)
-        return {"ttft_s": self.prediction.ttft_s, "tpot_mean_s": statistics.fmean(steps) if steps else None,
-                "latency_s": latency, "tokens_per_s": self.workload.batch * self.generated / latency}
+        return {
+            "ttft_s": self.prediction.ttft_s,
+            "tpot_mean_s": statistics.fmean(steps) if steps else None,
+            "latency_s": latency,
+            "tokens_per_s": self.workload.batch * self.generated / latency,
+        }
 
 
 @dataclass
 class RunReport:
-    model: object                      # ModelSpec
+    model: object  # ModelSpec
     system: SystemSpec
     system_note: str
     backend: str
@@ -116,11 +124,11 @@ def check_config(folder: str) -> None:
 
     path = Path(folder) / "config.json"
     if not path.exists():
-        return        # open_checkpoint says what is missing
+        return  # open_checkpoint says what is missing
     try:
         config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
-        return        # ditto, with the file and line
+        return  # ditto, with the file and line
     if isinstance(config, dict):
         runtime_model(config, name=Path(folder).resolve().name)
 
@@ -143,8 +151,9 @@ def _meminfo_gib(key: str) -> Optional[float]:
     return None
 
 
-def resolve_system(system: Optional[str], overrides: list[str], gpu_total_gib: Optional[float],
-                   warn: Callable[[str], None]) -> tuple[SystemSpec, str]:
+def resolve_system(
+    system: Optional[str], overrides: list[str], gpu_total_gib: Optional[float], warn: Callable[[str], None]
+) -> tuple[SystemSpec, str]:
     """The profile the optimiser plans with, capped at this machine's GPU and host memory."""
     from lia_model.profiles import load_system
 
@@ -155,16 +164,20 @@ def resolve_system(system: Optional[str], overrides: list[str], gpu_total_gib: O
         else:
             system = DATASHEET_FALLBACK
             note = f"datasheet profile {DATASHEET_FALLBACK}"
-            warn(f"no calibrated profile (none given with --system, none in {CALIBRATION_DIR}/): the plan and the "
-                 f"predictions use the datasheet profile {DATASHEET_FALLBACK}, not this machine; run "
-                 "`lia calibrate` and pass --system results/calibration/NAME.yaml")
+            warn(
+                f"no calibrated profile (none given with --system, none in {CALIBRATION_DIR}/): the plan and the "
+                f"predictions use the datasheet profile {DATASHEET_FALLBACK}, not this machine; run "
+                "`lia calibrate` and pass --system results/calibration/NAME.yaml"
+            )
     else:
         note = f"profile {system}"
     spec = load_system(system, overrides)
     if spec.provenance is None and note.startswith("profile"):
         note += " (datasheet, not calibrated)"
-        warn(f"{system} is a datasheet profile, not a calibration of this machine: predictions may be far off "
-             "(run `lia calibrate`)")
+        warn(
+            f"{system} is a datasheet profile, not a calibration of this machine: predictions may be far off "
+            "(run `lia calibrate`)"
+        )
     caps = []
     if gpu_total_gib is not None and gpu_total_gib < spec.gpu.memory_gib:
         caps.append(f"gpu.memory_gib={gpu_total_gib:.2f}")
@@ -191,8 +204,11 @@ def encode_prompts(prompts: list[str], codec: Optional[Codec], vocab_size: int) 
             raise LiaInputError(where, "encodes to no tokens", "give a non-empty prompt")
         bad = [t for t in ids if not 0 <= t < vocab_size]
         if bad:
-            raise LiaInputError(where, f"the tokenizer gave id {bad[0]}, outside the model's vocabulary "
-                                f"[0, {vocab_size})", "the tokenizer belongs to another model")
+            raise LiaInputError(
+                where,
+                f"the tokenizer gave id {bad[0]}, outside the model's vocabulary [0, {vocab_size})",
+                "the tokenizer belongs to another model",
+            )
         out.append(ids)
     return out
 
@@ -203,8 +219,9 @@ def _predict(system: SystemSpec, model, workload: Workload, plan: Plan):
     return predict(system, model, workload, plan)
 
 
-def plan_batches(opts: RunOptions, system: SystemSpec, model, tokens: list[list[int]], has_gpu: bool,
-                 warn: Callable[[str], None]) -> list[Batch]:
+def plan_batches(
+    opts: RunOptions, system: SystemSpec, model, tokens: list[list[int]], has_gpu: bool, warn: Callable[[str], None]
+) -> list[Batch]:
     """Batches of equal-length prompts, each with its plan and prediction (nothing allocated)."""
     from lia_model.baselines import ipex_plan
     from lia_model.optimizer import optimize
@@ -215,8 +232,10 @@ def plan_batches(opts: RunOptions, system: SystemSpec, model, tokens: list[list[
     for i, ids in enumerate(tokens):
         by_len.setdefault(len(ids), []).append(i)
     if len(by_len) > 1:
-        warn(f"the prompts have {len(by_len)} different lengths: each length runs as its own batch (the executor "
-             "batches equal-length prompts, no padding)")
+        warn(
+            f"the prompts have {len(by_len)} different lengths: each length runs as its own batch (the executor "
+            "batches equal-length prompts, no padding)"
+        )
     isa = runtime_isa()
     batches: list[Batch] = []
     no_gpu_noted = False
@@ -229,21 +248,30 @@ def plan_batches(opts: RunOptions, system: SystemSpec, model, tokens: list[list[
             elif not has_gpu:
                 plan, source = ipex_plan(system, model, workload), "all-CPU (no GPU)"
                 if not no_gpu_noted:
-                    warn("this machine has no CUDA GPU: every sublayer runs on the CPU (the ipex plan); the "
-                         "optimiser's plan needs a GPU")
+                    warn(
+                        "this machine has no CUDA GPU: every sublayer runs on the CPU (the ipex plan); the "
+                        "optimiser's plan needs a GPU"
+                    )
                     no_gpu_noted = True
             else:
-                res = optimize(system, model, workload, opts.objective,
-                               tpot_max_s=None if opts.tpot_max_ms is None else opts.tpot_max_ms * 1e-3,
-                               solver=opts.solver, max_batch=len(remaining))
+                res = optimize(
+                    system,
+                    model,
+                    workload,
+                    opts.objective,
+                    tpot_max_s=None if opts.tpot_max_ms is None else opts.tpot_max_ms * 1e-3,
+                    solver=opts.solver,
+                    max_batch=len(remaining),
+                )
                 workload, plan, source = res.workload, res.plan, f"optimiser ({opts.objective}, {opts.solver})"
             if isa.run is not None and isa.run in system.cpu.isa and system.cpu.isa[isa.run].present:
                 plan = plan.model_copy(update={"cpu_isa": isa.run})
             check_plan_against(plan, model.num_layers, workload.batch)
             preflight(system, model, workload, plan, has_gpu=has_gpu)
-            take, remaining = remaining[: workload.batch], remaining[workload.batch:]
-            batches.append(Batch(take, [tokens[i] for i in take], workload, plan, source,
-                                 _predict(system, model, workload, plan)))
+            take, remaining = remaining[: workload.batch], remaining[workload.batch :]
+            batches.append(
+                Batch(take, [tokens[i] for i in take], workload, plan, source, _predict(system, model, workload, plan))
+            )
     return batches
 
 
@@ -258,16 +286,20 @@ def check_host_memory(model, batches: list[Batch], itemsize: int, available_gib:
     kv_b = max(kv_arena_elements(model, b.workload, b.plan) for b in batches) * itemsize
     need = (weights_b + kv_b) / 2**30
     if need > available_gib:
-        raise LiaInputError("host memory", f"the checkpoint's layers ({weights_b / 2**30:.1f} GiB) and KV cache "
-                            f"({kv_b / 2**30:.1f} GiB) need {need:.1f} GiB but {available_gib:.1f} GiB is available",
-                            "free memory, use fewer prompts or fewer new tokens, or a host with more memory")
+        raise LiaInputError(
+            "host memory",
+            f"the checkpoint's layers ({weights_b / 2**30:.1f} GiB) and KV cache "
+            f"({kv_b / 2**30:.1f} GiB) need {need:.1f} GiB but {available_gib:.1f} GiB is available",
+            "free memory, use fewer prompts or fewer new tokens, or a host with more memory",
+        )
 
 
 # ---------------------------------------------------------------------------- running
 
 
-def run(opts: RunOptions, out: TextIO = sys.stdout, warn: Callable[[str], None] = lambda m: None,
-        progress_factory=None) -> RunReport:
+def run(
+    opts: RunOptions, out: TextIO = sys.stdout, warn: Callable[[str], None] = lambda m: None, progress_factory=None
+) -> RunReport:
     """Everything `lia run` does except printing the summary (the CLI does that)."""
 
     warnings: list[str] = []
@@ -282,11 +314,12 @@ def run(opts: RunOptions, out: TextIO = sys.stdout, warn: Callable[[str], None] 
     if opts.threads is not None and opts.threads < 1:
         raise LiaInputError("--threads", f"must be at least 1, got {opts.threads}", "e.g. --threads 16")
     if opts.max_new_tokens < 1:
-        raise LiaInputError("--max-new-tokens", f"must be at least 1, got {opts.max_new_tokens}",
-                            "e.g. --max-new-tokens 32")
+        raise LiaInputError(
+            "--max-new-tokens", f"must be at least 1, got {opts.max_new_tokens}", "e.g. --max-new-tokens 32"
+        )
     if not opts.prompts:
         raise LiaInputError("--prompt", "no prompt given", "give --prompt TEXT or --prompts FILE")
-    check_config(opts.model)     # an architecture the runtime cannot run is refused before torch is imported
+    check_config(opts.model)  # an architecture the runtime cannot run is refused before torch is imported
 
     import torch
 
@@ -303,14 +336,16 @@ def run(opts: RunOptions, out: TextIO = sys.stdout, warn: Callable[[str], None] 
     tokens = encode_prompts(opts.prompts, codec, model.vocab_size)
     longest = max(len(t) for t in tokens) + opts.max_new_tokens
     if ckpt.sliding_window is not None and longest > ckpt.sliding_window:
-        raise LiaInputError("--max-new-tokens", f"prompt + output reach {longest} tokens, past {model.name}'s "
-                            f"sliding attention window of {ckpt.sliding_window}; the runtime attends to the whole "
-                            "context, which equals windowed attention only within the window",
-                            f"keep prompt + new tokens <= {ckpt.sliding_window}")
+        raise LiaInputError(
+            "--max-new-tokens",
+            f"prompt + output reach {longest} tokens, past {model.name}'s "
+            f"sliding attention window of {ckpt.sliding_window}; the runtime attends to the whole "
+            "context, which equals windowed attention only within the window",
+            f"keep prompt + new tokens <= {ckpt.sliding_window}",
+        )
     backend = Backend.detect(fake_gpu=opts.fake_gpu, dtype=getattr(torch, opts.dtype))
     torch.set_num_threads(opts.threads or cpu_threads())
-    gpu_total = (torch.cuda.get_device_properties(backend.gpu_device).total_memory / 2**30
-                 if backend.is_cuda else None)
+    gpu_total = torch.cuda.get_device_properties(backend.gpu_device).total_memory / 2**30 if backend.is_cuda else None
     system, note = resolve_system(opts.system, list(opts.overrides), gpu_total, warn)
     if opts.gpu_memory_gib is not None:
         from runtime.preflight import capped_system
@@ -319,8 +354,17 @@ def run(opts: RunOptions, out: TextIO = sys.stdout, warn: Callable[[str], None] 
         note += f"; GPU capped at {opts.gpu_memory_gib:g} GiB"
     batches = plan_batches(opts, system, model, tokens, backend.has_gpu, warn)
     check_host_memory(model, batches, backend.dtype.itemsize, _meminfo_gib("MemAvailable"))
-    report = RunReport(model, system, note, backend.description, opts.dtype,
-                       codec.name if codec is not None else "token ids", opts.sampling, batches, warnings=warnings)
+    report = RunReport(
+        model,
+        system,
+        note,
+        backend.description,
+        opts.dtype,
+        codec.name if codec is not None else "token ids",
+        opts.sampling,
+        batches,
+        warnings=warnings,
+    )
 
     if backend.is_cuda:
         from runtime.preflight import apply_gpu_cap
@@ -330,8 +374,11 @@ def run(opts: RunOptions, out: TextIO = sys.stdout, warn: Callable[[str], None] 
     from runtime.executor import head_device
 
     # Embeddings and LM head where the plans put them (the GPU unless no plan uses it).
-    head = Device.GPU if any(head_device(b.plan, model.num_layers, backend.has_gpu) == Device.GPU
-                             for b in batches) else Device.CPU
+    head = (
+        Device.GPU
+        if any(head_device(b.plan, model.num_layers, backend.has_gpu) == Device.GPU for b in batches)
+        else Device.CPU
+    )
     t0 = time.perf_counter()
     if progress_factory is not None:
         with progress_factory(ckpt.source_bytes) as update:
@@ -385,17 +432,32 @@ def run(opts: RunOptions, out: TextIO = sys.stdout, warn: Callable[[str], None] 
 def report_json(report: RunReport, prompts: list[str]) -> dict:
     return {
         "schema": "lia.run/1",
-        "model": report.model.name, "system": report.system.name, "system_note": report.system_note,
-        "backend": report.backend, "dtype": report.dtype, "tokenizer": report.codec,
-        "decoding": report.sampling.describe(), "load_s": report.load_s, "load_gb": report.load_gb,
+        "model": report.model.name,
+        "system": report.system.name,
+        "system_note": report.system_note,
+        "backend": report.backend,
+        "dtype": report.dtype,
+        "tokenizer": report.codec,
+        "decoding": report.sampling.describe(),
+        "load_s": report.load_s,
+        "load_gb": report.load_gb,
         "warnings": report.warnings,
-        "batches": [{
-            "prompts": b.indices, "workload": b.workload.model_dump(), "plan": b.plan.model_dump(mode="json"),
-            "plan_source": b.plan_source, "generated_per_sequence": b.generated,
-            "measured": b.measured(), "predicted": b.predicted(),
-            "outputs": [{"prompt_index": i, "prompt": prompts[i], "prompt_ids": t, "token_ids": o, "text": x}
-                        for i, t, o, x in zip(b.indices, b.tokens, b.outputs, b.texts)],
-        } for b in report.batches],
+        "batches": [
+            {
+                "prompts": b.indices,
+                "workload": b.workload.model_dump(),
+                "plan": b.plan.model_dump(mode="json"),
+                "plan_source": b.plan_source,
+                "generated_per_sequence": b.generated,
+                "measured": b.measured(),
+                "predicted": b.predicted(),
+                "outputs": [
+                    {"prompt_index": i, "prompt": prompts[i], "prompt_ids": t, "token_ids": o, "text": x}
+                    for i, t, o, x in zip(b.indices, b.tokens, b.outputs, b.texts)
+                ],
+            }
+            for b in report.batches
+        ],
     }
 
 
@@ -406,6 +468,8 @@ def fmt_ms(value: Optional[float]) -> str:
 
 
 def plan_words(plan: Plan) -> str:
-    return (f"prefill {policy_notation(plan.prefill_policy)} decode {policy_notation(plan.decode_policy)}, "
-            f"{plan.gpu_resident_layers} resident, {plan.prefill_minibatches} minibatch"
-            f"{'es' if plan.prefill_minibatches > 1 else ''}")
+    return (
+        f"prefill {policy_notation(plan.prefill_policy)} decode {policy_notation(plan.decode_policy)}, "
+        f"{plan.gpu_resident_layers} resident, {plan.prefill_minibatches} minibatch"
+        f"{'es' if plan.prefill_minibatches > 1 else ''}"
+    )

@@ -15,35 +15,52 @@ from lia_model.errors import LiaInputError
 
 def run_command(
     model: str = typer.Option(..., "--model", help="Local Hugging Face model folder (config.json, *.safetensors)."),
-    prompt: Optional[List[str]] = typer.Option(None, "--prompt", help="Prompt text (repeatable), or token ids "
-                                               "('1 2 3') without a tokenizer or with --ids."),
+    prompt: Optional[List[str]] = typer.Option(
+        None, "--prompt", help="Prompt text (repeatable), or token ids ('1 2 3') without a tokenizer or with --ids."
+    ),
     prompts_file: Optional[Path] = typer.Option(None, "--prompts", help="File with one prompt per line."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Tokens to generate per prompt."),
-    system: Optional[str] = typer.Option(None, "--system", help="System profile (name or .yaml); default: the "
-                                         "newest calibrated profile in results/calibration/, else a datasheet one."),
+    system: Optional[str] = typer.Option(
+        None,
+        "--system",
+        help="System profile (name or .yaml); default: the "
+        "newest calibrated profile in results/calibration/, else a datasheet one.",
+    ),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="What-if override FIELD=VALUE of the system."),
-    objective: str = typer.Option("latency", "--objective", help="latency (one batch of all prompts of a length) "
-                                  "or throughput (the batch size is chosen too)."),
-    tpot_max_ms: Optional[float] = typer.Option(None, "--tpot-max-ms", help="Bound on the mean time per output "
-                                                "token, in ms."),
+    objective: str = typer.Option(
+        "latency",
+        "--objective",
+        help="latency (one batch of all prompts of a length) or throughput (the batch size is chosen too).",
+    ),
+    tpot_max_ms: Optional[float] = typer.Option(
+        None, "--tpot-max-ms", help="Bound on the mean time per output token, in ms."
+    ),
     solver: str = typer.Option("cbc", "--solver", help="cbc, highs or enumerate."),
-    plan: Optional[str] = typer.Option(None, "--plan", help="Run this plan .json (e.g. from 'lia plan --json') "
-                                       "instead of optimising."),
+    plan: Optional[str] = typer.Option(
+        None, "--plan", help="Run this plan .json (e.g. from 'lia plan --json') instead of optimising."
+    ),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; > 0 samples."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass (with --temperature > 0)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampler."),
     ids: bool = typer.Option(False, "--ids", help="Prompts are token ids and outputs are printed as ids."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Generate all --max-new-tokens even after EOS."),
-    warmup: bool = typer.Option(False, "--warmup", help="One short untimed pass first, so the measured times "
-                                "exclude start-up costs."),
+    warmup: bool = typer.Option(
+        False, "--warmup", help="One short untimed pass first, so the measured times exclude start-up costs."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (no streaming)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: every core this "
-                                          "process may use)."),
-    gpu_memory_gib: Optional[float] = typer.Option(None, "--gpu-memory-gib", help="Plan for and enforce a GPU "
-                                                   "memory cap (GiB), e.g. to emulate a smaller GPU."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="CPU threads (default: every core this process may use)."
+    ),
+    gpu_memory_gib: Optional[float] = typer.Option(
+        None, "--gpu-memory-gib", help="Plan for and enforce a GPU memory cap (GiB), e.g. to emulate a smaller GPU."
+    ),
     dtype: str = typer.Option("bfloat16", "--dtype", hidden=True, help="bfloat16, or float32 (tests)."),
-    fake_gpu: bool = typer.Option(False, "--fake-gpu", hidden=True, help="Test mode: emulate the GPU on the CPU "
-                                  "(data flow only; timings meaningless)."),
+    fake_gpu: bool = typer.Option(
+        False,
+        "--fake-gpu",
+        hidden=True,
+        help="Test mode: emulate the GPU on the CPU (data flow only; timings meaningless).",
+    ),
 ) -> None:
     """Generate text from a local Hugging Face checkpoint with the optimal plan for this machine."""
     from runtime.generate import Sampling
@@ -61,12 +78,27 @@ def run_command(
         from lia_model.cli_common import load_plan
 
         given_plan = load_plan(plan)
-    opts = RunOptions(model=model, prompts=texts, max_new_tokens=max_new_tokens, system=system,
-                      overrides=list(overrides or []), objective=objective, tpot_max_ms=tpot_max_ms, solver=solver,
-                      plan=given_plan, plan_source=f"--plan {plan}" if plan else "",
-                      sampling=Sampling(temperature, top_p, seed), ids=ids, ignore_eos=ignore_eos, warmup=warmup,
-                      fake_gpu=fake_gpu, dtype=dtype, stream=not as_json, threads=threads,
-                      gpu_memory_gib=gpu_memory_gib)
+    opts = RunOptions(
+        model=model,
+        prompts=texts,
+        max_new_tokens=max_new_tokens,
+        system=system,
+        overrides=list(overrides or []),
+        objective=objective,
+        tpot_max_ms=tpot_max_ms,
+        solver=solver,
+        plan=given_plan,
+        plan_source=f"--plan {plan}" if plan else "",
+        sampling=Sampling(temperature, top_p, seed),
+        ids=ids,
+        ignore_eos=ignore_eos,
+        warmup=warmup,
+        fake_gpu=fake_gpu,
+        dtype=dtype,
+        stream=not as_json,
+        threads=threads,
+        gpu_memory_gib=gpu_memory_gib,
+    )
 
     def warn(message: str) -> None:
         typer.echo(f"warning: {message}", err=True)
@@ -87,8 +119,15 @@ def _progress(total: int) -> Iterator:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     console = Console(stderr=True)
-    with Progress(TextColumn("loading weights"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=console, transient=False) as bar:
+    with Progress(
+        TextColumn("loading weights"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
         task = bar.add_task("load", total=total)
 
         def update(done: int, _total: int) -> None:
@@ -109,21 +148,40 @@ def _print_summary(report, texts: list[str]) -> None:
             for i, out, text in zip(b.indices, b.outputs, b.texts):
                 console.print(f"[bold]prompt {i + 1}[/bold]: {texts[i]}", markup=True, highlight=False)
                 console.print(text if text is not None else " ".join(map(str, out)), markup=False, highlight=False)
-    console.print(f"{report.model.name}: weights {report.load_gb:.2f} GB loaded in {report.load_s:.1f} s; "
-                  f"{report.backend}; {report.dtype}; tokenizer: {report.codec}; {report.sampling.describe()}; "
-                  f"predictions: {report.system_note}", markup=False, highlight=False)
+    console.print(
+        f"{report.model.name}: weights {report.load_gb:.2f} GB loaded in {report.load_s:.1f} s; "
+        f"{report.backend}; {report.dtype}; tokenizer: {report.codec}; {report.sampling.describe()}; "
+        f"predictions: {report.system_note}",
+        markup=False,
+        highlight=False,
+    )
     table = Table(title="measured vs predicted (same plan, same number of tokens)")
-    for col in ("prompts", "B", "L_in", "tokens", "plan", "TTFT meas / pred", "TPOT meas / pred",
-                "tokens/s meas / pred"):
+    for col in (
+        "prompts",
+        "B",
+        "L_in",
+        "tokens",
+        "plan",
+        "TTFT meas / pred",
+        "TPOT meas / pred",
+        "tokens/s meas / pred",
+    ):
         table.add_column(col)
     for b in report.batches:
         m, p = b.measured(), b.predicted()
         first, last = b.indices[0] + 1, b.indices[-1] + 1
-        table.add_row(f"{first}" if first == last else f"{first}..{last}" if len(b.indices) == last - first + 1
-                      else ",".join(str(i + 1) for i in b.indices),
-                      str(b.workload.batch), str(b.workload.input_len), str(b.generated),
-                      f"{plan_words(b.plan)} [{b.plan_source}]",
-                      f"{fmt_ms(m['ttft_s'])} / {fmt_ms(p['ttft_s'])}",
-                      f"{fmt_ms(m['tpot_mean_s'])} / {fmt_ms(p['tpot_mean_s'])}",
-                      f"{m['tokens_per_s']:.2f} / {p['tokens_per_s']:.2f}")
+        table.add_row(
+            f"{first}"
+            if first == last
+            else f"{first}..{last}"
+            if len(b.indices) == last - first + 1
+            else ",".join(str(i + 1) for i in b.indices),
+            str(b.workload.batch),
+            str(b.workload.input_len),
+            str(b.generated),
+            f"{plan_words(b.plan)} [{b.plan_source}]",
+            f"{fmt_ms(m['ttft_s'])} / {fmt_ms(p['ttft_s'])}",
+            f"{fmt_ms(m['tpot_mean_s'])} / {fmt_ms(p['tpot_mean_s'])}",
+            f"{m['tokens_per_s']:.2f} / {p['tokens_per_s']:.2f}",
+        )
     console.print(table)

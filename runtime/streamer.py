@@ -26,8 +26,8 @@ import torch
 
 from runtime.backend import Backend, Event
 
-PIECE_ELEMS = 16 * 2**20    # 32 MiB of bf16 per piece
-DEPTH = 2                   # pieces in flight on the copy engine
+PIECE_ELEMS = 16 * 2**20  # 32 MiB of bf16 per piece
+DEPTH = 2  # pieces in flight on the copy engine
 
 
 @dataclass
@@ -63,8 +63,10 @@ class Job:
 
 def split(dst: torch.Tensor, src: torch.Tensor, piece_elems: int = PIECE_ELEMS) -> list[Piece]:
     d, s = dst.view(-1), src.view(-1)
-    return [Piece(d[lo:min(lo + piece_elems, s.numel())], s[lo:min(lo + piece_elems, s.numel())])
-            for lo in range(0, s.numel(), piece_elems)]
+    return [
+        Piece(d[lo : min(lo + piece_elems, s.numel())], s[lo : min(lo + piece_elems, s.numel())])
+        for lo in range(0, s.numel(), piece_elems)
+    ]
 
 
 class WeightFeeder:

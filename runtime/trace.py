@@ -67,10 +67,25 @@ def chrome_trace(run: RunResult, title: str = "") -> dict:
         if start is None or r.seconds != r.seconds:
             continue
         label = r.name if r.kind == "compute" else f"{r.name} {r.detail}".strip()
-        events.append({"name": f"{label} L{r.layer}" if r.layer >= 0 else label, "ph": "X", "pid": 0,
-                       "tid": LANES.index(lane(r)), "ts": round(start * 1e6, 3), "dur": round(r.seconds * 1e6, 3),
-                       "args": {"stage": r.stage.value, "step": r.step, "layer": r.layer, "chunk": r.chunk,
-                                "layer_kind": r.layer_kind, "bytes": r.nbytes, "tokens": r.tokens}})
+        events.append(
+            {
+                "name": f"{label} L{r.layer}" if r.layer >= 0 else label,
+                "ph": "X",
+                "pid": 0,
+                "tid": LANES.index(lane(r)),
+                "ts": round(start * 1e6, 3),
+                "dur": round(r.seconds * 1e6, 3),
+                "args": {
+                    "stage": r.stage.value,
+                    "step": r.step,
+                    "layer": r.layer,
+                    "chunk": r.chunk,
+                    "layer_kind": r.layer_kind,
+                    "bytes": r.nbytes,
+                    "tokens": r.tokens,
+                },
+            }
+        )
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 

@@ -36,7 +36,7 @@ from runtime.preflight import capped_system, preflight
 class Options:
     repeats: int = 5
     profiled_runs: int = 3
-    trace_dir: Optional[str] = None      # write one Chrome trace per point here (runtime/trace.py)
+    trace_dir: Optional[str] = None  # write one Chrome trace per point here (runtime/trace.py)
     gpu_memory_gib: Optional[float] = None
     max_point_s: Optional[float] = None
     time_budget_s: Optional[float] = None
@@ -55,7 +55,7 @@ class Point:
     cap: Optional[float]
     plan_spec: str
     repeats: int
-    plan: Optional[Plan] = None           # as executed (CPU ISA set to the one this process uses)
+    plan: Optional[Plan] = None  # as executed (CPU ISA set to the one this process uses)
     plan_isa: str = ""
     pred: Optional[Prediction] = None
     pred_additive: Optional[Prediction] = None
@@ -68,8 +68,9 @@ class Point:
         return self.model.name, self.model.num_layers
 
 
-def resolve_points(groups: list[GroupSpec], system: SystemSpec, opts: Options, isa: IsaChoice,
-                   has_gpu: bool) -> list[Point]:
+def resolve_points(
+    groups: list[GroupSpec], system: SystemSpec, opts: Options, isa: IsaChoice, has_gpu: bool
+) -> list[Point]:
     """Plans, predictions and skip decisions for every (group, plan) pair; allocates nothing."""
     points: list[Point] = []
     for g in groups:
@@ -77,8 +78,19 @@ def resolve_points(groups: list[GroupSpec], system: SystemSpec, opts: Options, i
             model, full = group_model(g)
             workload = group_workload(g, model)
         except LiaInputError as err:
-            points.append(Point(f"{g.id}/-", g, _placeholder_model(), 0, Workload(batch=1, input_len=1, output_len=1),
-                                None, "-", 0, skip_reason=str(err)))
+            points.append(
+                Point(
+                    f"{g.id}/-",
+                    g,
+                    _placeholder_model(),
+                    0,
+                    Workload(batch=1, input_len=1, output_len=1),
+                    None,
+                    "-",
+                    0,
+                    skip_reason=str(err),
+                )
+            )
             continue
         cap = g.gpu_memory_gib if g.gpu_memory_gib is not None else opts.gpu_memory_gib
         sysc = capped_system(system, cap)
@@ -86,8 +98,16 @@ def resolve_points(groups: list[GroupSpec], system: SystemSpec, opts: Options, i
         seen: dict[str, str] = {}
         for i, entry in enumerate(plan_entries(g, list(baselines))):
             name = entry_name(entry, i)
-            p = Point(f"{g.id}/{name}", g, model, full, workload, cap,
-                      entry if isinstance(entry, str) else name, g.repeats or opts.repeats)
+            p = Point(
+                f"{g.id}/{name}",
+                g,
+                model,
+                full,
+                workload,
+                cap,
+                entry if isinstance(entry, str) else name,
+                g.repeats or opts.repeats,
+            )
             points.append(p)
             try:
                 plan = resolve_entry(entry, sysc, model, workload, baselines)
@@ -117,8 +137,10 @@ def resolve_points(groups: list[GroupSpec], system: SystemSpec, opts: Options, i
             warm = p.pred.ttft_s + (p.pred.tpot_s[0] if p.pred.tpot_s else 0.0)
             p.est_s = warm + (p.repeats + opts.profiled_runs) * p.pred.latency_s  # timed + profiled runs
             if opts.max_point_s is not None and p.est_s > opts.max_point_s:
-                p.skip_reason = (f"predicted {p.pred.latency_s:.1f} s per run, {p.est_s:.0f} s with warm-up and "
-                                 f"{p.repeats} repeats: over --max-point-s {opts.max_point_s:g}")
+                p.skip_reason = (
+                    f"predicted {p.pred.latency_s:.1f} s per run, {p.est_s:.0f} s with warm-up and "
+                    f"{p.repeats} repeats: over --max-point-s {opts.max_point_s:g}"
+                )
     return points
 
 
@@ -127,22 +149,43 @@ def _execution_key(plan: Plan, model: ModelSpec) -> str:
     resident neither do the policies, tiers or the CPU ISA."""
     update: dict[str, Any] = {"label": ""}
     if plan.gpu_resident_layers == model.num_layers:
-        update.update(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, weight_tier=HostTier.DDR, kv_tier=HostTier.DDR,
-                      cpu_isa=CpuIsa.AMX_BF16, pinned_weights=True, overlap=True)
+        update.update(
+            prefill_policy=ALL_GPU,
+            decode_policy=ALL_GPU,
+            weight_tier=HostTier.DDR,
+            kv_tier=HostTier.DDR,
+            cpu_isa=CpuIsa.AMX_BF16,
+            pinned_weights=True,
+            overlap=True,
+        )
     return plan.model_copy(update=update).model_dump_json()
 
 
 def _placeholder_model() -> ModelSpec:
-    return ModelSpec(name="-", num_layers=1, hidden_size=1, ffn_size=1, num_heads=1, num_kv_heads=1, head_dim=1,
-                     vocab_size=1, max_context=2)
+    return ModelSpec(
+        name="-",
+        num_layers=1,
+        hidden_size=1,
+        ffn_size=1,
+        num_heads=1,
+        num_kv_heads=1,
+        head_dim=1,
+        vocab_size=1,
+        max_context=2,
+    )
 
 
 # ====================================================================== running
 
 
-def run_points(points: list[Point], system: SystemSpec, opts: Options, echo: Callable[[str], None],
-               fake_gpu: bool = False,
-               on_progress: Optional[Callable[[list[dict[str, Any]]], None]] = None) -> list[dict[str, Any]]:
+def run_points(
+    points: list[Point],
+    system: SystemSpec,
+    opts: Options,
+    echo: Callable[[str], None],
+    fake_gpu: bool = False,
+    on_progress: Optional[Callable[[list[dict[str, Any]]], None]] = None,
+) -> list[dict[str, Any]]:
     """Run every runnable point; return one CSV row per point (skipped points included).
 
     ``on_progress`` receives the rows so far after every point (the CLI rewrites results.csv with them, so
@@ -174,21 +217,27 @@ def run_points(points: list[Point], system: SystemSpec, opts: Options, echo: Cal
         if w_elems + kv_elems > host_avail:
             largest_layer = max(layer_layout(p.model).numel for p in runnable)
             w_elems = max(largest_layer, int(host_avail - kv_elems))
-            echo(f"note: weights + KV exceed the profile's host memory; the weight arena is cut to "
-                 f"{w_elems * 2 / 1e9:.1f} GB and later layers reuse earlier layers' host weights")
+            echo(
+                f"note: weights + KV exceed the profile's host memory; the weight arena is cut to "
+                f"{w_elems * 2 / 1e9:.1f} GB and later layers reuse earlier layers' host weights"
+            )
         t0 = time.perf_counter()
         widest = max(runnable, key=lambda p: layer_layout(p.model).numel).model
         arena = HostArena(backend, w_elems, pinned=True, random_fill=True, seed=opts.seed, fan_in=widest.hidden_size)
         kv_arena = HostArena(backend, kv_elems, pinned=True, random_fill=False) if kv_elems else None
         st = arena.stats
-        echo(f"setup: weight arena {st.bytes / 1e9:.1f} GB (touch {st.touch_s:.1f} s, pin {st.pin_s:.1f} s, "
-             f"fill {st.fill_s:.1f} s, pinned={st.pinned}{'; ' + '; '.join(st.notes) if st.notes else ''}); "
-             f"KV arena {kv_elems * 2 / 1e9:.1f} GB (pinned={kv_arena.pinned if kv_arena else '-'}); "
-             f"total {time.perf_counter() - t0:.1f} s on {backend.description}")
+        echo(
+            f"setup: weight arena {st.bytes / 1e9:.1f} GB (touch {st.touch_s:.1f} s, pin {st.pin_s:.1f} s, "
+            f"fill {st.fill_s:.1f} s, pinned={st.pinned}{'; ' + '; '.join(st.notes) if st.notes else ''}); "
+            f"KV arena {kv_elems * 2 / 1e9:.1f} GB (pinned={kv_arena.pinned if kv_arena else '-'}); "
+            f"total {time.perf_counter() - t0:.1f} s on {backend.description}"
+        )
         if backend.is_cuda:
             m2d = backend._memcpy2d
-            echo("pitched KV copies: " + ("cudaMemcpy2DAsync" if m2d.available else
-                                          f"PyTorch fallback (slower; {m2d.reason})"))
+            echo(
+                "pitched KV copies: "
+                + ("cudaMemcpy2DAsync" if m2d.available else f"PyTorch fallback (slower; {m2d.reason})")
+            )
             context["pitched_copies"] = "cudaMemcpy2DAsync" if m2d.available else f"fallback: {m2d.reason}"
         context["setup_s"] = round(time.perf_counter() - t0, 2)
     order = sorted(runnable, key=lambda p: p.system_key)
@@ -199,8 +248,7 @@ def run_points(points: list[Point], system: SystemSpec, opts: Options, echo: Cal
         elapsed = time.perf_counter() - started
         est = p.est_s * ratio
         if opts.time_budget_s is not None and elapsed + est > opts.time_budget_s:
-            p.skip_reason = (f"time budget: estimated {est:.0f} s with {elapsed:.0f} of {opts.time_budget_s:.0f} s "
-                             "used")
+            p.skip_reason = f"time budget: estimated {est:.0f} s with {elapsed:.0f} of {opts.time_budget_s:.0f} s used"
             echo(f"[{k}/{len(order)}] {p.id}: skipped ({p.skip_reason})")
             continue
         if p.system_key not in weights_by_model:
@@ -243,20 +291,23 @@ def run_points(points: list[Point], system: SystemSpec, opts: Options, echo: Cal
         rows[p.id]["point_wall_s"] = round(time.perf_counter() - t_point, 2)
         if p.pred.latency_s > 0:
             ratio = min(5.0, max(ratio if k > 1 else 1.0, measured.latency_s / p.pred.latency_s))
-        echo(f"[{k}/{len(order)}] {p.id}: predicted / measured (error): latency {p.pred.latency_s:.3f} / "
-             f"{measured.latency_s:.3f} s ({_err(p.pred.latency_s, measured.latency_s)}), TTFT {p.pred.ttft_s:.3f} / "
-             f"{measured.ttft_s:.3f} s ({_err(p.pred.ttft_s, measured.ttft_s)}), TPOT {_f(p.pred.tpot_mean_s)} / "
-             f"{_f(measured.tpot_mean_s)} s ({_err(p.pred.tpot_mean_s, measured.tpot_mean_s)})"
-             + (f"; logits rel err {check['logits_rel_err']:.2e}" if "logits_rel_err" in check else "")
-             + (f"; DATA-FLOW MISMATCH: {check['dataflow_first_problem']}" if check["dataflow_problems"] else "")
-             + f" [{time.perf_counter() - started:.0f} s]")
+        echo(
+            f"[{k}/{len(order)}] {p.id}: predicted / measured (error): latency {p.pred.latency_s:.3f} / "
+            f"{measured.latency_s:.3f} s ({_err(p.pred.latency_s, measured.latency_s)}), TTFT {p.pred.ttft_s:.3f} / "
+            f"{measured.ttft_s:.3f} s ({_err(p.pred.ttft_s, measured.ttft_s)}), TPOT {_f(p.pred.tpot_mean_s)} / "
+            f"{_f(measured.tpot_mean_s)} s ({_err(p.pred.tpot_mean_s, measured.tpot_mean_s)})"
+            + (f"; logits rel err {check['logits_rel_err']:.2e}" if "logits_rel_err" in check else "")
+            + (f"; DATA-FLOW MISMATCH: {check['dataflow_first_problem']}" if check["dataflow_problems"] else "")
+            + f" [{time.perf_counter() - started:.0f} s]"
+        )
         if on_progress is not None:
             on_progress(_collect(points, rows, context, final=False))
     return _collect(points, rows, context, final=True)
 
 
-def _collect(points: list[Point], rows: dict[str, dict[str, Any]], context: dict[str, Any],
-             final: bool) -> list[dict[str, Any]]:
+def _collect(
+    points: list[Point], rows: dict[str, dict[str, Any]], context: dict[str, Any], final: bool
+) -> list[dict[str, Any]]:
     out = []
     for p in points:
         if p.id in rows:
@@ -267,10 +318,16 @@ def _collect(points: list[Point], rows: dict[str, dict[str, Any]], context: dict
             row["reused_from"] = p.duplicate_of
             out.append(row)
         else:
-            reason = p.skip_reason or (f"same plan as {p.duplicate_of}, which did not run" if p.duplicate_of else
-                                       "not run" if final else "not run yet")
-            out.append({**_ids(p), **_plan_cols(p), **_pred_cols(p), "status": "skipped", "skip_reason": reason,
-                        **context})
+            reason = p.skip_reason or (
+                f"same plan as {p.duplicate_of}, which did not run"
+                if p.duplicate_of
+                else "not run"
+                if final
+                else "not run yet"
+            )
+            out.append(
+                {**_ids(p), **_plan_cols(p), **_pred_cols(p), "status": "skipped", "skip_reason": reason, **context}
+            )
     return out
 
 
@@ -292,7 +349,7 @@ def _run_one(p: Point, system: SystemSpec, backend, weights, kv_arena, layer_cac
     from runtime.preflight import apply_gpu_cap
     from runtime.reference import check_against_reference
 
-    layer_cache.trim(p.plan.gpu_resident_layers)   # free what this point does not use before capping
+    layer_cache.trim(p.plan.gpu_resident_layers)  # free what this point does not use before capping
     apply_gpu_cap(p.cap)
     preflight(system, p.model, p.workload, p.plan, has_gpu=backend.has_gpu, gpu_memory_gib=p.cap)
     unpin = not p.plan.pinned_weights and weights.arena.pinned
@@ -305,8 +362,10 @@ def _run_one(p: Point, system: SystemSpec, backend, weights, kv_arena, layer_cac
         # Headline times come from unprofiled runs only; one more run records the per-sublayer events
         # (their synchronisation would otherwise inflate the measured TTFT and TPOT).
         runs = [ex.generate(prompt, profile=False) for _ in range(p.repeats)]
-        profiled_runs = [ex.generate(prompt, profile=True, keep_logits=p.group.check and i == 0)
-                         for i in range(max(1, opts.profiled_runs))]
+        profiled_runs = [
+            ex.generate(prompt, profile=True, keep_logits=p.group.check and i == 0)
+            for i in range(max(1, opts.profiled_runs))
+        ]
         profiled = profiled_runs[0]
         del ex
     finally:
@@ -321,8 +380,11 @@ def _run_one(p: Point, system: SystemSpec, backend, weights, kv_arena, layer_cac
     from runtime.dataflow import check_run
 
     problems = check_run(profiled, p.plan, p.model, p.workload, Device.GPU if backend.has_gpu else Device.CPU)
-    check = {**(check or {}), "dataflow_problems": len(problems), "dataflow_first_problem": problems[0] if problems
-             else ""}
+    check = {
+        **(check or {}),
+        "dataflow_problems": len(problems),
+        "dataflow_first_problem": problems[0] if problems else "",
+    }
     sysc = capped_system(system, p.cap)
     measured = summarize_runs(runs, profiled_runs, sysc, p.model, p.workload, p.plan)
     if opts.trace_dir:
@@ -345,17 +407,27 @@ def _context(system: SystemSpec, backend) -> dict[str, Any]:
     import torch
 
     return {
-        "system": system.name, "device": backend.description, "host": socket.gethostname(),
-        "torch_version": torch.__version__, "python": platform.python_version(),
+        "system": system.name,
+        "device": backend.description,
+        "host": socket.gethostname(),
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
         "run_at_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
 def _ids(p: Point) -> dict[str, Any]:
     return {
-        "point_id": p.id, "group_id": p.group.id, "model": p.model.name, "num_layers": p.model.num_layers,
-        "model_layers_full": p.full_layers, "batch": p.workload.batch, "input_len": p.workload.input_len,
-        "output_len": p.workload.output_len, "gpu_memory_gib": p.cap, "plan_spec": p.plan_spec,
+        "point_id": p.id,
+        "group_id": p.group.id,
+        "model": p.model.name,
+        "num_layers": p.model.num_layers,
+        "model_layers_full": p.full_layers,
+        "batch": p.workload.batch,
+        "input_len": p.workload.input_len,
+        "output_len": p.workload.output_len,
+        "gpu_memory_gib": p.cap,
+        "plan_spec": p.plan_spec,
     }
 
 
@@ -364,11 +436,17 @@ def _plan_cols(p: Point) -> dict[str, Any]:
         return {}
     pl = p.plan
     return {
-        "plan_label": pl.label or p.plan_spec, "plan_prefill": policy_notation(pl.prefill_policy),
-        "plan_decode": policy_notation(pl.decode_policy), "gpu_resident_layers": pl.gpu_resident_layers,
-        "prefill_minibatches": pl.prefill_minibatches, "weight_tier": pl.weight_tier.value,
-        "kv_tier": pl.kv_tier.value, "pinned_weights": pl.pinned_weights, "overlap": pl.overlap,
-        "cpu_isa_plan": p.plan_isa, "cpu_isa_run": pl.cpu_isa.value,
+        "plan_label": pl.label or p.plan_spec,
+        "plan_prefill": policy_notation(pl.prefill_policy),
+        "plan_decode": policy_notation(pl.decode_policy),
+        "gpu_resident_layers": pl.gpu_resident_layers,
+        "prefill_minibatches": pl.prefill_minibatches,
+        "weight_tier": pl.weight_tier.value,
+        "kv_tier": pl.kv_tier.value,
+        "pinned_weights": pl.pinned_weights,
+        "overlap": pl.overlap,
+        "cpu_isa_plan": p.plan_isa,
+        "cpu_isa_run": pl.cpu_isa.value,
         "plan_json": json.dumps(pl.model_dump(mode="json"), separators=(",", ":")),
     }
 
@@ -378,10 +456,13 @@ def _pred_cols(p: Point) -> dict[str, Any]:
         return {}
     b = p.pred.bound_resource
     return {
-        "predicted_ttft_s": p.pred.ttft_s, "predicted_tpot_mean_s": p.pred.tpot_mean_s, "predicted_latency_s": p.pred.latency_s,
+        "predicted_ttft_s": p.pred.ttft_s,
+        "predicted_tpot_mean_s": p.pred.tpot_mean_s,
+        "predicted_latency_s": p.pred.latency_s,
         "predicted_throughput_tokens_per_s": p.pred.throughput_tokens_per_s,
         "predicted_latency_additive_s": p.pred_additive.latency_s if p.pred_additive else None,
-        "predicted_bound_prefill": b.get(Stage.PREFILL, ""), "predicted_bound_decode": b.get(Stage.DECODE, ""),
+        "predicted_bound_prefill": b.get(Stage.PREFILL, ""),
+        "predicted_bound_decode": b.get(Stage.DECODE, ""),
         "predicted_feasible": p.pred.feasible,
     }
 
@@ -391,12 +472,18 @@ def _row(p: Point, system: SystemSpec, m, check: dict, context: dict, weights) -
     from runtime.reference import LOGITS_RTOL
 
     row: dict[str, Any] = {**_ids(p), **_plan_cols(p), **_pred_cols(p), "status": "ran", "skip_reason": ""}
-    row.update({
-        "measured_ttft_s": m.ttft_s, "measured_tpot_mean_s": m.tpot_mean_s, "measured_latency_s": m.latency_s,
-        "measured_throughput_tokens_per_s": m.throughput_tokens_per_s, "measured_latency_spread_frac": m.latency_spread_frac,
-        "repeats": m.repeats, "tpot_steps_measured_s_json": json.dumps([round(x, 6) for x in m.tpot_s]),
-        "tpot_steps_predicted_s_json": json.dumps([round(x, 6) for x in p.pred.tpot_s]),
-    })
+    row.update(
+        {
+            "measured_ttft_s": m.ttft_s,
+            "measured_tpot_mean_s": m.tpot_mean_s,
+            "measured_latency_s": m.latency_s,
+            "measured_throughput_tokens_per_s": m.throughput_tokens_per_s,
+            "measured_latency_spread_frac": m.latency_spread_frac,
+            "repeats": m.repeats,
+            "tpot_steps_measured_s_json": json.dumps([round(x, 6) for x in m.tpot_s]),
+            "tpot_steps_predicted_s_json": json.dumps([round(x, 6) for x in p.pred.tpot_s]),
+        }
+    )
     pred_sub = predicted_sublayer_ms(p.pred)
     for stage in (Stage.PREFILL, Stage.DECODE):
         for sub in SUBLAYERS:
@@ -436,17 +523,26 @@ def plan_table_rows(points: list[Point]) -> list[list[str]]:
     """Rows for the --predict-only table."""
     out = []
     for p in points:
-        status = ("skip: " + p.skip_reason) if p.skip_reason else (f"same as {p.duplicate_of}" if p.duplicate_of
-                                                                  else "run")
+        status = (
+            ("skip: " + p.skip_reason) if p.skip_reason else (f"same as {p.duplicate_of}" if p.duplicate_of else "run")
+        )
         if len(status) > 90:
             status = status[:87] + "..."
         if p.plan is None or p.pred is None:
             out.append([p.id, "-", "-", "-", "-", "-", status])
             continue
-        out.append([p.id, f"{policy_notation(p.plan.prefill_policy)} {policy_notation(p.plan.decode_policy)} "
-                          f"R={p.plan.gpu_resident_layers} n={p.plan.prefill_minibatches}",
-                    f"{p.pred.ttft_s:.3f}", _f(p.pred.tpot_mean_s), f"{p.pred.latency_s:.3f}",
-                    f"{p.est_s:.1f}" if not p.skip_reason and not p.duplicate_of else "-", status])
+        out.append(
+            [
+                p.id,
+                f"{policy_notation(p.plan.prefill_policy)} {policy_notation(p.plan.decode_policy)} "
+                f"R={p.plan.gpu_resident_layers} n={p.plan.prefill_minibatches}",
+                f"{p.pred.ttft_s:.3f}",
+                _f(p.pred.tpot_mean_s),
+                f"{p.pred.latency_s:.3f}",
+                f"{p.est_s:.1f}" if not p.skip_reason and not p.duplicate_of else "-",
+                status,
+            ]
+        )
     return out
 
 

@@ -54,7 +54,7 @@ class Region:
 
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named views of one sublayer region (``flat`` is exactly this region, 1-D)."""
-        return {p.name: flat[p.offset: p.offset + p.numel].view(p.shape) for p in self.parts}
+        return {p.name: flat[p.offset : p.offset + p.numel].view(p.shape) for p in self.parts}
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class LayerLayout:
 
     def region_of(self, flat_layer: torch.Tensor, sub: Sublayer) -> torch.Tensor:
         r = self.regions[sub]
-        return flat_layer[r.offset: r.offset + r.numel]
+        return flat_layer[r.offset : r.offset + r.numel]
 
     def views(self, flat_layer: torch.Tensor, sub: Sublayer) -> dict[str, torch.Tensor]:
         return self.regions[sub].views(self.region_of(flat_layer, sub))
@@ -73,8 +73,10 @@ class LayerLayout:
 def check_supported(model: ModelSpec) -> None:
     if model.is_moe:
         raise LiaInputError(
-            "model", f"{model.name} is a mixture-of-experts model ({model.num_experts} experts); the runtime "
-            "executes dense decoder layers only", "validate a dense model, e.g. opt-30b or llama-2-70b",
+            "model",
+            f"{model.name} is a mixture-of-experts model ({model.num_experts} experts); the runtime "
+            "executes dense decoder layers only",
+            "validate a dense model, e.g. opt-30b or llama-2-70b",
         )
 
 
@@ -94,11 +96,11 @@ def layer_layout(model: ModelSpec) -> LayerLayout:
         return tuple(out)
 
     specs = {
-        Sublayer.QKV: parts([("w", (qkv_out, h), True), ("b", (qkv_out,), bias),
-                             ("norm_w", (h,), True), ("norm_b", (h,), bias)]),
+        Sublayer.QKV: parts(
+            [("w", (qkv_out, h), True), ("b", (qkv_out,), bias), ("norm_w", (h,), True), ("norm_b", (h,), bias)]
+        ),
         Sublayer.OUT_PROJ: parts([("w", (h, model.q_dim), True), ("b", (h,), bias)]),
-        Sublayer.FC1: parts([("w", (mf, h), True), ("b", (mf,), bias), ("norm_w", (h,), True),
-                             ("norm_b", (h,), bias)]),
+        Sublayer.FC1: parts([("w", (mf, h), True), ("b", (mf,), bias), ("norm_w", (h,), True), ("norm_b", (h,), bias)]),
         Sublayer.FC2: parts([("w", (h, f), True), ("b", (h,), bias)]),
     }
     regions, off = {}, 0
@@ -116,11 +118,11 @@ def layer_layout(model: ModelSpec) -> LayerLayout:
 class Embeddings:
     """Token (and learned position) embeddings, final norm and LM head, on the GPU when there is one."""
 
-    tokens: torch.Tensor              # [vocab, h]
+    tokens: torch.Tensor  # [vocab, h]
     positions: "torch.Tensor | None"  # [learned_positions, h] (OPT: index = position + 2)
     norm_w: torch.Tensor
     norm_b: "torch.Tensor | None"
-    lm_head: torch.Tensor             # [vocab, h] (the token embedding when tied)
+    lm_head: torch.Tensor  # [vocab, h] (the token embedding when tied)
     dev: Device
 
 
@@ -132,8 +134,14 @@ class ModelWeights:
     ``runtime/hf_loader.py``): every layer has its own block, which the loader fills, and ``embeddings`` are given.
     """
 
-    def __init__(self, model: ModelSpec, arena: HostArena, backend: Backend, seed: Optional[int] = 0,
-                 embeddings: Optional[Embeddings] = None) -> None:
+    def __init__(
+        self,
+        model: ModelSpec,
+        arena: HostArena,
+        backend: Backend,
+        seed: Optional[int] = 0,
+        embeddings: Optional[Embeddings] = None,
+    ) -> None:
         self.model = model
         self.layout = layer_layout(model)
         self.arena = arena
@@ -142,12 +150,18 @@ class ModelWeights:
         size = self.dtype.itemsize
         if blocks < (1 if seed is not None else model.num_layers):
             need = self.layout.numel * (1 if seed is not None else model.num_layers)
-            raise LiaInputError("host memory", f"the weight arena ({arena.numel * size / 1e9:.2f} GB) is smaller "
-                                f"than {'one' if seed is not None else 'every'} {model.name} layer "
-                                f"({need * size / 1e9:.2f} GB)", "give the run more host memory for weights")
+            raise LiaInputError(
+                "host memory",
+                f"the weight arena ({arena.numel * size / 1e9:.2f} GB) is smaller "
+                f"than {'one' if seed is not None else 'every'} {model.name} layer "
+                f"({need * size / 1e9:.2f} GB)",
+                "give the run more host memory for weights",
+            )
         self.distinct_layers = min(blocks, model.num_layers)
-        self.host_layers = [arena.view((i % self.distinct_layers) * self.layout.numel, self.layout.numel)
-                            for i in range(model.num_layers)]
+        self.host_layers = [
+            arena.view((i % self.distinct_layers) * self.layout.numel, self.layout.numel)
+            for i in range(model.num_layers)
+        ]
         if seed is None:
             if embeddings is None:
                 raise ValueError("weights from a checkpoint need their embeddings")

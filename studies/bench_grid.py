@@ -36,9 +36,13 @@ def distinct_log_ints(lo: int, hi: int, n: int) -> tuple[int, ...]:
         count += 1
 
 
-GRID = policy_map.Grid(systems=("spr-a100", "spr-h100", "gnr-a100", "gnr-h100"), model="llama-3.1-70b",
-                       batches=distinct_log_ints(1, 4096, 50), input_lens=distinct_log_ints(16, 4096, 50),
-                       output_len=32)
+GRID = policy_map.Grid(
+    systems=("spr-a100", "spr-h100", "gnr-a100", "gnr-h100"),
+    model="llama-3.1-70b",
+    batches=distinct_log_ints(1, 4096, 50),
+    input_lens=distinct_log_ints(16, 4096, 50),
+    output_len=32,
+)
 
 
 def main() -> None:
@@ -54,9 +58,11 @@ def main() -> None:
     rows = run_points(policy_map.run, points, executor=args.executor, scheduler=args.scheduler, workers=workers)
     wall = time.perf_counter() - start
     feasible = sum(bool(r["feasible"]) for r in rows)
-    print(f"{len(points)} points ({feasible} feasible) on {workers} worker(s), executor {args.executor}: "
-          f"{wall:.1f} s wall, {len(points) / wall:.0f} points/s, {wall / len(points) * 1e3 * workers:.2f} ms "
-          f"per point per worker")
+    print(
+        f"{len(points)} points ({feasible} feasible) on {workers} worker(s), executor {args.executor}: "
+        f"{wall:.1f} s wall, {len(points) / wall:.0f} points/s, {wall / len(points) * 1e3 * workers:.2f} ms "
+        f"per point per worker"
+    )
     if args.out is not None:
         from studies.framework import rows_to_frame
         from studies.output import write_csv

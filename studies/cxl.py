@@ -23,15 +23,20 @@ from studies.policy_map import log_grid
 
 @dataclass(frozen=True)
 class Grid:
-    systems: tuple[str, ...]                 # without CXL; each is paired with NAME-cxl
+    systems: tuple[str, ...]  # without CXL; each is paired with NAME-cxl
     models: tuple[str, ...]
     batches: tuple[int, ...]
     input_len: int
     output_len: int
 
 
-FULL = Grid(systems=("spr-a100", "spr-h100", "gnr-a100", "gnr-h100"), models=("opt-30b", "opt-66b"),
-            batches=log_grid(1, 4096, 4), input_len=256, output_len=32)
+FULL = Grid(
+    systems=("spr-a100", "spr-h100", "gnr-a100", "gnr-h100"),
+    models=("opt-30b", "opt-66b"),
+    batches=log_grid(1, 4096, 4),
+    input_len=256,
+    output_len=32,
+)
 REDUCED = Grid(systems=("spr-h100",), models=("opt-66b",), batches=(1, 64, 512, 1024), input_len=256, output_len=32)
 
 KINDS = ("batch", "largest_batch", "best_throughput")
@@ -43,7 +48,7 @@ class Point:
     base_system: str
     model: str
     kind: str
-    batch: int            # the batch of a "batch" point; 1 otherwise (the optimiser picks)
+    batch: int  # the batch of a "batch" point; 1 otherwise (the optimiser picks)
     input_len: int
     output_len: int
 
@@ -54,8 +59,10 @@ def points(grid: Grid) -> list[Point]:
         for name in (base, f"{base}-cxl"):
             for m in grid.models:
                 out += [Point(name, base, m, "batch", b, grid.input_len, grid.output_len) for b in grid.batches]
-                out += [Point(name, base, m, kind, 1, grid.input_len, grid.output_len)
-                        for kind in ("largest_batch", "best_throughput")]
+                out += [
+                    Point(name, base, m, kind, 1, grid.input_len, grid.output_len)
+                    for kind in ("largest_batch", "best_throughput")
+                ]
     return out
 
 
@@ -71,17 +78,45 @@ def run(point: Point) -> list[Row]:
         objective = "throughput"
     best = None
     if batch is not None:
-        best = optimum(system, model, inputs.workload(point.model, batch, point.input_len, point.output_len),
-                       objective)
-    return [{"system": point.system, "base_system": point.base_system, "cxl": system.has_cxl,
-             "model": point.model, "input_len": point.input_len, "output_len": point.output_len,
-             "kind": point.kind, "batch": best.workload.batch if best else (batch if point.kind == "batch" else None),
-             **prediction_fields(best.prediction if best else None), **plan_fields(best.plan if best else None)}]
+        best = optimum(system, model, inputs.workload(point.model, batch, point.input_len, point.output_len), objective)
+    return [
+        {
+            "system": point.system,
+            "base_system": point.base_system,
+            "cxl": system.has_cxl,
+            "model": point.model,
+            "input_len": point.input_len,
+            "output_len": point.output_len,
+            "kind": point.kind,
+            "batch": best.workload.batch if best else (batch if point.kind == "batch" else None),
+            **prediction_fields(best.prediction if best else None),
+            **plan_fields(best.plan if best else None),
+        }
+    ]
 
 
-COLUMNS = ("system", "base_system", "cxl", "model", "input_len", "output_len", "kind", "batch", "feasible", "ttft_s",
-           "tpot_mean_s", "latency_s", "throughput_tokens_per_s", "prefill_policy", "decode_policy",
-           "gpu_resident_layers", "prefill_minibatches", "weight_tier", "kv_tier", "cpu_isa")
+COLUMNS = (
+    "system",
+    "base_system",
+    "cxl",
+    "model",
+    "input_len",
+    "output_len",
+    "kind",
+    "batch",
+    "feasible",
+    "ttft_s",
+    "tpot_mean_s",
+    "latency_s",
+    "throughput_tokens_per_s",
+    "prefill_policy",
+    "decode_policy",
+    "gpu_resident_layers",
+    "prefill_minibatches",
+    "weight_tier",
+    "kv_tier",
+    "cpu_isa",
+)
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
@@ -119,17 +154,35 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
             for flag, (color, name, line, width) in styles.items():
                 sub = part[part["cxl"] == flag]
                 curve = sub[(sub["kind"] == "batch") & sub["feasible"].astype(bool)].sort_values("batch")
-                ax.plot(curve["batch"], curve["throughput_tokens_per_s"], line, color=color, linewidth=width,
-                        label=f"{name}: optimum at each batch")
+                ax.plot(
+                    curve["batch"],
+                    curve["throughput_tokens_per_s"],
+                    line,
+                    color=color,
+                    linewidth=width,
+                    label=f"{name}: optimum at each batch",
+                )
                 largest = sub[(sub["kind"] == "largest_batch") & sub["feasible"].astype(bool)]
                 if len(largest):
-                    ax.axvline(largest["batch"].iloc[0], color=color, linestyle=":", linewidth=1.6,
-                               label=f"{name}: largest batch that fits")
+                    ax.axvline(
+                        largest["batch"].iloc[0],
+                        color=color,
+                        linestyle=":",
+                        linewidth=1.6,
+                        label=f"{name}: largest batch that fits",
+                    )
                 best = sub[(sub["kind"] == "best_throughput") & sub["feasible"].astype(bool)]
                 if len(best):
-                    ax.plot(best["batch"], best["throughput_tokens_per_s"], "*", color=color, markersize=11,
-                            markeredgecolor="black", markeredgewidth=0.5,
-                            label=f"{name}: optimiser's throughput objective")
+                    ax.plot(
+                        best["batch"],
+                        best["throughput_tokens_per_s"],
+                        "*",
+                        color=color,
+                        markersize=11,
+                        markeredgecolor="black",
+                        markeredgewidth=0.5,
+                        label=f"{name}: optimiser's throughput objective",
+                    )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("batch B (sequences)")
@@ -139,15 +192,28 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
             key = (base, model)
             if key in table.index:
                 rec = table.loc[key]
-                lines = [f"largest batch: {_int(rec['largest_batch_ddr_only'])} -> {_int(rec['largest_batch_with_cxl'])}"]
+                lines = [
+                    f"largest batch: {_int(rec['largest_batch_ddr_only'])} -> {_int(rec['largest_batch_with_cxl'])}"
+                ]
                 if rec["throughput_gain"] is not None and not pd.isna(rec["throughput_gain"]):
                     lines.append(f"best throughput: x{rec['throughput_gain']:.2f} with CXL")
-                ax.text(0.97, 0.04, "\n".join(lines), transform=ax.transAxes, va="bottom", ha="right", fontsize=8,
-                        bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "#cccccc"})
+                ax.text(
+                    0.97,
+                    0.04,
+                    "\n".join(lines),
+                    transform=ax.transAxes,
+                    va="bottom",
+                    ha="right",
+                    fontsize=8,
+                    bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "#cccccc"},
+                )
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.suptitle(f"CXL memory: throughput vs batch, L_in = {grid.input_len}, L_out = {grid.output_len} "
-                 "(two 128 GiB CXL expanders added to 512 GiB DDR5)", fontsize=10.5)
+    fig.suptitle(
+        f"CXL memory: throughput vs batch, L_in = {grid.input_len}, L_out = {grid.output_len} "
+        "(two 128 GiB CXL expanders added to 512 GiB DDR5)",
+        fontsize=10.5,
+    )
     fig.tight_layout(rect=(0, 0.07, 1, 0.97))
     return fig
 
@@ -160,7 +226,12 @@ STUDY = Study(
     name="cxl",
     title="Throughput vs batch with and without CXL",
     description="Throughput of the optimal plan vs batch for OPT-30B and OPT-66B on each system with and "
-                "without CXL, with the largest batch that fits and the best-throughput gain CXL buys.",
-    full_grid=FULL, reduced_grid=REDUCED, points=points, run=run, plot=plot,
-    sort_by=("base_system", "model", "cxl", "kind", "batch"), columns=COLUMNS,
+    "without CXL, with the largest batch that fits and the best-throughput gain CXL buys.",
+    full_grid=FULL,
+    reduced_grid=REDUCED,
+    points=points,
+    run=run,
+    plot=plot,
+    sort_by=("base_system", "model", "cxl", "kind", "batch"),
+    columns=COLUMNS,
 )

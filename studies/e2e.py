@@ -31,10 +31,13 @@ from studies.framework import Row, Study
 from studies.optimum import in_optimizer_space, optimum, plan_fields, prediction_fields, throughput_batch_choices
 
 SCENARIOS = ("latency_b1", "throughput_b64", "throughput_max_batch")
-METRIC = {"latency_b1": "latency_s", "throughput_b64": "throughput_tokens_per_s",
-          "throughput_max_batch": "throughput_tokens_per_s"}
+METRIC = {
+    "latency_b1": "latency_s",
+    "throughput_b64": "throughput_tokens_per_s",
+    "throughput_max_batch": "throughput_tokens_per_s",
+}
 FIXED_BATCH = {"latency_b1": 1, "throughput_b64": 64}
-BATCH_CAP = 1 << 16          # the optimiser's own batch search cap
+BATCH_CAP = 1 << 16  # the optimiser's own batch search cap
 SHOWN_BASELINES = ("flexgen", "ipex", "gpu_only")
 
 
@@ -42,13 +45,15 @@ SHOWN_BASELINES = ("flexgen", "ipex", "gpu_only")
 class Grid:
     systems: tuple[str, ...]
     models: tuple[str, ...]
-    lengths: tuple[tuple[int, int], ...]     # (L_in, L_out)
+    lengths: tuple[tuple[int, int], ...]  # (L_in, L_out)
     scenarios: tuple[str, ...] = SCENARIOS
 
 
-FULL = Grid(systems=("spr-a100", "spr-h100", "gnr-a100", "gnr-h100"),
-            models=("opt-30b", "opt-66b", "opt-175b"),
-            lengths=((32, 32), (256, 32), (2016, 32), (32, 256), (1792, 256)))
+FULL = Grid(
+    systems=("spr-a100", "spr-h100", "gnr-a100", "gnr-h100"),
+    models=("opt-30b", "opt-66b", "opt-175b"),
+    lengths=((32, 32), (256, 32), (2016, 32), (32, 256), (1792, 256)),
+)
 REDUCED = Grid(systems=("spr-a100", "gnr-h100"), models=("opt-30b", "opt-175b"), lengths=((32, 32), (1792, 256)))
 
 
@@ -62,8 +67,13 @@ class Point:
 
 
 def points(grid: Grid) -> list[Point]:
-    return [Point(s, m, li, lo, sc) for s in grid.systems for m in grid.models for (li, lo) in grid.lengths
-            for sc in grid.scenarios]
+    return [
+        Point(s, m, li, lo, sc)
+        for s in grid.systems
+        for m in grid.models
+        for (li, lo) in grid.lengths
+        for sc in grid.scenarios
+    ]
 
 
 def _baseline_batch(point: Point, label: str) -> Optional[int]:
@@ -78,17 +88,35 @@ def _baseline_batch(point: Point, label: str) -> Optional[int]:
     return largest_feasible(1, BATCH_CAP, fits)  # memory grows with the batch: bisection
 
 
-def _row(point: Point, plan_label: str, batch: Optional[int], plan, prediction, in_space: Optional[bool],
-         base: Optional[Baseline] = None) -> Row:
+def _row(
+    point: Point,
+    plan_label: str,
+    batch: Optional[int],
+    plan,
+    prediction,
+    in_space: Optional[bool],
+    base: Optional[Baseline] = None,
+) -> Row:
     fields = prediction_fields(prediction)
     own = base.flexgen.solution.throughput_tokens_per_s if base is not None and base.flexgen else None
-    return {"system": point.system, "model": point.model, "input_len": point.input_len,
-            "output_len": point.output_len, "scenario": point.scenario, "metric": METRIC[point.scenario],
-            "plan": plan_label, "batch": batch, **fields, "value": fields[METRIC[point.scenario]],
-            "speedup": None, "in_optimizer_space": in_space, **plan_fields(plan),
-            "head_device": head_device(plan).name.lower() if plan is not None else None,
-            "cpu_kv_passes": base.cpu_kv_passes if base is not None else None,
-            "flexgen_own_throughput_tokens_per_s": own}
+    return {
+        "system": point.system,
+        "model": point.model,
+        "input_len": point.input_len,
+        "output_len": point.output_len,
+        "scenario": point.scenario,
+        "metric": METRIC[point.scenario],
+        "plan": plan_label,
+        "batch": batch,
+        **fields,
+        "value": fields[METRIC[point.scenario]],
+        "speedup": None,
+        "in_optimizer_space": in_space,
+        **plan_fields(plan),
+        "head_device": head_device(plan).name.lower() if plan is not None else None,
+        "cpu_kv_passes": base.cpu_kv_passes if base is not None else None,
+        "flexgen_own_throughput_tokens_per_s": own,
+    }
 
 
 def run(point: Point) -> list[Row]:
@@ -97,21 +125,38 @@ def run(point: Point) -> list[Row]:
     workload = inputs.workload(point.model, batch, point.input_len, point.output_len)
     objective = "throughput" if point.scenario == "throughput_max_batch" else "latency"
     best = optimum(system, model, workload, objective)
-    rows = [_row(point, "optimum", best.workload.batch if best else None, best.plan if best else None,
-                 best.prediction if best else None, True)]
+    rows = [
+        _row(
+            point,
+            "optimum",
+            best.workload.batch if best else None,
+            best.plan if best else None,
+            best.prediction if best else None,
+            True,
+        )
+    ]
     choices = throughput_batch_choices(system, model, workload) if objective == "throughput" else None
     for label in BASELINE_LABELS:
         wl: Optional[Workload] = workload
         if point.scenario == "throughput_max_batch" and label != "flexgen":
             b = _baseline_batch(point, label)
             wl = None if b is None else inputs.workload(point.model, b, point.input_len, point.output_len)
-        if wl is None:   # not even B = 1 fits
+        if wl is None:  # not even B = 1 fits
             base = baseline(label, system, model, workload)
             rows.append(_row(point, label, None, base.plan, None, in_optimizer_space(system, base.plan, 1), base))
             continue
         base = baseline(label, system, model, wl, choose_batch=point.scenario == "throughput_max_batch")
-        rows.append(_row(point, label, base.workload.batch, base.plan, base.predict(system, model),
-                         in_optimizer_space(system, base.plan, base.workload.batch, choices), base))
+        rows.append(
+            _row(
+                point,
+                label,
+                base.workload.batch,
+                base.plan,
+                base.predict(system, model),
+                in_optimizer_space(system, base.plan, base.workload.batch, choices),
+                base,
+            )
+        )
     opt_value = rows[0]["value"]
     for row in rows[1:]:
         if opt_value is not None and row["value"] is not None:
@@ -120,13 +165,40 @@ def run(point: Point) -> list[Row]:
     return rows
 
 
-COLUMNS = ("system", "model", "input_len", "output_len", "scenario", "metric", "plan", "batch", "feasible", "ttft_s",
-           "tpot_mean_s", "latency_s", "throughput_tokens_per_s", "value", "speedup", "in_optimizer_space",
-           "prefill_policy", "decode_policy", "gpu_resident_layers", "prefill_minibatches", "weight_tier", "kv_tier",
-           "cpu_isa", "head_device", "cpu_kv_passes", "flexgen_own_throughput_tokens_per_s")
+COLUMNS = (
+    "system",
+    "model",
+    "input_len",
+    "output_len",
+    "scenario",
+    "metric",
+    "plan",
+    "batch",
+    "feasible",
+    "ttft_s",
+    "tpot_mean_s",
+    "latency_s",
+    "throughput_tokens_per_s",
+    "value",
+    "speedup",
+    "in_optimizer_space",
+    "prefill_policy",
+    "decode_policy",
+    "gpu_resident_layers",
+    "prefill_minibatches",
+    "weight_tier",
+    "kv_tier",
+    "cpu_isa",
+    "head_device",
+    "cpu_kv_passes",
+    "flexgen_own_throughput_tokens_per_s",
+)
 
-SCENARIO_TITLES = {"latency_b1": "latency at B = 1", "throughput_b64": "throughput at B = 64",
-                   "throughput_max_batch": "throughput at the largest batch that fits"}
+SCENARIO_TITLES = {
+    "latency_b1": "latency at B = 1",
+    "throughput_b64": "throughput at B = 64",
+    "throughput_max_batch": "throughput at the largest batch that fits",
+}
 
 
 def _order(values, preferred) -> list:
@@ -146,15 +218,22 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
     models = _order(workloads["model"], grid.models)
     ylabels, ykeys = [], []
     for m in models:
-        for li, lo in _order([tuple(x) for x in workloads[workloads["model"] == m][["input_len", "output_len"]]
-                              .itertuples(index=False)], grid.lengths):
+        for li, lo in _order(
+            [tuple(x) for x in workloads[workloads["model"] == m][["input_len", "output_len"]].itertuples(index=False)],
+            grid.lengths,
+        ):
             ykeys.append((m, li, lo))
             ylabels.append(f"{m.upper()}  {li}/{lo}")
     scenarios = _order(frame["scenario"], SCENARIOS)
     columns = ["optimum", *SHOWN_BASELINES]
-    fig, axes = figure(len(scenarios), len(columns), 3.9 * len(columns) + 1.2, 0.42 * len(ykeys) * len(scenarios) + 1.8,
-                       layout="constrained")
-    norm = mcolors.TwoSlopeNorm(vmin=-2.0, vcenter=0.0, vmax=2.0)   # log10(speedup): 1/100x .. 100x
+    fig, axes = figure(
+        len(scenarios),
+        len(columns),
+        3.9 * len(columns) + 1.2,
+        0.42 * len(ykeys) * len(scenarios) + 1.8,
+        layout="constrained",
+    )
+    norm = mcolors.TwoSlopeNorm(vmin=-2.0, vcenter=0.0, vmax=2.0)  # log10(speedup): 1/100x .. 100x
     cmap = __import__("matplotlib").colormaps["PuOr"]
     image = None
     for r, scenario in enumerate(scenarios):
@@ -177,8 +256,11 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
                         elif scenario == "latency_b1":
                             texts[i][j] = fmt_seconds(float(row["value"]))
                         else:
-                            texts[i][j] = f"{fmt_tokens_per_s(float(row['value']))}\nB={int(row['batch'])}" \
-                                if scenario == "throughput_max_batch" else fmt_tokens_per_s(float(row["value"]))
+                            texts[i][j] = (
+                                f"{fmt_tokens_per_s(float(row['value']))}\nB={int(row['batch'])}"
+                                if scenario == "throughput_max_batch"
+                                else fmt_tokens_per_s(float(row["value"]))
+                            )
                     elif not bool(row["feasible"]):
                         texts[i][j] = "does not\nfit"
                     elif pd.isna(row["speedup"]):
@@ -193,33 +275,53 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
                 for i in range(len(ykeys)):
                     for j in range(len(systems)):
                         if np.isnan(values[i, j]):
-                            ax.add_patch(__import__("matplotlib").patches.Rectangle(
-                                (j - 0.5, i - 0.5), 1, 1, facecolor="#eeeeee", hatch="///", edgecolor="#bbbbbb",
-                                linewidth=0))
+                            ax.add_patch(
+                                __import__("matplotlib").patches.Rectangle(
+                                    (j - 0.5, i - 0.5),
+                                    1,
+                                    1,
+                                    facecolor="#eeeeee",
+                                    hatch="///",
+                                    edgecolor="#bbbbbb",
+                                    linewidth=0,
+                                )
+                            )
             for i in range(len(ykeys)):
                 for j in range(len(systems)):
-                    dark = not np.isnan(values[i, j]) and abs(values[i, j]) > 1.2   # dark cell: white text
-                    ax.text(j, i, texts[i][j], ha="center", va="center", fontsize=6.5, linespacing=0.95,
-                            color="#555555" if np.isnan(values[i, j]) and plan != "optimum" else
-                            ("white" if dark else "black"))
+                    dark = not np.isnan(values[i, j]) and abs(values[i, j]) > 1.2  # dark cell: white text
+                    ax.text(
+                        j,
+                        i,
+                        texts[i][j],
+                        ha="center",
+                        va="center",
+                        fontsize=6.5,
+                        linespacing=0.95,
+                        color="#555555"
+                        if np.isnan(values[i, j]) and plan != "optimum"
+                        else ("white" if dark else "black"),
+                    )
             ax.set_xticks(range(len(systems)), systems, fontsize=7.5)
             ax.xaxis.tick_top()
             ax.set_yticks(range(len(ykeys)), ylabels if c == 0 else [""] * len(ykeys), fontsize=7)
             for boundary in range(1, len(models)):
                 ax.axhline(boundary * len(ykeys) / len(models) - 0.5, color="black", linewidth=0.8)
             unit = "latency" if scenario == "latency_b1" else "tokens/s"
-            title = (f"optimum: {unit}" if plan == "optimum" else f"speedup over {PLAN_NAMES[plan]}")
+            title = f"optimum: {unit}" if plan == "optimum" else f"speedup over {PLAN_NAMES[plan]}"
             ax.set_title(f"{SCENARIO_TITLES[scenario]}\n{title}", fontsize=8.5, pad=4)
             ax.tick_params(axis="x", length=0, pad=2)
         axes[r][0].set_ylabel("model  L_in/L_out (tokens)")
     if image is not None:
         bar = fig.colorbar(image, ax=[a for row in axes for a in row], shrink=0.4, pad=0.01, aspect=40)
         ticks = [-2, -1, 0, 1, 2]
-        bar.set_ticks(ticks, labels=[f"{10.0 ** t:g}x" for t in ticks])
+        bar.set_ticks(ticks, labels=[f"{10.0**t:g}x" for t in ticks])
         bar.set_label("how many times better the optimum is (log scale)")
-    fig.suptitle("End to end: the optimal plan vs FlexGen (its own policy), IPEX (all CPU) and GPU-only (cost model, "
-                 "overlap mode); "
-                 "hatched: the baseline does not fit memory", fontsize=10.5)
+    fig.suptitle(
+        "End to end: the optimal plan vs FlexGen (its own policy), IPEX (all CPU) and GPU-only (cost model, "
+        "overlap mode); "
+        "hatched: the baseline does not fit memory",
+        fontsize=10.5,
+    )
     return fig
 
 
@@ -227,7 +329,12 @@ STUDY = Study(
     name="e2e",
     title="Optimum vs baselines: latency at B=1, throughput at B=64 and at the largest batch",
     description="For OPT-30B/66B/175B on four systems and five (L_in, L_out), the optimum's latency and "
-                "throughput and how many times better it is than FlexGen (its own policy), IPEX and GPU-only plans.",
-    full_grid=FULL, reduced_grid=REDUCED, points=points, run=run, plot=plot,
-    sort_by=("system", "model", "input_len", "output_len", "scenario", "plan"), columns=COLUMNS,
+    "throughput and how many times better it is than FlexGen (its own policy), IPEX and GPU-only plans.",
+    full_grid=FULL,
+    reduced_grid=REDUCED,
+    points=points,
+    run=run,
+    plot=plot,
+    sort_by=("system", "model", "input_len", "output_len", "scenario", "plan"),
+    columns=COLUMNS,
 )

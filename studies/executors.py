@@ -18,10 +18,10 @@ from lia_model.errors import LiaInputError
 from studies.framework import Row
 
 RunFn = Callable[[Any], list[Row]]
-Progress = Callable[[int], None]   # called with the number of points just finished
+Progress = Callable[[int], None]  # called with the number of points just finished
 
 EXECUTORS = ("local", "dask")
-DASK_CONNECT_TIMEOUT_S = 20   # how long to wait for the scheduler before saying it is unreachable
+DASK_CONNECT_TIMEOUT_S = 20  # how long to wait for the scheduler before saying it is unreachable
 
 
 def run_chunk(run: RunFn, points: Sequence[Any]) -> list[Row]:
@@ -37,15 +37,22 @@ def chunked(points: Sequence[Any], workers: int, chunks_per_worker: int = 4) -> 
     if not points:
         return []
     size = max(1, math.ceil(len(points) / (max(1, workers) * chunks_per_worker)))
-    return [list(points[i:i + size]) for i in range(0, len(points), size)]
+    return [list(points[i : i + size]) for i in range(0, len(points), size)]
 
 
 def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-def run_points(run: RunFn, points: Sequence[Any], *, executor: str = "local", scheduler: Optional[str] = None,
-               workers: Optional[int] = None, progress: Optional[Progress] = None) -> list[Row]:
+def run_points(
+    run: RunFn,
+    points: Sequence[Any],
+    *,
+    executor: str = "local",
+    scheduler: Optional[str] = None,
+    workers: Optional[int] = None,
+    progress: Optional[Progress] = None,
+) -> list[Row]:
     """All rows of all points, in point order."""
     if executor not in EXECUTORS:
         raise LiaInputError("--executor", f"unknown executor '{executor}'", "use local or dask")
@@ -53,12 +60,18 @@ def run_points(run: RunFn, points: Sequence[Any], *, executor: str = "local", sc
         raise LiaInputError("--workers", f"must be at least 1, got {workers}", "e.g. --workers 2")
     if executor == "dask":
         if not scheduler:
-            raise LiaInputError("--scheduler", "the dask executor needs the address of a running scheduler",
-                                "e.g. --executor dask --scheduler tcp://10.0.0.5:8786")
+            raise LiaInputError(
+                "--scheduler",
+                "the dask executor needs the address of a running scheduler",
+                "e.g. --executor dask --scheduler tcp://10.0.0.5:8786",
+            )
         return _run_dask(run, points, scheduler, workers, progress)
     if scheduler:
-        raise LiaInputError("--scheduler", "a scheduler address only applies to --executor dask",
-                            "add --executor dask, or drop --scheduler")
+        raise LiaInputError(
+            "--scheduler",
+            "a scheduler address only applies to --executor dask",
+            "add --executor dask, or drop --scheduler",
+        )
     return _run_local(run, points, workers or default_workers(), progress)
 
 
@@ -75,8 +88,9 @@ def _run_local(run: RunFn, points: Sequence[Any], workers: int, progress: Option
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else None)
     results: list[Optional[list[Row]]] = [None] * len(chunks)
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), mp_context=context,
-                               initializer=_ignore_interrupts)
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(chunks)), mp_context=context, initializer=_ignore_interrupts
+    )
     try:
         futures = {pool.submit(run_chunk, run, chunk): k for k, chunk in enumerate(chunks)}
         for future in as_completed(futures):
@@ -101,18 +115,26 @@ def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_dask(run: RunFn, points: Sequence[Any], scheduler: str, workers: Optional[int],
-              progress: Optional[Progress]) -> list[Row]:
+def _run_dask(
+    run: RunFn, points: Sequence[Any], scheduler: str, workers: Optional[int], progress: Optional[Progress]
+) -> list[Row]:
     try:
-        from distributed import Client, as_completed as dask_as_completed
+        from distributed import Client
+        from distributed import as_completed as dask_as_completed
     except ImportError:
-        raise LiaInputError("--executor dask", "dask.distributed is not installed",
-                            "pip install 'lia-modeler[dask]', or use --executor local") from None
+        raise LiaInputError(
+            "--executor dask",
+            "dask.distributed is not installed",
+            "pip install 'lia-modeler[dask]', or use --executor local",
+        ) from None
     try:
         client = Client(scheduler, timeout=f"{DASK_CONNECT_TIMEOUT_S}s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as err:
-        raise LiaInputError("--scheduler", f"cannot connect to a Dask scheduler at '{scheduler}' ({err})",
-                            "start one with 'dask scheduler' and give its tcp://HOST:PORT address") from None
+        raise LiaInputError(
+            "--scheduler",
+            f"cannot connect to a Dask scheduler at '{scheduler}' ({err})",
+            "start one with 'dask scheduler' and give its tcp://HOST:PORT address",
+        ) from None
     try:
         if workers is None:
             workers = max(1, sum(client.nthreads().values()))

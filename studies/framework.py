@@ -23,14 +23,14 @@ class Study:
 
     name: str
     title: str
-    description: str                                   # one sentence: what the figure shows
-    full_grid: Any                                     # a frozen dataclass of sweep axes
-    reduced_grid: Any                                  # the same type, CI-sized
-    points: Callable[[Any], list[Any]]                 # grid -> points
-    run: Callable[[Any], list[Row]]                    # point -> rows (pure)
-    plot: Callable[[pd.DataFrame, Any], Any]           # (csv frame, grid) -> matplotlib Figure
-    sort_by: tuple[str, ...]                           # key columns: rows are sorted by these
-    columns: tuple[str, ...]                           # column order of the CSV
+    description: str  # one sentence: what the figure shows
+    full_grid: Any  # a frozen dataclass of sweep axes
+    reduced_grid: Any  # the same type, CI-sized
+    points: Callable[[Any], list[Any]]  # grid -> points
+    run: Callable[[Any], list[Row]]  # point -> rows (pure)
+    plot: Callable[[pd.DataFrame, Any], Any]  # (csv frame, grid) -> matplotlib Figure
+    sort_by: tuple[str, ...]  # key columns: rows are sorted by these
+    columns: tuple[str, ...]  # column order of the CSV
     # Optional: a study whose input may be absent (validation) says why it has nothing to do.
     unavailable: Optional[Callable[[Any], Optional[str]]] = None
 

@@ -22,6 +22,7 @@ MAX_AXIS = 100_000
 
 def _coerce(field: str, value: Any, like: Any, where: str) -> Any:
     """``value`` (from YAML) in the shape of the built-in ``like``: tuples for lists, ints, floats, strings."""
+
     def bad(what: str) -> LiaInputError:
         return LiaInputError(f"{where}: {field}", f"{what}, got {value!r}", f"e.g. {field}: {_example(like)}")
 
@@ -73,14 +74,16 @@ def _check_systems(names: tuple[str, ...], option: str, study: str) -> None:
         try:
             inputs.system(name)
         except LiaInputError as err:
-            raise LiaInputError(option, err.problem,
-                                err.fix or "see 'lia profiles list'") from None
+            raise LiaInputError(option, err.problem, err.fix or "see 'lia profiles list'") from None
         if study == "cxl":
             try:
                 inputs.system(f"{name}-cxl")
             except LiaInputError:
-                raise LiaInputError(option, f"the cxl study pairs each system with its -cxl twin; there is no "
-                                    f"'{name}-cxl'", "use a system with a -cxl twin, e.g. spr-h100") from None
+                raise LiaInputError(
+                    option,
+                    f"the cxl study pairs each system with its -cxl twin; there is no '{name}-cxl'",
+                    "use a system with a -cxl twin, e.g. spr-h100",
+                ) from None
 
 
 def _check_models(names: tuple[str, ...], option: str) -> None:
@@ -109,8 +112,9 @@ def read_grid_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def custom_grid(study, base: Any, *, systems: Optional[str] = None, models: Optional[str] = None,
-                grid_file: Optional[Path] = None) -> Any:
+def custom_grid(
+    study, base: Any, *, systems: Optional[str] = None, models: Optional[str] = None, grid_file: Optional[Path] = None
+) -> Any:
     """``base`` with the fields of ``grid_file`` and the ``--systems`` / ``--models`` lists replaced."""
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
     changes: dict[str, Any] = {}
@@ -119,35 +123,46 @@ def custom_grid(study, base: Any, *, systems: Optional[str] = None, models: Opti
         where = str(grid_file)
         for key, value in read_grid_file(grid_file).items():
             if key not in settable:
-                raise LiaInputError(f"{where}: {key}", f"the {study.name} grid has no field '{key}'",
-                                    f"its fields: {', '.join(settable) or 'none'}")
+                raise LiaInputError(
+                    f"{where}: {key}",
+                    f"the {study.name} grid has no field '{key}'",
+                    f"its fields: {', '.join(settable) or 'none'}",
+                )
             changes[key] = _coerce(key, value, fields[key], where)
     if systems is not None:
         field = next((f for f in SYSTEM_FIELDS if f in fields), None)
         if field is None:
-            raise LiaInputError("--systems", f"the {study.name} study has no systems axis",
-                                f"drop --systems (its grid fields: {', '.join(settable) or 'none'})")
+            raise LiaInputError(
+                "--systems",
+                f"the {study.name} study has no systems axis",
+                f"drop --systems (its grid fields: {', '.join(settable) or 'none'})",
+            )
         changes[field] = _names("--systems", systems)
     if models is not None:
         field = next((f for f in MODEL_FIELDS if f in fields), None)
         if field is None:
-            raise LiaInputError("--models", f"the {study.name} study has no models axis",
-                                f"drop --models (its grid fields: {', '.join(settable) or 'none'})")
+            raise LiaInputError(
+                "--models",
+                f"the {study.name} study has no models axis",
+                f"drop --models (its grid fields: {', '.join(settable) or 'none'})",
+            )
         names = _names("--models", models)
         if field == "model":
             if len(names) != 1:
-                raise LiaInputError("--models", f"the {study.name} study takes one model, got {len(names)}",
-                                    f"e.g. --models {names[0]}")
+                raise LiaInputError(
+                    "--models", f"the {study.name} study takes one model, got {len(names)}", f"e.g. --models {names[0]}"
+                )
             changes[field] = names[0]
         else:
             changes[field] = names
     for field in SYSTEM_FIELDS:
         if field in changes:
-            _check_systems(changes[field], "--systems" if systems is not None else f"{grid_file}: {field}",
-                           study.name)
+            _check_systems(changes[field], "--systems" if systems is not None else f"{grid_file}: {field}", study.name)
     for field in MODEL_FIELDS:
         if field in changes:
             value = changes[field]
-            _check_models(value if isinstance(value, tuple) else (value,),
-                          "--models" if models is not None else f"{grid_file}: {field}")
+            _check_models(
+                value if isinstance(value, tuple) else (value,),
+                "--models" if models is not None else f"{grid_file}: {field}",
+            )
     return dataclasses.replace(base, **changes)

@@ -29,25 +29,25 @@ from studies.framework import Row, Study
 
 REFERENCE_MODEL = "opt-175b"
 REFERENCE_SUBLAYER = Sublayer.FC1
-GEMM_ROWS = 4096   # the GEMM bar: a large prefill chunk (B x L_in rows)
-GEMV_ROWS = 1      # the GEMV bar: one decode token
+GEMM_ROWS = 4096  # the GEMM bar: a large prefill chunk (B x L_in rows)
+GEMV_ROWS = 1  # the GEMV bar: one decode token
 
 
 @dataclass(frozen=True)
 class Grid:
-    rows: tuple[int, ...]           # M values of the throughput-vs-rows curve
+    rows: tuple[int, ...]  # M values of the throughput-vs-rows curve
 
 
-FULL = Grid(rows=tuple(2**k for k in range(0, 14)))        # 1 .. 8192
+FULL = Grid(rows=tuple(2**k for k in range(0, 14)))  # 1 .. 8192
 REDUCED = Grid(rows=(1, 16, 256, 4096))
 
 
 @dataclass(frozen=True)
 class Point:
-    profile_kind: str      # "datasheet" or "calibrated"
-    profile: str           # device profile name, or the calibrated system file
-    device_kind: str       # "cpu" or "gpu"
-    engine: str            # the CPU ISA, or "bf16_tensor_core" for a GPU
+    profile_kind: str  # "datasheet" or "calibrated"
+    profile: str  # device profile name, or the calibrated system file
+    device_kind: str  # "cpu" or "gpu"
+    engine: str  # the CPU ISA, or "bf16_tensor_core" for a GPU
     rows: tuple[int, ...]
 
 
@@ -92,16 +92,26 @@ def roofline(device: CpuSpec | GpuSpec, engine: str, rows: int) -> dict[str, Any
         eff = interpolate_efficiency(isa.matmul_efficiency, rows)
         bandwidth = device.memory_read_gbps
     else:
-        peak, eff, bandwidth = device.bf16_peak_tflops, interpolate_efficiency(device.matmul_efficiency, rows), \
-            device.hbm_gbps
+        peak, eff, bandwidth = (
+            device.bf16_peak_tflops,
+            interpolate_efficiency(device.matmul_efficiency, rows),
+            device.hbm_gbps,
+        )
     compute_s = flops / (peak * eff * FLOPS_PER_TFLOPS)
     memory_s = nbytes / (bandwidth * BYTES_PER_S_PER_GBPS)
-    time_s = roofline_s(flops, peak * eff * FLOPS_PER_TFLOPS, nbytes, bandwidth * BYTES_PER_S_PER_GBPS,
-                        device.op_overhead_us * S_PER_US)
+    time_s = roofline_s(
+        flops, peak * eff * FLOPS_PER_TFLOPS, nbytes, bandwidth * BYTES_PER_S_PER_GBPS, device.op_overhead_us * S_PER_US
+    )
     return {
-        "flops": flops, "bytes": nbytes, "time_s": time_s, "tflops": flops / time_s / FLOPS_PER_TFLOPS,
-        "effective_gbps": nbytes / time_s / BYTES_PER_S_PER_GBPS, "peak_tflops": peak,
-        "bandwidth_gbps": bandwidth, "efficiency": eff, "bound": "compute" if compute_s >= memory_s else "memory",
+        "flops": flops,
+        "bytes": nbytes,
+        "time_s": time_s,
+        "tflops": flops / time_s / FLOPS_PER_TFLOPS,
+        "effective_gbps": nbytes / time_s / BYTES_PER_S_PER_GBPS,
+        "peak_tflops": peak,
+        "bandwidth_gbps": bandwidth,
+        "efficiency": eff,
+        "bound": "compute" if compute_s >= memory_s else "memory",
     }
 
 
@@ -109,19 +119,46 @@ def run(point: Point) -> list[Row]:
     device, label = _device(point)
     out = []
     for rows in point.rows:
-        out.append({"profile_kind": point.profile_kind, "profile": point.profile, "device": label,
-                    "device_kind": point.device_kind, "engine": point.engine, "rows": rows,
-                    **roofline(device, point.engine, rows)})
+        out.append(
+            {
+                "profile_kind": point.profile_kind,
+                "profile": point.profile,
+                "device": label,
+                "device_kind": point.device_kind,
+                "engine": point.engine,
+                "rows": rows,
+                **roofline(device, point.engine, rows),
+            }
+        )
     return out
 
 
-COLUMNS = ("profile_kind", "profile", "device", "device_kind", "engine", "rows", "flops", "bytes", "time_s", "tflops",
-           "effective_gbps", "peak_tflops", "bandwidth_gbps", "efficiency", "bound")
+COLUMNS = (
+    "profile_kind",
+    "profile",
+    "device",
+    "device_kind",
+    "engine",
+    "rows",
+    "flops",
+    "bytes",
+    "time_s",
+    "tflops",
+    "effective_gbps",
+    "peak_tflops",
+    "bandwidth_gbps",
+    "efficiency",
+    "bound",
+)
 
-ENGINE_NAMES = {"amx_bf16": "AMX bf16", "avx512_bf16": "AVX-512 bf16", "avx512_fp32": "AVX-512 fp32",
-                "sve2_bf16": "SVE2 bf16", "bf16_tensor_core": "tensor cores bf16"}
-ENGINE_STYLE = {"amx_bf16": "-", "avx512_bf16": "--", "avx512_fp32": ":", "sve2_bf16": "-.",
-                "bf16_tensor_core": "-"}
+ENGINE_NAMES = {
+    "amx_bf16": "AMX bf16",
+    "avx512_bf16": "AVX-512 bf16",
+    "avx512_fp32": "AVX-512 fp32",
+    "sve2_bf16": "SVE2 bf16",
+    "bf16_tensor_core": "tensor cores bf16",
+}
+ENGINE_STYLE = {"amx_bf16": "-", "avx512_bf16": "--", "avx512_fp32": ":", "sve2_bf16": "-.", "bf16_tensor_core": "-"}
 
 
 def _calibrated_on(file: str) -> str:
@@ -155,8 +192,16 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
     for (_, device, engine), part in series:
         part = part.sort_values("rows")
         calibrated = part["profile_kind"].iloc[0] == "calibrated"
-        curve.plot(part["rows"], part["tflops"], ENGINE_STYLE.get(engine, "-"), color=colors[device],
-                   marker="o" if calibrated else None, markersize=3.5, linewidth=1.6, label=part["label"].iloc[0])
+        curve.plot(
+            part["rows"],
+            part["tflops"],
+            ENGINE_STYLE.get(engine, "-"),
+            color=colors[device],
+            marker="o" if calibrated else None,
+            markersize=3.5,
+            linewidth=1.6,
+            label=part["label"].iloc[0],
+        )
     curve.set_xscale("log", base=2)
     curve.set_yscale("log")
     curve.set_xlabel("rows M of the product (batch x new tokens)")
@@ -179,11 +224,18 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
         ax.set_xlim(part[column].min() / 2, part[column].max() * 4)
 
     bars(gemm_ax, GEMM_ROWS, "tflops", "throughput (TFLOPS, log)", f"GEMM: {GEMM_ROWS} rows", "{:.3g}")
-    bars(gemv_ax, GEMV_ROWS, "effective_gbps", "bytes moved per second (GB/s, log)", "GEMV: 1 row (decode, B = 1)",
-         "{:,.0f}")
+    bars(
+        gemv_ax,
+        GEMV_ROWS,
+        "effective_gbps",
+        "bytes moved per second (GB/s, log)",
+        "GEMV: 1 row (decode, B = 1)",
+        "{:,.0f}",
+    )
     if (frame["profile_kind"] == "calibrated").any():
-        dates = ", ".join(sorted(_calibrated_on(p) for p in frame.loc[frame["profile_kind"] == "calibrated",
-                                                                     "profile"].unique()))
+        dates = ", ".join(
+            sorted(_calibrated_on(p) for p in frame.loc[frame["profile_kind"] == "calibrated", "profile"].unique())
+        )
         note = f"hatched bars and curves with markers: calibrated profiles ({dates}); the rest: datasheet profiles"
     else:
         note = "no calibrated profile (hwprofiles/systems/*calibrated*.yaml) yet: datasheet profiles only"
@@ -196,7 +248,12 @@ STUDY = Study(
     name="microbench",
     title="GEMM and GEMV throughput of AMX, AVX-512 and the GPUs",
     description="GEMM and GEMV throughput that the cost model assigns to each CPU ISA and GPU profile "
-                "(datasheet and calibrated), on log axes.",
-    full_grid=FULL, reduced_grid=REDUCED, points=points, run=run, plot=plot,
-    sort_by=("device_kind", "profile_kind", "profile", "engine", "rows"), columns=COLUMNS,
+    "(datasheet and calibrated), on log axes.",
+    full_grid=FULL,
+    reduced_grid=REDUCED,
+    points=points,
+    run=run,
+    plot=plot,
+    sort_by=("device_kind", "profile_kind", "profile", "engine", "rows"),
+    columns=COLUMNS,
 )

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from lia_model.costmodel import Prediction
-from lia_model.optimizer import InfeasibleError, batch_candidates, optimize
-from lia_model.optimizer.space import MAX_PREFILL_MINIBATCHES
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
+from lia_model.optimizer import InfeasibleError, batch_candidates, optimize
+from lia_model.optimizer.space import MAX_PREFILL_MINIBATCHES
 from lia_model.plan import Device, HostTier, Plan, head_device, policy_notation
 from lia_model.workload import Workload
 
@@ -24,13 +24,19 @@ SOLVER = "enumerate"
 @dataclass(frozen=True)
 class Optimum:
     plan: Plan
-    workload: Workload          # the batch the optimiser chose (throughput objective) or the one given
+    workload: Workload  # the batch the optimiser chose (throughput objective) or the one given
     prediction: Prediction
     solve_time_s: float
 
 
-def optimum(system: SystemSpec, model: ModelSpec, workload: Workload, objective: str = "latency",
-            tpot_max_s: Optional[float] = None, mode: str = "overlap") -> Optional[Optimum]:
+def optimum(
+    system: SystemSpec,
+    model: ModelSpec,
+    workload: Workload,
+    objective: str = "latency",
+    tpot_max_s: Optional[float] = None,
+    mode: str = "overlap",
+) -> Optional[Optimum]:
     """The optimal plan under the cost mode, or None when no plan fits (the optimiser's InfeasibleError)."""
     try:
         result = optimize(system, model, workload, objective, tpot_max_s=tpot_max_s, solver=SOLVER, mode=mode)
@@ -44,8 +50,9 @@ def throughput_batch_choices(system: SystemSpec, model: ModelSpec, workload: Wor
     return tuple(batch_candidates(system, model, workload))
 
 
-def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
-                       batch_choices: Optional[tuple[int, ...]] = None) -> bool:
+def in_optimizer_space(
+    system: SystemSpec, plan: Plan, batch: int, batch_choices: Optional[tuple[int, ...]] = None
+) -> bool:
     """Whether the optimiser's search space holds this plan (at this batch).
 
     The space: pinned weights, overlap, any CPU ISA the system has in each stage, the embeddings and LM head
@@ -56,18 +63,33 @@ def in_optimizer_space(system: SystemSpec, plan: Plan, batch: int,
     """
     if batch_choices is not None and batch not in batch_choices:
         return False
-    tiers_ok = all(t == HostTier.DDR or (t == HostTier.CXL and system.has_cxl) for t in (plan.weight_tier,
-                                                                                      plan.kv_tier))
+    tiers_ok = all(
+        t == HostTier.DDR or (t == HostTier.CXL and system.has_cxl) for t in (plan.weight_tier, plan.kv_tier)
+    )
     tiers_ok = tiers_ok and (plan.cxl_weight_layers == 0 or system.has_cxl)
-    isas_ok = all(isa in system.cpu.isa and system.cpu.isa[isa].present
-                  for isa in (plan.prefill_cpu_isa, plan.decode_cpu_isa))
-    return (plan.pinned_weights and plan.overlap and isas_ok and head_device(plan) == Device.GPU
-            and batch % plan.prefill_minibatches == 0 and plan.prefill_minibatches <= MAX_PREFILL_MINIBATCHES
-            and tiers_ok)
+    isas_ok = all(
+        isa in system.cpu.isa and system.cpu.isa[isa].present for isa in (plan.prefill_cpu_isa, plan.decode_cpu_isa)
+    )
+    return (
+        plan.pinned_weights
+        and plan.overlap
+        and isas_ok
+        and head_device(plan) == Device.GPU
+        and batch % plan.prefill_minibatches == 0
+        and plan.prefill_minibatches <= MAX_PREFILL_MINIBATCHES
+        and tiers_ok
+    )
 
 
-PLAN_COLUMNS = ("prefill_policy", "decode_policy", "gpu_resident_layers", "prefill_minibatches", "weight_tier",
-                "kv_tier", "cpu_isa")
+PLAN_COLUMNS = (
+    "prefill_policy",
+    "decode_policy",
+    "gpu_resident_layers",
+    "prefill_minibatches",
+    "weight_tier",
+    "kv_tier",
+    "cpu_isa",
+)
 PREDICTION_COLUMNS = ("feasible", "ttft_s", "tpot_mean_s", "latency_s", "throughput_tokens_per_s")
 
 
@@ -82,16 +104,24 @@ def plan_fields(plan: Optional[Plan]) -> dict[str, Any]:
         "weight_tier": plan.weight_tier.value,
         "kv_tier": plan.kv_tier.value,
         # one ISA when both stages use it, else "PREFILL/DECODE"
-        "cpu_isa": (plan.prefill_cpu_isa.value if plan.prefill_cpu_isa == plan.decode_cpu_isa
-                    else f"{plan.prefill_cpu_isa.value}/{plan.decode_cpu_isa.value}"),
+        "cpu_isa": (
+            plan.prefill_cpu_isa.value
+            if plan.prefill_cpu_isa == plan.decode_cpu_isa
+            else f"{plan.prefill_cpu_isa.value}/{plan.decode_cpu_isa.value}"
+        ),
     }
 
 
 def prediction_fields(prediction: Optional[Prediction]) -> dict[str, Any]:
     """Headline numbers; an infeasible prediction gives feasible=False and no numbers (never fake ones)."""
     if prediction is None or not prediction.feasible:
-        return {"feasible": False, "ttft_s": None, "tpot_mean_s": None, "latency_s": None,
-                "throughput_tokens_per_s": None}
+        return {
+            "feasible": False,
+            "ttft_s": None,
+            "tpot_mean_s": None,
+            "latency_s": None,
+            "throughput_tokens_per_s": None,
+        }
     return {
         "feasible": True,
         "ttft_s": prediction.ttft_s,

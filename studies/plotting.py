@@ -71,8 +71,11 @@ def grid_ticks(ax, axis: str, values, most: int = 6) -> None:
 
 def smallest_font_pt(fig) -> float:
     """The smallest font size of any visible text in the figure (checked against MIN_FONT_PT)."""
-    sizes = [t.get_fontsize() for t in fig.findobj(__import__("matplotlib").text.Text)
-             if t.get_visible() and t.get_text().strip()]
+    sizes = [
+        t.get_fontsize()
+        for t in fig.findobj(__import__("matplotlib").text.Text)
+        if t.get_visible() and t.get_text().strip()
+    ]
     return min(sizes) if sizes else MIN_FONT_PT
 
 

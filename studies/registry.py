@@ -5,12 +5,15 @@ from __future__ import annotations
 from studies import cost, cxl, e2e, microbench, policy_map, sensitivity, validation
 from studies.framework import Study
 
-STUDIES: dict[str, Study] = {s.name: s for s in (
-    microbench.STUDY,
-    e2e.STUDY,
-    policy_map.STUDY,
-    cxl.STUDY,
-    sensitivity.STUDY,
-    cost.STUDY,
-    validation.STUDY,
-)}
+STUDIES: dict[str, Study] = {
+    s.name: s
+    for s in (
+        microbench.STUDY,
+        e2e.STUDY,
+        policy_map.STUDY,
+        cxl.STUDY,
+        sensitivity.STUDY,
+        cost.STUDY,
+        validation.STUDY,
+    )
+}

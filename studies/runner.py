@@ -18,7 +18,7 @@ class StudyResult:
     points: int
     rows: int
     files: tuple[Path, ...]
-    skipped_reason: Optional[str] = None    # set when the study had nothing to do (e.g. no validation data)
+    skipped_reason: Optional[str] = None  # set when the study had nothing to do (e.g. no validation data)
 
 
 def get_study(name: str) -> Study:
@@ -29,9 +29,18 @@ def get_study(name: str) -> Study:
     return STUDIES[name]
 
 
-def run_study(study: Study, out_dir: Path, *, reduced: bool = False, executor: str = "local",
-              scheduler: Optional[str] = None, workers: Optional[int] = None, show_progress: bool = True,
-              plot: bool = True, grid=None) -> StudyResult:
+def run_study(
+    study: Study,
+    out_dir: Path,
+    *,
+    reduced: bool = False,
+    executor: str = "local",
+    scheduler: Optional[str] = None,
+    workers: Optional[int] = None,
+    show_progress: bool = True,
+    plot: bool = True,
+    grid=None,
+) -> StudyResult:
     """``grid``: a grid of the study's own Grid type (studies.gridspec.custom_grid) instead of the built-in
     full or reduced one."""
     grid = grid if grid is not None else study.grid(reduced)
@@ -43,11 +52,23 @@ def run_study(study: Study, out_dir: Path, *, reduced: bool = False, executor: s
     if show_progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn(f"[bold]{study.name}[/bold]"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("points"), TimeElapsedColumn(), transient=False) as bar:
+        with Progress(
+            TextColumn(f"[bold]{study.name}[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("points"),
+            TimeElapsedColumn(),
+            transient=False,
+        ) as bar:
             task = bar.add_task(study.name, total=len(points))
-            rows = run_points(study.run, points, executor=executor, scheduler=scheduler, workers=workers,
-                              progress=lambda n: bar.advance(task, n))
+            rows = run_points(
+                study.run,
+                points,
+                executor=executor,
+                scheduler=scheduler,
+                workers=workers,
+                progress=lambda n: bar.advance(task, n),
+            )
     else:
         rows = run_points(study.run, points, executor=executor, scheduler=scheduler, workers=workers)
     frame = rows_to_frame(study, rows)
@@ -65,5 +86,4 @@ def plot_study(study: Study, csv_path: Path, grid=None) -> list[Path]:
     if not csv_path.exists():
         raise LiaInputError(str(csv_path), "no such CSV", f"run 'lia study {study.name}' first")
     frame = read_csv(csv_path)
-    return save_figure(study.plot(frame, grid if grid is not None else study.full_grid),
-                       csv_path.with_suffix(""))
+    return save_figure(study.plot(frame, grid if grid is not None else study.full_grid), csv_path.with_suffix(""))

@@ -45,11 +45,22 @@ class Grid:
     objectives: tuple[str, ...] = OBJECTIVES
 
 
-FULL = Grid(systems=("spr-h100-cxl", "gnr-a100-cxl"), model="opt-175b", input_len=256, output_len=32,
-            factors=(0.5, 0.625, 0.75, 0.875, 1.0, 1.125, 1.25, 1.375, 1.5))
+FULL = Grid(
+    systems=("spr-h100-cxl", "gnr-a100-cxl"),
+    model="opt-175b",
+    input_len=256,
+    output_len=32,
+    factors=(0.5, 0.625, 0.75, 0.875, 1.0, 1.125, 1.25, 1.375, 1.5),
+)
 # Reduced (tests): four of the seven parameters (each throughput point is an exact batch search, seconds).
-REDUCED = Grid(systems=("spr-a100-cxl",), model="opt-66b", input_len=256, output_len=32, factors=(0.5, 1.0, 1.5),
-               parameters=("pcie_bandwidth", "cpu_matrix_throughput", "cpu_cores", "gpu_memory"))
+REDUCED = Grid(
+    systems=("spr-a100-cxl",),
+    model="opt-66b",
+    input_len=256,
+    output_len=32,
+    factors=(0.5, 1.0, 1.5),
+    parameters=("pcie_bandwidth", "cpu_matrix_throughput", "cpu_cores", "gpu_memory"),
+)
 
 
 @dataclass(frozen=True)
@@ -70,16 +81,22 @@ def points(grid: Grid) -> list[Point]:
         for p in grid.parameters:
             if p == "cxl_bandwidth" and not has_cxl:
                 continue
-            out += [Point(s, grid.model, grid.input_len, grid.output_len, p, f, o) for f in grid.factors
-                    for o in grid.objectives]
+            out += [
+                Point(s, grid.model, grid.input_len, grid.output_len, p, f, o)
+                for f in grid.factors
+                for o in grid.objectives
+            ]
     return out
 
 
 def _field(spec: SystemSpec, path: str) -> float:
     node = spec
     for part in path.split("."):
-        node = node[next(k for k in node if getattr(k, "value", k) == part)] if isinstance(node, dict) \
+        node = (
+            node[next(k for k in node if getattr(k, "value", k) == part)]
+            if isinstance(node, dict)
             else getattr(node, part)
+        )
     return node
 
 
@@ -107,15 +124,48 @@ def run(point: Point) -> list[Row]:
     best = optimum(system, model, inputs.workload(point.model, 1, point.input_len, point.output_len), point.objective)
     fields = prediction_fields(best.prediction if best else None)
     metric = "latency_s" if point.objective == "latency" else "throughput_tokens_per_s"
-    return [{"system": point.system, "model": point.model, "input_len": point.input_len,
-             "output_len": point.output_len, "objective": point.objective, "parameter": point.parameter,
-             "factor": point.factor, "overrides": ";".join(sets), "batch": best.workload.batch if best else None,
-             **fields, "value": fields[metric], **plan_fields(best.plan if best else None)}]
+    return [
+        {
+            "system": point.system,
+            "model": point.model,
+            "input_len": point.input_len,
+            "output_len": point.output_len,
+            "objective": point.objective,
+            "parameter": point.parameter,
+            "factor": point.factor,
+            "overrides": ";".join(sets),
+            "batch": best.workload.batch if best else None,
+            **fields,
+            "value": fields[metric],
+            **plan_fields(best.plan if best else None),
+        }
+    ]
 
 
-COLUMNS = ("system", "model", "input_len", "output_len", "objective", "parameter", "factor", "overrides", "batch",
-           "feasible", "ttft_s", "tpot_mean_s", "latency_s", "throughput_tokens_per_s", "value", "prefill_policy",
-           "decode_policy", "gpu_resident_layers", "prefill_minibatches", "weight_tier", "kv_tier", "cpu_isa")
+COLUMNS = (
+    "system",
+    "model",
+    "input_len",
+    "output_len",
+    "objective",
+    "parameter",
+    "factor",
+    "overrides",
+    "batch",
+    "feasible",
+    "ttft_s",
+    "tpot_mean_s",
+    "latency_s",
+    "throughput_tokens_per_s",
+    "value",
+    "prefill_policy",
+    "decode_policy",
+    "gpu_resident_layers",
+    "prefill_minibatches",
+    "weight_tier",
+    "kv_tier",
+    "cpu_isa",
+)
 
 
 def policy_flips(frame: pd.DataFrame) -> pd.DataFrame:
@@ -127,12 +177,21 @@ def policy_flips(frame: pd.DataFrame) -> pd.DataFrame:
         for _, row in part.iterrows():
             pair = (row["prefill_policy"], row["decode_policy"])
             if prev is not None and pair != prev[1]:
-                out.append({"system": system, "objective": objective, "parameter": parameter,
-                            "from_factor": prev[0], "to_factor": row["factor"],
-                            "from_policy": f"{prev[1][0]} / {prev[1][1]}", "to_policy": f"{pair[0]} / {pair[1]}"})
+                out.append(
+                    {
+                        "system": system,
+                        "objective": objective,
+                        "parameter": parameter,
+                        "from_factor": prev[0],
+                        "to_factor": row["factor"],
+                        "from_policy": f"{prev[1][0]} / {prev[1][1]}",
+                        "to_policy": f"{pair[0]} / {pair[1]}",
+                    }
+                )
             prev = (row["factor"], pair)
-    return pd.DataFrame(out, columns=["system", "objective", "parameter", "from_factor", "to_factor", "from_policy",
-                                      "to_policy"])
+    return pd.DataFrame(
+        out, columns=["system", "objective", "parameter", "from_factor", "to_factor", "from_policy", "to_policy"]
+    )
 
 
 def _percent_change(value, base: float) -> float:
@@ -171,17 +230,29 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
             for k, (parameter, lo_v, hi_v) in enumerate(recs):
                 for v in (lo_v, hi_v):
                     if v == v and abs(v) >= 0.05:
-                        ax.text(v + (span * 0.02 if v > 0 else -span * 0.02), k,
-                                f"{v:+.0f}%" if abs(v) >= 1 else f"{v:+.1f}%", va="center",
-                                ha="left" if v > 0 else "right", fontsize=7)
-                f = flips[(flips["system"] == system) & (flips["objective"] == objective)
-                          & (flips["parameter"] == parameter)]
+                        ax.text(
+                            v + (span * 0.02 if v > 0 else -span * 0.02),
+                            k,
+                            f"{v:+.0f}%" if abs(v) >= 1 else f"{v:+.1f}%",
+                            va="center",
+                            ha="left" if v > 0 else "right",
+                            fontsize=7,
+                        )
+                f = flips[
+                    (flips["system"] == system) & (flips["objective"] == objective) & (flips["parameter"] == parameter)
+                ]
                 if all(not (v == v) or abs(v) < 0.05 for v in (lo_v, hi_v)):
                     ax.text(span * 0.03, k, "no effect", va="center", ha="left", fontsize=7, color="#666666")
                 marks = ", ".join(f"{a:g}-{b:g}" for a, b in zip(f["from_factor"], f["to_factor"]))
-                ax.annotate(f"flips: x{marks}" if marks else "no flip", xy=(1.03, k),
-                            xycoords=("axes fraction", "data"), va="center", ha="left", fontsize=7,
-                            color="#333333")
+                ax.annotate(
+                    f"flips: x{marks}" if marks else "no flip",
+                    xy=(1.03, k),
+                    xycoords=("axes fraction", "data"),
+                    va="center",
+                    ha="left",
+                    fontsize=7,
+                    color="#333333",
+                )
             b0 = float(base["value"].iloc[0]) if len(base) else float("nan")
             bb = base["batch"].iloc[0] if len(base) else None
             if objective == "latency":
@@ -193,10 +264,13 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
             if r == 0 and c == 0:
                 ax.legend(loc="lower left", fontsize=7.5)
     steps = ", ".join(f"x{f:g}" for f in sorted(frame["factor"].unique()))
-    fig.suptitle(f"Sensitivity of the optimum ({grid.model.upper()}, L_in = {grid.input_len}, L_out = "
-                 f"{grid.output_len}) to each hardware parameter scaled x{lo_f:g} and x{hi_f:g}\n"
-                 f"right of each panel: between which factors the optimal (prefill, decode) policy pair changes "
-                 f"(e.g. x0.5-0.625), on the grid {steps}", fontsize=10)
+    fig.suptitle(
+        f"Sensitivity of the optimum ({grid.model.upper()}, L_in = {grid.input_len}, L_out = "
+        f"{grid.output_len}) to each hardware parameter scaled x{lo_f:g} and x{hi_f:g}\n"
+        f"right of each panel: between which factors the optimal (prefill, decode) policy pair changes "
+        f"(e.g. x0.5-0.625), on the grid {steps}",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.95), w_pad=2.0)
     return fig
 
@@ -209,8 +283,13 @@ STUDY = Study(
     name="sensitivity",
     title="Tornado: the optimum's latency and throughput vs each hardware parameter +-50%",
     description="How much the optimum's latency (B = 1) and best throughput change when PCIe, CPU matrix "
-                "throughput, cores, DDR, GPU memory, GPU throughput or CXL bandwidth change by +-50%, and where "
-                "the optimal policy flips.",
-    full_grid=FULL, reduced_grid=REDUCED, points=points, run=run, plot=plot,
-    sort_by=("system", "objective", "parameter", "factor"), columns=COLUMNS,
+    "throughput, cores, DDR, GPU memory, GPU throughput or CXL bandwidth change by +-50%, and where "
+    "the optimal policy flips.",
+    full_grid=FULL,
+    reduced_grid=REDUCED,
+    points=points,
+    run=run,
+    plot=plot,
+    sort_by=("system", "objective", "parameter", "factor"),
+    columns=COLUMNS,
 )

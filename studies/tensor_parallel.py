@@ -10,8 +10,18 @@ from functools import lru_cache
 from pathlib import Path
 
 from lia_model.tensor_parallel import (  # noqa: F401  (re-exported)
-    BATCH_CAP, TensorParallelNode, TensorParallelPrediction, available_per_gpu_bytes, best_at_batch,
-    best_throughput, fits, head_time_s, layer_time_s, memory_per_gpu_bytes, predict_tp, shard,
+    BATCH_CAP,
+    TensorParallelNode,
+    TensorParallelPrediction,
+    available_per_gpu_bytes,
+    best_at_batch,
+    best_throughput,
+    fits,
+    head_time_s,
+    layer_time_s,
+    memory_per_gpu_bytes,
+    predict_tp,
+    shard,
 )
 
 NODE_FILE = Path(__file__).resolve().parent / "dgx_a100.yaml"

@@ -50,10 +50,13 @@ def metric_pairs(columns: list[str]) -> dict[str, tuple[str, str]]:
     pairs: dict[str, tuple[str, str]] = {}
     cols = set(columns)
     for c in columns:
-        for pred, meas, metric in ((c, c.replace("predicted_", "measured_", 1), c[len("predicted_"):]),
-                                   (c, c[: -len("_predicted")] + "_measured", c[: -len("_predicted")])):
-            if (pred.startswith("predicted_") and meas.startswith("measured_") and meas in cols) or \
-                    (pred.endswith("_predicted") and meas.endswith("_measured") and meas in cols):
+        for pred, meas, metric in (
+            (c, c.replace("predicted_", "measured_", 1), c[len("predicted_") :]),
+            (c, c[: -len("_predicted")] + "_measured", c[: -len("_predicted")]),
+        ):
+            if (pred.startswith("predicted_") and meas.startswith("measured_") and meas in cols) or (
+                pred.endswith("_predicted") and meas.endswith("_measured") and meas in cols
+            ):
                 pairs[metric] = (pred, meas)
     if "predicted_latency_additive_s" in cols and "measured_latency_s" in cols:
         pairs["latency_additive_s"] = ("predicted_latency_additive_s", "measured_latency_s")
@@ -63,12 +66,16 @@ def metric_pairs(columns: list[str]) -> dict[str, tuple[str, str]]:
 def unavailable(grid: Grid) -> Optional[str]:
     path = data_path(grid)
     if path is None:
-        return (f"no validation data: {grid.csv} does not exist yet (the runtime's validation run writes it); "
-                "nothing is plotted rather than made-up numbers")
+        return (
+            f"no validation data: {grid.csv} does not exist yet (the runtime's validation run writes it); "
+            "nothing is plotted rather than made-up numbers"
+        )
     frame = pd.read_csv(path)
     if not metric_pairs(list(frame.columns)):
-        return (f"{path} has no predicted_X / measured_X column pairs (columns: {', '.join(frame.columns)}); "
-                "the validation study needs them")
+        return (
+            f"{path} has no predicted_X / measured_X column pairs (columns: {', '.join(frame.columns)}); "
+            "the validation study needs them"
+        )
     return None
 
 
@@ -85,8 +92,10 @@ def points(grid: Grid) -> list[Point]:
         return []
     frame = pd.read_csv(path)
     rel = str(path.relative_to(grid.root)) if path.is_relative_to(grid.root) else str(path)
-    return [Point(rel, k, tuple((c, _plain(v)) for c, v in rec.items())) for k, rec in
-            enumerate(frame.to_dict(orient="records"))]
+    return [
+        Point(rel, k, tuple((c, _plain(v)) for c, v in rec.items()))
+        for k, rec in enumerate(frame.to_dict(orient="records"))
+    ]
 
 
 def _plain(value: Any) -> Any:
@@ -110,25 +119,49 @@ def run(point: Point) -> list[Row]:
     for metric, (pcol, mcol) in metric_pairs(list(fields)).items():
         pred, meas = _number(fields[pcol]), _number(fields[mcol])
         if pred is None or meas is None:
-            continue   # a skipped point, or a sublayer that did not run: nothing to compare
+            continue  # a skipped point, or a sublayer that did not run: nothing to compare
         match = SUBLAYER_METRIC.match(metric)
-        out.append({"source": point.source, "row": point.row_index, **ident,
-                    "kind": "sublayer" if match else "headline", "stage": match.group(1) if match else None,
-                    "sublayer": match.group(2) if match else None,
-                    "device": fields.get(f"{metric[:-3]}_dev") if match else None, "metric": metric,
-                    "predicted": pred, "measured": meas,
-                    "error_pct": (pred - meas) / meas * 100.0 if meas != 0.0 else None})
+        out.append(
+            {
+                "source": point.source,
+                "row": point.row_index,
+                **ident,
+                "kind": "sublayer" if match else "headline",
+                "stage": match.group(1) if match else None,
+                "sublayer": match.group(2) if match else None,
+                "device": fields.get(f"{metric[:-3]}_dev") if match else None,
+                "metric": metric,
+                "predicted": pred,
+                "measured": meas,
+                "error_pct": (pred - meas) / meas * 100.0 if meas != 0.0 else None,
+            }
+        )
     return out
 
 
-COLUMNS = ("source", "row", *ID_COLUMNS, "kind", "stage", "sublayer", "device", "metric", "predicted", "measured",
-           "error_pct")
+COLUMNS = (
+    "source",
+    "row",
+    *ID_COLUMNS,
+    "kind",
+    "stage",
+    "sublayer",
+    "device",
+    "metric",
+    "predicted",
+    "measured",
+    "error_pct",
+)
 
 
-PANEL_TITLES = {"ttft_s": "time to first token", "tpot_mean_s": "mean time per output token",
-                "latency_s": "end-to-end latency, overlap model",
-                "latency_additive_s": "end-to-end latency, additive model (the paper's serial sum)",
-                "throughput_tokens_per_s": "throughput", "sublayer": "per-sublayer times (prefill and decode)"}
+PANEL_TITLES = {
+    "ttft_s": "time to first token",
+    "tpot_mean_s": "mean time per output token",
+    "latency_s": "end-to-end latency, overlap model",
+    "latency_additive_s": "end-to-end latency, additive model (the paper's serial sum)",
+    "throughput_tokens_per_s": "throughput",
+    "sublayer": "per-sublayer times (prefill and decode)",
+}
 
 
 def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
@@ -154,13 +187,27 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
         part = frame[frame["panel"] == panel]
         if panel == "sublayer":
             for dev, sub in part.groupby(part["device"].fillna("?").astype(str)):
-                ax.scatter(sub["measured"], sub["predicted"], s=9, alpha=0.55,
-                           color=device_colors.get(dev, "#777777"), label=f"sublayer on {dev.upper()}")
+                ax.scatter(
+                    sub["measured"],
+                    sub["predicted"],
+                    s=9,
+                    alpha=0.55,
+                    color=device_colors.get(dev, "#777777"),
+                    label=f"sublayer on {dev.upper()}",
+                )
             ax.legend(fontsize=7, loc="lower right")
         else:
             for (lab, model), sub in part.groupby([part["plan_label"].astype(str), part["model"].astype(str)]):
-                ax.scatter(sub["measured"], sub["predicted"], s=22, alpha=0.85, color=colors.get(lab, "#777777"),
-                           marker=markers.get(model, "o"), edgecolor="white", linewidth=0.4)
+                ax.scatter(
+                    sub["measured"],
+                    sub["predicted"],
+                    s=22,
+                    alpha=0.85,
+                    color=colors.get(lab, "#777777"),
+                    marker=markers.get(model, "o"),
+                    edgecolor="white",
+                    linewidth=0.4,
+                )
         values = part[["predicted", "measured"]].to_numpy(dtype=float)
         values = values[values > 0]
         lo, hi = (values.min() / 1.6, values.max() * 1.6) if len(values) else (1e-3, 1.0)
@@ -175,20 +222,28 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
         ax.set_xlabel(f"measured ({unit})")
         ax.set_ylabel(f"predicted ({unit})")
         errors = part["error_pct"].abs()
-        ax.set_title(f"{PANEL_TITLES.get(panel, panel)}\nmean |error| {errors.mean():.0f}%, median "
-                     f"{errors.median():.0f}% over {len(part)} " + ("sublayer times" if panel == "sublayer"
-                                                                     else "points"), fontsize=9)
+        ax.set_title(
+            f"{PANEL_TITLES.get(panel, panel)}\nmean |error| {errors.mean():.0f}%, median "
+            f"{errors.median():.0f}% over {len(part)} " + ("sublayer times" if panel == "sublayer" else "points"),
+            fontsize=9,
+        )
     for k in range(len(panels), nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
     handles = [Line2D([], [], linestyle="", marker="o", color=colors[lab], label=f"plan {lab}") for lab in labels]
-    handles += [Line2D([], [], linestyle="", marker=m, color="#555555", label=model.upper())
-                for model, m in markers.items()]
-    handles += [Line2D([], [], color="black", linewidth=0.8, label="predicted = measured"),
-                matplotlib.patches.Patch(color="grey", alpha=0.3, label="within +-20%")]
+    handles += [
+        Line2D([], [], linestyle="", marker=m, color="#555555", label=model.upper()) for model, m in markers.items()
+    ]
+    handles += [
+        Line2D([], [], color="black", linewidth=0.8, label="predicted = measured"),
+        matplotlib.patches.Patch(color="grey", alpha=0.3, label="within +-20%"),
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=7.5, frameon=False)
     sources = ", ".join(sorted(frame["source"].unique()))
-    fig.suptitle(f"Cost model vs measurement on the GPU host ({sources}); the models run a subset of their layers "
-                 "where num_layers says so", fontsize=10)
+    fig.suptitle(
+        f"Cost model vs measurement on the GPU host ({sources}); the models run a subset of their layers "
+        "where num_layers says so",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     return fig
 
@@ -197,7 +252,13 @@ STUDY = Study(
     name="validation",
     title="Predicted vs measured",
     description="The cost model's predictions against the runtime's measurements, per metric, with the mean "
-                "absolute error.",
-    full_grid=FULL, reduced_grid=REDUCED, points=points, run=run, plot=plot,
-    sort_by=("source", "row", "metric"), columns=COLUMNS, unavailable=unavailable,
+    "absolute error.",
+    full_grid=FULL,
+    reduced_grid=REDUCED,
+    points=points,
+    run=run,
+    plot=plot,
+    sort_by=("source", "row", "metric"),
+    columns=COLUMNS,
+    unavailable=unavailable,
 )

@@ -32,8 +32,14 @@ torch = pytest.importorskip("torch", reason="the calibrator measures with torch"
 
 
 def _run(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lia_model.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "lia_model.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +48,14 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> dict:
     proc = _run("calibrate", "--quick", "--out", str(out), "--name", NAME)
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = out / f"{NAME}.yaml"
-    return {"dir": out, "path": path, "csv": out / f"{NAME}.csv", "stdout": proc.stdout,
-            "data": yaml.safe_load(path.read_text()), "rows": pd.read_csv(out / f"{NAME}.csv")}
+    return {
+        "dir": out,
+        "path": path,
+        "csv": out / f"{NAME}.csv",
+        "stdout": proc.stdout,
+        "data": yaml.safe_load(path.read_text()),
+        "rows": pd.read_csv(out / f"{NAME}.csv"),
+    }
 
 
 def test_profile_validates_and_is_self_contained(calibrated: dict) -> None:
@@ -104,8 +116,12 @@ def test_present_isa_is_observed_and_its_tables_are_efficiencies(calibrated: dic
         measured = rows[(rows.isa == isa.value) & (rows.family == "cpu_matmul") & rows.time_s.notna()]
         assert len(measured) > 0
         kernels = measured.kernel_observed
-        token = {"amx_bf16": "amx", "avx512_bf16": "avx512_core_bf16", "avx512_fp32": "avx512",
-                 "avx2_fp32": "sgemm|avx2"}[isa.value]
+        token = {
+            "amx_bf16": "amx",
+            "avx512_bf16": "avx512_core_bf16",
+            "avx512_fp32": "avx512",
+            "avx2_fp32": "sgemm|avx2",
+        }[isa.value]
         assert kernels.str.contains(token, case=False).all(), kernels.tolist()
         # the peak is the best measured rate, so no point beats cores x per_core_tflops
         isa_rows = rows[(rows.isa == isa.value) & rows.family.isin(["cpu_matmul", "cpu_attention"])]
@@ -136,13 +152,24 @@ def test_fitted_times_are_the_cost_models_own(calibrated: dict) -> None:
     isa = next(i for i, s in spec.cpu.isa.items() if s.present)
     model = get_model("opt-30b")
     fc1 = SUBLAYERS.index(Sublayer.FC1)
-    lin = rows[(rows.family == "cpu_matmul") & (rows.label == "opt-30b.fc1") & (rows.isa == isa.value)
-               & rows.time_s.notna()]
+    lin = rows[
+        (rows.family == "cpu_matmul") & (rows.label == "opt-30b.fc1") & (rows.isa == isa.value) & rows.time_s.notna()
+    ]
     assert len(lin) >= 3
     for r in lin.itertuples():
         tokens = int(r.tokens)
-        ctx = StageContext(batch=tokens, q=1, contexts=(1,), minibatches=1, weight_tier=HostTier.DDR,
-                           kv_tier=HostTier.DDR, cpu_isa=isa, pinned_weights=True, overlap=True, mode=CostMode.OVERLAP)
+        ctx = StageContext(
+            batch=tokens,
+            q=1,
+            contexts=(1,),
+            minibatches=1,
+            weight_tier=HostTier.DDR,
+            kv_tier=HostTier.DDR,
+            cpu_isa=isa,
+            pinned_weights=True,
+            overlap=True,
+            mode=CostMode.OVERLAP,
+        )
         cost_model_s = sublayer_times(spec, model, ctx, tokens).cpu_s[fc1, 0]
         assert cost_model_s == pytest.approx(r.pred_time_s, rel=0.01)  # bias/norm bytes are the only difference
         assert r.pred_time_s / r.time_s - 1 == pytest.approx(r.fit_error_rel, abs=1e-4)
@@ -151,8 +178,9 @@ def test_fitted_times_are_the_cost_models_own(calibrated: dict) -> None:
         peak = spec.cpu.cores * s.per_core_tflops * 1e12
         bw = min(spec.cpu.memory_read_gbps, spec.ddr.read_gbps) * 1e9
         p = Measured(tokens, float(r.flops), linear_bytes(tokens, int(r.k), int(r.n)), float(r.time_s))
-        assert predict_time_s(p, list(s.matmul_efficiency), peak, bw, spec.cpu.op_overhead_us * 1e-6) == \
-            pytest.approx(r.pred_time_s, rel=1e-4)
+        assert predict_time_s(p, list(s.matmul_efficiency), peak, bw, spec.cpu.op_overhead_us * 1e-6) == pytest.approx(
+            r.pred_time_s, rel=1e-4
+        )
 
 
 def test_plans_predict_on_the_calibrated_profile(calibrated: dict) -> None:
@@ -161,35 +189,61 @@ def test_plans_predict_on_the_calibrated_profile(calibrated: dict) -> None:
     workload = make_workload(1, 32, 8)
     result = predict(system, model, workload, baseline_plans(system, model, workload)["ipex"])
     assert math.isfinite(result.latency_s) and result.latency_s > 0
-    proc = _run("predict", "--system", str(calibrated["path"]), "--model", "opt-30b", "--batch", "1",
-                "--input", "32", "--output", "8", "--baseline", "ipex", "--json")
+    proc = _run(
+        "predict",
+        "--system",
+        str(calibrated["path"]),
+        "--model",
+        "opt-30b",
+        "--batch",
+        "1",
+        "--input",
+        "32",
+        "--output",
+        "8",
+        "--baseline",
+        "ipex",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
 
 
 def test_headline_and_compare_scripts(calibrated: dict) -> None:
-    out = subprocess.run([sys.executable, "-m", "calibrate.headline", str(calibrated["path"])], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "calibrate.headline", str(calibrated["path"])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     table = out.stdout
     assert "| tokens | AMX bf16 | AVX-512 bf16 |" in table and "| 2048 |" in table
     line16 = next(line for line in table.splitlines() if line.startswith("| 16 |"))
     # a measured CPU figure at 16 tokens (bf16 on AVX-512 machines; AVX2 fp32 where there is no AVX-512)
     present = load_system(str(calibrated["path"])).cpu.isa
-    columns = [2, 3] if any(present[i].present for i in (CpuIsa.AMX_BF16, CpuIsa.AVX512_BF16) if i in present) \
-        else [6]
+    columns = [2, 3] if any(present[i].present for i in (CpuIsa.AMX_BF16, CpuIsa.AVX512_BF16) if i in present) else [6]
     assert all(line16.split("|")[c].strip()[0].isdigit() for c in columns), line16
     assert table in calibrated["stdout"]  # the command prints the same table last
-    cmp = subprocess.run([sys.executable, "-m", "calibrate.compare", str(calibrated["path"]), str(calibrated["csv"])],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    cmp = subprocess.run(
+        [sys.executable, "-m", "calibrate.compare", str(calibrated["path"]), str(calibrated["csv"])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert cmp.returncode == 0, cmp.stderr
     assert "0 differ by more than 5%" in cmp.stdout and "+0.0%" in cmp.stdout
 
 
-@pytest.mark.parametrize("args, field", [
-    (["--repeats", "0"], "--repeats"),
-    (["--gpu-datasheet", "h100-80"], "--gpu-datasheet"),
-    (["--name", "../evil"], "--name"),
-])
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["--repeats", "0"], "--repeats"),
+        (["--gpu-datasheet", "h100-80"], "--gpu-datasheet"),
+        (["--name", "../evil"], "--name"),
+    ],
+)
 def test_bad_input_is_one_error_line(args: list[str], field: str, tmp_path: Path) -> None:
     proc = _run("calibrate", "--quick", "--out", str(tmp_path), *args, timeout=60)
     assert proc.returncode == 2
@@ -199,10 +253,17 @@ def test_bad_input_is_one_error_line(args: list[str], field: str, tmp_path: Path
 
 @pytest.mark.slow
 def test_gpu_host_campaign_script_in_quick_mode(tmp_path: Path) -> None:
-    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, QUICK="1", REPEATS="2",
-               NAME="campaign-quick")
-    proc = subprocess.run(["bash", str(ROOT / "calibrate" / "gpu_host_campaign.sh")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    env = dict(
+        os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, QUICK="1", REPEATS="2", NAME="campaign-quick"
+    )
+    proc = subprocess.run(
+        ["bash", str(ROOT / "calibrate" / "gpu_host_campaign.sh")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["calibrate.log", "campaign-quick.csv", "campaign-quick.yaml", "headline.md"]

@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 
 from calibrate.cpu_worker import accepts
-from calibrate.fit import (Measured, attention_bytes, fit_errors, fit_table, linear_bytes, peak_rate,
-                           point_efficiency, predict_time_s)
+from calibrate.fit import (
+    Measured,
+    attention_bytes,
+    fit_errors,
+    fit_table,
+    linear_bytes,
+    peak_rate,
+    point_efficiency,
+    predict_time_s,
+)
 from calibrate.headline import figures, headline_markdown
 from calibrate.host import HostInfo, NumaNode, parse_cpulist, parse_meminfo_kb, physical_cores
 from calibrate.records import aggregate, row
@@ -26,11 +34,15 @@ from lia_model.sublayers import Sublayer
 
 # ---------------------------------------------------------------- the fit
 
-PEAK = 8e12          # FLOP/s
-BW = 100e9           # bytes/s
-OVERHEAD = 1e-6      # s
-TRUE_TABLE = [EfficiencyPoint(tokens=1, efficiency=0.02), EfficiencyPoint(tokens=16, efficiency=0.3),
-              EfficiencyPoint(tokens=256, efficiency=0.8), EfficiencyPoint(tokens=2048, efficiency=0.9)]
+PEAK = 8e12  # FLOP/s
+BW = 100e9  # bytes/s
+OVERHEAD = 1e-6  # s
+TRUE_TABLE = [
+    EfficiencyPoint(tokens=1, efficiency=0.02),
+    EfficiencyPoint(tokens=16, efficiency=0.3),
+    EfficiencyPoint(tokens=256, efficiency=0.8),
+    EfficiencyPoint(tokens=2048, efficiency=0.9),
+]
 SHAPES = [(7168, 28672), (7168, 7168), (4096, 14336), (12288, 49152)]
 
 
@@ -76,7 +88,7 @@ def test_shapes_that_disagree_at_one_token_count_split_the_difference_in_relativ
     fitted = fit_table(points, peak, BW, OVERHEAD)
     errors = fit_errors(points, fitted, peak, BW, OVERHEAD)
     logs = np.log1p(errors)
-    assert abs(logs.sum()) < 1e-2                     # least squares in log space: balanced
+    assert abs(logs.sum()) < 1e-2  # least squares in log space: balanced
     slow = errors[SHAPES.index((7168, 7168))]
     assert slow < -0.2 and all(e > 0 for i, e in enumerate(errors) if i != SHAPES.index((7168, 7168)))
 
@@ -91,8 +103,18 @@ def test_point_efficiency_edges() -> None:
 
 
 def test_bytes_are_the_cost_models_accounting() -> None:
-    mha = ModelSpec(name="t", num_layers=1, hidden_size=56 * 128, ffn_size=4 * 56 * 128, num_heads=56,
-                    num_kv_heads=56, head_dim=128, vocab_size=8, max_context=4096, linear_bias=False)
+    mha = ModelSpec(
+        name="t",
+        num_layers=1,
+        hidden_size=56 * 128,
+        ffn_size=4 * 56 * 128,
+        num_heads=56,
+        num_kv_heads=56,
+        head_dim=128,
+        vocab_size=8,
+        max_context=4096,
+        linear_bias=False,
+    )
     for batch, q, s in ((8, 1, 2048), (1, 512, 512)):
         work = sublayer_work(mha, batch, q, s)
         for sub in (Sublayer.ATTN_SCORE, Sublayer.ATTN_CONTEXT):
@@ -113,10 +135,12 @@ onednn_verbose,v1,primitive,exec,cpu,matmul,brg_matmul:avx512_core_amx,undef,src
 onednn_verbose,v1,primitive,exec,cpu,matmul,brg_matmul:avx512_core_amx,undef,src:bf16::blocked:ab::f0,,,1x7168:7168x28672,5.2
 """
 ONEDNN_OLD = "onednn_verbose,primitive,exec,cpu,matmul,brg:avx512_core_bf16,undef,src_bf16::blocked:ab:f0,,,64x1024:1024x1024,0.2\n"
-MKL = ("MKL_VERBOSE oneMKL 2024.0 Product build 20231011 for Intel(R) 64 architecture Intel(R) Advanced Vector "
-       "Extensions 512 (Intel(R) AVX-512) with support for INT8, BF16, FP16 (limited) instructions, and Intel(R) "
-       "Advanced Matrix Extensions (Intel(R) AMX) with INT8 and BF16, Lnx 2.10GHz lp64 gnu_thread\n"
-       "MKL_VERBOSE SGEMM(T,N,1024,64,1024,0x1,0x2,1024,0x3,1024,0x4,0x5,1024) 3.00ms CNR:OFF Dyn:1 FastMM:1 TID:0\n")
+MKL = (
+    "MKL_VERBOSE oneMKL 2024.0 Product build 20231011 for Intel(R) 64 architecture Intel(R) Advanced Vector "
+    "Extensions 512 (Intel(R) AVX-512) with support for INT8, BF16, FP16 (limited) instructions, and Intel(R) "
+    "Advanced Matrix Extensions (Intel(R) AMX) with INT8 and BF16, Lnx 2.10GHz lp64 gnu_thread\n"
+    "MKL_VERBOSE SGEMM(T,N,1024,64,1024,0x1,0x2,1024,0x3,1024,0x4,0x5,1024) 3.00ms CNR:OFF Dyn:1 FastMM:1 TID:0\n"
+)
 
 
 def test_parse_onednn_verbose_and_accept_amx() -> None:
@@ -135,9 +159,14 @@ def test_parse_mkl_verbose_and_the_fp32_path() -> None:
     assert report.mkl_calls == ("SGEMM",) and mkl_isa_tag(report.mkl_dispatch) == "avx512_amx"
     assert report.summary == "mkl:sgemm:avx512_amx"
     assert accepts("avx512_fp32", report)[0]
-    generic = parse_verbose(MKL.replace("Intel(R) Advanced Vector Extensions 512 (Intel(R) AVX-512) with support for "
-                                        "INT8, BF16, FP16 (limited) instructions, and Intel(R) Advanced Matrix "
-                                        "Extensions (Intel(R) AMX) with INT8 and BF16", "Intel(R) Architecture processors"))
+    generic = parse_verbose(
+        MKL.replace(
+            "Intel(R) Advanced Vector Extensions 512 (Intel(R) AVX-512) with support for "
+            "INT8, BF16, FP16 (limited) instructions, and Intel(R) Advanced Matrix "
+            "Extensions (Intel(R) AMX) with INT8 and BF16",
+            "Intel(R) Architecture processors",
+        )
+    )
     ok, seen = accepts("avx512_fp32", generic)
     assert not ok and "Intel(R) Architecture processors" in seen
     assert not accepts("amx_bf16", parse_verbose(""))[0]
@@ -148,8 +177,23 @@ def test_parse_mkl_verbose_and_the_fp32_path() -> None:
 
 def test_aggregate_means_the_repeats_and_reports_the_spread() -> None:
     def r(t: float) -> dict:
-        return row("cpu_matmul", "linear", label="x", isa="avx512_bf16", tokens=16, k=4, n=4, flops=1e9, bytes=1e6,
-                   time_s=t, time_s_min=t * 0.9, time_s_max=t * 1.1, samples=5, kernel_observed="brg")
+        return row(
+            "cpu_matmul",
+            "linear",
+            label="x",
+            isa="avx512_bf16",
+            tokens=16,
+            k=4,
+            n=4,
+            flops=1e9,
+            bytes=1e6,
+            time_s=t,
+            time_s_min=t * 0.9,
+            time_s_max=t * 1.1,
+            samples=5,
+            kernel_observed="brg",
+        )
+
     out = aggregate([[r(1.0)], [r(1.2)]])
     assert len(out) == 1
     a = out[0]
@@ -183,8 +227,19 @@ def test_host_parsing(tmp_path: Path) -> None:
         (topo / "core_id").write_text(str(core))
         (topo / "physical_package_id").write_text("0")
     assert physical_cores((0, 1, 2, 3), tmp_path) == 2
-    emr = HostInfo("h", "INTEL(R) XEON(R) PLATINUM 8562Y+", "GenuineIntel", 6, 207, frozenset({"amx_bf16", "amx_tile"}),
-                   (0, 1), 2, (NumaNode(0, (0, 1), 100), NumaNode(1, (), 50)), 150, 100)
+    emr = HostInfo(
+        "h",
+        "INTEL(R) XEON(R) PLATINUM 8562Y+",
+        "GenuineIntel",
+        6,
+        207,
+        frozenset({"amx_bf16", "amx_tile"}),
+        (0, 1),
+        2,
+        (NumaNode(0, (0, 1), 100), NumaNode(1, (), 50)),
+        150,
+        100,
+    )
     assert emr.codename == "emr" and emr.has_amx
     assert [n.node for n in emr.cxl_nodes] == [1] and emr.ddr_capacity_bytes == 100
     assert default_name(emr, "NVIDIA H100 80GB HBM3") == "emr-h100-calibrated"
@@ -199,10 +254,34 @@ def test_headline_figures_from_rows() -> None:
     for isa, tflops in (("amx_bf16", 4.0), ("avx512_bf16", 1.0)):
         for t in HEADLINE_TOKENS:
             flops = 2.0 * t * head.k * head.n
-            rows.append(dict(row("cpu_matmul", "linear", label=head.label, isa=isa, tokens=t, k=head.k, n=head.n,
-                                 backend="torch", flops=flops, time_s=flops / (tflops * 1e12)), spread_rel=0.02))
-    rows.append(row("pcie", "h2d", pinned="pinned", size_bytes=64 << 20, numa_node=0, bytes=float(64 << 20),
-                    time_s=(64 << 20) / 50e9))
+            rows.append(
+                dict(
+                    row(
+                        "cpu_matmul",
+                        "linear",
+                        label=head.label,
+                        isa=isa,
+                        tokens=t,
+                        k=head.k,
+                        n=head.n,
+                        backend="torch",
+                        flops=flops,
+                        time_s=flops / (tflops * 1e12),
+                    ),
+                    spread_rel=0.02,
+                )
+            )
+    rows.append(
+        row(
+            "pcie",
+            "h2d",
+            pinned="pinned",
+            size_bytes=64 << 20,
+            numa_node=0,
+            bytes=float(64 << 20),
+            time_s=(64 << 20) / 50e9,
+        )
+    )
     rows.append(row("contention", "gemm_during_h2d", label="g", flops=1e12, time_s=1.2, solo_time_s=1.0, slowdown=1.2))
     fig = figures(rows)
     assert fig[f"gemm {head.label} 256 tokens amx_bf16 TFLOPS"][0] == pytest.approx(4.0)

@@ -20,10 +20,17 @@ def test_one_opt_30b_layer_holds_1_23_gb_of_bf16_weights():
     assert layer_weight_bytes(get_model("opt-30b")) == 2 * (12 * 7168**2 + 13 * 7168)
 
 
-@pytest.mark.parametrize("name, published", [
-    ("opt-30b", 30e9), ("opt-66b", 66e9), ("llama-2-70b", 68.98e9), ("llama-3.1-70b", 70.55e9),
-    ("bloom-176b", 176.2e9), ("mixtral-8x7b", 46.7e9),
-])
+@pytest.mark.parametrize(
+    "name, published",
+    [
+        ("opt-30b", 30e9),
+        ("opt-66b", 66e9),
+        ("llama-2-70b", 68.98e9),
+        ("llama-3.1-70b", 70.55e9),
+        ("bloom-176b", 176.2e9),
+        ("mixtral-8x7b", 46.7e9),
+    ],
+)
 def test_parameter_counts_match_published_sizes(name, published):
     assert total_params(get_model(name)) == pytest.approx(published, rel=0.01)
 
@@ -39,9 +46,19 @@ def test_kv_bytes_per_token_of_a_gqa_model():
 
 
 def test_hf_config_honours_head_dim_and_kv_heads(tmp_path):
-    config = {"model_type": "llama", "hidden_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 24,
-              "num_key_value_heads": 8, "head_dim": 256, "intermediate_size": 8192, "vocab_size": 128256,
-              "max_position_embeddings": 8192, "hidden_act": "silu", "tie_word_embeddings": False}
+    config = {
+        "model_type": "llama",
+        "hidden_size": 3072,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+        "head_dim": 256,
+        "intermediate_size": 8192,
+        "vocab_size": 128256,
+        "max_position_embeddings": 8192,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+    }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
     m = resolve_model(str(path))
@@ -50,9 +67,17 @@ def test_hf_config_honours_head_dim_and_kv_heads(tmp_path):
 
 
 def test_hf_config_of_opt_reproduces_the_catalog_entry():
-    config = {"model_type": "opt", "hidden_size": 7168, "num_hidden_layers": 48, "num_attention_heads": 56,
-              "ffn_dim": 28672, "vocab_size": 50272, "max_position_embeddings": 2048,
-              "activation_function": "relu", "enable_bias": True}
+    config = {
+        "model_type": "opt",
+        "hidden_size": 7168,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 56,
+        "ffn_dim": 28672,
+        "vocab_size": 50272,
+        "max_position_embeddings": 2048,
+        "activation_function": "relu",
+        "enable_bias": True,
+    }
     m = model_from_hf_config(config, name="opt-30b")
     assert total_params(m) == total_params(CATALOG["opt-30b"])
 

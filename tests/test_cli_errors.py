@@ -26,12 +26,30 @@ from lia_model.cli_common import run_guarded
 PROFILES = Path(__file__).resolve().parents[1] / "hwprofiles"
 GPU = (PROFILES / "gpu" / "h100-pcie-80gb.yaml").read_text()
 LINK = (PROFILES / "link" / "pcie5-x16.yaml").read_text()
-LLAMA = {"model_type": "llama", "hidden_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 8,
-         "num_key_value_heads": 8, "intermediate_size": 2816, "vocab_size": 32000, "max_position_embeddings": 4096}
-QWEN_MOE = {"model_type": "qwen2_moe", "hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 16,
-            "num_key_value_heads": 16, "intermediate_size": 5632, "moe_intermediate_size": 1408,
-            "shared_expert_intermediate_size": 5632, "num_experts": 60, "num_experts_per_tok": 4,
-            "vocab_size": 151936, "max_position_embeddings": 8192}
+LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 1024,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "intermediate_size": 2816,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+}
+QWEN_MOE = {
+    "model_type": "qwen2_moe",
+    "hidden_size": 2048,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "intermediate_size": 5632,
+    "moe_intermediate_size": 1408,
+    "shared_expert_intermediate_size": 5632,
+    "num_experts": 60,
+    "num_experts_per_tok": 4,
+    "vocab_size": 151936,
+    "max_position_embeddings": 8192,
+}
 
 
 def run_lia(args: list[str]) -> tuple[int, str, str]:
@@ -63,20 +81,53 @@ def assert_one_error(code: int, out: str, err: str, needles: tuple[str, ...]) ->
         assert needle in err, (needle, err)
 
 
-def system_yaml(gpu_text: str = GPU, extra: str = "", source: str = "{host_reserved_gib: t, memory_headroom_fraction: t}") -> str:
-    return ("name: broken\ncpu: spr-8460h\nlink: pcie5-x16\nddr: ddr5-4800-8ch-512gib\ncxl: null\n"
-            f"host_reserved_gib: 16\nmemory_headroom_fraction: 0.05\n{extra}source: {source}\n"
-            "gpu:\n" + "\n".join("  " + line for line in gpu_text.splitlines()) + "\n")
+def system_yaml(
+    gpu_text: str = GPU, extra: str = "", source: str = "{host_reserved_gib: t, memory_headroom_fraction: t}"
+) -> str:
+    return (
+        "name: broken\ncpu: spr-8460h\nlink: pcie5-x16\nddr: ddr5-4800-8ch-512gib\ncxl: null\n"
+        f"host_reserved_gib: 16\nmemory_headroom_fraction: 0.05\n{extra}source: {source}\n"
+        "gpu:\n" + "\n".join("  " + line for line in gpu_text.splitlines()) + "\n"
+    )
 
 
 def results_csv(rows: list[dict]) -> str:
-    cols = ["point_id", "group_id", "status", "plan_spec", "plan_label", "model", "num_layers", "batch", "input_len",
-            "output_len", "predicted_ttft_s", "measured_ttft_s", "predicted_tpot_mean_s", "measured_tpot_mean_s",
-            "predicted_latency_s", "measured_latency_s"]
-    base = dict(point_id="g/optimal", group_id="g", status="ran", plan_spec="optimal", plan_label="optimum",
-                model="opt-30b", num_layers=4, batch=1, input_len=32, output_len=8, predicted_ttft_s=0.1,
-                measured_ttft_s=0.1, predicted_tpot_mean_s=0.01, measured_tpot_mean_s=0.01,
-                predicted_latency_s=0.2, measured_latency_s=0.2)
+    cols = [
+        "point_id",
+        "group_id",
+        "status",
+        "plan_spec",
+        "plan_label",
+        "model",
+        "num_layers",
+        "batch",
+        "input_len",
+        "output_len",
+        "predicted_ttft_s",
+        "measured_ttft_s",
+        "predicted_tpot_mean_s",
+        "measured_tpot_mean_s",
+        "predicted_latency_s",
+        "measured_latency_s",
+    ]
+    base = dict(
+        point_id="g/optimal",
+        group_id="g",
+        status="ran",
+        plan_spec="optimal",
+        plan_label="optimum",
+        model="opt-30b",
+        num_layers=4,
+        batch=1,
+        input_len=32,
+        output_len=8,
+        predicted_ttft_s=0.1,
+        measured_ttft_s=0.1,
+        predicted_tpot_mean_s=0.01,
+        measured_tpot_mean_s=0.01,
+        predicted_latency_s=0.2,
+        measured_latency_s=0.2,
+    )
     lines = [",".join(cols)]
     for r in rows:
         lines.append(",".join(str({**base, **r}[c]) for c in cols))
@@ -143,125 +194,329 @@ BAD_INPUTS = [
     ("set-cores-zero", ["plan", "--set", "cpu.cores=0"], {}, ("cpu.cores",)),
     ("set-cores-fraction", ["plan", "--set", "cpu.cores=2.5"], {}, ("cpu.cores",)),
     ("set-headroom", ["plan", "--set", "memory_headroom_fraction=1.5"], {}, ("memory_headroom_fraction",)),
-    ("set-several-problems", ["plan", "--set", "gpu.hbm_gbps=-1", "--set", "link.h2d_gbps=-1"], {},
-     ("2 problems", "gpu.hbm_gbps", "link.h2d_gbps")),
-    ("set-on-device", ["profiles", "show", "h100-pcie-80gb", "--set", "memory_gib=-5"], {}, ("memory_gib", "greater than 0")),
+    (
+        "set-several-problems",
+        ["plan", "--set", "gpu.hbm_gbps=-1", "--set", "link.h2d_gbps=-1"],
+        {},
+        ("2 problems", "gpu.hbm_gbps", "link.h2d_gbps"),
+    ),
+    (
+        "set-on-device",
+        ["profiles", "show", "h100-pcie-80gb", "--set", "memory_gib=-5"],
+        {},
+        ("memory_gib", "greater than 0"),
+    ),
     # ---- system profiles
     ("system-unknown", ["plan", "--system", "spr-h1000"], {}, ("system", "did you mean 'spr-h100'")),
     ("system-missing-file", ["plan", "--system", "nowhere.yaml"], {}, ("system", "no such system file")),
-    ("system-binary", ["plan", "--system", "bin.yaml"], {"bin.yaml": bytes(range(256)) * 4}, ("bin.yaml", "not a text file")),
+    (
+        "system-binary",
+        ["plan", "--system", "bin.yaml"],
+        {"bin.yaml": bytes(range(256)) * 4},
+        ("bin.yaml", "not a text file"),
+    ),
     ("system-empty", ["plan", "--system", "empty.yaml"], {"empty.yaml": ""}, ("empty.yaml", "mapping")),
-    ("system-malformed", ["plan", "--system", "bad.yaml"], {"bad.yaml": "name: x\ncpu: [spr-8460h\ngpu: h100\n"},
-     ("malformed YAML at line",)),
+    (
+        "system-malformed",
+        ["plan", "--system", "bad.yaml"],
+        {"bad.yaml": "name: x\ncpu: [spr-8460h\ngpu: h100\n"},
+        ("malformed YAML at line",),
+    ),
     ("system-a-list", ["plan", "--system", "list.yaml"], {"list.yaml": "- a\n- b\n"}, ("list.yaml", "mapping")),
-    ("system-deep", ["plan", "--system", "deep.yaml"], {"deep.yaml": "a: " + "[" * 20000 + "]" * 20000 + "\n"},
-     ("deep.yaml",)),
-    ("system-missing-field", ["plan", "--system", "s.yaml"],
-     {"s.yaml": system_yaml("\n".join(x for x in GPU.splitlines() if not x.startswith("hbm_gbps:")))},
-     ("gpu.hbm_gbps", "missing", "hbm_gbps: 3350")),
-    ("system-unit-typo", ["plan", "--system", "s.yaml"], {"s.yaml": system_yaml(GPU.replace("hbm_gbps: 2000", "hbm_gb_per_s: 2000"))},
-     ("gpu.hbm_gb_per_s", "unknown field", "did you mean 'hbm_gbps'")),
-    ("system-no-source", ["plan", "--system", "s.yaml"],
-     {"s.yaml": system_yaml(GPU.replace('  hbm_gbps: "datasheet: H100 PCIe, 2.0 TB/s"\n', ""))},
-     ("without a source", "hbm_gbps")),
-    ("system-empty-source", ["plan", "--system", "s.yaml"],
-     {"s.yaml": system_yaml(source="{host_reserved_gib: '', memory_headroom_fraction: t}")}, ("host_reserved_gib", "source")),
-    ("system-bool-number", ["plan", "--system", "s.yaml"], {"s.yaml": system_yaml(GPU.replace("memory_gib: 80", "memory_gib: true"))},
-     ("memory_gib", "number")),
-    ("system-device-path-missing", ["plan", "--system", "s.yaml"], {"s.yaml": system_yaml().replace("link: pcie5-x16", "link: nolink.yaml")},
-     ("nolink.yaml",)),
+    (
+        "system-deep",
+        ["plan", "--system", "deep.yaml"],
+        {"deep.yaml": "a: " + "[" * 20000 + "]" * 20000 + "\n"},
+        ("deep.yaml",),
+    ),
+    (
+        "system-missing-field",
+        ["plan", "--system", "s.yaml"],
+        {"s.yaml": system_yaml("\n".join(x for x in GPU.splitlines() if not x.startswith("hbm_gbps:")))},
+        ("gpu.hbm_gbps", "missing", "hbm_gbps: 3350"),
+    ),
+    (
+        "system-unit-typo",
+        ["plan", "--system", "s.yaml"],
+        {"s.yaml": system_yaml(GPU.replace("hbm_gbps: 2000", "hbm_gb_per_s: 2000"))},
+        ("gpu.hbm_gb_per_s", "unknown field", "did you mean 'hbm_gbps'"),
+    ),
+    (
+        "system-no-source",
+        ["plan", "--system", "s.yaml"],
+        {"s.yaml": system_yaml(GPU.replace('  hbm_gbps: "datasheet: H100 PCIe, 2.0 TB/s"\n', ""))},
+        ("without a source", "hbm_gbps"),
+    ),
+    (
+        "system-empty-source",
+        ["plan", "--system", "s.yaml"],
+        {"s.yaml": system_yaml(source="{host_reserved_gib: '', memory_headroom_fraction: t}")},
+        ("host_reserved_gib", "source"),
+    ),
+    (
+        "system-bool-number",
+        ["plan", "--system", "s.yaml"],
+        {"s.yaml": system_yaml(GPU.replace("memory_gib: 80", "memory_gib: true"))},
+        ("memory_gib", "number"),
+    ),
+    (
+        "system-device-path-missing",
+        ["plan", "--system", "s.yaml"],
+        {"s.yaml": system_yaml().replace("link: pcie5-x16", "link: nolink.yaml")},
+        ("nolink.yaml",),
+    ),
     ("profile-unknown", ["profiles", "show", "h100-pcie-8gb"], {}, ("profile", "did you mean 'h100-pcie-80gb'")),
-    ("profile-new-exists", ["profiles", "new", "--from", "h100-pcie-80gb", "mine"], {"mine.yaml": "name: mine\n"},
-     ("mine.yaml", "exists", "--force")),
+    (
+        "profile-new-exists",
+        ["profiles", "new", "--from", "h100-pcie-80gb", "mine"],
+        {"mine.yaml": "name: mine\n"},
+        ("mine.yaml", "exists", "--force"),
+    ),
     ("profile-new-unknown", ["profiles", "new", "--from", "h200-9", "x"], {}, ("profile", "unknown")),
     ("profile-new-bad-name", ["profiles", "new", "--from", "h100-pcie-80gb", "../x"], {}, ("NAME",)),
-    ("profile-new-shipped", ["profiles", "new", "--from", "h100-pcie-80gb", "x", "--out", str(PROFILES / "gpu")], {},
-     ("shipped profiles", "--force")),
+    (
+        "profile-new-shipped",
+        ["profiles", "new", "--from", "h100-pcie-80gb", "x", "--out", str(PROFILES / "gpu")],
+        {},
+        ("shipped profiles", "--force"),
+    ),
     # ---- models
     ("model-unknown", ["plan", "--model", "opt-17b"], {}, ("model", "unknown model 'opt-17b'", "opt-175b")),
     ("model-missing-file", ["plan", "--model", "nowhere/config.json"], {}, ("--model", "no such file")),
-    ("config-binary", ["plan", "--model", "c.json"], {"c.json": b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe"}, ("c.json", "not a text file")),
-    ("config-malformed", ["plan", "--model", "c.json"], {"c.json": '{"hidden_size": 4096,'}, ("c.json", "malformed JSON")),
-    ("config-deep", ["plan", "--model", "c.json"], {"c.json": "[" * 100000 + "]" * 100000}, ("c.json", "nested too deeply")),
+    (
+        "config-binary",
+        ["plan", "--model", "c.json"],
+        {"c.json": b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe"},
+        ("c.json", "not a text file"),
+    ),
+    (
+        "config-malformed",
+        ["plan", "--model", "c.json"],
+        {"c.json": '{"hidden_size": 4096,'},
+        ("c.json", "malformed JSON"),
+    ),
+    (
+        "config-deep",
+        ["plan", "--model", "c.json"],
+        {"c.json": "[" * 100000 + "]" * 100000},
+        ("c.json", "nested too deeply"),
+    ),
     ("config-a-list", ["plan", "--model", "c.json"], {"c.json": "[1, 2]"}, ("c.json", "not a JSON object")),
-    ("config-nan-literal", ["plan", "--model", "c.json"], {"c.json": config().replace('"hidden_size": 1024', '"hidden_size": NaN')},
-     ("c.json", "NaN")),
-    ("config-no-hidden", ["plan", "--model", "c.json"], {"c.json": config(hidden_size=None)}, ("hidden_size", "missing")),
-    ("config-zero-heads", ["plan", "--model", "c.json"], {"c.json": config(num_attention_heads=0)},
-     ("num_attention_heads", "at least 1")),
-    ("config-zero-kv-heads", ["plan", "--model", "c.json"], {"c.json": config(num_key_value_heads=0)},
-     ("num_key_value_heads", "at least 1")),
-    ("config-kv-heads-not-dividing", ["plan", "--model", "c.json"], {"c.json": config(num_key_value_heads=3)},
-     ("num_heads", "multiple of num_kv_heads")),
+    (
+        "config-nan-literal",
+        ["plan", "--model", "c.json"],
+        {"c.json": config().replace('"hidden_size": 1024', '"hidden_size": NaN')},
+        ("c.json", "NaN"),
+    ),
+    (
+        "config-no-hidden",
+        ["plan", "--model", "c.json"],
+        {"c.json": config(hidden_size=None)},
+        ("hidden_size", "missing"),
+    ),
+    (
+        "config-zero-heads",
+        ["plan", "--model", "c.json"],
+        {"c.json": config(num_attention_heads=0)},
+        ("num_attention_heads", "at least 1"),
+    ),
+    (
+        "config-zero-kv-heads",
+        ["plan", "--model", "c.json"],
+        {"c.json": config(num_key_value_heads=0)},
+        ("num_key_value_heads", "at least 1"),
+    ),
+    (
+        "config-kv-heads-not-dividing",
+        ["plan", "--model", "c.json"],
+        {"c.json": config(num_key_value_heads=3)},
+        ("num_heads", "multiple of num_kv_heads"),
+    ),
     ("config-zero-vocab", ["plan", "--model", "c.json"], {"c.json": config(vocab_size=0)}, ("vocab_size",)),
-    ("config-zero-context", ["plan", "--model", "c.json"], {"c.json": config(max_position_embeddings=0)},
-     ("max_position_embeddings",)),
-    ("config-zero-experts", ["plan", "--model", "c.json"], {"c.json": config(num_local_experts=0)}, ("num_local_experts",)),
-    ("config-string-experts", ["plan", "--model", "c.json"], {"c.json": config(num_local_experts="eight")},
-     ("num_local_experts", "whole number")),
-    ("config-list-number", ["plan", "--model", "c.json"], {"c.json": config(hidden_size=[1024])}, ("hidden_size", "whole number")),
-    ("config-bool-number", ["plan", "--model", "c.json"], {"c.json": config(num_hidden_layers=True)},
-     ("num_hidden_layers", "whole number")),
-    ("config-100000-layers", ["plan", "--model", "c.json"], {"c.json": config(num_hidden_layers=100000)},
-     ("num_layers", "1024")),
-    ("config-no-mlp-width", ["plan", "--model", "c.json"], {"c.json": config(intermediate_size=None)},
-     ("intermediate_size", "missing")),
-    ("config-quantized-3bit", ["plan", "--model", "c.json"], {"c.json": config(quantization_config={"quant_method": "gptq", "bits": 3})},
-     ("quantization_config.bits", "3-bit")),
-    ("config-quant-method", ["plan", "--model", "c.json"], {"c.json": config(quantization_config={"quant_method": "hqq"})},
-     ("quant_method", "hqq")),
+    (
+        "config-zero-context",
+        ["plan", "--model", "c.json"],
+        {"c.json": config(max_position_embeddings=0)},
+        ("max_position_embeddings",),
+    ),
+    (
+        "config-zero-experts",
+        ["plan", "--model", "c.json"],
+        {"c.json": config(num_local_experts=0)},
+        ("num_local_experts",),
+    ),
+    (
+        "config-string-experts",
+        ["plan", "--model", "c.json"],
+        {"c.json": config(num_local_experts="eight")},
+        ("num_local_experts", "whole number"),
+    ),
+    (
+        "config-list-number",
+        ["plan", "--model", "c.json"],
+        {"c.json": config(hidden_size=[1024])},
+        ("hidden_size", "whole number"),
+    ),
+    (
+        "config-bool-number",
+        ["plan", "--model", "c.json"],
+        {"c.json": config(num_hidden_layers=True)},
+        ("num_hidden_layers", "whole number"),
+    ),
+    (
+        "config-100000-layers",
+        ["plan", "--model", "c.json"],
+        {"c.json": config(num_hidden_layers=100000)},
+        ("num_layers", "1024"),
+    ),
+    (
+        "config-no-mlp-width",
+        ["plan", "--model", "c.json"],
+        {"c.json": config(intermediate_size=None)},
+        ("intermediate_size", "missing"),
+    ),
+    (
+        "config-quantized-3bit",
+        ["plan", "--model", "c.json"],
+        {"c.json": config(quantization_config={"quant_method": "gptq", "bits": 3})},
+        ("quantization_config.bits", "3-bit"),
+    ),
+    (
+        "config-quant-method",
+        ["plan", "--model", "c.json"],
+        {"c.json": config(quantization_config={"quant_method": "hqq"})},
+        ("quant_method", "hqq"),
+    ),
     ("weight-dtype-unknown", ["plan", "--weight-dtype", "int3"], {}, ("--weight-dtype", "int3", "int4")),
-    ("fp8-on-a100", ["plan", "--system", "spr-a100", "--weight-dtype", "fp8_e4m3"], {},
-     ("--weight-dtype", "fp8", "spr-a100", "int8")),
+    (
+        "fp8-on-a100",
+        ["plan", "--system", "spr-a100", "--weight-dtype", "fp8_e4m3"],
+        {},
+        ("--weight-dtype", "fp8", "spr-a100", "int8"),
+    ),
     ("group-size-bf16", ["plan", "--group-size", "64"], {}, ("--group-size", "bf16")),
-    ("config-moe-no-top-k", ["plan", "--model", "c.json"], {"c.json": config(num_local_experts=8)},
-     ("num_experts_per_tok",)),
+    (
+        "config-moe-no-top-k",
+        ["plan", "--model", "c.json"],
+        {"c.json": config(num_local_experts=8)},
+        ("num_experts_per_tok",),
+    ),
     # ---- plans
     ("plan-missing-file", ["predict", "--plan", "nowhere.json"], {}, ("--plan", "no such file")),
     ("plan-binary", ["predict", "--plan", "p.json"], {"p.json": bytes(range(200, 256))}, ("p.json", "not a text file")),
     ("plan-malformed", ["predict", "--plan", "p.json"], {"p.json": "{"}, ("p.json", "malformed JSON")),
-    ("plan-bool-resident", ["predict", "--plan", "p.json"], {"p.json": plan_json(gpu_resident_layers=True)},
-     ("gpu_resident_layers",)),
-    ("plan-text-pinned", ["predict", "--plan", "p.json"], {"p.json": plan_json(pinned_weights="yes")}, ("pinned_weights",)),
-    ("plan-bad-policy", ["predict", "--plan", "p.json"], {"p.json": plan_json(decode_policy=[0, 2, 1, 0, 0, 0])},
-     ("decode_policy",)),
-    ("plan-too-many-resident", ["predict", "--plan", "p.json"], {"p.json": plan_json(gpu_resident_layers=500)},
-     ("plan.gpu_resident_layers", "96")),
-    ("plan-minibatches-not-dividing", ["predict", "--plan", "p.json", "--batch", "4"],
-     {"p.json": plan_json(prefill_minibatches=3)}, ("plan.prefill_minibatches", "divisor")),
-    ("plan-isa-absent", ["predict", "--plan", "p.json", "--system", "gh200"], {"p.json": plan_json(decode_cpu_isa="amx_bf16")},
-     ("plan.prefill_cpu_isa", "sve2_bf16")),
-    ("plan-isa-contradiction", ["predict", "--plan", "p.json"],
-     {"p.json": plan_json(cpu_isa="amx_bf16", decode_cpu_isa="avx512_bf16")}, ("cpu_isa", "contradicts")),
-    ("plan-and-baseline", ["predict", "--plan", "p.json", "--baseline", "ipex"], {"p.json": plan_json()},
-     ("--plan", "--baseline")),
+    (
+        "plan-bool-resident",
+        ["predict", "--plan", "p.json"],
+        {"p.json": plan_json(gpu_resident_layers=True)},
+        ("gpu_resident_layers",),
+    ),
+    (
+        "plan-text-pinned",
+        ["predict", "--plan", "p.json"],
+        {"p.json": plan_json(pinned_weights="yes")},
+        ("pinned_weights",),
+    ),
+    (
+        "plan-bad-policy",
+        ["predict", "--plan", "p.json"],
+        {"p.json": plan_json(decode_policy=[0, 2, 1, 0, 0, 0])},
+        ("decode_policy",),
+    ),
+    (
+        "plan-too-many-resident",
+        ["predict", "--plan", "p.json"],
+        {"p.json": plan_json(gpu_resident_layers=500)},
+        ("plan.gpu_resident_layers", "96"),
+    ),
+    (
+        "plan-minibatches-not-dividing",
+        ["predict", "--plan", "p.json", "--batch", "4"],
+        {"p.json": plan_json(prefill_minibatches=3)},
+        ("plan.prefill_minibatches", "divisor"),
+    ),
+    (
+        "plan-isa-absent",
+        ["predict", "--plan", "p.json", "--system", "gh200"],
+        {"p.json": plan_json(decode_cpu_isa="amx_bf16")},
+        ("plan.prefill_cpu_isa", "sve2_bf16"),
+    ),
+    (
+        "plan-isa-contradiction",
+        ["predict", "--plan", "p.json"],
+        {"p.json": plan_json(cpu_isa="amx_bf16", decode_cpu_isa="avx512_bf16")},
+        ("cpu_isa", "contradicts"),
+    ),
+    (
+        "plan-and-baseline",
+        ["predict", "--plan", "p.json", "--baseline", "ipex"],
+        {"p.json": plan_json()},
+        ("--plan", "--baseline"),
+    ),
     ("baseline-unknown", ["predict", "--baseline", "vllm"], {}, ("--baseline", "flexgen")),
     # ---- compare, memory
     ("compare-empty-systems", ["compare", "--systems", ""], {}, ("--systems", "no names")),
     ("compare-empty-models", ["compare", "--models", " , "], {}, ("--models", "no names")),
     ("compare-unknown-system", ["compare", "--systems", "spr-a100,spr-h1000"], {}, ("system", "spr-h1000")),
-    ("infeasible-memory", ["plan", "--system", "spr-a100", "--set", "ddr.capacity_gib=64"], {},
-     ("fits spr-a100's memory", "binds", "GB more")),
+    (
+        "infeasible-memory",
+        ["plan", "--system", "spr-a100", "--set", "ddr.capacity_gib=64"],
+        {},
+        ("fits spr-a100's memory", "binds", "GB more"),
+    ),
     # ---- studies and validation
     ("study-unknown", ["study", "e3e"], {}, ("study", "e2e")),
     ("study-out-is-a-file", ["study", "e2e", "--out", "f.txt"], {"f.txt": "x"}, ("--out", "is a file")),
     ("study-executor-unknown", ["study", "e2e", "--reduced", "--executor", "ray", "--out", "st"], {}, ("--executor",)),
     ("validate-csv-empty", ["validate", "--from-csv", "r.csv", "--out", "v"], {"r.csv": ""}, ("r.csv", "empty")),
-    ("validate-csv-binary", ["validate", "--from-csv", "r.csv", "--out", "v"], {"r.csv": bytes(range(128, 256))},
-     ("r.csv", "not a text file")),
-    ("validate-csv-columns", ["validate", "--from-csv", "r.csv", "--out", "v"], {"r.csv": "a,b\n1,2\n"},
-     ("r.csv", "missing columns", "point_id")),
-    ("validate-csv-nothing-ran", ["validate", "--from-csv", "r.csv", "--out", "v"],
-     {"r.csv": results_csv([{"status": "skipped"}])}, ("--from-csv", "no point")),
-    ("validate-csv-negative-time", ["validate", "--from-csv", "r.csv", "--out", "v"],
-     {"r.csv": results_csv([{"measured_latency_s": -1}])}, ("measured_latency_s", "-1")),
-    ("validate-csv-infinite-prediction", ["validate", "--from-csv", "r.csv", "--out", "v"],
-     {"r.csv": results_csv([{"predicted_latency_s": "inf"}])}, ("predicted_latency_s", "inf")),
-    ("validate-points-missing", ["validate", "--predict-only", "--points", "nowhere.yaml"], {}, ("--points", "no such file")),
-    ("calibrate-shipped-profile", ["calibrate", "--quick", "--out", str(PROFILES / "systems"), "--name", "spr-h100"], {},
-     ("--out", "shipped", "--force")),
-    ("calibrate-existing-profile", ["calibrate", "--quick", "--out", "cal", "--name", "mine"], {"cal/mine.yaml": "name: mine\n"},
-     ("mine.yaml", "exists", "--force")),
+    (
+        "validate-csv-binary",
+        ["validate", "--from-csv", "r.csv", "--out", "v"],
+        {"r.csv": bytes(range(128, 256))},
+        ("r.csv", "not a text file"),
+    ),
+    (
+        "validate-csv-columns",
+        ["validate", "--from-csv", "r.csv", "--out", "v"],
+        {"r.csv": "a,b\n1,2\n"},
+        ("r.csv", "missing columns", "point_id"),
+    ),
+    (
+        "validate-csv-nothing-ran",
+        ["validate", "--from-csv", "r.csv", "--out", "v"],
+        {"r.csv": results_csv([{"status": "skipped"}])},
+        ("--from-csv", "no point"),
+    ),
+    (
+        "validate-csv-negative-time",
+        ["validate", "--from-csv", "r.csv", "--out", "v"],
+        {"r.csv": results_csv([{"measured_latency_s": -1}])},
+        ("measured_latency_s", "-1"),
+    ),
+    (
+        "validate-csv-infinite-prediction",
+        ["validate", "--from-csv", "r.csv", "--out", "v"],
+        {"r.csv": results_csv([{"predicted_latency_s": "inf"}])},
+        ("predicted_latency_s", "inf"),
+    ),
+    (
+        "validate-points-missing",
+        ["validate", "--predict-only", "--points", "nowhere.yaml"],
+        {},
+        ("--points", "no such file"),
+    ),
+    (
+        "calibrate-shipped-profile",
+        ["calibrate", "--quick", "--out", str(PROFILES / "systems"), "--name", "spr-h100"],
+        {},
+        ("--out", "shipped", "--force"),
+    ),
+    (
+        "calibrate-existing-profile",
+        ["calibrate", "--quick", "--out", "cal", "--name", "mine"],
+        {"cal/mine.yaml": "name: mine\n"},
+        ("mine.yaml", "exists", "--force"),
+    ),
 ]
 
 
@@ -284,7 +539,7 @@ def test_bad_input(name, args, files, needles, tmp_path, monkeypatch):
 
 
 def test_calibrate_without_torch_says_how_to_install_it(monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch", None)   # import torch now raises ImportError
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
     assert_one_error(*run_lia(["calibrate", "--quick"]), ("PyTorch", "pip install -e '.[torch]'"))
 
 
@@ -294,12 +549,24 @@ LIA = [sys.executable, "-m", "lia_model"]
 
 
 def run(*args: str, cwd: "Path | None" = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*LIA, *args], capture_output=True, text=True, timeout=300, cwd=cwd,
-                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    return subprocess.run(
+        [*LIA, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
 
 
-@pytest.mark.parametrize("args", [["plan", "--batch", "abc"], ["plan", "--set", "link.h2d_gbps=true"],
-                                  ["plan", "--model", "/nonexistent/config.json"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["plan", "--batch", "abc"],
+        ["plan", "--set", "link.h2d_gbps=true"],
+        ["plan", "--model", "/nonexistent/config.json"],
+    ],
+)
 def test_bad_input_as_a_process(args):
     proc = run(*args)
     assert_one_error(proc.returncode, proc.stdout, proc.stderr, ())
@@ -309,7 +576,7 @@ def test_plan_json_then_predict_the_plan(tmp_path):
     """The README tour: lia plan --json > plan.json; lia predict --plan plan.json."""
     proc = run("plan", "--solver", "highs", "--json")
     assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)          # pure JSON: HiGHS's banner must not reach stdout
+    out = json.loads(proc.stdout)  # pure JSON: HiGHS's banner must not reach stdout
     assert out["schema"] == "lia.plan/2"
     (tmp_path / "plan.json").write_text(proc.stdout)
     again = run("predict", "--plan", str(tmp_path / "plan.json"), "--json")
@@ -318,8 +585,16 @@ def test_plan_json_then_predict_the_plan(tmp_path):
     assert pred["latency_s"] == pytest.approx(out["optimum"]["latency_s"], rel=1e-9)
 
 
-@pytest.mark.parametrize("args", [["compare", "--systems", "spr-a100,gnr-h100"], ["profiles", "show", "spr-h100-cxl"],
-                                  ["models", "list"], ["--version"], ["plan", "--help"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["compare", "--systems", "spr-a100,gnr-h100"],
+        ["profiles", "show", "spr-h100-cxl"],
+        ["models", "list"],
+        ["--version"],
+        ["plan", "--help"],
+    ],
+)
 def test_commands_succeed(args):
     code, out, err = run_lia(args)
     assert code == 0, err
@@ -357,8 +632,9 @@ def test_two_configs_in_one_compare_keep_their_own_names(tmp_path, monkeypatch):
     for name in ("small", "wide"):
         (tmp_path / "models").mkdir(exist_ok=True)
         (tmp_path / "models" / f"{name}.json").write_text(config(hidden_size=1024 if name == "small" else 2048))
-    code, out, err = run_lia(["compare", "--systems", "spr-h100", "--models", "models/small.json,models/wide.json",
-                              "--json"])
+    code, out, err = run_lia(
+        ["compare", "--systems", "spr-h100", "--models", "models/small.json,models/wide.json", "--json"]
+    )
     assert code == 0, err
     names = [r["query"]["model"] for r in json.loads(out)["results"]]
     assert names == ["small", "wide"]
@@ -366,18 +642,49 @@ def test_two_configs_in_one_compare_keep_their_own_names(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- fuzzing
 
-SET_FIELDS = ["gpu.memory_gib", "gpu.hbm_gbps", "gpu.op_overhead_us", "link.h2d_gbps", "link.transfer_latency_us",
-              "cpu.cores", "cpu.memory_read_gbps", "ddr.capacity_gib", "memory_headroom_fraction",
-              "cpu.isa.amx_bf16.per_core_tflops"]
+SET_FIELDS = [
+    "gpu.memory_gib",
+    "gpu.hbm_gbps",
+    "gpu.op_overhead_us",
+    "link.h2d_gbps",
+    "link.transfer_latency_us",
+    "cpu.cores",
+    "cpu.memory_read_gbps",
+    "ddr.capacity_gib",
+    "memory_headroom_fraction",
+    "cpu.isa.amx_bf16.per_core_tflops",
+]
 yaml_scalars = st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True).map(repr), st.integers(-10**12, 10**12).map(str),
-    st.sampled_from(["true", "false", "null", "~", "", "[1, 2]", "{a: 1}", "1e-30", "1e400", "-0", ".inf", "0x1F",
-                     "'55'", "abc", "[", "1,5", "55 GB/s"]),
-    st.text(max_size=12))
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(-(10**12), 10**12).map(str),
+    st.sampled_from(
+        [
+            "true",
+            "false",
+            "null",
+            "~",
+            "",
+            "[1, 2]",
+            "{a: 1}",
+            "1e-30",
+            "1e400",
+            "-0",
+            ".inf",
+            "0x1F",
+            "'55'",
+            "abc",
+            "[",
+            "1,5",
+            "55 GB/s",
+        ]
+    ),
+    st.text(max_size=12),
+)
 
 
-@settings(max_examples=120, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=120, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(st.sampled_from(SET_FIELDS), yaml_scalars)
 def test_fuzz_set_values(field, value):
     """Any value: a plan (exit 0, finite numbers) or one clean error."""
@@ -390,15 +697,36 @@ def test_fuzz_set_values(field, value):
 
 
 config_values = st.one_of(
-    st.none(), st.booleans(), st.integers(-5, 10**7), st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=8), st.lists(st.integers(0, 9), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
-CONFIG_FIELDS = ["hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-                 "vocab_size", "max_position_embeddings", "num_local_experts", "num_experts_per_tok", "head_dim",
-                 "tie_word_embeddings", "attention_bias", "model_type", "hidden_act", "quantization_config"]
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**7),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    st.lists(st.integers(0, 9), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+CONFIG_FIELDS = [
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+    "num_local_experts",
+    "num_experts_per_tok",
+    "head_dim",
+    "tie_word_embeddings",
+    "attention_bias",
+    "model_type",
+    "hidden_act",
+    "quantization_config",
+]
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(st.dictionaries(st.sampled_from(CONFIG_FIELDS), config_values, min_size=1, max_size=3))
 def test_fuzz_hf_config_fields(changes):
     """model_from_hf_config on a mutated config: a ModelSpec that validates, or one LiaInputError."""
@@ -428,9 +756,13 @@ def test_ctrl_c_stops_a_study_without_finishing_it(tmp_path):
     import signal
     import time
 
-    proc = subprocess.Popen([*LIA, "study", "e2e", "--reduced", "--workers", "2", "--out", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    proc = subprocess.Popen(
+        [*LIA, "study", "e2e", "--reduced", "--workers", "2", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     time.sleep(4)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

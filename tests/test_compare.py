@@ -21,8 +21,16 @@ from lia_model.cli_common import run_guarded
 from lia_model.report import rank_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"model_type": "llama", "hidden_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 8,
-        "num_key_value_heads": 8, "intermediate_size": 2816, "vocab_size": 32000, "max_position_embeddings": 4096}
+TINY = {
+    "model_type": "llama",
+    "hidden_size": 1024,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+    "intermediate_size": 2816,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+}
 
 # Hand-worked costs per hour:
 #   box-a: price 87,600 USD over 1 year = 87,600 / 8,760 h = 10.0 USD/h; 1,000 W x PUE 2 x 0.25 USD/kWh = 0.5 USD/h
@@ -75,8 +83,24 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 
 def _base(files, *extra: str) -> list[str]:
-    return ["compare", "--systems", "spr-h100,gnr-a100", "--models", str(files["model"]), "--input", "64",
-            "--output", "8", "--objective", "latency", "--batch", "4", "--solver", "enumerate", *extra]
+    return [
+        "compare",
+        "--systems",
+        "spr-h100,gnr-a100",
+        "--models",
+        str(files["model"]),
+        "--input",
+        "64",
+        "--output",
+        "8",
+        "--objective",
+        "latency",
+        "--batch",
+        "4",
+        "--solver",
+        "enumerate",
+        *extra,
+    ]
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -86,8 +110,9 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 def test_cost_per_million_tokens_from_a_hand_priced_file(files):
     out_csv = files["dir"] / "ranked.csv"
-    code, out, err = run_lia(_base(files, "--prices", str(files["prices"]), "--rank", "cost_per_mtok",
-                                   "--csv", str(out_csv)))
+    code, out, err = run_lia(
+        _base(files, "--prices", str(files["prices"]), "--rank", "cost_per_mtok", "--csv", str(out_csv))
+    )
     assert code == 0, err
     rows = _read(out_csv)
     assert [r["machine"] for r in rows] != [] and len(rows) == 2
@@ -98,16 +123,18 @@ def test_cost_per_million_tokens_from_a_hand_priced_file(files):
         tput = float(r["throughput_tokens_per_s"])
         # throughput = B x L_out / latency (B = 4, L_out = 8); cost = USD/h / (tokens/s x 3600 s) x 1e6
         assert tput == pytest.approx(4 * 8 / float(r["latency_s"]), rel=1e-9)
-        assert float(r["usd_per_million_tokens"]) == pytest.approx(USD_PER_HOUR[machine] / (tput * 3600) * 1e6,
-                                                                   rel=1e-9)
+        assert float(r["usd_per_million_tokens"]) == pytest.approx(
+            USD_PER_HOUR[machine] / (tput * 3600) * 1e6, rel=1e-9
+        )
     costs = [float(r["usd_per_million_tokens"]) for r in rows]
     assert costs == sorted(costs) and [r["rank"] for r in rows] == ["1", "2"]
     assert "USD/Mtok" in out and "ranked by cost_per_mtok" in out
 
 
 def test_rank_by_tokens_per_s_puts_the_fastest_first_and_header_shows_overrides(files):
-    code, out, err = run_lia(_base(files, "--rank", "tokens_per_s", "--set", "gpu.memory_gib=20",
-                                   "--set", "link.h2d_gbps=32", "--json"))
+    code, out, err = run_lia(
+        _base(files, "--rank", "tokens_per_s", "--set", "gpu.memory_gib=20", "--set", "link.h2d_gbps=32", "--json")
+    )
     assert code == 0, err
     doc = json.loads(out)
     assert doc["header"]["overrides"] == ["gpu.memory_gib=20", "link.h2d_gbps=32"]
@@ -128,18 +155,46 @@ def test_ttft_bound_filters_and_is_said(files):
 
 def test_rank_rows_by_hand():
     rows = [
-        {"model": "m", "machine": "a", "usd_per_million_tokens": 3.0, "throughput_tokens_per_s": 10.0,
-         "latency_s": 2.0, "qualifies": True},
-        {"model": "m", "machine": "b", "usd_per_million_tokens": 1.0, "throughput_tokens_per_s": 5.0,
-         "latency_s": 1.0, "qualifies": True},
-        {"model": "m", "machine": "c", "usd_per_million_tokens": 0.5, "throughput_tokens_per_s": 50.0,
-         "latency_s": 0.1, "qualifies": False},
-        {"model": "n", "machine": "a", "usd_per_million_tokens": 9.0, "throughput_tokens_per_s": 1.0,
-         "latency_s": 9.0, "qualifies": True},
+        {
+            "model": "m",
+            "machine": "a",
+            "usd_per_million_tokens": 3.0,
+            "throughput_tokens_per_s": 10.0,
+            "latency_s": 2.0,
+            "qualifies": True,
+        },
+        {
+            "model": "m",
+            "machine": "b",
+            "usd_per_million_tokens": 1.0,
+            "throughput_tokens_per_s": 5.0,
+            "latency_s": 1.0,
+            "qualifies": True,
+        },
+        {
+            "model": "m",
+            "machine": "c",
+            "usd_per_million_tokens": 0.5,
+            "throughput_tokens_per_s": 50.0,
+            "latency_s": 0.1,
+            "qualifies": False,
+        },
+        {
+            "model": "n",
+            "machine": "a",
+            "usd_per_million_tokens": 9.0,
+            "throughput_tokens_per_s": 1.0,
+            "latency_s": 9.0,
+            "qualifies": True,
+        },
     ]
     by_cost = rank_rows(rows, "cost_per_mtok")
-    assert [(r["model"], r["machine"], r["rank"]) for r in by_cost] == [("m", "b", 1), ("m", "a", 2),
-                                                                        ("m", "c", None), ("n", "a", 1)]
+    assert [(r["model"], r["machine"], r["rank"]) for r in by_cost] == [
+        ("m", "b", 1),
+        ("m", "a", 2),
+        ("m", "c", None),
+        ("n", "a", 1),
+    ]
     assert [r["machine"] for r in rank_rows(rows, "tokens_per_s")][:3] == ["a", "b", "c"]
     assert [r["machine"] for r in rank_rows(rows, "latency")][:3] == ["b", "a", "c"]
 
@@ -152,7 +207,7 @@ def test_tensor_parallel_node_is_ranked_and_its_batch_is_the_best_of_every_batch
 
     node = load_tp_node(str(ROOT / "studies" / "dgx_a100.yaml"))
     model = get_model("opt-30b")
-    bound = 0.02   # 20 ms mean TPOT
+    bound = 0.02  # 20 ms mean TPOT
     best = best_throughput(node, model, 512, 8, tpot_max_s=bound)
     feasible = []
     b = 1
@@ -163,30 +218,52 @@ def test_tensor_parallel_node_is_ranked_and_its_batch_is_the_best_of_every_batch
         b += 1
     assert best is not None and best.tpot_mean_s <= bound
     assert best.throughput_tokens_per_s == max(p.throughput_tokens_per_s for p in feasible)
-    assert best.workload.batch < b - 1   # the bound binds: the largest fitting batch misses it
+    assert best.workload.batch < b - 1  # the bound binds: the largest fitting batch misses it
 
     prices = files["dir"] / "p.yaml"
     prices.write_text(PRICES + "  dgx-a100: [big, big]\n")
-    code, out, err = run_lia(["compare", "--systems", "spr-h100", "--models", "opt-30b", "--input", "512",
-                              "--output", "8", "--solver", "enumerate", "--prices", str(prices), "--tp-node",
-                              str(ROOT / "studies" / "dgx_a100.yaml"), "--tpot-max-ms", "20", "--json"])
+    code, out, err = run_lia(
+        [
+            "compare",
+            "--systems",
+            "spr-h100",
+            "--models",
+            "opt-30b",
+            "--input",
+            "512",
+            "--output",
+            "8",
+            "--solver",
+            "enumerate",
+            "--prices",
+            str(prices),
+            "--tp-node",
+            str(ROOT / "studies" / "dgx_a100.yaml"),
+            "--tpot-max-ms",
+            "20",
+            "--json",
+        ]
+    )
     assert code == 0, err
     tp = next(r for r in json.loads(out)["results"] if r["machine"] == "dgx-a100")
     assert tp["batch"] == best.workload.batch
-    assert tp["cost_per_hour_usd"] == pytest.approx(20.0 + 1.0)   # 2 x 87,600 / 8,760 + 2 kW x 2 x 0.25
+    assert tp["cost_per_hour_usd"] == pytest.approx(20.0 + 1.0)  # 2 x 87,600 / 8,760 + 2 kW x 2 x 0.25
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--rank", "cost_per_mtok"], ["--rank", "needs prices", "--prices"]),
-    (["--rank", "cheapest"], ["--rank", "unknown rank", "cost_per_mtok"]),
-    (["--ttft-max-ms", "-5"], ["--ttft-max-ms", "above 0"]),
-    (["--prices", "{prices_dir}/nope.yaml"], ["--prices", "no such file"]),
-    (["--prices", "{bad_prices}"], ["pue", "greater than or equal to 1"]),
-    (["--prices", "{unpriced}"], ["machines", "no price list for machine 'gnr-a100'"]),
-    (["--csv", "{existing}"], ["--csv", "exists", "--force"]),
-    (["--tp-node", "{prices}"], ["missing fields"]),
-    (["--force"], ["--force", "no --csv"]),
-])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--rank", "cost_per_mtok"], ["--rank", "needs prices", "--prices"]),
+        (["--rank", "cheapest"], ["--rank", "unknown rank", "cost_per_mtok"]),
+        (["--ttft-max-ms", "-5"], ["--ttft-max-ms", "above 0"]),
+        (["--prices", "{prices_dir}/nope.yaml"], ["--prices", "no such file"]),
+        (["--prices", "{bad_prices}"], ["pue", "greater than or equal to 1"]),
+        (["--prices", "{unpriced}"], ["machines", "no price list for machine 'gnr-a100'"]),
+        (["--csv", "{existing}"], ["--csv", "exists", "--force"]),
+        (["--tp-node", "{prices}"], ["missing fields"]),
+        (["--force"], ["--force", "no --csv"]),
+    ],
+)
 def test_bad_input_is_one_error_line(files, extra, words):
     bad = files["dir"] / "bad.yaml"
     bad.write_text(PRICES.replace("pue: 2", "pue: 0.5"))
@@ -194,8 +271,13 @@ def test_bad_input_is_one_error_line(files, extra, words):
     unpriced.write_text(PRICES.replace("  gnr-a100: [small, gpu]\n", ""))
     existing = files["dir"] / "exists.csv"
     existing.write_text("keep me\n")
-    subst = {"prices_dir": str(files["dir"]), "bad_prices": str(bad), "unpriced": str(unpriced),
-             "existing": str(existing), "prices": str(files["prices"])}
+    subst = {
+        "prices_dir": str(files["dir"]),
+        "bad_prices": str(bad),
+        "unpriced": str(unpriced),
+        "existing": str(existing),
+        "prices": str(files["prices"]),
+    }
     code, out, err = run_lia(_base(files, *[e.format(**subst) for e in extra]))
     assert code == 2, (out, err)
     lines = err.strip().splitlines()

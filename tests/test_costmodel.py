@@ -69,11 +69,17 @@ def random_queries(draw):
     tiers = [HostTier.DDR, HostTier.CXL] if system.has_cxl else [HostTier.DDR]
     isas = [isa for isa, spec in system.cpu.isa.items() if spec.present]
     n = draw(st.sampled_from([k for k in (1, 2, 4, 8) if batch % k == 0]))
-    plan = Plan(prefill_policy=policy_from_index(draw(st.integers(0, 63))),
-                decode_policy=policy_from_index(draw(st.integers(0, 63))),
-                gpu_resident_layers=draw(st.integers(0, model.num_layers)), prefill_minibatches=n,
-                weight_tier=draw(st.sampled_from(tiers)), kv_tier=draw(st.sampled_from(tiers)),
-                pinned_weights=draw(st.booleans()), overlap=draw(st.booleans()), cpu_isa=draw(st.sampled_from(isas)))
+    plan = Plan(
+        prefill_policy=policy_from_index(draw(st.integers(0, 63))),
+        decode_policy=policy_from_index(draw(st.integers(0, 63))),
+        gpu_resident_layers=draw(st.integers(0, model.num_layers)),
+        prefill_minibatches=n,
+        weight_tier=draw(st.sampled_from(tiers)),
+        kv_tier=draw(st.sampled_from(tiers)),
+        pinned_weights=draw(st.booleans()),
+        overlap=draw(st.booleans()),
+        cpu_isa=draw(st.sampled_from(isas)),
+    )
     return system, model, workload, plan
 
 
@@ -120,8 +126,7 @@ def test_a_plan_that_does_not_fit_is_infeasible_with_tier_and_shortfall():
     (short,) = pred.shortfalls
     assert short.tier == MemoryTier.HBM
     # 96 layers x 3.624 GB + embeddings 0.64 GB + KV 96 x 288 tok x 49,152 B ... against 40 GiB x 0.95 - 1 GiB
-    expected_required = (96 * 3.624198144e9 + 2 * 50272 * 12288 + 2 * 2050 * 12288 + 2 * 2 * 12288
-                         + 4718592 * 288)
+    expected_required = 96 * 3.624198144e9 + 2 * 50272 * 12288 + 2 * 2050 * 12288 + 2 * 2 * 12288 + 4718592 * 288
     assert short.required_gb == pytest.approx(expected_required / 1e9, rel=0.01)
     assert short.shortfall_gb == pytest.approx(short.required_gb - (40 * 0.95 - 1) * 2**30 / 1e9, rel=1e-9)
 
@@ -135,8 +140,15 @@ def test_kv_in_cxl_slows_cpu_attention():
 
 
 def test_plan_round_trips_through_json():
-    plan = Plan(prefill_policy="011000", decode_policy=[1, 1, 1, 1, 1, 1], gpu_resident_layers=7,
-                prefill_minibatches=4, weight_tier="cxl", kv_tier="ddr", label="x")
+    plan = Plan(
+        prefill_policy="011000",
+        decode_policy=[1, 1, 1, 1, 1, 1],
+        gpu_resident_layers=7,
+        prefill_minibatches=4,
+        weight_tier="cxl",
+        kv_tier="ddr",
+        label="x",
+    )
     assert Plan.model_validate_json(plan.model_dump_json()) == plan
     assert plan.model_dump(mode="json")["prefill_policy"] == [0, 1, 1, 0, 0, 0]
     assert plan.prefill_policy[1] == Device.CPU

@@ -21,8 +21,15 @@ from lia_model.baselines import baselines, ipex_plan
 from lia_model.costmodel import predict
 from lia_model.costterms import CostMode, StageContext, head_time_s, sublayer_times
 from lia_model.flexgen import (
-    FLEXGEN_CPU_KV_PASSES, FlexGenHardware, FlexGenPolicy, FlexGenShape, flexgen_plan, search_fixed_batch,
-    search_throughput, solve_policy_blocks, system_hardware,
+    FLEXGEN_CPU_KV_PASSES,
+    FlexGenHardware,
+    FlexGenPolicy,
+    FlexGenShape,
+    flexgen_plan,
+    search_fixed_batch,
+    search_throughput,
+    solve_policy_blocks,
+    system_hardware,
 )
 from lia_model.memory import MemoryTier, memory_use
 from lia_model.models import get_model
@@ -31,33 +38,56 @@ from lia_model.profiles import load_system
 from lia_model.workload import Workload
 from tests.toys import toy_model, toy_system
 
-GB, T = 2.0**30, 1e12   # FlexGen's units
+GB, T = 2.0**30, 1e12  # FlexGen's units
 
 # Case A: FlexGen's default constants (fitted on a GCP T4), c1..c3 included: OPT-30B, s = 512, n = 32,
 #   cost_model.py --model facebook/opt-30b --prompt-len 512 --gen-len 32 --gpu-mem 40 --cpu-mem 200 --nvme-mem 0
 #   printed gbs 16, nb 11, wg 0.52499261, cg 0.0, hg 0.0, throughput 7.602653677108091 token/s.
-CASE_A = (FlexGenShape.opt(48, 7168, 28672, 56, 512, 32),
-          FlexGenHardware(40 * GB, 200 * GB, 12.89 * GB, 0.97 * GB, 4.82 * GB, 21.24 * T, 4.3 * T, 9.97 * T,
-                          0.079 * T, 0.0123 * T, c1=0.0168, c2=0.0328, c3=0.0621))
+CASE_A = (
+    FlexGenShape.opt(48, 7168, 28672, 56, 512, 32),
+    FlexGenHardware(
+        40 * GB,
+        200 * GB,
+        12.89 * GB,
+        0.97 * GB,
+        4.82 * GB,
+        21.24 * T,
+        4.3 * T,
+        9.97 * T,
+        0.079 * T,
+        0.0123 * T,
+        c1=0.0168,
+        c2=0.0328,
+        c3=0.0621,
+    ),
+)
 # Case B: A100-like constants (those system_hardware gives spr-a100 for OPT-30B at gbs 1, rounded), c1..c3 = 0,
 #   OPT-30B, s = 256, n = 32, gmem 40 GB, cmem 512 GB, gbs = 1 and num_gb = 1 fixed (a B = 1 query): ctog 28e9,
 #   gtoc_cache 10e9, gtoc_hidden 28e9, mm_p 186e12, mm_g 1.48e12, bmm_p 38.9e12, bmm_g 0.31e12, cpu 0.0415e12;
 #   printed gbs 1, nb 1, wg 0.56122449, cg 0.0, hg 1.0, throughput 1.0256176533925783 token/s.
-CASE_B = (FlexGenShape.opt(48, 7168, 28672, 56, 256, 32),
-          FlexGenHardware(40 * GB, 512 * GB, 28e9, 10e9, 28e9, 186e12, 1.48e12, 38.9e12, 0.31e12, 0.0415e12))
+CASE_B = (
+    FlexGenShape.opt(48, 7168, 28672, 56, 256, 32),
+    FlexGenHardware(40 * GB, 512 * GB, 28e9, 10e9, 28e9, 186e12, 1.48e12, 38.9e12, 0.31e12, 0.0415e12),
+)
 # Case C: H100-like constants (spr-h100 for OPT-175B at gbs 16, rounded), c1..c3 = 0, OPT-175B, s = 512, n = 32,
 #   gmem 80 GB, cmem 512 GB, full search: ctog 55e9, gtoc_cache 18e9, gtoc_hidden 55e9, mm_p 450e12,
 #   mm_g 51.6e12, bmm_p 166e12, bmm_g 2.84e12, cpu 0.0525e12;
 #   printed gbs 1, nb 60, wg 0.17979216, cg 0.0, hg 0.0, throughput 6.715300364193123 token/s.
-CASE_C = (FlexGenShape.opt(96, 12288, 49152, 96, 512, 32),
-          FlexGenHardware(80 * GB, 512 * GB, 55e9, 18e9, 55e9, 450e12, 51.6e12, 166e12, 2.84e12, 0.0525e12))
+CASE_C = (
+    FlexGenShape.opt(96, 12288, 49152, 96, 512, 32),
+    FlexGenHardware(80 * GB, 512 * GB, 55e9, 18e9, 55e9, 450e12, 51.6e12, 166e12, 2.84e12, 0.0525e12),
+)
 
 
-@pytest.mark.parametrize("case, fixed_batch, expected", [
-    (CASE_A, None, (16, 11, 0.52499261, 0.0, 0.0, 7.602653677108091)),
-    (CASE_B, 1, (1, 1, 0.56122449, 0.0, 1.0, 1.0256176533925783)),
-    (CASE_C, None, (1, 60, 0.17979216, 0.0, 0.0, 6.715300364193123)),
-], ids=["A-t4-defaults-opt30b", "B-a100-like-opt30b-b1", "C-h100-like-opt175b"])
+@pytest.mark.parametrize(
+    "case, fixed_batch, expected",
+    [
+        (CASE_A, None, (16, 11, 0.52499261, 0.0, 0.0, 7.602653677108091)),
+        (CASE_B, 1, (1, 1, 0.56122449, 0.0, 1.0, 1.0256176533925783)),
+        (CASE_C, None, (1, 60, 0.17979216, 0.0, 0.0, 6.715300364193123)),
+    ],
+    ids=["A-t4-defaults-opt30b", "B-a100-like-opt30b-b1", "C-h100-like-opt175b"],
+)
 def test_policy_search_reproduces_flexgens_own_cost_model(case, fixed_batch, expected):
     shape, hw = case
     if fixed_batch is None:
@@ -86,12 +116,19 @@ def test_vertex_enumeration_matches_pulp_on_random_lps():
     checked = infeasible = 0
     for _ in range(24):
         h1 = int(rng.choice([2048, 4096, 7168, 12288]))
-        shape = FlexGenShape.opt(int(rng.integers(8, 97)), h1, 4 * h1, h1 // 128, int(rng.integers(16, 2048)),
-                                 int(rng.integers(1, 257)))
-        hw = FlexGenHardware(float(rng.uniform(8, 96)) * GB, float(rng.uniform(32, 768)) * GB,
-                             *(float(x) for x in rng.uniform(2e9, 60e9, 3)),
-                             *(float(x) for x in rng.uniform(1e12, 600e12, 4)), float(rng.uniform(5e9, 2e11)),
-                             c1=float(rng.uniform(0, 0.05)), c2=float(rng.uniform(0, 0.05)), c3=float(rng.uniform(0, 0.1)))
+        shape = FlexGenShape.opt(
+            int(rng.integers(8, 97)), h1, 4 * h1, h1 // 128, int(rng.integers(16, 2048)), int(rng.integers(1, 257))
+        )
+        hw = FlexGenHardware(
+            float(rng.uniform(8, 96)) * GB,
+            float(rng.uniform(32, 768)) * GB,
+            *(float(x) for x in rng.uniform(2e9, 60e9, 3)),
+            *(float(x) for x in rng.uniform(1e12, 600e12, 4)),
+            float(rng.uniform(5e9, 2e11)),
+            c1=float(rng.uniform(0, 0.05)),
+            c2=float(rng.uniform(0, 0.05)),
+            c3=float(rng.uniform(0, 0.1)),
+        )
         gbs = int(rng.choice([1, 2, 4, 8, 32]))
         blocks = [gbs * int(nb) for nb in rng.integers(1, 64, 2)]
         fast = solve_policy_blocks(shape, hw, blocks, gbs)
@@ -116,15 +153,37 @@ def test_system_hardware_rates_are_our_cost_models_own_times():
     s, n, gbs = 256, 32, 4
     hw = system_hardware(system, model, s, n)(gbs)
     shape = FlexGenShape.from_model(model, s, n)
-    ctx = StageContext(batch=gbs, q=s, contexts=(s,), minibatches=1, weight_tier=HostTier.DDR, kv_tier=HostTier.DDR,
-                       cpu_isa=CpuIsa.AVX512_FP32, pinned_weights=True, overlap=True, mode=CostMode.OVERLAP)
+    ctx = StageContext(
+        batch=gbs,
+        q=s,
+        contexts=(s,),
+        minibatches=1,
+        weight_tier=HostTier.DDR,
+        kv_tier=HostTier.DDR,
+        cpu_isa=CpuIsa.AVX512_FP32,
+        pinned_weights=True,
+        overlap=True,
+        mode=CostMode.OVERLAP,
+    )
     ours = sublayer_times(system, model, ctx, gbs).gpu_s[:, 0].sum()
-    flexgen = gbs * s * shape.linear_flops_per_token / hw.mm_flops_prefill \
+    flexgen = (
+        gbs * s * shape.linear_flops_per_token / hw.mm_flops_prefill
         + gbs * s * s * shape.attention_flops_per_context / hw.bmm_flops_prefill
+    )
     assert flexgen == pytest.approx(ours, rel=1e-12)
-    dctx = StageContext(batch=gbs, q=1, contexts=(s + n / 2,), minibatches=1, weight_tier=HostTier.DDR,
-                        kv_tier=HostTier.DDR, cpu_isa=CpuIsa.AVX512_FP32, pinned_weights=True, overlap=True,
-                        mode=CostMode.OVERLAP, cpu_kv_passes=FLEXGEN_CPU_KV_PASSES)
+    dctx = StageContext(
+        batch=gbs,
+        q=1,
+        contexts=(s + n / 2,),
+        minibatches=1,
+        weight_tier=HostTier.DDR,
+        kv_tier=HostTier.DDR,
+        cpu_isa=CpuIsa.AVX512_FP32,
+        pinned_weights=True,
+        overlap=True,
+        mode=CostMode.OVERLAP,
+        cpu_kv_passes=FLEXGEN_CPU_KV_PASSES,
+    )
     cpu_attention = sublayer_times(system, model, dctx, gbs).cpu_s[1:3, 0].sum()
     assert gbs * (s + n / 2) * shape.attention_flops_per_context / hw.cpu_flops == pytest.approx(cpu_attention)
     assert hw.ctog_bytes_per_s == system.link.h2d_gbps * 1e9
@@ -138,9 +197,19 @@ def test_kv_passes_multiply_the_cpu_attention_cache_reads():
     1 TFLOPS is 0.01 us, below it)."""
     system, model = toy_system(), toy_model()
     for passes, expected in ((1.0, 0.12368e-6), (5.0, 0.53328e-6)):
-        ctx = StageContext(batch=1, q=1, contexts=(5,), minibatches=1, weight_tier=HostTier.DDR, kv_tier=HostTier.DDR,
-                           cpu_isa=CpuIsa.AMX_BF16, pinned_weights=True, overlap=True, mode=CostMode.OVERLAP,
-                           cpu_kv_passes=passes)
+        ctx = StageContext(
+            batch=1,
+            q=1,
+            contexts=(5,),
+            minibatches=1,
+            weight_tier=HostTier.DDR,
+            kv_tier=HostTier.DDR,
+            cpu_isa=CpuIsa.AMX_BF16,
+            pinned_weights=True,
+            overlap=True,
+            mode=CostMode.OVERLAP,
+            cpu_kv_passes=passes,
+        )
         assert sublayer_times(system, model, ctx, 1).cpu_s[1, 0] == pytest.approx(expected, rel=1e-12)
 
 
@@ -149,15 +218,19 @@ def test_flexgen_plan_maps_weights_to_whole_resident_layers():
     wl = Workload(batch=8, input_len=256, output_len=32)
     policy = FlexGenPolicy(4, 2, 0.5612, 0.4388, 0.2, 0.8, 1.0, 0.0)
     plan = flexgen_plan(system, model, wl, policy)
-    assert plan.gpu_resident_layers == 26                       # floor(0.5612 x 48)
+    assert plan.gpu_resident_layers == 26  # floor(0.5612 x 48)
     assert plan.decode_policy == ATTENTION_ON_CPU and plan.prefill_minibatches == 2
     assert plan.cpu_isa == CpuIsa.AVX512_FP32 and head_device(plan) == Device.GPU
     # more GPU weights than our memory model can hold as whole layers: as many as fit
     greedy = flexgen_plan(system, model, wl, FlexGenPolicy(4, 2, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0))
     assert 26 < greedy.gpu_resident_layers < 48
     assert all(u.fits for u in memory_use(system, model, wl, greedy).values())
-    assert not all(u.fits for u in memory_use(system, model, wl, greedy.model_copy(
-        update={"gpu_resident_layers": greedy.gpu_resident_layers + 1})).values())
+    assert not all(
+        u.fits
+        for u in memory_use(
+            system, model, wl, greedy.model_copy(update={"gpu_resident_layers": greedy.gpu_resident_layers + 1})
+        ).values()
+    )
 
 
 def test_flexgen_baseline_is_flexgens_own_choice_and_predicted_as_flexgen_runs_it():
@@ -166,10 +239,10 @@ def test_flexgen_baseline_is_flexgens_own_choice_and_predicted_as_flexgen_runs_i
     base = baselines(system, model, wl)["flexgen"]
     p = base.flexgen.solution.policy
     assert (p.gpu_batch_size, p.num_gpu_batches) == (1, 1) and p.percent()[2:4] == (0, 100)
-    assert base.plan.gpu_resident_layers == int(p.weights_gpu * 48) > 0   # not the old 0
+    assert base.plan.gpu_resident_layers == int(p.weights_gpu * 48) > 0  # not the old 0
     peer = base.predict(system, model)
     runtime = predict(system, model, wl, base.plan)
-    assert peer.latency_s >= runtime.latency_s       # at B = 1 the weights' PCIe copy hides the CPU attention
+    assert peer.latency_s >= runtime.latency_s  # at B = 1 the weights' PCIe copy hides the CPU attention
     # under the throughput objective FlexGen runs at its own batch gbs x num_gpu_batches, where its fp32 copy of
     # the cache makes the CPU attention, and the layer, slower than this project's runtime on the same plan
     own = baselines(system, model, wl, choose_batch=True)["flexgen"]
@@ -206,7 +279,7 @@ def test_plan_json_reports_flexgens_own_prediction_beside_ours():
     out = run_plan("spr-a100", "opt-30b", 1, 256, 32, [], "latency", None, "overlap", "enumerate")
     fg = out["baselines"]["flexgen"]
     own = fg["flexgen"]["flexgen_predicted"]["throughput_tokens_per_s"]
-    assert own == pytest.approx(1.0256, rel=0.02)      # FlexGen's LP at the fitted spr-a100 constants
+    assert own == pytest.approx(1.0256, rel=0.02)  # FlexGen's LP at the fitted spr-a100 constants
     assert fg["throughput_tokens_per_s"] == pytest.approx(own, rel=0.05)
     assert fg["lia_runtime"]["throughput_tokens_per_s"] >= fg["throughput_tokens_per_s"]
     assert fg["plan"]["gpu_resident_layers"] == 26 and fg["flexgen"]["percent"][:2] == [56, 44]

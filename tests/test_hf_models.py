@@ -48,8 +48,8 @@ GPU = os.environ.get("LIA_TEST_GPU_BACKEND", "fake")
 FAKE = GPU == "fake"
 
 FP32_RTOL = 1e-5
-BF16_RTOL = 2e-2        # measured 5.5e-3 .. 6.1e-3 (tools/hf_bf16_errors.py)
-NEAR_TIE = 2 ** -5      # of max |logit|: above twice the largest bf16 logit error measured (0.9% of max |logit|)
+BF16_RTOL = 2e-2  # measured 5.5e-3 .. 6.1e-3 (tools/hf_bf16_errors.py)
+NEAR_TIE = 2**-5  # of max |logit|: above twice the largest bf16 logit error measured (0.9% of max |logit|)
 WORKLOAD = Workload(batch=BATCH, input_len=PROMPT_LEN, output_len=NEW_TOKENS)
 G, C = Device.GPU, Device.CPU
 
@@ -59,10 +59,21 @@ PLACEMENTS = [
     ("all-cpu", "cpu", Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU)),
     ("all-gpu", GPU, Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, gpu_resident_layers=3)),
     ("lia-000000", GPU, Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, prefill_minibatches=2)),
-    ("lia-111111", GPU, Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU, gpu_resident_layers=1,
-                                prefill_minibatches=2)),
-    ("lia-011000", GPU, Plan(prefill_policy=ATTENTION_ON_CPU, decode_policy=ATTENTION_ON_CPU,
-                                gpu_resident_layers=1, prefill_minibatches=4)),
+    (
+        "lia-111111",
+        GPU,
+        Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU, gpu_resident_layers=1, prefill_minibatches=2),
+    ),
+    (
+        "lia-011000",
+        GPU,
+        Plan(
+            prefill_policy=ATTENTION_ON_CPU,
+            decode_policy=ATTENTION_ON_CPU,
+            gpu_resident_layers=1,
+            prefill_minibatches=4,
+        ),
+    ),
     ("flexgen", GPU, Plan(prefill_policy=ALL_GPU, decode_policy=ATTENTION_ON_CPU, overlap=False)),
 ]
 KINDS = ("opt", "llama", "mistral")
@@ -141,7 +152,7 @@ def test_the_checks_can_fail(cases, monkeypatch):
         return original(model.model_copy(update={"rope_scaling": None}), device)
 
     weights = _weights(case, "cpu", torch.float32)
-    weights.embeddings.lm_head = weights.embeddings.tokens          # the token embedding in the head's place
+    weights.embeddings.lm_head = weights.embeddings.tokens  # the token embedding in the head's place
     ex = Executor(Backend("cpu", torch.float32), weights, plan, WORKLOAD)
     forced = ex.generate(case.prompt, keep_logits=True, select=lambda t, logits: case.tokens[:, t])
     assert _rel(torch.stack(forced.logits, 1), case.logits) > 0.2
@@ -152,10 +163,11 @@ def test_the_checks_can_fail(cases, monkeypatch):
     monkeypatch.undo()
 
     weights = _weights(cases["opt"], GPU, torch.bfloat16)
-    weights.host_layers = weights.host_layers[::-1]       # layers in the wrong order
+    weights.host_layers = weights.host_layers[::-1]  # layers in the wrong order
     ex = Executor(Backend(GPU, torch.bfloat16), weights, PLACEMENTS[2][2], WORKLOAD)
-    forced = ex.generate(cases["opt"].prompt, keep_logits=True,
-                         select=lambda t, logits: cases["opt"].tokens[:, t].to(logits.device))
+    forced = ex.generate(
+        cases["opt"].prompt, keep_logits=True, select=lambda t, logits: cases["opt"].tokens[:, t].to(logits.device)
+    )
     assert _rel(torch.stack(forced.logits, 1), cases["opt"].logits) > BF16_RTOL
 
 
@@ -165,8 +177,9 @@ def test_layout_holds_the_checkpoints_tensors(cases):
     from lia_model.sublayers import Sublayer
 
     for kind in ("opt", "llama"):
-        model = getattr(transformers, {"opt": "OPTForCausalLM", "llama": "LlamaForCausalLM"}[kind]) \
-            .from_pretrained(cases[kind].path)
+        model = getattr(transformers, {"opt": "OPTForCausalLM", "llama": "LlamaForCausalLM"}[kind]).from_pretrained(
+            cases[kind].path
+        )
         sd = model.state_dict()
         w = _weights(cases[kind], "cpu", torch.float32)
         for li in (0, 2):
@@ -250,9 +263,19 @@ def test_lia_run_with_the_optimisers_plan(cases, kind, tmp_path):
     prompts = [" ".join(map(str, row.tolist())) for row in case.prompt]
     results = {}
     for dtype in ("float32", "bfloat16"):
-        opts = RunOptions(model=str(case.path), prompts=prompts, max_new_tokens=NEW_TOKENS, system=system,
-                          solver="enumerate", sampling=Sampling(), ids=True, fake_gpu=FAKE, dtype=dtype,
-                          stream=False, threads=1)
+        opts = RunOptions(
+            model=str(case.path),
+            prompts=prompts,
+            max_new_tokens=NEW_TOKENS,
+            system=system,
+            solver="enumerate",
+            sampling=Sampling(),
+            ids=True,
+            fake_gpu=FAKE,
+            dtype=dtype,
+            stream=False,
+            threads=1,
+        )
         report = run(opts)
         assert len(report.batches) == 1
         batch = report.batches[0]
@@ -270,8 +293,14 @@ def test_lia_run_with_the_optimisers_plan(cases, kind, tmp_path):
 
 
 def _lia(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lia_model", *args], capture_output=True, text=True, timeout=300,
-                          check=False, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "lia_model", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 def test_lia_run_command_line_matches_transformers(cases, tmp_path):
@@ -281,9 +310,25 @@ def test_lia_run_command_line_matches_transformers(cases, tmp_path):
     prompts.write_text("\n".join(" ".join(map(str, row.tolist())) for row in case.prompt) + "\n")
     plan = tmp_path / "plan.json"
     plan.write_text(PLACEMENTS[4][2].model_dump_json())
-    proc = _lia("run", "--model", str(case.path), "--prompts", str(prompts), "--max-new-tokens", str(NEW_TOKENS),
-                "--plan", str(plan), "--system", _system_file(tmp_path, 1.0), "--json",
-                *(["--fake-gpu"] if FAKE else []), "--dtype", "float32", "--threads", "1")
+    proc = _lia(
+        "run",
+        "--model",
+        str(case.path),
+        "--prompts",
+        str(prompts),
+        "--max-new-tokens",
+        str(NEW_TOKENS),
+        "--plan",
+        str(plan),
+        "--system",
+        _system_file(tmp_path, 1.0),
+        "--json",
+        *(["--fake-gpu"] if FAKE else []),
+        "--dtype",
+        "float32",
+        "--threads",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["schema"] == "lia.run/1" and len(out["batches"]) == 1
@@ -302,7 +347,7 @@ def _word_tokenizer(folder: Path) -> None:
 
     tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w0"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")     # joins words with spaces
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     tok.save(str(folder / "tokenizer.json"))
 
 
@@ -318,21 +363,34 @@ def test_text_in_text_out_with_a_tokenizer_and_streaming(cases, tmp_path):
     _word_tokenizer(folder)
     text = " ".join(f"w{i}" for i in case.prompt[0].tolist())
     out = io.StringIO()
-    report = run(RunOptions(model=str(folder), prompts=[text], max_new_tokens=NEW_TOKENS, fake_gpu=FAKE,
-                            dtype="float32", plan=PLACEMENTS[5][2], threads=1), out=out)
+    report = run(
+        RunOptions(
+            model=str(folder),
+            prompts=[text],
+            max_new_tokens=NEW_TOKENS,
+            fake_gpu=FAKE,
+            dtype="float32",
+            plan=PLACEMENTS[5][2],
+            threads=1,
+        ),
+        out=out,
+    )
     batch = report.batches[0]
     assert report.codec.startswith("tokenizers")
     assert batch.outputs[0] == case.tokens[0].tolist()
     want = " ".join(f"w{i}" for i in case.tokens[0].tolist())
     assert batch.texts[0] == want
-    assert out.getvalue() == want + "\n"              # streamed piece by piece, same text
+    assert out.getvalue() == want + "\n"  # streamed piece by piece, same text
 
 
 def _byte_level_tokenizer(folder: Path) -> None:
     """GPT-2's byte-level BPE with no merges (vocab.json + merges.txt, no tokenizer.json, as OPT's hub folders
     ship it): 256 tokens, one per byte, loaded through transformers' AutoTokenizer."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
-                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\u00a1"), ord("\u00ac") + 1),
+        *range(ord("\u00ae"), ord("\u00ff") + 1),
+    ]
     chars, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -355,15 +413,14 @@ def test_text_through_transformers_autotokenizer(cases, tmp_path):
     folder = tmp_path / "opt-bytes"
     shutil.copytree(cases["opt"].path, folder)
     _byte_level_tokenizer(folder)
-    text = "Paris é"                                   # 8 bytes: the prompt length transformers ran with
+    text = "Paris é"  # 8 bytes: the prompt length transformers ran with
     ids = list(text.encode())
     model = transformers.OPTForCausalLM.from_pretrained(folder)
     model.generation_config.eos_token_id = None
     with torch.no_grad():
-        want = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+        want = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0, len(ids) :].tolist()
     out = io.StringIO()
-    report = run(RunOptions(model=str(folder), prompts=[text], max_new_tokens=12, dtype="float32", threads=1),
-                 out=out)
+    report = run(RunOptions(model=str(folder), prompts=[text], max_new_tokens=12, dtype="float32", threads=1), out=out)
     batch = report.batches[0]
     assert report.codec == "transformers GPT2Tokenizer"
     assert batch.tokens[0] == ids and batch.outputs[0] == want
@@ -385,8 +442,15 @@ def test_eos_stops_generation(cases, tmp_path):
     gen = json.loads((folder / "generation_config.json").read_text())
     (folder / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": eos}))
     prompt = " ".join(map(str, case.prompt[0].tolist()))
-    base = RunOptions(model=str(folder), prompts=[prompt], max_new_tokens=NEW_TOKENS, ids=True, dtype="float32",
-                      stream=False, threads=1)
+    base = RunOptions(
+        model=str(folder),
+        prompts=[prompt],
+        max_new_tokens=NEW_TOKENS,
+        ids=True,
+        dtype="float32",
+        stream=False,
+        threads=1,
+    )
     batch = run(base).batches[0]
     assert batch.outputs[0] == case.tokens[0, :first].tolist() and batch.generated == first + 1
     full = run(RunOptions(**{**base.__dict__, "ignore_eos": True})).batches[0]
@@ -398,8 +462,17 @@ def test_prompts_of_different_lengths_run_as_separate_batches(cases):
 
     case = cases["mistral"]
     rows = [case.prompt[0].tolist(), case.prompt[1].tolist()[:5], case.prompt[2].tolist()]
-    report = run(RunOptions(model=str(case.path), prompts=[" ".join(map(str, r)) for r in rows], max_new_tokens=4,
-                            ids=True, dtype="float32", stream=False, threads=1))
+    report = run(
+        RunOptions(
+            model=str(case.path),
+            prompts=[" ".join(map(str, r)) for r in rows],
+            max_new_tokens=4,
+            ids=True,
+            dtype="float32",
+            stream=False,
+            threads=1,
+        )
+    )
     assert [b.indices for b in report.batches] == [[0, 2], [1]]
     assert report.batches[0].outputs == [case.tokens[0, :4].tolist(), case.tokens[2, :4].tolist()]
     assert any("different lengths" in w for w in report.warnings)
@@ -418,8 +491,14 @@ def test_throughput_objective_splits_the_prompts_into_the_optimisers_batches(cas
     for b in batches:
         assert b.workload.batch == len(b.indices) and len({len(t) for t in b.tokens}) == 1
         assert b.plan_source.startswith("optimiser (throughput")
-    latency = plan_batches(RunOptions(model="-", prompts=[], max_new_tokens=16, solver="enumerate"), system, model,
-                           tokens, has_gpu=True, warn=lambda m: None)
+    latency = plan_batches(
+        RunOptions(model="-", prompts=[], max_new_tokens=16, solver="enumerate"),
+        system,
+        model,
+        tokens,
+        has_gpu=True,
+        warn=lambda m: None,
+    )
     assert [b.indices for b in latency] == [[0, 1, 2, 3, 4], [5, 6, 7]]
 
 
@@ -431,8 +510,15 @@ def test_sampling_is_seeded_and_differs_from_greedy(cases):
     prompts = [" ".join(map(str, row.tolist())) for row in case.prompt]
 
     def sample(seed: int, temperature: float = 1.0) -> list[list[int]]:
-        opts = RunOptions(model=str(case.path), prompts=prompts, max_new_tokens=16, ids=True, stream=False,
-                          sampling=Sampling(temperature, 0.9, seed), threads=1)
+        opts = RunOptions(
+            model=str(case.path),
+            prompts=prompts,
+            max_new_tokens=16,
+            ids=True,
+            stream=False,
+            sampling=Sampling(temperature, 0.9, seed),
+            threads=1,
+        )
         return run(opts).batches[0].outputs
 
     a, b, c = sample(1), sample(1), sample(2)
@@ -450,24 +536,58 @@ def _config_folder(tmp_path: Path, config: dict) -> str:
     return str(folder)
 
 
-LLAMA = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 256, "hidden_act": "silu",
-         "max_position_embeddings": 128, "rms_norm_eps": 1e-5}
+LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "vocab_size": 256,
+    "hidden_act": "silu",
+    "max_position_embeddings": 128,
+    "rms_norm_eps": 1e-5,
+}
 
 
-@pytest.mark.parametrize("config,needles", [
-    ({**LLAMA, "model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2},
-     ["mixture-of-experts", "8 experts, 2 per token"]),
-    ({**LLAMA, "model_type": "deepseek_v3", "n_routed_experts": 256, "num_experts_per_tok": 8, "kv_lora_rank": 512,
-      "q_lora_rank": 1536}, ["mixture-of-experts", "multi-head latent attention"]),
-    ({**LLAMA, "model_type": "qwen2"}, ["qwen2", "q/k/v biases"]),
-    ({**LLAMA, "model_type": "gemma", "hidden_act": "gelu_pytorch_tanh"}, ["gemma", "(1 + w) RMSNorm"]),
-    ({**LLAMA, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, ["RoPE scaling 'yarn'"]),
-    ({**LLAMA, "attention_bias": True}, ["linear biases with RMSNorm"]),
-    ({"model_type": "opt", "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
-      "ffn_dim": 4096, "vocab_size": 50272, "do_layer_norm_before": False, "word_embed_proj_dim": 512},
-     ["post-LayerNorm", "project_in/project_out"]),
-], ids=["mixtral", "deepseek-v3", "qwen2", "gemma", "yarn", "llama-bias", "opt-350m"])
+@pytest.mark.parametrize(
+    "config,needles",
+    [
+        (
+            {**LLAMA, "model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2},
+            ["mixture-of-experts", "8 experts, 2 per token"],
+        ),
+        (
+            {
+                **LLAMA,
+                "model_type": "deepseek_v3",
+                "n_routed_experts": 256,
+                "num_experts_per_tok": 8,
+                "kv_lora_rank": 512,
+                "q_lora_rank": 1536,
+            },
+            ["mixture-of-experts", "multi-head latent attention"],
+        ),
+        ({**LLAMA, "model_type": "qwen2"}, ["qwen2", "q/k/v biases"]),
+        ({**LLAMA, "model_type": "gemma", "hidden_act": "gelu_pytorch_tanh"}, ["gemma", "(1 + w) RMSNorm"]),
+        ({**LLAMA, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, ["RoPE scaling 'yarn'"]),
+        ({**LLAMA, "attention_bias": True}, ["linear biases with RMSNorm"]),
+        (
+            {
+                "model_type": "opt",
+                "hidden_size": 1024,
+                "num_hidden_layers": 24,
+                "num_attention_heads": 16,
+                "ffn_dim": 4096,
+                "vocab_size": 50272,
+                "do_layer_norm_before": False,
+                "word_embed_proj_dim": 512,
+            },
+            ["post-LayerNorm", "project_in/project_out"],
+        ),
+    ],
+    ids=["mixtral", "deepseek-v3", "qwen2", "gemma", "yarn", "llama-bias", "opt-350m"],
+)
 def test_unsupported_architectures_are_named(config, needles):
     with pytest.raises(LiaInputError) as err:
         runtime_model(config, "m")
@@ -476,8 +596,10 @@ def test_unsupported_architectures_are_named(config, needles):
 
 
 def test_unsupported_architecture_on_the_command_line(tmp_path):
-    folder = _config_folder(tmp_path, {**LLAMA, "_name": "Mixtral-tiny", "model_type": "mixtral",
-                                       "num_local_experts": 8, "num_experts_per_tok": 2})
+    folder = _config_folder(
+        tmp_path,
+        {**LLAMA, "_name": "Mixtral-tiny", "model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2},
+    )
     proc = _lia("run", "--model", folder, "--prompt", "hello")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = [x for x in proc.stderr.splitlines() if x.strip()]
@@ -548,8 +670,17 @@ def test_sliding_window_limit(cases, tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "sliding_window": 16}))
     with pytest.raises(LiaInputError, match="sliding attention window of 16"):
         run(RunOptions(model=str(folder), prompts=["1 2 3 4 5 6 7 8 9 10"], ids=True, max_new_tokens=8, threads=1))
-    report = run(RunOptions(model=str(folder), prompts=["1 2 3 4 5 6 7 8"], ids=True, max_new_tokens=8,
-                            dtype="float32", stream=False, threads=1))
+    report = run(
+        RunOptions(
+            model=str(folder),
+            prompts=["1 2 3 4 5 6 7 8"],
+            ids=True,
+            max_new_tokens=8,
+            dtype="float32",
+            stream=False,
+            threads=1,
+        )
+    )
     assert len(report.batches[0].outputs[0]) == 8
 
 
@@ -561,9 +692,17 @@ def test_loading_peaks_at_one_copy_of_the_weights(tmp_path, monkeypatch):
     import runtime.hf_loader as loader
 
     h, f, layers = 512, 2048, 6
-    config = {"model_type": "opt", "hidden_size": h, "ffn_dim": f, "num_hidden_layers": layers,
-              "num_attention_heads": 8, "vocab_size": 1024, "max_position_embeddings": 64,
-              "word_embed_proj_dim": h, "torch_dtype": "float32"}
+    config = {
+        "model_type": "opt",
+        "hidden_size": h,
+        "ffn_dim": f,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 8,
+        "vocab_size": 1024,
+        "max_position_embeddings": 64,
+        "word_embed_proj_dim": h,
+        "torch_dtype": "float32",
+    }
     folder = tmp_path / "opt-78mb"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(config))
@@ -614,5 +753,5 @@ def test_loading_peaks_at_one_copy_of_the_weights(tmp_path, monkeypatch):
     from lia_model.sublayers import Sublayer
 
     qkv = weights.host_views(3, Sublayer.QKV)["w"]
-    assert torch.equal(qkv[h: 2 * h], expected[f"{p}layers.3.self_attn.k_proj.weight"])
+    assert torch.equal(qkv[h : 2 * h], expected[f"{p}layers.3.self_attn.k_proj.weight"])
     assert math.isclose(float(weights.host_views(3, Sublayer.FC1)["norm_w"].sum()), h)

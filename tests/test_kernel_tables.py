@@ -34,10 +34,10 @@ OPT30 = get_model("opt-30b")
 def test_table_interpolation_is_log_linear_with_hand_numbers() -> None:
     t = LinearTable(sublayer="fc2", k=8, n=8, tokens=[1, 4, 16], seconds=[1e-3, 2e-3, 8e-3])
     assert table_seconds(t, 1) == pytest.approx(1e-3)
-    assert table_seconds(t, 2) == pytest.approx(1e-3 * math.sqrt(2))       # halfway in log tokens: geometric mean
+    assert table_seconds(t, 2) == pytest.approx(1e-3 * math.sqrt(2))  # halfway in log tokens: geometric mean
     assert table_seconds(t, 8) == pytest.approx(math.sqrt(2e-3 * 8e-3))
-    assert table_seconds(t, 64) == pytest.approx(8e-3 * 4)                  # past the table: proportional
-    assert table_seconds(t, 0.5) == pytest.approx(1e-3)                     # below: the first point
+    assert table_seconds(t, 64) == pytest.approx(8e-3 * 4)  # past the table: proportional
+    assert table_seconds(t, 0.5) == pytest.approx(1e-3)  # below: the first point
 
 
 def test_a_malformed_table_is_rejected() -> None:
@@ -58,26 +58,57 @@ def _system_with_tables(slowdown: float = 1.5) -> SystemSpec:
     fits = []
     for kind, coef in (("fused", FUSED), ("score", SPLIT), ("context", SPLIT)):
         for phase in ("decode", "prefill"):
-            fits.append({"kind": kind, "phase": phase, "heads": "mha", **coef, "fit_median_rel_err": 0.0,
-                         "fit_max_rel_err": 0.0, "points": 4})
+            fits.append(
+                {
+                    "kind": kind,
+                    "phase": phase,
+                    "heads": "mha",
+                    **coef,
+                    "fit_median_rel_err": 0.0,
+                    "fit_max_rel_err": 0.0,
+                    "points": 4,
+                }
+            )
     data["kernels"] = {
-        "cpu_isa": "amx_bf16", "setup": "test",
-        "cpu_linear": [{"sublayer": "fc2", "k": fc2_k, "n": fc2_n, "tokens": [1, 64], "seconds": [0.010, 0.020]},
-                       {"sublayer": "qkv", "k": OPT30.hidden_size, "n": qkv_n, "tokens": [1, 64],
-                        "seconds": [0.004, 0.008]}],
+        "cpu_isa": "amx_bf16",
+        "setup": "test",
+        "cpu_linear": [
+            {"sublayer": "fc2", "k": fc2_k, "n": fc2_n, "tokens": [1, 64], "seconds": [0.010, 0.020]},
+            {"sublayer": "qkv", "k": OPT30.hidden_size, "n": qkv_n, "tokens": [1, 64], "seconds": [0.004, 0.008]},
+        ],
         "gpu_linear": [{"sublayer": "fc2", "k": fc2_k, "n": fc2_n, "tokens": [1, 64], "seconds": [1e-5, 2e-4]}],
-        "cpu_attention": fits, "gpu_attention": fits,
-        "gpu_dispatch_us": 50.0, "cpu_slowdown_beside_dma": slowdown,
-        "source": {k: "test" for k in ("cpu_linear", "gpu_linear", "cpu_attention", "gpu_attention",
-                                       "gpu_dispatch_us", "cpu_slowdown_beside_dma")},
+        "cpu_attention": fits,
+        "gpu_attention": fits,
+        "gpu_dispatch_us": 50.0,
+        "cpu_slowdown_beside_dma": slowdown,
+        "source": {
+            k: "test"
+            for k in (
+                "cpu_linear",
+                "gpu_linear",
+                "cpu_attention",
+                "gpu_attention",
+                "gpu_dispatch_us",
+                "cpu_slowdown_beside_dma",
+            )
+        },
     }
     return SystemSpec.model_validate(data)
 
 
 def _ctx(batch: int, q: int, contexts: tuple[int, ...]) -> StageContext:
-    return StageContext(batch=batch, q=q, contexts=contexts, minibatches=1, weight_tier=HostTier.DDR,
-                        kv_tier=HostTier.DDR, cpu_isa=CpuIsa.AMX_BF16, pinned_weights=True, overlap=True,
-                        mode=CostMode.OVERLAP)
+    return StageContext(
+        batch=batch,
+        q=q,
+        contexts=contexts,
+        minibatches=1,
+        weight_tier=HostTier.DDR,
+        kv_tier=HostTier.DDR,
+        cpu_isa=CpuIsa.AMX_BF16,
+        pinned_weights=True,
+        overlap=True,
+        mode=CostMode.OVERLAP,
+    )
 
 
 def test_sublayer_times_read_the_tables() -> None:
@@ -137,7 +168,9 @@ def test_cpu_work_beside_weight_dma_is_charged_with_the_calibrated_slowdown() ->
     p = (Device.CPU, Device.CPU, Device.CPU, Device.GPU, Device.GPU, Device.CPU)
     f = policy_features(p)
     cpu = terms.resources[next(r for r in terms.resources if r.value == "cpu")].evaluate(f)[0]
-    w = float(terms.weight_h2d_s[SUBLAYERS.index(Sublayer.OUT_PROJ)] + terms.weight_h2d_s[SUBLAYERS.index(Sublayer.FC1)])
+    w = float(
+        terms.weight_h2d_s[SUBLAYERS.index(Sublayer.OUT_PROJ)] + terms.weight_h2d_s[SUBLAYERS.index(Sublayer.FC1)]
+    )
     assert terms.terms["cpu_dma"][1].evaluate(f)[0] == pytest.approx(cpu + 0.5 * w)
     assert terms.layer_time(f)[0] >= cpu + 0.5 * w - 1e-12
     # without tables no such term (datasheet profiles keep their roofline model)
@@ -155,8 +188,20 @@ def test_fit_attention_recovers_known_coefficients() -> None:
         for kind in ("fused", "score", "context"):
             by, fl = attention_bytes_flops(llama, b, 1, s, kind)
             t = 2e-5 + 3e-11 * float(by) + 4e-14 * float(fl) + 5e-8 * attention_rows(llama, b, 1)
-            rows.append({"family": "attention", "device": "cpu", "model": llama.name, "kind": kind, "phase": "decode",
-                         "batch": b, "q": 1, "s": s, "group": 8, "time_s": t})
+            rows.append(
+                {
+                    "family": "attention",
+                    "device": "cpu",
+                    "model": llama.name,
+                    "kind": kind,
+                    "phase": "decode",
+                    "batch": b,
+                    "q": 1,
+                    "s": s,
+                    "group": 8,
+                    "time_s": t,
+                }
+            )
     fits = fit_attention(rows, "cpu", {llama.name: llama})
     assert {(f["kind"], f["heads"]) for f in fits} == {("fused", "gqa"), ("score", "gqa"), ("context", "gqa")}
     for f in fits:
@@ -167,14 +212,36 @@ def test_fit_attention_recovers_known_coefficients() -> None:
 def _tiny_configs(tmp: Path) -> tuple[Path, Path]:
     opt = tmp / "tiny-opt"
     opt.mkdir()
-    (opt / "config.json").write_text(json.dumps({
-        "model_type": "opt", "hidden_size": 128, "ffn_dim": 512, "num_attention_heads": 4, "num_hidden_layers": 2,
-        "vocab_size": 256, "max_position_embeddings": 512, "word_embed_proj_dim": 128}))
+    (opt / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "opt",
+                "hidden_size": 128,
+                "ffn_dim": 512,
+                "num_attention_heads": 4,
+                "num_hidden_layers": 2,
+                "vocab_size": 256,
+                "max_position_embeddings": 512,
+                "word_embed_proj_dim": 128,
+            }
+        )
+    )
     llama = tmp / "tiny-llama"
     llama.mkdir()
-    (llama / "config.json").write_text(json.dumps({
-        "model_type": "llama", "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 8,
-        "num_key_value_heads": 2, "num_hidden_layers": 2, "vocab_size": 256, "max_position_embeddings": 2048}))
+    (llama / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "hidden_size": 128,
+                "intermediate_size": 256,
+                "num_attention_heads": 8,
+                "num_key_value_heads": 2,
+                "num_hidden_layers": 2,
+                "vocab_size": 256,
+                "max_position_embeddings": 2048,
+            }
+        )
+    )
     return opt / "config.json", llama / "config.json"
 
 
@@ -182,8 +249,23 @@ def test_quick_run_times_the_runtimes_kernels_and_writes_a_valid_profile(tmp_pat
     pytest.importorskip("torch")
     opt, llama = _tiny_configs(tmp_path)
     models = f"{opt},{llama}"
-    cmd = [sys.executable, "-m", "calibrate.kernel_tables", "--base", "spr-h100", "--name", "kt-ci",
-           "--out", str(tmp_path / "out"), "--models", models, "--attn-models", models, "--quick", "--no-gpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "calibrate.kernel_tables",
+        "--base",
+        "spr-h100",
+        "--name",
+        "kt-ci",
+        "--out",
+        str(tmp_path / "out"),
+        "--models",
+        models,
+        "--attn-models",
+        models,
+        "--quick",
+        "--no-gpu",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     from lia_model.profiles import load_system
@@ -199,8 +281,12 @@ def test_quick_run_times_the_runtimes_kernels_and_writes_a_valid_profile(tmp_pat
     from lia_model.inputs import resolve_model
 
     model = resolve_model(str(opt))
-    pred = predict(spec, model, make_workload(2, 16, 4, model),
-                   Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU, gpu_resident_layers=0))
+    pred = predict(
+        spec,
+        model,
+        make_workload(2, 16, 4, model),
+        Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU, gpu_resident_layers=0),
+    )
     assert pred.latency_s > 0
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and again.stderr.startswith("error: --name") and "--force" in again.stderr

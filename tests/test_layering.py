@@ -25,13 +25,41 @@ graph = importlib.util.module_from_spec(_spec)
 sys.modules["import_graph"] = graph  # dataclasses look their module up while the class is built
 _spec.loader.exec_module(graph)
 
-RANK = {"lia_model": 0, "lia_model[io]": 1, "calibrate": 2, "runtime": 2, "studies": 2, "cli": 3,
-        "tests": 4, "tools": 4, "peers": 4}
+RANK = {
+    "lia_model": 0,
+    "lia_model[io]": 1,
+    "calibrate": 2,
+    "runtime": 2,
+    "studies": 2,
+    "cli": 3,
+    "tests": 4,
+    "tools": 4,
+    "peers": 4,
+}
 # Third-party and standard modules the pure core must not import: torch, and whatever reads or writes files or
 # presents (the loaders and the CLI do that).
-CORE_FORBIDDEN = {"torch", "pathlib", "io", "shutil", "tempfile", "glob", "csv", "pickle", "yaml", "subprocess",
-                  "socket", "urllib", "http", "pandas", "matplotlib", "typer", "rich", "safetensors",
-                  "transformers", "tokenizers"}
+CORE_FORBIDDEN = {
+    "torch",
+    "pathlib",
+    "io",
+    "shutil",
+    "tempfile",
+    "glob",
+    "csv",
+    "pickle",
+    "yaml",
+    "subprocess",
+    "socket",
+    "urllib",
+    "http",
+    "pandas",
+    "matplotlib",
+    "typer",
+    "rich",
+    "safetensors",
+    "transformers",
+    "tokenizers",
+}
 # Exceptions, each with its reason: (module, imported) -> why.
 CORE_ALLOWED = {("lia_model.optimizer.ilp", "os"): "silences HiGHS's C-level stdout (os.dup2 on fd 1); reads no file"}
 CORE_OPEN_ALLOWED = {"lia_model.optimizer.ilp": "opens os.devnull to silence HiGHS"}
@@ -72,8 +100,11 @@ def test_the_core_opens_no_file():
         module = graph.module_name(path)
         if graph.layer(module) != "lia_model" or module in CORE_OPEN_ALLOWED:
             continue
-        calls = [n.lineno for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
-                 and isinstance(n.func, ast.Name) and n.func.id == "open"]
+        calls = [
+            n.lineno
+            for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "open"
+        ]
         assert not calls, f"{module} calls open() at lines {calls}: file reading belongs in lia_model.profiles/inputs"
 
 
@@ -81,8 +112,9 @@ def test_hwprofiles_holds_data_only():
     files = sorted((ROOT / "hwprofiles").rglob("*.py"))
     assert [f.relative_to(ROOT).as_posix() for f in files] == ["hwprofiles/__init__.py"]
     body = ast.parse(files[0].read_text()).body
-    assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), \
+    assert len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant), (
         "hwprofiles/__init__.py is a docstring only"
+    )
 
 
 def test_the_checker_catches_planted_violations(tmp_path):
@@ -90,7 +122,7 @@ def test_the_checker_catches_planted_violations(tmp_path):
     files = {
         "lia_model/__init__.py": "",
         "lia_model/costterms.py": "import numpy\nfrom lia_model import plan\n"
-                                  "def f():\n    import torch\n    from runtime import kernels\n",
+        "def f():\n    import torch\n    from runtime import kernels\n",
         "lia_model/plan.py": "from pathlib import Path\nfrom hwprofiles import x\n",
         "lia_model/report.py": "import rich\n",
         "lia_model/cli_common.py": "import typer\n",
@@ -106,24 +138,28 @@ def test_the_checker_catches_planted_violations(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     found = sorted(violations(graph.module_imports(tmp_path)))
-    assert found == sorted([
-        "calibrate.host:3 -> lia_model.cli_common (calibrate may not import lia_model[cli], a layer above it)",
-        "lia_model.costterms:4 -> torch (the pure core imports no torch)",
-        "lia_model.costterms:5 -> runtime.kernels (lia_model may not import runtime, a layer above it)",
-        "lia_model.plan:1 -> pathlib (the pure core imports no pathlib)",
-        "lia_model.plan:2 -> hwprofiles (hwprofiles/ is data: load it with lia_model.profiles)",
-        "runtime.run:1 -> lia_model.report (runtime may not import lia_model[cli], a layer above it)",
-    ])
+    assert found == sorted(
+        [
+            "calibrate.host:3 -> lia_model.cli_common (calibrate may not import lia_model[cli], a layer above it)",
+            "lia_model.costterms:4 -> torch (the pure core imports no torch)",
+            "lia_model.costterms:5 -> runtime.kernels (lia_model may not import runtime, a layer above it)",
+            "lia_model.plan:1 -> pathlib (the pure core imports no pathlib)",
+            "lia_model.plan:2 -> hwprofiles (hwprofiles/ is data: load it with lia_model.profiles)",
+            "runtime.run:1 -> lia_model.report (runtime may not import lia_model[cli], a layer above it)",
+        ]
+    )
 
 
 def test_lia_plan_never_imports_torch():
     """The whole `lia plan` path in a fresh interpreter (the CLI registers every package's commands on import)."""
-    code = ("import sys\n"
-            "from typer.testing import CliRunner\n"
-            "from lia_model.cli import app\n"
-            "result = CliRunner().invoke(app, ['plan', '--json'])\n"
-            "assert result.exit_code == 0, result.output\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n")
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from lia_model.cli import app\n"
+        "result = CliRunner().invoke(app, ['plan', '--json'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

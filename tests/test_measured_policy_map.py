@@ -8,12 +8,34 @@ from studies.measured.policy_map import summarise
 
 def test_speedup_is_best_paper_latency_over_the_optimum():
     rows = []
-    for label, meas, pred in (("optimal", 0.100, 0.090), ("lia_(0,0,0,0,0,0)", 0.300, 0.280),
-                              ("lia_(1,1,1,1,1,1)", 0.135, 0.120), ("lia_(0,1,1,0,0,0)", 0.150, 0.110)):
-        rows.append({"batch": 1, "input_len": 64, "plan_label": label, "plan_decode": "(0,1,1,1,0,1)",
-                     "measured_latency_s": meas, "predicted_latency_s": pred, "status": "ok"})
-    rows.append({"batch": 8, "input_len": 64, "plan_label": "lia_(1,1,1,1,1,1)", "plan_decode": "(1,1,1,1,1,1)",
-                 "measured_latency_s": 1.0, "predicted_latency_s": 1.0, "status": "ok"})   # no optimum: skipped
+    for label, meas, pred in (
+        ("optimal", 0.100, 0.090),
+        ("lia_(0,0,0,0,0,0)", 0.300, 0.280),
+        ("lia_(1,1,1,1,1,1)", 0.135, 0.120),
+        ("lia_(0,1,1,0,0,0)", 0.150, 0.110),
+    ):
+        rows.append(
+            {
+                "batch": 1,
+                "input_len": 64,
+                "plan_label": label,
+                "plan_decode": "(0,1,1,1,0,1)",
+                "measured_latency_s": meas,
+                "predicted_latency_s": pred,
+                "status": "ok",
+            }
+        )
+    rows.append(
+        {
+            "batch": 8,
+            "input_len": 64,
+            "plan_label": "lia_(1,1,1,1,1,1)",
+            "plan_decode": "(1,1,1,1,1,1)",
+            "measured_latency_s": 1.0,
+            "predicted_latency_s": 1.0,
+            "status": "ok",
+        }
+    )  # no optimum: skipped
     table = summarise(pd.DataFrame(rows))
     assert len(table) == 1
     row = table.iloc[0]

@@ -18,7 +18,11 @@ from lia_model.optimizer import InfeasibleError, largest_feasible_batch, optimiz
 from lia_model.optimizer.enumerate import any_plan_fits_memory, brute_force_optimum, enumerate_optimum
 from lia_model.optimizer.ilp import solve_ilp
 from lia_model.optimizer.space import (
-    MAX_PREFILL_MINIBATCHES, build_tables, divisors, isa_candidates, minibatch_candidates,
+    MAX_PREFILL_MINIBATCHES,
+    build_tables,
+    divisors,
+    isa_candidates,
+    minibatch_candidates,
 )
 from lia_model.plan import CpuIsa
 from lia_model.profiles import load_system
@@ -35,9 +39,11 @@ def make_cases(full_size: bool):
     def cases(draw):
         """A random query on a catalog system with random what-ifs that move the binding tier around."""
         name = draw(st.sampled_from(DDR_SYSTEMS + CXL_SYSTEMS))
-        overrides = [f"gpu.memory_gib={draw(st.sampled_from([16, 40, 80, 141]))}",
-                     f"ddr.capacity_gib={draw(st.sampled_from([96, 192, 512, 1024]))}",
-                     f"link.h2d_gbps={draw(st.sampled_from([16, 28, 55, 128]))}"]
+        overrides = [
+            f"gpu.memory_gib={draw(st.sampled_from([16, 40, 80, 141]))}",
+            f"ddr.capacity_gib={draw(st.sampled_from([96, 192, 512, 1024]))}",
+            f"link.h2d_gbps={draw(st.sampled_from([16, 28, 55, 128]))}",
+        ]
         if name in CXL_SYSTEMS:
             overrides.append(f"cxl.capacity_gib={draw(st.sampled_from([64, 256, 1024]))}")
         if name != "gh200":  # an AMX peak from far below to above AVX-512's moves the best ISA per stage
@@ -53,7 +59,9 @@ def make_cases(full_size: bool):
         workload = make_workload(batch, input_len, output_len, model)
         objective = draw(st.sampled_from(["latency", "throughput"]))
         tpot = draw(st.sampled_from([None, None, 0.05, 0.5, 5.0]))
-        max_batch = draw(st.sampled_from([7, 16, 40] if full_size else [5, 12, 24])) if objective == "throughput" else None
+        max_batch = (
+            draw(st.sampled_from([7, 16, 40] if full_size else [5, 12, 24])) if objective == "throughput" else None
+        )
         return system, model, workload, objective, tpot, max_batch
 
     return cases()
@@ -110,16 +118,26 @@ def check_against_oracle(case, solver, per_batch=brute_force):
         assert again.tpot_mean_s <= tpot * (1 + 1e-9)
 
 
-@settings(max_examples=10, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(
+    max_examples=10,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 @given(make_cases(full_size=False))
 def test_optimum_matches_brute_force(case):
     """The default tier's oracle check (10 cases); the slow tier runs 40 and the full-size cases."""
     check_against_oracle(case, "cbc", per_batch=brute_force if case[3] == "latency" else fast_enumeration)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 @pytest.mark.slow
 @given(make_cases(full_size=False))
 def test_optimum_matches_brute_force_more_cases(case):
@@ -127,15 +145,19 @@ def test_optimum_matches_brute_force_more_cases(case):
 
 
 @pytest.mark.slow
-@settings(max_examples=300, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 @given(make_cases(full_size=True))
 def test_optimum_matches_brute_force_full_size(case):
     check_against_oracle(case, "cbc")
 
 
-@settings(max_examples=30, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @pytest.mark.slow
 @given(make_cases(full_size=False))
 def test_enumerator_and_cold_ilps_agree_with_brute_force(case):
@@ -160,16 +182,18 @@ def cpu_heavy_cases(draw):
     name = draw(st.sampled_from(["emr-h100-calibrated", "spr-a100", "gnr-h100-cxl"]))
     amx = draw(st.sampled_from([0.03, 0.08, 0.12]))
     gpu_gib = draw(st.sampled_from([3, 6]))
-    system = load_system(name, [f"gpu.memory_gib={gpu_gib}", "link.h2d_gbps=16", f"cpu.isa.amx_bf16.per_core_tflops={amx}"])
+    system = load_system(
+        name, [f"gpu.memory_gib={gpu_gib}", "link.h2d_gbps=16", f"cpu.isa.amx_bf16.per_core_tflops={amx}"]
+    )
     model = get_model(draw(st.sampled_from(["opt-30b", "llama-2-70b", "mixtral-8x7b"])))
     model = model.model_copy(update={"num_layers": draw(st.sampled_from([3, 5]))})
-    workload = make_workload(draw(st.sampled_from([1, 2, 6])), draw(st.sampled_from([16, 128, 512])),
-                             draw(st.sampled_from([2, 9])), model)
+    workload = make_workload(
+        draw(st.sampled_from([1, 2, 6])), draw(st.sampled_from([16, 128, 512])), draw(st.sampled_from([2, 9])), model
+    )
     return system, model, workload, "latency", draw(st.sampled_from([None, 0.5])), None
 
 
-@settings(max_examples=25, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cpu_heavy_cases())
 def test_isa_choice_matches_brute_force(case):
     check_against_oracle(case, "cbc")
@@ -180,8 +204,10 @@ def bounded_throughput_cases(draw):
     """Throughput under a TPOT bound that the latency optimum of a batch B_mid just meets: the best batch is
     then usually inside the range, not at its top, and rarely a power of two."""
     name = draw(st.sampled_from(DDR_SYSTEMS + CXL_SYSTEMS))
-    system = load_system(name, [f"gpu.memory_gib={draw(st.sampled_from([4, 8, 16]))}",
-                                f"link.h2d_gbps={draw(st.sampled_from([16, 55]))}"])
+    system = load_system(
+        name,
+        [f"gpu.memory_gib={draw(st.sampled_from([4, 8, 16]))}", f"link.h2d_gbps={draw(st.sampled_from([16, 55]))}"],
+    )
     model = get_model(draw(st.sampled_from(MODELS)))
     model = model.model_copy(update={"num_layers": draw(st.sampled_from([3, 6]))})
     workload = make_workload(1, draw(st.sampled_from([16, 128, 512])), draw(st.sampled_from([3, 9])), model)
@@ -191,8 +217,7 @@ def bounded_throughput_cases(draw):
     return system, model, workload, "throughput", tpot, 24
 
 
-@settings(max_examples=12, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @pytest.mark.slow
 @given(bounded_throughput_cases())
 def test_bounded_throughput_batch_matches_every_batch(case):
@@ -201,8 +226,7 @@ def test_bounded_throughput_batch_matches_every_batch(case):
 
 
 @pytest.mark.slow
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bounded_throughput_cases())
 def test_bounded_throughput_batch_matches_brute_force(case):
     check_against_oracle(case, "cbc")
@@ -231,7 +255,9 @@ def test_minibatches_reach_past_eight():
     wl = make_workload(48, 1024, 32, model)
     result = optimize(system, model, wl, solver="cbc")
     assert result.plan.prefill_minibatches == 24
-    capped = [predict(system, model, wl, result.plan.model_copy(update={"prefill_minibatches": n})) for n in (1, 2, 4, 8)]
+    capped = [
+        predict(system, model, wl, result.plan.model_copy(update={"prefill_minibatches": n})) for n in (1, 2, 4, 8)
+    ]
     assert result.prediction.latency_s < min(p.latency_s for p in capped if p.feasible)
 
 
@@ -240,7 +266,7 @@ def test_minibatch_candidates_are_the_divisors_up_to_the_cap():
     assert minibatch_candidates(1) == (1,)
     assert minibatch_candidates(12) == (1, 2, 3, 4, 6, 12)
     assert divisors(97) == (1, 97)
-    assert minibatch_candidates(97) == (1,)            # 97 > the cap
+    assert minibatch_candidates(97) == (1,)  # 97 > the cap
     assert minibatch_candidates(36) == (1, 2, 3, 4, 6, 9, 12, 18, 36)
     assert minibatch_candidates(960) == (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 16, 20, 24, 30, 32, 40, 48, 60, 64)
 
@@ -289,7 +315,7 @@ def test_memory_feasibility_is_monotone_in_the_batch_and_the_largest_batch_is_ex
         return any_plan_fits_memory(system, model, Workload(batch=b, input_len=1984, output_len=32), relaxed=relaxed)
 
     relaxed = [fits(b, True) for b in range(1, 200)]
-    edge = relaxed.index(False)                   # batches 1 .. edge fit the relaxed test
+    edge = relaxed.index(False)  # batches 1 .. edge fit the relaxed test
     assert edge > 45 and not any(relaxed[edge:])
     top = largest_feasible_batch(system, model, 1984, 32)
     assert top == max(b for b in range(1, edge + 1) if fits(b, False))

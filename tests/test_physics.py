@@ -21,28 +21,47 @@ from tests.toys import toy_model, toy_system
 LINEARS_GPU_ATTENTION_CPU = (Device.GPU, Device.CPU, Device.CPU, Device.GPU, Device.GPU, Device.GPU)
 
 
-def _ctx(batch: int, q: int, contexts: tuple[int, ...], mode: CostMode = CostMode.OVERLAP, n: int = 1,
-         isa: CpuIsa = CpuIsa.AMX_BF16) -> StageContext:
-    return StageContext(batch=batch, q=q, contexts=contexts, minibatches=n, weight_tier=HostTier.DDR,
-                        kv_tier=HostTier.DDR, cpu_isa=isa, pinned_weights=True, overlap=True, mode=mode)
+def _ctx(
+    batch: int,
+    q: int,
+    contexts: tuple[int, ...],
+    mode: CostMode = CostMode.OVERLAP,
+    n: int = 1,
+    isa: CpuIsa = CpuIsa.AMX_BF16,
+) -> StageContext:
+    return StageContext(
+        batch=batch,
+        q=q,
+        contexts=contexts,
+        minibatches=n,
+        weight_tier=HostTier.DDR,
+        kv_tier=HostTier.DDR,
+        cpu_isa=isa,
+        pinned_weights=True,
+        overlap=True,
+        mode=mode,
+    )
 
 
 # ---------------------------------------------------------------- 1. the paper's model, the KV-pass factor
 
 
-@pytest.mark.parametrize("system,batch,stage,policy,script_ms", [
-    ("paper-spr-a100", 1, "decode", ALL_CPU, 14.190679484377359),
-    ("paper-spr-a100", 1, "decode", ALL_GPU, 132.72789214555522),
-    ("paper-spr-a100", 1, "decode", LINEARS_GPU_ATTENTION_CPU, 132.10790636415632),
-    ("paper-spr-a100", 1, "prefill", ALL_CPU, 107.85027547290565),
-    ("paper-spr-a100", 1, "prefill", ALL_GPU, 142.70360538693356),
-    ("paper-spr-a100", 1, "prefill", LINEARS_GPU_ATTENTION_CPU, 143.64634620650077),
-    ("paper-spr-a100", 64, "decode", ALL_CPU, 46.67761783788679),
-    ("paper-spr-a100", 64, "decode", ALL_GPU, 194.03860020428078),
-    ("paper-spr-a100", 64, "decode", LINEARS_GPU_ATTENTION_CPU, 154.3595101947507),
-    ("paper-spr-h100", 64, "decode", ALL_GPU, 98.51630046365955),
-    ("paper-spr-h100", 64, "decode", LINEARS_GPU_ATTENTION_CPU, 88.96703263158079),
-])
+@pytest.mark.parametrize(
+    "system,batch,stage,policy,script_ms",
+    [
+        ("paper-spr-a100", 1, "decode", ALL_CPU, 14.190679484377359),
+        ("paper-spr-a100", 1, "decode", ALL_GPU, 132.72789214555522),
+        ("paper-spr-a100", 1, "decode", LINEARS_GPU_ATTENTION_CPU, 132.10790636415632),
+        ("paper-spr-a100", 1, "prefill", ALL_CPU, 107.85027547290565),
+        ("paper-spr-a100", 1, "prefill", ALL_GPU, 142.70360538693356),
+        ("paper-spr-a100", 1, "prefill", LINEARS_GPU_ATTENTION_CPU, 143.64634620650077),
+        ("paper-spr-a100", 64, "decode", ALL_CPU, 46.67761783788679),
+        ("paper-spr-a100", 64, "decode", ALL_GPU, 194.03860020428078),
+        ("paper-spr-a100", 64, "decode", LINEARS_GPU_ATTENTION_CPU, 154.3595101947507),
+        ("paper-spr-h100", 64, "decode", ALL_GPU, 98.51630046365955),
+        ("paper-spr-h100", 64, "decode", LINEARS_GPU_ATTENTION_CPU, 88.96703263158079),
+    ],
+)
 def test_paper_mode_reproduces_the_authors_released_model(system, batch, stage, policy, script_ms):
     """Per-layer latency of OPT-175B at L = 512 in the authors' released model.
 
@@ -84,9 +103,16 @@ def test_kv_pass_factor_multiplies_the_cache_read_of_attention():
     (2,048 + 80 + 1.7 x 10,240) B / 100 GB/s = 195.36 ns."""
     model = toy_model()
     sys_ = toy_system()
-    sys_ = sys_.model_copy(update={"gpu": sys_.gpu.model_copy(update={"kv_pass_factor": 3.5}),
-                                   "cpu": sys_.cpu.model_copy(update={"isa": {
-        CpuIsa.AMX_BF16: sys_.cpu.isa[CpuIsa.AMX_BF16].model_copy(update={"kv_pass_factor": 1.7})}})})
+    sys_ = sys_.model_copy(
+        update={
+            "gpu": sys_.gpu.model_copy(update={"kv_pass_factor": 3.5}),
+            "cpu": sys_.cpu.model_copy(
+                update={
+                    "isa": {CpuIsa.AMX_BF16: sys_.cpu.isa[CpuIsa.AMX_BF16].model_copy(update={"kv_pass_factor": 1.7})}
+                }
+            ),
+        }
+    )
     t = sublayer_times(sys_, model, _ctx(1, 1, (5,)), 1)
     assert t.gpu_s[1][0] == pytest.approx(37.968e-9, rel=1e-12)
     assert t.gpu_s[2][0] == pytest.approx(38.128e-9, rel=1e-12)
@@ -142,8 +168,12 @@ def test_a_weight_split_puts_that_many_layers_in_cxl_and_times_each_kind():
     (1,233,311,744 B): DDR holds 23 of them, CXL 15; TTFT = 10 R + 23 T_ddr + 15 T_cxl + head."""
     sys_, model = load_system("spr-a100-cxl"), get_model("opt-30b")
     wl = make_workload(8, 256, 4, model)
-    plan = Plan(prefill_policy=LINEARS_GPU_ATTENTION_CPU, decode_policy=(1, 1, 1, 1, 1, 1), gpu_resident_layers=10,
-                cxl_weight_layers=15)
+    plan = Plan(
+        prefill_policy=LINEARS_GPU_ATTENTION_CPU,
+        decode_policy=(1, 1, 1, 1, 1, 1),
+        gpu_resident_layers=10,
+        cxl_weight_layers=15,
+    )
     pred = predict(sys_, model, wl, plan)
     layer_w = 2.0 * sum(sublayer_params(model).values())
     assert layer_w == 1233311744.0
@@ -154,13 +184,14 @@ def test_a_weight_split_puts_that_many_layers_in_cxl_and_times_each_kind():
         ctx = stage_context(wl, plan, Stage.PREFILL, CostMode.OVERLAP, weight_tier=tier)
         parts[tier] = streamed_layer_terms(sys_, model, ctx).layer_time(policy_features(plan.prefill_policy))[0]
     rep = pred.stages[Stage.PREFILL]
-    assert pred.ttft_s == pytest.approx(10 * rep.resident_layer_s[0] + 23 * parts[HostTier.DDR]
-                                        + 15 * parts[HostTier.CXL] + rep.head_s, rel=1e-12)
+    assert pred.ttft_s == pytest.approx(
+        10 * rep.resident_layer_s[0] + 23 * parts[HostTier.DDR] + 15 * parts[HostTier.CXL] + rep.head_s, rel=1e-12
+    )
     decode = {}
     for tier in (HostTier.DDR, HostTier.CXL):
         ctx = stage_context(wl, plan, Stage.DECODE, CostMode.OVERLAP, weight_tier=tier)
         decode[tier] = streamed_layer_terms(sys_, model, ctx).layer_time(policy_features(plan.decode_policy))
-    assert np.all(decode[HostTier.CXL] > 3 * decode[HostTier.DDR])   # all-CPU decode: weights at 55, not 265 GB/s
+    assert np.all(decode[HostTier.CXL] > 3 * decode[HostTier.DDR])  # all-CPU decode: weights at 55, not 265 GB/s
 
 
 def MemoryTier_DDR():
@@ -204,7 +235,7 @@ def test_the_enumerator_checks_both_ends_of_the_weight_split_exhaustively():
     wl = make_workload(16, 512, 8, model)
     tables = build_tables(sys_, model, wl, prune_isas=False)
     fast = enumerate_optimum(build_tables(sys_, model, wl))
-    brute = brute_force_optimum(tables)        # every split K_cxl = 0 .. streamed, every pair, N_res and combo
+    brute = brute_force_optimum(tables)  # every split K_cxl = 0 .. streamed, every pair, N_res and combo
     assert brute.plan.cxl_weight_layers == 2 and brute.plan.weight_tier == HostTier.DDR
     assert fast.latency_s == pytest.approx(brute.latency_s, rel=1e-12)
     assert predict(sys_, model, wl, brute.plan).latency_s == pytest.approx(brute.latency_s, rel=1e-12)
@@ -264,11 +295,21 @@ def test_moe_reads_only_routed_experts_and_multiplies_tokens_per_expert():
     assert many.gemms[0][1] == 2.0 * 64 * 4096 * 14336 * 2 * 2
 
 
-QWEN15_MOE_A27B = {   # Qwen/Qwen1.5-MoE-A2.7B config.json (the fields this tool reads)
-    "model_type": "qwen2_moe", "hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 16,
-    "num_key_value_heads": 16, "intermediate_size": 5632, "moe_intermediate_size": 1408,
-    "shared_expert_intermediate_size": 5632, "num_experts": 60, "num_experts_per_tok": 4, "vocab_size": 151936,
-    "max_position_embeddings": 8192, "hidden_act": "silu", "tie_word_embeddings": False,
+QWEN15_MOE_A27B = {  # Qwen/Qwen1.5-MoE-A2.7B config.json (the fields this tool reads)
+    "model_type": "qwen2_moe",
+    "hidden_size": 2048,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "intermediate_size": 5632,
+    "moe_intermediate_size": 1408,
+    "shared_expert_intermediate_size": 5632,
+    "num_experts": 60,
+    "num_experts_per_tok": 4,
+    "vocab_size": 151936,
+    "max_position_embeddings": 8192,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
 }
 
 
@@ -288,8 +329,16 @@ def test_qwen_moe_reads_moe_intermediate_size_and_the_shared_expert():
 
 
 def test_multi_head_latent_attention_is_refused_with_a_clear_message():
-    config = {"model_type": "deepseek_v3", "hidden_size": 7168, "num_hidden_layers": 61, "num_attention_heads": 128,
-              "kv_lora_rank": 512, "q_lora_rank": 1536, "n_routed_experts": 256, "moe_intermediate_size": 2048}
+    config = {
+        "model_type": "deepseek_v3",
+        "hidden_size": 7168,
+        "num_hidden_layers": 61,
+        "num_attention_heads": 128,
+        "kv_lora_rank": 512,
+        "q_lora_rank": 1536,
+        "n_routed_experts": 256,
+        "moe_intermediate_size": 2048,
+    }
     with pytest.raises(LiaInputError, match="multi-head latent attention.*not modelled") as err:
         model_from_hf_config(config, "deepseek-v3")
     assert err.value.field == "config.json kv_lora_rank"
@@ -309,15 +358,16 @@ def test_routed_expert_fetch_moves_only_the_routed_experts_on_the_chain():
     for fetch in ExpertFetch:
         ctx = stage_context(wl, plan.model_copy(update={"expert_fetch": fetch}), Stage.DECODE, CostMode.OVERLAP)
         terms[fetch] = streamed_layer_terms(sys_, model, ctx)
-    bw = 28e9   # min(PCIe 4 28 GB/s, DDR 265)
+    bw = 28e9  # min(PCIe 4 28 GB/s, DDR 265)
     lat = 10e-6
     assert terms[ExpertFetch.ALL].weight_h2d_s[4] == pytest.approx(2 * 4096 * (8 * 2 * 14336 + 8 + 1) / bw + lat)
     assert terms[ExpertFetch.ROUTED].weight_h2d_s[4] == pytest.approx(2 * 4096 * (8 + 1) / bw + lat)
     assert terms[ExpertFetch.ROUTED].kv_copy_s[4][0] == pytest.approx(2 * 2 * 2 * 4096 * 14336 / bw + lat)
     slow_cpu = load_system("spr-h100", ["cpu.memory_read_gbps=40"])
     assert optimize(slow_cpu, model, wl, solver="cbc").plan.expert_fetch == ExpertFetch.ROUTED
-    assert optimize(slow_cpu, model, make_workload(64, 512, 8, model), solver="cbc").plan.expert_fetch \
-        == ExpertFetch.ALL
+    assert (
+        optimize(slow_cpu, model, make_workload(64, 512, 8, model), solver="cbc").plan.expert_fetch == ExpertFetch.ALL
+    )
 
 
 # ---------------------------------------------------------------- 7, 8. the runtime's schedule
@@ -327,9 +377,17 @@ def _durations(cpu, gpu, steps=1, **copies) -> ChunkDurations:
     z6 = np.zeros((6, steps))
     z = np.zeros(steps)
     as6 = lambda v: np.asarray(v, dtype=float).reshape(6, 1) * np.ones((6, steps))  # noqa: E731
-    return ChunkDurations(as6(cpu), as6(gpu), copies.get("cross_h2d", z6), copies.get("cross_d2h", z6),
-                          copies.get("k_cached", z), copies.get("v_cached", z), copies.get("v_new", z),
-                          copies.get("kv_write", z), z6)
+    return ChunkDurations(
+        as6(cpu),
+        as6(gpu),
+        copies.get("cross_h2d", z6),
+        copies.get("cross_d2h", z6),
+        copies.get("k_cached", z),
+        copies.get("v_cached", z),
+        copies.get("v_new", z),
+        copies.get("kv_write", z),
+        z6,
+    )
 
 
 def test_two_chunks_cpu_gpu_cpu_finish_at_four_not_five():
@@ -349,9 +407,12 @@ def test_pipelined_chunks_with_copies_by_hand():
       CPU:  score0 [3,6]  ctx0 [6,7]  score1 [7,10]  ctx1 [10,11]   (at 6 both chunks are ready: the oldest)
       H2D:  ctx0 -> out0 [7,8]  ctx1 -> out1 [11,12]
     15 (one chunk alone: 2 + 1 + 3 + 1 + 1 + 3 = 11)."""
-    d = _durations(cpu=[0, 3, 1, 0, 0, 0], gpu=[2, 0, 0, 1, 1, 1],
-                   cross_d2h=np.array([[1.0], [0], [0], [0], [0], [0]]),
-                   cross_h2d=np.array([[0.0], [0], [1], [0], [0], [0]]))
+    d = _durations(
+        cpu=[0, 3, 1, 0, 0, 0],
+        gpu=[2, 0, 0, 1, 1, 1],
+        cross_d2h=np.array([[1.0], [0], [0], [0], [0], [0]]),
+        cross_h2d=np.array([[0.0], [0], [1], [0], [0], [0]]),
+    )
     assert simulate_layer((0, 1, 1, 0, 0, 0), 2, d)[0] == 15.0
     assert simulate_layer((0, 1, 1, 0, 0, 0), 1, d)[0] == 11.0
 
@@ -454,8 +515,17 @@ def test_the_schedule_replay_matches_a_plain_reference_scheduler():
     for _ in range(100):
         n = int(rng.choice([1, 2, 3, 4, 8]))
         six = [rng.random((6, 1)) * rng.choice([1e-3, 1.0, 10.0]) * (rng.random((6, 1)) < 0.8) for _ in range(5)]
-        d = ChunkDurations(six[0], six[1], six[2], six[3], rng.random(1), rng.random(1), rng.random(1),
-                           rng.random(1) * rng.choice([0.0, 1.0, 10.0]), six[4] * (rng.random() < 0.5))
+        d = ChunkDurations(
+            six[0],
+            six[1],
+            six[2],
+            six[3],
+            rng.random(1),
+            rng.random(1),
+            rng.random(1),
+            rng.random(1) * rng.choice([0.0, 1.0, 10.0]),
+            six[4] * (rng.random() < 0.5),
+        )
         got = simulate_all(n, d, np.zeros((64, 1)), ALL_POLICY_FEATURES[:, :6])[:, 0]
         want = [_reference_schedule([int(b) for b in ALL_POLICY_FEATURES[p, :6]], n, d) for p in range(64)]
         assert got == pytest.approx(want, rel=1e-12, abs=0)
@@ -471,7 +541,11 @@ def test_a_decode_schedule_over_steps_equals_its_steps_one_by_one():
     d = ChunkDurations(*six[:4], *[rng.random(5) for _ in range(4)], six[4])
     whole = simulate_all(1, d, np.zeros((64, 5)), ALL_POLICY_FEATURES[:, :6])
     for t in range(5):
-        one = ChunkDurations(*[a[:, t:t + 1] for a in six[:4]], *[rng_part[t:t + 1] for rng_part in
-                             (d.k_cached_s, d.v_cached_s, d.v_new_s, d.kv_write_s)], six[4][:, t:t + 1])
-        assert whole[:, t] == pytest.approx(simulate_all(1, one, np.zeros((64, 1)), ALL_POLICY_FEATURES[:, :6])[:, 0],
-                                            rel=1e-12)
+        one = ChunkDurations(
+            *[a[:, t : t + 1] for a in six[:4]],
+            *[rng_part[t : t + 1] for rng_part in (d.k_cached_s, d.v_cached_s, d.v_new_s, d.kv_write_s)],
+            six[4][:, t : t + 1],
+        )
+        assert whole[:, t] == pytest.approx(
+            simulate_all(1, one, np.zeros((64, 1)), ALL_POLICY_FEATURES[:, :6])[:, 0], rel=1e-12
+        )

@@ -25,19 +25,46 @@ from runtime.weights import ModelWeights, layer_layout
 
 torch.set_num_threads(2)
 
-TINY_OPT = ModelSpec(name="tiny-opt", num_layers=3, hidden_size=64, ffn_size=256, num_heads=4, num_kv_heads=4,
-                     head_dim=16, vocab_size=128, max_context=64, learned_positions=66)
-TINY_LLAMA = ModelSpec(name="tiny-llama", num_layers=3, hidden_size=64, ffn_size=160, num_heads=4, num_kv_heads=2,
-                       head_dim=16, vocab_size=128, max_context=64, gated_mlp=True, linear_bias=False,
-                       tied_embeddings=False)
+TINY_OPT = ModelSpec(
+    name="tiny-opt",
+    num_layers=3,
+    hidden_size=64,
+    ffn_size=256,
+    num_heads=4,
+    num_kv_heads=4,
+    head_dim=16,
+    vocab_size=128,
+    max_context=64,
+    learned_positions=66,
+)
+TINY_LLAMA = ModelSpec(
+    name="tiny-llama",
+    num_layers=3,
+    hidden_size=64,
+    ffn_size=160,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    vocab_size=128,
+    max_context=64,
+    gated_mlp=True,
+    linear_bias=False,
+    tied_embeddings=False,
+)
 WORKLOAD = Workload(batch=4, input_len=7, output_len=4)
 CPU = torch.device("cpu")
 
 
 def _weights(kind: str, model: ModelSpec, seed: int = 3) -> ModelWeights:
     backend = Backend(kind)
-    arena = HostArena(backend, layer_layout(model).numel * model.num_layers, pinned=True, random_fill=True, seed=seed,
-                      fan_in=model.hidden_size)
+    arena = HostArena(
+        backend,
+        layer_layout(model).numel * model.num_layers,
+        pinned=True,
+        random_fill=True,
+        seed=seed,
+        fan_in=model.hidden_size,
+    )
     return ModelWeights(model, arena, backend, seed=seed)
 
 
@@ -78,8 +105,14 @@ def test_moe_models_are_refused_with_a_clear_message():
 @pytest.mark.parametrize("minibatches,overlap,pinned", [(1, True, True), (2, True, True), (4, False, False)])
 def test_all_cpu_plans_on_a_cpu_only_machine_match_the_reference(model, minibatches, overlap, pinned):
     weights = _weights("cpu", model)
-    plan = Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU, gpu_resident_layers=0,
-                prefill_minibatches=minibatches, overlap=overlap, pinned_weights=pinned)
+    plan = Plan(
+        prefill_policy=ALL_CPU,
+        decode_policy=ALL_CPU,
+        gpu_resident_layers=0,
+        prefill_minibatches=minibatches,
+        overlap=overlap,
+        pinned_weights=pinned,
+    )
     result, check = _run(weights, plan)
     assert check["logits_rel_err"] < LOGITS_RTOL
     assert check_run(result, plan, model, WORKLOAD, Device.CPU) == []
@@ -98,19 +131,27 @@ def _policy_pairs() -> list[tuple[int, int]]:
 @pytest.mark.parametrize("pair", _policy_pairs(), ids=lambda p: f"{p[0]:02d}-{p[1]:02d}")
 def test_policy_pairs_match_the_reference_and_move_exactly_the_plans_data(pair, fake_opt):
     prefill, decode = pair
-    plan = Plan(prefill_policy=policy_from_index(prefill), decode_policy=policy_from_index(decode),
-                gpu_resident_layers=prefill % 2, prefill_minibatches=1 + decode % 2, overlap=bool(prefill % 3))
+    plan = Plan(
+        prefill_policy=policy_from_index(prefill),
+        decode_policy=policy_from_index(decode),
+        gpu_resident_layers=prefill % 2,
+        prefill_minibatches=1 + decode % 2,
+        overlap=bool(prefill % 3),
+    )
     result, check = _run(fake_opt, plan)
     assert check["logits_rel_err"] < LOGITS_RTOL, plan.describe()
     assert check_run(result, plan, TINY_OPT, WORKLOAD, Device.GPU) == [], plan.describe()
 
 
-@pytest.mark.parametrize("prefill,decode,resident,n", [
-    (ALL_GPU, ATTENTION_ON_CPU, 0, 2),   # FlexGen-like
-    (ATTENTION_ON_CPU, ATTENTION_ON_CPU, 1, 1),
-    (policy_from_index(0b100101), policy_from_index(0b011010), 0, 4),
-    (ALL_CPU, ALL_GPU, 2, 2),
-])
+@pytest.mark.parametrize(
+    "prefill,decode,resident,n",
+    [
+        (ALL_GPU, ATTENTION_ON_CPU, 0, 2),  # FlexGen-like
+        (ATTENTION_ON_CPU, ATTENTION_ON_CPU, 1, 1),
+        (policy_from_index(0b100101), policy_from_index(0b011010), 0, 4),
+        (ALL_CPU, ALL_GPU, 2, 2),
+    ],
+)
 def test_gqa_model_with_rope_matches_under_mixed_placements(prefill, decode, resident, n, fake_llama):
     plan = Plan(prefill_policy=prefill, decode_policy=decode, gpu_resident_layers=resident, prefill_minibatches=n)
     result, check = _run(fake_llama, plan)
@@ -126,8 +167,11 @@ def test_every_policy_pair_moves_the_plans_data_on_a_one_layer_model():
     backend = Backend("fake")
     prompt = random_prompt(model, workload)
     for a, b in itertools.product(range(64), range(64)):
-        plan = Plan(prefill_policy=policy_from_index(a), decode_policy=policy_from_index(b),
-                    prefill_minibatches=2 if (a + b) % 2 else 1)
+        plan = Plan(
+            prefill_policy=policy_from_index(a),
+            decode_policy=policy_from_index(b),
+            prefill_minibatches=2 if (a + b) % 2 else 1,
+        )
         result = Executor(backend, weights, plan, workload).generate(prompt)
         assert check_run(result, plan, model, workload, Device.GPU) == [], (a, b)
 
@@ -145,8 +189,8 @@ def test_a_missed_kv_write_back_is_caught(fake_opt, monkeypatch):
         if lay.resident or dev == Device.CPU:
             return original(self, lay, ch, dev, k, v)
         if self.staging is not None:
-            self.staging["k"][ch.rows, :, lay.pos0:lay.valid].copy_(k)
-            self.staging["v"][ch.rows, :, lay.pos0:lay.valid].copy_(v)
+            self.staging["k"][ch.rows, :, lay.pos0 : lay.valid].copy_(k)
+            self.staging["v"][ch.rows, :, lay.pos0 : lay.valid].copy_(v)
 
     original = Executor._write_kv
     monkeypatch.setattr(Executor, "_write_kv", skip_write_back)
@@ -161,7 +205,7 @@ def test_streaming_the_wrong_layers_weights_is_caught(fake_opt, monkeypatch):
 
     def off_by_one(self, li, p_index, slot):
         original(self, (li + 1) % self.L, p_index, slot)
-        self.slot_label[slot] = (li, p_index)   # and lie about it
+        self.slot_label[slot] = (li, p_index)  # and lie about it
 
     monkeypatch.setattr(Executor, "_prefetch", off_by_one)
     _, check = _run(fake_opt, plan)
@@ -193,13 +237,25 @@ def test_float32_execution_catches_a_two_percent_softmax_scale_error(model, monk
     from runtime import kernels
 
     backend = Backend("fake", torch.float32)
-    arena = HostArena(backend, layer_layout(model).numel * model.num_layers, pinned=True, random_fill=True, seed=5,
-                      fan_in=model.hidden_size)
+    arena = HostArena(
+        backend,
+        layer_layout(model).numel * model.num_layers,
+        pinned=True,
+        random_fill=True,
+        seed=5,
+        fan_in=model.hidden_size,
+    )
     weights = ModelWeights(model, arena, backend, seed=5)
     prompt = random_prompt(model, WORKLOAD, seed=2)
-    plans = [Plan(prefill_policy=ALL_GPU, decode_policy=ATTENTION_ON_CPU, gpu_resident_layers=1),
-             Plan(prefill_policy="(0,1,0,0,0,0)", decode_policy="(0,0,1,0,0,0)",   # split: score and context apart
-                  gpu_resident_layers=0, prefill_minibatches=2)]
+    plans = [
+        Plan(prefill_policy=ALL_GPU, decode_policy=ATTENTION_ON_CPU, gpu_resident_layers=1),
+        Plan(
+            prefill_policy="(0,1,0,0,0,0)",
+            decode_policy="(0,0,1,0,0,0)",  # split: score and context apart
+            gpu_resident_layers=0,
+            prefill_minibatches=2,
+        ),
+    ]
 
     def run(plan):
         result = Executor(backend, weights, plan, WORKLOAD).generate(prompt, keep_logits=True)
@@ -224,12 +280,19 @@ def test_per_layer_hidden_states_match_the_reference_and_locate_a_bug(model, mon
     from runtime.reference import layer_errors
 
     backend = Backend("fake", torch.float32)
-    arena = HostArena(backend, layer_layout(model).numel * model.num_layers, pinned=True, random_fill=True, seed=7,
-                      fan_in=model.hidden_size)
+    arena = HostArena(
+        backend,
+        layer_layout(model).numel * model.num_layers,
+        pinned=True,
+        random_fill=True,
+        seed=7,
+        fan_in=model.hidden_size,
+    )
     weights = ModelWeights(model, arena, backend, seed=7)
     prompt = random_prompt(model, WORKLOAD, seed=3)
-    plan = Plan(prefill_policy="(0,1,1,1,0,1)", decode_policy="(0,1,1,1,0,1)", gpu_resident_layers=1,
-                prefill_minibatches=1)
+    plan = Plan(
+        prefill_policy="(0,1,1,1,0,1)", decode_policy="(0,1,1,1,0,1)", gpu_resident_layers=1, prefill_minibatches=1
+    )
 
     def errors() -> list[float]:
         result = Executor(backend, weights, plan, WORKLOAD).generate(prompt, keep_hidden=True)
@@ -244,7 +307,7 @@ def test_per_layer_hidden_states_match_the_reference_and_locate_a_bug(model, mon
     def fc1_bug_in_layer_1(h, *a, **k):
         calls["n"] += 1
         out = real_fc1(h, *a, **k)
-        return out * 1.02 if calls["n"] == 2 else out           # (fc1 normalises its input: scale the output)
+        return out * 1.02 if calls["n"] == 2 else out  # (fc1 normalises its input: scale the output)
 
     monkeypatch.setattr(kernels, "fc1", fc1_bug_in_layer_1)
     bad = errors()

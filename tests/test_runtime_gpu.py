@@ -13,11 +13,32 @@ from lia_model.workload import Workload
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU host)")
 
-TINY_OPT = ModelSpec(name="tiny-opt", num_layers=3, hidden_size=128, ffn_size=512, num_heads=4, num_kv_heads=4,
-                     head_dim=32, vocab_size=256, max_context=64, learned_positions=66)
-TINY_LLAMA = ModelSpec(name="tiny-llama", num_layers=3, hidden_size=128, ffn_size=320, num_heads=4, num_kv_heads=2,
-                       head_dim=32, vocab_size=256, max_context=64, gated_mlp=True, linear_bias=False,
-                       tied_embeddings=False)
+TINY_OPT = ModelSpec(
+    name="tiny-opt",
+    num_layers=3,
+    hidden_size=128,
+    ffn_size=512,
+    num_heads=4,
+    num_kv_heads=4,
+    head_dim=32,
+    vocab_size=256,
+    max_context=64,
+    learned_positions=66,
+)
+TINY_LLAMA = ModelSpec(
+    name="tiny-llama",
+    num_layers=3,
+    hidden_size=128,
+    ffn_size=320,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=32,
+    vocab_size=256,
+    max_context=64,
+    gated_mlp=True,
+    linear_bias=False,
+    tied_embeddings=False,
+)
 WORKLOAD = Workload(batch=4, input_len=9, output_len=4)
 
 
@@ -32,8 +53,14 @@ def _weights(backend, model):
     from runtime.hostmem import HostArena
     from runtime.weights import ModelWeights, layer_layout
 
-    arena = HostArena(backend, layer_layout(model).numel * model.num_layers, pinned=True, random_fill=True,
-                      seed=2, fan_in=model.hidden_size)
+    arena = HostArena(
+        backend,
+        layer_layout(model).numel * model.num_layers,
+        pinned=True,
+        random_fill=True,
+        seed=2,
+        fan_in=model.hidden_size,
+    )
     assert arena.pinned, arena.stats.notes
     assert arena.data.is_pinned()
     return ModelWeights(model, arena, backend, seed=2)
@@ -58,8 +85,13 @@ def test_policies_on_cuda_match_the_reference_and_the_plans_data_flow(backend, m
     weights = _weights(backend, model)
     prompt = random_prompt(model, WORKLOAD, seed=4)
     for k, (prefill, decode) in enumerate(_pairs()):
-        plan = Plan(prefill_policy=prefill, decode_policy=decode, gpu_resident_layers=k % 2,
-                    prefill_minibatches=(1, 2, 4)[k % 3], overlap=k % 4 != 3)
+        plan = Plan(
+            prefill_policy=prefill,
+            decode_policy=decode,
+            gpu_resident_layers=k % 2,
+            prefill_minibatches=(1, 2, 4)[k % 3],
+            overlap=k % 4 != 3,
+        )
         result = Executor(backend, weights, plan, WORKLOAD).generate(prompt, keep_logits=True)
         check = check_against_reference(weights, prompt, result.tokens, result.logits, torch.device("cuda"))
         assert check["logits_rel_err"] < LOGITS_RTOL, plan.describe()

@@ -29,12 +29,12 @@ WL = Workload(batch=1, input_len=32, output_len=8)
 
 def test_a_plan_that_does_not_fit_the_capped_gpu_is_refused_with_the_shortfall():
     system = load_system("spr-h100")
-    plan = gpu_only_plan(system, OPT30_4L, WL)          # 4 resident layers: 4.9 GB + embeddings
+    plan = gpu_only_plan(system, OPT30_4L, WL)  # 4 resident layers: 4.9 GB + embeddings
     cap = 4.0
     hbm = memory_use(capped_system(system, cap), OPT30_4L, WL, plan)[MemoryTier.HBM]
     # by hand: 4 GiB * 0.95 - 1 GiB reserved = 2.8 GiB = 3.006 GB available
     assert hbm.available_gb == pytest.approx((4 * 0.95 - 1) * 2**30 / 1e9)
-    assert hbm.required_gb > 4 * 1.233                 # four 1.233 GB layers alone
+    assert hbm.required_gb > 4 * 1.233  # four 1.233 GB layers alone
     with pytest.raises(LiaInputError) as err:
         preflight(system, OPT30_4L, WL, plan, has_gpu=True, gpu_memory_gib=cap)
     msg = str(err.value)
@@ -48,8 +48,16 @@ def test_refusal_happens_before_any_allocation(monkeypatch):
         raise AssertionError("allocated host memory for a plan that does not fit")
 
     monkeypatch.setattr(hostmem.HostArena, "__init__", no_allocation)
-    group = GroupSpec(id="too-big", model="opt-30b", num_layers=4, batch=1, input_len=32, output_len=8,
-                      gpu_memory_gib=4, plans=["gpu_only"])
+    group = GroupSpec(
+        id="too-big",
+        model="opt-30b",
+        num_layers=4,
+        batch=1,
+        input_len=32,
+        output_len=8,
+        gpu_memory_gib=4,
+        plans=["gpu_only"],
+    )
     system = load_system("spr-h100")
     points = resolve_points([group], system, Options(), runtime_isa(), has_gpu=True)
     assert points[0].skip_reason is not None and "short by" in points[0].skip_reason
@@ -74,8 +82,9 @@ def test_lia_validate_on_a_cpu_machine_reports_gpu_points_as_skipped(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("needs a machine without CUDA")
     points = tmp_path / "p.yaml"
-    points.write_text("groups:\n  - {id: g, model: opt-30b, num_layers: 1, batch: 1, input_len: 4, output_len: 2,"
-                      " plans: [flexgen]}\n")
+    points.write_text(
+        "groups:\n  - {id: g, model: opt-30b, num_layers: 1, batch: 1, input_len: 4, output_len: 2, plans: [flexgen]}\n"
+    )
     result = CliRunner().invoke(app, ["validate", "--points", str(points), "--out", str(tmp_path / "o")])
     assert isinstance(result.exception, LiaInputError)
     assert "no point ran" in str(result.exception) and "no CUDA device" in str(result.exception)
@@ -107,8 +116,7 @@ def test_points_file_errors_name_the_field(tmp_path):
         load_points_file(bad)
     assert "bach" in str(err.value)
     dup = tmp_path / "dup.yaml"
-    dup.write_text("defaults: {model: opt-30b, batch: 1, input_len: 4, output_len: 2}\n"
-                   "groups: [{id: g}, {id: g}]\n")
+    dup.write_text("defaults: {model: opt-30b, batch: 1, input_len: 4, output_len: 2}\ngroups: [{id: g}, {id: g}]\n")
     with pytest.raises(LiaInputError, match="repeated: g"):
         load_points_file(dup)
     with pytest.raises(LiaInputError, match="no such file"):
@@ -117,9 +125,10 @@ def test_points_file_errors_name_the_field(tmp_path):
 
 def test_unknown_plans_and_models_are_skipped_with_the_reason():
     system = load_system("spr-h100")
-    groups = [GroupSpec(id="a", model="opt-30b", num_layers=2, batch=1, input_len=8, output_len=2,
-                        plans=["nonsense"]),
-              GroupSpec(id="b", model="opt-31b", batch=1, input_len=8, output_len=2)]
+    groups = [
+        GroupSpec(id="a", model="opt-30b", num_layers=2, batch=1, input_len=8, output_len=2, plans=["nonsense"]),
+        GroupSpec(id="b", model="opt-31b", batch=1, input_len=8, output_len=2),
+    ]
     points = resolve_points(groups, system, Options(), runtime_isa(), has_gpu=True)
     assert "unknown plan 'nonsense'" in points[0].skip_reason
     assert "did you mean 'opt-30b'" in points[1].skip_reason
@@ -141,8 +150,18 @@ def test_cli_needs_points_and_out():
 def test_a_point_that_breaks_is_reported_and_the_others_still_run(monkeypatch):
     from runtime.executor import Executor
 
-    tiny = {"name": "tiny", "num_layers": 2, "hidden_size": 32, "ffn_size": 64, "num_heads": 2, "num_kv_heads": 2,
-            "head_dim": 16, "vocab_size": 64, "max_context": 32, "learned_positions": 34}
+    tiny = {
+        "name": "tiny",
+        "num_layers": 2,
+        "hidden_size": 32,
+        "ffn_size": 64,
+        "num_heads": 2,
+        "num_kv_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 64,
+        "max_context": 32,
+        "learned_positions": 34,
+    }
     group = GroupSpec(id="g", model=tiny, batch=2, input_len=4, output_len=2, plans=["ipex", "flexgen"])
     system = load_system("spr-h100")
     original = Executor.generate

@@ -11,7 +11,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from runtime.kernels import (  # noqa: E402
-    dequantize_fp8, dequantize_int8, int8pack_available, linear, linear_fp8, linear_int8, quantize_fp8_per_channel,
+    dequantize_fp8,
+    dequantize_int8,
+    int8pack_available,
+    linear,
+    linear_fp8,
+    linear_int8,
+    quantize_fp8_per_channel,
     quantize_int8_per_channel,
 )
 
@@ -35,7 +41,7 @@ def test_int8_quantisation_error_is_at_most_half_a_step():
     assert q.dtype == torch.int8 and s.dtype == torch.bfloat16 and q.abs().max() <= 127
     err = (w.float() - q.float() * s.float()[:, None]).abs()
     assert bool((err <= s.float()[:, None] / 2 + 1e-6).all())
-    assert int(q.abs().amax(dim=1).min()) >= 126          # each row's largest weight lands near +-127
+    assert int(q.abs().amax(dim=1).min()) >= 126  # each row's largest weight lands near +-127
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -48,7 +54,7 @@ def test_int8_linear_matches_the_dequantised_reference(fused):
     y = linear_int8(x, q, s, b, resid=resid, fused=fused)
     assert y.shape == ref.shape and y.dtype == torch.bfloat16
     assert float((y.float() - ref).abs().max()) <= 0.01 * float(ref.abs().max())
-    exact = linear(x, w, b, resid=resid)                   # the bf16 weights themselves
+    exact = linear(x, w, b, resid=resid)  # the bf16 weights themselves
     assert _rel_fro(y, exact) < 0.02
 
 
@@ -56,7 +62,7 @@ def test_int8_linear_without_bias_or_residual():
     w, x, _, _ = _case(seed=1, n=64, k=128, rows=1)
     q, s = quantize_int8_per_channel(w)
     ref = x.float() @ dequantize_int8(q, s, torch.float32).t()
-    for fused in ([False, True] if int8pack_available(torch.device("cpu")) else [False]):
+    for fused in [False, True] if int8pack_available(torch.device("cpu")) else [False]:
         y = linear_int8(x, q, s, None, fused=fused)
         assert float((y.float() - ref).abs().max()) <= 0.01 * float(ref.abs().max())
 
@@ -66,12 +72,12 @@ def test_fp8_linear_against_the_dequantised_reference():
     q, s = quantize_fp8_per_channel(w)
     assert q.dtype == torch.float8_e4m3fn
     deq = dequantize_fp8(q, s, torch.float32)
-    assert _rel_fro(deq, w) < 0.05                          # e4m3 rounding of the weights
+    assert _rel_fro(deq, w) < 0.05  # e4m3 rounding of the weights
     ref = resid.float() + x.float() @ deq.t() + b.float()
     plain = linear_fp8(x, q, s, b, resid=resid, scaled_mm=False)
     assert float((plain.float() - ref).abs().max()) <= 0.01 * float(ref.abs().max())
     try:
         y = linear_fp8(x, q, s, b, resid=resid)
-    except (RuntimeError, NotImplementedError) as err:     # a torch without CPU _scaled_mm
+    except (RuntimeError, NotImplementedError) as err:  # a torch without CPU _scaled_mm
         pytest.skip(f"torch._scaled_mm does not run here: {err}")
     assert y.shape == ref.shape and _rel_fro(y, ref) < 0.08

@@ -13,26 +13,44 @@ from runtime.report import add_errors, summarize, summary_markdown, write_output
 
 
 def _row(group, plan, pred_lat, meas_lat, pred_ttft, meas_ttft, pred_tpot, meas_tpot, status="ran"):
-    return {"point_id": f"{group}/{plan}", "group_id": group, "model": "opt-30b", "num_layers": 48, "batch": 1,
-            "input_len": 32, "output_len": 8, "gpu_memory_gib": 40.0, "plan_spec": plan, "plan_label": plan,
-            "status": status, "skip_reason": "" if status == "ran" else "predicted too long",
-            "predicted_latency_s": pred_lat, "measured_latency_s": meas_lat, "predicted_ttft_s": pred_ttft,
-            "measured_ttft_s": meas_ttft, "predicted_tpot_mean_s": pred_tpot, "measured_tpot_mean_s": meas_tpot,
-            "predicted_latency_additive_s": 2 * pred_lat, "weight_h2d_vs_calibrated": 0.9,
-            "cpu_linear_eff_vs_calibrated": 0.8 if plan == "ipex" else None}
+    return {
+        "point_id": f"{group}/{plan}",
+        "group_id": group,
+        "model": "opt-30b",
+        "num_layers": 48,
+        "batch": 1,
+        "input_len": 32,
+        "output_len": 8,
+        "gpu_memory_gib": 40.0,
+        "plan_spec": plan,
+        "plan_label": plan,
+        "status": status,
+        "skip_reason": "" if status == "ran" else "predicted too long",
+        "predicted_latency_s": pred_lat,
+        "measured_latency_s": meas_lat,
+        "predicted_ttft_s": pred_ttft,
+        "measured_ttft_s": meas_ttft,
+        "predicted_tpot_mean_s": pred_tpot,
+        "measured_tpot_mean_s": meas_tpot,
+        "predicted_latency_additive_s": 2 * pred_lat,
+        "weight_h2d_vs_calibrated": 0.9,
+        "cpu_linear_eff_vs_calibrated": 0.8 if plan == "ipex" else None,
+    }
 
 
 @pytest.fixture()
 def table() -> pd.DataFrame:
-    return pd.DataFrame([
-        # latency errors: +10%, -20%, +5%, 0%, +12.5%; TTFT errors: +30%, 0, 0, 0, 0; TPOT: -10%, 0, 0, 0, 0
-        _row("A", "optimal", 1.10, 1.00, 0.13, 0.10, 0.09, 0.10),
-        _row("A", "flexgen", 1.60, 2.00, 0.20, 0.20, 0.25, 0.25),
-        _row("A", "ipex", 3.15, 3.00, 1.00, 1.00, 0.30, 0.30),
-        _row("B", "optimal", 0.50, 0.50, 0.05, 0.05, 0.06, 0.06),
-        _row("B", "flexgen", 0.45, 0.40, 0.04, 0.04, 0.05, 0.05),
-        _row("B", "ipex", 9.0, float("nan"), 1.0, float("nan"), 1.0, float("nan"), status="skipped"),
-    ])
+    return pd.DataFrame(
+        [
+            # latency errors: +10%, -20%, +5%, 0%, +12.5%; TTFT errors: +30%, 0, 0, 0, 0; TPOT: -10%, 0, 0, 0, 0
+            _row("A", "optimal", 1.10, 1.00, 0.13, 0.10, 0.09, 0.10),
+            _row("A", "flexgen", 1.60, 2.00, 0.20, 0.20, 0.25, 0.25),
+            _row("A", "ipex", 3.15, 3.00, 1.00, 1.00, 0.30, 0.30),
+            _row("B", "optimal", 0.50, 0.50, 0.05, 0.05, 0.06, 0.06),
+            _row("B", "flexgen", 0.45, 0.40, 0.04, 0.04, 0.05, 0.05),
+            _row("B", "ipex", 9.0, float("nan"), 1.0, float("nan"), 1.0, float("nan"), status="skipped"),
+        ]
+    )
 
 
 def test_summary_statistics_match_hand_computation(table):
@@ -40,16 +58,16 @@ def test_summary_statistics_match_hand_computation(table):
     by = {m["metric"]: m for m in s["metrics"]}
     lat = by["latency"]
     assert lat["n"] == 5
-    assert lat["mean_abs_err"] == pytest.approx((0.10 + 0.20 + 0.05 + 0.0 + 0.125) / 5)   # 9.5%
+    assert lat["mean_abs_err"] == pytest.approx((0.10 + 0.20 + 0.05 + 0.0 + 0.125) / 5)  # 9.5%
     assert lat["median_abs_err"] == pytest.approx(0.10)
     assert lat["max_abs_err"] == pytest.approx(0.20) and lat["worst_point"] == "A/flexgen"
     assert lat["mean_signed_err"] == pytest.approx((0.10 - 0.20 + 0.05 + 0.0 + 0.125) / 5)
-    assert lat["met"] is False                                    # mean 9.5% > 5% (issue 10's goal)
+    assert lat["met"] is False  # mean 9.5% > 5% (issue 10's goal)
     ttft = by["ttft"]
     assert ttft["max_abs_err"] == pytest.approx(0.30) and ttft["mean_abs_err"] == pytest.approx(0.06)
-    assert ttft["met"] is False                                   # max 30% > 15%
+    assert ttft["met"] is False  # max 30% > 15%
     assert by["tpot_mean"]["mean_abs_err"] == pytest.approx(0.02) and by["tpot_mean"]["met"] is True
-    assert by["latency_additive"]["goal"] is False                # shown for reference, not a goal
+    assert by["latency_additive"]["goal"] is False  # shown for reference, not a goal
     regret = {r["group_id"]: r for r in s["regret"]}
     assert regret["A"]["regret"] == pytest.approx(0.0) and regret["A"]["best_plan"] == "optimal"
     assert regret["B"]["regret"] == pytest.approx(0.25) and regret["B"]["best_plan"] == "flexgen"
@@ -63,7 +81,12 @@ def test_summary_statistics_match_hand_computation(table):
 def test_outputs_are_written_and_the_csv_round_trips(table, tmp_path):
     summary = write_outputs(table, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "pred_vs_meas.png", "pred_vs_meas.svg", "results.csv", "summary.json", "summary.md"]
+        "pred_vs_meas.png",
+        "pred_vs_meas.svg",
+        "results.csv",
+        "summary.json",
+        "summary.md",
+    ]
     assert (tmp_path / "pred_vs_meas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     svg = (tmp_path / "pred_vs_meas.svg").read_text()
     assert "<svg" in svg and "measured (s)" in svg and "±5% (mean goal)" in svg and "±15% (max goal)" in svg
@@ -79,9 +102,18 @@ def test_outputs_are_written_and_the_csv_round_trips(table, tmp_path):
 def test_merging_csvs_from_two_campaign_commands(table, tmp_path):
     write_outputs(table.iloc[:3], tmp_path / "one")
     write_outputs(table.iloc[3:], tmp_path / "two")
-    result = CliRunner().invoke(app, ["validate", "--from-csv", str(tmp_path / "one" / "results.csv"),
-                                      "--from-csv", str(tmp_path / "two" / "results.csv"),
-                                      "--out", str(tmp_path / "merged")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "validate",
+            "--from-csv",
+            str(tmp_path / "one" / "results.csv"),
+            "--from-csv",
+            str(tmp_path / "two" / "results.csv"),
+            "--out",
+            str(tmp_path / "merged"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     merged = json.loads((tmp_path / "merged" / "summary.json").read_text())
     assert merged["metrics"] == summarize(add_errors(table))["metrics"]

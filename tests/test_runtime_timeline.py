@@ -30,26 +30,41 @@ def _rec(name: str, kind: str, dev: Device, t0: float, t1: float, layer: int = 0
 
 
 def _run(records: list[OpRecord], wall: float) -> RunResult:
-    return RunResult(ttft_s=0.0, tpot_s=[wall], latency_s=wall, batch=1, tokens=torch.zeros(1, 2), logits=None,
-                     records=records, base=(_host_event(100.0), 100.0))
+    return RunResult(
+        ttft_s=0.0,
+        tpot_s=[wall],
+        latency_s=wall,
+        batch=1,
+        tokens=torch.zeros(1, 2),
+        logits=None,
+        records=records,
+        base=(_host_event(100.0), 100.0),
+    )
 
 
 def test_overlap_efficiency_by_hand() -> None:
     # CPU busy 3 s, weights 2 s, GPU 1 s: sum 6, max 3. Serial (wall 6) -> 0; perfect (wall 3) -> 1; wall 4.5 -> 0.5
-    recs = [_rec("fc2", "compute", Device.CPU, 100, 103), _rec("weights", "copy", Device.GPU, 100, 102),
-            _rec("fc1", "compute", Device.GPU, 103, 104)]
+    recs = [
+        _rec("fc2", "compute", Device.CPU, 100, 103),
+        _rec("weights", "copy", Device.GPU, 100, 102),
+        _rec("fc1", "compute", Device.GPU, 103, 104),
+    ]
     assert busy_s(_run(recs, 4.0)) == {"CPU sublayers": 3.0, "H2D weights": 2.0, "GPU sublayers": 1.0}
     assert overlap_efficiency(_run(recs, 6.0), 6.0) == pytest.approx(0.0)
     assert overlap_efficiency(_run(recs, 3.0), 3.0) == pytest.approx(1.0)
     assert overlap_efficiency(_run(recs, 4.5), 4.5) == pytest.approx(0.5)
-    assert overlap_efficiency(_run(recs[:1], 3.0), 3.0) is None          # one lane: nothing to overlap
+    assert overlap_efficiency(_run(recs[:1], 3.0), 3.0) is None  # one lane: nothing to overlap
 
 
 def test_chrome_trace_places_events_on_lanes_in_microseconds() -> None:
     recs = [_rec("fc2", "compute", Device.CPU, 100.5, 100.75, layer=3), _rec("act", "copy", Device.CPU, 101, 101.5)]
     trace = json.loads(json.dumps(chrome_trace(_run(recs, 2.0), "t")))
     spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
-    assert spans[0]["name"] == "fc2 L3" and spans[0]["ts"] == pytest.approx(0.5e6) and spans[0]["dur"] == pytest.approx(0.25e6)
+    assert (
+        spans[0]["name"] == "fc2 L3"
+        and spans[0]["ts"] == pytest.approx(0.5e6)
+        and spans[0]["dur"] == pytest.approx(0.25e6)
+    )
     lanes = {e["tid"]: e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "thread_name"}
     assert lanes[spans[0]["tid"]] == "CPU sublayers" and lanes[spans[1]["tid"]] == "D2H act/KV"
 
@@ -61,9 +76,11 @@ def test_weight_feeder_copies_every_piece_and_reports_parts(threaded: bool) -> N
     src = torch.arange(1000, dtype=torch.float32)
     dst = torch.zeros(1000)
     done = []
-    parts = [Part(split(dst[:600], src[:600], piece_elems=128), lambda s, e: done.append(("a", s, e))),
-             Part(split(dst[600:], src[600:], piece_elems=128), lambda s, e: done.append(("b", s, e)))]
-    assert len(parts[0].pieces) == 5                       # 600 = 4 x 128 + 88
+    parts = [
+        Part(split(dst[:600], src[:600], piece_elems=128), lambda s, e: done.append(("a", s, e))),
+        Part(split(dst[600:], src[600:], piece_elems=128), lambda s, e: done.append(("b", s, e))),
+    ]
+    assert len(parts[0].pieces) == 5  # 600 = 4 x 128 + 88
     job = feeder.submit([None], parts)
     end = job.ready()
     assert isinstance(end, Event) and torch.equal(dst, src)
@@ -74,7 +91,7 @@ def test_weight_feeder_copies_every_piece_and_reports_parts(threaded: bool) -> N
 def test_weight_feeder_hands_an_error_to_the_launching_thread() -> None:
     be = Backend("fake")
     feeder = WeightFeeder(be, threaded=True)
-    bad = Part(split(torch.zeros(10), torch.zeros(20)), lambda s, e: None)   # pieces of mismatched size
+    bad = Part(split(torch.zeros(10), torch.zeros(20)), lambda s, e: None)  # pieces of mismatched size
     job = feeder.submit([], [bad])
     with pytest.raises(RuntimeError, match="weight prefetch failed"):
         job.ready()

@@ -25,7 +25,7 @@ def test_roofline_is_the_slower_of_compute_and_memory_plus_overhead():
 
     from lia_model.roofline import roofline_s
 
-    assert roofline_s(10.0, 2.0, 3.0, 1.0, 0.5) == 5.5      # compute-bound: 10 / 2 + 0.5
-    assert roofline_s(1.0, 2.0, 3.0, 1.0, 0.5) == 3.5       # memory-bound: 3 / 1 + 0.5
+    assert roofline_s(10.0, 2.0, 3.0, 1.0, 0.5) == 5.5  # compute-bound: 10 / 2 + 0.5
+    assert roofline_s(1.0, 2.0, 3.0, 1.0, 0.5) == 3.5  # memory-bound: 3 / 1 + 0.5
     assert isinstance(roofline_s(1.0, 2.0, 3.0, 1.0, 0.5), float)
     assert roofline_s(np.array([10.0, 1.0]), 2.0, np.array([3.0, 3.0]), 1.0, 0.5).tolist() == [5.5, 3.5]

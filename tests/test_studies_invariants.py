@@ -26,7 +26,7 @@ from studies.output import read_csv
 from studies.registry import STUDIES
 from studies.runner import run_study
 
-REL = 1e-9   # float tolerance of "never worse": the optimiser and predict() compute the same sums
+REL = 1e-9  # float tolerance of "never worse": the optimiser and predict() compute the same sums
 
 
 # The sensitivity study (21 throughput searches of OPT-66B on spr-a100-cxl) takes minutes on 2 cores: its
@@ -84,13 +84,13 @@ def test_e2e_optimum_never_worse_than_baselines_in_its_space(reduced):
                 assert opt["value"] >= row["value"] * (1 - REL), dict(row)
             assert row["speedup"] >= 1 - 1e-6
             checked += 1
-    assert checked >= 20   # the reduced grid has plenty of in-space baselines (ipex, gpu_only, lia_*)
+    assert checked >= 20  # the reduced grid has plenty of in-space baselines (ipex, gpu_only, lia_*)
 
 
 def test_e2e_infeasible_plans_carry_no_numbers_and_flexgen_is_flexgen(reduced):
     frame = reduced["e2e"]
     infeasible = frame[~frame["feasible"].astype(bool)]
-    assert len(infeasible) > 0   # GPU-only cannot hold OPT-175B on one GPU
+    assert len(infeasible) > 0  # GPU-only cannot hold OPT-175B on one GPU
     assert infeasible[["latency_s", "throughput_tokens_per_s", "value", "speedup"]].isna().all().all()
     flexgen = frame[frame["plan"] == "flexgen"]
     # the CPU ISA is chosen per stage, so FlexGen's AVX-512 fp32 is in the optimiser's space; its five passes
@@ -134,7 +134,7 @@ def test_policy_map_optimum_beats_every_in_space_baseline(reduced):
 
 def test_policy_map_marks_infeasible_cells_and_reads_policies_in_paper_notation(reduced):
     frame = reduced["policy-map"]
-    assert not frame["feasible"].all()          # B = 4096 at L = 4096 does not fit any host
+    assert not frame["feasible"].all()  # B = 4096 at L = 4096 does not fit any host
     assert frame["feasible"].any()
     feasible = frame[frame["feasible"].astype(bool)]
     assert feasible["prefill_policy"].str.fullmatch(r"\([01](,[01]){5}\)").all()
@@ -168,11 +168,19 @@ def test_cxl_largest_batch_is_the_edge_of_feasibility(reduced):
     row = frame[(frame["kind"] == "largest_batch") & frame["cxl"].astype(bool)].iloc[0]
     system, model = inputs.system(row["system"]), inputs.model(row["model"])
     top = int(row["batch"])
-    optimize(system, model, Workload(batch=top, input_len=int(row["input_len"]), output_len=int(row["output_len"])),
-             solver="enumerate")
+    optimize(
+        system,
+        model,
+        Workload(batch=top, input_len=int(row["input_len"]), output_len=int(row["output_len"])),
+        solver="enumerate",
+    )
     with pytest.raises(InfeasibleError):
-        optimize(system, model, Workload(batch=top + 1, input_len=int(row["input_len"]),
-                                         output_len=int(row["output_len"])), solver="enumerate")
+        optimize(
+            system,
+            model,
+            Workload(batch=top + 1, input_len=int(row["input_len"]), output_len=int(row["output_len"])),
+            solver="enumerate",
+        )
 
 
 # ---------------------------------------------------------------- sensitivity
@@ -193,7 +201,7 @@ def test_sensitivity_improving_hardware_never_hurts_the_optimum(reduced_slow):
             else:
                 assert hi <= lo * (1 + REL), (system, parameter, values)
         groups += 1
-    assert groups == 2 * 4   # two objectives x the reduced grid's four parameters
+    assert groups == 2 * 4  # two objectives x the reduced grid's four parameters
 
 
 @pytest.mark.slow
@@ -217,9 +225,16 @@ def test_sensitivity_overrides_go_through_the_what_if_path(reduced_slow):
 def test_policy_flips_are_found_where_the_policy_pair_changes():
     from studies.sensitivity import policy_flips
 
-    frame = pd.DataFrame({"system": "s", "objective": "latency", "parameter": "p", "factor": [0.5, 1.0, 1.5],
-                          "prefill_policy": ["(0,0,0,0,0,0)"] * 3,
-                          "decode_policy": ["(0,1,1,0,0,0)", "(0,1,1,0,0,0)", "(1,1,1,1,1,1)"]})
+    frame = pd.DataFrame(
+        {
+            "system": "s",
+            "objective": "latency",
+            "parameter": "p",
+            "factor": [0.5, 1.0, 1.5],
+            "prefill_policy": ["(0,0,0,0,0,0)"] * 3,
+            "decode_policy": ["(0,1,1,0,0,0)", "(0,1,1,0,0,0)", "(1,1,1,1,1,1)"],
+        }
+    )
     flips = policy_flips(frame)
     assert list(flips["to_factor"]) == [1.5] and list(flips["from_factor"]) == [1.0]
 
@@ -237,12 +252,15 @@ def test_microbench_respects_peaks_and_bandwidths(reduced):
     assert len(gemv) > 0 and (gemv["bound"] == "memory").all()
 
 
-@pytest.mark.parametrize("profile,engine,published_tflops", [
-    ("spr-8460h", "amx_bf16", 16.6),        # LIA paper: 16.6 TFLOPS AMX bf16 at realistic OPT FC1 shapes
-    ("paper-h100", "bf16_tensor_core", 451),  # LIA paper's model: 451 TFLOPS sustained on H100
-    ("h100-sxm-80gb", "bf16_tensor_core", 795),  # best bf16 linear on the GPU host's H100 80GB HBM3 (calibrated)
-    ("a100-40gb-pcie", "bf16_tensor_core", 230),  # paper: 230 TFLOPS sustained on A100
-])
+@pytest.mark.parametrize(
+    "profile,engine,published_tflops",
+    [
+        ("spr-8460h", "amx_bf16", 16.6),  # LIA paper: 16.6 TFLOPS AMX bf16 at realistic OPT FC1 shapes
+        ("paper-h100", "bf16_tensor_core", 451),  # LIA paper's model: 451 TFLOPS sustained on H100
+        ("h100-sxm-80gb", "bf16_tensor_core", 795),  # best bf16 linear on the GPU host's H100 80GB HBM3 (calibrated)
+        ("a100-40gb-pcie", "bf16_tensor_core", 230),  # paper: 230 TFLOPS sustained on A100
+    ],
+)
 def test_microbench_gemm_reproduces_published_sustained_throughput(reduced, profile, engine, published_tflops):
     frame = reduced["microbench"]
     row = frame[(frame["profile"] == profile) & (frame["engine"] == engine) & (frame["rows"] == 4096)].iloc[0]
@@ -260,11 +278,14 @@ def test_cost_follows_from_prices_and_throughput(reduced):
     for _, row in frame.iterrows():
         capex = sum(prices.parts[p].price_usd for p in prices.machines[row["machine"]])
         power_kw = sum(prices.parts[p].power_w for p in prices.machines[row["machine"]]) / 1000
-        per_hour = capex / (prices.amortisation_years * HOURS_PER_YEAR) + power_kw * prices.pue * \
-            prices.electricity_usd_per_kwh
-        assert row["cost_per_hour_usd"] == pytest.approx(per_hour, rel=1e-5)   # the CSV keeps 6 digits
-        assert row["usd_per_million_tokens"] == pytest.approx(per_hour / (row["throughput_tokens_per_s"] * 3600) * 1e6,
-                                                              rel=1e-5)
+        per_hour = (
+            capex / (prices.amortisation_years * HOURS_PER_YEAR)
+            + power_kw * prices.pue * prices.electricity_usd_per_kwh
+        )
+        assert row["cost_per_hour_usd"] == pytest.approx(per_hour, rel=1e-5)  # the CSV keeps 6 digits
+        assert row["usd_per_million_tokens"] == pytest.approx(
+            per_hour / (row["throughput_tokens_per_s"] * 3600) * 1e6, rel=1e-5
+        )
     assert set(frame["machine"]) == {"spr-h100", "dgx-a100"}
 
 
@@ -288,7 +309,7 @@ def test_tensor_parallel_decode_is_bounded_by_hbm_streaming():
     pred = predict_tp(node, model, Workload(batch=1, input_len=128, output_len=8))
     floor = model.num_layers * layer_weight_bytes(model) / node.gpus / (node.gpu.hbm_gbps * 1e9)
     assert floor <= pred.tpot_mean_s <= 2.0 * floor
-    assert pred.memory_per_gpu_gb == pytest.approx(350 / 8, rel=0.06)   # OPT-175B: 350 GB of bf16 weights
+    assert pred.memory_per_gpu_gb == pytest.approx(350 / 8, rel=0.06)  # OPT-175B: 350 GB of bf16 weights
 
 
 def test_tensor_parallel_shard_refuses_indivisible_heads():
@@ -296,7 +317,7 @@ def test_tensor_parallel_shard_refuses_indivisible_heads():
     from studies.tensor_parallel import shard
 
     with pytest.raises(LiaInputError, match="num_heads"):
-        shard(get_model("opt-30b"), 16)   # 56 heads do not split 16 ways
+        shard(get_model("opt-30b"), 16)  # 56 heads do not split 16 ways
 
 
 # ---------------------------------------------------------------- validation
@@ -320,11 +341,12 @@ def test_validation_pairs_predicted_and_measured_columns(tmp_path):
         "point_id,model,batch,status,predicted_ttft_s,measured_ttft_s,tpot_mean_s_predicted,tpot_mean_s_measured,"
         "decode_fc1_dev,decode_fc1_ms_predicted,decode_fc1_ms_measured\n"
         "p1,opt-tiny,1,ran,0.5,0.4,0.1,0.1,cpu,2.0,4.0\n"
-        "p2,opt-tiny,8,skipped,0.9,,0.2,,gpu,1.0,\n")
+        "p2,opt-tiny,8,skipped,0.9,,0.2,,gpu,1.0,\n"
+    )
     study = dataclasses.replace(STUDY, full_grid=Grid(root=str(tmp_path), csv="validation/runs.csv"))
     result = run_study(study, tmp_path / "out", show_progress=False)
     frame = read_csv(tmp_path / "out" / "validation.csv").set_index("metric")
-    assert result.rows == 3     # the skipped point has predictions only: nothing to compare
+    assert result.rows == 3  # the skipped point has predictions only: nothing to compare
     assert frame.loc["ttft_s", "error_pct"] == pytest.approx(25.0)
     assert frame.loc["tpot_mean_s", "error_pct"] == pytest.approx(0.0)
     assert frame.loc["ttft_s", "source"] == "validation/runs.csv"

@@ -37,8 +37,13 @@ def test_systems_models_and_file_replace_exactly_their_fields(tmp_path: Path):
     f = tmp_path / "g.yaml"
     f.write_text("batches: [1, 8, 64]\ninput_len: 128\n")
     g = custom_grid(STUDIES["cxl"], cxl.FULL, systems="spr-h100, gnr-a100", models="opt-66b", grid_file=f)
-    assert g == cxl.Grid(systems=("spr-h100", "gnr-a100"), models=("opt-66b",), batches=(1, 8, 64), input_len=128,
-                         output_len=cxl.FULL.output_len)
+    assert g == cxl.Grid(
+        systems=("spr-h100", "gnr-a100"),
+        models=("opt-66b",),
+        batches=(1, 8, 64),
+        input_len=128,
+        output_len=cxl.FULL.output_len,
+    )
     # the cost study's systems are its machines; a single-model study takes one model
     c = custom_grid(STUDIES["cost"], cost.REDUCED, systems="gh200,dgx-a100")
     assert c.machines == ("gh200", "dgx-a100") and c.models == cost.REDUCED.models
@@ -48,16 +53,19 @@ def test_systems_models_and_file_replace_exactly_their_fields(tmp_path: Path):
     assert p.model == "opt-30b"
 
 
-@pytest.mark.parametrize("kwargs, text, words", [
-    ({"systems": "nope-x"}, None, ["--systems", "unknown system 'nope-x'"]),
-    ({"models": "opt-9b"}, None, ["--models", "unknown model 'opt-9b'"]),
-    ({"systems": "gh200"}, None, ["no 'gh200-cxl'"]),
-    ({}, "batchez: [1]\n", ["batchez", "no field", "batches"]),
-    ({}, "batches: [0, 8]\n", ["batches", "at least 1"]),
-    ({}, "batches: 8\n", ["batches", "non-empty list"]),
-    ({}, "input_len: big\n", ["input_len", "whole number"]),
-    ({}, "- 1\n- 2\n", ["no mapping"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, text, words",
+    [
+        ({"systems": "nope-x"}, None, ["--systems", "unknown system 'nope-x'"]),
+        ({"models": "opt-9b"}, None, ["--models", "unknown model 'opt-9b'"]),
+        ({"systems": "gh200"}, None, ["no 'gh200-cxl'"]),
+        ({}, "batchez: [1]\n", ["batchez", "no field", "batches"]),
+        ({}, "batches: [0, 8]\n", ["batches", "at least 1"]),
+        ({}, "batches: 8\n", ["batches", "non-empty list"]),
+        ({}, "input_len: big\n", ["input_len", "whole number"]),
+        ({}, "- 1\n- 2\n", ["no mapping"]),
+    ],
+)
 def test_bad_grids_name_the_field(tmp_path: Path, kwargs, text, words):
     f = None
     if text is not None:
@@ -81,8 +89,20 @@ def test_single_model_study_refuses_two_models_and_microbench_has_no_systems():
 def test_a_custom_grid_runs_end_to_end(tmp_path: Path):
     f = tmp_path / "g.yaml"
     f.write_text("batches: [1, 4]\ninput_lens: [64]\noutput_len: 8\n")
-    code, _, err = run_lia(["study", "policy-map", "--systems", "spr-h100", "--models", "opt-30b", "--grid", str(f),
-                            "--out", str(tmp_path / "out")])
+    code, _, err = run_lia(
+        [
+            "study",
+            "policy-map",
+            "--systems",
+            "spr-h100",
+            "--models",
+            "opt-30b",
+            "--grid",
+            str(f),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0, err
     import pandas as pd
 

@@ -22,15 +22,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from hf_tiny import BATCH, NEW_TOKENS, PROMPT_LEN, make_case  # noqa: E402
+
 from lia_model.plan import ALL_CPU, ALL_GPU, ATTENTION_ON_CPU, Plan  # noqa: E402
 from lia_model.workload import Workload  # noqa: E402
 from runtime.backend import Backend  # noqa: E402
 from runtime.executor import Executor  # noqa: E402
 from runtime.hf_loader import load_checkpoint, open_checkpoint  # noqa: E402
 
-PLACEMENTS = [("all-cpu", "cpu", Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU)),
-              ("flexgen-r1-n2", "fake", Plan(prefill_policy=ALL_GPU, decode_policy=ATTENTION_ON_CPU,
-                                             gpu_resident_layers=1, prefill_minibatches=2))]
+PLACEMENTS = [
+    ("all-cpu", "cpu", Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU)),
+    (
+        "flexgen-r1-n2",
+        "fake",
+        Plan(prefill_policy=ALL_GPU, decode_policy=ATTENTION_ON_CPU, gpu_resident_layers=1, prefill_minibatches=2),
+    ),
+]
 
 
 def main() -> None:
@@ -53,8 +59,9 @@ def main() -> None:
                         be = Backend(backend, dtype)
                         ex = Executor(be, load_checkpoint(ckpt, be), plan, workload)
                         free = ex.generate(case.prompt).tokens
-                        forced = ex.generate(case.prompt, keep_logits=True,
-                                             select=lambda t, lg, c=case: c.tokens[:, t].to(lg.device))
+                        forced = ex.generate(
+                            case.prompt, keep_logits=True, select=lambda t, lg, c=case: c.tokens[:, t].to(lg.device)
+                        )
                         lg = torch.stack(forced.logits, 1)
                         rel = float(torch.linalg.vector_norm(lg - case.logits) / torch.linalg.vector_norm(case.logits))
                         equal = int((free == case.tokens).all(1).sum())
@@ -62,9 +69,11 @@ def main() -> None:
                         if name == "all-cpu":
                             flips += BATCH - equal
                             seqs += BATCH
-                        print(f"{kind:8s} {seed:4d} {str(dtype)[6:]:8s} {name:13s} {rel:9.2e} "
-                              f"{float((lg - case.logits).abs().max()):12.2e} {float(case.logits.abs().max()):11.2f} "
-                              f"{equal:6d} / {BATCH}  {' '.join(f'{m:.1e}' for m in differ.tolist()) or '-'}")
+                        print(
+                            f"{kind:8s} {seed:4d} {str(dtype)[6:]:8s} {name:13s} {rel:9.2e} "
+                            f"{float((lg - case.logits).abs().max()):12.2e} {float(case.logits.abs().max()):11.2f} "
+                            f"{equal:6d} / {BATCH}  {' '.join(f'{m:.1e}' for m in differ.tolist()) or '-'}"
+                        )
     print(f"sequences departing from transformers within 32 tokens (all-cpu, both dtypes): {flips} of {seqs}")
 
 

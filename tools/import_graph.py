@@ -22,20 +22,34 @@ ROOT = Path(__file__).resolve().parents[1]
 FIRST_PARTY = ("lia_model", "hwprofiles", "calibrate", "runtime", "studies", "tests", "tools", "peers")
 # Entry points: the `lia` command (typer apps, argument parsing, tables) and the scripts kept inside packages.
 # Everything else in lia_model is the model.
-CLI_MODULES = frozenset({"lia_model.cli", "lia_model.cli_common", "lia_model.plan_cli", "lia_model.report",
-                         "lia_model.__main__", "lia_model.optimizer.benchmark", "calibrate.cli", "calibrate.__main__",
-                         "runtime.cli", "runtime.run_cli", "studies.cli", "studies.__main__", "runtime.__main__"})
+CLI_MODULES = frozenset(
+    {
+        "lia_model.cli",
+        "lia_model.cli_common",
+        "lia_model.plan_cli",
+        "lia_model.report",
+        "lia_model.__main__",
+        "lia_model.optimizer.benchmark",
+        "calibrate.cli",
+        "calibrate.__main__",
+        "runtime.cli",
+        "runtime.run_cli",
+        "studies.cli",
+        "studies.__main__",
+        "runtime.__main__",
+    }
+)
 # The file loaders of the core (profiles on disk, Hugging Face configs): the only lia_model modules that read files.
 IO_MODULES = frozenset({"lia_model.profiles", "lia_model.inputs"})
 
 
 @dataclass(frozen=True)
 class Edge:
-    source: str       # importing module, dotted
-    target: str       # imported module (first-party) or top-level third-party package
+    source: str  # importing module, dotted
+    target: str  # imported module (first-party) or top-level third-party package
     line: int
-    lazy: bool        # inside a function body (runs only when the function is called)
-    dynamic: bool     # a name given to importlib.import_module
+    lazy: bool  # inside a function body (runs only when the function is called)
+    dynamic: bool  # a name given to importlib.import_module
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -85,8 +99,9 @@ def _imports_of(tree: ast.AST, module: str, is_package: bool, known: set[str]) -
                     base = child.module or ""
                 for alias in child.names:
                     full = f"{base}.{alias.name}"
-                    edges.append(Edge(module, _resolve(full if full in known else base, known), child.lineno,
-                                      lazy, False))
+                    edges.append(
+                        Edge(module, _resolve(full if full in known else base, known), child.lineno, lazy, False)
+                    )
             elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) and _calls_import_module(child):
                 # importlib.import_module(name) over names spelled out in the same function
                 for const in ast.walk(child):

@@ -39,7 +39,13 @@ from lia_model.accounting import linear_shape  # noqa: E402
 from lia_model.models import get_model  # noqa: E402
 from lia_model.sublayers import Sublayer  # noqa: E402
 from runtime.kernels import (  # noqa: E402
-    dequantize_fp8, dequantize_int8, int8pack_available, linear, linear_fp8, linear_int8, quantize_fp8_per_channel,
+    dequantize_fp8,
+    dequantize_int8,
+    int8pack_available,
+    linear,
+    linear_fp8,
+    linear_int8,
+    quantize_fp8_per_channel,
     quantize_int8_per_channel,
 )
 
@@ -52,6 +58,7 @@ def _time(fn, device: torch.device, reps: int) -> float:
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+
     for _ in range(2):
         fn()
     sync()
@@ -72,8 +79,11 @@ def shapes(quick: bool, tiny: bool) -> list[tuple[str, str, int, int]]:
     """(model, sublayer, K, N) of every linear timed; ``tiny``: one 256 x 768 shape (a smoke test on a laptop)."""
     if tiny:
         return [("tiny", "qkv", 256, 768)]
-    return [(name, sub.value, *linear_shape(get_model(name), sub))
-            for name in (MODELS[:1] if quick else MODELS) for sub in (SUBLAYERS[:2] if quick else SUBLAYERS)]
+    return [
+        (name, sub.value, *linear_shape(get_model(name), sub))
+        for name in (MODELS[:1] if quick else MODELS)
+        for sub in (SUBLAYERS[:2] if quick else SUBLAYERS)
+    ]
 
 
 def run(out: Path, quick: bool, reps: int, tiny: bool = False) -> list[dict]:
@@ -91,7 +101,7 @@ def run(out: Path, quick: bool, reps: int, tiny: bool = False) -> list[dict]:
                 qf, sf = quantize_fp8_per_channel(w) if fp8_ok else (None, None)
                 for tokens in TOKENS[:2] if quick else TOKENS:
                     if device.type == "cpu" and tokens > 128 and not quick:
-                        continue            # CPU prefill shapes take seconds each; the GPU covers them
+                        continue  # CPU prefill shapes take seconds each; the GPU covers them
                     x = torch.randn(tokens, k, generator=g).to(torch.bfloat16).to(device)
                     flops = 2.0 * tokens * n * k
                     kernels = {"bf16": (lambda: linear(x, w, None), x.float() @ w.float().t())}
@@ -99,18 +109,44 @@ def run(out: Path, quick: bool, reps: int, tiny: bool = False) -> list[dict]:
                     if fused_ok:
                         kernels["int8_fused"] = (lambda: linear_int8(x, q8, s8, None, fused=True), x.float() @ ref8.t())
                     if fp8_ok:
-                        kernels["fp8"] = (lambda: linear_fp8(x, qf, sf, None),
-                                          x.float() @ dequantize_fp8(qf, sf, torch.float32).t())
+                        kernels["fp8"] = (
+                            lambda: linear_fp8(x, qf, sf, None),
+                            x.float() @ dequantize_fp8(qf, sf, torch.float32).t(),
+                        )
                     for name, (fn, ref) in kernels.items():
                         err = _rel_err(fn(), ref)
                         t = _time(fn, device, reps)
-                        rows.append({"device": device.type, "model": model_name, "sublayer": sub, "n": n, "k": k,
-                                     "tokens": tokens, "kernel": name, "seconds": t, "tflops": flops / t / 1e12,
-                                     "gelems_per_s": "", "max_rel_err": err})
+                        rows.append(
+                            {
+                                "device": device.type,
+                                "model": model_name,
+                                "sublayer": sub,
+                                "n": n,
+                                "k": k,
+                                "tokens": tokens,
+                                "kernel": name,
+                                "seconds": t,
+                                "tflops": flops / t / 1e12,
+                                "gelems_per_s": "",
+                                "max_rel_err": err,
+                            }
+                        )
                 t = _time(lambda: dequantize_int8(q8, s8), device, reps)
-                rows.append({"device": device.type, "model": model_name, "sublayer": sub, "n": n, "k": k,
-                             "tokens": 0, "kernel": "dequant", "seconds": t, "tflops": "",
-                             "gelems_per_s": n * k / t / 1e9, "max_rel_err": ""})
+                rows.append(
+                    {
+                        "device": device.type,
+                        "model": model_name,
+                        "sublayer": sub,
+                        "n": n,
+                        "k": k,
+                        "tokens": 0,
+                        "kernel": "dequant",
+                        "seconds": t,
+                        "tflops": "",
+                        "gelems_per_s": n * k / t / 1e9,
+                        "max_rel_err": "",
+                    }
+                )
                 print(f"{device.type} {model_name} {sub} ({n}x{k}) done", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "precision_kernels.csv", "w", newline="") as fh:
@@ -130,8 +166,16 @@ def summarise(rows: list[dict], out: Path) -> None:
             else:
                 value, unit = max(r["tflops"] for r in sel), "TFLOPS (best)"
             worst = max((r["max_rel_err"] for r in sel if r["max_rel_err"] != ""), default="")
-            summary.append({"device": device, "kernel": kernel, "value": value, "unit": unit,
-                            "worst_max_rel_err": worst, "points": len(sel)})
+            summary.append(
+                {
+                    "device": device,
+                    "kernel": kernel,
+                    "value": value,
+                    "unit": unit,
+                    "worst_max_rel_err": worst,
+                    "points": len(sel),
+                }
+            )
     with open(out / "precision_summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(summary[0]))
         writer.writeheader()

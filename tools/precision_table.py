@@ -22,21 +22,26 @@ DTYPES = ("bf16", "int8", "int4")
 
 
 def main() -> None:
-    print(f"{'model':14} {'system':9} {'weights':7} {'prefill':13} {'decode':13} {'N_res':>5} {'TTFT s':>8} "
-          f"{'TPOT ms':>8} {'latency s':>9} {'speedup':>8}")
+    print(
+        f"{'model':14} {'system':9} {'weights':7} {'prefill':13} {'decode':13} {'N_res':>5} {'TTFT s':>8} "
+        f"{'TPOT ms':>8} {'latency s':>9} {'speedup':>8}"
+    )
     for model in MODELS:
         for system in SYSTEMS:
             base = None
             for dtype in DTYPES:
-                out = run_plan(system, model, 1, 256, 32, [], "latency", None, "overlap", "enumerate",
-                               weight_dtype=dtype)
+                out = run_plan(
+                    system, model, 1, 256, 32, [], "latency", None, "overlap", "enumerate", weight_dtype=dtype
+                )
                 opt = out["optimum"]
                 base = base or opt["latency_s"]
                 plan = opt["plan"]
                 words = opt["plan_in_words"]
-                print(f"{model:14} {system:9} {dtype:7} {words['prefill'].split()[0]:13} "
-                      f"{words['decode'].split()[0]:13} {plan['gpu_resident_layers']:5d} {opt['ttft_s']:8.2f} "
-                      f"{opt['tpot_mean_s'] * 1e3:8.1f} {opt['latency_s']:9.2f} {base / opt['latency_s']:7.2f}x")
+                print(
+                    f"{model:14} {system:9} {dtype:7} {words['prefill'].split()[0]:13} "
+                    f"{words['decode'].split()[0]:13} {plan['gpu_resident_layers']:5d} {opt['ttft_s']:8.2f} "
+                    f"{opt['tpot_mean_s'] * 1e3:8.1f} {opt['latency_s']:9.2f} {base / opt['latency_s']:7.2f}x"
+                )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,11 @@ from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
 from lia_model.optimizer.batch import BATCH_SEARCH_CAP, DEFAULT_MAX_SOLVES, largest_feasible_batch, search_batch
 from lia_model.optimizer.enumerate import (
-    any_plan_fits_memory, best_in_combo, combo_arrays, enumerate_optimum, stage_constants,
+    any_plan_fits_memory,
+    best_in_combo,
+    combo_arrays,
+    enumerate_optimum,
+    stage_constants,
 )
 from lia_model.optimizer.infeasible import explain_memory_infeasibility
 from lia_model.optimizer.space import build_tables
@@ -45,26 +49,29 @@ class InfeasibleError(LiaInputError):
 @dataclass(frozen=True)
 class OptimizeResult:
     plan: Plan
-    workload: Workload               # the batch chosen, for the throughput objective
+    workload: Workload  # the batch chosen, for the throughput objective
     prediction: Prediction
     objective: Objective
-    objective_value: float           # latency_s, or throughput_tokens_per_s
+    objective_value: float  # latency_s, or throughput_tokens_per_s
     solver: str
     solve_time_s: float
-    solver_objective_s: Optional[float] = None   # the ILP's own objective (latency at the chosen batch)
-    batches_tried: tuple[int, ...] = field(default_factory=tuple)   # batches solved exactly
-    largest_fitting_batch: Optional[int] = None    # throughput: the top of the batch range searched
-    batch_gap_bound: Optional[float] = 0.0         # throughput: no batch of the range beats this result by
-                                                   # more than this fraction (0.0: proven best batch; None:
-                                                   # not proven, on profiles with calibrated kernel tables)
+    solver_objective_s: Optional[float] = None  # the ILP's own objective (latency at the chosen batch)
+    batches_tried: tuple[int, ...] = field(default_factory=tuple)  # batches solved exactly
+    largest_fitting_batch: Optional[int] = None  # throughput: the top of the batch range searched
+    batch_gap_bound: Optional[float] = 0.0  # throughput: no batch of the range beats this result by
+    # more than this fraction (0.0: proven best batch; None:
+    # not proven, on profiles with calibrated kernel tables)
 
 
 def parse_objective(value: str | Objective) -> Objective:
     try:
         return Objective(value)
     except ValueError:
-        raise LiaInputError("--objective", f"unknown objective '{value}'",
-                            "use latency or throughput (add --tpot-max-ms for a bounded throughput)") from None
+        raise LiaInputError(
+            "--objective",
+            f"unknown objective '{value}'",
+            "use latency or throughput (add --tpot-max-ms for a bounded throughput)",
+        ) from None
 
 
 def _check_solver(solver: str) -> str:
@@ -73,17 +80,31 @@ def _check_solver(solver: str) -> str:
     return solver.lower()
 
 
-def batch_candidates(system: SystemSpec, model: ModelSpec, workload: Workload,
-                     max_batch: Optional[int] = None) -> tuple[int, ...]:
+def batch_candidates(
+    system: SystemSpec, model: ModelSpec, workload: Workload, max_batch: Optional[int] = None
+) -> tuple[int, ...]:
     """Every batch the throughput objective may choose: 1 .. the largest that fits memory (capped by
     max_batch)."""
-    top = largest_feasible_batch(system, model, workload.input_len, workload.output_len,
-                                 cap=max_batch or BATCH_SEARCH_CAP, precision=workload.precision)
+    top = largest_feasible_batch(
+        system,
+        model,
+        workload.input_len,
+        workload.output_len,
+        cap=max_batch or BATCH_SEARCH_CAP,
+        precision=workload.precision,
+    )
     return tuple(range(1, top + 1)) if top is not None else ()
 
 
-def solve_latency(system: SystemSpec, model: ModelSpec, workload: Workload, *, tpot_max_s: Optional[float],
-                  solver: str, mode: CostMode) -> Optional[tuple[Plan, Optional[float]]]:
+def solve_latency(
+    system: SystemSpec,
+    model: ModelSpec,
+    workload: Workload,
+    *,
+    tpot_max_s: Optional[float],
+    solver: str,
+    mode: CostMode,
+) -> Optional[tuple[Plan, Optional[float]]]:
     """The minimum-latency plan at this batch and the solver's own objective. The ILP leaves out the combos
     with which no plan reaches the enumerator's optimum (its optimum per combo); tests/test_optimizer.py also
     solves the full ILP."""
@@ -93,8 +114,7 @@ def solve_latency(system: SystemSpec, model: ModelSpec, workload: Workload, *, t
         return (found.plan, found.latency_s) if found else None
     from lia_model.optimizer.ilp import solve_ilp  # PuLP is imported only when an ILP is solved
 
-    sol = solve_ilp(tables, tpot_max_s=tpot_max_s, solver=solver,
-                    combo_bounds=found.combo_latency_s if found else None)
+    sol = solve_ilp(tables, tpot_max_s=tpot_max_s, solver=solver, combo_bounds=found.combo_latency_s if found else None)
     return (sol.plan, sol.objective_s) if sol else None
 
 
@@ -102,19 +122,26 @@ def _no_plan(system: SystemSpec, model: ModelSpec, workload: Workload, tpot_max_
     if not any_plan_fits_memory(system, model, workload):
         return InfeasibleError("memory", explain_memory_infeasibility(system, model, workload))
     if tpot_max_s is None:  # fits memory, yet no plan has a finite time: the profile's numbers overflow
-        return InfeasibleError("system", f"no plan of {model.name} on {system.name} has a finite time",
-                               "check the profile's bandwidths and throughputs ('lia profiles show')")
+        return InfeasibleError(
+            "system",
+            f"no plan of {model.name} on {system.name} has a finite time",
+            "check the profile's bandwidths and throughputs ('lia profiles show')",
+        )
     fastest = fastest_tpot_s(system, model, workload)
     fix = f"use --tpot-max-ms {fastest * 1e3:.4g} or more"
     if workload.batch > 1:
         fix += ", or a smaller batch"
     return InfeasibleError(
-        "--tpot-max-ms", f"no plan that fits memory reaches a mean TPOT of {tpot_max_s * 1e3:.3g} ms for "
-        f"{model.name} at B={workload.batch} on {system.name}: the fastest is {fastest * 1e3:.4g} ms", fix)
+        "--tpot-max-ms",
+        f"no plan that fits memory reaches a mean TPOT of {tpot_max_s * 1e3:.3g} ms for "
+        f"{model.name} at B={workload.batch} on {system.name}: the fastest is {fastest * 1e3:.4g} ms",
+        fix,
+    )
 
 
-def fastest_tpot_s(system: SystemSpec, model: ModelSpec, workload: Workload,
-                   mode: CostMode = CostMode.OVERLAP) -> float:
+def fastest_tpot_s(
+    system: SystemSpec, model: ModelSpec, workload: Workload, mode: CostMode = CostMode.OVERLAP
+) -> float:
     """The smallest mean time per output token any plan that fits memory reaches at this batch: the
     enumerator with the decode time as the objective (prefill priced at zero)."""
     import dataclasses
@@ -136,10 +163,19 @@ def fastest_tpot_s(system: SystemSpec, model: ModelSpec, workload: Workload,
     return best / steps
 
 
-def optimize(system: SystemSpec, model: ModelSpec, workload: Workload, objective: str | Objective = Objective.LATENCY,
-             *, tpot_max_s: Optional[float] = None, solver: str = "cbc", mode: str | CostMode = CostMode.OVERLAP,
-             max_batch: Optional[int] = None, batch_solves: int = DEFAULT_MAX_SOLVES,
-             batch_rel_tol: float = 0.0) -> OptimizeResult:
+def optimize(
+    system: SystemSpec,
+    model: ModelSpec,
+    workload: Workload,
+    objective: str | Objective = Objective.LATENCY,
+    *,
+    tpot_max_s: Optional[float] = None,
+    solver: str = "cbc",
+    mode: str | CostMode = CostMode.OVERLAP,
+    max_batch: Optional[int] = None,
+    batch_solves: int = DEFAULT_MAX_SOLVES,
+    batch_rel_tol: float = 0.0,
+) -> OptimizeResult:
     """The optimal plan (exact with respect to the cost model over the plan space).
 
     Throughput: the batch is searched over 1 .. the largest that fits (``max_batch`` caps it) by branch and
@@ -148,7 +184,7 @@ def optimize(system: SystemSpec, model: ModelSpec, workload: Workload, objective
     objective = parse_objective(objective)
     solver = _check_solver(solver)
     mode = CostMode(mode)
-    check_precision(system, workload.precision, mode)   # one clear error for a precision the system cannot run
+    check_precision(system, workload.precision, mode)  # one clear error for a precision the system cannot run
     if tpot_max_s is not None and tpot_max_s <= 0:
         raise LiaInputError("--tpot-max-ms", f"must be positive, got {tpot_max_s * 1e3:g}", "e.g. --tpot-max-ms 500")
     t0 = time.perf_counter()
@@ -158,8 +194,9 @@ def optimize(system: SystemSpec, model: ModelSpec, workload: Workload, objective
             raise _no_plan(system, model, workload, tpot_max_s)
         plan, raw = found
         pred = predict(system, model, workload, plan, mode)
-        return OptimizeResult(plan, workload, pred, objective, pred.latency_s, solver, time.perf_counter() - t0,
-                              raw, (workload.batch,))
+        return OptimizeResult(
+            plan, workload, pred, objective, pred.latency_s, solver, time.perf_counter() - t0, raw, (workload.batch,)
+        )
 
     # Throughput: the batch by branch and bound (batch.py); each batch it needs solved exactly is solved by
     # the vectorised enumerator (exact, milliseconds), the chosen batch again by the requested solver.
@@ -170,15 +207,24 @@ def optimize(system: SystemSpec, model: ModelSpec, workload: Workload, objective
         enumerated[wl.batch] = found
         return None if found is None else found.latency_s
 
-    search = search_batch(system, model, workload, tpot_max_s=tpot_max_s, mode=mode, solve=latency_at,
-                          cap=max_batch or BATCH_SEARCH_CAP, max_solves=batch_solves, rel_tol=batch_rel_tol)
+    search = search_batch(
+        system,
+        model,
+        workload,
+        tpot_max_s=tpot_max_s,
+        mode=mode,
+        solve=latency_at,
+        cap=max_batch or BATCH_SEARCH_CAP,
+        max_solves=batch_solves,
+        rel_tol=batch_rel_tol,
+    )
     if search.largest_fitting_batch is None:
         raise _no_plan(system, model, workload.model_copy(update={"batch": 1}), None)
     if search.batch is None:
         raise _no_plan(system, model, workload.model_copy(update={"batch": 1}), tpot_max_s)
     wl = workload.model_copy(update={"batch": search.batch})
     best = enumerated.get(search.batch)
-    if solver == "enumerate" and best is not None:   # already solved by the search: the same enumeration
+    if solver == "enumerate" and best is not None:  # already solved by the search: the same enumeration
         found = (best.plan, best.latency_s)
     else:
         found = solve_latency(system, model, wl, tpot_max_s=tpot_max_s, solver=solver, mode=mode)
@@ -186,10 +232,28 @@ def optimize(system: SystemSpec, model: ModelSpec, workload: Workload, objective
         raise RuntimeError(f"{solver} found no plan at B={wl.batch} where the enumerator found one")
     plan, raw = found
     pred = predict(system, model, wl, plan, mode)
-    return OptimizeResult(plan, wl, pred, objective, pred.throughput_tokens_per_s, solver,
-                          time.perf_counter() - t0, raw, search.solved, search.largest_fitting_batch,
-                          search.gap_bound)
+    return OptimizeResult(
+        plan,
+        wl,
+        pred,
+        objective,
+        pred.throughput_tokens_per_s,
+        solver,
+        time.perf_counter() - t0,
+        raw,
+        search.solved,
+        search.largest_fitting_batch,
+        search.gap_bound,
+    )
 
 
-__all__ = ["InfeasibleError", "Objective", "OptimizeResult", "SOLVERS", "batch_candidates", "largest_feasible_batch",
-           "optimize", "parse_objective"]
+__all__ = [
+    "InfeasibleError",
+    "Objective",
+    "OptimizeResult",
+    "SOLVERS",
+    "batch_candidates",
+    "largest_feasible_batch",
+    "optimize",
+    "parse_objective",
+]

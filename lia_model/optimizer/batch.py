@@ -35,29 +35,49 @@ from typing import Callable, Optional
 import numpy as np
 
 from lia_model.costmodel import stage_context
-from lia_model.precision import BF16, Precision
 from lia_model.costterms import (
-    ALL_POLICY_FEATURES, NUM_POLICIES, CostMode, head_time_s, resident_layer_time, streamed_layer_terms,
+    ALL_POLICY_FEATURES,
+    NUM_POLICIES,
+    CostMode,
+    head_time_s,
+    resident_layer_time,
+    streamed_layer_terms,
 )
 from lia_model.hardware import EfficiencyPoint, SystemSpec, interpolate_efficiency
 from lia_model.models import ModelSpec
 from lia_model.optimizer.enumerate import (
-    ComboArrays, StageConstants, any_plan_fits_memory, best_in_combo, least_footprint_memory,
+    ComboArrays,
+    StageConstants,
+    any_plan_fits_memory,
+    best_in_combo,
+    least_footprint_memory,
 )
 from lia_model.optimizer.infeasible import largest_feasible
 from lia_model.optimizer.space import (
-    _with_isa, expert_fetch_candidates, isa_candidates, template_plan, tier_candidates, useful_isas,
+    _with_isa,
+    expert_fetch_candidates,
+    isa_candidates,
+    template_plan,
+    tier_candidates,
+    useful_isas,
 )
 from lia_model.plan import ExpertFetch, HostTier
+from lia_model.precision import BF16, Precision
 from lia_model.sublayers import Stage
 from lia_model.workload import Workload
 
 BATCH_SEARCH_CAP = 1 << 16
 
 
-def largest_feasible_batch(system: SystemSpec, model: ModelSpec, input_len: int, output_len: int,
-                           cap: int = BATCH_SEARCH_CAP, all_resident: bool = False,
-                           precision: Precision = BF16) -> Optional[int]:
+def largest_feasible_batch(
+    system: SystemSpec,
+    model: ModelSpec,
+    input_len: int,
+    output_len: int,
+    cap: int = BATCH_SEARCH_CAP,
+    all_resident: bool = False,
+    precision: Precision = BF16,
+) -> Optional[int]:
     """Largest batch for which some plan of the space fits memory (None when even B=1 does not); with
     ``all_resident`` the largest for which the whole model stays on the GPU.
 
@@ -66,10 +86,15 @@ def largest_feasible_batch(system: SystemSpec, model: ModelSpec, input_len: int,
     for it, and no larger batch fits any plan. (2) The space caps the minibatch count, so whether B fits also
     depends on B's divisors (a prime B has one chunk): walk down from the relaxed answer to the first batch
     that some plan of the space fits."""
+
     def fits(b: int, relaxed: bool) -> bool:
-        return any_plan_fits_memory(system, model, Workload(batch=b, input_len=input_len, output_len=output_len,
-                                                            precision=precision),
-                                    all_resident=all_resident, relaxed=relaxed)
+        return any_plan_fits_memory(
+            system,
+            model,
+            Workload(batch=b, input_len=input_len, output_len=output_len, precision=precision),
+            all_resident=all_resident,
+            relaxed=relaxed,
+        )
 
     if cap < 1 or not fits(1, True):
         return None
@@ -93,11 +118,14 @@ def flat_matmul_system(system: SystemSpec, lo_tokens: float, hi_tokens: float) -
     """The system with every linear-layer efficiency table (CPU ISAs and GPU) replaced by its largest value
     over [lo_tokens, hi_tokens] rows (relaxation 1). Attention tables are indexed by the new tokens per
     sequence q, which does not depend on B, and stay as they are."""
+
     def flat(points: list[EfficiencyPoint]) -> list[EfficiencyPoint]:
         return [EfficiencyPoint(tokens=1, efficiency=_max_efficiency(points, lo_tokens, hi_tokens))]
 
-    isa = {k: v.model_copy(update={"matmul_efficiency": flat(v.matmul_efficiency)}) if v.present else v
-           for k, v in system.cpu.isa.items()}
+    isa = {
+        k: v.model_copy(update={"matmul_efficiency": flat(v.matmul_efficiency)}) if v.present else v
+        for k, v in system.cpu.isa.items()
+    }
     gpu = system.gpu.model_copy(update={"matmul_efficiency": flat(system.gpu.matmul_efficiency)})
     return system.model_copy(update={"cpu": system.cpu.model_copy(update={"isa": isa}), "gpu": gpu})
 
@@ -115,8 +143,13 @@ class RelaxedBatch:
     head_s: float
 
 
-def relaxed_batch(prefill_system: Optional[SystemSpec], decode_system: SystemSpec, model: ModelSpec,
-                  workload: Workload, mode: CostMode) -> RelaxedBatch:
+def relaxed_batch(
+    prefill_system: Optional[SystemSpec],
+    decode_system: SystemSpec,
+    model: ModelSpec,
+    workload: Workload,
+    mode: CostMode,
+) -> RelaxedBatch:
     """Prefill priced on ``prefill_system`` (skipped when None), decode and the LM head on ``decode_system``."""
     base = template_plan(decode_system)
     isas = isa_candidates(decode_system)
@@ -135,17 +168,24 @@ def relaxed_batch(prefill_system: Optional[SystemSpec], decode_system: SystemSpe
                     for isa in useful_isas(prefill_system, model, [ctx], isas):
                         st = streamed_layer_terms(prefill_system, model, _with_isa(ctx, isa))
                         if mode == CostMode.OVERLAP:
-                            times.append(np.max([f.evaluate(ALL_POLICY_FEATURES)[:, 0]
-                                                 for f in st.resources.values()], axis=0))
+                            times.append(
+                                np.max([f.evaluate(ALL_POLICY_FEATURES)[:, 0] for f in st.resources.values()], axis=0)
+                            )
                         else:
                             times.append(st.layer_time(ALL_POLICY_FEATURES)[:, 0])
                     pre_t[wt] = np.min(times, axis=0)
                     res_pre = float(resident_layer_time(prefill_system, model, ctx)[0][0])
                 if workload.decode_steps > 0:
                     dctx = stage_context(workload, plan, Stage.DECODE, mode, weight_tier=wt)
-                    dec_t[wt] = np.min([streamed_layer_terms(decode_system, model, _with_isa(dctx, isa))
-                                        .layer_time(ALL_POLICY_FEATURES).sum(axis=1)
-                                        for isa in useful_isas(decode_system, model, [dctx], isas)], axis=0)
+                    dec_t[wt] = np.min(
+                        [
+                            streamed_layer_terms(decode_system, model, _with_isa(dctx, isa))
+                            .layer_time(ALL_POLICY_FEATURES)
+                            .sum(axis=1)
+                            for isa in useful_isas(decode_system, model, [dctx], isas)
+                        ],
+                        axis=0,
+                    )
                     res_dec = float(resident_layer_time(decode_system, model, dctx)[0].sum())
                 else:
                     dec_t[wt] = np.zeros(NUM_POLICIES)
@@ -159,20 +199,29 @@ DEFAULT_MAX_BOUNDS = 48
 
 @dataclass(frozen=True)
 class BatchSearch:
-    batch: Optional[int]            # the best batch solved (None: nothing fits memory and the bound)
+    batch: Optional[int]  # the best batch solved (None: nothing fits memory and the bound)
     throughput_tokens_per_s: float
-    solved: tuple[int, ...]         # the batches solved exactly, in order
-    bounds_computed: int            # relaxations evaluated
+    solved: tuple[int, ...]  # the batches solved exactly, in order
+    bounds_computed: int  # relaxations evaluated
     largest_fitting_batch: Optional[int]
-    gap_bound: Optional[float]      # no batch of 1 .. largest_fitting_batch beats the result by more than this
-                                    # fraction (0.0: the result is the exact best batch; None: not proven, see
-                                    # bounds_proven)
+    gap_bound: Optional[float]  # no batch of 1 .. largest_fitting_batch beats the result by more than this
+    # fraction (0.0: the result is the exact best batch; None: not proven, see
+    # bounds_proven)
 
 
-def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tpot_max_s: Optional[float],
-                 mode: CostMode, solve: Callable[[Workload], Optional[float]], cap: int = BATCH_SEARCH_CAP,
-                 max_solves: int = DEFAULT_MAX_SOLVES, max_bounds: int = DEFAULT_MAX_BOUNDS,
-                 rel_tol: float = 0.0) -> BatchSearch:
+def search_batch(
+    system: SystemSpec,
+    model: ModelSpec,
+    workload: Workload,
+    *,
+    tpot_max_s: Optional[float],
+    mode: CostMode,
+    solve: Callable[[Workload], Optional[float]],
+    cap: int = BATCH_SEARCH_CAP,
+    max_solves: int = DEFAULT_MAX_SOLVES,
+    max_bounds: int = DEFAULT_MAX_BOUNDS,
+    rel_tol: float = 0.0,
+) -> BatchSearch:
     """The batch of highest throughput in 1 .. min(cap, largest that fits). ``solve(workload)`` returns the
     optimal latency at that batch (None when infeasible); it is called only where the bound requires, at most
     ``max_solves`` times once some batch is feasible, and at most ``max_bounds`` ranges are bounded. It stops
@@ -183,8 +232,9 @@ def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tp
     relaxation can rest on), or in the paper mode (the authors' model, not costterms' terms), the bound still
     orders the search but proves nothing: unless every batch of the range was solved, ``gap_bound`` is None."""
     proven = system.kernels is None and mode != CostMode.PAPER
-    top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=cap,
-                                 precision=workload.precision)
+    top = largest_feasible_batch(
+        system, model, workload.input_len, workload.output_len, cap=cap, precision=workload.precision
+    )
     if top is None:
         return BatchSearch(None, 0.0, (), 0, None, 0.0)
     out_len, steps, q = workload.output_len, workload.decode_steps, workload.input_len
@@ -207,12 +257,20 @@ def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tp
         cons = relaxed_batch(None, dec_sys, model, at(lo), mode) if lo != hi else cost
         if lo not in memory:
             memory[lo] = least_footprint_memory(system, model, at(lo), relaxed=True)
-        consts = StageConstants(model.num_layers, steps, system.has_cxl, cost.resident_decode_total_s,
-                                cost.head_s * (1 + steps), cons.resident_decode_total_s, cons.head_s)
+        consts = StageConstants(
+            model.num_layers,
+            steps,
+            system.has_cxl,
+            cost.resident_decode_total_s,
+            cost.head_s * (1 + steps),
+            cons.resident_decode_total_s,
+            cons.head_s,
+        )
         best_latency = np.inf
         for (kv, ef), pre in cost.prefill.items():
-            arrays = ComboArrays(kv, memory[lo], cost.resident_prefill_s, pre, cost.decode[(kv, ef)],
-                                 cons.decode[(kv, ef)])
+            arrays = ComboArrays(
+                kv, memory[lo], cost.resident_prefill_s, pre, cost.decode[(kv, ef)], cons.decode[(kv, ef)]
+            )
             found = best_in_combo(arrays, consts, tpot_max_s)
             if found is not None:
                 best_latency = min(best_latency, found[0])
@@ -248,14 +306,20 @@ def search_batch(system: SystemSpec, model: ModelSpec, workload: Workload, *, tp
     # spent its 16 solves above the edge and returned 36.8 tokens/s where B = 3564 gives 177.7).
     evaluate(top)
     edges = {top}
-    resident_top = largest_feasible_batch(system, model, workload.input_len, workload.output_len, cap=top,
-                                          precision=workload.precision,
-                                          all_resident=True)
+    resident_top = largest_feasible_batch(
+        system, model, workload.input_len, workload.output_len, cap=top, precision=workload.precision, all_resident=True
+    )
     if resident_top is not None:
         edges.add(resident_top)
     if system.has_cxl:
-        ddr_top = largest_feasible_batch(system.model_copy(update={"cxl": None}), model, workload.input_len,
-                                         workload.output_len, cap=top, precision=workload.precision)
+        ddr_top = largest_feasible_batch(
+            system.model_copy(update={"cxl": None}),
+            model,
+            workload.input_len,
+            workload.output_len,
+            cap=top,
+            precision=workload.precision,
+        )
         if ddr_top is not None:
             edges.add(ddr_top)
     lo = 1

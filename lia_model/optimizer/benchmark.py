@@ -63,8 +63,11 @@ def main() -> None:
     print(f"host: {platform.node()} ({platform.processor() or platform.machine()}), {args.queries} queries each")
     print(f"{'solver':<10} {'objective':<28} {'median ms':>10} {'p95 ms':>10}  batch search")
     for solver in args.solvers.split(","):
-        for label, objective, tpot in (("latency", "latency", None), ("throughput", "throughput", None),
-                                       ("throughput, TPOT <= 500 ms", "throughput", 0.5)):
+        for label, objective, tpot in (
+            ("latency", "latency", None),
+            ("throughput", "throughput", None),
+            ("throughput, TPOT <= 500 ms", "throughput", 0.5),
+        ):
             times, gaps = time_objective(qs, objective, solver, tpot)
             times = sorted(times)
             p95 = times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))]
@@ -73,8 +76,10 @@ def main() -> None:
                 proven = sum(1 for g in gaps if g == 0.0)
                 worst = max((g for g in gaps if g is not None), default=0.0)
                 search = f"  best batch proven {proven}/{len(gaps)}, largest gap bound {worst * 100:.2f}%"
-            print(f"{solver:<10} {label:<28} {statistics.median(times) * 1e3:>10.1f} {p95 * 1e3:>10.1f}{search}",
-                  flush=True)
+            print(
+                f"{solver:<10} {label:<28} {statistics.median(times) * 1e3:>10.1f} {p95 * 1e3:>10.1f}{search}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -37,14 +37,20 @@ from lia_model.hardware import SystemSpec
 from lia_model.memory import MemoryConstants, MemoryTier, memory_constants
 from lia_model.models import ModelSpec
 from lia_model.optimizer.space import (
-    Combo, SpaceTables, divisors, minibatch_candidates, template_plan, tidy_plan, tier_candidates,
+    Combo,
+    SpaceTables,
+    divisors,
+    minibatch_candidates,
+    template_plan,
+    tidy_plan,
+    tier_candidates,
 )
 from lia_model.plan import CpuIsa, HostTier, Plan, policy_from_index
 from lia_model.sublayers import NUM_SUBLAYERS
 from lia_model.workload import Workload
 
 _PP, _PD = np.divmod(np.arange(NUM_POLICIES * NUM_POLICIES), NUM_POLICIES)  # pair index -> (prefill, decode)
-_PAIR_CLASS = _PP & _PD                                                      # sublayers on the CPU in both stages
+_PAIR_CLASS = _PP & _PD  # sublayers on the CPU in both stages
 _ATTN_BITS = 0b110  # attn_score and attn_context
 _EPS_LAYERS = 1e-9  # slack (in layers) when rounding the memory bounds on K_cxl
 
@@ -73,8 +79,9 @@ def _attention_on_gpu_by_class() -> np.ndarray:
 _ATTN_GPU = _attention_on_gpu_by_class()
 
 
-def cxl_weight_range(mem: MemoryConstants, kv_tier: HostTier, streamed: np.ndarray,
-                     has_cxl: bool) -> tuple[np.ndarray, np.ndarray]:
+def cxl_weight_range(
+    mem: MemoryConstants, kv_tier: HostTier, streamed: np.ndarray, has_cxl: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """The K_cxl the host tiers allow for each streamed count K: lo <= K_cxl <= hi (lo > hi: none).
 
     DDR: ws + (K - K_cxl) W + K KV [KV in DDR] <= A_ddr  ->  K_cxl >= K - (A_ddr - ws - K KV [DDR]) / W
@@ -94,8 +101,7 @@ def cxl_weight_range(mem: MemoryConstants, kv_tier: HostTier, streamed: np.ndarr
 
 
 def _hbm_base(mem: MemoryConstants, resident: np.ndarray) -> np.ndarray:
-    return (mem.embedding_bytes + mem.gpu_workspace_bytes
-            + resident * (mem.layer_weight_bytes + mem.kv_layer_bytes))
+    return mem.embedding_bytes + mem.gpu_workspace_bytes + resident * (mem.layer_weight_bytes + mem.kv_layer_bytes)
 
 
 def _class_extra_hbm(mem: MemoryConstants) -> np.ndarray:
@@ -130,8 +136,9 @@ class StageConstants:
     tpot_head_s: float
 
 
-def best_in_combo(ca: ComboArrays, k: StageConstants, tpot_max_s: Optional[float] = None,
-                  exhaustive: bool = False) -> Optional[tuple[float, int, int, int, int]]:
+def best_in_combo(
+    ca: ComboArrays, k: StageConstants, tpot_max_s: Optional[float] = None, exhaustive: bool = False
+) -> Optional[tuple[float, int, int, int, int]]:
     """(latency, N_res, prefill policy, decode policy, K_cxl) of the best point of one combo, or None."""
     n_layers, steps = k.num_layers, k.decode_steps
     resident = np.arange(n_layers + 1, dtype=float)
@@ -148,7 +155,9 @@ def best_in_combo(ca: ComboArrays, k: StageConstants, tpot_max_s: Optional[float
     # All layers resident (K = 0): no streaming, policies and ISAs do not matter.
     if lo[-1] <= hi[-1] and hbm_base[-1] <= hbm_avail:
         lat = float(resident_time[-1] + k.head_total_s)
-        tpot_ok = not bounded or (n_layers * k.tpot_resident_decode_total_s + k.tpot_head_s * steps) / steps <= tpot_max_s
+        tpot_ok = (
+            not bounded or (n_layers * k.tpot_resident_decode_total_s + k.tpot_head_s * steps) / steps <= tpot_max_s
+        )
         if tpot_ok:
             best = (lat, n_layers, 0, 0, 0)
 
@@ -199,8 +208,8 @@ def best_in_combo(ca: ComboArrays, k: StageConstants, tpot_max_s: Optional[float
             candidate = (float(lat[r]), int(ok_rows[r]), int(_PP[pair]), int(_PD[pair]), 0)
     else:
         pre_c, dec_c = (ca.pre[HostTier.CXL], ca.dec[HostTier.CXL]) if k.has_cxl else (pre_d, dec_d)
-        q_ddr = pair_time[None, :]                                             # [1, 4096]
-        dq = (pre_c[_PP] + dec_c[_PD])[None, :] - q_ddr                        # latency slope in K_cxl
+        q_ddr = pair_time[None, :]  # [1, 4096]
+        dq = (pre_c[_PP] + dec_c[_PD])[None, :] - q_ddr  # latency slope in K_cxl
         k_lo = np.broadcast_to(lo[rows, None], (rows.size, _PP.size)).copy()
         k_hi = np.broadcast_to(hi[rows, None], (rows.size, _PP.size)).copy()
         if bounded:
@@ -208,8 +217,12 @@ def best_in_combo(ca: ComboArrays, k: StageConstants, tpot_max_s: Optional[float
             td_d = ca.tpot_dec[HostTier.DDR]
             td_c = ca.tpot_dec[HostTier.CXL] if k.has_cxl else td_d
             dd = (td_c - td_d)[_PD][None, :]
-            room = tpot_max_s * steps - resident[rows, None] * k.tpot_resident_decode_total_s \
-                - kk * td_d[_PD][None, :] - k.tpot_head_s * steps
+            room = (
+                tpot_max_s * steps
+                - resident[rows, None] * k.tpot_resident_decode_total_s
+                - kk * td_d[_PD][None, :]
+                - k.tpot_head_s * steps
+            )
             with np.errstate(divide="ignore", invalid="ignore"):
                 bound = room / dd
             k_hi = np.where(dd > 0, np.minimum(k_hi, np.floor(bound + _EPS_LAYERS)), k_hi)
@@ -228,8 +241,15 @@ def best_in_combo(ca: ComboArrays, k: StageConstants, tpot_max_s: Optional[float
 
 def stage_constants(tables: SpaceTables) -> StageConstants:
     res_dec = float(tables.resident_decode_s.sum())
-    return StageConstants(tables.num_layers, tables.decode_steps, HostTier.CXL in tables.weight_tiers, res_dec,
-                          tables.head_total_s, res_dec, tables.head_s)
+    return StageConstants(
+        tables.num_layers,
+        tables.decode_steps,
+        HostTier.CXL in tables.weight_tiers,
+        res_dec,
+        tables.head_total_s,
+        res_dec,
+        tables.head_s,
+    )
 
 
 def combo_arrays(tables: SpaceTables, combo: Combo, isa_pre: CpuIsa, isa_dec: CpuIsa) -> ComboArrays:
@@ -240,12 +260,14 @@ def combo_arrays(tables: SpaceTables, combo: Combo, isa_pre: CpuIsa, isa_dec: Cp
             dec[wt] = tables.decode[combo.decode_key(wt)][isa_dec].layer_time(ALL_POLICY_FEATURES).sum(axis=1)
         else:
             dec[wt] = np.zeros(NUM_POLICIES)
-    return ComboArrays(combo.kv_tier, tables.memory[combo.minibatches],
-                       tables.resident_prefill_s[combo.minibatches], pre, dec, dec)
+    return ComboArrays(
+        combo.kv_tier, tables.memory[combo.minibatches], tables.resident_prefill_s[combo.minibatches], pre, dec, dec
+    )
 
 
-def enumerate_optimum(tables: SpaceTables, tpot_max_s: Optional[float] = None,
-                      exhaustive: bool = False) -> Optional[EnumeratedOptimum]:
+def enumerate_optimum(
+    tables: SpaceTables, tpot_max_s: Optional[float] = None, exhaustive: bool = False
+) -> Optional[EnumeratedOptimum]:
     """The minimum-latency plan of the space (None when no plan fits memory and the TPOT bound)."""
     consts = stage_constants(tables)
     best: Optional[tuple] = None  # (latency, combo, n_res, pp, pd, k_cxl, isa_pre, isa_dec)
@@ -271,29 +293,40 @@ def brute_force_optimum(tables: SpaceTables, tpot_max_s: Optional[float] = None)
     return enumerate_optimum(tables, tpot_max_s, exhaustive=True)
 
 
-def plan_of(tables: SpaceTables, combo: Combo, n_res: int, pp: int, pd: int, k_cxl: int,
-            isa_pre: Optional[CpuIsa] = None, isa_dec: Optional[CpuIsa] = None) -> Plan:
+def plan_of(
+    tables: SpaceTables,
+    combo: Combo,
+    n_res: int,
+    pp: int,
+    pd: int,
+    k_cxl: int,
+    isa_pre: Optional[CpuIsa] = None,
+    isa_dec: Optional[CpuIsa] = None,
+) -> Plan:
     """The Plan of one point of the space (the weight split in its canonical form: all in CXL is
     weight_tier cxl, a part is cxl_weight_layers)."""
     streamed = tables.num_layers - n_res
     all_cxl = streamed > 0 and k_cxl == streamed
-    plan = template_plan(tables.system).model_copy(update={
-        "prefill_policy": policy_from_index(pp),
-        "decode_policy": policy_from_index(pd),
-        "gpu_resident_layers": n_res,
-        "prefill_minibatches": combo.minibatches,
-        "weight_tier": HostTier.CXL if all_cxl else HostTier.DDR,
-        "cxl_weight_layers": 0 if all_cxl else k_cxl,
-        "kv_tier": combo.kv_tier,
-        "expert_fetch": combo.expert_fetch,
-        "prefill_cpu_isa": isa_pre or tables.isas[0],
-        "decode_cpu_isa": isa_dec or tables.isas[0],
-    })
+    plan = template_plan(tables.system).model_copy(
+        update={
+            "prefill_policy": policy_from_index(pp),
+            "decode_policy": policy_from_index(pd),
+            "gpu_resident_layers": n_res,
+            "prefill_minibatches": combo.minibatches,
+            "weight_tier": HostTier.CXL if all_cxl else HostTier.DDR,
+            "cxl_weight_layers": 0 if all_cxl else k_cxl,
+            "kv_tier": combo.kv_tier,
+            "expert_fetch": combo.expert_fetch,
+            "prefill_cpu_isa": isa_pre or tables.isas[0],
+            "decode_cpu_isa": isa_dec or tables.isas[0],
+        }
+    )
     return tidy_plan(plan, streamed == 0, tables.decode_steps, tables.isas[0])
 
 
-def least_footprint_memory(system: SystemSpec, model: ModelSpec, workload: Workload,
-                           relaxed: bool = False) -> MemoryConstants:
+def least_footprint_memory(
+    system: SystemSpec, model: ModelSpec, workload: Workload, relaxed: bool = False
+) -> MemoryConstants:
     """The memory constants of the minibatch count with the smallest workspace (the largest n; taken as the
     minimum, so nothing rests on that): over the optimiser's counts (``minibatch_candidates``), or with
     ``relaxed`` over every divisor of B, beyond the cap too (n = B: one sequence per prefill chunk). The
@@ -304,8 +337,9 @@ def least_footprint_memory(system: SystemSpec, model: ModelSpec, workload: Workl
     return min(consts, key=lambda m: (m.gpu_workspace_bytes, m.host_workspace_bytes))
 
 
-def any_plan_fits_memory(system: SystemSpec, model: ModelSpec, workload: Workload,
-                         all_resident: bool = False, relaxed: bool = False) -> bool:
+def any_plan_fits_memory(
+    system: SystemSpec, model: ModelSpec, workload: Workload, all_resident: bool = False, relaxed: bool = False
+) -> bool:
     """Whether some plan of the space fits every tier (with ``all_resident``: some plan keeping every layer
     on the GPU). The policies' smallest footprint is all-CPU in both stages (no streaming buffers, no KV
     staging), and the workspace is smallest at one n (``least_footprint_memory``), so only N_res, the KV

@@ -39,13 +39,13 @@ _SCORE, _CTX = 1, 2
 # latencies of tens of ms written in seconds would sit at the tolerance; bytes would make rows of 1e10.
 MS_PER_S = 1e3
 GB_PER_BYTE = 1e-9
-_BITS = ALL_POLICY_FEATURES[:, :NUM_SUBLAYERS]    # [64, 6] the CPU bits of each policy vector
+_BITS = ALL_POLICY_FEATURES[:, :NUM_SUBLAYERS]  # [64, 6] the CPU bits of each policy vector
 
 
 @dataclass(frozen=True)
 class IlpSolution:
     plan: object
-    objective_s: float          # the ILP's own objective value (latency in seconds)
+    objective_s: float  # the ILP's own objective value (latency in seconds)
     solve_time_s: float
     variables: int
     constraints: int
@@ -92,13 +92,17 @@ def make_solver(name: str, time_limit_s: Optional[float] = None):
         # heuristics and deep strong branching cost more than they save: over the benchmark's 50 queries the
         # median CBC solve fell from 99 ms (defaults) to 67 ms with these options (2-core dev machine).
         # They change the search, not the answer (gap 0).
-        return pulp.PULP_CBC_CMD(msg=False, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit_s,
-                                 options=["cuts off", "heur off", "strong 3"])
+        return pulp.PULP_CBC_CMD(
+            msg=False, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit_s, options=["cuts off", "heur off", "strong 3"]
+        )
     if name == "highs":
         solver = pulp.HiGHS(msg=False, gapRel=0.0, gapAbs=0.0, timeLimit=time_limit_s)
         if not solver.available():
-            raise LiaInputError("--solver", "HiGHS needs the highspy package, which is not installed",
-                                "pip install highspy, or use --solver cbc")
+            raise LiaInputError(
+                "--solver",
+                "HiGHS needs the highspy package, which is not installed",
+                "pip install highspy, or use --solver cbc",
+            )
         return solver
     raise LiaInputError("--solver", f"unknown solver '{name}'", "use cbc, highs or enumerate")
 
@@ -111,13 +115,19 @@ def _one_hot(prob: pulp.LpProblem, prefix: str) -> tuple[list[pulp.LpVariable], 
     return y, bits
 
 
-def _gated_table(prob: pulp.LpProblem, epigraph, values: np.ndarray, y: list, gate: list, lower: float,
-                 name: str) -> None:
+def _gated_table(
+    prob: pulp.LpProblem, epigraph, values: np.ndarray, y: list, gate: list, lower: float, name: str
+) -> None:
     """epigraph >= sum_pi values[pi] y[pi] - M (1 - sum(gate)),  M = max(values) - lower: exact at the
     chosen vector when the gate is on, below the epigraph's lower bound when it is off."""
     big_m = max(float(values.max()) - lower, 0.0)
-    prob += (epigraph >= pulp.lpSum(float(v) * y[k] for k, v in enumerate(values) if v != 0.0)
-             - big_m * (1 - pulp.lpSum(gate))), name
+    prob += (
+        (
+            epigraph
+            >= pulp.lpSum(float(v) * y[k] for k, v in enumerate(values) if v != 0.0) - big_m * (1 - pulp.lpSum(gate))
+        ),
+        name,
+    )
 
 
 def _times_integer(prob: pulp.LpProblem, name: str, bits: list, value, lo: float, hi: float, n_layers: int):
@@ -148,20 +158,31 @@ def _prefill_choices(tables: SpaceTables) -> list[tuple[Combo, CpuIsa]]:
         for c, a in items:
             mem = tables.memory[c.minibatches]
             times = [tables.prefill[(c, t)][a].layer_time(ALL_POLICY_FEATURES)[:, 0] for t in tables.weight_tiers]
-            rows.append(np.concatenate([*times, [tables.resident_prefill_s[c.minibatches], mem.gpu_workspace_bytes,
-                                                 mem.host_workspace_bytes]]))
+            rows.append(
+                np.concatenate(
+                    [
+                        *times,
+                        [tables.resident_prefill_s[c.minibatches], mem.gpu_workspace_bytes, mem.host_workspace_bytes],
+                    ]
+                )
+            )
         values = np.stack(rows)
         no_worse = np.all(values[:, None, :] <= values[None, :, :], axis=2)  # [j, i]: j no worse than i
         equal = no_worse & no_worse.T
         earlier = np.arange(len(items))[:, None] < np.arange(len(items))[None, :]
-        beats = no_worse & (~equal | earlier)   # i drops when some j is no worse: strictly somewhere, or earlier
+        beats = no_worse & (~equal | earlier)  # i drops when some j is no worse: strictly somewhere, or earlier
         np.fill_diagonal(beats, False)
         kept += [item for i, item in enumerate(items) if not beats[:, i].any()]
     return kept
 
 
-def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: str = "cbc",
-              time_limit_s: Optional[float] = None, combo_bounds: Optional[dict] = None) -> Optional[IlpSolution]:
+def solve_ilp(
+    tables: SpaceTables,
+    tpot_max_s: Optional[float] = None,
+    solver: str = "cbc",
+    time_limit_s: Optional[float] = None,
+    combo_bounds: Optional[dict] = None,
+) -> Optional[IlpSolution]:
     """Minimum-latency plan for the batch in ``tables`` (None when no plan is feasible).
 
     ``combo_bounds``: the least latency any plan reaches with each combo (the enumerator's per-combo optimum,
@@ -193,8 +214,9 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
             combo = next(c for c, _ in choices if (c.kv_tier, c.expert_fetch) == (kv, ef))
             for a in tables.decode_isas(combo):
                 u[(kv, ef, a)] = pulp.LpVariable(f"u_{kv.value}_{ef.value}_{a.value}", cat="Binary")
-            prob += (pulp.lpSum(v for key, v in u.items() if key[:2] == (kv, ef))
-                     == pulp.lpSum(v for ch, v in z.items() if (ch[0].kv_tier, ch[0].expert_fetch) == (kv, ef)))
+            prob += pulp.lpSum(v for key, v in u.items() if key[:2] == (kv, ef)) == pulp.lpSum(
+                v for ch, v in z.items() if (ch[0].kv_tier, ch[0].expert_fetch) == (kv, ef)
+            )
 
     # Streamed-layer times per weight tier t (ms), from the layer time of every policy vector:
     #   T_pre[t] >= sum_pi P_{c,t}(pi) y_pre[pi] - M (1 - z[c])                      for each combo c
@@ -202,8 +224,7 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
     # with D = the decode layer time summed over the steps; Q[t] = T_pre[t] + D[t] per layer.
     q_of, d_of, bounds = {}, {}, {}
     for t in tiers:
-        pre = {ch: MS_PER_S * tables.prefill[(ch[0], t)][ch[1]].layer_time(ALL_POLICY_FEATURES)[:, 0]
-               for ch in choices}
+        pre = {ch: MS_PER_S * tables.prefill[(ch[0], t)][ch[1]].layer_time(ALL_POLICY_FEATURES)[:, 0] for ch in choices}
         lo_pre, hi_pre = min(float(v.min()) for v in pre.values()), max(float(v.max()) for v in pre.values())
         t_pre = pulp.LpVariable(f"T_pre_{t.value}", lowBound=lo_pre)
         for ch, values in pre.items():
@@ -211,13 +232,22 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
         lo_dec = hi_dec = 0.0
         t_dec = 0.0
         if steps > 0:
-            dec = {key: MS_PER_S * tables.decode[(key[0], key[1], t)][key[2]].layer_time(ALL_POLICY_FEATURES)
-                   .sum(axis=1) for key in u}
+            dec = {
+                key: MS_PER_S * tables.decode[(key[0], key[1], t)][key[2]].layer_time(ALL_POLICY_FEATURES).sum(axis=1)
+                for key in u
+            }
             lo_dec, hi_dec = min(float(v.min()) for v in dec.values()), max(float(v.max()) for v in dec.values())
             t_dec = pulp.LpVariable(f"D_{t.value}", lowBound=lo_dec)
             for key, values in dec.items():
-                _gated_table(prob, t_dec, values, y_dec, [u[key]], lo_dec,
-                             f"dec_{t.value}_{key[0].value}_{key[1].value}_{key[2].value}")
+                _gated_table(
+                    prob,
+                    t_dec,
+                    values,
+                    y_dec,
+                    [u[key]],
+                    lo_dec,
+                    f"dec_{t.value}_{key[0].value}_{key[1].value}_{key[2].value}",
+                )
         q_of[t], d_of[t] = t_pre + t_dec, t_dec
         bounds[t] = (lo_pre + lo_dec, hi_pre + hi_dec, lo_dec, hi_dec)
 
@@ -233,8 +263,7 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
     resident = n_layers - streamed
 
     # sum_t K_t Q[t], each product exact through the binary expansion of K_t
-    kq = {t: _times_integer(prob, f"kq_{t.value}", b[t], q_of[t], bounds[t][0], bounds[t][1], n_layers)
-          for t in tiers}
+    kq = {t: _times_integer(prob, f"kq_{t.value}", b[t], q_of[t], bounds[t][0], bounds[t][1], n_layers) for t in tiers}
 
     # Resident layers run n chunks in prefill: r[n] = N_res * m[n] (integer x binary, exact):
     #   r[n] <= N m[n],  r[n] <= N_res,  r[n] >= N_res - N (1 - m[n]),  r[n] >= 0
@@ -249,8 +278,12 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
     res_prefill = {n: MS_PER_S * t for n, t in tables.resident_prefill_s.items()}
 
     # Objective: latency = N_res sum_t R_dec(t) + sum_n r[n] R_pre(n) + sum_t K_t Q[t] + head
-    prob += (res_decode_total * resident + pulp.lpSum(res_prefill[n] * r[n] for n in r)
-             + pulp.lpSum(kq.values()) + MS_PER_S * tables.head_total_s)
+    prob += (
+        res_decode_total * resident
+        + pulp.lpSum(res_prefill[n] * r[n] for n in r)
+        + pulp.lpSum(kq.values())
+        + MS_PER_S * tables.head_total_s
+    )
 
     # Memory. c[i] = p[i] AND d[i] (CPU in both stages: no GPU buffer):
     #   c[i] >= p[i] + d[i] - 1,  c[i] <= p[i],  c[i] <= d[i]
@@ -277,28 +310,44 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
         prob += alpha >= sigma - p[i]
         prob += alpha >= sigma - d[i]
     # HBM: emb + N_res (W + KV) + 2 sum_i W_i gamma[i] + KV alpha + sum_n ws(n) m[n] <= avail_hbm
-    prob += (mem0.embedding_bytes * gb + resident * (layer_w + layer_kv)
-             + pulp.lpSum(2.0 * mem0.sublayer_weight_bytes[i] * gb * g for i, g in enumerate(gamma) if g is not None)
-             + layer_kv * alpha
-             + pulp.lpSum(tables.memory[n].gpu_workspace_bytes * gb * pulp.lpSum(zs) for n, zs in m.items())
-             <= avail[MemoryTier.HBM]), "hbm_capacity"
+    prob += (
+        (
+            mem0.embedding_bytes * gb
+            + resident * (layer_w + layer_kv)
+            + pulp.lpSum(2.0 * mem0.sublayer_weight_bytes[i] * gb * g for i, g in enumerate(gamma) if g is not None)
+            + layer_kv * alpha
+            + pulp.lpSum(tables.memory[n].gpu_workspace_bytes * gb * pulp.lpSum(zs) for n, zs in m.items())
+            <= avail[MemoryTier.HBM]
+        ),
+        "hbm_capacity",
+    )
     # v = K * [KV tier is CXL] (integer x binary):  v <= N o,  v <= K,  v >= K - N (1 - o),  v >= 0
     v_k = _int_times_binary(prob, "streamed_kv_cxl", streamed, pulp.lpSum(kv_cxl), n_layers)
     k_cxl = count.get(HostTier.CXL, 0)
     # DDR: W K_ddr + KV (K - v) + sum_n ws(n) m[n] <= avail_ddr
-    prob += (layer_w * count[HostTier.DDR] + layer_kv * (streamed - v_k)
-             + pulp.lpSum(tables.memory[n].host_workspace_bytes * gb * pulp.lpSum(zs) for n, zs in m.items())
-             <= avail[MemoryTier.DDR]), "ddr_capacity"
+    prob += (
+        (
+            layer_w * count[HostTier.DDR]
+            + layer_kv * (streamed - v_k)
+            + pulp.lpSum(tables.memory[n].host_workspace_bytes * gb * pulp.lpSum(zs) for n, zs in m.items())
+            <= avail[MemoryTier.DDR]
+        ),
+        "ddr_capacity",
+    )
     # CXL: W K_cxl + KV v <= avail_cxl
     if HostTier.CXL in tiers:
         prob += layer_w * k_cxl + layer_kv * v_k <= avail[MemoryTier.CXL], "cxl_capacity"
 
     # Mean TPOT bound:  (N_res sum_t R_dec(t) + sum_t K_t D[t] + head S) / S <= X, each K_t D[t] exact as above
     if tpot_max_s is not None and steps > 0:
-        kd = [_times_integer(prob, f"kd_{t.value}", b[t], d_of[t], bounds[t][2], bounds[t][3], n_layers)
-              for t in tiers]
-        prob += (res_decode_total * resident + pulp.lpSum(kd)
-                 + MS_PER_S * tables.head_s * steps <= MS_PER_S * tpot_max_s * steps), "tpot_bound"
+        kd = [_times_integer(prob, f"kd_{t.value}", b[t], d_of[t], bounds[t][2], bounds[t][3], n_layers) for t in tiers]
+        prob += (
+            (
+                res_decode_total * resident + pulp.lpSum(kd) + MS_PER_S * tables.head_s * steps
+                <= MS_PER_S * tpot_max_s * steps
+            ),
+            "tpot_bound",
+        )
 
     status = _solve_quietly(prob, make_solver(solver, time_limit_s))
     elapsed = time.perf_counter() - t0
@@ -310,10 +359,12 @@ def solve_ilp(tables: SpaceTables, tpot_max_s: Optional[float] = None, solver: s
     isa_dec = max(u, key=lambda key: u[key].value())[2] if u else isa_pre
     pp = max(range(NUM_POLICIES), key=lambda k: y_pre[k].value())
     pd = max(range(NUM_POLICIES), key=lambda k: y_dec[k].value())
-    plan = plan_of(tables, combo, n_layers - sum(k_value.values()), pp, pd, k_value.get(HostTier.CXL, 0),
-                   isa_pre, isa_dec)
-    return IlpSolution(plan, float(pulp.value(prob.objective)) / MS_PER_S, elapsed, prob.numVariables(),
-                       prob.numConstraints())
+    plan = plan_of(
+        tables, combo, n_layers - sum(k_value.values()), pp, pd, k_value.get(HostTier.CXL, 0), isa_pre, isa_dec
+    )
+    return IlpSolution(
+        plan, float(pulp.value(prob.objective)) / MS_PER_S, elapsed, prob.numVariables(), prob.numConstraints()
+    )
 
 
 def _int_times_binary(prob: pulp.LpProblem, name: str, integer, binary, upper: int) -> pulp.LpVariable:

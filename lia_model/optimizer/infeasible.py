@@ -37,8 +37,11 @@ def tier_needs(system: SystemSpec, model: ModelSpec, workload: Workload) -> dict
             if host_ok.any():
                 best[MemoryTier.HBM] = min(best[MemoryTier.HBM], float(np.min((hbm - avail[MemoryTier.HBM])[host_ok])))
             # more DDR: the most weights CXL can take (none without CXL)
-            k_cxl = np.clip(np.floor((avail[MemoryTier.CXL] - streamed * kv_cxl) / w), 0, streamed) \
-                if system.has_cxl else np.zeros_like(streamed)
+            k_cxl = (
+                np.clip(np.floor((avail[MemoryTier.CXL] - streamed * kv_cxl) / w), 0, streamed)
+                if system.has_cxl
+                else np.zeros_like(streamed)
+            )
             cxl_fits = streamed * kv_cxl <= avail[MemoryTier.CXL]
             ddr_need = mem.host_workspace_bytes + (streamed - k_cxl) * w + streamed * kv_ddr - avail[MemoryTier.DDR]
             ok = hbm_ok & cxl_fits
@@ -76,10 +79,14 @@ def explain_memory_infeasibility(system: SystemSpec, model: ModelSpec, workload:
             hint = " (a CXL tier, e.g. a -cxl system)" if tier == MemoryTier.CXL and not system.has_cxl else ""
             parts.append(f"{extra / BYTES_PER_GB:.1f} GB more {name}{hint}")
     binding = min(needs, key=needs.get)
-    smaller_batch = largest_feasible(1, workload.batch - 1, lambda b: any_plan_fits_memory(
-        system, model, workload.model_copy(update={"batch": b})))
-    shorter_input = largest_feasible(1, workload.input_len - 1, lambda L: any_plan_fits_memory(
-        system, model, workload.model_copy(update={"input_len": L})))
+    smaller_batch = largest_feasible(
+        1, workload.batch - 1, lambda b: any_plan_fits_memory(system, model, workload.model_copy(update={"batch": b}))
+    )
+    shorter_input = largest_feasible(
+        1,
+        workload.input_len - 1,
+        lambda L: any_plan_fits_memory(system, model, workload.model_copy(update={"input_len": L})),
+    )
     options = []
     if parts:
         options.append(" or ".join(parts))
@@ -88,5 +95,7 @@ def explain_memory_infeasibility(system: SystemSpec, model: ModelSpec, workload:
     if shorter_input is not None:
         options.append(f"an input of at most {shorter_input} tokens")
     what = "; or ".join(options) if options else "no change of one tier or of the query alone is enough"
-    return (f"no plan of {model.name} at B={workload.batch}, L_in={workload.input_len}, L_out={workload.output_len} "
-            f"fits {system.name}'s memory; {binding.value.upper()} binds. Feasible with: {what}")
+    return (
+        f"no plan of {model.name} at B={workload.batch}, L_in={workload.input_len}, L_out={workload.output_len} "
+        f"fits {system.name}'s memory; {binding.value.upper()} binds. Feasible with: {what}"
+    )

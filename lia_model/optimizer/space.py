@@ -36,7 +36,13 @@ import numpy as np
 
 from lia_model.costmodel import stage_context
 from lia_model.costterms import (
-    CostMode, StageContext, StageTerms, cpu_kv_passes, head_time_s, resident_layer_time, streamed_layer_terms,
+    CostMode,
+    StageContext,
+    StageTerms,
+    cpu_kv_passes,
+    head_time_s,
+    resident_layer_time,
+    streamed_layer_terms,
     sublayer_times,
 )
 from lia_model.hardware import SystemSpec
@@ -83,8 +89,16 @@ def isa_candidates(system: SystemSpec) -> tuple[CpuIsa, ...]:
 def template_plan(system: SystemSpec) -> Plan:
     """The fixed knobs of every plan in the space."""
     best = isa_candidates(system)[0]
-    return Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, pinned_weights=True, overlap=True,
-                prefill_cpu_isa=best, decode_cpu_isa=best, head_device=Device.GPU, label="optimum")
+    return Plan(
+        prefill_policy=ALL_GPU,
+        decode_policy=ALL_GPU,
+        pinned_weights=True,
+        overlap=True,
+        prefill_cpu_isa=best,
+        decode_cpu_isa=best,
+        head_device=Device.GPU,
+        label="optimum",
+    )
 
 
 def expert_fetch_candidates(model: ModelSpec) -> tuple[ExpertFetch, ...]:
@@ -114,16 +128,16 @@ class SpaceTables:
     workload: Workload
     mode: CostMode
     combos: tuple[Combo, ...]
-    weight_tiers: tuple[HostTier, ...]                     # DDR, and CXL where the system has it
-    isas: tuple[CpuIsa, ...]                               # every ISA of the CPU, best peak first
+    weight_tiers: tuple[HostTier, ...]  # DDR, and CXL where the system has it
+    isas: tuple[CpuIsa, ...]  # every ISA of the CPU, best peak first
     # streamed layer, prefill (one step), per weight tier, by CPU ISA (the ISAs not pruned)
     prefill: dict[tuple[Combo, HostTier], dict[CpuIsa, StageTerms]]
     # streamed layer, decode (L_out - 1 steps), per Combo.decode_key, by CPU ISA
     decode: dict[tuple[HostTier, ExpertFetch, HostTier], dict[CpuIsa, StageTerms]]
-    resident_prefill_s: dict[int, float]                   # per minibatch count
-    resident_decode_s: np.ndarray                          # per step
+    resident_prefill_s: dict[int, float]  # per minibatch count
+    resident_decode_s: np.ndarray  # per step
     head_s: float
-    memory: dict[int, MemoryConstants]                     # per minibatch count
+    memory: dict[int, MemoryConstants]  # per minibatch count
 
     @property
     def num_layers(self) -> int:
@@ -160,18 +174,28 @@ def _cpu_profile(times) -> np.ndarray:
     return np.vstack([times.cpu_s, fused[None, :]])
 
 
-def useful_isas(system: SystemSpec, model: ModelSpec, contexts: list[StageContext], isas: tuple[CpuIsa, ...],
-                prune: bool = True) -> tuple[CpuIsa, ...]:
+def useful_isas(
+    system: SystemSpec, model: ModelSpec, contexts: list[StageContext], isas: tuple[CpuIsa, ...], prune: bool = True
+) -> tuple[CpuIsa, ...]:
     """The ISAs not dominated in CPU time in any of these stage contexts (see the module docstring; one
     ISA serves every weight tier of a stage, so dominance must hold in each tier's context)."""
     if not prune or len(isas) == 1:
         return isas
     # the ISA's attention kernel's passes over the KV cache set the CPU attention's host-memory traffic too
-    cpu = {isa: np.concatenate([*(_cpu_profile(sublayer_times(system, model, _with_isa(ctx, isa),
-                                                              ctx.batch // ctx.minibatches)).ravel()
-                                  for ctx in contexts),
-                                [cpu_kv_passes(system, _with_isa(contexts[0], isa))]])
-           for isa in isas}
+    cpu = {
+        isa: np.concatenate(
+            [
+                *(
+                    _cpu_profile(
+                        sublayer_times(system, model, _with_isa(ctx, isa), ctx.batch // ctx.minibatches)
+                    ).ravel()
+                    for ctx in contexts
+                ),
+                [cpu_kv_passes(system, _with_isa(contexts[0], isa))],
+            ]
+        )
+        for isa in isas
+    }
     kept: list[CpuIsa] = []
     for isa in isas:  # best peak first: among equal times the first one stays
         if any(np.all(cpu[k] <= cpu[isa]) for k in kept):
@@ -187,13 +211,16 @@ def cxl_never_faster(system: SystemSpec) -> bool:
     return system.cxl is None or system.cxl.read_gbps <= system.ddr.read_gbps
 
 
-def build_tables(system: SystemSpec, model: ModelSpec, workload: Workload, mode: CostMode = CostMode.OVERLAP,
-                 prune_isas: bool = True) -> SpaceTables:
+def build_tables(
+    system: SystemSpec, model: ModelSpec, workload: Workload, mode: CostMode = CostMode.OVERLAP, prune_isas: bool = True
+) -> SpaceTables:
     base = template_plan(system)
     tiers = tier_candidates(system)
     isas = isa_candidates(system)
-    combos = tuple(Combo(n, kv, ef) for n, kv, ef in product(minibatch_candidates(workload.batch), tiers,
-                                                              expert_fetch_candidates(model)))
+    combos = tuple(
+        Combo(n, kv, ef)
+        for n, kv, ef in product(minibatch_candidates(workload.batch), tiers, expert_fetch_candidates(model))
+    )
     prefill: dict[tuple[Combo, HostTier], dict[CpuIsa, StageTerms]] = {}
     decode: dict[tuple[HostTier, ExpertFetch, HostTier], dict[CpuIsa, StageTerms]] = {}
     resident_prefill: dict[int, float] = {}
@@ -204,16 +231,19 @@ def build_tables(system: SystemSpec, model: ModelSpec, workload: Workload, mode:
     useful: dict[tuple, tuple[CpuIsa, ...]] = {}
     dec_useful: dict[tuple, tuple[CpuIsa, ...]] = {}
     for c in combos:
-        plan = base.model_copy(update={"prefill_minibatches": c.minibatches, "kv_tier": c.kv_tier,
-                                       "expert_fetch": c.expert_fetch})
+        plan = base.model_copy(
+            update={"prefill_minibatches": c.minibatches, "kv_tier": c.kv_tier, "expert_fetch": c.expert_fetch}
+        )
         contexts = {wt: stage_context(workload, plan, Stage.PREFILL, mode, weight_tier=wt) for wt in tiers}
         key = (c.minibatches, c.expert_fetch) + (() if shared else (c.kv_tier,))
         if key not in useful:
-            useful[key] = useful_isas(system, model, [contexts[HostTier.DDR]] if shared else list(contexts.values()),
-                                      isas, prune_isas)
+            useful[key] = useful_isas(
+                system, model, [contexts[HostTier.DDR]] if shared else list(contexts.values()), isas, prune_isas
+            )
         for wt in tiers:
-            prefill[(c, wt)] = {isa: streamed_layer_terms(system, model, _with_isa(contexts[wt], isa))
-                                for isa in useful[key]}
+            prefill[(c, wt)] = {
+                isa: streamed_layer_terms(system, model, _with_isa(contexts[wt], isa)) for isa in useful[key]
+            }
         if c.minibatches not in resident_prefill:
             resident_prefill[c.minibatches] = float(resident_layer_time(system, model, contexts[HostTier.DDR])[0][0])
             memory[c.minibatches] = memory_constants(system, model, workload, c.minibatches)
@@ -221,15 +251,30 @@ def build_tables(system: SystemSpec, model: ModelSpec, workload: Workload, mode:
             dcontexts = {wt: stage_context(workload, plan, Stage.DECODE, mode, weight_tier=wt) for wt in tiers}
             dkey = (c.expert_fetch,) + (() if shared else (c.kv_tier,))
             if dkey not in dec_useful:
-                dec_useful[dkey] = useful_isas(system, model, [dcontexts[HostTier.DDR]] if shared
-                                               else list(dcontexts.values()), isas, prune_isas)
+                dec_useful[dkey] = useful_isas(
+                    system, model, [dcontexts[HostTier.DDR]] if shared else list(dcontexts.values()), isas, prune_isas
+                )
             dec_isas = dec_useful[dkey]
             for wt in tiers:
-                decode[c.decode_key(wt)] = {isa: streamed_layer_terms(system, model, _with_isa(dcontexts[wt], isa))
-                                            for isa in dec_isas}
+                decode[c.decode_key(wt)] = {
+                    isa: streamed_layer_terms(system, model, _with_isa(dcontexts[wt], isa)) for isa in dec_isas
+                }
             resident_decode = resident_layer_time(system, model, dcontexts[HostTier.DDR])[0]
-    return SpaceTables(system, model, workload, mode, combos, tiers, isas, prefill, decode, resident_prefill,
-                       resident_decode, head_time_s(system, model, workload.batch), memory)
+    return SpaceTables(
+        system,
+        model,
+        workload,
+        mode,
+        combos,
+        tiers,
+        isas,
+        prefill,
+        decode,
+        resident_prefill,
+        resident_decode,
+        head_time_s(system, model, workload.batch),
+        memory,
+    )
 
 
 def tidy_plan(plan: Plan, all_resident: bool, decode_steps: int, best_isa: CpuIsa) -> Plan:
@@ -246,5 +291,11 @@ def tidy_plan(plan: Plan, all_resident: bool, decode_steps: int, best_isa: CpuIs
     dec_isa = plan.decode_cpu_isa if Device.CPU in decode and decode_steps > 0 else best_isa
     if decode_steps == 0:
         dec_isa = pre_isa
-    return plan.model_copy(update={"prefill_policy": prefill, "decode_policy": decode,
-                                   "prefill_cpu_isa": pre_isa, "decode_cpu_isa": dec_isa})
+    return plan.model_copy(
+        update={
+            "prefill_policy": prefill,
+            "decode_policy": decode,
+            "prefill_cpu_isa": pre_isa,
+            "decode_cpu_isa": dec_isa,
+        }
+    )

@@ -39,7 +39,7 @@ WORKLOADS = (
     ("tput-in32", None, 32, 8),
     ("b1-in1920", 1, 1920, 8),
 )
-MAX_THROUGHPUT_BATCH = 512   # caps FlexGen's batch search so that one run stays within the time budget
+MAX_THROUGHPUT_BATCH = 512  # caps FlexGen's batch search so that one run stays within the time budget
 
 
 def runnable_percent(policy) -> list[int]:
@@ -64,7 +64,7 @@ def cmd_plan(args) -> None:
     model = get_model(MODEL)
     rows, groups = [], []
     for wid, batch, lin, lout in WORKLOADS:
-        choose = batch is None   # FlexGen's own batch: its throughput search
+        choose = batch is None  # FlexGen's own batch: its throughput search
         wl = Workload(batch=batch or 1, input_len=lin, output_len=lout)
         base = flexgen_baseline(system, model, wl, choose_batch=choose, max_batch=MAX_THROUGHPUT_BATCH)
         if base.flexgen is None:
@@ -74,31 +74,59 @@ def cmd_plan(args) -> None:
         pol = sol.policy
         peer = base.predict(system, model)
         ours = predict(system, model, base.workload, base.plan)
-        rows.append({
-            "workload": wid, "batch": base.workload.batch, "input_len": lin, "output_len": lout,
-            "gpu_batch_size": pol.gpu_batch_size, "num_gpu_batches": pol.num_gpu_batches,
-            "percent_lp": list(pol.percent()), "percent_run": runnable_percent(pol),
-            "flexgen_own_predicted_throughput_tokens_per_s": sol.throughput_tokens_per_s,
-            "lia_predicted_flexgen_throughput_tokens_per_s": peer.throughput_tokens_per_s,
-            "lia_predicted_runtime_flexgen_plan_throughput_tokens_per_s": ours.throughput_tokens_per_s,
-            "flexgen_plan": base.plan.model_dump(mode="json"),
-        })
-        groups.append({"id": wid, "model": MODEL, "batch": base.workload.batch, "input_len": lin, "output_len": lout,
-                       "gpu_memory_gib": args.cap_gib, "repeats": 1,
-                       "plans": ["optimal", {"label": "flexgen", "plan": base.plan.model_dump(mode="json")}]})
-        print(f"{wid}: B={base.workload.batch} L_in={lin} L_out={lout}: FlexGen gbs {pol.gpu_batch_size} x nb "
-              f"{pol.num_gpu_batches}, --percent {' '.join(map(str, runnable_percent(pol)))}; predicted "
-              f"{sol.throughput_tokens_per_s:.2f} tokens/s by FlexGen's cost model, {peer.throughput_tokens_per_s:.2f} "
-              f"by ours (plan: {base.plan.gpu_resident_layers} resident layers)", flush=True)
-    Path(args.out).write_text(json.dumps({"profile": args.profile, "gpu_cap_gib": args.cap_gib, "model": MODEL,
-                                          "workloads": rows}, indent=2))
-    Path(args.points).write_text(yaml.safe_dump({
-        "description": "real FlexGen beside this runtime: our optimum and the flexgen baseline plan",
-        "groups": groups}, sort_keys=False))
+        rows.append(
+            {
+                "workload": wid,
+                "batch": base.workload.batch,
+                "input_len": lin,
+                "output_len": lout,
+                "gpu_batch_size": pol.gpu_batch_size,
+                "num_gpu_batches": pol.num_gpu_batches,
+                "percent_lp": list(pol.percent()),
+                "percent_run": runnable_percent(pol),
+                "flexgen_own_predicted_throughput_tokens_per_s": sol.throughput_tokens_per_s,
+                "lia_predicted_flexgen_throughput_tokens_per_s": peer.throughput_tokens_per_s,
+                "lia_predicted_runtime_flexgen_plan_throughput_tokens_per_s": ours.throughput_tokens_per_s,
+                "flexgen_plan": base.plan.model_dump(mode="json"),
+            }
+        )
+        groups.append(
+            {
+                "id": wid,
+                "model": MODEL,
+                "batch": base.workload.batch,
+                "input_len": lin,
+                "output_len": lout,
+                "gpu_memory_gib": args.cap_gib,
+                "repeats": 1,
+                "plans": ["optimal", {"label": "flexgen", "plan": base.plan.model_dump(mode="json")}],
+            }
+        )
+        print(
+            f"{wid}: B={base.workload.batch} L_in={lin} L_out={lout}: FlexGen gbs {pol.gpu_batch_size} x nb "
+            f"{pol.num_gpu_batches}, --percent {' '.join(map(str, runnable_percent(pol)))}; predicted "
+            f"{sol.throughput_tokens_per_s:.2f} tokens/s by FlexGen's cost model, {peer.throughput_tokens_per_s:.2f} "
+            f"by ours (plan: {base.plan.gpu_resident_layers} resident layers)",
+            flush=True,
+        )
+    Path(args.out).write_text(
+        json.dumps({"profile": args.profile, "gpu_cap_gib": args.cap_gib, "model": MODEL, "workloads": rows}, indent=2)
+    )
+    Path(args.points).write_text(
+        yaml.safe_dump(
+            {
+                "description": "real FlexGen beside this runtime: our optimum and the flexgen baseline plan",
+                "groups": groups,
+            },
+            sort_keys=False,
+        )
+    )
 
 
-_LOG_RE = {k: re.compile(rf"{k} latency: ([0-9.eE+-]+) s\s+{k} throughput: ([0-9.eE+-]+) token/s")
-           for k in ("prefill", "decode", "total")}
+_LOG_RE = {
+    k: re.compile(rf"{k} latency: ([0-9.eE+-]+) s\s+{k} throughput: ([0-9.eE+-]+) token/s")
+    for k in ("prefill", "decode", "total")
+}
 
 
 def parse_flexgen_log(text: str) -> dict:
@@ -131,11 +159,31 @@ def cmd_flexgen(args) -> None:
                 results.append(rec)
                 continue
             logfile = work / f"flexgen-{w['workload']}.log"
-            cmd = [sys.executable, "-m", "flexgen.flex_opt", "--model", FLEXGEN_MODEL, "--path", "_DUMMY_",
-                   "--offload-dir", str(work / "offload"), "--prompt-len", str(w["input_len"]),
-                   "--gen-len", str(w["output_len"]), "--gpu-batch-size", str(w["gpu_batch_size"]),
-                   "--num-gpu-batches", str(w["num_gpu_batches"]), "--percent", *map(str, w["percent_run"]),
-                   "--log-file", str(logfile), "--verbose", "1"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "flexgen.flex_opt",
+                "--model",
+                FLEXGEN_MODEL,
+                "--path",
+                "_DUMMY_",
+                "--offload-dir",
+                str(work / "offload"),
+                "--prompt-len",
+                str(w["input_len"]),
+                "--gen-len",
+                str(w["output_len"]),
+                "--gpu-batch-size",
+                str(w["gpu_batch_size"]),
+                "--num-gpu-batches",
+                str(w["num_gpu_batches"]),
+                "--percent",
+                *map(str, w["percent_run"]),
+                "--log-file",
+                str(logfile),
+                "--verbose",
+                "1",
+            ]
             if w["percent_run"][3] > 0:
                 # FlexGen computes attention on the CPU for the cache it keeps there (its LP's assumption); with
                 # the flag and the whole cache on the GPU it would copy that cache to the CPU every step instead
@@ -144,8 +192,9 @@ def cmd_flexgen(args) -> None:
             log.flush()
             t0 = time.monotonic()
             try:
-                proc = subprocess.run(cmd, env=env, cwd=str(work), capture_output=True, text=True,
-                                      timeout=min(left, args.per_run_s))
+                proc = subprocess.run(
+                    cmd, env=env, cwd=str(work), capture_output=True, text=True, timeout=min(left, args.per_run_s)
+                )
                 text = proc.stdout + proc.stderr
                 rec["returncode"] = proc.returncode
             except subprocess.TimeoutExpired as err:
@@ -161,9 +210,16 @@ def cmd_flexgen(args) -> None:
             elif not rec["reason"]:
                 tail = [ln for ln in text.strip().splitlines() if ln.strip()][-1:] or ["no output"]
                 rec["reason"] = f"exit {rec['returncode']}: {tail[0][:200]}"
-            print(f"FlexGen {w['workload']}: {rec['status']} in {rec['wall_s']:.0f} s"
-                  + (f", total {numbers['total_latency_s']:.2f} s, {numbers['total_throughput_tokens_per_s']:.2f} "
-                     f"tokens/s" if rec["status"] == "ran" else f" ({rec['reason']})"), flush=True)
+            print(
+                f"FlexGen {w['workload']}: {rec['status']} in {rec['wall_s']:.0f} s"
+                + (
+                    f", total {numbers['total_latency_s']:.2f} s, {numbers['total_throughput_tokens_per_s']:.2f} "
+                    f"tokens/s"
+                    if rec["status"] == "ran"
+                    else f" ({rec['reason']})"
+                ),
+                flush=True,
+            )
             results.append(rec)
     Path(args.out).write_text(json.dumps(results, indent=2))
 
@@ -182,7 +238,9 @@ def cmd_report(args) -> None:
     import csv
 
     data = json.loads(Path(args.policies).read_text())
-    flexgen = {r["workload"]: r for r in json.loads(Path(args.flexgen).read_text())} if Path(args.flexgen).exists() else {}
+    flexgen = (
+        {r["workload"]: r for r in json.loads(Path(args.flexgen).read_text())} if Path(args.flexgen).exists() else {}
+    )
     runtime_rows: list[dict] = []
     if Path(args.runtime).exists():
         with open(args.runtime) as f:
@@ -194,29 +252,49 @@ def cmd_report(args) -> None:
         real = fg.get("total_throughput_tokens_per_s") if fg.get("status") == "ran" else None
         plan_tput, plan_why = _measured(runtime_rows, wid, "flexgen")
         opt_tput, opt_why = _measured(runtime_rows, wid, "optimal")
-        opt_pred = next((float(r["predicted_throughput_tokens_per_s"]) for r in runtime_rows
-                         if r.get("point_id") == f"{wid}/optimal" and r.get("predicted_throughput_tokens_per_s")), None)
-        out_rows.append({
-            "workload": wid, "model": MODEL, "gpu_cap_gib": data["gpu_cap_gib"], "batch": w["batch"],
-            "input_len": w["input_len"], "output_len": w["output_len"],
-            "flexgen_gpu_batch_size": w["gpu_batch_size"], "flexgen_num_gpu_batches": w["num_gpu_batches"],
-            "flexgen_percent": " ".join(map(str, w["percent_run"])),
-            "flexgen_real_tokens_per_s": real,
-            "flexgen_real_prefill_s": fg.get("prefill_latency_s"), "flexgen_real_decode_s": fg.get("decode_latency_s"),
-            "runtime_flexgen_plan_tokens_per_s": plan_tput,
-            "runtime_optimum_tokens_per_s": opt_tput,
-            "optimum_over_real_flexgen": (opt_tput / real) if opt_tput and real else None,
-            "flexgen_own_predicted_tokens_per_s": w["flexgen_own_predicted_throughput_tokens_per_s"],
-            "lia_predicted_flexgen_tokens_per_s": w["lia_predicted_flexgen_throughput_tokens_per_s"],
-            "lia_predicted_runtime_flexgen_plan_tokens_per_s":
-                w["lia_predicted_runtime_flexgen_plan_throughput_tokens_per_s"],
-            "lia_predicted_runtime_optimum_tokens_per_s": opt_pred,
-            "flexgen_gpu_resident_layers_mapped": w["flexgen_plan"]["gpu_resident_layers"],
-            "notes": "; ".join(x for x in (
-                f"FlexGen: {fg.get('reason')}" if fg.get("status") != "ran" and fg else "",
-                f"runtime flexgen plan: {plan_why}" if plan_why else "",
-                f"runtime optimum: {opt_why}" if opt_why else "") if x),
-        })
+        opt_pred = next(
+            (
+                float(r["predicted_throughput_tokens_per_s"])
+                for r in runtime_rows
+                if r.get("point_id") == f"{wid}/optimal" and r.get("predicted_throughput_tokens_per_s")
+            ),
+            None,
+        )
+        out_rows.append(
+            {
+                "workload": wid,
+                "model": MODEL,
+                "gpu_cap_gib": data["gpu_cap_gib"],
+                "batch": w["batch"],
+                "input_len": w["input_len"],
+                "output_len": w["output_len"],
+                "flexgen_gpu_batch_size": w["gpu_batch_size"],
+                "flexgen_num_gpu_batches": w["num_gpu_batches"],
+                "flexgen_percent": " ".join(map(str, w["percent_run"])),
+                "flexgen_real_tokens_per_s": real,
+                "flexgen_real_prefill_s": fg.get("prefill_latency_s"),
+                "flexgen_real_decode_s": fg.get("decode_latency_s"),
+                "runtime_flexgen_plan_tokens_per_s": plan_tput,
+                "runtime_optimum_tokens_per_s": opt_tput,
+                "optimum_over_real_flexgen": (opt_tput / real) if opt_tput and real else None,
+                "flexgen_own_predicted_tokens_per_s": w["flexgen_own_predicted_throughput_tokens_per_s"],
+                "lia_predicted_flexgen_tokens_per_s": w["lia_predicted_flexgen_throughput_tokens_per_s"],
+                "lia_predicted_runtime_flexgen_plan_tokens_per_s": w[
+                    "lia_predicted_runtime_flexgen_plan_throughput_tokens_per_s"
+                ],
+                "lia_predicted_runtime_optimum_tokens_per_s": opt_pred,
+                "flexgen_gpu_resident_layers_mapped": w["flexgen_plan"]["gpu_resident_layers"],
+                "notes": "; ".join(
+                    x
+                    for x in (
+                        f"FlexGen: {fg.get('reason')}" if fg.get("status") != "ran" and fg else "",
+                        f"runtime flexgen plan: {plan_why}" if plan_why else "",
+                        f"runtime optimum: {opt_why}" if opt_why else "",
+                    )
+                    if x
+                ),
+            }
+        )
     cols = list(out_rows[0]) if out_rows else ["workload"]
     with open(args.out, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=cols)
@@ -227,15 +305,21 @@ def cmd_report(args) -> None:
     def fmt(v) -> str:
         return "-" if v is None else f"{v:.2f}"
 
-    print(f"\nOPT-30B, GPU capped at {data['gpu_cap_gib']:g} GiB: measured tokens/s (generated tokens / end-to-end time)")
-    print(f"{'workload':<11} {'B':>5} {'L_in/out':>9} {'FlexGen policy':<28} {'real FlexGen':>12} {'ours: its plan':>14} "
-          f"{'ours: optimum':>13} {'optimum/FlexGen':>15}")
+    print(
+        f"\nOPT-30B, GPU capped at {data['gpu_cap_gib']:g} GiB: measured tokens/s (generated tokens / end-to-end time)"
+    )
+    print(
+        f"{'workload':<11} {'B':>5} {'L_in/out':>9} {'FlexGen policy':<28} {'real FlexGen':>12} {'ours: its plan':>14} "
+        f"{'ours: optimum':>13} {'optimum/FlexGen':>15}"
+    )
     for r in out_rows:
         pol = f"{r['flexgen_gpu_batch_size']}x{r['flexgen_num_gpu_batches']} {r['flexgen_percent']}"
         ratio = "-" if r["optimum_over_real_flexgen"] is None else f"{r['optimum_over_real_flexgen']:.2f}x"
-        print(f"{r['workload']:<11} {r['batch']:>5} {str(r['input_len']) + '/' + str(r['output_len']):>9} {pol:<28} "
-              f"{fmt(r['flexgen_real_tokens_per_s']):>12} {fmt(r['runtime_flexgen_plan_tokens_per_s']):>14} "
-              f"{fmt(r['runtime_optimum_tokens_per_s']):>13} {ratio:>15}")
+        print(
+            f"{r['workload']:<11} {r['batch']:>5} {str(r['input_len']) + '/' + str(r['output_len']):>9} {pol:<28} "
+            f"{fmt(r['flexgen_real_tokens_per_s']):>12} {fmt(r['runtime_flexgen_plan_tokens_per_s']):>14} "
+            f"{fmt(r['runtime_optimum_tokens_per_s']):>13} {ratio:>15}"
+        )
         if r["notes"]:
             print(f"{'':<11} note: {r['notes']}")
     print(f"wrote {args.out}")

@@ -27,10 +27,13 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
         by = part.set_index("plan_label")
         if "optimal" not in by.index:
             continue
-        row = {"batch": int(batch), "input_len": int(input_len),
-               "optimum_decode_policy": by.loc["optimal", "plan_decode"],
-               "optimum_measured_latency_s": float(by.loc["optimal", "measured_latency_s"]),
-               "optimum_predicted_latency_s": float(by.loc["optimal", "predicted_latency_s"])}
+        row = {
+            "batch": int(batch),
+            "input_len": int(input_len),
+            "optimum_decode_policy": by.loc["optimal", "plan_decode"],
+            "optimum_measured_latency_s": float(by.loc["optimal", "measured_latency_s"]),
+            "optimum_predicted_latency_s": float(by.loc["optimal", "predicted_latency_s"]),
+        }
         paper_meas, paper_pred = {}, {}
         for label in PAPER:
             if label in by.index:
