@@ -325,14 +325,15 @@ class Executor:
                 x = self._embed(ids, pos0, q, stage, step)
                 n = self.plan.prefill_minibatches if stage == Stage.PREFILL else 1
                 bsz = self.B // n
-                chunks = [
-                    Placed(x[c * bsz : (c + 1) * bsz], self.head_dev, x_ready(be, self.head_dev)) for c in range(n)
+                chunks = [  # per chunk, the hidden state's copies by device
+                    {self.head_dev: Placed(x[c * bsz : (c + 1) * bsz], self.head_dev, x_ready(be, self.head_dev))}
+                    for c in range(n)
                 ]
                 for li in range(self.L):
                     chunks = self._layer(stage, step, p_index, li, chunks, pos0, q)
                     if keep_hidden and p_index == 0:
                         be.synchronize()
-                        hidden.append(torch.cat([p.t.float().cpu() for p in chunks], dim=0))
+                        hidden.append(torch.cat([next(iter(d.values())).t.float().cpu() for d in chunks], dim=0))
                 logits = self._head(chunks, stage, step)
                 next_ids = logits.argmax(dim=-1) if select is None else select(p_index, logits)
                 if be.is_cuda:
@@ -375,10 +376,11 @@ class Executor:
         self._record(stage, step, -1, 0, "embed", "compute", self.head_dev, 0, self.B * q, "-", start)
         return x
 
-    def _head(self, chunks: list[Placed], stage: Stage, step: int) -> torch.Tensor:
+    def _head(self, chunks: list[dict[Device, Placed]], stage: Stage, step: int) -> torch.Tensor:
         emb = self.weights.embeddings_on(self.head_dev, self.backend)
         lasts = []
-        for c, p in enumerate(chunks):
+        for c, copies in enumerate(chunks):
+            p = copies.get(self.head_dev) or next(iter(copies.values()))
             last = Placed(p.t[:, -1].contiguous(), p.dev, p.ready)
             moved = self._move(last, self.head_dev, stage, step, -1, c, "head", "last hidden", "-")
             if moved.ready is not None and moved is not last:
@@ -391,8 +393,10 @@ class Executor:
         return logits
 
     def _layer(
-        self, stage: Stage, step: int, p_index: int, li: int, inputs: list[Placed], pos0: int, q: int
-    ) -> list[Placed]:
+        self, stage: Stage, step: int, p_index: int, li: int, inputs: list[dict[Device, Placed]], pos0: int, q: int
+    ) -> list[dict[Device, Placed]]:
+        """One layer over the chunks; ``inputs`` and the result hold each chunk's hidden state by device (a copy
+        made early for the next layer's qkv travels with it)."""
         resident = li < self.R
         lay = _Layer(
             stage, step, p_index, li, resident, ALL_GPU if resident else self.policy[stage], pos0, q, self.kv[li]
@@ -401,7 +405,7 @@ class Executor:
             lay.slot = self._begin_streamed(lay)
         n = len(inputs)
         bsz = self.B // n
-        chunks = [_Chunk(c, c * bsz, (c + 1) * bsz, {"h": {inputs[c].dev: inputs[c]}}) for c in range(n)]
+        chunks = [_Chunk(c, c * bsz, (c + 1) * bsz, {"h": dict(inputs[c])}) for c in range(n)]
         # Early work that does not depend on this layer's compute: residual copies and cached-KV fetches.
         for ch in chunks:
             self._ship_early(lay, ch, "h", consumer=OUT, producer_consumer=QKV)
@@ -429,7 +433,7 @@ class Executor:
             self.slot_free[lay.slot] = done
             if self.staging is not None:
                 self.staging_free = done
-        return [self._value(ch, "h_out") for ch in chunks]
+        return [ch.values["h_out"] for ch in chunks]
 
     _CPU_INPUT = {QKV: "h", SCORE: "q", CTX: "scores", OUT: "ctx", FC1: "h_mid", FC2: "mid"}
 
@@ -439,10 +443,14 @@ class Executor:
         name = self._CPU_INPUT[sub]
         if sub == CTX and lay.dev(SCORE) == Device.CPU:
             name = "q"  # fused attention reads Q (attn_score handed it on)
-        copies = ch.values.get(name, {})
+        copies = ch.values.get(name)
+        if not copies:
+            return False  # not produced yet
         placed = copies.get(Device.CPU)
-        if placed is None:
-            return not copies  # not produced yet, or only on the GPU: not ready
+        if placed is None:  # only on the GPU (e.g. the embedding): start its copy now, then poll it
+            placed = copies[Device.CPU] = self._move(
+                next(iter(copies.values())), Device.CPU, lay.stage, lay.step, lay.li, ch.c, "act", name, lay.kind
+            )
         if placed.ready is not None and not placed.ready.query():
             return False
         if sub in (SCORE, CTX):
@@ -547,10 +555,6 @@ class Executor:
         return params
 
     # ================================================================== data movement
-
-    def _value(self, ch: _Chunk, name: str) -> Placed:
-        copies = ch.values[name]
-        return next(iter(copies.values()))
 
     def _consumers(self, lay: _Layer, name: str) -> list[Device]:
         """Devices that will read value ``name`` of this layer (for page-locking CPU outputs)."""
@@ -868,9 +872,14 @@ class Executor:
         ch.values[name] = {dev: Placed(value, dev, ready)}
         # The sublayer that reads it next (the first consumer; the others read it as a residual) on the CPU:
         # copied to the host right behind its producer, as the cost model's schedule assumes.
-        if ready is not None and consumers[0] == Device.CPU:
+        # A layer's output is the next layer's input "h" (its copy is recorded as that layer's, as runtime/dataflow.py
+        # expects); the last layer's goes to the head, which copies only the last position.
+        last_layer = name == "h_out" and lay.li + 1 == self.L
+        if ready is not None and consumers[0] == Device.CPU and not last_layer:
+            li, detail = (lay.li + 1, "h") if name == "h_out" else (lay.li, name)
+            kind = "resident" if li < self.R else "streamed"
             ch.values[name][Device.CPU] = self._move(
-                ch.values[name][dev], Device.CPU, lay.stage, lay.step, lay.li, ch.c, "act", name, lay.kind
+                ch.values[name][dev], Device.CPU, lay.stage, lay.step, li, ch.c, "act", detail, kind
             )
 
 
