@@ -381,10 +381,16 @@ class Executor:
         lasts = []
         for c, copies in enumerate(chunks):
             p = copies.get(self.head_dev) or next(iter(copies.values()))
-            last = Placed(p.t[:, -1].contiguous(), p.dev, p.ready)
+            if p.dev == Device.CPU and p.ready is not None:
+                p.ready.synchronize()  # a host copy still in flight
+            # (no event: a copy to the host orders itself after the slice, recorded on the compute stream)
+            last = Placed(p.t[:, -1].contiguous(), p.dev, None)
             moved = self._move(last, self.head_dev, stage, step, -1, c, "head", "last hidden", "-")
             if moved.ready is not None and moved is not last:
-                self.backend.wait(self.backend.compute, moved.ready)
+                if self.head_dev == Device.CPU:
+                    moved.ready.synchronize()  # the CPU head reads it next
+                else:
+                    self.backend.wait(self.backend.compute, moved.ready)
             lasts.append(moved.t)
         x = torch.cat(lasts, dim=0)
         start = self._stamp(self.head_dev)
@@ -408,6 +414,12 @@ class Executor:
         chunks = [_Chunk(c, c * bsz, (c + 1) * bsz, {"h": dict(inputs[c])}) for c in range(n)]
         # Early work that does not depend on this layer's compute: residual copies and cached-KV fetches.
         for ch in chunks:
+            copies = ch.values["h"]
+            if lay.dev(QKV) == Device.CPU and Device.CPU not in copies and self.backend.is_cuda:
+                # a CPU qkv reads an input that is only on the GPU (the embedding): copy it now, as the schedule does
+                copies[Device.CPU] = self._move(
+                    next(iter(copies.values())), Device.CPU, stage, step, li, ch.c, "act", "h", lay.kind
+                )
             self._ship_early(lay, ch, "h", consumer=OUT, producer_consumer=QKV)
             if not resident and lay.dev(QKV) == Device.GPU:
                 for which, sub in (("k", SCORE), ("v", CTX)):
@@ -424,8 +436,12 @@ class Executor:
             pending = [ch for ch in chunks if nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.CPU]
             if pending:
                 ch = self._first_ready(lay, pending, nxt)
-                self._run(lay, ch, SUBLAYERS[nxt[ch.c]], Device.CPU)
+                sub = SUBLAYERS[nxt[ch.c]]
+                self._run(lay, ch, sub, Device.CPU)
                 nxt[ch.c] += 1
+                if sub == SCORE and lay.dev(CTX) == Device.CPU:  # fused attention: one kernel, not interrupted
+                    self._run(lay, ch, CTX, Device.CPU)
+                    nxt[ch.c] += 1
             elif all(i == 6 for i in nxt):
                 break
         if not resident:
