@@ -132,7 +132,7 @@ def test_optimum_matches_brute_force(case):
 
 
 @settings(
-    max_examples=40,
+    max_examples=25,
     deadline=None,
     derandomize=True,
     database=None,
@@ -146,7 +146,7 @@ def test_optimum_matches_brute_force_more_cases(case):
 
 @pytest.mark.slow
 @settings(
-    max_examples=40,
+    max_examples=25,
     deadline=None,
     derandomize=True,
     database=None,
