@@ -146,7 +146,7 @@ def test_optimum_matches_brute_force_more_cases(case):
 
 @pytest.mark.slow
 @settings(
-    max_examples=25,
+    max_examples=15,
     deadline=None,
     derandomize=True,
     database=None,
@@ -157,7 +157,7 @@ def test_optimum_matches_brute_force_full_size(case):
     check_against_oracle(case, "cbc")
 
 
-@settings(max_examples=15, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @pytest.mark.slow
 @given(make_cases(full_size=False))
 def test_enumerator_and_cold_ilps_agree_with_brute_force(case):
