@@ -21,6 +21,23 @@ INT4 = make_precision("int4")  # group 128 by default
 H, F = 7168, 28672  # OPT-30B
 
 
+def _decode_context(precision: Precision) -> StageContext:
+    """One decode step of one sequence at 300 cached tokens, weights and KV in DDR, AMX, overlap."""
+    return StageContext(
+        batch=1,
+        q=1,
+        contexts=(300,),
+        minibatches=1,
+        weight_tier=HostTier.DDR,
+        kv_tier=HostTier.DDR,
+        cpu_isa=CpuIsa.AMX_BF16,
+        pinned_weights=True,
+        overlap=True,
+        mode=CostMode.OVERLAP,
+        precision=precision,
+    )
+
+
 def test_opt30b_qkv_bytes_by_hand():
     """qkv of OPT-30B: a 21504 x 7168 matrix (154,140,672 elements), bias 21504 and LayerNorm 2 x 7168 (bf16)."""
     qkv = {p: sublayer_weight_bytes(get_model("opt-30b"), p)[Sublayer.QKV] for p in (BF16, INT8, INT4)}
@@ -80,21 +97,9 @@ def test_pcie_weight_time_halves_at_int8():
     """A streamed all-GPU decode on spr-a100 is PCIe-bound: each sublayer's weight copy is bytes / H2D + latency,
     and the decode step's time falls to about half (int8 bytes / bf16 bytes = 0.50025 per layer)."""
     system, model = resolve_system("spr-a100"), get_model("opt-30b")
-    ctx = dict(
-        batch=1,
-        q=1,
-        contexts=(300,),
-        minibatches=1,
-        weight_tier=HostTier.DDR,
-        kv_tier=HostTier.DDR,
-        cpu_isa=CpuIsa.AMX_BF16,
-        pinned_weights=True,
-        overlap=True,
-        mode=CostMode.OVERLAP,
-    )
     lat = system.link.transfer_latency_us * 1e-6
     bw = min(system.link.h2d_gbps, system.ddr.read_gbps) * 1e9
-    terms = {p: streamed_layer_terms(system, model, StageContext(**ctx, precision=p)) for p in (BF16, INT8)}
+    terms = {p: streamed_layer_terms(system, model, _decode_context(p)) for p in (BF16, INT8)}
     assert terms[INT8].weight_h2d_s[0] == pytest.approx(154_255_360 / bw + lat, rel=1e-12)
     assert terms[BF16].weight_h2d_s[0] == pytest.approx(308_353_024 / bw + lat, rel=1e-12)
     plan = Plan.model_validate(
@@ -150,20 +155,8 @@ def test_compute_per_dtype_by_hand():
 def test_decode_is_memory_bound_so_int8_weights_halve_a_cpu_linear():
     """At B = 1 a CPU fc1 reads its weights from DDR: max(FLOPs, bytes / 265 GB/s); int8 halves the bytes."""
     spr, model = resolve_system("spr-a100"), get_model("opt-30b")
-    ctx = dict(
-        batch=1,
-        q=1,
-        contexts=(300,),
-        minibatches=1,
-        weight_tier=HostTier.DDR,
-        kv_tier=HostTier.DDR,
-        cpu_isa=CpuIsa.AMX_BF16,
-        pinned_weights=True,
-        overlap=True,
-        mode=CostMode.OVERLAP,
-    )
     for p, nbytes in ((BF16, sublayer_weight_bytes(model)[Sublayer.FC1]), (INT8, 205_664_256)):
-        t = sublayer_times(spr, model, StageContext(**ctx, precision=p), 1)
+        t = sublayer_times(spr, model, _decode_context(p), 1)
         assert t.cpu_memory_s[4, 0] == pytest.approx((nbytes + 2 * (H + F)) / 265e9, rel=1e-9)  # + activations
 
 
