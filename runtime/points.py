@@ -201,6 +201,26 @@ class IsaChoice:
     why: str
 
 
+def plan_isa_label(plan: Plan) -> str:
+    """The plan's CPU ISA: one name when both stages use it, else ``prefill/decode``."""
+    if plan.prefill_cpu_isa == plan.decode_cpu_isa:
+        return plan.prefill_cpu_isa.value
+    return f"{plan.prefill_cpu_isa.value}/{plan.decode_cpu_isa.value}"
+
+
+def runnable_system(system: SystemSpec, isa: IsaChoice) -> SystemSpec:
+    """The system with only the ISA this process's oneDNN runs marked present.
+
+    oneDNN fixes its matrix ISA per process, so the runtime cannot run prefill on one ISA and decode on another.
+    Restricted this way, the optimiser chooses among plans the runtime can execute and every prediction uses
+    the ISA (and, with kernel tables, the measured kernels) that really runs. Unchanged when the runtime ISA is
+    unknown or absent from the profile."""
+    if isa.run is None or isa.run not in system.cpu.isa or not system.cpu.isa[isa.run].present:
+        return system
+    isas = {k: v if k == isa.run else v.model_copy(update={"present": False}) for k, v in system.cpu.isa.items()}
+    return system.model_copy(update={"cpu": system.cpu.model_copy(update={"isa": isas})})
+
+
 def runtime_isa(cpuinfo: str | None = None, env_cap: str | None = None) -> IsaChoice:
     """The matrix ISA oneDNN will use for bf16 CPU sublayers in this process."""
     import os

@@ -225,7 +225,7 @@ def plan_batches(
     """Batches of equal-length prompts, each with its plan and prediction (nothing allocated)."""
     from lia_model.baselines import ipex_plan
     from lia_model.optimizer import optimize
-    from runtime.points import runtime_isa
+    from runtime.points import runnable_system, runtime_isa
     from runtime.preflight import preflight
 
     by_len: dict[int, list[int]] = {}
@@ -237,6 +237,7 @@ def plan_batches(
             "batches equal-length prompts, no padding)"
         )
     isa = runtime_isa()
+    system = runnable_system(system, isa)
     batches: list[Batch] = []
     no_gpu_noted = False
     for length, indices in by_len.items():

@@ -28,7 +28,17 @@ from lia_model.models import ModelSpec
 from lia_model.plan import ALL_GPU, CpuIsa, Device, HostTier, Plan, policy_notation
 from lia_model.sublayers import SUBLAYERS, Stage
 from lia_model.workload import Workload
-from runtime.points import GroupSpec, IsaChoice, entry_name, group_model, group_workload, plan_entries, resolve_entry
+from runtime.points import (
+    GroupSpec,
+    IsaChoice,
+    entry_name,
+    group_model,
+    group_workload,
+    plan_entries,
+    plan_isa_label,
+    resolve_entry,
+    runnable_system,
+)
 from runtime.preflight import capped_system, preflight
 
 
@@ -93,7 +103,7 @@ def resolve_points(
             )
             continue
         cap = g.gpu_memory_gib if g.gpu_memory_gib is not None else opts.gpu_memory_gib
-        sysc = capped_system(system, cap)
+        sysc = runnable_system(capped_system(system, cap), isa)
         baselines = baseline_plans(sysc, model, workload)
         seen: dict[str, str] = {}
         for i, entry in enumerate(plan_entries(g, list(baselines))):
@@ -114,7 +124,7 @@ def resolve_points(
             except LiaInputError as err:
                 p.skip_reason = f"no plan: {err}"
                 continue
-            p.plan_isa = plan.cpu_isa.value
+            p.plan_isa = plan_isa_label(plan)
             if isa.run is not None and isa.run in sysc.cpu.isa and sysc.cpu.isa[isa.run].present:
                 plan = plan.model_copy(update={"cpu_isa": isa.run})
             p.plan = plan
@@ -446,7 +456,7 @@ def _plan_cols(p: Point) -> dict[str, Any]:
         "pinned_weights": pl.pinned_weights,
         "overlap": pl.overlap,
         "cpu_isa_plan": p.plan_isa,
-        "cpu_isa_run": pl.cpu_isa.value,
+        "cpu_isa_run": plan_isa_label(pl),
         "plan_json": json.dumps(pl.model_dump(mode="json"), separators=(",", ":")),
     }
 
@@ -566,7 +576,7 @@ def repredict(rows: "Any", system: SystemSpec) -> "Any":
         model = model.model_copy(update={"num_layers": int(r["num_layers"])})
         workload = Workload(batch=int(r["batch"]), input_len=int(r["input_len"]), output_len=int(r["output_len"]))
         cap = None if pd.isna(r.get("gpu_memory_gib")) else float(r["gpu_memory_gib"])
-        sysc = capped_system(system, cap)
+        sysc = runnable_system(capped_system(system, cap), isa)
         plan = Plan.model_validate_json(r["plan_json"])
         pred = predict(sysc, model, workload, plan, CostMode.OVERLAP)
         add = predict(sysc, model, workload, plan, CostMode.ADDITIVE)

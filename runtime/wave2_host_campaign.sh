@@ -3,13 +3,16 @@
 #
 #   bash runtime/wave2_host_campaign.sh 1     # kernel tables of the runtime -> profile, then campaign part A
 #   bash runtime/wave2_host_campaign.sh 2 [PROFILE]   # campaign part B with the committed kernel-table profile
+#   bash runtime/wave2_host_campaign.sh a [PROFILE]   # campaign part A with the committed kernel-table profile
+#                                                     # (no new kernel tables: the bf16 kernels are unchanged)
+# PRE_TESTS=1 first runs the CUDA executor tests (tests/test_runtime_gpu.py, log in $OUT/gpu_tests.log).
 #
 # Part 1 writes $OUT/emr-h200-kernels.yaml (base: hwprofiles/systems/emr-h100-calibrated.yaml + the kernels
 # section) and its raw CSV, then runs runtime/campaign/wave2-a.yaml predicted with that profile. Part 2 runs
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(1|2) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(1|2|a) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 LIA_THREADS=$(nproc)
@@ -22,7 +25,16 @@ main() {
 echo "== wave-2 campaign part $PART on $(hostname) at $(date -u +%FT%TZ)"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 lscpu | grep -E 'Model name|^CPU\(s\)|Thread' || true
+if [ "${PRE_TESTS:-0}" = "1" ]; then
+    echo "== CUDA executor tests (tests/test_runtime_gpu.py)"
+    timeout 150 "$PY" -m pytest tests/test_runtime_gpu.py -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 15
+fi
 case "$PART" in
+    a)
+        PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
+        POINTS=${POINTS_A:-runtime/campaign/wave2-a.yaml}; MAX_POINT_S=${MAX_POINT_S:-60}
+        TITLE="OPT-30B, 48 layers, GPU capped at 40 GiB (wave 2, kernel tables)"
+        ;;
     1)
         timeout "${KT_LIMIT_S:-330}" "$PY" -m calibrate.kernel_tables --base hwprofiles/systems/emr-h100-calibrated.yaml \
             --name emr-h200-kernels --out "$OUT" --force ${KT_ARGS:-} 2>&1 | grep --line-buffered -v '^USDT'

@@ -19,7 +19,7 @@ from lia_model.workload import Workload
 from runtime import hostmem
 from runtime.backend import Backend
 from runtime.hostmem import require_tier
-from runtime.points import GroupSpec, load_points_file, runtime_isa
+from runtime.points import GroupSpec, IsaChoice, load_points_file, runnable_system, runtime_isa
 from runtime.preflight import capped_system, preflight
 from runtime.validate import Options, resolve_points, run_points
 
@@ -140,6 +140,23 @@ def test_runtime_isa_follows_cpu_flags_and_the_onednn_cap():
     assert runtime_isa(amx, "AVX512_CORE_BF16").run == CpuIsa.AVX512_BF16
     assert runtime_isa(amx, "AVX512_CORE").run == CpuIsa.AVX512_FP32
     assert runtime_isa("flags\t: fpu sse2\n", "").run is None
+
+
+def test_validation_plans_use_only_the_isa_the_runtime_runs():
+    """oneDNN fixes its ISA per process: with AMX in the runtime, the optimiser must not pick an AVX-512 decode
+    (the emr kernel-table profile predicts AVX-512 decode from the roofline, AMX from the measured tables)."""
+    system = load_system("hwprofiles/systems/emr-h200-kernels.yaml")
+    group = GroupSpec(id="g", model="opt-30b", num_layers=4, gpu_memory_gib=6, batch=2, input_len=32, output_len=4)
+    free = resolve_points([group], system, Options(), IsaChoice(None, "unknown"), has_gpu=True)
+    amx = resolve_points([group], system, Options(), IsaChoice(CpuIsa.AMX_BF16, "amx"), has_gpu=True)
+    free_opt = next(p for p in free if p.id.endswith("/optimal"))
+    amx_opt = next(p for p in amx if p.id.endswith("/optimal"))
+    assert free_opt.plan.decode_cpu_isa != CpuIsa.AMX_BF16  # the unrestricted optimum mixes ISAs here
+    assert amx_opt.plan.prefill_cpu_isa == amx_opt.plan.decode_cpu_isa == CpuIsa.AMX_BF16
+    assert amx_opt.plan_isa == "amx_bf16"
+    restricted = runnable_system(system, IsaChoice(CpuIsa.AMX_BF16, "amx"))
+    assert [k for k, v in restricted.cpu.isa.items() if v.present] == [CpuIsa.AMX_BF16]
+    assert runnable_system(system, IsaChoice(None, "unknown")) is system
 
 
 def test_cli_needs_points_and_out():
