@@ -271,8 +271,30 @@ class Executor:
     # ================================================================== public
 
     def close(self) -> None:
-        """Stop the weight feeder's thread (also done when the executor is garbage-collected)."""
+        """Stop the weight feeder's thread and drop every GPU buffer this executor holds, now.
+
+        The feeder's jobs call back into the executor, so an executor is part of a reference cycle and
+        ``del ex`` alone frees its buffers only when the cycle collector next runs. Measured on the GPU host
+        (2026-11-30, wave-2 campaign part B): the next point's buffers were allocated beside the previous
+        point's and ran out of memory under its cap. Resident layers belong to the ``GpuLayerCache``."""
         self.feeder.close()
+        self.slot_ready = [None, None]
+        self.slot_free = [None, None]
+        self.staging_free = None
+        self.buffer_views = [{}, {}]
+        self.buffer_flat = [{}, {}]
+        self.staging = None
+        self.kv = []
+        self.resident_flat = []
+        self.records = []
+        self._rope_cache.clear()
+        self._mask_cache.clear()
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __del__(self) -> None:
         feeder = getattr(self, "feeder", None)

@@ -59,13 +59,12 @@ def decode_step_s(backend, plan_for, layers: int, repeats: int = 5) -> float:
         fan_in=model.hidden_size,
     )
     weights = ModelWeights(model, arena, backend, seed=1)
-    ex = Executor(backend, weights, plan_for(layers), WORKLOAD)
-    prompt = random_prompt(model, WORKLOAD, seed=1)
-    ex.generate(prompt, profile=False)
-    steps = []
-    for _ in range(repeats):
-        steps.extend(ex.generate(prompt, profile=False).tpot_s)
-    del ex
+    with Executor(backend, weights, plan_for(layers), WORKLOAD) as ex:
+        prompt = random_prompt(model, WORKLOAD, seed=1)
+        ex.generate(prompt, profile=False)
+        steps = []
+        for _ in range(repeats):
+            steps.extend(ex.generate(prompt, profile=False).tpot_s)
     arena.release()
     return statistics.median(steps)
 

@@ -396,37 +396,39 @@ def run(
         if batch.plan.pinned_weights != weights.arena.pinned and backend.is_cuda:
             weights.arena.set_pinned(batch.plan.pinned_weights)
         ex = Executor(backend, weights, batch.plan, batch.workload, layer_cache=cache)
-        prompt = torch.tensor(batch.tokens, dtype=torch.long)
-        if opts.warmup:
-            ex.generate(prompt, output_len=min(2, batch.workload.output_len), profile=False)
-        B = batch.workload.batch
-        outputs: list[list[int]] = [[] for _ in range(B)]
-        done = [False] * B
-        stream = Stream(codec, out) if opts.stream and B == 1 else None
-        if stream is not None and len(batches) > 1:
-            out.write(f"[prompt {batch.indices[0] + 1}] ")
+        try:
+            prompt = torch.tensor(batch.tokens, dtype=torch.long)
+            if opts.warmup:
+                ex.generate(prompt, output_len=min(2, batch.workload.output_len), profile=False)
+            B = batch.workload.batch
+            outputs: list[list[int]] = [[] for _ in range(B)]
+            done = [False] * B
+            stream = Stream(codec, out) if opts.stream and B == 1 else None
+            if stream is not None and len(batches) > 1:
+                out.write(f"[prompt {batch.indices[0] + 1}] ")
 
-        def on_token(step: int, ids, outputs=outputs, done=done, stream=stream) -> bool:
-            values = ids.cpu().tolist()
-            for b, t in enumerate(values):
-                if done[b]:
-                    continue
-                if t in eos:
-                    done[b] = True
-                    continue
-                outputs[b].append(int(t))
-                if stream is not None:
-                    stream.push(int(t))
-            return bool(eos) and all(done)
+            def on_token(step: int, ids, outputs=outputs, done=done, stream=stream) -> bool:
+                values = ids.cpu().tolist()
+                for b, t in enumerate(values):
+                    if done[b]:
+                        continue
+                    if t in eos:
+                        done[b] = True
+                        continue
+                    outputs[b].append(int(t))
+                    if stream is not None:
+                        stream.push(int(t))
+                return bool(eos) and all(done)
 
-        sampler.gen.manual_seed(opts.sampling.seed)
-        result = ex.generate(prompt, profile=False, select=sampler, on_token=on_token)
-        if stream is not None:
-            stream.close()
-        batch.outputs = outputs
-        batch.texts = [codec.decode(o) if codec is not None else None for o in outputs]
-        batch.ttft_s, batch.tpot_s = result.ttft_s, list(result.tpot_s)
-        del ex
+            sampler.gen.manual_seed(opts.sampling.seed)
+            result = ex.generate(prompt, profile=False, select=sampler, on_token=on_token)
+            if stream is not None:
+                stream.close()
+            batch.outputs = outputs
+            batch.texts = [codec.decode(o) if codec is not None else None for o in outputs]
+            batch.ttft_s, batch.tpot_s = result.ttft_s, list(result.tpot_s)
+        finally:
+            ex.close()
     return report
 
 

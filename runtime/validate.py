@@ -10,6 +10,7 @@ estimate is the predicted time of warm-up plus repeats times the largest measure
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import socket
@@ -261,9 +262,12 @@ def run_points(
             p.skip_reason = f"time budget: estimated {est:.0f} s with {elapsed:.0f} of {opts.time_budget_s:.0f} s used"
             echo(f"[{k}/{len(order)}] {p.id}: skipped ({p.skip_reason})")
             continue
+        gc.collect()  # anything a failed point left in a reference cycle goes before this point allocates
         if p.system_key not in weights_by_model:
             weights_by_model.clear()
             layer_cache.clear()
+            weights = None  # the previous model's GPU embeddings and head go before the next model's are made
+            gc.collect()
             if backend.is_cuda:
                 torch.cuda.empty_cache()
             from runtime.weights import ModelWeights
@@ -279,7 +283,6 @@ def run_points(
             continue
         except torch.cuda.OutOfMemoryError as err:  # the cap is tighter than the memory model thinks
             layer_cache.clear()
-            torch.cuda.empty_cache()
             p.skip_reason = f"FAILED: CUDA out of memory under the {p.cap} GiB cap: {str(err).splitlines()[0]}"
             echo(f"[{k}/{len(order)}] {p.id}: {p.skip_reason}")
             continue
@@ -366,18 +369,17 @@ def _run_one(p: Point, system: SystemSpec, backend, weights, kv_arena, layer_cac
     if unpin:
         weights.arena.set_pinned(False)
     try:
-        ex = Executor(backend, weights, p.plan, p.workload, kv_arena, layer_cache)
-        prompt = random_prompt(p.model, p.workload, opts.seed)
-        ex.generate(prompt, output_len=min(2, p.workload.output_len), profile=False)
-        # Headline times come from unprofiled runs only; one more run records the per-sublayer events
-        # (their synchronisation would otherwise inflate the measured TTFT and TPOT).
-        runs = [ex.generate(prompt, profile=False) for _ in range(p.repeats)]
-        profiled_runs = [
-            ex.generate(prompt, profile=True, keep_logits=p.group.check and i == 0)
-            for i in range(max(1, opts.profiled_runs))
-        ]
-        profiled = profiled_runs[0]
-        del ex
+        with Executor(backend, weights, p.plan, p.workload, kv_arena, layer_cache) as ex:
+            prompt = random_prompt(p.model, p.workload, opts.seed)
+            ex.generate(prompt, output_len=min(2, p.workload.output_len), profile=False)
+            # Headline times come from unprofiled runs only; one more run records the per-sublayer events
+            # (their synchronisation would otherwise inflate the measured TTFT and TPOT).
+            runs = [ex.generate(prompt, profile=False) for _ in range(p.repeats)]
+            profiled_runs = [
+                ex.generate(prompt, profile=True, keep_logits=p.group.check and i == 0)
+                for i in range(max(1, opts.profiled_runs))
+            ]
+            profiled = profiled_runs[0]
     finally:
         if unpin:
             weights.arena.set_pinned(True)
@@ -576,7 +578,7 @@ def repredict(rows: "Any", system: SystemSpec) -> "Any":
         model = model.model_copy(update={"num_layers": int(r["num_layers"])})
         workload = Workload(batch=int(r["batch"]), input_len=int(r["input_len"]), output_len=int(r["output_len"]))
         cap = None if pd.isna(r.get("gpu_memory_gib")) else float(r["gpu_memory_gib"])
-        sysc = runnable_system(capped_system(system, cap), isa)
+        sysc = capped_system(system, cap)
         plan = Plan.model_validate_json(r["plan_json"])
         pred = predict(sysc, model, workload, plan, CostMode.OVERLAP)
         add = predict(sysc, model, workload, plan, CostMode.ADDITIVE)

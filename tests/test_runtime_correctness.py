@@ -313,3 +313,26 @@ def test_per_layer_hidden_states_match_the_reference_and_locate_a_bug(model, mon
     bad = errors()
     assert bad[0] < 1e-5 and bad[1] > 1e-3, bad
     assert [i for i, e in enumerate(bad) if e > 1e-4][0] == 1
+
+
+def test_close_frees_the_executors_gpu_buffers_without_the_cycle_collector(fake_opt):
+    """The weight jobs call back into the executor, so ``del ex`` leaves its GPU buffers to the cycle
+    collector; on the GPU host the next campaign point then ran out of memory under its cap. ``close()`` (and
+    ``with Executor(...)``) must drop them at once."""
+    import gc
+    import weakref
+
+    plan = Plan(prefill_policy=ALL_GPU, decode_policy=ATTENTION_ON_CPU, gpu_resident_layers=1)
+    gc.collect()
+    gc.disable()
+    try:
+        with Executor(Backend("fake"), fake_opt, plan, WORKLOAD) as ex:
+            ex.generate(random_prompt(fake_opt.model, WORKLOAD, seed=1))
+            held = [t for slot in ex.buffer_flat for t in slot.values()]
+            held += [kv.gpu[w] for kv in ex.kv if kv.resident for w in "kv"]
+            refs = [weakref.ref(t) for t in held]
+            assert len(refs) >= 4 and all(r() is not None for r in refs)
+            del held
+        assert [r() for r in refs] == [None] * len(refs)
+    finally:
+        gc.enable()
