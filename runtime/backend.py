@@ -58,8 +58,9 @@ class _NullStream:
 class Event:
     """A point in a stream: ordering (``wait``) and timing (``seconds_since``)."""
 
-    def __init__(self, cuda: bool) -> None:
-        self._cuda = torch.cuda.Event(enable_timing=True) if cuda else None
+    def __init__(self, cuda: bool, blocking: bool = False) -> None:
+        # blocking: synchronize() sleeps in the driver instead of spinning a core (cudaEventBlockingSync)
+        self._cuda = torch.cuda.Event(enable_timing=True, blocking=blocking) if cuda else None
         self._stamp: Optional[float] = None
 
     def record(self, stream) -> "Event":
@@ -157,9 +158,9 @@ class Backend:
             with nullcontext():
                 yield
 
-    def event(self, stream) -> Event:
-        """Record a new event on ``stream`` now."""
-        return Event(self.is_cuda).record(stream if self.is_cuda else None)
+    def event(self, stream, blocking: bool = False) -> Event:
+        """Record a new event on ``stream`` now (``blocking``: its synchronize() sleeps rather than spins)."""
+        return Event(self.is_cuda, blocking).record(stream if self.is_cuda else None)
 
     def wait(self, stream, event: Optional[Event]) -> None:
         """``stream`` waits (on the device) until ``event`` has happened."""

@@ -23,6 +23,10 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+# The CPUs this process may use, as first imported: once OpenMP binds the launching thread to one core
+# (OMP_PROC_BIND=close), threads it starts inherit that single core unless they widen their mask.
+PROCESS_CPUS: frozenset[int] = frozenset(os.sched_getaffinity(0))
+
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_MAX = -4
@@ -46,6 +50,18 @@ def physical_cores() -> int:
 
     cpus = tuple(sorted(os.sched_getaffinity(0)))
     return max(1, count(cpus))
+
+
+def float_this_thread() -> str:
+    """Let the calling helper thread run on any of the process's CPUs (not only the core its creator, the
+    OpenMP master, is bound to), so that it never time-shares that core with the CPU sublayers' master
+    thread. Returns what was done, for the CSV's setup string."""
+    try:
+        # every CPU of the machine: the kernel keeps those the process's cpuset allows
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    except (OSError, ValueError) as err:
+        return f"kept inherited affinity ({err})"
+    return f"any of {len(os.sched_getaffinity(0))} CPUs"
 
 
 def bind_env(threads: int) -> dict[str, str]:

@@ -8,6 +8,13 @@ layer's own GPU qkv needs waited behind all of it, so CPU work and weight stream
 (32 MiB, about 0.6 ms at 55 GB/s) whenever fewer than ``depth`` are in flight, so an activation copy waits
 for at most ``depth`` pieces, while the launching thread is free to run CPU sublayers.
 
+How the feeder waits matters as much (measured on the host, 2026-11-30, runtime/validation/wave2-a/traces.tgz):
+its thread inherited the OpenMP master's single-core affinity and waited for each piece with a spinning
+``cudaEventSynchronize``, so while weights streamed it time-shared the master's core. CPU attention of OPT-30B
+at B=1 took 6-8 ms instead of 0.1 ms and out_proj 8 ms instead of 1.6 ms, exactly in the layers whose DMA ran
+beside them; mixed plans measured 20-48% slower than predicted. The feeder now waits on blocking events
+(it sleeps in the driver) and widens its affinity to the process's CPUs (``cpu_setup.float_this_thread``).
+
 The launching thread gets a ``Job`` per prefetch: ``Job.ready()`` blocks until every piece is queued and
 returns the event after the last one (a stream may only wait on an event once it is recorded). Without
 CUDA (the fake and CPU backends, whose copies are synchronous) jobs run inline. ``LIA_WEIGHT_FEEDER=0``
@@ -69,6 +76,13 @@ def split(dst: torch.Tensor, src: torch.Tensor, piece_elems: int = PIECE_ELEMS) 
     ]
 
 
+def feeder_mode(backend: Backend) -> str:
+    """How weights will be streamed in this process (recorded in every validation row)."""
+    if backend.is_cuda and os.environ.get("LIA_WEIGHT_FEEDER", "1") != "0":
+        return f"feeder thread (floating affinity, blocking waits), {DEPTH} x 32 MiB in flight"
+    return "all pieces queued at once" if backend.is_cuda else "synchronous copies (no CUDA)"
+
+
 class WeightFeeder:
     def __init__(self, backend: Backend, depth: int = DEPTH, threaded: Optional[bool] = None) -> None:
         self.backend = backend
@@ -77,6 +91,7 @@ class WeightFeeder:
             threaded = backend.is_cuda and os.environ.get("LIA_WEIGHT_FEEDER", "1") != "0"
         self.threaded = threaded
         self._queue: "queue.Queue[Optional[Job]]" = queue.Queue()
+        self.affinity = "launching thread"
         self._thread: Optional[threading.Thread] = None
         if threaded:
             self._device = torch.cuda.current_device() if backend.is_cuda else None
@@ -85,7 +100,9 @@ class WeightFeeder:
 
     @property
     def description(self) -> str:
-        return f"feeder thread, {self.depth} x 32 MiB in flight" if self.threaded else "all pieces queued at once"
+        if not self.threaded:
+            return "all pieces queued at once"
+        return f"feeder thread ({self.affinity}, blocking waits), {self.depth} x 32 MiB in flight"
 
     def submit(self, waits: list[Optional[Event]], parts: list[Part]) -> Job:
         job = Job(waits, parts)
@@ -102,6 +119,9 @@ class WeightFeeder:
             self._thread = None
 
     def _loop(self) -> None:
+        from runtime.cpu_setup import float_this_thread
+
+        self.affinity = float_this_thread()
         if self._device is not None:
             torch.cuda.set_device(self._device)
         while True:
@@ -124,7 +144,7 @@ class WeightFeeder:
                             in_flight.pop(0).synchronize()
                     be.copy(piece.dst, piece.src, be.weights)
                     if throttle:
-                        in_flight.append(be.event(be.weights))
+                        in_flight.append(be.event(be.weights, blocking=True))
                 part.on_done(start, be.event(be.weights))
             job.end = be.event(be.weights)
         except BaseException as err:  # noqa: BLE001 - handed to the launching thread by Job.ready()

@@ -211,6 +211,7 @@ def run_points(
     from runtime.backend import Backend
     from runtime.executor import GpuLayerCache, kv_arena_elements
     from runtime.hostmem import HostArena
+    from runtime.streamer import feeder_mode
     from runtime.weights import layer_layout
 
     backend = Backend.detect(fake_gpu=fake_gpu)
@@ -219,6 +220,7 @@ def run_points(
     rows: dict[str, dict[str, Any]] = {}
     context = _context(system, backend)
     context["cpu_setup"] = setup.describe()
+    context["weight_feeder"] = feeder_mode(backend)
     if runnable:
         w_elems = max(p.model.num_layers * layer_layout(p.model).numel for p in runnable)
         kv_elems = max(kv_arena_elements(p.model, p.workload, p.plan) for p in runnable)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import pytest
@@ -86,6 +87,30 @@ def test_weight_feeder_copies_every_piece_and_reports_parts(threaded: bool) -> N
     assert isinstance(end, Event) and torch.equal(dst, src)
     assert [d[0] for d in done] == ["a", "b"]
     feeder.close()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell one core from all")
+def test_the_feeder_thread_does_not_share_the_launching_threads_core() -> None:
+    """On the host the feeder inherited the OpenMP master's one-core affinity and time-shared its core: CPU
+    sublayers ran 5-60x slower while weights streamed (runtime/validation/wave2-a/traces.tgz). A launching
+    thread pinned to one CPU must start a feeder that may run on every CPU of the process."""
+    from runtime.cpu_setup import PROCESS_CPUS
+
+    seen: dict[str, object] = {}
+
+    def launcher() -> None:
+        os.sched_setaffinity(0, {min(PROCESS_CPUS)})  # as OMP_PROC_BIND=close binds the master thread
+        feeder = WeightFeeder(Backend("fake"), threaded=True)
+        feeder.submit([], []).ready()
+        seen["feeder"] = feeder.affinity
+        feeder.close()
+        seen["launcher"] = os.sched_getaffinity(0)
+
+    t = threading.Thread(target=launcher)
+    t.start()
+    t.join()
+    assert seen["launcher"] == {min(PROCESS_CPUS)}  # the launching thread keeps its own binding
+    assert seen["feeder"] == f"any of {len(PROCESS_CPUS)} CPUs"
 
 
 def test_weight_feeder_hands_an_error_to_the_launching_thread() -> None:
