@@ -16,7 +16,8 @@ W_i: stored weights of sublayer i; W_layer = sum_i W_i; KV_layer = K and V of B 
 at the workload's precision (lia_model.accounting: bytes per element and group scales), the embeddings in bf16.
 The 2 sum_i g_i W_i term is the pair of alternating streaming buffers; sigma a KV_layer stages one streamed
 layer's KV on the GPU for GPU attention. The workspace is the prefill hidden state of the whole batch
-(input and output, 2 B L_in h) plus the largest sublayer's input and output for one chunk.
+(input and output, 2 B L_in h) plus the largest sublayer's live buffers for one chunk (input and output, or
+fc1's temporaries: ``mlp_temporaries_bytes``).
 Available per tier = capacity (1 - headroom) - reserved (CUDA context on the GPU, OS on the host).
 """
 
@@ -69,13 +70,29 @@ def available_bytes(system: SystemSpec) -> dict[MemoryTier, float]:
     return out
 
 
+def mlp_temporaries_bytes(model: ModelSpec, tokens: int) -> float:
+    """Live buffers of the runtime's fc1 (runtime/kernels.py ``fc1``) for ``tokens`` rows, in bf16: the
+    normed input (h), the up-projection (mlp_matrices f: gate and up for a gated MLP), and for a gated MLP
+    SiLU(gate) and the product (2 f). Measured on the GPU host (2026-11-30, runtime/validation/wave2-b): with
+    only input + output counted, Llama-2-70B plans at 8192 prefill tokens ran out of memory under their cap
+    allocating the 448 MiB SiLU buffer."""
+    f = model.ffn_size
+    width = model.hidden_size + model.mlp_matrices * f + (2 * f if model.gated_mlp else 0)
+    return float(tokens * width * BF16_BYTES)
+
+
 def workspace_bytes(model: ModelSpec, workload: Workload, minibatches: int) -> float:
     chunk = workload.batch // minibatches
     prefill = sublayer_work(model, chunk, workload.input_len, workload.input_len, workload.precision)
     decode = sublayer_work(model, workload.batch, 1, workload.input_len + workload.output_len, workload.precision)
-    # live buffers: input and output, plus the softmax probabilities (half the scratch traffic)
+    # live buffers: input and output, plus the softmax probabilities (half the scratch traffic); fc1 holds
+    # its temporaries (the MLP is the widest sublayer)
     largest = max(
-        float(w.act_in_bytes + w.act_out_bytes + w.scratch_bytes / 2) for w in (*prefill.values(), *decode.values())
+        max(
+            float(w.act_in_bytes + w.act_out_bytes + w.scratch_bytes / 2) for w in (*prefill.values(), *decode.values())
+        ),
+        mlp_temporaries_bytes(model, chunk * workload.input_len),
+        mlp_temporaries_bytes(model, workload.batch),
     )
     hidden = 2.0 * workload.batch * workload.input_len * model.hidden_size * BF16_BYTES
     return hidden + largest
