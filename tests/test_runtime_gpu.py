@@ -110,3 +110,67 @@ def test_gpu_memory_cap_is_enforced(backend):
             torch.empty(int(1.5 * 2**30), dtype=torch.uint8, device="cuda")
     finally:
         apply_gpu_cap(None)
+
+
+MID_OPT = ModelSpec(
+    name="mid-opt",
+    num_layers=4,
+    hidden_size=2048,
+    ffn_size=8192,
+    num_heads=16,
+    num_kv_heads=16,
+    head_dim=128,
+    vocab_size=8192,
+    max_context=512,
+    learned_positions=514,
+)
+MID_LLAMA = ModelSpec(
+    name="mid-llama",
+    num_layers=4,
+    hidden_size=2048,
+    ffn_size=5632,
+    num_heads=16,
+    num_kv_heads=4,
+    head_dim=128,
+    vocab_size=8192,
+    max_context=512,
+    gated_mlp=True,
+    linear_bias=False,
+    tied_embeddings=False,
+)
+
+
+@pytest.mark.parametrize("model", [MID_OPT, MID_LLAMA], ids=["opt", "llama"])
+def test_the_runtimes_gpu_memory_peak_stays_within_the_memory_models_hbm(backend, model):
+    """Issue 10: the optimiser must never return a plan that then runs out of memory. For plans of every kind
+    (resident, streamed, mixed, minibatched), the peak of GPU memory the runtime allocates (embeddings, layers,
+    buffers, KV, temporaries) stays within the memory model's HBM requirement for the plan."""
+    from lia_model.memory import MemoryTier, memory_use
+    from lia_model.profiles import load_system
+    from runtime.executor import Executor, random_prompt
+
+    system = load_system("hwprofiles/systems/emr-h200-kernels.yaml")
+    workload = Workload(batch=8, input_len=256, output_len=4)
+    plans = [
+        Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, gpu_resident_layers=4),
+        Plan(prefill_policy=ALL_GPU, decode_policy=ATTENTION_ON_CPU, gpu_resident_layers=2),
+        Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, prefill_minibatches=2),
+        Plan(prefill_policy=policy_from_index(24), decode_policy=policy_from_index(30), gpu_resident_layers=1),
+        Plan(prefill_policy=ATTENTION_ON_CPU, decode_policy=ATTENTION_ON_CPU, prefill_minibatches=4),
+    ]
+    rows = []
+    for plan in plans:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        weights = _weights(backend, model)
+        with Executor(backend, weights, plan, workload) as ex:
+            ex.generate(random_prompt(model, workload, seed=1))
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        predicted = memory_use(system, model, workload, plan)[MemoryTier.HBM].required_bytes
+        rows.append((plan.describe().splitlines()[0], peak / 2**20, predicted / 2**20))
+        del weights
+    print("\n".join(f"{d}: peak {p:.0f} MiB, model {m:.0f} MiB" for d, p, m in rows))
+    assert all(p <= m + 32 for _, p, m in rows), rows  # 32 MiB: the caching allocator's block rounding
