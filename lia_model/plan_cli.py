@@ -385,6 +385,8 @@ def _single_gpu_row(
         **row,
         "feasible": True,
         "batch": result.workload.batch,
+        # throughput: no batch beats this one by more than this fraction (0 = proven best; None = not proven)
+        "batch_gap_bound": result.batch_gap_bound if objective == "throughput" else 0.0,
         "prefill_policy": policy_notation(plan.prefill_policy),
         "decode_policy": policy_notation(plan.decode_policy),
         "gpu_resident_layers": plan.gpu_resident_layers,
@@ -419,6 +421,7 @@ def _tp_row(
         **row,
         "feasible": True,
         "batch": pred.workload.batch,
+        "batch_gap_bound": 0.0,  # best_throughput tries every batch
         "ttft_s": pred.ttft_s,
         "tpot_mean_s": pred.tpot_mean_s,
         "latency_s": pred.latency_s,
@@ -446,6 +449,18 @@ def _priced(row: dict, prices, ttft_max_s: Optional[float]) -> dict:
             out["usd_per_million_tokens"] = prices.usd_per_million_tokens(machine, row["throughput_tokens_per_s"])
     out.pop("feasible", None)
     return out
+
+
+def batch_cell(batch: object, gap_bound: object) -> str:
+    """The batch, with how close the batch search came to proving it the best: nothing when proven (or a
+    fixed batch), "<=x% gap" when bounded, "gap unknown" when no bound exists."""
+    if batch is None:
+        return "-"
+    if gap_bound is None:
+        return f"{batch} (gap unknown)"
+    if gap_bound > 0.0:
+        return f"{batch} (<={gap_bound * 100:.2g}% gap)"
+    return str(batch)
 
 
 def _fmt_cell(value, kind: str) -> str:
@@ -615,6 +630,8 @@ def _ranked_compare(
             for _, key, kind in cols:
                 if kind == "policy":
                     cells.append(f"{r['prefill_policy']} / {r['decode_policy']}" if r["prefill_policy"] else "-")
+                elif key == "batch":
+                    cells.append(batch_cell(r["batch"], r.get("batch_gap_bound", 0.0)))
                 else:
                     cells.append(_fmt_cell(r[key], kind))
             table.add_row(*cells)
@@ -719,7 +736,11 @@ def compare(
         return
     metric = "latency_s" if objective == "latency" else "throughput_tokens_per_s"
     labels = ["optimum"] + next((list(r["baselines"]) for r in rows if "baselines" in r), [])
-    batch_text = f"B={batch}" if objective == "latency" else "B chosen per row (the batch column)"
+    batch_text = (
+        f"B={batch}"
+        if objective == "latency"
+        else "B chosen per row (the batch column; a gap: no batch is more than that much better)"
+    )
     table = Table(
         title=f"{objective}: {batch_text}, L_in={input_len}, L_out={output_len} "
         f"({'s' if metric == 'latency_s' else 'tokens/s'}; speedup of the optimum in brackets)"
@@ -745,7 +766,8 @@ def compare(
             value = fmt_s(row[metric]) if metric == "latency_s" else f"{row[metric]:.2f}"
             cells.append(f"{value} ({_fmt_speedup(row['speedup_of_optimum'])})")
         policy = f"{opt['plan_in_words']['prefill'].split()[0]} / {opt['plan_in_words']['decode'].split()[0]}"
-        table.add_row(q["system"], q["model"], policy, str(q["batch"]), *cells)
+        search = out.get("batch_search") or {}
+        table.add_row(q["system"], q["model"], policy, batch_cell(q["batch"], search.get("gap_bound", 0.0)), *cells)
     console.print(table)
 
 

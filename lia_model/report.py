@@ -124,6 +124,7 @@ RANKED_COLUMNS = (
     "machine",
     "execution",
     "batch",
+    "batch_gap_bound",
     "prefill_policy",
     "decode_policy",
     "gpu_resident_layers",
