@@ -22,35 +22,13 @@ from runtime.executor import Executor, random_prompt
 from runtime.hostmem import HostArena
 from runtime.reference import LOGITS_RTOL, check_against_reference
 from runtime.weights import ModelWeights, layer_layout
+from tests.toys import toy_decoder
 
 torch.set_num_threads(2)
 
-TINY_OPT = ModelSpec(
-    name="tiny-opt",
-    num_layers=3,
-    hidden_size=64,
-    ffn_size=256,
-    num_heads=4,
-    num_kv_heads=4,
-    head_dim=16,
-    vocab_size=128,
-    max_context=64,
-    learned_positions=66,
-)
-TINY_LLAMA = ModelSpec(
-    name="tiny-llama",
-    num_layers=3,
-    hidden_size=64,
-    ffn_size=160,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=16,
-    vocab_size=128,
-    max_context=64,
-    gated_mlp=True,
-    linear_bias=False,
-    tied_embeddings=False,
-)
+TINY = dict(layers=3, hidden=64, heads=4, head_dim=16, vocab=128, context=64)
+TINY_OPT = toy_decoder("tiny-opt", ffn=256, kv_heads=4, **TINY)
+TINY_LLAMA = toy_decoder("tiny-llama", ffn=160, kv_heads=2, llama=True, **TINY)
 WORKLOAD = Workload(batch=4, input_len=7, output_len=4)
 CPU = torch.device("cpu")
 

@@ -7,38 +7,15 @@ import random
 import pytest
 import torch
 
-from lia_model.models import ModelSpec
 from lia_model.plan import ALL_CPU, ALL_GPU, ATTENTION_ON_CPU, Device, Plan, policy_from_index
 from lia_model.workload import Workload
+from tests.toys import toy_decoder
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU host)")
 
-TINY_OPT = ModelSpec(
-    name="tiny-opt",
-    num_layers=3,
-    hidden_size=128,
-    ffn_size=512,
-    num_heads=4,
-    num_kv_heads=4,
-    head_dim=32,
-    vocab_size=256,
-    max_context=64,
-    learned_positions=66,
-)
-TINY_LLAMA = ModelSpec(
-    name="tiny-llama",
-    num_layers=3,
-    hidden_size=128,
-    ffn_size=320,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=32,
-    vocab_size=256,
-    max_context=64,
-    gated_mlp=True,
-    linear_bias=False,
-    tied_embeddings=False,
-)
+TINY = dict(layers=3, hidden=128, heads=4, head_dim=32, vocab=256, context=64)
+TINY_OPT = toy_decoder("tiny-opt", ffn=512, kv_heads=4, **TINY)
+TINY_LLAMA = toy_decoder("tiny-llama", ffn=320, kv_heads=2, llama=True, **TINY)
 WORKLOAD = Workload(batch=4, input_len=9, output_len=4)
 
 
@@ -112,32 +89,9 @@ def test_gpu_memory_cap_is_enforced(backend):
         apply_gpu_cap(None)
 
 
-MID_OPT = ModelSpec(
-    name="mid-opt",
-    num_layers=4,
-    hidden_size=2048,
-    ffn_size=8192,
-    num_heads=16,
-    num_kv_heads=16,
-    head_dim=128,
-    vocab_size=8192,
-    max_context=512,
-    learned_positions=514,
-)
-MID_LLAMA = ModelSpec(
-    name="mid-llama",
-    num_layers=4,
-    hidden_size=2048,
-    ffn_size=5632,
-    num_heads=16,
-    num_kv_heads=4,
-    head_dim=128,
-    vocab_size=8192,
-    max_context=512,
-    gated_mlp=True,
-    linear_bias=False,
-    tied_embeddings=False,
-)
+MID = dict(layers=4, hidden=2048, heads=16, head_dim=128, vocab=8192, context=512)
+MID_OPT = toy_decoder("mid-opt", ffn=8192, kv_heads=16, **MID)
+MID_LLAMA = toy_decoder("mid-llama", ffn=5632, kv_heads=4, llama=True, **MID)
 
 
 @pytest.mark.parametrize("model", [MID_OPT, MID_LLAMA], ids=["opt", "llama"])

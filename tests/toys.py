@@ -97,3 +97,35 @@ def toy_model(num_layers: int = 2) -> ModelSpec:
         learned_positions=0,
         tied_embeddings=True,
     )
+
+
+def toy_decoder(
+    name: str,
+    *,
+    layers: int,
+    hidden: int,
+    ffn: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    vocab: int,
+    context: int,
+    llama: bool = False,
+) -> ModelSpec:
+    """A decoder of the OPT family (learned positions, biases, tied embeddings) or, with ``llama``, of the Llama
+    family (gated MLP, no biases, untied embeddings, RoPE), for runtime tests at chosen shapes."""
+    family = (
+        dict(gated_mlp=True, linear_bias=False, tied_embeddings=False) if llama else dict(learned_positions=context + 2)
+    )
+    return ModelSpec(
+        name=name,
+        num_layers=layers,
+        hidden_size=hidden,
+        ffn_size=ffn,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        vocab_size=vocab,
+        max_context=context,
+        **family,
+    )
