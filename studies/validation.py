@@ -20,6 +20,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
+from runtime.report import GOAL_MAX_ABS_ERR, GOAL_MEAN_ABS_ERR
 from studies.framework import Row, Study
 
 REPO = Path(__file__).resolve().parent.parent
@@ -213,7 +214,9 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
         lo, hi = (values.min() / 1.6, values.max() * 1.6) if len(values) else (1e-3, 1.0)
         xs = np.geomspace(lo, hi, 50)
         ax.plot(xs, xs, "k-", linewidth=0.8)
-        ax.fill_between(xs, xs * 0.8, xs * 1.2, color="grey", alpha=0.15, linewidth=0)
+        # the issue-10 goals: mean |error| <= 5% (dark band), max |error| <= 15% (light band)
+        ax.fill_between(xs, xs * (1 - GOAL_MAX_ABS_ERR), xs * (1 + GOAL_MAX_ABS_ERR), color="grey", alpha=0.12, lw=0)
+        ax.fill_between(xs, xs * (1 - GOAL_MEAN_ABS_ERR), xs * (1 + GOAL_MEAN_ABS_ERR), color="grey", alpha=0.25, lw=0)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlim(lo, hi)
@@ -235,7 +238,8 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
     ]
     handles += [
         Line2D([], [], color="black", linewidth=0.8, label="predicted = measured"),
-        matplotlib.patches.Patch(color="grey", alpha=0.3, label="within +-20%"),
+        matplotlib.patches.Patch(color="grey", alpha=0.37, label=f"within +-{GOAL_MEAN_ABS_ERR:.0%} (mean-error goal)"),
+        matplotlib.patches.Patch(color="grey", alpha=0.12, label=f"within +-{GOAL_MAX_ABS_ERR:.0%} (max-error goal)"),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=7.5, frameon=False)
     sources = ", ".join(sorted(frame["source"].unique()))
