@@ -369,17 +369,23 @@ def _single_gpu_row(
     tpot_max_s: Optional[float],
     mode,
     solver,
+    precision: tuple = (None, None, None),
 ) -> dict:
-    """The optimum of one (system, model) as a ranked-table row (no prices yet)."""
+    """The optimum of one (system, model) as a ranked-table row (no prices yet); ``precision`` is
+    (weight dtype, KV dtype, group size), a precision the system cannot run is the row's why_not."""
     from lia_model.optimizer import InfeasibleError, optimize
     from lia_model.plan import policy_notation
 
-    spec, mspec, workload = load_inputs(system, model, batch, input_len, output_len, overrides)
+    spec, mspec, workload = load_inputs(system, model, batch, input_len, output_len, overrides, *precision)
     row = {"model": mspec.name, "machine": spec.name, "execution": "LIA, CPU + 1 GPU"}
     try:
         result = optimize(spec, mspec, workload, objective, tpot_max_s=tpot_max_s, solver=solver, mode=mode)
     except InfeasibleError as err:
         return {**row, "feasible": False, "why_not": str(err).split(" -- ")[0]}
+    except LiaInputError as err:
+        if not _is_precision_error(err):
+            raise
+        return {**row, "feasible": False, "why_not": f"cannot run {workload.precision.label()}: {err.problem}"}
     pred, plan = result.prediction, result.plan
     return {
         **row,
@@ -395,6 +401,11 @@ def _single_gpu_row(
         "latency_s": pred.latency_s,
         "throughput_tokens_per_s": pred.throughput_tokens_per_s,
     }
+
+
+def _is_precision_error(err: LiaInputError) -> bool:
+    """Whether an error says the system cannot run the requested precision (lia_model.costterms.check_precision)."""
+    return err.field in ("--weight-dtype", "--kv-dtype") or err.field.endswith("dequant_gelems_per_s")
 
 
 def _tp_row(
@@ -497,6 +508,7 @@ def _ranked_compare(
     csv_path,
     force,
     as_json,
+    precision: tuple = (None, None, None),
 ) -> None:
     import csv as csv_module
 
@@ -532,9 +544,18 @@ def _ranked_compare(
     for m in model_names:
         for s in system_names:
             rows.append(
-                _single_gpu_row(s, m, batch, input_len, output_len, overrides, objective, tpot_max_s, cost_mode, solver)
+                _single_gpu_row(
+                    s, m, batch, input_len, output_len, overrides, objective, tpot_max_s, cost_mode, solver, precision
+                )
             )
         for node in nodes:
+            if any(p is not None for p in precision):
+                from lia_model.inputs import resolve_model
+
+                name = resolve_model(m).name
+                row = {"model": name, "machine": node.name, "execution": f"tensor parallel, {node.gpus} GPUs"}
+                rows.append({**row, "feasible": False, "why_not": "tensor-parallel nodes are modelled in bf16 only"})
+                continue
             rows.append(_tp_row(node, m, batch, input_len, output_len, objective, tpot_max_s))
     ranked = rank_rows([_priced(r, prices, ttft_max_s) for r in rows], rank)
     header = {
@@ -553,6 +574,7 @@ def _ranked_compare(
         "amortisation_years": prices.amortisation_years if prices else None,
         "electricity_usd_per_kwh": prices.electricity_usd_per_kwh if prices else None,
         "pue": prices.pue if prices else None,
+        "precision": {"weight_dtype": precision[0], "kv_dtype": precision[1], "group_size": precision[2]},
     }
     if csv_path is not None:
         try:
@@ -576,6 +598,13 @@ def _ranked_compare(
         f"ranked by {rank} (winner first), objective {objective}, "
         + (f"B={batch}" if objective == "latency" else "batch chosen per row")
         + f", L_in={input_len}, L_out={output_len}, {cost_mode.value} model, solver {solver}"
+        + (
+            f", weights {precision[0] or 'bf16'}"
+            + (f" (groups of {precision[2]})" if precision[2] else "")
+            + f", KV {precision[1] or 'bf16'}"
+            if any(p is not None for p in precision)
+            else ""
+        )
     ]
     bounds = [
         f"mean TPOT <= {tpot_max_ms:g} ms (optimiser constraint)" if tpot_max_ms is not None else "",
@@ -682,6 +711,9 @@ def compare(
     ),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Also write the ranked table as CSV."),
     force: bool = typer.Option(False, "--force", help="Overwrite the --csv file if it exists."),
+    weight_dtype: Optional[str] = WeightDtypeOpt,
+    kv_dtype: Optional[str] = KvDtypeOpt,
+    group_size: Optional[int] = GroupSizeOpt,
 ) -> None:
     """The optimum and the baselines for a list of systems and/or models, side by side; with --rank,
     --prices, --ttft-max-ms, --tp-node or --csv, a ranked purchase table (the optimum per machine)."""
@@ -711,6 +743,7 @@ def compare(
             csv_path,
             force,
             as_json,
+            (weight_dtype, kv_dtype, group_size),
         )
         return
     if force:
@@ -720,12 +753,30 @@ def compare(
     for s in system_names:
         for m in model_names:
             try:
-                out = run_plan(s, m, batch, input_len, output_len, overrides, objective, tpot_max_ms, mode, solver)
+                out = run_plan(
+                    s,
+                    m,
+                    batch,
+                    input_len,
+                    output_len,
+                    overrides,
+                    objective,
+                    tpot_max_ms,
+                    mode,
+                    solver,
+                    weight_dtype,
+                    kv_dtype,
+                    group_size,
+                )
                 out.pop("_prediction")
                 out["query"]["model_given"] = m
                 rows.append(out)
             except InfeasibleError as err:
                 rows.append({"query": {"system": s, "model": m, "model_given": m}, "infeasible": str(err)})
+            except LiaInputError as err:  # this system cannot run the precision: say so in its row
+                if not _is_precision_error(err):
+                    raise
+                rows.append({"query": {"system": s, "model": m, "model_given": m}, "cannot_run": err.problem})
     # Two models with one name (e.g. two config.json files): show what was given instead.
     shown = [r["query"]["model"] for r in rows]
     for r in rows:
@@ -753,8 +804,9 @@ def compare(
         table.add_column(label)
     for out in rows:
         q = out["query"]
-        if "infeasible" in out:
-            table.add_row(q["system"], q["model"], "no plan fits", "-", *["-"] * len(labels))
+        if "infeasible" in out or "cannot_run" in out:
+            why = "no plan fits" if "infeasible" in out else f"cannot run: {out['cannot_run']}"
+            table.add_row(q["system"], q["model"], why, "-", *["-"] * len(labels))
             continue
         opt = out["optimum"]
         cells = [fmt_s(opt[metric]) if metric == "latency_s" else f"{opt[metric]:.2f}"]

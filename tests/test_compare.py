@@ -293,3 +293,28 @@ def test_force_overwrites_the_csv(files):
     code, _, err = run_lia(_base(files, "--csv", str(existing), "--force"))
     assert code == 0, err
     assert existing.read_text().startswith("rank,model,machine")
+
+
+def test_precision_options_reach_every_row_and_a_box_that_cannot_run_them_says_why(files):
+    """--weight-dtype fp8_e4m3: the H100 box is solved at fp8 (the same numbers as `lia plan` at fp8); the A100
+    box has no fp8 tensor cores, so its row says it cannot run it instead of failing the whole table; the
+    tensor-parallel node (bf16 only) says so too."""
+    fp8 = ("--weight-dtype", "fp8_e4m3")
+    code, out, err = run_lia(_base(files, "--rank", "latency", "--tp-node", "studies/dgx_a100.yaml", "--json", *fp8))
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["header"]["precision"]["weight_dtype"] == "fp8_e4m3"
+    rows = {r["machine"]: r for r in doc["results"]}
+    assert rows["gnr-a100"]["qualifies"] is False and "fp8" in rows["gnr-a100"]["why_not"]
+    assert rows["dgx-a100"]["qualifies"] is False and "bf16 only" in rows["dgx-a100"]["why_not"]
+    assert rows["spr-h100"]["rank"] == 1
+    args = ["plan", "--system", "spr-h100", "--model", str(files["model"]), "--input", "64", "--output", "8", "--batch"]
+    args += ["4", "--solver", "enumerate"]
+    code, out, err = run_lia([*args, "--json", *fp8])
+    assert code == 0, err
+    planned = json.loads(out)["optimum"]
+    assert rows["spr-h100"]["latency_s"] == pytest.approx(planned["latency_s"], rel=1e-9)
+    code, out, err = run_lia([*args, "--json"])
+    assert rows["spr-h100"]["latency_s"] < json.loads(out)["optimum"]["latency_s"]  # fp8 weights stream faster
+    code, out, _ = run_lia(_base(files, *fp8))  # the side-by-side table: the A100 row says why
+    assert code == 0 and "cannot run" in out
