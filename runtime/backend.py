@@ -97,6 +97,10 @@ class Backend:
         if kind not in ("cuda", "fake", "cpu"):
             raise ValueError(kind)
         self.kind = kind
+        if kind == "cuda":
+            # Before CUDA starts: segments that grow in place, so a cap the memory model fits is not lost to
+            # fragmentation between points of different shapes (a user's own setting is kept).
+            os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         # Element type of weights, activations and KV (bf16; float32 lets tests compare token for token
         # with an exact implementation).
         self.dtype = dtype

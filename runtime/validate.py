@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import platform
 import socket
 import time
@@ -221,6 +222,7 @@ def run_points(
     context = _context(system, backend)
     context["cpu_setup"] = setup.describe()
     context["weight_feeder"] = feeder_mode(backend)
+    context["cuda_alloc_conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") if backend.is_cuda else ""
     if runnable:
         w_elems = max(p.model.num_layers * layer_layout(p.model).numel for p in runnable)
         kv_elems = max(kv_arena_elements(p.model, p.workload, p.plan) for p in runnable)
