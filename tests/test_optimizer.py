@@ -347,6 +347,7 @@ def test_optimum_is_never_worse_than_the_lia_fixed_policies():
                     assert best <= pred.latency_s * (1 + 1e-9), label
 
 
+@pytest.mark.slow  # about 15 s on 2 cores: three full-size throughput and latency solves
 def test_the_batch_search_finds_the_batch_whose_prefill_chunks_are_smallest_below_a_memory_cliff():
     """gnr-a100, Llama-3.1-70B, 256/32: near the largest batch, throughput jumps with B's divisors (a batch
     with no divisor near the minibatch cap prefills in chunks whose fc1 temporaries crowd out the streaming
