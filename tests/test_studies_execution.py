@@ -26,9 +26,9 @@ def test_same_command_writes_byte_identical_csv(tmp_path):
     assert b"\r" not in first and b"20" in first  # plain \n line ends; numbers, not empty
 
 
-@pytest.mark.slow  # minutes on 2 cores since the exact batch search and per-layer schedule
+@pytest.mark.slow  # seconds: the reduced policy map (the reduced sensitivity study took 2 minutes twice over)
 def test_one_process_and_two_processes_give_the_same_csv(tmp_path):
-    assert _csv(tmp_path / "one", "sensitivity", workers=1) == _csv(tmp_path / "two", "sensitivity", workers=2)
+    assert _csv(tmp_path / "one", "policy-map", workers=1) == _csv(tmp_path / "two", "policy-map", workers=2)
 
 
 @pytest.mark.slow  # minutes on 2 cores since the exact batch search and per-layer schedule
