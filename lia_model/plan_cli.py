@@ -718,10 +718,13 @@ def compare(
     """The optimum and the baselines for a list of systems and/or models, side by side; with --rank,
     --prices, --ttft-max-ms, --tp-node or --csv, a ranked purchase table (the optimum per machine)."""
     from lia_model.optimizer import InfeasibleError
+    from lia_model.precision import make_precision
     from lia_model.report import fmt_s
 
     system_names = _names("--systems", systems, "spr-a100,spr-h100")
     model_names = _names("--models", models, "opt-66b,opt-175b")
+    # the names once, up front: an unknown dtype is the user's error, not one box's inability (each row says that)
+    make_precision(weight_dtype or "bf16", kv_dtype or "bf16")
     check_tpot_bound(tpot_max_ms, output_len)
     objective = getattr(objective, "value", objective)
     if rank is not None or prices is not None or ttft_max_ms is not None or tp_node or csv_path is not None:

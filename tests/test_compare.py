@@ -318,3 +318,6 @@ def test_precision_options_reach_every_row_and_a_box_that_cannot_run_them_says_w
     assert rows["spr-h100"]["latency_s"] < json.loads(out)["optimum"]["latency_s"]  # fp8 weights stream faster
     code, out, _ = run_lia(_base(files, *fp8))  # the side-by-side table: the A100 row says why
     assert code == 0 and "cannot run" in out
+    for bad in (["--weight-dtype", "fp9"], ["--kv-dtype", "int3"]):  # a bad name is the user's error, not a row's
+        code, out, err = run_lia(_base(files, *bad))
+        assert code == 2 and err.startswith("error: --") and "use one of" in err, (out, err)
