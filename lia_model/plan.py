@@ -213,6 +213,13 @@ class Plan(BaseModel):
             ]
         )
 
+    @property
+    def isa_label(self) -> str:
+        """The CPU ISA for tables and CSV rows: one name when both stages use it, else ``PREFILL/DECODE``."""
+        if self.prefill_cpu_isa == self.decode_cpu_isa:
+            return self.prefill_cpu_isa.value
+        return f"{self.prefill_cpu_isa.value}/{self.decode_cpu_isa.value}"
+
     def _isa_words(self) -> str:
         if self.prefill_cpu_isa == self.decode_cpu_isa:
             return self.prefill_cpu_isa.value

@@ -201,13 +201,6 @@ class IsaChoice:
     why: str
 
 
-def plan_isa_label(plan: Plan) -> str:
-    """The plan's CPU ISA: one name when both stages use it, else ``prefill/decode``."""
-    if plan.prefill_cpu_isa == plan.decode_cpu_isa:
-        return plan.prefill_cpu_isa.value
-    return f"{plan.prefill_cpu_isa.value}/{plan.decode_cpu_isa.value}"
-
-
 def runnable_system(system: SystemSpec, isa: IsaChoice) -> SystemSpec:
     """The system with only the ISA this process's oneDNN runs marked present.
 

@@ -37,7 +37,6 @@ from runtime.points import (
     group_model,
     group_workload,
     plan_entries,
-    plan_isa_label,
     resolve_entry,
     runnable_system,
 )
@@ -126,7 +125,7 @@ def resolve_points(
             except LiaInputError as err:
                 p.skip_reason = f"no plan: {err}"
                 continue
-            p.plan_isa = plan_isa_label(plan)
+            p.plan_isa = plan.isa_label
             if isa.run is not None and isa.run in sysc.cpu.isa and sysc.cpu.isa[isa.run].present:
                 plan = plan.model_copy(update={"cpu_isa": isa.run})
             p.plan = plan
@@ -462,7 +461,7 @@ def _plan_cols(p: Point) -> dict[str, Any]:
         "pinned_weights": pl.pinned_weights,
         "overlap": pl.overlap,
         "cpu_isa_plan": p.plan_isa,
-        "cpu_isa_run": plan_isa_label(pl),
+        "cpu_isa_run": pl.isa_label,
         "plan_json": json.dumps(pl.model_dump(mode="json"), separators=(",", ":")),
     }
 

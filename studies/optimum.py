@@ -103,12 +103,7 @@ def plan_fields(plan: Optional[Plan]) -> dict[str, Any]:
         "prefill_minibatches": plan.prefill_minibatches,
         "weight_tier": plan.weight_tier.value,
         "kv_tier": plan.kv_tier.value,
-        # one ISA when both stages use it, else "PREFILL/DECODE"
-        "cpu_isa": (
-            plan.prefill_cpu_isa.value
-            if plan.prefill_cpu_isa == plan.decode_cpu_isa
-            else f"{plan.prefill_cpu_isa.value}/{plan.decode_cpu_isa.value}"
-        ),
+        "cpu_isa": plan.isa_label,
     }
 
 
