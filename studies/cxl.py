@@ -17,7 +17,7 @@ import pandas as pd
 
 from studies import inputs
 from studies.framework import Row, Study
-from studies.optimum import optimum, plan_fields, prediction_fields
+from studies.optimum import PLAN_COLUMNS, PREDICTION_COLUMNS, optimum, plan_fields, prediction_fields
 from studies.policy_map import log_grid
 
 
@@ -104,18 +104,8 @@ COLUMNS = (
     "output_len",
     "kind",
     "batch",
-    "feasible",
-    "ttft_s",
-    "tpot_mean_s",
-    "latency_s",
-    "throughput_tokens_per_s",
-    "prefill_policy",
-    "decode_policy",
-    "gpu_resident_layers",
-    "prefill_minibatches",
-    "weight_tier",
-    "kv_tier",
-    "cpu_isa",
+    *PREDICTION_COLUMNS,
+    *PLAN_COLUMNS,
 )
 
 

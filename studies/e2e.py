@@ -28,7 +28,15 @@ from lia_model.plan import head_device
 from lia_model.workload import Workload
 from studies import inputs
 from studies.framework import Row, Study
-from studies.optimum import in_optimizer_space, optimum, plan_fields, prediction_fields, throughput_batch_choices
+from studies.optimum import (
+    PLAN_COLUMNS,
+    PREDICTION_COLUMNS,
+    in_optimizer_space,
+    optimum,
+    plan_fields,
+    prediction_fields,
+    throughput_batch_choices,
+)
 
 SCENARIOS = ("latency_b1", "throughput_b64", "throughput_max_batch")
 METRIC = {
@@ -174,21 +182,11 @@ COLUMNS = (
     "metric",
     "plan",
     "batch",
-    "feasible",
-    "ttft_s",
-    "tpot_mean_s",
-    "latency_s",
-    "throughput_tokens_per_s",
+    *PREDICTION_COLUMNS,
     "value",
     "speedup",
     "in_optimizer_space",
-    "prefill_policy",
-    "decode_policy",
-    "gpu_resident_layers",
-    "prefill_minibatches",
-    "weight_tier",
-    "kv_tier",
-    "cpu_isa",
+    *PLAN_COLUMNS,
     "head_device",
     "cpu_kv_passes",
     "flexgen_own_throughput_tokens_per_s",

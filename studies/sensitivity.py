@@ -18,7 +18,7 @@ import pandas as pd
 from lia_model.hardware import SystemSpec
 from studies import inputs
 from studies.framework import Row, Study
-from studies.optimum import optimum, plan_fields, prediction_fields
+from studies.optimum import PLAN_COLUMNS, PREDICTION_COLUMNS, optimum, plan_fields, prediction_fields
 
 # parameter -> (what it means, the override paths it scales); "cpu.isa.*" expands to every present ISA.
 PARAMETERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -152,19 +152,9 @@ COLUMNS = (
     "factor",
     "overrides",
     "batch",
-    "feasible",
-    "ttft_s",
-    "tpot_mean_s",
-    "latency_s",
-    "throughput_tokens_per_s",
+    *PREDICTION_COLUMNS,
     "value",
-    "prefill_policy",
-    "decode_policy",
-    "gpu_resident_layers",
-    "prefill_minibatches",
-    "weight_tier",
-    "kv_tier",
-    "cpu_isa",
+    *PLAN_COLUMNS,
 )
 
 
