@@ -125,14 +125,20 @@ def numa_nodes(root: Path = NODE_ROOT) -> tuple[NumaNode, ...]:
     return tuple(nodes)
 
 
-def physical_cores(cpus: tuple[int, ...], root: Path = CPU_ROOT) -> int:
-    """Distinct (package, core) pairs among logical CPUs: SMT siblings count once."""
-    seen = set()
-    for cpu in cpus:
+def core_groups(cpus: tuple[int, ...], root: Path = CPU_ROOT) -> list[tuple[int, ...]]:
+    """The logical CPUs grouped by physical core ((package, core) pair; SMT siblings together), ordered by
+    each core's lowest CPU number. A CPU without topology files is a core of its own."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for cpu in sorted(cpus):
         topo = root / f"cpu{cpu}" / "topology"
         core, pkg = _read(topo / "core_id").strip(), _read(topo / "physical_package_id").strip()
-        seen.add((pkg, core) if core else ("cpu", str(cpu)))
-    return max(1, len(seen))
+        groups.setdefault((pkg, core) if core else ("cpu", str(cpu)), []).append(cpu)
+    return sorted((tuple(g) for g in groups.values()), key=min)
+
+
+def physical_cores(cpus: tuple[int, ...], root: Path = CPU_ROOT) -> int:
+    """Distinct (package, core) pairs among logical CPUs: SMT siblings count once."""
+    return max(1, len(core_groups(cpus, root)))
 
 
 def last_level_cache_bytes(root: Path = CPU_ROOT, cpu: int = 0) -> int:

@@ -5,7 +5,15 @@ calibrator times run under exactly the conditions the runtime runs them in, and 
 setup (``describe()``).
 
 - Threads: one per physical core of the process's affinity (hyper-threads share a core's matrix unit and
-  its load ports; two threads on one core make long GEMVs slower and noisier).
+  its load ports; two threads on one core make long GEMVs slower and noisier), less one core kept for the
+  weight feeder when a CUDA device is present (``LIA_FEEDER_CORE``: ``auto``, ``1`` or ``0``).
+- The feeder's core (measured on the GPU host, 2026-11-30, runtime/validation/wave2-b2/): a feeder that may
+  run on any CPU waits in the driver after every 32 MiB piece, and while the CPU sublayers keep every core
+  busy it is woken late, the copy queue drains and weight streaming fell from 99% to 90% of the calibrated
+  H2D bandwidth (CPU attention beside the DMA took 3-5x its calibrated time as the woken feeder preempted an
+  OpenMP thread). Plans with CPU attention beside streamed GPU linears measured 5-19% slower than with the
+  earlier spinning feeder. With a core of its own the feeder is woken at once and OpenMP is never preempted;
+  the CPU sublayers run on one core fewer, which the calibrator measures too (same ``apply()``).
 - Affinity: ``OMP_PROC_BIND=close`` and ``OMP_PLACES=cores`` when the OpenMP runtime has not started yet
   (it reads them once, at its first parallel region); ``bind_env()`` gives them to a child process.
 - Allocator: glibc serves large blocks with fresh ``mmap`` calls and returns them on free, so every large
@@ -20,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -39,24 +48,71 @@ class CpuSetup:
     physical_cores: int
     bind: str  # "close/cores", "inherited (...)", or "none"
     allocator: str  # "glibc mallopt(no mmap, no trim)", "jemalloc (preloaded)", ...
+    feeder_cpus: tuple[int, ...] = ()  # the core kept for the weight feeder; () = none kept
 
     def describe(self) -> str:
-        return f"threads={self.threads} bind={self.bind} alloc={self.allocator}"
+        feeder = f" feeder=cpu{','.join(map(str, self.feeder_cpus))}" if self.feeder_cpus else ""
+        return f"threads={self.threads} bind={self.bind}{feeder} alloc={self.allocator}"
+
+
+def allowed_cpus() -> frozenset[int]:
+    """Every CPU the process's cpuset allows, asked from a fresh thread: the calling thread may already be
+    bound to one core (OpenMP binds its master at the first parallel region), and so may PROCESS_CPUS if
+    this module was imported after that."""
+    found: list[frozenset[int]] = []
+
+    def probe() -> None:
+        try:
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))  # the kernel keeps the cpuset's CPUs
+            found.append(frozenset(os.sched_getaffinity(0)))
+        except (OSError, ValueError):
+            found.append(PROCESS_CPUS)
+
+    t = threading.Thread(target=probe, name="lia-cpu-probe")
+    t.start()
+    t.join()
+    return found[0] if found and found[0] else PROCESS_CPUS
+
+
+def _core_groups() -> list[tuple[int, ...]]:
+    from calibrate.host import core_groups
+
+    cpus = tuple(sorted(allowed_cpus()))
+    return core_groups(cpus) or [cpus]
 
 
 def physical_cores() -> int:
     """Physical cores among the CPUs this process may run on (calibrate.host's count: SMT siblings once)."""
-    from calibrate.host import physical_cores as count
-
-    cpus = tuple(sorted(os.sched_getaffinity(0)))
-    return max(1, count(cpus))
+    return len(_core_groups())
 
 
-def float_this_thread() -> str:
-    """Let the calling helper thread run on any of the process's CPUs (not only the core its creator, the
-    OpenMP master, is bound to), so that it never time-shares that core with the CPU sublayers' master
-    thread. Returns what was done, for the CSV's setup string."""
+def keep_feeder_core(cores: int, cuda: bool, setting: Optional[str] = None) -> bool:
+    """Whether one physical core is kept out of OpenMP for the weight feeder.
+
+    ``LIA_FEEDER_CORE``: ``auto`` (default) keeps one when a CUDA device is present (the feeder only runs
+    there) and the process has at least 4 cores; ``1`` keeps one whenever there are 2 cores or more; ``0``
+    never (the feeder then floats over every CPU)."""
+    value = (setting if setting is not None else os.environ.get("LIA_FEEDER_CORE", "auto")).strip().lower()
+    if value not in ("auto", "1", "0"):
+        from lia_model.errors import LiaInputError
+
+        raise LiaInputError("LIA_FEEDER_CORE", f"'{value}' is not auto, 1 or 0", "unset it or give auto, 1 or 0")
+    if value == "0":
+        return False
+    if value == "1":
+        return cores >= 2
+    return cuda and cores >= 4
+
+
+def place_helper_thread() -> str:
+    """Put the calling helper thread (the weight feeder) on the core ``apply()`` kept for it, or, when none
+    was kept, let it run on any of the process's CPUs (never only on the core its creator, the OpenMP
+    master, is bound to: it would time-share that core with every CPU sublayer). Returns what was done."""
+    cpus = _APPLIED.feeder_cpus if _APPLIED is not None else ()
     try:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+            return f"own core (cpu {','.join(map(str, cpus))})"
         # every CPU of the machine: the kernel keeps those the process's cpuset allows
         os.sched_setaffinity(0, range(os.cpu_count() or 1))
     except (OSError, ValueError) as err:
@@ -100,19 +156,32 @@ def apply(threads: Optional[int] = None) -> CpuSetup:
     global _APPLIED
     import torch
 
-    cores = physical_cores()
-    n = threads or int(os.environ.get("LIA_THREADS", "0") or 0) or cores
+    groups = _core_groups()
+    keep = keep_feeder_core(len(groups), torch.cuda.is_available())
+    n = threads or int(os.environ.get("LIA_THREADS", "0") or 0) or len(groups) - int(keep)
     if _APPLIED is not None and _APPLIED.threads == n:
         return _APPLIED
+    # The feeder's core: the last physical core, when OpenMP's threads leave it free.
+    feeder_cpus = groups[-1] if keep and n < len(groups) else ()
     if "OMP_PROC_BIND" in os.environ:
         bind = f"inherited ({os.environ['OMP_PROC_BIND']}/{os.environ.get('OMP_PLACES', '-')})"
     else:
         # Only effective if OpenMP has not started its thread pool yet (true before the first parallel op).
-        os.environ["OMP_PROC_BIND"], os.environ["OMP_PLACES"] = "close", "cores"
+        os.environ["OMP_PROC_BIND"] = "close"
+        if feeder_cpus:  # OpenMP's places leave the feeder's core out
+            os.environ["OMP_PLACES"] = ",".join("{" + ",".join(map(str, g)) + "}" for g in groups[:-1])
+        else:
+            os.environ["OMP_PLACES"] = "cores"
         bind = "close/cores (set in-process)"
     torch.set_num_threads(n)
     allocator = _preloaded_allocator() or _mallopt()
-    _APPLIED = CpuSetup(threads=torch.get_num_threads(), physical_cores=cores, bind=bind, allocator=allocator)
+    _APPLIED = CpuSetup(
+        threads=torch.get_num_threads(),
+        physical_cores=len(groups),
+        bind=bind,
+        allocator=allocator,
+        feeder_cpus=tuple(feeder_cpus),
+    )
     return _APPLIED
 
 

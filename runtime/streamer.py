@@ -13,7 +13,9 @@ its thread inherited the OpenMP master's single-core affinity and waited for eac
 ``cudaEventSynchronize``, so while weights streamed it time-shared the master's core. CPU attention of OPT-30B
 at B=1 took 6-8 ms instead of 0.1 ms and out_proj 8 ms instead of 1.6 ms, exactly in the layers whose DMA ran
 beside them; mixed plans measured 20-48% slower than predicted. The feeder now waits on blocking events
-(it sleeps in the driver) and widens its affinity to the process's CPUs (``cpu_setup.float_this_thread``).
+(it sleeps in the driver) and runs on a core of its own (``cpu_setup.place_helper_thread``; a floating
+feeder was woken late while OpenMP kept every core busy: streaming fell to 90% of the calibrated H2D
+bandwidth, runtime/validation/wave2-b2/).
 
 The launching thread gets a ``Job`` per prefetch: ``Job.ready()`` blocks until every piece is queued and
 returns the event after the last one (a stream may only wait on an event once it is recorded). Without
@@ -79,7 +81,11 @@ def split(dst: torch.Tensor, src: torch.Tensor, piece_elems: int = PIECE_ELEMS) 
 def feeder_mode(backend: Backend) -> str:
     """How weights will be streamed in this process (recorded in every validation row)."""
     if backend.is_cuda and os.environ.get("LIA_WEIGHT_FEEDER", "1") != "0":
-        return f"feeder thread (floating affinity, blocking waits), {DEPTH} x 32 MiB in flight"
+        from runtime.cpu_setup import current
+
+        setup = current()
+        where = f"own core cpu {','.join(map(str, setup.feeder_cpus))}" if setup and setup.feeder_cpus else "floating"
+        return f"feeder thread ({where}, blocking waits), {DEPTH} x 32 MiB in flight"
     return "all pieces queued at once" if backend.is_cuda else "synchronous copies (no CUDA)"
 
 
@@ -119,9 +125,9 @@ class WeightFeeder:
             self._thread = None
 
     def _loop(self) -> None:
-        from runtime.cpu_setup import float_this_thread
+        from runtime.cpu_setup import place_helper_thread
 
-        self.affinity = float_this_thread()
+        self.affinity = place_helper_thread()
         if self._device is not None:
             torch.cuda.set_device(self._device)
         while True:

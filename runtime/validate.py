@@ -220,6 +220,13 @@ def run_points(
     rows: dict[str, dict[str, Any]] = {}
     context = _context(system, backend)
     context["cpu_setup"] = setup.describe()
+    tables = system.kernels
+    if tables is not None and tables.setup and tables.setup.split()[0] != setup.describe().split()[0]:
+        echo(
+            f"note: the profile's kernel tables were measured with {tables.setup.split()[0]}, this run uses "
+            f"{setup.describe().split()[0]}: its CPU predictions are off by the difference; measure the tables "
+            "again on this host (python -m calibrate.kernel_tables) or set LIA_THREADS"
+        )
     context["weight_feeder"] = feeder_mode(backend)
     context["cuda_alloc_conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") if backend.is_cuda else ""
     if runnable:

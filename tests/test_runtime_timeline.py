@@ -137,3 +137,69 @@ def test_cpu_setup_records_threads_binding_and_allocator(monkeypatch: pytest.Mon
         torch.set_num_threads(before)
     assert setup.describe().startswith("threads=1 bind=") and "alloc=" in setup.describe()
     assert setup.physical_cores >= 1
+
+
+def test_core_groups_put_smt_siblings_together(tmp_path) -> None:
+    """Four logical CPUs on two physical cores (0/2 and 1/3 siblings, as Linux numbers them) and one CPU
+    without topology files: three groups, ordered by their lowest CPU."""
+    from calibrate.host import core_groups, physical_cores
+
+    for cpu, core in ((0, 0), (1, 1), (2, 0), (3, 1)):
+        topo = tmp_path / f"cpu{cpu}" / "topology"
+        topo.mkdir(parents=True)
+        (topo / "core_id").write_text(f"{core}\n")
+        (topo / "physical_package_id").write_text("0\n")
+    assert core_groups((0, 1, 2, 3, 7), tmp_path) == [(0, 2), (1, 3), (7,)]
+    assert physical_cores((3, 2, 1, 0), tmp_path) == 2
+
+
+@pytest.mark.parametrize(
+    ("cores", "cuda", "setting", "keep"),
+    [
+        (16, True, "auto", True),  # the GPU host: one of 16 cores for the feeder
+        (16, False, "auto", False),  # no CUDA: no feeder thread, no core kept
+        (3, True, "auto", False),  # too few cores to give one away by default
+        (2, False, "1", True),  # forced
+        (1, True, "1", False),  # nothing to give
+        (16, True, "0", False),  # refused
+    ],
+)
+def test_keep_feeder_core(cores: int, cuda: bool, setting: str, keep: bool) -> None:
+    from runtime.cpu_setup import keep_feeder_core
+
+    assert keep_feeder_core(cores, cuda, setting) is keep
+
+
+def test_a_bad_feeder_core_setting_is_named() -> None:
+    from lia_model.errors import LiaInputError
+    from runtime.cpu_setup import keep_feeder_core
+
+    with pytest.raises(LiaInputError, match="LIA_FEEDER_CORE: 'yes' is not auto, 1 or 0"):
+        keep_feeder_core(16, True, "yes")
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to keep one for the feeder")
+def test_the_feeder_runs_on_the_core_kept_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a core kept (LIA_FEEDER_CORE=1), OpenMP gets one thread fewer than the cores and the feeder is
+    pinned to the last core, the one OpenMP's places leave out (wave2-b2: a floating feeder was woken late
+    while OpenMP kept every core busy, and weight streaming fell to 90% of the calibrated bandwidth)."""
+    from runtime import cpu_setup
+
+    groups = cpu_setup._core_groups()
+    monkeypatch.setattr(cpu_setup, "_APPLIED", None)
+    monkeypatch.setenv("LIA_FEEDER_CORE", "1")
+    monkeypatch.delenv("LIA_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        setup = cpu_setup.apply()
+        feeder = WeightFeeder(Backend("fake"), threaded=True)
+        feeder.submit([], []).ready()
+        where = feeder.affinity
+        feeder.close()
+    finally:
+        torch.set_num_threads(before)
+        monkeypatch.setattr(cpu_setup, "_APPLIED", None)
+    assert setup.threads == len(groups) - 1
+    assert setup.feeder_cpus == groups[-1]
+    assert f"feeder=cpu{','.join(map(str, groups[-1]))}" in setup.describe()
+    assert where == f"own core (cpu {','.join(map(str, groups[-1]))})"

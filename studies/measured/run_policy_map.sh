@@ -12,7 +12,7 @@ set -uo pipefail
 OUT=${OUT:-./measured-policy-map}
 PROFILE=${1:-hwprofiles/systems/emr-h200-kernels.yaml}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 LIA_THREADS=$(nproc) PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 HARD_LIMIT_S=${HARD_LIMIT_S:-560}
