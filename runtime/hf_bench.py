@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--system", default="hwprofiles/systems/emr-h100-calibrated.yaml")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--models", default=",".join(MODELS), help="Comma-separated subset of " + ", ".join(MODELS))
+    ap.add_argument("--trace", action="store_true", help="Also write each point's Chrome traces (lia run --trace).")
     args = ap.parse_args(argv)
     wanted = [m.strip() for m in args.models.split(",") if m.strip()]
     logs = args.out / "hf_bench"
@@ -177,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if cap is not None:
             cmd += ["--gpu-memory-gib", str(cap)]
+        if args.trace:
+            cmd += ["--trace", str(logs / f"point{i}-traces")]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - t0

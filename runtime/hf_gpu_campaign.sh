@@ -10,7 +10,7 @@
 # ${LIA_HF_WORK:-/tmp/lia-hf} (several GB), never under $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}
 OUT=${OUT:-results/hf_gpu}
 mkdir -p "$OUT"
 if ! $PY -c "import transformers, safetensors" 2>/dev/null; then
@@ -27,8 +27,8 @@ case "${1:-tests}" in
       | tee "$OUT/hf_cuda_tests.log" | tail -n 80
     ;;
   bench)
-    $PY -m runtime.hf_bench --work "${LIA_HF_WORK:-/tmp/lia-hf}" --out "$OUT" \
-      --system hwprofiles/systems/emr-h100-calibrated.yaml ${LIA_HF_MODELS:+--models "$LIA_HF_MODELS"}
+    $PY -m runtime.hf_bench --work "${LIA_HF_WORK:-/tmp/lia-hf}" --out "$OUT" --trace \
+      --system "${LIA_HF_SYSTEM:-hwprofiles/systems/emr-h200-kernels.yaml}" ${LIA_HF_MODELS:+--models "$LIA_HF_MODELS"}
     ;;
   *)
     echo "usage: OUT=\$OUT bash runtime/hf_gpu_campaign.sh tests|bench" >&2

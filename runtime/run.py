@@ -55,8 +55,9 @@ class RunOptions:
     fake_gpu: bool = False
     dtype: str = "bfloat16"
     stream: bool = True
-    threads: Optional[int] = None  # CPU threads (default: every core this process may use)
+    threads: Optional[int] = None  # CPU threads (default: cpu_setup.apply's, one per physical core less the feeder's)
     gpu_memory_gib: Optional[float] = None  # plan for and enforce a smaller GPU (runtime/preflight.py)
+    trace_dir: Optional[str] = None  # one extra profiled (untimed) pass per batch, written as a Chrome trace here
 
 
 @dataclass
@@ -111,6 +112,7 @@ class RunReport:
     load_s: float = 0.0
     load_gb: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    cpu_setup: str = ""  # runtime/cpu_setup.py's describe(): threads, binding, feeder core, allocator
 
 
 # ---------------------------------------------------------------------------- checkpoint
@@ -320,11 +322,19 @@ def run(
         )
     if not opts.prompts:
         raise LiaInputError("--prompt", "no prompt given", "give --prompt TEXT or --prompts FILE")
+    if opts.trace_dir:
+        folder = Path(opts.trace_dir)
+        if folder.exists() and (not folder.is_dir() or any(folder.glob("*.trace.json"))):
+            raise LiaInputError(
+                "--trace", f"'{folder}' is a file or already holds traces", "give a new or empty folder"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
     check_config(opts.model)  # an architecture the runtime cannot run is refused before torch is imported
 
     import torch
 
-    from runtime.backend import Backend, cpu_threads
+    from runtime import cpu_setup
+    from runtime.backend import Backend
     from runtime.executor import Executor, GpuLayerCache
     from runtime.generate import Sampler, Stream, load_codec
     from runtime.hf_loader import load_checkpoint, open_checkpoint
@@ -345,7 +355,7 @@ def run(
             f"keep prompt + new tokens <= {ckpt.sliding_window}",
         )
     backend = Backend.detect(fake_gpu=opts.fake_gpu, dtype=getattr(torch, opts.dtype))
-    torch.set_num_threads(opts.threads or cpu_threads())
+    setup = cpu_setup.apply(opts.threads)  # the calibrator's CPU setup: threads, binding, allocator
     gpu_total = torch.cuda.get_device_properties(backend.gpu_device).total_memory / 2**30 if backend.is_cuda else None
     system, note = resolve_system(opts.system, list(opts.overrides), gpu_total, warn)
     if opts.gpu_memory_gib is not None:
@@ -365,6 +375,7 @@ def run(
         opts.sampling,
         batches,
         warnings=warnings,
+        cpu_setup=setup.describe(),
     )
 
     if backend.is_cuda:
@@ -392,6 +403,7 @@ def run(
     cache = GpuLayerCache()
     sampler = Sampler(opts.sampling)
     eos = set() if opts.ignore_eos else set(ckpt.eos_token_ids)
+    traced: list[Path] = []
     for batch in batches:
         if batch.plan.pinned_weights != weights.arena.pinned and backend.is_cuda:
             weights.arena.set_pinned(batch.plan.pinned_weights)
@@ -427,6 +439,12 @@ def run(
             batch.outputs = outputs
             batch.texts = [codec.decode(o) if codec is not None else None for o in outputs]
             batch.ttft_s, batch.tpot_s = result.ttft_s, list(result.tpot_s)
+            if opts.trace_dir:
+                from runtime.trace import write_trace
+
+                profiled = ex.generate(prompt, profile=True, select=sampler)
+                name = f"batch{len(traced) + 1}-B{B}-L{batch.workload.input_len}.trace.json"
+                traced.append(write_trace(profiled, Path(opts.trace_dir) / name, f"lia run: {report.model.name}"))
         finally:
             ex.close()
     return report
@@ -439,6 +457,7 @@ def report_json(report: RunReport, prompts: list[str]) -> dict:
         "system": report.system.name,
         "system_note": report.system_note,
         "backend": report.backend,
+        "cpu_setup": report.cpu_setup,
         "dtype": report.dtype,
         "tokenizer": report.codec,
         "decoding": report.sampling.describe(),

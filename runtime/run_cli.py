@@ -48,8 +48,15 @@ def run_command(
         False, "--warmup", help="One short untimed pass first, so the measured times exclude start-up costs."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (no streaming)."),
+    trace: Optional[str] = typer.Option(
+        None,
+        "--trace",
+        help="Also write a Chrome trace per batch into this new folder (one extra, untimed, profiled pass).",
+    ),
     threads: Optional[int] = typer.Option(
-        None, "--threads", help="CPU threads (default: every core this process may use)."
+        None,
+        "--threads",
+        help="CPU threads (default: one per physical core, less one kept for the weight feeder with a GPU).",
     ),
     gpu_memory_gib: Optional[float] = typer.Option(
         None, "--gpu-memory-gib", help="Plan for and enforce a GPU memory cap (GiB), e.g. to emulate a smaller GPU."
@@ -98,6 +105,7 @@ def run_command(
         stream=not as_json,
         threads=threads,
         gpu_memory_gib=gpu_memory_gib,
+        trace_dir=trace,
     )
 
     def warn(message: str) -> None:

@@ -328,10 +328,13 @@ def test_lia_run_command_line_matches_transformers(cases, tmp_path):
         "float32",
         "--threads",
         "1",
+        "--trace",
+        str(tmp_path / "traces"),
     )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["schema"] == "lia.run/1" and len(out["batches"]) == 1
+    assert out["cpu_setup"].startswith("threads=1 ")
     batch = out["batches"][0]
     assert batch["plan"]["gpu_resident_layers"] == 1 and batch["plan_source"].startswith("--plan")
     got = torch.tensor([o["token_ids"] for o in batch["outputs"]])
@@ -339,6 +342,17 @@ def test_lia_run_command_line_matches_transformers(cases, tmp_path):
     for key in ("ttft_s", "tpot_mean_s", "tokens_per_s"):
         assert batch["measured"][key] > 0 and batch["predicted"][key] > 0
     assert "no tokenizer" in proc.stderr
+    # --trace: one Chrome trace of the batch, every layer's qkv in it for the prefill and each decode step
+    (trace,) = (tmp_path / "traces").glob("*.trace.json")
+    events = [e for e in json.loads(trace.read_text())["traceEvents"] if e["ph"] == "X"]
+    layers = json.loads((case.path / "config.json").read_text())["num_hidden_layers"]
+    qkv = [e for e in events if e["name"].startswith("qkv L")]
+    chunks = batch["plan"]["prefill_minibatches"]  # a qkv per prefill minibatch, then one per decode step
+    assert len(qkv) == layers * (chunks + NEW_TOKENS - 1)
+    assert {e["args"]["stage"] for e in qkv} == {"prefill", "decode"}
+    # a folder that already holds traces is refused before anything runs (nothing is overwritten)
+    again = _lia("run", "--model", str(case.path), "--prompt", "1 2", "--ids", "--trace", str(tmp_path / "traces"))
+    assert again.returncode == 2 and again.stderr.strip().splitlines()[-1].startswith("error: --trace:")
 
 
 def _word_tokenizer(folder: Path) -> None:
