@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Wave-2 GPU-host campaign (issue 10), one part per device command, each under 9.5 minutes.
 #
+#   bash runtime/wave2_host_campaign.sh k     # kernel tables of the runtime only (4 models: about 8-9 minutes)
 #   bash runtime/wave2_host_campaign.sh 1     # kernel tables of the runtime -> profile, then campaign part A
 #   bash runtime/wave2_host_campaign.sh 2 [PROFILE]   # campaign part B with the committed kernel-table profile
 #   bash runtime/wave2_host_campaign.sh a [PROFILE]   # campaign part A with the committed kernel-table profile
@@ -14,7 +15,7 @@
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(1|2|a) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|1|2|a) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -27,11 +28,21 @@ main() {
 echo "== wave-2 campaign part $PART on $(hostname) at $(date -u +%FT%TZ)"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 lscpu | grep -E 'Model name|^CPU\(s\)|Thread' || true
+"$PY" -c "from runtime import cpu_setup; print('cpu setup:', cpu_setup.apply().describe())" 2>&1 | grep -v '^USDT'
 if [ "${PRE_TESTS:-0}" = "1" ]; then
     echo "== CUDA executor tests (tests/test_runtime_gpu.py)"
     timeout 150 "$PY" -m pytest tests/test_runtime_gpu.py -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 15
 fi
 case "$PART" in
+    k)
+        # kernel tables only (all four models' shapes by default), the whole command's time for them
+        timeout "${KT_LIMIT_S:-$((HARD_LIMIT_S - 20))}" "$PY" -m calibrate.kernel_tables \
+            --base hwprofiles/systems/emr-h100-calibrated.yaml --name emr-h200-kernels --out "$OUT" --force ${KT_ARGS:-} \
+            2>&1 | grep --line-buffered -v '^USDT'
+        [ -f "$OUT/emr-h200-kernels.yaml" ] || { echo "kernel tables failed"; return 1; }
+        echo "== done in ${SECONDS} s; files: $(ls "$OUT" | tr '\n' ' ')"
+        return 0
+        ;;
     a)
         PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
         POINTS=${POINTS_A:-runtime/campaign/wave2-a.yaml}; MAX_POINT_S=${MAX_POINT_S:-60}
