@@ -128,3 +128,19 @@ def test_the_runtimes_gpu_memory_peak_stays_within_the_memory_models_hbm(backend
         del weights
     print("\n".join(f"{d}: peak {p:.0f} MiB, model {m:.0f} MiB" for d, p, m in rows))
     assert all(p <= m + 32 for _, p, m in rows), rows  # 32 MiB: the caching allocator's block rounding
+
+
+def test_cpu_beside_dma_measures_each_case_beside_the_runtimes_feeder():
+    """The calibrator's contention measurement (quick: 2 cases, 8 x 256 MiB of pinned H2D): one row per repeat
+    and case, the CPU kernel's read rate and the DMA rate both physical (DMA under the 64 GB/s of PCIe 5 x16,
+    CPU reads positive), and the returned slowdown the median of the first case's three."""
+    import statistics
+
+    from calibrate.kernel_tables import BESIDE_DMA_CASES, cpu_beside_dma
+
+    slowdown, rows = cpu_beside_dma("test", quick=True)
+    assert [r["sublayer"] for r in rows] == [BESIDE_DMA_CASES[0][0]] * 3 + [BESIDE_DMA_CASES[1][0]] * 3
+    assert slowdown == statistics.median(r["slowdown"] for r in rows[:3])
+    for r in rows:
+        assert 0 < r["dma_gbps"] < 64 and 0 < r["dma_solo_gbps"] < 64
+        assert r["cpu_read_gbps_solo"] > 0 and r["time_s"] > 0 and r["solo_time_s"] > 0
