@@ -128,83 +128,60 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
-    from studies.plotting import figure
+    """Bars, two columns wide: per model (columns), the largest batch that fits (top row) and the best
+    throughput the optimiser finds (bottom row) on each base system, DDR only beside DDR + CXL, with CXL's gain
+    over each pair. The throughput-vs-batch curves behind the bars are in the CSV (kind = batch)."""
+    import numpy as np
+
+    from studies.plotting import TWO_COLUMN_IN, figure
 
     grid = grid or FULL
     bases = [s for s in grid.systems if s in set(frame["base_system"])] or sorted(frame["base_system"].unique())
     models = [m for m in grid.models if m in set(frame["model"])] or sorted(frame["model"].unique())
     table = summary(frame).set_index(["base_system", "model"])
-    fig, axes = figure(len(models), len(bases), 4.1 * len(bases), 3.9 * len(models) + 0.9, sharey="row")
-    # DDR only: a wide pale line; with CXL: a narrow dashed one on top (the two coincide where DDR suffices)
-    styles = {False: ("#6baed6", "DDR only", "-", 3.2), True: ("#b2182b", "DDR + CXL", "--", 1.4)}
-    for r, model in enumerate(models):
-        for c, base in enumerate(bases):
-            ax = axes[r][c]
-            part = frame[(frame["base_system"] == base) & (frame["model"] == model)]
-            for flag, (color, name, line, width) in styles.items():
-                sub = part[part["cxl"] == flag]
-                curve = sub[(sub["kind"] == "batch") & sub["feasible"].astype(bool)].sort_values("batch")
-                ax.plot(
-                    curve["batch"],
-                    curve["throughput_tokens_per_s"],
-                    line,
-                    color=color,
-                    linewidth=width,
-                    label=f"{name}: optimum at each batch",
-                )
-                largest = sub[(sub["kind"] == "largest_batch") & sub["feasible"].astype(bool)]
-                if len(largest):
-                    ax.axvline(
-                        largest["batch"].iloc[0],
-                        color=color,
-                        linestyle=":",
-                        linewidth=1.6,
-                        label=f"{name}: largest batch that fits",
-                    )
-                best = sub[(sub["kind"] == "best_throughput") & sub["feasible"].astype(bool)]
-                if len(best):
-                    ax.plot(
-                        best["batch"],
-                        best["throughput_tokens_per_s"],
-                        "*",
-                        color=color,
-                        markersize=11,
-                        markeredgecolor="black",
-                        markeredgewidth=0.5,
-                        label=f"{name}: optimiser's throughput objective",
-                    )
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xlabel("batch B (sequences)")
-            if c == 0:
-                ax.set_ylabel("throughput (generated tokens/s)")
-            ax.set_title(f"{model.upper()} on {base} vs {base}-cxl", fontsize=9.5)
-            key = (base, model)
-            if key in table.index:
-                rec = table.loc[key]
-                lines = [
-                    f"largest batch: {_int(rec['largest_batch_ddr_only'])} -> {_int(rec['largest_batch_with_cxl'])}"
-                ]
-                if rec["throughput_gain"] is not None and not pd.isna(rec["throughput_gain"]):
-                    lines.append(f"best throughput: x{rec['throughput_gain']:.2f} with CXL")
-                ax.text(
-                    0.97,
-                    0.04,
-                    "\n".join(lines),
-                    transform=ax.transAxes,
-                    va="bottom",
-                    ha="right",
-                    fontsize=8,
-                    bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "#cccccc"},
-                )
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.suptitle(
-        f"CXL memory: throughput vs batch, L_in = {grid.input_len}, L_out = {grid.output_len} "
-        "(two 128 GiB CXL expanders added to 512 GiB DDR5)",
-        fontsize=10.5,
+    fig, axes = figure(2, len(models), TWO_COLUMN_IN, 4.4)
+    colors = {"ddr_only": "#6baed6", "with_cxl": "#b2182b"}
+    names = {"ddr_only": "DDR only (512 GiB)", "with_cxl": "DDR + CXL (512 + 2 x 128 GiB)"}
+    rows = (
+        ("largest_batch", "largest batch that fits\n(sequences)"),
+        ("best_throughput", "best throughput\n(tokens/s)"),
     )
-    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
+    x = np.arange(len(bases))
+    width = 0.38
+    for c, model in enumerate(models):
+        for r, (metric, label) in enumerate(rows):
+            ax = axes[r][c]
+            top = 0.0
+            for k, tag in enumerate(("ddr_only", "with_cxl")):
+                values = [
+                    float(table.loc[(b, model), f"{metric}_{tag}"])
+                    if (b, model) in table.index and not pd.isna(table.loc[(b, model), f"{metric}_{tag}"])
+                    else 0.0
+                    for b in bases
+                ]
+                top = max(top, *values)
+                ax.bar(x + (k - 0.5) * width, values, width, color=colors[tag], label=names[tag])
+            for i, b in enumerate(bases):
+                if (b, model) not in table.index:
+                    continue
+                a, w = table.loc[(b, model), f"{metric}_ddr_only"], table.loc[(b, model), f"{metric}_with_cxl"]
+                if a and w and not pd.isna(a) and not pd.isna(w):
+                    ax.text(x[i], max(a, w) * 1.02, f"x{w / a:.2f}", ha="center", va="bottom", fontsize=7)
+            ax.set_ylim(0, top * 1.18 if top else 1)
+            ax.set_xticks(x)
+            ax.set_xticklabels(bases, rotation=0)
+            ax.grid(axis="x", visible=False)
+            if c == 0:
+                ax.set_ylabel(label)
+            if r == 0:
+                ax.set_title(model.upper())
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, frameon=False)
+    fig.suptitle(
+        f"What two CXL expanders buy: the optimum at L_in = {grid.input_len}, L_out = {grid.output_len} "
+        "(x = with CXL / DDR only)"
+    )
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     return fig
 
 
@@ -215,8 +192,8 @@ def _int(value) -> str:
 STUDY = Study(
     name="cxl",
     title="Throughput vs batch with and without CXL",
-    description="Throughput of the optimal plan vs batch for OPT-30B and OPT-66B on each system with and "
-    "without CXL, with the largest batch that fits and the best-throughput gain CXL buys.",
+    description="The largest batch that fits and the best throughput of the optimal plan for OPT-30B and OPT-66B "
+    "on each system with and without CXL, as bars with CXL's gain (the throughput-vs-batch curves are in the CSV).",
     full_grid=FULL,
     reduced_grid=REDUCED,
     points=points,

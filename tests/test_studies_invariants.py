@@ -353,3 +353,26 @@ def test_validation_pairs_predicted_and_measured_columns(tmp_path):
     fc1 = frame.loc["decode_fc1_ms"]
     assert (fc1["kind"], fc1["stage"], fc1["sublayer"], fc1["device"]) == ("sublayer", "decode", "fc1", "cpu")
     assert fc1["error_pct"] == pytest.approx(-50.0)
+
+
+def test_cxl_bars_show_the_gain_at_print_size() -> None:
+    """The CXL figure as bars (issue 16): two columns wide, nothing under 7 pt, and over each pair the gain
+    with CXL, here hand-computed: largest batch 1302 / 1156 = x1.13, best throughput 300 / 250 = x1.20."""
+    import pandas as pd
+
+    from studies import cxl
+    from studies.plotting import MIN_FONT_PT, TWO_COLUMN_IN
+
+    rows = []
+    for flag, largest, best in ((False, 1156, 250.0), (True, 1302, 300.0)):
+        base = {"system": "spr-h100" + ("-cxl" if flag else ""), "base_system": "spr-h100", "cxl": flag}
+        base |= {"model": "opt-30b", "feasible": True}
+        rows.append(base | {"kind": "largest_batch", "batch": largest, "throughput_tokens_per_s": 1.0})
+        rows.append(base | {"kind": "best_throughput", "batch": 512, "throughput_tokens_per_s": best})
+    grid = cxl.Grid(systems=("spr-h100",), models=("opt-30b",), batches=(1,), input_len=256, output_len=32)
+    fig = cxl.plot(pd.DataFrame(rows), grid)
+    assert fig.get_size_inches()[0] <= TWO_COLUMN_IN
+    texts = [t for t in fig.findobj(lambda o: hasattr(o, "get_fontsize") and hasattr(o, "get_text")) if t.get_text()]
+    assert min(t.get_fontsize() for t in texts) >= MIN_FONT_PT
+    labels = {t.get_text() for t in texts}
+    assert {"x1.13", "x1.20"} <= labels
