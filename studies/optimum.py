@@ -14,8 +14,8 @@ from lia_model.costmodel import Prediction
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
 from lia_model.optimizer import InfeasibleError, batch_candidates, optimize
-from lia_model.optimizer.space import MAX_PREFILL_MINIBATCHES
-from lia_model.plan import Device, HostTier, Plan, head_device, policy_notation
+from lia_model.optimizer.space import contains
+from lia_model.plan import Plan, policy_notation
 from lia_model.workload import Workload
 
 SOLVER = "enumerate"
@@ -53,32 +53,10 @@ def throughput_batch_choices(system: SystemSpec, model: ModelSpec, workload: Wor
 def in_optimizer_space(
     system: SystemSpec, plan: Plan, batch: int, batch_choices: Optional[tuple[int, ...]] = None
 ) -> bool:
-    """Whether the optimiser's search space holds this plan (at this batch).
-
-    The space: pinned weights, overlap, any CPU ISA the system has in each stage, the embeddings and LM head
-    on the GPU, any prefill minibatch count dividing the batch up to the optimiser's cap, any policies, any resident count, KV tier DDR
-    or CXL and any split of the weights between them where the system has CXL, either expert fetch (MoE).
-    With the throughput objective the batch is a knob too, and ``batch_choices`` (the optimiser's
-    ``batch_candidates``: every batch up to the largest that fits) are the batches it may choose.
-    """
-    if batch_choices is not None and batch not in batch_choices:
-        return False
-    tiers_ok = all(
-        t == HostTier.DDR or (t == HostTier.CXL and system.has_cxl) for t in (plan.weight_tier, plan.kv_tier)
-    )
-    tiers_ok = tiers_ok and (plan.cxl_weight_layers == 0 or system.has_cxl)
-    isas_ok = all(
-        isa in system.cpu.isa and system.cpu.isa[isa].present for isa in (plan.prefill_cpu_isa, plan.decode_cpu_isa)
-    )
-    return (
-        plan.pinned_weights
-        and plan.overlap
-        and isas_ok
-        and head_device(plan) == Device.GPU
-        and batch % plan.prefill_minibatches == 0
-        and plan.prefill_minibatches <= MAX_PREFILL_MINIBATCHES
-        and tiers_ok
-    )
+    """Whether the optimiser's search space holds this plan (at this batch): ``lia_model.optimizer.space.contains``,
+    the one definition of that space. With the throughput objective the batch is a knob too, and
+    ``batch_choices`` (the optimiser's ``batch_candidates``) are the batches it may choose."""
+    return contains(system, plan, batch, batch_choices=batch_choices)
 
 
 PLAN_COLUMNS = (

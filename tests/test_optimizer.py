@@ -362,3 +362,53 @@ def test_the_batch_search_finds_the_batch_whose_prefill_chunks_are_smallest_belo
     assert found.batch_gap_bound is not None and found.batch_gap_bound < 0.05
     assert batch_cell(3456, 0.0166) == "3456 (<=1.7% gap)"
     assert batch_cell(3456, 0.0) == "3456" and batch_cell(7, None) == "7 (gap unknown)"
+
+
+def test_the_plan_space_contains_what_the_solvers_return_and_nothing_outside_it():
+    """space.contains is the one definition of the space: every optimum the solvers return is inside it (both
+    objectives, a CXL system, a MoE model), every combination of the candidate knobs is inside it, and each
+    knob moved outside its candidates (hand-picked) leaves it."""
+    from lia_model.optimizer.space import (
+        contains,
+        expert_fetch_candidates,
+        isa_candidates,
+        minibatch_candidates,
+        template_plan,
+        tier_candidates,
+    )
+    from lia_model.plan import Device, ExpertFetch, HostTier
+
+    cxl, plain = load_system("spr-h100-cxl"), load_system("spr-h100")
+    moe = get_model("mixtral-8x7b")
+    for system, model, objective in ((cxl, get_model("opt-30b"), "latency"), (plain, moe, "throughput")):
+        result = optimize(system, model, Workload(batch=8, input_len=64, output_len=8), objective, solver="enumerate")
+        assert contains(system, result.plan, result.workload.batch, model)
+    base = template_plan(cxl)
+    combos = [
+        base.model_copy(
+            update=dict(
+                prefill_minibatches=n, weight_tier=wt, kv_tier=kv, prefill_cpu_isa=a, decode_cpu_isa=b, expert_fetch=ef
+            )
+        )
+        for n in minibatch_candidates(12)
+        for wt in tier_candidates(cxl)
+        for kv in tier_candidates(cxl)
+        for a in isa_candidates(cxl)
+        for b in isa_candidates(cxl)
+        for ef in expert_fetch_candidates(moe)
+    ]
+    assert len(combos) == 6 * 2 * 2 * len(isa_candidates(cxl)) ** 2 * 2  # 1, 2, 3, 4, 6, 12 minibatches
+    assert all(contains(cxl, p, 12, moe) for p in combos)
+    outside = {
+        "minibatches that do not divide B": base.model_copy(update=dict(prefill_minibatches=5)),
+        "unpinned weights": base.model_copy(update=dict(pinned_weights=False)),
+        "no overlap": base.model_copy(update=dict(overlap=False)),
+        "head on the CPU": base.model_copy(update=dict(head_device=Device.CPU)),
+        "CXL tier without CXL": base.model_copy(update=dict(kv_tier=HostTier.CXL)),
+    }
+    for why, plan in outside.items():
+        assert not contains(plain if "CXL" in why else cxl, plan, 12, moe), why
+    assert not contains(cxl, base.model_copy(update=dict(prefill_minibatches=65)), 130)  # over the cap of 64
+    assert not contains(cxl, base.model_copy(update=dict(decode_cpu_isa=CpuIsa.SVE2_BF16)), 12)  # no SVE2 on x86
+    assert not contains(cxl, base.model_copy(update=dict(expert_fetch=ExpertFetch.ROUTED)), 12, get_model("opt-30b"))
+    assert not contains(cxl, base, 12, batch_choices=(8, 16))

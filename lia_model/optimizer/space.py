@@ -105,6 +105,40 @@ def expert_fetch_candidates(model: ModelSpec) -> tuple[ExpertFetch, ...]:
     return (ExpertFetch.ALL, ExpertFetch.ROUTED) if model.is_moe else (ExpertFetch.ALL,)
 
 
+def contains(
+    system: SystemSpec,
+    plan: Plan,
+    batch: int,
+    model: ModelSpec | None = None,
+    batch_choices: tuple[int, ...] | None = None,
+) -> bool:
+    """Whether the space above holds ``plan`` at ``batch``, spelled with the candidate functions the solvers
+    enumerate (one definition of the space): the fixed knobs of ``template_plan`` (pinned weights, overlap,
+    embeddings and LM head on the GPU), a minibatch count from ``minibatch_candidates``, tiers from
+    ``tier_candidates`` (a weight split only with CXL), ISAs from ``isa_candidates`` and, given the model, an
+    expert fetch from ``expert_fetch_candidates``. Policies, N_res and K_cxl are free. With a throughput
+    objective the batch is a knob too: ``batch_choices`` (the batch search's candidates) are those it may pick.
+    """
+    from lia_model.plan import head_device
+
+    if batch_choices is not None and batch not in batch_choices:
+        return False
+    fixed = template_plan(system)
+    tiers, isas = tier_candidates(system), isa_candidates(system)
+    return (
+        plan.pinned_weights == fixed.pinned_weights
+        and plan.overlap == fixed.overlap
+        and head_device(plan) == fixed.head_device
+        and plan.prefill_minibatches in minibatch_candidates(batch)
+        and plan.weight_tier in tiers
+        and plan.kv_tier in tiers
+        and (plan.cxl_weight_layers == 0 or HostTier.CXL in tiers)
+        and plan.prefill_cpu_isa in isas
+        and plan.decode_cpu_isa in isas
+        and (model is None or plan.expert_fetch in expert_fetch_candidates(model))
+    )
+
+
 @dataclass(frozen=True)
 class Combo:
     """The discrete knobs other than the policies, N_res and the weight split."""
