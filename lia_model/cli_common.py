@@ -12,11 +12,9 @@ import typer
 from rich.console import Console
 
 from lia_model.errors import LiaInputError
+from lia_model.query import default, describe  # every query option's default and help: declared once there
 
 console = Console(width=None if sys.stdout.isatty() else 160)
-
-DEFAULT_MODEL = "opt-175b"
-DEFAULT_SYSTEM = "spr-h100"
 
 
 class ModeChoice(str, Enum):
@@ -36,44 +34,18 @@ class SolverChoice(str, Enum):
     enumerate = "enumerate"
 
 
-SystemOpt = typer.Option(
-    DEFAULT_SYSTEM, "--system", help="System profile name (lia profiles list) or path to a system .yaml."
-)
-ModelOpt = typer.Option(
-    DEFAULT_MODEL,
-    "--model",
-    help="Catalog model (lia models list) or path to a Hugging Face config.json (or its folder).",
-)
-BatchOpt = typer.Option(1, "--batch", help="Batch size B (sequences processed together).")
-InputOpt = typer.Option(256, "--input", help="Prompt tokens per sequence (L_in).")
-OutputOpt = typer.Option(32, "--output", help="Generated tokens per sequence (L_out), the first from prefill.")
-SetOpt = typer.Option(
-    None,
-    "--set",
-    help="What-if override FIELD=VALUE of the system, e.g. gpu.memory_gib=141 "
-    "(repeatable; any field 'lia profiles show' prints).",
-)
-ModeOpt = typer.Option(
-    ModeChoice.overlap,
-    "--mode",
-    case_sensitive=False,
-    help="Cost model: overlap (resources run side by side), additive (their serial sum) or "
-    "paper (the LIA authors' released model; use it with a paper-* system).",
-)
+# Defaults and help come from the Query's fields (lia_model/query.py), declared once there.
+SystemOpt = typer.Option(default("system"), "--system", help=describe("system"))
+ModelOpt = typer.Option(default("model"), "--model", help=describe("model"))
+BatchOpt = typer.Option(default("batch"), "--batch", help=describe("batch"))
+InputOpt = typer.Option(default("input_len"), "--input", help=describe("input_len"))
+OutputOpt = typer.Option(default("output_len"), "--output", help=describe("output_len"))
+SetOpt = typer.Option(None, "--set", help=describe("overrides"))
+ModeOpt = typer.Option(ModeChoice(default("mode")), "--mode", case_sensitive=False, help=describe("mode"))
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables.")
-WeightDtypeOpt = typer.Option(
-    None,
-    "--weight-dtype",
-    help="How the weights are stored: bf16, fp8_e4m3, int8 or int4 "
-    "(default: the checkpoint's quantization_config, else bf16).",
-)
-KvDtypeOpt = typer.Option(None, "--kv-dtype", help="How the KV cache is stored: bf16, fp8 or int8 (default bf16).")
-GroupSizeOpt = typer.Option(
-    None,
-    "--group-size",
-    help="Weight elements along K per quantisation scale (int4 "
-    "default 128; int8 and fp8 default: one per output channel).",
-)
+WeightDtypeOpt = typer.Option(default("weight_dtype"), "--weight-dtype", help=describe("weight_dtype"))
+KvDtypeOpt = typer.Option(default("kv_dtype"), "--kv-dtype", help=describe("kv_dtype"))
+GroupSizeOpt = typer.Option(default("group_size"), "--group-size", help=describe("group_size"))
 
 
 def examples(*lines: str) -> str:

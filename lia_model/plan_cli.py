@@ -32,8 +32,9 @@ of its own search (gbs x num_gpu_batches; its <prediction>'s "workload" says whi
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from rich.table import Table
@@ -60,26 +61,19 @@ from lia_model.cli_common import (
     parse_mode,
 )
 from lia_model.errors import LiaInputError
+from lia_model.query import Query, default, describe
+
+if TYPE_CHECKING:
+    from lia_model.costmodel import Prediction
 
 SCHEMA = "lia.plan/2"
 MAX_TPOT_MS = 1e7  # about 2.8 hours per token: any larger bound is a typo
 
 ObjectiveOpt = typer.Option(
-    ObjectiveChoice.latency,
-    "--objective",
-    case_sensitive=False,
-    help="latency (one query of batch B), or throughput (the batch is chosen too, up to what memory allows).",
+    ObjectiveChoice(default("objective")), "--objective", case_sensitive=False, help=describe("objective")
 )
-TpotOpt = typer.Option(
-    None, "--tpot-max-ms", help="Bound on the mean time per output token, in ms (needs --output 2 or more)."
-)
-SolverOpt = typer.Option(
-    SolverChoice.cbc,
-    "--solver",
-    case_sensitive=False,
-    help="cbc (the ILP, default), highs (the ILP on HiGHS), or enumerate (exact "
-    "enumeration of the plan space, fastest).",
-)
+TpotOpt = typer.Option(default("tpot_max_ms"), "--tpot-max-ms", help=describe("tpot_max_ms"))
+SolverOpt = typer.Option(SolverChoice(default("solver")), "--solver", case_sensitive=False, help=describe("solver"))
 
 
 def speedup(objective: str, optimum, baseline) -> Optional[float]:
@@ -103,33 +97,29 @@ def check_tpot_bound(tpot_max_ms: Optional[float], output_len: int) -> Optional[
     return None if tpot_max_ms is None else tpot_max_ms * 1e-3
 
 
-def run_plan(
-    system: str,
-    model: str,
-    batch: int,
-    input_len: int,
-    output_len: int,
-    overrides,
-    objective,
-    tpot_max_ms: Optional[float],
-    mode,
-    solver,
-    weight_dtype: Optional[str] = None,
-    kv_dtype: Optional[str] = None,
-    group_size: Optional[int] = None,
-) -> dict:
-    """Optimise one query and predict every baseline at the same batch: the dict of the JSON schema."""
+@dataclass(frozen=True)
+class PlanResult:
+    """What ``run_plan`` answers: the JSON document of ``lia plan --json`` and the optimum's Prediction."""
+
+    document: dict
+    prediction: Prediction
+
+
+def run_plan(query: Query) -> PlanResult:
+    """Optimise one query and predict every baseline at the same batch."""
     from lia_model.baselines import baselines as all_baselines
     from lia_model.costmodel import predict
     from lia_model.optimizer import optimize, parse_objective
     from lia_model.report import prediction_json
 
-    obj = parse_objective(getattr(objective, "value", objective))
-    cost_mode = parse_mode(mode)
-    solver = getattr(solver, "value", solver)
-    tpot_max_s = check_tpot_bound(tpot_max_ms, output_len)
+    q = query
+    obj = parse_objective(q.objective)
+    cost_mode = parse_mode(q.mode)
+    solver = q.solver
+    input_len, output_len, overrides = q.input_len, q.output_len, list(q.overrides)
+    tpot_max_s = check_tpot_bound(q.tpot_max_ms, output_len)
     spec, mspec, workload = load_inputs(
-        system, model, batch, input_len, output_len, overrides, weight_dtype, kv_dtype, group_size
+        q.system, q.model, q.batch, input_len, output_len, overrides, q.weight_dtype, q.kv_dtype, q.group_size
     )
     result = optimize(spec, mspec, workload, obj, tpot_max_s=tpot_max_s, solver=solver, mode=cost_mode)
     chosen = result.workload
@@ -149,7 +139,7 @@ def run_plan(
                 "feasible": ours.feasible,
             }
         baselines[label] = row
-    return {
+    document = {
         "schema": SCHEMA,
         "query": {
             "system": spec.name,
@@ -175,8 +165,8 @@ def run_plan(
             "gap_bound": result.batch_gap_bound,
         },
         "baselines": baselines,
-        "_prediction": result.prediction,
     }
+    return PlanResult(document, result.prediction)
 
 
 def _fmt_speedup(value: Optional[float]) -> str:
@@ -202,11 +192,12 @@ def batch_words(out: dict) -> str:
     )
 
 
-def print_plan(out: dict) -> None:
+def print_plan(result: PlanResult) -> None:
     from lia_model.report import HEADLINE_COLUMNS, fmt_s, headline_row, prediction_table
 
+    out = result.document
     q = out["query"]
-    pred = out["_prediction"]
+    pred = result.prediction
     bound = f", mean TPOT <= {q['tpot_max_s'] * 1e3:g} ms" if q["tpot_max_s"] else ""
     title = (
         f"optimal plan: {q['model']} on {q['system']}, B={q['batch']}{batch_words(out)}, L_in={q['input_len']}, "
@@ -300,26 +291,27 @@ def plan(
 ) -> None:
     """The optimal plan for one query beside every baseline (default: OPT-175B on spr-h100, B=1, 256 in,
     32 out, latency, bf16)."""
-    out = run_plan(
-        system,
-        model,
-        batch,
-        input_len,
-        output_len,
-        overrides,
-        objective,
-        tpot_max_ms,
-        mode,
-        solver,
-        weight_dtype,
-        kv_dtype,
-        group_size,
+    result = run_plan(
+        Query.of(
+            system=system,
+            model=model,
+            batch=batch,
+            input_len=input_len,
+            output_len=output_len,
+            overrides=overrides,
+            objective=objective,
+            tpot_max_ms=tpot_max_ms,
+            mode=mode,
+            solver=solver,
+            weight_dtype=weight_dtype,
+            kv_dtype=kv_dtype,
+            group_size=group_size,
+        )
     )
     if as_json:
-        out.pop("_prediction")
-        typer.echo(json.dumps(out, indent=2, allow_nan=False))
+        typer.echo(json.dumps(result.document, indent=2, allow_nan=False))
     else:
-        print_plan(out)
+        print_plan(result)
 
 
 def _names(option: str, text: str, example: str) -> list[str]:
@@ -757,21 +749,22 @@ def compare(
         for m in model_names:
             try:
                 out = run_plan(
-                    s,
-                    m,
-                    batch,
-                    input_len,
-                    output_len,
-                    overrides,
-                    objective,
-                    tpot_max_ms,
-                    mode,
-                    solver,
-                    weight_dtype,
-                    kv_dtype,
-                    group_size,
-                )
-                out.pop("_prediction")
+                    Query.of(
+                        system=s,
+                        model=m,
+                        batch=batch,
+                        input_len=input_len,
+                        output_len=output_len,
+                        overrides=overrides,
+                        objective=objective,
+                        tpot_max_ms=tpot_max_ms,
+                        mode=mode,
+                        solver=solver,
+                        weight_dtype=weight_dtype,
+                        kv_dtype=kv_dtype,
+                        group_size=group_size,
+                    )
+                ).document
                 out["query"]["model_given"] = m
                 rows.append(out)
             except InfeasibleError as err:

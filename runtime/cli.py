@@ -9,6 +9,9 @@ from typing import List, Optional
 import typer
 
 from lia_model.errors import LiaInputError
+from lia_model.query import DEFAULT_SYSTEM, describe
+
+SET_HELP = describe("overrides")
 
 
 def register(app: typer.Typer) -> None:
@@ -21,7 +24,7 @@ def register(app: typer.Typer) -> None:
 def validate(
     points: Optional[List[str]] = typer.Option(None, "--points", help="Points .yaml file (repeatable)."),
     system: str = typer.Option(
-        "spr-h100",
+        DEFAULT_SYSTEM,
         "--system",
         help="System profile name or path to a system .yaml (use the calibrated profile of the host you run on).",
     ),
@@ -58,7 +61,7 @@ def validate(
     from_csv: Optional[List[str]] = typer.Option(
         None, "--from-csv", help="Merge existing results CSVs and rewrite the plot and summary (runs nothing)."
     ),
-    overrides: Optional[List[str]] = typer.Option(None, "--set", help="What-if override FIELD=VALUE of the system."),
+    overrides: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights and prompts."),
     host_weights_gib: Optional[float] = typer.Option(
         None,

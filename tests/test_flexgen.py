@@ -275,8 +275,9 @@ def test_ipex_runs_everything_on_the_cpu_and_uses_no_gpu_memory():
 
 def test_plan_json_reports_flexgens_own_prediction_beside_ours():
     from lia_model.plan_cli import run_plan
+    from lia_model.query import Query
 
-    out = run_plan("spr-a100", "opt-30b", 1, 256, 32, [], "latency", None, "overlap", "enumerate")
+    out = run_plan(Query(system="spr-a100", model="opt-30b", solver="enumerate")).document
     fg = out["baselines"]["flexgen"]
     own = fg["flexgen"]["flexgen_predicted"]["throughput_tokens_per_s"]
     assert own == pytest.approx(1.0256, rel=0.02)  # FlexGen's LP at the fitted spr-a100 constants

@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lia_model.plan_cli import run_plan  # noqa: E402
+from lia_model.query import Query  # noqa: E402
 
 MODELS = ("opt-175b", "llama-3.1-70b")
 SYSTEMS = ("spr-a100", "gnr-h100")
@@ -30,9 +31,7 @@ def main() -> None:
         for system in SYSTEMS:
             base = None
             for dtype in DTYPES:
-                out = run_plan(
-                    system, model, 1, 256, 32, [], "latency", None, "overlap", "enumerate", weight_dtype=dtype
-                )
+                out = run_plan(Query(system=system, model=model, solver="enumerate", weight_dtype=dtype)).document
                 opt = out["optimum"]
                 base = base or opt["latency_s"]
                 plan = opt["plan"]
