@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from calibrate.cli import calibrate_command
-from lia_model.cli_common import run_guarded
+from lia_model.cli.common import run_guarded
 
 
 def main() -> None:

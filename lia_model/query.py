@@ -1,7 +1,7 @@
 """One query of the tool, declared once: what ``lia plan`` and ``lia compare`` ask the optimiser.
 
 Every field has its default and its description here; the CLI's options take both from these fields
-(``lia_model/cli_common.py``), ``run_plan`` takes a ``Query`` and ``lia plan --json`` writes its fields under
+(``lia_model/cli/common.py``), ``run_plan`` takes a ``Query`` and ``lia plan --json`` writes its fields under
 ``query``. Names are what the user typed (a catalogued name or a path): they are resolved and checked, with one
 clear error each, when the query runs (``lia_model.inputs``).
 """

@@ -82,7 +82,7 @@ def run_command(
         raise LiaInputError("--prompt", "no prompt given", "give --prompt TEXT or --prompts FILE")
     given_plan = None
     if plan is not None:
-        from lia_model.cli_common import load_plan
+        from lia_model.cli.common import load_plan
 
         given_plan = load_plan(plan)
     opts = RunOptions(

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lia_model.cli import app
-from lia_model.cli_common import run_guarded
+from lia_model.cli.common import run_guarded
 
 PROFILES = Path(__file__).resolve().parents[1] / "hwprofiles"
 GPU = (PROFILES / "gpu" / "h100-pcie-80gb.yaml").read_text()

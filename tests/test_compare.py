@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from lia_model.cli import app
-from lia_model.cli_common import run_guarded
-from lia_model.report import rank_rows
+from lia_model.cli.common import run_guarded
+from lia_model.cli.report import rank_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {

@@ -274,7 +274,7 @@ def test_ipex_runs_everything_on_the_cpu_and_uses_no_gpu_memory():
 
 
 def test_plan_json_reports_flexgens_own_prediction_beside_ours():
-    from lia_model.plan_cli import run_plan
+    from lia_model.cli.plan import run_plan
     from lia_model.query import Query
 
     out = run_plan(Query(system="spr-a100", model="opt-30b", solver="enumerate")).document

@@ -124,14 +124,14 @@ def test_the_checker_catches_planted_violations(tmp_path):
         "lia_model/costterms.py": "import numpy\nfrom lia_model import plan\n"
         "def f():\n    import torch\n    from runtime import kernels\n",
         "lia_model/plan.py": "from pathlib import Path\nfrom hwprofiles import x\n",
-        "lia_model/report.py": "import rich\n",
-        "lia_model/cli_common.py": "import typer\n",
+        "lia_model/cli/report.py": "import rich\n",
+        "lia_model/cli/common.py": "import typer\n",
         "lia_model/profiles.py": "import yaml\nfrom lia_model.plan import Plan\n",
         "runtime/__init__.py": "",
         "runtime/kernels.py": "import torch\nfrom lia_model import profiles\nfrom calibrate import host\n",
-        "runtime/run.py": "from lia_model.report import plan_json\n",
+        "runtime/run.py": "from lia_model.cli.report import plan_json\n",
         "calibrate/__init__.py": "",
-        "calibrate/host.py": "import importlib\ndef g():\n    importlib.import_module('lia_model.cli_common')\n",
+        "calibrate/host.py": "import importlib\ndef g():\n    importlib.import_module('lia_model.cli.common')\n",
         "hwprofiles/__init__.py": '"""data"""\n',
     }
     for name, text in files.items():
@@ -140,12 +140,12 @@ def test_the_checker_catches_planted_violations(tmp_path):
     found = sorted(violations(graph.module_imports(tmp_path)))
     assert found == sorted(
         [
-            "calibrate.host:3 -> lia_model.cli_common (calibrate may not import lia_model[cli], a layer above it)",
+            "calibrate.host:3 -> lia_model.cli.common (calibrate may not import lia_model[cli], a layer above it)",
             "lia_model.costterms:4 -> torch (the pure core imports no torch)",
             "lia_model.costterms:5 -> runtime.kernels (lia_model may not import runtime, a layer above it)",
             "lia_model.plan:1 -> pathlib (the pure core imports no pathlib)",
             "lia_model.plan:2 -> hwprofiles (hwprofiles/ is data: load it with lia_model.profiles)",
-            "runtime.run:1 -> lia_model.report (runtime may not import lia_model[cli], a layer above it)",
+            "runtime.run:1 -> lia_model.cli.report (runtime may not import lia_model[cli], a layer above it)",
         ]
     )
 

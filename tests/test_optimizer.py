@@ -353,7 +353,7 @@ def test_the_batch_search_finds_the_batch_whose_prefill_chunks_are_smallest_belo
     with no divisor near the minibatch cap prefills in chunks whose fc1 temporaries crowd out the streaming
     buffers): B = 3528 gives 71.7 tokens/s, B = 3456 = 64 x 54 gives 176.9. The search once returned 3528. Its
     answer must be at least as good as an independent solve at B = 3456, and report its gap honestly."""
-    from lia_model.plan_cli import batch_cell
+    from lia_model.cli.plan import batch_cell
 
     system, model = load_system("gnr-a100"), get_model("llama-3.1-70b")
     found = optimize(system, model, make_workload(1, 256, 32, model), "throughput", solver="enumerate")

@@ -245,7 +245,7 @@ def test_torch_dtype_fp8_and_unknown():
 def test_qwen2_72b_awq_config_plans_with_int4_weights(tmp_path):
     """The issue's case: a Qwen2-72B-AWQ config was sized as bf16; now its layers are int4 (g128) and the
     workload carries that precision unless --weight-dtype overrides it."""
-    from lia_model.cli_common import load_inputs
+    from lia_model.cli.common import load_inputs
 
     path = tmp_path / "config.json"
     path.write_text(

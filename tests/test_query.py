@@ -62,7 +62,7 @@ def test_the_query_is_frozen_and_refuses_unknown_fields() -> None:
 def test_run_plan_answers_the_query_it_was_given() -> None:
     """lia plan --json's query section is the Query (names resolved), and the optimum's prediction rides beside
     the document instead of inside it under a private key."""
-    from lia_model.plan_cli import run_plan
+    from lia_model.cli.plan import run_plan
 
     q = Query.of(
         system="spr-a100",

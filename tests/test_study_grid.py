@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lia_model.cli import app
-from lia_model.cli_common import run_guarded
+from lia_model.cli.common import run_guarded
 from lia_model.errors import LiaInputError
 from studies import cost, cxl, policy_map
 from studies.gridspec import custom_grid

@@ -24,10 +24,6 @@ FIRST_PARTY = ("lia_model", "hwprofiles", "calibrate", "runtime", "studies", "te
 # Everything else in lia_model is the model.
 CLI_MODULES = frozenset(
     {
-        "lia_model.cli",
-        "lia_model.cli_common",
-        "lia_model.plan_cli",
-        "lia_model.report",
         "lia_model.__main__",
         "lia_model.optimizer.benchmark",
         "calibrate.cli",
@@ -39,6 +35,8 @@ CLI_MODULES = frozenset(
         "runtime.__main__",
     }
 )
+# The lia command's own package: every module in it is CLI.
+CLI_PACKAGE = "lia_model.cli"
 # The file loaders of the core (profiles on disk, Hugging Face configs): the only lia_model modules that read files.
 IO_MODULES = frozenset({"lia_model.profiles", "lia_model.inputs"})
 
@@ -137,7 +135,7 @@ def module_imports(root: Path = ROOT) -> dict[str, list[Edge]]:
 def layer(module: str) -> str:
     """The layer of a first-party module (see the module docstring)."""
     top = module.split(".")[0]
-    if module in CLI_MODULES:
+    if module in CLI_MODULES or module == CLI_PACKAGE or module.startswith(CLI_PACKAGE + "."):
         return f"{top}[cli]"
     if module in IO_MODULES:
         return f"{top}[io]"

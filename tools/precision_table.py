@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lia_model.plan_cli import run_plan  # noqa: E402
+from lia_model.cli.plan import run_plan  # noqa: E402
 from lia_model.query import Query  # noqa: E402
 
 MODELS = ("opt-175b", "llama-3.1-70b")

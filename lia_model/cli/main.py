@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from lia_model.cli_common import (
+from lia_model.cli.common import (
     BatchOpt,
     GroupSizeOpt,
     InputOpt,
@@ -273,8 +273,8 @@ def predict(
 ) -> None:
     """Predict one plan (a file or a baseline); without either, every baseline."""
     from lia_model.baselines import baselines
+    from lia_model.cli.report import prediction_json, prediction_table
     from lia_model.costmodel import predict as run_predict
-    from lia_model.report import prediction_json, prediction_table
 
     if plan is not None and baseline is not None:
         raise LiaInputError(
@@ -312,7 +312,7 @@ def _register_optional_commands() -> None:
     """Commands of the other packages, when present (none imports torch at import time)."""
     import importlib
 
-    for module in ("lia_model.plan_cli", "calibrate.cli", "runtime.cli", "studies.cli"):
+    for module in ("lia_model.cli.plan", "calibrate.cli", "runtime.cli", "studies.cli"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as err:

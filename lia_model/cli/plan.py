@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, List, Optional
 import typer
 from rich.table import Table
 
-from lia_model.cli_common import (
+from lia_model.cli.common import (
     BatchOpt,
     GroupSizeOpt,
     InputOpt,
@@ -108,9 +108,9 @@ class PlanResult:
 def run_plan(query: Query) -> PlanResult:
     """Optimise one query and predict every baseline at the same batch."""
     from lia_model.baselines import baselines as all_baselines
+    from lia_model.cli.report import prediction_json
     from lia_model.costmodel import predict
     from lia_model.optimizer import optimize, parse_objective
-    from lia_model.report import prediction_json
 
     q = query
     obj = parse_objective(q.objective)
@@ -193,7 +193,7 @@ def batch_words(out: dict) -> str:
 
 
 def print_plan(result: PlanResult) -> None:
-    from lia_model.report import HEADLINE_COLUMNS, fmt_s, headline_row, prediction_table
+    from lia_model.cli.report import HEADLINE_COLUMNS, fmt_s, headline_row, prediction_table
 
     out = result.document
     q = out["query"]
@@ -434,7 +434,7 @@ def _tp_row(
 
 def _priced(row: dict, prices, ttft_max_s: Optional[float]) -> dict:
     """Add power, price, $/h and $/Mtok (lia_model.prices) and whether the row qualifies for a rank."""
-    from lia_model.report import RANKED_COLUMNS
+    from lia_model.cli.report import RANKED_COLUMNS
 
     out = {c: None for c in RANKED_COLUMNS}
     out.update(row)
@@ -467,7 +467,7 @@ def batch_cell(batch: object, gap_bound: object) -> str:
 
 
 def _fmt_cell(value, kind: str) -> str:
-    from lia_model.report import fmt_s
+    from lia_model.cli.report import fmt_s
 
     if value is None:
         return "-"
@@ -504,8 +504,8 @@ def _ranked_compare(
 ) -> None:
     import csv as csv_module
 
+    from lia_model.cli.report import RANKED_COLUMNS, RANKS, rank_rows
     from lia_model.inputs import load_prices, load_tp_node
-    from lia_model.report import RANKED_COLUMNS, RANKS, rank_rows
 
     if rank is None:
         rank = "cost_per_mtok" if prices_path else ("latency" if objective == "latency" else "tokens_per_s")
@@ -709,9 +709,9 @@ def compare(
 ) -> None:
     """The optimum and the baselines for a list of systems and/or models, side by side; with --rank,
     --prices, --ttft-max-ms, --tp-node or --csv, a ranked purchase table (the optimum per machine)."""
+    from lia_model.cli.report import fmt_s
     from lia_model.optimizer import InfeasibleError
     from lia_model.precision import make_precision
-    from lia_model.report import fmt_s
 
     system_names = _names("--systems", systems, "spr-a100,spr-h100")
     model_names = _names("--models", models, "opt-66b,opt-175b")
