@@ -124,7 +124,13 @@ def _sublayer_call(model, sub, p: dict, tokens: int, device) -> Callable[[], Any
 
 
 def linear_rows(
-    models: list, device: str, tokens_list: tuple[int, ...], llc_bytes: int, budget_s: float, setup: str
+    models: list,
+    device: str,
+    tokens_list: tuple[int, ...],
+    llc_bytes: int,
+    budget_s: float,
+    setup: str,
+    seen: Optional[set[tuple]] = None,
 ) -> list[dict]:
     from calibrate.tensors import copies_to_stream, cycling
     from calibrate.timing import time_cuda, time_host
@@ -132,7 +138,7 @@ def linear_rows(
     from lia_model.sublayers import Sublayer
 
     rows: list[dict] = []
-    seen: set[tuple] = set()
+    seen = set() if seen is None else seen  # shapes already measured (shared across calls: one table each)
     cap = CPU_FLOP_CAP if device == "cpu" else GPU_FLOP_CAP
     timer = time_host if device == "cpu" else time_cuda
     for model in models:
@@ -554,6 +560,7 @@ def run(
     force: bool,
     use_gpu: bool,
     attn_models: tuple[str, ...] = ATTN_MODELS,
+    resume_from: Optional[Path] = None,
 ) -> Path:
     import pandas as pd
     import torch
@@ -580,16 +587,47 @@ def run(
     budget = 0.03 if quick else 0.08
     llc = host.llc_bytes or LLC_DEFAULT
     t0 = time.perf_counter()
-    rows = linear_rows(specs, "cpu", tokens, llc, budget, desc)
-    rows += attention_rows(attn_specs, "cpu", quick, budget, desc)
+    # Checkpoint: every (family, device, model) block is appended to the partial CSV as soon as it is measured,
+    # so a run stopped by a time limit loses at most one block; --resume-from that CSV skips what it holds.
+    partial = out_dir / f"{name}-kernels.partial.csv"
+    rows: list[dict] = []
+    if resume_from is not None:
+        rows = [r for r in pd.read_csv(resume_from).to_dict("records") if r.get("setup") == desc]
+        log(f"resumed {len(rows)} rows of this setup from {resume_from}")
+
+    def block(family: str, device: str, model, measure: Callable[[], list[dict]]) -> None:
+        if any(r["family"] == family and r["device"] == device and r["model"] == model.name for r in rows):
+            log(f"{device} {family} {model.name}: resumed")
+            return
+        rows.extend(measure())
+        pd.DataFrame(rows).to_csv(partial, index=False)
+
     cuda = use_gpu and torch.cuda.is_available()
+    seen: dict[str, set[tuple]] = {
+        dev: {(r["sublayer"], int(r["k"]), int(r["n"])) for r in rows if r["family"] == "linear" and r["device"] == dev}
+        for dev in ("cpu", "cuda")
+    }
+    for spec in specs:
+        block(
+            "linear", "cpu", spec, lambda spec=spec: linear_rows([spec], "cpu", tokens, llc, budget, desc, seen["cpu"])
+        )
+    for spec in attn_specs:
+        block("attention", "cpu", spec, lambda spec=spec: attention_rows([spec], "cpu", quick, budget, desc))
     dispatch_us, slowdown, gpu_name = 0.0, 1.0, ""
     dispatch_src = "no GPU measured: 0 (GPU sublayers then cost their device time only)"
     slowdown_src = "no GPU measured: 1 (no contention charged)"
     if cuda:
         gpu_name = torch.cuda.get_device_name(0)
-        rows += linear_rows(specs, "cuda", tokens if quick else TOKENS + (8192,), llc, budget, desc)
-        rows += attention_rows(attn_specs, "cuda", quick, budget, desc)
+        gpu_tokens = tokens if quick else TOKENS + (8192,)
+        for spec in specs:
+            block(
+                "linear",
+                "cuda",
+                spec,
+                lambda spec=spec: linear_rows([spec], "cuda", gpu_tokens, llc, budget, desc, seen["cuda"]),
+            )
+        for spec in attn_specs:
+            block("attention", "cuda", spec, lambda spec=spec: attention_rows([spec], "cuda", quick, budget, desc))
         dispatch_us = gpu_dispatch_us()
         slowdown, dma_rows = cpu_beside_dma(desc, quick)
         rows += dma_rows
@@ -655,6 +693,7 @@ def run(
         f"# Raw measurements: {csv_path.name}.\n" + yaml.safe_dump(data, sort_keys=False, width=120)
     )
     pd.DataFrame(rows).to_csv(csv_path, index=False)
+    partial.unlink(missing_ok=True)  # the full CSV holds every row now
     load_system(str(profile_path))  # the written profile must validate
     log(f"wrote {profile_path} and {csv_path} in {time.perf_counter() - t0:.0f} s")
     for f in cpu_fits + gpu_fits:
@@ -671,6 +710,15 @@ def _default_isa(spec) -> Optional[Any]:
         return spec.cpu.best_isa()
     except ValueError:
         return None
+
+
+def _resume_path(text: Optional[str]) -> Optional[Path]:
+    if not text:
+        return None
+    path = Path(text)
+    if not path.is_file():
+        raise LiaInputError("--resume-from", f"'{text}' is not a file", "give the partial CSV of the stopped run")
+    return path
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -694,6 +742,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         "--attn-models",
         default=",".join(ATTN_MODELS),
         help="models whose heads the attention grid uses (names or config.json paths)",
+    )
+    parser.add_argument(
+        "--resume-from",
+        metavar="CSV",
+        help="a partial raw CSV of an interrupted run (OUT/NAME-kernels.partial.csv): its blocks measured under "
+        "this host's CPU setup are kept, the rest measured",
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--force", action="store_true")
@@ -719,6 +773,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             args.force,
             not args.no_gpu,
             tuple(m for m in args.attn_models.split(",") if m),
+            _resume_path(args.resume_from),
         )
     except LiaInputError as err:
         print(f"error: {err}", file=sys.stderr)

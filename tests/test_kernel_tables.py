@@ -292,3 +292,21 @@ def test_quick_run_times_the_runtimes_kernels_and_writes_a_valid_profile(tmp_pat
     assert again.returncode == 2 and again.stderr.startswith("error: --name") and "--force" in again.stderr
     raw = yaml.safe_load((tmp_path / "out" / "kt-ci.yaml").read_text())
     assert raw["kernels"]["source"]["cpu_linear"].startswith("calibrated on ")
+    # checkpointing: the partial CSV is gone after a complete run; resuming from the raw CSV (every block
+    # measured under this setup) measures nothing and writes the same tables
+    assert not (tmp_path / "out" / "kt-ci-kernels.partial.csv").exists()
+    at = cmd.index("--out") + 1
+    resumed = [
+        *cmd[:at],
+        str(tmp_path / "resumed"),
+        *cmd[at + 1 :],
+        "--resume-from",
+        str(tmp_path / "out" / "kt-ci-kernels.csv"),
+    ]
+    proc = subprocess.run(resumed, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count(": resumed") == 4  # linear and attention of both models
+    again_spec = load_system(str(tmp_path / "resumed" / "kt-ci.yaml"))
+    assert again_spec.kernels.cpu_linear == k.cpu_linear and again_spec.kernels.cpu_attention == k.cpu_attention
+    bad = subprocess.run([*resumed[:-1], str(tmp_path / "nope.csv")], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --resume-from")
