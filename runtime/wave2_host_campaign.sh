@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Wave-2 GPU-host campaign (issue 10), one part per device command, each under 9.5 minutes.
 #
-#   bash runtime/wave2_host_campaign.sh k     # kernel tables of the runtime only (4 models: about 8-9 minutes)
+#   bash runtime/wave2_host_campaign.sh k     # kernel tables of the runtime only (4 models: about 8-9 minutes;
+#                                             # KT_RESUME=PARTIAL_CSV resumes a run a time limit stopped)
 #   bash runtime/wave2_host_campaign.sh 1     # kernel tables of the runtime -> profile, then campaign part A
 #   bash runtime/wave2_host_campaign.sh 2 [PROFILE]   # campaign part B with the committed kernel-table profile
 #   bash runtime/wave2_host_campaign.sh a [PROFILE]   # campaign part A with the committed kernel-table profile
@@ -38,8 +39,12 @@ case "$PART" in
         # kernel tables only (all four models' shapes by default), the whole command's time for them
         timeout "${KT_LIMIT_S:-$((HARD_LIMIT_S - 20))}" "$PY" -m calibrate.kernel_tables \
             --base hwprofiles/systems/emr-h100-calibrated.yaml --name emr-h200-kernels --out "$OUT" --force ${KT_ARGS:-} \
-            2>&1 | grep --line-buffered -v '^USDT'
-        [ -f "$OUT/emr-h200-kernels.yaml" ] || { echo "kernel tables failed"; return 1; }
+            ${KT_RESUME:+--resume-from "$KT_RESUME"} 2>&1 | grep --line-buffered -v '^USDT'
+        [ -f "$OUT/emr-h200-kernels.yaml" ] || {
+            echo "kernel tables not finished: copy \$OUT/emr-h200-kernels-kernels.partial.csv into the repository and"
+            echo "run part k again with KT_RESUME=<that path> (the blocks it holds are not measured again)"
+            return 1
+        }
         echo "== done in ${SECONDS} s; files: $(ls "$OUT" | tr '\n' ' ')"
         return 0
         ;;
