@@ -29,7 +29,13 @@ main() {
 echo "== wave-2 campaign part $PART on $(hostname) at $(date -u +%FT%TZ)"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 lscpu | grep -E 'Model name|^CPU\(s\)|Thread' || true
-"$PY" -c "from runtime import cpu_setup; print('cpu setup:', cpu_setup.apply().describe())" 2>&1 | grep -v '^USDT'
+SETUP=$("$PY" -c "from runtime import cpu_setup; print(cpu_setup.apply().describe())" 2>&1 | grep -v '^USDT' | tail -n 1)
+echo "cpu setup: $SETUP"
+THREADS=$(echo "$SETUP" | sed -n 's/^threads=\([0-9]*\).*/\1/p')
+if [ -z "$THREADS" ] || [ "$THREADS" -lt $(( $(nproc) / 2 )) ]; then
+    echo "the CPU setup uses ${THREADS:-?} threads of $(nproc) CPUs: the topology was misread; set LIA_THREADS"
+    return 1
+fi
 if [ "${PRE_TESTS:-0}" = "1" ]; then
     echo "== CUDA executor tests (tests/test_runtime_gpu.py)"
     timeout 150 "$PY" -m pytest tests/test_runtime_gpu.py -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 15
