@@ -72,8 +72,9 @@ class Query(BaseModel):
 
     @classmethod
     def of(cls, **fields) -> "Query":
-        """A query from CLI values: enum members become their values, a None list of overrides none."""
-        clean = {k: getattr(v, "value", v) for k, v in fields.items()}
+        """A query from CLI values: enum members become their values, a None list of overrides none; names
+        that are not Query fields (a command's other options, e.g. from ``locals()``) are left out."""
+        clean = {k: getattr(v, "value", v) for k, v in fields.items() if k in cls.model_fields}
         if clean.get("overrides") is None:
             clean.pop("overrides", None)
         else:

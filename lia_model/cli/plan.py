@@ -291,23 +291,7 @@ def plan(
 ) -> None:
     """The optimal plan for one query beside every baseline (default: OPT-175B on spr-h100, B=1, 256 in,
     32 out, latency, bf16)."""
-    result = run_plan(
-        Query.of(
-            system=system,
-            model=model,
-            batch=batch,
-            input_len=input_len,
-            output_len=output_len,
-            overrides=overrides,
-            objective=objective,
-            tpot_max_ms=tpot_max_ms,
-            mode=mode,
-            solver=solver,
-            weight_dtype=weight_dtype,
-            kv_dtype=kv_dtype,
-            group_size=group_size,
-        )
-    )
+    result = run_plan(Query.of(**locals()))  # the options named as the Query's fields
     if as_json:
         typer.echo(json.dumps(result.document, indent=2, allow_nan=False))
     else:
@@ -744,27 +728,12 @@ def compare(
     if force:
         raise LiaInputError("--force", "there is no --csv file to overwrite", "add --csv FILE, or drop --force")
     objective = objective or "latency"
+    query = Query.of(**locals())  # the options named as the Query's fields; system and model set per row
     rows = []
     for s in system_names:
         for m in model_names:
             try:
-                out = run_plan(
-                    Query.of(
-                        system=s,
-                        model=m,
-                        batch=batch,
-                        input_len=input_len,
-                        output_len=output_len,
-                        overrides=overrides,
-                        objective=objective,
-                        tpot_max_ms=tpot_max_ms,
-                        mode=mode,
-                        solver=solver,
-                        weight_dtype=weight_dtype,
-                        kv_dtype=kv_dtype,
-                        group_size=group_size,
-                    )
-                ).document
+                out = run_plan(query.model_copy(update={"system": s, "model": m})).document
                 out["query"]["model_given"] = m
                 rows.append(out)
             except InfeasibleError as err:
