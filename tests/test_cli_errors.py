@@ -682,6 +682,7 @@ yaml_scalars = st.one_of(
 )
 
 
+@pytest.mark.slow  # 12 s on 2 cores; the default tier keeps the table of bad inputs above
 @settings(
     max_examples=120, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
