@@ -467,26 +467,25 @@ def _fmt_cell(value, kind: str) -> str:
 
 
 def _ranked_compare(
-    system_names,
-    model_names,
-    tp_nodes,
-    batch,
-    input_len,
-    output_len,
-    overrides,
-    objective,
-    tpot_max_ms,
-    ttft_max_ms,
-    mode,
-    solver,
-    prices_path,
-    rank,
+    query: Query,
+    objective: Optional[str],
+    system_names: list[str],
+    model_names: list[str],
+    tp_nodes: list[str],
+    ttft_max_ms: Optional[float],
+    prices_path: Optional[str],
+    rank: Optional[str],
     csv_path,
-    force,
-    as_json,
-    precision: tuple = (None, None, None),
+    force: bool,
+    as_json: bool,
 ) -> None:
+    """The ranked purchase table. ``query`` holds the workload, bounds, cost mode, solver and precision (its
+    system and model are set per row); ``objective`` is None when the rank decides it."""
     import csv as csv_module
+
+    batch, input_len, output_len, overrides = query.batch, query.input_len, query.output_len, list(query.overrides)
+    tpot_max_ms, mode, solver = query.tpot_max_ms, query.mode, query.solver
+    precision = (query.weight_dtype, query.kv_dtype, query.group_size)
 
     from lia_model.cli.report import RANKED_COLUMNS, RANKS, rank_rows
     from lia_model.inputs import load_prices, load_tp_node
@@ -703,32 +702,26 @@ def compare(
     make_precision(weight_dtype or "bf16", kv_dtype or "bf16")
     check_tpot_bound(tpot_max_ms, output_len)
     objective = getattr(objective, "value", objective)
+    # the options named as the Query's fields; system and model are set per row, the objective by the rank
+    query = Query.of(**{**locals(), "objective": objective or "latency"})
     if rank is not None or prices is not None or ttft_max_ms is not None or tp_node or csv_path is not None:
         _ranked_compare(
+            query,
+            objective,
             system_names,
             model_names,
             tp_node or [],
-            batch,
-            input_len,
-            output_len,
-            overrides,
-            objective,
-            tpot_max_ms,
             ttft_max_ms,
-            mode,
-            solver,
             prices,
             rank,
             csv_path,
             force,
             as_json,
-            (weight_dtype, kv_dtype, group_size),
         )
         return
     if force:
         raise LiaInputError("--force", "there is no --csv file to overwrite", "add --csv FILE, or drop --force")
-    objective = objective or "latency"
-    query = Query.of(**locals())  # the options named as the Query's fields; system and model set per row
+    objective = query.objective
     rows = []
     for s in system_names:
         for m in model_names:
