@@ -245,6 +245,7 @@ def _tiny_configs(tmp: Path) -> tuple[Path, Path]:
     return opt / "config.json", llama / "config.json"
 
 
+@pytest.mark.slow  # 16 s on 2 cores (two calibrator processes); the default tier was at its 5-minute goal
 def test_quick_run_times_the_runtimes_kernels_and_writes_a_valid_profile(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     opt, llama = _tiny_configs(tmp_path)

@@ -137,6 +137,7 @@ def test_gqa_model_with_rope_matches_under_mixed_placements(prefill, decode, res
     assert check_run(result, plan, TINY_LLAMA, WORKLOAD, Device.GPU) == []
 
 
+@pytest.mark.slow  # 19 s on 2 cores (64 x 64 policy pairs); the default tier keeps the per-policy logits checks
 def test_every_policy_pair_moves_the_plans_data_on_a_one_layer_model():
     """All 64 x 64 (prefill, decode) pairs, data flow only (one layer, one decode step: fast)."""
     model = TINY_OPT.model_copy(update={"num_layers": 1})
