@@ -334,25 +334,26 @@ def _check_out_file(path: Optional[Path], force: bool) -> None:
         )
 
 
-def _single_gpu_row(
-    system: str,
-    model: str,
-    batch: int,
-    input_len: int,
-    output_len: int,
-    overrides,
-    objective,
-    tpot_max_s: Optional[float],
-    mode,
-    solver,
-    precision: tuple = (None, None, None),
-) -> dict:
-    """The optimum of one (system, model) as a ranked-table row (no prices yet); ``precision`` is
-    (weight dtype, KV dtype, group size), a precision the system cannot run is the row's why_not."""
+def _single_gpu_row(query: Query) -> dict:
+    """The optimum of the query's (system, model) as a ranked-table row (no prices yet); a precision the system
+    cannot run is the row's why_not."""
     from lia_model.optimizer import InfeasibleError, optimize
     from lia_model.plan import policy_notation
 
-    spec, mspec, workload = load_inputs(system, model, batch, input_len, output_len, overrides, *precision)
+    q = query
+    objective, solver, mode = q.objective, q.solver, parse_mode(q.mode)
+    tpot_max_s = check_tpot_bound(q.tpot_max_ms, q.output_len)
+    spec, mspec, workload = load_inputs(
+        q.system,
+        q.model,
+        q.batch,
+        q.input_len,
+        q.output_len,
+        list(q.overrides),
+        q.weight_dtype,
+        q.kv_dtype,
+        q.group_size,
+    )
     row = {"model": mspec.name, "machine": spec.name, "execution": "LIA, CPU + 1 GPU"}
     try:
         result = optimize(spec, mspec, workload, objective, tpot_max_s=tpot_max_s, solver=solver, mode=mode)
@@ -502,8 +503,8 @@ def _ranked_compare(
         )
     if objective is None:
         objective = "latency" if rank == "latency" else "throughput"
+    query = query.model_copy(update={"objective": objective})  # decided: every row solves this objective
     cost_mode = parse_mode(mode)
-    solver = getattr(solver, "value", solver)
     tpot_max_s = check_tpot_bound(tpot_max_ms, output_len)
     finite_positive("--ttft-max-ms", ttft_max_ms, "5000", MAX_TTFT_MS)
     ttft_max_s = None if ttft_max_ms is None else ttft_max_ms * 1e-3
@@ -518,11 +519,7 @@ def _ranked_compare(
     rows = []
     for m in model_names:
         for s in system_names:
-            rows.append(
-                _single_gpu_row(
-                    s, m, batch, input_len, output_len, overrides, objective, tpot_max_s, cost_mode, solver, precision
-                )
-            )
+            rows.append(_single_gpu_row(query.model_copy(update={"system": s, "model": m})))
         for node in nodes:
             if any(p is not None for p in precision):
                 from lia_model.inputs import resolve_model
