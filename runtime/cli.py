@@ -82,6 +82,7 @@ def validate(
         "predicted columns of the measured rows under this system profile "
         "(measurements untouched).",
     ),
+    force: bool = typer.Option(False, "--force", help="Overwrite results already in the --out folder."),
 ) -> None:
     """Run validation points for real and report predicted vs measured TTFT, TPOT and latency."""
     from rich.console import Console
@@ -93,12 +94,14 @@ def validate(
         sys.stdout.flush()
 
     if from_csv:
-        _merge(from_csv, out, console, title, repredict_with)
+        _merge(from_csv, out, console, title, repredict_with, force)
         return
     if not points:
         raise LiaInputError("--points", "no points file given", "e.g. --points runtime/campaign/opt30b-48L.yaml")
     if out is None and not predict_only:
         raise LiaInputError("--out", "no output folder given", "e.g. --out results/validation")
+    if out is not None and not predict_only:
+        _check_out_folder(Path(out), force)
 
     from lia_model.profiles import load_system
     from runtime.points import load_points_file, runtime_isa
@@ -153,6 +156,21 @@ def validate(
     if summary["points_ran"] == 0:
         reasons = "; ".join(f"{s['point_id']}: {s['reason']}" for s in summary["skipped"][:3])
         raise LiaInputError("points", f"no point ran ({reasons})", "see the skipped list above")
+
+
+def _check_out_folder(out_dir: Path, force: bool) -> None:
+    """Refuse to overwrite a folder's validation outputs (results.csv, the plot, the summaries) without --force."""
+    from runtime.report import OUTPUT_NAMES
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LiaInputError("--out", f"'{out_dir}' is a file", "give a folder")
+    present = [name for name in OUTPUT_NAMES if (out_dir / name).exists()]
+    if present and not force:
+        raise LiaInputError(
+            "--out",
+            f"'{out_dir}' already holds {', '.join(present)}",
+            "choose another --out folder, or add --force to overwrite them",
+        )
 
 
 def _cuda_available() -> bool:
@@ -233,13 +251,21 @@ def _read_results_csv(path: str):
     return df
 
 
-def _merge(paths: List[str], out: Optional[str], console, title: str, repredict_with: Optional[str] = None) -> None:
+def _merge(
+    paths: List[str],
+    out: Optional[str],
+    console,
+    title: str,
+    repredict_with: Optional[str] = None,
+    force: bool = False,
+) -> None:
     import pandas as pd
 
     from runtime.report import print_summary, write_outputs
 
     if out is None:
         raise LiaInputError("--out", "no output folder given", "e.g. --out runtime/validation")
+    _check_out_folder(Path(out), force)
     frames = [_read_results_csv(path) for path in paths]
     df = pd.concat(frames, ignore_index=True)
     df = df.drop_duplicates(subset="point_id", keep="last")

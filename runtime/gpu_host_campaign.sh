@@ -79,7 +79,7 @@ timeout -s INT "$LEFT" "${LIA[@]}" validate --points "$POINTS" --system "$PROFIL
 RC=${PIPESTATUS[0]}
 if [ "$RC" -ne 0 ] && [ -f "$OUT/results.csv" ]; then
     echo "== validate ended with code $RC: summarising the points written so far"
-    "${LIA[@]}" validate --from-csv "$OUT/results.csv" --out "$OUT" --title "$TITLE (partial)" >/dev/null 2>&1 || true
+    "${LIA[@]}" validate --from-csv "$OUT/results.csv" --out "$OUT" --force --title "$TITLE (partial)" >/dev/null 2>&1 || true
 fi
 echo "== done in ${SECONDS} s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
 echo

@@ -27,9 +27,18 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lia_model.models import ModelSpec
 from runtime.rope import inverse_frequencies
+
+# The scaled_dot_product_attention kernels attention() may use: flash (the CPU's, and on CUDA), memory-efficient,
+# math. Not cuDNN: on Hopper it builds one cuDNN graph per new key length, so every decode step of a fresh run
+# (each step's key length is new) paid a graph build. Seen on the H200 in `lia run` of OPT-30B (4 layers, all
+# resident, B=1): 66 ms per decode token in the timed run against 5 ms in the traced run that followed it with
+# the same shapes (runtime/validation/hf-cuda/bench-opt30b-traced/); Llama decode (grouped matmul, no SDPA) did
+# not show it. The calibrator times repeated shapes, so it never saw the build.
+SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
 
 NORM_EPS = 1e-5  # default only: a model's own epsilon is ModelSpec.norm_eps (read from its config)
 
@@ -130,7 +139,8 @@ def attention(
     ``k``, ``v`` [b,kv,W,d] with W = pos0 + q valid positions (a prefix view of the preallocated cache: no
     copy, no masked tail). Decode with GQA (q = 1, G > 1) is one grouped matmul pair over [b,kv,G,d]; every
     other case is ``scaled_dot_product_attention`` (causal in prefill), which never materialises the whole
-    score tensor in memory on the CPU (flash kernel) and uses the flash/efficient kernels on the GPU.
+    score tensor in memory on the CPU (flash kernel) and uses the flash/efficient kernels on the GPU (never
+    cuDNN's: ``SDPA_BACKENDS``).
     Returns ctx [b,q,q_dim] (written into ``out`` when given)."""
     b, q, _ = q_in.shape
     kvh, d, heads = model.num_kv_heads, model.head_dim, model.num_heads
@@ -146,11 +156,12 @@ def attention(
         out.view(b, kvh, g, d).copy_(ctx)
         return out
     qh = q_in.view(b, q, heads, d).transpose(1, 2)  # [b,H,q,d] (a view)
-    if q > 1 and pos0 > 0:
-        mask = ~attention_mask(q, 1, pos0, valid, valid, q_in.device)  # True = attend
-        o = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, enable_gqa=g > 1)
-    else:
-        o = F.scaled_dot_product_attention(qh, k, v, is_causal=q > 1, enable_gqa=g > 1)
+    with sdpa_kernel(list(SDPA_BACKENDS)):
+        if q > 1 and pos0 > 0:
+            mask = ~attention_mask(q, 1, pos0, valid, valid, q_in.device)  # True = attend
+            o = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, enable_gqa=g > 1)
+        else:
+            o = F.scaled_dot_product_attention(qh, k, v, is_causal=q > 1, enable_gqa=g > 1)
     o = o.transpose(1, 2)  # [b,q,H,d]
     if out is None:
         return o.reshape(b, q, model.q_dim)

@@ -36,6 +36,7 @@ CSV_NAME = "results.csv"
 PLOT_STEM = "pred_vs_meas"
 SUMMARY_MD = "summary.md"
 SUMMARY_JSON = "summary.json"
+OUTPUT_NAMES = (CSV_NAME, f"{PLOT_STEM}.png", f"{PLOT_STEM}.svg", SUMMARY_MD, SUMMARY_JSON)  # what --out receives
 
 
 def add_errors(df: pd.DataFrame) -> pd.DataFrame:

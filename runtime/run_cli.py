@@ -45,7 +45,10 @@ def run_command(
     ids: bool = typer.Option(False, "--ids", help="Prompts are token ids and outputs are printed as ids."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Generate all --max-new-tokens even after EOS."),
     warmup: bool = typer.Option(
-        False, "--warmup", help="One short untimed pass first, so the measured times exclude start-up costs."
+        False,
+        "--warmup",
+        help="One untimed generation of the same length first, so the measured times exclude start-up and "
+        "first-shape costs (kernel JIT and graph builds for each new key length).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document (no streaming)."),
     trace: Optional[str] = typer.Option(

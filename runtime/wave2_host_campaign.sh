@@ -88,7 +88,7 @@ timeout -s INT "$LEFT" "$PY" -m lia_model validate --points "$POINTS" --system "
     --repeats 5 --profiled-runs 3 --trace "$OUT/traces" --max-point-s "$MAX_POINT_S" --time-budget-s "$BUDGET" \
     --title "$TITLE" 2>&1 | grep --line-buffered -v '^USDT'
 if [ ! -f "$OUT/summary.md" ] && [ -f "$OUT/results.csv" ]; then
-    "$PY" -m lia_model validate --from-csv "$OUT/results.csv" --out "$OUT" --title "$TITLE (partial)" >/dev/null 2>&1 || true
+    "$PY" -m lia_model validate --from-csv "$OUT/results.csv" --out "$OUT" --force --title "$TITLE (partial)" >/dev/null 2>&1 || true
 fi
 [ -d "$OUT/traces" ] && tar czf "$OUT/traces.tgz" -C "$OUT" traces && rm -rf "$OUT/traces"
 rm -f "$OUT/pred_vs_meas.svg"

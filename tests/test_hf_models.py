@@ -769,3 +769,34 @@ def test_loading_peaks_at_one_copy_of_the_weights(tmp_path, monkeypatch):
     qkv = weights.host_views(3, Sublayer.QKV)["w"]
     assert torch.equal(qkv[h : 2 * h], expected[f"{p}layers.3.self_attn.k_proj.weight"])
     assert math.isclose(float(weights.host_views(3, Sublayer.FC1)["norm_w"].sum()), h)
+
+
+def test_warmup_generates_the_whole_length_untimed_before_the_timed_run(cases, monkeypatch):
+    """--warmup must cover every decode step's key length (per-shape kernel builds would otherwise be timed), and
+    the timed run's tokens are unchanged by it."""
+    from runtime.executor import Executor
+    from runtime.run import RunOptions, run
+
+    case = cases["opt"]
+    calls = []
+    real = Executor.generate
+
+    def spy(self, prompt, output_len=None, **kwargs):
+        calls.append((output_len or self.L_out, kwargs.get("on_token") is not None))
+        return real(self, prompt, output_len=output_len, **kwargs)
+
+    monkeypatch.setattr(Executor, "generate", spy)
+    opts = RunOptions(
+        model=str(case.path),
+        prompts=[" ".join(map(str, case.prompt[0].tolist()))],
+        max_new_tokens=6,
+        ids=True,
+        dtype="float32",
+        stream=False,
+        threads=1,
+        warmup=True,
+        ignore_eos=True,
+    )
+    report = run(opts)
+    assert calls == [(6, False), (6, True)]  # warm-up: all 6 tokens, no token callback; then the timed run
+    assert report.batches[0].outputs[0] == case.tokens[0, :6].tolist()

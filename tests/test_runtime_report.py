@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lia_model.cli import app
+from lia_model.errors import LiaInputError
 from runtime.report import add_errors, summarize, summary_markdown, write_outputs
 
 
@@ -124,3 +125,18 @@ def test_markdown_marks_missed_goals(table):
     md = summary_markdown(summarize(add_errors(table)))
     assert "| TTFT | 5 | 6.0% | 0.0% | 30.0% | 6.0% | NO | A/optimal |" in md
     assert "| B | opt-30b (48 layers) | B=1 L_in=32 L_out=8 | 40 | 2 | 0.500 | flexgen | 0.400 | 25.0% | NO |" in md
+
+
+def test_merging_into_a_folder_with_results_needs_force(table, tmp_path):
+    """The merge rewrites results.csv and the summaries; a folder that already holds them is left alone unless
+    --force is given (the fourth session's merge overwrote runtime/validation/ silently)."""
+    write_outputs(table.iloc[:3], tmp_path / "one")
+    before = (tmp_path / "one" / "results.csv").read_bytes()
+    args = ["validate", "--from-csv", str(tmp_path / "one" / "results.csv"), "--out", str(tmp_path / "one")]
+    refused = CliRunner().invoke(app, args)
+    assert isinstance(refused.exception, LiaInputError)  # lia's entry point prints it as one error: line, exit 2
+    assert "already holds results.csv" in str(refused.exception) and "--force" in str(refused.exception)
+    assert (tmp_path / "one" / "results.csv").read_bytes() == before
+    forced = CliRunner().invoke(app, args + ["--force"])
+    assert forced.exit_code == 0, forced.output
+    assert pd.read_csv(tmp_path / "one" / "results.csv")["point_id"].tolist() == table["point_id"].iloc[:3].tolist()
