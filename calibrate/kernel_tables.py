@@ -82,11 +82,16 @@ def _params(model, sub, device, copies: int) -> list[dict]:
     from calibrate.tensors import fill_varied
     from lia_model.accounting import linear_shape
     from lia_model.sublayers import Sublayer
+    from runtime.hostmem import host_tensor
 
     k, n = linear_shape(model, sub)
     out = []
     for _ in range(copies):
-        p = {"w": fill_varied(torch.empty(n, k, dtype=torch.bfloat16, device=device)) * 0.02}
+        if device == "cpu":  # the runtime's host weight memory (runtime/hostmem.py: anonymous, huge pages advised)
+            w = fill_varied(host_tensor((n, k), torch.bfloat16)).mul_(0.02)
+        else:
+            w = fill_varied(torch.empty(n, k, dtype=torch.bfloat16, device=device)) * 0.02
+        p = {"w": w}
         if model.linear_bias:
             p["b"] = torch.zeros(n, dtype=torch.bfloat16, device=device)
         if sub in (Sublayer.QKV, Sublayer.FC1):

@@ -51,8 +51,11 @@ class CpuSetup:
     feeder_cpus: tuple[int, ...] = ()  # the core kept for the weight feeder; () = none kept
 
     def describe(self) -> str:
+        from runtime.hostmem import hugepages_wanted, thp_mode
+
         feeder = f" feeder=cpu{','.join(map(str, self.feeder_cpus))}" if self.feeder_cpus else ""
-        return f"threads={self.threads} bind={self.bind}{feeder} alloc={self.allocator}"
+        pages = f"weights={'hugepage-advised' if hugepages_wanted() else '4k'}/thp-{thp_mode()}"
+        return f"threads={self.threads} bind={self.bind}{feeder} alloc={self.allocator} {pages}"
 
 
 def allowed_cpus() -> frozenset[int]:

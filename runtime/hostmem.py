@@ -24,6 +24,7 @@ import ctypes
 import ctypes.util
 import math
 import mmap
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -242,12 +243,57 @@ class HostArena:
             pass
 
 
+THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def thp_mode(path: Path = THP_ENABLED) -> str:
+    """The kernel's transparent-huge-page mode: 'always', 'madvise', 'never', or 'unknown'."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return "unknown"
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else "unknown"
+
+
+def hugepages_wanted() -> bool:
+    """Advise 2 MiB pages for host weights and KV caches unless LIA_HUGEPAGES=0."""
+    return os.environ.get("LIA_HUGEPAGES", "1") != "0"
+
+
+def host_memory_note() -> str:
+    """How host weight memory is mapped, for run reports and the kernel tables' setup string."""
+    advice = "MADV_HUGEPAGE" if hugepages_wanted() and hasattr(mmap, "MADV_HUGEPAGE") else "no advice"
+    return f"host memory: anonymous mmap, {advice}, THP mode {thp_mode()}"
+
+
 def _anonymous(nbytes: int) -> torch.Tensor:
-    """Private anonymous memory (page-aligned, so it can be page-locked in place), as a uint8 tensor."""
+    """Private anonymous memory (page-aligned, so it can be page-locked in place), as a uint8 tensor.
+
+    Huge pages are advised (MADV_HUGEPAGE; a no-op when the kernel's THP mode is 'never', already the
+    default when it is 'always'): a CPU GEMV streams hundreds of MB of weights, and with 4 KiB pages every
+    page is a TLB miss and a boundary the hardware prefetcher does not cross. The calibrator's kernel tables
+    hold their weights in this same memory (calibrate/kernel_tables.py), so the times they measure are the
+    runtime's."""
     if nbytes == 0:
         return torch.empty(0, dtype=torch.uint8)
     buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hugepages_wanted() and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            buf.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel without THP: 4 KiB pages
+            pass
     return torch.frombuffer(buf, dtype=torch.uint8)
+
+
+def host_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zeroed host tensor in the memory the runtime keeps weights in (anonymous, huge pages advised, every
+    page touched), for the calibrator's weight copies. Not page-locked: locking pins the pages the CPU reads
+    but does not change how it reads them, and an unpinned mapping can be freed like any tensor."""
+    numel = math.prod(shape)
+    t = _anonymous(numel * dtype.itemsize).view(dtype).view(shape)
+    t.zero_()
+    return t
 
 
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:

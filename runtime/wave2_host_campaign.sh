@@ -3,6 +3,7 @@
 #
 #   bash runtime/wave2_host_campaign.sh k     # kernel tables of the runtime only (4 models: about 8-9 minutes;
 #                                             # KT_RESUME=PARTIAL_CSV resumes a run a time limit stopped)
+#   bash runtime/wave2_host_campaign.sh p     # copy-engine probe only (runtime/probe_h2d.py, about 1 minute)
 #   bash runtime/wave2_host_campaign.sh 1     # kernel tables of the runtime -> profile, then campaign part A
 #   bash runtime/wave2_host_campaign.sh 2 [PROFILE]   # campaign part B with the committed kernel-table profile
 #   bash runtime/wave2_host_campaign.sh a [PROFILE]   # campaign part A with the committed kernel-table profile
@@ -16,7 +17,7 @@
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|1|2|a) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -52,6 +53,11 @@ case "$PART" in
             return 1
         }
         echo "== done in ${SECONDS} s; files: $(ls "$OUT" | tr '\n' ' ')"
+        return 0
+        ;;
+    p)
+        # the copy-engine probe (runtime/probe_h2d.py): small critical-path copies beside the weight feeder
+        timeout 150 "$PY" -m runtime.probe_h2d --out "$OUT" 2>&1 | grep --line-buffered -v '^USDT'
         return 0
         ;;
     a)

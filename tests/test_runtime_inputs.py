@@ -194,3 +194,15 @@ def test_a_point_that_breaks_is_reported_and_the_others_still_run(monkeypatch):
     assert rows["g/ipex"]["status"] == "ran" and rows["g/ipex"]["dataflow_problems"] == 0
     assert rows["g/flexgen"]["status"] == "skipped"
     assert rows["g/flexgen"]["skip_reason"] == "FAILED: RuntimeError: planted failure"
+
+
+def test_the_copy_engine_probe_refuses_a_machine_without_cuda(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from runtime import probe_h2d
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert probe_h2d.main(["--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: CUDA: this probe needs an NVIDIA GPU -- run it on the GPU host"]
+    assert not (tmp_path / "p").exists()

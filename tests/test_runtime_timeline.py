@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -203,3 +205,41 @@ def test_the_feeder_runs_on_the_core_kept_for_it(monkeypatch: pytest.MonkeyPatch
     assert setup.feeder_cpus == groups[-1]
     assert f"feeder=cpu{','.join(map(str, groups[-1]))}" in setup.describe()
     assert where == f"own core (cpu {','.join(map(str, groups[-1]))})"
+
+
+def _thp_eligible(address: int) -> Optional[bool]:
+    """The kernel's THPeligible flag of the mapping holding ``address`` (/proc/self/smaps), or None."""
+    lines = Path("/proc/self/smaps").read_text().splitlines()
+    inside = False
+    for line in lines:
+        head = line.split()[0] if line else ""
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and line.startswith("THPeligible:"):
+            return line.split()[1] == "1"
+    return None
+
+
+def test_host_weight_memory_is_advised_huge_pages_and_the_setup_says_so(tmp_path, monkeypatch):
+    """Runtime arenas and the calibrator's weight copies come from one helper (runtime.hostmem), which advises
+    2 MiB pages: the kernel then marks the mapping THPeligible (checked in /proc/self/smaps where the THP mode
+    is 'madvise'); LIA_HUGEPAGES=0 turns the advice off, and the CPU setup string says which."""
+    from runtime import cpu_setup, hostmem
+
+    sysfs = tmp_path / "enabled"
+    sysfs.write_text("always [madvise] never\n")
+    assert hostmem.thp_mode(sysfs) == "madvise"
+    assert hostmem.thp_mode(tmp_path / "missing") == "unknown"
+    advised = hostmem.host_tensor((4 << 20,), torch.bfloat16)  # 8 MiB
+    assert advised.shape == (4 << 20,) and advised.dtype == torch.bfloat16 and not advised.any()
+    monkeypatch.setenv("LIA_HUGEPAGES", "0")
+    plain = hostmem.host_tensor((4 << 20,), torch.bfloat16)
+    setup = cpu_setup.CpuSetup(threads=2, physical_cores=2, bind="close/cores", allocator="glibc")
+    assert " weights=4k/thp-" in setup.describe()
+    monkeypatch.delenv("LIA_HUGEPAGES")
+    assert " weights=hugepage-advised/thp-" in setup.describe()
+    if hostmem.thp_mode() != "madvise" or _thp_eligible(advised.data_ptr()) is None:
+        pytest.skip(f"THP mode {hostmem.thp_mode()}: the advice is not observable here")
+    assert _thp_eligible(advised.data_ptr()) is True
+    assert _thp_eligible(plain.data_ptr()) is False
