@@ -658,6 +658,7 @@ class Executor:
             start = be.event(be.h2d)
             be.copy(dst, src.t, be.h2d)
             end = be.event(be.h2d)
+            self.feeder.yield_to(end)  # on the chain: no new weight piece before it lands (runtime/streamer.py)
             be.keep_alive(dst, be.compute)
         else:  # device -> host
             dst = be.empty(tuple(src.t.shape), Device.CPU, pinned=True)
@@ -730,6 +731,7 @@ class Executor:
             start = be.event(be.h2d)
             be.copy_2d(self.staging[which][ch.rows, :, 0:hi], src, be.h2d)
             ev = be.event(be.h2d)
+            self.feeder.yield_to(ev)
             self.records.append(
                 OpRecord(
                     lay.stage,

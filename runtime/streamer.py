@@ -17,6 +17,15 @@ beside them; mixed plans measured 20-48% slower than predicted. The feeder now w
 feeder was woken late while OpenMP kept every core busy: streaming fell to 90% of the calibrated H2D
 bandwidth, runtime/validation/wave2-b2/).
 
+Copies on the critical path go first (fifth session's traces, runtime/validation/wave2-b3/traces.tgz): even with
+two pieces in flight, a layer's cached-K fetch or Q copy on the activation stream finished only when the whole
+weight job beside it had ended (OPT-30B: a 0.53 ms fetch took 3.9-4.4 ms, ending 0.52 ms after each 514 MB
+job; Llama-2-70B: 12 ms for a 1 MiB fetch). The feeder refilled the weight stream before it ever emptied, and
+the copy engine kept serving it. So the executor hands each critical copy's end event to ``yield_to`` and the
+feeder issues no new piece until that copy has finished (at most ``YIELD_S``, so a copy that itself waits on
+the weights being streamed cannot deadlock the two): the copy then waits for at most the pieces in flight.
+``LIA_FEEDER_YIELD=0`` turns this off. (Measured next with runtime/probe_h2d.py; not yet on the host.)
+
 The launching thread gets a ``Job`` per prefetch: ``Job.ready()`` blocks until every piece is queued and
 returns the event after the last one (a stream may only wait on an event once it is recorded). Without
 CUDA (the fake and CPU backends, whose copies are synchronous) jobs run inline. ``LIA_WEIGHT_FEEDER=0``
@@ -25,9 +34,11 @@ turns the thread off (every piece is queued at once, as before).
 
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -37,6 +48,7 @@ from runtime.backend import Backend, Event
 
 PIECE_ELEMS = 16 * 2**20  # 32 MiB of bf16 per piece
 DEPTH = 2  # pieces in flight on the copy engine
+YIELD_S = 0.005  # the longest the feeder holds its next piece for one critical copy (a lone 29 MB copy: 0.53 ms)
 
 
 @dataclass
@@ -85,7 +97,8 @@ def feeder_mode(backend: Backend) -> str:
 
         setup = current()
         where = f"own core cpu {','.join(map(str, setup.feeder_cpus))}" if setup and setup.feeder_cpus else "floating"
-        return f"feeder thread ({where}, blocking waits), {DEPTH} x 32 MiB in flight"
+        yields = ", yields to critical copies" if os.environ.get("LIA_FEEDER_YIELD", "1") != "0" else ""
+        return f"feeder thread ({where}, blocking waits), {DEPTH} x 32 MiB in flight{yields}"
     return "all pieces queued at once" if backend.is_cuda else "synchronous copies (no CUDA)"
 
 
@@ -97,6 +110,8 @@ class WeightFeeder:
             threaded = backend.is_cuda and os.environ.get("LIA_WEIGHT_FEEDER", "1") != "0"
         self.threaded = threaded
         self._queue: "queue.Queue[Optional[Job]]" = queue.Queue()
+        self._critical: "collections.deque[tuple[Event, float]]" = collections.deque()
+        self.yields = threaded and os.environ.get("LIA_FEEDER_YIELD", "1") != "0"
         self.affinity = "launching thread"
         self._thread: Optional[threading.Thread] = None
         if threaded:
@@ -108,7 +123,22 @@ class WeightFeeder:
     def description(self) -> str:
         if not self.threaded:
             return "all pieces queued at once"
-        return f"feeder thread ({self.affinity}, blocking waits), {self.depth} x 32 MiB in flight"
+        yields = ", yields to critical copies" if self.yields else ""
+        return f"feeder thread ({self.affinity}, blocking waits), {self.depth} x 32 MiB in flight{yields}"
+
+    def yield_to(self, copy_end: Optional[Event]) -> None:
+        """A critical-path copy was just queued (its end event): queue no new weight piece before it ends."""
+        if self.yields and copy_end is not None:
+            self._critical.append((copy_end, time.perf_counter() + YIELD_S))
+
+    def _hold_for_critical(self) -> None:
+        """Before a piece: wait (sleeping 50 us at a time) for the pending critical copies, each up to its deadline."""
+        while self._critical:
+            end, deadline = self._critical[0]
+            if end.query() or time.perf_counter() >= deadline:
+                self._critical.popleft()
+                continue
+            time.sleep(5e-5)
 
     def submit(self, waits: list[Optional[Event]], parts: list[Part]) -> Job:
         job = Job(waits, parts)
@@ -148,6 +178,7 @@ class WeightFeeder:
                     if throttle:
                         while len(in_flight) >= self.depth:
                             in_flight.pop(0).synchronize()
+                        self._hold_for_critical()
                     be.copy(piece.dst, piece.src, be.weights)
                     if throttle:
                         in_flight.append(be.event(be.weights, blocking=True))

@@ -351,3 +351,19 @@ def test_attention_never_lets_sdpa_pick_cudnn_and_matches_plain_softmax(q, pos0,
         scores = (k[bi, h, :keys].double() @ qh[bi, i, h]) / d**0.5
         want[bi, i, h] = torch.softmax(scores, dim=0) @ v[bi, h, :keys].double()
     torch.testing.assert_close(got.double(), want.view(b, q, heads * d), rtol=1e-4, atol=1e-5)
+
+
+def test_every_critical_host_to_device_copy_is_handed_to_the_feeder(fake_opt, monkeypatch):
+    """The executor tells the weight feeder about each copy on the chain (activations to the GPU and the cached
+    K/V fetched for GPU attention) with that copy's own end event, so the feeder can let it go first."""
+    from runtime.streamer import WeightFeeder
+
+    handed = []
+    monkeypatch.setattr(WeightFeeder, "yield_to", lambda self, end: handed.append(end))
+    plan = Plan(prefill_policy=ATTENTION_ON_CPU, decode_policy=policy_from_index(0b100101))
+    result, check = _run(fake_opt, plan)
+    assert check["logits_rel_err"] < LOGITS_RTOL
+    to_gpu = [r for r in result.records if r.kind == "copy" and r.device == Device.GPU and r.name != "weights"]
+    assert {r.name for r in to_gpu} >= {"act", "kv_fetch"} and len(handed) == len(to_gpu)
+    ends = {id(r.end) for r in to_gpu}
+    assert ends <= {id(e) for e in handed}

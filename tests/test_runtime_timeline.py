@@ -243,3 +243,40 @@ def test_host_weight_memory_is_advised_huge_pages_and_the_setup_says_so(tmp_path
         pytest.skip(f"THP mode {hostmem.thp_mode()}: the advice is not observable here")
     assert _thp_eligible(advised.data_ptr()) is True
     assert _thp_eligible(plain.data_ptr()) is False
+
+
+class _CopyEnd:
+    """An end event that reports done after ``polls`` queries (None: never)."""
+
+    def __init__(self, polls: Optional[int]) -> None:
+        self.polls, self.asked = polls, 0
+
+    def query(self) -> bool:
+        self.asked += 1
+        return self.polls is not None and self.asked > self.polls
+
+
+def test_the_feeder_holds_its_next_piece_until_a_critical_copy_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """yield_to(end): the feeder queues no piece until the copy is done; a copy that never ends (it might wait on
+    the very weights being streamed) is given up at its deadline, so the two cannot deadlock."""
+    from runtime import streamer
+
+    feeder = WeightFeeder(Backend("fake"), threaded=False)
+    assert not feeder.yields  # without a feeder thread, pieces are queued at once: nothing to hold
+    feeder.yield_to(_CopyEnd(0))
+    assert not feeder._critical
+    feeder.yields = True
+    first, second = _CopyEnd(3), _CopyEnd(1)
+    feeder.yield_to(first)
+    feeder.yield_to(second)
+    feeder._hold_for_critical()
+    assert (first.asked, second.asked) == (4, 2) and not feeder._critical
+    monkeypatch.setattr(streamer, "YIELD_S", 0.02)
+    stuck = _CopyEnd(None)
+    feeder.yield_to(stuck)
+    feeder._hold_for_critical()  # returns: the deadline passed
+    assert stuck.asked >= 2 and not feeder._critical
+    monkeypatch.setenv("LIA_FEEDER_YIELD", "0")
+    off = WeightFeeder(Backend("fake"), threaded=True)
+    assert not off.yields and "yields" not in off.description
+    off.close()
