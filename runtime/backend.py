@@ -15,7 +15,6 @@ so a sublayer that receives data from the wrong device fails loudly in every bac
 
 from __future__ import annotations
 
-import ctypes
 import os
 import time
 from contextlib import contextmanager, nullcontext
@@ -26,6 +25,7 @@ import torch
 
 from lia_model.errors import LiaInputError
 from lia_model.plan import Device
+from runtime import cudart
 
 DTYPE = torch.bfloat16
 
@@ -114,7 +114,7 @@ class Backend:
             self.d2h = torch.cuda.Stream()
         else:
             self.compute = self.weights = self.h2d = self.d2h = _NullStream()
-        self._memcpy2d = _CudaMemcpy2D() if self.is_cuda else None
+        self.memcpy2d = cudart.Memcpy2D() if self.is_cuda else None  # pitched copies (KV cache slices)
 
     # ------------------------------------------------------------------ construction
 
@@ -193,11 +193,11 @@ class Backend:
         PyTorch gathers a strided host tensor through a pageable temporary before a host-device copy;
         a pitched cudaMemcpy2DAsync moves the rows directly. Either side may be strided.
         """
-        if self._memcpy2d is not None and dst.is_cuda != src.is_cuda:
-            pitched = _pitched(dst, src)
-            if pitched is not None and self._memcpy2d.available:
+        if self.memcpy2d is not None and dst.is_cuda != src.is_cuda:
+            pitch = cudart.pitched(dst, src)
+            if pitch is not None and self.memcpy2d.available:
                 with self.on_stream(stream):
-                    self._memcpy2d(dst, src, pitched, stream)
+                    self.memcpy2d(dst, src, pitch, stream)
                 return
         self.copy(dst, src, stream)
 
@@ -207,194 +207,11 @@ class Backend:
         """Page-lock host memory in place (cudaHostRegister); False when not possible."""
         if not self.is_cuda or nbytes == 0:
             return False
-        ok = False
-        fn = getattr(torch.cuda.cudart(), "cudaHostRegister", None)
-        if fn is not None:
-            try:
-                ok = _cuda_error_code(fn(ptr, nbytes, 0)) == 0
-                if not ok:
-                    _clear_cuda_error()
-                return ok
-            except TypeError:
-                pass
-        lib = _find_cudart()
-        if lib is None:
-            return False
-        lib.cudaHostRegister.restype = ctypes.c_int
-        lib.cudaHostRegister.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
-        ok = lib.cudaHostRegister(ctypes.c_void_p(ptr), nbytes, 0) == 0
-        if not ok:
-            _clear_cuda_error()
-        return ok
+        return cudart.host_register(ptr, nbytes)
 
     def unregister_host(self, ptr: int) -> None:
-        if not self.is_cuda:
-            return
-        fn = getattr(torch.cuda.cudart(), "cudaHostUnregister", None)
-        if fn is not None:
-            try:
-                fn(ptr)
-                return
-            except TypeError:
-                pass
-        lib = _find_cudart()
-        if lib is not None:
-            lib.cudaHostUnregister.restype = ctypes.c_int
-            lib.cudaHostUnregister.argtypes = [ctypes.c_void_p]
-            lib.cudaHostUnregister(ctypes.c_void_p(ptr))
-
-
-def _clear_cuda_error() -> None:
-    """Reset CUDA's last-error state after a failed runtime call made outside PyTorch: otherwise the next
-    kernel launch PyTorch checks reports that stale error as its own."""
-    lib = _find_cudart()
-    if lib is not None:
-        lib.cudaGetLastError.restype = ctypes.c_int
-        lib.cudaGetLastError()
-
-
-def _cuda_error_code(result) -> int:
-    if isinstance(result, int):
-        return result
-    value = getattr(result, "value", None)
-    if value is not None:
-        return int(value)
-    try:
-        return int(result)
-    except (TypeError, ValueError):
-        return 0 if "success" in str(result).lower() else 1
-
-
-@dataclass(frozen=True)
-class _Pitch:
-    rows: int
-    width_bytes: int
-    dst_pitch_bytes: int
-    src_pitch_bytes: int
-
-
-def _row_pitch(t: torch.Tensor) -> Optional[tuple[int, int, int]]:
-    """(rows, width_bytes, pitch_bytes) when ``t`` is rows of contiguous bytes at an even pitch."""
-    if t.dim() < 2:
-        return None
-    es = t.element_size()
-    # The trailing block [.., s, d] must be contiguous: the last dim stride 1, next stride = size of last.
-    if t.stride(-1) != 1 or (t.dim() >= 2 and t.size(-1) > 0 and t.stride(-2) != t.size(-1)):
-        return None
-    width = t.size(-1) * t.size(-2) * es
-    lead = t.shape[:-2]
-    strides = t.stride()[:-2]
-    if not lead:
-        return 1, width, width
-    # Leading dims must merge into one evenly pitched dimension.
-    pitch = strides[-1]
-    for k in range(len(lead) - 1, 0, -1):
-        if strides[k - 1] != strides[k] * lead[k]:
-            return None
-    rows = 1
-    for n in lead:
-        rows *= n
-    return rows, width, pitch * es
-
-
-def _pitched(dst: torch.Tensor, src: torch.Tensor) -> Optional[_Pitch]:
-    if dst.shape != src.shape or dst.dtype != src.dtype:
-        return None
-    a, b = _row_pitch(dst), _row_pitch(src)
-    if a is None or b is None or a[0] != b[0] or a[1] != b[1]:
-        return None
-    if a[1] > a[2] or b[1] > b[2]:
-        return None
-    return _Pitch(rows=a[0], width_bytes=a[1], dst_pitch_bytes=a[2], src_pitch_bytes=b[2])
-
-
-class _CudaMemcpy2D:
-    """cudaMemcpy2DAsync from the CUDA runtime PyTorch already loaded (found in /proc/self/maps).
-
-    Checked once on a small pitched copy against PyTorch's own copy; when anything is off, ``available``
-    is False and callers fall back to PyTorch's (correct, slower) copy.
-    """
-
-    def __init__(self) -> None:
-        self.available = False
-        self.reason = ""
-        self._fn = None
-        try:
-            torch.cuda.init()
-            lib = _find_cudart()
-            if lib is None:
-                self.reason = "libcudart not found in the process"
-                return
-            fn = lib.cudaMemcpy2DAsync
-            fn.restype = ctypes.c_int
-            fn.argtypes = [
-                ctypes.c_void_p,
-                ctypes.c_size_t,
-                ctypes.c_void_p,
-                ctypes.c_size_t,
-                ctypes.c_size_t,
-                ctypes.c_size_t,
-                ctypes.c_int,
-                ctypes.c_void_p,
-            ]
-            self._fn = fn
-            self.available = self._self_test()
-            if not self.available and not self.reason:
-                self.reason = "self-test mismatch"
-        except (OSError, AttributeError, RuntimeError) as err:
-            self.reason = f"{type(err).__name__}: {err}"
-            self.available = False
-
-    def __call__(self, dst: torch.Tensor, src: torch.Tensor, p: _Pitch, stream) -> None:
-        kind = 1 if dst.is_cuda else 2  # cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2
-        code = self._fn(
-            ctypes.c_void_p(dst.data_ptr()),
-            p.dst_pitch_bytes,
-            ctypes.c_void_p(src.data_ptr()),
-            p.src_pitch_bytes,
-            p.width_bytes,
-            p.rows,
-            kind,
-            ctypes.c_void_p(stream.cuda_stream),
-        )
-        if code != 0:
-            raise RuntimeError(f"cudaMemcpy2DAsync failed with CUDA error {code}")
-
-    def _self_test(self) -> bool:
-        stream = torch.cuda.Stream()
-        host = torch.randn(3, 2, 7, 4).to(DTYPE).pin_memory()
-        dev = torch.zeros(3, 2, 9, 4, dtype=DTYPE, device="cuda")
-        p = _pitched(dev[:, :, 1:8], host)
-        if p is None:
-            self.reason = "pitch computation failed"
-            return False
-        with torch.cuda.stream(stream):
-            self(dev[:, :, 1:8], host, p, stream)
-        back = torch.zeros(3, 2, 9, 4, dtype=DTYPE).pin_memory()
-        p2 = _pitched(back[:, :, 1:8], dev[:, :, 1:8])
-        with torch.cuda.stream(stream):
-            self(back[:, :, 1:8], dev[:, :, 1:8], p2, stream)
-        stream.synchronize()
-        return bool(torch.equal(dev[:, :, 1:8].cpu(), host)) and bool(torch.equal(back[:, :, 1:8], host))
-
-
-def _find_cudart() -> Optional[ctypes.CDLL]:
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = {line.split()[-1] for line in fh if "libcudart" in line and "/" in line}
-    except OSError:
-        paths = set()
-    for path in sorted(paths):
-        try:
-            return ctypes.CDLL(path)
-        except OSError:
-            continue
-    for name in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):
-        try:
-            return ctypes.CDLL(name)
-        except OSError:
-            continue
-    return None
+        if self.is_cuda:
+            cudart.host_unregister(ptr)
 
 
 def cpu_threads() -> int:

@@ -25,7 +25,8 @@ from lia_model.models import ModelSpec
 from lia_model.plan import ALL_GPU, Device, Plan
 from lia_model.sublayers import SUBLAYERS, Stage
 from lia_model.workload import Workload
-from runtime.executor import RunResult, head_device
+from runtime.executor import head_device
+from runtime.records import RunResult
 from runtime.weights import layer_layout
 
 QKV, SCORE, CTX, OUT, FC1, FC2 = SUBLAYERS

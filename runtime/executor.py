@@ -21,12 +21,17 @@ Per pass (prefill, then decode steps t = 1 .. L_out-1), per layer:
 
 Timing: CUDA events around GPU sublayers and copies, perf_counter around CPU sublayers (after waiting for
 their inputs), and per-pass wall time after synchronising the compute stream.
+
+This module is the scheduler and the six-way sublayer dispatch; the rest is in its seams (bottom up, the order
+tests/test_layering.py enforces): runtime/cudart.py (ctypes CUDA calls), backend.py (streams, events, copies),
+records.py (OpRecord, RunResult, the Recorder), streamer.py (the weight feeder thread), layerpass.py (one layer of
+one pass, one chunk), mover.py (activation copies), kvstore.py (the KV cache and its fetches), weight_stream.py
+(the two GPU weight buffers and the prefetch schedule).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -40,52 +45,15 @@ from lia_model.workload import Workload
 from runtime import kernels
 from runtime.backend import DTYPE, Backend, Event, Placed
 from runtime.hostmem import HostArena
-from runtime.streamer import Job, Part, WeightFeeder, split
-from runtime.weights import WEIGHTED_ORDER, ModelWeights, embedding_positions_offset, uses_rope
+from runtime.kvstore import KVStore, LayerKV
+from runtime.layerpass import CTX, FC1, FC2, OUT, QKV, SCORE, SUBLAYER_INDEX, Chunk, LayerPass
+from runtime.mover import Mover
+from runtime.records import OpRecord, Recorder, RunResult
+from runtime.streamer import WeightFeeder
+from runtime.weight_stream import WeightStreamer
+from runtime.weights import ModelWeights, embedding_positions_offset, uses_rope
 
-_IDX = {s: i for i, s in enumerate(SUBLAYERS)}
-QKV, SCORE, CTX, OUT, FC1, FC2 = SUBLAYERS
-
-
-@dataclass
-class OpRecord:
-    """One timed operation: a sublayer (kind "compute") or a copy (kind "copy")."""
-
-    stage: Stage
-    step: int  # 0 = prefill, t = decode step
-    layer: int  # -1: embedding / LM head
-    chunk: int  # prefill chunk (weight copies: the GPU buffer slot, 0 or 1)
-    name: str  # sublayer name, or the copy's kind: weights, act, resid, kv_fetch, kv_writeback, head
-    kind: str  # "compute" or "copy"
-    device: Device  # compute: where it ran; copy: destination
-    nbytes: int
-    tokens: int  # rows of the product (b * q) for compute records
-    layer_kind: str  # "resident", "streamed" or "-"
-    detail: str = ""  # copies: the value or sublayer moved
-    start: object = None
-    end: object = None
-    seconds: float = float("nan")
-
-
-@dataclass
-class RunResult:
-    ttft_s: float
-    tpot_s: list[float]
-    latency_s: float
-    batch: int
-    tokens: torch.Tensor  # [B, L_out] generated token ids (CPU)
-    logits: Optional[list[torch.Tensor]]  # per output position: [B, vocab] float32 (CPU)
-    records: list[OpRecord]
-    base: Optional[tuple[Event, float]] = None  # (event, perf_counter) at the run's start: the trace's time zero
-    hidden: Optional[list[torch.Tensor]] = None  # keep_hidden: each layer's prefill output [B, L_in, h] (CPU)
-
-    @property
-    def output_len(self) -> int:
-        return 1 + len(self.tpot_s)
-
-    @property
-    def throughput_tokens_per_s(self) -> float:
-        return self.batch * self.output_len / self.latency_s
+_IDX = SUBLAYER_INDEX
 
 
 class GpuLayerCache:
@@ -116,63 +84,6 @@ class GpuLayerCache:
     def clear(self) -> None:
         self.layers.clear()
         self.model_name = None
-
-
-@dataclass
-class _LayerKV:
-    host: Optional[dict[str, torch.Tensor]]  # streamed: {"k": [B,kv,S,d], "v": ...} in host memory
-    gpu: Optional[dict[str, torch.Tensor]]  # resident: own GPU cache; streamed: the shared staging buffer
-    resident: bool
-    # Latest D2H write-back into the host cache per batch-row range (prefill chunks, then the whole batch);
-    # the D2H stream is in order, so a reader of some rows waits for the latest event among overlapping ranges.
-    written: dict = field(default_factory=dict)
-
-    def written_for(self, b0: int, b1: int) -> Optional[Event]:
-        latest = None
-        for (r0, r1), (order, ev) in self.written.items():
-            if r0 < b1 and b0 < r1 and (latest is None or order > latest[0]):
-                latest = (order, ev)
-        return latest[1] if latest else None
-
-
-@dataclass
-class _Layer:
-    """Per-layer context of one pass."""
-
-    stage: Stage
-    step: int
-    pass_index: int
-    li: int
-    resident: bool
-    policy: tuple[Device, ...]
-    pos0: int
-    q: int
-    kv: _LayerKV
-    slot: int = -1
-    staged: dict = field(default_factory=dict)  # (which, chunk) -> Event of the H2D fetch into staging
-
-    @property
-    def valid(self) -> int:
-        return self.pos0 + self.q
-
-    @property
-    def kind(self) -> str:
-        return "resident" if self.resident else "streamed"
-
-    def dev(self, sub: Sublayer) -> Device:
-        return self.policy[_IDX[sub]]
-
-
-@dataclass
-class _Chunk:
-    c: int
-    b0: int
-    b1: int
-    values: dict[str, dict[Device, Placed]]
-
-    @property
-    def rows(self) -> slice:
-        return slice(self.b0, self.b1)
 
 
 class Executor:
@@ -207,66 +118,24 @@ class Executor:
                 "the plan runs sublayers on the GPU but this machine has no CUDA device",
                 "run it on a machine with an NVIDIA GPU, or use an all-CPU plan (the ipex baseline)",
             )
-        self.records: list[OpRecord] = []
-        self._profile = True
-        kvh, d = m.num_kv_heads, m.head_dim
-        kv_shape = (self.B, kvh, self.S, d)
-
-        # Resident layers: whole layers and their KV cache on the GPU.
+        kv_shape = (self.B, m.num_kv_heads, self.S, m.head_dim)
+        self.rec = Recorder(backend)
+        self.feeder = WeightFeeder(backend)
+        self.mover = Mover(backend, self.rec, self.feeder)
+        # Resident layers: whole layers on the GPU (kept across runs by the GpuLayerCache).
         cache = layer_cache or GpuLayerCache()
         self.resident_flat = cache.sync(backend, weights, self.R) if self.R else []
-        self.kv: list[_LayerKV] = []
-        for _ in range(self.R):
-            self.kv.append(_LayerKV(None, {w: backend.empty(kv_shape, Device.GPU, zero=True) for w in "kv"}, True))
-
-        # Streamed layers: host KV cache (one arena carve or separate pinned tensors), GPU staging if needed.
         attention_on_gpu = any(p[_IDX[s]] == Device.GPU for p in self.policy.values() for s in (SCORE, CTX))
-        self.staging = (
-            {w: backend.empty(kv_shape, Device.GPU, zero=True) for w in "kv"} if self.K and attention_on_gpu else None
-        )
-        per = self.B * kvh * self.S * d
-        if self.K and kv_arena is not None and 2 * per * self.K > kv_arena.numel:
-            raise LiaInputError(
-                "host memory",
-                f"the KV cache needs {2 * per * self.K * 2 / 1e9:.1f} GB but the "
-                f"KV arena holds {kv_arena.numel * 2 / 1e9:.1f} GB",
-                "size the arena for this point",
-            )
-        # No zeroing per run: positions at or past the valid length are masked, and the arena was zeroed when
-        # it was made and has held only finite K/V since, so masked positions contribute exactly 0.
-        for j in range(self.K):
-            if kv_arena is not None:
-                host = {w: kv_arena.view((2 * j + i) * per, per).view(kv_shape) for i, w in enumerate("kv")}
-            else:
-                host = {w: backend.empty(kv_shape, Device.CPU, pinned=True, zero=True) for w in "kv"}
-            self.kv.append(_LayerKV(host, self.staging, False))
-
-        # Two alternating GPU weight buffers sized for the sublayers on the GPU in either stage.
-        on_gpu = (
-            [s for s in WEIGHTED_ORDER if any(p[_IDX[s]] == Device.GPU for p in self.policy.values())] if self.K else []
-        )
-        self.buffer_views: list[dict[Sublayer, dict[str, torch.Tensor]]] = [{}, {}]
-        self.buffer_flat: list[dict[Sublayer, torch.Tensor]] = [{}, {}]
-        if on_gpu:
-            total = sum(weights.layout.regions[s].numel for s in on_gpu)
-            for slot in (0, 1):
-                flat = backend.empty((total,), Device.GPU)
-                off = 0
-                for s in on_gpu:
-                    n = weights.layout.regions[s].numel
-                    self.buffer_flat[slot][s] = flat[off : off + n]
-                    self.buffer_views[slot][s] = weights.layout.regions[s].views(flat[off : off + n])
-                    off += n
-        self.slot_label: list[Optional[tuple[int, int]]] = [None, None]
-        self.slot_ready: list[Optional[Job]] = [None, None]
-        self.feeder = WeightFeeder(backend)
-        self.slot_free: list[Optional[Event]] = [None, None]
-        self.staging_free: Optional[Event] = None
-        self.slot_counter = 0
+        self.kv = KVStore(backend, self.rec, self.feeder, kv_shape, self.R, self.K, attention_on_gpu, kv_arena)
+        self.streamer = WeightStreamer(backend, weights, plan, self.policy, self.rec, self.feeder)
         self._rope_cache: dict = {}
         self._mask_cache: dict = {}
-        self._write_order = 0
         self.passes: list[tuple[Stage, int]] = []
+
+    @property
+    def records(self) -> list[OpRecord]:
+        """The last run's timed operations."""
+        return self.rec.records
 
     # ================================================================== public
 
@@ -278,15 +147,10 @@ class Executor:
         (2026-11-30, wave-2 campaign part B): the next point's buffers were allocated beside the previous
         point's and ran out of memory under its cap. Resident layers belong to the ``GpuLayerCache``."""
         self.feeder.close()
-        self.slot_ready = [None, None]
-        self.slot_free = [None, None]
-        self.staging_free = None
-        self.buffer_views = [{}, {}]
-        self.buffer_flat = [{}, {}]
-        self.staging = None
-        self.kv = []
+        self.streamer.close()
+        self.kv.close()
         self.resident_flat = []
-        self.records = []
+        self.rec.reset(True)
         self._rope_cache.clear()
         self._mask_cache.clear()
 
@@ -321,25 +185,17 @@ class Executor:
         if out_len > self.L_out or prompt.shape != (self.B, self.L_in):
             raise ValueError("generate() must stay within the workload the executor was sized for")
         be = self.backend
-        self.records = []
-        self._profile = profile
+        self.rec.reset(profile)
         self.passes = [(Stage.PREFILL, 0)] + [(Stage.DECODE, t) for t in range(1, out_len)]
-        self.slot_label = [None, None]
-        self.slot_ready = [None, None]
-        self.slot_free = [None, None]
-        self.staging_free = None
-        self.slot_counter = 0
-        for kv in self.kv:
-            kv.written = {}
-        self._write_order = 0
+        self.streamer.reset(self.passes)
+        self.kv.reset()
         tokens, logits_out, pass_s = [], [], []
         hidden: list[torch.Tensor] = []
         with torch.inference_mode(), be.on_stream(be.compute):
             ids = prompt.to(be.torch_device(self.head_dev))
             be.synchronize()
             base = (Event(be.is_cuda).record(be.compute if be.is_cuda else None), time.perf_counter())
-            if self.K and self.plan.overlap and self.buffer_flat[0]:
-                self._prefetch(self.R, 0, slot=0)
+            self.streamer.start()
             for p_index, (stage, step) in enumerate(self.passes):
                 t0 = time.perf_counter()
                 pos0 = 0 if stage == Stage.PREFILL else self.L_in + step - 1
@@ -367,9 +223,7 @@ class Executor:
                 ids = next_ids[:, None]
                 if on_token is not None and on_token(p_index, next_ids):
                     break
-            for job in self.slot_ready:  # every prefetch queued (the feeder thread is idle)
-                if job is not None:
-                    job.ready()
+            self.streamer.drain()  # every prefetch queued (the feeder thread is idle)
             be.synchronize()
         for r in self.records:
             if r.start is not None and r.end is not None:
@@ -390,12 +244,12 @@ class Executor:
 
     def _embed(self, ids: torch.Tensor, pos0: int, q: int, stage: Stage, step: int) -> torch.Tensor:
         emb = self.weights.embeddings_on(self.head_dev, self.backend)
-        start = self._stamp(self.head_dev)
+        start = self.rec.stamp(self.head_dev)
         x = emb.tokens[ids]  # [B, q, h]
         if emb.positions is not None:
             off = embedding_positions_offset(self.model) + pos0
             x = x + emb.positions[off : off + q][None]
-        self._record(stage, step, -1, 0, "embed", "compute", self.head_dev, 0, self.B * q, "-", start)
+        self.rec.compute(stage, step, -1, 0, "embed", self.head_dev, self.B * q, "-", start)
         return x
 
     def _head(self, chunks: list[dict[Device, Placed]], stage: Stage, step: int) -> torch.Tensor:
@@ -407,7 +261,7 @@ class Executor:
                 p.ready.synchronize()  # a host copy still in flight
             # (no event: a copy to the host orders itself after the slice, recorded on the compute stream)
             last = Placed(p.t[:, -1].contiguous(), p.dev, None)
-            moved = self._move(last, self.head_dev, stage, step, -1, c, "head", "last hidden", "-")
+            moved = self.mover.move(last, self.head_dev, stage, step, -1, c, "head", "last hidden", "-")
             if moved.ready is not None and moved is not last:
                 if self.head_dev == Device.CPU:
                     moved.ready.synchronize()  # the CPU head reads it next
@@ -415,9 +269,9 @@ class Executor:
                     self.backend.wait(self.backend.compute, moved.ready)
             lasts.append(moved.t)
         x = torch.cat(lasts, dim=0)
-        start = self._stamp(self.head_dev)
+        start = self.rec.stamp(self.head_dev)
         logits = kernels.final_logits(x, emb.norm_w, emb.norm_b, emb.lm_head, self.model.norm_eps)
-        self._record(stage, step, -1, 0, "head", "compute", self.head_dev, 0, self.B, "-", start)
+        self.rec.compute(stage, step, -1, 0, "head", self.head_dev, self.B, "-", start)
         return logits
 
     def _layer(
@@ -426,27 +280,27 @@ class Executor:
         """One layer over the chunks; ``inputs`` and the result hold each chunk's hidden state by device (a copy
         made early for the next layer's qkv travels with it)."""
         resident = li < self.R
-        lay = _Layer(
+        lay = LayerPass(
             stage, step, p_index, li, resident, ALL_GPU if resident else self.policy[stage], pos0, q, self.kv[li]
         )
         if not resident:
-            lay.slot = self._begin_streamed(lay)
+            lay.slot = self.streamer.begin(lay)
         n = len(inputs)
         bsz = self.B // n
-        chunks = [_Chunk(c, c * bsz, (c + 1) * bsz, {"h": dict(inputs[c])}) for c in range(n)]
+        chunks = [Chunk(c, c * bsz, (c + 1) * bsz, {"h": dict(inputs[c])}) for c in range(n)]
         # Early work that does not depend on this layer's compute: residual copies and cached-KV fetches.
         for ch in chunks:
             copies = ch.values["h"]
             if lay.dev(QKV) == Device.CPU and Device.CPU not in copies and self.backend.is_cuda:
                 # a CPU qkv reads an input that is only on the GPU (the embedding): copy it now, as the schedule does
-                copies[Device.CPU] = self._move(
+                copies[Device.CPU] = self.mover.move(
                     next(iter(copies.values())), Device.CPU, stage, step, li, ch.c, "act", "h", lay.kind
                 )
             self._ship_early(lay, ch, "h", consumer=OUT, producer_consumer=QKV)
             if not resident and lay.dev(QKV) == Device.GPU:
                 for which, sub in (("k", SCORE), ("v", CTX)):
                     if lay.dev(sub) == Device.GPU:
-                        self._issue_fetch(lay, ch, which)
+                        self.kv.fetch(lay, ch, which)
         nxt = [0] * n
         while True:
             for ch in chunks:  # issue every ready GPU sublayer (asynchronous)
@@ -468,14 +322,14 @@ class Executor:
                 break
         if not resident:
             done = self.backend.event(self.backend.compute)
-            self.slot_free[lay.slot] = done
-            if self.staging is not None:
-                self.staging_free = done
+            self.streamer.end(lay.slot, done)
+            if self.kv.staging is not None:
+                self.kv.staging_free = done
         return [ch.values["h_out"] for ch in chunks]
 
     _CPU_INPUT = {QKV: "h", SCORE: "q", CTX: "scores", OUT: "ctx", FC1: "h_mid", FC2: "mid"}
 
-    def _cpu_inputs_ready(self, lay: _Layer, ch: _Chunk, sub: Sublayer) -> bool:
+    def _cpu_inputs_ready(self, lay: LayerPass, ch: Chunk, sub: Sublayer) -> bool:
         """Whether every input a CPU sublayer of this chunk reads has landed in host memory by now (a
         non-blocking query of the copy events), including the write-back of the K/V that CPU attention reads."""
         name = self._CPU_INPUT[sub]
@@ -486,7 +340,7 @@ class Executor:
             return False  # not produced yet
         placed = copies.get(Device.CPU)
         if placed is None:  # only on the GPU (e.g. the embedding): start its copy now, then poll it
-            placed = copies[Device.CPU] = self._move(
+            placed = copies[Device.CPU] = self.mover.move(
                 next(iter(copies.values())), Device.CPU, lay.stage, lay.step, lay.li, ch.c, "act", name, lay.kind
             )
         if placed.ready is not None and not placed.ready.query():
@@ -497,7 +351,7 @@ class Executor:
                 return False
         return True
 
-    def _first_ready(self, lay: _Layer, pending: list[_Chunk], nxt: list[int]) -> _Chunk:
+    def _first_ready(self, lay: LayerPass, pending: list[Chunk], nxt: list[int]) -> Chunk:
         """The chunk whose next (CPU) sublayer runs now: the oldest whose inputs are ready, else the first to
         become ready (polled; ties go to the oldest). One chunk, or no CUDA: the oldest (it blocks on its
         inputs as before)."""
@@ -509,81 +363,13 @@ class Executor:
                     return ch
             time.sleep(0)  # yield; the copies complete on their own
 
-    # ================================================================== weights
-
-    def _next_streamed(self, li: int, p_index: int) -> Optional[tuple[int, int]]:
-        if li + 1 < self.L:
-            return li + 1, p_index
-        if p_index + 1 < len(self.passes):
-            return self.R, p_index + 1
-        return None
-
-    def _begin_streamed(self, lay: _Layer) -> int:
-        slot = self.slot_counter % 2
-        self.slot_counter += 1
-        if not self.buffer_flat[0]:
-            return slot
-        if self.slot_label[slot] != (lay.li, lay.pass_index):
-            self._prefetch(lay.li, lay.pass_index, slot)
-        self.backend.wait(self.backend.compute, self.slot_ready[slot].ready())
-        if self.plan.overlap:
-            nxt = self._next_streamed(lay.li, lay.pass_index)
-            if nxt is not None:
-                self._prefetch(nxt[0], nxt[1], slot ^ 1)
-        return slot
-
-    def _prefetch(self, li: int, p_index: int, slot: int) -> None:
-        """Queue layer li's GPU-sublayer weights (for pass p_index's stage) into buffer ``slot``: a job of the
-        weight feeder (runtime/streamer.py), which keeps only a few 32 MiB pieces ahead of the activation
-        and KV copies on the copy engine."""
-        stage, step = self.passes[p_index]
-        policy = self.policy[stage]
-        waits = [self.slot_free[slot]]
-        if not self.plan.overlap:
-            waits.append(self.slot_free[slot ^ 1])  # no overlap: wait for the previous layer too
-        parts = []
-        for sub in WEIGHTED_ORDER:
-            if policy[_IDX[sub]] != Device.GPU:
-                continue
-            src = self.weights.sublayer_host(li, sub)
-
-            def done(
-                start: Event, end: Event, sub: Sublayer = sub, nbytes: int = src.numel() * src.element_size()
-            ) -> None:
-                self.records.append(
-                    OpRecord(
-                        stage,
-                        step,
-                        li,
-                        slot,
-                        "weights",
-                        "copy",
-                        Device.GPU,
-                        nbytes,
-                        0,
-                        "streamed",
-                        sub.value,
-                        start,
-                        end,
-                    )
-                )
-
-            parts.append(Part(split(self.buffer_flat[slot][sub], src), done))
-        self.slot_ready[slot] = self.feeder.submit(waits, parts)
-        self.slot_label[slot] = (li, p_index)
-
-    def _params(self, lay: _Layer, sub: Sublayer, dev: Device) -> dict[str, torch.Tensor]:
+    def _params(self, lay: LayerPass, sub: Sublayer, dev: Device) -> dict[str, torch.Tensor]:
         if lay.resident:
             params = self.weights.layout.views(self.resident_flat[lay.li], sub)
         elif dev == Device.CPU:
             params = self.weights.host_views(lay.li, sub)
         else:
-            if self.slot_label[lay.slot] != (lay.li, lay.pass_index):
-                raise RuntimeError(
-                    f"weight buffer {lay.slot} holds {self.slot_label[lay.slot]}, "
-                    f"not layer {lay.li} of pass {lay.pass_index}"
-                )
-            params = self.buffer_views[lay.slot][sub]
+            params = self.streamer.views(lay, sub)
         want = self.backend.torch_device(dev).type
         for name, t in params.items():  # every weight a sublayer consumes lives where it runs
             if t.device.type != want:
@@ -594,7 +380,7 @@ class Executor:
 
     # ================================================================== data movement
 
-    def _consumers(self, lay: _Layer, name: str) -> list[Device]:
+    def _consumers(self, lay: LayerPass, name: str) -> list[Device]:
         """Devices that will read value ``name`` of this layer (for page-locking CPU outputs)."""
         if name == "h_out":
             if lay.li + 1 < self.L:
@@ -605,19 +391,19 @@ class Executor:
         users = {"q": [SCORE], "scores": [CTX], "ctx": [OUT], "h_mid": [FC1, FC2], "mid": [FC2]}[name]
         return [lay.dev(s) for s in users]
 
-    def _out(self, lay: _Layer, name: str, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
+    def _out(self, lay: LayerPass, name: str, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
         """Page-locked output buffer for a CPU op whose result crosses to the GPU (None otherwise)."""
         if self.backend.is_cuda and Device.GPU in self._consumers(lay, name):
             return self.backend.empty(shape, Device.CPU, pinned=True)
         return None
 
-    def _need(self, lay: _Layer, ch: _Chunk, name: str, dev: Device, kind: str) -> torch.Tensor:
+    def _need(self, lay: LayerPass, ch: Chunk, name: str, dev: Device, kind: str) -> torch.Tensor:
         """Value ``name`` on ``dev``, copying it there (once) if it lives elsewhere; waits until it is valid."""
         copies = ch.values[name]
         p = copies.get(dev)
         if p is None:
             src = next(iter(copies.values()))
-            p = self._move(src, dev, lay.stage, lay.step, lay.li, ch.c, kind, name, lay.kind)
+            p = self.mover.move(src, dev, lay.stage, lay.step, lay.li, ch.c, kind, name, lay.kind)
             copies[dev] = p
         if p.ready is not None:
             if dev == Device.CPU:
@@ -626,7 +412,9 @@ class Executor:
                 self.backend.wait(self.backend.compute, p.ready)
         return p.on(dev)
 
-    def _ship_early(self, lay: _Layer, ch: _Chunk, name: str, consumer: Sublayer, producer_consumer: Sublayer) -> None:
+    def _ship_early(
+        self, lay: LayerPass, ch: Chunk, name: str, consumer: Sublayer, producer_consumer: Sublayer
+    ) -> None:
         """Start copying a residual input to ``consumer``'s device now, unless the sublayer that reads it
         first (``producer_consumer``) will copy it there anyway."""
         copies = ch.values[name]
@@ -634,139 +422,7 @@ class Executor:
         if dev in copies or lay.dev(producer_consumer) == dev:
             return
         src = next(iter(copies.values()))
-        copies[dev] = self._move(src, dev, lay.stage, lay.step, lay.li, ch.c, "resid", name, lay.kind)
-
-    def _move(
-        self,
-        src: Placed,
-        dev: Device,
-        stage: Stage,
-        step: int,
-        li: int,
-        c: int,
-        kind: str,
-        detail: str,
-        layer_kind: str,
-    ) -> Placed:
-        if src.dev == dev:
-            return src
-        be = self.backend
-        nbytes = src.t.numel() * src.t.element_size()
-        if dev == Device.GPU:  # host -> device
-            with be.on_stream(be.h2d):
-                dst = be.empty(tuple(src.t.shape), Device.GPU)
-            start = be.event(be.h2d)
-            be.copy(dst, src.t, be.h2d)
-            end = be.event(be.h2d)
-            self.feeder.yield_to(end)  # on the chain: no new weight piece before it lands (runtime/streamer.py)
-            be.keep_alive(dst, be.compute)
-        else:  # device -> host
-            dst = be.empty(tuple(src.t.shape), Device.CPU, pinned=True)
-            # Order after the producer (issued on the compute stream); an event recorded now also covers it.
-            be.wait(be.d2h, src.ready if src.ready is not None else be.event(be.compute))
-            start = be.event(be.d2h)
-            be.copy(dst, src.t, be.d2h)
-            end = be.event(be.d2h)
-            be.keep_alive(src.t, be.d2h)
-        self.records.append(OpRecord(stage, step, li, c, kind, "copy", dev, nbytes, 0, layer_kind, detail, start, end))
-        return Placed(dst, dev, end)
-
-    # ================================================================== KV cache
-
-    def _write_kv(self, lay: _Layer, ch: _Chunk, dev: Device, k: torch.Tensor, v: torch.Tensor) -> None:
-        lo, hi = lay.pos0, lay.valid
-        kv = lay.kv
-        if lay.resident:
-            kv.gpu["k"][ch.rows, :, lo:hi].copy_(k)
-            kv.gpu["v"][ch.rows, :, lo:hi].copy_(v)
-            return
-        if dev == Device.CPU:
-            kv.host["k"][ch.rows, :, lo:hi].copy_(k)
-            kv.host["v"][ch.rows, :, lo:hi].copy_(v)
-            return
-        be = self.backend
-        produced = be.event(be.compute)
-        if self.staging is not None and (lay.dev(SCORE) == Device.GPU or lay.dev(CTX) == Device.GPU):
-            self.staging["k"][ch.rows, :, lo:hi].copy_(k)
-            self.staging["v"][ch.rows, :, lo:hi].copy_(v)
-        be.wait(be.d2h, produced)
-        start = be.event(be.d2h)
-        be.copy_2d(kv.host["k"][ch.rows, :, lo:hi], k, be.d2h)
-        be.copy_2d(kv.host["v"][ch.rows, :, lo:hi], v, be.d2h)
-        end = be.event(be.d2h)
-        be.keep_alive(k, be.d2h)
-        be.keep_alive(v, be.d2h)
-        self._write_order += 1
-        kv.written[(ch.b0, ch.b1)] = (self._write_order, end)
-        self.records.append(
-            OpRecord(
-                lay.stage,
-                lay.step,
-                lay.li,
-                ch.c,
-                "kv_writeback",
-                "copy",
-                Device.CPU,
-                2 * k.numel() * k.element_size(),
-                0,
-                lay.kind,
-                "k,v",
-                start,
-                end,
-            )
-        )
-
-    def _issue_fetch(self, lay: _Layer, ch: _Chunk, which: str) -> Optional[Event]:
-        """Fetch the host-cache positions GPU attention needs into the staging buffer (once per layer/chunk)."""
-        key = (which, ch.c)
-        if key in lay.staged:
-            return lay.staged[key]
-        hi = lay.pos0 if lay.dev(QKV) == Device.GPU else lay.valid  # a GPU qkv already put new K/V in staging
-        ev = None
-        if hi > 0:
-            be = self.backend
-            be.wait(be.h2d, self.staging_free)
-            be.wait(be.h2d, lay.kv.written_for(ch.b0, ch.b1))
-            src = lay.kv.host[which][ch.rows, :, 0:hi]
-            start = be.event(be.h2d)
-            be.copy_2d(self.staging[which][ch.rows, :, 0:hi], src, be.h2d)
-            ev = be.event(be.h2d)
-            self.feeder.yield_to(ev)
-            self.records.append(
-                OpRecord(
-                    lay.stage,
-                    lay.step,
-                    lay.li,
-                    ch.c,
-                    "kv_fetch",
-                    "copy",
-                    Device.GPU,
-                    src.numel() * src.element_size(),
-                    0,
-                    lay.kind,
-                    which,
-                    start,
-                    ev,
-                )
-            )
-        lay.staged[key] = ev
-        return ev
-
-    def _kv_for(self, lay: _Layer, ch: _Chunk, which: str, dev: Device, width: Optional[int] = None) -> torch.Tensor:
-        """K or V as attention on ``dev`` reads it: a view of the live prefix [:width] (default: every valid
-        position) of the host cache (CPU), the resident cache or the staging buffer (GPU)."""
-        kv = lay.kv
-        width = lay.valid if width is None else width
-        if dev == Device.CPU:
-            pending = kv.written_for(ch.b0, ch.b1)
-            if pending is not None:
-                pending.synchronize()
-            return kv.host[which][ch.rows, :, :width]
-        if lay.resident:
-            return kv.gpu[which][ch.rows, :, :width]
-        ev = self._issue_fetch(lay, ch, which)
-        self.backend.wait(self.backend.compute, ev)
-        return self.staging[which][ch.rows, :, :width]
+        copies[dev] = self.mover.move(src, dev, lay.stage, lay.step, lay.li, ch.c, "resid", name, lay.kind)
 
     # ================================================================== sublayers
 
@@ -793,78 +449,50 @@ class Executor:
             )
         return self._mask_cache[key]
 
-    def _stamp(self, dev: Device) -> Optional[Event]:
-        cuda = self.backend.is_cuda and dev == Device.GPU
-        if cuda and not self._profile:
-            return None  # unprofiled runs skip per-sublayer GPU events
-        return Event(cuda).record(self.backend.compute if cuda else None)
-
-    def _record(
-        self,
-        stage: Stage,
-        step: int,
-        li: int,
-        c: int,
-        name: str,
-        kind: str,
-        dev: Device,
-        nbytes: int,
-        tokens: int,
-        layer_kind: str,
-        start: Optional[Event],
-    ) -> None:
-        if start is None:
-            return
-        self.records.append(
-            OpRecord(stage, step, li, c, name, kind, dev, nbytes, tokens, layer_kind, "", start, self._stamp(dev))
-        )
-
-    def _run(self, lay: _Layer, ch: _Chunk, sub: Sublayer, dev: Device) -> None:
+    def _run(self, lay: LayerPass, ch: Chunk, sub: Sublayer, dev: Device) -> None:
         m = self.model
         b, q = ch.b1 - ch.b0, lay.q
         if sub == QKV:
             h = self._need(lay, ch, "h", dev, "act")
             p = self._params(lay, sub, dev)
             rope = self._rope(dev, lay.pos0, q)
-            start = self._stamp(dev)
+            start = self.rec.stamp(dev)
             q_out, k, v = kernels.qkv(h, p, m, rope)
             if dev == Device.CPU:
                 pinned = self._out(lay, "q", tuple(q_out.shape))
                 if pinned is not None:
                     q_out = pinned.copy_(q_out)
-            self._write_kv(lay, ch, dev, k, v)
+            self.kv.write(lay, ch, dev, k, v)
             self._finish(lay, ch, sub, dev, "q", q_out, start, b * q)
         elif sub == SCORE:
             if lay.dev(CTX) == dev:
                 # Fused with attn_context on this device (kernels.attention): hand Q on, untimed.
                 ch.values["scores"] = ch.values["q"]
-                self._record(
-                    lay.stage, lay.step, lay.li, ch.c, sub.value, "compute", dev, 0, q, lay.kind, self._stamp(dev)
-                )
+                self.rec.compute(lay.stage, lay.step, lay.li, ch.c, sub.value, dev, q, lay.kind, self.rec.stamp(dev))
                 return
             q_in = self._need(lay, ch, "q", dev, "act")
-            keys = self._kv_for(lay, ch, "k", dev)
+            keys = self.kv.read(lay, ch, "k", dev)
             out = (
                 self._out(lay, "scores", (b, m.num_kv_heads, m.num_heads // m.num_kv_heads * q, keys.shape[2]))
                 if dev == Device.CPU
                 else None
             )
             mask = self._mask(dev, q, lay.pos0, lay.valid, keys.shape[2]) if q > 1 else None
-            start = self._stamp(dev)
+            start = self.rec.stamp(dev)
             scores = kernels.attn_score(q_in, keys, m, mask, out=out)
             self._finish(lay, ch, sub, dev, "scores", scores, start, q)
         elif sub == CTX:
             out = self._out(lay, "ctx", (b, q, m.q_dim)) if dev == Device.CPU else None
             if lay.dev(SCORE) == dev:
                 q_in = self._need(lay, ch, "q", dev, "act")  # fused: attn_score handed Q on
-                keys = self._kv_for(lay, ch, "k", dev)
-                values = self._kv_for(lay, ch, "v", dev)
-                start = self._stamp(dev)
+                keys = self.kv.read(lay, ch, "k", dev)
+                values = self.kv.read(lay, ch, "v", dev)
+                start = self.rec.stamp(dev)
                 ctx = kernels.attention(q_in, keys, values, m, lay.pos0, out=out)
             else:
                 scores = self._need(lay, ch, "scores", dev, "act")
-                values = self._kv_for(lay, ch, "v", dev, width=scores.shape[-1])
-                start = self._stamp(dev)
+                values = self.kv.read(lay, ch, "v", dev, width=scores.shape[-1])
+                start = self.rec.stamp(dev)
                 ctx = kernels.attn_context(scores, values, m, q, out=out)
             self._finish(lay, ch, sub, dev, "ctx", ctx, start, q)
         elif sub == OUT:
@@ -872,7 +500,7 @@ class Executor:
             resid = self._need(lay, ch, "h", dev, "resid")
             p = self._params(lay, sub, dev)
             out = self._out(lay, "h_mid", (b, q, m.hidden_size)) if dev == Device.CPU else None
-            start = self._stamp(dev)
+            start = self.rec.stamp(dev)
             h_mid = kernels.out_proj(ctx, p, resid, out=out)
             self._finish(lay, ch, sub, dev, "h_mid", h_mid, start, b * q)
             self._ship_early(lay, ch, "h_mid", consumer=FC2, producer_consumer=FC1)
@@ -880,7 +508,7 @@ class Executor:
             h_mid = self._need(lay, ch, "h_mid", dev, "act")
             p = self._params(lay, sub, dev)
             out = self._out(lay, "mid", (b, q, m.ffn_size)) if dev == Device.CPU else None
-            start = self._stamp(dev)
+            start = self.rec.stamp(dev)
             mid = kernels.fc1(h_mid, p, m, out=out)
             self._finish(lay, ch, sub, dev, "mid", mid, start, b * q)
         else:
@@ -888,14 +516,14 @@ class Executor:
             resid = self._need(lay, ch, "h_mid", dev, "resid")
             p = self._params(lay, sub, dev)
             out = self._out(lay, "h_out", (b, q, m.hidden_size)) if dev == Device.CPU else None
-            start = self._stamp(dev)
+            start = self.rec.stamp(dev)
             h_out = kernels.fc2(mid, p, resid, out=out)
             self._finish(lay, ch, sub, dev, "h_out", h_out, start, b * q)
 
     def _finish(
         self,
-        lay: _Layer,
-        ch: _Chunk,
+        lay: LayerPass,
+        ch: Chunk,
         sub: Sublayer,
         dev: Device,
         name: str,
@@ -903,7 +531,7 @@ class Executor:
         start: Event,
         tokens: int,
     ) -> None:
-        self._record(lay.stage, lay.step, lay.li, ch.c, sub.value, "compute", dev, 0, tokens, lay.kind, start)
+        self.rec.compute(lay.stage, lay.step, lay.li, ch.c, sub.value, dev, tokens, lay.kind, start)
         # A GPU value that a CPU sublayer reads next is copied on the D2H stream, which must wait for it.
         ready = None
         consumers = self._consumers(lay, name)
@@ -918,7 +546,7 @@ class Executor:
         if ready is not None and consumers[0] == Device.CPU and not last_layer:
             li, detail = (lay.li + 1, "h") if name == "h_out" else (lay.li, name)
             kind = "resident" if li < self.R else "streamed"
-            ch.values[name][Device.CPU] = self._move(
+            ch.values[name][Device.CPU] = self.mover.move(
                 ch.values[name][dev], Device.CPU, lay.stage, lay.step, li, ch.c, "act", detail, kind
             )
 
@@ -957,4 +585,13 @@ def kv_arena_elements(model: ModelSpec, workload: Workload, plan: Plan) -> int:
     )
 
 
-__all__ = ["Executor", "RunResult", "OpRecord", "GpuLayerCache", "random_prompt", "kv_arena_elements", "DTYPE"]
+__all__ = [
+    "Executor",
+    "RunResult",
+    "OpRecord",
+    "GpuLayerCache",
+    "LayerKV",
+    "random_prompt",
+    "kv_arena_elements",
+    "DTYPE",
+]

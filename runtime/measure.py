@@ -28,7 +28,7 @@ from lia_model.models import ModelSpec
 from lia_model.plan import Device, Plan
 from lia_model.sublayers import SUBLAYERS, Stage, Sublayer
 from lia_model.workload import Workload
-from runtime.executor import RunResult
+from runtime.records import RunResult
 
 LINEARS = (Sublayer.QKV, Sublayer.OUT_PROJ, Sublayer.FC1, Sublayer.FC2)
 

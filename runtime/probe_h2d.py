@@ -7,7 +7,7 @@ fetch (28.9 MB, 0.53 ms alone) took 3.9-4.4 ms and ended 0.52 ms after each 514 
 pieces in flight (runtime/streamer.py), so a first-come copy engine would make them wait about 1.2 ms.
 
 This probe times each kind of copy the executor issues on its activation stream (``backend.h2d``) -- a fresh
-GPU tensor plus a 1-D copy (``Executor._move``), a 1-D copy into a preallocated tensor, and pitched 2-D copies
+GPU tensor plus a 1-D copy (``Mover.move``), a 1-D copy into a preallocated tensor, and pitched 2-D copies
 of a host KV cache slice (``Backend.copy_2d``) -- first with the copy engine idle, then while the feeder
 streams a long weight job, and once more with the copy issued on the feeder's own stream instead. Each
 latency is from issue (host clock) to the copy's end event. It writes ``h2d_probe.csv`` and prints a table.

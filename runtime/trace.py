@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from lia_model.plan import Device
-from runtime.executor import OpRecord, RunResult
+from runtime.records import OpRecord, RunResult
 
 LANES = ("CPU sublayers", "GPU sublayers", "H2D weights", "H2D act/KV", "D2H act/KV")
 

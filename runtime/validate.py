@@ -254,7 +254,7 @@ def run_points(
             f"total {time.perf_counter() - t0:.1f} s on {backend.description}"
         )
         if backend.is_cuda:
-            m2d = backend._memcpy2d
+            m2d = backend.memcpy2d
             echo(
                 "pitched KV copies: "
                 + ("cudaMemcpy2DAsync" if m2d.available else f"PyTorch fallback (slower; {m2d.reason})")

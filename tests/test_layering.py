@@ -171,3 +171,61 @@ def test_the_core_imports_without_torch(module):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+# The runtime's execution stack, bottom up (issue 14's split of the executor): a module may import runtime modules
+# of a lower rank only (imports under ``if TYPE_CHECKING`` are annotations, not dependencies).
+RUNTIME_RANK = {
+    "cudart": 0,  # ctypes CUDA calls
+    "rope": 0,
+    "backend": 1,  # devices, streams, events, copies
+    "kernels": 1,  # the sublayers' math
+    "hostmem": 2,  # host arenas
+    "records": 2,  # instrumentation
+    "cpu_setup": 3,
+    "weights": 3,  # the weight layout
+    "streamer": 4,  # the weight feeder thread
+    "layerpass": 5,  # one layer of one pass, one chunk
+    "mover": 5,  # activation copies
+    "kvstore": 6,  # the KV cache
+    "weight_stream": 6,  # GPU weight buffers and the prefetch schedule
+    "executor": 7,  # the scheduler over all of them
+}
+
+
+def _runtime_imports(module: str) -> set[str]:
+    tree = ast.parse((ROOT / "runtime" / f"{module}.py").read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip |= {id(n) for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "runtime":
+            parts = node.module.split(".")
+            found |= {a.name for a in node.names} if len(parts) == 1 else {parts[1]}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("runtime.")}
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(RUNTIME_RANK))
+def test_the_runtime_execution_stack_imports_only_downwards(module: str) -> None:
+    below = {m for m, rank in RUNTIME_RANK.items() if rank < RUNTIME_RANK[module]}
+    wrong = sorted(_runtime_imports(module) - below)
+    assert not wrong, f"runtime/{module}.py imports {wrong}, which are not below it in RUNTIME_RANK"
+
+
+def test_the_runtime_stack_rule_catches_an_upward_import(tmp_path, monkeypatch) -> None:
+    """The rule above is not vacuous: a backend that imported the executor would fail it."""
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    (tmp_path / "runtime").mkdir()
+    (tmp_path / "runtime" / "backend.py").write_text(
+        "from typing import TYPE_CHECKING\nfrom runtime import cudart\nfrom runtime.executor import Executor\n"
+        "if TYPE_CHECKING:\n    from runtime.kvstore import LayerKV\n"
+    )
+    assert _runtime_imports("backend") == {"cudart", "executor"}
+    with pytest.raises(AssertionError, match="executor"):
+        test_the_runtime_execution_stack_imports_only_downwards("backend")

@@ -20,7 +20,9 @@ from runtime.backend import Backend
 from runtime.dataflow import check_run
 from runtime.executor import Executor, random_prompt
 from runtime.hostmem import HostArena
+from runtime.kvstore import KVStore
 from runtime.reference import LOGITS_RTOL, check_against_reference
+from runtime.weight_stream import WeightStreamer
 from runtime.weights import ModelWeights, layer_layout
 from tests.toys import toy_decoder
 
@@ -171,8 +173,8 @@ def test_a_missed_kv_write_back_is_caught(fake_opt, monkeypatch):
             self.staging["k"][ch.rows, :, lay.pos0 : lay.valid].copy_(k)
             self.staging["v"][ch.rows, :, lay.pos0 : lay.valid].copy_(v)
 
-    original = Executor._write_kv
-    monkeypatch.setattr(Executor, "_write_kv", skip_write_back)
+    original = KVStore.write
+    monkeypatch.setattr(KVStore, "write", skip_write_back)
     bad, check = _run(fake_opt, plan)
     assert check["logits_rel_err"] > 5 * LOGITS_RTOL
     assert any("kv_writeback" in p for p in check_run(bad, plan, TINY_OPT, WORKLOAD, Device.GPU))
@@ -180,20 +182,20 @@ def test_a_missed_kv_write_back_is_caught(fake_opt, monkeypatch):
 
 def test_streaming_the_wrong_layers_weights_is_caught(fake_opt, monkeypatch):
     plan = Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU)
-    original = Executor._prefetch
+    original = WeightStreamer.prefetch
 
     def off_by_one(self, li, p_index, slot):
         original(self, (li + 1) % self.L, p_index, slot)
         self.slot_label[slot] = (li, p_index)  # and lie about it
 
-    monkeypatch.setattr(Executor, "_prefetch", off_by_one)
+    monkeypatch.setattr(WeightStreamer, "prefetch", off_by_one)
     _, check = _run(fake_opt, plan)
     assert check["logits_rel_err"] > 5 * LOGITS_RTOL
 
 
 def test_gpu_attention_without_the_cached_kv_fetch_is_caught(fake_opt, monkeypatch):
     plan = Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU)
-    monkeypatch.setattr(Executor, "_issue_fetch", lambda self, lay, ch, which: None)
+    monkeypatch.setattr(KVStore, "fetch", lambda self, lay, ch, which: None)
     _, check = _run(fake_opt, plan)
     assert check["logits_rel_err"] > 5 * LOGITS_RTOL
 
@@ -307,8 +309,8 @@ def test_close_frees_the_executors_gpu_buffers_without_the_cycle_collector(fake_
     try:
         with Executor(Backend("fake"), fake_opt, plan, WORKLOAD) as ex:
             ex.generate(random_prompt(fake_opt.model, WORKLOAD, seed=1))
-            held = [t for slot in ex.buffer_flat for t in slot.values()]
-            held += [kv.gpu[w] for kv in ex.kv if kv.resident for w in "kv"]
+            held = [t for slot in ex.streamer.buffer_flat for t in slot.values()]
+            held += [kv.gpu[w] for kv in ex.kv.layers if kv.resident for w in "kv"]
             refs = [weakref.ref(t) for t in held]
             assert len(refs) >= 4 and all(r() is not None for r in refs)
             del held

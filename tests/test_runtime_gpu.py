@@ -44,7 +44,7 @@ def _weights(backend, model):
 
 
 def test_pitched_copies_are_available(backend):
-    assert backend._memcpy2d.available, backend._memcpy2d.reason
+    assert backend.memcpy2d.available, backend.memcpy2d.reason
 
 
 def _pairs():

@@ -206,3 +206,18 @@ def test_the_copy_engine_probe_refuses_a_machine_without_cuda(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: CUDA: this probe needs an NVIDIA GPU -- run it on the GPU host"]
     assert not (tmp_path / "p").exists()
+
+
+def test_pitched_copy_geometry_of_a_kv_cache_slice():
+    """runtime.cudart.pitched: a [3, 2, 7, 4] bf16 slice of positions 1..7 of a [3, 2, 9, 4] cache is 3 x 2 = 6 rows
+    of 7 x 4 x 2 = 56 bytes, 9 x 4 x 2 = 72 bytes apart in the cache and 56 apart in a dense source."""
+    import torch
+
+    from runtime import cudart
+
+    cache = torch.zeros(3, 2, 9, 4, dtype=torch.bfloat16)
+    dense = torch.zeros(3, 2, 7, 4, dtype=torch.bfloat16)
+    assert cudart.pitched(cache[:, :, 1:8], dense) == cudart.Pitch(6, 56, 72, 56)
+    assert cudart.pitched(dense, cache[:, :, 1:8]) == cudart.Pitch(6, 56, 56, 72)
+    assert cudart.pitched(cache[:, :, 1:8], dense.float()) is None  # dtypes differ
+    assert cudart.pitched(cache[:, :, :, :2], torch.zeros(3, 2, 9, 2, dtype=torch.bfloat16)) is None  # rows not whole

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 from lia_model.plan import Device  # noqa: E402
 from lia_model.sublayers import Stage  # noqa: E402
 from runtime.backend import Backend, Event  # noqa: E402
-from runtime.executor import OpRecord, RunResult  # noqa: E402
+from runtime.records import OpRecord, RunResult  # noqa: E402
 from runtime.streamer import Part, WeightFeeder, split  # noqa: E402
 from runtime.trace import busy_s, chrome_trace, overlap_efficiency  # noqa: E402
 

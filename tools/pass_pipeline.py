@@ -2,7 +2,7 @@
 
     python tools/pass_pipeline.py        # a few seconds: checks the closed form on 20,000 random cases
 
-Why: the runtime (``runtime/executor.py``, ``Executor._next_streamed``) queues the next pass's first streamed
+Why: the runtime (``runtime/executor.py``, ``WeightStreamer.next_streamed``, runtime/weight_stream.py) queues the next pass's first streamed
 layer as soon as the last one starts, so the head, the embedding and the resident layers of the next pass (S
 seconds of serial GPU work) run under that layer's weight DMA. The cost model (``lia_model.costmodel.predict``)
 adds them in series: pass = K max(W, X) + S. On the GPU host (2026-11-30, ``runtime/validation/wave2-b2/``),

@@ -1,0 +1,195 @@
+"""The KV cache of a run: where each layer's K and V live, how new ones are written, and how GPU attention of a
+streamed layer gets the cached ones.
+
+- Resident layers: their own [B, kv_heads, S, head_dim] K and V on the GPU.
+- Streamed layers: K and V in host memory (a carve of a KV arena, or page-locked tensors). A CPU qkv writes them
+  directly; a GPU qkv writes its new K/V back with a pitched D2H copy (and into the GPU staging buffer).
+- GPU attention of a streamed layer reads one shared GPU staging buffer: the cached positions (and new ones made
+  by a CPU qkv) are fetched into it from the host cache, once per layer and chunk, on the H2D stream; the fetch is
+  on the chain, so the weight feeder lets it go first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from lia_model.errors import LiaInputError
+from lia_model.plan import Device
+from runtime.backend import Backend, Event
+from runtime.hostmem import HostArena
+from runtime.layerpass import CTX, QKV, SCORE, Chunk, LayerPass
+from runtime.records import OpRecord, Recorder
+from runtime.streamer import WeightFeeder
+
+
+@dataclass
+class LayerKV:
+    host: Optional[dict[str, torch.Tensor]]  # streamed: {"k": [B,kv,S,d], "v": ...} in host memory
+    gpu: Optional[dict[str, torch.Tensor]]  # resident: own GPU cache; streamed: the shared staging buffer
+    resident: bool
+    # Latest D2H write-back into the host cache per batch-row range (prefill chunks, then the whole batch);
+    # the D2H stream is in order, so a reader of some rows waits for the latest event among overlapping ranges.
+    written: dict = field(default_factory=dict)
+
+    def written_for(self, b0: int, b1: int) -> Optional[Event]:
+        latest = None
+        for (r0, r1), (order, ev) in self.written.items():
+            if r0 < b1 and b0 < r1 and (latest is None or order > latest[0]):
+                latest = (order, ev)
+        return latest[1] if latest else None
+
+
+class KVStore:
+    def __init__(
+        self,
+        backend: Backend,
+        recorder: Recorder,
+        feeder: WeightFeeder,
+        kv_shape: tuple[int, int, int, int],
+        resident: int,
+        streamed: int,
+        attention_on_gpu: bool,
+        kv_arena: Optional[HostArena] = None,
+    ) -> None:
+        self.backend = backend
+        self.recorder = recorder
+        self.feeder = feeder
+        self.layers: list[LayerKV] = [
+            LayerKV(None, {w: backend.empty(kv_shape, Device.GPU, zero=True) for w in "kv"}, True)
+            for _ in range(resident)
+        ]
+        self.staging = (
+            {w: backend.empty(kv_shape, Device.GPU, zero=True) for w in "kv"} if streamed and attention_on_gpu else None
+        )
+        per = kv_shape[0] * kv_shape[1] * kv_shape[2] * kv_shape[3]
+        if streamed and kv_arena is not None and 2 * per * streamed > kv_arena.numel:
+            raise LiaInputError(
+                "host memory",
+                f"the KV cache needs {2 * per * streamed * 2 / 1e9:.1f} GB but the "
+                f"KV arena holds {kv_arena.numel * 2 / 1e9:.1f} GB",
+                "size the arena for this point",
+            )
+        # No zeroing per run: positions at or past the valid length are masked, and the arena was zeroed when
+        # it was made and has held only finite K/V since, so masked positions contribute exactly 0.
+        for j in range(streamed):
+            if kv_arena is not None:
+                host = {w: kv_arena.view((2 * j + i) * per, per).view(kv_shape) for i, w in enumerate("kv")}
+            else:
+                host = {w: backend.empty(kv_shape, Device.CPU, pinned=True, zero=True) for w in "kv"}
+            self.layers.append(LayerKV(host, self.staging, False))
+        self.staging_free: Optional[Event] = None  # after the last reader of the staging buffer
+        self._write_order = 0
+
+    def __getitem__(self, li: int) -> LayerKV:
+        return self.layers[li]
+
+    def reset(self) -> None:
+        """A new run: no write-back is pending."""
+        for kv in self.layers:
+            kv.written = {}
+        self._write_order = 0
+        self.staging_free = None
+
+    def close(self) -> None:
+        self.layers = []
+        self.staging = None
+        self.staging_free = None
+
+    def write(self, lay: LayerPass, ch: Chunk, dev: Device, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the new K/V [rows, kv, q, d] that a qkv on ``dev`` made for positions pos0 .. valid."""
+        lo, hi = lay.pos0, lay.valid
+        kv = lay.kv
+        if lay.resident:
+            kv.gpu["k"][ch.rows, :, lo:hi].copy_(k)
+            kv.gpu["v"][ch.rows, :, lo:hi].copy_(v)
+            return
+        if dev == Device.CPU:
+            kv.host["k"][ch.rows, :, lo:hi].copy_(k)
+            kv.host["v"][ch.rows, :, lo:hi].copy_(v)
+            return
+        be = self.backend
+        produced = be.event(be.compute)
+        if self.staging is not None and (lay.dev(SCORE) == Device.GPU or lay.dev(CTX) == Device.GPU):
+            self.staging["k"][ch.rows, :, lo:hi].copy_(k)
+            self.staging["v"][ch.rows, :, lo:hi].copy_(v)
+        be.wait(be.d2h, produced)
+        start = be.event(be.d2h)
+        be.copy_2d(kv.host["k"][ch.rows, :, lo:hi], k, be.d2h)
+        be.copy_2d(kv.host["v"][ch.rows, :, lo:hi], v, be.d2h)
+        end = be.event(be.d2h)
+        be.keep_alive(k, be.d2h)
+        be.keep_alive(v, be.d2h)
+        self._write_order += 1
+        kv.written[(ch.b0, ch.b1)] = (self._write_order, end)
+        self.recorder.add(
+            OpRecord(
+                lay.stage,
+                lay.step,
+                lay.li,
+                ch.c,
+                "kv_writeback",
+                "copy",
+                Device.CPU,
+                2 * k.numel() * k.element_size(),
+                0,
+                lay.kind,
+                "k,v",
+                start,
+                end,
+            )
+        )
+
+    def fetch(self, lay: LayerPass, ch: Chunk, which: str) -> Optional[Event]:
+        """Fetch the host-cache positions GPU attention needs into the staging buffer (once per layer/chunk)."""
+        key = (which, ch.c)
+        if key in lay.staged:
+            return lay.staged[key]
+        hi = lay.pos0 if lay.dev(QKV) == Device.GPU else lay.valid  # a GPU qkv already put new K/V in staging
+        ev = None
+        if hi > 0:
+            be = self.backend
+            be.wait(be.h2d, self.staging_free)
+            be.wait(be.h2d, lay.kv.written_for(ch.b0, ch.b1))
+            src = lay.kv.host[which][ch.rows, :, 0:hi]
+            start = be.event(be.h2d)
+            be.copy_2d(self.staging[which][ch.rows, :, 0:hi], src, be.h2d)
+            ev = be.event(be.h2d)
+            self.feeder.yield_to(ev)
+            self.recorder.add(
+                OpRecord(
+                    lay.stage,
+                    lay.step,
+                    lay.li,
+                    ch.c,
+                    "kv_fetch",
+                    "copy",
+                    Device.GPU,
+                    src.numel() * src.element_size(),
+                    0,
+                    lay.kind,
+                    which,
+                    start,
+                    ev,
+                )
+            )
+        lay.staged[key] = ev
+        return ev
+
+    def read(self, lay: LayerPass, ch: Chunk, which: str, dev: Device, width: Optional[int] = None) -> torch.Tensor:
+        """K or V as attention on ``dev`` reads it: a view of the live prefix [:width] (default: every valid
+        position) of the host cache (CPU), the resident cache or the staging buffer (GPU)."""
+        kv = lay.kv
+        width = lay.valid if width is None else width
+        if dev == Device.CPU:
+            pending = kv.written_for(ch.b0, ch.b1)
+            if pending is not None:
+                pending.synchronize()
+            return kv.host[which][ch.rows, :, :width]
+        if lay.resident:
+            return kv.gpu[which][ch.rows, :, :width]
+        ev = self.fetch(lay, ch, which)
+        self.backend.wait(self.backend.compute, ev)
+        return self.staging[which][ch.rows, :, :width]
