@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -239,8 +239,23 @@ def _skip_rows(family: str, reason: str) -> list[dict]:
     return [row(family, "skipped", note=f"skipped: {reason}")]
 
 
+@dataclass
+class RunState:
+    """What the calibration's repeats learn and share: per-ISA results (the best of the repeats), whether and
+    why the GPU is measured, and the notes of the memory and PCIe families."""
+
+    cuda_ok: bool
+    gpu_skip_reason: str
+    isa_results: dict[str, dict] = field(default_factory=dict)
+    gpu_info: Optional[dict] = None
+    gpu_info_failed: bool = False
+    link_description: str = ""
+    mem_notes: list[str] = field(default_factory=list)
+    pcie_notes: list[str] = field(default_factory=list)
+
+
 def run_once(
-    opts: Options, host: HostInfo, threads: int, repeat: int, clock: Clock, state: dict[str, Any], notes: list[str]
+    opts: Options, host: HostInfo, threads: int, repeat: int, clock: Clock, state: RunState, notes: list[str]
 ) -> list[dict]:
     from calibrate import cpu, gpu, hostmem, pcie
 
@@ -249,13 +264,13 @@ def run_once(
     tag = f"repeat {repeat + 1}/{opts.repeats}"
     for isa in cpu.ISAS:
         if isa in cpu.FALLBACK_ISAS and any(
-            r.get("present") for i, r in state["isa_results"].items() if i not in cpu.FALLBACK_ISAS
+            r.get("present") for i, r in state.isa_results.items() if i not in cpu.FALLBACK_ISAS
         ):
             continue
         budget = min(budgets[isa], clock.left() - 30)
         if budget < 3:
             rows += _skip_rows("cpu_matmul", f"--time-limit-s reached before {isa} ({tag})")
-            state["isa_results"].setdefault(isa, {"present": False, "absent_reason": "not measured: time limit"})
+            state.isa_results.setdefault(isa, {"present": False, "absent_reason": "not measured: time limit"})
             continue
         log(f"{tag}: CPU {isa} (budget {budget:.0f} s)")
         result = _guard(
@@ -275,32 +290,32 @@ def run_once(
                     note=f"absent: {result.get('absent_reason')}",
                 )
             )
-        prev = state["isa_results"].get(isa)
+        prev = state.isa_results.get(isa)
         if prev is None or (not prev.get("present") and result.get("present")):
-            state["isa_results"][isa] = result
+            state.isa_results[isa] = result
         log(f"{tag}: CPU {isa}: " + ("present" if result.get("present") else f"absent: {result.get('absent_reason')}"))
     rows.append(_guard("cpu_overhead", lambda: cpu.op_overhead_row(threads), notes, row("cpu_overhead", "skipped")))
     if clock.left() > FIXED_FAMILY_S["host_memory"]:
         log(f"{tag}: host memory")
         mem_rows, mem_notes = _guard("host_memory", lambda: hostmem.measure(host, threads, opts.quick), notes, ([], []))
         rows += mem_rows
-        state["mem_notes"] = mem_notes
+        state.mem_notes = mem_notes
     else:
         rows += _skip_rows("host_memory", f"--time-limit-s reached ({tag})")
-    if state["cuda_ok"]:
-        if state.get("gpu_info") is None and "gpu_info_error" not in state:
+    if state.cuda_ok:
+        if state.gpu_info is None and not state.gpu_info_failed:
 
             def info() -> dict:
                 return gpu.device_info()
 
-            state["gpu_info"] = _guard("gpu_info", info, notes, None)
-            if state["gpu_info"] is None:
-                state["gpu_info_error"] = True
-                state["gpu_skip_reason"] = "the CUDA device could not be initialised (see notes)"
+            state.gpu_info = _guard("gpu_info", info, notes, None)
+            if state.gpu_info is None:
+                state.gpu_info_failed = True
+                state.gpu_skip_reason = "the CUDA device could not be initialised (see notes)"
             else:
-                rows += gpu.info_rows(state["gpu_info"])
-                state["link_description"] = _pcie_words()
-        if state.get("gpu_info") is not None:
+                rows += gpu.info_rows(state.gpu_info)
+                state.link_description = _pcie_words()
+        if state.gpu_info is not None:
             budget = min(budgets["gpu"], clock.left() - FIXED_FAMILY_S["pcie"] - FIXED_FAMILY_S["contention"])
             if budget >= 3:
                 log(f"{tag}: GPU (budget {budget:.0f} s)")
@@ -311,7 +326,7 @@ def run_once(
                 log(f"{tag}: PCIe")
                 pcie_rows, pcie_notes = _guard("pcie", lambda: pcie.measure(host, opts.quick), notes, ([], []))
                 rows += pcie_rows
-                state["pcie_notes"] = pcie_notes
+                state.pcie_notes = pcie_notes
             else:
                 rows += _skip_rows("pcie", f"--time-limit-s reached ({tag})")
             if clock.left() > FIXED_FAMILY_S["contention"]:
@@ -321,7 +336,7 @@ def run_once(
                 rows += _skip_rows("contention", f"--time-limit-s reached ({tag})")
     else:
         for family in ("gpu_matmul", "pcie", "contention"):
-            rows += _skip_rows(family, state["gpu_skip_reason"])
+            rows += _skip_rows(family, state.gpu_skip_reason)
     return rows
 
 
@@ -370,17 +385,17 @@ def calibrate(opts: Options) -> Result:
 
     torch.set_num_threads(threads)
     cuda_ok, cuda_reason = gpu.cuda_status()
-    state: dict[str, Any] = {"isa_results": {}, "cuda_ok": cuda_ok, "gpu_skip_reason": cuda_reason, "gpu_info": None}
+    state = RunState(cuda_ok=cuda_ok, gpu_skip_reason=cuda_reason)
     notes: list[str] = []
     runs = []
     for repeat in range(opts.repeats):
         runs.append(run_once(opts, host, threads, repeat, clock, state, notes))
     rows = aggregate(runs)
-    gpu_info = state.get("gpu_info")
+    gpu_info = state.gpu_info
     name = opts.name or default_name(host, gpu_info["name"] if gpu_info else None)
     from calibrate.profile import Context, system_profile
 
-    isa_results = {isa: {k: v for k, v in res.items() if k != "rows"} for isa, res in state["isa_results"].items()}
+    isa_results = {isa: {k: v for k, v in res.items() if k != "rows"} for isa, res in state.isa_results.items()}
     ctx_notes = [
         (
             f"threads: {threads} (torch.set_num_threads; one per physical core of affinity CPUs "
@@ -391,12 +406,12 @@ def calibrate(opts: Options) -> Result:
             f"mode: {'quick (a representative subset of shapes and sizes)' if opts.quick else 'full'}; "
             f"{opts.repeats} repeat(s); total {clock.elapsed():.0f} s"
         ),
-        *state.get("mem_notes", []),
-        *state.get("pcie_notes", []),
+        *state.mem_notes,
+        *state.pcie_notes,
     ]
     if not cuda_ok or gpu_info is None:
         ctx_notes.append(
-            f"gpu and link not measured: {state['gpu_skip_reason']}; values from {gpu_where} and {link_where}"
+            f"gpu and link not measured: {state.gpu_skip_reason}; values from {gpu_where} and {link_where}"
         )
     for isa, res in isa_results.items():
         if not res.get("present"):
@@ -422,14 +437,14 @@ def calibrate(opts: Options) -> Result:
         threads=threads,
         isa_results=isa_results,
         gpu_info=gpu_info,
-        gpu_skip_reason=state["gpu_skip_reason"],
+        gpu_skip_reason=state.gpu_skip_reason,
         gpu_datasheet=gpu_ds,
         link_datasheet=link_ds,
         gpu_datasheet_where=gpu_where,
         link_datasheet_where=link_where,
         versions=versions(isa_results, cuda_ok),
         notes=ctx_notes,
-        link_description=state.get("link_description", ""),
+        link_description=state.link_description,
     )
     profile = system_profile(ctx, rows)
     profile_path = opts.out_dir / f"{name}.yaml"
