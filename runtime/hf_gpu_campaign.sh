@@ -29,6 +29,10 @@ case "${1:-tests}" in
   bench)
     $PY -m runtime.hf_bench --work "${LIA_HF_WORK:-/tmp/lia-hf}" --out "$OUT" --trace \
       --system "${LIA_HF_SYSTEM:-hwprofiles/systems/emr-h200-kernels.yaml}" ${LIA_HF_MODELS:+--models "$LIA_HF_MODELS"}
+    # The device returns at most 8 files: the per-point JSON, logs, prompts and traces travel as one tarball.
+    if [ -d "$OUT/hf_bench" ]; then
+      tar czf "$OUT/hf_bench_points.tgz" -C "$OUT" hf_bench && rm -rf "$OUT/hf_bench"
+    fi
     ;;
   *)
     echo "usage: OUT=\$OUT bash runtime/hf_gpu_campaign.sh tests|bench" >&2
