@@ -48,6 +48,7 @@ from runtime.backend import Backend, Event
 
 PIECE_ELEMS = 16 * 2**20  # 32 MiB of bf16 per piece
 DEPTH = 2  # pieces in flight on the copy engine
+_clock = time.perf_counter  # (tests replace it)
 YIELD_S = 0.005  # the longest the feeder holds its next piece for one critical copy (a lone 29 MB copy: 0.53 ms)
 
 
@@ -111,6 +112,7 @@ class WeightFeeder:
         self.threaded = threaded
         self._queue: "queue.Queue[Optional[Job]]" = queue.Queue()
         self._critical: "collections.deque[tuple[Event, float]]" = collections.deque()
+        self._critical_lock = threading.Lock()
         self.yields = threaded and os.environ.get("LIA_FEEDER_YIELD", "1") != "0"
         self.affinity = "launching thread"
         self._thread: Optional[threading.Thread] = None
@@ -127,17 +129,26 @@ class WeightFeeder:
         return f"feeder thread ({self.affinity}, blocking waits), {self.depth} x 32 MiB in flight{yields}"
 
     def yield_to(self, copy_end: Optional[Event]) -> None:
-        """A critical-path copy was just queued (its end event): queue no new weight piece before it ends."""
-        if self.yields and copy_end is not None:
-            self._critical.append((copy_end, time.perf_counter() + YIELD_S))
+        """A critical-path copy was just queued (its end event): queue no new weight piece before it ends.
+        Entries past their deadline are dropped here too, so a run without weight jobs keeps none alive."""
+        if not self.yields or copy_end is None:
+            return
+        now = _clock()
+        with self._critical_lock:
+            while self._critical and self._critical[0][1] <= now:
+                self._critical.popleft()
+            self._critical.append((copy_end, now + YIELD_S))
 
     def _hold_for_critical(self) -> None:
         """Before a piece: wait (sleeping 50 us at a time) for the pending critical copies, each up to its deadline."""
-        while self._critical:
-            end, deadline = self._critical[0]
-            if end.query() or time.perf_counter() >= deadline:
-                self._critical.popleft()
-                continue
+        while True:
+            with self._critical_lock:
+                if not self._critical:
+                    return
+                end, deadline = self._critical[0]
+                if end.query() or _clock() >= deadline:
+                    self._critical.popleft()
+                    continue
             time.sleep(5e-5)
 
     def submit(self, waits: list[Optional[Event]], parts: list[Part]) -> Job:

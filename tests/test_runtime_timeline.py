@@ -280,3 +280,18 @@ def test_the_feeder_holds_its_next_piece_until_a_critical_copy_ends(monkeypatch:
     off = WeightFeeder(Backend("fake"), threaded=True)
     assert not off.yields and "yields" not in off.description
     off.close()
+
+
+def test_critical_copies_past_their_deadline_are_not_kept_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run with no weight job never calls the hold, so yield_to itself drops entries past their deadline: the
+    queue holds only copies younger than YIELD_S, not every copy of a long generation."""
+    from runtime import streamer
+
+    feeder = WeightFeeder(Backend("fake"), threaded=False)
+    feeder.yields = True
+    clock = [100.0]
+    monkeypatch.setattr(streamer, "_clock", lambda: clock[0])
+    for _ in range(1000):
+        feeder.yield_to(_CopyEnd(None))
+        clock[0] += streamer.YIELD_S / 4 * 1.001
+    assert len(feeder._critical) == 4  # the copies of the last YIELD_S
