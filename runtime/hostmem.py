@@ -261,12 +261,6 @@ def hugepages_wanted() -> bool:
     return os.environ.get("LIA_HUGEPAGES", "1") != "0"
 
 
-def host_memory_note() -> str:
-    """How host weight memory is mapped, for run reports and the kernel tables' setup string."""
-    advice = "MADV_HUGEPAGE" if hugepages_wanted() and hasattr(mmap, "MADV_HUGEPAGE") else "no advice"
-    return f"host memory: anonymous mmap, {advice}, THP mode {thp_mode()}"
-
-
 def _anonymous(nbytes: int) -> torch.Tensor:
     """Private anonymous memory (page-aligned, so it can be page-locked in place), as a uint8 tensor.
 

@@ -33,11 +33,12 @@ from lia_model.models import ModelSpec
 from runtime.rope import inverse_frequencies
 
 # The scaled_dot_product_attention kernels attention() may use: flash (the CPU's, and on CUDA), memory-efficient,
-# math. Not cuDNN: on Hopper it builds one cuDNN graph per new key length, so every decode step of a fresh run
-# (each step's key length is new) paid a graph build. Seen on the H200 in `lia run` of OPT-30B (4 layers, all
+# math. Not cuDNN, which on Hopper builds one graph per new key length, so that every decode step of a fresh run
+# (each step's key length is new) would pay a build. Seen on the H200 in `lia run` of OPT-30B (4 layers, all
 # resident, B=1): 66 ms per decode token in the timed run against 5 ms in the traced run that followed it with
 # the same shapes (runtime/validation/hf-cuda/bench-opt30b-traced/); Llama decode (grouped matmul, no SDPA) did
-# not show it. The calibrator times repeated shapes, so it never saw the build.
+# not show it. cuDNN as the cause is a diagnosis by elimination, to be confirmed by the next run on the host.
+# The calibrator times repeated shapes, so it would never see the build.
 SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
 
 NORM_EPS = 1e-5  # default only: a model's own epsilon is ModelSpec.norm_eps (read from its config)
