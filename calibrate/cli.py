@@ -47,7 +47,7 @@ def calibrate_command(
     The profile loads directly: lia plan --system results/calibration/NAME.yaml
     """
     _require_torch()
-    from calibrate.headline import headline_markdown
+    from calibrate.headline import headline_markdown, load_rows
     from calibrate.runner import Options, calibrate
 
     if name is None:
@@ -69,7 +69,9 @@ def calibrate_command(
     typer.echo(f"raw CSV: {result.csv_path}")
     typer.echo(f"use it:  lia plan --system {result.profile_path}")
     typer.echo("")
-    typer.echo(headline_markdown(result.rows))
+    # From the CSV as written (6 significant digits), so the table is the one `python -m calibrate.headline`
+    # prints for this profile: from the in-memory rows a figure on a rounding boundary could differ in its last digit.
+    typer.echo(headline_markdown(load_rows(result.csv_path)))
 
 
 def _require_torch() -> None:
