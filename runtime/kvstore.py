@@ -21,7 +21,7 @@ from lia_model.plan import Device
 from runtime.backend import Backend, Event
 from runtime.hostmem import HostArena
 from runtime.layerpass import CTX, QKV, SCORE, Chunk, LayerPass
-from runtime.records import OpRecord, Recorder
+from runtime.records import Recorder
 from runtime.streamer import WeightFeeder
 
 
@@ -124,22 +124,9 @@ class KVStore:
         be.keep_alive(v, be.d2h)
         self._write_order += 1
         kv.written[(ch.b0, ch.b1)] = (self._write_order, end)
-        self.recorder.add(
-            OpRecord(
-                lay.stage,
-                lay.step,
-                lay.li,
-                ch.c,
-                "kv_writeback",
-                "copy",
-                Device.CPU,
-                2 * k.numel() * k.element_size(),
-                0,
-                lay.kind,
-                "k,v",
-                start,
-                end,
-            )
+        nbytes = 2 * k.numel() * k.element_size()
+        self.recorder.copy(
+            lay.stage, lay.step, lay.li, ch.c, "kv_writeback", Device.CPU, nbytes, lay.kind, "k,v", start, end
         )
 
     def fetch(self, lay: LayerPass, ch: Chunk, which: str) -> Optional[Event]:
@@ -158,22 +145,9 @@ class KVStore:
             be.copy_2d(self.staging[which][ch.rows, :, 0:hi], src, be.h2d)
             ev = be.event(be.h2d)
             self.feeder.yield_to(ev)
-            self.recorder.add(
-                OpRecord(
-                    lay.stage,
-                    lay.step,
-                    lay.li,
-                    ch.c,
-                    "kv_fetch",
-                    "copy",
-                    Device.GPU,
-                    src.numel() * src.element_size(),
-                    0,
-                    lay.kind,
-                    which,
-                    start,
-                    ev,
-                )
+            nbytes = src.numel() * src.element_size()
+            self.recorder.copy(
+                lay.stage, lay.step, lay.li, ch.c, "kv_fetch", Device.GPU, nbytes, lay.kind, which, start, ev
             )
         lay.staged[key] = ev
         return ev

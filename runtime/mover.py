@@ -10,7 +10,7 @@ from __future__ import annotations
 from lia_model.plan import Device
 from lia_model.sublayers import Stage
 from runtime.backend import Backend, Placed
-from runtime.records import OpRecord, Recorder
+from runtime.records import Recorder
 from runtime.streamer import WeightFeeder
 
 
@@ -53,5 +53,5 @@ class Mover:
             be.copy(dst, src.t, be.d2h)
             end = be.event(be.d2h)
             be.keep_alive(src.t, be.d2h)
-        self.recorder.add(OpRecord(stage, step, li, c, kind, "copy", dev, nbytes, 0, layer_kind, detail, start, end))
+        self.recorder.copy(stage, step, li, c, kind, dev, nbytes, layer_kind, detail, start, end)
         return Placed(dst, dev, end)

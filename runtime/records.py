@@ -73,6 +73,23 @@ class Recorder:
     def add(self, record: OpRecord) -> None:
         self.records.append(record)
 
+    def copy(
+        self,
+        stage: Stage,
+        step: int,
+        li: int,
+        c: int,
+        name: str,
+        dev: Device,
+        nbytes: int,
+        layer_kind: str,
+        detail: str,
+        start: object,
+        end: object,
+    ) -> None:
+        """A copy of ``nbytes`` to ``dev`` between the events ``start`` and ``end``."""
+        self.records.append(OpRecord(stage, step, li, c, name, "copy", dev, nbytes, 0, layer_kind, detail, start, end))
+
     def stamp(self, dev: Device) -> Optional[Event]:
         """A start/end mark on ``dev``: a CUDA event on the compute stream, or a host stamp (None for a GPU
         sublayer of an unprofiled run)."""

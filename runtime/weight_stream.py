@@ -17,7 +17,7 @@ from lia_model.plan import Device, Plan
 from lia_model.sublayers import Stage, Sublayer
 from runtime.backend import Backend, Event
 from runtime.layerpass import SUBLAYER_INDEX, LayerPass
-from runtime.records import OpRecord, Recorder
+from runtime.records import Recorder
 from runtime.streamer import Job, Part, WeightFeeder, split
 from runtime.weights import WEIGHTED_ORDER, ModelWeights
 
@@ -135,22 +135,8 @@ class WeightStreamer:
             def done(
                 start: Event, end: Event, sub: Sublayer = sub, nbytes: int = src.numel() * src.element_size()
             ) -> None:
-                self.recorder.add(
-                    OpRecord(
-                        stage,
-                        step,
-                        li,
-                        slot,
-                        "weights",
-                        "copy",
-                        Device.GPU,
-                        nbytes,
-                        0,
-                        "streamed",
-                        sub.value,
-                        start,
-                        end,
-                    )
+                self.recorder.copy(
+                    stage, step, li, slot, "weights", Device.GPU, nbytes, "streamed", sub.value, start, end
                 )
 
             parts.append(Part(split(self.buffer_flat[slot][sub], src), done))
