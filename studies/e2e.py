@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import pandas as pd
 
 from lia_model.baselines import BASELINE_LABELS, Baseline, baseline
@@ -195,7 +194,7 @@ COLUMNS = (
 SCENARIO_TITLES = {
     "latency_b1": "latency at B = 1",
     "throughput_b64": "throughput at B = 64",
-    "throughput_max_batch": "throughput at the largest batch that fits",
+    "throughput_max_batch": "throughput, largest batch that fits",
 }
 
 
@@ -205,120 +204,74 @@ def _order(values, preferred) -> list:
 
 
 def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
-    """Annotated heatmaps: per scenario (row), the optimum's value and its speedup over each baseline."""
-    import matplotlib.colors as mcolors
+    """Grouped bars at two-column width: per scenario (column) and fair baseline (row: FlexGen with its own
+    policy, IPEX), how many times better the optimum is on each system, one bar per model at the median over
+    the (L_in, L_out) grid, whiskers from its smallest to its largest value. Bars are drawn over the lengths
+    where both the baseline and the optimum fit; a model whose baseline fits at none is marked "n/f". GPU-only
+    plans fit rarely on these systems: the footnote counts them, and the CSV holds every number."""
+    from matplotlib.ticker import FixedLocator, NullLocator
 
-    from studies.plotting import PLAN_NAMES, figure, fmt_seconds, fmt_tokens_per_s
+    from studies.plotting import MIN_FONT_PT, PLAN_NAMES, TWO_COLUMN_IN, figure
 
     grid = grid or FULL
     systems = _order(frame["system"], grid.systems)
-    workloads = frame[["model", "input_len", "output_len"]].drop_duplicates()
-    models = _order(workloads["model"], grid.models)
-    ylabels, ykeys = [], []
-    for m in models:
-        for li, lo in _order(
-            [tuple(x) for x in workloads[workloads["model"] == m][["input_len", "output_len"]].itertuples(index=False)],
-            grid.lengths,
-        ):
-            ykeys.append((m, li, lo))
-            ylabels.append(f"{m.upper()}  {li}/{lo}")
+    models = _order(frame["model"], grid.models)
     scenarios = _order(frame["scenario"], SCENARIOS)
-    columns = ["optimum", *SHOWN_BASELINES]
-    fig, axes = figure(
-        len(scenarios),
-        len(columns),
-        3.9 * len(columns) + 1.2,
-        0.42 * len(ykeys) * len(scenarios) + 1.8,
-        layout="constrained",
-    )
-    norm = mcolors.TwoSlopeNorm(vmin=-2.0, vcenter=0.0, vmax=2.0)  # log10(speedup): 1/100x .. 100x
-    cmap = __import__("matplotlib").colormaps["PuOr"]
-    image = None
-    for r, scenario in enumerate(scenarios):
-        part = frame[frame["scenario"] == scenario].set_index(["model", "input_len", "output_len", "system", "plan"])
-        for c, plan in enumerate(columns):
+    baselines = ("flexgen", "ipex")
+    fig, axes = figure(len(baselines), len(scenarios), TWO_COLUMN_IN, 1.75 * len(baselines) + 0.9, layout="constrained")
+    colors = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")
+    width = 0.8 / max(1, len(models))
+    for r, peer in enumerate(baselines):
+        for c, scenario in enumerate(scenarios):
             ax = axes[r][c]
-            ax.grid(False)
-            values = np.full((len(ykeys), len(systems)), np.nan)
-            texts = [["" for _ in systems] for _ in ykeys]
-            for i, key in enumerate(ykeys):
-                for j, sysname in enumerate(systems):
-                    idx = (*key, sysname, plan)
-                    if idx not in part.index:
-                        texts[i][j] = ""
+            part = frame[(frame["scenario"] == scenario) & (frame["plan"] == peer)]
+            for k, model in enumerate(models):
+                for j, system in enumerate(systems):
+                    rows = part[(part["model"] == model) & (part["system"] == system)]
+                    x = j + (k - (len(models) - 1) / 2) * width
+                    speedups = rows.loc[rows["feasible"].astype(bool), "speedup"].dropna().astype(float)
+                    if speedups.empty:
+                        if len(rows):
+                            ax.text(x, 1.0, "n/f", rotation=90, ha="center", va="bottom", fontsize=MIN_FONT_PT)
                         continue
-                    row = part.loc[idx]
-                    if plan == "optimum":
-                        if not bool(row["feasible"]):
-                            texts[i][j] = "nothing fits"
-                        elif scenario == "latency_b1":
-                            texts[i][j] = fmt_seconds(float(row["value"]))
-                        else:
-                            texts[i][j] = (
-                                f"{fmt_tokens_per_s(float(row['value']))}\nB={int(row['batch'])}"
-                                if scenario == "throughput_max_batch"
-                                else fmt_tokens_per_s(float(row["value"]))
-                            )
-                    elif not bool(row["feasible"]):
-                        texts[i][j] = "does not\nfit"
-                    elif pd.isna(row["speedup"]):
-                        texts[i][j] = "(no optimum)"
-                    else:
-                        values[i, j] = np.log10(float(row["speedup"]))
-                        texts[i][j] = f"{float(row['speedup']):.3g}x"
-            if plan == "optimum":
-                ax.imshow(np.zeros_like(values), cmap="Greys", vmin=0, vmax=1, aspect="auto")
-            else:
-                image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
-                for i in range(len(ykeys)):
-                    for j in range(len(systems)):
-                        if np.isnan(values[i, j]):
-                            ax.add_patch(
-                                __import__("matplotlib").patches.Rectangle(
-                                    (j - 0.5, i - 0.5),
-                                    1,
-                                    1,
-                                    facecolor="#eeeeee",
-                                    hatch="///",
-                                    edgecolor="#bbbbbb",
-                                    linewidth=0,
-                                )
-                            )
-            for i in range(len(ykeys)):
-                for j in range(len(systems)):
-                    dark = not np.isnan(values[i, j]) and abs(values[i, j]) > 1.2  # dark cell: white text
-                    ax.text(
-                        j,
-                        i,
-                        texts[i][j],
-                        ha="center",
-                        va="center",
-                        fontsize=6.5,
-                        linespacing=0.95,
-                        color="#555555"
-                        if np.isnan(values[i, j]) and plan != "optimum"
-                        else ("white" if dark else "black"),
-                    )
-            ax.set_xticks(range(len(systems)), systems, fontsize=7.5)
-            ax.xaxis.tick_top()
-            ax.set_yticks(range(len(ykeys)), ylabels if c == 0 else [""] * len(ykeys), fontsize=7)
-            for boundary in range(1, len(models)):
-                ax.axhline(boundary * len(ykeys) / len(models) - 0.5, color="black", linewidth=0.8)
-            unit = "latency" if scenario == "latency_b1" else "tokens/s"
-            title = f"optimum: {unit}" if plan == "optimum" else f"speedup over {PLAN_NAMES[plan]}"
-            ax.set_title(f"{SCENARIO_TITLES[scenario]}\n{title}", fontsize=8.5, pad=4)
-            ax.tick_params(axis="x", length=0, pad=2)
-        axes[r][0].set_ylabel("model  L_in/L_out (tokens)")
-    if image is not None:
-        bar = fig.colorbar(image, ax=[a for row in axes for a in row], shrink=0.4, pad=0.01, aspect=40)
-        ticks = [-2, -1, 0, 1, 2]
-        bar.set_ticks(ticks, labels=[f"{10.0**t:g}x" for t in ticks])
-        bar.set_label("how many times better the optimum is (log scale)")
-    fig.suptitle(
-        "End to end: the optimal plan vs FlexGen (its own policy), IPEX (all CPU) and GPU-only (cost model, "
-        "overlap mode); "
-        "hatched: the baseline does not fit memory",
-        fontsize=10.5,
+                    mid = float(speedups.median())
+                    ax.bar(x, mid, width * 0.9, color=colors[k % len(colors)], label=model if (j == 0) else None)
+                    ax.vlines(x, float(speedups.min()), float(speedups.max()), color="black", linewidth=0.8)
+            ax.set_yscale("log")
+            ax.axhline(1.0, color="black", linewidth=0.6)
+            top = max(2.0, float(frame.loc[frame["plan"].isin(baselines), "speedup"].max(skipna=True)) * 1.3)
+            ax.set_ylim(0.5, top)
+            ticks = [t for t in (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500) if t <= top]
+            ax.yaxis.set_major_locator(FixedLocator(ticks))
+            ax.yaxis.set_minor_locator(NullLocator())
+            ax.set_yticklabels([f"{t:g}x" for t in ticks], fontsize=MIN_FONT_PT)
+            ax.set_xticks(range(len(systems)), systems, fontsize=MIN_FONT_PT)
+            ax.tick_params(axis="x", length=0)
+            if r == 0:
+                ax.set_title(SCENARIO_TITLES[scenario], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"optimum / {PLAN_NAMES[peer]}", fontsize=MIN_FONT_PT + 0.5)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        [m.upper() for m in labels],
+        loc="outside upper center",
+        ncol=len(models),
+        fontsize=MIN_FONT_PT,
+        frameon=False,
+    )
+    gpu = frame[frame["plan"] == "gpu_only"]
+    fits = int(gpu["feasible"].astype(bool).sum())
+    fig.get_layout_engine().set(rect=(0, 0.07, 1, 0.93))
+    fig.text(
+        0.01,
+        0.005,
+        f"Cost model, overlap mode. Bars: median over {frame[['input_len', 'output_len']].drop_duplicates().shape[0]} "
+        "(L_in, L_out); whiskers: min to max; n/f: the baseline does not fit.\n"
+        f"GPU only fits at {fits} of {len(gpu)} points; every number is in figures/e2e.csv.",
+        fontsize=MIN_FONT_PT,
+        ha="left",
+        va="bottom",
     )
     return fig
 

@@ -376,3 +376,38 @@ def test_cxl_bars_show_the_gain_at_print_size() -> None:
     assert min(t.get_fontsize() for t in texts) >= MIN_FONT_PT
     labels = {t.get_text() for t in texts}
     assert {"x1.13", "x1.20"} <= labels
+
+
+def test_e2e_bars_are_medians_with_min_max_whiskers_at_print_size() -> None:
+    """The e2e figure as grouped bars (issue 16): two columns wide, nothing under 7 pt; a bar is the median of the
+    optimum's speedup over the (L_in, L_out) where the baseline fits (2, 4 and 8 -> 4), its whisker runs from 2 to 8,
+    and a baseline that fits nowhere is marked n/f."""
+    import pandas as pd
+    from matplotlib.collections import LineCollection
+    from matplotlib.patches import Rectangle
+
+    from studies import e2e
+    from studies.plotting import MIN_FONT_PT, TWO_COLUMN_IN
+
+    rows = []
+    for i, (lin, speed) in enumerate(((32, 2.0), (128, 8.0), (512, 4.0))):
+        base = {"system": "spr-h100", "model": "opt-66b", "input_len": lin, "output_len": 32}
+        base |= {"scenario": "latency_b1"}
+        rows.append(base | {"plan": "flexgen", "feasible": True, "speedup": speed})
+        rows.append(base | {"plan": "ipex", "feasible": False, "speedup": float("nan")})
+        rows.append(base | {"plan": "gpu_only", "feasible": i == 0, "speedup": 1.0})
+        rows.append(base | {"plan": "optimum", "feasible": True, "speedup": float("nan")})
+    grid = e2e.Grid(systems=("spr-h100",), models=("opt-66b",), lengths=((32, 32), (128, 32), (512, 32)))
+    fig = e2e.plot(pd.DataFrame(rows), grid)
+    assert fig.get_size_inches()[0] <= TWO_COLUMN_IN
+    texts = [t for t in fig.findobj(lambda o: hasattr(o, "get_fontsize") and hasattr(o, "get_text")) if t.get_text()]
+    assert min(t.get_fontsize() for t in texts) >= MIN_FONT_PT
+    flexgen_ax, ipex_ax = fig.axes[0], fig.axes[1]
+    bars = [p for p in flexgen_ax.patches if isinstance(p, Rectangle) and p.get_height() > 0]
+    assert [round(b.get_height(), 9) for b in bars] == [4.0]
+    (segment,) = [
+        seg for coll in flexgen_ax.collections if isinstance(coll, LineCollection) for seg in coll.get_segments()
+    ]
+    assert sorted(segment[:, 1].tolist()) == [2.0, 8.0]
+    assert "n/f" in {t.get_text() for t in ipex_ax.texts}
+    assert any("GPU only fits at 1 of 3 points" in t.get_text() for t in fig.texts)
