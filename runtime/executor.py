@@ -53,8 +53,6 @@ from runtime.streamer import WeightFeeder
 from runtime.weight_stream import WeightStreamer
 from runtime.weights import ModelWeights, embedding_positions_offset, uses_rope
 
-_IDX = SUBLAYER_INDEX
-
 
 class GpuLayerCache:
     """GPU copies of whole layers for resident layers, kept across runs of the same model."""
@@ -125,7 +123,7 @@ class Executor:
         # Resident layers: whole layers on the GPU (kept across runs by the GpuLayerCache).
         cache = layer_cache or GpuLayerCache()
         self.resident_flat = cache.sync(backend, weights, self.R) if self.R else []
-        attention_on_gpu = any(p[_IDX[s]] == Device.GPU for p in self.policy.values() for s in (SCORE, CTX))
+        attention_on_gpu = any(p[SUBLAYER_INDEX[s]] == Device.GPU for p in self.policy.values() for s in (SCORE, CTX))
         self.kv = KVStore(backend, self.rec, self.feeder, kv_shape, self.R, self.K, attention_on_gpu, kv_arena)
         self.streamer = WeightStreamer(backend, weights, plan, self.policy, self.rec, self.feeder)
         self._rope_cache: dict = {}
@@ -323,8 +321,7 @@ class Executor:
         if not resident:
             done = self.backend.event(self.backend.compute)
             self.streamer.end(lay.slot, done)
-            if self.kv.staging is not None:
-                self.kv.staging_free = done
+            self.kv.end_layer(done)
         return [ch.values["h_out"] for ch in chunks]
 
     _CPU_INPUT = {QKV: "h", SCORE: "q", CTX: "scores", OUT: "ctx", FC1: "h_mid", FC2: "mid"}
@@ -386,7 +383,7 @@ class Executor:
             if lay.li + 1 < self.L:
                 nxt_resident = lay.li + 1 < self.R
                 pol = ALL_GPU if nxt_resident else self.policy[lay.stage]
-                return [pol[_IDX[QKV]], pol[_IDX[OUT]]]
+                return [pol[SUBLAYER_INDEX[QKV]], pol[SUBLAYER_INDEX[OUT]]]
             return [self.head_dev]
         users = {"q": [SCORE], "scores": [CTX], "ctx": [OUT], "h_mid": [FC1, FC2], "mid": [FC2]}[name]
         return [lay.dev(s) for s in users]

@@ -93,6 +93,11 @@ class KVStore:
         self._write_order = 0
         self.staging_free = None
 
+    def end_layer(self, done: Event) -> None:
+        """A streamed layer has issued its last read of the staging buffer (``done``, on the compute stream)."""
+        if self.staging is not None:
+            self.staging_free = done
+
     def close(self) -> None:
         self.layers = []
         self.staging = None

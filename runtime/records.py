@@ -70,9 +70,6 @@ class Recorder:
         self.records = []
         self.profile = profile
 
-    def add(self, record: OpRecord) -> None:
-        self.records.append(record)
-
     def copy(
         self,
         stage: Stage,

@@ -91,15 +91,28 @@ def split(dst: torch.Tensor, src: torch.Tensor, piece_elems: int = PIECE_ELEMS) 
     ]
 
 
+def _threaded_wanted(backend: Backend) -> bool:
+    return backend.is_cuda and os.environ.get("LIA_WEIGHT_FEEDER", "1") != "0"
+
+
+def _yield_wanted() -> bool:
+    return os.environ.get("LIA_FEEDER_YIELD", "1") != "0"
+
+
+def _thread_text(where: str, depth: int, yields: bool) -> str:
+    return f"feeder thread ({where}, blocking waits), {depth} x 32 MiB in flight" + (
+        ", yields to critical copies" if yields else ""
+    )
+
+
 def feeder_mode(backend: Backend) -> str:
     """How weights will be streamed in this process (recorded in every validation row)."""
-    if backend.is_cuda and os.environ.get("LIA_WEIGHT_FEEDER", "1") != "0":
+    if _threaded_wanted(backend):
         from runtime.cpu_setup import current
 
         setup = current()
         where = f"own core cpu {','.join(map(str, setup.feeder_cpus))}" if setup and setup.feeder_cpus else "floating"
-        yields = ", yields to critical copies" if os.environ.get("LIA_FEEDER_YIELD", "1") != "0" else ""
-        return f"feeder thread ({where}, blocking waits), {DEPTH} x 32 MiB in flight{yields}"
+        return _thread_text(where, DEPTH, _yield_wanted())
     return "all pieces queued at once" if backend.is_cuda else "synchronous copies (no CUDA)"
 
 
@@ -108,12 +121,12 @@ class WeightFeeder:
         self.backend = backend
         self.depth = max(1, depth)
         if threaded is None:
-            threaded = backend.is_cuda and os.environ.get("LIA_WEIGHT_FEEDER", "1") != "0"
+            threaded = _threaded_wanted(backend)
         self.threaded = threaded
         self._queue: "queue.Queue[Optional[Job]]" = queue.Queue()
         self._critical: "collections.deque[tuple[Event, float]]" = collections.deque()
         self._critical_lock = threading.Lock()
-        self.yields = threaded and os.environ.get("LIA_FEEDER_YIELD", "1") != "0"
+        self.yields = threaded and _yield_wanted()
         self.affinity = "launching thread"
         self._thread: Optional[threading.Thread] = None
         if threaded:
@@ -125,8 +138,7 @@ class WeightFeeder:
     def description(self) -> str:
         if not self.threaded:
             return "all pieces queued at once"
-        yields = ", yields to critical copies" if self.yields else ""
-        return f"feeder thread ({self.affinity}, blocking waits), {self.depth} x 32 MiB in flight{yields}"
+        return _thread_text(self.affinity, self.depth, self.yields)
 
     def yield_to(self, copy_end: Optional[Event]) -> None:
         """A critical-path copy was just queued (its end event): queue no new weight piece before it ends.
