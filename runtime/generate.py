@@ -13,6 +13,7 @@ the optional ``[hf]`` extra, local files only); without either, prompts and outp
 from __future__ import annotations
 
 import sys
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
@@ -79,16 +80,16 @@ class Sampler:
 # ---------------------------------------------------------------------------- tokenizers
 
 
-class Codec:
-    """Text <-> token ids."""
+class Codec(ABC):
+    """Text <-> token ids (an interface: tokenizers' and transformers' codecs implement it)."""
 
     name = "token ids"
 
-    def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
 
-    def decode(self, ids: Sequence[int]) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str: ...
 
 
 class _TokenizersCodec(Codec):
