@@ -36,6 +36,9 @@ Terms for a streamed (non-resident) layer, prefill in n equal chunks (decode: n 
     T >= ddr_bytes / ddr_bw,  T >= cxl_bytes / cxl_bw     CPU reads and DMA share host memory
     (without overlap or pinning, W is added to the schedule: the copy does not run beside compute)
     with kernel tables, T >= n cpu_c + (1 - 1/s) W   CPU work beside the weight DMA (calibrated slowdown s)
+    with kernel tables, the schedule itself runs the CPU work min(s, 1 + (1 - 1/s) W / (n cpu_c)) times slower,
+                      and a critical H2D copy that finds the copy queue idle while the weights stream (the
+                      layer's first W seconds) waits behind the feeder's pieces (lia_model.weight_feeder)
   additive mode (a serial sum of our terms):
     T  = n (cpu_c + gpu_c + h2dx_c + d2h_c) + W
   paper mode: the LIA authors' released model term for term (lia_model.paper), with the profile's numbers.
@@ -75,6 +78,7 @@ from lia_model.roofline import roofline_s
 from lia_model.schedule import ChunkDurations, simulate_all
 from lia_model.sublayers import ATTENTION_SUBLAYERS, NUM_SUBLAYERS, SUBLAYERS, Sublayer
 from lia_model.units import BYTES_PER_S_PER_GBPS, ELEMS_PER_GELEMS, FLOPS_PER_TFLOPS, S_PER_US
+from lia_model.weight_feeder import critical_copy_wait_s
 
 NUM_POLICIES = 2**NUM_SUBLAYERS
 
@@ -655,6 +659,9 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         terms["serial"] = (Resource.CHAIN, (cpu_c + gpu_c + h2dx_c + d2h_c).scaled(n) + weights)
     else:
         serial_weights = not (ctx.overlap and ctx.pinned_weights)
+        # a critical H2D copy's wait behind the runtime's weight feeder (lia_model.weight_feeder), for profiles
+        # of this project's runtime (kernel tables) whose weights stream beside compute
+        copy_wait_s = critical_copy_wait_s(bw_w_h2d) if system.kernels is not None and not serial_weights else 0.0
         if system.kernels is not None and not serial_weights:
             # CPU work beside the weight DMA (calibrated slowdown s of a CPU linear while pinned H2D runs): the
             # DMA keeps its rate, so during its W seconds the CPU moves 1/s of its solo bytes per second, and
@@ -684,13 +691,42 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
             times.cpu_fused_delta_s,
             times.gpu_fused_delta_s,
             times.fused_attention,
+            copy_wait_s=copy_wait_s,
         )
         start = weights.evaluate(ALL_POLICY_FEATURES) if serial_weights else np.zeros((NUM_POLICIES, steps))
-        schedule_s = start + (cpu_c + gpu_c + h2dx_c + d2h_c).scaled(n).evaluate(ALL_POLICY_FEATURES)
+        # The runtime's CPU work and critical copies beside the next layer's weight stream (kernel tables only):
+        #   cpu_scale = 1 + min(s - 1, (1 - 1/s) W / (n cpu_c))   the CPU's mean slowdown over its work: during the
+        #       DMA's W seconds it runs s times slower, so its n cpu_c seconds of work grow by (s - 1) n cpu_c if
+        #       the DMA outlasts it, else by (1 - 1/s) W (the cpu_dma term's bound, now also on the chain)
+        #   stream_s  = W                                         the weights stream from the layer's start
+        # (the slowdown was a layer bound only; on the chain, between GPU sublayers and copies, it was missed:
+        # wave2-a4/, wave2-b4/ traces)
+        cpu_work = cpu_c.scaled(n).evaluate(ALL_POLICY_FEATURES)
+        stream_s = np.zeros((NUM_POLICIES, steps)) if serial_weights else weights.evaluate(ALL_POLICY_FEATURES)
+        cpu_scale = np.ones((NUM_POLICIES, steps))
+        if system.kernels is not None and not serial_weights:
+            slow = system.kernels.cpu_slowdown_beside_dma
+            extra = np.minimum((slow - 1.0) * cpu_work, (1.0 - 1.0 / slow) * stream_s)
+            cpu_scale = np.where(cpu_work > 0, 1.0 + extra / np.where(cpu_work > 0, cpu_work, 1.0), 1.0)
+        # A schedule never exceeds the serial sum of its operations (with the scaled CPU work, and a feeder wait
+        # at each of the at most 10 n host-to-device copies of the n chunks).
+        schedule_s = (
+            start
+            + cpu_work * cpu_scale
+            + (gpu_c + h2dx_c + d2h_c).scaled(n).evaluate(ALL_POLICY_FEATURES)
+            + 10 * n * copy_wait_s
+        )
         others = np.stack([form.evaluate(ALL_POLICY_FEATURES) for _, form in terms.values()]).max(axis=0)
         busy = np.flatnonzero(np.any(schedule_s > others, axis=1))
         if busy.size:
-            schedule_s[busy] = simulate_all(n, durations, start[busy], ALL_POLICY_FEATURES[busy, :NUM_SUBLAYERS])
+            schedule_s[busy] = simulate_all(
+                n,
+                durations,
+                start[busy],
+                ALL_POLICY_FEATURES[busy, :NUM_SUBLAYERS],
+                cpu_scale=cpu_scale[busy],
+                stream_s=stream_s[busy],
+            )
     kv_copy_s = np.zeros((NUM_SUBLAYERS, steps))
     kv_copy_s[_QKV] = kv_write_s
     kv_copy_s[_SCORE] = k_cached_s

@@ -21,7 +21,14 @@ The scheduler, per layer:
    on demand are copied once the GPU fc1 / fc2's input is ready (the routing is known), before it runs.
 3. The layer ends when every chunk's fc2 output has reached the device of the next layer's qkv.
 
-Start times are the max of the queue's previous end and the operation's inputs; nothing else waits.
+Start times are the max of the queue's previous end and the operation's inputs; nothing else waits, except:
+
+- The weight feeder (runtime with kernel tables only; lia_model/weight_feeder.py): while the next layer's
+  weights stream, from the layer's start for ``stream_s`` seconds, a host-to-device copy that finds no other
+  critical copy ahead of it first waits ``copy_wait_s`` for the feeder's queued pieces.
+  ``ready >= h2d_free`` (the copy queue idle)  and  ``ready < start + stream_s``  =>  begin = ready + copy_wait_s
+- CPU work beside the weight DMA runs ``cpu_scale`` times slower on average (each CPU duration is scaled; the
+  cost model derives the scale from the calibrated slowdown, lia_model.costterms).
 The write-back of new K/V and the fetches count toward their copy queue's busy time, and delay what queues
 behind them, but a chunk only waits for them where it reads them (the write-back is off the chain unless
 attention runs on the CPU). The weight prefetch is not part of this schedule: the cost model bounds the
@@ -62,6 +69,7 @@ class ChunkDurations:
     cpu_fused_delta_s: Optional[np.ndarray] = None  # [S] fused attention (kernel tables): with attn_score and
     gpu_fused_delta_s: Optional[np.ndarray] = None  # attn_context on one device, one kernel of score + context
     fused_attention: bool = False  # + delta time, which no other chunk's work interrupts
+    copy_wait_s: float = 0.0  # a critical H2D copy's wait behind the weight feeder's pieces (docstring above)
 
 
 def simulate_layer(
@@ -75,10 +83,21 @@ def simulate_layer(
     return simulate_all(n, d, start, np.asarray([cpu_bits]))[0]
 
 
-def simulate_all(n: int, d: ChunkDurations, starts: np.ndarray, policies: np.ndarray) -> np.ndarray:
+def simulate_all(
+    n: int,
+    d: ChunkDurations,
+    starts: np.ndarray,
+    policies: np.ndarray,
+    cpu_scale: Optional[np.ndarray] = None,
+    stream_s: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """The makespan [P, S] of each policy vector (rows of ``policies`` [P, 6], CPU bits), each starting at its
-    row of ``starts`` [P, S]."""
+    row of ``starts`` [P, S]. ``cpu_scale`` [P, S] (default 1) scales the CPU durations of each vector;
+    ``stream_s`` [P, S] (default 0) is how long the next layer's weights stream from the layer's start."""
     steps = d.cpu_s.shape[1]
+    shape = (len(starts), steps)
+    cpu_scale = np.ones(shape) if cpu_scale is None else np.broadcast_to(np.asarray(cpu_scale, dtype=float), shape)
+    stream_s = np.zeros(shape) if stream_s is None else np.broadcast_to(np.asarray(stream_s, dtype=float), shape)
     if n > 1 and steps != 1:
         raise ValueError("a pipelined layer (n > 1) is simulated one step at a time")
     has_experts = tuple(bool(x) for x in np.any(d.expert_h2d_s > 0, axis=1))
@@ -101,6 +120,7 @@ def simulate_all(n: int, d: ChunkDurations, starts: np.ndarray, policies: np.nda
             d.fused_attention,
             float(cpu_delta[0]),
             float(gpu_delta[0]),
+            float(d.copy_wait_s),
         )
         key = (
             n,
@@ -116,11 +136,14 @@ def simulate_all(n: int, d: ChunkDurations, starts: np.ndarray, policies: np.nda
             table.kv_write,
             table.cpu_fused_delta,
             table.gpu_fused_delta,
+            table.copy_wait,
         )
         return np.array(
             [
-                [_replay_memo(tuple(bits), n, table, float(start[0]), key)]
-                for bits, start in zip(np.asarray(policies, dtype=bool).tolist(), starts)
+                [_replay_memo(tuple(bits), n, table, float(start[0]), key, float(scale[0]), float(until[0]))]
+                for bits, start, scale, until in zip(
+                    np.asarray(policies, dtype=bool).tolist(), starts, cpu_scale, np.asarray(starts) + stream_s
+                )
             ]
         )
     table = _Durations(
@@ -138,11 +161,14 @@ def simulate_all(n: int, d: ChunkDurations, starts: np.ndarray, policies: np.nda
         d.fused_attention,
         cpu_delta,
         gpu_delta,
+        float(d.copy_wait_s),
     )
     return np.stack(
         [
-            _replay(bits, n, table, np.asarray(start, dtype=float))
-            for bits, start in zip(np.asarray(policies, dtype=bool).tolist(), starts)
+            _replay(bits, n, table, np.asarray(start, dtype=float), scale, np.asarray(start, dtype=float) + stream)
+            for bits, start, scale, stream in zip(
+                np.asarray(policies, dtype=bool).tolist(), starts, cpu_scale, stream_s
+            )
         ]
     )
 
@@ -154,13 +180,15 @@ _MEMO: dict[tuple, float] = {}
 _MEMO_LIMIT = 200_000
 
 
-def _replay_memo(bits: tuple[bool, ...], n: int, table: "_Durations", start: float, key: tuple) -> float:
-    full = (bits, start, key)
+def _replay_memo(
+    bits: tuple[bool, ...], n: int, table: "_Durations", start: float, key: tuple, cpu_scale: float, until: float
+) -> float:
+    full = (bits, start, key, cpu_scale, until)
     hit = _MEMO.get(full)
     if hit is None:
         if len(_MEMO) >= _MEMO_LIMIT:
             _MEMO.clear()
-        hit = _MEMO[full] = _replay(list(bits), n, table, start)
+        hit = _MEMO[full] = _replay(list(bits), n, table, start, cpu_scale, until)
     return hit
 
 
@@ -182,31 +210,47 @@ class _Durations:
     fused: bool = False
     cpu_fused_delta: object = 0.0
     gpu_fused_delta: object = 0.0
+    copy_wait: float = 0.0
 
 
-def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
-    """One policy vector's schedule (see the module docstring); times are floats or arrays over steps."""
+def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, until=None):
+    """One policy vector's schedule (see the module docstring); times are floats or arrays over steps.
+    ``cpu_scale`` scales the CPU durations; weights stream until ``until`` (default: not at all)."""
     mx = t.mx
     cpu_s, gpu_s, cross_h2d, cross_d2h, experts = t.cpu, t.gpu, t.cross_h2d, t.cross_d2h, t.experts
+    cpu_fused_delta = t.cpu_fused_delta
+    if np.any(np.asarray(cpu_scale) != 1.0):
+        cpu_s = [c * cpu_scale for c in cpu_s]
+        cpu_fused_delta = cpu_fused_delta * cpu_scale
+    wait = t.copy_wait if until is not None else 0.0
     fused = t.fused and on_cpu[_SCORE] == on_cpu[_CTX]
     if fused:  # one kernel: its extra time rides on attn_context
         if on_cpu[_CTX]:
             cpu_s = list(cpu_s)
-            cpu_s[_CTX] = cpu_s[_CTX] + t.cpu_fused_delta
+            cpu_s[_CTX] = cpu_s[_CTX] + cpu_fused_delta
         else:
             gpu_s = list(gpu_s)
             gpu_s[_CTX] = gpu_s[_CTX] + t.gpu_fused_delta
     has_experts = t.has_experts
     last = NUM_SUBLAYERS - 1
     now = gpu_free = h2d_free = d2h_free = start
+
+    def h2d_begin(ready):
+        """When a critical H2D copy ready at ``ready`` starts: behind the copy queue, and behind the weight
+        feeder's queued pieces if it finds the queue idle while weights stream."""
+        begin = mx(h2d_free, ready)
+        if wait:
+            begin = begin + wait * ((ready >= h2d_free) & (ready < until))
+        return begin
+
     qkv_gpu = not on_cpu[_QKV]
     fetch_k, fetch_v = [start] * n, [start] * n
     if qkv_gpu:  # 1. early fetches of the cached K and V, chunk by chunk
         for c in range(n):
             if not on_cpu[_SCORE]:
-                h2d_free = fetch_k[c] = mx(h2d_free, start) + t.k_cached
+                h2d_free = fetch_k[c] = h2d_begin(start) + t.k_cached
             if not on_cpu[_CTX]:
-                h2d_free = fetch_v[c] = mx(h2d_free, start) + t.v_cached
+                h2d_free = fetch_v[c] = h2d_begin(start) + t.v_cached
     nxt = [0] * n
     value_end = [start] * n  # when the chunk's latest sublayer finished (on its device)
     to_cpu = [start] * n  # when the copy of a GPU output that a CPU sublayer reads has landed
@@ -220,7 +264,7 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
         nxt_cpu = on_cpu[i + 1] if i < last else on_cpu[_QKV]
         if on_cpu[i] and not nxt_cpu:
             if i == last:  # the next layer's GPU qkv reads it (inside the layer, the
-                h2d_free = end = mx(h2d_free, end) + cross_h2d[i]  # GPU consumer copies it when issued)
+                h2d_free = end = h2d_begin(end) + cross_h2d[i]  # GPU consumer copies it when issued)
         elif not on_cpu[i] and nxt_cpu:
             d2h_free = end = mx(d2h_free, end) + cross_d2h[i]  # eager copy right behind the producer
             to_cpu[c] = end
@@ -243,17 +287,17 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start):
                 i = nxt[c]
                 ready = value_end[c]
                 if i > 0 and on_cpu[i - 1]:
-                    h2d_free = ready = mx(h2d_free, mx(ready, now)) + cross_h2d[i - 1]
+                    h2d_free = ready = h2d_begin(mx(ready, now)) + cross_h2d[i - 1]
                 if i == _SCORE:
                     if not qkv_gpu:  # a CPU qkv: fetched when the attention is issued
-                        h2d_free = fetch_k[c] = mx(h2d_free, now) + t.k_cached
+                        h2d_free = fetch_k[c] = h2d_begin(now) + t.k_cached
                     ready = mx(ready, fetch_k[c])
                 elif i == _CTX:
                     if not qkv_gpu:
-                        h2d_free = fetch_v[c] = mx(h2d_free, now) + t.v_fetch
+                        h2d_free = fetch_v[c] = h2d_begin(now) + t.v_fetch
                     ready = mx(ready, fetch_v[c])
                 if has_experts[i]:  # the routed experts, once its input (the routing) is ready
-                    h2d_free = ready = mx(h2d_free, ready) + experts[i]
+                    h2d_free = ready = h2d_begin(ready) + experts[i]
                 gpu_free = end = mx(gpu_free, ready) + gpu_s[i]
                 if i == _QKV:
                     d2h_free = written[c] = mx(d2h_free, end) + t.kv_write

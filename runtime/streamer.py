@@ -24,7 +24,10 @@ job; Llama-2-70B: 12 ms for a 1 MiB fetch). The feeder refilled the weight strea
 the copy engine kept serving it. So the executor hands each critical copy's end event to ``yield_to`` and the
 feeder issues no new piece until that copy has finished (at most ``YIELD_S``, so a copy that itself waits on
 the weights being streamed cannot deadlock the two): the copy then waits for at most the pieces in flight.
-``LIA_FEEDER_YIELD=0`` turns this off. (Measured next with runtime/probe_h2d.py; not yet on the host.)
+``LIA_FEEDER_YIELD=0`` turns this off. Measured on the host (sixth session, runtime/validation/probe-h2d/): a copy
+on a second stream beside a 2 GiB job waited 35 ms (the job's remaining time), behind the feeder's pieces
+0.93 ms; with the yield, the campaign's Q copies waited 0.8-1.2 ms (runtime/validation/wave2-b4/, wave2-a4/).
+The cost model charges that wait (lia_model/weight_feeder.py, which owns the piece size and depth).
 
 The launching thread gets a ``Job`` per prefetch: ``Job.ready()`` blocks until every piece is queued and
 returns the event after the last one (a stream may only wait on an event once it is recorded). Without
@@ -44,10 +47,11 @@ from typing import Callable, Optional
 
 import torch
 
+from lia_model.weight_feeder import PIECE_BYTES, PIECES_IN_FLIGHT
 from runtime.backend import Backend, Event
 
-PIECE_ELEMS = 16 * 2**20  # 32 MiB of bf16 per piece
-DEPTH = 2  # pieces in flight on the copy engine
+PIECE_ELEMS = PIECE_BYTES // 2  # 32 MiB of bf16 per piece (lia_model.weight_feeder: the cost model's copy)
+DEPTH = PIECES_IN_FLIGHT  # pieces in flight on the copy engine
 _clock = time.perf_counter  # (tests replace it)
 YIELD_S = 0.005  # the longest the feeder holds its next piece for one critical copy (a lone 29 MB copy: 0.53 ms)
 

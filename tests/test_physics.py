@@ -1,5 +1,8 @@
 """The model-physics corrections of issue 15, each against a hand-derived or outside number."""
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -13,7 +16,7 @@ from lia_model.optimizer.enumerate import enumerate_optimum
 from lia_model.optimizer.space import build_tables
 from lia_model.plan import ALL_CPU, ALL_GPU, CpuIsa, Device, ExpertFetch, HostTier, Plan
 from lia_model.profiles import load_device, load_system
-from lia_model.schedule import ChunkDurations, simulate_layer
+from lia_model.schedule import ChunkDurations, simulate_all, simulate_layer
 from lia_model.sublayers import Stage, Sublayer
 from lia_model.workload import Workload, make_workload
 from tests.toys import toy_model, toy_system
@@ -549,3 +552,85 @@ def test_a_decode_schedule_over_steps_equals_its_steps_one_by_one():
         assert whole[:, t] == pytest.approx(
             simulate_all(1, one, np.zeros((64, 1)), ALL_POLICY_FEATURES[:, :6])[:, 0], rel=1e-12
         )
+
+
+def test_feeder_wait_by_hand():
+    """Policy (0,1,1,0,0,0) with the durations of test_pipelined_chunks_with_copies_by_hand, a feeder wait of
+    0.5 while the weights stream. n = 1: ctx -> out is ready at 7 with the copy queue idle: it starts at 7.5 if
+    the weights still stream at 7, ends 8.5; out [8.5, 9.5], fc1, fc2: 11.5 (11 without streaming, or when the
+    stream ended at 7). n = 2: each chunk's copy finds the queue idle (ctx0 -> out0 [7.5, 8.5], ctx1 -> out1
+    [11.5, 12.5]): fc2_1 ends at 15.5 (15 without)."""
+    base = _durations(
+        cpu=[0, 3, 1, 0, 0, 0],
+        gpu=[2, 0, 0, 1, 1, 1],
+        cross_d2h=np.array([[1.0], [0], [0], [0], [0], [0]]),
+        cross_h2d=np.array([[0.0], [0], [1], [0], [0], [0]]),
+    )
+    d = dataclasses.replace(base, copy_wait_s=0.5)
+    policy = np.array([[0, 1, 1, 0, 0, 0]])
+    start = np.zeros((1, 1))
+    assert simulate_all(1, d, start, policy, stream_s=np.array([[100.0]]))[0, 0] == 11.5
+    assert simulate_all(1, d, start, policy, stream_s=np.array([[7.0]]))[0, 0] == 11.0  # stream over at 7
+    assert simulate_all(1, d, start, policy)[0, 0] == 11.0  # no stream
+    assert simulate_all(2, d, start, policy, stream_s=np.array([[100.0]]))[0, 0] == 15.5
+    assert simulate_all(1, base, start, policy, stream_s=np.array([[100.0]]))[0, 0] == 11.0  # no wait given
+
+
+def test_feeder_wait_paid_once_per_burst_by_hand():
+    """Policy (1,0,0,0,0,0), n = 1, weights streaming throughout, wait 0.5: CPU qkv [0, 2]; the Q copy finds the
+    queue idle: [2.5, 3.5]; the cached-K fetch queues right behind it (the feeder is still held): [3.5, 4.5];
+    score [4.5, 5.5]; the V fetch [4.5, 5.5]; ctx [5.5, 6.5]; out, fc1, fc2 to 9.5 (9 without the wait)."""
+    one = np.array([1.0])
+    d = ChunkDurations(
+        np.array([[2.0], [0], [0], [0], [0], [0]]),
+        np.array([[0.0], [1], [1], [1], [1], [1]]),
+        np.array([[1.0], [0], [0], [0], [0], [0]]),
+        np.zeros((6, 1)),
+        one,
+        np.zeros(1),
+        one,
+        np.zeros(1),
+        np.zeros((6, 1)),
+        copy_wait_s=0.5,
+    )
+    policy = np.array([[1, 0, 0, 0, 0, 0]])
+    assert simulate_all(1, d, np.zeros((1, 1)), policy, stream_s=np.array([[100.0]]))[0, 0] == 9.5
+    assert simulate_all(1, d, np.zeros((1, 1)), policy)[0, 0] == 9.0
+
+
+def test_cpu_scale_by_hand():
+    """All six sublayers on the CPU (1 + 2 + ... + 6 = 21 s), scaled 1.25 by the DMA beside them: 26.25; and the
+    decode-step arrays path gives the same per step."""
+    d = _durations(cpu=[1, 2, 3, 4, 5, 6], gpu=[0] * 6)
+    policy = np.ones((1, 6), dtype=int)
+    assert simulate_all(1, d, np.zeros((1, 1)), policy, cpu_scale=np.array([[1.25]]))[0, 0] == 26.25
+    steps = ChunkDurations(
+        np.repeat(d.cpu_s, 2, axis=1),
+        np.zeros((6, 2)),
+        np.zeros((6, 2)),
+        np.zeros((6, 2)),
+        np.zeros(2),
+        np.zeros(2),
+        np.zeros(2),
+        np.zeros(2),
+        np.zeros((6, 2)),
+    )
+    got = simulate_all(1, steps, np.zeros((1, 2)), policy, cpu_scale=np.array([[1.25, 1.0]]))[0]
+    assert got.tolist() == [26.25, 21.0]
+
+
+def test_feeder_wait_formula_against_the_copy_engine_probe():
+    """(PIECES_IN_FLIGHT - 1/2) x 32 MiB at the profile's 53.97 GB/s = 1.5 x 33,554,432 / 53.97e9 = 0.9326 ms by
+    hand; the GPU host measured a copy queued behind the feeder's pieces at a 0.93-0.96 ms median
+    (runtime/validation/probe-h2d/h2d_probe.csv, the small copies 'on the feeder's stream')."""
+    import pandas as pd
+
+    from lia_model.weight_feeder import critical_copy_wait_s
+
+    assert critical_copy_wait_s(53.97e9) == pytest.approx(0.9326e-3, rel=1e-4)
+    probe = pd.read_csv(Path(__file__).parent.parent / "runtime/validation/probe-h2d/h2d_probe.csv")
+    small = probe[(probe["mode"] == "on the feeder's stream") & (probe["bytes"] <= 2**20)]
+    assert len(small) >= 30
+    assert small["latency_s"].median() == pytest.approx(critical_copy_wait_s(53.97e9), rel=0.1)
+    with pytest.raises(ValueError, match="positive"):
+        critical_copy_wait_s(0.0)
