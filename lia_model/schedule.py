@@ -219,7 +219,7 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, unt
     mx = t.mx
     cpu_s, gpu_s, cross_h2d, cross_d2h, experts = t.cpu, t.gpu, t.cross_h2d, t.cross_d2h, t.experts
     cpu_fused_delta = t.cpu_fused_delta
-    if np.any(np.asarray(cpu_scale) != 1.0):
+    if (cpu_scale != 1.0) if isinstance(cpu_scale, float) else np.any(cpu_scale != 1.0):
         cpu_s = [c * cpu_scale for c in cpu_s]
         cpu_fused_delta = cpu_fused_delta * cpu_scale
     wait = t.copy_wait if until is not None else 0.0
