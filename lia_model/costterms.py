@@ -709,7 +709,7 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
             extra = np.minimum((slow - 1.0) * cpu_work, (1.0 - 1.0 / slow) * stream_s)
             cpu_scale = np.where(cpu_work > 0, 1.0 + extra / np.where(cpu_work > 0, cpu_work, 1.0), 1.0)
         # A schedule never exceeds the serial sum of its operations (with the scaled CPU work, and a feeder wait
-        # at each of the at most 10 n host-to-device copies of the n chunks).
+        # for each host-to-device copy: at most 6 per chunk, so 10 n is a safe over-count).
         schedule_s = (
             start
             + cpu_work * cpu_scale

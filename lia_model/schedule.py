@@ -25,7 +25,8 @@ Start times are the max of the queue's previous end and the operation's inputs; 
 
 - The weight feeder (runtime with kernel tables only; lia_model/weight_feeder.py): while the next layer's
   weights stream, from the layer's start for ``stream_s`` seconds, a host-to-device copy that finds no other
-  critical copy ahead of it first waits ``copy_wait_s`` for the feeder's queued pieces.
+  critical copy ahead of it first waits ``copy_wait_s`` for the feeder's queued pieces (a zero-length copy is
+  not issued and waits for nothing; the yields that stretch the stream beyond ``stream_s`` are not modelled).
   ``ready >= h2d_free`` (the copy queue idle)  and  ``ready < start + stream_s``  =>  begin = ready + copy_wait_s
 - CPU work beside the weight DMA runs ``cpu_scale`` times slower on average (each CPU duration is scaled; the
   cost model derives the scale from the calibrated slowdown, lia_model.costterms).
@@ -235,12 +236,14 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, unt
     last = NUM_SUBLAYERS - 1
     now = gpu_free = h2d_free = d2h_free = start
 
-    def h2d_begin(ready):
-        """When a critical H2D copy ready at ``ready`` starts: behind the copy queue, and behind the weight
-        feeder's queued pieces if it finds the queue idle while weights stream."""
+    def h2d_begin(ready, dur):
+        """When a critical H2D copy of ``dur`` seconds ready at ``ready`` starts: behind the copy queue, and behind
+        the weight feeder's queued pieces if it finds the queue idle while weights stream. A copy ready exactly
+        when the previous critical copy ends counts as finding the queue idle (the feeder resumes then); a
+        zero-length copy (nothing cached yet) is not issued, so it waits for nothing."""
         begin = mx(h2d_free, ready)
         if wait:
-            begin = begin + wait * ((ready >= h2d_free) & (ready < until))
+            begin = begin + wait * ((ready >= h2d_free) & (ready < until) & (dur > 0))
         return begin
 
     qkv_gpu = not on_cpu[_QKV]
@@ -248,9 +251,9 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, unt
     if qkv_gpu:  # 1. early fetches of the cached K and V, chunk by chunk
         for c in range(n):
             if not on_cpu[_SCORE]:
-                h2d_free = fetch_k[c] = h2d_begin(start) + t.k_cached
+                h2d_free = fetch_k[c] = h2d_begin(start, t.k_cached) + t.k_cached
             if not on_cpu[_CTX]:
-                h2d_free = fetch_v[c] = h2d_begin(start) + t.v_cached
+                h2d_free = fetch_v[c] = h2d_begin(start, t.v_cached) + t.v_cached
     nxt = [0] * n
     value_end = [start] * n  # when the chunk's latest sublayer finished (on its device)
     to_cpu = [start] * n  # when the copy of a GPU output that a CPU sublayer reads has landed
@@ -264,7 +267,7 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, unt
         nxt_cpu = on_cpu[i + 1] if i < last else on_cpu[_QKV]
         if on_cpu[i] and not nxt_cpu:
             if i == last:  # the next layer's GPU qkv reads it (inside the layer, the
-                h2d_free = end = h2d_begin(end) + cross_h2d[i]  # GPU consumer copies it when issued)
+                h2d_free = end = h2d_begin(end, cross_h2d[i]) + cross_h2d[i]  # GPU consumer copies it when issued)
         elif not on_cpu[i] and nxt_cpu:
             d2h_free = end = mx(d2h_free, end) + cross_d2h[i]  # eager copy right behind the producer
             to_cpu[c] = end
@@ -287,17 +290,17 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, unt
                 i = nxt[c]
                 ready = value_end[c]
                 if i > 0 and on_cpu[i - 1]:
-                    h2d_free = ready = h2d_begin(mx(ready, now)) + cross_h2d[i - 1]
+                    h2d_free = ready = h2d_begin(mx(ready, now), cross_h2d[i - 1]) + cross_h2d[i - 1]
                 if i == _SCORE:
                     if not qkv_gpu:  # a CPU qkv: fetched when the attention is issued
-                        h2d_free = fetch_k[c] = h2d_begin(now) + t.k_cached
+                        h2d_free = fetch_k[c] = h2d_begin(now, t.k_cached) + t.k_cached
                     ready = mx(ready, fetch_k[c])
                 elif i == _CTX:
                     if not qkv_gpu:
-                        h2d_free = fetch_v[c] = h2d_begin(now) + t.v_fetch
+                        h2d_free = fetch_v[c] = h2d_begin(now, t.v_fetch) + t.v_fetch
                     ready = mx(ready, fetch_v[c])
                 if has_experts[i]:  # the routed experts, once its input (the routing) is ready
-                    h2d_free = ready = h2d_begin(ready) + experts[i]
+                    h2d_free = ready = h2d_begin(ready, experts[i]) + experts[i]
                 gpu_free = end = mx(gpu_free, ready) + gpu_s[i]
                 if i == _QKV:
                     d2h_free = written[c] = mx(d2h_free, end) + t.kv_write
