@@ -8,6 +8,8 @@
 #   bash runtime/wave2_host_campaign.sh 2 [PROFILE]   # campaign part B with the committed kernel-table profile
 #   bash runtime/wave2_host_campaign.sh a [PROFILE]   # campaign part A with the committed kernel-table profile
 #                                                     # (no new kernel tables: the bf16 kernels are unchanged)
+#   bash runtime/wave2_host_campaign.sh c [PROFILE]   # part C (about 5-6 minutes): on the workloads where the chain
+#                                                     # terms changed the optimum, the new one beside the old one
 # REMEASURE_DMA=1 (parts a and 2) first measures only the CPU-beside-DMA slowdown again into $OUT/<profile name>
 # (python -m calibrate.kernel_tables --remeasure-beside-dma) and predicts with that copy.
 # PRE_TESTS=1 first runs the CUDA executor tests (tests/test_runtime_gpu.py, log in $OUT/gpu_tests.log).
@@ -17,7 +19,7 @@
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -78,6 +80,11 @@ case "$PART" in
         PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
         POINTS=runtime/campaign/wave2-b.yaml; MAX_POINT_S=${MAX_POINT_S:-30}
         TITLE="OPT-30B/66B/175B and Llama-2-70B subsets (wave 2, kernel tables)"
+        ;;
+    c)
+        PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
+        POINTS=runtime/campaign/wave2-c.yaml; MAX_POINT_S=${MAX_POINT_S:-60}
+        TITLE="The chain terms' new optimum beside the one chosen before them (wave 2, kernel tables)"
         ;;
     *) echo "unknown part '$PART'"; return 2 ;;
 esac
