@@ -311,3 +311,39 @@ def test_quick_run_times_the_runtimes_kernels_and_writes_a_valid_profile(tmp_pat
     assert again_spec.kernels.cpu_linear == k.cpu_linear and again_spec.kernels.cpu_attention == k.cpu_attention
     bad = subprocess.run([*resumed[:-1], str(tmp_path / "nope.csv")], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --resume-from")
+
+
+@pytest.mark.parametrize("batch, waits", [(1, True), (64, False)])
+def test_the_chain_pays_the_dma_slowdown_and_the_feeder_wait_by_hand(batch: int, waits: bool) -> None:
+    """Decode, policy (1,1,1,1,0,1): CPU qkv, fused attention and out_proj, then the copy out_proj -> fc1 (H2D), GPU
+    fc1, the copy fc1 -> fc2 (D2H), CPU fc2; only fc1's weights stream (W). With slowdown s = 2 the CPU runs
+    sigma = 1 + min(s - 1, (1 - 1/s) W / cpu) times slower on the chain; the H2D copy, ready after the first
+    sigma (cpu - cpu_fc2) seconds, waits 1.5 x 32 MiB / H2D rate if the weights still stream then. So
+        chain = sigma cpu + h2d(out) + [wait] + gpu(fc1) + d2h(fc1)
+    and the layer time is the max of that chain and the other terms. At B = 1 the copy is ready while fc1's
+    weights stream (it waits); at B = 64 the CPU work outlasts the stream (it does not)."""
+    from lia_model.costterms import policy_features
+    from lia_model.weight_feeder import critical_copy_wait_s
+
+    system = _system_with_tables(slowdown=2.0)
+    terms = streamed_layer_terms(system, OPT30, _ctx(batch, 1, (40,)))
+    p = (Device.CPU, Device.CPU, Device.CPU, Device.CPU, Device.GPU, Device.CPU)
+    f = policy_features(p)
+    i_out, i_fc1, i_fc2 = (SUBLAYERS.index(s) for s in (Sublayer.OUT_PROJ, Sublayer.FC1, Sublayer.FC2))
+    cpu = terms.resources[next(r for r in terms.resources if r.value == "cpu")].evaluate(f)[0]
+    w = float(terms.weight_h2d_s[i_fc1])
+    sigma = 1.0 + min(1.0, 0.5 * w / cpu)
+    wait = critical_copy_wait_s(system.link.h2d_gbps * 1e9)
+    ready = sigma * (cpu - terms.times.cpu_s[i_fc2, 0])
+    chain = (
+        sigma * cpu
+        + terms.cross_h2d_s[i_out, 0]
+        + (wait if ready < w else 0.0)
+        + terms.times.gpu_s[i_fc1, 0]
+        + terms.cross_d2h_s[i_fc1, 0]
+    )
+    others = max(form.evaluate(f)[0] for _, form in terms.terms.values())
+    assert 1.0 < sigma < 2.0  # the DMA covers part of the CPU work: the case worth checking
+    assert (ready < w) == waits
+    assert terms.layer_time(f)[0] == pytest.approx(max(chain, others), rel=1e-12)
+    assert chain > others  # the chain decides this layer, so the line above checked the chain
