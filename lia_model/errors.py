@@ -20,6 +20,10 @@ class LiaInputError(ValueError):
             message += f" -- {fix}"
         super().__init__(message)
 
+    def __reduce__(self):
+        """Rebuilt from its three parts, so it crosses a process pool (a study's workers) as itself."""
+        return (type(self), (self.field, self.problem, self.fix))
+
 
 def from_validation_error(err: "object", where: str, model_cls: "type | None" = None) -> LiaInputError:
     """Turn a pydantic ValidationError into one LiaInputError that lists every problem.

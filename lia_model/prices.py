@@ -21,7 +21,20 @@ S_PER_HOUR = 3600.0
 TOKENS_PER_MTOK = 1e6
 
 
-class Part(BaseModel):
+class _NoBool(BaseModel):
+    """No true/false where a number belongs (pydantic would read true as 1 USD)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for name, info in cls.model_fields.items():
+                if isinstance(data.get(name), bool) and info.annotation in (int, float):
+                    raise ValueError(f"{name} is a number, got {str(data[name]).lower()}")
+        return data
+
+
+class Part(_NoBool):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     description: str = ""
@@ -31,7 +44,7 @@ class Part(BaseModel):
     power_source: str = Field(min_length=1, examples=["datasheet: TDP 350 W"])
 
 
-class Prices(BaseModel):
+class Prices(_NoBool):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     currency: str = Field(pattern="^USD$", examples=["USD"])

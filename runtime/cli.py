@@ -98,6 +98,12 @@ def validate(
         return
     if not points:
         raise LiaInputError("--points", "no points file given", "e.g. --points runtime/campaign/opt30b-48L.yaml")
+    from lia_model.cli.common import finite_positive
+
+    finite_positive("--gpu-memory-gib", gpu_memory_gib, "40", 1e5)
+    finite_positive("--max-point-s", max_point_s, "60", 1e6)
+    finite_positive("--time-budget-s", time_budget_s, "540", 1e7)
+    finite_positive("--host-weights-gib", host_weights_gib, "16", 1e5)
     if out is None and not predict_only:
         raise LiaInputError("--out", "no output folder given", "e.g. --out results/validation")
     if out is not None and not predict_only:

@@ -78,9 +78,14 @@ def run_command(
 
     texts = list(prompt or [])
     if prompts_file is not None:
-        if not prompts_file.exists():
-            raise LiaInputError("--prompts", f"no such file '{prompts_file}'", "give a file with one prompt per line")
-        texts += [line for line in prompts_file.read_text().splitlines() if line.strip()]
+        if not prompts_file.is_file():
+            problem = "is a folder" if prompts_file.is_dir() else "no such file"
+            raise LiaInputError("--prompts", f"{problem}: '{prompts_file}'", "give a file with one prompt per line")
+        try:
+            text = prompts_file.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise LiaInputError("--prompts", f"cannot read '{prompts_file}': {err}", "give a UTF-8 text file") from None
+        texts += [line for line in text.splitlines() if line.strip()]
     if not texts:
         raise LiaInputError("--prompt", "no prompt given", "give --prompt TEXT or --prompts FILE")
     given_plan = None

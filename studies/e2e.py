@@ -15,7 +15,7 @@ throughput); ``in_optimizer_space`` says whether the optimiser could have chosen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import pandas as pd
@@ -53,7 +53,7 @@ class Grid:
     systems: tuple[str, ...]
     models: tuple[str, ...]
     lengths: tuple[tuple[int, int], ...]  # (L_in, L_out)
-    scenarios: tuple[str, ...] = SCENARIOS
+    scenarios: tuple[str, ...] = field(default=SCENARIOS, metadata={"choices": SCENARIOS})
 
 
 FULL = Grid(

@@ -20,8 +20,10 @@ MODEL_FIELDS = ("models", "model")
 MAX_AXIS = 100_000
 
 
-def _coerce(field: str, value: Any, like: Any, where: str) -> Any:
-    """``value`` (from YAML) in the shape of the built-in ``like``: tuples for lists, ints, floats, strings."""
+def _coerce(field: str, value: Any, like: Any, where: str, record: bool = False) -> Any:
+    """``value`` (from YAML) in the shape of the built-in ``like``: tuples for lists, ints, floats, strings. An
+    axis (a list of values) may have any length; a ``record`` (one value that is itself a tuple, such as an
+    (L_in, L_out) pair) must have the built-in's length."""
 
     def bad(what: str) -> LiaInputError:
         return LiaInputError(f"{where}: {field}", f"{what}, got {value!r}", f"e.g. {field}: {_example(like)}")
@@ -29,10 +31,14 @@ def _coerce(field: str, value: Any, like: Any, where: str) -> Any:
     if isinstance(like, tuple):
         if not isinstance(value, (list, tuple)) or not value:
             raise bad("must be a non-empty list")
+        if record:
+            if len(value) != len(like):
+                raise bad(f"each entry must have {len(like)} values, like {_example(like)}")
+            return tuple(_coerce(field, v, w, where) for v, w in zip(value, like))
         if len(value) > MAX_AXIS:
             raise bad(f"has more than {MAX_AXIS} entries")
         inner = like[0] if like else value[0]
-        return tuple(_coerce(field, v, inner, where) for v in value)
+        return tuple(_coerce(field, v, inner, where, record=isinstance(inner, tuple)) for v in value)
     if isinstance(like, bool):
         if not isinstance(value, bool):
             raise bad("must be true or false")
@@ -117,6 +123,7 @@ def custom_grid(
 ) -> Any:
     """``base`` with the fields of ``grid_file`` and the ``--systems`` / ``--models`` lists replaced."""
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    metadata = {f.name: f.metadata for f in dataclasses.fields(base)}  # "choices": the values a field may hold
     changes: dict[str, Any] = {}
     settable = [n for n in fields if n != "root"]
     if grid_file is not None:
@@ -129,6 +136,12 @@ def custom_grid(
                     f"its fields: {', '.join(settable) or 'none'}",
                 )
             changes[key] = _coerce(key, value, fields[key], where)
+            choices = metadata[key].get("choices")
+            unknown = [v for v in changes[key] if v not in choices] if choices else []
+            if unknown:
+                raise LiaInputError(
+                    f"{where}: {key}", f"unknown value '{unknown[0]}'", f"choose from {', '.join(choices)}"
+                )
     if systems is not None:
         field = next((f for f in SYSTEM_FIELDS if f in fields), None)
         if field is None:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from lia_model.cli import app
 from lia_model.cli.common import run_guarded
+from lia_model.errors import LiaInputError
 
 PROFILES = Path(__file__).resolve().parents[1] / "hwprofiles"
 GPU = (PROFILES / "gpu" / "h100-pcie-80gb.yaml").read_text()
@@ -506,6 +507,36 @@ BAD_INPUTS = [
         ("--points", "no such file"),
     ),
     (
+        "validate-gpu-memory-nan",
+        ["validate", "--predict-only", "--points", "nowhere.yaml", "--gpu-memory-gib", "nan"],
+        {},
+        ("--gpu-memory-gib", "nan"),
+    ),
+    (
+        "validate-host-weights-negative",
+        ["validate", "--predict-only", "--points", "nowhere.yaml", "--host-weights-gib", "-1"],
+        {},
+        ("--host-weights-gib", "-1"),
+    ),
+    (
+        "validate-time-budget-zero",
+        ["validate", "--predict-only", "--points", "nowhere.yaml", "--time-budget-s", "0"],
+        {},
+        ("--time-budget-s", "above 0"),
+    ),
+    (
+        "validate-max-point-inf",
+        ["validate", "--predict-only", "--points", "nowhere.yaml", "--max-point-s", "inf"],
+        {},
+        ("--max-point-s", "inf"),
+    ),
+    (
+        "run-prompts-folder",
+        ["run", "--model", "tiny", "--prompt", "1 2 3", "--ids", "--prompts", "adir"],
+        {"adir/keep": ""},
+        ("--prompts", "is a folder"),
+    ),
+    (
         "calibrate-shipped-profile",
         ["calibrate", "--quick", "--out", str(PROFILES / "systems"), "--name", "spr-h100"],
         {},
@@ -731,7 +762,6 @@ CONFIG_FIELDS = [
 @given(st.dictionaries(st.sampled_from(CONFIG_FIELDS), config_values, min_size=1, max_size=3))
 def test_fuzz_hf_config_fields(changes):
     """model_from_hf_config on a mutated config: a ModelSpec that validates, or one LiaInputError."""
-    from lia_model.errors import LiaInputError
     from lia_model.models import ModelSpec, model_from_hf_config
 
     cfg = dict(LLAMA)
@@ -770,3 +800,24 @@ def test_ctrl_c_stops_a_study_without_finishing_it(tmp_path):
     assert proc.returncode == 130, (proc.returncode, err[-2000:])
     assert "Traceback" not in out + err and "error: interrupted" in err
     assert not (tmp_path / "e2e.csv").exists()
+
+
+def _raise_input_error(_: int) -> None:
+    raise LiaInputError("workload.input_len", "2000 + 200 tokens exceed opt-30b's 2048", "e.g. a shorter prompt")
+
+
+def test_an_input_error_crosses_a_process_pool_as_itself():
+    """A study's workers raise LiaInputError for a bad grid point; it must reach the parent as the same error
+    (one `error:` line), not break the pool (it did: its three-argument __init__ defeated pickle)."""
+    import concurrent.futures
+
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1) as pool:
+        with pytest.raises(LiaInputError) as caught:
+            pool.submit(_raise_input_error, 0).result()
+    err = caught.value
+    assert (err.field, err.problem, err.fix) == (
+        "workload.input_len",
+        "2000 + 200 tokens exceed opt-30b's 2048",
+        "e.g. a shorter prompt",
+    )
+    assert str(err) == "workload.input_len: 2000 + 200 tokens exceed opt-30b's 2048 -- e.g. a shorter prompt"

@@ -258,6 +258,7 @@ def test_tensor_parallel_node_is_ranked_and_its_batch_is_the_best_of_every_batch
         (["--ttft-max-ms", "-5"], ["--ttft-max-ms", "above 0"]),
         (["--prices", "{prices_dir}/nope.yaml"], ["--prices", "no such file"]),
         (["--prices", "{bad_prices}"], ["pue", "greater than or equal to 1"]),
+        (["--prices", "{bool_price}"], ["price_usd", "is a number, got true"]),
         (["--prices", "{unpriced}"], ["machines", "no price list for machine 'gnr-a100'"]),
         (["--csv", "{existing}"], ["--csv", "exists", "--force"]),
         (["--tp-node", "{prices}"], ["missing fields"]),
@@ -269,11 +270,14 @@ def test_bad_input_is_one_error_line(files, extra, words):
     bad.write_text(PRICES.replace("pue: 2", "pue: 0.5"))
     unpriced = files["dir"] / "unpriced.yaml"
     unpriced.write_text(PRICES.replace("  gnr-a100: [small, gpu]\n", ""))
+    bool_price = files["dir"] / "bool_price.yaml"
+    bool_price.write_text(PRICES.replace("price_usd: 8760,", "price_usd: true,"))
     existing = files["dir"] / "exists.csv"
     existing.write_text("keep me\n")
     subst = {
         "prices_dir": str(files["dir"]),
         "bad_prices": str(bad),
+        "bool_price": str(bool_price),
         "unpriced": str(unpriced),
         "existing": str(existing),
         "prices": str(files["prices"]),

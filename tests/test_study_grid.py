@@ -77,6 +77,30 @@ def test_bad_grids_name_the_field(tmp_path: Path, kwargs, text, words):
         assert w in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("lengths: [[32]]\n", ["lengths", "each entry must have 2 values", "[32]"]),
+        ("lengths: [[32, 32, 32]]\n", ["lengths", "each entry must have 2 values"]),
+        ("lengths: [[256, 0]]\n", ["lengths", "at least 1"]),
+        ("scenarios: [foo]\n", ["scenarios", "unknown value 'foo'", "latency_b1"]),
+    ],
+)
+def test_bad_e2e_grids_name_the_field_before_any_worker_runs(tmp_path: Path, text, words):
+    """(These reached the study's workers as a KeyError or an unpacking ValueError: tracebacks.)"""
+    from studies import e2e
+
+    f = tmp_path / "g.yaml"
+    f.write_text(text)
+    with pytest.raises(LiaInputError) as err:
+        custom_grid(STUDIES["e2e"], e2e.REDUCED, grid_file=f)
+    for w in words:
+        assert w in str(err.value)
+    f.write_text("lengths: [[256, 32], [1024, 128]]\nscenarios: [latency_b1]\n")
+    g = custom_grid(STUDIES["e2e"], e2e.REDUCED, grid_file=f)
+    assert g.lengths == ((256, 32), (1024, 128)) and g.scenarios == ("latency_b1",)
+
+
 def test_single_model_study_refuses_two_models_and_microbench_has_no_systems():
     with pytest.raises(LiaInputError, match="takes one model"):
         custom_grid(STUDIES["policy-map"], policy_map.FULL, models="opt-30b,opt-66b")
