@@ -132,6 +132,10 @@ def load_tp_node(path: str):
         raise LiaInputError(path, "not valid YAML", fix) from None
     if not isinstance(data, dict):
         raise LiaInputError(path, "the file holds no mapping of fields", fix)
+    known = {"name", "description", "source", *TP_NODE_FIELDS}
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise LiaInputError(f"{path}: {unknown[0]}", "unknown field", f"a node file has {', '.join(sorted(known))}")
     missing = [f for f in ("name",) + TP_NODE_FIELDS if f not in data]
     sources = data.get("source")
     unsourced = [f for f in TP_NODE_FIELDS if not isinstance(sources, dict) or not sources.get(f)]
@@ -145,17 +149,19 @@ def load_tp_node(path: str):
     for f in TP_NODE_FIELDS[2:]:
         v = data[f]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise LiaInputError(f"{path}: {f}", f"must be a finite number >= 0, got {v!r}", "e.g. 240")
+            example = {"hbm_gbps": 2039, "nvlink_allreduce_gbps": 240, "allreduce_latency_us": 20}.get(f, 0.05)
+            raise LiaInputError(f"{path}: {f}", f"must be a finite number >= 0, got {v!r}", f"e.g. {f}: {example}")
         numbers[f] = float(v)
     gpus = data["gpus"]
     if isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= 1024:
         raise LiaInputError(f"{path}: gpus", f"must be a whole number of GPUs from 1 to 1024, got {gpus!r}", "e.g. 8")
-    if numbers["hbm_gbps"] <= 0 or numbers["nvlink_allreduce_gbps"] <= 0 or numbers["memory_headroom_fraction"] >= 1:
-        raise LiaInputError(
-            path,
-            "hbm_gbps and nvlink_allreduce_gbps must be above 0 and memory_headroom_fraction below 1",
-            "e.g. hbm_gbps: 2039, memory_headroom_fraction: 0.05",
-        )
+    for f, ok, rule, example in (
+        ("hbm_gbps", numbers["hbm_gbps"] > 0, "must be above 0", "2039"),
+        ("nvlink_allreduce_gbps", numbers["nvlink_allreduce_gbps"] > 0, "must be above 0", "240"),
+        ("memory_headroom_fraction", numbers["memory_headroom_fraction"] < 1, "must be below 1", "0.05"),
+    ):
+        if not ok:
+            raise LiaInputError(f"{path}: {f}", f"{rule}, got {data[f]!r}", f"e.g. {f}: {example}")
     gpu = load_device("gpu", str(data["gpu_profile"])).model_copy(update={"hbm_gbps": numbers["hbm_gbps"]})
     return TensorParallelNode(
         str(data["name"]),

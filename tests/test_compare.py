@@ -261,7 +261,11 @@ def test_tensor_parallel_node_is_ranked_and_its_batch_is_the_best_of_every_batch
         (["--prices", "{bool_price}"], ["price_usd", "is a number, got true"]),
         (["--prices", "{unpriced}"], ["machines", "no price list for machine 'gnr-a100'"]),
         (["--csv", "{existing}"], ["--csv", "exists", "--force"]),
-        (["--tp-node", "{prices}"], ["missing fields"]),
+        (["--tp-node", "{prices}"], ["unknown field", "a node file has"]),
+        (["--tp-node", "{node_bogus}"], ["bogus", "unknown field"]),
+        (["--tp-node", "{node_nvlink0}"], ["nvlink_allreduce_gbps", "above 0", "e.g. nvlink_allreduce_gbps: 240"]),
+        (["--tp-node", "{node_latency}"], ["allreduce_latency_us", ">= 0", "e.g. allreduce_latency_us: 20"]),
+        (["--tp-node", "{node_missing}"], ["missing fields", "gpus"]),
         (["--force"], ["--force", "no --csv"]),
     ],
 )
@@ -270,6 +274,15 @@ def test_bad_input_is_one_error_line(files, extra, words):
     bad.write_text(PRICES.replace("pue: 2", "pue: 0.5"))
     unpriced = files["dir"] / "unpriced.yaml"
     unpriced.write_text(PRICES.replace("  gnr-a100: [small, gpu]\n", ""))
+    node = (ROOT / "studies" / "dgx_a100.yaml").read_text()
+    nodes = {
+        "node_bogus": node + "bogus: 1\n",
+        "node_nvlink0": node.replace("nvlink_allreduce_gbps: 240", "nvlink_allreduce_gbps: 0"),
+        "node_latency": node.replace("allreduce_latency_us: 20", "allreduce_latency_us: -1"),
+        "node_missing": node.replace("gpus: 8\n", ""),
+    }
+    for key, text in nodes.items():
+        (files["dir"] / f"{key}.yaml").write_text(text)
     bool_price = files["dir"] / "bool_price.yaml"
     bool_price.write_text(PRICES.replace("price_usd: 8760,", "price_usd: true,"))
     existing = files["dir"] / "exists.csv"
@@ -278,6 +291,7 @@ def test_bad_input_is_one_error_line(files, extra, words):
         "prices_dir": str(files["dir"]),
         "bad_prices": str(bad),
         "bool_price": str(bool_price),
+        **{key: str(files["dir"] / f"{key}.yaml") for key in nodes},
         "unpriced": str(unpriced),
         "existing": str(existing),
         "prices": str(files["prices"]),
