@@ -821,3 +821,25 @@ def test_an_input_error_crosses_a_process_pool_as_itself():
         "e.g. a shorter prompt",
     )
     assert str(err) == "workload.input_len: 2000 + 200 tokens exceed opt-30b's 2048 -- e.g. a shorter prompt"
+
+
+def test_predict_a_plan_file_under_the_query_it_was_made_for(tmp_path, monkeypatch):
+    """A plan made for opt-30b on gnr-a100 at B = 8 with int8 weights: 'lia predict --plan' without options
+    predicts that query (it used to predict the defaults, another model and system, without a word); an option
+    that contradicts the file is one error line naming it."""
+    monkeypatch.chdir(tmp_path)
+    query = ["--model", "opt-30b", "--batch", "8", "--system", "gnr-a100", "--weight-dtype", "int8"]
+    code, out, err = run_lia(["plan", "--json", *query])
+    assert code == 0, err
+    (tmp_path / "plan.json").write_text(out)
+    code, out, err = run_lia(["predict", "--plan", "plan.json", "--json"])
+    assert code == 0, err
+    got = json.loads(out)["plan"]
+    made = json.loads((tmp_path / "plan.json").read_text())["optimum"]
+    assert (got["system"], got["model"], got["workload"]) == ("gnr-a100", "opt-30b", made["workload"])
+    assert got["workload"]["precision"]["weight_dtype"] == "int8"
+    assert got["latency_s"] == pytest.approx(made["latency_s"], rel=1e-9)
+    assert_one_error(*run_lia(["predict", "--plan", "plan.json", "--batch", "16"]), ("--batch", "made for --batch 8"))
+    assert_one_error(
+        *run_lia(["predict", "--plan", "plan.json", "--model", "opt-66b"]), ("--model", "opt-30b", "opt-66b")
+    )

@@ -136,6 +136,67 @@ def load_plan(path: str):
         raise from_validation_error(err, path, Plan) from None
 
 
+def plan_query(path: str) -> Optional[dict]:
+    """What a plan file says it was made for: system, model, workload, precision and overrides from a whole
+    'lia plan --json' output ("query"), or system, model and workload from one prediction; None for a bare plan
+    object. ``load_plan`` has already checked the file."""
+    from lia_model.inputs import parse_json, read_text
+
+    data = parse_json(read_text(Path(path), "--plan", ""), path, "")
+    if not isinstance(data, dict):
+        return None
+    q = data.get("query")
+    if isinstance(q, dict) and isinstance(data.get("optimum"), dict):
+        precision = q.get("precision") or {}
+        return {
+            "--system": q.get("system"),
+            "--model": q.get("model"),
+            "--batch": q.get("batch"),
+            "--input": q.get("input_len"),
+            "--output": q.get("output_len"),
+            "--weight-dtype": precision.get("weight_dtype"),
+            "--kv-dtype": precision.get("kv_dtype"),
+            "--group-size": precision.get("weight_group_size"),
+            "--set": list(q.get("overrides") or []),
+        }
+    w = data.get("workload")
+    if isinstance(data.get("plan"), dict) and isinstance(w, dict):
+        precision = w.get("precision") or {}
+        return {
+            "--system": data.get("system"),
+            "--model": data.get("model"),
+            "--batch": w.get("batch"),
+            "--input": w.get("input_len"),
+            "--output": w.get("output_len"),
+            "--weight-dtype": precision.get("weight_dtype"),
+            "--kv-dtype": precision.get("kv_dtype"),
+            "--group-size": precision.get("weight_group_size"),
+        }
+    return None
+
+
+def reconcile_with_plan(path: str, given: dict, defaults: dict) -> dict:
+    """The query options to predict a plan file under: an option left at its default takes the file's value;
+    one given that differs from the file's is an input error (the plan was made for something else)."""
+    made_for = plan_query(path)
+    if made_for is None:
+        return given
+    out = dict(given)
+    for option, value in given.items():
+        theirs = made_for.get(option)
+        if theirs is None or (option == "--set" and not theirs and not value):
+            continue
+        if value == defaults.get(option) or (option == "--set" and not value):
+            out[option] = theirs
+        elif value != theirs:
+            raise LiaInputError(
+                option,
+                f"the plan in {path} was made for {option} {theirs}, not {value}",
+                f"drop {option} to predict the plan's own query, or make a plan for this one with 'lia plan --json'",
+            )
+    return out
+
+
 def _usage_line(err) -> str:
     """A click usage error as one line: what is wrong and where to read the options."""
     message = " ".join(err.format_message().replace("Value error, ", "").split())

@@ -30,6 +30,7 @@ from lia_model.cli.common import (
     run_guarded,
 )
 from lia_model.errors import LiaInputError
+from lia_model.query import default
 
 app = typer.Typer(
     add_completion=False,
@@ -263,7 +264,9 @@ def predict(
     plan: Optional[str] = typer.Option(
         None,
         "--plan",
-        help="A plan .json: the output of 'lia plan --json', one prediction from it, or a bare plan object.",
+        help="A plan .json: the output of 'lia plan --json', one prediction from it, or a bare plan object. "
+        "The query the file was made for (system, model, workload, precision, --set) is used for options left at "
+        "their defaults; an option that contradicts it is an error.",
     ),
     baseline: Optional[str] = typer.Option(None, "--baseline", help=f"A baseline plan by label: {BASELINE_LABELS}."),
     weight_dtype: Optional[str] = WeightDtypeOpt,
@@ -284,6 +287,37 @@ def predict(
         )
     cost_mode = parse_mode(mode)
     chosen_plan = load_plan(plan) if plan is not None else None
+    if chosen_plan is not None:
+        from lia_model.cli.common import reconcile_with_plan
+
+        given = {
+            "--system": system,
+            "--model": model,
+            "--batch": batch,
+            "--input": input_len,
+            "--output": output_len,
+            "--weight-dtype": weight_dtype,
+            "--kv-dtype": kv_dtype,
+            "--group-size": group_size,
+            "--set": list(overrides or []),
+        }
+        defaults = {
+            "--system": default("system"),
+            "--model": default("model"),
+            "--batch": default("batch"),
+            "--input": default("input_len"),
+            "--output": default("output_len"),
+            "--weight-dtype": None,
+            "--kv-dtype": None,
+            "--group-size": None,
+        }
+        q = reconcile_with_plan(plan, given, defaults)
+        system, model, batch, input_len, output_len = (
+            q[o] for o in ("--system", "--model", "--batch", "--input", "--output")
+        )
+        weight_dtype, kv_dtype, group_size, overrides = (
+            q[o] for o in ("--weight-dtype", "--kv-dtype", "--group-size", "--set")
+        )
     spec, mspec, workload = load_inputs(
         system, model, batch, input_len, output_len, overrides, weight_dtype, kv_dtype, group_size
     )
