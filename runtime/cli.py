@@ -218,6 +218,16 @@ MERGE_COLUMNS = (
 )
 
 
+def _model_layers(name: object) -> int:
+    """The catalogued model's layer count (a truncated run has at most that many); 2^31 for an unknown name."""
+    from lia_model.inputs import resolve_model
+
+    try:
+        return resolve_model(str(name)).num_layers
+    except LiaInputError:
+        return 2**31
+
+
 def _read_results_csv(path: str):
     """One results CSV, checked: text, a header, the needed columns, and for every point that ran finite,
     positive predicted and measured times."""
@@ -253,6 +263,30 @@ def _read_results_csv(path: str):
                     f"{path}: {col}",
                     f"point '{pid}' ran but its {label} is {v!r} (a time must be a finite number above 0){more}",
                     "fix or drop those rows",
+                )
+    # the workload of every point that ran: whole numbers of at least 1 (a model's layers: at most its own)
+    for col in ("batch", "input_len", "output_len", "num_layers"):
+        if col not in ran.columns:
+            continue
+        raw = ran[col].astype(str).str.strip()
+        values = pd.to_numeric(raw.where(~raw.str.lower().isin(("true", "false"))), errors="coerce")
+        for i, (pid, v) in enumerate(zip(ran["point_id"], values)):
+            top = _model_layers(ran["model"].iloc[i]) if col == "num_layers" else 2**31
+            if not (math.isfinite(v) and v == int(v) and 1 <= v <= top):
+                rule = f"from 1 to {top}" if top < 2**31 else "of at least 1"
+                raise LiaInputError(
+                    f"{path}: {col}",
+                    f"point '{pid}' ran with {col} '{ran[col].iloc[i]}' (a whole number {rule})",
+                    "fix or drop that row",
+                )
+    if "gpu_memory_gib" in ran.columns:
+        caps = pd.to_numeric(ran["gpu_memory_gib"], errors="coerce")
+        for pid, raw, v in zip(ran["point_id"], ran["gpu_memory_gib"], caps):
+            if not pd.isna(raw) and not (math.isfinite(v) and v > 0):
+                raise LiaInputError(
+                    f"{path}: gpu_memory_gib",
+                    f"point '{pid}' ran with a GPU cap of '{raw}' GiB (a number above 0, or empty for no cap)",
+                    "fix or drop that row",
                 )
     return df
 

@@ -576,7 +576,9 @@ def repredict(rows: "Any", system: SystemSpec) -> "Any":
     ``plan_json``, the (truncated) model from ``model`` and ``num_layers``, the workload and the GPU cap from
     their columns. Measurements are untouched; nothing is fitted to them. Adds ``predicted_with``."""
     import pandas as pd
+    from pydantic import ValidationError
 
+    from lia_model.errors import from_validation_error
     from lia_model.inputs import resolve_model
     from runtime.measure import predicted_sublayer_ms
 
@@ -589,7 +591,10 @@ def repredict(rows: "Any", system: SystemSpec) -> "Any":
         workload = Workload(batch=int(r["batch"]), input_len=int(r["input_len"]), output_len=int(r["output_len"]))
         cap = None if pd.isna(r.get("gpu_memory_gib")) else float(r["gpu_memory_gib"])
         sysc = capped_system(system, cap)
-        plan = Plan.model_validate_json(r["plan_json"])
+        try:
+            plan = Plan.model_validate_json(r["plan_json"])
+        except ValidationError as err:
+            raise from_validation_error(err, f"plan_json of point '{r['point_id']}'", Plan) from None
         pred = predict(sysc, model, workload, plan, CostMode.OVERLAP)
         add = predict(sysc, model, workload, plan, CostMode.ADDITIVE)
         df.at[i, "predicted_ttft_s"] = pred.ttft_s

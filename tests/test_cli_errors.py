@@ -501,6 +501,24 @@ BAD_INPUTS = [
         ("predicted_latency_s", "inf"),
     ),
     (
+        "validate-csv-batch-word",
+        ["validate", "--from-csv", "r.csv", "--out", "v"],
+        {"r.csv": results_csv([{"batch": "eight"}])},
+        ("batch", "'eight'", "whole number"),
+    ),
+    (
+        "validate-csv-batch-bool",
+        ["validate", "--from-csv", "r.csv", "--out", "v"],
+        {"r.csv": results_csv([{"batch": "True"}])},
+        ("batch", "True", "whole number"),
+    ),
+    (
+        "validate-csv-layers-beyond-model",
+        ["validate", "--from-csv", "r.csv", "--out", "v", "--repredict-with", "spr-h100"],
+        {"r.csv": results_csv([{"num_layers": 100000}])},
+        ("num_layers", "100000", "from 1 to 48"),
+    ),
+    (
         "validate-points-missing",
         ["validate", "--predict-only", "--points", "nowhere.yaml"],
         {},
