@@ -58,7 +58,7 @@ from lia_model.models import ModelSpec
 from lia_model.plan import ALL_GPU, ATTENTION_ON_CPU, CpuIsa, Device, HostTier, Plan
 from lia_model.sublayers import ATTENTION_SUBLAYERS, SUBLAYERS, WEIGHTED_SUBLAYERS
 from lia_model.units import BF16_BYTES, BYTES_PER_GIB, BYTES_PER_S_PER_GBPS
-from lia_model.workload import Workload
+from lia_model.workload import MAX_BATCH, Workload
 
 # FlexGen's CPU attention ("cpu_cache_compute", FlexGen 0.1.8 flex_opt.py load_cache path 1 and
 # pytorch_backend.py mha_gen) first copies the cached K and V (fp16, 2 bytes per element) into an fp32
@@ -748,7 +748,10 @@ def _cached_choice(
     shape = FlexGenShape.from_model(model, input_len, output_len)
     hardware_at = system_hardware(system, model, input_len, output_len)
     if choose_batch:
-        sol = search_throughput(shape, hardware_at, max_block_size=max_batch)
+        # FlexGen's own search has no cap; ours stops at the largest batch a Workload holds (MAX_BATCH), so a
+        # machine with a huge memory (a what-if) cannot make it search without end or return an invalid batch
+        cap = MAX_BATCH if max_batch is None else min(max_batch, MAX_BATCH)
+        sol = search_throughput(shape, hardware_at, max_block_size=cap)
     else:
         sol = search_fixed_batch(shape, hardware_at, batch)
     if sol is None:

@@ -287,3 +287,17 @@ def test_plan_json_reports_flexgens_own_prediction_beside_ours():
     assert fg["speedup_of_optimum"] == pytest.approx(fg["latency_s"] / out["optimum"]["latency_s"])
     ipex = out["baselines"]["ipex"]
     assert ipex["memory_gb"]["hbm"] == 0.0 and ipex["plan"]["head_device"] == 1
+
+
+def test_flexgens_batch_search_stops_at_the_largest_workload_batch():
+    """FlexGen's own search has no cap. On a what-if GPU of 1e7 GiB it ran past any valid batch, and 'lia plan
+    --objective throughput' failed on workload.batch, blaming a --batch the user never gave. Our copy stops at
+    MAX_BATCH (2^20 sequences)."""
+    from lia_model.flexgen import flexgen_choice
+    from lia_model.inputs import resolve_model, resolve_system
+    from lia_model.workload import MAX_BATCH, make_workload
+
+    system = resolve_system("spr-h100", ["gpu.memory_gib=1e7"])
+    model = resolve_model("opt-30b")
+    choice = flexgen_choice(system, model, make_workload(1, 256, 32, model), choose_batch=True)
+    assert choice is not None and 1 <= choice.workload.batch <= MAX_BATCH
