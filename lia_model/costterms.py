@@ -659,10 +659,11 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         terms["serial"] = (Resource.CHAIN, (cpu_c + gpu_c + h2dx_c + d2h_c).scaled(n) + weights)
     else:
         serial_weights = not (ctx.overlap and ctx.pinned_weights)
-        # a critical H2D copy's wait behind the runtime's weight feeder (lia_model.weight_feeder), for profiles
-        # of this project's runtime (kernel tables) whose weights stream beside compute
-        copy_wait_s = critical_copy_wait_s(bw_w_h2d) if system.kernels is not None and not serial_weights else 0.0
-        if system.kernels is not None and not serial_weights:
+        # a profile of this project's runtime (kernel tables) whose weights stream beside compute: its CPU work
+        # slows beside the DMA, and its critical H2D copies wait behind the weight feeder (lia_model.weight_feeder)
+        runtime_beside_dma = system.kernels is not None and not serial_weights
+        copy_wait_s = critical_copy_wait_s(bw_w_h2d) if runtime_beside_dma else 0.0
+        if runtime_beside_dma:
             # CPU work beside the weight DMA (calibrated slowdown s of a CPU linear while pinned H2D runs): the
             # DMA keeps its rate, so during its W seconds the CPU moves 1/s of its solo bytes per second, and
             # its work ends no sooner than  n cpu_c + (1 - 1/s) W  (exact for two rates; when the CPU finishes
@@ -704,7 +705,7 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
         cpu_work = cpu_c.scaled(n).evaluate(ALL_POLICY_FEATURES)
         stream_s = np.zeros((NUM_POLICIES, steps)) if serial_weights else weights.evaluate(ALL_POLICY_FEATURES)
         cpu_scale = np.ones((NUM_POLICIES, steps))
-        if system.kernels is not None and not serial_weights:
+        if runtime_beside_dma:
             slow = system.kernels.cpu_slowdown_beside_dma
             extra = np.minimum((slow - 1.0) * cpu_work, (1.0 - 1.0 / slow) * stream_s)
             cpu_scale = np.where(cpu_work > 0, 1.0 + extra / np.where(cpu_work > 0, cpu_work, 1.0), 1.0)

@@ -23,7 +23,7 @@ MAX_GIB = 1e7
 MAX_US = 1e7
 
 
-class _Spec(BaseModel):
+class StrictSpec(BaseModel):
     """Frozen, no unknown fields, no inf or NaN, and no true/false where a number belongs."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -39,7 +39,7 @@ class _Spec(BaseModel):
         return data
 
 
-class EfficiencyPoint(_Spec):
+class EfficiencyPoint(StrictSpec):
     tokens: int = Field(ge=1, le=2**31, description="Rows of the matrix product (batch x new tokens).", examples=[256])
     efficiency: float = Field(gt=0.0, le=1.0, description="Achieved / peak throughput.", examples=[0.7])
 
@@ -68,7 +68,7 @@ def interpolate_efficiency(points: tuple[EfficiencyPoint, ...] | list[Efficiency
     return points[-1].efficiency  # unreachable: the clamp above covers it
 
 
-class Sourced(_Spec):
+class Sourced(StrictSpec):
     """Mixin: a ``source`` mapping that must cover every numeric field."""
 
     source: dict[str, str] = Field(default_factory=dict, description="Field name -> where its number comes from.")
@@ -120,7 +120,7 @@ def _has_source(source: dict[str, str], path: str) -> bool:
     return any(str(source.get(".".join(parts[:k]), "")).strip() for k in range(len(parts), 0, -1))
 
 
-class IsaSpec(_Spec):
+class IsaSpec(StrictSpec):
     """Matrix throughput of one CPU ISA."""
 
     present: bool = Field(description="Whether the CPU has this ISA.")
@@ -289,7 +289,7 @@ class MemoryTierSpec(Sourced):
     )
 
 
-class Provenance(_Spec):
+class Provenance(StrictSpec):
     """Where a calibrated profile came from."""
 
     host: str
@@ -299,7 +299,7 @@ class Provenance(_Spec):
     notes: list[str] = Field(default_factory=list)
 
 
-class LinearTable(_Spec):
+class LinearTable(StrictSpec):
     """Measured time of the runtime's own sublayer function (norm, GEMM, bias, activation, residual and
     RoPE as the runtime runs them) at one weight shape, over token counts (rows b x q)."""
 
@@ -321,7 +321,7 @@ class LinearTable(_Spec):
         return self
 
 
-class AttentionFit(_Spec):
+class AttentionFit(StrictSpec):
     """Time of the runtime's attention kernel of one kind in one phase, fitted on a calibration grid as
     t = overhead_s + s_per_byte x bytes + s_per_flop x FLOPs + s_per_row x rows (non-negative least squares),
     rows = batch x heads x q query rows (the kernels' parallel loop runs once per row: a fixed cost each)."""

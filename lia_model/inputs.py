@@ -145,23 +145,28 @@ def load_tp_node(path: str):
             f"missing fields {missing} or sources {unsourced}",
             "every field needs a value and an entry under source:",
         )
+    examples = {
+        "hbm_gbps": 2039,
+        "nvlink_allreduce_gbps": 240,
+        "allreduce_latency_us": 20,
+        "memory_headroom_fraction": 0.05,
+    }
     numbers = {}
     for f in TP_NODE_FIELDS[2:]:
         v = data[f]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            example = {"hbm_gbps": 2039, "nvlink_allreduce_gbps": 240, "allreduce_latency_us": 20}.get(f, 0.05)
-            raise LiaInputError(f"{path}: {f}", f"must be a finite number >= 0, got {v!r}", f"e.g. {f}: {example}")
+            raise LiaInputError(f"{path}: {f}", f"must be a finite number >= 0, got {v!r}", f"e.g. {f}: {examples[f]}")
         numbers[f] = float(v)
     gpus = data["gpus"]
     if isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= 1024:
         raise LiaInputError(f"{path}: gpus", f"must be a whole number of GPUs from 1 to 1024, got {gpus!r}", "e.g. 8")
-    for f, ok, rule, example in (
-        ("hbm_gbps", numbers["hbm_gbps"] > 0, "must be above 0", "2039"),
-        ("nvlink_allreduce_gbps", numbers["nvlink_allreduce_gbps"] > 0, "must be above 0", "240"),
-        ("memory_headroom_fraction", numbers["memory_headroom_fraction"] < 1, "must be below 1", "0.05"),
+    for f, ok, rule in (
+        ("hbm_gbps", numbers["hbm_gbps"] > 0, "must be above 0"),
+        ("nvlink_allreduce_gbps", numbers["nvlink_allreduce_gbps"] > 0, "must be above 0"),
+        ("memory_headroom_fraction", numbers["memory_headroom_fraction"] < 1, "must be below 1"),
     ):
         if not ok:
-            raise LiaInputError(f"{path}: {f}", f"{rule}, got {data[f]!r}", f"e.g. {f}: {example}")
+            raise LiaInputError(f"{path}: {f}", f"{rule}, got {data[f]!r}", f"e.g. {f}: {examples[f]}")
     gpu = load_device("gpu", str(data["gpu_profile"])).model_copy(update={"hbm_gbps": numbers["hbm_gbps"]})
     return TensorParallelNode(
         str(data["name"]),

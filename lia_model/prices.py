@@ -12,31 +12,17 @@ with the machine busy all the time on the modelled workload (utilisation 1).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from lia_model.errors import LiaInputError
+from lia_model.hardware import StrictSpec
 
 HOURS_PER_YEAR = 8760.0
 S_PER_HOUR = 3600.0
 TOKENS_PER_MTOK = 1e6
 
 
-class _NoBool(BaseModel):
-    """No true/false where a number belongs (pydantic would read true as 1 USD)."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, data: object) -> object:
-        if isinstance(data, dict):
-            for name, info in cls.model_fields.items():
-                if isinstance(data.get(name), bool) and info.annotation in (int, float):
-                    raise ValueError(f"{name} is a number, got {str(data[name]).lower()}")
-        return data
-
-
-class Part(_NoBool):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class Part(StrictSpec):  # frozen, no unknown fields, no inf/NaN, no true/false for a number (true was 1 USD)
     description: str = ""
     price_usd: float = Field(ge=0, allow_inf_nan=False, examples=[10000])
     price_source: str = Field(min_length=1, examples=["datasheet / list price / assumption: ..."])
@@ -44,9 +30,7 @@ class Part(_NoBool):
     power_source: str = Field(min_length=1, examples=["datasheet: TDP 350 W"])
 
 
-class Prices(_NoBool):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class Prices(StrictSpec):
     currency: str = Field(pattern="^USD$", examples=["USD"])
     amortisation_years: float = Field(gt=0, allow_inf_nan=False, examples=[3])
     amortisation_years_source: str = Field(min_length=1)

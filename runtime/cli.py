@@ -265,18 +265,19 @@ def _read_results_csv(path: str):
                     "fix or drop those rows",
                 )
     # the workload of every point that ran: whole numbers of at least 1 (a model's layers: at most its own)
+    layers_of = {model: _model_layers(model) for model in ran["model"].unique()}
     for col in ("batch", "input_len", "output_len", "num_layers"):
         if col not in ran.columns:
             continue
         raw = ran[col].astype(str).str.strip()
         values = pd.to_numeric(raw.where(~raw.str.lower().isin(("true", "false"))), errors="coerce")
-        for i, (pid, v) in enumerate(zip(ran["point_id"], values)):
-            top = _model_layers(ran["model"].iloc[i]) if col == "num_layers" else 2**31
+        for pid, model, raw_v, v in zip(ran["point_id"], ran["model"], ran[col], values):
+            top = layers_of[model] if col == "num_layers" else 2**31
             if not (math.isfinite(v) and v == int(v) and 1 <= v <= top):
                 rule = f"from 1 to {top}" if top < 2**31 else "of at least 1"
                 raise LiaInputError(
                     f"{path}: {col}",
-                    f"point '{pid}' ran with {col} '{ran[col].iloc[i]}' (a whole number {rule})",
+                    f"point '{pid}' ran with {col} '{raw_v}' (a whole number {rule})",
                     "fix or drop that row",
                 )
     if "gpu_memory_gib" in ran.columns:

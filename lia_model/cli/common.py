@@ -145,34 +145,26 @@ def plan_query(path: str) -> Optional[dict]:
     data = parse_json(read_text(Path(path), "--plan", ""), path, "")
     if not isinstance(data, dict):
         return None
-    q = data.get("query")
-    if isinstance(q, dict) and isinstance(data.get("optimum"), dict):
-        precision = q.get("precision") or {}
-        return {
-            "--system": q.get("system"),
-            "--model": q.get("model"),
-            "--batch": q.get("batch"),
-            "--input": q.get("input_len"),
-            "--output": q.get("output_len"),
-            "--weight-dtype": precision.get("weight_dtype"),
-            "--kv-dtype": precision.get("kv_dtype"),
-            "--group-size": precision.get("weight_group_size"),
-            "--set": list(q.get("overrides") or []),
-        }
-    w = data.get("workload")
-    if isinstance(data.get("plan"), dict) and isinstance(w, dict):
-        precision = w.get("precision") or {}
-        return {
-            "--system": data.get("system"),
-            "--model": data.get("model"),
-            "--batch": w.get("batch"),
-            "--input": w.get("input_len"),
-            "--output": w.get("output_len"),
-            "--weight-dtype": precision.get("weight_dtype"),
-            "--kv-dtype": precision.get("kv_dtype"),
-            "--group-size": precision.get("weight_group_size"),
-        }
-    return None
+    q, w = data.get("query"), data.get("workload")
+    if isinstance(q, dict) and isinstance(data.get("optimum"), dict):  # a whole 'lia plan --json' output
+        source, sizes, precision = q, q, q.get("precision") or {}
+    elif isinstance(data.get("plan"), dict) and isinstance(w, dict):  # one prediction
+        source, sizes, precision = data, w, w.get("precision") or {}
+    else:
+        return None
+    made_for = {
+        "--system": source.get("system"),
+        "--model": source.get("model"),
+        "--batch": sizes.get("batch"),
+        "--input": sizes.get("input_len"),
+        "--output": sizes.get("output_len"),
+        "--weight-dtype": precision.get("weight_dtype"),
+        "--kv-dtype": precision.get("kv_dtype"),
+        "--group-size": precision.get("weight_group_size"),
+    }
+    if source is q:  # only the query records the --set overrides
+        made_for["--set"] = list(q.get("overrides") or [])
+    return made_for
 
 
 def reconcile_with_plan(path: str, given: dict, defaults: dict) -> dict:
