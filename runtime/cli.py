@@ -309,6 +309,14 @@ def _merge(
     _check_out_folder(Path(out), force)
     frames = [_read_results_csv(path) for path in paths]
     df = pd.concat(frames, ignore_index=True)
+    # The same point_id in several files: the last file's row wins (a re-run replaces a cut or failed point).
+    # Two measurements of one point are not averaged; say which were replaced, so none disappears silently.
+    repeated = df.loc[df.duplicated(subset="point_id", keep="last"), "point_id"]
+    if len(repeated):
+        console.print(
+            f"{len(repeated)} point(s) appear in more than one file; the row from the last file given is kept: "
+            + ", ".join(sorted(set(repeated)))
+        )
     df = df.drop_duplicates(subset="point_id", keep="last")
     if not (df["status"] == "ran").any():
         raise LiaInputError(

@@ -344,7 +344,9 @@ def print_summary(console, summary: dict[str, Any]) -> None:
         )
     console.print(t)
     if summary["regret"]:
-        r = Table(title="plan regret per workload (optimal's measured latency / best measured - 1; goal <= 10%)")
+        r = Table(
+            title=f"plan regret per workload (optimal's measured latency / best measured - 1; goal <= {GOAL_REGRET:.0%})"
+        )
         for col in ("group", "workload", "plans", "optimal", "best plan", "best", "regret", "goal"):
             r.add_column(col)
         for row in summary["regret"]:

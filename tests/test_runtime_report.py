@@ -140,3 +140,33 @@ def test_merging_into_a_folder_with_results_needs_force(table, tmp_path):
     forced = CliRunner().invoke(app, args + ["--force"])
     assert forced.exit_code == 0, forced.output
     assert pd.read_csv(tmp_path / "one" / "results.csv")["point_id"].tolist() == table["point_id"].iloc[:3].tolist()
+
+
+def test_merge_names_points_measured_in_two_files_and_keeps_the_last(table, tmp_path):
+    """Two files with the same point (a re-run): the later file's row is kept and the merge says which points it
+    replaced (the seventh session's part C re-measured seven optimum points of parts A and B)."""
+    write_outputs(table.iloc[:3], tmp_path / "one")
+    rerun = table.iloc[1:3].copy()
+    rerun["measured_latency_s"] = rerun["measured_latency_s"] * 2
+    write_outputs(rerun, tmp_path / "two")
+    result = CliRunner().invoke(
+        app,
+        [
+            "validate",
+            "--from-csv",
+            str(tmp_path / "one" / "results.csv"),
+            "--from-csv",
+            str(tmp_path / "two" / "results.csv"),
+            "--out",
+            str(tmp_path / "merged"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "2 point(s) appear in more than one file" in flat
+    for pid in table["point_id"].iloc[1:3]:
+        assert pid in flat
+    merged = pd.read_csv(tmp_path / "merged" / "results.csv").set_index("point_id")
+    assert len(merged) == 3
+    for pid, lat in zip(rerun["point_id"], rerun["measured_latency_s"]):
+        assert merged.loc[pid, "measured_latency_s"] == pytest.approx(lat)
