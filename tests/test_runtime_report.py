@@ -100,21 +100,18 @@ def test_outputs_are_written_and_the_csv_round_trips(table, tmp_path):
     assert summary["metrics"] == summarize(back)["metrics"]
 
 
+def _merge_one_and_two(tmp_path):
+    """`lia validate --from-csv` of the folders one/ and two/ under tmp_path into merged/."""
+    one, two = (str(tmp_path / name / "results.csv") for name in ("one", "two"))
+    return CliRunner().invoke(
+        app, ["validate", "--from-csv", one, "--from-csv", two, "--out", str(tmp_path / "merged")]
+    )
+
+
 def test_merging_csvs_from_two_campaign_commands(table, tmp_path):
     write_outputs(table.iloc[:3], tmp_path / "one")
     write_outputs(table.iloc[3:], tmp_path / "two")
-    result = CliRunner().invoke(
-        app,
-        [
-            "validate",
-            "--from-csv",
-            str(tmp_path / "one" / "results.csv"),
-            "--from-csv",
-            str(tmp_path / "two" / "results.csv"),
-            "--out",
-            str(tmp_path / "merged"),
-        ],
-    )
+    result = _merge_one_and_two(tmp_path)
     assert result.exit_code == 0, result.output
     merged = json.loads((tmp_path / "merged" / "summary.json").read_text())
     assert merged["metrics"] == summarize(add_errors(table))["metrics"]
@@ -149,18 +146,7 @@ def test_merge_names_points_measured_in_two_files_and_keeps_the_last(table, tmp_
     rerun = table.iloc[1:3].copy()
     rerun["measured_latency_s"] = rerun["measured_latency_s"] * 2
     write_outputs(rerun, tmp_path / "two")
-    result = CliRunner().invoke(
-        app,
-        [
-            "validate",
-            "--from-csv",
-            str(tmp_path / "one" / "results.csv"),
-            "--from-csv",
-            str(tmp_path / "two" / "results.csv"),
-            "--out",
-            str(tmp_path / "merged"),
-        ],
-    )
+    result = _merge_one_and_two(tmp_path)
     assert result.exit_code == 0, result.output
     flat = " ".join(result.output.split())
     assert "2 point(s) appear in more than one file" in flat
