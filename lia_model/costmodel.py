@@ -1,6 +1,8 @@
 """predict(): the cost of one plan on one system for one model and workload (docs/design.md section 3).
 
-TTFT      = N_res T_res(prefill) + K_ddr T_stream(prefill, DDR) + K_cxl T_stream(prefill, CXL) + T_head
+TTFT      = prefill_pass_s(N_res T_res(prefill), K, c, W, X) + T_head      (overlap mode, pinned weights, no CXL:
+            the two-buffer weight pipeline from the pass start, costterms.prefill_pass_s)
+          = N_res T_res(prefill) + K_ddr T_stream(prefill, DDR) + K_cxl T_stream(prefill, CXL) + T_head   (otherwise)
 TPOT(t)   = N_res T_res(decode, s_t) + K_ddr T_stream(decode, s_t, DDR) + K_cxl T_stream(...CXL) + T_head,
             s_t = L_in + t, t = 1 .. L_out-1     (T_head on the plan's head device)
 latency   = TTFT + sum_t TPOT(t);  throughput = B L_out / latency
@@ -24,7 +26,9 @@ from lia_model.costterms import (
     SublayerTimes,
     check_precision,
     head_time_s,
+    pass_start_fill,
     policy_features,
+    prefill_pass_s,
     resident_layer_time,
     streamed_layer_terms,
 )
@@ -243,9 +247,13 @@ def predict(
         resident_s, resident_times = resident_layer_time(system, model, ctx)
         streamed_total = np.zeros(len(ctx.contexts))
         report: Optional[tuple] = None
+        fill = stage == Stage.PREFILL and pass_start_fill(system, ctx)
         for tier, count in kinds or [(plan.weight_tier, 0)]:
             terms = streamed_layer_terms(
-                system, model, stage_context(workload, plan, stage, mode, cpu_kv_passes, weight_tier=tier)
+                system,
+                model,
+                stage_context(workload, plan, stage, mode, cpu_kv_passes, weight_tier=tier),
+                simulate_every=fill,
             )
             layer_s = terms.layer_time(feats)
             streamed_total = streamed_total + count * layer_s
@@ -254,8 +262,11 @@ def predict(
             label = "streamed" if tier == plan.weight_tier else "streamed, weights in CXL"
             rows.extend(_breakdown(stage, policy, terms, count, resident_times, 0, label))
         rows.extend(_breakdown(stage, policy, report[1], 0, resident_times, resident))
-        totals[stage] = resident * resident_s + streamed_total + head
         terms = report[1]
+        if fill:  # one weight tier (no CXL): the two-buffer pipeline from the pass start
+            totals[stage] = prefill_pass_s(resident * resident_s, streamed, *terms.fill_parts(feats)) + head
+        else:
+            totals[stage] = resident * resident_s + streamed_total + head
         streamed_s = streamed_total / streamed if streamed else terms.layer_time(feats)
         busy = {r: form.evaluate(feats) for r, form in terms.resources.items()}
         bound = tuple(terms.bound(feats)) if streamed else ()

@@ -54,6 +54,7 @@ lia_model.flexgen). MoE experts of GPU sublayers are either all prefetched with 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
@@ -269,10 +270,67 @@ class StageTerms:
         """Layer time: max over the terms. features [..., F] -> [..., S]."""
         return self._values(features)[1].max(axis=0)
 
+    def fill_parts(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The layer's time split for ``prefill_pass_s``: (compute, copy, throughput), each [..., S].
+
+        compute = max(chain, CPU beside the DMA, D2H link)   the layer's work once its weights are in HBM
+        copy    = the H2D link term (its weights and activations)   what the prefetch of the layer puts on it
+        throughput = max(DDR, CXL)                             host-memory traffic, a per-layer rate bound
+        so that layer_time = max(compute, copy, throughput). Needs the schedule simulated for every vector
+        (``streamed_layer_terms(..., simulate_every=True)``): elsewhere the table may hold a serial sum."""
+        labels, values = self._values(features)
+        zero = np.zeros(values.shape[1:])
+
+        def pick(kinds: tuple[Resource, ...]) -> np.ndarray:
+            rows = [values[k] for k, label in enumerate(labels) if label in kinds]
+            return np.max(rows, axis=0) if rows else zero
+
+        return (
+            pick((Resource.CHAIN, Resource.CPU, Resource.PCIE_D2H)),
+            pick((Resource.PCIE_H2D,)),
+            pick((Resource.DDR, Resource.CXL)),
+        )
+
     def bound(self, features: np.ndarray) -> list[Resource]:
         """Which term binds at each step, for one feature vector."""
         labels, values = self._values(features)
         return [labels[k] for k in values.argmax(axis=0)]
+
+
+def pass_start_fill(system: SystemSpec, ctx: StageContext) -> bool:
+    """Whether a prefill pass is timed by ``prefill_pass_s`` (the double-buffered prefetch from the pass start)
+    rather than the steady-state sum N_res T_res + K T: overlap mode, weights pinned and copied beside
+    compute, and a system without CXL (a stream split between DDR and CXL layers is not a homogeneous
+    pipeline; there the sum stays, an over-estimate by at most the hidden fill)."""
+    return ctx.mode == CostMode.OVERLAP and ctx.overlap and ctx.pinned_weights and system.cxl is None
+
+
+def prefill_pass_s(resident_s, streamed, compute_s, copy_s, throughput_s) -> np.ndarray:
+    """One prefill pass of R resident layers (``resident_s`` = R T_res in all) then K = ``streamed`` layers
+    whose weights stream into two GPU buffers, the first two queued at the pass start (runtime/weight_stream.py:
+    a layer's GPU work waits for its whole copy; the copy of layer k+2 waits for layer k to free its buffer).
+    With c = compute, W = copy, X = throughput of one streamed layer (StageTerms.fill_parts) the pass is the
+    longest path of that two-buffer pipeline, for K >= 1:
+      F1 = R T_res + K c                      the resident layers, then every layer's compute
+      F2 = W + K c                            the first copy, then every compute
+      F3 = K W + c                            every copy back to back, then the last compute
+      F4 = R T_res + 2 c + (K - 2) W  (K >= 2)  the first compute frees buffer 0; copies 2..K-1, the last compute
+      F5 = K X                                host memory carries K layers' traffic
+    pass = max(F1..F5); K = 0: R T_res. (Every other path mixes these per-layer costs, c or W per layer,
+    with the same entries and exits, so it is no longer than one of them.) The steady-state sum R T_res +
+    K max(c, W, X) charged the resident layers and the stream in series: the first two copies run under the
+    resident layers (over-estimate), while the first copy's wait before any streamed compute was missing
+    (under-estimate at R = 0). Arrays broadcast."""
+    r = np.asarray(resident_s, dtype=float)
+    k = np.asarray(streamed, dtype=float)
+    c, w, x = (np.asarray(v, dtype=float) for v in (compute_s, copy_s, throughput_s))
+    f1 = r + k * c
+    f2 = w + k * c
+    f3 = k * w + c
+    f4 = np.where(k >= 2, r + 2.0 * c + (k - 2.0) * w, -np.inf)
+    f5 = k * x
+    longest = functools.reduce(np.maximum, (f1, f2, f3, f4, f5))
+    return np.where(k >= 1, longest, r + 0.0 * longest)
 
 
 def _bw(gbps: float) -> float:
@@ -546,7 +604,9 @@ def _apply_kernel_tables(
         times.fused_attention = True
 
 
-def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext) -> StageTerms:
+def streamed_layer_terms(
+    system: SystemSpec, model: ModelSpec, ctx: StageContext, simulate_every: bool = False
+) -> StageTerms:
     """The epigraph terms (see module docstring) of one streamed layer in one stage."""
     if ctx.mode == CostMode.PAPER:
         from lia_model.paper import paper_layer_terms
@@ -718,7 +778,7 @@ def streamed_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext
             + 10 * n * copy_wait_s
         )
         others = np.stack([form.evaluate(ALL_POLICY_FEATURES) for _, form in terms.values()]).max(axis=0)
-        busy = np.flatnonzero(np.any(schedule_s > others, axis=1))
+        busy = np.flatnonzero(np.any(schedule_s > others, axis=1) | simulate_every)
         if busy.size:
             schedule_s[busy] = simulate_all(
                 n,

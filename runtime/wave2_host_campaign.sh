@@ -10,6 +10,10 @@
 #                                                     # (no new kernel tables: the bf16 kernels are unchanged)
 #   bash runtime/wave2_host_campaign.sh c [PROFILE]   # part C (about 5-6 minutes): on the workloads where the chain
 #                                                     # terms changed the optimum, the new one beside the old one
+#   bash runtime/wave2_host_campaign.sh d [PROFILE]   # part D (about 6-8 minutes): new workloads on the truncated
+#                                                     # models, out of sample for the prefill pipeline model
+#   bash runtime/wave2_host_campaign.sh e [PROFILE]   # part E (about 7-9 minutes): OPT-30B 48 layers and
+#                                                     # Llama-2-70B 16 layers, new workloads
 # REMEASURE_DMA=1 (parts a and 2) first measures only the CPU-beside-DMA slowdown again into $OUT/<profile name>
 # (python -m calibrate.kernel_tables --remeasure-beside-dma) and predicts with that copy.
 # PRE_TESTS=1 first runs the CUDA executor tests (tests/test_runtime_gpu.py, log in $OUT/gpu_tests.log).
@@ -19,7 +23,7 @@
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c|d|e) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -85,6 +89,16 @@ case "$PART" in
         PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
         POINTS=runtime/campaign/wave2-c.yaml; MAX_POINT_S=${MAX_POINT_S:-60}
         TITLE="The chain terms' new optimum beside the one chosen before them (wave 2, kernel tables)"
+        ;;
+    d)
+        PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
+        POINTS=runtime/campaign/wave2-d.yaml; MAX_POINT_S=${MAX_POINT_S:-40}
+        TITLE="New workloads on the truncated models, prefill pipeline model (wave 2, kernel tables)"
+        ;;
+    e)
+        PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
+        POINTS=runtime/campaign/wave2-e.yaml; MAX_POINT_S=${MAX_POINT_S:-90}
+        TITLE="OPT-30B full depth and Llama-2-70B 16 layers, new workloads, prefill pipeline model (wave 2)"
         ;;
     *) echo "unknown part '$PART'"; return 2 ;;
 esac

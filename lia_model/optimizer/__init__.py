@@ -157,6 +157,7 @@ def fastest_tpot_s(
             arrays = combo_arrays(tables, combo, tables.prefill_isas(combo)[0], isa_dec)
             arrays.pre = {t: np.zeros_like(v) for t, v in arrays.pre.items()}
             arrays.resident_prefill_s = 0.0
+            arrays.pre_fill = None  # prefill priced at zero: the steady-state sum of zeros
             found = best_in_combo(arrays, consts)
             if found is not None:
                 best = min(best, found[0])

@@ -16,6 +16,10 @@ Upper bound on throughput over a range [lo, hi] of batches, from a relaxation of
      CXL; additive mode: its serial sum) -- with n chunks of b = B/n every pipelined term is >= n x a
      chunk's busy time >= the whole batch's busy time at n = 1 under (1), and a resident layer's n chunks
      take >= one chunk of B;
+  2'. where the prefill pass is the two-buffer pipeline (costterms.prefill_pass_s, no CXL): its parts priced
+     the same way, compute >= max(CPU, GPU, D2H busy), copy = H2D busy, throughput = DDR busy at n = 1; the
+     pass is non-decreasing in each part and in N_res R_pre, so it stays a lower bound, and each of its
+     forms is a sum of such terms with non-negative weights (K - 2 >= 0 where F4 applies);
   3. memory from batch lo at its smallest footprint, the TPOT bound from batch lo under (1) and (2).
 Under (1) every time is built from FLOPs (proportional to B), bytes (a constant plus a part proportional
 to B, or the MoE experts touched, concave in B) and fixed overheads, through sums and maxima, so a plan's
@@ -29,7 +33,7 @@ The tests check the result against solving every batch of the range.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -39,7 +43,9 @@ from lia_model.costterms import (
     ALL_POLICY_FEATURES,
     NUM_POLICIES,
     CostMode,
+    Resource,
     head_time_s,
+    pass_start_fill,
     resident_layer_time,
     streamed_layer_terms,
 )
@@ -144,6 +150,9 @@ class RelaxedBatch:
     resident_prefill_s: float
     resident_decode_total_s: float
     head_s: float
+    # per (KV tier, expert fetch), where the prefill pass is the pipeline of costterms.prefill_pass_s (no CXL):
+    # lower bounds on its (compute, copy, throughput) parts at n = 1, minimised over ISAs (relaxation 2')
+    prefill_fill: dict = field(default_factory=dict)
 
 
 def relaxed_batch(
@@ -159,6 +168,7 @@ def relaxed_batch(
     tiers = tier_candidates(decode_system)
     prefill: dict = {}
     decode: dict = {}
+    fills: dict = {}
     res_pre = res_dec = 0.0
     for kv in tiers:
         for ef in expert_fetch_candidates(model):
@@ -167,16 +177,28 @@ def relaxed_batch(
             for wt in tiers:
                 if prefill_system is not None:
                     ctx = stage_context(workload, plan, Stage.PREFILL, mode, weight_tier=wt)
-                    times = []
+                    times, parts = [], []
                     for isa in useful_isas(prefill_system, model, [ctx], isas):
                         st = streamed_layer_terms(prefill_system, model, _with_isa(ctx, isa))
                         if mode == CostMode.OVERLAP:
-                            times.append(
-                                np.max([f.evaluate(ALL_POLICY_FEATURES)[:, 0] for f in st.resources.values()], axis=0)
+                            busy = {r: f.evaluate(ALL_POLICY_FEATURES)[:, 0] for r, f in st.resources.items()}
+                            times.append(np.max(list(busy.values()), axis=0))
+                            # 2': the pipeline's compute >= CPU, GPU and D2H busy time, copy = H2D busy time,
+                            # throughput = DDR busy time (each at n = 1 under 1, as in 2)
+                            parts.append(
+                                (
+                                    np.maximum.reduce(
+                                        [busy[Resource.CPU], busy[Resource.GPU], busy[Resource.PCIE_D2H]]
+                                    ),
+                                    busy[Resource.PCIE_H2D],
+                                    busy[Resource.DDR],
+                                )
                             )
                         else:
                             times.append(st.layer_time(ALL_POLICY_FEATURES)[:, 0])
                     pre_t[wt] = np.min(times, axis=0)
+                    if parts and pass_start_fill(prefill_system, st.context):
+                        fills[(kv, ef)] = tuple(np.min([p[j] for p in parts], axis=0) for j in range(3))
                     res_pre = float(resident_layer_time(prefill_system, model, ctx)[0][0])
                 if workload.decode_steps > 0:
                     dctx = stage_context(workload, plan, Stage.DECODE, mode, weight_tier=wt)
@@ -193,7 +215,7 @@ def relaxed_batch(
                 else:
                     dec_t[wt] = np.zeros(NUM_POLICIES)
             prefill[(kv, ef)], decode[(kv, ef)] = pre_t, dec_t
-    return RelaxedBatch(prefill, decode, res_pre, res_dec, head_time_s(decode_system, model, workload.batch))
+    return RelaxedBatch(prefill, decode, res_pre, res_dec, head_time_s(decode_system, model, workload.batch), fills)
 
 
 DEFAULT_MAX_SOLVES = 16
@@ -272,7 +294,13 @@ def search_batch(
         best_latency = np.inf
         for (kv, ef), pre in cost.prefill.items():
             arrays = ComboArrays(
-                kv, memory[lo], cost.resident_prefill_s, pre, cost.decode[(kv, ef)], cons.decode[(kv, ef)]
+                kv,
+                memory[lo],
+                cost.resident_prefill_s,
+                pre,
+                cost.decode[(kv, ef)],
+                cons.decode[(kv, ef)],
+                cost.prefill_fill.get((kv, ef)),
             )
             found = best_in_combo(arrays, consts, tpot_max_s)
             if found is not None:

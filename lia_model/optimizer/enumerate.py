@@ -5,6 +5,9 @@ space, and the best weight split K_cxl, with the cost terms of ``SpaceTables``:
 
   latency = N_res (R_pre(n) + sum_t R_dec(t)) + (K - K_cxl) Q_ddr(p_pre, p_dec) + K_cxl Q_cxl(p_pre, p_dec) + head
             with Q_tier = S_pre,tier(p_pre, isa_pre) + sum_t S_dec,tier(p_dec, isa_dec, t), K = N - N_res
+            (on a system without CXL the prefill part is the pipeline of costterms.prefill_pass_s instead:
+             latency = pass(N_res R_pre(n), K, c(p_pre), W(p_pre), X(p_pre)) + N_res sum_t R_dec(t)
+                       + K sum_t S_dec(p_dec, t) + head, evaluated for every (N_res, pair): 4096 N values)
   memory  = the formulas of lia_model.memory, where the policies enter only through c = p_pre AND p_dec
             (which sublayers need no GPU buffer) and whether any attention runs on the GPU; the host tiers
             only through K_cxl:  DDR: ws + (K - K_cxl) W + K KV [KV in DDR] <= A_ddr,
@@ -32,7 +35,7 @@ from typing import Optional
 
 import numpy as np
 
-from lia_model.costterms import ALL_POLICY_FEATURES, NUM_POLICIES
+from lia_model.costterms import ALL_POLICY_FEATURES, NUM_POLICIES, pass_start_fill, prefill_pass_s
 from lia_model.hardware import SystemSpec
 from lia_model.memory import MemoryConstants, MemoryTier, memory_constants
 from lia_model.models import ModelSpec
@@ -121,6 +124,9 @@ class ComboArrays:
     pre: dict[HostTier, np.ndarray]
     dec: dict[HostTier, np.ndarray]
     tpot_dec: dict[HostTier, np.ndarray]
+    # (compute, copy, throughput) of a streamed prefill layer [64] each, where the prefill pass is the
+    # two-buffer pipeline of costterms.prefill_pass_s (no CXL); None: the steady-state sum N_res R + K pre
+    pre_fill: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,30 @@ def best_in_combo(
     pre_d, dec_d = ca.pre[HostTier.DDR], ca.dec[HostTier.DDR]
     pair_time = pre_d[_PP] + dec_d[_PD]
     candidate: Optional[tuple[float, int, int, int, int]] = None
-    if not k.has_cxl and not exhaustive and not bounded:
+    if ca.pre_fill is not None:
+        # The prefill pass is not K times a per-layer time (costterms.prefill_pass_s), so every (N_res, pair)
+        # is evaluated: latency = pass(N_res, p_pre) + N_res R_dec + K D(p_dec) + head  [rows, 4096]
+        compute, copy, throughput = (v[None, :] for v in ca.pre_fill)
+        pre_pass = prefill_pass_s(resident[rows, None] * ca.resident_prefill_s, kk, compute, copy, throughput)
+        lat = (
+            pre_pass[:, _PP]
+            + resident[rows, None] * k.resident_decode_total_s
+            + kk * dec_d[_PD][None, :]
+            + k.head_total_s
+        )
+        ok = (lo[rows, None] <= hi[rows, None]) & (hbm_base[rows, None] + extra[_PAIR_CLASS][None, :] <= hbm_avail)
+        if bounded:
+            # (N_res R_dec + K D(p_dec) + head S) / S <= X
+            tpot_total = (
+                resident[rows, None] * k.tpot_resident_decode_total_s
+                + kk * ca.tpot_dec[HostTier.DDR][_PD][None, :]
+                + k.tpot_head_s * steps
+            )
+            ok &= tpot_total <= tpot_max_s * steps
+        lat = np.where(ok, lat, np.inf)
+        r, pair = divmod(int(np.argmin(lat)), _PP.size)
+        candidate = (float(lat[r, pair]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), 0)
+    elif not k.has_cxl and not exhaustive and not bounded:
         best_time = np.full(NUM_POLICIES, np.inf)
         np.minimum.at(best_time, _PAIR_CLASS, pair_time)
         # the first pair (lowest index) reaching each class minimum
@@ -260,8 +289,18 @@ def combo_arrays(tables: SpaceTables, combo: Combo, isa_pre: CpuIsa, isa_dec: Cp
             dec[wt] = tables.decode[combo.decode_key(wt)][isa_dec].layer_time(ALL_POLICY_FEATURES).sum(axis=1)
         else:
             dec[wt] = np.zeros(NUM_POLICIES)
+    terms = tables.prefill[(combo, tables.weight_tiers[0])][isa_pre]
+    fill = None
+    if pass_start_fill(tables.system, terms.context):
+        fill = tuple(v[:, 0] for v in terms.fill_parts(ALL_POLICY_FEATURES))
     return ComboArrays(
-        combo.kv_tier, tables.memory[combo.minibatches], tables.resident_prefill_s[combo.minibatches], pre, dec, dec
+        combo.kv_tier,
+        tables.memory[combo.minibatches],
+        tables.resident_prefill_s[combo.minibatches],
+        pre,
+        dec,
+        dec,
+        fill,
     )
 
 

@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 import pulp
 
-from lia_model.costterms import ALL_POLICY_FEATURES, NUM_POLICIES
+from lia_model.costterms import ALL_POLICY_FEATURES, NUM_POLICIES, pass_start_fill
 from lia_model.errors import LiaInputError
 from lia_model.memory import MemoryTier
 from lia_model.optimizer.enumerate import plan_of
@@ -144,6 +144,20 @@ def _times_integer(prob: pulp.LpProblem, name: str, bits: list, value, lo: float
     return product
 
 
+def _fills(tables: SpaceTables) -> bool:
+    """Whether the prefill pass is the two-buffer pipeline (costterms.prefill_pass_s) in these tables."""
+    first = next(iter(tables.prefill.values()))
+    return pass_start_fill(tables.system, next(iter(first.values())).context)
+
+
+def _prefill_columns(terms, tables: SpaceTables) -> np.ndarray:
+    """What the prefill cost reads of one (combo, ISA) streamed layer, per policy vector: its layer time, or
+    (pipeline) its compute, copy and throughput parts, each of which the pass is non-decreasing in."""
+    if _fills(tables):
+        return np.concatenate([v[:, 0] for v in terms.fill_parts(ALL_POLICY_FEATURES)])
+    return terms.layer_time(ALL_POLICY_FEATURES)[:, 0]
+
+
 def _prefill_choices(tables: SpaceTables) -> list[tuple[Combo, CpuIsa]]:
     """The (combo, prefill ISA) choices that can be optimal. (c1, a1) dominates (c2, a2) when both have the
     same KV tier and expert fetch and (c1, a1) is no worse in the streamed prefill time of any of the 64 policy
@@ -157,7 +171,7 @@ def _prefill_choices(tables: SpaceTables) -> list[tuple[Combo, CpuIsa]]:
         rows = []
         for c, a in items:
             mem = tables.memory[c.minibatches]
-            times = [tables.prefill[(c, t)][a].layer_time(ALL_POLICY_FEATURES)[:, 0] for t in tables.weight_tiers]
+            times = [_prefill_columns(tables.prefill[(c, t)][a], tables) for t in tables.weight_tiers]
             rows.append(
                 np.concatenate(
                     [
@@ -222,13 +236,20 @@ def solve_ilp(
     #   T_pre[t] >= sum_pi P_{c,t}(pi) y_pre[pi] - M (1 - z[c])                      for each combo c
     #   D[t]     >= sum_pi D_{k,t}(pi) y_dec[pi] - M (1 - sum of z[c] with key(c) = k)  for each decode key k
     # with D = the decode layer time summed over the steps; Q[t] = T_pre[t] + D[t] per layer.
+    # (Pipeline prefill, no CXL: T_pre is not used; its three parts c, W, X get the same gated epigraphs below.)
+    fills = _fills(tables)
     q_of, d_of, bounds = {}, {}, {}
     for t in tiers:
-        pre = {ch: MS_PER_S * tables.prefill[(ch[0], t)][ch[1]].layer_time(ALL_POLICY_FEATURES)[:, 0] for ch in choices}
-        lo_pre, hi_pre = min(float(v.min()) for v in pre.values()), max(float(v.max()) for v in pre.values())
-        t_pre = pulp.LpVariable(f"T_pre_{t.value}", lowBound=lo_pre)
-        for ch, values in pre.items():
-            _gated_table(prob, t_pre, values, y_pre, [z[ch]], lo_pre, f"pre_{t.value}_{ch[0].label}_{ch[1].value}")
+        lo_pre = hi_pre = 0.0
+        t_pre = 0.0
+        if not fills:
+            pre = {
+                ch: MS_PER_S * tables.prefill[(ch[0], t)][ch[1]].layer_time(ALL_POLICY_FEATURES)[:, 0] for ch in choices
+            }
+            lo_pre, hi_pre = min(float(v.min()) for v in pre.values()), max(float(v.max()) for v in pre.values())
+            t_pre = pulp.LpVariable(f"T_pre_{t.value}", lowBound=lo_pre)
+            for ch, values in pre.items():
+                _gated_table(prob, t_pre, values, y_pre, [z[ch]], lo_pre, f"pre_{t.value}_{ch[0].label}_{ch[1].value}")
         lo_dec = hi_dec = 0.0
         t_dec = 0.0
         if steps > 0:
@@ -262,8 +283,12 @@ def solve_ilp(
     prob += streamed <= n_layers * sigma
     resident = n_layers - streamed
 
-    # sum_t K_t Q[t], each product exact through the binary expansion of K_t
-    kq = {t: _times_integer(prob, f"kq_{t.value}", b[t], q_of[t], bounds[t][0], bounds[t][1], n_layers) for t in tiers}
+    # sum_t K_t Q[t], each product exact through the binary expansion of K_t (pipeline prefill: Q = D)
+    kq = {
+        t: _times_integer(prob, f"kq_{t.value}", b[t], q_of[t], bounds[t][0], bounds[t][1], n_layers)
+        for t in tiers
+        if steps > 0 or not fills
+    }
 
     # Resident layers run n chunks in prefill: r[n] = N_res * m[n] (integer x binary, exact):
     #   r[n] <= N m[n],  r[n] <= N_res,  r[n] >= N_res - N (1 - m[n]),  r[n] >= 0
@@ -277,13 +302,14 @@ def solve_ilp(
     res_decode_total = MS_PER_S * float(tables.resident_decode_s.sum())
     res_prefill = {n: MS_PER_S * t for n, t in tables.resident_prefill_s.items()}
 
+    resident_prefill = pulp.lpSum(res_prefill[n] * r[n] for n in r)  # N_res R_pre(n)
+    prefill = resident_prefill
+    if fills:
+        prefill = _pipeline_prefill(prob, tables, choices, z, y_pre, b[tiers[0]], streamed, resident_prefill)
+
     # Objective: latency = N_res sum_t R_dec(t) + sum_n r[n] R_pre(n) + sum_t K_t Q[t] + head
-    prob += (
-        res_decode_total * resident
-        + pulp.lpSum(res_prefill[n] * r[n] for n in r)
-        + pulp.lpSum(kq.values())
-        + MS_PER_S * tables.head_total_s
-    )
+    #   (pipeline prefill: N_res sum_t R_dec(t) + P + K D + head, P the prefill pass below)
+    prob += res_decode_total * resident + prefill + pulp.lpSum(kq.values()) + MS_PER_S * tables.head_total_s
 
     # Memory. c[i] = p[i] AND d[i] (CPU in both stages: no GPU buffer):
     #   c[i] >= p[i] + d[i] - 1,  c[i] <= p[i],  c[i] <= d[i]
@@ -365,6 +391,54 @@ def solve_ilp(
     return IlpSolution(
         plan, float(pulp.value(prob.objective)) / MS_PER_S, elapsed, prob.numVariables(), prob.numConstraints()
     )
+
+
+def _pipeline_prefill(prob: pulp.LpProblem, tables: SpaceTables, choices, z, y_pre, bits, streamed, resident_prefill):
+    """The prefill pass P (ms) of costterms.prefill_pass_s, exact at the optimum (P is minimised and every
+    constraint is a lower bound that is tight at the chosen plan):
+      c, W, X >= the chosen (combo, ISA)'s compute, copy and throughput parts at y_pre   (gated tables)
+      P >= N_res R_pre + K c                                   F1
+      P >= W + K c             - M_W (1 - sigma)               F2  (only with K >= 1)
+      P >= K W + c             - M_c (1 - sigma)               F3  (only with K >= 1)
+      P >= N_res R_pre + 2 c + K W - 2 W - M_4 (1 - g2)        F4  (only with K >= 2)
+      P >= K X                                                 F5
+    with sigma = [K >= 1] (K >= sigma, K <= N sigma) and g2 = [K >= 2] (K >= 2 g2, K <= 1 + N g2); each
+    product K v exact through the binary expansion of K (_times_integer). The big-Ms bound what a form can
+    reach when its gate is off: W, c, and N R_pre + 2 c (K <= 1 makes K W - 2 W <= 0)."""
+    n_layers = tables.num_layers
+    t = tables.weight_tiers[0]
+    parts = {
+        ch: [MS_PER_S * v[:, 0] for v in tables.prefill[(ch[0], t)][ch[1]].fill_parts(ALL_POLICY_FEATURES)]
+        for ch in choices
+    }
+    var, lo, hi = [], [], []
+    for j, name in enumerate(("c", "W", "X")):
+        low = min(float(v[j].min()) for v in parts.values())
+        high = max(float(v[j].max()) for v in parts.values())
+        v = pulp.LpVariable(f"pre_{name}", lowBound=low)
+        for ch, values in parts.items():
+            _gated_table(prob, v, values[j], y_pre, [z[ch]], low, f"pre_{name}_{ch[0].label}_{ch[1].value}")
+        var.append(v)
+        lo.append(low)
+        hi.append(high)
+    c, w, x = var
+    kc, kw, kx = (
+        _times_integer(prob, f"k{name}", bits, v, lo[j], hi[j], n_layers) for j, (name, v) in enumerate(zip("cwx", var))
+    )
+    sigma = pulp.LpVariable("pre_sigma", cat="Binary")  # [K >= 1]
+    prob += streamed >= sigma
+    prob += streamed <= n_layers * sigma
+    g2 = pulp.LpVariable("pre_g2", cat="Binary")  # [K >= 2]
+    prob += streamed >= 2 * g2
+    prob += streamed <= 1 + n_layers * g2
+    res_max = n_layers * MS_PER_S * max(tables.resident_prefill_s.values())
+    p = pulp.LpVariable("prefill_pass", lowBound=0)
+    prob += p >= resident_prefill + kc, "prefill_F1"
+    prob += p >= w + kc - hi[1] * (1 - sigma), "prefill_F2"
+    prob += p >= kw + c - hi[0] * (1 - sigma), "prefill_F3"
+    prob += p >= resident_prefill + 2 * c + kw - 2 * w - (res_max + 2 * hi[0]) * (1 - g2), "prefill_F4"
+    prob += p >= kx, "prefill_F5"
+    return p
 
 
 def _int_times_binary(prob: pulp.LpProblem, name: str, integer, binary, upper: int) -> pulp.LpVariable:

@@ -41,6 +41,7 @@ from lia_model.costterms import (
     StageTerms,
     cpu_kv_passes,
     head_time_s,
+    pass_start_fill,
     resident_layer_time,
     streamed_layer_terms,
     sublayer_times,
@@ -276,7 +277,10 @@ def build_tables(
             )
         for wt in tiers:
             prefill[(c, wt)] = {
-                isa: streamed_layer_terms(system, model, _with_isa(contexts[wt], isa)) for isa in useful[key]
+                isa: streamed_layer_terms(
+                    system, model, _with_isa(contexts[wt], isa), simulate_every=pass_start_fill(system, contexts[wt])
+                )
+                for isa in useful[key]
             }
         if c.minibatches not in resident_prefill:
             resident_prefill[c.minibatches] = float(resident_layer_time(system, model, contexts[HostTier.DDR])[0][0])
