@@ -73,6 +73,9 @@ class StageReport:
     head_s: float
     bound: tuple[Resource, ...]  # binding term of the streamed layer, per step
     resource_busy_s: dict[Resource, np.ndarray]  # whole-layer busy time of each resource, per step
+    cpu_slowdown: float = 1.0  # mean over steps of the streamed layer's CPU work slowdown beside the weight DMA
+    # (StageTerms.cpu_scale at the plan's policy; 1 without kernel tables or CPU work): the in-situ CPU sublayer
+    # time this model expects over its solo (calibrated) time
 
 
 @dataclass(frozen=True)
@@ -270,7 +273,11 @@ def predict(
         streamed_s = streamed_total / streamed if streamed else terms.layer_time(feats)
         busy = {r: form.evaluate(feats) for r, form in terms.resources.items()}
         bound = tuple(terms.bound(feats)) if streamed else ()
-        stages[stage] = StageReport(stage, streamed_s, resident_s, head, bound, busy)
+        slowdown = 1.0
+        if terms.cpu_scale is not None and streamed:
+            index = sum(int(d) << i for i, d in enumerate(policy))
+            slowdown = float(np.mean(terms.cpu_scale[index]))
+        stages[stage] = StageReport(stage, streamed_s, resident_s, head, bound, busy, slowdown)
 
     ttft = float(totals[Stage.PREFILL][0])
     tpot = tuple(float(x) for x in totals[Stage.DECODE])

@@ -253,6 +253,8 @@ class StageTerms:
     cross_d2h_s: np.ndarray  # [6, S]
     kv_copy_s: np.ndarray  # [6, S] KV copies a sublayer causes when it runs on the GPU (one chunk)
     resources: dict[Resource, Affine] = field(default_factory=dict)  # whole-layer busy time per resource
+    cpu_scale: Optional[np.ndarray] = None  # [64, S] the CPU work's mean slowdown beside the weight DMA (overlap
+    # mode with kernel tables; 1 elsewhere): what an in-situ CPU sublayer is expected to take over its solo time
     schedule_s: Optional[np.ndarray] = None  # [64, S] the simulated schedule of each policy vector (overlap
     # mode; where the serial sum of a vector's operations is within its other terms, that sum: see below)
 
@@ -714,6 +716,7 @@ def streamed_layer_terms(
 
     terms: dict[str, tuple[Resource, Affine]] = {}
     schedule_s = None
+    cpu_scale = None
     if ctx.mode == CostMode.ADDITIVE:
         # every operation of every chunk in series, the weight copy included
         terms["serial"] = (Resource.CHAIN, (cpu_c + gpu_c + h2dx_c + d2h_c).scaled(n) + weights)
@@ -794,7 +797,9 @@ def streamed_layer_terms(
     kv_copy_s[_CTX] = k_cached_s
     kv_copy_s[_FC1] = expert_h2d_s[_FC1]
     kv_copy_s[_FC2] = expert_h2d_s[_FC2]
-    return StageTerms(ctx, terms, times, weight_h2d_s, cross_h2d_s, cross_d2h_s, kv_copy_s, resources, schedule_s)
+    return StageTerms(
+        ctx, terms, times, weight_h2d_s, cross_h2d_s, cross_d2h_s, kv_copy_s, resources, cpu_scale, schedule_s
+    )
 
 
 def resident_layer_time(system: SystemSpec, model: ModelSpec, ctx: StageContext) -> tuple[np.ndarray, SublayerTimes]:

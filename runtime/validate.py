@@ -486,7 +486,14 @@ def _pred_cols(p: Point) -> dict[str, Any]:
         "predicted_bound_prefill": b.get(Stage.PREFILL, ""),
         "predicted_bound_decode": b.get(Stage.DECODE, ""),
         "predicted_feasible": p.pred.feasible,
+        **_slowdown_cols(p.pred),
     }
+
+
+def _slowdown_cols(pred) -> dict[str, float]:
+    """The model's expected slowdown of CPU sublayers beside the weight DMA, per stage (StageReport.cpu_slowdown):
+    the report's in-situ CPU kernel check compares measured times with the calibrated ones times this."""
+    return {f"predicted_cpu_slowdown_{st.value}": rep.cpu_slowdown for st, rep in pred.stages.items()}
 
 
 def _row(p: Point, system: SystemSpec, m, check: dict, context: dict, weights) -> dict[str, Any]:
@@ -602,6 +609,8 @@ def repredict(rows: "Any", system: SystemSpec) -> "Any":
         df.at[i, "predicted_latency_s"] = pred.latency_s
         df.at[i, "predicted_throughput_tokens_per_s"] = pred.throughput_tokens_per_s
         df.at[i, "predicted_latency_additive_s"] = add.latency_s
+        for col, value in _slowdown_cols(pred).items():
+            df.at[i, col] = value
         for (stage, sub), (ms, _, _) in predicted_sublayer_ms(pred).items():
             col = f"{stage}_{sub}_ms_predicted"
             if col in df.columns:
