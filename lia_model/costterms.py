@@ -35,10 +35,13 @@ Terms for a streamed (non-resident) layer, prefill in n equal chunks (decode: n 
                                                   CPU attention reads it, but it occupies the link)
     T >= ddr_bytes / ddr_bw,  T >= cxl_bytes / cxl_bw     CPU reads and DMA share host memory
     (without overlap or pinning, W is added to the schedule: the copy does not run beside compute)
-    with kernel tables, T >= n cpu_c + (1 - 1/s) W   CPU work beside the weight DMA (calibrated slowdown s)
-    with kernel tables, the schedule itself runs the CPU work min(s, 1 + (1 - 1/s) W / (n cpu_c)) times slower,
-                      and a critical H2D copy that finds the copy queue idle while the weights stream (the
-                      layer's first W seconds) waits behind the feeder's pieces (lia_model.weight_feeder)
+    T >= n cpu_c                                  the CPU's busy time
+    with kernel tables, the schedule itself runs the CPU's memory-bound work cpu_m (the sublayers whose roofline
+                      memory term binds) min(s, 1 + (1 - 1/s) W / (n cpu_m)) times slower beside the weight DMA
+                      (calibrated slowdown s; compute-bound CPU kernels keep their speed), and a critical H2D
+                      copy that finds the copy queue idle while the weights stream (the layer's first W
+                      seconds) waits behind the feeder's pieces (lia_model.weight_feeder). (Until the eighth
+                      session every CPU kernel was slowed, and T >= n cpu_c + (1 - 1/s) W was a term of its own.)
   additive mode (a serial sum of our terms):
     T  = n (cpu_c + gpu_c + h2dx_c + d2h_c) + W
   paper mode: the LIA authors' released model term for term (lia_model.paper), with the profile's numbers.
@@ -674,6 +677,15 @@ def streamed_layer_terms(
     # Fused attention (kernel tables): both on the CPU = p_score - h2d[score]; both on the GPU =
     # (1 - p_score) - d2h[score].
     cpu_c.add_feature(CPU[_SCORE], times.cpu_fused_delta_s).add_feature(H2D[_SCORE], -times.cpu_fused_delta_s)
+    # the memory-bound part of the CPU work (the first step's roofline decides; a decode linear's rows do not
+    # change over the steps): what the weight DMA slows (see cpu_scale below)
+    slowed = tuple(not bool(times.cpu_compute_bound[i, 0]) for i in range(NUM_SUBLAYERS))
+    cpu_m = Affine.zero(steps)
+    for i in range(NUM_SUBLAYERS):
+        if slowed[i]:
+            cpu_m.add_feature(CPU[i], times.cpu_s[i])
+    if slowed[_CTX]:
+        cpu_m.add_feature(CPU[_SCORE], times.cpu_fused_delta_s).add_feature(H2D[_SCORE], -times.cpu_fused_delta_s)
     gpu_c.add_not_cpu(_SCORE, times.gpu_fused_delta_s).add_feature(D2H[_SCORE], -times.gpu_fused_delta_s)
     h2dx_c.add_not_cpu(_SCORE, k_cached_s)  # (1 - p_score) * cached K
     h2dx_c.add_not_cpu(_CTX, k_cached_s)  # (1 - p_context) * cached V (same size as K)
@@ -726,13 +738,8 @@ def streamed_layer_terms(
         # slows beside the DMA, and its critical H2D copies wait behind the weight feeder (lia_model.weight_feeder)
         runtime_beside_dma = system.kernels is not None and not serial_weights
         copy_wait_s = critical_copy_wait_s(bw_w_h2d) if runtime_beside_dma else 0.0
-        if runtime_beside_dma:
-            # CPU work beside the weight DMA (calibrated slowdown s of a CPU linear while pinned H2D runs): the
-            # DMA keeps its rate, so during its W seconds the CPU moves 1/s of its solo bytes per second, and
-            # its work ends no sooner than  n cpu_c + (1 - 1/s) W  (exact for two rates; when the CPU finishes
-            # inside the DMA window the h2d term below, T >= W, is the larger).
-            kappa = 1.0 - 1.0 / system.kernels.cpu_slowdown_beside_dma
-            terms["cpu_dma"] = (Resource.CPU, cpu_c.scaled(n) + weights.scaled(kappa))
+        # CPU busy time (its slowdown beside the weight DMA is on the chain below, which always exceeds this)
+        terms["cpu"] = (Resource.CPU, cpu_c.scaled(n))
         terms["h2d"] = (Resource.PCIE_H2D, resources[Resource.PCIE_H2D])
         terms["d2h"] = (Resource.PCIE_D2H, resources[Resource.PCIE_D2H])
         terms["ddr"] = (Resource.DDR, ddr_s)
@@ -756,27 +763,36 @@ def streamed_layer_terms(
             times.gpu_fused_delta_s,
             times.fused_attention,
             copy_wait_s=copy_wait_s,
+            cpu_slowed=slowed,
         )
         start = weights.evaluate(ALL_POLICY_FEATURES) if serial_weights else np.zeros((NUM_POLICIES, steps))
         # The runtime's CPU work and critical copies beside the next layer's weight stream (kernel tables only):
-        #   cpu_scale = 1 + min(s - 1, (1 - 1/s) W / (n cpu_c))   the CPU's mean slowdown over its work: during the
-        #       DMA's W seconds it runs s times slower, so its n cpu_c seconds of work grow by (s - 1) n cpu_c if
-        #       the DMA outlasts it, else by (1 - 1/s) W (the cpu_dma term's bound, now also on the chain)
+        #   cpu_scale = 1 + min(s - 1, (1 - 1/s) W / (n cpu_m))   the mean slowdown of the CPU's memory-bound work
+        #       cpu_m (its sublayers whose roofline memory term binds: ``cpu_slowed``): during the DMA's W seconds
+        #       it runs s times slower (calibrated: a bf16 GEMV beside pinned H2D), so its n cpu_m seconds grow by
+        #       (s - 1) n cpu_m if the DMA outlasts it, else by (1 - 1/s) W. Compute-bound CPU kernels (256 and
+        #       more rows) keep their speed: they read DDR far below its bandwidth (the calibrator's contention
+        #       probe, hwprofiles/calibration: an AMX GEMM at 256 tokens beside H2D 1.01x; on the host, Llama-2-70B
+        #       qkv at B = 256 ran at its solo time beside the stream, runtime/validation/wave2-f traces)
         #   stream_s  = W                                         the weights stream from the layer's start
         # (the slowdown was a layer bound only; on the chain, between GPU sublayers and copies, it was missed:
         # wave2-a4/, wave2-b4/ traces)
         cpu_work = cpu_c.scaled(n).evaluate(ALL_POLICY_FEATURES)
+        cpu_slowed_work = cpu_m.scaled(n).evaluate(ALL_POLICY_FEATURES)
         stream_s = np.zeros((NUM_POLICIES, steps)) if serial_weights else weights.evaluate(ALL_POLICY_FEATURES)
         cpu_scale = np.ones((NUM_POLICIES, steps))
+        extra = np.zeros((NUM_POLICIES, steps))
         if runtime_beside_dma:
             slow = system.kernels.cpu_slowdown_beside_dma
-            extra = np.minimum((slow - 1.0) * cpu_work, (1.0 - 1.0 / slow) * stream_s)
-            cpu_scale = np.where(cpu_work > 0, 1.0 + extra / np.where(cpu_work > 0, cpu_work, 1.0), 1.0)
-        # A schedule never exceeds the serial sum of its operations (with the scaled CPU work, and a feeder wait
+            extra = np.minimum((slow - 1.0) * cpu_slowed_work, (1.0 - 1.0 / slow) * stream_s)
+            has = cpu_slowed_work > 0
+            cpu_scale = np.where(has, 1.0 + extra / np.where(has, cpu_slowed_work, 1.0), 1.0)
+        # A schedule never exceeds the serial sum of its operations (with the slowed CPU work, and a feeder wait
         # for each host-to-device copy: at most 6 per chunk, so 10 n is a safe over-count).
         schedule_s = (
             start
-            + cpu_work * cpu_scale
+            + cpu_work
+            + extra
             + (gpu_c + h2dx_c + d2h_c).scaled(n).evaluate(ALL_POLICY_FEATURES)
             + 10 * n * copy_wait_s
         )

@@ -28,8 +28,9 @@ Start times are the max of the queue's previous end and the operation's inputs; 
   critical copy ahead of it first waits ``copy_wait_s`` for the feeder's queued pieces (a zero-length copy is
   not issued and waits for nothing; the yields that stretch the stream beyond ``stream_s`` are not modelled).
   ``ready >= h2d_free`` (the copy queue idle)  and  ``ready < start + stream_s``  =>  begin = ready + copy_wait_s
-- CPU work beside the weight DMA runs ``cpu_scale`` times slower on average (each CPU duration is scaled; the
-  cost model derives the scale from the calibrated slowdown, lia_model.costterms).
+- CPU work beside the weight DMA runs ``cpu_scale`` times slower on average (each memory-bound CPU duration is
+  scaled, ``ChunkDurations.cpu_slowed``; the cost model derives the scale from the calibrated slowdown,
+  lia_model.costterms).
 The write-back of new K/V and the fetches count toward their copy queue's busy time, and delay what queues
 behind them, but a chunk only waits for them where it reads them (the write-back is off the chain unless
 attention runs on the CPU). The weight prefetch is not part of this schedule: the cost model bounds the
@@ -71,6 +72,9 @@ class ChunkDurations:
     gpu_fused_delta_s: Optional[np.ndarray] = None  # attn_context on one device, one kernel of score + context
     fused_attention: bool = False  # + delta time, which no other chunk's work interrupts
     copy_wait_s: float = 0.0  # a critical H2D copy's wait behind the weight feeder's pieces (docstring above)
+    cpu_slowed: Optional[tuple[bool, ...]] = None  # per sublayer: whether ``cpu_scale`` applies to its CPU
+    # duration (a memory-bound CPU kernel shares DDR with the weight DMA; a compute-bound one does not slow);
+    # None: every CPU duration is scaled
 
 
 def simulate_layer(
@@ -122,6 +126,7 @@ def simulate_all(
             float(cpu_delta[0]),
             float(gpu_delta[0]),
             float(d.copy_wait_s),
+            _slowed(d),
         )
         key = (
             n,
@@ -138,6 +143,7 @@ def simulate_all(
             table.cpu_fused_delta,
             table.gpu_fused_delta,
             table.copy_wait,
+            table.cpu_slowed,
         )
         return np.array(
             [
@@ -163,6 +169,7 @@ def simulate_all(
         cpu_delta,
         gpu_delta,
         float(d.copy_wait_s),
+        _slowed(d),
     )
     return np.stack(
         [
@@ -212,6 +219,11 @@ class _Durations:
     cpu_fused_delta: object = 0.0
     gpu_fused_delta: object = 0.0
     copy_wait: float = 0.0
+    cpu_slowed: tuple[bool, ...] = (True,) * NUM_SUBLAYERS
+
+
+def _slowed(d: ChunkDurations) -> tuple[bool, ...]:
+    return (True,) * NUM_SUBLAYERS if d.cpu_slowed is None else tuple(bool(x) for x in d.cpu_slowed)
 
 
 def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, until=None):
@@ -221,8 +233,10 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, unt
     cpu_s, gpu_s, cross_h2d, cross_d2h, experts = t.cpu, t.gpu, t.cross_h2d, t.cross_d2h, t.experts
     cpu_fused_delta = t.cpu_fused_delta
     if (cpu_scale != 1.0) if isinstance(cpu_scale, float) else np.any(cpu_scale != 1.0):
-        cpu_s = [c * cpu_scale for c in cpu_s]
-        cpu_fused_delta = cpu_fused_delta * cpu_scale
+        slowed = t.cpu_slowed
+        cpu_s = [c * cpu_scale if slowed[i] else c for i, c in enumerate(cpu_s)]
+        if slowed[_CTX]:
+            cpu_fused_delta = cpu_fused_delta * cpu_scale
     wait = t.copy_wait if until is not None else 0.0
     fused = t.fused and on_cpu[_SCORE] == on_cpu[_CTX]
     if fused:  # one kernel: its extra time rides on attn_context

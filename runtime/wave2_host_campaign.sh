@@ -16,6 +16,8 @@
 #                                                     # Llama-2-70B 16 layers, new workloads
 #   bash runtime/wave2_host_campaign.sh f [PROFILE]   # part F (about 3 minutes): the workloads where the optimum
 #                                                     # lost, measured again
+#   bash runtime/wave2_host_campaign.sh g [PROFILE]   # part G (about 3 minutes): compute-bound CPU kernels
+#                                                     # beside the weight stream
 # REMEASURE_DMA=1 (parts a and 2) first measures only the CPU-beside-DMA slowdown again into $OUT/<profile name>
 # (python -m calibrate.kernel_tables --remeasure-beside-dma) and predicts with that copy.
 # PRE_TESTS=1 first runs the CUDA executor tests (tests/test_runtime_gpu.py, log in $OUT/gpu_tests.log).
@@ -25,7 +27,7 @@
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c|d|e|f) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c|d|e|f|g) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -106,6 +108,11 @@ case "$PART" in
         PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
         POINTS=runtime/campaign/wave2-f.yaml; MAX_POINT_S=${MAX_POINT_S:-60}
         TITLE="The workloads where the optimum lost, measured again (wave 2, kernel tables)"
+        ;;
+    g)
+        PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
+        POINTS=runtime/campaign/wave2-g.yaml; MAX_POINT_S=${MAX_POINT_S:-40}
+        TITLE="Compute-bound CPU kernels beside the weight stream (wave 2, kernel tables)"
         ;;
     *) echo "unknown part '$PART'"; return 2 ;;
 esac

@@ -159,7 +159,9 @@ def test_fused_attention_is_one_kernel_when_score_and_context_share_a_device() -
 
 
 def test_cpu_work_beside_weight_dma_is_charged_with_the_calibrated_slowdown() -> None:
-    """T >= n cpu_c + (1 - 1/s) W: CPU fc2 and qkv on the CPU, out_proj and fc1 streamed (W > 0)."""
+    """Decode at B = 64 (memory-bound CPU kernels): qkv, attention and fc2 on the CPU, out_proj and fc1 streamed
+    (W > 0). With s = 2 the CPU's n cpu_c seconds grow by min((s - 1) n cpu_c, (1 - 1/s) W), so the layer takes
+    at least cpu + min(cpu, W / 2), and the scale the schedule applies is 1 + that / cpu."""
     system = _system_with_tables(slowdown=2.0)
     ctx = _ctx(64, 1, (40,))
     terms = streamed_layer_terms(system, OPT30, ctx)
@@ -171,11 +173,32 @@ def test_cpu_work_beside_weight_dma_is_charged_with_the_calibrated_slowdown() ->
     w = float(
         terms.weight_h2d_s[SUBLAYERS.index(Sublayer.OUT_PROJ)] + terms.weight_h2d_s[SUBLAYERS.index(Sublayer.FC1)]
     )
-    assert terms.terms["cpu_dma"][1].evaluate(f)[0] == pytest.approx(cpu + 0.5 * w)
-    assert terms.layer_time(f)[0] >= cpu + 0.5 * w - 1e-12
-    # without tables no such term (datasheet profiles keep their roofline model)
+    extra = min(cpu, 0.5 * w)
+    assert extra > 0
+    index = sum(int(d) << i for i, d in enumerate(p))
+    assert terms.cpu_scale[index, 0] == pytest.approx(1.0 + extra / cpu)
+    assert terms.layer_time(f)[0] >= cpu + extra - 1e-12
+    # without tables the CPU is not slowed (datasheet profiles keep their roofline model)
     plain = streamed_layer_terms(SystemSpec.model_validate(system_dict("spr-h100")), OPT30, ctx)
-    assert "cpu_dma" not in plain.terms
+    assert np.all(plain.cpu_scale == 1.0)
+
+
+def test_compute_bound_cpu_kernels_keep_their_speed_beside_the_weight_dma() -> None:
+    """Prefill of 512 tokens: the CPU linears are compute-bound (their rows >= 256), so the calibrated slowdown
+    beside the weight DMA, which contends for DDR bandwidth, leaves them alone: the layer time of qkv on the CPU
+    with the rest streamed is the same at s = 1 and s = 3. In decode at B = 64 (memory-bound) it is not."""
+    from lia_model.costterms import policy_features
+
+    p = (Device.CPU, Device.GPU, Device.GPU, Device.GPU, Device.GPU, Device.GPU)
+    f = policy_features(p)
+    prefill = _ctx(1, 512, (512,))
+    fast, slow = (streamed_layer_terms(_system_with_tables(slowdown=s), OPT30, prefill) for s in (1.0, 3.0))
+    assert fast.times.cpu_compute_bound[0, 0]
+    assert slow.layer_time(f)[0] == pytest.approx(fast.layer_time(f)[0], rel=1e-12)
+    decode = _ctx(64, 1, (40,))
+    fast, slow = (streamed_layer_terms(_system_with_tables(slowdown=s), OPT30, decode) for s in (1.0, 3.0))
+    assert not fast.times.cpu_compute_bound[0, 0]
+    assert slow.layer_time(f)[0] > fast.layer_time(f)[0]
 
 
 def test_fit_attention_recovers_known_coefficients() -> None:
