@@ -36,9 +36,9 @@ Terms for a streamed (non-resident) layer, prefill in n equal chunks (decode: n 
     T >= ddr_bytes / ddr_bw,  T >= cxl_bytes / cxl_bw     CPU reads and DMA share host memory
     (without overlap or pinning, W is added to the schedule: the copy does not run beside compute)
     T >= n cpu_c                                  the CPU's busy time
-    with kernel tables, the schedule itself runs the CPU's memory-bound work cpu_m (the sublayers whose roofline
-                      memory term binds) min(s, 1 + (1 - 1/s) W / (n cpu_m)) times slower beside the weight DMA
-                      (calibrated slowdown s; compute-bound CPU kernels keep their speed), and a critical H2D
+    with kernel tables, the schedule itself runs the CPU work cpu_m that the DMA slows (attention, and the linears
+                      whose roofline memory term binds) min(s, 1 + (1 - 1/s) W / (n cpu_m)) times slower beside
+                      the weight DMA (calibrated slowdown s; compute-bound linears keep their speed), and a critical H2D
                       copy that finds the copy queue idle while the weights stream (the layer's first W
                       seconds) waits behind the feeder's pieces (lia_model.weight_feeder). (Until the eighth
                       session every CPU kernel was slowed, and T >= n cpu_c + (1 - 1/s) W was a term of its own.)
@@ -677,9 +677,13 @@ def streamed_layer_terms(
     # Fused attention (kernel tables): both on the CPU = p_score - h2d[score]; both on the GPU =
     # (1 - p_score) - d2h[score].
     cpu_c.add_feature(CPU[_SCORE], times.cpu_fused_delta_s).add_feature(H2D[_SCORE], -times.cpu_fused_delta_s)
-    # the memory-bound part of the CPU work (the first step's roofline decides; a decode linear's rows do not
-    # change over the steps): what the weight DMA slows (see cpu_scale below)
-    slowed = tuple(not bool(times.cpu_compute_bound[i, 0]) for i in range(NUM_SUBLAYERS))
+    # the CPU work the weight DMA slows (see cpu_scale below): attention, and the linears whose roofline memory
+    # term binds (the first step decides; a decode linear's rows do not change over the steps). A compute-bound
+    # linear (an AMX GEMM of 256 and more rows) keeps its speed; attention has no such measurement and keeps the
+    # calibrated slowdown.
+    slowed = tuple(
+        SUBLAYERS[i] in ATTENTION_SUBLAYERS or not bool(times.cpu_compute_bound[i, 0]) for i in range(NUM_SUBLAYERS)
+    )
     cpu_m = Affine.zero(steps)
     for i in range(NUM_SUBLAYERS):
         if slowed[i]:
@@ -767,12 +771,12 @@ def streamed_layer_terms(
         )
         start = weights.evaluate(ALL_POLICY_FEATURES) if serial_weights else np.zeros((NUM_POLICIES, steps))
         # The runtime's CPU work and critical copies beside the next layer's weight stream (kernel tables only):
-        #   cpu_scale = 1 + min(s - 1, (1 - 1/s) W / (n cpu_m))   the mean slowdown of the CPU's memory-bound work
-        #       cpu_m (its sublayers whose roofline memory term binds: ``cpu_slowed``): during the DMA's W seconds
-        #       it runs s times slower (calibrated: a bf16 GEMV beside pinned H2D), so its n cpu_m seconds grow by
-        #       (s - 1) n cpu_m if the DMA outlasts it, else by (1 - 1/s) W. Compute-bound CPU kernels (256 and
+        #   cpu_scale = 1 + min(s - 1, (1 - 1/s) W / (n cpu_m))   the mean slowdown of the CPU work the DMA slows,
+        #       cpu_m (attention and the memory-bound linears: ``cpu_slowed``): during the DMA's W seconds it runs
+        #       s times slower (calibrated: a bf16 GEMV beside pinned H2D), so its n cpu_m seconds grow by
+        #       (s - 1) n cpu_m if the DMA outlasts it, else by (1 - 1/s) W. Compute-bound CPU linears (256 and
         #       more rows) keep their speed: they read DDR far below its bandwidth (the calibrator's contention
-        #       probe, hwprofiles/calibration: an AMX GEMM at 256 tokens beside H2D 1.01x; on the host, Llama-2-70B
+        #       probe, README "Contention": an AMX GEMM at 256 tokens beside H2D 1.01x; on the host, Llama-2-70B
         #       qkv at B = 256 ran at its solo time beside the stream, runtime/validation/wave2-f traces)
         #   stream_s  = W                                         the weights stream from the layer's start
         # (the slowdown was a layer bound only; on the chain, between GPU sublayers and copies, it was missed:

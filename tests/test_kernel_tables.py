@@ -186,7 +186,8 @@ def test_cpu_work_beside_weight_dma_is_charged_with_the_calibrated_slowdown() ->
 def test_compute_bound_cpu_kernels_keep_their_speed_beside_the_weight_dma() -> None:
     """Prefill of 512 tokens: the CPU linears are compute-bound (their rows >= 256), so the calibrated slowdown
     beside the weight DMA, which contends for DDR bandwidth, leaves them alone: the layer time of qkv on the CPU
-    with the rest streamed is the same at s = 1 and s = 3. In decode at B = 64 (memory-bound) it is not."""
+    with the rest streamed is the same at s = 1 and s = 3. In decode at B = 64 (memory-bound) it is not, and
+    neither for CPU attention in the same prefill (no measurement exempts attention)."""
     from lia_model.costterms import policy_features
 
     p = (Device.CPU, Device.GPU, Device.GPU, Device.GPU, Device.GPU, Device.GPU)
@@ -199,6 +200,10 @@ def test_compute_bound_cpu_kernels_keep_their_speed_beside_the_weight_dma() -> N
     fast, slow = (streamed_layer_terms(_system_with_tables(slowdown=s), OPT30, decode) for s in (1.0, 3.0))
     assert not fast.times.cpu_compute_bound[0, 0]
     assert slow.layer_time(f)[0] > fast.layer_time(f)[0]
+    # the schedule's scale of each vector's slowed CPU work: 1 for qkv alone on the CPU, above 1 for attention
+    slow = streamed_layer_terms(_system_with_tables(slowdown=3.0), OPT30, prefill)
+    assert slow.cpu_scale[0b000001, 0] == 1.0
+    assert slow.cpu_scale[0b000110, 0] > 1.0
 
 
 def test_fit_attention_recovers_known_coefficients() -> None:
