@@ -75,7 +75,8 @@ class StageReport:
     resource_busy_s: dict[Resource, np.ndarray]  # whole-layer busy time of each resource, per step
     cpu_slowdown: float = 1.0  # mean over steps of the streamed layer's CPU work slowdown beside the weight DMA
     # (StageTerms.cpu_scale at the plan's policy; 1 without kernel tables or CPU work): the in-situ CPU sublayer
-    # time this model expects over its solo (calibrated) time
+    # time this model expects over its solo (calibrated) time, for the sublayers it applies to:
+    cpu_slowed: tuple[bool, ...] = (True, True, True, True, True, True)  # StageTerms.cpu_slowed
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,7 @@ def predict(
         if terms.cpu_scale is not None and streamed:
             index = sum(int(d) << i for i, d in enumerate(policy))
             slowdown = float(np.mean(terms.cpu_scale[index]))
-        stages[stage] = StageReport(stage, streamed_s, resident_s, head, bound, busy, slowdown)
+        stages[stage] = StageReport(stage, streamed_s, resident_s, head, bound, busy, slowdown, terms.cpu_slowed)
 
     ttft = float(totals[Stage.PREFILL][0])
     tpot = tuple(float(x) for x in totals[Stage.DECODE])

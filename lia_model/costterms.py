@@ -256,8 +256,10 @@ class StageTerms:
     cross_d2h_s: np.ndarray  # [6, S]
     kv_copy_s: np.ndarray  # [6, S] KV copies a sublayer causes when it runs on the GPU (one chunk)
     resources: dict[Resource, Affine] = field(default_factory=dict)  # whole-layer busy time per resource
-    cpu_scale: Optional[np.ndarray] = None  # [64, S] the CPU work's mean slowdown beside the weight DMA (overlap
-    # mode with kernel tables; 1 elsewhere): what an in-situ CPU sublayer is expected to take over its solo time
+    cpu_scale: Optional[np.ndarray] = None  # [64, S] the slowdown beside the weight DMA of the CPU work it slows
+    # (overlap mode: 1 without kernel tables; None in additive mode): what such an in-situ CPU sublayer is expected
+    # to take over its solo time
+    cpu_slowed: tuple[bool, ...] = (True,) * NUM_SUBLAYERS  # per sublayer: whether cpu_scale applies to it
     schedule_s: Optional[np.ndarray] = None  # [64, S] the simulated schedule of each policy vector (overlap
     # mode; where the serial sum of a vector's operations is within its other terms, that sum: see below)
 
@@ -278,7 +280,7 @@ class StageTerms:
     def fill_parts(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The layer's time split for ``prefill_pass_s``: (compute, copy, throughput), each [..., S].
 
-        compute = max(chain, CPU beside the DMA, D2H link)   the layer's work once its weights are in HBM
+        compute = max(chain, CPU busy, D2H link)           the layer's work once its weights are in HBM
         copy    = the H2D link term (its weights and activations)   what the prefetch of the layer puts on it
         throughput = max(DDR, CXL)                             host-memory traffic, a per-layer rate bound
         so that layer_time = max(compute, copy, throughput). Needs the schedule simulated for every vector
@@ -818,7 +820,7 @@ def streamed_layer_terms(
     kv_copy_s[_FC1] = expert_h2d_s[_FC1]
     kv_copy_s[_FC2] = expert_h2d_s[_FC2]
     return StageTerms(
-        ctx, terms, times, weight_h2d_s, cross_h2d_s, cross_d2h_s, kv_copy_s, resources, cpu_scale, schedule_s
+        ctx, terms, times, weight_h2d_s, cross_h2d_s, cross_d2h_s, kv_copy_s, resources, cpu_scale, slowed, schedule_s
     )
 
 

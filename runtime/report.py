@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from lia_model.sublayers import SUBLAYERS
+
 GOAL_MEAN_ABS_ERR = 0.05
 GOAL_MAX_ABS_ERR = 0.15
 GOAL_REGRET = 0.05
@@ -111,6 +113,7 @@ def regret_table(df: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+_SUBLAYER_NAMES = tuple(s.value for s in SUBLAYERS)  # policy-vector order
 _CPU_LINEARS = ("qkv", "out_proj", "fc1", "fc2")
 _CPU_ATTENTION = ("attn_score", "attn_context")
 
@@ -119,20 +122,27 @@ def _in_situ_efficiency(ran: pd.DataFrame, subs: tuple[str, ...]) -> pd.Series:
     """Per point, over the sublayers ``subs`` that ran on the CPU in either stage:
     sum(predicted ms x predicted_cpu_slowdown_<stage>) / sum(measured ms), from the per-sublayer columns
     (the predicted ms is the calibrated solo time; the slowdown is the model's, from the calibrated CPU
-    slowdown beside the weight DMA). Points without the slowdown columns (runs before them) are left out."""
+    slowdown beside the weight DMA, applied to the sublayers ``predicted_cpu_slowed_<stage>`` marks; 1 for the
+    others). Points without the slowdown columns (runs before them) are left out."""
     values = {}
     for i, r in ran.iterrows():
         expected = measured = 0.0
         for stage in ("prefill", "decode"):
             slow = pd.to_numeric(r.get(f"predicted_cpu_slowdown_{stage}"), errors="coerce")
+            mask = str(r.get(f"predicted_cpu_slowed_{stage}", ""))
+            bits = mask.strip("()").split(",") if mask.startswith("(") else ["1"] * len(_SUBLAYER_NAMES)
             for sub in subs:
                 if r.get(f"{stage}_{sub}_dev") != "cpu":
                     continue
+                if bits[_SUBLAYER_NAMES.index(sub)] != "1":
+                    slow_here = 1.0
+                else:
+                    slow_here = slow
                 pred = pd.to_numeric(r.get(f"{stage}_{sub}_ms_predicted"), errors="coerce")
                 meas = pd.to_numeric(r.get(f"{stage}_{sub}_ms_measured"), errors="coerce")
-                if pd.isna(slow) or pd.isna(pred) or pd.isna(meas) or meas <= 0:
+                if pd.isna(slow_here) or pd.isna(pred) or pd.isna(meas) or meas <= 0:
                     continue
-                expected += float(pred) * float(slow)
+                expected += float(pred) * float(slow_here)
                 measured += float(meas)
         if measured > 0:
             values[i] = expected / measured

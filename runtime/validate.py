@@ -490,10 +490,15 @@ def _pred_cols(p: Point) -> dict[str, Any]:
     }
 
 
-def _slowdown_cols(pred) -> dict[str, float]:
+def _slowdown_cols(pred) -> dict[str, Any]:
     """The model's expected slowdown of CPU sublayers beside the weight DMA, per stage (StageReport.cpu_slowdown):
     the report's in-situ CPU kernel check compares measured times with the calibrated ones times this."""
-    return {f"predicted_cpu_slowdown_{st.value}": rep.cpu_slowdown for st, rep in pred.stages.items()}
+    out: dict[str, Any] = {}
+    for st, rep in pred.stages.items():
+        out[f"predicted_cpu_slowdown_{st.value}"] = rep.cpu_slowdown
+        # which sublayers that slowdown applies to, in policy notation (1 = slowed beside the DMA)
+        out[f"predicted_cpu_slowed_{st.value}"] = "(" + ",".join(str(int(b)) for b in rep.cpu_slowed) + ")"
+    return out
 
 
 def _row(p: Point, system: SystemSpec, m, check: dict, context: dict, weights) -> dict[str, Any]:

@@ -156,3 +156,24 @@ def test_merge_names_points_measured_in_two_files_and_keeps_the_last(table, tmp_
     assert len(merged) == 3
     for pid, lat in zip(rerun["point_id"], rerun["measured_latency_s"]):
         assert merged.loc[pid, "measured_latency_s"] == pytest.approx(lat)
+
+
+def test_in_situ_cpu_check_applies_the_dma_slowdown_only_where_the_model_does():
+    """Hand numbers: prefill qkv on the CPU, 10 ms predicted solo and 10 ms measured, not slowed (a compute-bound
+    linear); decode fc1 on the CPU, 10 ms solo, 12.5 ms measured, slowed 1.25x beside the DMA. Expected in situ
+    10 + 12.5 = 22.5 ms over 22.5 measured: 100%. Without the mask columns (older rows) every CPU sublayer is
+    taken as slowed: (12.5 + 12.5) / 22.5."""
+    import pandas as pd
+
+    from runtime.report import _CPU_LINEARS, _in_situ_efficiency
+
+    row = {"status": "ran"}
+    for stage in ("prefill", "decode"):
+        for sub in ("qkv", "attn_score", "attn_context", "out_proj", "fc1", "fc2"):
+            row[f"{stage}_{sub}_dev"] = "gpu"
+        row[f"predicted_cpu_slowdown_{stage}"] = 1.25
+    row.update({"prefill_qkv_dev": "cpu", "prefill_qkv_ms_predicted": 10.0, "prefill_qkv_ms_measured": 10.0})
+    row.update({"decode_fc1_dev": "cpu", "decode_fc1_ms_predicted": 10.0, "decode_fc1_ms_measured": 12.5})
+    masked = dict(row, predicted_cpu_slowed_prefill="(0,1,1,0,0,0)", predicted_cpu_slowed_decode="(1,1,1,1,1,1)")
+    assert _in_situ_efficiency(pd.DataFrame([masked]), _CPU_LINEARS).iloc[0] == pytest.approx(1.0)
+    assert _in_situ_efficiency(pd.DataFrame([row]), _CPU_LINEARS).iloc[0] == pytest.approx(25.0 / 22.5)
