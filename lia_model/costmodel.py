@@ -36,7 +36,7 @@ from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
 from lia_model.memory import MemoryTier, TierUse, memory_use
 from lia_model.models import ModelSpec
-from lia_model.plan import ALL_GPU, Device, HostTier, Plan, check_plan_against, head_device
+from lia_model.plan import ALL_GPU, Device, HostTier, Plan, check_plan_against, head_device, policy_index
 from lia_model.sublayers import SUBLAYERS, Stage
 from lia_model.workload import Workload, make_workload
 
@@ -276,8 +276,7 @@ def predict(
         bound = tuple(terms.bound(feats)) if streamed else ()
         slowdown = 1.0
         if terms.cpu_scale is not None and streamed:
-            index = sum(int(d) << i for i, d in enumerate(policy))
-            slowdown = float(np.mean(terms.cpu_scale[index]))
+            slowdown = float(np.mean(terms.cpu_scale[policy_index(policy)]))
         stages[stage] = StageReport(stage, streamed_s, resident_s, head, bound, busy, slowdown, terms.cpu_slowed)
 
     ttft = float(totals[Stage.PREFILL][0])

@@ -667,18 +667,17 @@ def streamed_layer_terms(
     kv_write_bytes = 2.0 * kv_width_bytes
     kv_write_s = copy_s(kv_write_bytes, bw_kv_d2h)
 
-    # Per-chunk busy time of each resource (everything the chunk puts on it).
-    cpu_c, gpu_c = Affine.zero(steps), Affine.zero(steps)
-    h2dx_c, d2h_c = Affine.zero(steps), Affine.zero(steps)
-    for i in range(NUM_SUBLAYERS):
-        cpu_c.add_feature(CPU[i], times.cpu_s[i])
-        gpu_c.add_not_cpu(i, times.gpu_s[i])
-        h2dx_c.add_feature(H2D[i], cross_h2d_s[i])
-        h2dx_c.add_not_cpu(i, expert_h2d_s[i])  # (1 - p_i) * routed experts fetched on demand
-        d2h_c.add_feature(D2H[i], cross_d2h_s[i])
-    # Fused attention (kernel tables): both on the CPU = p_score - h2d[score]; both on the GPU =
-    # (1 - p_score) - d2h[score].
-    cpu_c.add_feature(CPU[_SCORE], times.cpu_fused_delta_s).add_feature(H2D[_SCORE], -times.cpu_fused_delta_s)
+    def cpu_work(included: tuple[bool, ...]) -> Affine:
+        """Per-chunk CPU time of the included sublayers that run on the CPU. Fused attention (kernel tables),
+        both on the CPU: p_score - h2d[score] times the fused delta (counted with attn_context)."""
+        work = Affine.zero(steps)
+        for i in range(NUM_SUBLAYERS):
+            if included[i]:
+                work.add_feature(CPU[i], times.cpu_s[i])
+        if included[_CTX]:
+            work.add_feature(CPU[_SCORE], times.cpu_fused_delta_s).add_feature(H2D[_SCORE], -times.cpu_fused_delta_s)
+        return work
+
     # the CPU work the weight DMA slows (see cpu_scale below): attention, and the linears whose roofline memory
     # term binds (the first step decides; a decode linear's rows do not change over the steps). A compute-bound
     # linear (an AMX GEMM of 256 and more rows) keeps its speed; attention has no such measurement and keeps the
@@ -686,12 +685,16 @@ def streamed_layer_terms(
     slowed = tuple(
         SUBLAYERS[i] in ATTENTION_SUBLAYERS or not bool(times.cpu_compute_bound[i, 0]) for i in range(NUM_SUBLAYERS)
     )
-    cpu_m = Affine.zero(steps)
+    # Per-chunk busy time of each resource (everything the chunk puts on it).
+    cpu_c, cpu_m = cpu_work((True,) * NUM_SUBLAYERS), cpu_work(slowed)
+    gpu_c = Affine.zero(steps)
+    h2dx_c, d2h_c = Affine.zero(steps), Affine.zero(steps)
     for i in range(NUM_SUBLAYERS):
-        if slowed[i]:
-            cpu_m.add_feature(CPU[i], times.cpu_s[i])
-    if slowed[_CTX]:
-        cpu_m.add_feature(CPU[_SCORE], times.cpu_fused_delta_s).add_feature(H2D[_SCORE], -times.cpu_fused_delta_s)
+        gpu_c.add_not_cpu(i, times.gpu_s[i])
+        h2dx_c.add_feature(H2D[i], cross_h2d_s[i])
+        h2dx_c.add_not_cpu(i, expert_h2d_s[i])  # (1 - p_i) * routed experts fetched on demand
+        d2h_c.add_feature(D2H[i], cross_d2h_s[i])
+    # Fused attention, both on the GPU: (1 - p_score) - d2h[score] times the GPU's fused delta.
     gpu_c.add_not_cpu(_SCORE, times.gpu_fused_delta_s).add_feature(D2H[_SCORE], -times.gpu_fused_delta_s)
     h2dx_c.add_not_cpu(_SCORE, k_cached_s)  # (1 - p_score) * cached K
     h2dx_c.add_not_cpu(_CTX, k_cached_s)  # (1 - p_context) * cached V (same size as K)

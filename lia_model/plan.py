@@ -115,6 +115,11 @@ def policy_from_index(index: int) -> tuple[Device, ...]:
     return tuple(Device((index >> i) & 1) for i in range(NUM_SUBLAYERS))
 
 
+def policy_index(p: tuple[Device, ...]) -> int:
+    """The inverse of ``policy_from_index``: bit i is sublayer i's device (1 = CPU)."""
+    return sum(int(d) << i for i, d in enumerate(p))
+
+
 class Plan(BaseModel):
     """One execution plan. Frozen: what the optimiser returns is what the runtime executes.
 

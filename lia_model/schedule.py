@@ -72,9 +72,8 @@ class ChunkDurations:
     gpu_fused_delta_s: Optional[np.ndarray] = None  # attn_context on one device, one kernel of score + context
     fused_attention: bool = False  # + delta time, which no other chunk's work interrupts
     copy_wait_s: float = 0.0  # a critical H2D copy's wait behind the weight feeder's pieces (docstring above)
-    cpu_slowed: Optional[tuple[bool, ...]] = None  # per sublayer: whether ``cpu_scale`` applies to its CPU
-    # duration (a memory-bound CPU kernel shares DDR with the weight DMA; a compute-bound one does not slow);
-    # None: every CPU duration is scaled
+    cpu_slowed: tuple[bool, ...] = (True,) * NUM_SUBLAYERS  # per sublayer: whether ``cpu_scale`` applies to its
+    # CPU duration (a memory-bound CPU kernel shares DDR with the weight DMA; a compute-bound one does not slow)
 
 
 def simulate_layer(
@@ -126,7 +125,7 @@ def simulate_all(
             float(cpu_delta[0]),
             float(gpu_delta[0]),
             float(d.copy_wait_s),
-            _slowed(d),
+            tuple(d.cpu_slowed),
         )
         key = (
             n,
@@ -169,7 +168,7 @@ def simulate_all(
         cpu_delta,
         gpu_delta,
         float(d.copy_wait_s),
-        _slowed(d),
+        tuple(d.cpu_slowed),
     )
     return np.stack(
         [
@@ -220,10 +219,6 @@ class _Durations:
     gpu_fused_delta: object = 0.0
     copy_wait: float = 0.0
     cpu_slowed: tuple[bool, ...] = (True,) * NUM_SUBLAYERS
-
-
-def _slowed(d: ChunkDurations) -> tuple[bool, ...]:
-    return (True,) * NUM_SUBLAYERS if d.cpu_slowed is None else tuple(bool(x) for x in d.cpu_slowed)
 
 
 def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, until=None):

@@ -84,35 +84,19 @@ case "$PART" in
         POINTS=${POINTS_A:-runtime/campaign/wave2-a.yaml}; MAX_POINT_S=${MAX_POINT_S:-60}
         TITLE="OPT-30B, 48 layers, GPU capped at 40 GiB (wave 2, kernel tables)"
         ;;
-    2)
+    2|c|d|e|f|g)
+        # runtime/campaign/wave2-<part>.yaml (part 2 is B) with the committed kernel-table profile
         PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
-        POINTS=runtime/campaign/wave2-b.yaml; MAX_POINT_S=${MAX_POINT_S:-30}
-        TITLE="OPT-30B/66B/175B and Llama-2-70B subsets (wave 2, kernel tables)"
-        ;;
-    c)
-        PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
-        POINTS=runtime/campaign/wave2-c.yaml; MAX_POINT_S=${MAX_POINT_S:-60}
-        TITLE="The chain terms' new optimum beside the one chosen before them (wave 2, kernel tables)"
-        ;;
-    d)
-        PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
-        POINTS=runtime/campaign/wave2-d.yaml; MAX_POINT_S=${MAX_POINT_S:-40}
-        TITLE="New workloads on the truncated models, prefill pipeline model (wave 2, kernel tables)"
-        ;;
-    e)
-        PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
-        POINTS=runtime/campaign/wave2-e.yaml; MAX_POINT_S=${MAX_POINT_S:-90}
-        TITLE="OPT-30B full depth and Llama-2-70B 16 layers, new workloads, prefill pipeline model (wave 2)"
-        ;;
-    f)
-        PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
-        POINTS=runtime/campaign/wave2-f.yaml; MAX_POINT_S=${MAX_POINT_S:-60}
-        TITLE="The workloads where the optimum lost, measured again (wave 2, kernel tables)"
-        ;;
-    g)
-        PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
-        POINTS=runtime/campaign/wave2-g.yaml; MAX_POINT_S=${MAX_POINT_S:-40}
-        TITLE="Compute-bound CPU kernels beside the weight stream (wave 2, kernel tables)"
+        POINTS=runtime/campaign/wave2-$([ "$PART" = 2 ] && echo b || echo "$PART").yaml
+        case "$PART" in
+            2) DEFAULT_POINT_S=30; TITLE="OPT-30B/66B/175B and Llama-2-70B subsets (wave 2, kernel tables)" ;;
+            c) DEFAULT_POINT_S=60; TITLE="The chain terms' new optimum beside the one chosen before them (wave 2, kernel tables)" ;;
+            d) DEFAULT_POINT_S=40; TITLE="New workloads on the truncated models, prefill pipeline model (wave 2, kernel tables)" ;;
+            e) DEFAULT_POINT_S=90; TITLE="OPT-30B full depth and Llama-2-70B 16 layers, new workloads, prefill pipeline model (wave 2)" ;;
+            f) DEFAULT_POINT_S=60; TITLE="The workloads where the optimum lost, measured again (wave 2, kernel tables)" ;;
+            g) DEFAULT_POINT_S=40; TITLE="Compute-bound CPU kernels beside the weight stream (wave 2, kernel tables)" ;;
+        esac
+        MAX_POINT_S=${MAX_POINT_S:-$DEFAULT_POINT_S}
         ;;
     *) echo "unknown part '$PART'"; return 2 ;;
 esac

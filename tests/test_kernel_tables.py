@@ -166,6 +166,7 @@ def test_cpu_work_beside_weight_dma_is_charged_with_the_calibrated_slowdown() ->
     ctx = _ctx(64, 1, (40,))
     terms = streamed_layer_terms(system, OPT30, ctx)
     from lia_model.costterms import policy_features
+    from lia_model.plan import policy_index
 
     p = (Device.CPU, Device.CPU, Device.CPU, Device.GPU, Device.GPU, Device.CPU)
     f = policy_features(p)
@@ -175,8 +176,7 @@ def test_cpu_work_beside_weight_dma_is_charged_with_the_calibrated_slowdown() ->
     )
     extra = min(cpu, 0.5 * w)
     assert extra > 0
-    index = sum(int(d) << i for i, d in enumerate(p))
-    assert terms.cpu_scale[index, 0] == pytest.approx(1.0 + extra / cpu)
+    assert terms.cpu_scale[policy_index(p), 0] == pytest.approx(1.0 + extra / cpu)
     assert terms.layer_time(f)[0] >= cpu + extra - 1e-12
     # without tables the CPU is not slowed (datasheet profiles keep their roofline model)
     plain = streamed_layer_terms(SystemSpec.model_validate(system_dict("spr-h100")), OPT30, ctx)

@@ -130,6 +130,20 @@ def _gated_table(
     )
 
 
+def _gated_epigraph(prob: pulp.LpProblem, name: str, tables: dict, y: list, gates: dict) -> tuple:
+    """One variable v >= the chosen table at the one-hot y, for each key's table gated by ``gates[key]`` (a list
+    of binaries summing to 1 when that key is chosen): v >= sum_pi values_key[pi] y[pi] - M (1 - gate_key).
+    Keys are tuples of enums and Combos (they name the constraints). Returns (v, lo, hi), lo and hi the smallest
+    and largest table entry (v's lower bound, a product's bounds)."""
+    lo = min(float(v.min()) for v in tables.values())
+    hi = max(float(v.max()) for v in tables.values())
+    var = pulp.LpVariable(name, lowBound=lo)
+    for key, values in tables.items():
+        label = "_".join(getattr(k, "label", None) or k.value for k in key)  # Combo.label, enums' values
+        _gated_table(prob, var, values, y, gates[key], lo, f"{name}_{label}")
+    return var, lo, hi
+
+
 def _times_integer(prob: pulp.LpProblem, name: str, bits: list, value, lo: float, hi: float, n_layers: int):
     """K * Q for K = sum_j 2^j b[j] (0 <= K <= N) and lo <= Q <= hi, exactly:
     w[j] >= Q - hi (1 - b[j]),  w[j] >= 0,  K Q = sum_j 2^j w[j]  (minimised, so w[j] = b[j] Q);
@@ -246,10 +260,7 @@ def solve_ilp(
             pre = {
                 ch: MS_PER_S * tables.prefill[(ch[0], t)][ch[1]].layer_time(ALL_POLICY_FEATURES)[:, 0] for ch in choices
             }
-            lo_pre, hi_pre = min(float(v.min()) for v in pre.values()), max(float(v.max()) for v in pre.values())
-            t_pre = pulp.LpVariable(f"T_pre_{t.value}", lowBound=lo_pre)
-            for ch, values in pre.items():
-                _gated_table(prob, t_pre, values, y_pre, [z[ch]], lo_pre, f"pre_{t.value}_{ch[0].label}_{ch[1].value}")
+            t_pre, lo_pre, hi_pre = _gated_epigraph(prob, f"T_pre_{t.value}", pre, y_pre, {ch: [z[ch]] for ch in pre})
         lo_dec = hi_dec = 0.0
         t_dec = 0.0
         if steps > 0:
@@ -257,18 +268,7 @@ def solve_ilp(
                 key: MS_PER_S * tables.decode[(key[0], key[1], t)][key[2]].layer_time(ALL_POLICY_FEATURES).sum(axis=1)
                 for key in u
             }
-            lo_dec, hi_dec = min(float(v.min()) for v in dec.values()), max(float(v.max()) for v in dec.values())
-            t_dec = pulp.LpVariable(f"D_{t.value}", lowBound=lo_dec)
-            for key, values in dec.items():
-                _gated_table(
-                    prob,
-                    t_dec,
-                    values,
-                    y_dec,
-                    [u[key]],
-                    lo_dec,
-                    f"dec_{t.value}_{key[0].value}_{key[1].value}_{key[2].value}",
-                )
+            t_dec, lo_dec, hi_dec = _gated_epigraph(prob, f"D_{t.value}", dec, y_dec, {key: [u[key]] for key in dec})
         q_of[t], d_of[t] = t_pre + t_dec, t_dec
         bounds[t] = (lo_pre + lo_dec, hi_pre + hi_dec, lo_dec, hi_dec)
 
@@ -305,7 +305,7 @@ def solve_ilp(
     resident_prefill = pulp.lpSum(res_prefill[n] * r[n] for n in r)  # N_res R_pre(n)
     prefill = resident_prefill
     if fills:
-        prefill = _pipeline_prefill(prob, tables, choices, z, y_pre, b[tiers[0]], streamed, resident_prefill)
+        prefill = _pipeline_prefill(prob, tables, choices, z, y_pre, b[tiers[0]], streamed, sigma, resident_prefill)
 
     # Objective: latency = N_res sum_t R_dec(t) + sum_n r[n] R_pre(n) + sum_t K_t Q[t] + head
     #   (pipeline prefill: N_res sum_t R_dec(t) + P + K D + head, P the prefill pass below)
@@ -393,7 +393,9 @@ def solve_ilp(
     )
 
 
-def _pipeline_prefill(prob: pulp.LpProblem, tables: SpaceTables, choices, z, y_pre, bits, streamed, resident_prefill):
+def _pipeline_prefill(
+    prob: pulp.LpProblem, tables: SpaceTables, choices, z, y_pre, bits, streamed, sigma, resident_prefill
+):
     """The prefill pass P (ms) of costterms.prefill_pass_s, exact at the optimum (P is minimised and every
     constraint is a lower bound that is tight at the chosen plan):
       c, W, X >= the chosen (combo, ISA)'s compute, copy and throughput parts at y_pre   (gated tables)
@@ -402,7 +404,7 @@ def _pipeline_prefill(prob: pulp.LpProblem, tables: SpaceTables, choices, z, y_p
       P >= K W + c             - M_c (1 - sigma)               F3  (only with K >= 1)
       P >= N_res R_pre + 2 c + K W - 2 W - M_4 (1 - g2)        F4  (only with K >= 2)
       P >= K X                                                 F5
-    with sigma = [K >= 1] (K >= sigma, K <= N sigma) and g2 = [K >= 2] (K >= 2 g2, K <= 1 + N g2); each
+    with sigma = [K >= 1] (the model's own, solve_ilp) and g2 = [K >= 2] (K >= 2 g2, K <= 1 + N g2); each
     product K v exact through the binary expansion of K (_times_integer). The big-Ms bound what a form can
     reach when its gate is off: W, c, and N R_pre + 2 c (K <= 1 makes K W - 2 W <= 0)."""
     n_layers = tables.num_layers
@@ -411,32 +413,23 @@ def _pipeline_prefill(prob: pulp.LpProblem, tables: SpaceTables, choices, z, y_p
         ch: [MS_PER_S * v[:, 0] for v in tables.prefill[(ch[0], t)][ch[1]].fill_parts(ALL_POLICY_FEATURES)]
         for ch in choices
     }
-    var, lo, hi = [], [], []
-    for j, name in enumerate(("c", "W", "X")):
-        low = min(float(v[j].min()) for v in parts.values())
-        high = max(float(v[j].max()) for v in parts.values())
-        v = pulp.LpVariable(f"pre_{name}", lowBound=low)
-        for ch, values in parts.items():
-            _gated_table(prob, v, values[j], y_pre, [z[ch]], low, f"pre_{name}_{ch[0].label}_{ch[1].value}")
-        var.append(v)
-        lo.append(low)
-        hi.append(high)
-    c, w, x = var
+    gates = {ch: [z[ch]] for ch in choices}
+    (c, _, hi_c), (w, _, hi_w), _ = epigraphs = [
+        _gated_epigraph(prob, f"pre_{name}", {ch: v[j] for ch, v in parts.items()}, y_pre, gates)
+        for j, name in enumerate(("c", "W", "X"))
+    ]
     kc, kw, kx = (
-        _times_integer(prob, f"k{name}", bits, v, lo[j], hi[j], n_layers) for j, (name, v) in enumerate(zip("cwx", var))
+        _times_integer(prob, f"k{name}", bits, v, lo, hi, n_layers) for name, (v, lo, hi) in zip("cwx", epigraphs)
     )
-    sigma = pulp.LpVariable("pre_sigma", cat="Binary")  # [K >= 1]
-    prob += streamed >= sigma
-    prob += streamed <= n_layers * sigma
     g2 = pulp.LpVariable("pre_g2", cat="Binary")  # [K >= 2]
     prob += streamed >= 2 * g2
     prob += streamed <= 1 + n_layers * g2
     res_max = n_layers * MS_PER_S * max(tables.resident_prefill_s.values())
     p = pulp.LpVariable("prefill_pass", lowBound=0)
     prob += p >= resident_prefill + kc, "prefill_F1"
-    prob += p >= w + kc - hi[1] * (1 - sigma), "prefill_F2"
-    prob += p >= kw + c - hi[0] * (1 - sigma), "prefill_F3"
-    prob += p >= resident_prefill + 2 * c + kw - 2 * w - (res_max + 2 * hi[0]) * (1 - g2), "prefill_F4"
+    prob += p >= w + kc - hi_w * (1 - sigma), "prefill_F2"
+    prob += p >= kw + c - hi_c * (1 - sigma), "prefill_F3"
+    prob += p >= resident_prefill + 2 * c + kw - 2 * w - (res_max + 2 * hi_c) * (1 - g2), "prefill_F4"
     prob += p >= kx, "prefill_F5"
     return p
 
