@@ -4,6 +4,7 @@ With K = num_layers - N_res streamed layers, sigma = [K > 0], g_i = 1 when subla
 prefill or decode, and a = 1 when any attention sublayer runs on the GPU:
 
   HBM  = e embeddings + N_res (W_layer + KV_layer) + sigma 2 sum_i g_i W_i + sigma a KV_layer + u workspace_gpu(n)
+         + sigma u (n - 1) waiting(p_pre)
   DDR  = (1 - e) embeddings + (K - K_cxl) W_layer + K KV_layer [KV in DDR] + workspace_host(n)
   CXL  = K_cxl W_layer + K KV_layer [KV in CXL]
 
@@ -18,6 +19,11 @@ The 2 sum_i g_i W_i term is the pair of alternating streaming buffers; sigma a K
 layer's KV on the GPU for GPU attention. The workspace is the prefill hidden state of the whole batch
 (input and output, 2 B L_in h) plus the largest sublayer's live buffers for one chunk (input and output, or
 fc1's temporaries: ``mlp_temporaries_bytes``).
+
+With n > 1 prefill chunks and a prefill policy p that runs some sublayer on the CPU, the runtime issues every
+chunk's GPU sublayers up to its next CPU sublayer, so n - 1 chunks can wait there while the CPU works on one.
+HBM then also holds sigma u (n - 1) waiting(p): ``waiting_chunk_bytes``, the largest set of one chunk's values
+on the GPU at a CPU sublayer it waits for (runtime/executor.py drops each value after its last reader).
 Available per tier = capacity (1 - headroom) - reserved (CUDA context on the GPU, OS on the host).
 """
 
@@ -35,8 +41,8 @@ from lia_model.accounting import (
 )
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
-from lia_model.plan import Device, HostTier, Plan, head_device
-from lia_model.sublayers import ATTENTION_SUBLAYERS, SUBLAYERS
+from lia_model.plan import Device, HostTier, Plan, head_device, policy_from_index, policy_index
+from lia_model.sublayers import ATTENTION_SUBLAYERS, NUM_SUBLAYERS, SUBLAYERS, Sublayer
 from lia_model.units import BF16_BYTES, BYTES_PER_GB, BYTES_PER_GIB
 from lia_model.workload import Workload
 
@@ -58,6 +64,8 @@ class MemoryConstants:
     gpu_workspace_bytes: float
     host_workspace_bytes: float
     available_bytes: dict[MemoryTier, float]
+    # (n - 1) waiting(p) of every prefill policy p (by policy_index): HBM of the chunks waiting for the CPU
+    waiting_chunks_bytes: tuple[float, ...] = (0.0,) * (1 << NUM_SUBLAYERS)
 
 
 def available_bytes(system: SystemSpec) -> dict[MemoryTier, float]:
@@ -98,6 +106,51 @@ def workspace_bytes(model: ModelSpec, workload: Workload, minibatches: int) -> f
     return hidden + largest
 
 
+# What a prefill chunk holds between sublayers, by the sublayer it waits for (runtime/executor.py drops q and the
+# scores after attn_context, h and ctx after out_proj, h_mid and mid after fc2):
+#   qkv {h}, attn_score {h, q}, attn_context {h, q, scores}, out_proj {h, ctx}, fc1 {h_mid}, fc2 {h_mid, mid}
+_LIVE_BEFORE: dict[Sublayer, tuple[str, ...]] = {
+    Sublayer.QKV: ("h",),
+    Sublayer.ATTN_SCORE: ("h", "q"),
+    Sublayer.ATTN_CONTEXT: ("h", "q", "scores"),
+    Sublayer.OUT_PROJ: ("h", "ctx"),
+    Sublayer.FC1: ("h_mid",),
+    Sublayer.FC2: ("h_mid", "mid"),
+}
+# A value is (at most) on the GPU when a GPU sublayer produces or reads it: its producer and readers
+_TOUCHED_BY: dict[str, tuple[Sublayer, ...]] = {
+    "h": (Sublayer.QKV, Sublayer.OUT_PROJ),  # the layer input: a GPU copy beyond the hidden term's (below)
+    "q": (Sublayer.QKV, Sublayer.ATTN_SCORE),
+    "scores": (Sublayer.ATTN_SCORE, Sublayer.ATTN_CONTEXT),
+    "ctx": (Sublayer.ATTN_CONTEXT, Sublayer.OUT_PROJ),
+    "h_mid": (Sublayer.OUT_PROJ, Sublayer.FC1, Sublayer.FC2),
+    "mid": (Sublayer.FC1, Sublayer.FC2),
+}
+
+
+def waiting_chunk_bytes(model: ModelSpec, chunk: int, input_len: int, prefill_policy: tuple[Device, ...]) -> float:
+    """waiting(p): the GPU bytes of one prefill chunk (``chunk`` sequences of ``input_len`` tokens, bf16
+    activations) waiting at a CPU sublayer of ``prefill_policy``, the largest over its CPU sublayers; 0 with
+    no CPU sublayer (the chunks run one after another on the GPU stream). The scores exist apart from Q only
+    when attn_score and attn_context run on different devices (else one fused kernel)."""
+    dev = dict(zip(SUBLAYERS, prefill_policy))
+    tokens = chunk * input_len
+    width = {
+        "h": model.hidden_size,
+        "q": model.q_dim,
+        "scores": model.num_heads * input_len if dev[Sublayer.ATTN_SCORE] != dev[Sublayer.ATTN_CONTEXT] else 0,
+        "ctx": model.q_dim,
+        "h_mid": model.hidden_size,
+        "mid": model.ffn_size,
+    }
+    on_gpu = {v: any(dev[s] == Device.GPU for s in subs) for v, subs in _TOUCHED_BY.items()}
+    # The input's GPU copy is the hidden term's when the previous layer's fc2 ran on the GPU (a streamed layer
+    # follows a streamed layer of the same policy, or a resident layer); a copy of its own only after a CPU fc2
+    on_gpu["h"] = on_gpu["h"] and dev[Sublayer.FC2] == Device.CPU
+    held = [sum(width[v] for v in _LIVE_BEFORE[s] if on_gpu[v]) for s in SUBLAYERS if dev[s] == Device.CPU]
+    return float(tokens * max(held, default=0) * BF16_BYTES)
+
+
 def memory_constants(system: SystemSpec, model: ModelSpec, workload: Workload, minibatches: int) -> MemoryConstants:
     precision = workload.precision
     per_sublayer = sublayer_weight_bytes(model, precision)
@@ -112,6 +165,11 @@ def memory_constants(system: SystemSpec, model: ModelSpec, workload: Workload, m
         gpu_workspace_bytes=ws,
         host_workspace_bytes=ws,
         available_bytes=available_bytes(system),
+        waiting_chunks_bytes=tuple(
+            (minibatches - 1)
+            * waiting_chunk_bytes(model, workload.batch // minibatches, workload.input_len, policy_from_index(k))
+            for k in range(1 << NUM_SUBLAYERS)
+        ),
     )
 
 
@@ -175,6 +233,7 @@ def memory_use(system: SystemSpec, model: ModelSpec, workload: Workload, plan: P
         "streaming_buffers": sigma * buffers,
         "kv_staging": sigma * (c.kv_layer_bytes if attention_on_gpu(plan) else 0.0),
         "workspace": c.gpu_workspace_bytes if uses_gpu else 0.0,
+        "waiting_chunks": sigma * c.waiting_chunks_bytes[policy_index(plan.prefill_policy)] if uses_gpu else 0.0,
     }
     host: dict[HostTier, dict[str, float]] = {HostTier.DDR: {}, HostTier.CXL: {}}
     if not head_on_gpu:

@@ -149,6 +149,35 @@ def _in_situ_efficiency(ran: pd.DataFrame, subs: tuple[str, ...]) -> pd.Series:
     return pd.Series(values, dtype=float)
 
 
+def gpu_memory_check(df: pd.DataFrame) -> dict[str, Any]:
+    """The memory model against the runtime (issue 10: no out-of-memory on a plan the model accepts): each
+    point's GPU peak (PyTorch's max_memory_allocated over its runs) over the model's HBM requirement, and the
+    points the model accepted that ran out of GPU memory under their cap."""
+    if "predicted_hbm_bytes" not in df:
+        return {}
+    out: dict[str, Any] = {}
+    ran = _ran(df)
+    if "measured_gpu_peak_allocated_bytes" in ran:
+        peak = pd.to_numeric(ran["measured_gpu_peak_allocated_bytes"], errors="coerce")
+        pred = pd.to_numeric(ran["predicted_hbm_bytes"], errors="coerce")
+        ratio = (peak / pred).replace([float("inf")], float("nan")).dropna()
+        if not ratio.empty:
+            worst = ratio.idxmax()
+            out.update(
+                n=int(ratio.size),
+                max_peak_over_predicted=float(ratio.max()),
+                median_peak_over_predicted=float(ratio.median()),
+                worst_point=str(ran.loc[worst, "point_id"]),
+            )
+    failed = df[df.get("status", pd.Series(dtype=str)).astype(str) != "ran"] if "status" in df else df.iloc[:0]
+    reasons = failed.get("skip_reason", pd.Series(dtype=str)).astype(str)
+    accepted = failed.get("predicted_feasible", pd.Series(dtype=object)).astype(str).str.lower() == "true"
+    oom = failed[reasons.str.contains("out of memory") & accepted]
+    out["out_of_memory"] = [str(x) for x in oom["point_id"]] if "point_id" in oom else []
+    out["met"] = not out["out_of_memory"] and out.get("max_peak_over_predicted", 0.0) <= 1.0
+    return out
+
+
 def consistency(df: pd.DataFrame) -> dict[str, Any]:
     """The runtime-is-real checks: streaming bandwidth on transfer-bound stages and CPU linear efficiency."""
     ran = _ran(df)
@@ -199,6 +228,9 @@ def consistency(df: pd.DataFrame) -> dict[str, Any]:
                 "met": bool(v.min() >= GOAL_CPU_LINEAR_FRACTION),
                 "what": what,
             }
+    mem = gpu_memory_check(df)
+    if mem:
+        out["gpu_memory"] = mem
     if "dataflow_problems" in ran:
         v = pd.to_numeric(ran["dataflow_problems"], errors="coerce").dropna()
         if not v.empty:
@@ -294,6 +326,19 @@ def summary_markdown(summary: dict[str, Any], title: str = "Validation summary")
                     f"| {label} | {c['n']} | {_pct(c['min'])} | {_pct(c['median'])} | "
                     f">= {_pct(c['goal'])} | {'yes' if c['met'] else 'NO'} |"
                 )
+        if "gpu_memory" in cons:
+            c = cons["gpu_memory"]
+            if "n" in c:
+                lines.append(
+                    f"| GPU peak allocated / model's HBM (max; worst {c['worst_point']}) | {c['n']} | "
+                    f"{_pct(c['max_peak_over_predicted'])} | {_pct(c['median_peak_over_predicted'])} | <= 100.0% | "
+                    f"{'yes' if c['max_peak_over_predicted'] <= 1.0 else 'NO'} |"
+                )
+            n_oom = len(c["out_of_memory"])
+            lines.append(
+                f"| out of GPU memory on a plan the model accepts | - | - | - | none | "
+                f"{'yes' if not n_oom else 'NO: ' + ', '.join(c['out_of_memory'])} |"
+            )
         if "dataflow" in cons:
             c = cons["dataflow"]
             lines.append(
@@ -445,6 +490,25 @@ def print_summary(console, summary: dict[str, Any]) -> None:
                     f">= {_pct(v['goal'])}",
                     "met" if v["met"] else "MISSED",
                 )
+        if "gpu_memory" in cons:
+            v = cons["gpu_memory"]
+            if "n" in v:
+                c.add_row(
+                    "GPU peak / model's HBM (max)",
+                    str(v["n"]),
+                    _pct(v["max_peak_over_predicted"]),
+                    _pct(v["median_peak_over_predicted"]),
+                    "<= 100.0%",
+                    "met" if v["max_peak_over_predicted"] <= 1.0 else "MISSED",
+                )
+            c.add_row(
+                "out of memory, accepted plans",
+                "-",
+                "-",
+                "-",
+                "none",
+                "met" if not v["out_of_memory"] else f"MISSED ({len(v['out_of_memory'])} points)",
+            )
         if "dataflow" in cons:
             v = cons["dataflow"]
             c.add_row(

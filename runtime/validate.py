@@ -286,7 +286,7 @@ def run_points(
         weights = weights_by_model[p.system_key]
         t_point = time.perf_counter()
         try:
-            measured, check = _run_one(p, system, backend, weights, kv_arena, layer_cache, opts)
+            measured, check, peaks = _run_one(p, system, backend, weights, kv_arena, layer_cache, opts)
         except LiaInputError as err:
             p.skip_reason = str(err)
             echo(f"[{k}/{len(order)}] {p.id}: skipped ({p.skip_reason})")
@@ -310,7 +310,7 @@ def run_points(
                 except RuntimeError:
                     pass
             continue
-        rows[p.id] = _row(p, system, measured, check, context, weights)
+        rows[p.id] = {**_row(p, system, measured, check, context, weights), **peaks}
         rows[p.id]["point_wall_s"] = round(time.perf_counter() - t_point, 2)
         if p.pred.latency_s > 0:
             ratio = min(5.0, max(ratio if k > 1 else 1.0, measured.latency_s / p.pred.latency_s))
@@ -374,6 +374,9 @@ def _run_one(p: Point, system: SystemSpec, backend, weights, kv_arena, layer_cac
 
     layer_cache.trim(p.plan.gpu_resident_layers)  # free what this point does not use before capping
     apply_gpu_cap(p.cap)
+    if backend.is_cuda:  # the point's GPU peak: everything allocated while its runs go (weights cached before too)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     preflight(system, p.model, p.workload, p.plan, has_gpu=backend.has_gpu, gpu_memory_gib=p.cap)
     unpin = not p.plan.pinned_weights and weights.arena.pinned
     if unpin:
@@ -393,6 +396,12 @@ def _run_one(p: Point, system: SystemSpec, backend, weights, kv_arena, layer_cac
     finally:
         if unpin:
             weights.arena.set_pinned(True)
+    peaks: dict[str, Any] = {"measured_gpu_peak_allocated_bytes": None, "measured_gpu_peak_reserved_bytes": None}
+    if backend.is_cuda:
+        peaks = {
+            "measured_gpu_peak_allocated_bytes": float(torch.cuda.max_memory_allocated()),
+            "measured_gpu_peak_reserved_bytes": float(torch.cuda.max_memory_reserved()),
+        }
     check = None
     if p.group.check:
         if backend.is_cuda:
@@ -419,7 +428,7 @@ def _run_one(p: Point, system: SystemSpec, backend, weights, kv_arena, layer_cac
 
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", p.id)
         write_trace(profiled_runs[-1], Path(opts.trace_dir) / f"{safe}.trace.json", p.id)
-    return measured, check
+    return measured, check, peaks
 
 
 # ====================================================================== rows
@@ -486,6 +495,9 @@ def _pred_cols(p: Point) -> dict[str, Any]:
         "predicted_bound_prefill": b.get(Stage.PREFILL, ""),
         "predicted_bound_decode": b.get(Stage.DECODE, ""),
         "predicted_feasible": p.pred.feasible,
+        # the memory model's GPU requirement and what it allows under the point's cap (lia_model.memory)
+        "predicted_hbm_bytes": p.pred.memory[MemoryTier.HBM].required_bytes,
+        "predicted_hbm_available_bytes": p.pred.memory[MemoryTier.HBM].available_bytes,
         **_slowdown_cols(p.pred),
     }
 
@@ -596,7 +608,7 @@ def repredict(rows: "Any", system: SystemSpec) -> "Any":
 
     df = rows.copy()
     for i, r in df.iterrows():
-        if r.get("status") != "ran" or not isinstance(r.get("plan_json"), str):
+        if not isinstance(r.get("plan_json"), str):
             continue
         model = resolve_model(str(r["model"]))
         model = model.model_copy(update={"num_layers": int(r["num_layers"])})
@@ -608,6 +620,11 @@ def repredict(rows: "Any", system: SystemSpec) -> "Any":
         except ValidationError as err:
             raise from_validation_error(err, f"plan_json of point '{r['point_id']}'", Plan) from None
         pred = predict(sysc, model, workload, plan, CostMode.OVERLAP)
+        df.at[i, "predicted_feasible"] = pred.feasible
+        df.at[i, "predicted_hbm_bytes"] = pred.memory[MemoryTier.HBM].required_bytes
+        df.at[i, "predicted_hbm_available_bytes"] = pred.memory[MemoryTier.HBM].available_bytes
+        if r.get("status") != "ran":  # a point that did not run (out of memory, say): its memory columns only
+            continue
         add = predict(sysc, model, workload, plan, CostMode.ADDITIVE)
         df.at[i, "predicted_ttft_s"] = pred.ttft_s
         df.at[i, "predicted_tpot_mean_s"] = pred.tpot_mean_s

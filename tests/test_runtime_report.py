@@ -177,3 +177,29 @@ def test_in_situ_cpu_check_applies_the_dma_slowdown_only_where_the_model_does():
     masked = dict(row, predicted_cpu_slowed_prefill="(0,1,1,0,0,0)", predicted_cpu_slowed_decode="(1,1,1,1,1,1)")
     assert _in_situ_efficiency(pd.DataFrame([masked]), _CPU_LINEARS).iloc[0] == pytest.approx(1.0)
     assert _in_situ_efficiency(pd.DataFrame([row]), _CPU_LINEARS).iloc[0] == pytest.approx(25.0 / 22.5)
+
+
+def test_gpu_memory_check_by_hand():
+    """Peaks 9 and 11 GB against a 10 GB requirement: max 110%, median 100%, missed. Of two points that ran out
+    of memory, only the one the model accepted (predicted_feasible) counts."""
+    from runtime.report import gpu_memory_check
+
+    df = pd.DataFrame(
+        {
+            "point_id": ["a", "b", "c", "d"],
+            "status": ["ran", "ran", "skipped", "skipped"],
+            "skip_reason": ["", "", "FAILED: CUDA out of memory under the 10 GiB cap", "FAILED: CUDA out of memory"],
+            "predicted_feasible": [True, True, True, False],
+            "predicted_hbm_bytes": [10e9, 10e9, 9e9, 12e9],
+            "measured_gpu_peak_allocated_bytes": [9e9, 11e9, None, None],
+        }
+    )
+    c = gpu_memory_check(df)
+    assert c["n"] == 2 and c["worst_point"] == "b"
+    assert c["max_peak_over_predicted"] == pytest.approx(1.1) and c["median_peak_over_predicted"] == pytest.approx(1.0)
+    assert c["out_of_memory"] == ["c"] and not c["met"]
+    rows = pd.DataFrame([_row("A", p, 1.0, 1.0, 0.1, 0.1, 0.1, 0.1) for p in ("a", "b")])
+    md = summary_markdown(summarize(pd.concat([rows.iloc[:0], df], ignore_index=True).fillna({"group_id": "A"})))
+    assert "| out of GPU memory on a plan the model accepts | - | - | - | none | NO: c |" in md
+    fine = df.iloc[:1]
+    assert gpu_memory_check(fine)["met"] and gpu_memory_check(fine)["out_of_memory"] == []

@@ -156,6 +156,9 @@ def best_in_combo(
     hbm_base = _hbm_base(mem, resident)
     resident_time = resident * (ca.resident_prefill_s + k.resident_decode_total_s)
     extra = _class_extra_hbm(mem)
+    # HBM a streamed pair adds: its class's buffers and KV staging, and the prefill chunks waiting for the CPU
+    waiting = np.asarray(mem.waiting_chunks_bytes)
+    pair_extra = extra[_PAIR_CLASS] + waiting[_PP]
     best: Optional[tuple[float, int, int, int, int]] = None
 
     # All layers resident (K = 0): no streaming, policies and ISAs do not matter.
@@ -183,7 +186,7 @@ def best_in_combo(
             + kk * dec_d[_PD][None, :]
             + k.head_total_s
         )
-        ok = (lo[rows, None] <= hi[rows, None]) & (hbm_base[rows, None] + extra[_PAIR_CLASS][None, :] <= hbm_avail)
+        ok = (lo[rows, None] <= hi[rows, None]) & (hbm_base[rows, None] + pair_extra[None, :] <= hbm_avail)
         if bounded:
             # (N_res R_dec + K D(p_dec) + head S) / S <= X
             tpot_total = (
@@ -196,21 +199,26 @@ def best_in_combo(
         r, pair = divmod(int(np.argmin(lat)), _PP.size)
         candidate = (float(lat[r, pair]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), 0)
     elif not k.has_cxl and not exhaustive and not bounded:
-        best_time = np.full(NUM_POLICIES, np.inf)
-        np.minimum.at(best_time, _PAIR_CLASS, pair_time)
-        # the first pair (lowest index) reaching each class minimum
-        hit = np.flatnonzero(pair_time == best_time[_PAIR_CLASS])
-        best_pair = np.full(NUM_POLICIES, -1)
-        best_pair[_PAIR_CLASS[hit[::-1]]] = hit[::-1]
+        # Pairs with the same HBM (class, waiting chunks) are interchangeable but for their time: keep the best
+        levels, level_of = np.unique(waiting, return_inverse=True)
+        key = _PAIR_CLASS * levels.size + level_of[_PP]
+        n_keys = NUM_POLICIES * levels.size
+        best_time = np.full(n_keys, np.inf)
+        np.minimum.at(best_time, key, pair_time)
+        # the first pair (lowest index) reaching each key's minimum
+        hit = np.flatnonzero(pair_time == best_time[key])
+        best_pair = np.full(n_keys, -1)
+        best_pair[key[hit[::-1]]] = hit[::-1]
+        key_extra = np.repeat(extra, levels.size) + np.tile(levels, NUM_POLICIES)
         lat = resident_time[rows, None] + kk * best_time[None, :] + k.head_total_s
-        ok = (lo[rows, None] <= hi[rows, None]) & (hbm_base[rows, None] + extra[None, :] <= hbm_avail)
+        ok = (lo[rows, None] <= hi[rows, None]) & (hbm_base[rows, None] + key_extra[None, :] <= hbm_avail)
         lat = np.where(ok, lat, np.inf)
-        r, cls = divmod(int(np.argmin(lat)), NUM_POLICIES)
-        pair = int(best_pair[cls])
-        candidate = (float(lat[r, cls]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), 0)
+        r, col = divmod(int(np.argmin(lat)), n_keys)
+        pair = int(best_pair[col])
+        candidate = (float(lat[r, col]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), 0)
     elif not k.has_cxl and not exhaustive and bounded:
         # Per N_res the bound allows the decode vectors with K D(p_dec) <= X S - N_res R_dec - S head, and
-        # memory the classes with extra(c) <= HBM left: both are "the k smallest" of a sorted list, so rows
+        # memory the pairs with extra(pair) <= HBM left: both are "the k smallest" of a sorted list, so rows
         # share few distinct (decode, class) allowances; the best pair is found once per allowance.
         host_ok = lo[rows] <= hi[rows]
         ok_rows = rows[host_ok]
@@ -218,7 +226,7 @@ def best_in_combo(
             dec_tpot = ca.tpot_dec[HostTier.DDR]
             kr = streamed[ok_rows]
             room = tpot_max_s * steps - resident[ok_rows] * k.tpot_resident_decode_total_s - k.tpot_head_s * steps
-            dec_order, cls_order = np.sort(dec_tpot), np.sort(extra)
+            dec_order, cls_order = np.sort(dec_tpot), np.sort(pair_extra)
             n_dec = np.searchsorted(dec_order, room / kr, side="right")
             n_cls = np.searchsorted(cls_order, hbm_avail - hbm_base[ok_rows], side="right")
             row_best = np.full(ok_rows.size, np.inf)
@@ -226,7 +234,7 @@ def best_in_combo(
             for nd, nc in set(zip(n_dec.tolist(), n_cls.tolist())):
                 if nd == 0 or nc == 0:
                     continue
-                allowed = (dec_tpot[_PD] <= dec_order[nd - 1]) & (extra[_PAIR_CLASS] <= cls_order[nc - 1])
+                allowed = (dec_tpot[_PD] <= dec_order[nd - 1]) & (pair_extra <= cls_order[nc - 1])
                 masked = np.where(allowed, pair_time, np.inf)
                 pair = int(np.argmin(masked))
                 sel = (n_dec == nd) & (n_cls == nc)
@@ -259,7 +267,7 @@ def best_in_combo(
             k_hi = np.where((dd == 0) & (room < 0), -1.0, k_hi)
         k_cxl = np.where(dq >= 0, k_lo, k_hi)
         lat = resident_time[rows, None] + kk * q_ddr + k_cxl * dq + k.head_total_s
-        ok = (k_lo <= k_hi) & (hbm_base[rows, None] + extra[_PAIR_CLASS][None, :] <= hbm_avail)
+        ok = (k_lo <= k_hi) & (hbm_base[rows, None] + pair_extra[None, :] <= hbm_avail)
         lat = np.where(ok, lat, np.inf)
         r, pair = divmod(int(np.argmin(lat)), _PP.size)
         candidate = (float(lat[r, pair]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), int(k_cxl[r, pair]))

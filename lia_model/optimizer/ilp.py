@@ -335,7 +335,17 @@ def solve_ilp(
     for i in (_SCORE, _CTX):
         prob += alpha >= sigma - p[i]
         prob += alpha >= sigma - d[i]
-    # HBM: emb + N_res (W + KV) + 2 sum_i W_i gamma[i] + KV alpha + sum_n ws(n) m[n] <= avail_hbm
+    # omega = the prefill chunks waiting for the CPU, (n - 1) waiting(p_pre) with sigma (lia_model.memory):
+    #   omega >= sum_pi Wt_n(pi) y_pre[pi] - max_pi Wt_n(pi) (2 - m[n] - sigma)   for each n,  omega >= 0
+    omega = pulp.LpVariable("waiting_chunks_gb", lowBound=0)
+    for n, zs in m.items():
+        waiting = np.asarray(tables.memory[n].waiting_chunks_bytes) * gb
+        if waiting.max() > 0:
+            prob += omega >= (
+                pulp.lpSum(float(w) * y_pre[k] for k, w in enumerate(waiting) if w > 0)
+                - float(waiting.max()) * (2 - pulp.lpSum(zs) - sigma)
+            )
+    # HBM: emb + N_res (W + KV) + 2 sum_i W_i gamma[i] + KV alpha + sum_n ws(n) m[n] + omega <= avail_hbm
     prob += (
         (
             mem0.embedding_bytes * gb
@@ -343,6 +353,7 @@ def solve_ilp(
             + pulp.lpSum(2.0 * mem0.sublayer_weight_bytes[i] * gb * g for i, g in enumerate(gamma) if g is not None)
             + layer_kv * alpha
             + pulp.lpSum(tables.memory[n].gpu_workspace_bytes * gb * pulp.lpSum(zs) for n, zs in m.items())
+            + omega
             <= avail[MemoryTier.HBM]
         ),
         "hbm_capacity",
