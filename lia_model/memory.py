@@ -4,7 +4,7 @@ With K = num_layers - N_res streamed layers, sigma = [K > 0], g_i = 1 when subla
 prefill or decode, and a = 1 when any attention sublayer runs on the GPU:
 
   HBM  = e embeddings + N_res (W_layer + KV_layer) + sigma 2 sum_i g_i W_i + sigma a KV_layer + u workspace_gpu(n)
-         + sigma u (n - 1) waiting(p_pre)
+         + sigma u [(n - 1) waiting(p_pre) + split(p_pre)]
   DDR  = (1 - e) embeddings + (K - K_cxl) W_layer + K KV_layer [KV in DDR] + workspace_host(n)
   CXL  = K_cxl W_layer + K KV_layer [KV in CXL]
 
@@ -17,13 +17,15 @@ W_i: stored weights of sublayer i; W_layer = sum_i W_i; KV_layer = K and V of B 
 at the workload's precision (lia_model.accounting: bytes per element and group scales), the embeddings in bf16.
 The 2 sum_i g_i W_i term is the pair of alternating streaming buffers; sigma a KV_layer stages one streamed
 layer's KV on the GPU for GPU attention. The workspace is the prefill hidden state of the whole batch
-(input and output, 2 B L_in h) plus the largest sublayer's live buffers for one chunk (input and output, or
-fc1's temporaries: ``mlp_temporaries_bytes``).
+(input and output, 2 B L_in h) plus the largest sublayer peak of one chunk or decode step
+(``sublayer_live_elements``: each kernel's live buffers and temporaries).
 
 With n > 1 prefill chunks and a prefill policy p that runs some sublayer on the CPU, the runtime issues every
 chunk's GPU sublayers up to its next CPU sublayer, so n - 1 chunks can wait there while the CPU works on one.
 HBM then also holds sigma u (n - 1) waiting(p): ``waiting_chunk_bytes``, the largest set of one chunk's values
 on the GPU at a CPU sublayer it waits for (runtime/executor.py drops each value after its last reader).
+split(p): a prefill policy with attn_score and attn_context on different devices materialises the scores
+(``split_attention_bytes``); fused attention (SDPA) does not.
 Available per tier = capacity (1 - headroom) - reserved (CUDA context on the GPU, OS on the host).
 """
 
@@ -37,7 +39,6 @@ from lia_model.accounting import (
     kv_cache_bytes_per_layer,
     layer_weight_bytes,
     sublayer_weight_bytes,
-    sublayer_work,
 )
 from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
@@ -66,6 +67,13 @@ class MemoryConstants:
     available_bytes: dict[MemoryTier, float]
     # (n - 1) waiting(p) of every prefill policy p (by policy_index): HBM of the chunks waiting for the CPU
     waiting_chunks_bytes: tuple[float, ...] = (0.0,) * (1 << NUM_SUBLAYERS)
+    # split_attention_bytes for the prefill policies p with attn_score and attn_context apart, else 0
+    split_attention_bytes: tuple[float, ...] = (0.0,) * (1 << NUM_SUBLAYERS)
+
+    @property
+    def prefill_policy_bytes(self) -> tuple[float, ...]:
+        """What HBM a streamed prefill policy adds to ws(n): its waiting chunks and its split attention."""
+        return tuple(w + s for w, s in zip(self.waiting_chunks_bytes, self.split_attention_bytes))
 
 
 def available_bytes(system: SystemSpec) -> dict[MemoryTier, float]:
@@ -78,32 +86,59 @@ def available_bytes(system: SystemSpec) -> dict[MemoryTier, float]:
     return out
 
 
-def mlp_temporaries_bytes(model: ModelSpec, tokens: int) -> float:
-    """Live buffers of the runtime's fc1 (runtime/kernels.py ``fc1``) for ``tokens`` rows, in bf16: the
-    normed input (h), the up-projection (mlp_matrices f: gate and up for a gated MLP), and for a gated MLP
-    SiLU(gate) and the product (2 f). Measured on the GPU host (2026-11-30, runtime/validation/wave2-b): with
-    only input + output counted, Llama-2-70B plans at 8192 prefill tokens ran out of memory under their cap
-    allocating the 448 MiB SiLU buffer."""
-    f = model.ffn_size
-    width = model.hidden_size + model.mlp_matrices * f + (2 * f if model.gated_mlp else 0)
-    return float(tokens * width * BF16_BYTES)
+def sublayer_live_elements(model: ModelSpec, keys: int, decode: bool, split_attention: bool) -> dict[Sublayer, float]:
+    """bf16 elements per token that one chunk's sublayer holds at its peak in runtime/kernels.py, beyond the
+    chunk's input and output (in the hidden term); ``keys``: the positions attention reads. Widths: h hidden,
+    q = q_dim, kv = kv_dim, f = ffn_size, S = num_heads x keys (scores per token).
+
+      qkv          h + (q + 2 kv) + max(9/2 q [RoPE], q + 2 kv)  normed input, fused output; then RoPE's fp32
+                                                                 halves and results, or the contiguous Q, K, V
+      attention    3 q (+ 2 S: GQA decode)                       Q, SDPA's output, its [b, q, H d] copy
+                                                                 (grouped decode: scores and probabilities too)
+      split        score: 2 q + S; context: 2 S + 2 q            Q and its scaled groups, scores; probabilities,
+                                                                 ctx and its permuted copy
+      out_proj     q + h                                         ctx, h_mid
+      fc1          2 h + m f (+ 2 f gated)                       h_mid, normed input, up (and gate), SiLU(gate)
+                                                                 and the product
+      fc2          h + f                                         h_mid, mid
+
+    Measured on the GPU host (runtime/validation/wave2-h/): with input + output per sublayer and fc1's
+    temporaries only, the runtime's peak ran 2-4% above the model (the contiguous Q, K, V copies, RoPE)."""
+    h, q, kv, f = model.hidden_size, model.q_dim, model.kv_dim, model.ffn_size
+    scores = model.num_heads * keys
+    grouped_decode = decode and model.num_heads > model.num_kv_heads
+    out = {
+        Sublayer.QKV: h + (q + 2 * kv) + max(4.5 * q if model.uses_rope else 0.0, q + 2 * kv),
+        Sublayer.ATTN_SCORE: 2 * q + scores if split_attention else 0.0,
+        Sublayer.ATTN_CONTEXT: 2 * scores + 2 * q if split_attention else 3 * q + (2 * scores if grouped_decode else 0),
+        Sublayer.OUT_PROJ: q + h,
+        Sublayer.FC1: 2 * h + model.mlp_matrices * f + (2 * f if model.gated_mlp else 0),
+        Sublayer.FC2: h + f,
+    }
+    return {k: float(v) for k, v in out.items()}
+
+
+def _largest_live_bytes(model: ModelSpec, workload: Workload, chunk: int, split_prefill: bool) -> float:
+    """The largest sublayer peak of one prefill chunk or of a decode step (split attention in decode counted
+    always: small; in prefill only for ``split_prefill``)."""
+    tokens, keys = chunk * workload.input_len, workload.input_len
+    prefill = max(sublayer_live_elements(model, keys, False, split_prefill).values()) * tokens
+    decode = max(sublayer_live_elements(model, keys + workload.output_len, True, True).values()) * workload.batch
+    return max(prefill, decode) * BF16_BYTES
 
 
 def workspace_bytes(model: ModelSpec, workload: Workload, minibatches: int) -> float:
-    chunk = workload.batch // minibatches
-    prefill = sublayer_work(model, chunk, workload.input_len, workload.input_len, workload.precision)
-    decode = sublayer_work(model, workload.batch, 1, workload.input_len + workload.output_len, workload.precision)
-    # live buffers: input and output, plus the softmax probabilities (half the scratch traffic); fc1 holds
-    # its temporaries (the MLP is the widest sublayer)
-    largest = max(
-        max(
-            float(w.act_in_bytes + w.act_out_bytes + w.scratch_bytes / 2) for w in (*prefill.values(), *decode.values())
-        ),
-        mlp_temporaries_bytes(model, chunk * workload.input_len),
-        mlp_temporaries_bytes(model, workload.batch),
-    )
+    """ws(n) = 2 B L_in h (the whole batch's prefill input and output) + the largest sublayer peak of one chunk
+    (``sublayer_live_elements``, attention fused in prefill), all bf16."""
     hidden = 2.0 * workload.batch * workload.input_len * model.hidden_size * BF16_BYTES
-    return hidden + largest
+    return hidden + _largest_live_bytes(model, workload, workload.batch // minibatches, split_prefill=False)
+
+
+def split_attention_bytes(model: ModelSpec, workload: Workload, minibatches: int) -> float:
+    """What a prefill policy with attn_score and attn_context on different devices adds to ws(n): its split
+    attention's peak over the fused one's largest, or 0."""
+    chunk = workload.batch // minibatches
+    return _largest_live_bytes(model, workload, chunk, True) - _largest_live_bytes(model, workload, chunk, False)
 
 
 # What a prefill chunk holds between sublayers, by the sublayer it waits for (runtime/executor.py drops q and the
@@ -155,6 +190,7 @@ def memory_constants(system: SystemSpec, model: ModelSpec, workload: Workload, m
     precision = workload.precision
     per_sublayer = sublayer_weight_bytes(model, precision)
     ws = workspace_bytes(model, workload, minibatches)
+    split = split_attention_bytes(model, workload, minibatches)
     return MemoryConstants(
         embedding_bytes=embedding_weight_bytes(model),
         layer_weight_bytes=layer_weight_bytes(model, precision),
@@ -170,7 +206,15 @@ def memory_constants(system: SystemSpec, model: ModelSpec, workload: Workload, m
             * waiting_chunk_bytes(model, workload.batch // minibatches, workload.input_len, policy_from_index(k))
             for k in range(1 << NUM_SUBLAYERS)
         ),
+        split_attention_bytes=tuple(
+            split if _splits_attention(policy_from_index(k)) else 0.0 for k in range(1 << NUM_SUBLAYERS)
+        ),
     )
+
+
+def _splits_attention(policy: tuple[Device, ...]) -> bool:
+    dev = dict(zip(SUBLAYERS, policy))
+    return dev[Sublayer.ATTN_SCORE] != dev[Sublayer.ATTN_CONTEXT]
 
 
 @dataclass(frozen=True)
@@ -234,6 +278,7 @@ def memory_use(system: SystemSpec, model: ModelSpec, workload: Workload, plan: P
         "kv_staging": sigma * (c.kv_layer_bytes if attention_on_gpu(plan) else 0.0),
         "workspace": c.gpu_workspace_bytes if uses_gpu else 0.0,
         "waiting_chunks": sigma * c.waiting_chunks_bytes[policy_index(plan.prefill_policy)] if uses_gpu else 0.0,
+        "split_attention": sigma * c.split_attention_bytes[policy_index(plan.prefill_policy)] if uses_gpu else 0.0,
     }
     host: dict[HostTier, dict[str, float]] = {HostTier.DDR: {}, HostTier.CXL: {}}
     if not head_on_gpu:

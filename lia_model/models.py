@@ -106,6 +106,13 @@ class ModelSpec(BaseModel):
     def is_moe(self) -> bool:
         return self.num_experts > 1
 
+    @property
+    def uses_rope(self) -> bool:
+        """Rotary positions for the Llama family (gated MLP, no learned positions). Bloom's ALiBi is not
+        modelled: a model with neither learned positions nor a gated MLP gets no position signal (timing is
+        unaffected)."""
+        return self.learned_positions == 0 and self.gated_mlp
+
 
 _OPT_SOURCE = "Zhang et al. 2022, OPT paper Table 1 / facebook/opt-* config.json"
 

@@ -51,7 +51,7 @@ from runtime.mover import Mover
 from runtime.records import OpRecord, Recorder, RunResult
 from runtime.streamer import WeightFeeder
 from runtime.weight_stream import WeightStreamer
-from runtime.weights import ModelWeights, embedding_positions_offset, uses_rope
+from runtime.weights import ModelWeights, embedding_positions_offset
 
 
 class GpuLayerCache:
@@ -205,6 +205,7 @@ class Executor:
                     {self.head_dev: Placed(x[c * bsz : (c + 1) * bsz], self.head_dev, x_ready(be, self.head_dev))}
                     for c in range(n)
                 ]
+                del x  # the chunks' views hold it only until the first layer's outputs replace them
                 for li in range(self.L):
                     chunks = self._layer(stage, step, p_index, li, chunks, pos0, q)
                     if keep_hidden and p_index == 0:
@@ -424,7 +425,7 @@ class Executor:
     # ================================================================== sublayers
 
     def _rope(self, dev: Device, pos0: int, q: int):
-        if not uses_rope(self.model):
+        if not self.model.uses_rope:
             return None
         key = (dev, pos0, q)
         if key not in self._rope_cache:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from lia_model.sublayers import Sublayer
 from runtime.rope import inverse_frequencies
-from runtime.weights import ModelWeights, embedding_positions_offset, uses_rope
+from runtime.weights import ModelWeights, embedding_positions_offset
 
 LOGITS_RTOL = 3e-2
 
@@ -71,7 +71,7 @@ def reference_logits(
         h = h + emb.positions[off : off + T].to(device=device, dtype=dtype)[None]
     H, KV, d = m.num_heads, m.num_kv_heads, m.head_dim
     eps = m.norm_eps
-    inv = inverse_frequencies(m) if uses_rope(m) else None
+    inv = inverse_frequencies(m) if m.uses_rope else None
 
     def get(li: int, sub: Sublayer) -> dict[str, torch.Tensor]:
         return {k: v.to(device=device, dtype=dtype) for k, v in weights.host_views(li, sub).items()}
@@ -84,7 +84,7 @@ def reference_logits(
         q = y[..., : m.q_dim].reshape(B, T, H, d).transpose(1, 2)
         k = y[..., m.q_dim : m.q_dim + m.kv_dim].reshape(B, T, KV, d).transpose(1, 2)
         v = y[..., m.q_dim + m.kv_dim :].reshape(B, T, KV, d).transpose(1, 2)
-        if uses_rope(m):
+        if m.uses_rope:
             q, k = _rotate(q, positions, inv), _rotate(k, positions, inv)
         k = k.repeat_interleave(H // KV, dim=1)
         v = v.repeat_interleave(H // KV, dim=1)

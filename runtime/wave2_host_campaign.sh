@@ -20,6 +20,9 @@
 #                                                     # beside the weight stream
 #   bash runtime/wave2_host_campaign.sh h [PROFILE]   # part H (about 4 minutes): the memory model at the edge of
 #                                                     # the GPU cap, and part G's two out-of-memory plans again
+#   bash runtime/wave2_host_campaign.sh i [PROFILE]   # part I (about 3 minutes): part H's plans again after the
+#                                                     # live-set workspace, each at the new model's cap edge
+#   bash runtime/wave2_host_campaign.sh j [PROFILE]   # part J (about 3 minutes): new CPU-attention workloads
 # REMEASURE_DMA=1 (parts a and 2) first measures only the CPU-beside-DMA slowdown again into $OUT/<profile name>
 # (python -m calibrate.kernel_tables --remeasure-beside-dma) and predicts with that copy.
 # PRE_TESTS=1 first runs the CUDA executor tests (tests/test_runtime_gpu.py, log in $OUT/gpu_tests.log).
@@ -29,7 +32,7 @@
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c|d|e|f|g|h) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c|d|e|f|g|h|i|j) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -86,7 +89,7 @@ case "$PART" in
         POINTS=${POINTS_A:-runtime/campaign/wave2-a.yaml}; MAX_POINT_S=${MAX_POINT_S:-60}
         TITLE="OPT-30B, 48 layers, GPU capped at 40 GiB (wave 2, kernel tables)"
         ;;
-    2|c|d|e|f|g|h)
+    2|c|d|e|f|g|h|i|j)
         # runtime/campaign/wave2-<part>.yaml (part 2 is B) with the committed kernel-table profile
         PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
         POINTS=runtime/campaign/wave2-$([ "$PART" = 2 ] && echo b || echo "$PART").yaml
@@ -98,6 +101,8 @@ case "$PART" in
             f) DEFAULT_POINT_S=60; TITLE="The workloads where the optimum lost, measured again (wave 2, kernel tables)" ;;
             g) DEFAULT_POINT_S=40; TITLE="Compute-bound CPU kernels beside the weight stream (wave 2, kernel tables)" ;;
             h) DEFAULT_POINT_S=45; TITLE="The memory model at the edge of the GPU cap (wave 2, kernel tables)" ;;
+            i) DEFAULT_POINT_S=45; TITLE="The memory model at the edge of the GPU cap, live-set workspace (wave 2)" ;;
+            j) DEFAULT_POINT_S=45; TITLE="Attention tables over cold caches: new CPU-attention workloads (wave 2)" ;;
         esac
         MAX_POINT_S=${MAX_POINT_S:-$DEFAULT_POINT_S}
         ;;

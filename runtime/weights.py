@@ -228,9 +228,3 @@ class ModelWeights:
 def embedding_positions_offset(model: ModelSpec) -> int:
     """OPT's learned position table starts at index 2 (Hugging Face OPTLearnedPositionalEmbedding)."""
     return 2 if model.learned_positions >= model.max_context + 2 else 0
-
-
-def uses_rope(model: ModelSpec) -> bool:
-    """Rotary positions for the Llama family (gated MLP, no learned positions). Bloom's ALiBi is not modelled:
-    a model with neither learned positions nor a gated MLP gets no position signal (timing is unaffected)."""
-    return model.learned_positions == 0 and model.gated_mlp

@@ -72,3 +72,38 @@ def test_the_optimisers_plans_fit_the_memory_model_with_waiting_chunks(solver, b
     assert all(t.fits for t in use.values()), {k.value: (t.required_gb, t.available_gb) for k, t in use.items()}
     other = optimize(system, model, wl, "latency", solver="enumerate" if solver == "cbc" else "cbc")
     assert result.prediction.latency_s == pytest.approx(other.prediction.latency_s, rel=1e-6)
+
+
+def test_sublayer_live_elements_by_hand():
+    """Per-token peaks of runtime/kernels.py's sublayers, in bf16 elements. Llama-2-70B: h = q = 8192, kv = 1024,
+    f = 28672, RoPE, 64 heads over 8 KV heads."""
+    from lia_model.memory import sublayer_live_elements
+    from lia_model.sublayers import Sublayer as S
+
+    live = sublayer_live_elements(LLAMA, 32, decode=False, split_attention=False)
+    assert live[S.QKV] == 8192 + (8192 + 2 * 1024) + 4.5 * 8192  # normed, fused, RoPE's fp32 halves and results
+    assert live[S.ATTN_SCORE] == 0 and live[S.ATTN_CONTEXT] == 3 * 8192  # fused (SDPA)
+    assert live[S.OUT_PROJ] == 8192 + 8192
+    assert live[S.FC1] == 2 * 8192 + 2 * 28672 + 2 * 28672  # h_mid, normed, gate + up, SiLU(gate), product
+    assert live[S.FC2] == 8192 + 28672
+    grouped = sublayer_live_elements(LLAMA, 38, decode=True, split_attention=False)
+    assert grouped[S.ATTN_CONTEXT] == 3 * 8192 + 2 * 64 * 38  # grouped decode: scores and probabilities
+    split = sublayer_live_elements(LLAMA, 32, decode=False, split_attention=True)
+    assert split[S.ATTN_SCORE] == 2 * 8192 + 64 * 32 and split[S.ATTN_CONTEXT] == 2 * 64 * 32 + 2 * 8192
+    opt = sublayer_live_elements(get_model("opt-30b"), 32, decode=False, split_attention=False)
+    assert opt[S.QKV] == 7168 + 3 * 7168 + 3 * 7168  # no RoPE: the contiguous Q, K, V copies
+    assert opt[S.FC1] == 2 * 7168 + 28672  # ReLU in place
+
+
+def test_split_attention_costs_its_scores_only_for_policies_that_split_it():
+    """OPT-30B, B = 1, a 2016-token prompt: split attention holds scores and probabilities, 2 x 56 x 2016 per
+    token, and ctx twice: 240128 elements per token against the fused largest (qkv, 50176): (240128 - 50176)
+    x 2016 tokens x 2 bytes = 765,886,464 bytes, charged only when attn_score and attn_context are apart."""
+    system = load_system("hwprofiles/systems/emr-h200-kernels.yaml")
+    model = get_model("opt-30b").model_copy(update={"num_layers": 4})
+    wl = Workload(batch=1, input_len=2016, output_len=4)
+    split = Plan(prefill_policy=(G, G, C, G, G, G), decode_policy=ALL_GPU, gpu_resident_layers=1)
+    hbm = memory_use(system, model, wl, split)[MemoryTier.HBM].components_bytes
+    assert hbm["split_attention"] == (240128 - 50176) * 2016 * 2
+    fused = split.model_copy(update={"prefill_policy": (G, C, C, G, G, G)})
+    assert memory_use(system, model, wl, fused)[MemoryTier.HBM].components_bytes["split_attention"] == 0.0

@@ -272,17 +272,17 @@ def test_minibatch_candidates_are_the_divisors_up_to_the_cap():
 
 
 def test_a_batch_only_the_relaxed_test_admits_is_a_memory_error_and_the_largest_batch_solves():
-    """spr-a100, OPT-30B, 32/32: at B = 5380 one sequence per prefill chunk would fit HBM, but no plan with at
+    """spr-a100, OPT-30B, 32/32: at B = 5378 one sequence per prefill chunk would fit HBM, but no plan with at
     most 64 chunks does; the optimiser says so as a memory error, never a wrong plan. The largest batch it
-    reports (below 5380) solves."""
+    reports (below 5378) solves."""
     system, model = load_system("spr-a100"), get_model("opt-30b")
-    wl = make_workload(5380, 32, 32, model)
+    wl = make_workload(5378, 32, 32, model)
     assert any_plan_fits_memory(system, model, wl, relaxed=True)
     assert not any_plan_fits_memory(system, model, wl)
     with pytest.raises(InfeasibleError, match="memory"):
         optimize(system, model, wl, solver="enumerate")
     top = largest_feasible_batch(system, model, 32, 32)
-    assert top < 5380
+    assert top < 5378
     assert optimize(system, model, make_workload(top, 32, 32, model), solver="enumerate").prediction.feasible
 
 

@@ -156,8 +156,9 @@ def best_in_combo(
     hbm_base = _hbm_base(mem, resident)
     resident_time = resident * (ca.resident_prefill_s + k.resident_decode_total_s)
     extra = _class_extra_hbm(mem)
-    # HBM a streamed pair adds: its class's buffers and KV staging, and the prefill chunks waiting for the CPU
-    waiting = np.asarray(mem.waiting_chunks_bytes)
+    # HBM a streamed pair adds: its class's buffers and KV staging, and its prefill policy's waiting chunks and
+    # split attention (MemoryConstants.prefill_policy_bytes)
+    waiting = np.asarray(mem.prefill_policy_bytes)
     pair_extra = extra[_PAIR_CLASS] + waiting[_PP]
     best: Optional[tuple[float, int, int, int, int]] = None
 

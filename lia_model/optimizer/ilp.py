@@ -335,11 +335,12 @@ def solve_ilp(
     for i in (_SCORE, _CTX):
         prob += alpha >= sigma - p[i]
         prob += alpha >= sigma - d[i]
-    # omega = the prefill chunks waiting for the CPU, (n - 1) waiting(p_pre) with sigma (lia_model.memory):
+    # omega = what the streamed prefill policy adds to ws(n), with sigma (lia_model.memory prefill_policy_bytes):
+    #   Wt_n(pi) = (n - 1) waiting_n(pi) + split_n(pi), the chunks waiting for the CPU and split attention's scores
     #   omega >= sum_pi Wt_n(pi) y_pre[pi] - max_pi Wt_n(pi) (2 - m[n] - sigma)   for each n,  omega >= 0
-    omega = pulp.LpVariable("waiting_chunks_gb", lowBound=0)
+    omega = pulp.LpVariable("prefill_policy_gb", lowBound=0)
     for n, zs in m.items():
-        waiting = np.asarray(tables.memory[n].waiting_chunks_bytes) * gb
+        waiting = np.asarray(tables.memory[n].prefill_policy_bytes) * gb
         if waiting.max() > 0:
             prob += omega >= (
                 pulp.lpSum(float(w) * y_pre[k] for k, w in enumerate(waiting) if w > 0)
