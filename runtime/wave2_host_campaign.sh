@@ -129,4 +129,4 @@ echo "== done in ${SECONDS} s; files: $(ls "$OUT" | tr '\n' ' ')"
 [ -f "$OUT/summary.md" ] && cat "$OUT/summary.md"
 return 0
 }
-main 2>&1 | tee "$OUT/campaign.log"
+main "$@" 2>&1 | tee "$OUT/campaign.log"
