@@ -30,6 +30,7 @@ it on relaxed arrays to bound the throughput of whole ranges of batches.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -382,7 +383,11 @@ def least_footprint_memory(
     admits may still fit no plan of the capped space, and then solves as infeasible."""
     counts = divisors(workload.batch) if relaxed else minibatch_candidates(workload.batch)
     consts = [memory_constants(system, model, workload, n) for n in counts]
-    return min(consts, key=lambda m: (m.gpu_workspace_bytes, m.host_workspace_bytes))
+    least = min(consts, key=lambda m: (m.gpu_workspace_bytes, m.host_workspace_bytes))
+    # A prefill policy's extras (waiting chunks, split attention) are >= 0 and smallest at some other n: dropped,
+    # so this stays the smallest footprint of every (n, policy) the bounds built on it relax over
+    zero = (0.0,) * len(least.waiting_chunks_bytes)
+    return dataclasses.replace(least, waiting_chunks_bytes=zero, split_attention_bytes=zero)
 
 
 def any_plan_fits_memory(
