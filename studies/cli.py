@@ -16,8 +16,8 @@ def register(app: typer.Typer) -> None:
     app.command(
         "study",
         epilog=(
-            "Examples:\n\n  lia study all --out figures\n\n  lia study e2e --reduced --out "
-            "results/studies\n\n  lia study policy-map --replot --out figures\n\n  lia study "
+            "Examples:\n\n  lia study all --out figures --force\n\n  lia study e2e --reduced --out "
+            "results/studies\n\n  lia study policy-map --replot --out figures --force\n\n  lia study "
             "cxl --executor dask --scheduler tcp://10.0.0.5:8786\n\n  lia study cost --systems spr-h100,gh200,dgx-a100 "
             "--models llama-3.1-70b --out results/mine\n\n  lia study policy-map --grid "
             "my-grid.yaml --out results/mine"
@@ -60,6 +60,7 @@ def study(
         None, "--workers", help="Parallel workers (default: all cores, or the cluster's threads)."
     ),
     replot: bool = typer.Option(False, "--replot", help="Only redraw the figure from an existing NAME.csv."),
+    force: bool = typer.Option(False, "--force", help="Replace NAME.csv and its figures where they exist."),
     systems: Optional[str] = typer.Option(
         None, "--systems", help="Comma-separated systems instead of the grid's (e.g. spr-h100,gh200)."
     ),
@@ -106,6 +107,17 @@ def study(
             else None
         )
     _check_out(out, create=not replot)
+    if not force:
+        # a redraw replaces the figures only; a run the CSV as well
+        suffixes = (".png", ".svg") if replot else (".csv", ".png", ".svg")
+        taken = [out / f"{n}{x}" for n in names for x in suffixes if (out / f"{n}{x}").exists()]
+        if taken:
+            from lia_model.errors import LiaInputError
+
+            more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+            raise LiaInputError(
+                "--out", f"'{taken[0]}' exists{more}", "pass --force to replace it, or choose another --out"
+            )
     for study_name in names:
         spec = STUDIES[study_name]
         if replot:

@@ -861,3 +861,21 @@ def test_predict_a_plan_file_under_the_query_it_was_made_for(tmp_path, monkeypat
     assert_one_error(
         *run_lia(["predict", "--plan", "plan.json", "--model", "opt-66b"]), ("--model", "opt-30b", "opt-66b")
     )
+
+
+def test_a_study_never_overwrites_its_outputs_without_force(tmp_path):
+    """'lia study NAME --out DIR' where DIR/NAME.csv exists: one error line naming the file, exit 2, the file
+    untouched; a redraw refuses to replace an existing figure the same way."""
+    (tmp_path / "microbench.csv").write_text("precious\n")
+    proc = subprocess.run(
+        [*LIA, "study", "microbench", "--reduced", "--out", str(tmp_path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --out"), proc.stderr
+    assert "microbench.csv' exists" in proc.stderr and "--force" in proc.stderr
+    assert (tmp_path / "microbench.csv").read_text() == "precious\n"
+    (tmp_path / "microbench.png").write_text("old figure\n")
+    redraw = subprocess.run(
+        [*LIA, "study", "microbench", "--replot", "--out", str(tmp_path)], capture_output=True, text=True
+    )
+    assert redraw.returncode == 2 and "microbench.png' exists" in redraw.stderr
+    assert (tmp_path / "microbench.png").read_text() == "old figure\n"

@@ -19,5 +19,5 @@ HARD_LIMIT_S=${HARD_LIMIT_S:-560}
 LEFT=$((HARD_LIMIT_S - SECONDS - 30))
 timeout -s INT "$LEFT" "$PY" -m lia_model validate --points studies/measured/policy-map-points.yaml \
     --system "$PROFILE" --out "$OUT" --repeats 3 --profiled-runs 1 --max-point-s 30 --time-budget-s "$((LEFT - 20))" \
-    --title "measured policy map: Llama-2-70B, 8 layers, 16 GiB" 2>&1 | grep --line-buffered -v '^USDT'
+    --title "measured policy map: Llama-2-70B, 8 layers, 10 GiB" 2>&1 | grep --line-buffered -v '^USDT'
 "$PY" -m studies.measured.policy_map "$OUT/results.csv" --out "$OUT"
