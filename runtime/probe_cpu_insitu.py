@@ -18,7 +18,7 @@ This probe times the same kernel on the same shapes four ways:
 Run it once per OpenMP setting to see what the wait policy changes, e.g. ``OMP_WAIT_POLICY=ACTIVE``.
 It writes ``cpu_insitu_probe.csv`` (one row per case and mode) and prints a table.
 
-    python -m runtime.probe_cpu_insitu --out DIR [--gap-ms 2] [--quick]
+    python -m runtime.probe_cpu_insitu --out DIR [--gap-ms 2] [--quick] [--force]
 """
 
 from __future__ import annotations
@@ -133,7 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calls", type=int, default=40, help="Timed calls per cold mode.")
     ap.add_argument("--tag", default="", help="Label of this run's OpenMP setting (a column of the CSV).")
     ap.add_argument("--quick", action="store_true", help="Two small shapes (a test run).")
+    ap.add_argument("--force", action="store_true", help="Replace an existing CSV of the same tag.")
     args = ap.parse_args(argv)
+    name = f"cpu_insitu_probe{'-' + args.tag if args.tag else ''}.csv"
+    if (args.out / name).exists() and not args.force:
+        print(
+            f"error: --out: '{args.out / name}' exists -- pass --force to replace it, or another --tag", file=sys.stderr
+        )
+        return 2
     if not (args.gap_ms >= 0 and math.isfinite(args.gap_ms)) or args.calls < 1:
         print("error: --gap-ms must be a finite number >= 0 and --calls >= 1", file=sys.stderr)
         return 2
@@ -147,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     df.insert(0, "tag", args.tag)
     df.insert(0, "setup", setup)
     df.insert(0, "host", f"{os.uname().nodename} torch {torch.__version__}")
-    name = f"cpu_insitu_probe{'-' + args.tag if args.tag else ''}.csv"
     df.to_csv(args.out / name, index=False)
     print(f"cpu setup: {setup}; OpenMP: {omp or 'default'}")
     print(f"{'case':34s} {'mode':11s} {'median ms':>9s} {'GB/s':>7s} {'x hot':>6s}")

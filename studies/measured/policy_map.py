@@ -1,6 +1,6 @@
 """Summarise a measured policy map: the optimum beside the paper's three policies at each (B, L_in).
 
-    python -m studies.measured.policy_map RESULTS.csv --out DIR
+    python -m studies.measured.policy_map RESULTS.csv --out DIR [--force]
 
 RESULTS.csv is what ``lia validate`` wrote for studies/measured/policy-map-points.yaml. Writes
 DIR/measured-policy-map.csv (one row per (batch, input_len)) and DIR/measured-policy-map.png, and prints the
@@ -78,13 +78,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results")
     parser.add_argument("--out", default=".")
+    parser.add_argument("--force", action="store_true", help="replace an existing measured-policy-map.csv")
     args = parser.parse_args(argv)
     path = Path(args.results)
     if not path.exists():
         print(f"error: {path}: no such file -- run studies/measured/run_policy_map.sh first", file=sys.stderr)
         return 2
-    table = summarise(pd.read_csv(path))
     out = Path(args.out)
+    if (out / "measured-policy-map.csv").exists() and not args.force:
+        print(
+            f"error: --out: '{out / 'measured-policy-map.csv'}' exists -- pass --force to replace it", file=sys.stderr
+        )
+        return 2
+    table = summarise(pd.read_csv(path))
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "measured-policy-map.csv", index=False, float_format="%.6g")
     if len(table):
