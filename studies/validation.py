@@ -241,14 +241,18 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
         matplotlib.patches.Patch(color="grey", alpha=0.37, label=f"within +-{GOAL_MEAN_ABS_ERR:.0%} (mean-error goal)"),
         matplotlib.patches.Patch(color="grey", alpha=0.12, label=f"within +-{GOAL_MAX_ABS_ERR:.0%} (max-error goal)"),
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=7.5, frameon=False)
+    ncol = 6
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7.5, frameon=False)
+    # room for the legend's rows (about 0.17 in each at 7.5 pt) below the axes' labels
+    legend_rows = -(-len(handles) // ncol)
+    bottom = min(0.4, (0.17 * legend_rows + 0.25) / fig.get_size_inches()[1])
     sources = ", ".join(sorted(frame["source"].unique()))
     fig.suptitle(
         f"Cost model vs measurement on the GPU host ({sources}); the models run a subset of their layers "
         "where num_layers says so",
         fontsize=10,
     )
-    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    fig.tight_layout(rect=(0, bottom, 1, 0.96))
     return fig
 
 
