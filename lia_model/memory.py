@@ -102,8 +102,10 @@ def sublayer_live_elements(model: ModelSpec, keys: int, decode: bool, split_atte
                                                                  and the product
       fc2          h + f                                         h_mid, mid
 
-    Measured on the GPU host (runtime/validation/wave2-h/): with input + output per sublayer and fc1's
-    temporaries only, the runtime's peak ran 2-4% above the model (the contiguous Q, K, V copies, RoPE)."""
+    Measured on the GPU host: with input + output per sublayer and fc1's temporaries only, the runtime's peak ran
+    up to 4.2% above the model (runtime/validation/wave2-h/; the contiguous Q, K, V copies, RoPE, and the
+    embedding output the runtime then kept); with this form and the runtime freeing the embedding output, at
+    most 0.4% above it (wave2-i/)."""
     h, q, kv, f = model.hidden_size, model.q_dim, model.kv_dim, model.ffn_size
     scores = model.num_heads * keys
     grouped_decode = decode and model.num_heads > model.num_kv_heads
