@@ -165,6 +165,12 @@ _TOUCHED_BY: dict[str, tuple[Sublayer, ...]] = {
 }
 
 
+def _splits_attention(policy: tuple[Device, ...]) -> bool:
+    """attn_score and attn_context on different devices: two kernels and the scores between them."""
+    dev = dict(zip(SUBLAYERS, policy))
+    return dev[Sublayer.ATTN_SCORE] != dev[Sublayer.ATTN_CONTEXT]
+
+
 def waiting_chunk_bytes(model: ModelSpec, chunk: int, input_len: int, prefill_policy: tuple[Device, ...]) -> float:
     """waiting(p): the GPU bytes of one prefill chunk (``chunk`` sequences of ``input_len`` tokens, bf16
     activations) waiting at a CPU sublayer of ``prefill_policy``, the largest over its CPU sublayers; 0 with
@@ -175,7 +181,7 @@ def waiting_chunk_bytes(model: ModelSpec, chunk: int, input_len: int, prefill_po
     width = {
         "h": model.hidden_size,
         "q": model.q_dim,
-        "scores": model.num_heads * input_len if dev[Sublayer.ATTN_SCORE] != dev[Sublayer.ATTN_CONTEXT] else 0,
+        "scores": model.num_heads * input_len if _splits_attention(prefill_policy) else 0,
         "ctx": model.q_dim,
         "h_mid": model.hidden_size,
         "mid": model.ffn_size,
@@ -212,11 +218,6 @@ def memory_constants(system: SystemSpec, model: ModelSpec, workload: Workload, m
             split if _splits_attention(policy_from_index(k)) else 0.0 for k in range(1 << NUM_SUBLAYERS)
         ),
     )
-
-
-def _splits_attention(policy: tuple[Device, ...]) -> bool:
-    dev = dict(zip(SUBLAYERS, policy))
-    return dev[Sublayer.ATTN_SCORE] != dev[Sublayer.ATTN_CONTEXT]
 
 
 @dataclass(frozen=True)

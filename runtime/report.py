@@ -169,7 +169,7 @@ def gpu_memory_check(df: pd.DataFrame) -> dict[str, Any]:
                 median_peak_over_predicted=float(ratio.median()),
                 worst_point=str(ran.loc[worst, "point_id"]),
             )
-    failed = df[df.get("status", pd.Series(dtype=str)).astype(str) != "ran"] if "status" in df else df.iloc[:0]
+    failed = df[df["status"].astype(str) != "ran"] if "status" in df else df.iloc[:0]
     reasons = failed.get("skip_reason", pd.Series(dtype=str)).astype(str)
     accepted = failed.get("predicted_feasible", pd.Series(dtype=object)).astype(str).str.lower() == "true"
     oom = failed[reasons.str.contains("out of memory") & accepted]

@@ -159,8 +159,8 @@ def best_in_combo(
     extra = _class_extra_hbm(mem)
     # HBM a streamed pair adds: its class's buffers and KV staging, and its prefill policy's waiting chunks and
     # split attention (MemoryConstants.prefill_policy_bytes)
-    waiting = np.asarray(mem.prefill_policy_bytes)
-    pair_extra = extra[_PAIR_CLASS] + waiting[_PP]
+    policy_extra = np.asarray(mem.prefill_policy_bytes)
+    pair_extra = extra[_PAIR_CLASS] + policy_extra[_PP]
     best: Optional[tuple[float, int, int, int, int]] = None
 
     # All layers resident (K = 0): no streaming, policies and ISAs do not matter.
@@ -201,8 +201,8 @@ def best_in_combo(
         r, pair = divmod(int(np.argmin(lat)), _PP.size)
         candidate = (float(lat[r, pair]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), 0)
     elif not k.has_cxl and not exhaustive and not bounded:
-        # Pairs with the same HBM (class, waiting chunks) are interchangeable but for their time: keep the best
-        levels, level_of = np.unique(waiting, return_inverse=True)
+        # Pairs with the same HBM (class, prefill-policy extra) are interchangeable but for their time: keep the best
+        levels, level_of = np.unique(policy_extra, return_inverse=True)
         key = _PAIR_CLASS * levels.size + level_of[_PP]
         n_keys = NUM_POLICIES * levels.size
         best_time = np.full(n_keys, np.inf)

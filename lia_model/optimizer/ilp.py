@@ -340,11 +340,11 @@ def solve_ilp(
     #   omega >= sum_pi Wt_n(pi) y_pre[pi] - max_pi Wt_n(pi) (2 - m[n] - sigma)   for each n,  omega >= 0
     omega = pulp.LpVariable("prefill_policy_gb", lowBound=0)
     for n, zs in m.items():
-        waiting = np.asarray(tables.memory[n].prefill_policy_bytes) * gb
-        if waiting.max() > 0:
+        policy_extra = np.asarray(tables.memory[n].prefill_policy_bytes) * gb
+        if policy_extra.max() > 0:
             prob += omega >= (
-                pulp.lpSum(float(w) * y_pre[k] for k, w in enumerate(waiting) if w > 0)
-                - float(waiting.max()) * (2 - pulp.lpSum(zs) - sigma)
+                pulp.lpSum(float(w) * y_pre[k] for k, w in enumerate(policy_extra) if w > 0)
+                - float(policy_extra.max()) * (2 - pulp.lpSum(zs) - sigma)
             )
     # HBM: emb + N_res (W + KV) + 2 sum_i W_i gamma[i] + KV alpha + sum_n ws(n) m[n] + omega <= avail_hbm
     prob += (
