@@ -667,7 +667,7 @@ def streamed_layer_terms(
     kv_write_bytes = 2.0 * kv_width_bytes
     kv_write_s = copy_s(kv_write_bytes, bw_kv_d2h)
 
-    def cpu_work(included: tuple[bool, ...]) -> Affine:
+    def cpu_work_of(included: tuple[bool, ...]) -> Affine:
         """Per-chunk CPU time of the included sublayers that run on the CPU. Fused attention (kernel tables),
         both on the CPU: p_score - h2d[score] times the fused delta (counted with attn_context)."""
         work = Affine.zero(steps)
@@ -686,7 +686,7 @@ def streamed_layer_terms(
         SUBLAYERS[i] in ATTENTION_SUBLAYERS or not bool(times.cpu_compute_bound[i, 0]) for i in range(NUM_SUBLAYERS)
     )
     # Per-chunk busy time of each resource (everything the chunk puts on it).
-    cpu_c, cpu_m = cpu_work((True,) * NUM_SUBLAYERS), cpu_work(slowed)
+    cpu_c, cpu_m = cpu_work_of((True,) * NUM_SUBLAYERS), cpu_work_of(slowed)
     gpu_c = Affine.zero(steps)
     h2dx_c, d2h_c = Affine.zero(steps), Affine.zero(steps)
     for i in range(NUM_SUBLAYERS):
@@ -747,6 +747,9 @@ def streamed_layer_terms(
         # slows beside the DMA, and its critical H2D copies wait behind the weight feeder (lia_model.weight_feeder)
         runtime_beside_dma = system.kernels is not None and not serial_weights
         copy_wait_s = critical_copy_wait_s(bw_w_h2d) if runtime_beside_dma else 0.0
+        # this project's runtime (kernel tables): a CPU call after the CPU waited pays the calibrated wake-up
+        wake_s = system.kernels.cpu_wake_us * S_PER_US if system.kernels is not None else 0.0
+        idle_s = system.kernels.cpu_idle_before_wake_us * S_PER_US if system.kernels is not None else 0.0
         # CPU busy time (its slowdown beside the weight DMA is on the chain below, which always exceeds this)
         terms["cpu"] = (Resource.CPU, cpu_c.scaled(n))
         terms["h2d"] = (Resource.PCIE_H2D, resources[Resource.PCIE_H2D])
@@ -773,6 +776,8 @@ def streamed_layer_terms(
             times.fused_attention,
             copy_wait_s=copy_wait_s,
             cpu_slowed=slowed,
+            cpu_wake_s=wake_s,
+            cpu_idle_before_wake_s=idle_s,
         )
         start = weights.evaluate(ALL_POLICY_FEATURES) if serial_weights else np.zeros((NUM_POLICIES, steps))
         # The runtime's CPU work and critical copies beside the next layer's weight stream (kernel tables only):
@@ -784,6 +789,9 @@ def streamed_layer_terms(
         #       probe, README "Contention": an AMX GEMM at 256 tokens beside H2D 1.01x; on the host, Llama-2-70B
         #       qkv at B = 256 ran at its solo time beside the stream, runtime/validation/wave2-f traces)
         #   stream_s  = W                                         the weights stream from the layer's start
+        #   s = (s_attn A + s_lin M) / (A + M)   where the profile measured attention's own slowdown s_attn
+        #       (cpu_attention_slowdown_beside_dma) beside the linears' s_lin: the work-weighted mean over the
+        #       vector's slowed CPU attention A and memory-bound CPU linears M; else s = s_lin
         # (the slowdown was a layer bound only; on the chain, between GPU sublayers and copies, it was missed:
         # wave2-a4/, wave2-b4/ traces)
         cpu_work = cpu_c.scaled(n).evaluate(ALL_POLICY_FEATURES)
@@ -793,17 +801,27 @@ def streamed_layer_terms(
         extra = np.zeros((NUM_POLICIES, steps))
         if runtime_beside_dma:
             slow = system.kernels.cpu_slowdown_beside_dma
+            slow_attn = system.kernels.cpu_attention_slowdown_beside_dma
+            if slow_attn is not None:
+                attn_only = tuple(slowed[i] and SUBLAYERS[i] in ATTENTION_SUBLAYERS for i in range(NUM_SUBLAYERS))
+                attn_work = cpu_work_of(attn_only).scaled(n).evaluate(ALL_POLICY_FEATURES)
+                some = cpu_slowed_work > 0
+                weighted = slow_attn * attn_work + slow * (cpu_slowed_work - attn_work)
+                slow = np.where(some, weighted / np.where(some, cpu_slowed_work, 1.0), slow)
             extra = np.minimum((slow - 1.0) * cpu_slowed_work, (1.0 - 1.0 / slow) * stream_s)
             has = cpu_slowed_work > 0
             cpu_scale = np.where(has, 1.0 + extra / np.where(has, cpu_slowed_work, 1.0), 1.0)
-        # A schedule never exceeds the serial sum of its operations (with the slowed CPU work, and a feeder wait
-        # for each host-to-device copy: at most 6 per chunk, so 10 n is a safe over-count).
+        # A schedule never exceeds the serial sum of its operations (with the slowed CPU work, a feeder wait
+        # for each host-to-device copy: at most 6 per chunk, so 10 n is a safe over-count, and a wake-up for
+        # each CPU sublayer of each chunk at most).
+        cpu_calls = ALL_POLICY_FEATURES[:, list(CPU)].sum(axis=1)[:, None]
         schedule_s = (
             start
             + cpu_work
             + extra
             + (gpu_c + h2dx_c + d2h_c).scaled(n).evaluate(ALL_POLICY_FEATURES)
             + 10 * n * copy_wait_s
+            + n * wake_s * cpu_calls
         )
         others = np.stack([form.evaluate(ALL_POLICY_FEATURES) for _, form in terms.values()]).max(axis=0)
         busy = np.flatnonzero(np.any(schedule_s > others, axis=1) | simulate_every)

@@ -84,8 +84,9 @@ class Sourced(StrictSpec):
 
 
 # Fields whose default value is a definition rather than a number that needs a source: kv_pass_factor = 1 is
-# "one pass over the KV cache", the roofline's own assumption.
-DEFINITIONAL_DEFAULTS = frozenset({"kv_pass_factor"})
+# "one pass over the KV cache", the roofline's own assumption; cpu_wake_us = 0 is "no wake-up cost modelled"
+# (a profile measured before the calibrator timed it), and cpu_idle_before_wake_us = 0 "any wait".
+DEFINITIONAL_DEFAULTS = frozenset({"kv_pass_factor", "cpu_wake_us", "cpu_idle_before_wake_us"})
 
 
 def _numeric_paths(spec: BaseModel, prefix: str = "") -> list[str]:
@@ -360,6 +361,27 @@ class KernelTables(Sourced):
         ge=1.0,
         description="CPU linear time while pinned H2D weight DMA runs, "
         "over its time alone (DDR shared by the cores and the copy engine).",
+    )
+    cpu_attention_slowdown_beside_dma: Optional[float] = Field(
+        None,
+        ge=1.0,
+        description="CPU decode attention's time while the weight DMA runs, over its time alone (the calibrator's "
+        "attention case beside the feeder); None: attention slows as the linears do (cpu_slowdown_beside_dma).",
+    )
+    cpu_wake_us: float = Field(
+        0.0,
+        ge=0,
+        le=1e5,
+        description="Extra time of a CPU kernel call that starts after the CPU waited (parked OpenMP workers, idle "
+        "cores): median over decode attention cases of the call after a sleep minus back to back, cold caches "
+        "both ways. 0: not modelled.",
+    )
+    cpu_idle_before_wake_us: float = Field(
+        0.0,
+        ge=0,
+        le=1e6,
+        description="A CPU call pays cpu_wake_us when the CPU waited longer than this before it (the shortest "
+        "measured gap whose extra is at least half the wake); 0: any wait.",
     )
 
     def linear(self, device: str, sublayer: str, k: int, n: int) -> Optional[LinearTable]:

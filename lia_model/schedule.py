@@ -31,6 +31,12 @@ Start times are the max of the queue's previous end and the operation's inputs; 
 - CPU work beside the weight DMA runs ``cpu_scale`` times slower on average (each memory-bound CPU duration is
   scaled, ``ChunkDurations.cpu_slowed``; the cost model derives the scale from the calibrated slowdown,
   lia_model.costterms).
+- A CPU sublayer that starts after the CPU waited pays ``cpu_wake_s`` first (runtime with kernel tables only:
+  the OpenMP workers parked and the cores idled while the host thread waited for a copy; calibrated,
+  ``KernelTables.cpu_wake_us``). The CPU waited when its inputs were ready later than it was free, by more
+  than ``cpu_idle_before_wake_s``; at the layer's start, when its first CPU sublayer follows a GPU fc2 (the
+  previous layer's tail ran on the GPU while the CPU idled).
+  ``first - now > idle_s``  or  (first CPU call of the layer and fc2 on the GPU)  =>  end = max(now, first) + wake + cpu
 The write-back of new K/V and the fetches count toward their copy queue's busy time, and delay what queues
 behind them, but a chunk only waits for them where it reads them (the write-back is off the chain unless
 attention runs on the CPU). The weight prefetch is not part of this schedule: the cost model bounds the
@@ -74,6 +80,8 @@ class ChunkDurations:
     copy_wait_s: float = 0.0  # a critical H2D copy's wait behind the weight feeder's pieces (docstring above)
     cpu_slowed: tuple[bool, ...] = (True,) * NUM_SUBLAYERS  # per sublayer: whether ``cpu_scale`` applies to its
     # CPU duration (a memory-bound CPU kernel shares DDR with the weight DMA; a compute-bound one does not slow)
+    cpu_wake_s: float = 0.0  # a CPU call after the CPU waited pays this first (docstring above)
+    cpu_idle_before_wake_s: float = 0.0  # ... when it waited longer than this
 
 
 def simulate_layer(
@@ -126,6 +134,8 @@ def simulate_all(
             float(gpu_delta[0]),
             float(d.copy_wait_s),
             tuple(d.cpu_slowed),
+            float(d.cpu_wake_s),
+            float(d.cpu_idle_before_wake_s),
         )
         key = (
             n,
@@ -143,6 +153,8 @@ def simulate_all(
             table.gpu_fused_delta,
             table.copy_wait,
             table.cpu_slowed,
+            table.cpu_wake,
+            table.cpu_idle,
         )
         return np.array(
             [
@@ -169,6 +181,8 @@ def simulate_all(
         gpu_delta,
         float(d.copy_wait_s),
         tuple(d.cpu_slowed),
+        float(d.cpu_wake_s),
+        float(d.cpu_idle_before_wake_s),
     )
     return np.stack(
         [
@@ -219,6 +233,8 @@ class _Durations:
     gpu_fused_delta: object = 0.0
     copy_wait: float = 0.0
     cpu_slowed: tuple[bool, ...] = (True,) * NUM_SUBLAYERS
+    cpu_wake: float = 0.0
+    cpu_idle: float = 0.0
 
 
 def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, until=None):
@@ -291,6 +307,9 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, unt
         return ready
 
     cpu_at = [i for i in range(NUM_SUBLAYERS) if on_cpu[i]]
+    wake, idle = t.cpu_wake, t.cpu_idle
+    # the CPU idled through the previous layer's tail when its fc2 ran on the GPU (the first CPU call wakes it)
+    woken = on_cpu[last]
     dirty = list(range(n))
     open_from = 0  # every chunk before it has run all its sublayers
     while True:
@@ -335,7 +354,12 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, unt
         # pick would choose it again, and nothing else changes in between)
         while True:
             i = nxt[pick]
-            now = mx(now, first) + cpu_s[i]
+            if wake:
+                waited = (first - now > idle) if woken else True
+                woken = True
+                now = mx(now, first) + cpu_s[i] + wake * waited
+            else:
+                now = mx(now, first) + cpu_s[i]
             finish(pick, i, now)
             nxt[pick] = i + 1
             if i + 1 == NUM_SUBLAYERS or not on_cpu[i + 1]:

@@ -51,7 +51,7 @@ FUSED = {"overhead_s": 1e-4, "s_per_byte": 1e-11, "s_per_flop": 0.0, "s_per_row"
 SPLIT = {"overhead_s": 2e-4, "s_per_byte": 2e-11, "s_per_flop": 0.0, "s_per_row": 0.0}
 
 
-def _system_with_tables(slowdown: float = 1.5) -> SystemSpec:
+def _system_with_tables(slowdown: float = 1.5, **extra: float) -> SystemSpec:
     data = system_dict("spr-h100")
     fc2_k, fc2_n = OPT30.ffn_size, OPT30.hidden_size
     qkv_n = OPT30.q_dim + 2 * OPT30.kv_dim
@@ -81,6 +81,7 @@ def _system_with_tables(slowdown: float = 1.5) -> SystemSpec:
         "gpu_attention": fits,
         "gpu_dispatch_us": 50.0,
         "cpu_slowdown_beside_dma": slowdown,
+        **extra,
         "source": {
             k: "test"
             for k in (
@@ -90,6 +91,7 @@ def _system_with_tables(slowdown: float = 1.5) -> SystemSpec:
                 "gpu_attention",
                 "gpu_dispatch_us",
                 "cpu_slowdown_beside_dma",
+                *extra,
             )
         },
     }
@@ -375,3 +377,52 @@ def test_the_chain_pays_the_dma_slowdown_and_the_feeder_wait_by_hand(batch: int,
     assert (ready < w) == waits
     assert terms.layer_time(f)[0] == pytest.approx(max(chain, others), rel=1e-12)
     assert chain > others  # the chain decides this layer, so the line above checked the chain
+
+
+def test_the_chain_pays_the_cpu_wake_up_where_the_cpu_waited_by_hand() -> None:
+    """The chain of the test above at B = 64 (policy (1,1,1,1,0,1), no feeder wait): CPU qkv, attention and
+    out_proj run back to back, fc2 waits for the GPU's fc1: with a wake-up of 2 ms the chain is 2 ms longer and
+    decides the layer (qkv starts the layer after the previous layer's CPU fc2: no wake-up there). A wake-up
+    threshold above that wait spares it. All on the CPU nothing waits: the layer time does not change."""
+    from lia_model.costterms import policy_features
+
+    ctx = _ctx(64, 1, (40,))
+    base = streamed_layer_terms(_system_with_tables(slowdown=2.0), OPT30, ctx)
+    woken = streamed_layer_terms(_system_with_tables(slowdown=2.0, cpu_wake_us=2000.0), OPT30, ctx)
+    patient = streamed_layer_terms(
+        _system_with_tables(slowdown=2.0, cpu_wake_us=2000.0, cpu_idle_before_wake_us=1e5), OPT30, ctx
+    )
+    f = policy_features((Device.CPU, Device.CPU, Device.CPU, Device.CPU, Device.GPU, Device.CPU))
+    others = max(form.evaluate(f)[0] for _, form in woken.terms.values())
+    assert base.layer_time(f)[0] > others  # the chain decides
+    assert woken.layer_time(f)[0] == pytest.approx(base.layer_time(f)[0] + 2e-3, rel=1e-12)
+    assert patient.layer_time(f)[0] == pytest.approx(base.layer_time(f)[0], rel=1e-12)
+    everything = policy_features((Device.CPU,) * 6)
+    assert woken.layer_time(everything)[0] == pytest.approx(base.layer_time(everything)[0], rel=1e-12)
+
+
+def test_attention_beside_the_dma_slows_by_its_own_calibrated_factor() -> None:
+    """With cpu_attention_slowdown_beside_dma = a and the linears' s: a vector with only attention on the CPU
+    is scaled as if the one slowdown were a; one with only a memory-bound linear (decode qkv, B = 64) as if it
+    were s; both on the CPU, by (a A + s M) / (A + M) in min(s' - 1, (1 - 1/s') W / cpu) (hand numbers from the
+    resources)."""
+    from lia_model.costterms import policy_features
+    from lia_model.plan import policy_index
+
+    ctx = _ctx(64, 1, (40,))
+    mixed = streamed_layer_terms(_system_with_tables(slowdown=1.2, cpu_attention_slowdown_beside_dma=2.0), OPT30, ctx)
+    as_attn = streamed_layer_terms(_system_with_tables(slowdown=2.0), OPT30, ctx)
+    as_lin = streamed_layer_terms(_system_with_tables(slowdown=1.2), OPT30, ctx)
+    attn = (Device.GPU, Device.CPU, Device.CPU, Device.GPU, Device.GPU, Device.GPU)
+    qkv = (Device.CPU, Device.GPU, Device.GPU, Device.GPU, Device.GPU, Device.GPU)
+    for p, same in ((attn, as_attn), (qkv, as_lin)):
+        assert mixed.cpu_scale[policy_index(p), 0] == pytest.approx(same.cpu_scale[policy_index(p), 0], rel=1e-12)
+        assert mixed.cpu_scale[policy_index(p), 0] > 1.0
+    both = (Device.CPU, Device.CPU, Device.CPU, Device.GPU, Device.GPU, Device.GPU)
+    cpu_of = lambda t, p: t.resources[next(r for r in t.resources if r.value == "cpu")].evaluate(policy_features(p))[0]  # noqa: E731
+    a, m = cpu_of(mixed, attn), cpu_of(mixed, qkv)
+    s_eff = (2.0 * a + 1.2 * m) / (a + m)
+    w = float(sum(mixed.weight_h2d_s[i] for i in range(6) if both[i] == Device.GPU))
+    extra = min((s_eff - 1.0) * (a + m), (1.0 - 1.0 / s_eff) * w)
+    assert cpu_of(mixed, both) == pytest.approx(a + m, rel=1e-12)
+    assert mixed.cpu_scale[policy_index(both), 0] == pytest.approx(1.0 + extra / (a + m), rel=1e-12)

@@ -448,8 +448,11 @@ def test_kv_write_back_is_off_the_chain_unless_cpu_attention_reads_it():
 
 def _reference_schedule(bits, n, d) -> float:
     """The scheduler of lia_model.schedule written the plain way, one step (floats): after every CPU sublayer,
-    issue what the GPU can take, then pick the oldest chunk ready now, else the first to be ready."""
+    issue what the GPU can take, then pick the oldest chunk ready now, else the first to be ready. A CPU
+    sublayer that waited longer than the idle threshold for its inputs, or the layer's first CPU sublayer when
+    fc2 is on the GPU, pays the wake-up first."""
     cpu, gpu = d.cpu_s[:, 0], d.gpu_s[:, 0]
+    calls = 0
     xh, xd, ex = d.cross_h2d_s[:, 0], d.cross_d2h_s[:, 0], d.expert_h2d_s[:, 0]
     k, v, vnew, wb = d.k_cached_s[0], d.v_cached_s[0], d.v_new_s[0], d.kv_write_s[0]
     q = {"gpu": 0.0, "h2d": 0.0, "d2h": 0.0}
@@ -503,7 +506,9 @@ def _reference_schedule(bits, n, d) -> float:
 
         now_ready = [c for c in waiting if ready_of(c) <= now]
         c = now_ready[0] if now_ready else min(waiting, key=lambda c: (ready_of(c), c))
-        now = max(now, ready_of(c)) + cpu[nxt[c]]
+        idled = ready_of(c) - now > d.cpu_idle_before_wake_s or (calls == 0 and not bits[5])
+        calls += 1
+        now = max(now, ready_of(c)) + cpu[nxt[c]] + (d.cpu_wake_s if idled else 0.0)
         after(c, nxt[c], now)
         nxt[c] += 1
 
@@ -528,6 +533,8 @@ def test_the_schedule_replay_matches_a_plain_reference_scheduler():
             rng.random(1),
             rng.random(1) * rng.choice([0.0, 1.0, 10.0]),
             six[4] * (rng.random() < 0.5),
+            cpu_wake_s=float(rng.random() * rng.choice([0.0, 0.1, 1.0])),
+            cpu_idle_before_wake_s=float(rng.random() * rng.choice([0.0, 0.1, 1.0])),
         )
         got = simulate_all(n, d, np.zeros((64, 1)), ALL_POLICY_FEATURES[:, :6])[:, 0]
         want = [_reference_schedule([int(b) for b in ALL_POLICY_FEATURES[p, :6]], n, d) for p in range(64)]
@@ -552,6 +559,37 @@ def test_a_decode_schedule_over_steps_equals_its_steps_one_by_one():
         assert whole[:, t] == pytest.approx(
             simulate_all(1, one, np.zeros((64, 1)), ALL_POLICY_FEATURES[:, :6])[:, 0], rel=1e-12
         )
+
+
+def test_cpu_wake_up_by_hand():
+    """The durations of test_pipelined_chunks_with_copies_by_hand, policy (0,1,1,0,0,0), a wake-up of 0.5 after
+    any wait. n = 1: the CPU idled through the previous layer's GPU fc2 and waits for Q (ready at 3): score
+    [3, 6.5], ctx [6.5, 7.5], ctx -> out [7.5, 8.5], out/fc1/fc2 end at 11.5 (11 without). n = 2: chunk 1's Q is
+    ready at 5, before the CPU is free, so only chunk 0 pays: score0 [3, 6.5] ctx0 [6.5, 7.5] score1 [7.5, 10.5]
+    ctx1 [10.5, 11.5]; out1 [12.5, 13.5] fc1 fc2: 15.5 (15 without). All on the CPU never waits: no wake-up.
+    (1,0,1,1,1,1) of the two-chunk example (CPU a = 1, GPU g = 1, CPU c = 1): with n = 1 the CPU waits for g
+    [1, 2], so c runs [2, 3.5]: 3.5; with n = 2, a1 fills the gap [1, 2] and nothing waits: 4 as before. An idle
+    threshold of 2 spares the 1-second wait of (1,0,1,1,1,1) but not the layer-start wake-up of (0,1,1,0,0,0)."""
+    base = _durations(
+        cpu=[0, 3, 1, 0, 0, 0],
+        gpu=[2, 0, 0, 1, 1, 1],
+        cross_d2h=np.array([[1.0], [0], [0], [0], [0], [0]]),
+        cross_h2d=np.array([[0.0], [0], [1], [0], [0], [0]]),
+    )
+    d = dataclasses.replace(base, cpu_wake_s=0.5)
+    assert simulate_layer((0, 1, 1, 0, 0, 0), 1, d)[0] == 11.5
+    assert simulate_layer((0, 1, 1, 0, 0, 0), 2, d)[0] == 15.5
+    assert simulate_layer((1, 1, 1, 1, 1, 1), 1, d)[0] == 4.0  # 3 + 1, no wait
+    assert simulate_layer((1, 1, 1, 1, 1, 1), 2, d)[0] == 8.0
+    two = dataclasses.replace(_durations(cpu=[1, 0, 1, 0, 0, 0], gpu=[0, 1, 0, 0, 0, 0]), cpu_wake_s=0.5)
+    assert simulate_layer((1, 0, 1, 1, 1, 1), 1, two)[0] == 3.5
+    assert simulate_layer((1, 0, 1, 1, 1, 1), 2, two)[0] == 4.0
+    patient = dataclasses.replace(two, cpu_idle_before_wake_s=2.0)
+    assert simulate_layer((1, 0, 1, 1, 1, 1), 1, patient)[0] == 3.0
+    assert simulate_layer((0, 1, 1, 0, 0, 0), 1, dataclasses.replace(d, cpu_idle_before_wake_s=2.0))[0] == 11.5
+    # over decode steps (arrays): the same arithmetic per step
+    steps = dataclasses.replace(_durations([0, 3, 1, 0, 0, 0], [2, 0, 0, 1, 1, 1], steps=3), cpu_wake_s=0.5)
+    assert simulate_layer((0, 1, 1, 0, 0, 0), 1, steps).tolist() == [9.5, 9.5, 9.5]  # no copies: 2 + 0.5 + 4 + 3
 
 
 def test_feeder_wait_by_hand():
