@@ -382,9 +382,11 @@ def refit(profile: str, csv: str, force: bool) -> Path:
     return path
 
 
-def remeasure_beside_dma(profile: str, out_dir: Path, force: bool) -> Path:
+def remeasure_beside_dma(profile: str, out_dir: Path, force: bool, insitu: bool = False) -> Path:
     """Copy a kernel-table profile to OUT/<same name> with only its CPU-beside-DMA slowdown measured again
-    (the runtime's weight feeder changed; its kernels did not). Needs CUDA."""
+    (the runtime's weight feeder changed; its kernels did not). ``insitu``: also attention's own slowdown beside
+    the DMA and the CPU wake-up after a wait (``cpu_wake``): what a campaign re-measures at its start, since
+    these move between days on the host. Needs CUDA."""
     import torch
     import yaml
 
@@ -393,10 +395,11 @@ def remeasure_beside_dma(profile: str, out_dir: Path, force: bool) -> Path:
     from runtime import cpu_setup
 
     path = Path(profile)
+    flag = "--remeasure-insitu" if insitu else "--remeasure-beside-dma"
     if not path.exists():
-        raise LiaInputError("--remeasure-beside-dma", f"'{profile}' does not exist", "give a kernel-table profile path")
+        raise LiaInputError(flag, f"'{profile}' does not exist", "give a kernel-table profile path")
     if not torch.cuda.is_available():
-        raise LiaInputError("--remeasure-beside-dma", "no CUDA device", "run it on the GPU host")
+        raise LiaInputError(flag, "no CUDA device", "run it on the GPU host")
     target = out_dir / path.name
     if target.exists() and not force:
         raise LiaInputError("--out", f"'{target}' exists", "choose another --out, or pass --force")
@@ -404,28 +407,33 @@ def remeasure_beside_dma(profile: str, out_dir: Path, force: bool) -> Path:
     header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
     data = yaml.safe_load(text)
     if "kernels" not in data:
-        raise LiaInputError(
-            "--remeasure-beside-dma", f"'{profile}' has no kernels section", "give a kernel-table profile"
-        )
+        raise LiaInputError(flag, f"'{profile}' has no kernels section", "give a kernel-table profile")
     setup = cpu_setup.apply()
     desc = setup.describe()
     host = host_info()
     old = data["kernels"].get("cpu_slowdown_beside_dma")
-    slowdown, rows = cpu_beside_dma(desc, False)
+    slowdown, attn_slowdown, rows = cpu_beside_dma(desc, False)
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = f"calibrated on {host.hostname} on {date}"
     data["kernels"]["cpu_slowdown_beside_dma"] = round(max(1.0, slowdown), 4)
     data["kernels"]["source"]["cpu_slowdown_beside_dma"] = (
-        f"calibrated on {host.hostname} on {date}: median of 3: runtime fc2 of OPT-30B at 64 tokens (6 cold weight "
+        f"{stamp}: median of 3: runtime fc2 of OPT-30B at 64 tokens (6 cold weight "
         "copies) while the runtime's WeightFeeder streams 24 x 256 MiB pinned H2D; re-measured alone by "
-        f"python -m calibrate.kernel_tables --remeasure-beside-dma (was {old})"
+        f"python -m calibrate.kernel_tables {flag} (was {old})"
     )
+    if insitu:
+        fields, sources = _insitu_fields(desc, False, stamp, attn_slowdown, rows, flag)
+        data["kernels"].update(fields)
+        data["kernels"]["source"].update(sources)
     out_dir.mkdir(parents=True, exist_ok=True)
     target.write_text(header + yaml.safe_dump(data, sort_keys=False, width=120))
     import pandas as pd
 
-    pd.DataFrame(rows).to_csv(out_dir / f"{path.stem}-beside-dma.csv", index=False)
+    pd.DataFrame(rows).to_csv(out_dir / f"{path.stem}-{'insitu' if insitu else 'beside-dma'}.csv", index=False)
     load_system(str(target))
     for r in rows:
+        if r["family"] != "cpu_beside_dma":
+            continue
         log(
             f"cpu beside dma: {r['sublayer']} x{r['tokens']}{'/' + str(r['context']) if r['context'] else ''} "
             f"{1e3 * r['time_s']:.2f} ms vs {1e3 * r['solo_time_s']:.2f} ms alone (x{r['slowdown']:.3f}; CPU reads "
@@ -433,7 +441,118 @@ def remeasure_beside_dma(profile: str, out_dir: Path, force: bool) -> Path:
             f"vs {r['dma_solo_gbps']:.1f} alone"
         )
     log(f"slowdown {slowdown:.4f} (was {old}); wrote {target}")
+    if insitu:
+        k = data["kernels"]
+        log(
+            f"attention slowdown {k.get('cpu_attention_slowdown_beside_dma')}; wake-up {k['cpu_wake_us']} us after "
+            f"waits over {k['cpu_idle_before_wake_us']} us"
+        )
     return target
+
+
+# ----------------------------------------------------------------------------------------- CPU wake-up
+
+# (model, batch, s): decode attention shapes whose calls in the runtime follow a wait for a copy (the shapes of
+# runtime/validation/cpu-insitu-probe/, MHA and GQA)
+WAKE_CASES = (("opt-30b", 1, 288), ("opt-30b", 4, 520), ("opt-30b", 64, 40), ("llama-2-70b", 1, 1030))
+QUICK_WAKE_CASES = (("opt-30b", 1, 64),)
+WAKE_GAPS_MS = (0.05, 0.2, 0.5, 2.0)
+
+
+def wake_and_idle(extra_s_by_gap_ms: dict[float, float]) -> tuple[float, float]:
+    """(wake s, idle ms) from the median extra time after each gap (see ``cpu_wake``):
+    wake = max(0, extra at the longest gap); idle = the longest gap g with every gap <= g below wake / 2."""
+    gaps = sorted(extra_s_by_gap_ms)
+    wake = max(0.0, extra_s_by_gap_ms[gaps[-1]])
+    idle = 0.0
+    for g in gaps:
+        if wake <= 0 or extra_s_by_gap_ms[g] >= wake / 2:
+            break
+        idle = g
+    return wake, idle
+
+
+def cpu_wake(setup: str, quick: bool) -> tuple[float, float, list[dict]]:
+    """The wake-up a CPU call pays after the CPU waited, and after how long a wait. Per case, decode attention
+    (``runtime.kernels.attention`` over cold cache copies, as runtime.probe_cpu_insitu) back to back, then after
+    sleeping each gap: extra(gap) = median after the gap - median back to back.
+
+        wake = max(0, median over cases of extra(longest gap))
+        idle = the longest gap g such that every gap <= g has median extra < wake / 2 (0 when the first has not)
+
+    Returns (wake_us, idle_us, rows)."""
+    import math
+
+    from lia_model.models import get_model
+    from runtime import kernels
+    from runtime.probe_cpu_insitu import ROTATE_BYTES, cache_copies, timed_calls
+
+    calls = 8 if quick else 40
+    rows: list[dict] = []
+    for name, batch, s in QUICK_WAKE_CASES if quick else WAKE_CASES:
+        model = get_model(name)
+        cache_bytes = 2 * batch * model.num_kv_heads * s * model.head_dim * 2
+        n = 4 if quick else max(2, min(128, math.ceil(ROTATE_BYTES / cache_bytes)))
+        copies = cache_copies(model, batch, s, 1, n)
+
+        def call(q_in, k, v, model=model, pos0=s - 1):
+            return kernels.attention(q_in, k, v, model, pos0)
+
+        timed_calls(call, copies, min(n, 8), 0.0, "none")  # first touch of every copy, untimed
+        back_to_back = statistics.median(timed_calls(call, copies, calls, 0.0, "none"))
+        for gap_ms in WAKE_GAPS_MS:
+            after = statistics.median(timed_calls(call, copies, calls, gap_ms / 1e3, "sleep"))
+            rows.append(
+                {
+                    "family": "cpu_wake",
+                    "device": "cpu",
+                    "model": name,
+                    "batch": batch,
+                    "s": s,
+                    "gap_ms": gap_ms,
+                    "time_s": after,
+                    "back_to_back_s": back_to_back,
+                    "extra_s": after - back_to_back,
+                    "samples": calls,
+                    "cache_copies": n,
+                    "setup": setup,
+                }
+            )
+        copies = None  # free this case's caches before the next
+    extra = {g: statistics.median(r["extra_s"] for r in rows if r["gap_ms"] == g) for g in WAKE_GAPS_MS}
+    wake, idle = wake_and_idle(extra)
+    for g in WAKE_GAPS_MS:
+        log(
+            f"cpu wake-up after {g} ms idle: {extra[g] * 1e6:+.0f} us (median over {len(rows) // len(WAKE_GAPS_MS)} cases)"
+        )
+    return wake * 1e6, idle * 1e3, rows
+
+
+def _insitu_fields(
+    setup: str, quick: bool, stamp: str, attn_slowdown: Optional[float], rows: list[dict], how: str
+) -> tuple[dict, dict]:
+    """The kernels-section fields (and their sources) of the wake-up and attention's own slowdown beside the DMA (with their sources);
+    appends the wake-up rows to ``rows``."""
+    wake_us, idle_us, wake_rows = cpu_wake(setup, quick)
+    rows += wake_rows
+    cases = ", ".join(f"{m} B={b} s={s}" for m, b, s in (QUICK_WAKE_CASES if quick else WAKE_CASES))
+    out: dict = {
+        "cpu_wake_us": round(wake_us, 1),
+        "cpu_idle_before_wake_us": round(idle_us, 1),
+    }
+    sources = {
+        "cpu_wake_us": f"{stamp}: median over decode attention ({cases}; cold cache copies) of the call after a "
+        f"{WAKE_GAPS_MS[-1]} ms sleep minus back to back ({how}; cpu_wake rows of the raw CSV)",
+        "cpu_idle_before_wake_us": f"{stamp}: the longest of the sleeps {', '.join(map(str, WAKE_GAPS_MS))} ms "
+        "up to which the median extra stays below half the wake-up",
+    }
+    if attn_slowdown is not None:
+        out["cpu_attention_slowdown_beside_dma"] = round(max(1.0, attn_slowdown), 4)
+        sources["cpu_attention_slowdown_beside_dma"] = (
+            f"{stamp}: median of 3: runtime decode attention of OPT-30B at B=64, s=512 (6 cold caches) while the "
+            f"runtime's WeightFeeder streams pinned H2D, over its time alone ({how})"
+        )
+    return out, sources
 
 
 # ----------------------------------------------------------------------------------------- GPU extras
@@ -486,10 +605,11 @@ def _beside_dma_call(model, case: tuple[str, int, int]) -> tuple[list[Callable[[
 
 def cpu_beside_dma(
     setup: str, quick: bool, cases: tuple[tuple[str, int, int], ...] = BESIDE_DMA_CASES
-) -> tuple[float, list[dict]]:
-    """Slowdown of the runtime's CPU kernels (OPT-30B shapes; the first case sets the returned slowdown) while the
-    runtime's own weight feeder (runtime/streamer.py: 32 MiB pieces, two in flight, its thread on the core the
-    CPU setup keeps for it, its waits) streams pinned host memory. Median of 3 per case."""
+) -> tuple[float, Optional[float], list[dict]]:
+    """Slowdown of the runtime's CPU kernels (OPT-30B shapes) while the runtime's own weight feeder
+    (runtime/streamer.py: 32 MiB pieces, two in flight, its thread on the core the CPU setup keeps for it, its
+    waits) streams pinned host memory. Median of 3 per case. Returns the first case's (the linears'), the
+    attention case's (None when not measured: --quick) and the rows."""
     import torch
 
     from lia_model.models import get_model
@@ -519,7 +639,7 @@ def cpu_beside_dma(
     dma(2)
     solo_dma = min(dma(n_dma) for _ in range(3))
     rows: list[dict] = []
-    first: list[float] = []
+    medians: dict[str, float] = {}
     for case in cases if not quick else cases[:2]:
         calls, nbytes = _beside_dma_call(model, case)
 
@@ -561,10 +681,9 @@ def cpu_beside_dma(
                     "setup": setup,
                 }
             )
-        if not first:
-            first.append(float(statistics.median(ratios)))
+        medians.setdefault(case[0], float(statistics.median(ratios)))
     feeder.close()
-    return first[0], rows
+    return medians[cases[0][0]], medians.get("attention"), rows
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -615,7 +734,7 @@ def run(
             # a finished run's CSV names the GPU "gpu", its partial CSV "cuda"; the contention rows are measured anew
             {**r, "device": "cuda" if r.get("device") == "gpu" else r.get("device")}
             for r in pd.read_csv(resume_from).to_dict("records")
-            if r.get("setup") == desc and r.get("family") != "cpu_beside_dma"
+            if r.get("setup") == desc and r.get("family") not in ("cpu_beside_dma", "cpu_wake")
         ]
         log(f"resumed {len(rows)} rows of this setup from {resume_from}")
 
@@ -637,7 +756,7 @@ def run(
         )
     for spec in attn_specs:
         block("attention", "cpu", spec, lambda spec=spec: attention_rows([spec], "cpu", quick, budget, desc, llc))
-    dispatch_us, slowdown, gpu_name = 0.0, 1.0, ""
+    dispatch_us, slowdown, attn_slowdown, gpu_name = 0.0, 1.0, None, ""
     dispatch_src = "no GPU measured: 0 (GPU sublayers then cost their device time only)"
     slowdown_src = "no GPU measured: 1 (no contention charged)"
     if cuda:
@@ -653,7 +772,7 @@ def run(
         for spec in attn_specs:
             block("attention", "cuda", spec, lambda spec=spec: attention_rows([spec], "cuda", quick, budget, desc))
         dispatch_us = gpu_dispatch_us()
-        slowdown, dma_rows = cpu_beside_dma(desc, quick)
+        slowdown, attn_slowdown, dma_rows = cpu_beside_dma(desc, quick)
         rows += dma_rows
         dispatch_src = "runtime/overhead.py: executor decode-step slope per sublayer, all-GPU, hidden 64"
         slowdown_src = (
@@ -693,6 +812,9 @@ def run(
             "cpu_slowdown_beside_dma": f"{stamp}: {slowdown_src}",
         },
     }
+    fields, sources = _insitu_fields(desc, quick, stamp, attn_slowdown, rows, "measured with the tables")
+    kernels.update(fields)
+    kernels["source"].update(sources)
     data = system_dict(base)  # the base with every device inline
     data["name"] = name
     data["description"] = (
@@ -760,6 +882,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         metavar="PROFILE",
         help="copy a kernel-table profile to --out with only its CPU-beside-DMA slowdown measured again (needs CUDA)",
     )
+    parser.add_argument(
+        "--remeasure-insitu",
+        metavar="PROFILE",
+        help="as --remeasure-beside-dma, and also attention's own slowdown beside the DMA and the CPU wake-up after "
+        "a wait: what a campaign re-measures at its start (needs CUDA)",
+    )
     parser.add_argument("--out", default="results/calibration")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
     parser.add_argument(
@@ -783,6 +911,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 0
         if args.remeasure_beside_dma:
             print(remeasure_beside_dma(args.remeasure_beside_dma, Path(args.out), args.force))
+            return 0
+        if args.remeasure_insitu:
+            print(remeasure_beside_dma(args.remeasure_insitu, Path(args.out), args.force, insitu=True))
             return 0
         if not args.base or not args.name:
             raise LiaInputError(

@@ -55,7 +55,7 @@ CASES = (
 QUICK_CASES = (("opt-30b", "decode", 1, 64), ("llama-2-70b", "decode", 2, 64))
 
 
-def _copies(model: ModelSpec, batch: int, s: int, q: int, n: int) -> list[tuple[torch.Tensor, ...]]:
+def cache_copies(model: ModelSpec, batch: int, s: int, q: int, n: int) -> list[tuple[torch.Tensor, ...]]:
     """n distinct (Q, K, V) sets, each K and V the live prefix of a wider cache (clones of one random set: the
     values do not change the time, and a clone costs a copy, not a random draw)."""
     kvh, d = model.num_kv_heads, model.head_dim
@@ -64,7 +64,7 @@ def _copies(model: ModelSpec, batch: int, s: int, q: int, n: int) -> list[tuple[
     return [(q_in.clone(), cache.clone()[:, :, :s], cache.clone()[:, :, :s]) for _ in range(n)]
 
 
-def _timed_calls(call, copies, calls: int, gap_s: float, gap: str) -> list[float]:
+def timed_calls(call, copies, calls: int, gap_s: float, gap: str) -> list[float]:
     times = []
     for i in range(calls):
         args = copies[i % len(copies)]
@@ -90,7 +90,7 @@ def probe(cases, gap_ms: float, calls: int) -> pd.DataFrame:
         pos0 = s - q
         cache_bytes = 2 * batch * model.num_kv_heads * s * model.head_dim * 2
         n = max(2, min(128, math.ceil(ROTATE_BYTES / cache_bytes)))
-        copies = _copies(model, batch, s, q, n)
+        copies = cache_copies(model, batch, s, q, n)
 
         def call(q_in, k, v, model=model, pos0=pos0):
             return kernels.attention(q_in, k, v, model, pos0)
@@ -98,10 +98,10 @@ def probe(cases, gap_ms: float, calls: int) -> pd.DataFrame:
         first = copies[0]
         hot = time_host(lambda: call(*first), budget_s=0.3)
         modes = {"hot": [hot.median_s]}
-        _timed_calls(call, copies, min(n, 8), 0.0, "none")  # first touch of every copy, untimed
-        modes["cold"] = _timed_calls(call, copies, calls, 0.0, "none")
-        modes["cold+sleep"] = _timed_calls(call, copies, calls, gap_ms / 1e3, "sleep")
-        modes["cold+spin"] = _timed_calls(call, copies, calls, gap_ms / 1e3, "spin")
+        timed_calls(call, copies, min(n, 8), 0.0, "none")  # first touch of every copy, untimed
+        modes["cold"] = timed_calls(call, copies, calls, 0.0, "none")
+        modes["cold+sleep"] = timed_calls(call, copies, calls, gap_ms / 1e3, "sleep")
+        modes["cold+spin"] = timed_calls(call, copies, calls, gap_ms / 1e3, "spin")
         for mode, ts in modes.items():
             med = statistics.median(ts)
             rows.append(

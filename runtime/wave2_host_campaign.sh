@@ -23,8 +23,15 @@
 #   bash runtime/wave2_host_campaign.sh i [PROFILE]   # part I (about 3 minutes): part H's plans again after the
 #                                                     # live-set workspace, each at the new model's cap edge
 #   bash runtime/wave2_host_campaign.sh j [PROFILE]   # part J (about 3 minutes): new CPU-attention workloads
+#   bash runtime/wave2_host_campaign.sh l [PROFILE]   # part L (about 3-4 minutes): new small-batch CPU-attention
+#                                                     # workloads (run with REMEASURE_INSITU=1)
+#   bash runtime/wave2_host_campaign.sh r1 [PROFILE]  # the flagged points (spread above 5%) of the merged results
+#   bash runtime/wave2_host_campaign.sh r2 [PROFILE]  # again, in two halves (runtime/campaign/rerun-flagged-*.yaml,
+#                                                     # written by python -m runtime.rerun_flagged; about 8 minutes)
 # REMEASURE_DMA=1 (parts a and 2) first measures only the CPU-beside-DMA slowdown again into $OUT/<profile name>
 # (python -m calibrate.kernel_tables --remeasure-beside-dma) and predicts with that copy.
+# REMEASURE_INSITU=1 (any validation part) does the same with --remeasure-insitu: the linears' and attention's
+# slowdowns beside the DMA and the CPU wake-up after a wait, re-measured at the campaign's start.
 # PRE_TESTS=1 first runs the CUDA executor tests (tests/test_runtime_gpu.py, log in $OUT/gpu_tests.log).
 #
 # Part 1 writes $OUT/emr-h200-kernels.yaml (base: hwprofiles/systems/emr-h100-calibrated.yaml + the kernels
@@ -32,7 +39,7 @@
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c|d|e|f|g|h|i|j) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c|d|e|f|g|h|i|j|l|r1|r2) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -89,7 +96,7 @@ case "$PART" in
         POINTS=${POINTS_A:-runtime/campaign/wave2-a.yaml}; MAX_POINT_S=${MAX_POINT_S:-60}
         TITLE="OPT-30B, 48 layers, GPU capped at 40 GiB (wave 2, kernel tables)"
         ;;
-    2|c|d|e|f|g|h|i|j)
+    2|c|d|e|f|g|h|i|j|l)
         # runtime/campaign/wave2-<part>.yaml (part 2 is B) with the committed kernel-table profile
         PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
         POINTS=runtime/campaign/wave2-$([ "$PART" = 2 ] && echo b || echo "$PART").yaml
@@ -103,14 +110,27 @@ case "$PART" in
             h) DEFAULT_POINT_S=45; TITLE="The memory model at the edge of the GPU cap (wave 2, kernel tables)" ;;
             i) DEFAULT_POINT_S=45; TITLE="The memory model at the edge of the GPU cap, live-set workspace (wave 2)" ;;
             j) DEFAULT_POINT_S=45; TITLE="Attention tables over cold caches: new CPU-attention workloads (wave 2)" ;;
+            l) DEFAULT_POINT_S=45; TITLE="CPU wake-up and attention beside the DMA: new small-batch workloads (wave 2)" ;;
         esac
         MAX_POINT_S=${MAX_POINT_S:-$DEFAULT_POINT_S}
+        ;;
+    r1|r2)
+        PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
+        POINTS=runtime/campaign/rerun-flagged-${PART#r}.yaml; MAX_POINT_S=${MAX_POINT_S:-60}
+        TITLE="The flagged points (latency spread above 5%) measured again, part ${PART#r} (wave 2)"
         ;;
     *) echo "unknown part '$PART'"; return 2 ;;
 esac
 if [ "${REMEASURE_DMA:-0}" = "1" ]; then
     echo "== CPU-beside-DMA slowdown measured again into a copy of $PROFILE"
     timeout 120 "$PY" -m calibrate.kernel_tables --remeasure-beside-dma "$PROFILE" --out "$OUT" --force 2>&1 \
+        | grep --line-buffered -v '^USDT'
+    NEW="$OUT/$(basename "$PROFILE")"
+    [ -f "$NEW" ] && PROFILE="$NEW" || { echo "re-measurement failed"; return 1; }
+fi
+if [ "${REMEASURE_INSITU:-0}" = "1" ]; then
+    echo "== CPU slowdowns beside the DMA and the CPU wake-up measured again into a copy of $PROFILE"
+    timeout 150 "$PY" -m calibrate.kernel_tables --remeasure-insitu "$PROFILE" --out "$OUT" --force 2>&1 \
         | grep --line-buffered -v '^USDT'
     NEW="$OUT/$(basename "$PROFILE")"
     [ -f "$NEW" ] && PROFILE="$NEW" || { echo "re-measurement failed"; return 1; }

@@ -323,6 +323,8 @@ def test_quick_run_times_the_runtimes_kernels_and_writes_a_valid_profile(tmp_pat
     assert again.returncode == 2 and again.stderr.startswith("error: --name") and "--force" in again.stderr
     raw = yaml.safe_load((tmp_path / "out" / "kt-ci.yaml").read_text())
     assert raw["kernels"]["source"]["cpu_linear"].startswith("calibrated on ")
+    assert k.cpu_wake_us >= 0 and "sleep" in raw["kernels"]["source"]["cpu_wake_us"]
+    assert k.cpu_attention_slowdown_beside_dma is None  # no GPU: no DMA to be slowed by
     # checkpointing: the partial CSV is gone after a complete run; resuming from the raw CSV (every block
     # measured under this setup) measures nothing and writes the same tables
     assert not (tmp_path / "out" / "kt-ci-kernels.partial.csv").exists()
@@ -426,3 +428,29 @@ def test_attention_beside_the_dma_slows_by_its_own_calibrated_factor() -> None:
     extra = min((s_eff - 1.0) * (a + m), (1.0 - 1.0 / s_eff) * w)
     assert cpu_of(mixed, both) == pytest.approx(a + m, rel=1e-12)
     assert mixed.cpu_scale[policy_index(both), 0] == pytest.approx(1.0 + extra / (a + m), rel=1e-12)
+
+
+def test_wake_and_idle_by_hand() -> None:
+    """Extras (s) after sleeps of 0.05 / 0.2 / 0.5 / 2 ms: the wake-up is the 2 ms extra; the idle threshold is the
+    longest gap up to which every extra stays below half of it; a negative 2 ms extra is no wake-up."""
+    from calibrate.kernel_tables import wake_and_idle
+
+    assert wake_and_idle({0.05: 1e-6, 0.2: 20e-6, 0.5: 90e-6, 2.0: 100e-6}) == (100e-6, 0.2)
+    assert wake_and_idle({0.05: 60e-6, 0.2: 20e-6, 2.0: 100e-6}) == (100e-6, 0.0)  # the first gap already wakes
+    assert wake_and_idle({0.05: 1e-6, 0.2: 70e-6, 0.5: 10e-6, 2.0: 100e-6}) == (100e-6, 0.05)  # stops at 0.2
+    assert wake_and_idle({0.05: 1e-6, 2.0: -5e-6}) == (0.0, 0.0)
+
+
+def test_the_wake_up_measurement_runs_the_runtimes_attention_after_each_sleep() -> None:
+    """cpu_wake --quick on this machine: one row per sleep, each extra its time minus the back-to-back time,
+    and the returned wake-up and threshold those rows' rule (wake_and_idle)."""
+    pytest.importorskip("torch")
+    from calibrate.kernel_tables import QUICK_WAKE_CASES, WAKE_GAPS_MS, cpu_wake, wake_and_idle
+
+    wake_us, idle_us, rows = cpu_wake("test", quick=True)
+    assert [r["gap_ms"] for r in rows] == list(WAKE_GAPS_MS) * len(QUICK_WAKE_CASES)
+    for r in rows:
+        assert r["family"] == "cpu_wake" and r["time_s"] > 0 and r["back_to_back_s"] > 0
+        assert r["extra_s"] == pytest.approx(r["time_s"] - r["back_to_back_s"], abs=1e-15)
+    wake, idle = wake_and_idle({r["gap_ms"]: r["extra_s"] for r in rows})
+    assert (wake_us, idle_us) == pytest.approx((wake * 1e6, idle * 1e3))

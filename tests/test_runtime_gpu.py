@@ -144,7 +144,7 @@ def test_cpu_beside_dma_measures_each_case_beside_the_runtimes_feeder():
 
     from calibrate.kernel_tables import BESIDE_DMA_CASES, cpu_beside_dma
 
-    slowdown, rows = cpu_beside_dma("test", quick=True)
+    slowdown, _, rows = cpu_beside_dma("test", quick=True)
     assert [r["sublayer"] for r in rows] == [BESIDE_DMA_CASES[0][0]] * 3 + [BESIDE_DMA_CASES[1][0]] * 3
     assert slowdown == statistics.median(r["slowdown"] for r in rows[:3])
     for r in rows:

@@ -1,0 +1,104 @@
+"""A points file that re-runs the flagged points of validation results (issue 10, measurement rigour: "a point
+whose spread exceeds 5% is re-run or flagged").
+
+    python -m runtime.rerun_flagged --from-csv runtime/validation/results.csv --out FILE.yaml
+        [--parts 2 --part 1] [--force]
+
+Every point that ran with ``spread_flag`` set (the spread of its repeated latencies above 5%) becomes an inline
+plan of its group, with the plan it ran (``plan_json``, its label kept), so its id (``group/label``) is the same
+and ``lia validate --from-csv`` keeps the newest measurement. Nothing is chosen by its error: every flagged point
+is listed. ``--parts K --part I`` splits the groups into K files of about equal measured wall time (one device
+command each), smallest groups first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+GROUP_KEYS = ("model", "num_layers", "batch", "input_len", "output_len", "gpu_memory_gib")
+
+
+def flagged_groups(results: pd.DataFrame) -> list[dict]:
+    """One points-file group per workload group with flagged points, in increasing measured wall time."""
+    missing = [c for c in ("group_id", "status", "spread_flag", "plan_json", "plan_label", *GROUP_KEYS) if c not in results]
+    if missing:
+        raise ValueError(f"the results CSV lacks the columns {', '.join(missing)}")
+    ran = results[(results["status"] == "ran") & (results["spread_flag"].astype(str).str.lower() == "true")]
+    groups = []
+    for gid, rows in ran.groupby("group_id", sort=False):
+        first = rows.iloc[0]
+        plans = []
+        for _, r in rows.iterrows():
+            plan = json.loads(r["plan_json"])
+            plan["label"] = r["plan_label"]
+            plans.append(plan)
+        group = {"id": gid}
+        for key in GROUP_KEYS:
+            value = first[key]
+            if not (isinstance(value, float) and math.isnan(value)):
+                group[key] = value.item() if hasattr(value, "item") else value
+        group["plans"] = plans
+        group["_wall_s"] = float(rows["point_wall_s"].fillna(0).sum()) if "point_wall_s" in rows else 0.0
+        groups.append(group)
+    return sorted(groups, key=lambda g: g["_wall_s"])
+
+
+def split(groups: list[dict], parts: int) -> list[list[dict]]:
+    """``parts`` lists of about equal wall time: each group to the part with the least so far (largest first)."""
+    out: list[list[dict]] = [[] for _ in range(parts)]
+    load = [0.0] * parts
+    for g in sorted(groups, key=lambda g: -g["_wall_s"]):
+        k = load.index(min(load))
+        out[k].append(g)
+        load[k] += g["_wall_s"]
+    return [sorted(p, key=lambda g: g["_wall_s"]) for p in out]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--from-csv", required=True, type=Path, help="validation results (merged results.csv)")
+    ap.add_argument("--out", required=True, type=Path, help="the points .yaml to write")
+    ap.add_argument("--parts", type=int, default=1, help="split the groups into this many files")
+    ap.add_argument("--part", type=int, default=1, help="which of the --parts files to write (1-based)")
+    ap.add_argument("--force", action="store_true", help="replace an existing --out")
+    args = ap.parse_args(argv)
+    if not args.from_csv.is_file():
+        print(f"error: --from-csv: '{args.from_csv}' is not a file -- give a validation results.csv", file=sys.stderr)
+        return 2
+    if not (1 <= args.part <= args.parts):
+        print(f"error: --part must be 1 .. --parts ({args.parts}), got {args.part}", file=sys.stderr)
+        return 2
+    if args.out.exists() and not args.force:
+        print(f"error: --out: '{args.out}' exists -- pass --force to replace it", file=sys.stderr)
+        return 2
+    try:
+        groups = flagged_groups(pd.read_csv(args.from_csv))
+    except (ValueError, pd.errors.ParserError) as err:
+        print(f"error: --from-csv: {err}", file=sys.stderr)
+        return 2
+    chosen = split(groups, args.parts)[args.part - 1]
+    wall = sum(g.pop("_wall_s") for g in chosen)
+    points = sum(len(g["plans"]) for g in chosen)
+    doc = {
+        "description": (
+            f"Re-run of the flagged points (latency spread above 5%) of {args.from_csv}, part {args.part} of "
+            f"{args.parts}: {points} points in {len(chosen)} groups, {wall:.0f} s of measured wall time before. "
+            "Written by python -m runtime.rerun_flagged; nothing is chosen by its error."
+        ),
+        "groups": chosen,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(yaml.safe_dump(doc, sort_keys=False, width=120))
+    print(f"wrote {args.out}: {points} points in {len(chosen)} groups ({wall:.0f} s measured before)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
