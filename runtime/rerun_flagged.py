@@ -27,7 +27,9 @@ GROUP_KEYS = ("model", "num_layers", "batch", "input_len", "output_len", "gpu_me
 
 def flagged_groups(results: pd.DataFrame) -> list[dict]:
     """One points-file group per workload group with flagged points, in increasing measured wall time."""
-    missing = [c for c in ("group_id", "status", "spread_flag", "plan_json", "plan_label", *GROUP_KEYS) if c not in results]
+    missing = [
+        c for c in ("group_id", "status", "spread_flag", "plan_json", "plan_label", *GROUP_KEYS) if c not in results
+    ]
     if missing:
         raise ValueError(f"the results CSV lacks the columns {', '.join(missing)}")
     ran = results[(results["status"] == "ran") & (results["spread_flag"].astype(str).str.lower() == "true")]
