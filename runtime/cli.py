@@ -317,6 +317,7 @@ def _merge(
             f"{len(repeated)} point(s) appear in more than one file; the row from the last file given is kept: "
             + ", ".join(sorted(set(repeated)))
         )
+    measured = df  # every measurement: the regret compares the plans of one command (runtime.report.regret_table)
     df = df.drop_duplicates(subset="point_id", keep="last")
     if not (df["status"] == "ran").any():
         raise LiaInputError(
@@ -329,5 +330,5 @@ def _merge(
         from runtime.validate import repredict
 
         df = repredict(df, load_system(repredict_with))
-    summary = write_outputs(df, Path(out), title)
+    summary = write_outputs(df, Path(out), title, measured)
     print_summary(console, summary)

@@ -203,3 +203,29 @@ def test_gpu_memory_check_by_hand():
     assert "| out of GPU memory on a plan the model accepts | - | - | - | none | NO: c |" in md
     fine = df.iloc[:1]
     assert gpu_memory_check(fine)["met"] and gpu_memory_check(fine)["out_of_memory"] == []
+
+
+def test_regret_compares_the_plans_of_the_command_that_measured_the_optimum():
+    """Merged campaigns: command 1 measured the optimum at 1.00 s and flexgen at 1.02 s; command 2, on another day,
+    measured flexgen again at 0.90 s (newest point kept for the errors). The regret compares command 1's plans:
+    0%, not 1.00 / 0.90 - 1 = 11.1%. When the optimum is measured again too (command 3: optimum 1.00, ipex 0.95),
+    the newest command with the optimum decides: 5.3%. Without run_at_utc (one campaign) every plan counts."""
+    rows = [
+        {**_row("A", "optimal", 1.0, 1.00, 0.1, 0.1, 0.1, 0.1), "run_at_utc": "2026-12-01T03:00:00Z"},
+        {**_row("A", "flexgen", 1.0, 1.02, 0.1, 0.1, 0.1, 0.1), "run_at_utc": "2026-12-01T03:00:00Z"},
+        {**_row("A", "flexgen", 1.0, 0.90, 0.1, 0.1, 0.1, 0.1), "run_at_utc": "2026-12-01T10:00:00Z"},
+    ]
+    measured = pd.DataFrame(rows)
+    newest = measured.drop_duplicates(subset="point_id", keep="last")
+    assert summarize(add_errors(newest))["regret"][0]["regret"] == pytest.approx(1.0 / 0.9 - 1)  # across days
+    by_command = summarize(add_errors(newest), measured)["regret"][0]
+    assert by_command["regret"] == pytest.approx(0.0) and by_command["run_at_utc"] == "2026-12-01T03:00:00Z"
+    assert by_command["plans"] == 2
+    third = [
+        {**_row("A", "optimal", 1.0, 1.00, 0.1, 0.1, 0.1, 0.1), "run_at_utc": "2026-12-01T11:00:00Z"},
+        {**_row("A", "ipex", 1.0, 0.95, 0.1, 0.1, 0.1, 0.1), "run_at_utc": "2026-12-01T11:00:00Z"},
+    ]
+    measured = pd.DataFrame(rows + third)
+    newest = measured.drop_duplicates(subset="point_id", keep="last")
+    r = summarize(add_errors(newest), measured)["regret"][0]
+    assert r["regret"] == pytest.approx(1.0 / 0.95 - 1) and r["best_plan"] == "ipex"
