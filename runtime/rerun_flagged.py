@@ -5,10 +5,16 @@ whose spread exceeds 5% is re-run or flagged").
         [--parts 2 --part 1] [--force]
 
 Every point that ran with ``spread_flag`` set (the spread of its repeated latencies above 5%) becomes an inline
-plan of its group, with the plan it ran (``plan_json``, its label kept), so its id (``group/label``) is the same
-and ``lia validate --from-csv`` keeps the newest measurement. Nothing is chosen by its error: every flagged point
+plan of its group, with the plan it ran (``plan_json``) and the label of its point id, so its id (``group/label``)
+is the same and ``lia validate --from-csv`` keeps the newest measurement. Nothing is chosen by its error: every flagged point
 is listed. ``--parts K --part I`` splits the groups into K files of about equal measured wall time (one device
 command each), smallest groups first.
+
+    python -m runtime.rerun_flagged --relabel RERUN.csv --against ORIGINAL.csv --out RELABELLED.csv
+
+gives each row of a re-run the point id and label of the original point of its group that ran the same plan
+(an optimum run as ``optimal`` is labelled ``optimum`` in its plan, and the first re-runs, 2026-12-01, took that
+label). The measurements and the plan spec (an inline plan) are kept as they ran.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ def flagged_groups(results: pd.DataFrame) -> list[dict]:
         plans = []
         for _, r in rows.iterrows():
             plan = json.loads(r["plan_json"])
-            plan["label"] = r["plan_label"]
+            plan["label"] = str(r["point_id"])[len(str(gid)) + 1 :] if "point_id" in r else r["plan_label"]
             plans.append(plan)
         group = {"id": gid}
         for key in GROUP_KEYS:
@@ -63,22 +69,57 @@ def split(groups: list[dict], parts: int) -> list[list[dict]]:
     return [sorted(p, key=lambda g: g["_wall_s"]) for p in out]
 
 
+def _same_plan(a: str, b: str) -> bool:
+    """Two plan JSONs that differ at most in their label."""
+    x, y = json.loads(a), json.loads(b)
+    x.pop("label", None)
+    y.pop("label", None)
+    return x == y
+
+
+def relabel(rerun: pd.DataFrame, original: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """``rerun`` with each row's point id and label taken from the original point of its group with the same plan
+    (rows with no such point, or with several, stay as they are). Returns the table and the rows changed."""
+    out = rerun.copy()
+    changed = 0
+    for i, r in rerun.iterrows():
+        same = original[(original["group_id"] == r["group_id"]) & original["plan_json"].notna()]
+        hits = same[[_same_plan(str(p), str(r["plan_json"])) for p in same["plan_json"]]]
+        ids = hits["point_id"].unique()
+        if len(ids) == 1 and ids[0] != r["point_id"]:
+            out.loc[i, "point_id"] = ids[0]
+            out.loc[i, "plan_label"] = hits["plan_label"].iloc[0]
+            changed += 1
+    return out, changed
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--from-csv", required=True, type=Path, help="validation results (merged results.csv)")
-    ap.add_argument("--out", required=True, type=Path, help="the points .yaml to write")
+    ap.add_argument("--from-csv", type=Path, help="validation results (merged results.csv)")
+    ap.add_argument("--relabel", type=Path, help="results of a re-run: write them with the original point ids")
+    ap.add_argument("--against", type=Path, help="with --relabel: the results the re-run repeated")
+    ap.add_argument("--out", required=True, type=Path, help="the points .yaml (or with --relabel the .csv) to write")
     ap.add_argument("--parts", type=int, default=1, help="split the groups into this many files")
     ap.add_argument("--part", type=int, default=1, help="which of the --parts files to write (1-based)")
     ap.add_argument("--force", action="store_true", help="replace an existing --out")
     args = ap.parse_args(argv)
-    if not args.from_csv.is_file():
+    if args.out.exists() and not args.force:
+        print(f"error: --out: '{args.out}' exists -- pass --force to replace it", file=sys.stderr)
+        return 2
+    if args.relabel:
+        for flag, path in (("--relabel", args.relabel), ("--against", args.against)):
+            if path is None or not path.is_file():
+                print(f"error: {flag}: '{path}' is not a file -- give a validation results.csv", file=sys.stderr)
+                return 2
+        table, changed = relabel(pd.read_csv(args.relabel), pd.read_csv(args.against))
+        table.to_csv(args.out, index=False)
+        print(f"wrote {args.out}: {changed} of {len(table)} rows took their original point id")
+        return 0
+    if args.from_csv is None or not args.from_csv.is_file():
         print(f"error: --from-csv: '{args.from_csv}' is not a file -- give a validation results.csv", file=sys.stderr)
         return 2
     if not (1 <= args.part <= args.parts):
         print(f"error: --part must be 1 .. --parts ({args.parts}), got {args.part}", file=sys.stderr)
-        return 2
-    if args.out.exists() and not args.force:
-        print(f"error: --out: '{args.out}' exists -- pass --force to replace it", file=sys.stderr)
         return 2
     try:
         groups = flagged_groups(pd.read_csv(args.from_csv))

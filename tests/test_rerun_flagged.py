@@ -1,0 +1,72 @@
+"""runtime.rerun_flagged: the points file of the flagged points, its split into parts, and the relabelling of a
+re-run's rows with the original point ids, on hand-made results tables."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import yaml
+
+from runtime.points import load_points_file
+from runtime.rerun_flagged import flagged_groups, main, relabel, split
+
+PLAN = {"prefill_policy": [0, 1, 1, 0, 0, 0], "decode_policy": [0, 1, 1, 0, 0, 0], "gpu_resident_layers": 2}
+
+
+def _row(group, point, label, flag, wall, plan=PLAN, status="ran"):
+    return {
+        "point_id": f"{group}/{point}",
+        "group_id": group,
+        "status": status,
+        "spread_flag": flag,
+        "plan_label": label,
+        "plan_json": json.dumps({**plan, "label": label}),
+        "model": "opt-30b",
+        "num_layers": 4,
+        "batch": 2,
+        "input_len": 32,
+        "output_len": 4,
+        "gpu_memory_gib": 6.0,
+        "point_wall_s": wall,
+    }
+
+
+def _table() -> pd.DataFrame:
+    other = {**PLAN, "decode_policy": [1, 1, 1, 1, 1, 1]}
+    return pd.DataFrame(
+        [
+            _row("A", "optimal", "optimum", True, 10.0),  # an optimum run as "optimal", labelled "optimum"
+            _row("A", "flexgen", "flexgen", False, 5.0, other),
+            _row("B", "lia", "lia", True, 30.0),
+            _row("B", "x", "x", True, 1.0, other, status="skipped"),
+            _row("C", "lia", "lia", True, 20.0),
+        ]
+    )
+
+
+def test_flagged_points_become_inline_plans_with_their_point_ids(tmp_path):
+    groups = flagged_groups(_table())
+    assert [g["id"] for g in groups] == ["A", "C", "B"]  # by measured wall time of the flagged points
+    a = groups[0]
+    assert [p["label"] for p in a["plans"]] == ["optimal"]  # the point id's label, so a re-run replaces it
+    assert a["plans"][0]["decode_policy"] == [0, 1, 1, 0, 0, 0] and a["gpu_memory_gib"] == 6.0
+    parts = split(groups, 2)  # largest first to the lighter part: B (30) | C (20) then A (10)
+    assert [[g["id"] for g in p] for p in parts] == [["B"], ["A", "C"]]
+    src = tmp_path / "results.csv"
+    _table().to_csv(src, index=False)
+    out = tmp_path / "points.yaml"
+    assert main(["--from-csv", str(src), "--out", str(out), "--parts", "2", "--part", "2"]) == 0
+    loaded = load_points_file(out)  # the runtime's own loader accepts it
+    assert [g.id for g in loaded] == ["A", "C"]
+    assert "nothing is chosen by its error" in yaml.safe_load(out.read_text())["description"]
+    assert main(["--from-csv", str(src), "--out", str(out)]) == 2  # no overwrite without --force
+
+
+def test_relabel_gives_rerun_rows_the_original_point_ids():
+    original = _table()
+    rerun = pd.DataFrame([_row("A", "optimum", "optimum", False, 9.0), _row("C", "lia", "lia", False, 9.0)])
+    fixed, changed = relabel(rerun, original)
+    assert changed == 1
+    assert list(fixed["point_id"]) == ["A/optimal", "C/lia"]
+    assert list(fixed["point_wall_s"]) == [9.0, 9.0]  # measurements untouched
