@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 
 from lia_model.accounting import (
     embedding_weight_bytes,
@@ -176,22 +177,32 @@ def waiting_chunk_bytes(model: ModelSpec, chunk: int, input_len: int, prefill_po
     activations) waiting at a CPU sublayer of ``prefill_policy``, the largest over its CPU sublayers; 0 with
     no CPU sublayer (the chunks run one after another on the GPU stream). The scores exist apart from Q only
     when attn_score and attn_context run on different devices (else one fused kernel)."""
+    width = _waiting_width(
+        model.hidden_size, model.q_dim, model.num_heads, model.ffn_size, input_len, tuple(prefill_policy)
+    )
+    return float(chunk * input_len * width * BF16_BYTES)
+
+
+@lru_cache(maxsize=8192)  # a pure function of its arguments: memory_constants asks it for 64 vectors per call
+def _waiting_width(
+    hidden: int, q_dim: int, heads: int, ffn: int, input_len: int, prefill_policy: tuple[Device, ...]
+) -> int:
+    """The elements per token that ``waiting_chunk_bytes`` counts (its docstring)."""
     dev = dict(zip(SUBLAYERS, prefill_policy))
-    tokens = chunk * input_len
     width = {
-        "h": model.hidden_size,
-        "q": model.q_dim,
-        "scores": model.num_heads * input_len if _splits_attention(prefill_policy) else 0,
-        "ctx": model.q_dim,
-        "h_mid": model.hidden_size,
-        "mid": model.ffn_size,
+        "h": hidden,
+        "q": q_dim,
+        "scores": heads * input_len if _splits_attention(prefill_policy) else 0,
+        "ctx": q_dim,
+        "h_mid": hidden,
+        "mid": ffn,
     }
     on_gpu = {v: any(dev[s] == Device.GPU for s in subs) for v, subs in _TOUCHED_BY.items()}
     # The input's GPU copy is the hidden term's when the previous layer's fc2 ran on the GPU (a streamed layer
     # follows a streamed layer of the same policy, or a resident layer); a copy of its own only after a CPU fc2
     on_gpu["h"] = on_gpu["h"] and dev[Sublayer.FC2] == Device.CPU
     held = [sum(width[v] for v in _LIVE_BEFORE[s] if on_gpu[v]) for s in SUBLAYERS if dev[s] == Device.CPU]
-    return float(tokens * max(held, default=0) * BF16_BYTES)
+    return max(held, default=0)
 
 
 def memory_constants(system: SystemSpec, model: ModelSpec, workload: Workload, minibatches: int) -> MemoryConstants:

@@ -9,6 +9,7 @@ round-trips through JSON (``Plan.model_validate_json(plan.model_dump_json()) == 
 from __future__ import annotations
 
 from enum import Enum, IntEnum
+from functools import lru_cache
 from typing import Annotated, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, StrictBool, model_validator
@@ -111,6 +112,7 @@ def policy_in_words(p: tuple[Device, ...]) -> str:
     return f"GPU: {', '.join(on_gpu)}; CPU: {', '.join(on_cpu)}"
 
 
+@lru_cache(maxsize=1 << NUM_SUBLAYERS)  # 64 vectors, built once each (the optimiser asks for them often)
 def policy_from_index(index: int) -> tuple[Device, ...]:
     return tuple(Device((index >> i) & 1) for i in range(NUM_SUBLAYERS))
 
