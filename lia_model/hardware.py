@@ -380,8 +380,8 @@ class KernelTables(Sourced):
         0.0,
         ge=0,
         le=1e6,
-        description="A CPU call pays cpu_wake_us when the CPU waited longer than this before it (the shortest "
-        "measured gap whose extra is at least half the wake); 0: any wait.",
+        description="A CPU call pays cpu_wake_us when the CPU waited longer than this before it (the longest "
+        "measured gap up to which the extra stays below half the wake); 0: any wait.",
     )
 
     def linear(self, device: str, sublayer: str, k: int, n: int) -> Optional[LinearTable]:
