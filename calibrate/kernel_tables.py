@@ -604,9 +604,9 @@ def _beside_dma_call(model, case: tuple[str, int, int]) -> tuple[list[Callable[[
 
 
 def cpu_beside_dma(
-    setup: str, quick: bool, cases: tuple[tuple[str, int, int], ...] = BESIDE_DMA_CASES
+    setup: str, quick: bool, cases: tuple[tuple[str, int, int], ...] = BESIDE_DMA_CASES, model_name: str = "opt-30b"
 ) -> tuple[float, Optional[float], list[dict]]:
-    """Slowdown of the runtime's CPU kernels (OPT-30B shapes) while the runtime's own weight feeder
+    """Slowdown of the runtime's CPU kernels (``model_name``'s shapes, OPT-30B by default) while the runtime's own weight feeder
     (runtime/streamer.py: 32 MiB pieces, two in flight, its thread on the core the CPU setup keeps for it, its
     waits) streams pinned host memory. Median of 3 per case. Returns the first case's (the linears'), the
     attention case's (None when not measured: --quick) and the rows."""
@@ -616,7 +616,7 @@ def cpu_beside_dma(
     from runtime.backend import Backend
     from runtime.streamer import Part, WeightFeeder, split
 
-    model = get_model("opt-30b")
+    model = get_model(model_name)
     piece = 128 << 20  # elements of bf16: 256 MiB per job part
     pieces = 2 if quick else 8
     host = torch.empty(pieces * piece, dtype=torch.bfloat16).pin_memory()
@@ -667,7 +667,7 @@ def cpu_beside_dma(
                 {
                     "family": "cpu_beside_dma",
                     "device": "cpu",
-                    "model": "opt-30b",
+                    "model": model_name,
                     "sublayer": name,
                     "tokens": tokens,
                     "context": context,

@@ -879,3 +879,17 @@ def test_a_study_never_overwrites_its_outputs_without_force(tmp_path):
     )
     assert redraw.returncode == 2 and "microbench.png' exists" in redraw.stderr
     assert (tmp_path / "microbench.png").read_text() == "old figure\n"
+
+
+def test_the_beside_dma_probe_needs_a_gpu_and_says_so(tmp_path):
+    """Without CUDA (or with it, a missing profile): one error line and exit 2, nothing written."""
+    pytest.importorskip("torch")
+    import torch
+
+    from runtime.probe_beside_dma import main
+
+    args = ["--out", str(tmp_path), "--quick"]
+    if torch.cuda.is_available():
+        args += ["--system", str(tmp_path / "missing.yaml")]
+    assert main(args) == 2
+    assert not (tmp_path / "probe_beside_dma.csv").exists()

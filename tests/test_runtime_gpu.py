@@ -150,3 +150,20 @@ def test_cpu_beside_dma_measures_each_case_beside_the_runtimes_feeder():
     for r in rows:
         assert 0 < r["dma_gbps"] < 64 and 0 < r["dma_solo_gbps"] < 64
         assert r["cpu_read_gbps_solo"] > 0 and r["time_s"] > 0 and r["solo_time_s"] > 0
+
+
+def test_the_beside_dma_probe_reads_each_shape_against_its_table(tmp_path):
+    """runtime.probe_beside_dma --quick: one row per shape, its solo time over the profile's interpolated table
+    and its slowdown the median of its three runs beside the feeder."""
+    import pandas as pd
+
+    from runtime.probe_beside_dma import main
+
+    assert main(["--out", str(tmp_path), "--quick"]) == 0
+    df = pd.read_csv(tmp_path / "probe_beside_dma.csv")
+    assert list(df["sublayer"]) == ["fc2", "fc1"] and list(df["tokens"]) == [16, 1]
+    for _, r in df.iterrows():
+        assert r["solo_over_table"] == pytest.approx(r["solo_s"] / r["table_s"])
+        runs = sorted(float(x) for x in r["slowdowns"].split(","))
+        assert len(runs) == 3 and r["slowdown"] == pytest.approx(runs[1])
+    assert main(["--out", str(tmp_path), "--quick"]) == 2  # no overwrite without --force
