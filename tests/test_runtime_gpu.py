@@ -165,5 +165,5 @@ def test_the_beside_dma_probe_reads_each_shape_against_its_table(tmp_path):
     for _, r in df.iterrows():
         assert r["solo_over_table"] == pytest.approx(r["solo_s"] / r["table_s"])
         runs = sorted(float(x) for x in r["slowdowns"].split(","))
-        assert len(runs) == 3 and r["slowdown"] == pytest.approx(runs[1])
+        assert len(runs) == 3 and r["slowdown"] == pytest.approx(runs[1], abs=1e-3)  # the list is rounded
     assert main(["--out", str(tmp_path), "--quick"]) == 2  # no overwrite without --force
