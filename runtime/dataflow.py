@@ -22,10 +22,11 @@ from __future__ import annotations
 from collections import Counter
 
 from lia_model.models import ModelSpec
-from lia_model.plan import ALL_GPU, Device, Plan
+from lia_model.plan import Device, Plan
 from lia_model.sublayers import SUBLAYERS, Stage
 from lia_model.workload import Workload
 from runtime.executor import head_device
+from runtime.graph import is_resident, layer_policy, plan_passes
 from runtime.records import RunResult
 from runtime.weights import layer_layout
 
@@ -44,24 +45,17 @@ def expected_records(
     h, f, qd, kvh, d = model.hidden_size, model.ffn_size, model.q_dim, model.num_kv_heads, model.head_dim
     g = model.num_heads // kvh
     layout = layer_layout(model)
-    R = plan.gpu_resident_layers
-    passes = [(Stage.PREFILL, 0)] + [(Stage.DECODE, t) for t in range(1, output_len)]
-    for stage, step in passes:
-        n = plan.prefill_minibatches if stage == Stage.PREFILL else 1
-        b = B // n
-        q = L_in if stage == Stage.PREFILL else 1
-        pos0 = 0 if stage == Stage.PREFILL else L_in + step - 1
-        valid = pos0 + q
-        stage_policy = plan.prefill_policy if stage == Stage.PREFILL else plan.decode_policy
+    for node in plan_passes(plan, B, L_in, output_len):
+        stage, step, q, pos0, valid = node.stage, node.step, node.q, node.pos0, node.valid
+        n, b = len(node.chunks), node.chunk_rows
         for li in range(model.num_layers):
-            resident = li < R
-            pol = ALL_GPU if resident else stage_policy
+            resident = is_resident(plan, li)
+            pol = layer_policy(plan, stage, li)
             dev = dict(zip(SUBLAYERS, pol))
             if li == 0:
                 src_h = head_dev
             else:
-                prev = ALL_GPU if li - 1 < R else stage_policy
-                src_h = prev[SUBLAYERS.index(FC2)]
+                src_h = layer_policy(plan, stage, li - 1)[SUBLAYERS.index(FC2)]
             if not resident:
                 for sub in (QKV, OUT, FC1, FC2):
                     if dev[sub] == Device.GPU:
@@ -94,11 +88,9 @@ def expected_records(
                 for which, sub in (("k", SCORE), ("v", CTX)):
                     if dev[sub] == Device.GPU and hi > 0:
                         copies[(stage, step, li, c, "kv_fetch", which, 2 * b * kvh * hi * d)] += 1
-        last = ALL_GPU if model.num_layers - 1 < R else stage_policy
-        if last[SUBLAYERS.index(FC2)] != head_dev:
-            for c in range(plan.prefill_minibatches if stage == Stage.PREFILL else 1):
-                nb = B // (plan.prefill_minibatches if stage == Stage.PREFILL else 1)
-                copies[(stage, step, -1, c, "head", "last hidden", 2 * nb * h)] += 1
+        if layer_policy(plan, stage, model.num_layers - 1)[SUBLAYERS.index(FC2)] != head_dev:
+            for c in range(n):
+                copies[(stage, step, -1, c, "head", "last hidden", 2 * b * h)] += 1
     return copies, computes
 
 
@@ -145,11 +137,10 @@ def check_run(
     stage_order = {Stage.PREFILL: 0, Stage.DECODE: 1}
     order.sort(key=lambda k: (stage_order[k[0]], k[1], k[2]))
     if any(d == Device.GPU for p in (plan.prefill_policy, plan.decode_policy) for d in p) and streamed:
-        passes = [(Stage.PREFILL, 0)] + [(Stage.DECODE, t) for t in range(1, result.output_len)]
         index = 0
-        for stage, step in passes:
+        for node in plan_passes(plan, workload.batch, workload.input_len, result.output_len):
             for li in range(plan.gpu_resident_layers, model.num_layers):
-                key = (stage, step, li)
+                key = (node.stage, node.step, li)
                 if key in per_layer:
                     want = index % 2
                     if per_layer[key] != {want}:

@@ -38,12 +38,13 @@ import torch
 
 from lia_model.errors import LiaInputError
 from lia_model.models import ModelSpec
-from lia_model.plan import ALL_GPU, Device, Plan
+from lia_model.plan import Device, Plan
 from lia_model.plan import head_device as plan_head_device
 from lia_model.sublayers import SUBLAYERS, Stage, Sublayer
 from lia_model.workload import Workload
 from runtime import kernels
 from runtime.backend import DTYPE, Backend, Event, Placed
+from runtime.graph import is_resident, layer_policy, plan_passes
 from runtime.hostmem import HostArena
 from runtime.kvstore import KVStore, LayerKV
 from runtime.layerpass import CTX, FC1, FC2, OUT, QKV, SCORE, SUBLAYER_INDEX, Chunk, LayerPass
@@ -184,7 +185,8 @@ class Executor:
             raise ValueError("generate() must stay within the workload the executor was sized for")
         be = self.backend
         self.rec.reset(profile)
-        self.passes = [(Stage.PREFILL, 0)] + [(Stage.DECODE, t) for t in range(1, out_len)]
+        nodes = plan_passes(self.plan, self.B, self.L_in, out_len)
+        self.passes = [(node.stage, node.step) for node in nodes]
         self.streamer.reset(self.passes)
         self.kv.reset()
         tokens, logits_out, pass_s = [], [], []
@@ -194,16 +196,13 @@ class Executor:
             be.synchronize()
             base = (Event(be.is_cuda).record(be.compute if be.is_cuda else None), time.perf_counter())
             self.streamer.start()
-            for p_index, (stage, step) in enumerate(self.passes):
+            for node in nodes:
                 t0 = time.perf_counter()
-                pos0 = 0 if stage == Stage.PREFILL else self.L_in + step - 1
-                q = self.L_in if stage == Stage.PREFILL else 1
+                p_index, stage, step, pos0, q = node.index, node.stage, node.step, node.pos0, node.q
                 x = self._embed(ids, pos0, q, stage, step)
-                n = self.plan.prefill_minibatches if stage == Stage.PREFILL else 1
-                bsz = self.B // n
                 chunks = [  # per chunk, the hidden state's copies by device
-                    {self.head_dev: Placed(x[c * bsz : (c + 1) * bsz], self.head_dev, x_ready(be, self.head_dev))}
-                    for c in range(n)
+                    {self.head_dev: Placed(x[b0:b1], self.head_dev, x_ready(be, self.head_dev))}
+                    for b0, b1 in node.chunks
                 ]
                 del x  # the chunks' views hold it only until the first layer's outputs replace them
                 for li in range(self.L):
@@ -278,10 +277,8 @@ class Executor:
     ) -> list[dict[Device, Placed]]:
         """One layer over the chunks; ``inputs`` and the result hold each chunk's hidden state by device (a copy
         made early for the next layer's qkv travels with it)."""
-        resident = li < self.R
-        lay = LayerPass(
-            stage, step, p_index, li, resident, ALL_GPU if resident else self.policy[stage], pos0, q, self.kv[li]
-        )
+        resident = is_resident(self.plan, li)
+        lay = LayerPass(stage, step, p_index, li, resident, layer_policy(self.plan, stage, li), pos0, q, self.kv[li])
         if not resident:
             lay.slot = self.streamer.begin(lay)
         n = len(inputs)
@@ -382,8 +379,7 @@ class Executor:
         """Devices that will read value ``name`` of this layer (for page-locking CPU outputs)."""
         if name == "h_out":
             if lay.li + 1 < self.L:
-                nxt_resident = lay.li + 1 < self.R
-                pol = ALL_GPU if nxt_resident else self.policy[lay.stage]
+                pol = layer_policy(self.plan, lay.stage, lay.li + 1)
                 return [pol[SUBLAYER_INDEX[QKV]], pol[SUBLAYER_INDEX[OUT]]]
             return [self.head_dev]
         users = {"q": [SCORE], "scores": [CTX], "ctx": [OUT], "h_mid": [FC1, FC2], "mid": [FC2]}[name]
@@ -555,7 +551,7 @@ class Executor:
         last_layer = name == "h_out" and lay.li + 1 == self.L
         if ready is not None and consumers[0] == Device.CPU and not last_layer:
             li, detail = (lay.li + 1, "h") if name == "h_out" else (lay.li, name)
-            kind = "resident" if li < self.R else "streamed"
+            kind = "resident" if is_resident(self.plan, li) else "streamed"
             ch.values[name][Device.CPU] = self.mover.move(
                 ch.values[name][dev], Device.CPU, lay.stage, lay.step, li, ch.c, "act", detail, kind
             )

@@ -178,6 +178,7 @@ def test_the_core_imports_without_torch(module):
 RUNTIME_RANK = {
     "cudart": 0,  # ctypes CUDA calls
     "rope": 0,
+    "graph": 0,  # the plan as passes, chunks and layer policies (torch-free)
     "backend": 1,  # devices, streams, events, copies
     "kernels": 1,  # the sublayers' math
     "hostmem": 2,  # host arenas
