@@ -99,10 +99,15 @@ def _run_local(run: RunFn, points: Sequence[Any], workers: int, progress: Option
             if progress:
                 progress(len(chunks[k]))
     except BaseException:
-        # Ctrl-C (or a failed chunk): stop now, not after every queued chunk has run.
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
+        # Ctrl-C (or a failed chunk): stop now, not after every queued chunk has run. The workers are ended
+        # first, so the pool's manager thread sees them gone and exits; waiting for it here keeps its wake-up
+        # pipe from being written after it closed (an OSError traceback at exit, seen under CI's load).
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        for process in processes:
             process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join(timeout=10)
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
     return [row for chunk_rows in results for row in (chunk_rows or [])]
