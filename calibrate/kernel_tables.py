@@ -21,7 +21,10 @@ cores, affinity, allocator). The written profile is the base profile plus a ``ke
   slope at hidden 64, where the GPU work is negligible).
 - CPU beside DMA: the runtime's fc2 of OPT-30B at 64 tokens alone and while pinned H2D copies stream
   2 GiB of host memory on another CUDA stream (the layer-prefetch pattern); the ratio is the slowdown the
-  cost model charges CPU work that runs beside weight streaming.
+  cost model charges CPU work that runs beside weight streaming; the attention case's ratio is attention's own.
+- CPU wake-up: decode attention after sleeps of 0.05-2 ms against back to back (``cpu_wake``): what a CPU
+  sublayer pays when it starts after the CPU waited, and after how long a wait. ``--remeasure-insitu`` measures
+  the slowdowns and the wake-up alone into a copy of a profile (what a campaign does at its start).
 
 Every measurement is a row of the raw CSV (NAME-kernels.csv) with the setup it ran under.
 """
@@ -531,8 +534,8 @@ def cpu_wake(setup: str, quick: bool) -> tuple[float, float, list[dict]]:
 def _insitu_fields(
     setup: str, quick: bool, stamp: str, attn_slowdown: Optional[float], rows: list[dict], how: str
 ) -> tuple[dict, dict]:
-    """The kernels-section fields (and their sources) of the wake-up and attention's own slowdown beside the DMA (with their sources);
-    appends the wake-up rows to ``rows``."""
+    """The kernels-section fields, and their sources, of the CPU wake-up and of attention's own slowdown beside
+    the DMA; appends the wake-up rows to ``rows``."""
     wake_us, idle_us, wake_rows = cpu_wake(setup, quick)
     rows += wake_rows
     cases = ", ".join(f"{m} B={b} s={s}" for m, b, s in (QUICK_WAKE_CASES if quick else WAKE_CASES))
