@@ -273,6 +273,11 @@ def summarize(df: pd.DataFrame, measured: Optional[pd.DataFrame] = None) -> dict
         "points_ran": int(len(_ran(df))),
         "points_skipped": len(skipped),
         "metrics": metric_stats(df),
+        # the same over the points whose repeated latencies agree within 5% (issue 10: a point whose spread exceeds
+        # 5% is re-run or flagged): what the model's error is where the host holds still; the goals stay on all
+        "metrics_steady": metric_stats(df[df["spread_flag"].astype(str).str.lower() != "true"])
+        if "spread_flag" in df
+        else [],
         "regret": regret_table(df) if measured is None else regret_table(measured, by_command=True),
         "consistency": consistency(df),
         "skipped": skipped,
@@ -308,6 +313,23 @@ def summary_markdown(summary: dict[str, Any], title: str = "Validation summary")
             f"| {m['label']} | {m['n']} | {_pct(m['mean_abs_err'])} | {_pct(m['median_abs_err'])} | "
             f"{_pct(m['max_abs_err'])} | {_pct(m['mean_signed_err'])} | {met} | {m['worst_point']} |"
         )
+    steady = [m for m in summary.get("metrics_steady", []) if m["goal"]]
+    if steady:
+        lines += [
+            "",
+            f"The same over the points whose repeated latencies agree within 5% (not flagged; the goals above count "
+            f"every point): {steady[0]['n']} of {summary['points_ran']}.",
+            "",
+            "| metric, steady points | points | mean abs err | median abs err | max abs err | mean signed err | "
+            "within the goals | worst point |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for m in steady:
+            lines.append(
+                f"| {m['label']} | {m['n']} | {_pct(m['mean_abs_err'])} | {_pct(m['median_abs_err'])} | "
+                f"{_pct(m['max_abs_err'])} | {_pct(m['mean_signed_err'])} | {'yes' if m['met'] else 'no'} | "
+                f"{m['worst_point']} |"
+            )
     lines += [
         "",
         "| workload group | model | workload | GPU cap GiB | plans | optimal latency s | best plan | "

@@ -229,3 +229,18 @@ def test_regret_compares_the_plans_of_the_command_that_measured_the_optimum():
     newest = measured.drop_duplicates(subset="point_id", keep="last")
     r = summarize(add_errors(newest), measured)["regret"][0]
     assert r["regret"] == pytest.approx(1.0 / 0.95 - 1) and r["best_plan"] == "ipex"
+
+
+def test_steady_points_are_summarised_apart_from_the_flagged_ones(table):
+    """Flag A/flexgen (its latency error -20%): over the 4 other points that ran, the latency errors are +10%, +5%, 0%
+    and +12.5%: mean 6.875%, max 12.5% (worst B/flexgen). The goals stay on all 5 points; summary.md shows both."""
+    flagged = table.assign(spread_flag=[False, True, False, False, False, False])
+    s = summarize(add_errors(flagged))
+    steady = {m["metric"]: m for m in s["metrics_steady"]}
+    assert steady["latency"]["n"] == 4
+    assert steady["latency"]["mean_abs_err"] == pytest.approx((0.10 + 0.05 + 0.0 + 0.125) / 4)
+    assert steady["latency"]["max_abs_err"] == pytest.approx(0.125) and steady["latency"]["worst_point"] == "B/flexgen"
+    assert {m["metric"]: m for m in s["metrics"]}["latency"]["n"] == 5
+    md = summary_markdown(s)
+    assert "steady points" in md and "| latency | 4 | 6.9% |" in md
+    assert summarize(add_errors(table))["metrics_steady"] == []  # no spread column: no second table
