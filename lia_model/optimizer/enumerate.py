@@ -55,6 +55,20 @@ from lia_model.workload import Workload
 
 _PP, _PD = np.divmod(np.arange(NUM_POLICIES * NUM_POLICIES), NUM_POLICIES)  # pair index -> (prefill, decode)
 _PAIR_CLASS = _PP & _PD  # sublayers on the CPU in both stages
+_ALL_PAIRS = np.arange(NUM_POLICIES * NUM_POLICIES)
+_PRE_CLASS = _PP * NUM_POLICIES + _PAIR_CLASS  # (prefill vector, class): 3^6 = 729 distinct
+
+
+def _fastest_decode_per_class(dec_time: np.ndarray) -> np.ndarray:
+    """Per (prefill vector, HBM class), the pair with the fastest decode vector (the lowest pair index among
+    equals), in increasing pair index: the only pairs of a group that can be best when the decode vector enters
+    the latency as K D(p_dec) with K >= 1 and the memory check through the class alone."""
+    order = np.lexsort((_ALL_PAIRS, dec_time[_PD], _PRE_CLASS))
+    first = np.ones(order.size, dtype=bool)
+    first[1:] = _PRE_CLASS[order[1:]] != _PRE_CLASS[order[:-1]]
+    return np.sort(order[first])
+
+
 _ATTN_BITS = 0b110  # attn_score and attn_context
 _EPS_LAYERS = 1e-9  # slack (in layers) when rounding the memory bounds on K_cxl
 
@@ -179,27 +193,33 @@ def best_in_combo(
     candidate: Optional[tuple[float, int, int, int, int]] = None
     if ca.pre_fill is not None:
         # The prefill pass is not K times a per-layer time (costterms.prefill_pass_s), so every (N_res, pair)
-        # is evaluated: latency = pass(N_res, p_pre) + N_res R_dec + K D(p_dec) + head  [rows, 4096]
+        # is evaluated: latency = pass(N_res, p_pre) + N_res R_dec + K D(p_dec) + head  [rows, pairs]
         compute, copy, throughput = (v[None, :] for v in ca.pre_fill)
         pre_pass = prefill_pass_s(resident[rows, None] * ca.resident_prefill_s, kk, compute, copy, throughput)
+        # Without a TPOT bound or a CXL split a pair's row depends on its decode vector only through K D(p_dec)
+        # (K >= 1) and through its HBM class: of the pairs with one (prefill vector, class) only the fastest
+        # decode vector can be best, the first in index order among equals (the one np.argmin would pick), so
+        # 729 pairs stand for the 4096 (``exhaustive`` evaluates all of them).
+        cols = _ALL_PAIRS if bounded or exhaustive or k.has_cxl else _fastest_decode_per_class(dec_d)
         lat = (
-            pre_pass[:, _PP]
+            pre_pass[:, _PP[cols]]
             + resident[rows, None] * k.resident_decode_total_s
-            + kk * dec_d[_PD][None, :]
+            + kk * dec_d[_PD[cols]][None, :]
             + k.head_total_s
         )
-        ok = (lo[rows, None] <= hi[rows, None]) & (hbm_base[rows, None] + pair_extra[None, :] <= hbm_avail)
+        ok = (lo[rows, None] <= hi[rows, None]) & (hbm_base[rows, None] + pair_extra[cols][None, :] <= hbm_avail)
         if bounded:
             # (N_res R_dec + K D(p_dec) + head S) / S <= X
             tpot_total = (
                 resident[rows, None] * k.tpot_resident_decode_total_s
-                + kk * ca.tpot_dec[HostTier.DDR][_PD][None, :]
+                + kk * ca.tpot_dec[HostTier.DDR][_PD[cols]][None, :]
                 + k.tpot_head_s * steps
             )
             ok &= tpot_total <= tpot_max_s * steps
         lat = np.where(ok, lat, np.inf)
-        r, pair = divmod(int(np.argmin(lat)), _PP.size)
-        candidate = (float(lat[r, pair]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), 0)
+        r, j = divmod(int(np.argmin(lat)), cols.size)
+        pair = int(cols[j])
+        candidate = (float(lat[r, j]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), 0)
     elif not k.has_cxl and not exhaustive and not bounded:
         # Pairs with the same HBM (class, prefill-policy extra) are interchangeable but for their time: keep the best
         levels, level_of = np.unique(policy_extra, return_inverse=True)
