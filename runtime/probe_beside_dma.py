@@ -93,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.system).is_file():
         print(f"error: --system: '{args.system}' is not a file -- give a kernel-table profile", file=sys.stderr)
         return 2
-    df = probe(args.system, args.quick)
+    from lia_model.errors import LiaInputError
+
+    try:
+        df = probe(args.system, args.quick)
+    except LiaInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(target, index=False)
     print(

@@ -111,7 +111,14 @@ def main(argv: list[str] | None = None) -> int:
             if path is None or not path.is_file():
                 print(f"error: {flag}: '{path}' is not a file -- give a validation results.csv", file=sys.stderr)
                 return 2
-        table, changed = relabel(pd.read_csv(args.relabel), pd.read_csv(args.against))
+        try:
+            table, changed = relabel(pd.read_csv(args.relabel), pd.read_csv(args.against))
+        except (ValueError, KeyError, pd.errors.ParserError) as err:
+            print(
+                f"error: --relabel/--against: cannot read them as validation results ({err}) -- give two results.csv",
+                file=sys.stderr,
+            )
+            return 2
         table.to_csv(args.out, index=False)
         print(f"wrote {args.out}: {changed} of {len(table)} rows took their original point id")
         return 0

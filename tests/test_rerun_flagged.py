@@ -70,3 +70,23 @@ def test_relabel_gives_rerun_rows_the_original_point_ids():
     assert changed == 1
     assert list(fixed["point_id"]) == ["A/optimal", "C/lia"]
     assert list(fixed["point_wall_s"]) == [9.0, 9.0]  # measurements untouched
+
+
+def test_bad_inputs_get_one_error_line(tmp_path, capsys):
+    """A binary file, an empty one and a table without the result columns: exit 2 and one error line each."""
+    binary, empty, other = tmp_path / "bin.csv", tmp_path / "empty.csv", tmp_path / "other.csv"
+    binary.write_bytes(b"\x00\x01\xff\xfe")
+    empty.write_text("")
+    other.write_text("a,b\n1,2\n")
+    for argv in (
+        ["--from-csv", str(binary), "--out", str(tmp_path / "p.yaml")],
+        ["--from-csv", str(empty), "--out", str(tmp_path / "p.yaml")],
+        ["--from-csv", str(other), "--out", str(tmp_path / "p.yaml")],
+        ["--relabel", str(binary), "--against", str(other), "--out", str(tmp_path / "r.csv")],
+        ["--relabel", str(other), "--against", str(other), "--out", str(tmp_path / "r.csv")],
+        ["--relabel", str(other), "--out", str(tmp_path / "r.csv")],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ")
+    assert not (tmp_path / "p.yaml").exists() and not (tmp_path / "r.csv").exists()
