@@ -143,6 +143,7 @@ def linear_rows(
     from calibrate.timing import time_cuda, time_host
     from lia_model.accounting import linear_shape
     from lia_model.sublayers import Sublayer
+    from runtime.hostmem import huge_page_fraction
 
     rows: list[dict] = []
     seen = set() if seen is None else seen  # shapes already measured (shared across calls: one table each)
@@ -158,6 +159,7 @@ def linear_rows(
             nbytes = 2 * k * n
             copies = copies_to_stream(nbytes, llc_bytes if device == "cpu" else 200 << 20, cap=16)
             params = _params(model, sub, device, copies)
+            huge = huge_page_fraction([p["w"] for p in params]) if device == "cpu" else None
             for t in tokens_list:
                 flops = 2.0 * t * k * n
                 if flops > cap:
@@ -180,6 +182,7 @@ def linear_rows(
                         "weight_copies": copies,
                         "gbps_weights": nbytes / timing.median_s / 1e9,
                         "tflops": flops / timing.median_s / 1e12,
+                        "weights_huge_page_fraction": huge,
                         "setup": setup,
                     }
                 )
@@ -579,8 +582,9 @@ BESIDE_DMA_CASES: tuple[tuple[str, int, int], ...] = (
 )
 
 
-def _beside_dma_call(model, case: tuple[str, int, int]) -> tuple[list[Callable[[], Any]], float]:
-    """Calls (cold weights: 6 copies in turn) of one case and the bytes one call reads from DDR."""
+def _beside_dma_call(model, case: tuple[str, int, int]) -> tuple[list[Callable[[], Any]], float, Optional[float]]:
+    """Calls (cold weights: 6 copies in turn) of one case, the bytes one call reads from DDR, and the share of its
+    weights on huge pages (None for attention)."""
     import torch
 
     from lia_model.sublayers import Sublayer
@@ -597,13 +601,15 @@ def _beside_dma_call(model, case: tuple[str, int, int]) -> tuple[list[Callable[[
             kp, vp = kc[:, :, :context], vc[:, :, :context]
             calls.append(lambda q_in=q_in, kp=kp, vp=vp: kernels.attention(q_in, kp, vp, model, context - 1))
             nbytes = 2.0 * tokens * kvh * context * d * 2
-        return calls, nbytes
+        return calls, nbytes, None
     sub = Sublayer(name)
     params = _params(model, sub, "cpu", 6)
     from lia_model.accounting import linear_shape
+    from runtime.hostmem import huge_page_fraction
 
     k, n = linear_shape(model, sub)
-    return [_sublayer_call(model, sub, p, tokens, "cpu") for p in params], 2.0 * k * n
+    huge = huge_page_fraction([p["w"] for p in params])
+    return [_sublayer_call(model, sub, p, tokens, "cpu") for p in params], 2.0 * k * n, huge
 
 
 def cpu_beside_dma(
@@ -644,7 +650,7 @@ def cpu_beside_dma(
     rows: list[dict] = []
     medians: dict[str, float] = {}
     for case in cases if not quick else cases[:2]:
-        calls, nbytes = _beside_dma_call(model, case)
+        calls, nbytes, huge = _beside_dma_call(model, case)
 
         def cpu_loop(n: int, calls=calls) -> float:
             t0 = time.perf_counter()
@@ -681,6 +687,7 @@ def cpu_beside_dma(
                     "dma_solo_gbps": n_dma * piece * 2 / solo_dma / 1e9,
                     "cpu_read_gbps_solo": n_cpu * nbytes / solo_cpu / 1e9,
                     "cpu_read_gbps_beside": n_cpu * nbytes / res["cpu"] / 1e9,
+                    "weights_huge_page_fraction": huge,
                     "setup": setup,
                 }
             )

@@ -290,5 +290,39 @@ def host_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return t
 
 
+SMAPS = Path("/proc/self/smaps")
+
+
+def huge_page_fraction(tensors: list[torch.Tensor], smaps: Optional[str] = None) -> Optional[float]:
+    """The share of the tensors' resident host memory the kernel backs with transparent huge pages
+    (AnonHugePages over Rss of the mappings that hold them, from /proc/self/smaps), or None where that file
+    cannot be read. A GEMV over 4 KiB pages misses the TLB on every page: the calibrator records this beside
+    each CPU linear's time, since the same kernel ran up to 2x apart between runs on the GPU host
+    (runtime/validation/beside-dma-probe/)."""
+    if smaps is None:
+        try:
+            smaps = SMAPS.read_text()
+        except OSError:
+            return None
+    starts = {t.data_ptr() for t in tensors if t.device.type == "cpu" and t.numel()}
+    rss = huge = 0
+    lo = hi = -1
+    counted = False
+    for line in smaps.splitlines():
+        head = line.split(maxsplit=1)[0] if line.strip() else ""
+        if "-" in head and ":" not in head:  # a mapping's first line: "start-end perms ..."
+            a, _, b = head.partition("-")
+            try:
+                lo, hi = int(a, 16), int(b, 16)
+            except ValueError:
+                lo = hi = -1
+            counted = any(lo <= p < hi for p in starts)
+        elif counted and line.startswith("Rss:"):
+            rss += int(line.split()[1])
+        elif counted and line.startswith("AnonHugePages:"):
+            huge += int(line.split()[1])
+    return huge / rss if rss else None
+
+
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + size, n)) for lo in range(0, n, size)]

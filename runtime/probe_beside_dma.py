@@ -7,7 +7,8 @@ the DMA depends on the shape (a GEMV at 1 row reads weights once; an AMX GEMM at
 
 For each (model, sublayer, tokens) this runs ``calibrate.kernel_tables.cpu_beside_dma`` (the runtime's sublayer
 function over 6 cold weight copies, alone, then 3 times while the runtime's weight feeder streams pinned H2D) and
-prints its solo time over the profile's table (``table_seconds``) and its slowdown beside the DMA. Needs CUDA.
+prints its solo time over the profile's table (``table_seconds``), its slowdown beside the DMA and the share of
+its weights on transparent huge pages (``runtime.hostmem.huge_page_fraction``). Needs CUDA.
 
     python -m runtime.probe_beside_dma --out DIR [--system PROFILE] [--quick] [--force]
 """
@@ -65,6 +66,7 @@ def probe(system_path: str, quick: bool) -> pd.DataFrame:
                     "dma_gbps": statistics.median(r["dma_gbps"] for r in mine),
                     "dma_solo_gbps": mine[0]["dma_solo_gbps"],
                     "cpu_read_gbps_solo": mine[0]["cpu_read_gbps_solo"],
+                    "weights_huge_page_fraction": mine[0]["weights_huge_page_fraction"],
                     "setup": setup,
                 }
             )
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         shape = f"{r['model']} {r['sublayer']} x{r['tokens']}"
         print(
             f"{shape:30s} {r['table_s'] * 1e3:9.2f} {r['solo_s'] * 1e3:8.2f} {r['solo_over_table']:8.2f} "
-            f"{r['beside_dma_s'] * 1e3:9.2f} {r['slowdown']:8.3f} {r['beside_over_table']:8.2f}"
+            f"{r['beside_dma_s'] * 1e3:9.2f} {r['slowdown']:8.3f} {r['beside_over_table']:8.2f} "
+            f"{float('nan') if pd.isna(r['weights_huge_page_fraction']) else r['weights_huge_page_fraction']:5.2f}"
         )
     print(f"wrote {target}")
     return 0

@@ -31,14 +31,24 @@ NAME = "ci-quick-calibrated"
 torch = pytest.importorskip("torch", reason="the calibrator measures with torch")
 
 
+def _fresh_process() -> None:
+    """In the child before it runs: every CPU of the machine (the kernel keeps the cpuset's). An earlier test
+    that ran the runtime in this process bound its main thread to one core (OpenMP, runtime/cpu_setup.py), and
+    a child inherits that mask: the calibration would then measure one core."""
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+
+
 def _run(*args: str, cwd: Path = ROOT, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    # nor the OpenMP binding that cpu_setup.apply() put into this process's environment
+    clean = {k: v for k, v in (env if env is not None else os.environ).items() if not k.startswith("OMP_")}
     return subprocess.run(
         [sys.executable, "-m", "lia_model.cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=clean,
+        preexec_fn=_fresh_process,
     )
 
 

@@ -221,3 +221,23 @@ def test_pitched_copy_geometry_of_a_kv_cache_slice():
     assert cudart.pitched(dense, cache[:, :, 1:8]) == cudart.Pitch(6, 56, 56, 72)
     assert cudart.pitched(cache[:, :, 1:8], dense.float()) is None  # dtypes differ
     assert cudart.pitched(cache[:, :, :, :2], torch.zeros(3, 2, 9, 2, dtype=torch.bfloat16)) is None  # rows not whole
+
+
+def test_huge_page_fraction_reads_the_mappings_that_hold_the_tensors():
+    """A synthetic /proc/self/smaps: the tensor's mapping has Rss 4096 kB of which 2048 kB on huge pages, another
+    mapping (not the tensor's) 100 kB: 0.5. No readable mapping: None. On this machine a host weight tensor
+    reads a share between 0 and 1 (what the kernel grants varies; the calibrator records it, not a test)."""
+    import torch
+
+    from runtime.hostmem import host_tensor, huge_page_fraction
+
+    t = torch.empty(1024)
+    a = t.data_ptr()
+    smaps = (
+        f"{a - 4096:x}-{a + 8192:x} rw-p 00000000 00:00 0\nSize: 12 kB\nRss:  4096 kB\nAnonHugePages:  2048 kB\n"
+        f"{a + 8192:x}-{a + 16384:x} rw-p 00000000 00:00 0\nRss:  100 kB\nAnonHugePages:  100 kB\n"
+    )
+    assert huge_page_fraction([t], smaps) == 0.5
+    assert huge_page_fraction([t], "") is None
+    real = huge_page_fraction([host_tensor((4096, 4096), torch.bfloat16)])
+    assert real is None or 0.0 <= real <= 1.0
