@@ -59,14 +59,23 @@ _ALL_PAIRS = np.arange(NUM_POLICIES * NUM_POLICIES)
 _PRE_CLASS = _PP * NUM_POLICIES + _PAIR_CLASS  # (prefill vector, class): 3^6 = 729 distinct
 
 
+def _first_min_per_key(key: np.ndarray, value: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per key 0 .. n_keys-1: the smallest value of the indices with that key, and the lowest index reaching it
+    (the one np.argmin would pick; -1 for a key no index has)."""
+    best = np.full(n_keys, np.inf)
+    np.minimum.at(best, key, value)
+    hit = np.flatnonzero(value == best[key])
+    first = np.full(n_keys, -1)
+    first[key[hit[::-1]]] = hit[::-1]
+    return best, first
+
+
 def _fastest_decode_per_class(dec_time: np.ndarray) -> np.ndarray:
     """Per (prefill vector, HBM class), the pair with the fastest decode vector (the lowest pair index among
     equals), in increasing pair index: the only pairs of a group that can be best when the decode vector enters
     the latency as K D(p_dec) with K >= 1 and the memory check through the class alone."""
-    order = np.lexsort((_ALL_PAIRS, dec_time[_PD], _PRE_CLASS))
-    first = np.ones(order.size, dtype=bool)
-    first[1:] = _PRE_CLASS[order[1:]] != _PRE_CLASS[order[:-1]]
-    return np.sort(order[first])
+    _, first = _first_min_per_key(_PRE_CLASS, dec_time[_PD], _ALL_PAIRS.size)
+    return np.sort(first[first >= 0])
 
 
 _ATTN_BITS = 0b110  # attn_score and attn_context
@@ -225,12 +234,7 @@ def best_in_combo(
         levels, level_of = np.unique(policy_extra, return_inverse=True)
         key = _PAIR_CLASS * levels.size + level_of[_PP]
         n_keys = NUM_POLICIES * levels.size
-        best_time = np.full(n_keys, np.inf)
-        np.minimum.at(best_time, key, pair_time)
-        # the first pair (lowest index) reaching each key's minimum
-        hit = np.flatnonzero(pair_time == best_time[key])
-        best_pair = np.full(n_keys, -1)
-        best_pair[key[hit[::-1]]] = hit[::-1]
+        best_time, best_pair = _first_min_per_key(key, pair_time, n_keys)
         key_extra = np.repeat(extra, levels.size) + np.tile(levels, NUM_POLICIES)
         lat = resident_time[rows, None] + kk * best_time[None, :] + k.head_total_s
         ok = (lo[rows, None] <= hi[rows, None]) & (hbm_base[rows, None] + key_extra[None, :] <= hbm_avail)
