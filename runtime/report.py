@@ -57,6 +57,11 @@ def _ran(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "ran"] if "status" in df else df
 
 
+def is_true(column: pd.Series) -> pd.Series:
+    """A boolean column as a results CSV gives it back (bools, or the strings True/False, or empty)."""
+    return column.astype(str).str.lower() == "true"
+
+
 def metric_stats(df: pd.DataFrame) -> list[dict[str, Any]]:
     ran = _ran(df)
     out = []
@@ -180,7 +185,7 @@ def gpu_memory_check(df: pd.DataFrame) -> dict[str, Any]:
             )
     failed = df[df["status"].astype(str) != "ran"] if "status" in df else df.iloc[:0]
     reasons = failed.get("skip_reason", pd.Series(dtype=str)).astype(str)
-    accepted = failed.get("predicted_feasible", pd.Series(dtype=object)).astype(str).str.lower() == "true"
+    accepted = is_true(failed.get("predicted_feasible", pd.Series(dtype=object)))
     oom = failed[reasons.str.contains("out of memory") & accepted]
     out["out_of_memory"] = [str(x) for x in oom["point_id"]] if "point_id" in oom else []
     out["met"] = not out["out_of_memory"] and out.get("max_peak_over_predicted", 0.0) <= 1.0
@@ -275,9 +280,7 @@ def summarize(df: pd.DataFrame, measured: Optional[pd.DataFrame] = None) -> dict
         "metrics": metric_stats(df),
         # the same over the points whose repeated latencies agree within 5% (issue 10: a point whose spread exceeds
         # 5% is re-run or flagged): what the model's error is where the host holds still; the goals stay on all
-        "metrics_steady": metric_stats(df[df["spread_flag"].astype(str).str.lower() != "true"])
-        if "spread_flag" in df
-        else [],
+        "metrics_steady": metric_stats(df[~is_true(df["spread_flag"])]) if "spread_flag" in df else [],
         "regret": regret_table(df) if measured is None else regret_table(measured, by_command=True),
         "consistency": consistency(df),
         "skipped": skipped,
@@ -295,6 +298,14 @@ def _pct(x: Optional[float]) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
+def _metric_line(m: dict[str, Any], met: str) -> str:
+    """One metric's row of summary.md (metric_stats' fields)."""
+    return (
+        f"| {m['label']} | {m['n']} | {_pct(m['mean_abs_err'])} | {_pct(m['median_abs_err'])} | "
+        f"{_pct(m['max_abs_err'])} | {_pct(m['mean_signed_err'])} | {met} | {m['worst_point']} |"
+    )
+
+
 def summary_markdown(summary: dict[str, Any], title: str = "Validation summary") -> str:
     lines = [
         f"# {title}",
@@ -308,11 +319,7 @@ def summary_markdown(summary: dict[str, Any], title: str = "Validation summary")
         "|---|---|---|---|---|---|---|---|",
     ]
     for m in summary["metrics"]:
-        met = ("yes" if m["met"] else "NO") if m["goal"] else "(reference only)"
-        lines.append(
-            f"| {m['label']} | {m['n']} | {_pct(m['mean_abs_err'])} | {_pct(m['median_abs_err'])} | "
-            f"{_pct(m['max_abs_err'])} | {_pct(m['mean_signed_err'])} | {met} | {m['worst_point']} |"
-        )
+        lines.append(_metric_line(m, ("yes" if m["met"] else "NO") if m["goal"] else "(reference only)"))
     steady = [m for m in summary.get("metrics_steady", []) if m["goal"]]
     if steady:
         lines += [
@@ -324,12 +331,7 @@ def summary_markdown(summary: dict[str, Any], title: str = "Validation summary")
             "within the goals | worst point |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for m in steady:
-            lines.append(
-                f"| {m['label']} | {m['n']} | {_pct(m['mean_abs_err'])} | {_pct(m['median_abs_err'])} | "
-                f"{_pct(m['max_abs_err'])} | {_pct(m['mean_signed_err'])} | {'yes' if m['met'] else 'no'} | "
-                f"{m['worst_point']} |"
-            )
+        lines += [_metric_line(m, "yes" if m["met"] else "no") for m in steady]
     lines += [
         "",
         "| workload group | model | workload | GPU cap GiB | plans | optimal latency s | best plan | "

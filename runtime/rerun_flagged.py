@@ -28,6 +28,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from runtime.report import is_true
+
 GROUP_KEYS = ("model", "num_layers", "batch", "input_len", "output_len", "gpu_memory_gib")
 
 
@@ -38,7 +40,7 @@ def flagged_groups(results: pd.DataFrame) -> list[dict]:
     ]
     if missing:
         raise ValueError(f"the results CSV lacks the columns {', '.join(missing)}")
-    ran = results[(results["status"] == "ran") & (results["spread_flag"].astype(str).str.lower() == "true")]
+    ran = results[(results["status"] == "ran") & is_true(results["spread_flag"])]
     groups = []
     for gid, rows in ran.groupby("group_id", sort=False):
         first = rows.iloc[0]
