@@ -124,16 +124,12 @@ case "$PART" in
         ;;
     *) echo "unknown part '$PART'"; return 2 ;;
 esac
-if [ "${REMEASURE_DMA:-0}" = "1" ]; then
-    echo "== CPU-beside-DMA slowdown measured again into a copy of $PROFILE"
-    timeout 120 "$PY" -m calibrate.kernel_tables --remeasure-beside-dma "$PROFILE" --out "$OUT" --force 2>&1 \
-        | grep --line-buffered -v '^USDT'
-    NEW="$OUT/$(basename "$PROFILE")"
-    [ -f "$NEW" ] && PROFILE="$NEW" || { echo "re-measurement failed"; return 1; }
-fi
-if [ "${REMEASURE_INSITU:-0}" = "1" ]; then
-    echo "== CPU slowdowns beside the DMA and the CPU wake-up measured again into a copy of $PROFILE"
-    timeout 150 "$PY" -m calibrate.kernel_tables --remeasure-insitu "$PROFILE" --out "$OUT" --force 2>&1 \
+REMEASURE=""  # --remeasure-insitu measures the DMA slowdown too, so it stands for both
+[ "${REMEASURE_DMA:-0}" = "1" ] && REMEASURE="--remeasure-beside-dma" && REMEASURE_S=120
+[ "${REMEASURE_INSITU:-0}" = "1" ] && REMEASURE="--remeasure-insitu" && REMEASURE_S=150
+if [ -n "$REMEASURE" ]; then
+    echo "== $REMEASURE: measured again into a copy of $PROFILE"
+    timeout "$REMEASURE_S" "$PY" -m calibrate.kernel_tables "$REMEASURE" "$PROFILE" --out "$OUT" --force 2>&1 \
         | grep --line-buffered -v '^USDT'
     NEW="$OUT/$(basename "$PROFILE")"
     [ -f "$NEW" ] && PROFILE="$NEW" || { echo "re-measurement failed"; return 1; }
