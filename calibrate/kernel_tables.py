@@ -487,23 +487,13 @@ def cpu_wake(setup: str, quick: bool) -> tuple[float, float, list[dict]]:
         idle = the longest gap g such that every gap <= g has median extra < wake / 2 (0 when the first has not)
 
     Returns (wake_us, idle_us, rows)."""
-    import math
-
-    from lia_model.models import get_model
-    from runtime import kernels
-    from runtime.probe_cpu_insitu import ROTATE_BYTES, cache_copies, timed_calls
+    from runtime.probe_cpu_insitu import attention_case, timed_calls
 
     calls = 8 if quick else 40
     rows: list[dict] = []
     for name, batch, s in QUICK_WAKE_CASES if quick else WAKE_CASES:
-        model = get_model(name)
-        cache_bytes = 2 * batch * model.num_kv_heads * s * model.head_dim * 2
-        n = 4 if quick else max(2, min(128, math.ceil(ROTATE_BYTES / cache_bytes)))
-        copies = cache_copies(model, batch, s, 1, n)
-
-        def call(q_in, k, v, model=model, pos0=s - 1):
-            return kernels.attention(q_in, k, v, model, pos0)
-
+        call, copies, _ = attention_case(name, "decode", batch, s, n=4 if quick else None)
+        n = len(copies)
         timed_calls(call, copies, min(n, 8), 0.0, "none")  # first touch of every copy, untimed
         back_to_back = statistics.median(timed_calls(call, copies, calls, 0.0, "none"))
         for gap_ms in WAKE_GAPS_MS:

@@ -80,21 +80,28 @@ def timed_calls(call, copies, calls: int, gap_s: float, gap: str) -> list[float]
     return times
 
 
+def attention_case(name: str, phase: str, batch: int, s: int, n: int | None = None):
+    """(call, copies, KV bytes one call reads) of one case: ``runtime.kernels.attention`` as the executor calls it,
+    over n cache copies (default: enough to hold ``ROTATE_BYTES``, 2 to 128), so that back-to-back calls read
+    cold caches. The calibrator's wake-up measurement (calibrate.kernel_tables ``cpu_wake``) uses it too."""
+    model = get_model(name)
+    q = 1 if phase == "decode" else s
+    cache_bytes = 2 * batch * model.num_kv_heads * s * model.head_dim * 2
+    n = n or max(2, min(128, math.ceil(ROTATE_BYTES / cache_bytes)))
+
+    def call(q_in, k, v, model=model, pos0=s - q):
+        return kernels.attention(q_in, k, v, model, pos0)
+
+    return call, cache_copies(model, batch, s, q, n), cache_bytes
+
+
 def probe(cases, gap_ms: float, calls: int) -> pd.DataFrame:
     from calibrate.timing import time_host
 
     rows = []
     for name, phase, batch, s in cases:
-        model = get_model(name)
-        q = 1 if phase == "decode" else s
-        pos0 = s - q
-        cache_bytes = 2 * batch * model.num_kv_heads * s * model.head_dim * 2
-        n = max(2, min(128, math.ceil(ROTATE_BYTES / cache_bytes)))
-        copies = cache_copies(model, batch, s, q, n)
-
-        def call(q_in, k, v, model=model, pos0=pos0):
-            return kernels.attention(q_in, k, v, model, pos0)
-
+        call, copies, cache_bytes = attention_case(name, phase, batch, s)
+        n = len(copies)
         first = copies[0]
         hot = time_host(lambda: call(*first), budget_s=0.3)
         modes = {"hot": [hot.median_s]}
