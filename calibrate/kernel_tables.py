@@ -130,6 +130,21 @@ def _sublayer_call(model, sub, p: dict, tokens: int, device) -> Callable[[], Any
 # ----------------------------------------------------------------------------------------- linears
 
 
+# A CPU linear's memory-bound calls (up to this many rows) swing between two speeds about 2x apart in runs of
+# seconds on the GPU host, whatever the thread count or page size (runtime/validation/dram-drift/): one burst of
+# samples lands in one mode. They are timed in ROUNDS spread over the model's whole measurement (each round
+# times every memory-bound shape once and a share of the compute-bound ones), and the table holds the mean of
+# the rounds' medians: the expected time of a call, which is what a run of many calls adds up. Compute-bound
+# calls (more rows) are timed once.
+MEMORY_BOUND_TOKENS = 256
+CPU_ROUNDS = 8
+
+
+def _round_robin(small: list, large: list, rounds: int) -> list[list]:
+    """Round r: every small item, then the large items i with i % rounds == r (so rounds spread over time)."""
+    return [list(small) + [x for i, x in enumerate(large) if i % rounds == r] for r in range(rounds)]
+
+
 def linear_rows(
     models: list,
     device: str,
@@ -138,7 +153,11 @@ def linear_rows(
     budget_s: float,
     setup: str,
     seen: Optional[set[tuple]] = None,
+    rounds: int = 1,
 ) -> list[dict]:
+    """One row per (sublayer shape, tokens) of ``models`` on ``device``. ``rounds`` > 1 times the memory-bound
+    calls (tokens <= MEMORY_BOUND_TOKENS) in that many rounds interleaved with the rest (``_round_robin``),
+    each round under ``budget_s``; ``time_s`` is then the mean of the rounds' medians."""
     from calibrate.tensors import copies_to_stream, cycling
     from calibrate.timing import time_cuda, time_host
     from lia_model.accounting import linear_shape
@@ -150,22 +169,32 @@ def linear_rows(
     cap = CPU_FLOP_CAP if device == "cpu" else GPU_FLOP_CAP
     timer = time_host if device == "cpu" else time_cuda
     for model in models:
+        shapes = []  # (sublayer, k, n, copies, params, huge)
         for sub in (Sublayer.QKV, Sublayer.OUT_PROJ, Sublayer.FC1, Sublayer.FC2):
             k, n = linear_shape(model, sub)
             key = (sub.value, k, n)
             if key in seen:
                 continue
             seen.add(key)
-            nbytes = 2 * k * n
-            copies = copies_to_stream(nbytes, llc_bytes if device == "cpu" else 200 << 20, cap=16)
+            copies = copies_to_stream(2 * k * n, llc_bytes if device == "cpu" else 200 << 20, cap=16)
             params = _params(model, sub, device, copies)
             huge = huge_page_fraction([p["w"] for p in params]) if device == "cpu" else None
-            for t in tokens_list:
+            shapes.append((sub, k, n, copies, params, huge))
+        cases = [(i, t) for i, (_, k, n, *_r) in enumerate(shapes) for t in tokens_list if 2.0 * t * k * n <= cap]
+        small = [c for c in cases if rounds > 1 and c[1] <= MEMORY_BOUND_TOKENS]
+        large = [c for c in cases if c not in small]
+        fns = {
+            (i, t): cycling([_sublayer_call(model, shapes[i][0], p, t, device) for p in shapes[i][4]]) for i, t in cases
+        }
+        timings: dict[tuple[int, int], list] = {c: [] for c in cases}
+        for r, batch in enumerate(_round_robin(small, large, max(rounds, 1))):
+            for c in batch:
+                timings[c].append(timer(fns[c], budget_s=budget_s, min_samples=2 if rounds > 1 else 3, warmup=r == 0))
+        for i, (sub, k, n, copies, _params_i, huge) in enumerate(shapes):
+            mine = [(t, timings[(i, t)]) for t in tokens_list if (i, t) in timings]
+            for t, got in mine:
+                median_s = float(np.mean([g.median_s for g in got]))
                 flops = 2.0 * t * k * n
-                if flops > cap:
-                    continue
-                fn = cycling([_sublayer_call(model, sub, p, t, device) for p in params])
-                timing = timer(fn, budget_s=budget_s)
                 rows.append(
                     {
                         "family": "linear",
@@ -175,26 +204,25 @@ def linear_rows(
                         "k": k,
                         "n": n,
                         "tokens": t,
-                        "time_s": timing.median_s,
-                        "min_s": timing.min_s,
-                        "max_s": timing.max_s,
-                        "samples": timing.samples,
+                        "time_s": median_s,
+                        "min_s": min(g.min_s for g in got),
+                        "max_s": max(g.max_s for g in got),
+                        "samples": sum(g.samples for g in got),
+                        "rounds": len(got),
+                        "round_medians_s": " ".join(f"{g.median_s:.6g}" for g in got),
                         "weight_copies": copies,
-                        "gbps_weights": nbytes / timing.median_s / 1e9,
-                        "tflops": flops / timing.median_s / 1e12,
+                        "gbps_weights": 2 * k * n / median_s / 1e9,
+                        "tflops": flops / median_s / 1e12,
                         "weights_huge_page_fraction": huge,
                         "setup": setup,
                     }
                 )
             log(
                 f"{device} {model.name} {sub.value} ({k}x{n}): "
-                + ", ".join(
-                    f"{r['tokens']}:{r['time_s'] * 1e3:.2f}ms"
-                    for r in rows[-len(tokens_list) :]
-                    if r["sublayer"] == sub.value and r["k"] == k
-                )
+                + ", ".join(f"{r['tokens']}:{r['time_s'] * 1e3:.2f}ms" for r in rows[-len(mine) :])
+                + (f" (memory-bound calls: mean of {rounds} rounds)" if rounds > 1 else "")
             )
-            del params
+        del shapes, fns
     return rows
 
 
@@ -423,9 +451,8 @@ def remeasure_beside_dma(profile: str, out_dir: Path, force: bool, insitu: bool 
     stamp = f"calibrated on {host.hostname} on {date}"
     data["kernels"]["cpu_slowdown_beside_dma"] = round(max(1.0, slowdown), 4)
     data["kernels"]["source"]["cpu_slowdown_beside_dma"] = (
-        f"{stamp}: median of 3: runtime fc2 of OPT-30B at 64 tokens (6 cold weight "
-        "copies) while the runtime's WeightFeeder streams 24 x 256 MiB pinned H2D; re-measured alone by "
-        f"python -m calibrate.kernel_tables {flag} (was {old})"
+        f"{stamp}: runtime fc2 of OPT-30B at 64 tokens (6 cold weight copies), {beside_dma_method(False)}; "
+        f"re-measured alone by python -m calibrate.kernel_tables {flag} (was {old})"
     )
     if insitu:
         fields, sources = _insitu_fields(desc, False, stamp, attn_slowdown, rows, flag)
@@ -545,8 +572,8 @@ def _insitu_fields(
     if attn_slowdown is not None:
         out["cpu_attention_slowdown_beside_dma"] = round(max(1.0, attn_slowdown), 4)
         sources["cpu_attention_slowdown_beside_dma"] = (
-            f"{stamp}: median of 3: runtime decode attention of OPT-30B at B=64, s=512 (6 cold caches) while the "
-            f"runtime's WeightFeeder streams pinned H2D, over its time alone ({how})"
+            f"{stamp}: runtime decode attention of OPT-30B at B=64, s=512 (6 cold caches), "
+            f"{beside_dma_method(quick)} ({how})"
         )
     return out, sources
 
@@ -602,13 +629,26 @@ def _beside_dma_call(model, case: tuple[str, int, int]) -> tuple[list[Callable[[
     return [_sublayer_call(model, sub, p, tokens, "cpu") for p in params], 2.0 * k * n, huge
 
 
+def beside_dma_method(quick: bool) -> str:
+    """How cpu_beside_dma measures a slowdown, for the profile's source notes."""
+    return (
+        f"{3 if quick else 6} alternating pairs (alone, then while the runtime's WeightFeeder streams "
+        f"{8 if quick else 24} x 256 MiB pinned H2D), ratio of the sums"
+    )
+
+
 def cpu_beside_dma(
-    setup: str, quick: bool, cases: tuple[tuple[str, int, int], ...] = BESIDE_DMA_CASES, model_name: str = "opt-30b"
+    setup: str,
+    quick: bool,
+    cases: tuple[tuple[str, int, int], ...] = BESIDE_DMA_CASES,
+    model_name: str = "opt-30b",
+    pairs: int = 0,
 ) -> tuple[float, Optional[float], list[dict]]:
     """Slowdown of the runtime's CPU kernels (``model_name``'s shapes, OPT-30B by default) while the runtime's own weight feeder
     (runtime/streamer.py: 32 MiB pieces, two in flight, its thread on the core the CPU setup keeps for it, its
-    waits) streams pinned host memory. Median of 3 per case. Returns the first case's (the linears'), the
-    attention case's (None when not measured: --quick) and the rows."""
+    waits) streams pinned host memory. Per case, ``pairs`` alternating (alone, beside) measurements (0: 3 with
+    ``quick``, else 6); the slowdown is the ratio of their sums. Returns the first case's (the linears'), the
+    attention case's (None when not measured: --quick) and the rows (one per pair)."""
     import torch
 
     from lia_model.models import get_model
@@ -616,6 +656,7 @@ def cpu_beside_dma(
     from runtime.streamer import Part, WeightFeeder, split
 
     model = get_model(model_name)
+    pairs = pairs or (3 if quick else 6)
     piece = 128 << 20  # elements of bf16: 256 MiB per job part
     pieces = 2 if quick else 8
     host = torch.empty(pieces * piece, dtype=torch.bfloat16).pin_memory()
@@ -652,15 +693,19 @@ def cpu_beside_dma(
         once = cpu_loop(len(calls)) / len(calls)
         # as many calls as cover about half the DMA window, so the CPU work runs beside the DMA throughout
         n_cpu = max(3, min(400, int(0.5 * solo_dma / max(once, 1e-6))))
-        solo_cpu = min(cpu_loop(n_cpu) for _ in range(3))
-        ratios = []
-        for _ in range(3):
+        # Alternating pairs (alone, then beside the DMA, back to back): the host's CPU memory bandwidth swings
+        # about 2x in runs of seconds (runtime/validation/dram-drift/), so an alone time taken once (or the best
+        # of several) and beside times taken later compare two states of the host, not two conditions. The
+        # slowdown is the ratio of the pairs' sums.
+        solo_sum = beside_sum = 0.0
+        for _ in range(pairs):
+            solo_cpu = cpu_loop(n_cpu)
             res: dict[str, float] = {}
             th = threading.Thread(target=lambda res=res: res.__setitem__("dma", dma(n_dma)))
             th.start()
             res["cpu"] = cpu_loop(n_cpu)
             th.join()
-            ratios.append(res["cpu"] / solo_cpu)
+            solo_sum, beside_sum = solo_sum + solo_cpu, beside_sum + res["cpu"]
             name, tokens, context = case
             rows.append(
                 {
@@ -681,7 +726,7 @@ def cpu_beside_dma(
                     "setup": setup,
                 }
             )
-        medians.setdefault(case[0], float(statistics.median(ratios)))
+        medians.setdefault(case[0], beside_sum / solo_sum)
     feeder.close()
     return medians[cases[0][0]], medians.get("attention"), rows
 
@@ -752,7 +797,12 @@ def run(
     }
     for spec in specs:
         block(
-            "linear", "cpu", spec, lambda spec=spec: linear_rows([spec], "cpu", tokens, llc, budget, desc, seen["cpu"])
+            "linear",
+            "cpu",
+            spec,
+            lambda spec=spec: linear_rows(
+                [spec], "cpu", tokens, llc, budget, desc, seen["cpu"], rounds=1 if quick else CPU_ROUNDS
+            ),
         )
     for spec in attn_specs:
         block("attention", "cpu", spec, lambda spec=spec: attention_rows([spec], "cpu", quick, budget, desc, llc))
@@ -776,8 +826,7 @@ def run(
         rows += dma_rows
         dispatch_src = "runtime/overhead.py: executor decode-step slope per sublayer, all-GPU, hidden 64"
         slowdown_src = (
-            "median of 3: runtime fc2 of OPT-30B at 64 tokens (6 cold weight copies) while the runtime's "
-            f"WeightFeeder streams {8 if quick else 24} x 256 MiB pinned H2D, over its time alone "
+            f"runtime fc2 of OPT-30B at 64 tokens (6 cold weight copies), {beside_dma_method(quick)} "
             "(other kernels beside the DMA: cpu_beside_dma rows of the raw CSV)"
         )
     for r in rows:

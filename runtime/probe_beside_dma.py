@@ -6,7 +6,7 @@ OPT-30B fc2 at 64 tokens). Either the table entries do not reproduce (one measur
 the DMA depends on the shape (a GEMV at 1 row reads weights once; an AMX GEMM at 16-64 rows also reorders them).
 
 For each (model, sublayer, tokens) this runs ``calibrate.kernel_tables.cpu_beside_dma`` (the runtime's sublayer
-function over 6 cold weight copies, alone, then 3 times while the runtime's weight feeder streams pinned H2D) and
+function over 6 cold weight copies, in 6 alternating pairs alone and while the runtime's weight feeder streams pinned H2D) and
 prints its solo time over the profile's table (``table_seconds``), its slowdown beside the DMA and the share of
 its weights on transparent huge pages (``runtime.hostmem.huge_page_fraction``). Needs CUDA.
 
@@ -51,8 +51,8 @@ def probe(system_path: str, quick: bool) -> pd.DataFrame:
             mine = [r for r in rows if r["sublayer"] == sub and r["tokens"] == tokens]
             k, n = linear_shape(model, Sublayer(sub))
             table = tables.linear("cpu", sub, k, n) if tables is not None else None
-            solo = mine[0]["solo_time_s"]
-            beside = statistics.median(r["time_s"] for r in mine)
+            solo = statistics.mean(r["solo_time_s"] for r in mine)
+            beside = statistics.mean(r["time_s"] for r in mine)
             out.append(
                 {
                     "model": name,
@@ -60,12 +60,12 @@ def probe(system_path: str, quick: bool) -> pd.DataFrame:
                     "tokens": tokens,
                     "solo_s": solo,
                     "beside_dma_s": beside,
-                    "slowdown": statistics.median(r["slowdown"] for r in mine),
+                    "slowdown": beside / solo,  # the pairs' ratio of sums (one call count per case)
                     "slowdowns": ",".join(f"{r['slowdown']:.3f}" for r in mine),
                     "table_s": table_seconds(table, tokens) if table is not None else float("nan"),
                     "dma_gbps": statistics.median(r["dma_gbps"] for r in mine),
                     "dma_solo_gbps": mine[0]["dma_solo_gbps"],
-                    "cpu_read_gbps_solo": mine[0]["cpu_read_gbps_solo"],
+                    "cpu_read_gbps_solo": statistics.mean(r["cpu_read_gbps_solo"] for r in mine),
                     "weights_huge_page_fraction": mine[0]["weights_huge_page_fraction"],
                     "setup": setup,
                 }

@@ -454,3 +454,46 @@ def test_the_wake_up_measurement_runs_the_runtimes_attention_after_each_sleep() 
         assert r["extra_s"] == pytest.approx(r["time_s"] - r["back_to_back_s"], abs=1e-15)
     wake, idle = wake_and_idle({r["gap_ms"]: r["extra_s"] for r in rows})
     assert (wake_us, idle_us) == pytest.approx((wake * 1e6, idle * 1e3))
+
+
+def test_round_robin_spreads_the_compute_bound_calls_over_the_rounds() -> None:
+    """Every round times every memory-bound item; the others fall one each into rounds i % rounds."""
+    from calibrate.kernel_tables import _round_robin
+
+    assert _round_robin(["a", "b"], [1, 2, 3, 4, 5], 3) == [["a", "b", 1, 4], ["a", "b", 2, 5], ["a", "b", 3]]
+    assert _round_robin([], [1, 2], 1) == [[1, 2]]
+
+
+def test_cpu_linears_in_rounds_hold_the_mean_of_the_rounds_medians(tmp_path: Path, monkeypatch) -> None:
+    """linear_rows(rounds=3) on a tiny OPT: memory-bound calls (<= 256 rows) are timed once per round, and
+    their table time is the mean of the rounds' medians (a stub timer returns 1, 2, 6 ms in turn: mean 3 ms,
+    where a median of the rounds would say 2); larger calls are timed once; rows=1 keeps one timing."""
+    pytest.importorskip("torch")
+    import calibrate.timing as timing
+    from calibrate.kernel_tables import linear_rows
+    from lia_model.inputs import resolve_model
+
+    opt, _ = _tiny_configs(tmp_path)
+    model = resolve_model(str(opt))
+    calls: list[str] = []
+    seen: dict = {}
+
+    def fake(fn, budget_s, min_samples=3, warmup=True):  # each case's k-th timing: 1, 2, 6 ms
+        calls.append("warm" if warmup else "cold")
+        seen[fn] = seen.get(fn, -1) + 1
+        v = (1e-3, 2e-3, 6e-3)[seen[fn] % 3]
+        return timing.Timing(v, v / 2, v * 2, 4, 1)
+
+    monkeypatch.setattr(timing, "time_host", fake)
+    rows = linear_rows([model], "cpu", (1, 256, 1024), 64 << 20, 0.01, "test", rounds=3)
+    assert {r["sublayer"] for r in rows} == {"qkv", "out_proj", "fc1", "fc2"}
+    small = [r for r in rows if r["tokens"] <= 256]
+    large = [r for r in rows if r["tokens"] > 256]
+    assert all(r["rounds"] == 3 and r["time_s"] == pytest.approx(3e-3) for r in small)
+    assert all(r["round_medians_s"] == "0.001 0.002 0.006" for r in small)
+    assert all(r["rounds"] == 1 and r["min_s"] == r["time_s"] / 2 for r in large)
+    assert len(calls) == 8 * 3 + 4  # 8 memory-bound cases x 3 rounds, 4 large ones once
+    assert calls[:8] == ["warm"] * 8 and "warm" not in calls[8 + 2 :]  # round 0 warms up, later rounds do not
+    seen.clear()
+    single = linear_rows([model], "cpu", (1,), 64 << 20, 0.01, "test")
+    assert [r["rounds"] for r in single] == [1] * 4 and all(r["time_s"] == 1e-3 for r in single)
