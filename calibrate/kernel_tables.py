@@ -131,13 +131,23 @@ def _sublayer_call(model, sub, p: dict, tokens: int, device) -> Callable[[], Any
 
 
 # A CPU linear's memory-bound calls (up to this many rows) swing between two speeds about 2x apart in runs of
-# seconds on the GPU host, whatever the thread count or page size (runtime/validation/dram-drift/): one burst of
-# samples lands in one mode. They are timed in ROUNDS spread over the model's whole measurement (each round
-# times every memory-bound shape once and a share of the compute-bound ones), and the table holds the mean of
-# the rounds' medians: the expected time of a call, which is what a run of many calls adds up. Compute-bound
-# calls (more rows) are timed once.
+# seconds on the GPU host, whatever the thread count or page size, and its compute-bound calls through slower
+# phases of tens of seconds (runtime/validation/dram-drift/; the rounds of hwprofiles/calibration/): one burst of
+# samples lands in one state. So the memory-bound calls are timed in ROUNDS spread over the model's whole
+# measurement (each round times every one of them once, and a share of the larger calls), and the table holds
+# the median of the rounds' medians (round_estimate): the validation goals are on |error|, and the median of
+# the host's states is what minimises the mean |error| over points that each run in one state. Larger calls
+# are timed once.
 MEMORY_BOUND_TOKENS = 256
 CPU_ROUNDS = 8
+
+
+ROUND_ESTIMATE = "the median of the rounds' medians"
+
+
+def round_estimate(round_medians_s: list[float]) -> float:
+    """A table entry from its rounds: ROUND_ESTIMATE (see above)."""
+    return float(statistics.median(round_medians_s))
 
 
 def _round_robin(small: list, large: list, rounds: int) -> list[list]:
@@ -157,7 +167,7 @@ def linear_rows(
 ) -> list[dict]:
     """One row per (sublayer shape, tokens) of ``models`` on ``device``. ``rounds`` > 1 times the memory-bound
     calls (tokens <= MEMORY_BOUND_TOKENS) in that many rounds interleaved with the rest (``_round_robin``),
-    each round under ``budget_s``; ``time_s`` is then the mean of the rounds' medians."""
+    each round under ``budget_s``; ``time_s`` is then ``round_estimate`` of the rounds' medians."""
     from calibrate.tensors import copies_to_stream, cycling
     from calibrate.timing import time_cuda, time_host
     from lia_model.accounting import linear_shape
@@ -193,7 +203,7 @@ def linear_rows(
         for i, (sub, k, n, copies, _params_i, huge) in enumerate(shapes):
             mine = [(t, timings[(i, t)]) for t in tokens_list if (i, t) in timings]
             for t, got in mine:
-                median_s = float(np.mean([g.median_s for g in got]))
+                median_s = round_estimate([g.median_s for g in got])
                 flops = 2.0 * t * k * n
                 rows.append(
                     {
@@ -220,7 +230,7 @@ def linear_rows(
             log(
                 f"{device} {model.name} {sub.value} ({k}x{n}): "
                 + ", ".join(f"{r['tokens']}:{r['time_s'] * 1e3:.2f}ms" for r in rows[-len(mine) :])
-                + (f" (memory-bound calls: mean of {rounds} rounds)" if rounds > 1 else "")
+                + (f" (memory-bound calls: median of {rounds} rounds)" if rounds > 1 else "")
             )
         del shapes, fns
     return rows
@@ -231,9 +241,9 @@ def linear_tables(rows: list[dict], device: str) -> list[dict]:
     for r in rows:
         if r["family"] != "linear" or r["device"] != device:
             continue
-        key = (r["sublayer"], r["k"], r["n"])
+        key = (r["sublayer"], int(r["k"]), int(r["n"]))  # ints also when read back from a CSV (pandas floats)
         t = tables.setdefault(
-            key, {"sublayer": r["sublayer"], "k": r["k"], "n": r["n"], "model": r["model"], "tokens": [], "seconds": []}
+            key, {"sublayer": r["sublayer"], "k": key[1], "n": key[2], "model": r["model"], "tokens": [], "seconds": []}
         )
         t["tokens"].append(int(r["tokens"]))
         t["seconds"].append(float(f"{r['time_s']:.6g}"))
@@ -379,8 +389,25 @@ def fit_attention(rows: list[dict], device: str, models: dict) -> list[dict]:
     return fits
 
 
-def refit(profile: str, csv: str, force: bool) -> Path:
-    """Refit the attention models of a kernel-table profile from its raw CSV (no measurement)."""
+def cpu_linear_estimates(rows: list[dict]) -> dict[tuple[str, int, int, int], float]:
+    """(sublayer, K, N, tokens) -> table seconds of one run's raw CPU linear rows: ``round_estimate`` of the
+    rounds where the row was timed in rounds (a ``round_medians_s`` column), else its ``time_s``."""
+    out = {}
+    for r in rows:
+        if r.get("family") != "linear" or r.get("device") != "cpu":
+            continue
+        rounds = r.get("round_medians_s")
+        seconds = round_estimate([float(v) for v in rounds.split()]) if isinstance(rounds, str) else float(r["time_s"])
+        out[(r["sublayer"], int(r["k"]), int(r["n"]), int(r["tokens"]))] = seconds
+    return out
+
+
+def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) -> Path:
+    """Refit the attention models of a kernel-table profile from its raw CSV (no measurement), and set its
+    CPU linear table from ``cpu_linear_estimates`` (rounds re-estimated with ``round_estimate``). ``earlier``:
+    raw CSVs of other calibration runs of the same kernels on the same host (same CPU setup); each CPU linear
+    entry is then the median over the runs that measured it (one run catches the host in one state: see
+    MEMORY_BOUND_TOKENS)."""
     import pandas as pd
     import yaml
 
@@ -388,8 +415,11 @@ def refit(profile: str, csv: str, force: bool) -> Path:
     from lia_model.profiles import load_system
 
     path = Path(profile)
-    if not path.exists() or not Path(csv).exists():
-        raise LiaInputError("--refit", f"'{profile}' or '{csv}' does not exist", "give the profile and its raw CSV")
+    for given in (profile, csv, *earlier):
+        if not Path(given).is_file():
+            raise LiaInputError(
+                "--refit", f"'{given}' is not a file", "give the profile, its raw CSV and earlier raw CSVs"
+            )
     if not force:
         raise LiaInputError("--refit", f"refitting rewrites '{profile}'", "pass --force to rewrite it")
     rows = pd.read_csv(csv).to_dict("records")
@@ -405,6 +435,47 @@ def refit(profile: str, csv: str, force: bool) -> Path:
         data["kernels"]["source"][f"{dev}_attention"] += (
             f"; refitted {stamp} from {Path(csv).name} by python -m calibrate.kernel_tables --refit (per-row term)"
         )
+    setup = data["kernels"].get("setup")
+    runs = [cpu_linear_estimates(rows)]
+    for other in earlier:
+        theirs = pd.read_csv(other).to_dict("records")
+        setups = {r.get("setup") for r in theirs if r.get("family") == "linear" and r.get("device") == "cpu"}
+        if setups != {setup}:
+            raise LiaInputError(
+                "--refit",
+                f"'{other}' measured its CPU linears under {sorted(map(str, setups))}, not this profile's setup '{setup}'",
+                "combine only runs of the same CPU setup",
+            )
+        runs.append(cpu_linear_estimates(theirs))
+    cpu_rows = [
+        {
+            "family": "linear",
+            "device": "cpu",
+            "sublayer": sub,
+            "k": k,
+            "n": n,
+            "tokens": t,
+            "model": model,
+            "time_s": sec,
+        }
+        for (sub, k, n, t), sec, model in (
+            (key, float(statistics.median(run[key] for run in runs if key in run)), _model_of(rows, key))
+            for key in runs[0]
+        )
+    ]
+    data["kernels"]["cpu_linear"] = linear_tables(cpu_rows, "cpu")
+    measured = data["kernels"]["source"]["cpu_linear"].split("; re-estimated ")[
+        0
+    ]  # a refit replaces an earlier one's note
+    data["kernels"]["source"]["cpu_linear"] = measured + (
+        f"; re-estimated {stamp} by python -m calibrate.kernel_tables --refit: entries timed in rounds hold "
+        f"{ROUND_ESTIMATE}"
+        + (
+            f"; each entry the median over {len(runs)} calibration runs ({', '.join(Path(c).name for c in (csv, *earlier))})"
+            if earlier
+            else ""
+        )
+    )
     path.write_text(header + yaml.safe_dump(data, sort_keys=False, width=120))
     load_system(str(path))
     for dev in ("cpu", "gpu"):
@@ -414,6 +485,17 @@ def refit(profile: str, csv: str, force: bool) -> Path:
                 f"max {100 * f['fit_max_rel_err']:.1f}% over {f['points']} points"
             )
     return path
+
+
+def _model_of(rows: list[dict], key: tuple[str, int, int, int]) -> str:
+    sub, k, n, _ = key
+    return next(
+        r["model"]
+        for r in rows
+        if r.get("family") == "linear"
+        and r.get("device") == "cpu"
+        and (r["sublayer"], int(r["k"]), int(r["n"])) == (sub, k, n)
+    )
 
 
 def remeasure_beside_dma(profile: str, out_dir: Path, force: bool, insitu: bool = False) -> Path:
@@ -774,6 +856,7 @@ def run(
     # so a run stopped by a time limit loses at most one block; --resume-from that CSV skips what it holds.
     partial = out_dir / f"{name}-kernels.partial.csv"
     rows: list[dict] = []
+    resumed: list[dict] = []
     if resume_from is not None:
         rows = [
             # a finished run's CSV names the GPU "gpu", its partial CSV "cuda"; the contention rows are measured anew
@@ -781,6 +864,7 @@ def run(
             for r in pd.read_csv(resume_from).to_dict("records")
             if r.get("setup") == desc and r.get("family") not in ("cpu_beside_dma", "cpu_wake")
         ]
+        resumed = list(rows)  # a copy: rows grows as blocks are measured
         log(f"resumed {len(rows)} rows of this setup from {resume_from}")
 
     def block(family: str, device: str, model, measure: Callable[[], list[dict]]) -> None:
@@ -839,7 +923,16 @@ def run(
     stamp = f"calibrated on {host.hostname} on {date}"
     command = (
         f"python -m calibrate.kernel_tables --base {base} --name {name} --out {out_dir} "
-        f"--models {','.join(models)}" + (" --quick" if quick else "") + ("" if cuda else " --no-gpu")
+        f"--models {','.join(models)}"
+        + (" --quick" if quick else "")
+        + ("" if cuda else " --no-gpu")
+        + (
+            f" --resume-from {resume_from} (blocks kept from it, not measured again: "
+            + ", ".join(sorted({f"{'gpu' if r['device'] == 'cuda' else r['device']} {r['family']}" for r in resumed}))
+            + ")"
+            if resume_from is not None
+            else ""
+        )
     )
     from lia_model.plan import CpuIsa
 
@@ -853,7 +946,14 @@ def run(
         "gpu_dispatch_us": round(dispatch_us, 2),
         "cpu_slowdown_beside_dma": round(max(1.0, slowdown), 4),
         "source": {
-            "cpu_linear": f"{stamp}: runtime.kernels sublayer functions, perf_counter median; {csv_path.name}",
+            "cpu_linear": f"{stamp}: runtime.kernels sublayer functions, perf_counter median"
+            + (
+                ""
+                if quick
+                else f"; calls of up to {MEMORY_BOUND_TOKENS} rows in {CPU_ROUNDS} rounds spread over each model's "
+                f"measurement, {ROUND_ESTIMATE}"
+            )
+            + f"; {csv_path.name}",
             "gpu_linear": f"{stamp}: runtime.kernels sublayer functions, CUDA events median ({gpu_name or 'none'})",
             "cpu_attention": f"{stamp}: NNLS fit on the attention grid of {', '.join(attn_models)}; {csv_path.name}",
             "gpu_attention": f"{stamp}: NNLS fit on the attention grid of {', '.join(attn_models)}",
@@ -922,9 +1022,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--name")
     parser.add_argument(
         "--refit",
-        nargs=2,
-        metavar=("PROFILE", "CSV"),
-        help="refit the attention models of a kernel-table profile from its raw CSV (measures nothing; needs --force)",
+        nargs="+",
+        metavar="PROFILE CSV [EARLIER_CSV ...]",
+        help="refit the attention models of a kernel-table profile from its raw CSV and re-estimate its CPU linear "
+        "table, each entry the median over this and earlier runs' raw CSVs when given (measures nothing; needs --force)",
     )
     parser.add_argument(
         "--remeasure-beside-dma",
@@ -956,7 +1057,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.refit:
-            print(refit(args.refit[0], args.refit[1], args.force))
+            if len(args.refit) < 2:
+                raise LiaInputError(
+                    "--refit", "needs a profile and its raw CSV", "give --refit PROFILE CSV [EARLIER_CSV ...]"
+                )
+            print(refit(args.refit[0], args.refit[1], args.force, tuple(args.refit[2:])))
             return 0
         if args.remeasure_beside_dma:
             print(remeasure_beside_dma(args.remeasure_beside_dma, Path(args.out), args.force))

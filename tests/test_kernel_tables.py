@@ -464,10 +464,10 @@ def test_round_robin_spreads_the_compute_bound_calls_over_the_rounds() -> None:
     assert _round_robin([], [1, 2], 1) == [[1, 2]]
 
 
-def test_cpu_linears_in_rounds_hold_the_mean_of_the_rounds_medians(tmp_path: Path, monkeypatch) -> None:
+def test_cpu_linears_in_rounds_hold_the_median_of_the_rounds_medians(tmp_path: Path, monkeypatch) -> None:
     """linear_rows(rounds=3) on a tiny OPT: memory-bound calls (<= 256 rows) are timed once per round, and
-    their table time is the mean of the rounds' medians (a stub timer returns 1, 2, 6 ms in turn: mean 3 ms,
-    where a median of the rounds would say 2); larger calls are timed once; rows=1 keeps one timing."""
+    their table time is the median of the rounds' medians (a stub timer returns 1, 2, 6 ms in turn: median 2 ms,
+    where their mean would say 3); larger calls are timed once; rounds=1 keeps one timing."""
     pytest.importorskip("torch")
     import calibrate.timing as timing
     from calibrate.kernel_tables import linear_rows
@@ -489,7 +489,7 @@ def test_cpu_linears_in_rounds_hold_the_mean_of_the_rounds_medians(tmp_path: Pat
     assert {r["sublayer"] for r in rows} == {"qkv", "out_proj", "fc1", "fc2"}
     small = [r for r in rows if r["tokens"] <= 256]
     large = [r for r in rows if r["tokens"] > 256]
-    assert all(r["rounds"] == 3 and r["time_s"] == pytest.approx(3e-3) for r in small)
+    assert all(r["rounds"] == 3 and r["time_s"] == pytest.approx(2e-3) for r in small)
     assert all(r["round_medians_s"] == "0.001 0.002 0.006" for r in small)
     assert all(r["rounds"] == 1 and r["min_s"] == r["time_s"] / 2 for r in large)
     assert len(calls) == 8 * 3 + 4  # 8 memory-bound cases x 3 rounds, 4 large ones once
@@ -497,3 +497,40 @@ def test_cpu_linears_in_rounds_hold_the_mean_of_the_rounds_medians(tmp_path: Pat
     seen.clear()
     single = linear_rows([model], "cpu", (1,), 64 << 20, 0.01, "test")
     assert [r["rounds"] for r in single] == [1] * 4 and all(r["time_s"] == 1e-3 for r in single)
+
+
+def test_refit_takes_each_cpu_linear_entry_as_the_median_over_calibration_runs(tmp_path: Path) -> None:
+    """--refit PROFILE CSV EARLIER...: OPT-66B fc1 at 256 rows was timed in 8 rounds by the two 2026-12-01 runs
+    (medians of their rounds 63.5 and 61.65 ms, from the raw CSVs: (63.0 + 64.0) / 2 and (61.4 + 61.9) / 2 at 0.1 ms)
+    and once, 40.27 ms, on 2026-11-30: the table holds the median of the three, about 61.65 ms. OPT-66B out_proj at 1024
+    rows, timed once per run (78.09, 61.49, 44.02 ms): 61.49 ms. A run of another CPU setup is refused."""
+    import shutil
+
+    from calibrate.kernel_tables import refit
+
+    cal = ROOT / "hwprofiles" / "calibration"
+    own, earlier = cal / "emr-h200-kernels-kernels.csv", cal / "emr-h200-kernels-2026-12-01T1251-kernels.csv"
+    oldest = cal / "emr-h200-kernels-2026-11-30-kernels.csv"
+    profile = tmp_path / "p.yaml"
+    shutil.copy(ROOT / "hwprofiles" / "systems" / "emr-h200-kernels.yaml", profile)
+    refit(str(profile), str(own), True, (str(earlier), str(oldest)))
+    k = yaml.safe_load(profile.read_text())["kernels"]
+
+    def entry(sub: str, k_: int, tokens: int) -> float:
+        t = next(t for t in k["cpu_linear"] if t["sublayer"] == sub and t["k"] == k_)
+        return t["seconds"][t["tokens"].index(tokens)]
+
+    assert entry("fc1", 9216, 256) == pytest.approx(61.65e-3, abs=0.1e-3)
+    assert entry("out_proj", 9216, 1024) == pytest.approx(61.49e-3, abs=0.01e-3)
+    assert (
+        k["source"]["cpu_linear"].count("re-estimated") == 1
+        and "median over 3 calibration runs" in k["source"]["cpu_linear"]
+    )
+    other = tmp_path / "other.csv"
+    other.write_text(earlier.read_text().replace("threads=15", "threads=7"))
+    from lia_model.errors import LiaInputError
+
+    with pytest.raises(LiaInputError, match="not this profile's setup"):
+        refit(str(profile), str(own), True, (str(other),))
+    with pytest.raises(LiaInputError, match="--force"):
+        refit(str(profile), str(own), False)
