@@ -52,20 +52,21 @@ from runtime.mover import Mover
 from runtime.records import OpRecord, Recorder, RunResult
 from runtime.streamer import WeightFeeder
 from runtime.weight_stream import WeightStreamer
-from runtime.weights import ModelWeights, embedding_positions_offset
+from runtime.weights import ModelWeights, check_runnable, embedding_positions_offset
 
 
 class GpuLayerCache:
     """GPU copies of whole layers for resident layers, kept across runs of the same model."""
 
     def __init__(self) -> None:
-        self.model_name: Optional[str] = None
+        self.model_name: Optional[tuple[str, str]] = None  # (model, stored weight dtype) the layers belong to
         self.layers: dict[int, torch.Tensor] = {}
 
     def sync(self, backend: Backend, weights: ModelWeights, resident: int) -> list[torch.Tensor]:
-        if self.model_name != weights.model.name:
+        key = (weights.model.name, weights.weight_dtype.value)
+        if self.model_name != key:
             self.layers.clear()
-            self.model_name = weights.model.name
+            self.model_name = key
         self.trim(resident)
         if backend.is_cuda:
             torch.cuda.empty_cache()
@@ -109,6 +110,14 @@ class Executor:
         self.R = plan.gpu_resident_layers
         self.K = self.L - self.R
         self.policy = {Stage.PREFILL: plan.prefill_policy, Stage.DECODE: plan.decode_policy}
+        check_runnable(workload.precision)
+        if workload.precision.weight_dtype != weights.weight_dtype:
+            raise LiaInputError(
+                "--weight-dtype",
+                f"the workload runs {workload.precision.weight_dtype.value} weights but these weights are stored in "
+                f"{weights.weight_dtype.value}",
+                "build the weights at the workload's precision (ModelWeights(..., weight_dtype=...))",
+            )
         uses_gpu = plan_uses_gpu(plan, self.L)
         self.head_dev = head_device(plan, self.L, backend.has_gpu)
         if uses_gpu and not backend.has_gpu:

@@ -22,6 +22,7 @@ crosses to the GPU next, so the host-to-device copy is asynchronous DMA.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -101,7 +102,7 @@ def qkv(
     """Input norm + fused projection (+ RoPE). Returns Q [b,q,q_dim] and K, V [b,kv,q,d], all contiguous."""
     b, q, _ = h.shape
     x = norm(h, p["norm_w"], p.get("norm_b"), model.norm_eps)
-    fused = linear(x, p["w"], p.get("b"))
+    fused = project(x, p)
     qd, kvd, kvh, d = model.q_dim, model.kv_dim, model.num_kv_heads, model.head_dim
     if rope is not None:
         apply_rope_(fused[..., :qd].view(b, q, model.num_heads, d), *rope)
@@ -211,7 +212,7 @@ def attn_context(
 def out_proj(
     ctx: torch.Tensor, p: dict[str, torch.Tensor], resid: torch.Tensor, out: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    return linear(ctx, p["w"], p.get("b"), resid=resid, out=out)
+    return project(ctx, p, resid=resid, out=out)
 
 
 def fc1(
@@ -219,21 +220,21 @@ def fc1(
 ) -> torch.Tensor:
     x = norm(h_mid, p["norm_w"], p.get("norm_b"), model.norm_eps)
     if model.gated_mlp:
-        u = linear(x, p["w"], p.get("b"))
+        u = project(x, p)
         f = model.ffn_size
         gate, up = u[..., :f], u[..., f:]
         if out is None:
             return F.silu(gate) * up
         torch.mul(F.silu(gate), up, out=out)
         return out
-    u = linear(x, p["w"], p.get("b"), out=out)
+    u = project(x, p, out=out)
     return torch.relu_(u)
 
 
 def fc2(
     mid: torch.Tensor, p: dict[str, torch.Tensor], resid: torch.Tensor, out: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    return linear(mid, p["w"], p.get("b"), resid=resid, out=out)
+    return project(mid, p, resid=resid, out=out)
 
 
 def final_logits(
@@ -272,8 +273,9 @@ def dequantize_int8(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = 
     return (q.float() * scales.float()[:, None]).to(dtype)
 
 
+@functools.lru_cache(maxsize=None)
 def int8pack_available(device: torch.device) -> bool:
-    """Whether torch's fused weight-only int8 GEMM runs on this device (bf16 activations)."""
+    """Whether torch's fused weight-only int8 GEMM runs on this device (bf16 activations); asked once per device."""
     if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
         return False
     try:
@@ -319,6 +321,38 @@ def quantize_fp8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 def dequantize_fp8(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     return (q.float() * scales).to(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def scaled_mm_available(device: torch.device) -> bool:
+    """Whether ``torch._scaled_mm`` runs fp8 GEMMs here: a CUDA device of compute capability 8.9 or more (Ada,
+    Hopper); elsewhere fp8 weights are dequantised into a bf16 GEMM."""
+    return device.type == "cuda" and hasattr(torch, "_scaled_mm") and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def project(
+    x: torch.Tensor,
+    p: dict[str, torch.Tensor],
+    *,
+    resid: Optional[torch.Tensor] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """[..., K] -> [..., N] = resid + x W^T + b with the sublayer's stored weights (runtime/weights.py): bf16
+    through ``linear``; int8 with per-row scales through ``linear_int8`` (torch's fused weight-only GEMM where the
+    device has it: the CPU; else dequantised); fp8 through ``linear_fp8`` (fp8 tensor cores where
+    ``scaled_mm_available``; else dequantised)."""
+    w = p["w"]
+    if w.dtype == torch.bfloat16 or "w_scale" not in p:
+        return linear(x, w, p.get("b"), resid=resid, out=out)
+    if w.dtype == torch.int8:
+        y = linear_int8(x, w, p["w_scale"], p.get("b"), resid=resid)
+    else:
+        scales = p["w_scale"].float()[:, None]
+        y = linear_fp8(x, w, scales, p.get("b"), resid=resid, scaled_mm=scaled_mm_available(x.device))
+    if out is None:
+        return y
+    out.copy_(y)
+    return out
 
 
 def linear_fp8(

@@ -5,6 +5,9 @@ Written independently of executor.py/kernels.py: full-sequence causal attention 
 teacher-forced with the tokens the executor generated, so the logits at every output position can be
 compared even where a near-tie made the executor pick a different argmax than an exact computation would.
 
+Quantised weights (int8, fp8; runtime/weights.py) are dequantised here in float32 (value x its row's scale),
+so the reference computes the function the stored weights define and the tolerance below applies unchanged.
+
 Tolerance (``LOGITS_RTOL``): the executor computes in bf16, whose round-to-nearest relative error is
 2^-9 = 0.2% per stored value. A layer stores about ten intermediate tensors, errors add roughly as a
 random walk over layers and are amplified by the norms, so a correct bf16 execution of a few layers lands
@@ -74,7 +77,12 @@ def reference_logits(
     inv = inverse_frequencies(m) if m.uses_rope else None
 
     def get(li: int, sub: Sublayer) -> dict[str, torch.Tensor]:
-        return {k: v.to(device=device, dtype=dtype) for k, v in weights.host_views(li, sub).items()}
+        stored = weights.host_views(li, sub)
+        out = {k: v.to(device=device, dtype=dtype) for k, v in stored.items() if k != "w_scale"}
+        if "w_scale" in stored:  # int8 or fp8 values, one bf16 scale per row: dequantised exactly in float32
+            w32 = stored["w"].to(device=device, dtype=torch.float32)
+            out["w"] = (w32 * stored["w_scale"].to(device=device, dtype=torch.float32)[:, None]).to(dtype)
+        return out
 
     for li in range(m.num_layers):
         p = get(li, Sublayer.QKV)

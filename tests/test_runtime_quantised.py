@@ -1,0 +1,126 @@
+"""The executor runs int8 and fp8 weights (per output channel, issue 12): its stored bytes are the cost model's,
+and every placement computes the function the stored weights define (CPU; the "fake" backend stands the GPU in
+with separate CPU allocations, so streamed quantised weights are really copied)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from lia_model.accounting import sublayer_weight_bytes  # noqa: E402
+from lia_model.errors import LiaInputError  # noqa: E402
+from lia_model.models import get_model  # noqa: E402
+from lia_model.plan import ALL_CPU, ALL_GPU, Plan, policy_from_index  # noqa: E402
+from lia_model.precision import WeightDtype, make_precision  # noqa: E402
+from lia_model.sublayers import Sublayer  # noqa: E402
+from lia_model.workload import Workload  # noqa: E402
+from runtime import kernels  # noqa: E402
+from runtime.backend import Backend  # noqa: E402
+from runtime.executor import Executor, random_prompt  # noqa: E402
+from runtime.hostmem import HostArena  # noqa: E402
+from runtime.reference import LOGITS_RTOL, check_against_reference  # noqa: E402
+from runtime.weights import ModelWeights, check_runnable, layer_layout  # noqa: E402
+from tests.toys import toy_decoder  # noqa: E402
+
+TINY = dict(layers=3, hidden=64, heads=4, head_dim=16, vocab=128, context=64)
+TINY_OPT = toy_decoder("tiny-opt", ffn=256, kv_heads=4, **TINY)
+TINY_LLAMA = toy_decoder("tiny-llama", ffn=160, kv_heads=2, llama=True, **TINY)
+CPU = torch.device("cpu")
+PLANS = (
+    Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU, gpu_resident_layers=0),
+    Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, gpu_resident_layers=1),
+    # prefill (0,1,0,1,1,0) and decode (1,0,1,0,0,1) with 2 prefill chunks: every crossing, streamed weights
+    Plan(
+        prefill_policy=policy_from_index(0b011010),
+        decode_policy=policy_from_index(0b100101),
+        gpu_resident_layers=0,
+        prefill_minibatches=2,
+    ),
+)
+
+
+def _weights(model, weight_dtype: str, seed: int = 3) -> ModelWeights:
+    backend = Backend("fake")
+    layout = layer_layout(model, WeightDtype(weight_dtype))
+    arena = HostArena(
+        backend, layout.numel * model.num_layers, pinned=True, random_fill=True, seed=seed, fan_in=model.hidden_size
+    )
+    return ModelWeights(model, arena, backend, seed=seed, weight_dtype=WeightDtype(weight_dtype))
+
+
+def _run(weights: ModelWeights, plan: Plan, weight_dtype: str):
+    workload = Workload(batch=4, input_len=7, output_len=4, precision=make_precision(weight_dtype))
+    ex = Executor(Backend("fake"), weights, plan, workload)
+    prompt = random_prompt(weights.model, workload, seed=1)
+    result = ex.generate(prompt, keep_logits=True)
+    return check_against_reference(weights, prompt, result.tokens, result.logits, CPU)
+
+
+def test_opt30b_int8_qkv_region_holds_the_hand_counted_bytes():
+    """OPT-30B (h = 7168) qkv in int8: W 3h x h at one byte, 3h bf16 scales, 3h bf16 biases and the LayerNorm's
+    2h bf16 values: 3h^2 + 16h = 154,255,360 bytes (a multiple of 16: no padding), the cost model's figure."""
+    m = get_model("opt-30b")
+    h = 7168
+    region = layer_layout(m, WeightDtype.INT8).regions[Sublayer.QKV]
+    assert region.numel * 2 == 3 * h * h + 16 * h == 154_255_360
+    assert sublayer_weight_bytes(m, make_precision("int8"))[Sublayer.QKV] == 154_255_360
+
+
+@pytest.mark.parametrize("name", ["opt-30b", "llama-2-70b", "opt-175b"])
+@pytest.mark.parametrize("weight_dtype", ["int8", "fp8_e4m3"])
+def test_quantised_layout_stores_the_cost_models_bytes(name: str, weight_dtype: str):
+    """Every region's stored bytes are lia_model.accounting's at that precision, plus under 16 bytes of alignment;
+    the layer is about half its bf16 size."""
+    m = get_model(name)
+    layout = layer_layout(m, WeightDtype(weight_dtype))
+    expected = sublayer_weight_bytes(m, make_precision(weight_dtype))
+    for sub, region in layout.regions.items():
+        assert 0 <= region.numel * 2 - expected[sub] < 16
+    assert 0.50 < layout.numel / layer_layout(m).numel < 0.51
+
+
+def test_quantised_views_have_their_dtypes_and_dequantise_near_the_bf16_spread():
+    weights = _weights(TINY_LLAMA, "int8")
+    v = weights.host_views(0, Sublayer.FC1)
+    assert v["w"].dtype == torch.int8 and v["w"].shape == (320, 64) and v["w_scale"].dtype == torch.bfloat16
+    assert v["w_scale"].shape == (320,) and int(v["w"].abs().max()) <= 127
+    bound = (3.0 / 64) ** 0.5
+    dense = v["w"].float() * v["w_scale"].float()[:, None]
+    assert 0.8 * bound < float(dense.abs().max()) < 1.15 * bound  # the bf16 fill's U(-a, a), a = sqrt(3 / fan_in)
+    f = _weights(TINY_OPT, "fp8_e4m3").host_views(1, Sublayer.QKV)
+    assert f["w"].dtype == torch.float8_e4m3fn and f["w"].shape == (192, 64) and f["norm_b"].shape == (64,)
+
+
+@pytest.mark.parametrize("model", [TINY_OPT, TINY_LLAMA], ids=["opt", "llama"])
+@pytest.mark.parametrize("weight_dtype", ["int8", "fp8_e4m3"])
+def test_every_placement_computes_the_dequantised_function(model, weight_dtype: str):
+    weights = _weights(model, weight_dtype)
+    for plan in PLANS:
+        check = _run(weights, plan, weight_dtype)
+        assert check["logits_rel_err"] < LOGITS_RTOL, (plan, check)
+        assert check["tokens_match_frac"] == 1.0
+
+
+def test_a_five_percent_wrong_scale_is_caught(monkeypatch):
+    """The check can fail: int8 linears that apply their scales 5% too large (logits error about 6%) fall outside the
+    tolerance that the correct run meets."""
+    weights = _weights(TINY_OPT, "int8")
+    right = _run(weights, PLANS[0], "int8")["logits_rel_err"]
+    real = kernels.linear_int8
+    monkeypatch.setattr(kernels, "linear_int8", lambda x, q, s, b, **kw: real(x, q, s * 1.05, b, **kw))
+    wrong = _run(weights, PLANS[0], "int8")["logits_rel_err"]
+    assert right < LOGITS_RTOL < wrong
+
+
+def test_what_the_runtime_cannot_run_is_refused_clearly():
+    with pytest.raises(LiaInputError, match="does not run int4"):
+        check_runnable(make_precision("int4"))
+    with pytest.raises(LiaInputError, match="per output channel"):
+        check_runnable(make_precision("int8", group_size=128))
+    with pytest.raises(LiaInputError, match="KV cache in bf16"):
+        check_runnable(make_precision("int8", kv_dtype="fp8"))
+    bf16 = _weights(TINY_OPT, "bf16")
+    workload = Workload(batch=4, input_len=7, output_len=4, precision=make_precision("int8"))
+    with pytest.raises(LiaInputError, match="stored in bf16"):
+        Executor(Backend("fake"), bf16, PLANS[0], workload)
