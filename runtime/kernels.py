@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from lia_model.memory import DEQUANT_PIECE_BYTES
 from lia_model.models import ModelSpec
 from runtime.rope import inverse_frequencies
 
@@ -302,7 +303,7 @@ def linear_int8(
     if fused is None:
         fused = int8pack_available(x.device)
     if not fused:
-        return linear(x, dequantize_int8(q, scales, x.dtype), b, resid=resid)
+        return _dequantised_linear(x, q, scales, b, resid, dequantize_int8)
     lead = x.shape[:-1]
     y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]).contiguous(), q, scales.to(x.dtype))
     if b is not None:
@@ -310,6 +311,35 @@ def linear_int8(
     if resid is not None:
         y = y + resid.reshape(y.shape)
     return y.reshape(*lead, q.shape[0])
+
+
+def _dequantised_linear(
+    x: torch.Tensor,
+    q: torch.Tensor,
+    scales: torch.Tensor,
+    b: Optional[torch.Tensor],
+    resid: Optional[torch.Tensor],
+    dequantize: Callable[..., torch.Tensor],
+) -> torch.Tensor:
+    """resid + x (s Wq)^T + b through bf16 GEMMs over pieces of rows of W, each dequantised into at most
+    DEQUANT_PIECE_BYTES (lia_model.memory: the one bf16 temporary the memory model charges for it), not the whole
+    matrix (a Llama-2-70B fc1 would need a 0.94 GB temporary)."""
+    n, k = q.shape
+    rows = max(1, DEQUANT_PIECE_BYTES // (k * x.element_size()))
+    if rows >= n:
+        return linear(x, dequantize(q, scales, x.dtype), b, resid=resid)
+    lead = x.shape[:-1]
+    out = torch.empty((*lead, n), dtype=x.dtype, device=x.device)
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        piece = linear(
+            x,
+            dequantize(q[lo:hi], scales[lo:hi], x.dtype),
+            None if b is None else b[lo:hi],
+            resid=None if resid is None else resid[..., lo:hi],
+        )
+        out[..., lo:hi] = piece
+    return out
 
 
 def quantize_fp8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -367,7 +397,7 @@ def linear_fp8(
     """[..., K] -> [..., N] = resid + x (s Wq)^T + b with fp8 weights. ``scaled_mm``: quantise x per token to
     e4m3 and run ``torch._scaled_mm`` (fp8 tensor cores on Hopper); False: the dequantised weight in bf16."""
     if not scaled_mm:
-        return linear(x, dequantize_fp8(q, scales, x.dtype), b, resid=resid)
+        return _dequantised_linear(x, q, scales, b, resid, dequantize_fp8)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).float()
     xs = (x2.abs().amax(dim=1, keepdim=True) / FP8_E4M3_MAX).clamp_min(torch.finfo(torch.float32).tiny)

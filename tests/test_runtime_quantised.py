@@ -124,3 +124,40 @@ def test_what_the_runtime_cannot_run_is_refused_clearly():
     workload = Workload(batch=4, input_len=7, output_len=4, precision=make_precision("int8"))
     with pytest.raises(LiaInputError, match="stored in bf16"):
         Executor(Backend("fake"), bf16, PLANS[0], workload)
+
+
+def test_gpu_dequantisation_runs_in_pieces_and_gives_the_same_product(monkeypatch):
+    """A dequantising linear over pieces of rows (each bf16 piece at most DEQUANT_PIECE_BYTES) equals the
+    one-piece product exactly: the same bf16 GEMM per output element."""
+    from runtime.kernels import dequantize_int8, linear, linear_int8, quantize_int8_per_channel
+
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(96, 64, generator=g).to(torch.bfloat16)
+    x = torch.randn(2, 3, 64, generator=g).to(torch.bfloat16)
+    b = torch.randn(96, generator=g).to(torch.bfloat16)
+    resid = torch.randn(2, 3, 96, generator=g).to(torch.bfloat16)
+    q, s = quantize_int8_per_channel(w)
+    whole = linear_int8(x, q, s, b, resid=resid, fused=False)
+    assert torch.equal(whole, linear(x, dequantize_int8(q, s), b, resid=resid))
+    monkeypatch.setattr(kernels, "DEQUANT_PIECE_BYTES", 64 * 2 * 10)  # 10 rows of K = 64 in bf16 per piece
+    pieces = linear_int8(x, q, s, b, resid=resid, fused=False)
+    assert torch.equal(pieces, whole)
+
+
+def test_the_memory_model_charges_the_dequantisation_piece_for_int8_not_fp8():
+    """HBM workspace at int8 = the bf16 workspace + 32 MiB (runtime/kernels.py's largest bf16 temporary); fp8
+    runs on tensor cores and adds nothing; the host workspace is unchanged."""
+    from lia_model.memory import DEQUANT_PIECE_BYTES, memory_constants
+    from lia_model.profiles import load_system
+
+    system, model = load_system("spr-h100"), get_model("opt-30b")
+
+    def ws(dtype: str):
+        c = memory_constants(
+            system, model, Workload(batch=8, input_len=64, output_len=8, precision=make_precision(dtype)), 1
+        )
+        return c.gpu_workspace_bytes, c.host_workspace_bytes
+
+    assert DEQUANT_PIECE_BYTES == 32 * 2**20
+    assert ws("int8")[0] - ws("bf16")[0] == 32 * 2**20 and ws("int8")[1] == ws("bf16")[1]
+    assert ws("fp8_e4m3") == ws("bf16")
