@@ -40,7 +40,9 @@ from lia_model.errors import LiaInputError
 from lia_model.hf_arch import runtime_model, sliding_window
 from lia_model.models import ModelSpec
 from lia_model.plan import Device
+from lia_model.precision import WeightDtype
 from lia_model.sublayers import Sublayer
+from runtime import kernels
 from runtime.backend import Backend
 from runtime.hostmem import HostArena
 from runtime.weights import Embeddings, ModelWeights, layer_layout
@@ -325,13 +327,16 @@ def load_checkpoint(
     progress: Optional[Progress] = None,
     workers: int = 4,
     head_dev: Optional[Device] = None,
+    weight_dtype: WeightDtype = WeightDtype.BF16,
 ) -> ModelWeights:
     """Weights of ``ckpt`` in a page-locked host arena (layers) and the embeddings and LM head on ``head_dev``
-    (default: the GPU when there is one; runtime.executor.head_device says where a plan wants them)."""
+    (default: the GPU when there is one; runtime.executor.head_device says where a plan wants them).
+    ``weight_dtype`` int8 or fp8_e4m3: each linear's matrix is quantised per output channel as it is loaded
+    (``kernels.quantize_rows``); norms, biases, embeddings and the head stay bf16."""
     safe_open = _safe_open()
 
     model = ckpt.model
-    layout = layer_layout(model)
+    layout = layer_layout(model, weight_dtype)
     done = [0]
     lock = threading.Lock()
 
@@ -372,19 +377,27 @@ def load_checkpoint(
         lm_head=emb.get("lm_head", tokens),
         dev=head_dev,
     )
-    weights = ModelWeights(model, arena, backend, seed=None, embeddings=embeddings)
+    weights = ModelWeights(model, arena, backend, seed=None, embeddings=embeddings, weight_dtype=weight_dtype)
 
     def copy(pc: Piece) -> None:
         sl = handle(ckpt.files[pc.name]).get_slice(pc.name)
-        view = weights.host_views(pc.layer, pc.sub)[pc.part]
-        dst = view[pc.row0 : pc.row0 + pc.shape[0]]
-        _copy_rows(sl, dst, pc.shape[0], math.prod(pc.shape[1:]), _itemsize(sl.get_dtype(), pc.name, ckpt.path), tick)
+        views = weights.host_views(pc.layer, pc.sub)
+        rows = slice(pc.row0, pc.row0 + pc.shape[0])
+        itemsize = _itemsize(sl.get_dtype(), pc.name, ckpt.path)
+        if pc.part == "w" and "w_scale" in views:  # quantised per row as it lands
+            dense = torch.empty(pc.shape, dtype=torch.bfloat16)
+            _copy_rows(sl, dense, pc.shape[0], math.prod(pc.shape[1:]), itemsize, tick)
+            values, scales = kernels.quantize_rows(dense, views["w"].dtype)
+            views["w"][rows].copy_(values)
+            views["w_scale"][rows].copy_(scales)
+            return
+        _copy_rows(sl, views[pc.part][rows], pc.shape[0], math.prod(pc.shape[1:]), itemsize, tick)
 
     layer_pieces = ckpt.layer_pieces
     # Every element of every layer block is written exactly once (the arena starts zeroed, so a gap would
-    # silently stay 0): the pieces tile the layout.
+    # silently stay 0): the pieces tile the layout (at bf16; quantised layouts add the scales and padding).
     covered = sum(math.prod(pc.shape) for pc in layer_pieces)
-    assert covered == layout.numel * model.num_layers, (covered, layout.numel * model.num_layers)
+    assert weight_dtype != WeightDtype.BF16 or covered == layout.numel * model.num_layers, covered
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(copy, layer_pieces))
     handles.clear()

@@ -174,6 +174,8 @@ class HostArena:
                 self.stats.notes.append("cudaHostRegister failed: this arena is pageable")
         self.stats.pin_s = time.perf_counter() - t0
         t0 = time.perf_counter()
+        self.seed = seed
+        self.holds_quantised = False  # runtime/weights.py: a quantised model wrote int8/fp8 bytes over the fill
         if random_fill:
             self._fill(seed)
         self.stats.fill_s = time.perf_counter() - t0
@@ -203,6 +205,11 @@ class HostArena:
             work = [(i, lo, hi) for i, (lo, hi) in enumerate(_chunks(self.numel, _FILL_CHUNK_ELEMS // 16))]
             with ThreadPoolExecutor(max_workers=cpu_threads()) as pool:
                 list(pool.map(fill, work))
+
+    def refill(self) -> None:
+        """The random fill again (the seed it was made with), over whatever was written since."""
+        self._fill(self.seed)
+        self.holds_quantised = False
 
     def set_pinned(self, pinned: bool) -> None:
         """Page-lock or unlock the whole arena in place (a plan with pinned_weights=False streams from

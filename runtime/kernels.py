@@ -349,6 +349,23 @@ def quantize_fp8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return (w32 / scales).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn), scales
 
 
+def quantize_fp8_rows_bf16_scales(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W [N, K] -> (Wq float8_e4m3fn [N, K], scales bf16 [N]) as the runtime stores fp8 weights
+    (runtime/weights.py): each row's scale max|w| / 448 rounded to bf16 first, so Wq = w / s stays in range."""
+    w32 = w.float()
+    scales = (w32.abs().amax(dim=1) / FP8_E4M3_MAX).clamp_min(torch.finfo(torch.float32).tiny).to(torch.bfloat16)
+    q = (w32 / scales.float()[:, None]).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    return q, scales
+
+
+def quantize_rows(w: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """W [N, K] -> (values in ``dtype`` (int8 or float8_e4m3fn), bf16 scale per row): how the runtime stores a
+    quantised matrix (a checkpoint's bf16 weights quantised when loaded)."""
+    if dtype == torch.int8:
+        return quantize_int8_per_channel(w)
+    return quantize_fp8_rows_bf16_scales(w)
+
+
 def dequantize_fp8(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     return (q.float() * scales).to(dtype)
 

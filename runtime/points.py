@@ -53,6 +53,12 @@ class GroupSpec(BaseModel):
     output_len: int = Field(ge=1, examples=[8])
     gpu_memory_gib: Optional[float] = Field(None, gt=0, description="GPU memory cap.", examples=[40])
     plans: Union[Literal["all"], list[Union[str, dict[str, Any]]]] = Field("all", examples=[["optimal", "flexgen"]])
+    weight_dtype: Optional[str] = Field(
+        None,
+        description="Stored weights: bf16, int8 or fp8_e4m3, per output channel (lia_model.precision); default: the "
+        "model's checkpoint precision, else bf16.",
+        examples=["int8"],
+    )
     check: bool = Field(False, description="Compare logits with the reference forward.")
     repeats: Optional[int] = Field(None, ge=1, examples=[2])
     note: str = ""
@@ -136,7 +142,15 @@ def group_model(group: GroupSpec) -> tuple[ModelSpec, int]:
 
 
 def group_workload(group: GroupSpec, model: ModelSpec) -> Workload:
-    return make_workload(group.batch, group.input_len, group.output_len, model)
+    precision = None
+    if group.weight_dtype is not None:
+        from lia_model.precision import make_precision
+
+        try:
+            precision = make_precision(group.weight_dtype)
+        except LiaInputError as err:
+            raise LiaInputError(f"group {group.id}: weight_dtype", err.problem, err.fix) from None
+    return make_workload(group.batch, group.input_len, group.output_len, model, precision)
 
 
 def plan_entries(group: GroupSpec, baseline_labels: list[str]) -> list[Union[str, dict[str, Any]]]:

@@ -28,6 +28,7 @@ from typing import Callable, Optional, TextIO
 from lia_model.errors import LiaInputError
 from lia_model.hardware import SystemSpec
 from lia_model.plan import Plan, check_plan_against, policy_notation
+from lia_model.precision import Precision
 from lia_model.workload import Workload, make_workload
 from runtime.generate import Codec, Sampling
 
@@ -54,6 +55,7 @@ class RunOptions:
     warmup: bool = False
     fake_gpu: bool = False
     dtype: str = "bfloat16"
+    weight_dtype: str = "bf16"  # stored linear weights: bf16, int8 or fp8_e4m3 (quantised per row when loaded)
     stream: bool = True
     threads: Optional[int] = None  # CPU threads (default: cpu_setup.apply's, one per physical core less the feeder's)
     gpu_memory_gib: Optional[float] = None  # plan for and enforce a smaller GPU (runtime/preflight.py)
@@ -245,7 +247,7 @@ def plan_batches(
     for length, indices in by_len.items():
         remaining = list(indices)
         while remaining:
-            workload = make_workload(len(remaining), length, opts.max_new_tokens, model)
+            workload = make_workload(len(remaining), length, opts.max_new_tokens, model, run_precision(opts))
             if opts.plan is not None:
                 plan, source = opts.plan, opts.plan_source or "--plan"
             elif not has_gpu:
@@ -278,6 +280,17 @@ def plan_batches(
     return batches
 
 
+def run_precision(opts: RunOptions) -> Precision:
+    """The run's precision: --weight-dtype (the runtime's KV cache is bf16); one clear error for what the runtime
+    cannot run (runtime/weights.py check_runnable)."""
+    from lia_model.precision import make_precision
+    from runtime.weights import check_runnable
+
+    precision = make_precision(opts.weight_dtype)
+    check_runnable(precision)
+    return precision
+
+
 def check_host_memory(model, batches: list[Batch], itemsize: int, available_gib: Optional[float]) -> None:
     """The loader keeps every layer in host memory (resident ones too) plus the streamed layers' KV."""
     from runtime.executor import kv_arena_elements
@@ -285,7 +298,8 @@ def check_host_memory(model, batches: list[Batch], itemsize: int, available_gib:
 
     if available_gib is None:
         return
-    weights_b = layer_layout(model).numel * model.num_layers * itemsize
+    weight_dtype = batches[0].workload.precision.weight_dtype
+    weights_b = layer_layout(model, weight_dtype).numel * model.num_layers * itemsize
     kv_b = max(kv_arena_elements(model, b.workload, b.plan) for b in batches) * itemsize
     need = (weights_b + kv_b) / 2**30
     if need > available_gib:
@@ -314,6 +328,11 @@ def run(
 
     if opts.dtype not in DTYPES:
         raise LiaInputError("--dtype", f"unknown dtype '{opts.dtype}'", f"use one of {', '.join(DTYPES)}")
+    weight_dtype = run_precision(opts).weight_dtype
+    if weight_dtype.value != "bf16" and opts.dtype != "bfloat16":
+        raise LiaInputError(
+            "--weight-dtype", f"{weight_dtype.value} weights run with bfloat16 compute only", "drop --dtype"
+        )
     if opts.threads is not None and opts.threads < 1:
         raise LiaInputError("--threads", f"must be at least 1, got {opts.threads}", "e.g. --threads 16")
     if opts.max_new_tokens < 1:
@@ -394,9 +413,9 @@ def run(
     t0 = time.perf_counter()
     if progress_factory is not None:
         with progress_factory(ckpt.source_bytes) as update:
-            weights = load_checkpoint(ckpt, backend, progress=update, head_dev=head)
+            weights = load_checkpoint(ckpt, backend, progress=update, head_dev=head, weight_dtype=weight_dtype)
     else:
-        weights = load_checkpoint(ckpt, backend, head_dev=head)
+        weights = load_checkpoint(ckpt, backend, head_dev=head, weight_dtype=weight_dtype)
     report.load_s = time.perf_counter() - t0
     report.load_gb = ckpt.source_bytes / 1e9
 

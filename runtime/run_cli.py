@@ -64,6 +64,11 @@ def run_command(
     gpu_memory_gib: Optional[float] = typer.Option(
         None, "--gpu-memory-gib", help="Plan for and enforce a GPU memory cap (GiB), e.g. to emulate a smaller GPU."
     ),
+    weight_dtype: str = typer.Option(
+        "bf16",
+        "--weight-dtype",
+        help="Store the linear weights as bf16, int8 or fp8_e4m3 (quantised per output channel as they load).",
+    ),
     dtype: str = typer.Option("bfloat16", "--dtype", hidden=True, help="bfloat16, or float32 (tests)."),
     fake_gpu: bool = typer.Option(
         False,
@@ -110,6 +115,7 @@ def run_command(
         warmup=warmup,
         fake_gpu=fake_gpu,
         dtype=dtype,
+        weight_dtype=weight_dtype,
         stream=not as_json,
         threads=threads,
         gpu_memory_gib=gpu_memory_gib,

@@ -75,8 +75,8 @@ class Point:
     est_s: float = 0.0
 
     @property
-    def system_key(self) -> tuple[str, int]:
-        return self.model.name, self.model.num_layers
+    def system_key(self) -> tuple[str, int, str]:
+        return self.model.name, self.model.num_layers, self.workload.precision.weight_dtype.value
 
 
 def resolve_points(
@@ -230,20 +230,20 @@ def run_points(
     context["weight_feeder"] = feeder_mode(backend)
     context["cuda_alloc_conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") if backend.is_cuda else ""
     if runnable:
-        w_elems = max(p.model.num_layers * layer_layout(p.model).numel for p in runnable)
+        w_elems = max(p.model.num_layers * layer_layout(p.model, _wdt(p)).numel for p in runnable)
         kv_elems = max(kv_arena_elements(p.model, p.workload, p.plan) for p in runnable)
         host_avail = available_bytes(system)[MemoryTier.DDR] / 2
         if opts.host_weights_gib is not None:
             w_elems = min(w_elems, int(opts.host_weights_gib * 2**30 / 2))
         if w_elems + kv_elems > host_avail:
-            largest_layer = max(layer_layout(p.model).numel for p in runnable)
+            largest_layer = max(layer_layout(p.model, _wdt(p)).numel for p in runnable)
             w_elems = max(largest_layer, int(host_avail - kv_elems))
             echo(
                 f"note: weights + KV exceed the profile's host memory; the weight arena is cut to "
                 f"{w_elems * 2 / 1e9:.1f} GB and later layers reuse earlier layers' host weights"
             )
         t0 = time.perf_counter()
-        widest = max(runnable, key=lambda p: layer_layout(p.model).numel).model
+        widest = max(runnable, key=lambda p: layer_layout(p.model, _wdt(p)).numel).model
         arena = HostArena(backend, w_elems, pinned=True, random_fill=True, seed=opts.seed, fan_in=widest.hidden_size)
         kv_arena = HostArena(backend, kv_elems, pinned=True, random_fill=False) if kv_elems else None
         st = arena.stats
@@ -282,7 +282,7 @@ def run_points(
                 torch.cuda.empty_cache()
             from runtime.weights import ModelWeights
 
-            weights_by_model[p.system_key] = ModelWeights(p.model, arena, backend, seed=opts.seed)
+            weights_by_model[p.system_key] = ModelWeights(p.model, arena, backend, seed=opts.seed, weight_dtype=_wdt(p))
         weights = weights_by_model[p.system_key]
         t_point = time.perf_counter()
         try:
@@ -459,7 +459,13 @@ def _ids(p: Point) -> dict[str, Any]:
         "output_len": p.workload.output_len,
         "gpu_memory_gib": p.cap,
         "plan_spec": p.plan_spec,
+        "weight_dtype": _wdt(p).value,
     }
+
+
+def _wdt(p: Point) -> "Any":
+    """The point's stored weight dtype (lia_model.precision.WeightDtype)."""
+    return p.workload.precision.weight_dtype
 
 
 def _plan_cols(p: Point) -> dict[str, Any]:
@@ -604,6 +610,7 @@ def repredict(rows: "Any", system: SystemSpec) -> "Any":
 
     from lia_model.errors import from_validation_error
     from lia_model.inputs import resolve_model
+    from lia_model.precision import make_precision
     from runtime.measure import predicted_sublayer_ms
 
     df = rows.copy()
@@ -612,7 +619,11 @@ def repredict(rows: "Any", system: SystemSpec) -> "Any":
             continue
         model = resolve_model(str(r["model"]))
         model = model.model_copy(update={"num_layers": int(r["num_layers"])})
-        workload = Workload(batch=int(r["batch"]), input_len=int(r["input_len"]), output_len=int(r["output_len"]))
+        wdt = r.get("weight_dtype")  # runs before the column: bf16
+        precision = make_precision(wdt if isinstance(wdt, str) else "bf16")
+        workload = Workload(
+            batch=int(r["batch"]), input_len=int(r["input_len"]), output_len=int(r["output_len"]), precision=precision
+        )
         cap = None if pd.isna(r.get("gpu_memory_gib")) else float(r["gpu_memory_gib"])
         sysc = capped_system(system, cap)
         try:

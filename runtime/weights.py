@@ -216,6 +216,12 @@ class ModelWeights:
         self.weight_dtype = self.layout.weight_dtype
         self.arena = arena
         self.dtype = arena.dtype
+        if self.weight_dtype != WeightDtype.BF16 and self.dtype != torch.bfloat16:
+            raise LiaInputError(
+                "--weight-dtype",
+                f"{self.weight_dtype.value} weights are stored in a bf16 weight arena, not {self.dtype}",
+                "run quantised weights with the default bfloat16 compute dtype",
+            )
         blocks = arena.numel // self.layout.numel
         size = self.dtype.itemsize
         if blocks < (1 if seed is not None else model.num_layers):
@@ -237,6 +243,9 @@ class ModelWeights:
                 raise ValueError("weights from a checkpoint need their embeddings")
             self.embeddings = embeddings
             return
+        if self.weight_dtype == WeightDtype.BF16 and arena.holds_quantised:
+            arena.refill()  # a quantised model's int8 bytes would read as garbage bf16 (NaN, inf)
+        arena.holds_quantised = arena.holds_quantised or self.weight_dtype != WeightDtype.BF16
         for i in range(self.distinct_layers):
             self._write_norms(self.host_layers[i], seed * 7919 + i)
             if self.weight_dtype != WeightDtype.BF16:

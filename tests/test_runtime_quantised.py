@@ -161,3 +161,37 @@ def test_the_memory_model_charges_the_dequantisation_piece_for_int8_not_fp8():
     assert DEQUANT_PIECE_BYTES == 32 * 2**20
     assert ws("int8")[0] - ws("bf16")[0] == 32 * 2**20 and ws("int8")[1] == ws("bf16")[1]
     assert ws("fp8_e4m3") == ws("bf16")
+
+
+def test_validation_runs_quantised_points_and_refills_the_arena_for_a_bf16_model_after_them():
+    """lia validate's point runner (fake GPU, datasheet profile spr-h100): an int8 and an fp8 group of one toy
+    model and a bf16 group of another share one weight arena; each runs its optimum, matches the reference forward,
+    and records its weight dtype. The bf16 model runs after the quantised ones wrote int8/fp8 bytes over the
+    arena's fill, so it sees a refilled arena (else its weights would read as garbage and its logits check fail)."""
+    from lia_model.profiles import load_system
+    from runtime.points import GroupSpec, runtime_isa
+    from runtime.validate import Options, resolve_points, run_points
+
+    a = TINY_OPT.model_copy(update={"name": "a-tiny"}).model_dump()
+    b = TINY_OPT.model_copy(update={"name": "b-tiny"}).model_dump()
+    common = dict(batch=2, input_len=6, output_len=3, plans=["optimal"], check=True, repeats=1)
+    groups = [
+        GroupSpec(id="a-int8", model=a, weight_dtype="int8", **common),
+        GroupSpec(id="a-fp8", model=a, weight_dtype="fp8_e4m3", **common),
+        GroupSpec(id="b-bf16", model=b, **common),
+    ]
+    system = load_system("spr-h100")
+    points = resolve_points(groups, system, Options(), runtime_isa(), has_gpu=True)
+    rows = {r["group_id"]: r for r in run_points(points, system, Options(), echo=lambda _: None, fake_gpu=True)}
+    assert {g: r["weight_dtype"] for g, r in rows.items()} == {"a-int8": "int8", "a-fp8": "fp8_e4m3", "b-bf16": "bf16"}
+    for g, r in rows.items():
+        assert r["status"] == "ran", (g, r.get("skip_reason"))
+        assert r["logits_rel_err"] < LOGITS_RTOL, g
+
+
+def test_a_points_file_with_an_unknown_weight_dtype_names_the_group():
+    from runtime.points import GroupSpec, group_model, group_workload
+
+    g = GroupSpec(id="g1", model="opt-30b", batch=1, input_len=8, output_len=2, weight_dtype="int3")
+    with pytest.raises(LiaInputError, match="group g1: weight_dtype: unknown weight dtype 'int3'"):
+        group_workload(g, group_model(g)[0])
