@@ -9,7 +9,8 @@ bias, RoPE, residual and activation included), after ``runtime.cpu_setup.apply()
 cores, affinity, allocator). The written profile is the base profile plus a ``kernels`` section
 (lia_model.hardware.KernelTables) that the cost model reads instead of its roofline:
 
-- linears: every (sublayer, K, N) of the chosen catalog models, over token counts 1 .. 4096 (a per-call
+- linears: every (sublayer, K, N) of the chosen catalog models (and each stored weight dtype of
+  ``--weight-dtypes``: bf16, int8, fp8_e4m3, the runtime's kernel for each), over token counts 1 .. 4096 (a per-call
   FLOP cap skips the largest products: the cost model extrapolates them in proportion to tokens), on the
   CPU (perf_counter) and the GPU (CUDA events). Weights are cycled through copies larger than 4x the
   last-level cache so that each call streams them from memory, as a layer-by-layer runtime does.
@@ -78,13 +79,16 @@ def log(msg: str) -> None:
 # ----------------------------------------------------------------------------------------- operands
 
 
-def _params(model, sub, device, copies: int) -> list[dict]:
-    """Parameter dicts of one sublayer as the runtime's weight layout holds them (w [N, K], bias, norm)."""
+def _params(model, sub, device, copies: int, weight_dtype: str = "bf16") -> list[dict]:
+    """Parameter dicts of one sublayer as the runtime's weight layout holds them (w [N, K], bias, norm); with a
+    quantised ``weight_dtype`` (int8, fp8_e4m3) w holds one byte per value and ``w_scale`` its bf16 row scales,
+    quantised by the runtime's own ``kernels.quantize_rows`` (runtime/weights.py's layout)."""
     import torch
 
     from calibrate.tensors import fill_varied
     from lia_model.accounting import linear_shape
     from lia_model.sublayers import Sublayer
+    from runtime import kernels
     from runtime.hostmem import host_tensor
 
     k, n = linear_shape(model, sub)
@@ -95,6 +99,15 @@ def _params(model, sub, device, copies: int) -> list[dict]:
         else:
             w = fill_varied(torch.empty(n, k, dtype=torch.bfloat16, device=device)) * 0.02
         p = {"w": w}
+        if weight_dtype != "bf16":
+            stored = {"int8": torch.int8, "fp8_e4m3": torch.float8_e4m3fn}[weight_dtype]
+            values, scales = kernels.quantize_rows(w, stored)
+            if device == "cpu":  # the quantised copy in the runtime's host memory too
+                p["w"] = host_tensor((n, k), values.dtype).copy_(values)
+            else:
+                p["w"] = values
+            p["w_scale"] = scales
+            del w
         if model.linear_bias:
             p["b"] = torch.zeros(n, dtype=torch.bfloat16, device=device)
         if sub in (Sublayer.QKV, Sublayer.FC1):
@@ -164,10 +177,12 @@ def linear_rows(
     setup: str,
     seen: Optional[set[tuple]] = None,
     rounds: int = 1,
+    weight_dtype: str = "bf16",
 ) -> list[dict]:
     """One row per (sublayer shape, tokens) of ``models`` on ``device``. ``rounds`` > 1 times the memory-bound
     calls (tokens <= MEMORY_BOUND_TOKENS) in that many rounds interleaved with the rest (``_round_robin``),
-    each round under ``budget_s``; ``time_s`` is then ``round_estimate`` of the rounds' medians."""
+    each round under ``budget_s``; ``time_s`` is then ``round_estimate`` of the rounds' medians. ``weight_dtype``:
+    the stored weights (the runtime's kernel for them: runtime/kernels.py ``project``)."""
     from calibrate.tensors import copies_to_stream, cycling
     from calibrate.timing import time_cuda, time_host
     from lia_model.accounting import linear_shape
@@ -182,12 +197,13 @@ def linear_rows(
         shapes = []  # (sublayer, k, n, copies, params, huge)
         for sub in (Sublayer.QKV, Sublayer.OUT_PROJ, Sublayer.FC1, Sublayer.FC2):
             k, n = linear_shape(model, sub)
-            key = (sub.value, k, n)
+            key = (sub.value, k, n, weight_dtype)
             if key in seen:
                 continue
             seen.add(key)
-            copies = copies_to_stream(2 * k * n, llc_bytes if device == "cpu" else 200 << 20, cap=16)
-            params = _params(model, sub, device, copies)
+            value_bytes = 2 if weight_dtype == "bf16" else 1
+            copies = copies_to_stream(value_bytes * k * n, llc_bytes if device == "cpu" else 200 << 20, cap=16)
+            params = _params(model, sub, device, copies, weight_dtype)
             huge = huge_page_fraction([p["w"] for p in params]) if device == "cpu" else None
             shapes.append((sub, k, n, copies, params, huge))
         cases = [(i, t) for i, (_, k, n, *_r) in enumerate(shapes) for t in tokens_list if 2.0 * t * k * n <= cap]
@@ -213,6 +229,7 @@ def linear_rows(
                         "sublayer": sub.value,
                         "k": k,
                         "n": n,
+                        "weight_dtype": weight_dtype,
                         "tokens": t,
                         "time_s": median_s,
                         "min_s": min(g.min_s for g in got),
@@ -221,14 +238,14 @@ def linear_rows(
                         "rounds": len(got),
                         "round_medians_s": " ".join(f"{g.median_s:.6g}" for g in got),
                         "weight_copies": copies,
-                        "gbps_weights": 2 * k * n / median_s / 1e9,
+                        "gbps_weights": value_bytes * k * n / median_s / 1e9,
                         "tflops": flops / median_s / 1e12,
                         "weights_huge_page_fraction": huge,
                         "setup": setup,
                     }
                 )
             log(
-                f"{device} {model.name} {sub.value} ({k}x{n}): "
+                f"{device} {model.name} {sub.value} ({k}x{n}{'' if weight_dtype == 'bf16' else ', ' + weight_dtype}): "
                 + ", ".join(f"{r['tokens']}:{r['time_s'] * 1e3:.2f}ms" for r in rows[-len(mine) :])
                 + (f" (memory-bound calls: median of {rounds} rounds)" if rounds > 1 else "")
             )
@@ -236,14 +253,30 @@ def linear_rows(
     return rows
 
 
+def _row_dtype(r: dict) -> str:
+    """A raw row's weight dtype (rows measured before the column: bf16)."""
+    value = r.get("weight_dtype")
+    return value if isinstance(value, str) and value else "bf16"
+
+
 def linear_tables(rows: list[dict], device: str) -> list[dict]:
     tables: dict[tuple, dict] = {}
     for r in rows:
         if r["family"] != "linear" or r["device"] != device:
             continue
-        key = (r["sublayer"], int(r["k"]), int(r["n"]))  # ints also when read back from a CSV (pandas floats)
+        dtype = _row_dtype(r)
+        key = (r["sublayer"], int(r["k"]), int(r["n"]), dtype)  # ints also when read back from a CSV (pandas floats)
         t = tables.setdefault(
-            key, {"sublayer": r["sublayer"], "k": key[1], "n": key[2], "model": r["model"], "tokens": [], "seconds": []}
+            key,
+            {
+                "sublayer": r["sublayer"],
+                "k": key[1],
+                "n": key[2],
+                "model": r["model"],
+                **({} if dtype == "bf16" else {"weight_dtype": dtype}),
+                "tokens": [],
+                "seconds": [],
+            },
         )
         t["tokens"].append(int(r["tokens"]))
         t["seconds"].append(float(f"{r['time_s']:.6g}"))
@@ -389,8 +422,8 @@ def fit_attention(rows: list[dict], device: str, models: dict) -> list[dict]:
     return fits
 
 
-def cpu_linear_estimates(rows: list[dict]) -> dict[tuple[str, int, int, int], float]:
-    """(sublayer, K, N, tokens) -> table seconds of one run's raw CPU linear rows: ``round_estimate`` of the
+def cpu_linear_estimates(rows: list[dict]) -> dict[tuple[str, int, int, int, str], float]:
+    """(sublayer, K, N, tokens, weight dtype) -> table seconds of one run's raw CPU linear rows: ``round_estimate`` of the
     rounds where the row was timed in rounds (a ``round_medians_s`` column), else its ``time_s``."""
     out = {}
     for r in rows:
@@ -398,7 +431,7 @@ def cpu_linear_estimates(rows: list[dict]) -> dict[tuple[str, int, int, int], fl
             continue
         rounds = r.get("round_medians_s")
         seconds = round_estimate([float(v) for v in rounds.split()]) if isinstance(rounds, str) else float(r["time_s"])
-        out[(r["sublayer"], int(r["k"]), int(r["n"]), int(r["tokens"]))] = seconds
+        out[(r["sublayer"], int(r["k"]), int(r["n"]), int(r["tokens"]), _row_dtype(r))] = seconds
     return out
 
 
@@ -487,8 +520,8 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     return path
 
 
-def _model_of(rows: list[dict], key: tuple[str, int, int, int]) -> str:
-    sub, k, n, _ = key
+def _model_of(rows: list[dict], key: tuple[str, int, int, int, str]) -> str:
+    sub, k, n, _, _ = key
     return next(
         r["model"]
         for r in rows
@@ -826,6 +859,7 @@ def run(
     use_gpu: bool,
     attn_models: tuple[str, ...] = ATTN_MODELS,
     resume_from: Optional[Path] = None,
+    weight_dtypes: tuple[str, ...] = ("bf16",),
 ) -> Path:
     import pandas as pd
     import torch
@@ -867,27 +901,36 @@ def run(
         resumed = list(rows)  # a copy: rows grows as blocks are measured
         log(f"resumed {len(rows)} rows of this setup from {resume_from}")
 
-    def block(family: str, device: str, model, measure: Callable[[], list[dict]]) -> None:
-        if any(r["family"] == family and r["device"] == device and r["model"] == model.name for r in rows):
-            log(f"{device} {family} {model.name}: resumed")
+    def block(family: str, device: str, model, measure: Callable[[], list[dict]], dtype: str = "bf16") -> None:
+        if any(
+            r["family"] == family and r["device"] == device and r["model"] == model.name and _row_dtype(r) == dtype
+            for r in rows
+        ):
+            log(f"{device} {family} {model.name}{'' if dtype == 'bf16' else ' ' + dtype}: resumed")
             return
         rows.extend(measure())
         pd.DataFrame(rows).to_csv(partial, index=False)
 
     cuda = use_gpu and torch.cuda.is_available()
     seen: dict[str, set[tuple]] = {
-        dev: {(r["sublayer"], int(r["k"]), int(r["n"])) for r in rows if r["family"] == "linear" and r["device"] == dev}
+        dev: {
+            (r["sublayer"], int(r["k"]), int(r["n"]), _row_dtype(r))
+            for r in rows
+            if r["family"] == "linear" and r["device"] == dev
+        }
         for dev in ("cpu", "cuda")
     }
-    for spec in specs:
-        block(
-            "linear",
-            "cpu",
-            spec,
-            lambda spec=spec: linear_rows(
-                [spec], "cpu", tokens, llc, budget, desc, seen["cpu"], rounds=1 if quick else CPU_ROUNDS
-            ),
-        )
+    for dtype in weight_dtypes:
+        for spec in specs:
+            block(
+                "linear",
+                "cpu",
+                spec,
+                lambda spec=spec, dtype=dtype: linear_rows(
+                    [spec], "cpu", tokens, llc, budget, desc, seen["cpu"], 1 if quick else CPU_ROUNDS, dtype
+                ),
+                dtype,
+            )
     for spec in attn_specs:
         block("attention", "cpu", spec, lambda spec=spec: attention_rows([spec], "cpu", quick, budget, desc, llc))
     dispatch_us, slowdown, attn_slowdown, gpu_name = 0.0, 1.0, None, ""
@@ -896,13 +939,17 @@ def run(
     if cuda:
         gpu_name = torch.cuda.get_device_name(0)
         gpu_tokens = tokens if quick else TOKENS + (8192,)
-        for spec in specs:
-            block(
-                "linear",
-                "cuda",
-                spec,
-                lambda spec=spec: linear_rows([spec], "cuda", gpu_tokens, llc, budget, desc, seen["cuda"]),
-            )
+        for dtype in weight_dtypes:
+            for spec in specs:
+                block(
+                    "linear",
+                    "cuda",
+                    spec,
+                    lambda spec=spec, dtype=dtype: linear_rows(
+                        [spec], "cuda", gpu_tokens, llc, budget, desc, seen["cuda"], 1, dtype
+                    ),
+                    dtype,
+                )
         for spec in attn_specs:
             block("attention", "cuda", spec, lambda spec=spec: attention_rows([spec], "cuda", quick, budget, desc))
         dispatch_us = gpu_dispatch_us()
@@ -924,6 +971,7 @@ def run(
     command = (
         f"python -m calibrate.kernel_tables --base {base} --name {name} --out {out_dir} "
         f"--models {','.join(models)}"
+        + ("" if weight_dtypes == ("bf16",) else f" --weight-dtypes {','.join(weight_dtypes)}")
         + (" --quick" if quick else "")
         + ("" if cuda else " --no-gpu")
         + (
@@ -1007,6 +1055,22 @@ def _default_isa(spec) -> Optional[Any]:
         return None
 
 
+def _weight_dtypes(text: str) -> tuple[str, ...]:
+    """--weight-dtypes as a tuple, each one the runtime runs (runtime/weights.py), bf16 first when given."""
+    from lia_model.precision import make_precision
+    from runtime.weights import check_runnable
+
+    dtypes = tuple(dict.fromkeys(v.strip().lower() for v in text.split(",") if v.strip()))
+    if not dtypes:
+        raise LiaInputError("--weight-dtypes", "no dtype given", "e.g. --weight-dtypes bf16,int8,fp8_e4m3")
+    for value in dtypes:
+        try:
+            check_runnable(make_precision(value))
+        except LiaInputError as err:
+            raise LiaInputError("--weight-dtypes", err.problem, "give bf16, int8 and/or fp8_e4m3") from None
+    return tuple(sorted(dtypes, key=lambda v: v != "bf16"))
+
+
 def _resume_path(text: Optional[str]) -> Optional[Path]:
     if not text:
         return None
@@ -1051,6 +1115,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="a partial raw CSV of an interrupted run (OUT/NAME-kernels.partial.csv): its blocks measured under "
         "this host's CPU setup are kept, the rest measured",
     )
+    parser.add_argument(
+        "--weight-dtypes",
+        default="bf16",
+        help="stored weight dtypes whose linears are timed, comma-separated: bf16, int8, fp8_e4m3 (default bf16)",
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--no-gpu", action="store_true")
@@ -1083,6 +1152,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             not args.no_gpu,
             tuple(m for m in args.attn_models.split(",") if m),
             _resume_path(args.resume_from),
+            _weight_dtypes(args.weight_dtypes),
         )
     except LiaInputError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -449,12 +449,21 @@ def check_precision(system: SystemSpec, precision: Precision, mode: "CostMode | 
             "use --mode overlap or additive for other precisions",
         )
     if system.kernels is not None:
-        raise LiaInputError(
-            "--weight-dtype",
-            f"system {system.name} prices kernels from calibrated bf16 tables, "
-            f"which say nothing of {precision.label()}",
-            "use a datasheet profile (e.g. spr-h100), or --weight-dtype bf16 --kv-dtype bf16",
-        )
+        measured = system.kernels.weight_dtypes()
+        if (
+            precision.weight_dtype.value not in measured
+            or precision.weight_group_size is not None
+            or precision.kv_dtype != KvDtype.BF16
+        ):
+            raise LiaInputError(
+                "--weight-dtype",
+                f"system {system.name} prices kernels from calibrated tables of {', '.join(sorted(measured))} weights "
+                "per output channel with a bf16 KV cache, which say nothing of "
+                f"{precision.label()}",
+                "calibrate that dtype (python -m calibrate.kernel_tables --weight-dtypes ...), use a datasheet profile "
+                "(e.g. spr-h100), or --weight-dtype bf16 --kv-dtype bf16",
+            )
+        return  # the tables are the measured kernels of that precision (no roofline rates needed)
     linear_kernel(system, Device.GPU, precision)
     linear_kernel(system, Device.CPU, precision, CpuIsa.AVX512_FP32)  # the weight-only path's rate
     if precision.kv_dtype != KvDtype.BF16:
@@ -483,10 +492,15 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
     precision = ctx.precision
     check_precision(system, precision, ctx.mode)
     work = sublayer_work(model, chunk_batch, ctx.q, contexts, precision)
-    kernels = {
-        Device.CPU: linear_kernel(system, Device.CPU, precision, ctx.cpu_isa),
-        Device.GPU: linear_kernel(system, Device.GPU, precision),
-    }
+    if system.kernels is not None and not precision.is_bf16:
+        # calibrated tables of this precision (check_precision): the roofline below is only the fallback for
+        # shapes the tables miss, priced as a bf16 GEMM over the stored bytes
+        kernels = {Device.CPU: LinearKernel(False, False), Device.GPU: LinearKernel(False, False)}
+    else:
+        kernels = {
+            Device.CPU: linear_kernel(system, Device.CPU, precision, ctx.cpu_isa),
+            Device.GPU: linear_kernel(system, Device.GPU, precision),
+        }
     kv_quantised = precision.kv_dtype != KvDtype.BF16
     ddr = system.ddr
     w_tier = system.tier(ctx.weight_tier)
@@ -572,11 +586,12 @@ def _apply_kernel_tables(
             continue
         w = work[sub]
         k, n = linear_shape(model, sub)
-        t_gpu = tables.linear("gpu", sub.value, k, n)
+        dtype = ctx.precision.weight_dtype.value
+        t_gpu = tables.linear("gpu", sub.value, k, n, dtype)
         if t_gpu is not None:
             times.gpu_s[i] = max(table_seconds(t_gpu, w.tokens), dispatch_s)
             times.gpu_compute_bound[i] = w.tokens >= 256
-        t_cpu = tables.linear("cpu", sub.value, k, n) if use_cpu else None
+        t_cpu = tables.linear("cpu", sub.value, k, n, dtype) if use_cpu else None
         if t_cpu is not None:
             times.cpu_s[i] = max(table_seconds(t_cpu, w.tokens), w.weight_bytes_read / cpu_bw_w)
             times.cpu_compute_bound[i] = w.tokens >= 256

@@ -308,6 +308,11 @@ class LinearTable(StrictSpec):
     k: int = Field(ge=1, description="Input features (GEMM K).")
     n: int = Field(ge=1, description="Output features (GEMM N).")
     model: str = Field("", description="Catalog model the shape was measured for (a label).")
+    weight_dtype: str = Field(
+        "bf16",
+        description="Stored weights of the measured kernel (lia_model.precision: bf16, int8 or fp8_e4m3, per output "
+        "channel): the runtime's kernel for that dtype.",
+    )
     tokens: list[int] = Field(description="Token counts, strictly increasing.")
     seconds: list[float] = Field(description="Median time per call at each token count.")
 
@@ -384,11 +389,17 @@ class KernelTables(Sourced):
         "measured gap up to which the extra stays below half the wake); 0: any wait.",
     )
 
-    def linear(self, device: str, sublayer: str, k: int, n: int) -> Optional[LinearTable]:
+    def linear(self, device: str, sublayer: str, k: int, n: int, weight_dtype: str = "bf16") -> Optional[LinearTable]:
         for t in self.cpu_linear if device == "cpu" else self.gpu_linear:
-            if t.sublayer == sublayer and t.k == k and t.n == n:
+            if t.sublayer == sublayer and t.k == k and t.n == n and t.weight_dtype == weight_dtype:
                 return t
         return None
+
+    def weight_dtypes(self) -> set[str]:
+        """The stored weight dtypes the linear tables cover on every measured device (a dtype the GPU tables
+        lack counts only when no GPU was measured)."""
+        cpu = {t.weight_dtype for t in self.cpu_linear}
+        return cpu & {t.weight_dtype for t in self.gpu_linear} if self.gpu_linear else cpu
 
     def attention(self, device: str, kind: str, phase: str, heads: str = "any") -> Optional[AttentionFit]:
         """The fit for (kind, phase) and head layout; a fit for "any" layout serves both."""

@@ -7,6 +7,7 @@ the code."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -296,6 +297,8 @@ def test_quick_run_times_the_runtimes_kernels_and_writes_a_valid_profile(tmp_pat
         models,
         "--quick",
         "--no-gpu",
+        "--weight-dtypes",
+        "bf16,int8",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -306,6 +309,10 @@ def test_quick_run_times_the_runtimes_kernels_and_writes_a_valid_profile(tmp_pat
     assert k is not None and k.gpu_linear == [] and k.cpu_slowdown_beside_dma == 1.0
     assert {t.sublayer for t in k.cpu_linear} == {"qkv", "out_proj", "fc1", "fc2"}
     assert all(t.tokens == [1, 16, 256] for t in k.cpu_linear)
+    # --weight-dtypes bf16,int8: each shape twice, the int8 one the runtime's int8 kernel, and an int8 workload
+    # is priced from it (a bf16 one from the bf16 table)
+    assert sorted(t.weight_dtype for t in k.cpu_linear).count("int8") == len(k.cpu_linear) // 2
+    assert k.weight_dtypes() == {"bf16", "int8"}
     assert {(f.kind, f.heads) for f in k.cpu_attention} >= {("fused", "mha"), ("fused", "gqa")}
     assert "threads=" in k.setup and "alloc=" in k.setup
     # the profile predicts, and a second run without --force refuses to overwrite it
@@ -319,6 +326,15 @@ def test_quick_run_times_the_runtimes_kernels_and_writes_a_valid_profile(tmp_pat
         Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU, gpu_resident_layers=0),
     )
     assert pred.latency_s > 0
+    from lia_model.precision import make_precision
+
+    pred8 = predict(
+        spec,
+        model,
+        make_workload(2, 16, 4, model, make_precision("int8")),
+        Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU, gpu_resident_layers=0),
+    )
+    assert pred8.latency_s > 0 and pred8.latency_s != pred.latency_s
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and again.stderr.startswith("error: --name") and "--force" in again.stderr
     raw = yaml.safe_load((tmp_path / "out" / "kt-ci.yaml").read_text())
@@ -338,7 +354,7 @@ def test_quick_run_times_the_runtimes_kernels_and_writes_a_valid_profile(tmp_pat
     ]
     proc = subprocess.run(resumed, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stderr.count(": resumed") == 4  # linear and attention of both models
+    assert proc.stderr.count(": resumed") == 6  # linear (bf16 and int8) and attention of both models
     again_spec = load_system(str(tmp_path / "resumed" / "kt-ci.yaml"))
     assert again_spec.kernels.cpu_linear == k.cpu_linear and again_spec.kernels.cpu_attention == k.cpu_attention
     bad = subprocess.run([*resumed[:-1], str(tmp_path / "nope.csv")], cwd=ROOT, capture_output=True, text=True)
@@ -534,3 +550,41 @@ def test_refit_takes_each_cpu_linear_entry_as_the_median_over_calibration_runs(t
         refit(str(profile), str(own), True, (str(other),))
     with pytest.raises(LiaInputError, match="--force"):
         refit(str(profile), str(own), False)
+
+
+def test_int8_workloads_read_the_int8_tables_and_other_precisions_are_refused() -> None:
+    """A profile with int8 tables beside its bf16 ones (calibrate.kernel_tables --weight-dtypes bf16,int8): an int8
+    workload's CPU fc2 at 16 tokens is the int8 table interpolated by hand (5 ms at 1, 8 ms at 64 tokens:
+    5 ms x 1.6^(2/3)), the bf16 workload keeps the bf16 table; fp8 (not measured) and an int8 KV cache are refused
+    with the dtypes the tables hold."""
+    from lia_model.costterms import check_precision
+    from lia_model.errors import LiaInputError
+    from lia_model.precision import make_precision
+
+    data = _system_with_tables().model_dump(mode="json")
+    fc2_k, fc2_n = OPT30.ffn_size, OPT30.hidden_size
+    data["kernels"]["cpu_linear"].append(
+        {
+            "sublayer": "fc2",
+            "k": fc2_k,
+            "n": fc2_n,
+            "weight_dtype": "int8",
+            "tokens": [1, 64],
+            "seconds": [0.005, 0.008],
+        }
+    )
+    data["kernels"]["gpu_linear"].append(
+        {"sublayer": "fc2", "k": fc2_k, "n": fc2_n, "weight_dtype": "int8", "tokens": [1, 64], "seconds": [2e-4, 3e-4]}
+    )
+    system = SystemSpec.model_validate(data)
+    assert system.kernels.weight_dtypes() == {"bf16", "int8"}
+    i_fc2 = SUBLAYERS.index(Sublayer.FC2)
+    int8 = dataclasses.replace(_ctx(16, 1, (100,)), precision=make_precision("int8"))
+    t8 = sublayer_times(system, OPT30, int8, 16)
+    assert t8.cpu_s[i_fc2, 0] == pytest.approx(0.005 * 1.6 ** (math.log(16) / math.log(64)))
+    assert t8.gpu_s[i_fc2, 0] == pytest.approx(2e-4 * 1.5 ** (math.log(16) / math.log(64)))
+    t16 = sublayer_times(system, OPT30, _ctx(16, 1, (100,)), 16)
+    assert t16.cpu_s[i_fc2, 0] == pytest.approx(0.010 * 2 ** (math.log(16) / math.log(64)))
+    for bad in (make_precision("fp8_e4m3"), make_precision("int8", kv_dtype="int8")):
+        with pytest.raises(LiaInputError, match="tables of bf16, int8 weights"):
+            check_precision(system, bad)
