@@ -488,10 +488,11 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
             "k": k,
             "n": n,
             "tokens": t,
+            "weight_dtype": dtype,
             "model": model,
             "time_s": sec,
         }
-        for (sub, k, n, t), sec, model in (
+        for (sub, k, n, t, dtype), sec, model in (
             (key, float(statistics.median(run[key] for run in runs if key in run)), _model_of(rows, key))
             for key in runs[0]
         )
