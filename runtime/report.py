@@ -266,6 +266,26 @@ def consistency(df: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+def weight_dtypes(df: pd.DataFrame) -> pd.Series:
+    """Each row's stored weight dtype (runs before the column: bf16)."""
+    if "weight_dtype" not in df:
+        return pd.Series("bf16", index=df.index)
+    return (
+        df["weight_dtype"]
+        .where(df["weight_dtype"].notna() & (df["weight_dtype"].astype(str) != ""), "bf16")
+        .astype(str)
+    )
+
+
+def metrics_by_weight_dtype(df: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    """metric_stats per stored weight dtype when any point is not bf16 (issue 12: the model error of int8 and
+    fp8 points reported apart); {} when every point is bf16."""
+    dtypes = weight_dtypes(df)
+    if set(dtypes) <= {"bf16"}:
+        return {}
+    return {d: metric_stats(df[dtypes == d]) for d in sorted(set(dtypes), key=lambda v: (v != "bf16", v))}
+
+
 def summarize(df: pd.DataFrame, measured: Optional[pd.DataFrame] = None) -> dict[str, Any]:
     """The summary of ``df`` (one row per point); ``measured``: every measurement before merging kept the newest
     of each point (the regret compares plans of one command; default ``df``)."""
@@ -281,6 +301,7 @@ def summarize(df: pd.DataFrame, measured: Optional[pd.DataFrame] = None) -> dict
         # the same over the points whose repeated latencies agree within 5% (issue 10: a point whose spread exceeds
         # 5% is re-run or flagged): what the model's error is where the host holds still; the goals stay on all
         "metrics_steady": metric_stats(df[~is_true(df["spread_flag"])]) if "spread_flag" in df else [],
+        "metrics_by_weight_dtype": metrics_by_weight_dtype(df),
         "regret": regret_table(df) if measured is None else regret_table(measured, by_command=True),
         "consistency": consistency(df),
         "skipped": skipped,
@@ -332,6 +353,20 @@ def summary_markdown(summary: dict[str, Any], title: str = "Validation summary")
             "|---|---|---|---|---|---|---|---|",
         ]
         lines += [_metric_line(m, "yes" if m["met"] else "no") for m in steady]
+    by_dtype = summary.get("metrics_by_weight_dtype") or {}
+    if by_dtype:
+        lines += [
+            "",
+            "The same per stored weight dtype (int8 and fp8 points apart from bf16; the goals above count every point):",
+            "",
+            "| weights: metric | points | mean abs err | median abs err | max abs err | mean signed err | "
+            "within the goals | worst point |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for dtype, stats in by_dtype.items():
+            for m in stats:
+                if m["goal"]:
+                    lines.append(_metric_line({**m, "label": f"{dtype}: {m['label']}"}, "yes" if m["met"] else "no"))
     lines += [
         "",
         "| workload group | model | workload | GPU cap GiB | plans | optimal latency s | best plan | "

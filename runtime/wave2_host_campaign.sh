@@ -27,6 +27,10 @@
 #                                                     # workloads (run with REMEASURE_INSITU=1)
 #   bash runtime/wave2_host_campaign.sh m [PROFILE]   # part M (about 6-8 minutes): the points that never ran on the
 #                                                     # current runtime (part A's budget skips, part G's OOMs)
+#   bash runtime/wave2_host_campaign.sh q PROFILE     # part Q (issue 12, about 4-6 minutes): int8 and fp8 weights,
+#                                                     # with a profile holding tables of those dtypes (first:
+#                                                     # KT_RESUME=<the committed raw CSV> KT_ARGS="--weight-dtypes
+#                                                     # bf16,int8,fp8_e4m3 --models opt-30b,llama-2-70b" ... k)
 #   bash runtime/wave2_host_campaign.sh r1 [PROFILE]  # the flagged points (spread above 5%) of the merged results
 #   bash runtime/wave2_host_campaign.sh r2 [PROFILE]  # again, in two halves (runtime/campaign/rerun-flagged-*.yaml,
 #                                                     # written by python -m runtime.rerun_flagged; about 8 minutes)
@@ -41,7 +45,7 @@
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c|d|e|f|g|h|i|j|l|m|r1|r2) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c|d|e|f|g|h|i|j|l|m|q|r1|r2) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -98,7 +102,7 @@ case "$PART" in
         POINTS=${POINTS_A:-runtime/campaign/wave2-a.yaml}; MAX_POINT_S=${MAX_POINT_S:-60}
         TITLE="OPT-30B, 48 layers, GPU capped at 40 GiB (wave 2, kernel tables)"
         ;;
-    2|c|d|e|f|g|h|i|j|l|m)
+    2|c|d|e|f|g|h|i|j|l|m|q)
         # runtime/campaign/wave2-<part>.yaml (part 2 is B) with the committed kernel-table profile
         PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
         POINTS=runtime/campaign/wave2-$([ "$PART" = 2 ] && echo b || echo "$PART").yaml
@@ -114,6 +118,7 @@ case "$PART" in
             j) DEFAULT_POINT_S=45; TITLE="Attention tables over cold caches: new CPU-attention workloads (wave 2)" ;;
             l) DEFAULT_POINT_S=45; TITLE="CPU wake-up and attention beside the DMA: new small-batch workloads (wave 2)" ;;
             m) DEFAULT_POINT_S=60; TITLE="Points that never ran on the current runtime (wave 2)" ;;
+            q) DEFAULT_POINT_S=60; TITLE="int8 and fp8 weights, run and predicted from tables of their dtype (wave 2, issue 12)" ;;
         esac
         MAX_POINT_S=${MAX_POINT_S:-$DEFAULT_POINT_S}
         ;;

@@ -244,3 +244,23 @@ def test_steady_points_are_summarised_apart_from_the_flagged_ones(table):
     md = summary_markdown(s)
     assert "steady points" in md and "| latency | 4 | 6.9% |" in md
     assert summarize(add_errors(table))["metrics_steady"] == []  # no spread column: no second table
+
+
+def test_quantised_points_are_reported_apart_by_weight_dtype(table):
+    """With an int8 point among bf16 ones (and rows from before the weight_dtype column, read as bf16), the summary
+    gives each dtype's metrics: the int8 point's latency error by hand, 1.2 / 1.0 - 1 = +20%."""
+    df = table.copy()
+    df["weight_dtype"] = None  # runs before the column
+    int8 = _row("g9", "optimal", 1.2, 1.0, 0.1, 0.1, 0.1, 0.1)
+    int8["weight_dtype"] = "int8"
+    df = pd.concat([df, pd.DataFrame([int8])], ignore_index=True)
+    s = summarize(df)
+    by = s["metrics_by_weight_dtype"]
+    assert list(by) == ["bf16", "int8"]
+    lat8 = next(m for m in by["int8"] if m["metric"] == "latency")
+    assert lat8["n"] == 1 and lat8["mean_signed_err"] == pytest.approx(0.2) and not lat8["met"]
+    assert next(m for m in by["bf16"] if m["metric"] == "latency")["n"] == 5  # the five bf16 points that ran
+    md = summary_markdown(s)
+    assert "| int8: latency | 1 | 20.0% |" in md
+    assert summarize(table)["metrics_by_weight_dtype"] == {}  # all bf16: no per-dtype table
+    assert "per stored weight dtype" not in summary_markdown(summarize(table))
