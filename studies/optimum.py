@@ -27,6 +27,7 @@ class Optimum:
     workload: Workload  # the batch the optimiser chose (throughput objective) or the one given
     prediction: Prediction
     solve_time_s: float
+    batch_gap_bound: Optional[float] = None  # throughput objective: 0.0 = the best batch is proven; None = not proven
 
 
 def optimum(
@@ -42,7 +43,7 @@ def optimum(
         result = optimize(system, model, workload, objective, tpot_max_s=tpot_max_s, solver=SOLVER, mode=mode)
     except InfeasibleError:
         return None
-    return Optimum(result.plan, result.workload, result.prediction, float(result.solve_time_s))
+    return Optimum(result.plan, result.workload, result.prediction, float(result.solve_time_s), result.batch_gap_bound)
 
 
 def throughput_batch_choices(system: SystemSpec, model: ModelSpec, workload: Workload) -> tuple[int, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from studies import cost, cxl, e2e, microbench, policy_map, sensitivity, validation
+from studies import cost, cxl, e2e, microbench, policy_map, precision, sensitivity, validation
 from studies.framework import Study
 
 STUDIES: dict[str, Study] = {
@@ -14,6 +14,7 @@ STUDIES: dict[str, Study] = {
         cxl.STUDY,
         sensitivity.STUDY,
         cost.STUDY,
+        precision.STUDY,
         validation.STUDY,
     )
 }
