@@ -187,7 +187,7 @@ def linear_rows(
     from calibrate.timing import time_cuda, time_host
     from lia_model.accounting import linear_shape
     from lia_model.sublayers import Sublayer
-    from runtime.hostmem import huge_page_fraction
+    from runtime.hostmem import huge_page_fraction, vmstat_counters, vmstat_delta
 
     rows: list[dict] = []
     seen = set() if seen is None else seen  # shapes already measured (shared across calls: one table each)
@@ -213,9 +213,12 @@ def linear_rows(
             (i, t): cycling([_sublayer_call(model, shapes[i][0], p, t, device) for p in shapes[i][4]]) for i, t in cases
         }
         timings: dict[tuple[int, int], list] = {c: [] for c in cases}
+        round_vmstat: list[str] = []  # the kernel's memory-management work during each round (CPU)
         for r, batch in enumerate(_round_robin(small, large, max(rounds, 1))):
+            before = vmstat_counters() if device == "cpu" else {}
             for c in batch:
                 timings[c].append(timer(fns[c], budget_s=budget_s, min_samples=2 if rounds > 1 else 3, warmup=r == 0))
+            round_vmstat.append(vmstat_delta(before, vmstat_counters() if device == "cpu" else {}))
         for i, (sub, k, n, copies, _params_i, huge) in enumerate(shapes):
             mine = [(t, timings[(i, t)]) for t in tokens_list if (i, t) in timings]
             for t, got in mine:
@@ -237,6 +240,7 @@ def linear_rows(
                         "samples": sum(g.samples for g in got),
                         "rounds": len(got),
                         "round_medians_s": " ".join(f"{g.median_s:.6g}" for g in got),
+                        "model_round_vmstat": " ".join(v or "-" for v in round_vmstat),
                         "weight_copies": copies,
                         "gbps_weights": value_bytes * k * n / median_s / 1e9,
                         "tflops": flops / median_s / 1e12,

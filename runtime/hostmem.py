@@ -331,5 +331,33 @@ def huge_page_fraction(tensors: list[torch.Tensor], smaps: Optional[str] = None)
     return huge / rss if rss else None
 
 
+VMSTAT = Path("/proc/vmstat")
+# Kernel memory-management work that takes CPU time from whatever runs on the core it lands on: direct compaction
+# stalls, pages migrated by compaction, and huge pages khugepaged collapsed. The calibrator records their deltas
+# per round (the OPT-66B block of two calibrations ran up to 2x slow in some rounds after ~8 GB of fresh
+# huge-page allocations: runtime/validation/wave2-l2/README.md).
+VMSTAT_COUNTERS = ("compact_stall", "pgmigrate_success", "thp_collapse_alloc")
+
+
+def vmstat_counters(text: Optional[str] = None) -> dict[str, int]:
+    """The VMSTAT_COUNTERS from /proc/vmstat (``text``: its content, for tests); {} where it cannot be read."""
+    if text is None:
+        try:
+            text = VMSTAT.read_text()
+        except OSError:
+            return {}
+    out = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in VMSTAT_COUNTERS and value.strip().isdigit():
+            out[name] = int(value)
+    return out
+
+
+def vmstat_delta(before: dict[str, int], after: dict[str, int]) -> str:
+    """'name=delta;...' over the counters both readings hold (empty when neither could be read)."""
+    return ";".join(f"{k}={after[k] - before[k]}" for k in VMSTAT_COUNTERS if k in before and k in after)
+
+
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + size, n)) for lo in range(0, n, size)]

@@ -507,6 +507,7 @@ def test_cpu_linears_in_rounds_hold_the_median_of_the_rounds_medians(tmp_path: P
     large = [r for r in rows if r["tokens"] > 256]
     assert all(r["rounds"] == 3 and r["time_s"] == pytest.approx(2e-3) for r in small)
     assert all(r["round_medians_s"] == "0.001 0.002 0.006" for r in small)
+    assert all(len(r["model_round_vmstat"].split()) == 3 for r in rows)  # one reading per round
     assert all(r["rounds"] == 1 and r["min_s"] == r["time_s"] / 2 for r in large)
     assert len(calls) == 8 * 3 + 4  # 8 memory-bound cases x 3 rounds, 4 large ones once
     assert calls[:8] == ["warm"] * 8 and "warm" not in calls[8 + 2 :]  # round 0 warms up, later rounds do not

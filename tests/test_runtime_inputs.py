@@ -241,3 +241,14 @@ def test_huge_page_fraction_reads_the_mappings_that_hold_the_tensors():
     assert huge_page_fraction([t], "") is None
     real = huge_page_fraction([host_tensor((4096, 4096), torch.bfloat16)])
     assert real is None or 0.0 <= real <= 1.0
+
+
+def test_vmstat_counters_and_their_delta_by_hand():
+    """The calibrator's record of the kernel's compaction and collapse work per round (runtime/hostmem.py)."""
+    from runtime.hostmem import vmstat_counters, vmstat_delta
+
+    before = vmstat_counters("nr_free_pages 100\ncompact_stall 7\npgmigrate_success 1000\nthp_collapse_alloc 2\n")
+    after = vmstat_counters("compact_stall 9\npgmigrate_success 1512\nthp_collapse_alloc 2\nbogus x\n")
+    assert before == {"compact_stall": 7, "pgmigrate_success": 1000, "thp_collapse_alloc": 2}
+    assert vmstat_delta(before, after) == "compact_stall=2;pgmigrate_success=512;thp_collapse_alloc=0"
+    assert vmstat_delta({}, after) == "" and vmstat_counters("") == {}
