@@ -65,6 +65,10 @@ DECODE_GRID = (
     (64, 32),
     (256, 32),
     (128, 64),
+    # B = 1 at a short context: the runtime's CPU decode attention at B = 1, s = 33-40 (OPT-30B, L_in = 32) took
+    # 0.5 ms per call in situ where the fit, extrapolated from s >= 128 at B = 1, gave 0.02 ms (the summary's
+    # "CPU attention / calibrated" check at 4.3%, runtime/validation/summary.md): the kernel's fixed cost
+    (1, 48),
 )
 PREFILL_GRID = ((1, 32), (1, 512), (4, 128), (1, 1024), (8, 256), (2, 2048))
 QUICK_DECODE_GRID = ((1, 64), (4, 128), (2, 256), (8, 32))
