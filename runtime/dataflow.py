@@ -44,7 +44,7 @@ def expected_records(
     B, L_in = workload.batch, workload.input_len
     h, f, qd, kvh, d = model.hidden_size, model.ffn_size, model.q_dim, model.num_kv_heads, model.head_dim
     g = model.num_heads // kvh
-    layout = layer_layout(model)
+    layout = layer_layout(model, workload.precision.weight_dtype)  # the stored bytes a weight copy moves
     for node in plan_passes(plan, B, L_in, output_len):
         stage, step, q, pos0, valid = node.stage, node.step, node.q, node.pos0, node.valid
         n, b = len(node.chunks), node.chunk_rows

@@ -41,6 +41,7 @@ from runtime.points import (
     runnable_system,
 )
 from runtime.preflight import capped_system, preflight
+from runtime.weights import check_runnable
 
 
 @dataclass
@@ -88,6 +89,10 @@ def resolve_points(
         try:
             model, full = group_model(g)
             workload = group_workload(g, model)
+            try:
+                check_runnable(workload.precision)  # the cost model prices int4; the runtime does not run it
+            except LiaInputError as err:
+                raise LiaInputError(f"group {g.id}: weight_dtype", err.problem, err.fix) from None
         except LiaInputError as err:
             points.append(
                 Point(

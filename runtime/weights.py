@@ -243,9 +243,11 @@ class ModelWeights:
                 raise ValueError("weights from a checkpoint need their embeddings")
             self.embeddings = embeddings
             return
-        if self.weight_dtype == WeightDtype.BF16 and arena.holds_quantised:
-            arena.refill()  # a quantised model's int8 bytes would read as garbage bf16 (NaN, inf)
-        arena.holds_quantised = arena.holds_quantised or self.weight_dtype != WeightDtype.BF16
+        if arena.holds_quantised:
+            # another model's int8/fp8 bytes would read as garbage bf16 (NaN, inf) in this model's biases, norms or
+            # bf16 matrices, whose layout differs: the random fill first
+            arena.refill()
+        arena.holds_quantised = self.weight_dtype != WeightDtype.BF16
         for i in range(self.distinct_layers):
             self._write_norms(self.host_layers[i], seed * 7919 + i)
             if self.weight_dtype != WeightDtype.BF16:

@@ -195,3 +195,37 @@ def test_a_points_file_with_an_unknown_weight_dtype_names_the_group():
     g = GroupSpec(id="g1", model="opt-30b", batch=1, input_len=8, output_len=2, weight_dtype="int3")
     with pytest.raises(LiaInputError, match="group g1: weight_dtype: unknown weight dtype 'int3'"):
         group_workload(g, group_model(g)[0])
+
+
+def test_two_quantised_models_in_a_row_and_the_data_flow_check():
+    """Two different toy models, both int8, one after the other on one arena (lia validate's order): the second
+    sees a refilled arena, not the first's int8 bytes read as its bf16 biases (NaN before the fix); and the data-flow
+    check (runtime/dataflow.py) expects the quantised layout's copy bytes: no problem on a streaming plan."""
+    from lia_model.profiles import load_system
+    from runtime.points import GroupSpec, runtime_isa
+    from runtime.validate import Options, resolve_points, run_points
+
+    a = TINY_OPT.model_copy(update={"name": "a-tiny"}).model_dump()
+    b = TINY_LLAMA.model_copy(update={"name": "b-tiny"}).model_dump()
+    c = TINY_OPT.model_copy(update={"name": "c-tiny"}).model_dump()
+    plan = PLANS[2].model_dump(mode="json")
+    common = dict(batch=2, input_len=6, output_len=3, plans=[plan], check=True, repeats=1, weight_dtype="int8")
+    groups = [GroupSpec(id=f"{m['name']}-int8", model=m, **common) for m in (a, b, c)]
+    system = load_system("spr-h100")
+    points = resolve_points(groups, system, Options(), runtime_isa(), has_gpu=True)
+    rows = run_points(points, system, Options(), echo=lambda _: None, fake_gpu=True)
+    for r in rows:
+        assert r["status"] == "ran", r.get("skip_reason")
+        assert r["logits_rel_err"] < LOGITS_RTOL, r["group_id"]
+        assert r["dataflow_problems"] == 0, r["group_id"]
+
+
+def test_a_group_the_runtime_cannot_run_is_skipped_with_its_name():
+    """weight_dtype int4 is priced by the cost model but not run: that group alone is skipped, naming it."""
+    from lia_model.profiles import load_system
+    from runtime.points import GroupSpec, runtime_isa
+    from runtime.validate import Options, resolve_points
+
+    g = GroupSpec(id="g4", model="opt-30b", num_layers=2, batch=1, input_len=8, output_len=2, weight_dtype="int4")
+    (point,) = resolve_points([g], load_system("spr-h100"), Options(), runtime_isa(), has_gpu=True)
+    assert point.skip_reason.startswith("group g4: weight_dtype: the runtime does not run int4")
