@@ -26,10 +26,10 @@ HBM then also holds sigma u (n - 1) waiting(p): ``waiting_chunk_bytes``, the lar
 on the GPU at a CPU sublayer it waits for (runtime/executor.py drops each value after its last reader).
 split(p): a prefill policy with attn_score and attn_context on different devices materialises the scores
 (``split_attention_bytes``); fused attention (SDPA) does not.
-With int8 or int4 weights the GPU workspace also holds DEQUANT_PIECE_BYTES: the runtime dequantises GPU weights
-into bf16 pieces of at most that size (runtime/kernels.py; fp8 runs on fp8 tensor cores without one). It is
-charged with the workspace, whenever the plan uses the GPU (at most 32 MiB too much for a plan whose GPU runs
-attention or the head only).
+With quantised weights the GPU workspace also holds DEQUANT_PIECE_BYTES: the runtime dequantises int8 (int4)
+weights into bf16 pieces of at most that size, and quantises an fp8 GEMM's activations in pieces of rows of that
+size (runtime/kernels.py). It is charged with the workspace, whenever the plan uses the GPU (at most 32 MiB too
+much for a plan whose GPU runs attention or the head only).
 Available per tier = capacity (1 - headroom) - reserved (CUDA context on the GPU, OS on the host).
 """
 
@@ -53,8 +53,9 @@ from lia_model.sublayers import ATTENTION_SUBLAYERS, NUM_SUBLAYERS, SUBLAYERS, S
 from lia_model.units import BF16_BYTES, BYTES_PER_GB, BYTES_PER_GIB
 from lia_model.workload import Workload
 
-# The bf16 temporary of a dequantising GPU linear: the runtime unpacks int8 (int4) weights piece by piece into
-# at most this many bytes (runtime/kernels.py _dequantised_linear), never a whole matrix.
+# The temporary of a quantised GPU linear: the runtime unpacks int8 (int4) weights piece by piece into at most this
+# many bf16 bytes (runtime/kernels.py _dequantised_linear), and quantises an fp8 GEMM's activations in pieces of rows
+# whose fp32 and e4m3 copies fit it (linear_fp8), never a whole matrix.
 DEQUANT_PIECE_BYTES = 32 * 2**20
 
 
@@ -218,7 +219,7 @@ def memory_constants(system: SystemSpec, model: ModelSpec, workload: Workload, m
     precision = workload.precision
     per_sublayer = sublayer_weight_bytes(model, precision)
     ws = workspace_bytes(model, workload, minibatches)
-    dequant = DEQUANT_PIECE_BYTES if precision.weight_dtype in (WeightDtype.INT8, WeightDtype.INT4) else 0.0
+    dequant = DEQUANT_PIECE_BYTES if precision.weight_dtype != WeightDtype.BF16 else 0.0
     split = split_attention_bytes(model, workload, minibatches)
     return MemoryConstants(
         embedding_bytes=embedding_weight_bytes(model),

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -303,7 +303,7 @@ def linear_int8(
     if fused is None:
         fused = int8pack_available(x.device)
     if not fused:
-        return _dequantised_linear(x, q, scales, b, resid, dequantize_int8)
+        return _dequantised_linear(x, q, scales, b, resid)
     lead = x.shape[:-1]
     y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, x.shape[-1]).contiguous(), q, scales.to(x.dtype))
     if b is not None:
@@ -313,28 +313,37 @@ def linear_int8(
     return y.reshape(*lead, q.shape[0])
 
 
+def _dequantised_piece(q: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """s_n * Wq[n, k] in ``dtype``. With scales already in ``dtype`` (the runtime's bf16 row scales) one ``dtype``
+    temporary, multiplied in place: the same values as dequantising through fp32 (an int8 or e4m3 value and a
+    bf16 scale are exact in fp32, and both round the product once)."""
+    if scales.dtype == dtype:
+        w = q.to(dtype)
+        return w.mul_(scales.reshape(-1, 1))
+    return (q.float() * scales.float().reshape(-1, 1)).to(dtype)
+
+
 def _dequantised_linear(
     x: torch.Tensor,
     q: torch.Tensor,
     scales: torch.Tensor,
     b: Optional[torch.Tensor],
     resid: Optional[torch.Tensor],
-    dequantize: Callable[..., torch.Tensor],
 ) -> torch.Tensor:
     """resid + x (s Wq)^T + b through bf16 GEMMs over pieces of rows of W, each dequantised into at most
-    DEQUANT_PIECE_BYTES (lia_model.memory: the one bf16 temporary the memory model charges for it), not the whole
+    DEQUANT_PIECE_BYTES (lia_model.memory: the one temporary the memory model charges for it), not the whole
     matrix (a Llama-2-70B fc1 would need a 0.94 GB temporary)."""
     n, k = q.shape
     rows = max(1, DEQUANT_PIECE_BYTES // (k * x.element_size()))
     if rows >= n:
-        return linear(x, dequantize(q, scales, x.dtype), b, resid=resid)
+        return linear(x, _dequantised_piece(q, scales, x.dtype), b, resid=resid)
     lead = x.shape[:-1]
     out = torch.empty((*lead, n), dtype=x.dtype, device=x.device)
     for lo in range(0, n, rows):
         hi = min(n, lo + rows)
         piece = linear(
             x,
-            dequantize(q[lo:hi], scales[lo:hi], x.dtype),
+            _dequantised_piece(q[lo:hi], scales[lo:hi], x.dtype),
             None if b is None else b[lo:hi],
             resid=None if resid is None else resid[..., lo:hi],
         )
@@ -393,9 +402,8 @@ def project(
         return linear(x, w, p.get("b"), resid=resid, out=out)
     if w.dtype == torch.int8:
         y = linear_int8(x, w, p["w_scale"], p.get("b"), resid=resid)
-    else:
-        scales = p["w_scale"].float()[:, None]
-        y = linear_fp8(x, w, scales, p.get("b"), resid=resid, scaled_mm=scaled_mm_available(x.device))
+    else:  # the bf16 row scales as stored: _scaled_mm takes them as fp32, the dequantising path as they are
+        y = linear_fp8(x, w, p["w_scale"], p.get("b"), resid=resid, scaled_mm=scaled_mm_available(x.device))
     if out is None:
         return y
     out.copy_(y)
@@ -414,14 +422,20 @@ def linear_fp8(
     """[..., K] -> [..., N] = resid + x (s Wq)^T + b with fp8 weights. ``scaled_mm``: quantise x per token to
     e4m3 and run ``torch._scaled_mm`` (fp8 tensor cores on Hopper); False: the dequantised weight in bf16."""
     if not scaled_mm:
-        return _dequantised_linear(x, q, scales, b, resid, dequantize_fp8)
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1]).float()
-    xs = (x2.abs().amax(dim=1, keepdim=True) / FP8_E4M3_MAX).clamp_min(torch.finfo(torch.float32).tiny)
-    xq = (x2 / xs).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
-    y = torch._scaled_mm(
-        xq, q.t(), scale_a=xs, scale_b=scales.t(), out_dtype=x.dtype, bias=None if b is None else b.to(x.dtype)
-    )
+        return _dequantised_linear(x, q, scales, b, resid)
+    lead, k = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, k)
+    y = torch.empty((x2.shape[0], q.shape[0]), dtype=x.dtype, device=x.device)
+    scale_b = scales.float().reshape(1, -1)
+    bias = None if b is None else b.to(x.dtype)
+    # activations quantised in pieces of rows whose fp32 and e4m3 temporaries fit DEQUANT_PIECE_BYTES (the memory
+    # model's charge), not the whole prefill chunk at once
+    rows = max(1, DEQUANT_PIECE_BYTES // (k * 5))
+    for lo in range(0, x2.shape[0], rows):
+        part = x2[lo : lo + rows]
+        xs = (part.abs().amax(dim=1, keepdim=True).float() / FP8_E4M3_MAX).clamp_min(torch.finfo(torch.float32).tiny)
+        xq = (part.float() / xs).clamp_(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+        y[lo : lo + rows] = torch._scaled_mm(xq, q.t(), scale_a=xs, scale_b=scale_b, out_dtype=x.dtype, bias=bias)
     if resid is not None:
         y = y + resid.reshape(y.shape)
     return y.reshape(*lead, q.shape[0])

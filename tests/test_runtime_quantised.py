@@ -144,9 +144,10 @@ def test_gpu_dequantisation_runs_in_pieces_and_gives_the_same_product(monkeypatc
     assert torch.equal(pieces, whole)
 
 
-def test_the_memory_model_charges_the_dequantisation_piece_for_int8_not_fp8():
-    """HBM workspace at int8 = the bf16 workspace + 32 MiB (runtime/kernels.py's largest bf16 temporary); fp8
-    runs on tensor cores and adds nothing; the host workspace is unchanged."""
+def test_the_memory_model_charges_the_quantisation_piece():
+    """HBM workspace at int8 or fp8 = the bf16 workspace + 32 MiB (runtime/kernels.py's largest temporary of a
+    quantised linear: a dequantised weight piece, or an fp8 GEMM's activation piece); the host workspace is
+    unchanged."""
     from lia_model.memory import DEQUANT_PIECE_BYTES, memory_constants
     from lia_model.profiles import load_system
 
@@ -160,7 +161,7 @@ def test_the_memory_model_charges_the_dequantisation_piece_for_int8_not_fp8():
 
     assert DEQUANT_PIECE_BYTES == 32 * 2**20
     assert ws("int8")[0] - ws("bf16")[0] == 32 * 2**20 and ws("int8")[1] == ws("bf16")[1]
-    assert ws("fp8_e4m3") == ws("bf16")
+    assert ws("fp8_e4m3")[0] - ws("bf16")[0] == 32 * 2**20 and ws("fp8_e4m3")[1] == ws("bf16")[1]
 
 
 def test_validation_runs_quantised_points_and_refills_the_arena_for_a_bf16_model_after_them():
@@ -229,3 +230,25 @@ def test_a_group_the_runtime_cannot_run_is_skipped_with_its_name():
     g = GroupSpec(id="g4", model="opt-30b", num_layers=2, batch=1, input_len=8, output_len=2, weight_dtype="int4")
     (point,) = resolve_points([g], load_system("spr-h100"), Options(), runtime_isa(), has_gpu=True)
     assert point.skip_reason.startswith("group g4: weight_dtype: the runtime does not run int4")
+
+
+def test_fp8_gemm_quantises_activations_in_pieces_with_the_same_result(monkeypatch):
+    """linear_fp8 through torch._scaled_mm (it runs on this torch's CPU too) over pieces of 2 rows equals the
+    one-piece product exactly (each row's activation scale is its own), and is within the stated 8% (Frobenius) of
+    the dequantised-weight bf16 product (tests/test_runtime_lowp.py's tolerance for per-token e4m3 activations)."""
+    from runtime.kernels import _dequantised_piece, linear, linear_fp8, quantize_fp8_rows_bf16_scales
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(48, 64, generator=g)
+    x = torch.randn(7, 64, generator=g).to(torch.bfloat16)
+    b = torch.randn(48, generator=g).to(torch.bfloat16)
+    resid = torch.randn(7, 48, generator=g).to(torch.bfloat16)
+    q, s = quantize_fp8_rows_bf16_scales(w)
+    try:
+        whole = linear_fp8(x, q, s, b, resid=resid, scaled_mm=True)
+    except (RuntimeError, NotImplementedError):
+        pytest.skip("this torch has no _scaled_mm on the CPU")
+    monkeypatch.setattr(kernels, "DEQUANT_PIECE_BYTES", 64 * 5 * 2)  # 2 rows of K = 64 (fp32 + e4m3) per piece
+    assert torch.equal(linear_fp8(x, q, s, b, resid=resid, scaled_mm=True), whole)
+    ref = linear(x, _dequantised_piece(q, s, torch.bfloat16), b, resid=resid)
+    assert float((whole.float() - ref.float()).norm() / ref.float().norm()) < 0.08
