@@ -560,6 +560,19 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
     return times
 
 
+def _check_dtype_coverage(tables, model: ModelSpec, sub: Sublayer, k: int, n: int, dtype: str, use_cpu: bool) -> None:
+    """A quantised workload on a shape whose bf16 kernel the tables hold but whose ``dtype`` kernel they do not is
+    refused (its roofline fallback would price a kernel nobody measured beside measured ones)."""
+    for device in ("gpu", "cpu") if use_cpu else ("gpu",):
+        if tables.linear(device, sub.value, k, n) is not None and tables.linear(device, sub.value, k, n, dtype) is None:
+            raise LiaInputError(
+                "--weight-dtype",
+                f"the kernel tables hold {model.name}'s {sub.value} ({k}x{n}) on the {device.upper()} in bf16 but not "
+                f"in {dtype}",
+                f"calibrate it: python -m calibrate.kernel_tables --weight-dtypes bf16,{dtype} --models {model.name} ...",
+            )
+
+
 def _apply_kernel_tables(
     system: SystemSpec,
     model: ModelSpec,
@@ -587,6 +600,8 @@ def _apply_kernel_tables(
         w = work[sub]
         k, n = linear_shape(model, sub)
         dtype = ctx.precision.weight_dtype.value
+        if dtype != "bf16":
+            _check_dtype_coverage(tables, model, sub, k, n, dtype, use_cpu)
         t_gpu = tables.linear("gpu", sub.value, k, n, dtype)
         if t_gpu is not None:
             times.gpu_s[i] = max(table_seconds(t_gpu, w.tokens), dispatch_s)

@@ -30,7 +30,8 @@
 #   bash runtime/wave2_host_campaign.sh q PROFILE     # part Q (issue 12, about 4-6 minutes): int8 and fp8 weights,
 #                                                     # with a profile holding tables of those dtypes (first:
 #                                                     # KT_RESUME=<the committed raw CSV> KT_ARGS="--weight-dtypes
-#                                                     # bf16,int8,fp8_e4m3 --models opt-30b,llama-2-70b" ... k)
+#                                                     # bf16,int8,fp8_e4m3 --models opt-30b,llama-2-70b" ... k,
+#                                                     # then --refit with the earlier raw CSVs: wave2-q.yaml)
 #   bash runtime/wave2_host_campaign.sh r1 [PROFILE]  # the flagged points (spread above 5%) of the merged results
 #   bash runtime/wave2_host_campaign.sh r2 [PROFILE]  # again, in two halves (runtime/campaign/rerun-flagged-*.yaml,
 #                                                     # written by python -m runtime.rerun_flagged; about 8 minutes)

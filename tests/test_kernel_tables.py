@@ -577,6 +577,9 @@ def test_int8_workloads_read_the_int8_tables_and_other_precisions_are_refused() 
     data["kernels"]["gpu_linear"].append(
         {"sublayer": "fc2", "k": fc2_k, "n": fc2_n, "weight_dtype": "int8", "tokens": [1, 64], "seconds": [2e-4, 3e-4]}
     )
+    qkv = next(t for t in data["kernels"]["cpu_linear"] if t["sublayer"] == "qkv")
+    without_qkv = SystemSpec.model_validate(data)  # qkv's int8 kernel not measured yet
+    data["kernels"]["cpu_linear"].append({**qkv, "weight_dtype": "int8", "seconds": [0.003, 0.005]})
     system = SystemSpec.model_validate(data)
     assert system.kernels.weight_dtypes() == {"bf16", "int8"}
     i_fc2 = SUBLAYERS.index(Sublayer.FC2)
@@ -589,3 +592,6 @@ def test_int8_workloads_read_the_int8_tables_and_other_precisions_are_refused() 
     for bad in (make_precision("fp8_e4m3"), make_precision("int8", kv_dtype="int8")):
         with pytest.raises(LiaInputError, match="tables of bf16, int8 weights"):
             check_precision(system, bad)
+    # a shape whose bf16 kernel is measured but whose int8 kernel is not: refused by name, not priced by the roofline
+    with pytest.raises(LiaInputError, match=r"qkv \(7168x21504\) on the CPU in bf16 but not in int8"):
+        sublayer_times(without_qkv, OPT30, int8, 16)
