@@ -384,12 +384,18 @@ def load_checkpoint(
         views = weights.host_views(pc.layer, pc.sub)
         rows = slice(pc.row0, pc.row0 + pc.shape[0])
         itemsize = _itemsize(sl.get_dtype(), pc.name, ckpt.path)
-        if pc.part == "w" and "w_scale" in views:  # quantised per row as it lands
-            dense = torch.empty(pc.shape, dtype=torch.bfloat16)
-            _copy_rows(sl, dense, pc.shape[0], math.prod(pc.shape[1:]), itemsize, tick)
-            values, scales = kernels.quantize_rows(dense, views["w"].dtype)
-            views["w"][rows].copy_(values)
-            views["w_scale"][rows].copy_(scales)
+        if pc.part == "w" and "w_scale" in views:  # quantised per row as it lands, CHUNK_BYTES of bf16 rows at a time
+            cols = math.prod(pc.shape[1:])
+            step = max(1, CHUNK_BYTES // (2 * cols))
+            dense = torch.empty((min(step, pc.shape[0]), cols), dtype=torch.bfloat16)
+            for r0 in range(0, pc.shape[0], step):
+                r1 = min(pc.shape[0], r0 + step)
+                part = dense[: r1 - r0]
+                part.copy_(sl[r0:r1])
+                tick((r1 - r0) * cols * itemsize)
+                values, scales = kernels.quantize_rows(part, views["w"].dtype)
+                views["w"][pc.row0 + r0 : pc.row0 + r1].copy_(values)
+                views["w_scale"][pc.row0 + r0 : pc.row0 + r1].copy_(scales)
             return
         _copy_rows(sl, views[pc.part][rows], pc.shape[0], math.prod(pc.shape[1:]), itemsize, tick)
 
@@ -397,7 +403,8 @@ def load_checkpoint(
     # Every element of every layer block is written exactly once (the arena starts zeroed, so a gap would
     # silently stay 0): the pieces tile the layout (at bf16; quantised layouts add the scales and padding).
     covered = sum(math.prod(pc.shape) for pc in layer_pieces)
-    assert weight_dtype != WeightDtype.BF16 or covered == layout.numel * model.num_layers, covered
+    values = sum(math.prod(p.shape) for r in layout.regions.values() for p in r.parts if p.name != "w_scale")
+    assert covered == values * model.num_layers, (covered, values * model.num_layers)  # scales: from the "w" pieces
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(copy, layer_pieces))
     handles.clear()

@@ -29,6 +29,19 @@ from typing import Callable
 import pandas as pd
 
 READ_BYTES = 1 << 30
+# what --plot and summary() read from a probe CSV
+PLOT_COLUMNS = (
+    "t_s",
+    "linear_1row_ms",
+    "linear_32row_ms",
+    "read_gbps",
+    "weights_huge_page_fraction",
+    "steal_frac",
+    "model",
+    "sublayer",
+    "k",
+    "n",
+)
 
 
 def steal_jiffies(stat: str | None = None) -> tuple[int, int]:
@@ -211,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             df = pd.read_csv(args.plot)
-            missing = {"t_s", "linear_1row_ms", "linear_32row_ms", "read_gbps", "model"} - set(df.columns)
+            missing = set(PLOT_COLUMNS) - set(df.columns)
         except (OSError, ValueError) as err:
             print(
                 f"error: --plot: cannot read '{args.plot}' ({str(err).strip().splitlines()[0]}) -- give a probe_dram_drift CSV",

@@ -162,7 +162,7 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
     scenarios = [s for s in SCENARIOS if s in set(frame["scenario"])]
     groups = list(dict.fromkeys(zip(frame["system"], frame["model"])))
     dtypes = [d for d in grid.precisions if d in set(frame["weight_dtype"])] or list(PRECISIONS)
-    fig, axes = figure(1, len(scenarios), TWO_COLUMN_IN, 3.0, layout="constrained")
+    fig, axes = figure(1, len(scenarios), TWO_COLUMN_IN, 3.2, layout="constrained")
     colors = {"bf16": "#8c8c8c", "int8": "#4c72b0", "int4": "#55a868", "fp8_e4m3": "#dd8452"}
     width = 0.8 / len(dtypes)
     top = max(2.0, float(pd.to_numeric(frame["speedup_vs_bf16"], errors="coerce").max(skipna=True)) * 1.6)
@@ -195,16 +195,17 @@ def plot(frame: pd.DataFrame, grid: Optional[Grid] = None):
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncol=len(dtypes), fontsize=MIN_FONT_PT, frameon=False)
     lengths = ", ".join(f"{li}/{lo}" for li, lo in frame[["input_len", "output_len"]].drop_duplicates().values)
-    gaps = pd.to_numeric(frame.loc[frame["scenario"] == "throughput_max_batch", "batch_gap_bound"], errors="coerce")
-    fig.get_layout_engine().set(rect=(0, 0.08, 1, 0.92))
+    shown = (frame["scenario"] == "throughput_max_batch") & frame["feasible"].astype(bool)  # refused rows: no bar
+    gaps = pd.to_numeric(frame.loc[shown, "batch_gap_bound"], errors="coerce")
+    fig.get_layout_engine().set(rect=(0, 0.11, 1, 0.89))
     fig.text(
         0.01,
         0.0,
-        f"Cost model, overlap mode, L_in/L_out {lengths}; KV cache bf16; int4 in groups of 128. Above the throughput "
-        "bars: USD per million tokens (studies/prices.yaml). n/a: the system cannot run that precision.\n"
-        f"Throughput: the batch search proved its batch the best at {int((gaps == 0).sum())} of {int(gaps.size)} bars; "
-        f"the largest gap bound left is {100 * float(gaps.max(skipna=True) if gaps.notna().any() else 0):.1f}% "
-        "(batch_gap_bound in the CSV).",
+        f"Cost model, overlap mode, L_in/L_out {lengths}; KV cache bf16; int4 in groups of 128. n/a: the system "
+        "cannot run that precision.\nAbove the throughput bars: USD per million tokens (studies/prices.yaml). "
+        f"The batch search proved its batch the best at {int((gaps == 0).sum())} of {int(gaps.size)} throughput "
+        f"bars;\nthe largest gap bound left is {100 * float(gaps.max(skipna=True) if gaps.notna().any() else 0):.1f}% "
+        "(batch_gap_bound in figures/precision.csv).",
         fontsize=MIN_FONT_PT,
         ha="left",
         va="bottom",
