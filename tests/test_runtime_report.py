@@ -177,6 +177,13 @@ def test_in_situ_cpu_check_applies_the_dma_slowdown_only_where_the_model_does():
     masked = dict(row, predicted_cpu_slowed_prefill="(0,1,1,0,0,0)", predicted_cpu_slowed_decode="(1,1,1,1,1,1)")
     assert _in_situ_efficiency(pd.DataFrame([masked]), _CPU_LINEARS).iloc[0] == pytest.approx(1.0)
     assert _in_situ_efficiency(pd.DataFrame([row]), _CPU_LINEARS).iloc[0] == pytest.approx(25.0 / 22.5)
+    # the solo check (the summary's "CPU linear / calibrated solo"): 20 ms solo over 22.5 ms measured, whatever the
+    # slowdown columns say, and it wins over the run's own per-call column (which a re-prediction cannot update)
+    assert _in_situ_efficiency(pd.DataFrame([row]), _CPU_LINEARS, beside_dma=False).iloc[0] == pytest.approx(20 / 22.5)
+    from runtime.report import consistency
+
+    checked = consistency(pd.DataFrame([dict(masked, cpu_linear_eff_vs_calibrated=0.5)]))
+    assert checked["cpu_linear"]["min"] == pytest.approx(20 / 22.5)
 
 
 def test_gpu_memory_check_by_hand():
