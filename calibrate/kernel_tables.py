@@ -929,17 +929,22 @@ def run(
         }
         for dev in ("cpu", "cuda")
     }
-    for dtype in weight_dtypes:
-        for spec in specs:
-            block(
-                "linear",
-                "cpu",
-                spec,
-                lambda spec=spec, dtype=dtype: linear_rows(
-                    [spec], "cpu", tokens, llc, budget, desc, seen["cpu"], 1 if quick else CPU_ROUNDS, dtype
-                ),
-                dtype,
-            )
+
+    def linear_blocks(device: str, token_counts: tuple[int, ...], rounds: int) -> None:
+        """Every model's linears on ``device`` at every weight dtype, one checkpointed block each."""
+        for dtype in weight_dtypes:
+            for spec in specs:
+                block(
+                    "linear",
+                    device,
+                    spec,
+                    lambda spec=spec, dtype=dtype: linear_rows(
+                        [spec], device, token_counts, llc, budget, desc, seen[device], rounds, dtype
+                    ),
+                    dtype,
+                )
+
+    linear_blocks("cpu", tokens, 1 if quick else CPU_ROUNDS)
     for spec in attn_specs:
         block("attention", "cpu", spec, lambda spec=spec: attention_rows([spec], "cpu", quick, budget, desc, llc))
     dispatch_us, slowdown, attn_slowdown, gpu_name = 0.0, 1.0, None, ""
@@ -948,17 +953,7 @@ def run(
     if cuda:
         gpu_name = torch.cuda.get_device_name(0)
         gpu_tokens = tokens if quick else TOKENS + (8192,)
-        for dtype in weight_dtypes:
-            for spec in specs:
-                block(
-                    "linear",
-                    "cuda",
-                    spec,
-                    lambda spec=spec, dtype=dtype: linear_rows(
-                        [spec], "cuda", gpu_tokens, llc, budget, desc, seen["cuda"], 1, dtype
-                    ),
-                    dtype,
-                )
+        linear_blocks("cuda", gpu_tokens, 1)
         for spec in attn_specs:
             block("attention", "cuda", spec, lambda spec=spec: attention_rows([spec], "cuda", quick, budget, desc))
         dispatch_us = gpu_dispatch_us()

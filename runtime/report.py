@@ -193,6 +193,18 @@ def gpu_memory_check(df: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+def _fraction_check(v: pd.Series, goal: float, what: str) -> dict[str, Any]:
+    """One runtime check over per-point fractions ``v``: met when the smallest reaches ``goal``."""
+    return {
+        "n": int(v.size),
+        "min": float(v.min()),
+        "median": float(v.median()),
+        "goal": goal,
+        "met": bool(v.min() >= goal),
+        "what": what,
+    }
+
+
 def consistency(df: pd.DataFrame) -> dict[str, Any]:
     """The runtime-is-real checks: streaming bandwidth on transfer-bound stages and CPU linear efficiency."""
     ran = _ran(df)
@@ -200,30 +212,24 @@ def consistency(df: pd.DataFrame) -> dict[str, Any]:
     if "weight_h2d_vs_calibrated" in ran:
         v = pd.to_numeric(ran["weight_h2d_vs_calibrated"], errors="coerce").dropna()
         if not v.empty:
-            out["weight_streaming"] = {
-                "n": int(v.size),
-                "min": float(v.min()),
-                "median": float(v.median()),
-                "goal": GOAL_STREAM_FRACTION,
-                "met": bool(v.min() >= GOAL_STREAM_FRACTION),
-                "what": "achieved weight-prefetch GB/s over the profile's pinned link.h2d_gbps, "
+            out["weight_streaming"] = _fraction_check(
+                v,
+                GOAL_STREAM_FRACTION,
+                "achieved weight-prefetch GB/s over the profile's pinned link.h2d_gbps, "
                 "on stages the model predicts to be PCIe-H2D-bound",
-            }
+            )
     # from the per-sublayer medians, so that a re-prediction (--repredict-with) re-checks it under the new profile;
     # runs without those columns: the run's own per-call figure (cpu_linear_eff_vs_calibrated)
     v = _in_situ_efficiency(ran, _CPU_LINEARS, beside_dma=False)
     if v.empty and "cpu_linear_eff_vs_calibrated" in ran:
         v = pd.to_numeric(ran["cpu_linear_eff_vs_calibrated"], errors="coerce").dropna()
     if not v.empty:
-        out["cpu_linear"] = {
-            "n": int(v.size),
-            "min": float(v.min()),
-            "median": float(v.median()),
-            "goal": GOAL_CPU_LINEAR_FRACTION,
-            "met": bool(v.min() >= GOAL_CPU_LINEAR_FRACTION),
-            "what": "profile's CPU solo time for the CPU linear sublayers over the measured time (per-sublayer "
+        out["cpu_linear"] = _fraction_check(
+            v,
+            GOAL_CPU_LINEAR_FRACTION,
+            "profile's CPU solo time for the CPU linear sublayers over the measured time (per-sublayer "
             "medians of both stages)",
-        }
+        )
     for key, subs, what in (
         (
             "cpu_linear_beside_dma",
@@ -239,14 +245,7 @@ def consistency(df: pd.DataFrame) -> dict[str, Any]:
     ):
         v = _in_situ_efficiency(ran, subs)
         if not v.empty:
-            out[key] = {
-                "n": int(v.size),
-                "min": float(v.min()),
-                "median": float(v.median()),
-                "goal": GOAL_CPU_LINEAR_FRACTION,
-                "met": bool(v.min() >= GOAL_CPU_LINEAR_FRACTION),
-                "what": what,
-            }
+            out[key] = _fraction_check(v, GOAL_CPU_LINEAR_FRACTION, what)
     mem = gpu_memory_check(df)
     if mem:
         out["gpu_memory"] = mem

@@ -35,6 +35,7 @@ from studies.optimum import (
     plan_fields,
     prediction_fields,
     throughput_batch_choices,
+    times_better,
 )
 
 SCENARIOS = ("latency_b1", "throughput_b64", "throughput_max_batch")
@@ -164,11 +165,8 @@ def run(point: Point) -> list[Row]:
                 base,
             )
         )
-    opt_value = rows[0]["value"]
-    for row in rows[1:]:
-        if opt_value is not None and row["value"] is not None:
-            lower_is_better = row["metric"] == "latency_s"
-            row["speedup"] = row["value"] / opt_value if lower_is_better else opt_value / row["value"]
+    for row in rows[1:]:  # how many times better the optimum is than this baseline
+        row["speedup"] = times_better(rows[0]["value"], row["value"], row["metric"])
     return rows
 
 

@@ -86,6 +86,14 @@ def plan_fields(plan: Optional[Plan]) -> dict[str, Any]:
     }
 
 
+def times_better(candidate: Optional[float], reference: Optional[float], metric: str) -> Optional[float]:
+    """How many times better ``candidate`` is than ``reference`` on ``metric``: reference / candidate for latency_s
+    (lower is better), candidate / reference for a throughput; None when either is missing."""
+    if candidate is None or reference is None:
+        return None
+    return reference / candidate if metric == "latency_s" else candidate / reference
+
+
 def prediction_fields(prediction: Optional[Prediction]) -> dict[str, Any]:
     """Headline numbers; an infeasible prediction gives feasible=False and no numbers (never fake ones)."""
     if prediction is None or not prediction.feasible:

@@ -26,7 +26,7 @@ from lia_model.precision import make_precision
 from lia_model.workload import make_workload
 from studies import inputs
 from studies.framework import Row, Study
-from studies.optimum import optimum, plan_fields
+from studies.optimum import PLAN_COLUMNS, PREDICTION_COLUMNS, optimum, plan_fields, prediction_fields, times_better
 from studies.prices import load_prices
 
 SCENARIOS = ("latency_b1", "throughput_max_batch")
@@ -81,8 +81,8 @@ def run(point: Point) -> list[Row]:
             best = optimum(system, model, workload, objective)
         except LiaInputError as err:  # the system cannot run (or the model cannot price) this precision
             best, refused = None, str(err)
-        pred = best.prediction if best else None
-        tput = pred.throughput_tokens_per_s if pred else None
+        fields = prediction_fields(best.prediction if best else None)
+        tput = fields["throughput_tokens_per_s"]
         rows.append(
             {
                 "system": point.system,
@@ -93,15 +93,11 @@ def run(point: Point) -> list[Row]:
                 "metric": METRIC[point.scenario],
                 "weight_dtype": dtype,
                 "precision": precision.label(),
-                "feasible": best is not None,
+                **fields,
                 "refused": refused,
                 "batch": best.workload.batch if best else None,
                 "batch_gap_bound": best.batch_gap_bound if best and objective == "throughput" else None,
-                "ttft_s": pred.ttft_s if pred else None,
-                "tpot_mean_s": pred.tpot_mean_s if pred else None,
-                "latency_s": pred.latency_s if pred else None,
-                "throughput_tokens_per_s": tput,
-                "value": getattr(pred, METRIC[point.scenario]) if pred else None,
+                "value": fields[METRIC[point.scenario]],
                 "speedup_vs_bf16": None,
                 "usd_per_million_tokens": (
                     prices.usd_per_million_tokens(point.system, tput)
@@ -113,8 +109,7 @@ def run(point: Point) -> list[Row]:
         )
     base = next((r["value"] for r in rows if r["weight_dtype"] == "bf16"), None)
     for r in rows:
-        if base is not None and r["value"] is not None:
-            r["speedup_vs_bf16"] = base / r["value"] if r["metric"] == "latency_s" else r["value"] / base
+        r["speedup_vs_bf16"] = times_better(r["value"], base, r["metric"])
     return rows
 
 
@@ -127,24 +122,14 @@ COLUMNS = (
     "metric",
     "weight_dtype",
     "precision",
-    "feasible",
+    *PREDICTION_COLUMNS,
     "refused",
     "batch",
     "batch_gap_bound",
-    "ttft_s",
-    "tpot_mean_s",
-    "latency_s",
-    "throughput_tokens_per_s",
     "value",
     "speedup_vs_bf16",
     "usd_per_million_tokens",
-    "prefill_policy",
-    "decode_policy",
-    "gpu_resident_layers",
-    "prefill_minibatches",
-    "weight_tier",
-    "kv_tier",
-    "cpu_isa",
+    *PLAN_COLUMNS,
 )
 
 SCENARIO_TITLES = {"latency_b1": "latency at B = 1", "throughput_max_batch": "throughput, best batch"}
