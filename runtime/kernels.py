@@ -249,11 +249,11 @@ def final_logits(
     return norm(x_last, norm_w, norm_b, eps) @ lm_head.t()
 
 
-# ---- low-precision linears (issue 12): new functions beside ``linear``; the executor does not call them yet.
+# ---- low-precision linears (issue 12): new functions beside ``linear``, which ``project`` picks by the weight's dtype.
 #
 # int8 weight-only, per output channel, symmetric: s_n = max_k |W[n, k]| / 127 rounded to bf16, Wq = round(W / s_n)
 # clamped to [-127, 127]; the linear computes x (s * Wq)^T + b with bf16 activations: torch's fused
-# ``_weight_int8pack_mm`` where the device has it (it dequantises inside the GEMM), else dequantise-then-matmul.
+# ``_weight_int8pack_mm`` on a CPU that has it (it dequantises inside the GEMM), else (the GPU) dequantise-then-matmul.
 # fp8 (e4m3, Hopper): weights scaled per output channel and activations per token into e4m3 (|max| 448), the
 # product through ``torch._scaled_mm`` with fp32 scales; elsewhere the dequantised weight in a bf16 GEMM.
 
@@ -299,9 +299,10 @@ def linear_int8(
     fused: Optional[bool] = None,
 ) -> torch.Tensor:
     """[..., K] -> [..., N] = resid + x (s Wq)^T + b with int8 weights. ``fused``: None picks
-    ``_weight_int8pack_mm`` where it runs, True demands it, False dequantises then runs ``linear``."""
-    if fused is None:
-        fused = int8pack_available(x.device)
+    ``_weight_int8pack_mm`` on a CPU where it runs, True demands it, False dequantises then runs ``linear``."""
+    if fused is None:  # torch's CUDA _weight_int8pack_mm is a row-at-a-time kernel: on the H200 0.34 ms per row of a
+        # 7168x21504 weight, 1.4 s for 4096 rows (calibration 2026-12-01T14:51Z), so the GPU dequantises instead
+        fused = x.device.type == "cpu" and int8pack_available(x.device)
     if not fused:
         return _dequantised_linear(x, q, scales, b, resid)
     lead = x.shape[:-1]

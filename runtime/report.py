@@ -290,6 +290,42 @@ def metrics_by_weight_dtype(df: pd.DataFrame) -> dict[str, list[dict[str, Any]]]
     return {d: metric_stats(df[dtypes == d]) for d in sorted(set(dtypes), key=lambda v: (v != "bf16", v))}
 
 
+# the columns that make two points the same workload and plan request, bar the stored weight dtype
+SAME_WORKLOAD_COLUMNS = ("model", "num_layers", "batch", "input_len", "output_len", "gpu_memory_gib", "plan_spec")
+
+
+def weight_dtype_speedups(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """For each point with int8 or fp8 weights whose workload also ran at bf16 (SAME_WORKLOAD_COLUMNS equal, the
+    newest of each when a point ran more than once): the latency speedup over bf16 as predicted,
+    L_pred(bf16) / L_pred(dtype), and as measured, L_meas(bf16) / L_meas(dtype), and the speedup's error
+    predicted / measured - 1. [] when no such pair ran."""
+    ran = _ran(df)
+    if ran.empty or not set(SAME_WORKLOAD_COLUMNS) <= set(ran.columns):
+        return []
+    key = ["|".join(map(str, values)) for values in ran[list(SAME_WORKLOAD_COLUMNS)].itertuples(index=False)]
+    ran = ran.assign(_dtype=weight_dtypes(ran), _key=key)
+    ran = ran.drop_duplicates(["_key", "_dtype"], keep="last")
+    base = ran[ran["_dtype"] == "bf16"].set_index("_key")
+    out = []
+    for _, r in ran[ran["_dtype"] != "bf16"].iterrows():
+        if r["_key"] not in base.index:
+            continue
+        b = base.loc[r["_key"]]
+        predicted = float(b["predicted_latency_s"]) / float(r["predicted_latency_s"])
+        measured = float(b["measured_latency_s"]) / float(r["measured_latency_s"])
+        out.append(
+            {
+                "point_id": r["point_id"],
+                "bf16_point_id": b["point_id"],
+                "weight_dtype": r["_dtype"],
+                "predicted_speedup": predicted,
+                "measured_speedup": measured,
+                "speedup_err": predicted / measured - 1.0,
+            }
+        )
+    return out
+
+
 def summarize(df: pd.DataFrame, measured: Optional[pd.DataFrame] = None) -> dict[str, Any]:
     """The summary of ``df`` (one row per point); ``measured``: every measurement before merging kept the newest
     of each point (the regret compares plans of one command; default ``df``)."""
@@ -306,6 +342,7 @@ def summarize(df: pd.DataFrame, measured: Optional[pd.DataFrame] = None) -> dict
         # 5% is re-run or flagged): what the model's error is where the host holds still; the goals stay on all
         "metrics_steady": metric_stats(df[~is_true(df["spread_flag"])]) if "spread_flag" in df else [],
         "metrics_by_weight_dtype": metrics_by_weight_dtype(df),
+        "weight_dtype_speedups": weight_dtype_speedups(df),
         "regret": regret_table(df) if measured is None else regret_table(measured, by_command=True),
         "consistency": consistency(df),
         "skipped": skipped,
@@ -371,6 +408,20 @@ def summary_markdown(summary: dict[str, Any], title: str = "Validation summary")
             for m in stats:
                 if m["goal"]:
                     lines.append(_metric_line({**m, "label": f"{dtype}: {m['label']}"}, "yes" if m["met"] else "no"))
+    speedups = summary.get("weight_dtype_speedups") or []
+    if speedups:
+        lines += [
+            "",
+            "Latency speedup over the same workload at bf16 (error = predicted / measured - 1):",
+            "",
+            "| point | bf16 point | predicted speedup | measured speedup | error |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['point_id']} | {r['bf16_point_id']} | {r['predicted_speedup']:.2f}x | {r['measured_speedup']:.2f}x | "
+            f"{_pct(r['speedup_err'])} |"
+            for r in speedups
+        ]
     lines += [
         "",
         "| workload group | model | workload | GPU cap GiB | plans | optimal latency s | best plan | "

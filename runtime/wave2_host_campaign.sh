@@ -103,7 +103,7 @@ case "$PART" in
         POINTS=${POINTS_A:-runtime/campaign/wave2-a.yaml}; MAX_POINT_S=${MAX_POINT_S:-60}
         TITLE="OPT-30B, 48 layers, GPU capped at 40 GiB (wave 2, kernel tables)"
         ;;
-    2|c|d|e|f|g|h|i|j|l|m|q)
+    2|c|d|e|f|g|h|i|j|l|m|q|q2)
         # runtime/campaign/wave2-<part>.yaml (part 2 is B) with the committed kernel-table profile
         PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
         POINTS=runtime/campaign/wave2-$([ "$PART" = 2 ] && echo b || echo "$PART").yaml
@@ -120,6 +120,7 @@ case "$PART" in
             l) DEFAULT_POINT_S=45; TITLE="CPU wake-up and attention beside the DMA: new small-batch workloads (wave 2)" ;;
             m) DEFAULT_POINT_S=60; TITLE="Points that never ran on the current runtime (wave 2)" ;;
             q) DEFAULT_POINT_S=60; TITLE="int8 and fp8 weights, run and predicted from tables of their dtype (wave 2, issue 12)" ;;
+            q2) DEFAULT_POINT_S=60; TITLE="The same workloads at bf16, int8 and fp8: measured speedups beside predicted ones (wave 2, issue 12)" ;;
         esac
         MAX_POINT_S=${MAX_POINT_S:-$DEFAULT_POINT_S}
         ;;

@@ -271,3 +271,20 @@ def test_quantised_points_are_reported_apart_by_weight_dtype(table):
     assert "| int8: latency | 1 | 20.0% |" in md
     assert summarize(table)["metrics_by_weight_dtype"] == {}  # all bf16: no per-dtype table
     assert "per stored weight dtype" not in summary_markdown(summarize(table))
+
+
+def test_speedup_over_bf16_pairs_the_same_workload_by_hand():
+    """bf16 point: predicted 2.0 s, measured 2.5 s; int8 of the same workload: predicted 1.0 s, measured 1.0 s, so
+    predicted speedup 2.0x, measured 2.5x, error 2.0 / 2.5 - 1 = -20%. An fp8 point of another batch has no bf16
+    partner and is left out; a run at bf16 before the weight_dtype column (empty) is the bf16 reference."""
+    bf16 = _row("W", "optimal", 2.0, 2.5, 0.1, 0.1, 0.1, 0.1)
+    bf16["weight_dtype"] = None
+    int8 = {**_row("W8", "optimal", 1.0, 1.0, 0.1, 0.1, 0.1, 0.1), "weight_dtype": "int8"}
+    fp8 = {**_row("X8", "optimal", 1.0, 1.0, 0.1, 0.1, 0.1, 0.1), "weight_dtype": "fp8_e4m3", "batch": 4}
+    s = summarize(pd.DataFrame([bf16, int8, fp8]))
+    (pair,) = s["weight_dtype_speedups"]
+    assert (pair["point_id"], pair["bf16_point_id"], pair["weight_dtype"]) == ("W8/optimal", "W/optimal", "int8")
+    assert pair["predicted_speedup"] == pytest.approx(2.0) and pair["measured_speedup"] == pytest.approx(2.5)
+    assert pair["speedup_err"] == pytest.approx(-0.2)
+    assert "| W8/optimal | W/optimal | 2.00x | 2.50x | -20.0% |" in summary_markdown(s)
+    assert summarize(pd.DataFrame([bf16]))["weight_dtype_speedups"] == []
