@@ -443,12 +443,31 @@ def cpu_linear_estimates(rows: list[dict]) -> dict[tuple[str, int, int, int, str
     return out
 
 
+ATTENTION_POINT = ("model", "kind", "phase", "batch", "heads", "kv_heads", "group", "q", "s")
+
+
+def cpu_attention_times(rows: list[dict]) -> dict[tuple, float]:
+    """(model, kind, phase, batch, heads, kv_heads, group, q, s) -> seconds of one run's CPU attention grid."""
+    return {
+        tuple(str(r[c]) for c in ATTENTION_POINT): float(r["time_s"])
+        for r in rows
+        if r.get("family") == "attention" and r.get("device") == "cpu"
+    }
+
+
+def median_over_runs(runs: list[dict], key) -> float:
+    """The median of ``key``'s entries over the runs that hold it, each distinct value once: values equal to 12
+    significant digits in two raw CSVs are one measurement that --resume-from copied into a later run's CSV (the
+    copy may lose the last digits of its float text)."""
+    return float(statistics.median({float(f"{run[key]:.12g}") for run in runs if key in run}))
+
+
 def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) -> Path:
     """Refit the attention models of a kernel-table profile from its raw CSV (no measurement), and set its
     CPU linear table from ``cpu_linear_estimates`` (rounds re-estimated with ``round_estimate``). ``earlier``:
     raw CSVs of other calibration runs of the same kernels on the same host (same CPU setup); each CPU linear
-    entry is then the median over the runs that measured it (one run catches the host in one state: see
-    MEMORY_BOUND_TOKENS)."""
+    entry and each CPU attention grid point the fit uses is then the median over the runs that measured it
+    (one run catches the host in one state: see MEMORY_BOUND_TOKENS and runtime/validation/dram-drift/)."""
     import pandas as pd
     import yaml
 
@@ -463,31 +482,50 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
             )
     if not force:
         raise LiaInputError("--refit", f"refitting rewrites '{profile}'", "pass --force to rewrite it")
-    rows = pd.read_csv(csv).to_dict("records")
+    rows = pd.read_csv(csv, low_memory=False).to_dict("records")
     names = sorted({r["model"] for r in rows if r.get("family") == "attention"})
     models = {n: resolve_model(n) for n in names}
     text = path.read_text()
     header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
     data = yaml.safe_load(text)
-    data["kernels"]["cpu_attention"] = fit_attention(rows, "cpu", models)
-    data["kernels"]["gpu_attention"] = fit_attention(rows, "gpu", models)
-    stamp = time.strftime("%Y-%m-%d", time.gmtime())
-    for dev in ("cpu", "gpu"):
-        data["kernels"]["source"][f"{dev}_attention"] += (
-            f"; refitted {stamp} from {Path(csv).name} by python -m calibrate.kernel_tables --refit (per-row term)"
-        )
     setup = data["kernels"].get("setup")
     runs = [cpu_linear_estimates(rows)]
+    attention_runs = [cpu_attention_times(rows)]
     for other in earlier:
-        theirs = pd.read_csv(other).to_dict("records")
-        setups = {r.get("setup") for r in theirs if r.get("family") == "linear" and r.get("device") == "cpu"}
+        theirs = pd.read_csv(other, low_memory=False).to_dict("records")
+        setups = {
+            r.get("setup") for r in theirs if r.get("family") in ("linear", "attention") and r.get("device") == "cpu"
+        }
         if setups != {setup}:
             raise LiaInputError(
                 "--refit",
-                f"'{other}' measured its CPU linears under {sorted(map(str, setups))}, not this profile's setup '{setup}'",
+                f"'{other}' measured its CPU kernels under {sorted(map(str, setups))}, not this profile's setup '{setup}'",
                 "combine only runs of the same CPU setup",
             )
         runs.append(cpu_linear_estimates(theirs))
+        attention_runs.append(cpu_attention_times(theirs))
+    # the CPU attention grid the fit sees: each point the median over the runs (the GPU's: this run's)
+    cpu_attention_rows = [
+        {**r, "time_s": median_over_runs(attention_runs, key)}
+        for r in rows
+        if r.get("family") == "attention" and r.get("device") == "cpu"
+        for key in [tuple(str(r[c]) for c in ATTENTION_POINT)]
+    ]
+    attention_count = len({frozenset((k, float(f"{v:.12g}")) for k, v in run.items()) for run in attention_runs if run})
+    data["kernels"]["cpu_attention"] = fit_attention(cpu_attention_rows, "cpu", models)
+    data["kernels"]["gpu_attention"] = fit_attention(rows, "gpu", models)
+    stamp = time.strftime("%Y-%m-%d", time.gmtime())
+    for dev in ("cpu", "gpu"):
+        data["kernels"]["source"][f"{dev}_attention"] = data["kernels"]["source"][f"{dev}_attention"].split(
+            "; refitted "
+        )[0] + (  # a refit replaces an earlier one's note
+            f"; refitted {stamp} from {Path(csv).name} by python -m calibrate.kernel_tables --refit (per-row term)"
+            + (
+                f"; each grid point the median over {attention_count} distinct calibration runs"
+                if dev == "cpu" and attention_count > 1
+                else ""
+            )
+        )
     cpu_rows = [
         {
             "family": "linear",
@@ -501,8 +539,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
             "time_s": sec,
         }
         for (sub, k, n, t, dtype), sec, model in (
-            (key, float(statistics.median(run[key] for run in runs if key in run)), _model_of(rows, key))
-            for key in runs[0]
+            (key, median_over_runs(runs, key), _model_of(rows, key)) for key in runs[0]
         )
     ]
     data["kernels"]["cpu_linear"] = linear_tables(cpu_rows, "cpu")

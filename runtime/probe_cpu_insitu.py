@@ -13,7 +13,12 @@ This probe times the same kernel on the same shapes four ways:
 - ``cold``: back to back, each call on the next of enough cache copies to hold 1 GiB (no cache reuse);
 - ``cold+sleep``: as cold, with the process asleep for ``--gap-ms`` before each call (its OpenMP threads park);
 - ``cold+spin``: as cold, with the launching thread busy for ``--gap-ms`` before each call (the workers park,
-  the launching thread stays on its core, as when the runtime polls a copy event).
+  the launching thread stays on its core, as when the runtime polls a copy event);
+- ``cold-arena``: as cold, over caches carved from a ``runtime.hostmem.HostArena`` as the runtime's host KV cache
+  is (one anonymous mapping, page-locked with cudaHostRegister where CUDA is present), each [B, kv_heads, s + 8,
+  head_dim] with the live prefix read. Why: in parts Q and Q2 (runtime/validation/wave2-q2/) decode attention of
+  OPT-30B at B = 8, s = 512 took 2.6-3.2 ms in situ against 1.57 ms in the tables (1.85 ms with the calibrated
+  slowdown beside the DMA), while the CPU linears of the same steps were within their slowdown.
 
 Run it once per OpenMP setting to see what the wait policy changes, e.g. ``OMP_WAIT_POLICY=ACTIVE``.
 It writes ``cpu_insitu_probe.csv`` (one row per case and mode) and prints a table.
@@ -51,6 +56,8 @@ CASES = (
     ("llama-2-70b", "decode", 1, 1030),
     ("llama-2-70b", "decode", 64, 134),
     ("opt-30b", "prefill", 1, 2016),
+    ("opt-30b", "decode", 8, 520),  # parts Q and Q2's CPU attention (runtime/validation/wave2-q2/)
+    ("llama-2-70b", "decode", 32, 264),
 )
 QUICK_CASES = (("opt-30b", "decode", 1, 64), ("llama-2-70b", "decode", 2, 64))
 
@@ -62,6 +69,29 @@ def cache_copies(model: ModelSpec, batch: int, s: int, q: int, n: int) -> list[t
     cache = torch.randn(batch, kvh, s + 16, d, dtype=torch.bfloat16)
     q_in = torch.randn(batch, q, model.q_dim, dtype=torch.bfloat16)
     return [(q_in.clone(), cache.clone()[:, :, :s], cache.clone()[:, :, :s]) for _ in range(n)]
+
+
+def arena_copies(copies: list[tuple[torch.Tensor, ...]]) -> tuple[object, list[tuple[torch.Tensor, ...]]]:
+    """(arena, copies): the same Q, K and V values, with K and V the live prefixes of [B, kv, s + 8, d] caches
+    carved from one HostArena, page-locked where CUDA is present (the runtime's KV arena, runtime/kvstore.py).
+    Keep the arena alive while the copies are used."""
+    from runtime.backend import Backend
+    from runtime.hostmem import HostArena
+
+    q_in, k, _ = copies[0]
+    b, kvh, s, d = k.shape
+    shape = (b, kvh, s + 8, d)
+    per = b * kvh * (s + 8) * d
+    backend = Backend("cuda" if torch.cuda.is_available() else "cpu")
+    arena = HostArena(backend, 2 * per * len(copies), pinned=True, random_fill=False)
+    out = []
+    for j, (q, kk, vv) in enumerate(copies):
+        kc = arena.view(2 * j * per, per).view(shape)
+        vc = arena.view((2 * j + 1) * per, per).view(shape)
+        kc[:, :, :s].copy_(kk)
+        vc[:, :, :s].copy_(vv)
+        out.append((q.clone(), kc[:, :, :s], vc[:, :, :s]))
+    return arena, out
 
 
 def timed_calls(call, copies, calls: int, gap_s: float, gap: str) -> list[float]:
@@ -109,6 +139,11 @@ def probe(cases, gap_ms: float, calls: int) -> pd.DataFrame:
         modes["cold"] = timed_calls(call, copies, calls, 0.0, "none")
         modes["cold+sleep"] = timed_calls(call, copies, calls, gap_ms / 1e3, "sleep")
         modes["cold+spin"] = timed_calls(call, copies, calls, gap_ms / 1e3, "spin")
+        arena, in_arena = arena_copies(copies)
+        timed_calls(call, in_arena, min(n, 8), 0.0, "none")
+        modes["cold-arena"] = timed_calls(call, in_arena, calls, 0.0, "none")
+        arena.release()
+        arena = in_arena = None
         for mode, ts in modes.items():
             med = statistics.median(ts)
             rows.append(

@@ -553,6 +553,33 @@ def test_refit_takes_each_cpu_linear_entry_as_the_median_over_calibration_runs(t
         refit(str(profile), str(own), False)
 
 
+def test_refit_takes_each_cpu_attention_point_as_the_median_over_distinct_runs(tmp_path: Path) -> None:
+    """The CPU attention grid the refit fits on: OPT-30B fused decode attention at B = 32, s = 512 took 5.900 ms on
+    2026-12-01T15:10Z, 10.204 ms on 2026-11-30 and 6.669 ms on 2026-12-01T08:10Z (the raw CSVs); the 12:51Z CSV holds
+    the 2026-11-30 value again (resumed, not measured), which counts once: the median is 6.669 ms, not 10.204 ms.
+    median_over_runs by hand: {1, 1, 4} is the runs {1, 4}, median 2.5."""
+    import shutil
+
+    import pandas as pd
+
+    from calibrate.kernel_tables import cpu_attention_times, median_over_runs, refit
+
+    cal = ROOT / "hwprofiles" / "calibration"
+    names = ("2026-12-01T1510", "2026-11-30", "2026-12-01", "2026-12-01T1251")
+    csvs = [cal / f"emr-h200-kernels-{n}-kernels.csv" for n in names]
+    runs = [cpu_attention_times(pd.read_csv(c, low_memory=False).to_dict("records")) for c in csvs]
+    key = ("opt-30b", "fused", "decode", "32.0", "56.0", "56.0", "1.0", "1.0", "512.0")
+    assert [round(r[key] * 1e3, 3) for r in runs] == [5.9, 10.204, 6.669, 10.204]
+    assert median_over_runs(runs, key) == pytest.approx(6.669e-3, abs=1e-6)
+    assert median_over_runs([{"a": 1.0}, {"a": 1.0}, {"a": 4.0}, {}], "a") == 2.5
+    profile = tmp_path / "p.yaml"
+    shutil.copy(ROOT / "hwprofiles" / "systems" / "emr-h200-kernels.yaml", profile)
+    refit(str(profile), str(csvs[0]), True, tuple(str(c) for c in csvs[1:]))
+    source = yaml.safe_load(profile.read_text())["kernels"]["source"]
+    assert "median over 3 distinct calibration runs" in source["cpu_attention"]
+    assert source["cpu_attention"].count("refitted") == 1 and "median over" not in source["gpu_attention"]
+
+
 def test_int8_workloads_read_the_int8_tables_and_other_precisions_are_refused() -> None:
     """A profile with int8 tables beside its bf16 ones (calibrate.kernel_tables --weight-dtypes bf16,int8): an int8
     workload's CPU fc2 at 16 tokens is the int8 table interpolated by hand (5 ms at 1, 8 ms at 64 tokens:
