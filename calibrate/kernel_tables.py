@@ -456,10 +456,22 @@ def cpu_attention_times(rows: list[dict]) -> dict[tuple, float]:
 
 
 def median_over_runs(runs: list[dict], key) -> float:
-    """The median of ``key``'s entries over the runs that hold it, each distinct value once: values equal to 12
-    significant digits in two raw CSVs are one measurement that --resume-from copied into a later run's CSV (the
-    copy may lose the last digits of its float text)."""
-    return float(statistics.median({float(f"{run[key]:.12g}") for run in runs if key in run}))
+    """The median of ``key``'s entries over the runs that hold it, each distinct value once: values within
+    SAME_MEASUREMENT_REL of each other in two raw CSVs are one measurement that --resume-from copied into a later
+    run's CSV (the copy may lose the last digits of its float text)."""
+    return float(statistics.median(distinct_values(run[key] for run in runs if key in run)))
+
+
+SAME_MEASUREMENT_REL = 1e-9
+
+
+def distinct_values(values) -> list[float]:
+    """The values, sorted, with any within SAME_MEASUREMENT_REL (relative) of the one kept before dropped."""
+    out: list[float] = []
+    for v in sorted(float(x) for x in values):
+        if not out or abs(v - out[-1]) > SAME_MEASUREMENT_REL * abs(out[-1]):
+            out.append(v)
+    return out
 
 
 def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) -> Path:
@@ -482,7 +494,10 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
             )
     if not force:
         raise LiaInputError("--refit", f"refitting rewrites '{profile}'", "pass --force to rewrite it")
-    rows = pd.read_csv(csv, low_memory=False).to_dict("records")
+    rows = [  # a finished run's CSV names the GPU "gpu", a partial one (a stopped run) "cuda"
+        {**r, "device": "gpu" if r.get("device") == "cuda" else r.get("device")}
+        for r in pd.read_csv(csv, low_memory=False).to_dict("records")
+    ]
     names = sorted({r["model"] for r in rows if r.get("family") == "attention"})
     models = {n: resolve_model(n) for n in names}
     text = path.read_text()
@@ -511,9 +526,20 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         if r.get("family") == "attention" and r.get("device") == "cpu"
         for key in [tuple(str(r[c]) for c in ATTENTION_POINT)]
     ]
-    attention_count = len({frozenset((k, float(f"{v:.12g}")) for k, v in run.items()) for run in attention_runs if run})
-    data["kernels"]["cpu_attention"] = fit_attention(cpu_attention_rows, "cpu", models)
-    data["kernels"]["gpu_attention"] = fit_attention(rows, "gpu", models)
+    attention_count = max(
+        (len(distinct_values(run[key] for run in attention_runs if key in run)) for key in attention_runs[0]), default=0
+    )
+    for dev, fits in (
+        ("cpu", fit_attention(cpu_attention_rows, "cpu", models)),
+        ("gpu", fit_attention(rows, "gpu", models)),
+    ):
+        if data["kernels"].get(f"{dev}_attention") and not fits:
+            raise LiaInputError(
+                "--refit",
+                f"'{csv}' holds no {dev.upper()} attention grid, which this profile's {dev}_attention was fitted on",
+                "give the raw CSV of a run that measured (or resumed) the attention grids",
+            )
+        data["kernels"][f"{dev}_attention"] = fits
     stamp = time.strftime("%Y-%m-%d", time.gmtime())
     for dev in ("cpu", "gpu"):
         data["kernels"]["source"][f"{dev}_attention"] = data["kernels"]["source"][f"{dev}_attention"].split(

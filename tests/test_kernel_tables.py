@@ -572,11 +572,25 @@ def test_refit_takes_each_cpu_attention_point_as_the_median_over_distinct_runs(t
     assert [round(r[key] * 1e3, 3) for r in runs] == [5.9, 10.204, 6.669, 10.204]
     assert median_over_runs(runs, key) == pytest.approx(6.669e-3, abs=1e-6)
     assert median_over_runs([{"a": 1.0}, {"a": 1.0}, {"a": 4.0}, {}], "a") == 2.5
+    # the 2026-11-30 run's Llama-2-70B out_proj at 256 rows as its CSV and as the 08:10Z CSV's resumed copy hold it
+    assert median_over_runs([{"a": 0.00891942699999504}, {"a": 0.008919426999995}, {"a": 1.0}], "a") == pytest.approx(
+        (0.008919427 + 1.0) / 2
+    )
     profile = tmp_path / "p.yaml"
     shutil.copy(ROOT / "hwprofiles" / "systems" / "emr-h200-kernels.yaml", profile)
     refit(str(profile), str(csvs[0]), True, tuple(str(c) for c in csvs[1:]))
-    source = yaml.safe_load(profile.read_text())["kernels"]["source"]
+    kernels = yaml.safe_load(profile.read_text())["kernels"]
+    source = kernels["source"]
+    # the 15:10Z CSV is a stopped run's partial CSV (its GPU rows named "cuda"): the GPU attention is still fitted
+    assert len(kernels["gpu_attention"]) == 12 and len(kernels["cpu_attention"]) == 12
     assert "median over 3 distinct calibration runs" in source["cpu_attention"]
+    linears_only = tmp_path / "linears.csv"
+    raw = pd.read_csv(csvs[0], low_memory=False)
+    raw[raw["family"] == "linear"].to_csv(linears_only, index=False)
+    from lia_model.errors import LiaInputError
+
+    with pytest.raises(LiaInputError, match="holds no CPU attention grid"):
+        refit(str(profile), str(linears_only), True)
     assert source["cpu_attention"].count("refitted") == 1 and "median over" not in source["gpu_attention"]
 
 
