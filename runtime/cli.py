@@ -237,14 +237,14 @@ def _read_results_csv(path: str):
     import pandas as pd
 
     from lia_model.inputs import read_text
-    from runtime.report import METRICS
+    from runtime.report import METRICS, upgrade_columns
 
     fix = "give a results.csv written by lia validate"
     text = read_text(Path(path), "--from-csv", fix)
     if not text.strip():
         raise LiaInputError(path, "the file is empty", fix)
     try:
-        df = pd.read_csv(io.StringIO(text))
+        df = upgrade_columns(pd.read_csv(io.StringIO(text)))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
         raise LiaInputError(path, f"not a readable CSV ({' '.join(str(err).split())[:120]})", fix) from None
     needed = MERGE_COLUMNS + tuple(c for _, p, m, _ in METRICS for c in (p, m))

@@ -36,6 +36,43 @@ EXTRA_METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("latency_additive", "predicted_latency_additive_s", "measured_latency_s", "latency, additive model (paper)"),
 )
 
+# One row schema (issue 14): every predicted value is predicted_*, every measured one measured_*, and what the
+# plan put where is plan_*. Per sublayer and stage: predicted_<stage>_<sublayer>_ms, measured_<stage>_<sublayer>_ms,
+# measured_<stage>_<sublayer>_spread and plan_<stage>_<sublayer>_device. Results CSVs written before 2026-12-01T16Z
+# named them <stage>_<sublayer>_ms_predicted, _ms_measured, _spread_measured and _dev; upgrade_columns renames them.
+_LEGACY_SUFFIXES = (
+    ("_ms_predicted", "predicted_{}_ms"),
+    ("_ms_measured", "measured_{}_ms"),
+    ("_spread_measured", "measured_{}_spread"),
+    ("_dev", "plan_{}_device"),
+)
+_LEGACY_NAMES = {
+    "tpot_steps_measured_s_json": "measured_tpot_steps_s_json",
+    "tpot_steps_predicted_s_json": "predicted_tpot_steps_s_json",
+}
+
+
+def sublayer_column(kind: str, stage: str, sublayer: str) -> str:
+    """The column of one stage's sublayer: kind 'predicted_ms', 'measured_ms', 'measured_spread' or 'device'."""
+    prefix, _, unit = kind.partition("_")
+    if kind == "device":
+        return f"plan_{stage}_{sublayer}_device"
+    return f"{prefix}_{stage}_{sublayer}_{unit}"
+
+
+def upgrade_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the column names of results CSVs written before the one row schema renamed to it (a CSV holding
+    both spellings of one column keeps the new one)."""
+    stages = ("prefill", "decode")
+    rename = dict(_LEGACY_NAMES)
+    for stage in stages:
+        for sub in SUBLAYERS:
+            for suffix, new in _LEGACY_SUFFIXES:
+                rename[f"{stage}_{sub.value}{suffix}"] = new.format(f"{stage}_{sub.value}")
+    rename = {old: new for old, new in rename.items() if old in df.columns and new not in df.columns}
+    return df.rename(columns=rename) if rename else df
+
+
 CSV_NAME = "results.csv"
 PLOT_STEM = "pred_vs_meas"
 SUMMARY_MD = "summary.md"
@@ -147,14 +184,14 @@ def _in_situ_efficiency(ran: pd.DataFrame, subs: tuple[str, ...], beside_dma: bo
             mask = str(r.get(f"predicted_cpu_slowed_{stage}", ""))
             bits = mask.strip("()").split(",") if mask.startswith("(") else ["1"] * len(_SUBLAYER_NAMES)
             for sub in subs:
-                if r.get(f"{stage}_{sub}_dev") != "cpu":
+                if r.get(sublayer_column("device", stage, sub)) != "cpu":
                     continue
                 if bits[_SUBLAYER_NAMES.index(sub)] != "1":
                     slow_here = 1.0
                 else:
                     slow_here = slow
-                pred = pd.to_numeric(r.get(f"{stage}_{sub}_ms_predicted"), errors="coerce")
-                meas = pd.to_numeric(r.get(f"{stage}_{sub}_ms_measured"), errors="coerce")
+                pred = pd.to_numeric(r.get(sublayer_column("predicted_ms", stage, sub)), errors="coerce")
+                meas = pd.to_numeric(r.get(sublayer_column("measured_ms", stage, sub)), errors="coerce")
                 if pd.isna(slow_here) or pd.isna(pred) or pd.isna(meas) or meas <= 0:
                     continue
                 expected += float(pred) * float(slow_here)

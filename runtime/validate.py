@@ -41,6 +41,7 @@ from runtime.points import (
     runnable_system,
 )
 from runtime.preflight import capped_system, preflight
+from runtime.report import sublayer_column
 from runtime.weights import check_runnable
 
 
@@ -537,8 +538,8 @@ def _row(p: Point, system: SystemSpec, m, check: dict, context: dict, weights) -
             "measured_throughput_tokens_per_s": m.throughput_tokens_per_s,
             "measured_latency_spread_frac": m.latency_spread_frac,
             "repeats": m.repeats,
-            "tpot_steps_measured_s_json": json.dumps([round(x, 6) for x in m.tpot_s]),
-            "tpot_steps_predicted_s_json": json.dumps([round(x, 6) for x in p.pred.tpot_s]),
+            "measured_tpot_steps_s_json": json.dumps([round(x, 6) for x in m.tpot_s]),
+            "predicted_tpot_steps_s_json": json.dumps([round(x, 6) for x in p.pred.tpot_s]),
         }
     )
     pred_sub = predicted_sublayer_ms(p.pred)
@@ -546,10 +547,10 @@ def _row(p: Point, system: SystemSpec, m, check: dict, context: dict, weights) -
         for sub in SUBLAYERS:
             key = (stage.value, sub.value)
             pm = pred_sub.get(key)
-            row[f"{stage.value}_{sub.value}_dev"] = pm[1] if pm else ""
-            row[f"{stage.value}_{sub.value}_ms_predicted"] = pm[0] if pm else None
-            row[f"{stage.value}_{sub.value}_ms_measured"] = m.sublayer_ms.get(key)
-            row[f"{stage.value}_{sub.value}_spread_measured"] = m.sublayer_spread.get(key)
+            row[sublayer_column("device", *key)] = pm[1] if pm else ""
+            row[sublayer_column("predicted_ms", *key)] = pm[0] if pm else None
+            row[sublayer_column("measured_ms", *key)] = m.sublayer_ms.get(key)
+            row[sublayer_column("measured_spread", *key)] = m.sublayer_spread.get(key)
         row[f"{stage.value}_layer_kind"] = m.sublayer_kind.get(stage.value, "")
     for kind in ("weights", "act", "resid", "kv_fetch", "kv_writeback", "head"):
         row[f"copy_{kind}_gb"] = m.copy_gb.get(kind, 0.0)
@@ -650,7 +651,7 @@ def repredict(rows: "Any", system: SystemSpec) -> "Any":
         for col, value in _slowdown_cols(pred).items():
             df.at[i, col] = value
         for (stage, sub), (ms, _, _) in predicted_sublayer_ms(pred).items():
-            col = f"{stage}_{sub}_ms_predicted"
+            col = sublayer_column("predicted_ms", stage, sub)
             if col in df.columns:
                 df.at[i, col] = ms
         df.at[i, "predicted_with"] = system.name

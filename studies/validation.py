@@ -3,8 +3,9 @@
 Where the data is: ``VALIDATION_CSV`` (runtime/validation/results.csv, the merged results of the runtime's
 validation campaign, see docs/runtime.md) under the repository root; a ``Grid`` can name another. When it does
 not exist the study says so and writes nothing: it never makes numbers up. Any pair of columns ``predicted_X`` /
-``measured_X`` or ``X_predicted`` / ``X_measured`` is a metric X (the runtime's per-sublayer times are
-``{stage}_{sublayer}_ms_predicted`` / ``_measured``, with the device in ``{stage}_{sublayer}_dev``); the
+``measured_X`` is a metric X (the runtime's per-sublayer times are ``predicted_{stage}_{sublayer}_ms`` /
+``measured_...``, with the device in ``plan_{stage}_{sublayer}_device``; older CSVs are read through
+``runtime.report.upgrade_columns``); the
 additive-mode prediction ``predicted_latency_additive_s`` is compared with ``measured_latency_s``, so the
 paper's serial sum and the overlap model can be told apart. Each output row is one (point, metric) that has
 both numbers, with the relative error (predicted - measured) / measured.
@@ -20,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from runtime.report import GOAL_MAX_ABS_ERR, GOAL_MEAN_ABS_ERR
+from runtime.report import GOAL_MAX_ABS_ERR, GOAL_MEAN_ABS_ERR, upgrade_columns
 from studies.framework import Row, Study
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,14 +52,9 @@ def metric_pairs(columns: list[str]) -> dict[str, tuple[str, str]]:
     pairs: dict[str, tuple[str, str]] = {}
     cols = set(columns)
     for c in columns:
-        for pred, meas, metric in (
-            (c, c.replace("predicted_", "measured_", 1), c[len("predicted_") :]),
-            (c, c[: -len("_predicted")] + "_measured", c[: -len("_predicted")]),
-        ):
-            if (pred.startswith("predicted_") and meas.startswith("measured_") and meas in cols) or (
-                pred.endswith("_predicted") and meas.endswith("_measured") and meas in cols
-            ):
-                pairs[metric] = (pred, meas)
+        metric = c[len("predicted_") :]
+        if c.startswith("predicted_") and f"measured_{metric}" in cols:
+            pairs[metric] = (c, f"measured_{metric}")
     if "predicted_latency_additive_s" in cols and "measured_latency_s" in cols:
         pairs["latency_additive_s"] = ("predicted_latency_additive_s", "measured_latency_s")
     return dict(sorted(pairs.items()))
@@ -71,7 +67,7 @@ def unavailable(grid: Grid) -> Optional[str]:
             f"no validation data: {grid.csv} does not exist yet (the runtime's validation run writes it); "
             "nothing is plotted rather than made-up numbers"
         )
-    frame = pd.read_csv(path)
+    frame = upgrade_columns(pd.read_csv(path))
     if not metric_pairs(list(frame.columns)):
         return (
             f"{path} has no predicted_X / measured_X column pairs (columns: {', '.join(frame.columns)}); "
@@ -91,7 +87,7 @@ def points(grid: Grid) -> list[Point]:
     path = data_path(grid)
     if path is None:
         return []
-    frame = pd.read_csv(path)
+    frame = upgrade_columns(pd.read_csv(path))
     rel = str(path.relative_to(grid.root)) if path.is_relative_to(grid.root) else str(path)
     return [
         Point(rel, k, tuple((c, _plain(v)) for c, v in rec.items()))
@@ -130,7 +126,7 @@ def run(point: Point) -> list[Row]:
                 "kind": "sublayer" if match else "headline",
                 "stage": match.group(1) if match else None,
                 "sublayer": match.group(2) if match else None,
-                "device": fields.get(f"{metric[:-3]}_dev") if match else None,
+                "device": fields.get(f"plan_{metric[:-3]}_device") if match else None,
                 "metric": metric,
                 "predicted": pred,
                 "measured": meas,

@@ -170,10 +170,10 @@ def test_in_situ_cpu_check_applies_the_dma_slowdown_only_where_the_model_does():
     row = {"status": "ran"}
     for stage in ("prefill", "decode"):
         for sub in ("qkv", "attn_score", "attn_context", "out_proj", "fc1", "fc2"):
-            row[f"{stage}_{sub}_dev"] = "gpu"
+            row[f"plan_{stage}_{sub}_device"] = "gpu"
         row[f"predicted_cpu_slowdown_{stage}"] = 1.25
-    row.update({"prefill_qkv_dev": "cpu", "prefill_qkv_ms_predicted": 10.0, "prefill_qkv_ms_measured": 10.0})
-    row.update({"decode_fc1_dev": "cpu", "decode_fc1_ms_predicted": 10.0, "decode_fc1_ms_measured": 12.5})
+    row.update({"plan_prefill_qkv_device": "cpu", "predicted_prefill_qkv_ms": 10.0, "measured_prefill_qkv_ms": 10.0})
+    row.update({"plan_decode_fc1_device": "cpu", "predicted_decode_fc1_ms": 10.0, "measured_decode_fc1_ms": 12.5})
     masked = dict(row, predicted_cpu_slowed_prefill="(0,1,1,0,0,0)", predicted_cpu_slowed_decode="(1,1,1,1,1,1)")
     assert _in_situ_efficiency(pd.DataFrame([masked]), _CPU_LINEARS).iloc[0] == pytest.approx(1.0)
     assert _in_situ_efficiency(pd.DataFrame([row]), _CPU_LINEARS).iloc[0] == pytest.approx(25.0 / 22.5)
@@ -288,3 +288,39 @@ def test_speedup_over_bf16_pairs_the_same_workload_by_hand():
     assert pair["speedup_err"] == pytest.approx(-0.2)
     assert "| W8/optimal | W/optimal | 2.00x | 2.50x | -20.0% |" in summary_markdown(s)
     assert summarize(pd.DataFrame([bf16]))["weight_dtype_speedups"] == []
+
+
+def test_old_results_columns_are_read_in_the_one_row_schema():
+    """A results CSV written before the one row schema (issue 14) names the per-sublayer columns <stage>_<sub>_dev,
+    _ms_predicted, _ms_measured and _spread_measured: upgrade_columns gives the plan_ / predicted_ / measured_ names,
+    leaves a column that already has its new name, and --from-csv reads it so."""
+    from runtime.report import sublayer_column, upgrade_columns
+
+    old = pd.DataFrame(
+        [
+            {
+                "decode_fc1_dev": "cpu",
+                "decode_fc1_ms_predicted": 2.0,
+                "decode_fc1_ms_measured": 4.0,
+                "decode_fc1_spread_measured": 0.1,
+                "prefill_attn_score_ms_predicted": 1.0,
+                "tpot_steps_measured_s_json": "[0.1]",
+                "predicted_decode_qkv_ms": 3.0,
+                "decode_qkv_ms_predicted": 9.0,  # both spellings: the new one is kept, the old one left alone
+            }
+        ]
+    )
+    new = upgrade_columns(old)
+    assert list(new.columns) == [
+        "plan_decode_fc1_device",
+        "predicted_decode_fc1_ms",
+        "measured_decode_fc1_ms",
+        "measured_decode_fc1_spread",
+        "predicted_prefill_attn_score_ms",
+        "measured_tpot_steps_s_json",
+        "predicted_decode_qkv_ms",
+        "decode_qkv_ms_predicted",
+    ]
+    assert new.loc[0, "predicted_decode_qkv_ms"] == 3.0
+    assert sublayer_column("device", "decode", "fc1") == "plan_decode_fc1_device"
+    assert sublayer_column("measured_spread", "prefill", "out_proj") == "measured_prefill_out_proj_spread"

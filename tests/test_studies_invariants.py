@@ -333,12 +333,13 @@ def test_validation_without_data_writes_nothing(tmp_path):
 
 
 def test_validation_pairs_predicted_and_measured_columns(tmp_path):
-    """The grid's validation CSV is read and paired (the data here is a test input)."""
+    """The grid's validation CSV is read and paired (the data here is a test input); its per-sublayer columns are
+    spelled as before the one row schema, and are read through runtime.report.upgrade_columns."""
     from studies.validation import STUDY, Grid
 
     (tmp_path / "validation").mkdir()
     (tmp_path / "validation" / "runs.csv").write_text(
-        "point_id,model,batch,status,predicted_ttft_s,measured_ttft_s,tpot_mean_s_predicted,tpot_mean_s_measured,"
+        "point_id,model,batch,status,predicted_ttft_s,measured_ttft_s,predicted_tpot_mean_s,measured_tpot_mean_s,"
         "decode_fc1_dev,decode_fc1_ms_predicted,decode_fc1_ms_measured\n"
         "p1,opt-tiny,1,ran,0.5,0.4,0.1,0.1,cpu,2.0,4.0\n"
         "p2,opt-tiny,8,skipped,0.9,,0.2,,gpu,1.0,\n"
