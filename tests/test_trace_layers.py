@@ -51,3 +51,11 @@ def test_layer_rows_by_hand(tmp_path: Path, capsys) -> None:
     assert trace_layers.main([str(path)]) == 0
     assert "   6.00    7.00    5.00    2.00    1.50    1.50" in capsys.readouterr().out
     assert trace_layers.main([str(tmp_path / "missing.json")]) == 2
+    for name, text in (
+        ("list.json", "[1, 2]"),
+        ("obj.json", '{"a": 1}'),
+        ("nostep.json", '[{"ph": "X", "args": {"stage": "decode"}}]'),
+    ):
+        (tmp_path / name).write_text(text)
+        assert trace_layers.main([str(tmp_path / name)]) == 2
+    assert capsys.readouterr().err.count("error: ") == 4

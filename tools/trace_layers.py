@@ -32,8 +32,10 @@ def load_traces(paths: list[str]) -> dict[str, list[dict]]:
 
     def add(name: str, text: str) -> None:
         data = json.loads(text)
-        events = data["traceEvents"] if isinstance(data, dict) else data
-        out[name] = [e for e in events if e.get("ph") == "X" and "args" in e]
+        events = data.get("traceEvents") if isinstance(data, dict) else data
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            raise ValueError(f"{name}: not a Chrome trace (a list of event objects, or one under 'traceEvents')")
+        out[name] = [e for e in events if e.get("ph") == "X" and isinstance(e.get("args"), dict)]
 
     for p in map(Path, paths):
         if p.is_dir():
@@ -98,13 +100,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         traces = load_traces(args)
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"error: could not read the traces: {exc}", file=sys.stderr)
+        per_trace = {name: layer_rows(events) for name, events in traces.items()}
+    except (OSError, ValueError, tarfile.TarError) as exc:
+        print(
+            f"error: could not read the traces: {exc} -- give the JSON files lia validate --trace wrote",
+            file=sys.stderr,
+        )
+        return 2
+    except (KeyError, TypeError) as exc:
+        print(
+            f"error: a trace event lacks a field the runtime writes ({exc}) -- give traces of lia validate --trace",
+            file=sys.stderr,
+        )
         return 2
     cols = ("period_ms", "stream_ms", "chain_ms", "cpu_ms", "gpu_ms", "gaps_ms")
     print(f"{'trace (streamed decode layers, medians)':58s} {'n':>3s} " + " ".join(f"{c[:-3]:>7s}" for c in cols))
-    for name, events in traces.items():
-        rows = layer_rows(events)
+    for name, rows in per_trace.items():
         if not rows:
             print(f"{name:58s}   0 (no streamed decode layer)")
             continue
