@@ -642,9 +642,14 @@ def _apply_kernel_tables(
 
 
 def streamed_layer_terms(
-    system: SystemSpec, model: ModelSpec, ctx: StageContext, simulate_every: bool = False
+    system: SystemSpec,
+    model: ModelSpec,
+    ctx: StageContext,
+    simulate_every: bool = False,
+    times: Optional[SublayerTimes] = None,
 ) -> StageTerms:
-    """The epigraph terms (see module docstring) of one streamed layer in one stage."""
+    """The epigraph terms (see module docstring) of one streamed layer in one stage. ``times``: the chunk's
+    ``sublayer_times`` where the caller already has them (the same call's result)."""
     if ctx.mode == CostMode.PAPER:
         from lia_model.paper import paper_layer_terms
 
@@ -653,7 +658,7 @@ def streamed_layer_terms(
     b = ctx.batch // n
     steps = len(ctx.contexts)
     contexts = np.asarray(ctx.contexts, dtype=float)
-    times = sublayer_times(system, model, ctx, b)
+    times = sublayer_times(system, model, ctx, b) if times is None else times
     work = sublayer_work(model, b, ctx.q, contexts, ctx.precision)
     link = system.link
     lat = link.transfer_latency_us * S_PER_US
@@ -875,14 +880,17 @@ def streamed_layer_terms(
     )
 
 
-def resident_layer_time(system: SystemSpec, model: ModelSpec, ctx: StageContext) -> tuple[np.ndarray, SublayerTimes]:
-    """A GPU-resident layer: all sublayers on the GPU with weights and KV in HBM, n chunks in series."""
+def resident_layer_time(
+    system: SystemSpec, model: ModelSpec, ctx: StageContext, times: Optional[SublayerTimes] = None
+) -> tuple[np.ndarray, SublayerTimes]:
+    """A GPU-resident layer: all sublayers on the GPU with weights and KV in HBM, n chunks in series.
+    ``times``: the chunk's ``sublayer_times`` where the caller already has them."""
     if ctx.mode == CostMode.PAPER:
         from lia_model.paper import paper_resident_layer_s
 
         return paper_resident_layer_s(system, model, ctx)
     n = ctx.minibatches
-    times = sublayer_times(system, model, ctx, ctx.batch // n)
+    times = sublayer_times(system, model, ctx, ctx.batch // n) if times is None else times
     return n * times.all_gpu_s(), times
 
 

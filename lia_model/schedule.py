@@ -43,7 +43,9 @@ attention runs on the CPU). The weight prefetch is not part of this schedule: th
 layer by the H2D link's whole busy time (weights and activations) separately.
 
 With n = 1 (decode) there is no choice, and the durations may be arrays over decode steps. With n > 1
-the choice of CPU sublayer depends on the times, so the durations must be one step (prefill).
+the choice of CPU sublayer depends on the times, so the durations must be one step (prefill). ``_replay``
+handles both; one step runs ``_replay_one_step``, the same replay transcribed for plain floats (the optimiser's
+hot path), which returns the same float (tests/test_schedule_replay.py).
 """
 
 from __future__ import annotations
@@ -209,7 +211,7 @@ def _replay_memo(
     if hit is None:
         if len(_MEMO) >= _MEMO_LIMIT:
             _MEMO.clear()
-        hit = _MEMO[full] = _replay(list(bits), n, table, start, cpu_scale, until)
+        hit = _MEMO[full] = _replay_one_step(list(bits), n, table, start, cpu_scale, until)
     return hit
 
 
@@ -237,18 +239,17 @@ class _Durations:
     cpu_idle: float = 0.0
 
 
-def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, until=None):
-    """One policy vector's schedule (see the module docstring); times are floats or arrays over steps.
-    ``cpu_scale`` scales the CPU durations; weights stream until ``until`` (default: not at all)."""
-    mx = t.mx
-    cpu_s, gpu_s, cross_h2d, cross_d2h, experts = t.cpu, t.gpu, t.cross_h2d, t.cross_d2h, t.experts
+def _compute_durations(on_cpu: list[bool], t: _Durations, cpu_scale) -> tuple[list, list, bool]:
+    """Each sublayer's CPU and GPU time under this policy vector, and whether its attention runs fused:
+    the CPU times the weight DMA slows scaled by ``cpu_scale``; with fused attention (score and context on one
+    device) the fused kernel's extra time rides on attn_context."""
+    cpu_s, gpu_s = t.cpu, t.gpu
     cpu_fused_delta = t.cpu_fused_delta
     if (cpu_scale != 1.0) if isinstance(cpu_scale, float) else np.any(cpu_scale != 1.0):
         slowed = t.cpu_slowed
         cpu_s = [c * cpu_scale if slowed[i] else c for i, c in enumerate(cpu_s)]
         if slowed[_CTX]:
             cpu_fused_delta = cpu_fused_delta * cpu_scale
-    wait = t.copy_wait if until is not None else 0.0
     fused = t.fused and on_cpu[_SCORE] == on_cpu[_CTX]
     if fused:  # one kernel: its extra time rides on attn_context
         if on_cpu[_CTX]:
@@ -257,6 +258,16 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, unt
         else:
             gpu_s = list(gpu_s)
             gpu_s[_CTX] = gpu_s[_CTX] + t.gpu_fused_delta
+    return cpu_s, gpu_s, fused
+
+
+def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, until=None):
+    """One policy vector's schedule (see the module docstring); times are floats or arrays over steps.
+    ``cpu_scale`` scales the CPU durations; weights stream until ``until`` (default: not at all)."""
+    mx = t.mx
+    cross_h2d, cross_d2h, experts = t.cross_h2d, t.cross_d2h, t.experts
+    cpu_s, gpu_s, fused = _compute_durations(on_cpu, t, cpu_scale)
+    wait = t.copy_wait if until is not None else 0.0
     has_experts = t.has_experts
     last = NUM_SUBLAYERS - 1
     now = gpu_free = h2d_free = d2h_free = start
@@ -376,3 +387,136 @@ def _replay(on_cpu: list[bool], n: int, t: _Durations, start, cpu_scale=1.0, unt
     for c in range(1, n):
         out = mx(out, chunk_end[c])
     return out
+
+
+def _replay_one_step(on_cpu: list[bool], n: int, t: _Durations, start: float, cpu_scale: float, until: float) -> float:
+    """``_replay`` for one step (floats), the optimiser's hot path (prefill with up to 64 chunks). The same
+    schedule with the same arithmetic in the same order, so the same float: the helpers are inlined
+    (max(a, b) spelled ``b if b > a else a``, which returns the same operand), each chunk's CPU-ready time is
+    kept beside it (only the chunk's own sublayers change it) instead of recomputed at every pick, and the
+    oldest chunks' earliest ready time is carried from the pick instead of rescanned (they do not change while
+    the picked chunk keeps the CPU). tests/test_schedule_replay.py checks it against ``_replay``."""
+    cross_h2d, cross_d2h, experts, has_experts = t.cross_h2d, t.cross_d2h, t.experts, t.has_experts
+    cpu_s, gpu_s, fused = _compute_durations(on_cpu, t, cpu_scale)
+    wait = t.copy_wait if until is not None else 0.0
+    k_cached, v_cached, v_fetch, kv_write = t.k_cached, t.v_cached, t.v_fetch, t.kv_write
+    last = NUM_SUBLAYERS - 1
+    # per sublayer: whether the sublayer after it (fc2: the next layer's qkv) runs on the CPU
+    next_cpu = [on_cpu[i + 1] if i < last else on_cpu[_QKV] for i in range(NUM_SUBLAYERS)]
+    now = gpu_free = h2d_free = d2h_free = start
+    qkv_gpu = not on_cpu[_QKV]
+    fetch_k, fetch_v = [start] * n, [start] * n
+    if qkv_gpu:  # 1. early fetches of the cached K and V, chunk by chunk
+        for c in range(n):
+            if not on_cpu[_SCORE]:
+                begin = start if start > h2d_free else h2d_free
+                if wait and start >= h2d_free and start < until and k_cached > 0:
+                    begin = begin + wait
+                h2d_free = fetch_k[c] = begin + k_cached
+            if not on_cpu[_CTX]:
+                begin = start if start > h2d_free else h2d_free
+                if wait and start >= h2d_free and start < until and v_cached > 0:
+                    begin = begin + wait
+                h2d_free = fetch_v[c] = begin + v_cached
+    nxt = [0] * n
+    value_end = [start] * n
+    to_cpu = [start] * n
+    written = [None] * n
+    chunk_end = [start] * n
+    ready_at = [start] * n  # when the chunk's next (CPU) sublayer's inputs are ready
+    active = list(range(n))  # the chunks with sublayers left, oldest first
+    any_cpu = any(on_cpu)
+    wake, idle = t.cpu_wake, t.cpu_idle
+    woken = on_cpu[last]
+    dirty = list(range(n))
+    while True:
+        for c in dirty:  # 2. issue every GPU sublayer that can be issued
+            i = nxt[c]
+            while i < NUM_SUBLAYERS and not on_cpu[i]:
+                ready = value_end[c]
+                if i > 0 and on_cpu[i - 1]:
+                    x = cross_h2d[i - 1]
+                    r = now if now > ready else ready
+                    begin = r if r > h2d_free else h2d_free
+                    if wait and r >= h2d_free and r < until and x > 0:
+                        begin = begin + wait
+                    h2d_free = ready = begin + x
+                if i == _SCORE or i == _CTX:
+                    fetch = fetch_k if i == _SCORE else fetch_v
+                    if not qkv_gpu:  # a CPU qkv: fetched when the attention is issued
+                        x = k_cached if i == _SCORE else v_fetch
+                        begin = now if now > h2d_free else h2d_free
+                        if wait and now >= h2d_free and now < until and x > 0:
+                            begin = begin + wait
+                        h2d_free = fetch[c] = begin + x
+                    f = fetch[c]
+                    ready = f if f > ready else ready
+                if has_experts[i]:
+                    x = experts[i]
+                    begin = ready if ready > h2d_free else h2d_free
+                    if wait and ready >= h2d_free and ready < until and x > 0:
+                        begin = begin + wait
+                    h2d_free = ready = begin + x
+                gpu_free = end = (ready if ready > gpu_free else gpu_free) + gpu_s[i]
+                if i == _QKV:
+                    d2h_free = written[c] = (end if end > d2h_free else d2h_free) + kv_write
+                value_end[c] = end
+                if next_cpu[i]:  # eager copy right behind the producer
+                    d2h_free = end = (end if end > d2h_free else d2h_free) + cross_d2h[i]
+                    to_cpu[c] = end
+                if i == last:
+                    chunk_end[c] = end
+                i += 1
+            nxt[c] = i
+            if i == NUM_SUBLAYERS:
+                active.remove(c)
+            else:
+                ready = to_cpu[c] if i > 0 and not on_cpu[i - 1] else value_end[c]
+                w = written[c]
+                if (i == _SCORE or i == _CTX) and w is not None:
+                    ready = w if w > ready else ready
+                ready_at[c] = ready
+        if not any_cpu or not active:
+            break
+        # 3. one CPU sublayer: the oldest chunk ready now, else the first to be ready (ties: the oldest);
+        # ``older``: the earliest ready time of the chunks older than the pick (None: there are none)
+        pick, first, older = -1, None, None
+        for c in active:
+            r = ready_at[c]
+            if n == 1 or r <= now:
+                pick, first, older = c, r, first
+                break
+            if first is None or r < first:
+                pick, first, older = c, r, first
+        while True:  # the chunk keeps the CPU (see _replay)
+            i = nxt[pick]
+            if wake:
+                waited = (first - now > idle) if woken else True
+                woken = True
+                now = (first if first > now else now) + cpu_s[i] + wake * waited
+            else:
+                now = (first if first > now else now) + cpu_s[i]
+            end = value_end[pick] = now
+            if i == last:
+                if not on_cpu[_QKV]:  # the next layer's GPU qkv reads it
+                    x = cross_h2d[last]
+                    begin = end if end > h2d_free else h2d_free
+                    if wait and end >= h2d_free and end < until and x > 0:
+                        begin = begin + wait
+                    h2d_free = end = begin + x
+                chunk_end[pick] = end
+            i += 1
+            nxt[pick] = i
+            if i == NUM_SUBLAYERS or not on_cpu[i]:
+                break
+            first = now  # the chunk's previous sublayer ran on the CPU
+            w = written[pick]
+            if (i == _SCORE or i == _CTX) and w is not None:
+                first = w if w > first else first
+            ready_at[pick] = first
+            if fused and i == _CTX:  # the fused kernel is not interrupted
+                continue
+            if n > 1 and (first > now or (older is not None and older <= now)):
+                break
+        dirty = [pick]
+    return max(chunk_end)

@@ -44,6 +44,7 @@ from lia_model.costterms import (
     NUM_POLICIES,
     CostMode,
     Resource,
+    SublayerTimes,
     head_time_s,
     pass_start_fill,
     resident_layer_time,
@@ -62,6 +63,7 @@ from lia_model.optimizer.infeasible import largest_feasible
 from lia_model.optimizer.space import (
     MAX_PREFILL_MINIBATCHES,
     _with_isa,
+    chunk_times,
     expert_fetch_candidates,
     isa_candidates,
     template_plan,
@@ -170,6 +172,12 @@ def relaxed_batch(
     decode: dict = {}
     fills: dict = {}
     res_pre = res_dec = 0.0
+    pre_cache: dict = {}  # sublayer times by stage context, one cache per system (space.chunk_times)
+    dec_cache: dict = {}
+
+    def times_of(cache: dict, system: SystemSpec, ctx) -> Optional[SublayerTimes]:
+        return None if mode == CostMode.PAPER else chunk_times(cache, system, model, ctx)
+
     for kv in tiers:
         for ef in expert_fetch_candidates(model):
             plan = base.model_copy(update={"prefill_minibatches": 1, "kv_tier": kv, "expert_fetch": ef})
@@ -178,8 +186,13 @@ def relaxed_batch(
                 if prefill_system is not None:
                     ctx = stage_context(workload, plan, Stage.PREFILL, mode, weight_tier=wt)
                     times, parts = [], []
-                    for isa in useful_isas(prefill_system, model, [ctx], isas):
-                        st = streamed_layer_terms(prefill_system, model, _with_isa(ctx, isa))
+                    for isa in useful_isas(prefill_system, model, [ctx], isas, cache=pre_cache):
+                        st = streamed_layer_terms(
+                            prefill_system,
+                            model,
+                            _with_isa(ctx, isa),
+                            times=times_of(pre_cache, prefill_system, _with_isa(ctx, isa)),
+                        )
                         if mode == CostMode.OVERLAP:
                             busy = {r: f.evaluate(ALL_POLICY_FEATURES)[:, 0] for r, f in st.resources.items()}
                             times.append(np.max(list(busy.values()), axis=0))
@@ -199,19 +212,26 @@ def relaxed_batch(
                     pre_t[wt] = np.min(times, axis=0)
                     if parts and pass_start_fill(prefill_system, st.context):
                         fills[(kv, ef)] = tuple(np.min([p[j] for p in parts], axis=0) for j in range(3))
-                    res_pre = float(resident_layer_time(prefill_system, model, ctx)[0][0])
+                    pre_times = times_of(pre_cache, prefill_system, ctx)
+                    res_pre = float(resident_layer_time(prefill_system, model, ctx, pre_times)[0][0])
                 if workload.decode_steps > 0:
                     dctx = stage_context(workload, plan, Stage.DECODE, mode, weight_tier=wt)
                     dec_t[wt] = np.min(
                         [
-                            streamed_layer_terms(decode_system, model, _with_isa(dctx, isa))
+                            streamed_layer_terms(
+                                decode_system,
+                                model,
+                                _with_isa(dctx, isa),
+                                times=times_of(dec_cache, decode_system, _with_isa(dctx, isa)),
+                            )
                             .layer_time(ALL_POLICY_FEATURES)
                             .sum(axis=1)
-                            for isa in useful_isas(decode_system, model, [dctx], isas)
+                            for isa in useful_isas(decode_system, model, [dctx], isas, cache=dec_cache)
                         ],
                         axis=0,
                     )
-                    res_dec = float(resident_layer_time(decode_system, model, dctx)[0].sum())
+                    dec_times = times_of(dec_cache, decode_system, dctx)
+                    res_dec = float(resident_layer_time(decode_system, model, dctx, dec_times)[0].sum())
                 else:
                     dec_t[wt] = np.zeros(NUM_POLICIES)
             prefill[(kv, ef)], decode[(kv, ef)] = pre_t, dec_t

@@ -196,11 +196,19 @@ def best_in_combo(
             best = (lat, n_layers, 0, 0, 0)
 
     rows = np.arange(n_layers)  # N_res = 0 .. N-1: at least one streamed layer
-    kk = streamed[rows, None]
     pre_d, dec_d = ca.pre[HostTier.DDR], ca.dec[HostTier.DDR]
     pair_time = pre_d[_PP] + dec_d[_PD]
     candidate: Optional[tuple[float, int, int, int, int]] = None
-    if ca.pre_fill is not None:
+    if (ca.pre_fill is not None or k.has_cxl) and not exhaustive:
+        # The two [rows, pairs] evaluations below: a row that no pair fits (host tiers, or HBM even with the
+        # smallest pair: a float sum is monotone in each term) holds only inf, so leaving it out keeps the first
+        # minimum (what np.argmin picks) the same point; with large models most N_res do not fit HBM.
+        # (``exhaustive`` keeps every row: the tests' oracle.)
+        rows = rows[(lo[rows] <= hi[rows]) & (hbm_base[rows] + pair_extra.min() <= hbm_avail)]
+    kk = streamed[rows, None]
+    if rows.size == 0:
+        pass  # no point with a streamed layer fits
+    elif ca.pre_fill is not None:
         # The prefill pass is not K times a per-layer time (costterms.prefill_pass_s), so every (N_res, pair)
         # is evaluated: latency = pass(N_res, p_pre) + N_res R_dec + K D(p_dec) + head  [rows, pairs]
         compute, copy, throughput = (v[None, :] for v in ca.pre_fill)
@@ -273,8 +281,9 @@ def best_in_combo(
         pre_c, dec_c = (ca.pre[HostTier.CXL], ca.dec[HostTier.CXL]) if k.has_cxl else (pre_d, dec_d)
         q_ddr = pair_time[None, :]  # [1, 4096]
         dq = (pre_c[_PP] + dec_c[_PD])[None, :] - q_ddr  # latency slope in K_cxl
-        k_lo = np.broadcast_to(lo[rows, None], (rows.size, _PP.size)).copy()
-        k_hi = np.broadcast_to(hi[rows, None], (rows.size, _PP.size)).copy()
+        # (read-only views: the bounds below make new arrays)
+        k_lo = np.broadcast_to(lo[rows, None], (rows.size, _PP.size))
+        k_hi = np.broadcast_to(hi[rows, None], (rows.size, _PP.size))
         if bounded:
             # (N_res R_dec + K D_ddr + K_cxl (D_cxl - D_ddr) + head S) / S <= X
             td_d = ca.tpot_dec[HostTier.DDR]

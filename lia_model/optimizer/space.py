@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from itertools import product
+from typing import Optional
 
 import numpy as np
 
@@ -39,6 +40,7 @@ from lia_model.costterms import (
     CostMode,
     StageContext,
     StageTerms,
+    SublayerTimes,
     cpu_kv_passes,
     head_time_s,
     pass_start_fill,
@@ -209,23 +211,36 @@ def _cpu_profile(times) -> np.ndarray:
     return np.vstack([times.cpu_s, fused[None, :]])
 
 
+def chunk_times(cache: Optional[dict], system: SystemSpec, model: ModelSpec, ctx: StageContext) -> SublayerTimes:
+    """``sublayer_times`` of one chunk of ``ctx``, kept in ``cache`` (None: not kept) for the next caller with the
+    same context: the ISA pruning, the streamed layer and the resident layer read the same times. A cache
+    serves one system and one model; the times are a pure function of the four arguments."""
+    if cache is None:
+        return sublayer_times(system, model, ctx, ctx.batch // ctx.minibatches)
+    hit = cache.get(ctx)
+    if hit is None:
+        hit = cache[ctx] = sublayer_times(system, model, ctx, ctx.batch // ctx.minibatches)
+    return hit
+
+
 def useful_isas(
-    system: SystemSpec, model: ModelSpec, contexts: list[StageContext], isas: tuple[CpuIsa, ...], prune: bool = True
+    system: SystemSpec,
+    model: ModelSpec,
+    contexts: list[StageContext],
+    isas: tuple[CpuIsa, ...],
+    prune: bool = True,
+    cache: Optional[dict] = None,
 ) -> tuple[CpuIsa, ...]:
     """The ISAs not dominated in CPU time in any of these stage contexts (see the module docstring; one
-    ISA serves every weight tier of a stage, so dominance must hold in each tier's context)."""
+    ISA serves every weight tier of a stage, so dominance must hold in each tier's context). ``cache``: see
+    ``chunk_times``."""
     if not prune or len(isas) == 1:
         return isas
     # the ISA's attention kernel's passes over the KV cache set the CPU attention's host-memory traffic too
     cpu = {
         isa: np.concatenate(
             [
-                *(
-                    _cpu_profile(
-                        sublayer_times(system, model, _with_isa(ctx, isa), ctx.batch // ctx.minibatches)
-                    ).ravel()
-                    for ctx in contexts
-                ),
+                *(_cpu_profile(chunk_times(cache, system, model, _with_isa(ctx, isa))).ravel() for ctx in contexts),
                 [cpu_kv_passes(system, _with_isa(contexts[0], isa))],
             ]
         )
@@ -265,6 +280,12 @@ def build_tables(
     shared = cxl_never_faster(system)
     useful: dict[tuple, tuple[CpuIsa, ...]] = {}
     dec_useful: dict[tuple, tuple[CpuIsa, ...]] = {}
+    cache: dict = {}  # sublayer times by stage context (chunk_times)
+
+    def times_of(ctx: StageContext) -> Optional[SublayerTimes]:
+        """The chunk's times for a streamed or resident layer (the paper mode prices its own)."""
+        return None if mode == CostMode.PAPER else chunk_times(cache, system, model, ctx)
+
     for c in combos:
         plan = base.model_copy(
             update={"prefill_minibatches": c.minibatches, "kv_tier": c.kv_tier, "expert_fetch": c.expert_fetch}
@@ -273,31 +294,48 @@ def build_tables(
         key = (c.minibatches, c.expert_fetch) + (() if shared else (c.kv_tier,))
         if key not in useful:
             useful[key] = useful_isas(
-                system, model, [contexts[HostTier.DDR]] if shared else list(contexts.values()), isas, prune_isas
+                system, model, [contexts[HostTier.DDR]] if shared else list(contexts.values()), isas, prune_isas, cache
             )
         for wt in tiers:
             prefill[(c, wt)] = {
                 isa: streamed_layer_terms(
-                    system, model, _with_isa(contexts[wt], isa), simulate_every=pass_start_fill(system, contexts[wt])
+                    system,
+                    model,
+                    _with_isa(contexts[wt], isa),
+                    simulate_every=pass_start_fill(system, contexts[wt]),
+                    times=times_of(_with_isa(contexts[wt], isa)),
                 )
                 for isa in useful[key]
             }
         if c.minibatches not in resident_prefill:
-            resident_prefill[c.minibatches] = float(resident_layer_time(system, model, contexts[HostTier.DDR])[0][0])
+            ddr = contexts[HostTier.DDR]
+            resident_prefill[c.minibatches] = float(resident_layer_time(system, model, ddr, times_of(ddr))[0][0])
             memory[c.minibatches] = memory_constants(system, model, workload, c.minibatches)
         if workload.decode_steps > 0 and c.decode_key(tiers[0]) not in decode:
             dcontexts = {wt: stage_context(workload, plan, Stage.DECODE, mode, weight_tier=wt) for wt in tiers}
             dkey = (c.expert_fetch,) + (() if shared else (c.kv_tier,))
             if dkey not in dec_useful:
                 dec_useful[dkey] = useful_isas(
-                    system, model, [dcontexts[HostTier.DDR]] if shared else list(dcontexts.values()), isas, prune_isas
+                    system,
+                    model,
+                    [dcontexts[HostTier.DDR]] if shared else list(dcontexts.values()),
+                    isas,
+                    prune_isas,
+                    cache,
                 )
             dec_isas = dec_useful[dkey]
             for wt in tiers:
                 decode[c.decode_key(wt)] = {
-                    isa: streamed_layer_terms(system, model, _with_isa(dcontexts[wt], isa)) for isa in dec_isas
+                    isa: streamed_layer_terms(
+                        system,
+                        model,
+                        _with_isa(dcontexts[wt], isa),
+                        times=times_of(_with_isa(dcontexts[wt], isa)),
+                    )
+                    for isa in dec_isas
                 }
-            resident_decode = resident_layer_time(system, model, dcontexts[HostTier.DDR])[0]
+            ddr = dcontexts[HostTier.DDR]
+            resident_decode = resident_layer_time(system, model, ddr, times_of(ddr))[0]
     return SpaceTables(
         system,
         model,

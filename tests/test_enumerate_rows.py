@@ -1,0 +1,58 @@
+"""The enumerator leaves out the N_res rows that no policy pair fits (host tiers, or HBM with the smallest pair)
+before its [rows, pairs] evaluations (lia_model.optimizer.enumerate.best_in_combo). Checked against the
+exhaustive evaluation, which keeps every row and every pair: the same point (latency, N_res, policies, K_cxl),
+ties included, on every combo and ISA pair of real tables, with and without a TPOT bound, on systems with and
+without CXL, and with the memory shrunk at random so that HBM and the host tiers rule out rows."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from lia_model.memory import MemoryTier
+from lia_model.models import get_model
+from lia_model.optimizer.enumerate import best_in_combo, combo_arrays, stage_constants
+from lia_model.optimizer.space import build_tables
+from lia_model.profiles import load_system
+from lia_model.workload import make_workload
+
+
+@pytest.mark.parametrize(
+    "system, model, batch, input_len, output_len",
+    [
+        ("spr-a100", "opt-175b", 8, 512, 32),  # no CXL: the prefill pipeline's branch; most N_res miss HBM
+        ("gnr-h100-cxl", "llama-2-70b", 4, 128, 32),  # CXL: the weight split's branch
+        ("spr-a100-cxl", "mixtral-8x7b", 16, 256, 8),  # MoE, CXL
+        ("gh200", "opt-66b", 64, 128, 16),
+    ],
+)
+def test_rows_left_out_change_no_point(system, model, batch, input_len, output_len):
+    spec = get_model(model)
+    tables = build_tables(load_system(system), spec, make_workload(batch, input_len, output_len, spec))
+    consts = stage_constants(tables)
+    rng = np.random.default_rng(batch)
+    checked = 0
+    for combo in tables.combos:
+        for isa_pre in tables.prefill_isas(combo):
+            for isa_dec in tables.decode_isas(combo):
+                arrays = combo_arrays(tables, combo, isa_pre, isa_dec)
+                shrunk = dataclasses.replace(
+                    arrays,
+                    memory=dataclasses.replace(
+                        arrays.memory,
+                        available_bytes={
+                            tier: v * float(rng.choice([0.2, 0.5, 0.9, 1.0]))
+                            for tier, v in arrays.memory.available_bytes.items()
+                        },
+                    ),
+                )
+                for ca in (arrays, shrunk):
+                    for tpot in (None, 0.05, 0.5):
+                        fast = best_in_combo(ca, consts, tpot)
+                        full = best_in_combo(ca, consts, tpot, exhaustive=True)
+                        assert fast == full, (combo, isa_pre, isa_dec, tpot, fast, full)
+                        checked += fast is not None
+    assert checked > 0
+    assert MemoryTier.HBM in tables.memory[tables.combos[0].minibatches].available_bytes

@@ -1,0 +1,103 @@
+"""The one-step schedule replay (lia_model.schedule._replay_one_step, the optimiser's hot path) against the
+general replay ``_replay`` it was written from (the arrays-over-steps path, kept as the reference): the same
+float, to the last bit, on random layers with every option of the scheduler switched on or off."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lia_model.costterms import ALL_POLICY_FEATURES
+from lia_model.schedule import ChunkDurations, _Durations, _replay, _replay_one_step, simulate_all
+from lia_model.sublayers import NUM_SUBLAYERS
+
+POLICIES = [[bool(b) for b in ALL_POLICY_FEATURES[p, :NUM_SUBLAYERS]] for p in range(64)]
+
+
+def _random_table(rng: np.random.Generator) -> _Durations:
+    """Durations over four orders of magnitude, about one in five zero; or (one layer in three) small whole
+    numbers, so that ready times tie exactly and the tie rules (the oldest chunk first) decide."""
+    grid = rng.random() < 1 / 3
+
+    def some(size: int) -> np.ndarray:
+        if grid:
+            return rng.integers(0, 4, size).astype(float)
+        return rng.random(size) * rng.choice([1e-3, 1.0, 10.0]) * (rng.random(size) < 0.8)
+
+    def one() -> float:
+        return float(some(1)[0])
+
+    experts = (some(NUM_SUBLAYERS) * (rng.random() < 0.5)).tolist()
+    v_cached = one()
+    return _Durations(
+        max,
+        some(NUM_SUBLAYERS).tolist(),
+        some(NUM_SUBLAYERS).tolist(),
+        some(NUM_SUBLAYERS).tolist(),
+        some(NUM_SUBLAYERS).tolist(),
+        experts,
+        one(),  # cached K (zero: nothing cached yet)
+        v_cached,
+        v_cached + one(),
+        one() * float(rng.choice([0.0, 1.0])),
+        tuple(x > 0 for x in experts),
+        bool(rng.random() < 0.5),  # fused attention
+        one() * 0.5,
+        one() * 0.5,
+        one() * float(rng.choice([0.0, 0.5])),  # feeder wait
+        tuple(bool(x) for x in rng.random(NUM_SUBLAYERS) < 0.7),  # which CPU durations the DMA slows
+        one() * float(rng.choice([0.0, 0.5])),  # wake-up
+        one() * float(rng.choice([0.0, 0.5])),  # idle before a wake-up
+    )
+
+
+def test_the_one_step_replay_equals_the_general_replay_bit_for_bit():
+    """200 random layers x 64 policy vectors (12,800 schedules), n = 1 .. 64 chunks, with and without the
+    CPU slowdown, the weight stream (until), a start offset, fused attention, on-demand experts, feeder waits
+    and wake-ups: ``_replay_one_step`` returns exactly ``_replay``'s float."""
+    rng = np.random.default_rng(13)
+    for _ in range(200):
+        n = int(rng.choice([1, 2, 2, 3, 3, 4, 5, 8, 13, 16, 32, 64]))
+        table = _random_table(rng)
+        # whole or random start, CPU scale and stream end (whole ones keep the ties of whole durations)
+        start = float(rng.choice([0.0, 1.0, rng.random()]))
+        scale = float(rng.choice([1.0, 1.0, 2.0, 1.0 + rng.random()]))
+        until = start + float(rng.choice([0.0, 1.0, 4.0, 10.0 * rng.random(), 100.0]))
+        for bits in POLICIES:
+            want = _replay(bits, n, table, start, scale, until)
+            got = _replay_one_step(bits, n, table, start, scale, until)
+            assert got == want, (n, bits, got, want)
+
+
+def test_simulate_all_one_step_equals_the_general_replay():
+    """Through the public entry point (memo included): one-step ChunkDurations at n = 16 and 64, each row
+    with its own start, CPU scale and stream, against ``_replay`` on the same table."""
+    rng = np.random.default_rng(14)
+    for n in (16, 64):
+        t = _random_table(rng)
+        col = lambda v: np.asarray(v, dtype=float).reshape(NUM_SUBLAYERS, 1)  # noqa: E731
+        d = ChunkDurations(
+            col(t.cpu),
+            col(t.gpu),
+            col(t.cross_h2d),
+            col(t.cross_d2h),
+            np.array([t.k_cached]),
+            np.array([t.v_cached]),
+            np.array([t.v_fetch - t.v_cached]),
+            np.array([t.kv_write]),
+            col(t.experts),
+            np.array([t.cpu_fused_delta]),
+            np.array([t.gpu_fused_delta]),
+            t.fused,
+            copy_wait_s=t.copy_wait,
+            cpu_slowed=t.cpu_slowed,
+            cpu_wake_s=t.cpu_wake,
+            cpu_idle_before_wake_s=t.cpu_idle,
+        )
+        starts, scales, streams = rng.random((64, 1)), 1.0 + rng.random((64, 1)), 10 * rng.random((64, 1))
+        got = simulate_all(n, d, starts, ALL_POLICY_FEATURES[:, :NUM_SUBLAYERS], scales, streams)[:, 0]
+        table = _Durations(**{**t.__dict__, "v_fetch": float(d.v_new_s[0] + d.v_cached_s[0])})
+        want = [
+            _replay(bits, n, table, float(s[0]), float(k[0]), float(s[0] + w[0]))
+            for bits, s, k, w in zip(POLICIES, starts, scales, streams)
+        ]
+        assert got.tolist() == want
