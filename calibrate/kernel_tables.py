@@ -446,10 +446,15 @@ def cpu_linear_estimates(rows: list[dict]) -> dict[tuple[str, int, int, int, str
 ATTENTION_POINT = ("model", "kind", "phase", "batch", "heads", "kv_heads", "group", "q", "s")
 
 
+def attention_point(row: dict) -> tuple[str, ...]:
+    """An attention grid row's point: its ATTENTION_POINT fields, as text."""
+    return tuple(str(row[c]) for c in ATTENTION_POINT)
+
+
 def cpu_attention_times(rows: list[dict]) -> dict[tuple, float]:
     """(model, kind, phase, batch, heads, kv_heads, group, q, s) -> seconds of one run's CPU attention grid."""
     return {
-        tuple(str(r[c]) for c in ATTENTION_POINT): float(r["time_s"])
+        attention_point(r): float(r["time_s"])
         for r in rows
         if r.get("family") == "attention" and r.get("device") == "cpu"
     }
@@ -521,10 +526,9 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         attention_runs.append(cpu_attention_times(theirs))
     # the CPU attention grid the fit sees: each point the median over the runs (the GPU's: this run's)
     cpu_attention_rows = [
-        {**r, "time_s": median_over_runs(attention_runs, key)}
+        {**r, "time_s": median_over_runs(attention_runs, attention_point(r))}
         for r in rows
         if r.get("family") == "attention" and r.get("device") == "cpu"
-        for key in [tuple(str(r[c]) for c in ATTENTION_POINT)]
     ]
     attention_count = max(
         (len(distinct_values(run[key] for run in attention_runs if key in run)) for key in attention_runs[0]), default=0
