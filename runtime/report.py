@@ -40,11 +40,11 @@ EXTRA_METRICS: tuple[tuple[str, str, str, str], ...] = (
 # plan put where is plan_*. Per sublayer and stage: predicted_<stage>_<sublayer>_ms, measured_<stage>_<sublayer>_ms,
 # measured_<stage>_<sublayer>_spread and plan_<stage>_<sublayer>_device. Results CSVs written before 2026-12-01T16Z
 # named them <stage>_<sublayer>_ms_predicted, _ms_measured, _spread_measured and _dev; upgrade_columns renames them.
-_LEGACY_SUFFIXES = (
-    ("_ms_predicted", "predicted_{}_ms"),
-    ("_ms_measured", "measured_{}_ms"),
-    ("_spread_measured", "measured_{}_spread"),
-    ("_dev", "plan_{}_device"),
+_LEGACY_SUFFIXES = (  # (old suffix, sublayer_column kind)
+    ("_ms_predicted", "predicted_ms"),
+    ("_ms_measured", "measured_ms"),
+    ("_spread_measured", "measured_spread"),
+    ("_dev", "device"),
 )
 _LEGACY_NAMES = {
     "tpot_steps_measured_s_json": "measured_tpot_steps_s_json",
@@ -63,12 +63,11 @@ def sublayer_column(kind: str, stage: str, sublayer: str) -> str:
 def upgrade_columns(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with the column names of results CSVs written before the one row schema renamed to it (a CSV holding
     both spellings of one column keeps the new one)."""
-    stages = ("prefill", "decode")
     rename = dict(_LEGACY_NAMES)
-    for stage in stages:
+    for stage in ("prefill", "decode"):
         for sub in SUBLAYERS:
-            for suffix, new in _LEGACY_SUFFIXES:
-                rename[f"{stage}_{sub.value}{suffix}"] = new.format(f"{stage}_{sub.value}")
+            for suffix, kind in _LEGACY_SUFFIXES:
+                rename[f"{stage}_{sub.value}{suffix}"] = sublayer_column(kind, stage, sub.value)
     rename = {old: new for old, new in rename.items() if old in df.columns and new not in df.columns}
     return df.rename(columns=rename) if rename else df
 
