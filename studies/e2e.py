@@ -30,6 +30,7 @@ from studies.framework import Row, Study
 from studies.optimum import (
     PLAN_COLUMNS,
     PREDICTION_COLUMNS,
+    SCENARIO_COLUMNS,
     in_optimizer_space,
     optimum,
     plan_fields,
@@ -171,12 +172,7 @@ def run(point: Point) -> list[Row]:
 
 
 COLUMNS = (
-    "system",
-    "model",
-    "input_len",
-    "output_len",
-    "scenario",
-    "metric",
+    *SCENARIO_COLUMNS,
     "plan",
     "batch",
     *PREDICTION_COLUMNS,

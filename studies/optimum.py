@@ -70,6 +70,8 @@ PLAN_COLUMNS = (
     "cpu_isa",
 )
 PREDICTION_COLUMNS = ("feasible", "ttft_s", "tpot_mean_s", "latency_s", "throughput_tokens_per_s")
+# which workload, scenario and headline metric a study row reports (the e2e and precision studies' rows start so)
+SCENARIO_COLUMNS = ("system", "model", "input_len", "output_len", "scenario", "metric")
 
 
 def plan_fields(plan: Optional[Plan]) -> dict[str, Any]:

@@ -26,7 +26,15 @@ from lia_model.precision import make_precision
 from lia_model.workload import make_workload
 from studies import inputs
 from studies.framework import Row, Study
-from studies.optimum import PLAN_COLUMNS, PREDICTION_COLUMNS, optimum, plan_fields, prediction_fields, times_better
+from studies.optimum import (
+    PLAN_COLUMNS,
+    PREDICTION_COLUMNS,
+    SCENARIO_COLUMNS,
+    optimum,
+    plan_fields,
+    prediction_fields,
+    times_better,
+)
 from studies.prices import load_prices
 
 SCENARIOS = ("latency_b1", "throughput_max_batch")
@@ -114,12 +122,7 @@ def run(point: Point) -> list[Row]:
 
 
 COLUMNS = (
-    "system",
-    "model",
-    "input_len",
-    "output_len",
-    "scenario",
-    "metric",
+    *SCENARIO_COLUMNS,
     "weight_dtype",
     "precision",
     *PREDICTION_COLUMNS,

@@ -44,7 +44,6 @@ from lia_model.costterms import (
     NUM_POLICIES,
     CostMode,
     Resource,
-    SublayerTimes,
     head_time_s,
     pass_start_fill,
     resident_layer_time,
@@ -63,9 +62,9 @@ from lia_model.optimizer.infeasible import largest_feasible
 from lia_model.optimizer.space import (
     MAX_PREFILL_MINIBATCHES,
     _with_isa,
-    chunk_times,
     expert_fetch_candidates,
     isa_candidates,
+    layer_times,
     template_plan,
     tier_candidates,
     useful_isas,
@@ -172,11 +171,8 @@ def relaxed_batch(
     decode: dict = {}
     fills: dict = {}
     res_pre = res_dec = 0.0
-    pre_cache: dict = {}  # sublayer times by stage context, one cache per system (space.chunk_times)
+    pre_cache: dict = {}  # sublayer times by stage context, one cache per system (space.layer_times)
     dec_cache: dict = {}
-
-    def times_of(cache: dict, system: SystemSpec, ctx) -> Optional[SublayerTimes]:
-        return None if mode == CostMode.PAPER else chunk_times(cache, system, model, ctx)
 
     for kv in tiers:
         for ef in expert_fetch_candidates(model):
@@ -191,7 +187,7 @@ def relaxed_batch(
                             prefill_system,
                             model,
                             _with_isa(ctx, isa),
-                            times=times_of(pre_cache, prefill_system, _with_isa(ctx, isa)),
+                            times=layer_times(pre_cache, prefill_system, model, _with_isa(ctx, isa)),
                         )
                         if mode == CostMode.OVERLAP:
                             busy = {r: f.evaluate(ALL_POLICY_FEATURES)[:, 0] for r, f in st.resources.items()}
@@ -212,7 +208,7 @@ def relaxed_batch(
                     pre_t[wt] = np.min(times, axis=0)
                     if parts and pass_start_fill(prefill_system, st.context):
                         fills[(kv, ef)] = tuple(np.min([p[j] for p in parts], axis=0) for j in range(3))
-                    pre_times = times_of(pre_cache, prefill_system, ctx)
+                    pre_times = layer_times(pre_cache, prefill_system, model, ctx)
                     res_pre = float(resident_layer_time(prefill_system, model, ctx, pre_times)[0][0])
                 if workload.decode_steps > 0:
                     dctx = stage_context(workload, plan, Stage.DECODE, mode, weight_tier=wt)
@@ -222,7 +218,7 @@ def relaxed_batch(
                                 decode_system,
                                 model,
                                 _with_isa(dctx, isa),
-                                times=times_of(dec_cache, decode_system, _with_isa(dctx, isa)),
+                                times=layer_times(dec_cache, decode_system, model, _with_isa(dctx, isa)),
                             )
                             .layer_time(ALL_POLICY_FEATURES)
                             .sum(axis=1)
@@ -230,7 +226,7 @@ def relaxed_batch(
                         ],
                         axis=0,
                     )
-                    dec_times = times_of(dec_cache, decode_system, dctx)
+                    dec_times = layer_times(dec_cache, decode_system, model, dctx)
                     res_dec = float(resident_layer_time(decode_system, model, dctx, dec_times)[0].sum())
                 else:
                     dec_t[wt] = np.zeros(NUM_POLICIES)

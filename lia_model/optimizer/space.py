@@ -223,6 +223,14 @@ def chunk_times(cache: Optional[dict], system: SystemSpec, model: ModelSpec, ctx
     return hit
 
 
+def layer_times(
+    cache: Optional[dict], system: SystemSpec, model: ModelSpec, ctx: StageContext
+) -> Optional[SublayerTimes]:
+    """The ``times=`` a streamed or resident layer's terms take: ``chunk_times``, or None in the paper mode (which
+    prices its own)."""
+    return None if ctx.mode == CostMode.PAPER else chunk_times(cache, system, model, ctx)
+
+
 def useful_isas(
     system: SystemSpec,
     model: ModelSpec,
@@ -282,10 +290,6 @@ def build_tables(
     dec_useful: dict[tuple, tuple[CpuIsa, ...]] = {}
     cache: dict = {}  # sublayer times by stage context (chunk_times)
 
-    def times_of(ctx: StageContext) -> Optional[SublayerTimes]:
-        """The chunk's times for a streamed or resident layer (the paper mode prices its own)."""
-        return None if mode == CostMode.PAPER else chunk_times(cache, system, model, ctx)
-
     for c in combos:
         plan = base.model_copy(
             update={"prefill_minibatches": c.minibatches, "kv_tier": c.kv_tier, "expert_fetch": c.expert_fetch}
@@ -303,13 +307,15 @@ def build_tables(
                     model,
                     _with_isa(contexts[wt], isa),
                     simulate_every=pass_start_fill(system, contexts[wt]),
-                    times=times_of(_with_isa(contexts[wt], isa)),
+                    times=layer_times(cache, system, model, _with_isa(contexts[wt], isa)),
                 )
                 for isa in useful[key]
             }
         if c.minibatches not in resident_prefill:
             ddr = contexts[HostTier.DDR]
-            resident_prefill[c.minibatches] = float(resident_layer_time(system, model, ddr, times_of(ddr))[0][0])
+            resident_prefill[c.minibatches] = float(
+                resident_layer_time(system, model, ddr, layer_times(cache, system, model, ddr))[0][0]
+            )
             memory[c.minibatches] = memory_constants(system, model, workload, c.minibatches)
         if workload.decode_steps > 0 and c.decode_key(tiers[0]) not in decode:
             dcontexts = {wt: stage_context(workload, plan, Stage.DECODE, mode, weight_tier=wt) for wt in tiers}
@@ -330,12 +336,12 @@ def build_tables(
                         system,
                         model,
                         _with_isa(dcontexts[wt], isa),
-                        times=times_of(_with_isa(dcontexts[wt], isa)),
+                        times=layer_times(cache, system, model, _with_isa(dcontexts[wt], isa)),
                     )
                     for isa in dec_isas
                 }
             ddr = dcontexts[HostTier.DDR]
-            resident_decode = resident_layer_time(system, model, ddr, times_of(ddr))[0]
+            resident_decode = resident_layer_time(system, model, ddr, layer_times(cache, system, model, ddr))[0]
     return SpaceTables(
         system,
         model,
