@@ -62,13 +62,21 @@ class Event:
         # blocking: synchronize() sleeps in the driver instead of spinning a core (cudaEventBlockingSync)
         self._cuda = torch.cuda.Event(enable_timing=True, blocking=blocking) if cuda else None
         self._stamp: Optional[float] = None
+        self._issued: Optional[float] = None
 
     def record(self, stream) -> "Event":
         if self._cuda is not None:
+            self._issued = time.perf_counter()
             self._cuda.record(stream)
         else:
             self._stamp = time.perf_counter()
         return self
+
+    @property
+    def issued_at(self) -> Optional[float]:
+        """perf_counter when a CUDA event was queued by the host (None for host events): with its time on the
+        GPU, how long the stream ran behind the launching thread (a lag near 0: the GPU waited for the host)."""
+        return self._issued
 
     def synchronize(self) -> None:
         if self._cuda is not None:

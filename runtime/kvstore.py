@@ -4,6 +4,12 @@ streamed layer gets the cached ones.
 - Resident layers: their own [B, kv_heads, S, head_dim] K and V on the GPU.
 - Streamed layers: K and V in host memory (a carve of a KV arena, or page-locked tensors). A CPU qkv writes them
   directly; a GPU qkv writes its new K/V back with a pitched D2H copy (and into the GPU staging buffer).
+  Where CPU attention of the same layer reads them next (the write-back is on the chain), the new K/V land
+  contiguous in a page-locked buffer instead (one 1-D copy each) and the CPU scatters them into the cache before
+  its first read. Measured on the host (2026-12-01, runtime/validation/wave2-q2/traces.tgz): OPT-30B at B = 8
+  wrote 448 rows of 256 B per tensor with cudaMemcpy2DAsync in 0.15-0.27 ms (about 1 GB/s) between the GPU qkv
+  and CPU attention; a contiguous 115 KB copy takes a few microseconds. ``LIA_KV_WRITEBACK=pitched`` keeps the
+  pitched copy on the chain too (the runtime before 2026-12-01's thirteenth session).
 - GPU attention of a streamed layer reads one shared GPU staging buffer: the cached positions (and new ones made
   by a CPU qkv) are fetched into it from the host cache, once per layer and chunk, on the H2D stream; the fetch is
   on the chain, so the weight feeder lets it go first.
@@ -11,6 +17,7 @@ streamed layer gets the cached ones.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -33,6 +40,9 @@ class LayerKV:
     # Latest D2H write-back into the host cache per batch-row range (prefill chunks, then the whole batch);
     # the D2H stream is in order, so a reader of some rows waits for the latest event among overlapping ranges.
     written: dict = field(default_factory=dict)
+    # New K/V that landed contiguous on the host (row range -> ([2, rows, kv, q, d] page-locked, pos lo, pos hi)),
+    # to be scattered into ``host`` before the CPU reads them (``KVStore.settle``).
+    landed: dict = field(default_factory=dict)
 
     def written_for(self, b0: int, b1: int) -> Optional[Event]:
         latest = None
@@ -90,6 +100,7 @@ class KVStore:
         """A new run: no write-back is pending."""
         for kv in self.layers:
             kv.written = {}
+            kv.landed = {}
         self._write_order = 0
         self.staging_free = None
 
@@ -120,11 +131,20 @@ class KVStore:
         if self.staging is not None and (lay.dev(SCORE) == Device.GPU or lay.dev(CTX) == Device.GPU):
             self.staging["k"][ch.rows, :, lo:hi].copy_(k)
             self.staging["v"][ch.rows, :, lo:hi].copy_(v)
+        land = contiguous_writeback() and Device.CPU in (lay.dev(SCORE), lay.dev(CTX))
+        if land:  # CPU attention reads them next: contiguous landing, scattered on the host (settle)
+            landing = be.empty((2, *k.shape), Device.CPU, pinned=True, dtype=k.dtype)
         be.wait(be.d2h, produced)
         start = be.event(be.d2h)
-        be.copy_2d(kv.host["k"][ch.rows, :, lo:hi], k, be.d2h)
-        be.copy_2d(kv.host["v"][ch.rows, :, lo:hi], v, be.d2h)
+        if land:
+            be.copy(landing[0], k, be.d2h)
+            be.copy(landing[1], v, be.d2h)
+        else:
+            be.copy_2d(kv.host["k"][ch.rows, :, lo:hi], k, be.d2h)
+            be.copy_2d(kv.host["v"][ch.rows, :, lo:hi], v, be.d2h)
         end = be.event(be.d2h)
+        if land:
+            kv.landed[(ch.b0, ch.b1)] = (landing, lo, hi)
         be.keep_alive(k, be.d2h)
         be.keep_alive(v, be.d2h)
         self._write_order += 1
@@ -133,6 +153,17 @@ class KVStore:
         self.recorder.copy(
             lay.stage, lay.step, lay.li, ch.c, "kv_writeback", Device.CPU, nbytes, lay.kind, "k,v", start, end
         )
+
+    def settle(self, kv: LayerKV, b0: int, b1: int) -> None:
+        """Scatter new K/V that landed contiguous on the host (rows overlapping b0:b1) into the host cache, once
+        their copy has finished (the caller waited for ``written_for``; this waits too, to be safe)."""
+        for key in [key for key in kv.landed if key[0] < b1 and b0 < key[1]]:
+            landing, lo, hi = kv.landed.pop(key)
+            pending = kv.written_for(*key)
+            if pending is not None:
+                pending.synchronize()
+            kv.host["k"][key[0] : key[1], :, lo:hi].copy_(landing[0])
+            kv.host["v"][key[0] : key[1], :, lo:hi].copy_(landing[1])
 
     def fetch(self, lay: LayerPass, ch: Chunk, which: str) -> Optional[Event]:
         """Fetch the host-cache positions GPU attention needs into the staging buffer (once per layer/chunk)."""
@@ -143,6 +174,7 @@ class KVStore:
         ev = None
         if hi > 0:
             be = self.backend
+            self.settle(lay.kv, 0, lay.kv.host["k"].shape[0])  # no new K/V the fetch reads is left unscattered
             be.wait(be.h2d, self.staging_free)
             be.wait(be.h2d, lay.kv.written_for(ch.b0, ch.b1))
             src = lay.kv.host[which][ch.rows, :, 0:hi]
@@ -166,9 +198,22 @@ class KVStore:
             pending = kv.written_for(ch.b0, ch.b1)
             if pending is not None:
                 pending.synchronize()
+            self.settle(kv, ch.b0, ch.b1)
             return kv.host[which][ch.rows, :, :width]
         if lay.resident:
             return kv.gpu[which][ch.rows, :, :width]
         ev = self.fetch(lay, ch, which)
         self.backend.wait(self.backend.compute, ev)
         return self.staging[which][ch.rows, :, :width]
+
+
+def contiguous_writeback() -> bool:
+    """Whether a GPU qkv whose K/V CPU attention reads next lands them contiguous (default) rather than pitched."""
+    return os.environ.get("LIA_KV_WRITEBACK", "contiguous") != "pitched"
+
+
+def writeback_mode() -> str:
+    """How new K/V of a GPU qkv reach the host cache (recorded in every validation row)."""
+    if contiguous_writeback():
+        return "contiguous landing + host scatter where CPU attention reads next, else pitched"
+    return "pitched (LIA_KV_WRITEBACK=pitched)"

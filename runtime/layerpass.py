@@ -32,6 +32,7 @@ class LayerPass:
     kv: "LayerKV"
     slot: int = -1
     staged: dict = field(default_factory=dict)  # (which, chunk) -> Event of the H2D fetch into staging
+    weights_waited: bool = False  # the compute stream waits for the layer's streamed weights (WeightStreamer.views)
 
     @property
     def valid(self) -> int:

@@ -6,6 +6,9 @@ device-to-host copies (activations, KV write-back). GPU and copy events are plac
 through the run's base event, recorded on the compute stream right after a synchronisation at the run's
 start (``RunResult.base``).
 
+GPU sublayers and copies carry ``issue_lag_us``: how long after the launching thread queued the op's start
+event the stream reached it (near 0: the stream was idle, waiting for the host to issue the work).
+
 Overlap efficiency of a run: (sum of the lanes' busy times - wall time) / (sum - the largest busy time):
 1 when everything but the busiest lane hides behind it, 0 when the lanes ran one after another.
 """
@@ -67,6 +70,18 @@ def chrome_trace(run: RunResult, title: str = "") -> dict:
         if start is None or r.seconds != r.seconds:
             continue
         label = r.name if r.kind == "compute" else f"{r.name} {r.detail}".strip()
+        args = {
+            "stage": r.stage.value,
+            "step": r.step,
+            "layer": r.layer,
+            "chunk": r.chunk,
+            "layer_kind": r.layer_kind,
+            "bytes": r.nbytes,
+            "tokens": r.tokens,
+        }
+        issued = getattr(r.start, "issued_at", None)
+        if issued is not None and run.base is not None:
+            args["issue_lag_us"] = round((start - (issued - run.base[1])) * 1e6, 1)
         events.append(
             {
                 "name": f"{label} L{r.layer}" if r.layer >= 0 else label,
@@ -75,15 +90,7 @@ def chrome_trace(run: RunResult, title: str = "") -> dict:
                 "tid": LANES.index(lane(r)),
                 "ts": round(start * 1e6, 3),
                 "dur": round(r.seconds * 1e6, 3),
-                "args": {
-                    "stage": r.stage.value,
-                    "step": r.step,
-                    "layer": r.layer,
-                    "chunk": r.chunk,
-                    "layer_kind": r.layer_kind,
-                    "bytes": r.nbytes,
-                    "tokens": r.tokens,
-                },
+                "args": args,
             }
         )
     return {"traceEvents": events, "displayTimeUnit": "ms"}

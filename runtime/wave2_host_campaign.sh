@@ -32,6 +32,9 @@
 #                                                     # KT_RESUME=<the committed raw CSV> KT_ARGS="--weight-dtypes
 #                                                     # bf16,int8,fp8_e4m3 --models opt-30b,llama-2-70b" ... k,
 #                                                     # then --refit with the earlier raw CSVs: wave2-q.yaml)
+#   bash runtime/wave2_host_campaign.sh s [PROFILE]   # part S (issue 10, about 7-9 minutes): the runtime's hand-offs,
+#                                                     # new against legacy on the same points, passes alternating
+#                                                     # (S_PASSES, default "new legacy new"); python tools/ab_compare.py
 #   bash runtime/wave2_host_campaign.sh r1 [PROFILE]  # the flagged points (spread above 5%) of the merged results
 #   bash runtime/wave2_host_campaign.sh r2 [PROFILE]  # again, in two halves (runtime/campaign/rerun-flagged-*.yaml,
 #                                                     # written by python -m runtime.rerun_flagged; about 8 minutes)
@@ -46,7 +49,7 @@
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c|d|e|f|g|h|i|j|l|m|q|r1|r2) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c|d|e|f|g|h|i|j|l|m|q|r1|r2|s) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -123,6 +126,29 @@ case "$PART" in
             q2) DEFAULT_POINT_S=60; TITLE="The same workloads at bf16, int8 and fp8: measured speedups beside predicted ones (wave 2, issue 12)" ;;
         esac
         MAX_POINT_S=${MAX_POINT_S:-$DEFAULT_POINT_S}
+        ;;
+    s)
+        # the same points with the runtime's new hand-offs and the legacy ones, alternating (runtime/campaign/wave2-s.yaml)
+        PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
+        i=0
+        for mode in ${S_PASSES:-new legacy new}; do
+            i=$((i + 1)); DIR="$OUT/s$i-$mode"
+            LEFT=$((HARD_LIMIT_S - SECONDS))
+            [ "$LEFT" -lt 90 ] && { echo "== pass $i ($mode) skipped: ${LEFT} s left"; break; }
+            ENVS=""
+            [ "$mode" = legacy ] && ENVS="LIA_KV_WRITEBACK=pitched LIA_EARLY_PREFETCH=0 LIA_LAZY_WEIGHT_WAIT=0"
+            echo "== pass $i: $mode ${ENVS:+($ENVS)}, ${LEFT} s left"
+            env $ENVS timeout -s INT "$((LEFT - 10))" "$PY" -m lia_model validate --points runtime/campaign/wave2-s.yaml \
+                --system "$PROFILE" --out "$DIR" --repeats 5 --profiled-runs 3 --trace "$DIR/traces" --max-point-s 40 \
+                --time-budget-s "$((LEFT - 40))" --title "Runtime hand-offs, pass $i ($mode)" 2>&1 \
+                | grep --line-buffered -v '^USDT' | grep --line-buffered -E '^\[|^error|^setup|Traceback|Error'
+            [ -d "$DIR/traces" ] && "$PY" tools/trace_layers.py "$DIR/traces" && tar czf "$DIR/traces.tgz" -C "$DIR" traces \
+                && rm -rf "$DIR/traces"
+            rm -f "$DIR/pred_vs_meas.svg" "$DIR/pred_vs_meas.png"
+        done
+        "$PY" tools/ab_compare.py "$OUT"/s[0-9]*-*
+        echo "== done in ${SECONDS} s"
+        return 0
         ;;
     r1|r2)
         PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}

@@ -5,10 +5,22 @@ that are on the GPU in either stage. With ``plan.overlap`` the next streamed lay
 too: the next pass's first streamed layer) is queued while this one computes, and every copy waits for the last
 use of its buffer. The copies themselves are jobs of the weight feeder (runtime/streamer.py), which keeps only a
 few 32 MiB pieces ahead of the activation and KV copies on the copy engine.
+
+The streamed layer after the next one is queued when a layer has issued its last use of its buffer (``end``),
+not when the next layer begins: its copies wait on the GPU for that last use anyway, and queued early the feeder
+starts them the moment the buffer frees instead of after the launching thread's work between two layers (the
+wave2-q2 traces show the next-but-one layer's first weight piece starting 0.4-0.8 ms after the buffer freed).
+``LIA_EARLY_PREFETCH=0`` queues it in ``begin`` of the next layer, as before.
+
+The compute stream waits for a layer's weights when its first GPU linear asks for them (``views``), not when
+the layer begins: waiting needs the job fully queued (its last piece on the copy engine), and a layer that
+starts on the CPU (Llama-2-70B's (1,0,0,0,0,1): CPU qkv) then held its CPU qkv until then (wave2-q2 traces:
+1.95 ms from one layer's CPU fc2 to the next layer's CPU qkv). ``LIA_LAZY_WEIGHT_WAIT=0`` waits in ``begin``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -59,6 +71,7 @@ class WeightStreamer:
                     self.buffer_views[slot][s] = weights.layout.regions[s].views(flat[off : off + n])
                     off += n
         self.passes: list[tuple[Stage, int]] = []
+        self._pieces: dict[tuple[int, int, Sublayer], list] = {}  # (layer, slot, sublayer) -> its copy pieces
         self.reset([])
 
     @property
@@ -86,6 +99,7 @@ class WeightStreamer:
                 job.ready()
 
     def close(self) -> None:
+        self._pieces = {}
         self.slot_ready = [None, None]
         self.slot_free = [None, None]
         self.buffer_views = [{}, {}]
@@ -108,16 +122,25 @@ class WeightStreamer:
             return slot
         if self.slot_label[slot] != (lay.li, lay.pass_index):
             self.prefetch(lay.li, lay.pass_index, slot)
-        self.backend.wait(self.backend.compute, self.slot_ready[slot].ready())
+        lay.slot = slot
+        if not lazy_weight_wait():
+            self._wait_weights(lay)
         if self.plan.overlap:
             nxt = self.next_streamed(lay.li, lay.pass_index)
-            if nxt is not None:
+            if nxt is not None and self.slot_label[slot ^ 1] != nxt:  # (queued by the last layer's end already)
                 self.prefetch(nxt[0], nxt[1], slot ^ 1)
         return slot
 
-    def end(self, slot: int, done: Event) -> None:
-        """The layer in ``slot`` has issued its last use of the buffer (``done``, on the compute stream)."""
+    def end(self, slot: int, done: Event, lay: Optional[LayerPass] = None) -> None:
+        """The layer in ``slot`` (``lay``) has issued its last use of the buffer (``done``, on the compute stream).
+        With overlap, the streamed layer after the next one is queued into this buffer now (module docstring)."""
         self.slot_free[slot] = done
+        if lay is None or not (self.plan.overlap and self.active and early_prefetch()):
+            return
+        nxt = self.next_streamed(lay.li, lay.pass_index)
+        after = self.next_streamed(*nxt) if nxt is not None else None
+        if after is not None and self.slot_label[slot] != after:
+            self.prefetch(after[0], after[1], slot)
 
     def prefetch(self, li: int, p_index: int, slot: int) -> None:
         """Queue layer li's GPU-sublayer weights (for pass p_index's stage) into buffer ``slot``."""
@@ -139,14 +162,35 @@ class WeightStreamer:
                     stage, step, li, slot, "weights", Device.GPU, nbytes, "streamed", sub.value, start, end
                 )
 
-            parts.append(Part(split(self.buffer_flat[slot][sub], src), done))
+            key = (li, slot, sub)
+            if key not in self._pieces:
+                self._pieces[key] = split(self.buffer_flat[slot][sub], src)
+            parts.append(Part(self._pieces[key], done))
         self.slot_ready[slot] = self.feeder.submit(waits, parts)
         self.slot_label[slot] = (li, p_index)
 
+    def _wait_weights(self, lay: LayerPass) -> None:
+        """The compute stream waits for layer ``lay``'s weights (blocks until its job is fully queued)."""
+        if not lay.weights_waited and self.active:
+            self.backend.wait(self.backend.compute, self.slot_ready[lay.slot].ready())
+        lay.weights_waited = True
+
     def views(self, lay: LayerPass, sub: Sublayer) -> dict[str, torch.Tensor]:
-        """The GPU weights of ``sub`` for streamed layer ``lay`` (checked to be that layer's)."""
+        """The GPU weights of ``sub`` for streamed layer ``lay`` (checked to be that layer's); the compute stream
+        waits for them before their first use (module docstring)."""
         if self.slot_label[lay.slot] != (lay.li, lay.pass_index):
             raise RuntimeError(
                 f"weight buffer {lay.slot} holds {self.slot_label[lay.slot]}, not layer {lay.li} of pass {lay.pass_index}"
             )
+        self._wait_weights(lay)
         return self.buffer_views[lay.slot][sub]
+
+
+def early_prefetch() -> bool:
+    """Whether the streamed layer after the next is queued at a layer's end (default) or at the next one's begin."""
+    return os.environ.get("LIA_EARLY_PREFETCH", "1") != "0"
+
+
+def lazy_weight_wait() -> bool:
+    """Whether the compute stream waits for a layer's weights at its first GPU sublayer (default) or at its begin."""
+    return os.environ.get("LIA_LAZY_WEIGHT_WAIT", "1") != "0"

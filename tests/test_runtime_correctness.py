@@ -180,6 +180,105 @@ def test_a_missed_kv_write_back_is_caught(fake_opt, monkeypatch):
     assert any("kv_writeback" in p for p in check_run(bad, plan, TINY_OPT, WORKLOAD, Device.GPU))
 
 
+@pytest.mark.parametrize("writeback", ["contiguous", "pitched"])
+@pytest.mark.parametrize("early", ["1", "0"])
+@pytest.mark.parametrize("minibatches", [1, 2])
+def test_kv_write_back_modes_and_prefetch_timing_give_the_same_run(
+    fake_opt, monkeypatch, writeback, early, minibatches
+):
+    # (LIA_LAZY_WEIGHT_WAIT follows LIA_EARLY_PREFETCH here: both runtime hand-off changes on, or both off)
+    monkeypatch.setenv("LIA_LAZY_WEIGHT_WAIT", early)
+    """A GPU qkv whose K/V CPU attention reads next lands them contiguous and the host scatters them (default), or
+    writes them pitched (LIA_KV_WRITEBACK=pitched); the next-but-one layer's weights are queued at a layer's end
+    (default) or at the next layer's begin (LIA_EARLY_PREFETCH=0); the compute stream waits for a layer's weights at
+    its first GPU sublayer (default) or at its begin (LIA_LAZY_WEIGHT_WAIT=0). Every combination computes the reference's
+    logits and moves exactly the plan's data; prefill puts score on the CPU and context on the GPU, so a K landed
+    for CPU attention must be scattered before the GPU context fetches the cached V of the next step."""
+    monkeypatch.setenv("LIA_KV_WRITEBACK", writeback)
+    monkeypatch.setenv("LIA_EARLY_PREFETCH", early)
+    plan = Plan(
+        prefill_policy=policy_from_index(0b000010),  # attn_score on the CPU only
+        decode_policy=ATTENTION_ON_CPU,
+        prefill_minibatches=minibatches,
+    )
+    result, check = _run(fake_opt, plan)
+    assert check["logits_rel_err"] < LOGITS_RTOL
+    assert check_run(result, plan, TINY_OPT, WORKLOAD, Device.GPU) == []
+
+
+@pytest.mark.parametrize("early", [True, False])
+def test_the_next_but_one_layer_is_queued_at_a_layers_end(fake_opt, monkeypatch, early):
+    """With LIA_EARLY_PREFETCH (default) layer i+2's weights are queued when layer i ends, before layer i+1 begins;
+    without it, at layer i+1's begin. Either way each streamed layer of each pass is queued exactly once."""
+    monkeypatch.setenv("LIA_EARLY_PREFETCH", "1" if early else "0")
+    calls: list[tuple] = []
+    prefetch, begin = WeightStreamer.prefetch, WeightStreamer.begin
+
+    def log_prefetch(self, li, p_index, slot):
+        calls.append(("queue", li, p_index))
+        return prefetch(self, li, p_index, slot)
+
+    def log_begin(self, lay):
+        calls.append(("begin", lay.li, lay.pass_index))
+        return begin(self, lay)
+
+    monkeypatch.setattr(WeightStreamer, "prefetch", log_prefetch)
+    monkeypatch.setattr(WeightStreamer, "begin", log_begin)
+    _run(fake_opt, Plan(prefill_policy=ALL_GPU, decode_policy=ATTENTION_ON_CPU))
+    queued = [c[1:] for c in calls if c[0] == "queue"]
+    begun = [c[1:] for c in calls if c[0] == "begin"]
+    assert sorted(queued) == sorted(begun) and len(set(queued)) == len(queued)
+    # the layer after next (begun[k + 2]) is queued before begun[k + 1] begins iff early
+    for k in range(len(begun) - 2):
+        queued_at = calls.index(("queue", *begun[k + 2]))
+        assert (queued_at < calls.index(("begin", *begun[k + 1]))) == early
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_a_layer_waits_for_its_weights_at_its_first_gpu_sublayer(fake_opt, monkeypatch, lazy):
+    """Llama-2-70B's decode optimum (1,0,0,0,0,1) starts each layer on the CPU. With LIA_LAZY_WEIGHT_WAIT (default)
+    the compute stream waits for a streamed layer's weights right before its first GPU sublayer with weights, after
+    the CPU qkv; with LIA_LAZY_WEIGHT_WAIT=0 at the layer's begin, before it. Either way before the layer's first
+    GPU sublayer that reads weights."""
+    from runtime.executor import Executor as Ex
+
+    monkeypatch.setenv("LIA_LAZY_WEIGHT_WAIT", "1" if lazy else "0")
+    events: list[tuple] = []
+    wait, run = WeightStreamer._wait_weights, Ex._run_sublayer
+
+    def log_wait(self, lay):
+        if not lay.weights_waited:
+            events.append(("wait", lay.li, lay.pass_index))
+        return wait(self, lay)
+
+    def log_run(self, lay, ch, sub, dev):
+        events.append((sub.value, dev, lay.li, lay.pass_index))
+        return run(self, lay, ch, sub, dev)
+
+    monkeypatch.setattr(WeightStreamer, "_wait_weights", log_wait)
+    monkeypatch.setattr(Ex, "_run_sublayer", log_run)
+    plan = Plan(prefill_policy=ALL_GPU, decode_policy=policy_from_index(0b100001))
+    _, check = _run(fake_opt, plan)
+    assert check["logits_rel_err"] < LOGITS_RTOL
+    decode_layers = {(e[2], e[3]) for e in events if e[0] == "qkv" and e[1] == Device.CPU}
+    assert decode_layers
+    for li, p_index in decode_layers:
+        at = events.index(("wait", li, p_index))
+        cpu_qkv = events.index(("qkv", Device.CPU, li, p_index))
+        weighted = ("qkv", "out_proj", "fc1", "fc2")  # (GPU attention reads no weights and need not wait)
+        first_gpu = min(i for i, e in enumerate(events) if e[1:] == (Device.GPU, li, p_index) and e[0] in weighted)
+        # (a sublayer's event is logged as it starts; its weights are awaited inside it, before its kernels)
+        assert at == first_gpu + 1 if lazy else at < cpu_qkv
+
+
+def test_a_landed_kv_never_scattered_is_caught(fake_opt, monkeypatch):
+    """The contiguous landing is only half of the write-back: without the host scatter the cache is stale."""
+    plan = Plan(prefill_policy=ALL_GPU, decode_policy=ATTENTION_ON_CPU)
+    monkeypatch.setattr(KVStore, "settle", lambda self, kv, b0, b1: kv.landed.clear())
+    _, check = _run(fake_opt, plan)
+    assert check["logits_rel_err"] > 5 * LOGITS_RTOL
+
+
 def test_streaming_the_wrong_layers_weights_is_caught(fake_opt, monkeypatch):
     plan = Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU)
     original = WeightStreamer.prefetch

@@ -8,7 +8,11 @@ For each streamed layer of each decode step (steps after the first two: warm), p
 - stream: the layer's weight copies (sum of their durations on the H2D weights track);
 - chain: from the layer's first sublayer start to its fc2's end (the layer's dependent work);
 - cpu, gpu: the sum of its CPU and GPU sublayer durations; gaps = chain - cpu - gpu (copies, waits, launches
-  between sublayers, where the devices take turns).
+  between sublayers, where the devices take turns);
+- handoff: from the layer's fc2 end to the next layer's qkv start (the launching thread's work between layers
+  where the next qkv waits for it);
+- qkv lag (traces from 2026-12-01's thirteenth session on): how long after the launching thread queued the GPU
+  qkv the stream reached it (near 0: the GPU waited for the host; '-' when the trace lacks it or qkv is on the CPU).
 
 It prints the medians per trace, so a reader can see whether a layer was bound by the weight stream or by its
 chain, and what the chain was made of. Reads the JSON the runtime writes (runtime/trace.py); no GPU needed.
@@ -76,6 +80,9 @@ def layer_rows(events: list[dict]) -> list[dict]:
             if not fc2:
                 continue
             chain = max(e["ts"] + e["dur"] for e in fc2) - min(e["ts"] for e in subl)
+            fc2_end = max(e["ts"] + e["dur"] for e in fc2)
+            gpu_qkv = [e for e in subl if e["tid"] == tracks["gpu"] and e["name"].startswith("qkv")]
+            lags = [e["args"]["issue_lag_us"] for e in gpu_qkv if "issue_lag_us" in e["args"]]
             cpu = sum(e["dur"] for e in subl if e["tid"] == tracks["cpu"])
             gpu = sum(e["dur"] for e in subl if e["tid"] == tracks["gpu"])
             rows.append(
@@ -88,6 +95,8 @@ def layer_rows(events: list[dict]) -> list[dict]:
                     "cpu_ms": cpu / 1e3,
                     "gpu_ms": gpu / 1e3,
                     "gaps_ms": (chain - cpu - gpu) / 1e3,
+                    "handoff_ms": (starts[li + 1] - fc2_end) / 1e3,
+                    "qkv_lag_ms": min(lags) / 1e3 if lags else float("nan"),
                 }
             )
     return rows
@@ -113,14 +122,20 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    cols = ("period_ms", "stream_ms", "chain_ms", "cpu_ms", "gpu_ms", "gaps_ms")
+    cols = ("period_ms", "stream_ms", "chain_ms", "cpu_ms", "gpu_ms", "gaps_ms", "handoff_ms", "qkv_lag_ms")
     print(f"{'trace (streamed decode layers, medians)':58s} {'n':>3s} " + " ".join(f"{c[:-3]:>7s}" for c in cols))
     for name, rows in per_trace.items():
         if not rows:
             print(f"{name:58s}   0 (no streamed decode layer)")
             continue
-        med = {c: statistics.median(r[c] for r in rows) for c in cols}
-        print(f"{name:58s} {len(rows):3d} " + " ".join(f"{med[c]:7.2f}" for c in cols))
+        med = {}
+        for c in cols:
+            known = [r[c] for r in rows if r[c] == r[c]]
+            med[c] = statistics.median(known) if known else float("nan")
+        print(
+            f"{name:58s} {len(rows):3d} "
+            + " ".join(f"{med[c]:7.2f}" if med[c] == med[c] else f"{'-':>7s}" for c in cols)
+        )
     return 0
 
 
