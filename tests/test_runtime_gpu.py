@@ -154,7 +154,7 @@ def test_cpu_beside_dma_measures_each_case_beside_the_runtimes_feeder():
 
 def test_the_beside_dma_probe_reads_each_shape_against_its_table(tmp_path):
     """runtime.probe_beside_dma --quick: one row per shape, its solo time over the profile's interpolated table
-    and its slowdown its three pairs' ratio of sums (the mean beside over the mean alone)."""
+    and its slowdown its six pairs' ratio of sums (the mean beside over the mean alone)."""
     import pandas as pd
 
     from runtime.probe_beside_dma import main
@@ -165,6 +165,6 @@ def test_the_beside_dma_probe_reads_each_shape_against_its_table(tmp_path):
     for _, r in df.iterrows():
         assert r["solo_over_table"] == pytest.approx(r["solo_s"] / r["table_s"])
         runs = [float(x) for x in r["slowdowns"].split(",")]
-        assert len(runs) == 3 and min(runs) - 1e-3 <= r["slowdown"] <= max(runs) + 1e-3  # a weighted mean of them
+        assert len(runs) == 6 and min(runs) - 1e-3 <= r["slowdown"] <= max(runs) + 1e-3  # a weighted mean of them
         assert r["slowdown"] == pytest.approx(r["beside_dma_s"] / r["solo_s"])
     assert main(["--out", str(tmp_path), "--quick"]) == 2  # no overwrite without --force

@@ -31,7 +31,7 @@ def load(dirs: list[str]) -> pd.DataFrame:
         if not csv.is_file():
             raise FileNotFoundError(csv)
         df = pd.read_csv(csv)
-        df = df[df["status"] == "ok"] if "status" in df.columns else df
+        df = df[df["status"] == "ran"] if "status" in df.columns else df
         frames.append(df.assign(pass_index=int(m.group(1)), mode=m.group(2)))
     if not frames:
         raise ValueError("no pass folders given")
