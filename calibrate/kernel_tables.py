@@ -790,7 +790,7 @@ BESIDE_DMA_CASES: tuple[tuple[str, int, int], ...] = (
 )
 
 
-def _beside_dma_call(model, case: tuple[str, int, int]) -> tuple[list[Callable[[], Any]], float, Optional[float]]:
+def cold_calls(model, case: tuple[str, int, int]) -> tuple[list[Callable[[], Any]], float, Optional[float]]:
     """Calls (cold weights: 6 copies in turn) of one case, the bytes one call reads from DDR, and the share of its
     weights on huge pages (None for attention)."""
     import torch
@@ -872,7 +872,7 @@ def cpu_beside_dma(
     rows: list[dict] = []
     medians: dict[str, float] = {}
     for case in cases if not quick else cases[:2]:
-        calls, nbytes, huge = _beside_dma_call(model, case)
+        calls, nbytes, huge = cold_calls(model, case)
 
         def cpu_loop(n: int, calls=calls) -> float:
             t0 = time.perf_counter()

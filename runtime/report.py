@@ -362,6 +362,18 @@ def weight_dtype_speedups(df: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+def _probe_mask(df: pd.DataFrame) -> pd.Series:
+    """The rows the host drift probe measured (runtime.host_state; older rows lack its columns)."""
+    if "host_cpu_time_vs_table_before" not in df:
+        return pd.Series(False, index=df.index)
+    return pd.to_numeric(df["host_cpu_time_vs_table_before"], errors="coerce").notna()
+
+
+def _probed(df: pd.DataFrame) -> bool:
+    """Whether any point that ran carries the host drift probe's columns."""
+    return bool(_probe_mask(_ran(df)).any())
+
+
 def summarize(df: pd.DataFrame, measured: Optional[pd.DataFrame] = None) -> dict[str, Any]:
     """The summary of ``df`` (one row per point); ``measured``: every measurement before merging kept the newest
     of each point (the regret compares plans of one command; default ``df``)."""
@@ -377,6 +389,13 @@ def summarize(df: pd.DataFrame, measured: Optional[pd.DataFrame] = None) -> dict
         # the same over the points whose repeated latencies agree within 5% (issue 10: a point whose spread exceeds
         # 5% is re-run or flagged): what the model's error is where the host holds still; the goals stay on all
         "metrics_steady": metric_stats(df[~is_true(df["spread_flag"])]) if "spread_flag" in df else [],
+        # the same over the points measured while the host's CPU GEMV ran within 15% of its table, before and after
+        # the point (runtime.host_state): model error apart from the host's drift; [] where no point was probed
+        "metrics_undrifted": metric_stats(df[_probe_mask(df) & ~is_true(df["host_drift_flag"])]) if _probed(df) else [],
+        "points_probed": int(_probe_mask(_ran(df)).sum()) if _probed(df) else 0,
+        "points_host_drift": int((_probe_mask(_ran(df)) & is_true(_ran(df)["host_drift_flag"])).sum())
+        if _probed(df)
+        else 0,
         "metrics_by_weight_dtype": metrics_by_weight_dtype(df),
         "weight_dtype_speedups": weight_dtype_speedups(df),
         "regret": regret_table(df) if measured is None else regret_table(measured, by_command=True),
@@ -430,6 +449,20 @@ def summary_markdown(summary: dict[str, Any], title: str = "Validation summary")
             "|---|---|---|---|---|---|---|---|",
         ]
         lines += [_metric_line(m, "yes" if m["met"] else "no") for m in steady]
+    undrifted = [m for m in summary.get("metrics_undrifted", []) if m["goal"]]
+    if undrifted:
+        lines += [
+            "",
+            f"Of the {summary['points_probed']} points with the host drift probe (runtime/host_state.py), "
+            f"{summary['points_host_drift']} were measured while the host's CPU GEMV ran more than 15% off its kernel "
+            f"table, before or after the point (host_drift_flag). The same metrics over the other "
+            f"{undrifted[0]['n']} (the goals above count every point):",
+            "",
+            "| metric, host within 15% of its tables | points | mean abs err | median abs err | max abs err | "
+            "mean signed err | within the goals | worst point |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [_metric_line(m, "yes" if m["met"] else "no") for m in undrifted]
     by_dtype = summary.get("metrics_by_weight_dtype") or {}
     if by_dtype:
         lines += [

@@ -275,6 +275,12 @@ def run_points(
             context["pitched_copies"] = "cudaMemcpy2DAsync" if m2d.available else f"fallback: {m2d.reason}"
         context["setup_s"] = round(time.perf_counter() - t0, 2)
     order = sorted(runnable, key=lambda p: p.system_key)
+    from runtime.host_state import HostProbe, choose_shape, drift_columns, probe_wanted
+
+    shape = choose_shape(tables) if probe_wanted(backend.is_cuda) else None
+    host_probe = HostProbe(shape) if shape is not None else None
+    if host_probe is not None:
+        echo(f"host drift probe: {shape.model} {shape.sublayer} at 1 row before and after each point")
     weights_by_model: dict[tuple[str, int], Any] = {}
     layer_cache = GpuLayerCache()
     ratio = 1.5
@@ -298,6 +304,7 @@ def run_points(
             weights_by_model[p.system_key] = ModelWeights(p.model, arena, backend, seed=opts.seed, weight_dtype=_wdt(p))
         weights = weights_by_model[p.system_key]
         t_point = time.perf_counter()
+        drift_before = host_probe.time_vs_table() if host_probe is not None else None
         try:
             measured, check, peaks = _run_one(p, system, backend, weights, kv_arena, layer_cache, opts)
         except LiaInputError as err:
@@ -323,7 +330,9 @@ def run_points(
                 except RuntimeError:
                     pass
             continue
+        drift_after = host_probe.time_vs_table() if host_probe is not None else None
         rows[p.id] = {**_row(p, system, measured, check, context, weights), **peaks}
+        rows[p.id].update(drift_columns(drift_before, drift_after) if host_probe is not None else {})
         rows[p.id]["point_wall_s"] = round(time.perf_counter() - t_point, 2)
         if p.pred.latency_s > 0:
             ratio = min(5.0, max(ratio if k > 1 else 1.0, measured.latency_s / p.pred.latency_s))
@@ -334,6 +343,12 @@ def run_points(
             f"{_f(measured.tpot_mean_s)} s ({_err(p.pred.tpot_mean_s, measured.tpot_mean_s)})"
             + (f"; logits rel err {check['logits_rel_err']:.2e}" if "logits_rel_err" in check else "")
             + (f"; DATA-FLOW MISMATCH: {check['dataflow_first_problem']}" if check["dataflow_problems"] else "")
+            + (
+                f"; host CPU {drift_before:.2f}x / {drift_after:.2f}x its table"
+                + (" (HOST DRIFT)" if rows[p.id]["host_drift_flag"] else "")
+                if host_probe is not None
+                else ""
+            )
             + f" [{time.perf_counter() - started:.0f} s]"
         )
         if on_progress is not None:

@@ -253,6 +253,26 @@ def test_steady_points_are_summarised_apart_from_the_flagged_ones(table):
     assert summarize(add_errors(table))["metrics_steady"] == []  # no spread column: no second table
 
 
+def test_points_measured_in_host_drift_are_summarised_apart(table):
+    """The drift probe ran for every point but A/ipex (an older row: no probe columns there); it flagged A/flexgen
+    (latency error -20%). Over the 3 probed, unflagged points that ran (A/optimal +10%, B/optimal 0%, B/flexgen
+    +12.5%) the latency error's mean is 7.5% and its max 12.5%; the goals stay on all 5 points."""
+    df = table.assign(
+        host_cpu_time_vs_table_before=[1.02, 1.40, None, 0.97, 1.05, None],
+        host_cpu_time_vs_table_after=[1.01, 1.10, None, 1.00, 0.99, None],
+        host_drift_flag=[False, True, None, False, False, None],
+    )
+    s = summarize(add_errors(df))
+    undrifted = {m["metric"]: m for m in s["metrics_undrifted"]}
+    assert s["points_probed"] == 4 and s["points_host_drift"] == 1
+    assert undrifted["latency"]["n"] == 3
+    assert undrifted["latency"]["mean_abs_err"] == pytest.approx((0.10 + 0.0 + 0.125) / 3)
+    assert undrifted["latency"]["max_abs_err"] == pytest.approx(0.125)
+    md = summary_markdown(s)
+    assert "Of the 4 points with the host drift probe" in md and "| latency | 3 | 7.5% |" in md
+    assert summarize(add_errors(table))["metrics_undrifted"] == []  # never probed: no such table
+
+
 def test_quantised_points_are_reported_apart_by_weight_dtype(table):
     """With an int8 point among bf16 ones (and rows from before the weight_dtype column, read as bf16), the summary
     gives each dtype's metrics: the int8 point's latency error by hand, 1.2 / 1.0 - 1 = +20%."""

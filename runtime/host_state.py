@@ -1,0 +1,94 @@
+"""The host's CPU memory speed now, against its kernel tables: a drift check beside each validation point.
+
+Why: on the GPU host the CPU's memory bandwidth swings about 2x, in runs of seconds to minutes
+(runtime/validation/dram-drift/). In one slow episode (runtime/validation/wave2-s/run1, 2026-12-01T17:06Z-17:13Z)
+every point ran 20-50% slower than the same plans 15 minutes later, and the model, calibrated in the usual state,
+was off by as much. A summary that mixes such points with the rest cannot tell model error from host drift.
+
+What: ``lia validate`` times one CPU GEMV of the profile's own tables before and after each point: the runtime's
+linear (``calibrate.kernel_tables.cold_calls``: the sublayer function over 6 cold weight copies, as the
+calibrator times it) at one row, a dozen calls (about 0.05 s), and divides the median by the table's time. The
+row gets ``host_cpu_time_vs_table_before`` / ``_after`` (1.0: as calibrated; 1.5: the host's CPU reads weights
+1.5x slower than when its tables were measured) and ``host_drift_flag`` when either is more than
+``DRIFT_FLAG`` off. The summary reports the metrics over the points without the flag beside those over all.
+Only where the profile has CPU kernel tables and a CUDA device runs the points; ``LIA_HOST_PROBE=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from lia_model.hardware import KernelTables, table_seconds
+
+DRIFT_FLAG = 0.15  # a probe more than 15% off its table flags the point (the max-error goal's size)
+PROBE_CALLS = 12
+PREFERRED = (("opt-30b", "out_proj"), ("opt-30b", "fc1"))  # small, steady shapes first
+
+
+@dataclass(frozen=True)
+class ProbeShape:
+    model: str
+    sublayer: str
+    table_s: float  # the table's time at one row
+
+
+def choose_shape(tables: Optional[KernelTables]) -> Optional[ProbeShape]:
+    """The bf16 CPU linear the probe times: OPT-30B out_proj where the tables hold it, else the first catalog model's
+    entry; None without CPU tables."""
+    from lia_model.models import CATALOG
+
+    if tables is None:
+        return None
+    entries = [t for t in tables.cpu_linear if t.weight_dtype == "bf16" and t.model in CATALOG]
+    for model, sub in PREFERRED:
+        for t in entries:
+            if (t.model, t.sublayer) == (model, sub):
+                return ProbeShape(t.model, t.sublayer, table_seconds(t, 1))
+    return ProbeShape(entries[0].model, entries[0].sublayer, table_seconds(entries[0], 1)) if entries else None
+
+
+def probe_wanted(is_cuda: bool) -> bool:
+    return is_cuda and os.environ.get("LIA_HOST_PROBE", "1") != "0"
+
+
+class HostProbe:
+    """Times ``shape`` with the calibrator's cold calls (made once, on first use)."""
+
+    def __init__(self, shape: ProbeShape, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.shape = shape
+        self.clock = clock
+        self._calls: Optional[list[Callable[[], object]]] = None
+
+    def _make_calls(self) -> list[Callable[[], object]]:
+        from calibrate.kernel_tables import cold_calls
+        from lia_model.models import get_model
+
+        calls, _, _ = cold_calls(get_model(self.shape.model), (self.shape.sublayer, 1, 0))
+        return calls
+
+    def time_vs_table(self) -> float:
+        """The median time of ``PROBE_CALLS`` calls over the table's time (after one warm-up round)."""
+        if self._calls is None:
+            self._calls = self._make_calls()
+            for call in self._calls:
+                call()
+        times = []
+        for i in range(PROBE_CALLS):
+            t0 = self.clock()
+            self._calls[i % len(self._calls)]()
+            times.append(self.clock() - t0)
+        return statistics.median(times) / self.shape.table_s
+
+
+def drift_columns(before: Optional[float], after: Optional[float]) -> dict[str, object]:
+    """The row's host-state columns from the probe's ratios (None: not probed)."""
+    known = [r for r in (before, after) if r is not None]
+    return {
+        "host_cpu_time_vs_table_before": None if before is None else round(before, 3),
+        "host_cpu_time_vs_table_after": None if after is None else round(after, 3),
+        "host_drift_flag": bool(known) and any(abs(r - 1.0) > DRIFT_FLAG for r in known),
+    }
