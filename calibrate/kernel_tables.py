@@ -790,9 +790,11 @@ BESIDE_DMA_CASES: tuple[tuple[str, int, int], ...] = (
 )
 
 
-def cold_calls(model, case: tuple[str, int, int]) -> tuple[list[Callable[[], Any]], float, Optional[float]]:
-    """Calls (cold weights: 6 copies in turn) of one case, the bytes one call reads from DDR, and the share of its
-    weights on huge pages (None for attention)."""
+def cold_calls(
+    model, case: tuple[str, int, int], copies: int = 6
+) -> tuple[list[Callable[[], Any]], float, Optional[float]]:
+    """Calls (cold weights: ``copies`` in turn; attention: 6 caches) of one case, the bytes one call reads from DDR,
+    and the share of its weights on huge pages (None for attention)."""
     import torch
 
     from lia_model.sublayers import Sublayer
@@ -811,7 +813,7 @@ def cold_calls(model, case: tuple[str, int, int]) -> tuple[list[Callable[[], Any
             nbytes = 2.0 * tokens * kvh * context * d * 2
         return calls, nbytes, None
     sub = Sublayer(name)
-    params = _params(model, sub, "cpu", 6)
+    params = _params(model, sub, "cpu", copies)
     from lia_model.accounting import linear_shape
     from runtime.hostmem import huge_page_fraction
 

@@ -6,8 +6,10 @@ every point ran 20-50% slower than the same plans 15 minutes later, and the mode
 was off by as much. A summary that mixes such points with the rest cannot tell model error from host drift.
 
 What: ``lia validate`` times one CPU GEMV of the profile's own tables before and after each point: the runtime's
-linear (``calibrate.kernel_tables.cold_calls``: the sublayer function over 6 cold weight copies, as the
-calibrator times it) at one row, a dozen calls (about 0.05 s), and divides the median by the table's time. The
+linear (``calibrate.kernel_tables.cold_calls``) at one row over as many weight copies as the calibrator cycles for
+that shape (together over 4x the LLC, ``calibrate.tensors.copies_to_stream``), a dozen calls (about 0.05 s), and
+divides the median by the table's time. (Over 6 copies of OPT-30B out_proj, 2x the host's 300 MiB LLC, the first
+run on the host read 0.71-0.96x the table, median 0.87: partly cached.) The
 row gets ``host_cpu_time_vs_table_before`` / ``_after`` (1.0: as calibrated; 1.5: the host's CPU reads weights
 1.5x slower than when its tables were measured) and ``host_drift_flag`` when either is more than
 ``DRIFT_FLAG`` off. The summary reports the metrics over the points without the flag beside those over all.
@@ -64,10 +66,17 @@ class HostProbe:
         self._calls: Optional[list[Callable[[], object]]] = None
 
     def _make_calls(self) -> list[Callable[[], object]]:
-        from calibrate.kernel_tables import cold_calls
+        from calibrate.host import host_info
+        from calibrate.kernel_tables import LLC_DEFAULT, cold_calls
+        from calibrate.tensors import copies_to_stream
+        from lia_model.accounting import linear_shape
         from lia_model.models import get_model
+        from lia_model.sublayers import Sublayer
 
-        calls, _, _ = cold_calls(get_model(self.shape.model), (self.shape.sublayer, 1, 0))
+        model = get_model(self.shape.model)
+        k, n = linear_shape(model, Sublayer(self.shape.sublayer))
+        copies = copies_to_stream(2 * k * n, host_info().llc_bytes or LLC_DEFAULT, cap=16)  # as the tables did
+        calls, _, _ = cold_calls(model, (self.shape.sublayer, 1, 0), copies=copies)
         return calls
 
     def time_vs_table(self) -> float:
