@@ -48,6 +48,11 @@ class Query(BaseModel):
     tpot_max_ms: Optional[float] = Field(
         None, description="Bound on the mean time per output token, in ms (needs --output 2 or more)."
     )
+    ttft_max_ms: Optional[float] = Field(
+        None,
+        strict=True,  # a number, never a bool read as 1 ms
+        description="Bound on the time to the first token (the prefill pass and its LM head), in ms.",
+    )
     mode: Mode = Field(
         "overlap",
         description="Cost model: overlap (resources run side by side), additive (their serial sum) or "

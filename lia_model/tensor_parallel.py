@@ -158,25 +158,41 @@ def predict_tp(node: TensorParallelNode, model: ModelSpec, workload: Workload) -
     )
 
 
+def within_bounds(
+    pred: TensorParallelPrediction, tpot_max_s: Optional[float] = None, ttft_max_s: Optional[float] = None
+) -> bool:
+    """Whether the mean TPOT is at most tpot_max_s and the TTFT at most ttft_max_s (None: no bound)."""
+    if tpot_max_s is not None and (pred.tpot_mean_s is None or pred.tpot_mean_s > tpot_max_s):
+        return False
+    return ttft_max_s is None or pred.ttft_s <= ttft_max_s
+
+
 def best_at_batch(
-    node: TensorParallelNode, model: ModelSpec, workload: Workload, tpot_max_s: Optional[float] = None
+    node: TensorParallelNode,
+    model: ModelSpec,
+    workload: Workload,
+    tpot_max_s: Optional[float] = None,
+    ttft_max_s: Optional[float] = None,
 ) -> Optional[TensorParallelPrediction]:
     """The node at the workload's own batch (the latency objective), or None when it does not fit memory or
-    its mean TPOT exceeds tpot_max_s."""
+    misses a bound (mean TPOT over tpot_max_s, TTFT over ttft_max_s)."""
     if not fits(node, model, workload):
         return None
     pred = predict_tp(node, model, workload)
-    if tpot_max_s is not None and (pred.tpot_mean_s is None or pred.tpot_mean_s > tpot_max_s):
-        return None
-    return pred
+    return pred if within_bounds(pred, tpot_max_s, ttft_max_s) else None
 
 
 def best_throughput(
-    node: TensorParallelNode, model: ModelSpec, input_len: int, output_len: int, tpot_max_s: Optional[float] = None
+    node: TensorParallelNode,
+    model: ModelSpec,
+    input_len: int,
+    output_len: int,
+    tpot_max_s: Optional[float] = None,
+    ttft_max_s: Optional[float] = None,
 ) -> Optional[TensorParallelPrediction]:
     """Highest throughput over every batch from 1 to the largest that fits (as the LIA optimiser's
-    throughput objective searches every batch), among those whose mean TPOT is at most tpot_max_s; None
-    when no batch qualifies."""
+    throughput objective searches every batch), among those whose mean TPOT is at most tpot_max_s and TTFT at
+    most ttft_max_s; None when no batch qualifies."""
     from lia_model.optimizer.infeasible import largest_feasible
 
     def ok(b: int) -> bool:
@@ -188,7 +204,7 @@ def best_throughput(
     best: Optional[TensorParallelPrediction] = None
     for b in range(1, top + 1):
         pred = predict_tp(node, model, Workload(batch=b, input_len=input_len, output_len=output_len))
-        if tpot_max_s is not None and (pred.tpot_mean_s is None or pred.tpot_mean_s > tpot_max_s):
+        if not within_bounds(pred, tpot_max_s, ttft_max_s):
             continue
         if best is None or pred.throughput_tokens_per_s > best.throughput_tokens_per_s:
             best = pred

@@ -144,13 +144,45 @@ def test_rank_by_tokens_per_s_puts_the_fastest_first_and_header_shows_overrides(
     assert code == 0 and "what-if overrides: gpu.memory_gib=20" in out
 
 
-def test_ttft_bound_filters_and_is_said(files):
+def test_ttft_bound_is_an_optimiser_constraint_and_is_said(files):
+    """A TTFT bound no plan meets: every row says why (the optimiser's error, naming the option), none ranks."""
     code, out, err = run_lia(_base(files, "--rank", "latency", "--ttft-max-ms", "0.001", "--json"))
     assert code == 0, err
     doc = json.loads(out)
-    assert all(r["rank"] is None and not r["qualifies"] and "TTFT" in r["why_not"] for r in doc["results"])
+    assert doc["header"]["ttft_max_s"] == pytest.approx(1e-6)
+    for r in doc["results"]:
+        assert r["rank"] is None and not r["qualifies"] and "--ttft-max-ms" in r["why_not"], r["why_not"]
+        assert "the fastest is" in r["why_not"]
     code, out, _ = run_lia(_base(files, "--rank", "latency", "--ttft-max-ms", "0.001"))
-    assert "TTFT <= 0.001 ms (filter)" in out and "the TTFT bound filters" in out
+    assert "TTFT <= 0.001 ms (optimiser constraint)" in out and "filter" not in out
+
+
+def test_ttft_bound_reaches_each_machines_optimisation(files):
+    """A machine whose latency optimum is over the TTFT bound still qualifies, with the best plan that meets it
+    (issue 16; the bound used to filter each machine's optimum out). spr-h100 with 2 GiB of HBM, a Llama-shaped
+    model of 8 layers of hidden size 2048, B=4, 512/32, additive model: the optimum has a TTFT of 28.9 ms; under
+    20 ms the box prefills on the GPU with fewer resident layers (tests/test_optimizer.py test_ttft_bound_by_hand)."""
+    config = dict(TINY, hidden_size=2048, num_hidden_layers=8, num_attention_heads=16, num_key_value_heads=16)
+    model = files["dir"] / "llama-2048x8.json"
+    model.write_text(json.dumps({**config, "intermediate_size": 5632}))
+    query = ["--model", str(model), "--set", "gpu.memory_gib=2", "--set", "link.h2d_gbps=55", "--mode", "additive"]
+    query += ["--batch", "4", "--input", "512", "--output", "32", "--solver", "enumerate"]
+    code, out, err = run_lia(["plan", "--system", "spr-h100", *query, "--json"])
+    assert code == 0, err
+    free = json.loads(out)["optimum"]
+    assert free["ttft_s"] > 0.020
+    compare = ["compare", "--systems", "spr-h100", "--models", *query[1:], "--objective", "latency"]
+    code, out, err = run_lia([*compare, "--ttft-max-ms", "20", "--json"])
+    assert code == 0, err
+    (row,) = json.loads(out)["results"]
+    assert row["qualifies"] and row["rank"] == 1 and row["why_not"] is None
+    assert row["ttft_s"] <= 0.020 and row["latency_s"] > free["latency_s"]
+    assert row["gpu_resident_layers"] < free["plan"]["gpu_resident_layers"]
+    code, out, err = run_lia(["plan", "--system", "spr-h100", *query, "--ttft-max-ms", "20", "--json"])
+    assert code == 0, err
+    planned = json.loads(out)
+    assert planned["query"]["ttft_max_s"] == pytest.approx(0.020)
+    assert row["latency_s"] == pytest.approx(planned["optimum"]["latency_s"], rel=1e-12)
 
 
 def test_rank_rows_by_hand():
@@ -219,6 +251,15 @@ def test_tensor_parallel_node_is_ranked_and_its_batch_is_the_best_of_every_batch
     assert best is not None and best.tpot_mean_s <= bound
     assert best.throughput_tokens_per_s == max(p.throughput_tokens_per_s for p in feasible)
     assert best.workload.batch < b - 1  # the bound binds: the largest fitting batch misses it
+    # a TTFT bound the same way: the best of the batches whose TTFT is at most 2 s
+    by_ttft = best_throughput(node, model, 512, 8, ttft_max_s=2.0)
+    within = [
+        p
+        for p in (predict_tp(node, model, Workload(batch=k, input_len=512, output_len=8)) for k in range(1, b))
+        if p.ttft_s <= 2.0
+    ]
+    assert by_ttft is not None and by_ttft.ttft_s <= 2.0 and by_ttft.workload.batch < b - 1
+    assert by_ttft.throughput_tokens_per_s == max(p.throughput_tokens_per_s for p in within)
 
     prices = files["dir"] / "p.yaml"
     prices.write_text(PRICES + "  dgx-a100: [big, big]\n")

@@ -67,16 +67,17 @@ def make_cases(full_size: bool):
     return cases()
 
 
-def brute_force(system, model, wl, tpot):
-    return brute_force_optimum(build_tables(system, model, wl, prune_isas=False), tpot_max_s=tpot)
+def brute_force(system, model, wl, tpot, ttft=None, mode="overlap"):
+    tables = build_tables(system, model, wl, mode, prune_isas=False)
+    return brute_force_optimum(tables, tpot_max_s=tpot, ttft_max_s=ttft)
 
 
-def fast_enumeration(system, model, wl, tpot):
+def fast_enumeration(system, model, wl, tpot, ttft=None, mode="overlap"):
     """The vectorised enumerator (checked against brute_force in the tests here)."""
-    return enumerate_optimum(build_tables(system, model, wl), tpot_max_s=tpot)
+    return enumerate_optimum(build_tables(system, model, wl, mode), tpot_max_s=tpot, ttft_max_s=ttft)
 
 
-def oracle(system, model, workload, objective, tpot, max_batch, per_batch=brute_force):
+def oracle(system, model, workload, objective, tpot, max_batch, per_batch=brute_force, ttft=None, mode="overlap"):
     """Brute force over the whole plan space, and over every batch 1 .. max_batch for throughput."""
     if objective == "latency":
         batches = [workload.batch]
@@ -86,7 +87,7 @@ def oracle(system, model, workload, objective, tpot, max_batch, per_batch=brute_
     best = None
     for b in batches:
         wl = workload.model_copy(update={"batch": b})
-        found = per_batch(system, model, wl, tpot)
+        found = per_batch(system, model, wl, tpot, ttft, mode)
         if found is None:
             continue
         value = found.latency_s if objective == "latency" else b * wl.output_len / found.latency_s
@@ -96,10 +97,13 @@ def oracle(system, model, workload, objective, tpot, max_batch, per_batch=brute_
     return best
 
 
-def check_against_oracle(case, solver, per_batch=brute_force):
+def check_against_oracle(case, solver, per_batch=brute_force, ttft=None, mode="overlap"):
+    """optimize() against the oracle; with ``ttft`` (a TTFT bound, s) both solve under it too."""
     system, model, workload, objective, tpot, max_batch = case
-    expected = oracle(system, model, workload, objective, tpot, max_batch, per_batch)
-    kwargs = dict(tpot_max_s=tpot, solver=solver, max_batch=max_batch, batch_solves=UNLIMITED)
+    expected = oracle(system, model, workload, objective, tpot, max_batch, per_batch, ttft, mode)
+    kwargs = dict(
+        tpot_max_s=tpot, ttft_max_s=ttft, solver=solver, max_batch=max_batch, batch_solves=UNLIMITED, mode=mode
+    )
     if expected is None:
         with pytest.raises(InfeasibleError):
             optimize(system, model, workload, objective, **kwargs)
@@ -110,12 +114,15 @@ def check_against_oracle(case, solver, per_batch=brute_force):
     # the solver's own objective is the latency at the batch it chose
     assert result.solver_objective_s == pytest.approx(result.prediction.latency_s, rel=1e-6)
     # predict() of the plan gives the same number
-    again = predict(system, model, result.workload, result.plan)
+    again = predict(system, model, result.workload, result.plan, mode)
     value = again.latency_s if objective == "latency" else again.throughput_tokens_per_s
     assert value == pytest.approx(expected[0], rel=1e-6)
     assert again.feasible
     if tpot is not None and again.tpot_mean_s is not None:
         assert again.tpot_mean_s <= tpot * (1 + 1e-9)
+    if ttft is not None:
+        assert again.ttft_s <= ttft
+    return result
 
 
 @settings(
@@ -433,3 +440,207 @@ def test_the_enumerators_reduced_pairs_give_the_exhaustive_optimum(system, model
     fast, full = enumerate_optimum(tables), enumerate_optimum(tables, exhaustive=True)
     assert fast is not None and full is not None
     assert fast.latency_s == full.latency_s and fast.plan == full.plan
+
+
+# ---------------------------------------------------------------- the TTFT bound (issue 16)
+
+
+def small_llama(hidden: int, layers: int):
+    """A Llama-shaped model small enough to brute-force in a fraction of a second."""
+    from lia_model.models import model_from_hf_config
+
+    config = {
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": hidden // 128,
+        "num_key_value_heads": hidden // 128,
+        "intermediate_size": hidden * 11 // 4,
+        "vocab_size": 32000,
+        "max_position_embeddings": 4096,
+    }
+    return model_from_hf_config(config, name=f"llama-{hidden}x{layers}")
+
+
+# Queries whose latency optimum is not the plan of the fastest TTFT, so that a TTFT bound between the two moves the
+# plan: (system, what-ifs, model (a catalog name and its layers, or small_llama's hidden size and layers), B, L_in,
+# L_out, cost model). Without CXL the enumerator's pipeline branch (overlap) and its allowance branch (additive).
+TTFT_TRADE_OFFS = [
+    pytest.param(
+        "spr-h100", ["gpu.memory_gib=2", "link.h2d_gbps=55"], (2048, 8), 4, 512, 32, "additive", id="no-cxl-additive"
+    ),
+    pytest.param(
+        "gnr-a100", ["gpu.memory_gib=4", "link.h2d_gbps=55"], (4096, 8), 4, 64, 32, "overlap", id="no-cxl-pipeline"
+    ),
+    pytest.param("spr-h100-cxl", ["gpu.memory_gib=2", "link.h2d_gbps=55"], (4096, 4), 4, 64, 8, "overlap", id="cxl"),
+    pytest.param(
+        "emr-h100-calibrated",
+        ["gpu.memory_gib=8", "cpu.isa.amx_bf16.per_core_tflops=0.03"],
+        ("opt-66b", 8),
+        2,
+        16,
+        33,
+        "overlap",
+        id="kernel-tables-opt-66b",
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(
+        "spr-a100-cxl",
+        ["gpu.memory_gib=8", "link.h2d_gbps=16", "cpu.isa.amx_bf16.per_core_tflops=0.03"],
+        ("llama-2-70b", 8),
+        12,
+        16,
+        33,
+        "overlap",
+        id="cxl-llama-2-70b",
+        marks=pytest.mark.slow,
+    ),
+    pytest.param(
+        "gnr-h100-cxl",
+        ["gpu.memory_gib=16", "link.h2d_gbps=16", "cpu.isa.amx_bf16.per_core_tflops=0.5"],
+        ("opt-66b", 8),
+        2,
+        512,
+        33,
+        "overlap",
+        id="cxl-opt-66b",
+        marks=pytest.mark.slow,
+    ),
+]
+
+
+def ttft_query(system, overrides, shape, batch, input_len, output_len):
+    name, layers = shape
+    model = small_llama(name, layers) if isinstance(name, int) else get_model(name)
+    model = model.model_copy(update={"num_layers": layers})
+    return load_system(system, overrides), model, make_workload(batch, input_len, output_len, model)
+
+
+@pytest.mark.parametrize("system, overrides, shape, batch, input_len, output_len, mode", TTFT_TRADE_OFFS)
+def test_ttft_bound_ilps_and_enumerator_match_brute_force(system, overrides, shape, batch, input_len, output_len, mode):
+    """Under TTFT bounds from the unbounded optimum's TTFT down to the fastest TTFT any plan reaches, the enumerator,
+    CBC and HiGHS (cold, the full ILP) and optimize() find what brute force finds, and the plan's predicted TTFT is
+    within the bound. Below the unbounded optimum's TTFT that plan breaks the bound and a slower one meets it; below
+    the fastest TTFT no plan does. (Bounds sit 1e-9 above a plan's TTFT: in the additive model predict() and the
+    solvers' tables can add the same terms to numbers a last bit apart.)"""
+    from lia_model.optimizer import fastest_ttft_s
+
+    spec, model, wl = ttft_query(system, overrides, shape, batch, input_len, output_len)
+    free = optimize(spec, model, wl, solver="enumerate", mode=mode)
+    fastest = fastest_ttft_s(spec, model, wl, mode)
+    assert free.prediction.ttft_s > fastest * 1.02  # a trade-off: the bound below moves the plan
+    full, tables = build_tables(spec, model, wl, mode, prune_isas=False), build_tables(spec, model, wl, mode)
+    for bound in (free.prediction.ttft_s * (1 + 1e-9), (fastest + free.prediction.ttft_s) / 2, fastest * (1 + 1e-9)):
+        brute = brute_force_optimum(full, ttft_max_s=bound)
+        assert brute is not None and predict(spec, model, wl, brute.plan, mode).ttft_s <= bound * (1 + 1e-12)
+        fast = enumerate_optimum(tables, ttft_max_s=bound)
+        assert fast.latency_s == pytest.approx(brute.latency_s, rel=1e-9)
+        for name in ("cbc", "highs"):
+            sol = solve_ilp(tables, ttft_max_s=bound, solver=name)
+            assert sol.objective_s == pytest.approx(brute.latency_s, rel=1e-6), name
+            got = predict(spec, model, wl, sol.plan, mode)
+            assert got.latency_s == pytest.approx(brute.latency_s, rel=1e-6) and got.ttft_s <= bound * (1 + 1e-9)
+        for name in ("cbc", "enumerate"):
+            result = optimize(spec, model, wl, solver=name, mode=mode, ttft_max_s=bound)
+            assert result.objective_value == pytest.approx(brute.latency_s, rel=1e-6)
+            assert result.prediction.ttft_s <= bound and result.prediction.feasible
+            if bound < free.prediction.ttft_s:
+                assert result.plan != free.plan and result.prediction.latency_s > free.prediction.latency_s
+    below = fastest * (1 - 1e-6)
+    assert brute_force_optimum(full, ttft_max_s=below) is None and enumerate_optimum(tables, ttft_max_s=below) is None
+    assert solve_ilp(tables, ttft_max_s=below) is None
+    with pytest.raises(InfeasibleError, match="--ttft-max-ms"):
+        optimize(spec, model, wl, mode=mode, ttft_max_s=below)
+
+
+def test_ttft_bound_by_hand():
+    """spr-h100 with 2 GiB of HBM, a Llama-shaped model of 8 layers of hidden size 2048, B=4, 512/32, in the
+    additive model, where TTFT = N_res R_pre + K S_pre(p_pre) + head (K = 8 - N_res streamed layers), a sum to
+    check by hand. The latency optimum keeps qkv, fc1 and fc2 on the CPU in both stages: they need no GPU buffers,
+    so 6 layers stay resident instead of 4, and decode gains more than prefill loses (28.9 ms to the first token).
+    Under TTFT <= 20 ms the optimum prefills on the GPU with 4 resident layers: 12.9 ms, the fastest TTFT of any
+    plan, so a bound just below it has no plan, and the error says what the fastest is."""
+    from lia_model.costmodel import stage_context
+    from lia_model.costterms import head_time_s, policy_features, resident_layer_time, streamed_layer_terms
+    from lia_model.optimizer import fastest_ttft_s
+    from lia_model.plan import ALL_GPU, policy_notation
+    from lia_model.sublayers import Stage
+
+    system = load_system("spr-h100", ["gpu.memory_gib=2", "link.h2d_gbps=55"])
+    model = small_llama(2048, 8)
+    wl = make_workload(4, 512, 32, model)
+    free = optimize(system, model, wl, mode="additive")
+    assert free.plan.gpu_resident_layers == 6 and policy_notation(free.plan.prefill_policy) == "(1,0,0,0,1,1)"
+    assert free.prediction.ttft_s == pytest.approx(0.02892, abs=1e-5)
+    bounded = optimize(system, model, wl, mode="additive", ttft_max_s=0.020)
+    plan = bounded.plan
+    assert plan.gpu_resident_layers == 4 and plan.prefill_policy == ALL_GPU
+    ctx = stage_context(wl, plan, Stage.PREFILL, "additive")
+    r_pre = resident_layer_time(system, model, ctx)[0][0]
+    s_pre = streamed_layer_terms(system, model, ctx).layer_time(policy_features(ALL_GPU))[0]
+    by_hand = 4 * r_pre + 4 * s_pre + head_time_s(system, model, 4)
+    assert bounded.prediction.ttft_s == pytest.approx(by_hand, rel=1e-12)
+    assert bounded.prediction.ttft_s == pytest.approx(0.012905, abs=1e-6)
+    assert bounded.prediction.latency_s > free.prediction.latency_s
+    fastest = fastest_ttft_s(system, model, wl, "additive")
+    assert fastest == pytest.approx(bounded.prediction.ttft_s, rel=1e-12)
+    # the bound at that TTFT (to a last-bit rounding): met; the enumerator and the ILP agree
+    edge = bounded.prediction.ttft_s * (1 + 1e-12)
+    for solver in ("cbc", "enumerate"):
+        at = optimize(system, model, wl, mode="additive", ttft_max_s=edge, solver=solver)
+        assert at.plan == plan and at.prediction.ttft_s <= edge
+    with pytest.raises(InfeasibleError) as caught:
+        optimize(system, model, wl, mode="additive", ttft_max_s=0.0128)
+    assert caught.value.field == "--ttft-max-ms"
+    assert "the fastest is 12.9 ms" in str(caught.value) and "use --ttft-max-ms 12.91 or more" in str(caught.value)
+    # both bounds, each reachable alone, not together: the error says so
+    with pytest.raises(InfeasibleError, match="meets both a TTFT of 20 ms and a mean TPOT of 2 ms"):
+        optimize(system, model, wl, mode="additive", ttft_max_s=0.020, tpot_max_s=0.002)
+
+
+def test_throughput_under_a_ttft_bound_matches_every_batch():
+    """The batch search under a TTFT bound (its relaxation bounds the TTFT at the bottom of each range): the best
+    batch of 1..16 under TTFT <= 20 ms is 6 (16 without the bound), as solving every batch says."""
+    system = load_system("spr-h100", ["gpu.memory_gib=2", "link.h2d_gbps=55"])
+    model = small_llama(2048, 8)
+    case = (system, model, make_workload(1, 512, 32, model), "throughput", None, 16)
+    result = check_against_oracle(case, "cbc", per_batch=fast_enumeration, ttft=0.020, mode="additive")
+    assert result.workload.batch == 6 and result.batch_gap_bound == 0.0
+    assert optimize(*case[:4], mode="additive", max_batch=16).workload.batch == 16
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@pytest.mark.slow
+@given(make_cases(full_size=False), st.sampled_from([0.0, 0.3, 0.7, 1.2]))
+def test_ttft_bounded_optimum_matches_brute_force(case, where):
+    """Random queries (latency) under a TTFT bound between the fastest TTFT any plan reaches (where = 0) and the
+    unbounded optimum's (where = 1), a TPOT bound as drawn."""
+    from hypothesis import assume
+
+    from lia_model.optimizer import fastest_ttft_s
+
+    system, model, workload, _, tpot, _ = case
+    fastest = fastest_ttft_s(system, model, workload)
+    assume(fastest < float("inf"))
+    free = enumerate_optimum(build_tables(system, model, workload), tpot_max_s=tpot)
+    top = predict(system, model, workload, free.plan).ttft_s if free is not None else 2 * fastest
+    bound = fastest * (1 + 1e-9) + where * (top - fastest)
+    check_against_oracle((system, model, workload, "latency", tpot, None), "cbc", ttft=bound)
+
+
+@st.composite
+def ttft_bounded_throughput_cases(draw):
+    """Throughput under a TTFT bound that the latency optimum of a batch B_mid just meets."""
+    system, model, workload, objective, _, max_batch = draw(bounded_throughput_cases())
+    mid = workload.model_copy(update={"batch": draw(st.integers(2, 16))})
+    found = enumerate_optimum(build_tables(system, model, mid))
+    ttft = 1.0 if found is None else predict(system, model, mid, found.plan).ttft_s * (1 + 1e-6)
+    return (system, model, workload, objective, draw(st.sampled_from([None, 0.5])), max_batch), ttft
+
+
+@settings(max_examples=8, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
+@given(ttft_bounded_throughput_cases())
+def test_ttft_bounded_throughput_batch_matches_every_batch(case_and_bound):
+    case, ttft = case_and_bound
+    check_against_oracle(case, "cbc", per_batch=fast_enumeration, ttft=ttft)

@@ -18,6 +18,7 @@ OPTIONS = {
     "output_len": "output_len",
     "objective": "objective",
     "tpot_max_ms": "tpot_max_ms",
+    "ttft_max_ms": "ttft_max_ms",
     "mode": "mode",
     "solver": "solver",
     "weight_dtype": "weight_dtype",
@@ -57,6 +58,9 @@ def test_the_query_is_frozen_and_refuses_unknown_fields() -> None:
         q.batch = 2  # type: ignore[misc]
     with pytest.raises(pydantic.ValidationError):
         Query(objective="fastest")
+    with pytest.raises(pydantic.ValidationError):
+        Query(ttft_max_ms=True)  # a bool is not read as 1 ms
+    assert Query(ttft_max_ms=5000).ttft_max_ms == 5000.0
 
 
 def test_run_plan_answers_the_query_it_was_given() -> None:

@@ -3,8 +3,8 @@
 JSON schema of ``lia plan --json`` (stable; ``schema`` names its version):
   {
     "schema": "lia.plan/2",
-    "query": {"system", "model", "batch", "input_len", "output_len", "objective", "tpot_max_s", "mode",
-              "solver", "overrides": [..], "precision": {"weight_dtype", "weight_group_size", "kv_dtype"}},
+    "query": {"system", "model", "batch", "input_len", "output_len", "objective", "tpot_max_s", "ttft_max_s",
+              "mode", "solver", "overrides": [..], "precision": {"weight_dtype", "weight_group_size", "kv_dtype"}},
     "optimum": <prediction>,            # see below; its "plan" round-trips into lia_model.plan.Plan
     "solve_time_s": float,
     "batches_tried": [int, ...],        # batches solved exactly
@@ -68,11 +68,13 @@ if TYPE_CHECKING:
 
 SCHEMA = "lia.plan/2"
 MAX_TPOT_MS = 1e7  # about 2.8 hours per token: any larger bound is a typo
+MAX_TTFT_MS = 1e8  # about 28 hours to the first token: any larger bound is a typo
 
 ObjectiveOpt = typer.Option(
     ObjectiveChoice(default("objective")), "--objective", case_sensitive=False, help=describe("objective")
 )
 TpotOpt = typer.Option(default("tpot_max_ms"), "--tpot-max-ms", help=describe("tpot_max_ms"))
+TtftOpt = typer.Option(default("ttft_max_ms"), "--ttft-max-ms", help=describe("ttft_max_ms"))
 SolverOpt = typer.Option(SolverChoice(default("solver")), "--solver", case_sensitive=False, help=describe("solver"))
 
 
@@ -97,6 +99,14 @@ def check_tpot_bound(tpot_max_ms: Optional[float], output_len: int) -> Optional[
     return None if tpot_max_ms is None else tpot_max_ms * 1e-3
 
 
+def check_ttft_bound(ttft_max_ms: Optional[float]) -> Optional[float]:
+    """The TTFT bound in seconds (None without one); an error when it is not a sane number."""
+    if isinstance(ttft_max_ms, bool):
+        raise LiaInputError("--ttft-max-ms", f"must be a number, got {ttft_max_ms}", "e.g. --ttft-max-ms 5000")
+    finite_positive("--ttft-max-ms", ttft_max_ms, "5000", MAX_TTFT_MS)
+    return None if ttft_max_ms is None else ttft_max_ms * 1e-3
+
+
 @dataclass(frozen=True)
 class PlanResult:
     """What ``run_plan`` answers: the JSON document of ``lia plan --json`` and the optimum's Prediction."""
@@ -118,10 +128,13 @@ def run_plan(query: Query) -> PlanResult:
     solver = q.solver
     input_len, output_len, overrides = q.input_len, q.output_len, list(q.overrides)
     tpot_max_s = check_tpot_bound(q.tpot_max_ms, output_len)
+    ttft_max_s = check_ttft_bound(q.ttft_max_ms)
     spec, mspec, workload = load_inputs(
         q.system, q.model, q.batch, input_len, output_len, overrides, q.weight_dtype, q.kv_dtype, q.group_size
     )
-    result = optimize(spec, mspec, workload, obj, tpot_max_s=tpot_max_s, solver=solver, mode=cost_mode)
+    result = optimize(
+        spec, mspec, workload, obj, tpot_max_s=tpot_max_s, ttft_max_s=ttft_max_s, solver=solver, mode=cost_mode
+    )
     chosen = result.workload
     baselines = {}
     for label, base in all_baselines(spec, mspec, chosen, choose_batch=obj.value != "latency").items():
@@ -149,6 +162,7 @@ def run_plan(query: Query) -> PlanResult:
             "output_len": output_len,
             "objective": obj.value,
             "tpot_max_s": tpot_max_s,
+            "ttft_max_s": ttft_max_s,
             "mode": cost_mode.value,
             "solver": solver,
             "overrides": list(overrides or []),
@@ -199,6 +213,7 @@ def print_plan(result: PlanResult) -> None:
     q = out["query"]
     pred = result.prediction
     bound = f", mean TPOT <= {q['tpot_max_s'] * 1e3:g} ms" if q["tpot_max_s"] else ""
+    bound += f", TTFT <= {q['ttft_max_s'] * 1e3:g} ms" if q["ttft_max_s"] else ""
     title = (
         f"optimal plan: {q['model']} on {q['system']}, B={q['batch']}{batch_words(out)}, L_in={q['input_len']}, "
         f"L_out={q['output_len']}, {pred.workload.precision.label()}, objective {q['objective']}{bound} "
@@ -265,6 +280,7 @@ PLAN_EXAMPLES = examples(
     "lia plan",
     "lia plan --model opt-30b --system gnr-a100 --batch 64 --input 1024 --output 32",
     "lia plan --objective throughput --tpot-max-ms 2000",
+    "lia plan --objective throughput --tpot-max-ms 500 --ttft-max-ms 20000",
     "lia plan --set gpu.memory_gib=141 --set link.h2d_gbps=64",
     "lia plan --model path/to/config.json --system my-system.yaml",
     "lia plan --json > plan.json ; lia predict --plan plan.json --mode additive",
@@ -281,6 +297,7 @@ def plan(
     output_len: int = OutputOpt,
     objective: ObjectiveChoice = ObjectiveOpt,
     tpot_max_ms: Optional[float] = TpotOpt,
+    ttft_max_ms: Optional[float] = TtftOpt,
     overrides: Optional[List[str]] = SetOpt,
     mode: ModeChoice = ModeOpt,
     solver: SolverChoice = SolverOpt,
@@ -314,11 +331,6 @@ COMPARE_EXAMPLES = examples(
     "--tp-node studies/dgx_a100.yaml",
     "lia compare --prices studies/prices.yaml --tpot-max-ms 200 --ttft-max-ms 5000 --csv ranked.csv",
 )
-MAX_TTFT_MS = 1e8  # about 28 hours to the first token: any larger bound is a typo
-TTFT_NOTE = (
-    "the TTFT bound filters: the optimiser bounds the mean TPOT only, so a machine over the TTFT "
-    "bound is one whose optimum misses it; a smaller batch may meet it (try --objective latency --batch N)"
-)
 
 
 def _check_out_file(path: Optional[Path], force: bool) -> None:
@@ -343,6 +355,7 @@ def _single_gpu_row(query: Query) -> dict:
     q = query
     objective, solver, mode = q.objective, q.solver, parse_mode(q.mode)
     tpot_max_s = check_tpot_bound(q.tpot_max_ms, q.output_len)
+    ttft_max_s = check_ttft_bound(q.ttft_max_ms)
     spec, mspec, workload = load_inputs(
         q.system,
         q.model,
@@ -356,7 +369,9 @@ def _single_gpu_row(query: Query) -> dict:
     )
     row = {"model": mspec.name, "machine": spec.name, "execution": "LIA, CPU + 1 GPU"}
     try:
-        result = optimize(spec, mspec, workload, objective, tpot_max_s=tpot_max_s, solver=solver, mode=mode)
+        result = optimize(
+            spec, mspec, workload, objective, tpot_max_s=tpot_max_s, ttft_max_s=ttft_max_s, solver=solver, mode=mode
+        )
     except InfeasibleError as err:
         return {**row, "feasible": False, "why_not": str(err).split(" -- ")[0]}
     except LiaInputError as err:
@@ -386,9 +401,17 @@ def _is_precision_error(err: LiaInputError) -> bool:
 
 
 def _tp_row(
-    node, model: str, batch: int, input_len: int, output_len: int, objective: str, tpot_max_s: Optional[float]
+    node,
+    model: str,
+    batch: int,
+    input_len: int,
+    output_len: int,
+    objective: str,
+    tpot_max_s: Optional[float],
+    ttft_max_s: Optional[float] = None,
 ) -> dict:
-    """A tensor-parallel node (lia_model.tensor_parallel) as a ranked-table row."""
+    """A tensor-parallel node (lia_model.tensor_parallel) as a ranked-table row: the node at the batch (latency),
+    or at its best batch (throughput), within the bounds."""
     from lia_model.inputs import resolve_model
     from lia_model.tensor_parallel import best_at_batch, best_throughput
     from lia_model.workload import make_workload
@@ -397,13 +420,14 @@ def _tp_row(
     workload = make_workload(batch, input_len, output_len, mspec)
     row = {"model": mspec.name, "machine": node.name, "execution": f"tensor parallel, {node.gpus} GPUs"}
     if objective == "latency":
-        pred = best_at_batch(node, mspec, workload, tpot_max_s)
+        pred = best_at_batch(node, mspec, workload, tpot_max_s, ttft_max_s)
     else:
-        pred = best_throughput(node, mspec, input_len, output_len, tpot_max_s)
+        pred = best_throughput(node, mspec, input_len, output_len, tpot_max_s, ttft_max_s)
     if pred is None:
-        why = "no batch fits its HBM" + (" within the TPOT bound" if tpot_max_s is not None else "")
+        bounds = " and ".join(name for name, value in (("TPOT", tpot_max_s), ("TTFT", ttft_max_s)) if value is not None)
+        why = "no batch fits its HBM" + (f" within the {bounds} bound" if bounds else "")
         if objective == "latency":
-            why = f"B={batch} does not fit its HBM" + (" or the TPOT bound" if tpot_max_s is not None else "")
+            why = f"B={batch} does not fit its HBM" + (f" or the {bounds} bound" if bounds else "")
         return {**row, "feasible": False, "why_not": why}
     return {
         **row,
@@ -417,15 +441,13 @@ def _tp_row(
     }
 
 
-def _priced(row: dict, prices, ttft_max_s: Optional[float]) -> dict:
+def _priced(row: dict, prices) -> dict:
     """Add power, price, $/h and $/Mtok (lia_model.prices) and whether the row qualifies for a rank."""
     from lia_model.cli.report import RANKED_COLUMNS
 
     out = {c: None for c in RANKED_COLUMNS}
     out.update(row)
-    why = row.get("why_not")
-    if row["feasible"] and ttft_max_s is not None and row["ttft_s"] > ttft_max_s:
-        why = f"TTFT {row['ttft_s'] * 1e3:.0f} ms over the {ttft_max_s * 1e3:g} ms bound"
+    why = row.get("why_not")  # the optimiser met the bounds, or says here why no plan does
     out["why_not"] = why
     out["qualifies"] = bool(row["feasible"]) and why is None
     if prices is not None:
@@ -473,7 +495,6 @@ def _ranked_compare(
     system_names: list[str],
     model_names: list[str],
     tp_nodes: list[str],
-    ttft_max_ms: Optional[float],
     prices_path: Optional[str],
     rank: Optional[str],
     csv_path,
@@ -485,7 +506,7 @@ def _ranked_compare(
     import csv as csv_module
 
     batch, input_len, output_len, overrides = query.batch, query.input_len, query.output_len, list(query.overrides)
-    tpot_max_ms, mode, solver = query.tpot_max_ms, query.mode, query.solver
+    tpot_max_ms, ttft_max_ms, mode, solver = query.tpot_max_ms, query.ttft_max_ms, query.mode, query.solver
     precision = (query.weight_dtype, query.kv_dtype, query.group_size)
 
     from lia_model.cli.report import RANKED_COLUMNS, RANKS, rank_rows
@@ -506,8 +527,7 @@ def _ranked_compare(
     query = query.model_copy(update={"objective": objective})  # decided: every row solves this objective
     cost_mode = parse_mode(mode)
     tpot_max_s = check_tpot_bound(tpot_max_ms, output_len)
-    finite_positive("--ttft-max-ms", ttft_max_ms, "5000", MAX_TTFT_MS)
-    ttft_max_s = None if ttft_max_ms is None else ttft_max_ms * 1e-3
+    ttft_max_s = check_ttft_bound(ttft_max_ms)
     _check_out_file(csv_path, force)
     prices = load_prices(prices_path) if prices_path is not None else None
     nodes = [load_tp_node(p) for p in tp_nodes]
@@ -528,8 +548,8 @@ def _ranked_compare(
                 row = {"model": name, "machine": node.name, "execution": f"tensor parallel, {node.gpus} GPUs"}
                 rows.append({**row, "feasible": False, "why_not": "tensor-parallel nodes are modelled in bf16 only"})
                 continue
-            rows.append(_tp_row(node, m, batch, input_len, output_len, objective, tpot_max_s))
-    ranked = rank_rows([_priced(r, prices, ttft_max_s) for r in rows], rank)
+            rows.append(_tp_row(node, m, batch, input_len, output_len, objective, tpot_max_s, ttft_max_s))
+    ranked = rank_rows([_priced(r, prices) for r in rows], rank)
     header = {
         "rank": rank,
         "objective": objective,
@@ -580,7 +600,7 @@ def _ranked_compare(
     ]
     bounds = [
         f"mean TPOT <= {tpot_max_ms:g} ms (optimiser constraint)" if tpot_max_ms is not None else "",
-        f"TTFT <= {ttft_max_ms:g} ms (filter)" if ttft_max_ms is not None else "",
+        f"TTFT <= {ttft_max_ms:g} ms (optimiser constraint)" if ttft_max_ms is not None else "",
     ]
     lines.append("bounds: " + ("; ".join(b for b in bounds if b) or "none"))
     lines.append(
@@ -599,8 +619,6 @@ def _ranked_compare(
         )
     if nodes:
         lines.append("tensor-parallel nodes: " + ", ".join(f"{n.name} ({p})" for n, p in zip(nodes, tp_nodes)))
-    if ttft_max_ms is not None:
-        lines.append("note: " + TTFT_NOTE)
     for line in lines:
         console.print(line, markup=False, highlight=False)
     for model in dict.fromkeys(r["model"] for r in ranked):
@@ -673,9 +691,7 @@ def compare(
         "--rank",
         help="Rank the machines per model, winner first: cost_per_mtok (needs --prices), tokens_per_s or latency.",
     ),
-    ttft_max_ms: Optional[float] = typer.Option(
-        None, "--ttft-max-ms", help="Bound on the time to first token, in ms (a filter on each machine's optimum)."
-    ),
+    ttft_max_ms: Optional[float] = TtftOpt,
     tp_node: Optional[List[str]] = typer.Option(
         None,
         "--tp-node",
@@ -698,6 +714,7 @@ def compare(
     # the names once, up front: an unknown dtype is the user's error, not one box's inability (each row says that)
     make_precision(weight_dtype or "bf16", kv_dtype or "bf16")
     check_tpot_bound(tpot_max_ms, output_len)
+    check_ttft_bound(ttft_max_ms)
     objective = getattr(objective, "value", objective)
     # the options named as the Query's fields; system and model are set per row, the objective by the rank
     query = Query.of(**{**locals(), "objective": objective or "latency"})
@@ -708,7 +725,6 @@ def compare(
             system_names,
             model_names,
             tp_node or [],
-            ttft_max_ms,
             prices,
             rank,
             csv_path,

@@ -3,11 +3,13 @@
 Solvers: "cbc" (default, PuLP's bundled CBC), "highs" (PuLP's HiGHS through highspy) and "enumerate"
 (exact vectorised enumeration, the oracle the ILP is tested against; the fast choice for large sweeps).
 Objectives: "latency" (one query of batch B), "throughput" (B chosen too, up to what memory allows), each
-optionally under a bound on the mean time per output token (tpot_max_s).
+optionally under a bound on the mean time per output token (tpot_max_s) and one on the time to the first token
+(ttft_max_s: the prefill pass and its LM head, costmodel.predict's ttft_s).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -43,7 +45,7 @@ SOLVERS = ("cbc", "highs", "enumerate")
 
 
 class InfeasibleError(LiaInputError):
-    """No plan of the space fits (memory, or the TPOT bound)."""
+    """No plan of the space fits (memory, or the TPOT or TTFT bound)."""
 
 
 @dataclass(frozen=True)
@@ -104,38 +106,100 @@ def solve_latency(
     tpot_max_s: Optional[float],
     solver: str,
     mode: CostMode,
+    ttft_max_s: Optional[float] = None,
 ) -> Optional[tuple[Plan, Optional[float]]]:
     """The minimum-latency plan at this batch and the solver's own objective. The ILP leaves out the combos
     with which no plan reaches the enumerator's optimum (its optimum per combo); tests/test_optimizer.py also
-    solves the full ILP."""
+    solves the full ILP. Under a TTFT bound the plan returned meets it in predict()'s own numbers."""
     tables = build_tables(system, model, workload, mode)
-    found = enumerate_optimum(tables, tpot_max_s=tpot_max_s)
+    found, bound = _enumerate_within_ttft(tables, tpot_max_s, ttft_max_s)
     if solver == "enumerate":
         return (found.plan, found.latency_s) if found else None
     from lia_model.optimizer.ilp import solve_ilp  # PuLP is imported only when an ILP is solved
 
-    sol = solve_ilp(tables, tpot_max_s=tpot_max_s, solver=solver, combo_bounds=found.combo_latency_s if found else None)
+    sol = solve_ilp(
+        tables,
+        tpot_max_s=tpot_max_s,
+        solver=solver,
+        combo_bounds=found.combo_latency_s if found else None,
+        ttft_max_s=bound,
+    )
+    if sol is not None and found is not None and _ttft_over(tables, sol.plan, ttft_max_s) > 0:
+        # The ILP meets its rows to the solver's tolerance (about 1e-9 s here); a plan over the bound by that
+        # much gives way to the enumerator's, which meets it.
+        return found.plan, found.latency_s
     return (sol.plan, sol.objective_s) if sol else None
 
 
-def _no_plan(system: SystemSpec, model: ModelSpec, workload: Workload, tpot_max_s: Optional[float]) -> InfeasibleError:
+def _ttft_over(tables, plan: Plan, ttft_max_s: Optional[float]) -> float:
+    """How far predict()'s TTFT of the plan is over the bound (<= 0: within it; -inf without a bound)."""
+    if ttft_max_s is None:
+        return -np.inf
+    return predict(tables.system, tables.model, tables.workload, plan, tables.mode).ttft_s - ttft_max_s
+
+
+def _enumerate_within_ttft(tables, tpot_max_s: Optional[float], ttft_max_s: Optional[float], tries: int = 4):
+    """The enumerator's optimum and the TTFT bound it was solved under. The enumerator prices the TTFT with
+    predict()'s formula, but its tables evaluate 64 policy vectors at once, and in the additive model predict()'s
+    one vector can sum the same terms to a last-bit different number; a plan over the bound by such a rounding is
+    left out by solving again under a bound lowered by twice the excess."""
+    bound = ttft_max_s
+    for _ in range(tries):
+        found = enumerate_optimum(tables, tpot_max_s=tpot_max_s, ttft_max_s=bound)
+        over = -np.inf if found is None else _ttft_over(tables, found.plan, ttft_max_s)
+        if over <= 0:
+            return found, bound
+        bound -= 2 * over + 2 * np.spacing(bound)
+    return None, bound
+
+
+def _ms_at_least(value_s: float) -> str:
+    """``value_s`` in ms to 4 significant digits, rounded up (a bound given as printed is met)."""
+    ms = value_s * 1e3
+    unit = 10.0 ** (math.floor(math.log10(ms)) - 3)
+    return f"{math.ceil(ms / unit) * unit:.4g}"
+
+
+def _no_plan(
+    system: SystemSpec,
+    model: ModelSpec,
+    workload: Workload,
+    tpot_max_s: Optional[float],
+    ttft_max_s: Optional[float] = None,
+    mode: CostMode = CostMode.OVERLAP,
+) -> InfeasibleError:
     if not any_plan_fits_memory(system, model, workload):
         return InfeasibleError("memory", explain_memory_infeasibility(system, model, workload))
-    if tpot_max_s is None:  # fits memory, yet no plan has a finite time: the profile's numbers overflow
+    if tpot_max_s is None and ttft_max_s is None:  # fits memory, yet no plan has a finite time: numbers overflow
         return InfeasibleError(
             "system",
             f"no plan of {model.name} on {system.name} has a finite time",
             "check the profile's bandwidths and throughputs ('lia profiles show')",
         )
-    fastest = fastest_tpot_s(system, model, workload)
-    fix = f"use --tpot-max-ms {fastest * 1e3:.4g} or more"
-    if workload.batch > 1:
-        fix += ", or a smaller batch"
-    return InfeasibleError(
-        "--tpot-max-ms",
-        f"no plan that fits memory reaches a mean TPOT of {tpot_max_s * 1e3:.3g} ms for "
-        f"{model.name} at B={workload.batch} on {system.name}: the fastest is {fastest * 1e3:.4g} ms",
-        fix,
+    where = f"{model.name} at B={workload.batch} on {system.name}"
+    smaller = ", or a smaller batch" if workload.batch > 1 else ""
+    fastest_tpot = None if tpot_max_s is None else fastest_tpot_s(system, model, workload, mode)
+    if tpot_max_s is not None and (ttft_max_s is None or fastest_tpot > tpot_max_s):
+        return InfeasibleError(
+            "--tpot-max-ms",
+            f"no plan that fits memory reaches a mean TPOT of {tpot_max_s * 1e3:.3g} ms for "
+            f"{where}: the fastest is {fastest_tpot * 1e3:.4g} ms",
+            f"use --tpot-max-ms {fastest_tpot * 1e3:.4g} or more{smaller}",
+        )
+    fastest_ttft = fastest_ttft_s(system, model, workload, mode)
+    if fastest_tpot is None or fastest_ttft > ttft_max_s:
+        return InfeasibleError(
+            "--ttft-max-ms",
+            f"no plan that fits memory reaches a TTFT of {ttft_max_s * 1e3:g} ms for {where}: the fastest is "
+            f"{fastest_ttft * 1e3:.4g} ms",
+            f"use --ttft-max-ms {_ms_at_least(fastest_ttft)} or more{smaller}",
+        )
+    return InfeasibleError(  # each bound alone is met by some plan, both together by none
+        "--ttft-max-ms",
+        f"no plan that fits memory meets both a TTFT of {ttft_max_s * 1e3:g} ms and a mean TPOT of "
+        f"{tpot_max_s * 1e3:g} ms for {where} (each alone: the fastest TTFT is {fastest_ttft * 1e3:.4g} ms, the "
+        f"fastest mean TPOT {fastest_tpot * 1e3:.4g} ms)",
+        f"raise --ttft-max-ms or --tpot-max-ms{smaller}",
     )
 
 
@@ -164,6 +228,26 @@ def fastest_tpot_s(
     return best / steps
 
 
+def fastest_ttft_s(
+    system: SystemSpec, model: ModelSpec, workload: Workload, mode: CostMode = CostMode.OVERLAP
+) -> float:
+    """The smallest time to the first token any plan that fits memory reaches at this batch: the enumerator
+    with the TTFT as the objective (decode priced at zero, the head once)."""
+    import dataclasses
+
+    tables = build_tables(system, model, workload, mode)
+    consts = dataclasses.replace(stage_constants(tables), resident_decode_total_s=0.0, head_total_s=tables.head_s)
+    best = float("inf")
+    for combo in tables.combos:
+        for isa_pre in tables.prefill_isas(combo):
+            arrays = combo_arrays(tables, combo, isa_pre, tables.decode_isas(combo)[0])
+            arrays.dec = {t: np.zeros_like(v) for t, v in arrays.dec.items()}
+            found = best_in_combo(arrays, consts)
+            if found is not None:
+                best = min(best, found[0])
+    return best
+
+
 def optimize(
     system: SystemSpec,
     model: ModelSpec,
@@ -176,8 +260,10 @@ def optimize(
     max_batch: Optional[int] = None,
     batch_solves: int = DEFAULT_MAX_SOLVES,
     batch_rel_tol: float = 0.0,
+    ttft_max_s: Optional[float] = None,
 ) -> OptimizeResult:
-    """The optimal plan (exact with respect to the cost model over the plan space).
+    """The optimal plan (exact with respect to the cost model over the plan space), under the bounds given:
+    mean TPOT <= ``tpot_max_s`` and TTFT <= ``ttft_max_s`` (predict()'s numbers of the plan returned).
 
     Throughput: the batch is searched over 1 .. the largest that fits (``max_batch`` caps it) by branch and
     bound; ``batch_solves`` bounds the batches solved exactly, and the result's ``batch_gap_bound`` says how
@@ -188,11 +274,14 @@ def optimize(
     check_precision(system, workload.precision, mode)  # one clear error for a precision the system cannot run
     if tpot_max_s is not None and tpot_max_s <= 0:
         raise LiaInputError("--tpot-max-ms", f"must be positive, got {tpot_max_s * 1e3:g}", "e.g. --tpot-max-ms 500")
+    if ttft_max_s is not None and not ttft_max_s > 0:
+        raise LiaInputError("--ttft-max-ms", f"must be positive, got {ttft_max_s * 1e3:g}", "e.g. --ttft-max-ms 5000")
+    bounds = dict(tpot_max_s=tpot_max_s, ttft_max_s=ttft_max_s)
     t0 = time.perf_counter()
     if objective == Objective.LATENCY:
-        found = solve_latency(system, model, workload, tpot_max_s=tpot_max_s, solver=solver, mode=mode)
+        found = solve_latency(system, model, workload, solver=solver, mode=mode, **bounds)
         if found is None:
-            raise _no_plan(system, model, workload, tpot_max_s)
+            raise _no_plan(system, model, workload, mode=mode, **bounds)
         plan, raw = found
         pred = predict(system, model, workload, plan, mode)
         return OptimizeResult(
@@ -204,7 +293,7 @@ def optimize(
     enumerated: dict[int, object] = {}
 
     def latency_at(wl: Workload) -> Optional[float]:
-        found = enumerate_optimum(build_tables(system, model, wl, mode), tpot_max_s=tpot_max_s)
+        found, _ = _enumerate_within_ttft(build_tables(system, model, wl, mode), tpot_max_s, ttft_max_s)
         enumerated[wl.batch] = found
         return None if found is None else found.latency_s
 
@@ -212,7 +301,7 @@ def optimize(
         system,
         model,
         workload,
-        tpot_max_s=tpot_max_s,
+        **bounds,
         mode=mode,
         solve=latency_at,
         cap=max_batch or BATCH_SEARCH_CAP,
@@ -220,15 +309,15 @@ def optimize(
         rel_tol=batch_rel_tol,
     )
     if search.largest_fitting_batch is None:
-        raise _no_plan(system, model, workload.model_copy(update={"batch": 1}), None)
+        raise _no_plan(system, model, workload.model_copy(update={"batch": 1}), None, mode=mode)
     if search.batch is None:
-        raise _no_plan(system, model, workload.model_copy(update={"batch": 1}), tpot_max_s)
+        raise _no_plan(system, model, workload.model_copy(update={"batch": 1}), mode=mode, **bounds)
     wl = workload.model_copy(update={"batch": search.batch})
     best = enumerated.get(search.batch)
     if solver == "enumerate" and best is not None:  # already solved by the search: the same enumeration
         found = (best.plan, best.latency_s)
     else:
-        found = solve_latency(system, model, wl, tpot_max_s=tpot_max_s, solver=solver, mode=mode)
+        found = solve_latency(system, model, wl, solver=solver, mode=mode, **bounds)
     if found is None:  # the enumerator found a plan at this batch; an exact solver cannot miss it
         raise RuntimeError(f"{solver} found no plan at B={wl.batch} where the enumerator found one")
     plan, raw = found

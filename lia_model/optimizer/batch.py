@@ -20,7 +20,9 @@ Upper bound on throughput over a range [lo, hi] of batches, from a relaxation of
      the same way, compute >= max(CPU, GPU, D2H busy), copy = H2D busy, throughput = DDR busy at n = 1; the
      pass is non-decreasing in each part and in N_res R_pre, so it stays a lower bound, and each of its
      forms is a sum of such terms with non-negative weights (K - 2 >= 0 where F4 applies);
-  3. memory from batch lo at its smallest footprint, the TPOT bound from batch lo under (1) and (2).
+  3. memory from batch lo at its smallest footprint, the TPOT and TTFT bounds from batch lo under (1) and (2)
+     (each relaxed time is non-decreasing in B, so a plan that meets a bound at some B in [lo, hi] meets its
+     relaxation at lo).
 Under (1) every time is built from FLOPs (proportional to B), bytes (a constant plus a part proportional
 to B, or the MoE experts touched, concave in B) and fixed overheads, through sums and maxima, so a plan's
 relaxed latency f(B) is non-decreasing and f(B) / B is non-increasing. For B in [lo, hi]:
@@ -53,6 +55,7 @@ from lia_model.hardware import EfficiencyPoint, SystemSpec, interpolate_efficien
 from lia_model.models import ModelSpec
 from lia_model.optimizer.enumerate import (
     ComboArrays,
+    PrefillSide,
     StageConstants,
     any_plan_fits_memory,
     best_in_combo,
@@ -262,9 +265,11 @@ def search_batch(
     max_solves: int = DEFAULT_MAX_SOLVES,
     max_bounds: int = DEFAULT_MAX_BOUNDS,
     rel_tol: float = 0.0,
+    ttft_max_s: Optional[float] = None,
 ) -> BatchSearch:
     """The batch of highest throughput in 1 .. min(cap, largest that fits). ``solve(workload)`` returns the
-    optimal latency at that batch (None when infeasible); it is called only where the bound requires, at most
+    optimal latency at that batch under the bounds (mean TPOT <= ``tpot_max_s``, TTFT <= ``ttft_max_s``; None
+    when infeasible); it is called only where the bound requires, at most
     ``max_solves`` times once some batch is feasible, and at most ``max_bounds`` ranges are bounded. It stops
     when no range's bound beats the best batch by more than ``rel_tol``; ``gap_bound`` says how far from
     proven the answer is (0.0: exact).
@@ -295,7 +300,12 @@ def search_batch(
         pre_sys = flat_matmul_system(system, q, hi * q)
         dec_sys = flat_matmul_system(system, lo, hi)
         cost = relaxed_batch(pre_sys, dec_sys, model, at(hi), mode)
-        cons = relaxed_batch(None, dec_sys, model, at(lo), mode) if lo != hi else cost
+        # the bounds' side at lo (its prefill only under a TTFT bound)
+        cons = (
+            relaxed_batch(pre_sys if ttft_max_s is not None else None, dec_sys, model, at(lo), mode)
+            if lo != hi
+            else cost
+        )
         if lo not in memory:
             memory[lo] = least_footprint_memory(system, model, at(lo), relaxed=True)
         consts = StageConstants(
@@ -305,6 +315,7 @@ def search_batch(
             cost.resident_decode_total_s,
             cost.head_s * (1 + steps),
             cons.resident_decode_total_s,
+            cons.head_s,
             cons.head_s,
         )
         best_latency = np.inf
@@ -317,8 +328,11 @@ def search_batch(
                 cost.decode[(kv, ef)],
                 cons.decode[(kv, ef)],
                 cost.prefill_fill.get((kv, ef)),
+                None
+                if ttft_max_s is None or cons is cost
+                else PrefillSide(cons.resident_prefill_s, cons.prefill[(kv, ef)], cons.prefill_fill.get((kv, ef))),
             )
-            found = best_in_combo(arrays, consts, tpot_max_s)
+            found = best_in_combo(arrays, consts, tpot_max_s, ttft_max_s=ttft_max_s)
             if found is not None:
                 best_latency = min(best_latency, found[0])
         return 0.0 if not np.isfinite(best_latency) else hi * out_len / best_latency

@@ -14,15 +14,20 @@ space, and the best weight split K_cxl, with the cost terms of ``SpaceTables``:
                                  CXL: K_cxl W + K KV [KV in CXL] <= A_cxl
             so each N_res allows an interval lo <= K_cxl <= hi (0 <= K_cxl <= K; only 0 without CXL)
 
-At fixed other knobs the latency and the mean TPOT are affine in K_cxl and the memory constraints bound it
-to an interval, so the best K_cxl is an end of the interval that the TPOT bound leaves (the minimum of an
-affine function over an integer interval sits at an end): evaluating both ends is exhaustive in K_cxl.
+  TTFT    = the prefill pass + the prefill's LM head, costmodel.predict's number (``PrefillSide.pass_s``):
+            N_res R_pre(n) + (K - K_cxl) S_pre,ddr(p_pre) + K_cxl S_pre,cxl(p_pre) + head, or without CXL
+            pass(N_res R_pre(n), K, c(p_pre), W(p_pre), X(p_pre)) + head; the decode policy does not enter it
+
+At fixed other knobs the latency, the mean TPOT and the TTFT are affine in K_cxl and the memory constraints
+bound it to an interval, so the best K_cxl is an end of the interval that the TPOT and TTFT bounds leave (the
+minimum of an affine function over an integer interval sits at an end): evaluating both ends is exhaustive in
+K_cxl.
 The ISAs are a plan's (one per stage, for every layer), so each pair the tables keep is enumerated apart.
 
 ``exhaustive=True`` evaluates all 4096 policy pairs for every N_res (brute force, used by the tests with
 tables that keep every ISA: ``brute_force_optimum``); otherwise, without CXL, the best pair of each memory
-class c is found first (64 classes), or under a TPOT bound the best pair of each (decode, class) allowance,
-which gives the same optimum in a few milliseconds.
+class c is found first (64 classes), or under a TPOT or TTFT bound the best pair of each (decode, class,
+prefill) allowance, which gives the same optimum in a few milliseconds.
 
 ``best_in_combo`` is the enumeration of one combo over plain arrays; the batch search (``batch.py``) runs
 it on relaxed arrays to bound the throughput of whole ranges of batches.
@@ -136,11 +141,35 @@ def _class_extra_hbm(mem: MemoryConstants) -> np.ndarray:
     return _buffer_bytes_by_class(mem.sublayer_weight_bytes) + _ATTN_GPU * mem.kv_layer_bytes
 
 
+@dataclass(frozen=True)
+class PrefillSide:
+    """What one prefill pass reads: the resident layer's time R, a streamed layer's time S [64] per weight tier
+    and, where the pass is the two-buffer pipeline of costterms.prefill_pass_s (no CXL), its (compute, copy,
+    throughput) parts [64] each (None: the steady-state sum)."""
+
+    resident_s: float
+    streamed: dict[HostTier, np.ndarray]
+    fill: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
+
+    def pass_s(self, resident, streamed, k_cxl, pp) -> np.ndarray:
+        """The prefill pass of N_res = ``resident`` layers and K = ``streamed``, K_cxl = ``k_cxl`` of them with
+        their weights in CXL, at the prefill vector(s) ``pp`` (indices, or a slice for all 64; arrays broadcast):
+          pipeline:  prefill_pass_s(N_res R, K, c(pp), W(pp), X(pp))
+          otherwise: N_res R + (K - K_cxl) S_ddr(pp) + K_cxl S_cxl(pp)
+        in costmodel.predict's order of operations, so that TTFT = this + the head is predict()'s number."""
+        if self.fill is not None:
+            compute, copy, throughput = (v[pp] for v in self.fill)
+            return prefill_pass_s(resident * self.resident_s, streamed, compute, copy, throughput)
+        s_ddr = self.streamed[HostTier.DDR][pp]
+        s_cxl = self.streamed.get(HostTier.CXL, self.streamed[HostTier.DDR])[pp]
+        return resident * self.resident_s + ((streamed - k_cxl) * s_ddr + k_cxl * s_cxl)
+
+
 @dataclass
 class ComboArrays:
     """One combo's problem as arrays: per weight tier the streamed prefill and decode (summed over steps)
-    time of every policy vector [64] for the cost, and the decode sums the TPOT bound reads (the cost's own
-    except in the batch search's relaxation)."""
+    time of every policy vector [64] for the cost, the decode sums the TPOT bound reads and the prefill the TTFT
+    bound reads (the cost's own except in the batch search's relaxation)."""
 
     kv_tier: HostTier
     memory: MemoryConstants
@@ -151,11 +180,22 @@ class ComboArrays:
     # (compute, copy, throughput) of a streamed prefill layer [64] each, where the prefill pass is the
     # two-buffer pipeline of costterms.prefill_pass_s (no CXL); None: the steady-state sum N_res R + K pre
     pre_fill: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
+    ttft_pre: Optional[PrefillSide] = None  # the prefill the TTFT bound reads (None: the cost's own, ``prefill``)
+
+    @property
+    def prefill(self) -> PrefillSide:
+        """The cost's prefill."""
+        return PrefillSide(self.resident_prefill_s, self.pre, self.pre_fill)
+
+    @property
+    def ttft_prefill(self) -> PrefillSide:
+        return self.prefill if self.ttft_pre is None else self.ttft_pre
 
 
 @dataclass(frozen=True)
 class StageConstants:
-    """What every combo shares: N, S, whether CXL exists, resident decode and head times (cost; TPOT side)."""
+    """What every combo shares: N, S, whether CXL exists, resident decode and head times (cost; TPOT side) and
+    the prefill pass's head (TTFT side)."""
 
     num_layers: int
     decode_steps: int
@@ -164,16 +204,24 @@ class StageConstants:
     head_total_s: float
     tpot_resident_decode_total_s: float
     tpot_head_s: float
+    ttft_head_s: float
 
 
 def best_in_combo(
-    ca: ComboArrays, k: StageConstants, tpot_max_s: Optional[float] = None, exhaustive: bool = False
+    ca: ComboArrays,
+    k: StageConstants,
+    tpot_max_s: Optional[float] = None,
+    exhaustive: bool = False,
+    ttft_max_s: Optional[float] = None,
 ) -> Optional[tuple[float, int, int, int, int]]:
-    """(latency, N_res, prefill policy, decode policy, K_cxl) of the best point of one combo, or None."""
+    """(latency, N_res, prefill policy, decode policy, K_cxl) of the best point of one combo, or None.
+    ``ttft_max_s``: a bound on TTFT = ``ca.ttft_prefill.pass_s`` + ``k.ttft_head_s``."""
     n_layers, steps = k.num_layers, k.decode_steps
     resident = np.arange(n_layers + 1, dtype=float)
     streamed = n_layers - resident
     bounded = tpot_max_s is not None and steps > 0
+    ttft_bounded = ttft_max_s is not None
+    side = ca.ttft_prefill  # TTFT = side.pass_s(N_res, K, K_cxl, p_pre) + k.ttft_head_s
     mem = ca.memory
     hbm_avail = mem.available_bytes[MemoryTier.HBM]
     lo, hi = cxl_weight_range(mem, ca.kv_tier, streamed, k.has_cxl)
@@ -192,7 +240,8 @@ def best_in_combo(
         tpot_ok = (
             not bounded or (n_layers * k.tpot_resident_decode_total_s + k.tpot_head_s * steps) / steps <= tpot_max_s
         )
-        if tpot_ok:
+        ttft_ok = not ttft_bounded or float(side.pass_s(float(n_layers), 0.0, 0.0, 0)) + k.ttft_head_s <= ttft_max_s
+        if tpot_ok and ttft_ok:
             best = (lat, n_layers, 0, 0, 0)
 
     rows = np.arange(n_layers)  # N_res = 0 .. N-1: at least one streamed layer
@@ -211,12 +260,12 @@ def best_in_combo(
     elif ca.pre_fill is not None:
         # The prefill pass is not K times a per-layer time (costterms.prefill_pass_s), so every (N_res, pair)
         # is evaluated: latency = pass(N_res, p_pre) + N_res R_dec + K D(p_dec) + head  [rows, pairs]
-        compute, copy, throughput = (v[None, :] for v in ca.pre_fill)
-        pre_pass = prefill_pass_s(resident[rows, None] * ca.resident_prefill_s, kk, compute, copy, throughput)
+        pre_pass = ca.prefill.pass_s(resident[rows, None], kk, 0.0, slice(None))  # [rows, 64]
         # Without a TPOT bound or a CXL split a pair's row depends on its decode vector only through K D(p_dec)
         # (K >= 1) and through its HBM class: of the pairs with one (prefill vector, class) only the fastest
         # decode vector can be best, the first in index order among equals (the one np.argmin would pick), so
-        # 729 pairs stand for the 4096 (``exhaustive`` evaluates all of them).
+        # 729 pairs stand for the 4096 (``exhaustive`` evaluates all of them). A TTFT bound does not change
+        # that: it reads the prefill vector, not the decode vector.
         cols = _ALL_PAIRS if bounded or exhaustive or k.has_cxl else _fastest_decode_per_class(dec_d)
         lat = (
             pre_pass[:, _PP[cols]]
@@ -233,11 +282,15 @@ def best_in_combo(
                 + k.tpot_head_s * steps
             )
             ok &= tpot_total <= tpot_max_s * steps
+        if ttft_bounded:
+            # pass(N_res R_pre, K, c, W, X)(p_pre) + head <= X_ttft
+            ttft_pass = pre_pass if ca.ttft_pre is None else side.pass_s(resident[rows, None], kk, 0.0, slice(None))
+            ok &= ttft_pass[:, _PP[cols]] + k.ttft_head_s <= ttft_max_s
         lat = np.where(ok, lat, np.inf)
         r, j = divmod(int(np.argmin(lat)), cols.size)
         pair = int(cols[j])
         candidate = (float(lat[r, j]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), 0)
-    elif not k.has_cxl and not exhaustive and not bounded:
+    elif not k.has_cxl and not exhaustive and not bounded and not ttft_bounded:
         # Pairs with the same HBM (class, prefill-policy extra) are interchangeable but for their time: keep the best
         levels, level_of = np.unique(policy_extra, return_inverse=True)
         key = _PAIR_CLASS * levels.size + level_of[_PP]
@@ -250,28 +303,41 @@ def best_in_combo(
         r, col = divmod(int(np.argmin(lat)), n_keys)
         pair = int(best_pair[col])
         candidate = (float(lat[r, col]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), 0)
-    elif not k.has_cxl and not exhaustive and bounded:
-        # Per N_res the bound allows the decode vectors with K D(p_dec) <= X S - N_res R_dec - S head, and
-        # memory the pairs with extra(pair) <= HBM left: both are "the k smallest" of a sorted list, so rows
-        # share few distinct (decode, class) allowances; the best pair is found once per allowance.
+    elif not k.has_cxl and not exhaustive:
+        # Per N_res the TPOT bound allows the decode vectors with K D(p_dec) <= X S - N_res R_dec - S head, the
+        # TTFT bound the prefill vectors with N_res R_pre + K S_pre(p_pre) + head <= X_ttft, and memory the pairs
+        # with extra(pair) <= HBM left: each is "the k smallest" of a sorted list (the TTFT test is exact, and
+        # monotone in S_pre(p_pre) under rounding too), so rows share few distinct (decode, class, prefill)
+        # allowances; the best pair is found once per allowance.
         host_ok = lo[rows] <= hi[rows]
         ok_rows = rows[host_ok]
         if ok_rows.size:
             dec_tpot = ca.tpot_dec[HostTier.DDR]
+            pre_ttft = side.streamed[HostTier.DDR]
             kr = streamed[ok_rows]
-            room = tpot_max_s * steps - resident[ok_rows] * k.tpot_resident_decode_total_s - k.tpot_head_s * steps
-            dec_order, cls_order = np.sort(dec_tpot), np.sort(pair_extra)
-            n_dec = np.searchsorted(dec_order, room / kr, side="right")
+            dec_order, cls_order, pre_order = np.sort(dec_tpot), np.sort(pair_extra), np.sort(pre_ttft)
+            n_dec = np.full(ok_rows.size, NUM_POLICIES)
+            if bounded:
+                room = tpot_max_s * steps - resident[ok_rows] * k.tpot_resident_decode_total_s - k.tpot_head_s * steps
+                n_dec = np.searchsorted(dec_order, room / kr, side="right")
             n_cls = np.searchsorted(cls_order, hbm_avail - hbm_base[ok_rows], side="right")
+            n_pre = np.full(ok_rows.size, NUM_POLICIES)
+            if ttft_bounded:
+                ttft = side.pass_s(resident[ok_rows, None], kr[:, None], 0.0, slice(None)) + k.ttft_head_s
+                n_pre = np.count_nonzero(ttft <= ttft_max_s, axis=1)
             row_best = np.full(ok_rows.size, np.inf)
             row_pair = np.zeros(ok_rows.size, dtype=int)
-            for nd, nc in set(zip(n_dec.tolist(), n_cls.tolist())):
-                if nd == 0 or nc == 0:
+            for nd, nc, npre in set(zip(n_dec.tolist(), n_cls.tolist(), n_pre.tolist())):
+                if nd == 0 or nc == 0 or npre == 0:
                     continue
-                allowed = (dec_tpot[_PD] <= dec_order[nd - 1]) & (pair_extra <= cls_order[nc - 1])
+                allowed = (
+                    (dec_tpot[_PD] <= dec_order[nd - 1])
+                    & (pair_extra <= cls_order[nc - 1])
+                    & (pre_ttft[_PP] <= pre_order[npre - 1])
+                )
                 masked = np.where(allowed, pair_time, np.inf)
                 pair = int(np.argmin(masked))
-                sel = (n_dec == nd) & (n_cls == nc)
+                sel = (n_dec == nd) & (n_cls == nc) & (n_pre == npre)
                 row_best[sel], row_pair[sel] = masked[pair], pair
             lat = resident_time[ok_rows] + kr * row_best + k.head_total_s
             r = int(np.argmin(lat))
@@ -300,9 +366,20 @@ def best_in_combo(
             k_hi = np.where(dd > 0, np.minimum(k_hi, np.floor(bound + _EPS_LAYERS)), k_hi)
             k_lo = np.where(dd < 0, np.maximum(k_lo, np.ceil(bound - _EPS_LAYERS)), k_lo)
             k_hi = np.where((dd == 0) & (room < 0), -1.0, k_hi)
+        if ttft_bounded:
+            # N_res R_pre + K S_ddr + K_cxl (S_cxl - S_ddr) + head <= X_ttft (the chosen end checked exactly below)
+            s_ddr = side.streamed[HostTier.DDR][_PP][None, :]
+            ds = side.streamed.get(HostTier.CXL, side.streamed[HostTier.DDR])[_PP][None, :] - s_ddr
+            room = ttft_max_s - k.ttft_head_s - resident[rows, None] * side.resident_s - kk * s_ddr
+            with np.errstate(divide="ignore", invalid="ignore"):
+                bound = room / ds
+            k_hi = np.where(ds > 0, np.minimum(k_hi, np.floor(bound + _EPS_LAYERS)), k_hi)
+            k_lo = np.where(ds < 0, np.maximum(k_lo, np.ceil(bound - _EPS_LAYERS)), k_lo)
         k_cxl = np.where(dq >= 0, k_lo, k_hi)
         lat = resident_time[rows, None] + kk * q_ddr + k_cxl * dq + k.head_total_s
         ok = (k_lo <= k_hi) & (hbm_base[rows, None] + pair_extra[None, :] <= hbm_avail)
+        if ttft_bounded:
+            ok &= side.pass_s(resident[rows, None], kk, k_cxl, _PP[None, :]) + k.ttft_head_s <= ttft_max_s
         lat = np.where(ok, lat, np.inf)
         r, pair = divmod(int(np.argmin(lat)), _PP.size)
         candidate = (float(lat[r, pair]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), int(k_cxl[r, pair]))
@@ -320,6 +397,7 @@ def stage_constants(tables: SpaceTables) -> StageConstants:
         res_dec,
         tables.head_total_s,
         res_dec,
+        tables.head_s,
         tables.head_s,
     )
 
@@ -348,16 +426,20 @@ def combo_arrays(tables: SpaceTables, combo: Combo, isa_pre: CpuIsa, isa_dec: Cp
 
 
 def enumerate_optimum(
-    tables: SpaceTables, tpot_max_s: Optional[float] = None, exhaustive: bool = False
+    tables: SpaceTables,
+    tpot_max_s: Optional[float] = None,
+    exhaustive: bool = False,
+    ttft_max_s: Optional[float] = None,
 ) -> Optional[EnumeratedOptimum]:
-    """The minimum-latency plan of the space (None when no plan fits memory and the TPOT bound)."""
+    """The minimum-latency plan of the space (None when no plan fits memory and the TPOT and TTFT bounds)."""
     consts = stage_constants(tables)
     best: Optional[tuple] = None  # (latency, combo, n_res, pp, pd, k_cxl, isa_pre, isa_dec)
     per_combo: dict[Combo, float] = {}
     for combo in tables.combos:
         for isa_pre in tables.prefill_isas(combo):
             for isa_dec in tables.decode_isas(combo):
-                found = best_in_combo(combo_arrays(tables, combo, isa_pre, isa_dec), consts, tpot_max_s, exhaustive)
+                arrays = combo_arrays(tables, combo, isa_pre, isa_dec)
+                found = best_in_combo(arrays, consts, tpot_max_s, exhaustive, ttft_max_s)
                 if found is None:
                     continue
                 per_combo[combo] = min(per_combo.get(combo, np.inf), found[0])
@@ -369,10 +451,12 @@ def enumerate_optimum(
     return EnumeratedOptimum(plan_of(tables, combo, n_res, pp, pd, k_cxl, isa_pre, isa_dec), value, None, per_combo)
 
 
-def brute_force_optimum(tables: SpaceTables, tpot_max_s: Optional[float] = None) -> Optional[EnumeratedOptimum]:
+def brute_force_optimum(
+    tables: SpaceTables, tpot_max_s: Optional[float] = None, ttft_max_s: Optional[float] = None
+) -> Optional[EnumeratedOptimum]:
     """The tests' oracle: every ISA pair the tables hold (build them with ``prune_isas=False``), every policy
     pair, N_res and combo evaluated (no class or allowance shortcut)."""
-    return enumerate_optimum(tables, tpot_max_s, exhaustive=True)
+    return enumerate_optimum(tables, tpot_max_s, exhaustive=True, ttft_max_s=ttft_max_s)
 
 
 def plan_of(

@@ -2,9 +2,10 @@
 
 For one batch B it chooses the prefill and decode policy vectors, the number of GPU-resident layers,
 the prefill minibatch count, the CPU ISA of each stage, the KV tier, how many streamed layers keep their
-weights in CXL and (MoE) how experts are fetched, minimising end-to-end latency (optionally under a bound on the mean time per output
-token). The cost coefficients are the layer times that lia_model.costterms gives each of the 64 policy
-vectors (see SpaceTables): the ILP optimises exactly what predict() evaluates.
+weights in CXL and (MoE) how experts are fetched, minimising end-to-end latency (optionally under a bound on
+the mean time per output token and one on the time to the first token). The cost coefficients are the layer
+times that lia_model.costterms gives each of the 64 policy vectors (see SpaceTables): the ILP optimises exactly
+what predict() evaluates.
 
 Notation: y[pi] / x[pi] in {0,1}: the prefill / decode policy vector is pi (one-hot over the 64 vectors);
 p[i] = sum_pi pi_i y[pi] and d[i] = sum_pi pi_i x[pi]: sublayer i runs on the CPU in prefill / decode (paper
@@ -176,8 +177,9 @@ def _prefill_choices(tables: SpaceTables) -> list[tuple[Combo, CpuIsa]]:
     """The (combo, prefill ISA) choices that can be optimal. (c1, a1) dominates (c2, a2) when both have the
     same KV tier and expert fetch and (c1, a1) is no worse in the streamed prefill time of any of the 64 policy
     vectors with either weight tier, in the resident prefill time and in the workspace: swapping it in changes
-    nothing else (decode, TPOT and the other memory terms do not depend on n or the prefill ISA). Dropping
-    dominated choices is exact; of equal choices the first is kept."""
+    nothing else (decode, TPOT and the other memory terms do not depend on n or the prefill ISA), and the
+    latency and the TTFT are non-decreasing in each of those times. Dropping dominated choices is exact; of equal
+    choices the first is kept."""
     kept: list[tuple[Combo, CpuIsa]] = []
     groups = dict.fromkeys((c.kv_tier, c.expert_fetch) for c in tables.combos)
     for group in groups:
@@ -210,8 +212,10 @@ def solve_ilp(
     solver: str = "cbc",
     time_limit_s: Optional[float] = None,
     combo_bounds: Optional[dict] = None,
+    ttft_max_s: Optional[float] = None,
 ) -> Optional[IlpSolution]:
-    """Minimum-latency plan for the batch in ``tables`` (None when no plan is feasible).
+    """Minimum-latency plan for the batch in ``tables`` (None when no plan is feasible), under the bounds given:
+    mean TPOT <= ``tpot_max_s``, TTFT <= ``ttft_max_s``.
 
     ``combo_bounds``: the least latency any plan reaches with each combo (the enumerator's per-combo optimum,
     ``EnumeratedOptimum.combo_latency_s``, from the same tables); choices whose combo cannot reach the best
@@ -252,7 +256,7 @@ def solve_ilp(
     # with D = the decode layer time summed over the steps; Q[t] = T_pre[t] + D[t] per layer.
     # (Pipeline prefill, no CXL: T_pre is not used; its three parts c, W, X get the same gated epigraphs below.)
     fills = _fills(tables)
-    q_of, d_of, bounds = {}, {}, {}
+    q_of, d_of, p_of, bounds = {}, {}, {}, {}
     for t in tiers:
         lo_pre = hi_pre = 0.0
         t_pre = 0.0
@@ -269,7 +273,7 @@ def solve_ilp(
                 for key in u
             }
             t_dec, lo_dec, hi_dec = _gated_epigraph(prob, f"D_{t.value}", dec, y_dec, {key: [u[key]] for key in dec})
-        q_of[t], d_of[t] = t_pre + t_dec, t_dec
+        q_of[t], d_of[t], p_of[t] = t_pre + t_dec, t_dec, (t_pre, lo_pre, hi_pre)
         bounds[t] = (lo_pre + lo_dec, hi_pre + hi_dec, lo_dec, hi_dec)
 
     # K_t in binary:  K_t = sum_j 2^j b_t[j];  K = sum_t K_t <= N;  sigma = [K >= 1]:  K >= sigma,  K <= N sigma
@@ -386,6 +390,14 @@ def solve_ilp(
             ),
             "tpot_bound",
         )
+
+    # TTFT bound:  N_res R_pre(n) + sum_t K_t T_pre[t] + head <= X, each K_t T_pre[t] exact as above
+    #   (pipeline prefill: P + head <= X, P the prefill pass, which bounds F1..F5 from above)
+    if ttft_max_s is not None:
+        ttft = prefill + MS_PER_S * tables.head_s
+        if not fills:
+            ttft += pulp.lpSum(_times_integer(prob, f"kp_{t.value}", b[t], *p_of[t], n_layers) for t in tiers)
+        prob += ttft <= MS_PER_S * ttft_max_s, "ttft_bound"
 
     status = _solve_quietly(prob, make_solver(solver, time_limit_s))
     elapsed = time.perf_counter() - t0
