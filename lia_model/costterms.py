@@ -647,9 +647,12 @@ def streamed_layer_terms(
     ctx: StageContext,
     simulate_every: bool = False,
     times: Optional[SublayerTimes] = None,
+    schedule_bound: bool = False,
 ) -> StageTerms:
     """The epigraph terms (see module docstring) of one streamed layer in one stage. ``times``: the chunk's
-    ``sublayer_times`` where the caller already has them (the same call's result)."""
+    ``sublayer_times`` where the caller already has them (the same call's result). ``schedule_bound``: no
+    vector is simulated and ``schedule_s`` holds a lower bound on each vector's schedule (see below), for
+    callers that prune with it or do not read the schedule (lia_model.optimizer)."""
     if ctx.mode == CostMode.PAPER:
         from lia_model.paper import paper_layer_terms
 
@@ -860,7 +863,11 @@ def streamed_layer_terms(
         )
         others = np.stack([form.evaluate(ALL_POLICY_FEATURES) for _, form in terms.values()]).max(axis=0)
         busy = np.flatnonzero(np.any(schedule_s > others, axis=1) | simulate_every)
-        if busy.size:
+        if schedule_bound:
+            # A schedule is never shorter than its GPU queue, which runs the n chunks' GPU sublayers one after
+            # another:  schedule >= n gpu_c  (float sums in another order: callers leave a margin)
+            schedule_s = gpu_c.scaled(n).evaluate(ALL_POLICY_FEATURES)
+        elif busy.size:
             schedule_s[busy] = simulate_all(
                 n,
                 durations,

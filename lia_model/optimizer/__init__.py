@@ -28,6 +28,7 @@ from lia_model.optimizer.enumerate import (
     best_in_combo,
     combo_arrays,
     enumerate_optimum,
+    lazy_optimum,
     stage_constants,
 )
 from lia_model.optimizer.infeasible import explain_memory_infeasibility
@@ -293,7 +294,10 @@ def optimize(
     enumerated: dict[int, object] = {}
 
     def latency_at(wl: Workload) -> Optional[float]:
-        found, _ = _enumerate_within_ttft(build_tables(system, model, wl, mode), tpot_max_s, ttft_max_s)
+        if ttft_max_s is None:  # the prefill simulated only where it can win (enumerate.lazy_optimum)
+            found = lazy_optimum(build_tables(system, model, wl, mode, prefill_bound=True), tpot_max_s=tpot_max_s)
+        else:  # a TTFT bound reads every plan's prefill: the fully simulated tables
+            found, _ = _enumerate_within_ttft(build_tables(system, model, wl, mode), tpot_max_s, ttft_max_s)
         enumerated[wl.batch] = found
         return None if found is None else found.latency_s
 

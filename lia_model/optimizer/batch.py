@@ -191,6 +191,7 @@ def relaxed_batch(
                             model,
                             _with_isa(ctx, isa),
                             times=layer_times(pre_cache, prefill_system, model, _with_isa(ctx, isa)),
+                            schedule_bound=True,  # prefill is priced from the resource busy times (2, 2')
                         )
                         if mode == CostMode.OVERLAP:
                             busy = {r: f.evaluate(ALL_POLICY_FEATURES)[:, 0] for r, f in st.resources.items()}
@@ -300,10 +301,11 @@ def search_batch(
         pre_sys = flat_matmul_system(system, q, hi * q)
         dec_sys = flat_matmul_system(system, lo, hi)
         cost = relaxed_batch(pre_sys, dec_sys, model, at(hi), mode)
-        # the bounds' side at lo (its prefill only under a TTFT bound)
+        # the bounds' side at lo, read only under a bound (best_in_combo); its prefill only under a TTFT bound
+        bounded = tpot_max_s is not None or ttft_max_s is not None
         cons = (
             relaxed_batch(pre_sys if ttft_max_s is not None else None, dec_sys, model, at(lo), mode)
-            if lo != hi
+            if lo != hi and bounded
             else cost
         )
         if lo not in memory:

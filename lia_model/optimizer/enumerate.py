@@ -50,6 +50,7 @@ from lia_model.optimizer.space import (
     SpaceTables,
     divisors,
     minibatch_candidates,
+    simulate_prefill,
     template_plan,
     tidy_plan,
     tier_candidates,
@@ -448,6 +449,55 @@ def enumerate_optimum(
     if best is None:
         return None
     value, combo, n_res, pp, pd, k_cxl, isa_pre, isa_dec = best
+    return EnumeratedOptimum(plan_of(tables, combo, n_res, pp, pd, k_cxl, isa_pre, isa_dec), value, None, per_combo)
+
+
+# Relative slack when ruling a choice out by a lower bound: the bound and the exact value sum the same terms in
+# other orders, so they may differ in the last bits (a bound is not exact to the ulp).
+_BOUND_SLACK = 1e-9
+
+
+def lazy_optimum(tables: SpaceTables, tpot_max_s: Optional[float] = None) -> Optional[EnumeratedOptimum]:
+    """``enumerate_optimum`` of tables built with ``prefill_bound`` (the streamed prefill schedules lower
+    bounds, not simulated), simulating only the (combo, prefill ISA) choices that can be optimal.
+
+    Exact: the latency of every point is non-decreasing in the prefill layer time and in the pipeline's compute
+    part (prefill_pass_s), and neither memory nor the TPOT bound reads them, so ``best_in_combo`` on the bounded
+    tables is a lower bound L(c, a) on the choice's optimum. Choices are simulated in increasing L; once
+    L > the best exact latency found (with _BOUND_SLACK), no choice left can reach it. Of equal optima the
+    first in enumerate_optimum's order is returned, as there. ``combo_latency_s`` holds, for a combo ruled out
+    without simulation, its lower bound (to the last bits: _BOUND_SLACK; solve_ilp's combo_bounds keeps a combo
+    within 1e-9 of the best)."""
+    consts = stage_constants(tables)
+    # per (combo, prefill ISA) in enumerate_optimum's order: the lower bound over its decode ISAs
+    choices = [(combo, isa_pre) for combo in tables.combos for isa_pre in tables.prefill_isas(combo)]
+
+    def best_of(combo: Combo, isa_pre: CpuIsa) -> list[Optional[tuple]]:
+        return [
+            best_in_combo(combo_arrays(tables, combo, isa_pre, isa_dec), consts, tpot_max_s)
+            for isa_dec in tables.decode_isas(combo)
+        ]
+
+    bounds = [min((f[0] for f in best_of(c, a) if f is not None), default=np.inf) for c, a in choices]
+    values = list(bounds)  # each choice's optimum where simulated, else its lower bound
+    best: Optional[tuple] = None  # (latency, order, combo, n_res, pp, pd, k_cxl, isa_pre, isa_dec)
+    for k in sorted(range(len(choices)), key=lambda k: (bounds[k], k)):
+        if not np.isfinite(bounds[k]) or (best is not None and bounds[k] > best[0] * (1 + _BOUND_SLACK)):
+            break  # this bound and every later one exceed the best exact latency: nothing left can reach it
+        combo, isa_pre = choices[k]
+        simulate_prefill(tables, combo, isa_pre)
+        exact = best_of(combo, isa_pre)
+        values[k] = min((f[0] for f in exact if f is not None), default=np.inf)
+        for j, (found, isa_dec) in enumerate(zip(exact, tables.decode_isas(combo))):
+            if found is not None and (best is None or (found[0], (k, j)) < best[:2]):
+                best = (found[0], (k, j), combo, *found[1:], isa_pre, isa_dec)
+    if best is None:
+        return None
+    per_combo: dict[Combo, float] = {}
+    for (combo, _), value in zip(choices, values):
+        if np.isfinite(value):
+            per_combo[combo] = min(per_combo.get(combo, np.inf), value)
+    value, _, combo, n_res, pp, pd, k_cxl, isa_pre, isa_dec = best
     return EnumeratedOptimum(plan_of(tables, combo, n_res, pp, pd, k_cxl, isa_pre, isa_dec), value, None, per_combo)
 
 

@@ -175,6 +175,10 @@ class SpaceTables:
     resident_decode_s: np.ndarray  # per step
     head_s: float
     memory: dict[int, MemoryConstants]  # per minibatch count
+    # True: the prefill terms' schedules are lower bounds, not simulated (build_tables(prefill_bound=True)):
+    # ``simulate_prefill`` makes a (combo, ISA)'s terms exact
+    prefill_bound: bool = False
+    times_cache: dict = dataclasses.field(default_factory=dict)  # chunk_times of the contexts priced so far
 
     @property
     def num_layers(self) -> int:
@@ -269,9 +273,41 @@ def cxl_never_faster(system: SystemSpec) -> bool:
     return system.cxl is None or system.cxl.read_gbps <= system.ddr.read_gbps
 
 
+def prefill_terms(
+    system: SystemSpec, model: ModelSpec, ctx: StageContext, cache: dict, bound: bool = False
+) -> StageTerms:
+    """A streamed prefill layer's terms (``ctx`` with its ISA); ``bound``: its schedules lower bounds
+    (streamed_layer_terms' ``schedule_bound``) instead of simulated."""
+    return streamed_layer_terms(
+        system,
+        model,
+        ctx,
+        simulate_every=pass_start_fill(system, ctx),
+        times=layer_times(cache, system, model, ctx),
+        schedule_bound=bound,
+    )
+
+
+def simulate_prefill(tables: SpaceTables, combo: Combo, isa: CpuIsa) -> None:
+    """Replace a (combo, prefill ISA)'s bounded prefill terms, every weight tier's, by the simulated ones."""
+    if not tables.prefill_bound:
+        return  # already simulated
+    for wt in tables.weight_tiers:
+        terms = tables.prefill[(combo, wt)]
+        if terms[isa].schedule_s is not None:  # (paper and additive modes have no schedule to simulate)
+            terms[isa] = prefill_terms(tables.system, tables.model, terms[isa].context, tables.times_cache)
+
+
 def build_tables(
-    system: SystemSpec, model: ModelSpec, workload: Workload, mode: CostMode = CostMode.OVERLAP, prune_isas: bool = True
+    system: SystemSpec,
+    model: ModelSpec,
+    workload: Workload,
+    mode: CostMode = CostMode.OVERLAP,
+    prune_isas: bool = True,
+    prefill_bound: bool = False,
 ) -> SpaceTables:
+    """The tables of the space at this batch. ``prefill_bound``: the streamed prefill layers' schedules are
+    lower bounds (``simulate_prefill`` makes them exact where needed; enumerate.lazy_optimum)."""
     base = template_plan(system)
     tiers = tier_candidates(system)
     isas = isa_candidates(system)
@@ -302,13 +338,7 @@ def build_tables(
             )
         for wt in tiers:
             prefill[(c, wt)] = {
-                isa: streamed_layer_terms(
-                    system,
-                    model,
-                    _with_isa(contexts[wt], isa),
-                    simulate_every=pass_start_fill(system, contexts[wt]),
-                    times=layer_times(cache, system, model, _with_isa(contexts[wt], isa)),
-                )
+                isa: prefill_terms(system, model, _with_isa(contexts[wt], isa), cache, prefill_bound)
                 for isa in useful[key]
             }
         if c.minibatches not in resident_prefill:
@@ -356,6 +386,8 @@ def build_tables(
         resident_decode,
         head_time_s(system, model, workload.batch),
         memory,
+        prefill_bound,
+        cache,
     )
 
 
