@@ -362,22 +362,23 @@ def weight_dtype_speedups(df: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def _probe_mask(df: pd.DataFrame) -> pd.Series:
-    """The rows the host drift probe measured (runtime.host_state; older rows lack its columns)."""
+def _drift_masks(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """The points that ran with the host drift probe (runtime.host_state; older rows lack its columns), and
+    those of them it flagged."""
     if "host_cpu_time_vs_table_before" not in df:
-        return pd.Series(False, index=df.index)
-    return pd.to_numeric(df["host_cpu_time_vs_table_before"], errors="coerce").notna()
-
-
-def _probed(df: pd.DataFrame) -> bool:
-    """Whether any point that ran carries the host drift probe's columns."""
-    return bool(_probe_mask(_ran(df)).any())
+        none = pd.Series(False, index=df.index)
+        return none, none
+    probed = pd.to_numeric(df["host_cpu_time_vs_table_before"], errors="coerce").notna()
+    if "status" in df:
+        probed &= df["status"] == "ran"
+    return probed, probed & is_true(df["host_drift_flag"])
 
 
 def summarize(df: pd.DataFrame, measured: Optional[pd.DataFrame] = None) -> dict[str, Any]:
     """The summary of ``df`` (one row per point); ``measured``: every measurement before merging kept the newest
     of each point (the regret compares plans of one command; default ``df``)."""
     df = add_errors(df) if "err_latency" not in df else df
+    probed, drifted = _drift_masks(df)
     skipped = []
     if "status" in df:
         for _, r in df[df["status"] != "ran"].iterrows():
@@ -391,11 +392,9 @@ def summarize(df: pd.DataFrame, measured: Optional[pd.DataFrame] = None) -> dict
         "metrics_steady": metric_stats(df[~is_true(df["spread_flag"])]) if "spread_flag" in df else [],
         # the same over the points measured while the host's CPU GEMV ran within 15% of its table, before and after
         # the point (runtime.host_state): model error apart from the host's drift; [] where no point was probed
-        "metrics_undrifted": metric_stats(df[_probe_mask(df) & ~is_true(df["host_drift_flag"])]) if _probed(df) else [],
-        "points_probed": int(_probe_mask(_ran(df)).sum()) if _probed(df) else 0,
-        "points_host_drift": int((_probe_mask(_ran(df)) & is_true(_ran(df)["host_drift_flag"])).sum())
-        if _probed(df)
-        else 0,
+        "metrics_undrifted": metric_stats(df[probed & ~drifted]) if probed.any() else [],
+        "points_probed": int(probed.sum()),
+        "points_host_drift": int(drifted.sum()),
         "metrics_by_weight_dtype": metrics_by_weight_dtype(df),
         "weight_dtype_speedups": weight_dtype_speedups(df),
         "regret": regret_table(df) if measured is None else regret_table(measured, by_command=True),

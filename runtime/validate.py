@@ -219,7 +219,7 @@ def run_points(
     from runtime.hostmem import HostArena
     from runtime.kvstore import writeback_mode
     from runtime.streamer import feeder_mode
-    from runtime.weight_stream import early_prefetch, lazy_weight_wait
+    from runtime.weight_stream import handoff_mode
     from runtime.weights import layer_layout
 
     backend = Backend.detect(fake_gpu=fake_gpu)
@@ -235,11 +235,7 @@ def run_points(
             f"{setup.describe().split()[0]}: its CPU predictions are off by the difference; measure the tables "
             "again on this host (python -m calibrate.kernel_tables) or set LIA_THREADS"
         )
-    context["weight_feeder"] = (
-        feeder_mode(backend)
-        + ("; next-but-one layer queued at a layer's end" if early_prefetch() else "; next layer queued at its begin")
-        + ("; weights awaited at the first GPU sublayer" if lazy_weight_wait() else "; weights awaited at begin")
-    )
+    context["weight_feeder"] = f"{feeder_mode(backend)}; {handoff_mode()}"
     context["kv_writeback"] = writeback_mode() if backend.is_cuda else ""
     context["cuda_alloc_conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") if backend.is_cuda else ""
     if runnable:

@@ -194,3 +194,11 @@ def early_prefetch() -> bool:
 def lazy_weight_wait() -> bool:
     """Whether the compute stream waits for a layer's weights at its first GPU sublayer (default) or at its begin."""
     return os.environ.get("LIA_LAZY_WEIGHT_WAIT", "1") != "0"
+
+
+def handoff_mode() -> str:
+    """When the next-but-one layer is queued and where a layer waits for its weights (recorded in every validation
+    row, after the feeder's own mode)."""
+    queued = "next-but-one layer queued at a layer's end" if early_prefetch() else "next layer queued at its begin"
+    waited = "weights awaited at the first GPU sublayer" if lazy_weight_wait() else "weights awaited at begin"
+    return f"{queued}; {waited}"

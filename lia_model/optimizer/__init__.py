@@ -216,17 +216,16 @@ def fastest_tpot_s(
         return float("inf")
     tables = build_tables(system, model, workload, mode)
     consts = dataclasses.replace(stage_constants(tables), head_total_s=tables.head_s * steps)
-    best = float("inf")
-    for combo in tables.combos:
+
+    def decode_only(combo):
         for isa_dec in tables.decode_isas(combo):
             arrays = combo_arrays(tables, combo, tables.prefill_isas(combo)[0], isa_dec)
             arrays.pre = {t: np.zeros_like(v) for t, v in arrays.pre.items()}
             arrays.resident_prefill_s = 0.0
             arrays.pre_fill = None  # prefill priced at zero: the steady-state sum of zeros
-            found = best_in_combo(arrays, consts)
-            if found is not None:
-                best = min(best, found[0])
-    return best / steps
+            yield arrays
+
+    return _best_over_combos(tables, consts, decode_only) / steps
 
 
 def fastest_ttft_s(
@@ -238,11 +237,22 @@ def fastest_ttft_s(
 
     tables = build_tables(system, model, workload, mode)
     consts = dataclasses.replace(stage_constants(tables), resident_decode_total_s=0.0, head_total_s=tables.head_s)
-    best = float("inf")
-    for combo in tables.combos:
+
+    def prefill_only(combo):
         for isa_pre in tables.prefill_isas(combo):
             arrays = combo_arrays(tables, combo, isa_pre, tables.decode_isas(combo)[0])
             arrays.dec = {t: np.zeros_like(v) for t, v in arrays.dec.items()}
+            yield arrays
+
+    return _best_over_combos(tables, consts, prefill_only)
+
+
+def _best_over_combos(tables, consts, arrays_of) -> float:
+    """The enumerator's smallest objective over every combo, each priced by the arrays ``arrays_of(combo)``
+    yields (one per ISA of the stage that counts); inf where nothing fits."""
+    best = float("inf")
+    for combo in tables.combos:
+        for arrays in arrays_of(combo):
             found = best_in_combo(arrays, consts)
             if found is not None:
                 best = min(best, found[0])
