@@ -38,6 +38,8 @@
 #   bash runtime/wave2_host_campaign.sh r1 [PROFILE]  # the flagged points (spread above 5%) of the merged results
 #   bash runtime/wave2_host_campaign.sh r2 [PROFILE]  # again, in two halves (runtime/campaign/rerun-flagged-*.yaml,
 #                                                     # written by python -m runtime.rerun_flagged; about 8 minutes)
+#   bash runtime/wave2_host_campaign.sh r3 [PROFILE]  # r3, r4, r5: the flagged points of the thirteenth session's
+#                                                     # merged results, in three parts (about 5 minutes each)
 # REMEASURE_DMA=1 (parts a and 2) first measures only the CPU-beside-DMA slowdown again into $OUT/<profile name>
 # (python -m calibrate.kernel_tables --remeasure-beside-dma) and predicts with that copy.
 # REMEASURE_INSITU=1 (any validation part) does the same with --remeasure-insitu: the linears' and attention's
@@ -49,7 +51,7 @@
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c|d|e|f|g|h|i|j|l|m|q|r1|r2|s) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c|d|e|f|g|h|i|j|l|m|q|r1..r5|s) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -150,7 +152,7 @@ case "$PART" in
         echo "== done in ${SECONDS} s"
         return 0
         ;;
-    r1|r2)
+    r[1-5])
         PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
         POINTS=runtime/campaign/rerun-flagged-${PART#r}.yaml; MAX_POINT_S=${MAX_POINT_S:-60}
         TITLE="The flagged points (latency spread above 5%) measured again, part ${PART#r} (wave 2)"
