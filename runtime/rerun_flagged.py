@@ -31,6 +31,7 @@ import yaml
 from runtime.report import is_true
 
 GROUP_KEYS = ("model", "num_layers", "batch", "input_len", "output_len", "gpu_memory_gib")
+OPTIONAL_GROUP_KEYS = ("weight_dtype",)  # absent in results written before the precision work
 
 
 def flagged_groups(results: pd.DataFrame) -> list[dict]:
@@ -54,6 +55,10 @@ def flagged_groups(results: pd.DataFrame) -> list[dict]:
             value = first[key]
             if not (isinstance(value, float) and math.isnan(value)):
                 group[key] = value.item() if hasattr(value, "item") else value
+        for key in OPTIONAL_GROUP_KEYS:
+            value = first.get(key)
+            if isinstance(value, str) and value:
+                group[key] = value
         group["plans"] = plans
         group["_wall_s"] = float(rows["point_wall_s"].fillna(0).sum()) if "point_wall_s" in rows else 0.0
         groups.append(group)

@@ -90,3 +90,17 @@ def test_bad_inputs_get_one_error_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ")
     assert not (tmp_path / "p.yaml").exists() and not (tmp_path / "r.csv").exists()
+
+
+def test_a_flagged_point_keeps_its_weight_dtype(tmp_path):
+    """A point that ran int8 weights is re-run with int8 weights (its plan is priced at the dtype it ran), and the
+    runtime's loader reads the dtype back; a results file without the column still works (test above)."""
+    table = _table()
+    table["weight_dtype"] = ["bf16", "bf16", "int8", "int8", "fp8_e4m3"]
+    groups = {g["id"]: g for g in flagged_groups(table)}
+    assert groups["A"]["weight_dtype"] == "bf16" and groups["B"]["weight_dtype"] == "int8"
+    assert groups["C"]["weight_dtype"] == "fp8_e4m3"
+    src, out = tmp_path / "results.csv", tmp_path / "points.yaml"
+    table.to_csv(src, index=False)
+    assert main(["--from-csv", str(src), "--out", str(out)]) == 0
+    assert {g.id: g.weight_dtype for g in load_points_file(out)} == {"A": "bf16", "C": "fp8_e4m3", "B": "int8"}
