@@ -302,23 +302,24 @@ def _merge(
 ) -> None:
     import pandas as pd
 
-    from runtime.report import print_summary, write_outputs
+    from runtime.report import one_per_point, print_summary, write_outputs
 
     if out is None:
         raise LiaInputError("--out", "no output folder given", "e.g. --out runtime/validation")
     _check_out_folder(Path(out), force)
     frames = [_read_results_csv(path) for path in paths]
     df = pd.concat(frames, ignore_index=True)
-    # The same point_id in several files: the last file's row wins (a re-run replaces a cut or failed point).
-    # Two measurements of one point are not averaged; say which were replaced, so none disappears silently.
+    # The same point_id in several files: the last file's steady row wins, else its last row
+    # (runtime.report.one_per_point: a steady re-run replaces a flagged or cut point, a flagged one does not
+    # replace a steady one). Two measurements of one point are not averaged; say which were replaced.
     repeated = df.loc[df.duplicated(subset="point_id", keep="last"), "point_id"]
     if len(repeated):
         console.print(
-            f"{len(repeated)} point(s) appear in more than one file; the row from the last file given is kept: "
-            + ", ".join(sorted(set(repeated)))
+            f"{len(repeated)} point(s) appear in more than one file; the last steady row (neither spread- nor "
+            "drift-flagged) is kept, else the last: " + ", ".join(sorted(set(repeated)))
         )
     measured = df  # every measurement: the regret compares the plans of one command (runtime.report.regret_table)
-    df = df.drop_duplicates(subset="point_id", keep="last")
+    df = one_per_point(df)
     if not (df["status"] == "ran").any():
         raise LiaInputError(
             "--from-csv",

@@ -101,3 +101,64 @@ def drift_columns(before: Optional[float], after: Optional[float]) -> dict[str, 
         "host_cpu_time_vs_table_after": None if after is None else round(after, 3),
         "host_drift_flag": bool(known) and any(abs(r - 1.0) > DRIFT_FLAG for r in known),
     }
+
+
+def wait_until_steady(
+    probe: Callable[[], float],
+    wait_s: float,
+    every_s: float,
+    in_a_row: int = 3,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    say: Callable[[str], None] = print,
+) -> bool:
+    """Probe every ``every_s`` until ``in_a_row`` probes running are within ``DRIFT_FLAG`` of the table (True), or
+    ``wait_s`` has passed (False). Each probe's ratio is reported with the seconds since the start."""
+    start, row = clock(), 0
+    while True:
+        ratio = probe()
+        row = row + 1 if abs(ratio - 1.0) <= DRIFT_FLAG else 0
+        say(f"host probe at {clock() - start:5.0f} s: {ratio:.2f}x its table ({row} of {in_a_row} in a row within)")
+        if row >= in_a_row:
+            return True
+        if clock() - start + every_s > wait_s:
+            return False
+        sleep(every_s)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m runtime.host_state --system PROFILE [--wait-s 180] [--every-s 10]``: wait for the host's CPU
+    GEMV to be back at its table before a campaign (exit 0), or give up after --wait-s (exit 1)."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    ap.add_argument("--system", required=True, help="a profile with CPU kernel tables")
+    ap.add_argument("--wait-s", type=float, default=180.0, help="give up after this long (s)")
+    ap.add_argument("--every-s", type=float, default=10.0, help="seconds between probes")
+    args = ap.parse_args(argv)
+    from lia_model.errors import LiaInputError
+    from lia_model.profiles import load_system
+
+    for name in ("wait_s", "every_s"):
+        value = getattr(args, name)
+        if not (value == value and 0 < value < float("inf")):
+            print(f"error: --{name.replace('_', '-')}: {value} is not a number of seconds above 0", file=sys.stderr)
+            return 2
+    try:
+        shape = choose_shape(load_system(args.system).kernels)
+    except LiaInputError as err:
+        print(f"error: --system: {err}", file=sys.stderr)
+        return 2
+    if shape is None:
+        print(f"error: --system: {args.system} has no CPU kernel tables to probe against", file=sys.stderr)
+        return 2
+    from runtime import cpu_setup
+
+    cpu_setup.apply()
+    probe = HostProbe(shape)
+    return 0 if wait_until_steady(probe.time_vs_table, args.wait_s, args.every_s) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -44,6 +44,8 @@
 # (python -m calibrate.kernel_tables --remeasure-beside-dma) and predicts with that copy.
 # REMEASURE_INSITU=1 (any validation part) does the same with --remeasure-insitu: the linears' and attention's
 # slowdowns beside the DMA and the CPU wake-up after a wait, re-measured at the campaign's start.
+# WAIT_STEADY_S=N (validation parts) first waits at most N s for the host drift probe to read its table within 15%
+# three times in a row (python -m runtime.host_state), then measures either way.
 # PRE_TESTS=1 first runs the CUDA executor tests (tests/test_runtime_gpu.py, log in $OUT/gpu_tests.log).
 #
 # Part 1 writes $OUT/emr-h200-kernels.yaml (base: hwprofiles/systems/emr-h100-calibrated.yaml + the kernels
@@ -168,6 +170,11 @@ if [ -n "$REMEASURE" ]; then
         | grep --line-buffered -v '^USDT'
     NEW="$OUT/$(basename "$PROFILE")"
     [ -f "$NEW" ] && PROFILE="$NEW" || { echo "re-measurement failed"; return 1; }
+fi
+if [ "${WAIT_STEADY_S:-0}" -gt 0 ]; then  # wait (at most WAIT_STEADY_S) for the host's CPU GEMV to be at its table
+    echo "== waiting for the host's CPU to be within 15% of its tables (at most ${WAIT_STEADY_S} s)"
+    "$PY" -m runtime.host_state --system "$PROFILE" --wait-s "$WAIT_STEADY_S" --every-s 10 2>&1 | grep -v '^USDT' \
+        || echo "== the host did not settle; measuring anyway (the drift probe flags the points)"
 fi
 LEFT=$((HARD_LIMIT_S - SECONDS)); BUDGET=$((LEFT - 40))
 echo "== lia validate ($POINTS) with $PROFILE, budget ${BUDGET} s"

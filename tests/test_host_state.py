@@ -51,3 +51,41 @@ def test_a_point_is_flagged_when_either_probe_is_more_than_15_percent_off(before
     cols = drift_columns(before, after)
     assert cols["host_drift_flag"] is flagged
     assert cols["host_cpu_time_vs_table_before"] == (None if before is None else round(before, 3))
+
+
+def _run_wait(ratios, wait_s=100.0, every_s=10.0):
+    from runtime.host_state import wait_until_steady
+
+    now = [0.0]
+    seen = iter(ratios)
+    said = []
+
+    def sleep(s):
+        now[0] += s
+
+    ok = wait_until_steady(lambda: next(seen), wait_s, every_s, clock=lambda: now[0], sleep=sleep, say=said.append)
+    return ok, said, now[0]
+
+
+def test_wait_until_steady_needs_three_probes_in_a_row_within_15_percent():
+    # 1.40 off, 1.10 ok, 0.80 off (resets), then 1.05, 0.90, 1.14: steady at the sixth probe, 50 s in
+    ok, said, t = _run_wait([1.40, 1.10, 0.80, 1.05, 0.90, 1.14])
+    assert ok and len(said) == 6 and t == 50.0
+    assert said[0].startswith("host probe at     0 s: 1.40x") and "(3 of 3 in a row within)" in said[-1]
+
+
+def test_wait_until_steady_gives_up_after_the_wait():
+    # probes at 0, 10, ..., 30 s; the next would start past 35 s: four probes, then False
+    ok, said, t = _run_wait([1.5, 1.0, 1.0, 1.5, 1.0, 1.0, 1.0], wait_s=35.0)
+    assert not ok and len(said) == 4 and t == 30.0
+
+
+def test_host_state_cli_refuses_bad_input(capsys):
+    from runtime.host_state import main
+
+    assert main(["--system", "hwprofiles/systems/emr-h200-kernels.yaml", "--wait-s", "nan"]) == 2
+    assert capsys.readouterr().err.startswith("error: --wait-s")
+    assert main(["--system", "spr-a100", "--wait-s", "5"]) == 2  # a datasheet profile: no kernel tables
+    assert "no CPU kernel tables" in capsys.readouterr().err
+    assert main(["--system", "no-such-box"]) == 2
+    assert capsys.readouterr().err.startswith("error: --system")

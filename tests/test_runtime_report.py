@@ -344,3 +344,30 @@ def test_old_results_columns_are_read_in_the_one_row_schema():
     assert new.loc[0, "predicted_decode_qkv_ms"] == 3.0
     assert sublayer_column("device", "decode", "fc1") == "plan_decode_fc1_device"
     assert sublayer_column("measured_spread", "prefill", "out_proj") == "measured_prefill_out_proj_spread"
+
+
+def test_one_per_point_keeps_the_last_steady_measurement():
+    """By hand: point a ran steady, then flagged (spread) -> the steady row stays; b ran flagged, then steady ->
+    the steady re-run; c ran twice flagged (once by the drift probe) -> the last; d ran steady twice -> the last;
+    e was skipped, then ran flagged -> the run (a skipped row is never steady). Order is the input's."""
+    from runtime.report import one_per_point
+
+    rows = [
+        ("a", "ran", False, "", 1),
+        ("b", "ran", True, "", 2),
+        ("c", "ran", True, "", 3),
+        ("d", "ran", False, "False", 4),
+        ("e", "skipped", "", "", 5),
+        ("a", "ran", True, "False", 6),
+        ("b", "ran", False, "False", 7),
+        ("c", "ran", False, "True", 8),
+        ("d", "ran", False, "False", 9),
+        ("e", "ran", True, "", 10),
+    ]
+    df = pd.DataFrame(rows, columns=["point_id", "status", "spread_flag", "host_drift_flag", "row"])
+    kept = one_per_point(df)
+    assert kept["row"].tolist() == [1, 7, 8, 9, 10]
+    assert kept["point_id"].tolist() == ["a", "b", "c", "d", "e"]
+    assert list(kept.columns) == list(df.columns)
+    # without the drift probe's column (rows before 2026-12-01) only the spread decides
+    assert one_per_point(df.drop(columns="host_drift_flag"))["row"].tolist() == [1, 7, 8, 9, 10]
