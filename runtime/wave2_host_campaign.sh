@@ -173,8 +173,8 @@ if [ -n "$REMEASURE" ]; then
 fi
 if [ "${WAIT_STEADY_S:-0}" -gt 0 ]; then  # wait (at most WAIT_STEADY_S) for the host's CPU GEMV to be at its table
     echo "== waiting for the host's CPU to be within 15% of its tables (at most ${WAIT_STEADY_S} s)"
-    "$PY" -m runtime.host_state --system "$PROFILE" --wait-s "$WAIT_STEADY_S" --every-s 10 2>&1 | grep -v '^USDT' \
-        || echo "== the host did not settle; measuring anyway (the drift probe flags the points)"
+    "$PY" -m runtime.host_state --system "$PROFILE" --wait-s "$WAIT_STEADY_S" --every-s 10 2>&1 | grep -v '^USDT'
+    [ "${PIPESTATUS[0]}" = "0" ] || echo "== the host did not settle; measuring anyway (the drift probe flags the points)"
 fi
 LEFT=$((HARD_LIMIT_S - SECONDS)); BUDGET=$((LEFT - 40))
 echo "== lia validate ($POINTS) with $PROFILE, budget ${BUDGET} s"
