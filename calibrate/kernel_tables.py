@@ -511,6 +511,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     setup = data["kernels"].get("setup")
     runs = [cpu_linear_estimates(rows)]
     attention_runs = [cpu_attention_times(rows)]
+    every_row = list(rows)  # every run's rows: where an entry's model is found
     for other in earlier:
         theirs = pd.read_csv(other, low_memory=False).to_dict("records")
         setups = {
@@ -523,6 +524,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
                 "combine only runs of the same CPU setup",
             )
         runs.append(cpu_linear_estimates(theirs))
+        every_row += theirs
         attention_runs.append(cpu_attention_times(theirs))
     # the CPU attention grid the fit sees: each point the median over the runs (the GPU's: this run's)
     cpu_attention_rows = [
@@ -569,7 +571,9 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
             "time_s": sec,
         }
         for (sub, k, n, t, dtype), sec, model in (
-            (key, median_over_runs(runs, key), _model_of(rows, key)) for key in runs[0]
+            # every entry any run measured (a run of extra row counts, --cpu-linears-only, adds entries)
+            (key, median_over_runs(runs, key), _model_of(every_row, key))
+            for key in dict.fromkeys(key for run in runs for key in run)
         )
     ]
     data["kernels"]["cpu_linear"] = linear_tables(cpu_rows, "cpu")
@@ -924,6 +928,49 @@ def cpu_beside_dma(
     return medians[cases[0][0]], medians.get("attention"), rows
 
 
+def measure_cpu_linears(
+    models: list[str], tokens: tuple[int, ...], out_dir: Path, name: str, force: bool, weight_dtypes=("bf16",)
+) -> Path:
+    """Only the CPU linears of ``models`` at the given row counts, in CPU_ROUNDS rounds as a full run times them,
+    under the same CPU setup, into the raw CSV ``OUT/NAME-kernels.csv`` (no profile). Give that CSV to ``--refit``
+    as an earlier run: its entries join the table (row counts the grid lacks) or its medians (row counts it has)."""
+    import pandas as pd
+
+    from calibrate.host import host_info
+    from lia_model.inputs import resolve_model
+    from runtime import cpu_setup
+
+    csv_path = out_dir / f"{name}-kernels.csv"
+    if csv_path.exists() and not force:
+        raise LiaInputError("--name", f"'{csv_path}' exists", "choose another --name, or pass --force")
+    specs = [resolve_model(m) for m in models]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    desc = cpu_setup.apply().describe()
+    host = host_info()
+    log(f"host {host.hostname}: {host.cpu_model}; {desc}; CPU linears at rows {', '.join(map(str, tokens))}")
+    rows: list[dict] = []
+    seen: set[tuple] = set()
+    for dtype in weight_dtypes:
+        rows += linear_rows(specs, "cpu", tokens, host.llc_bytes or LLC_DEFAULT, 0.08, desc, seen, CPU_ROUNDS, dtype)
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "run_at_utc", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    frame.insert(0, "host", host.hostname)
+    frame.to_csv(csv_path, index=False)
+    return csv_path
+
+
+def _row_counts(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or any(v < 1 for v in values):
+        raise LiaInputError(
+            "--cpu-linears-only", f"'{text}' is not a list of row counts", "give whole numbers >= 1, e.g. 2,8,32,128"
+        )
+    return tuple(sorted(set(values)))
+
+
 # ----------------------------------------------------------------------------------------- the run
 
 
@@ -1175,6 +1222,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="as --remeasure-beside-dma, and also attention's own slowdown beside the DMA and the CPU wake-up after "
         "a wait: what a campaign re-measures at its start (needs CUDA)",
     )
+    parser.add_argument(
+        "--cpu-linears-only",
+        metavar="ROWS",
+        help="measure only the CPU linears of --models at these row counts (e.g. 2,8,32,128) into OUT/NAME-kernels.csv, "
+        "for --refit to add as an earlier run",
+    )
     parser.add_argument("--out", default="results/calibration")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
     parser.add_argument(
@@ -1210,6 +1263,20 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 0
         if args.remeasure_insitu:
             print(remeasure_beside_dma(args.remeasure_insitu, Path(args.out), args.force, insitu=True))
+            return 0
+        if args.cpu_linears_only:
+            if not args.name:
+                raise LiaInputError("--name", "no name given", "e.g. --name emr-h200-kernels-rows")
+            print(
+                measure_cpu_linears(
+                    [m for m in args.models.split(",") if m],
+                    _row_counts(args.cpu_linears_only),
+                    Path(args.out),
+                    args.name,
+                    args.force,
+                    _weight_dtypes(args.weight_dtypes),
+                )
+            )
             return 0
         if not args.base or not args.name:
             raise LiaInputError(

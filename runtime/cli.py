@@ -309,14 +309,14 @@ def _merge(
     _check_out_folder(Path(out), force)
     frames = [_read_results_csv(path) for path in paths]
     df = pd.concat(frames, ignore_index=True)
-    # The same point_id in several files: the last file's steady row wins, else its last row
-    # (runtime.report.one_per_point: a steady re-run replaces a flagged or cut point, a flagged one does not
-    # replace a steady one). Two measurements of one point are not averaged; say which were replaced.
+    # The same point_id in several files: the last row of the best measurement quality wins
+    # (runtime.report.one_per_point: steady > spread-flagged > drift-flagged or not run). Two measurements of
+    # one point are not averaged; say which were replaced.
     repeated = df.loc[df.duplicated(subset="point_id", keep="last"), "point_id"]
     if len(repeated):
         console.print(
-            f"{len(repeated)} point(s) appear in more than one file; the last steady row (neither spread- nor "
-            "drift-flagged) is kept, else the last: " + ", ".join(sorted(set(repeated)))
+            f"{len(repeated)} point(s) appear in more than one file; the last row of the best quality (steady, "
+            "then spread-flagged, then drift-flagged) is kept: " + ", ".join(sorted(set(repeated)))
         )
     measured = df  # every measurement: the regret compares the plans of one command (runtime.report.regret_table)
     df = one_per_point(df)

@@ -98,24 +98,25 @@ def is_true(column: pd.Series) -> pd.Series:
     return column.astype(str).str.lower() == "true"
 
 
-def steady_mask(df: pd.DataFrame) -> pd.Series:
-    """Rows that ran and that neither their latency spread (``spread_flag``: repeats more than 5% apart) nor the
-    host drift probe (``host_drift_flag``, rows from 2026-12-01 on) flagged."""
-    steady = df["status"] == "ran" if "status" in df else pd.Series(True, index=df.index)
-    for flag in ("spread_flag", "host_drift_flag"):
-        if flag in df:
-            steady &= ~is_true(df[flag])
-    return steady
+def measurement_quality(df: pd.DataFrame) -> pd.Series:
+    """Per row: 2 when it ran steady (repeats within 5%: no ``spread_flag``) with the host at its tables (no
+    ``host_drift_flag``; rows before 2026-12-01 have no probe and count as at their tables), 1 when only its spread
+    was flagged, 0 when the host drift probe flagged it or it did not run."""
+    ran = df["status"] == "ran" if "status" in df else pd.Series(True, index=df.index)
+    spread = is_true(df["spread_flag"]) if "spread_flag" in df else pd.Series(False, index=df.index)
+    drift = is_true(df["host_drift_flag"]) if "host_drift_flag" in df else pd.Series(False, index=df.index)
+    return (ran & ~drift).astype(int) * (2 - spread.astype(int))
 
 
 def one_per_point(df: pd.DataFrame) -> pd.DataFrame:
     """One row per ``point_id`` from every measurement, in the given order (files in order, oldest first): the
-    last steady row of the point (``steady_mask``), else its last row. Issue 10 asks that a point whose spread
-    exceeds 5% be re-run or flagged; a re-run that is itself flagged does not replace a steady measurement, and a
-    steady re-run replaces a flagged one. The rule reads the flags of the measurement, never its error."""
-    ranked = df.assign(_steady=steady_mask(df), _pos=range(len(df)))
-    kept = ranked.sort_values(["_steady", "_pos"], kind="stable").drop_duplicates(subset="point_id", keep="last")
-    return kept.sort_values("_pos").drop(columns=["_steady", "_pos"])
+    last row of the point's best ``measurement_quality``. Issue 10 asks that a point whose spread exceeds 5% be
+    re-run or flagged: a steady re-run replaces a flagged measurement; a re-run whose spread was flagged replaces
+    only a measurement flagged as much or more; one taken while the host drift probe read the host more than 15%
+    off its tables replaces only another such. The rule reads the flags of a measurement, never its error."""
+    ranked = df.assign(_quality=measurement_quality(df), _pos=range(len(df)))
+    kept = ranked.sort_values(["_quality", "_pos"], kind="stable").drop_duplicates(subset="point_id", keep="last")
+    return kept.sort_values("_pos").drop(columns=["_quality", "_pos"])
 
 
 def metric_stats(df: pd.DataFrame) -> list[dict[str, Any]]:

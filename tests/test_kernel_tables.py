@@ -636,3 +636,55 @@ def test_int8_workloads_read_the_int8_tables_and_other_precisions_are_refused() 
     # a shape whose bf16 kernel is measured but whose int8 kernel is not: refused by name, not priced by the roofline
     with pytest.raises(LiaInputError, match=r"qkv \(7168x21504\) on the CPU in bf16 but not in int8"):
         sublayer_times(without_qkv, OPT30, int8, 16)
+
+
+def test_refit_adds_the_row_counts_only_an_earlier_run_measured(tmp_path: Path) -> None:
+    """A --cpu-linears-only run of extra row counts, given to --refit as an earlier run: Llama-2-70B fc2 at 32 rows
+    (absent from the profile's grid) joins its table at that run's value, 15.3 ms, between the 16 and 64 row
+    entries; the entries both runs hold stay the median over the runs."""
+    import shutil
+
+    import pandas as pd
+
+    from calibrate.kernel_tables import refit
+
+    cal = ROOT / "hwprofiles" / "calibration"
+    own = cal / "emr-h200-kernels-kernels.csv"
+    raw = pd.read_csv(own, low_memory=False)
+    fc2 = raw[(raw["family"] == "linear") & (raw["device"] == "cpu") & (raw["model"] == "llama-2-70b")]
+    fc2 = fc2[(fc2["sublayer"] == "fc2") & (fc2["tokens"] == 16)]  # this run timed bf16 weights only
+    extra = fc2.assign(tokens=32, time_s=15.3e-3, round_medians_s=float("nan"))
+    extra_csv = tmp_path / "rows-kernels.csv"
+    extra.to_csv(extra_csv, index=False)
+    profile = tmp_path / "p.yaml"
+    shutil.copy(ROOT / "hwprofiles" / "systems" / "emr-h200-kernels.yaml", profile)
+    before = yaml.safe_load(profile.read_text())["kernels"]["cpu_linear"]
+    refit(str(profile), str(own), True, (str(extra_csv),))
+    table = next(
+        t
+        for t in yaml.safe_load(profile.read_text())["kernels"]["cpu_linear"]
+        if t["sublayer"] == "fc2" and t["k"] == 28672 and t["n"] == 8192 and t.get("weight_dtype", "bf16") == "bf16"
+    )
+    assert 32 in table["tokens"] and table["seconds"][table["tokens"].index(32)] == pytest.approx(15.3e-3)
+    assert table["tokens"] == sorted(table["tokens"])
+    old = next(
+        t for t in before if t["sublayer"] == "fc2" and t["k"] == 28672 and t.get("weight_dtype", "bf16") == "bf16"
+    )
+    assert 32 not in old["tokens"]
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["--cpu-linears-only", "2,x", "--name", "n"], "error: --cpu-linears-only"),
+        (["--cpu-linears-only", "0,8", "--name", "n"], "error: --cpu-linears-only"),
+        (["--cpu-linears-only", "8"], "error: --name"),
+    ],
+)
+def test_cpu_linears_only_refuses_bad_input(args, field, tmp_path, capsys) -> None:
+    from calibrate.kernel_tables import main
+
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(field) and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -346,11 +346,13 @@ def test_old_results_columns_are_read_in_the_one_row_schema():
     assert sublayer_column("measured_spread", "prefill", "out_proj") == "measured_prefill_out_proj_spread"
 
 
-def test_one_per_point_keeps_the_last_steady_measurement():
-    """By hand: point a ran steady, then flagged (spread) -> the steady row stays; b ran flagged, then steady ->
-    the steady re-run; c ran twice flagged (once by the drift probe) -> the last; d ran steady twice -> the last;
-    e was skipped, then ran flagged -> the run (a skipped row is never steady). Order is the input's."""
-    from runtime.report import one_per_point
+def test_one_per_point_keeps_the_last_measurement_of_the_best_quality():
+    """By hand. Quality: steady 2, spread-flagged 1, drift-flagged or not run 0.
+    a: steady, then spread-flagged -> the steady row; b: spread-flagged, then steady -> the steady re-run;
+    c: spread-flagged, then drift-flagged -> the spread-flagged one (the host was off its tables in the re-run);
+    d: steady twice -> the last; e: skipped, then spread-flagged -> the run; f: drift-flagged, then drift- and
+    spread-flagged -> the last (both 0). Rows keep the input's order."""
+    from runtime.report import measurement_quality, one_per_point
 
     rows = [
         ("a", "ran", False, "", 1),
@@ -358,16 +360,20 @@ def test_one_per_point_keeps_the_last_steady_measurement():
         ("c", "ran", True, "", 3),
         ("d", "ran", False, "False", 4),
         ("e", "skipped", "", "", 5),
-        ("a", "ran", True, "False", 6),
-        ("b", "ran", False, "False", 7),
-        ("c", "ran", False, "True", 8),
-        ("d", "ran", False, "False", 9),
-        ("e", "ran", True, "", 10),
+        ("f", "ran", False, "True", 6),
+        ("a", "ran", True, "False", 7),
+        ("b", "ran", False, "False", 8),
+        ("c", "ran", False, "True", 9),
+        ("d", "ran", False, "False", 10),
+        ("e", "ran", True, "", 11),
+        ("f", "ran", True, "True", 12),
     ]
     df = pd.DataFrame(rows, columns=["point_id", "status", "spread_flag", "host_drift_flag", "row"])
+    assert measurement_quality(df).tolist() == [2, 1, 1, 2, 0, 0, 1, 2, 0, 2, 1, 0]
     kept = one_per_point(df)
-    assert kept["row"].tolist() == [1, 7, 8, 9, 10]
-    assert kept["point_id"].tolist() == ["a", "b", "c", "d", "e"]
+    assert kept["row"].tolist() == [1, 3, 8, 10, 11, 12]
+    assert sorted(kept["point_id"]) == ["a", "b", "c", "d", "e", "f"]
     assert list(kept.columns) == list(df.columns)
-    # without the drift probe's column (rows before 2026-12-01) only the spread decides
-    assert one_per_point(df.drop(columns="host_drift_flag"))["row"].tolist() == [1, 7, 8, 9, 10]
+    # without the drift probe's columns (rows before 2026-12-01) only the spread decides: c's re-run (row 9) and
+    # f's first run (row 6) are steady then
+    assert one_per_point(df.drop(columns="host_drift_flag"))["row"].tolist() == [1, 6, 8, 9, 10, 11]
