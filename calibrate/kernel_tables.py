@@ -577,6 +577,14 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         )
     ]
     data["kernels"]["cpu_linear"] = linear_tables(cpu_rows, "cpu")
+    dma = dma_slowdown(every_row)  # every run's beside-DMA pairs
+    if dma is not None:
+        data["kernels"]["dma_slowdown_beside_cpu"] = round(dma[0], 4)
+        data["kernels"]["source"]["dma_slowdown_beside_cpu"] = _dma_source(
+            stamp,
+            dma[1],
+            f"pooled over {', '.join(Path(c).name for c in (csv, *earlier))} by python -m calibrate.kernel_tables --refit",
+        )
     measured = data["kernels"]["source"]["cpu_linear"].split("; re-estimated ")[
         0
     ]  # a refit replaces an earlier one's note
@@ -608,6 +616,37 @@ def _model_of(rows: list[dict], key: tuple[str, int, int, int, str]) -> str:
         if r.get("family") == "linear"
         and r.get("device") == "cpu"
         and (r["sublayer"], int(r["k"]), int(r["n"])) == (sub, k, n)
+    )
+
+
+def dma_slowdown(rows: list[dict]) -> Optional[tuple[float, int]]:
+    """(d, pairs): the weight DMA's slowdown beside CPU work from ``cpu_beside_dma`` rows, the median over the
+    alternating pairs (each distinct measurement once) of the feeder's H2D rate alone over its rate beside the CPU
+    case (the kernels' ``dma_slowdown_beside_cpu``, at least 1); None without such rows."""
+    ratios = [
+        float(r["dma_solo_gbps"]) / float(r["dma_gbps"])
+        for r in rows
+        if r.get("family") == "cpu_beside_dma"
+        and all(_finite_positive(r.get(c)) for c in ("dma_solo_gbps", "dma_gbps"))
+    ]
+    if not ratios:
+        return None
+    distinct = distinct_values(ratios)
+    return max(1.0, float(statistics.median(distinct))), len(distinct)
+
+
+def _finite_positive(value) -> bool:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False
+    return v > 0 and v == v and v != float("inf")
+
+
+def _dma_source(stamp: str, pairs: int, how: str) -> str:
+    return (
+        f"{stamp}: median over {pairs} alternating pairs of the beside-DMA probe (cpu_beside_dma rows: OPT-30B linears "
+        f"and decode attention) of the feeder's pinned H2D rate alone over its rate beside the CPU case; {how}"
     )
 
 
@@ -649,6 +688,12 @@ def remeasure_beside_dma(profile: str, out_dir: Path, force: bool, insitu: bool 
         f"{stamp}: runtime fc2 of OPT-30B at 64 tokens (6 cold weight copies), {beside_dma_method(False)}; "
         f"re-measured alone by python -m calibrate.kernel_tables {flag} (was {old})"
     )
+    dma = dma_slowdown(rows)
+    if dma is not None:
+        data["kernels"]["dma_slowdown_beside_cpu"] = round(dma[0], 4)
+        data["kernels"]["source"]["dma_slowdown_beside_cpu"] = _dma_source(
+            stamp, dma[1], f"re-measured by python -m calibrate.kernel_tables {flag}"
+        )
     if insitu:
         fields, sources = _insitu_fields(desc, False, stamp, attn_slowdown, rows, flag)
         data["kernels"].update(fields)
@@ -1132,6 +1177,10 @@ def run(
     fields, sources = _insitu_fields(desc, quick, stamp, attn_slowdown, rows, "measured with the tables")
     kernels.update(fields)
     kernels["source"].update(sources)
+    dma = dma_slowdown(rows)
+    if dma is not None:
+        kernels["dma_slowdown_beside_cpu"] = round(dma[0], 4)
+        kernels["source"]["dma_slowdown_beside_cpu"] = _dma_source(stamp, dma[1], "measured with the tables")
     data = system_dict(base)  # the base with every device inline
     data["name"] = name
     data["description"] = (

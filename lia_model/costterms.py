@@ -30,7 +30,9 @@ Terms for a streamed (non-resident) layer, prefill in n equal chunks (decode: n 
                                                   affine form is (with n > 1 the order of CPU work depends
                                                   on the times; a chunk's write-back and fetches race with
                                                   its compute)
-    T >= W + n h2dx_c                             the H2D link carries weights and activations
+    T >= W + n h2dx_c                             the H2D link carries weights and activations (with kernel
+                                                  tables, + (1 - 1/d) n cpu_m: the DMA runs d times slower
+                                                  beside the CPU's memory-bound work, calibrated)
     T >= n d2h_c                                  the D2H link (the K/V write-back is off the chain where no
                                                   CPU attention reads it, but it occupies the link)
     T >= ddr_bytes / ddr_bw,  T >= cxl_bytes / cxl_bw     CPU reads and DMA share host memory
@@ -790,7 +792,21 @@ def streamed_layer_terms(
         idle_s = system.kernels.cpu_idle_before_wake_us * S_PER_US if system.kernels is not None else 0.0
         # CPU busy time (its slowdown beside the weight DMA is on the chain below, which always exceeds this)
         terms["cpu"] = (Resource.CPU, cpu_c.scaled(n))
-        terms["h2d"] = (Resource.PCIE_H2D, resources[Resource.PCIE_H2D])
+        # The H2D link: weights and activations,  T >= W + n h2dx_c  (Resource.PCIE_H2D's busy time); for this
+        # project's runtime, also the weight DMA's own slowdown d beside the CPU's memory-bound work cpu_m
+        # (calibrated: the feeder's rate alone over its rate beside a CPU GEMV or attention, 1.04-1.15 on the
+        # GPU host). While the CPU runs, the stream moves 1/d as many bytes per second, so a stream that outlasts
+        # the CPU work takes
+        #     T >= W + n h2dx_c + (1 - 1/d) n cpu_m
+        # (the CPU work's window taken at its unslowed length: a lower bound of its window beside the DMA). Where
+        # the CPU work outlasts the stream, the CPU term T >= n cpu_c >= n cpu_m binds instead, and
+        # max(c, W + (1 - 1/d) c) = max(c, min(W + (1 - 1/d) c, d W)) for c = n cpu_m: the same layer time as the
+        # exact stretch, with an affine form the ILP can read.
+        h2d_form = resources[Resource.PCIE_H2D]
+        dma_slow = system.kernels.dma_slowdown_beside_cpu if runtime_beside_dma else 1.0
+        if dma_slow > 1.0:
+            h2d_form = h2d_form + cpu_m.scaled(n * (1.0 - 1.0 / dma_slow))
+        terms["h2d"] = (Resource.PCIE_H2D, h2d_form)
         terms["d2h"] = (Resource.PCIE_D2H, resources[Resource.PCIE_D2H])
         terms["ddr"] = (Resource.DDR, ddr_s)
         if Resource.CXL in resources:

@@ -85,8 +85,11 @@ class Sourced(StrictSpec):
 
 # Fields whose default value is a definition rather than a number that needs a source: kv_pass_factor = 1 is
 # "one pass over the KV cache", the roofline's own assumption; cpu_wake_us = 0 is "no wake-up cost modelled"
-# (a profile measured before the calibrator timed it), and cpu_idle_before_wake_us = 0 "any wait".
-DEFINITIONAL_DEFAULTS = frozenset({"kv_pass_factor", "cpu_wake_us", "cpu_idle_before_wake_us"})
+# (a profile measured before the calibrator timed it), cpu_idle_before_wake_us = 0 "any wait", and
+# dma_slowdown_beside_cpu = 1 "the weight DMA's own slowdown beside CPU work not modelled".
+DEFINITIONAL_DEFAULTS = frozenset(
+    {"kv_pass_factor", "cpu_wake_us", "cpu_idle_before_wake_us", "dma_slowdown_beside_cpu"}
+)
 
 
 def _numeric_paths(spec: BaseModel, prefix: str = "") -> list[str]:
@@ -372,6 +375,13 @@ class KernelTables(Sourced):
         ge=1.0,
         description="CPU decode attention's time while the weight DMA runs, over its time alone (the calibrator's "
         "attention case beside the feeder); None: attention slows as the linears do (cpu_slowdown_beside_dma).",
+    )
+    dma_slowdown_beside_cpu: float = Field(
+        1.0,
+        ge=1.0,
+        le=10.0,
+        description="The weight DMA's time while the CPU runs memory-bound work beside it, over its time alone (the "
+        "calibrator's beside-DMA probe: the feeder's H2D rate alone over its rate beside each CPU case). 1: not modelled.",
     )
     cpu_wake_us: float = Field(
         0.0,

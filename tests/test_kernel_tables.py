@@ -688,3 +688,49 @@ def test_cpu_linears_only_refuses_bad_input(args, field, tmp_path, capsys) -> No
     err = capsys.readouterr().err
     assert err.startswith(field) and err.count("\n") == 1
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("d", [1.25, 2.0])
+def test_the_weight_dma_slows_beside_memory_bound_cpu_work_by_hand(d: float) -> None:
+    """Decode at B = 64: qkv, attention and fc2 on the CPU (all memory-bound: their rows < 256), out_proj and fc1
+    streamed. The H2D term is W + (activation copies) without the DMA's slowdown; with d it grows by exactly
+    (1 - 1/d) x the CPU's memory-bound work, here all its work cpu_c (by hand: d = 1.25 -> 0.2 cpu_c, d = 2 ->
+    0.5 cpu_c). An all-GPU layer, with no CPU work beside its stream, keeps its H2D term."""
+    from lia_model.costterms import policy_features
+
+    p = (Device.CPU, Device.CPU, Device.CPU, Device.GPU, Device.GPU, Device.CPU)
+    f = policy_features(p)
+    ctx = _ctx(64, 1, (40,))
+    base = streamed_layer_terms(_system_with_tables(slowdown=1.0), OPT30, ctx)
+    slowed = streamed_layer_terms(_system_with_tables(slowdown=1.0, dma_slowdown_beside_cpu=d), OPT30, ctx)
+    cpu = base.resources[next(r for r in base.resources if r.value == "cpu")].evaluate(f)[0]
+    assert all(not base.times.cpu_compute_bound[i, 0] for i in (0, 1, 2, 5))  # every CPU sublayer memory-bound
+    h2d_base, h2d_slowed = (t.terms["h2d"][1].evaluate(f)[0] for t in (base, slowed))
+    assert h2d_base == pytest.approx(
+        base.resources[next(r for r in base.resources if r.value == "pcie_h2d")].evaluate(f)[0]
+    )
+    assert h2d_slowed - h2d_base == pytest.approx({1.25: 0.2, 2.0: 0.5}[d] * cpu, rel=1e-12)
+    assert slowed.layer_time(f)[0] >= h2d_slowed - 1e-15
+    # an all-GPU layer has no CPU work beside its stream: the term is the same
+    g = policy_features((Device.GPU,) * 6)
+    assert slowed.terms["h2d"][1].evaluate(g)[0] == pytest.approx(base.terms["h2d"][1].evaluate(g)[0], rel=1e-12)
+
+
+def test_dma_slowdown_is_the_median_rate_ratio_over_the_beside_dma_pairs() -> None:
+    """By hand: 54/50 = 1.08, 55/50 = 1.10, 52/52 = 1.00 (and a resumed copy of the 1.08 pair, counted once): median
+    1.08 over 3 pairs; a row without rates and other families are ignored; a DMA faster beside the CPU counts as 1."""
+    from calibrate.kernel_tables import dma_slowdown
+
+    pair = {"family": "cpu_beside_dma", "dma_solo_gbps": 54.0, "dma_gbps": 50.0}
+    rows = [
+        pair,
+        dict(pair),
+        {"family": "cpu_beside_dma", "dma_solo_gbps": 55.0, "dma_gbps": 50.0},
+        {"family": "cpu_beside_dma", "dma_solo_gbps": 52.0, "dma_gbps": 52.0},
+        {"family": "cpu_beside_dma", "dma_solo_gbps": float("nan"), "dma_gbps": 50.0},
+        {"family": "linear", "dma_solo_gbps": 99.0, "dma_gbps": 1.0},
+    ]
+    d, pairs = dma_slowdown(rows)
+    assert d == pytest.approx(1.08) and pairs == 3
+    assert dma_slowdown([{"family": "cpu_beside_dma", "dma_solo_gbps": 40.0, "dma_gbps": 50.0}]) == (1.0, 1)
+    assert dma_slowdown([{"family": "linear"}]) is None
