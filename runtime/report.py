@@ -148,15 +148,20 @@ def metric_stats(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def regret_table(df: pd.DataFrame, by_command: bool = False) -> list[dict[str, Any]]:
-    """Regret per workload group. ``by_command``: ``df`` holds every measurement of merged campaigns (before the
-    newest of each point is kept), and each group is judged on the newest command (``run_at_utc``) that measured
-    its optimum, with every plan that command measured in the group."""
+    """Regret per workload group. ``by_command``: ``df`` holds every measurement of merged campaigns (before one
+    row per point is kept), and each group is judged on one command (``run_at_utc``) that measured its optimum,
+    with every plan that command measured in the group: the newest of those whose optimum measurement has the best
+    ``measurement_quality`` (as ``one_per_point`` keeps points)."""
     ran = _ran(df)
     rows = []
     for group, g in ran.groupby("group_id", sort=False):
         if by_command and "run_at_utc" in g and (g["plan_spec"] == "optimal").any():
-            runs = g.loc[g["plan_spec"] == "optimal", "run_at_utc"].astype(str)
-            g = g[g["run_at_utc"].astype(str) == runs.max()].drop_duplicates(subset="point_id", keep="last")
+            opt_rows = g[g["plan_spec"] == "optimal"]
+            ranked = pd.DataFrame(
+                {"quality": measurement_quality(opt_rows), "run": opt_rows["run_at_utc"].astype(str)}
+            ).sort_values(["quality", "run"], kind="stable")
+            chosen = ranked["run"].iloc[-1]
+            g = g[g["run_at_utc"].astype(str) == chosen].drop_duplicates(subset="point_id", keep="last")
         lat = pd.to_numeric(g["measured_latency_s"], errors="coerce")
         opt = g[g["plan_spec"] == "optimal"]
         if opt.empty or lat.isna().all():

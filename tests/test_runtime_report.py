@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from lia_model.cli import app
 from lia_model.errors import LiaInputError
-from runtime.report import add_errors, summarize, summary_markdown, write_outputs
+from runtime.report import add_errors, one_per_point, summarize, summary_markdown, write_outputs
 
 
 def _row(group, plan, pred_lat, meas_lat, pred_ttft, meas_ttft, pred_tpot, meas_tpot, status="ran"):
@@ -236,6 +236,15 @@ def test_regret_compares_the_plans_of_the_command_that_measured_the_optimum():
     newest = measured.drop_duplicates(subset="point_id", keep="last")
     r = summarize(add_errors(newest), measured)["regret"][0]
     assert r["regret"] == pytest.approx(1.0 / 0.95 - 1) and r["best_plan"] == "ipex"
+    # command 4 measures the optimum again while the host drift probe flags it (optimum 1.10, flexgen 0.98): its
+    # optimum measurement has the worse quality, so command 3 still decides (5.3%), not 1.10 / 0.98 - 1 = 12.2%
+    drifted = [
+        {**_row("A", p, 1.0, m, 0.1, 0.1, 0.1, 0.1), "run_at_utc": "2026-12-01T12:00:00Z", "host_drift_flag": True}
+        for p, m in (("optimal", 1.10), ("flexgen", 0.98))
+    ]
+    measured = pd.DataFrame(rows + third + drifted)
+    r = summarize(add_errors(one_per_point(measured)), measured)["regret"][0]
+    assert r["regret"] == pytest.approx(1.0 / 0.95 - 1) and r["run_at_utc"] == "2026-12-01T11:00:00Z"
 
 
 def test_steady_points_are_summarised_apart_from_the_flagged_ones(table):
