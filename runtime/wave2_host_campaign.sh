@@ -38,6 +38,8 @@
 #   bash runtime/wave2_host_campaign.sh r1 [PROFILE]  # the flagged points (spread above 5%) of the merged results
 #   bash runtime/wave2_host_campaign.sh r2 [PROFILE]  # again, in two halves (runtime/campaign/rerun-flagged-*.yaml,
 #                                                     # written by python -m runtime.rerun_flagged; about 8 minutes)
+#   bash runtime/wave2_host_campaign.sh rows          # the CPU linears at the row counts the grid lacks (2, 8, 32, 128,
+#                                                     # 384; ROWS=...), for --refit to add (about 2-4 minutes)
 #   bash runtime/wave2_host_campaign.sh r3 [PROFILE]  # r3, r4, r5: the flagged points of the thirteenth session's
 #                                                     # merged results, in three parts (about 5 minutes each)
 # REMEASURE_DMA=1 (parts a and 2) first measures only the CPU-beside-DMA slowdown again into $OUT/<profile name>
@@ -53,7 +55,7 @@
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|p|1|2|a|c|d|e|f|g|h|i|j|l|m|q|r1..r5|s) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|rows|p|1|2|a|c|d|e|f|g|h|i|j|l|m|q|r1..r5|s) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -89,6 +91,20 @@ case "$PART" in
             return 1
         }
         echo "== done in ${SECONDS} s; files: $(ls "$OUT" | tr '\n' ' ')"
+        return 0
+        ;;
+    rows)
+        # the CPU linears at the row counts the campaigns decode with and the grid lacks, for --refit to add
+        # (calibrate.kernel_tables --cpu-linears-only; the fourteenth session found Llama-2-70B fc2 at 32 rows 1.24x
+        # its interpolated table: runtime/validation/linear-insitu-probe/), with the host probe before and after
+        "$PY" -m runtime.host_state --system hwprofiles/systems/emr-h200-kernels.yaml --wait-s "${WAIT_STEADY_S:-60}" \
+            --every-s 10 2>&1 | grep --line-buffered -v '^USDT'
+        timeout "${KT_LIMIT_S:-$((HARD_LIMIT_S - 90))}" "$PY" -m calibrate.kernel_tables --cpu-linears-only \
+            "${ROWS:-2,8,32,128,384}" --models "${KT_MODELS:-opt-30b,opt-66b,opt-175b,llama-2-70b}" \
+            --name "emr-h200-kernels-$(date -u +%Y-%m-%dT%H%M)-rows" --out "$OUT" 2>&1 | grep --line-buffered -v '^USDT'
+        "$PY" -m runtime.host_state --system hwprofiles/systems/emr-h200-kernels.yaml --wait-s 1 --every-s 1 2>&1 \
+            | grep --line-buffered -v '^USDT'
+        echo "== done in ${SECONDS} s; then: python -m calibrate.kernel_tables --refit <the profile's --refit command> \$OUT/*-rows-kernels.csv"
         return 0
         ;;
     p)
