@@ -222,6 +222,7 @@ class SublayerTimes:
     cpu_fused_delta_s: np.ndarray = None  # [S]
     gpu_fused_delta_s: np.ndarray = None  # [S]
     fused_attention: bool = False  # kernel tables: score + context on one device run as one kernel
+    work: Optional[dict[Sublayer, SublayerWork]] = None  # the chunk's sublayer_work these times were priced from
 
     def __post_init__(self) -> None:
         steps = self.cpu_s.shape[1]
@@ -340,6 +341,13 @@ def prefill_pass_s(resident_s, streamed, compute_s, copy_s, throughput_s) -> np.
     f5 = k * x
     longest = functools.reduce(np.maximum, (f1, f2, f3, f4, f5))
     return np.where(k >= 1, longest, r + 0.0 * longest)
+
+
+def _over_steps(value: np.ndarray | float, steps: int) -> np.ndarray:
+    """``value`` (one number, or an array over the steps) as an array over the steps (a copy of a number;
+    np.broadcast_to gives the same values at several times the cost)."""
+    values = np.asarray(value, dtype=float)
+    return values if values.shape == (steps,) else np.full(steps, values)
 
 
 def _bw(gbps: float) -> float:
@@ -479,7 +487,19 @@ def check_precision(system: SystemSpec, precision: Precision, mode: "CostMode | 
                 )
 
 
-def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chunk_batch: int) -> SublayerTimes:
+def chunk_work(model: ModelSpec, ctx: StageContext, chunk_batch: int) -> dict[Sublayer, SublayerWork]:
+    """``sublayer_work`` of one chunk of ``chunk_batch`` sequences in the stage context (its q, contexts and
+    precision: the same for every ISA and tier)."""
+    return sublayer_work(model, chunk_batch, ctx.q, np.asarray(ctx.contexts, dtype=float), ctx.precision)
+
+
+def sublayer_times(
+    system: SystemSpec,
+    model: ModelSpec,
+    ctx: StageContext,
+    chunk_batch: int,
+    work: Optional[dict[Sublayer, SublayerWork]] = None,
+) -> SublayerTimes:
     """Time of each sublayer for one chunk. With calibrated kernel tables (``system.kernels``): the measured
     time of the runtime's own sublayer function at that shape (linears) or the attention fit; otherwise the
     roofline max(sum over its products of FLOPs / rate(rows) + dequant, bytes / bandwidth) + overhead, where
@@ -488,12 +508,15 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
     Precision (ctx.precision): bytes are the stored bytes (lia_model.accounting); a linear's rate and its
     dequantisation follow ``linear_kernel`` (dequant = weight_elements_read / the device's dequant rate in a
     weight-only kernel); attention over an fp8 / int8 cache dequantises every K/V element it reads
-    (kv passes x kv_elements_read / dequant rate) and computes in bf16."""
+    (kv passes x kv_elements_read / dequant rate) and computes in bf16.
+
+    ``work``: the chunk's ``sublayer_work`` where the caller already has it (the same call's result)."""
     contexts = np.asarray(ctx.contexts, dtype=float)
     steps = len(contexts)
     precision = ctx.precision
     check_precision(system, precision, ctx.mode)
-    work = sublayer_work(model, chunk_batch, ctx.q, contexts, precision)
+    if work is None:
+        work = chunk_work(model, ctx, chunk_batch)
     if system.kernels is not None and not precision.is_bf16:
         # calibrated tables of this precision (check_precision): the roofline below is only the fallback for
         # shapes the tables miss, priced as a bf16 GEMM over the stored bytes
@@ -521,20 +544,19 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
         # each group of products at its own rows (GQA: G*q; MoE experts: tokens per expert), see SublayerWork
         low_cpu = not attention and kernels[Device.CPU].low_precision
         low_gpu = not attention and kernels[Device.GPU].low_precision
-        cpu_flop_s = np.broadcast_to(
-            sum(
-                np.asarray(f, dtype=float) / _cpu_rate(system, ctx.cpu_isa, rows, attention, int8=low_cpu)
-                for rows, f in w.gemms
-            ),
-            (steps,),
+        # (scalars where a sublayer's work is the same every step: the rows below broadcast them over the steps)
+        cpu_flop_s = sum(
+            np.asarray(f, dtype=float) / _cpu_rate(system, ctx.cpu_isa, rows, attention, int8=low_cpu)
+            for rows, f in w.gemms
         )
-        gpu_flop_s = np.broadcast_to(
-            sum(np.asarray(f, dtype=float) / _gpu_rate(system, rows, attention, fp8=low_gpu) for rows, f in w.gemms),
-            (steps,),
+        gpu_flop_s = sum(
+            np.asarray(f, dtype=float) / _gpu_rate(system, rows, attention, fp8=low_gpu) for rows, f in w.gemms
         )
         # dequantisation: weight elements of a weight-only kernel, K/V elements of attention over a quantised cache
-        kv_elems = np.broadcast_to(np.asarray(w.kv_elements_read, dtype=float), (steps,))
+        kv_elems = np.asarray(w.kv_elements_read, dtype=float)
         for device, kv_pass in ((Device.CPU, cpu_kv_pass), (Device.GPU, system.gpu.kv_pass_factor)):
+            if not (kernels[device].dequantises or kv_quantised):
+                continue  # (no element to dequantise: the sum below is 0)
             elements = (w.weight_elements_read if kernels[device].dequantises else 0.0) + (
                 kv_pass * kv_elems if kv_quantised else 0.0
             )
@@ -544,8 +566,8 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
                     cpu_flop_s = cpu_flop_s + extra
                 else:
                     gpu_flop_s = gpu_flop_s + extra
-        kv_read = np.broadcast_to(np.asarray(w.kv_read_bytes, dtype=float), (steps,))
-        act_bytes = np.broadcast_to(np.asarray(w.act_bytes, dtype=float), (steps,))
+        kv_read = np.asarray(w.kv_read_bytes, dtype=float)
+        act_bytes = np.asarray(w.act_bytes, dtype=float)
         cpu_mem = (
             w.weight_bytes_read / cpu_bw_w
             + (cpu_kv_pass * kv_read + w.kv_write_bytes) / cpu_bw_kv
@@ -556,7 +578,7 @@ def sublayer_times(system: SystemSpec, model: ModelSpec, ctx: StageContext, chun
         out["gpu"][i] = np.maximum(gpu_flop_s, gpu_mem) + system.gpu.op_overhead_us * S_PER_US
         out["cpu_mem"][i], out["gpu_mem"][i] = cpu_mem, gpu_mem
         cpu_cb[i], gpu_cb[i] = cpu_flop_s >= cpu_mem, gpu_flop_s >= gpu_mem
-    times = SublayerTimes(out["cpu"], out["gpu"], cpu_cb, gpu_cb, out["cpu_mem"], out["gpu_mem"])
+    times = SublayerTimes(out["cpu"], out["gpu"], cpu_cb, gpu_cb, out["cpu_mem"], out["gpu_mem"], work=work)
     if system.kernels is not None:
         _apply_kernel_tables(system, model, ctx, chunk_batch, work, times, cpu_bw_w, cpu_bw_kv)
     return times
@@ -664,7 +686,8 @@ def streamed_layer_terms(
     steps = len(ctx.contexts)
     contexts = np.asarray(ctx.contexts, dtype=float)
     times = sublayer_times(system, model, ctx, b) if times is None else times
-    work = sublayer_work(model, b, ctx.q, contexts, ctx.precision)
+    # the chunk's work: the one its times were priced from, where they carry it
+    work = times.work if times.work is not None else chunk_work(model, ctx, b)
     link = system.link
     lat = link.transfer_latency_us * S_PER_US
     w_tier, kv_tier, ddr = system.tier(ctx.weight_tier), system.tier(ctx.kv_tier), system.ddr
@@ -674,7 +697,7 @@ def streamed_layer_terms(
     bw_kv_h2d, bw_kv_d2h = _bw(min(link.h2d_gbps, kv_tier.read_gbps)), _bw(min(link.d2h_gbps, kv_tier.read_gbps))
 
     def copy_s(nbytes: np.ndarray | float, bw: float) -> np.ndarray:
-        nbytes = np.broadcast_to(np.asarray(nbytes, dtype=float), (steps,))
+        nbytes = _over_steps(nbytes, steps)
         return np.where(nbytes > 0, nbytes / bw + lat, 0.0)
 
     # Weights: prefetched once per layer (all experts of an MoE layer), or, with on-demand experts, the
@@ -691,9 +714,7 @@ def streamed_layer_terms(
 
     # Activation crossing at boundary j (what sublayer j hands to j+1), one chunk.
     kv_width_bytes = 1.0 * b * ctx.q * model.kv_dim * kv_element_bytes(ctx.precision)  # new K (or new V)
-    cross_bytes = np.stack(
-        [np.broadcast_to(np.asarray(work[s].act_out_bytes, dtype=float), (steps,)) for s in SUBLAYERS]
-    )
+    cross_bytes = np.stack([_over_steps(work[s].act_out_bytes, steps) for s in SUBLAYERS])
     cross_bytes_h2d = cross_bytes.copy()
     cross_bytes_h2d[_QKV] = cross_bytes_h2d[_QKV] + kv_width_bytes  # qkv on CPU -> score on GPU also ships new K
     cross_h2d_s = cross_bytes_h2d / bw_act_h2d + lat
@@ -753,9 +774,9 @@ def streamed_layer_terms(
         w = work[sub]
         tier_bytes[ctx.weight_tier].add_feature(CPU[i], n * w.weight_bytes_read)
         tier_bytes[ctx.weight_tier].add_not_cpu(i, weight_bytes[i] + n * on_demand[i])
-        act = np.broadcast_to(np.asarray(w.act_bytes, dtype=float), (steps,))
+        act = _over_steps(w.act_bytes, steps)
         tier_bytes[HostTier.DDR].add_feature(CPU[i], n * act)
-        kv = np.broadcast_to(np.asarray(cpu_kv_pass * w.kv_read_bytes + w.kv_write_bytes, dtype=float), (steps,))
+        kv = _over_steps(cpu_kv_pass * w.kv_read_bytes + w.kv_write_bytes, steps)
         tier_bytes[ctx.kv_tier].add_feature(CPU[i], n * kv)
         tier_bytes[HostTier.DDR].add_feature(H2D[i], n * cross_bytes_h2d[i])
         tier_bytes[HostTier.DDR].add_feature(D2H[i], n * cross_bytes[i])
@@ -848,7 +869,6 @@ def streamed_layer_terms(
         #       vector's slowed CPU attention A and memory-bound CPU linears M; else s = s_lin
         # (the slowdown was a layer bound only; on the chain, between GPU sublayers and copies, it was missed:
         # wave2-a4/, wave2-b4/ traces)
-        cpu_work = cpu_c.scaled(n).evaluate(ALL_POLICY_FEATURES)
         cpu_slowed_work = cpu_m.scaled(n).evaluate(ALL_POLICY_FEATURES)
         stream_s = np.zeros((NUM_POLICIES, steps)) if serial_weights else weights.evaluate(ALL_POLICY_FEATURES)
         cpu_scale = np.ones((NUM_POLICIES, steps))
@@ -865,33 +885,34 @@ def streamed_layer_terms(
             extra = np.minimum((slow - 1.0) * cpu_slowed_work, (1.0 - 1.0 / slow) * stream_s)
             has = cpu_slowed_work > 0
             cpu_scale = np.where(has, 1.0 + extra / np.where(has, cpu_slowed_work, 1.0), 1.0)
-        # A schedule never exceeds the serial sum of its operations (with the slowed CPU work, a feeder wait
-        # for each host-to-device copy: at most 6 per chunk, so 10 n is a safe over-count, and a wake-up for
-        # each CPU sublayer of each chunk at most).
-        cpu_calls = ALL_POLICY_FEATURES[:, list(CPU)].sum(axis=1)[:, None]
-        schedule_s = (
-            start
-            + cpu_work
-            + extra
-            + (gpu_c + h2dx_c + d2h_c).scaled(n).evaluate(ALL_POLICY_FEATURES)
-            + 10 * n * copy_wait_s
-            + n * wake_s * cpu_calls
-        )
-        others = np.stack([form.evaluate(ALL_POLICY_FEATURES) for _, form in terms.values()]).max(axis=0)
-        busy = np.flatnonzero(np.any(schedule_s > others, axis=1) | simulate_every)
         if schedule_bound:
             # A schedule is never shorter than its GPU queue, which runs the n chunks' GPU sublayers one after
             # another:  schedule >= n gpu_c  (float sums in another order: callers leave a margin)
             schedule_s = gpu_c.scaled(n).evaluate(ALL_POLICY_FEATURES)
-        elif busy.size:
-            schedule_s[busy] = simulate_all(
-                n,
-                durations,
-                start[busy],
-                ALL_POLICY_FEATURES[busy, :NUM_SUBLAYERS],
-                cpu_scale=cpu_scale[busy],
-                stream_s=stream_s[busy],
+        else:
+            # A schedule never exceeds the serial sum of its operations (with the slowed CPU work, a feeder wait
+            # for each host-to-device copy: at most 6 per chunk, so 10 n is a safe over-count, and a wake-up for
+            # each CPU sublayer of each chunk at most).
+            cpu_calls = ALL_POLICY_FEATURES[:, list(CPU)].sum(axis=1)[:, None]
+            schedule_s = (
+                start
+                + cpu_c.scaled(n).evaluate(ALL_POLICY_FEATURES)
+                + extra
+                + (gpu_c + h2dx_c + d2h_c).scaled(n).evaluate(ALL_POLICY_FEATURES)
+                + 10 * n * copy_wait_s
+                + n * wake_s * cpu_calls
             )
+            others = np.stack([form.evaluate(ALL_POLICY_FEATURES) for _, form in terms.values()]).max(axis=0)
+            busy = np.flatnonzero(np.any(schedule_s > others, axis=1) | simulate_every)
+            if busy.size:
+                schedule_s[busy] = simulate_all(
+                    n,
+                    durations,
+                    start[busy],
+                    ALL_POLICY_FEATURES[busy, :NUM_SUBLAYERS],
+                    cpu_scale=cpu_scale[busy],
+                    stream_s=stream_s[busy],
+                )
     kv_copy_s = np.zeros((NUM_SUBLAYERS, steps))
     kv_copy_s[_QKV] = kv_write_s
     kv_copy_s[_SCORE] = k_cached_s

@@ -215,6 +215,12 @@ def _waiting_width(
     return max(held, default=0)
 
 
+# Every policy vector by index (policy_from_index), and whether it splits attention: read by memory_constants
+# for all 64 vectors on every call (built once; policy_from_index makes six enum values per call).
+_ALL_POLICIES: tuple[tuple[Device, ...], ...] = tuple(policy_from_index(k) for k in range(1 << NUM_SUBLAYERS))
+_SPLITS_BY_POLICY: tuple[bool, ...] = tuple(_splits_attention(p) for p in _ALL_POLICIES)
+
+
 def memory_constants(system: SystemSpec, model: ModelSpec, workload: Workload, minibatches: int) -> MemoryConstants:
     precision = workload.precision
     per_sublayer = sublayer_weight_bytes(model, precision)
@@ -232,13 +238,10 @@ def memory_constants(system: SystemSpec, model: ModelSpec, workload: Workload, m
         host_workspace_bytes=ws,
         available_bytes=available_bytes(system),
         waiting_chunks_bytes=tuple(
-            (minibatches - 1)
-            * waiting_chunk_bytes(model, workload.batch // minibatches, workload.input_len, policy_from_index(k))
-            for k in range(1 << NUM_SUBLAYERS)
+            (minibatches - 1) * waiting_chunk_bytes(model, workload.batch // minibatches, workload.input_len, policy)
+            for policy in _ALL_POLICIES
         ),
-        split_attention_bytes=tuple(
-            split if _splits_attention(policy_from_index(k)) else 0.0 for k in range(1 << NUM_SUBLAYERS)
-        ),
+        split_attention_bytes=tuple(split if splits else 0.0 for splits in _SPLITS_BY_POLICY),
     )
 
 

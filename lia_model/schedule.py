@@ -186,11 +186,20 @@ def simulate_all(
         float(d.cpu_wake_s),
         float(d.cpu_idle_before_wake_s),
     )
+    # a vector whose CPU work is not slowed replays with the scale 1.0 (what _compute_durations then skips)
+    scaled = np.any(cpu_scale != 1.0, axis=1).tolist()
     return np.stack(
         [
-            _replay(bits, n, table, np.asarray(start, dtype=float), scale, np.asarray(start, dtype=float) + stream)
-            for bits, start, scale, stream in zip(
-                np.asarray(policies, dtype=bool).tolist(), starts, cpu_scale, stream_s
+            _replay(
+                bits,
+                n,
+                table,
+                np.asarray(start, dtype=float),
+                scale if slowed else 1.0,
+                np.asarray(start, dtype=float) + stream,
+            )
+            for bits, start, scale, stream, slowed in zip(
+                np.asarray(policies, dtype=bool).tolist(), starts, cpu_scale, stream_s, scaled
             )
         ]
     )

@@ -43,7 +43,7 @@ import numpy as np
 
 from lia_model.costterms import ALL_POLICY_FEATURES, NUM_POLICIES, pass_start_fill, prefill_pass_s
 from lia_model.hardware import SystemSpec
-from lia_model.memory import MemoryConstants, MemoryTier, memory_constants
+from lia_model.memory import MemoryConstants, MemoryTier, memory_constants, workspace_bytes
 from lia_model.models import ModelSpec
 from lia_model.optimizer.space import (
     Combo,
@@ -549,8 +549,10 @@ def least_footprint_memory(
     relaxed footprint only grows with B, which the bisection of ``largest_feasible_batch`` needs; a batch it
     admits may still fit no plan of the capped space, and then solves as infeasible."""
     counts = divisors(workload.batch) if relaxed else minibatch_candidates(workload.batch)
-    consts = [memory_constants(system, model, workload, n) for n in counts]
-    least = min(consts, key=lambda m: (m.gpu_workspace_bytes, m.host_workspace_bytes))
+    # The GPU workspace is ws(n) + a constant (dequantisation) and the host's ws(n): the first n of the smallest
+    # ws(n) is the first of the smallest (GPU, host) workspace pair, so only its constants are built.
+    least_n = min(counts, key=lambda n: workspace_bytes(model, workload, n))
+    least = memory_constants(system, model, workload, least_n)
     # A prefill policy's extras (waiting chunks, split attention) are >= 0 and smallest at some other n: dropped,
     # so this stays the smallest footprint of every (n, policy) the bounds built on it relax over
     zero = (0.0,) * len(least.waiting_chunks_bytes)

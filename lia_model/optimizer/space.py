@@ -41,6 +41,7 @@ from lia_model.costterms import (
     StageContext,
     StageTerms,
     SublayerTimes,
+    chunk_work,
     cpu_kv_passes,
     head_time_s,
     pass_start_fill,
@@ -218,12 +219,18 @@ def _cpu_profile(times) -> np.ndarray:
 def chunk_times(cache: Optional[dict], system: SystemSpec, model: ModelSpec, ctx: StageContext) -> SublayerTimes:
     """``sublayer_times`` of one chunk of ``ctx``, kept in ``cache`` (None: not kept) for the next caller with the
     same context: the ISA pruning, the streamed layer and the resident layer read the same times. A cache
-    serves one system and one model; the times are a pure function of the four arguments."""
+    serves one system and one model; the times are a pure function of the four arguments. The chunk's
+    ``sublayer_work`` is kept too: contexts that differ only in ISA or tiers share it."""
+    chunk = ctx.batch // ctx.minibatches
     if cache is None:
-        return sublayer_times(system, model, ctx, ctx.batch // ctx.minibatches)
+        return sublayer_times(system, model, ctx, chunk)
     hit = cache.get(ctx)
     if hit is None:
-        hit = cache[ctx] = sublayer_times(system, model, ctx, ctx.batch // ctx.minibatches)
+        work_key = ("sublayer_work", chunk, ctx.q, ctx.contexts, ctx.precision)
+        work = cache.get(work_key)
+        if work is None:
+            work = cache[work_key] = chunk_work(model, ctx, chunk)
+        hit = cache[ctx] = sublayer_times(system, model, ctx, chunk, work)
     return hit
 
 
