@@ -112,7 +112,7 @@ def wait_until_steady(
     sleep: Callable[[float], None] = time.sleep,
     say: Callable[[str], None] = print,
 ) -> bool:
-    """Probe every ``every_s`` until ``in_a_row`` probes running are within ``DRIFT_FLAG`` of the table (True), or
+    """Probe every ``every_s`` until ``in_a_row`` consecutive probes are within ``DRIFT_FLAG`` of the table (True), or
     ``wait_s`` has passed (False). Each probe's ratio is reported with the seconds since the start."""
     start, row = clock(), 0
     while True:
