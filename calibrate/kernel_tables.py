@@ -70,7 +70,22 @@ DECODE_GRID = (
     # "CPU attention / calibrated" check at 4.3%, runtime/validation/summary.md): the kernel's fixed cost
     (1, 48),
 )
-PREFILL_GRID = ((1, 32), (1, 512), (4, 128), (1, 1024), (8, 256), (2, 2048))
+# prefill: (batch, q = s). The runtime's chunked prefill runs B / minibatches sequences per call: OPT-30B at 16 x 256
+# and Llama-2-70B at 4 x 512 ran 1.3x the fit of the first six points in situ (the fifteenth session,
+# runtime/validation/summary.md), outside the grid's batch x heads x q rows; the last five points cover them
+PREFILL_GRID = (
+    (1, 32),
+    (1, 512),
+    (4, 128),
+    (1, 1024),
+    (8, 256),
+    (2, 2048),
+    (16, 128),
+    (16, 256),
+    (4, 512),
+    (8, 512),
+    (4, 1024),
+)
 QUICK_DECODE_GRID = ((1, 64), (4, 128), (2, 256), (8, 32))
 QUICK_PREFILL_GRID = ((1, 16), (1, 64), (2, 32), (2, 48))
 LLC_DEFAULT = 64 << 20
@@ -447,8 +462,9 @@ ATTENTION_POINT = ("model", "kind", "phase", "batch", "heads", "kv_heads", "grou
 
 
 def attention_point(row: dict) -> tuple[str, ...]:
-    """An attention grid row's point: its ATTENTION_POINT fields, as text."""
-    return tuple(str(row[c]) for c in ATTENTION_POINT)
+    """An attention grid row's point: its ATTENTION_POINT fields, as text (numbers as floats: a CSV whose column
+    holds blanks reads 1.0 where one without reads 1)."""
+    return tuple(str(row[c]) if c in ("model", "kind", "phase") else str(float(row[c])) for c in ATTENTION_POINT)
 
 
 def cpu_attention_times(rows: list[dict]) -> dict[tuple, float]:
@@ -526,11 +542,14 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         runs.append(cpu_linear_estimates(theirs))
         every_row += theirs
         attention_runs.append(cpu_attention_times(theirs))
-    # the CPU attention grid the fit sees: each point the median over the runs (the GPU's: this run's)
+    # the CPU attention grid the fit sees: every point any run measured (a run of a wider grid adds points), each
+    # the median over the runs that measured it (the GPU's grid: this run's)
+    cpu_attention_points: dict[tuple, dict] = {}
+    for r in every_row:
+        if r.get("family") == "attention" and r.get("device") == "cpu":
+            cpu_attention_points.setdefault(attention_point(r), r)
     cpu_attention_rows = [
-        {**r, "time_s": median_over_runs(attention_runs, attention_point(r))}
-        for r in rows
-        if r.get("family") == "attention" and r.get("device") == "cpu"
+        {**r, "time_s": median_over_runs(attention_runs, key)} for key, r in cpu_attention_points.items()
     ]
     attention_count = max(
         (len(distinct_values(run[key] for run in attention_runs if key in run)) for key in attention_runs[0]), default=0
@@ -592,7 +611,8 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         f"; re-estimated {stamp} by python -m calibrate.kernel_tables --refit: entries timed in rounds hold "
         f"{ROUND_ESTIMATE}"
         + (
-            f"; each entry the median over {len(runs)} calibration runs ({', '.join(Path(c).name for c in (csv, *earlier))})"
+            f"; each entry the median over the runs that measured it, of {len(runs)} calibration runs "
+            f"({', '.join(Path(c).name for c in (csv, *earlier))})"
             if earlier
             else ""
         )

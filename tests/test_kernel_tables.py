@@ -541,7 +541,7 @@ def test_refit_takes_each_cpu_linear_entry_as_the_median_over_calibration_runs(t
     assert entry("out_proj", 9216, 1024) == pytest.approx(61.49e-3, abs=0.01e-3)
     assert (
         k["source"]["cpu_linear"].count("re-estimated") == 1
-        and "median over 3 calibration runs" in k["source"]["cpu_linear"]
+        and "the runs that measured it, of 3 calibration runs" in k["source"]["cpu_linear"]
     )
     other = tmp_path / "other.csv"
     other.write_text(earlier.read_text().replace("threads=15", "threads=7"))
@@ -639,8 +639,8 @@ def test_int8_workloads_read_the_int8_tables_and_other_precisions_are_refused() 
 
 
 def test_refit_adds_the_row_counts_only_an_earlier_run_measured(tmp_path: Path) -> None:
-    """A --cpu-linears-only run of extra row counts, given to --refit as an earlier run: Llama-2-70B fc2 at 32 rows
-    (absent from the profile's grid) joins its table at that run's value, 15.3 ms, between the 16 and 64 row
+    """A --cpu-linears-only run of extra row counts, given to --refit as an earlier run: Llama-2-70B fc2 at 48 rows
+    (absent from the profile's grid) joins its table at that run's value, 14.1 ms, between the 32 and 64 row
     entries; the entries both runs hold stay the median over the runs."""
     import shutil
 
@@ -653,7 +653,7 @@ def test_refit_adds_the_row_counts_only_an_earlier_run_measured(tmp_path: Path) 
     raw = pd.read_csv(own, low_memory=False)
     fc2 = raw[(raw["family"] == "linear") & (raw["device"] == "cpu") & (raw["model"] == "llama-2-70b")]
     fc2 = fc2[(fc2["sublayer"] == "fc2") & (fc2["tokens"] == 16)]  # this run timed bf16 weights only
-    extra = fc2.assign(tokens=32, time_s=15.3e-3, round_medians_s=float("nan"))
+    extra = fc2.assign(tokens=48, time_s=14.1e-3, round_medians_s=float("nan"))
     extra_csv = tmp_path / "rows-kernels.csv"
     extra.to_csv(extra_csv, index=False)
     profile = tmp_path / "p.yaml"
@@ -665,12 +665,12 @@ def test_refit_adds_the_row_counts_only_an_earlier_run_measured(tmp_path: Path) 
         for t in yaml.safe_load(profile.read_text())["kernels"]["cpu_linear"]
         if t["sublayer"] == "fc2" and t["k"] == 28672 and t["n"] == 8192 and t.get("weight_dtype", "bf16") == "bf16"
     )
-    assert 32 in table["tokens"] and table["seconds"][table["tokens"].index(32)] == pytest.approx(15.3e-3)
+    assert 48 in table["tokens"] and table["seconds"][table["tokens"].index(48)] == pytest.approx(14.1e-3)
     assert table["tokens"] == sorted(table["tokens"])
     old = next(
         t for t in before if t["sublayer"] == "fc2" and t["k"] == 28672 and t.get("weight_dtype", "bf16") == "bf16"
     )
-    assert 32 not in old["tokens"]
+    assert 48 not in old["tokens"]
 
 
 @pytest.mark.parametrize(
@@ -734,3 +734,39 @@ def test_dma_slowdown_is_the_median_rate_ratio_over_the_beside_dma_pairs() -> No
     assert d == pytest.approx(1.08) and pairs == 3
     assert dma_slowdown([{"family": "cpu_beside_dma", "dma_solo_gbps": 40.0, "dma_gbps": 50.0}]) == (1.0, 1)
     assert dma_slowdown([{"family": "linear"}]) is None
+
+
+def test_refit_fits_on_every_attention_point_any_run_measured(tmp_path: Path) -> None:
+    """A run of a wider CPU attention grid (PREFILL_GRID's later points), given to --refit as an earlier run: the
+    OPT-30B fused prefill fit then counts its 16 x 256 point beside the primary CSV's six (7 points), and a point
+    only that run holds is fitted at its own time (the fit passes within its reported max error of it)."""
+    import shutil
+
+    import pandas as pd
+
+    from calibrate.kernel_tables import refit
+    from lia_model.accounting import attention_bytes_flops, attention_rows
+    from lia_model.hardware import AttentionFit
+    from lia_model.inputs import resolve_model
+
+    cal = ROOT / "hwprofiles" / "calibration"
+    own = cal / "emr-h200-kernels-2026-12-01T1721-kernels.csv"
+    raw = pd.read_csv(own, low_memory=False)
+    cpu_prefill = raw[(raw["family"] == "attention") & (raw["device"] == "cpu") & (raw["phase"] == "prefill")]
+    base = cpu_prefill[(cpu_prefill["batch"] == 8) & (cpu_prefill["q"] == 256)]
+    # 16 x 256: twice the 8 x 256 point's work, timed at 2.6x its time (the in-situ ratio of the chunked points)
+    wider = base.assign(batch=16.0, time_s=base["time_s"] * 2.6)
+    wider_csv = tmp_path / "wider-kernels.csv"
+    pd.concat([raw[raw["family"] == "linear"].head(0), wider]).to_csv(wider_csv, index=False)
+    for extra, points in (((), 6), ((str(wider_csv),), 7)):
+        profile = tmp_path / "p.yaml"
+        shutil.copy(ROOT / "hwprofiles" / "systems" / "emr-h200-kernels.yaml", profile)
+        refit(str(profile), str(own), True, extra)
+        fits = yaml.safe_load(profile.read_text())["kernels"]["cpu_attention"]
+        fused = next(f for f in fits if (f["kind"], f["phase"], f["heads"]) == ("fused", "prefill", "mha"))
+        assert fused["points"] == points
+    model = resolve_model("opt-30b")
+    nbytes, flops = attention_bytes_flops(model, 16, 256, 256, "fused")
+    fitted = AttentionFit(**fused).seconds(nbytes, flops, attention_rows(model, 16, 256))
+    measured = float(wider[wider["kind"] == "fused"]["time_s"].iloc[0])
+    assert abs(fitted / measured - 1) <= fused["fit_max_rel_err"] + 5e-5  # the profile holds it to 4 digits
