@@ -519,6 +519,12 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         {**r, "device": "gpu" if r.get("device") == "cuda" else r.get("device")}
         for r in pd.read_csv(csv, low_memory=False).to_dict("records")
     ]
+    if drifted(rows):
+        raise LiaInputError(
+            "--refit",
+            f"'{csv}' was measured while the host probe read its CPU more than 15% off its tables",
+            "measure again with the host steady (runtime.host_state --wait-s), or give a steady run first",
+        )
     names = sorted({r["model"] for r in rows if r.get("family") == "attention"})
     models = {n: resolve_model(n) for n in names}
     text = path.read_text()
@@ -528,8 +534,14 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     runs = [cpu_linear_estimates(rows)]
     attention_runs = [cpu_attention_times(rows)]
     every_row = list(rows)  # every run's rows: where an entry's model is found
+    left_out: list[str] = []
+    used = [csv]
     for other in earlier:
         theirs = pd.read_csv(other, low_memory=False).to_dict("records")
+        if drifted(theirs):  # the rule that flags validation points (runtime/host_state.py)
+            log(f"left out {Path(other).name}: the host probe read its CPU more than 15% off its tables around it")
+            left_out.append(Path(other).name)
+            continue
         setups = {
             r.get("setup") for r in theirs if r.get("family") in ("linear", "attention") and r.get("device") == "cpu"
         }
@@ -540,6 +552,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
                 "combine only runs of the same CPU setup",
             )
         runs.append(cpu_linear_estimates(theirs))
+        used.append(other)
         every_row += theirs
         attention_runs.append(cpu_attention_times(theirs))
     # the CPU attention grid the fit sees: every point any run measured (a run of a wider grid adds points), each
@@ -602,7 +615,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         data["kernels"]["source"]["dma_slowdown_beside_cpu"] = _dma_source(
             stamp,
             dma[1],
-            f"pooled over {', '.join(Path(c).name for c in (csv, *earlier))} by python -m calibrate.kernel_tables --refit",
+            f"pooled over {', '.join(Path(c).name for c in used)} by python -m calibrate.kernel_tables --refit",
         )
     measured = data["kernels"]["source"]["cpu_linear"].split("; re-estimated ")[
         0
@@ -612,8 +625,13 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         f"{ROUND_ESTIMATE}"
         + (
             f"; each entry the median over the runs that measured it, of {len(runs)} calibration runs "
-            f"({', '.join(Path(c).name for c in (csv, *earlier))})"
-            if earlier
+            f"({', '.join(Path(c).name for c in used)})"
+            if len(used) > 1
+            else ""
+        )
+        + (
+            f"; left out (host probe more than 15% off its tables around the run): {', '.join(left_out)}"
+            if left_out
             else ""
         )
     )
@@ -994,11 +1012,21 @@ def cpu_beside_dma(
 
 
 def measure_cpu_linears(
-    models: list[str], tokens: tuple[int, ...], out_dir: Path, name: str, force: bool, weight_dtypes=("bf16",)
+    models: list[str],
+    tokens: tuple[int, ...],
+    out_dir: Path,
+    name: str,
+    force: bool,
+    weight_dtypes=("bf16",),
+    probe: Optional[Callable[[], float]] = None,
 ) -> Path:
     """Only the CPU linears of ``models`` at the given row counts, in CPU_ROUNDS rounds as a full run times them,
     under the same CPU setup, into the raw CSV ``OUT/NAME-kernels.csv`` (no profile). Give that CSV to ``--refit``
-    as an earlier run: its entries join the table (row counts the grid lacks) or its medians (row counts it has)."""
+    as an earlier run: its entries join the table (row counts the grid lacks) or its medians (row counts it has).
+
+    ``probe`` (``--probe-against PROFILE``: runtime.host_state's CPU GEMV over that profile's table) is read before
+    and after; every row records both ratios and ``host_drift_flag`` (either more than runtime.host_state.DRIFT_FLAG
+    off), and --refit leaves a flagged run out."""
     import pandas as pd
 
     from calibrate.host import host_info
@@ -1015,13 +1043,47 @@ def measure_cpu_linears(
     log(f"host {host.hostname}: {host.cpu_model}; {desc}; CPU linears at rows {', '.join(map(str, tokens))}")
     rows: list[dict] = []
     seen: set[tuple] = set()
+    before = probe() if probe is not None else None
+    if before is not None:
+        log(f"host probe before: {before:.2f}x its table")
     for dtype in weight_dtypes:
         rows += linear_rows(specs, "cpu", tokens, host.llc_bytes or LLC_DEFAULT, 0.08, desc, seen, CPU_ROUNDS, dtype)
     frame = pd.DataFrame(rows)
+    if probe is not None:
+        from runtime.host_state import drift_columns
+
+        after = probe()
+        state = drift_columns(before, after)
+        log(
+            f"host probe after: {after:.2f}x its table"
+            + ("; FLAGGED: --refit will leave this run out" if state["host_drift_flag"] else "")
+        )
+        for column, value in state.items():
+            frame[column] = value
     frame.insert(0, "run_at_utc", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     frame.insert(0, "host", host.hostname)
     frame.to_csv(csv_path, index=False)
     return csv_path
+
+
+def host_probe_for(profile: str) -> Callable[[], float]:
+    """runtime.host_state's probe over ``profile``'s CPU tables (``--probe-against``), or a clear error."""
+    from lia_model.profiles import load_system
+    from runtime.host_state import HostProbe, choose_shape
+
+    if not Path(profile).is_file():
+        raise LiaInputError("--probe-against", f"'{profile}' is not a file", "give a profile with CPU kernel tables")
+    shape = choose_shape(load_system(profile).kernels)
+    if shape is None:
+        raise LiaInputError(
+            "--probe-against", f"'{profile}' has no CPU kernel tables", "give a profile with CPU kernel tables"
+        )
+    return HostProbe(shape).time_vs_table
+
+
+def drifted(rows: list[dict]) -> bool:
+    """True where a run's rows record a host probe more than DRIFT_FLAG off its table (measure_cpu_linears)."""
+    return any(r.get("host_drift_flag") is True or str(r.get("host_drift_flag")) == "True" for r in rows)
 
 
 def _row_counts(text: str) -> tuple[int, ...]:
@@ -1297,6 +1359,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="measure only the CPU linears of --models at these row counts (e.g. 2,8,32,128) into OUT/NAME-kernels.csv, "
         "for --refit to add as an earlier run",
     )
+    parser.add_argument(
+        "--probe-against",
+        metavar="PROFILE",
+        help="with --cpu-linears-only: time runtime.host_state's CPU GEMV before and after against PROFILE's tables "
+        "and record both in every row; --refit leaves a run more than 15%% off out",
+    )
     parser.add_argument("--out", default="results/calibration")
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS))
     parser.add_argument(
@@ -1344,6 +1412,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     args.name,
                     args.force,
                     _weight_dtypes(args.weight_dtypes),
+                    host_probe_for(args.probe_against) if args.probe_against else None,
                 )
             )
             return 0

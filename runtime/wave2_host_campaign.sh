@@ -96,11 +96,13 @@ case "$PART" in
     rows)
         # the CPU linears at the row counts the campaigns decode with and the grid lacks, for --refit to add
         # (calibrate.kernel_tables --cpu-linears-only; the fourteenth session found Llama-2-70B fc2 at 32 rows 1.24x
-        # its interpolated table: runtime/validation/linear-insitu-probe/), with the host probe before and after
+        # its interpolated table: runtime/validation/linear-insitu-probe/), with the host probe before and after; the run
+        # records its own probe before and after in every row (--probe-against) and --refit leaves it out when drifted
         "$PY" -m runtime.host_state --system hwprofiles/systems/emr-h200-kernels.yaml --wait-s "${WAIT_STEADY_S:-60}" \
             --every-s 10 2>&1 | grep --line-buffered -v '^USDT'
         timeout "${KT_LIMIT_S:-$((HARD_LIMIT_S - 90))}" "$PY" -m calibrate.kernel_tables --cpu-linears-only \
             "${ROWS:-2,8,32,128,384}" --models "${KT_MODELS:-opt-30b,opt-66b,opt-175b,llama-2-70b}" \
+            --probe-against hwprofiles/systems/emr-h200-kernels.yaml \
             --name "emr-h200-kernels-$(date -u +%Y-%m-%dT%H%M)-rows" --out "$OUT" 2>&1 | grep --line-buffered -v '^USDT'
         "$PY" -m runtime.host_state --system hwprofiles/systems/emr-h200-kernels.yaml --wait-s 1 --every-s 1 2>&1 \
             | grep --line-buffered -v '^USDT'

@@ -770,3 +770,72 @@ def test_refit_fits_on_every_attention_point_any_run_measured(tmp_path: Path) ->
     fitted = AttentionFit(**fused).seconds(nbytes, flops, attention_rows(model, 16, 256))
     measured = float(wider[wider["kind"] == "fused"]["time_s"].iloc[0])
     assert abs(fitted / measured - 1) <= fused["fit_max_rel_err"] + 5e-5  # the profile holds it to 4 digits
+
+
+def test_refit_leaves_out_a_run_the_host_probe_flagged(tmp_path: Path) -> None:
+    """A --cpu-linears-only run whose rows record host_drift_flag (its probe more than 15% off the tables before or
+    after) adds nothing: the 21:59Z rows run's 2-row entries join the table when steady and are absent when its rows
+    carry the flag, and the profile's note names the run left out. As the primary CSV a flagged run is refused."""
+    import shutil
+
+    import pandas as pd
+
+    from calibrate.kernel_tables import refit
+    from lia_model.errors import LiaInputError
+
+    cal = ROOT / "hwprofiles" / "calibration"
+    own = cal / "emr-h200-kernels-2026-12-01T1721-kernels.csv"
+    rows_run = pd.read_csv(cal / "emr-h200-kernels-2026-12-01T2159-rows-kernels.csv")
+    steady, flagged = tmp_path / "steady-kernels.csv", tmp_path / "flagged-kernels.csv"
+    rows_run.assign(
+        host_cpu_time_vs_table_before=1.02, host_cpu_time_vs_table_after=0.97, host_drift_flag=False
+    ).to_csv(steady, index=False)
+    rows_run.assign(host_cpu_time_vs_table_before=3.4, host_cpu_time_vs_table_after=1.3, host_drift_flag=True).to_csv(
+        flagged, index=False
+    )
+    tokens = {}
+    for name, extra in (("steady", steady), ("flagged", flagged)):
+        profile = tmp_path / f"{name}.yaml"
+        shutil.copy(ROOT / "hwprofiles" / "systems" / "emr-h200-kernels.yaml", profile)
+        refit(str(profile), str(own), True, (str(extra),))
+        kernels = yaml.safe_load(profile.read_text())["kernels"]
+        fc2 = next(
+            t
+            for t in kernels["cpu_linear"]
+            if (t["sublayer"], t["k"], t["n"], t.get("weight_dtype", "bf16")) == ("fc2", 28672, 7168, "bf16")
+        )
+        tokens[name] = fc2["tokens"]
+        assert ("left out" in kernels["source"]["cpu_linear"]) == (name == "flagged")
+    assert 2 in tokens["steady"] and 2 not in tokens["flagged"]
+    with pytest.raises(LiaInputError, match="15% off its tables"):
+        refit(str(tmp_path / "steady.yaml"), str(flagged), True)
+
+
+def test_cpu_linears_only_records_the_host_probe_around_the_run(tmp_path: Path, monkeypatch) -> None:
+    """With a probe (--probe-against), every row holds the ratio before (1.30, the first read) and after (0.98) and
+    the flag, set by the 15% rule (|1.30 - 1| > 0.15); the linears themselves are the calibrator's (stubbed here:
+    one fake row, so the test times nothing)."""
+    import pandas as pd
+
+    import calibrate.kernel_tables as kt
+
+    monkeypatch.setattr(kt, "linear_rows", lambda *a, **k: [{"family": "linear", "device": "cpu", "time_s": 1e-3}])
+    reads = iter([1.30, 0.98])
+    path = kt.measure_cpu_linears(["opt-30b"], (2,), tmp_path, "probed", False, ("bf16",), lambda: next(reads))
+    row = pd.read_csv(path).iloc[0]
+    assert (row["host_cpu_time_vs_table_before"], row["host_cpu_time_vs_table_after"]) == (1.3, 0.98)
+    assert bool(row["host_drift_flag"]) is True
+    assert kt.drifted(pd.read_csv(path).to_dict("records"))
+
+
+def test_probe_against_refuses_a_profile_without_cpu_tables(tmp_path: Path, capsys) -> None:
+    from calibrate.kernel_tables import main
+
+    args = ["--cpu-linears-only", "2", "--name", "n", "--out", str(tmp_path)]
+    assert main([*args, "--probe-against", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.startswith("error: --probe-against: ")
+    no_tables = ROOT / "hwprofiles" / "systems" / "emr-h100-calibrated.yaml"
+    assert main([*args, "--probe-against", str(no_tables)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --probe-against: ") and "no CPU kernel tables" in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
