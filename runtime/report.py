@@ -400,6 +400,52 @@ def _drift_masks(df: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     return probed, probed & is_true(df["host_drift_flag"])
 
 
+def _largest_sublayer_gap(r: pd.Series, stage: str) -> Optional[dict[str, Any]]:
+    """The sublayer of ``stage`` whose measured per-call time is furthest from its prediction, in ms (None without
+    the per-sublayer columns)."""
+    best: Optional[dict[str, Any]] = None
+    for sub in _SUBLAYER_NAMES:
+        pred = pd.to_numeric(r.get(sublayer_column("predicted_ms", stage, sub)), errors="coerce")
+        meas = pd.to_numeric(r.get(sublayer_column("measured_ms", stage, sub)), errors="coerce")
+        if pd.isna(pred) or pd.isna(meas):
+            continue
+        if best is None or abs(meas - pred) > abs(best["measured_ms"] - best["predicted_ms"]):
+            best = {
+                "sublayer": sub,
+                "device": str(r.get(sublayer_column("device", stage, sub), "")),
+                "predicted_ms": float(pred),
+                "measured_ms": float(meas),
+            }
+    return best
+
+
+def over_goal(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every point with a |error| over the max-error goal in TTFT, TPOT or latency, largest first: its errors, its
+    measurement flags (repeats more than 5% apart; the host probe more than 15% off its tables) and, per stage, the
+    sublayer whose measured time is furthest from its prediction. What the summary shows beside each miss, so a
+    reader sees where the time went without opening the CSV."""
+    df = add_errors(df) if "err_latency" not in df else df
+    ran = _ran(df)
+    names = [name for name, _, _, _ in METRICS]
+    errs = ran[[f"err_{n}" for n in names if f"err_{n}" in ran]].apply(pd.to_numeric, errors="coerce").abs()
+    worst = errs.max(axis=1)
+    out = []
+    for i in worst[worst > GOAL_MAX_ABS_ERR].sort_values(ascending=False).index:
+        r = ran.loc[i]
+        spread = pd.to_numeric(r.get("measured_latency_spread_frac"), errors="coerce")
+        out.append(
+            {
+                "point_id": str(r["point_id"]),
+                "errors": {n: float(r[f"err_{n}"]) for n in names if f"err_{n}" in r and pd.notna(r[f"err_{n}"])},
+                "spread_flag": str(r.get("spread_flag", "")).lower() == "true",
+                "latency_spread_frac": None if pd.isna(spread) else float(spread),
+                "host_drift_flag": str(r.get("host_drift_flag", "")).lower() == "true",
+                "largest_gap": {stage: _largest_sublayer_gap(r, stage) for stage in ("prefill", "decode")},
+            }
+        )
+    return out
+
+
 def summarize(df: pd.DataFrame, measured: Optional[pd.DataFrame] = None) -> dict[str, Any]:
     """The summary of ``df`` (one row per point); ``measured``: every measurement before merging kept the newest
     of each point (the regret compares plans of one command; default ``df``)."""
@@ -425,6 +471,7 @@ def summarize(df: pd.DataFrame, measured: Optional[pd.DataFrame] = None) -> dict
         "weight_dtype_speedups": weight_dtype_speedups(df),
         "regret": regret_table(df) if measured is None else regret_table(measured, by_command=True),
         "consistency": consistency(df),
+        "over_goal": over_goal(df),
         "skipped": skipped,
         "goals": {
             "mean_abs_err": GOAL_MEAN_ABS_ERR,
@@ -438,6 +485,16 @@ def summarize(df: pd.DataFrame, measured: Optional[pd.DataFrame] = None) -> dict
 
 def _pct(x: Optional[float]) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
+
+
+def _gap_text(gap: Optional[dict[str, Any]]) -> str:
+    if gap is None:
+        return "-"
+    return f"{gap['sublayer']} ({gap['device']}): {gap['predicted_ms']:.2f} / {gap['measured_ms']:.2f}"
+
+
+def _signed_pct(x: Optional[float]) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:+.1f}%"
 
 
 def _metric_line(m: dict[str, Any], met: str) -> str:
@@ -569,6 +626,27 @@ def summary_markdown(summary: dict[str, Any], title: str = "Validation summary")
             lines.append(
                 f"| logits vs reference (max rel. err) | {c['n']} | - | {c['max_logits_rel_err']:.2e} | "
                 f"<= {c['tolerance']:.0e} | {'yes' if c['met'] else 'NO'} |"
+            )
+    if summary.get("over_goal"):
+        lines += [
+            "",
+            f"Points over the {_pct(GOAL_MAX_ABS_ERR)} max-error goal, and the sublayer of each stage whose measured "
+            "time per call is furthest from its prediction (predicted / measured ms, device):",
+            "",
+            "| point | TTFT | TPOT (mean) | latency | measurement flags | prefill: largest gap | decode: largest gap |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p in summary["over_goal"]:
+            e = p["errors"]
+            flags = []
+            if p["spread_flag"]:
+                flags.append(f"repeats {_pct(p['latency_spread_frac'])} apart")
+            if p["host_drift_flag"]:
+                flags.append("host off its tables")
+            lines.append(
+                f"| {p['point_id']} | {_signed_pct(e.get('ttft'))} | {_signed_pct(e.get('tpot_mean'))} | "
+                f"{_signed_pct(e.get('latency'))} | {', '.join(flags) or 'steady'} | "
+                f"{_gap_text(p['largest_gap']['prefill'])} | {_gap_text(p['largest_gap']['decode'])} |"
             )
     if summary["skipped"]:
         lines += ["", "Skipped points:", ""]

@@ -386,3 +386,33 @@ def test_one_per_point_keeps_the_last_measurement_of_the_best_quality():
     # without the drift probe's columns (rows before 2026-12-01) only the spread decides: c's re-run (row 9) and
     # f's first run (row 6) are steady then
     assert one_per_point(df.drop(columns="host_drift_flag"))["row"].tolist() == [1, 6, 8, 9, 10, 11]
+
+
+def test_points_over_the_max_error_goal_are_listed_with_their_largest_sublayer_gap(table):
+    """The fixture's errors by hand: A/optimal TTFT +30% (over 15%), A/flexgen latency -20% (over), the others
+    within 15% (A/ipex +5%, B/optimal 0%, B/flexgen +12.5%; B/ipex did not run). Largest first: +30%, then -20%.
+    A/optimal's decode: fc2 on the CPU predicted 10 ms, measured 14 ms (gap 4 ms) beats qkv 1 / 3 ms (gap 2 ms);
+    its prefill has no per-sublayer columns. Its repeats were 8% apart (spread flag)."""
+    t = table.copy()
+    t.loc[0, ["plan_decode_fc2_device", "plan_decode_qkv_device"]] = ["cpu", "gpu"]
+    t.loc[0, ["predicted_decode_fc2_ms", "measured_decode_fc2_ms"]] = [10.0, 14.0]
+    t.loc[0, ["predicted_decode_qkv_ms", "measured_decode_qkv_ms"]] = [1.0, 3.0]
+    t["spread_flag"] = [True, False, False, False, False, False]
+    t["measured_latency_spread_frac"] = [0.08, 0.01, 0.01, 0.01, 0.01, None]
+    s = summarize(add_errors(t))
+    over = s["over_goal"]
+    assert [p["point_id"] for p in over] == ["A/optimal", "A/flexgen"]
+    assert over[0]["errors"]["ttft"] == pytest.approx(0.30)
+    assert over[1]["errors"]["latency"] == pytest.approx(-0.20)
+    assert over[0]["largest_gap"]["decode"] == {
+        "sublayer": "fc2",
+        "device": "cpu",
+        "predicted_ms": 10.0,
+        "measured_ms": 14.0,
+    }
+    assert over[0]["largest_gap"]["prefill"] is None and over[1]["largest_gap"]["decode"] is None
+    assert over[0]["spread_flag"] and not over[1]["spread_flag"]
+    md = summary_markdown(s)
+    assert "| A/optimal | +30.0% | -10.0% | +10.0% | repeats 8.0% apart | - | fc2 (cpu): 10.00 / 14.00 |" in md
+    assert "| A/flexgen | +0.0% | +0.0% | -20.0% | steady | - | - |" in md
+    json.dumps(s, allow_nan=False)  # the summary stays valid JSON
