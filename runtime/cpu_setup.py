@@ -52,10 +52,13 @@ class CpuSetup:
 
     def describe(self) -> str:
         from runtime.hostmem import hugepages_wanted, thp_mode
+        from runtime.kernels import gqa_decode_variant
 
         feeder = f" feeder=cpu{','.join(map(str, self.feeder_cpus))}" if self.feeder_cpus else ""
         pages = f"weights={'hugepage-advised' if hugepages_wanted() else '4k'}/thp-{thp_mode()}"
-        return f"threads={self.threads} bind={self.bind}{feeder} alloc={self.allocator} {pages}"
+        # a kernel variant other than the default joins the setup (calibrate.kernel_tables --refit mixes no setups)
+        variant = "" if gqa_decode_variant() == "grouped" else f" gqa_decode={gqa_decode_variant()}"
+        return f"threads={self.threads} bind={self.bind}{feeder} alloc={self.allocator} {pages}{variant}"
 
 
 def allowed_cpus() -> frozenset[int]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Optional
 
 import torch
@@ -44,6 +45,25 @@ from runtime.rope import inverse_frequencies
 SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
 
 NORM_EPS = 1e-5  # default only: a model's own epsilon is ModelSpec.norm_eps (read from its config)
+
+# CPU decode attention with GQA (q = 1, G > 1): "grouped" (the default, the kernel the committed tables measured) is
+# one matmul pair over [b,kv,G,d]; "sdpa" runs scaled_dot_product_attention with a KV group's G query heads as G
+# query positions of one head, unmasked (the same sums: every head of the group attends to every cached position).
+# The calibrator's grid put the grouped pair at 7-19 GB/s of K/V on the GPU host where SDPA ran OPT's MHA decode at
+# 42-75 GB/s (hwprofiles/calibration/emr-h200-kernels-*-kernels.csv, the fifteenth session); on a 2-core VM, one
+# thread, SDPA was 0.9-3.4x as fast (3.4x at B = 16, s = 1024). Set LIA_GQA_DECODE=sdpa to measure it on a host;
+# the setup string (cpu_setup.describe) records it, so tables of one variant never mix with the other's.
+GQA_DECODE_VARIANTS = ("grouped", "sdpa")
+
+
+def gqa_decode_variant() -> str:
+    """LIA_GQA_DECODE: "grouped" (default) or "sdpa"; anything else is a clear error."""
+    from lia_model.errors import LiaInputError
+
+    value = os.environ.get("LIA_GQA_DECODE", "grouped")
+    if value not in GQA_DECODE_VARIANTS:
+        raise LiaInputError("LIA_GQA_DECODE", f"'{value}' is not a GQA decode kernel", "use grouped or sdpa")
+    return value
 
 
 def norm(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], eps: float = NORM_EPS) -> torch.Tensor:
@@ -151,9 +171,13 @@ def attention(
     valid = k.shape[2]
     if q == 1 and g > 1:
         qh = _scaled_groups(q_in, model)  # [b,kv,G,d]
-        scores = torch.matmul(qh, k.transpose(-1, -2))  # [b,kv,G,s]
-        probs = torch.softmax(scores, dim=-1)
-        ctx = torch.matmul(probs, v)  # [b,kv,G,d]
+        if q_in.device.type == "cpu" and gqa_decode_variant() == "sdpa":
+            with sdpa_kernel(list(SDPA_BACKENDS)):  # the G heads as G unmasked query rows over [b,kv,s,d]
+                ctx = F.scaled_dot_product_attention(qh, k, v, scale=1.0)
+        else:
+            scores = torch.matmul(qh, k.transpose(-1, -2))  # [b,kv,G,s]
+            probs = torch.softmax(scores, dim=-1)
+            ctx = torch.matmul(probs, v)  # [b,kv,G,d]
         if out is None:
             return ctx.reshape(b, 1, model.q_dim)
         out.view(b, kvh, g, d).copy_(ctx)

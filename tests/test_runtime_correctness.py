@@ -468,3 +468,49 @@ def test_every_critical_host_to_device_copy_is_handed_to_the_feeder(fake_opt, mo
     assert {r.name for r in to_gpu} >= {"act", "kv_fetch"} and len(handed) == len(to_gpu)
     ends = {id(r.end) for r in to_gpu}
     assert ends <= {id(e) for e in handed}
+
+
+def test_gqa_decode_variants_compute_the_same_attention_as_a_hand_reference(monkeypatch):
+    """Decode with GQA (G = 2 query heads per KV head) over the live prefix of a wider cache: the grouped matmul
+    pair (LIA_GQA_DECODE=grouped, the default) and SDPA with a group's heads as query rows (sdpa) both equal, to
+    bf16 precision, softmax(q k^T / sqrt(d)) v computed in float32 with each KV head repeated for its G query
+    heads; an unknown variant is one clear error."""
+    from runtime import kernels
+
+    torch.manual_seed(0)
+    b, s, width = 3, 11, 16
+    kvh, g, d = TINY_LLAMA.num_kv_heads, TINY_LLAMA.num_heads // TINY_LLAMA.num_kv_heads, TINY_LLAMA.head_dim
+    assert g == 2
+    kc = torch.randn(b, kvh, width, d, dtype=torch.bfloat16)
+    vc = torch.randn(b, kvh, width, d, dtype=torch.bfloat16)
+    q_in = torch.randn(b, 1, TINY_LLAMA.q_dim, dtype=torch.bfloat16)
+    k, v = kc[:, :, :s], vc[:, :, :s]  # the live prefix: a view, as the executor passes it
+    qh = q_in.float().view(b, 1, kvh * g, d).transpose(1, 2)  # [b,H,1,d], head = kv_index * G + g
+    kr, vr = k.float().repeat_interleave(g, dim=1), v.float().repeat_interleave(g, dim=1)
+    ref = (torch.softmax(qh @ kr.transpose(-1, -2) / d**0.5, dim=-1) @ vr).transpose(1, 2).reshape(b, 1, -1)
+    for variant in ("grouped", "sdpa"):
+        monkeypatch.setenv("LIA_GQA_DECODE", variant)
+        out = kernels.attention(q_in, k, v, TINY_LLAMA, pos0=s - 1)
+        assert out.shape == ref.shape
+        assert torch.allclose(out.float(), ref, rtol=2e-2, atol=2e-2), variant
+        into = torch.empty_like(q_in)
+        kernels.attention(q_in, k, v, TINY_LLAMA, pos0=s - 1, out=into)
+        assert torch.equal(into, out)
+    monkeypatch.setenv("LIA_GQA_DECODE", "flash")
+    with pytest.raises(LiaInputError, match="LIA_GQA_DECODE"):
+        kernels.attention(q_in, k, v, TINY_LLAMA, pos0=s - 1)
+
+
+def test_the_sdpa_gqa_decode_variant_runs_the_model_as_the_reference_and_joins_the_setup(fake_llama, monkeypatch):
+    """A whole run with CPU decode attention through the SDPA variant matches the plain forward (runtime.reference)
+    and the CPU setup string records the variant (so calibration runs of the two never mix in --refit)."""
+    from runtime import cpu_setup
+
+    monkeypatch.setenv("LIA_GQA_DECODE", "sdpa")
+    plan = Plan(prefill_policy=ATTENTION_ON_CPU, decode_policy=ATTENTION_ON_CPU, gpu_resident_layers=1)
+    result, check = _run(fake_llama, plan)
+    assert check["logits_rel_err"] < LOGITS_RTOL
+    setup = cpu_setup.CpuSetup(threads=2, physical_cores=2, bind="close", allocator="glibc")
+    assert setup.describe().endswith(" gqa_decode=sdpa")
+    monkeypatch.delenv("LIA_GQA_DECODE")
+    assert "gqa_decode" not in setup.describe()
