@@ -40,6 +40,8 @@
 #                                                     # written by python -m runtime.rerun_flagged; about 8 minutes)
 #   bash runtime/wave2_host_campaign.sh rows          # the CPU linears at the row counts the grid lacks (2, 8, 32, 128,
 #                                                     # 384; ROWS=...), for --refit to add (about 2-4 minutes)
+#   bash runtime/wave2_host_campaign.sh gqa           # CPU GQA decode attention, grouped matmul vs SDPA, interleaved
+#                                                     # (runtime/probe_gqa_decode.py; about 2-4 minutes)
 #   bash runtime/wave2_host_campaign.sh r3 [PROFILE]  # r3, r4, r5: the flagged points of the thirteenth session's
 #                                                     # merged results, in three parts (about 5 minutes each)
 # REMEASURE_DMA=1 (parts a and 2) first measures only the CPU-beside-DMA slowdown again into $OUT/<profile name>
@@ -55,7 +57,7 @@
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|rows|p|1|2|a|c|d|e|f|g|h|i|j|l|m|q|r1..r5|s) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|rows|gqa|p|1|2|a|c|d|e|f|g|h|i|j|l|m|q|r1..r5|s) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -107,6 +109,13 @@ case "$PART" in
         "$PY" -m runtime.host_state --system hwprofiles/systems/emr-h200-kernels.yaml --wait-s 1 --every-s 1 2>&1 \
             | grep --line-buffered -v '^USDT'
         echo "== done in ${SECONDS} s; then: python -m calibrate.kernel_tables --refit <the profile's --refit command> \$OUT/*-rows-kernels.csv"
+        return 0
+        ;;
+    gqa)
+        # CPU decode attention for GQA models, the grouped matmul pair against SDPA over a group's heads as query rows
+        # (runtime/probe_gqa_decode.py, LIA_GQA_DECODE), interleaved on the calibrator's decode grid
+        timeout "${KT_LIMIT_S:-$((HARD_LIMIT_S - 20))}" "$PY" -m runtime.probe_gqa_decode --out "$OUT" \
+            --rounds "${GQA_ROUNDS:-3}" 2>&1 | grep --line-buffered -v '^USDT'
         return 0
         ;;
     p)
