@@ -178,10 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="Replace an existing CSV of the same tag.")
     args = ap.parse_args(argv)
     name = f"cpu_insitu_probe{'-' + args.tag if args.tag else ''}.csv"
-    if (args.out / name).exists() and not args.force:
-        print(
-            f"error: --out: '{args.out / name}' exists -- pass --force to replace it, or another --tag", file=sys.stderr
-        )
+    from runtime.probe_io import output_refused, stamped
+
+    if output_refused(args.out / name, args.force, ", or another --tag"):
         return 2
     if not (args.gap_ms >= 0 and math.isfinite(args.gap_ms)) or args.calls < 1:
         print("error: --gap-ms must be a finite number >= 0 and --calls >= 1", file=sys.stderr)
@@ -194,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     omp = ",".join(f"{k}={os.environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ)
     df.insert(0, "omp", omp or "default")
     df.insert(0, "tag", args.tag)
-    df.insert(0, "setup", setup)
-    df.insert(0, "host", f"{os.uname().nodename} torch {torch.__version__}")
+    df = stamped(df, setup, with_time=False)
     df.to_csv(args.out / name, index=False)
     print(f"cpu setup: {setup}; OpenMP: {omp or 'default'}")
     print(f"{'case':34s} {'mode':11s} {'median ms':>9s} {'GB/s':>7s} {'x hot':>6s}")

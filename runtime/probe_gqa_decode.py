@@ -20,12 +20,9 @@ tables again under it (its setup string differs: ``runtime.cpu_setup``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
-import time
-from pathlib import Path
 from typing import Optional
 
 import pandas as pd
@@ -96,18 +93,16 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, type=Path)
+    from runtime.probe_io import output_refused, probe_parser, save
+
+    ap = probe_parser(__doc__, "Two small points (a test run).")
     ap.add_argument("--model", default="llama-2-70b", help="a GQA model of the catalog, or a config.json path")
     ap.add_argument("--rounds", type=int, default=3, help="Rounds of both variants (interleaved).")
-    ap.add_argument("--quick", action="store_true", help="Two small points (a test run).")
-    ap.add_argument("--force", action="store_true", help="Replace an existing CSV.")
     args = ap.parse_args(argv)
     from lia_model.errors import LiaInputError
     from lia_model.inputs import resolve_model
 
-    if (args.out / CSV_NAME).exists() and not args.force:
-        print(f"error: --out: '{args.out / CSV_NAME}' exists -- pass --force to replace it", file=sys.stderr)
+    if output_refused(args.out / CSV_NAME, args.force):
         return 2
     if args.rounds < 1:
         print("error: --rounds must be at least 1", file=sys.stderr)
@@ -127,12 +122,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.pop("LIA_GQA_DECODE", None)  # the setup string of the default kernel
     setup = cpu_setup.apply().describe()
     df = probe(model, QUICK_GRID if args.quick else DECODE_GRID, args.rounds, host_info().llc_bytes or LLC_DEFAULT)
-    args.out.mkdir(parents=True, exist_ok=True)
-    df.insert(0, "setup", setup)
-    df.insert(0, "host", f"{os.uname().nodename} torch {torch.__version__}")
-    df.insert(0, "run_at_utc", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    df.to_csv(args.out / CSV_NAME, index=False)
-    print(f"cpu setup: {setup}")
+    df = save(df, setup, args.out / CSV_NAME)
     print(f"{'point':22s} {'grouped ms':>10s} {'sdpa ms':>9s} {'grouped/sdpa':>12s}")
     for _, r in summary(df).iterrows():
         point = f"{r['model']} {r['batch']}x{r['context']}"

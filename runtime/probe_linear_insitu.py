@@ -26,15 +26,12 @@ ratio to ``table``.
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import statistics
 import sys
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable, Iterator
 
 import pandas as pd
@@ -184,15 +181,13 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, type=Path)
+    from runtime.probe_io import output_refused, probe_parser, save
+
+    ap = probe_parser(__doc__, "One small shape (a test run).")
     ap.add_argument("--rounds", type=int, default=5, help="Rounds of every mode (interleaved).")
     ap.add_argument("--gap-ms", type=float, default=2.0, help="Idle time before each call in arena+sleep (ms).")
-    ap.add_argument("--quick", action="store_true", help="One small shape (a test run).")
-    ap.add_argument("--force", action="store_true", help="Replace an existing CSV.")
     args = ap.parse_args(argv)
-    if (args.out / CSV_NAME).exists() and not args.force:
-        print(f"error: --out: '{args.out / CSV_NAME}' exists -- pass --force to replace it", file=sys.stderr)
+    if output_refused(args.out / CSV_NAME, args.force):
         return 2
     if not (args.gap_ms >= 0 and math.isfinite(args.gap_ms)) or args.rounds < 1:
         print("error: --gap-ms must be a finite number >= 0 and --rounds >= 1", file=sys.stderr)
@@ -200,13 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     from runtime import cpu_setup
 
     setup = cpu_setup.apply().describe()
-    args.out.mkdir(parents=True, exist_ok=True)
     df = probe(QUICK_CASES if args.quick else CASES, args.rounds, args.gap_ms)
-    df.insert(0, "setup", setup)
-    df.insert(0, "host", f"{os.uname().nodename} torch {torch.__version__}")
-    df.insert(0, "run_at_utc", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    df.to_csv(args.out / CSV_NAME, index=False)
-    print(f"cpu setup: {setup}")
+    df = save(df, setup, args.out / CSV_NAME)
     print(f"{'case':28s} {'mode':15s} {'median ms':>9s} {'x table':>8s}")
     for _, r in summary(df).iterrows():
         case = f"{r['model']} {r['sublayer']} x{r['rows']}"
