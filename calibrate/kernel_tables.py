@@ -522,7 +522,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     if drifted(rows):
         raise LiaInputError(
             "--refit",
-            f"'{csv}' was measured while the host probe read its CPU more than 15% off its tables",
+            f"'{csv}' was measured while the host probe read its CPU more than {_drift_pct()} off its tables",
             "measure again with the host steady (runtime.host_state --wait-s), or give a steady run first",
         )
     names = sorted({r["model"] for r in rows if r.get("family") == "attention"})
@@ -539,7 +539,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     for other in earlier:
         theirs = pd.read_csv(other, low_memory=False).to_dict("records")
         if drifted(theirs):  # the rule that flags validation points (runtime/host_state.py)
-            log(f"left out {Path(other).name}: the host probe read its CPU more than 15% off its tables around it")
+            log(f"left out {Path(other).name}: the host probe read its CPU more than {_drift_pct()} off its tables")
             left_out.append(Path(other).name)
             continue
         setups = {
@@ -630,7 +630,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
             else ""
         )
         + (
-            f"; left out (host probe more than 15% off its tables around the run): {', '.join(left_out)}"
+            f"; left out (host probe more than {_drift_pct()} off its tables around the run): {', '.join(left_out)}"
             if left_out
             else ""
         )
@@ -1081,6 +1081,12 @@ def host_probe_for(profile: str) -> Callable[[], float]:
     return HostProbe(shape).time_vs_table
 
 
+def _drift_pct() -> str:
+    from runtime.host_state import DRIFT_FLAG
+
+    return f"{DRIFT_FLAG:.0%}"
+
+
 def drifted(rows: list[dict]) -> bool:
     """True where a run's rows record a host probe more than DRIFT_FLAG off its table (measure_cpu_linears)."""
     return any(r.get("host_drift_flag") is True or str(r.get("host_drift_flag")) == "True" for r in rows)
@@ -1401,6 +1407,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.remeasure_insitu:
             print(remeasure_beside_dma(args.remeasure_insitu, Path(args.out), args.force, insitu=True))
             return 0
+        if args.probe_against and not args.cpu_linears_only:
+            raise LiaInputError(
+                "--probe-against", "only a --cpu-linears-only run records the probe", "add --cpu-linears-only ROWS"
+            )
         if args.cpu_linears_only:
             if not args.name:
                 raise LiaInputError("--name", "no name given", "e.g. --name emr-h200-kernels-rows")

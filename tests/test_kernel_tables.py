@@ -838,4 +838,6 @@ def test_probe_against_refuses_a_profile_without_cpu_tables(tmp_path: Path, caps
     assert main([*args, "--probe-against", str(no_tables)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --probe-against: ") and "no CPU kernel tables" in err and err.count("\n") == 1
+    assert main(["--base", "b", "--name", "n", "--out", str(tmp_path), "--probe-against", str(no_tables)]) == 2
+    assert "add --cpu-linears-only" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
