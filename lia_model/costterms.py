@@ -62,7 +62,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -280,6 +280,14 @@ class StageTerms:
         """Layer time: max over the terms. features [..., F] -> [..., S]."""
         return self._values(features)[1].max(axis=0)
 
+    @functools.cached_property
+    def policy_layer_times(self) -> np.ndarray:
+        """``layer_time`` of each of the 64 policy vectors [64, S], worked out once and read-only: the optimiser
+        reads a stage's table once for every combo and ISA pair that shares it."""
+        out = self.layer_time(ALL_POLICY_FEATURES)
+        out.setflags(write=False)
+        return out
+
     def fill_parts(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The layer's time split for ``prefill_pass_s``: (compute, copy, throughput), each [..., S].
 
@@ -493,12 +501,75 @@ def chunk_work(model: ModelSpec, ctx: StageContext, chunk_batch: int) -> dict[Su
     return sublayer_work(model, chunk_batch, ctx.q, np.asarray(ctx.contexts, dtype=float), ctx.precision)
 
 
+def _linear_kernels(system: SystemSpec, precision: Precision, isa: Optional[CpuIsa]) -> dict[Device, LinearKernel]:
+    """The linear kernels ``sublayer_times`` prices on each device (see ``linear_kernel``)."""
+    if system.kernels is not None and not precision.is_bf16:
+        # calibrated tables of this precision (check_precision): the roofline below is only the fallback for
+        # shapes the tables miss, priced as a bf16 GEMM over the stored bytes
+        return {Device.CPU: LinearKernel(False, False), Device.GPU: LinearKernel(False, False)}
+    return {
+        Device.CPU: linear_kernel(system, Device.CPU, precision, isa),
+        Device.GPU: linear_kernel(system, Device.GPU, precision),
+    }
+
+
+def _flop_s(
+    system: SystemSpec,
+    w: SublayerWork,
+    rate: Callable[[float], float],
+    device: Device,
+    kernel: LinearKernel,
+    kv_quantised: bool,
+    kv_pass: float,
+) -> np.ndarray | float:
+    """A sublayer's FLOP time on one device: each group of products at its own rows (GQA: G*q; MoE experts: tokens
+    per expert, see SublayerWork) at ``rate(rows)``, plus the dequantisation: weight elements of a weight-only
+    kernel, K/V elements of attention over a quantised cache. (Scalars where a sublayer's work is the same every
+    step: the rows of ``sublayer_times`` broadcast them over the steps.)"""
+    flop_s = sum(np.asarray(f, dtype=float) / rate(rows) for rows, f in w.gemms)
+    if kernel.dequantises or kv_quantised:
+        elements = (w.weight_elements_read if kernel.dequantises else 0.0) + (
+            kv_pass * np.asarray(w.kv_elements_read, dtype=float) if kv_quantised else 0.0
+        )
+        if np.any(elements > 0):
+            flop_s = flop_s + elements / dequant_rate(system, device)
+    return flop_s
+
+
+def gpu_sublayer_times(
+    system: SystemSpec, ctx: StageContext, work: dict[Sublayer, SublayerWork]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The GPU half of ``sublayer_times`` before kernel tables: each sublayer's time, whether its FLOPs term binds,
+    and its memory time, [6, S] each. It reads the chunk's work and the context's precision, not its CPU ISA or host
+    tiers: contexts that differ only in those can share it (``sublayer_times``' ``gpu``)."""
+    precision = ctx.precision
+    check_precision(system, precision, ctx.mode)
+    kernel = _linear_kernels(system, precision, ctx.cpu_isa)[Device.GPU]
+    kv_quantised = precision.kv_dtype != KvDtype.BF16
+    hbm = _bw(system.gpu.hbm_gbps)
+    shape = (NUM_SUBLAYERS, len(ctx.contexts))
+    gpu_s, gpu_mem, gpu_cb = np.zeros(shape), np.zeros(shape), np.zeros(shape, dtype=bool)
+    for i, sub in enumerate(SUBLAYERS):
+        w: SublayerWork = work[sub]
+        attention = sub in ATTENTION_SUBLAYERS
+        rate = functools.partial(_gpu_rate, system, attention=attention, fp8=not attention and kernel.low_precision)
+        flop_s = _flop_s(system, w, rate, Device.GPU, kernel, kv_quantised, system.gpu.kv_pass_factor)
+        kv_read = np.asarray(w.kv_read_bytes, dtype=float)
+        act_bytes = np.asarray(w.act_bytes, dtype=float)
+        mem = (w.weight_bytes_read + system.gpu.kv_pass_factor * kv_read + w.kv_write_bytes + act_bytes) / hbm
+        gpu_s[i] = np.maximum(flop_s, mem) + system.gpu.op_overhead_us * S_PER_US
+        gpu_mem[i] = mem
+        gpu_cb[i] = flop_s >= mem
+    return gpu_s, gpu_cb, gpu_mem
+
+
 def sublayer_times(
     system: SystemSpec,
     model: ModelSpec,
     ctx: StageContext,
     chunk_batch: int,
     work: Optional[dict[Sublayer, SublayerWork]] = None,
+    gpu: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None,
 ) -> SublayerTimes:
     """Time of each sublayer for one chunk. With calibrated kernel tables (``system.kernels``): the measured
     time of the runtime's own sublayer function at that shape (linears) or the attention fit; otherwise the
@@ -510,22 +581,16 @@ def sublayer_times(
     weight-only kernel); attention over an fp8 / int8 cache dequantises every K/V element it reads
     (kv passes x kv_elements_read / dequant rate) and computes in bf16.
 
-    ``work``: the chunk's ``sublayer_work`` where the caller already has it (the same call's result)."""
+    ``work``: the chunk's ``sublayer_work`` where the caller already has it (the same call's result); ``gpu``: its
+    ``gpu_sublayer_times`` likewise (copied here: kernel tables write into the times)."""
     contexts = np.asarray(ctx.contexts, dtype=float)
     steps = len(contexts)
     precision = ctx.precision
     check_precision(system, precision, ctx.mode)
     if work is None:
         work = chunk_work(model, ctx, chunk_batch)
-    if system.kernels is not None and not precision.is_bf16:
-        # calibrated tables of this precision (check_precision): the roofline below is only the fallback for
-        # shapes the tables miss, priced as a bf16 GEMM over the stored bytes
-        kernels = {Device.CPU: LinearKernel(False, False), Device.GPU: LinearKernel(False, False)}
-    else:
-        kernels = {
-            Device.CPU: linear_kernel(system, Device.CPU, precision, ctx.cpu_isa),
-            Device.GPU: linear_kernel(system, Device.GPU, precision),
-        }
+    gpu_s, gpu_cb, gpu_mem = gpu_sublayer_times(system, ctx, work) if gpu is None else (a.copy() for a in gpu)
+    kernel = _linear_kernels(system, precision, ctx.cpu_isa)[Device.CPU]
     kv_quantised = precision.kv_dtype != KvDtype.BF16
     ddr = system.ddr
     w_tier = system.tier(ctx.weight_tier)
@@ -533,52 +598,27 @@ def sublayer_times(
     cpu_bw_w = _bw(min(system.cpu.memory_read_gbps, w_tier.read_gbps))
     cpu_bw_kv = _bw(min(system.cpu.memory_read_gbps, kv_tier.read_gbps))
     cpu_bw_act = _bw(min(system.cpu.memory_read_gbps, ddr.read_gbps))
-    hbm = _bw(system.gpu.hbm_gbps)
     cpu_kv_pass = cpu_kv_passes(system, ctx)
-    out = {k: np.zeros((NUM_SUBLAYERS, steps)) for k in ("cpu", "gpu", "cpu_mem", "gpu_mem")}
+    cpu_s, cpu_mem_s = np.zeros((NUM_SUBLAYERS, steps)), np.zeros((NUM_SUBLAYERS, steps))
     cpu_cb = np.zeros((NUM_SUBLAYERS, steps), dtype=bool)
-    gpu_cb = np.zeros((NUM_SUBLAYERS, steps), dtype=bool)
     for i, sub in enumerate(SUBLAYERS):
         w: SublayerWork = work[sub]
         attention = sub in ATTENTION_SUBLAYERS
-        # each group of products at its own rows (GQA: G*q; MoE experts: tokens per expert), see SublayerWork
-        low_cpu = not attention and kernels[Device.CPU].low_precision
-        low_gpu = not attention and kernels[Device.GPU].low_precision
-        # (scalars where a sublayer's work is the same every step: the rows below broadcast them over the steps)
-        cpu_flop_s = sum(
-            np.asarray(f, dtype=float) / _cpu_rate(system, ctx.cpu_isa, rows, attention, int8=low_cpu)
-            for rows, f in w.gemms
+        rate = functools.partial(
+            _cpu_rate, system, ctx.cpu_isa, attention=attention, int8=not attention and kernel.low_precision
         )
-        gpu_flop_s = sum(
-            np.asarray(f, dtype=float) / _gpu_rate(system, rows, attention, fp8=low_gpu) for rows, f in w.gemms
-        )
-        # dequantisation: weight elements of a weight-only kernel, K/V elements of attention over a quantised cache
-        kv_elems = np.asarray(w.kv_elements_read, dtype=float)
-        for device, kv_pass in ((Device.CPU, cpu_kv_pass), (Device.GPU, system.gpu.kv_pass_factor)):
-            if not (kernels[device].dequantises or kv_quantised):
-                continue  # (no element to dequantise: the sum below is 0)
-            elements = (w.weight_elements_read if kernels[device].dequantises else 0.0) + (
-                kv_pass * kv_elems if kv_quantised else 0.0
-            )
-            if np.any(elements > 0):
-                extra = elements / dequant_rate(system, device)
-                if device == Device.CPU:
-                    cpu_flop_s = cpu_flop_s + extra
-                else:
-                    gpu_flop_s = gpu_flop_s + extra
+        flop_s = _flop_s(system, w, rate, Device.CPU, kernel, kv_quantised, cpu_kv_pass)
         kv_read = np.asarray(w.kv_read_bytes, dtype=float)
         act_bytes = np.asarray(w.act_bytes, dtype=float)
-        cpu_mem = (
+        mem = (
             w.weight_bytes_read / cpu_bw_w
             + (cpu_kv_pass * kv_read + w.kv_write_bytes) / cpu_bw_kv
             + act_bytes / cpu_bw_act
         )
-        gpu_mem = (w.weight_bytes_read + system.gpu.kv_pass_factor * kv_read + w.kv_write_bytes + act_bytes) / hbm
-        out["cpu"][i] = np.maximum(cpu_flop_s, cpu_mem) + system.cpu.op_overhead_us * S_PER_US
-        out["gpu"][i] = np.maximum(gpu_flop_s, gpu_mem) + system.gpu.op_overhead_us * S_PER_US
-        out["cpu_mem"][i], out["gpu_mem"][i] = cpu_mem, gpu_mem
-        cpu_cb[i], gpu_cb[i] = cpu_flop_s >= cpu_mem, gpu_flop_s >= gpu_mem
-    times = SublayerTimes(out["cpu"], out["gpu"], cpu_cb, gpu_cb, out["cpu_mem"], out["gpu_mem"], work=work)
+        cpu_s[i] = np.maximum(flop_s, mem) + system.cpu.op_overhead_us * S_PER_US
+        cpu_mem_s[i] = mem
+        cpu_cb[i] = flop_s >= mem
+    times = SublayerTimes(cpu_s, gpu_s, cpu_cb, gpu_cb, cpu_mem_s, gpu_mem, work=work)
     if system.kernels is not None:
         _apply_kernel_tables(system, model, ctx, chunk_batch, work, times, cpu_bw_w, cpu_bw_kv)
     return times
@@ -697,7 +737,8 @@ def streamed_layer_terms(
     bw_kv_h2d, bw_kv_d2h = _bw(min(link.h2d_gbps, kv_tier.read_gbps)), _bw(min(link.d2h_gbps, kv_tier.read_gbps))
 
     def copy_s(nbytes: np.ndarray | float, bw: float) -> np.ndarray:
-        nbytes = _over_steps(nbytes, steps)
+        """The copy time of ``nbytes`` per step ([S], or rows [..., S]); nothing to copy takes no time."""
+        nbytes = nbytes if np.ndim(nbytes) == 2 else _over_steps(nbytes, steps)
         return np.where(nbytes > 0, nbytes / bw + lat, 0.0)
 
     # Weights: prefetched once per layer (all experts of an MoE layer), or, with on-demand experts, the
@@ -710,7 +751,7 @@ def streamed_layer_terms(
             on_demand[i] = routed - (work[SUBLAYERS[i]].weight_bytes - work[SUBLAYERS[i]].weight_bytes_read)
             weight_bytes[i] -= routed
     weight_h2d_s = np.where(weight_bytes > 0, weight_bytes / bw_w_h2d + lat, 0.0)
-    expert_h2d_s = np.stack([copy_s(on_demand[i], bw_w_h2d) for i in range(NUM_SUBLAYERS)])  # [6, S]
+    expert_h2d_s = copy_s(np.repeat(on_demand[:, None], steps, axis=1), bw_w_h2d)  # [6, S]
 
     # Activation crossing at boundary j (what sublayer j hands to j+1), one chunk.
     kv_width_bytes = 1.0 * b * ctx.q * model.kv_dim * kv_element_bytes(ctx.precision)  # new K (or new V)

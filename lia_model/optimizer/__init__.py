@@ -32,7 +32,7 @@ from lia_model.optimizer.enumerate import (
     stage_constants,
 )
 from lia_model.optimizer.infeasible import explain_memory_infeasibility
-from lia_model.optimizer.space import build_tables
+from lia_model.optimizer.space import SpaceTables, build_tables, simulate_every_prefill
 from lia_model.plan import Plan
 from lia_model.workload import Workload
 
@@ -108,11 +108,16 @@ def solve_latency(
     solver: str,
     mode: CostMode,
     ttft_max_s: Optional[float] = None,
+    tables: Optional[SpaceTables] = None,
 ) -> Optional[tuple[Plan, Optional[float]]]:
     """The minimum-latency plan at this batch and the solver's own objective. The ILP leaves out the combos
     with which no plan reaches the enumerator's optimum (its optimum per combo); tests/test_optimizer.py also
-    solves the full ILP. Under a TTFT bound the plan returned meets it in predict()'s own numbers."""
-    tables = build_tables(system, model, workload, mode)
+    solves the full ILP. Under a TTFT bound the plan returned meets it in predict()'s own numbers. ``tables``:
+    this batch's tables where the caller already has them (bounded prefill terms are simulated here)."""
+    if tables is None:
+        tables = build_tables(system, model, workload, mode)
+    else:
+        tables = simulate_every_prefill(tables)
     found, bound = _enumerate_within_ttft(tables, tpot_max_s, ttft_max_s)
     if solver == "enumerate":
         return (found.plan, found.latency_s) if found else None
@@ -302,14 +307,25 @@ def optimize(
     # Throughput: the batch by branch and bound (batch.py); each batch it needs solved exactly is solved by
     # the vectorised enumerator (exact, milliseconds), the chosen batch again by the requested solver.
     enumerated: dict[int, object] = {}
+    # (tokens per second, -batch, tables) of the best batch solved so far, as search_batch ranks them: the requested
+    # solver reads those tables again if the search ends there (else it builds its own)
+    kept: Optional[tuple[float, int, SpaceTables]] = None
 
     def latency_at(wl: Workload) -> Optional[float]:
+        nonlocal kept
         if ttft_max_s is None:  # the prefill simulated only where it can win (enumerate.lazy_optimum)
-            found = lazy_optimum(build_tables(system, model, wl, mode, prefill_bound=True), tpot_max_s=tpot_max_s)
+            tables = build_tables(system, model, wl, mode, prefill_bound=True)
+            found = lazy_optimum(tables, tpot_max_s=tpot_max_s)
         else:  # a TTFT bound reads every plan's prefill: the fully simulated tables
-            found, _ = _enumerate_within_ttft(build_tables(system, model, wl, mode), tpot_max_s, ttft_max_s)
+            tables = build_tables(system, model, wl, mode)
+            found, _ = _enumerate_within_ttft(tables, tpot_max_s, ttft_max_s)
         enumerated[wl.batch] = found
-        return None if found is None else found.latency_s
+        if found is None:
+            return None
+        rank = (wl.batch * wl.output_len / found.latency_s, -wl.batch)
+        if kept is None or rank > kept[:2]:
+            kept = (*rank, tables)
+        return found.latency_s
 
     search = search_batch(
         system,
@@ -331,7 +347,8 @@ def optimize(
     if solver == "enumerate" and best is not None:  # already solved by the search: the same enumeration
         found = (best.plan, best.latency_s)
     else:
-        found = solve_latency(system, model, wl, solver=solver, mode=mode, **bounds)
+        tables = kept[2] if kept is not None and -kept[1] == search.batch else None
+        found = solve_latency(system, model, wl, solver=solver, mode=mode, tables=tables, **bounds)
     if found is None:  # the enumerator found a plan at this batch; an exact solver cannot miss it
         raise RuntimeError(f"{solver} found no plan at B={wl.batch} where the enumerator found one")
     plan, raw = found

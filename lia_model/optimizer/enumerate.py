@@ -276,13 +276,14 @@ def best_in_combo(
         )
         ok = (lo[rows, None] <= hi[rows, None]) & (hbm_base[rows, None] + pair_extra[cols][None, :] <= hbm_avail)
         if bounded:
-            # (N_res R_dec + K D(p_dec) + head S) / S <= X
+            # (N_res R_dec + K D(p_dec) + head S) / S <= X, per decode vector [rows, 64] and then per pair (the
+            # same numbers as per pair, 64 times fewer)
             tpot_total = (
                 resident[rows, None] * k.tpot_resident_decode_total_s
-                + kk * ca.tpot_dec[HostTier.DDR][_PD[cols]][None, :]
+                + kk * ca.tpot_dec[HostTier.DDR][None, :]
                 + k.tpot_head_s * steps
             )
-            ok &= tpot_total <= tpot_max_s * steps
+            ok &= (tpot_total <= tpot_max_s * steps)[:, _PD[cols]]
         if ttft_bounded:
             # pass(N_res R_pre, K, c, W, X)(p_pre) + head <= X_ttft
             ttft_pass = pre_pass if ca.ttft_pre is None else side.pass_s(resident[rows, None], kk, 0.0, slice(None))
@@ -352,21 +353,24 @@ def best_in_combo(
         k_lo = np.broadcast_to(lo[rows, None], (rows.size, _PP.size))
         k_hi = np.broadcast_to(hi[rows, None], (rows.size, _PP.size))
         if bounded:
-            # (N_res R_dec + K D_ddr + K_cxl (D_cxl - D_ddr) + head S) / S <= X
+            # (N_res R_dec + K D_ddr + K_cxl (D_cxl - D_ddr) + head S) / S <= X: it reads the decode vector only, so
+            # its K_cxl range is worked out per decode vector [rows, 64] and then taken per pair (the same numbers)
             td_d = ca.tpot_dec[HostTier.DDR]
             td_c = ca.tpot_dec[HostTier.CXL] if k.has_cxl else td_d
-            dd = (td_c - td_d)[_PD][None, :]
+            dd = (td_c - td_d)[None, :]
             room = (
                 tpot_max_s * steps
                 - resident[rows, None] * k.tpot_resident_decode_total_s
-                - kk * td_d[_PD][None, :]
+                - kk * td_d[None, :]
                 - k.tpot_head_s * steps
             )
             with np.errstate(divide="ignore", invalid="ignore"):
                 bound = room / dd
-            k_hi = np.where(dd > 0, np.minimum(k_hi, np.floor(bound + _EPS_LAYERS)), k_hi)
-            k_lo = np.where(dd < 0, np.maximum(k_lo, np.ceil(bound - _EPS_LAYERS)), k_lo)
-            k_hi = np.where((dd == 0) & (room < 0), -1.0, k_hi)
+            d_lo, d_hi = lo[rows, None], hi[rows, None]
+            d_hi = np.where(dd > 0, np.minimum(d_hi, np.floor(bound + _EPS_LAYERS)), d_hi)
+            d_lo = np.where(dd < 0, np.maximum(d_lo, np.ceil(bound - _EPS_LAYERS)), d_lo)
+            d_hi = np.where((dd == 0) & (room < 0), -1.0, d_hi)
+            k_lo, k_hi = d_lo[:, _PD], d_hi[:, _PD]
         if ttft_bounded:
             # N_res R_pre + K S_ddr + K_cxl (S_cxl - S_ddr) + head <= X_ttft (the chosen end checked exactly below)
             s_ddr = side.streamed[HostTier.DDR][_PP][None, :]
@@ -406,9 +410,9 @@ def stage_constants(tables: SpaceTables) -> StageConstants:
 def combo_arrays(tables: SpaceTables, combo: Combo, isa_pre: CpuIsa, isa_dec: CpuIsa) -> ComboArrays:
     pre, dec = {}, {}
     for wt in tables.weight_tiers:
-        pre[wt] = tables.prefill[(combo, wt)][isa_pre].layer_time(ALL_POLICY_FEATURES)[:, 0]
+        pre[wt] = tables.prefill[(combo, wt)][isa_pre].policy_layer_times[:, 0]
         if tables.decode_steps > 0:
-            dec[wt] = tables.decode[combo.decode_key(wt)][isa_dec].layer_time(ALL_POLICY_FEATURES).sum(axis=1)
+            dec[wt] = tables.decode[combo.decode_key(wt)][isa_dec].policy_layer_times.sum(axis=1)
         else:
             dec[wt] = np.zeros(NUM_POLICIES)
     terms = tables.prefill[(combo, tables.weight_tiers[0])][isa_pre]

@@ -170,7 +170,7 @@ def _prefill_columns(terms, tables: SpaceTables) -> np.ndarray:
     (pipeline) its compute, copy and throughput parts, each of which the pass is non-decreasing in."""
     if _fills(tables):
         return np.concatenate([v[:, 0] for v in terms.fill_parts(ALL_POLICY_FEATURES)])
-    return terms.layer_time(ALL_POLICY_FEATURES)[:, 0]
+    return terms.policy_layer_times[:, 0]
 
 
 def _prefill_choices(tables: SpaceTables) -> list[tuple[Combo, CpuIsa]]:
@@ -261,16 +261,13 @@ def solve_ilp(
         lo_pre = hi_pre = 0.0
         t_pre = 0.0
         if not fills:
-            pre = {
-                ch: MS_PER_S * tables.prefill[(ch[0], t)][ch[1]].layer_time(ALL_POLICY_FEATURES)[:, 0] for ch in choices
-            }
+            pre = {ch: MS_PER_S * tables.prefill[(ch[0], t)][ch[1]].policy_layer_times[:, 0] for ch in choices}
             t_pre, lo_pre, hi_pre = _gated_epigraph(prob, f"T_pre_{t.value}", pre, y_pre, {ch: [z[ch]] for ch in pre})
         lo_dec = hi_dec = 0.0
         t_dec = 0.0
         if steps > 0:
             dec = {
-                key: MS_PER_S * tables.decode[(key[0], key[1], t)][key[2]].layer_time(ALL_POLICY_FEATURES).sum(axis=1)
-                for key in u
+                key: MS_PER_S * tables.decode[(key[0], key[1], t)][key[2]].policy_layer_times.sum(axis=1) for key in u
             }
             t_dec, lo_dec, hi_dec = _gated_epigraph(prob, f"D_{t.value}", dec, y_dec, {key: [u[key]] for key in dec})
         q_of[t], d_of[t], p_of[t] = t_pre + t_dec, t_dec, (t_pre, lo_pre, hi_pre)

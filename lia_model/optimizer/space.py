@@ -43,6 +43,7 @@ from lia_model.costterms import (
     SublayerTimes,
     chunk_work,
     cpu_kv_passes,
+    gpu_sublayer_times,
     head_time_s,
     pass_start_fill,
     resident_layer_time,
@@ -180,6 +181,7 @@ class SpaceTables:
     # ``simulate_prefill`` makes a (combo, ISA)'s terms exact
     prefill_bound: bool = False
     times_cache: dict = dataclasses.field(default_factory=dict)  # chunk_times of the contexts priced so far
+    simulated: set = dataclasses.field(default_factory=set)  # the (combo, ISA) choices ``simulate_prefill`` made exact
 
     @property
     def num_layers(self) -> int:
@@ -220,17 +222,19 @@ def chunk_times(cache: Optional[dict], system: SystemSpec, model: ModelSpec, ctx
     """``sublayer_times`` of one chunk of ``ctx``, kept in ``cache`` (None: not kept) for the next caller with the
     same context: the ISA pruning, the streamed layer and the resident layer read the same times. A cache
     serves one system and one model; the times are a pure function of the four arguments. The chunk's
-    ``sublayer_work`` is kept too: contexts that differ only in ISA or tiers share it."""
+    ``sublayer_work`` and the GPU half of its times are kept too: contexts that differ only in ISA or tiers share
+    them."""
     chunk = ctx.batch // ctx.minibatches
     if cache is None:
         return sublayer_times(system, model, ctx, chunk)
     hit = cache.get(ctx)
     if hit is None:
         work_key = ("sublayer_work", chunk, ctx.q, ctx.contexts, ctx.precision)
-        work = cache.get(work_key)
-        if work is None:
-            work = cache[work_key] = chunk_work(model, ctx, chunk)
-        hit = cache[ctx] = sublayer_times(system, model, ctx, chunk, work)
+        shared = cache.get(work_key)
+        if shared is None:
+            work = chunk_work(model, ctx, chunk)
+            shared = cache[work_key] = (work, gpu_sublayer_times(system, ctx, work))
+        hit = cache[ctx] = sublayer_times(system, model, ctx, chunk, *shared)
     return hit
 
 
@@ -297,12 +301,23 @@ def prefill_terms(
 
 def simulate_prefill(tables: SpaceTables, combo: Combo, isa: CpuIsa) -> None:
     """Replace a (combo, prefill ISA)'s bounded prefill terms, every weight tier's, by the simulated ones."""
-    if not tables.prefill_bound:
+    if not tables.prefill_bound or (combo, isa) in tables.simulated:
         return  # already simulated
+    tables.simulated.add((combo, isa))
     for wt in tables.weight_tiers:
         terms = tables.prefill[(combo, wt)]
         if terms[isa].schedule_s is not None:  # (paper and additive modes have no schedule to simulate)
             terms[isa] = prefill_terms(tables.system, tables.model, terms[isa].context, tables.times_cache)
+
+
+def simulate_every_prefill(tables: SpaceTables) -> SpaceTables:
+    """The tables with every prefill term simulated: what ``build_tables`` gives without ``prefill_bound`` (the
+    same terms of the same contexts), from tables that ``enumerate.lazy_optimum`` simulated in part."""
+    for combo in tables.combos:
+        for isa in tables.prefill_isas(combo):
+            simulate_prefill(tables, combo, isa)
+    tables.prefill_bound = False
+    return tables
 
 
 def build_tables(
