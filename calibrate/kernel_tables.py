@@ -313,6 +313,22 @@ def linear_tables(rows: list[dict], device: str) -> list[dict]:
 # ----------------------------------------------------------------------------------------- attention
 
 
+def live_prefix_caches(model, batch: int, s: int, cache_bytes: int, device: str = "cpu") -> tuple[list, int]:
+    """K/V caches of ``s`` live positions as the executor passes them: prefix views of a preallocated cache a little
+    wider than s, in enough copies to cycle that together they exceed 4x ``cache_bytes``; and the K/V bytes one call
+    reads. (The attention grid's and runtime/probe_gqa_decode.py's caches.)"""
+    import torch
+
+    from calibrate.tensors import copies_to_stream
+
+    kvh, d = model.num_kv_heads, model.head_dim
+    kv_bytes = 2 * batch * kvh * s * d * 2
+    copies = copies_to_stream(kv_bytes, cache_bytes, cap=64)
+    kc = torch.randn(batch, kvh, s + 16, d, dtype=torch.bfloat16, device=device)
+    vc = torch.randn(batch, kvh, s + 16, d, dtype=torch.bfloat16, device=device)
+    return [(kc.clone()[:, :, :s], vc.clone()[:, :, :s]) for _ in range(copies)], kv_bytes
+
+
 def attention_rows(
     models: list, device: str, quick: bool, budget_s: float, setup: str, cache_bytes: int = LLC_DEFAULT
 ) -> list[dict]:
@@ -326,7 +342,7 @@ def attention_rows(
     in-situ CPU attention at 4.7-86% of its table."""
     import torch
 
-    from calibrate.tensors import copies_to_stream, cycling
+    from calibrate.tensors import cycling
     from calibrate.timing import time_cuda, time_host
     from runtime import kernels
 
@@ -343,13 +359,7 @@ def attention_rows(
             for batch, s in grid:
                 q = 1 if phase == "decode" else s
                 pos0 = s - q
-                width = s + 16  # a preallocated cache a little wider than s
-                kv_bytes = 2 * batch * kvh * s * d * 2
-                copies = copies_to_stream(kv_bytes, cache_bytes if device == "cpu" else 200 << 20, cap=64)
-                kc = torch.randn(batch, kvh, width, d, dtype=torch.bfloat16, device=device)
-                vc = torch.randn(batch, kvh, width, d, dtype=torch.bfloat16, device=device)
-                caches = [(kc.clone()[:, :, :s], vc.clone()[:, :, :s]) for _ in range(copies)]
-                del kc, vc
+                caches, _ = live_prefix_caches(model, batch, s, cache_bytes if device == "cpu" else 200 << 20, device)
                 q_in = torch.randn(batch, q, model.q_dim, dtype=torch.bfloat16, device=device)
                 mask = kernels.attention_mask(q, g, pos0, s, s, torch.device(device)) if q > 1 else None
                 scores = kernels.attn_score(q_in, caches[0][0], model, mask)
@@ -378,7 +388,7 @@ def attention_rows(
                             "min_s": timing.min_s,
                             "max_s": timing.max_s,
                             "samples": timing.samples,
-                            "cache_copies": copies,
+                            "cache_copies": len(caches),
                             "setup": setup,
                         }
                     )

@@ -57,7 +57,8 @@ class CpuSetup:
         feeder = f" feeder=cpu{','.join(map(str, self.feeder_cpus))}" if self.feeder_cpus else ""
         pages = f"weights={'hugepage-advised' if hugepages_wanted() else '4k'}/thp-{thp_mode()}"
         # a kernel variant other than the default joins the setup (calibrate.kernel_tables --refit mixes no setups)
-        variant = "" if gqa_decode_variant() == "grouped" else f" gqa_decode={gqa_decode_variant()}"
+        gqa = gqa_decode_variant()
+        variant = "" if gqa == "grouped" else f" gqa_decode={gqa}"
         return f"threads={self.threads} bind={self.bind}{feeder} alloc={self.allocator} {pages}{variant}"
 
 

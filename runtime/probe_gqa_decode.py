@@ -36,23 +36,18 @@ VARIANTS = ("grouped", "sdpa")
 def probe(model, grid, rounds: int, cache_bytes: int, budget_s: float = 0.1) -> pd.DataFrame:
     """Both variants at every (batch, context) of ``grid`` for ``model`` (a GQA ModelSpec), ``rounds`` times each,
     interleaved; raises when they disagree beyond bf16 precision."""
-    from calibrate.tensors import copies_to_stream, cycling
+    from calibrate.kernel_tables import live_prefix_caches
+    from calibrate.tensors import cycling
     from calibrate.timing import time_host
     from runtime import kernels
 
-    kvh, d = model.num_kv_heads, model.head_dim
-    if model.num_heads == kvh:
+    if model.num_heads == model.num_kv_heads:
         raise ValueError(f"{model.name} has no grouped query heads (GQA): nothing to compare")
     rows = []
     previous = os.environ.get("LIA_GQA_DECODE")
     try:
         for batch, s in grid:
-            kv_bytes = 2 * batch * kvh * s * d * 2
-            copies = copies_to_stream(kv_bytes, cache_bytes, cap=64)
-            kc = torch.randn(batch, kvh, s + 16, d, dtype=torch.bfloat16)
-            vc = torch.randn(batch, kvh, s + 16, d, dtype=torch.bfloat16)
-            caches = [(kc.clone()[:, :, :s], vc.clone()[:, :, :s]) for _ in range(copies)]
-            del kc, vc
+            caches, kv_bytes = live_prefix_caches(model, batch, s, cache_bytes)
             q_in = torch.randn(batch, 1, model.q_dim, dtype=torch.bfloat16)
             outs = {}
             for variant in VARIANTS:
@@ -74,7 +69,7 @@ def probe(model, grid, rounds: int, cache_bytes: int, budget_s: float = 0.1) -> 
                             "round": r,
                             "time_s": t,
                             "kv_gbps": kv_bytes / t / 1e9,
-                            "copies": copies,
+                            "copies": len(caches),
                         }
                     )
     finally:
@@ -123,11 +118,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     setup = cpu_setup.apply().describe()
     df = probe(model, QUICK_GRID if args.quick else DECODE_GRID, args.rounds, host_info().llc_bytes or LLC_DEFAULT)
     df = save(df, setup, args.out / CSV_NAME)
+    per_point = summary(df)
     print(f"{'point':22s} {'grouped ms':>10s} {'sdpa ms':>9s} {'grouped/sdpa':>12s}")
-    for _, r in summary(df).iterrows():
+    for _, r in per_point.iterrows():
         point = f"{r['model']} {r['batch']}x{r['context']}"
         print(f"{point:22s} {r['grouped'] * 1e3:10.3f} {r['sdpa'] * 1e3:9.3f} {r['grouped_over_sdpa']:12.2f}")
-    print(f"median grouped/sdpa over the points: {statistics.median(summary(df)['grouped_over_sdpa']):.2f}")
+    print(f"median grouped/sdpa over the points: {statistics.median(per_point['grouped_over_sdpa']):.2f}")
     print(f"wrote {args.out / CSV_NAME}")
     return 0
 
