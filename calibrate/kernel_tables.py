@@ -390,6 +390,7 @@ def attention_rows(
                             "samples": timing.samples,
                             "cache_copies": len(caches),
                             "setup": setup,
+                            "gqa_decode": kernels.gqa_decode_variant(),
                         }
                     )
                 del caches, scores
@@ -408,8 +409,10 @@ def fit_attention(rows: list[dict], device: str, models: dict) -> list[dict]:
     from lia_model.accounting import attention_bytes_flops, attention_rows
 
     fits = []
-    for kind, phase, heads in itertools.product(("fused", "score", "context"), ("decode", "prefill"), ("mha", "gqa")):
-        if True:  # noqa: SIM108 - one block per (kind, phase, heads)
+    variants = sorted({row_gqa_decode(r) or "" for r in rows if r["family"] == "attention" and r["device"] == device})
+    blocks = itertools.product(("fused", "score", "context"), ("decode", "prefill"), ("mha", "gqa"), variants)
+    for kind, phase, heads, variant in blocks:
+        if True:  # noqa: SIM108 - one block per (kind, phase, heads, GQA decode kernel)
             pts = [
                 r
                 for r in rows
@@ -418,6 +421,7 @@ def fit_attention(rows: list[dict], device: str, models: dict) -> list[dict]:
                 and r["kind"] == kind
                 and r["phase"] == phase
                 and (int(r["group"]) > 1) == (heads == "gqa")
+                and (row_gqa_decode(r) or "") == variant
             ]
             if len(pts) < 4:
                 continue
@@ -450,9 +454,26 @@ def fit_attention(rows: list[dict], device: str, models: dict) -> list[dict]:
                     "fit_median_rel_err": round(float(np.median(errs)), 4),
                     "fit_max_rel_err": round(float(errs.max()), 4),
                     "points": len(pts),
+                    **({"gqa_decode": variant} if variant else {}),
                 }
             )
     return fits
+
+
+def row_gqa_decode(row: dict) -> Optional[str]:
+    """The CPU GQA decode kernel a CPU fused decode attention row of a GQA model ran (runtime.kernels
+    gqa_decode_variant: its ``gqa_decode`` column; rows from before that column ran the grouped pair); None for
+    every other row (one kernel only)."""
+    if not (
+        row.get("family") == "attention"
+        and row.get("device") == "cpu"
+        and row.get("kind") == "fused"
+        and row.get("phase") == "decode"
+        and int(float(row.get("group", 1))) > 1
+    ):
+        return None
+    value = row.get("gqa_decode")
+    return value if isinstance(value, str) and value else "grouped"
 
 
 def cpu_linear_estimates(rows: list[dict]) -> dict[tuple[str, int, int, int, str], float]:
@@ -474,7 +495,9 @@ ATTENTION_POINT = ("model", "kind", "phase", "batch", "heads", "kv_heads", "grou
 def attention_point(row: dict) -> tuple[str, ...]:
     """An attention grid row's point: its ATTENTION_POINT fields, as text (numbers as floats: a CSV whose column
     holds blanks reads 1.0 where one without reads 1)."""
-    return tuple(str(row[c]) if c in ("model", "kind", "phase") else str(float(row[c])) for c in ATTENTION_POINT)
+    return tuple(str(row[c]) if c in ("model", "kind", "phase") else str(float(row[c])) for c in ATTENTION_POINT) + (
+        row_gqa_decode(row) or "",
+    )
 
 
 def cpu_attention_times(rows: list[dict]) -> dict[tuple, float]:
@@ -588,6 +611,22 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
                 "give the raw CSV of a run that measured (or resumed) the attention grids",
             )
         data["kernels"][f"{dev}_attention"] = fits
+    # the CPU GQA decode kernel the profile predicts: the one the runtime runs now (LIA_GQA_DECODE)
+    from runtime.kernels import gqa_decode_variant
+
+    variant = gqa_decode_variant()
+    gqa_fits = [
+        f for f in data["kernels"]["cpu_attention"] if (f["kind"], f["phase"], f["heads"]) == ("fused", "decode", "gqa")
+    ]
+    if gqa_fits and not any(f.get("gqa_decode", "grouped") == variant for f in gqa_fits):
+        raise LiaInputError(
+            "--refit",
+            f"no run measured the CPU GQA decode attention with the runtime's kernel '{variant}' "
+            f"(measured: {', '.join(sorted({f.get('gqa_decode', 'grouped') for f in gqa_fits}))})",
+            "measure the CPU attention grid with it (kernel_tables --resume-from a raw CSV measures it again), "
+            "or refit for the other kernel with LIA_GQA_DECODE set to it",
+        )
+    data["kernels"]["gqa_decode"] = variant
     stamp = time.strftime("%Y-%m-%d", time.gmtime())
     for dev in ("cpu", "gpu"):
         data["kernels"]["source"][f"{dev}_attention"] = data["kernels"]["source"][f"{dev}_attention"].split(
@@ -1166,6 +1205,17 @@ def run(
             for r in pd.read_csv(resume_from).to_dict("records")
             if r.get("setup") == desc and r.get("family") not in ("cpu_beside_dma", "cpu_wake")
         ]
+        # a model's CPU attention grid measured with another GQA decode kernel than this run's is measured again whole
+        from runtime.kernels import gqa_decode_variant
+
+        other_kernel = {r["model"] for r in rows if row_gqa_decode(r) not in (None, gqa_decode_variant())}
+        rows = [
+            r for r in rows if not (r["family"] == "attention" and r["device"] == "cpu" and r["model"] in other_kernel)
+        ]
+        for m in sorted(other_kernel):
+            log(
+                f"cpu attention {m}: resumed rows ran another GQA decode kernel than {gqa_decode_variant()}; measured again"
+            )
         resumed = list(rows)  # a copy: rows grows as blocks are measured
         log(f"resumed {len(rows)} rows of this setup from {resume_from}")
 
@@ -1246,10 +1296,12 @@ def run(
         )
     )
     from lia_model.plan import CpuIsa
+    from runtime.kernels import gqa_decode_variant
 
     kernels = {
         "cpu_isa": _default_isa(base_spec).value if _default_isa(base_spec) else CpuIsa.AMX_BF16.value,
         "setup": desc,
+        "gqa_decode": gqa_decode_variant(),
         "cpu_linear": linear_tables(rows, "cpu"),
         "gpu_linear": linear_tables(rows, "gpu"),
         "cpu_attention": cpu_fits,

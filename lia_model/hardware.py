@@ -340,7 +340,12 @@ class AttentionFit(StrictSpec):
     heads: Literal["mha", "gqa", "any"] = Field(
         "any",
         description="mha: one query head per KV head (G = 1); gqa: "
-        "G > 1 (decode runs a different kernel: a grouped matmul pair).",
+        "G > 1 (decode runs a different kernel: see gqa_decode).",
+    )
+    gqa_decode: Optional[Literal["grouped", "sdpa"]] = Field(
+        None,
+        description="The CPU decode kernel with G > 1 this fit measured (runtime/kernels.py LIA_GQA_DECODE): a "
+        "grouped matmul pair or SDPA over a group's heads as query rows. None: not a GQA decode fit.",
     )
     overhead_s: float = Field(ge=0)
     s_per_byte: float = Field(ge=0)
@@ -369,6 +374,11 @@ class KernelTables(Sourced):
         ge=1.0,
         description="CPU linear time while pinned H2D weight DMA runs, "
         "over its time alone (DDR shared by the cores and the copy engine).",
+    )
+    gqa_decode: Literal["grouped", "sdpa"] = Field(
+        "grouped",
+        description="The CPU decode attention kernel with G > 1 the runtime runs (runtime/kernels.py LIA_GQA_DECODE), "
+        "whose fit the cost model reads; profiles from before the choice existed measured the grouped pair.",
     )
     cpu_attention_slowdown_beside_dma: Optional[float] = Field(
         None,
@@ -412,13 +422,28 @@ class KernelTables(Sourced):
         return cpu & {t.weight_dtype for t in self.gpu_linear} if self.gpu_linear else cpu
 
     def attention(self, device: str, kind: str, phase: str, heads: str = "any") -> Optional[AttentionFit]:
-        """The fit for (kind, phase) and head layout; a fit for "any" layout serves both."""
+        """The fit for (kind, phase) and head layout; a fit for "any" layout serves both. A CPU GQA decode fit is
+        the one of the kernel the runtime runs (``gqa_decode``; an untagged one measured the grouped pair)."""
         fits = [
             f
             for f in (self.cpu_attention if device == "cpu" else self.gpu_attention)
-            if f.kind == kind and f.phase == phase
+            if f.kind == kind and f.phase == phase and (device != "cpu" or self._runs_gqa_decode_kernel(f))
         ]
         return next((f for f in fits if f.heads == heads), None) or next((f for f in fits if f.heads == "any"), None)
+
+    def with_gqa_decode(self, variant: str) -> Optional["KernelTables"]:
+        """These tables predicting the CPU GQA decode kernel ``variant``; None when no fit of it was measured (and
+        fits of the other exist). Runs recorded before the choice existed ran "grouped"."""
+        gqa = [f for f in self.cpu_attention if (f.kind, f.phase, f.heads) == ("fused", "decode", "gqa")]
+        if gqa and not any((f.gqa_decode or "grouped") == variant for f in gqa):
+            return None
+        return self.model_copy(update={"gqa_decode": variant})
+
+    def _runs_gqa_decode_kernel(self, fit: AttentionFit) -> bool:
+        """False for a CPU fused GQA decode fit of another kernel than the runtime's (``gqa_decode``)."""
+        if (fit.kind, fit.phase, fit.heads) != ("fused", "decode", "gqa"):
+            return True
+        return (fit.gqa_decode or "grouped") == self.gqa_decode
 
 
 def table_seconds(table: LinearTable, tokens: float) -> float:

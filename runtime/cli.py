@@ -110,10 +110,12 @@ def validate(
         _check_out_folder(Path(out), force)
 
     from lia_model.profiles import load_system
+    from runtime.kernels import gqa_decode_variant
     from runtime.points import load_points_file, runtime_isa
-    from runtime.validate import Options, plan_table_rows, resolve_points
+    from runtime.validate import Options, plan_table_rows, resolve_points, system_running
 
     spec = load_system(system, overrides or [])
+    spec = system_running(spec, gqa_decode_variant())  # predict the CPU GQA decode kernel this run will run
     groups = [g for path in points for g in load_points_file(path)]
     ids = [g.id for g in groups]
     if len(set(ids)) != len(ids):

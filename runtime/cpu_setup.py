@@ -52,14 +52,11 @@ class CpuSetup:
 
     def describe(self) -> str:
         from runtime.hostmem import hugepages_wanted, thp_mode
-        from runtime.kernels import gqa_decode_variant
 
         feeder = f" feeder=cpu{','.join(map(str, self.feeder_cpus))}" if self.feeder_cpus else ""
         pages = f"weights={'hugepage-advised' if hugepages_wanted() else '4k'}/thp-{thp_mode()}"
-        # a kernel variant other than the default joins the setup (calibrate.kernel_tables --refit mixes no setups)
-        gqa = gqa_decode_variant()
-        variant = "" if gqa == "grouped" else f" gqa_decode={gqa}"
-        return f"threads={self.threads} bind={self.bind}{feeder} alloc={self.allocator} {pages}{variant}"
+        # the GQA decode kernel (runtime.kernels.gqa_decode_variant) is not the setup: the rows that ran it record it
+        return f"threads={self.threads} bind={self.bind}{feeder} alloc={self.allocator} {pages}"
 
 
 def allowed_cpus() -> frozenset[int]:

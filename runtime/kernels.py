@@ -46,21 +46,22 @@ SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDP
 
 NORM_EPS = 1e-5  # default only: a model's own epsilon is ModelSpec.norm_eps (read from its config)
 
-# CPU decode attention with GQA (q = 1, G > 1): "grouped" (the default, the kernel the committed tables measured) is
-# one matmul pair over [b,kv,G,d]; "sdpa" runs scaled_dot_product_attention with a KV group's G query heads as G
-# query positions of one head, unmasked (the same sums: every head of the group attends to every cached position).
-# The calibrator's grid put the grouped pair at 7-19 GB/s of K/V on the GPU host where SDPA ran OPT's MHA decode at
-# 42-75 GB/s (hwprofiles/calibration/emr-h200-kernels-*-kernels.csv, the fifteenth session); on a 2-core VM, one
-# thread, SDPA was 0.9-3.4x as fast (3.4x at B = 16, s = 1024). Set LIA_GQA_DECODE=sdpa to measure it on a host;
-# the setup string (cpu_setup.describe) records it, so tables of one variant never mix with the other's.
+# CPU decode attention with GQA (q = 1, G > 1): "sdpa" (the default) runs scaled_dot_product_attention with a KV
+# group's G query heads as G query positions of one head, unmasked (the same sums: every head of the group attends to
+# every cached position); "grouped" is one matmul pair over [b,kv,G,d], the kernel every table and campaign before the
+# sixteenth session ran. On the GPU host SDPA was 1.12-3.64x as fast over the calibrator's decode grid for
+# Llama-2-70B, median 1.92x (python -m runtime.probe_gqa_decode, runtime/validation/gqa-decode-probe/). The kernel
+# tables record the variant in each attention row (gqa_decode) and the profile names the one the runtime runs
+# (KernelTables.gqa_decode), so a table of one variant never predicts the other.
 GQA_DECODE_VARIANTS = ("grouped", "sdpa")
+GQA_DECODE_DEFAULT = "sdpa"
 
 
 def gqa_decode_variant() -> str:
-    """LIA_GQA_DECODE: "grouped" (default) or "sdpa"; anything else is a clear error."""
+    """LIA_GQA_DECODE: "sdpa" (default) or "grouped"; anything else is a clear error."""
     from lia_model.errors import LiaInputError
 
-    value = os.environ.get("LIA_GQA_DECODE", "grouped")
+    value = os.environ.get("LIA_GQA_DECODE", GQA_DECODE_DEFAULT)
     if value not in GQA_DECODE_VARIANTS:
         raise LiaInputError("LIA_GQA_DECODE", f"'{value}' is not a GQA decode kernel", "use grouped or sdpa")
     return value
@@ -160,7 +161,8 @@ def attention(
     """Fused attention (score and context on one device): Q [b,q,q_dim] over the live prefix of the cache.
 
     ``k``, ``v`` [b,kv,W,d] with W = pos0 + q valid positions (a prefix view of the preallocated cache: no
-    copy, no masked tail). Decode with GQA (q = 1, G > 1) is one grouped matmul pair over [b,kv,G,d]; every
+    copy, no masked tail). Decode with GQA (q = 1, G > 1) on the CPU is SDPA over a group's heads as query rows
+    or one grouped matmul pair over [b,kv,G,d] (``gqa_decode_variant``; on the GPU always the pair); every
     other case is ``scaled_dot_product_attention`` (causal in prefill), which never materialises the whole
     score tensor in memory on the CPU (flash kernel) and uses the flash/efficient kernels on the GPU (never
     cuDNN's: ``SDPA_BACKENDS``).

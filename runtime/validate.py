@@ -217,6 +217,7 @@ def run_points(
     from runtime.backend import Backend
     from runtime.executor import GpuLayerCache, kv_arena_elements
     from runtime.hostmem import HostArena
+    from runtime.kernels import gqa_decode_variant
     from runtime.kvstore import writeback_mode
     from runtime.streamer import feeder_mode
     from runtime.weight_stream import handoff_mode
@@ -228,6 +229,7 @@ def run_points(
     rows: dict[str, dict[str, Any]] = {}
     context = _context(system, backend)
     context["cpu_setup"] = setup.describe()
+    context["gqa_decode"] = gqa_decode_variant()
     tables = system.kernels
     if tables is not None and tables.setup and tables.setup.split()[0] != setup.describe().split()[0]:
         echo(
@@ -625,10 +627,27 @@ def plan_table_rows(points: list[Point]) -> list[list[str]]:
 __all__ = ["Options", "Point", "resolve_points", "run_points", "plan_table_rows"]
 
 
+def system_running(system: SystemSpec, gqa_decode: Any) -> SystemSpec:
+    """``system`` predicting the CPU GQA decode kernel a run used (its ``gqa_decode`` column; runs recorded before
+    the column ran the grouped pair): an error when the profile holds no table of that kernel."""
+    variant = gqa_decode if isinstance(gqa_decode, str) and gqa_decode else "grouped"
+    if system.kernels is None or system.kernels.gqa_decode == variant:
+        return system
+    tables = system.kernels.with_gqa_decode(variant)
+    if tables is None:
+        raise LiaInputError(
+            "gqa_decode",
+            f"the run used the CPU GQA decode kernel '{variant}' and '{system.name}' has no attention table of it",
+            f"predict with a profile that measured it (python -m calibrate.kernel_tables with LIA_GQA_DECODE={variant})",
+        )
+    return system.model_copy(update={"kernels": tables})
+
+
 def repredict(rows: "Any", system: SystemSpec) -> "Any":
     """Predicted columns of measured rows recomputed under ``system`` (a newer profile): the plan from
     ``plan_json``, the (truncated) model from ``model`` and ``num_layers``, the workload and the GPU cap from
-    their columns. Measurements are untouched; nothing is fitted to them. Adds ``predicted_with``."""
+    their columns, the CPU GQA decode kernel from ``gqa_decode``. Measurements are untouched; nothing is fitted to
+    them. Adds ``predicted_with``."""
     import pandas as pd
     from pydantic import ValidationError
 
@@ -641,6 +660,7 @@ def repredict(rows: "Any", system: SystemSpec) -> "Any":
     for i, r in df.iterrows():
         if not isinstance(r.get("plan_json"), str):
             continue
+        sysr = system_running(system, r.get("gqa_decode"))
         model = resolve_model(str(r["model"]))
         model = model.model_copy(update={"num_layers": int(r["num_layers"])})
         wdt = r.get("weight_dtype")  # runs before the column: bf16
@@ -649,7 +669,7 @@ def repredict(rows: "Any", system: SystemSpec) -> "Any":
             batch=int(r["batch"]), input_len=int(r["input_len"]), output_len=int(r["output_len"]), precision=precision
         )
         cap = None if pd.isna(r.get("gpu_memory_gib")) else float(r["gpu_memory_gib"])
-        sysc = capped_system(system, cap)
+        sysc = capped_system(sysr, cap)
         try:
             plan = Plan.model_validate_json(r["plan_json"])
         except ValidationError as err:

@@ -35,6 +35,10 @@
 #   bash runtime/wave2_host_campaign.sh s [PROFILE]   # part S (issue 10, about 7-9 minutes): the runtime's hand-offs,
 #                                                     # new against legacy on the same points, passes alternating
 #                                                     # (S_PASSES, default "new legacy new"); python tools/ab_compare.py
+#   bash runtime/wave2_host_campaign.sh t [PROFILE]   # part T (issue 10, about 8-9 minutes): Llama-2-70B points with
+#                                                     # CPU decode attention under the GQA decode kernels SDPA and
+#                                                     # grouped, passes alternating (T_PASSES, default "sdpa grouped
+#                                                     # sdpa"); needs a profile with fits of both (--refit)
 #   bash runtime/wave2_host_campaign.sh r1 [PROFILE]  # the flagged points (spread above 5%) of the merged results
 #   bash runtime/wave2_host_campaign.sh r2 [PROFILE]  # again, in two halves (runtime/campaign/rerun-flagged-*.yaml,
 #                                                     # written by python -m runtime.rerun_flagged; about 8 minutes)
@@ -57,7 +61,7 @@
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|rows|gqa|p|1|2|a|c|d|e|f|g|h|i|j|l|m|q|r1..r5|s) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|rows|gqa|p|1|2|a|c|d|e|f|g|h|i|j|l|m|q|r1..r5|s|t) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -158,26 +162,33 @@ case "$PART" in
         esac
         MAX_POINT_S=${MAX_POINT_S:-$DEFAULT_POINT_S}
         ;;
-    s)
-        # the same points with the runtime's new hand-offs and the legacy ones, alternating (runtime/campaign/wave2-s.yaml)
+    s|t)
+        # the same points under two runtime modes, passes alternating: part s the new hand-offs against the legacy ones
+        # (runtime/campaign/wave2-s.yaml), part t the CPU GQA decode kernels SDPA against the grouped pair
+        # (runtime/campaign/wave2-t.yaml; each pass predicts with the profile's fit of its kernel)
         PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
+        if [ "$PART" = s ]; then PASSES=${S_PASSES:-new legacy new}; WHAT="Runtime hand-offs"
+        else PASSES=${T_PASSES:-sdpa grouped sdpa}; WHAT="CPU GQA decode kernel"; fi
         i=0
-        for mode in ${S_PASSES:-new legacy new}; do
-            i=$((i + 1)); DIR="$OUT/s$i-$mode"
+        for mode in $PASSES; do
+            i=$((i + 1)); DIR="$OUT/$PART$i-$mode"
             LEFT=$((HARD_LIMIT_S - SECONDS))
             [ "$LEFT" -lt 90 ] && { echo "== pass $i ($mode) skipped: ${LEFT} s left"; break; }
-            ENVS=""
-            [ "$mode" = legacy ] && ENVS="LIA_KV_WRITEBACK=pitched LIA_EARLY_PREFETCH=0 LIA_LAZY_WEIGHT_WAIT=0"
+            case "$mode" in
+                legacy) ENVS="LIA_KV_WRITEBACK=pitched LIA_EARLY_PREFETCH=0 LIA_LAZY_WEIGHT_WAIT=0" ;;
+                sdpa|grouped) ENVS="LIA_GQA_DECODE=$mode" ;;
+                *) ENVS="" ;;
+            esac
             echo "== pass $i: $mode ${ENVS:+($ENVS)}, ${LEFT} s left"
-            env $ENVS timeout -s INT "$((LEFT - 10))" "$PY" -m lia_model validate --points runtime/campaign/wave2-s.yaml \
+            env $ENVS timeout -s INT "$((LEFT - 10))" "$PY" -m lia_model validate --points "runtime/campaign/wave2-$PART.yaml" \
                 --system "$PROFILE" --out "$DIR" --repeats 5 --profiled-runs 3 --trace "$DIR/traces" --max-point-s 40 \
-                --time-budget-s "$((LEFT - 40))" --title "Runtime hand-offs, pass $i ($mode)" 2>&1 \
+                --time-budget-s "$((LEFT - 40))" --title "$WHAT, pass $i ($mode)" 2>&1 \
                 | grep --line-buffered -v '^USDT' | grep --line-buffered -E '^\[|^error|^setup|Traceback|Error'
             [ -d "$DIR/traces" ] && "$PY" tools/trace_layers.py "$DIR/traces" && tar czf "$DIR/traces.tgz" -C "$DIR" traces \
                 && rm -rf "$DIR/traces"
             rm -f "$DIR/pred_vs_meas.svg" "$DIR/pred_vs_meas.png"
         done
-        "$PY" tools/ab_compare.py "$OUT"/s[0-9]*-*
+        "$PY" tools/ab_compare.py "$OUT"/"$PART"[0-9]*-*
         echo "== done in ${SECONDS} s"
         return 0
         ;;

@@ -32,6 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 OPT30 = get_model("opt-30b")
 
 
+@pytest.fixture
+def grouped_gqa_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime's CPU GQA decode kernel set to the grouped pair, the only one the committed raw CSVs before the
+    sixteenth session measured (a refit predicts the kernel the runtime runs)."""
+    monkeypatch.setenv("LIA_GQA_DECODE", "grouped")
+
+
 def test_table_interpolation_is_log_linear_with_hand_numbers() -> None:
     t = LinearTable(sublayer="fc2", k=8, n=8, tokens=[1, 4, 16], seconds=[1e-3, 2e-3, 8e-3])
     assert table_seconds(t, 1) == pytest.approx(1e-3)
@@ -516,6 +523,7 @@ def test_cpu_linears_in_rounds_hold_the_median_of_the_rounds_medians(tmp_path: P
     assert [r["rounds"] for r in single] == [1] * 4 and all(r["time_s"] == 1e-3 for r in single)
 
 
+@pytest.mark.usefixtures("grouped_gqa_decode")
 def test_refit_takes_each_cpu_linear_entry_as_the_median_over_calibration_runs(tmp_path: Path) -> None:
     """--refit PROFILE CSV EARLIER...: OPT-66B fc1 at 256 rows was timed in 8 rounds by the two 2026-12-01 runs
     (medians of their rounds 63.5 and 61.65 ms, from the raw CSVs: (63.0 + 64.0) / 2 and (61.4 + 61.9) / 2 at 0.1 ms)
@@ -553,6 +561,7 @@ def test_refit_takes_each_cpu_linear_entry_as_the_median_over_calibration_runs(t
         refit(str(profile), str(own), False)
 
 
+@pytest.mark.usefixtures("grouped_gqa_decode")
 def test_refit_takes_each_cpu_attention_point_as_the_median_over_distinct_runs(tmp_path: Path) -> None:
     """The CPU attention grid the refit fits on: OPT-30B fused decode attention at B = 32, s = 512 took 5.900 ms on
     2026-12-01T15:10Z, 10.204 ms on 2026-11-30 and 6.669 ms on 2026-12-01T08:10Z (the raw CSVs); the 12:51Z CSV holds
@@ -568,7 +577,7 @@ def test_refit_takes_each_cpu_attention_point_as_the_median_over_distinct_runs(t
     names = ("2026-12-01T1510", "2026-11-30", "2026-12-01", "2026-12-01T1251")
     csvs = [cal / f"emr-h200-kernels-{n}-kernels.csv" for n in names]
     runs = [cpu_attention_times(pd.read_csv(c, low_memory=False).to_dict("records")) for c in csvs]
-    key = ("opt-30b", "fused", "decode", "32.0", "56.0", "56.0", "1.0", "1.0", "512.0")
+    key = ("opt-30b", "fused", "decode", "32.0", "56.0", "56.0", "1.0", "1.0", "512.0", "")  # "": MHA, one kernel
     assert [round(r[key] * 1e3, 3) for r in runs] == [5.9, 10.204, 6.669, 10.204]
     assert median_over_runs(runs, key) == pytest.approx(6.669e-3, abs=1e-6)
     assert median_over_runs([{"a": 1.0}, {"a": 1.0}, {"a": 4.0}, {}], "a") == 2.5
@@ -638,6 +647,7 @@ def test_int8_workloads_read_the_int8_tables_and_other_precisions_are_refused() 
         sublayer_times(without_qkv, OPT30, int8, 16)
 
 
+@pytest.mark.usefixtures("grouped_gqa_decode")
 def test_refit_adds_the_row_counts_only_an_earlier_run_measured(tmp_path: Path) -> None:
     """A --cpu-linears-only run of extra row counts, given to --refit as an earlier run: Llama-2-70B fc2 at 48 rows
     (absent from the profile's grid) joins its table at that run's value, 14.1 ms, between the 32 and 64 row
@@ -736,6 +746,7 @@ def test_dma_slowdown_is_the_median_rate_ratio_over_the_beside_dma_pairs() -> No
     assert dma_slowdown([{"family": "linear"}]) is None
 
 
+@pytest.mark.usefixtures("grouped_gqa_decode")
 def test_refit_fits_on_every_attention_point_any_run_measured(tmp_path: Path) -> None:
     """A run of a wider CPU attention grid (PREFILL_GRID's later points), given to --refit as an earlier run: the
     OPT-30B fused prefill fit then counts its 16 x 256 point beside the primary CSV's six (7 points), and a point
@@ -772,6 +783,7 @@ def test_refit_fits_on_every_attention_point_any_run_measured(tmp_path: Path) ->
     assert abs(fitted / measured - 1) <= fused["fit_max_rel_err"] + 5e-5  # the profile holds it to 4 digits
 
 
+@pytest.mark.usefixtures("grouped_gqa_decode")
 def test_refit_leaves_out_a_run_the_host_probe_flagged(tmp_path: Path) -> None:
     """A --cpu-linears-only run whose rows record host_drift_flag (its probe more than 15% off the tables before or
     after) adds nothing: the 21:59Z rows run's 2-row entries join the table when steady and are absent when its rows
@@ -841,3 +853,73 @@ def test_probe_against_refuses_a_profile_without_cpu_tables(tmp_path: Path, caps
     assert main(["--base", "b", "--name", "n", "--out", str(tmp_path), "--probe-against", str(no_tables)]) == 2
     assert "add --cpu-linears-only" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_refit_fits_each_gqa_decode_kernel_apart_and_the_profile_predicts_the_runtimes(tmp_path: Path) -> None:
+    """A raw CSV holding Llama-2-70B's CPU fused decode attention under both GQA decode kernels (the 22:15Z run's
+    grouped rows, and the same points marked gqa_decode=sdpa at half their time): --refit fits the two apart, the
+    profile names the runtime's kernel (sdpa, the default), and the cost model reads its fit. NNLS is linear in
+    the times, so the sdpa fit is the grouped fit halved: at every grid point its time is half the grouped fit's
+    (to the fits' 6 significant digits). A row run from before the gqa_decode column is predicted with the grouped
+    fit; a kernel the profile never measured is refused. Under the default, a CSV of grouped rows only is refused."""
+    import shutil
+
+    import pandas as pd
+
+    from calibrate.kernel_tables import refit, row_gqa_decode
+    from lia_model.errors import LiaInputError
+    from runtime.validate import system_running
+
+    cal = ROOT / "hwprofiles" / "calibration"
+    raw = pd.read_csv(cal / "emr-h200-kernels-2026-12-01T2215-kernels.csv", low_memory=False)
+    gqa = raw[
+        (raw["family"] == "attention")
+        & (raw["device"] == "cpu")
+        & (raw["kind"] == "fused")
+        & (raw["phase"] == "decode")
+        & (raw["group"] > 1)
+    ]
+    assert len(gqa) >= 4 and all(row_gqa_decode(r) == "grouped" for r in gqa.to_dict("records"))
+    sdpa = gqa.assign(gqa_decode="sdpa", time_s=gqa["time_s"] / 2)
+    both = tmp_path / "both.csv"
+    pd.concat([raw, sdpa]).to_csv(both, index=False)
+    profile = tmp_path / "p.yaml"
+    shutil.copy(ROOT / "hwprofiles" / "systems" / "emr-h200-kernels.yaml", profile)
+    refit(str(profile), str(both), True)
+    system = SystemSpec.model_validate(yaml.safe_load(profile.read_text()))
+    tables = system.kernels
+    assert tables.gqa_decode == "sdpa"
+    fits = [f for f in tables.cpu_attention if (f.kind, f.phase, f.heads) == ("fused", "decode", "gqa")]
+    assert sorted(str(f.gqa_decode) for f in fits) == ["grouped", "sdpa"]
+    fast = tables.attention("cpu", "fused", "decode", "gqa")
+    slow = tables.with_gqa_decode("grouped").attention("cpu", "fused", "decode", "gqa")
+    assert (fast.gqa_decode, slow.gqa_decode) == ("sdpa", "grouped")
+    llama = get_model("llama-2-70b")
+    for r in gqa.to_dict("records"):
+        b, s = int(r["batch"]), int(r["s"])
+        nbytes, flops = attention_bytes_flops(llama, b, 1, s, "fused")
+        rows = attention_rows(llama, b, 1)
+        assert fast.seconds(nbytes, flops, rows) == pytest.approx(slow.seconds(nbytes, flops, rows) / 2, rel=1e-4)
+    # MHA fits and the split kinds ran one kernel: untagged, the same whichever GQA decode kernel runs
+    as_grouped = tables.with_gqa_decode("grouped")
+    for kind, heads in (("fused", "mha"), ("score", "gqa"), ("context", "gqa")):
+        fit = tables.attention("cpu", kind, "decode", heads)
+        assert fit is not None and fit.gqa_decode is None and fit == as_grouped.attention("cpu", kind, "decode", heads)
+    assert system_running(system, float("nan")).kernels.gqa_decode == "grouped"  # a row from before the column
+    assert system_running(system, "sdpa") is system
+    grouped_only = system.model_copy(
+        update={
+            "kernels": tables.model_copy(
+                update={
+                    "cpu_attention": [f for f in tables.cpu_attention if f.gqa_decode != "sdpa"],
+                    "gqa_decode": "grouped",
+                }
+            )
+        }
+    )
+    with pytest.raises(LiaInputError, match="no attention table of it"):
+        system_running(grouped_only, "sdpa")
+    with pytest.raises(
+        LiaInputError, match="no run measured the CPU GQA decode attention with the runtime's kernel 'sdpa'"
+    ):
+        refit(str(profile), str(cal / "emr-h200-kernels-2026-12-01T2215-kernels.csv"), True)
