@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import platform
 import statistics
 import sys
@@ -264,6 +265,7 @@ def linear_rows(
                         "gbps_weights": value_bytes * k * n / median_s / 1e9,
                         "tflops": flops / median_s / 1e12,
                         "weights_huge_page_fraction": huge,
+                        "issue_s": statistics.median(g.issue_s for g in got) if got[0].issue_s is not None else None,
                         "setup": setup,
                     }
                 )
@@ -303,11 +305,29 @@ def linear_tables(rows: list[dict], device: str) -> list[dict]:
         )
         t["tokens"].append(int(r["tokens"]))
         t["seconds"].append(float(f"{r['time_s']:.6g}"))
-    for t in tables.values():
+    issue = gpu_issue_estimates(rows) if device == "gpu" else {}
+    for key, t in tables.items():
         order = sorted(range(len(t["tokens"])), key=lambda i: t["tokens"][i])
         t["tokens"] = [t["tokens"][i] for i in order]
         t["seconds"] = [t["seconds"][i] for i in order]
+        if key in issue:
+            t["issue_s"] = issue[key]
     return list(tables.values())
+
+
+def gpu_issue_estimates(rows: list[dict]) -> dict[tuple[str, int, int, str], float]:
+    """(sublayer, K, N, weight dtype) -> the host's seconds to issue one call of the GPU linear (the ``issue_s``
+    column, measured beside its CUDA-event time): the median over the shape's token counts (the same launches at
+    every count). Rows from before the column hold none."""
+    values: dict[tuple[str, int, int, str], list[float]] = {}
+    for r in rows:
+        if r.get("family") != "linear" or r.get("device") not in ("gpu", "cuda"):
+            continue
+        v = r.get("issue_s")
+        if v is None or not math.isfinite(float(v)):
+            continue
+        values.setdefault((r["sublayer"], int(r["k"]), int(r["n"]), _row_dtype(r)), []).append(float(v))
+    return {key: float(f"{statistics.median(vs):.4g}") for key, vs in values.items()}
 
 
 # ----------------------------------------------------------------------------------------- attention
@@ -566,6 +586,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     setup = data["kernels"].get("setup")
     runs = [cpu_linear_estimates(rows)]
     attention_runs = [cpu_attention_times(rows)]
+    issue_runs = [gpu_issue_estimates(rows)]
     every_row = list(rows)  # every run's rows: where an entry's model is found
     left_out: list[str] = []
     used = [csv]
@@ -588,6 +609,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         used.append(other)
         every_row += theirs
         attention_runs.append(cpu_attention_times(theirs))
+        issue_runs.append(gpu_issue_estimates(theirs))
     # the CPU attention grid the fit sees: every point any run measured (a run of a wider grid adds points), each
     # the median over the runs that measured it (the GPU's grid: this run's)
     cpu_attention_points: dict[tuple, dict] = {}
@@ -611,6 +633,19 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
                 "give the raw CSV of a run that measured (or resumed) the attention grids",
             )
         data["kernels"][f"{dev}_attention"] = fits
+    # the GPU linears' issue time (kept beside their event time since the sixteenth session): each table's the
+    # median over the runs that measured it; the tables' times stay those of the run that made the profile
+    issue_keys = {key for run in issue_runs for key in run}
+    for t in data["kernels"]["gpu_linear"]:
+        key = (t["sublayer"], int(t["k"]), int(t["n"]), t.get("weight_dtype", "bf16"))
+        if key in issue_keys:
+            t["issue_s"] = float(f"{median_over_runs(issue_runs, key):.4g}")
+    if issue_keys:
+        issue_count = sum(1 for run in issue_runs if run)
+        data["kernels"]["source"]["gpu_linear"] = data["kernels"]["source"]["gpu_linear"].split("; issue_s ")[0] + (
+            f"; issue_s (the host's time to issue one call) the median over {issue_count} calibration run(s), "
+            f"set {time.strftime('%Y-%m-%d', time.gmtime())} by python -m calibrate.kernel_tables --refit"
+        )
     # the CPU GQA decode kernel the profile predicts: the one the runtime runs now (LIA_GQA_DECODE)
     from runtime.kernels import gqa_decode_variant
 

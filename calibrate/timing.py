@@ -6,8 +6,9 @@ Calls shorter than ``min_sample_s`` are repeated inside one sample so that the c
 sync cost do not dominate; the per-call time is the sample time divided by the calls in it. The figure
 reported is the median per-call time; min and max are kept to show the spread.
 
-GPU work is timed with CUDA events on the current stream (the kernels' own time, launches overlapped);
-host work and synchronous copies with ``time.perf_counter``.
+GPU work is timed with CUDA events on the current stream (the kernels' own time, launches overlapped); the host's
+time to issue each call (``issue_s``: Python and launches, between the two events) is kept beside it. Host work and
+synchronous copies are timed with ``time.perf_counter``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Timing:
     max_s: float
     samples: int  # timed samples
     calls_per_sample: int
+    issue_s: Optional[float] = None  # time_cuda: median host seconds to issue one call (launches, Python)
 
     @property
     def spread_rel(self) -> float:
@@ -77,10 +79,14 @@ def time_cuda(
     stream = stream or torch.cuda.current_stream()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
+    issued: list[float] = []  # host seconds per call spent issuing (the launch queue is far from full here)
+
     def sample(calls: int) -> float:
         start.record(stream)
+        t0 = time.perf_counter()
         for _ in range(calls):
             fn()
+        issued.append((time.perf_counter() - t0) / calls)
         end.record(stream)
         end.synchronize()
         return start.elapsed_time(end) * 1e-3 / calls
@@ -91,4 +97,5 @@ def time_cuda(
     first = sample(1)
     inner, samples = _plan(first, budget_s, min_samples, max_samples, min_sample_s)
     times = [sample(inner) for _ in range(samples)]
-    return Timing(statistics.median(times), min(times), max(times), len(times), inner)
+    issue = statistics.median(issued[1:])  # the timed samples' issue time, not the first call's
+    return Timing(statistics.median(times), min(times), max(times), len(times), inner, issue)

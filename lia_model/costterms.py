@@ -76,7 +76,7 @@ from lia_model.accounting import (
     sublayer_work,
 )
 from lia_model.errors import LiaInputError
-from lia_model.hardware import SystemSpec, interpolate_efficiency, table_seconds
+from lia_model.hardware import KernelTables, LinearTable, SystemSpec, interpolate_efficiency, table_seconds
 from lia_model.models import ModelSpec
 from lia_model.plan import CpuIsa, Device, ExpertFetch, HostTier, policy_from_index
 from lia_model.precision import BF16, KvDtype, Precision, WeightDtype, kv_element_bytes
@@ -637,6 +637,22 @@ def _check_dtype_coverage(tables, model: ModelSpec, sub: Sublayer, k: int, n: in
             )
 
 
+def extra_issue_s(tables: KernelTables, table: LinearTable) -> float:
+    """The host's extra time to issue a GPU linear of ``table``'s weight dtype over the bf16 kernel of the same shape:
+    issue_dtype - issue_bf16 (>= 0; 0 without both measurements).
+
+    The dispatch figure (``gpu_dispatch_us``) is an executor step's host time per sublayer with bf16 kernels. A kernel
+    whose own issue takes longer (int8 and fp8 quantise, scale and dequantise in several launches) adds the
+    difference; when the host is the slower side its sublayer lasts the whole issue time:
+        t_gpu = max(t_table(tokens), dispatch + issue_dtype - issue_bf16)."""
+    if table.issue_s is None or table.weight_dtype == "bf16":
+        return 0.0
+    base = tables.linear("gpu", table.sublayer, table.k, table.n, "bf16")
+    if base is None or base.issue_s is None:
+        return 0.0
+    return max(0.0, table.issue_s - base.issue_s)
+
+
 def _apply_kernel_tables(
     system: SystemSpec,
     model: ModelSpec,
@@ -652,7 +668,8 @@ def _apply_kernel_tables(
     Linear sublayer at (K, N) with a table: t(tokens) interpolated (``table_seconds``); on the CPU at least the
     weight bytes over the weight tier's bandwidth (the table was measured from DDR; a CXL tier can be slower).
     GPU sublayer: max(device time, dispatch time): launches overlap the GPU's execution, so the host's
-    launch cost bounds a sublayer only when it is the longer of the two. Attention: the fits of the split
+    launch cost bounds a sublayer only when it is the longer of the two (a kernel slower to issue than bf16's
+    adds its difference to the dispatch: ``extra_issue_s``). Attention: the fits of the split
     kernels for attn_score / attn_context, and the fused kernel's fit through the fused delta."""
     tables = system.kernels
     contexts = np.asarray(ctx.contexts, dtype=float)
@@ -668,7 +685,7 @@ def _apply_kernel_tables(
             _check_dtype_coverage(tables, model, sub, k, n, dtype, use_cpu)
         t_gpu = tables.linear("gpu", sub.value, k, n, dtype)
         if t_gpu is not None:
-            times.gpu_s[i] = max(table_seconds(t_gpu, w.tokens), dispatch_s)
+            times.gpu_s[i] = max(table_seconds(t_gpu, w.tokens), dispatch_s + extra_issue_s(tables, t_gpu))
             times.gpu_compute_bound[i] = w.tokens >= 256
         t_cpu = tables.linear("cpu", sub.value, k, n, dtype) if use_cpu else None
         if t_cpu is not None:

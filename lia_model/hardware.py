@@ -318,6 +318,13 @@ class LinearTable(StrictSpec):
     )
     tokens: list[int] = Field(description="Token counts, strictly increasing.")
     seconds: list[float] = Field(description="Median time per call at each token count.")
+    issue_s: Optional[float] = Field(
+        None,
+        ge=0,
+        le=1.0,
+        description="GPU tables: the host's time to issue one call (Python and kernel launches), measured beside "
+        "its CUDA-event time, median over the token counts; None: not measured.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "LinearTable":

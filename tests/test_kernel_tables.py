@@ -923,3 +923,75 @@ def test_refit_fits_each_gqa_decode_kernel_apart_and_the_profile_predicts_the_ru
         LiaInputError, match="no run measured the CPU GQA decode attention with the runtime's kernel 'sdpa'"
     ):
         refit(str(profile), str(cal / "emr-h200-kernels-2026-12-01T2215-kernels.csv"), True)
+
+
+def test_a_gpu_kernel_slower_to_issue_than_bf16s_adds_the_difference_to_the_dispatch() -> None:
+    """t_gpu = max(t_table(tokens), dispatch + issue_dtype - issue_bf16) (costterms.extra_issue_s). OPT-30B fc2 at
+    16 tokens, dispatch 50 us. The bf16 table (10 us at 1, 200 us at 64 tokens: 10 us x 20^(2/3) = 73.7 us at 16)
+    issues in 20 us; an int8 table of 100 us flat issues in 250 us: max(100, 50 + 250 - 20) = 280 us. bf16 stays
+    max(73.7, 50) = 73.7 us. An int8 kernel quicker to issue than bf16's adds nothing (max(100, 50) = 100 us), and so
+    does one without an issue measurement."""
+    from lia_model.costterms import extra_issue_s
+    from lia_model.precision import make_precision
+
+    fc2_k, fc2_n = OPT30.ffn_size, OPT30.hidden_size
+    i_fc2 = SUBLAYERS.index(Sublayer.FC2)
+    int8 = dataclasses.replace(_ctx(16, 1, (100,)), precision=make_precision("int8"))
+
+    def system(int8_issue_s, bf16_issue_s=20e-6) -> SystemSpec:
+        data = _system_with_tables().model_dump(mode="json")
+        data["kernels"]["gpu_linear"][0]["issue_s"] = bf16_issue_s
+        for dev, seconds in (("cpu", [0.005, 0.008]), ("gpu", [1e-4, 1e-4])):
+            for t in [t for t in data["kernels"][f"{dev}_linear"] if t["weight_dtype"] == "bf16"]:
+                extra = {"issue_s": int8_issue_s} if dev == "gpu" and t["sublayer"] == "fc2" else {}
+                data["kernels"][f"{dev}_linear"].append({**t, "weight_dtype": "int8", "seconds": seconds, **extra})
+        return SystemSpec.model_validate(data)
+
+    slow = system(250e-6)
+    assert extra_issue_s(slow.kernels, slow.kernels.linear("gpu", "fc2", fc2_k, fc2_n, "int8")) == pytest.approx(230e-6)
+    assert sublayer_times(slow, OPT30, int8, 16).gpu_s[i_fc2, 0] == pytest.approx(280e-6)
+    bf16_fc2 = 1e-5 * 20 ** (math.log(16) / math.log(64))
+    assert sublayer_times(slow, OPT30, _ctx(16, 1, (100,)), 16).gpu_s[i_fc2, 0] == pytest.approx(bf16_fc2)
+    assert sublayer_times(system(10e-6), OPT30, int8, 16).gpu_s[i_fc2, 0] == pytest.approx(100e-6)
+    assert sublayer_times(system(None), OPT30, int8, 16).gpu_s[i_fc2, 0] == pytest.approx(100e-6)
+
+
+@pytest.mark.usefixtures("grouped_gqa_decode")
+def test_refit_sets_each_gpu_table_s_issue_time_as_the_median_over_tokens_then_runs(tmp_path: Path) -> None:
+    """Two runs' GPU linear rows with an issue_s column (the 22:15Z CSV's rows, issue times set by hand): OPT-30B fc2
+    bf16 issued in 20, 30 and 40 us at three token counts in one run (median 30 us) and 50 us at every count in the
+    other: the table's issue_s is the median of the two runs' medians, 40 us. A table no run timed keeps none."""
+    import shutil
+
+    import pandas as pd
+
+    from calibrate.kernel_tables import refit
+
+    cal = ROOT / "hwprofiles" / "calibration"
+    raw = pd.read_csv(cal / "emr-h200-kernels-2026-12-01T2215-kernels.csv", low_memory=False)
+    fc2 = (
+        (raw["family"] == "linear")
+        & raw["device"].isin(["gpu", "cuda"])
+        & (raw["model"] == "opt-30b")
+        & (raw["sublayer"] == "fc2")
+        & (raw.get("weight_dtype", pd.Series("bf16", index=raw.index)).fillna("bf16") == "bf16")
+    )
+    tokens = sorted(raw.loc[fc2, "tokens"].unique())[:3]
+    first = raw.assign(issue_s=float("nan"))
+    for t, us in zip(tokens, (20, 30, 40)):
+        first.loc[fc2 & (raw["tokens"] == t), "issue_s"] = us * 1e-6
+    second = raw.assign(issue_s=float("nan"))
+    second.loc[fc2, "issue_s"] = 50e-6
+    second["time_s"] = second["time_s"] * 1.001  # another run's measurements, not a resumed copy
+    paths = []
+    for name, df in (("first", first), ("second", second)):
+        paths.append(tmp_path / f"{name}.csv")
+        df.to_csv(paths[-1], index=False)
+    profile = tmp_path / "p.yaml"
+    shutil.copy(ROOT / "hwprofiles" / "systems" / "emr-h200-kernels.yaml", profile)
+    refit(str(profile), str(paths[0]), True, (str(paths[1]),))
+    kernels = SystemSpec.model_validate(yaml.safe_load(profile.read_text())).kernels
+    table = kernels.linear("gpu", "fc2", OPT30.ffn_size, OPT30.hidden_size)
+    assert table.issue_s == pytest.approx(40e-6)
+    assert kernels.linear("gpu", "fc1", OPT30.hidden_size, OPT30.ffn_size).issue_s is None
+    assert "issue_s" in yaml.safe_load(profile.read_text())["kernels"]["source"]["gpu_linear"]

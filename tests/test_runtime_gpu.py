@@ -168,3 +168,23 @@ def test_the_beside_dma_probe_reads_each_shape_against_its_table(tmp_path):
         assert len(runs) == 6 and min(runs) - 1e-3 <= r["slowdown"] <= max(runs) + 1e-3  # a weighted mean of them
         assert r["slowdown"] == pytest.approx(r["beside_dma_s"] / r["solo_s"])
     assert main(["--out", str(tmp_path), "--quick"]) == 2  # no overwrite without --force
+
+
+def test_time_cuda_keeps_the_hosts_issue_time_beside_the_event_time():
+    """calibrate.timing.time_cuda: a call that spends 2 ms on the host before one tiny kernel issues in at least
+    2 ms (Timing.issue_s), and its event time, which brackets the issue, is at least that too; a plain tiny kernel
+    issues in well under 2 ms."""
+    import time
+
+    from calibrate.timing import time_cuda
+
+    x = torch.zeros(16, device="cuda")
+
+    def slow_to_issue():
+        time.sleep(0.002)
+        x.add_(1)
+
+    slow = time_cuda(slow_to_issue, budget_s=0.05, min_samples=3)
+    assert slow.issue_s is not None and slow.issue_s >= 0.002 and slow.median_s >= 0.002
+    quick = time_cuda(lambda: x.add_(1), budget_s=0.02, min_samples=3)
+    assert quick.issue_s is not None and quick.issue_s < 0.002
