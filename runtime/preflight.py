@@ -62,6 +62,13 @@ def preflight(
             "run it on a machine with an NVIDIA GPU, or use an all-CPU plan with no resident layers (the ipex baseline)",
         )
     if model.num_layers > plan.gpu_resident_layers:
+        if plan.cxl_weight_layers:  # the model and the optimiser price a split; the runtime has one weight arena
+            raise LiaInputError(
+                "plan.cxl_weight_layers",
+                f"the plan keeps {plan.cxl_weight_layers} streamed layers' weights in CXL and the rest in DDR, but "
+                "the runtime places every streamed layer's weights in one tier (weight_tier)",
+                "run it with cxl_weight_layers 0 (weight_tier ddr or cxl), or only predict the split (lia predict)",
+            )
         require_tier(plan.weight_tier, "streamed weights")
         require_tier(plan.kv_tier, "KV cache")
     capped = capped_system(system, gpu_memory_gib)

@@ -99,6 +99,18 @@ def _fake_sysfs(root: Path, nodes: dict[int, tuple[str, int]]) -> Path:
     return root
 
 
+def test_a_ddr_cxl_weight_split_is_refused_by_the_runtime_not_run_as_all_ddr():
+    """The model and the optimiser price a split of the streamed weights between DDR and CXL (cxl_weight_layers);
+    the runtime has one weight arena, so a split plan is one clear error naming the field, not a run whose weights
+    all sit in DDR while its row reports the split."""
+    system = load_system("spr-h100")
+    split = Plan(prefill_policy=ALL_CPU, decode_policy=ALL_CPU, cxl_weight_layers=2)
+    with pytest.raises(LiaInputError) as err:
+        preflight(system, OPT30_4L, WL, split, has_gpu=False)
+    assert err.value.field == "plan.cxl_weight_layers" and "2 streamed layers" in str(err.value)
+    assert "cxl_weight_layers 0" in err.value.fix
+
+
 def test_cxl_tier_needs_a_memory_only_numa_node(tmp_path):
     one_node = _fake_sysfs(tmp_path / "a", {0: ("0-15", 131072000)})
     with pytest.raises(LiaInputError) as err:
