@@ -134,7 +134,9 @@ class Executor:
         cache = layer_cache or GpuLayerCache()
         self.resident_flat = cache.sync(backend, weights, self.R) if self.R else []
         attention_on_gpu = any(p[SUBLAYER_INDEX[s]] == Device.GPU for p in self.policy.values() for s in (SCORE, CTX))
-        self.kv = KVStore(backend, self.rec, self.feeder, kv_shape, self.R, self.K, attention_on_gpu, kv_arena)
+        self.kv = KVStore(
+            backend, self.rec, self.feeder, kv_shape, self.R, self.K, attention_on_gpu, self.mover.pool, kv_arena
+        )
         self.streamer = WeightStreamer(backend, weights, plan, self.policy, self.rec, self.feeder)
         self._rope_cache: dict = {}
         self._mask_cache: dict = {}
@@ -157,6 +159,7 @@ class Executor:
         self.feeder.close()
         self.streamer.close()
         self.kv.close()
+        self.mover.pool.clear()
         self.resident_flat = []
         self.rec.reset(True)
         self._rope_cache.clear()
@@ -198,6 +201,7 @@ class Executor:
         self.passes = [(node.stage, node.step) for node in nodes]
         self.streamer.reset(self.passes)
         self.kv.reset()
+        self.mover.pool.reset_counts()
         tokens, logits_out, pass_s = [], [], []
         hidden: list[torch.Tensor] = []
         with torch.inference_mode(), be.on_stream(be.compute):
@@ -245,6 +249,7 @@ class Executor:
             records=self.records,
             base=base,
             hidden=hidden if keep_hidden else None,
+            pinned_pool=self.mover.pool.stats(),
         )
 
     # ================================================================== passes
@@ -395,9 +400,10 @@ class Executor:
         return [lay.dev(s) for s in users]
 
     def _out(self, lay: LayerPass, name: str, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
-        """Page-locked output buffer for a CPU op whose result crosses to the GPU (None otherwise)."""
+        """Page-locked output buffer (the Mover's pool) for a CPU op whose result crosses to the GPU (None
+        otherwise)."""
         if self.backend.is_cuda and Device.GPU in self._consumers(lay, name):
-            return self.backend.empty(shape, Device.CPU, pinned=True)
+            return self.mover.pool.take("cpu_out", shape)
         return None
 
     def _need(self, lay: LayerPass, ch: Chunk, name: str, dev: Device, kind: str) -> torch.Tensor:

@@ -28,6 +28,7 @@ from lia_model.plan import Device
 from runtime.backend import Backend, Event
 from runtime.hostmem import HostArena
 from runtime.layerpass import CTX, QKV, SCORE, Chunk, LayerPass
+from runtime.pinned_pool import PinnedPool
 from runtime.records import Recorder
 from runtime.streamer import WeightFeeder
 
@@ -62,9 +63,11 @@ class KVStore:
         resident: int,
         streamed: int,
         attention_on_gpu: bool,
+        pool: PinnedPool,
         kv_arena: Optional[HostArena] = None,
     ) -> None:
         self.backend = backend
+        self.pool = pool  # the Mover's: lends the contiguous K/V landing buffers
         self.recorder = recorder
         self.feeder = feeder
         self.layers: list[LayerKV] = [
@@ -133,7 +136,7 @@ class KVStore:
             self.staging["v"][ch.rows, :, lo:hi].copy_(v)
         land = contiguous_writeback() and Device.CPU in (lay.dev(SCORE), lay.dev(CTX))
         if land:  # CPU attention reads them next: contiguous landing, scattered on the host (settle)
-            landing = be.empty((2, *k.shape), Device.CPU, pinned=True, dtype=k.dtype)
+            landing = self.pool.take("kv_landing", (2, *k.shape), k.dtype)
         be.wait(be.d2h, produced)
         start = be.event(be.d2h)
         if land:
@@ -144,6 +147,7 @@ class KVStore:
             be.copy_2d(kv.host["v"][ch.rows, :, lo:hi], v, be.d2h)
         end = be.event(be.d2h)
         if land:
+            self.pool.used(landing, end)
             kv.landed[(ch.b0, ch.b1)] = (landing, lo, hi)
         be.keep_alive(k, be.d2h)
         be.keep_alive(v, be.d2h)

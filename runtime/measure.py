@@ -28,6 +28,7 @@ from lia_model.models import ModelSpec
 from lia_model.plan import Device, Plan
 from lia_model.sublayers import SUBLAYERS, Stage, Sublayer
 from lia_model.workload import Workload
+from runtime.pinned_pool import PinnedPoolStats
 from runtime.records import RunResult
 
 LINEARS = (Sublayer.QKV, Sublayer.OUT_PROJ, Sublayer.FC1, Sublayer.FC2)
@@ -50,6 +51,7 @@ class Measured:
     weight_h2d_gbps: Optional[float] = None
     weight_h2d_gbps_by_stage: dict[str, float] = field(default_factory=dict)
     cpu_linear_eff: Optional[float] = None  # calibrated time / measured time, CPU linear sublayers
+    pinned_pool: Optional[PinnedPoolStats] = None  # the Mover's pinned pool after the (first) profiled run
 
     @property
     def tpot_mean_s(self) -> Optional[float]:
@@ -98,7 +100,15 @@ def summarize_runs(
     profiled = profiled_runs[0]
     _copies(out, profiled)
     out.cpu_linear_eff = _cpu_linear_eff(profiled, system, model, workload, plan)
+    out.pinned_pool = profiled.pinned_pool
     return out
+
+
+def pinned_pool_columns(stats: Optional[PinnedPoolStats]) -> dict[str, Optional[int]]:
+    """A validation row's columns of the Mover's pinned pool (runtime/pinned_pool.py) after the profiled run: what
+    it holds (page-locked host memory beside the weight and KV arenas) and what that one run asked of it."""
+    names = ("bytes_held", "buffers", "handouts", "allocations", "reuses", "host_waits")
+    return {f"measured_pinned_pool_{n}": getattr(stats, n) if stats is not None else None for n in names}
 
 
 def _sublayers(out: Measured, run: RunResult) -> None:

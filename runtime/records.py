@@ -8,13 +8,16 @@ wall time is not disturbed; copies and weight parts are always recorded (runtime
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
 from lia_model.plan import Device
 from lia_model.sublayers import Stage
 from runtime.backend import Backend, Event
+
+if TYPE_CHECKING:
+    from runtime.pinned_pool import PinnedPoolStats
 
 
 @dataclass
@@ -48,6 +51,7 @@ class RunResult:
     records: list[OpRecord]
     base: Optional[tuple[Event, float]] = None  # (event, perf_counter) at the run's start: the trace's time zero
     hidden: Optional[list[torch.Tensor]] = None  # keep_hidden: each layer's prefill output [B, L_in, h] (CPU)
+    pinned_pool: Optional["PinnedPoolStats"] = None  # the Mover's pinned pool after the run (its counts: this run's)
 
     @property
     def output_len(self) -> int:

@@ -546,7 +546,7 @@ def _slowdown_cols(pred) -> dict[str, Any]:
 
 
 def _row(p: Point, system: SystemSpec, m, check: dict, context: dict, weights) -> dict[str, Any]:
-    from runtime.measure import predicted_sublayer_ms
+    from runtime.measure import pinned_pool_columns, predicted_sublayer_ms
     from runtime.reference import LOGITS_RTOL
 
     row: dict[str, Any] = {**_ids(p), **_plan_cols(p), **_pred_cols(p), "status": "ran", "skip_reason": ""}
@@ -585,6 +585,7 @@ def _row(p: Point, system: SystemSpec, m, check: dict, context: dict, weights) -
     row["weight_h2d_vs_calibrated"] = (min(bws) / link) if bws else None
     row["calibrated_h2d_gbps"] = link
     row["cpu_linear_eff_vs_calibrated"] = m.cpu_linear_eff
+    row.update(pinned_pool_columns(m.pinned_pool))
     checked = "logits_rel_err" in check
     row["logits_rel_err"] = check["logits_rel_err"] if checked else None
     row["tokens_match_frac"] = check["tokens_match_frac"] if checked else None

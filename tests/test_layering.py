@@ -183,6 +183,7 @@ RUNTIME_RANK = {
     "kernels": 1,  # the sublayers' math
     "hostmem": 2,  # host arenas
     "records": 2,  # instrumentation
+    "pinned_pool": 2,  # page-locked host buffers of one hand-off
     "cpu_setup": 3,
     "weights": 3,  # the weight layout
     "streamer": 4,  # the weight feeder thread

@@ -299,6 +299,33 @@ def test_gpu_attention_without_the_cached_kv_fetch_is_caught(fake_opt, monkeypat
     assert check["logits_rel_err"] > 5 * LOGITS_RTOL
 
 
+def test_the_movers_pinned_pool_lends_the_same_buffers_to_every_run(fake_opt):
+    """The D2H destinations and the K/V landing buffers come from the Mover's pinned pool: within a run it hands
+    buffers out again, and a second run of the same executor allocates none and computes the reference's logits."""
+    plan = Plan(prefill_policy=policy_from_index(21), decode_policy=ATTENTION_ON_CPU, prefill_minibatches=2)
+    ex = Executor(Backend("fake"), fake_opt, plan, WORKLOAD)
+    prompt = random_prompt(TINY_OPT, WORKLOAD, seed=1)
+    first = ex.generate(prompt).pinned_pool
+    assert {role for role, _ in first.bytes_by_role} == {"act_d2h", "kv_landing"}
+    assert first.handouts == first.allocations + first.reuses and first.reuses > first.allocations > 0
+    again = ex.generate(prompt, keep_logits=True)
+    pool = again.pinned_pool
+    assert (pool.allocations, pool.reuses, pool.buffers) == (0, first.handouts, first.buffers)
+    check = check_against_reference(fake_opt, prompt, again.tokens, again.logits, CPU)
+    assert check["logits_rel_err"] < LOGITS_RTOL
+
+
+def test_a_pinned_pool_that_ignored_the_hosts_references_is_caught(fake_opt, monkeypatch):
+    """A buffer goes back into the pool only when no tensor refers to it any more: a pool that lent out a D2H
+    destination still held as a chunk's value (and read later, e.g. as a residual) would corrupt the logits."""
+    plan = Plan(prefill_policy=policy_from_index(21), decode_policy=policy_from_index(42), prefill_minibatches=4)
+    _, check = _run(fake_opt, plan)
+    assert check["logits_rel_err"] < LOGITS_RTOL
+    monkeypatch.setattr("runtime.pinned_pool.storage_use_count", lambda tensor: 0)  # nothing ever looks held
+    _, check = _run(fake_opt, plan)
+    assert check["logits_rel_err"] > 5 * LOGITS_RTOL
+
+
 def test_the_dataflow_check_reports_a_missing_crossing(fake_opt):
     plan = Plan(prefill_policy=ATTENTION_ON_CPU, decode_policy=ATTENTION_ON_CPU)
     result, _ = _run(fake_opt, plan)

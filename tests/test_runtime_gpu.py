@@ -77,6 +77,50 @@ def test_policies_on_cuda_match_the_reference_and_the_plans_data_flow(backend, m
         assert timed and all(r.seconds > 0 for r in timed)
 
 
+def test_the_movers_pinned_pool_reuses_buffers_only_after_their_copies(backend, monkeypatch):
+    """A mixed plan (GPU qkv, CPU attention, the rest on the GPU; two prefill chunks) takes D2H destinations, K/V
+    landing buffers and CPU outputs crossing to the GPU from the Mover's pinned pool. Every copy the pool is told of
+    is logged by its buffer's memory; no hand-out may find one of them still in flight. The pool's buffers are
+    page-locked, it hands them out again, the second run mostly reuses the first's, and the logits match the reference."""
+    from runtime.executor import Executor, random_prompt
+    from runtime.pinned_pool import PinnedPool
+    from runtime.reference import LOGITS_RTOL, check_against_reference
+
+    copies: dict[int, list] = {}
+    handed_in_flight: list[tuple] = []
+    used, take = PinnedPool.used, PinnedPool.take
+
+    def logged_used(self, tensor, event):
+        copies.setdefault(tensor.untyped_storage().data_ptr(), []).append(event)
+        used(self, tensor, event)
+
+    def checked_take(self, role, shape, dtype=None):
+        t = take(self, role, shape, dtype)
+        assert t.is_pinned()
+        if any(not e.query() for e in copies.get(t.untyped_storage().data_ptr(), [])):
+            handed_in_flight.append((role, shape))
+        return t
+
+    monkeypatch.setattr(PinnedPool, "used", logged_used)
+    monkeypatch.setattr(PinnedPool, "take", checked_take)
+    weights = _weights(backend, TINY_LLAMA)
+    prompt = random_prompt(TINY_LLAMA, WORKLOAD, seed=4)
+    plan = Plan(prefill_policy=ATTENTION_ON_CPU, decode_policy=ATTENTION_ON_CPU, prefill_minibatches=2)
+    with Executor(backend, weights, plan, WORKLOAD) as ex:
+        first = ex.generate(prompt).pinned_pool
+        result = ex.generate(prompt, keep_logits=True)
+    pool = result.pinned_pool
+    print(first, pool, sep="\n")
+    assert handed_in_flight == []
+    assert {role for role, _ in first.bytes_by_role} == {"act_d2h", "cpu_out", "kv_landing"}
+    assert first.reuses > 0 and first.handouts == first.allocations + first.reuses
+    # the second run reuses the first's buffers (one more may be allocated where a copy is still in flight later)
+    assert pool.handouts == pool.allocations + pool.reuses and pool.reuses > pool.allocations
+    assert pool.buffers == first.buffers + pool.allocations
+    check = check_against_reference(weights, prompt, result.tokens, result.logits, torch.device("cuda"))
+    assert check["logits_rel_err"] < LOGITS_RTOL
+
+
 def test_gpu_memory_cap_is_enforced(backend):
     from runtime.preflight import apply_gpu_cap
 
