@@ -1211,6 +1211,7 @@ def run(
     from lia_model.inputs import resolve_model
     from lia_model.profiles import load_system, system_dict
     from runtime import cpu_setup
+    from runtime.kernels import gqa_decode_variant
 
     base_spec = load_system(base)  # validates the base (a name or a path)
     profile_path = out_dir / f"{name}.yaml"
@@ -1241,8 +1242,6 @@ def run(
             if r.get("setup") == desc and r.get("family") not in ("cpu_beside_dma", "cpu_wake")
         ]
         # a model's CPU attention grid measured with another GQA decode kernel than this run's is measured again whole
-        from runtime.kernels import gqa_decode_variant
-
         other_kernel = {r["model"] for r in rows if row_gqa_decode(r) not in (None, gqa_decode_variant())}
         rows = [
             r for r in rows if not (r["family"] == "attention" and r["device"] == "cpu" and r["model"] in other_kernel)
@@ -1331,7 +1330,6 @@ def run(
         )
     )
     from lia_model.plan import CpuIsa
-    from runtime.kernels import gqa_decode_variant
 
     kernels = {
         "cpu_isa": _default_isa(base_spec).value if _default_isa(base_spec) else CpuIsa.AMX_BF16.value,

@@ -352,7 +352,8 @@ class AttentionFit(StrictSpec):
     gqa_decode: Optional[Literal["grouped", "sdpa"]] = Field(
         None,
         description="The CPU decode kernel with G > 1 this fit measured (runtime/kernels.py LIA_GQA_DECODE): a "
-        "grouped matmul pair or SDPA over a group's heads as query rows. None: not a GQA decode fit.",
+        "grouped matmul pair or SDPA over a group's heads as query rows. None: not a GQA decode fit, or one from "
+        "before the choice existed (the grouped pair).",
     )
     overhead_s: float = Field(ge=0)
     s_per_byte: float = Field(ge=0)
