@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -366,6 +367,21 @@ def test_quick_run_times_the_runtimes_kernels_and_writes_a_valid_profile(tmp_pat
     assert again_spec.kernels.cpu_linear == k.cpu_linear and again_spec.kernels.cpu_attention == k.cpu_attention
     bad = subprocess.run([*resumed[:-1], str(tmp_path / "nope.csv")], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --resume-from")
+    # the profile names the GQA decode kernel it measured (the default, SDPA) on its GQA fit; resumed under the
+    # other kernel, the GQA model's CPU attention grid is measured again (the MHA model's is kept)
+    assert k.gqa_decode == "sdpa"
+    assert {f.gqa_decode for f in k.cpu_attention if (f.kind, f.phase, f.heads) == ("fused", "decode", "gqa")} == {
+        "sdpa"
+    }
+    other = [*resumed[:at], str(tmp_path / "grouped"), *resumed[at + 1 :]]
+    proc = subprocess.run(
+        other, cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "LIA_GQA_DECODE": "grouped"}
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kept = [line for line in proc.stderr.splitlines() if line.endswith(": resumed")]
+    assert len(kept) == 5 and not any("llama" in line and "attention" in line for line in kept)
+    assert "ran another GQA decode kernel than grouped; measured again" in proc.stderr
+    assert load_system(str(tmp_path / "grouped" / "kt-ci.yaml")).kernels.gqa_decode == "grouped"
 
 
 @pytest.mark.parametrize("batch, waits", [(1, True), (64, False)])
