@@ -1,11 +1,11 @@
 """The schedule of one streamed layer's chunks on CPU, GPU and the two copy directions, simulated exactly.
 
-The cost model's overlap mode times a streamed layer by replaying the runtime's scheduler
-(runtime/executor.py ``_layer``) on the durations of the layer's operations. One chunk (a decode step,
-or one of the n prefill minibatches) is the six sublayers in order, each on the device its policy bit
-names, with the copies between them. The resources are four in-order queues: the GPU compute stream, the
-host-to-device copy stream, the device-to-host copy stream, and the host thread that runs CPU sublayers
-synchronously.
+The cost model's overlap mode times a streamed layer by replaying the runtime's scheduler (the layer's
+early copies in runtime/executor.py ``Executor._layer``, then runtime/scheduler.py ``Scheduler.run_layer``)
+on the durations of the layer's operations. One chunk (a decode step, or one of the n prefill minibatches)
+is the six sublayers in order, each on the device its policy bit names, with the copies between them. The
+resources are four in-order queues: the GPU compute stream, the host-to-device copy stream, the
+device-to-host copy stream, and the host thread that runs CPU sublayers synchronously.
 
 The scheduler, per layer:
 

@@ -16,17 +16,18 @@ Per pass (prefill, then decode steps t = 1 .. L_out-1), per layer:
   streamed layer reads from a GPU staging buffer: new K/V from a GPU qkv are put there on the GPU, cached
   positions (and new ones made by a CPU qkv) are fetched from the host cache.
 - Prefill runs in ``plan.prefill_minibatches`` chunks of the batch. For each layer a small scheduler
-  issues every GPU sublayer that is ready (asynchronous), then runs the oldest ready CPU sublayer, so the
-  CPU works on one chunk while the GPU and the copy engines work on others.
+  (runtime/scheduler.py) issues every GPU sublayer that is ready (asynchronous), then runs the oldest ready CPU
+  sublayer, so the CPU works on one chunk while the GPU and the copy engines work on others.
 
 Timing: CUDA events around GPU sublayers and copies, perf_counter around CPU sublayers (after waiting for
 their inputs), and per-pass wall time after synchronising the compute stream.
 
-This module is the scheduler and the six-way sublayer dispatch; the rest is in its seams (bottom up, the order
-tests/test_layering.py enforces): runtime/cudart.py (ctypes CUDA calls), backend.py (streams, events, copies),
-records.py (OpRecord, RunResult, the Recorder), streamer.py (the weight feeder thread), layerpass.py (one layer of
-one pass, one chunk), mover.py (activation copies), kvstore.py (the KV cache and its fetches), weight_stream.py
-(the two GPU weight buffers and the prefetch schedule).
+This module builds the run's parts, wires them and walks the plan's passes (embedding, layers, head); the rest is
+in its seams (bottom up, the order tests/test_layering.py enforces): runtime/cudart.py (ctypes CUDA calls),
+backend.py (streams, events, copies), records.py (OpRecord, RunResult, the Recorder), streamer.py (the weight feeder
+thread), layerpass.py (one layer of one pass, one chunk), mover.py (activation copies), kvstore.py (the KV cache and
+its fetches), weight_stream.py (the two GPU weight buffers and the prefetch schedule), dispatch.py (the six-way
+sublayer dispatch), scheduler.py (which chunk's sublayer of a layer runs next).
 """
 
 from __future__ import annotations
@@ -40,16 +41,18 @@ from lia_model.errors import LiaInputError
 from lia_model.models import ModelSpec
 from lia_model.plan import Device, Plan
 from lia_model.plan import head_device as plan_head_device
-from lia_model.sublayers import SUBLAYERS, Stage, Sublayer
+from lia_model.sublayers import Stage
 from lia_model.workload import Workload
 from runtime import kernels
 from runtime.backend import DTYPE, Backend, Event, Placed
+from runtime.dispatch import SublayerDispatch
 from runtime.graph import is_resident, layer_policy, plan_passes
 from runtime.hostmem import HostArena
 from runtime.kvstore import KVStore, LayerKV
-from runtime.layerpass import CTX, FC1, FC2, OUT, QKV, SCORE, SUBLAYER_INDEX, Chunk, LayerPass
+from runtime.layerpass import CTX, OUT, QKV, SCORE, SUBLAYER_INDEX, Chunk, LayerPass
 from runtime.mover import Mover
 from runtime.records import OpRecord, Recorder, RunResult
+from runtime.scheduler import Scheduler
 from runtime.streamer import WeightFeeder
 from runtime.weight_stream import WeightStreamer
 from runtime.weights import ModelWeights, check_runnable, embedding_positions_offset
@@ -132,14 +135,16 @@ class Executor:
         self.mover = Mover(backend, self.rec, self.feeder)
         # Resident layers: whole layers on the GPU (kept across runs by the GpuLayerCache).
         cache = layer_cache or GpuLayerCache()
-        self.resident_flat = cache.sync(backend, weights, self.R) if self.R else []
+        resident_flat = cache.sync(backend, weights, self.R) if self.R else []
         attention_on_gpu = any(p[SUBLAYER_INDEX[s]] == Device.GPU for p in self.policy.values() for s in (SCORE, CTX))
         self.kv = KVStore(
             backend, self.rec, self.feeder, kv_shape, self.R, self.K, attention_on_gpu, self.mover.pool, kv_arena
         )
         self.streamer = WeightStreamer(backend, weights, plan, self.policy, self.rec, self.feeder)
-        self._rope_cache: dict = {}
-        self._mask_cache: dict = {}
+        self.dispatch = SublayerDispatch(
+            backend, weights, plan, self.head_dev, self.rec, self.mover, self.kv, self.streamer, resident_flat
+        )
+        self.scheduler = Scheduler(backend, self.mover, self.dispatch)
         self.passes: list[tuple[Stage, int]] = []
 
     @property
@@ -160,10 +165,8 @@ class Executor:
         self.streamer.close()
         self.kv.close()
         self.mover.pool.clear()
-        self.resident_flat = []
+        self.dispatch.close()  # the resident layers' GPU copies, the RoPE tables and masks
         self.rec.reset(True)
-        self._rope_cache.clear()
-        self._mask_cache.clear()
 
     def __enter__(self) -> "Executor":
         return self
@@ -306,275 +309,17 @@ class Executor:
                 copies[Device.CPU] = self.mover.move(
                     next(iter(copies.values())), Device.CPU, stage, step, li, ch.c, "act", "h", lay.kind
                 )
-            self._ship_early(lay, ch, "h", consumer=OUT, producer_consumer=QKV)
+            self.dispatch.ship_early(lay, ch, "h", consumer=OUT, producer_consumer=QKV)
             if not resident and lay.dev(QKV) == Device.GPU:
                 for which, sub in (("k", SCORE), ("v", CTX)):
                     if lay.dev(sub) == Device.GPU:
                         self.kv.fetch(lay, ch, which)
-        nxt = [0] * n
-        while True:
-            for ch in chunks:  # issue every ready GPU sublayer (asynchronous)
-                while nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.GPU:
-                    self._run(lay, ch, SUBLAYERS[nxt[ch.c]], Device.GPU)
-                    nxt[ch.c] += 1
-            # then one CPU sublayer: the oldest chunk's whose inputs are ready now, else the first chunk's to
-            # become ready (the cost model's schedule, lia_model/schedule.py, makes the same choice)
-            pending = [ch for ch in chunks if nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.CPU]
-            if pending:
-                ch = self._first_ready(lay, pending, nxt)
-                sub = SUBLAYERS[nxt[ch.c]]
-                self._run(lay, ch, sub, Device.CPU)
-                nxt[ch.c] += 1
-                if sub == SCORE and lay.dev(CTX) == Device.CPU:  # fused attention: one kernel, not interrupted
-                    self._run(lay, ch, CTX, Device.CPU)
-                    nxt[ch.c] += 1
-            elif all(i == 6 for i in nxt):
-                break
+        self.scheduler.run_layer(lay, chunks)
         if not resident:
             done = self.backend.event(self.backend.compute)
             self.streamer.end(lay.slot, done, lay)
             self.kv.end_layer(done)
         return [ch.values["h_out"] for ch in chunks]
-
-    _CPU_INPUT = {QKV: "h", SCORE: "q", CTX: "scores", OUT: "ctx", FC1: "h_mid", FC2: "mid"}
-
-    def _cpu_inputs_ready(self, lay: LayerPass, ch: Chunk, sub: Sublayer) -> bool:
-        """Whether every input a CPU sublayer of this chunk reads has landed in host memory by now (a
-        non-blocking query of the copy events), including the write-back of the K/V that CPU attention reads."""
-        name = self._CPU_INPUT[sub]
-        if sub == CTX and lay.dev(SCORE) == Device.CPU:
-            name = "q"  # fused attention reads Q (attn_score handed it on)
-        copies = ch.values.get(name)
-        if not copies:
-            return False  # not produced yet
-        placed = copies.get(Device.CPU)
-        if placed is None:  # only on the GPU (e.g. the embedding): start its copy now, then poll it
-            placed = copies[Device.CPU] = self.mover.move(
-                next(iter(copies.values())), Device.CPU, lay.stage, lay.step, lay.li, ch.c, "act", name, lay.kind
-            )
-        if placed.ready is not None and not placed.ready.query():
-            return False
-        if sub in (SCORE, CTX):
-            pending = lay.kv.written_for(ch.b0, ch.b1)
-            if pending is not None and not pending.query():
-                return False
-        return True
-
-    def _first_ready(self, lay: LayerPass, pending: list[Chunk], nxt: list[int]) -> Chunk:
-        """The chunk whose next (CPU) sublayer runs now: the oldest whose inputs are ready, else the first to
-        become ready (polled; ties go to the oldest). One chunk, or no CUDA: the oldest (it blocks on its
-        inputs as before)."""
-        if len(pending) == 1 or not self.backend.is_cuda:
-            return pending[0]
-        while True:
-            for ch in pending:
-                if self._cpu_inputs_ready(lay, ch, SUBLAYERS[nxt[ch.c]]):
-                    return ch
-            time.sleep(0)  # yield; the copies complete on their own
-
-    def _params(self, lay: LayerPass, sub: Sublayer, dev: Device) -> dict[str, torch.Tensor]:
-        if lay.resident:
-            params = self.weights.layout.views(self.resident_flat[lay.li], sub)
-        elif dev == Device.CPU:
-            params = self.weights.host_views(lay.li, sub)
-        else:
-            params = self.streamer.views(lay, sub)
-        want = self.backend.torch_device(dev).type
-        for name, t in params.items():  # every weight a sublayer consumes lives where it runs
-            if t.device.type != want:
-                raise RuntimeError(
-                    f"data-flow bug: {sub.value} of layer {lay.li} on the {dev.name} got weight '{name}' on {t.device}"
-                )
-        return params
-
-    # ================================================================== data movement
-
-    def _consumers(self, lay: LayerPass, name: str) -> list[Device]:
-        """Devices that will read value ``name`` of this layer (for page-locking CPU outputs)."""
-        if name == "h_out":
-            if lay.li + 1 < self.L:
-                pol = layer_policy(self.plan, lay.stage, lay.li + 1)
-                return [pol[SUBLAYER_INDEX[QKV]], pol[SUBLAYER_INDEX[OUT]]]
-            return [self.head_dev]
-        users = {"q": [SCORE], "scores": [CTX], "ctx": [OUT], "h_mid": [FC1, FC2], "mid": [FC2]}[name]
-        return [lay.dev(s) for s in users]
-
-    def _out(self, lay: LayerPass, name: str, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
-        """Page-locked output buffer (the Mover's pool) for a CPU op whose result crosses to the GPU (None
-        otherwise)."""
-        if self.backend.is_cuda and Device.GPU in self._consumers(lay, name):
-            return self.mover.pool.take("cpu_out", shape)
-        return None
-
-    def _need(self, lay: LayerPass, ch: Chunk, name: str, dev: Device, kind: str) -> torch.Tensor:
-        """Value ``name`` on ``dev``, copying it there (once) if it lives elsewhere; waits until it is valid."""
-        copies = ch.values[name]
-        p = copies.get(dev)
-        if p is None:
-            src = next(iter(copies.values()))
-            p = self.mover.move(src, dev, lay.stage, lay.step, lay.li, ch.c, kind, name, lay.kind)
-            copies[dev] = p
-        if p.ready is not None:
-            if dev == Device.CPU:
-                p.ready.synchronize()
-            else:
-                self.backend.wait(self.backend.compute, p.ready)
-        return p.on(dev)
-
-    def _ship_early(
-        self, lay: LayerPass, ch: Chunk, name: str, consumer: Sublayer, producer_consumer: Sublayer
-    ) -> None:
-        """Start copying a residual input to ``consumer``'s device now, unless the sublayer that reads it
-        first (``producer_consumer``) will copy it there anyway."""
-        copies = ch.values[name]
-        dev = lay.dev(consumer)
-        if dev in copies or lay.dev(producer_consumer) == dev:
-            return
-        src = next(iter(copies.values()))
-        copies[dev] = self.mover.move(src, dev, lay.stage, lay.step, lay.li, ch.c, "resid", name, lay.kind)
-
-    # ================================================================== sublayers
-
-    def _rope(self, dev: Device, pos0: int, q: int):
-        if not self.model.uses_rope:
-            return None
-        key = (dev, pos0, q)
-        if key not in self._rope_cache:
-            if len(self._rope_cache) > 64:
-                self._rope_cache.clear()
-            positions = torch.arange(pos0, pos0 + q)
-            self._rope_cache[key] = kernels.rope_tables(positions, self.model, self.backend.torch_device(dev))
-        return self._rope_cache[key]
-
-    def _mask(self, dev: Device, q: int, pos0: int, valid: int, width: int) -> torch.Tensor:
-        """Attention mask, shared by every layer of a pass (built once per pass and device)."""
-        m = self.model
-        key = (dev, q, pos0, valid, width)
-        if key not in self._mask_cache:
-            if len(self._mask_cache) > 16:
-                self._mask_cache.clear()
-            self._mask_cache[key] = kernels.attention_mask(
-                q, m.num_heads // m.num_kv_heads, pos0, valid, width, self.backend.torch_device(dev)
-            )
-        return self._mask_cache[key]
-
-    # Values of a chunk that are dead once a sublayer has been issued: their last reader in the layer. Dropping
-    # them then lets the caching allocator hand their blocks to the next chunk (on the same stream; copies on
-    # other streams hold theirs through Backend.keep_alive). Held until the layer's end instead, every chunk's
-    # activations and fc1 output were live at once: with 4 prefill minibatches Llama-2-70B ran out of GPU memory
-    # 1.3 GB above the memory model (runtime/validation/wave2-g/).
-    _DEAD_AFTER = {CTX: ("q", "scores"), OUT: ("h", "ctx"), FC2: ("h_mid", "mid")}
-
-    def _run(self, lay: LayerPass, ch: Chunk, sub: Sublayer, dev: Device) -> None:
-        self._run_sublayer(lay, ch, sub, dev)
-        for name in self._DEAD_AFTER.get(sub, ()):
-            ch.values.pop(name, None)
-
-    def _run_sublayer(self, lay: LayerPass, ch: Chunk, sub: Sublayer, dev: Device) -> None:
-        m = self.model
-        b, q = ch.b1 - ch.b0, lay.q
-        if sub == QKV:
-            h = self._need(lay, ch, "h", dev, "act")
-            p = self._params(lay, sub, dev)
-            rope = self._rope(dev, lay.pos0, q)
-            start = self.rec.stamp(dev)
-            q_out, k, v = kernels.qkv(h, p, m, rope)
-            if dev == Device.CPU:
-                pinned = self._out(lay, "q", tuple(q_out.shape))
-                if pinned is not None:
-                    q_out = pinned.copy_(q_out)
-                self.kv.write(lay, ch, dev, k, v)  # into the host cache: part of the CPU qkv's time
-                self._finish(lay, ch, sub, dev, "q", q_out, start, b * q)
-            else:
-                # the GPU qkv's record ends with its kernels (its events used to cover issuing the K/V write-back
-                # too: 0.4-0.9 ms against a 0.16 ms kernel, wave2-q2 traces); Q's copy to a CPU reader goes first
-                self._finish(lay, ch, sub, dev, "q", q_out, start, b * q)
-                self.kv.write(lay, ch, dev, k, v)
-        elif sub == SCORE:
-            if lay.dev(CTX) == dev:
-                # Fused with attn_context on this device (kernels.attention): hand Q on, untimed.
-                ch.values["scores"] = ch.values["q"]
-                self.rec.compute(lay.stage, lay.step, lay.li, ch.c, sub.value, dev, q, lay.kind, self.rec.stamp(dev))
-                return
-            q_in = self._need(lay, ch, "q", dev, "act")
-            keys = self.kv.read(lay, ch, "k", dev)
-            out = (
-                self._out(lay, "scores", (b, m.num_kv_heads, m.num_heads // m.num_kv_heads * q, keys.shape[2]))
-                if dev == Device.CPU
-                else None
-            )
-            mask = self._mask(dev, q, lay.pos0, lay.valid, keys.shape[2]) if q > 1 else None
-            start = self.rec.stamp(dev)
-            scores = kernels.attn_score(q_in, keys, m, mask, out=out)
-            self._finish(lay, ch, sub, dev, "scores", scores, start, q)
-        elif sub == CTX:
-            out = self._out(lay, "ctx", (b, q, m.q_dim)) if dev == Device.CPU else None
-            if lay.dev(SCORE) == dev:
-                q_in = self._need(lay, ch, "q", dev, "act")  # fused: attn_score handed Q on
-                keys = self.kv.read(lay, ch, "k", dev)
-                values = self.kv.read(lay, ch, "v", dev)
-                start = self.rec.stamp(dev)
-                ctx = kernels.attention(q_in, keys, values, m, lay.pos0, out=out)
-            else:
-                scores = self._need(lay, ch, "scores", dev, "act")
-                values = self.kv.read(lay, ch, "v", dev, width=scores.shape[-1])
-                start = self.rec.stamp(dev)
-                ctx = kernels.attn_context(scores, values, m, q, out=out)
-            self._finish(lay, ch, sub, dev, "ctx", ctx, start, q)
-        elif sub == OUT:
-            ctx = self._need(lay, ch, "ctx", dev, "act")
-            resid = self._need(lay, ch, "h", dev, "resid")
-            p = self._params(lay, sub, dev)
-            out = self._out(lay, "h_mid", (b, q, m.hidden_size)) if dev == Device.CPU else None
-            start = self.rec.stamp(dev)
-            h_mid = kernels.out_proj(ctx, p, resid, out=out)
-            self._finish(lay, ch, sub, dev, "h_mid", h_mid, start, b * q)
-            self._ship_early(lay, ch, "h_mid", consumer=FC2, producer_consumer=FC1)
-        elif sub == FC1:
-            h_mid = self._need(lay, ch, "h_mid", dev, "act")
-            p = self._params(lay, sub, dev)
-            out = self._out(lay, "mid", (b, q, m.ffn_size)) if dev == Device.CPU else None
-            start = self.rec.stamp(dev)
-            mid = kernels.fc1(h_mid, p, m, out=out)
-            self._finish(lay, ch, sub, dev, "mid", mid, start, b * q)
-        else:
-            mid = self._need(lay, ch, "mid", dev, "act")
-            resid = self._need(lay, ch, "h_mid", dev, "resid")
-            p = self._params(lay, sub, dev)
-            out = self._out(lay, "h_out", (b, q, m.hidden_size)) if dev == Device.CPU else None
-            start = self.rec.stamp(dev)
-            h_out = kernels.fc2(mid, p, resid, out=out)
-            self._finish(lay, ch, sub, dev, "h_out", h_out, start, b * q)
-
-    def _finish(
-        self,
-        lay: LayerPass,
-        ch: Chunk,
-        sub: Sublayer,
-        dev: Device,
-        name: str,
-        value: torch.Tensor,
-        start: Event,
-        tokens: int,
-    ) -> None:
-        self.rec.compute(lay.stage, lay.step, lay.li, ch.c, sub.value, dev, tokens, lay.kind, start)
-        # A GPU value that a CPU sublayer reads next is copied on the D2H stream, which must wait for it.
-        ready = None
-        consumers = self._consumers(lay, name)
-        if dev == Device.GPU and self.backend.is_cuda and Device.CPU in consumers:
-            ready = self.backend.event(self.backend.compute)
-        ch.values[name] = {dev: Placed(value, dev, ready)}
-        # The sublayer that reads it next (the first consumer; the others read it as a residual) on the CPU:
-        # copied to the host right behind its producer, as the cost model's schedule assumes.
-        # A layer's output is the next layer's input "h" (its copy is recorded as that layer's, as runtime/dataflow.py
-        # expects); the last layer's goes to the head, which copies only the last position.
-        last_layer = name == "h_out" and lay.li + 1 == self.L
-        if ready is not None and consumers[0] == Device.CPU and not last_layer:
-            li, detail = (lay.li + 1, "h") if name == "h_out" else (lay.li, name)
-            kind = "resident" if is_resident(self.plan, li) else "streamed"
-            ch.values[name][Device.CPU] = self.mover.move(
-                ch.values[name][dev], Device.CPU, lay.stage, lay.step, li, ch.c, "act", detail, kind
-            )
 
 
 def plan_uses_gpu(plan: Plan, num_layers: int) -> bool:

@@ -191,7 +191,9 @@ RUNTIME_RANK = {
     "mover": 5,  # activation copies
     "kvstore": 6,  # the KV cache
     "weight_stream": 6,  # GPU weight buffers and the prefetch schedule
-    "executor": 7,  # the scheduler over all of them
+    "dispatch": 7,  # the six-way sublayer dispatch
+    "scheduler": 8,  # which chunk's sublayer of a layer runs next
+    "executor": 9,  # builds and wires them, walks the passes
 }
 
 

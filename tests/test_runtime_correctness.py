@@ -240,11 +240,11 @@ def test_a_layer_waits_for_its_weights_at_its_first_gpu_sublayer(fake_opt, monke
     the compute stream waits for a streamed layer's weights right before its first GPU sublayer with weights, after
     the CPU qkv; with LIA_LAZY_WEIGHT_WAIT=0 at the layer's begin, before it. Either way before the layer's first
     GPU sublayer that reads weights."""
-    from runtime.executor import Executor as Ex
+    from runtime.dispatch import SublayerDispatch
 
     monkeypatch.setenv("LIA_LAZY_WEIGHT_WAIT", "1" if lazy else "0")
     events: list[tuple] = []
-    wait, run = WeightStreamer._wait_weights, Ex._run_sublayer
+    wait, run = WeightStreamer._wait_weights, SublayerDispatch.run_sublayer
 
     def log_wait(self, lay):
         if not lay.weights_waited:
@@ -256,7 +256,7 @@ def test_a_layer_waits_for_its_weights_at_its_first_gpu_sublayer(fake_opt, monke
         return run(self, lay, ch, sub, dev)
 
     monkeypatch.setattr(WeightStreamer, "_wait_weights", log_wait)
-    monkeypatch.setattr(Ex, "_run_sublayer", log_run)
+    monkeypatch.setattr(SublayerDispatch, "run_sublayer", log_run)
     plan = Plan(prefill_policy=ALL_GPU, decode_policy=policy_from_index(0b100001))
     _, check = _run(fake_opt, plan)
     assert check["logits_rel_err"] < LOGITS_RTOL

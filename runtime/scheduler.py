@@ -1,0 +1,98 @@
+"""The scheduler of one layer's chunks (a decode step is one chunk, the prefill ``plan.prefill_minibatches``):
+which chunk's next sublayer runs next.
+
+The rule, repeated until every chunk has run its six sublayers (the loop of ``run_layer``):
+
+1. Issue, chunk by chunk, every GPU sublayer whose predecessor has been issued or has run (asynchronous: the
+   GPU's work is issued as soon as it can be, and the copies it needs go on their own streams).
+2. Then run one CPU sublayer: the oldest chunk's whose inputs are ready now, or, when none is, the one whose
+   inputs become ready first (polled; ties go to the oldest). A CPU sublayer's inputs are ready when they have
+   landed in host memory (``cpu_inputs_ready``: a non-blocking query of the copies' events), for CPU attention
+   including the write-back of the K and V it reads. With one chunk, or without CUDA, the oldest chunk's runs
+   (it blocks on its inputs). attn_score and attn_context both on the CPU are one kernel: the CPU runs them
+   back to back for that chunk.
+
+So the CPU works on one chunk while the GPU and the copy engines work on others. The cost model's overlap mode
+replays the same rule on the operations' durations (lia_model/schedule.py, ``simulate_layer``). The layer's
+set-up (its early copies and cached-KV fetches, the weight buffer it streams into) and end are the executor's
+(runtime/executor.py); each sublayer is run by the ``SublayerDispatch`` (runtime/dispatch.py).
+"""
+
+from __future__ import annotations
+
+import time
+
+from lia_model.plan import Device
+from lia_model.sublayers import SUBLAYERS, Sublayer
+from runtime.backend import Backend
+from runtime.dispatch import SublayerDispatch
+from runtime.layerpass import CTX, FC1, FC2, OUT, QKV, SCORE, Chunk, LayerPass
+from runtime.mover import Mover
+
+
+class Scheduler:
+    """Runs one layer's chunks in the order of the rule above (one per executor)."""
+
+    def __init__(self, backend: Backend, mover: Mover, dispatch: SublayerDispatch) -> None:
+        self.backend = backend
+        self.mover = mover
+        self.dispatch = dispatch
+
+    def run_layer(self, lay: LayerPass, chunks: list[Chunk]) -> None:
+        """Run every sublayer of every chunk of the layer (on the device ``lay``'s policy names); returns once
+        the last has been issued (GPU) or has run (CPU)."""
+        nxt = [0] * len(chunks)
+        while True:
+            for ch in chunks:  # issue every ready GPU sublayer (asynchronous)
+                while nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.GPU:
+                    self.dispatch.run(lay, ch, SUBLAYERS[nxt[ch.c]], Device.GPU)
+                    nxt[ch.c] += 1
+            # then one CPU sublayer: the oldest chunk's whose inputs are ready now, else the first chunk's to
+            # become ready (the cost model's schedule, lia_model/schedule.py, makes the same choice)
+            pending = [ch for ch in chunks if nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.CPU]
+            if pending:
+                ch = self.first_ready(lay, pending, nxt)
+                sub = SUBLAYERS[nxt[ch.c]]
+                self.dispatch.run(lay, ch, sub, Device.CPU)
+                nxt[ch.c] += 1
+                if sub == SCORE and lay.dev(CTX) == Device.CPU:  # fused attention: one kernel, not interrupted
+                    self.dispatch.run(lay, ch, CTX, Device.CPU)
+                    nxt[ch.c] += 1
+            elif all(i == 6 for i in nxt):
+                break
+
+    _CPU_INPUT = {QKV: "h", SCORE: "q", CTX: "scores", OUT: "ctx", FC1: "h_mid", FC2: "mid"}
+
+    def cpu_inputs_ready(self, lay: LayerPass, ch: Chunk, sub: Sublayer) -> bool:
+        """Whether every input a CPU sublayer of this chunk reads has landed in host memory by now (a
+        non-blocking query of the copy events), including the write-back of the K/V that CPU attention reads."""
+        name = self._CPU_INPUT[sub]
+        if sub == CTX and lay.dev(SCORE) == Device.CPU:
+            name = "q"  # fused attention reads Q (attn_score handed it on)
+        copies = ch.values.get(name)
+        if not copies:
+            return False  # not produced yet
+        placed = copies.get(Device.CPU)
+        if placed is None:  # only on the GPU (e.g. the embedding): start its copy now, then poll it
+            placed = copies[Device.CPU] = self.mover.move(
+                next(iter(copies.values())), Device.CPU, lay.stage, lay.step, lay.li, ch.c, "act", name, lay.kind
+            )
+        if placed.ready is not None and not placed.ready.query():
+            return False
+        if sub in (SCORE, CTX):
+            pending = lay.kv.written_for(ch.b0, ch.b1)
+            if pending is not None and not pending.query():
+                return False
+        return True
+
+    def first_ready(self, lay: LayerPass, pending: list[Chunk], nxt: list[int]) -> Chunk:
+        """The chunk whose next (CPU) sublayer runs now: the oldest whose inputs are ready, else the first to
+        become ready (polled; ties go to the oldest). One chunk, or no CUDA: the oldest (it blocks on its
+        inputs as before)."""
+        if len(pending) == 1 or not self.backend.is_cuda:
+            return pending[0]
+        while True:
+            for ch in pending:
+                if self.cpu_inputs_ready(lay, ch, SUBLAYERS[nxt[ch.c]]):
+                    return ch
+            time.sleep(0)  # yield; the copies complete on their own
