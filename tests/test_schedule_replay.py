@@ -101,3 +101,35 @@ def test_simulate_all_one_step_equals_the_general_replay():
             for bits, s, k, w in zip(POLICIES, starts, scales, streams)
         ]
         assert got.tolist() == want
+
+
+def test_simulate_all_over_steps_memo_returns_the_replay():
+    """The arrays-over-steps path (decode, n = 1) through its memo: a second call with the same durations and
+    rows (memo hits) and a call with one duration changed (a new key) each give ``_replay``'s arrays."""
+    rng = np.random.default_rng(15)
+    steps = 7
+    rows = lambda: rng.random((NUM_SUBLAYERS, steps)) * (rng.random((NUM_SUBLAYERS, steps)) < 0.8)  # noqa: E731
+    d = ChunkDurations(*(rows() for _ in range(4)), *(rng.random(steps) for _ in range(4)), rows())
+    starts, scales, streams = rng.random((64, steps)), 1.0 + rng.random((64, steps)), rng.random((64, steps))
+    changed = ChunkDurations(
+        *(getattr(d, f) for f in ("cpu_s", "gpu_s", "cross_h2d_s")),
+        d.cross_d2h_s + 1.0,
+        *(getattr(d, f) for f in ("k_cached_s", "v_cached_s", "v_new_s", "kv_write_s", "expert_h2d_s")),
+    )
+    for durations in (d, d, changed):
+        got = simulate_all(1, durations, starts, ALL_POLICY_FEATURES[:, :NUM_SUBLAYERS], scales, streams)
+        table = _Durations(
+            np.maximum,
+            list(durations.cpu_s),
+            list(durations.gpu_s),
+            list(durations.cross_h2d_s),
+            list(durations.cross_d2h_s),
+            list(durations.expert_h2d_s),
+            durations.k_cached_s,
+            durations.v_cached_s,
+            durations.v_new_s + durations.v_cached_s,
+            durations.kv_write_s,
+            tuple(bool(x) for x in np.any(durations.expert_h2d_s > 0, axis=1)),
+        )
+        want = [_replay(bits, 1, table, s, k, s + w) for bits, s, k, w in zip(POLICIES, starts, scales, streams)]
+        assert np.array_equal(got, np.stack(want))
