@@ -46,6 +46,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from lia_model.errors import LiaInputError
+from lia_model.hardware import KernelTables
 
 TOKENS = (1, 4, 16, 64, 256, 1024, 4096)
 QUICK_TOKENS = (1, 16, 256)
@@ -650,14 +651,12 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     from runtime.kernels import gqa_decode_variant
 
     variant = gqa_decode_variant()
-    gqa_fits = [
-        f for f in data["kernels"]["cpu_attention"] if (f["kind"], f["phase"], f["heads"]) == ("fused", "decode", "gqa")
-    ]
-    if gqa_fits and not any(f.get("gqa_decode", "grouped") == variant for f in gqa_fits):
+    measured = KernelTables.model_validate(data["kernels"]).gqa_decode_kernels()
+    if measured and variant not in measured:
         raise LiaInputError(
             "--refit",
             f"no run measured the CPU GQA decode attention with the runtime's kernel '{variant}' "
-            f"(measured: {', '.join(sorted({f.get('gqa_decode', 'grouped') for f in gqa_fits}))})",
+            f"(measured: {', '.join(sorted(measured))})",
             "measure the CPU attention grid with it (kernel_tables --resume-from a raw CSV measures it again), "
             "or refit for the other kernel with LIA_GQA_DECODE set to it",
         )

@@ -439,11 +439,19 @@ class KernelTables(Sourced):
         ]
         return next((f for f in fits if f.heads == heads), None) or next((f for f in fits if f.heads == "any"), None)
 
+    def gqa_decode_kernels(self) -> set[str]:
+        """The CPU GQA decode kernels the fused decode fits measured (an untagged fit: the grouped pair)."""
+        return {
+            f.gqa_decode or "grouped"
+            for f in self.cpu_attention
+            if (f.kind, f.phase, f.heads) == ("fused", "decode", "gqa")
+        }
+
     def with_gqa_decode(self, variant: str) -> Optional["KernelTables"]:
         """These tables predicting the CPU GQA decode kernel ``variant``; None when no fit of it was measured (and
         fits of the other exist). Runs recorded before the choice existed ran "grouped"."""
-        gqa = [f for f in self.cpu_attention if (f.kind, f.phase, f.heads) == ("fused", "decode", "gqa")]
-        if gqa and not any((f.gqa_decode or "grouped") == variant for f in gqa):
+        measured = self.gqa_decode_kernels()
+        if measured and variant not in measured:
             return None
         return self.model_copy(update={"gqa_decode": variant})
 

@@ -231,12 +231,21 @@ _MEMO_LIMIT = 200_000
 def _replay_memo(
     bits: tuple[bool, ...], n: int, table: "_Durations", start: float, key: tuple, cpu_scale: float, until: float
 ) -> float:
-    full = (bits, start, key, cpu_scale, until)
-    hit = _MEMO.get(full)
+    return _bounded_memo(
+        _MEMO,
+        _MEMO_LIMIT,
+        (bits, start, key, cpu_scale, until),
+        lambda: _replay_one_step(list(bits), n, table, start, cpu_scale, until),
+    )
+
+
+def _bounded_memo(memo: dict, limit: int, full: tuple, compute):
+    """``memo[full]``, computed by ``compute()`` on a miss; the memo is emptied when it holds ``limit`` entries."""
+    hit = memo.get(full)
     if hit is None:
-        if len(_MEMO) >= _MEMO_LIMIT:
-            _MEMO.clear()
-        hit = _MEMO[full] = _replay_one_step(list(bits), n, table, start, cpu_scale, until)
+        if len(memo) >= limit:
+            memo.clear()
+        hit = memo[full] = compute()
     return hit
 
 
@@ -258,14 +267,14 @@ def _replay_steps_memo(
     until: np.ndarray,
 ) -> np.ndarray:
     scale_key = cpu_scale if isinstance(cpu_scale, float) else cpu_scale.tobytes()
+
+    def replay() -> np.ndarray:
+        steps = _replay(bits, n, table, start, cpu_scale, until)
+        steps.flags.writeable = False  # shared by every caller with this key
+        return steps
+
     full = (tuple(bits), start.tobytes(), key, scale_key, until.tobytes())
-    hit = _STEPS_MEMO.get(full)
-    if hit is None:
-        if len(_STEPS_MEMO) >= _STEPS_MEMO_LIMIT:
-            _STEPS_MEMO.clear()
-        hit = _STEPS_MEMO[full] = _replay(bits, n, table, start, cpu_scale, until)
-        hit.flags.writeable = False  # shared by every caller with this key
-    return hit
+    return _bounded_memo(_STEPS_MEMO, _STEPS_MEMO_LIMIT, full, replay)
 
 
 @dataclass(frozen=True)
