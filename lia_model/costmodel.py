@@ -164,6 +164,7 @@ def stage_context(
         cpu_kv_passes=cpu_kv_passes,
         expert_fetch=plan.expert_fetch,
         precision=workload.precision,
+        kv_on_gpu=plan.streamed_kv_on_gpu,
     )
 
 

@@ -202,6 +202,9 @@ class StageContext:
     # and writes it more often (lia_model.flexgen.FLEXGEN_CPU_KV_PASSES).
     cpu_kv_passes: float = 1.0
     precision: Precision = BF16  # how weights and KV are stored (the workload's; lia_model.precision)
+    # The streamed layers' KV cache lives in HBM (plan.streamed_kv_on_gpu): GPU attention fetches nothing over
+    # PCIe and a GPU qkv writes nothing back (qkv and attention then run on the GPU: lia_model.plan)
+    kv_on_gpu: bool = False
 
 
 @dataclass
@@ -778,12 +781,15 @@ def streamed_layer_terms(
     cross_h2d_s = cross_bytes_h2d / bw_act_h2d + lat
     cross_d2h_s = cross_bytes / bw_act_d2h + lat
 
-    # KV cache of streamed layers lives in the host tier: GPU attention fetches the cached part.
+    # KV cache of streamed layers lives in the host tier: GPU attention fetches the cached part, and a GPU qkv
+    # writes its new K and V back. With the cache in HBM (ctx.kv_on_gpu) neither crosses PCIe:
+    #   k_cached = [KV in host] b (s - q) kv_dim e,   kv_write = [KV in host] 2 b q kv_dim e
+    kv_in_host = 0.0 if ctx.kv_on_gpu else 1.0
     cached = np.maximum(contexts - ctx.q, 0.0)
-    k_cached_bytes = 1.0 * b * cached * model.kv_dim * kv_element_bytes(ctx.precision)
+    k_cached_bytes = kv_in_host * b * cached * model.kv_dim * kv_element_bytes(ctx.precision)
     k_cached_s = copy_s(k_cached_bytes, bw_kv_h2d)
     v_new_s = copy_s(kv_width_bytes, bw_kv_h2d)
-    kv_write_bytes = 2.0 * kv_width_bytes
+    kv_write_bytes = kv_in_host * 2.0 * kv_width_bytes
     kv_write_s = copy_s(kv_write_bytes, bw_kv_d2h)
 
     def cpu_work_of(included: tuple[bool, ...]) -> Affine:

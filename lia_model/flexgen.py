@@ -689,28 +689,36 @@ class FlexGenChoice:
 
 def flexgen_plan(system: SystemSpec, model: ModelSpec, workload: Workload, policy: FlexGenPolicy) -> Plan:
     """FlexGen's policy in our terms: weights on the GPU as the first floor(wg l) whole resident layers (fewer
-    if our memory model cannot hold them), prefill all-GPU in num_gpu_batches chunks, decode attention on the
-    CPU (AVX-512 fp32) when most of the cache lives there, else all-GPU; weights and KV in DDR, pinned,
-    prefetched. Our Plan has one KV home per layer, so a cache FlexGen splits is placed by its majority."""
+    if our memory model cannot hold them), prefill all-GPU in num_gpu_batches chunks; where most of the cache
+    lives on the CPU, decode attention there (AVX-512 fp32) with the cache in DDR, else all-GPU decode with every
+    layer's cache in GPU memory (``streamed_kv_on_gpu``; in DDR, fetched for each layer, only when our memory
+    model cannot hold it there); weights in DDR, pinned, prefetched. Our Plan has one KV home for all streamed
+    layers, so a cache FlexGen splits is placed by its majority."""
     from lia_model.baselines import max_resident_layers
+    from lia_model.memory import memory_use
 
-    decode = ATTENTION_ON_CPU if policy.cache_cpu >= 0.5 else ALL_GPU
+    cache_on_cpu = policy.cache_cpu >= 0.5
     base = Plan(
         prefill_policy=ALL_GPU,
-        decode_policy=decode,
+        decode_policy=ATTENTION_ON_CPU if cache_on_cpu else ALL_GPU,
         gpu_resident_layers=0,
         prefill_minibatches=policy.num_gpu_batches,
         weight_tier=HostTier.DDR,
         kv_tier=HostTier.DDR,
+        streamed_kv_on_gpu=not cache_on_cpu,
         pinned_weights=True,
         overlap=True,
         cpu_isa=flexgen_cpu_isa(system),
         head_device=Device.GPU,
         label="flexgen",
     )
+    if base.streamed_kv_on_gpu and not all(u.fits for u in memory_use(system, model, workload, base).values()):
+        base = base.model_copy(update={"streamed_kv_on_gpu": False})
     wanted = int(math.floor(policy.weights_gpu * model.num_layers + 1e-6))
-    fit = max_resident_layers(system, model, workload, base.model_copy(update={"gpu_resident_layers": wanted}))
-    return base.model_copy(update={"gpu_resident_layers": min(wanted, fit)})
+    resident = min(wanted, max_resident_layers(system, model, workload, base))
+    # every layer resident: no streamed layer whose cache has a home to choose (the plan says so)
+    kv_on_gpu = base.streamed_kv_on_gpu and resident < model.num_layers
+    return base.model_copy(update={"gpu_resident_layers": resident, "streamed_kv_on_gpu": kv_on_gpu})
 
 
 def flexgen_choice(

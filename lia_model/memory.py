@@ -3,10 +3,13 @@
 With K = num_layers - N_res streamed layers, sigma = [K > 0], g_i = 1 when sublayer i runs on the GPU in
 prefill or decode, and a = 1 when any attention sublayer runs on the GPU:
 
-  HBM  = e embeddings + N_res (W_layer + KV_layer) + sigma 2 sum_i g_i W_i + sigma a KV_layer + u workspace_gpu(n)
-         + sigma u [(n - 1) waiting(p_pre) + split(p_pre)]
+  HBM  = e embeddings + N_res (W_layer + KV_layer) + sigma 2 sum_i g_i W_i + sigma a KV_layer [KV in host]
+         + K KV_layer [KV on GPU] + u workspace_gpu(n) + sigma u [(n - 1) waiting(p_pre) + split(p_pre)]
   DDR  = (1 - e) embeddings + (K - K_cxl) W_layer + K KV_layer [KV in DDR] + workspace_host(n)
   CXL  = K_cxl W_layer + K KV_layer [KV in CXL]
+
+[KV on GPU] = plan.streamed_kv_on_gpu (the streamed layers' KV cache in HBM: no staging copy, no host cache);
+[KV in host] = 1 - [KV on GPU], and then the cache is in the plan's kv_tier.
 
 e = 1 when the embeddings and LM head live on the GPU (lia_model.plan.head_device), u = 1 when the plan uses
 the GPU at all (a GPU sublayer, a resident layer or the head there): a plan with everything on the CPU uses
@@ -303,11 +306,13 @@ def memory_use(system: SystemSpec, model: ModelSpec, workload: Workload, plan: P
         "resident_weights": resident * c.layer_weight_bytes,
         "resident_kv": resident * c.kv_layer_bytes,
         "streaming_buffers": sigma * buffers,
-        "kv_staging": sigma * (c.kv_layer_bytes if attention_on_gpu(plan) else 0.0),
+        "kv_staging": sigma * (c.kv_layer_bytes if attention_on_gpu(plan) and not plan.streamed_kv_on_gpu else 0.0),
         "workspace": c.gpu_workspace_bytes if uses_gpu else 0.0,
         "waiting_chunks": sigma * c.waiting_chunks_bytes[policy_index(plan.prefill_policy)] if uses_gpu else 0.0,
         "split_attention": sigma * c.split_attention_bytes[policy_index(plan.prefill_policy)] if uses_gpu else 0.0,
     }
+    if plan.streamed_kv_on_gpu:
+        hbm["streamed_kv"] = streamed * c.kv_layer_bytes
     host: dict[HostTier, dict[str, float]] = {HostTier.DDR: {}, HostTier.CXL: {}}
     if not head_on_gpu:
         host[HostTier.DDR]["embeddings_and_head"] = c.embedding_bytes
@@ -315,7 +320,8 @@ def memory_use(system: SystemSpec, model: ModelSpec, workload: Workload, plan: P
     host[HostTier.DDR]["streamed_weights"] = (streamed - in_cxl) * c.layer_weight_bytes
     if in_cxl:
         host[HostTier.CXL]["streamed_weights"] = in_cxl * c.layer_weight_bytes
-    host[plan.kv_tier]["streamed_kv"] = streamed * c.kv_layer_bytes
+    if not plan.streamed_kv_on_gpu:
+        host[plan.kv_tier]["streamed_kv"] = streamed * c.kv_layer_bytes
     host[HostTier.DDR]["workspace"] = c.host_workspace_bytes
     out = {
         MemoryTier.HBM: TierUse(MemoryTier.HBM, hbm, c.available_bytes[MemoryTier.HBM]),

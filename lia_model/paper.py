@@ -125,7 +125,8 @@ def paper_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext) -
         form.add_feature(CPU[i], times.cpu_s[i])
         form.add_not_cpu(i, times.gpu_s[i])
         if i in (_SCORE, _CTX):
-            copies = (2.0 if prefill else 1.0) * kv / h2d  # cache to the GPU (prefill: twice)
+            # cache to the GPU (prefill: twice); none when it lives there (plan.streamed_kv_on_gpu)
+            copies = 0.0 * kv if ctx.kv_on_gpu else (2.0 if prefill else 1.0) * kv / h2d
             form.add_not_cpu(i, copies)
             kv_copy[i] = copies
         else:
@@ -137,7 +138,7 @@ def paper_layer_terms(system: SystemSpec, model: ModelSpec, ctx: StageContext) -
             cross_h2d[i - 1], cross_d2h[i - 1] = act[i] / h2d, act[i] / d2h
             form.add_feature(H2D[i - 1], cross_h2d[i - 1])  # p_{i-1} (1 - p_i)
             form.add_feature(D2H[i - 1], cross_d2h[i - 1])  # (1 - p_{i-1}) p_i
-    if prefill:
+    if prefill and not ctx.kv_on_gpu:
         form.add_feature(D2H[_QKV], kv / d2h)  # p_1 (1 - p_0): K back to the host
         form.add_feature(QKV_GPU_CTX_CPU, kv / d2h)  # p_2 (1 - p_0): V back to the host
     form.add_not_cpu(_FC2, act[0] / d2h)  # (1 - p_5): the output back to the host

@@ -91,6 +91,8 @@ def policy(*devices: Device) -> tuple[Device, ...]:
 
 ALL_GPU: tuple[Device, ...] = (Device.GPU,) * NUM_SUBLAYERS
 ALL_CPU: tuple[Device, ...] = (Device.CPU,) * NUM_SUBLAYERS
+# The sublayers that write (qkv) and read (attention) the KV cache: on the GPU when it lives there
+KV_SUBLAYERS: frozenset[Sublayer] = frozenset({Sublayer.QKV, Sublayer.ATTN_SCORE, Sublayer.ATTN_CONTEXT})
 ATTENTION_ON_CPU: tuple[Device, ...] = tuple(
     Device.CPU if s in (Sublayer.ATTN_SCORE, Sublayer.ATTN_CONTEXT) else Device.GPU for s in SUBLAYERS
 )
@@ -150,6 +152,12 @@ class Plan(BaseModel):
         "weights in CXL instead, a split of the weights between the tiers (weight_tier cxl: all of them).",
     )
     kv_tier: HostTier = Field(HostTier.DDR, description="Host tier holding the streamed layers' KV cache.")
+    streamed_kv_on_gpu: StrictBool = Field(
+        False,
+        description="The streamed layers keep their KV cache in GPU memory (FlexGen's cache on the GPU), not in the "
+        "host tier: GPU attention reads it there, nothing is fetched or written back over PCIe. qkv, attn_score and "
+        "attn_context then run on the GPU in both stages.",
+    )
     expert_fetch: ExpertFetch = Field(
         ExpertFetch.ALL,
         description="MoE models: prefetch every expert of a GPU MLP sublayer (all), or fetch "
@@ -213,7 +221,7 @@ class Plan(BaseModel):
                 f"prefill {policy_notation(self.prefill_policy)}  {policy_in_words(self.prefill_policy)}",
                 f"decode  {policy_notation(self.decode_policy)}  {policy_in_words(self.decode_policy)}",
                 f"GPU-resident layers {self.gpu_resident_layers}, prefill minibatches {self.prefill_minibatches}, "
-                f"weights in {self._weights_where()}, KV in {self.kv_tier.value.upper()}, "
+                f"weights in {self._weights_where()}, KV in {self._kv_where()}, "
                 f"{'' if self.expert_fetch == ExpertFetch.ALL else 'routed experts fetched on demand, '}"
                 f"pinned={self.pinned_weights}, overlap={self.overlap}, CPU ISA {self._isa_words()}, "
                 f"embeddings and LM head on the {head_device(self).name}",
@@ -232,6 +240,9 @@ class Plan(BaseModel):
             return self.prefill_cpu_isa.value
         return f"{self.prefill_cpu_isa.value} (prefill) / {self.decode_cpu_isa.value} (decode)"
 
+    def _kv_where(self) -> str:
+        return "HBM (every layer)" if self.streamed_kv_on_gpu else self.kv_tier.value.upper()
+
     def _weights_where(self) -> str:
         if self.cxl_weight_layers:
             return f"DDR ({self.cxl_weight_layers} streamed layers in CXL)"
@@ -245,6 +256,26 @@ class Plan(BaseModel):
                 "weights are in CXL already: use weight_tier ddr with cxl_weight_layers N, or "
                 "cxl_weight_layers 0"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _kv_on_gpu_needs_gpu_attention(self) -> "Plan":
+        """KV in GPU memory for every layer: the sublayers that write it (qkv) and read it (attention) run on the
+        GPU in both stages (the runtime has no path that moves a GPU-homed cache to the CPU or new K/V into it
+        from a CPU qkv), and kv_tier, the host tier of a cache that is not in the host, stays at its default."""
+        if not self.streamed_kv_on_gpu:
+            return self
+        if self.kv_tier != HostTier.DDR:
+            raise ValueError(
+                "streamed_kv_on_gpu keeps the KV cache in GPU memory, so it has no host tier: use kv_tier ddr"
+            )
+        for stage, policy in (("prefill_policy", self.prefill_policy), ("decode_policy", self.decode_policy)):
+            on_cpu = [s.value for s, d in zip(SUBLAYERS, policy) if d == Device.CPU and s in KV_SUBLAYERS]
+            if on_cpu:
+                raise ValueError(
+                    f"streamed_kv_on_gpu needs qkv, attn_score and attn_context on the GPU, but the {stage} runs "
+                    f"{', '.join(on_cpu)} on the CPU: put them on the GPU (0) or set streamed_kv_on_gpu false"
+                )
         return self
 
     def cxl_weight_layer_count(self, streamed_layers: int) -> int:

@@ -10,6 +10,7 @@ the copies the executor must make (docs/design.md section 3):
 - ``kv_writeback``: new K and V made by a GPU qkv of a streamed layer, into the host cache;
 - ``kv_fetch``: host-cache positions a streamed layer's GPU attention reads (cached ones when the GPU qkv
   put the new ones on the GPU, all of them when a CPU qkv wrote them to the host);
+  neither with ``plan.streamed_kv_on_gpu`` (the cache lives on the GPU);
 - ``weights``: each GPU sublayer's weights of each streamed layer, once per pass, into alternating buffers;
 - ``head``: the last hidden state to the LM head's device.
 
@@ -80,7 +81,7 @@ def expected_records(
                     copies[(stage, step, li, c, "resid", "h", 2 * sizes["h"])] += 1
                 if dev[FC2] != dev[OUT] and dev[FC1] == dev[OUT]:
                     copies[(stage, step, li, c, "resid", "h_mid", 2 * sizes["h_mid"])] += 1
-                if resident:
+                if resident or plan.streamed_kv_on_gpu:
                     continue
                 if dev[QKV] == Device.GPU:
                     copies[(stage, step, li, c, "kv_writeback", "k,v", 2 * 2 * b * kvh * q * d)] += 1

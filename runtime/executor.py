@@ -138,7 +138,16 @@ class Executor:
         resident_flat = cache.sync(backend, weights, self.R) if self.R else []
         attention_on_gpu = any(p[SUBLAYER_INDEX[s]] == Device.GPU for p in self.policy.values() for s in (SCORE, CTX))
         self.kv = KVStore(
-            backend, self.rec, self.feeder, kv_shape, self.R, self.K, attention_on_gpu, self.mover.pool, kv_arena
+            backend,
+            self.rec,
+            self.feeder,
+            kv_shape,
+            self.R,
+            self.K,
+            attention_on_gpu,
+            self.mover.pool,
+            kv_arena,
+            streamed_on_gpu=plan.streamed_kv_on_gpu,
         )
         self.streamer = WeightStreamer(backend, weights, plan, self.policy, self.rec, self.feeder)
         self.dispatch = SublayerDispatch(
@@ -349,8 +358,8 @@ def random_prompt(model: ModelSpec, workload: Workload, seed: int = 0) -> torch.
 
 
 def kv_arena_elements(model: ModelSpec, workload: Workload, plan: Plan) -> int:
-    """bf16 elements of the host KV cache of a plan's streamed layers."""
-    streamed = model.num_layers - plan.gpu_resident_layers
+    """bf16 elements of the host KV cache of a plan's streamed layers (none when it lives on the GPU)."""
+    streamed = 0 if plan.streamed_kv_on_gpu else model.num_layers - plan.gpu_resident_layers
     return (
         2 * streamed * workload.batch * model.num_kv_heads * (workload.input_len + workload.output_len) * model.head_dim
     )

@@ -10,7 +10,9 @@ streamed layer gets the cached ones.
   wrote 448 rows of 256 B per tensor with cudaMemcpy2DAsync in 0.15-0.27 ms (about 1 GB/s) between the GPU qkv
   and CPU attention; a contiguous 115 KB copy takes a few microseconds. ``LIA_KV_WRITEBACK=pitched`` keeps the
   pitched copy on the chain too (the runtime before 2026-12-01's thirteenth session).
-- GPU attention of a streamed layer reads one shared GPU staging buffer: the cached positions (and new ones made
+- Streamed layers of a plan with ``streamed_kv_on_gpu`` (FlexGen's cache on the GPU): their own GPU K and V, as a
+  resident layer's; nothing is fetched, staged or written back (qkv and attention run on the GPU: lia_model.plan).
+- Otherwise GPU attention of a streamed layer reads one shared GPU staging buffer: the cached positions (and new ones made
   by a CPU qkv) are fetched into it from the host cache, once per layer and chunk, on the H2D stream; the fetch is
   on the chain, so the weight feeder lets it go first.
 """
@@ -35,8 +37,9 @@ from runtime.streamer import WeightFeeder
 
 @dataclass
 class LayerKV:
-    host: Optional[dict[str, torch.Tensor]]  # streamed: {"k": [B,kv,S,d], "v": ...} in host memory
-    gpu: Optional[dict[str, torch.Tensor]]  # resident: own GPU cache; streamed: the shared staging buffer
+    host: Optional[dict[str, torch.Tensor]]  # streamed: {"k": [B,kv,S,d], "v": ...} in host memory; None: on GPU
+    # resident, or streamed with the cache on the GPU: its own GPU cache; streamed: the shared staging buffer
+    gpu: Optional[dict[str, torch.Tensor]]
     resident: bool
     # Latest D2H write-back into the host cache per batch-row range (prefill chunks, then the whole batch);
     # the D2H stream is in order, so a reader of some rows waits for the latest event among overlapping ranges.
@@ -65,6 +68,7 @@ class KVStore:
         attention_on_gpu: bool,
         pool: PinnedPool,
         kv_arena: Optional[HostArena] = None,
+        streamed_on_gpu: bool = False,
     ) -> None:
         self.backend = backend
         self.pool = pool  # the Mover's: lends the contiguous K/V landing buffers
@@ -74,6 +78,12 @@ class KVStore:
             LayerKV(None, {w: backend.empty(kv_shape, Device.GPU, zero=True) for w in "kv"}, True)
             for _ in range(resident)
         ]
+        if streamed_on_gpu:  # every streamed layer's own GPU cache, as a resident layer's
+            self.layers += [
+                LayerKV(None, {w: backend.empty(kv_shape, Device.GPU, zero=True) for w in "kv"}, False)
+                for _ in range(streamed)
+            ]
+            streamed = 0  # no host cache
         self.staging = (
             {w: backend.empty(kv_shape, Device.GPU, zero=True) for w in "kv"} if streamed and attention_on_gpu else None
         )
@@ -121,7 +131,8 @@ class KVStore:
         """Store the new K/V [rows, kv, q, d] that a qkv on ``dev`` made for positions pos0 .. valid."""
         lo, hi = lay.pos0, lay.valid
         kv = lay.kv
-        if lay.resident:
+        if kv.host is None:  # resident, or the streamed cache on the GPU
+            self._require_gpu(lay, dev, "qkv")
             kv.gpu["k"][ch.rows, :, lo:hi].copy_(k)
             kv.gpu["v"][ch.rows, :, lo:hi].copy_(v)
             return
@@ -171,6 +182,8 @@ class KVStore:
 
     def fetch(self, lay: LayerPass, ch: Chunk, which: str) -> Optional[Event]:
         """Fetch the host-cache positions GPU attention needs into the staging buffer (once per layer/chunk)."""
+        if lay.kv.host is None:
+            return None  # resident, or the streamed cache on the GPU: nothing to fetch
         key = (which, ch.c)
         if key in lay.staged:
             return lay.staged[key]
@@ -198,17 +211,29 @@ class KVStore:
         position) of the host cache (CPU), the resident cache or the staging buffer (GPU)."""
         kv = lay.kv
         width = lay.valid if width is None else width
+        if kv.host is None:  # resident, or the streamed cache on the GPU
+            self._require_gpu(lay, dev, "attention")
+            return kv.gpu[which][ch.rows, :, :width]
         if dev == Device.CPU:
             pending = kv.written_for(ch.b0, ch.b1)
             if pending is not None:
                 pending.synchronize()
             self.settle(kv, ch.b0, ch.b1)
             return kv.host[which][ch.rows, :, :width]
-        if lay.resident:
-            return kv.gpu[which][ch.rows, :, :width]
         ev = self.fetch(lay, ch, which)
         self.backend.wait(self.backend.compute, ev)
         return self.staging[which][ch.rows, :, :width]
+
+    @staticmethod
+    def _require_gpu(lay: LayerPass, dev: Device, what: str) -> None:
+        """A cache on the GPU is written and read there only (the plan's validator keeps qkv and attention on
+        the GPU when the streamed cache lives there)."""
+        if dev != Device.GPU:
+            raise LiaInputError(
+                "plan.streamed_kv_on_gpu",
+                f"layer {lay.li} keeps its KV cache on the GPU but its {what} runs on the CPU",
+                "run qkv and attention on the GPU, or keep the streamed layers' KV in host memory",
+            )
 
 
 def contiguous_writeback() -> bool:

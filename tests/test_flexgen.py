@@ -33,7 +33,7 @@ from lia_model.flexgen import (
 )
 from lia_model.memory import MemoryTier, memory_use
 from lia_model.models import get_model
-from lia_model.plan import ATTENTION_ON_CPU, CpuIsa, Device, HostTier, head_device
+from lia_model.plan import ALL_GPU, ATTENTION_ON_CPU, CpuIsa, Device, HostTier, head_device
 from lia_model.profiles import load_system
 from lia_model.workload import Workload
 from tests.toys import toy_model, toy_system
@@ -231,6 +231,30 @@ def test_flexgen_plan_maps_weights_to_whole_resident_layers():
             system, model, wl, greedy.model_copy(update={"gpu_resident_layers": greedy.gpu_resident_layers + 1})
         ).values()
     )
+
+
+def test_flexgens_cache_on_the_gpu_maps_to_streamed_kv_on_the_gpu_where_it_fits():
+    """FlexGen's cache on the GPU (``3 97 100 0 100 0``, its choice for OPT-30B at B = 512 on the 40 GiB host):
+    all-GPU decode with every streamed layer's cache in HBM; on the CPU: CPU attention over a DDR cache; a cache
+    HBM cannot hold beside the streaming buffers stays in DDR; with every layer resident the flag is moot (off)."""
+    system, model = load_system("emr-h100-calibrated", ["gpu.memory_gib=40"]), get_model("opt-30b")
+    wl = Workload(batch=512, input_len=32, output_len=8)
+    gpu_cache = flexgen_plan(system, model, wl, FlexGenPolicy(256, 2, 0.03, 0.97, 1.0, 0.0, 1.0, 0.0))
+    assert gpu_cache.streamed_kv_on_gpu and gpu_cache.decode_policy == ALL_GPU
+    assert gpu_cache.gpu_resident_layers == 1  # floor(0.03 x 48)
+    mem = memory_use(system, model, wl, gpu_cache)
+    assert mem[MemoryTier.HBM].components_bytes["streamed_kv"] == 47 * 2 * 512 * 40 * 7168 * 2
+    cpu_cache = flexgen_plan(system, model, wl, FlexGenPolicy(256, 2, 0.03, 0.97, 0.0, 1.0, 1.0, 0.0))
+    assert not cpu_cache.streamed_kv_on_gpu and cpu_cache.decode_policy == ATTENTION_ON_CPU
+    too_big = Workload(batch=512, input_len=1024, output_len=8)  # 47 x 38.8 GB of cache
+    assert not flexgen_plan(
+        system, model, too_big, FlexGenPolicy(256, 2, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0)
+    ).streamed_kv_on_gpu
+    small = load_system("spr-h100")  # OPT-30B fits its 80 GB whole at B = 1
+    whole = flexgen_plan(
+        small, model, Workload(batch=1, input_len=32, output_len=8), FlexGenPolicy(1, 1, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0)
+    )
+    assert whole.gpu_resident_layers == 48 and not whole.streamed_kv_on_gpu
 
 
 def test_flexgen_baseline_is_flexgens_own_choice_and_predicted_as_flexgen_runs_it():

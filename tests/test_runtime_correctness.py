@@ -299,6 +299,44 @@ def test_gpu_attention_without_the_cached_kv_fetch_is_caught(fake_opt, monkeypat
     assert check["logits_rel_err"] > 5 * LOGITS_RTOL
 
 
+@pytest.mark.parametrize("resident,n", [(0, 1), (1, 2)])
+@pytest.mark.parametrize("decode", [ALL_GPU, policy_from_index(0b110000)], ids=["all-gpu", "mlp-on-cpu"])
+def test_streamed_kv_on_the_gpu_matches_the_reference_and_moves_no_kv(resident, n, decode, fake_llama):
+    """FlexGen's cache on the GPU (plan.streamed_kv_on_gpu): the same logits, and no KV fetch or write-back at all
+    (check_run holds the run to exactly the plan's copies)."""
+    plan = Plan(
+        prefill_policy=ALL_GPU,
+        decode_policy=decode,
+        gpu_resident_layers=resident,
+        prefill_minibatches=n,
+        streamed_kv_on_gpu=True,
+    )
+    result, check = _run(fake_llama, plan)
+    assert check["logits_rel_err"] < LOGITS_RTOL
+    assert check_run(result, plan, TINY_LLAMA, WORKLOAD, Device.GPU) == []
+    copies = {r.name for r in result.records if r.kind == "copy"}
+    assert not copies & {"kv_fetch", "kv_writeback"}, copies
+    # and the same plan with the cache in host memory does fetch it
+    host = plan.model_copy(update={"streamed_kv_on_gpu": False})
+    result, _ = _run(fake_llama, host)
+    assert {"kv_fetch", "kv_writeback"} <= {r.name for r in result.records if r.kind == "copy"}
+
+
+def test_streamed_kv_on_the_gpu_without_writing_it_there_is_caught(fake_opt, monkeypatch):
+    """The check can fail: a write of new K/V to the GPU-homed cache that goes missing changes the logits."""
+    plan = Plan(prefill_policy=ALL_GPU, decode_policy=ALL_GPU, streamed_kv_on_gpu=True)
+    real = KVStore.write
+
+    def drop_streamed(self, lay, ch, dev, k, v):
+        if not lay.resident and lay.step > 0:
+            return None
+        return real(self, lay, ch, dev, k, v)
+
+    monkeypatch.setattr(KVStore, "write", drop_streamed)
+    _, check = _run(fake_opt, plan)
+    assert check["logits_rel_err"] > 5 * LOGITS_RTOL
+
+
 def test_the_movers_pinned_pool_lends_the_same_buffers_to_every_run(fake_opt):
     """The D2H destinations and the K/V landing buffers come from the Mover's pinned pool: within a run it hands
     buffers out again, and a second run of the same executor allocates none and computes the reference's logits."""

@@ -9,8 +9,10 @@ The space (for one batch B):
   weights in CXL K_cxl              0 .. K streamed layers keep their weights in CXL, the other K - K_cxl in
                                     DDR (0 without CXL): any split of the weights between the tiers
   expert fetch                      MoE models: all experts prefetched, or the routed ones on demand
-fixed: pinned weights, weight prefetch overlap (never slower in the model), and the embeddings and LM head
-on the GPU (so an all-CPU policy with no resident layer still runs its head there).
+fixed: pinned weights, weight prefetch overlap (never slower in the model), the embeddings and LM head
+on the GPU (so an all-CPU policy with no resident layer still runs its head there), and the streamed layers'
+KV cache in the host tier (``plan.streamed_kv_on_gpu``, FlexGen's cache on the GPU, is priced by predict() and
+run by the runtime, but not searched: the flexgen baseline uses it).
 For the throughput objectives B is chosen too, from 1 to the largest batch that fits (``batch.py``).
 
 ``SpaceTables`` holds, per combination of the discrete knobs other than the policies, N_res and K_cxl, and
@@ -137,6 +139,7 @@ def contains(
         and plan.prefill_minibatches in minibatch_candidates(batch)
         and plan.weight_tier in tiers
         and plan.kv_tier in tiers
+        and not plan.streamed_kv_on_gpu
         and (plan.cxl_weight_layers == 0 or HostTier.CXL in tiers)
         and plan.prefill_cpu_isa in isas
         and plan.decode_cpu_isa in isas
