@@ -77,6 +77,31 @@ def test_policies_on_cuda_match_the_reference_and_the_plans_data_flow(backend, m
         assert timed and all(r.seconds > 0 for r in timed)
 
 
+@pytest.mark.parametrize("model", [TINY_OPT, TINY_LLAMA], ids=["opt", "llama"])
+def test_streamed_kv_on_the_gpu_on_cuda_matches_the_reference_and_moves_no_kv(backend, model):
+    """FlexGen's cache on the GPU (plan.streamed_kv_on_gpu) on a real device: the reference's logits, exactly the
+    plan's copies (no KV fetch or write-back), in one and two prefill chunks, with and without a resident layer."""
+    from runtime.dataflow import check_run
+    from runtime.executor import Executor, random_prompt
+    from runtime.reference import LOGITS_RTOL, check_against_reference
+
+    weights = _weights(backend, model)
+    prompt = random_prompt(model, WORKLOAD, seed=5)
+    for resident, n, decode in ((0, 2, ALL_GPU), (1, 1, policy_from_index(0b110000))):
+        plan = Plan(
+            prefill_policy=ALL_GPU,
+            decode_policy=decode,
+            gpu_resident_layers=resident,
+            prefill_minibatches=n,
+            streamed_kv_on_gpu=True,
+        )
+        result = Executor(backend, weights, plan, WORKLOAD).generate(prompt, keep_logits=True)
+        check = check_against_reference(weights, prompt, result.tokens, result.logits, torch.device("cuda"))
+        assert check["logits_rel_err"] < LOGITS_RTOL, plan.describe()
+        assert check_run(result, plan, model, WORKLOAD, Device.GPU) == [], plan.describe()
+        assert not {r.name for r in result.records if r.kind == "copy"} & {"kv_fetch", "kv_writeback"}
+
+
 def test_the_movers_pinned_pool_reuses_buffers_only_after_their_copies(backend, monkeypatch):
     """A mixed plan (GPU qkv, CPU attention, the rest on the GPU; two prefill chunks) takes D2H destinations, K/V
     landing buffers and CPU outputs crossing to the GPU from the Mover's pinned pool. Every copy the pool is told of
