@@ -240,6 +240,11 @@ class Plan(BaseModel):
             return self.prefill_cpu_isa.value
         return f"{self.prefill_cpu_isa.value} (prefill) / {self.decode_cpu_isa.value} (decode)"
 
+    @property
+    def kv_home(self) -> str:
+        """Where the streamed layers' KV cache lives, for tables and CSV rows: ``hbm``, or the host tier."""
+        return "hbm" if self.streamed_kv_on_gpu else self.kv_tier.value
+
     def _kv_where(self) -> str:
         return "HBM (every layer)" if self.streamed_kv_on_gpu else self.kv_tier.value.upper()
 

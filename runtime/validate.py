@@ -505,7 +505,7 @@ def _plan_cols(p: Point) -> dict[str, Any]:
         "gpu_resident_layers": pl.gpu_resident_layers,
         "prefill_minibatches": pl.prefill_minibatches,
         "weight_tier": pl.weight_tier.value,
-        "kv_tier": "hbm" if pl.streamed_kv_on_gpu else pl.kv_tier.value,
+        "kv_tier": pl.kv_home,
         "pinned_weights": pl.pinned_weights,
         "overlap": pl.overlap,
         "cpu_isa_plan": p.plan_isa,

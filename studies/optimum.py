@@ -83,7 +83,7 @@ def plan_fields(plan: Optional[Plan]) -> dict[str, Any]:
         "gpu_resident_layers": plan.gpu_resident_layers,
         "prefill_minibatches": plan.prefill_minibatches,
         "weight_tier": plan.weight_tier.value,
-        "kv_tier": plan.kv_tier.value,
+        "kv_tier": plan.kv_home,
         "cpu_isa": plan.isa_label,
     }
 
