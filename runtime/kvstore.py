@@ -8,8 +8,12 @@ streamed layer gets the cached ones.
   contiguous in a page-locked buffer instead (one 1-D copy each) and the CPU scatters them into the cache before
   its first read. Measured on the host (2026-12-01, runtime/validation/wave2-q2/traces.tgz): OPT-30B at B = 8
   wrote 448 rows of 256 B per tensor with cudaMemcpy2DAsync in 0.15-0.27 ms (about 1 GB/s) between the GPU qkv
-  and CPU attention; a contiguous 115 KB copy takes a few microseconds. ``LIA_KV_WRITEBACK=pitched`` keeps the
-  pitched copy on the chain too (the runtime before 2026-12-01's thirteenth session).
+  and CPU attention; a contiguous 115 KB copy takes a few microseconds. Wide rows go pitched straight into the
+  cache instead (``PITCHED_FULL_RATE_ROW_BYTES``): the host scatter is the host thread's work, on the chain
+  between the CPU sublayers (OPT-30B B = 512 prefill, 16 chunks: about 1 ms of each ~3.1 ms chunk cycle,
+  runtime/validation/peer-optimum-trace/README.md), while a pitched copy of 8 KB rows moves at the link's rate.
+  ``LIA_KV_WRITEBACK=pitched`` keeps the pitched copy for narrow rows too (the runtime before 2026-12-01's
+  thirteenth session), ``LIA_KV_WRITEBACK=contiguous`` lands wide rows too (the runtime before issue 10).
 - Streamed layers of a plan with ``streamed_kv_on_gpu`` (FlexGen's cache on the GPU): their own GPU K and V, as a
   resident layer's; nothing is fetched, staged or written back (qkv and attention run on the GPU: lia_model.plan).
 - Otherwise GPU attention of a streamed layer reads one shared GPU staging buffer: the cached positions (and new ones made
@@ -145,7 +149,9 @@ class KVStore:
         if self.staging is not None and (lay.dev(SCORE) == Device.GPU or lay.dev(CTX) == Device.GPU):
             self.staging["k"][ch.rows, :, lo:hi].copy_(k)
             self.staging["v"][ch.rows, :, lo:hi].copy_(v)
-        land = contiguous_writeback() and Device.CPU in (lay.dev(SCORE), lay.dev(CTX))
+        # one pitched row: the new positions lo:hi of one sequence and KV head, contiguous in the cache
+        row_bytes = k.shape[-2] * k.shape[-1] * k.element_size()
+        land = contiguous_writeback(row_bytes) and Device.CPU in (lay.dev(SCORE), lay.dev(CTX))
         if land:  # CPU attention reads them next: contiguous landing, scattered on the host (settle)
             landing = self.pool.take("kv_landing", (2, *k.shape), k.dtype)
         be.wait(be.d2h, produced)
@@ -236,13 +242,34 @@ class KVStore:
             )
 
 
-def contiguous_writeback() -> bool:
-    """Whether a GPU qkv whose K/V CPU attention reads next lands them contiguous (default) rather than pitched."""
-    return os.environ.get("LIA_KV_WRITEBACK", "contiguous") != "pitched"
+# A pitched D2H write-back whose rows (q positions x head_dim x element bytes) are this wide or wider moves at the
+# link's rate, so it needs no contiguous landing and host scatter. Measured on an H200 (2026-12-02, cudaMemcpy2DAsync
+# into a page-locked [512, 56, 40, 128] bf16 cache, 1792 rows): 8192 B rows (OPT-30B prefill, 32 positions) 54.5 GB/s,
+# a contiguous copy of the same 14.7 MB 50.8 GB/s; 256 B rows (one decode position) ran at about 1 GB/s on the GPU host
+# (wave2-q2 traces, above). Narrower rows than the widest measured fast keep the landing.
+PITCHED_FULL_RATE_ROW_BYTES = 8192
+
+
+def contiguous_writeback(row_bytes: int = 0) -> bool:
+    """Whether a GPU qkv whose K/V CPU attention reads next lands them contiguous rather than pitched: rows of
+    ``row_bytes`` narrower than ``PITCHED_FULL_RATE_ROW_BYTES`` (default), always (LIA_KV_WRITEBACK=contiguous) or
+    never (LIA_KV_WRITEBACK=pitched)."""
+    mode = os.environ.get("LIA_KV_WRITEBACK", "auto")
+    if mode == "pitched":
+        return False
+    if mode == "contiguous":
+        return True
+    return row_bytes < PITCHED_FULL_RATE_ROW_BYTES
 
 
 def writeback_mode() -> str:
     """How new K/V of a GPU qkv reach the host cache (recorded in every validation row)."""
-    if contiguous_writeback():
-        return "contiguous landing + host scatter where CPU attention reads next, else pitched"
-    return "pitched (LIA_KV_WRITEBACK=pitched)"
+    mode = os.environ.get("LIA_KV_WRITEBACK", "auto")
+    if mode == "pitched":
+        return "pitched (LIA_KV_WRITEBACK=pitched)"
+    if mode == "contiguous":
+        return "contiguous landing + host scatter where CPU attention reads next, else pitched (LIA_KV_WRITEBACK=contiguous)"
+    return (
+        f"contiguous landing + host scatter where CPU attention reads next and rows are under "
+        f"{PITCHED_FULL_RATE_ROW_BYTES} B, else pitched"
+    )

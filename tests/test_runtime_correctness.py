@@ -180,7 +180,7 @@ def test_a_missed_kv_write_back_is_caught(fake_opt, monkeypatch):
     assert any("kv_writeback" in p for p in check_run(bad, plan, TINY_OPT, WORKLOAD, Device.GPU))
 
 
-@pytest.mark.parametrize("writeback", ["contiguous", "pitched"])
+@pytest.mark.parametrize("writeback", ["auto", "contiguous", "pitched"])
 @pytest.mark.parametrize("early", ["1", "0"])
 @pytest.mark.parametrize("minibatches", [1, 2])
 def test_kv_write_back_modes_and_prefetch_timing_give_the_same_run(
@@ -269,6 +269,44 @@ def test_a_layer_waits_for_its_weights_at_its_first_gpu_sublayer(fake_opt, monke
         first_gpu = min(i for i, e in enumerate(events) if e[1:] == (Device.GPU, li, p_index) and e[0] in weighted)
         # (a sublayer's event is logged as it starts; its weights are awaited inside it, before its kernels)
         assert at == first_gpu + 1 if lazy else at < cpu_qkv
+
+
+@pytest.mark.parametrize("minibatches", [1, 2])
+def test_wide_kv_rows_are_written_back_pitched_and_narrow_ones_land(fake_opt, monkeypatch, minibatches):
+    """By default (LIA_KV_WRITEBACK unset) a GPU qkv whose K/V CPU attention reads next lands them contiguous for
+    the host to scatter only where a pitched row (q positions x head_dim x 2 B) is narrower than
+    PITCHED_FULL_RATE_ROW_BYTES; wider rows go pitched straight into the cache (no host scatter between the CPU
+    sublayers, issue 10). With the threshold between the tiny model's prefill rows (7 x 16 x 2 = 224 B) and its
+    decode rows (32 B), prefill writes pitched and decode lands; the logits and the data moved are the reference's."""
+    import runtime.kvstore as kvstore
+
+    monkeypatch.delenv("LIA_KV_WRITEBACK", raising=False)
+    monkeypatch.setattr(kvstore, "PITCHED_FULL_RATE_ROW_BYTES", 224)
+    assert kvstore.contiguous_writeback(32) and not kvstore.contiguous_writeback(224)
+    landed: list[int] = []  # the q of each landing
+    scattered: list[int] = []
+    settle = KVStore.settle
+
+    def log_settle(self, kv, b0, b1):
+        scattered.extend(landing.shape[3] for key, (landing, lo, hi) in kv.landed.items() if key[0] < b1 and b0 < key[1])
+        return settle(self, kv, b0, b1)
+
+    from runtime.pinned_pool import PinnedPool
+
+    take = PinnedPool.take
+
+    def log_take(self, role, shape, dtype=None):
+        if role == "kv_landing":
+            landed.append(shape[3])
+        return take(self, role, shape, dtype)
+
+    monkeypatch.setattr(KVStore, "settle", log_settle)
+    monkeypatch.setattr(PinnedPool, "take", log_take)
+    plan = Plan(prefill_policy=ATTENTION_ON_CPU, decode_policy=ATTENTION_ON_CPU, prefill_minibatches=minibatches)
+    result, check = _run(fake_opt, plan)
+    assert check["logits_rel_err"] < LOGITS_RTOL
+    assert check_run(result, plan, TINY_OPT, WORKLOAD, Device.GPU) == []
+    assert landed and set(landed) == {1} and set(scattered) == {1}  # decode landed and scattered, prefill never
 
 
 def test_a_landed_kv_never_scattered_is_caught(fake_opt, monkeypatch):
