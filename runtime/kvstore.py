@@ -250,11 +250,24 @@ class KVStore:
 PITCHED_FULL_RATE_ROW_BYTES = 8192
 
 
+WRITEBACK_MODES = ("auto", "pitched", "contiguous")
+
+
+def writeback_setting() -> str:
+    """LIA_KV_WRITEBACK (default auto); anything else is refused with the three choices."""
+    mode = os.environ.get("LIA_KV_WRITEBACK", "auto")
+    if mode not in WRITEBACK_MODES:
+        raise LiaInputError(
+            "LIA_KV_WRITEBACK", f"unknown write-back mode {mode!r}", f"use one of: {', '.join(WRITEBACK_MODES)}"
+        )
+    return mode
+
+
 def contiguous_writeback(row_bytes: int = 0) -> bool:
     """Whether a GPU qkv whose K/V CPU attention reads next lands them contiguous rather than pitched: rows of
     ``row_bytes`` narrower than ``PITCHED_FULL_RATE_ROW_BYTES`` (default), always (LIA_KV_WRITEBACK=contiguous) or
     never (LIA_KV_WRITEBACK=pitched)."""
-    mode = os.environ.get("LIA_KV_WRITEBACK", "auto")
+    mode = writeback_setting()
     if mode == "pitched":
         return False
     if mode == "contiguous":
@@ -264,7 +277,7 @@ def contiguous_writeback(row_bytes: int = 0) -> bool:
 
 def writeback_mode() -> str:
     """How new K/V of a GPU qkv reach the host cache (recorded in every validation row)."""
-    mode = os.environ.get("LIA_KV_WRITEBACK", "auto")
+    mode = writeback_setting()
     if mode == "pitched":
         return "pitched (LIA_KV_WRITEBACK=pitched)"
     if mode == "contiguous":

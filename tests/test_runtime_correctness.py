@@ -288,7 +288,9 @@ def test_wide_kv_rows_are_written_back_pitched_and_narrow_ones_land(fake_opt, mo
     settle = KVStore.settle
 
     def log_settle(self, kv, b0, b1):
-        scattered.extend(landing.shape[3] for key, (landing, lo, hi) in kv.landed.items() if key[0] < b1 and b0 < key[1])
+        scattered.extend(
+            landing.shape[3] for key, (landing, lo, hi) in kv.landed.items() if key[0] < b1 and b0 < key[1]
+        )
         return settle(self, kv, b0, b1)
 
     from runtime.pinned_pool import PinnedPool
@@ -619,3 +621,11 @@ def test_both_gqa_decode_variants_run_the_model_as_the_reference_and_stay_out_of
         assert check["logits_rel_err"] < LOGITS_RTOL, variant
         described.add(setup.describe())
     assert len(described) == 1 and "gqa_decode" not in described.pop()
+
+
+def test_an_unknown_kv_write_back_mode_is_refused(monkeypatch):
+    from runtime.kvstore import contiguous_writeback
+
+    monkeypatch.setenv("LIA_KV_WRITEBACK", "fast")
+    with pytest.raises(LiaInputError, match="auto, pitched, contiguous"):
+        contiguous_writeback(256)
