@@ -243,10 +243,11 @@ class KVStore:
 
 
 # A pitched D2H write-back whose rows (q positions x head_dim x element bytes) are this wide or wider moves at the
-# link's rate, so it needs no contiguous landing and host scatter. Measured on an H200 (2026-12-02, cudaMemcpy2DAsync
-# into a page-locked [512, 56, 40, 128] bf16 cache, 1792 rows): 8192 B rows (OPT-30B prefill, 32 positions) 54.5 GB/s,
-# a contiguous copy of the same 14.7 MB 50.8 GB/s; 256 B rows (one decode position) ran at about 1 GB/s on the GPU host
-# (wave2-q2 traces, above). Narrower rows than the widest measured fast keep the landing.
+# link's rate, so it needs no contiguous landing and host scatter. Measured in situ on the GPU host (2026-12-02,
+# runtime/validation/peer-optimum-trace/writeback-ab/ traces, OPT-30B B=512 prefill in 16 chunks: 8192 B rows of
+# 32 positions): a chunk's K+V write-back of 29.4 MB took the D2H queue 0.594 ms pitched and 0.588 ms contiguous;
+# 256 B rows (one decode position) ran at about 1 GB/s (wave2-q2 traces, above). Rows narrower than the widest
+# measured at the full rate keep the landing.
 PITCHED_FULL_RATE_ROW_BYTES = 8192
 
 
