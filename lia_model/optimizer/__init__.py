@@ -310,14 +310,16 @@ def optimize(
     # (tokens per second, -batch, tables) of the best batch solved so far, as search_batch ranks them: the requested
     # solver reads those tables again if the search ends there (else it builds its own)
     kept: Optional[tuple[float, int, SpaceTables]] = None
+    # streamed layers' terms the search's relaxed bounds and exact solves share (space.shared_layer_terms)
+    terms_cache: dict = {}
 
     def latency_at(wl: Workload) -> Optional[float]:
         nonlocal kept
         if ttft_max_s is None:  # the prefill simulated only where it can win (enumerate.lazy_optimum)
-            tables = build_tables(system, model, wl, mode, prefill_bound=True)
+            tables = build_tables(system, model, wl, mode, prefill_bound=True, terms_cache=terms_cache)
             found = lazy_optimum(tables, tpot_max_s=tpot_max_s)
         else:  # a TTFT bound reads every plan's prefill: the fully simulated tables
-            tables = build_tables(system, model, wl, mode)
+            tables = build_tables(system, model, wl, mode, terms_cache=terms_cache)
             found, _ = _enumerate_within_ttft(tables, tpot_max_s, ttft_max_s)
         enumerated[wl.batch] = found
         if found is None:
@@ -337,6 +339,7 @@ def optimize(
         cap=max_batch or BATCH_SEARCH_CAP,
         max_solves=batch_solves,
         rel_tol=batch_rel_tol,
+        terms_cache=terms_cache,
     )
     if search.largest_fitting_batch is None:
         raise _no_plan(system, model, workload.model_copy(update={"batch": 1}), None, mode=mode)

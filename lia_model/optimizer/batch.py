@@ -49,7 +49,6 @@ from lia_model.costterms import (
     head_time_s,
     pass_start_fill,
     resident_layer_time,
-    streamed_layer_terms,
 )
 from lia_model.hardware import EfficiencyPoint, SystemSpec, interpolate_efficiency
 from lia_model.models import ModelSpec
@@ -68,6 +67,7 @@ from lia_model.optimizer.space import (
     expert_fetch_candidates,
     isa_candidates,
     layer_times,
+    shared_layer_terms,
     template_plan,
     tier_candidates,
     useful_isas,
@@ -165,8 +165,10 @@ def relaxed_batch(
     model: ModelSpec,
     workload: Workload,
     mode: CostMode,
+    terms_cache: Optional[dict] = None,
 ) -> RelaxedBatch:
-    """Prefill priced on ``prefill_system`` (skipped when None), decode and the LM head on ``decode_system``."""
+    """Prefill priced on ``prefill_system`` (skipped when None), decode and the LM head on ``decode_system``.
+    ``terms_cache``: streamed layers' terms shared with the exact solves (space.shared_layer_terms)."""
     base = template_plan(decode_system)
     isas = isa_candidates(decode_system)
     tiers = tier_candidates(decode_system)
@@ -186,11 +188,12 @@ def relaxed_batch(
                     ctx = stage_context(workload, plan, Stage.PREFILL, mode, weight_tier=wt)
                     times, parts = [], []
                     for isa in useful_isas(prefill_system, model, [ctx], isas, cache=pre_cache):
-                        st = streamed_layer_terms(
+                        st = shared_layer_terms(
+                            terms_cache,
                             prefill_system,
                             model,
                             _with_isa(ctx, isa),
-                            times=layer_times(pre_cache, prefill_system, model, _with_isa(ctx, isa)),
+                            layer_times(pre_cache, prefill_system, model, _with_isa(ctx, isa)),
                             schedule_bound=True,  # prefill is priced from the resource busy times (2, 2')
                         )
                         if mode == CostMode.OVERLAP:
@@ -218,14 +221,13 @@ def relaxed_batch(
                     dctx = stage_context(workload, plan, Stage.DECODE, mode, weight_tier=wt)
                     dec_t[wt] = np.min(
                         [
-                            streamed_layer_terms(
+                            shared_layer_terms(
+                                terms_cache,
                                 decode_system,
                                 model,
                                 _with_isa(dctx, isa),
-                                times=layer_times(dec_cache, decode_system, model, _with_isa(dctx, isa)),
-                            )
-                            .layer_time(ALL_POLICY_FEATURES)
-                            .sum(axis=1)
+                                layer_times(dec_cache, decode_system, model, _with_isa(dctx, isa)),
+                            ).policy_layer_times.sum(axis=1)
                             for isa in useful_isas(decode_system, model, [dctx], isas, cache=dec_cache)
                         ],
                         axis=0,
@@ -267,6 +269,7 @@ def search_batch(
     max_bounds: int = DEFAULT_MAX_BOUNDS,
     rel_tol: float = 0.0,
     ttft_max_s: Optional[float] = None,
+    terms_cache: Optional[dict] = None,
 ) -> BatchSearch:
     """The batch of highest throughput in 1 .. min(cap, largest that fits). ``solve(workload)`` returns the
     optimal latency at that batch under the bounds (mean TPOT <= ``tpot_max_s``, TTFT <= ``ttft_max_s``; None
@@ -277,7 +280,8 @@ def search_batch(
 
     With calibrated kernel tables (``system.kernels``: measured times by shape, no monotone structure the
     relaxation can rest on), or in the paper mode (the authors' model, not costterms' terms), the bound still
-    orders the search but proves nothing: unless every batch of the range was solved, ``gap_bound`` is None."""
+    orders the search but proves nothing: unless every batch of the range was solved, ``gap_bound`` is None.
+    ``terms_cache``: streamed layers' terms the relaxed bounds share with ``solve`` (space.shared_layer_terms)."""
     proven = system.kernels is None and mode != CostMode.PAPER
     top = largest_feasible_batch(
         system, model, workload.input_len, workload.output_len, cap=cap, precision=workload.precision
@@ -300,11 +304,11 @@ def search_batch(
         # for some chunk of b in [1, hi] sequences.
         pre_sys = flat_matmul_system(system, q, hi * q)
         dec_sys = flat_matmul_system(system, lo, hi)
-        cost = relaxed_batch(pre_sys, dec_sys, model, at(hi), mode)
+        cost = relaxed_batch(pre_sys, dec_sys, model, at(hi), mode, terms_cache)
         # the bounds' side at lo, read only under a bound (best_in_combo); its prefill only under a TTFT bound
         bounded = tpot_max_s is not None or ttft_max_s is not None
         cons = (
-            relaxed_batch(pre_sys if ttft_max_s is not None else None, dec_sys, model, at(lo), mode)
+            relaxed_batch(pre_sys if ttft_max_s is not None else None, dec_sys, model, at(lo), mode, terms_cache)
             if lo != hi and bounded
             else cost
         )

@@ -287,17 +287,65 @@ def cxl_never_faster(system: SystemSpec) -> bool:
     return system.cxl is None or system.cxl.read_gbps <= system.ddr.read_gbps
 
 
+def _times_fingerprint(times: SublayerTimes) -> bytes:
+    """Every number of a chunk's times (its work aside: a function of the stage context), as bytes: equal bytes,
+    equal times, so terms that carry one caller's times object serve another's."""
+    arrays = (
+        times.cpu_s,
+        times.gpu_s,
+        times.cpu_compute_bound,
+        times.gpu_compute_bound,
+        times.cpu_memory_s,
+        times.gpu_memory_s,
+        times.cpu_fused_delta_s,
+        times.gpu_fused_delta_s,
+    )
+    return b"".join(np.ascontiguousarray(a).tobytes() for a in arrays) + bytes([times.fused_attention])
+
+
+def shared_layer_terms(
+    terms_cache: Optional[dict],
+    system: SystemSpec,
+    model: ModelSpec,
+    ctx: StageContext,
+    times: Optional[SublayerTimes],
+    simulate_every: bool = False,
+    schedule_bound: bool = False,
+) -> StageTerms:
+    """``streamed_layer_terms`` of a layer, kept in ``terms_cache`` (None: not kept) for the next caller with the
+    same context and the same chunk times. A cache serves one model and the systems of one batch search: a
+    system and its ``batch.flat_matmul_system`` variants, which differ only in the linear layers' efficiency
+    tables, and those enter a layer's terms only through its chunk times (``sublayer_times``). So equal
+    (context, times) give equal terms: the relaxed bound of a batch range priced at its top batch B reads the
+    terms the exact solve at B reads wherever the flattened efficiency is the one at B (the tables rise with
+    the rows), and the decode terms are the costly ones (a simulated schedule over every step). Without
+    ``schedule_bound`` the schedules are simulated, every vector's with ``simulate_every``."""
+    if terms_cache is None or times is None:  # (None: the paper mode, which prices its own times)
+        return streamed_layer_terms(system, model, ctx, simulate_every, times, schedule_bound)
+    key = (ctx, _times_fingerprint(times), schedule_bound, bool(simulate_every) and not schedule_bound)
+    hit = terms_cache.get(key)
+    if hit is None:
+        hit = terms_cache[key] = streamed_layer_terms(system, model, ctx, simulate_every, times, schedule_bound)
+    return hit
+
+
 def prefill_terms(
-    system: SystemSpec, model: ModelSpec, ctx: StageContext, cache: dict, bound: bool = False
+    system: SystemSpec,
+    model: ModelSpec,
+    ctx: StageContext,
+    cache: dict,
+    bound: bool = False,
+    terms_cache: Optional[dict] = None,
 ) -> StageTerms:
     """A streamed prefill layer's terms (``ctx`` with its ISA); ``bound``: its schedules lower bounds
-    (streamed_layer_terms' ``schedule_bound``) instead of simulated."""
-    return streamed_layer_terms(
+    (streamed_layer_terms' ``schedule_bound``) instead of simulated. ``terms_cache``: see ``shared_layer_terms``."""
+    return shared_layer_terms(
+        terms_cache,
         system,
         model,
         ctx,
+        layer_times(cache, system, model, ctx),
         simulate_every=pass_start_fill(system, ctx),
-        times=layer_times(cache, system, model, ctx),
         schedule_bound=bound,
     )
 
@@ -330,9 +378,11 @@ def build_tables(
     mode: CostMode = CostMode.OVERLAP,
     prune_isas: bool = True,
     prefill_bound: bool = False,
+    terms_cache: Optional[dict] = None,
 ) -> SpaceTables:
     """The tables of the space at this batch. ``prefill_bound``: the streamed prefill layers' schedules are
-    lower bounds (``simulate_prefill`` makes them exact where needed; enumerate.lazy_optimum)."""
+    lower bounds (``simulate_prefill`` makes them exact where needed; enumerate.lazy_optimum). ``terms_cache``:
+    streamed layers' terms shared with the batch search's relaxed bounds (``shared_layer_terms``)."""
     base = template_plan(system)
     tiers = tier_candidates(system)
     isas = isa_candidates(system)
@@ -363,7 +413,7 @@ def build_tables(
             )
         for wt in tiers:
             prefill[(c, wt)] = {
-                isa: prefill_terms(system, model, _with_isa(contexts[wt], isa), cache, prefill_bound)
+                isa: prefill_terms(system, model, _with_isa(contexts[wt], isa), cache, prefill_bound, terms_cache)
                 for isa in useful[key]
             }
         if c.minibatches not in resident_prefill:
@@ -387,11 +437,12 @@ def build_tables(
             dec_isas = dec_useful[dkey]
             for wt in tiers:
                 decode[c.decode_key(wt)] = {
-                    isa: streamed_layer_terms(
+                    isa: shared_layer_terms(
+                        terms_cache,
                         system,
                         model,
                         _with_isa(dcontexts[wt], isa),
-                        times=layer_times(cache, system, model, _with_isa(dcontexts[wt], isa)),
+                        layer_times(cache, system, model, _with_isa(dcontexts[wt], isa)),
                     )
                     for isa in dec_isas
                 }
