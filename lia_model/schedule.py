@@ -45,7 +45,8 @@ layer by the H2D link's whole busy time (weights and activations) separately.
 With n = 1 (decode) there is no choice, and the durations may be arrays over decode steps. With n > 1
 the choice of CPU sublayer depends on the times, so the durations must be one step (prefill). ``_replay``
 handles both; one step runs ``_replay_one_step``, the same replay transcribed for plain floats (the optimiser's
-hot path), which returns the same float (tests/test_schedule_replay.py).
+hot path), which returns the same float, and steps run ``_replay_rows``, the same replay of every policy vector
+at once as arrays [vectors, steps], which returns the same arrays (tests/test_schedule_replay.py).
 """
 
 from __future__ import annotations
@@ -186,38 +187,13 @@ def simulate_all(
         float(d.cpu_wake_s),
         float(d.cpu_idle_before_wake_s),
     )
-    # the memo's key: every duration the replay reads, as bytes (equal bytes, equal arithmetic, equal result)
-    key = (
-        n,
-        steps,
-        d.fused_attention,
-        b"".join(
-            np.asarray(a, dtype=float).tobytes()
-            for a in (d.cpu_s, d.gpu_s, d.cross_h2d_s, d.cross_d2h_s, d.expert_h2d_s)
-            + (d.k_cached_s, d.v_cached_s, table.v_fetch, d.kv_write_s, cpu_delta, gpu_delta)
-        ),
-        table.copy_wait,
-        table.cpu_slowed,
-        table.cpu_wake,
-        table.cpu_idle,
-    )
-    # a vector whose CPU work is not slowed replays with the scale 1.0 (what _compute_durations then skips)
-    scaled = np.any(cpu_scale != 1.0, axis=1).tolist()
-    return np.stack(
-        [
-            _replay_steps_memo(
-                bits,
-                n,
-                table,
-                np.asarray(start, dtype=float),
-                key,
-                scale if slowed else 1.0,
-                np.asarray(start, dtype=float) + stream,
-            )
-            for bits, start, scale, stream, slowed in zip(
-                np.asarray(policies, dtype=bool).tolist(), starts, cpu_scale, stream_s, scaled
-            )
-        ]
+    # one chunk (n = 1): every vector's replay at once, row by row the same floats (``_replay_rows``)
+    return _replay_rows(
+        np.asarray(policies, dtype=bool),
+        table,
+        np.asarray(starts, dtype=float),
+        np.asarray(cpu_scale, dtype=float),
+        np.asarray(starts, dtype=float) + stream_s,
     )
 
 
@@ -247,34 +223,6 @@ def _bounded_memo(memo: dict, limit: int, full: tuple, compute):
             memo.clear()
         hit = memo[full] = compute()
     return hit
-
-
-# Replays over steps (decode), memoised the same way: the batch search's relaxed decode at the top hi of a range
-# prices the same durations as the exact decode at hi wherever the flattened efficiency is the one at hi, and
-# tiers that leave a vector's durations unchanged repeat it (the throughput benchmark: 475k replays, 205k
-# distinct within a query). Each entry holds an array over steps, so the memo holds fewer.
-_STEPS_MEMO: dict[tuple, np.ndarray] = {}
-_STEPS_MEMO_LIMIT = 50_000
-
-
-def _replay_steps_memo(
-    bits: list[bool],
-    n: int,
-    table: "_Durations",
-    start: np.ndarray,
-    key: tuple,
-    cpu_scale: np.ndarray | float,
-    until: np.ndarray,
-) -> np.ndarray:
-    scale_key = cpu_scale if isinstance(cpu_scale, float) else cpu_scale.tobytes()
-
-    def replay() -> np.ndarray:
-        steps = _replay(bits, n, table, start, cpu_scale, until)
-        steps.flags.writeable = False  # shared by every caller with this key
-        return steps
-
-    full = (tuple(bits), start.tobytes(), key, scale_key, until.tobytes())
-    return _bounded_memo(_STEPS_MEMO, _STEPS_MEMO_LIMIT, full, replay)
 
 
 @dataclass(frozen=True)
@@ -582,3 +530,105 @@ def _replay_one_step(on_cpu: list[bool], n: int, t: _Durations, start: float, cp
                 break
         dirty = [pick]
     return max(chunk_end)
+
+
+def _replay_rows(on_cpu: np.ndarray, t: _Durations, start: np.ndarray, cpu_scale: np.ndarray, until: np.ndarray):
+    """``_replay`` of one chunk (n = 1, decode) for many policy vectors at once: row r of ``on_cpu`` [P, 6] (CPU
+    bits), ``start``, ``cpu_scale`` and ``until`` [P, S] is one vector's replay over the steps, and row r of the
+    result [P, S] is ``_replay(on_cpu[r], 1, t, start[r], cpu_scale[r], until[r])``, to the last bit.
+
+    Why the same floats: with one chunk there is no choice to make, so the replay is one pass over the sublayers
+    in order, each on the GPU (issued) or on the CPU (run), and what it does at a sublayer depends on the bits
+    only. Here each step of that pass is worked out for every row, with each operation of ``_replay`` in its
+    order on its operands, and a row takes it only where its bits take that branch (np.where picks operands, it
+    does no arithmetic). The CPU scale multiplies a row's slowed CPU times as there (a row not slowed has scale
+    1.0, and x * 1.0 == x)."""
+    mx = np.maximum
+    rows = on_cpu.shape[0]
+    cpu_s = [np.asarray(c) * cpu_scale if t.cpu_slowed[i] else np.asarray(c) for i, c in enumerate(t.cpu)]
+    gpu_s = list(t.gpu)
+    cpu_delta = t.cpu_fused_delta * cpu_scale if t.cpu_slowed[_CTX] else t.cpu_fused_delta
+    fused = t.fused & (on_cpu[:, _SCORE] == on_cpu[:, _CTX])  # [P]: one kernel, its extra time on attn_context
+    if t.fused:
+        cpu_s[_CTX] = np.where((fused & on_cpu[:, _CTX])[:, None], cpu_s[_CTX] + cpu_delta, cpu_s[_CTX])
+        gpu_s[_CTX] = np.where((fused & ~on_cpu[:, _CTX])[:, None], gpu_s[_CTX] + t.gpu_fused_delta, gpu_s[_CTX])
+    wait = t.copy_wait
+    zero = np.zeros_like(start)
+    now = gpu_free = h2d_free = d2h_free = start
+
+    def h2d_begin(ready, dur):  # _replay's h2d_begin, reading the h2d_free of the moment
+        begin = mx(h2d_free, ready)
+        if wait:
+            begin = begin + wait * ((ready >= h2d_free) & (ready < until) & (dur > 0))
+        return begin
+
+    def take(where: np.ndarray, new, old):
+        """``new`` in the rows ``where`` [P] marks, ``old`` elsewhere."""
+        return np.where(where[:, None], new, old)
+
+    cpu_qkv = on_cpu[:, _QKV]
+    fetch_k = fetch_v = start
+    # 1. early fetches of the cached K and V (GPU qkv)
+    early_k = ~cpu_qkv & ~on_cpu[:, _SCORE]
+    fetch_k = take(early_k, h2d_begin(start, t.k_cached) + t.k_cached, fetch_k)
+    h2d_free = take(early_k, fetch_k, h2d_free)
+    early_v = ~cpu_qkv & ~on_cpu[:, _CTX]
+    fetch_v = take(early_v, h2d_begin(start, t.v_cached) + t.v_cached, fetch_v)
+    h2d_free = take(early_v, fetch_v, h2d_free)
+    value_end = to_cpu = chunk_end = written = start + zero  # (written: read only where qkv ran on the GPU)
+    woken = on_cpu[:, NUM_SUBLAYERS - 1]
+    last = NUM_SUBLAYERS - 1
+    for i in range(NUM_SUBLAYERS):
+        gpu, cpu = ~on_cpu[:, i], on_cpu[:, i]
+        prev_cpu = on_cpu[:, i - 1] if i > 0 else np.zeros(rows, dtype=bool)
+        # 2. on the GPU: issued
+        ready = value_end
+        if i > 0:
+            x = t.cross_h2d[i - 1]
+            crossed = gpu & prev_cpu
+            ready = take(crossed, h2d_begin(mx(ready, now), x) + x, ready)
+            h2d_free = take(crossed, ready, h2d_free)
+        if i == _SCORE or i == _CTX:
+            x = t.k_cached if i == _SCORE else t.v_fetch
+            late = gpu & cpu_qkv  # a CPU qkv: fetched when the attention is issued
+            fetch = fetch_k if i == _SCORE else fetch_v
+            fetch = take(late, h2d_begin(now, x) + x, fetch)
+            h2d_free = take(late, fetch, h2d_free)
+            ready = mx(ready, fetch)
+        if t.has_experts[i]:
+            x = t.experts[i]
+            ready = take(gpu, h2d_begin(ready, x) + x, ready)
+            h2d_free = take(gpu, ready, h2d_free)
+        gpu_end = mx(gpu_free, ready) + gpu_s[i]
+        gpu_free = take(gpu, gpu_end, gpu_free)
+        if i == _QKV:
+            written = take(gpu, mx(d2h_free, gpu_end) + t.kv_write, written)
+            d2h_free = take(gpu, written, d2h_free)
+        # 3. on the CPU: run when its inputs are ready (a GPU predecessor's output copied to the host)
+        first = take(prev_cpu, value_end, to_cpu) if i > 0 else value_end
+        if i == _SCORE or i == _CTX:
+            first = take(~cpu_qkv, mx(first, written), first)
+        if t.cpu_wake:
+            waited = np.where(woken[:, None], first - now > t.cpu_idle, True)
+            cpu_end = mx(now, first) + cpu_s[i] + t.cpu_wake * waited
+            woken = woken | cpu
+        else:
+            cpu_end = mx(now, first) + cpu_s[i]
+        now = take(cpu, cpu_end, now)
+        end = take(cpu, cpu_end, gpu_end)
+        # finish: the copy to the next sublayer's device (fc2: the next layer's qkv)
+        value_end = end
+        next_cpu = on_cpu[:, i + 1] if i < last else on_cpu[:, _QKV]
+        if i == last:
+            x = t.cross_h2d[i]
+            to_gpu = cpu & ~next_cpu
+            end = take(to_gpu, h2d_begin(end, x) + x, end)
+            h2d_free = take(to_gpu, end, h2d_free)
+        to_host = gpu & next_cpu
+        copied = mx(d2h_free, end) + t.cross_d2h[i]
+        d2h_free = take(to_host, copied, d2h_free)
+        to_cpu = take(to_host, copied, to_cpu)
+        end = take(to_host, copied, end)
+        if i == last:
+            chunk_end = end
+    return chunk_end

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from lia_model.costterms import ALL_POLICY_FEATURES
-from lia_model.schedule import ChunkDurations, _Durations, _replay, _replay_one_step, simulate_all
+from lia_model.schedule import ChunkDurations, _Durations, _replay, _replay_one_step, _replay_rows, simulate_all
 from lia_model.sublayers import NUM_SUBLAYERS
 
 POLICIES = [[bool(b) for b in ALL_POLICY_FEATURES[p, :NUM_SUBLAYERS]] for p in range(64)]
@@ -103,33 +103,58 @@ def test_simulate_all_one_step_equals_the_general_replay():
         assert got.tolist() == want
 
 
-def test_simulate_all_over_steps_memo_returns_the_replay():
-    """The arrays-over-steps path (decode, n = 1) through its memo: a second call with the same durations and
-    rows (memo hits) and a call with one duration changed (a new key) each give ``_replay``'s arrays."""
+def _over_steps(t: _Durations, rng: np.random.Generator, steps: int) -> _Durations:
+    """``t`` with each duration an array over ``steps`` (each step's value scaled apart, or repeated)."""
+
+    def arr(v) -> np.ndarray:
+        return np.asarray(v, dtype=float) * (1.0 + (rng.random(steps) if rng.random() < 0.5 else 0.0))
+
+    lists = {f: [arr(v) for v in getattr(t, f)] for f in ("cpu", "gpu", "cross_h2d", "cross_d2h", "experts")}
+    arrays = {f: arr(getattr(t, f)) for f in ("k_cached", "v_cached", "v_fetch", "kv_write")}
+    deltas = {f: arr(getattr(t, f)) for f in ("cpu_fused_delta", "gpu_fused_delta")}
+    return _Durations(**{**t.__dict__, **lists, **arrays, **deltas, "mx": np.maximum})
+
+
+def test_the_replay_of_many_vectors_over_steps_equals_the_general_replay_bit_for_bit():
+    """Decode (n = 1, arrays over steps): ``_replay_rows`` of the 64 policy vectors at once against ``_replay`` of
+    each, on 150 random layers with every option of the scheduler (fused attention, on-demand experts, feeder
+    waits, wake-ups, slowed CPU work), rows with and without a CPU scale, their own starts and stream ends."""
     rng = np.random.default_rng(15)
+    bits = np.array(POLICIES)
+    for _ in range(150):
+        steps = int(rng.choice([2, 3, 7]))
+        table = _over_steps(_random_table(rng), rng, steps)
+        whole = rng.random() < 0.5  # whole starts keep the ties of whole durations
+        start = np.floor(4 * rng.random((64, 1))).repeat(steps, axis=1) if whole else rng.random((64, steps))
+        scaled = rng.random(64) < 0.5
+        scale = np.where(scaled[:, None], 1.0 + rng.random((64, steps)), 1.0)
+        until = start + float(rng.choice([0.0, 1.0, 4.0, 100.0])) * rng.random((64, steps))
+        got = _replay_rows(bits, table, start, scale, until)
+        for r, vector in enumerate(POLICIES):
+            want = _replay(vector, 1, table, start[r], scale[r] if scaled[r] else 1.0, until[r])
+            assert np.array_equal(got[r], want), (vector, got[r], want)
+
+
+def test_simulate_all_over_steps_returns_the_replay():
+    """The arrays-over-steps path (decode, n = 1) through the public entry point: each row ``_replay``'s array."""
+    rng = np.random.default_rng(16)
     steps = 7
     rows = lambda: rng.random((NUM_SUBLAYERS, steps)) * (rng.random((NUM_SUBLAYERS, steps)) < 0.8)  # noqa: E731
     d = ChunkDurations(*(rows() for _ in range(4)), *(rng.random(steps) for _ in range(4)), rows())
     starts, scales, streams = rng.random((64, steps)), 1.0 + rng.random((64, steps)), rng.random((64, steps))
-    changed = ChunkDurations(
-        *(getattr(d, f) for f in ("cpu_s", "gpu_s", "cross_h2d_s")),
-        d.cross_d2h_s + 1.0,
-        *(getattr(d, f) for f in ("k_cached_s", "v_cached_s", "v_new_s", "kv_write_s", "expert_h2d_s")),
+    got = simulate_all(1, d, starts, ALL_POLICY_FEATURES[:, :NUM_SUBLAYERS], scales, streams)
+    table = _Durations(
+        np.maximum,
+        list(d.cpu_s),
+        list(d.gpu_s),
+        list(d.cross_h2d_s),
+        list(d.cross_d2h_s),
+        list(d.expert_h2d_s),
+        d.k_cached_s,
+        d.v_cached_s,
+        d.v_new_s + d.v_cached_s,
+        d.kv_write_s,
+        tuple(bool(x) for x in np.any(d.expert_h2d_s > 0, axis=1)),
     )
-    for durations in (d, d, changed):
-        got = simulate_all(1, durations, starts, ALL_POLICY_FEATURES[:, :NUM_SUBLAYERS], scales, streams)
-        table = _Durations(
-            np.maximum,
-            list(durations.cpu_s),
-            list(durations.gpu_s),
-            list(durations.cross_h2d_s),
-            list(durations.cross_d2h_s),
-            list(durations.expert_h2d_s),
-            durations.k_cached_s,
-            durations.v_cached_s,
-            durations.v_new_s + durations.v_cached_s,
-            durations.kv_write_s,
-            tuple(bool(x) for x in np.any(durations.expert_h2d_s > 0, axis=1)),
-        )
-        want = [_replay(bits, 1, table, s, k, s + w) for bits, s, k, w in zip(POLICIES, starts, scales, streams)]
-        assert np.array_equal(got, np.stack(want))
+    want = [_replay(bits, 1, table, s, k, s + w) for bits, s, k, w in zip(POLICIES, starts, scales, streams)]
+    assert np.array_equal(got, np.stack(want))
