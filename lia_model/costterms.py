@@ -731,12 +731,13 @@ def streamed_layer_terms(
     ctx: StageContext,
     simulate_every: bool = False,
     times: Optional[SublayerTimes] = None,
-    schedule_bound: bool = False,
+    schedule_bound: bool | np.ndarray = False,
 ) -> StageTerms:
     """The epigraph terms (see module docstring) of one streamed layer in one stage. ``times``: the chunk's
     ``sublayer_times`` where the caller already has them (the same call's result). ``schedule_bound``: no
     vector is simulated and ``schedule_s`` holds a lower bound on each vector's schedule (see below), for
-    callers that prune with it or do not read the schedule (lia_model.optimizer)."""
+    callers that prune with it or do not read the schedule (lia_model.optimizer); a [64] bool array: the
+    vectors it marks get that bound, the others what they get without it."""
     if ctx.mode == CostMode.PAPER:
         from lia_model.paper import paper_layer_terms
 
@@ -949,10 +950,13 @@ def streamed_layer_terms(
             extra = np.minimum((slow - 1.0) * cpu_slowed_work, (1.0 - 1.0 / slow) * stream_s)
             has = cpu_slowed_work > 0
             cpu_scale = np.where(has, 1.0 + extra / np.where(has, cpu_slowed_work, 1.0), 1.0)
-        if schedule_bound:
+        bounded = np.broadcast_to(np.asarray(schedule_bound, dtype=bool), (NUM_POLICIES,))
+        if bounded.any():
             # A schedule is never shorter than its GPU queue, which runs the n chunks' GPU sublayers one after
             # another:  schedule >= n gpu_c  (float sums in another order: callers leave a margin)
-            schedule_s = gpu_c.scaled(n).evaluate(ALL_POLICY_FEATURES)
+            lower_s = gpu_c.scaled(n).evaluate(ALL_POLICY_FEATURES)
+        if bounded.all():
+            schedule_s = lower_s
         else:
             # A schedule never exceeds the serial sum of its operations (with the slowed CPU work, a feeder wait
             # for each host-to-device copy: at most 6 per chunk, so 10 n is a safe over-count, and a wake-up for
@@ -967,7 +971,7 @@ def streamed_layer_terms(
                 + n * wake_s * cpu_calls
             )
             others = np.stack([form.evaluate(ALL_POLICY_FEATURES) for _, form in terms.values()]).max(axis=0)
-            busy = np.flatnonzero(np.any(schedule_s > others, axis=1) | simulate_every)
+            busy = np.flatnonzero((np.any(schedule_s > others, axis=1) | simulate_every) & ~bounded)
             if busy.size:
                 schedule_s[busy] = simulate_all(
                     n,
@@ -977,6 +981,8 @@ def streamed_layer_terms(
                     cpu_scale=cpu_scale[busy],
                     stream_s=stream_s[busy],
                 )
+            if bounded.any():
+                schedule_s[bounded] = lower_s[bounded]
     kv_copy_s = np.zeros((NUM_SUBLAYERS, steps))
     kv_copy_s[_QKV] = kv_write_s
     kv_copy_s[_SCORE] = k_cached_s

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -51,6 +51,7 @@ from lia_model.optimizer.space import (
     divisors,
     minibatch_candidates,
     simulate_prefill,
+    simulated_vectors,
     template_plan,
     tidy_plan,
     tier_candidates,
@@ -214,9 +215,13 @@ def best_in_combo(
     tpot_max_s: Optional[float] = None,
     exhaustive: bool = False,
     ttft_max_s: Optional[float] = None,
+    per_prefill: Optional[np.ndarray] = None,
 ) -> Optional[tuple[float, int, int, int, int]]:
     """(latency, N_res, prefill policy, decode policy, K_cxl) of the best point of one combo, or None.
-    ``ttft_max_s``: a bound on TTFT = ``ca.ttft_prefill.pass_s`` + ``k.ttft_head_s``."""
+    ``ttft_max_s``: a bound on TTFT = ``ca.ttft_prefill.pass_s`` + ``k.ttft_head_s``. ``per_prefill`` ([64], or
+    None): lowered to the least latency of the points with a streamed layer per prefill vector (inf: none fits),
+    or to -inf where the enumeration does not price every vector apart (without the prefill pipeline and CXL);
+    the all-resident point reads no prefill vector and is left out."""
     n_layers, steps = k.num_layers, k.decode_steps
     resident = np.arange(n_layers + 1, dtype=float)
     streamed = n_layers - resident
@@ -289,10 +294,14 @@ def best_in_combo(
             ttft_pass = pre_pass if ca.ttft_pre is None else side.pass_s(resident[rows, None], kk, 0.0, slice(None))
             ok &= ttft_pass[:, _PP[cols]] + k.ttft_head_s <= ttft_max_s
         lat = np.where(ok, lat, np.inf)
+        if per_prefill is not None:  # (``cols`` drops only pairs that a kept pair of the same prefill vector beats)
+            np.minimum.at(per_prefill, _PP[cols], lat.min(axis=0))
         r, j = divmod(int(np.argmin(lat)), cols.size)
         pair = int(cols[j])
         candidate = (float(lat[r, j]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), 0)
     elif not k.has_cxl and not exhaustive and not bounded and not ttft_bounded:
+        if per_prefill is not None:  # the best pair per memory key, not per prefill vector
+            per_prefill[:] = -np.inf
         # Pairs with the same HBM (class, prefill-policy extra) are interchangeable but for their time: keep the best
         levels, level_of = np.unique(policy_extra, return_inverse=True)
         key = _PAIR_CLASS * levels.size + level_of[_PP]
@@ -306,6 +315,8 @@ def best_in_combo(
         pair = int(best_pair[col])
         candidate = (float(lat[r, col]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), 0)
     elif not k.has_cxl and not exhaustive:
+        if per_prefill is not None:  # the best pair per allowance, not per prefill vector
+            per_prefill[:] = -np.inf
         # Per N_res the TPOT bound allows the decode vectors with K D(p_dec) <= X S - N_res R_dec - S head, the
         # TTFT bound the prefill vectors with N_res R_pre + K S_pre(p_pre) + head <= X_ttft, and memory the pairs
         # with extra(pair) <= HBM left: each is "the k smallest" of a sorted list (the TTFT test is exact, and
@@ -386,6 +397,8 @@ def best_in_combo(
         if ttft_bounded:
             ok &= side.pass_s(resident[rows, None], kk, k_cxl, _PP[None, :]) + k.ttft_head_s <= ttft_max_s
         lat = np.where(ok, lat, np.inf)
+        if per_prefill is not None:  # pair = prefill vector x 64 + decode vector
+            np.minimum(per_prefill, lat.min(axis=0).reshape(NUM_POLICIES, NUM_POLICIES).min(axis=1), out=per_prefill)
         r, pair = divmod(int(np.argmin(lat)), _PP.size)
         candidate = (float(lat[r, pair]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), int(k_cxl[r, pair]))
     if candidate is not None and np.isfinite(candidate[0]) and (best is None or candidate[0] < best[0]):
@@ -463,35 +476,38 @@ _BOUND_SLACK = 1e-9
 
 def lazy_optimum(tables: SpaceTables, tpot_max_s: Optional[float] = None) -> Optional[EnumeratedOptimum]:
     """``enumerate_optimum`` of tables built with ``prefill_bound`` (the streamed prefill schedules lower
-    bounds, not simulated), simulating only the (combo, prefill ISA) choices that can be optimal.
+    bounds, not simulated), simulating only the (combo, prefill ISA) choices, and in them the prefill policy
+    vectors, that can be optimal.
 
     Exact: the latency of every point is non-decreasing in the prefill layer time and in the pipeline's compute
     part (prefill_pass_s), and neither memory nor the TPOT bound reads them, so ``best_in_combo`` on the bounded
-    tables is a lower bound L(c, a) on the choice's optimum. Choices are simulated in increasing L; once
-    L > the best exact latency found (with _BOUND_SLACK), no choice left can reach it. Of equal optima the
-    first in enumerate_optimum's order is returned, as there. ``combo_latency_s`` holds, for a combo ruled out
-    without simulation, its lower bound (to the last bits: _BOUND_SLACK; solve_ilp's combo_bounds keeps a combo
-    within 1e-9 of the best)."""
+    tables is a lower bound L(c, a) on the choice's optimum, and its ``per_prefill`` one L(c, a, p) per prefill
+    vector p. Choices are simulated in increasing L; once L > the best exact latency found (with _BOUND_SLACK),
+    no choice left can reach it. Inside a choice only the vectors that can reach the best latency are simulated
+    (``_simulate_what_can_win``). Of equal optima the first in enumerate_optimum's order is returned, as there.
+    ``combo_latency_s`` holds, for a combo ruled out without simulation, its lower bound (to the last bits:
+    _BOUND_SLACK; solve_ilp's combo_bounds keeps a combo within 1e-9 of the best)."""
     consts = stage_constants(tables)
     # per (combo, prefill ISA) in enumerate_optimum's order: the lower bound over its decode ISAs
     choices = [(combo, isa_pre) for combo in tables.combos for isa_pre in tables.prefill_isas(combo)]
 
-    def best_of(combo: Combo, isa_pre: CpuIsa) -> list[Optional[tuple]]:
+    def best_of(combo: Combo, isa_pre: CpuIsa, per_prefill: np.ndarray) -> list[Optional[tuple]]:
         return [
-            best_in_combo(combo_arrays(tables, combo, isa_pre, isa_dec), consts, tpot_max_s)
+            best_in_combo(combo_arrays(tables, combo, isa_pre, isa_dec), consts, tpot_max_s, per_prefill=per_prefill)
             for isa_dec in tables.decode_isas(combo)
         ]
 
-    bounds = [min((f[0] for f in best_of(c, a) if f is not None), default=np.inf) for c, a in choices]
+    per_vector = [np.full(NUM_POLICIES, np.inf) for _ in choices]  # L(c, a, p) over the decode ISAs
+    bounds = [_least(best_of(c, a, lower)) for (c, a), lower in zip(choices, per_vector)]
     values = list(bounds)  # each choice's optimum where simulated, else its lower bound
     best: Optional[tuple] = None  # (latency, order, combo, n_res, pp, pd, k_cxl, isa_pre, isa_dec)
     for k in sorted(range(len(choices)), key=lambda k: (bounds[k], k)):
         if not np.isfinite(bounds[k]) or (best is not None and bounds[k] > best[0] * (1 + _BOUND_SLACK)):
             break  # this bound and every later one exceed the best exact latency: nothing left can reach it
         combo, isa_pre = choices[k]
-        simulate_prefill(tables, combo, isa_pre)
-        exact = best_of(combo, isa_pre)
-        values[k] = min((f[0] for f in exact if f is not None), default=np.inf)
+        incumbent = np.inf if best is None else best[0]
+        exact = _simulate_what_can_win(tables, combo, isa_pre, per_vector[k], incumbent, best_of)
+        values[k] = _least(exact)
         for j, (found, isa_dec) in enumerate(zip(exact, tables.decode_isas(combo))):
             if found is not None and (best is None or (found[0], (k, j)) < best[:2]):
                 best = (found[0], (k, j), combo, *found[1:], isa_pre, isa_dec)
@@ -503,6 +519,44 @@ def lazy_optimum(tables: SpaceTables, tpot_max_s: Optional[float] = None) -> Opt
             per_combo[combo] = min(per_combo.get(combo, np.inf), value)
     value, _, combo, n_res, pp, pd, k_cxl, isa_pre, isa_dec = best
     return EnumeratedOptimum(plan_of(tables, combo, n_res, pp, pd, k_cxl, isa_pre, isa_dec), value, None, per_combo)
+
+
+def _least(found: list[Optional[tuple]]) -> float:
+    """The least latency of ``best_in_combo`` results (inf: none)."""
+    return min((f[0] for f in found if f is not None), default=np.inf)
+
+
+def _simulate_what_can_win(
+    tables: SpaceTables,
+    combo: Combo,
+    isa_pre: CpuIsa,
+    lower: np.ndarray,
+    incumbent: float,
+    best_of: Callable[[Combo, CpuIsa, np.ndarray], list[Optional[tuple]]],
+) -> list[Optional[tuple]]:
+    """``best_of(combo, isa_pre)`` (one ``best_in_combo`` result per decode ISA) with the prefill schedules simulated
+    for the policy vectors that can reach the best latency, where those results decide the search.
+
+    ``lower`` [64]: L(p), a lower bound on the latency of the choice's points with prefill vector p; ``incumbent``:
+    the best exact latency of the choices before (inf: none). Rounds: simulate the vectors with
+    L(p) <= reach, then evaluate the choice with those exact and the rest at their bounds, which gives a value v
+    (<= its optimum) and new L(p) (exact for the simulated vectors), until no unsimulated vector has
+    L(p) <= reach = min(v, incumbent) (1 + _BOUND_SLACK). Then every unsimulated point is worse than reach,
+    hence than the best latency after this choice (<= min(v, incumbent): v is reached by a simulated point),
+    and a decode ISA's result at or below reach is its exact result (its first minimum: the points at or below
+    it are simulated ones, exact); one above reach is no exact result but cannot be the best, nor tie it."""
+    reach = (incumbent if np.isfinite(incumbent) else lower.min()) * (1 + _BOUND_SLACK)
+    wanted = (lower <= reach) & (lower < np.inf)  # (a vector with no point that fits needs no schedule)
+    while True:
+        simulate_prefill(tables, combo, isa_pre, wanted)
+        lower = np.full(NUM_POLICIES, np.inf)
+        found = best_of(combo, isa_pre, lower)
+        value = min(_least(found), incumbent)
+        if not np.isfinite(value):
+            return found  # nothing fits (no simulation changes that: memory and the TPOT bound read no prefill)
+        wanted = (lower <= value * (1 + _BOUND_SLACK)) & ~simulated_vectors(tables, combo, isa_pre)
+        if not wanted.any():
+            return found
 
 
 def brute_force_optimum(

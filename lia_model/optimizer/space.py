@@ -39,6 +39,7 @@ import numpy as np
 
 from lia_model.costmodel import stage_context
 from lia_model.costterms import (
+    NUM_POLICIES,
     CostMode,
     StageContext,
     StageTerms,
@@ -184,7 +185,8 @@ class SpaceTables:
     # ``simulate_prefill`` makes a (combo, ISA)'s terms exact
     prefill_bound: bool = False
     times_cache: dict = dataclasses.field(default_factory=dict)  # chunk_times of the contexts priced so far
-    simulated: set = dataclasses.field(default_factory=set)  # the (combo, ISA) choices ``simulate_prefill`` made exact
+    # per (combo, ISA) choice, the policy vectors [64] whose prefill schedules ``simulate_prefill`` made exact
+    simulated: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -310,7 +312,7 @@ def shared_layer_terms(
     ctx: StageContext,
     times: Optional[SublayerTimes],
     simulate_every: bool = False,
-    schedule_bound: bool = False,
+    schedule_bound: bool | np.ndarray = False,
 ) -> StageTerms:
     """``streamed_layer_terms`` of a layer, kept in ``terms_cache`` (None: not kept) for the next caller with the
     same context and the same chunk times. A cache serves one model and the systems of one batch search: a
@@ -320,7 +322,8 @@ def shared_layer_terms(
     terms the exact solve at B reads wherever the flattened efficiency is the one at B (the tables rise with
     the rows), and the decode terms are the costly ones (a simulated schedule over every step). Without
     ``schedule_bound`` the schedules are simulated, every vector's with ``simulate_every``."""
-    if terms_cache is None or times is None:  # (None: the paper mode, which prices its own times)
+    if terms_cache is None or times is None or not isinstance(schedule_bound, bool):  # (times None: the paper
+        # mode, which prices its own; a bound on some vectors only: simulate_prefill's, not shared)
         return streamed_layer_terms(system, model, ctx, simulate_every, times, schedule_bound)
     key = (ctx, _times_fingerprint(times), schedule_bound, bool(simulate_every) and not schedule_bound)
     hit = terms_cache.get(key)
@@ -334,11 +337,12 @@ def prefill_terms(
     model: ModelSpec,
     ctx: StageContext,
     cache: dict,
-    bound: bool = False,
+    bound: bool | np.ndarray = False,
     terms_cache: Optional[dict] = None,
 ) -> StageTerms:
     """A streamed prefill layer's terms (``ctx`` with its ISA); ``bound``: its schedules lower bounds
-    (streamed_layer_terms' ``schedule_bound``) instead of simulated. ``terms_cache``: see ``shared_layer_terms``."""
+    (streamed_layer_terms' ``schedule_bound``) instead of simulated, or ([64] bool) those of the vectors it marks.
+    ``terms_cache``: see ``shared_layer_terms``."""
     return shared_layer_terms(
         terms_cache,
         system,
@@ -350,15 +354,30 @@ def prefill_terms(
     )
 
 
-def simulate_prefill(tables: SpaceTables, combo: Combo, isa: CpuIsa) -> None:
-    """Replace a (combo, prefill ISA)'s bounded prefill terms, every weight tier's, by the simulated ones."""
-    if not tables.prefill_bound or (combo, isa) in tables.simulated:
+def simulated_vectors(tables: SpaceTables, combo: Combo, isa: CpuIsa) -> np.ndarray:
+    """The policy vectors [64] whose prefill schedules are exact in a (combo, ISA) choice's terms."""
+    if not tables.prefill_bound:
+        return np.ones(NUM_POLICIES, dtype=bool)
+    return tables.simulated.get((combo, isa), np.zeros(NUM_POLICIES, dtype=bool))
+
+
+def simulate_prefill(tables: SpaceTables, combo: Combo, isa: CpuIsa, vectors: Optional[np.ndarray] = None) -> None:
+    """Replace a (combo, prefill ISA)'s bounded prefill terms, every weight tier's, by the simulated ones: those of
+    the policy vectors ``vectors`` marks ([64] bool, None: all) and of the vectors simulated before; the others keep
+    their lower bounds. A vector's terms do not depend on which other vectors are simulated (each row of the
+    terms is that vector's), so simulating in several steps gives the same numbers as at once."""
+    if not tables.prefill_bound:
+        return
+    done = simulated_vectors(tables, combo, isa)
+    wanted = done | (True if vectors is None else np.asarray(vectors, dtype=bool))
+    if np.array_equal(wanted, done):
         return  # already simulated
-    tables.simulated.add((combo, isa))
+    tables.simulated[(combo, isa)] = wanted
+    bound = False if wanted.all() else ~wanted  # the vectors left bounded
     for wt in tables.weight_tiers:
         terms = tables.prefill[(combo, wt)]
         if terms[isa].schedule_s is not None:  # (paper and additive modes have no schedule to simulate)
-            terms[isa] = prefill_terms(tables.system, tables.model, terms[isa].context, tables.times_cache)
+            terms[isa] = prefill_terms(tables.system, tables.model, terms[isa].context, tables.times_cache, bound)
 
 
 def simulate_every_prefill(tables: SpaceTables) -> SpaceTables:
