@@ -41,7 +41,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from lia_model.costterms import ALL_POLICY_FEATURES, NUM_POLICIES, pass_start_fill, prefill_pass_s
+from lia_model.costterms import ALL_POLICY_FEATURES, NUM_POLICIES, StageTerms, pass_start_fill, prefill_pass_s
 from lia_model.hardware import SystemSpec
 from lia_model.memory import MemoryConstants, MemoryTier, memory_constants, workspace_bytes
 from lia_model.models import ModelSpec
@@ -425,13 +425,13 @@ def combo_arrays(tables: SpaceTables, combo: Combo, isa_pre: CpuIsa, isa_dec: Cp
     for wt in tables.weight_tiers:
         pre[wt] = tables.prefill[(combo, wt)][isa_pre].policy_layer_times[:, 0]
         if tables.decode_steps > 0:
-            dec[wt] = tables.decode[combo.decode_key(wt)][isa_dec].policy_layer_times.sum(axis=1)
+            dec[wt] = _kept(tables, "decode_sum", tables.decode[combo.decode_key(wt)][isa_dec], _decode_sum)
         else:
             dec[wt] = np.zeros(NUM_POLICIES)
     terms = tables.prefill[(combo, tables.weight_tiers[0])][isa_pre]
     fill = None
     if pass_start_fill(tables.system, terms.context):
-        fill = tuple(v[:, 0] for v in terms.fill_parts(ALL_POLICY_FEATURES))
+        fill = _kept(tables, "fill", terms, _fill_parts)
     return ComboArrays(
         combo.kv_tier,
         tables.memory[combo.minibatches],
@@ -441,6 +441,27 @@ def combo_arrays(tables: SpaceTables, combo: Combo, isa_pre: CpuIsa, isa_dec: Cp
         dec,
         fill,
     )
+
+
+def _decode_sum(terms: StageTerms) -> np.ndarray:
+    """A decode layer's time of each policy vector summed over the steps [64]."""
+    return terms.policy_layer_times.sum(axis=1)
+
+
+def _fill_parts(terms: StageTerms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A prefill layer's (compute, copy, throughput) parts of each policy vector [64] each."""
+    return tuple(v[:, 0] for v in terms.fill_parts(ALL_POLICY_FEATURES))
+
+
+def _kept(tables: SpaceTables, kind: str, terms: StageTerms, compute: Callable[[StageTerms], object]):
+    """``compute(terms)``, kept in ``tables.derived`` for the next reader of the same terms object (the search reads
+    a choice's arrays once per decode ISA and again in each simulation round). Terms are never altered
+    (``simulate_prefill`` replaces them), so the kept value stays theirs; it holds them, so their id is not reused."""
+    key = (kind, id(terms))
+    hit = tables.derived.get(key)
+    if hit is None:
+        hit = tables.derived[key] = (terms, compute(terms))
+    return hit[1]
 
 
 def enumerate_optimum(

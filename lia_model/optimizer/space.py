@@ -187,6 +187,7 @@ class SpaceTables:
     times_cache: dict = dataclasses.field(default_factory=dict)  # chunk_times of the contexts priced so far
     # per (combo, ISA) choice, the policy vectors [64] whose prefill schedules ``simulate_prefill`` made exact
     simulated: dict = dataclasses.field(default_factory=dict)
+    derived: dict = dataclasses.field(default_factory=dict)  # arrays read off terms, by terms (enumerate._kept)
 
     @property
     def num_layers(self) -> int:
