@@ -295,7 +295,7 @@ def best_in_combo(
             ok &= ttft_pass[:, _PP[cols]] + k.ttft_head_s <= ttft_max_s
         lat = np.where(ok, lat, np.inf)
         if per_prefill is not None:  # (``cols`` drops only pairs that a kept pair of the same prefill vector beats)
-            np.minimum.at(per_prefill, _PP[cols], lat.min(axis=0))
+            _lower_per_prefill(per_prefill, cols, lat.min(axis=0))
         r, j = divmod(int(np.argmin(lat)), cols.size)
         pair = int(cols[j])
         candidate = (float(lat[r, j]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), 0)
@@ -397,13 +397,21 @@ def best_in_combo(
         if ttft_bounded:
             ok &= side.pass_s(resident[rows, None], kk, k_cxl, _PP[None, :]) + k.ttft_head_s <= ttft_max_s
         lat = np.where(ok, lat, np.inf)
-        if per_prefill is not None:  # pair = prefill vector x 64 + decode vector
-            np.minimum(per_prefill, lat.min(axis=0).reshape(NUM_POLICIES, NUM_POLICIES).min(axis=1), out=per_prefill)
+        if per_prefill is not None:
+            _lower_per_prefill(per_prefill, _ALL_PAIRS, lat.min(axis=0))
         r, pair = divmod(int(np.argmin(lat)), _PP.size)
         candidate = (float(lat[r, pair]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), int(k_cxl[r, pair]))
     if candidate is not None and np.isfinite(candidate[0]) and (best is None or candidate[0] < best[0]):
         best = candidate
     return best
+
+
+def _lower_per_prefill(per_prefill: np.ndarray, pairs: np.ndarray, latency: np.ndarray) -> None:
+    """per_prefill[p] = min(per_prefill[p], the least ``latency`` of the ``pairs`` with prefill vector p)."""
+    if pairs is _ALL_PAIRS:  # every pair, in order: pair = prefill vector x 64 + decode vector
+        np.minimum(per_prefill, latency.reshape(NUM_POLICIES, NUM_POLICIES).min(axis=1), out=per_prefill)
+    else:
+        np.minimum.at(per_prefill, _PP[pairs], latency)
 
 
 def stage_constants(tables: SpaceTables) -> StageConstants:
@@ -506,8 +514,9 @@ def lazy_optimum(tables: SpaceTables, tpot_max_s: Optional[float] = None) -> Opt
     vector p. Choices are simulated in increasing L; once L > the best exact latency found (with _BOUND_SLACK),
     no choice left can reach it. Inside a choice only the vectors that can reach the best latency are simulated
     (``_simulate_what_can_win``). Of equal optima the first in enumerate_optimum's order is returned, as there.
-    ``combo_latency_s`` holds, for a combo ruled out without simulation, its lower bound (to the last bits:
-    _BOUND_SLACK; solve_ilp's combo_bounds keeps a combo within 1e-9 of the best)."""
+    ``combo_latency_s`` holds each combo's optimum, or for a combo whose choices were ruled out or simulated in
+    part a lower bound on it (to the last bits: _BOUND_SLACK; solve_ilp's combo_bounds keeps a combo within 1e-9
+    of the best)."""
     consts = stage_constants(tables)
     # per (combo, prefill ISA) in enumerate_optimum's order: the lower bound over its decode ISAs
     choices = [(combo, isa_pre) for combo in tables.combos for isa_pre in tables.prefill_isas(combo)]
