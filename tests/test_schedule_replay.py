@@ -158,3 +158,6 @@ def test_simulate_all_over_steps_returns_the_replay():
     )
     want = [_replay(bits, 1, table, s, k, s + w) for bits, s, k, w in zip(POLICIES, starts, scales, streams)]
     assert np.array_equal(got, np.stack(want))
+    few = [3, 17, 40, 63]  # below _ROWS_AT_ONCE: one replay each
+    got = simulate_all(1, d, starts[few], ALL_POLICY_FEATURES[few, :NUM_SUBLAYERS], scales[few], streams[few])
+    assert np.array_equal(got, np.stack(want)[few])
