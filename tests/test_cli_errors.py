@@ -432,6 +432,18 @@ BAD_INPUTS = [
         ("pinned_weights",),
     ),
     (
+        "plan-kv-on-gpu-cpu-attention",
+        ["predict", "--plan", "p.json"],
+        {"p.json": plan_json(streamed_kv_on_gpu=True)},
+        ("streamed_kv_on_gpu", "attn_score, attn_context on the CPU"),
+    ),
+    (
+        "plan-kv-on-gpu-number",
+        ["predict", "--plan", "p.json"],
+        {"p.json": plan_json(decode_policy=[0, 0, 0, 0, 0, 0], streamed_kv_on_gpu=1)},
+        ("streamed_kv_on_gpu",),
+    ),
+    (
         "plan-bad-policy",
         ["predict", "--plan", "p.json"],
         {"p.json": plan_json(decode_policy=[0, 2, 1, 0, 0, 0])},
