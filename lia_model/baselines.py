@@ -24,7 +24,7 @@ from lia_model.costmodel import Prediction, predict
 from lia_model.costterms import CostMode
 from lia_model.flexgen import FLEXGEN_CPU_KV_PASSES, FlexGenChoice, FlexGenPolicy, flexgen_choice, flexgen_plan
 from lia_model.hardware import SystemSpec
-from lia_model.memory import memory_use
+from lia_model.memory import plan_fits
 from lia_model.models import ModelSpec
 from lia_model.plan import ALL_CPU, ALL_GPU, ATTENTION_ON_CPU, CpuIsa, Device, Plan, policy_notation
 from lia_model.workload import Workload
@@ -34,7 +34,7 @@ def max_resident_layers(system: SystemSpec, model: ModelSpec, workload: Workload
     """Most whole layers that can be GPU-resident with every tier still fitting (0 if none fits)."""
     for resident in range(model.num_layers, -1, -1):
         candidate = plan.model_copy(update={"gpu_resident_layers": resident})
-        if all(u.fits for u in memory_use(system, model, workload, candidate).values()):
+        if plan_fits(system, model, workload, candidate):
             return resident
     return 0
 

@@ -695,7 +695,7 @@ def flexgen_plan(system: SystemSpec, model: ModelSpec, workload: Workload, polic
     model cannot hold it there); weights in DDR, pinned, prefetched. Our Plan has one KV home for all streamed
     layers, so a cache FlexGen splits is placed by its majority."""
     from lia_model.baselines import max_resident_layers
-    from lia_model.memory import memory_use
+    from lia_model.memory import plan_fits
 
     cache_on_cpu = policy.cache_cpu >= 0.5
     base = Plan(
@@ -712,7 +712,7 @@ def flexgen_plan(system: SystemSpec, model: ModelSpec, workload: Workload, polic
         head_device=Device.GPU,
         label="flexgen",
     )
-    if base.streamed_kv_on_gpu and not all(u.fits for u in memory_use(system, model, workload, base).values()):
+    if base.streamed_kv_on_gpu and not plan_fits(system, model, workload, base):
         base = base.model_copy(update={"streamed_kv_on_gpu": False})
     wanted = int(math.floor(policy.weights_gpu * model.num_layers + 1e-6))
     resident = min(wanted, max_resident_layers(system, model, workload, base))

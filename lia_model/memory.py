@@ -330,3 +330,8 @@ def memory_use(system: SystemSpec, model: ModelSpec, workload: Workload, plan: P
     if system.cxl is not None or host[HostTier.CXL]:
         out[MemoryTier.CXL] = TierUse(MemoryTier.CXL, host[HostTier.CXL], c.available_bytes[MemoryTier.CXL])
     return out
+
+
+def plan_fits(system: SystemSpec, model: ModelSpec, workload: Workload, plan: Plan) -> bool:
+    """Every memory tier holds what the plan puts in it (``memory_use``)."""
+    return all(u.fits for u in memory_use(system, model, workload, plan).values())

@@ -167,26 +167,7 @@ def simulate_all(
                 )
             ]
         )
-    table = _Durations(
-        np.maximum,
-        list(d.cpu_s),
-        list(d.gpu_s),
-        list(d.cross_h2d_s),
-        list(d.cross_d2h_s),
-        list(d.expert_h2d_s),
-        d.k_cached_s,
-        d.v_cached_s,
-        d.v_new_s + d.v_cached_s,
-        d.kv_write_s,
-        has_experts,
-        d.fused_attention,
-        cpu_delta,
-        gpu_delta,
-        float(d.copy_wait_s),
-        tuple(d.cpu_slowed),
-        float(d.cpu_wake_s),
-        float(d.cpu_idle_before_wake_s),
-    )
+    table = _table_over_steps(d, has_experts, cpu_delta, gpu_delta)
     if len(starts) < _ROWS_AT_ONCE:  # a few vectors: one replay each (arrays over steps) is quicker
         # (a vector whose CPU work is not slowed replays with the scale 1.0, what _compute_durations then skips)
         scaled = np.any(cpu_scale != 1.0, axis=1).tolist()
@@ -268,6 +249,33 @@ class _Durations:
     cpu_slowed: tuple[bool, ...] = (True,) * NUM_SUBLAYERS
     cpu_wake: float = 0.0
     cpu_idle: float = 0.0
+
+
+def _table_over_steps(
+    d: ChunkDurations, has_experts: tuple[bool, ...], cpu_delta: np.ndarray, gpu_delta: np.ndarray
+) -> _Durations:
+    """``d`` as ``_replay`` and ``_replay_rows`` read it over its steps: per-sublayer lists of arrays [S]
+    (``simulate_all``'s fused deltas and which sublayers fetch experts)."""
+    return _Durations(
+        np.maximum,
+        list(d.cpu_s),
+        list(d.gpu_s),
+        list(d.cross_h2d_s),
+        list(d.cross_d2h_s),
+        list(d.expert_h2d_s),
+        d.k_cached_s,
+        d.v_cached_s,
+        d.v_new_s + d.v_cached_s,
+        d.kv_write_s,
+        has_experts,
+        d.fused_attention,
+        cpu_delta,
+        gpu_delta,
+        float(d.copy_wait_s),
+        tuple(d.cpu_slowed),
+        float(d.cpu_wake_s),
+        float(d.cpu_idle_before_wake_s),
+    )
 
 
 def _compute_durations(on_cpu: list[bool], t: _Durations, cpu_scale) -> tuple[list, list, bool]:

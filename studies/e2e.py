@@ -21,7 +21,7 @@ from typing import Optional
 import pandas as pd
 
 from lia_model.baselines import BASELINE_LABELS, Baseline, baseline
-from lia_model.memory import memory_use
+from lia_model.memory import plan_fits
 from lia_model.optimizer.infeasible import largest_feasible
 from lia_model.plan import head_device
 from lia_model.workload import Workload
@@ -92,7 +92,7 @@ def _baseline_batch(point: Point, label: str) -> Optional[int]:
     def fits(batch: int) -> bool:
         wl = inputs.workload(point.model, batch, point.input_len, point.output_len)
         plan = baseline(label, system, model, wl).plan
-        return all(u.fits for u in memory_use(system, model, wl, plan).values())
+        return plan_fits(system, model, wl, plan)
 
     return largest_feasible(1, BATCH_CAP, fits)  # memory grows with the batch: bisection
 

@@ -7,7 +7,15 @@ from __future__ import annotations
 import numpy as np
 
 from lia_model.costterms import ALL_POLICY_FEATURES
-from lia_model.schedule import ChunkDurations, _Durations, _replay, _replay_one_step, _replay_rows, simulate_all
+from lia_model.schedule import (
+    ChunkDurations,
+    _Durations,
+    _replay,
+    _replay_one_step,
+    _replay_rows,
+    _table_over_steps,
+    simulate_all,
+)
 from lia_model.sublayers import NUM_SUBLAYERS
 
 POLICIES = [[bool(b) for b in ALL_POLICY_FEATURES[p, :NUM_SUBLAYERS]] for p in range(64)]
@@ -143,19 +151,8 @@ def test_simulate_all_over_steps_returns_the_replay():
     d = ChunkDurations(*(rows() for _ in range(4)), *(rng.random(steps) for _ in range(4)), rows())
     starts, scales, streams = rng.random((64, steps)), 1.0 + rng.random((64, steps)), rng.random((64, steps))
     got = simulate_all(1, d, starts, ALL_POLICY_FEATURES[:, :NUM_SUBLAYERS], scales, streams)
-    table = _Durations(
-        np.maximum,
-        list(d.cpu_s),
-        list(d.gpu_s),
-        list(d.cross_h2d_s),
-        list(d.cross_d2h_s),
-        list(d.expert_h2d_s),
-        d.k_cached_s,
-        d.v_cached_s,
-        d.v_new_s + d.v_cached_s,
-        d.kv_write_s,
-        tuple(bool(x) for x in np.any(d.expert_h2d_s > 0, axis=1)),
-    )
+    zero = np.zeros(steps)
+    table = _table_over_steps(d, tuple(bool(x) for x in np.any(d.expert_h2d_s > 0, axis=1)), zero, zero)
     want = [_replay(bits, 1, table, s, k, s + w) for bits, s, k, w in zip(POLICIES, starts, scales, streams)]
     assert np.array_equal(got, np.stack(want))
     few = [3, 17, 40, 63]  # below _ROWS_AT_ONCE: one replay each

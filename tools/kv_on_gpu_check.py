@@ -15,7 +15,7 @@ import itertools
 
 from lia_model.baselines import max_resident_layers
 from lia_model.costmodel import predict
-from lia_model.memory import memory_use
+from lia_model.memory import plan_fits
 from lia_model.models import get_model
 from lia_model.optimizer import optimize
 from lia_model.plan import KV_SUBLAYERS, HostTier, policy_from_index
@@ -53,7 +53,7 @@ def best_kv_on_gpu(system, model, workload, optimum):
                     label="kv-on-gpu",
                 )
             )
-            if not all(u.fits for u in memory_use(system, model, workload, plan).values()):
+            if not plan_fits(system, model, workload, plan):
                 continue
             plan = plan.model_copy(update={"gpu_resident_layers": max_resident_layers(system, model, workload, plan)})
             if plan.gpu_resident_layers >= model.num_layers:
