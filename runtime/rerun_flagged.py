@@ -2,12 +2,14 @@
 whose spread exceeds 5% is re-run or flagged").
 
     python -m runtime.rerun_flagged --from-csv runtime/validation/results.csv --out FILE.yaml
-        [--parts 2 --part 1] [--force]
+        [--select flagged|before-wide-pitched] [--parts 2 --part 1] [--force]
 
 Every point that ran with ``spread_flag`` set (the spread of its repeated latencies above 5%) becomes an inline
 plan of its group, with the plan it ran (``plan_json``) and the label of its point id, so its id (``group/label``)
 is the same and ``lia validate --from-csv`` keeps the newest measurement. Nothing is chosen by its error: every flagged point
-is listed. ``--parts K --part I`` splits the groups into K files of about equal measured wall time (one device
+is listed. ``--select before-wide-pitched`` lists instead every point whose prefill writes a GPU qkv's new K/V back for
+CPU attention and that ran on a runtime before the wide rows' pitched write-back (``kv_writeback`` does not name
+``PITCHED_FULL_RATE_ROW_BYTES``; runtime/kvstore.py, commit 6010524): the runtime changed under them. ``--parts K --part I`` splits the groups into K files of about equal measured wall time (one device
 command each), smallest groups first.
 
     python -m runtime.rerun_flagged --relabel RERUN.csv --against ORIGINAL.csv --out RELABELLED.csv
@@ -28,20 +30,49 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from runtime.kvstore import PITCHED_FULL_RATE_ROW_BYTES
 from runtime.report import is_true
 
 GROUP_KEYS = ("model", "num_layers", "batch", "input_len", "output_len", "gpu_memory_gib")
 OPTIONAL_GROUP_KEYS = ("weight_dtype",)  # absent in results written before the precision work
 
 
-def flagged_groups(results: pd.DataFrame) -> list[dict]:
-    """One points-file group per workload group with flagged points, in increasing measured wall time."""
-    missing = [
-        c for c in ("group_id", "status", "spread_flag", "plan_json", "plan_label", *GROUP_KEYS) if c not in results
-    ]
+SELECTIONS = ("flagged", "before-wide-pitched")
+
+
+def _selected(results: pd.DataFrame, select: str) -> pd.Series:
+    """The rows ``select`` lists: flagged (latency spread above 5%), or before-wide-pitched (a GPU qkv in prefill
+    whose K/V CPU attention reads, run before the runtime wrote wide K/V rows back pitched)."""
+    if select == "flagged":
+        return is_true(results["spread_flag"])
+    cpu_attention = (results["plan_prefill_attn_score_device"] == "cpu") | (
+        results["plan_prefill_attn_context_device"] == "cpu"
+    )
+    wide_rule = results["kv_writeback"].fillna("").astype(str).str.contains(f"{PITCHED_FULL_RATE_ROW_BYTES} B")
+    return (results["plan_prefill_qkv_device"] == "gpu") & cpu_attention & ~wide_rule
+
+
+_SELECT_COLUMNS = {
+    "flagged": ("spread_flag",),
+    "before-wide-pitched": (
+        "plan_prefill_qkv_device",
+        "plan_prefill_attn_score_device",
+        "plan_prefill_attn_context_device",
+        "kv_writeback",
+    ),
+}
+
+
+def flagged_groups(results: pd.DataFrame, select: str = "flagged") -> list[dict]:
+    """One points-file group per workload group with points ``select`` lists (default: the flagged ones), in
+    increasing measured wall time."""
+    if select not in SELECTIONS:
+        raise ValueError(f"unknown selection {select!r}: use one of {', '.join(SELECTIONS)}")
+    needed = ("group_id", "status", "plan_json", "plan_label", *_SELECT_COLUMNS[select], *GROUP_KEYS)
+    missing = [c for c in needed if c not in results]
     if missing:
         raise ValueError(f"the results CSV lacks the columns {', '.join(missing)}")
-    ran = results[(results["status"] == "ran") & is_true(results["spread_flag"])]
+    ran = results[(results["status"] == "ran") & _selected(results, select)]
     groups = []
     for gid, rows in ran.groupby("group_id", sort=False):
         first = rows.iloc[0]
@@ -106,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--relabel", type=Path, help="results of a re-run: write them with the original point ids")
     ap.add_argument("--against", type=Path, help="with --relabel: the results the re-run repeated")
     ap.add_argument("--out", required=True, type=Path, help="the points .yaml (or with --relabel the .csv) to write")
+    ap.add_argument(
+        "--select", choices=SELECTIONS, default="flagged", help="which points to list (default: flagged)"
+    )
     ap.add_argument("--parts", type=int, default=1, help="split the groups into this many files")
     ap.add_argument("--part", type=int, default=1, help="which of the --parts files to write (1-based)")
     ap.add_argument("--force", action="store_true", help="replace an existing --out")
@@ -136,16 +170,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --part must be 1 .. --parts ({args.parts}), got {args.part}", file=sys.stderr)
         return 2
     try:
-        groups = flagged_groups(pd.read_csv(args.from_csv))
+        groups = flagged_groups(pd.read_csv(args.from_csv), args.select)
     except (ValueError, pd.errors.ParserError) as err:
         print(f"error: --from-csv: {err}", file=sys.stderr)
         return 2
     chosen = split(groups, args.parts)[args.part - 1]
     wall = sum(g.pop("_wall_s") for g in chosen)
     points = sum(len(g["plans"]) for g in chosen)
+    what = {
+        "flagged": "the flagged points (latency spread above 5%)",
+        "before-wide-pitched": "the points whose prefill writes a GPU qkv's K/V back for CPU attention, measured "
+        "before the runtime wrote wide rows back pitched",
+    }[args.select]
     doc = {
         "description": (
-            f"Re-run of the flagged points (latency spread above 5%) of {args.from_csv}, part {args.part} of "
+            f"Re-run, from {args.from_csv}, of {what}: part {args.part} of "
             f"{args.parts}: {points} points in {len(chosen)} groups, {wall:.0f} s of measured wall time before. "
             "Written by python -m runtime.rerun_flagged; nothing is chosen by its error."
         ),

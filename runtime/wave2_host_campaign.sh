@@ -48,6 +48,11 @@
 #                                                     # (runtime/probe_gqa_decode.py; about 2-4 minutes)
 #   bash runtime/wave2_host_campaign.sh r3 [PROFILE]  # r3, r4, r5: the flagged points of the thirteenth session's
 #                                                     # merged results, in three parts (about 5 minutes each)
+#   bash runtime/wave2_host_campaign.sh w1 [PROFILE]  # w1, w2: the points whose prefill writes a GPU qkv's K/V back
+#                                                     # for CPU attention, run before the wide rows' pitched
+#                                                     # write-back (runtime/campaign/rerun-writeback-*.yaml, written by
+#                                                     # python -m runtime.rerun_flagged --select before-wide-pitched;
+#                                                     # about 8-9 minutes each)
 # REMEASURE_DMA=1 (parts a and 2) first measures only the CPU-beside-DMA slowdown again into $OUT/<profile name>
 # (python -m calibrate.kernel_tables --remeasure-beside-dma) and predicts with that copy.
 # REMEASURE_INSITU=1 (any validation part) does the same with --remeasure-insitu: the linears' and attention's
@@ -61,7 +66,7 @@
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|rows|gqa|p|1|2|a|c|d|e|f|g|h|i|j|l|m|q|r1..r5|s|t) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|rows|gqa|p|1|2|a|c|d|e|f|g|h|i|j|l|m|q|r1..r5|w1|w2|s|t) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -196,6 +201,11 @@ case "$PART" in
         PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
         POINTS=runtime/campaign/rerun-flagged-${PART#r}.yaml; MAX_POINT_S=${MAX_POINT_S:-60}
         TITLE="The flagged points (latency spread above 5%) measured again, part ${PART#r} (wave 2)"
+        ;;
+    w[1-2])
+        PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
+        POINTS=runtime/campaign/rerun-writeback-${PART#w}.yaml; MAX_POINT_S=${MAX_POINT_S:-60}
+        TITLE="Prefill K/V write-backs for CPU attention measured again on the wide rows' pitched write-back, part ${PART#w} (wave 2)"
         ;;
     *) echo "unknown part '$PART'"; return 2 ;;
 esac

@@ -104,3 +104,34 @@ def test_a_flagged_point_keeps_its_weight_dtype(tmp_path):
     table.to_csv(src, index=False)
     assert main(["--from-csv", str(src), "--out", str(out)]) == 0
     assert {g.id: g.weight_dtype for g in load_points_file(out)} == {"A": "bf16", "C": "fp8_e4m3", "B": "int8"}
+
+
+def test_before_wide_pitched_lists_prefill_writebacks_run_before_the_rule():
+    """--select before-wide-pitched: a GPU qkv with CPU prefill attention (score or context) whose row does not
+    record the 8192 B pitched rule; a CPU qkv, GPU attention or a row with the rule is left out."""
+    rule = "contiguous landing + host scatter where CPU attention reads next and rows are under 8192 B, else pitched"
+    old = "contiguous landing + host scatter where CPU attention reads next, else pitched"
+
+    def row(group, qkv, score, ctx, writeback):
+        r = _row(group, "p", "p", False, 1.0)
+        r.update(
+            plan_prefill_qkv_device=qkv,
+            plan_prefill_attn_score_device=score,
+            plan_prefill_attn_context_device=ctx,
+            kv_writeback=writeback,
+        )
+        return r
+
+    table = pd.DataFrame(
+        [
+            row("old-score", "gpu", "cpu", "cpu", old),
+            row("no-column-yet", "gpu", "cpu", "cpu", None),  # written before the column existed
+            row("old-context", "gpu", "gpu", "cpu", old),
+            row("new", "gpu", "cpu", "cpu", rule),
+            row("cpu-qkv", "cpu", "cpu", "cpu", old),
+            row("gpu-attention", "gpu", "gpu", "gpu", old),
+        ]
+    )
+    ids = sorted(g["id"] for g in flagged_groups(table, "before-wide-pitched"))
+    assert ids == ["no-column-yet", "old-context", "old-score"]
+    assert [g["id"] for g in flagged_groups(table)] == []  # none flagged
