@@ -137,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--relabel", type=Path, help="results of a re-run: write them with the original point ids")
     ap.add_argument("--against", type=Path, help="with --relabel: the results the re-run repeated")
     ap.add_argument("--out", required=True, type=Path, help="the points .yaml (or with --relabel the .csv) to write")
-    ap.add_argument(
-        "--select", choices=SELECTIONS, default="flagged", help="which points to list (default: flagged)"
-    )
+    ap.add_argument("--select", choices=SELECTIONS, default="flagged", help="which points to list (default: flagged)")
     ap.add_argument("--parts", type=int, default=1, help="split the groups into this many files")
     ap.add_argument("--part", type=int, default=1, help="which of the --parts files to write (1-based)")
     ap.add_argument("--force", action="store_true", help="replace an existing --out")
