@@ -481,6 +481,31 @@ def fit_attention(rows: list[dict], device: str, models: dict) -> list[dict]:
     return fits
 
 
+def cpu_prefill_grid(rows: list[dict], runs: Optional[list[dict]] = None) -> list[dict]:
+    """The CPU prefill attention grid as profile entries (``KernelTables.cpu_attention_grid``), one per measured
+    point in ``rows`` (each row's ``time_s``: with ``runs``, the median over those runs, whose count per point is
+    kept); the cost model interpolates in it (lia_model/attention_grid.py)."""
+    out = []
+    for r in rows:
+        if not (r.get("family") == "attention" and r.get("device") == "cpu" and r.get("phase") == "prefill"):
+            continue
+        key = attention_point(r)
+        count = len(distinct_values(run[key] for run in runs if key in run)) if runs else 1
+        out.append(
+            {
+                "kind": r["kind"],
+                "batch": int(float(r["batch"])),
+                "heads": int(float(r["heads"])),
+                "kv_heads": int(float(r["kv_heads"])),
+                "s": int(float(r["s"])),
+                "head_dim": int(float(r["head_dim"])),
+                "seconds": float(f"{float(r['time_s']):.6g}"),
+                "runs": max(1, count),
+            }
+        )
+    return sorted(out, key=lambda e: (e["kind"], e["heads"], e["kv_heads"], e["s"], e["batch"]))
+
+
 def row_gqa_decode(row: dict) -> Optional[str]:
     """The CPU GQA decode kernel a CPU fused decode attention row of a GQA model ran (runtime.kernels
     gqa_decode_variant: its ``gqa_decode`` column; rows from before that column ran the grouped pair); None for
@@ -634,6 +659,12 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
                 "give the raw CSV of a run that measured (or resumed) the attention grids",
             )
         data["kernels"][f"{dev}_attention"] = fits
+    data["kernels"]["cpu_attention_grid"] = cpu_prefill_grid(cpu_attention_rows, attention_runs)
+    data["kernels"]["source"]["cpu_attention_grid"] = (
+        f"{time.strftime('%Y-%m-%d', time.gmtime())} by python -m calibrate.kernel_tables --refit: every CPU prefill "
+        f"attention grid point any of the {len(attention_runs)} runs measured, each the median over the distinct runs "
+        "that measured it (runs: per point)"
+    )
     # the GPU linears' issue time (kept beside their event time since the sixteenth session): each table's the
     # median over the runs that measured it; the tables' times stay those of the run that made the profile
     issue_keys = {key for run in issue_runs for key in run}
@@ -1338,6 +1369,7 @@ def run(
         "gpu_linear": linear_tables(rows, "gpu"),
         "cpu_attention": cpu_fits,
         "gpu_attention": gpu_fits,
+        "cpu_attention_grid": cpu_prefill_grid(rows),
         "gpu_dispatch_us": round(dispatch_us, 2),
         "cpu_slowdown_beside_dma": round(max(1.0, slowdown), 4),
         "source": {
@@ -1351,6 +1383,8 @@ def run(
             + f"; {csv_path.name}",
             "gpu_linear": f"{stamp}: runtime.kernels sublayer functions, CUDA events median ({gpu_name or 'none'})",
             "cpu_attention": f"{stamp}: NNLS fit on the attention grid of {', '.join(attn_models)}; {csv_path.name}",
+            "cpu_attention_grid": f"{stamp}: the CPU prefill attention grid of {', '.join(attn_models)} as measured "
+            f"(perf_counter median per point); {csv_path.name}",
             "gpu_attention": f"{stamp}: NNLS fit on the attention grid of {', '.join(attn_models)}",
             "gpu_dispatch_us": f"{stamp}: {dispatch_src}",
             "cpu_slowdown_beside_dma": f"{stamp}: {slowdown_src}",

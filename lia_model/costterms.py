@@ -75,8 +75,16 @@ from lia_model.accounting import (
     routed_expert_bytes,
     sublayer_work,
 )
+from lia_model.attention_grid import prefill_seconds
 from lia_model.errors import LiaInputError
-from lia_model.hardware import KernelTables, LinearTable, SystemSpec, interpolate_efficiency, table_seconds
+from lia_model.hardware import (
+    AttentionFit,
+    KernelTables,
+    LinearTable,
+    SystemSpec,
+    interpolate_efficiency,
+    table_seconds,
+)
 from lia_model.models import ModelSpec
 from lia_model.plan import CpuIsa, Device, ExpertFetch, HostTier, policy_from_index
 from lia_model.precision import BF16, KvDtype, Precision, WeightDtype, kv_element_bytes
@@ -706,16 +714,14 @@ def _apply_kernel_tables(
             continue
         split = {}
         for kind, i in kinds.items():
-            nbytes, flops = attention_bytes_flops(model, chunk_batch, ctx.q, contexts, kind)
-            split[kind] = fits[kind].seconds(nbytes, flops, attention_rows(model, chunk_batch, ctx.q))
+            split[kind] = _attention_seconds(tables, fits[kind], device, phase, model, chunk_batch, ctx.q, contexts)
             if device == "cpu":  # KV in a slower tier than DDR: at least the KV bytes over that tier
                 kv = work[SUBLAYERS[i]].kv_read_bytes
                 split[kind] = np.maximum(split[kind], kv / cpu_bw_kv)
             else:
                 split[kind] = np.maximum(split[kind], dispatch_s)
             arr[i] = split[kind]
-        nbytes, flops = attention_bytes_flops(model, chunk_batch, ctx.q, contexts, "fused")
-        fused = fits["fused"].seconds(nbytes, flops, attention_rows(model, chunk_batch, ctx.q))
+        fused = _attention_seconds(tables, fits["fused"], device, phase, model, chunk_batch, ctx.q, contexts)
         if device == "cpu":
             kv = work[Sublayer.ATTN_SCORE].kv_read_bytes + work[Sublayer.ATTN_CONTEXT].kv_read_bytes
             fused = np.maximum(fused, kv / cpu_bw_kv)
@@ -723,6 +729,37 @@ def _apply_kernel_tables(
             fused = np.maximum(fused, dispatch_s)
         setattr(times, delta_name, fused - split["score"] - split["context"])
         times.fused_attention = True
+
+
+def _attention_seconds(
+    tables: KernelTables,
+    fit: AttentionFit,
+    device: str,
+    phase: str,
+    model: ModelSpec,
+    chunk_batch: int,
+    q: int,
+    contexts: np.ndarray,
+) -> np.ndarray:
+    """One attention kernel's time per context: on the CPU in prefill the measured grid where the shape lies
+    inside it (lia_model/attention_grid.py), else the fit t = overhead + bytes + FLOPs + rows."""
+    if device == "cpu" and phase == "prefill" and tables.cpu_attention_grid:
+        measured = [
+            prefill_seconds(
+                tables.cpu_attention_grid,
+                fit.kind,
+                chunk_batch,
+                model.num_heads,
+                model.num_kv_heads,
+                model.head_dim,
+                int(c),
+            )
+            for c in contexts
+        ]
+        if all(t is not None for t in measured):
+            return np.asarray(measured, dtype=float)
+    nbytes, flops = attention_bytes_flops(model, chunk_batch, q, contexts, fit.kind)
+    return fit.seconds(nbytes, flops, attention_rows(model, chunk_batch, q))
 
 
 def streamed_layer_terms(

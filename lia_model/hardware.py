@@ -367,6 +367,21 @@ class AttentionFit(StrictSpec):
         return self.overhead_s + self.s_per_byte * nbytes + self.s_per_flop * flops + self.s_per_row * rows
 
 
+class AttentionGridPoint(StrictSpec):
+    """One measured point of the calibrator's CPU prefill attention grid: the runtime's kernel of ``kind`` at one
+    shape (q = s), the median over the calibration runs that measured it. The cost model interpolates between
+    these (lia_model/attention_grid.py) where a shape lies inside the grid, and reads the fit elsewhere."""
+
+    kind: Literal["fused", "score", "context"]
+    batch: int = Field(ge=1)
+    heads: int = Field(ge=1, description="Query heads.")
+    kv_heads: int = Field(ge=1)
+    s: int = Field(ge=1, description="Sequence length (prefill: q = s query rows per head).")
+    head_dim: int = Field(ge=1)
+    seconds: float = Field(gt=0, description="The kernel's time at this shape (median over runs).")
+    runs: int = Field(1, ge=1, description="Distinct calibration runs the median is over.")
+
+
 class KernelTables(Sourced):
     """Calibrated times of the runtime's own kernels (calibrate/kernel_tables.py). When a system has them,
     the cost model reads a sublayer's time from them instead of the roofline with efficiency curves."""
@@ -377,6 +392,11 @@ class KernelTables(Sourced):
     gpu_linear: list[LinearTable] = Field(default_factory=list)
     cpu_attention: list[AttentionFit] = Field(default_factory=list)
     gpu_attention: list[AttentionFit] = Field(default_factory=list)
+    cpu_attention_grid: list[AttentionGridPoint] = Field(
+        default_factory=list,
+        description="The measured CPU prefill attention grid the fits were made from (per point the median over "
+        "runs); empty: the fits alone (profiles from before the grid was kept).",
+    )
     gpu_dispatch_us: float = Field(ge=0, description="Host time to launch one GPU sublayer (the floor of its time).")
     cpu_slowdown_beside_dma: float = Field(
         ge=1.0,
