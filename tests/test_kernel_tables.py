@@ -609,6 +609,13 @@ def test_refit_takes_each_cpu_attention_point_as_the_median_over_distinct_runs(t
     # the 15:10Z CSV is a stopped run's partial CSV (its GPU rows named "cuda"): the GPU attention is still fitted
     assert len(kernels["gpu_attention"]) == 12 and len(kernels["cpu_attention"]) == 12
     assert "median over 3 distinct calibration runs" in source["cpu_attention"]
+    # the measured prefill grid the cost model interpolates in: OPT-30B fused at B = 8, s = 256 took 8.119 ms
+    # (15:10Z), 7.806 ms (2026-11-30, and its resumed copy at 12:51Z) and 7.521 ms (08:10Z): median 7.806 ms, 3 runs
+    grid = {(g["kind"], g["heads"], g["batch"], g["s"]): g for g in kernels["cpu_attention_grid"]}
+    point = grid[("fused", 56, 8, 256)]
+    assert point["seconds"] == pytest.approx(7.805606e-3, rel=1e-5) and point["runs"] == 3
+    assert {g["kind"] for g in kernels["cpu_attention_grid"]} == {"fused", "score", "context"}
+    assert "cpu_attention_grid" in source
     linears_only = tmp_path / "linears.csv"
     raw = pd.read_csv(csvs[0], low_memory=False)
     raw[raw["family"] == "linear"].to_csv(linears_only, index=False)
