@@ -11,7 +11,7 @@ the grid, its time comes from the measured points:
 
 Inside means s within the grid's lengths and batch x heads within the measured range at each of the (one or two)
 lengths used: nothing is extrapolated, and outside the grid the fit serves. Points are matched on kernel kind,
-head layout (MHA, or GQA: heads > kv_heads) and head_dim.
+query heads per KV head (1: MHA) and head_dim.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def prefill_seconds(
 ) -> Optional[float]:
     """The CPU prefill attention kernel's time at (batch, heads, s) from the grid (see module docstring), or None
     where the shape lies outside it (or no point matches kind, layout and head_dim)."""
-    gqa = heads > kv_heads
-    same = [p for p in grid if p.kind == kind and (p.heads > p.kv_heads) == gqa and p.head_dim == head_dim]
+    group = heads / kv_heads
+    same = [p for p in grid if p.kind == kind and p.heads / p.kv_heads == group and p.head_dim == head_dim]
     lengths = sorted({p.s for p in same})
     if not lengths or s < lengths[0] or s > lengths[-1]:
         return None

@@ -46,12 +46,20 @@ def test_log_log_in_rows_then_in_s_by_hand() -> None:
         ("fused", 8, 4, 4, 128, 100),  # 32 rows: more than any point at s = 100
         ("fused", 8, 4, 4, 128, 200),  # ... and at the lengths around 200
         ("fused", 2, 4, 1, 128, 100),  # GQA: the grid is MHA
+        ("fused", 2, 8, 1, 128, 100),  # 8 query heads per KV head, none measured
         ("fused", 2, 4, 4, 64, 100),  # another head_dim
         ("score", 2, 4, 4, 128, 100),  # a kernel the grid lacks
     ],
 )
 def test_outside_the_grid_nothing_is_extrapolated(kind, batch, heads, kv_heads, d, s) -> None:
     assert prefill_seconds(GRID, kind, batch, heads, kv_heads, d, s) is None
+
+
+def test_gqa_points_serve_only_their_own_group_size() -> None:
+    grid = [_pt(1, 100, 1e-3, heads=8, kv_heads=2), _pt(1, 400, 4e-3, heads=8, kv_heads=2)]
+    assert prefill_seconds(grid, "fused", 1, 8, 2, 128, 200) == pytest.approx(2e-3)  # sqrt(1e-3 * 4e-3)
+    assert prefill_seconds(grid, "fused", 2, 4, 2, 128, 200) is None  # same rows, 2 query heads per KV head
+    assert prefill_seconds(grid, "fused", 1, 8, 8, 128, 200) is None  # MHA
 
 
 def _with_grid(points: list[dict]) -> SystemSpec:
