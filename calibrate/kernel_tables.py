@@ -351,7 +351,13 @@ def live_prefix_caches(model, batch: int, s: int, cache_bytes: int, device: str 
 
 
 def attention_rows(
-    models: list, device: str, quick: bool, budget_s: float, setup: str, cache_bytes: int = LLC_DEFAULT
+    models: list,
+    device: str,
+    quick: bool,
+    budget_s: float,
+    setup: str,
+    cache_bytes: int = LLC_DEFAULT,
+    grids: Optional[tuple[tuple[str, tuple[tuple[int, int], ...]], ...]] = None,
 ) -> list[dict]:
     """Fused and split attention over live-prefix views of a preallocated cache, as the executor calls them.
 
@@ -369,7 +375,7 @@ def attention_rows(
 
     timer = time_host if device == "cpu" else time_cuda
     rows = []
-    grids = (
+    grids = grids or (  # (phase, ((batch, s), ...)) pairs; the calibrator's grids by default
         ("decode", QUICK_DECODE_GRID if quick else DECODE_GRID),
         ("prefill", QUICK_PREFILL_GRID if quick else PREFILL_GRID),
     )
