@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 from lia_model.hardware import AttentionGridPoint
 
 
-def _log_interp(x: float, xs: Sequence[float], ys: Sequence[float]) -> float:
-    """y at x, linear between the (sorted, distinct) xs; x must lie within them."""
+def _interp(x: float, xs: Sequence[float], ys: Sequence[float]) -> float:
+    """y at x, linear between the (sorted, distinct) xs; x must lie within them (callers pass logs)."""
     for i in range(1, len(xs)):
         if x <= xs[i]:
             w = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
@@ -40,10 +40,8 @@ def _log_row_time_at(points: list[AttentionGridPoint], log_rows: float) -> Optio
     xs = sorted(by_rows)
     if not xs or log_rows < xs[0] - 1e-12 or log_rows > xs[-1] + 1e-12:
         return None
-    ys = [sum(by_rows[x]) / len(by_rows[x]) for x in xs]
-    if len(xs) == 1:
-        return ys[0]
-    return _log_interp(min(max(log_rows, xs[0]), xs[-1]), xs, ys)
+    ys = [sum(by_rows[x]) / len(by_rows[x]) for x in xs]  # points at the same rows: their mean
+    return ys[0] if len(xs) == 1 else _interp(log_rows, xs, ys)
 
 
 def prefill_seconds(
@@ -65,5 +63,5 @@ def prefill_seconds(
     if len(used) == 1:
         log_r = logs[0]
     else:
-        log_r = _log_interp(math.log(s), [math.log(L) for L in used], logs)
+        log_r = _interp(math.log(s), [math.log(L) for L in used], logs)
     return math.exp(log_r) * batch * heads

@@ -7,10 +7,11 @@ whose spread exceeds 5% is re-run or flagged").
 Every point that ran with ``spread_flag`` set (the spread of its repeated latencies above 5%) becomes an inline
 plan of its group, with the plan it ran (``plan_json``) and the label of its point id, so its id (``group/label``)
 is the same and ``lia validate --from-csv`` keeps the newest measurement. Nothing is chosen by its error: every flagged point
-is listed. ``--select before-wide-pitched`` lists instead every point whose prefill writes a GPU qkv's new K/V back for
-CPU attention and that ran on a runtime before the wide rows' pitched write-back (``kv_writeback`` does not name
-``PITCHED_FULL_RATE_ROW_BYTES``; runtime/kvstore.py, commit 6010524): the runtime changed under them. ``--parts K --part I`` splits the groups into K files of about equal measured wall time (one device
-command each), smallest groups first.
+is listed. ``--select before-wide-pitched`` lists instead every point whose prefill writes a GPU qkv's new K/V
+back for CPU attention and that ran on a runtime before the wide rows' pitched write-back (``kv_writeback`` does
+not name ``PITCHED_FULL_RATE_ROW_BYTES``; runtime/kvstore.py, commit 6010524): the runtime changed under them.
+``--parts K --part I`` splits the groups into K files of about equal measured wall time (one device command each),
+smallest groups first.
 
     python -m runtime.rerun_flagged --relabel RERUN.csv --against ORIGINAL.csv --out RELABELLED.csv
 
