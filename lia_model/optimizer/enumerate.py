@@ -260,6 +260,22 @@ def best_in_combo(
         # minimum (what np.argmin picks) the same point; with large models most N_res do not fit HBM.
         # (``exhaustive`` keeps every row: the tests' oracle.)
         rows = rows[(lo[rows] <= hi[rows]) & (hbm_base[rows] + pair_extra.min() <= hbm_avail)]
+    # The TPOT bound per (N_res, decode vector) [rows, 64], where every pair is priced (the pipeline and weight-split
+    # branches): met or not, and in the weight split the K_cxl range it leaves
+    cols, tpot_ok, tpot_range = _ALL_PAIRS, None, None
+    if bounded and ca.pre_fill is not None:
+        tpot_ok = _tpot_met(ca, k, resident[rows], streamed[rows], tpot_max_s)
+    elif bounded and (k.has_cxl or exhaustive):
+        tpot_range = _tpot_k_cxl_range(ca, k, resident[rows], streamed[rows], lo[rows], hi[rows], tpot_max_s)
+        tpot_ok = tpot_range[0] <= tpot_range[1]
+    if tpot_ok is not None and not exhaustive:
+        # A point whose (N_res, decode vector) misses the bound is inf, so the rows where every decode vector misses
+        # it and the pairs of the decode vectors that miss it at every row are left out: the first minimum (what
+        # np.argmin picks) and the least latency per prefill vector stay the same. Under a tight bound few remain.
+        keep = tpot_ok.any(axis=1)
+        cols = _ALL_PAIRS[tpot_ok[keep].any(axis=0)[_PD]]
+        rows, tpot_ok = rows[keep], tpot_ok[keep]
+        tpot_range = None if tpot_range is None else (tpot_range[0][keep], tpot_range[1][keep])
     kk = streamed[rows, None]
     if rows.size == 0:
         pass  # no point with a streamed layer fits
@@ -272,7 +288,8 @@ def best_in_combo(
         # decode vector can be best, the first in index order among equals (the one np.argmin would pick), so
         # 729 pairs stand for the 4096 (``exhaustive`` evaluates all of them). A TTFT bound does not change
         # that: it reads the prefill vector, not the decode vector.
-        cols = _ALL_PAIRS if bounded or exhaustive or k.has_cxl else _fastest_decode_per_class(dec_d)
+        if not (bounded or exhaustive or k.has_cxl):
+            cols = _fastest_decode_per_class(dec_d)
         lat = (
             pre_pass[:, _PP[cols]]
             + resident[rows, None] * k.resident_decode_total_s
@@ -280,15 +297,8 @@ def best_in_combo(
             + k.head_total_s
         )
         ok = (lo[rows, None] <= hi[rows, None]) & (hbm_base[rows, None] + pair_extra[cols][None, :] <= hbm_avail)
-        if bounded:
-            # (N_res R_dec + K D(p_dec) + head S) / S <= X, per decode vector [rows, 64] and then per pair (the
-            # same numbers as per pair, 64 times fewer)
-            tpot_total = (
-                resident[rows, None] * k.tpot_resident_decode_total_s
-                + kk * ca.tpot_dec[HostTier.DDR][None, :]
-                + k.tpot_head_s * steps
-            )
-            ok &= (tpot_total <= tpot_max_s * steps)[:, _PD[cols]]
+        if bounded:  # per decode vector, then per pair (the same numbers as per pair, 64 times fewer)
+            ok &= tpot_ok[:, _PD[cols]]
         if ttft_bounded:
             # pass(N_res R_pre, K, c, W, X)(p_pre) + head <= X_ttft
             ttft_pass = pre_pass if ca.ttft_pre is None else side.pass_s(resident[rows, None], kk, 0.0, slice(None))
@@ -358,34 +368,18 @@ def best_in_combo(
             candidate = (float(lat[r]), int(ok_rows[r]), int(_PP[pair]), int(_PD[pair]), 0)
     else:
         pre_c, dec_c = (ca.pre[HostTier.CXL], ca.dec[HostTier.CXL]) if k.has_cxl else (pre_d, dec_d)
-        q_ddr = pair_time[None, :]  # [1, 4096]
-        dq = (pre_c[_PP] + dec_c[_PD])[None, :] - q_ddr  # latency slope in K_cxl
+        pp, pd = _PP[cols], _PD[cols]
+        q_ddr = pair_time[None, cols]  # [1, pairs]
+        dq = (pre_c[pp] + dec_c[pd])[None, :] - q_ddr  # latency slope in K_cxl
         # (read-only views: the bounds below make new arrays)
-        k_lo = np.broadcast_to(lo[rows, None], (rows.size, _PP.size))
-        k_hi = np.broadcast_to(hi[rows, None], (rows.size, _PP.size))
-        if bounded:
-            # (N_res R_dec + K D_ddr + K_cxl (D_cxl - D_ddr) + head S) / S <= X: it reads the decode vector only, so
-            # its K_cxl range is worked out per decode vector [rows, 64] and then taken per pair (the same numbers)
-            td_d = ca.tpot_dec[HostTier.DDR]
-            td_c = ca.tpot_dec[HostTier.CXL] if k.has_cxl else td_d
-            dd = (td_c - td_d)[None, :]
-            room = (
-                tpot_max_s * steps
-                - resident[rows, None] * k.tpot_resident_decode_total_s
-                - kk * td_d[None, :]
-                - k.tpot_head_s * steps
-            )
-            with np.errstate(divide="ignore", invalid="ignore"):
-                bound = room / dd
-            d_lo, d_hi = lo[rows, None], hi[rows, None]
-            d_hi = np.where(dd > 0, np.minimum(d_hi, np.floor(bound + _EPS_LAYERS)), d_hi)
-            d_lo = np.where(dd < 0, np.maximum(d_lo, np.ceil(bound - _EPS_LAYERS)), d_lo)
-            d_hi = np.where((dd == 0) & (room < 0), -1.0, d_hi)
-            k_lo, k_hi = d_lo[:, _PD], d_hi[:, _PD]
+        k_lo = np.broadcast_to(lo[rows, None], (rows.size, cols.size))
+        k_hi = np.broadcast_to(hi[rows, None], (rows.size, cols.size))
+        if bounded:  # the TPOT bound's K_cxl range per decode vector, taken per pair (the same numbers)
+            k_lo, k_hi = tpot_range[0][:, pd], tpot_range[1][:, pd]
         if ttft_bounded:
             # N_res R_pre + K S_ddr + K_cxl (S_cxl - S_ddr) + head <= X_ttft (the chosen end checked exactly below)
-            s_ddr = side.streamed[HostTier.DDR][_PP][None, :]
-            ds = side.streamed.get(HostTier.CXL, side.streamed[HostTier.DDR])[_PP][None, :] - s_ddr
+            s_ddr = side.streamed[HostTier.DDR][pp][None, :]
+            ds = side.streamed.get(HostTier.CXL, side.streamed[HostTier.DDR])[pp][None, :] - s_ddr
             room = ttft_max_s - k.ttft_head_s - resident[rows, None] * side.resident_s - kk * s_ddr
             with np.errstate(divide="ignore", invalid="ignore"):
                 bound = room / ds
@@ -393,23 +387,70 @@ def best_in_combo(
             k_lo = np.where(ds < 0, np.maximum(k_lo, np.ceil(bound - _EPS_LAYERS)), k_lo)
         k_cxl = np.where(dq >= 0, k_lo, k_hi)
         lat = resident_time[rows, None] + kk * q_ddr + k_cxl * dq + k.head_total_s
-        ok = (k_lo <= k_hi) & (hbm_base[rows, None] + pair_extra[None, :] <= hbm_avail)
+        ok = (k_lo <= k_hi) & (hbm_base[rows, None] + pair_extra[None, cols] <= hbm_avail)
         if ttft_bounded:
-            ok &= side.pass_s(resident[rows, None], kk, k_cxl, _PP[None, :]) + k.ttft_head_s <= ttft_max_s
+            ok &= side.pass_s(resident[rows, None], kk, k_cxl, pp[None, :]) + k.ttft_head_s <= ttft_max_s
         lat = np.where(ok, lat, np.inf)
         if per_prefill is not None:
-            _lower_per_prefill(per_prefill, _ALL_PAIRS, lat.min(axis=0))
-        r, pair = divmod(int(np.argmin(lat)), _PP.size)
-        candidate = (float(lat[r, pair]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), int(k_cxl[r, pair]))
+            _lower_per_prefill(per_prefill, cols, lat.min(axis=0))
+        r, j = divmod(int(np.argmin(lat)), cols.size)
+        pair = int(cols[j])
+        candidate = (float(lat[r, j]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), int(k_cxl[r, j]))
     if candidate is not None and np.isfinite(candidate[0]) and (best is None or candidate[0] < best[0]):
         best = candidate
     return best
 
 
+def _tpot_met(ca: ComboArrays, k: StageConstants, resident: np.ndarray, streamed: np.ndarray, tpot_max_s: float):
+    """Whether (N_res R_dec + K D(p_dec) + head S) / S <= X, per (N_res, decode vector) [rows, 64] (weights in DDR)."""
+    steps = k.decode_steps
+    tpot_total = (
+        resident[:, None] * k.tpot_resident_decode_total_s
+        + streamed[:, None] * ca.tpot_dec[HostTier.DDR][None, :]
+        + k.tpot_head_s * steps
+    )
+    return tpot_total <= tpot_max_s * steps
+
+
+def _tpot_k_cxl_range(
+    ca: ComboArrays,
+    k: StageConstants,
+    resident: np.ndarray,
+    streamed: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    tpot_max_s: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The K_cxl range [lo, hi] (per N_res, from ``cxl_weight_range``) narrowed by the TPOT bound, per (N_res, decode
+    vector) [rows, 64] each (lo > hi: none): (N_res R_dec + K D_ddr + K_cxl (D_cxl - D_ddr) + head S) / S <= X
+    reads the decode vector only."""
+    steps = k.decode_steps
+    td_d = ca.tpot_dec[HostTier.DDR]
+    td_c = ca.tpot_dec[HostTier.CXL] if k.has_cxl else td_d
+    dd = (td_c - td_d)[None, :]
+    room = (
+        tpot_max_s * steps
+        - resident[:, None] * k.tpot_resident_decode_total_s
+        - streamed[:, None] * td_d[None, :]
+        - k.tpot_head_s * steps
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = room / dd
+    d_lo, d_hi = lo[:, None], hi[:, None]
+    d_hi = np.where(dd > 0, np.minimum(d_hi, np.floor(bound + _EPS_LAYERS)), d_hi)
+    d_lo = np.where(dd < 0, np.maximum(d_lo, np.ceil(bound - _EPS_LAYERS)), d_lo)
+    d_hi = np.where((dd == 0) & (room < 0), -1.0, d_hi)
+    return d_lo, d_hi
+
+
 def _lower_per_prefill(per_prefill: np.ndarray, pairs: np.ndarray, latency: np.ndarray) -> None:
-    """per_prefill[p] = min(per_prefill[p], the least ``latency`` of the ``pairs`` with prefill vector p)."""
-    if pairs is _ALL_PAIRS:  # every pair, in order: pair = prefill vector x 64 + decode vector
-        np.minimum(per_prefill, latency.reshape(NUM_POLICIES, NUM_POLICIES).min(axis=1), out=per_prefill)
+    """per_prefill[p] = min(per_prefill[p], the least ``latency`` of the ``pairs`` (in increasing order) with prefill
+    vector p)."""
+    per_vector = pairs.size // NUM_POLICIES
+    product = per_vector > 0 and per_vector * NUM_POLICIES == pairs.size
+    if product and (_PP[pairs].reshape(NUM_POLICIES, per_vector) == np.arange(NUM_POLICIES)[:, None]).all():
+        # as many decode vectors with each prefill vector (pair = prefill vector x 64 + decode vector): by a reshape
+        np.minimum(per_prefill, latency.reshape(NUM_POLICIES, per_vector).min(axis=1), out=per_prefill)
     else:
         np.minimum.at(per_prefill, _PP[pairs], latency)
 
