@@ -14,7 +14,7 @@ over epigraph terms in overlap mode, the serial sum in additive mode, the author
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -209,11 +209,16 @@ def predict(
     plan: Plan,
     mode: CostMode | str = CostMode.OVERLAP,
     cpu_kv_passes: float = 1.0,
+    known_terms: Optional[Mapping[StageContext, StageTerms]] = None,
 ) -> Prediction:
     """Predict TTFT, TPOT, latency, throughput, memory and a per-sublayer breakdown of one plan.
 
     ``cpu_kv_passes``: passes CPU attention makes over the cached K/V bytes; 1 for this project's runtime,
-    more for a peer system executing the same plan (the FlexGen baseline, lia_model.baselines)."""
+    more for a peer system executing the same plan (the FlexGen baseline, lia_model.baselines).
+    ``known_terms``: streamed layers' terms a caller already worked out on this system and model, by context
+    (``streamed_layer_terms`` with every prefill vector simulated where the pass is the pipeline: the optimiser's
+    tables, ``SpaceTables.exact_streamed_terms``); a context found there is not priced again (the same function
+    of the same arguments, so the same numbers)."""
     if cpu_kv_passes < 1.0:
         raise LiaInputError(
             "cpu_kv_passes", f"must be at least 1, got {cpu_kv_passes:g}", "use 1 (one read of the cache)"
@@ -254,11 +259,9 @@ def predict(
         report: Optional[tuple] = None
         fill = stage == Stage.PREFILL and pass_start_fill(system, ctx)
         for tier, count in kinds or [(plan.weight_tier, 0)]:
-            terms = streamed_layer_terms(
-                system,
-                model,
-                stage_context(workload, plan, stage, mode, cpu_kv_passes, weight_tier=tier),
-                simulate_every=fill,
+            tier_ctx = stage_context(workload, plan, stage, mode, cpu_kv_passes, weight_tier=tier)
+            terms = (known_terms or {}).get(tier_ctx) or streamed_layer_terms(
+                system, model, tier_ctx, simulate_every=fill
             )
             layer_s = terms.layer_time(feats)
             streamed_total = streamed_total + count * layer_s

@@ -295,11 +295,12 @@ def optimize(
     bounds = dict(tpot_max_s=tpot_max_s, ttft_max_s=ttft_max_s)
     t0 = time.perf_counter()
     if objective == Objective.LATENCY:
-        found = solve_latency(system, model, workload, solver=solver, mode=mode, **bounds)
+        tables = build_tables(system, model, workload, mode)
+        found = solve_latency(system, model, workload, solver=solver, mode=mode, tables=tables, **bounds)
         if found is None:
             raise _no_plan(system, model, workload, mode=mode, **bounds)
         plan, raw = found
-        pred = predict(system, model, workload, plan, mode)
+        pred = predict(system, model, workload, plan, mode, known_terms=tables.exact_streamed_terms())
         return OptimizeResult(
             plan, workload, pred, objective, pred.latency_s, solver, time.perf_counter() - t0, raw, (workload.batch,)
         )
@@ -347,15 +348,17 @@ def optimize(
         raise _no_plan(system, model, workload.model_copy(update={"batch": 1}), mode=mode, **bounds)
     wl = workload.model_copy(update={"batch": search.batch})
     best = enumerated.get(search.batch)
+    tables = kept[2] if kept is not None and -kept[1] == search.batch else None
     if solver == "enumerate" and best is not None:  # already solved by the search: the same enumeration
         found = (best.plan, best.latency_s)
     else:
-        tables = kept[2] if kept is not None and -kept[1] == search.batch else None
+        if tables is None:
+            tables = build_tables(system, model, wl, mode)
         found = solve_latency(system, model, wl, solver=solver, mode=mode, tables=tables, **bounds)
     if found is None:  # the enumerator found a plan at this batch; an exact solver cannot miss it
         raise RuntimeError(f"{solver} found no plan at B={wl.batch} where the enumerator found one")
     plan, raw = found
-    pred = predict(system, model, wl, plan, mode)
+    pred = predict(system, model, wl, plan, mode, known_terms=None if tables is None else tables.exact_streamed_terms())
     return OptimizeResult(
         plan,
         wl,

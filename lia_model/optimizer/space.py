@@ -211,6 +211,17 @@ class SpaceTables:
         """The LM head runs once in prefill and once per decode step."""
         return self.head_s * (1 + self.decode_steps)
 
+    def exact_streamed_terms(self) -> dict[StageContext, StageTerms]:
+        """The streamed layers' terms these tables hold, by context, where they are predict()'s (costmodel.predict's
+        ``known_terms``): every decode term, and the prefill terms of the (combo, ISA) choices simulated for every
+        vector (bounded schedules are not)."""
+        known = {terms.context: terms for by_isa in self.decode.values() for terms in by_isa.values()}
+        for (combo, _), by_isa in self.prefill.items():
+            for isa, terms in by_isa.items():
+                if simulated_vectors(self, combo, isa).all():
+                    known[terms.context] = terms
+        return known
+
 
 def _with_isa(ctx: StageContext, isa: CpuIsa) -> StageContext:
     return dataclasses.replace(ctx, cpu_isa=isa)
