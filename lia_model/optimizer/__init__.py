@@ -24,10 +24,12 @@ from lia_model.hardware import SystemSpec
 from lia_model.models import ModelSpec
 from lia_model.optimizer.batch import BATCH_SEARCH_CAP, DEFAULT_MAX_SOLVES, largest_feasible_batch, search_batch
 from lia_model.optimizer.enumerate import (
+    EnumeratedOptimum,
     any_plan_fits_memory,
     best_in_combo,
     combo_arrays,
     enumerate_optimum,
+    exact_combo_latencies,
     lazy_optimum,
     stage_constants,
 )
@@ -109,27 +111,35 @@ def solve_latency(
     mode: CostMode,
     ttft_max_s: Optional[float] = None,
     tables: Optional[SpaceTables] = None,
+    found: Optional[EnumeratedOptimum] = None,
 ) -> Optional[tuple[Plan, Optional[float]]]:
     """The minimum-latency plan at this batch and the solver's own objective. The ILP leaves out the combos
     with which no plan reaches the enumerator's optimum (its optimum per combo); tests/test_optimizer.py also
     solves the full ILP. Under a TTFT bound the plan returned meets it in predict()'s own numbers. ``tables``:
-    this batch's tables where the caller already has them (bounded prefill terms are simulated here)."""
+    this batch's tables where the caller already has them. Without a TTFT bound they are built with bounded
+    prefill schedules (``prefill_bound``): the enumerator simulates what can win (``lazy_optimum``; ``found``: its
+    result on these tables, where the caller has it), then the combos that can reach the optimum are made exact
+    (``exact_combo_latencies``) and the ILP simulates what its model reads: the same model as on fully simulated
+    tables. Under a TTFT bound every prefill term is simulated."""
     if tables is None:
-        tables = build_tables(system, model, workload, mode)
+        tables = build_tables(system, model, workload, mode, prefill_bound=ttft_max_s is None)
+    if ttft_max_s is None and tables.prefill_bound:
+        bound = None
+        if found is None:
+            found = lazy_optimum(tables, tpot_max_s=tpot_max_s)
+        if solver != "enumerate" and found is not None:
+            combo_bounds = exact_combo_latencies(tables, found, tpot_max_s)
+        else:
+            combo_bounds = None
     else:
         tables = simulate_every_prefill(tables)
-    found, bound = _enumerate_within_ttft(tables, tpot_max_s, ttft_max_s)
+        found, bound = _enumerate_within_ttft(tables, tpot_max_s, ttft_max_s)
+        combo_bounds = found.combo_latency_s if found else None
     if solver == "enumerate":
         return (found.plan, found.latency_s) if found else None
     from lia_model.optimizer.ilp import solve_ilp  # PuLP is imported only when an ILP is solved
 
-    sol = solve_ilp(
-        tables,
-        tpot_max_s=tpot_max_s,
-        solver=solver,
-        combo_bounds=found.combo_latency_s if found else None,
-        ttft_max_s=bound,
-    )
+    sol = solve_ilp(tables, tpot_max_s=tpot_max_s, solver=solver, combo_bounds=combo_bounds, ttft_max_s=bound)
     if sol is not None and found is not None and _ttft_over(tables, sol.plan, ttft_max_s) > 0:
         # The ILP meets its rows to the solver's tolerance (about 1e-9 s here); a plan over the bound by that
         # much gives way to the enumerator's, which meets it.
@@ -295,7 +305,7 @@ def optimize(
     bounds = dict(tpot_max_s=tpot_max_s, ttft_max_s=ttft_max_s)
     t0 = time.perf_counter()
     if objective == Objective.LATENCY:
-        tables = build_tables(system, model, workload, mode)
+        tables = build_tables(system, model, workload, mode, prefill_bound=ttft_max_s is None)
         found = solve_latency(system, model, workload, solver=solver, mode=mode, tables=tables, **bounds)
         if found is None:
             raise _no_plan(system, model, workload, mode=mode, **bounds)
@@ -348,13 +358,17 @@ def optimize(
         raise _no_plan(system, model, workload.model_copy(update={"batch": 1}), mode=mode, **bounds)
     wl = workload.model_copy(update={"batch": search.batch})
     best = enumerated.get(search.batch)
-    tables = kept[2] if kept is not None and -kept[1] == search.batch else None
+    kept_tables = kept is not None and -kept[1] == search.batch
+    tables = kept[2] if kept_tables else None
     if solver == "enumerate" and best is not None:  # already solved by the search: the same enumeration
         found = (best.plan, best.latency_s)
     else:
         if tables is None:
-            tables = build_tables(system, model, wl, mode)
-        found = solve_latency(system, model, wl, solver=solver, mode=mode, tables=tables, **bounds)
+            tables = build_tables(system, model, wl, mode, prefill_bound=ttft_max_s is None)
+        # (the search's enumeration of these tables, where it solved them: ``best``)
+        found = solve_latency(
+            system, model, wl, solver=solver, mode=mode, tables=tables, found=best if kept_tables else None, **bounds
+        )
     if found is None:  # the enumerator found a plan at this batch; an exact solver cannot miss it
         raise RuntimeError(f"{solver} found no plan at B={wl.batch} where the enumerator found one")
     plan, raw = found

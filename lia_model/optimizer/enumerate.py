@@ -592,6 +592,48 @@ def lazy_optimum(tables: SpaceTables, tpot_max_s: Optional[float] = None) -> Opt
     return EnumeratedOptimum(plan_of(tables, combo, n_res, pp, pd, k_cxl, isa_pre, isa_dec), value, None, per_combo)
 
 
+# solve_ilp keeps the combos whose least latency is within this much of the best (relative; absolute, s)
+COMBO_REL_TOL, COMBO_ABS_TOL = 1e-9, 1e-12
+
+
+def within_best(value: float, best: float) -> bool:
+    """Whether a combo whose least latency is ``value`` can reach the best latency ``best``: solve_ilp keeps its
+    choices (the tolerance: the solvers' own, on an objective that sums the same terms in another order)."""
+    return value <= best * (1 + COMBO_REL_TOL) + COMBO_ABS_TOL
+
+
+def bound_exceeds(bound: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """Where a lower bound (a sum of the same terms in another order: to the last bits) exceeds ``exact`` by more
+    than rounding: there the value it bounds exceeds ``exact`` too. (|exact|: a column may sum to a last-bit
+    negative zero, -1e-16.)"""
+    return bound > exact + np.abs(exact) * _BOUND_SLACK
+
+
+def exact_combo_latencies(
+    tables: SpaceTables, found: EnumeratedOptimum, tpot_max_s: Optional[float] = None
+) -> dict[Combo, float]:
+    """``found.combo_latency_s`` (``lazy_optimum``'s, on these tables) made exact where solve_ilp's filter
+    (``within_best``) reads it: every combo whose value, a lower bound to the last bits, may be within the best of
+    it has its choices simulated in full and its least latency worked out as ``enumerate_optimum`` does; the other
+    combos keep their bounds, which the filter rules out as it rules out their optima. So the filter keeps the
+    combos it keeps on fully simulated tables, and their least (the optimum's combo is one of them) is the best."""
+    consts = stage_constants(tables)
+    exact = dict(found.combo_latency_s)
+    for combo, bound in found.combo_latency_s.items():
+        if not within_best(bound / (1 + 2 * _BOUND_SLACK), found.latency_s):
+            continue
+        for isa_pre in tables.prefill_isas(combo):
+            simulate_prefill(tables, combo, isa_pre)
+        exact[combo] = _least(
+            [
+                best_in_combo(combo_arrays(tables, combo, isa_pre, isa_dec), consts, tpot_max_s)
+                for isa_pre in tables.prefill_isas(combo)
+                for isa_dec in tables.decode_isas(combo)
+            ]
+        )
+    return exact
+
+
 def _least(found: list[Optional[tuple]]) -> float:
     """The least latency of ``best_in_combo`` results (inf: none)."""
     return min((f[0] for f in found if f is not None), default=np.inf)

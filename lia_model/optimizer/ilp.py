@@ -30,8 +30,14 @@ import pulp
 from lia_model.costterms import ALL_POLICY_FEATURES, NUM_POLICIES, pass_start_fill
 from lia_model.errors import LiaInputError
 from lia_model.memory import MemoryTier
-from lia_model.optimizer.enumerate import plan_of
-from lia_model.optimizer.space import Combo, SpaceTables
+from lia_model.optimizer.enumerate import bound_exceeds, plan_of, within_best
+from lia_model.optimizer.space import (
+    Combo,
+    SpaceTables,
+    simulate_every_prefill,
+    simulate_prefill,
+    simulated_vectors,
+)
 from lia_model.plan import CpuIsa, HostTier
 from lia_model.sublayers import NUM_SUBLAYERS
 
@@ -173,6 +179,39 @@ def _prefill_columns(terms, tables: SpaceTables) -> np.ndarray:
     return terms.policy_layer_times[:, 0]
 
 
+def _choice_row(tables: SpaceTables, combo: Combo, isa: CpuIsa) -> np.ndarray:
+    """What ``_prefill_choices`` compares of one (combo, prefill ISA) choice: its prefill columns with each weight
+    tier, its resident prefill time and its workspaces (GPU, host)."""
+    mem = tables.memory[combo.minibatches]
+    times = [_prefill_columns(tables.prefill[(combo, t)][isa], tables) for t in tables.weight_tiers]
+    scalars = [tables.resident_prefill_s[combo.minibatches], mem.gpu_workspace_bytes, mem.host_workspace_bytes]
+    return np.concatenate([*times, scalars])
+
+
+def _simulate_what_the_model_reads(tables: SpaceTables, combos: set[Combo]) -> None:
+    """On tables whose prefill schedules are lower bounds where not simulated (build_tables(prefill_bound=True),
+    simulated in part by enumerate.lazy_optimum): simulate every choice of ``combos`` (the combos the model keeps)
+    and every other choice that may be no worse than one of those (``_prefill_choices``' dominance), so that the
+    model keeps the choices it keeps on fully simulated tables. A bounded column is at most its exact value; where
+    it exceeds a kept choice's exact column beyond rounding (``bound_exceeds``), so does the exact one: the choice
+    is no worse than that one in neither table."""
+    kept = [(c, a) for c in tables.combos if c in combos for a in tables.prefill_isas(c)]
+    for combo, isa in kept:
+        simulate_prefill(tables, combo, isa)
+    rows = {choice: _choice_row(tables, *choice) for choice in kept}
+    for combo in tables.combos:
+        group = (combo.kv_tier, combo.expert_fetch)
+        for isa in tables.prefill_isas(combo):
+            if (combo, isa) in kept or simulated_vectors(tables, combo, isa).all():
+                continue
+            row = _choice_row(tables, combo, isa)
+            if any(
+                (c.kv_tier, c.expert_fetch) == group and not bound_exceeds(row, exact).any()
+                for (c, _), exact in rows.items()
+            ):
+                simulate_prefill(tables, combo, isa)
+
+
 def _prefill_choices(tables: SpaceTables) -> list[tuple[Combo, CpuIsa]]:
     """The (combo, prefill ISA) choices that can be optimal. (c1, a1) dominates (c2, a2) when both have the
     same KV tier and expert fetch and (c1, a1) is no worse in the streamed prefill time of any of the 64 policy
@@ -184,19 +223,7 @@ def _prefill_choices(tables: SpaceTables) -> list[tuple[Combo, CpuIsa]]:
     groups = dict.fromkeys((c.kv_tier, c.expert_fetch) for c in tables.combos)
     for group in groups:
         items = [(c, a) for c in tables.combos if (c.kv_tier, c.expert_fetch) == group for a in tables.prefill_isas(c)]
-        rows = []
-        for c, a in items:
-            mem = tables.memory[c.minibatches]
-            times = [_prefill_columns(tables.prefill[(c, t)][a], tables) for t in tables.weight_tiers]
-            rows.append(
-                np.concatenate(
-                    [
-                        *times,
-                        [tables.resident_prefill_s[c.minibatches], mem.gpu_workspace_bytes, mem.host_workspace_bytes],
-                    ]
-                )
-            )
-        values = np.stack(rows)
+        values = np.stack([_choice_row(tables, c, a) for c, a in items])
         no_worse = np.all(values[:, None, :] <= values[None, :, :], axis=2)  # [j, i]: j no worse than i
         equal = no_worse & no_worse.T
         earlier = np.arange(len(items))[:, None] < np.arange(len(items))[None, :]
@@ -219,7 +246,11 @@ def solve_ilp(
 
     ``combo_bounds``: the least latency any plan reaches with each combo (the enumerator's per-combo optimum,
     ``EnumeratedOptimum.combo_latency_s``, from the same tables); choices whose combo cannot reach the best
-    of them are left out of the model. Without it every choice is in."""
+    of them are left out of the model. Without it every choice is in.
+
+    Tables built with ``prefill_bound`` (bounded prefill schedules, simulated in part) are simulated where the
+    model reads them first; ``combo_bounds`` must then be exact wherever they are ``within_best`` of the best, and
+    lower bounds elsewhere (``enumerate.exact_combo_latencies``): the model is the one of fully simulated tables."""
     t0 = time.perf_counter()
     n_layers = tables.num_layers
     steps = tables.decode_steps
@@ -229,10 +260,14 @@ def solve_ilp(
     y_dec, d = _one_hot(prob, "dec")
 
     # One combo (n, KV tier, expert fetch) and prefill ISA:  sum_{c,a} z[c, a] = 1
+    target = min(combo_bounds.values()) if combo_bounds else None
+    if tables.prefill_bound and target is not None:
+        _simulate_what_the_model_reads(tables, {c for c, v in combo_bounds.items() if within_best(v, target)})
+    elif tables.prefill_bound:
+        simulate_every_prefill(tables)
     choices = _prefill_choices(tables)
-    if combo_bounds:
-        target = min(combo_bounds.values())
-        choices = [ch for ch in choices if combo_bounds.get(ch[0], np.inf) <= target * (1 + 1e-9) + 1e-12]
+    if target is not None:
+        choices = [ch for ch in choices if within_best(combo_bounds.get(ch[0], np.inf), target)]
     z = {ch: pulp.LpVariable(f"z_{ch[0].label}_{ch[1].value}", cat="Binary") for ch in choices}
     prob += pulp.lpSum(z.values()) == 1
     sizes = sorted({c.minibatches for c, _ in choices})
