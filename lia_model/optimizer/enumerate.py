@@ -290,12 +290,11 @@ def best_in_combo(
         # that: it reads the prefill vector, not the decode vector.
         if not (bounded or exhaustive or k.has_cxl):
             cols = _fastest_decode_per_class(dec_d)
-        lat = (
-            pre_pass[:, _PP[cols]]
-            + resident[rows, None] * k.resident_decode_total_s
-            + kk * dec_d[_PD[cols]][None, :]
-            + k.head_total_s
-        )
+        # pass + N_res R_dec + K D(p_dec) + head, summed in that order in place ([rows, pairs] arrays are large)
+        lat = pre_pass[:, _PP[cols]]
+        lat += resident[rows, None] * k.resident_decode_total_s
+        lat += kk * dec_d[_PD[cols]][None, :]
+        lat += k.head_total_s
         ok = (lo[rows, None] <= hi[rows, None]) & (hbm_base[rows, None] + pair_extra[cols][None, :] <= hbm_avail)
         if bounded:  # per decode vector, then per pair (the same numbers as per pair, 64 times fewer)
             ok &= tpot_ok[:, _PD[cols]]
@@ -303,7 +302,7 @@ def best_in_combo(
             # pass(N_res R_pre, K, c, W, X)(p_pre) + head <= X_ttft
             ttft_pass = pre_pass if ca.ttft_pre is None else side.pass_s(resident[rows, None], kk, 0.0, slice(None))
             ok &= ttft_pass[:, _PP[cols]] + k.ttft_head_s <= ttft_max_s
-        lat = np.where(ok, lat, np.inf)
+        np.putmask(lat, ~ok, np.inf)
         if per_prefill is not None:  # (``cols`` drops only pairs that a kept pair of the same prefill vector beats)
             _lower_per_prefill(per_prefill, cols, lat.min(axis=0))
         r, j = divmod(int(np.argmin(lat)), cols.size)
@@ -386,11 +385,17 @@ def best_in_combo(
             k_hi = np.where(ds > 0, np.minimum(k_hi, np.floor(bound + _EPS_LAYERS)), k_hi)
             k_lo = np.where(ds < 0, np.maximum(k_lo, np.ceil(bound - _EPS_LAYERS)), k_lo)
         k_cxl = np.where(dq >= 0, k_lo, k_hi)
-        lat = resident_time[rows, None] + kk * q_ddr + k_cxl * dq + k.head_total_s
-        ok = (k_lo <= k_hi) & (hbm_base[rows, None] + pair_extra[None, cols] <= hbm_avail)
+        # N_res (R_pre + R_dec) + K Q_ddr + K_cxl (Q_cxl - Q_ddr) + head, summed in that order in place
+        lat = kk * q_ddr
+        np.add(resident_time[rows, None], lat, out=lat)
+        lat += k_cxl * dq
+        lat += k.head_total_s
+        ok = hbm_base[rows, None] + pair_extra[None, cols] <= hbm_avail
+        if bounded or ttft_bounded or exhaustive:  # (otherwise every row kept has lo <= hi)
+            ok &= k_lo <= k_hi
         if ttft_bounded:
             ok &= side.pass_s(resident[rows, None], kk, k_cxl, pp[None, :]) + k.ttft_head_s <= ttft_max_s
-        lat = np.where(ok, lat, np.inf)
+        np.putmask(lat, ~ok, np.inf)
         if per_prefill is not None:
             _lower_per_prefill(per_prefill, cols, lat.min(axis=0))
         r, j = divmod(int(np.argmin(lat)), cols.size)
