@@ -1,10 +1,12 @@
-"""Under a TPOT bound, the enumerator's [rows, pairs] evaluations (the prefill pipeline's branch and the weight
-split's, lia_model.optimizer.enumerate.best_in_combo) leave out the N_res rows where the bound rules out every
-decode vector and the pairs of the decode vectors it rules out at every row. Checked against the exhaustive
-evaluation (every row, every pair): the same point, ties included, and the same least latency per prefill vector
-(``per_prefill``, what lazy_optimum simulates by), on random times and bounds drawn by hypothesis around real
-tables (with and without CXL; the decode sums the bound reads apart from the cost's, as in the batch search's
-relaxation), with the memory shrunk at random."""
+"""The enumerator's [rows, pairs] evaluations (the prefill pipeline's branch and the weight split's,
+lia_model.optimizer.enumerate.best_in_combo) leave out, under a TPOT bound, the N_res rows where the bound rules out
+every decode vector and the pairs of the decode vectors it rules out at every row, and with or without one the rows
+whose lower bound exceeds the best latency of the rows of least bound. Checked against the exhaustive evaluation
+(every row, every pair): the same point, ties included, and per prefill vector (``per_prefill``, what lazy_optimum
+simulates by) the same least latency, or, where it lies in a row left out, a value at least that least latency,
+which is above the best point's; on random times and bounds drawn by hypothesis around real tables (with and
+without CXL; the decode sums the bound reads apart from the cost's, as in the batch search's relaxation), with the
+memory shrunk at random."""
 
 from __future__ import annotations
 
@@ -53,11 +55,11 @@ def _jittered(values: dict, rng: np.random.Generator, spread: float) -> dict:
     st.integers(0, len(CASES) - 1),
     st.integers(0, 2**32 - 1),
     st.sampled_from([0.0, 0.3, 0.9]),
-    st.floats(0.5, 3.0),
+    st.one_of(st.none(), st.floats(0.5, 3.0)),
     st.booleans(),
     st.sampled_from([0.3, 0.7, 1.0]),
 )
-def test_tpot_pruned_rows_and_pairs_change_nothing(case, seed, spread, tightness, apart, memory_scale):
+def test_rows_and_pairs_left_out_change_nothing(case, seed, spread, tightness, apart, memory_scale):
     tables, consts = _tables(case)
     rng = np.random.default_rng(seed)
     combo = tables.combos[int(rng.integers(len(tables.combos)))]
@@ -79,9 +81,11 @@ def test_tpot_pruned_rows_and_pairs_change_nothing(case, seed, spread, tightness
     typical = (consts.num_layers * float(np.median(arrays.tpot_dec[next(iter(arrays.tpot_dec))])) / steps) + (
         consts.tpot_head_s
     )
-    tpot = typical * tightness
+    tpot = None if tightness is None else typical * tightness
     fast_lower, full_lower = np.full(NUM_POLICIES, np.inf), np.full(NUM_POLICIES, np.inf)
     fast = best_in_combo(arrays, consts, tpot, per_prefill=fast_lower)
     full = best_in_combo(arrays, consts, tpot, exhaustive=True, per_prefill=full_lower)
     assert fast == full
-    np.testing.assert_array_equal(fast_lower, full_lower)
+    differ = fast_lower != full_lower
+    assert np.all(fast_lower[differ] >= full_lower[differ])
+    assert np.all(full_lower[differ] > full_lower.min() * (1 + 1e-10))

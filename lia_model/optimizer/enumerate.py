@@ -221,7 +221,9 @@ def best_in_combo(
     ``ttft_max_s``: a bound on TTFT = ``ca.ttft_prefill.pass_s`` + ``k.ttft_head_s``. ``per_prefill`` ([64], or
     None): lowered to the least latency of the points with a streamed layer per prefill vector (inf: none fits),
     or to -inf where the enumeration does not price every vector apart (without the prefill pipeline and CXL);
-    the all-resident point reads no prefill vector and is left out."""
+    where a vector's least lies in rows that cannot hold the best point (``_rows_that_can_win`` leaves them out),
+    to a value at least that least, which is above the best point's (with _BOUND_SLACK); the all-resident point
+    reads no prefill vector and is left out."""
     n_layers, steps = k.num_layers, k.decode_steps
     resident = np.arange(n_layers + 1, dtype=float)
     streamed = n_layers - resident
@@ -290,24 +292,37 @@ def best_in_combo(
         # that: it reads the prefill vector, not the decode vector.
         if not (bounded or exhaustive or k.has_cxl):
             cols = _fastest_decode_per_class(dec_d)
-        # pass + N_res R_dec + K D(p_dec) + head, summed in that order in place ([rows, pairs] arrays are large)
-        lat = pre_pass[:, _PP[cols]]
-        lat += resident[rows, None] * k.resident_decode_total_s
-        lat += kk * dec_d[_PD[cols]][None, :]
-        lat += k.head_total_s
-        ok = (lo[rows, None] <= hi[rows, None]) & (hbm_base[rows, None] + pair_extra[cols][None, :] <= hbm_avail)
-        if bounded:  # per decode vector, then per pair (the same numbers as per pair, 64 times fewer)
-            ok &= tpot_ok[:, _PD[cols]]
-        if ttft_bounded:
-            # pass(N_res R_pre, K, c, W, X)(p_pre) + head <= X_ttft
+        dec_cols = dec_d[_PD[cols]]
+        if ttft_bounded:  # pass(N_res R_pre, K, c, W, X)(p_pre) + head <= X_ttft
             ttft_pass = pre_pass if ca.ttft_pre is None else side.pass_s(resident[rows, None], kk, 0.0, slice(None))
-            ok &= ttft_pass[:, _PP[cols]] + k.ttft_head_s <= ttft_max_s
-        np.putmask(lat, ~ok, np.inf)
+
+        def pipelined(at: np.ndarray) -> tuple[np.ndarray]:
+            """The latency of the rows at positions ``at`` [at, pairs] (inf where a point does not fit)."""
+            on = rows[at]
+            # pass + N_res R_dec + K D(p_dec) + head, summed in that order in place ([rows, pairs] arrays are large)
+            lat = pre_pass[at][:, _PP[cols]]
+            lat += resident[on, None] * k.resident_decode_total_s
+            lat += kk[at] * dec_cols[None, :]
+            lat += k.head_total_s
+            ok = (lo[on, None] <= hi[on, None]) & (hbm_base[on, None] + pair_extra[cols][None, :] <= hbm_avail)
+            if bounded:  # per decode vector, then per pair (the same numbers as per pair, 64 times fewer)
+                ok &= tpot_ok[at][:, _PD[cols]]
+            if ttft_bounded:
+                ok &= ttft_pass[at][:, _PP[cols]] + k.ttft_head_s <= ttft_max_s
+            np.putmask(lat, ~ok, np.inf)
+            return (lat,)
+
+        # Per row: ((min pass + N_res R_dec) + K min D) + head, at most each latency of the row (every float
+        # operation above is monotone in each operand)
+        lower = pre_pass.min(axis=1) + resident[rows] * k.resident_decode_total_s
+        lower += streamed[rows] * dec_cols.min()
+        lower += k.head_total_s
+        at, (lat,) = _rows_that_can_win(lower, pipelined, exhaustive)
         if per_prefill is not None:  # (``cols`` drops only pairs that a kept pair of the same prefill vector beats)
             _lower_per_prefill(per_prefill, cols, lat.min(axis=0))
         r, j = divmod(int(np.argmin(lat)), cols.size)
         pair = int(cols[j])
-        candidate = (float(lat[r, j]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), 0)
+        candidate = (float(lat[r, j]), int(rows[at[r]]), int(_PP[pair]), int(_PD[pair]), 0)
     elif not k.has_cxl and not exhaustive and not bounded and not ttft_bounded:
         if per_prefill is not None:  # the best pair per memory key, not per prefill vector
             per_prefill[:] = -np.inf
@@ -369,41 +384,88 @@ def best_in_combo(
         pre_c, dec_c = (ca.pre[HostTier.CXL], ca.dec[HostTier.CXL]) if k.has_cxl else (pre_d, dec_d)
         pp, pd = _PP[cols], _PD[cols]
         q_ddr = pair_time[None, cols]  # [1, pairs]
-        dq = (pre_c[pp] + dec_c[pd])[None, :] - q_ddr  # latency slope in K_cxl
-        # (read-only views: the bounds below make new arrays)
-        k_lo = np.broadcast_to(lo[rows, None], (rows.size, cols.size))
-        k_hi = np.broadcast_to(hi[rows, None], (rows.size, cols.size))
-        if bounded:  # the TPOT bound's K_cxl range per decode vector, taken per pair (the same numbers)
-            k_lo, k_hi = tpot_range[0][:, pd], tpot_range[1][:, pd]
-        if ttft_bounded:
-            # N_res R_pre + K S_ddr + K_cxl (S_cxl - S_ddr) + head <= X_ttft (the chosen end checked exactly below)
-            s_ddr = side.streamed[HostTier.DDR][pp][None, :]
-            ds = side.streamed.get(HostTier.CXL, side.streamed[HostTier.DDR])[pp][None, :] - s_ddr
-            room = ttft_max_s - k.ttft_head_s - resident[rows, None] * side.resident_s - kk * s_ddr
-            with np.errstate(divide="ignore", invalid="ignore"):
-                bound = room / ds
-            k_hi = np.where(ds > 0, np.minimum(k_hi, np.floor(bound + _EPS_LAYERS)), k_hi)
-            k_lo = np.where(ds < 0, np.maximum(k_lo, np.ceil(bound - _EPS_LAYERS)), k_lo)
-        k_cxl = np.where(dq >= 0, k_lo, k_hi)
-        # N_res (R_pre + R_dec) + K Q_ddr + K_cxl (Q_cxl - Q_ddr) + head, summed in that order in place
-        lat = kk * q_ddr
-        np.add(resident_time[rows, None], lat, out=lat)
-        lat += k_cxl * dq
-        lat += k.head_total_s
-        ok = hbm_base[rows, None] + pair_extra[None, cols] <= hbm_avail
-        if bounded or ttft_bounded or exhaustive:  # (otherwise every row kept has lo <= hi)
-            ok &= k_lo <= k_hi
-        if ttft_bounded:
-            ok &= side.pass_s(resident[rows, None], kk, k_cxl, pp[None, :]) + k.ttft_head_s <= ttft_max_s
-        np.putmask(lat, ~ok, np.inf)
+        q_cxl = (pre_c[pp] + dec_c[pd])[None, :]
+        dq = q_cxl - q_ddr  # latency slope in K_cxl
+
+        def weight_split(at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """The latency [at, pairs] of the rows at positions ``at`` (inf where a point does not fit) and K_cxl."""
+            on, kr = rows[at], kk[at]
+            # (read-only views: the bounds below make new arrays)
+            k_lo = np.broadcast_to(lo[on, None], (at.size, cols.size))
+            k_hi = np.broadcast_to(hi[on, None], (at.size, cols.size))
+            if bounded:  # the TPOT bound's K_cxl range per decode vector, taken per pair (the same numbers)
+                k_lo, k_hi = tpot_range[0][at][:, pd], tpot_range[1][at][:, pd]
+            if ttft_bounded:
+                # N_res R_pre + K S_ddr + K_cxl (S_cxl - S_ddr) + head <= X_ttft (the chosen end checked exactly below)
+                s_ddr = side.streamed[HostTier.DDR][pp][None, :]
+                ds = side.streamed.get(HostTier.CXL, side.streamed[HostTier.DDR])[pp][None, :] - s_ddr
+                room = ttft_max_s - k.ttft_head_s - resident[on, None] * side.resident_s - kr * s_ddr
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    bound = room / ds
+                k_hi = np.where(ds > 0, np.minimum(k_hi, np.floor(bound + _EPS_LAYERS)), k_hi)
+                k_lo = np.where(ds < 0, np.maximum(k_lo, np.ceil(bound - _EPS_LAYERS)), k_lo)
+            k_cxl = np.where(dq >= 0, k_lo, k_hi)
+            # N_res (R_pre + R_dec) + K Q_ddr + K_cxl (Q_cxl - Q_ddr) + head, summed in that order in place
+            lat = kr * q_ddr
+            np.add(resident_time[on, None], lat, out=lat)
+            lat += k_cxl * dq
+            lat += k.head_total_s
+            ok = hbm_base[on, None] + pair_extra[None, cols] <= hbm_avail
+            if bounded or ttft_bounded or exhaustive:  # (otherwise every row kept has lo <= hi)
+                ok &= k_lo <= k_hi
+            if ttft_bounded:
+                ok &= side.pass_s(resident[on, None], kr, k_cxl, pp[None, :]) + k.ttft_head_s <= ttft_max_s
+            np.putmask(lat, ~ok, np.inf)
+            return lat, k_cxl
+
+        # Per row: N_res (R_pre + R_dec) + K min(Q_ddr, Q_cxl) + head, at most each latency of the row to rounding
+        # (the latency is N_res (R_pre + R_dec) + (K - K_cxl) Q_ddr + K_cxl Q_cxl + head with 0 <= K_cxl <= K)
+        lower = resident_time[rows] + streamed[rows] * min(q_ddr.min(), q_cxl.min()) + k.head_total_s
+        at, (lat, k_cxl) = _rows_that_can_win(lower, weight_split, exhaustive)
         if per_prefill is not None:
             _lower_per_prefill(per_prefill, cols, lat.min(axis=0))
         r, j = divmod(int(np.argmin(lat)), cols.size)
         pair = int(cols[j])
-        candidate = (float(lat[r, j]), int(rows[r]), int(_PP[pair]), int(_PD[pair]), int(k_cxl[r, j]))
+        candidate = (float(lat[r, j]), int(rows[at[r]]), int(_PP[pair]), int(_PD[pair]), int(k_cxl[r, j]))
     if candidate is not None and np.isfinite(candidate[0]) and (best is None or candidate[0] < best[0]):
         best = candidate
     return best
+
+
+# Rows of least lower bound a [rows, pairs] evaluation prices first (_rows_that_can_win)
+_PROBE_ROWS = 2
+
+
+def _rows_that_can_win(
+    lower: np.ndarray, evaluate: Callable[[np.ndarray], tuple[np.ndarray, ...]], every_row: bool = False
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """The positions (increasing) of the rows that ``evaluate`` prices and its arrays for them ([positions, pairs]
+    each, the latency first). ``lower`` [rows]: at most each latency of its row (to the last bits). First the
+    _PROBE_ROWS rows of least bound, then every other row whose bound does not exceed the best latency found there
+    (with _BOUND_SLACK); ``every_row``: all rows (the tests' oracle). A row left out holds only latencies above that
+    best, so the first minimum over the rows kept is the first minimum over all, and a prefill vector's least
+    latency over them is its least over all rows, or above that best, as the least over all rows then is."""
+    if every_row:
+        at = np.arange(lower.size)
+        return at, evaluate(at)
+    order = np.argsort(lower, kind="stable")
+    probe = np.sort(order[:_PROBE_ROWS])
+    first = evaluate(probe)
+    best = first[0].min()
+    rest = order[_PROBE_ROWS:]
+    if np.isfinite(best):
+        rest = rest[lower[rest] <= best * (1 + _BOUND_SLACK)]
+    if rest.size == 0:
+        return probe, first
+    rest = np.sort(rest)
+    at = np.sort(np.concatenate([probe, rest]))
+    out = []
+    for head, tail in zip(first, evaluate(rest)):
+        merged = np.empty((at.size,) + head.shape[1:], dtype=head.dtype)
+        merged[np.searchsorted(at, probe)] = head
+        merged[np.searchsorted(at, rest)] = tail
+        out.append(merged)
+    return at, tuple(out)
 
 
 def _tpot_met(ca: ComboArrays, k: StageConstants, resident: np.ndarray, streamed: np.ndarray, tpot_max_s: float):
@@ -557,9 +619,11 @@ def lazy_optimum(tables: SpaceTables, tpot_max_s: Optional[float] = None) -> Opt
     Exact: the latency of every point is non-decreasing in the prefill layer time and in the pipeline's compute
     part (prefill_pass_s), and neither memory nor the TPOT bound reads them, so ``best_in_combo`` on the bounded
     tables is a lower bound L(c, a) on the choice's optimum, and its ``per_prefill`` one L(c, a, p) per prefill
-    vector p. Choices are simulated in increasing L; once L > the best exact latency found (with _BOUND_SLACK),
-    no choice left can reach it. Inside a choice only the vectors that can reach the best latency are simulated
-    (``_simulate_what_can_win``). Of equal optima the first in enumerate_optimum's order is returned, as there.
+    vector p (or, for a vector whose points all lie in rows that cannot hold the choice's best, a value above that
+    best, as its points are). Choices are simulated in increasing L; once L > the best exact latency found (with
+    _BOUND_SLACK), no choice left can reach it. Inside a choice only the vectors that can reach the best latency are
+    simulated (``_simulate_what_can_win``). Of equal optima the first in enumerate_optimum's order is returned, as
+    there.
     ``combo_latency_s`` holds each combo's optimum, or for a combo whose choices were ruled out or simulated in
     part a lower bound on it (to the last bits: _BOUND_SLACK; solve_ilp's combo_bounds keeps a combo within 1e-9
     of the best)."""
@@ -655,7 +719,8 @@ def _simulate_what_can_win(
     """``best_of(combo, isa_pre)`` (one ``best_in_combo`` result per decode ISA) with the prefill schedules simulated
     for the policy vectors that can reach the best latency, where those results decide the search.
 
-    ``lower`` [64]: L(p), a lower bound on the latency of the choice's points with prefill vector p; ``incumbent``:
+    ``lower`` [64]: L(p), a lower bound on the latency of the choice's points with prefill vector p, or, where it
+    is not, above the value v of the evaluation that gave it (best_in_combo's per_prefill); ``incumbent``:
     the best exact latency of the choices before (inf: none). Rounds: simulate the vectors with
     L(p) <= reach, then evaluate the choice with those exact and the rest at their bounds, which gives a value v
     (<= its optimum) and new L(p) (exact for the simulated vectors), until no unsimulated vector has
