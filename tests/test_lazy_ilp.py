@@ -100,3 +100,22 @@ def test_the_screen_simulates_the_choices_that_may_dominate(monkeypatch):
     ilp._simulate_what_the_model_reads(tables, {kept_combo})
     assert kept_combo in simulated and group[0] in simulated
     assert group[1] not in simulated and other[0] not in simulated
+
+
+def test_linear_builds_what_lpsum_builds():
+    """ilp._linear: the same expression as pulp.lpSum of the products (terms, order, coefficients and their types,
+    constant), and PuLP's refusal of a non-finite coefficient."""
+    import pulp
+
+    y = [pulp.LpVariable(f"y_{k}", cat="Binary") for k in range(6)]
+    values = [0.0, 1.5, -2.25, 0.0, 3e-9, 7.0]
+    fast = ilp._linear((y[k], float(v)) for k, v in enumerate(values) if v != 0.0)
+    slow = pulp.lpSum(float(v) * y[k] for k, v in enumerate(values) if v != 0.0)
+    assert [(v.name, c, type(c)) for v, c in fast.items()] == [(v.name, c, type(c)) for v, c in slow.items()]
+    assert (fast.constant, type(fast.constant)) == (slow.constant, type(slow.constant))
+    ones = ilp._linear((y[k], 1) for k in (1, 3))
+    assert [(v.name, c, type(c)) for v, c in ones.items()] == [
+        (v.name, c, type(c)) for v, c in pulp.lpSum(y[k] for k in (1, 3)).items()
+    ]
+    with pytest.raises(pulp.PulpError):
+        ilp._linear([(y[0], float("inf"))])

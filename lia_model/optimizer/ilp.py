@@ -17,6 +17,7 @@ combo's KV tier and expert fetch).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -114,11 +115,22 @@ def make_solver(name: str, time_limit_s: Optional[float] = None):
     raise LiaInputError("--solver", f"unknown solver '{name}'", "use cbc, highs or enumerate")
 
 
+def _linear(terms) -> pulp.LpAffineExpression:
+    """sum coef var over the (var, coef) pairs ``terms`` (distinct variables): the expression pulp.lpSum(coef * var
+    for ...) builds, the same terms in the same order with the same coefficients, without one expression per product
+    (PuLP's refusal of a non-finite coefficient kept)."""
+    terms = list(terms)
+    for _, coef in terms:
+        if not math.isfinite(coef):
+            raise pulp.PulpError("Cannot multiply variables with NaN/inf values")
+    return pulp.LpAffineExpression(terms)
+
+
 def _one_hot(prob: pulp.LpProblem, prefix: str) -> tuple[list[pulp.LpVariable], list]:
     """y[pi] binary, sum_pi y[pi] = 1; returns y and the CPU bits p[i] = sum_pi pi_i y[pi] (expressions)."""
     y = [pulp.LpVariable(f"{prefix}_{k}", cat="Binary") for k in range(NUM_POLICIES)]
     prob += pulp.lpSum(y) == 1
-    bits = [pulp.lpSum(y[k] for k in range(NUM_POLICIES) if _BITS[k, i]) for i in range(NUM_SUBLAYERS)]
+    bits = [_linear((y[k], 1) for k in range(NUM_POLICIES) if _BITS[k, i]) for i in range(NUM_SUBLAYERS)]
     return y, bits
 
 
@@ -131,7 +143,7 @@ def _gated_table(
     prob += (
         (
             epigraph
-            >= pulp.lpSum(float(v) * y[k] for k, v in enumerate(values) if v != 0.0) - big_m * (1 - pulp.lpSum(gate))
+            >= _linear((y[k], float(v)) for k, v in enumerate(values) if v != 0.0) - big_m * (1 - pulp.lpSum(gate))
         ),
         name,
     )
@@ -379,7 +391,7 @@ def solve_ilp(
         policy_extra = np.asarray(tables.memory[n].prefill_policy_bytes) * gb
         if policy_extra.max() > 0:
             prob += omega >= (
-                pulp.lpSum(float(w) * y_pre[k] for k, w in enumerate(policy_extra) if w > 0)
+                _linear((y_pre[k], float(w)) for k, w in enumerate(policy_extra) if w > 0)
                 - float(policy_extra.max()) * (2 - pulp.lpSum(zs) - sigma)
             )
     # HBM: emb + N_res (W + KV) + 2 sum_i W_i gamma[i] + KV alpha + sum_n ws(n) m[n] + omega <= avail_hbm
