@@ -11,7 +11,8 @@ dropping the chunk's values that are dead once the sublayer has been issued.
 
 from __future__ import annotations
 
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 
@@ -20,6 +21,7 @@ from lia_model.plan import Device, Plan
 from lia_model.sublayers import Sublayer
 from runtime import kernels
 from runtime.backend import Backend, Event, Placed
+from runtime.cpu_worker import RuntimeLock
 from runtime.graph import is_resident, layer_policy
 from runtime.kvstore import KVStore
 from runtime.layerpass import CTX, FC1, FC2, OUT, QKV, SCORE, SUBLAYER_INDEX, Chunk, LayerPass
@@ -57,6 +59,9 @@ class SublayerDispatch:
         self.resident_flat = resident_flat  # resident layers' GPU copies (the GpuLayerCache's)
         self._rope_cache: dict = {}
         self._mask_cache: dict = {}
+        # the run's lock when CPU sublayers run on the worker thread (runtime/cpu_worker.py): a CPU sublayer lets
+        # go of it around its kernel and its waits for input copies; inline, nothing holds it and nothing changes
+        self.lock = RuntimeLock()
 
     def close(self) -> None:
         """Drop the resident layers' GPU copies and the cached RoPE tables and masks."""
@@ -108,7 +113,8 @@ class SublayerDispatch:
             copies[dev] = p
         if p.ready is not None:
             if dev == Device.CPU:
-                p.ready.synchronize()
+                with self.lock.unlocked():
+                    p.ready.synchronize()
             else:
                 self.backend.wait(self.backend.compute, p.ready)
         return p.on(dev)
@@ -124,6 +130,21 @@ class SublayerDispatch:
         copies[dev] = self.mover.move(src, dev, lay.stage, lay.step, lay.li, ch.c, "resid", name, lay.kind)
 
     # ================================================================== sublayers
+
+    @contextmanager
+    def _timed(self, dev: Device) -> Iterator[list[Optional[Event]]]:
+        """Stamp a kernel's start and end on ``dev`` ([start, end]); a CPU kernel runs without the run's lock
+        (the launching thread issues GPU work meanwhile when CPU sublayers run on the worker thread)."""
+        marks: list[Optional[Event]] = [None, None]
+        if dev == Device.CPU:
+            with self.lock.unlocked():
+                marks[0] = self.rec.stamp(dev)
+                yield marks
+                marks[1] = self.rec.stamp(dev)
+        else:
+            marks[0] = self.rec.stamp(dev)
+            yield marks
+            marks[1] = self.rec.stamp(dev)
 
     def _rope(self, dev: Device, pos0: int, q: int):
         if not self.model.uses_rope:
@@ -167,18 +188,20 @@ class SublayerDispatch:
             h = self._need(lay, ch, "h", dev, "act")
             p = self._params(lay, sub, dev)
             rope = self._rope(dev, lay.pos0, q)
-            start = self.rec.stamp(dev)
-            q_out, k, v = kernels.qkv(h, p, m, rope)
             if dev == Device.CPU:
-                pinned = self._out(lay, "q", tuple(q_out.shape))
-                if pinned is not None:
-                    q_out = pinned.copy_(q_out)
-                self.kv.write(lay, ch, dev, k, v)  # into the host cache: part of the CPU qkv's time
-                self._finish(lay, ch, sub, dev, "q", q_out, start, b * q)
+                pinned = self._out(lay, "q", (b, q, m.q_dim))
+                with self._timed(dev) as marks:
+                    q_out, k, v = kernels.qkv(h, p, m, rope)
+                    if pinned is not None:
+                        q_out = pinned.copy_(q_out)
+                    self.kv.write(lay, ch, dev, k, v)  # into the host cache: part of the CPU qkv's time
+                self._finish(lay, ch, sub, dev, "q", q_out, marks, b * q)
             else:
+                with self._timed(dev) as marks:
+                    q_out, k, v = kernels.qkv(h, p, m, rope)
                 # the GPU qkv's record ends with its kernels (its events used to cover issuing the K/V write-back
                 # too: 0.4-0.9 ms against a 0.16 ms kernel, wave2-q2 traces); Q's copy to a CPU reader goes first
-                self._finish(lay, ch, sub, dev, "q", q_out, start, b * q)
+                self._finish(lay, ch, sub, dev, "q", q_out, marks, b * q)
                 self.kv.write(lay, ch, dev, k, v)
         elif sub == SCORE:
             if lay.dev(CTX) == dev:
@@ -187,6 +210,7 @@ class SublayerDispatch:
                 self.rec.compute(lay.stage, lay.step, lay.li, ch.c, sub.value, dev, q, lay.kind, self.rec.stamp(dev))
                 return
             q_in = self._need(lay, ch, "q", dev, "act")
+            self._kv_written(lay, ch, dev)
             keys = self.kv.read(lay, ch, "k", dev)
             out = (
                 self._out(lay, "scores", (b, m.num_kv_heads, m.num_heads // m.num_kv_heads * q, keys.shape[2]))
@@ -194,47 +218,57 @@ class SublayerDispatch:
                 else None
             )
             mask = self._mask(dev, q, lay.pos0, lay.valid, keys.shape[2]) if q > 1 else None
-            start = self.rec.stamp(dev)
-            scores = kernels.attn_score(q_in, keys, m, mask, out=out)
-            self._finish(lay, ch, sub, dev, "scores", scores, start, q)
+            with self._timed(dev) as marks:
+                scores = kernels.attn_score(q_in, keys, m, mask, out=out)
+            self._finish(lay, ch, sub, dev, "scores", scores, marks, q)
         elif sub == CTX:
             out = self._out(lay, "ctx", (b, q, m.q_dim)) if dev == Device.CPU else None
             if lay.dev(SCORE) == dev:
                 q_in = self._need(lay, ch, "q", dev, "act")  # fused: attn_score handed Q on
+                self._kv_written(lay, ch, dev)
                 keys = self.kv.read(lay, ch, "k", dev)
                 values = self.kv.read(lay, ch, "v", dev)
-                start = self.rec.stamp(dev)
-                ctx = kernels.attention(q_in, keys, values, m, lay.pos0, out=out)
+                with self._timed(dev) as marks:
+                    ctx = kernels.attention(q_in, keys, values, m, lay.pos0, out=out)
             else:
                 scores = self._need(lay, ch, "scores", dev, "act")
+                self._kv_written(lay, ch, dev)
                 values = self.kv.read(lay, ch, "v", dev, width=scores.shape[-1])
-                start = self.rec.stamp(dev)
-                ctx = kernels.attn_context(scores, values, m, q, out=out)
-            self._finish(lay, ch, sub, dev, "ctx", ctx, start, q)
+                with self._timed(dev) as marks:
+                    ctx = kernels.attn_context(scores, values, m, q, out=out)
+            self._finish(lay, ch, sub, dev, "ctx", ctx, marks, q)
         elif sub == OUT:
             ctx = self._need(lay, ch, "ctx", dev, "act")
             resid = self._need(lay, ch, "h", dev, "resid")
             p = self._params(lay, sub, dev)
             out = self._out(lay, "h_mid", (b, q, m.hidden_size)) if dev == Device.CPU else None
-            start = self.rec.stamp(dev)
-            h_mid = kernels.out_proj(ctx, p, resid, out=out)
-            self._finish(lay, ch, sub, dev, "h_mid", h_mid, start, b * q)
+            with self._timed(dev) as marks:
+                h_mid = kernels.out_proj(ctx, p, resid, out=out)
+            self._finish(lay, ch, sub, dev, "h_mid", h_mid, marks, b * q)
             self.ship_early(lay, ch, "h_mid", consumer=FC2, producer_consumer=FC1)
         elif sub == FC1:
             h_mid = self._need(lay, ch, "h_mid", dev, "act")
             p = self._params(lay, sub, dev)
             out = self._out(lay, "mid", (b, q, m.ffn_size)) if dev == Device.CPU else None
-            start = self.rec.stamp(dev)
-            mid = kernels.fc1(h_mid, p, m, out=out)
-            self._finish(lay, ch, sub, dev, "mid", mid, start, b * q)
+            with self._timed(dev) as marks:
+                mid = kernels.fc1(h_mid, p, m, out=out)
+            self._finish(lay, ch, sub, dev, "mid", mid, marks, b * q)
         else:
             mid = self._need(lay, ch, "mid", dev, "act")
             resid = self._need(lay, ch, "h_mid", dev, "resid")
             p = self._params(lay, sub, dev)
             out = self._out(lay, "h_out", (b, q, m.hidden_size)) if dev == Device.CPU else None
-            start = self.rec.stamp(dev)
-            h_out = kernels.fc2(mid, p, resid, out=out)
-            self._finish(lay, ch, sub, dev, "h_out", h_out, start, b * q)
+            with self._timed(dev) as marks:
+                h_out = kernels.fc2(mid, p, resid, out=out)
+            self._finish(lay, ch, sub, dev, "h_out", h_out, marks, b * q)
+
+    def _kv_written(self, lay: LayerPass, ch: Chunk, dev: Device) -> None:
+        """CPU attention: wait (without the run's lock) for the write-back of the K/V it reads."""
+        if dev == Device.CPU and lay.kv.host is not None:
+            pending = lay.kv.written_for(ch.b0, ch.b1)
+            if pending is not None:
+                with self.lock.unlocked():
+                    pending.synchronize()
 
     def _finish(
         self,
@@ -244,10 +278,10 @@ class SublayerDispatch:
         dev: Device,
         name: str,
         value: torch.Tensor,
-        start: Event,
+        marks: list[Optional[Event]],
         tokens: int,
     ) -> None:
-        self.rec.compute(lay.stage, lay.step, lay.li, ch.c, sub.value, dev, tokens, lay.kind, start)
+        self.rec.compute(lay.stage, lay.step, lay.li, ch.c, sub.value, dev, tokens, lay.kind, marks[0], marks[1])
         # A GPU value that a CPU sublayer reads next is copied on the D2H stream, which must wait for it.
         ready = None
         consumers = self._consumers(lay, name)

@@ -27,7 +27,8 @@ in its seams (bottom up, the order tests/test_layering.py enforces): runtime/cud
 backend.py (streams, events, copies), records.py (OpRecord, RunResult, the Recorder), streamer.py (the weight feeder
 thread), layerpass.py (one layer of one pass, one chunk), mover.py (activation copies), kvstore.py (the KV cache and
 its fetches), weight_stream.py (the two GPU weight buffers and the prefetch schedule), dispatch.py (the six-way
-sublayer dispatch), scheduler.py (which chunk's sublayer of a layer runs next).
+sublayer dispatch), scheduler.py (which chunk's sublayer of a layer runs next), cpu_worker.py (the thread that
+runs the CPU sublayers with LIA_CPU_WORKER=thread, so that the launching thread never blocks on them).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from lia_model.sublayers import Stage
 from lia_model.workload import Workload
 from runtime import kernels
 from runtime.backend import DTYPE, Backend, Event, Placed
+from runtime.cpu_worker import CpuWorker, worker_mode
 from runtime.dispatch import SublayerDispatch
 from runtime.graph import is_resident, layer_policy, plan_passes
 from runtime.hostmem import HostArena
@@ -114,6 +116,7 @@ class Executor:
         self.K = self.L - self.R
         self.policy = {Stage.PREFILL: plan.prefill_policy, Stage.DECODE: plan.decode_policy}
         check_runnable(workload.precision)
+        cpu_worker_mode = worker_mode()  # LIA_CPU_WORKER, checked before any thread starts
         if workload.precision.weight_dtype != weights.weight_dtype:
             raise LiaInputError(
                 "--weight-dtype",
@@ -153,7 +156,11 @@ class Executor:
         self.dispatch = SublayerDispatch(
             backend, weights, plan, self.head_dev, self.rec, self.mover, self.kv, self.streamer, resident_flat
         )
-        self.scheduler = Scheduler(backend, self.mover, self.dispatch)
+        # CPU sublayers on a worker thread (LIA_CPU_WORKER=thread) or on this one (inline, the default)
+        self.cpu_worker = (
+            CpuWorker(self.dispatch.lock, torch.get_num_threads()) if cpu_worker_mode == "thread" else None
+        )
+        self.scheduler = Scheduler(backend, self.mover, self.dispatch, self.cpu_worker)
         self.passes: list[tuple[Stage, int]] = []
 
     @property
@@ -171,6 +178,8 @@ class Executor:
         (2026-11-30, wave-2 campaign part B): the next point's buffers were allocated beside the previous
         point's and ran out of memory under its cap. Resident layers belong to the ``GpuLayerCache``."""
         self.feeder.close()
+        if self.cpu_worker is not None:
+            self.cpu_worker.close()
         self.streamer.close()
         self.kv.close()
         self.mover.pool.clear()
@@ -187,6 +196,9 @@ class Executor:
         feeder = getattr(self, "feeder", None)
         if feeder is not None:
             feeder.close()
+        worker = getattr(self, "cpu_worker", None)
+        if worker is not None:
+            worker.close()
 
     def generate(
         self,

@@ -110,10 +110,10 @@ class Recorder:
         tokens: int,
         layer_kind: str,
         start: Optional[Event],
+        end: Optional[Event] = None,
     ) -> None:
-        """A sublayer (or the embedding / head) that began at ``start`` and ends now."""
+        """A sublayer (or the embedding / head) that began at ``start`` and ends at ``end`` (default: now)."""
         if start is None:
             return
-        self.records.append(
-            OpRecord(stage, step, li, c, name, "compute", dev, 0, tokens, layer_kind, "", start, self.stamp(dev))
-        )
+        end = end if end is not None else self.stamp(dev)
+        self.records.append(OpRecord(stage, step, li, c, name, "compute", dev, 0, tokens, layer_kind, "", start, end))

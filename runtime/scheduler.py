@@ -12,7 +12,10 @@ The rule, repeated until every chunk has run its six sublayers (the loop of ``ru
    (it blocks on its inputs). attn_score and attn_context both on the CPU are one kernel: the CPU runs them
    back to back for that chunk.
 
-So the CPU works on one chunk while the GPU and the copy engines work on others. The cost model's overlap mode
+So the CPU works on one chunk while the GPU and the copy engines work on others. With ``LIA_CPU_WORKER=thread``
+(runtime/cpu_worker.py) step 2 hands the CPU sublayer to the worker thread instead of running it, and when it has
+run, the next CPU sublayer (any chunk's whose inputs are ready then) is handed over before the GPU sublayers that
+waited on the finished one are issued: the same choices, with issuing GPU work off the CPU's path. The cost model's overlap mode
 replays the same rule on the operations' durations (lia_model/schedule.py, ``simulate_layer``). The layer's
 set-up (its early copies and cached-KV fetches, the weight buffer it streams into) and end are the executor's
 (runtime/executor.py); each sublayer is run by the ``SublayerDispatch`` (runtime/dispatch.py).
@@ -21,10 +24,12 @@ set-up (its early copies and cached-KV fetches, the weight buffer it streams int
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 from lia_model.plan import Device
 from lia_model.sublayers import SUBLAYERS, Sublayer
 from runtime.backend import Backend
+from runtime.cpu_worker import CpuJob, CpuWorker
 from runtime.dispatch import SublayerDispatch
 from runtime.layerpass import CTX, FC1, FC2, OUT, QKV, SCORE, Chunk, LayerPass
 from runtime.mover import Mover
@@ -33,14 +38,24 @@ from runtime.mover import Mover
 class Scheduler:
     """Runs one layer's chunks in the order of the rule above (one per executor)."""
 
-    def __init__(self, backend: Backend, mover: Mover, dispatch: SublayerDispatch) -> None:
+    def __init__(
+        self, backend: Backend, mover: Mover, dispatch: SublayerDispatch, worker: Optional[CpuWorker] = None
+    ) -> None:
         self.backend = backend
         self.mover = mover
         self.dispatch = dispatch
+        self.worker = worker  # None: CPU sublayers run inline on this thread
 
     def run_layer(self, lay: LayerPass, chunks: list[Chunk]) -> None:
         """Run every sublayer of every chunk of the layer (on the device ``lay``'s policy names); returns once
         the last has been issued (GPU) or has run (CPU)."""
+        if self.worker is not None:
+            self.dispatch.lock.acquire()
+            try:
+                self._run_layer_with_worker(lay, chunks, self.worker)
+            finally:
+                self.dispatch.lock.release()
+            return
         nxt = [0] * len(chunks)
         while True:
             for ch in chunks:  # issue every ready GPU sublayer (asynchronous)
@@ -52,14 +67,61 @@ class Scheduler:
             pending = [ch for ch in chunks if nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.CPU]
             if pending:
                 ch = self.first_ready(lay, pending, nxt)
-                sub = SUBLAYERS[nxt[ch.c]]
-                self.dispatch.run(lay, ch, sub, Device.CPU)
-                nxt[ch.c] += 1
-                if sub == SCORE and lay.dev(CTX) == Device.CPU:  # fused attention: one kernel, not interrupted
-                    self.dispatch.run(lay, ch, CTX, Device.CPU)
-                    nxt[ch.c] += 1
+                nxt[ch.c] += self._cpu_sublayers(lay, ch, SUBLAYERS[nxt[ch.c]])
             elif all(i == 6 for i in nxt):
                 break
+
+    def _cpu_sublayers(self, lay: LayerPass, ch: Chunk, sub: Sublayer) -> int:
+        """Run ``ch``'s CPU sublayer ``sub`` (and attn_context with it when both attention halves run on the CPU:
+        one kernel); returns how many sublayers ran."""
+        self.dispatch.run(lay, ch, sub, Device.CPU)
+        if sub == SCORE and lay.dev(CTX) == Device.CPU:  # fused attention: one kernel, not interrupted
+            self.dispatch.run(lay, ch, CTX, Device.CPU)
+            return 2
+        return 1
+
+    def _run_layer_with_worker(self, lay: LayerPass, chunks: list[Chunk], worker: CpuWorker) -> None:
+        """``run_layer`` with the CPU sublayers on the worker thread (called holding the run's lock)."""
+        nxt = [0] * len(chunks)
+        job: Optional[CpuJob] = None
+
+        def pending() -> list[Chunk]:
+            return [ch for ch in chunks if nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.CPU]
+
+        def hand_over(ch: Chunk) -> CpuJob:
+            sub = SUBLAYERS[nxt[ch.c]]
+            return worker.submit(lambda: self._cpu_sublayers(lay, ch, sub), ch)
+
+        while True:
+            if job is None:  # the CPU first: a sublayer whose inputs are ready now goes to the worker at once
+                ch = self.ready_now(lay, pending(), nxt)
+                if ch is not None:
+                    job = hand_over(ch)
+            for ch in chunks:  # issue every ready GPU sublayer (asynchronous)
+                while nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.GPU:
+                    self.dispatch.run(lay, ch, SUBLAYERS[nxt[ch.c]], Device.GPU)
+                    nxt[ch.c] += 1
+            if job is None and pending():  # none was ready: the first to become ready (polled, as inline)
+                job = hand_over(self.first_ready(lay, pending(), nxt))
+            if job is not None:
+                worker.wait(job)  # without the lock: the worker sets up, runs and hands off the sublayer
+                ch = job.tag
+                nxt[ch.c] += 1 + int(SUBLAYERS[nxt[ch.c]] == SCORE and lay.dev(CTX) == Device.CPU)
+                job = None
+            elif all(i == 6 for i in nxt):
+                break
+
+    def ready_now(self, lay: LayerPass, pending: list[Chunk], nxt: list[int]) -> Optional[Chunk]:
+        """The chunk ``first_ready`` would pick without polling, or None when it would poll (no pending chunk's
+        inputs have landed yet)."""
+        if not pending:
+            return None
+        if len(pending) == 1 or not self.backend.is_cuda:
+            return pending[0]
+        for ch in pending:
+            if self.cpu_inputs_ready(lay, ch, SUBLAYERS[nxt[ch.c]]):
+                return ch
+        return None
 
     _CPU_INPUT = {QKV: "h", SCORE: "q", CTX: "scores", OUT: "ctx", FC1: "h_mid", FC2: "mid"}
 

@@ -187,6 +187,7 @@ RUNTIME_RANK = {
     "cpu_setup": 3,
     "weights": 3,  # the weight layout
     "streamer": 4,  # the weight feeder thread
+    "cpu_worker": 4,  # the thread that runs CPU sublayers (LIA_CPU_WORKER=thread)
     "layerpass": 5,  # one layer of one pass, one chunk
     "mover": 5,  # activation copies
     "kvstore": 6,  # the KV cache

@@ -1,0 +1,170 @@
+"""The CPU worker: a thread that runs the CPU sublayers, so that the thread launching GPU work never blocks on them.
+
+``LIA_CPU_WORKER``:
+
+- ``inline`` (default): the launching thread runs each CPU sublayer itself (the schedule the kernel tables were
+  calibrated under, and the one every committed validation point ran).
+- ``thread``: the scheduler (runtime/scheduler.py) hands each CPU sublayer to this worker and goes on; when it
+  ends, the next CPU sublayer is handed over before the GPU sublayers waiting on the finished one are issued, so
+  issuing GPU work is off the CPU's critical path.
+
+One lock (``RuntimeLock``) keeps the run's bookkeeping (the chunks' values, the copy pools, the records, the KV
+store) single-threaded: the launching thread holds it while it issues work and lets go only while it waits for
+the worker; the worker holds it while it sets a sublayer up and hands it off, and lets go around the kernel
+itself and around its waits for input copies (``unlocked``). So at most one thread touches Python state, and
+the kernel runs beside the launches. Handing a job over waits until the worker has set it up and first let go of
+the lock (``CpuJob.started``), so the set-up does not queue behind the launches.
+
+The worker is the OpenMP master of the CPU sublayers' team: it takes the core the launching thread was bound to
+(OpenMP binds its first master at the first parallel region; a thread it starts inherits that core), and the
+launching thread moves to the core kept for the weight feeder where one was kept (runtime/cpu_setup.py), so that
+it issues work beside the team instead of on the master's core.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
+
+from lia_model.errors import LiaInputError
+
+MODES = ("inline", "thread")
+
+
+def worker_mode(setting: Optional[str] = None) -> str:
+    """``LIA_CPU_WORKER``: inline (default) or thread."""
+    value = (setting if setting is not None else os.environ.get("LIA_CPU_WORKER", "inline")).strip().lower()
+    if value not in MODES:
+        raise LiaInputError("LIA_CPU_WORKER", f"'{value}' is not inline or thread", "unset it or give inline or thread")
+    return value
+
+
+class RuntimeLock:
+    """The lock over the run's Python state; ``unlocked`` lets go of it where a thread holding it may."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: Optional[int] = None
+        self.worker_ident: Optional[int] = None  # the worker thread's: its first let-go of a job is signalled
+        self.handoff: Optional[threading.Event] = None  # set when the worker first lets go during its job
+
+    def acquire(self) -> None:
+        self._lock.acquire()
+        self._owner = threading.get_ident()
+
+    def release(self) -> None:
+        self._owner = None
+        self._lock.release()
+
+    @property
+    def held_here(self) -> bool:
+        return self._owner == threading.get_ident()
+
+    @contextmanager
+    def unlocked(self) -> Iterator[None]:
+        """Let go of the lock for the block when this thread holds it (else a no-op: inline mode)."""
+        if not self.held_here:
+            yield
+            return
+        self.release()
+        if self.handoff is not None and threading.get_ident() == self.worker_ident:
+            self.handoff.set()  # the launching thread may issue now
+        try:
+            yield
+        finally:
+            self.acquire()
+
+
+class CpuJob:
+    """One CPU sublayer (or a fused pair) handed to the worker."""
+
+    def __init__(self, fn: Callable[[], Any], tag: Any) -> None:
+        import torch
+
+        self.fn = fn
+        self.tag = tag  # what the scheduler needs back (its chunk)
+        # torch's inference and grad modes are per thread: the job runs under the launching thread's
+        self.inference = torch.is_inference_mode_enabled()
+        self.grad = torch.is_grad_enabled()
+        self.started = threading.Event()  # the worker set the job up and let go of the lock (or finished)
+        self.done = threading.Event()
+        self.error: Optional[BaseException] = None
+
+
+class CpuWorker:
+    """The thread that runs CPU jobs one at a time, each under the run's lock."""
+
+    def __init__(self, lock: RuntimeLock, threads: int) -> None:
+        self.lock = lock
+        self._jobs: "queue.SimpleQueue[Optional[CpuJob]]" = queue.SimpleQueue()
+        self._threads = threads
+        self._launcher_cpus: Optional[set[int]] = None
+        self._thread = threading.Thread(target=self._loop, name="lia-cpu-worker", daemon=True)
+        self._thread.start()
+        self._place_launcher()
+
+    def _place_launcher(self) -> None:
+        """Move the launching (calling) thread to the feeder's core, if one was kept (see the module docstring)."""
+        from runtime import cpu_setup
+
+        setup = cpu_setup.current()
+        if setup is None or not setup.feeder_cpus:
+            return
+        try:
+            self._launcher_cpus = set(os.sched_getaffinity(0))
+            os.sched_setaffinity(0, setup.feeder_cpus)
+        except (OSError, ValueError):
+            self._launcher_cpus = None
+
+    def _loop(self) -> None:
+        import torch
+
+        torch.set_num_threads(self._threads)  # OpenMP's thread count is per master thread
+        self.lock.worker_ident = threading.get_ident()
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            self.lock.handoff = job.started
+            self.lock.acquire()
+            try:
+                with torch.inference_mode(job.inference), torch.set_grad_enabled(job.grad):
+                    job.fn()
+            except BaseException as err:  # handed to the launching thread, which raises it
+                job.error = err
+            finally:
+                self.lock.handoff = None
+                self.lock.release()
+                job.started.set()
+                job.done.set()
+
+    def submit(self, fn: Callable[[], Any], tag: Any) -> CpuJob:
+        """Hand ``fn`` to the worker and wait (without the lock) until it has set the job up: it needs the lock
+        for that, and then runs its kernel while the calling thread issues GPU work."""
+        job = CpuJob(fn, tag)
+        self._jobs.put(job)
+        with self.lock.unlocked():
+            job.started.wait()
+        return job
+
+    def wait(self, job: CpuJob) -> None:
+        """Wait (without the lock) until ``job`` has run; raise what it raised."""
+        with self.lock.unlocked():
+            job.done.wait()
+        if job.error is not None:
+            raise job.error
+
+    def close(self) -> None:
+        """Stop the thread and give the launching thread its affinity back."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+        if self._launcher_cpus is not None:
+            try:
+                os.sched_setaffinity(0, self._launcher_cpus)
+            except (OSError, ValueError):
+                pass
+            self._launcher_cpus = None

@@ -1,0 +1,165 @@
+"""CPU sublayers on the worker thread (LIA_CPU_WORKER=thread, runtime/cpu_worker.py): the same function as inline
+and the plain forward, the same data moved, and GPU work issued while a CPU sublayer runs (issue 10: "CPU
+sublayers run on a worker thread so the launching thread never blocks"). CPU only: the "fake" backend stands the
+GPU in with separate CPU allocations (tests/test_runtime_correctness.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from lia_model.errors import LiaInputError
+from lia_model.plan import ALL_CPU, ATTENTION_ON_CPU, Device, Plan
+from lia_model.sublayers import SUBLAYERS, Sublayer
+from lia_model.workload import Workload
+from runtime import kernels
+from runtime.backend import Backend
+from runtime.cpu_worker import RuntimeLock, worker_mode
+from runtime.dataflow import check_run
+from runtime.dispatch import SublayerDispatch
+from runtime.executor import Executor, random_prompt
+from runtime.layerpass import CTX, OUT
+from runtime.reference import LOGITS_RTOL, check_against_reference
+from tests.test_runtime_correctness import CPU, TINY_LLAMA, TINY_OPT, WORKLOAD, _weights
+
+
+def on_cpu(*names: str) -> tuple[Device, ...]:
+    """The policy vector with these sublayers on the CPU (1) and the rest on the GPU (0)."""
+    return tuple(Device.CPU if s in {Sublayer(n) for n in names} else Device.GPU for s in SUBLAYERS)
+
+
+@pytest.fixture(scope="module")
+def fake_weights():
+    return {"opt": _weights("fake", TINY_OPT), "llama": _weights("fake", TINY_LLAMA)}
+
+
+def _generate(weights, plan: Plan, mode: str, monkeypatch, workload: Workload = WORKLOAD):
+    monkeypatch.setenv("LIA_CPU_WORKER", mode)
+    ex = Executor(Backend("fake"), weights, plan, workload)
+    try:
+        prompt = random_prompt(weights.model, workload, seed=1)
+        result = ex.generate(prompt, keep_logits=True)
+        threaded = ex.cpu_worker is not None
+    finally:
+        ex.close()
+    return result, prompt, threaded
+
+
+@pytest.mark.parametrize("model", ["opt", "llama"])
+@pytest.mark.parametrize(
+    "prefill,decode,minibatches",
+    [
+        (ATTENTION_ON_CPU, ATTENTION_ON_CPU, 2),
+        (on_cpu("qkv", "attn_context", "out_proj", "fc2"), on_cpu("attn_score", "fc1"), 4),
+        (ALL_CPU, on_cpu("out_proj", "fc1", "fc2"), 2),
+    ],
+)
+def test_the_worker_computes_what_inline_does(fake_weights, model, prefill, decode, minibatches, monkeypatch):
+    weights = fake_weights[model]
+    plan = Plan(
+        prefill_policy=prefill,
+        decode_policy=decode,
+        gpu_resident_layers=1,
+        prefill_minibatches=minibatches,
+    )
+    inline, prompt, threaded = _generate(weights, plan, "inline", monkeypatch)
+    assert not threaded
+    worker, _, threaded = _generate(weights, plan, "thread", monkeypatch)
+    assert threaded
+    assert torch.equal(worker.tokens, inline.tokens)
+    # the same kernels on the same inputs: the same logits to the bit
+    assert all(torch.equal(a, b) for a, b in zip(worker.logits, inline.logits))
+    check = check_against_reference(weights, prompt, worker.tokens, worker.logits, CPU)
+    assert check["logits_rel_err"] < LOGITS_RTOL
+    assert check_run(worker, plan, weights.model, WORKLOAD, Device.GPU) == []
+
+    # every CPU sublayer recorded once, as inline
+    def cpu_ops(result) -> list[tuple]:
+        return sorted(
+            (o.stage.value, o.step, o.layer, o.chunk, o.name)
+            for o in result.records
+            if o.kind == "compute" and o.device == Device.CPU
+        )
+
+    assert cpu_ops(worker) == cpu_ops(inline)
+
+
+def _issue_during_cpu_attention(weights, mode: str, monkeypatch) -> tuple[float, float, float]:
+    """Prefill in 2 minibatches with attention on the CPU: when the first chunk's CPU attention ends, its GPU
+    out_proj becomes issuable while the second chunk's CPU attention is due. Returns (start, end) of the second
+    chunk's CPU attention kernel in the first streamed layer and when the first chunk's out_proj was issued."""
+    marks: dict[str, float] = {}
+    issued = threading.Event()
+    real_attention = kernels.attention
+    real_run = SublayerDispatch.run_sublayer
+
+    def attention(q_in, *args, **kwargs):
+        if q_in.device.type == "cpu" and "start" not in marks and marks.get("chunk") == 1:
+            marks["start"] = time.perf_counter()
+            issued.wait(timeout=0.5)  # the launching thread issues meanwhile, if it is free to
+            marks["end"] = time.perf_counter()
+        return real_attention(q_in, *args, **kwargs)
+
+    def run_sublayer(self, lay, ch, sub, dev):
+        if lay.step == 0 and not lay.resident and sub == CTX and dev == Device.CPU:
+            marks["chunk"] = ch.c
+        if lay.step == 0 and not lay.resident and sub == OUT and dev == Device.GPU and ch.c == 0:
+            marks.setdefault("issue", time.perf_counter())
+            issued.set()
+        return real_run(self, lay, ch, sub, dev)
+
+    monkeypatch.setattr(kernels, "attention", attention)
+    monkeypatch.setattr(SublayerDispatch, "run_sublayer", run_sublayer)
+    plan = Plan(
+        prefill_policy=ATTENTION_ON_CPU,
+        decode_policy=ATTENTION_ON_CPU,
+        gpu_resident_layers=0,
+        prefill_minibatches=2,
+    )
+    _generate(weights, plan, mode, monkeypatch, Workload(batch=4, input_len=7, output_len=2))
+    return marks["start"], marks["end"], marks["issue"]
+
+
+def test_gpu_work_is_issued_while_a_cpu_sublayer_runs_on_the_worker(fake_weights, monkeypatch):
+    start, end, issue = _issue_during_cpu_attention(fake_weights["opt"], "thread", monkeypatch)
+    assert start < issue < end
+
+
+def test_inline_the_launching_thread_issues_only_between_cpu_sublayers(fake_weights, monkeypatch):
+    start, end, issue = _issue_during_cpu_attention(fake_weights["opt"], "inline", monkeypatch)
+    assert issue < start  # the first chunk's out_proj went out before the second chunk's attention began
+
+
+def test_a_failing_cpu_sublayer_raises_in_the_launching_thread(fake_weights, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken CPU kernel")
+
+    monkeypatch.setattr(kernels, "fc1", broken)
+    plan = Plan(prefill_policy=on_cpu("fc1"), decode_policy=on_cpu("fc1"))
+    with pytest.raises(RuntimeError, match="broken CPU kernel"):
+        _generate(fake_weights["opt"], plan, "thread", monkeypatch)
+
+
+@pytest.mark.parametrize("value", ["threads", "1", ""])
+def test_an_unknown_worker_setting_is_one_clear_error(value, monkeypatch):
+    monkeypatch.setenv("LIA_CPU_WORKER", value)
+    with pytest.raises(LiaInputError, match="LIA_CPU_WORKER"):
+        worker_mode()
+
+
+def test_the_lock_is_let_go_only_by_its_holder():
+    lock = RuntimeLock()
+    with lock.unlocked():  # not held: a no-op
+        assert not lock.held_here
+    lock.acquire()
+    with lock.unlocked():
+        assert not lock.held_here
+        other = threading.Thread(target=lambda: (lock.acquire(), lock.release()))
+        other.start()
+        other.join(timeout=1)
+        assert not other.is_alive()  # another thread could take it meanwhile
+    assert lock.held_here
+    lock.release()
