@@ -39,6 +39,9 @@
 #                                                     # CPU decode attention under the GQA decode kernels SDPA and
 #                                                     # grouped, passes alternating (T_PASSES, default "sdpa grouped
 #                                                     # sdpa"); needs a profile with fits of both (--refit)
+#   bash runtime/wave2_host_campaign.sh x [PROFILE]   # part X (issue 10, about 8-9 minutes): CPU sublayers on the
+#                                                     # worker thread against inline (LIA_CPU_WORKER), passes
+#                                                     # alternating (X_PASSES, default "thread inline thread")
 #   bash runtime/wave2_host_campaign.sh r1 [PROFILE]  # the flagged points (spread above 5%) of the merged results
 #   bash runtime/wave2_host_campaign.sh r2 [PROFILE]  # again, in two halves (runtime/campaign/rerun-flagged-*.yaml,
 #                                                     # written by python -m runtime.rerun_flagged; about 8 minutes)
@@ -66,7 +69,7 @@
 # runtime/campaign/wave2-b.yaml. Each part writes results.csv, summary.md, summary.json, campaign.log and a
 # tarball of one Chrome trace per point (traces.tgz) under $OUT and prints the summary last.
 set -uo pipefail
-PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|rows|gqa|p|1|2|a|c|d|e|f|g|h|i|j|l|m|q|r1..r5|w1|w2|s|t) [PROFILE]}
+PART=${1:?usage: runtime/wave2_host_campaign.sh PART(k|rows|gqa|p|1|2|a|c|d|e|f|g|h|i|j|l|m|q|r1..r5|w1|w2|s|t|x) [PROFILE]}
 OUT=${OUT:-./campaign-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -167,12 +170,14 @@ case "$PART" in
         esac
         MAX_POINT_S=${MAX_POINT_S:-$DEFAULT_POINT_S}
         ;;
-    s|t)
+    s|t|x)
         # the same points under two runtime modes, passes alternating: part s the new hand-offs against the legacy ones
         # (runtime/campaign/wave2-s.yaml), part t the CPU GQA decode kernels SDPA against the grouped pair
-        # (runtime/campaign/wave2-t.yaml; each pass predicts with the profile's fit of its kernel)
+        # (runtime/campaign/wave2-t.yaml; each pass predicts with the profile's fit of its kernel), part x the CPU
+        # sublayers on the worker thread against inline (runtime/campaign/wave2-x.yaml, LIA_CPU_WORKER)
         PROFILE=${2:-hwprofiles/systems/emr-h200-kernels.yaml}
         if [ "$PART" = s ]; then PASSES=${S_PASSES:-new legacy new}; WHAT="Runtime hand-offs"
+        elif [ "$PART" = x ]; then PASSES=${X_PASSES:-thread inline thread}; WHAT="CPU sublayers on a worker thread"
         else PASSES=${T_PASSES:-sdpa grouped sdpa}; WHAT="CPU GQA decode kernel"; fi
         i=0
         for mode in $PASSES; do
@@ -182,6 +187,7 @@ case "$PART" in
             case "$mode" in
                 legacy) ENVS="LIA_KV_WRITEBACK=pitched LIA_EARLY_PREFETCH=0 LIA_LAZY_WEIGHT_WAIT=0" ;;
                 sdpa|grouped) ENVS="LIA_GQA_DECODE=$mode" ;;
+                thread|inline) ENVS="LIA_CPU_WORKER=$mode" ;;
                 *) ENVS="" ;;
             esac
             echo "== pass $i: $mode ${ENVS:+($ENVS)}, ${LEFT} s left"
