@@ -2,6 +2,9 @@
 
     python -m calibrate.kernel_tables --base PROFILE --name NAME --out DIR [--models opt-30b,...] [--quick]
         [--force] [--no-gpu]
+    python -m calibrate.kernel_tables --cpu-linears-only ROWS [--gpu-linears-only TOKENS] --name NAME --out DIR
+        [--models ...] [--weight-dtypes ...] [--probe-against PROFILE] [--force]
+    python -m calibrate.kernel_tables --refit PROFILE CSV [EARLIER_CSV ...] --force
 
 One kernel truth: the functions timed here are ``runtime.kernels.qkv / out_proj / fc1 / fc2 / attention /
 attn_score / attn_context``, imported, never re-written, called exactly as the executor calls them (norm,
@@ -28,6 +31,12 @@ cores, affinity, allocator). The written profile is the base profile plus a ``ke
   the slowdowns and the wake-up alone into a copy of a profile (what a campaign does at its start).
 
 Every measurement is a row of the raw CSV (NAME-kernels.csv) with the setup it ran under.
+
+Extra entries: ``--cpu-linears-only ROWS`` and ``--gpu-linears-only TOKENS`` (either or both; the GPU needs CUDA)
+measure only the linears of ``--models`` on that device at those counts, with the full run's code path and row
+format, into OUT/NAME-kernels.csv (no profile). ``--refit`` takes such a CSV as an earlier run: a CPU entry is the
+median over every run that measured it; a GPU entry the main CSV (the run that made the profile) measured keeps its
+time, and one it did not (a token count the GPU grid lacks, e.g. 2048) is added, the median over the runs that did.
 """
 
 from __future__ import annotations
@@ -541,6 +550,17 @@ def cpu_linear_estimates(rows: list[dict]) -> dict[tuple[str, int, int, int, str
     return out
 
 
+def gpu_linear_estimates(rows: list[dict]) -> dict[tuple[str, int, int, int, str], float]:
+    """(sublayer, K, N, tokens, weight dtype) -> table seconds of one run's raw GPU linear rows (device "gpu", or
+    "cuda" in a partial CSV): the row's ``time_s``, as ``linear_tables`` reads it (GPU linears are timed in one
+    round, so ``time_s`` is already that round's median)."""
+    return {
+        (r["sublayer"], int(r["k"]), int(r["n"]), int(r["tokens"]), _row_dtype(r)): float(r["time_s"])
+        for r in rows
+        if r.get("family") == "linear" and r.get("device") in ("gpu", "cuda")
+    }
+
+
 ATTENTION_POINT = ("model", "kind", "phase", "batch", "heads", "kv_heads", "group", "q", "s")
 
 
@@ -585,7 +605,14 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     CPU linear table from ``cpu_linear_estimates`` (rounds re-estimated with ``round_estimate``). ``earlier``:
     raw CSVs of other calibration runs of the same kernels on the same host (same CPU setup); each CPU linear
     entry and each CPU attention grid point the fit uses is then the median over the runs that measured it
-    (one run catches the host in one state: see MEMORY_BOUND_TOKENS and runtime/validation/dram-drift/)."""
+    (one run catches the host in one state: see MEMORY_BOUND_TOKENS and runtime/validation/dram-drift/).
+
+    GPU linear tables: the entries keep the profile's times (those of the run that made the profile, whose raw CSV
+    is ``csv``: the earlier runs measured the same token counts again, and their medians would move them), except
+    an entry ``csv`` did not measure and an earlier run did (``gpu_linear_estimates``: a ``--gpu-linears-only`` run of
+    extra token counts): it is added (or, added by an earlier refit, set anew) as the median over the earlier runs
+    that measured it, in its table (``with_gpu_entries``: a new table for a shape the profile lacks); each table's
+    ``issue_s`` is the median over every run as before. Without such entries the GPU tables are left as they are."""
     import pandas as pd
     import yaml
 
@@ -619,6 +646,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     runs = [cpu_linear_estimates(rows)]
     attention_runs = [cpu_attention_times(rows)]
     issue_runs = [gpu_issue_estimates(rows)]
+    gpu_runs = [gpu_linear_estimates(rows)]
     every_row = list(rows)  # every run's rows: where an entry's model is found
     left_out: list[str] = []
     used = [csv]
@@ -631,10 +659,17 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         setups = {
             r.get("setup") for r in theirs if r.get("family") in ("linear", "attention") and r.get("device") == "cpu"
         }
+        kind = "CPU"
+        if not setups:  # a --gpu-linears-only run: the CPU setup its GPU rows were measured under
+            kind = "GPU"
+            setups = {
+                r.get("setup") for r in theirs if r.get("family") == "linear" and r.get("device") in ("gpu", "cuda")
+            }
         if setups != {setup}:
             raise LiaInputError(
                 "--refit",
-                f"'{other}' measured its CPU kernels under {sorted(map(str, setups))}, not this profile's setup '{setup}'",
+                f"'{other}' measured its {kind} kernels under {sorted(map(str, setups))}, not this profile's setup "
+                f"'{setup}'",
                 "combine only runs of the same CPU setup",
             )
         runs.append(cpu_linear_estimates(theirs))
@@ -642,6 +677,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         every_row += theirs
         attention_runs.append(cpu_attention_times(theirs))
         issue_runs.append(gpu_issue_estimates(theirs))
+        gpu_runs.append(gpu_linear_estimates(theirs))
     # the CPU attention grid the fit sees: every point any run measured (a run of a wider grid adds points), each
     # the median over the runs that measured it (the GPU's grid: this run's)
     cpu_attention_points: dict[tuple, dict] = {}
@@ -671,19 +707,38 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         f"attention grid point any of the {len(attention_runs)} runs measured, each the median over the distinct runs "
         "that measured it (runs: per point)"
     )
+    # the GPU linears: the tables' times stay those of the run that made the profile; entries that run did not
+    # measure and an earlier one did (--gpu-linears-only TOKENS) are added, each the median over those runs
+    added = {
+        key: median_over_runs(gpu_runs[1:], key)
+        for key in dict.fromkeys(key for run in gpu_runs[1:] for key in run)
+        if key not in gpu_runs[0]
+    }
+    if added:
+        data["kernels"]["gpu_linear"] = with_gpu_entries(data["kernels"]["gpu_linear"], added, every_row)
     # the GPU linears' issue time (kept beside their event time since the sixteenth session): each table's the
-    # median over the runs that measured it; the tables' times stay those of the run that made the profile
+    # median over the runs that measured it
     issue_keys = {key for run in issue_runs for key in run}
     for t in data["kernels"]["gpu_linear"]:
         key = (t["sublayer"], int(t["k"]), int(t["n"]), t.get("weight_dtype", "bf16"))
         if key in issue_keys:
             t["issue_s"] = float(f"{median_over_runs(issue_runs, key):.4g}")
+    head, _, issue_note = data["kernels"]["source"]["gpu_linear"].partition("; issue_s ")
+    if added:  # a refit replaces an earlier one's note (entries no run adds now stay as the profile holds them)
+        adders = [Path(c).name for c, run in zip(used[1:], gpu_runs[1:]) if any(key in run for key in added)]
+        head = head.split("; entries added ")[0] + (
+            f"; entries added {time.strftime('%Y-%m-%d', time.gmtime())} by python -m calibrate.kernel_tables --refit "
+            f"at token counts the run that made the profile did not measure "
+            f"({', '.join(map(str, sorted({key[3] for key in added})))}; {len(added)} entries), each the median over "
+            f"the runs that measured it ({', '.join(adders)}); the other entries unchanged"
+        )
     if issue_keys:
         issue_count = sum(1 for run in issue_runs if run)
-        data["kernels"]["source"]["gpu_linear"] = data["kernels"]["source"]["gpu_linear"].split("; issue_s ")[0] + (
-            f"; issue_s (the host's time to issue one call) the median over {issue_count} calibration run(s), "
+        issue_note = (
+            f"(the host's time to issue one call) the median over {issue_count} calibration run(s), "
             f"set {time.strftime('%Y-%m-%d', time.gmtime())} by python -m calibrate.kernel_tables --refit"
         )
+    data["kernels"]["source"]["gpu_linear"] = head + (f"; issue_s {issue_note}" if issue_note else "")
     # the CPU GQA decode kernel the profile predicts: the one the runtime runs now (LIA_GQA_DECODE)
     from runtime.kernels import gqa_decode_variant
 
@@ -737,6 +792,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
             dma[1],
             f"pooled over {', '.join(Path(c).name for c in used)} by python -m calibrate.kernel_tables --refit",
         )
+    cpu_used = [c for i, c in enumerate(used) if runs[i] or i == 0]  # a --gpu-linears-only run has no CPU entries
     measured = data["kernels"]["source"]["cpu_linear"].split("; re-estimated ")[
         0
     ]  # a refit replaces an earlier one's note
@@ -744,9 +800,9 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         f"; re-estimated {stamp} by python -m calibrate.kernel_tables --refit: entries timed in rounds hold "
         f"{ROUND_ESTIMATE}"
         + (
-            f"; each entry the median over the runs that measured it, of {len(runs)} calibration runs "
-            f"({', '.join(Path(c).name for c in used)})"
-            if len(used) > 1
+            f"; each entry the median over the runs that measured it, of {len(cpu_used)} calibration runs "
+            f"({', '.join(Path(c).name for c in cpu_used)})"
+            if len(cpu_used) > 1
             else ""
         )
         + (
@@ -766,13 +822,53 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     return path
 
 
-def _model_of(rows: list[dict], key: tuple[str, int, int, int, str]) -> str:
+def with_gpu_entries(
+    tables: list[dict], added: dict[tuple[str, int, int, int, str], float], rows: list[dict]
+) -> list[dict]:
+    """The GPU linear tables ``tables`` with the entries ``added`` ((sublayer, K, N, tokens, weight dtype) ->
+    seconds) set in them, rebuilt by ``linear_tables``: every other entry as ``tables`` hold it; each table keeps
+    its other fields (model, issue_s, ...) and its place; a shape no table holds becomes a new table at the end,
+    its model the first of ``rows`` (every run's raw rows) with that GPU linear shape."""
+    entries: dict[tuple[str, int, int, int, str], tuple[str, float]] = {}
+    for t in tables:
+        dtype = t.get("weight_dtype", "bf16")
+        for tokens, seconds in zip(t["tokens"], t["seconds"]):
+            entries[(t["sublayer"], int(t["k"]), int(t["n"]), int(tokens), dtype)] = (t["model"], float(seconds))
+    for key, seconds in added.items():
+        model = entries[key][0] if key in entries else _model_of(rows, key, ("gpu", "cuda"))
+        entries[key] = (model, seconds)
+    rebuilt = linear_tables(
+        [
+            {
+                "family": "linear",
+                "device": "gpu",
+                "sublayer": sub,
+                "k": k,
+                "n": n,
+                "tokens": tokens,
+                "weight_dtype": dtype,
+                "model": model,
+                "time_s": seconds,
+            }
+            for (sub, k, n, tokens, dtype), (model, seconds) in entries.items()
+        ],
+        "gpu",
+    )
+    old = {(t["sublayer"], int(t["k"]), int(t["n"]), t.get("weight_dtype", "bf16")): t for t in tables}
+    out = []
+    for t in rebuilt:
+        before = old.get((t["sublayer"], t["k"], t["n"], t.get("weight_dtype", "bf16")))
+        out.append(t if before is None else {**before, "tokens": t["tokens"], "seconds": t["seconds"]})
+    return out
+
+
+def _model_of(rows: list[dict], key: tuple[str, int, int, int, str], devices: tuple[str, ...] = ("cpu",)) -> str:
     sub, k, n, _, _ = key
     return next(
         r["model"]
         for r in rows
         if r.get("family") == "linear"
-        and r.get("device") == "cpu"
+        and r.get("device") in devices
         and (r["sublayer"], int(r["k"]), int(r["n"])) == (sub, k, n)
     )
 
@@ -1147,12 +1243,41 @@ def measure_cpu_linears(
     ``probe`` (``--probe-against PROFILE``: runtime.host_state's CPU GEMV over that profile's table) is read before
     and after; every row records both ratios and ``host_drift_flag`` (either more than runtime.host_state.DRIFT_FLAG
     off), and --refit leaves a flagged run out."""
+    return measure_linears(models, tokens, (), out_dir, name, force, weight_dtypes, probe)
+
+
+def measure_linears(
+    models: list[str],
+    cpu_tokens: tuple[int, ...],
+    gpu_tokens: tuple[int, ...],
+    out_dir: Path,
+    name: str,
+    force: bool,
+    weight_dtypes=("bf16",),
+    probe: Optional[Callable[[], float]] = None,
+) -> Path:
+    """Only the linears of ``models``: on the CPU at ``cpu_tokens`` rows (``measure_cpu_linears``), then on the GPU at
+    ``gpu_tokens`` tokens (``--gpu-linears-only``: needs CUDA), each as a full run times them (``linear_rows``: the
+    runtime's sublayer calls, CUDA events on the GPU, one round, the same budget), under the same CPU setup, into
+    the raw CSV ``OUT/NAME-kernels.csv`` (no profile; GPU rows named "gpu" as a finished run's). Give that CSV to
+    ``--refit`` as an earlier run: its CPU entries join the table or its medians, its GPU entries join the table
+    where the run that made the profile did not measure them (token counts its grid lacks, e.g. 2048 between 1024
+    and 4096), the others stay. A model or weight dtype whose GPU tables the profile lacks becomes tables of these
+    token counts alone: measure the GPU tables' own (sublayer, dtype) shapes. ``probe``: see ``measure_cpu_linears``
+    (read around the whole run)."""
     import pandas as pd
 
     from calibrate.host import host_info
     from lia_model.inputs import resolve_model
     from runtime import cpu_setup
 
+    if gpu_tokens:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LiaInputError(
+                "--gpu-linears-only", "no CUDA device to time the GPU linears on", "run it on the GPU host"
+            )
     csv_path = out_dir / f"{name}-kernels.csv"
     if csv_path.exists() and not force:
         raise LiaInputError("--name", f"'{csv_path}' exists", "choose another --name, or pass --force")
@@ -1160,14 +1285,22 @@ def measure_cpu_linears(
     out_dir.mkdir(parents=True, exist_ok=True)
     desc = cpu_setup.apply().describe()
     host = host_info()
-    log(f"host {host.hostname}: {host.cpu_model}; {desc}; CPU linears at rows {', '.join(map(str, tokens))}")
+    what = [f"CPU linears at rows {', '.join(map(str, cpu_tokens))}"] if cpu_tokens else []
+    if gpu_tokens:
+        what.append(f"GPU linears ({torch.cuda.get_device_name(0)}) at tokens {', '.join(map(str, gpu_tokens))}")
+    log(f"host {host.hostname}: {host.cpu_model}; {desc}; {'; '.join(what)}")
     rows: list[dict] = []
-    seen: set[tuple] = set()
     before = probe() if probe is not None else None
     if before is not None:
         log(f"host probe before: {before:.2f}x its table")
-    for dtype in weight_dtypes:
-        rows += linear_rows(specs, "cpu", tokens, host.llc_bytes or LLC_DEFAULT, 0.08, desc, seen, CPU_ROUNDS, dtype)
+    llc = host.llc_bytes or LLC_DEFAULT
+    for device, tokens, rounds in (("cpu", cpu_tokens, CPU_ROUNDS), ("cuda", gpu_tokens, 1)):
+        seen: set[tuple] = set()
+        for dtype in weight_dtypes if tokens else ():
+            rows += linear_rows(specs, device, tokens, llc, 0.08, desc, seen, rounds, dtype)
+    for r in rows:
+        if r["device"] == "cuda":  # as a finished run's CSV names the GPU
+            r["device"] = "gpu"
     frame = pd.DataFrame(rows)
     if probe is not None:
         from runtime.host_state import drift_columns
@@ -1183,6 +1316,7 @@ def measure_cpu_linears(
     frame.insert(0, "run_at_utc", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     frame.insert(0, "host", host.hostname)
     frame.to_csv(csv_path, index=False)
+    log(f"wrote {csv_path}: {len(rows)} rows")
     return csv_path
 
 
@@ -1212,14 +1346,16 @@ def drifted(rows: list[dict]) -> bool:
     return any(r.get("host_drift_flag") is True or str(r.get("host_drift_flag")) == "True" for r in rows)
 
 
-def _row_counts(text: str) -> tuple[int, ...]:
+def _row_counts(
+    text: str, flag: str = "--cpu-linears-only", what: str = "row", example: str = "2,8,32,128"
+) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         values = ()
     if not values or any(v < 1 for v in values):
         raise LiaInputError(
-            "--cpu-linears-only", f"'{text}' is not a list of row counts", "give whole numbers >= 1, e.g. 2,8,32,128"
+            flag, f"'{text}' is not a list of {what} counts", f"give whole numbers >= 1, e.g. {example}"
         )
     return tuple(sorted(set(values)))
 
@@ -1480,7 +1616,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         nargs="+",
         metavar="PROFILE CSV [EARLIER_CSV ...]",
         help="refit the attention models of a kernel-table profile from its raw CSV and re-estimate its CPU linear "
-        "table, each entry the median over this and earlier runs' raw CSVs when given (measures nothing; needs --force)",
+        "table, each entry the median over this and earlier runs' raw CSVs when given, and add to its GPU linear tables "
+        "the entries only earlier runs measured (--gpu-linears-only; measures nothing; needs --force)",
     )
     parser.add_argument(
         "--remeasure-beside-dma",
@@ -1498,6 +1635,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         metavar="ROWS",
         help="measure only the CPU linears of --models at these row counts (e.g. 2,8,32,128) into OUT/NAME-kernels.csv, "
         "for --refit to add as an earlier run",
+    )
+    parser.add_argument(
+        "--gpu-linears-only",
+        metavar="TOKENS",
+        help="measure only the GPU linears of --models at these token counts (e.g. 512,2048) into OUT/NAME-kernels.csv "
+        "(with --cpu-linears-only: both, into one CSV), for --refit to add the entries the profile's run did not "
+        "measure (needs CUDA)",
     )
     parser.add_argument(
         "--probe-against",
@@ -1545,13 +1689,20 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise LiaInputError(
                 "--probe-against", "only a --cpu-linears-only run records the probe", "add --cpu-linears-only ROWS"
             )
-        if args.cpu_linears_only:
+        if args.cpu_linears_only is not None or args.gpu_linears_only is not None:
+            cpu_rows = _row_counts(args.cpu_linears_only) if args.cpu_linears_only is not None else ()
+            gpu_tokens = (
+                _row_counts(args.gpu_linears_only, "--gpu-linears-only", "token", "512,2048")
+                if args.gpu_linears_only is not None
+                else ()
+            )
             if not args.name:
                 raise LiaInputError("--name", "no name given", "e.g. --name emr-h200-kernels-rows")
             print(
-                measure_cpu_linears(
+                measure_linears(
                     [m for m in args.models.split(",") if m],
-                    _row_counts(args.cpu_linears_only),
+                    cpu_rows,
+                    gpu_tokens,
                     Path(args.out),
                     args.name,
                     args.force,
