@@ -15,10 +15,12 @@ itself and around its waits for input copies (``unlocked``). So at most one thre
 the kernel runs beside the launches. Handing a job over waits until the worker has set it up and first let go of
 the lock (``CpuJob.started``), so the set-up does not queue behind the launches.
 
-The worker is the OpenMP master of the CPU sublayers' team: it takes the core the launching thread was bound to
-(OpenMP binds its first master at the first parallel region; a thread it starts inherits that core), and the
-launching thread moves to the core kept for the weight feeder where one was kept (runtime/cpu_setup.py), so that
-it issues work beside the team instead of on the master's core.
+The worker becomes the OpenMP master of the CPU sublayers' team (a team of its own, at its first parallel region,
+with the thread count torch was set to). The launching thread keeps its affinity: moving it to the core kept for
+the weight feeder (the first version) made every CPU sublayer 1.2-1.8x slower and the weight stream slower on the
+GPU host (runtime/validation/wave2-x/run1/): the launcher then shares the feeder's core, and
+tools/probe_cpu_worker.py showed one more way it goes wrong: a thread started while the launcher sits on that core
+inherits it, and its whole OpenMP team with it (fc1 of OPT-30B 7.3x slower).
 """
 
 from __future__ import annotations
@@ -101,23 +103,8 @@ class CpuWorker:
         self.lock = lock
         self._jobs: "queue.SimpleQueue[Optional[CpuJob]]" = queue.SimpleQueue()
         self._threads = threads
-        self._launcher_cpus: Optional[set[int]] = None
         self._thread = threading.Thread(target=self._loop, name="lia-cpu-worker", daemon=True)
         self._thread.start()
-        self._place_launcher()
-
-    def _place_launcher(self) -> None:
-        """Move the launching (calling) thread to the feeder's core, if one was kept (see the module docstring)."""
-        from runtime import cpu_setup
-
-        setup = cpu_setup.current()
-        if setup is None or not setup.feeder_cpus:
-            return
-        try:
-            self._launcher_cpus = set(os.sched_getaffinity(0))
-            os.sched_setaffinity(0, setup.feeder_cpus)
-        except (OSError, ValueError):
-            self._launcher_cpus = None
 
     def _loop(self) -> None:
         import torch
@@ -158,13 +145,7 @@ class CpuWorker:
             raise job.error
 
     def close(self) -> None:
-        """Stop the thread and give the launching thread its affinity back."""
+        """Stop the thread."""
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join()
-        if self._launcher_cpus is not None:
-            try:
-                os.sched_setaffinity(0, self._launcher_cpus)
-            except (OSError, ValueError):
-                pass
-            self._launcher_cpus = None
