@@ -21,12 +21,20 @@ the weight feeder (the first version) made every CPU sublayer 1.2-1.8x slower an
 GPU host (runtime/validation/wave2-x/run1/): the launcher then shares the feeder's core, and
 tools/probe_cpu_worker.py showed one more way it goes wrong: a thread started while the launcher sits on that core
 inherits it, and its whole OpenMP team with it (fc1 of OPT-30B 7.3x slower).
+
+The GIL: a torch op lets go of it while it computes, but the Python between a sublayer's ops needs it back, and
+the launching thread, issuing GPU work in Python, keeps it until CPython's switch interval (5 ms by default) runs
+out. With the default, prefill CPU sublayers of several minibatches ran 2-3.6x slower on the worker than inline
+(OPT-66B out_proj at 256 tokens 40 vs 11 ms, wave2-x/run2 traces); ``tools/probe_gil_switch.py`` shows it on any
+machine (a sublayer-like chain of ops 5x slower beside a busy Python thread at 5 ms, 1.07x at 50 us). The worker
+sets the interval to ``SWITCH_INTERVAL_S`` while it lives and puts the old one back when it closes.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
@@ -34,6 +42,8 @@ from typing import Any, Callable, Iterator, Optional
 from lia_model.errors import LiaInputError
 
 MODES = ("inline", "thread")
+# CPython's GIL switch interval while the worker lives (default 5 ms): see the module docstring
+SWITCH_INTERVAL_S = 5e-5
 
 
 def worker_mode(setting: Optional[str] = None) -> str:
@@ -103,6 +113,8 @@ class CpuWorker:
         self.lock = lock
         self._jobs: "queue.SimpleQueue[Optional[CpuJob]]" = queue.SimpleQueue()
         self._threads = threads
+        self._switch_s = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._thread = threading.Thread(target=self._loop, name="lia-cpu-worker", daemon=True)
         self._thread.start()
 
@@ -145,7 +157,8 @@ class CpuWorker:
             raise job.error
 
     def close(self) -> None:
-        """Stop the thread."""
+        """Stop the thread and put the GIL switch interval back."""
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join()
+            sys.setswitchinterval(self._switch_s)

@@ -163,3 +163,20 @@ def test_the_lock_is_let_go_only_by_its_holder():
         assert not other.is_alive()  # another thread could take it meanwhile
     assert lock.held_here
     lock.release()
+
+
+def test_the_worker_shortens_the_gil_switch_interval_while_it_lives():
+    import sys
+
+    from runtime.cpu_worker import SWITCH_INTERVAL_S, CpuWorker
+
+    before = sys.getswitchinterval()
+    worker = CpuWorker(RuntimeLock(), threads=1)
+    try:
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+        job = worker.submit(lambda: None, "tag")
+        worker.wait(job)
+        assert job.done.is_set() and job.error is None
+    finally:
+        worker.close()
+    assert sys.getswitchinterval() == pytest.approx(before)
