@@ -41,7 +41,8 @@
 #                                                     # sdpa"); needs a profile with fits of both (--refit)
 #   bash runtime/wave2_host_campaign.sh x [PROFILE]   # part X (issue 10, about 8-9 minutes): CPU sublayers on the
 #                                                     # worker thread against inline (LIA_CPU_WORKER), passes
-#                                                     # alternating (X_PASSES, default "thread inline thread")
+#                                                     # alternating (X_PASSES, default "thread inline thread");
+#                                                     # AB_POINTS=FILE (parts s, t, x): another points file
 #   bash runtime/wave2_host_campaign.sh r1 [PROFILE]  # the flagged points (spread above 5%) of the merged results
 #   bash runtime/wave2_host_campaign.sh r2 [PROFILE]  # again, in two halves (runtime/campaign/rerun-flagged-*.yaml,
 #                                                     # written by python -m runtime.rerun_flagged; about 8 minutes)
@@ -191,7 +192,7 @@ case "$PART" in
                 *) ENVS="" ;;
             esac
             echo "== pass $i: $mode ${ENVS:+($ENVS)}, ${LEFT} s left"
-            env $ENVS timeout -s INT "$((LEFT - 10))" "$PY" -m lia_model validate --points "runtime/campaign/wave2-$PART.yaml" \
+            env $ENVS timeout -s INT "$((LEFT - 10))" "$PY" -m lia_model validate --points "${AB_POINTS:-runtime/campaign/wave2-$PART.yaml}" \
                 --system "$PROFILE" --out "$DIR" --repeats 5 --profiled-runs 3 --trace "$DIR/traces" --max-point-s 40 \
                 --time-budget-s "$((LEFT - 40))" --title "$WHAT, pass $i ($mode)" 2>&1 \
                 | grep --line-buffered -v '^USDT' | grep --line-buffered -E '^\[|^error|^setup|Traceback|Error'
