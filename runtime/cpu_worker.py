@@ -16,7 +16,8 @@ the kernel runs beside the launches. Handing a job over waits until the worker h
 the lock (``CpuJob.started``), so the set-up does not queue behind the launches.
 
 The worker becomes the OpenMP master of the CPU sublayers' team (a team of its own, at its first parallel region,
-with the thread count torch was set to). The launching thread keeps its affinity: moving it to the core kept for
+with the thread count torch was set to), and allocates from glibc's main arena (``cpu_setup.worker_mode``: a malloc
+arena of its own page-faulted its temporaries on every call). The launching thread keeps its affinity: moving it to the core kept for
 the weight feeder (the first version) made every CPU sublayer 1.2-1.8x slower and the weight stream slower on the
 GPU host (runtime/validation/wave2-x/run1/): the launcher then shares the feeder's core, and
 tools/probe_cpu_worker.py showed one more way it goes wrong: a thread started while the launcher sits on that core
@@ -32,26 +33,17 @@ sets the interval to ``SWITCH_INTERVAL_S`` while it lives and puts the old one b
 
 from __future__ import annotations
 
-import os
 import queue
 import sys
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
-from lia_model.errors import LiaInputError
+from runtime.cpu_setup import worker_mode
 
-MODES = ("inline", "thread")
+__all__ = ["CpuJob", "CpuWorker", "RuntimeLock", "SWITCH_INTERVAL_S", "worker_mode"]
 # CPython's GIL switch interval while the worker lives (default 5 ms): see the module docstring
 SWITCH_INTERVAL_S = 5e-5
-
-
-def worker_mode(setting: Optional[str] = None) -> str:
-    """``LIA_CPU_WORKER``: inline (default) or thread."""
-    value = (setting if setting is not None else os.environ.get("LIA_CPU_WORKER", "inline")).strip().lower()
-    if value not in MODES:
-        raise LiaInputError("LIA_CPU_WORKER", f"'{value}' is not inline or thread", "unset it or give inline or thread")
-    return value
 
 
 class RuntimeLock:
