@@ -56,12 +56,13 @@ def grouped_gqa_decode(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("grouped_gqa_decode")
 def test_refit_adds_gpu_entries_only_earlier_runs_measured_and_keeps_the_rest(tmp_path: Path) -> None:
-    """Three --gpu-linears-only runs timed OPT-30B fc2 (bf16, 28672 x 7168) at 2048 tokens, which the profile's run
-    did not: 0.90, 1.20 and 0.96 ms; the table gains 2048 tokens at their median, 0.96 ms, between its 1024 and 4096
+    """Three --gpu-linears-only runs timed OPT-30B fc2 (bf16, 28672 x 7168) at 3072 tokens, which the profile's run
+    did not: 1.70, 2.10 and 1.76 ms; the table gains 3072 tokens at their median, 1.76 ms, between its 2048 and 4096
     entries. The first run also timed 1024 tokens (5.0 ms): the profile's 1024 entry stays as it was, and so does
     every other entry and table. It also timed OPT-66B fc2 in int8 (36864 x 9216, no such table in the profile) at
-    2048 tokens, 0.5 ms: a new table of that one entry, model opt-66b. At 2016 tokens (the runtime's GPU linears on
-    the host) the table now interpolates between 1024 and 2048 tokens."""
+    3072 tokens, 0.5 ms: a new table of that one entry, model opt-66b. (3072 tokens: a count the profile holds
+    for no table, whatever earlier refits added.) The first run measured a count of the profile's run (1024), so its issue
+    times count; the other two measured only counts it did not, and theirs (of large calls only) are left out."""
     import pandas as pd
 
     from calibrate.kernel_tables import refit
@@ -72,19 +73,19 @@ def test_refit_adds_gpu_entries_only_earlier_runs_measured_and_keeps_the_rest(tm
     setup = before["setup"]
     k, n = OPT30.ffn_size, OPT30.hidden_size
     runs = []
-    for i, ms in enumerate((0.90, 1.20, 0.96)):
-        rows = [_gpu_row(OPT30, "fc2", k, n, 2048, ms * 1e-3, setup)]
+    for i, ms in enumerate((1.70, 2.10, 1.76)):
+        rows = [_gpu_row(OPT30, "fc2", k, n, 3072, ms * 1e-3, setup)]
         if i == 0:
             rows.append(_gpu_row(OPT30, "fc2", k, n, 1024, 5.0e-3, setup))
-            rows.append(_gpu_row(OPT66, "fc2", OPT66.ffn_size, OPT66.hidden_size, 2048, 0.5e-3, setup, "int8"))
+            rows.append(_gpu_row(OPT66, "fc2", OPT66.ffn_size, OPT66.hidden_size, 3072, 0.5e-3, setup, "int8"))
         runs.append(tmp_path / f"gpu-{i}-kernels.csv")
         pd.DataFrame(rows).to_csv(runs[-1], index=False)
     refit(str(profile), str(CAL / "emr-h200-kernels-kernels.csv"), True, tuple(str(r) for r in runs))
     after = yaml.safe_load(profile.read_text())["kernels"]
 
     old, new = _table(before, "fc2", k, n), _table(after, "fc2", k, n)
-    assert new["tokens"] == sorted(old["tokens"] + [2048])
-    assert new["seconds"][new["tokens"].index(2048)] == pytest.approx(0.96e-3)
+    assert new["tokens"] == sorted(old["tokens"] + [3072])
+    assert new["seconds"][new["tokens"].index(3072)] == pytest.approx(1.76e-3)
     for t, s in zip(old["tokens"], old["seconds"]):  # every entry the profile held, 1024 tokens included
         assert new["seconds"][new["tokens"].index(t)] == s
     assert new["model"] == old["model"] == "opt-30b"
@@ -99,20 +100,20 @@ def test_refit_adds_gpu_entries_only_earlier_runs_measured_and_keeps_the_rest(tm
         "n": OPT66.hidden_size,
         "model": "opt-66b",
         "weight_dtype": "int8",
-        "tokens": [2048],
+        "tokens": [3072],
         "seconds": [0.5e-3],
         "issue_s": 50e-6,
     }
     note = after["source"]["gpu_linear"]
-    assert "entries added" in note and "(2048; 2 entries)" in note
+    assert "entries added" in note and "(3072; 2 entries)" in note
     assert "gpu-0-kernels.csv, gpu-1-kernels.csv, gpu-2-kernels.csv" in note
     # the GPU-only runs hold no CPU entry: the CPU note names the runs that did
     assert "gpu-0-kernels.csv" not in after["source"]["cpu_linear"]
-    # 2016 tokens by hand: log-log between 1024 (the profile's entry) and 2048 (0.96 ms)
-    s1024 = old["seconds"][old["tokens"].index(1024)]
-    w = math.log(2016 / 1024) / math.log(2)
+    # 3500 tokens by hand: log-log between 3072 (1.76 ms) and 4096 (the profile's entry)
+    s4096 = old["seconds"][old["tokens"].index(4096)]
+    w = math.log(3500 / 3072) / math.log(4096 / 3072)
     table = SystemSpec.model_validate(yaml.safe_load(profile.read_text())).kernels.linear("gpu", "fc2", k, n)
-    assert table_seconds(table, 2016) == pytest.approx(s1024 * (0.96e-3 / s1024) ** w)
+    assert table_seconds(table, 3500) == pytest.approx(1.76e-3 * (s4096 / 1.76e-3) ** w)
     # a refit again replaces its note, and the added entry is the same median
     refit(str(profile), str(CAL / "emr-h200-kernels-kernels.csv"), True, tuple(str(r) for r in runs))
     again = yaml.safe_load(profile.read_text())["kernels"]
@@ -215,3 +216,25 @@ def test_gpu_linears_only_refuses_bad_input(args, field, tmp_path: Path, capsys)
     err = capsys.readouterr().err
     assert err.startswith(field) and err.count("\n") == 1
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.usefixtures("grouped_gqa_decode")
+def test_a_run_of_only_extra_token_counts_adds_no_issue_time(tmp_path: Path) -> None:
+    """A --gpu-linears-only run at 3072 tokens alone (issue time 0.3 ms, of large calls) leaves every table's
+    issue_s as a refit without it makes it."""
+    import pandas as pd
+
+    from calibrate.kernel_tables import refit
+
+    setup = yaml.safe_load(PROFILE.read_text())["kernels"]["setup"]
+    row = _gpu_row(OPT30, "fc2", OPT30.ffn_size, OPT30.hidden_size, 3072, 1.76e-3, setup)
+    extra = tmp_path / "gpu-kernels.csv"
+    pd.DataFrame([{**row, "issue_s": 3e-4}]).to_csv(extra, index=False)
+    issue = {}
+    for name, earlier in (("without", ()), ("with", (str(extra),))):
+        profile = tmp_path / f"{name}.yaml"
+        shutil.copy(PROFILE, profile)
+        refit(str(profile), str(CAL / "emr-h200-kernels-kernels.csv"), True, earlier)
+        tables = yaml.safe_load(profile.read_text())["kernels"]["gpu_linear"]
+        issue[name] = [t.get("issue_s") for t in tables]
+    assert issue["with"] == issue["without"]

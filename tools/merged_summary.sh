@@ -20,6 +20,7 @@ PARTS=(
     "$V/wave2-t/t1-sdpa/results.csv" "$V/wave2-t/t3-sdpa/results.csv" "$V/pool-check/results.csv"
     "$V/peer-optimum-trace/results.csv" "$V/peer-optimum-trace/writeback-ab/ab-auto/results.csv"
     "$V/wave2-w/run1-w1/results.csv" "$V/wave2-w/run2-w2/results.csv" "$V/wave2-w/run3-w1/results.csv"
+    "$V/wave2-x/run1/x2-inline/results.csv" "$V/wave2-x/run2/x2-inline/results.csv" "$V/wave2-x/run3/x2-inline/results.csv"
     ${EXTRA_PARTS:-}
 )
 ARGS=()
