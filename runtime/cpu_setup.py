@@ -161,9 +161,12 @@ def worker_mode(setting: Optional[str] = None) -> str:
 
     With ``thread``, ``apply()`` also limits glibc to one malloc arena: a thread other than the main one allocates
     from an arena of its own, whose heaps glibc gives back when they empty, so the worker's large temporaries
-    page-faulted on every call again (prefill SDPA attention of B=8, 72 heads, 512 tokens: 18,721 minor faults a
-    call on the worker, 0 on the main thread; 0 on the worker with one arena; tools/probe_worker_faults.py). The
-    inline runtime and the calibrator keep their setup (its description is the kernel tables' key)."""
+    page-faulted on every call again (prefill SDPA attention of B=8, 72 heads, 512 tokens, on the 2-core VM: 18,721
+    minor faults a call on the worker, 0 on the main thread; 0 on the worker with one arena, in 8 of 8 runs;
+    tools/probe_worker_faults.py). Not all of it: at B=4 one arena halved them (9,362 to 4,608 a call), and at B=2 x
+    32 heads 8 MB were faulted a call in 1 of 8 runs; glibc's own heaps are not the only source, and the rest is not
+    understood. The inline runtime and the calibrator keep their setup (its description is the kernel tables' key).
+    The limit is set first thing in ``apply()``, before any thread it starts can make an arena of its own."""
     value = (setting if setting is not None else os.environ.get("LIA_CPU_WORKER", "inline")).strip().lower()
     if value not in ("inline", "thread"):
         from lia_model.errors import LiaInputError
@@ -178,6 +181,9 @@ _APPLIED: Optional[CpuSetup] = None
 def apply(threads: Optional[int] = None) -> CpuSetup:
     """Set threads, affinity (if still possible) and the allocator once per process; returns the setup."""
     global _APPLIED
+    one_arena = worker_mode() == "thread"
+    if one_arena:  # before any thread this module starts (allowed_cpus' probe) can make an arena of its own
+        _mallopt(one_arena=True)
     import torch
 
     groups = _core_groups()
@@ -198,7 +204,7 @@ def apply(threads: Optional[int] = None) -> CpuSetup:
             os.environ["OMP_PLACES"] = "cores"
         bind = "close/cores (set in-process)"
     torch.set_num_threads(n)
-    allocator = _preloaded_allocator() or _mallopt(one_arena=worker_mode() == "thread")
+    allocator = _preloaded_allocator() or _mallopt(one_arena=one_arena)
     _APPLIED = CpuSetup(
         threads=torch.get_num_threads(),
         physical_cores=len(groups),

@@ -216,7 +216,9 @@ def _probe_faults(mode: str) -> tuple[float, float]:
 
 
 def test_the_worker_setup_keeps_large_temporaries_mapped():
-    # one malloc arena (cpu_setup.worker_mode): the worker's SDPA temporaries (2 x 32 heads x 512 x 512) reuse their
-    # pages as the main thread's do; in the inline setup a worker thread faulted 2,048 pages a call on the 2-core VM
+    # one malloc arena (cpu_setup.worker_mode): the worker's SDPA temporaries (B=8, 72 heads, 512 x 512, bf16) reuse
+    # their pages as the main thread's do (0 faults a call in 8 of 8 runs on the 2-core VM); in the inline setup a worker
+    # thread faulted 18,721 pages a call. (At B=2 x 32 heads 8 MB were faulted a call in 1 of 8 runs even so: the bound
+    # leaves room for that.)
     main, worker = _probe_faults("thread")
-    assert main < 100 and worker < 100
+    assert main < 4096 and worker < 4096
