@@ -550,6 +550,11 @@ def cpu_linear_estimates(rows: list[dict]) -> dict[tuple[str, int, int, int, str
     return out
 
 
+def _row_tokens(r: dict) -> Optional[int]:
+    """A GPU linear row's token count (None for other rows: they carry no issue time)."""
+    return int(r["tokens"]) if r.get("family") == "linear" and r.get("device") in ("gpu", "cuda") else None
+
+
 def gpu_linear_estimates(rows: list[dict]) -> dict[tuple[str, int, int, int, str], float]:
     """(sublayer, K, N, tokens, weight dtype) -> table seconds of one run's raw GPU linear rows (device "gpu", or
     "cuda" in a partial CSV): the row's ``time_s``, as ``linear_tables`` reads it (GPU linears are timed in one
@@ -647,6 +652,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     attention_runs = [cpu_attention_times(rows)]
     issue_runs = [gpu_issue_estimates(rows)]
     gpu_runs = [gpu_linear_estimates(rows)]
+    main_gpu_tokens = {key[3] for key in gpu_runs[0]}  # the token counts of the run that made the profile
     every_row = list(rows)  # every run's rows: where an entry's model is found
     left_out: list[str] = []
     used = [csv]
@@ -676,7 +682,12 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         used.append(other)
         every_row += theirs
         attention_runs.append(cpu_attention_times(theirs))
-        issue_runs.append(gpu_issue_estimates(theirs))
+        # the issue time at the profile's token counts only: at extra ones (e.g. 512 and 2048, a --gpu-linears-only
+        # run) the calls are large and the host issued them behind a busy GPU (0.19-0.30 ms against the 0.1 ms median
+        # of a full run's counts for OPT-30B's qkv)
+        issue_runs.append(
+            gpu_issue_estimates([r for r in theirs if not main_gpu_tokens or _row_tokens(r) in main_gpu_tokens])
+        )
         gpu_runs.append(gpu_linear_estimates(theirs))
     # the CPU attention grid the fit sees: every point any run measured (a run of a wider grid adds points), each
     # the median over the runs that measured it (the GPU's grid: this run's)
@@ -709,20 +720,19 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     )
     # the GPU linears: the tables' times stay those of the run that made the profile; entries that run did not
     # measure and an earlier one did (--gpu-linears-only TOKENS) are added, each the median over those runs
-    added = {
-        key: median_over_runs(gpu_runs[1:], key)
-        for key in dict.fromkeys(key for run in gpu_runs[1:] for key in run)
-        if key not in gpu_runs[0]
-    }
+    added = (
+        {
+            key: median_over_runs(gpu_runs[1:], key)
+            for key in dict.fromkeys(key for run in gpu_runs[1:] for key in run)
+            if key not in gpu_runs[0]
+        }
+        if gpu_runs[0]  # a main CSV without GPU linears: its profile's tables are left as they are
+        else {}
+    )
     if added:
         data["kernels"]["gpu_linear"] = with_gpu_entries(data["kernels"]["gpu_linear"], added, every_row)
     # the GPU linears' issue time (kept beside their event time since the sixteenth session): each table's the
-    # median over the runs that measured it at the profile's token counts (a run of only extra counts, e.g. 512 and
-    # 2048, is left out: its issue times are those of large calls alone, 0.19-0.30 ms against the 0.1 ms median of
-    # a full run's counts for OPT-30B's qkv, which the host issues behind a busy GPU)
-    issue_runs = [issue_runs[0]] + [
-        issue for issue, gpu in zip(issue_runs[1:], gpu_runs[1:]) if not gpu or any(key in gpu_runs[0] for key in gpu)
-    ]
+    # median over the runs that measured it, at the profile's run's token counts (above)
     issue_keys = {key for run in issue_runs for key in run}
     for t in data["kernels"]["gpu_linear"]:
         key = (t["sublayer"], int(t["k"]), int(t["n"]), t.get("weight_dtype", "bf16"))

@@ -12,8 +12,9 @@ One lock (``RuntimeLock``) keeps the run's bookkeeping (the chunks' values, the 
 store) single-threaded: the launching thread holds it while it issues work and lets go only while it waits for
 the worker; the worker holds it while it sets a sublayer up and hands it off, and lets go around the kernel
 itself and around its waits for input copies (``unlocked``). So at most one thread touches Python state, and
-the kernel runs beside the launches. Handing a job over waits until the worker has set it up and first let go of
-the lock (``CpuJob.started``), so the set-up does not queue behind the launches.
+the kernel runs beside the launches. Handing a job over waits until the worker first lets go of the lock
+(``CpuJob.started``): at its kernel, or earlier at a wait for an input copy, after which the rest of its set-up
+waits for the lock behind the launching thread's issue loop.
 
 The worker becomes the OpenMP master of the CPU sublayers' team (a team of its own, at its first parallel region,
 with the thread count torch was set to), and allocates from glibc's main arena (``cpu_setup.worker_mode``: a malloc
@@ -27,8 +28,8 @@ The GIL: a torch op lets go of it while it computes, but the Python between a su
 the launching thread, issuing GPU work in Python, keeps it until CPython's switch interval (5 ms by default) runs
 out. With the default, prefill CPU sublayers of several minibatches ran 2-3.6x slower on the worker than inline
 (OPT-66B out_proj at 256 tokens 40 vs 11 ms, wave2-x/run2 traces); ``tools/probe_gil_switch.py`` shows it on any
-machine (a sublayer-like chain of ops 5x slower beside a busy Python thread at 5 ms, 1.07x at 50 us). The worker
-sets the interval to ``SWITCH_INTERVAL_S`` while it lives and puts the old one back when it closes.
+machine (a sublayer-like chain of ops 5x slower beside a busy Python thread at 5 ms, 1.07x at 50 us). While any
+worker lives the interval is ``SWITCH_INTERVAL_S``; the last one to close puts the old one back.
 """
 
 from __future__ import annotations
@@ -42,8 +43,25 @@ from typing import Any, Callable, Iterator, Optional
 from runtime.cpu_setup import worker_mode
 
 __all__ = ["CpuJob", "CpuWorker", "RuntimeLock", "SWITCH_INTERVAL_S", "worker_mode"]
-# CPython's GIL switch interval while the worker lives (default 5 ms): see the module docstring
+# CPython's GIL switch interval while any worker lives (default 5 ms): see the module docstring
 SWITCH_INTERVAL_S = 5e-5
+_LIVE = {"workers": 0, "switch_s": 0.0}  # how many workers live, and the interval before the first
+_LIVE_LOCK = threading.Lock()
+
+
+def _worker_started() -> None:
+    with _LIVE_LOCK:
+        if _LIVE["workers"] == 0:
+            _LIVE["switch_s"] = sys.getswitchinterval()
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
+        _LIVE["workers"] += 1
+
+
+def _worker_closed() -> None:
+    with _LIVE_LOCK:
+        _LIVE["workers"] -= 1
+        if _LIVE["workers"] == 0:
+            sys.setswitchinterval(_LIVE["switch_s"])
 
 
 class RuntimeLock:
@@ -105,8 +123,8 @@ class CpuWorker:
         self.lock = lock
         self._jobs: "queue.SimpleQueue[Optional[CpuJob]]" = queue.SimpleQueue()
         self._threads = threads
-        self._switch_s = sys.getswitchinterval()
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        _worker_started()
+        self._open = True
         self._thread = threading.Thread(target=self._loop, name="lia-cpu-worker", daemon=True)
         self._thread.start()
 
@@ -133,8 +151,10 @@ class CpuWorker:
                 job.done.set()
 
     def submit(self, fn: Callable[[], Any], tag: Any) -> CpuJob:
-        """Hand ``fn`` to the worker and wait (without the lock) until it has set the job up: it needs the lock
-        for that, and then runs its kernel while the calling thread issues GPU work."""
+        """Hand ``fn`` to the worker and wait (without the lock) until it has set the job up and first let go of the
+        lock (or finished): it needs the lock for that."""
+        if not self._open or not self._thread.is_alive():
+            raise RuntimeError("the CPU worker thread is closed or has died: build a new Executor")
         job = CpuJob(fn, tag)
         self._jobs.put(job)
         with self.lock.unlocked():
@@ -149,8 +169,12 @@ class CpuWorker:
             raise job.error
 
     def close(self) -> None:
-        """Stop the thread and put the GIL switch interval back."""
+        """Stop the thread (after the job it runs, if any) and, with the last worker, put the GIL switch interval
+        back."""
+        if not self._open:
+            return
+        self._open = False
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join()
-            sys.setswitchinterval(self._switch_s)
+        _worker_closed()

@@ -15,7 +15,9 @@ The rule, repeated until every chunk has run its six sublayers (the loop of ``ru
 So the CPU works on one chunk while the GPU and the copy engines work on others. With ``LIA_CPU_WORKER=thread``
 (runtime/cpu_worker.py) step 2 hands the CPU sublayer to the worker thread instead of running it, and when it has
 run, the next CPU sublayer (any chunk's whose inputs are ready then) is handed over before the GPU sublayers that
-waited on the finished one are issued: the same choices, with issuing GPU work off the CPU's path. The cost model's overlap mode
+waited on the finished one are issued, so issuing GPU work is off the CPU's path. The CPU's order can then differ
+from inline (with (1,0,1,0,0,0) in 4 minibatches: qkv of chunks 0 and 1 before chunk 0's attention); the results do
+not, but the cost model's schedule (lia_model/schedule.py) replays the inline order. The cost model's overlap mode
 replays the same rule on the operations' durations (lia_model/schedule.py, ``simulate_layer``). The layer's
 set-up (its early copies and cached-KV fetches, the weight buffer it streams into) and end are the executor's
 (runtime/executor.py); each sublayer is run by the ``SublayerDispatch`` (runtime/dispatch.py).
@@ -45,6 +47,7 @@ class Scheduler:
         self.mover = mover
         self.dispatch = dispatch
         self.worker = worker  # None: CPU sublayers run inline on this thread
+        self._job: Optional[CpuJob] = None  # the worker's job in flight
 
     def run_layer(self, lay: LayerPass, chunks: list[Chunk]) -> None:
         """Run every sublayer of every chunk of the layer (on the device ``lay``'s policy names); returns once
@@ -54,6 +57,7 @@ class Scheduler:
             try:
                 self._run_layer_with_worker(lay, chunks, self.worker)
             finally:
+                self._in_flight_done()  # a launching-thread error: let the worker's job end first
                 self.dispatch.lock.release()
             return
         nxt = [0] * len(chunks)
@@ -90,7 +94,8 @@ class Scheduler:
 
         def hand_over(ch: Chunk) -> CpuJob:
             sub = SUBLAYERS[nxt[ch.c]]
-            return worker.submit(lambda: self._cpu_sublayers(lay, ch, sub), ch)
+            self._job = worker.submit(lambda: self._cpu_sublayers(lay, ch, sub), ch)
+            return self._job
 
         while True:
             if job is None:  # the CPU first: a sublayer whose inputs are ready now goes to the worker at once
@@ -107,9 +112,18 @@ class Scheduler:
                 worker.wait(job)  # without the lock: the worker sets up, runs and hands off the sublayer
                 ch = job.tag
                 nxt[ch.c] += 1 + int(SUBLAYERS[nxt[ch.c]] == SCORE and lay.dev(CTX) == Device.CPU)
-                job = None
+                job = self._job = None
             elif all(i == 6 for i in nxt):
                 break
+
+    def _in_flight_done(self) -> None:
+        """Wait (without the lock) for a job still in flight: when the launching thread raised, the worker must not
+        go on writing into the run's records and buffers after the error has reached the caller."""
+        job = self._job
+        if job is not None:
+            with self.dispatch.lock.unlocked():
+                job.done.wait()
+            self._job = None
 
     def ready_now(self, lay: LayerPass, pending: list[Chunk], nxt: list[int]) -> Optional[Chunk]:
         """The chunk ``first_ready`` would pick without polling, or None when it would poll (no pending chunk's

@@ -222,3 +222,55 @@ def test_the_worker_setup_keeps_large_temporaries_mapped():
     # leaves room for that.)
     main, worker = _probe_faults("thread")
     assert main < 4096 and worker < 4096
+
+
+def test_a_closed_worker_refuses_jobs_and_nested_workers_keep_the_interval():
+    import sys
+
+    from runtime.cpu_worker import SWITCH_INTERVAL_S, CpuWorker
+
+    before = sys.getswitchinterval()
+    first, second = CpuWorker(RuntimeLock(), threads=1), CpuWorker(RuntimeLock(), threads=1)
+    first.close()
+    assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)  # the second still lives
+    with pytest.raises(RuntimeError, match="closed"):
+        first.submit(lambda: None, "tag")
+    second.close()
+    second.close()  # closing twice is harmless
+    assert sys.getswitchinterval() == pytest.approx(before)
+
+
+def test_an_error_in_the_launching_thread_waits_for_the_workers_job(fake_weights, monkeypatch):
+    """The launching thread raises (the first chunk's GPU out_proj) while the worker runs the second chunk's CPU
+    attention: the error reaches the caller only after that job has ended."""
+    ended: list[float] = []
+    real_attention = kernels.attention
+    real_run = SublayerDispatch.run_sublayer
+
+    def attention(q_in, *args, **kwargs):
+        out = real_attention(q_in, *args, **kwargs)
+        if q_in.device.type == "cpu":
+            time.sleep(0.2)
+            ended.append(time.perf_counter())
+        return out
+
+    def run_sublayer(self, lay, ch, sub, dev):
+        if lay.step == 0 and not lay.resident and sub == OUT and dev == Device.GPU and ch.c == 0:
+            raise RuntimeError("launch failed")
+        return real_run(self, lay, ch, sub, dev)
+
+    monkeypatch.setattr(kernels, "attention", attention)
+    monkeypatch.setattr(SublayerDispatch, "run_sublayer", run_sublayer)
+    plan = Plan(
+        prefill_policy=ATTENTION_ON_CPU, decode_policy=ATTENTION_ON_CPU, gpu_resident_layers=0, prefill_minibatches=2
+    )
+    monkeypatch.setenv("LIA_CPU_WORKER", "thread")
+    workload = Workload(batch=4, input_len=7, output_len=2)
+    ex = Executor(Backend("fake"), fake_weights["opt"], plan, workload)
+    try:
+        with pytest.raises(RuntimeError, match="launch failed"):
+            ex.generate(random_prompt(fake_weights["opt"].model, workload, seed=1))
+        raised = time.perf_counter()  # before close(), which would wait for the worker anyway
+    finally:
+        ex.close()
+    assert len(ended) == 2 and ended[-1] < raised  # both chunks' attention ended before the error was caught

@@ -61,8 +61,8 @@ def test_refit_adds_gpu_entries_only_earlier_runs_measured_and_keeps_the_rest(tm
     entries. The first run also timed 1024 tokens (5.0 ms): the profile's 1024 entry stays as it was, and so does
     every other entry and table. It also timed OPT-66B fc2 in int8 (36864 x 9216, no such table in the profile) at
     3072 tokens, 0.5 ms: a new table of that one entry, model opt-66b. (3072 tokens: a count the profile holds
-    for no table, whatever earlier refits added.) The first run measured a count of the profile's run (1024), so its issue
-    times count; the other two measured only counts it did not, and theirs (of large calls only) are left out."""
+    for no table, whatever earlier refits added.) Issue times count only at the profile's run's token counts (the first run's
+    1024-token row); at 3072 tokens (large calls) they are left out, so the new table has none."""
     import pandas as pd
 
     from calibrate.kernel_tables import refit
@@ -102,7 +102,6 @@ def test_refit_adds_gpu_entries_only_earlier_runs_measured_and_keeps_the_rest(tm
         "weight_dtype": "int8",
         "tokens": [3072],
         "seconds": [0.5e-3],
-        "issue_s": 50e-6,
     }
     note = after["source"]["gpu_linear"]
     assert "entries added" in note and "(3072; 2 entries)" in note
