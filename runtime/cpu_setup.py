@@ -215,5 +215,21 @@ def apply(threads: Optional[int] = None) -> CpuSetup:
     return _APPLIED
 
 
+def binding_in_effect() -> str:
+    """Whether OpenMP's binding holds for the calling thread, read after a parallel region: ``bound to CPU(s) ...``
+    or ``not in effect (...)``. ``apply()`` asks for it in-process, but the OpenMP runtime reads its environment when
+    torch loads it, so it holds only when ``OMP_PROC_BIND`` / ``OMP_PLACES`` were set before Python started
+    (runtime/validation/cpu-worker-probe/: every thread on CPUs 0-15 on the GPU host). Recorded beside the setup in
+    every validation row; the setup string itself is the kernel tables' key and stays as it is."""
+    import torch
+
+    torch.ones(1 << 20).sum()  # a parallel region: the OpenMP runtime binds its master now if it binds at all
+    cpus = sorted(os.sched_getaffinity(0))
+    allowed = allowed_cpus()
+    if len(cpus) < len(allowed):
+        return f"bound to CPU(s) {','.join(map(str, cpus))}"
+    return f"not in effect (the launching thread may run on all {len(cpus)} CPUs)"
+
+
 def current() -> Optional[CpuSetup]:
     return _APPLIED

@@ -230,6 +230,7 @@ def run_points(
     rows: dict[str, dict[str, Any]] = {}
     context = _context(system, backend)
     context["cpu_setup"] = setup.describe()
+    context["omp_binding"] = cpu_setup.binding_in_effect()  # the setup's bind= is what was asked for
     context["gqa_decode"] = gqa_decode_variant()
     tables = system.kernels
     if tables is not None and tables.setup and tables.setup.split()[0] != setup.describe().split()[0]:

@@ -274,3 +274,21 @@ def test_an_error_in_the_launching_thread_waits_for_the_workers_job(fake_weights
     finally:
         ex.close()
     assert len(ended) == 2 and ended[-1] < raised  # both chunks' attention ended before the error was caught
+
+
+@pytest.mark.parametrize("exported", [False, True])
+def test_the_binding_is_reported_as_it_is(exported):
+    """OpenMP reads OMP_PROC_BIND / OMP_PLACES when torch loads it: set in-process by cpu_setup.apply() they do
+    nothing, exported before Python starts they bind (runtime/validation/cpu-worker-probe/)."""
+    import os
+    import subprocess
+    import sys
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: nothing to bind")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMP_")}
+    if exported:
+        env.update(OMP_PROC_BIND="close", OMP_PLACES="cores")
+    code = "from runtime import cpu_setup; cpu_setup.apply(); print(cpu_setup.binding_in_effect())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip().startswith("bound to CPU(s)" if exported else "not in effect")
