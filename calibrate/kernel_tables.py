@@ -1242,25 +1242,6 @@ def cpu_beside_dma(
     return medians[cases[0][0]], medians.get("attention"), rows
 
 
-def measure_cpu_linears(
-    models: list[str],
-    tokens: tuple[int, ...],
-    out_dir: Path,
-    name: str,
-    force: bool,
-    weight_dtypes=("bf16",),
-    probe: Optional[Callable[[], float]] = None,
-) -> Path:
-    """Only the CPU linears of ``models`` at the given row counts, in CPU_ROUNDS rounds as a full run times them,
-    under the same CPU setup, into the raw CSV ``OUT/NAME-kernels.csv`` (no profile). Give that CSV to ``--refit``
-    as an earlier run: its entries join the table (row counts the grid lacks) or its medians (row counts it has).
-
-    ``probe`` (``--probe-against PROFILE``: runtime.host_state's CPU GEMV over that profile's table) is read before
-    and after; every row records both ratios and ``host_drift_flag`` (either more than runtime.host_state.DRIFT_FLAG
-    off), and --refit leaves a flagged run out."""
-    return measure_linears(models, tokens, (), out_dir, name, force, weight_dtypes, probe)
-
-
 def measure_linears(
     models: list[str],
     cpu_tokens: tuple[int, ...],
@@ -1271,15 +1252,19 @@ def measure_linears(
     weight_dtypes=("bf16",),
     probe: Optional[Callable[[], float]] = None,
 ) -> Path:
-    """Only the linears of ``models``: on the CPU at ``cpu_tokens`` rows (``measure_cpu_linears``), then on the GPU at
+    """Only the linears of ``models``: on the CPU at ``cpu_tokens`` rows (``--cpu-linears-only``, in CPU_ROUNDS rounds),
+    then on the GPU at
     ``gpu_tokens`` tokens (``--gpu-linears-only``: needs CUDA), each as a full run times them (``linear_rows``: the
     runtime's sublayer calls, CUDA events on the GPU, one round, the same budget), under the same CPU setup, into
     the raw CSV ``OUT/NAME-kernels.csv`` (no profile; GPU rows named "gpu" as a finished run's). Give that CSV to
     ``--refit`` as an earlier run: its CPU entries join the table or its medians, its GPU entries join the table
     where the run that made the profile did not measure them (token counts its grid lacks, e.g. 2048 between 1024
     and 4096), the others stay. A model or weight dtype whose GPU tables the profile lacks becomes tables of these
-    token counts alone: measure the GPU tables' own (sublayer, dtype) shapes. ``probe``: see ``measure_cpu_linears``
-    (read around the whole run)."""
+    token counts alone: measure the GPU tables' own (sublayer, dtype) shapes.
+
+    ``probe`` (``--probe-against PROFILE``: runtime.host_state's CPU GEMV over that profile's table) is read before
+    and after the whole run; every row records both ratios and ``host_drift_flag`` (either more than
+    runtime.host_state.DRIFT_FLAG off), and --refit leaves a flagged run out."""
     import pandas as pd
 
     from calibrate.host import host_info
@@ -1357,7 +1342,7 @@ def _drift_pct() -> str:
 
 
 def drifted(rows: list[dict]) -> bool:
-    """True where a run's rows record a host probe more than DRIFT_FLAG off its table (measure_cpu_linears)."""
+    """True where a run's rows record a host probe more than DRIFT_FLAG off its table (measure_linears)."""
     return any(r.get("host_drift_flag") is True or str(r.get("host_drift_flag")) == "True" for r in rows)
 
 

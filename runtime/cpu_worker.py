@@ -114,6 +114,7 @@ class CpuJob:
         self.started = threading.Event()  # the worker set the job up and let go of the lock (or finished)
         self.done = threading.Event()
         self.error: Optional[BaseException] = None
+        self.result: Any = None  # what ``fn`` returned
 
 
 class CpuWorker:
@@ -141,7 +142,7 @@ class CpuWorker:
             self.lock.acquire()
             try:
                 with torch.inference_mode(job.inference), torch.set_grad_enabled(job.grad):
-                    job.fn()
+                    job.result = job.fn()
             except BaseException as err:  # handed to the launching thread, which raises it
                 job.error = err
             finally:
@@ -161,12 +162,13 @@ class CpuWorker:
             job.started.wait()
         return job
 
-    def wait(self, job: CpuJob) -> None:
-        """Wait (without the lock) until ``job`` has run; raise what it raised."""
+    def wait(self, job: CpuJob) -> Any:
+        """Wait (without the lock) until ``job`` has run; return what it returned, or raise what it raised."""
         with self.lock.unlocked():
             job.done.wait()
         if job.error is not None:
             raise job.error
+        return job.result
 
     def close(self) -> None:
         """Stop the thread (after the job it runs, if any) and, with the last worker, put the GIL switch interval

@@ -62,18 +62,27 @@ class Scheduler:
             return
         nxt = [0] * len(chunks)
         while True:
-            for ch in chunks:  # issue every ready GPU sublayer (asynchronous)
-                while nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.GPU:
-                    self.dispatch.run(lay, ch, SUBLAYERS[nxt[ch.c]], Device.GPU)
-                    nxt[ch.c] += 1
+            self._issue_gpu(lay, chunks, nxt)
             # then one CPU sublayer: the oldest chunk's whose inputs are ready now, else the first chunk's to
             # become ready (the cost model's schedule, lia_model/schedule.py, makes the same choice)
-            pending = [ch for ch in chunks if nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.CPU]
+            pending = self._pending_cpu(lay, chunks, nxt)
             if pending:
                 ch = self.first_ready(lay, pending, nxt)
                 nxt[ch.c] += self._cpu_sublayers(lay, ch, SUBLAYERS[nxt[ch.c]])
             elif all(i == 6 for i in nxt):
                 break
+
+    def _issue_gpu(self, lay: LayerPass, chunks: list[Chunk], nxt: list[int]) -> None:
+        """Issue, chunk by chunk, every GPU sublayer whose predecessor has been issued or has run (asynchronous)."""
+        for ch in chunks:
+            while nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.GPU:
+                self.dispatch.run(lay, ch, SUBLAYERS[nxt[ch.c]], Device.GPU)
+                nxt[ch.c] += 1
+
+    @staticmethod
+    def _pending_cpu(lay: LayerPass, chunks: list[Chunk], nxt: list[int]) -> list[Chunk]:
+        """The chunks whose next sublayer runs on the CPU, oldest first."""
+        return [ch for ch in chunks if nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.CPU]
 
     def _cpu_sublayers(self, lay: LayerPass, ch: Chunk, sub: Sublayer) -> int:
         """Run ``ch``'s CPU sublayer ``sub`` (and attn_context with it when both attention halves run on the CPU:
@@ -90,7 +99,7 @@ class Scheduler:
         job: Optional[CpuJob] = None
 
         def pending() -> list[Chunk]:
-            return [ch for ch in chunks if nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.CPU]
+            return self._pending_cpu(lay, chunks, nxt)
 
         def hand_over(ch: Chunk) -> CpuJob:
             sub = SUBLAYERS[nxt[ch.c]]
@@ -102,16 +111,12 @@ class Scheduler:
                 ch = self.ready_now(lay, pending(), nxt)
                 if ch is not None:
                     job = hand_over(ch)
-            for ch in chunks:  # issue every ready GPU sublayer (asynchronous)
-                while nxt[ch.c] < 6 and lay.policy[nxt[ch.c]] == Device.GPU:
-                    self.dispatch.run(lay, ch, SUBLAYERS[nxt[ch.c]], Device.GPU)
-                    nxt[ch.c] += 1
+            self._issue_gpu(lay, chunks, nxt)
             if job is None and pending():  # none was ready: the first to become ready (polled, as inline)
                 job = hand_over(self.first_ready(lay, pending(), nxt))
             if job is not None:
-                worker.wait(job)  # without the lock: the worker sets up, runs and hands off the sublayer
-                ch = job.tag
-                nxt[ch.c] += 1 + int(SUBLAYERS[nxt[ch.c]] == SCORE and lay.dev(CTX) == Device.CPU)
+                # without the lock: the worker sets up, runs and hands off the sublayer(s); it returns how many
+                nxt[job.tag.c] += worker.wait(job)
                 job = self._job = None
             elif all(i == 6 for i in nxt):
                 break
@@ -165,10 +170,8 @@ class Scheduler:
         """The chunk whose next (CPU) sublayer runs now: the oldest whose inputs are ready, else the first to
         become ready (polled; ties go to the oldest). One chunk, or no CUDA: the oldest (it blocks on its
         inputs as before)."""
-        if len(pending) == 1 or not self.backend.is_cuda:
-            return pending[0]
         while True:
-            for ch in pending:
-                if self.cpu_inputs_ready(lay, ch, SUBLAYERS[nxt[ch.c]]):
-                    return ch
+            ch = self.ready_now(lay, pending, nxt)
+            if ch is not None:
+                return ch
             time.sleep(0)  # yield; the copies complete on their own

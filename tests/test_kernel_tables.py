@@ -856,7 +856,7 @@ def test_cpu_linears_only_records_the_host_probe_around_the_run(tmp_path: Path, 
 
     monkeypatch.setattr(kt, "linear_rows", lambda *a, **k: [{"family": "linear", "device": "cpu", "time_s": 1e-3}])
     reads = iter([1.30, 0.98])
-    path = kt.measure_cpu_linears(["opt-30b"], (2,), tmp_path, "probed", False, ("bf16",), lambda: next(reads))
+    path = kt.measure_linears(["opt-30b"], (2,), (), tmp_path, "probed", False, ("bf16",), lambda: next(reads))
     row = pd.read_csv(path).iloc[0]
     assert (row["host_cpu_time_vs_table_before"], row["host_cpu_time_vs_table_after"]) == (1.3, 0.98)
     assert bool(row["host_drift_flag"]) is True
