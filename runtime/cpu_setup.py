@@ -182,8 +182,10 @@ def apply(threads: Optional[int] = None) -> CpuSetup:
     """Set threads, affinity (if still possible) and the allocator once per process; returns the setup."""
     global _APPLIED
     one_arena = worker_mode() == "thread"
-    if one_arena:  # before any thread this module starts (allowed_cpus' probe) can make an arena of its own
-        _mallopt(one_arena=True)
+    preloaded = _preloaded_allocator()
+    # thread mode: glibc's one-arena limit first, before any thread this module starts (allowed_cpus' probe) can
+    # make an arena of its own
+    early = _mallopt(one_arena=True) if one_arena and not preloaded else None
     import torch
 
     groups = _core_groups()
@@ -204,7 +206,7 @@ def apply(threads: Optional[int] = None) -> CpuSetup:
             os.environ["OMP_PLACES"] = "cores"
         bind = "close/cores (set in-process)"
     torch.set_num_threads(n)
-    allocator = _preloaded_allocator() or _mallopt(one_arena=one_arena)
+    allocator = preloaded or early or _mallopt()
     _APPLIED = CpuSetup(
         threads=torch.get_num_threads(),
         physical_cores=len(groups),

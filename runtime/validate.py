@@ -215,7 +215,6 @@ def run_points(
 
     from runtime import cpu_setup
     from runtime.backend import Backend
-    from runtime.cpu_worker import worker_mode
     from runtime.executor import GpuLayerCache, kv_arena_elements
     from runtime.hostmem import HostArena
     from runtime.kernels import gqa_decode_variant
@@ -241,7 +240,7 @@ def run_points(
         )
     context["weight_feeder"] = f"{feeder_mode(backend)}; {handoff_mode()}"
     context["kv_writeback"] = writeback_mode() if backend.is_cuda else ""
-    context["cpu_worker"] = worker_mode()  # LIA_CPU_WORKER: CPU sublayers inline or on the worker thread
+    context["cpu_worker"] = cpu_setup.worker_mode()  # LIA_CPU_WORKER: CPU sublayers inline or on the worker thread
     context["cuda_alloc_conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") if backend.is_cuda else ""
     if runnable:
         w_elems = max(p.model.num_layers * layer_layout(p.model, _wdt(p)).numel for p in runnable)
