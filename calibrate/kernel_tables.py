@@ -183,6 +183,7 @@ def _sublayer_call(model, sub, p: dict, tokens: int, device) -> Callable[[], Any
 # are timed once.
 MEMORY_BOUND_TOKENS = 256
 CPU_ROUNDS = 8
+GPU_CHAIN_ROUNDS = 3  # rounds of the chained GPU linears (calibrate/gpu_chain.py), interleaved over token counts
 
 
 ROUND_ESTIMATE = "the median of the rounds' medians"
@@ -559,10 +560,23 @@ def gpu_linear_estimates(rows: list[dict]) -> dict[tuple[str, int, int, int, str
     """(sublayer, K, N, tokens, weight dtype) -> table seconds of one run's raw GPU linear rows (device "gpu", or
     "cuda" in a partial CSV): the row's ``time_s``, as ``linear_tables`` reads it (GPU linears are timed in one
     round, so ``time_s`` is already that round's median)."""
+    from calibrate.gpu_chain import is_chained
+
     return {
         (r["sublayer"], int(r["k"]), int(r["n"]), int(r["tokens"]), _row_dtype(r)): float(r["time_s"])
         for r in rows
-        if r.get("family") == "linear" and r.get("device") in ("gpu", "cuda")
+        if r.get("family") == "linear" and r.get("device") in ("gpu", "cuda") and not is_chained(r)
+    }
+
+
+def gpu_chained_estimates(rows: list[dict]) -> dict[tuple[str, int, int, int, str], float]:
+    """As ``gpu_linear_estimates``, of one run's GPU linear rows timed chained (calibrate/gpu_chain.py) only."""
+    from calibrate.gpu_chain import is_chained
+
+    return {
+        (r["sublayer"], int(r["k"]), int(r["n"]), int(r["tokens"]), _row_dtype(r)): float(r["time_s"])
+        for r in rows
+        if r.get("family") == "linear" and r.get("device") in ("gpu", "cuda") and is_chained(r)
     }
 
 
@@ -652,6 +666,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     attention_runs = [cpu_attention_times(rows)]
     issue_runs = [gpu_issue_estimates(rows)]
     gpu_runs = [gpu_linear_estimates(rows)]
+    chained_runs = [gpu_chained_estimates(rows)]
     main_gpu_tokens = {key[3] for key in gpu_runs[0]}  # the token counts of the run that made the profile
     every_row = list(rows)  # every run's rows: where an entry's model is found
     left_out: list[str] = []
@@ -689,6 +704,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
             gpu_issue_estimates([r for r in theirs if not main_gpu_tokens or _row_tokens(r) in main_gpu_tokens])
         )
         gpu_runs.append(gpu_linear_estimates(theirs))
+        chained_runs.append(gpu_chained_estimates(theirs))
     # the CPU attention grid the fit sees: every point any run measured (a run of a wider grid adds points), each
     # the median over the runs that measured it (the GPU's grid: this run's)
     cpu_attention_points: dict[tuple, dict] = {}
@@ -731,6 +747,13 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     )
     if added:
         data["kernels"]["gpu_linear"] = with_gpu_entries(data["kernels"]["gpu_linear"], added, every_row)
+    # the GPU linears timed as the runtime runs them (calibrate/gpu_chain.py: a layer's linears chained) replace the
+    # isolated timings of the same (shape, tokens), each the median over the runs that timed it chained
+    chained = {
+        key: median_over_runs(chained_runs, key) for key in dict.fromkeys(key for run in chained_runs for key in run)
+    }
+    if chained:
+        data["kernels"]["gpu_linear"] = with_gpu_entries(data["kernels"]["gpu_linear"], chained, every_row)
     # the GPU linears' issue time (kept beside their event time since the sixteenth session): each table's the
     # median over the runs that measured it, at the profile's run's token counts (above)
     issue_keys = {key for run in issue_runs for key in run}
@@ -752,6 +775,15 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         issue_note = (
             f"(the host's time to issue one call) the median over {issue_count} calibration run(s), "
             f"set {time.strftime('%Y-%m-%d', time.gmtime())} by python -m calibrate.kernel_tables --refit"
+        )
+    if chained:  # a refit replaces an earlier one's note
+        chainers = [Path(c).name for c, run in zip(used, chained_runs) if run]
+        head = head.split("; chained entries ")[0] + (
+            f"; chained entries set {time.strftime('%Y-%m-%d', time.gmtime())} by python -m calibrate.kernel_tables "
+            f"--refit: {len(chained)} bf16 entries (token counts "
+            f"{', '.join(map(str, sorted({key[3] for key in chained})))}) timed as the runtime runs them, a layer's "
+            f"linears chained (calibrate/gpu_chain.py), each the median over the runs that timed it so "
+            f"({', '.join(chainers)}), in place of the isolated timings"
         )
     data["kernels"]["source"]["gpu_linear"] = head + (f"; issue_s {issue_note}" if issue_note else "")
     # the CPU GQA decode kernel the profile predicts: the one the runtime runs now (LIA_GQA_DECODE)
@@ -1251,6 +1283,7 @@ def measure_linears(
     force: bool,
     weight_dtypes=("bf16",),
     probe: Optional[Callable[[], float]] = None,
+    gpu_chained_tokens: tuple[int, ...] = (),
 ) -> Path:
     """Only the linears of ``models``: on the CPU at ``cpu_tokens`` rows (``--cpu-linears-only``, in CPU_ROUNDS rounds),
     then on the GPU at
@@ -1264,20 +1297,23 @@ def measure_linears(
 
     ``probe`` (``--probe-against PROFILE``: runtime.host_state's CPU GEMV over that profile's table) is read before
     and after the whole run; every row records both ratios and ``host_drift_flag`` (either more than
-    runtime.host_state.DRIFT_FLAG off), and --refit leaves a flagged run out."""
+    runtime.host_state.DRIFT_FLAG off), and --refit leaves a flagged run out.
+
+    ``gpu_chained_tokens`` (``--gpu-linears-chained``): the bf16 GPU linears of ``models`` also timed as the runtime
+    runs them, a layer's four chained (calibrate/gpu_chain.py), at these token counts, in GPU_CHAIN_ROUNDS rounds;
+    --refit puts those entries in place of the isolated ones."""
     import pandas as pd
 
     from calibrate.host import host_info
     from lia_model.inputs import resolve_model
     from runtime import cpu_setup
 
-    if gpu_tokens:
+    if gpu_tokens or gpu_chained_tokens:
         import torch
 
         if not torch.cuda.is_available():
-            raise LiaInputError(
-                "--gpu-linears-only", "no CUDA device to time the GPU linears on", "run it on the GPU host"
-            )
+            flag = "--gpu-linears-only" if gpu_tokens else "--gpu-linears-chained"
+            raise LiaInputError(flag, "no CUDA device to time the GPU linears on", "run it on the GPU host")
     csv_path = out_dir / f"{name}-kernels.csv"
     if csv_path.exists() and not force:
         raise LiaInputError("--name", f"'{csv_path}' exists", "choose another --name, or pass --force")
@@ -1288,6 +1324,10 @@ def measure_linears(
     what = [f"CPU linears at rows {', '.join(map(str, cpu_tokens))}"] if cpu_tokens else []
     if gpu_tokens:
         what.append(f"GPU linears ({torch.cuda.get_device_name(0)}) at tokens {', '.join(map(str, gpu_tokens))}")
+    if gpu_chained_tokens:
+        what.append(
+            f"GPU linears chained ({torch.cuda.get_device_name(0)}) at tokens {', '.join(map(str, gpu_chained_tokens))}"
+        )
     log(f"host {host.hostname}: {host.cpu_model}; {desc}; {'; '.join(what)}")
     rows: list[dict] = []
     before = probe() if probe is not None else None
@@ -1298,6 +1338,10 @@ def measure_linears(
         seen: set[tuple] = set()
         for dtype in weight_dtypes if tokens else ():
             rows += linear_rows(specs, device, tokens, llc, 0.08, desc, seen, rounds, dtype)
+    if gpu_chained_tokens:
+        from calibrate.gpu_chain import chained_linear_rows
+
+        rows += chained_linear_rows(specs, gpu_chained_tokens, GPU_CHAIN_ROUNDS, desc, log)
     for r in rows:
         if r["device"] == "cuda":  # as a finished run's CSV names the GPU
             r["device"] = "gpu"
@@ -1644,6 +1688,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         "measure (needs CUDA)",
     )
     parser.add_argument(
+        "--gpu-linears-chained",
+        metavar="TOKENS",
+        help="time the bf16 GPU linears of --models as the runtime runs them, a layer's four chained "
+        "(calibrate/gpu_chain.py), at these token counts into OUT/NAME-kernels.csv (with the other -only flags: "
+        "all into one CSV); --refit puts them in place of the isolated entries (needs CUDA)",
+    )
+    parser.add_argument(
         "--probe-against",
         metavar="PROFILE",
         help="with --cpu-linears-only: time runtime.host_state's CPU GEMV before and after against PROFILE's tables "
@@ -1689,11 +1740,20 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise LiaInputError(
                 "--probe-against", "only a --cpu-linears-only run records the probe", "add --cpu-linears-only ROWS"
             )
-        if args.cpu_linears_only is not None or args.gpu_linears_only is not None:
+        if (
+            args.cpu_linears_only is not None
+            or args.gpu_linears_only is not None
+            or args.gpu_linears_chained is not None
+        ):
             cpu_rows = _row_counts(args.cpu_linears_only) if args.cpu_linears_only is not None else ()
             gpu_tokens = (
                 _row_counts(args.gpu_linears_only, "--gpu-linears-only", "token", "512,2048")
                 if args.gpu_linears_only is not None
+                else ()
+            )
+            chained_tokens = (
+                _row_counts(args.gpu_linears_chained, "--gpu-linears-chained", "token", "256,2048")
+                if args.gpu_linears_chained is not None
                 else ()
             )
             if not args.name:
@@ -1708,6 +1768,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     args.force,
                     _weight_dtypes(args.weight_dtypes),
                     host_probe_for(args.probe_against) if args.probe_against else None,
+                    chained_tokens,
                 )
             )
             return 0
