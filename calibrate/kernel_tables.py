@@ -4,6 +4,7 @@
         [--force] [--no-gpu]
     python -m calibrate.kernel_tables --cpu-linears-only ROWS [--gpu-linears-only TOKENS] --name NAME --out DIR
         [--models ...] [--weight-dtypes ...] [--probe-against PROFILE] [--force]
+    python -m calibrate.kernel_tables --gpu-linears-chained TOKENS --name NAME --out DIR [--models ...] [--force]
     python -m calibrate.kernel_tables --refit PROFILE CSV [EARLIER_CSV ...] --force
 
 One kernel truth: the functions timed here are ``runtime.kernels.qkv / out_proj / fc1 / fc2 / attention /
@@ -37,6 +38,8 @@ measure only the linears of ``--models`` on that device at those counts, with th
 format, into OUT/NAME-kernels.csv (no profile). ``--refit`` takes such a CSV as an earlier run: a CPU entry is the
 median over every run that measured it; a GPU entry the main CSV (the run that made the profile) measured keeps its
 time, and one it did not (a token count the GPU grid lacks, e.g. 2048) is added, the median over the runs that did.
+``--gpu-linears-chained TOKENS`` times the bf16 GPU linears as a streamed layer runs them (calibrate/gpu_chain.py);
+``--refit`` puts those entries in place of the isolated ones of the same shape and token count.
 """
 
 from __future__ import annotations
