@@ -13,7 +13,7 @@ CSVS=(
     "$C-2026-12-01T1510-kernels.csv" "$C-2026-12-01T1721-kernels.csv" "$C-2026-12-01T1251-kernels.csv"
     "$C-2026-11-30-kernels.csv" "$C-2026-12-01-kernels.csv" "$C-2026-12-01T2159-rows-kernels.csv"
     "$C-2026-12-01T2215-kernels.csv" "$C-2026-12-02T0054-kernels.csv" "$C-2026-12-02T0114-kernels.csv"
-    "$C-2026-12-02T1020-gpu-kernels.csv" "$C-2026-12-02T1020-gpuq-kernels.csv"
+    "$C-2026-12-02T1020-gpu-kernels.csv" "$C-2026-12-02T1020-gpuq-kernels.csv" "$C-2026-12-02T1353-streamed-kernels.csv"
     ${EXTRA_CSVS:-}
 )
 LIA_GQA_DECODE=sdpa "${PYTHON:-python}" -m calibrate.kernel_tables --refit "$PROFILE" "${CSVS[@]}" --force
