@@ -634,7 +634,9 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     an entry ``csv`` did not measure and an earlier run did (``gpu_linear_estimates``: a ``--gpu-linears-only`` run of
     extra token counts): it is added (or, added by an earlier refit, set anew) as the median over the earlier runs
     that measured it, in its table (``with_gpu_entries``: a new table for a shape the profile lacks); each table's
-    ``issue_s`` is the median over every run as before. Without such entries the GPU tables are left as they are."""
+    ``issue_s`` is the median over every run as before. Without such entries the GPU tables are left as they are.
+    Entries timed chained (``--gpu-linears-chained``, calibrate/gpu_chain.py: as a streamed layer runs them) in any of
+    the runs are then set, each the median over the runs that timed it so, in place of the isolated timing."""
     import pandas as pd
     import yaml
 
