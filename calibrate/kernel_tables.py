@@ -635,8 +635,9 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     extra token counts): it is added (or, added by an earlier refit, set anew) as the median over the earlier runs
     that measured it, in its table (``with_gpu_entries``: a new table for a shape the profile lacks); each table's
     ``issue_s`` is the median over every run as before. Without such entries the GPU tables are left as they are.
-    Entries timed chained (``--gpu-linears-chained``, calibrate/gpu_chain.py: as a streamed layer runs them) in any of
-    the runs are then set, each the median over the runs that timed it so, in place of the isolated timing."""
+    Entries timed chained (``--gpu-linears-chained``, calibrate/gpu_chain.py: as a streamed layer runs them) at
+    MEMORY_BOUND_TOKENS tokens or more in any of the runs are then set, each the median over the runs that timed it
+    so, in place of the isolated timing (fewer tokens: the isolated timing, which includes the host's issue time)."""
     import pandas as pd
     import yaml
 
@@ -754,8 +755,13 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         data["kernels"]["gpu_linear"] = with_gpu_entries(data["kernels"]["gpu_linear"], added, every_row)
     # the GPU linears timed as the runtime runs them (calibrate/gpu_chain.py: a layer's linears chained) replace the
     # isolated timings of the same (shape, tokens), each the median over the runs that timed it chained
+    # at compute-bound token counts only (>= MEMORY_BOUND_TOKENS, where the GPU's busy state sets its clock): a call
+    # of fewer tokens lasts as long as the host takes to issue it when the GPU waits on the launching thread, which
+    # the isolated timing (calls back to back) includes and the chain (kernels queued behind the weight copy) does not
     chained = {
-        key: median_over_runs(chained_runs, key) for key in dict.fromkeys(key for run in chained_runs for key in run)
+        key: median_over_runs(chained_runs, key)
+        for key in dict.fromkeys(key for run in chained_runs for key in run)
+        if key[3] >= MEMORY_BOUND_TOKENS
     }
     if chained:
         data["kernels"]["gpu_linear"] = with_gpu_entries(data["kernels"]["gpu_linear"], chained, every_row)
@@ -785,7 +791,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         chainers = [Path(c).name for c, run in zip(used, chained_runs) if run]
         head = head.split("; chained entries ")[0] + (
             f"; chained entries set {time.strftime('%Y-%m-%d', time.gmtime())} by python -m calibrate.kernel_tables "
-            f"--refit: {len(chained)} bf16 entries (token counts "
+            f"--refit: {len(chained)} bf16 entries at {MEMORY_BOUND_TOKENS} tokens and more (token counts "
             f"{', '.join(map(str, sorted({key[3] for key in chained})))}) timed as the runtime runs them, a layer's "
             f"linears chained (calibrate/gpu_chain.py), each the median over the runs that timed it so "
             f"({', '.join(chainers)}), in place of the isolated timings"

@@ -110,9 +110,9 @@ def test_chained_and_isolated_estimates_split_the_rows() -> None:
 
 @pytest.mark.usefixtures("grouped_gqa_decode")
 def test_refit_puts_chained_entries_in_place_of_isolated_ones(tmp_path: Path) -> None:
-    """Two chained runs timed OPT-30B fc2 at 2048 tokens (0.95 and 1.05 ms; median 1.00 ms) and one at 4096 (2.2 ms);
-    the table's isolated entries at those counts (1.323 and 2.432 ms in the profile) give way to them; every other
-    entry and table stays; the note names the chained runs; a second refit makes the same table and one note."""
+    """Two chained runs timed OPT-30B fc2 at 2048 tokens (0.95 and 1.05 ms; median 1.00 ms) and one at 4096 (2.2 ms)
+    and 64 (0.05 ms); the table's isolated entries at 2048 and 4096 give way to them; at 64 tokens (under
+    MEMORY_BOUND_TOKENS, a launch-bound call) the isolated entry stays, as does every other entry and table; the note names the chained runs; a second refit makes the same table and one note."""
     import pandas as pd
 
     from calibrate.kernel_tables import refit
@@ -127,6 +127,7 @@ def test_refit_puts_chained_entries_in_place_of_isolated_ones(tmp_path: Path) ->
         rows = [_row("fc2", k, n, 2048, ms * 1e-3, setup, "chained")]
         if i == 0:
             rows.append(_row("fc2", k, n, 4096, 2.2e-3, setup, "chained"))
+            rows.append(_row("fc2", k, n, 64, 0.05e-3, setup, "chained"))  # launch-bound: the isolated entry stays
         runs.append(tmp_path / f"chained-{i}-kernels.csv")
         pd.DataFrame(rows).to_csv(runs[-1], index=False)
     main_csv = str(CAL / "emr-h200-kernels-kernels.csv")
@@ -149,7 +150,7 @@ def test_refit_puts_chained_entries_in_place_of_isolated_ones(tmp_path: Path) ->
         if o is not old:
             assert {**a, "issue_s": None} == {**o, "issue_s": None}
     note = after["source"]["gpu_linear"]
-    assert "chained entries set" in note and "2 bf16 entries (token counts 2048, 4096)" in note
+    assert "chained entries set" in note and "2 bf16 entries at 256 tokens and more (token counts 2048, 4096)" in note
     assert "chained-0-kernels.csv, chained-1-kernels.csv" in note
     refit(str(profile), main_csv, True, tuple(str(r) for r in runs))
     again = yaml.safe_load(profile.read_text())["kernels"]
