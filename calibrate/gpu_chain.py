@@ -4,15 +4,18 @@ has just written (``python -m calibrate.kernel_tables --gpu-linears-chained TOKE
 Why (issue 10; runtime/validation/gpu-chain-probe/): the calibrator timed each GPU linear alone, the same call back to
 back over the same input. In the runtime a layer's GPU linears run one after the other (qkv, out_proj, fc1, fc2), each
 on the activations the one before has just written. On the GPU host the same kernels ran 10-25% faster that way
-(OPT-30B fc2 at 2016 tokens: 1.09-1.19 ms alone, 0.99 ms chained, 0.97 ms in situ), and the validation's GPU prefill
-linears ran at 0.78-0.89x their tables. The operand data, the stream, inference mode, the weights' layout and the
+(OPT-30B fc2 at 2016 tokens: 1.09-1.19 ms alone, 0.99 ms chained over a few passes, 0.97 ms in situ; chained for a
+minute on end it slowed to 1.19 ms: the GPU's busy state), and the validation's GPU prefill linears ran at 0.78-0.89x
+their tables. The operand data, the stream, inference mode, the weights' layout and the
 allocator were each ruled out (``tools/probe_gpu_burst.py --data``, ``--context``).
 
 Each pass runs ``qkv -> out_proj -> fc1 -> fc2`` of one layer block with the runtime's kernels (runtime/kernels.py),
 CUDA events between them, over layer blocks laid out as the runtime's weights (runtime/weights.py ``layer_layout``),
 in turn, enough of them that their weights exceed 4x ``GPU_CACHE_BYTES``. Q stands in for attention's output (both
 [tokens, q_dim]; attention is timed by its own grid), and each pass's fc2 output is
-the next pass's input, as a layer's output is the next layer's. Passes are timed in ``rounds`` interleaved over the
+the next pass's input, as a layer's output is the next layer's. Beside the passes the next layer's weights are copied
+host -> GPU, and each pass waits for that copy (``WeightStream``), as a streamed layer waits for its weights: the GPU
+runs at a streamed layer's duty cycle, not back to back (the difference the probes found). Passes are timed in ``rounds`` interleaved over the
 token counts; an entry is the median of its rounds' medians, as the CPU's memory-bound entries
 (kernel_tables.ROUND_ESTIMATE). Rows are the raw CSV's linear rows with ``timing = "chained"``; ``--refit`` puts them
 in the GPU linear tables in place of the isolated timings of the same (shape, tokens).
@@ -31,8 +34,9 @@ PASSES = 7  # timed passes per round and token count (each spaced by a layer's w
 
 
 def layer_blocks(model: Any, count: int, device: str = "cuda") -> list[dict]:
-    """``count`` layer blocks on ``device`` (the GPU; the CPU in tests), each {sublayer: parameter views} into one flat block laid out as the
-    runtime's weights, filled as the runtime fills random weights (uniform +-sqrt(3 / hidden)), norms 1, biases 0."""
+    """``count`` layer blocks on ``device`` (the GPU; the CPU in tests), each {sublayer: parameter views} into one flat
+    block laid out as the runtime's weights, filled as the runtime fills random weights (uniform +-sqrt(3 / hidden)),
+    norms 1, biases 0."""
     import torch
 
     from lia_model.sublayers import Sublayer
