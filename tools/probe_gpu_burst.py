@@ -63,27 +63,11 @@ CONTEXT_VARIANTS = (
 
 
 def layer_view_params(model, sub, device: str, copies: int) -> list[dict]:
-    """``copies`` parameter dicts of ``sub`` as views into flat layer blocks laid out as the runtime's weights."""
-    import math
+    """``copies`` parameter dicts of ``sub`` as views into flat layer blocks laid out as the runtime's weights (one
+    block each: calibrate.gpu_chain.layer_blocks)."""
+    from calibrate.gpu_chain import layer_blocks
 
-    import torch
-
-    from runtime.weights import layer_layout
-
-    layout = layer_layout(model)
-    out = []
-    for _ in range(copies):
-        flat = torch.empty(layout.numel, dtype=torch.bfloat16, device=device)
-        flat.uniform_(-math.sqrt(3.0 / model.hidden_size), math.sqrt(3.0 / model.hidden_size))
-        p = layout.views(flat, sub)
-        for name in ("norm_w",):
-            if name in p:
-                p[name].fill_(1.0)
-        for name in ("b", "norm_b"):
-            if name in p:
-                p[name].zero_()
-        out.append(p)
-    return out
+    return [block[sub] for block in layer_blocks(model, copies, device)]
 
 
 CHAIN_CASES = [("opt-30b", 2016), ("opt-30b", 4096), ("llama-2-70b", 2048), ("opt-66b", 4096), ("opt-30b", 512)]
@@ -228,6 +212,14 @@ class ClockLog:
             self.proc.terminate()
 
 
+def timed(call, device: str) -> tuple[float, float, float, int]:
+    """Median, min and max seconds of ``call`` by the calibrator's timer (calls back to back), and the calls timed."""
+    from calibrate.timing import time_cuda, time_host
+
+    timing = time_cuda(call) if device == "cuda" else time_host(call, budget_s=1.5, min_samples=3)
+    return timing.median_s, timing.min_s, timing.max_s, timing.samples * timing.calls_per_sample
+
+
 def gapped(call, device: str, gap_ms: float, calls: int) -> list[float]:
     """Seconds of ``calls`` single calls, each after ``gap_ms`` of idle."""
     import torch
@@ -271,7 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the four GPU linears of a layer chained as the runtime runs them (CHAIN_CASES), then exit",
     )
+    parser.add_argument("--force", action="store_true", help="overwrite the CSV already in --out")
     args = parser.parse_args(argv)
+    target = Path(args.out) / ("gpu_chain.csv" if args.chain else "gpu_burst.csv")
+    if target.exists() and not args.force:
+        print(f"error: --out: '{target}' exists; choose another --out, or pass --force", file=sys.stderr)
+        return 2
     if args.chain:
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -295,7 +292,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from calibrate.kernel_tables import _params, _sublayer_call
     from calibrate.tensors import copies_to_stream, cycling
-    from calibrate.timing import time_cuda, time_host
     from lia_model.accounting import linear_shape
     from lia_model.models import get_model
     from lia_model.sublayers import Sublayer
@@ -350,27 +346,13 @@ def main(argv: list[str] | None = None) -> int:
                             ctx.enter_context(torch.cuda.stream(stream))
                         if mode in ("inference-mode", "runtime-all"):
                             ctx.enter_context(torch.inference_mode())
-                        timing = time_cuda(call) if device == "cuda" else time_host(call, budget_s=1.5, min_samples=3)
-                    med, lo, hi = timing.median_s, timing.min_s, timing.max_s
-                    n_calls = timing.samples * timing.calls_per_sample
+                        med, lo, hi, n_calls = timed(call, device)
                     del ps
                 elif args.data:
                     call = variant_call(model, sub, params, tokens, device, mode)
-                    timing = time_cuda(call) if device == "cuda" else time_host(call, budget_s=1.5, min_samples=3)
-                    med, lo, hi, n_calls = (
-                        timing.median_s,
-                        timing.min_s,
-                        timing.max_s,
-                        timing.samples * timing.calls_per_sample,
-                    )
+                    med, lo, hi, n_calls = timed(call, device)
                 elif mode == "sustained":
-                    timing = time_cuda(call) if device == "cuda" else time_host(call, budget_s=1.5, min_samples=3)
-                    med, lo, hi, n_calls = (
-                        timing.median_s,
-                        timing.min_s,
-                        timing.max_s,
-                        timing.samples * timing.calls_per_sample,
-                    )
+                    med, lo, hi, n_calls = timed(call, device)
                 else:
                     got = gapped(call, device, gap, calls if device == "cuda" else max(3, calls // 3))
                     med, lo, hi, n_calls = statistics.median(got), min(got), max(got), len(got)
