@@ -1,19 +1,13 @@
-"""calibrate/gpu_chain.py (a layer's GPU linears timed chained, as the runtime runs them) and --refit's chained
-entries: the chain runs on the CPU here (host stamps in place of CUDA events); the refit reads hand-written rows."""
+"""calibrate/gpu_chain.py (a layer's GPU linears timed chained, as the runtime runs them): the chain runs on the CPU
+here (host stamps in place of CUDA events). --refit's chained entries and --gpu-linears-chained's errors are tested
+beside the other GPU linear entries, in tests/test_kernel_tables_gpu_linears.py."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
-import yaml
 
 from lia_model.models import get_model
 
-ROOT = Path(__file__).resolve().parents[1]
-CAL = ROOT / "hwprofiles" / "calibration"
-PROFILE = ROOT / "hwprofiles" / "systems" / "emr-h200-kernels.yaml"
 OPT30 = get_model("opt-30b")
 
 
@@ -75,113 +69,3 @@ def test_the_chain_feeds_each_linear_its_producers_output(monkeypatch: pytest.Mo
         assert fc2[1][0] is fc1[2] and fc2[1][2] is out_proj[2]
     assert blocks[0][next(iter(blocks[0]))]["w"].data_ptr() != blocks[1][next(iter(blocks[1]))]["w"].data_ptr()
     assert isinstance(chain.h, torch.Tensor) and chain.h is calls[-1][2]
-
-
-def _row(sub: str, k: int, n: int, tokens: int, seconds: float, setup: str, timing: str | None) -> dict:
-    row = {
-        "host": "vm",
-        "family": "linear",
-        "device": "gpu",
-        "model": "opt-30b",
-        "sublayer": sub,
-        "k": k,
-        "n": n,
-        "weight_dtype": "bf16",
-        "tokens": tokens,
-        "time_s": seconds,
-        "setup": setup,
-    }
-    if timing:
-        row["timing"] = timing
-    return row
-
-
-def test_chained_and_isolated_estimates_split_the_rows() -> None:
-    from calibrate.kernel_tables import gpu_chained_estimates, gpu_linear_estimates
-
-    rows = [
-        _row("fc2", 10, 20, 2048, 1.0e-3, "s", "chained"),
-        _row("fc2", 10, 20, 2048, 1.3e-3, "s", None),
-        _row("fc2", 10, 20, 4096, 2.6e-3, "s", "isolated"),
-    ]
-    assert gpu_chained_estimates(rows) == {("fc2", 10, 20, 2048, "bf16"): 1.0e-3}
-    assert gpu_linear_estimates(rows) == {("fc2", 10, 20, 2048, "bf16"): 1.3e-3, ("fc2", 10, 20, 4096, "bf16"): 2.6e-3}
-
-
-@pytest.mark.usefixtures("grouped_gqa_decode")
-def test_refit_puts_chained_entries_in_place_of_isolated_ones(tmp_path: Path) -> None:
-    """Two chained runs timed OPT-30B fc2 at 2048 tokens (0.95 and 1.05 ms; median 1.00 ms) and one at 4096 (2.2 ms)
-    and 64 (0.05 ms); the table's isolated entries at 2048 and 4096 give way to them; at 64 tokens (under
-    MEMORY_BOUND_TOKENS, a launch-bound call) the isolated entry stays, as does every other entry and table; the note names the chained runs; a second refit makes the same table and one note."""
-    import pandas as pd
-
-    from calibrate.kernel_tables import refit
-
-    profile = tmp_path / "p.yaml"
-    shutil.copy(PROFILE, profile)
-    before = yaml.safe_load(profile.read_text())["kernels"]
-    setup = before["setup"]
-    k, n = OPT30.ffn_size, OPT30.hidden_size
-    runs = []
-    for i, ms in enumerate((0.95, 1.05)):
-        rows = [_row("fc2", k, n, 2048, ms * 1e-3, setup, "chained")]
-        if i == 0:
-            rows.append(_row("fc2", k, n, 4096, 2.2e-3, setup, "chained"))
-            rows.append(_row("fc2", k, n, 64, 0.05e-3, setup, "chained"))  # launch-bound: the isolated entry stays
-        runs.append(tmp_path / f"chained-{i}-kernels.csv")
-        pd.DataFrame(rows).to_csv(runs[-1], index=False)
-    main_csv = str(CAL / "emr-h200-kernels-kernels.csv")
-    refit(str(profile), main_csv, True, tuple(str(r) for r in runs))
-    after = yaml.safe_load(profile.read_text())["kernels"]
-
-    def table(kernels: dict, sub: str, kk: int, nn: int) -> dict:
-        return next(
-            t
-            for t in kernels["gpu_linear"]
-            if (t["sublayer"], t["k"], t["n"], t.get("weight_dtype", "bf16")) == (sub, kk, nn, "bf16")
-        )
-
-    old, new = table(before, "fc2", k, n), table(after, "fc2", k, n)
-    assert new["tokens"] == old["tokens"]
-    for t, s in zip(old["tokens"], old["seconds"]):
-        expected = {2048: 1.00e-3, 4096: 2.2e-3}.get(t, s)
-        assert new["seconds"][new["tokens"].index(t)] == pytest.approx(expected)
-    for o, a in zip(before["gpu_linear"], after["gpu_linear"]):
-        if o is not old:
-            assert {**a, "issue_s": None} == {**o, "issue_s": None}
-    note = after["source"]["gpu_linear"]
-    assert "chained entries set" in note and "2 bf16 entries at 256 tokens and more (token counts 2048, 4096)" in note
-    assert "chained-0-kernels.csv, chained-1-kernels.csv" in note
-    refit(str(profile), main_csv, True, tuple(str(r) for r in runs))
-    again = yaml.safe_load(profile.read_text())["kernels"]
-    assert table(again, "fc2", k, n) == new
-    assert again["source"]["gpu_linear"].count("chained entries set") == 1
-
-
-@pytest.fixture
-def grouped_gqa_decode(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CPU GQA decode kernel the main raw CSV measured (a refit predicts the kernel the runtime runs)."""
-    monkeypatch.setenv("LIA_GQA_DECODE", "grouped")
-
-
-def test_gpu_linears_chained_without_cuda_is_one_error_line(tmp_path: Path, capsys) -> None:
-    import torch
-
-    from calibrate.kernel_tables import main
-
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    assert main(["--gpu-linears-chained", "256,2048", "--name", "n", "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: --gpu-linears-chained: ") and "CUDA" in err and err.count("\n") == 1
-    assert not list(tmp_path.iterdir())
-
-
-@pytest.mark.parametrize("value", ["0", "abc", "nan", "", "256,-1"])
-def test_gpu_linears_chained_refuses_bad_token_counts(value: str, tmp_path: Path, capsys) -> None:
-    from calibrate.kernel_tables import main
-
-    assert main(["--gpu-linears-chained", value, "--name", "n", "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: --gpu-linears-chained: '{value}'") and err.count("\n") == 1
-    assert not list(tmp_path.iterdir())

@@ -40,6 +40,20 @@ def _gpu_row(model, sub: str, k: int, n: int, tokens: int, seconds: float, setup
     }
 
 
+def _chained_row(sub: str, k: int, n: int, tokens: int, seconds: float, setup: str) -> dict:
+    """One raw GPU linear row as --gpu-linears-chained writes it (calibrate/gpu_chain.py: no issue time)."""
+    row = _gpu_row(OPT30, sub, k, n, tokens, seconds, setup)
+    del row["issue_s"]
+    return {**row, "timing": "chained"}
+
+
+def _profile_copy(tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of the default profile to refit, and its kernels section as it was."""
+    profile = tmp_path / "p.yaml"
+    shutil.copy(PROFILE, profile)
+    return profile, yaml.safe_load(profile.read_text())["kernels"]
+
+
 def _table(kernels: dict, sub: str, k: int, n: int, dtype: str = "bf16") -> dict:
     return next(
         t
@@ -67,9 +81,7 @@ def test_refit_adds_gpu_entries_only_earlier_runs_measured_and_keeps_the_rest(tm
 
     from calibrate.kernel_tables import refit
 
-    profile = tmp_path / "p.yaml"
-    shutil.copy(PROFILE, profile)
-    before = yaml.safe_load(profile.read_text())["kernels"]
+    profile, before = _profile_copy(tmp_path)
     setup = before["setup"]
     k, n = OPT30.ffn_size, OPT30.hidden_size
     runs = []
@@ -237,3 +249,82 @@ def test_a_run_of_only_extra_token_counts_adds_no_issue_time(tmp_path: Path) -> 
         tables = yaml.safe_load(profile.read_text())["kernels"]["gpu_linear"]
         issue[name] = [t.get("issue_s") for t in tables]
     assert issue["with"] == issue["without"]
+
+
+# ----------------------------------------------------------------- chained entries (--gpu-linears-chained)
+
+
+def test_chained_and_isolated_estimates_split_the_rows() -> None:
+    from calibrate.kernel_tables import gpu_chained_estimates, gpu_linear_estimates
+
+    rows = [
+        _chained_row("fc2", 10, 20, 2048, 1.0e-3, "s"),
+        _gpu_row(OPT30, "fc2", 10, 20, 2048, 1.3e-3, "s"),
+        {**_gpu_row(OPT30, "fc2", 10, 20, 4096, 2.6e-3, "s"), "timing": "isolated"},
+    ]
+    assert gpu_chained_estimates(rows) == {("fc2", 10, 20, 2048, "bf16"): 1.0e-3}
+    assert gpu_linear_estimates(rows) == {("fc2", 10, 20, 2048, "bf16"): 1.3e-3, ("fc2", 10, 20, 4096, "bf16"): 2.6e-3}
+
+
+@pytest.mark.usefixtures("grouped_gqa_decode")
+def test_refit_puts_chained_entries_in_place_of_isolated_ones(tmp_path: Path) -> None:
+    """Two chained runs timed OPT-30B fc2 at 2048 tokens (0.95 and 1.05 ms; median 1.00 ms) and one at 4096 (2.2 ms)
+    and 64 (0.05 ms); the table's isolated entries at 2048 and 4096 give way to them; at 64 tokens (under
+    MEMORY_BOUND_TOKENS, a launch-bound call) the isolated entry stays, as does every other entry and table; the note names the chained runs; a second refit makes the same table and one note."""
+    import pandas as pd
+
+    from calibrate.kernel_tables import refit
+
+    profile, before = _profile_copy(tmp_path)
+    setup = before["setup"]
+    k, n = OPT30.ffn_size, OPT30.hidden_size
+    runs = []
+    for i, ms in enumerate((0.95, 1.05)):
+        rows = [_chained_row("fc2", k, n, 2048, ms * 1e-3, setup)]
+        if i == 0:
+            rows.append(_chained_row("fc2", k, n, 4096, 2.2e-3, setup))
+            rows.append(_chained_row("fc2", k, n, 64, 0.05e-3, setup))  # launch-bound: the isolated entry stays
+        runs.append(tmp_path / f"chained-{i}-kernels.csv")
+        pd.DataFrame(rows).to_csv(runs[-1], index=False)
+    main_csv = str(CAL / "emr-h200-kernels-kernels.csv")
+    refit(str(profile), main_csv, True, tuple(str(r) for r in runs))
+    after = yaml.safe_load(profile.read_text())["kernels"]
+
+    old, new = _table(before, "fc2", k, n), _table(after, "fc2", k, n)
+    assert new["tokens"] == old["tokens"]
+    for t, s in zip(old["tokens"], old["seconds"]):
+        expected = {2048: 1.00e-3, 4096: 2.2e-3}.get(t, s)
+        assert new["seconds"][new["tokens"].index(t)] == pytest.approx(expected)
+    for o, a in zip(before["gpu_linear"], after["gpu_linear"]):
+        if o is not old:
+            assert {**a, "issue_s": None} == {**o, "issue_s": None}
+    note = after["source"]["gpu_linear"]
+    assert "chained entries set" in note and "2 bf16 entries at 256 tokens and more (token counts 2048, 4096)" in note
+    assert "chained-0-kernels.csv, chained-1-kernels.csv" in note
+    refit(str(profile), main_csv, True, tuple(str(r) for r in runs))
+    again = yaml.safe_load(profile.read_text())["kernels"]
+    assert _table(again, "fc2", k, n) == new
+    assert again["source"]["gpu_linear"].count("chained entries set") == 1
+
+
+def test_gpu_linears_chained_without_cuda_is_one_error_line(tmp_path: Path, capsys) -> None:
+    import torch
+
+    from calibrate.kernel_tables import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["--gpu-linears-chained", "256,2048", "--name", "n", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --gpu-linears-chained: ") and "CUDA" in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "nan", "", "256,-1"])
+def test_gpu_linears_chained_refuses_bad_token_counts(value: str, tmp_path: Path, capsys) -> None:
+    from calibrate.kernel_tables import main
+
+    assert main(["--gpu-linears-chained", value, "--name", "n", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --gpu-linears-chained: '{value}'") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
