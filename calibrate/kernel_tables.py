@@ -559,27 +559,17 @@ def _row_tokens(r: dict) -> Optional[int]:
     return int(r["tokens"]) if r.get("family") == "linear" and r.get("device") in ("gpu", "cuda") else None
 
 
-def gpu_linear_estimates(rows: list[dict]) -> dict[tuple[str, int, int, int, str], float]:
+def gpu_linear_estimates(rows: list[dict], chained: bool = False) -> dict[tuple[str, int, int, int, str], float]:
     """(sublayer, K, N, tokens, weight dtype) -> table seconds of one run's raw GPU linear rows (device "gpu", or
     "cuda" in a partial CSV): the row's ``time_s``, as ``linear_tables`` reads it (GPU linears are timed in one
-    round, so ``time_s`` is already that round's median)."""
+    round, so ``time_s`` is already that round's median). ``chained``: the rows timed chained (calibrate/gpu_chain.py)
+    only; otherwise the rows timed alone only."""
     from calibrate.gpu_chain import is_chained
 
     return {
         (r["sublayer"], int(r["k"]), int(r["n"]), int(r["tokens"]), _row_dtype(r)): float(r["time_s"])
         for r in rows
-        if r.get("family") == "linear" and r.get("device") in ("gpu", "cuda") and not is_chained(r)
-    }
-
-
-def gpu_chained_estimates(rows: list[dict]) -> dict[tuple[str, int, int, int, str], float]:
-    """As ``gpu_linear_estimates``, of one run's GPU linear rows timed chained (calibrate/gpu_chain.py) only."""
-    from calibrate.gpu_chain import is_chained
-
-    return {
-        (r["sublayer"], int(r["k"]), int(r["n"]), int(r["tokens"]), _row_dtype(r)): float(r["time_s"])
-        for r in rows
-        if r.get("family") == "linear" and r.get("device") in ("gpu", "cuda") and is_chained(r)
+        if r.get("family") == "linear" and r.get("device") in ("gpu", "cuda") and is_chained(r) == chained
     }
 
 
@@ -672,7 +662,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
     attention_runs = [cpu_attention_times(rows)]
     issue_runs = [gpu_issue_estimates(rows)]
     gpu_runs = [gpu_linear_estimates(rows)]
-    chained_runs = [gpu_chained_estimates(rows)]
+    chained_runs = [gpu_linear_estimates(rows, chained=True)]
     main_gpu_tokens = {key[3] for key in gpu_runs[0]}  # the token counts of the run that made the profile
     every_row = list(rows)  # every run's rows: where an entry's model is found
     left_out: list[str] = []
@@ -710,7 +700,7 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
             gpu_issue_estimates([r for r in theirs if not main_gpu_tokens or _row_tokens(r) in main_gpu_tokens])
         )
         gpu_runs.append(gpu_linear_estimates(theirs))
-        chained_runs.append(gpu_chained_estimates(theirs))
+        chained_runs.append(gpu_linear_estimates(theirs, chained=True))
     # the CPU attention grid the fit sees: every point any run measured (a run of a wider grid adds points), each
     # the median over the runs that measured it (the GPU's grid: this run's)
     cpu_attention_points: dict[tuple, dict] = {}
@@ -751,8 +741,6 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         if gpu_runs[0]  # a main CSV without GPU linears: its profile's tables are left as they are
         else {}
     )
-    if added:
-        data["kernels"]["gpu_linear"] = with_gpu_entries(data["kernels"]["gpu_linear"], added, every_row)
     # the GPU linears timed as the runtime runs them (calibrate/gpu_chain.py: a layer's linears chained) replace the
     # isolated timings of the same (shape, tokens), each the median over the runs that timed it chained
     # at compute-bound token counts only (>= MEMORY_BOUND_TOKENS, where the GPU's busy state sets its clock): a call
@@ -763,8 +751,8 @@ def refit(profile: str, csv: str, force: bool, earlier: tuple[str, ...] = ()) ->
         for key in dict.fromkeys(key for run in chained_runs for key in run)
         if key[3] >= MEMORY_BOUND_TOKENS
     }
-    if chained:
-        data["kernels"]["gpu_linear"] = with_gpu_entries(data["kernels"]["gpu_linear"], chained, every_row)
+    if added or chained:  # one rebuild of the tables; a chained entry wins over an added one of the same key
+        data["kernels"]["gpu_linear"] = with_gpu_entries(data["kernels"]["gpu_linear"], {**added, **chained}, every_row)
     # the GPU linears' issue time (kept beside their event time since the sixteenth session): each table's the
     # median over the runs that measured it, at the profile's run's token counts (above)
     issue_keys = {key for run in issue_runs for key in run}

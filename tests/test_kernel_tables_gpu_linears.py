@@ -255,14 +255,14 @@ def test_a_run_of_only_extra_token_counts_adds_no_issue_time(tmp_path: Path) -> 
 
 
 def test_chained_and_isolated_estimates_split_the_rows() -> None:
-    from calibrate.kernel_tables import gpu_chained_estimates, gpu_linear_estimates
+    from calibrate.kernel_tables import gpu_linear_estimates
 
     rows = [
         _chained_row("fc2", 10, 20, 2048, 1.0e-3, "s"),
         _gpu_row(OPT30, "fc2", 10, 20, 2048, 1.3e-3, "s"),
         {**_gpu_row(OPT30, "fc2", 10, 20, 4096, 2.6e-3, "s"), "timing": "isolated"},
     ]
-    assert gpu_chained_estimates(rows) == {("fc2", 10, 20, 2048, "bf16"): 1.0e-3}
+    assert gpu_linear_estimates(rows, chained=True) == {("fc2", 10, 20, 2048, "bf16"): 1.0e-3}
     assert gpu_linear_estimates(rows) == {("fc2", 10, 20, 2048, "bf16"): 1.3e-3, ("fc2", 10, 20, 4096, "bf16"): 2.6e-3}
 
 
